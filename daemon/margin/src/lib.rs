@@ -1,0 +1,1 @@
+//! The margin and liquidation engine: prices and commands in, events out.

@@ -1,0 +1,27 @@
+//! Command line. Each subcommand lives in its own module and is dispatched here.
+
+use clap::{Parser, Subcommand};
+
+/// Sibyl: a decentralized price oracle with threshold-signed reports.
+#[derive(Debug, Parser)]
+#[command(name = "sibyl", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the version and exit.
+    Version,
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("sibyl {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}

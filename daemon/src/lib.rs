@@ -1,0 +1,4 @@
+//! The Sibyl daemon: networking, keys, storage, the round driver, the HTTP
+//! API and the on-chain transmitter around the pure protocol core.
+
+pub mod cli;

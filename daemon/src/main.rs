@@ -1,0 +1,5 @@
+//! `sibyl`: the oracle daemon. Thin: parse the command line, hand off.
+
+fn main() -> anyhow::Result<()> {
+    sibyl::cli::main()
+}
