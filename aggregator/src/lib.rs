@@ -1,2 +1,10 @@
 //! Sibyl's protocol core: pure and deterministic. No I/O, no clock, no OS
-//! randomness: time and randomness come in as arguments.
+//! randomness: time and randomness come in as arguments, so every rule of the
+//! protocol can be tested in microseconds and replayed exactly.
+
+pub mod report;
+
+pub use report::{
+    ConfigDigest, FeedId, FeedIdError, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round,
+    SignatureBytes, SignedReport, Suite, TimestampMs,
+};
