@@ -46,6 +46,26 @@ pub struct HistoryCursor {
     pub round: Round,
 }
 
+/// Retention progress of one feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedRetention {
+    pub feed_key: i64,
+    /// Points before this have been thinned already.
+    pub downsampled_until_ms: Option<u64>,
+    /// The feed's oldest point.
+    pub oldest_ms: Option<u64>,
+}
+
+/// One stored margin event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarginEventRow {
+    pub seq: u64,
+    pub round: Option<Round>,
+    pub kind: String,
+    /// The event as JSON.
+    pub body: String,
+}
+
 /// Integers wider than 53 bits go over JSON as strings so that JavaScript
 /// clients do not round them.
 mod as_string {
@@ -358,8 +378,8 @@ impl Db {
         Ok(n)
     }
 
-    /// Per feed: (feed_key, where downsampling got to, oldest point).
-    pub fn retention_state(&self) -> Result<Vec<(i64, Option<u64>, Option<u64>)>, StoreError> {
+    /// Per feed: where downsampling got to and its oldest point.
+    pub fn retention_state(&self) -> Result<Vec<FeedRetention>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT f.feed_key, r.downsampled_until_ms,
                     (SELECT min(ts_ms) FROM points p WHERE p.feed_key = f.feed_key)
@@ -376,11 +396,11 @@ impl Db {
         let mut out = Vec::new();
         for row in rows {
             let (k, until, oldest) = row?;
-            out.push((
-                k,
-                until.map(|v| u64_of(v, "timestamp")).transpose()?,
-                oldest.map(|v| u64_of(v, "timestamp")).transpose()?,
-            ));
+            out.push(FeedRetention {
+                feed_key: k,
+                downsampled_until_ms: until.map(|v| u64_of(v, "timestamp")).transpose()?,
+                oldest_ms: oldest.map(|v| u64_of(v, "timestamp")).transpose()?,
+            });
         }
         Ok(out)
     }
@@ -468,7 +488,11 @@ impl Db {
     }
 
     /// Up to `limit` reports with round > `after`, oldest first (catch-up).
-    pub fn reports_after(&self, after: Round, limit: usize) -> Result<Vec<SignedReport>, StoreError> {
+    pub fn reports_after(
+        &self,
+        after: Round,
+        limit: usize,
+    ) -> Result<Vec<SignedReport>, StoreError> {
         // Rounds above i64::MAX cannot be stored, so nothing is after them.
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
@@ -502,7 +526,10 @@ impl Db {
             return Ok((Vec::new(), None));
         };
         let (cur_ts, cur_round) = match after {
-            Some(c) => (i64_of(c.timestamp_ms, "cursor")?, i64_of(c.round, "cursor")?),
+            Some(c) => (
+                i64_of(c.timestamp_ms, "cursor")?,
+                i64_of(c.round, "cursor")?,
+            ),
             None => (i64::MIN, i64::MIN),
         };
         let mut stmt = self.conn.prepare_cached(
@@ -601,12 +628,12 @@ impl Db {
         u64_of(n, "count")
     }
 
-    /// Margin events with seq > `after`, oldest first: (seq, round, kind, JSON).
+    /// Margin events with seq > `after`, oldest first.
     pub fn margin_events_after(
         &self,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Option<Round>, String, String)>, StoreError> {
+    ) -> Result<Vec<MarginEventRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, round, kind, body FROM margin_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
@@ -621,12 +648,12 @@ impl Db {
         let mut out = Vec::new();
         for row in rows {
             let (seq, round, kind, body) = row?;
-            out.push((
-                u64_of(seq, "seq")?,
-                round.map(|r| u64_of(r, "round")).transpose()?,
+            out.push(MarginEventRow {
+                seq: u64_of(seq, "seq")?,
+                round: round.map(|r| u64_of(r, "round")).transpose()?,
                 kind,
                 body,
-            ));
+            });
         }
         Ok(out)
     }

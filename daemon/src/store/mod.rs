@@ -19,8 +19,8 @@ pub mod retention;
 pub mod schema;
 mod writer;
 
-pub use db::{Candle, Db, HistoryCursor, Point};
-pub use retention::RetentionPolicy;
+pub use db::{Candle, Db, FeedRetention, HistoryCursor, MarginEventRow, Point};
+pub use retention::{RetentionPolicy, RetentionStats};
 pub use writer::{Readers, Store, StoreHandle};
 
 use sibyl_aggregator::Round;
@@ -61,9 +61,13 @@ pub enum StoreError {
         "{path} is not a SQLite database (damaged or some other kind of file); move it aside and restart to create a fresh one, then let the node catch up from its peers"
     )]
     NotADatabase { path: PathBuf },
-    #[error("{path} is a SQLite database of some other program ({why}); point `store.path` at a Sibyl database or a new file")]
+    #[error(
+        "{path} is a SQLite database of some other program ({why}); point `store.path` at a Sibyl database or a new file"
+    )]
     Foreign { path: PathBuf, why: String },
-    #[error("database {path} has schema version {found}, this build of sibyl understands {expected}; run a matching version of sibyl")]
+    #[error(
+        "database {path} has schema version {found}, this build of sibyl understands {expected}; run a matching version of sibyl"
+    )]
     SchemaMismatch {
         path: PathBuf,
         found: u32,
@@ -95,7 +99,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("the store's writer has stopped (the database failed earlier or the node is shutting down)")]
+    #[error(
+        "the store's writer has stopped (the database failed earlier or the node is shutting down)"
+    )]
     WriterGone,
 }
 

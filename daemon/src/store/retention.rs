@@ -61,7 +61,9 @@ pub async fn run_once(
     if let Some(keep) = policy.delete_after {
         let before = now_ms.saturating_sub(ms(keep));
         loop {
-            let n = store.write(move |db| db.prune_points(before, batch)).await?;
+            let n = store
+                .write(move |db| db.prune_points(before, batch))
+                .await?;
             stats.deleted += n;
             stats.transactions += 1;
             if n < batch {
@@ -76,9 +78,13 @@ pub async fn run_once(
         let cutoff = cutoff - cutoff % bucket;
         let window = bucket.saturating_mul(policy.buckets_per_batch.max(1));
         let feeds = store.write(|db| db.retention_state()).await?;
-        for (feed_key, done_until, oldest) in feeds {
-            let Some(oldest) = oldest else { continue };
-            let mut from = done_until.unwrap_or(0).max(oldest - oldest % bucket);
+        for f in feeds {
+            let Some(oldest) = f.oldest_ms else { continue };
+            let feed_key = f.feed_key;
+            let mut from = f
+                .downsampled_until_ms
+                .unwrap_or(0)
+                .max(oldest - oldest % bucket);
             while from < cutoff {
                 let to = from.saturating_add(window).min(cutoff);
                 let n = store

@@ -139,7 +139,9 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Unsupported {
             path: path.to_owned(),
-            what: format!("journal_mode is {mode}, WAL is required (is the file on a network filesystem?)"),
+            what: format!(
+                "journal_mode is {mode}, WAL is required (is the file on a network filesystem?)"
+            ),
         });
     }
     // FULL: every commit fsyncs the WAL, so whatever a commit acknowledged
