@@ -3,6 +3,9 @@
 //! protocol can be tested in microseconds and replayed exactly.
 
 pub mod codec;
+pub mod digest;
+pub mod encoding;
+pub mod merkle;
 pub mod report;
 
 pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
