@@ -5,8 +5,10 @@
 //! versions use only `+ - * /` and `sqrt` (correctly rounded by IEEE 754), so
 //! every node and every replay computes the same bits.
 
-const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-01;
-const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+// fdlibm's split of ln 2: the high part has 32 trailing zero bits, so
+// k * LN2_HI is exact for the k used here.
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 const LN2: f64 = std::f64::consts::LN_2;
 
 /// 2^k for k in the normal exponent range, built from its bits (exact).

@@ -18,7 +18,9 @@ pub enum EngineError {
         market: String,
     },
     /// The collateral asset is not configured.
-    #[error("unknown collateral asset `{asset}`: configure it with ConfigureAsset first (or deposit `USD`)")]
+    #[error(
+        "unknown collateral asset `{asset}`: configure it with ConfigureAsset first (or deposit `USD`)"
+    )]
     UnknownAsset {
         /// Asset id.
         asset: String,
@@ -36,7 +38,9 @@ pub enum EngineError {
         account: u64,
     },
     /// A price update is not newer than the last accepted one.
-    #[error("price for `{feed}` round {round} is not newer than round {last_round} (timestamp {timestamp_ms} vs {last_timestamp_ms})")]
+    #[error(
+        "price for `{feed}` round {round} is not newer than round {last_round} (timestamp {timestamp_ms} vs {last_timestamp_ms})"
+    )]
     OutOfOrderPrice {
         /// Feed id.
         feed: String,
@@ -122,7 +126,9 @@ pub enum EngineError {
         requested: i128,
     },
     /// The command would leave the unit below initial margin.
-    #[error("account {account} ({unit}): would leave equity {equity} below initial margin {initial}")]
+    #[error(
+        "account {account} ({unit}): would leave equity {equity} below initial margin {initial}"
+    )]
     InsufficientMargin {
         /// Account id.
         account: u64,
@@ -142,7 +148,9 @@ pub enum EngineError {
         market: String,
     },
     /// Cross and isolated margin cannot be mixed for one market.
-    #[error("account {account}: market `{market}` is held in {held} margin; close it before switching")]
+    #[error(
+        "account {account}: market `{market}` is held in {held} margin; close it before switching"
+    )]
     MarginModeConflict {
         /// Account id.
         account: u64,

@@ -213,11 +213,19 @@ impl ScenarioGrid {
         let mut v = Vec::new();
         for &m in &self.price_moves_ppm {
             for &s in &self.vol_shocks_ppm {
-                v.push(Scenario { move_ppm: m, vol_shock_ppm: s, weight_ppm: 1_000_000 });
+                v.push(Scenario {
+                    move_ppm: m,
+                    vol_shock_ppm: s,
+                    weight_ppm: 1_000_000,
+                });
             }
         }
         for &m in &self.extreme_moves_ppm {
-            v.push(Scenario { move_ppm: m, vol_shock_ppm: 0, weight_ppm: self.extreme_weight_ppm });
+            v.push(Scenario {
+                move_ppm: m,
+                vol_shock_ppm: 0,
+                weight_ppm: self.extreme_weight_ppm,
+            });
         }
         v
     }
@@ -335,7 +343,9 @@ impl MarketKind {
     pub fn expiry_ms(&self) -> Option<u64> {
         match self {
             MarketKind::Perpetual => None,
-            MarketKind::Future { expiry_ms } | MarketKind::Option { expiry_ms, .. } => Some(*expiry_ms),
+            MarketKind::Future { expiry_ms } | MarketKind::Option { expiry_ms, .. } => {
+                Some(*expiry_ms)
+            }
         }
     }
 }
@@ -465,13 +475,28 @@ impl std::fmt::Display for GuardReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             GuardReason::NoPrice => write!(f, "no price yet"),
-            GuardReason::Stale { last_ms, now_ms, max_ms } => {
-                write!(f, "stale: last price at {last_ms}, now {now_ms}, max age {max_ms} ms")
+            GuardReason::Stale {
+                last_ms,
+                now_ms,
+                max_ms,
+            } => {
+                write!(
+                    f,
+                    "stale: last price at {last_ms}, now {now_ms}, max age {max_ms} ms"
+                )
             }
             GuardReason::ConfidenceTooWide { ratio_ppm, max_ppm } => {
-                write!(f, "confidence {ratio_ppm} ppm of price exceeds {max_ppm} ppm")
+                write!(
+                    f,
+                    "confidence {ratio_ppm} ppm of price exceeds {max_ppm} ppm"
+                )
             }
-            GuardReason::Jump { price, average, deviation_ppm, max_ppm } => write!(
+            GuardReason::Jump {
+                price,
+                average,
+                deviation_ppm,
+                max_ppm,
+            } => write!(
                 f,
                 "price {price} deviates {deviation_ppm} ppm from recent average {average} (max {max_ppm})"
             ),
