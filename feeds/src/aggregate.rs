@@ -74,14 +74,18 @@ pub fn observe(
     let mut all: Vec<i128> = positive.iter().map(|q| q.price).collect();
     all.sort_unstable();
     let center = median_sorted(&all);
-    let overflow = || ObservationError::Overflow { feed: feed.to_string() };
+    let overflow = || ObservationError::Overflow {
+        feed: feed.to_string(),
+    };
 
     let mut kept = Vec::new();
     let mut outliers = Vec::new();
     for q in positive {
         let dev = (q.price - center).checked_abs().ok_or_else(overflow)?;
         let lhs = dev.checked_mul(10_000).ok_or_else(overflow)?;
-        let rhs = center.checked_mul(params.max_deviation_bps as i128).ok_or_else(overflow)?;
+        let rhs = center
+            .checked_mul(params.max_deviation_bps as i128)
+            .ok_or_else(overflow)?;
         if lhs > rhs {
             outliers.push(q.source.clone());
         } else {
@@ -96,10 +100,20 @@ pub fn observe(
 
     let mut known: Vec<i128> = kept.iter().filter_map(|q| q.volume).collect();
     known.sort_unstable();
-    let default_w = if known.is_empty() { 1 } else { median_sorted(&known).max(1) };
+    let default_w = if known.is_empty() {
+        1
+    } else {
+        median_sorted(&known).max(1)
+    };
     let cap = default_w.saturating_mul(3);
-    let weights: Vec<i128> = kept.iter().map(|q| q.volume.unwrap_or(default_w).clamp(1, cap)).collect();
-    let total: i128 = weights.iter().try_fold(0i128, |acc, w| acc.checked_add(*w)).ok_or_else(overflow)?;
+    let weights: Vec<i128> = kept
+        .iter()
+        .map(|q| q.volume.unwrap_or(default_w).clamp(1, cap))
+        .collect();
+    let total: i128 = weights
+        .iter()
+        .try_fold(0i128, |acc, w| acc.checked_add(*w))
+        .ok_or_else(overflow)?;
 
     // Weighted median: the first price where the cumulative weight reaches half;
     // on an exact tie at the boundary take the midpoint with the next price.
@@ -123,22 +137,43 @@ pub fn observe(
     let mut sources_used: Vec<String> = kept.iter().map(|q| q.source.clone()).collect();
     sources_used.sort();
     outliers.sort();
-    Ok(Observation { feed: feed.to_string(), decimals, price, spread, observed_at_ms, sources_used, outliers })
+    Ok(Observation {
+        feed: feed.to_string(),
+        decimals,
+        price,
+        spread,
+        observed_at_ms,
+        sources_used,
+        outliers,
+    })
 }
 
 #[cfg(test)]
+#[allow(clippy::inconsistent_digit_grouping)] // prices written as units_cents
 mod tests {
     use super::*;
 
     fn sp(source: &str, price: i128, volume: Option<i128>) -> SourcePrice {
-        SourcePrice { source: source.into(), price, volume, time_ms: 7 }
+        SourcePrice {
+            source: source.into(),
+            price,
+            volume,
+            time_ms: 7,
+        }
     }
 
-    const P: ObservationParams = ObservationParams { min_sources: 3, max_deviation_bps: 100 };
+    const P: ObservationParams = ObservationParams {
+        min_sources: 3,
+        max_deviation_bps: 100,
+    };
 
     #[test]
     fn median_without_volume() {
-        let q = [sp("a", 100_00, None), sp("b", 100_10, None), sp("c", 100_05, None)];
+        let q = [
+            sp("a", 100_00, None),
+            sp("b", 100_10, None),
+            sp("c", 100_05, None),
+        ];
         let o = observe("X", 2, &q, P).unwrap();
         assert_eq!(o.price, 100_05);
         assert_eq!(o.spread, 10);
@@ -164,18 +199,36 @@ mod tests {
     #[test]
     fn volume_weights_are_capped() {
         // One huge venue cannot decide alone: capped at 3x the median weight.
-        let q = [sp("a", 100_00, Some(1)), sp("b", 100_01, Some(1)), sp("c", 100_02, Some(1)), sp("d", 100_50, Some(1_000_000))];
+        // Uncapped, "d" would outweigh the other four together.
+        let q = [
+            sp("a", 100_00, Some(1)),
+            sp("b", 100_01, Some(1)),
+            sp("c", 100_02, Some(1)),
+            sp("e", 100_03, Some(1)),
+            sp("d", 100_50, Some(1_000_000)),
+        ];
         let o = observe("X", 2, &q, P).unwrap();
-        assert_eq!(o.price, 100_02);
+        assert_eq!(o.price, 100_03);
         // Real weighting moves the median toward the heavy side.
-        let q = [sp("a", 100_00, Some(1)), sp("b", 100_01, Some(3)), sp("c", 100_02, Some(3))];
+        let q = [
+            sp("a", 100_00, Some(1)),
+            sp("b", 100_01, Some(3)),
+            sp("c", 100_02, Some(3)),
+        ];
         assert_eq!(observe("X", 2, &q, P).unwrap().price, 100_01);
     }
 
     #[test]
     fn too_few_sources() {
         let q = [sp("a", 100, None), sp("b", 100, None)];
-        assert!(matches!(observe("X", 2, &q, P), Err(ObservationError::InsufficientSources { have: 2, need: 3, .. })));
+        assert!(matches!(
+            observe("X", 2, &q, P),
+            Err(ObservationError::InsufficientSources {
+                have: 2,
+                need: 3,
+                ..
+            })
+        ));
         let q = [sp("a", 100, None), sp("b", 100, None), sp("c", 200, None)];
         assert!(observe("X", 2, &q, P).is_err());
     }

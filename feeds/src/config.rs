@@ -31,13 +31,19 @@ impl std::str::FromStr for Dur {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. \"500ms\", \"2s\", \"1m\""))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid duration {s:?}: expected e.g. \"500ms\", \"2s\", \"1m\"")
+        })?;
         let ms = match unit.trim() {
             "ms" => n,
             "s" => n.saturating_mul(1000),
             "m" => n.saturating_mul(60_000),
             "h" => n.saturating_mul(3_600_000),
-            other => return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m or h")),
+            other => {
+                return Err(format!(
+                    "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+                ));
+            }
         };
         Ok(Dur::ms(ms))
     }
@@ -46,7 +52,11 @@ impl std::str::FromStr for Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.as_ms();
-        if ms % 1000 == 0 && ms > 0 { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+        if ms.is_multiple_of(1000) && ms > 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
     }
 }
 
@@ -127,7 +137,13 @@ pub struct VenueConfig {
 
 impl Default for VenueConfig {
     fn default() -> Self {
-        VenueConfig { enabled: true, base_url: None, ws: None, ws_url: None, rate_limit_per_sec: None }
+        VenueConfig {
+            enabled: true,
+            base_url: None,
+            ws: None,
+            ws_url: None,
+            rate_limit_per_sec: None,
+        }
     }
 }
 
@@ -187,14 +203,20 @@ impl ResolvedSource {
 
 pub fn split_feed_id(id: &str) -> Option<(&str, &str)> {
     let (b, q) = id.split_once('-')?;
-    let ok = |s: &str| !s.is_empty() && s.len() <= 12 && s.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 12
+            && s.bytes()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    };
     (ok(b) && ok(q)).then_some((b, q))
 }
 
 impl SourcesConfig {
     /// Parse a TOML document holding just this section's keys.
     pub fn from_toml(text: &str) -> Result<SourcesConfig, ConfigError> {
-        let cfg: SourcesConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: SourcesConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -204,7 +226,11 @@ impl SourcesConfig {
     }
 
     pub fn base_url(&self, v: Venue) -> String {
-        self.venue(v).base_url.unwrap_or_else(|| v.default_base_url().to_string()).trim_end_matches('/').to_string()
+        self.venue(v)
+            .base_url
+            .unwrap_or_else(|| v.default_base_url().to_string())
+            .trim_end_matches('/')
+            .to_string()
     }
 
     pub fn ws_enabled(&self, v: Venue) -> bool {
@@ -212,7 +238,9 @@ impl SourcesConfig {
     }
 
     pub fn ws_url(&self, v: Venue) -> Option<String> {
-        self.venue(v).ws_url.or_else(|| v.default_ws_url().map(str::to_string))
+        self.venue(v)
+            .ws_url
+            .or_else(|| v.default_ws_url().map(str::to_string))
     }
 
     pub fn sanity(&self) -> SanityLimits {
@@ -238,10 +266,16 @@ impl SourcesConfig {
         }
         for f in &self.feeds {
             let Some((_, fq)) = split_feed_id(&f.id) else {
-                return bad(format!("feed id {:?} must look like \"BTC-USD\" (upper-case BASE-QUOTE)", f.id));
+                return bad(format!(
+                    "feed id {:?} must look like \"BTC-USD\" (upper-case BASE-QUOTE)",
+                    f.id
+                ));
             };
             if f.decimals > 18 {
-                return bad(format!("feed {}: decimals {} is more than 18", f.id, f.decimals));
+                return bad(format!(
+                    "feed {}: decimals {} is more than 18",
+                    f.id, f.decimals
+                ));
             }
             if f.min_sources == 0 || f.min_sources > f.sources.len() {
                 return bad(format!(
@@ -254,7 +288,10 @@ impl SourcesConfig {
             let mut seen = BTreeSet::new();
             for s in &f.sources {
                 if !self.venue(s.venue).enabled {
-                    return bad(format!("feed {}: source venue {} is disabled in [venues]", f.id, s.venue));
+                    return bad(format!(
+                        "feed {}: source venue {} is disabled in [venues]",
+                        f.id, s.venue
+                    ));
                 }
                 if let Some(q) = &s.quote
                     && q != fq
@@ -266,8 +303,15 @@ impl SourcesConfig {
                             f.id, s.venue
                         ));
                     };
-                    if conv.sources.iter().any(|s| s.quote.as_deref().is_some_and(|cq| cq != fq)) {
-                        return bad(format!("feed {via} converts feed {} and may not itself need conversion", f.id));
+                    if conv
+                        .sources
+                        .iter()
+                        .any(|s| s.quote.as_deref().is_some_and(|cq| cq != fq))
+                    {
+                        return bad(format!(
+                            "feed {via} converts feed {} and may not itself need conversion",
+                            f.id
+                        ));
                     }
                 }
                 if !seen.insert(s.venue) {
@@ -282,12 +326,22 @@ impl SourcesConfig {
     pub fn resolved_sources(&self) -> Vec<ResolvedSource> {
         let mut out = Vec::new();
         for f in &self.feeds {
-            let Some((base, fq)) = split_feed_id(&f.id) else { continue };
+            let Some((base, fq)) = split_feed_id(&f.id) else {
+                continue;
+            };
             for s in &f.sources {
                 let quote = s.quote.clone().unwrap_or_else(|| fq.to_string());
-                let market = s.symbol.clone().unwrap_or_else(|| s.venue.market(base, &quote));
+                let market = s
+                    .symbol
+                    .clone()
+                    .unwrap_or_else(|| s.venue.market(base, &quote));
                 let convert_via = (quote != fq).then(|| format!("{quote}-{fq}"));
-                out.push(ResolvedSource { feed: f.id.clone(), venue: s.venue, market, convert_via });
+                out.push(ResolvedSource {
+                    feed: f.id.clone(),
+                    venue: s.venue,
+                    market,
+                    convert_via,
+                });
             }
         }
         out
@@ -299,7 +353,9 @@ impl SourcesConfig {
     /// venues; USDT markets are converted through a "USDT-USD" feed added here.
     pub fn for_sim_exchange(base_url: &str, feeds: &[&str]) -> SourcesConfig {
         let base = base_url.trim_end_matches('/');
-        let ws_base = base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
+        let ws_base = base
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1);
         let mut cfg = SourcesConfig {
             poll_interval: Dur::ms(500),
             request_timeout: Dur::ms(1_000),
@@ -315,17 +371,36 @@ impl SourcesConfig {
                     enabled: true,
                     base_url: Some(format!("{base}/{}", v.name())),
                     ws: Some(v.default_ws_url().is_some()),
-                    ws_url: v.default_ws_url().map(|_| format!("{ws_base}/{}/ws", v.name())),
+                    ws_url: v
+                        .default_ws_url()
+                        .map(|_| format!("{ws_base}/{}/ws", v.name())),
                     // The simulated exchange has no limits unless a scenario adds them.
                     rate_limit_per_sec: Some(500),
                 },
             );
         }
-        let usd_venues = [Venue::Coinbase, Venue::Kraken, Venue::Bitstamp, Venue::Gemini, Venue::Bitfinex, Venue::Cryptocom];
-        let usdt_venues =
-            [Venue::Binance, Venue::Okx, Venue::Bybit, Venue::Kucoin, Venue::Gateio, Venue::Htx, Venue::Mexc, Venue::Bitget];
+        let usd_venues = [
+            Venue::Coinbase,
+            Venue::Kraken,
+            Venue::Bitstamp,
+            Venue::Gemini,
+            Venue::Bitfinex,
+            Venue::Cryptocom,
+        ];
+        let usdt_venues = [
+            Venue::Binance,
+            Venue::Okx,
+            Venue::Bybit,
+            Venue::Kucoin,
+            Venue::Gateio,
+            Venue::Htx,
+            Venue::Mexc,
+            Venue::Bitget,
+        ];
         let mut ids: Vec<String> = feeds.iter().map(|s| s.to_string()).collect();
-        let needs_usdt = ids.iter().any(|id| id.ends_with("-USD") && id != "USDT-USD");
+        let needs_usdt = ids
+            .iter()
+            .any(|id| id.ends_with("-USD") && id != "USDT-USD");
         if needs_usdt && !ids.iter().any(|id| id == "USDT-USD") {
             ids.push("USDT-USD".into());
         }
@@ -333,18 +408,36 @@ impl SourcesConfig {
             let usd = id.ends_with("-USD");
             let mut sources: Vec<SourceConfig> = Vec::new();
             for v in usd_venues {
-                sources.push(SourceConfig { venue: v, quote: None, symbol: None });
+                sources.push(SourceConfig {
+                    venue: v,
+                    quote: None,
+                    symbol: None,
+                });
             }
             if usd && id != "USDT-USD" {
                 for v in usdt_venues {
-                    sources.push(SourceConfig { venue: v, quote: Some("USDT".into()), symbol: None });
+                    sources.push(SourceConfig {
+                        venue: v,
+                        quote: Some("USDT".into()),
+                        symbol: None,
+                    });
                 }
             } else if !usd {
                 for v in usdt_venues {
-                    sources.push(SourceConfig { venue: v, quote: None, symbol: None });
+                    sources.push(SourceConfig {
+                        venue: v,
+                        quote: None,
+                        symbol: None,
+                    });
                 }
             }
-            cfg.feeds.push(FeedConfig { id, decimals: 8, min_sources: 3, max_deviation_bps: None, sources });
+            cfg.feeds.push(FeedConfig {
+                id,
+                decimals: 8,
+                min_sources: 3,
+                max_deviation_bps: None,
+                sources,
+            });
         }
         cfg
     }
@@ -400,9 +493,14 @@ mod tests {
         assert!(err("pol_interval = \"1s\"").contains("unknown field"));
         assert!(err("poll_interval = \"1 fortnight\"").contains("invalid duration"));
         assert!(err("[[feeds]]\nid = \"btc\"\nsources = []").contains("BASE-QUOTE"));
-        let e = err("[[feeds]]\nid = \"BTC-USD\"\nmin_sources = 1\nsources = [{ venue = \"binance\", quote = \"USDT\" }]");
+        let e = err(
+            "[[feeds]]\nid = \"BTC-USD\"\nmin_sources = 1\nsources = [{ venue = \"binance\", quote = \"USDT\" }]",
+        );
         assert!(e.contains("USDT-USD must be configured"), "{e}");
-        assert!(err("[[feeds]]\nid = \"BTC-USD\"\nsources = [{ venue = \"nope\" }]").contains("unknown variant"));
+        assert!(
+            err("[[feeds]]\nid = \"BTC-USD\"\nsources = [{ venue = \"nope\" }]")
+                .contains("unknown variant")
+        );
     }
 
     #[test]
@@ -410,7 +508,10 @@ mod tests {
         let cfg = SourcesConfig::for_sim_exchange("http://127.0.0.1:9", &["BTC-USD", "ETH-USD"]);
         cfg.validate().unwrap();
         assert_eq!(cfg.base_url(Venue::Okx), "http://127.0.0.1:9/okx");
-        assert_eq!(cfg.ws_url(Venue::Kraken).as_deref(), Some("ws://127.0.0.1:9/kraken/ws"));
+        assert_eq!(
+            cfg.ws_url(Venue::Kraken).as_deref(),
+            Some("ws://127.0.0.1:9/kraken/ws")
+        );
         assert_eq!(cfg.feeds.len(), 3);
         let text = toml::to_string(&cfg).unwrap();
         assert_eq!(SourcesConfig::from_toml(&text).unwrap(), cfg);

@@ -49,7 +49,8 @@ pub fn parse_fixed(text: &str, decimals: u32) -> Result<i128, PriceError> {
     if int_part.is_empty() && frac_part.is_empty() {
         return Err(PriceError::Malformed(truncate(s)));
     }
-    if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    if !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(PriceError::Malformed(truncate(s)));
     }
@@ -65,7 +66,8 @@ pub fn parse_fixed(text: &str, decimals: u32) -> Result<i128, PriceError> {
     } else if shift >= 0 {
         let base = parse_digits(digits, s)?;
         let scale = pow10(shift as u32).ok_or_else(|| PriceError::Absurd(truncate(s)))?;
-        base.checked_mul(scale).ok_or_else(|| PriceError::Absurd(truncate(s)))?
+        base.checked_mul(scale)
+            .ok_or_else(|| PriceError::Absurd(truncate(s)))?
     } else {
         // Drop `-shift` trailing digits, rounding half away from zero.
         let drop = (-shift) as usize;
@@ -75,10 +77,15 @@ pub fn parse_fixed(text: &str, decimals: u32) -> Result<i128, PriceError> {
             0
         } else {
             let (keep, dropped) = digits.split_at(digits.len() - drop);
-            let base = if keep.is_empty() { 0 } else { parse_digits(keep, s)? };
+            let base = if keep.is_empty() {
+                0
+            } else {
+                parse_digits(keep, s)?
+            };
             let round_up = dropped.as_bytes().first().is_some_and(|d| *d >= b'5');
             if round_up {
-                base.checked_add(1).ok_or_else(|| PriceError::Absurd(truncate(s)))?
+                base.checked_add(1)
+                    .ok_or_else(|| PriceError::Absurd(truncate(s)))?
             } else {
                 base
             }
@@ -170,10 +177,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "abc", "1.2.3", "--1", "1e", "NaN", "nan", "Infinity", "-inf", "1,5", "0x10", "1e999"] {
+        for bad in [
+            "", "abc", "1.2.3", "--1", "1e", "NaN", "nan", "Infinity", "-inf", "1,5", "0x10",
+            "1e999",
+        ] {
             assert!(parse_fixed(bad, 8).is_err(), "{bad:?} must be rejected");
         }
-        assert!(matches!(parse_fixed("NaN", 8), Err(PriceError::NonFinite(_))));
+        assert!(matches!(
+            parse_fixed("NaN", 8),
+            Err(PriceError::NonFinite(_))
+        ));
         assert!(matches!(
             parse_fixed("999999999999999999999999999999999999", 8),
             Err(PriceError::Absurd(_))

@@ -109,7 +109,12 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SourceError::Timeout(_) | SourceError::Connect(_) | SourceError::HttpStatus { status: 500..=599, .. }
+            SourceError::Timeout(_)
+                | SourceError::Connect(_)
+                | SourceError::HttpStatus {
+                    status: 500..=599,
+                    ..
+                }
         )
     }
 
@@ -122,7 +127,11 @@ impl SourceError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ObservationError {
     #[error("feed {feed}: only {have} healthy sources, {need} required")]
-    InsufficientSources { feed: String, have: usize, need: usize },
+    InsufficientSources {
+        feed: String,
+        have: usize,
+        need: usize,
+    },
     #[error("feed {feed}: arithmetic overflow while aggregating")]
     Overflow { feed: String },
 }
@@ -131,7 +140,10 @@ pub enum ObservationError {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid sources config: {0}")]
     Parse(String),
     #[error("invalid sources config: {0}")]

@@ -57,17 +57,30 @@ impl SourceMetrics {
             "Age of the newest usable quote per source and feed",
             m.staleness.clone(),
         );
-        registry.register("sibyl_source_quotes", "Quotes fetched that passed the sanity checks", m.quotes.clone());
+        registry.register(
+            "sibyl_source_quotes",
+            "Quotes fetched that passed the sanity checks",
+            m.quotes.clone(),
+        );
         registry.register(
             "sibyl_observation_sources",
             "Sources used in the latest observation per feed",
             m.observation_sources.clone(),
         );
-        registry.register("sibyl_source_ws_connects", "WebSocket connection attempts per venue", m.ws_connects.clone());
+        registry.register(
+            "sibyl_source_ws_connects",
+            "WebSocket connection attempts per venue",
+            m.ws_connects.clone(),
+        );
         m
     }
 
     pub fn error(&self, source: &str, reason: &str) {
-        self.errors.get_or_create(&ErrorLabels { source: source.into(), reason: reason.into() }).inc();
+        self.errors
+            .get_or_create(&ErrorLabels {
+                source: source.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 }

@@ -18,7 +18,11 @@ pub struct SanityLimits {
 
 impl Default for SanityLimits {
     fn default() -> Self {
-        SanityLimits { max_price_units: 1_000_000_000_000, max_age_ms: 30_000, max_future_ms: 5_000 }
+        SanityLimits {
+            max_price_units: 1_000_000_000_000,
+            max_age_ms: 30_000,
+            max_future_ms: 5_000,
+        }
     }
 }
 
@@ -39,7 +43,12 @@ pub struct Quote {
 pub const VOLUME_DECIMALS: u32 = 4;
 
 impl Quote {
-    pub fn check(raw: &RawQuote, decimals: u32, now_ms: u64, limits: &SanityLimits) -> Result<Quote, Rejection> {
+    pub fn check(
+        raw: &RawQuote,
+        decimals: u32,
+        now_ms: u64,
+        limits: &SanityLimits,
+    ) -> Result<Quote, Rejection> {
         let max = pow10(decimals)
             .and_then(|s| s.checked_mul(limits.max_price_units as i128))
             .ok_or(Rejection::Absurd)?;
@@ -88,7 +97,13 @@ impl Quote {
             .as_deref()
             .and_then(|v| parse_fixed(v, VOLUME_DECIMALS).ok())
             .filter(|v| *v > 0);
-        Ok(Quote { price, bid, ask, volume, time_ms })
+        Ok(Quote {
+            price,
+            bid,
+            ask,
+            volume,
+            time_ms,
+        })
     }
 }
 
@@ -97,7 +112,13 @@ mod tests {
     use super::*;
 
     fn raw(bid: &str, ask: &str) -> RawQuote {
-        RawQuote { bid: Some(bid.into()), ask: Some(ask.into()), last: None, volume: None, venue_time_ms: None }
+        RawQuote {
+            bid: Some(bid.into()),
+            ask: Some(ask.into()),
+            last: None,
+            volume: None,
+            venue_time_ms: None,
+        }
     }
 
     #[test]
@@ -106,13 +127,34 @@ mod tests {
         let q = Quote::check(&raw("100.00", "100.02"), 2, 1000, &l).unwrap();
         assert_eq!(q.price, 10001);
         assert_eq!(q.time_ms, 1000);
-        assert_eq!(Quote::check(&raw("101", "100"), 2, 0, &l), Err(Rejection::Crossed));
-        assert_eq!(Quote::check(&raw("0", "100"), 2, 0, &l), Err(Rejection::Zero));
-        assert_eq!(Quote::check(&raw("-1", "100"), 2, 0, &l), Err(Rejection::Negative));
-        assert_eq!(Quote::check(&raw("NaN", "100"), 2, 0, &l), Err(Rejection::NonFinite));
-        assert_eq!(Quote::check(&raw("1e30", "1e30"), 2, 0, &l), Err(Rejection::Absurd));
-        assert_eq!(Quote::check(&raw("garbage", "1"), 2, 0, &l), Err(Rejection::NonFinite));
-        assert_eq!(Quote::check(&RawQuote::default(), 2, 0, &l), Err(Rejection::NoPrice));
+        assert_eq!(
+            Quote::check(&raw("101", "100"), 2, 0, &l),
+            Err(Rejection::Crossed)
+        );
+        assert_eq!(
+            Quote::check(&raw("0", "100"), 2, 0, &l),
+            Err(Rejection::Zero)
+        );
+        assert_eq!(
+            Quote::check(&raw("-1", "100"), 2, 0, &l),
+            Err(Rejection::Negative)
+        );
+        assert_eq!(
+            Quote::check(&raw("NaN", "100"), 2, 0, &l),
+            Err(Rejection::NonFinite)
+        );
+        assert_eq!(
+            Quote::check(&raw("1e30", "1e30"), 2, 0, &l),
+            Err(Rejection::Absurd)
+        );
+        assert_eq!(
+            Quote::check(&raw("garbage", "1"), 2, 0, &l),
+            Err(Rejection::NonFinite)
+        );
+        assert_eq!(
+            Quote::check(&RawQuote::default(), 2, 0, &l),
+            Err(Rejection::NoPrice)
+        );
     }
 
     #[test]
@@ -121,7 +163,13 @@ mod tests {
         let mut r = raw("1", "1");
         r.venue_time_ms = Some(100_000);
         assert!(Quote::check(&r, 2, 100_000, &l).is_ok());
-        assert_eq!(Quote::check(&r, 2, 100_000 - 6_000, &l), Err(Rejection::Future));
-        assert_eq!(Quote::check(&r, 2, 100_000 + 31_000, &l), Err(Rejection::TooOld));
+        assert_eq!(
+            Quote::check(&r, 2, 100_000 - 6_000, &l),
+            Err(Rejection::Future)
+        );
+        assert_eq!(
+            Quote::check(&r, 2, 100_000 + 31_000, &l),
+            Err(Rejection::TooOld)
+        );
     }
 }

@@ -70,14 +70,34 @@ impl Shared {
     fn new(config: SourcesConfig, metrics: SourceMetrics) -> Shared {
         let mut slots = BTreeMap::new();
         for s in config.resolved_sources() {
-            let decimals = config.feeds.iter().find(|f| f.id == s.feed).map(|f| f.decimals).unwrap_or(8);
-            let breaker = CircuitBreaker::new(config.breaker_failures, config.breaker_cooldown.as_ms());
+            let decimals = config
+                .feeds
+                .iter()
+                .find(|f| f.id == s.feed)
+                .map(|f| f.decimals)
+                .unwrap_or(8);
+            let breaker =
+                CircuitBreaker::new(config.breaker_failures, config.breaker_cooldown.as_ms());
             slots.insert(
                 (s.feed.clone(), s.label()),
-                Slot { source: s, decimals, quote: None, updated_ms: 0, via_ws: false, last_error: None, latency_ms: None, breaker },
+                Slot {
+                    source: s,
+                    decimals,
+                    quote: None,
+                    updated_ms: 0,
+                    via_ws: false,
+                    last_error: None,
+                    latency_ms: None,
+                    breaker,
+                },
             );
         }
-        Shared { config, slots: Mutex::new(slots), metrics, changed: Notify::new() }
+        Shared {
+            config,
+            slots: Mutex::new(slots),
+            metrics,
+            changed: Notify::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Slot>> {
@@ -87,15 +107,25 @@ impl Shared {
     }
 
     /// Record the outcome of a fetch (REST or WS) for every slot of `venue` trading `market`.
-    pub(crate) fn record(&self, venue: Venue, market: &str, result: Result<RawQuote, SourceError>, latency_ms: Option<u64>, via_ws: bool) {
+    pub(crate) fn record(
+        &self,
+        venue: Venue,
+        market: &str,
+        result: Result<RawQuote, SourceError>,
+        latency_ms: Option<u64>,
+        via_ws: bool,
+    ) {
         let now = now_ms();
         let limits = self.config.sanity();
         let mut slots = self.lock();
-        for slot in slots.values_mut().filter(|s| s.source.venue == venue && s.source.market == market) {
+        for slot in slots
+            .values_mut()
+            .filter(|s| s.source.venue == venue && s.source.market == market)
+        {
             let label = slot.source.label();
-            let checked = result
-                .clone()
-                .and_then(|raw| Quote::check(&raw, slot.decimals, now, &limits).map_err(SourceError::Rejected));
+            let checked = result.clone().and_then(|raw| {
+                Quote::check(&raw, slot.decimals, now, &limits).map_err(SourceError::Rejected)
+            });
             match checked {
                 Ok(q) => {
                     slot.quote = Some(q);
@@ -108,7 +138,10 @@ impl Shared {
                     slot.breaker.on_success();
                     self.metrics
                         .quotes
-                        .get_or_create(&SourceFeedLabels { source: label, feed: slot.source.feed.clone() })
+                        .get_or_create(&SourceFeedLabels {
+                            source: label,
+                            feed: slot.source.feed.clone(),
+                        })
                         .inc();
                 }
                 Err(e) => {
@@ -143,7 +176,9 @@ impl Shared {
                 breaker: match s.breaker.state() {
                     BreakerState::Closed => "closed".into(),
                     BreakerState::HalfOpen => "half-open".into(),
-                    BreakerState::Open { until_ms } => format!("open for {} ms", until_ms.saturating_sub(now)),
+                    BreakerState::Open { until_ms } => {
+                        format!("open for {} ms", until_ms.saturating_sub(now))
+                    }
                 },
             })
             .collect()
@@ -160,7 +195,11 @@ pub(crate) fn compute_observations(
 ) -> BTreeMap<String, Result<Observation, ObservationError>> {
     let max_age = config.max_quote_age.as_ms();
     let mut out: BTreeMap<String, Result<Observation, ObservationError>> = BTreeMap::new();
-    let is_converter = |id: &str| slots.values().any(|s| s.source.convert_via.as_deref() == Some(id));
+    let is_converter = |id: &str| {
+        slots
+            .values()
+            .any(|s| s.source.convert_via.as_deref() == Some(id))
+    };
     let mut order: Vec<&crate::config::FeedConfig> = config.feeds.iter().collect();
     order.sort_by_key(|f| (!is_converter(&f.id), f.id.clone()));
     for feed in order {
@@ -168,10 +207,15 @@ pub(crate) fn compute_observations(
         for slot in slots.values().filter(|s| s.source.feed == feed.id) {
             let label = slot.source.label();
             let Some(q) = slot.quote else { continue };
-            let age = now.saturating_sub(q.time_ms).max(now.saturating_sub(slot.updated_ms));
+            let age = now
+                .saturating_sub(q.time_ms)
+                .max(now.saturating_sub(slot.updated_ms));
             if let Some(m) = metrics {
                 m.staleness
-                    .get_or_create(&SourceFeedLabels { source: label.clone(), feed: feed.id.clone() })
+                    .get_or_create(&SourceFeedLabels {
+                        source: label.clone(),
+                        feed: feed.id.clone(),
+                    })
                     .set(age as f64 / 1000.0);
             }
             if age > max_age {
@@ -186,7 +230,12 @@ pub(crate) fn compute_observations(
                 },
             };
             let Some(price) = price else { continue };
-            prices.push(SourcePrice { source: label, price, volume: q.volume, time_ms: q.time_ms });
+            prices.push(SourcePrice {
+                source: label,
+                price,
+                volume: q.volume,
+                time_ms: q.time_ms,
+            });
         }
         let params = ObservationParams {
             min_sources: feed.min_sources,
@@ -194,8 +243,15 @@ pub(crate) fn compute_observations(
         };
         let result = observe(&feed.id, feed.decimals, &prices, params);
         if let Some(m) = metrics {
-            let n = result.as_ref().map(|o| o.sources_used.len() as i64).unwrap_or(0);
-            m.observation_sources.get_or_create(&FeedLabels { feed: feed.id.clone() }).set(n);
+            let n = result
+                .as_ref()
+                .map(|o| o.sources_used.len() as i64)
+                .unwrap_or(0);
+            m.observation_sources
+                .get_or_create(&FeedLabels {
+                    feed: feed.id.clone(),
+                })
+                .set(n);
         }
         out.insert(feed.id.clone(), result);
     }
@@ -218,7 +274,11 @@ pub struct SourcesHandle {
 impl SourcesHandle {
     /// The latest valid observation of `feed`, if any.
     pub fn latest(&self, feed: &str) -> Option<Observation> {
-        self.observations.borrow().get(feed).and_then(|r| r.as_ref().ok()).cloned()
+        self.observations
+            .borrow()
+            .get(feed)
+            .and_then(|r| r.as_ref().ok())
+            .cloned()
     }
 
     /// All feeds' latest results.
@@ -250,7 +310,10 @@ pub struct Sources;
 
 impl Sources {
     /// Start fetching. `registry` receives the sources' metrics.
-    pub fn spawn(config: SourcesConfig, registry: &mut Registry) -> Result<SourcesHandle, crate::error::ConfigError> {
+    pub fn spawn(
+        config: SourcesConfig,
+        registry: &mut Registry,
+    ) -> Result<SourcesHandle, crate::error::ConfigError> {
         config.validate()?;
         let metrics = SourceMetrics::register(registry);
         let shared = Arc::new(Shared::new(config, metrics));
@@ -267,13 +330,27 @@ impl Sources {
         }
         for (venue, markets) in by_venue {
             let limiter = Arc::new(venue_limiter(&shared.config, venue));
-            tasks.push(tokio::spawn(poll_venue(shared.clone(), client.clone(), limiter, venue, markets.clone())));
+            tasks.push(tokio::spawn(poll_venue(
+                shared.clone(),
+                client.clone(),
+                limiter,
+                venue,
+                markets.clone(),
+            )));
             if shared.config.ws_enabled(venue) {
-                tasks.push(tokio::spawn(ws::stream_venue(shared.clone(), venue, markets)));
+                tasks.push(tokio::spawn(ws::stream_venue(
+                    shared.clone(),
+                    venue,
+                    markets,
+                )));
             }
         }
         tasks.push(tokio::spawn(aggregate_loop(shared.clone(), tx)));
-        Ok(SourcesHandle { shared, observations: rx, tasks: Arc::new(Mutex::new(tasks)) })
+        Ok(SourcesHandle {
+            shared,
+            observations: rx,
+            tasks: Arc::new(Mutex::new(tasks)),
+        })
     }
 }
 
@@ -285,7 +362,9 @@ pub(crate) fn venue_limiter(config: &SourcesConfig, venue: Venue) -> RateLimiter
     }
 }
 
-pub(crate) fn http_client(config: &SourcesConfig) -> Result<reqwest::Client, crate::error::ConfigError> {
+pub(crate) fn http_client(
+    config: &SourcesConfig,
+) -> Result<reqwest::Client, crate::error::ConfigError> {
     install_crypto_provider();
     reqwest::Client::builder()
         .timeout(config.request_timeout.0)
@@ -321,7 +400,13 @@ async fn aggregate_loop(shared: Arc<Shared>, tx: watch::Sender<Observations>) {
     }
 }
 
-async fn poll_venue(shared: Arc<Shared>, client: reqwest::Client, limiter: Arc<RateLimiter>, venue: Venue, markets: Vec<String>) {
+async fn poll_venue(
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    limiter: Arc<RateLimiter>,
+    venue: Venue,
+    markets: Vec<String>,
+) {
     let base = shared.config.base_url(venue);
     let poll = shared.config.poll_interval.0;
     let mut tick = tokio::time::interval(poll);
@@ -329,15 +414,24 @@ async fn poll_venue(shared: Arc<Shared>, client: reqwest::Client, limiter: Arc<R
     loop {
         tick.tick().await;
         let jobs = markets.iter().map(|market| {
-            let (shared, client, limiter, base) = (shared.clone(), client.clone(), limiter.clone(), base.clone());
+            let (shared, client, limiter, base) = (
+                shared.clone(),
+                client.clone(),
+                limiter.clone(),
+                base.clone(),
+            );
             async move {
                 let now = now_ms();
                 let (fresh_ws, allowed) = {
                     let mut slots = shared.lock();
                     let mut fresh_ws = false;
                     let mut allowed = Ok(());
-                    for s in slots.values_mut().filter(|s| s.source.venue == venue && &s.source.market == market) {
-                        fresh_ws |= s.via_ws && now.saturating_sub(s.updated_ms) < 2 * poll.as_millis() as u64;
+                    for s in slots
+                        .values_mut()
+                        .filter(|s| s.source.venue == venue && &s.source.market == market)
+                    {
+                        fresh_ws |= s.via_ws
+                            && now.saturating_sub(s.updated_ms) < 2 * poll.as_millis() as u64;
                         if let Err(wait) = s.breaker.allow(now) {
                             allowed = Err(wait);
                         }
@@ -348,12 +442,22 @@ async fn poll_venue(shared: Arc<Shared>, client: reqwest::Client, limiter: Arc<R
                     return; // the stream is live; REST is only the fallback
                 }
                 if let Err(wait) = allowed {
-                    shared.metrics.error(&format!("{venue}:{market}"), "circuit_open");
+                    shared
+                        .metrics
+                        .error(&format!("{venue}:{market}"), "circuit_open");
                     debug!(%venue, %market, wait_ms = wait, "circuit open, skipping");
                     return;
                 }
                 let started = Instant::now();
-                let result = fetch_ticker(&client, &limiter, &base, venue, market, shared.config.max_retries).await;
+                let result = fetch_ticker(
+                    &client,
+                    &limiter,
+                    &base,
+                    venue,
+                    market,
+                    shared.config.max_retries,
+                )
+                .await;
                 let latency = started.elapsed().as_millis() as u64;
                 shared.record(venue, market, result, Some(latency), false);
             }
@@ -375,11 +479,18 @@ pub(crate) async fn fetch_ticker(
     let mut attempt = 0;
     loop {
         limiter.acquire().await;
-        let result = fetch_once(client, &url).await.and_then(|(status, body)| venue.parse_ticker(status, &body, market));
+        let result = fetch_once(client, &url)
+            .await
+            .and_then(|(status, body)| venue.parse_ticker(status, &body, market));
         match result {
             Err(e) if e.is_transient() && attempt < max_retries => {
                 warn!(%venue, %market, error = %e, attempt, "retrying");
-                tokio::time::sleep(backoff(attempt, Duration::from_millis(100), Duration::from_secs(2))).await;
+                tokio::time::sleep(backoff(
+                    attempt,
+                    Duration::from_millis(100),
+                    Duration::from_secs(2),
+                ))
+                .await;
                 attempt += 1;
             }
             other => return other,
@@ -401,7 +512,9 @@ async fn fetch_once(client: &reqwest::Client, url: &str) -> Result<(u16, Vec<u8>
     while let Some(chunk) = resp.chunk().await.map_err(map)? {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_BODY {
-            return Err(SourceError::Malformed(format!("body larger than {MAX_BODY} bytes")));
+            return Err(SourceError::Malformed(format!(
+                "body larger than {MAX_BODY} bytes"
+            )));
         }
     }
     Ok((status, body))
@@ -432,11 +545,22 @@ pub async fn probe(config: &SourcesConfig) -> Result<ProbeReport, crate::error::
         let limiter = Arc::new(venue_limiter(config, venue));
         let base = config.base_url(venue);
         for market in ms {
-            let (shared, client, limiter, base) = (shared.clone(), client.clone(), limiter.clone(), base.clone());
+            let (shared, client, limiter, base) = (
+                shared.clone(),
+                client.clone(),
+                limiter.clone(),
+                base.clone(),
+            );
             jobs.push(async move {
                 let started = Instant::now();
                 let r = fetch_ticker(&client, &limiter, &base, venue, &market, 0).await;
-                shared.record(venue, &market, r, Some(started.elapsed().as_millis() as u64), false);
+                shared.record(
+                    venue,
+                    &market,
+                    r,
+                    Some(started.elapsed().as_millis() as u64),
+                    false,
+                );
             });
         }
     }
@@ -447,6 +571,9 @@ pub async fn probe(config: &SourcesConfig) -> Result<ProbeReport, crate::error::
     };
     Ok(ProbeReport {
         sources: shared.statuses(),
-        observations: observations.into_iter().map(|(k, v)| (k, v.map_err(|e| e.to_string()))).collect(),
+        observations: observations
+            .into_iter()
+            .map(|(k, v)| (k, v.map_err(|e| e.to_string())))
+            .collect(),
     })
 }

@@ -85,8 +85,14 @@ mod tests {
     #[test]
     fn rfc3339_round_trip() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_ms("2020-03-20T00:22:57.833Z"), Some(1_584_663_777_833));
-        assert_eq!(parse_rfc3339_ms("2022-10-19T23:28:22.061769Z"), Some(1_666_222_102_061));
+        assert_eq!(
+            parse_rfc3339_ms("2020-03-20T00:22:57.833Z"),
+            Some(1_584_663_777_833)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2022-10-19T23:28:22.061769Z"),
+            Some(1_666_222_102_061)
+        );
         assert_eq!(parse_rfc3339_ms("2022-10-19T23:28:22+01:00"), None);
         assert_eq!(parse_rfc3339_ms("garbage"), None);
         let t = 1_700_000_123_456;

@@ -184,9 +184,13 @@ impl Venue {
         match self {
             Venue::Coinbase | Venue::Okx | Venue::Kucoin => split(market, '-'),
             Venue::Gateio | Venue::Cryptocom => split(market, '_'),
-            Venue::Binance | Venue::Bybit | Venue::Mexc | Venue::Bitget | Venue::Bitstamp | Venue::Gemini | Venue::Htx => {
-                split_by_quote(&market.to_ascii_uppercase())
-            }
+            Venue::Binance
+            | Venue::Bybit
+            | Venue::Mexc
+            | Venue::Bitget
+            | Venue::Bitstamp
+            | Venue::Gemini
+            | Venue::Htx => split_by_quote(&market.to_ascii_uppercase()),
             Venue::Kraken => {
                 let (b, q) = split_by_quote(&market.to_ascii_uppercase())?;
                 Some((from_kraken_asset(&b), from_kraken_asset(&q)))
@@ -234,7 +238,10 @@ impl Venue {
         };
         match self {
             Venue::Binance | Venue::Mexc if path == "/api/v3/ticker/24hr" => param("symbol"),
-            Venue::Coinbase => path.strip_prefix("/products/")?.strip_suffix("/ticker").map(str::to_string),
+            Venue::Coinbase => path
+                .strip_prefix("/products/")?
+                .strip_suffix("/ticker")
+                .map(str::to_string),
             Venue::Kraken if path == "/0/public/Ticker" => param("pair"),
             Venue::Okx if path == "/api/v5/market/ticker" => param("instId"),
             Venue::Bybit if path == "/v5/market/tickers" => param("symbol"),
@@ -243,10 +250,14 @@ impl Venue {
                 .map(|s| s.trim_end_matches('/').to_string()),
             Venue::Gemini => path.strip_prefix("/v1/pubticker/").map(str::to_string),
             Venue::Kucoin if path == "/api/v1/market/orderbook/level1" => param("symbol"),
-            Venue::Bitfinex => path.strip_prefix("/v2/ticker/").map(|s| s.replace("%3A", ":")),
+            Venue::Bitfinex => path
+                .strip_prefix("/v2/ticker/")
+                .map(|s| s.replace("%3A", ":")),
             Venue::Gateio if path == "/api/v4/spot/tickers" => param("currency_pair"),
             Venue::Htx if path == "/market/detail/merged" => param("symbol"),
-            Venue::Cryptocom if path == "/exchange/v1/public/get-tickers" => param("instrument_name"),
+            Venue::Cryptocom if path == "/exchange/v1/public/get-tickers" => {
+                param("instrument_name")
+            }
             Venue::Bitget if path == "/api/v2/spot/market/tickers" => param("symbol"),
             _ => None,
         }
@@ -254,9 +265,17 @@ impl Venue {
 
     /// Parse a ticker response. `status` is the HTTP status; error bodies
     /// become typed errors (unknown symbol, rate limited, venue error).
-    pub fn parse_ticker(self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    pub fn parse_ticker(
+        self,
+        status: u16,
+        body: &[u8],
+        market: &str,
+    ) -> Result<RawQuote, SourceError> {
         if status == 429 || status == 418 {
-            return Err(SourceError::RateLimited { status, message: snippet(&String::from_utf8_lossy(body)) });
+            return Err(SourceError::RateLimited {
+                status,
+                message: snippet(&String::from_utf8_lossy(body)),
+            });
         }
         let result = match self {
             Venue::Binance | Venue::Mexc => parse_binance(status, body, market),
@@ -275,10 +294,12 @@ impl Venue {
         };
         match result {
             // A body we could not read on a non-2xx status is an HTTP error, not a format change.
-            Err(SourceError::Malformed(_)) if !(200..300).contains(&status) => Err(SourceError::HttpStatus {
-                status,
-                body: snippet(&String::from_utf8_lossy(body)),
-            }),
+            Err(SourceError::Malformed(_)) if !(200..300).contains(&status) => {
+                Err(SourceError::HttpStatus {
+                    status,
+                    body: snippet(&String::from_utf8_lossy(body)),
+                })
+            }
             other => other,
         }
     }
@@ -352,7 +373,10 @@ impl<'de> Deserialize<'de> for Num {
         } else if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
             Ok(Num(text.to_string()))
         } else {
-            Err(serde::de::Error::custom(format!("expected a number, got {}", snippet(text))))
+            Err(serde::de::Error::custom(format!(
+                "expected a number, got {}",
+                snippet(text)
+            )))
         }
     }
 }
@@ -371,7 +395,9 @@ fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, SourceError> {
 
 /// Parse `body` as the venue's success shape, or else as its error shape.
 /// (Serde's untagged enums cannot hold [`Num`], which borrows the raw text.)
-fn json_either<T: DeserializeOwned, E: DeserializeOwned>(body: &[u8]) -> Result<Result<T, E>, SourceError> {
+fn json_either<T: DeserializeOwned, E: DeserializeOwned>(
+    body: &[u8],
+) -> Result<Result<T, E>, SourceError> {
     match serde_json::from_slice::<T>(body) {
         Ok(t) => Ok(Ok(t)),
         Err(first) => match serde_json::from_slice::<E>(body) {
@@ -382,11 +408,17 @@ fn json_either<T: DeserializeOwned, E: DeserializeOwned>(body: &[u8]) -> Result<
 }
 
 fn venue_err(code: impl ToString, message: impl AsRef<str>) -> SourceError {
-    SourceError::Venue { code: code.to_string(), message: snippet(message.as_ref()) }
+    SourceError::Venue {
+        code: code.to_string(),
+        message: snippet(message.as_ref()),
+    }
 }
 
 fn rate_limited(status: u16, message: impl AsRef<str>) -> SourceError {
-    SourceError::RateLimited { status, message: snippet(message.as_ref()) }
+    SourceError::RateLimited {
+        status,
+        message: snippet(message.as_ref()),
+    }
 }
 
 // ---------------------------------------------------------------- Binance / MEXC
@@ -412,7 +444,10 @@ fn parse_binance(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sou
     match json_either::<BinanceTicker, BinanceError>(body)? {
         Ok(t) => {
             if t.symbol != market {
-                return Err(SourceError::Malformed(format!("asked for {market}, got {}", t.symbol)));
+                return Err(SourceError::Malformed(format!(
+                    "asked for {market}, got {}",
+                    t.symbol
+                )));
             }
             Ok(RawQuote {
                 bid: n(&t.bid_price),
@@ -448,7 +483,13 @@ struct CoinbaseError {
 
 fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
     match json_either::<CoinbaseTicker, CoinbaseError>(body)? {
-        Ok(CoinbaseTicker { bid, ask, price, volume, time }) => Ok(RawQuote {
+        Ok(CoinbaseTicker {
+            bid,
+            ask,
+            price,
+            volume,
+            time,
+        }) => Ok(RawQuote {
             bid: Some(bid.0),
             ask: Some(ask.0),
             last: Some(price.0),
@@ -496,9 +537,15 @@ fn parse_kraken(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
     // Kraken keys the result by its own pair name (XBTUSD -> XXBTZUSD); we ask for one pair.
     let result = resp.result.unwrap_or_default();
     if result.len() != 1 {
-        return Err(SourceError::Malformed(format!("expected one pair in result, got {}", result.len())));
+        return Err(SourceError::Malformed(format!(
+            "expected one pair in result, got {}",
+            result.len()
+        )));
     }
-    let t = result.into_values().next().ok_or_else(|| SourceError::Malformed("empty result".into()))?;
+    let t = result
+        .into_values()
+        .next()
+        .ok_or_else(|| SourceError::Malformed("empty result".into()))?;
     Ok(RawQuote {
         bid: t.b.first().map(|x| x.0.clone()),
         ask: t.a.first().map(|x| x.0.clone()),
@@ -635,21 +682,39 @@ fn parse_bitstamp(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
         return Err(SourceError::UnknownSymbol(market.into()));
     }
     match json_either::<BitstampTicker, BitstampError>(body)? {
-        Ok(BitstampTicker { timestamp, last, bid, ask, volume }) => Ok(RawQuote {
+        Ok(BitstampTicker {
+            timestamp,
+            last,
+            bid,
+            ask,
+            volume,
+        }) => Ok(RawQuote {
             bid: Some(bid.0),
             ask: Some(ask.0),
             last: Some(last.0),
             volume: n(&volume),
-            venue_time_ms: timestamp.0.parse::<u64>().ok().map(|s| s.saturating_mul(1000)),
+            venue_time_ms: timestamp
+                .0
+                .parse::<u64>()
+                .ok()
+                .map(|s| s.saturating_mul(1000)),
         }),
-        Err(BitstampError { status: st, reason, code }) => {
+        Err(BitstampError {
+            status: st,
+            reason,
+            code,
+        }) => {
             let message = reason.map(|r| r.to_string()).or(st).unwrap_or_default();
             let code = code.unwrap_or_default();
-            Err(if code.starts_with("API0001") || message.to_ascii_lowercase().contains("rate limit") {
-                rate_limited(status, message)
-            } else {
-                venue_err(code, message)
-            })
+            Err(
+                if code.starts_with("API0001")
+                    || message.to_ascii_lowercase().contains("rate limit")
+                {
+                    rate_limited(status, message)
+                } else {
+                    venue_err(code, message)
+                },
+            )
         }
     }
 }
@@ -672,13 +737,32 @@ struct GeminiError {
 
 fn parse_gemini(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
     match json_either::<GeminiTicker, GeminiError>(body)? {
-        Ok(GeminiTicker { bid, ask, last, volume }) => {
+        Ok(GeminiTicker {
+            bid,
+            ask,
+            last,
+            volume,
+        }) => {
             // volume: {"BTC": "2210.5", "USD": "2135477.4", "timestamp": 1483018200000}
-            let base = Venue::Gemini.parse_market(market).map(|(b, _)| b).unwrap_or_default();
+            let base = Venue::Gemini
+                .parse_market(market)
+                .map(|(b, _)| b)
+                .unwrap_or_default();
             let vol = volume.as_ref();
-            let base_vol = vol.and_then(|m| m.get(&base)).and_then(|v| v.as_str()).map(str::to_string);
-            let ts = vol.and_then(|m| m.get("timestamp")).and_then(|v| v.as_u64());
-            Ok(RawQuote { bid: Some(bid.0), ask: Some(ask.0), last: Some(last.0), volume: base_vol, venue_time_ms: ts })
+            let base_vol = vol
+                .and_then(|m| m.get(&base))
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            let ts = vol
+                .and_then(|m| m.get("timestamp"))
+                .and_then(|v| v.as_u64());
+            Ok(RawQuote {
+                bid: Some(bid.0),
+                ask: Some(ask.0),
+                last: Some(last.0),
+                volume: base_vol,
+                venue_time_ms: ts,
+            })
         }
         Err(GeminiError { reason, message }) => {
             let message = message.unwrap_or_else(|| reason.clone());
@@ -719,7 +803,9 @@ fn parse_kucoin(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
         code => return Err(venue_err(code, msg)),
     }
     // KuCoin answers an unknown symbol with success and `"data": null`.
-    let t = resp.data.ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+    let t = resp
+        .data
+        .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
     Ok(RawQuote {
         bid: n(&t.best_bid),
         ask: n(&t.best_ask),
@@ -736,16 +822,29 @@ fn parse_bitfinex(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
     //           LAST_PRICE, VOLUME, HIGH, LOW] as JSON numbers.
     // Error:   ["error", CODE, "message"]; rate limit: {"error":"ERR_RATE_LIMIT"}.
     if let Ok(obj) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
-        let e = obj.get("error").and_then(|v| v.as_str()).unwrap_or("unknown");
-        return Err(if e == "ERR_RATE_LIMIT" { rate_limited(status, e) } else { venue_err("bitfinex", e) });
+        let e = obj
+            .get("error")
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown");
+        return Err(if e == "ERR_RATE_LIMIT" {
+            rate_limited(status, e)
+        } else {
+            venue_err("bitfinex", e)
+        });
     }
     let items: Vec<Box<RawValue>> = json(body)?;
     if items.is_empty() {
         return Err(SourceError::UnknownSymbol(market.into()));
     }
     if items[0].get() == "\"error\"" {
-        let code = items.get(1).map(|c| c.get().to_string()).unwrap_or_default();
-        let msg: String = items.get(2).and_then(|m| serde_json::from_str(m.get()).ok()).unwrap_or_default();
+        let code = items
+            .get(1)
+            .map(|c| c.get().to_string())
+            .unwrap_or_default();
+        let msg: String = items
+            .get(2)
+            .and_then(|m| serde_json::from_str(m.get()).ok())
+            .unwrap_or_default();
         return Err(if msg.contains("symbol") {
             SourceError::UnknownSymbol(market.into())
         } else if code == "11010" || msg.contains("ratelimit") {
@@ -755,12 +854,23 @@ fn parse_bitfinex(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
         });
     }
     if items.len() < 10 {
-        return Err(SourceError::Malformed(format!("ticker array has {} fields, expected 10", items.len())));
+        return Err(SourceError::Malformed(format!(
+            "ticker array has {} fields, expected 10",
+            items.len()
+        )));
     }
     let num = |i: usize| -> Result<String, SourceError> {
-        serde_json::from_str::<Num>(items[i].get()).map(|x| x.0).map_err(SourceError::malformed)
+        serde_json::from_str::<Num>(items[i].get())
+            .map(|x| x.0)
+            .map_err(SourceError::malformed)
     };
-    Ok(RawQuote { bid: Some(num(0)?), ask: Some(num(2)?), last: Some(num(6)?), volume: Some(num(7)?), venue_time_ms: None })
+    Ok(RawQuote {
+        bid: Some(num(0)?),
+        ask: Some(num(2)?),
+        last: Some(num(6)?),
+        volume: Some(num(7)?),
+        venue_time_ms: None,
+    })
 }
 
 // ---------------------------------------------------------------- Gate.io v4
@@ -796,7 +906,9 @@ fn parse_gateio(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
             })
         }
         Err(GateError { label, message }) => Err(match label.as_str() {
-            "INVALID_CURRENCY_PAIR" | "INVALID_CURRENCY" => SourceError::UnknownSymbol(market.into()),
+            "INVALID_CURRENCY_PAIR" | "INVALID_CURRENCY" => {
+                SourceError::UnknownSymbol(market.into())
+            }
             "TOO_MANY_REQUESTS" => rate_limited(status, message.unwrap_or(label)),
             _ => venue_err(label, message.unwrap_or_default()),
         }),
@@ -829,15 +941,19 @@ fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceE
     if resp.status != "ok" {
         let code = resp.err_code.unwrap_or_default();
         let msg = resp.err_msg.unwrap_or_default();
-        return Err(if msg.contains("invalid symbol") || code == "invalid-symbol" {
-            SourceError::UnknownSymbol(market.into())
-        } else if code.contains("too-many") || code.contains("rate") {
-            rate_limited(status, msg)
-        } else {
-            venue_err(code, msg)
-        });
+        return Err(
+            if msg.contains("invalid symbol") || code == "invalid-symbol" {
+                SourceError::UnknownSymbol(market.into())
+            } else if code.contains("too-many") || code.contains("rate") {
+                rate_limited(status, msg)
+            } else {
+                venue_err(code, msg)
+            },
+        );
     }
-    let t = resp.tick.ok_or_else(|| SourceError::Malformed("status ok without tick".into()))?;
+    let t = resp
+        .tick
+        .ok_or_else(|| SourceError::Malformed("status ok without tick".into()))?;
     Ok(RawQuote {
         bid: t.bid.first().map(|x| x.0.clone()),
         ask: t.ask.first().map(|x| x.0.clone()),
@@ -887,7 +1003,13 @@ fn parse_cryptocom(status: u16, body: &[u8], market: &str) -> Result<RawQuote, S
         .result
         .and_then(|r| r.data.into_iter().find(|t| t.i == market))
         .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
-    Ok(RawQuote { bid: n(&t.b), ask: n(&t.k), last: n(&t.a), volume: n(&t.v), venue_time_ms: t.t })
+    Ok(RawQuote {
+        bid: n(&t.b),
+        ask: n(&t.k),
+        last: n(&t.a),
+        volume: n(&t.v),
+        venue_time_ms: t.t,
+    })
 }
 
 // ---------------------------------------------------------------- Bitget v2
@@ -939,12 +1061,25 @@ mod tests {
     #[test]
     fn market_symbols_round_trip() {
         for v in Venue::ALL {
-            for (b, q) in [("BTC", "USD"), ("ETH", "USDT"), ("SOL", "USDC"), ("DOGE", "USD")] {
+            for (b, q) in [
+                ("BTC", "USD"),
+                ("ETH", "USDT"),
+                ("SOL", "USDC"),
+                ("DOGE", "USD"),
+            ] {
                 let m = v.market(b, q);
-                assert_eq!(v.parse_market(&m), Some((b.to_string(), q.to_string())), "{v} {m}");
+                assert_eq!(
+                    v.parse_market(&m),
+                    Some((b.to_string(), q.to_string())),
+                    "{v} {m}"
+                );
                 let path = v.ticker_path(&m);
                 let (p, q) = path.split_once('?').unwrap_or((&path, ""));
-                assert_eq!(v.market_of_request(p, q).as_deref(), Some(m.as_str()), "{v} {path}");
+                assert_eq!(
+                    v.market_of_request(p, q).as_deref(),
+                    Some(m.as_str()),
+                    "{v} {path}"
+                );
             }
             assert_eq!(Venue::from_name(v.name()), Some(v));
         }
@@ -956,7 +1091,8 @@ mod tests {
 
     #[test]
     fn num_keeps_literal_text() {
-        let v: Vec<Num> = serde_json::from_str(r#"["1.10", 2.5000, 67012.123456789012345]"#).unwrap();
+        let v: Vec<Num> =
+            serde_json::from_str(r#"["1.10", 2.5000, 67012.123456789012345]"#).unwrap();
         assert_eq!(v[0].0, "1.10");
         assert_eq!(v[1].0, "2.5000");
         assert_eq!(v[2].0, "67012.123456789012345");

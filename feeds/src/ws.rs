@@ -29,11 +29,19 @@ enum End {
 }
 
 pub(crate) async fn stream_venue(shared: Arc<Shared>, venue: Venue, markets: Vec<String>) {
-    let Some(url) = shared.config.ws_url(venue) else { return };
+    let Some(url) = shared.config.ws_url(venue) else {
+        return;
+    };
     install_crypto_provider();
     let mut attempt = 0u32;
     loop {
-        shared.metrics.ws_connects.get_or_create(&VenueLabels { venue: venue.name().into() }).inc();
+        shared
+            .metrics
+            .ws_connects
+            .get_or_create(&VenueLabels {
+                venue: venue.name().into(),
+            })
+            .inc();
         let started = Instant::now();
         let end = session(&shared, venue, &url, &markets).await;
         // A session that lived a while resets the backoff.
@@ -43,7 +51,10 @@ pub(crate) async fn stream_venue(shared: Arc<Shared>, venue: Venue, markets: Vec
         let reason = match &end {
             End::Stale => "ws_stale",
             End::Closed => "ws_closed",
-            End::Error(_) => "ws_error",
+            End::Error(e) => {
+                debug!(%venue, error = %e, "websocket error");
+                "ws_error"
+            }
         };
         shared.metrics.error(venue.name(), reason);
         let delay = backoff(attempt, Duration::from_millis(500), Duration::from_secs(30));
@@ -92,7 +103,10 @@ fn subscribe_messages(venue: Venue, symbols: &BTreeMap<String, String>) -> Vec<S
             vec![serde_json::json!({"method": "subscribe", "params": {"channel": "ticker", "symbol": list}}).to_string()]
         }
         Venue::Okx => {
-            let args: Vec<_> = list.iter().map(|s| serde_json::json!({"channel": "tickers", "instId": s})).collect();
+            let args: Vec<_> = list
+                .iter()
+                .map(|s| serde_json::json!({"channel": "tickers", "instId": s}))
+                .collect();
             vec![serde_json::json!({"op": "subscribe", "args": args}).to_string()]
         }
         _ => vec![],
@@ -113,7 +127,10 @@ async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -
     let symbols = stream_symbols(venue, markets);
     let full = connect_url(venue, url, &symbols);
     let stale_after = shared.config.ws_stale_after.0;
-    let connect = timeout(shared.config.request_timeout.0.max(Duration::from_secs(2)), tokio_tungstenite::connect_async(full.as_str()));
+    let connect = timeout(
+        shared.config.request_timeout.0.max(Duration::from_secs(2)),
+        tokio_tungstenite::connect_async(full.as_str()),
+    );
     let mut socket = match connect.await {
         Ok(Ok((s, _))) => s,
         Ok(Err(e)) => return End::Error(format!("connect: {e}")),
@@ -262,20 +279,25 @@ pub fn parse_message(venue: Venue, text: &str) -> Result<Vec<(String, RawQuote)>
                     };
                     Ok(vec![(t.product_id, q)])
                 }
-                "error" => Err(SourceError::Venue { code: "ws".into(), message: head.message.unwrap_or_default() }),
+                "error" => Err(SourceError::Venue {
+                    code: "ws".into(),
+                    message: head.message.unwrap_or_default(),
+                }),
                 _ => Ok(vec![]), // subscriptions, heartbeat
             }
         }
         Venue::Kraken => {
             let m: KrakenWsMsg = serde_json::from_str(text).map_err(bad)?;
             if m.success == Some(false) {
-                return Err(SourceError::Venue { code: m.method.unwrap_or_default(), message: m.error.unwrap_or_default() });
+                return Err(SourceError::Venue {
+                    code: m.method.unwrap_or_default(),
+                    message: m.error.unwrap_or_default(),
+                });
             }
             if m.channel.as_deref() != Some("ticker") {
                 return Ok(vec![]); // heartbeat, status, pong, acks
             }
-            Ok(m
-                .data
+            Ok(m.data
                 .into_iter()
                 .map(|t| {
                     let q = RawQuote {
@@ -295,9 +317,15 @@ pub fn parse_message(venue: Venue, text: &str) -> Result<Vec<(String, RawQuote)>
             }
             let m: OkxWsMsg = serde_json::from_str(text).map_err(bad)?;
             if m.event.as_deref() == Some("error") {
-                return Err(SourceError::Venue { code: "ws".into(), message: m.msg.unwrap_or_default() });
+                return Err(SourceError::Venue {
+                    code: "ws".into(),
+                    message: m.msg.unwrap_or_default(),
+                });
             }
-            Ok(m.data.iter().map(|t| (t.inst_id.clone(), t.raw())).collect())
+            Ok(m.data
+                .iter()
+                .map(|t| (t.inst_id.clone(), t.raw()))
+                .collect())
         }
         _ => Ok(vec![]),
     }
@@ -321,12 +349,22 @@ mod tests {
         let t = parse_message(Venue::Kraken, k).unwrap();
         assert_eq!(t[0].0, "BTC/USD");
         assert_eq!(t[0].1.ask.as_deref(), Some("67012.2"));
-        assert!(parse_message(Venue::Kraken, r#"{"channel":"heartbeat"}"#).unwrap().is_empty());
+        assert!(
+            parse_message(Venue::Kraken, r#"{"channel":"heartbeat"}"#)
+                .unwrap()
+                .is_empty()
+        );
         let o = r#"{"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instType":"SPOT","instId":"BTC-USDT","last":"9999.99","askPx":"10000.1","bidPx":"9999.9","vol24h":"2222","ts":"1597026383085"}]}"#;
         let t = parse_message(Venue::Okx, o).unwrap();
         assert_eq!(t[0].1.venue_time_ms, Some(1_597_026_383_085));
         assert!(parse_message(Venue::Okx, "pong").unwrap().is_empty());
-        assert!(parse_message(Venue::Okx, r#"{"event":"error","code":"60012","msg":"Invalid request"}"#).is_err());
+        assert!(
+            parse_message(
+                Venue::Okx,
+                r#"{"event":"error","code":"60012","msg":"Invalid request"}"#
+            )
+            .is_err()
+        );
         assert!(parse_message(Venue::Binance, "{not json").is_err());
     }
 }
