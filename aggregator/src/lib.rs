@@ -2,7 +2,14 @@
 //! randomness: time and randomness come in as arguments, so every rule of the
 //! protocol can be tested in microseconds and replayed exactly.
 
+pub mod codec;
+pub mod digest;
+pub mod merkle;
 pub mod report;
+
+pub mod aggregate;
+pub mod evidence;
+pub mod round;
 
 pub use report::{
     ConfigDigest, FeedId, FeedIdError, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round,
