@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod digest;
+pub mod encoding;
 pub mod merkle;
 pub mod report;
 
@@ -11,6 +12,7 @@ pub mod aggregate;
 pub mod evidence;
 pub mod round;
 
+pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
 pub use report::{
     ConfigDigest, FeedId, FeedIdError, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round,
     SignatureBytes, SignedReport, Suite, TimestampMs,
