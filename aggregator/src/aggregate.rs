@@ -30,7 +30,11 @@ pub struct FeedObservation {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AggregateError {
     #[error("feed {feed} has {have} observations but needs at least {need} (2f+1)")]
-    NotEnoughObservations { feed: FeedId, have: usize, need: usize },
+    NotEnoughObservations {
+        feed: FeedId,
+        have: usize,
+        need: usize,
+    },
 }
 
 /// Lower median of a non-empty slice (sorts it in place). `None` when empty.
@@ -170,7 +174,7 @@ mod tests {
         let leaf = aggregate_feed(&feed, &[obs(100), obs(104), obs(90), obs(1000)], 3).unwrap();
         // sorted 90 100 104 1000 -> lower median 100; deviations 10 0 4 900 -> 4
         assert_eq!(leaf.price, 100);
-        assert_eq!(leaf.confidence, 10.min(4).max(4));
+        assert_eq!(leaf.confidence, 4);
         let mut wide = vec![obs(100), obs(100), obs(100)];
         for o in &mut wide {
             o.spread = 7;

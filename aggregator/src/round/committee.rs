@@ -68,11 +68,11 @@ impl Default for Timeouts {
 pub enum CommitteeError {
     #[error("committee has {n} members; need n >= 3f + 1 = {need} for f = {f}")]
     TooSmall { n: usize, f: u16, need: usize },
-    #[error(
-        "threshold t = {t} outside f + 1 ..= n - f = {lo}..={hi}; the default is t = 2f + 1"
-    )]
+    #[error("threshold t = {t} outside f + 1 ..= n - f = {lo}..={hi}; the default is t = 2f + 1")]
     BadThreshold { t: u16, lo: usize, hi: usize },
-    #[error("member at position {position} has index {index}; members must be numbered 1..=n in order")]
+    #[error(
+        "member at position {position} has index {index}; members must be numbered 1..=n in order"
+    )]
     BadIndex { position: usize, index: u16 },
     #[error("member {index} has an invalid ed25519 identity key")]
     BadIdentity { index: u16 },

@@ -42,8 +42,8 @@ pub mod message;
 use crate::aggregate::{FeedObservation, LastValue, aggregate_feed, update_due};
 use crate::evidence::Evidence;
 use crate::report::{
-    FeedId, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes,
-    SignedReport, Suite, TimestampMs,
+    FeedId, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
+    Suite, TimestampMs,
 };
 use committee::Committee;
 use ed25519_dalek::SigningKey;
@@ -571,7 +571,11 @@ impl<C: SibylSuite> Node<C> {
             leader: self.committee.leader(round),
         });
         // Signing state of older rounds is useless now; its nonces are gone with `rs`.
-        if self.pending.as_ref().is_some_and(|p| p.record.round < round) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.record.round < round)
+        {
             self.pending = None;
         }
         self.send_observation(now, rng);
@@ -663,7 +667,12 @@ impl<C: SibylSuite> Node<C> {
         self.dispatch(now, msg, rng);
     }
 
-    fn dispatch<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, msg: SignedMessage, rng: &mut R) {
+    fn dispatch<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        msg: SignedMessage,
+        rng: &mut R,
+    ) {
         if let Payload::Report(_) = msg.payload {
             self.on_report(now, msg);
             return;
@@ -839,8 +848,8 @@ impl<C: SibylSuite> Node<C> {
         let mut attributed: BTreeMap<u16, ObservationMsg> = BTreeMap::new();
         let mut last_sender = 0u16;
         for bytes in &p.observations {
-            let m = SignedMessage::decode(bytes, &self.committee)
-                .map_err(|_| Refusal::Observation)?;
+            let m =
+                SignedMessage::decode(bytes, &self.committee).map_err(|_| Refusal::Observation)?;
             let Payload::Observation(o) = m.payload else {
                 return Err(Refusal::Observation);
             };
@@ -854,8 +863,7 @@ impl<C: SibylSuite> Node<C> {
             return Err(Refusal::TooFew);
         }
         if p.leaves.is_empty()
-            || p
-                .leaves
+            || p.leaves
                 .iter()
                 .any(|l| !self.committee.feeds().contains_key(&l.feed_id))
         {
@@ -1238,7 +1246,12 @@ impl<C: SibylSuite> Node<C> {
         }
     }
 
-    fn on_share<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, msg: SignedMessage, rng: &mut R) {
+    fn on_share<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        msg: SignedMessage,
+        rng: &mut R,
+    ) {
         let Payload::Share(s) = &msg.payload else {
             return;
         };
