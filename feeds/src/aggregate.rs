@@ -190,7 +190,10 @@ mod tests {
         let o = observe("X", 2, &q, P).unwrap();
         assert_eq!(o.price_fixed, 100_05);
         assert_eq!(o.spread, 10);
-        assert_eq!(o.spread_bps, 10, "10 / 10005 of the price, rounded up to 10 bps");
+        assert_eq!(
+            o.spread_bps, 10,
+            "10 / 10005 of the price, rounded up to 10 bps"
+        );
         assert_eq!(o.num_sources, 3);
         assert_eq!(o.sources_used, vec!["a", "b", "c"]);
         assert_eq!(o.observed_at_ms, 7);

@@ -373,7 +373,7 @@ impl SourcesConfig {
                     ws: Some(v.default_ws_url().is_some()),
                     ws_url: v
                         .default_ws_url()
-                        .map(|_| format!("{ws_base}/{}/ws", v.name())),
+                        .map(|_| format!("{ws_base}/ws/{}", v.name())),
                     // The simulated exchange has no limits unless a scenario adds them.
                     rate_limit_per_sec: Some(500),
                 },

@@ -26,6 +26,7 @@ pub mod health;
 pub mod metrics;
 pub mod quote;
 pub mod service;
+pub mod sim;
 pub mod time;
 pub mod venue;
 pub mod ws;

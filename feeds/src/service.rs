@@ -311,7 +311,10 @@ pub struct FeedService {
 impl FeedService {
     /// Validate `config`, register the sources' metrics in `registry` and
     /// start fetching on the current tokio runtime.
-    pub fn start(config: SourcesConfig, registry: &mut Registry) -> Result<FeedService, crate::error::ConfigError> {
+    pub fn start(
+        config: SourcesConfig,
+        registry: &mut Registry,
+    ) -> Result<FeedService, crate::error::ConfigError> {
         config.validate()?;
         let metrics = SourceMetrics::register(registry);
         let shared = Arc::new(Shared::new(config, metrics));
@@ -328,13 +331,27 @@ impl FeedService {
         }
         for (venue, markets) in by_venue {
             let limiter = Arc::new(venue_limiter(&shared.config, venue));
-            tasks.push(tokio::spawn(poll_venue(shared.clone(), client.clone(), limiter, venue, markets.clone())));
+            tasks.push(tokio::spawn(poll_venue(
+                shared.clone(),
+                client.clone(),
+                limiter,
+                venue,
+                markets.clone(),
+            )));
             if shared.config.ws_enabled(venue) {
-                tasks.push(tokio::spawn(ws::stream_venue(shared.clone(), venue, markets)));
+                tasks.push(tokio::spawn(ws::stream_venue(
+                    shared.clone(),
+                    venue,
+                    markets,
+                )));
             }
         }
         tasks.push(tokio::spawn(aggregate_loop(shared.clone(), tx)));
-        Ok(FeedService { shared, observations: rx, tasks: Arc::new(Tasks(Mutex::new(tasks))) })
+        Ok(FeedService {
+            shared,
+            observations: rx,
+            tasks: Arc::new(Tasks(Mutex::new(tasks))),
+        })
     }
 
     /// A receiver of the latest observations; `changed()` fires on every
@@ -350,7 +367,11 @@ impl FeedService {
 
     /// Why each feed without a valid observation has none.
     pub fn feed_errors(&self) -> BTreeMap<String, ObservationError> {
-        self.shared.feed_errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .feed_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every source's latest quote, latency, error and breaker state.

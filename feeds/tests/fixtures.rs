@@ -11,7 +11,11 @@ use sibyl_feeds::venue::{RawQuote, Venue};
 const FIXTURE_TIME_MS: u64 = 1_700_000_000_000;
 
 fn fixture(venue: Venue, case: &str) -> Vec<u8> {
-    let path = format!("{}/fixtures/{}/{case}.json", env!("CARGO_MANIFEST_DIR"), venue.name());
+    let path = format!(
+        "{}/fixtures/{}/{case}.json",
+        env!("CARGO_MANIFEST_DIR"),
+        venue.name()
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("missing fixture {path}: {e}"))
 }
 
@@ -20,7 +24,8 @@ fn parse(venue: Venue, case: &str, status: u16, market: &str) -> Result<RawQuote
 }
 
 fn fixed(text: &Option<String>) -> Option<i128> {
-    text.as_deref().map(|t| parse_fixed(t, 8).expect("decimal text"))
+    text.as_deref()
+        .map(|t| parse_fixed(t, 8).expect("decimal text"))
 }
 
 macro_rules! venue_fixtures {
@@ -38,7 +43,8 @@ macro_rules! venue_fixtures {
                 assert_eq!(fixed(&raw.last), Some(6_701_234_000_000));
                 assert_eq!(fixed(&raw.volume), fixed(&$vol.map(str::to_string)));
                 assert_eq!(raw.venue_time_ms, $time);
-                let q = Quote::check(&raw, 8, FIXTURE_TIME_MS, &SanityLimits::default()).expect("sane quote");
+                let q = Quote::check(&raw, 8, FIXTURE_TIME_MS, &SanityLimits::default())
+                    .expect("sane quote");
                 assert_eq!(q.price, 6_701_234_000_000, "mid of bid and ask, 8 decimals");
                 assert_eq!(q.bid, Some(6_701_233_000_000));
             }
@@ -82,41 +88,170 @@ macro_rules! venue_fixtures {
 
 const T: Option<u64> = Some(FIXTURE_TIME_MS);
 
-venue_fixtures!(binance, Venue::Binance, "BTCUSDT", success = 200, volume = Some("21345.76543000"), time = T,
-    error = 400, rate_limited = 429, unknown_symbol = 400);
-venue_fixtures!(coinbase, Venue::Coinbase, "BTC-USD", success = 200, volume = Some("21345.76543"), time = T,
-    error = 500, rate_limited = 429, unknown_symbol = 404);
-venue_fixtures!(kraken, Venue::Kraken, "XBTUSD", success = 200, volume = Some("21345.76543000"), time = None,
-    error = 200, rate_limited = 200, unknown_symbol = 200);
-venue_fixtures!(okx, Venue::Okx, "BTC-USDT", success = 200, volume = Some("21345.76543"), time = T,
-    error = 503, rate_limited = 429, unknown_symbol = 200);
-venue_fixtures!(bybit, Venue::Bybit, "BTCUSDT", success = 200, volume = Some("21345.76543"), time = T,
-    error = 200, rate_limited = 200, unknown_symbol = 200);
-venue_fixtures!(bitstamp, Venue::Bitstamp, "btcusd", success = 200, volume = Some("21345.76543"), time = T,
-    error = 500, rate_limited = 400, unknown_symbol = 404);
-venue_fixtures!(gemini, Venue::Gemini, "btcusd", success = 200, volume = Some("21345.76543"), time = T,
-    error = 503, rate_limited = 429, unknown_symbol = 400);
-venue_fixtures!(kucoin, Venue::Kucoin, "BTC-USDT", success = 200, volume = None, time = T,
-    error = 400, rate_limited = 429, unknown_symbol = 200);
-venue_fixtures!(bitfinex, Venue::Bitfinex, "tBTCUSD", success = 200, volume = Some("21345.76543"), time = None,
-    error = 500, rate_limited = 429, unknown_symbol = 500);
-venue_fixtures!(gateio, Venue::Gateio, "BTC_USDT", success = 200, volume = Some("21345.76543"), time = None,
-    error = 500, rate_limited = 429, unknown_symbol = 400);
-venue_fixtures!(htx, Venue::Htx, "btcusdt", success = 200, volume = Some("21345.76543"), time = T,
-    error = 200, rate_limited = 200, unknown_symbol = 200);
-venue_fixtures!(cryptocom, Venue::Cryptocom, "BTC_USD", success = 200, volume = Some("21345.76543"), time = T,
-    error = 500, rate_limited = 429, unknown_symbol = 400);
-venue_fixtures!(mexc, Venue::Mexc, "BTCUSDT", success = 200, volume = Some("21345.76543"), time = T,
-    error = 400, rate_limited = 429, unknown_symbol = 400);
-venue_fixtures!(bitget, Venue::Bitget, "BTCUSDT", success = 200, volume = Some("21345.76543"), time = T,
-    error = 400, rate_limited = 429, unknown_symbol = 400);
+venue_fixtures!(
+    binance,
+    Venue::Binance,
+    "BTCUSDT",
+    success = 200,
+    volume = Some("21345.76543000"),
+    time = T,
+    error = 400,
+    rate_limited = 429,
+    unknown_symbol = 400
+);
+venue_fixtures!(
+    coinbase,
+    Venue::Coinbase,
+    "BTC-USD",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 500,
+    rate_limited = 429,
+    unknown_symbol = 404
+);
+venue_fixtures!(
+    kraken,
+    Venue::Kraken,
+    "XBTUSD",
+    success = 200,
+    volume = Some("21345.76543000"),
+    time = None,
+    error = 200,
+    rate_limited = 200,
+    unknown_symbol = 200
+);
+venue_fixtures!(
+    okx,
+    Venue::Okx,
+    "BTC-USDT",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 503,
+    rate_limited = 429,
+    unknown_symbol = 200
+);
+venue_fixtures!(
+    bybit,
+    Venue::Bybit,
+    "BTCUSDT",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 200,
+    rate_limited = 200,
+    unknown_symbol = 200
+);
+venue_fixtures!(
+    bitstamp,
+    Venue::Bitstamp,
+    "btcusd",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 500,
+    rate_limited = 400,
+    unknown_symbol = 404
+);
+venue_fixtures!(
+    gemini,
+    Venue::Gemini,
+    "btcusd",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 503,
+    rate_limited = 429,
+    unknown_symbol = 400
+);
+venue_fixtures!(
+    kucoin,
+    Venue::Kucoin,
+    "BTC-USDT",
+    success = 200,
+    volume = None,
+    time = T,
+    error = 400,
+    rate_limited = 429,
+    unknown_symbol = 200
+);
+venue_fixtures!(
+    bitfinex,
+    Venue::Bitfinex,
+    "tBTCUSD",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = None,
+    error = 500,
+    rate_limited = 429,
+    unknown_symbol = 500
+);
+venue_fixtures!(
+    gateio,
+    Venue::Gateio,
+    "BTC_USDT",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = None,
+    error = 500,
+    rate_limited = 429,
+    unknown_symbol = 400
+);
+venue_fixtures!(
+    htx,
+    Venue::Htx,
+    "btcusdt",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 200,
+    rate_limited = 200,
+    unknown_symbol = 200
+);
+venue_fixtures!(
+    cryptocom,
+    Venue::Cryptocom,
+    "BTC_USD",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 500,
+    rate_limited = 429,
+    unknown_symbol = 400
+);
+venue_fixtures!(
+    mexc,
+    Venue::Mexc,
+    "BTCUSDT",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 400,
+    rate_limited = 429,
+    unknown_symbol = 400
+);
+venue_fixtures!(
+    bitget,
+    Venue::Bitget,
+    "BTCUSDT",
+    success = 200,
+    volume = Some("21345.76543"),
+    time = T,
+    error = 400,
+    rate_limited = 429,
+    unknown_symbol = 400
+);
 
 #[test]
 fn every_venue_has_all_four_fixtures() {
     for v in Venue::ALL {
         for case in ["success", "error", "rate_limited", "unknown_symbol"] {
             let body = fixture(v, case);
-            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok(), "{v}/{case} is JSON");
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&body).is_ok(),
+                "{v}/{case} is JSON"
+            );
         }
     }
 }
