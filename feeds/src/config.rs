@@ -510,7 +510,7 @@ mod tests {
         assert_eq!(cfg.base_url(Venue::Okx), "http://127.0.0.1:9/okx");
         assert_eq!(
             cfg.ws_url(Venue::Kraken).as_deref(),
-            Some("ws://127.0.0.1:9/kraken/ws")
+            Some("ws://127.0.0.1:9/ws/kraken")
         );
         assert_eq!(cfg.feeds.len(), 3);
         let text = toml::to_string(&cfg).unwrap();
