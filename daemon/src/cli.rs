@@ -14,6 +14,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and exit.
     Version,
+    /// Make trusted-dealer keys for a test or devnet committee.
+    Keygen(crate::keygen::KeygenArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -23,5 +25,6 @@ pub fn main() -> anyhow::Result<()> {
             println!("sibyl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Keygen(args) => crate::keygen::run(args),
     }
 }

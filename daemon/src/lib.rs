@@ -2,3 +2,5 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod cli;
+pub mod keygen;
+pub mod keystore;
