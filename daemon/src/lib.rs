@@ -4,3 +4,4 @@
 pub mod cli;
 pub mod keygen;
 pub mod keystore;
+pub mod store;
