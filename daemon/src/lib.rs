@@ -2,3 +2,4 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod cli;
+pub mod config;
