@@ -134,7 +134,13 @@ impl<'a> Report<'a> {
         }
     }
 
-    fn at(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) {
+    fn at(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         let (line, col) = span.map(|s| line_col(self.src, s.start)).unwrap_or((0, 0));
         self.problems.push(Problem {
             file: self.file.to_path_buf(),
@@ -260,8 +266,32 @@ pub struct NodeConfig {
     #[serde(default)]
     pub log: LogSection,
     /// The price sources; owned by the `feeds` crate and passed through as is.
+    /// Without it the node observes the built-in deterministic source (devnet/tests).
     #[serde(default)]
     pub sources: Option<toml::Value>,
+    /// On-chain transmission; absent means the node does not transmit.
+    #[serde(default)]
+    pub chain: Option<ChainSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSection {
+    /// JSON-RPC endpoint, `http://` or `https://`.
+    pub rpc_url: Spanned<String>,
+    /// EIP-155 chain id the RPC endpoint must report.
+    pub chain_id: u64,
+    /// Address of the verifying contract, `0x` and 40 hex digits.
+    pub contract: Spanned<String>,
+    /// File holding the transmitter's secp256k1 key (hex; relative to node.toml).
+    pub transmitter_key_file: PathBuf,
+    /// Delay per member in the staggered transmit schedule.
+    #[serde(default = "default_stagger")]
+    pub stagger: ConfigDuration,
+}
+
+fn default_stagger() -> ConfigDuration {
+    ConfigDuration::from_millis(2000)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,6 +403,12 @@ pub struct ApiSection {
     /// `host:port` of the HTTP API (and `/metrics`).
     #[serde(default = "default_api_listen")]
     pub listen: Spanned<String>,
+    /// Environment variable holding the bearer token of the admin endpoints.
+    #[serde(default)]
+    pub admin_token_env: Option<Spanned<String>>,
+    /// File holding the admin token (first line; relative to node.toml).
+    #[serde(default)]
+    pub admin_token_file: Option<Spanned<PathBuf>>,
 }
 
 fn default_true() -> bool {
@@ -387,6 +423,8 @@ impl Default for ApiSection {
         Self {
             enabled: true,
             listen: default_api_listen(),
+            admin_token_env: None,
+            admin_token_file: None,
         }
     }
 }
@@ -705,10 +743,20 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
     // Members.
     let n = raw.members.len();
     if n == 0 {
-        r.at(None, "members", "the committee has no members", "add one [[members]] table per member with index, peer_id and address");
+        r.at(
+            None,
+            "members",
+            "the committee has no members",
+            "add one [[members]] table per member with index, peer_id and address",
+        );
     }
     if n > usize::from(u16::MAX) {
-        r.at(None, "members", "too many members", "a committee has at most 65535 members");
+        r.at(
+            None,
+            "members",
+            "too many members",
+            "a committee has at most 65535 members",
+        );
     }
     let mut members = Vec::new();
     let mut seen_index = BTreeMap::new();
@@ -719,9 +767,19 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
         let key = |field: &str| format!("members[{i}].{field}");
         let index = *m.index.get_ref();
         if index == 0 || usize::from(index) > n {
-            r.at(span(&m.index), key("index"), format!("index {index} is out of range"), format!("members are numbered 1..={n}, one index each"));
+            r.at(
+                span(&m.index),
+                key("index"),
+                format!("index {index} is out of range"),
+                format!("members are numbered 1..={n}, one index each"),
+            );
         } else if let Some(prev) = seen_index.insert(index, i) {
-            r.at(span(&m.index), key("index"), format!("index {index} is also used by members[{prev}]"), "give every member its own index 1..=n");
+            r.at(
+                span(&m.index),
+                key("index"),
+                format!("index {index} is also used by members[{prev}]"),
+                "give every member its own index 1..=n",
+            );
         }
         let peer = match m.peer_id.get_ref().parse::<PeerId>() {
             Ok(p) => match ed25519_key_of(&p) {
@@ -739,7 +797,12 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
         if let Some((p, _)) = &peer
             && let Some(prev) = seen_peer.insert(*p, i)
         {
-            r.at(span(&m.peer_id), key("peer_id"), format!("PeerId is also used by members[{prev}]"), "every member needs its own identity key");
+            r.at(
+                span(&m.peer_id),
+                key("peer_id"),
+                format!("PeerId is also used by members[{prev}]"),
+                "every member needs its own identity key",
+            );
         }
         let addr = match parse_member_address(m.address.get_ref()) {
             Ok(a) => Some(a),
@@ -751,10 +814,20 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
         if let Some(a) = &addr
             && let Some(prev) = seen_addr.insert(a.clone(), i)
         {
-            r.at(span(&m.address), key("address"), format!("address is also used by members[{prev}]"), "every member listens on its own address");
+            r.at(
+                span(&m.address),
+                key("address"),
+                format!("address is also used by members[{prev}]"),
+                "every member listens on its own address",
+            );
         }
         if let (Some((peer_id, identity_key)), Some(address)) = (peer, addr) {
-            members.push(Member { index, peer_id, identity_key, address });
+            members.push(Member {
+                index,
+                peer_id,
+                identity_key,
+                address,
+            });
         }
     }
     members.sort_by_key(|m| m.index);
@@ -779,13 +852,23 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
     // Suites.
     let mut suites = raw.suites.get_ref().clone();
     if suites.is_empty() {
-        r.at(span(&raw.suites), "suites", "no signature suite", "use suites = [\"ed25519\"] or [\"ed25519\", \"secp256k1-evm\"]");
+        r.at(
+            span(&raw.suites),
+            "suites",
+            "no signature suite",
+            "use suites = [\"ed25519\"] or [\"ed25519\", \"secp256k1-evm\"]",
+        );
     }
     let before = suites.len();
     suites.sort();
     suites.dedup();
     if suites.len() != before {
-        r.at(span(&raw.suites), "suites", "a suite is listed twice", "list each suite once");
+        r.at(
+            span(&raw.suites),
+            "suites",
+            "a suite is listed twice",
+            "list each suite once",
+        );
     }
 
     // Round timing.
@@ -797,10 +880,20 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
         max_clock_skew_ms: rt.max_clock_skew.get_ref().as_millis(),
     };
     if round.interval_ms == 0 {
-        r.at(span(&rt.interval), "round.interval", "the round interval is zero", "use at least \"50ms\"; \"250ms\" to \"1s\" is typical");
+        r.at(
+            span(&rt.interval),
+            "round.interval",
+            "the round interval is zero",
+            "use at least \"50ms\"; \"250ms\" to \"1s\" is typical",
+        );
     }
     if round.observation_timeout_ms == 0 {
-        r.at(span(&rt.observation_timeout), "round.observation_timeout", "the observation timeout is zero", "give members time to send observations, e.g. \"100ms\"");
+        r.at(
+            span(&rt.observation_timeout),
+            "round.observation_timeout",
+            "the observation timeout is zero",
+            "give members time to send observations, e.g. \"100ms\"",
+        );
     }
     if round.round_timeout_ms <= round.observation_timeout_ms {
         r.at(
@@ -813,7 +906,12 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
 
     // Feeds.
     if raw.feeds.is_empty() {
-        r.at(None, "feeds", "the committee has no feeds", "add a [[feeds]] table with id, decimals, deviation_bps and heartbeat");
+        r.at(
+            None,
+            "feeds",
+            "the committee has no feeds",
+            "add a [[feeds]] table with id, decimals, deviation_bps and heartbeat",
+        );
     }
     let mut feeds = Vec::new();
     let mut seen_feed: BTreeMap<FeedId, usize> = BTreeMap::new();
@@ -823,29 +921,54 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
         let id = match FeedId::new(f.id.get_ref().clone()) {
             Ok(id) => Some(id),
             Err(e) => {
-                r.at(span(&f.id), key("id"), e.to_string(), "feed ids are 1..=32 characters of A-Z, 0-9, '-', '_', '.', like \"BTC-USD\"");
+                r.at(
+                    span(&f.id),
+                    key("id"),
+                    e.to_string(),
+                    "feed ids are 1..=32 characters of A-Z, 0-9, '-', '_', '.', like \"BTC-USD\"",
+                );
                 None
             }
         };
         if let Some(id) = &id
             && let Some(prev) = seen_feed.insert(id.clone(), i)
         {
-            r.at(span(&f.id), key("id"), format!("feed {id} is also defined by feeds[{prev}]"), "define each feed once");
+            r.at(
+                span(&f.id),
+                key("id"),
+                format!("feed {id} is also defined by feeds[{prev}]"),
+                "define each feed once",
+            );
         }
         let decimals = *f.decimals.get_ref();
         if decimals > MAX_DECIMALS {
-            r.at(span(&f.decimals), key("decimals"), format!("{decimals} decimals is more than {MAX_DECIMALS}"), "8 or 18 decimals is typical");
+            r.at(
+                span(&f.decimals),
+                key("decimals"),
+                format!("{decimals} decimals is more than {MAX_DECIMALS}"),
+                "8 or 18 decimals is typical",
+            );
         }
         let dev = *f.deviation_bps.get_ref();
         if dev == 0 || dev > 10_000 {
-            r.at(span(&f.deviation_bps), key("deviation_bps"), format!("deviation_bps {dev} is outside 1..=10000"), "a price move of this many basis points triggers an update; 50 (0.5%) is typical");
+            r.at(
+                span(&f.deviation_bps),
+                key("deviation_bps"),
+                format!("deviation_bps {dev} is outside 1..=10000"),
+                "a price move of this many basis points triggers an update; 50 (0.5%) is typical",
+            );
         }
         let hb = f.heartbeat.get_ref().as_millis();
         if hb < round.interval_ms {
             r.at(span(&f.heartbeat), key("heartbeat"), format!("heartbeat ({hb}ms) is shorter than the round interval ({}ms)", round.interval_ms), "a feed can't be published more often than once a round; use a heartbeat of at least one interval");
         }
         if let Some(id) = id {
-            feeds.push(FeedParams { id, decimals, deviation_bps: dev, heartbeat_ms: hb });
+            feeds.push(FeedParams {
+                id,
+                decimals,
+                deviation_bps: dev,
+                heartbeat_ms: hb,
+            });
         }
     }
     feeds.sort_by(|a, b| a.id.cmp(&b.id));
@@ -875,7 +998,13 @@ pub fn parse_member_address(s: &str) -> Result<Multiaddr, String> {
     let mut it = addr.iter();
     let host_ok = matches!(
         it.next(),
-        Some(Protocol::Ip4(_) | Protocol::Ip6(_) | Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_))
+        Some(
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Dns(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+        )
     );
     let tcp_ok = matches!(it.next(), Some(Protocol::Tcp(_)));
     let rest_ok = match it.next() {
@@ -887,7 +1016,9 @@ pub fn parse_member_address(s: &str) -> Result<Multiaddr, String> {
     if host_ok && tcp_ok && rest_ok {
         Ok(addr)
     } else {
-        Err(format!("{s:?} is not a TCP address (host then /tcp/<port>)"))
+        Err(format!(
+            "{s:?} is not a TCP address (host then /tcp/<port>)"
+        ))
     }
 }
 
@@ -947,7 +1078,10 @@ impl Config {
                     line,
                     col,
                     key: "node.committee".into(),
-                    message: format!("cannot read committee file {}: {source}", committee_path.display()),
+                    message: format!(
+                        "cannot read committee file {}: {source}",
+                        committee_path.display()
+                    ),
                     hint: "the path is relative to node.toml's directory".into(),
                 });
                 None
@@ -1005,11 +1139,13 @@ impl Config {
     pub fn passphrase(&self) -> Result<String, PassphraseError> {
         let keys = &self.node.keys;
         if let Some(var) = &keys.passphrase_env {
-            return std::env::var(var.get_ref()).map_err(|_| PassphraseError::EnvMissing(var.get_ref().clone()));
+            return std::env::var(var.get_ref())
+                .map_err(|_| PassphraseError::EnvMissing(var.get_ref().clone()));
         }
         if let Some(file) = &keys.passphrase_file {
             let path = self.resolve(file.get_ref());
-            let text = std::fs::read_to_string(&path).map_err(|e| PassphraseError::File(path.clone(), e))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| PassphraseError::File(path.clone(), e))?;
             let line = text.lines().next().unwrap_or("").to_string();
             if line.is_empty() {
                 return Err(PassphraseError::Empty(path));
@@ -1020,15 +1156,43 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The admin token, if one is configured. `Ok(None)`: admin endpoints are disabled.
+    pub fn admin_token(&self) -> Result<Option<String>, PassphraseError> {
+        let api = &self.node.api;
+        if let Some(var) = &api.admin_token_env {
+            return std::env::var(var.get_ref())
+                .map(Some)
+                .map_err(|_| PassphraseError::EnvMissing(var.get_ref().clone()));
+        }
+        if let Some(file) = &api.admin_token_file {
+            let path = self.resolve(file.get_ref());
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| PassphraseError::File(path.clone(), e))?;
+            let line = text.lines().next().unwrap_or("").trim().to_string();
+            if line.is_empty() {
+                return Err(PassphraseError::Empty(path));
+            }
+            return Ok(Some(line));
+        }
+        Ok(None)
+    }
+}
+
+/// A secret (key passphrase or admin token) could not be read. Never carries the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum PassphraseError {
-    #[error("environment variable {0} (keys.passphrase_env) is not set; export it before starting the node")]
+    #[error(
+        "environment variable {0} (named in node.toml) is not set; export it before starting the node"
+    )]
     EnvMissing(String),
-    #[error("cannot read passphrase file {} (keys.passphrase_file): {1}", .0.display())]
+    #[error("cannot read secret file {} (named in node.toml): {}", .0.display(), .1)]
     File(PathBuf, #[source] std::io::Error),
-    #[error("passphrase file {} (keys.passphrase_file) is empty", .0.display())]
+    #[error("secret file {} (named in node.toml) is empty", .0.display())]
     Empty(PathBuf),
-    #[error("no key passphrase configured; set keys.passphrase_env or keys.passphrase_file in node.toml")]
+    #[error(
+        "no key passphrase configured; set keys.passphrase_env or keys.passphrase_file in node.toml"
+    )]
     NotConfigured,
 }
 
@@ -1050,16 +1214,91 @@ fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
         r.at(span(l), "net.listen", msg, "write it like \"/ip4/0.0.0.0/tcp/9000\", or leave it out to listen on this member's committee address");
     }
     if n.net.max_message_bytes < 1024 || n.net.max_message_bytes > 64 << 20 {
-        r.at(None, "net.max_message_bytes", format!("{} is outside 1024..=67108864", n.net.max_message_bytes), "1048576 (1 MiB) fits reports with thousands of feeds");
+        r.at(
+            None,
+            "net.max_message_bytes",
+            format!("{} is outside 1024..=67108864", n.net.max_message_bytes),
+            "1048576 (1 MiB) fits reports with thousands of feeds",
+        );
     }
     if n.net.rate_limit_per_peer == 0 {
-        r.at(None, "net.rate_limit_per_peer", "a rate limit of 0 drops every message", "use at least a few messages per round, e.g. 200");
+        r.at(
+            None,
+            "net.rate_limit_per_peer",
+            "a rate limit of 0 drops every message",
+            "use at least a few messages per round, e.g. 200",
+        );
     }
-    if n.api.listen.get_ref().parse::<std::net::SocketAddr>().is_err() {
-        r.at(span(&n.api.listen), "api.listen", format!("{:?} is not a socket address", n.api.listen.get_ref()), "write it like \"127.0.0.1:8080\" or \"0.0.0.0:8080\"");
+    if n.api
+        .listen
+        .get_ref()
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+    {
+        r.at(
+            span(&n.api.listen),
+            "api.listen",
+            format!("{:?} is not a socket address", n.api.listen.get_ref()),
+            "write it like \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+        );
+    }
+    if let (Some(a), Some(_)) = (&n.api.admin_token_env, &n.api.admin_token_file) {
+        r.at(
+            span(a),
+            "api.admin_token_env",
+            "both admin_token_env and admin_token_file are set",
+            "keep one: the token comes from exactly one place",
+        );
+    }
+    if let Some(v) = &n.api.admin_token_env {
+        let name = v.get_ref();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            r.at(
+                span(v),
+                "api.admin_token_env",
+                format!("{name:?} is not an environment variable name"),
+                "use letters, digits and '_', e.g. \"SIBYL_ADMIN_TOKEN\"",
+            );
+        }
+    }
+    if let Some(c) = &n.chain {
+        let url = c.rpc_url.get_ref();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            r.at(
+                span(&c.rpc_url),
+                "chain.rpc_url",
+                format!("{url:?} is not an http(s) URL"),
+                "write it like \"http://127.0.0.1:8545\"",
+            );
+        }
+        let addr = c.contract.get_ref();
+        let hex_ok = addr.len() == 42
+            && addr.starts_with("0x")
+            && addr[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ok {
+            r.at(
+                span(&c.contract),
+                "chain.contract",
+                format!("{addr:?} is not an address"),
+                "write 0x followed by 40 hex digits",
+            );
+        }
+        if c.chain_id == 0 {
+            r.at(
+                None,
+                "chain.chain_id",
+                "chain id 0 is not a chain",
+                "use the EIP-155 id of your chain, e.g. 31337 for anvil",
+            );
+        }
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(n.log.level.get_ref()) {
-        r.at(span(&n.log.level), "log.level", format!("{:?} is not a log filter: {e}", n.log.level.get_ref()), "use a level (error, warn, info, debug, trace) or \"info,sibyl::net=debug\"");
+        r.at(
+            span(&n.log.level),
+            "log.level",
+            format!("{:?} is not a log filter: {e}", n.log.level.get_ref()),
+            "use a level (error, warn, info, debug, trace) or \"info,sibyl::net=debug\"",
+        );
     }
 }
 
@@ -1067,7 +1306,12 @@ fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
 pub fn check_command(path: &Path) -> anyhow::Result<()> {
     match Config::load(path) {
         Ok(c) => {
-            let set: BTreeSet<_> = c.committee.suites.iter().map(|s| format!("{s:?}")).collect();
+            let set: BTreeSet<_> = c
+                .committee
+                .suites
+                .iter()
+                .map(|s| format!("{s:?}"))
+                .collect();
             println!(
                 "OK: {} (committee {}: {} members, threshold {}, {} feeds, suites {:?}, round interval {}ms)\nconfig digest 0x{}",
                 path.display(),

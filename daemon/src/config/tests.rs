@@ -6,7 +6,9 @@ fn peer(i: u8) -> String {
 }
 
 fn committee_src(n: u8, t: u16) -> String {
-    let mut s = format!("threshold = {t}\nsuites = [\"ed25519\"]\nleader_seed = 7\n\n[round]\ninterval = \"250ms\"\nobservation_timeout = \"100ms\"\nround_timeout = \"1s\"\n\n");
+    let mut s = format!(
+        "threshold = {t}\nsuites = [\"ed25519\"]\nleader_seed = 7\n\n[round]\ninterval = \"250ms\"\nobservation_timeout = \"100ms\"\nround_timeout = \"1s\"\n\n"
+    );
     for i in 1..=n {
         s += &format!(
             "[[members]]\nindex = {i}\npeer_id = \"{}\"\naddress = \"/ip4/127.0.0.1/tcp/{}\"\n\n",
@@ -55,7 +57,11 @@ fn digest_ignores_formatting_but_not_substance() {
     // Member order in the file doesn't matter either.
     let b = parse(&committee_src(4, 3).replace("leader_seed = 7", "leader_seed = 8")).unwrap();
     assert_ne!(a.digest, b.digest);
-    let c = parse(&src.replace("decimals = 8\ndeviation_bps = 50", "decimals = 9\ndeviation_bps = 50")).unwrap();
+    let c = parse(&src.replace(
+        "decimals = 8\ndeviation_bps = 50",
+        "decimals = 9\ndeviation_bps = 50",
+    ))
+    .unwrap();
     assert_ne!(a.digest, c.digest);
 }
 
@@ -129,14 +135,18 @@ fn duplicate_members_and_indices() {
         .replacen("index = 4", "index = 2", 1)
         .replacen(&peer(3), &peer(1), 1);
     let ps = problems(&src);
-    assert!(ps.iter().any(|p| p.key == "members[3].index" && p.message.contains("members[1]")), "{ps:?}");
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "members[3].index" && p.message.contains("members[1]")),
+        "{ps:?}"
+    );
     assert!(ps.iter().any(|p| p.key == "members[2].peer_id"), "{ps:?}");
 }
 
 #[test]
 fn non_ed25519_peer_id_is_refused() {
-    let kp = libp2p_identity::Keypair::generate_ecdsa();
-    let other = kp.public().to_peer_id().to_base58();
+    // A PeerId whose multihash does not inline an Ed25519 public key.
+    let other = PeerId::random().to_base58();
     let ps = problems(&committee_src(4, 3).replacen(&peer(1), &other, 1));
     assert!(ps[0].message.contains("Ed25519"), "{}", ps[0]);
 }
@@ -186,20 +196,29 @@ fn tempdir(name: &str) -> PathBuf {
 #[test]
 fn node_config_loads_with_defaults_and_resolves_paths() {
     let d = tempdir("ok");
-    let p = write_pair(&d, "[node]\ncommittee = \"committee.toml\"\n\n[keys]\npassphrase_env = \"SIBYL_TEST_PASS_UNSET\"\n");
+    let p = write_pair(
+        &d,
+        "[node]\ncommittee = \"committee.toml\"\n\n[keys]\npassphrase_env = \"SIBYL_TEST_PASS_UNSET\"\n",
+    );
     let c = Config::load(&p).expect("valid");
     assert_eq!(c.db_path(), d.join("data").join("sibyl.db"));
     assert_eq!(c.identity_path(), d.join("keys/identity.key"));
     assert_eq!(c.api_listen().port(), 8080);
     assert_eq!(c.node.log.format, LogFormat::Auto);
-    assert!(matches!(c.passphrase(), Err(PassphraseError::EnvMissing(_))));
+    assert!(matches!(
+        c.passphrase(),
+        Err(PassphraseError::EnvMissing(_))
+    ));
 }
 
 #[test]
 fn passphrase_from_file() {
     let d = tempdir("pass");
     std::fs::write(d.join("pass"), "hunter2\n").unwrap();
-    let p = write_pair(&d, "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_file = \"pass\"\n");
+    let p = write_pair(
+        &d,
+        "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_file = \"pass\"\n",
+    );
     let c = Config::load(&p).unwrap();
     assert_eq!(c.passphrase().unwrap(), "hunter2");
 }
@@ -222,7 +241,11 @@ fn node_config_problems_are_all_listed_with_committee_problems() {
     assert!(keys.contains(&"net.listen"), "{keys:?}");
     assert!(keys.contains(&"threshold"), "{keys:?}");
     let api = ps.iter().find(|p| p.key == "api.listen").unwrap();
-    assert_eq!((api.line, api.file.ends_with("node.toml")), (7, true), "{api}");
+    assert_eq!(
+        (api.line, api.file.ends_with("node.toml")),
+        (7, true),
+        "{api}"
+    );
     // The rendered error names file and line.
     let text = e.to_string();
     assert!(text.contains("node.toml:7:"), "{text}");
@@ -232,7 +255,11 @@ fn node_config_problems_are_all_listed_with_committee_problems() {
 fn missing_committee_file_points_at_the_key() {
     let d = tempdir("nocommittee");
     let p = d.join("node.toml");
-    std::fs::write(&p, "[node]\ncommittee = \"nope.toml\"\n[keys]\npassphrase_env = \"X\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "[node]\ncommittee = \"nope.toml\"\n[keys]\npassphrase_env = \"X\"\n",
+    )
+    .unwrap();
     let ps = Config::load(&p).unwrap_err().problems().to_vec();
     assert_eq!(ps.len(), 1);
     assert_eq!(ps[0].key, "node.committee");
@@ -242,7 +269,10 @@ fn missing_committee_file_points_at_the_key() {
 #[test]
 fn unknown_section_in_node_config() {
     let d = tempdir("unknown");
-    let p = write_pair(&d, "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_env = \"X\"\n[nett]\nlisten = \"x\"\n");
+    let p = write_pair(
+        &d,
+        "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_env = \"X\"\n[nett]\nlisten = \"x\"\n",
+    );
     let ps = Config::load(&p).unwrap_err().problems().to_vec();
     assert!(ps[0].message.contains("nett"), "{}", ps[0]);
     assert_eq!(ps[0].line, 5, "{}", ps[0]);
@@ -250,7 +280,34 @@ fn unknown_section_in_node_config() {
 
 #[test]
 fn deploy_examples_are_valid() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let c = Config::load(&root.join("node.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.committee.n() >= 4);
+}
+
+#[test]
+fn admin_token_and_chain_section() {
+    let d = tempdir("chain");
+    std::fs::write(d.join("token"), "s3cret\n").unwrap();
+    let p = write_pair(
+        &d,
+        "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_env = \"X\"\n[api]\nadmin_token_file = \"token\"\n[chain]\nrpc_url = \"http://127.0.0.1:8545\"\nchain_id = 31337\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\ntransmitter_key_file = \"k\"\n",
+    );
+    let c = Config::load(&p).expect("valid");
+    assert_eq!(c.admin_token().unwrap().as_deref(), Some("s3cret"));
+    assert_eq!(c.node.chain.as_ref().unwrap().chain_id, 31337);
+
+    let p = write_pair(
+        &d,
+        "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_env = \"X\"\n[chain]\nrpc_url = \"ws://x\"\nchain_id = 0\ncontract = \"0x12\"\ntransmitter_key_file = \"k\"\n",
+    );
+    let ps = Config::load(&p).unwrap_err().problems().to_vec();
+    let keys: Vec<&str> = ps.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["chain.rpc_url", "chain.contract", "chain.chain_id"],
+        "{ps:?}"
+    );
+    assert_eq!(ps[0].line, 6);
+    assert_eq!(ps[1].line, 8);
 }
