@@ -33,10 +33,15 @@ pub struct ObservationParams {
 pub struct Observation {
     pub feed: String,
     pub decimals: u32,
-    /// Fixed point at `decimals`.
-    pub price: i128,
-    /// Max - min of the prices used, same units as `price`.
+    /// The observed price, fixed point at `decimals`.
+    pub price_fixed: i128,
+    /// Max - min of the prices used, same units as `price_fixed`.
     pub spread: i128,
+    /// `spread` relative to the price, in basis points (rounded up): the
+    /// observation's confidence, smaller is tighter.
+    pub spread_bps: u32,
+    /// How many sources entered the median (`sources_used.len()`).
+    pub num_sources: u32,
     /// Timestamp of the oldest quote used (Unix ms): the observation is at least this fresh.
     pub observed_at_ms: u64,
     /// Sources whose price entered the median, sorted.
@@ -133,6 +138,12 @@ pub fn observe(
         }
     }
     let spread = kept[kept.len() - 1].price - kept[0].price;
+    // price > 0 here (every kept price is positive); round the ratio up.
+    let spread_bps = spread
+        .checked_mul(10_000)
+        .map(|n| (n + price - 1) / price)
+        .ok_or_else(overflow)?;
+    let spread_bps = u32::try_from(spread_bps).unwrap_or(u32::MAX);
     let observed_at_ms = kept.iter().map(|q| q.time_ms).min().unwrap_or(0);
     let mut sources_used: Vec<String> = kept.iter().map(|q| q.source.clone()).collect();
     sources_used.sort();
@@ -140,8 +151,10 @@ pub fn observe(
     Ok(Observation {
         feed: feed.to_string(),
         decimals,
-        price,
+        price_fixed: price,
         spread,
+        spread_bps,
+        num_sources: u32::try_from(sources_used.len()).unwrap_or(u32::MAX),
         observed_at_ms,
         sources_used,
         outliers,
@@ -175,8 +188,13 @@ mod tests {
             sp("c", 100_05, None),
         ];
         let o = observe("X", 2, &q, P).unwrap();
-        assert_eq!(o.price, 100_05);
+        assert_eq!(o.price_fixed, 100_05);
         assert_eq!(o.spread, 10);
+        assert_eq!(
+            o.spread_bps, 10,
+            "10 / 10005 of the price, rounded up to 10 bps"
+        );
+        assert_eq!(o.num_sources, 3);
         assert_eq!(o.sources_used, vec!["a", "b", "c"]);
         assert_eq!(o.observed_at_ms, 7);
     }
@@ -191,7 +209,7 @@ mod tests {
         ];
         let o1 = observe("X", 2, &q, P).unwrap();
         assert_eq!(o1.outliers, vec!["c"]);
-        assert!((100_00..=100_10).contains(&o1.price));
+        assert!((100_00..=100_10).contains(&o1.price_fixed));
         q.reverse();
         assert_eq!(observe("X", 2, &q, P).unwrap(), o1);
     }
@@ -208,14 +226,14 @@ mod tests {
             sp("d", 100_50, Some(1_000_000)),
         ];
         let o = observe("X", 2, &q, P).unwrap();
-        assert_eq!(o.price, 100_03);
+        assert_eq!(o.price_fixed, 100_03);
         // Real weighting moves the median toward the heavy side.
         let q = [
             sp("a", 100_00, Some(1)),
             sp("b", 100_01, Some(3)),
             sp("c", 100_02, Some(3)),
         ];
-        assert_eq!(observe("X", 2, &q, P).unwrap().price, 100_01);
+        assert_eq!(observe("X", 2, &q, P).unwrap().price_fixed, 100_01);
     }
 
     #[test]

@@ -373,7 +373,7 @@ impl SourcesConfig {
                     ws: Some(v.default_ws_url().is_some()),
                     ws_url: v
                         .default_ws_url()
-                        .map(|_| format!("{ws_base}/{}/ws", v.name())),
+                        .map(|_| format!("{ws_base}/ws/{}", v.name())),
                     // The simulated exchange has no limits unless a scenario adds them.
                     rate_limit_per_sec: Some(500),
                 },
@@ -510,7 +510,7 @@ mod tests {
         assert_eq!(cfg.base_url(Venue::Okx), "http://127.0.0.1:9/okx");
         assert_eq!(
             cfg.ws_url(Venue::Kraken).as_deref(),
-            Some("ws://127.0.0.1:9/kraken/ws")
+            Some("ws://127.0.0.1:9/ws/kraken")
         );
         assert_eq!(cfg.feeds.len(), 3);
         let text = toml::to_string(&cfg).unwrap();

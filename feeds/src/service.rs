@@ -64,6 +64,7 @@ pub(crate) struct Shared {
     pub(crate) slots: Mutex<BTreeMap<(String, String), Slot>>,
     pub(crate) metrics: SourceMetrics,
     pub(crate) changed: Notify,
+    pub(crate) feed_errors: Mutex<BTreeMap<String, ObservationError>>,
 }
 
 impl Shared {
@@ -97,6 +98,7 @@ impl Shared {
             slots: Mutex::new(slots),
             metrics,
             changed: Notify::new(),
+            feed_errors: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -225,7 +227,7 @@ pub(crate) fn compute_observations(
                 None => Some(q.price),
                 Some(via) => match out.get(via) {
                     Some(Ok(conv)) => pow10(conv.decimals)
-                        .and_then(|scale| q.price.checked_mul(conv.price).map(|p| p / scale)),
+                        .and_then(|scale| q.price.checked_mul(conv.price_fixed).map(|p| p / scale)),
                     _ => None,
                 },
             };
@@ -258,62 +260,61 @@ pub(crate) fn compute_observations(
     out
 }
 
-/// Latest observations, keyed by feed id. A feed without a valid observation
-/// right now maps to the reason.
-pub type Observations = Arc<BTreeMap<String, Result<Observation, ObservationError>>>;
+/// Latest valid observations, keyed by feed id. A feed without a valid
+/// observation right now (too few healthy sources) is absent; ask
+/// [`FeedService::feed_errors`] why.
+pub type Observations = Arc<BTreeMap<String, Observation>>;
 
-/// Handle to the running sources. Cloneable; dropping every clone does not
-/// stop the tasks: call [`SourcesHandle::shutdown`].
-#[derive(Clone)]
-pub struct SourcesHandle {
-    shared: Arc<Shared>,
-    observations: watch::Receiver<Observations>,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
+/// Aborts the service's tasks when the last [`FeedService`] clone is dropped.
+struct Tasks(Mutex<Vec<JoinHandle<()>>>);
 
-impl SourcesHandle {
-    /// The latest valid observation of `feed`, if any.
-    pub fn latest(&self, feed: &str) -> Option<Observation> {
-        self.observations
-            .borrow()
-            .get(feed)
-            .and_then(|r| r.as_ref().ok())
-            .cloned()
-    }
-
-    /// All feeds' latest results.
-    pub fn observations(&self) -> Observations {
-        self.observations.borrow().clone()
-    }
-
-    /// A receiver that changes whenever observations are recomputed.
-    pub fn subscribe(&self) -> watch::Receiver<Observations> {
-        self.observations.clone()
-    }
-
-    /// Every source's latest quote, latency, error and breaker state.
-    pub fn source_status(&self) -> Vec<SourceStatus> {
-        self.shared.statuses()
-    }
-
-    /// Stop every task.
-    pub fn shutdown(&self) {
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+impl Tasks {
+    fn abort_all(&self) {
+        let tasks = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             t.abort();
         }
     }
 }
 
-/// Entry point: spawn the pollers, streams and aggregation on the current tokio runtime.
-pub struct Sources;
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.abort_all();
+    }
+}
 
-impl Sources {
-    /// Start fetching. `registry` receives the sources' metrics.
-    pub fn spawn(
+/// The running price sources of one member: REST pollers, WebSocket streams
+/// and the aggregation task, publishing observations on a `watch` channel.
+///
+/// ```no_run
+/// # async fn run(config: sibyl_feeds::config::SourcesConfig) -> Result<(), sibyl_feeds::error::ConfigError> {
+/// let mut registry = prometheus_client::registry::Registry::default();
+/// let feeds = sibyl_feeds::FeedService::start(config, &mut registry)?;
+/// let mut rx = feeds.observations();
+/// while rx.changed().await.is_ok() {
+///     if let Some(obs) = rx.borrow().get("BTC-USD") {
+///         println!("{} = {} (1e-{}), {} sources", obs.feed, obs.price_fixed, obs.decimals, obs.num_sources);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// Cloneable. The tasks stop on [`FeedService::shutdown`] or when the last
+/// clone is dropped. Must be started inside a tokio runtime.
+#[derive(Clone)]
+pub struct FeedService {
+    shared: Arc<Shared>,
+    observations: watch::Receiver<Observations>,
+    tasks: Arc<Tasks>,
+}
+
+impl FeedService {
+    /// Validate `config`, register the sources' metrics in `registry` and
+    /// start fetching on the current tokio runtime.
+    pub fn start(
         config: SourcesConfig,
         registry: &mut Registry,
-    ) -> Result<SourcesHandle, crate::error::ConfigError> {
+    ) -> Result<FeedService, crate::error::ConfigError> {
         config.validate()?;
         let metrics = SourceMetrics::register(registry);
         let shared = Arc::new(Shared::new(config, metrics));
@@ -346,11 +347,46 @@ impl Sources {
             }
         }
         tasks.push(tokio::spawn(aggregate_loop(shared.clone(), tx)));
-        Ok(SourcesHandle {
+        Ok(FeedService {
             shared,
             observations: rx,
-            tasks: Arc::new(Mutex::new(tasks)),
+            tasks: Arc::new(Tasks(Mutex::new(tasks))),
         })
+    }
+
+    /// A receiver of the latest observations; `changed()` fires on every
+    /// recomputation (at least every 250 ms, sooner after new quotes).
+    pub fn observations(&self) -> watch::Receiver<Observations> {
+        self.observations.clone()
+    }
+
+    /// The latest valid observation of `feed`, if any.
+    pub fn latest(&self, feed: &str) -> Option<Observation> {
+        self.observations.borrow().get(feed).cloned()
+    }
+
+    /// Why each feed without a valid observation has none.
+    pub fn feed_errors(&self) -> BTreeMap<String, ObservationError> {
+        self.shared
+            .feed_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every source's latest quote, latency, error and breaker state.
+    pub fn source_status(&self) -> Vec<SourceStatus> {
+        self.shared.statuses()
+    }
+
+    /// The configuration the service runs with.
+    pub fn config(&self) -> &SourcesConfig {
+        &self.shared.config
+    }
+
+    /// Stop every task (also happens when the last clone is dropped).
+    pub fn shutdown(&self) {
+        self.tasks.abort_all();
     }
 }
 
@@ -396,7 +432,20 @@ async fn aggregate_loop(shared: Arc<Shared>, tx: watch::Sender<Observations>) {
             let slots = shared.lock();
             compute_observations(&shared.config, &slots, now, Some(&shared.metrics))
         };
-        tx.send_replace(Arc::new(result));
+        let mut valid = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        for (feed, r) in result {
+            match r {
+                Ok(o) => {
+                    valid.insert(feed, o);
+                }
+                Err(e) => {
+                    errors.insert(feed, e);
+                }
+            }
+        }
+        *shared.feed_errors.lock().unwrap_or_else(|e| e.into_inner()) = errors;
+        tx.send_replace(Arc::new(valid));
     }
 }
 

@@ -944,7 +944,7 @@ fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceE
         return Err(
             if msg.contains("invalid symbol") || code == "invalid-symbol" {
                 SourceError::UnknownSymbol(market.into())
-            } else if code.contains("too-many") || code.contains("rate") {
+            } else if code.contains("too-many") || code.contains("rate") || code.contains("limit") {
                 rate_limited(status, msg)
             } else {
                 venue_err(code, msg)

@@ -144,9 +144,15 @@ async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -
     debug!(%venue, markets = markets.len(), "websocket subscribed");
     let mut ping = tokio::time::interval(stale_after / 3);
     ping.reset();
+    // Pongs and heartbeats keep a socket open without carrying prices: the
+    // stream is stale when no tick arrived for `stale_after`.
+    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
             _ = ping.tick() => {
+                if last_tick.elapsed() > stale_after {
+                    return End::Stale;
+                }
                 if let Some(p) = ping_message(venue)
                     && let Err(e) = socket.send(p).await {
                     return End::Error(format!("ping: {e}"));
@@ -167,6 +173,9 @@ async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -
                 };
                 match parse_message(venue, &text) {
                     Ok(ticks) => {
+                        if !ticks.is_empty() {
+                            last_tick = Instant::now();
+                        }
                         for (sym, raw) in ticks {
                             let Some(market) = symbols.get(&sym) else {
                                 shared.metrics.error(venue.name(), "not_subscribed");
