@@ -16,6 +16,18 @@ pub enum Command {
     Version,
     /// Make trusted-dealer keys for a test or devnet committee.
     Keygen(crate::keygen::KeygenArgs),
+    /// Inspect configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate node.toml and the committee file it names; print OK or every problem.
+    Check {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -26,5 +38,6 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen(args) => crate::keygen::run(args),
+        Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
     }
 }
