@@ -21,7 +21,12 @@
 //! that remain before anything is allocated. Errors say what was being read
 //! and at which byte offset.
 
-use crate::report::{ConfigDigest, FeedId};
+use crate::merkle::MAX_LEAVES;
+use crate::report::{
+    ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
+    Suite,
+};
+use std::collections::BTreeMap;
 
 /// Why a byte string is not a valid encoding. `what` names the field being
 /// read, `at` is the byte offset in the input where reading it started.
@@ -457,6 +462,193 @@ impl Decode for ConfigDigest {
     const WHAT: &'static str = "config digest";
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.bytes32(Self::WHAT).map(ConfigDigest)
+    }
+}
+
+/// Suite tags on the wire: 1 = Ed25519, 2 = secp256k1-evm.
+pub fn suite_tag(suite: Suite) -> u8 {
+    match suite {
+        Suite::Ed25519 => 1,
+        Suite::Secp256k1Evm => 2,
+    }
+}
+
+/// Serialized signature length of each suite: R ‖ z.
+pub fn signature_len(suite: Suite) -> usize {
+    match suite {
+        Suite::Ed25519 => 64,
+        Suite::Secp256k1Evm => 65,
+    }
+}
+
+/// Wire size of one [`ReportLeaf`].
+pub const LEAF_WIRE_LEN: usize = 32 + 16 + 16 + 2 + 8;
+/// Wire size of one [`ReportHeader`].
+pub const HEADER_WIRE_LEN: usize = 1 + 32 + 8 + 8 + 32;
+/// Most signatures a report carries (one per suite).
+pub const MAX_SIGNATURES: usize = 2;
+
+impl Decode for Suite {
+    const WHAT: &'static str = "suite";
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let at = r.position();
+        match r.u8("suite tag")? {
+            1 => Ok(Suite::Ed25519),
+            2 => Ok(Suite::Secp256k1Evm),
+            tag => Err(DecodeError::InvalidTag {
+                what: "suite",
+                at,
+                tag: tag.into(),
+            }),
+        }
+    }
+}
+
+/// `bytes32 feed ‖ i128 price ‖ u128 confidence ‖ u16 observations ‖ u64 observed at` (74 bytes).
+impl Encode for ReportLeaf {
+    fn encode(&self, w: &mut Writer) {
+        w.put(&self.feed_id)
+            .i128(self.price)
+            .u128(self.confidence)
+            .u16(self.num_observations)
+            .u64(self.observed_at_ms);
+    }
+}
+
+impl Decode for ReportLeaf {
+    const WHAT: &'static str = "report leaf";
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(ReportLeaf {
+            feed_id: r.get()?,
+            price: r.i128("leaf price")?,
+            confidence: r.u128("leaf confidence")?,
+            num_observations: r.u16("leaf observation count")?,
+            observed_at_ms: r.u64("leaf observed-at timestamp")?,
+        })
+    }
+}
+
+/// `u8 version ‖ bytes32 config digest ‖ u64 round ‖ u64 timestamp ‖ bytes32 merkle root` (81 bytes).
+impl Encode for ReportHeader {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(self.version)
+            .put(&self.config_digest)
+            .u64(self.round)
+            .u64(self.timestamp_ms)
+            .bytes32(&self.merkle_root);
+    }
+}
+
+/// Reads a header, checking the version and, if given, the config digest.
+pub fn decode_header(
+    r: &mut Reader<'_>,
+    expected: Option<&ConfigDigest>,
+) -> Result<ReportHeader, DecodeError> {
+    Ok(ReportHeader {
+        version: r.version(PROTOCOL_VERSION)?,
+        config_digest: r.config_digest(expected)?,
+        round: r.u64("report round")?,
+        timestamp_ms: r.u64("report timestamp")?,
+        merkle_root: r.bytes32("merkle root")?,
+    })
+}
+
+impl Decode for ReportHeader {
+    const WHAT: &'static str = "report header";
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        decode_header(r, None)
+    }
+}
+
+/// Writes a suite → signature map: count, then `u8 tag ‖ bytes signature` in suite order.
+pub fn encode_signatures(w: &mut Writer, signatures: &BTreeMap<Suite, SignatureBytes>) {
+    w.seq(signatures.iter(), |w, (suite, sig)| {
+        w.u8(suite_tag(*suite)).bytes(&sig.0);
+    });
+}
+
+/// Reads a suite → signature map: at most one per suite, strictly ascending
+/// tags, each signature exactly its suite's length.
+pub fn decode_signatures(
+    r: &mut Reader<'_>,
+) -> Result<BTreeMap<Suite, SignatureBytes>, DecodeError> {
+    let at = r.position();
+    let list = r.seq("signatures", MAX_SIGNATURES, 1 + 4, |r| {
+        let suite: Suite = r.get()?;
+        let sig_at = r.position();
+        let sig = r.bytes("signature", signature_len(suite))?;
+        if sig.len() != signature_len(suite) {
+            return Err(DecodeError::Invalid {
+                what: "signature",
+                at: sig_at,
+                reason: format!(
+                    "a {suite:?} signature is {} bytes, got {}",
+                    signature_len(suite),
+                    sig.len()
+                ),
+            });
+        }
+        Ok((suite, SignatureBytes(sig.to_vec())))
+    })?;
+    if list.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(DecodeError::NonCanonical {
+            what: "signatures (suites must be unique and ascending)",
+            at,
+        });
+    }
+    Ok(list.into_iter().collect())
+}
+
+/// Reads a leaf list: at most `MAX_LEAVES`, feed ids strictly ascending.
+pub fn decode_leaves(r: &mut Reader<'_>) -> Result<Vec<ReportLeaf>, DecodeError> {
+    let at = r.position();
+    let leaves: Vec<ReportLeaf> = r.seq("leaves", MAX_LEAVES, LEAF_WIRE_LEN, |r| r.get())?;
+    if let Some(i) = leaves.windows(2).position(|w| w[0].feed_id >= w[1].feed_id) {
+        return Err(DecodeError::NonCanonical {
+            what: "leaves (feed ids must be unique and ascending)",
+            at: at + 4 + (i + 1) * LEAF_WIRE_LEN,
+        });
+    }
+    Ok(leaves)
+}
+
+/// `header ‖ u32 n ‖ n × leaf ‖ u32 m ‖ m × (u8 suite ‖ u32 len ‖ signature)`.
+impl Encode for SignedReport {
+    fn encode(&self, w: &mut Writer) {
+        w.put(&self.header).seq(self.leaves.iter(), |w, l| {
+            w.put(l);
+        });
+        encode_signatures(w, &self.signatures);
+    }
+}
+
+impl Decode for SignedReport {
+    const WHAT: &'static str = "signed report";
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        decode_signed_report(r, None)
+    }
+}
+
+fn decode_signed_report(
+    r: &mut Reader<'_>,
+    expected: Option<&ConfigDigest>,
+) -> Result<SignedReport, DecodeError> {
+    Ok(SignedReport {
+        header: decode_header(r, expected)?,
+        leaves: decode_leaves(r)?,
+        signatures: decode_signatures(r)?,
+    })
+}
+
+impl SignedReport {
+    /// Decodes a whole buffer and checks that the report belongs to the
+    /// committee configuration `expected`. Decoding does not verify
+    /// signatures: use [`crate::verify::verify_report`].
+    pub fn decode_expecting(bytes: &[u8], expected: &ConfigDigest) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let v = decode_signed_report(&mut r, Some(expected))?;
+        r.finish(Self::WHAT)?;
+        Ok(v)
     }
 }
 

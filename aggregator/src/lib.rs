@@ -5,8 +5,16 @@
 pub mod codec;
 pub mod digest;
 pub mod encoding;
+pub mod fuzz;
 pub mod merkle;
 pub mod report;
+pub mod testkit;
+pub mod verify;
+
+pub mod aggregate;
+pub mod evidence;
+pub mod round;
+pub mod sim;
 
 pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
 pub use report::{

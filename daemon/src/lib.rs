@@ -3,4 +3,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod config;
+pub mod keygen;
+pub mod keystore;
+pub mod net;
 pub mod store;
