@@ -345,7 +345,7 @@ pub(super) async fn feed_history(
                     "`cursor` pages raw points; for candles pass the previous page's `next_from` as `from`",
                 ));
             }
-            if interval_ms < 1_000 || interval_ms > 30 * 86_400_000 {
+            if !(1_000..=30 * 86_400_000).contains(&interval_ms) {
                 return Err(ApiError::bad_parameter(format!(
                     "`interval` must be between 1s and 30d, got {interval_ms} ms"
                 )));
