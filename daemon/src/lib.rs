@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dkg;
 pub mod keygen;
 pub mod keystore;
 pub mod net;
