@@ -3,4 +3,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod keygen;
+pub mod keystore;
 pub mod store;
