@@ -909,9 +909,15 @@ pub async fn run_dkg(
     let mut ceremony = Ceremony::new(net, params)?.with_progress(progress);
     let mut result = DkgResult::default();
     for suite in suites {
-        match suite {
-            Suite::Ed25519 => result.ed25519 = Some(ceremony.run().await?),
-            Suite::Secp256k1Evm => result.secp256k1_evm = Some(ceremony.run().await?),
+        let outcome = match suite {
+            Suite::Ed25519 => ceremony.run().await.map(|o| result.ed25519 = Some(o)),
+            Suite::Secp256k1Evm => ceremony.run().await.map(|o| result.secp256k1_evm = Some(o)),
+        };
+        if let Err(e) = outcome {
+            // Stay a moment so what we already sent (e.g. the echo that lets
+            // the others catch an equivocator too) is delivered.
+            ceremony.linger(linger).await;
+            return Err(e);
         }
     }
     ceremony.linger(linger).await;
