@@ -1022,7 +1022,9 @@ impl Engine {
                 return;
             }
             self.s.margin_calls.remove(&id);
-            self.reindex_account(key.account);
+            // Every unit of the account may have moved (an isolated pool
+            // returns to cash): examine them all again.
+            self.queue_account(key.account);
             return;
         }
         self.s.deferred.remove(&id);
