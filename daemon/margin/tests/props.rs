@@ -123,7 +123,7 @@ fn trade() -> impl Strategy<Value = Trade> {
 
 fn step() -> impl Strategy<Value = Step> {
     (
-        0u64..2 * 86_400_000,
+        prop_oneof![0u64..120_000, 0u64..7_200_000, 0u64..2 * 86_400_000],
         [-90_000i64..=90_000, -90_000i64..=90_000],
         prop::bool::weighted(0.1),
     )
