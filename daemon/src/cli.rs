@@ -14,6 +14,20 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and exit.
     Version,
+    /// Make trusted-dealer keys for a test or devnet committee.
+    Keygen(crate::keygen::KeygenArgs),
+    /// Inspect configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate node.toml and the committee file it names; print OK or every problem.
+    Check {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -23,5 +37,7 @@ pub fn main() -> anyhow::Result<()> {
             println!("sibyl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Keygen(args) => crate::keygen::run(args),
+        Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
     }
 }

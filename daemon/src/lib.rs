@@ -2,4 +2,7 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod cli;
+pub mod config;
+pub mod keygen;
+pub mod keystore;
 pub mod store;
