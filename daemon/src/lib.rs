@@ -5,4 +5,5 @@ pub mod cli;
 pub mod config;
 pub mod keygen;
 pub mod keystore;
+pub mod net;
 pub mod store;
