@@ -17,6 +17,9 @@ pub enum Command {
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the deterministic committee simulator over many seeds; the last
+    /// line of output is a JSON summary. Exits non-zero on a safety violation.
+    Simulate(crate::cmd_simulate::SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,5 +39,6 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
+        Command::Simulate(args) => crate::cmd_simulate::run(args),
     }
 }

@@ -2,5 +2,6 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod cli;
+pub mod cmd_simulate;
 pub mod config;
 pub mod store;
