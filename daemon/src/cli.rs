@@ -14,6 +14,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and exit.
     Version,
+    /// Make trusted-dealer keys for a test or devnet committee.
+    Keygen(crate::keygen::KeygenArgs),
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -38,6 +40,7 @@ pub fn main() -> anyhow::Result<()> {
             println!("sibyl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Keygen(args) => crate::keygen::run(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
         Command::Simulate(args) => crate::cmd_simulate::run(args),
     }
