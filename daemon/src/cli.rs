@@ -16,6 +16,8 @@ pub enum Command {
     Version,
     /// Make trusted-dealer keys for a test or devnet committee.
     Keygen(crate::keygen::KeygenArgs),
+    /// Run the distributed key generation ceremony with the committee.
+    Dkg(crate::dkg::DkgArgs),
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -41,6 +43,7 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen(args) => crate::keygen::run(args),
+        Command::Dkg(args) => crate::dkg::command(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
         Command::Simulate(args) => crate::cmd_simulate::run(args),
     }

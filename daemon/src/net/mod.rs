@@ -22,7 +22,7 @@
 mod codec;
 mod limits;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -100,6 +100,55 @@ pub struct NetConfig {
     pub limits: Limits,
     /// Checks gossiped reports; `None` accepts every report from a member.
     pub report_validator: Option<ReportValidator>,
+}
+
+impl NetConfig {
+    /// The network settings of node.toml and its committee file.
+    pub fn from_node_config(
+        config: &crate::config::Config,
+        identity: Keypair,
+    ) -> Result<Self, NetError> {
+        let me = identity.public().to_peer_id();
+        let members: Vec<Member> = config
+            .committee
+            .members
+            .iter()
+            .map(|m| Member {
+                index: m.index,
+                peer_id: m.peer_id,
+                addr: m.address.clone(),
+            })
+            .collect();
+        let listen = match &config.node.net.listen {
+            Some(l) => l.get_ref().parse().map_err(|e| NetError::Listen {
+                addr: Multiaddr::empty(),
+                reason: format!("net.listen {:?} is not a multiaddr: {e}", l.get_ref()),
+            })?,
+            None => members
+                .iter()
+                .find(|m| m.peer_id == me)
+                .map(|m| m.addr.clone())
+                .ok_or(NetError::NotInCommittee(me))?,
+        };
+        let net = &config.node.net;
+        let redial = net.redial_interval.0.max(Duration::from_millis(10));
+        let limits = Limits {
+            max_message_bytes: net.max_message_bytes,
+            rate_per_sec: net.rate_limit_per_peer,
+            burst: net.rate_limit_per_peer,
+            redial_min: redial,
+            redial_max: (redial * 16).max(Duration::from_secs(10)),
+            request_timeout: net.request_timeout.0,
+            ..Limits::default()
+        };
+        Ok(Self {
+            listen,
+            identity,
+            members,
+            limits,
+            report_validator: None,
+        })
+    }
 }
 
 impl fmt::Debug for NetConfig {

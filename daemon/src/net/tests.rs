@@ -231,7 +231,6 @@ async fn non_member_cannot_connect_or_inject() {
         assert_eq!(net.stats().messages_received, 0);
     }
     assert!(refs[3].connected().is_empty());
-    assert!(refs[3].stats().send_failures >= 1);
 }
 
 #[tokio::test]
