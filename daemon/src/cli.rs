@@ -21,6 +21,9 @@ pub enum Command {
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the deterministic committee simulator over many seeds; the last
+    /// line of output is a JSON summary. Exits non-zero on a safety violation.
+    Simulate(crate::cmd_simulate::SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,5 +45,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Keygen(args) => crate::keygen::run(args),
         Command::Dkg(args) => crate::dkg::command(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
+        Command::Simulate(args) => crate::cmd_simulate::run(args),
     }
 }
