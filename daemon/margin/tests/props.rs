@@ -38,7 +38,7 @@ fn config(jump_ppm: u32) -> Vec<Command> {
         kind,
         initial_ppm: 100_000,
         maintenance_ppm: 50_000,
-        growth_ppm_per_million: 20_000,
+        growth_ppm_per_million: 10_000_000,
         max_rate_ppm: 400_000,
         taker_fee_ppm: 700,
         liquidation_penalty_ppm: 15_000,
