@@ -2,7 +2,9 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod cli;
+pub mod cmd_simulate;
 pub mod config;
+pub mod dkg;
 pub mod keygen;
 pub mod keystore;
 pub mod net;
