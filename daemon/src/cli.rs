@@ -16,9 +16,14 @@ pub enum Command {
     Version,
     /// Make trusted-dealer keys for a test or devnet committee.
     Keygen(crate::keygen::KeygenArgs),
+    /// Run the distributed key generation ceremony with the committee.
+    Dkg(crate::dkg::DkgArgs),
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the deterministic committee simulator over many seeds; the last
+    /// line of output is a JSON summary. Exits non-zero on a safety violation.
+    Simulate(crate::cmd_simulate::SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +43,8 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen(args) => crate::keygen::run(args),
+        Command::Dkg(args) => crate::dkg::command(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
+        Command::Simulate(args) => crate::cmd_simulate::run(args),
     }
 }

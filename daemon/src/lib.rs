@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod cmd_simulate;
 pub mod config;
+pub mod dkg;
 pub mod keygen;
 pub mod keystore;
 pub mod net;
