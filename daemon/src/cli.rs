@@ -14,6 +14,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and exit.
     Version,
+    /// Serve a simulated exchange that speaks every adapter's format on loopback.
+    SimExchange(crate::cmd_sources::SimExchangeArgs),
+    /// Inspect and benchmark the price sources (`probe`, `bench`).
+    Sources(crate::cmd_sources::SourcesArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -23,5 +27,7 @@ pub fn main() -> anyhow::Result<()> {
             println!("sibyl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::SimExchange(args) => crate::cmd_sources::sim_exchange(args),
+        Command::Sources(args) => crate::cmd_sources::sources(args),
     }
 }

@@ -2,4 +2,5 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod cli;
+pub mod cmd_sources;
 pub mod store;
