@@ -11,6 +11,11 @@ pub mod report;
 pub mod testkit;
 pub mod verify;
 
+pub mod aggregate;
+pub mod evidence;
+pub mod round;
+pub mod sim;
+
 pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
 pub use report::{
     ConfigDigest, FeedId, FeedIdError, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round,

@@ -18,6 +18,18 @@ pub enum Command {
     SimExchange(crate::cmd_sources::SimExchangeArgs),
     /// Inspect and benchmark the price sources (`probe`, `bench`).
     Sources(crate::cmd_sources::SourcesArgs),
+    /// Inspect configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate node.toml and the committee file it names; print OK or every problem.
+    Check {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -29,5 +41,6 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::SimExchange(args) => crate::cmd_sources::sim_exchange(args),
         Command::Sources(args) => crate::cmd_sources::sources(args),
+        Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
     }
 }

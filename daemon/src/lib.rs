@@ -3,4 +3,5 @@
 
 pub mod cli;
 pub mod cmd_sources;
+pub mod config;
 pub mod store;

@@ -221,6 +221,16 @@ impl SourcesConfig {
         Ok(cfg)
     }
 
+    /// Parse and validate an already-parsed TOML value (the `[sources]`
+    /// table of a node config).
+    pub fn from_value(value: toml::Value) -> Result<SourcesConfig, ConfigError> {
+        let cfg: SourcesConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     pub fn venue(&self, v: Venue) -> VenueConfig {
         self.venues.get(&v).cloned().unwrap_or_default()
     }

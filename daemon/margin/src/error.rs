@@ -167,4 +167,30 @@ pub enum EngineError {
         /// Supported version.
         expected: u32,
     },
+    /// A report names the same feed twice.
+    #[error("report round {round} names feed `{feed}` twice")]
+    DuplicateFeed {
+        /// Feed id.
+        feed: String,
+        /// Round.
+        round: u64,
+    },
+    /// A close asks for more than the position holds.
+    #[error("account {account}: cannot close {size} of `{market}`, the position holds {held}")]
+    ExceedsPosition {
+        /// Account id.
+        account: u64,
+        /// Market id.
+        market: String,
+        /// Requested size.
+        size: i128,
+        /// Held size (absolute).
+        held: i128,
+    },
+    /// The market settled: no more trading.
+    #[error("market `{market}` has settled: trading is closed")]
+    Settled {
+        /// Market id.
+        market: String,
+    },
 }

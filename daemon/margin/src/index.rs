@@ -19,8 +19,14 @@ pub(crate) struct Key {
 }
 
 impl Key {
-    pub const MIN: Key = Key { account: 0, slot: 0 };
-    pub const MAX: Key = Key { account: u64::MAX, slot: u32::MAX };
+    pub const MIN: Key = Key {
+        account: 0,
+        slot: 0,
+    };
+    pub const MAX: Key = Key {
+        account: u64::MAX,
+        slot: u32::MAX,
+    };
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -83,7 +89,9 @@ impl Index {
 
     /// Units whose band on `feed` does not contain `price`.
     pub fn crossed(&self, feed: &str, price: i128, out: &mut BTreeSet<Key>) {
-        let Some(&s) = self.feed_slots.get(feed) else { return };
+        let Some(&s) = self.feed_slots.get(feed) else {
+            return;
+        };
         for (_, k) in self.lower[s as usize].range((price, Key::MIN)..) {
             out.insert(*k);
         }
@@ -99,6 +107,38 @@ impl Index {
         }
     }
 
+    /// Every indexed unit with its bands and recheck time.
+    pub fn entries(&self) -> Vec<(Key, Vec<Band>, Option<u64>)> {
+        let mut keys: BTreeSet<Key> = self.bands.keys().copied().collect();
+        keys.extend(self.recheck_at.keys().copied());
+        keys.into_iter()
+            .map(|k| {
+                (
+                    k,
+                    self.bands.get(&k).cloned().unwrap_or_default(),
+                    self.recheck_at.get(&k).copied(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn feed_name(&self, slot: u16) -> Option<&str> {
+        self.feed_slots
+            .iter()
+            .find(|(_, s)| **s == slot)
+            .map(|(f, _)| f.as_str())
+    }
+
+    /// Forgets every band and recheck, keeping feed slots and holders.
+    pub fn clear_bands(&mut self) {
+        for s in self.lower.iter_mut().chain(self.upper.iter_mut()) {
+            s.clear();
+        }
+        self.bands.clear();
+        self.recheck.clear();
+        self.recheck_at.clear();
+    }
+
     pub fn indexed_units(&self) -> usize {
         self.bands.len()
     }
@@ -107,7 +147,8 @@ impl Index {
         if let Some(s) = self.holders.get_mut(market) {
             s.insert(account);
         } else {
-            self.holders.insert(market.to_string(), BTreeSet::from([account]));
+            self.holders
+                .insert(market.to_string(), BTreeSet::from([account]));
         }
     }
 

@@ -13,10 +13,16 @@
 //! `detmath` functions) and are rounded at the boundary, so every node and
 //! every replay computes the same events byte for byte.
 
+pub mod demo;
 pub mod detmath;
+pub mod engine;
 pub mod error;
 pub mod fixed;
+mod index;
 pub mod options;
 pub mod types;
 
+pub use demo::{DemoBook, DemoParams, demo_book, demo_book_with};
+pub use engine::{Engine, Greeks, Snapshot};
 pub use error::EngineError;
+pub use types::*;

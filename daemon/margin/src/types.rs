@@ -16,7 +16,7 @@ pub type AccountId = u64;
 
 /// One feed's value from a verified signed report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PriceUpdate {
+pub struct PriceInput {
     /// Feed id, e.g. "BTC-USD".
     pub feed: String,
     /// Fixed-point price with `decimals`.
@@ -25,18 +25,25 @@ pub struct PriceUpdate {
     pub decimals: u8,
     /// Confidence half-width, same scale as `price`.
     pub confidence: u128,
-    /// Observation timestamp (ms since the Unix epoch).
-    pub timestamp_ms: u64,
+}
+
+/// The feeds of one verified signed report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceReport {
     /// Report round.
     pub round: u64,
+    /// Report timestamp (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// Its feeds.
+    pub prices: Vec<PriceInput>,
 }
 
 /// What the engine consumes, in the order the daemon stores it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Input {
-    /// A verified price.
-    Price(PriceUpdate),
+    /// A verified signed report.
+    Prices(PriceReport),
     /// An admin command stamped by the daemon with its arrival time.
     Command {
         /// Arrival time (ms); the engine's clock never goes backwards.
