@@ -18,6 +18,8 @@ pub enum Command {
     SimExchange(crate::cmd_sources::SimExchangeArgs),
     /// Inspect and benchmark the price sources (`probe`, `bench`).
     Sources(crate::cmd_sources::SourcesArgs),
+    /// Make trusted-dealer keys for a test or devnet committee.
+    Keygen(crate::keygen::KeygenArgs),
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -41,6 +43,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::SimExchange(args) => crate::cmd_sources::sim_exchange(args),
         Command::Sources(args) => crate::cmd_sources::sources(args),
+        Command::Keygen(args) => crate::keygen::run(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
     }
 }

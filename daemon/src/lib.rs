@@ -4,4 +4,7 @@
 pub mod cli;
 pub mod cmd_sources;
 pub mod config;
+pub mod keygen;
+pub mod keystore;
+pub mod net;
 pub mod store;
