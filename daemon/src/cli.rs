@@ -20,9 +20,14 @@ pub enum Command {
     Sources(crate::cmd_sources::SourcesArgs),
     /// Make trusted-dealer keys for a test or devnet committee.
     Keygen(crate::keygen::KeygenArgs),
+    /// Run the distributed key generation ceremony with the committee.
+    Dkg(crate::dkg::DkgArgs),
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the deterministic committee simulator over many seeds; the last
+    /// line of output is a JSON summary. Exits non-zero on a safety violation.
+    Simulate(crate::cmd_simulate::SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +49,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::SimExchange(args) => crate::cmd_sources::sim_exchange(args),
         Command::Sources(args) => crate::cmd_sources::sources(args),
         Command::Keygen(args) => crate::keygen::run(args),
+        Command::Dkg(args) => crate::dkg::command(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
+        Command::Simulate(args) => crate::cmd_simulate::run(args),
     }
 }

@@ -2,8 +2,10 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod cli;
+pub mod cmd_simulate;
 pub mod cmd_sources;
 pub mod config;
+pub mod dkg;
 pub mod keygen;
 pub mod keystore;
 pub mod net;

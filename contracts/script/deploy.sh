@@ -2,7 +2,7 @@
 # Deploys SibylFeed and one SibylAggregatorV3 adapter per feed with cast (used by
 # `sibyl devnet --chain` against a local anvil, and by scripts/test.d/21-contracts-anvil).
 #
-#   contracts/scripts/deploy.sh --rpc-url http://127.0.0.1:8545 --private-key 0x... \
+#   contracts/script/deploy.sh --rpc-url http://127.0.0.1:8545 --private-key 0x... \
 #       --config-digest 0x<32 bytes> --group-key-x 0x<32 bytes> --group-key-y 0x<32 bytes> \
 #       --feed BTC-USD:8 [--feed ETH-USD:8 ...] [--max-drift-ms 5000] [--description-suffix " / Sibyl"]
 #
