@@ -14,6 +14,7 @@ pub mod verify;
 pub mod aggregate;
 pub mod evidence;
 pub mod round;
+pub mod sim;
 
 pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
 pub use report::{

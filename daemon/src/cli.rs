@@ -14,6 +14,12 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and exit.
     Version,
+    /// Make trusted-dealer keys for a test or devnet committee.
+    Keygen(crate::keygen::KeygenArgs),
+    /// Run a committee member.
+    Run(crate::node::run::RunArgs),
+    /// Check a signed report against a committee's group key.
+    Verify(crate::verify_cmd::VerifyArgs),
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -35,6 +41,9 @@ pub fn main() -> anyhow::Result<()> {
             println!("sibyl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Keygen(args) => crate::keygen::run(args),
+        Command::Run(args) => crate::node::run::run(args),
+        Command::Verify(args) => crate::verify_cmd::run(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
     }
 }

@@ -311,15 +311,11 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
-    /// The member's libp2p identity key (ed25519).
-    #[serde(default = "default_identity")]
-    pub identity: PathBuf,
-    /// The encrypted FROST key package.
-    #[serde(default = "default_key_package")]
-    pub key_package: PathBuf,
-    /// The public key package (group key and verifying shares).
-    #[serde(default = "default_public_key_package")]
-    pub public_key_package: PathBuf,
+    /// The member's key directory (relative to node.toml): the encrypted
+    /// identity key and FROST key packages, and the public key packages, as
+    /// written by `sibyl dkg` or `sibyl keygen --dealer`.
+    #[serde(default = "default_key_dir")]
+    pub dir: PathBuf,
     /// Name of an environment variable holding the key passphrase.
     #[serde(default)]
     pub passphrase_env: Option<Spanned<String>>,
@@ -328,22 +324,14 @@ pub struct KeysSection {
     pub passphrase_file: Option<Spanned<PathBuf>>,
 }
 
-fn default_identity() -> PathBuf {
-    PathBuf::from("keys/identity.key")
-}
-fn default_key_package() -> PathBuf {
-    PathBuf::from("keys/key_package.enc")
-}
-fn default_public_key_package() -> PathBuf {
-    PathBuf::from("keys/public_key_package.json")
+fn default_key_dir() -> PathBuf {
+    PathBuf::from("keys")
 }
 
 impl Default for KeysSection {
     fn default() -> Self {
         Self {
-            identity: default_identity(),
-            key_package: default_key_package(),
-            public_key_package: default_public_key_package(),
+            dir: default_key_dir(),
             passphrase_env: None,
             passphrase_file: None,
         }
@@ -1194,16 +1182,8 @@ impl Config {
         self.data_dir().join(&self.node.store.path)
     }
 
-    pub fn identity_path(&self) -> PathBuf {
-        self.resolve(&self.node.keys.identity)
-    }
-
-    pub fn key_package_path(&self) -> PathBuf {
-        self.resolve(&self.node.keys.key_package)
-    }
-
-    pub fn public_key_package_path(&self) -> PathBuf {
-        self.resolve(&self.node.keys.public_key_package)
+    pub fn key_dir(&self) -> PathBuf {
+        self.resolve(&self.node.keys.dir)
     }
 
     /// The API's socket address (validated at load).

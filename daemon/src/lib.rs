@@ -3,5 +3,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod keygen;
+pub mod keystore;
 pub mod node;
 pub mod store;
+pub mod verify_cmd;

@@ -121,6 +121,12 @@ pub enum Action {
     SignedReport(SignedReport),
     /// Provable misbehaviour; anyone can check it with [`Evidence::verify`].
     Blame(Evidence),
+    /// Persist "observed in `round`" (e.g. next to the signing ledger) before
+    /// performing the following actions; restore it as
+    /// [`Restore::last_observed_round`]. A restarted member thus never sends
+    /// a second, different observation for a round (which would be evidence
+    /// against it).
+    RecordObservation { round: Round },
     /// The node entered a round.
     RoundEntered { round: Round, leader: u16 },
     /// Call `handle(Tick)` at this time; supersedes earlier `WakeAt`s.
@@ -147,6 +153,8 @@ pub struct Restore {
     pub last_values: BTreeMap<FeedId, LastValue>,
     /// Round of the newest stored signed report.
     pub last_report_round: Option<Round>,
+    /// The latest [`Action::RecordObservation`] persisted.
+    pub last_observed_round: Option<Round>,
 }
 
 /// A member's keys.
@@ -286,6 +294,7 @@ pub struct Node<C: SibylSuite> {
     pending: Option<PendingSign<C>>,
     last_values: BTreeMap<FeedId, LastValue>,
     last_report_round: Option<Round>,
+    last_observed_round: Option<Round>,
     local: BTreeMap<FeedId, LocalObservation>,
     start_round: Round,
     started: bool,
@@ -413,6 +422,7 @@ impl<C: SibylSuite> Node<C> {
             pending: None,
             last_values: restore.last_values,
             last_report_round: restore.last_report_round,
+            last_observed_round: restore.last_observed_round,
             local: BTreeMap::new(),
             start_round,
             started: false,
@@ -608,15 +618,28 @@ impl<C: SibylSuite> Node<C> {
                 && let Some(a) = &l.attempt
                 && now >= a.deadline
             {
-                let silent: Vec<u16> = a
+                // Drop the silent signers and, so one retry suffices, those
+                // whose shares arrived but do not verify.
+                let mut excluded: Vec<u16> = a
                     .signers
                     .iter()
                     .copied()
                     .filter(|s| !a.shares.contains_key(s))
                     .collect();
+                let mut evidence = Vec::new();
+                for (member, (share, bytes)) in &a.shares {
+                    if !self.share_valid(*member, share, &a.package) {
+                        excluded.push(*member);
+                        evidence.push(self.invalid_share_evidence(bytes, &a.package_bytes));
+                    }
+                }
                 let next = a.number + 1;
                 if let Some(l) = &mut self.rs.leader {
-                    l.excluded.extend(silent);
+                    l.excluded.extend(excluded);
+                }
+                for ev in evidence {
+                    self.stats.invalid_shares += 1;
+                    self.blame(ev);
                 }
                 self.start_attempt(now, next);
             }
@@ -726,6 +749,11 @@ impl<C: SibylSuite> Node<C> {
         if entries.is_empty() {
             return;
         }
+        if self.last_observed_round.is_some_and(|r| r >= self.round) {
+            // Observed this round before a restart: a second observation would conflict.
+            self.rs.observation_sent = true;
+            return;
+        }
         let mut commitments = Vec::with_capacity(ATTEMPTS);
         let mut commitment_bytes = Vec::with_capacity(ATTEMPTS);
         let mut nonces = Vec::with_capacity(ATTEMPTS);
@@ -741,6 +769,9 @@ impl<C: SibylSuite> Node<C> {
         self.rs.nonces = nonces;
         self.rs.commitments = commitments;
         self.rs.observation_sent = true;
+        self.last_observed_round = Some(self.round);
+        self.out
+            .push(Action::RecordObservation { round: self.round });
         let msg = self.sign_msg(
             self.round,
             Payload::Observation(ObservationMsg {
@@ -1293,6 +1324,37 @@ impl<C: SibylSuite> Node<C> {
         a.shares.insert(sender, (share, msg.bytes));
         if a.shares.len() == a.signers.len() {
             self.finish_attempt(now, rng);
+        }
+    }
+
+    fn share_valid(
+        &self,
+        member: u16,
+        share: &SignatureShare<C>,
+        package: &SigningPackage<C>,
+    ) -> bool {
+        let Ok(id) = Identifier::<C>::try_from(member) else {
+            return false;
+        };
+        let Some(verifying_share) = self.pubkeys.verifying_shares().get(&id) else {
+            return false;
+        };
+        frost::verify_signature_share(
+            id,
+            verifying_share,
+            share,
+            package,
+            self.pubkeys.verifying_key(),
+        )
+        .is_ok()
+    }
+
+    fn invalid_share_evidence(&self, share_msg: &[u8], package_bytes: &[u8]) -> Evidence {
+        Evidence::InvalidShare {
+            suite: C::SUITE,
+            share: share_msg.to_vec(),
+            signing_package: package_bytes.to_vec(),
+            public_key_package: self.pubkeys.serialize().unwrap_or_default(),
         }
     }
 

@@ -25,6 +25,9 @@
 //! Reports from catch-up and from gossip are verified against the group key
 //! before they are stored.
 
+pub mod api;
+pub mod observed;
+pub mod run;
 pub mod source;
 pub mod transport;
 
@@ -106,14 +109,14 @@ pub struct ReportSink {
 impl ReportSink {
     /// Starts the sink task writing to `store`; every stored report is also
     /// sent on `reports`.
-    pub fn start(store: StoreHandle, reports: broadcast::Sender<SignedReport>) -> Self {
+    pub fn start(store: StoreHandle, reports: broadcast::Sender<Arc<SignedReport>>) -> Self {
         let (tx, mut rx) = mpsc::channel::<SignedReport>(1024);
         tokio::spawn(async move {
             while let Some(report) = rx.recv().await {
                 let round = report.header.round;
                 match store.insert_report(report.clone()).await {
                     Ok(true) => {
-                        let _ = reports.send(report);
+                        let _ = reports.send(Arc::new(report));
                     }
                     Ok(false) => {} // already stored
                     Err(e) => tracing::error!(round, error = %e, "cannot store a signed report"),
@@ -130,8 +133,13 @@ impl ReportSink {
     }
 }
 
-/// Reads what a member restarts from: the signing ledger and its newest reports.
-pub fn restore_from(readers: &crate::store::Readers) -> Result<Restore, StoreError> {
+/// Reads what a member restarts from: the signing ledger, the observation
+/// ledger and its newest reports.
+pub fn restore_from(
+    readers: &crate::store::Readers,
+    observed: &observed::ObservationLedger,
+) -> Result<Restore, StoreError> {
+    let last_observed_round = observed.last();
     readers.read_blocking(|db| {
         let last_signed = db
             .last_signed()?
@@ -153,6 +161,7 @@ pub fn restore_from(readers: &crate::store::Readers) -> Result<Restore, StoreErr
             last_signed,
             last_values,
             last_report_round,
+            last_observed_round,
         })
     })
 }
@@ -166,6 +175,8 @@ pub struct DriverParts<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Sen
     pub group_keys: GroupKeys,
     pub observations: ObservationRx,
     pub sink: ReportSink,
+    /// Where `RecordObservation` is made durable.
+    pub observed: observed::ObservationLedger,
     pub rng: R,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -179,6 +190,7 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     digest: ConfigDigest,
     observations: ObservationRx,
     sink: ReportSink,
+    observed: observed::ObservationLedger,
     rng: R,
     shutdown: watch::Receiver<bool>,
     status: StatusHandle,
@@ -215,6 +227,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             digest,
             observations: parts.observations,
             sink: parts.sink,
+            observed: parts.observed,
             rng: parts.rng,
             shutdown: parts.shutdown,
             status,
@@ -339,6 +352,15 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     }
                 }
                 Action::WakeAt(at) => self.wake = Some(at),
+                Action::RecordObservation { round } => {
+                    if let Err(e) = self.observed.record(round) {
+                        // Not durable: the observation must not go out. Stop
+                        // here; the round's remaining actions are dropped.
+                        self.stats.ledger_errors += 1;
+                        tracing::error!(round, error = %e, "cannot record the observation; not sending it");
+                        return;
+                    }
+                }
             }
         }
     }

@@ -66,7 +66,11 @@ impl Harness {
     fn start(&mut self, index: u16, transport: MemoryTransport) {
         let db = self._dir.path().join(format!("node-{index}.db"));
         let store = Store::open(&db).unwrap();
-        let restore = restore_from(&store.readers).unwrap();
+        let observed = observed::ObservationLedger::open(
+            &self._dir.path().join(format!("node-{index}.observed")),
+        )
+        .unwrap();
+        let restore = restore_from(&store.readers, &observed).unwrap();
         let last_report_round = restore.last_report_round;
         let protocol = Arc::new(self.committee.to_protocol().unwrap());
         let id = frost_core::Identifier::try_from(index).unwrap();
@@ -78,7 +82,7 @@ impl Harness {
         let node = Node::<Ed25519Sha512>::new(protocol, index, node_keys, restore).unwrap();
         let group_keys = GroupKeys::new(self.committee.digest)
             .with_ed25519(*self.keys.public_key_package.verifying_key());
-        let (api_tx, _) = broadcast::channel(16);
+        let (api_tx, _) = broadcast::channel::<Arc<SignedReport>>(16);
         let sink = ReportSink::start(store.writer.clone(), api_tx);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let driver = Driver::new(
@@ -89,6 +93,7 @@ impl Harness {
                 group_keys,
                 observations: source::builtin(self.committee.feeds.clone()),
                 sink,
+                observed,
                 rng: ChaCha20Rng::seed_from_u64(u64::from(index) + 1000),
                 shutdown: shutdown_rx,
             },
