@@ -435,6 +435,43 @@ mod tests {
     }
 
     #[test]
+    fn oversized_report_is_refused_before_hashing() {
+        let f = fixture(1);
+        let mut r = f.report.clone();
+        let leaf = r.leaves[0].clone();
+        r.leaves = vec![leaf; MAX_LEAVES + 1];
+        assert_eq!(
+            verify_report(&r, &f.keys),
+            Err(VerifyError::TooManyLeaves {
+                count: MAX_LEAVES + 1
+            })
+        );
+    }
+
+    #[test]
+    fn signatures_of_unconfigured_suites_are_not_needed() {
+        let f = fixture(3);
+        let only_ed = GroupKeys {
+            secp256k1_evm: None,
+            ..f.keys.clone()
+        };
+        let mut r = f.report.clone();
+        // Garbage under a suite the consumer does not use does not matter...
+        r.signatures
+            .insert(Suite::Secp256k1Evm, SignatureBytes(vec![0; 65]));
+        let v = verify_report(&r, &only_ed).unwrap();
+        assert_eq!(v.suites, [Suite::Ed25519].into_iter().collect());
+        // ...but it does for a consumer that uses it.
+        assert!(matches!(
+            verify_report(&r, &f.keys),
+            Err(VerifyError::MalformedSignature {
+                suite: Suite::Secp256k1Evm,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn one_feed_verifies_with_its_proof() {
         let f = fixture(7);
         let r = &f.report;

@@ -35,6 +35,15 @@ contract SibylFeed {
         bytes32 merkleRoot;
     }
 
+    /// A header without its Merkle root: `submitReport` recomputes the root from the leaves,
+    /// which saves sending 32 bytes of calldata on every push.
+    struct ReportMeta {
+        uint8 version;
+        bytes32 configDigest;
+        uint64 round;
+        uint64 timestampMs;
+    }
+
     /// One feed's entry in a report (docs/PROTOCOL.md, "Leaf").
     struct Leaf {
         bytes32 feedId;
@@ -44,12 +53,11 @@ contract SibylFeed {
         uint64 observedAtMs;
     }
 
-    /// A FROST(secp256k1, Keccak-256) signature (R = (rx, ry), z) together with the group key
-    /// it is claimed under (x coordinate and y parity 0/1), so that a report signed by another
-    /// committee fails with `WrongGroupKey` rather than `InvalidSignature`.
+    /// A FROST(secp256k1, Keccak-256) signature (R = (rx, ry), z) together with the x coordinate
+    /// of the group key it is claimed under, so that a report signed by another committee fails
+    /// with `WrongGroupKey` rather than `InvalidSignature` (the key's y parity is stored).
     struct Signature {
         uint256 groupKeyX;
-        uint8 groupKeyParity;
         uint256 rx;
         uint256 ry;
         uint256 z;
@@ -67,27 +75,30 @@ contract SibylFeed {
     }
 
     /// Protocol version this contract accepts.
-    uint8 public constant REPORT_VERSION = 1;
+    uint8 internal constant REPORT_VERSION = 1;
     /// keccak256("Sibyl report v1"): first word of the signed digest.
-    bytes32 public constant REPORT_DOMAIN = keccak256("Sibyl report v1");
+    bytes32 internal constant REPORT_DOMAIN = keccak256("Sibyl report v1");
     /// keccak256("Sibyl committee rotation v1"): first word of a rotation message.
-    bytes32 public constant ROTATION_DOMAIN = keccak256("Sibyl committee rotation v1");
+    bytes32 internal constant ROTATION_DOMAIN = keccak256("Sibyl committee rotation v1");
 
     /// How far a report's timestamp may be ahead of the block's (block times have one-second
     /// granularity and lag the wall clock the committee signed with).
     uint64 public immutable maxClockDriftMs;
 
-    /// keccak256(abi.encode(configDigest, groupKeyX, groupKeyParity)): one SLOAD checks both.
-    bytes32 public committeeHash;
-    bytes32 public configDigest;
-    uint256 public groupKeyX;
-    uint8 public groupKeyParity;
+    /// keccak256(abi.encode(configDigest, groupKeyX)) with its lowest bit replaced by the group
+    /// key's y parity: one SLOAD checks the report's committee and yields the parity.
+    bytes32 internal committeeHash;
+    bytes32 internal configDigest;
+    uint256 internal groupKeyX;
+    uint8 internal groupKeyParity;
 
     mapping(bytes32 feedId => FeedValue) internal _feeds;
 
-    event FeedUpdated(
-        bytes32 indexed feedId, uint64 round, int256 price, uint256 confidence, uint64 timestampMs
-    );
+    /// A feed took a new value. Anonymous and one word of data to keep updates cheap (LOG1:
+    /// 1,006 gas): topics[0] is the feed id itself, so filter logs by feed id. `value` is the
+    /// packed FeedValue: price = int96(value), confidence = uint72(value >> 96),
+    /// timestampMs = uint48(value >> 168), round = uint40(value >> 216).
+    event FeedUpdated(bytes32 indexed feedId, uint256 value) anonymous;
     event CommitteeRotated(
         bytes32 indexed oldConfigDigest,
         bytes32 indexed newConfigDigest,
@@ -100,11 +111,9 @@ contract SibylFeed {
     /// The report belongs to another committee configuration.
     error WrongConfigDigest(bytes32 expected, bytes32 got);
     /// The signature claims a group key other than the committee's.
-    error WrongGroupKey(uint256 expectedX, uint8 expectedParity, uint256 gotX, uint8 gotParity);
+    error WrongGroupKey(uint256 expectedX, uint256 gotX);
     /// The FROST signature does not verify for the header digest under the committee's key.
     error InvalidSignature();
-    /// The leaves given to `submitReport` do not hash to the signed Merkle root.
-    error MerkleRootMismatch(bytes32 signedRoot, bytes32 computedRoot);
     /// A leaf's Merkle proof does not lead to the signed root.
     error InvalidMerkleProof(bytes32 feedId);
     /// The feed already holds a report at least as new as this one.
@@ -115,7 +124,7 @@ contract SibylFeed {
     error NoLeaves();
     /// `submitFeeds` needs one proof per leaf.
     error ProofCountMismatch(uint256 leaves, uint256 proofs);
-    /// A leaf's value does not fit FeedValue's packed ranges.
+    /// A leaf's value (or the header's timestamp or round: feedId 0) does not fit FeedValue.
     error ValueOutOfRange(bytes32 feedId);
     /// The feed has never been updated.
     error NoDataPresent(bytes32 feedId);
@@ -124,7 +133,12 @@ contract SibylFeed {
     /// A rotation must move to a new config digest (it is what makes the message single-use).
     error ConfigDigestUnchanged();
 
-    constructor(bytes32 configDigest_, uint256 groupKeyX_, uint256 groupKeyY_, uint64 maxClockDriftMs_) {
+    constructor(
+        bytes32 configDigest_,
+        uint256 groupKeyX_,
+        uint256 groupKeyY_,
+        uint64 maxClockDriftMs_
+    ) {
         maxClockDriftMs = maxClockDriftMs_;
         _setCommittee(configDigest_, groupKeyX_, groupKeyY_);
     }
@@ -132,19 +146,20 @@ contract SibylFeed {
     // ------------------------------------------------------------------ updates
 
     /// Push path: a whole report. `leaves` are all of the report's leaves in tree order
-    /// (ascending feed id); the contract rebuilds the Merkle root, so no proofs are sent.
+    /// (ascending feed id); the contract rebuilds the Merkle root, so neither the root nor
+    /// proofs are sent. A wrong or missing leaf changes the root: `InvalidSignature`.
     function submitReport(
-        ReportHeader calldata header,
+        ReportMeta calldata meta,
         Signature calldata signature,
         Leaf[] calldata leaves
     ) external {
         uint256 count = leaves.length;
         if (count == 0) revert NoLeaves();
         bytes32 root = _rootOf(leaves);
-        if (root != header.merkleRoot) revert MerkleRootMismatch(header.merkleRoot, root);
-        _checkHeader(header, signature);
+        _checkReport(meta, root, signature);
+        (uint256 timestampMs, uint256 round) = (meta.timestampMs, meta.round);
         for (uint256 i = 0; i < count; i++) {
-            _store(header, leaves[i]);
+            _store(timestampMs, round, leaves[i]);
         }
     }
 
@@ -159,14 +174,19 @@ contract SibylFeed {
         uint256 count = leaves.length;
         if (count == 0) revert NoLeaves();
         if (proofs.length != count) revert ProofCountMismatch(count, proofs.length);
-        _checkHeader(header, signature);
         bytes32 root = header.merkleRoot;
+        ReportMeta calldata meta;
+        assembly ("memory-safe") {
+            meta := header // ReportMeta is ReportHeader's first four words
+        }
+        _checkReport(meta, root, signature);
+        (uint256 timestampMs, uint256 round) = (header.timestampMs, header.round);
         for (uint256 i = 0; i < count; i++) {
             Leaf calldata leaf = leaves[i];
             if (_processProof(leafHash(leaf), proofs[i]) != root) {
                 revert InvalidMerkleProof(leaf.feedId);
             }
-            _store(header, leaf);
+            _store(timestampMs, round, leaf);
         }
     }
 
@@ -184,21 +204,20 @@ contract SibylFeed {
     ) external {
         bytes32 current = configDigest;
         if (newConfigDigest == current) revert ConfigDigestUnchanged();
-        _checkKey(current, signature);
-        bytes32 message =
-            rotationDigest(current, newConfigDigest, newGroupKeyX, newGroupKeyY);
+        bool keyOdd = _checkKey(current, signature.groupKeyX);
+        bytes32 message = rotationDigest(current, newConfigDigest, newGroupKeyX, newGroupKeyY);
         if (!FrostSecp256k1.verify(
-                signature.groupKeyX,
-                signature.groupKeyParity == 1,
-                message,
-                signature.rx,
-                signature.ry,
-                signature.z
+                signature.groupKeyX, keyOdd, message, signature.rx, signature.ry, signature.z
             )) revert InvalidSignature();
         _setCommittee(newConfigDigest, newGroupKeyX, newGroupKeyY);
     }
 
     // ------------------------------------------------------------------ reads
+
+    /// The current committee: config digest and group key (x coordinate, y parity 0/1).
+    function committee() external view returns (bytes32 digest, uint256 keyX, uint8 keyParity) {
+        return (configDigest, groupKeyX, groupKeyParity);
+    }
 
     /// A feed's latest value; reverts with NoDataPresent if it was never updated.
     function latestFeed(bytes32 feedId)
@@ -209,6 +228,31 @@ contract SibylFeed {
         FeedValue memory v = _feeds[feedId];
         if (v.timestampMs == 0) revert NoDataPresent(feedId);
         return (v.price, v.confidence, v.timestampMs, v.round);
+    }
+
+    /// Checks a report's version, committee and signature as an update does, without the
+    /// clock and storage checks and without storing: reverts with the update's error,
+    /// returns the signed digest. For pull consumers and off-chain tooling.
+    function verifyReport(ReportHeader calldata header, Signature calldata signature)
+        external
+        view
+        returns (bytes32 digest)
+    {
+        if (header.version != REPORT_VERSION) revert UnsupportedVersion(header.version);
+        bool keyOdd = _checkKey(header.configDigest, signature.groupKeyX);
+        digest = reportDigest(header);
+        if (!FrostSecp256k1.verify(
+                signature.groupKeyX, keyOdd, digest, signature.rx, signature.ry, signature.z
+            )) revert InvalidSignature();
+    }
+
+    /// Whether `leaf` with `proof` (siblings from the leaf up) belongs to the tree `root`.
+    function verifyLeaf(bytes32 root, Leaf calldata leaf, bytes32[] calldata proof)
+        external
+        pure
+        returns (bool)
+    {
+        return _processProof(leafHash(leaf), proof) == root;
     }
 
     /// The digest the committee signs for `header` (docs/PROTOCOL.md, "Signed digest").
@@ -240,7 +284,7 @@ contract SibylFeed {
     }
 
     /// keccak256(0x00 || abi.encode(leaf)).
-    function leafHash(Leaf calldata leaf) public pure returns (bytes32 h) {
+    function leafHash(Leaf calldata leaf) internal pure returns (bytes32 h) {
         assembly ("memory-safe") {
             let p := mload(0x40)
             mstore8(p, 0)
@@ -250,7 +294,7 @@ contract SibylFeed {
     }
 
     /// keccak256(0x01 || min(a, b) || max(a, b)).
-    function nodeHash(bytes32 a, bytes32 b) public pure returns (bytes32 h) {
+    function nodeHash(bytes32 a, bytes32 b) internal pure returns (bytes32 h) {
         assembly ("memory-safe") {
             let p := mload(0x40)
             if gt(a, b) {
@@ -267,55 +311,86 @@ contract SibylFeed {
 
     // ------------------------------------------------------------------ internals
 
-    function _checkHeader(ReportHeader calldata header, Signature calldata signature) internal view {
-        if (header.version != REPORT_VERSION) revert UnsupportedVersion(header.version);
+    /// Version, clock, committee and signature checks of a report with Merkle root `root`.
+    function _checkReport(ReportMeta calldata meta, bytes32 root, Signature calldata signature)
+        internal
+        view
+    {
+        if (meta.version != REPORT_VERSION) revert UnsupportedVersion(meta.version);
+        uint64 timestampMs = meta.timestampMs;
         uint64 blockMs = uint64(block.timestamp) * 1000;
-        if (header.timestampMs > blockMs + maxClockDriftMs) {
-            revert ReportFromFuture(header.timestampMs, blockMs);
+        if (timestampMs > blockMs + maxClockDriftMs) revert ReportFromFuture(timestampMs, blockMs);
+        // FeedValue's ranges (checked once here rather than per leaf)
+        if (timestampMs > type(uint48).max || meta.round > type(uint40).max) {
+            revert ValueOutOfRange(bytes32(0));
         }
-        _checkKey(header.configDigest, signature);
+        bool keyOdd = _checkKey(meta.configDigest, signature.groupKeyX);
         if (!FrostSecp256k1.verify(
                 signature.groupKeyX,
-                signature.groupKeyParity == 1,
-                reportDigest(header),
+                keyOdd,
+                _digest(meta, root),
                 signature.rx,
                 signature.ry,
                 signature.z
             )) revert InvalidSignature();
     }
 
-    /// One SLOAD on the happy path; the slots read for a precise error only on failure.
-    function _checkKey(bytes32 digest, Signature calldata signature) internal view {
-        bytes32 claimed =
-            keccak256(abi.encode(digest, signature.groupKeyX, signature.groupKeyParity));
-        if (claimed == committeeHash) return;
-        if (digest != configDigest) revert WrongConfigDigest(configDigest, digest);
-        revert WrongGroupKey(
-            groupKeyX, groupKeyParity, signature.groupKeyX, signature.groupKeyParity
-        );
+    /// reportDigest without ABI re-encoding: the meta is four static words in calldata
+    /// (their canonical form is enforced where the fields are read).
+    function _digest(ReportMeta calldata meta, bytes32 root) internal pure returns (bytes32 d) {
+        bytes32 domain = REPORT_DOMAIN;
+        assembly ("memory-safe") {
+            let p := mload(0x40)
+            mstore(p, domain)
+            calldatacopy(add(p, 0x20), meta, 0x80)
+            mstore(add(p, 0xa0), root)
+            d := keccak256(p, 0xc0)
+        }
     }
 
-    function _store(ReportHeader calldata header, Leaf calldata leaf) internal {
+    /// Whether `digest` and the key with x coordinate `x` are the committee's; returns the
+    /// key's y parity. One SLOAD on the happy path; more slots are read only for the error.
+    function _checkKey(bytes32 digest, uint256 x) internal view returns (bool odd) {
+        bytes32 claimed;
+        assembly ("memory-safe") {
+            mstore(0x00, digest)
+            mstore(0x20, x)
+            claimed := keccak256(0x00, 0x40)
+        }
+        bytes32 stored = committeeHash;
+        if ((claimed ^ stored) >> 1 == 0) return uint256(stored) & 1 == 1;
+        if (digest != configDigest) revert WrongConfigDigest(configDigest, digest);
+        revert WrongGroupKey(groupKeyX, x);
+    }
+
+    /// Checks one leaf against the feed's stored value and overwrites it with one SSTORE.
+    function _store(uint256 timestampMs, uint256 round, Leaf calldata leaf) internal {
         bytes32 feedId = leaf.feedId;
         int256 price = leaf.price;
         uint256 confidence = leaf.confidence;
-        uint64 timestampMs = header.timestampMs;
-        uint64 round = header.round;
-        if (
-            price < type(int96).min || price > type(int96).max
-                || confidence > type(uint72).max || timestampMs > type(uint48).max
-                || round > type(uint40).max
-        ) revert ValueOutOfRange(feedId);
-        FeedValue storage slot = _feeds[feedId];
-        uint48 stored = slot.timestampMs;
-        if (timestampMs <= stored) revert StaleReport(feedId, stored, timestampMs);
-        _feeds[feedId] = FeedValue({
-            price: int96(price),
-            confidence: uint72(confidence),
-            timestampMs: uint48(timestampMs),
-            round: uint40(round)
-        });
-        emit FeedUpdated(feedId, round, price, confidence, timestampMs);
+        if (price < type(int96).min || price > type(int96).max || confidence > type(uint72).max) {
+            revert ValueOutOfRange(feedId);
+        }
+        uint256 slot;
+        uint256 stored;
+        assembly ("memory-safe") {
+            mstore(0x00, feedId)
+            mstore(0x20, _feeds.slot)
+            slot := keccak256(0x00, 0x40)
+            stored := sload(slot)
+        }
+        // FeedValue layout, low bits first: price (96) | confidence (72) | timestampMs (48) | round (40)
+        uint256 storedTimestampMs = (stored >> 168) & type(uint48).max;
+        if (timestampMs <= storedTimestampMs) {
+            revert StaleReport(feedId, uint64(storedTimestampMs), uint64(timestampMs));
+        }
+        uint256 packed = (uint256(price) & type(uint96).max) | (confidence << 96)
+            | (timestampMs << 168) | (round << 216);
+        assembly ("memory-safe") {
+            sstore(slot, packed)
+            mstore(0x00, packed)
+            log1(0x00, 0x20, feedId) // FeedUpdated (anonymous)
+        }
     }
 
     function _processProof(bytes32 h, bytes32[] calldata proof) internal pure returns (bytes32) {
@@ -326,21 +401,42 @@ contract SibylFeed {
     }
 
     /// Root over all leaves: pair neighbours level by level, promote an odd last node.
-    function _rootOf(Leaf[] calldata leaves) internal pure returns (bytes32) {
-        uint256 n = leaves.length;
-        bytes32[] memory level = new bytes32[](n);
-        for (uint256 i = 0; i < n; i++) {
-            level[i] = leafHash(leaves[i]);
-        }
-        while (n > 1) {
-            uint256 next = (n + 1) / 2;
-            for (uint256 i = 0; i < next; i++) {
-                uint256 j = 2 * i;
-                level[i] = j + 1 < n ? nodeHash(level[j], level[j + 1]) : level[j];
+    /// In assembly because it runs once per pushed leaf: leaf hashes are written to free
+    /// memory and reduced in place.
+    function _rootOf(Leaf[] calldata leaves) internal pure returns (bytes32 root) {
+        assembly ("memory-safe") {
+            let n := leaves.length
+            let level := mload(0x40)
+            // scratch for one preimage (161 bytes) above the level array
+            let scratch := add(level, shl(5, n))
+            mstore8(scratch, 0)
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                calldatacopy(add(scratch, 1), add(leaves.offset, mul(i, 0xa0)), 0xa0)
+                mstore(add(level, shl(5, i)), keccak256(scratch, 161))
             }
-            n = next;
+            mstore8(scratch, 1)
+            for {} gt(n, 1) {} {
+                let next := shr(1, add(n, 1))
+                for { let i := 0 } lt(i, next) { i := add(i, 1) } {
+                    let j := shl(1, i)
+                    let a := mload(add(level, shl(5, j)))
+                    if lt(add(j, 1), n) {
+                        let b := mload(add(level, shl(5, add(j, 1))))
+                        if gt(a, b) {
+                            let t := a
+                            a := b
+                            b := t
+                        }
+                        mstore(add(scratch, 1), a)
+                        mstore(add(scratch, 33), b)
+                        a := keccak256(scratch, 65)
+                    }
+                    mstore(add(level, shl(5, i)), a)
+                }
+                n := next
+            }
+            root := mload(level)
         }
-        return level[0];
     }
 
     function _setCommittee(bytes32 newConfigDigest, uint256 x, uint256 y) internal {
@@ -350,6 +446,7 @@ contract SibylFeed {
         configDigest = newConfigDigest;
         groupKeyX = x;
         groupKeyParity = parity;
-        committeeHash = keccak256(abi.encode(newConfigDigest, x, parity));
+        committeeHash = (keccak256(abi.encode(newConfigDigest, x)) & ~bytes32(uint256(1)))
+            | bytes32(uint256(parity));
     }
 }

@@ -67,7 +67,9 @@ contract FrostSecp256k1Test is Test {
         assertEq(ks.length, 4);
         for (uint256 i = 0; i < ks.length; i++) {
             Kat memory k = ks[i];
-            assertEq(h.challenge(k.rX, k.rY & 1 == 1, k.pkX, k.pkY & 1 == 1, k.message), k.challenge);
+            assertEq(
+                h.challenge(k.rX, k.rY & 1 == 1, k.pkX, k.pkY & 1 == 1, k.message), k.challenge
+            );
             assertTrue(h.verify(k.pkX, k.pkY & 1 == 1, k.message, k.rX, k.rY, k.z));
             assertTrue(FrostSecp256k1.isValidKey(k.pkX, k.pkY));
         }

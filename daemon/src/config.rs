@@ -311,11 +311,18 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
-    /// The member's key directory (relative to node.toml): the encrypted
-    /// identity key and FROST key packages, and the public key packages, as
-    /// written by `sibyl dkg` or `sibyl keygen --dealer`.
-    #[serde(default = "default_key_dir")]
-    pub dir: PathBuf,
+    /// The member's libp2p identity key (ed25519), encrypted; its public
+    /// part sits next to it as `<name>.pub.json`.
+    #[serde(default = "default_identity")]
+    pub identity: PathBuf,
+    /// The encrypted FROST key package; the suite's name is inserted before
+    /// the extension (`frost.key` -> `frost.ed25519.key`).
+    #[serde(default = "default_key_package")]
+    pub key_package: PathBuf,
+    /// The public key package (group key and verifying shares), suite name
+    /// inserted the same way.
+    #[serde(default = "default_public_key_package")]
+    pub public_key_package: PathBuf,
     /// Name of an environment variable holding the key passphrase.
     #[serde(default)]
     pub passphrase_env: Option<Spanned<String>>,
@@ -324,14 +331,22 @@ pub struct KeysSection {
     pub passphrase_file: Option<Spanned<PathBuf>>,
 }
 
-fn default_key_dir() -> PathBuf {
-    PathBuf::from("keys")
+fn default_identity() -> PathBuf {
+    PathBuf::from("keys/identity.key")
+}
+fn default_key_package() -> PathBuf {
+    PathBuf::from("keys/frost.key")
+}
+fn default_public_key_package() -> PathBuf {
+    PathBuf::from("keys/frost.pub.json")
 }
 
 impl Default for KeysSection {
     fn default() -> Self {
         Self {
-            dir: default_key_dir(),
+            identity: default_identity(),
+            key_package: default_key_package(),
+            public_key_package: default_public_key_package(),
             passphrase_env: None,
             passphrase_file: None,
         }
@@ -1182,8 +1197,16 @@ impl Config {
         self.data_dir().join(&self.node.store.path)
     }
 
-    pub fn key_dir(&self) -> PathBuf {
-        self.resolve(&self.node.keys.dir)
+    pub fn identity_path(&self) -> PathBuf {
+        self.resolve(&self.node.keys.identity)
+    }
+
+    pub fn key_package_path(&self) -> PathBuf {
+        self.resolve(&self.node.keys.key_package)
+    }
+
+    pub fn public_key_package_path(&self) -> PathBuf {
+        self.resolve(&self.node.keys.public_key_package)
     }
 
     /// The API's socket address (validated at load).

@@ -4,8 +4,15 @@
 //! ```text
 //!  DIR/identity.key             encrypted 32-byte ed25519 seed (mode 0600)
 //!  DIR/identity.pub.json        peer id + public key
-//!  DIR/frost-<suite>.key        encrypted FROST KeyPackage (mode 0600)
-//!  DIR/frost-<suite>.pub.json   PublicKeyPackage + group key + config digest
+//!  DIR/frost.<suite>.key        encrypted FROST KeyPackage (mode 0600)
+//!  DIR/frost.<suite>.pub.json   PublicKeyPackage + group key + config digest
+//! ```
+//!
+//! (or the paths of node.toml's `[keys]` section, with the suite's name
+//! inserted before the extension: `keys/key_package.ed25519.enc`). Suites are
+//! `ed25519` and `secp256k1-evm`.
+//!
+//! ```text
 //! ```
 //!
 //! Encryption: Argon2id derives a 32-byte key from the passphrase and a random
@@ -104,6 +111,14 @@ impl Passphrase {
             return Err(KeystoreError::EmptyPassphrase);
         }
         Ok(Self(s))
+    }
+
+    /// The passphrase node.toml's `[keys]` section points at.
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Self, crate::config::PassphraseError> {
+        let p = config.passphrase()?;
+        Self::new(p).map_err(|_| crate::config::PassphraseError::NotConfigured)
     }
 
     /// Read the passphrase from the environment variable `var`.
@@ -251,17 +266,69 @@ pub fn group_key_hex<C: Ciphersuite>(pkp: &PublicKeyPackage<C>) -> String {
     }
 }
 
-/// A key directory of one member.
+/// Where one member's key files live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPaths {
+    /// Encrypted identity seed; its public file is this path with the
+    /// extension `pub.json`.
+    pub identity: PathBuf,
+    /// Encrypted key package; the suite's name goes before the extension:
+    /// `keys/key_package.enc` -> `keys/key_package.ed25519.enc`.
+    pub key_package: PathBuf,
+    /// Public key package, suite name inserted the same way.
+    pub public_key_package: PathBuf,
+}
+
+impl KeyPaths {
+    /// The standard layout inside one directory.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            identity: dir.join("identity.key"),
+            key_package: dir.join("frost.key"),
+            public_key_package: dir.join("frost.pub.json"),
+        }
+    }
+}
+
+/// `a/b.ext` + `suite` -> `a/b.suite.ext` (`a/b` -> `a/b.suite`).
+fn with_suite(path: &Path, suite: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let new_name = match name.split_once('.') {
+        Some((stem, ext)) => format!("{stem}.{suite}.{ext}"),
+        None => format!("{name}.{suite}"),
+    };
+    path.with_file_name(new_name)
+}
+
+/// One member's key files.
 #[derive(Clone, Debug)]
 pub struct Keystore {
-    dir: PathBuf,
+    paths: KeyPaths,
     kdf: KdfParams,
 }
 
 impl Keystore {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    /// The standard layout inside `dir` (see [`KeyPaths::in_dir`]).
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        Self::with_paths(KeyPaths::in_dir(dir.as_ref()))
+    }
+
+    /// The key files named in node.toml's `[keys]` section.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self::with_paths(KeyPaths {
+            identity: config.identity_path(),
+            key_package: config.key_package_path(),
+            public_key_package: config.public_key_package_path(),
+        })
+    }
+
+    /// Explicit paths, e.g. from node.toml's `[keys]` section.
+    pub fn with_paths(paths: KeyPaths) -> Self {
         Self {
-            dir: dir.into(),
+            paths,
             kdf: KdfParams::default(),
         }
     }
@@ -272,25 +339,24 @@ impl Keystore {
         self
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn paths(&self) -> &KeyPaths {
+        &self.paths
     }
 
     pub fn identity_path(&self) -> PathBuf {
-        self.dir.join("identity.key")
+        self.paths.identity.clone()
     }
 
     pub fn identity_public_path(&self) -> PathBuf {
-        self.dir.join("identity.pub.json")
+        self.paths.identity.with_extension("pub.json")
     }
 
     pub fn key_package_path<C: Ciphersuite>(&self) -> PathBuf {
-        self.dir.join(format!("frost-{}.key", suite_slug::<C>()))
+        with_suite(&self.paths.key_package, &suite_slug::<C>())
     }
 
     pub fn public_key_package_path<C: Ciphersuite>(&self) -> PathBuf {
-        self.dir
-            .join(format!("frost-{}.pub.json", suite_slug::<C>()))
+        with_suite(&self.paths.public_key_package, &suite_slug::<C>())
     }
 
     /// Store the identity key (must be ed25519) encrypted, plus its public part.
@@ -302,7 +368,7 @@ impl Keystore {
         let secret = ed.secret();
         let seed = Zeroizing::new(secret.as_ref().to_vec());
         let path = self.identity_path();
-        self.ensure_dir()?;
+        self.ensure_dir(&path)?;
         let sealed = seal(
             &path,
             KIND_IDENTITY,
@@ -354,7 +420,7 @@ impl Keystore {
             path: path.clone(),
             reason: e.to_string(),
         })?);
-        self.ensure_dir()?;
+        self.ensure_dir(&path)?;
         let sealed = seal(
             &path,
             KIND_FROST,
@@ -394,7 +460,7 @@ impl Keystore {
             group_key: group_key_hex(pkp),
             public_key_package: pkp.clone(),
         };
-        self.ensure_dir()?;
+        self.ensure_dir(&path)?;
         let json = to_json(&path, &file)?;
         write_atomic(&path, &json, 0o644)
     }
@@ -421,9 +487,12 @@ impl Keystore {
         Ok(file.public_key_package)
     }
 
-    fn ensure_dir(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir).map_err(|source| KeystoreError::Io {
-            path: self.dir.clone(),
+    fn ensure_dir(&self, file: &Path) -> Result<()> {
+        let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        fs::create_dir_all(dir).map_err(|source| KeystoreError::Io {
+            path: dir.to_path_buf(),
             source,
         })
     }
@@ -784,7 +853,7 @@ pub(crate) mod tests {
             .read_key_package::<Ed>(&ConfigDigest([0; 32]), &pass("x"))
             .expect_err("missing");
         assert!(matches!(err, KeystoreError::Missing { .. }));
-        assert!(err.to_string().contains("frost-ed25519.key"), "{err}");
+        assert!(err.to_string().contains("frost.ed25519.key"), "{err}");
     }
 
     #[test]
@@ -834,6 +903,27 @@ pub(crate) mod tests {
             .read_key_package::<Ed>(&digest, &pass("p"))
             .expect_err("garbage");
         assert!(matches!(err, KeystoreError::Corrupted { .. }), "{err}");
+    }
+
+    #[test]
+    fn config_paths_get_the_suite_name() {
+        let ks = Keystore::with_paths(KeyPaths {
+            identity: "k/identity.key".into(),
+            key_package: "k/key_package.enc".into(),
+            public_key_package: "k/public_key_package.json".into(),
+        });
+        assert_eq!(
+            ks.identity_public_path(),
+            PathBuf::from("k/identity.pub.json")
+        );
+        assert_eq!(
+            ks.key_package_path::<Ed>(),
+            PathBuf::from("k/key_package.ed25519.enc")
+        );
+        assert_eq!(
+            ks.public_key_package_path::<Evm>(),
+            PathBuf::from("k/public_key_package.secp256k1-evm.json")
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod dkg;
 pub mod keygen;
 pub mod keystore;
+pub mod net;
 pub mod node;
 pub mod store;
 pub mod verify_cmd;

@@ -40,7 +40,9 @@ fn parse_suite(s: &str) -> Result<Suite, String> {
     match s {
         "ed25519" => Ok(Suite::Ed25519),
         "secp256k1-evm" => Ok(Suite::Secp256k1Evm),
-        other => Err(format!("unknown suite {other:?}; use ed25519 or secp256k1-evm")),
+        other => Err(format!(
+            "unknown suite {other:?}; use ed25519 or secp256k1-evm"
+        )),
     }
 }
 
@@ -74,9 +76,15 @@ pub async fn fetch(source: &str) -> Result<Vec<u8>> {
             .await
             .with_context(|| format!("cannot fetch {source}; is the node's API running?"))?;
         let status = resp.status();
-        let body = resp.bytes().await.with_context(|| format!("cannot read the body of {source}"))?;
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("cannot read the body of {source}"))?;
         if !status.is_success() {
-            bail!("{source} answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+            bail!(
+                "{source} answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
         }
         Ok(body.to_vec())
     } else {
@@ -89,18 +97,22 @@ pub fn parse_report(bytes: &[u8]) -> Result<SignedReport> {
     if let Ok(text) = std::str::from_utf8(bytes) {
         let text = text.trim();
         if text.starts_with('{') {
-            let value: serde_json::Value = serde_json::from_str(text).context("the report is not valid JSON")?;
+            let value: serde_json::Value =
+                serde_json::from_str(text).context("the report is not valid JSON")?;
             let inner = value.get("report").cloned().unwrap_or(value);
-            return serde_json::from_value(inner)
-                .context("the JSON is not a signed report (nor an object with a `report` field holding one)");
+            return serde_json::from_value(inner).context(
+                "the JSON is not a signed report (nor an object with a `report` field holding one)",
+            );
         }
         let hexed = text.trim_start_matches("0x");
         if !hexed.is_empty() && hexed.bytes().all(|b| b.is_ascii_hexdigit()) {
             let raw = hex::decode(hexed).context("odd-length hex")?;
-            return SignedReport::from_bytes(&raw).context("the hex is not a wire-encoded signed report");
+            return SignedReport::from_bytes(&raw)
+                .context("the hex is not a wire-encoded signed report");
         }
     }
-    SignedReport::from_bytes(bytes).context("the input is neither JSON, hex nor a wire-encoded signed report")
+    SignedReport::from_bytes(bytes)
+        .context("the input is neither JSON, hex nor a wire-encoded signed report")
 }
 
 /// The public key file written by the key store (only the fields needed here).
@@ -121,9 +133,14 @@ pub async fn verify(args: &VerifyArgs) -> Result<Outcome> {
     let report = parse_report(&fetch(&args.report).await?)?;
     let mut digest: Option<ConfigDigest> = None;
     let (suite, key_hex) = if let Some(path) = &args.keys {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let f: PublicKeyFile = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a public key file of `sibyl keygen`/`sibyl dkg`", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let f: PublicKeyFile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a public key file of `sibyl keygen`/`sibyl dkg`",
+                path.display()
+            )
+        })?;
         let suite = if f.suite.to_ascii_lowercase().contains("secp256k1") {
             Suite::Secp256k1Evm
         } else {
@@ -147,11 +164,18 @@ pub async fn verify(args: &VerifyArgs) -> Result<Outcome> {
     }
     let digest_checked = digest.is_some();
     let digest = digest.unwrap_or(report.header.config_digest);
-    let key = hex::decode(key_hex.trim().trim_start_matches("0x")).context("the group key is not hex")?;
+    let key =
+        hex::decode(key_hex.trim().trim_start_matches("0x")).context("the group key is not hex")?;
     let keys = GroupKeys::new(digest)
         .with_key_bytes(suite, &key)
-        .map_err(|e| anyhow::anyhow!("the group key is not a valid {} key: {e}", suite_name(suite)))?;
-    let verified = verify_report(&report, &keys).map_err(|e| anyhow::anyhow!("NOT VERIFIED: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the group key is not a valid {} key: {e}",
+                suite_name(suite)
+            )
+        })?;
+    let verified =
+        verify_report(&report, &keys).map_err(|e| anyhow::anyhow!("NOT VERIFIED: {e}"))?;
     Ok(Outcome {
         verified,
         digest_checked,
@@ -178,10 +202,16 @@ pub fn run(args: VerifyArgs) -> Result<()> {
             " (NOT checked against a committee: pass --committee or --config-digest)"
         }
     );
-    println!("  merkle root    0x{} (recomputed from the leaves)", hex::encode(h.merkle_root));
+    println!(
+        "  merkle root    0x{} (recomputed from the leaves)",
+        hex::encode(h.merkle_root)
+    );
     println!("  signed digest  0x{}", hex::encode(v.digest));
     let suites: Vec<&str> = v.suites.iter().map(|s| suite_name(*s)).collect();
-    println!("  signatures     {} valid against the group key", suites.join(", "));
+    println!(
+        "  signatures     {} valid against the group key",
+        suites.join(", ")
+    );
     println!("  feeds ({}):", v.report.leaves.len());
     for l in &v.report.leaves {
         println!(
@@ -209,9 +239,13 @@ mod tests {
         let r = f.report.clone();
         let json = serde_json::to_vec(&r).unwrap();
         assert_eq!(parse_report(&json).unwrap(), r);
-        let wrapped = serde_json::to_vec(&serde_json::json!({"feed": "BTC-USD", "report": r})).unwrap();
+        let wrapped =
+            serde_json::to_vec(&serde_json::json!({"feed": "BTC-USD", "report": r})).unwrap();
         assert_eq!(parse_report(&wrapped).unwrap(), r);
-        assert_eq!(parse_report(hex::encode(r.to_bytes()).as_bytes()).unwrap(), r);
+        assert_eq!(
+            parse_report(hex::encode(r.to_bytes()).as_bytes()).unwrap(),
+            r
+        );
         assert_eq!(parse_report(&r.to_bytes()).unwrap(), r);
         assert!(parse_report(b"{\"nope\": 1}").is_err());
         assert!(parse_report(b"garbage").is_err());
@@ -238,7 +272,13 @@ mod verify_tests {
     async fn verifies_a_good_report_and_refuses_a_tampered_one() {
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(2);
         let f = testkit::fixture(2, &mut rng);
-        let key = hex::encode(f.ed25519.public_key_package.verifying_key().serialize().unwrap());
+        let key = hex::encode(
+            f.ed25519
+                .public_key_package
+                .verifying_key()
+                .serialize()
+                .unwrap(),
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("report.json");
         std::fs::write(&path, serde_json::to_vec(&f.report).unwrap()).unwrap();
@@ -249,7 +289,10 @@ mod verify_tests {
         let mut bad = f.report.clone();
         bad.leaves[0].price += 1;
         std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
-        let err = verify(&args(&path, key.clone())).await.err().expect("tampered");
+        let err = verify(&args(&path, key.clone()))
+            .await
+            .err()
+            .expect("tampered");
         assert!(err.to_string().contains("NOT VERIFIED"), "{err}");
 
         // Right report, wrong committee.

@@ -26,15 +26,20 @@ library ReportBuilder {
     function levels(SibylFeed.Leaf[] memory leaves) internal pure returns (bytes32[][] memory ls) {
         uint256 n = leaves.length;
         uint256 depth = 1;
-        for (uint256 m = n; m > 1; m = (m + 1) / 2) depth++;
+        for (uint256 m = n; m > 1; m = (m + 1) / 2) {
+            depth++;
+        }
         ls = new bytes32[][](depth);
         ls[0] = new bytes32[](n);
-        for (uint256 i = 0; i < n; i++) ls[0][i] = leafHash(leaves[i]);
+        for (uint256 i = 0; i < n; i++) {
+            ls[0][i] = leafHash(leaves[i]);
+        }
         for (uint256 d = 1; d < depth; d++) {
             bytes32[] memory prev = ls[d - 1];
             bytes32[] memory next = new bytes32[]((prev.length + 1) / 2);
             for (uint256 i = 0; i < next.length; i++) {
-                next[i] = 2 * i + 1 < prev.length ? nodeHash(prev[2 * i], prev[2 * i + 1]) : prev[2 * i];
+                next[i] =
+                    2 * i + 1 < prev.length ? nodeHash(prev[2 * i], prev[2 * i + 1]) : prev[2 * i];
             }
             ls[d] = next;
         }
@@ -61,13 +66,20 @@ library ReportBuilder {
             index /= 2;
         }
         p = new bytes32[](len);
-        for (uint256 i = 0; i < len; i++) p[i] = tmp[i];
+        for (uint256 i = 0; i < len; i++) {
+            p[i] = tmp[i];
+        }
     }
 
     function digest(SibylFeed.ReportHeader memory h) internal pure returns (bytes32) {
         return keccak256(
             abi.encode(
-                keccak256("Sibyl report v1"), h.version, h.configDigest, h.round, h.timestampMs, h.merkleRoot
+                keccak256("Sibyl report v1"),
+                h.version,
+                h.configDigest,
+                h.round,
+                h.timestampMs,
+                h.merkleRoot
             )
         );
     }
@@ -77,7 +89,7 @@ library ReportBuilder {
         returns (SibylFeed.Signature memory s)
     {
         FrostSigner.Sig memory sig = FrostSigner.sign(key, nonce, message);
-        s = SibylFeed.Signature(key.x, uint8(key.y & 1), sig.rx, sig.ry, sig.z);
+        s = SibylFeed.Signature(key.x, sig.rx, sig.ry, sig.z);
     }
 
     /// A feed id as Rust encodes it: ASCII, right-padded with zeros.

@@ -25,6 +25,8 @@ pub struct DemoParams {
     pub prices: Vec<(String, i128)>,
     /// Share of accounts opened near their initial requirement (ppm).
     pub near_liquidation_ppm: u32,
+    /// Keep the accepted inputs in `DemoBook::inputs` (off for benchmarks).
+    pub keep_inputs: bool,
 }
 
 impl Default for DemoParams {
@@ -38,6 +40,7 @@ impl Default for DemoParams {
                 ("SOL-USD".into(), 150 * PRICE_SCALE),
             ],
             near_liquidation_ppm: 80_000,
+            keep_inputs: true,
         }
     }
 }
@@ -231,10 +234,13 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
     let mut inputs = Vec::new();
     let mut refused = 0u64;
     let t0 = p.start_ms;
+    let keep = p.keep_inputs;
     let mut push =
         |engine: &mut Engine, input: Input, inputs: &mut Vec<Input>| match engine.apply(&input) {
             Ok(_) => {
-                inputs.push(input);
+                if keep {
+                    inputs.push(input);
+                }
                 true
             }
             Err(_) => {

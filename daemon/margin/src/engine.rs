@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Milliseconds per year (365 days, Hull's convention) for option time.
 pub const YEAR_MS: f64 = 31_536_000_000.0;
+/// Longest time a unit holding options goes without a recheck (ms).
+pub const MAX_RECHECK_MS: u64 = 3_600_000;
 /// Greeks are stored per unit of underlying with 8 decimals.
 pub const GREEK_SCALE: i128 = 100_000_000;
 
@@ -909,20 +911,6 @@ impl Engine {
         if count == 0 {
             return Ok((vec![], None));
         }
-        let period = self.s.risk.option_recheck_ms.max(1);
-        // Aligned to a grid of the engine clock so a restored engine
-        // schedules the same rechecks as the live one.
-        let recheck = (theta_money > 0).then(|| {
-            (self.s.now_ms / period)
-                .saturating_add(1)
-                .saturating_mul(period)
-        });
-        let reserve = mul_div_ceil(
-            theta_money,
-            3 * i128::from(period),
-            YEAR_MS as i128,
-            "theta reserve",
-        )?;
         // Distance to the nearest threshold in either direction: crossing
         // maintenance liquidates, crossing initial starts or ends a margin call.
         let dist = h
@@ -930,6 +918,31 @@ impl Engine {
             .saturating_sub(h.initial)
             .abs()
             .min(h.equity.saturating_sub(h.maintenance).abs());
+        // Options decay between price ticks. Reserve twice the current theta
+        // over a horizon in which it eats at most half the distance (between
+        // one recheck period and MAX_RECHECK_MS), and recheck at its end; the
+        // recheck times are aligned to the period and spread across units.
+        let period = self.s.risk.option_recheck_ms.max(1);
+        let (recheck, reserve) = if theta_money > 0 {
+            let horizon = mul_div_floor(
+                dist / 2,
+                YEAR_MS as i128,
+                2 * theta_money,
+                "recheck horizon",
+            )?
+            .clamp(i128::from(period), i128::from(MAX_RECHECK_MS.max(period)));
+            let horizon = u64::try_from(horizon).unwrap_or(period);
+            let at = (self.s.now_ms.saturating_add(horizon) / period)
+                .saturating_add(1)
+                .saturating_mul(period);
+            let span = i128::from(at.saturating_sub(self.s.now_ms));
+            (
+                Some(at),
+                mul_div_ceil(2 * theta_money, span, YEAR_MS as i128, "theta reserve")?,
+            )
+        } else {
+            (None, 0)
+        };
         let headroom = dist.saturating_sub(4 * count + 8).saturating_sub(reserve);
         let mut exposure = 0i128;
         let mut prices = Vec::new();
@@ -1022,7 +1035,9 @@ impl Engine {
                 return;
             }
             self.s.margin_calls.remove(&id);
-            self.reindex_account(key.account);
+            // Every unit of the account may have moved (an isolated pool
+            // returns to cash): examine them all again.
+            self.queue_account(key.account);
             return;
         }
         self.s.deferred.remove(&id);

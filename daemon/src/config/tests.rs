@@ -202,7 +202,7 @@ fn node_config_loads_with_defaults_and_resolves_paths() {
     );
     let c = Config::load(&p).expect("valid");
     assert_eq!(c.db_path(), d.join("data").join("sibyl.db"));
-    assert_eq!(c.key_dir(), d.join("keys"));
+    assert_eq!(c.identity_path(), d.join("keys/identity.key"));
     assert_eq!(c.api_listen().port(), 8080);
     assert_eq!(c.node.log.format, LogFormat::Auto);
     assert!(matches!(

@@ -52,7 +52,11 @@ async fn node_status(State(api): State<NodeApi>) -> Json<StatusBody> {
 }
 
 fn error(code: StatusCode, message: String) -> Response {
-    (code, Json(serde_json::json!({"error": {"code": code.as_u16(), "message": message}}))).into_response()
+    (
+        code,
+        Json(serde_json::json!({"error": {"code": code.as_u16(), "message": message}})),
+    )
+        .into_response()
 }
 
 async fn report(State(api): State<NodeApi>, Path(round): Path<String>) -> Response {
@@ -60,13 +64,19 @@ async fn report(State(api): State<NodeApi>, Path(round): Path<String>) -> Respon
         api.readers.read(|db| db.latest_report()).await
     } else {
         let Ok(r) = round.parse::<u64>() else {
-            return error(StatusCode::BAD_REQUEST, format!("{round:?} is not a round number"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{round:?} is not a round number"),
+            );
         };
         api.readers.report(r).await
     };
     match found {
         Ok(Some(r)) => Json::<SignedReport>(r).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no signed report for round {round}")),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no signed report for round {round}"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

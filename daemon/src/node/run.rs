@@ -132,7 +132,9 @@ pub async fn run_node(
     let suites = &config.committee.suites;
     if suites.contains(&Suite::Ed25519) {
         if suites.len() > 1 {
-            tracing::warn!("the committee lists several suites; this build signs with ed25519 only");
+            tracing::warn!(
+                "the committee lists several suites; this build signs with ed25519 only"
+            );
         }
         run_suite::<frost_ed25519::Ed25519Sha512>(config, shutdown, on_start).await
     } else {
@@ -148,7 +150,9 @@ fn passphrase(config: &Config) -> Result<Passphrase> {
     if let Some(file) = &keys.passphrase_file {
         return Ok(Passphrase::from_file(&config.resolve(file.get_ref()))?);
     }
-    bail!("no key passphrase configured; set keys.passphrase_env or keys.passphrase_file in node.toml")
+    bail!(
+        "no key passphrase configured; set keys.passphrase_env or keys.passphrase_file in node.toml"
+    )
 }
 
 async fn run_suite<C: SibylSuite + Send + 'static>(
@@ -162,15 +166,15 @@ where
     let committee = &config.committee;
     let digest = committee.digest;
     let pass = passphrase(&config)?;
-    let keystore = Keystore::new(config.key_dir());
+    let keystore = Keystore::from_config(&config);
     let identity = keystore.read_identity(&pass)?;
     let peer_id = identity.public().to_peer_id();
     let me = committee
         .member_by_peer(&peer_id)
         .with_context(|| {
             format!(
-                "this node's identity {peer_id} (from {}) is not a member of the committee in {}; check keys.dir and the committee file",
-                config.key_dir().display(),
+                "this node's identity {peer_id} (from {}) is not a member of the committee in {}; check [keys] in node.toml and the committee file",
+                config.identity_path().display(),
                 config.committee_path.display()
             )
         })?
@@ -219,7 +223,9 @@ where
     });
     let net_cfg = &config.node.net;
     let listen = match &net_cfg.listen {
-        Some(l) => crate::config::parse_member_address(l.get_ref()).map_err(|e| anyhow::anyhow!(e))?,
+        Some(l) => {
+            crate::config::parse_member_address(l.get_ref()).map_err(|e| anyhow::anyhow!(e))?
+        }
         None => me.address.clone(),
     };
     let limits = Limits {
@@ -258,7 +264,9 @@ where
             source::from_feed_service(service, committee.feeds.clone())
         }
         None => {
-            tracing::warn!("no [sources] in node.toml: observing the built-in deterministic source (devnet/tests only)");
+            tracing::warn!(
+                "no [sources] in node.toml: observing the built-in deterministic source (devnet/tests only)"
+            );
             source::builtin(committee.feeds.clone())
         }
     };
