@@ -308,6 +308,14 @@ pub fn run<C: SibylSuite>(cfg: &SimConfig, seed: u64) -> Result<SimOutcome, SimE
     Ok(sim.outcome(seed))
 }
 
+/// Runs one seed with the ciphersuite named at run time.
+pub fn run_suite(suite: crate::Suite, cfg: &SimConfig, seed: u64) -> Result<SimOutcome, SimError> {
+    match suite {
+        crate::Suite::Ed25519 => run::<frost_ed25519::Ed25519Sha512>(cfg, seed),
+        crate::Suite::Secp256k1Evm => run::<frost_secp256k1_evm::Secp256K1Keccak256>(cfg, seed),
+    }
+}
+
 impl<C: SibylSuite> Sim<C> {
     fn new(cfg: SimConfig, seed: u64) -> Result<Self, SimError> {
         if cfg.byzantine > cfg.nodes {

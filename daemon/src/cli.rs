@@ -25,6 +25,9 @@ pub enum Command {
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the deterministic committee simulator over many seeds; the last
+    /// line of output is a JSON summary. Exits non-zero on a safety violation.
+    Simulate(crate::cmd_simulate::SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,5 +51,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Verify(args) => crate::verify_cmd::run(args),
         Command::Dkg(args) => crate::dkg::command(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
+        Command::Simulate(args) => crate::cmd_simulate::run(args),
     }
 }

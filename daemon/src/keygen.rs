@@ -62,8 +62,12 @@ pub struct KeygenArgs {
     pub suite: SuiteChoice,
     /// Committee config digest (64 hex chars) the keys are bound to. Default:
     /// all zeros (a devnet that does not check it yet).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "committee")]
     pub config_digest: Option<String>,
+    /// Bind the keys to this committee file's digest (its members must be the
+    /// identities of a previous run in --out; they are kept).
+    #[arg(long)]
+    pub committee: Option<PathBuf>,
     /// Environment variable holding one passphrase for every member. Default:
     /// a random passphrase per member, written to `node-<i>/passphrase`.
     #[arg(long, conflicts_with = "passphrase_file")]
@@ -120,6 +124,8 @@ pub fn member_dir(out: &Path, index: u16) -> PathBuf {
 }
 
 /// Make identity keys and dealer FROST keys for `nodes` members under `out`.
+/// Identity keys already there are kept (so a committee file written after a
+/// first run stays valid); FROST keys are always dealt anew.
 pub fn dealer_keygen(
     out: &Path,
     params: &DealerParams,
@@ -148,18 +154,30 @@ pub fn dealer_keygen(
         let (pass, pass_file) = match passphrases {
             PassphraseSource::Shared(p) => (p.clone(), None),
             PassphraseSource::GeneratePerMember => {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                let mut raw = [0u8; 24];
-                rand::rngs::OsRng.fill_bytes(&mut raw);
-                let text = zeroize::Zeroizing::new(hex::encode(raw));
                 let file = dir.join("passphrase");
-                keystore::write_atomic(&file, text.as_bytes(), 0o600)?;
-                (Passphrase::new(text.as_str())?, Some(file))
+                if file.exists() {
+                    // A second run (e.g. with the committee's digest) keeps
+                    // the member's passphrase and identity.
+                    (Passphrase::from_file(&file)?, Some(file))
+                } else {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    let mut raw = [0u8; 24];
+                    rand::rngs::OsRng.fill_bytes(&mut raw);
+                    let text = zeroize::Zeroizing::new(hex::encode(raw));
+                    keystore::write_atomic(&file, text.as_bytes(), 0o600)?;
+                    (Passphrase::new(text.as_str())?, Some(file))
+                }
             }
         };
-        let identity = Keypair::generate_ed25519();
-        store.write_identity(&identity, &pass)?;
+        // Keep an existing identity: the committee file names its PeerId.
+        let identity = if store.identity_path().exists() {
+            store.read_identity(&pass)?
+        } else {
+            let identity = Keypair::generate_ed25519();
+            store.write_identity(&identity, &pass)?;
+            identity
+        };
         members.push(DealerMember {
             index,
             peer_id: PeerId::from(identity.public()).to_string(),
@@ -235,9 +253,23 @@ pub fn run(args: KeygenArgs) -> anyhow::Result<()> {
             "only `--dealer` key generation exists (tests and devnet); a real committee runs `sibyl dkg --config <node.toml>`"
         );
     }
-    let config_digest = match &args.config_digest {
-        Some(s) => parse_digest(s)?,
-        None => ConfigDigest([0; 32]),
+    let config_digest = match (&args.config_digest, &args.committee) {
+        (Some(s), _) => parse_digest(s)?,
+        (None, Some(path)) => {
+            let committee = crate::config::Committee::load(path)?;
+            if committee.n() != args.nodes || committee.threshold != args.threshold {
+                bail!(
+                    "{} has {} members and threshold {}, but --nodes {} --threshold {} was given",
+                    path.display(),
+                    committee.n(),
+                    committee.threshold,
+                    args.nodes,
+                    args.threshold
+                );
+            }
+            committee.digest
+        }
+        (None, None) => ConfigDigest([0; 32]),
     };
     let passphrases = if let Some(var) = &args.passphrase_env {
         PassphraseSource::Shared(Passphrase::from_env(var)?)
@@ -256,6 +288,23 @@ pub fn run(args: KeygenArgs) -> anyhow::Result<()> {
     eprintln!(
         "WARNING: trusted-dealer keys are for tests and devnets only; use `sibyl dkg` for a real committee"
     );
+    if let Some(path) = &args.committee {
+        // The committee names the identities of a previous run: check them
+        // before dealing keys bound to its digest.
+        let committee = crate::config::Committee::load(path)?;
+        for index in 1..=args.nodes {
+            let dir = member_dir(&args.out, index);
+            let have = Keystore::new(&dir).read_peer_id().ok();
+            let listed = committee.member(index).map(|c| c.peer_id);
+            if have.is_none() || have != listed {
+                bail!(
+                    "member {index} in {} is not the identity in {}; run keygen without --committee first and write the PeerIds it prints into the committee file",
+                    path.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
     let out = dealer_keygen(&args.out, &params, &passphrases)?;
     println!(
         "made keys for {} members, threshold {}, config digest {}",
@@ -349,6 +398,30 @@ mod tests {
         }
         let sig = frost_core::aggregate(&sp, &shares, &pkp).expect("aggregate");
         pkp.verifying_key().verify(msg, &sig).expect("verifies");
+    }
+
+    #[test]
+    fn second_run_keeps_identities_and_binds_new_digest() {
+        let dir = tempdir();
+        let mut params = DealerParams {
+            nodes: 2,
+            threshold: 2,
+            suites: vec![Suite::Ed25519],
+            config_digest: ConfigDigest([0; 32]),
+            kdf: KdfParams::insecure_fast(),
+        };
+        let first = dealer_keygen(dir.path(), &params, &PassphraseSource::GeneratePerMember)
+            .expect("first");
+        params.config_digest = ConfigDigest([3; 32]);
+        let second = dealer_keygen(dir.path(), &params, &PassphraseSource::GeneratePerMember)
+            .expect("second");
+        assert_eq!(first.members, second.members);
+        assert_ne!(first.group_keys, second.group_keys);
+        let m = &second.members[0];
+        let pass = Passphrase::from_file(m.passphrase_file.as_ref().expect("file")).expect("pass");
+        Keystore::new(&m.key_dir)
+            .read_key_package::<frost_ed25519::Ed25519Sha512>(&ConfigDigest([3; 32]), &pass)
+            .expect("bound to the new digest");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod cli;
+pub mod cmd_simulate;
 pub mod config;
 pub mod dkg;
 pub mod keygen;

@@ -38,6 +38,8 @@
 
 pub mod committee;
 pub mod message;
+#[cfg(test)]
+mod tests;
 
 use crate::aggregate::{FeedObservation, LastValue, aggregate_feed, update_due};
 use crate::evidence::Evidence;
