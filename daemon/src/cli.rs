@@ -16,6 +16,10 @@ pub enum Command {
     Version,
     /// Make trusted-dealer keys for a test or devnet committee.
     Keygen(crate::keygen::KeygenArgs),
+    /// Run a committee member.
+    Run(crate::node::run::RunArgs),
+    /// Check a signed report against a committee's group key.
+    Verify(crate::verify_cmd::VerifyArgs),
     /// Run the distributed key generation ceremony with the committee.
     Dkg(crate::dkg::DkgArgs),
     /// Inspect configuration files.
@@ -43,6 +47,8 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen(args) => crate::keygen::run(args),
+        Command::Run(args) => crate::node::run::run(args),
+        Command::Verify(args) => crate::verify_cmd::run(args),
         Command::Dkg(args) => crate::dkg::command(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
         Command::Simulate(args) => crate::cmd_simulate::run(args),
