@@ -9,4 +9,6 @@ pub mod dkg;
 pub mod keygen;
 pub mod keystore;
 pub mod net;
+pub mod node;
 pub mod store;
+pub mod verify_cmd;
