@@ -4,9 +4,12 @@
 pub mod api;
 pub mod cli;
 pub mod cmd_simulate;
+pub mod cmd_sources;
 pub mod config;
 pub mod dkg;
 pub mod keygen;
 pub mod keystore;
 pub mod net;
+pub mod node;
 pub mod store;
+pub mod verify_cmd;
