@@ -99,8 +99,10 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     let t0 = Instant::now();
                     pair[0].send(2, vec![7; 1024]).expect("send");
-                    drive(&mut pair, |i, e, _| i == 1 && matches!(e, NetEvent::Message { .. }))
-                        .await;
+                    drive(&mut pair, |i, e, _| {
+                        i == 1 && matches!(e, NetEvent::Message { .. })
+                    })
+                    .await;
                     total += t0.elapsed();
                 }
                 total

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cmd_simulate;
 pub mod config;
+pub mod devnet;
 pub mod dkg;
 pub mod keygen;
 pub mod keystore;
