@@ -30,6 +30,15 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// Nanoseconds this thread has run on a CPU (Linux schedstat). The machine
+/// is shared, so wall time includes waiting for a core; this does not.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 fn sizes() -> Vec<usize> {
     std::env::var("SIBYL_BENCH_ACCOUNTS")
         .ok()
@@ -43,33 +52,40 @@ struct Ticker {
     prices: Vec<(String, i128)>,
     round: u64,
     t: u64,
+    base: std::collections::BTreeMap<String, i128>,
 }
 
 impl Ticker {
-    fn tick(&mut self, e: &mut Engine) -> (Duration, usize) {
+    /// One report: (wall time, on-CPU time, liquidations, units examined).
+    fn tick(&mut self, e: &mut Engine) -> (Duration, Duration, usize, u64) {
         self.round += 1;
         self.t += 1_000;
         let report: Vec<(&str, i128, u8, u128)> = self
             .prices
             .iter_mut()
             .map(|(f, p)| {
-                // +-0.3% at most, mean reverting so the book stays realistic.
+                // +-0.3% at most, pulled 2% of the way back to the start
+                // each tick so the book stays realistic over many ticks.
                 let step = (self.rng.next_u64() % 6_001) as i128 - 3_000;
-                *p = *p * (1_000_000 + step) / 1_000_000;
+                let base = self.base.get(f.as_str()).copied().unwrap_or(*p);
+                *p = *p * (1_000_000 + step) / 1_000_000 + (base - *p) / 50;
                 (f.as_str(), *p, 8u8, (*p / 5_000) as u128)
             })
             .collect();
+        let examined = e.examined_units();
+        let cpu0 = cpu_ns();
         let start = Instant::now();
         let ev = e
             .apply_prices(self.round, self.t, &report)
             .expect("bench report is valid");
         let took = start.elapsed();
+        let cpu = Duration::from_nanos(cpu_ns().saturating_sub(cpu0));
         let liq = ev
             .iter()
             .filter(|r| matches!(r.event, Event::Liquidated { .. }))
             .count();
         black_box(ev);
-        (took, liq)
+        (took, cpu, liq, e.examined_units() - examined)
     }
 }
 
@@ -82,8 +98,13 @@ fn pct(sorted: &[Duration], q: f64) -> Duration {
 
 fn bench(c: &mut Criterion) {
     for n in sizes() {
+        let near = std::env::var("SIBYL_BENCH_NEAR_PPM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
         let params = DemoParams {
             keep_inputs: false,
+            near_liquidation_ppm: near,
             ..DemoParams::default()
         };
         let rss0 = rss_bytes();
@@ -103,20 +124,30 @@ fn bench(c: &mut Criterion) {
             mem / (1 << 20),
             mem / positions.max(1) as u64
         );
+        let base = params
+            .prices
+            .iter()
+            .map(|(f, p)| (f.clone(), *p * 97 / 100))
+            .collect();
         let mut ticker = Ticker {
             rng: SplitMix::new(7),
             prices: params.prices.clone(),
             round: params.round,
             t: e.now_ms(),
+            base,
         };
-        // Let the near-liquidation accounts go first: a -2% move, then calm.
+        // Let the near-liquidation accounts go first: a -3% move, then calm
+        // ticks around the new level.
         for (_, p) in ticker.prices.iter_mut() {
-            *p = *p * 98 / 100;
+            *p = *p * 97 / 100;
         }
-        let (first, liq) = ticker.tick(&mut e);
-        println!("book n={n}: first tick after a -2% move: {first:.2?}, {liq} liquidations");
+        let (first, first_cpu, liq, ex) = ticker.tick(&mut e);
+        println!(
+            "book n={n}: first tick after a -3% move: {first:.2?} wall, {first_cpu:.2?} on CPU, {ex} units examined, {liq} liquidations"
+        );
 
-        let mut samples: Vec<Duration> = Vec::new();
+        let mut samples: Vec<(Duration, u64)> = Vec::new();
+        let mut cpu_samples: Vec<Duration> = Vec::new();
         let mut liquidations = 0usize;
         let mut g = c.benchmark_group(format!("margin/{n}"));
         g.sample_size(10)
@@ -126,8 +157,9 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let (d, l) = ticker.tick(&mut e);
-                    samples.push(d);
+                    let (d, cpu, l, ex) = ticker.tick(&mut e);
+                    samples.push((d, ex));
+                    cpu_samples.push(cpu);
                     liquidations += l;
                     total += d;
                 }
@@ -137,13 +169,26 @@ fn bench(c: &mut Criterion) {
         g.bench_function("revalue_all", |b| b.iter(|| black_box(e.revalue_all())));
         g.finish();
         samples.sort();
+        cpu_samples.sort();
+        let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
+        let mut ex: Vec<u64> = samples.iter().map(|s| s.1).collect();
+        ex.sort();
         println!(
-            "book n={n}: per-tick liquidation check over {} ticks: p50 {:.3?}, p99 {:.3?}, max {:.3?} ({} liquidations)",
-            samples.len(),
-            pct(&samples, 0.5),
-            pct(&samples, 0.99),
-            samples.last().copied().unwrap_or_default(),
-            liquidations
+            "book n={n}: per-tick liquidation check over {} ticks: wall p50 {:.3?} p99 {:.3?} max {:.3?}; \
+             on CPU p50 {:.3?} p99 {:.3?} max {:.3?}; units examined per tick p50 {} p99 {} max {}; {} liquidations",
+            times.len(),
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            times.last().copied().unwrap_or_default(),
+            pct(&cpu_samples, 0.5),
+            pct(&cpu_samples, 0.99),
+            cpu_samples.last().copied().unwrap_or_default(),
+            ex.get(ex.len() / 2).copied().unwrap_or(0),
+            ex.get((ex.len().saturating_sub(1)) * 99 / 100)
+                .copied()
+                .unwrap_or(0),
+            ex.last().copied().unwrap_or(0),
+            liquidations,
         );
         let start = Instant::now();
         let r = e.revalue_all();

@@ -169,7 +169,7 @@ pub struct RiskParams {
 impl Default for RiskParams {
     fn default() -> Self {
         Self {
-            liquidation_buffer_ppm: 100_000,
+            liquidation_buffer_ppm: 250_000,
             partial_steps_ppm: vec![100_000, 250_000, 500_000, 750_000],
             portfolio_initial_ratio_ppm: 1_250_000,
             option_recheck_ms: 60_000,

@@ -36,6 +36,10 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, ListenError, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, noise, ping, tcp, yamux};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 pub use codec::MESSAGE_PROTOCOL;
 use codec::Wire;
@@ -176,6 +180,8 @@ pub enum DropReason {
     InvalidReport,
     /// A gossiped report without a committee member as its origin.
     UnknownOrigin,
+    /// A message the protocol layer could not decode ([`Net::report_malformed`]).
+    Malformed,
 }
 
 impl DropReason {
@@ -186,6 +192,7 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::InvalidReport => "invalid_report",
             DropReason::UnknownOrigin => "unknown_origin",
+            DropReason::Malformed => "malformed",
         }
     }
 }
@@ -228,6 +235,24 @@ pub struct NetStats {
 impl NetStats {
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+/// Prometheus metrics of the network, registered with
+/// [`Net::register_metrics`].
+#[derive(Clone, Debug, Default)]
+struct NetMetrics {
+    messages: Family<Vec<(String, String)>, Counter>,
+    reports: Family<Vec<(String, String)>, Counter>,
+    dropped: Family<Vec<(String, String)>, Counter>,
+    connected: Gauge,
+}
+
+impl NetMetrics {
+    fn inc(family: &Family<Vec<(String, String)>, Counter>, key: &str, value: &str) {
+        family
+            .get_or_create(&vec![(key.to_string(), value.to_string())])
+            .inc();
     }
 }
 
@@ -317,6 +342,7 @@ pub struct Net {
     validator: Option<ReportValidator>,
     pending: VecDeque<NetEvent>,
     stats: NetStats,
+    metrics: NetMetrics,
     tick: tokio::time::Interval,
 }
 
@@ -444,6 +470,7 @@ impl Net {
             validator: config.report_validator,
             pending: VecDeque::new(),
             stats: NetStats::default(),
+            metrics: NetMetrics::default(),
             tick,
         })
     }
@@ -469,6 +496,46 @@ impl Net {
 
     pub fn stats(&self) -> NetStats {
         self.stats.clone()
+    }
+
+    /// Register the network's metrics: `sibyl_net_messages_total{direction}`,
+    /// `sibyl_net_reports_total{direction}`, `sibyl_net_dropped_total{reason}`,
+    /// `sibyl_net_connected_members`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("sibyl_net");
+        r.register(
+            "messages",
+            "Point-to-point committee messages by direction",
+            self.metrics.messages.clone(),
+        );
+        r.register(
+            "reports",
+            "Gossiped signed reports by direction",
+            self.metrics.reports.clone(),
+        );
+        r.register(
+            "dropped",
+            "Inbound messages and connections dropped, by reason",
+            self.metrics.dropped.clone(),
+        );
+        r.register(
+            "connected_members",
+            "Committee members currently connected",
+            self.metrics.connected.clone(),
+        );
+    }
+
+    /// The protocol layer found a message from `from` malformed: count it
+    /// with the network's other drops.
+    pub fn report_malformed(&mut self, from: u16) {
+        let peer = self.members.get(&from).map(|m| m.peer_id);
+        *self.stats.dropped.entry(DropReason::Malformed).or_insert(0) += 1;
+        NetMetrics::inc(
+            &self.metrics.dropped,
+            "reason",
+            DropReason::Malformed.as_str(),
+        );
+        tracing::debug!(member = from, ?peer, "malformed message dropped");
     }
 
     pub fn limits(&self) -> &Limits {
@@ -497,6 +564,7 @@ impl Net {
             .rr
             .send_request(&peer, Wire::Bytes(bytes));
         self.stats.messages_sent += 1;
+        NetMetrics::inc(&self.metrics.messages, "direction", "sent");
         Ok(())
     }
 
@@ -534,6 +602,7 @@ impl Net {
             .publish(self.topic.clone(), bytes)
             .map_err(|e| SendError::Publish(e.to_string()))?;
         self.stats.reports_published += 1;
+        NetMetrics::inc(&self.metrics.reports, "direction", "published");
         Ok(())
     }
 
@@ -564,6 +633,7 @@ impl Net {
 
     fn drop_event(&mut self, from: Option<PeerId>, reason: DropReason) {
         *self.stats.dropped.entry(reason).or_insert(0) += 1;
+        NetMetrics::inc(&self.metrics.dropped, "reason", reason.as_str());
         tracing::debug!(?from, reason = reason.as_str(), "dropped inbound");
         self.pending.push_back(NetEvent::Dropped { from, reason });
     }
@@ -627,6 +697,9 @@ impl Net {
                     r.backoff = self.limits.redial_min;
                 }
                 if num_established.get() == 1 && self.connected.insert(index) {
+                    self.metrics
+                        .connected
+                        .set(i64::try_from(self.connected.len()).unwrap_or(i64::MAX));
                     tracing::info!(member = index, %peer_id, "member connected");
                     self.pending.push_back(NetEvent::PeerConnected(index));
                 }
@@ -640,6 +713,9 @@ impl Net {
                     return;
                 };
                 if num_established == 0 && self.connected.remove(&index) {
+                    self.metrics
+                        .connected
+                        .set(i64::try_from(self.connected.len()).unwrap_or(i64::MAX));
                     tracing::info!(member = index, %peer_id, "member disconnected");
                     if let Some(r) = self.redial.get_mut(&index) {
                         r.next = Instant::now() + self.limits.redial_min;
@@ -711,11 +787,13 @@ impl Net {
                     return;
                 }
                 self.stats.messages_received += 1;
+                NetMetrics::inc(&self.metrics.messages, "direction", "received");
                 self.pending.push_back(NetEvent::Message { from, bytes });
             }
             request_response::Event::Message { .. } => {}
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 self.stats.send_failures += 1;
+                NetMetrics::inc(&self.metrics.messages, "direction", "send_failed");
                 tracing::debug!(%peer, %error, "message not delivered");
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -756,6 +834,7 @@ impl Net {
         match outcome {
             Ok(from) => {
                 self.stats.reports_received += 1;
+                NetMetrics::inc(&self.metrics.reports, "direction", "received");
                 self.pending.push_back(NetEvent::Report {
                     from,
                     bytes: message.data,

@@ -284,6 +284,29 @@ async fn oversized_and_over_rate_messages_are_dropped_and_counted() {
     assert!(stats.messages_received >= 10, "{stats:?}");
     assert!(stats.dropped(DropReason::RateLimited) >= 30, "{stats:?}");
 
+    // The same counts show up in the metrics.
+    refs[0].report_malformed(2);
+    let mut registry = prometheus_client::registry::Registry::default();
+    refs[0].register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains(&format!(
+            "sibyl_net_dropped_total{{reason=\"rate_limited\"}} {}",
+            stats.dropped(DropReason::RateLimited)
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("sibyl_net_dropped_total{reason=\"oversized\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sibyl_net_dropped_total{reason=\"malformed\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("sibyl_net_connected_members 1"), "{text}");
+
     // Still alive after the flood: a message gets through once tokens refill.
     tokio::time::sleep(Duration::from_millis(500)).await;
     refs[1].send(1, b"after".to_vec()).expect("send");
