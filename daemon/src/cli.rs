@@ -14,6 +14,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and exit.
     Version,
+    /// Serve a simulated exchange that speaks every adapter's format on loopback.
+    SimExchange(crate::cmd_sources::SimExchangeArgs),
+    /// Inspect and benchmark the price sources (`probe`, `bench`).
+    Sources(crate::cmd_sources::SourcesArgs),
     /// Make trusted-dealer keys for a test or devnet committee.
     Keygen(crate::keygen::KeygenArgs),
     /// Run a committee member.
@@ -46,6 +50,8 @@ pub fn main() -> anyhow::Result<()> {
             println!("sibyl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::SimExchange(args) => crate::cmd_sources::sim_exchange(args),
+        Command::Sources(args) => crate::cmd_sources::sources(args),
         Command::Keygen(args) => crate::keygen::run(args),
         Command::Run(args) => crate::node::run::run(args),
         Command::Verify(args) => crate::verify_cmd::run(args),

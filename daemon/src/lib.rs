@@ -1,8 +1,10 @@
 //! The Sibyl daemon: networking, keys, storage, the round driver, the HTTP
 //! API and the on-chain transmitter around the pure protocol core.
 
+pub mod api;
 pub mod cli;
 pub mod cmd_simulate;
+pub mod cmd_sources;
 pub mod config;
 pub mod dkg;
 pub mod keygen;
