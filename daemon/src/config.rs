@@ -311,13 +311,16 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
-    /// The member's libp2p identity key (ed25519).
+    /// The member's libp2p identity key (ed25519), encrypted; its public
+    /// part sits next to it as `<name>.pub.json`.
     #[serde(default = "default_identity")]
     pub identity: PathBuf,
-    /// The encrypted FROST key package.
+    /// The encrypted FROST key package; the suite's name is inserted before
+    /// the extension (`frost.key` -> `frost.ed25519.key`).
     #[serde(default = "default_key_package")]
     pub key_package: PathBuf,
-    /// The public key package (group key and verifying shares).
+    /// The public key package (group key and verifying shares), suite name
+    /// inserted the same way.
     #[serde(default = "default_public_key_package")]
     pub public_key_package: PathBuf,
     /// Name of an environment variable holding the key passphrase.
@@ -332,10 +335,10 @@ fn default_identity() -> PathBuf {
     PathBuf::from("keys/identity.key")
 }
 fn default_key_package() -> PathBuf {
-    PathBuf::from("keys/key_package.enc")
+    PathBuf::from("keys/frost.key")
 }
 fn default_public_key_package() -> PathBuf {
-    PathBuf::from("keys/public_key_package.json")
+    PathBuf::from("keys/frost.pub.json")
 }
 
 impl Default for KeysSection {
@@ -537,10 +540,14 @@ struct RoundFile {
     interval: Spanned<ConfigDuration>,
     #[serde(default = "default_observation_timeout")]
     observation_timeout: Spanned<ConfigDuration>,
+    #[serde(default = "default_share_timeout")]
+    share_timeout: Spanned<ConfigDuration>,
     #[serde(default = "default_round_timeout")]
     round_timeout: Spanned<ConfigDuration>,
     #[serde(default = "default_max_clock_skew")]
     max_clock_skew: Spanned<ConfigDuration>,
+    #[serde(default = "default_max_observation_age")]
+    max_observation_age: Spanned<ConfigDuration>,
 }
 
 fn default_interval() -> Spanned<ConfigDuration> {
@@ -548,6 +555,12 @@ fn default_interval() -> Spanned<ConfigDuration> {
 }
 fn default_observation_timeout() -> Spanned<ConfigDuration> {
     Spanned::new(0..0, ConfigDuration::from_millis(200))
+}
+fn default_share_timeout() -> Spanned<ConfigDuration> {
+    Spanned::new(0..0, ConfigDuration::from_millis(400))
+}
+fn default_max_observation_age() -> Spanned<ConfigDuration> {
+    Spanned::new(0..0, ConfigDuration::from_millis(5000))
 }
 fn default_round_timeout() -> Spanned<ConfigDuration> {
     Spanned::new(0..0, ConfigDuration::from_millis(2000))
@@ -561,8 +574,10 @@ impl Default for RoundFile {
         Self {
             interval: default_interval(),
             observation_timeout: default_observation_timeout(),
+            share_timeout: default_share_timeout(),
             round_timeout: default_round_timeout(),
             max_clock_skew: default_max_clock_skew(),
+            max_observation_age: default_max_observation_age(),
         }
     }
 }
@@ -594,12 +609,16 @@ pub struct FeedParams {
 pub struct RoundTiming {
     /// Time between round starts.
     pub interval_ms: u64,
-    /// How long the leader waits for observations after the first one.
+    /// How long the leader waits for more than `2f + 1` observations.
     pub observation_timeout_ms: u64,
+    /// How long the leader waits for signature shares before retrying without the silent signers.
+    pub share_timeout_ms: u64,
     /// Pacemaker: no signed report by then, move to the next round and leader.
     pub round_timeout_ms: u64,
     /// Largest accepted difference between a report's timestamp and our clock.
     pub max_clock_skew_ms: u64,
+    /// Observations older than this (relative to the report timestamp) are left out.
+    pub max_observation_age_ms: u64,
 }
 
 /// The committee file, validated. Identical on every member.
@@ -712,6 +731,54 @@ impl Committee {
             source,
         })?;
         Self::parse(path, &src)
+    }
+}
+
+impl Committee {
+    /// The committee as the round protocol sees it.
+    pub fn to_protocol(
+        &self,
+    ) -> Result<
+        sibyl_aggregator::round::committee::Committee,
+        sibyl_aggregator::round::committee::CommitteeError,
+    > {
+        use sibyl_aggregator::round::committee as pc;
+        let members = self
+            .members
+            .iter()
+            .map(|m| pc::Member {
+                index: m.index,
+                identity: m.identity_key,
+            })
+            .collect();
+        let feeds = self
+            .feeds
+            .iter()
+            .map(|f| pc::FeedConfig {
+                id: f.id.clone(),
+                decimals: f.decimals,
+                deviation_bps: f.deviation_bps,
+                heartbeat_ms: f.heartbeat_ms,
+            })
+            .collect();
+        let t = &self.round;
+        let timeouts = pc::Timeouts {
+            observe_ms: t.observation_timeout_ms,
+            share_ms: t.share_timeout_ms,
+            round_ms: t.round_timeout_ms,
+            round_interval_ms: t.interval_ms,
+            max_clock_skew_ms: t.max_clock_skew_ms,
+            max_observation_age_ms: t.max_observation_age_ms,
+        };
+        pc::Committee::new(
+            members,
+            self.threshold,
+            self.max_faulty(),
+            self.leader_seed,
+            feeds,
+            self.digest,
+            timeouts,
+        )
     }
 }
 
@@ -876,9 +943,27 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
     let round = RoundTiming {
         interval_ms: rt.interval.get_ref().as_millis(),
         observation_timeout_ms: rt.observation_timeout.get_ref().as_millis(),
+        share_timeout_ms: rt.share_timeout.get_ref().as_millis(),
         round_timeout_ms: rt.round_timeout.get_ref().as_millis(),
         max_clock_skew_ms: rt.max_clock_skew.get_ref().as_millis(),
+        max_observation_age_ms: rt.max_observation_age.get_ref().as_millis(),
     };
+    if round.share_timeout_ms == 0 {
+        r.at(
+            span(&rt.share_timeout),
+            "round.share_timeout",
+            "the share timeout is zero",
+            "give signers time to answer, e.g. \"400ms\"",
+        );
+    }
+    if round.max_observation_age_ms == 0 {
+        r.at(
+            span(&rt.max_observation_age),
+            "round.max_observation_age",
+            "the observation age limit is zero",
+            "allow observations a few seconds old, e.g. \"5s\"",
+        );
+    }
     if round.interval_ms == 0 {
         r.at(
             span(&rt.interval),

@@ -221,6 +221,16 @@ impl SourcesConfig {
         Ok(cfg)
     }
 
+    /// Parse and validate an already-parsed TOML value (the `[sources]`
+    /// table of a node config).
+    pub fn from_value(value: toml::Value) -> Result<SourcesConfig, ConfigError> {
+        let cfg: SourcesConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     pub fn venue(&self, v: Venue) -> VenueConfig {
         self.venues.get(&v).cloned().unwrap_or_default()
     }
@@ -352,6 +362,15 @@ impl SourcesConfig {
     /// with the given feeds (e.g. ["BTC-USD", "ETH-USD"]) sourced from all
     /// venues; USDT markets are converted through a "USDT-USD" feed added here.
     pub fn for_sim_exchange(base_url: &str, feeds: &[&str]) -> SourcesConfig {
+        SourcesConfig::for_sim_exchange_venues(base_url, feeds, &Venue::ALL)
+    }
+
+    /// [`SourcesConfig::for_sim_exchange`] restricted to some venues.
+    pub fn for_sim_exchange_venues(
+        base_url: &str,
+        feeds: &[&str],
+        venues: &[Venue],
+    ) -> SourcesConfig {
         let base = base_url.trim_end_matches('/');
         let ws_base = base
             .replacen("http://", "ws://", 1)
@@ -364,7 +383,7 @@ impl SourcesConfig {
             max_quote_age: Dur::ms(10_000),
             ..SourcesConfig::default()
         };
-        for v in Venue::ALL {
+        for v in venues.iter().copied() {
             cfg.venues.insert(
                 v,
                 VenueConfig {
@@ -404,10 +423,18 @@ impl SourcesConfig {
         if needs_usdt && !ids.iter().any(|id| id == "USDT-USD") {
             ids.push("USDT-USD".into());
         }
+        let usd_venues: Vec<Venue> = usd_venues
+            .into_iter()
+            .filter(|v| venues.contains(v))
+            .collect();
+        let usdt_venues: Vec<Venue> = usdt_venues
+            .into_iter()
+            .filter(|v| venues.contains(v))
+            .collect();
         for id in ids {
             let usd = id.ends_with("-USD");
             let mut sources: Vec<SourceConfig> = Vec::new();
-            for v in usd_venues {
+            for v in usd_venues.iter().copied() {
                 sources.push(SourceConfig {
                     venue: v,
                     quote: None,
@@ -415,7 +442,7 @@ impl SourcesConfig {
                 });
             }
             if usd && id != "USDT-USD" {
-                for v in usdt_venues {
+                for v in usdt_venues.iter().copied() {
                     sources.push(SourceConfig {
                         venue: v,
                         quote: Some("USDT".into()),
@@ -423,7 +450,7 @@ impl SourcesConfig {
                     });
                 }
             } else if !usd {
-                for v in usdt_venues {
+                for v in usdt_venues.iter().copied() {
                     sources.push(SourceConfig {
                         venue: v,
                         quote: None,

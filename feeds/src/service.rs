@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::aggregate::{Observation, ObservationParams, SourcePrice, observe};
 use crate::config::{ResolvedSource, SourcesConfig};
@@ -505,6 +505,7 @@ async fn poll_venue(
                     venue,
                     market,
                     shared.config.max_retries,
+                    shared.config.request_timeout.as_ms(),
                 )
                 .await;
                 let latency = started.elapsed().as_millis() as u64;
@@ -523,6 +524,7 @@ pub(crate) async fn fetch_ticker(
     venue: Venue,
     market: &str,
     max_retries: u32,
+    timeout_ms: u64,
 ) -> Result<RawQuote, SourceError> {
     let url = format!("{base}{}", venue.ticker_path(market));
     let mut attempt = 0;
@@ -530,10 +532,14 @@ pub(crate) async fn fetch_ticker(
         limiter.acquire().await;
         let result = fetch_once(client, &url)
             .await
+            .map_err(|e| match e {
+                SourceError::Timeout(_) => SourceError::Timeout(timeout_ms),
+                other => other,
+            })
             .and_then(|(status, body)| venue.parse_ticker(status, &body, market));
         match result {
             Err(e) if e.is_transient() && attempt < max_retries => {
-                warn!(%venue, %market, error = %e, attempt, "retrying");
+                debug!(%venue, %market, error = %e, attempt, "retrying");
                 tokio::time::sleep(backoff(
                     attempt,
                     Duration::from_millis(100),
@@ -579,50 +585,84 @@ pub struct ProbeReport {
 /// Fetch every configured source once over REST and compute observations:
 /// the operator's check that the node sees the market.
 pub async fn probe(config: &SourcesConfig) -> Result<ProbeReport, crate::error::ConfigError> {
-    config.validate()?;
-    let shared = Arc::new(Shared::new(config.clone(), SourceMetrics::default()));
-    let client = http_client(config)?;
-    let mut markets: BTreeMap<Venue, Vec<String>> = BTreeMap::new();
-    for s in config.resolved_sources() {
-        let m = markets.entry(s.venue).or_default();
-        if !m.contains(&s.market) {
-            m.push(s.market);
+    Ok(Prober::new(config.clone())?.round().await)
+}
+
+/// Repeated one-shot fetch rounds over one HTTP client (warm connections):
+/// `probe` is one round; the benchmark times many.
+pub struct Prober {
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    venues: Vec<(Venue, String, Arc<RateLimiter>, Vec<String>)>,
+    timeout_ms: u64,
+}
+
+impl Prober {
+    pub fn new(config: SourcesConfig) -> Result<Prober, crate::error::ConfigError> {
+        config.validate()?;
+        let client = http_client(&config)?;
+        let mut markets: BTreeMap<Venue, Vec<String>> = BTreeMap::new();
+        for s in config.resolved_sources() {
+            let m = markets.entry(s.venue).or_default();
+            if !m.contains(&s.market) {
+                m.push(s.market);
+            }
         }
-    }
-    let mut jobs = Vec::new();
-    for (venue, ms) in markets {
-        let limiter = Arc::new(venue_limiter(config, venue));
-        let base = config.base_url(venue);
-        for market in ms {
-            let (shared, client, limiter, base) = (
-                shared.clone(),
-                client.clone(),
-                limiter.clone(),
-                base.clone(),
-            );
-            jobs.push(async move {
-                let started = Instant::now();
-                let r = fetch_ticker(&client, &limiter, &base, venue, &market, 0).await;
-                shared.record(
-                    venue,
-                    &market,
-                    r,
-                    Some(started.elapsed().as_millis() as u64),
-                    false,
-                );
-            });
-        }
-    }
-    join_all(jobs).await;
-    let observations = {
-        let slots = shared.lock();
-        compute_observations(config, &slots, now_ms(), None)
-    };
-    Ok(ProbeReport {
-        sources: shared.statuses(),
-        observations: observations
+        let venues = markets
             .into_iter()
-            .map(|(k, v)| (k, v.map_err(|e| e.to_string())))
-            .collect(),
-    })
+            .map(|(v, ms)| {
+                (
+                    v,
+                    config.base_url(v),
+                    Arc::new(venue_limiter(&config, v)),
+                    ms,
+                )
+            })
+            .collect();
+        let timeout_ms = config.request_timeout.as_ms();
+        let shared = Arc::new(Shared::new(config, SourceMetrics::default()));
+        Ok(Prober {
+            shared,
+            client,
+            venues,
+            timeout_ms,
+        })
+    }
+
+    /// Fetch every market once (all venues concurrently, each within its
+    /// rate limit, no retries) and compute every feed's observation.
+    pub async fn round(&self) -> ProbeReport {
+        let mut jobs = Vec::new();
+        for (venue, base, limiter, markets) in &self.venues {
+            for market in markets {
+                jobs.push(async move {
+                    let started = Instant::now();
+                    let r = fetch_ticker(
+                        &self.client,
+                        limiter,
+                        base,
+                        *venue,
+                        market,
+                        0,
+                        self.timeout_ms,
+                    )
+                    .await;
+                    let latency = started.elapsed().as_millis() as u64;
+                    self.shared.record(*venue, market, r, Some(latency), false);
+                });
+            }
+        }
+        join_all(jobs).await;
+        let observations = {
+            let slots = self.shared.lock();
+            compute_observations(&self.shared.config, &slots, now_ms(), None)
+        };
+        ProbeReport {
+            sources: self.shared.statuses(),
+            observations: observations
+                .into_iter()
+                .map(|(k, v)| (k, v.map_err(|e| e.to_string())))
+                .collect(),
+        }
+    }
 }

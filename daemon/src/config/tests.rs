@@ -311,3 +311,17 @@ fn admin_token_and_chain_section() {
     assert_eq!(ps[0].line, 6);
     assert_eq!(ps[1].line, 8);
 }
+
+#[test]
+fn committee_converts_to_the_protocol_committee() {
+    let c = parse(&committee_src(4, 3)).unwrap();
+    let p = c.to_protocol().expect("valid protocol committee");
+    assert_eq!(p.n(), 4);
+    assert_eq!(p.t(), 3);
+    assert_eq!(p.f(), 1);
+    assert_eq!(*p.config_digest(), c.digest);
+    assert_eq!(p.timeouts().round_interval_ms, 250);
+    assert_eq!(p.timeouts().observe_ms, 100);
+    assert_eq!(p.timeouts().share_ms, 400);
+    assert_eq!(p.identity(2).unwrap().to_bytes(), c.members[1].identity_key);
+}

@@ -378,6 +378,18 @@ impl Db {
         Ok(n)
     }
 
+    /// Timestamp of a feed's first point at or after `from_ms`, if any.
+    pub fn next_point_ms(&self, feed_key: i64, from_ms: u64) -> Result<Option<u64>, StoreError> {
+        let ts: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT ts_ms FROM points WHERE feed_key = ?1 AND ts_ms >= ?2 ORDER BY ts_ms LIMIT 1",
+            )?
+            .query_row(params![feed_key, i64_of(from_ms, "timestamp")?], |r| r.get(0))
+            .optional()?;
+        ts.map(|t| u64_of(t, "timestamp")).transpose()
+    }
+
     /// Per feed: where downsampling got to and its oldest point.
     pub fn retention_state(&self) -> Result<Vec<FeedRetention>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -438,6 +450,11 @@ impl Db {
             .prepare_cached("SELECT feed_id FROM feeds ORDER BY feed_id")?;
         let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
         ids.map(|s| feed_of(s?)).collect()
+    }
+
+    /// Whether the store has ever seen `feed`.
+    pub fn has_feed(&mut self, feed: &FeedId) -> Result<bool, StoreError> {
+        Ok(self.feed_key(feed)?.is_some())
     }
 
     /// The newest point of a feed, if it has any.

@@ -86,14 +86,27 @@ pub async fn run_once(
                 .unwrap_or(0)
                 .max(oldest - oldest % bucket);
             while from < cutoff {
-                let to = from.saturating_add(window).min(cutoff);
+                // Jump over empty stretches instead of walking them window by window.
+                let next = store
+                    .write(move |db| db.next_point_ms(feed_key, from))
+                    .await?;
+                let to = match next {
+                    Some(ts) if ts < cutoff => {
+                        from = from.max(ts - ts % bucket);
+                        from.saturating_add(window).min(cutoff)
+                    }
+                    // Nothing left to thin: just record the progress.
+                    _ => cutoff,
+                };
                 let n = store
                     .write(move |db| db.downsample_range(feed_key, from, to, bucket))
                     .await?;
                 stats.thinned += n;
                 stats.transactions += 1;
                 from = to;
-                tokio::time::sleep(policy.pause).await;
+                if from < cutoff {
+                    tokio::time::sleep(policy.pause).await;
+                }
             }
         }
     }
