@@ -1221,11 +1221,11 @@ impl<C: SibylSuite> Node<C> {
             .filter(|s| !l.excluded.contains(s))
             .filter(|s| !(equivocate && *s == me))
             .collect();
-        // The leader signs first (it needs no message round trip).
-        if let Some(pos) = pool.iter().position(|s| *s == me) {
-            pool.remove(pos);
-            pool.insert(0, me);
-        }
+        // The leader signs first (it needs no message round trip), then the
+        // members after it in index order, wrapping: with the rotating leader
+        // every member signs regularly.
+        let n = self.committee.n() as u32;
+        pool.sort_by_key(|s| (u32::from(*s) + n - u32::from(me)) % n);
         if number >= ATTEMPTS || pool.len() < t {
             l.attempt = None;
             self.rs.gave_up = true;
