@@ -50,6 +50,10 @@ pub struct DevnetArgs {
     /// Only write the committee, configs and keys; start nothing.
     #[arg(long)]
     pub setup_only: bool,
+    /// Observe a simulated exchange (`sibyl sim-exchange`, started here)
+    /// through the real source adapters, instead of the built-in source.
+    #[arg(long)]
+    pub sim_exchange: bool,
 }
 
 /// One member in `devnet.json`.
@@ -75,6 +79,9 @@ pub struct DevnetFile {
     /// Group public key (FROST Ed25519), hex.
     pub group_key: String,
     pub suite: String,
+    /// The simulated exchange's base URL, with `--sim-exchange`.
+    #[serde(default)]
+    pub sim_exchange: Option<String>,
     pub members: Vec<DevnetMember>,
 }
 
@@ -84,14 +91,41 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Assets the simulated exchange quotes (and the built-in source names feeds after).
+const ASSETS: [&str; 23] = [
+    "BTC", "ETH", "SOL", "BNB", "XRP", "DOGE", "ADA", "AVAX", "LINK", "DOT", "LTC", "BCH", "UNI",
+    "ATOM", "NEAR", "APT", "ARB", "OP", "TRX", "XLM", "FIL", "AAVE", "ETC",
+];
+
 fn feed_ids(n: u16) -> Vec<String> {
-    let named = ["BTC-USD", "ETH-USD", "SOL-USD"];
     (0..n)
-        .map(|i| match named.get(usize::from(i)) {
-            Some(s) => (*s).to_string(),
+        .map(|i| match ASSETS.get(usize::from(i)) {
+            Some(a) => format!("{a}-USD"),
             None => format!("SYN{i}-USD"),
         })
         .collect()
+}
+
+/// The `[sources]` section pointing at a simulated exchange on `port`.
+fn sim_sources(port: u16, feeds: &[String]) -> String {
+    let venues = ["coinbase", "kraken", "bitstamp", "gemini"];
+    let mut s = String::from(
+        "\n# Prices from the devnet's simulated exchange.\n[sources]\npoll_interval = \"250ms\"\nrequest_timeout = \"1s\"\nmax_quote_age = \"10s\"\nmax_deviation_bps = 200\n",
+    );
+    for v in venues {
+        s += &format!("[sources.venues.{v}]\nbase_url = \"http://127.0.0.1:{port}/{v}\"\n");
+        if matches!(v, "coinbase" | "kraken") {
+            // These adapters also stream; point the stream at the simulator too.
+            s += &format!("ws_url = \"ws://127.0.0.1:{port}/ws/{v}\"\n");
+        }
+    }
+    for f in feeds {
+        s +=
+            &format!("[[sources.feeds]]\nid = \"{f}\"\ndecimals = 8\nmin_sources = 2\nsources = [");
+        s += &venues.map(|v| format!("{{ venue = \"{v}\" }}")).join(", ");
+        s += "]\n";
+    }
+    s
 }
 
 /// Writes the committee, configs and keys; returns the devnet description
@@ -113,6 +147,18 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     if args.feeds == 0 {
         bail!("--feeds must be at least 1");
     }
+    if args.sim_exchange && usize::from(args.feeds) > ASSETS.len() {
+        bail!(
+            "the simulated exchange quotes {} assets; use --feeds {} or fewer",
+            ASSETS.len(),
+            ASSETS.len()
+        );
+    }
+    let sim_port = if args.sim_exchange {
+        Some(free_port()?)
+    } else {
+        None
+    };
     let dir = &args.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir
@@ -159,7 +205,8 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         identities.push(kp);
     }
     let heartbeat_ms = (interval_ms * 10).max(5_000);
-    for id in feed_ids(args.feeds) {
+    let feeds = feed_ids(args.feeds);
+    for id in &feeds {
         committee += &format!(
             "[[feeds]]\nid = \"{id}\"\ndecimals = 8\ndeviation_bps = 10\nheartbeat = \"{heartbeat_ms}ms\"\n\n"
         );
@@ -209,6 +256,10 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
             index = m.index,
             listen = m.p2p_address,
         );
+        let node_toml = match sim_port {
+            Some(port) => node_toml + &sim_sources(port, &feeds),
+            None => node_toml,
+        };
         std::fs::write(&m.config, node_toml)
             .with_context(|| format!("cannot write {}", m.config.display()))?;
         crate::config::Config::load(&m.config)?; // the same validation `sibyl run` does
@@ -219,6 +270,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         config_digest: hex::encode(digest.0),
         group_key,
         suite: "ed25519".into(),
+        sim_exchange: sim_port.map(|p| format!("http://127.0.0.1:{p}")),
         members,
     })
 }
@@ -329,6 +381,34 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let mut sim = None;
+    if let Some(url) = &file.sim_exchange {
+        let listen = url.trim_start_matches("http://").to_string();
+        let exe = std::env::current_exe().context("cannot find the sibyl executable")?;
+        let log = std::fs::File::create(dir.join("sim-exchange.log"))?;
+        let child = Command::new(exe)
+            .args(["sim-exchange", "--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the simulated exchange")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&listen).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the simulated exchange did not start; see {}",
+                    dir.join("sim-exchange.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!(
+            "simulated exchange: {url} (log {})",
+            dir.join("sim-exchange.log").display()
+        );
+        sim = Some(child);
+    }
     let mut children = Vec::new();
     for m in &mut file.members {
         let child = spawn_member(m)?;
@@ -419,6 +499,12 @@ pub fn run(args: DevnetArgs) -> Result<()> {
                 }
             }
         }
+    }
+    if let Some(mut sim) = sim {
+        terminate(sim.id());
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = sim.kill();
+        let _ = sim.wait();
     }
     println!("devnet stopped");
     Ok(())
