@@ -948,8 +948,7 @@ impl Engine {
         let dist = h.equity.saturating_sub(h.maintenance).abs();
         // Options decay between price ticks. Reserve twice the current theta
         // over a horizon in which it eats at most half the distance (between
-        // one recheck period and MAX_RECHECK_MS), and recheck at its end; the
-        // recheck times are aligned to the period and spread across units.
+        // one recheck period and MAX_RECHECK_MS), and recheck at its end.
         let period = self.s.risk.option_recheck_ms.max(1);
         let (recheck, reserve) = if theta_money > 0 {
             let horizon = mul_div_floor(
@@ -960,9 +959,10 @@ impl Engine {
             )?
             .clamp(i128::from(period), i128::from(MAX_RECHECK_MS.max(period)));
             let horizon = u64::try_from(horizon).unwrap_or(period);
-            let at = (self.s.now_ms.saturating_add(horizon) / period)
-                .saturating_add(1)
-                .saturating_mul(period);
+            // Not aligned to a grid: units that were examined together
+            // spread their rechecks instead of all coming due on one tick.
+            // (Snapshots carry the index, so a restore keeps these times.)
+            let at = self.s.now_ms.saturating_add(horizon);
             let span = i128::from(at.saturating_sub(self.s.now_ms));
             (
                 Some(at),
