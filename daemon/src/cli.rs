@@ -24,6 +24,8 @@ pub enum Command {
     Run(crate::node::run::RunArgs),
     /// Check a signed report against a committee's group key.
     Verify(crate::verify_cmd::VerifyArgs),
+    /// Run a whole committee on this machine (keys, configs, processes).
+    Devnet(crate::devnet::DevnetArgs),
     /// Run the distributed key generation ceremony with the committee.
     Dkg(crate::dkg::DkgArgs),
     /// Inspect configuration files.
@@ -55,6 +57,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Keygen(args) => crate::keygen::run(args),
         Command::Run(args) => crate::node::run::run(args),
         Command::Verify(args) => crate::verify_cmd::run(args),
+        Command::Devnet(args) => crate::devnet::run(args),
         Command::Dkg(args) => crate::dkg::command(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
         Command::Simulate(args) => crate::cmd_simulate::run(args),

@@ -1,6 +1,7 @@
 //! `sibyl sim-exchange` and `sibyl sources probe|bench`: the price sources
 //! from the operator's side.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -91,14 +92,19 @@ pub fn sim_exchange(args: SimExchangeArgs) -> anyhow::Result<()> {
         let opts = SimOptions { listen: args.listen, seed: args.seed, scenario, walk: !args.frozen, ..SimOptions::default() };
         let sim = SimExchange::start(opts).await?;
         let base = sim.base_url();
-        println!("simulated exchange on {base} (seed {}, scenario {})", args.seed, scenario.name());
-        println!("  REST:    {base}/<venue>/<the venue's own ticker path>, venues: {}", venue_names());
-        println!("  streams: {}/ws/<binance|coinbase|kraken|okx>", base.replacen("http://", "ws://", 1));
-        println!("  control: GET {base}/control/faults, POST {base}/control/fault {{\"venue\":\"binance\",\"fault\":{{\"kind\":\"flash_crash\",\"bps\":3000}}}}");
-        println!("           POST {base}/control/scenario {{\"name\":\"chaos\"}}, GET {base}/control/price/BTC");
+        let mut banner = format!("simulated exchange on {base} (seed {}, scenario {})\n", args.seed, scenario.name());
+        banner += &format!("  REST:    {base}/<venue>/<the venue's own ticker path>, venues: {}\n", venue_names());
+        banner += &format!("  streams: {}/ws/<binance|coinbase|kraken|okx>\n", base.replacen("http://", "ws://", 1));
+        banner += &format!(
+            "  control: GET {base}/control/faults, POST {base}/control/fault {{\"venue\":\"binance\",\"fault\":{{\"kind\":\"flash_crash\",\"bps\":3000}}}}\n"
+        );
+        banner += &format!("           POST {base}/control/scenario {{\"name\":\"chaos\"}}, GET {base}/control/price/BTC\n");
         for (v, f) in sim.faults() {
-            println!("  fault:   {v}: {f:?}");
+            banner += &format!("  fault:   {v}: {f:?}\n");
         }
+        // A closed stdout (the caller stopped reading) must not stop the exchange.
+        let mut out = std::io::stdout();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
         tokio::select! {
             _ = sim.wait() => Ok(()),
             r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cmd_simulate;
 pub mod cmd_sources;
 pub mod config;
+pub mod devnet;
 pub mod dkg;
 pub mod keygen;
 pub mod keystore;

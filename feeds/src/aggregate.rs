@@ -250,4 +250,73 @@ mod tests {
         let q = [sp("a", 100, None), sp("b", 100, None), sp("c", 200, None)];
         assert!(observe("X", 2, &q, P).is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn quotes() -> impl Strategy<Value = Vec<SourcePrice>> {
+            proptest::collection::vec(
+                (1i128..1_000_000_000, proptest::option::of(1i128..1_000_000)),
+                3..20,
+            )
+            .prop_map(|v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, (price, volume))| SourcePrice {
+                        source: format!("s{i:02}"),
+                        price,
+                        volume,
+                        time_ms: 1,
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn order_does_not_matter(q in quotes(), seed in any::<u64>()) {
+                let p = ObservationParams { min_sources: 1, max_deviation_bps: 500 };
+                let a = observe("X", 8, &q, p);
+                let mut shuffled = q.clone();
+                // Deterministic shuffle from the seed.
+                let n = shuffled.len();
+                for i in 0..n {
+                    let j = (seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64) % n as u64) as usize;
+                    shuffled.swap(i, j);
+                }
+                prop_assert_eq!(a, observe("X", 8, &shuffled, p));
+            }
+
+            #[test]
+            fn price_stays_within_the_prices_used(q in quotes()) {
+                let p = ObservationParams { min_sources: 1, max_deviation_bps: 10_000 };
+                if let Ok(o) = observe("X", 8, &q, p) {
+                    let used: Vec<i128> = q.iter().filter(|s| o.sources_used.contains(&s.source)).map(|s| s.price).collect();
+                    let (lo, hi) = (*used.iter().min().unwrap(), *used.iter().max().unwrap());
+                    prop_assert!(lo <= o.price_fixed && o.price_fixed <= hi);
+                    prop_assert_eq!(o.spread, hi - lo);
+                    prop_assert_eq!(o.num_sources as usize, used.len());
+                }
+            }
+
+            /// Liars (fewer than a third, any volume) cannot move the
+            /// observation further than the outlier band (100 bps) beyond the
+            /// honest range: the unweighted cross-source median stays inside
+            /// the honest range and nothing outside its band is used.
+            #[test]
+            fn a_minority_of_liars_moves_it_at_most_the_outlier_band(
+                honest in proptest::collection::vec(99_900i128..=100_100, 5..12),
+                liars in proptest::collection::vec(prop_oneof![1i128..10_000_000, 97_000i128..103_000], 0..5),
+                volumes in proptest::collection::vec(proptest::option::of(1i128..1_000_000), 17),
+            ) {
+                prop_assume!(liars.len() * 3 < honest.len() + liars.len());
+                let q: Vec<SourcePrice> = honest.iter().chain(liars.iter()).enumerate().map(|(i, p)| SourcePrice {
+                    source: format!("s{i:02}"), price: *p, volume: volumes[i], time_ms: 1,
+                }).collect();
+                let o = observe("X", 8, &q, ObservationParams { min_sources: 3, max_deviation_bps: 100 }).unwrap();
+                prop_assert!((98_901..=101_101).contains(&o.price_fixed), "{:?}", o);
+            }
+        }
+    }
 }

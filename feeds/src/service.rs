@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::aggregate::{Observation, ObservationParams, SourcePrice, observe};
 use crate::config::{ResolvedSource, SourcesConfig};
@@ -539,7 +539,7 @@ pub(crate) async fn fetch_ticker(
             .and_then(|(status, body)| venue.parse_ticker(status, &body, market));
         match result {
             Err(e) if e.is_transient() && attempt < max_retries => {
-                warn!(%venue, %market, error = %e, attempt, "retrying");
+                debug!(%venue, %market, error = %e, attempt, "retrying");
                 tokio::time::sleep(backoff(
                     attempt,
                     Duration::from_millis(100),

@@ -260,3 +260,54 @@ async fn probe_reports_every_source() {
     }
     assert!(matches!(report.observations.get(FEED), Some(Ok(o)) if o.num_sources == 13));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_seven_venues_leaves_an_honest_observation() {
+    // Flash crash (Binance), outage (Coinbase), garbage (Kraken), stale
+    // (OKX), rate limited (Bybit), slow beyond the timeout (Bitstamp) and a
+    // drifting KuCoin, all at once, from the start.
+    let sim = sim(Scenario::Chaos, false).await;
+    let (svc, registry) = start(config(&sim));
+    let model = model_fixed(&sim, "BTC");
+    let faulty = [
+        "binance:",
+        "coinbase:",
+        "kraken:",
+        "okx:",
+        "bybit:",
+        "bitstamp:",
+    ];
+    // OKX's first (frozen) quote is fresh for max_quote_age (3 s), then ages out.
+    let obs = eventually(20, "the faulty venues to be out of the observation", || {
+        svc.latest(FEED).filter(|o| {
+            !o.sources_used
+                .iter()
+                .any(|s| faulty.iter().any(|f| s.starts_with(f)))
+        })
+    })
+    .await;
+    assert!(obs.num_sources >= 7, "{obs:?}");
+    assert!(
+        bps_apart(obs.price_fixed, model) <= 10,
+        "{obs:?} vs model {model}"
+    );
+    // Bitstamp's timeouts are counted once its retries are spent (about 3 s).
+    eventually(
+        10,
+        "too_old, timeout, rate_limited and http_status errors counted",
+        || {
+            let text = metrics_text(&registry);
+            ["too_old", "timeout", "rate_limited", "http_status"]
+                .iter()
+                .all(|r| text.contains(&format!("reason=\"{r}\"")))
+                .then_some(())
+        },
+    )
+    .await;
+    let now = svc.latest(FEED).expect("still valid");
+    assert!(
+        bps_apart(now.price_fixed, model) <= 10,
+        "{now:?} vs model {model}"
+    );
+    svc.shutdown();
+}

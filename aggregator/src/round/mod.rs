@@ -377,6 +377,10 @@ pub fn compute_leaves<'a>(
         .collect()
 }
 
+fn package_for_self<C: Ciphersuite>(attempt: &Option<Attempt<C>>) -> Option<SigningPackage<C>> {
+    attempt.as_ref().map(|a| a.package.clone())
+}
+
 fn leaves_bytes(leaves: &[ReportLeaf]) -> Vec<u8> {
     let mut w = crate::codec::Writer::with_capacity(leaves.len() * 74 + 4);
     message::encode_leaves(&mut w, leaves);
@@ -824,18 +828,30 @@ impl<C: SibylSuite> Node<C> {
                 return;
             }
         };
-        let attempt = usize::from(p.attempt);
+        let record = SigningRecord {
+            round: msg.round,
+            digest,
+        };
+        let package_hash = keccak(&p.signing_package);
+        self.prepare_signing(record, usize::from(p.attempt), package, package_hash);
+    }
+
+    /// Signs a checked proposal: refuses a used nonce and anything the
+    /// signing ledger forbids, then records (two-phase) and signs.
+    fn prepare_signing(
+        &mut self,
+        record: SigningRecord,
+        attempt: usize,
+        package: SigningPackage<C>,
+        package_hash: [u8; 32],
+    ) {
         if self.rs.nonces.get(attempt).is_none_or(|n| n.is_none()) {
             // That commitment was already used (or never ours): never sign twice with a nonce.
             self.stats.nonce_reuse_refused += 1;
             return;
         }
-        let record = SigningRecord {
-            round: msg.round,
-            digest,
-        };
         if let Some(l) = self.ledger
-            && (l.round > record.round || (l.round == record.round && l.digest != digest))
+            && (l.round > record.round || (l.round == record.round && l.digest != record.digest))
         {
             self.stats.proposals_refused += 1;
             return;
@@ -846,7 +862,7 @@ impl<C: SibylSuite> Node<C> {
             self.stats.proposals_refused += 1;
             return;
         }
-        let package_hash = keccak(&p.signing_package);
+        let digest = record.digest;
         let pending = PendingSign {
             record,
             attempt,
@@ -1205,11 +1221,11 @@ impl<C: SibylSuite> Node<C> {
             .filter(|s| !l.excluded.contains(s))
             .filter(|s| !(equivocate && *s == me))
             .collect();
-        // The leader signs first (it needs no message round trip).
-        if let Some(pos) = pool.iter().position(|s| *s == me) {
-            pool.remove(pos);
-            pool.insert(0, me);
-        }
+        // The leader signs first (it needs no message round trip), then the
+        // members after it in index order, wrapping: with the rotating leader
+        // every member signs regularly.
+        let n = self.committee.n() as u32;
+        pool.sort_by_key(|s| (u32::from(*s) + n - u32::from(me)) % n);
         if number >= ATTEMPTS || pool.len() < t {
             l.attempt = None;
             self.rs.gave_up = true;
@@ -1265,9 +1281,30 @@ impl<C: SibylSuite> Node<C> {
         });
         self.stats.attempts_started += 1;
         let round = self.round;
+        let own = signers.contains(&me).then(|| {
+            (
+                SigningRecord {
+                    round,
+                    digest: l.digest,
+                },
+                package_for_self(&l.attempt),
+                package_hash,
+            )
+        });
         let msg = self.sign_msg(round, Payload::Proposal(proposal));
         let twin = twin.map(|p| self.sign_msg(round, Payload::Proposal(p)));
+        // The leader built the proposal itself: it signs without decoding and
+        // re-checking its own message.
+        if let Some((record, Some(package), package_hash)) = own {
+            if self.rs.first_proposal.is_none() {
+                self.rs.first_proposal = Some((record.digest, msg.bytes.clone()));
+            }
+            self.prepare_signing(record, number, package, package_hash);
+        }
         for (i, s) in signers.iter().enumerate() {
+            if *s == me {
+                continue;
+            }
             match &twin {
                 Some(twin) if i % 2 == 1 => self.send(*s, twin.bytes.clone()),
                 Some(twin) if i == 0 => {

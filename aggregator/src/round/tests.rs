@@ -605,3 +605,38 @@ proptest! {
         prop_assert!(SignedMessage::decode(&b, &h.committee).is_err());
     }
 }
+
+#[test]
+fn two_observations_for_one_round_are_verifiable_evidence() {
+    let mut h = harness::<Ed>(4, 1);
+    let first = sends(&h.handle(2, T0, observations(100, T0)));
+    // The same member, restarted without its observation record, observes again.
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let dealer = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
+    let id = Identifier::<Ed>::try_from(2u16).unwrap();
+    let keys = NodeKeys {
+        identity_seed: h.seeds[1],
+        key_package: dealer.key_packages[&id].clone(),
+        public_key_package: dealer.public_key_package.clone(),
+    };
+    let mut again = Node::new(h.committee.clone(), 2, keys, Restore::default()).unwrap();
+    let second = sends(&again.handle(T0 + 1, observations(101, T0 + 1), &mut rng));
+    let mut out = h.handle(1, T0, Input::Tick);
+    for (_, bytes) in first.into_iter().chain(second) {
+        out.extend(h.handle(1, T0 + 2, Input::Message { from: 2, bytes }));
+    }
+    let ev = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Blame(e) => Some(e.clone()),
+            _ => None,
+        })
+        .expect("conflicting observations are blamed");
+    assert_eq!(ev.kind(), "conflicting_observations");
+    let pubkeys = h.nodes[0].public_key_package().clone();
+    assert_eq!(ev.verify::<Ed>(&h.committee, &pubkeys), Ok(2));
+    // Serialized evidence (as the daemon would store or publish it) still verifies.
+    let json = serde_json::to_string(&ev).unwrap();
+    let back: Evidence = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.verify::<Ed>(&h.committee, &pubkeys), Ok(2));
+}

@@ -105,6 +105,10 @@ fn bench(c: &mut Criterion) {
         let params = DemoParams {
             keep_inputs: false,
             near_liquidation_ppm: near,
+            options_ppm: std::env::var("SIBYL_BENCH_OPTIONS_PPM")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100_000),
             ..DemoParams::default()
         };
         let rss0 = rss_bytes();
@@ -168,6 +172,18 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function("revalue_all", |b| b.iter(|| black_box(e.revalue_all())));
         g.finish();
+        // Criterion picks few iterations on big books: add a fixed run of
+        // ticks so the percentiles rest on enough samples.
+        let extra = std::env::var("SIBYL_BENCH_TICKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300usize);
+        for _ in 0..extra {
+            let (d, cpu, l, ex) = ticker.tick(&mut e);
+            samples.push((d, ex));
+            cpu_samples.push(cpu);
+            liquidations += l;
+        }
         samples.sort();
         cpu_samples.sort();
         let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();

@@ -25,6 +25,8 @@ pub struct DemoParams {
     pub prices: Vec<(String, i128)>,
     /// Share of accounts opened near their initial requirement (ppm).
     pub near_liquidation_ppm: u32,
+    /// Share of accounts that also trade options (ppm).
+    pub options_ppm: u32,
     /// Keep the accepted inputs in `DemoBook::inputs` (off for benchmarks).
     pub keep_inputs: bool,
 }
@@ -40,6 +42,7 @@ impl Default for DemoParams {
                 ("SOL-USD".into(), 150 * PRICE_SCALE),
             ],
             near_liquidation_ppm: 80_000,
+            options_ppm: 100_000,
             keep_inputs: true,
         }
     }
@@ -323,7 +326,7 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
         }
         let near = rng.chance(p.near_liquidation_ppm);
         let n_pos = rng.range(1, 5) as usize;
-        let holds_options = rng.chance(100_000);
+        let holds_options = rng.chance(p.options_ppm);
         for k in 0..n_pos {
             let market = if holds_options && k > 0 {
                 options[rng.range(0, 4) as usize]

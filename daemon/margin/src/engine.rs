@@ -873,19 +873,35 @@ impl Engine {
         let mut count = 0i128;
         for (m, p) in &positions {
             let (ms, mark) = self.mark_of(m)?;
+            // k bounds |d(equity - maintenance)/d price| per unit of size (ppm).
             let k = if h.portfolio {
-                let grid_move = self
-                    .s
-                    .feeds
-                    .get(&ms.config.feed)
-                    .map(|f| f.config.grid.max_move_ppm())
-                    .unwrap_or(PPM);
-                PPM + mul_div_ceil(
-                    i128::from(self.s.risk.portfolio_initial_ratio_ppm),
-                    2 * PPM + grid_move,
-                    PPM,
-                    "sensitivity",
-                )?
+                let fc = self.s.feeds.get(&ms.config.feed).map(|f| &f.config);
+                let grid_move = fc.map_or(PPM, |c| c.grid.max_move_ppm());
+                match &ms.config.kind {
+                    MarketKind::Option {
+                        expiry_ms, model, ..
+                    } => {
+                        // |delta| <= D = e^(max(0, -r, -q) T). Deltas of one
+                        // option have one sign, so a scenario loss moves by
+                        // |delta(p) - (1+m) delta((1+m)p)| <= D (1 + m).
+                        let rate = fc.map_or(0, |c| c.rate_ppm);
+                        let carry = match model {
+                            PricingModel::BlackScholes { carry_yield_ppm } => *carry_yield_ppm,
+                            PricingModel::Black76 => 0,
+                        };
+                        let neg = (-rate).max(-carry).max(0) as f64 / 1e6;
+                        let years = expiry_ms.saturating_sub(self.s.now_ms) as f64 / YEAR_MS;
+                        let d = crate::detmath::exp(neg * years) * 1e6;
+                        let d_ppm = if d.is_finite() && d < 1e15 {
+                            d.ceil() as i128 + 1
+                        } else {
+                            i128::MAX / 4
+                        };
+                        mul_div_ceil(d_ppm, 2 * PPM + grid_move, PPM, "sensitivity")?
+                    }
+                    // Equity moves by 1, each scenario loss by |m|.
+                    _ => PPM + grid_move,
+                }
             } else {
                 // d(rate(n) n)/dn = base + 2 growth n / 1M <= 2 cap, for
                 // every notional inside the band (at most 1.5 n today).
@@ -897,7 +913,7 @@ impl Engine {
                     1_000_000 * crate::fixed::MONEY_SCALE,
                     "sensitivity",
                 )?;
-                PPM + (2 * max_rate_ppm(c)).min(i128::from(c.initial_ppm) + grow)
+                PPM + (2 * max_rate_ppm(c)).min(i128::from(c.maintenance_ppm) + grow)
             };
             let s = mul_div_ceil(p.size.abs(), k, PPM, "sensitivity")?;
             let e = sens.entry(ms.config.feed.clone()).or_insert(0);
@@ -932,8 +948,7 @@ impl Engine {
         let dist = h.equity.saturating_sub(h.maintenance).abs();
         // Options decay between price ticks. Reserve twice the current theta
         // over a horizon in which it eats at most half the distance (between
-        // one recheck period and MAX_RECHECK_MS), and recheck at its end; the
-        // recheck times are aligned to the period and spread across units.
+        // one recheck period and MAX_RECHECK_MS), and recheck at its end.
         let period = self.s.risk.option_recheck_ms.max(1);
         let (recheck, reserve) = if theta_money > 0 {
             let horizon = mul_div_floor(
@@ -944,9 +959,10 @@ impl Engine {
             )?
             .clamp(i128::from(period), i128::from(MAX_RECHECK_MS.max(period)));
             let horizon = u64::try_from(horizon).unwrap_or(period);
-            let at = (self.s.now_ms.saturating_add(horizon) / period)
-                .saturating_add(1)
-                .saturating_mul(period);
+            // Not aligned to a grid: units that were examined together
+            // spread their rechecks instead of all coming due on one tick.
+            // (Snapshots carry the index, so a restore keeps these times.)
+            let at = self.s.now_ms.saturating_add(horizon);
             let span = i128::from(at.saturating_sub(self.s.now_ms));
             (
                 Some(at),

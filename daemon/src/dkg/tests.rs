@@ -261,3 +261,28 @@ fn messages_round_trip_and_garbage_is_refused() {
     }
     assert!(DkgMessage::decode(b"hello").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_member_times_out_naming_it() {
+    let (keys, members) = committee(3);
+    let mut tasks = Vec::new();
+    for me in 0..2 {
+        let cfg = net_config(&keys, &members, me);
+        let mut p = params(&keys, &members, me, 2);
+        p.timeout = Duration::from_secs(2);
+        tasks.push(tokio::spawn(async move {
+            let mut net = Net::new(cfg).expect("net");
+            run_dkg(&mut net, p, &[Suite::Ed25519], |_| {}).await
+        }));
+    }
+    for t in tasks {
+        let err = t.await.expect("task").expect_err("member 3 never came");
+        match err {
+            DkgError::Timeout { phase, missing } => {
+                assert_eq!(phase, Phase::Connect);
+                assert_eq!(missing, vec![3]);
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+    }
+}

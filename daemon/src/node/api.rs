@@ -1,14 +1,17 @@
 //! Serving the HTTP API next to the round driver.
 //!
-//! `GET /v1/node/status` (this member's driver and protocol counters, and
-//! recent round latencies) is the node's own route; the rest of the API
-//! comes from the `api` module when it is built in. Until then a minimal
-//! read-only set is served: `/healthz`, `/v1/reports/latest`,
-//! `/v1/reports/{round}`.
+//! The API itself is [`crate::api`]; the node hands it the store's readers,
+//! the stream of stored reports, a committee status it refreshes twice a
+//! second, and its metrics registry. The node adds one route of its own,
+//! `GET /v1/node/status`: this member's driver and protocol counters and its
+//! recent round latencies (what `sibyl devnet` and `sibyl bench` read).
 
 use super::{NodeStatus, StatusHandle, percentiles, status_snapshot};
+use crate::api::{
+    ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus,
+};
 use crate::config::Config;
-use crate::store::{Readers, Store};
+use crate::store::{Readers, RetentionPolicy, Store};
 use anyhow::{Context, Result};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,7 +21,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use sibyl_aggregator::SignedReport;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 #[derive(Clone)]
 struct NodeApi {
@@ -81,31 +84,107 @@ async fn report(State(api): State<NodeApi>, Path(round): Path<String>) -> Respon
     }
 }
 
-/// The node's routes (minimal API included).
+/// The node's own routes.
 pub fn router(status: StatusHandle, readers: Readers) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/v1/node/status", get(node_status))
-        .route("/v1/reports/{round}", get(report))
+        .route("/v1/node/reports/{round}", get(report))
         .with_state(NodeApi { status, readers })
+}
+
+/// The committee status the API serves at `/v1/committee`.
+fn committee_status(config: &Config, status: &NodeStatus) -> CommitteeStatus {
+    let c = &config.committee;
+    CommitteeStatus {
+        threshold: c.threshold,
+        self_index: status.member,
+        current_round: status.round,
+        last_signed_round: status.last_report_round,
+        recent_round_latency_ms: status
+            .latencies_us
+            .iter()
+            .rev()
+            .take(32)
+            .rev()
+            .map(|us| us / 1000)
+            .collect(),
+        members: c
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                index: m.index,
+                peer_id: m.peer_id.to_base58(),
+                connected: m.index == status.member || status.connected.contains(&m.index),
+                ..MemberStatus::default()
+            })
+            .collect(),
+        updated_at_ms: crate::store::now_ms(),
+    }
 }
 
 /// Binds the API's listener (if enabled) and serves it in a task.
 pub async fn serve_if_enabled(
     config: &Config,
     store: Store,
-    _reports: broadcast::Sender<Arc<SignedReport>>,
+    reports: broadcast::Sender<Arc<SignedReport>>,
     status: StatusHandle,
-    _registry: prometheus_client::registry::Registry,
+    registry: prometheus_client::registry::Registry,
 ) -> Result<()> {
     if !config.node.api.enabled {
         return Ok(());
     }
+    let admin_token = config.admin_token()?;
+    let feeds = config
+        .committee
+        .feeds
+        .iter()
+        .map(|f| {
+            (
+                f.id.clone(),
+                FeedInfo {
+                    decimals: f.decimals,
+                },
+            )
+        })
+        .collect();
+    let (committee_tx, committee_rx) =
+        watch::channel(committee_status(config, &status_snapshot(&status)));
+    {
+        let config = config.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                if committee_tx
+                    .send(committee_status(&config, &status_snapshot(&status)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    let state = ApiState::new(ApiParts {
+        readers: store.readers.clone(),
+        writer: Some(store.writer.clone()),
+        reports,
+        committee: committee_rx,
+        registry,
+        config: ApiConfig {
+            admin_token,
+            feeds,
+            limits: ApiLimits::default(),
+            retention: RetentionPolicy::default(),
+        },
+    });
     let addr = config.api_listen();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the API; choose another `api.listen` or stop the process using it"))?;
-    let app = router(status, store.readers.clone());
+    let app = crate::api::router(state)
+        .merge(router(status, store.readers.clone()))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tracing::info!(%addr, "API listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -200,6 +200,10 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     round_entered: BTreeMap<Round, Instant>,
     /// Newest report round known stored (or received) here.
     stored_through: Option<Round>,
+    /// Where catch-up resumes: the newest round stored at start (or after the
+    /// last page received) until a peer says there is no more. Live reports
+    /// advance `stored_through` but must not hide the gap before them.
+    catchup_cursor: Option<Round>,
     last_catchup: Option<Instant>,
     replies_tx: mpsc::Sender<(u16, Vec<u8>)>,
     replies_rx: mpsc::Receiver<(u16, Vec<u8>)>,
@@ -236,6 +240,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             stats: DriverStats::default(),
             round_entered: BTreeMap::new(),
             stored_through: last_report_round,
+            catchup_cursor: Some(last_report_round.unwrap_or(0)),
             last_catchup: None,
             replies_tx,
             replies_rx,
@@ -464,8 +469,13 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                             self.sink.push(r);
                         }
                     }
-                    if more && let Some(after) = newest {
-                        self.send_catchup(from, after);
+                    match (more, newest) {
+                        (true, Some(after)) => {
+                            self.catchup_cursor = Some(after);
+                            self.send_catchup(from, after);
+                        }
+                        // The peer has nothing more: caught up.
+                        _ => self.catchup_cursor = None,
                     }
                 }
                 Err(e) => {
@@ -514,9 +524,13 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 .copied()
                 .or(Some(((u64::from(me)) % n + 1) as u16))
         });
+        let after = match self.catchup_cursor {
+            Some(c) => c,
+            None => self.stored_through.unwrap_or(0),
+        };
         if let Some(to) = target.filter(|&t| t != me) {
             self.last_catchup = Some(Instant::now());
-            self.send_catchup(to, self.stored_through.unwrap_or(0));
+            self.send_catchup(to, after);
         }
     }
 
