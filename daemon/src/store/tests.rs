@@ -297,10 +297,16 @@ fn corrupt_sibyl_database_is_refused_without_overwriting() {
             .writer
             .write_blocking(|db| db.record_signing(1, &[1; 32], 5))
             .expect("record");
+        // Fold the WAL into the file now, so the writer's final checkpoint on
+        // shutdown has nothing left to write over the bytes we damage below.
+        store
+            .writer
+            .write_blocking(|db| db.checkpoint())
+            .expect("checkpoint");
     }
     // Wait for the writer thread to let go, then trash the middle of the file
     // (keeping the header valid so SQLite gets as far as reading pages).
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     let mut bytes = std::fs::read(&path).expect("read");
     assert!(bytes.len() > 4096);
     for b in bytes.iter_mut().skip(100) {
