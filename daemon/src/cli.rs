@@ -34,6 +34,8 @@ pub enum Command {
     /// Run the deterministic committee simulator over many seeds; the last
     /// line of output is a JSON summary. Exits non-zero on a safety violation.
     Simulate(crate::cmd_simulate::SimulateArgs),
+    /// Re-run the margin engine's stored inputs and compare with its stored events.
+    Replay(crate::replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,5 +63,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Dkg(args) => crate::dkg::command(args),
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
         Command::Simulate(args) => crate::cmd_simulate::run(args),
+        Command::Replay(args) => crate::replay::run(args),
     }
 }

@@ -273,6 +273,17 @@ where
 
     let (reports_tx, _) = broadcast::channel::<Arc<SignedReport>>(256);
     let sink = ReportSink::start(store.writer.clone(), reports_tx.clone());
+    // The margin engine consumes the verified reports the sink broadcasts
+    // (always on; it starts with an empty book unless the store has inputs).
+    // Held until the driver stops: dropping the handle stops the service.
+    let _margin = crate::margin_svc::start(
+        &store,
+        committee.feeds.clone(),
+        reports_tx.subscribe(),
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot start the margin engine")?;
     let driver = Driver::new(
         DriverParts {
             node,

@@ -330,6 +330,41 @@ impl Db {
         Ok(())
     }
 
+    /// Append one accepted margin-engine input (JSON, at `input_seq` in the
+    /// `margin_commands` table, which holds every input: prices and commands)
+    /// and the events it produced (`(seq, kind, JSON)`), in one transaction.
+    /// Sequence numbers are the engine's own, so a gap or a repeat is refused
+    /// by the primary key instead of silently stored.
+    pub fn append_margin_step(
+        &mut self,
+        input_seq: u64,
+        at_ms: u64,
+        input: &str,
+        round: Option<Round>,
+        events: &[(u64, String, String)],
+    ) -> Result<(), StoreError> {
+        let round = round.map(|r| i64_of(r, "round")).transpose()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached(
+            "INSERT INTO margin_commands (seq, received_ms, body) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![
+            i64_of(input_seq, "seq")?,
+            i64_of(at_ms, "timestamp")?,
+            input
+        ])?;
+        for (seq, kind, body) in events {
+            tx.prepare_cached(
+                "INSERT INTO margin_events (seq, round, kind, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![i64_of(*seq, "seq")?, round, kind, body])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Delete up to `limit` points older than `before_ms`; returns how many.
     pub fn prune_points(&mut self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let n = self
@@ -643,6 +678,91 @@ impl Db {
             .conn
             .query_row("SELECT count(*) FROM points", [], |r| r.get(0))?;
         u64_of(n, "count")
+    }
+
+    /// Every stored margin input `(seq, JSON)`, oldest first.
+    pub fn margin_inputs(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, body FROM margin_commands ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body) = row?;
+            out.push((u64_of(seq, "seq")?, body));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` margin events with seq >= `from`, oldest first.
+    pub fn margin_events_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<MarginEventRow>, StoreError> {
+        self.margin_events_query(
+            "SELECT seq, round, kind, body FROM margin_events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            from,
+            limit,
+        )
+    }
+
+    /// Up to `limit` most recent margin events of `kind`, newest first.
+    pub fn margin_events_of_kind(
+        &self,
+        kind: &str,
+        limit: usize,
+    ) -> Result<Vec<MarginEventRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, round, kind, body FROM margin_events WHERE kind = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![kind, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, round, kind, body) = row?;
+            out.push(MarginEventRow {
+                seq: u64_of(seq, "seq")?,
+                round: round.map(|r| u64_of(r, "round")).transpose()?,
+                kind,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    fn margin_events_query(
+        &self,
+        sql: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<MarginEventRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![i64_of(from, "seq")?, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, round, kind, body) = row?;
+            out.push(MarginEventRow {
+                seq: u64_of(seq, "seq")?,
+                round: round.map(|r| u64_of(r, "round")).transpose()?,
+                kind,
+                body,
+            });
+        }
+        Ok(out)
     }
 
     /// Margin events with seq > `after`, oldest first.

@@ -1,0 +1,249 @@
+//! The margin service: one task owning the [`Engine`], fed by verified signed
+//! reports and admin commands, persisting every accepted input and every
+//! event through the store writer.
+//!
+//! ```text
+//!  reports_tx (verified SignedReports) ─┐
+//!  admin commands (mpsc + oneshot) ─────┤─► Engine ─► store: margin_commands (inputs)
+//!                                       │               margin_events  (events)
+//!  API reads ◄── Arc<Mutex<Engine>> ◄───┘
+//! ```
+//!
+//! The `margin_commands` table holds every accepted input (prices and
+//! commands) as `Input` JSON with the engine's input sequence; the
+//! `margin_events` table holds every `EventRecord` with the engine's event
+//! seq. Both are gapless, so `sibyl replay` can re-run them.
+
+use crate::config::FeedParams;
+use crate::store::{Store, StoreError, StoreHandle};
+use sibyl_aggregator::SignedReport;
+use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// Why the service refused or failed a step.
+#[derive(Debug, thiserror::Error)]
+pub enum MarginError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("margin store: {0}")]
+    Store(#[from] StoreError),
+    #[error("stored margin input {seq} is not valid JSON for an engine input: {error}")]
+    BadStoredInput { seq: u64, error: String },
+    #[error("stored margin input {seq} was refused by the engine on restore: {error}")]
+    RestoreRefused { seq: u64, error: EngineError },
+    #[error("cannot encode margin data as JSON: {0}")]
+    Encode(String),
+    #[error("the margin service has stopped")]
+    Stopped,
+}
+
+/// Converts a verified report's leaves into the engine's price input, with
+/// each feed's decimals from the committee file. Leaves of feeds the
+/// committee does not list are skipped (a verified report never has them).
+pub fn price_report(report: &SignedReport, feeds: &[FeedParams]) -> PriceReport {
+    let decimals: BTreeMap<&str, u8> = feeds.iter().map(|f| (f.id.as_str(), f.decimals)).collect();
+    PriceReport {
+        round: report.header.round,
+        timestamp_ms: report.header.timestamp_ms,
+        prices: report
+            .leaves
+            .iter()
+            .filter_map(|l| {
+                let d = *decimals.get(l.feed_id.as_str())?;
+                Some(PriceInput {
+                    feed: l.feed_id.as_str().to_string(),
+                    price: l.price,
+                    decimals: d,
+                    confidence: l.confidence,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The kind of an event (its serde variant name), for the `kind` column.
+pub fn event_kind(ev: &EventRecord) -> Result<(String, String), MarginError> {
+    let v = serde_json::to_value(&ev.event).map_err(|e| MarginError::Encode(e.to_string()))?;
+    let kind = match &v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let body = serde_json::to_string(ev).map_err(|e| MarginError::Encode(e.to_string()))?;
+    Ok((kind, body))
+}
+
+/// The engine plus its input counter, shared with the API for reads.
+pub struct MarginState {
+    pub engine: Engine,
+    /// Sequence number the next accepted input gets.
+    pub next_input: u64,
+}
+
+/// Cloneable handle: reads through the shared state, writes through the task.
+#[derive(Clone)]
+pub struct MarginHandle {
+    state: Arc<Mutex<MarginState>>,
+    commands: mpsc::Sender<CommandMsg>,
+}
+
+impl MarginHandle {
+    /// Lock the engine for a read.
+    pub fn read(&self) -> MutexGuard<'_, MarginState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply an admin command; returns its events, or the engine's refusal.
+    pub async fn command(&self, command: Command) -> Result<Vec<EventRecord>, MarginError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send((command, tx))
+            .await
+            .map_err(|_| MarginError::Stopped)?;
+        rx.await.map_err(|_| MarginError::Stopped)?
+    }
+}
+
+/// Rebuild the engine from the stored inputs (in order).
+pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
+    let mut engine = Engine::default();
+    for (seq, body) in inputs {
+        let input: Input = serde_json::from_str(body).map_err(|e| MarginError::BadStoredInput {
+            seq: *seq,
+            error: e.to_string(),
+        })?;
+        engine
+            .apply(&input)
+            .map_err(|error| MarginError::RestoreRefused { seq: *seq, error })?;
+    }
+    Ok(MarginState {
+        engine,
+        next_input: inputs.len() as u64,
+    })
+}
+
+/// Apply one input; if accepted, persist it and its events. The engine is
+/// only changed when it accepts; a store failure after that is returned (and
+/// logged by the caller) — the stored log then ends before this input.
+async fn step(
+    state: &Arc<Mutex<MarginState>>,
+    writer: &StoreHandle,
+    input: Input,
+    round: Option<u64>,
+) -> Result<Vec<EventRecord>, MarginError> {
+    let at_ms = match &input {
+        Input::Prices(r) => r.timestamp_ms,
+        Input::Command { at_ms, .. } => *at_ms,
+    };
+    let body = serde_json::to_string(&input).map_err(|e| MarginError::Encode(e.to_string()))?;
+    let (seq, events) = {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let events = st.engine.apply(&input)?;
+        let seq = st.next_input;
+        st.next_input += 1;
+        (seq, events)
+    };
+    let rows = events
+        .iter()
+        .map(|e| event_kind(e).map(|(k, b)| (e.seq, k, b)))
+        .collect::<Result<Vec<_>, _>>()?;
+    writer
+        .write(move |db| db.append_margin_step(seq, at_ms, &body, round, &rows))
+        .await?;
+    Ok(events)
+}
+
+/// Seed inputs (e.g. the devnet demo book) into an engine that has none yet,
+/// storing each. Returns how many were stored.
+pub async fn seed(handle: &MarginHandle, writer: &StoreHandle, inputs: Vec<Input>) -> u64 {
+    let mut n = 0;
+    for input in inputs {
+        match step(&handle.state, writer, input, None).await {
+            Ok(_) => n += 1,
+            Err(e) => tracing::warn!(error = %e, "margin seed input refused"),
+        }
+    }
+    n
+}
+
+/// Start the service: restore from the store, then run until `shutdown`.
+pub async fn start(
+    store: &Store,
+    feeds: Vec<FeedParams>,
+    reports: broadcast::Receiver<Arc<SignedReport>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<MarginHandle, MarginError> {
+    let inputs = store.writer.write(|db| db.margin_inputs()).await?;
+    let restored = inputs.len();
+    let state = Arc::new(Mutex::new(restore(&inputs)?));
+    if restored > 0 {
+        tracing::info!(inputs = restored, "margin engine restored from the store");
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let handle = MarginHandle {
+        state: state.clone(),
+        commands: tx,
+    };
+    tokio::spawn(run(
+        state,
+        store.writer.clone(),
+        feeds,
+        reports,
+        rx,
+        shutdown,
+    ));
+    Ok(handle)
+}
+
+/// An admin command with its reply channel.
+type CommandMsg = (
+    Command,
+    oneshot::Sender<Result<Vec<EventRecord>, MarginError>>,
+);
+type CommandRx = mpsc::Receiver<CommandMsg>;
+
+async fn run(
+    state: Arc<Mutex<MarginState>>,
+    writer: StoreHandle,
+    feeds: Vec<FeedParams>,
+    mut reports: broadcast::Receiver<Arc<SignedReport>>,
+    mut commands: CommandRx,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+            r = reports.recv() => match r {
+                Ok(report) => {
+                    let input = Input::Prices(price_report(&report, &feeds));
+                    if let Err(e) = step(&state, &writer, input, Some(report.header.round)).await {
+                        tracing::warn!(round = report.header.round, error = %e, "margin engine refused a report");
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "margin engine lagged behind the reports");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            c = commands.recv() => match c {
+                Some((command, reply)) => {
+                    let now = crate::store::now_ms();
+                    let at_ms = {
+                        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        now.max(st.engine.now_ms())
+                    };
+                    let res = step(&state, &writer, Input::Command { at_ms, command }, None).await;
+                    let _ = reply.send(res);
+                }
+                None => break,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

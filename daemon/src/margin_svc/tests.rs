@@ -1,0 +1,196 @@
+use super::*;
+use crate::replay::replay_db;
+use sibyl_aggregator::report::{ConfigDigest, FeedId, ReportHeader, ReportLeaf};
+use sibyl_margin::{DemoParams, demo_book_with};
+use std::time::Duration;
+
+const SCALE: i128 = 100_000_000;
+
+fn feeds() -> Vec<FeedParams> {
+    ["BTC-USD", "ETH-USD", "SOL-USD"]
+        .iter()
+        .map(|id| FeedParams {
+            id: FeedId::new(*id).expect("feed id"),
+            decimals: 8,
+            deviation_bps: 10,
+            heartbeat_ms: 60_000,
+        })
+        .collect()
+}
+
+fn report(round: u64, ts: u64, prices: &[(&str, i128)]) -> Arc<SignedReport> {
+    let mut leaves: Vec<ReportLeaf> = prices
+        .iter()
+        .map(|(f, p)| ReportLeaf {
+            feed_id: FeedId::new(*f).expect("feed id"),
+            price: *p,
+            confidence: 1_000,
+            num_observations: 3,
+            observed_at_ms: ts,
+        })
+        .collect();
+    leaves.sort_by(|a, b| a.feed_id.as_str().cmp(b.feed_id.as_str()));
+    Arc::new(SignedReport {
+        header: ReportHeader {
+            version: 1,
+            config_digest: ConfigDigest([0; 32]),
+            round,
+            timestamp_ms: ts,
+            merkle_root: [0; 32],
+        },
+        leaves,
+        signatures: Default::default(),
+    })
+}
+
+async fn wait_inputs(h: &MarginHandle, n: u64) {
+    for _ in 0..500 {
+        if h.read().next_input >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the margin service did not reach {n} inputs");
+}
+
+/// Runs the service over a seeded demo book, a falling market and a few
+/// admin commands; returns the database path (service stopped).
+async fn build_db(dir: &std::path::Path) -> (std::path::PathBuf, i128, u64) {
+    let path = dir.join("node.sqlite");
+    let store = Store::open(&path).expect("store");
+    let (reports_tx, reports_rx) = broadcast::channel(16);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let h = start(&store, feeds(), reports_rx, shutdown_rx)
+        .await
+        .expect("start");
+    let params = DemoParams::default();
+    let book = demo_book_with(7, 40, &params);
+    let seeded = seed(&h, &store.writer, book.inputs.clone()).await;
+    assert_eq!(seeded, book.inputs.len() as u64);
+    // The service's engine is the demo book's engine, input for input.
+    assert_eq!(
+        h.read().engine.insurance_fund(),
+        book.engine.insurance_fund()
+    );
+    let mut n = seeded;
+    let (mut btc, mut eth, mut sol) = (60_000 * SCALE, 3_000 * SCALE, 150 * SCALE);
+    for i in 1..=12u64 {
+        btc = btc * 97 / 100;
+        eth = eth * 97 / 100;
+        sol = sol * 96 / 100;
+        let r = report(
+            params.round + i,
+            params.start_ms + i * 60_000,
+            &[
+                ("BTC-USD", btc),
+                ("ETH-USD", eth),
+                ("SOL-USD", sol),
+                ("XAU-USD", 1),
+            ],
+        );
+        reports_tx.send(r).expect("send");
+        n += 1;
+        wait_inputs(&h, n).await;
+    }
+    // An admin command is stored as an input too; a refusal is typed and
+    // stores nothing.
+    h.command(Command::CreateAccount { account: 9_999 })
+        .await
+        .expect("create");
+    let refused = h
+        .command(Command::Withdraw {
+            account: 123_456,
+            asset: "USD".into(),
+            amount: 1,
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(MarginError::Engine(_))),
+        "{refused:?}"
+    );
+    n += 1;
+    assert_eq!(h.read().next_input, n);
+    let fund = h.read().engine.insurance_fund();
+    let _ = shutdown_tx.send(true);
+    drop(store);
+    (path, fund, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_db_replays_identically_and_tampering_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, fund, n_inputs) = build_db(dir.path()).await;
+
+    let r = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || replay_db(&path)
+    })
+    .await
+    .expect("join")
+    .expect("replay");
+    assert_eq!(r.divergence, None);
+    assert_eq!(r.inputs, n_inputs);
+    assert!(
+        r.events > r.inputs,
+        "events {} inputs {}",
+        r.events,
+        r.inputs
+    );
+    assert_eq!(r.insurance_fund, fund);
+
+    // Events are stored gapless from 0.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let (min, max, count): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT MIN(seq), MAX(seq), COUNT(*) FROM margin_events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("query");
+    assert_eq!((min, max + 1), (0, count));
+
+    // Tamper with one event: the replay names it as the first divergence.
+    let target = count / 2;
+    let body: String = conn
+        .query_row(
+            "SELECT body FROM margin_events WHERE seq = ?1",
+            [target],
+            |r| r.get(0),
+        )
+        .expect("body");
+    let mut v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["at_ms"] = serde_json::json!(v["at_ms"].as_u64().expect("at_ms") + 1);
+    conn.execute(
+        "UPDATE margin_events SET body = ?1 WHERE seq = ?2",
+        rusqlite::params![v.to_string(), target],
+    )
+    .expect("tamper");
+    drop(conn);
+    let r = replay_db(&path).expect("replay");
+    let d = r.divergence.expect("divergence");
+    assert_eq!(d.seq, target as u64);
+    assert_eq!(d.expected.as_deref(), Some(v.to_string().as_str()));
+    assert_eq!(d.got.as_deref(), Some(body.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_restores_its_engine_from_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, fund, n_inputs) = build_db(dir.path()).await;
+    let store = Store::open(&path).expect("store");
+    let (_tx, rx) = broadcast::channel(4);
+    let (_stx, srx) = watch::channel(false);
+    let h = start(&store, feeds(), rx, srx).await.expect("restart");
+    assert_eq!(h.read().next_input, n_inputs);
+    assert_eq!(h.read().engine.insurance_fund(), fund);
+    // The next command continues the sequences without a gap.
+    h.command(Command::CreateAccount { account: 10_000 })
+        .await
+        .expect("create");
+    let r = tokio::task::spawn_blocking(move || replay_db(&path))
+        .await
+        .expect("join")
+        .expect("replay");
+    assert_eq!(r.divergence, None);
+    assert_eq!(r.inputs, n_inputs + 1);
+}
