@@ -2,8 +2,21 @@
 //! randomness: time and randomness come in as arguments, so every rule of the
 //! protocol can be tested in microseconds and replayed exactly.
 
+pub mod codec;
+pub mod digest;
+pub mod encoding;
+pub mod fuzz;
+pub mod merkle;
 pub mod report;
+pub mod testkit;
+pub mod verify;
 
+pub mod aggregate;
+pub mod evidence;
+pub mod round;
+pub mod sim;
+
+pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
 pub use report::{
     ConfigDigest, FeedId, FeedIdError, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round,
     SignatureBytes, SignedReport, Suite, TimestampMs,

@@ -1,1 +1,28 @@
-//! The margin and liquidation engine: prices and commands in, events out.
+//! Sibyl's embedded margin and liquidation engine: pure and deterministic.
+//!
+//! ```text
+//!  verified signed reports ──► apply_prices ──┐
+//!  admin commands ───────────► apply_command ─┤──► Engine ──► Vec<EventRecord>
+//!                                             │    (BTreeMaps, i128 money)
+//!  snapshot / restore ◄───────────────────────┘
+//! ```
+//!
+//! No I/O, no clock, no tokio: time arrives with the inputs. Money, prices
+//! and sizes are fixed-point `i128` with checked arithmetic (`fixed`); floats
+//! appear only inside option pricing (`options`, on the deterministic
+//! `detmath` functions) and are rounded at the boundary, so every node and
+//! every replay computes the same events byte for byte.
+
+pub mod demo;
+pub mod detmath;
+pub mod engine;
+pub mod error;
+pub mod fixed;
+mod index;
+pub mod options;
+pub mod types;
+
+pub use demo::{DemoBook, DemoParams, demo_book, demo_book_with};
+pub use engine::{Engine, Greeks, Snapshot};
+pub use error::EngineError;
+pub use types::*;

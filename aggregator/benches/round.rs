@@ -1,0 +1,193 @@
+//! Per-round CPU of the round state machine, for the leader and for one
+//! member (a signer), measured as the time spent inside `Node::handle` for
+//! one complete round: observation, proposal (leader) or proposal check and
+//! share (member), aggregation (leader) and report verification (member).
+//!
+//! Groups:
+//! - `round/<suite>/n<N>/{leader,member}`: n = 4, 7, 16, 31 (t = 2f + 1), 10 feeds.
+//! - `round_1000_feeds/<suite>/n<N>/{leader,member}`: a 1,000-feed report.
+//!
+//! Run: `cargo bench -p sibyl-aggregator --bench round -- --warm-up-time 1 --measurement-time 3`
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use sibyl_aggregator::round::committee::{Committee, FeedConfig, Member, Timeouts};
+use sibyl_aggregator::round::{
+    Action, Input, LocalObservation, Node, NodeKeys, Restore, SibylSuite,
+};
+use sibyl_aggregator::testkit::{DealerKeys, dealer_keys};
+use sibyl_aggregator::{ConfigDigest, FeedId};
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T0: u64 = 1_760_000_000_000;
+
+struct Setup<C: SibylSuite> {
+    committee: Arc<Committee>,
+    seeds: Vec<[u8; 32]>,
+    dealer: DealerKeys<C>,
+    feeds: Vec<FeedId>,
+}
+
+fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
+    let f = (n - 1) / 3;
+    let t = 2 * f + 1;
+    let mut rng = ChaCha20Rng::seed_from_u64(u64::from(n));
+    let seeds: Vec<[u8; 32]> = (0..n).map(|i| [i as u8 + 1; 32]).collect();
+    let members = seeds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Member {
+            index: i as u16 + 1,
+            identity: SigningKey::from_bytes(s).verifying_key().to_bytes(),
+        })
+        .collect();
+    let ids: Vec<FeedId> = (0..feeds)
+        .map(|i| FeedId::new(format!("FEED-{i:05}")).expect("valid feed id"))
+        .collect();
+    let configs = ids
+        .iter()
+        .map(|id| FeedConfig {
+            id: id.clone(),
+            decimals: 8,
+            deviation_bps: 50,
+            heartbeat_ms: 60_000,
+        })
+        .collect();
+    let committee = Arc::new(
+        Committee::new(
+            members,
+            t,
+            f,
+            0,
+            configs,
+            ConfigDigest([1; 32]),
+            Timeouts::default(),
+        )
+        .expect("valid committee"),
+    );
+    let dealer = dealer_keys::<C, _>(n, t, &mut rng).expect("dealer keys");
+    Setup {
+        committee,
+        seeds,
+        dealer,
+        feeds: ids,
+    }
+}
+
+/// Runs round 0 with instant delivery; returns the time spent in `handle` by
+/// member 1 (the leader of round 0) and member 2 (a signer).
+fn one_round<C: SibylSuite>(s: &Setup<C>, rng: &mut ChaCha20Rng) -> (Duration, Duration) {
+    let n = s.committee.n() as u16;
+    let mut nodes: Vec<Node<C>> = (1..=n)
+        .map(|i| {
+            let id = frost_core::Identifier::<C>::try_from(i).expect("identifier");
+            let keys = NodeKeys {
+                identity_seed: s.seeds[usize::from(i) - 1],
+                key_package: s.dealer.key_packages[&id].clone(),
+                public_key_package: s.dealer.public_key_package.clone(),
+            };
+            Node::new(s.committee.clone(), i, keys, Restore::default()).expect("node")
+        })
+        .collect();
+    let mut spent = vec![Duration::ZERO; usize::from(n) + 1];
+    let mut queue: VecDeque<(u16, Input)> = VecDeque::new();
+    for i in 1..=n {
+        let obs = s
+            .feeds
+            .iter()
+            .enumerate()
+            .map(|(k, feed)| LocalObservation {
+                feed: feed.clone(),
+                price: 6_000_000_000_000 + k as i128 * 1_000 + i128::from(i),
+                spread: 1_000,
+                observed_at_ms: T0,
+            })
+            .collect();
+        queue.push_back((i, Input::Observations(obs)));
+    }
+    let mut signed = false;
+    while let Some((to, input)) = queue.pop_front() {
+        let node = &mut nodes[usize::from(to) - 1];
+        let started = Instant::now();
+        let actions = node.handle(T0 + 1, input, rng);
+        spent[usize::from(to)] += started.elapsed();
+        for a in actions {
+            match a {
+                Action::Send { to: dst, bytes } => {
+                    queue.push_back((dst, Input::Message { from: to, bytes }))
+                }
+                Action::Broadcast { bytes } => {
+                    for dst in (1..=n).filter(|d| *d != to) {
+                        queue.push_back((
+                            dst,
+                            Input::Message {
+                                from: to,
+                                bytes: bytes.clone(),
+                            },
+                        ));
+                    }
+                }
+                Action::RecordSigning { round, digest } => {
+                    queue.push_front((to, Input::SigningRecorded { round, digest }))
+                }
+                Action::SignedReport(r) => {
+                    signed = true;
+                    black_box(r);
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(signed, "the round must sign a report");
+    (spent[1], spent[2])
+}
+
+fn bench_suite<C: SibylSuite>(
+    c: &mut Criterion,
+    name: &str,
+    group: &str,
+    sizes: &[u16],
+    feeds: usize,
+) {
+    let mut g = c.benchmark_group(format!("{group}/{name}"));
+    g.sample_size(10);
+    for &n in sizes {
+        let s = setup::<C>(n, feeds);
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        for (role, pick) in [("leader", 0usize), ("member", 1usize)] {
+            g.bench_with_input(BenchmarkId::new(role, format!("n{n}")), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let (leader, member) = one_round(&s, &mut rng);
+                        total += if pick == 0 { leader } else { member };
+                    }
+                    total
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn rounds(c: &mut Criterion) {
+    let sizes = [4, 7, 16, 31];
+    bench_suite::<frost_ed25519::Ed25519Sha512>(c, "ed25519", "round", &sizes, 10);
+    bench_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(c, "secp256k1-evm", "round", &sizes, 10);
+    bench_suite::<frost_ed25519::Ed25519Sha512>(c, "ed25519", "round_1000_feeds", &[7], 1000);
+    bench_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(
+        c,
+        "secp256k1-evm",
+        "round_1000_feeds",
+        &[7],
+        1000,
+    );
+}
+
+criterion_group!(benches, rounds);
+criterion_main!(benches);

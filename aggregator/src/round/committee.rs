@@ -1,0 +1,217 @@
+//! The committee as the round protocol sees it: members (FROST identifier and
+//! identity key), fault bound, threshold, leader schedule, feeds and timeouts.
+
+use crate::report::{ConfigDigest, FeedId, Round};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One committee member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// FROST identifier, `1..=n`, equal to the member's position + 1.
+    pub index: u16,
+    /// Ed25519 identity public key (the libp2p identity key's public half).
+    #[serde(with = "hex::serde")]
+    pub identity: [u8; 32],
+}
+
+/// A feed and its update policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedConfig {
+    pub id: FeedId,
+    /// Fixed-point decimals of the feed's prices.
+    pub decimals: u8,
+    /// Update when the aggregate moved at least this many basis points.
+    pub deviation_bps: u32,
+    /// Update at least this often.
+    pub heartbeat_ms: u64,
+}
+
+/// Protocol timeouts, all in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// How long the leader waits for more than `2f + 1` observations before
+    /// it proposes with what it has (it proposes at once when all `n` arrived).
+    pub observe_ms: u64,
+    /// How long the leader waits for the signers' shares before it retries
+    /// without the silent ones.
+    pub share_ms: u64,
+    /// Pacemaker: without a signed report by this time after entering a round,
+    /// everyone moves to the next round (and leader).
+    pub round_ms: u64,
+    /// Minimum time between entering consecutive rounds when reports are
+    /// signed quickly (paces the committee).
+    pub round_interval_ms: u64,
+    /// How far a report or observation timestamp may be from a member's clock.
+    pub max_clock_skew_ms: u64,
+    /// Observations older than this (relative to the report timestamp) are
+    /// left out of the aggregate.
+    pub max_observation_age_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            observe_ms: 250,
+            share_ms: 400,
+            round_ms: 2_000,
+            round_interval_ms: 500,
+            max_clock_skew_ms: 2_000,
+            max_observation_age_ms: 5_000,
+        }
+    }
+}
+
+/// Why a committee description is unusable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommitteeError {
+    #[error("committee has {n} members; need n >= 3f + 1 = {need} for f = {f}")]
+    TooSmall { n: usize, f: u16, need: usize },
+    #[error("threshold t = {t} outside f + 1 ..= n - f = {lo}..={hi}; the default is t = 2f + 1")]
+    BadThreshold { t: u16, lo: usize, hi: usize },
+    #[error(
+        "member at position {position} has index {index}; members must be numbered 1..=n in order"
+    )]
+    BadIndex { position: usize, index: u16 },
+    #[error("member {index} has an invalid ed25519 identity key")]
+    BadIdentity { index: u16 },
+    #[error("members {a} and {b} share an identity key")]
+    DuplicateIdentity { a: u16, b: u16 },
+    #[error("committee lists no feeds")]
+    NoFeeds,
+    #[error("feed {0} is listed twice")]
+    DuplicateFeed(FeedId),
+    #[error("committee has more than {max} members", max = super::message::MAX_MEMBERS)]
+    TooManyMembers,
+    #[error("committee has more than {max} feeds", max = super::message::MAX_FEEDS)]
+    TooManyFeeds,
+}
+
+/// The committee: validated, with parsed identity keys.
+#[derive(Clone, Debug)]
+pub struct Committee {
+    members: Vec<Member>,
+    identities: Vec<VerifyingKey>,
+    t: u16,
+    f: u16,
+    leader_seed: u64,
+    feeds: BTreeMap<FeedId, FeedConfig>,
+    config_digest: ConfigDigest,
+    timeouts: Timeouts,
+}
+
+impl Committee {
+    /// Validates and builds a committee. `config_digest` is the hash of the
+    /// committee file (the driver computes it).
+    pub fn new(
+        members: Vec<Member>,
+        t: u16,
+        f: u16,
+        leader_seed: u64,
+        feeds: Vec<FeedConfig>,
+        config_digest: ConfigDigest,
+        timeouts: Timeouts,
+    ) -> Result<Self, CommitteeError> {
+        let n = members.len();
+        if n > super::message::MAX_MEMBERS {
+            return Err(CommitteeError::TooManyMembers);
+        }
+        let need = 3 * usize::from(f) + 1;
+        if n < need {
+            return Err(CommitteeError::TooSmall { n, f, need });
+        }
+        let (lo, hi) = (usize::from(f) + 1, n - usize::from(f));
+        if usize::from(t) < lo || usize::from(t) > hi {
+            return Err(CommitteeError::BadThreshold { t, lo, hi });
+        }
+        let mut identities = Vec::with_capacity(n);
+        let mut seen: BTreeMap<[u8; 32], u16> = BTreeMap::new();
+        for (position, m) in members.iter().enumerate() {
+            if usize::from(m.index) != position + 1 {
+                return Err(CommitteeError::BadIndex {
+                    position,
+                    index: m.index,
+                });
+            }
+            let key = VerifyingKey::from_bytes(&m.identity)
+                .map_err(|_| CommitteeError::BadIdentity { index: m.index })?;
+            if let Some(a) = seen.insert(m.identity, m.index) {
+                return Err(CommitteeError::DuplicateIdentity { a, b: m.index });
+            }
+            identities.push(key);
+        }
+        if feeds.is_empty() {
+            return Err(CommitteeError::NoFeeds);
+        }
+        if feeds.len() > super::message::MAX_FEEDS {
+            return Err(CommitteeError::TooManyFeeds);
+        }
+        let mut map = BTreeMap::new();
+        for feed in feeds {
+            let id = feed.id.clone();
+            if map.insert(id.clone(), feed).is_some() {
+                return Err(CommitteeError::DuplicateFeed(id));
+            }
+        }
+        Ok(Self {
+            members,
+            identities,
+            t,
+            f,
+            leader_seed,
+            feeds: map,
+            config_digest,
+            timeouts,
+        })
+    }
+
+    pub fn n(&self) -> usize {
+        self.members.len()
+    }
+    pub fn t(&self) -> u16 {
+        self.t
+    }
+    pub fn f(&self) -> u16 {
+        self.f
+    }
+    /// `2f + 1`: observations needed per feed, and for a proposal.
+    pub fn quorum(&self) -> usize {
+        2 * usize::from(self.f) + 1
+    }
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+    pub fn feeds(&self) -> &BTreeMap<FeedId, FeedConfig> {
+        &self.feeds
+    }
+    pub fn config_digest(&self) -> &ConfigDigest {
+        &self.config_digest
+    }
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+    pub fn leader_seed(&self) -> u64 {
+        self.leader_seed
+    }
+
+    /// Whether `index` names a member.
+    pub fn is_member(&self, index: u16) -> bool {
+        index >= 1 && usize::from(index) <= self.members.len()
+    }
+
+    /// Identity key of member `index`, if it is one.
+    pub fn identity(&self, index: u16) -> Option<&VerifyingKey> {
+        if !self.is_member(index) {
+            return None;
+        }
+        self.identities.get(usize::from(index) - 1)
+    }
+
+    /// `L(r) = members[(r + seed) mod n]`.
+    pub fn leader(&self, round: Round) -> u16 {
+        let n = self.members.len() as u64;
+        let pos = (round % n + self.leader_seed % n) % n;
+        self.members[pos as usize].index
+    }
+}

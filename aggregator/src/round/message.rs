@@ -1,0 +1,445 @@
+//! Wire messages of the round protocol, in the crate's canonical codec.
+//!
+//! Every message is an envelope signed by the sender's ed25519 identity key:
+//!
+//! ```text
+//! u8 version | bytes32 config digest | u64 round | u16 sender | u8 kind | body | [64] signature
+//! ```
+//!
+//! The signature covers `MESSAGE_DOMAIN || everything before it`. Kinds and
+//! bodies:
+//!
+//! | kind | message | body |
+//! |---|---|---|
+//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128, observed_at u64), seq of FROST commitments (bytes) |
+//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), signing package (bytes) |
+//! | 3 | share (signer -> leader) | attempt u8, report digest bytes32, signing package hash bytes32, share (bytes) |
+//! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, seq of leaves, seq of (suite u8, signature bytes) |
+//!
+//! A leaf is `feed bytes32, price i128, confidence u128, num_observations u16,
+//! observed_at u64`. Sequences are strictly ordered where order matters
+//! (feeds ascending), so every value has exactly one encoding.
+
+use super::committee::Committee;
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::report::{
+    ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, Round, SignatureBytes,
+    SignedReport, Suite, TimestampMs,
+};
+use ed25519_dalek::{Signature, Signer, SigningKey};
+use std::collections::BTreeMap;
+
+/// Domain separator for identity-key signatures over messages.
+pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v1";
+/// Most feeds a message may carry.
+pub const MAX_FEEDS: usize = 10_000;
+/// Most members a committee may have (and observations a proposal may attribute).
+pub const MAX_MEMBERS: usize = 1_024;
+/// Most FROST commitments per observation (signing attempts per round).
+pub const MAX_COMMITMENTS: usize = 4;
+/// Upper bound on any message (a 1,024-member proposal of 10,000 feeds does not fit; real committees are far smaller).
+pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+const MAX_SMALL_BYTES: usize = 256;
+const MAX_OBSERVATION_BYTES: usize = 4 + MAX_FEEDS * 72 + 4 + MAX_COMMITMENTS * 260 + 128;
+const MAX_PACKAGE_BYTES: usize = 1 << 20;
+const LEAF_BYTES: usize = 32 + 16 + 16 + 2 + 8;
+const SIGNATURE_LEN: usize = 64;
+
+/// Message kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Observation = 1,
+    Proposal = 2,
+    Share = 3,
+    Report = 4,
+}
+
+/// One feed in a member's observation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservationEntry {
+    pub feed: FeedId,
+    pub price: i128,
+    pub spread: u128,
+    pub observed_at_ms: TimestampMs,
+}
+
+/// A member's observation for a round, with fresh FROST commitments (one per
+/// signing attempt) for the leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservationMsg {
+    /// Strictly ascending by feed id.
+    pub entries: Vec<ObservationEntry>,
+    /// Serialized `SigningCommitments`, attempt `a` uses element `a`.
+    pub commitments: Vec<Vec<u8>>,
+}
+
+/// The leader's proposal for one signing attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProposalMsg {
+    pub attempt: u8,
+    pub timestamp_ms: TimestampMs,
+    pub merkle_root: [u8; 32],
+    /// Ascending by feed id.
+    pub leaves: Vec<ReportLeaf>,
+    /// The attributed observations: each one a complete signed observation
+    /// message as its sender sent it.
+    pub observations: Vec<Vec<u8>>,
+    /// Serialized FROST `SigningPackage` over the header digest.
+    pub signing_package: Vec<u8>,
+}
+
+/// A signer's signature share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareMsg {
+    pub attempt: u8,
+    pub report_digest: [u8; 32],
+    /// Keccak-256 of the signing package the share answers, so the share
+    /// message alone pins down what was signed (used by evidence).
+    pub package_hash: [u8; 32],
+    pub share: Vec<u8>,
+}
+
+/// The payload of a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    Observation(ObservationMsg),
+    Proposal(ProposalMsg),
+    Share(ShareMsg),
+    Report(SignedReport),
+}
+
+impl Payload {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Payload::Observation(_) => Kind::Observation,
+            Payload::Proposal(_) => Kind::Proposal,
+            Payload::Share(_) => Kind::Share,
+            Payload::Report(_) => Kind::Report,
+        }
+    }
+}
+
+/// A decoded, signature-checked message together with its exact bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedMessage {
+    pub round: Round,
+    pub sender: u16,
+    pub payload: Payload,
+    /// The complete encoding including the signature.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a message was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("malformed message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("message of {len} bytes exceeds the maximum {max}")]
+    Oversized { len: usize, max: usize },
+    #[error("message claims sender {0}, which is not a committee member")]
+    UnknownSender(u16),
+    #[error("message from member {sender} carries an invalid identity signature")]
+    BadSignature { sender: u16 },
+}
+
+impl SignedMessage {
+    /// Encodes and signs a message.
+    pub fn sign(
+        identity: &SigningKey,
+        config_digest: &ConfigDigest,
+        round: Round,
+        sender: u16,
+        payload: Payload,
+    ) -> Self {
+        let mut w = Writer::new();
+        w.u8(PROTOCOL_VERSION)
+            .bytes32(&config_digest.0)
+            .u64(round)
+            .u16(sender)
+            .u8(payload.kind() as u8);
+        encode_payload(&mut w, &payload);
+        let mut bytes = w.finish();
+        let sig = identity.sign(&signing_input(&bytes));
+        bytes.extend_from_slice(&sig.to_bytes());
+        Self {
+            round,
+            sender,
+            payload,
+            bytes,
+        }
+    }
+
+    /// Decodes a message and checks version, config digest, sender and
+    /// identity signature. Never panics.
+    pub fn decode(bytes: &[u8], committee: &Committee) -> Result<Self, MessageError> {
+        let (msg, signed_len) = decode_unverified(bytes, committee.config_digest())?;
+        let key = committee
+            .identity(msg.sender)
+            .ok_or(MessageError::UnknownSender(msg.sender))?;
+        let sig_bytes: [u8; SIGNATURE_LEN] = bytes[signed_len..]
+            .try_into()
+            .map_err(|_| MessageError::BadSignature { sender: msg.sender })?;
+        let sig = Signature::from_bytes(&sig_bytes);
+        key.verify_strict(&signing_input(&bytes[..signed_len]), &sig)
+            .map_err(|_| MessageError::BadSignature { sender: msg.sender })?;
+        Ok(msg)
+    }
+
+    /// The signed content without the signature: two messages with different
+    /// content are a conflict, whatever their signatures.
+    pub fn content(&self) -> &[u8] {
+        &self.bytes[..self.bytes.len().saturating_sub(SIGNATURE_LEN)]
+    }
+}
+
+fn signing_input(body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(MESSAGE_DOMAIN.len() + body.len());
+    v.extend_from_slice(MESSAGE_DOMAIN);
+    v.extend_from_slice(body);
+    v
+}
+
+/// Decodes everything except the signature check; returns the message and
+/// the length of the signed part.
+pub fn decode_unverified(
+    bytes: &[u8],
+    config_digest: &ConfigDigest,
+) -> Result<(SignedMessage, usize), MessageError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(MessageError::Oversized {
+            len: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    let mut r = Reader::new(bytes);
+    r.version(PROTOCOL_VERSION)?;
+    r.config_digest(Some(config_digest))?;
+    let round = r.u64("round")?;
+    let sender = r.u16("sender")?;
+    let at = r.position();
+    let kind = r.u8("message kind")?;
+    let payload = match kind {
+        1 => Payload::Observation(decode_observation(&mut r)?),
+        2 => Payload::Proposal(decode_proposal(&mut r)?),
+        3 => Payload::Share(decode_share(&mut r)?),
+        4 => Payload::Report(decode_report_body(&mut r, *config_digest, round)?),
+        tag => {
+            return Err(DecodeError::InvalidTag {
+                what: "message kind",
+                at,
+                tag: tag.into(),
+            }
+            .into());
+        }
+    };
+    let signed_len = r.position();
+    r.raw("signature", SIGNATURE_LEN)?;
+    r.finish("message")?;
+    Ok((
+        SignedMessage {
+            round,
+            sender,
+            payload,
+            bytes: bytes.to_vec(),
+        },
+        signed_len,
+    ))
+}
+
+fn encode_payload(w: &mut Writer, payload: &Payload) {
+    match payload {
+        Payload::Observation(o) => {
+            w.seq(o.entries.iter(), |w, e| {
+                w.bytes32(&e.feed.to_bytes32())
+                    .i128(e.price)
+                    .u128(e.spread)
+                    .u64(e.observed_at_ms);
+            });
+            w.seq(o.commitments.iter(), |w, c| {
+                w.bytes(c);
+            });
+        }
+        Payload::Proposal(p) => {
+            w.u8(p.attempt).u64(p.timestamp_ms).bytes32(&p.merkle_root);
+            encode_leaves(w, &p.leaves);
+            w.seq(p.observations.iter(), |w, o| {
+                w.bytes(o);
+            });
+            w.bytes(&p.signing_package);
+        }
+        Payload::Share(s) => {
+            w.u8(s.attempt)
+                .bytes32(&s.report_digest)
+                .bytes32(&s.package_hash)
+                .bytes(&s.share);
+        }
+        Payload::Report(report) => {
+            w.u64(report.header.timestamp_ms)
+                .bytes32(&report.header.merkle_root);
+            encode_leaves(w, &report.leaves);
+            w.seq(report.signatures.iter(), |w, (suite, sig)| {
+                w.u8(suite_tag(*suite)).bytes(&sig.0);
+            });
+        }
+    }
+}
+
+/// Canonical encoding of a list of leaves (used for byte-for-byte comparison).
+pub fn encode_leaves(w: &mut Writer, leaves: &[ReportLeaf]) {
+    w.seq(leaves.iter(), |w, l| {
+        w.bytes32(&l.feed_id.to_bytes32())
+            .i128(l.price)
+            .u128(l.confidence)
+            .u16(l.num_observations)
+            .u64(l.observed_at_ms);
+    });
+}
+
+fn suite_tag(suite: Suite) -> u8 {
+    match suite {
+        Suite::Ed25519 => 1,
+        Suite::Secp256k1Evm => 2,
+    }
+}
+
+fn feed(r: &mut Reader<'_>, what: &'static str) -> Result<FeedId, DecodeError> {
+    let at = r.position();
+    let raw = r.bytes32(what)?;
+    FeedId::from_bytes32(&raw).map_err(|e| DecodeError::Invalid {
+        what,
+        at,
+        reason: e.to_string(),
+    })
+}
+
+/// Checks strict ascending order of feed ids (one canonical encoding, no duplicates).
+fn check_ascending<'a>(
+    ids: impl Iterator<Item = &'a FeedId>,
+    what: &'static str,
+    at: usize,
+) -> Result<(), DecodeError> {
+    let mut prev: Option<&FeedId> = None;
+    for id in ids {
+        if prev.is_some_and(|p| p >= id) {
+            return Err(DecodeError::NonCanonical { what, at });
+        }
+        prev = Some(id);
+    }
+    Ok(())
+}
+
+fn decode_observation(r: &mut Reader<'_>) -> Result<ObservationMsg, DecodeError> {
+    let at = r.position();
+    let entries = r.seq("observation entries", MAX_FEEDS, 72, |r| {
+        Ok(ObservationEntry {
+            feed: feed(r, "observation feed id")?,
+            price: r.i128("observation price")?,
+            spread: r.u128("observation spread")?,
+            observed_at_ms: r.u64("observation timestamp")?,
+        })
+    })?;
+    check_ascending(entries.iter().map(|e| &e.feed), "observation entries", at)?;
+    let commitments = r.seq("commitments", MAX_COMMITMENTS, 4, |r| {
+        Ok(r.bytes("commitment", MAX_SMALL_BYTES)?.to_vec())
+    })?;
+    Ok(ObservationMsg {
+        entries,
+        commitments,
+    })
+}
+
+fn decode_leaves(r: &mut Reader<'_>) -> Result<Vec<ReportLeaf>, DecodeError> {
+    let at = r.position();
+    let leaves = r.seq("leaves", MAX_FEEDS, LEAF_BYTES, |r| {
+        Ok(ReportLeaf {
+            feed_id: feed(r, "leaf feed id")?,
+            price: r.i128("leaf price")?,
+            confidence: r.u128("leaf confidence")?,
+            num_observations: r.u16("leaf observation count")?,
+            observed_at_ms: r.u64("leaf timestamp")?,
+        })
+    })?;
+    check_ascending(leaves.iter().map(|l| &l.feed_id), "leaves", at)?;
+    Ok(leaves)
+}
+
+fn decode_proposal(r: &mut Reader<'_>) -> Result<ProposalMsg, DecodeError> {
+    let attempt = r.u8("attempt")?;
+    let timestamp_ms = r.u64("proposal timestamp")?;
+    let merkle_root = r.bytes32("merkle root")?;
+    let leaves = decode_leaves(r)?;
+    let observations = r.seq("attributed observations", MAX_MEMBERS, 4, |r| {
+        Ok(r.bytes("attributed observation", MAX_OBSERVATION_BYTES)?
+            .to_vec())
+    })?;
+    let signing_package = r.bytes("signing package", MAX_PACKAGE_BYTES)?.to_vec();
+    Ok(ProposalMsg {
+        attempt,
+        timestamp_ms,
+        merkle_root,
+        leaves,
+        observations,
+        signing_package,
+    })
+}
+
+fn decode_share(r: &mut Reader<'_>) -> Result<ShareMsg, DecodeError> {
+    Ok(ShareMsg {
+        attempt: r.u8("attempt")?,
+        report_digest: r.bytes32("report digest")?,
+        package_hash: r.bytes32("signing package hash")?,
+        share: r.bytes("signature share", MAX_SMALL_BYTES)?.to_vec(),
+    })
+}
+
+fn decode_report_body(
+    r: &mut Reader<'_>,
+    config_digest: ConfigDigest,
+    round: Round,
+) -> Result<SignedReport, DecodeError> {
+    let timestamp_ms = r.u64("report timestamp")?;
+    let merkle_root = r.bytes32("merkle root")?;
+    let leaves = decode_leaves(r)?;
+    let at = r.position();
+    let sigs = r.seq("signatures", 2, 5, |r| {
+        let at = r.position();
+        let suite = match r.u8("suite")? {
+            1 => Suite::Ed25519,
+            2 => Suite::Secp256k1Evm,
+            tag => {
+                return Err(DecodeError::InvalidTag {
+                    what: "suite",
+                    at,
+                    tag: tag.into(),
+                });
+            }
+        };
+        Ok((
+            suite,
+            SignatureBytes(r.bytes("signature", MAX_SMALL_BYTES)?.to_vec()),
+        ))
+    })?;
+    let mut signatures = BTreeMap::new();
+    let mut prev = None;
+    for (suite, sig) in sigs {
+        if prev.is_some_and(|p| p >= suite) {
+            return Err(DecodeError::NonCanonical {
+                what: "signatures",
+                at,
+            });
+        }
+        prev = Some(suite);
+        signatures.insert(suite, sig);
+    }
+    Ok(SignedReport {
+        header: ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest,
+            round,
+            timestamp_ms,
+            merkle_root,
+        },
+        leaves,
+        signatures,
+    })
+}

@@ -1,0 +1,1464 @@
+//! The round protocol of DESIGN.md as a sans-io state machine.
+//!
+//! ```text
+//!            Input                                   Action
+//!  Tick ─────────────┐                        ┌──► Send{to, bytes} / Broadcast{bytes}
+//!  Observations ─────┤      ┌────────────┐    ├──► RecordSigning{round, digest}
+//!  Message{bytes} ───┼────► │  Node<C>   │ ───┼──► SignedReport(report)
+//!  SigningRecorded ──┤      └────────────┘    ├──► Blame(evidence)
+//!  SigningRefused ───┘   (no clock, no I/O:   ├──► RoundEntered{round, leader}
+//!                         now_ms and rng in)  └──► WakeAt(ms)
+//! ```
+//!
+//! One round `r` (leader `L(r)`):
+//!
+//! 1. On entering `r` every member signs its latest local observation together
+//!    with [`ATTEMPTS`] fresh FROST commitments and sends it to `L(r)`.
+//! 2. `L(r)` waits for all `n` observations, or for `2f + 1` and
+//!    `observe_ms`; aggregates every feed with `2f + 1` observations, keeps
+//!    the feeds due for update (all of them when none is due), builds the
+//!    report and sends `t` signers a proposal: leaves, timestamp, Merkle root,
+//!    the attributed signed observations and the FROST signing package.
+//! 3. A signer checks every observation signature, recomputes the leaves and
+//!    root from them byte for byte, checks the timestamp against its clock,
+//!    its own commitment and its signing ledger, then asks the driver to
+//!    record the signing durably ([`Action::RecordSigning`]); only after
+//!    [`Input::SigningRecorded`] does it use (and erase) the nonce.
+//! 4. `L(r)` aggregates with FROST cheater detection. Invalid shares yield
+//!    [`Evidence`] and a retry with another signer set (using the next
+//!    commitment of each signer); silent signers are dropped after
+//!    `share_ms`. The signed report is broadcast; members verify it against
+//!    the group key before accepting it.
+//! 5. Pacemaker: no accepted report `round_ms` after entering `r`: move to
+//!    `r + 1`. A node that sees `f + 1` members at a higher round jumps there.
+//!
+//! The driver contract: feed every input with the current time; perform
+//! every action in order; after each call keep only the latest
+//! [`Action::WakeAt`] and call [`Node::handle`] with [`Input::Tick`] then.
+
+pub mod committee;
+pub mod message;
+#[cfg(test)]
+mod tests;
+
+use crate::aggregate::{FeedObservation, LastValue, aggregate_feed, update_due};
+use crate::evidence::Evidence;
+use crate::report::{
+    FeedId, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
+    Suite, TimestampMs,
+};
+use committee::Committee;
+use ed25519_dalek::SigningKey;
+use frost_core::{
+    self as frost, Ciphersuite, Identifier, SigningPackage,
+    keys::{KeyPackage, PublicKeyPackage},
+    round1::{SigningCommitments, SigningNonces},
+    round2::SignatureShare,
+};
+use message::{
+    Kind, ObservationEntry, ObservationMsg, Payload, ProposalMsg, ShareMsg, SignedMessage,
+};
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Signing attempts per round: each observation carries this many FROST
+/// commitments, attempt `a` uses commitment `a`, so a retry never reuses a nonce.
+pub const ATTEMPTS: usize = 3;
+/// How many rounds ahead messages are buffered.
+const FUTURE_WINDOW: Round = 3;
+
+/// A FROST ciphersuite Sibyl signs with.
+pub trait SibylSuite: Ciphersuite {
+    const SUITE: Suite;
+}
+
+impl SibylSuite for frost_ed25519::Ed25519Sha512 {
+    const SUITE: Suite = Suite::Ed25519;
+}
+
+impl SibylSuite for frost_secp256k1_evm::Secp256K1Keccak256 {
+    const SUITE: Suite = Suite::Secp256k1Evm;
+}
+
+/// A member's own current observation of one feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalObservation {
+    pub feed: FeedId,
+    pub price: Price,
+    pub spread: u128,
+    pub observed_at_ms: TimestampMs,
+}
+
+/// What the driver feeds the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Time passed (a requested [`Action::WakeAt`] fired, or any periodic tick).
+    Tick,
+    /// The node's latest observations; replaces earlier ones per feed.
+    Observations(Vec<LocalObservation>),
+    /// A message from a peer. The sender is authenticated by the signature
+    /// inside the message; `from` (the transport peer) is for diagnostics only,
+    /// since signed reports may be relayed.
+    Message { from: u16, bytes: Vec<u8> },
+    /// The driver durably recorded "signed `digest` in `round`" in the signing
+    /// ledger (exclusive transaction) after an [`Action::RecordSigning`].
+    SigningRecorded { round: Round, digest: [u8; 32] },
+    /// The ledger refused (it holds a different digest for this round or a later round).
+    SigningRefused { round: Round, digest: [u8; 32] },
+}
+
+/// What the node asks the driver to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send to one member (FROST identifier `to`).
+    Send { to: u16, bytes: Vec<u8> },
+    /// Send to every other member.
+    Broadcast { bytes: Vec<u8> },
+    /// Persist "signing `digest` in `round`" in an exclusive transaction, then
+    /// answer with [`Input::SigningRecorded`] (or [`Input::SigningRefused`]).
+    RecordSigning { round: Round, digest: [u8; 32] },
+    /// A report verified against the group key: store and use it.
+    SignedReport(SignedReport),
+    /// Provable misbehaviour; anyone can check it with [`Evidence::verify`].
+    Blame(Evidence),
+    /// Persist "observed in `round`" (e.g. next to the signing ledger) before
+    /// performing the following actions; restore it as
+    /// [`Restore::last_observed_round`]. A restarted member thus never sends
+    /// a second, different observation for a round (which would be evidence
+    /// against it).
+    RecordObservation { round: Round },
+    /// The node entered a round.
+    RoundEntered { round: Round, leader: u16 },
+    /// Call `handle(Tick)` at this time; supersedes earlier `WakeAt`s.
+    WakeAt(TimestampMs),
+}
+
+/// The signing ledger's last entry: the node signed `digest` in `round`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningRecord {
+    pub round: Round,
+    #[serde(with = "hex::serde")]
+    pub digest: [u8; 32],
+}
+
+/// Durable state a node restarts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restore {
+    /// Round to start in (e.g. last stored report's round + 1); the node
+    /// starts at least at the ledger's round.
+    pub round: Round,
+    /// The signing ledger's last entry.
+    pub last_signed: Option<SigningRecord>,
+    /// Last signed value per feed (for the update decision).
+    pub last_values: BTreeMap<FeedId, LastValue>,
+    /// Round of the newest stored signed report.
+    pub last_report_round: Option<Round>,
+    /// The latest [`Action::RecordObservation`] persisted.
+    pub last_observed_round: Option<Round>,
+}
+
+/// A member's keys.
+#[derive(Clone, Debug)]
+pub struct NodeKeys<C: Ciphersuite> {
+    /// The 32-byte ed25519 secret seed of the member's identity (libp2p) key.
+    pub identity_seed: [u8; 32],
+    pub key_package: KeyPackage<C>,
+    pub public_key_package: PublicKeyPackage<C>,
+}
+
+/// Why a node cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("member {0} is not in the committee")]
+    NotAMember(u16),
+    #[error(
+        "the identity key does not match member {0}'s identity in the committee file; check the key file"
+    )]
+    IdentityMismatch(u16),
+    #[error("the FROST key package belongs to another identifier than member {0}")]
+    KeyPackageMismatch(u16),
+    #[error("the FROST key package's group key differs from the public key package's")]
+    GroupKeyMismatch,
+    #[error("FROST error: {0}")]
+    Frost(String),
+}
+
+/// Counters a driver can export as metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub rounds_entered: u64,
+    pub rounds_timed_out: u64,
+    pub round_jumps: u64,
+    pub reports_accepted: u64,
+    pub reports_led: u64,
+    /// Messages for rounds already left (replays, late arrivals).
+    pub stale_messages: u64,
+    pub invalid_messages: u64,
+    pub buffered_messages: u64,
+    pub proposals_refused: u64,
+    pub nonce_reuse_refused: u64,
+    pub shares_sent: u64,
+    pub invalid_shares: u64,
+    pub signing_refused_by_ledger: u64,
+    pub evidence: u64,
+    pub attempts_started: u64,
+}
+
+/// Simulator-only misbehaviour switches.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Faults {
+    /// As leader, send two different proposals to different signers.
+    pub equivocate: bool,
+    /// As signer, return signature shares that do not verify.
+    pub invalid_shares: bool,
+}
+
+struct Attributed<C: Ciphersuite> {
+    msg: ObservationMsg,
+    bytes: Vec<u8>,
+    commitments: Vec<SigningCommitments<C>>,
+}
+
+struct Attempt<C: Ciphersuite> {
+    number: usize,
+    signers: BTreeSet<u16>,
+    package: SigningPackage<C>,
+    package_bytes: Vec<u8>,
+    package_hash: [u8; 32],
+    shares: BTreeMap<u16, (SignatureShare<C>, Vec<u8>)>,
+    deadline: TimestampMs,
+}
+
+struct LeaderRound<C: Ciphersuite> {
+    header: ReportHeader,
+    digest: [u8; 32],
+    leaves: Vec<ReportLeaf>,
+    observations: Vec<Vec<u8>>,
+    signers_pool: BTreeMap<u16, Vec<SigningCommitments<C>>>,
+    excluded: BTreeSet<u16>,
+    attempt: Option<Attempt<C>>,
+}
+
+struct PendingSign<C: Ciphersuite> {
+    record: SigningRecord,
+    attempt: usize,
+    package: SigningPackage<C>,
+    package_hash: [u8; 32],
+}
+
+struct RoundState<C: Ciphersuite> {
+    entered_at: TimestampMs,
+    deadline: TimestampMs,
+    reported: bool,
+    // member side
+    observation_sent: bool,
+    nonces: Vec<Option<SigningNonces<C>>>,
+    commitments: Vec<SigningCommitments<C>>,
+    first_proposal: Option<([u8; 32], Vec<u8>)>,
+    equivocation_blamed: bool,
+    // leader side
+    observations: BTreeMap<u16, Attributed<C>>,
+    conflict_blamed: BTreeSet<u16>,
+    leader: Option<LeaderRound<C>>,
+    gave_up: bool,
+}
+
+impl<C: Ciphersuite> RoundState<C> {
+    fn new(entered_at: TimestampMs, deadline: TimestampMs) -> Self {
+        Self {
+            entered_at,
+            deadline,
+            reported: false,
+            observation_sent: false,
+            nonces: Vec::new(),
+            commitments: Vec::new(),
+            first_proposal: None,
+            equivocation_blamed: false,
+            observations: BTreeMap::new(),
+            conflict_blamed: BTreeSet::new(),
+            leader: None,
+            gave_up: false,
+        }
+    }
+}
+
+/// One committee member's round state machine. See the module docs.
+pub struct Node<C: SibylSuite> {
+    committee: Arc<Committee>,
+    me: u16,
+    identity: SigningKey,
+    key_package: KeyPackage<C>,
+    pubkeys: PublicKeyPackage<C>,
+    ids: BTreeMap<Identifier<C>, u16>,
+    ledger: Option<SigningRecord>,
+    pending: Option<PendingSign<C>>,
+    last_values: BTreeMap<FeedId, LastValue>,
+    last_report_round: Option<Round>,
+    last_observed_round: Option<Round>,
+    local: BTreeMap<FeedId, LocalObservation>,
+    start_round: Round,
+    started: bool,
+    round: Round,
+    rs: RoundState<C>,
+    next_round_at: Option<(Round, TimestampMs)>,
+    future: BTreeMap<Round, Vec<SignedMessage>>,
+    highest_seen: BTreeMap<u16, Round>,
+    stats: Stats,
+    pub(crate) faults: Faults,
+    out: Vec<Action>,
+    loopback: VecDeque<Vec<u8>>,
+    last_wake: Option<TimestampMs>,
+}
+
+/// Result of checking a proposal as a signer.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("proposal timestamp too far from the local clock")]
+    Timestamp,
+    #[error("attributed observation invalid")]
+    Observation,
+    #[error("too few attributed observations")]
+    TooFew,
+    #[error("recomputed report differs")]
+    Mismatch,
+    #[error("signing package invalid")]
+    Package,
+}
+
+fn keccak(bytes: &[u8]) -> [u8; 32] {
+    use sha3::{Digest, Keccak256};
+    Keccak256::digest(bytes).into()
+}
+
+/// Merkle root over the leaves (ascending feed order).
+pub fn merkle_root(leaves: &[ReportLeaf]) -> [u8; 32] {
+    crate::merkle::root(leaves)
+}
+
+/// The digest FROST signs: the domain-separated hash of the header.
+pub fn report_digest(header: &ReportHeader) -> [u8; 32] {
+    crate::digest::header_digest(header)
+}
+
+/// Computes the leaves of `feeds` from attributed observations at report time
+/// `timestamp_ms`. Observations of a feed outside the freshness window are left
+/// out; a feed with fewer than `2f + 1` remaining observations yields `None`.
+/// Deterministic: leader and members call exactly this.
+pub fn compute_leaves<'a>(
+    committee: &Committee,
+    timestamp_ms: TimestampMs,
+    attributed: &[&ObservationMsg],
+    feeds: impl Iterator<Item = &'a FeedId>,
+) -> Vec<(FeedId, Option<ReportLeaf>)> {
+    let t = committee.timeouts();
+    let newest = timestamp_ms.saturating_add(t.max_clock_skew_ms);
+    let oldest = timestamp_ms.saturating_sub(t.max_observation_age_ms);
+    let mut gathered: Vec<FeedObservation> = Vec::with_capacity(attributed.len());
+    feeds
+        .map(|feed| {
+            gathered.clear();
+            for obs in attributed {
+                if let Ok(i) = obs.entries.binary_search_by(|e| e.feed.cmp(feed)) {
+                    let e = &obs.entries[i];
+                    if e.observed_at_ms >= oldest && e.observed_at_ms <= newest {
+                        gathered.push(FeedObservation {
+                            price: e.price,
+                            spread: e.spread,
+                            observed_at_ms: e.observed_at_ms,
+                        });
+                    }
+                }
+            }
+            let leaf = aggregate_feed(feed, &gathered, committee.quorum()).ok();
+            (feed.clone(), leaf)
+        })
+        .collect()
+}
+
+fn package_for_self<C: Ciphersuite>(attempt: &Option<Attempt<C>>) -> Option<SigningPackage<C>> {
+    attempt.as_ref().map(|a| a.package.clone())
+}
+
+fn leaves_bytes(leaves: &[ReportLeaf]) -> Vec<u8> {
+    let mut w = crate::codec::Writer::with_capacity(leaves.len() * 74 + 4);
+    message::encode_leaves(&mut w, leaves);
+    w.finish()
+}
+
+impl<C: SibylSuite> Node<C> {
+    /// Builds member `me`'s state machine. `restore` comes from the node's
+    /// store: the signing ledger and the last signed values.
+    pub fn new(
+        committee: Arc<Committee>,
+        me: u16,
+        keys: NodeKeys<C>,
+        restore: Restore,
+    ) -> Result<Self, NodeError> {
+        let member_key = committee.identity(me).ok_or(NodeError::NotAMember(me))?;
+        let identity = SigningKey::from_bytes(&keys.identity_seed);
+        if identity.verifying_key() != *member_key {
+            return Err(NodeError::IdentityMismatch(me));
+        }
+        let my_id = Identifier::<C>::try_from(me).map_err(|e| NodeError::Frost(e.to_string()))?;
+        if *keys.key_package.identifier() != my_id {
+            return Err(NodeError::KeyPackageMismatch(me));
+        }
+        if keys.key_package.verifying_key() != keys.public_key_package.verifying_key() {
+            return Err(NodeError::GroupKeyMismatch);
+        }
+        let mut ids = BTreeMap::new();
+        for m in committee.members() {
+            let id =
+                Identifier::<C>::try_from(m.index).map_err(|e| NodeError::Frost(e.to_string()))?;
+            ids.insert(id, m.index);
+        }
+        let start_round = restore
+            .round
+            .max(restore.last_signed.map_or(0, |r| r.round));
+        Ok(Self {
+            committee,
+            me,
+            identity,
+            key_package: keys.key_package,
+            pubkeys: keys.public_key_package,
+            ids,
+            ledger: restore.last_signed,
+            pending: None,
+            last_values: restore.last_values,
+            last_report_round: restore.last_report_round,
+            last_observed_round: restore.last_observed_round,
+            local: BTreeMap::new(),
+            start_round,
+            started: false,
+            round: start_round,
+            rs: RoundState::new(0, 0),
+            next_round_at: None,
+            future: BTreeMap::new(),
+            highest_seen: BTreeMap::new(),
+            stats: Stats::default(),
+            faults: Faults::default(),
+            out: Vec::new(),
+            loopback: VecDeque::new(),
+            last_wake: None,
+        })
+    }
+
+    /// The member's FROST identifier / committee index.
+    pub fn index(&self) -> u16 {
+        self.me
+    }
+    /// The round the node is in.
+    pub fn round(&self) -> Round {
+        self.round
+    }
+    pub fn committee(&self) -> &Arc<Committee> {
+        &self.committee
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// The signing ledger as the node knows it.
+    pub fn last_signed(&self) -> Option<SigningRecord> {
+        self.ledger
+    }
+    /// Last signed value per feed.
+    pub fn last_values(&self) -> &BTreeMap<FeedId, LastValue> {
+        &self.last_values
+    }
+    pub fn public_key_package(&self) -> &PublicKeyPackage<C> {
+        &self.pubkeys
+    }
+
+    /// Feeds one input at time `now_ms`; returns the actions to perform in order.
+    pub fn handle<R: RngCore + CryptoRng>(
+        &mut self,
+        now_ms: TimestampMs,
+        input: Input,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        if !self.started {
+            self.started = true;
+            self.enter_round(now_ms, self.start_round.max(self.round), rng);
+        }
+        match input {
+            Input::Tick => {}
+            Input::Observations(list) => {
+                for o in list {
+                    if self.committee.feeds().contains_key(&o.feed) {
+                        self.local.insert(o.feed.clone(), o);
+                    }
+                }
+                self.send_observation(now_ms, rng);
+            }
+            Input::Message { from: _, bytes } => self.on_bytes(now_ms, &bytes, rng),
+            Input::SigningRecorded { round, digest } => {
+                self.on_recorded(now_ms, SigningRecord { round, digest }, rng)
+            }
+            Input::SigningRefused { round, digest } => {
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.record == SigningRecord { round, digest })
+                {
+                    self.pending = None;
+                }
+                self.stats.signing_refused_by_ledger += 1;
+            }
+        }
+        self.check_timers(now_ms, rng);
+        self.drain_loopback(now_ms, rng);
+        if let Some(at) = self.next_wake(now_ms)
+            && self.last_wake != Some(at)
+        {
+            self.last_wake = Some(at);
+            self.out.push(Action::WakeAt(at));
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn drain_loopback<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, rng: &mut R) {
+        // Messages to self; processing may queue more (bounded by the protocol).
+        let mut budget = 64;
+        while let Some(bytes) = self.loopback.pop_front() {
+            self.on_bytes(now, &bytes, rng);
+            self.check_timers(now, rng);
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    fn next_wake(&self, now: TimestampMs) -> Option<TimestampMs> {
+        let mut times = Vec::new();
+        if let Some((_, at)) = self.next_round_at {
+            times.push(at);
+        }
+        if !self.rs.reported {
+            times.push(self.rs.deadline);
+        }
+        if self.committee.leader(self.round) == self.me && !self.rs.reported {
+            match &self.rs.leader {
+                None => times.push(self.rs.entered_at + self.committee.timeouts().observe_ms),
+                Some(l) => {
+                    if let Some(a) = &l.attempt {
+                        times.push(a.deadline);
+                    }
+                }
+            }
+        }
+        times.into_iter().filter(|&t| t > now).min()
+    }
+
+    fn send(&mut self, to: u16, bytes: Vec<u8>) {
+        if to == self.me {
+            self.loopback.push_back(bytes);
+        } else {
+            self.out.push(Action::Send { to, bytes });
+        }
+    }
+
+    fn sign_msg(&self, round: Round, payload: Payload) -> SignedMessage {
+        SignedMessage::sign(
+            &self.identity,
+            self.committee.config_digest(),
+            round,
+            self.me,
+            payload,
+        )
+    }
+
+    fn blame(&mut self, evidence: Evidence) {
+        self.stats.evidence += 1;
+        self.out.push(Action::Blame(evidence));
+    }
+
+    // ---------------------------------------------------------------- rounds
+
+    fn enter_round<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, round: Round, rng: &mut R) {
+        self.round = round;
+        self.next_round_at = None;
+        self.rs = RoundState::new(now, now + self.committee.timeouts().round_ms);
+        self.stats.rounds_entered += 1;
+        self.out.push(Action::RoundEntered {
+            round,
+            leader: self.committee.leader(round),
+        });
+        // Signing state of older rounds is useless now; its nonces are gone with `rs`.
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.record.round < round)
+        {
+            self.pending = None;
+        }
+        self.send_observation(now, rng);
+        // Drop buffered messages of rounds left behind, replay this round's.
+        let keep = self.future.split_off(&round);
+        self.future = keep;
+        if let Some(msgs) = self.future.remove(&round) {
+            for m in msgs {
+                self.dispatch(now, m, rng);
+                if self.round != round {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn check_timers<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, rng: &mut R) {
+        if let Some((r, at)) = self.next_round_at
+            && now >= at
+        {
+            self.enter_round(now, r, rng);
+        }
+        if self.rs.reported {
+            return;
+        }
+        if self.committee.leader(self.round) == self.me {
+            if self.rs.leader.is_none() {
+                self.try_propose(now, rng);
+            } else if let Some(l) = &self.rs.leader
+                && let Some(a) = &l.attempt
+                && now >= a.deadline
+            {
+                // Drop the silent signers and, so one retry suffices, those
+                // whose shares arrived but do not verify.
+                let mut excluded: Vec<u16> = a
+                    .signers
+                    .iter()
+                    .copied()
+                    .filter(|s| !a.shares.contains_key(s))
+                    .collect();
+                let mut evidence = Vec::new();
+                for (member, (share, bytes)) in &a.shares {
+                    if !self.share_valid(*member, share, &a.package) {
+                        excluded.push(*member);
+                        evidence.push(self.invalid_share_evidence(bytes, &a.package_bytes));
+                    }
+                }
+                let next = a.number + 1;
+                if let Some(l) = &mut self.rs.leader {
+                    l.excluded.extend(excluded);
+                }
+                for ev in evidence {
+                    self.stats.invalid_shares += 1;
+                    self.blame(ev);
+                }
+                self.start_attempt(now, next);
+            }
+        }
+        if now >= self.rs.deadline && !self.rs.reported {
+            self.stats.rounds_timed_out += 1;
+            self.enter_round(now, self.round + 1, rng);
+        }
+    }
+
+    /// Round synchronisation: `f + 1` members (one of them honest) at a higher
+    /// round means the committee moved on.
+    fn note_round<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        sender: u16,
+        round: Round,
+        rng: &mut R,
+    ) {
+        if sender == self.me {
+            return;
+        }
+        let e = self.highest_seen.entry(sender).or_insert(0);
+        *e = (*e).max(round);
+        let mut seen: Vec<Round> = self.highest_seen.values().copied().collect();
+        let f = usize::from(self.committee.f());
+        if seen.len() <= f {
+            return;
+        }
+        seen.sort_unstable_by(|a, b| b.cmp(a));
+        let target = seen[f];
+        let pending_round = self.next_round_at.map_or(self.round, |(r, _)| r);
+        if target > self.round && target > pending_round {
+            self.stats.round_jumps += 1;
+            self.enter_round(now, target, rng);
+        }
+    }
+
+    fn on_bytes<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, bytes: &[u8], rng: &mut R) {
+        let msg = match SignedMessage::decode(bytes, &self.committee) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.invalid_messages += 1;
+                return;
+            }
+        };
+        self.note_round(now, msg.sender, msg.round, rng);
+        self.dispatch(now, msg, rng);
+    }
+
+    fn dispatch<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        msg: SignedMessage,
+        rng: &mut R,
+    ) {
+        if let Payload::Report(_) = msg.payload {
+            self.on_report(now, msg);
+            return;
+        }
+        if msg.round < self.round {
+            self.stats.stale_messages += 1;
+            return;
+        }
+        if msg.round > self.round {
+            if msg.round - self.round > FUTURE_WINDOW {
+                self.stats.stale_messages += 1;
+                return;
+            }
+            let n = self.committee.n();
+            let slot = self.future.entry(msg.round).or_default();
+            if slot.len() < 4 * n {
+                self.stats.buffered_messages += 1;
+                slot.push(msg);
+            }
+            return;
+        }
+        match msg.payload.kind() {
+            Kind::Observation => self.on_observation(now, msg, rng),
+            Kind::Proposal => self.on_proposal(now, msg),
+            Kind::Share => self.on_share(now, msg, rng),
+            Kind::Report => {}
+        }
+    }
+
+    // ---------------------------------------------------------- member side
+
+    fn send_observation<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, rng: &mut R) {
+        if !self.started || self.rs.observation_sent || self.rs.reported {
+            return;
+        }
+        let t = self.committee.timeouts();
+        let entries: Vec<ObservationEntry> = self
+            .local
+            .values()
+            .filter(|o| {
+                o.observed_at_ms <= now.saturating_add(t.max_clock_skew_ms)
+                    && o.observed_at_ms.saturating_add(t.max_observation_age_ms) >= now
+            })
+            .map(|o| ObservationEntry {
+                feed: o.feed.clone(),
+                price: o.price,
+                spread: o.spread,
+                observed_at_ms: o.observed_at_ms,
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        if self.last_observed_round.is_some_and(|r| r >= self.round) {
+            // Observed this round before a restart: a second observation would conflict.
+            self.rs.observation_sent = true;
+            return;
+        }
+        let mut commitments = Vec::with_capacity(ATTEMPTS);
+        let mut commitment_bytes = Vec::with_capacity(ATTEMPTS);
+        let mut nonces = Vec::with_capacity(ATTEMPTS);
+        for _ in 0..ATTEMPTS {
+            let (n, c) = frost::round1::commit(self.key_package.signing_share(), rng);
+            match c.serialize() {
+                Ok(b) => commitment_bytes.push(b),
+                Err(_) => return,
+            }
+            nonces.push(Some(n));
+            commitments.push(c);
+        }
+        self.rs.nonces = nonces;
+        self.rs.commitments = commitments;
+        self.rs.observation_sent = true;
+        self.last_observed_round = Some(self.round);
+        self.out
+            .push(Action::RecordObservation { round: self.round });
+        let msg = self.sign_msg(
+            self.round,
+            Payload::Observation(ObservationMsg {
+                entries,
+                commitments: commitment_bytes,
+            }),
+        );
+        let leader = self.committee.leader(self.round);
+        self.send(leader, msg.bytes);
+    }
+
+    fn on_proposal(&mut self, now: TimestampMs, msg: SignedMessage) {
+        let Payload::Proposal(p) = &msg.payload else {
+            return;
+        };
+        if msg.sender != self.committee.leader(msg.round) {
+            self.stats.invalid_messages += 1;
+            return;
+        }
+        let header = ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest: *self.committee.config_digest(),
+            round: msg.round,
+            timestamp_ms: p.timestamp_ms,
+            merkle_root: p.merkle_root,
+        };
+        let digest = report_digest(&header);
+        match &self.rs.first_proposal {
+            Some((first, first_bytes)) if *first != digest => {
+                if !self.rs.equivocation_blamed {
+                    self.rs.equivocation_blamed = true;
+                    let ev = Evidence::EquivocatingProposals {
+                        first: first_bytes.clone(),
+                        second: msg.bytes.clone(),
+                    };
+                    self.blame(ev);
+                }
+                self.stats.proposals_refused += 1;
+                return;
+            }
+            Some(_) => {}
+            None => self.rs.first_proposal = Some((digest, msg.bytes.clone())),
+        }
+        let package = match self.check_proposal(now, msg.round, p, &header, &digest) {
+            Ok(package) => package,
+            Err(_) => {
+                self.stats.proposals_refused += 1;
+                return;
+            }
+        };
+        let record = SigningRecord {
+            round: msg.round,
+            digest,
+        };
+        let package_hash = keccak(&p.signing_package);
+        self.prepare_signing(record, usize::from(p.attempt), package, package_hash);
+    }
+
+    /// Signs a checked proposal: refuses a used nonce and anything the
+    /// signing ledger forbids, then records (two-phase) and signs.
+    fn prepare_signing(
+        &mut self,
+        record: SigningRecord,
+        attempt: usize,
+        package: SigningPackage<C>,
+        package_hash: [u8; 32],
+    ) {
+        if self.rs.nonces.get(attempt).is_none_or(|n| n.is_none()) {
+            // That commitment was already used (or never ours): never sign twice with a nonce.
+            self.stats.nonce_reuse_refused += 1;
+            return;
+        }
+        if let Some(l) = self.ledger
+            && (l.round > record.round || (l.round == record.round && l.digest != record.digest))
+        {
+            self.stats.proposals_refused += 1;
+            return;
+        }
+        if let Some(p) = &self.pending
+            && p.record != record
+        {
+            self.stats.proposals_refused += 1;
+            return;
+        }
+        let digest = record.digest;
+        let pending = PendingSign {
+            record,
+            attempt,
+            package,
+            package_hash,
+        };
+        if self.ledger == Some(record) {
+            // Already durably recorded (a retry of the same report): sign now.
+            self.sign_share(pending);
+        } else {
+            self.pending = Some(pending);
+            self.out.push(Action::RecordSigning {
+                round: record.round,
+                digest,
+            });
+        }
+    }
+
+    fn check_proposal(
+        &self,
+        now: TimestampMs,
+        round: Round,
+        p: &ProposalMsg,
+        header: &ReportHeader,
+        digest: &[u8; 32],
+    ) -> Result<SigningPackage<C>, Refusal> {
+        let skew = self.committee.timeouts().max_clock_skew_ms;
+        if p.timestamp_ms.abs_diff(now) > skew {
+            return Err(Refusal::Timestamp);
+        }
+        // Attributed observations: signed, this round, distinct ascending senders.
+        let mut attributed: BTreeMap<u16, ObservationMsg> = BTreeMap::new();
+        let mut last_sender = 0u16;
+        for bytes in &p.observations {
+            let m =
+                SignedMessage::decode(bytes, &self.committee).map_err(|_| Refusal::Observation)?;
+            let Payload::Observation(o) = m.payload else {
+                return Err(Refusal::Observation);
+            };
+            if m.round != round || m.sender <= last_sender {
+                return Err(Refusal::Observation);
+            }
+            last_sender = m.sender;
+            attributed.insert(m.sender, o);
+        }
+        if attributed.len() < self.committee.quorum() {
+            return Err(Refusal::TooFew);
+        }
+        if p.leaves.is_empty()
+            || p.leaves
+                .iter()
+                .any(|l| !self.committee.feeds().contains_key(&l.feed_id))
+        {
+            return Err(Refusal::Mismatch);
+        }
+        let obs: Vec<&ObservationMsg> = attributed.values().collect();
+        let computed = compute_leaves(
+            &self.committee,
+            p.timestamp_ms,
+            &obs,
+            p.leaves.iter().map(|l| &l.feed_id),
+        );
+        let mut leaves = Vec::with_capacity(computed.len());
+        for (_, leaf) in computed {
+            leaves.push(leaf.ok_or(Refusal::Mismatch)?);
+        }
+        if leaves_bytes(&leaves) != leaves_bytes(&p.leaves) {
+            return Err(Refusal::Mismatch);
+        }
+        if merkle_root(&leaves) != header.merkle_root {
+            return Err(Refusal::Mismatch);
+        }
+        let package =
+            SigningPackage::<C>::deserialize(&p.signing_package).map_err(|_| Refusal::Package)?;
+        if package.message().as_slice() != digest.as_slice() {
+            return Err(Refusal::Package);
+        }
+        let commitments = package.signing_commitments();
+        if commitments.len() < usize::from(self.committee.t()) {
+            return Err(Refusal::Package);
+        }
+        let attempt = usize::from(p.attempt);
+        for (id, c) in commitments {
+            let member = *self.ids.get(id).ok_or(Refusal::Package)?;
+            let announced = attributed
+                .get(&member)
+                .and_then(|o| o.commitments.get(attempt))
+                .ok_or(Refusal::Package)?;
+            let ours = c.serialize().map_err(|_| Refusal::Package)?;
+            if *announced != ours {
+                return Err(Refusal::Package);
+            }
+        }
+        let my_id = self.key_package.identifier();
+        let mine = commitments.get(my_id).ok_or(Refusal::Package)?;
+        if self.rs.commitments.get(attempt) != Some(mine) {
+            return Err(Refusal::Package);
+        }
+        Ok(package)
+    }
+
+    fn on_recorded<R: RngCore + CryptoRng>(
+        &mut self,
+        _now: TimestampMs,
+        record: SigningRecord,
+        _rng: &mut R,
+    ) {
+        if self.ledger.is_none_or(|l| l.round <= record.round) {
+            self.ledger = Some(record);
+        }
+        let Some(pending) = self.pending.take_if(|p| p.record == record) else {
+            return;
+        };
+        if record.round != self.round || self.rs.reported {
+            return;
+        }
+        self.sign_share(pending);
+    }
+
+    fn sign_share(&mut self, pending: PendingSign<C>) {
+        // Erase the nonce before anything else: it is used at most once.
+        let Some(nonces) = self
+            .rs
+            .nonces
+            .get_mut(pending.attempt)
+            .and_then(Option::take)
+        else {
+            self.stats.nonce_reuse_refused += 1;
+            return;
+        };
+        let share = if self.faults.invalid_shares {
+            let mut wrong = pending.package.message().clone();
+            wrong.push(0);
+            let bad = SigningPackage::new(pending.package.signing_commitments().clone(), &wrong);
+            frost::round2::sign(&bad, &nonces, &self.key_package)
+        } else {
+            frost::round2::sign(&pending.package, &nonces, &self.key_package)
+        };
+        let Ok(share) = share else {
+            return;
+        };
+        let msg = self.sign_msg(
+            pending.record.round,
+            Payload::Share(ShareMsg {
+                attempt: pending.attempt as u8,
+                report_digest: pending.record.digest,
+                package_hash: pending.package_hash,
+                share: share.serialize(),
+            }),
+        );
+        self.stats.shares_sent += 1;
+        let leader = self.committee.leader(pending.record.round);
+        self.send(leader, msg.bytes);
+    }
+
+    fn on_report(&mut self, now: TimestampMs, msg: SignedMessage) {
+        let Payload::Report(report) = msg.payload else {
+            return;
+        };
+        if self
+            .last_report_round
+            .is_some_and(|r| report.header.round <= r)
+        {
+            self.stats.stale_messages += 1;
+            return;
+        }
+        if !self.verify_report(&report) {
+            self.stats.invalid_messages += 1;
+            return;
+        }
+        self.accept_report(now, report);
+    }
+
+    /// Checks a signed report against the group key and its own leaves.
+    pub fn verify_report(&self, report: &SignedReport) -> bool {
+        if report.header.version != PROTOCOL_VERSION
+            || report.header.config_digest != *self.committee.config_digest()
+            || report.leaves.is_empty()
+            || merkle_root(&report.leaves) != report.header.merkle_root
+        {
+            return false;
+        }
+        let Some(sig) = report.signatures.get(&C::SUITE) else {
+            return false;
+        };
+        let Ok(sig) = frost::Signature::<C>::deserialize(&sig.0) else {
+            return false;
+        };
+        self.pubkeys
+            .verifying_key()
+            .verify(&report_digest(&report.header), &sig)
+            .is_ok()
+    }
+
+    fn accept_report(&mut self, now: TimestampMs, report: SignedReport) {
+        let round = report.header.round;
+        self.last_report_round = Some(round);
+        for leaf in &report.leaves {
+            self.last_values.insert(
+                leaf.feed_id.clone(),
+                LastValue {
+                    price: leaf.price,
+                    reported_at_ms: report.header.timestamp_ms,
+                },
+            );
+        }
+        self.stats.reports_accepted += 1;
+        self.out.push(Action::SignedReport(report));
+        if round >= self.round {
+            let pending_round = self.next_round_at.map_or(0, |(r, _)| r);
+            if round + 1 > pending_round {
+                let at = if round == self.round {
+                    self.rs.reported = true;
+                    now.max(self.rs.entered_at + self.committee.timeouts().round_interval_ms)
+                } else {
+                    now
+                };
+                self.next_round_at = Some((round + 1, at));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------- leader side
+
+    fn on_observation<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        msg: SignedMessage,
+        rng: &mut R,
+    ) {
+        if self.committee.leader(msg.round) != self.me {
+            self.stats.invalid_messages += 1;
+            return;
+        }
+        let Payload::Observation(o) = &msg.payload else {
+            return;
+        };
+        if let Some(prev) = self.rs.observations.get(&msg.sender) {
+            if prev.bytes[..prev.bytes.len() - 64] != *msg.content()
+                && self.rs.conflict_blamed.insert(msg.sender)
+            {
+                let ev = Evidence::ConflictingObservations {
+                    first: prev.bytes.clone(),
+                    second: msg.bytes.clone(),
+                };
+                self.blame(ev);
+            }
+            return;
+        }
+        if o.commitments.len() != ATTEMPTS {
+            self.stats.invalid_messages += 1;
+            return;
+        }
+        let mut commitments = Vec::with_capacity(ATTEMPTS);
+        for c in &o.commitments {
+            match SigningCommitments::<C>::deserialize(c) {
+                Ok(c) => commitments.push(c),
+                Err(_) => {
+                    self.stats.invalid_messages += 1;
+                    return;
+                }
+            }
+        }
+        let sender = msg.sender;
+        let Payload::Observation(o) = msg.payload else {
+            return;
+        };
+        self.rs.observations.insert(
+            sender,
+            Attributed {
+                msg: o,
+                bytes: msg.bytes,
+                commitments,
+            },
+        );
+        if self.rs.leader.is_none() {
+            self.try_propose(now, rng);
+        }
+    }
+
+    fn try_propose<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, _rng: &mut R) {
+        if self.rs.leader.is_some() || self.rs.gave_up || self.rs.reported {
+            return;
+        }
+        let have = self.rs.observations.len();
+        let waited = now >= self.rs.entered_at + self.committee.timeouts().observe_ms;
+        if have < self.committee.quorum() || (have < self.committee.n() && !waited) {
+            return;
+        }
+        let obs: Vec<&ObservationMsg> = self.rs.observations.values().map(|a| &a.msg).collect();
+        let computed = compute_leaves(&self.committee, now, &obs, self.committee.feeds().keys());
+        let candidates: Vec<ReportLeaf> = computed.into_iter().filter_map(|(_, l)| l).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let due: Vec<ReportLeaf> = candidates
+            .iter()
+            .filter(|l| {
+                let cfg = &self.committee.feeds()[&l.feed_id];
+                update_due(
+                    self.last_values.get(&l.feed_id),
+                    l.price,
+                    now,
+                    cfg.deviation_bps,
+                    cfg.heartbeat_ms,
+                )
+                .is_some()
+            })
+            .cloned()
+            .collect();
+        // Nothing due: refresh every feed, so each round still seals one report.
+        let leaves = if due.is_empty() { candidates } else { due };
+        let header = ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest: *self.committee.config_digest(),
+            round: self.round,
+            timestamp_ms: now,
+            merkle_root: merkle_root(&leaves),
+        };
+        let digest = report_digest(&header);
+        let observations = self
+            .rs
+            .observations
+            .values()
+            .map(|a| a.bytes.clone())
+            .collect();
+        let signers_pool = self
+            .rs
+            .observations
+            .iter()
+            .map(|(k, a)| (*k, a.commitments.clone()))
+            .collect();
+        self.rs.leader = Some(LeaderRound {
+            header,
+            digest,
+            leaves,
+            observations,
+            signers_pool,
+            excluded: BTreeSet::new(),
+            attempt: None,
+        });
+        self.start_attempt(now, 0);
+    }
+
+    fn start_attempt(&mut self, now: TimestampMs, number: usize) {
+        let t = usize::from(self.committee.t());
+        let me = self.me;
+        let equivocate = self.faults.equivocate;
+        let Some(l) = &mut self.rs.leader else {
+            return;
+        };
+        let mut pool: Vec<u16> = l
+            .signers_pool
+            .keys()
+            .copied()
+            .filter(|s| !l.excluded.contains(s))
+            .filter(|s| !(equivocate && *s == me))
+            .collect();
+        // The leader signs first (it needs no message round trip), then the
+        // members after it in index order, wrapping: with the rotating leader
+        // every member signs regularly.
+        let n = self.committee.n() as u32;
+        pool.sort_by_key(|s| (u32::from(*s) + n - u32::from(me)) % n);
+        if number >= ATTEMPTS || pool.len() < t {
+            l.attempt = None;
+            self.rs.gave_up = true;
+            return;
+        }
+        let signers: BTreeSet<u16> = pool.into_iter().take(t).collect();
+        let mut commitments = BTreeMap::new();
+        for s in &signers {
+            let (Ok(id), Some(c)) = (
+                Identifier::<C>::try_from(*s),
+                l.signers_pool.get(s).and_then(|c| c.get(number)),
+            ) else {
+                return;
+            };
+            commitments.insert(id, *c);
+        }
+        let package = SigningPackage::new(commitments.clone(), &l.digest);
+        let Ok(package_bytes) = package.serialize() else {
+            return;
+        };
+        let package_hash = keccak(&package_bytes);
+        let proposal = ProposalMsg {
+            attempt: number as u8,
+            timestamp_ms: l.header.timestamp_ms,
+            merkle_root: l.header.merkle_root,
+            leaves: l.leaves.clone(),
+            observations: l.observations.clone(),
+            signing_package: package_bytes.clone(),
+        };
+        // A Byzantine leader (simulator only) sends a second, different report
+        // to every other signer and to the lowest one as well.
+        let twin = if equivocate {
+            let mut header = l.header.clone();
+            header.timestamp_ms += 1;
+            let digest = report_digest(&header);
+            let twin_package = SigningPackage::new(commitments, &digest);
+            twin_package.serialize().ok().map(|bytes| ProposalMsg {
+                timestamp_ms: header.timestamp_ms,
+                signing_package: bytes,
+                ..proposal.clone()
+            })
+        } else {
+            None
+        };
+        l.attempt = Some(Attempt {
+            number,
+            signers: signers.clone(),
+            package,
+            package_bytes,
+            package_hash,
+            shares: BTreeMap::new(),
+            deadline: now + self.committee.timeouts().share_ms,
+        });
+        self.stats.attempts_started += 1;
+        let round = self.round;
+        let own = signers.contains(&me).then(|| {
+            (
+                SigningRecord {
+                    round,
+                    digest: l.digest,
+                },
+                package_for_self(&l.attempt),
+                package_hash,
+            )
+        });
+        let msg = self.sign_msg(round, Payload::Proposal(proposal));
+        let twin = twin.map(|p| self.sign_msg(round, Payload::Proposal(p)));
+        // The leader built the proposal itself: it signs without decoding and
+        // re-checking its own message.
+        if let Some((record, Some(package), package_hash)) = own {
+            if self.rs.first_proposal.is_none() {
+                self.rs.first_proposal = Some((record.digest, msg.bytes.clone()));
+            }
+            self.prepare_signing(record, number, package, package_hash);
+        }
+        for (i, s) in signers.iter().enumerate() {
+            if *s == me {
+                continue;
+            }
+            match &twin {
+                Some(twin) if i % 2 == 1 => self.send(*s, twin.bytes.clone()),
+                Some(twin) if i == 0 => {
+                    self.send(*s, msg.bytes.clone());
+                    self.send(*s, twin.bytes.clone());
+                }
+                _ => self.send(*s, msg.bytes.clone()),
+            }
+        }
+    }
+
+    fn on_share<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        msg: SignedMessage,
+        rng: &mut R,
+    ) {
+        let Payload::Share(s) = &msg.payload else {
+            return;
+        };
+        let sender = msg.sender;
+        let Some(l) = &mut self.rs.leader else {
+            self.stats.stale_messages += 1;
+            return;
+        };
+        let Some(a) = &mut l.attempt else {
+            self.stats.stale_messages += 1;
+            return;
+        };
+        if usize::from(s.attempt) != a.number
+            || s.package_hash != a.package_hash
+            || s.report_digest != l.digest
+            || !a.signers.contains(&sender)
+            || a.shares.contains_key(&sender)
+        {
+            self.stats.stale_messages += 1;
+            return;
+        }
+        let share = match SignatureShare::<C>::deserialize(&s.share) {
+            Ok(share) => share,
+            Err(_) => {
+                let ev = Evidence::InvalidShare {
+                    suite: C::SUITE,
+                    share: msg.bytes.clone(),
+                    signing_package: a.package_bytes.clone(),
+                    public_key_package: self.pubkeys.serialize().unwrap_or_default(),
+                };
+                l.excluded.insert(sender);
+                let next = a.number + 1;
+                self.stats.invalid_shares += 1;
+                self.blame(ev);
+                self.start_attempt(now, next);
+                return;
+            }
+        };
+        a.shares.insert(sender, (share, msg.bytes));
+        if a.shares.len() == a.signers.len() {
+            self.finish_attempt(now, rng);
+        }
+    }
+
+    fn share_valid(
+        &self,
+        member: u16,
+        share: &SignatureShare<C>,
+        package: &SigningPackage<C>,
+    ) -> bool {
+        let Ok(id) = Identifier::<C>::try_from(member) else {
+            return false;
+        };
+        let Some(verifying_share) = self.pubkeys.verifying_shares().get(&id) else {
+            return false;
+        };
+        frost::verify_signature_share(
+            id,
+            verifying_share,
+            share,
+            package,
+            self.pubkeys.verifying_key(),
+        )
+        .is_ok()
+    }
+
+    fn invalid_share_evidence(&self, share_msg: &[u8], package_bytes: &[u8]) -> Evidence {
+        Evidence::InvalidShare {
+            suite: C::SUITE,
+            share: share_msg.to_vec(),
+            signing_package: package_bytes.to_vec(),
+            public_key_package: self.pubkeys.serialize().unwrap_or_default(),
+        }
+    }
+
+    fn finish_attempt<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, _rng: &mut R) {
+        let Some(l) = &mut self.rs.leader else {
+            return;
+        };
+        let Some(a) = &l.attempt else {
+            return;
+        };
+        let mut shares = BTreeMap::new();
+        for (s, (share, _)) in &a.shares {
+            if let Ok(id) = Identifier::<C>::try_from(*s) {
+                shares.insert(id, *share);
+            }
+        }
+        match frost::aggregate_custom(
+            &a.package,
+            &shares,
+            &self.pubkeys,
+            frost::CheaterDetection::AllCheaters,
+        ) {
+            Ok(sig) => {
+                let Ok(sig_bytes) = sig.serialize() else {
+                    return;
+                };
+                let report = SignedReport {
+                    header: l.header.clone(),
+                    leaves: l.leaves.clone(),
+                    signatures: BTreeMap::from([(C::SUITE, SignatureBytes(sig_bytes))]),
+                };
+                l.attempt = None;
+                let msg = self.sign_msg(self.round, Payload::Report(report.clone()));
+                self.out.push(Action::Broadcast { bytes: msg.bytes });
+                self.stats.reports_led += 1;
+                self.accept_report(now, report);
+            }
+            Err(frost::Error::InvalidSignatureShare { culprits }) => {
+                let pkp = self.pubkeys.serialize().unwrap_or_default();
+                let mut evidence = Vec::new();
+                for id in culprits {
+                    let Some(&member) = self.ids.get(&id) else {
+                        continue;
+                    };
+                    if let Some((_, bytes)) = a.shares.get(&member) {
+                        evidence.push(Evidence::InvalidShare {
+                            suite: C::SUITE,
+                            share: bytes.clone(),
+                            signing_package: a.package_bytes.clone(),
+                            public_key_package: pkp.clone(),
+                        });
+                    }
+                    l.excluded.insert(member);
+                }
+                let next = a.number + 1;
+                for ev in evidence {
+                    self.stats.invalid_shares += 1;
+                    self.blame(ev);
+                }
+                self.start_attempt(now, next);
+            }
+            Err(_) => {
+                let next = a.number + 1;
+                self.start_attempt(now, next);
+            }
+        }
+    }
+}

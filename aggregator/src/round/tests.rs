@@ -1,0 +1,642 @@
+//! Unit tests of the round state machine and its wire messages, driven by
+//! hand (the simulator in `crate::sim` covers whole committees).
+
+use super::committee::{Committee, FeedConfig, Member, Timeouts};
+use super::message::{
+    MAX_MESSAGE_BYTES, MessageError, ObservationEntry, ObservationMsg, Payload, ProposalMsg,
+    ShareMsg, SignedMessage,
+};
+use super::*;
+use crate::codec::DecodeError;
+use crate::evidence::EvidenceError;
+use crate::report::ConfigDigest;
+use crate::testkit::dealer_keys;
+use frost_ed25519::Ed25519Sha512 as Ed;
+use proptest::prelude::*;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const T0: TimestampMs = 1_760_000_000_000;
+const DIGEST: ConfigDigest = ConfigDigest([7; 32]);
+
+struct Harness<C: SibylSuite> {
+    committee: Arc<Committee>,
+    seeds: Vec<[u8; 32]>,
+    nodes: Vec<Node<C>>,
+    rng: ChaCha20Rng,
+}
+
+fn feed(i: usize) -> FeedId {
+    FeedId::new(format!("F{i}-USD")).unwrap()
+}
+
+fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness<C> {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let seeds: Vec<[u8; 32]> = (0..n).map(|i| [i as u8 + 1; 32]).collect();
+    let members = seeds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Member {
+            index: i as u16 + 1,
+            identity: SigningKey::from_bytes(s).verifying_key().to_bytes(),
+        })
+        .collect();
+    let feeds = (0..2)
+        .map(|i| FeedConfig {
+            id: feed(i),
+            decimals: 8,
+            deviation_bps: 50,
+            heartbeat_ms: 60_000,
+        })
+        .collect();
+    let t = 2 * f + 1;
+    // leader_seed 0: round r is led by member (r mod n) + 1.
+    let committee =
+        Arc::new(Committee::new(members, t, f, 0, feeds, DIGEST, Timeouts::default()).unwrap());
+    let dealer = dealer_keys::<C, _>(n, t, &mut rng).unwrap();
+    let nodes = (1..=n)
+        .map(|i| {
+            let id = Identifier::<C>::try_from(i).unwrap();
+            let keys = NodeKeys {
+                identity_seed: seeds[usize::from(i) - 1],
+                key_package: dealer.key_packages[&id].clone(),
+                public_key_package: dealer.public_key_package.clone(),
+            };
+            Node::new(committee.clone(), i, keys, Restore::default()).unwrap()
+        })
+        .collect();
+    Harness {
+        committee,
+        seeds,
+        nodes,
+        rng,
+    }
+}
+
+fn observations(price: Price, now: TimestampMs) -> Input {
+    Input::Observations(
+        (0..2)
+            .map(|i| LocalObservation {
+                feed: feed(i),
+                price: price + i as i128,
+                spread: 10,
+                observed_at_ms: now,
+            })
+            .collect(),
+    )
+}
+
+fn sends(actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, bytes } => Some((*to, bytes.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn decode(h: &Harness<Ed>, bytes: &[u8]) -> SignedMessage {
+    SignedMessage::decode(bytes, &h.committee).unwrap()
+}
+
+impl<C: SibylSuite> Harness<C> {
+    fn handle(&mut self, member: u16, now: TimestampMs, input: Input) -> Vec<Action> {
+        self.nodes[usize::from(member) - 1].handle(now, input, &mut self.rng)
+    }
+}
+
+/// Round 0 (leader 1) of a 4-member committee up to the leader's proposals.
+/// Returns the proposals the leader sent, by recipient.
+fn up_to_proposals(h: &mut Harness<Ed>) -> Vec<(u16, Vec<u8>)> {
+    let mut to_leader = Vec::new();
+    for m in 2..=4 {
+        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
+        to_leader.extend(sends(&a));
+    }
+    let mut out = h.handle(1, T0, observations(1_000_001, T0));
+    for (to, bytes) in to_leader {
+        assert_eq!(to, 1);
+        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
+    }
+    sends(&out)
+}
+
+#[test]
+fn a_round_signs_only_after_the_ledger_recorded_it() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    assert_eq!(proposals.len(), 2, "leader plus two signers of t = 3");
+    let mut shares = Vec::new();
+    for (to, bytes) in proposals {
+        let a = h.handle(to, T0 + 2, Input::Message { from: 1, bytes });
+        // Two-phase: the share never leaves before the record.
+        assert!(sends(&a).is_empty(), "{a:?}");
+        let Some(Action::RecordSigning { round, digest }) = a
+            .iter()
+            .find(|a| matches!(a, Action::RecordSigning { .. }))
+            .cloned()
+        else {
+            panic!("no RecordSigning in {a:?}");
+        };
+        assert_eq!(round, 0);
+        let a = h.handle(to, T0 + 3, Input::SigningRecorded { round, digest });
+        let s = sends(&a);
+        assert_eq!(s.len(), 1);
+        assert!(matches!(decode(&h, &s[0].1).payload, Payload::Share(_)));
+        shares.push(s[0].1.clone());
+        assert_eq!(
+            h.nodes[usize::from(to) - 1].last_signed(),
+            Some(SigningRecord { round, digest })
+        );
+    }
+    // The leader's own share goes through its own ledger step.
+    let leader = &h.nodes[0];
+    let pending = leader.pending.as_ref().map(|p| p.record).unwrap();
+    let mut actions = h.handle(
+        1,
+        T0 + 3,
+        Input::SigningRecorded {
+            round: pending.round,
+            digest: pending.digest,
+        },
+    );
+    for bytes in shares {
+        actions.extend(h.handle(1, T0 + 4, Input::Message { from: 2, bytes }));
+    }
+    let report = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SignedReport(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("leader aggregates a signed report");
+    assert!(h.nodes[1].verify_report(&report));
+    assert_eq!(report.leaves.len(), 2);
+    // The median of 1_000_001..=1_000_004 (lower median) for feed 0.
+    assert_eq!(report.leaves[0].price, 1_000_002);
+    assert_eq!(report.leaves[0].num_observations, 4);
+}
+
+#[test]
+fn refused_ledger_means_no_share_and_a_nonce_is_used_once() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    let a = h.handle(
+        to,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: bytes.clone(),
+        },
+    );
+    let Some(Action::RecordSigning { round, digest }) = a.into_iter().next() else {
+        panic!("expected RecordSigning first");
+    };
+    let a = h.handle(to, T0 + 3, Input::SigningRefused { round, digest });
+    assert!(sends(&a).is_empty());
+    // Recorded now: sign once.
+    let a = h.handle(
+        to,
+        T0 + 3,
+        Input::Message {
+            from: 1,
+            bytes: bytes.clone(),
+        },
+    );
+    assert!(matches!(a[0], Action::RecordSigning { .. }));
+    let a = h.handle(to, T0 + 3, Input::SigningRecorded { round, digest });
+    assert_eq!(sends(&a).len(), 1);
+    // The same proposal again: that nonce is gone, no second share.
+    let a = h.handle(to, T0 + 4, Input::Message { from: 1, bytes });
+    assert!(sends(&a).is_empty(), "{a:?}");
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(h.nodes[usize::from(to) - 1].stats().nonce_reuse_refused, 1);
+}
+
+/// Re-signs a proposal as the leader after `edit`.
+fn forge(h: &Harness<Ed>, bytes: &[u8], edit: impl FnOnce(&mut ProposalMsg)) -> Vec<u8> {
+    let m = decode(h, bytes);
+    let Payload::Proposal(mut p) = m.payload else {
+        panic!("not a proposal");
+    };
+    edit(&mut p);
+    let leader = SigningKey::from_bytes(&h.seeds[usize::from(m.sender) - 1]);
+    SignedMessage::sign(&leader, &DIGEST, m.round, m.sender, Payload::Proposal(p)).bytes
+}
+
+#[test]
+fn members_refuse_a_report_that_does_not_match_the_observations() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    let forged = forge(&h, &bytes, |p| {
+        p.leaves[0].price += 1;
+        p.merkle_root = merkle_root(&p.leaves);
+    });
+    let a = h.handle(
+        to,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: forged,
+        },
+    );
+    assert!(
+        a.iter()
+            .all(|a| !matches!(a, Action::RecordSigning { .. } | Action::Send { .. }))
+    );
+    assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_refused, 1);
+}
+
+#[test]
+fn members_refuse_too_few_attributed_observations_and_stale_timestamps() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    let fewer = forge(&h, &bytes, |p| {
+        p.observations.truncate(2);
+    });
+    let a = h.handle(
+        to,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: fewer,
+        },
+    );
+    assert!(sends(&a).is_empty() && !a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_refused, 1);
+    // A report timestamp far from the member's clock.
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    let old = forge(&h, &bytes, |p| p.timestamp_ms -= 10_000);
+    let a = h.handle(
+        to,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: old,
+        },
+    );
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_refused, 1);
+}
+
+#[test]
+fn never_two_different_reports_for_one_round_and_equivocation_is_evidence() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    let a = h.handle(
+        to,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: bytes.clone(),
+        },
+    );
+    let Some(Action::RecordSigning { round, digest }) = a.into_iter().next() else {
+        panic!()
+    };
+    h.handle(to, T0 + 2, Input::SigningRecorded { round, digest });
+    // The leader now proposes a different (but honestly computed) report.
+    let other = forge(&h, &bytes, |p| p.timestamp_ms += 1);
+    let a = h.handle(
+        to,
+        T0 + 3,
+        Input::Message {
+            from: 1,
+            bytes: other,
+        },
+    );
+    assert!(sends(&a).is_empty());
+    let ev = a
+        .iter()
+        .find_map(|a| match a {
+            Action::Blame(e) => Some(e.clone()),
+            _ => None,
+        })
+        .expect("equivocation is blamed");
+    let pubkeys = h.nodes[0].public_key_package().clone();
+    assert_eq!(ev.verify::<Ed>(&h.committee, &pubkeys), Ok(1));
+    // Evidence that anyone can check: tampering breaks it.
+    if let Evidence::EquivocatingProposals { first, second } = &ev {
+        let same = Evidence::EquivocatingProposals {
+            first: first.clone(),
+            second: first.clone(),
+        };
+        assert_eq!(
+            same.verify::<Ed>(&h.committee, &pubkeys),
+            Err(EvidenceError::Identical)
+        );
+        let mut broken = second.clone();
+        let last = broken.len() - 1;
+        broken[last] ^= 1;
+        let bad = Evidence::EquivocatingProposals {
+            first: first.clone(),
+            second: broken,
+        };
+        assert!(matches!(
+            bad.verify::<Ed>(&h.committee, &pubkeys),
+            Err(EvidenceError::BadMessage { .. })
+        ));
+    } else {
+        panic!("wrong evidence kind {ev:?}");
+    }
+    // And a restarted node with that ledger entry refuses the other report too.
+    assert_eq!(
+        h.nodes[usize::from(to) - 1].last_signed(),
+        Some(SigningRecord { round, digest })
+    );
+}
+
+#[test]
+fn invalid_share_is_attributed_with_verifiable_evidence_and_the_leader_retries() {
+    let mut h = harness::<Ed>(4, 1);
+    h.nodes[1].faults.invalid_shares = true; // member 2
+    let proposals = up_to_proposals(&mut h);
+    let mut leader_in = Vec::new();
+    for (to, bytes) in proposals {
+        let a = h.handle(to, T0 + 2, Input::Message { from: 1, bytes });
+        if let Some(Action::RecordSigning { round, digest }) = a.first().cloned() {
+            leader_in.extend(sends(&h.handle(
+                to,
+                T0 + 2,
+                Input::SigningRecorded { round, digest },
+            )));
+        }
+    }
+    let pending = h.nodes[0].pending.as_ref().map(|p| p.record).unwrap();
+    let mut out = h.handle(
+        1,
+        T0 + 3,
+        Input::SigningRecorded {
+            round: pending.round,
+            digest: pending.digest,
+        },
+    );
+    for (_, bytes) in leader_in {
+        out.extend(h.handle(1, T0 + 3, Input::Message { from: 0, bytes }));
+    }
+    let ev: Vec<Evidence> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Blame(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ev.len(), 1, "{out:?}");
+    let pubkeys = h.nodes[0].public_key_package().clone();
+    assert_eq!(ev[0].verify::<Ed>(&h.committee, &pubkeys), Ok(2));
+    // The retry goes to a signer set without member 2, with attempt 1.
+    let retry = sends(&out);
+    assert!(!retry.is_empty());
+    for (to, bytes) in &retry {
+        assert_ne!(*to, 2);
+        let Payload::Proposal(p) = decode(&h, bytes).payload else {
+            panic!()
+        };
+        assert_eq!(p.attempt, 1);
+    }
+}
+
+#[test]
+fn pacemaker_moves_to_the_next_round_and_leader() {
+    let mut h = harness::<Ed>(4, 1);
+    let a = h.handle(2, T0, observations(1, T0));
+    assert!(a.contains(&Action::RoundEntered {
+        round: 0,
+        leader: 1
+    }));
+    let round_ms = h.committee.timeouts().round_ms;
+    let a = h.handle(2, T0 + round_ms, Input::Tick);
+    assert!(
+        a.contains(&Action::RoundEntered {
+            round: 1,
+            leader: 2
+        }),
+        "{a:?}"
+    );
+    assert_eq!(h.nodes[1].stats().rounds_timed_out, 1);
+}
+
+#[test]
+fn restored_member_does_not_observe_a_round_twice() {
+    let h0 = harness::<Ed>(4, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let dealer = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
+    let id = Identifier::<Ed>::try_from(2u16).unwrap();
+    let keys = NodeKeys {
+        identity_seed: h0.seeds[1],
+        key_package: dealer.key_packages[&id].clone(),
+        public_key_package: dealer.public_key_package.clone(),
+    };
+    let restore = Restore {
+        round: 5,
+        last_observed_round: Some(5),
+        ..Restore::default()
+    };
+    let mut node = Node::new(h0.committee.clone(), 2, keys, restore).unwrap();
+    let a = node.handle(T0, observations(1, T0), &mut rng);
+    assert!(sends(&a).is_empty(), "{a:?}");
+    let a = node.handle(T0 + 2_000, observations(1, T0 + 2_000), &mut rng);
+    assert!(a.contains(&Action::RecordObservation { round: 6 }));
+    assert_eq!(sends(&a).len(), 1);
+}
+
+#[test]
+fn node_new_rejects_wrong_keys() {
+    let h = harness::<Ed>(4, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let dealer = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
+    let id = Identifier::<Ed>::try_from(2u16).unwrap();
+    let keys = NodeKeys {
+        identity_seed: h.seeds[0],
+        key_package: dealer.key_packages[&id].clone(),
+        public_key_package: dealer.public_key_package.clone(),
+    };
+    assert!(matches!(
+        Node::new(h.committee.clone(), 2, keys.clone(), Restore::default()),
+        Err(NodeError::IdentityMismatch(2))
+    ));
+    assert!(matches!(
+        Node::new(h.committee.clone(), 9, keys, Restore::default()),
+        Err(NodeError::NotAMember(9))
+    ));
+}
+
+// ------------------------------------------------------------ wire messages
+
+fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
+    let key = SigningKey::from_bytes(&h.seeds[0]);
+    let obs = Payload::Observation(ObservationMsg {
+        entries: vec![ObservationEntry {
+            feed: feed(0),
+            price: -5,
+            spread: 3,
+            observed_at_ms: T0,
+        }],
+        commitments: vec![vec![1, 2, 3]],
+    });
+    let obs_msg = SignedMessage::sign(&key, &DIGEST, 4, 1, obs);
+    let leaf = ReportLeaf {
+        feed_id: feed(0),
+        price: 9,
+        confidence: 1,
+        num_observations: 3,
+        observed_at_ms: T0,
+    };
+    let proposal = Payload::Proposal(ProposalMsg {
+        attempt: 1,
+        timestamp_ms: T0,
+        merkle_root: [3; 32],
+        leaves: vec![leaf.clone()],
+        observations: vec![obs_msg.bytes.clone()],
+        signing_package: vec![9; 40],
+    });
+    let share = Payload::Share(ShareMsg {
+        attempt: 0,
+        report_digest: [1; 32],
+        package_hash: [2; 32],
+        share: vec![5; 32],
+    });
+    let report = Payload::Report(SignedReport {
+        header: ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest: DIGEST,
+            round: 4,
+            timestamp_ms: T0,
+            merkle_root: [3; 32],
+        },
+        leaves: vec![leaf],
+        signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![8; 64]))]),
+    });
+    [proposal, share, report]
+        .into_iter()
+        .map(|p| SignedMessage::sign(&key, &DIGEST, 4, 1, p))
+        .chain([obs_msg])
+        .collect()
+}
+
+#[test]
+fn messages_round_trip() {
+    let h = harness::<Ed>(4, 1);
+    for m in sample_messages(&h) {
+        assert_eq!(SignedMessage::decode(&m.bytes, &h.committee).unwrap(), m);
+    }
+}
+
+#[test]
+fn every_truncation_and_extension_is_a_typed_error() {
+    let h = harness::<Ed>(4, 1);
+    for m in sample_messages(&h) {
+        for len in 0..m.bytes.len() {
+            match SignedMessage::decode(&m.bytes[..len], &h.committee) {
+                Err(MessageError::Decode(_)) => {}
+                other => panic!("truncation to {len}: {other:?}"),
+            }
+        }
+        let mut longer = m.bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            SignedMessage::decode(&longer, &h.committee),
+            Err(MessageError::Decode(DecodeError::TrailingBytes { .. }))
+        ));
+    }
+}
+
+#[test]
+fn wrong_version_digest_sender_signature_and_size_are_rejected() {
+    let h = harness::<Ed>(4, 1);
+    for m in sample_messages(&h) {
+        let mut b = m.bytes.clone();
+        b[0] = PROTOCOL_VERSION + 1;
+        assert!(matches!(
+            SignedMessage::decode(&b, &h.committee),
+            Err(MessageError::Decode(DecodeError::WrongVersion { .. }))
+        ));
+        let mut b = m.bytes.clone();
+        b[1] ^= 0xff;
+        assert!(matches!(
+            SignedMessage::decode(&b, &h.committee),
+            Err(MessageError::Decode(DecodeError::WrongConfigDigest { .. }))
+        ));
+        let mut b = m.bytes.clone();
+        b[1 + 32 + 8 + 1] = 9; // sender 9
+        assert_eq!(
+            SignedMessage::decode(&b, &h.committee),
+            Err(MessageError::UnknownSender(9))
+        );
+        let mut b = m.bytes.clone();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert_eq!(
+            SignedMessage::decode(&b, &h.committee),
+            Err(MessageError::BadSignature { sender: 1 })
+        );
+    }
+    let huge = vec![0u8; MAX_MESSAGE_BYTES + 1];
+    assert!(matches!(
+        SignedMessage::decode(&huge, &h.committee),
+        Err(MessageError::Oversized { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let h = harness::<Ed>(4, 1);
+        prop_assert!(SignedMessage::decode(&bytes, &h.committee).is_err());
+    }
+
+    #[test]
+    fn mutated_messages_are_rejected(which in 0usize..4, pos in any::<usize>(), xor in 1u8..=255) {
+        let h = harness::<Ed>(4, 1);
+        let m = &sample_messages(&h)[which];
+        let mut b = m.bytes.clone();
+        let i = pos % b.len();
+        b[i] ^= xor;
+        // Any change is caught: by the decoder or by the identity signature.
+        prop_assert!(SignedMessage::decode(&b, &h.committee).is_err());
+    }
+}
+
+#[test]
+fn two_observations_for_one_round_are_verifiable_evidence() {
+    let mut h = harness::<Ed>(4, 1);
+    let first = sends(&h.handle(2, T0, observations(100, T0)));
+    // The same member, restarted without its observation record, observes again.
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let dealer = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
+    let id = Identifier::<Ed>::try_from(2u16).unwrap();
+    let keys = NodeKeys {
+        identity_seed: h.seeds[1],
+        key_package: dealer.key_packages[&id].clone(),
+        public_key_package: dealer.public_key_package.clone(),
+    };
+    let mut again = Node::new(h.committee.clone(), 2, keys, Restore::default()).unwrap();
+    let second = sends(&again.handle(T0 + 1, observations(101, T0 + 1), &mut rng));
+    let mut out = h.handle(1, T0, Input::Tick);
+    for (_, bytes) in first.into_iter().chain(second) {
+        out.extend(h.handle(1, T0 + 2, Input::Message { from: 2, bytes }));
+    }
+    let ev = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Blame(e) => Some(e.clone()),
+            _ => None,
+        })
+        .expect("conflicting observations are blamed");
+    assert_eq!(ev.kind(), "conflicting_observations");
+    let pubkeys = h.nodes[0].public_key_package().clone();
+    assert_eq!(ev.verify::<Ed>(&h.committee, &pubkeys), Ok(2));
+    // Serialized evidence (as the daemon would store or publish it) still verifies.
+    let json = serde_json::to_string(&ev).unwrap();
+    let back: Evidence = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.verify::<Ed>(&h.committee, &pubkeys), Ok(2));
+}

@@ -1,0 +1,431 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+pragma solidity 0.8.30;
+
+import {Test, Vm, console} from "forge-std/Test.sol";
+import {SibylFeed} from "../src/SibylFeed.sol";
+import {SibylAggregatorV3} from "../src/SibylAggregatorV3.sol";
+import {FrostSecp256k1} from "../src/FrostSecp256k1.sol";
+import {FrostSigner} from "./utils/FrostSigner.sol";
+import {ReportBuilder} from "./utils/ReportBuilder.sol";
+
+/// Reports signed inside the test with a known group secret (a FROST group signature is a
+/// Schnorr signature under the group key; frost_kat.json ties our challenge to the Rust crate).
+contract SibylFeedTest is Test {
+    using ReportBuilder for SibylFeed.Leaf[];
+
+    uint64 internal constant DRIFT_MS = 5_000;
+    uint256 internal constant NOW_S = 1_764_000_000;
+    uint64 internal constant NOW_MS = uint64(NOW_S) * 1000;
+
+    SibylFeed internal feed;
+    FrostSigner.Key internal committee;
+    FrostSigner.Key internal stranger;
+    bytes32 internal constant CONFIG = keccak256("committee file v1");
+    uint256 internal nonceCounter = 0x5eed;
+
+    function setUp() public {
+        vm.warp(NOW_S);
+        committee = FrostSigner.key(0xC0FFEE);
+        stranger = FrostSigner.key(0xBAD);
+        feed = new SibylFeed(CONFIG, committee.x, committee.y, DRIFT_MS);
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    function leaves(uint256 n, int256 basePrice)
+        internal
+        pure
+        returns (SibylFeed.Leaf[] memory ls)
+    {
+        ls = new SibylFeed.Leaf[](n);
+        for (uint256 i = 0; i < n; i++) {
+            // ids in ascending byte order, as the Rust side orders leaves
+            ls[i] = SibylFeed.Leaf({
+                feedId: ReportBuilder.feedId(string.concat("FEED-", vm.toString(100 + i))),
+                price: basePrice + int256(i) * 1e8,
+                confidence: 25e6 + i,
+                numObservations: 7,
+                observedAtMs: NOW_MS - 400
+            });
+        }
+    }
+
+    function header(SibylFeed.Leaf[] memory ls, uint64 round, uint64 ts)
+        internal
+        pure
+        returns (SibylFeed.ReportHeader memory)
+    {
+        return SibylFeed.ReportHeader(1, CONFIG, round, ts, ls.root());
+    }
+
+    function meta(SibylFeed.ReportHeader memory h)
+        internal
+        pure
+        returns (SibylFeed.ReportMeta memory)
+    {
+        return SibylFeed.ReportMeta(h.version, h.configDigest, h.round, h.timestampMs);
+    }
+
+    function signWith(FrostSigner.Key memory key, SibylFeed.ReportHeader memory h)
+        internal
+        returns (SibylFeed.Signature memory)
+    {
+        return ReportBuilder.sign(key, nonceCounter++, ReportBuilder.digest(h));
+    }
+
+    function proofs(SibylFeed.Leaf[] memory all, uint256[] memory idx)
+        internal
+        pure
+        returns (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps)
+    {
+        sub = new SibylFeed.Leaf[](idx.length);
+        ps = new bytes32[][](idx.length);
+        for (uint256 i = 0; i < idx.length; i++) {
+            sub[i] = all[idx[i]];
+            ps[i] = all.proof(idx[i]);
+        }
+    }
+
+    function assertStored(SibylFeed.Leaf memory l, SibylFeed.ReportHeader memory h) internal view {
+        (int256 price, uint256 conf, uint64 ts, uint64 round) = feed.latestFeed(l.feedId);
+        assertEq(price, l.price, "price");
+        assertEq(conf, l.confidence, "confidence");
+        assertEq(ts, h.timestampMs, "timestamp");
+        assertEq(round, h.round, "round");
+    }
+
+    // ------------------------------------------------------------------ happy paths
+
+    function test_submitReportStoresEveryFeed() public {
+        SibylFeed.Leaf[] memory ls = leaves(10, 97_000e8);
+        SibylFeed.ReportHeader memory h = header(ls, 42, NOW_MS - 100);
+        vm.expectEmit(address(feed));
+        uint256 packed = uint256(uint96(int96(ls[0].price))) | (ls[0].confidence << 96)
+            | (uint256(NOW_MS - 100) << 168) | (uint256(42) << 216);
+        emit SibylFeed.FeedUpdated(ls[0].feedId, packed);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        for (uint256 i = 0; i < ls.length; i++) {
+            assertStored(ls[i], h);
+        }
+    }
+
+    function test_submitReportOddSizes() public {
+        for (uint256 n = 1; n <= 9; n++) {
+            SibylFeed.Leaf[] memory ls = leaves(n, 1e8);
+            SibylFeed.ReportHeader memory h = header(ls, uint64(n), NOW_MS - 1000 + uint64(n));
+            feed.submitReport(meta(h), signWith(committee, h), ls);
+            assertStored(ls[n - 1], h);
+        }
+    }
+
+    /// The contract's in-place root (assembly) equals the reference tree for any size.
+    function testFuzz_submitReportAnySize(uint8 n) public {
+        n = uint8(bound(n, 1, 70));
+        SibylFeed.Leaf[] memory ls = leaves(n, 5e8);
+        SibylFeed.ReportHeader memory h = header(ls, 3, NOW_MS);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        assertStored(ls[0], h);
+        assertStored(ls[n - 1], h);
+    }
+
+    function test_submitFeedsWithProofs() public {
+        SibylFeed.Leaf[] memory ls = leaves(7, 3_500e8); // 7: the last leaf is promoted
+        SibylFeed.ReportHeader memory h = header(ls, 9, NOW_MS);
+        uint256[] memory idx = new uint256[](3);
+        (idx[0], idx[1], idx[2]) = (0, 3, 6);
+        (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps) = proofs(ls, idx);
+        feed.submitFeeds(h, signWith(committee, h), sub, ps);
+        for (uint256 i = 0; i < sub.length; i++) {
+            assertStored(sub[i], h);
+        }
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.NoDataPresent.selector, ls[1].feedId));
+        feed.latestFeed(ls[1].feedId);
+    }
+
+    function testFuzz_proofsForAnyTree(uint8 n, uint8 index) public {
+        n = uint8(bound(n, 1, 40));
+        index = uint8(bound(index, 0, n - 1));
+        SibylFeed.Leaf[] memory ls = leaves(n, 1);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        uint256[] memory idx = new uint256[](1);
+        idx[0] = index;
+        (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps) = proofs(ls, idx);
+        feed.submitFeeds(h, signWith(committee, h), sub, ps);
+        assertStored(ls[index], h);
+    }
+
+    function test_newerReportReplacesOlder() public {
+        SibylFeed.Leaf[] memory ls = leaves(2, 100e8);
+        SibylFeed.ReportHeader memory h1 = header(ls, 1, NOW_MS - 2000);
+        feed.submitReport(meta(h1), signWith(committee, h1), ls);
+        ls[1].price = -5e8; // negative prices are legal (spreads, rates)
+        SibylFeed.ReportHeader memory h2 = header(ls, 2, NOW_MS - 1000);
+        feed.submitReport(meta(h2), signWith(committee, h2), ls);
+        assertStored(ls[1], h2);
+    }
+
+    function test_clockDriftAllowed() public {
+        SibylFeed.Leaf[] memory ls = leaves(1, 1);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS + DRIFT_MS);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        assertStored(ls[0], h);
+    }
+
+    // ------------------------------------------------------------------ rejections
+
+    function test_rejectsWrongSignature() public {
+        SibylFeed.Leaf[] memory ls = leaves(3, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        SibylFeed.Signature memory s = signWith(committee, h);
+        s.z = addmod(s.z, 1, FrostSecp256k1.N);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.submitReport(meta(h), s, ls);
+        // a valid signature of another header
+        SibylFeed.ReportHeader memory other = header(ls, 2, NOW_MS);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.submitReport(meta(h), signWith(committee, other), ls);
+        // signed by a stranger but claiming the committee's key
+        SibylFeed.Signature memory forged = signWith(stranger, h);
+        forged.groupKeyX = committee.x;
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.submitReport(meta(h), forged, ls);
+    }
+
+    function test_rejectsWrongKey() public {
+        SibylFeed.Leaf[] memory ls = leaves(3, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        SibylFeed.Signature memory s = signWith(stranger, h);
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.WrongGroupKey.selector, committee.x, stranger.x)
+        );
+        feed.submitReport(meta(h), s, ls);
+    }
+
+    function test_rejectsWrongConfigDigest() public {
+        SibylFeed.Leaf[] memory ls = leaves(1, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        h.configDigest = keccak256("another committee file");
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.WrongConfigDigest.selector, CONFIG, h.configDigest)
+        );
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+    }
+
+    function test_rejectsTamperedProof() public {
+        SibylFeed.Leaf[] memory ls = leaves(6, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        SibylFeed.Signature memory s = signWith(committee, h);
+        uint256[] memory idx = new uint256[](2);
+        (idx[0], idx[1]) = (1, 4);
+        (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps) = proofs(ls, idx);
+        ps[1][0] ^= bytes32(uint256(1));
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.InvalidMerkleProof.selector, sub[1].feedId)
+        );
+        feed.submitFeeds(h, s, sub, ps);
+        // intact proof but a tampered value
+        (sub, ps) = proofs(ls, idx);
+        sub[0].price += 1;
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.InvalidMerkleProof.selector, sub[0].feedId)
+        );
+        feed.submitFeeds(h, s, sub, ps);
+        sub[0].price -= 1; // sub[0] aliases ls[1] in memory
+        // a proof of another leaf
+        (sub, ps) = proofs(ls, idx);
+        ps[0] = ps[1];
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.InvalidMerkleProof.selector, sub[0].feedId)
+        );
+        feed.submitFeeds(h, s, sub, ps);
+        // the untampered call goes through
+        (sub, ps) = proofs(ls, idx);
+        feed.submitFeeds(h, s, sub, ps);
+        assertStored(sub[1], h);
+    }
+
+    function test_rejectsTamperedLeavesInFullReport() public {
+        SibylFeed.Leaf[] memory ls = leaves(4, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        SibylFeed.Signature memory s = signWith(committee, h);
+        ls[2].confidence += 1;
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.submitReport(meta(h), s, ls);
+        ls[2].confidence -= 1;
+        // dropping a leaf changes the root too
+        SibylFeed.Leaf[] memory three = new SibylFeed.Leaf[](3);
+        for (uint256 i = 0; i < 3; i++) {
+            three[i] = ls[i];
+        }
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.submitReport(meta(h), s, three);
+        // so does swapping two leaves of different pairs
+        (ls[0], ls[2]) = (ls[2], ls[0]);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.submitReport(meta(h), s, ls);
+        (ls[0], ls[2]) = (ls[2], ls[0]);
+        feed.submitReport(meta(h), s, ls);
+        assertStored(ls[3], h);
+    }
+
+    function test_rejectsStaleReport() public {
+        SibylFeed.Leaf[] memory ls = leaves(2, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 5, NOW_MS - 10);
+        SibylFeed.Signature memory s = signWith(committee, h);
+        feed.submitReport(meta(h), s, ls);
+        // the same report again
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                SibylFeed.StaleReport.selector, ls[0].feedId, h.timestampMs, h.timestampMs
+            )
+        );
+        feed.submitReport(meta(h), s, ls);
+        // an older one
+        SibylFeed.ReportHeader memory old = header(ls, 4, NOW_MS - 20);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                SibylFeed.StaleReport.selector, ls[0].feedId, h.timestampMs, old.timestampMs
+            )
+        );
+        feed.submitReport(meta(old), signWith(committee, old), ls);
+        // one leaf twice in one call
+        SibylFeed.ReportHeader memory h2 = header(ls, 6, NOW_MS);
+        uint256[] memory idx = new uint256[](2);
+        (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps) = proofs(ls, idx);
+        vm.expectPartialRevert(SibylFeed.StaleReport.selector);
+        feed.submitFeeds(h2, signWith(committee, h2), sub, ps);
+    }
+
+    function test_rejectsReportFromFuture() public {
+        SibylFeed.Leaf[] memory ls = leaves(1, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS + DRIFT_MS + 1);
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.ReportFromFuture.selector, h.timestampMs, NOW_MS)
+        );
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+    }
+
+    function test_rejectsMalformedCalls() public {
+        SibylFeed.Leaf[] memory ls = leaves(2, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        SibylFeed.Signature memory s = signWith(committee, h);
+        vm.expectRevert(SibylFeed.NoLeaves.selector);
+        feed.submitReport(meta(h), s, new SibylFeed.Leaf[](0));
+        vm.expectRevert(SibylFeed.NoLeaves.selector);
+        feed.submitFeeds(h, s, new SibylFeed.Leaf[](0), new bytes32[][](0));
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.ProofCountMismatch.selector, 2, 1));
+        feed.submitFeeds(h, s, ls, new bytes32[][](1));
+        SibylFeed.ReportHeader memory v2 = header(ls, 1, NOW_MS);
+        v2.version = 2;
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.UnsupportedVersion.selector, 2));
+        feed.submitReport(meta(v2), signWith(committee, v2), ls);
+    }
+
+    function test_rejectsValueOutOfRange() public {
+        SibylFeed.Leaf[] memory ls = leaves(1, 1);
+        ls[0].price = int256(type(int96).max) + 1;
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.ValueOutOfRange.selector, ls[0].feedId));
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        ls[0].price = type(int96).min;
+        ls[0].confidence = type(uint72).max;
+        h = header(ls, 1, NOW_MS);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        assertStored(ls[0], h);
+    }
+
+    // ------------------------------------------------------------------ rotation
+
+    function rotationSig(
+        FrostSigner.Key memory signer,
+        bytes32 from,
+        bytes32 to,
+        FrostSigner.Key memory next
+    ) internal returns (SibylFeed.Signature memory) {
+        return ReportBuilder.sign(
+            signer, nonceCounter++, feed.rotationDigest(from, to, next.x, next.y)
+        );
+    }
+
+    function test_rotationHandsOverToNewCommittee() public {
+        FrostSigner.Key memory next = FrostSigner.key(0xD1CE);
+        bytes32 nextConfig = keccak256("committee file v2");
+        SibylFeed.Signature memory s = rotationSig(committee, CONFIG, nextConfig, next);
+        vm.expectEmit(address(feed));
+        emit SibylFeed.CommitteeRotated(CONFIG, nextConfig, next.x, uint8(next.y & 1));
+        feed.rotateCommittee(nextConfig, next.x, next.y, s);
+        (bytes32 digest, uint256 keyX, uint8 parity) = feed.committee();
+        assertEq(digest, nextConfig);
+        assertEq(keyX, next.x);
+        assertEq(parity, next.y & 1);
+
+        // the old committee is out
+        SibylFeed.Leaf[] memory ls = leaves(1, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.WrongConfigDigest.selector, nextConfig, CONFIG)
+        );
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        h.configDigest = nextConfig;
+        vm.expectPartialRevert(SibylFeed.WrongGroupKey.selector);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        // the new one is in
+        feed.submitReport(meta(h), signWith(next, h), ls);
+        assertStored(ls[0], h);
+        // the rotation message cannot be replayed
+        vm.expectRevert(SibylFeed.ConfigDigestUnchanged.selector);
+        feed.rotateCommittee(nextConfig, next.x, next.y, s);
+    }
+
+    function test_rotationRejectsWrongSigner() public {
+        FrostSigner.Key memory next = FrostSigner.key(0xD1CE);
+        bytes32 nextConfig = keccak256("committee file v2");
+        // the newcomer cannot appoint itself
+        SibylFeed.Signature memory byStranger = rotationSig(stranger, CONFIG, nextConfig, stranger);
+        vm.expectPartialRevert(SibylFeed.WrongGroupKey.selector);
+        feed.rotateCommittee(nextConfig, stranger.x, stranger.y, byStranger);
+        // a committee signature over a different handover
+        SibylFeed.Signature memory s = rotationSig(committee, CONFIG, nextConfig, next);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.rotateCommittee(nextConfig, stranger.x, stranger.y, s);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.rotateCommittee(keccak256("committee file v3"), next.x, next.y, s);
+        // not a curve point
+        SibylFeed.Signature memory bad = ReportBuilder.sign(
+            committee, 77, feed.rotationDigest(CONFIG, nextConfig, next.x, next.y + 1)
+        );
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.InvalidGroupKey.selector, next.x, next.y + 1)
+        );
+        feed.rotateCommittee(nextConfig, next.x, next.y + 1, bad);
+        (bytes32 digest,,) = feed.committee();
+        assertEq(digest, CONFIG);
+    }
+
+    // ------------------------------------------------------------------ Chainlink adapter
+
+    function test_aggregatorV3Adapter() public {
+        SibylFeed.Leaf[] memory ls = leaves(3, 97_123e8);
+        SibylAggregatorV3 agg = new SibylAggregatorV3(feed, ls[1].feedId, 8, "FEED-101 / Sibyl");
+        assertEq(agg.decimals(), 8);
+        assertEq(agg.description(), "FEED-101 / Sibyl");
+        assertEq(agg.version(), 1);
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.NoDataPresent.selector, ls[1].feedId));
+        agg.latestRoundData();
+
+        SibylFeed.ReportHeader memory h = header(ls, 77, NOW_MS - 1500);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        (uint80 roundId, int256 answer, uint256 startedAt, uint256 updatedAt, uint80 answeredIn) =
+            agg.latestRoundData();
+        assertEq(roundId, 77);
+        assertEq(answer, ls[1].price);
+        assertEq(startedAt, NOW_S - 2); // 1.5 s before NOW, rounded down to whole seconds
+        assertEq(updatedAt, NOW_S - 2);
+        assertEq(answeredIn, 77);
+        assertEq(agg.latestConfidence(), ls[1].confidence);
+        (roundId, answer,,,) = agg.getRoundData(77);
+        assertEq(answer, ls[1].price);
+        vm.expectRevert(abi.encodeWithSelector(SibylAggregatorV3.NoDataForRound.selector, 76));
+        agg.getRoundData(76);
+    }
+}

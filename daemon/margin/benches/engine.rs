@@ -1,0 +1,221 @@
+//! Issue 7's figures for the margin engine, on the seeded demo book (1 to 5
+//! positions per account, perpetuals, a future, options, cross/isolated,
+//! ~8% of accounts opened near their initial requirement):
+//!
+//! - per-tick liquidation check after a typical move (every feed moves by a
+//!   random walk step of ~0.2%, one report per simulated second): p50/p99/max;
+//! - full revaluation of every account (`Engine::revalue_all`);
+//! - memory per position (resident set growth while building the book);
+//! - each at several book sizes, to show how cost grows with account count.
+//!
+//! ```text
+//! cargo bench -p sibyl-margin --bench engine
+//! SIBYL_BENCH_ACCOUNTS=10000,100000,1000000 cargo bench -p sibyl-margin --bench engine
+//! ```
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sibyl_margin::demo::{DemoParams, SplitMix, demo_book_with};
+use sibyl_margin::{Engine, Event};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Nanoseconds this thread has run on a CPU (Linux schedstat). The machine
+/// is shared, so wall time includes waiting for a core; this does not.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn sizes() -> Vec<usize> {
+    std::env::var("SIBYL_BENCH_ACCOUNTS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100_000, 1_000_000])
+}
+
+/// Feeds one report per call: a small random-walk move on every feed.
+struct Ticker {
+    rng: SplitMix,
+    prices: Vec<(String, i128)>,
+    round: u64,
+    t: u64,
+    base: std::collections::BTreeMap<String, i128>,
+}
+
+impl Ticker {
+    /// One report: (wall time, on-CPU time, liquidations, units examined).
+    fn tick(&mut self, e: &mut Engine) -> (Duration, Duration, usize, u64) {
+        self.round += 1;
+        self.t += 1_000;
+        let report: Vec<(&str, i128, u8, u128)> = self
+            .prices
+            .iter_mut()
+            .map(|(f, p)| {
+                // +-0.3% at most, pulled 2% of the way back to the start
+                // each tick so the book stays realistic over many ticks.
+                let step = (self.rng.next_u64() % 6_001) as i128 - 3_000;
+                let base = self.base.get(f.as_str()).copied().unwrap_or(*p);
+                *p = *p * (1_000_000 + step) / 1_000_000 + (base - *p) / 50;
+                (f.as_str(), *p, 8u8, (*p / 5_000) as u128)
+            })
+            .collect();
+        let examined = e.examined_units();
+        let cpu0 = cpu_ns();
+        let start = Instant::now();
+        let ev = e
+            .apply_prices(self.round, self.t, &report)
+            .expect("bench report is valid");
+        let took = start.elapsed();
+        let cpu = Duration::from_nanos(cpu_ns().saturating_sub(cpu0));
+        let liq = ev
+            .iter()
+            .filter(|r| matches!(r.event, Event::Liquidated { .. }))
+            .count();
+        black_box(ev);
+        (took, cpu, liq, e.examined_units() - examined)
+    }
+}
+
+fn pct(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn bench(c: &mut Criterion) {
+    for n in sizes() {
+        let near = std::env::var("SIBYL_BENCH_NEAR_PPM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        let params = DemoParams {
+            keep_inputs: false,
+            near_liquidation_ppm: near,
+            options_ppm: std::env::var("SIBYL_BENCH_OPTIONS_PPM")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100_000),
+            ..DemoParams::default()
+        };
+        let rss0 = rss_bytes();
+        let start = Instant::now();
+        let book = demo_book_with(42, n, &params);
+        let build = start.elapsed();
+        let rss1 = rss_bytes();
+        let mut e = book.engine;
+        let positions: usize = e.state().accounts.values().map(|a| a.positions.len()).sum();
+        let mem = rss1.saturating_sub(rss0);
+        println!(
+            "book n={n}: {positions} positions, {} indexed units, built in {:.1?} ({} inputs refused); \
+             resident +{} MiB = {} bytes/position (account, positions, index)",
+            e.indexed_units(),
+            build,
+            book.refused,
+            mem / (1 << 20),
+            mem / positions.max(1) as u64
+        );
+        let base = params
+            .prices
+            .iter()
+            .map(|(f, p)| (f.clone(), *p * 97 / 100))
+            .collect();
+        let mut ticker = Ticker {
+            rng: SplitMix::new(7),
+            prices: params.prices.clone(),
+            round: params.round,
+            t: e.now_ms(),
+            base,
+        };
+        // Let the near-liquidation accounts go first: a -3% move, then calm
+        // ticks around the new level.
+        for (_, p) in ticker.prices.iter_mut() {
+            *p = *p * 97 / 100;
+        }
+        let (first, first_cpu, liq, ex) = ticker.tick(&mut e);
+        println!(
+            "book n={n}: first tick after a -3% move: {first:.2?} wall, {first_cpu:.2?} on CPU, {ex} units examined, {liq} liquidations"
+        );
+
+        let mut samples: Vec<(Duration, u64)> = Vec::new();
+        let mut cpu_samples: Vec<Duration> = Vec::new();
+        let mut liquidations = 0usize;
+        let mut g = c.benchmark_group(format!("margin/{n}"));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(3));
+        g.bench_function("tick", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (d, cpu, l, ex) = ticker.tick(&mut e);
+                    samples.push((d, ex));
+                    cpu_samples.push(cpu);
+                    liquidations += l;
+                    total += d;
+                }
+                total
+            })
+        });
+        g.bench_function("revalue_all", |b| b.iter(|| black_box(e.revalue_all())));
+        g.finish();
+        // Criterion picks few iterations on big books: add a fixed run of
+        // ticks so the percentiles rest on enough samples.
+        let extra = std::env::var("SIBYL_BENCH_TICKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300usize);
+        for _ in 0..extra {
+            let (d, cpu, l, ex) = ticker.tick(&mut e);
+            samples.push((d, ex));
+            cpu_samples.push(cpu);
+            liquidations += l;
+        }
+        samples.sort();
+        cpu_samples.sort();
+        let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
+        let mut ex: Vec<u64> = samples.iter().map(|s| s.1).collect();
+        ex.sort();
+        println!(
+            "book n={n}: per-tick liquidation check over {} ticks: wall p50 {:.3?} p99 {:.3?} max {:.3?}; \
+             on CPU p50 {:.3?} p99 {:.3?} max {:.3?}; units examined per tick p50 {} p99 {} max {}; {} liquidations",
+            times.len(),
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            times.last().copied().unwrap_or_default(),
+            pct(&cpu_samples, 0.5),
+            pct(&cpu_samples, 0.99),
+            cpu_samples.last().copied().unwrap_or_default(),
+            ex.get(ex.len() / 2).copied().unwrap_or(0),
+            ex.get((ex.len().saturating_sub(1)) * 99 / 100)
+                .copied()
+                .unwrap_or(0),
+            ex.last().copied().unwrap_or(0),
+            liquidations,
+        );
+        let start = Instant::now();
+        let r = e.revalue_all();
+        println!(
+            "book n={n}: full revaluation of {} units / {} positions in {:.1?}",
+            r.units,
+            r.positions,
+            start.elapsed()
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,130 @@
+//! Fixed-point money, prices and quantities with checked arithmetic.
+//!
+//! Every amount the engine stores or compares is an `i128` at one of three
+//! scales. Floats exist only inside option pricing (`options`), and are
+//! rounded to these scales at the boundary.
+
+use crate::error::EngineError;
+
+/// Prices (feeds, marks, option premiums, strikes) carry 8 decimals.
+pub const PRICE_DECIMALS: u8 = 8;
+/// 10^PRICE_DECIMALS.
+pub const PRICE_SCALE: i128 = 100_000_000;
+/// Quantities (position sizes, collateral amounts in base units) carry 8 decimals.
+pub const QTY_SCALE: i128 = 100_000_000;
+/// Money (quote currency: balances, equity, requirements, fees) carries 6 decimals.
+pub const MONEY_SCALE: i128 = 1_000_000;
+/// Rates and fractions are parts per million.
+pub const PPM: i128 = 1_000_000;
+/// qty * price / VALUE_DIVISOR = money.
+pub const VALUE_DIVISOR: i128 = QTY_SCALE * PRICE_SCALE / MONEY_SCALE;
+
+/// The quote asset: deposits of it are cash, everything is valued in it.
+pub const QUOTE_ASSET: &str = "USD";
+
+pub fn overflow(what: &'static str) -> EngineError {
+    EngineError::Overflow { what }
+}
+
+pub fn add(a: i128, b: i128, what: &'static str) -> Result<i128, EngineError> {
+    a.checked_add(b).ok_or_else(|| overflow(what))
+}
+
+pub fn sub(a: i128, b: i128, what: &'static str) -> Result<i128, EngineError> {
+    a.checked_sub(b).ok_or_else(|| overflow(what))
+}
+
+pub fn mul(a: i128, b: i128, what: &'static str) -> Result<i128, EngineError> {
+    a.checked_mul(b).ok_or_else(|| overflow(what))
+}
+
+/// floor(a * b / d) for d > 0: rounding toward negative infinity, so the same
+/// inputs give the same integer everywhere.
+pub fn mul_div_floor(a: i128, b: i128, d: i128, what: &'static str) -> Result<i128, EngineError> {
+    let p = mul(a, b, what)?;
+    Ok(p.div_euclid(d))
+}
+
+/// ceil(a * b / d) for d > 0: used for requirements and fees (round against
+/// the account).
+pub fn mul_div_ceil(a: i128, b: i128, d: i128, what: &'static str) -> Result<i128, EngineError> {
+    let p = mul(a, b, what)?;
+    let q = p.div_euclid(d);
+    Ok(if p.rem_euclid(d) == 0 { q } else { q + 1 })
+}
+
+/// Money value of `qty` at `price` (floor).
+pub fn value(qty: i128, price: i128) -> Result<i128, EngineError> {
+    mul_div_floor(qty, price, VALUE_DIVISOR, "position value")
+}
+
+/// `amount * ppm / 1e6`, rounded up.
+pub fn ppm_ceil(amount: i128, ppm: i128) -> Result<i128, EngineError> {
+    mul_div_ceil(amount, ppm, PPM, "ppm fraction")
+}
+
+/// `amount * ppm / 1e6`, rounded down.
+pub fn ppm_floor(amount: i128, ppm: i128) -> Result<i128, EngineError> {
+    mul_div_floor(amount, ppm, PPM, "ppm fraction")
+}
+
+/// Rescales a feed price with `decimals` to PRICE_DECIMALS, rounding half
+/// away from zero when decimals are dropped.
+pub fn rescale(value: i128, decimals: u8) -> Result<i128, EngineError> {
+    let d = i32::from(decimals) - i32::from(PRICE_DECIMALS);
+    if d <= 0 {
+        let f = 10i128
+            .checked_pow(d.unsigned_abs())
+            .ok_or_else(|| overflow("price rescale"))?;
+        mul(value, f, "price rescale")
+    } else {
+        let f = 10i128
+            .checked_pow(d.unsigned_abs())
+            .ok_or_else(|| overflow("price rescale"))?;
+        let q = value / f;
+        let r = value % f;
+        Ok(if r.abs() * 2 >= f {
+            q + value.signum()
+        } else {
+            q
+        })
+    }
+}
+
+/// Rounds a float to the nearest integer of `scale` (half away from zero).
+/// The single float-to-integer boundary of the crate.
+pub fn round_to_scale(x: f64, scale: i128, what: &'static str) -> Result<i128, EngineError> {
+    let y = (x * scale as f64).round();
+    // 1.7e38 is i128's range; stay well inside it.
+    if !y.is_finite() || y.abs() > 1e36 {
+        return Err(EngineError::Pricing {
+            what,
+            detail: format!("non-finite or huge value {x}"),
+        });
+    }
+    Ok(y as i128)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_directional() {
+        assert_eq!(mul_div_floor(-7, 1, 2, "t").unwrap(), -4);
+        assert_eq!(mul_div_ceil(-7, 1, 2, "t").unwrap(), -3);
+        assert_eq!(mul_div_ceil(7, 1, 2, "t").unwrap(), 4);
+        assert_eq!(
+            value(QTY_SCALE, 50_000 * PRICE_SCALE).unwrap(),
+            50_000 * MONEY_SCALE
+        );
+    }
+
+    #[test]
+    fn rescale_both_ways() {
+        assert_eq!(rescale(123, 2).unwrap(), 123_000_000);
+        assert_eq!(rescale(123_456_789_015, 10).unwrap(), 1_234_567_890);
+        assert_eq!(rescale(123_456_789_050, 10).unwrap(), 1_234_567_891);
+        assert!(rescale(i128::MAX / 2, 0).is_err());
+    }
+}

@@ -1,0 +1,676 @@
+//! Engine behaviour: commands, liquidation, guard rails, bad debt, settlement,
+//! determinism. Amounts: money 6 decimals, prices and sizes 8 decimals.
+
+use sibyl_margin::fixed::{MONEY_SCALE as M, PRICE_SCALE as P, QTY_SCALE as Q};
+use sibyl_margin::options::{OptionKind, PricingModel};
+use sibyl_margin::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn feed(name: &str) -> FeedConfig {
+    FeedConfig {
+        feed: name.into(),
+        max_staleness_ms: 60_000,
+        max_confidence_ppm: 20_000,
+        max_jump_ppm: 200_000,
+        average_window: 4,
+        rate_ppm: 0,
+        grid: ScenarioGrid::default(),
+        vol_surface: None,
+    }
+}
+
+fn perp(name: &str, feed: &str) -> MarketConfig {
+    MarketConfig {
+        market: name.into(),
+        feed: feed.into(),
+        kind: MarketKind::Perpetual,
+        initial_ppm: 100_000,
+        maintenance_ppm: 50_000,
+        growth_ppm_per_million: 0,
+        max_rate_ppm: 500_000,
+        taker_fee_ppm: 0,
+        liquidation_penalty_ppm: 10_000,
+        liquidator_share_ppm: 500_000,
+    }
+}
+
+struct World {
+    e: Engine,
+    round: u64,
+    t: u64,
+    events: Vec<EventRecord>,
+}
+
+impl World {
+    fn new(f: FeedConfig, m: MarketConfig, price: i128) -> Self {
+        let mut w = World {
+            e: Engine::default(),
+            round: 0,
+            t: T0,
+            events: Vec::new(),
+        };
+        let feed = f.feed.clone();
+        w.cmd(Command::ConfigureFeed(f)).unwrap();
+        w.cmd(Command::ConfigureMarket(m)).unwrap();
+        w.price(&feed, price).unwrap();
+        w
+    }
+
+    fn cmd(&mut self, c: Command) -> Result<Vec<EventRecord>, EngineError> {
+        let r = self.e.apply_command(self.t, &c)?;
+        self.events.extend(r.clone());
+        Ok(r)
+    }
+
+    fn price_conf(
+        &mut self,
+        feed: &str,
+        price: i128,
+        conf: u128,
+    ) -> Result<Vec<EventRecord>, EngineError> {
+        self.round += 1;
+        self.t += 1_000;
+        let r = self
+            .e
+            .apply_prices(self.round, self.t, &[(feed, price, 8u8, conf)])?;
+        self.events.extend(r.clone());
+        Ok(r)
+    }
+
+    fn price(&mut self, feed: &str, price: i128) -> Result<Vec<EventRecord>, EngineError> {
+        self.price_conf(feed, price, 0)
+    }
+
+    fn account(&mut self, id: u64, cash: i128) {
+        self.cmd(Command::CreateAccount { account: id }).unwrap();
+        self.cmd(Command::Deposit {
+            account: id,
+            asset: "USD".into(),
+            amount: cash,
+        })
+        .unwrap();
+    }
+
+    fn open(
+        &mut self,
+        id: u64,
+        market: &str,
+        side: Side,
+        size: i128,
+    ) -> Result<Vec<EventRecord>, EngineError> {
+        self.cmd(Command::Open {
+            account: id,
+            market: market.into(),
+            side,
+            size,
+            margin: MarginMode::Cross,
+        })
+    }
+
+    fn health(&self, id: u64) -> Health {
+        self.e.account_view(id).unwrap()[0].health
+    }
+}
+
+fn liquidations(ev: &[EventRecord]) -> Vec<&Event> {
+    ev.iter()
+        .map(|r| &r.event)
+        .filter(|e| matches!(e, Event::Liquidated { .. }))
+        .collect()
+}
+
+#[test]
+fn open_then_move_liquidates_partially_or_fully() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    // 1 BTC... 90 units at 100 = 9000 notional, 9x leverage; initial 10% = 900.
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    let h = w.health(1);
+    assert_eq!(h.equity, 1_000 * M);
+    assert_eq!(h.initial, 900 * M);
+    assert_eq!(h.maintenance, 450 * M);
+    // Down 5%: equity 550 > maintenance 427.5: below initial, no liquidation.
+    let ev = w.price("BTC-USD", 95 * P).unwrap();
+    assert!(liquidations(&ev).is_empty());
+    let h = w.health(1);
+    assert!(h.equity < h.initial && h.equity >= h.maintenance, "{h:?}");
+    // Down to 93.5: equity 415 < maintenance 420.75: liquidated.
+    let ev = w.price("BTC-USD", 935 * P / 10).unwrap();
+    let l = liquidations(&ev);
+    assert_eq!(l.len(), 1, "{ev:?}");
+    let Event::Liquidated {
+        before,
+        after,
+        penalty,
+        to_liquidator,
+        to_insurance,
+        kind,
+        ..
+    } = l[0]
+    else {
+        unreachable!()
+    };
+    assert!(before.equity < before.maintenance);
+    assert!(after.equity >= after.maintenance, "{after:?}");
+    assert!(matches!(kind, LiquidationKind::Partial { .. }), "{kind:?}");
+    assert_eq!(*to_liquidator + *to_insurance, *penalty);
+    assert_eq!(w.e.insurance_fund(), *to_insurance);
+}
+
+#[test]
+fn deep_loss_closes_in_full_and_insurance_covers_bad_debt() {
+    let mut f = feed("BTC-USD");
+    f.max_jump_ppm = 900_000;
+    let mut w = World::new(f, perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.cmd(Command::FundInsurance { amount: 10_000 * M })
+        .unwrap();
+    w.account(1, 1_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    let total = w.e.total_money().unwrap();
+    // Gap down 20%: loss 1800 > equity 1000: bankrupt by 800.
+    let ev = w.price("BTC-USD", 80 * P).unwrap();
+    let l = liquidations(&ev);
+    assert_eq!(l.len(), 1);
+    assert!(matches!(
+        l[0],
+        Event::Liquidated {
+            kind: LiquidationKind::Full,
+            ..
+        }
+    ));
+    let bad = ev.iter().find_map(|r| match &r.event {
+        Event::BadDebt {
+            deficit,
+            from_insurance,
+            from_deleveraging,
+            from_venue,
+            ..
+        } => Some((*deficit, *from_insurance, *from_deleveraging, *from_venue)),
+        _ => None,
+    });
+    assert_eq!(bad, Some((800 * M, 800 * M, 0, 0)));
+    assert_eq!(w.e.insurance_fund(), 9_200 * M);
+    assert_eq!(w.health(1).equity, 0);
+    assert!(w.e.state().accounts[&1].positions.is_empty());
+    assert_eq!(w.e.total_money().unwrap(), total, "money is conserved");
+}
+
+#[test]
+fn bad_debt_beyond_the_fund_deleverages_profitable_opposing_positions() {
+    let mut f = feed("BTC-USD");
+    f.max_jump_ppm = 900_000;
+    let mut w = World::new(f, perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M); // will go bankrupt (long)
+    w.account(2, 5_000 * M); // short, profits from the fall
+    w.account(3, 5_000 * M); // short, smaller
+    w.account(4, 7_000 * M); // no positions: must never pay
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    w.open(2, "BTC-PERP", Side::Short, 100 * Q).unwrap();
+    w.open(3, "BTC-PERP", Side::Short, 10 * Q).unwrap();
+    let total = w.e.total_money().unwrap();
+    let ev = w.price("BTC-USD", 80 * P).unwrap();
+    let adl: Vec<_> = ev
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::AutoDeleveraged {
+                account,
+                charge,
+                rank,
+                bankrupt,
+                ..
+            } => Some((*account, *charge, *rank, *bankrupt)),
+            _ => None,
+        })
+        .collect();
+    assert!(!adl.is_empty(), "{ev:?}");
+    assert_eq!(adl[0].2, 1);
+    assert!(adl.iter().all(|a| a.3 == 1 && a.0 != 4));
+    let charged: i128 = adl.iter().map(|a| a.1).sum();
+    assert_eq!(charged, 800 * M);
+    // Account 2 (more leverage, same profit ratio) ranks first.
+    assert_eq!(adl[0].0, 2);
+    // The bystander kept every cent.
+    assert_eq!(w.health(4).equity, 7_000 * M);
+    // Deleveraged accounts lost at most their profit.
+    for (acct, charge, ..) in &adl {
+        assert!(
+            w.health(*acct).equity >= 5_000 * M,
+            "account {acct} charged {charge}"
+        );
+    }
+    assert_eq!(w.e.total_money().unwrap(), total);
+}
+
+#[test]
+fn guard_rails_defer_liquidation_and_refuse_new_risk() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    w.account(2, 1_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    // Wide confidence (5% > 2%) at a price that would liquidate: deferred.
+    let ev = w.price_conf("BTC-USD", 93 * P, 5 * P as u128).unwrap();
+    assert!(liquidations(&ev).is_empty());
+    assert!(ev.iter().any(|r| matches!(
+        &r.event,
+        Event::GuardRaised {
+            reason: GuardReason::ConfidenceTooWide { .. },
+            ..
+        }
+    )));
+    assert!(ev.iter().any(|r| matches!(
+        &r.event,
+        Event::LiquidationDeferred {
+            account: 1,
+            reason: GuardReason::ConfidenceTooWide { .. },
+            ..
+        }
+    )));
+    // New risk is refused with the reason, and nothing changes.
+    let before = w.e.snapshot();
+    let err = w.open(2, "BTC-PERP", Side::Long, Q).unwrap_err();
+    assert!(matches!(err, EngineError::GuardUp { .. }), "{err}");
+    assert_eq!(w.e.snapshot(), before);
+    // A good price clears the guard and the deferred liquidation runs.
+    let ev = w.price("BTC-USD", 93 * P).unwrap();
+    assert!(
+        ev.iter()
+            .any(|r| matches!(r.event, Event::GuardCleared { .. }))
+    );
+    assert_eq!(liquidations(&ev).len(), 1);
+}
+
+#[test]
+fn jump_guard_blocks_liquidation_on_an_implausible_print() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    for _ in 0..3 {
+        w.price("BTC-USD", 100 * P).unwrap();
+    }
+    // -40% against an average of 100 (max 20%): a jump, not a liquidation.
+    let ev = w.price("BTC-USD", 60 * P).unwrap();
+    assert!(liquidations(&ev).is_empty(), "{ev:?}");
+    assert!(ev.iter().any(|r| matches!(
+        &r.event,
+        Event::LiquidationDeferred {
+            reason: GuardReason::Jump { .. },
+            ..
+        }
+    )));
+    // Back to normal: the guard clears, the account is healthy again.
+    let ev = w.price("BTC-USD", 100 * P).unwrap();
+    assert!(
+        ev.iter()
+            .any(|r| matches!(r.event, Event::GuardCleared { .. }))
+    );
+    assert!(liquidations(&ev).is_empty());
+}
+
+#[test]
+fn stale_price_blocks_liquidation() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    let mut g = feed("ETH-USD");
+    g.max_jump_ppm = 900_000;
+    w.cmd(Command::ConfigureFeed(g)).unwrap();
+    w.cmd(Command::ConfigureMarket(perp("ETH-PERP", "ETH-USD")))
+        .unwrap();
+    w.price("ETH-USD", 10 * P).unwrap();
+    w.account(1, 1_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 45 * Q).unwrap();
+    w.open(1, "ETH-PERP", Side::Long, 450 * Q).unwrap();
+    // Time passes with ETH ticking only: BTC goes stale.
+    w.t += 120_000;
+    let ev = w.price("ETH-USD", 8 * P).unwrap();
+    assert!(ev.iter().any(|r| matches!(&r.event, Event::GuardRaised { feed, reason: GuardReason::Stale { .. } } if feed == "BTC-USD")));
+    assert!(liquidations(&ev).is_empty());
+    assert!(
+        ev.iter().any(
+            |r| matches!(&r.event, Event::LiquidationDeferred { feed, .. } if feed == "BTC-USD")
+        )
+    );
+}
+
+#[test]
+fn bad_commands_are_refused_and_change_nothing() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    let before = w.e.snapshot();
+    type IsExpected = fn(&EngineError) -> bool;
+    let cases: Vec<(Command, IsExpected)> = vec![
+        (
+            Command::Open {
+                account: 1,
+                market: "NOPE".into(),
+                side: Side::Long,
+                size: Q,
+                margin: MarginMode::Cross,
+            },
+            |e| matches!(e, EngineError::UnknownMarket { .. }),
+        ),
+        (
+            Command::Open {
+                account: 1,
+                market: "BTC-PERP".into(),
+                side: Side::Long,
+                size: -Q,
+                margin: MarginMode::Cross,
+            },
+            |e| matches!(e, EngineError::NonPositive { .. }),
+        ),
+        (
+            Command::Open {
+                account: 1,
+                market: "BTC-PERP".into(),
+                side: Side::Long,
+                size: i128::MAX,
+                margin: MarginMode::Cross,
+            },
+            |e| matches!(e, EngineError::Overflow { .. }),
+        ),
+        (
+            Command::Open {
+                account: 1,
+                market: "BTC-PERP".into(),
+                side: Side::Long,
+                size: 200 * Q,
+                margin: MarginMode::Cross,
+            },
+            |e| matches!(e, EngineError::InsufficientMargin { .. }),
+        ),
+        (
+            Command::Deposit {
+                account: 1,
+                asset: "USD".into(),
+                amount: i128::MAX,
+            },
+            |e| matches!(e, EngineError::Overflow { .. }),
+        ),
+        (
+            Command::Deposit {
+                account: 9,
+                asset: "USD".into(),
+                amount: M,
+            },
+            |e| matches!(e, EngineError::UnknownAccount { .. }),
+        ),
+        (
+            Command::Deposit {
+                account: 1,
+                asset: "DOGE".into(),
+                amount: M,
+            },
+            |e| matches!(e, EngineError::UnknownAsset { .. }),
+        ),
+        (
+            Command::Withdraw {
+                account: 1,
+                asset: "USD".into(),
+                amount: 2_000 * M,
+            },
+            |e| matches!(e, EngineError::InsufficientBalance { .. }),
+        ),
+        (Command::CreateAccount { account: 1 }, |e| {
+            matches!(e, EngineError::AccountExists { .. })
+        }),
+        (
+            Command::Close {
+                account: 1,
+                market: "BTC-PERP".into(),
+                size: None,
+            },
+            |e| matches!(e, EngineError::NoPosition { .. }),
+        ),
+        (Command::FundInsurance { amount: 0 }, |e| {
+            matches!(e, EngineError::NonPositive { .. })
+        }),
+    ];
+    for (c, ok) in cases {
+        let err = w.e.apply_command(w.t, &c).unwrap_err();
+        assert!(ok(&err), "{c:?} gave {err}");
+        assert!(!err.to_string().is_empty());
+        assert_eq!(w.e.snapshot(), before, "{c:?} changed state");
+    }
+    // Withdrawal below initial margin is refused; within it, accepted.
+    w.open(1, "BTC-PERP", Side::Long, 50 * Q).unwrap(); // initial 500
+    let before = w.e.snapshot();
+    let err = w
+        .cmd(Command::Withdraw {
+            account: 1,
+            asset: "USD".into(),
+            amount: 600 * M,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::InsufficientMargin { .. }),
+        "{err}"
+    );
+    assert_eq!(w.e.snapshot(), before);
+    w.cmd(Command::Withdraw {
+        account: 1,
+        asset: "USD".into(),
+        amount: 400 * M,
+    })
+    .unwrap();
+    // Bad prices are refused whole.
+    let before = w.e.snapshot();
+    assert!(matches!(
+        w.e.apply_prices(99, T0 + 9_000_000, &[("BTC-USD", -1i128, 8u8, 0u128)]),
+        Err(EngineError::NonPositivePrice { .. })
+    ));
+    assert!(matches!(
+        w.e.apply_prices(0, T0 + 9_000_000, &[("BTC-USD", P, 8u8, 0u128)]),
+        Err(EngineError::OutOfOrderPrice { .. })
+    ));
+    assert!(matches!(
+        w.e.apply_prices(
+            99,
+            T0 + 9_000_000,
+            &[("BTC-USD", P, 8u8, 0u128), ("BTC-USD", P, 8u8, 0u128)]
+        ),
+        Err(EngineError::DuplicateFeed { .. })
+    ));
+    assert_eq!(w.e.snapshot(), before);
+}
+
+#[test]
+fn multi_asset_collateral_counts_with_haircut() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
+    w.cmd(Command::ConfigureAsset(AssetConfig {
+        asset: "BTC".into(),
+        feed: "BTC-USD".into(),
+        haircut_ppm: 200_000,
+    }))
+    .unwrap();
+    w.cmd(Command::CreateAccount { account: 7 }).unwrap();
+    w.cmd(Command::Deposit {
+        account: 7,
+        asset: "BTC".into(),
+        amount: Q / 10,
+    })
+    .unwrap();
+    // 0.1 BTC at 50,000 with a 20% haircut = 4,000.
+    assert_eq!(w.health(7).equity, 4_000 * M);
+    w.price("BTC-USD", 55_000 * P).unwrap();
+    assert_eq!(w.health(7).equity, 4_400 * M);
+}
+
+#[test]
+fn isolated_margin_limits_the_loss_to_its_pool() {
+    let mut f = feed("BTC-USD");
+    f.max_jump_ppm = 900_000;
+    let mut w = World::new(f, perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.cmd(Command::FundInsurance { amount: 10_000 * M })
+        .unwrap();
+    w.account(1, 5_000 * M);
+    w.cmd(Command::Open {
+        account: 1,
+        market: "BTC-PERP".into(),
+        side: Side::Long,
+        size: 90 * Q,
+        margin: MarginMode::Isolated {
+            collateral: 1_000 * M,
+        },
+    })
+    .unwrap();
+    let ev = w.price("BTC-USD", 80 * P).unwrap();
+    assert_eq!(liquidations(&ev).len(), 1);
+    // The cross pool keeps its 4,000; the pool's 800 deficit went to the fund.
+    assert_eq!(w.health(1).equity, 4_000 * M);
+    assert_eq!(w.e.insurance_fund(), 9_200 * M);
+}
+
+#[test]
+fn requirements_grow_with_position_size() {
+    let mut m = perp("BTC-PERP", "BTC-USD");
+    m.growth_ppm_per_million = 10_000; // +1% per 1M notional
+    let mut w = World::new(feed("BTC-USD"), m, 100 * P);
+    w.account(1, 10_000_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 10_000 * Q).unwrap(); // 1M notional
+    let small = w.health(1);
+    assert_eq!(small.initial, 110_000 * M); // 11% of 1M
+    w.open(1, "BTC-PERP", Side::Long, 30_000 * Q).unwrap(); // 4M notional
+    let big = w.health(1);
+    assert_eq!(big.initial, 560_000 * M); // 14% of 4M
+}
+
+fn option_market(name: &str, kind: OptionKind, strike: i128, expiry_ms: u64) -> MarketConfig {
+    MarketConfig {
+        kind: MarketKind::Option {
+            kind,
+            strike,
+            expiry_ms,
+            model: PricingModel::Black76,
+            vol: VolSource::Fixed { vol_ppm: 250_000 },
+        },
+        ..perp(name, "OIL-USD")
+    }
+}
+
+#[test]
+fn option_marks_greeks_portfolio_margin_and_settlement() {
+    // Hull Example 18.8: F = K = 20, r = 9%, sigma = 25%, T = 4 months: put 1.12.
+    let mut f = feed("OIL-USD");
+    f.rate_ppm = 90_000;
+    let expiry = T0 + 1_000 + 10_512_000_000; // 4/12 of a 365-day year after the first price
+    let mut w = World::new(
+        f,
+        option_market("OIL-P-20", OptionKind::Put, 20 * P, expiry),
+        20 * P,
+    );
+    w.cmd(Command::ConfigureMarket(MarketConfig {
+        kind: MarketKind::Future { expiry_ms: expiry },
+        ..perp("OIL-FUT", "OIL-USD")
+    }))
+    .unwrap();
+    let mark = w.e.state().markets["OIL-P-20"].mark.clone().unwrap();
+    assert!(
+        (mark.price - 112 * P / 100).abs() < P / 200,
+        "put premium {}",
+        mark.price
+    );
+    assert!(mark.greeks.delta < 0 && mark.greeks.gamma > 0 && mark.greeks.vega > 0);
+    // A short put hedged with a short future: portfolio margin with Greeks.
+    w.account(1, 10_000 * M);
+    w.open(1, "OIL-P-20", Side::Short, 100 * Q).unwrap();
+    w.open(1, "OIL-FUT", Side::Short, 50 * Q).unwrap();
+    let view = w.e.account_view(1).unwrap();
+    assert!(view[0].health.portfolio);
+    assert!(view[0].health.maintenance > 0 && view[0].health.initial > view[0].health.maintenance);
+    let g = view[0].greeks["OIL-USD"];
+    // -100 × put delta (~ -0.47) - 50 ≈ -3.
+    assert!(g.delta > -10 * Q && g.delta < 5 * Q, "{g:?}");
+    assert!(g.gamma < 0 && g.vega < 0);
+    // Expiry: settled at intrinsic value (K - F = 2) and at F for the future.
+    let total = w.e.total_money().unwrap();
+    w.t = expiry;
+    let ev = w.price("OIL-USD", 18 * P).unwrap();
+    let settled: Vec<_> = ev
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Settled { market, price, .. } => Some((market.clone(), *price)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        settled.contains(&("OIL-P-20".to_string(), 2 * P)),
+        "{settled:?}"
+    );
+    assert!(settled.contains(&("OIL-FUT".to_string(), 18 * P)));
+    assert!(w.e.state().accounts[&1].positions.is_empty());
+    assert_eq!(w.e.total_money().unwrap(), total);
+    let err = w.open(1, "OIL-FUT", Side::Long, Q).unwrap_err();
+    assert!(matches!(err, EngineError::Settled { .. }), "{err}");
+}
+
+#[test]
+fn vol_surface_interpolates() {
+    let surf = VolSurface {
+        slices: vec![
+            VolSlice {
+                expiry_ms: 1_000,
+                points: vec![
+                    VolPoint {
+                        strike: 100,
+                        vol_ppm: 500_000,
+                    },
+                    VolPoint {
+                        strike: 200,
+                        vol_ppm: 300_000,
+                    },
+                ],
+            },
+            VolSlice {
+                expiry_ms: 3_000,
+                points: vec![VolPoint {
+                    strike: 100,
+                    vol_ppm: 400_000,
+                }],
+            },
+        ],
+    };
+    let v = sibyl_margin::engine::surface_vol(&surf, 150, 1_000, 0);
+    assert!((v - 0.4).abs() < 1e-12);
+    assert!((sibyl_margin::engine::surface_vol(&surf, 50, 500, 0) - 0.5).abs() < 1e-12);
+    // Halfway in time between 0.5 (T=1000) and 0.4 (T=3000) in total variance.
+    let v = sibyl_margin::engine::surface_vol(&surf, 100, 2_000, 0);
+    let w = (0.25 * 1000.0 + (0.16 * 3000.0 - 0.25 * 1000.0) * 0.5) / 2000.0;
+    assert!((v - f64::sqrt(w)).abs() < 1e-12);
+}
+
+#[test]
+fn demo_book_replays_and_has_accounts_near_liquidation() {
+    let book = demo_book(7, 300);
+    assert_eq!(book.engine.state().accounts.len(), 300);
+    let positions: usize = book
+        .engine
+        .state()
+        .accounts
+        .values()
+        .map(|a| a.positions.len())
+        .sum();
+    assert!(positions >= 300, "{positions}");
+    // Replaying the stored inputs reproduces the same state.
+    let mut e = Engine::default();
+    for i in &book.inputs {
+        e.apply(i).unwrap();
+    }
+    assert_eq!(e.snapshot(), book.engine.snapshot());
+    // A 3% move liquidates some accounts (and conserves money).
+    let mut e = book.engine.clone();
+    let total = e.total_money().unwrap();
+    let t = e.now_ms() + 1_000;
+    let ev = e
+        .apply_prices(
+            1,
+            t,
+            &[
+                ("BTC-USD", 58_200 * P, 8u8, 0u128),
+                ("ETH-USD", 3_090 * P, 8, 0),
+                ("SOL-USD", 145 * P, 8, 0),
+            ],
+        )
+        .unwrap();
+    assert!(!liquidations(&ev).is_empty());
+    assert_eq!(e.total_money().unwrap(), total);
+}

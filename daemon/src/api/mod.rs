@@ -1,0 +1,297 @@
+//! The node's HTTP API (axum), its Prometheus `/metrics` and the built-in
+//! dashboard.
+//!
+//! ```text
+//!   node ── builds ApiState ──▶ api::router(state) / api::serve(listener, state)
+//!     │  Readers (own SQLite connections)        ◀── GET /v1/feeds, /history, /reports
+//!     │  broadcast::Sender<Arc<SignedReport>>     ──▶ GET /v1/stream (SSE)
+//!     │  watch::Receiver<CommitteeStatus>         ──▶ GET /v1/committee
+//!     │  prometheus-client Registry (shared)      ──▶ GET /metrics
+//!     └  StoreHandle (optional, admin routes)     ◀── POST /v1/admin/* (bearer token)
+//! ```
+//!
+//! Read routes are public; routes that change state sit behind a bearer token
+//! from the config ([`require_admin`]). Every request passes a per-client rate
+//! limit and a body size limit, and is counted and timed in the registry.
+//! Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.
+
+mod dashboard;
+mod error;
+mod handlers;
+mod limits;
+pub mod openapi;
+mod types;
+
+pub use error::ApiError;
+pub use limits::{RateLimiter, require_admin};
+pub use types::{CommitteeStatus, FeedInfo, MemberStatus};
+
+use crate::store::{Readers, RetentionPolicy, StoreHandle};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sibyl_aggregator::{FeedId, SignedReport};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+/// Limits on what one client may ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Requests per second per client IP (token bucket refill rate); 0 = no limit.
+    pub requests_per_second: u32,
+    /// Burst size of the per-client token bucket.
+    pub burst: u32,
+    /// Most points or candles in one history page.
+    pub max_page: usize,
+    /// Widest `to - from` of a raw-points history query.
+    pub max_raw_range: Duration,
+    /// Most candle buckets a `from`..`to` range with an `interval` may span.
+    pub max_buckets: u64,
+    /// Concurrent SSE streams served at most.
+    pub max_streams: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            requests_per_second: 100,
+            burst: 200,
+            max_page: 10_000,
+            max_raw_range: Duration::from_secs(31 * 86_400),
+            max_buckets: 1_000_000,
+            max_streams: 1_024,
+        }
+    }
+}
+
+/// Settings of the API, from the node config.
+#[derive(Clone, Debug, Default)]
+pub struct ApiConfig {
+    /// Bearer token for state-changing routes. `None`: those routes answer 403.
+    pub admin_token: Option<String>,
+    /// The committee's feeds (from the committee file). Feeds found in the
+    /// store are served too; a feed in neither is "unknown" (404).
+    pub feeds: BTreeMap<FeedId, FeedInfo>,
+    pub limits: ApiLimits,
+    /// Policy that `POST /v1/admin/retention` runs.
+    pub retention: RetentionPolicy,
+}
+
+/// Everything the node hands the API. Plain fields so the node can build it
+/// piece by piece; [`ApiState::new`] turns it into the shared state.
+pub struct ApiParts {
+    /// Read-only connections to the node's store.
+    pub readers: Readers,
+    /// The store's writer, for admin routes (retention). `None` disables them.
+    pub writer: Option<StoreHandle>,
+    /// The node sends every verified, stored signed report here.
+    pub reports: broadcast::Sender<Arc<SignedReport>>,
+    /// The node publishes committee health here.
+    pub committee: watch::Receiver<CommitteeStatus>,
+    /// The node's metrics registry, with the node's own metrics already
+    /// registered; the API adds its own (`sibyl_api_*`, `sibyl_db_size_bytes`).
+    pub registry: Registry,
+    pub config: ApiConfig,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+struct ApiMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily,
+    rate_limited: Counter,
+    db_size: Gauge,
+    streams: Gauge,
+}
+
+impl ApiMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        fn latency_histogram() -> Histogram {
+            // 100 µs .. ~3.3 s
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        }
+        let m = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            rate_limited: Counter::default(),
+            db_size: Gauge::default(),
+            streams: Gauge::default(),
+        };
+        registry.register(
+            "sibyl_api_requests",
+            "HTTP API requests by method, route and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "sibyl_api_request_duration_seconds",
+            "HTTP API request latency by route",
+            m.latency.clone(),
+        );
+        registry.register(
+            "sibyl_api_rate_limited",
+            "HTTP API requests refused by the per-client rate limit",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "sibyl_db_size_bytes",
+            "Size of the SQLite database file plus its WAL",
+            m.db_size.clone(),
+        );
+        registry.register(
+            "sibyl_api_streams",
+            "Open /v1/stream (SSE) connections",
+            m.streams.clone(),
+        );
+        m
+    }
+}
+
+struct Inner {
+    readers: Readers,
+    writer: Option<StoreHandle>,
+    reports: broadcast::Sender<Arc<SignedReport>>,
+    committee: watch::Receiver<CommitteeStatus>,
+    registry: Registry,
+    metrics: ApiMetrics,
+    config: ApiConfig,
+    rate: RateLimiter,
+}
+
+/// Shared state of the API; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+impl ApiState {
+    /// Register the API's metrics in `parts.registry` and build the state.
+    pub fn new(parts: ApiParts) -> Self {
+        let ApiParts {
+            readers,
+            writer,
+            reports,
+            committee,
+            mut registry,
+            config,
+        } = parts;
+        let metrics = ApiMetrics::register(&mut registry);
+        let rate = RateLimiter::new(config.limits.requests_per_second, config.limits.burst);
+        Self {
+            inner: Arc::new(Inner {
+                readers,
+                writer,
+                reports,
+                committee,
+                registry,
+                metrics,
+                config,
+                rate,
+            }),
+        }
+    }
+
+    pub fn readers(&self) -> &Readers {
+        &self.inner.readers
+    }
+
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+}
+
+/// Every route of the API as (method, path), in the router's path syntax.
+/// The OpenAPI document and the tests are checked against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/feeds"),
+    ("GET", "/v1/feeds/{id}/latest"),
+    ("GET", "/v1/feeds/{id}/history"),
+    ("GET", "/v1/reports/{round}"),
+    ("GET", "/v1/stream"),
+    ("GET", "/v1/committee"),
+    ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/admin/retention"),
+];
+
+/// The API's router with its state applied: JSON routes, `/metrics`, the
+/// dashboard at `/`, limits and request metrics.
+pub fn router(state: ApiState) -> Router {
+    let admin = Router::new()
+        .route("/v1/admin/retention", post(handlers::admin_retention))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ));
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/v1/feeds", get(handlers::feeds))
+        .route("/v1/feeds/{id}/latest", get(handlers::feed_latest))
+        .route("/v1/feeds/{id}/history", get(handlers::feed_history))
+        .route("/v1/reports/{round}", get(handlers::report))
+        .route("/v1/stream", get(handlers::stream))
+        .route("/v1/committee", get(handlers::committee))
+        .route("/v1/openapi.json", get(handlers::openapi))
+        .merge(admin)
+        .merge(dashboard::routes())
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(
+            state.inner.config.limits.max_body_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::rate_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::track,
+        ))
+        .with_state(state)
+}
+
+/// Serve the API on `listener` until the future is dropped or fails.
+pub async fn serve(listener: TcpListener, state: ApiState) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await
+}
+
+/// Like [`serve`], stopping gracefully when `shutdown` completes.
+pub async fn serve_with_shutdown(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

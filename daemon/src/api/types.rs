@@ -1,0 +1,87 @@
+//! What the API serves, as JSON. Integers that may exceed 2^53 (prices,
+//! confidences) are strings so JavaScript clients do not round them.
+
+use serde::{Deserialize, Serialize};
+use sibyl_aggregator::{ReportLeaf, Round, TimestampMs};
+
+/// Static facts about a feed, from the committee file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedInfo {
+    /// Prices are `value / 10^decimals`.
+    pub decimals: u8,
+}
+
+/// Committee health as the node sees it; published by the node on a
+/// `tokio::sync::watch` channel and served at `/v1/committee`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitteeStatus {
+    /// Signatures needed for a report (`t`).
+    pub threshold: u16,
+    /// Index (FROST identifier) of this node.
+    pub self_index: u16,
+    /// The round the node is in now.
+    pub current_round: Round,
+    /// The newest round with a signed report.
+    pub last_signed_round: Option<Round>,
+    /// Observation-to-signed-report latency of recent rounds, oldest first.
+    pub recent_round_latency_ms: Vec<u64>,
+    pub members: Vec<MemberStatus>,
+    /// When the node last updated this status.
+    pub updated_at_ms: TimestampMs,
+}
+
+/// One committee member, as seen by this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// FROST identifier, 1..=n.
+    pub index: u16,
+    pub peer_id: String,
+    /// Whether this node has a live connection to the member (always true
+    /// for the node itself).
+    pub connected: bool,
+    /// When a message from the member was last received.
+    pub last_seen_ms: Option<TimestampMs>,
+    /// Rounds the member led that produced a signed report.
+    pub rounds_led: u64,
+    /// Rounds whose signed report carries the member's share.
+    pub rounds_signed: u64,
+    /// Invalid or missing shares blamed on the member.
+    pub share_failures: u64,
+}
+
+/// One feed's value in one signed report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FeedValue {
+    pub feed_id: String,
+    pub decimals: Option<u8>,
+    pub round: Round,
+    /// The report's timestamp.
+    pub timestamp_ms: TimestampMs,
+    /// Fixed point: `price / 10^decimals`.
+    pub price: String,
+    pub confidence: String,
+    pub num_observations: u16,
+    pub observed_at_ms: TimestampMs,
+}
+
+/// A report leaf as served in the SSE stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeafValue {
+    pub feed_id: String,
+    pub price: String,
+    pub confidence: String,
+    pub num_observations: u16,
+    pub observed_at_ms: TimestampMs,
+}
+
+impl From<&ReportLeaf> for LeafValue {
+    fn from(l: &ReportLeaf) -> Self {
+        Self {
+            feed_id: l.feed_id.to_string(),
+            price: l.price.to_string(),
+            confidence: l.confidence.to_string(),
+            num_observations: l.num_observations,
+            observed_at_ms: l.observed_at_ms,
+        }
+    }
+}

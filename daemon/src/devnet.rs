@@ -1,0 +1,539 @@
+//! `sibyl devnet`: a whole committee on this machine with one command, no
+//! internet needed.
+//!
+//! ```text
+//!   DIR/committee.toml            members on 127.0.0.1, feeds, round timing
+//!   DIR/node-<i>/node.toml        one per member (API port, keys, data dir)
+//!   DIR/node-<i>/keys/            identity + FROST key package (trusted dealer)
+//!   DIR/node-<i>/passphrase       random, mode 0600
+//!   DIR/node-<i>/node.log         the member's log (JSON lines)
+//!   DIR/devnet.json               per member: index, peer_id, api_url, pid,
+//!                                 config and database paths; the group key
+//! ```
+//!
+//! The members are separate `sibyl run` processes. Prices come from the
+//! built-in deterministic source. Ctrl-C (or the end of `--duration`) stops
+//! every member with SIGTERM, then prints each member's round latency, CPU
+//! time and peak RSS.
+
+use crate::config::{Committee, parse_duration};
+use crate::keystore::{KdfParams, KeyPaths, Keystore, Passphrase, write_atomic};
+use anyhow::{Context, Result, bail};
+use libp2p::identity::Keypair;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Arguments of `sibyl devnet`.
+#[derive(Debug, clap::Args)]
+pub struct DevnetArgs {
+    /// Committee size.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: u16,
+    /// Signatures per report; default 2f + 1.
+    #[arg(long)]
+    pub threshold: Option<u16>,
+    /// Directory for configs, keys, databases and logs (made if missing).
+    #[arg(long, default_value = "devnet")]
+    pub dir: PathBuf,
+    /// Stop after this long (e.g. "60s"); default: run until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Round interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Number of feeds (BTC-USD, ETH-USD, SOL-USD, then synthetic ones).
+    #[arg(long, default_value_t = 3)]
+    pub feeds: u16,
+    /// Only write the committee, configs and keys; start nothing.
+    #[arg(long)]
+    pub setup_only: bool,
+    /// Observe a simulated exchange (`sibyl sim-exchange`, started here)
+    /// through the real source adapters, instead of the built-in source.
+    #[arg(long)]
+    pub sim_exchange: bool,
+}
+
+/// One member in `devnet.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetMember {
+    pub index: u16,
+    pub peer_id: String,
+    pub p2p_address: String,
+    pub api_url: String,
+    /// Process id; `None` with `--setup-only`.
+    pub pid: Option<u32>,
+    pub config: PathBuf,
+    pub db: PathBuf,
+    pub log: PathBuf,
+}
+
+/// `DIR/devnet.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetFile {
+    pub committee: PathBuf,
+    pub threshold: u16,
+    pub config_digest: String,
+    /// Group public key (FROST Ed25519), hex.
+    pub group_key: String,
+    pub suite: String,
+    /// The simulated exchange's base URL, with `--sim-exchange`.
+    #[serde(default)]
+    pub sim_exchange: Option<String>,
+    pub members: Vec<DevnetMember>,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("cannot find a free port on 127.0.0.1")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Assets the simulated exchange quotes (and the built-in source names feeds after).
+const ASSETS: [&str; 23] = [
+    "BTC", "ETH", "SOL", "BNB", "XRP", "DOGE", "ADA", "AVAX", "LINK", "DOT", "LTC", "BCH", "UNI",
+    "ATOM", "NEAR", "APT", "ARB", "OP", "TRX", "XLM", "FIL", "AAVE", "ETC",
+];
+
+fn feed_ids(n: u16) -> Vec<String> {
+    (0..n)
+        .map(|i| match ASSETS.get(usize::from(i)) {
+            Some(a) => format!("{a}-USD"),
+            None => format!("SYN{i}-USD"),
+        })
+        .collect()
+}
+
+/// The `[sources]` section pointing at a simulated exchange on `port`.
+fn sim_sources(port: u16, feeds: &[String]) -> String {
+    let venues = ["coinbase", "kraken", "bitstamp", "gemini"];
+    let mut s = String::from(
+        "\n# Prices from the devnet's simulated exchange.\n[sources]\npoll_interval = \"250ms\"\nrequest_timeout = \"1s\"\nmax_quote_age = \"10s\"\nmax_deviation_bps = 200\n",
+    );
+    for v in venues {
+        s += &format!("[sources.venues.{v}]\nbase_url = \"http://127.0.0.1:{port}/{v}\"\n");
+        if matches!(v, "coinbase" | "kraken") {
+            // These adapters also stream; point the stream at the simulator too.
+            s += &format!("ws_url = \"ws://127.0.0.1:{port}/ws/{v}\"\n");
+        }
+    }
+    for f in feeds {
+        s +=
+            &format!("[[sources.feeds]]\nid = \"{f}\"\ndecimals = 8\nmin_sources = 2\nsources = [");
+        s += &venues.map(|v| format!("{{ venue = \"{v}\" }}")).join(", ");
+        s += "]\n";
+    }
+    s
+}
+
+/// Writes the committee, configs and keys; returns the devnet description
+/// (without pids).
+pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
+    let n = args.nodes;
+    if !(1..=64).contains(&n) {
+        bail!("--nodes must be 1..=64 (got {n})");
+    }
+    let f = n.saturating_sub(1) / 3;
+    let t = args.threshold.unwrap_or(2 * f + 1);
+    if t < f + 1 || t > n - f {
+        bail!(
+            "--threshold {t} is outside f + 1 ..= n - f = {}..={} for {n} nodes",
+            f + 1,
+            n - f
+        );
+    }
+    if args.feeds == 0 {
+        bail!("--feeds must be at least 1");
+    }
+    if args.sim_exchange && usize::from(args.feeds) > ASSETS.len() {
+        bail!(
+            "the simulated exchange quotes {} assets; use --feeds {} or fewer",
+            ASSETS.len(),
+            ASSETS.len()
+        );
+    }
+    let sim_port = if args.sim_exchange {
+        Some(free_port()?)
+    } else {
+        None
+    };
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if dir.join("devnet.json").exists() {
+        bail!(
+            "{} already holds a devnet; choose another --dir or delete it",
+            dir.display()
+        );
+    }
+
+    let interval_ms = u64::try_from(args.interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(50);
+    let mut members = Vec::new();
+    let mut identities = Vec::new();
+    let mut committee = format!(
+        "# Devnet committee written by `sibyl devnet`.\nthreshold = {t}\nsuites = [\"ed25519\"]\nleader_seed = 0\n\n[round]\ninterval = \"{interval_ms}ms\"\nobservation_timeout = \"{}ms\"\nshare_timeout = \"{}ms\"\nround_timeout = \"{}ms\"\n\n",
+        (interval_ms / 2).clamp(20, 200),
+        (interval_ms * 2).clamp(100, 1000),
+        (interval_ms * 4).max(1000),
+    );
+    for index in 1..=n {
+        let kp = Keypair::generate_ed25519();
+        let p2p = free_port()?;
+        let api = free_port()?;
+        let peer_id = kp.public().to_peer_id().to_string();
+        let p2p_address = format!("/ip4/127.0.0.1/tcp/{p2p}");
+        committee += &format!(
+            "[[members]]\nindex = {index}\npeer_id = \"{peer_id}\"\naddress = \"{p2p_address}\"\n\n"
+        );
+        let node_dir = dir.join(format!("node-{index}"));
+        members.push(DevnetMember {
+            index,
+            peer_id,
+            p2p_address,
+            api_url: format!("http://127.0.0.1:{api}"),
+            pid: None,
+            config: node_dir.join("node.toml"),
+            db: node_dir.join("data").join("sibyl.db"),
+            log: node_dir.join("node.log"),
+        });
+        identities.push(kp);
+    }
+    let heartbeat_ms = (interval_ms * 10).max(5_000);
+    let feeds = feed_ids(args.feeds);
+    for id in &feeds {
+        committee += &format!(
+            "[[feeds]]\nid = \"{id}\"\ndecimals = 8\ndeviation_bps = 10\nheartbeat = \"{heartbeat_ms}ms\"\n\n"
+        );
+    }
+    let committee_path = dir.join("committee.toml");
+    std::fs::write(&committee_path, &committee)
+        .with_context(|| format!("cannot write {}", committee_path.display()))?;
+    let parsed = Committee::load(&committee_path)?;
+    let digest = parsed.digest;
+
+    // Trusted dealer, bound to this committee's digest.
+    let keys = sibyl_aggregator::testkit::dealer_keys::<frost_ed25519::Ed25519Sha512, _>(
+        n,
+        t,
+        &mut rand::rngs::OsRng,
+    )
+    .map_err(|e| anyhow::anyhow!("dealer key generation failed: {e}"))?;
+    let group_key = hex::encode(
+        keys.public_key_package
+            .verifying_key()
+            .serialize()
+            .map_err(|e| anyhow::anyhow!("cannot encode the group key: {e}"))?,
+    );
+    for (m, kp) in members.iter().zip(&identities) {
+        let node_dir = dir.join(format!("node-{}", m.index));
+        std::fs::create_dir_all(node_dir.join("data"))
+            .with_context(|| format!("cannot create {}", node_dir.display()))?;
+        let mut raw = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let pass_text = hex::encode(raw);
+        write_atomic(&node_dir.join("passphrase"), pass_text.as_bytes(), 0o600)?;
+        let pass = Passphrase::new(pass_text)?;
+        let store = Keystore::with_paths(KeyPaths::in_dir(&node_dir.join("keys")))
+            .with_kdf(KdfParams::default());
+        store.write_identity(kp, &pass)?;
+        let id = frost_core::Identifier::try_from(m.index)
+            .map_err(|e| anyhow::anyhow!("identifier {}: {e}", m.index))?;
+        let kpkg = keys
+            .key_packages
+            .get(&id)
+            .with_context(|| format!("the dealer made no key for member {}", m.index))?;
+        store.write_key_package(&digest, kpkg, &pass)?;
+        store.write_public_key_package(&digest, &keys.public_key_package)?;
+        let api_listen = m.api_url.trim_start_matches("http://");
+        let node_toml = format!(
+            "# Devnet member {index}, written by `sibyl devnet`.\n[node]\ncommittee = \"../committee.toml\"\ndata_dir = \"data\"\n\n[keys]\nidentity = \"keys/identity.key\"\nkey_package = \"keys/frost.key\"\npublic_key_package = \"keys/frost.pub.json\"\npassphrase_file = \"passphrase\"\n\n[net]\nlisten = \"{listen}\"\nredial_interval = \"1s\"\n\n[api]\nlisten = \"{api_listen}\"\n\n[store]\npath = \"sibyl.db\"\n\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
+            index = m.index,
+            listen = m.p2p_address,
+        );
+        let node_toml = match sim_port {
+            Some(port) => node_toml + &sim_sources(port, &feeds),
+            None => node_toml,
+        };
+        std::fs::write(&m.config, node_toml)
+            .with_context(|| format!("cannot write {}", m.config.display()))?;
+        crate::config::Config::load(&m.config)?; // the same validation `sibyl run` does
+    }
+    Ok(DevnetFile {
+        committee: committee_path,
+        threshold: t,
+        config_digest: hex::encode(digest.0),
+        group_key,
+        suite: "ed25519".into(),
+        sim_exchange: sim_port.map(|p| format!("http://127.0.0.1:{p}")),
+        members,
+    })
+}
+
+fn write_file(dir: &Path, file: &DevnetFile) -> Result<()> {
+    let json = serde_json::to_vec_pretty(file)?;
+    write_atomic(&dir.join("devnet.json"), &json, 0o644)?;
+    Ok(())
+}
+
+/// Starts `sibyl run` for one member, its stderr going to its log file.
+pub fn spawn_member(m: &DevnetMember) -> Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the sibyl executable")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&m.log)
+        .with_context(|| format!("cannot open {}", m.log.display()))?;
+    Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(&m.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start member {}", m.index))
+}
+
+/// CPU seconds (user + system) and peak RSS in KiB of a process, from /proc.
+pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields after the command: state is [0]; utime is field 14 overall -> [11], stime [12].
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some(((utime + stime) as f64 / 100.0, hwm))
+}
+
+/// Plain HTTP GET on loopback (no TLS), returning the body.
+pub fn http_get(url: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s =
+        std::net::TcpStream::connect(host).with_context(|| format!("cannot connect to {host}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        bail!("{url} answered {status}: {body}");
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        return Ok(out);
+    }
+    Ok(body.to_string())
+}
+
+fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// `sibyl devnet` entry point.
+pub fn run(args: DevnetArgs) -> Result<()> {
+    let mut file = setup(&args)?;
+    let dir = args.dir.canonicalize()?;
+    if args.setup_only {
+        write_file(&dir, &file)?;
+        println!(
+            "devnet written to {} (not started: --setup-only)",
+            dir.display()
+        );
+        return Ok(());
+    }
+    let mut sim = None;
+    if let Some(url) = &file.sim_exchange {
+        let listen = url.trim_start_matches("http://").to_string();
+        let exe = std::env::current_exe().context("cannot find the sibyl executable")?;
+        let log = std::fs::File::create(dir.join("sim-exchange.log"))?;
+        let child = Command::new(exe)
+            .args(["sim-exchange", "--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the simulated exchange")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&listen).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the simulated exchange did not start; see {}",
+                    dir.join("sim-exchange.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!(
+            "simulated exchange: {url} (log {})",
+            dir.join("sim-exchange.log").display()
+        );
+        sim = Some(child);
+    }
+    let mut children = Vec::new();
+    for m in &mut file.members {
+        let child = spawn_member(m)?;
+        m.pid = Some(child.id());
+        children.push(child);
+    }
+    write_file(&dir, &file)?;
+    println!(
+        "devnet of {} members (threshold {}) in {}",
+        file.members.len(),
+        file.threshold,
+        dir.display()
+    );
+    println!("group public key (ed25519): {}", file.group_key);
+    println!("config digest: 0x{}", file.config_digest);
+    for m in &file.members {
+        println!(
+            "  member {}  pid {}  api {}  log {}",
+            m.index,
+            m.pid.unwrap_or(0),
+            m.api_url,
+            m.log.display()
+        );
+    }
+    let first = &file.members[0];
+    println!("dashboard: {}/", first.api_url);
+    println!(
+        "verify the newest report:\n  sibyl verify {}/v1/reports/latest --group-key {} --committee {}",
+        first.api_url,
+        file.group_key,
+        file.committee.display()
+    );
+    println!(
+        "details: {}; Ctrl-C stops the devnet",
+        dir.join("devnet.json").display()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    rt.block_on(async {
+        let deadline = async {
+            match args.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let watch_children = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                for (c, m) in children.iter_mut().zip(&file.members) {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        eprintln!(
+                            "member {} exited ({status}); see {}",
+                            m.index,
+                            m.log.display()
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => println!("\nCtrl-C: stopping the devnet"),
+            _ = deadline => println!("duration reached: stopping the devnet"),
+            _ = watch_children => println!("a member stopped: stopping the devnet"),
+        }
+    });
+    println!("ran for {:.1}s", started.elapsed().as_secs_f64());
+    summary(&file);
+    for c in &children {
+        terminate(c.id());
+    }
+    let stop_deadline = Instant::now() + Duration::from_secs(10);
+    for (c, m) in children.iter_mut().zip(&file.members) {
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < stop_deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    eprintln!("member {} did not stop on SIGTERM; killing it", m.index);
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(mut sim) = sim {
+        terminate(sim.id());
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = sim.kill();
+        let _ = sim.wait();
+    }
+    println!("devnet stopped");
+    Ok(())
+}
+
+/// Prints each member's round latency (from its API), CPU and RSS.
+pub fn summary(file: &DevnetFile) {
+    println!("member  last report  p50 latency  p99 latency  samples  cpu(s)  peak RSS");
+    for m in &file.members {
+        let status: Option<serde_json::Value> = http_get(&format!("{}/v1/node/status", m.api_url))
+            .ok()
+            .and_then(|b| serde_json::from_str(&b).ok());
+        let get = |k: &str| {
+            status
+                .as_ref()
+                .and_then(|s| s.get(k))
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        let (cpu, rss) = m.pid.and_then(proc_usage).unwrap_or((0.0, 0));
+        println!(
+            "{:>6}  {:>11}  {:>9}us  {:>9}us  {:>7}  {:>6.2}  {:>6} MiB",
+            m.index,
+            get("last_report_round"),
+            get("latency_p50_us"),
+            get("latency_p99_us"),
+            get("latency_samples"),
+            cpu,
+            rss / 1024
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! DKG ceremonies between real `Net`s on loopback.
+
+use super::*;
+use crate::keystore::KdfParams;
+use crate::keystore::tests::tempdir;
+use crate::net::tests::{committee, config, fast_limits};
+use crate::net::{Member, NetConfig};
+
+type Ed = frost_ed25519::Ed25519Sha512;
+type Evm = frost_secp256k1_evm::Secp256K1Keccak256;
+
+fn params(keys: &[Keypair], members: &[Member], me: usize, t: u16) -> DkgParams {
+    DkgParams {
+        digest: ConfigDigest([5; 32]),
+        threshold: t,
+        identity: keys[me].clone(),
+        members: members.iter().map(|m| (m.index, m.peer_id)).collect(),
+        timeout: Duration::from_secs(30),
+        resend_interval: Duration::from_millis(300),
+    }
+}
+
+fn net_config(keys: &[Keypair], members: &[Member], me: usize) -> NetConfig {
+    config(&keys[me], members, members[me].index, fast_limits())
+}
+
+fn sign_and_verify<C: Ciphersuite>(kps: &[&KeyPackage<C>], pkp: &PublicKeyPackage<C>) {
+    let mut rng = rand::rngs::OsRng;
+    let msg = b"report header digest";
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for kp in kps {
+        let (n, c) = frost_core::round1::commit(kp.signing_share(), &mut rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let sp = frost_core::SigningPackage::new(commitments, msg);
+    let mut shares = BTreeMap::new();
+    for kp in kps {
+        let share = frost_core::round2::sign(&sp, &nonces[kp.identifier()], kp).expect("sign");
+        shares.insert(*kp.identifier(), share);
+    }
+    let sig = frost_core::aggregate(&sp, &shares, pkp).expect("aggregate");
+    pkp.verifying_key()
+        .verify(msg, &sig)
+        .expect("group signature verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_members_agree_on_keys_for_both_suites_and_store_them() {
+    let (keys, members) = committee(4);
+    let dir = tempdir();
+    let pass = Passphrase::new("dkg test").expect("pass");
+    let mut tasks = Vec::new();
+    for me in 0..4 {
+        let cfg = net_config(&keys, &members, me);
+        let p = params(&keys, &members, me, 3);
+        let store =
+            Keystore::new(dir.path().join(format!("m{me}"))).with_kdf(KdfParams::insecure_fast());
+        let pass = pass.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut net = Net::new(cfg).expect("net");
+            let mut lines = Vec::new();
+            let r = run_dkg_and_store(
+                &mut net,
+                p,
+                &[Suite::Ed25519, Suite::Secp256k1Evm],
+                &store,
+                &pass,
+                |l| lines.push(l.to_string()),
+            )
+            .await;
+            (r, lines)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        let (r, lines) = t.await.expect("task");
+        let r = r.expect("ceremony succeeds");
+        assert!(lines.iter().any(|l| l.contains("round 1")), "{lines:?}");
+        results.push(r);
+    }
+    let keys0 = results[0].group_keys();
+    assert_eq!(keys0.len(), 2);
+    for r in &results {
+        assert_eq!(r.group_keys(), keys0, "members disagree on the group key");
+    }
+    // Any 3 of 4 sign for the group key, in both suites.
+    let ed: Vec<&KeyPackage<Ed>> = results[1..]
+        .iter()
+        .map(|r| &r.ed25519.as_ref().expect("ed").key_package)
+        .collect();
+    sign_and_verify(
+        &ed,
+        &results[0].ed25519.as_ref().expect("ed").public_key_package,
+    );
+    let evm: Vec<&KeyPackage<Evm>> = results[..3]
+        .iter()
+        .map(|r| &r.secp256k1_evm.as_ref().expect("evm").key_package)
+        .collect();
+    sign_and_verify(
+        &evm,
+        &results[3]
+            .secp256k1_evm
+            .as_ref()
+            .expect("evm")
+            .public_key_package,
+    );
+
+    // What was stored reads back and matches.
+    let store = Keystore::new(dir.path().join("m2"));
+    let kp = store
+        .read_key_package::<Ed>(&ConfigDigest([5; 32]), &pass)
+        .expect("stored key package");
+    assert_eq!(kp, results[2].ed25519.as_ref().expect("ed").key_package);
+    let pkp = store
+        .read_public_key_package::<Evm>(&ConfigDigest([5; 32]))
+        .expect("stored public key package");
+    assert_eq!(keystore::group_key_hex(&pkp), keys0[&Suite::Secp256k1Evm]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivocating_member_is_named_and_nothing_is_stored() {
+    let (keys, members) = committee(4);
+    let dir = tempdir();
+    let pass = Passphrase::new("dkg test").expect("pass");
+    let mut tasks = Vec::new();
+    for me in 0..3 {
+        let cfg = net_config(&keys, &members, me);
+        let p = params(&keys, &members, me, 3);
+        let store =
+            Keystore::new(dir.path().join(format!("m{me}"))).with_kdf(KdfParams::insecure_fast());
+        let pass = pass.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut net = Net::new(cfg).expect("net");
+            run_dkg_and_store(&mut net, p, &[Suite::Ed25519], &store, &pass, |_| {}).await
+        }));
+    }
+
+    // Member 4 signs two different round-1 packages: A to member 1, B to 2 and 3.
+    let mut evil = Net::new(net_config(&keys, &members, 3)).expect("evil net");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while evil.connected().len() < 3 {
+        let _ = tokio::time::timeout_at(deadline, evil.next_event())
+            .await
+            .expect("evil member connects");
+    }
+    let session = session_id::<Ed>(&ConfigDigest([5; 32]));
+    let id = Identifier::<Ed>::try_from(4u16).expect("id");
+    let mut signed = Vec::new();
+    for _ in 0..2 {
+        let (_, pkg) = part1::<Ed, _>(id, 4, 3, &mut rand::rngs::OsRng).expect("part1");
+        let bytes = pkg.serialize().expect("ser");
+        let hash = sha3(&[&bytes]);
+        let signature = keys[3]
+            .sign(&round1_statement(&session, 4, &hash))
+            .expect("sign");
+        signed.push(DkgMessage::Round1 {
+            package: bytes,
+            signature,
+        });
+    }
+    evil.send(1, signed[0].encode(&session)).expect("send A");
+    evil.send(2, signed[1].encode(&session)).expect("send B");
+    evil.send(3, signed[1].encode(&session)).expect("send B");
+    // Keep its connections serviced until the honest members finish.
+    let pump = tokio::spawn(async move {
+        loop {
+            let _ = evil.next_event().await;
+        }
+    });
+
+    for t in tasks {
+        let err = t.await.expect("task").expect_err("ceremony must fail");
+        assert!(
+            matches!(err, DkgError::Equivocation { member: 4 }),
+            "wrong blame: {err}"
+        );
+        assert_eq!(err.culprit(), Some(4));
+        assert!(err.to_string().contains("member 4"));
+    }
+    pump.abort();
+    // Nothing half-done was stored.
+    for me in 0..3 {
+        let store = Keystore::new(dir.path().join(format!("m{me}")));
+        assert!(!store.key_package_path::<Ed>().exists());
+        assert!(!store.public_key_package_path::<Ed>().exists());
+    }
+}
+
+#[test]
+fn forged_echo_blames_the_echoer() {
+    let (keys, members) = committee(3);
+    let members: BTreeMap<u16, PeerId> = members.iter().map(|m| (m.index, m.peer_id)).collect();
+    let session = [1u8; 32];
+    let mut seen = BTreeMap::new();
+    let mut entries = BTreeMap::new();
+    for (i, key) in (1u16..=3).zip(&keys) {
+        let hash = sha3(&[&[i as u8]]);
+        let sig = key
+            .sign(&round1_statement(&session, i, &hash))
+            .expect("sign");
+        seen.insert(
+            i,
+            Round1Seen {
+                hash,
+                signature: sig.clone(),
+                package: vec![],
+            },
+        );
+        entries.insert(i, (hash, sig));
+    }
+    assert!(check_echo(&session, 2, &entries, &seen, &members).is_ok());
+    // Member 2 claims member 3 sent something else, without 3's signature.
+    let mut forged = entries.clone();
+    forged.insert(3, ([9; 32], vec![0; 64]));
+    let err = check_echo(&session, 2, &forged, &seen, &members).expect_err("forged");
+    assert!(
+        matches!(err, DkgError::BadMessage { member: 2, .. }),
+        "{err}"
+    );
+    // An echo that leaves a member out blames the echoer.
+    let mut short = entries.clone();
+    short.remove(&1);
+    let err = check_echo(&session, 3, &short, &seen, &members).expect_err("short");
+    assert_eq!(err.culprit(), Some(3));
+}
+
+#[test]
+fn messages_round_trip_and_garbage_is_refused() {
+    let session = [7u8; 32];
+    let msgs = vec![
+        DkgMessage::Round1 {
+            package: vec![1, 2, 3],
+            signature: vec![4; 64],
+        },
+        DkgMessage::Echo {
+            entries: [(1, ([2; 32], vec![3; 64])), (2, ([4; 32], vec![5; 64]))]
+                .into_iter()
+                .collect(),
+        },
+        DkgMessage::Round2 {
+            package: vec![9; 100],
+        },
+        DkgMessage::Done {
+            public_key_package_hash: [8; 32],
+        },
+    ];
+    for m in msgs {
+        let bytes = m.encode(&session);
+        assert_eq!(DkgMessage::decode(&bytes), Ok((session, m.clone())));
+        for cut in 0..bytes.len() {
+            assert!(
+                DkgMessage::decode(&bytes[..cut]).is_err(),
+                "truncated at {cut}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(DkgMessage::decode(&long).is_err());
+    }
+    assert!(DkgMessage::decode(b"hello").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_member_times_out_naming_it() {
+    let (keys, members) = committee(3);
+    let mut tasks = Vec::new();
+    for me in 0..2 {
+        let cfg = net_config(&keys, &members, me);
+        let mut p = params(&keys, &members, me, 2);
+        p.timeout = Duration::from_secs(2);
+        tasks.push(tokio::spawn(async move {
+            let mut net = Net::new(cfg).expect("net");
+            run_dkg(&mut net, p, &[Suite::Ed25519], |_| {}).await
+        }));
+    }
+    for t in tasks {
+        let err = t.await.expect("task").expect_err("member 3 never came");
+        match err {
+            DkgError::Timeout { phase, missing } => {
+                assert_eq!(phase, Phase::Connect);
+                assert_eq!(missing, vec![3]);
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Request-response codec for opaque byte messages with a size limit.
+//!
+//! A request is the message bytes up to the end of the stream; the response is
+//! an empty acknowledgement. A request longer than the limit is cut off while
+//! reading (never buffered beyond `max + 1` bytes) and handed up as
+//! [`Inbound::Oversized`], so the event loop can count it: request-response
+//! does not report failed reads to the behaviour.
+
+use std::io;
+
+use futures::prelude::*;
+use libp2p::StreamProtocol;
+
+/// The protocol name of member-to-member messages.
+pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/sibyl/msg/1");
+
+/// A message on the wire: its bytes, or (inbound only) the fact that it was
+/// over the size limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wire {
+    Bytes(Vec<u8>),
+    Oversized,
+}
+
+#[derive(Clone, Debug)]
+pub struct BytesCodec {
+    pub max_message_bytes: usize,
+}
+
+async fn read_limited<T>(io: &mut T, max: usize) -> io::Result<Wire>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut buf = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    io.take(limit).read_to_end(&mut buf).await?;
+    if buf.len() > max {
+        return Ok(Wire::Oversized);
+    }
+    Ok(Wire::Bytes(buf))
+}
+
+impl libp2p::request_response::Codec for BytesCodec {
+    type Protocol = StreamProtocol;
+    type Request = Wire;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Wire>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_limited(io, self.max_message_bytes).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        match read_limited(io, 0).await? {
+            Wire::Bytes(_) => Ok(()),
+            Wire::Oversized => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "acknowledgement must be empty",
+            )),
+        }
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Wire,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        if let Wire::Bytes(bytes) = req {
+            io.write_all(&bytes).await?;
+        }
+        io.close().await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, _: ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.close().await
+    }
+}

@@ -1,0 +1,69 @@
+//! Per-member inbound rate limit: a token bucket.
+
+use std::time::Instant;
+
+/// `rate` tokens per second refill, up to `rate + burst` tokens. Integer
+/// arithmetic in microtokens so refills never drift.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    /// Tokens * 1e6.
+    micro: u64,
+    cap_micro: u64,
+    rate: u64,
+    last: Instant,
+}
+
+const MICRO: u64 = 1_000_000;
+
+impl TokenBucket {
+    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+        let cap = u64::from(rate_per_sec)
+            .saturating_add(u64::from(burst))
+            .max(1);
+        Self {
+            micro: cap.saturating_mul(MICRO),
+            cap_micro: cap.saturating_mul(MICRO),
+            rate: u64::from(rate_per_sec),
+            last: now,
+        }
+    }
+
+    /// Take one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed_us =
+            u64::try_from(now.saturating_duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
+        // rate tokens/s == rate microtokens/us.
+        self.micro = self
+            .micro
+            .saturating_add(elapsed_us.saturating_mul(self.rate))
+            .min(self.cap_micro);
+        self.last = now;
+        if self.micro >= MICRO {
+            self.micro -= MICRO;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn burst_then_refill() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 5, t0);
+        let taken = (0..100).filter(|_| b.take(t0)).count();
+        assert_eq!(taken, 15);
+        assert!(!b.take(t0));
+        // 100 ms at 10/s refills one token.
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        // A long pause refills only up to the cap.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..100).filter(|_| b.take(later)).count(), 15);
+    }
+}

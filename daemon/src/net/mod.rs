@@ -1,0 +1,846 @@
+//! The committee network: libp2p over TCP + Noise + Yamux.
+//!
+//! ```text
+//!             Net (owned by the node's one event loop)
+//!   send/broadcast ──► request-response "/sibyl/msg/1" ──► peer: NetEvent::Message
+//!   publish_report ──► gossipsub "sibyl/reports/1" ─────► peer: validator ─► NetEvent::Report
+//!                      allow-list: only committee PeerIds get a connection
+//!                      identify, ping; redial timer with backoff
+//! ```
+//!
+//! Only committee members get in: the allow-list behaviour refuses every
+//! connection whose Noise-authenticated PeerId is not in the committee, before
+//! any protocol handler exists, so nothing a stranger sends reaches the
+//! protocol. Inbound messages pass a size limit (enforced while reading) and a
+//! per-member token-bucket rate limit; what fails is dropped and counted by
+//! reason. Members dial every other member they are not connected to, with
+//! exponential backoff, so a restarted member rejoins by itself.
+//!
+//! `next_event` is cancel-safe: it can sit in a `tokio::select!` next to the
+//! node's timers and channels.
+
+mod codec;
+mod limits;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, ListenError, NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, noise, ping, tcp, yamux};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub use codec::MESSAGE_PROTOCOL;
+use codec::Wire;
+use limits::TokenBucket;
+
+/// The gossipsub topic signed reports travel on.
+pub const REPORT_TOPIC: &str = "sibyl/reports/1";
+
+/// One committee member as the network sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// FROST identifier / committee index, 1..=n.
+    pub index: u16,
+    pub peer_id: PeerId,
+    pub addr: Multiaddr,
+}
+
+/// Size and rate limits, timers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest point-to-point message accepted or sent.
+    pub max_message_bytes: usize,
+    /// Largest signed report on gossip.
+    pub max_report_bytes: usize,
+    /// Sustained inbound messages per second per member (messages + reports).
+    pub rate_per_sec: u32,
+    /// Burst allowance on top of the sustained rate.
+    pub burst: u32,
+    /// First redial delay after a failure or disconnect.
+    pub redial_min: Duration,
+    /// Largest redial delay.
+    pub redial_max: Duration,
+    /// How long a sent message may wait for its acknowledgement.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            max_report_bytes: 4 << 20,
+            rate_per_sec: 500,
+            burst: 1000,
+            redial_min: Duration::from_millis(250),
+            redial_max: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Decides whether a gossiped report is valid (e.g. verifies against the group
+/// key). Invalid reports are rejected, not forwarded, and counted.
+pub type ReportValidator = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// Everything a [`Net`] needs.
+#[derive(Clone)]
+pub struct NetConfig {
+    pub listen: Multiaddr,
+    pub identity: Keypair,
+    /// The whole committee, this member included.
+    pub members: Vec<Member>,
+    pub limits: Limits,
+    /// Checks gossiped reports; `None` accepts every report from a member.
+    pub report_validator: Option<ReportValidator>,
+}
+
+impl NetConfig {
+    /// The network settings of node.toml and its committee file.
+    pub fn from_node_config(
+        config: &crate::config::Config,
+        identity: Keypair,
+    ) -> Result<Self, NetError> {
+        let me = identity.public().to_peer_id();
+        let members: Vec<Member> = config
+            .committee
+            .members
+            .iter()
+            .map(|m| Member {
+                index: m.index,
+                peer_id: m.peer_id,
+                addr: m.address.clone(),
+            })
+            .collect();
+        let listen = match &config.node.net.listen {
+            Some(l) => l.get_ref().parse().map_err(|e| NetError::Listen {
+                addr: Multiaddr::empty(),
+                reason: format!("net.listen {:?} is not a multiaddr: {e}", l.get_ref()),
+            })?,
+            None => members
+                .iter()
+                .find(|m| m.peer_id == me)
+                .map(|m| m.addr.clone())
+                .ok_or(NetError::NotInCommittee(me))?,
+        };
+        let net = &config.node.net;
+        let redial = net.redial_interval.0.max(Duration::from_millis(10));
+        let limits = Limits {
+            max_message_bytes: net.max_message_bytes,
+            rate_per_sec: net.rate_limit_per_peer,
+            burst: net.rate_limit_per_peer,
+            redial_min: redial,
+            redial_max: (redial * 16).max(Duration::from_secs(10)),
+            request_timeout: net.request_timeout.0,
+            ..Limits::default()
+        };
+        Ok(Self {
+            listen,
+            identity,
+            members,
+            limits,
+            report_validator: None,
+        })
+    }
+}
+
+impl fmt::Debug for NetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetConfig")
+            .field("listen", &self.listen)
+            .field("peer_id", &self.identity.public().to_peer_id())
+            .field("members", &self.members)
+            .field("limits", &self.limits)
+            .field("report_validator", &self.report_validator.is_some())
+            .finish()
+    }
+}
+
+/// Why an inbound message or connection was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// A connection from a PeerId outside the committee.
+    NotMember,
+    /// Larger than the size limit.
+    Oversized,
+    /// Over the member's rate limit.
+    RateLimited,
+    /// A gossiped report the validator refused.
+    InvalidReport,
+    /// A gossiped report without a committee member as its origin.
+    UnknownOrigin,
+    /// A message the protocol layer could not decode ([`Net::report_malformed`]).
+    Malformed,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NotMember => "not_member",
+            DropReason::Oversized => "oversized",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::InvalidReport => "invalid_report",
+            DropReason::UnknownOrigin => "unknown_origin",
+            DropReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// What the network tells the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetEvent {
+    /// A point-to-point message from member `from`.
+    Message {
+        from: u16,
+        bytes: Vec<u8>,
+    },
+    /// A gossiped report that passed the validator; `from` is its origin.
+    Report {
+        from: u16,
+        bytes: Vec<u8>,
+    },
+    PeerConnected(u16),
+    PeerDisconnected(u16),
+    /// Something inbound was dropped (already counted in [`NetStats`]).
+    Dropped {
+        from: Option<PeerId>,
+        reason: DropReason,
+    },
+}
+
+/// Counters since the `Net` started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub reports_published: u64,
+    pub reports_received: u64,
+    /// Sent messages that were not acknowledged (peer down, timeout, refused).
+    pub send_failures: u64,
+    pub dials: u64,
+    pub dropped: BTreeMap<DropReason, u64>,
+}
+
+impl NetStats {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+/// Prometheus metrics of the network, registered with
+/// [`Net::register_metrics`].
+#[derive(Clone, Debug, Default)]
+struct NetMetrics {
+    messages: Family<Vec<(String, String)>, Counter>,
+    reports: Family<Vec<(String, String)>, Counter>,
+    dropped: Family<Vec<(String, String)>, Counter>,
+    connected: Gauge,
+}
+
+impl NetMetrics {
+    fn inc(family: &Family<Vec<(String, String)>, Counter>, key: &str, value: &str) {
+        family
+            .get_or_create(&vec![(key.to_string(), value.to_string())])
+            .inc();
+    }
+}
+
+/// Setting up the network failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(
+        "this node's PeerId {0} is not in the committee; check the identity key and the committee file"
+    )]
+    NotInCommittee(PeerId),
+    #[error("committee member {0} is listed twice (by index or PeerId)")]
+    DuplicateMember(u16),
+    #[error("committee index 0 is invalid: members are numbered 1..=n")]
+    ZeroIndex,
+    #[error(
+        "cannot listen on {addr}: {reason}; choose a different listen address or stop the process using it"
+    )]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("cannot build the libp2p stack: {0}")]
+    Build(String),
+}
+
+/// Sending failed before anything left the process.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("no committee member has index {0}")]
+    UnknownMember(u16),
+    #[error("cannot send a message to ourselves (member {0})")]
+    ToSelf(u16),
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("cannot publish the report: {0}")]
+    Publish(String),
+}
+
+fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    if let (Some(ip), Some(port)) = (ip, port)
+        && port != 0
+    {
+        std::net::TcpListener::bind((ip, port)).map_err(|e| NetError::Listen {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    rr: request_response::Behaviour<codec::BytesCodec>,
+    gossip: gossipsub::Behaviour,
+}
+
+#[derive(Debug)]
+struct Redial {
+    next: Instant,
+    backoff: Duration,
+    dialing: bool,
+}
+
+/// The network of one member. Owns the libp2p swarm; drive it by awaiting
+/// [`Net::next_event`] in the node's event loop.
+pub struct Net {
+    swarm: Swarm<Behaviour>,
+    me: u16,
+    members: BTreeMap<u16, Member>,
+    by_peer: HashMap<PeerId, u16>,
+    connected: BTreeSet<u16>,
+    redial: BTreeMap<u16, Redial>,
+    buckets: BTreeMap<u16, TokenBucket>,
+    limits: Limits,
+    topic: IdentTopic,
+    validator: Option<ReportValidator>,
+    pending: VecDeque<NetEvent>,
+    stats: NetStats,
+    metrics: NetMetrics,
+    tick: tokio::time::Interval,
+}
+
+impl fmt::Debug for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net")
+            .field("me", &self.me)
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("connected", &self.connected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// Build the stack and start listening. Must run inside a tokio runtime.
+    pub fn new(config: NetConfig) -> Result<Self, NetError> {
+        let local = config.identity.public().to_peer_id();
+        let mut members = BTreeMap::new();
+        let mut by_peer = HashMap::new();
+        for m in &config.members {
+            if m.index == 0 {
+                return Err(NetError::ZeroIndex);
+            }
+            if members.insert(m.index, m.clone()).is_some()
+                || by_peer.insert(m.peer_id, m.index).is_some()
+            {
+                return Err(NetError::DuplicateMember(m.index));
+            }
+        }
+        let me = *by_peer.get(&local).ok_or(NetError::NotInCommittee(local))?;
+        let limits = config.limits.clone();
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(limits.max_report_bytes)
+            .heartbeat_interval(Duration::from_millis(500))
+            .build()
+            .map_err(|e| NetError::Build(format!("gossipsub config: {e}")))?;
+        let topic = IdentTopic::new(REPORT_TOPIC);
+
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NetError::Build(e.to_string()))?
+            .with_behaviour(|key| {
+                let mut gossip = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                gossip.subscribe(&topic)?;
+                Ok(Behaviour {
+                    allow: allow_block_list::Behaviour::default(),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/sibyl/1".to_string(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::default(),
+                    rr: request_response::Behaviour::with_codec(
+                        codec::BytesCodec {
+                            max_message_bytes: limits.max_message_bytes,
+                        },
+                        [(MESSAGE_PROTOCOL, ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(limits.request_timeout),
+                    ),
+                    gossip,
+                })
+            })
+            .map_err(|e| NetError::Build(e.to_string()))?
+            // Committee connections are long-lived; the redial timer handles loss.
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+            .build();
+
+        // libp2p's TCP listener sets SO_REUSEPORT, so a second node on the
+        // same port would silently share it: check with a plain bind first.
+        check_port_free(&config.listen)?;
+        swarm
+            .listen_on(config.listen.clone())
+            .map_err(|e| NetError::Listen {
+                addr: config.listen.clone(),
+                reason: e.to_string(),
+            })?;
+
+        let now = Instant::now();
+        let mut redial = BTreeMap::new();
+        let mut buckets = BTreeMap::new();
+        for m in members.values() {
+            swarm.behaviour_mut().allow.allow_peer(m.peer_id);
+            if m.index == me {
+                continue;
+            }
+            swarm.add_peer_address(m.peer_id, m.addr.clone());
+            swarm.behaviour_mut().gossip.add_explicit_peer(&m.peer_id);
+            redial.insert(
+                m.index,
+                Redial {
+                    next: now,
+                    backoff: limits.redial_min,
+                    dialing: false,
+                },
+            );
+            buckets.insert(
+                m.index,
+                TokenBucket::new(limits.rate_per_sec, limits.burst, now),
+            );
+        }
+        let mut tick = tokio::time::interval(limits.redial_min.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        Ok(Self {
+            swarm,
+            me,
+            members,
+            by_peer,
+            connected: BTreeSet::new(),
+            redial,
+            buckets,
+            limits,
+            topic,
+            validator: config.report_validator,
+            pending: VecDeque::new(),
+            stats: NetStats::default(),
+            metrics: NetMetrics::default(),
+            tick,
+        })
+    }
+
+    /// This member's committee index.
+    pub fn me(&self) -> u16 {
+        self.me
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Addresses we listen on (after the listener reported them).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.swarm.listeners().cloned().collect()
+    }
+
+    /// Members we currently have at least one connection to.
+    pub fn connected(&self) -> BTreeSet<u16> {
+        self.connected.clone()
+    }
+
+    pub fn stats(&self) -> NetStats {
+        self.stats.clone()
+    }
+
+    /// Register the network's metrics: `sibyl_net_messages_total{direction}`,
+    /// `sibyl_net_reports_total{direction}`, `sibyl_net_dropped_total{reason}`,
+    /// `sibyl_net_connected_members`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("sibyl_net");
+        r.register(
+            "messages",
+            "Point-to-point committee messages by direction",
+            self.metrics.messages.clone(),
+        );
+        r.register(
+            "reports",
+            "Gossiped signed reports by direction",
+            self.metrics.reports.clone(),
+        );
+        r.register(
+            "dropped",
+            "Inbound messages and connections dropped, by reason",
+            self.metrics.dropped.clone(),
+        );
+        r.register(
+            "connected_members",
+            "Committee members currently connected",
+            self.metrics.connected.clone(),
+        );
+    }
+
+    /// The protocol layer found a message from `from` malformed: count it
+    /// with the network's other drops.
+    pub fn report_malformed(&mut self, from: u16) {
+        let peer = self.members.get(&from).map(|m| m.peer_id);
+        *self.stats.dropped.entry(DropReason::Malformed).or_insert(0) += 1;
+        NetMetrics::inc(
+            &self.metrics.dropped,
+            "reason",
+            DropReason::Malformed.as_str(),
+        );
+        tracing::debug!(member = from, ?peer, "malformed message dropped");
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Send `bytes` to member `to`. Dials if not connected; delivery failures
+    /// show up in [`NetStats::send_failures`], never as an error here.
+    pub fn send(&mut self, to: u16, bytes: Vec<u8>) -> Result<(), SendError> {
+        if to == self.me {
+            return Err(SendError::ToSelf(to));
+        }
+        let peer = self
+            .members
+            .get(&to)
+            .ok_or(SendError::UnknownMember(to))?
+            .peer_id;
+        if bytes.len() > self.limits.max_message_bytes {
+            return Err(SendError::TooLarge {
+                len: bytes.len(),
+                max: self.limits.max_message_bytes,
+            });
+        }
+        self.swarm
+            .behaviour_mut()
+            .rr
+            .send_request(&peer, Wire::Bytes(bytes));
+        self.stats.messages_sent += 1;
+        NetMetrics::inc(&self.metrics.messages, "direction", "sent");
+        Ok(())
+    }
+
+    /// Send `bytes` to every other member.
+    pub fn broadcast(&mut self, bytes: Vec<u8>) -> Result<(), SendError> {
+        if bytes.len() > self.limits.max_message_bytes {
+            return Err(SendError::TooLarge {
+                len: bytes.len(),
+                max: self.limits.max_message_bytes,
+            });
+        }
+        let others: Vec<u16> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|i| *i != self.me)
+            .collect();
+        for to in others {
+            self.send(to, bytes.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Publish a signed report on gossip. Fails if no member is subscribed yet.
+    pub fn publish_report(&mut self, bytes: Vec<u8>) -> Result<(), SendError> {
+        if bytes.len() > self.limits.max_report_bytes {
+            return Err(SendError::TooLarge {
+                len: bytes.len(),
+                max: self.limits.max_report_bytes,
+            });
+        }
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .publish(self.topic.clone(), bytes)
+            .map_err(|e| SendError::Publish(e.to_string()))?;
+        self.stats.reports_published += 1;
+        NetMetrics::inc(&self.metrics.reports, "direction", "published");
+        Ok(())
+    }
+
+    /// Members subscribed to the report topic (gossip can reach them).
+    pub fn report_peers(&self) -> BTreeSet<u16> {
+        let hash = self.topic.hash();
+        self.swarm
+            .behaviour()
+            .gossip
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .filter_map(|(p, _)| self.by_peer.get(p).copied())
+            .collect()
+    }
+
+    /// The next network event. Cancel-safe.
+    pub async fn next_event(&mut self) -> NetEvent {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = self.tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn drop_event(&mut self, from: Option<PeerId>, reason: DropReason) {
+        *self.stats.dropped.entry(reason).or_insert(0) += 1;
+        NetMetrics::inc(&self.metrics.dropped, "reason", reason.as_str());
+        tracing::debug!(?from, reason = reason.as_str(), "dropped inbound");
+        self.pending.push_back(NetEvent::Dropped { from, reason });
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u16> = self
+            .redial
+            .iter()
+            .filter(|(i, r)| !self.connected.contains(i) && !r.dialing && r.next <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in due {
+            let Some(member) = self.members.get(&index) else {
+                continue;
+            };
+            let opts = DialOpts::peer_id(member.peer_id)
+                .addresses(vec![member.addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let result = self.swarm.dial(opts);
+            if let Some(r) = self.redial.get_mut(&index) {
+                match result {
+                    Ok(()) => {
+                        r.dialing = true;
+                        self.stats.dials += 1;
+                    }
+                    Err(e) => {
+                        tracing::debug!(member = index, error = %e, "dial not started");
+                        r.next = now + r.backoff;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_dial_failed(&mut self, index: u16) {
+        let max = self.limits.redial_max;
+        if let Some(r) = self.redial.get_mut(&index) {
+            r.dialing = false;
+            r.next = Instant::now() + r.backoff;
+            r.backoff = (r.backoff * 2).min(max);
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(e)) => self.on_request_response(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(_) => {}
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                let Some(&index) = self.by_peer.get(&peer_id) else {
+                    return;
+                };
+                if let Some(r) = self.redial.get_mut(&index) {
+                    r.dialing = false;
+                    r.backoff = self.limits.redial_min;
+                }
+                if num_established.get() == 1 && self.connected.insert(index) {
+                    self.metrics
+                        .connected
+                        .set(i64::try_from(self.connected.len()).unwrap_or(i64::MAX));
+                    tracing::info!(member = index, %peer_id, "member connected");
+                    self.pending.push_back(NetEvent::PeerConnected(index));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                let Some(&index) = self.by_peer.get(&peer_id) else {
+                    return;
+                };
+                if num_established == 0 && self.connected.remove(&index) {
+                    self.metrics
+                        .connected
+                        .set(i64::try_from(self.connected.len()).unwrap_or(i64::MAX));
+                    tracing::info!(member = index, %peer_id, "member disconnected");
+                    if let Some(r) = self.redial.get_mut(&index) {
+                        r.next = Instant::now() + self.limits.redial_min;
+                    }
+                    self.pending.push_back(NetEvent::PeerDisconnected(index));
+                }
+            }
+            SwarmEvent::IncomingConnectionError { peer_id, error, .. } => {
+                if let ListenError::Denied { cause } = &error
+                    && cause
+                        .downcast_ref::<allow_block_list::NotAllowed>()
+                        .is_some()
+                {
+                    self.drop_event(peer_id, DropReason::NotMember);
+                } else {
+                    tracing::debug!(?peer_id, %error, "inbound connection failed");
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let DialError::Denied { cause } = &error
+                    && cause
+                        .downcast_ref::<allow_block_list::NotAllowed>()
+                        .is_some()
+                {
+                    self.drop_event(peer_id, DropReason::NotMember);
+                }
+                if let Some(index) = peer_id.and_then(|p| self.by_peer.get(&p).copied()) {
+                    tracing::debug!(member = index, %error, "dial failed");
+                    self.on_dial_failed(index);
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            _ => {}
+        }
+    }
+
+    /// Take one token from the member's bucket; false means over the limit.
+    fn admit(&mut self, index: u16) -> bool {
+        let now = Instant::now();
+        self.buckets.get_mut(&index).is_some_and(|b| b.take(now))
+    }
+
+    fn on_request_response(&mut self, event: request_response::Event<Wire, ()>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                // Acknowledge whatever happens next: the sender learns nothing
+                // from a drop, and a slow consumer does not stall its streams.
+                let _ = self.swarm.behaviour_mut().rr.send_response(channel, ());
+                let Some(&from) = self.by_peer.get(&peer) else {
+                    // Unreachable through the allow-list; refuse anyway.
+                    self.drop_event(Some(peer), DropReason::NotMember);
+                    return;
+                };
+                let Wire::Bytes(bytes) = request else {
+                    self.drop_event(Some(peer), DropReason::Oversized);
+                    return;
+                };
+                if !self.admit(from) {
+                    self.drop_event(Some(peer), DropReason::RateLimited);
+                    return;
+                }
+                self.stats.messages_received += 1;
+                NetMetrics::inc(&self.metrics.messages, "direction", "received");
+                self.pending.push_back(NetEvent::Message { from, bytes });
+            }
+            request_response::Event::Message { .. } => {}
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                self.stats.send_failures += 1;
+                NetMetrics::inc(&self.metrics.messages, "direction", "send_failed");
+                tracing::debug!(%peer, %error, "message not delivered");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound message failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            return;
+        };
+        let origin = message.source.and_then(|p| self.by_peer.get(&p).copied());
+        let (acceptance, outcome) = match origin {
+            None => (MessageAcceptance::Reject, Err(DropReason::UnknownOrigin)),
+            Some(from) if !self.admit(from) => {
+                (MessageAcceptance::Ignore, Err(DropReason::RateLimited))
+            }
+            Some(from) => {
+                let valid = self.validator.as_ref().is_none_or(|v| v(&message.data));
+                if valid {
+                    (MessageAcceptance::Accept, Ok(from))
+                } else {
+                    (MessageAcceptance::Reject, Err(DropReason::InvalidReport))
+                }
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+        match outcome {
+            Ok(from) => {
+                self.stats.reports_received += 1;
+                NetMetrics::inc(&self.metrics.reports, "direction", "received");
+                self.pending.push_back(NetEvent::Report {
+                    from,
+                    bytes: message.data,
+                });
+            }
+            Err(reason) => self.drop_event(message.source, reason),
+        }
+    }
+}

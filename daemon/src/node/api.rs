@@ -1,0 +1,195 @@
+//! Serving the HTTP API next to the round driver.
+//!
+//! The API itself is [`crate::api`]; the node hands it the store's readers,
+//! the stream of stored reports, a committee status it refreshes twice a
+//! second, and its metrics registry. The node adds one route of its own,
+//! `GET /v1/node/status`: this member's driver and protocol counters and its
+//! recent round latencies (what `sibyl devnet` and `sibyl bench` read).
+
+use super::{NodeStatus, StatusHandle, percentiles, status_snapshot};
+use crate::api::{
+    ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus,
+};
+use crate::config::Config;
+use crate::store::{Readers, RetentionPolicy, Store};
+use anyhow::{Context, Result};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use sibyl_aggregator::SignedReport;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+#[derive(Clone)]
+struct NodeApi {
+    status: StatusHandle,
+    readers: Readers,
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    #[serde(flatten)]
+    status: NodeStatus,
+    latency_samples: usize,
+    latency_p50_us: Option<u64>,
+    latency_p99_us: Option<u64>,
+    /// Recent round latencies, oldest first, microseconds.
+    recent_latencies_us: Vec<u64>,
+}
+
+async fn node_status(State(api): State<NodeApi>) -> Json<StatusBody> {
+    let status = status_snapshot(&api.status);
+    let samples: Vec<u64> = status.latencies_us.iter().copied().collect();
+    let p = percentiles(&samples);
+    let recent = samples.iter().rev().take(64).rev().copied().collect();
+    Json(StatusBody {
+        latency_samples: samples.len(),
+        latency_p50_us: p.map(|p| p.0),
+        latency_p99_us: p.map(|p| p.1),
+        recent_latencies_us: recent,
+        status,
+    })
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (
+        code,
+        Json(serde_json::json!({"error": {"code": code.as_u16(), "message": message}})),
+    )
+        .into_response()
+}
+
+async fn report(State(api): State<NodeApi>, Path(round): Path<String>) -> Response {
+    let found = if round == "latest" {
+        api.readers.read(|db| db.latest_report()).await
+    } else {
+        let Ok(r) = round.parse::<u64>() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{round:?} is not a round number"),
+            );
+        };
+        api.readers.report(r).await
+    };
+    match found {
+        Ok(Some(r)) => Json::<SignedReport>(r).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no signed report for round {round}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The node's own routes.
+pub fn router(status: StatusHandle, readers: Readers) -> Router {
+    Router::new()
+        .route("/v1/node/status", get(node_status))
+        .route("/v1/node/reports/{round}", get(report))
+        .with_state(NodeApi { status, readers })
+}
+
+/// The committee status the API serves at `/v1/committee`.
+fn committee_status(config: &Config, status: &NodeStatus) -> CommitteeStatus {
+    let c = &config.committee;
+    CommitteeStatus {
+        threshold: c.threshold,
+        self_index: status.member,
+        current_round: status.round,
+        last_signed_round: status.last_report_round,
+        recent_round_latency_ms: status
+            .latencies_us
+            .iter()
+            .rev()
+            .take(32)
+            .rev()
+            .map(|us| us / 1000)
+            .collect(),
+        members: c
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                index: m.index,
+                peer_id: m.peer_id.to_base58(),
+                connected: m.index == status.member || status.connected.contains(&m.index),
+                ..MemberStatus::default()
+            })
+            .collect(),
+        updated_at_ms: crate::store::now_ms(),
+    }
+}
+
+/// Binds the API's listener (if enabled) and serves it in a task.
+pub async fn serve_if_enabled(
+    config: &Config,
+    store: Store,
+    reports: broadcast::Sender<Arc<SignedReport>>,
+    status: StatusHandle,
+    registry: prometheus_client::registry::Registry,
+) -> Result<()> {
+    if !config.node.api.enabled {
+        return Ok(());
+    }
+    let admin_token = config.admin_token()?;
+    let feeds = config
+        .committee
+        .feeds
+        .iter()
+        .map(|f| {
+            (
+                f.id.clone(),
+                FeedInfo {
+                    decimals: f.decimals,
+                },
+            )
+        })
+        .collect();
+    let (committee_tx, committee_rx) =
+        watch::channel(committee_status(config, &status_snapshot(&status)));
+    {
+        let config = config.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                if committee_tx
+                    .send(committee_status(&config, &status_snapshot(&status)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    let state = ApiState::new(ApiParts {
+        readers: store.readers.clone(),
+        writer: Some(store.writer.clone()),
+        reports,
+        committee: committee_rx,
+        registry,
+        config: ApiConfig {
+            admin_token,
+            feeds,
+            limits: ApiLimits::default(),
+            retention: RetentionPolicy::default(),
+        },
+    });
+    let addr = config.api_listen();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the API; choose another `api.listen` or stop the process using it"))?;
+    let app = crate::api::router(state)
+        .merge(router(status, store.readers.clone()))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tracing::info!(%addr, "API listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! The round driver: one event loop per member that owns the network, the
+//! round state machine and its timer, and interprets the machine's actions.
+//!
+//! ```text
+//!   observations (feeds service | built-in source) ──watch──┐
+//!   Transport events (libp2p Net | in-memory) ──────────────┤
+//!   WakeAt timer ───────────────────────────────────────────┼──► Driver::run (select!)
+//!   catch-up replies read by store tasks ───mpsc────────────┘        │
+//!                                                                    ▼
+//!                                             Node<C>::handle(now, Input, rng)
+//!                                                                    │ Vec<Action>
+//!   Send / Broadcast ──► Transport (Envelope::Round)                 ▼
+//!   RecordSigning ─────► store: exclusive transaction ──► Input::SigningRecorded
+//!   SignedReport ──────► gossip (leader) ─► report sink task: store ─► API broadcast
+//!   WakeAt ────────────► the one timer
+//! ```
+//!
+//! The ledger write is awaited inside the loop on purpose: no other input is
+//! handled until the signing is durable, so the share can only leave the
+//! process after it. Everything else slow (storing reports, answering
+//! catch-up requests) runs in its own task.
+//!
+//! Catch-up: on start, and whenever a peer (re)connects, the driver asks one
+//! member for the reports after the newest it has stored, page by page.
+//! Reports from catch-up and from gossip are verified against the group key
+//! before they are stored.
+
+pub mod api;
+pub mod observed;
+pub mod run;
+pub mod source;
+pub mod transport;
+
+use crate::store::{StoreError, StoreHandle};
+use rand_core::{CryptoRng, RngCore};
+use serde::Serialize;
+use sibyl_aggregator::round::{
+    Action, Input, LocalObservation, Node, Restore, SibylSuite, SigningRecord,
+};
+use sibyl_aggregator::verify::{GroupKeys, verify_report};
+use sibyl_aggregator::{ConfigDigest, Encode, Round, SignedReport};
+use source::ObservationRx;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch};
+use transport::{CATCHUP_PAGE, Envelope, Transport, TransportEvent};
+
+/// Latency samples kept for the status (and `sibyl bench`).
+const LATENCY_SAMPLES: usize = 4096;
+/// At most one catch-up request per this long, unless a page asked for more.
+const CATCHUP_MIN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Counters of the driver itself (the state machine has its own `Stats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DriverStats {
+    /// Point-to-point messages that were not a valid envelope.
+    pub malformed_messages: u64,
+    /// Gossiped or caught-up reports that failed to decode or verify.
+    pub invalid_reports: u64,
+    /// Verified reports received by gossip.
+    pub gossip_reports: u64,
+    /// Verified reports received by catch-up.
+    pub caught_up_reports: u64,
+    pub catchup_requests_sent: u64,
+    pub catchup_requests_served: u64,
+    /// Signings the ledger refused (never signed twice).
+    pub ledger_refusals: u64,
+    /// Signings recorded in the ledger.
+    pub ledger_records: u64,
+    pub ledger_errors: u64,
+    pub send_errors: u64,
+    pub blames: u64,
+    /// Drops the transport reported (oversized, rate-limited, ...).
+    pub transport_drops: u64,
+}
+
+/// A snapshot of the driver for the API, health checks and benchmarks.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeStatus {
+    pub member: u16,
+    pub round: Round,
+    pub leader: u16,
+    pub last_report_round: Option<Round>,
+    pub connected: BTreeSet<u16>,
+    pub driver: DriverStats,
+    pub protocol: sibyl_aggregator::round::Stats,
+    /// Entering a round (observation sent) to its signed report at this
+    /// member, in microseconds, newest last.
+    #[serde(skip)]
+    pub latencies_us: VecDeque<u64>,
+}
+
+/// Shared, cheaply readable view of a running driver.
+pub type StatusHandle = Arc<Mutex<NodeStatus>>;
+
+/// Reads a snapshot of the status.
+pub fn status_snapshot(h: &StatusHandle) -> NodeStatus {
+    h.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+/// What the report sink does with every verified report: store it, then tell
+/// API subscribers.
+#[derive(Clone)]
+pub struct ReportSink {
+    tx: mpsc::Sender<SignedReport>,
+}
+
+impl ReportSink {
+    /// Starts the sink task writing to `store`; every stored report is also
+    /// sent on `reports`.
+    pub fn start(store: StoreHandle, reports: broadcast::Sender<Arc<SignedReport>>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<SignedReport>(1024);
+        tokio::spawn(async move {
+            while let Some(report) = rx.recv().await {
+                let round = report.header.round;
+                match store.insert_report(report.clone()).await {
+                    Ok(true) => {
+                        let _ = reports.send(Arc::new(report));
+                    }
+                    Ok(false) => {} // already stored
+                    Err(e) => tracing::error!(round, error = %e, "cannot store a signed report"),
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    fn push(&self, report: SignedReport) {
+        if let Err(e) = self.tx.try_send(report) {
+            tracing::warn!(error = %e, "report sink is full; a report is not stored now (catch-up will fetch it)");
+        }
+    }
+}
+
+/// Reads what a member restarts from: the signing ledger, the observation
+/// ledger and its newest reports.
+pub fn restore_from(
+    readers: &crate::store::Readers,
+    observed: &observed::ObservationLedger,
+) -> Result<Restore, StoreError> {
+    let last_observed_round = observed.last();
+    readers.read_blocking(|db| {
+        let last_signed = db
+            .last_signed()?
+            .map(|(round, digest)| SigningRecord { round, digest });
+        let last = db.latest_report()?;
+        let mut last_values = BTreeMap::new();
+        for p in db.latest_all()? {
+            last_values.insert(
+                p.feed_id.clone(),
+                sibyl_aggregator::aggregate::LastValue {
+                    price: p.price,
+                    reported_at_ms: p.timestamp_ms,
+                },
+            );
+        }
+        let last_report_round = last.as_ref().map(|r| r.header.round);
+        Ok(Restore {
+            round: last_report_round.map_or(0, |r| r + 1),
+            last_signed,
+            last_values,
+            last_report_round,
+            last_observed_round,
+        })
+    })
+}
+
+/// Everything the driver runs with.
+pub struct DriverParts<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
+    pub node: Node<C>,
+    pub transport: T,
+    pub store: crate::store::Store,
+    /// Verifies gossiped and caught-up reports.
+    pub group_keys: GroupKeys,
+    pub observations: ObservationRx,
+    pub sink: ReportSink,
+    /// Where `RecordObservation` is made durable.
+    pub observed: observed::ObservationLedger,
+    pub rng: R,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The running driver. Build with [`Driver::new`], then `run().await`.
+pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
+    node: Node<C>,
+    transport: T,
+    store: crate::store::Store,
+    group_keys: GroupKeys,
+    digest: ConfigDigest,
+    observations: ObservationRx,
+    sink: ReportSink,
+    observed: observed::ObservationLedger,
+    rng: R,
+    shutdown: watch::Receiver<bool>,
+    status: StatusHandle,
+    wake: Option<u64>,
+    connected: BTreeSet<u16>,
+    stats: DriverStats,
+    round_entered: BTreeMap<Round, Instant>,
+    /// Newest report round known stored (or received) here.
+    stored_through: Option<Round>,
+    /// Where catch-up resumes: the newest round stored at start (or after the
+    /// last page received) until a peer says there is no more. Live reports
+    /// advance `stored_through` but must not hide the gap before them.
+    catchup_cursor: Option<Round>,
+    last_catchup: Option<Instant>,
+    replies_tx: mpsc::Sender<(u16, Vec<u8>)>,
+    replies_rx: mpsc::Receiver<(u16, Vec<u8>)>,
+}
+
+fn now_ms() -> u64 {
+    crate::store::now_ms()
+}
+
+impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R> {
+    pub fn new(parts: DriverParts<C, T, R>, last_report_round: Option<Round>) -> Self {
+        let digest = *parts.node.committee().config_digest();
+        let status = Arc::new(Mutex::new(NodeStatus {
+            member: parts.node.index(),
+            round: parts.node.round(),
+            last_report_round,
+            ..NodeStatus::default()
+        }));
+        let (replies_tx, replies_rx) = mpsc::channel(64);
+        Self {
+            node: parts.node,
+            transport: parts.transport,
+            store: parts.store,
+            group_keys: parts.group_keys,
+            digest,
+            observations: parts.observations,
+            sink: parts.sink,
+            observed: parts.observed,
+            rng: parts.rng,
+            shutdown: parts.shutdown,
+            status,
+            wake: None,
+            connected: BTreeSet::new(),
+            stats: DriverStats::default(),
+            round_entered: BTreeMap::new(),
+            stored_through: last_report_round,
+            catchup_cursor: Some(last_report_round.unwrap_or(0)),
+            last_catchup: None,
+            replies_tx,
+            replies_rx,
+        }
+    }
+
+    /// A handle to the driver's status, readable while it runs.
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    /// Runs until shutdown is signalled or the transport closes.
+    pub async fn run(mut self) {
+        let me = self.node.index();
+        tracing::info!(
+            member = me,
+            round = self.node.round(),
+            "round driver started"
+        );
+        self.input(Input::Tick).await;
+        self.request_catchup(None, true);
+        loop {
+            let sleep = match self.wake {
+                Some(at) => {
+                    let d = at.saturating_sub(now_ms());
+                    tokio::time::sleep(Duration::from_millis(d))
+                }
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                biased;
+                r = self.shutdown.changed() => {
+                    if r.is_err() || *self.shutdown.borrow() {
+                        break;
+                    }
+                }
+                ev = self.transport.next_event() => {
+                    if ev == TransportEvent::Closed {
+                        tracing::warn!("network closed; the round driver stops");
+                        break;
+                    }
+                    self.on_transport(ev).await;
+                }
+                Some((to, bytes)) = self.replies_rx.recv() => {
+                    if let Err(e) = self.transport.send(to, bytes) {
+                        self.stats.send_errors += 1;
+                        tracing::debug!(to, error = %e, "catch-up reply not sent");
+                    }
+                }
+                r = self.observations.changed() => {
+                    if r.is_ok() {
+                        let list: Vec<LocalObservation> = self.observations.borrow_and_update().clone();
+                        if !list.is_empty() {
+                            self.input(Input::Observations(list)).await;
+                        }
+                    } else {
+                        // The source ended; keep serving without new observations.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                _ = sleep => {
+                    self.wake = None;
+                    self.input(Input::Tick).await;
+                }
+            }
+            self.publish_status();
+        }
+        tracing::info!(member = me, "round driver stopped");
+    }
+
+    fn publish_status(&self) {
+        if let Ok(mut s) = self.status.lock() {
+            s.round = self.node.round();
+            s.leader = self.node.committee().leader(self.node.round());
+            s.connected = self.connected.clone();
+            s.driver = self.stats.clone();
+            s.protocol = self.node.stats().clone();
+            s.last_report_round = self.stored_through;
+        }
+    }
+
+    /// Feeds one input and performs the resulting actions (and those of the
+    /// inputs the actions produce, like `SigningRecorded`).
+    async fn input(&mut self, input: Input) {
+        let mut queue: VecDeque<Action> = self.node.handle(now_ms(), input, &mut self.rng).into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Send { to, bytes } => {
+                    if let Err(e) = self.transport.send(to, Envelope::Round(bytes).encode()) {
+                        self.stats.send_errors += 1;
+                        tracing::debug!(to, error = %e, "send failed");
+                    }
+                }
+                Action::Broadcast { bytes } => {
+                    if let Err(e) = self.transport.broadcast(Envelope::Round(bytes).encode()) {
+                        self.stats.send_errors += 1;
+                        tracing::debug!(error = %e, "broadcast failed");
+                    }
+                }
+                Action::RecordSigning { round, digest } => {
+                    let reply = self.record_signing(round, digest).await;
+                    queue.extend(self.node.handle(now_ms(), reply, &mut self.rng));
+                }
+                Action::SignedReport(report) => self.on_signed_report(report),
+                Action::Blame(evidence) => {
+                    self.stats.blames += 1;
+                    tracing::warn!(?evidence, "misbehaviour detected");
+                }
+                Action::RoundEntered { round, leader } => {
+                    tracing::debug!(round, leader, "entered round");
+                    self.round_entered.insert(round, Instant::now());
+                    while self.round_entered.len() > 64 {
+                        self.round_entered.pop_first();
+                    }
+                }
+                Action::WakeAt(at) => self.wake = Some(at),
+                Action::RecordObservation { round } => {
+                    if let Err(e) = self.observed.record(round) {
+                        // Not durable: the observation must not go out. Stop
+                        // here; the round's remaining actions are dropped.
+                        self.stats.ledger_errors += 1;
+                        tracing::error!(round, error = %e, "cannot record the observation; not sending it");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn record_signing(&mut self, round: Round, digest: [u8; 32]) -> Input {
+        match self.store.writer.record_signing(round, digest).await {
+            Ok(_) => {
+                self.stats.ledger_records += 1;
+                Input::SigningRecorded { round, digest }
+            }
+            Err(StoreError::NotSafeToSign { recorded_round, .. }) => {
+                self.stats.ledger_refusals += 1;
+                tracing::warn!(
+                    round,
+                    recorded_round,
+                    "signing ledger refused: not safe to sign"
+                );
+                Input::SigningRefused { round, digest }
+            }
+            Err(e) => {
+                self.stats.ledger_errors += 1;
+                tracing::error!(round, error = %e, "cannot write the signing ledger; not signing");
+                Input::SigningRefused { round, digest }
+            }
+        }
+    }
+
+    /// A report the state machine accepted (it verified it, or led it).
+    fn on_signed_report(&mut self, report: SignedReport) {
+        let round = report.header.round;
+        let latency = self.round_entered.get(&round).map(|t| t.elapsed());
+        let leader = self.node.committee().leader(round);
+        if let Some(l) = latency {
+            let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
+            if let Ok(mut s) = self.status.lock() {
+                if s.latencies_us.len() >= LATENCY_SAMPLES {
+                    s.latencies_us.pop_front();
+                }
+                s.latencies_us.push_back(us);
+            }
+            tracing::info!(
+                round,
+                leader,
+                feeds = report.leaves.len(),
+                latency_us = us,
+                "signed report"
+            );
+        } else {
+            tracing::info!(round, leader, feeds = report.leaves.len(), "signed report");
+        }
+        if leader == self.node.index()
+            && let Err(e) = self.transport.publish_report(report.to_bytes())
+        {
+            self.stats.send_errors += 1;
+            tracing::debug!(round, error = %e, "cannot gossip the report");
+        }
+        self.note_stored(round);
+        self.sink.push(report);
+    }
+
+    fn note_stored(&mut self, round: Round) {
+        if self.stored_through.is_none_or(|r| round > r) {
+            self.stored_through = Some(round);
+        }
+    }
+
+    /// Decodes and verifies a report from gossip or catch-up.
+    fn check_report(&mut self, bytes: &[u8]) -> Option<SignedReport> {
+        let report = match SignedReport::decode_expecting(bytes, &self.digest) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.invalid_reports += 1;
+                tracing::debug!(error = %e, "undecodable report dropped");
+                return None;
+            }
+        };
+        match verify_report(&report, &self.group_keys) {
+            Ok(v) => Some(v.report),
+            Err(e) => {
+                self.stats.invalid_reports += 1;
+                tracing::warn!(round = report.header.round, error = %e, "report failed verification; dropped");
+                None
+            }
+        }
+    }
+
+    async fn on_transport(&mut self, ev: TransportEvent) {
+        match ev {
+            TransportEvent::Message { from, bytes } => match Envelope::decode(&bytes) {
+                Ok(Envelope::Round(bytes)) => self.input(Input::Message { from, bytes }).await,
+                Ok(Envelope::CatchupRequest { after, limit }) => {
+                    self.serve_catchup(from, after, limit)
+                }
+                Ok(Envelope::CatchupReply { reports, more }) => {
+                    let mut newest = None;
+                    for bytes in &reports {
+                        if let Some(r) = self.check_report(bytes) {
+                            self.stats.caught_up_reports += 1;
+                            newest = Some(r.header.round);
+                            self.note_stored(r.header.round);
+                            self.sink.push(r);
+                        }
+                    }
+                    match (more, newest) {
+                        (true, Some(after)) => {
+                            self.catchup_cursor = Some(after);
+                            self.send_catchup(from, after);
+                        }
+                        // The peer has nothing more: caught up.
+                        _ => self.catchup_cursor = None,
+                    }
+                }
+                Err(e) => {
+                    self.stats.malformed_messages += 1;
+                    tracing::debug!(from, error = %e, "malformed message dropped");
+                }
+            },
+            TransportEvent::Report { from: _, bytes } => {
+                if let Some(r) = self.check_report(&bytes) {
+                    self.stats.gossip_reports += 1;
+                    self.note_stored(r.header.round);
+                    self.sink.push(r);
+                }
+            }
+            TransportEvent::PeerConnected(peer) => {
+                self.connected.insert(peer);
+                self.request_catchup(Some(peer), false);
+            }
+            TransportEvent::PeerDisconnected(peer) => {
+                self.connected.remove(&peer);
+            }
+            TransportEvent::Dropped { reason } => {
+                self.stats.transport_drops += 1;
+                tracing::debug!(reason, "transport dropped an inbound message");
+            }
+            TransportEvent::Closed => {}
+        }
+    }
+
+    /// Asks `peer` (or any connected member) for the reports after the newest stored here.
+    fn request_catchup(&mut self, peer: Option<u16>, force: bool) {
+        if !force
+            && self
+                .last_catchup
+                .is_some_and(|t| t.elapsed() < CATCHUP_MIN_INTERVAL)
+        {
+            return;
+        }
+        let me = self.node.index();
+        let target = peer.or_else(|| {
+            let n = self.node.committee().n() as u64;
+            // Without known connections, ask the member after us (it may be up).
+            self.connected
+                .iter()
+                .next()
+                .copied()
+                .or(Some(((u64::from(me)) % n + 1) as u16))
+        });
+        let after = match self.catchup_cursor {
+            Some(c) => c,
+            None => self.stored_through.unwrap_or(0),
+        };
+        if let Some(to) = target.filter(|&t| t != me) {
+            self.last_catchup = Some(Instant::now());
+            self.send_catchup(to, after);
+        }
+    }
+
+    fn send_catchup(&mut self, to: u16, after: Round) {
+        self.stats.catchup_requests_sent += 1;
+        let bytes = Envelope::CatchupRequest {
+            after,
+            limit: CATCHUP_PAGE,
+        }
+        .encode();
+        if let Err(e) = self.transport.send(to, bytes) {
+            self.stats.send_errors += 1;
+            tracing::debug!(to, error = %e, "catch-up request not sent");
+        }
+    }
+
+    /// Answers a catch-up request from the store, off the event loop.
+    fn serve_catchup(&mut self, from: u16, after: Round, limit: u16) {
+        self.stats.catchup_requests_served += 1;
+        let limit = limit.clamp(1, CATCHUP_PAGE);
+        let readers = self.store.readers.clone();
+        let replies = self.replies_tx.clone();
+        tokio::spawn(async move {
+            match readers.reports_after(after, usize::from(limit)).await {
+                Ok(reports) => {
+                    let more = reports.len() == usize::from(limit);
+                    let reports = reports.iter().map(Encode::to_bytes).collect();
+                    let _ = replies
+                        .send((from, Envelope::CatchupReply { reports, more }.encode()))
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(from, error = %e, "cannot read reports for a catch-up request")
+                }
+            }
+        });
+    }
+}
+
+/// p50 and p99 of samples (microseconds).
+pub fn percentiles(samples: &[u64]) -> Option<(u64, u64)> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v = samples.to_vec();
+    v.sort_unstable();
+    let at = |q: usize| v[((v.len() - 1) * q).div_ceil(100)];
+    Some((at(50), at(99)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! Where a member's observations come from: the feeds service (real and
+//! simulated exchanges), or a built-in deterministic source for tests and a
+//! devnet without one. Either way the driver reads a `watch` of the latest
+//! observation per feed.
+
+use crate::config::FeedParams;
+use sibyl_aggregator::round::LocalObservation;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Latest observation per feed (ascending feed id).
+pub type ObservationRx = watch::Receiver<Vec<LocalObservation>>;
+
+/// How often the built-in source refreshes.
+pub const BUILTIN_TICK_MS: u64 = 100;
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The built-in source's price of `feed` at `now_ms`: a base derived from the
+/// feed id and a triangle wave of ±2 % with a 2-minute period, on a 100 ms
+/// grid. Every member computes the same value, so a committee on one clock
+/// observes identical prices. Integers only.
+pub fn builtin_observation(feed: &FeedParams, now_ms: u64) -> LocalObservation {
+    let t = now_ms - now_ms % BUILTIN_TICK_MS;
+    let scale = 10i128.checked_pow(u32::from(feed.decimals)).unwrap_or(1);
+    let units = 100 + i128::from(fnv1a(feed.id.as_str()) % 60_000);
+    let base = units.saturating_mul(scale);
+    let period = 1_200u64; // ticks of 100 ms
+    let phase = (t / BUILTIN_TICK_MS) % period;
+    let tri = if phase < period / 2 {
+        phase
+    } else {
+        period - phase
+    } as i128; // 0..=600
+    let bps = tri * 400 / 600 - 200; // -200..=200
+    let price = base + base / 10_000 * bps;
+    LocalObservation {
+        feed: feed.id.clone(),
+        price,
+        spread: (base / 10_000).unsigned_abs(),
+        observed_at_ms: t,
+    }
+}
+
+/// Starts the built-in source for `feeds`; it stops when every receiver is dropped.
+pub fn builtin(feeds: Vec<FeedParams>) -> ObservationRx {
+    let now = crate::store::now_ms();
+    let (tx, rx) = watch::channel(feeds.iter().map(|f| builtin_observation(f, now)).collect());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(BUILTIN_TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let now = crate::store::now_ms();
+            let list = feeds.iter().map(|f| builtin_observation(f, now)).collect();
+            if tx.send(list).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Adapts the feeds service's observations to the committee's feeds.
+/// Observations of feeds outside the committee, or at other decimals than
+/// the committee file says, are left out (and logged once).
+pub fn from_feed_service(
+    service: sibyl_feeds::FeedService,
+    feeds: Vec<FeedParams>,
+) -> ObservationRx {
+    let mut src = service.observations();
+    let (tx, rx) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let _keep = service; // the service's tasks stop when its last clone drops
+        let mut warned = std::collections::BTreeSet::new();
+        loop {
+            let list: Vec<LocalObservation> = {
+                let obs = src.borrow_and_update();
+                feeds
+                    .iter()
+                    .filter_map(|f| {
+                        let o = obs.get(f.id.as_str())?;
+                        if o.decimals != u32::from(f.decimals) {
+                            if warned.insert(f.id.clone()) {
+                                tracing::warn!(feed = %f.id, sources = o.decimals, committee = f.decimals,
+                                    "the sources config and the committee file disagree on decimals; feed left out");
+                            }
+                            return None;
+                        }
+                        Some(LocalObservation {
+                            feed: f.id.clone(),
+                            price: o.price_fixed,
+                            spread: o.spread.unsigned_abs(),
+                            observed_at_ms: o.observed_at_ms,
+                        })
+                    })
+                    .collect()
+            };
+            if tx.send(list).is_err() {
+                return;
+            }
+            if src.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Feed ids as strings, for building a sources config.
+pub fn feed_names(feeds: &[FeedParams]) -> Vec<String> {
+    feeds.iter().map(|f| f.id.as_str().to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sibyl_aggregator::FeedId;
+
+    fn feed(id: &str, decimals: u8) -> FeedParams {
+        FeedParams {
+            id: FeedId::new(id).unwrap(),
+            decimals,
+            deviation_bps: 50,
+            heartbeat_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn builtin_is_deterministic_bounded_and_moves() {
+        let f = feed("BTC-USD", 8);
+        let a = builtin_observation(&f, 1_700_000_000_050);
+        let b = builtin_observation(&f, 1_700_000_000_099);
+        assert_eq!(a, b, "same 100 ms tick, same observation");
+        assert_eq!(a.observed_at_ms, 1_700_000_000_000);
+        let c = builtin_observation(&f, 1_700_000_030_000);
+        assert_ne!(a.price, c.price, "the price moves over time");
+        let scale = 10i128.pow(8);
+        for t in (0..240_000).step_by(700) {
+            let o = builtin_observation(&f, 1_700_000_000_000 + t);
+            assert!(o.price > 90 * scale, "{o:?}");
+            assert!(o.spread > 0);
+        }
+        let other = builtin_observation(&feed("ETH-USD", 8), 1_700_000_000_050);
+        assert_ne!(a.price, other.price, "feeds get different prices");
+    }
+}

@@ -1,0 +1,263 @@
+//! Drivers of a whole committee in one process over the in-memory transport,
+//! with real SQLite stores and the real state machine and keys.
+
+use super::transport::{MemoryControl, MemoryNetwork, MemoryTransport};
+use super::*;
+use crate::config::Committee as ConfigCommittee;
+use crate::store::{Db, Store};
+use frost_ed25519::Ed25519Sha512;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use sibyl_aggregator::round::NodeKeys;
+use sibyl_aggregator::testkit::dealer_keys;
+use std::path::{Path, PathBuf};
+
+fn committee_toml(n: u8, t: u16) -> String {
+    let mut s = format!(
+        "threshold = {t}\n[round]\ninterval = \"100ms\"\nobservation_timeout = \"50ms\"\nshare_timeout = \"200ms\"\nround_timeout = \"800ms\"\n\n"
+    );
+    for i in 1..=n {
+        let kp = libp2p_identity::Keypair::ed25519_from_bytes([i; 32]).unwrap();
+        s += &format!(
+            "[[members]]\nindex = {i}\npeer_id = \"{}\"\naddress = \"/ip4/127.0.0.1/tcp/{}\"\n",
+            kp.public().to_peer_id(),
+            9000 + u16::from(i)
+        );
+    }
+    s += "[[feeds]]\nid = \"BTC-USD\"\ndecimals = 8\nheartbeat = \"1s\"\n[[feeds]]\nid = \"ETH-USD\"\ndecimals = 8\nheartbeat = \"1s\"\n";
+    s
+}
+
+struct Member {
+    index: u16,
+    db: PathBuf,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    status: StatusHandle,
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    committee: ConfigCommittee,
+    keys: sibyl_aggregator::testkit::DealerKeys<Ed25519Sha512>,
+    control: MemoryControl,
+    members: BTreeMap<u16, Member>,
+}
+
+impl Harness {
+    fn new(n: u8, t: u16) -> (Self, Vec<MemoryTransport>) {
+        let committee =
+            ConfigCommittee::parse(Path::new("committee.toml"), &committee_toml(n, t)).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let keys = dealer_keys::<Ed25519Sha512, _>(u16::from(n), t, &mut rng).unwrap();
+        let (transports, control) = MemoryNetwork::build(u16::from(n));
+        (
+            Self {
+                _dir: tempfile::tempdir().unwrap(),
+                committee,
+                keys,
+                control,
+                members: BTreeMap::new(),
+            },
+            transports,
+        )
+    }
+
+    fn start(&mut self, index: u16, transport: MemoryTransport) {
+        let db = self._dir.path().join(format!("node-{index}.db"));
+        let store = Store::open(&db).unwrap();
+        let observed = observed::ObservationLedger::open(
+            &self._dir.path().join(format!("node-{index}.observed")),
+        )
+        .unwrap();
+        let restore = restore_from(&store.readers, &observed).unwrap();
+        let last_report_round = restore.last_report_round;
+        let protocol = Arc::new(self.committee.to_protocol().unwrap());
+        let id = frost_core::Identifier::try_from(index).unwrap();
+        let node_keys = NodeKeys {
+            identity_seed: [index as u8; 32],
+            key_package: self.keys.key_packages[&id].clone(),
+            public_key_package: self.keys.public_key_package.clone(),
+        };
+        let node = Node::<Ed25519Sha512>::new(protocol, index, node_keys, restore).unwrap();
+        let group_keys = GroupKeys::new(self.committee.digest)
+            .with_ed25519(*self.keys.public_key_package.verifying_key());
+        let (api_tx, _) = broadcast::channel::<Arc<SignedReport>>(16);
+        let sink = ReportSink::start(store.writer.clone(), api_tx);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let driver = Driver::new(
+            DriverParts {
+                node,
+                transport,
+                store,
+                group_keys,
+                observations: source::builtin(self.committee.feeds.clone()),
+                sink,
+                observed,
+                rng: ChaCha20Rng::seed_from_u64(u64::from(index) + 1000),
+                shutdown: shutdown_rx,
+            },
+            last_report_round,
+        );
+        let status = driver.status();
+        let task = tokio::spawn(driver.run());
+        self.members.insert(
+            index,
+            Member {
+                index,
+                db,
+                shutdown,
+                task,
+                status,
+            },
+        );
+    }
+
+    fn stop(&mut self, index: u16) -> Member {
+        let m = self.members.remove(&index).unwrap();
+        let _ = m.shutdown.send(true);
+        m
+    }
+
+    fn reports(&self, index: u16) -> Vec<SignedReport> {
+        let db = Db::open_read_only(&self.members_db(index)).unwrap();
+        db.reports_after(0, 100_000).unwrap()
+    }
+
+    fn members_db(&self, index: u16) -> PathBuf {
+        self._dir.path().join(format!("node-{index}.db"))
+    }
+
+    fn group_keys(&self) -> GroupKeys {
+        GroupKeys::new(self.committee.digest)
+            .with_ed25519(*self.keys.public_key_package.verifying_key())
+    }
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committee_signs_stores_and_survives_a_crash_and_restart() {
+    let (mut h, transports) = Harness::new(4, 3);
+    for (i, t) in transports.into_iter().enumerate() {
+        h.start(i as u16 + 1, t);
+    }
+    let status: Vec<StatusHandle> = h.members.values().map(|m| m.status.clone()).collect();
+    wait_for("5 reports at every member", 30, || {
+        status
+            .iter()
+            .all(|s| status_snapshot(s).protocol.reports_accepted >= 5)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the sinks write
+
+    // Every member stored verifying reports, the same ones.
+    let keys = h.group_keys();
+    let first = h.reports(1);
+    assert!(first.len() >= 5, "{}", first.len());
+    for r in &first {
+        verify_report(r, &keys).expect("stored report verifies");
+        assert_eq!(r.leaves.len(), 2);
+    }
+    for i in 2..=4 {
+        let other = h.reports(i);
+        let common: Vec<_> = other
+            .iter()
+            .filter(|r| first.iter().any(|f| f.header.round == r.header.round))
+            .collect();
+        assert!(!common.is_empty());
+        for r in common {
+            let mine = first
+                .iter()
+                .find(|f| f.header.round == r.header.round)
+                .unwrap();
+            assert_eq!(mine, r, "members agree on round {}", r.header.round);
+        }
+    }
+
+    // A malformed message is dropped and counted; the node keeps going.
+    h.control.inject(2, 1, vec![0xff, 1, 2, 3]);
+    h.control.inject(2, 1, vec![]);
+    let s1 = h.members[&1].status.clone();
+    wait_for("malformed counted", 5, || {
+        status_snapshot(&s1).driver.malformed_messages >= 2
+    })
+    .await;
+
+    // Crash member 4: the other three go on.
+    h.control.set_cut(4, true);
+    let crashed = h.stop(4);
+    crashed.task.abort();
+    let before = status_snapshot(&s1).protocol.reports_accepted;
+    wait_for("rounds continue without member 4", 30, || {
+        status_snapshot(&s1).protocol.reports_accepted >= before + 5
+    })
+    .await;
+
+    // Restart it with the same database: it catches up what it missed.
+    h.control.set_cut(4, false);
+    let transport = h.control.reattach(4);
+    h.start(4, transport);
+    let newest_at_1 = h.reports(1).last().unwrap().header.round;
+    let db4 = h.members_db(4);
+    wait_for("member 4 catches up", 30, || {
+        Db::open_read_only(&db4)
+            .and_then(|db| db.report(newest_at_1))
+            .map(|r| r.is_some())
+            .unwrap_or(false)
+    })
+    .await;
+    let s4 = h.members[&4].status.clone();
+    let accepted = status_snapshot(&s4).protocol.reports_accepted;
+    wait_for("member 4 takes part again", 30, || {
+        status_snapshot(&s4).protocol.reports_accepted >= accepted + 3
+    })
+    .await;
+
+    for (_, m) in std::mem::take(&mut h.members) {
+        let _ = m.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), m.task).await;
+        assert!(m.db.exists(), "member {}", m.index);
+    }
+    drop(crashed);
+
+    // Never signed two things in one round: wherever a member's ledger and
+    // the stored report share a round, the ledger holds that report's digest.
+    let mut checked = 0;
+    for i in 1..=4u16 {
+        let conn = rusqlite::Connection::open(h.members_db(i)).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT round, digest FROM signing_ledger")
+            .unwrap();
+        let ledger: Vec<(i64, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!ledger.is_empty(), "member {i} signed nothing");
+        for r in h.reports(i) {
+            if let Some((_, d)) = ledger
+                .iter()
+                .find(|(round, _)| *round as u64 == r.header.round)
+            {
+                assert_eq!(
+                    d.as_slice(),
+                    sibyl_aggregator::digest::header_digest(&r.header),
+                    "member {i} round {}",
+                    r.header.round
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 5, "{checked}");
+}

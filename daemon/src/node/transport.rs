@@ -1,0 +1,320 @@
+//! What the round driver needs from the network, and the envelope that
+//! tells its message kinds apart.
+//!
+//! The libp2p `Net` implements [`Transport`] for `sibyl run`; tests use the
+//! in-memory [`MemoryTransport`]. Every point-to-point payload is wrapped in
+//! an [`Envelope`]: round-protocol messages (signed by their sender inside)
+//! and the catch-up requests and replies a restarted member uses to fetch the
+//! reports it missed.
+
+use sibyl_aggregator::{Reader, Round, Writer};
+use std::collections::BTreeMap;
+use std::future::Future;
+use tokio::sync::mpsc;
+
+/// An event from the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// A point-to-point message from member `from` (an encoded [`Envelope`]).
+    Message {
+        from: u16,
+        bytes: Vec<u8>,
+    },
+    /// A gossiped signed report (wire codec), origin member `from`.
+    Report {
+        from: u16,
+        bytes: Vec<u8>,
+    },
+    PeerConnected(u16),
+    PeerDisconnected(u16),
+    /// The transport dropped something inbound (already counted there).
+    Dropped {
+        reason: &'static str,
+    },
+    /// The transport stopped; the driver ends.
+    Closed,
+}
+
+/// The network as the round driver uses it. `next_event` must be cancel-safe
+/// (it sits in a `tokio::select!`).
+pub trait Transport: Send {
+    fn next_event(&mut self) -> impl Future<Output = TransportEvent> + Send;
+    fn send(&mut self, to: u16, bytes: Vec<u8>) -> Result<(), String>;
+    fn broadcast(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+    fn publish_report(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+}
+
+/// Largest signed report accepted in a catch-up reply.
+pub const MAX_REPORT_BYTES: usize = 4 << 20;
+
+/// Most reports one catch-up reply carries.
+pub const CATCHUP_PAGE: u16 = 128;
+
+const TAG_ROUND: u8 = 1;
+const TAG_CATCHUP_REQUEST: u8 = 2;
+const TAG_CATCHUP_REPLY: u8 = 3;
+
+/// A point-to-point payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Envelope {
+    /// A round-protocol message (observation, proposal, share, report).
+    Round(Vec<u8>),
+    /// "Send me up to `limit` stored reports with round > `after`."
+    CatchupRequest { after: Round, limit: u16 },
+    /// Signed reports in the wire codec, oldest first; `more` when the page was full.
+    CatchupReply { reports: Vec<Vec<u8>>, more: bool },
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("empty message")]
+    Empty,
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Envelope::Round(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                out.push(TAG_ROUND);
+                out.extend_from_slice(bytes);
+                out
+            }
+            Envelope::CatchupRequest { after, limit } => {
+                let mut w = Writer::new();
+                w.u8(TAG_CATCHUP_REQUEST).u64(*after).u16(*limit);
+                w.finish()
+            }
+            Envelope::CatchupReply { reports, more } => {
+                let mut w = Writer::new();
+                w.u8(TAG_CATCHUP_REPLY).bool(*more);
+                w.seq(reports.iter(), |w, r| {
+                    w.bytes(r);
+                });
+                w.finish()
+            }
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let (&tag, rest) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        let bad = |what: &'static str| {
+            move |e: sibyl_aggregator::DecodeError| EnvelopeError::Malformed {
+                what,
+                reason: e.to_string(),
+            }
+        };
+        match tag {
+            TAG_ROUND => Ok(Envelope::Round(rest.to_vec())),
+            TAG_CATCHUP_REQUEST => {
+                let what = "catch-up request";
+                let mut r = Reader::new(rest);
+                let after = r.u64(what).map_err(bad(what))?;
+                let limit = r.u16(what).map_err(bad(what))?;
+                r.finish(what).map_err(bad(what))?;
+                Ok(Envelope::CatchupRequest { after, limit })
+            }
+            TAG_CATCHUP_REPLY => {
+                let what = "catch-up reply";
+                let mut r = Reader::new(rest);
+                let more = r.bool(what).map_err(bad(what))?;
+                let count = r.u32(what).map_err(bad(what))?;
+                if count > u32::from(CATCHUP_PAGE) {
+                    return Err(EnvelopeError::Malformed {
+                        what,
+                        reason: format!("{count} reports is more than a page ({CATCHUP_PAGE})"),
+                    });
+                }
+                let mut reports = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    reports.push(r.bytes(what, MAX_REPORT_BYTES).map_err(bad(what))?.to_vec());
+                }
+                r.finish(what).map_err(bad(what))?;
+                Ok(Envelope::CatchupReply { reports, more })
+            }
+            other => Err(EnvelopeError::UnknownTag(other)),
+        }
+    }
+}
+
+/// An in-memory committee network for tests: every member's transport
+/// delivers to the others' queues. A member can be cut off to simulate a
+/// crash or a partition.
+pub struct MemoryNetwork;
+
+#[derive(Clone)]
+struct Wires {
+    peers: std::sync::Arc<std::sync::Mutex<BTreeMap<u16, mpsc::UnboundedSender<TransportEvent>>>>,
+    cut: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u16>>>,
+}
+
+/// One member's end of a [`MemoryNetwork`].
+pub struct MemoryTransport {
+    me: u16,
+    rx: mpsc::UnboundedReceiver<TransportEvent>,
+    wires: Wires,
+}
+
+/// Controls a [`MemoryNetwork`] from a test.
+#[derive(Clone)]
+pub struct MemoryControl {
+    wires: Wires,
+}
+
+impl MemoryControl {
+    /// Cut member `index` off (nothing in or out) or reconnect it.
+    pub fn set_cut(&self, index: u16, cut: bool) {
+        if let Ok(mut c) = self.wires.cut.lock() {
+            if cut {
+                c.insert(index);
+            } else {
+                c.remove(&index);
+            }
+        }
+    }
+
+    /// Replace member `index`'s transport (a restarted member).
+    pub fn reattach(&self, index: u16) -> MemoryTransport {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut p) = self.wires.peers.lock() {
+            p.insert(index, tx);
+            for (&other, tx) in p.iter() {
+                if other != index {
+                    let _ = tx.send(TransportEvent::PeerConnected(index));
+                }
+            }
+        }
+        MemoryTransport {
+            me: index,
+            rx,
+            wires: self.wires.clone(),
+        }
+    }
+
+    /// Deliver raw bytes to member `to` as if member `from` sent them.
+    pub fn inject(&self, from: u16, to: u16, bytes: Vec<u8>) {
+        if let Ok(p) = self.wires.peers.lock()
+            && let Some(tx) = p.get(&to)
+        {
+            let _ = tx.send(TransportEvent::Message { from, bytes });
+        }
+    }
+}
+
+impl MemoryNetwork {
+    /// Transports for members `1..=n` plus a controller.
+    pub fn build(n: u16) -> (Vec<MemoryTransport>, MemoryControl) {
+        let wires = Wires {
+            peers: Default::default(),
+            cut: Default::default(),
+        };
+        let control = MemoryControl {
+            wires: wires.clone(),
+        };
+        let transports = (1..=n).map(|i| control.reattach(i)).collect();
+        (transports, control)
+    }
+}
+
+impl MemoryTransport {
+    fn deliver(&self, to: u16, event: TransportEvent) -> Result<(), String> {
+        let cut = self.wires.cut.lock().map_err(|e| e.to_string())?;
+        if cut.contains(&self.me) || cut.contains(&to) {
+            return Ok(()); // lost on the wire
+        }
+        drop(cut);
+        let peers = self.wires.peers.lock().map_err(|e| e.to_string())?;
+        match peers.get(&to) {
+            Some(tx) => {
+                let _ = tx.send(event);
+                Ok(())
+            }
+            None => Err(format!("no member {to}")),
+        }
+    }
+
+    fn others(&self) -> Vec<u16> {
+        self.wires
+            .peers
+            .lock()
+            .map(|p| p.keys().copied().filter(|&i| i != self.me).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Transport for MemoryTransport {
+    async fn next_event(&mut self) -> TransportEvent {
+        self.rx.recv().await.unwrap_or(TransportEvent::Closed)
+    }
+
+    fn send(&mut self, to: u16, bytes: Vec<u8>) -> Result<(), String> {
+        let from = self.me;
+        self.deliver(to, TransportEvent::Message { from, bytes })
+    }
+
+    fn broadcast(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        for to in self.others() {
+            self.send(to, bytes.clone())?;
+        }
+        Ok(())
+    }
+
+    fn publish_report(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        let from = self.me;
+        for to in self.others() {
+            self.deliver(
+                to,
+                TransportEvent::Report {
+                    from,
+                    bytes: bytes.clone(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip() {
+        for e in [
+            Envelope::Round(vec![1, 2, 3]),
+            Envelope::Round(vec![]),
+            Envelope::CatchupRequest {
+                after: 77,
+                limit: 12,
+            },
+            Envelope::CatchupReply {
+                reports: vec![vec![9; 10], vec![]],
+                more: true,
+            },
+        ] {
+            assert_eq!(Envelope::decode(&e.encode()), Ok(e));
+        }
+    }
+
+    #[test]
+    fn malformed_envelopes_are_refused() {
+        assert_eq!(Envelope::decode(&[]), Err(EnvelopeError::Empty));
+        assert_eq!(Envelope::decode(&[9, 1]), Err(EnvelopeError::UnknownTag(9)));
+        assert!(matches!(
+            Envelope::decode(&[TAG_CATCHUP_REQUEST, 1, 2]),
+            Err(EnvelopeError::Malformed { .. })
+        ));
+        let mut long = Envelope::CatchupRequest { after: 1, limit: 1 }.encode();
+        long.push(0);
+        assert!(Envelope::decode(&long).is_err(), "trailing bytes");
+        // A reply claiming more reports than a page.
+        let mut w = Writer::new();
+        w.u8(TAG_CATCHUP_REPLY).bool(false).u32(1_000_000);
+        assert!(Envelope::decode(&w.finish()).is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! A committee of real `sibyl run` processes on loopback: signed reports
+//! that verify, a member killed with SIGKILL while the rest go on, and its
+//! restart: it rejoins, catches up what it missed and never signs two
+//! different things in one round. Also: a process whose identity is not in
+//! the committee is refused.
+
+use sibyl::devnet::{DevnetFile, http_get};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sibyl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sibyl"))
+}
+
+fn spawn(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    sibyl()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start sibyl run")
+}
+
+fn status(api: &str) -> Option<serde_json::Value> {
+    http_get(&format!("{api}/v1/node/status"))
+        .ok()
+        .and_then(|b| serde_json::from_str(&b).ok())
+}
+
+fn last_round(api: &str) -> Option<u64> {
+    status(api)?.get("last_report_round")?.as_u64()
+}
+
+fn accepted(api: &str) -> u64 {
+    status(api)
+        .and_then(|s| s.pointer("/protocol/reports_accepted")?.as_u64())
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+struct Members(Vec<Option<Child>>);
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn terminate(c: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let net_dir = dir.path().join("devnet");
+    let out = sibyl()
+        .args([
+            "devnet",
+            "--setup-only",
+            "--nodes",
+            "4",
+            "--interval",
+            "250ms",
+            "--dir",
+        ])
+        .arg(&net_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file: DevnetFile =
+        serde_json::from_slice(&std::fs::read(net_dir.join("devnet.json")).unwrap()).unwrap();
+    assert_eq!(file.members.len(), 4);
+    assert_eq!(file.threshold, 3);
+
+    let mut members = Members(
+        file.members
+            .iter()
+            .map(|m| Some(spawn(&m.config, &m.log)))
+            .collect(),
+    );
+    let api: Vec<String> = file.members.iter().map(|m| m.api_url.clone()).collect();
+    wait_for("3 signed reports at member 1", 120, || {
+        last_round(&api[0]).is_some_and(|r| r >= 3)
+    });
+
+    // The newest report verifies with `sibyl verify` against the group key
+    // and the committee file.
+    let out = sibyl()
+        .arg("verify")
+        .arg(format!("{}/v1/reports/latest", api[1]))
+        .args(["--group-key", &file.group_key, "--committee"])
+        .arg(&file.committee)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("VERIFIED report of round"), "{stdout}");
+    assert!(stdout.contains("(matches the committee)"), "{stdout}");
+    // A wrong group key fails.
+    let out = sibyl()
+        .arg("verify")
+        .arg(format!("{}/v1/reports/latest", api[1]))
+        .args(["--group-key", &"11".repeat(32), "--committee"])
+        .arg(&file.committee)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // SIGKILL member 4: the other three keep signing.
+    let mut killed = members.0[3].take().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let r0 = last_round(&api[0]).unwrap();
+    wait_for("4 more reports without member 4", 120, || {
+        last_round(&api[0]).is_some_and(|r| r >= r0 + 4)
+    });
+    let missed = last_round(&api[0]).unwrap();
+
+    // Restart it on the same database: it catches up and takes part again.
+    members.0[3] = Some(spawn(&file.members[3].config, &file.members[3].log));
+    wait_for("member 4 to catch up the rounds it missed", 120, || {
+        http_get(&format!("{}/v1/reports/{missed}", api[3])).is_ok()
+    });
+    let before = accepted(&api[3]);
+    wait_for("member 4 to take part in new rounds", 120, || {
+        accepted(&api[3]) >= before + 3
+    });
+    for c in members.0.iter_mut().flatten() {
+        terminate(c);
+    }
+    members.0.clear();
+
+    // Members agree, and nobody signed two different things in a round:
+    // wherever a ledger entry and a stored report share a round, the ledger
+    // holds that report's digest.
+    let mut checked = 0;
+    let reports_1 = sibyl::store::Db::open_read_only(&file.members[0].db)
+        .unwrap()
+        .reports_after(0, 1_000_000)
+        .unwrap();
+    for m in &file.members {
+        let db = sibyl::store::Db::open_read_only(&m.db).unwrap();
+        let reports = db.reports_after(0, 1_000_000).unwrap();
+        assert!(!reports.is_empty(), "member {} stored nothing", m.index);
+        for r in &reports {
+            if let Some(same) = reports_1.iter().find(|x| x.header.round == r.header.round) {
+                assert_eq!(
+                    same, r,
+                    "members 1 and {} differ on round {}",
+                    m.index, r.header.round
+                );
+            }
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            &m.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = conn
+            .prepare("SELECT round, digest FROM signing_ledger")
+            .unwrap();
+        let ledger: Vec<(i64, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!ledger.is_empty(), "member {} never signed", m.index);
+        for (round, digest) in ledger {
+            if let Some(r) = reports.iter().find(|r| r.header.round == round as u64) {
+                assert_eq!(
+                    digest,
+                    sibyl_aggregator::digest::header_digest(&r.header).to_vec(),
+                    "member {} round {round}",
+                    m.index
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 4, "{checked}");
+    // Member 4's database holds the report of a round it was down for.
+    let db4 = sibyl::store::Db::open_read_only(&file.members[3].db).unwrap();
+    assert!(db4.report(missed).unwrap().is_some());
+}
+
+#[test]
+fn an_identity_outside_the_committee_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let net_dir = dir.path().join("devnet");
+    let out = sibyl()
+        .args(["devnet", "--setup-only", "--nodes", "4", "--dir"])
+        .arg(&net_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Keys of another committee: a valid libp2p identity that is no member here.
+    let other = dir.path().join("other");
+    let out = sibyl()
+        .args([
+            "keygen",
+            "--dealer",
+            "--nodes",
+            "2",
+            "--threshold",
+            "2",
+            "--out",
+        ])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node_dir = net_dir.join("node-1");
+    let config = std::fs::read_to_string(node_dir.join("node.toml"))
+        .unwrap()
+        .replace(
+            "keys/identity.key",
+            &other.join("node-1/identity.key").display().to_string(),
+        )
+        .replace(
+            "passphrase_file = \"passphrase\"",
+            &format!(
+                "passphrase_file = \"{}\"",
+                other.join("node-1/passphrase").display()
+            ),
+        );
+    let outsider = node_dir.join("outsider.toml");
+    std::fs::write(&outsider, config).unwrap();
+    let out = sibyl()
+        .arg("run")
+        .arg("--config")
+        .arg(&outsider)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is not a member of the committee"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,525 @@
+//! End-to-end test of the built-in dashboard in headless Chromium.
+//!
+//! Serves the API over a seeded SQLite store on 127.0.0.1, publishes a new
+//! signed report every 300 ms, loads `/` in Chromium and drives it over the
+//! DevTools protocol (a minimal WebSocket client below, no dependencies):
+//! the page must log no console errors or exceptions, list the feeds, draw
+//! candles, and redraw the chart as reports arrive over SSE.
+//!
+//! Needs Debian's `chromium` (installed by `scripts/setup.d/30-api`), so it is
+//! `#[ignore]`d by default and run by `scripts/test.d/30-api-dashboard`:
+//!     cargo test -p sibyl --test dashboard_e2e -- --ignored --nocapture
+
+use serde_json::{Value, json};
+use sibyl::api::{self, ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
+use sibyl::store::{Point, Store, now_ms};
+use sibyl_aggregator::merkle;
+use sibyl_aggregator::{
+    ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
+    Suite,
+};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+
+const FEEDS: [(&str, i128); 3] = [("BTC-USD", 60_000), ("ETH-USD", 3_000), ("SOL-USD", 150)];
+const DECIMALS: u32 = 8;
+
+fn price(base: i128, i: u64) -> i128 {
+    // A deterministic wiggle around the base price.
+    let wiggle = ((i * 7_919) % 1_000) as i128 - 500;
+    base * 10i128.pow(DECIMALS) + wiggle * 10i128.pow(DECIMALS - 3) * base / 100
+}
+
+fn report(round: u64, ts: u64) -> SignedReport {
+    let leaves: Vec<ReportLeaf> = FEEDS
+        .iter()
+        .map(|(id, base)| ReportLeaf {
+            feed_id: FeedId::new(*id).expect("feed"),
+            price: price(*base, round),
+            confidence: 1_000,
+            num_observations: 4,
+            observed_at_ms: ts - 20,
+        })
+        .collect();
+    SignedReport {
+        header: ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest: ConfigDigest([1; 32]),
+            round,
+            timestamp_ms: ts,
+            merkle_root: merkle::root(&leaves),
+        },
+        leaves,
+        signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![9; 64]))]),
+    }
+}
+
+/// Chromium with a DevTools port, killed on drop.
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn launch_chromium() -> Browser {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--window-size=1280,900",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium not found: install Debian's `chromium` (scripts/setup.d/30-api)");
+    // Chromium writes the port it chose to DevToolsActivePort in the profile.
+    let port_file = profile.path().join("DevToolsActivePort");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let port = loop {
+        if let Ok(s) = std::fs::read_to_string(&port_file)
+            && let Some(p) = s.lines().next().and_then(|l| l.trim().parse::<u16>().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chromium did not open its DevTools port"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Browser {
+        child,
+        _profile: profile,
+        port,
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    // DevTools' HTTP server may keep the connection open: read by Content-Length.
+    let mut reader = BufReader::new(s);
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header line");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().expect("content-length");
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).expect("body");
+    String::from_utf8(body).expect("utf8")
+}
+
+/// A minimal WebSocket client (RFC 6455): text frames, client-side masking.
+struct Ws {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Ws {
+    fn connect(url: &str) -> Ws {
+        let rest = url.strip_prefix("ws://").expect("ws url");
+        let (host, path) = rest.split_once('/').expect("ws path");
+        let stream = TcpStream::connect(host).expect("connect devtools");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        let mut ws = Ws {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            stream,
+        };
+        write!(
+            ws.stream,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: c2lieWwtZGFzaGJvYXJkLXQ=\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .expect("handshake");
+        let mut status = String::new();
+        ws.reader.read_line(&mut status).expect("status");
+        assert!(
+            status.contains(" 101 "),
+            "websocket upgrade refused: {status}"
+        );
+        loop {
+            let mut line = String::new();
+            ws.reader.read_line(&mut line).expect("header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        ws
+    }
+
+    fn send(&mut self, text: &str) {
+        let payload = text.as_bytes();
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x5a, 0x17, 0xc3, 0x9e];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).expect("send frame");
+    }
+
+    /// The next complete text message.
+    fn recv(&mut self) -> String {
+        let mut message = Vec::new();
+        loop {
+            let mut head = [0u8; 2];
+            self.reader.read_exact(&mut head).expect("frame header");
+            let fin = head[0] & 0x80 != 0;
+            let opcode = head[0] & 0x0f;
+            let mut len = u64::from(head[1] & 0x7f);
+            if len == 126 {
+                let mut b = [0u8; 2];
+                self.reader.read_exact(&mut b).expect("len16");
+                len = u64::from(u16::from_be_bytes(b));
+            } else if len == 127 {
+                let mut b = [0u8; 8];
+                self.reader.read_exact(&mut b).expect("len64");
+                len = u64::from_be_bytes(b);
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.reader.read_exact(&mut payload).expect("payload");
+            match opcode {
+                0 | 1 => {
+                    message.extend_from_slice(&payload);
+                    if fin {
+                        return String::from_utf8(message).expect("utf8 message");
+                    }
+                }
+                8 => panic!("devtools closed the connection"),
+                _ => {} // ping/pong/binary: not used by DevTools
+            }
+        }
+    }
+}
+
+/// A DevTools session on one page: commands by id, events collected.
+struct Cdp {
+    ws: Ws,
+    next_id: u64,
+    events: Vec<Value>,
+}
+
+impl Cdp {
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.ws
+            .send(&json!({ "id": id, "method": method, "params": params }).to_string());
+        loop {
+            let msg: Value = serde_json::from_str(&self.ws.recv()).expect("devtools JSON");
+            if msg["id"] == id {
+                assert!(msg["error"].is_null(), "{method} failed: {msg}");
+                return msg["result"].clone();
+            }
+            if msg.get("method").is_some() {
+                self.events.push(msg);
+            }
+        }
+    }
+
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true }),
+        );
+        assert!(
+            r["exceptionDetails"].is_null(),
+            "evaluating {expression}: {r}"
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Console errors, uncaught exceptions and error log entries so far.
+    fn errors(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e["method"].as_str()? {
+                "Runtime.consoleAPICalled"
+                    if matches!(e["params"]["type"].as_str(), Some("error" | "assert")) =>
+                {
+                    Some(format!("console: {}", e["params"]["args"]))
+                }
+                "Runtime.exceptionThrown" => {
+                    Some(format!("exception: {}", e["params"]["exceptionDetails"]))
+                }
+                "Log.entryAdded" if e["params"]["entry"]["level"] == "error" => Some(format!(
+                    "log: {} {}",
+                    e["params"]["entry"]["text"], e["params"]["entry"]["url"]
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ok: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.eval(PAGE_STATE);
+            let v: Value = serde_json::from_str(v.as_str().unwrap_or("null")).expect("state");
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; page state: {v}; errors: {:?}",
+                self.errors()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+const PAGE_STATE: &str = r#"(() => {
+  const chart = document.getElementById('chart');
+  if (!chart) return JSON.stringify({ loading: true });
+  return JSON.stringify({
+    rows: Array.from(document.querySelectorAll('#feeds tbody tr')).map(tr => ({
+      feed: tr.dataset.feed, price: tr.children[1].textContent, round: tr.children[4].textContent })),
+    updates: Number(chart.dataset.updates),
+    candles: Number(chart.dataset.candles),
+    conn: document.getElementById('conn').textContent,
+    committee: document.querySelectorAll('#committee tbody tr').length,
+    summary: document.getElementById('committee-summary').textContent,
+    margin: !!document.getElementById('margin-section'),
+    status: document.getElementById('status').textContent
+  });
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium; run by scripts/test.d/30-api-dashboard"]
+async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
+    // A store with two hours of 10-second history for three feeds.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("e2e.db")).expect("store");
+    let now = now_ms();
+    let start = now - 2 * 3_600_000;
+    let mut round = 0u64;
+    let mut points = Vec::new();
+    for ts in (start..now).step_by(10_000) {
+        round += 1;
+        for (id, base) in FEEDS {
+            points.push(Point {
+                feed_id: FeedId::new(id).expect("feed"),
+                round,
+                timestamp_ms: ts,
+                price: price(base, round),
+                confidence: 1_000,
+                num_observations: 4,
+                observed_at_ms: ts - 20,
+            });
+        }
+    }
+    store
+        .writer
+        .write(move |db| db.insert_points(&points))
+        .await
+        .expect("seed points");
+    round += 1;
+    store
+        .writer
+        .insert_report(report(round, now))
+        .await
+        .expect("seed report");
+
+    let (reports, _) = broadcast::channel::<Arc<SignedReport>>(64);
+    let (_committee_tx, committee_rx) = watch::channel(CommitteeStatus {
+        threshold: 3,
+        self_index: 1,
+        current_round: round,
+        last_signed_round: Some(round),
+        recent_round_latency_ms: vec![3, 4, 5],
+        members: (1..=4)
+            .map(|i| MemberStatus {
+                index: i,
+                peer_id: format!("12D3KooWmember{i}"),
+                connected: i != 4,
+                last_seen_ms: Some(now),
+                rounds_led: 10,
+                rounds_signed: 30,
+                share_failures: u64::from(i == 4),
+            })
+            .collect(),
+        updated_at_ms: now,
+    });
+    let feeds = FEEDS
+        .iter()
+        .map(|(id, _)| {
+            (
+                FeedId::new(*id).expect("feed"),
+                FeedInfo {
+                    decimals: DECIMALS as u8,
+                },
+            )
+        })
+        .collect();
+    let state = ApiState::new(ApiParts {
+        readers: store.readers.clone(),
+        writer: Some(store.writer.clone()),
+        reports: reports.clone(),
+        committee: committee_rx,
+        registry: Default::default(),
+        config: ApiConfig {
+            feeds,
+            ..ApiConfig::default()
+        },
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(api::serve(listener, state));
+
+    // The "node": a new signed report every 300 ms, stored then published.
+    let writer = store.writer.clone();
+    let publisher = tokio::spawn(async move {
+        let mut round = round;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            round += 1;
+            let rep = report(round, now_ms());
+            if writer.insert_report(rep.clone()).await.is_err() {
+                return;
+            }
+            let _ = reports.send(Arc::new(rep));
+        }
+    });
+
+    let url = format!("http://{addr}/");
+    let result = tokio::task::spawn_blocking(move || drive_browser(&url)).await;
+    publisher.abort();
+    result.expect("browser test");
+}
+
+fn drive_browser(url: &str) {
+    let browser = launch_chromium();
+    eprintln!("chromium devtools on port {}", browser.port);
+    let devtools: SocketAddr = format!("127.0.0.1:{}", browser.port).parse().expect("addr");
+    let targets: Value = serde_json::from_str(&http_get(devtools, "/json/list")).expect("targets");
+    let ws_url = targets
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
+        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+        .expect("a page target")
+        .to_owned();
+    eprintln!("page target {ws_url}");
+    let mut cdp = Cdp {
+        ws: Ws::connect(&ws_url),
+        next_id: 0,
+        events: Vec::new(),
+    };
+    cdp.call("Runtime.enable", json!({}));
+    cdp.call("Log.enable", json!({}));
+    cdp.call("Page.enable", json!({}));
+    cdp.call("Page.navigate", json!({ "url": url }));
+    eprintln!("navigated to {url}");
+
+    // Feeds listed with prices, candles drawn, stream connected, committee shown.
+    let first = cdp.wait_for("feeds, chart and stream", Duration::from_secs(30), |s| {
+        s["rows"].as_array().map(Vec::len) == Some(3)
+            && s["candles"].as_u64().unwrap_or(0) > 50
+            && s["conn"] == "stream: live"
+            && s["committee"] == 4
+    });
+    let rows = first["rows"].as_array().expect("rows");
+    assert_eq!(rows[0]["feed"], "BTC-USD");
+    assert!(
+        rows[0]["price"].as_str().unwrap_or("").contains(','),
+        "price shown with decimals and separators: {first}"
+    );
+    assert!(
+        first["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("3 of 4 members connected")
+    );
+    assert_eq!(first["margin"], true);
+
+    // Live updates: the chart redraws and the table's round moves on.
+    eprintln!("page loaded: {first}");
+    let updates = first["updates"].as_u64().unwrap_or(0);
+    let round0: u64 = rows[0]["round"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let live = cdp.wait_for("live chart updates", Duration::from_secs(15), |s| {
+        let r: u64 = s["rows"][0]["round"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        s["updates"].as_u64().unwrap_or(0) >= updates + 3 && r >= round0 + 3
+    });
+
+    // Changing the candle interval reloads the chart with wider candles.
+    let candles_1m = live["candles"].as_u64().unwrap_or(0);
+    cdp.eval(
+        "(() => { const s = document.getElementById('interval'); s.value = '5m'; \
+         s.dispatchEvent(new Event('change')); return true; })()",
+    );
+    cdp.wait_for("5-minute candles", Duration::from_secs(15), |s| {
+        let n = s["candles"].as_u64().unwrap_or(0);
+        n > 0 && n * 3 < candles_1m
+    });
+
+    // A short settle so late errors (e.g. from the stream) are seen too.
+    std::thread::sleep(Duration::from_millis(500));
+    cdp.eval("1");
+    let errors = cdp.errors();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    let status = cdp.eval("document.getElementById('status').textContent");
+    assert_eq!(status, "", "page reported a problem");
+    drop(browser);
+}

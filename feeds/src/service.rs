@@ -1,0 +1,668 @@
+//! The running sources: one REST poller per venue, one WebSocket task per
+//! streaming venue, and one aggregation task that turns the latest quotes
+//! into observations published on a `watch` channel.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::debug;
+
+use crate::aggregate::{Observation, ObservationParams, SourcePrice, observe};
+use crate::config::{ResolvedSource, SourcesConfig};
+use crate::decimal::pow10;
+use crate::error::{ObservationError, SourceError, snippet};
+use crate::health::{BreakerState, CircuitBreaker, RateLimiter, backoff};
+use crate::metrics::{FeedLabels, SourceFeedLabels, SourceMetrics};
+use crate::quote::Quote;
+use crate::time::now_ms;
+use crate::venue::{RawQuote, Venue};
+use crate::ws;
+
+/// Largest response body we read from a venue.
+const MAX_BODY: usize = 256 * 1024;
+
+/// Latest state of one source (one venue market for one feed).
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) source: ResolvedSource,
+    pub(crate) decimals: u32,
+    pub(crate) quote: Option<Quote>,
+    /// When we last stored a good quote (our clock).
+    pub(crate) updated_ms: u64,
+    pub(crate) via_ws: bool,
+    pub(crate) last_error: Option<SourceError>,
+    pub(crate) latency_ms: Option<u64>,
+    pub(crate) breaker: CircuitBreaker,
+}
+
+/// What the CLI and the API show about a source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub feed: String,
+    pub source: String,
+    pub venue: Venue,
+    pub market: String,
+    /// Latest good price in the market's own quote currency, fixed point at `decimals`.
+    pub price: Option<i128>,
+    pub decimals: u32,
+    pub age_ms: Option<u64>,
+    pub latency_ms: Option<u64>,
+    pub via_ws: bool,
+    pub last_error: Option<String>,
+    pub breaker: String,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: SourcesConfig,
+    pub(crate) slots: Mutex<BTreeMap<(String, String), Slot>>,
+    pub(crate) metrics: SourceMetrics,
+    pub(crate) changed: Notify,
+    pub(crate) feed_errors: Mutex<BTreeMap<String, ObservationError>>,
+}
+
+impl Shared {
+    fn new(config: SourcesConfig, metrics: SourceMetrics) -> Shared {
+        let mut slots = BTreeMap::new();
+        for s in config.resolved_sources() {
+            let decimals = config
+                .feeds
+                .iter()
+                .find(|f| f.id == s.feed)
+                .map(|f| f.decimals)
+                .unwrap_or(8);
+            let breaker =
+                CircuitBreaker::new(config.breaker_failures, config.breaker_cooldown.as_ms());
+            slots.insert(
+                (s.feed.clone(), s.label()),
+                Slot {
+                    source: s,
+                    decimals,
+                    quote: None,
+                    updated_ms: 0,
+                    via_ws: false,
+                    last_error: None,
+                    latency_ms: None,
+                    breaker,
+                },
+            );
+        }
+        Shared {
+            config,
+            slots: Mutex::new(slots),
+            metrics,
+            changed: Notify::new(),
+            feed_errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Slot>> {
+        // A panic while holding the lock cannot leave a slot half-written in a
+        // way that matters: every field is replaced whole. Keep going.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record the outcome of a fetch (REST or WS) for every slot of `venue` trading `market`.
+    pub(crate) fn record(
+        &self,
+        venue: Venue,
+        market: &str,
+        result: Result<RawQuote, SourceError>,
+        latency_ms: Option<u64>,
+        via_ws: bool,
+    ) {
+        let now = now_ms();
+        let limits = self.config.sanity();
+        let mut slots = self.lock();
+        for slot in slots
+            .values_mut()
+            .filter(|s| s.source.venue == venue && s.source.market == market)
+        {
+            let label = slot.source.label();
+            let checked = result.clone().and_then(|raw| {
+                Quote::check(&raw, slot.decimals, now, &limits).map_err(SourceError::Rejected)
+            });
+            match checked {
+                Ok(q) => {
+                    slot.quote = Some(q);
+                    slot.updated_ms = now;
+                    slot.via_ws = via_ws;
+                    slot.last_error = None;
+                    if latency_ms.is_some() {
+                        slot.latency_ms = latency_ms;
+                    }
+                    slot.breaker.on_success();
+                    self.metrics
+                        .quotes
+                        .get_or_create(&SourceFeedLabels {
+                            source: label,
+                            feed: slot.source.feed.clone(),
+                        })
+                        .inc();
+                }
+                Err(e) => {
+                    debug!(source = %label, feed = %slot.source.feed, error = %e, "source error");
+                    self.metrics.error(&label, e.reason());
+                    if !via_ws {
+                        slot.breaker.on_failure(now);
+                    }
+                    slot.last_error = Some(e);
+                }
+            }
+        }
+        drop(slots);
+        self.changed.notify_one();
+    }
+
+    fn statuses(&self) -> Vec<SourceStatus> {
+        let now = now_ms();
+        self.lock()
+            .values()
+            .map(|s| SourceStatus {
+                feed: s.source.feed.clone(),
+                source: s.source.label(),
+                venue: s.source.venue,
+                market: s.source.market.clone(),
+                price: s.quote.map(|q| q.price),
+                decimals: s.decimals,
+                age_ms: s.quote.map(|q| now.saturating_sub(q.time_ms)),
+                latency_ms: s.latency_ms,
+                via_ws: s.via_ws,
+                last_error: s.last_error.as_ref().map(|e| e.to_string()),
+                breaker: match s.breaker.state() {
+                    BreakerState::Closed => "closed".into(),
+                    BreakerState::HalfOpen => "half-open".into(),
+                    BreakerState::Open { until_ms } => {
+                        format!("open for {} ms", until_ms.saturating_sub(now))
+                    }
+                },
+            })
+            .collect()
+    }
+}
+
+/// Compute every feed's observation from the current slots. Conversion feeds
+/// (e.g. USDT-USD) are computed first and used to convert USDT markets.
+pub(crate) fn compute_observations(
+    config: &SourcesConfig,
+    slots: &BTreeMap<(String, String), Slot>,
+    now: u64,
+    metrics: Option<&SourceMetrics>,
+) -> BTreeMap<String, Result<Observation, ObservationError>> {
+    let max_age = config.max_quote_age.as_ms();
+    let mut out: BTreeMap<String, Result<Observation, ObservationError>> = BTreeMap::new();
+    let is_converter = |id: &str| {
+        slots
+            .values()
+            .any(|s| s.source.convert_via.as_deref() == Some(id))
+    };
+    let mut order: Vec<&crate::config::FeedConfig> = config.feeds.iter().collect();
+    order.sort_by_key(|f| (!is_converter(&f.id), f.id.clone()));
+    for feed in order {
+        let mut prices = Vec::new();
+        for slot in slots.values().filter(|s| s.source.feed == feed.id) {
+            let label = slot.source.label();
+            let Some(q) = slot.quote else { continue };
+            let age = now
+                .saturating_sub(q.time_ms)
+                .max(now.saturating_sub(slot.updated_ms));
+            if let Some(m) = metrics {
+                m.staleness
+                    .get_or_create(&SourceFeedLabels {
+                        source: label.clone(),
+                        feed: feed.id.clone(),
+                    })
+                    .set(age as f64 / 1000.0);
+            }
+            if age > max_age {
+                continue;
+            }
+            let price = match &slot.source.convert_via {
+                None => Some(q.price),
+                Some(via) => match out.get(via) {
+                    Some(Ok(conv)) => pow10(conv.decimals)
+                        .and_then(|scale| q.price.checked_mul(conv.price_fixed).map(|p| p / scale)),
+                    _ => None,
+                },
+            };
+            let Some(price) = price else { continue };
+            prices.push(SourcePrice {
+                source: label,
+                price,
+                volume: q.volume,
+                time_ms: q.time_ms,
+            });
+        }
+        let params = ObservationParams {
+            min_sources: feed.min_sources,
+            max_deviation_bps: feed.max_deviation_bps.unwrap_or(config.max_deviation_bps),
+        };
+        let result = observe(&feed.id, feed.decimals, &prices, params);
+        if let Some(m) = metrics {
+            let n = result
+                .as_ref()
+                .map(|o| o.sources_used.len() as i64)
+                .unwrap_or(0);
+            m.observation_sources
+                .get_or_create(&FeedLabels {
+                    feed: feed.id.clone(),
+                })
+                .set(n);
+        }
+        out.insert(feed.id.clone(), result);
+    }
+    out
+}
+
+/// Latest valid observations, keyed by feed id. A feed without a valid
+/// observation right now (too few healthy sources) is absent; ask
+/// [`FeedService::feed_errors`] why.
+pub type Observations = Arc<BTreeMap<String, Observation>>;
+
+/// Aborts the service's tasks when the last [`FeedService`] clone is dropped.
+struct Tasks(Mutex<Vec<JoinHandle<()>>>);
+
+impl Tasks {
+    fn abort_all(&self) {
+        let tasks = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.abort_all();
+    }
+}
+
+/// The running price sources of one member: REST pollers, WebSocket streams
+/// and the aggregation task, publishing observations on a `watch` channel.
+///
+/// ```no_run
+/// # async fn run(config: sibyl_feeds::config::SourcesConfig) -> Result<(), sibyl_feeds::error::ConfigError> {
+/// let mut registry = prometheus_client::registry::Registry::default();
+/// let feeds = sibyl_feeds::FeedService::start(config, &mut registry)?;
+/// let mut rx = feeds.observations();
+/// while rx.changed().await.is_ok() {
+///     if let Some(obs) = rx.borrow().get("BTC-USD") {
+///         println!("{} = {} (1e-{}), {} sources", obs.feed, obs.price_fixed, obs.decimals, obs.num_sources);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// Cloneable. The tasks stop on [`FeedService::shutdown`] or when the last
+/// clone is dropped. Must be started inside a tokio runtime.
+#[derive(Clone)]
+pub struct FeedService {
+    shared: Arc<Shared>,
+    observations: watch::Receiver<Observations>,
+    tasks: Arc<Tasks>,
+}
+
+impl FeedService {
+    /// Validate `config`, register the sources' metrics in `registry` and
+    /// start fetching on the current tokio runtime.
+    pub fn start(
+        config: SourcesConfig,
+        registry: &mut Registry,
+    ) -> Result<FeedService, crate::error::ConfigError> {
+        config.validate()?;
+        let metrics = SourceMetrics::register(registry);
+        let shared = Arc::new(Shared::new(config, metrics));
+        let client = http_client(&shared.config)?;
+        let (tx, rx) = watch::channel(Observations::default());
+        let mut tasks = Vec::new();
+
+        let mut by_venue: BTreeMap<Venue, Vec<String>> = BTreeMap::new();
+        for s in shared.config.resolved_sources() {
+            let markets = by_venue.entry(s.venue).or_default();
+            if !markets.contains(&s.market) {
+                markets.push(s.market);
+            }
+        }
+        for (venue, markets) in by_venue {
+            let limiter = Arc::new(venue_limiter(&shared.config, venue));
+            tasks.push(tokio::spawn(poll_venue(
+                shared.clone(),
+                client.clone(),
+                limiter,
+                venue,
+                markets.clone(),
+            )));
+            if shared.config.ws_enabled(venue) {
+                tasks.push(tokio::spawn(ws::stream_venue(
+                    shared.clone(),
+                    venue,
+                    markets,
+                )));
+            }
+        }
+        tasks.push(tokio::spawn(aggregate_loop(shared.clone(), tx)));
+        Ok(FeedService {
+            shared,
+            observations: rx,
+            tasks: Arc::new(Tasks(Mutex::new(tasks))),
+        })
+    }
+
+    /// A receiver of the latest observations; `changed()` fires on every
+    /// recomputation (at least every 250 ms, sooner after new quotes).
+    pub fn observations(&self) -> watch::Receiver<Observations> {
+        self.observations.clone()
+    }
+
+    /// The latest valid observation of `feed`, if any.
+    pub fn latest(&self, feed: &str) -> Option<Observation> {
+        self.observations.borrow().get(feed).cloned()
+    }
+
+    /// Why each feed without a valid observation has none.
+    pub fn feed_errors(&self) -> BTreeMap<String, ObservationError> {
+        self.shared
+            .feed_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every source's latest quote, latency, error and breaker state.
+    pub fn source_status(&self) -> Vec<SourceStatus> {
+        self.shared.statuses()
+    }
+
+    /// The configuration the service runs with.
+    pub fn config(&self) -> &SourcesConfig {
+        &self.shared.config
+    }
+
+    /// Stop every task (also happens when the last clone is dropped).
+    pub fn shutdown(&self) {
+        self.tasks.abort_all();
+    }
+}
+
+pub(crate) fn venue_limiter(config: &SourcesConfig, venue: Venue) -> RateLimiter {
+    let published = venue.published_rate_limit();
+    match config.venue(venue).rate_limit_per_sec {
+        Some(r) => RateLimiter::new(r, r.max(published.burst)),
+        None => RateLimiter::new(published.per_second, published.burst),
+    }
+}
+
+pub(crate) fn http_client(
+    config: &SourcesConfig,
+) -> Result<reqwest::Client, crate::error::ConfigError> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(config.request_timeout.0)
+        .connect_timeout(config.request_timeout.0)
+        .user_agent(concat!("sibyl/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(4)
+        .build()
+        .map_err(|e| crate::error::ConfigError::Invalid(format!("cannot build HTTP client: {e}")))
+}
+
+/// rustls needs a process-wide crypto provider; we use ring (no C toolchain beyond cc).
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+async fn aggregate_loop(shared: Arc<Shared>, tx: watch::Sender<Observations>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.changed.notified() => {
+                // Coalesce bursts of updates from many sources into one computation.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let now = now_ms();
+        let result = {
+            let slots = shared.lock();
+            compute_observations(&shared.config, &slots, now, Some(&shared.metrics))
+        };
+        let mut valid = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        for (feed, r) in result {
+            match r {
+                Ok(o) => {
+                    valid.insert(feed, o);
+                }
+                Err(e) => {
+                    errors.insert(feed, e);
+                }
+            }
+        }
+        *shared.feed_errors.lock().unwrap_or_else(|e| e.into_inner()) = errors;
+        tx.send_replace(Arc::new(valid));
+    }
+}
+
+async fn poll_venue(
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    limiter: Arc<RateLimiter>,
+    venue: Venue,
+    markets: Vec<String>,
+) {
+    let base = shared.config.base_url(venue);
+    let poll = shared.config.poll_interval.0;
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let jobs = markets.iter().map(|market| {
+            let (shared, client, limiter, base) = (
+                shared.clone(),
+                client.clone(),
+                limiter.clone(),
+                base.clone(),
+            );
+            async move {
+                let now = now_ms();
+                let (fresh_ws, allowed) = {
+                    let mut slots = shared.lock();
+                    let mut fresh_ws = false;
+                    let mut allowed = Ok(());
+                    for s in slots
+                        .values_mut()
+                        .filter(|s| s.source.venue == venue && &s.source.market == market)
+                    {
+                        fresh_ws |= s.via_ws
+                            && now.saturating_sub(s.updated_ms) < 2 * poll.as_millis() as u64;
+                        if let Err(wait) = s.breaker.allow(now) {
+                            allowed = Err(wait);
+                        }
+                    }
+                    (fresh_ws, allowed)
+                };
+                if fresh_ws {
+                    return; // the stream is live; REST is only the fallback
+                }
+                if let Err(wait) = allowed {
+                    shared
+                        .metrics
+                        .error(&format!("{venue}:{market}"), "circuit_open");
+                    debug!(%venue, %market, wait_ms = wait, "circuit open, skipping");
+                    return;
+                }
+                let started = Instant::now();
+                let result = fetch_ticker(
+                    &client,
+                    &limiter,
+                    &base,
+                    venue,
+                    market,
+                    shared.config.max_retries,
+                    shared.config.request_timeout.as_ms(),
+                )
+                .await;
+                let latency = started.elapsed().as_millis() as u64;
+                shared.record(venue, market, result, Some(latency), false);
+            }
+        });
+        join_all(jobs).await;
+    }
+}
+
+/// One ticker fetch with retries on transient errors (jittered backoff).
+pub(crate) async fn fetch_ticker(
+    client: &reqwest::Client,
+    limiter: &RateLimiter,
+    base: &str,
+    venue: Venue,
+    market: &str,
+    max_retries: u32,
+    timeout_ms: u64,
+) -> Result<RawQuote, SourceError> {
+    let url = format!("{base}{}", venue.ticker_path(market));
+    let mut attempt = 0;
+    loop {
+        limiter.acquire().await;
+        let result = fetch_once(client, &url)
+            .await
+            .map_err(|e| match e {
+                SourceError::Timeout(_) => SourceError::Timeout(timeout_ms),
+                other => other,
+            })
+            .and_then(|(status, body)| venue.parse_ticker(status, &body, market));
+        match result {
+            Err(e) if e.is_transient() && attempt < max_retries => {
+                debug!(%venue, %market, error = %e, attempt, "retrying");
+                tokio::time::sleep(backoff(
+                    attempt,
+                    Duration::from_millis(100),
+                    Duration::from_secs(2),
+                ))
+                .await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn fetch_once(client: &reqwest::Client, url: &str) -> Result<(u16, Vec<u8>), SourceError> {
+    let map = |e: reqwest::Error| {
+        if e.is_timeout() {
+            SourceError::Timeout(0)
+        } else {
+            SourceError::Connect(snippet(&format!("{e}")))
+        }
+    };
+    let mut resp = client.get(url).send().await.map_err(map)?;
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(map)? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err(SourceError::Malformed(format!(
+                "body larger than {MAX_BODY} bytes"
+            )));
+        }
+    }
+    Ok((status, body))
+}
+
+/// Result of a one-shot probe of every configured source.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub sources: Vec<SourceStatus>,
+    pub observations: BTreeMap<String, Result<Observation, String>>,
+}
+
+/// Fetch every configured source once over REST and compute observations:
+/// the operator's check that the node sees the market.
+pub async fn probe(config: &SourcesConfig) -> Result<ProbeReport, crate::error::ConfigError> {
+    Ok(Prober::new(config.clone())?.round().await)
+}
+
+/// Repeated one-shot fetch rounds over one HTTP client (warm connections):
+/// `probe` is one round; the benchmark times many.
+pub struct Prober {
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    venues: Vec<(Venue, String, Arc<RateLimiter>, Vec<String>)>,
+    timeout_ms: u64,
+}
+
+impl Prober {
+    pub fn new(config: SourcesConfig) -> Result<Prober, crate::error::ConfigError> {
+        config.validate()?;
+        let client = http_client(&config)?;
+        let mut markets: BTreeMap<Venue, Vec<String>> = BTreeMap::new();
+        for s in config.resolved_sources() {
+            let m = markets.entry(s.venue).or_default();
+            if !m.contains(&s.market) {
+                m.push(s.market);
+            }
+        }
+        let venues = markets
+            .into_iter()
+            .map(|(v, ms)| {
+                (
+                    v,
+                    config.base_url(v),
+                    Arc::new(venue_limiter(&config, v)),
+                    ms,
+                )
+            })
+            .collect();
+        let timeout_ms = config.request_timeout.as_ms();
+        let shared = Arc::new(Shared::new(config, SourceMetrics::default()));
+        Ok(Prober {
+            shared,
+            client,
+            venues,
+            timeout_ms,
+        })
+    }
+
+    /// Fetch every market once (all venues concurrently, each within its
+    /// rate limit, no retries) and compute every feed's observation.
+    pub async fn round(&self) -> ProbeReport {
+        let mut jobs = Vec::new();
+        for (venue, base, limiter, markets) in &self.venues {
+            for market in markets {
+                jobs.push(async move {
+                    let started = Instant::now();
+                    let r = fetch_ticker(
+                        &self.client,
+                        limiter,
+                        base,
+                        *venue,
+                        market,
+                        0,
+                        self.timeout_ms,
+                    )
+                    .await;
+                    let latency = started.elapsed().as_millis() as u64;
+                    self.shared.record(*venue, market, r, Some(latency), false);
+                });
+            }
+        }
+        join_all(jobs).await;
+        let observations = {
+            let slots = self.shared.lock();
+            compute_observations(&self.shared.config, &slots, now_ms(), None)
+        };
+        ProbeReport {
+            sources: self.shared.statuses(),
+            observations: observations
+                .into_iter()
+                .map(|(k, v)| (k, v.map_err(|e| e.to_string())))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The HTTP/WebSocket server of the simulated exchange.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::model::{Fault, Market, Scenario, Tick, market_assets};
+use super::render;
+use crate::time::now_ms;
+use crate::venue::Venue;
+
+/// How the simulated exchange starts.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub listen: SocketAddr,
+    pub seed: u64,
+    pub scenario: Scenario,
+    /// Move prices (random walk with jumps). Off: prices stay put, which
+    /// lets tests measure exactly what a fault does to an observation.
+    pub walk: bool,
+    /// How often WebSocket streams push a tick.
+    pub ws_interval: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seed: 1,
+            scenario: Scenario::Calm,
+            walk: true,
+            ws_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot listen on {addr}: {source}; choose a different address with --listen")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+struct SimState {
+    market: Mutex<Market>,
+    ws_interval: Duration,
+}
+
+impl SimState {
+    fn market(&self) -> MutexGuard<'_, Market> {
+        self.market.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running simulated exchange. Stops when dropped.
+pub struct SimExchange {
+    addr: SocketAddr,
+    state: Arc<SimState>,
+    server: JoinHandle<()>,
+    stepper: JoinHandle<()>,
+}
+
+impl Drop for SimExchange {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.stepper.abort();
+    }
+}
+
+impl SimExchange {
+    pub async fn start(opts: SimOptions) -> Result<SimExchange, SimError> {
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+        let mut market = Market::new(opts.seed, opts.walk);
+        let now = now_ms();
+        for (v, f) in opts.scenario.faults() {
+            market.set_fault(v, Some(f), now);
+        }
+        let state = Arc::new(SimState {
+            market: Mutex::new(market),
+            ws_interval: opts.ws_interval,
+        });
+        let app = Router::new()
+            .route("/control/faults", get(get_faults))
+            .route("/control/fault", post(post_fault))
+            .route("/control/scenario", post(post_scenario))
+            .route("/control/price/{asset}", get(get_price))
+            .route("/ws/{venue}", get(ws_upgrade))
+            .route("/{venue}/{*rest}", get(rest))
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "simulated exchange stopped");
+            }
+        });
+        let st = state.clone();
+        let stepper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                st.market().step();
+            }
+        });
+        Ok(SimExchange {
+            addr,
+            state,
+            server,
+            stepper,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`; venue `v` is served under `/<v>`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Inject (or with `None`, clear) a fault on one venue.
+    pub fn set_fault(&self, venue: Venue, fault: Option<Fault>) {
+        self.state.market().set_fault(venue, fault, now_ms());
+    }
+
+    /// Clear every fault and apply the scenario's.
+    pub fn set_scenario(&self, scenario: Scenario) {
+        apply_scenario(&self.state, scenario);
+    }
+
+    pub fn faults(&self) -> BTreeMap<Venue, Fault> {
+        self.state.market().faults()
+    }
+
+    /// The model's true USD price of `asset` (what an honest observation approaches).
+    pub fn usd_price(&self, asset: &str) -> Option<f64> {
+        self.state.market().usd_price(asset)
+    }
+
+    /// Serve until the server task ends (used by `sibyl sim-exchange`).
+    pub async fn wait(mut self) {
+        let server = std::mem::replace(&mut self.server, tokio::spawn(async {}));
+        let _ = server.await;
+    }
+}
+
+fn apply_scenario(state: &SimState, scenario: Scenario) {
+    let now = now_ms();
+    let mut m = state.market();
+    for v in Venue::ALL {
+        m.set_fault(v, None, now);
+    }
+    for (v, f) in scenario.faults() {
+        m.set_fault(v, Some(f), now);
+    }
+}
+
+fn json_response(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn rest(
+    State(st): State<Arc<SimState>>,
+    Path((venue, rest)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(v) = Venue::from_name(&venue) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no venue {venue:?} on this simulated exchange"),
+        )
+            .into_response();
+    };
+    let fault = st.market().fault(v);
+    if let Some(Fault::Slow { ms }) = fault {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    match fault {
+        Some(Fault::Outage) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "<html><body>503 Service Temporarily Unavailable</body></html>",
+            )
+                .into_response();
+        }
+        Some(Fault::RateLimited) => {
+            let (s, b) = render::rate_limited(v);
+            return json_response(s, b);
+        }
+        _ => {}
+    }
+    let path = format!("/{rest}");
+    let Some(market) = v.market_of_request(&path, query.as_deref().unwrap_or("")) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("{v} serves no endpoint {path}"),
+        )
+            .into_response();
+    };
+    let now = now_ms();
+    let (tick, garbage_n) = {
+        let mut m = st.market();
+        let tick = market_assets(v, &market).and_then(|(b, q)| m.tick(v, &b, &q, now));
+        m.garbage_counter += 1;
+        (tick, m.garbage_counter)
+    };
+    let (status, body) = match tick {
+        None => render::unknown_symbol(v, &market),
+        Some(t) if fault == Some(Fault::Garbage) => render::garbage(v, &market, &t, garbage_n),
+        Some(t) => render::ticker(v, &market, &t),
+    };
+    json_response(status, body)
+}
+
+async fn get_faults(State(st): State<Arc<SimState>>) -> Json<BTreeMap<Venue, Fault>> {
+    Json(st.market().faults())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    venue: Venue,
+    fault: Option<Fault>,
+}
+
+async fn post_fault(
+    State(st): State<Arc<SimState>>,
+    Json(req): Json<FaultRequest>,
+) -> Json<BTreeMap<Venue, Fault>> {
+    let mut m = st.market();
+    m.set_fault(req.venue, req.fault, now_ms());
+    Json(m.faults())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioRequest {
+    name: String,
+}
+
+async fn post_scenario(
+    State(st): State<Arc<SimState>>,
+    Json(req): Json<ScenarioRequest>,
+) -> Response {
+    let Some(s) = Scenario::from_name(&req.name) else {
+        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown scenario {:?}; one of {}",
+                req.name,
+                names.join(", ")
+            ),
+        )
+            .into_response();
+    };
+    apply_scenario(&st, s);
+    Json(st.market().faults()).into_response()
+}
+
+async fn get_price(State(st): State<Arc<SimState>>, Path(asset): Path<String>) -> Response {
+    match st.market().usd_price(&asset.to_ascii_uppercase()) {
+        Some(p) => Json(json!({"asset": asset, "usd": format!("{p:.8}")})).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("unknown asset {asset:?}")).into_response(),
+    }
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+async fn ws_upgrade(
+    State(st): State<Arc<SimState>>,
+    Path(venue): Path<String>,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(v) = Venue::from_name(&venue).filter(|v| v.default_ws_url().is_some()) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no stream for venue {venue:?}"),
+        )
+            .into_response();
+    };
+    if st.market().fault(v) == Some(Fault::Outage) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "outage").into_response();
+    }
+    // Binance: combined streams named in the URL, `?streams=btcusdt@ticker/ethusdt@ticker`.
+    let mut symbols = Vec::new();
+    if v == Venue::Binance
+        && let Some(q) = query.as_deref()
+        && let Some(list) = q.split('&').find_map(|kv| kv.strip_prefix("streams="))
+    {
+        symbols = list
+            .split('/')
+            .filter_map(|s| s.strip_suffix("@ticker"))
+            .map(str::to_string)
+            .collect();
+    }
+    ws.on_upgrade(move |socket| ws_session(st, v, socket, symbols))
+}
+
+/// Stream symbol -> the venue's REST market (for the model and the message's own fields).
+fn ws_market(venue: Venue, symbol: &str) -> String {
+    match venue {
+        Venue::Binance => symbol.to_ascii_uppercase(),
+        _ => symbol.to_string(),
+    }
+}
+
+async fn ws_session(
+    st: Arc<SimState>,
+    venue: Venue,
+    mut socket: WebSocket,
+    mut symbols: Vec<String>,
+) {
+    let mut push = tokio::time::interval(st.ws_interval);
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = push.tick() => {
+                let fault = st.market().fault(venue);
+                match fault {
+                    Some(Fault::Outage) => {
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                    // A stale stream stays open and keeps its heartbeats but sends no prices.
+                    Some(Fault::Stale) => continue,
+                    Some(Fault::Garbage) => {
+                        if socket.send(Message::text("{\"data\":{\"c\":NaN")).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+                let now = now_ms();
+                let msgs: Vec<String> = {
+                    let mut m = st.market();
+                    symbols
+                        .iter()
+                        .filter_map(|s| {
+                            let market = ws_market(venue, s);
+                            let (b, q) = market_assets(venue, &market)?;
+                            let t: Tick = m.tick(venue, &b, &q, now)?;
+                            seq += 1;
+                            render::ws_ticker(venue, s, &market, &t, seq)
+                        })
+                        .collect()
+                };
+                for text in msgs {
+                    if socket.send(Message::text(text)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = match venue {
+                    Venue::Coinbase => symbols.first().map(|p| json!({"type": "heartbeat", "sequence": seq, "last_trade_id": seq, "product_id": p, "time": crate::time::format_rfc3339_ms(now_ms())}).to_string()),
+                    Venue::Kraken => Some(r#"{"channel":"heartbeat"}"#.to_string()),
+                    _ => None,
+                };
+                if let Some(hb) = hb && socket.send(Message::text(hb)).await.is_err() {
+                    return;
+                }
+            }
+            msg = socket.recv() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue, // pings are answered by the library
+                };
+                for reply in on_client_message(venue, &text, &mut symbols) {
+                    if socket.send(Message::text(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Subscriptions and application-level pings, answered the way each venue does.
+fn on_client_message(venue: Venue, text: &str, symbols: &mut Vec<String>) -> Vec<String> {
+    if venue == Venue::Okx && text == "ping" {
+        return vec!["pong".into()];
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+        return match venue {
+            Venue::Okx => vec![json!({"event": "error", "code": "60012", "msg": format!("Invalid request: {text}")}).to_string()],
+            _ => vec![],
+        };
+    };
+    let strs = |v: Option<&serde_json::Value>| -> Vec<String> {
+        v.and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut add = |list: Vec<String>| {
+        for s in list {
+            if !symbols.contains(&s) {
+                symbols.push(s);
+            }
+        }
+    };
+    match venue {
+        Venue::Coinbase if v["type"] == "subscribe" => {
+            let ids = strs(v.get("product_ids"));
+            add(ids.clone());
+            vec![json!({"type": "subscriptions", "channels": [{"name": "ticker", "product_ids": ids}, {"name": "heartbeat", "product_ids": ids}]}).to_string()]
+        }
+        Venue::Kraken if v["method"] == "ping" => {
+            vec![json!({"method": "pong", "time_in": "2023-11-14T22:13:20.000000Z", "time_out": "2023-11-14T22:13:20.000100Z"}).to_string()]
+        }
+        Venue::Kraken if v["method"] == "subscribe" => {
+            let list = strs(v["params"].get("symbol"));
+            add(list.clone());
+            list.iter()
+                .map(|s| json!({"method": "subscribe", "result": {"channel": "ticker", "symbol": s}, "success": true}).to_string())
+                .collect()
+        }
+        Venue::Okx if v["op"] == "subscribe" => {
+            let args: Vec<serde_json::Value> = v["args"].as_array().cloned().unwrap_or_default();
+            add(args
+                .iter()
+                .filter_map(|a| a["instId"].as_str().map(str::to_string))
+                .collect());
+            args.into_iter()
+                .map(|a| json!({"event": "subscribe", "arg": a, "connId": "sim"}).to_string())
+                .collect()
+        }
+        _ => vec![],
+    }
+}

@@ -1,0 +1,379 @@
+//! WebSocket streams (Binance, Coinbase, Kraken, OKX): subscribe to every
+//! market of the venue, feed ticks into the same slots as REST, answer and
+//! send heartbeats, treat a silent socket as dead, and reconnect with
+//! jittered exponential backoff. REST polling stays on as the fallback.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info};
+
+use crate::error::SourceError;
+use crate::health::backoff;
+use crate::metrics::VenueLabels;
+use crate::service::{Shared, install_crypto_provider};
+use crate::time::parse_rfc3339_ms;
+use crate::venue::{Num, OkxTicker, RawQuote, Venue};
+
+/// How a stream session ended.
+#[derive(Debug)]
+enum End {
+    Stale,
+    Closed,
+    Error(String),
+}
+
+pub(crate) async fn stream_venue(shared: Arc<Shared>, venue: Venue, markets: Vec<String>) {
+    let Some(url) = shared.config.ws_url(venue) else {
+        return;
+    };
+    install_crypto_provider();
+    let mut attempt = 0u32;
+    loop {
+        shared
+            .metrics
+            .ws_connects
+            .get_or_create(&VenueLabels {
+                venue: venue.name().into(),
+            })
+            .inc();
+        let started = Instant::now();
+        let end = session(&shared, venue, &url, &markets).await;
+        // A session that lived a while resets the backoff.
+        if started.elapsed() > Duration::from_secs(60) {
+            attempt = 0;
+        }
+        let reason = match &end {
+            End::Stale => "ws_stale",
+            End::Closed => "ws_closed",
+            End::Error(e) => {
+                debug!(%venue, error = %e, "websocket error");
+                "ws_error"
+            }
+        };
+        shared.metrics.error(venue.name(), reason);
+        let delay = backoff(attempt, Duration::from_millis(500), Duration::from_secs(30));
+        info!(%venue, ?end, retry_in_ms = delay.as_millis() as u64, "websocket session ended");
+        tokio::time::sleep(delay).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Venue market symbol <-> the symbol the venue's stream uses.
+fn stream_symbols(venue: Venue, markets: &[String]) -> BTreeMap<String, String> {
+    markets
+        .iter()
+        .map(|m| {
+            let s = match venue {
+                Venue::Binance => m.to_ascii_lowercase(),
+                Venue::Kraken => match venue.parse_market(m) {
+                    Some((b, q)) => format!("{b}/{q}"),
+                    None => m.clone(),
+                },
+                _ => m.clone(),
+            };
+            (s, m.clone())
+        })
+        .collect()
+}
+
+fn connect_url(venue: Venue, url: &str, symbols: &BTreeMap<String, String>) -> String {
+    match venue {
+        Venue::Binance => {
+            let streams: Vec<String> = symbols.keys().map(|s| format!("{s}@ticker")).collect();
+            format!("{url}?streams={}", streams.join("/"))
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn subscribe_messages(venue: Venue, symbols: &BTreeMap<String, String>) -> Vec<String> {
+    let list: Vec<&String> = symbols.keys().collect();
+    match venue {
+        Venue::Binance => vec![],
+        Venue::Coinbase => {
+            vec![serde_json::json!({"type": "subscribe", "product_ids": list, "channels": ["ticker", "heartbeat"]}).to_string()]
+        }
+        Venue::Kraken => {
+            vec![serde_json::json!({"method": "subscribe", "params": {"channel": "ticker", "symbol": list}}).to_string()]
+        }
+        Venue::Okx => {
+            let args: Vec<_> = list
+                .iter()
+                .map(|s| serde_json::json!({"channel": "tickers", "instId": s}))
+                .collect();
+            vec![serde_json::json!({"op": "subscribe", "args": args}).to_string()]
+        }
+        _ => vec![],
+    }
+}
+
+/// Application-level keepalive each venue expects from clients.
+fn ping_message(venue: Venue) -> Option<Message> {
+    match venue {
+        Venue::Okx => Some(Message::text("ping")),
+        Venue::Kraken => Some(Message::text(r#"{"method":"ping"}"#)),
+        // Binance pings us (answered by tungstenite); Coinbase's heartbeat channel keeps traffic flowing.
+        _ => Some(Message::Ping(Vec::new().into())),
+    }
+}
+
+async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -> End {
+    let symbols = stream_symbols(venue, markets);
+    let full = connect_url(venue, url, &symbols);
+    let stale_after = shared.config.ws_stale_after.0;
+    let connect = timeout(
+        shared.config.request_timeout.0.max(Duration::from_secs(2)),
+        tokio_tungstenite::connect_async(full.as_str()),
+    );
+    let mut socket = match connect.await {
+        Ok(Ok((s, _))) => s,
+        Ok(Err(e)) => return End::Error(format!("connect: {e}")),
+        Err(_) => return End::Error("connect timed out".into()),
+    };
+    for m in subscribe_messages(venue, &symbols) {
+        if let Err(e) = socket.send(Message::text(m)).await {
+            return End::Error(format!("subscribe: {e}"));
+        }
+    }
+    debug!(%venue, markets = markets.len(), "websocket subscribed");
+    let mut ping = tokio::time::interval(stale_after / 3);
+    ping.reset();
+    // Pongs and heartbeats keep a socket open without carrying prices: the
+    // stream is stale when no tick arrived for `stale_after`.
+    let mut last_tick = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ping.tick() => {
+                if last_tick.elapsed() > stale_after {
+                    return End::Stale;
+                }
+                if let Some(p) = ping_message(venue)
+                    && let Err(e) = socket.send(p).await {
+                    return End::Error(format!("ping: {e}"));
+                }
+            }
+            msg = timeout(stale_after, socket.next()) => {
+                let msg = match msg {
+                    Err(_) => return End::Stale,
+                    Ok(None) => return End::Closed,
+                    Ok(Some(Err(e))) => return End::Error(e.to_string()),
+                    Ok(Some(Ok(m))) => m,
+                };
+                let text = match msg {
+                    Message::Text(t) => t.to_string(),
+                    Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Message::Close(_) => return End::Closed,
+                    _ => continue,
+                };
+                match parse_message(venue, &text) {
+                    Ok(ticks) => {
+                        if !ticks.is_empty() {
+                            last_tick = Instant::now();
+                        }
+                        for (sym, raw) in ticks {
+                            let Some(market) = symbols.get(&sym) else {
+                                shared.metrics.error(venue.name(), "not_subscribed");
+                                continue;
+                            };
+                            shared.record(venue, market, Ok(raw), None, true);
+                        }
+                    }
+                    Err(e) => {
+                        shared.metrics.error(venue.name(), e.reason());
+                        debug!(%venue, error = %e, "bad websocket message");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BinanceCombined {
+    data: BinanceWsTicker,
+}
+
+#[derive(Deserialize)]
+struct BinanceWsTicker {
+    #[serde(rename = "E")]
+    event_time: Option<u64>,
+    s: String,
+    c: Num,
+    b: Option<Num>,
+    a: Option<Num>,
+    v: Option<Num>,
+}
+
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: String,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CoinbaseWsTicker {
+    product_id: String,
+    price: Num,
+    best_bid: Option<Num>,
+    best_ask: Option<Num>,
+    volume_24h: Option<Num>,
+    time: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KrakenWsMsg {
+    channel: Option<String>,
+    method: Option<String>,
+    success: Option<bool>,
+    error: Option<String>,
+    #[serde(default)]
+    data: Vec<KrakenWsTicker>,
+}
+
+#[derive(Deserialize)]
+struct KrakenWsTicker {
+    symbol: String,
+    bid: Option<Num>,
+    ask: Option<Num>,
+    last: Option<Num>,
+    volume: Option<Num>,
+}
+
+#[derive(Deserialize)]
+struct OkxWsMsg {
+    event: Option<String>,
+    msg: Option<String>,
+    #[serde(default)]
+    data: Vec<OkxTicker>,
+}
+
+/// Parse one stream message into (stream symbol, quote) ticks. Control
+/// messages (subscription acks, heartbeats, pongs) give no ticks.
+pub fn parse_message(venue: Venue, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError> {
+    let bad = SourceError::malformed;
+    match venue {
+        Venue::Binance => {
+            if text.contains("\"result\"") {
+                return Ok(vec![]); // subscription ack {"result":null,"id":1}
+            }
+            let m: BinanceCombined = serde_json::from_str(text).map_err(bad)?;
+            let t = m.data;
+            let q = RawQuote {
+                bid: t.b.map(|x| x.0),
+                ask: t.a.map(|x| x.0),
+                last: Some(t.c.0),
+                volume: t.v.map(|x| x.0),
+                venue_time_ms: t.event_time,
+            };
+            Ok(vec![(t.s.to_ascii_lowercase(), q)])
+        }
+        Venue::Coinbase => {
+            let head: TypeOnly = serde_json::from_str(text).map_err(bad)?;
+            match head.kind.as_str() {
+                "ticker" => {
+                    let t: CoinbaseWsTicker = serde_json::from_str(text).map_err(bad)?;
+                    let q = RawQuote {
+                        bid: t.best_bid.map(|x| x.0),
+                        ask: t.best_ask.map(|x| x.0),
+                        last: Some(t.price.0),
+                        volume: t.volume_24h.map(|x| x.0),
+                        venue_time_ms: t.time.as_deref().and_then(parse_rfc3339_ms),
+                    };
+                    Ok(vec![(t.product_id, q)])
+                }
+                "error" => Err(SourceError::Venue {
+                    code: "ws".into(),
+                    message: head.message.unwrap_or_default(),
+                }),
+                _ => Ok(vec![]), // subscriptions, heartbeat
+            }
+        }
+        Venue::Kraken => {
+            let m: KrakenWsMsg = serde_json::from_str(text).map_err(bad)?;
+            if m.success == Some(false) {
+                return Err(SourceError::Venue {
+                    code: m.method.unwrap_or_default(),
+                    message: m.error.unwrap_or_default(),
+                });
+            }
+            if m.channel.as_deref() != Some("ticker") {
+                return Ok(vec![]); // heartbeat, status, pong, acks
+            }
+            Ok(m.data
+                .into_iter()
+                .map(|t| {
+                    let q = RawQuote {
+                        bid: t.bid.map(|x| x.0),
+                        ask: t.ask.map(|x| x.0),
+                        last: t.last.map(|x| x.0),
+                        volume: t.volume.map(|x| x.0),
+                        venue_time_ms: None,
+                    };
+                    (t.symbol, q)
+                })
+                .collect())
+        }
+        Venue::Okx => {
+            if text == "pong" {
+                return Ok(vec![]);
+            }
+            let m: OkxWsMsg = serde_json::from_str(text).map_err(bad)?;
+            if m.event.as_deref() == Some("error") {
+                return Err(SourceError::Venue {
+                    code: "ws".into(),
+                    message: m.msg.unwrap_or_default(),
+                });
+            }
+            Ok(m.data
+                .iter()
+                .map(|t| (t.inst_id.clone(), t.raw()))
+                .collect())
+        }
+        _ => Ok(vec![]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stream_messages() {
+        let b = r#"{"stream":"btcusdt@ticker","data":{"e":"24hrTicker","E":1672515782136,"s":"BTCUSDT","p":"0.0015","c":"16593.10","b":"16593.00","B":"1","a":"16593.20","A":"2","v":"100.5"}}"#;
+        let t = parse_message(Venue::Binance, b).unwrap();
+        assert_eq!(t[0].0, "btcusdt");
+        assert_eq!(t[0].1.bid.as_deref(), Some("16593.00"));
+        let c = r#"{"type":"ticker","sequence":1,"product_id":"BTC-USD","price":"20153.65","open_24h":"1","volume_24h":"12.5","best_bid":"20153.64","best_ask":"20153.66","side":"buy","time":"2022-10-19T23:28:22.061769Z","trade_id":1,"last_size":"0.1"}"#;
+        let t = parse_message(Venue::Coinbase, c).unwrap();
+        assert_eq!(t[0].1.venue_time_ms, Some(1_666_222_102_061));
+        assert!(parse_message(Venue::Coinbase, r#"{"type":"heartbeat","sequence":1,"last_trade_id":1,"product_id":"BTC-USD","time":"2022-10-19T23:28:22Z"}"#).unwrap().is_empty());
+        let k = r#"{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":67012.1,"bid_qty":0.5,"ask":67012.2,"ask_qty":1.0,"last":67012.1,"volume":1234.5678,"vwap":1,"low":1,"high":1,"change":1,"change_pct":1}]}"#;
+        let t = parse_message(Venue::Kraken, k).unwrap();
+        assert_eq!(t[0].0, "BTC/USD");
+        assert_eq!(t[0].1.ask.as_deref(), Some("67012.2"));
+        assert!(
+            parse_message(Venue::Kraken, r#"{"channel":"heartbeat"}"#)
+                .unwrap()
+                .is_empty()
+        );
+        let o = r#"{"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instType":"SPOT","instId":"BTC-USDT","last":"9999.99","askPx":"10000.1","bidPx":"9999.9","vol24h":"2222","ts":"1597026383085"}]}"#;
+        let t = parse_message(Venue::Okx, o).unwrap();
+        assert_eq!(t[0].1.venue_time_ms, Some(1_597_026_383_085));
+        assert!(parse_message(Venue::Okx, "pong").unwrap().is_empty());
+        assert!(
+            parse_message(
+                Venue::Okx,
+                r#"{"event":"error","code":"60012","msg":"Invalid request"}"#
+            )
+            .is_err()
+        );
+        assert!(parse_message(Venue::Binance, "{not json").is_err());
+    }
+}
