@@ -18,6 +18,8 @@ pub enum Command {
     SimExchange(crate::cmd_sources::SimExchangeArgs),
     /// Inspect and benchmark the price sources (`probe`, `bench`).
     Sources(crate::cmd_sources::SourcesArgs),
+    /// Make this member's identity key (the first step of joining a committee).
+    Identity(crate::cmd_identity::IdentityArgs),
     /// Make trusted-dealer keys for a test or devnet committee.
     Keygen(crate::keygen::KeygenArgs),
     /// Run a committee member.
@@ -54,6 +56,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::SimExchange(args) => crate::cmd_sources::sim_exchange(args),
         Command::Sources(args) => crate::cmd_sources::sources(args),
+        Command::Identity(args) => crate::cmd_identity::run(args),
         Command::Keygen(args) => crate::keygen::run(args),
         Command::Run(args) => crate::node::run::run(args),
         Command::Verify(args) => crate::verify_cmd::run(args),

@@ -92,6 +92,7 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
         .args([
             "devnet",
             "--setup-only",
+            "--builtin-source",
             "--nodes",
             "4",
             "--interval",
@@ -231,7 +232,14 @@ fn an_identity_outside_the_committee_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let net_dir = dir.path().join("devnet");
     let out = sibyl()
-        .args(["devnet", "--setup-only", "--nodes", "4", "--dir"])
+        .args([
+            "devnet",
+            "--setup-only",
+            "--builtin-source",
+            "--nodes",
+            "4",
+            "--dir",
+        ])
         .arg(&net_dir)
         .output()
         .unwrap();
