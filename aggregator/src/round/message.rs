@@ -6,8 +6,10 @@
 //! u8 version | bytes32 config digest | u64 round | u16 sender | u8 kind | body | [64] signature
 //! ```
 //!
-//! The signature covers `MESSAGE_DOMAIN || everything before it`. Kinds and
-//! bodies:
+//! The signature covers `MESSAGE_DOMAIN || SHA-512(everything before it)`:
+//! the (possibly large) body is hashed once, and ed25519 then signs a short
+//! fixed-size input (signing hashes its input twice, verifying once). Kinds
+//! and bodies:
 //!
 //! | kind | message | body |
 //! |---|---|---|
@@ -30,7 +32,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey};
 use std::collections::BTreeMap;
 
 /// Domain separator for identity-key signatures over messages.
-pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v1";
+pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v2";
 /// Most feeds a message may carry.
 pub const MAX_FEEDS: usize = 10_000;
 /// Most members a committee may have (and observations a proposal may attribute).
@@ -192,10 +194,12 @@ impl SignedMessage {
     }
 }
 
-fn signing_input(body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(MESSAGE_DOMAIN.len() + body.len());
-    v.extend_from_slice(MESSAGE_DOMAIN);
-    v.extend_from_slice(body);
+/// `MESSAGE_DOMAIN || SHA-512(body)`: what the identity key signs.
+fn signing_input(body: &[u8]) -> [u8; MESSAGE_DOMAIN.len() + 64] {
+    use sha2::{Digest, Sha512};
+    let mut v = [0u8; MESSAGE_DOMAIN.len() + 64];
+    v[..MESSAGE_DOMAIN.len()].copy_from_slice(MESSAGE_DOMAIN);
+    v[MESSAGE_DOMAIN.len()..].copy_from_slice(&Sha512::digest(body));
     v
 }
 

@@ -258,6 +258,10 @@ struct RoundState<C: Ciphersuite> {
     commitments: Vec<SigningCommitments<C>>,
     first_proposal: Option<([u8; 32], Vec<u8>)>,
     equivocation_blamed: bool,
+    /// Merkle root and leaves of a proposal this member checked (recomputed
+    /// itself) in this round: a report carrying exactly these needs no second
+    /// Merkle computation.
+    checked: Option<([u8; 32], Vec<ReportLeaf>)>,
     // leader side
     observations: BTreeMap<u16, Attributed<C>>,
     conflict_blamed: BTreeSet<u16>,
@@ -276,6 +280,7 @@ impl<C: Ciphersuite> RoundState<C> {
             commitments: Vec::new(),
             first_proposal: None,
             equivocation_blamed: false,
+            checked: None,
             observations: BTreeMap::new(),
             conflict_blamed: BTreeSet::new(),
             leader: None,
@@ -379,12 +384,6 @@ pub fn compute_leaves<'a>(
 
 fn package_for_self<C: Ciphersuite>(attempt: &Option<Attempt<C>>) -> Option<SigningPackage<C>> {
     attempt.as_ref().map(|a| a.package.clone())
-}
-
-fn leaves_bytes(leaves: &[ReportLeaf]) -> Vec<u8> {
-    let mut w = crate::codec::Writer::with_capacity(leaves.len() * 74 + 4);
-    message::encode_leaves(&mut w, leaves);
-    w.finish()
 }
 
 impl<C: SibylSuite> Node<C> {
@@ -790,17 +789,23 @@ impl<C: SibylSuite> Node<C> {
     }
 
     fn on_proposal(&mut self, now: TimestampMs, msg: SignedMessage) {
-        let Payload::Proposal(p) = &msg.payload else {
+        let SignedMessage {
+            round,
+            sender,
+            payload,
+            bytes,
+        } = msg;
+        let Payload::Proposal(p) = &payload else {
             return;
         };
-        if msg.sender != self.committee.leader(msg.round) {
+        if sender != self.committee.leader(round) {
             self.stats.invalid_messages += 1;
             return;
         }
         let header = ReportHeader {
             version: PROTOCOL_VERSION,
             config_digest: *self.committee.config_digest(),
-            round: msg.round,
+            round,
             timestamp_ms: p.timestamp_ms,
             merkle_root: p.merkle_root,
         };
@@ -811,7 +816,7 @@ impl<C: SibylSuite> Node<C> {
                     self.rs.equivocation_blamed = true;
                     let ev = Evidence::EquivocatingProposals {
                         first: first_bytes.clone(),
-                        second: msg.bytes.clone(),
+                        second: bytes,
                     };
                     self.blame(ev);
                 }
@@ -819,19 +824,19 @@ impl<C: SibylSuite> Node<C> {
                 return;
             }
             Some(_) => {}
-            None => self.rs.first_proposal = Some((digest, msg.bytes.clone())),
+            None => self.rs.first_proposal = Some((digest, bytes)),
         }
-        let package = match self.check_proposal(now, msg.round, p, &header, &digest) {
-            Ok(package) => package,
+        let (package, leaves) = match self.check_proposal(now, round, p, &header, &digest) {
+            Ok(checked) => checked,
             Err(_) => {
                 self.stats.proposals_refused += 1;
                 return;
             }
         };
-        let record = SigningRecord {
-            round: msg.round,
-            digest,
-        };
+        if self.rs.checked.is_none() {
+            self.rs.checked = Some((header.merkle_root, leaves));
+        }
+        let record = SigningRecord { round, digest };
         let package_hash = keccak(&p.signing_package);
         self.prepare_signing(record, usize::from(p.attempt), package, package_hash);
     }
@@ -888,7 +893,7 @@ impl<C: SibylSuite> Node<C> {
         p: &ProposalMsg,
         header: &ReportHeader,
         digest: &[u8; 32],
-    ) -> Result<SigningPackage<C>, Refusal> {
+    ) -> Result<(SigningPackage<C>, Vec<ReportLeaf>), Refusal> {
         let skew = self.committee.timeouts().max_clock_skew_ms;
         if p.timestamp_ms.abs_diff(now) > skew {
             return Err(Refusal::Timestamp);
@@ -929,7 +934,9 @@ impl<C: SibylSuite> Node<C> {
         for (_, leaf) in computed {
             leaves.push(leaf.ok_or(Refusal::Mismatch)?);
         }
-        if leaves_bytes(&leaves) != leaves_bytes(&p.leaves) {
+        // Field-by-field equality is byte-for-byte equality of the canonical
+        // encoding (every value has exactly one encoding).
+        if leaves != p.leaves {
             return Err(Refusal::Mismatch);
         }
         if merkle_root(&leaves) != header.merkle_root {
@@ -961,7 +968,7 @@ impl<C: SibylSuite> Node<C> {
         if self.rs.commitments.get(attempt) != Some(mine) {
             return Err(Refusal::Package);
         }
-        Ok(package)
+        Ok((package, leaves))
     }
 
     fn on_recorded<R: RngCore + CryptoRng>(
@@ -1029,7 +1036,19 @@ impl<C: SibylSuite> Node<C> {
             self.stats.stale_messages += 1;
             return;
         }
-        if !self.verify_report(&report) {
+        // A report of this round over exactly the leaves and root this member
+        // recomputed and checked itself needs no second Merkle computation;
+        // the group signature is checked either way.
+        let checked = report.header.round == self.round
+            && self.rs.checked.as_ref().is_some_and(|(root, leaves)| {
+                *root == report.header.merkle_root && *leaves == report.leaves
+            });
+        let valid = if checked {
+            self.verify_report_signature(&report)
+        } else {
+            self.verify_report(&report)
+        };
+        if !valid {
             self.stats.invalid_messages += 1;
             return;
         }
@@ -1042,6 +1061,18 @@ impl<C: SibylSuite> Node<C> {
             || report.header.config_digest != *self.committee.config_digest()
             || report.leaves.is_empty()
             || merkle_root(&report.leaves) != report.header.merkle_root
+        {
+            return false;
+        }
+        self.verify_report_signature(report)
+    }
+
+    /// Version, config digest and group signature of a report, without the
+    /// Merkle root (which the caller has established).
+    fn verify_report_signature(&self, report: &SignedReport) -> bool {
+        if report.header.version != PROTOCOL_VERSION
+            || report.header.config_digest != *self.committee.config_digest()
+            || report.leaves.is_empty()
         {
             return false;
         }
