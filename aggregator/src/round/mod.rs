@@ -361,19 +361,31 @@ pub fn compute_leaves<'a>(
     let newest = timestamp_ms.saturating_add(t.max_clock_skew_ms);
     let oldest = timestamp_ms.saturating_sub(t.max_observation_age_ms);
     let mut gathered: Vec<FeedObservation> = Vec::with_capacity(attributed.len());
+    // Entries are strictly ascending and feeds normally come ascending too:
+    // walk one cursor per observation instead of a binary search per feed.
+    let mut cursors = vec![0usize; attributed.len()];
+    let mut prev: Option<&FeedId> = None;
     feeds
         .map(|feed| {
             gathered.clear();
-            for obs in attributed {
-                if let Ok(i) = obs.entries.binary_search_by(|e| e.feed.cmp(feed)) {
-                    let e = &obs.entries[i];
-                    if e.observed_at_ms >= oldest && e.observed_at_ms <= newest {
-                        gathered.push(FeedObservation {
-                            price: e.price,
-                            spread: e.spread,
-                            observed_at_ms: e.observed_at_ms,
-                        });
-                    }
+            if prev.is_some_and(|p| p >= feed) {
+                // Not ascending: start over (still correct, just slower).
+                cursors.iter_mut().for_each(|c| *c = 0);
+            }
+            prev = Some(feed);
+            for (obs, cursor) in attributed.iter().zip(cursors.iter_mut()) {
+                while obs.entries.get(*cursor).is_some_and(|e| e.feed < *feed) {
+                    *cursor += 1;
+                }
+                if let Some(e) = obs.entries.get(*cursor).filter(|e| e.feed == *feed)
+                    && e.observed_at_ms >= oldest
+                    && e.observed_at_ms <= newest
+                {
+                    gathered.push(FeedObservation {
+                        price: e.price,
+                        spread: e.spread,
+                        observed_at_ms: e.observed_at_ms,
+                    });
                 }
             }
             let leaf = aggregate_feed(feed, &gathered, committee.quorum()).ok();
@@ -599,7 +611,7 @@ impl<C: SibylSuite> Node<C> {
         self.future = keep;
         if let Some(msgs) = self.future.remove(&round) {
             for m in msgs {
-                self.dispatch(now, m, rng);
+                self.dispatch(now, m, Vec::new(), rng);
                 if self.round != round {
                     break;
                 }
@@ -684,7 +696,7 @@ impl<C: SibylSuite> Node<C> {
     }
 
     fn on_bytes<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, bytes: &[u8], rng: &mut R) {
-        let msg = match SignedMessage::decode(bytes, &self.committee) {
+        let (msg, hashes) = match SignedMessage::decode_hashed(bytes, &self.committee, None) {
             Ok(m) => m,
             Err(_) => {
                 self.stats.invalid_messages += 1;
@@ -692,13 +704,16 @@ impl<C: SibylSuite> Node<C> {
             }
         };
         self.note_round(now, msg.sender, msg.round, rng);
-        self.dispatch(now, msg, rng);
+        self.dispatch(now, msg, hashes, rng);
     }
 
+    /// `hashes`: for a proposal, the content hashes of its attributed
+    /// observations from decoding it (empty if unknown).
     fn dispatch<R: RngCore + CryptoRng>(
         &mut self,
         now: TimestampMs,
         msg: SignedMessage,
+        hashes: Vec<[u8; 64]>,
         rng: &mut R,
     ) {
         if let Payload::Report(_) = msg.payload {
@@ -724,7 +739,7 @@ impl<C: SibylSuite> Node<C> {
         }
         match msg.payload.kind() {
             Kind::Observation => self.on_observation(now, msg, rng),
-            Kind::Proposal => self.on_proposal(now, msg),
+            Kind::Proposal => self.on_proposal(now, msg, &hashes),
             Kind::Share => self.on_share(now, msg, rng),
             Kind::Report => {}
         }
@@ -788,7 +803,7 @@ impl<C: SibylSuite> Node<C> {
         self.send(leader, msg.bytes);
     }
 
-    fn on_proposal(&mut self, now: TimestampMs, msg: SignedMessage) {
+    fn on_proposal(&mut self, now: TimestampMs, msg: SignedMessage, hashes: &[[u8; 64]]) {
         let SignedMessage {
             round,
             sender,
@@ -826,7 +841,7 @@ impl<C: SibylSuite> Node<C> {
             Some(_) => {}
             None => self.rs.first_proposal = Some((digest, bytes)),
         }
-        let (package, leaves) = match self.check_proposal(now, round, p, &header, &digest) {
+        let (package, leaves) = match self.check_proposal(now, round, p, hashes, &header, &digest) {
             Ok(checked) => checked,
             Err(_) => {
                 self.stats.proposals_refused += 1;
@@ -891,6 +906,7 @@ impl<C: SibylSuite> Node<C> {
         now: TimestampMs,
         round: Round,
         p: &ProposalMsg,
+        hashes: &[[u8; 64]],
         header: &ReportHeader,
         digest: &[u8; 32],
     ) -> Result<(SigningPackage<C>, Vec<ReportLeaf>), Refusal> {
@@ -901,9 +917,11 @@ impl<C: SibylSuite> Node<C> {
         // Attributed observations: signed, this round, distinct ascending senders.
         let mut attributed: BTreeMap<u16, ObservationMsg> = BTreeMap::new();
         let mut last_sender = 0u16;
-        for bytes in &p.observations {
-            let m =
-                SignedMessage::decode(bytes, &self.committee).map_err(|_| Refusal::Observation)?;
+        let hashes = (hashes.len() == p.observations.len()).then_some(hashes);
+        for (i, bytes) in p.observations.iter().enumerate() {
+            let hash = hashes.map(|h| &h[i]);
+            let (m, _) = SignedMessage::decode_hashed(bytes, &self.committee, hash)
+                .map_err(|_| Refusal::Observation)?;
             let Payload::Observation(o) = m.payload else {
                 return Err(Refusal::Observation);
             };
