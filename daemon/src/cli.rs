@@ -4,7 +4,13 @@ use clap::{Parser, Subcommand};
 
 /// Sibyl: a decentralized price oracle with threshold-signed reports.
 #[derive(Debug, Parser)]
-#[command(name = "sibyl", version, about, long_about = None)]
+#[command(
+    name = "sibyl",
+    version,
+    about,
+    long_about = None,
+    after_help = "Start here:\n  sibyl devnet                              a local committee with a dashboard\n  sibyl config check --config node.toml     validate a member's configuration\n  sibyl run --config node.toml              run a member\n\nEach command's --help shows an example. The operator guide is docs/OPERATOR.md."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -13,26 +19,54 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the version and exit.
+    #[command(after_help = "Example:\n  sibyl version")]
     Version,
     /// Serve a simulated exchange that speaks every adapter's format on loopback.
+    #[command(
+        after_help = "Example:\n  sibyl sim-exchange --listen 127.0.0.1:9100 --scenario flash-crash\n  curl -X POST 127.0.0.1:9100/control/scenario ...   # change faults at runtime (docs/SOURCES.md)"
+    )]
     SimExchange(crate::cmd_sources::SimExchangeArgs),
     /// Inspect and benchmark the price sources (`probe`, `bench`).
+    #[command(
+        after_help = "Example:\n  sibyl sources probe --config /etc/sibyl/node.toml\n  sibyl sources bench"
+    )]
     Sources(crate::cmd_sources::SourcesArgs),
+    /// Make this member's identity key (the first step of joining a committee).
+    Identity(crate::cmd_identity::IdentityArgs),
     /// Make trusted-dealer keys for a test or devnet committee.
+    #[command(
+        after_help = "Example:\n  sibyl keygen --dealer --nodes 4 --threshold 3 --out ./keys\n\nFor a real committee use `sibyl identity` and `sibyl dkg` instead."
+    )]
     Keygen(crate::keygen::KeygenArgs),
     /// Run a committee member.
+    #[command(
+        after_help = "Example:\n  sibyl run --config /etc/sibyl/node.toml\n\nCheck the config first with `sibyl config check --config ...`. SIGTERM stops the node cleanly."
+    )]
     Run(crate::node::run::RunArgs),
     /// Check a signed report against a committee's group key.
+    #[command(
+        after_help = "Example:\n  sibyl verify http://127.0.0.1:8080/v1/reports/latest --group-key <HEX> --committee committee.toml\n  sibyl verify report.json --keys keys/frost.ed25519.pub.json --config-digest <HEX>"
+    )]
     Verify(crate::verify_cmd::VerifyArgs),
     /// Run a whole committee on this machine (keys, configs, processes).
+    #[command(
+        after_help = "Example:\n  sibyl devnet --nodes 4 --duration 60s --dir /tmp/devnet\n\nPrints the dashboard URL and a ready `sibyl verify` command; Ctrl-C stops everything."
+    )]
     Devnet(crate::devnet::DevnetArgs),
     /// Run the distributed key generation ceremony with the committee.
+    #[command(
+        after_help = "Example:\n  sibyl dkg --config /etc/sibyl/node.toml\n\nEvery member runs it at about the same time; on success it prints the group key."
+    )]
     Dkg(crate::dkg::DkgArgs),
     /// Inspect configuration files.
+    #[command(after_help = "Example:\n  sibyl config check --config /etc/sibyl/node.toml")]
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Run the deterministic committee simulator over many seeds; the last
     /// line of output is a JSON summary. Exits non-zero on a safety violation.
+    #[command(
+        after_help = "Example:\n  sibyl simulate --nodes 4 --byzantine 1 --seeds 100 --rounds 20\n  sibyl simulate --nodes 7 --byzantine 2 --seeds 20 --rounds 50 --suite secp256k1-evm"
+    )]
     Simulate(crate::cmd_simulate::SimulateArgs),
     /// Re-run the margin engine's stored inputs and compare with its stored events.
     Replay(crate::replay::ReplayArgs),
@@ -56,6 +90,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::SimExchange(args) => crate::cmd_sources::sim_exchange(args),
         Command::Sources(args) => crate::cmd_sources::sources(args),
+        Command::Identity(args) => crate::cmd_identity::run(args),
         Command::Keygen(args) => crate::keygen::run(args),
         Command::Run(args) => crate::node::run::run(args),
         Command::Verify(args) => crate::verify_cmd::run(args),
@@ -64,5 +99,30 @@ pub fn main() -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
         Command::Simulate(args) => crate::cmd_simulate::run(args),
         Command::Replay(args) => crate::replay::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_help_shows_an_example() {
+        let mut cli = Cli::command();
+        cli.build();
+        let top = cli.render_long_help().to_string();
+        assert!(top.contains("sibyl devnet"), "{top}");
+        for sub in cli.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            if name == "help" {
+                continue;
+            }
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains("Example:"),
+                "`sibyl {name} --help` has no example:\n{help}"
+            );
+        }
     }
 }

@@ -50,10 +50,18 @@ pub struct DevnetArgs {
     /// Only write the committee, configs and keys; start nothing.
     #[arg(long)]
     pub setup_only: bool,
-    /// Observe a simulated exchange (`sibyl sim-exchange`, started here)
-    /// through the real source adapters, instead of the built-in source.
+    /// Observe the built-in deterministic price source instead of the
+    /// simulated exchange. By default the devnet starts `sibyl sim-exchange`
+    /// and every member observes it through the real exchange adapters.
     #[arg(long)]
-    pub sim_exchange: bool,
+    pub builtin_source: bool,
+}
+
+impl DevnetArgs {
+    /// Whether the members observe a simulated exchange (the default).
+    pub fn sim_exchange(&self) -> bool {
+        !self.builtin_source
+    }
 }
 
 /// One member in `devnet.json`.
@@ -79,7 +87,7 @@ pub struct DevnetFile {
     /// Group public key (FROST Ed25519), hex.
     pub group_key: String,
     pub suite: String,
-    /// The simulated exchange's base URL, with `--sim-exchange`.
+    /// The simulated exchange's base URL (absent with `--builtin-source`).
     #[serde(default)]
     pub sim_exchange: Option<String>,
     pub members: Vec<DevnetMember>,
@@ -147,14 +155,14 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     if args.feeds == 0 {
         bail!("--feeds must be at least 1");
     }
-    if args.sim_exchange && usize::from(args.feeds) > ASSETS.len() {
+    if args.sim_exchange() && usize::from(args.feeds) > ASSETS.len() {
         bail!(
             "the simulated exchange quotes {} assets; use --feeds {} or fewer",
             ASSETS.len(),
             ASSETS.len()
         );
     }
-    let sim_port = if args.sim_exchange {
+    let sim_port = if args.sim_exchange() {
         Some(free_port()?)
     } else {
         None

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cmd_identity;
 pub mod cmd_simulate;
 pub mod cmd_sources;
 pub mod config;

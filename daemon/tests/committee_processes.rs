@@ -92,6 +92,7 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
         .args([
             "devnet",
             "--setup-only",
+            "--builtin-source",
             "--nodes",
             "4",
             "--interval",
@@ -121,6 +122,13 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
     wait_for("3 signed reports at member 1", 120, || {
         last_round(&api[0]).is_some_and(|r| r >= 3)
     });
+
+    // A real member's /metrics has every family (driver, network, API) and
+    // passes `promtool check metrics`.
+    // (One API request first, so the API's request families have samples.)
+    http_get(&format!("{}/v1/feeds", api[0])).expect("GET /v1/feeds");
+    let metrics = http_get(&format!("{}/metrics", api[0])).expect("GET /metrics");
+    check_metrics(&metrics);
 
     // The newest report verifies with `sibyl verify` against the group key
     // and the committee file.
@@ -231,7 +239,14 @@ fn an_identity_outside_the_committee_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let net_dir = dir.path().join("devnet");
     let out = sibyl()
-        .args(["devnet", "--setup-only", "--nodes", "4", "--dir"])
+        .args([
+            "devnet",
+            "--setup-only",
+            "--builtin-source",
+            "--nodes",
+            "4",
+            "--dir",
+        ])
         .arg(&net_dir)
         .output()
         .unwrap();
@@ -287,5 +302,68 @@ fn an_identity_outside_the_committee_is_refused() {
     assert!(
         stderr.contains("is not a member of the committee"),
         "{stderr}"
+    );
+}
+
+/// The value of the first sample named exactly `name` (labels included).
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn check_metrics(text: &str) {
+    for family in [
+        "sibyl_round_duration_seconds",
+        "sibyl_rounds_signed_total",
+        "sibyl_rounds_missed_total",
+        "sibyl_rounds_led_total",
+        "sibyl_share_failures_total",
+        "sibyl_peer_connected",
+        "sibyl_feed_age_seconds",
+        "sibyl_feed_heartbeat_seconds",
+        "sibyl_current_round",
+        "sibyl_signing_ledger_refusals_total",
+        "sibyl_messages_malformed_total",
+        "sibyl_net_messages_total",
+        "sibyl_net_connected_members",
+        "sibyl_api_requests_total",
+        "sibyl_db_size_bytes",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing in\n{text}"
+        );
+    }
+    let signed = sample(text, "sibyl_rounds_signed_total").expect("rounds signed");
+    assert!(signed >= 1.0, "{text}");
+    let connected = sample(text, "sibyl_net_connected_members").expect("connected");
+    assert!(connected >= 2.0, "{text}");
+    assert!(
+        sample(text, "sibyl_db_size_bytes").is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool not found: install Debian's `prometheus` package (scripts/setup.d/30-api)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

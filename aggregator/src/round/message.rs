@@ -6,8 +6,14 @@
 //! u8 version | bytes32 config digest | u64 round | u16 sender | u8 kind | body | [64] signature
 //! ```
 //!
-//! The signature covers `MESSAGE_DOMAIN || everything before it`. Kinds and
-//! bodies:
+//! The signature covers `MESSAGE_DOMAIN || prehash`, where `prehash` is the
+//! SHA-512 of everything before the signature: the (possibly large) body is
+//! hashed once, and ed25519 then signs a short fixed-size input (signing
+//! hashes its input twice, verifying once). In a proposal each attributed
+//! observation (a complete signed message) enters the prehash as
+//! `SHA-512(its content) || its signature` instead of its raw bytes (its
+//! length prefix stays), so a signer hashes each observation once, for both
+//! the observation's and the proposal's signature. Kinds and bodies:
 //!
 //! | kind | message | body |
 //! |---|---|---|
@@ -27,10 +33,12 @@ use crate::report::{
     SignedReport, Suite, TimestampMs,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey};
+use sha2::{Digest, Sha512};
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// Domain separator for identity-key signatures over messages.
-pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v1";
+pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v2";
 /// Most feeds a message may carry.
 pub const MAX_FEEDS: usize = 10_000;
 /// Most members a committee may have (and observations a proposal may attribute).
@@ -157,9 +165,10 @@ impl SignedMessage {
             .u64(round)
             .u16(sender)
             .u8(payload.kind() as u8);
-        encode_payload(&mut w, &payload);
+        let spans = encode_payload(&mut w, &payload);
         let mut bytes = w.finish();
-        let sig = identity.sign(&signing_input(&bytes));
+        let hashes: Vec<[u8; 64]> = spans.iter().map(|s| embedded_hash(&bytes, s)).collect();
+        let sig = identity.sign(&signing_input(&prehash(&bytes, &spans, &hashes)));
         bytes.extend_from_slice(&sig.to_bytes());
         Self {
             round,
@@ -172,7 +181,21 @@ impl SignedMessage {
     /// Decodes a message and checks version, config digest, sender and
     /// identity signature. Never panics.
     pub fn decode(bytes: &[u8], committee: &Committee) -> Result<Self, MessageError> {
-        let (msg, signed_len) = decode_unverified(bytes, committee.config_digest())?;
+        Self::decode_hashed(bytes, committee, None).map(|(msg, _)| msg)
+    }
+
+    /// [`SignedMessage::decode`], also returning, for a proposal, the
+    /// SHA-512 of each attributed observation's content (empty for other
+    /// kinds). With `content_hash` the caller supplies the SHA-512 of
+    /// `bytes` without the signature, computed from these very bytes (a
+    /// proposal's embedded observation); it is used only for messages
+    /// without embedded observations.
+    pub fn decode_hashed(
+        bytes: &[u8],
+        committee: &Committee,
+        content_hash: Option<&[u8; 64]>,
+    ) -> Result<(Self, Vec<[u8; 64]>), MessageError> {
+        let (msg, signed_len, spans) = decode_inner(bytes, committee.config_digest())?;
         let key = committee
             .identity(msg.sender)
             .ok_or(MessageError::UnknownSender(msg.sender))?;
@@ -180,9 +203,15 @@ impl SignedMessage {
             .try_into()
             .map_err(|_| MessageError::BadSignature { sender: msg.sender })?;
         let sig = Signature::from_bytes(&sig_bytes);
-        key.verify_strict(&signing_input(&bytes[..signed_len]), &sig)
+        let content = &bytes[..signed_len];
+        let hashes: Vec<[u8; 64]> = spans.iter().map(|s| embedded_hash(content, s)).collect();
+        let digest = match content_hash {
+            Some(h) if spans.is_empty() => *h,
+            _ => prehash(content, &spans, &hashes),
+        };
+        key.verify_strict(&signing_input(&digest), &sig)
             .map_err(|_| MessageError::BadSignature { sender: msg.sender })?;
-        Ok(msg)
+        Ok((msg, hashes))
     }
 
     /// The signed content without the signature: two messages with different
@@ -192,11 +221,39 @@ impl SignedMessage {
     }
 }
 
-fn signing_input(body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(MESSAGE_DOMAIN.len() + body.len());
-    v.extend_from_slice(MESSAGE_DOMAIN);
-    v.extend_from_slice(body);
+/// `MESSAGE_DOMAIN || prehash`: what the identity key signs.
+fn signing_input(prehash: &[u8; 64]) -> [u8; MESSAGE_DOMAIN.len() + 64] {
+    let mut v = [0u8; MESSAGE_DOMAIN.len() + 64];
+    v[..MESSAGE_DOMAIN.len()].copy_from_slice(MESSAGE_DOMAIN);
+    v[MESSAGE_DOMAIN.len()..].copy_from_slice(prehash);
     v
+}
+
+/// The signature-less part of an embedded message occupying `span` of `content`.
+fn embedded_content<'a>(content: &'a [u8], span: &Range<usize>) -> (&'a [u8], &'a [u8]) {
+    let sig_at = span.end - SIGNATURE_LEN.min(span.len());
+    (&content[span.start..sig_at], &content[sig_at..span.end])
+}
+
+/// SHA-512 of an embedded message's content (its signature excluded).
+fn embedded_hash(content: &[u8], span: &Range<usize>) -> [u8; 64] {
+    Sha512::digest(embedded_content(content, span).0).into()
+}
+
+/// The message prehash: SHA-512 of `content` in which every embedded
+/// message (`spans`, ascending, disjoint) is replaced by its content hash
+/// (`hashes`) followed by its signature bytes.
+fn prehash(content: &[u8], spans: &[Range<usize>], hashes: &[[u8; 64]]) -> [u8; 64] {
+    let mut h = Sha512::new();
+    let mut at = 0;
+    for (span, hash) in spans.iter().zip(hashes) {
+        h.update(&content[at..span.start]);
+        h.update(hash);
+        h.update(embedded_content(content, span).1);
+        at = span.end;
+    }
+    h.update(&content[at..]);
+    h.finalize().into()
 }
 
 /// Decodes everything except the signature check; returns the message and
@@ -205,6 +262,15 @@ pub fn decode_unverified(
     bytes: &[u8],
     config_digest: &ConfigDigest,
 ) -> Result<(SignedMessage, usize), MessageError> {
+    decode_inner(bytes, config_digest).map(|(msg, len, _)| (msg, len))
+}
+
+/// Like [`decode_unverified`], also returning the byte ranges of a
+/// proposal's embedded observations.
+fn decode_inner(
+    bytes: &[u8],
+    config_digest: &ConfigDigest,
+) -> Result<(SignedMessage, usize, Vec<Range<usize>>), MessageError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(MessageError::Oversized {
             len: bytes.len(),
@@ -218,9 +284,10 @@ pub fn decode_unverified(
     let sender = r.u16("sender")?;
     let at = r.position();
     let kind = r.u8("message kind")?;
+    let mut spans = Vec::new();
     let payload = match kind {
         1 => Payload::Observation(decode_observation(&mut r)?),
-        2 => Payload::Proposal(decode_proposal(&mut r)?),
+        2 => Payload::Proposal(decode_proposal(&mut r, &mut spans)?),
         3 => Payload::Share(decode_share(&mut r)?),
         4 => Payload::Report(decode_report_body(&mut r, *config_digest, round)?),
         tag => {
@@ -243,10 +310,13 @@ pub fn decode_unverified(
             bytes: bytes.to_vec(),
         },
         signed_len,
+        spans,
     ))
 }
 
-fn encode_payload(w: &mut Writer, payload: &Payload) {
+/// Encodes a payload; returns the byte ranges of embedded observations.
+fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
     match payload {
         Payload::Observation(o) => {
             w.seq(o.entries.iter(), |w, e| {
@@ -264,6 +334,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) {
             encode_leaves(w, &p.leaves);
             w.seq(p.observations.iter(), |w, o| {
                 w.bytes(o);
+                spans.push(w.len() - o.len()..w.len());
             });
             w.bytes(&p.signing_package);
         }
@@ -282,6 +353,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) {
             });
         }
     }
+    spans
 }
 
 /// Canonical encoding of a list of leaves (used for byte-for-byte comparison).
@@ -363,14 +435,18 @@ fn decode_leaves(r: &mut Reader<'_>) -> Result<Vec<ReportLeaf>, DecodeError> {
     Ok(leaves)
 }
 
-fn decode_proposal(r: &mut Reader<'_>) -> Result<ProposalMsg, DecodeError> {
+fn decode_proposal(
+    r: &mut Reader<'_>,
+    spans: &mut Vec<Range<usize>>,
+) -> Result<ProposalMsg, DecodeError> {
     let attempt = r.u8("attempt")?;
     let timestamp_ms = r.u64("proposal timestamp")?;
     let merkle_root = r.bytes32("merkle root")?;
     let leaves = decode_leaves(r)?;
     let observations = r.seq("attributed observations", MAX_MEMBERS, 4, |r| {
-        Ok(r.bytes("attributed observation", MAX_OBSERVATION_BYTES)?
-            .to_vec())
+        let o = r.bytes("attributed observation", MAX_OBSERVATION_BYTES)?;
+        spans.push(r.position() - o.len()..r.position());
+        Ok(o.to_vec())
     })?;
     let signing_package = r.bytes("signing package", MAX_PACKAGE_BYTES)?.to_vec();
     Ok(ProposalMsg {

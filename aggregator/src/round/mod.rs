@@ -258,6 +258,10 @@ struct RoundState<C: Ciphersuite> {
     commitments: Vec<SigningCommitments<C>>,
     first_proposal: Option<([u8; 32], Vec<u8>)>,
     equivocation_blamed: bool,
+    /// Merkle root and leaves of a proposal this member checked (recomputed
+    /// itself) in this round: a report carrying exactly these needs no second
+    /// Merkle computation.
+    checked: Option<([u8; 32], Vec<ReportLeaf>)>,
     // leader side
     observations: BTreeMap<u16, Attributed<C>>,
     conflict_blamed: BTreeSet<u16>,
@@ -276,6 +280,7 @@ impl<C: Ciphersuite> RoundState<C> {
             commitments: Vec::new(),
             first_proposal: None,
             equivocation_blamed: false,
+            checked: None,
             observations: BTreeMap::new(),
             conflict_blamed: BTreeSet::new(),
             leader: None,
@@ -356,19 +361,31 @@ pub fn compute_leaves<'a>(
     let newest = timestamp_ms.saturating_add(t.max_clock_skew_ms);
     let oldest = timestamp_ms.saturating_sub(t.max_observation_age_ms);
     let mut gathered: Vec<FeedObservation> = Vec::with_capacity(attributed.len());
+    // Entries are strictly ascending and feeds normally come ascending too:
+    // walk one cursor per observation instead of a binary search per feed.
+    let mut cursors = vec![0usize; attributed.len()];
+    let mut prev: Option<&FeedId> = None;
     feeds
         .map(|feed| {
             gathered.clear();
-            for obs in attributed {
-                if let Ok(i) = obs.entries.binary_search_by(|e| e.feed.cmp(feed)) {
-                    let e = &obs.entries[i];
-                    if e.observed_at_ms >= oldest && e.observed_at_ms <= newest {
-                        gathered.push(FeedObservation {
-                            price: e.price,
-                            spread: e.spread,
-                            observed_at_ms: e.observed_at_ms,
-                        });
-                    }
+            if prev.is_some_and(|p| p >= feed) {
+                // Not ascending: start over (still correct, just slower).
+                cursors.iter_mut().for_each(|c| *c = 0);
+            }
+            prev = Some(feed);
+            for (obs, cursor) in attributed.iter().zip(cursors.iter_mut()) {
+                while obs.entries.get(*cursor).is_some_and(|e| e.feed < *feed) {
+                    *cursor += 1;
+                }
+                if let Some(e) = obs.entries.get(*cursor).filter(|e| e.feed == *feed)
+                    && e.observed_at_ms >= oldest
+                    && e.observed_at_ms <= newest
+                {
+                    gathered.push(FeedObservation {
+                        price: e.price,
+                        spread: e.spread,
+                        observed_at_ms: e.observed_at_ms,
+                    });
                 }
             }
             let leaf = aggregate_feed(feed, &gathered, committee.quorum()).ok();
@@ -379,12 +396,6 @@ pub fn compute_leaves<'a>(
 
 fn package_for_self<C: Ciphersuite>(attempt: &Option<Attempt<C>>) -> Option<SigningPackage<C>> {
     attempt.as_ref().map(|a| a.package.clone())
-}
-
-fn leaves_bytes(leaves: &[ReportLeaf]) -> Vec<u8> {
-    let mut w = crate::codec::Writer::with_capacity(leaves.len() * 74 + 4);
-    message::encode_leaves(&mut w, leaves);
-    w.finish()
 }
 
 impl<C: SibylSuite> Node<C> {
@@ -600,7 +611,7 @@ impl<C: SibylSuite> Node<C> {
         self.future = keep;
         if let Some(msgs) = self.future.remove(&round) {
             for m in msgs {
-                self.dispatch(now, m, rng);
+                self.dispatch(now, m, Vec::new(), rng);
                 if self.round != round {
                     break;
                 }
@@ -685,7 +696,7 @@ impl<C: SibylSuite> Node<C> {
     }
 
     fn on_bytes<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, bytes: &[u8], rng: &mut R) {
-        let msg = match SignedMessage::decode(bytes, &self.committee) {
+        let (msg, hashes) = match SignedMessage::decode_hashed(bytes, &self.committee, None) {
             Ok(m) => m,
             Err(_) => {
                 self.stats.invalid_messages += 1;
@@ -693,13 +704,16 @@ impl<C: SibylSuite> Node<C> {
             }
         };
         self.note_round(now, msg.sender, msg.round, rng);
-        self.dispatch(now, msg, rng);
+        self.dispatch(now, msg, hashes, rng);
     }
 
+    /// `hashes`: for a proposal, the content hashes of its attributed
+    /// observations from decoding it (empty if unknown).
     fn dispatch<R: RngCore + CryptoRng>(
         &mut self,
         now: TimestampMs,
         msg: SignedMessage,
+        hashes: Vec<[u8; 64]>,
         rng: &mut R,
     ) {
         if let Payload::Report(_) = msg.payload {
@@ -725,7 +739,7 @@ impl<C: SibylSuite> Node<C> {
         }
         match msg.payload.kind() {
             Kind::Observation => self.on_observation(now, msg, rng),
-            Kind::Proposal => self.on_proposal(now, msg),
+            Kind::Proposal => self.on_proposal(now, msg, &hashes),
             Kind::Share => self.on_share(now, msg, rng),
             Kind::Report => {}
         }
@@ -789,18 +803,24 @@ impl<C: SibylSuite> Node<C> {
         self.send(leader, msg.bytes);
     }
 
-    fn on_proposal(&mut self, now: TimestampMs, msg: SignedMessage) {
-        let Payload::Proposal(p) = &msg.payload else {
+    fn on_proposal(&mut self, now: TimestampMs, msg: SignedMessage, hashes: &[[u8; 64]]) {
+        let SignedMessage {
+            round,
+            sender,
+            payload,
+            bytes,
+        } = msg;
+        let Payload::Proposal(p) = &payload else {
             return;
         };
-        if msg.sender != self.committee.leader(msg.round) {
+        if sender != self.committee.leader(round) {
             self.stats.invalid_messages += 1;
             return;
         }
         let header = ReportHeader {
             version: PROTOCOL_VERSION,
             config_digest: *self.committee.config_digest(),
-            round: msg.round,
+            round,
             timestamp_ms: p.timestamp_ms,
             merkle_root: p.merkle_root,
         };
@@ -811,7 +831,7 @@ impl<C: SibylSuite> Node<C> {
                     self.rs.equivocation_blamed = true;
                     let ev = Evidence::EquivocatingProposals {
                         first: first_bytes.clone(),
-                        second: msg.bytes.clone(),
+                        second: bytes,
                     };
                     self.blame(ev);
                 }
@@ -819,19 +839,19 @@ impl<C: SibylSuite> Node<C> {
                 return;
             }
             Some(_) => {}
-            None => self.rs.first_proposal = Some((digest, msg.bytes.clone())),
+            None => self.rs.first_proposal = Some((digest, bytes)),
         }
-        let package = match self.check_proposal(now, msg.round, p, &header, &digest) {
-            Ok(package) => package,
+        let (package, leaves) = match self.check_proposal(now, round, p, hashes, &header, &digest) {
+            Ok(checked) => checked,
             Err(_) => {
                 self.stats.proposals_refused += 1;
                 return;
             }
         };
-        let record = SigningRecord {
-            round: msg.round,
-            digest,
-        };
+        if self.rs.checked.is_none() {
+            self.rs.checked = Some((header.merkle_root, leaves));
+        }
+        let record = SigningRecord { round, digest };
         let package_hash = keccak(&p.signing_package);
         self.prepare_signing(record, usize::from(p.attempt), package, package_hash);
     }
@@ -886,9 +906,10 @@ impl<C: SibylSuite> Node<C> {
         now: TimestampMs,
         round: Round,
         p: &ProposalMsg,
+        hashes: &[[u8; 64]],
         header: &ReportHeader,
         digest: &[u8; 32],
-    ) -> Result<SigningPackage<C>, Refusal> {
+    ) -> Result<(SigningPackage<C>, Vec<ReportLeaf>), Refusal> {
         let skew = self.committee.timeouts().max_clock_skew_ms;
         if p.timestamp_ms.abs_diff(now) > skew {
             return Err(Refusal::Timestamp);
@@ -896,9 +917,11 @@ impl<C: SibylSuite> Node<C> {
         // Attributed observations: signed, this round, distinct ascending senders.
         let mut attributed: BTreeMap<u16, ObservationMsg> = BTreeMap::new();
         let mut last_sender = 0u16;
-        for bytes in &p.observations {
-            let m =
-                SignedMessage::decode(bytes, &self.committee).map_err(|_| Refusal::Observation)?;
+        let hashes = (hashes.len() == p.observations.len()).then_some(hashes);
+        for (i, bytes) in p.observations.iter().enumerate() {
+            let hash = hashes.map(|h| &h[i]);
+            let (m, _) = SignedMessage::decode_hashed(bytes, &self.committee, hash)
+                .map_err(|_| Refusal::Observation)?;
             let Payload::Observation(o) = m.payload else {
                 return Err(Refusal::Observation);
             };
@@ -929,7 +952,9 @@ impl<C: SibylSuite> Node<C> {
         for (_, leaf) in computed {
             leaves.push(leaf.ok_or(Refusal::Mismatch)?);
         }
-        if leaves_bytes(&leaves) != leaves_bytes(&p.leaves) {
+        // Field-by-field equality is byte-for-byte equality of the canonical
+        // encoding (every value has exactly one encoding).
+        if leaves != p.leaves {
             return Err(Refusal::Mismatch);
         }
         if merkle_root(&leaves) != header.merkle_root {
@@ -961,7 +986,7 @@ impl<C: SibylSuite> Node<C> {
         if self.rs.commitments.get(attempt) != Some(mine) {
             return Err(Refusal::Package);
         }
-        Ok(package)
+        Ok((package, leaves))
     }
 
     fn on_recorded<R: RngCore + CryptoRng>(
@@ -1029,7 +1054,19 @@ impl<C: SibylSuite> Node<C> {
             self.stats.stale_messages += 1;
             return;
         }
-        if !self.verify_report(&report) {
+        // A report of this round over exactly the leaves and root this member
+        // recomputed and checked itself needs no second Merkle computation;
+        // the group signature is checked either way.
+        let checked = report.header.round == self.round
+            && self.rs.checked.as_ref().is_some_and(|(root, leaves)| {
+                *root == report.header.merkle_root && *leaves == report.leaves
+            });
+        let valid = if checked {
+            self.verify_report_signature(&report)
+        } else {
+            self.verify_report(&report)
+        };
+        if !valid {
             self.stats.invalid_messages += 1;
             return;
         }
@@ -1042,6 +1079,18 @@ impl<C: SibylSuite> Node<C> {
             || report.header.config_digest != *self.committee.config_digest()
             || report.leaves.is_empty()
             || merkle_root(&report.leaves) != report.header.merkle_root
+        {
+            return false;
+        }
+        self.verify_report_signature(report)
+    }
+
+    /// Version, config digest and group signature of a report, without the
+    /// Merkle root (which the caller has established).
+    fn verify_report_signature(&self, report: &SignedReport) -> bool {
+        if report.header.version != PROTOCOL_VERSION
+            || report.header.config_digest != *self.committee.config_digest()
+            || report.leaves.is_empty()
         {
             return false;
         }

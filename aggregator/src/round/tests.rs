@@ -640,3 +640,37 @@ fn two_observations_for_one_round_are_verifiable_evidence() {
     let back: Evidence = serde_json::from_str(&json).unwrap();
     assert_eq!(back.verify::<Ed>(&h.committee, &pubkeys), Ok(2));
 }
+
+#[test]
+fn proposal_signature_binds_every_byte_of_its_embedded_observations() {
+    let h = harness::<Ed>(4, 1);
+    let msgs = sample_messages(&h);
+    let (proposal, obs) = (&msgs[0], &msgs[3]);
+    let (decoded, hashes) =
+        SignedMessage::decode_hashed(&proposal.bytes, &h.committee, None).expect("valid proposal");
+    assert_eq!(&decoded, proposal);
+    assert_eq!(hashes.len(), 1);
+    // The returned hash verifies the embedded observation; a wrong one does not.
+    assert_eq!(
+        SignedMessage::decode_hashed(&obs.bytes, &h.committee, Some(&hashes[0]))
+            .expect("valid observation")
+            .0,
+        *obs
+    );
+    assert_eq!(
+        SignedMessage::decode_hashed(&obs.bytes, &h.committee, Some(&[0; 64])),
+        Err(MessageError::BadSignature { sender: 1 })
+    );
+    // Flipping any byte of the embedded observation (content or signature)
+    // breaks the proposal's signature or its decoding.
+    let start = proposal
+        .bytes
+        .windows(obs.bytes.len())
+        .position(|w| w == obs.bytes.as_slice())
+        .expect("observation embedded verbatim");
+    for i in start..start + obs.bytes.len() {
+        let mut b = proposal.bytes.clone();
+        b[i] ^= 1;
+        assert!(SignedMessage::decode(&b, &h.committee).is_err(), "byte {i}");
+    }
+}

@@ -151,7 +151,7 @@ pub(super) async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiE
 /// samples `x_total`. The classic Prometheus text format (what `promtool check
 /// metrics` and every scraper read) names the family `x_total` itself and has
 /// no `# EOF` or `# UNIT` lines.
-pub(super) fn openmetrics_to_prometheus(text: &str) -> String {
+pub fn openmetrics_to_prometheus(text: &str) -> String {
     let counters: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -23,6 +23,7 @@ pub mod openapi;
 mod types;
 
 pub use error::ApiError;
+pub use handlers::openmetrics_to_prometheus;
 pub use limits::{RateLimiter, require_admin};
 pub use types::{CommitteeStatus, FeedInfo, MemberStatus};
 

@@ -26,6 +26,7 @@
 //! before they are stored.
 
 pub mod api;
+pub mod metrics;
 pub mod observed;
 pub mod run;
 pub mod source;
@@ -34,11 +35,12 @@ pub mod transport;
 use crate::store::{StoreError, StoreHandle};
 use rand_core::{CryptoRng, RngCore};
 use serde::Serialize;
+use sibyl_aggregator::evidence::Evidence;
 use sibyl_aggregator::round::{
     Action, Input, LocalObservation, Node, Restore, SibylSuite, SigningRecord,
 };
 use sibyl_aggregator::verify::{GroupKeys, verify_report};
-use sibyl_aggregator::{ConfigDigest, Encode, Round, SignedReport};
+use sibyl_aggregator::{ConfigDigest, Encode, FeedId, Round, SignedReport, TimestampMs};
 use source::ObservationRx;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -194,6 +196,10 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     rng: R,
     shutdown: watch::Receiver<bool>,
     status: StatusHandle,
+    metrics: metrics::NodeMetrics,
+    /// Timestamp of the newest signed report holding each feed (for
+    /// `sibyl_feed_age_seconds`).
+    feed_reported_at: BTreeMap<FeedId, TimestampMs>,
     wake: Option<u64>,
     connected: BTreeSet<u16>,
     stats: DriverStats,
@@ -223,6 +229,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             ..NodeStatus::default()
         }));
         let (replies_tx, replies_rx) = mpsc::channel(64);
+        let metrics = metrics::NodeMetrics::new(parts.node.committee(), parts.node.index());
+        metrics.set_round(parts.node.round());
         Self {
             node: parts.node,
             transport: parts.transport,
@@ -235,6 +243,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             rng: parts.rng,
             shutdown: parts.shutdown,
             status,
+            metrics,
+            feed_reported_at: BTreeMap::new(),
             wake: None,
             connected: BTreeSet::new(),
             stats: DriverStats::default(),
@@ -252,9 +262,15 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         self.status.clone()
     }
 
+    /// Registers the driver's metrics (see [`metrics`]) in `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
+    }
+
     /// Runs until shutdown is signalled or the transport closes.
     pub async fn run(mut self) {
         let me = self.node.index();
+        self.load_feed_ages().await;
         tracing::info!(
             member = me,
             round = self.node.round(),
@@ -311,7 +327,35 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         tracing::info!(member = me, "round driver stopped");
     }
 
+    /// Seeds the feed ages from the newest stored point of every feed.
+    async fn load_feed_ages(&mut self) {
+        match self.store.readers.read(|db| db.latest_all()).await {
+            Ok(points) => {
+                for p in points {
+                    self.note_feed(p.feed_id, p.timestamp_ms);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the stored feeds' latest points"),
+        }
+    }
+
+    fn note_feed(&mut self, feed: FeedId, at: TimestampMs) {
+        let e = self.feed_reported_at.entry(feed).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    /// Remembers the feeds of a verified report (for their age).
+    fn note_report_feeds(&mut self, report: &SignedReport) {
+        let at = report.header.timestamp_ms;
+        for leaf in &report.leaves {
+            self.note_feed(leaf.feed_id.clone(), at);
+        }
+    }
+
     fn publish_status(&self) {
+        self.metrics.set_round(self.node.round());
+        self.metrics
+            .update_feed_ages(&self.feed_reported_at, now_ms());
         if let Ok(mut s) = self.status.lock() {
             s.round = self.node.round();
             s.leader = self.node.committee().leader(self.node.round());
@@ -347,10 +391,19 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 Action::SignedReport(report) => self.on_signed_report(report),
                 Action::Blame(evidence) => {
                     self.stats.blames += 1;
+                    self.count_share_failure(&evidence);
                     tracing::warn!(?evidence, "misbehaviour detected");
                 }
                 Action::RoundEntered { round, leader } => {
                     tracing::debug!(round, leader, "entered round");
+                    // Rounds left behind without a signed report (those
+                    // with one were taken out when it was accepted).
+                    let missed = self.round_entered.range(..round).count();
+                    if missed > 0 {
+                        self.metrics.rounds_missed.inc_by(missed as u64);
+                        self.round_entered.retain(|r, _| *r >= round);
+                    }
+                    self.metrics.set_round(round);
                     self.round_entered.insert(round, Instant::now());
                     while self.round_entered.len() > 64 {
                         self.round_entered.pop_first();
@@ -378,6 +431,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             }
             Err(StoreError::NotSafeToSign { recorded_round, .. }) => {
                 self.stats.ledger_refusals += 1;
+                self.metrics.ledger_refusals.inc();
                 tracing::warn!(
                     round,
                     recorded_round,
@@ -396,9 +450,15 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     /// A report the state machine accepted (it verified it, or led it).
     fn on_signed_report(&mut self, report: SignedReport) {
         let round = report.header.round;
-        let latency = self.round_entered.get(&round).map(|t| t.elapsed());
+        let latency = self.round_entered.remove(&round).map(|t| t.elapsed());
         let leader = self.node.committee().leader(round);
+        self.metrics.rounds_signed.inc();
+        if leader == self.node.index() {
+            self.metrics.rounds_led.inc();
+        }
+        self.note_report_feeds(&report);
         if let Some(l) = latency {
+            self.metrics.round_duration.observe(l.as_secs_f64());
             let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
             if let Ok(mut s) = self.status.lock() {
                 if s.latencies_us.len() >= LATENCY_SAMPLES {
@@ -426,6 +486,17 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         self.sink.push(report);
     }
 
+    /// Counts an invalid share against the member the evidence proves sent it.
+    fn count_share_failure(&self, evidence: &Evidence) {
+        if !matches!(evidence, Evidence::InvalidShare { .. }) {
+            return;
+        }
+        match evidence.verify::<C>(self.node.committee(), self.node.public_key_package()) {
+            Ok(member) => self.metrics.share_failure(member),
+            Err(e) => tracing::warn!(error = %e, "own invalid-share evidence does not verify"),
+        }
+    }
+
     fn note_stored(&mut self, round: Round) {
         if self.stored_through.is_none_or(|r| round > r) {
             self.stored_through = Some(round);
@@ -438,6 +509,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             Ok(r) => r,
             Err(e) => {
                 self.stats.invalid_reports += 1;
+                self.metrics.invalid_reports.inc();
                 tracing::debug!(error = %e, "undecodable report dropped");
                 return None;
             }
@@ -446,6 +518,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             Ok(v) => Some(v.report),
             Err(e) => {
                 self.stats.invalid_reports += 1;
+                self.metrics.invalid_reports.inc();
                 tracing::warn!(round = report.header.round, error = %e, "report failed verification; dropped");
                 None
             }
@@ -465,6 +538,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                         if let Some(r) = self.check_report(bytes) {
                             self.stats.caught_up_reports += 1;
                             newest = Some(r.header.round);
+                            self.note_report_feeds(&r);
                             self.note_stored(r.header.round);
                             self.sink.push(r);
                         }
@@ -480,22 +554,26 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 }
                 Err(e) => {
                     self.stats.malformed_messages += 1;
+                    self.metrics.malformed_messages.inc();
                     tracing::debug!(from, error = %e, "malformed message dropped");
                 }
             },
             TransportEvent::Report { from: _, bytes } => {
                 if let Some(r) = self.check_report(&bytes) {
                     self.stats.gossip_reports += 1;
+                    self.note_report_feeds(&r);
                     self.note_stored(r.header.round);
                     self.sink.push(r);
                 }
             }
             TransportEvent::PeerConnected(peer) => {
                 self.connected.insert(peer);
+                self.metrics.set_connected(peer, true);
                 self.request_catchup(Some(peer), false);
             }
             TransportEvent::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
+                self.metrics.set_connected(peer, false);
             }
             TransportEvent::Dropped { reason } => {
                 self.stats.transport_drops += 1;

@@ -254,6 +254,7 @@ where
     })?;
 
     let mut registry = prometheus_client::registry::Registry::default();
+    net.register_metrics(&mut registry);
     let observations = match &config.node.sources {
         Some(value) => {
             let text = toml::to_string(value).context("cannot re-encode the [sources] section")?;
@@ -298,6 +299,7 @@ where
         },
         last_report_round,
     );
+    driver.register_metrics(&mut registry);
     let status = driver.status();
     tracing::info!(
         member = me.index,

@@ -34,6 +34,7 @@ struct Member {
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     status: StatusHandle,
+    registry: prometheus_client::registry::Registry,
 }
 
 struct Harness {
@@ -100,6 +101,8 @@ impl Harness {
             last_report_round,
         );
         let status = driver.status();
+        let mut registry = prometheus_client::registry::Registry::default();
+        driver.register_metrics(&mut registry);
         let task = tokio::spawn(driver.run());
         self.members.insert(
             index,
@@ -109,6 +112,7 @@ impl Harness {
                 shutdown,
                 task,
                 status,
+                registry,
             },
         );
     }
@@ -260,4 +264,132 @@ async fn committee_signs_stores_and_survives_a_crash_and_restart() {
         }
     }
     assert!(checked > 5, "{checked}");
+}
+
+/// The value of the sample `line_start` (e.g. `sibyl_rounds_signed_total`) in
+/// the text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_metrics_follow_the_rounds() {
+    let (mut h, transports) = Harness::new(4, 3);
+    for (i, t) in transports.into_iter().enumerate() {
+        h.start(i as u16 + 1, t);
+    }
+    let s1 = h.members[&1].status.clone();
+    wait_for("5 reports at member 1, one of them led by it", 30, || {
+        let p = status_snapshot(&s1).protocol;
+        p.reports_accepted >= 5 && p.reports_led >= 1
+    })
+    .await;
+    h.control.inject(2, 1, vec![0xff, 1, 2, 3]);
+    wait_for("malformed counted", 5, || {
+        status_snapshot(&s1).driver.malformed_messages >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status = status_snapshot(&s1);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &h.members[&1].registry).unwrap();
+    let text = crate::api::openmetrics_to_prometheus(&text);
+
+    let signed = sample(&text, "sibyl_rounds_signed_total").expect(&text);
+    assert!(signed >= 5.0, "{text}");
+    let led = sample(&text, "sibyl_rounds_led_total").expect(&text);
+    assert!(led >= 1.0 && led <= signed, "{text}");
+    assert!(
+        sample(&text, "sibyl_rounds_missed_total").is_some(),
+        "{text}"
+    );
+    let observed = sample(&text, "sibyl_round_duration_seconds_count").expect(&text);
+    assert!(observed >= 1.0 && observed <= signed, "{text}");
+    let round = sample(&text, "sibyl_current_round").expect(&text);
+    // Set on entering a round, before the status is refreshed: never behind it.
+    assert!(round >= status.round as f64 && round >= 5.0, "{text}");
+    assert_eq!(
+        sample(&text, "sibyl_messages_malformed_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "sibyl_signing_ledger_refusals_total"),
+        Some(0.0),
+        "{text}"
+    );
+    for m in 2..=4 {
+        assert_eq!(
+            sample(&text, &format!(r#"sibyl_peer_connected{{member="{m}"}}"#)),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    assert!(
+        !text.contains(r#"sibyl_peer_connected{member="1"}"#),
+        "{text}"
+    );
+    for m in 1..=4 {
+        assert_eq!(
+            sample(
+                &text,
+                &format!(r#"sibyl_share_failures_total{{member="{m}"}}"#)
+            ),
+            Some(0.0),
+            "{text}"
+        );
+    }
+    for feed in ["BTC-USD", "ETH-USD"] {
+        let age = sample(
+            &text,
+            &format!(r#"sibyl_feed_age_seconds{{feed="{feed}"}}"#),
+        )
+        .expect(&text);
+        // Rounds every 100 ms; the newest report is well under 5 s old.
+        assert!((0.0..5.0).contains(&age), "{feed}: {age}\n{text}");
+        assert_eq!(
+            sample(
+                &text,
+                &format!(r#"sibyl_feed_heartbeat_seconds{{feed="{feed}"}}"#)
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    promtool_check(&text);
+
+    for (_, m) in std::mem::take(&mut h.members) {
+        let _ = m.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), m.task).await;
+    }
+}
+
+/// `promtool check metrics` accepts the exposition (Debian's `prometheus`
+/// package, installed by scripts/setup.d/30-api).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool not found: install Debian's `prometheus` package (scripts/setup.d/30-api)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
