@@ -69,6 +69,9 @@ pub enum Command {
     )]
     Simulate(crate::cmd_simulate::SimulateArgs),
     /// Re-run the margin engine's stored inputs and compare with its stored events.
+    #[command(
+        after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n\nExits non-zero and prints the first differing event if the replay diverges."
+    )]
     Replay(crate::replay::ReplayArgs),
 }
 
