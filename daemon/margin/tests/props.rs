@@ -24,7 +24,7 @@ const T0: u64 = 1_700_000_000_000;
 const FEEDS: [&str; 2] = ["BTC-USD", "ETH-USD"];
 const MARKETS: [&str; 5] = ["BTC-PERP", "ETH-PERP", "BTC-FUT", "BTC-C", "ETH-P"];
 
-fn config(jump_ppm: u32) -> Vec<Command> {
+fn config(jump_ppm: u32, expiry_days: u64) -> Vec<Command> {
     let feed = |f: &str| FeedConfig {
         feed: f.into(),
         max_staleness_ms: 3_600_000,
@@ -50,7 +50,7 @@ fn config(jump_ppm: u32) -> Vec<Command> {
     let opt = |kind, strike, model| MarketKind::Option {
         kind,
         strike,
-        expiry_ms: T0 + 20 * 86_400_000,
+        expiry_ms: T0 + expiry_days * 86_400_000,
         model,
         vol: VolSource::Fixed { vol_ppm: 600_000 },
     };
@@ -140,6 +140,7 @@ fn step() -> impl Strategy<Value = Step> {
 /// The inputs of one case: configuration, book, then the price path.
 fn inputs(
     jump_ppm: u32,
+    expiry_days: u64,
     cash: &[i128],
     eth_collateral: &[i128],
     trades: &[Trade],
@@ -150,7 +151,7 @@ fn inputs(
         at_ms: T0,
         command: c,
     };
-    for c in config(jump_ppm) {
+    for c in config(jump_ppm, expiry_days) {
         v.push(cmd(c));
     }
     let mut prices = [100 * P, 10 * P];
@@ -401,12 +402,13 @@ proptest! {
     #[test]
     fn index_matches_exhaustive_reference(
         jump in prop::sample::select(vec![150_000u32, 10_000_000]),
+        expiry_days in 1u64..=20,
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
         eth in prop::collection::vec(0i128..=50 * Q, 8),
         trades in prop::collection::vec(trade(), 4..40),
         steps in prop::collection::vec(step(), 1..24),
     ) {
-        let inputs = inputs(jump, &cash, &eth, &trades, &steps);
+        let inputs = inputs(jump, expiry_days, &cash, &eth, &trades, &steps);
         let (fast, slow, _) = compare_with_exhaustive(&inputs)?;
         prop_assert!(fast <= slow, "index examined more ({fast}) than exhaustive ({slow})");
     }
@@ -419,7 +421,7 @@ proptest! {
         trades in prop::collection::vec(trade(), 4..30),
         steps in prop::collection::vec(step(), 1..16),
     ) {
-        let inputs = inputs(jump, &cash, &eth, &trades, &steps);
+        let inputs = inputs(jump, 20, &cash, &eth, &trades, &steps);
         let a = run_checked(&inputs)?;
         // Determinism: a second run gives the same bytes.
         let b = run_checked(&inputs)?;
@@ -433,7 +435,7 @@ proptest! {
         steps in prop::collection::vec(step(), 2..12),
         cut in 0.0f64..1.0,
     ) {
-        let inputs = inputs(150_000, &cash, &[], &trades, &steps);
+        let inputs = inputs(150_000, 20, &cash, &[], &trades, &steps);
         let cut = ((inputs.len() as f64) * cut) as usize;
         let mut live = Engine::default();
         let mut tail_live = Vec::new();
