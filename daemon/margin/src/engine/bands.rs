@@ -521,8 +521,9 @@ impl Engine {
         let mut drift = 0i128;
         for leg in &part.legs {
             if let LegKind::Option(name, ms) = leg.kind {
-                let k = (ms.slot, q);
-                if !cache.points.contains_key(&k) {
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    cache.points.entry((ms.slot, q))
+                {
                     let a = Self::mark_at(name, ms, part.fs, q, window.0)?;
                     let b = Self::mark_at(name, ms, part.fs, q, window.1)?;
                     let mut start = vec![a.price];
@@ -535,14 +536,11 @@ impl Engine {
                         .map(|(x, y)| (x - y).abs())
                         .max()
                         .unwrap_or(0);
-                    cache.points.insert(
-                        k,
-                        GridPoint {
-                            start,
-                            end,
-                            drift: d,
-                        },
-                    );
+                    slot.insert(GridPoint {
+                        start,
+                        end,
+                        drift: d,
+                    });
                 }
             }
         }
