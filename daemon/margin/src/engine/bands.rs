@@ -520,9 +520,10 @@ impl Engine {
         }
         let mut drift = 0i128;
         for leg in &part.legs {
-            if let LegKind::Option(name, ms) = leg.kind {
-                if let std::collections::hash_map::Entry::Vacant(slot) =
+            if let LegKind::Option(name, ms) = leg.kind
+                && let std::collections::hash_map::Entry::Vacant(slot) =
                     cache.points.entry((ms.slot, q))
+            {
                 {
                     let a = Self::mark_at(name, ms, part.fs, q, window.0)?;
                     let b = Self::mark_at(name, ms, part.fs, q, window.1)?;
