@@ -369,6 +369,7 @@ impl Engine {
             self.queue_every_unit();
         }
         self.drain_pending();
+        self.prefill_grid(2);
         Ok(std::mem::take(&mut self.out))
     }
 

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 /// Length of a grid time bucket. A band computed in bucket `b` holds for
 /// prices marked at any time in `[b, b + 2)` buckets and is rechecked
 /// before that ends.
-pub(super) const BUCKET_MS: u64 = 1_800_000;
+pub(super) const BUCKET_MS: u64 = 7_200_000;
 /// Options must live at least this long after the window to use the grid
 /// (so their value is smooth in time across it).
 const MIN_LIFE_MS: u64 = 86_400_000;
@@ -43,11 +43,31 @@ const MAX_PROBES: usize = 8;
 pub(crate) struct GridCache {
     bucket: u64,
     points: HashMap<(u32, i128), GridPoint>,
+    /// The same points for the next bucket, filled a few per report ahead
+    /// of time so that a bucket change does not cost one burst.
+    next: HashMap<(u32, i128), GridPoint>,
+    todo: Vec<(u32, i128)>,
 }
 
 impl GridCache {
     pub(crate) fn clear(&mut self) {
         self.points.clear();
+        self.next.clear();
+        self.todo.clear();
+    }
+
+    fn enter(&mut self, bucket: u64) {
+        if bucket == self.bucket {
+            return;
+        }
+        if bucket == self.bucket.wrapping_add(1) {
+            self.points = std::mem::take(&mut self.next);
+        } else {
+            self.points.clear();
+            self.next.clear();
+        }
+        self.todo.clear();
+        self.bucket = bucket;
     }
 }
 
@@ -219,7 +239,68 @@ fn portfolio_at(
     Ok((ha, hb))
 }
 
+fn grid_point(
+    name: &str,
+    ms: &MarketState,
+    fs: &FeedState,
+    q: i128,
+    window: (u64, u64),
+) -> Result<GridPoint, EngineError> {
+    let a = Engine::mark_at(name, ms, fs, q, window.0)?;
+    let b = Engine::mark_at(name, ms, fs, q, window.1)?;
+    let mut start = vec![a.price];
+    start.extend_from_slice(&a.scenarios);
+    let mut end = vec![b.price];
+    end.extend_from_slice(&b.scenarios);
+    let drift = start
+        .iter()
+        .zip(&end)
+        .map(|(x, y)| (x - y).abs())
+        .max()
+        .unwrap_or(0);
+    Ok(GridPoint { start, end, drift })
+}
+
 impl Engine {
+    /// Computes up to `budget` grid points of the next time bucket (those
+    /// the current bucket used). Cost only: results never depend on it.
+    pub(super) fn prefill_grid(&mut self, budget: usize) {
+        let now = self.s.now_ms;
+        let mut cache = std::mem::take(&mut self.grid);
+        if cache.bucket == now / BUCKET_MS {
+            let next = cache.bucket.saturating_add(1);
+            let window = (
+                next.saturating_mul(BUCKET_MS),
+                next.saturating_add(2).saturating_mul(BUCKET_MS),
+            );
+            if cache.todo.is_empty() && cache.next.is_empty() {
+                cache.todo = cache.points.keys().copied().collect();
+                cache.todo.sort_unstable();
+            }
+            let mut done = 0;
+            while done < budget {
+                let Some(k) = cache.todo.pop() else { break };
+                if cache.next.contains_key(&k) {
+                    continue;
+                }
+                let Some(name) = self.market_by_slot.get(k.0 as usize) else {
+                    continue;
+                };
+                let Some(ms) = self.s.markets.get(name) else {
+                    continue;
+                };
+                let Some(fs) = self.s.feeds.get(&ms.config.feed) else {
+                    continue;
+                };
+                if let Ok(gp) = grid_point(name, ms, fs, k.1, window) {
+                    cache.next.insert(k, gp);
+                }
+                done += 1;
+            }
+        }
+        self.grid = cache;
+    }
+
     /// Bands from the unit's health curve, or `None` when the unit needs the
     /// whole-band Lipschitz bound instead.
     #[allow(clippy::type_complexity)]
@@ -394,10 +475,7 @@ impl Engine {
             exposure = add(exposure, e, "exposure")?;
             exposures.push(e);
         }
-        if cache.bucket != bucket {
-            cache.points.clear();
-            cache.bucket = bucket;
-        }
+        cache.enter(bucket);
         let n = parts.len() as i128;
         let mut bands = Vec::with_capacity(parts.len());
         for ((f, part), e) in parts.iter().zip(exposures) {
@@ -491,9 +569,14 @@ impl Engine {
                 bands.push((f.to_string(), lo - 1, hi + 1));
             }
         }
+        // Anywhere in the second bucket of the window, per unit: rechecks
+        // of units examined together spread over a whole bucket.
         let recheck = has_option.then(|| {
-            let half = BUCKET_MS / 2;
-            now.saturating_add(half + jitter(key, half))
+            bucket
+                .saturating_add(1)
+                .saturating_mul(BUCKET_MS)
+                .saturating_add(jitter(key, BUCKET_MS))
+                .max(now.saturating_add(1))
         });
         Ok(Some((bands, recheck)))
     }
@@ -525,23 +608,7 @@ impl Engine {
                     cache.points.entry((ms.slot, q))
             {
                 {
-                    let a = Self::mark_at(name, ms, part.fs, q, window.0)?;
-                    let b = Self::mark_at(name, ms, part.fs, q, window.1)?;
-                    let mut start = vec![a.price];
-                    start.extend_from_slice(&a.scenarios);
-                    let mut end = vec![b.price];
-                    end.extend_from_slice(&b.scenarios);
-                    let d = start
-                        .iter()
-                        .zip(&end)
-                        .map(|(x, y)| (x - y).abs())
-                        .max()
-                        .unwrap_or(0);
-                    slot.insert(GridPoint {
-                        start,
-                        end,
-                        drift: d,
-                    });
+                    slot.insert(grid_point(name, ms, part.fs, q, window)?);
                 }
             }
         }
