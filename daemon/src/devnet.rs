@@ -492,7 +492,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         }
     });
     println!("ran for {:.1}s", started.elapsed().as_secs_f64());
-    summary(&file, started.elapsed());
+    summary(&file, started.elapsed(), args.interval);
     for c in &children {
         terminate(c.id());
     }
@@ -525,8 +525,10 @@ pub fn run(args: DevnetArgs) -> Result<()> {
 
 /// Prints each member's round latency (from its API), CPU and RSS, then
 /// the phase breakdown pooled over members.
-pub fn summary(file: &DevnetFile, elapsed: Duration) {
-    println!("member  last report  p50 latency  p99 latency  samples  cpu(s)  cpu(%)  peak RSS");
+pub fn summary(file: &DevnetFile, elapsed: Duration, interval: Duration) {
+    println!(
+        "member  last report  p50 latency  p99 latency  samples  cpu(s)  cpu(%)  peak RSS  runq wait/round"
+    );
     let mut statuses = Vec::new();
     for m in &file.members {
         let status: Option<serde_json::Value> = http_get(&format!("{}/v1/node/status", m.api_url))
@@ -540,8 +542,14 @@ pub fn summary(file: &DevnetFile, elapsed: Duration) {
                 .unwrap_or_else(|| "-".into())
         };
         let (cpu, rss) = m.pid.and_then(proc_usage).unwrap_or((0.0, 0));
+        // Time runnable but without a CPU, per round (elapsed / interval).
+        let rounds = (elapsed.as_secs_f64() / interval.as_secs_f64().max(1e-3)).max(1.0);
+        let runq_us = m
+            .pid
+            .and_then(crate::node::trace::runqueue_wait_ns)
+            .map_or(0.0, |ns| ns as f64 / 1000.0 / rounds);
         println!(
-            "{:>6}  {:>11}  {:>9}us  {:>9}us  {:>7}  {:>6.2}  {:>6.2}  {:>6} MiB",
+            "{:>6}  {:>11}  {:>9}us  {:>9}us  {:>7}  {:>6.2}  {:>6.2}  {:>6} MiB  {:>13.0}us",
             m.index,
             get("last_report_round"),
             get("latency_p50_us"),
@@ -549,7 +557,8 @@ pub fn summary(file: &DevnetFile, elapsed: Duration) {
             get("latency_samples"),
             cpu,
             100.0 * cpu / elapsed.as_secs_f64().max(1e-3),
-            rss / 1024
+            rss / 1024,
+            runq_us
         );
         statuses.extend(status);
     }

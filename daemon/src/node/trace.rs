@@ -229,6 +229,23 @@ impl RoundTrace {
     }
 }
 
+/// Time the threads of process `pid` spent runnable but waiting for a CPU
+/// (the kernel's `schedstat`, summed over the live threads), in
+/// nanoseconds. On a shared machine this is the CPU contention a member saw.
+pub fn runqueue_wait_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(wait) = text.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
+            total = total.saturating_add(wait);
+        }
+    }
+    Some(total)
+}
+
 /// What each phase means, for the printed table.
 fn describe(phase: Phase) -> &'static str {
     match phase {
