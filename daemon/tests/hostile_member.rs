@@ -3,97 +3,29 @@
 //! member's real identity key) and sends garbage and oversized messages.
 //! Member 1 drops and counts every one of them (`/metrics`) and keeps signing.
 
-use sibyl::devnet::{DevnetFile, http_get};
+mod common;
+
+use common::{Members, last_round, spawn, wait_for};
+use sibyl::devnet::http_get;
 use sibyl::net::{Net, NetConfig};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn sibyl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sibyl"))
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    sibyl()
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start sibyl run")
-}
-
-fn last_round(api: &str) -> Option<u64> {
-    let body = http_get(&format!("{api}/v1/node/status")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v.get("last_report_round")?.as_u64()
-}
-
-/// The value of the sample whose line starts with `prefix` (name and labels).
-fn metric(api: &str, prefix: &str) -> f64 {
+/// Member `api`'s sample `name` (labels included); 0 before its first count.
+fn metric(api: &str, name: &str) -> f64 {
     let text = http_get(&format!("{api}/metrics")).expect("GET /metrics");
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
+    common::sample(&text, name).unwrap_or(0.0)
 }
 
 #[test]
 fn garbage_and_oversized_messages_from_a_member_are_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let net_dir = dir.path().join("devnet");
-    let out = sibyl()
-        .args([
-            "devnet",
-            "--setup-only",
-            "--builtin-source",
-            "--nodes",
-            "4",
-            "--interval",
-            "250ms",
-            "--dir",
-        ])
-        .arg(&net_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let file: DevnetFile =
-        serde_json::from_slice(&std::fs::read(net_dir.join("devnet.json")).unwrap()).unwrap();
+    let file = common::setup_devnet(&net_dir, 4);
     // Members 1..=3 run for real; the threshold is 3, so they sign alone.
-    let _procs = Procs(
+    let _procs = Members(
         file.members[..3]
             .iter()
-            .map(|m| spawn(&m.config, &m.log))
+            .map(|m| Some(spawn(&m.config, &m.log)))
             .collect(),
     );
     let api = file.members[0].api_url.clone();
