@@ -272,6 +272,22 @@ pub struct NodeConfig {
     /// On-chain transmission; absent means the node does not transmit.
     #[serde(default)]
     pub chain: Option<ChainSection>,
+    /// The embedded margin engine.
+    #[serde(default)]
+    pub margin: MarginSection,
+}
+
+/// `[margin]`: the embedded margin engine.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarginSection {
+    /// Seed a demo book of this many accounts at the first verified report
+    /// when the store holds no margin inputs yet (devnet, demos); 0 = none.
+    #[serde(default)]
+    pub demo_accounts: usize,
+    /// Seed of the demo book's random choices.
+    #[serde(default)]
+    pub demo_seed: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

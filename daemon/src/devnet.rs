@@ -120,23 +120,44 @@ fn feed_ids(n: u16) -> Vec<String> {
 }
 
 /// The `[sources]` section pointing at a simulated exchange on `port`.
+///
+/// Seven venues: five quoting in USD and two in USDT (converted through the
+/// `USDT-USD` feed, which the sources service computes for that purpose only:
+/// it is not a committee feed). Four of them stream over WebSocket.
 fn sim_sources(port: u16, feeds: &[String]) -> String {
-    let venues = ["coinbase", "kraken", "bitstamp", "gemini"];
+    const USD_VENUES: [&str; 5] = ["coinbase", "kraken", "bitstamp", "gemini", "bitfinex"];
+    const USDT_VENUES: [&str; 2] = ["binance", "okx"];
+    const STREAMING: [&str; 4] = ["coinbase", "kraken", "binance", "okx"];
     let mut s = String::from(
-        "\n# Prices from the devnet's simulated exchange.\n[sources]\npoll_interval = \"250ms\"\nrequest_timeout = \"1s\"\nmax_quote_age = \"10s\"\nmax_deviation_bps = 200\n",
+        "\n# Prices from the devnet's simulated exchange.\n[sources]\npoll_interval = \"500ms\"\nrequest_timeout = \"1s\"\nmax_quote_age = \"10s\"\nmax_deviation_bps = 200\n",
     );
-    for v in venues {
+    for v in USD_VENUES.iter().chain(&USDT_VENUES) {
         s += &format!("[sources.venues.{v}]\nbase_url = \"http://127.0.0.1:{port}/{v}\"\n");
-        if matches!(v, "coinbase" | "kraken") {
+        // The simulator publishes no limits; the venues' real ones would
+        // throttle seven venues times twenty feeds.
+        s += "rate_limit_per_sec = 500\n";
+        if STREAMING.contains(v) {
             // These adapters also stream; point the stream at the simulator too.
             s += &format!("ws_url = \"ws://127.0.0.1:{port}/ws/{v}\"\n");
         }
     }
+    let usd_sources = USD_VENUES.map(|v| format!("{{ venue = \"{v}\" }}"));
+    let usdt_sources = USDT_VENUES.map(|v| format!("{{ venue = \"{v}\", quote = \"USDT\" }}"));
     for f in feeds {
-        s +=
-            &format!("[[sources.feeds]]\nid = \"{f}\"\ndecimals = 8\nmin_sources = 2\nsources = [");
-        s += &venues.map(|v| format!("{{ venue = \"{v}\" }}")).join(", ");
-        s += "]\n";
+        let mut sources: Vec<&str> = usd_sources.iter().map(String::as_str).collect();
+        if f != "USDT-USD" {
+            sources.extend(usdt_sources.iter().map(String::as_str));
+        }
+        s += &format!(
+            "[[sources.feeds]]\nid = \"{f}\"\ndecimals = 8\nmin_sources = 3\nsources = [{}]\n",
+            sources.join(", ")
+        );
+    }
+    if !feeds.iter().any(|f| f == "USDT-USD") {
+        s += &format!(
+            "# Only for converting the USDT markets above; not a committee feed.\n[[sources.feeds]]\nid = \"USDT-USD\"\ndecimals = 8\nmin_sources = 3\nsources = [{}]\n",
+            usd_sources.join(", ")
+        );
     }
     s
 }
@@ -563,4 +584,49 @@ pub fn summary(file: &DevnetFile, elapsed: Duration, interval: Duration) {
         statuses.extend(status);
     }
     crate::node::trace::print_phases(&statuses);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sibyl_feeds::venue::Venue;
+
+    #[test]
+    fn sim_sources_use_seven_loopback_venues_and_convert_usdt() {
+        let feeds = feed_ids(3);
+        let text = sim_sources(9100, &feeds);
+        let value: toml::Value = toml::from_str(&text).expect("the section is TOML");
+        let sources = value.get("sources").expect("[sources]").clone();
+        let cfg = sibyl_feeds::SourcesConfig::from_value(sources).expect("valid sources config");
+        cfg.validate().expect("validates");
+        assert_eq!(cfg.venues.len(), 7);
+        for v in cfg.venues.keys() {
+            assert!(
+                cfg.base_url(*v).starts_with("http://127.0.0.1:9100/"),
+                "{v:?}"
+            );
+            // A streaming venue must never be left on its real internet URL.
+            if cfg.ws_enabled(*v) {
+                let ws = cfg.ws_url(*v).expect("ws url");
+                assert!(ws.starts_with("ws://127.0.0.1:9100/ws/"), "{v:?}: {ws}");
+            }
+        }
+        let btc = cfg
+            .feeds
+            .iter()
+            .find(|f| f.id == "BTC-USD")
+            .expect("BTC-USD");
+        assert_eq!(btc.sources.len(), 7);
+        assert!(
+            btc.sources
+                .iter()
+                .any(|s| s.venue == Venue::Binance && s.quote.as_deref() == Some("USDT"))
+        );
+        let usdt = cfg
+            .feeds
+            .iter()
+            .find(|f| f.id == "USDT-USD")
+            .expect("conversion feed");
+        assert!(usdt.sources.iter().all(|s| s.quote.is_none()));
+    }
 }

@@ -412,6 +412,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
         reports: reports.clone(),
         committee: committee_rx,
         registry: Default::default(),
+        margin: None,
         config: ApiConfig {
             feeds,
             ..ApiConfig::default()

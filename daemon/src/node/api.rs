@@ -138,6 +138,7 @@ pub async fn serve_if_enabled(
     reports: broadcast::Sender<Arc<SignedReport>>,
     status: StatusHandle,
     registry: prometheus_client::registry::Registry,
+    margin: crate::margin_svc::MarginHandle,
 ) -> Result<()> {
     if !config.node.api.enabled {
         return Ok(());
@@ -180,6 +181,7 @@ pub async fn serve_if_enabled(
         reports,
         committee: committee_rx,
         registry,
+        margin: Some(margin),
         config: ApiConfig {
             admin_token,
             feeds,

@@ -640,13 +640,32 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                             self.sink.push(r);
                         }
                     }
+                    if let Some(through) = newest {
+                        // Progress for the operator: a restarted member shows
+                        // how far behind it was and how fast it is catching up.
+                        tracing::info!(
+                            from,
+                            reports = reports.len(),
+                            through_round = through,
+                            total_caught_up = self.stats.caught_up_reports,
+                            more,
+                            "catch-up: stored missed reports"
+                        );
+                    }
                     match (more, newest) {
                         (true, Some(after)) => {
                             self.catchup_cursor = Some(after);
                             self.send_catchup(from, after);
                         }
                         // The peer has nothing more: caught up.
-                        _ => self.catchup_cursor = None,
+                        _ => {
+                            if self.catchup_cursor.take().is_some() && newest.is_some() {
+                                tracing::info!(
+                                    total_caught_up = self.stats.caught_up_reports,
+                                    "catch-up complete"
+                                );
+                            }
+                        }
                     }
                 }
                 Err(e) => {

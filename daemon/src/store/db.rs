@@ -784,6 +784,42 @@ impl Db {
         Ok(out)
     }
 
+    /// Up to `limit` margin events of `kind` with seq < `before` (all when
+    /// `None`), newest first: pages of recent liquidations for the API.
+    pub fn margin_events_of_kind_before(
+        &self,
+        kind: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<MarginEventRow>, StoreError> {
+        let before = match before {
+            Some(b) => i64_of(b, "seq")?,
+            None => i64::MAX,
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, round, kind, body FROM margin_events WHERE kind = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![kind, before, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, round, kind, body) = row?;
+            out.push(MarginEventRow {
+                seq: u64_of(seq, "seq")?,
+                round: round.map(|r| u64_of(r, "round")).transpose()?,
+                kind,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
     /// Margin events with seq > `after`, oldest first.
     pub fn margin_events_after(
         &self,
