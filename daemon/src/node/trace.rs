@@ -239,7 +239,11 @@ pub fn runqueue_wait_ns(pid: u32) -> Option<u64> {
         let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
             continue;
         };
-        if let Some(wait) = text.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(wait) = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             total = total.saturating_add(wait);
         }
     }
