@@ -60,6 +60,10 @@ pub struct DevnetArgs {
     /// and every member observes it through the real exchange adapters.
     #[arg(long)]
     pub builtin_source: bool,
+    /// Accounts in the demo margin book each member seeds at its first
+    /// signed report (0 = none).
+    #[arg(long, default_value_t = 300)]
+    pub demo_accounts: usize,
 }
 
 impl DevnetArgs {
@@ -286,7 +290,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         store.write_public_key_package(&digest, &keys.public_key_package)?;
         let api_listen = m.api_url.trim_start_matches("http://");
         let node_toml = format!(
-            "# Devnet member {index}, written by `sibyl devnet`.\n[node]\ncommittee = \"../committee.toml\"\ndata_dir = \"data\"\n\n[keys]\nidentity = \"keys/identity.key\"\nkey_package = \"keys/frost.key\"\npublic_key_package = \"keys/frost.pub.json\"\npassphrase_file = \"passphrase\"\n\n[net]\nlisten = \"{listen}\"\nredial_interval = \"1s\"\n\n[api]\nlisten = \"{api_listen}\"\n\n[store]\npath = \"sibyl.db\"\n\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
+            "# Devnet member {index}, written by `sibyl devnet`.\n[node]\ncommittee = \"../committee.toml\"\ndata_dir = \"data\"\n\n[keys]\nidentity = \"keys/identity.key\"\nkey_package = \"keys/frost.key\"\npublic_key_package = \"keys/frost.pub.json\"\npassphrase_file = \"passphrase\"\n\n[net]\nlisten = \"{listen}\"\nredial_interval = \"1s\"\n\n[api]\nlisten = \"{api_listen}\"\nadmin_token_file = \"admin-token\"\n\n[store]\npath = \"sibyl.db\"\n\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
             index = m.index,
             listen = m.p2p_address,
         );
@@ -294,6 +298,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
             Some(port) => node_toml + &sim_sources(port, &feeds),
             None => node_toml,
         };
+        let node_toml = node_toml + &margin_section(&node_dir, args.demo_accounts)?;
         std::fs::write(&m.config, node_toml)
             .with_context(|| format!("cannot write {}", m.config.display()))?;
         crate::config::Config::load(&m.config)?; // the same validation `sibyl run` does
@@ -307,6 +312,22 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         sim_exchange: sim_port.map(|p| format!("http://127.0.0.1:{p}")),
         members,
     })
+}
+
+/// The `[margin]` section (the demo book; the same seed on every member, so
+/// members that see the same first report hold the same book), and an admin
+/// token in `node-<i>/admin-token` for the margin commands of the API.
+fn margin_section(node_dir: &Path, demo_accounts: usize) -> Result<String> {
+    let mut raw = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    write_atomic(
+        &node_dir.join("admin-token"),
+        hex::encode(raw).as_bytes(),
+        0o600,
+    )?;
+    Ok(format!(
+        "\n# The embedded margin engine's demo book.\n[margin]\ndemo_accounts = {demo_accounts}\ndemo_seed = 7\n"
+    ))
 }
 
 fn write_file(dir: &Path, file: &DevnetFile) -> Result<()> {
@@ -469,6 +490,14 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     }
     let first = &file.members[0];
     println!("dashboard: {}/", first.api_url);
+    if args.demo_accounts > 0 {
+        println!(
+            "margin: {} demo accounts at the first report; {}/v1/margin/at-risk; admin token for the margin commands in {}",
+            args.demo_accounts,
+            first.api_url,
+            first.config.with_file_name("admin-token").display()
+        );
+    }
     println!(
         "verify the newest report:\n  sibyl verify {}/v1/reports/latest --group-key {} --committee {}",
         first.api_url,
