@@ -204,6 +204,11 @@ fn bench(c: &mut Criterion) {
             ex.last().copied().unwrap_or(0),
             liquidations,
         );
+        println!(
+            "book n={n}: {} units examined in all, {} bands from the whole-band bound",
+            e.examined_units(),
+            e.fallback_bands()
+        );
         let start = Instant::now();
         let r = e.revalue_all();
         println!(
