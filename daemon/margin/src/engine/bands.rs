@@ -25,7 +25,7 @@
 
 use super::*;
 use crate::fixed::VALUE_DIVISOR;
-use std::collections::HashMap;
+use crate::index::IntMap;
 
 /// Length of a grid time bucket. A band computed in bucket `b` holds for
 /// prices marked at any time in `[b, b + 2)` buckets and is rechecked
@@ -35,17 +35,17 @@ pub(super) const BUCKET_MS: u64 = 7_200_000;
 /// (so their value is smooth in time across it).
 const MIN_LIFE_MS: u64 = 86_400_000;
 /// Probes per band side.
-const MAX_PROBES: usize = 8;
+const MAX_PROBES: usize = 5;
 
 /// Option values on the price grid for the current time bucket. A cache of
 /// a pure function of the state: it never changes a result, only its cost.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GridCache {
     bucket: u64,
-    points: HashMap<(u32, i128), GridPoint>,
+    points: IntMap<(u32, i128), GridPoint>,
     /// The same points for the next bucket, filled a few per report ahead
     /// of time so that a bucket change does not cost one burst.
-    next: HashMap<(u32, i128), GridPoint>,
+    next: IntMap<(u32, i128), GridPoint>,
     todo: Vec<(u32, i128)>,
 }
 
