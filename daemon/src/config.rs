@@ -988,14 +988,8 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
             "use at least \"50ms\"; \"250ms\" to \"1s\" is typical",
         );
     }
-    if round.observation_timeout_ms == 0 {
-        r.at(
-            span(&rt.observation_timeout),
-            "round.observation_timeout",
-            "the observation timeout is zero",
-            "give members time to send observations, e.g. \"100ms\"",
-        );
-    }
+    // observation_timeout = 0 is allowed: the leader proposes as soon as it
+    // holds 2f + 1 observations.
     if round.round_timeout_ms <= round.observation_timeout_ms {
         r.at(
             span(&rt.round_timeout),

@@ -44,6 +44,11 @@ pub struct DevnetArgs {
     /// Round interval.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// How long after a round's start the leader waits for every member's
+    /// observation; after it, 2f + 1 suffice. The default, "0ms", proposes
+    /// as soon as 2f + 1 are in (lowest latency).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub observation_timeout: Duration,
     /// Number of feeds (BTC-USD, ETH-USD, SOL-USD, then synthetic ones).
     #[arg(long, default_value_t = 3)]
     pub feeds: u16,
@@ -211,7 +216,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     let mut identities = Vec::new();
     let mut committee = format!(
         "# Devnet committee written by `sibyl devnet`.\nthreshold = {t}\nsuites = [\"ed25519\"]\nleader_seed = 0\n\n[round]\ninterval = \"{interval_ms}ms\"\nobservation_timeout = \"{}ms\"\nshare_timeout = \"{}ms\"\nround_timeout = \"{}ms\"\n\n",
-        (interval_ms / 2).clamp(20, 200),
+        args.observation_timeout.as_millis(),
         (interval_ms * 2).clamp(100, 1000),
         (interval_ms * 4).max(1000),
     );
@@ -537,7 +542,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         }
     });
     println!("ran for {:.1}s", started.elapsed().as_secs_f64());
-    summary(&file);
+    summary(&file, started.elapsed(), args.interval);
     for c in &children {
         terminate(c.id());
     }
@@ -568,9 +573,13 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints each member's round latency (from its API), CPU and RSS.
-pub fn summary(file: &DevnetFile) {
-    println!("member  last report  p50 latency  p99 latency  samples  cpu(s)  peak RSS");
+/// Prints each member's round latency (from its API), CPU and RSS, then
+/// the phase breakdown pooled over members.
+pub fn summary(file: &DevnetFile, elapsed: Duration, interval: Duration) {
+    println!(
+        "member  last report  p50 latency  p99 latency  samples  cpu(s)  cpu(%)  peak RSS  runq wait/round"
+    );
+    let mut statuses = Vec::new();
     for m in &file.members {
         let status: Option<serde_json::Value> = http_get(&format!("{}/v1/node/status", m.api_url))
             .ok()
@@ -583,17 +592,27 @@ pub fn summary(file: &DevnetFile) {
                 .unwrap_or_else(|| "-".into())
         };
         let (cpu, rss) = m.pid.and_then(proc_usage).unwrap_or((0.0, 0));
+        // Time runnable but without a CPU, per round (elapsed / interval).
+        let rounds = (elapsed.as_secs_f64() / interval.as_secs_f64().max(1e-3)).max(1.0);
+        let runq_us = m
+            .pid
+            .and_then(crate::node::trace::runqueue_wait_ns)
+            .map_or(0.0, |ns| ns as f64 / 1000.0 / rounds);
         println!(
-            "{:>6}  {:>11}  {:>9}us  {:>9}us  {:>7}  {:>6.2}  {:>6} MiB",
+            "{:>6}  {:>11}  {:>9}us  {:>9}us  {:>7}  {:>6.2}  {:>6.2}  {:>6} MiB  {:>13.0}us",
             m.index,
             get("last_report_round"),
             get("latency_p50_us"),
             get("latency_p99_us"),
             get("latency_samples"),
             cpu,
-            rss / 1024
+            100.0 * cpu / elapsed.as_secs_f64().max(1e-3),
+            rss / 1024,
+            runq_us
         );
+        statuses.extend(status);
     }
+    crate::node::trace::print_phases(&statuses);
 }
 
 #[cfg(test)]
