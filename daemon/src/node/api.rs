@@ -129,10 +129,12 @@ pub async fn serve_if_enabled(
     reports: broadcast::Sender<Arc<SignedReport>>,
     status: StatusHandle,
     registry: prometheus_client::registry::Registry,
+    group_keys: &sibyl_aggregator::verify::GroupKeys,
 ) -> Result<()> {
     if !config.node.api.enabled {
         return Ok(());
     }
+    let evm = crate::chain::pull_config(config, group_keys)?;
     let admin_token = config.admin_token()?;
     let feeds = config
         .committee
@@ -176,6 +178,7 @@ pub async fn serve_if_enabled(
             feeds,
             limits: ApiLimits::default(),
             retention: RetentionPolicy::default(),
+            evm,
         },
     });
     let addr = config.api_listen();
