@@ -839,7 +839,7 @@ impl<C: SibylSuite> Sim<C> {
                 self.members[i].durable.last_observed_round = Some(round);
                 None
             }
-            Action::RoundEntered { round, leader } => {
+            Action::RoundEntered { round, leader, .. } => {
                 let mut b = round.to_be_bytes().to_vec();
                 b.extend_from_slice(&leader.to_be_bytes());
                 self.record(b"round", index, &b);

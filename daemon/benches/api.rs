@@ -194,6 +194,7 @@ async fn main() {
         reports,
         committee,
         registry: Default::default(),
+        margin: None,
         config: ApiConfig {
             limits: ApiLimits {
                 requests_per_second: 0,

@@ -272,6 +272,22 @@ pub struct NodeConfig {
     /// On-chain transmission; absent means the node does not transmit.
     #[serde(default)]
     pub chain: Option<ChainSection>,
+    /// The embedded margin engine.
+    #[serde(default)]
+    pub margin: MarginSection,
+}
+
+/// `[margin]`: the embedded margin engine.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarginSection {
+    /// Seed a demo book of this many accounts at the first verified report
+    /// when the store holds no margin inputs yet (devnet, demos); 0 = none.
+    #[serde(default)]
+    pub demo_accounts: usize,
+    /// Seed of the demo book's random choices.
+    #[serde(default)]
+    pub demo_seed: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -994,14 +1010,8 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
             "use at least \"50ms\"; \"250ms\" to \"1s\" is typical",
         );
     }
-    if round.observation_timeout_ms == 0 {
-        r.at(
-            span(&rt.observation_timeout),
-            "round.observation_timeout",
-            "the observation timeout is zero",
-            "give members time to send observations, e.g. \"100ms\"",
-        );
-    }
+    // observation_timeout = 0 is allowed: the leader proposes as soon as it
+    // holds 2f + 1 observations.
     if round.round_timeout_ms <= round.observation_timeout_ms {
         r.at(
             span(&rt.round_timeout),

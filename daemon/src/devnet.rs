@@ -44,6 +44,11 @@ pub struct DevnetArgs {
     /// Round interval.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// How long after a round's start the leader waits for every member's
+    /// observation; after it, 2f + 1 suffice. The default, "0ms", proposes
+    /// as soon as 2f + 1 are in (lowest latency).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub observation_timeout: Duration,
     /// Number of feeds (BTC-USD, ETH-USD, SOL-USD, then synthetic ones).
     #[arg(long, default_value_t = 3)]
     pub feeds: u16,
@@ -64,6 +69,10 @@ pub struct DevnetArgs {
     /// are funded) instead of starting one.
     #[arg(long, requires = "chain")]
     pub chain_rpc_url: Option<String>,
+    /// Accounts in the demo margin book each member seeds at its first
+    /// signed report (0 = none).
+    #[arg(long, default_value_t = 300)]
+    pub demo_accounts: usize,
 }
 
 impl DevnetArgs {
@@ -127,23 +136,44 @@ fn feed_ids(n: u16) -> Vec<String> {
 }
 
 /// The `[sources]` section pointing at a simulated exchange on `port`.
+///
+/// Seven venues: five quoting in USD and two in USDT (converted through the
+/// `USDT-USD` feed, which the sources service computes for that purpose only:
+/// it is not a committee feed). Four of them stream over WebSocket.
 fn sim_sources(port: u16, feeds: &[String]) -> String {
-    let venues = ["coinbase", "kraken", "bitstamp", "gemini"];
+    const USD_VENUES: [&str; 5] = ["coinbase", "kraken", "bitstamp", "gemini", "bitfinex"];
+    const USDT_VENUES: [&str; 2] = ["binance", "okx"];
+    const STREAMING: [&str; 4] = ["coinbase", "kraken", "binance", "okx"];
     let mut s = String::from(
-        "\n# Prices from the devnet's simulated exchange.\n[sources]\npoll_interval = \"250ms\"\nrequest_timeout = \"1s\"\nmax_quote_age = \"10s\"\nmax_deviation_bps = 200\n",
+        "\n# Prices from the devnet's simulated exchange.\n[sources]\npoll_interval = \"500ms\"\nrequest_timeout = \"1s\"\nmax_quote_age = \"10s\"\nmax_deviation_bps = 200\n",
     );
-    for v in venues {
+    for v in USD_VENUES.iter().chain(&USDT_VENUES) {
         s += &format!("[sources.venues.{v}]\nbase_url = \"http://127.0.0.1:{port}/{v}\"\n");
-        if matches!(v, "coinbase" | "kraken") {
+        // The simulator publishes no limits; the venues' real ones would
+        // throttle seven venues times twenty feeds.
+        s += "rate_limit_per_sec = 500\n";
+        if STREAMING.contains(v) {
             // These adapters also stream; point the stream at the simulator too.
             s += &format!("ws_url = \"ws://127.0.0.1:{port}/ws/{v}\"\n");
         }
     }
+    let usd_sources = USD_VENUES.map(|v| format!("{{ venue = \"{v}\" }}"));
+    let usdt_sources = USDT_VENUES.map(|v| format!("{{ venue = \"{v}\", quote = \"USDT\" }}"));
     for f in feeds {
-        s +=
-            &format!("[[sources.feeds]]\nid = \"{f}\"\ndecimals = 8\nmin_sources = 2\nsources = [");
-        s += &venues.map(|v| format!("{{ venue = \"{v}\" }}")).join(", ");
-        s += "]\n";
+        let mut sources: Vec<&str> = usd_sources.iter().map(String::as_str).collect();
+        if f != "USDT-USD" {
+            sources.extend(usdt_sources.iter().map(String::as_str));
+        }
+        s += &format!(
+            "[[sources.feeds]]\nid = \"{f}\"\ndecimals = 8\nmin_sources = 3\nsources = [{}]\n",
+            sources.join(", ")
+        );
+    }
+    if !feeds.iter().any(|f| f == "USDT-USD") {
+        s += &format!(
+            "# Only for converting the USDT markets above; not a committee feed.\n[[sources.feeds]]\nid = \"USDT-USD\"\ndecimals = 8\nmin_sources = 3\nsources = [{}]\n",
+            usd_sources.join(", ")
+        );
     }
     s
 }
@@ -198,7 +228,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     let mut identities = Vec::new();
     let mut committee = format!(
         "# Devnet committee written by `sibyl devnet`.\nthreshold = {t}\nsuites = [\"{suite}\"]\nleader_seed = 0\n\n[round]\ninterval = \"{interval_ms}ms\"\nobservation_timeout = \"{}ms\"\nshare_timeout = \"{}ms\"\nround_timeout = \"{}ms\"\n\n",
-        (interval_ms / 2).clamp(20, 200),
+        args.observation_timeout.as_millis(),
         (interval_ms * 2).clamp(100, 1000),
         (interval_ms * 4).max(1000),
         suite = if args.chain {
@@ -267,7 +297,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         }
         let api_listen = m.api_url.trim_start_matches("http://");
         let node_toml = format!(
-            "# Devnet member {index}, written by `sibyl devnet`.\n[node]\ncommittee = \"../committee.toml\"\ndata_dir = \"data\"\n\n[keys]\nidentity = \"keys/identity.key\"\nkey_package = \"keys/frost.key\"\npublic_key_package = \"keys/frost.pub.json\"\npassphrase_file = \"passphrase\"\n\n[net]\nlisten = \"{listen}\"\nredial_interval = \"1s\"\n\n[api]\nlisten = \"{api_listen}\"\n\n[store]\npath = \"sibyl.db\"\n\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
+            "# Devnet member {index}, written by `sibyl devnet`.\n[node]\ncommittee = \"../committee.toml\"\ndata_dir = \"data\"\n\n[keys]\nidentity = \"keys/identity.key\"\nkey_package = \"keys/frost.key\"\npublic_key_package = \"keys/frost.pub.json\"\npassphrase_file = \"passphrase\"\n\n[net]\nlisten = \"{listen}\"\nredial_interval = \"1s\"\n\n[api]\nlisten = \"{api_listen}\"\nadmin_token_file = \"admin-token\"\n\n[store]\npath = \"sibyl.db\"\n\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
             index = m.index,
             listen = m.p2p_address,
         );
@@ -275,6 +305,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
             Some(port) => node_toml + &sim_sources(port, &feeds),
             None => node_toml,
         };
+        let node_toml = node_toml + &margin_section(&node_dir, args.demo_accounts)?;
         std::fs::write(&m.config, node_toml)
             .with_context(|| format!("cannot write {}", m.config.display()))?;
         crate::config::Config::load(&m.config)?; // the same validation `sibyl run` does
@@ -346,6 +377,22 @@ fn write_keys<C: frost_core::Ciphersuite>(
     store.write_key_package(digest, kpkg, pass)?;
     store.write_public_key_package(digest, &keys.public_key_package)?;
     Ok(())
+}
+
+/// The `[margin]` section (the demo book; the same seed on every member, so
+/// members that see the same first report hold the same book), and an admin
+/// token in `node-<i>/admin-token` for the margin commands of the API.
+fn margin_section(node_dir: &Path, demo_accounts: usize) -> Result<String> {
+    let mut raw = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    write_atomic(
+        &node_dir.join("admin-token"),
+        hex::encode(raw).as_bytes(),
+        0o600,
+    )?;
+    Ok(format!(
+        "\n# The embedded margin engine's demo book.\n[margin]\ndemo_accounts = {demo_accounts}\ndemo_seed = 7\n"
+    ))
 }
 
 fn write_file(dir: &Path, file: &DevnetFile) -> Result<()> {
@@ -540,6 +587,14 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         );
     }
     println!("dashboard: {}/", first.api_url);
+    if args.demo_accounts > 0 {
+        println!(
+            "margin: {} demo accounts at the first report; {}/v1/margin/at-risk; admin token for the margin commands in {}",
+            args.demo_accounts,
+            first.api_url,
+            first.config.with_file_name("admin-token").display()
+        );
+    }
     println!(
         "verify the newest report:\n  sibyl verify {}/v1/reports/latest --group-key {} --committee {}",
         first.api_url,
@@ -584,7 +639,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         }
     });
     println!("ran for {:.1}s", started.elapsed().as_secs_f64());
-    summary(&file);
+    summary(&file, started.elapsed(), args.interval);
     for c in &children {
         terminate(c.id());
     }
@@ -616,9 +671,13 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints each member's round latency (from its API), CPU and RSS.
-pub fn summary(file: &DevnetFile) {
-    println!("member  last report  p50 latency  p99 latency  samples  cpu(s)  peak RSS");
+/// Prints each member's round latency (from its API), CPU and RSS, then
+/// the phase breakdown pooled over members.
+pub fn summary(file: &DevnetFile, elapsed: Duration, interval: Duration) {
+    println!(
+        "member  last report  p50 latency  p99 latency  samples  cpu(s)  cpu(%)  peak RSS  runq wait/round"
+    );
+    let mut statuses = Vec::new();
     for m in &file.members {
         let status: Option<serde_json::Value> = http_get(&format!("{}/v1/node/status", m.api_url))
             .ok()
@@ -631,15 +690,70 @@ pub fn summary(file: &DevnetFile) {
                 .unwrap_or_else(|| "-".into())
         };
         let (cpu, rss) = m.pid.and_then(proc_usage).unwrap_or((0.0, 0));
+        // Time runnable but without a CPU, per round (elapsed / interval).
+        let rounds = (elapsed.as_secs_f64() / interval.as_secs_f64().max(1e-3)).max(1.0);
+        let runq_us = m
+            .pid
+            .and_then(crate::node::trace::runqueue_wait_ns)
+            .map_or(0.0, |ns| ns as f64 / 1000.0 / rounds);
         println!(
-            "{:>6}  {:>11}  {:>9}us  {:>9}us  {:>7}  {:>6.2}  {:>6} MiB",
+            "{:>6}  {:>11}  {:>9}us  {:>9}us  {:>7}  {:>6.2}  {:>6.2}  {:>6} MiB  {:>13.0}us",
             m.index,
             get("last_report_round"),
             get("latency_p50_us"),
             get("latency_p99_us"),
             get("latency_samples"),
             cpu,
-            rss / 1024
+            100.0 * cpu / elapsed.as_secs_f64().max(1e-3),
+            rss / 1024,
+            runq_us
         );
+        statuses.extend(status);
+    }
+    crate::node::trace::print_phases(&statuses);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sibyl_feeds::venue::Venue;
+
+    #[test]
+    fn sim_sources_use_seven_loopback_venues_and_convert_usdt() {
+        let feeds = feed_ids(3);
+        let text = sim_sources(9100, &feeds);
+        let value: toml::Value = toml::from_str(&text).expect("the section is TOML");
+        let sources = value.get("sources").expect("[sources]").clone();
+        let cfg = sibyl_feeds::SourcesConfig::from_value(sources).expect("valid sources config");
+        cfg.validate().expect("validates");
+        assert_eq!(cfg.venues.len(), 7);
+        for v in cfg.venues.keys() {
+            assert!(
+                cfg.base_url(*v).starts_with("http://127.0.0.1:9100/"),
+                "{v:?}"
+            );
+            // A streaming venue must never be left on its real internet URL.
+            if cfg.ws_enabled(*v) {
+                let ws = cfg.ws_url(*v).expect("ws url");
+                assert!(ws.starts_with("ws://127.0.0.1:9100/ws/"), "{v:?}: {ws}");
+            }
+        }
+        let btc = cfg
+            .feeds
+            .iter()
+            .find(|f| f.id == "BTC-USD")
+            .expect("BTC-USD");
+        assert_eq!(btc.sources.len(), 7);
+        assert!(
+            btc.sources
+                .iter()
+                .any(|s| s.venue == Venue::Binance && s.quote.as_deref() == Some("USDT"))
+        );
+        let usdt = cfg
+            .feeds
+            .iter()
+            .find(|f| f.id == "USDT-USD")
+            .expect("conversion feed");
+        assert!(usdt.sources.iter().all(|s| s.quote.is_none()));
     }
 }

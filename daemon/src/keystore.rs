@@ -62,9 +62,12 @@ pub enum KeystoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("wrong passphrase for {}", path.display())]
+    #[error(
+        "wrong passphrase for {}: check that keys.passphrase_env / keys.passphrase_file in node.toml give the passphrase this key was made with",
+        path.display()
+    )]
     WrongPassphrase { path: PathBuf },
-    #[error("key file {} is corrupted: {reason}", path.display())]
+    #[error("key file {} is corrupted: {reason}; restore it from your backup (docs/OPERATOR.md)", path.display())]
     Corrupted { path: PathBuf, reason: String },
     #[error(
         "key file {} belongs to committee config digest {found}, but this committee's digest is {expected}: the committee file changed since the keys were made; run a new DKG for this committee",
@@ -81,7 +84,9 @@ pub enum KeystoreError {
         expected: String,
         found: String,
     },
-    #[error("passphrase environment variable {var} is not set or not valid UTF-8")]
+    #[error(
+        "passphrase environment variable {var} is not set or not valid UTF-8: export it before starting (systemd: Environment= or EnvironmentFile=), or use keys.passphrase_file"
+    )]
     PassphraseEnvMissing { var: String },
     #[error("cannot read passphrase file {}: {source}", path.display())]
     PassphraseFile {

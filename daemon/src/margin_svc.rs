@@ -14,6 +14,10 @@
 //! `margin_events` table holds every `EventRecord` with the engine's event
 //! seq. Both are gapless, so `sibyl replay` can re-run them.
 
+pub mod book;
+
+pub use book::DemoSeed;
+
 use crate::config::FeedParams;
 use crate::store::{Store, StoreError, StoreHandle};
 use sibyl_aggregator::SignedReport;
@@ -80,6 +84,9 @@ pub struct MarginState {
     pub engine: Engine,
     /// Sequence number the next accepted input gets.
     pub next_input: u64,
+    /// Verified reports this service has handled since it started (applied,
+    /// refused, or seeding the demo book).
+    pub reports_handled: u64,
 }
 
 /// Cloneable handle: reads through the shared state, writes through the task.
@@ -121,6 +128,7 @@ pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
     Ok(MarginState {
         engine,
         next_input: inputs.len() as u64,
+        reports_handled: 0,
     })
 }
 
@@ -168,6 +176,14 @@ pub async fn seed(handle: &MarginHandle, writer: &StoreHandle, inputs: Vec<Input
     n
 }
 
+/// Options of the margin service.
+#[derive(Clone, Debug, Default)]
+pub struct MarginOptions {
+    /// Seed a demo book at the first verified report, if the store holds no
+    /// margin inputs yet (devnet, demos). See [`book`].
+    pub demo: Option<DemoSeed>,
+}
+
 /// Start the service: restore from the store, then run until `shutdown`.
 pub async fn start(
     store: &Store,
@@ -175,12 +191,25 @@ pub async fn start(
     reports: broadcast::Receiver<Arc<SignedReport>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<MarginHandle, MarginError> {
+    start_with(store, feeds, reports, shutdown, MarginOptions::default()).await
+}
+
+/// [`start`] with options.
+pub async fn start_with(
+    store: &Store,
+    feeds: Vec<FeedParams>,
+    reports: broadcast::Receiver<Arc<SignedReport>>,
+    shutdown: watch::Receiver<bool>,
+    options: MarginOptions,
+) -> Result<MarginHandle, MarginError> {
     let inputs = store.writer.write(|db| db.margin_inputs()).await?;
     let restored = inputs.len();
     let state = Arc::new(Mutex::new(restore(&inputs)?));
     if restored > 0 {
         tracing::info!(inputs = restored, "margin engine restored from the store");
     }
+    // A demo book only ever goes into an empty log.
+    let demo = options.demo.filter(|_| restored == 0);
     let (tx, rx) = mpsc::channel(64);
     let handle = MarginHandle {
         state: state.clone(),
@@ -193,8 +222,37 @@ pub async fn start(
         reports,
         rx,
         shutdown,
+        demo,
     ));
     Ok(handle)
+}
+
+/// Seeds the demo book at the first verified report (which is one of its
+/// inputs, stored with its round).
+async fn seed_demo(
+    state: &Arc<Mutex<MarginState>>,
+    writer: &StoreHandle,
+    demo: DemoSeed,
+    first: &PriceReport,
+) {
+    let inputs = book::demo_inputs(demo, first);
+    let total = inputs.len();
+    let mut stored = 0usize;
+    for input in inputs {
+        let round = matches!(input, Input::Prices(_)).then_some(first.round);
+        match step(state, writer, input, round).await {
+            Ok(_) => stored += 1,
+            Err(e) => tracing::warn!(error = %e, "demo book input refused"),
+        }
+    }
+    let st = state.lock().unwrap_or_else(|p| p.into_inner());
+    tracing::info!(
+        accounts = st.engine.state().accounts.len(),
+        inputs = stored,
+        refused = total - stored,
+        round = first.round,
+        "margin demo book seeded at the first verified report"
+    );
 }
 
 /// An admin command with its reply channel.
@@ -211,6 +269,7 @@ async fn run(
     mut reports: broadcast::Receiver<Arc<SignedReport>>,
     mut commands: CommandRx,
     mut shutdown: watch::Receiver<bool>,
+    mut demo: Option<DemoSeed>,
 ) {
     loop {
         tokio::select! {
@@ -219,10 +278,16 @@ async fn run(
             }
             r = reports.recv() => match r {
                 Ok(report) => {
-                    let input = Input::Prices(price_report(&report, &feeds));
-                    if let Err(e) = step(&state, &writer, input, Some(report.header.round)).await {
-                        tracing::warn!(round = report.header.round, error = %e, "margin engine refused a report");
+                    let prices = price_report(&report, &feeds);
+                    if let Some(d) = demo.take() {
+                        seed_demo(&state, &writer, d, &prices).await;
+                    } else {
+                        let input = Input::Prices(prices);
+                        if let Err(e) = step(&state, &writer, input, Some(report.header.round)).await {
+                            tracing::warn!(round = report.header.round, error = %e, "margin engine refused a report");
+                        }
                     }
+                    state.lock().unwrap_or_else(|p| p.into_inner()).reports_handled += 1;
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(skipped = n, "margin engine lagged behind the reports");

@@ -42,7 +42,20 @@ pub fn replay_db(path: &Path) -> Result<ReplayReport> {
     let inputs = db.margin_inputs()?;
     let mut engine = Engine::default();
     let mut got: Vec<EventRecord> = Vec::new();
+    let started = std::time::Instant::now();
+    let mut last_progress = started;
     for (i, (seq, body)) in inputs.iter().enumerate() {
+        // Progress on stderr about once a second, so a long replay of a
+        // busy node's history visibly moves (stdout keeps only the verdict).
+        if last_progress.elapsed() >= std::time::Duration::from_secs(1) {
+            last_progress = std::time::Instant::now();
+            eprintln!(
+                "replay: {i}/{} inputs ({}%), {:.0} s",
+                inputs.len(),
+                i * 100 / inputs.len().max(1),
+                started.elapsed().as_secs_f64()
+            );
+        }
         if *seq != i as u64 {
             bail!("stored margin inputs have a gap: expected input {i}, found {seq}");
         }

@@ -178,6 +178,7 @@ async fn pull_payload_calldata_lands_on_the_contract() {
     let state = ApiState::new(ApiParts {
         readers: store.readers.clone(),
         writer: None,
+        margin: None,
         reports,
         committee,
         registry: Default::default(),

@@ -4,68 +4,17 @@
 //! different things in one round. Also: a process whose identity is not in
 //! the committee is refused.
 
-use sibyl::devnet::{DevnetFile, http_get};
-use std::path::Path;
+mod common;
+
+use common::{Members, last_round, sample, sibyl, spawn, status, wait_for};
+use sibyl::devnet::http_get;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn sibyl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sibyl"))
-}
-
-fn spawn(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    sibyl()
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start sibyl run")
-}
-
-fn status(api: &str) -> Option<serde_json::Value> {
-    http_get(&format!("{api}/v1/node/status"))
-        .ok()
-        .and_then(|b| serde_json::from_str(&b).ok())
-}
-
-fn last_round(api: &str) -> Option<u64> {
-    status(api)?.get("last_report_round")?.as_u64()
-}
 
 fn accepted(api: &str) -> u64 {
     status(api)
         .and_then(|s| s.pointer("/protocol/reports_accepted")?.as_u64())
         .unwrap_or(0)
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-struct Members(Vec<Option<Child>>);
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for c in self.0.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn terminate(c: &mut Child) {
@@ -88,27 +37,7 @@ fn terminate(c: &mut Child) {
 fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let net_dir = dir.path().join("devnet");
-    let out = sibyl()
-        .args([
-            "devnet",
-            "--setup-only",
-            "--builtin-source",
-            "--nodes",
-            "4",
-            "--interval",
-            "250ms",
-            "--dir",
-        ])
-        .arg(&net_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let file: DevnetFile =
-        serde_json::from_slice(&std::fs::read(net_dir.join("devnet.json")).unwrap()).unwrap();
+    let file = common::setup_devnet(&net_dir, 4);
     assert_eq!(file.members.len(), 4);
     assert_eq!(file.threshold, 3);
 
@@ -238,23 +167,7 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
 fn an_identity_outside_the_committee_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let net_dir = dir.path().join("devnet");
-    let out = sibyl()
-        .args([
-            "devnet",
-            "--setup-only",
-            "--builtin-source",
-            "--nodes",
-            "4",
-            "--dir",
-        ])
-        .arg(&net_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::setup_devnet(&net_dir, 4);
     // Keys of another committee: a valid libp2p identity that is no member here.
     let other = dir.path().join("other");
     let out = sibyl()
@@ -303,13 +216,6 @@ fn an_identity_outside_the_committee_is_refused() {
         stderr.contains("is not a member of the committee"),
         "{stderr}"
     );
-}
-
-/// The value of the first sample named exactly `name` (labels included).
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn check_metrics(text: &str) {

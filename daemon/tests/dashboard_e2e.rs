@@ -4,7 +4,10 @@
 //! signed report every 300 ms, loads `/` in Chromium and drives it over the
 //! DevTools protocol (a minimal WebSocket client below, no dependencies):
 //! the page must log no console errors or exceptions, list the feeds, draw
-//! candles, and redraw the chart as reports arrive over SSE.
+//! candles, and redraw the chart as reports arrive over SSE. A real margin
+//! service seeds its demo book at the first published report; the page's
+//! margin section must show its accounts at risk, its liquidations (the
+//! reports' prices wiggle ±0.5 %) and the insurance fund, refreshed live.
 //!
 //! Needs Debian's `chromium` (installed by `scripts/setup.d/30-api`), so it is
 //! `#[ignore]`d by default and run by `scripts/test.d/30-api-dashboard`:
@@ -12,6 +15,8 @@
 
 use serde_json::{Value, json};
 use sibyl::api::{self, ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
+use sibyl::config::FeedParams;
+use sibyl::margin_svc::{self, DemoSeed, MarginOptions};
 use sibyl::store::{Point, Store, now_ms};
 use sibyl_aggregator::merkle;
 use sibyl_aggregator::{
@@ -335,6 +340,12 @@ const PAGE_STATE: &str = r#"(() => {
     committee: document.querySelectorAll('#committee tbody tr').length,
     summary: document.getElementById('committee-summary').textContent,
     margin: !!document.getElementById('margin-section'),
+    margin_updates: Number(document.getElementById('margin-section').dataset.updates),
+    at_risk: Array.from(document.querySelectorAll('#margin-at-risk tbody tr')).map(tr => ({
+      account: Number(tr.dataset.account), ratio: tr.children[4].textContent, status: tr.children[5].textContent })),
+    liquidations: Array.from(document.querySelectorAll('#margin-liquidations tbody tr')).map(tr => ({
+      account: Number(tr.dataset.account), kind: tr.children[3].textContent, penalty: tr.children[5].textContent })),
+    insurance: document.getElementById('margin-insurance').textContent,
     status: document.getElementById('status').textContent
   });
 })()"#;
@@ -406,12 +417,37 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
             )
         })
         .collect();
+    // The margin engine, fed by the published reports like a node's.
+    let (_margin_stop, margin_stop_rx) = watch::channel(false);
+    let margin = margin_svc::start_with(
+        &store,
+        FEEDS
+            .iter()
+            .map(|(id, _)| FeedParams {
+                id: FeedId::new(*id).expect("feed"),
+                decimals: DECIMALS as u8,
+                deviation_bps: 10,
+                heartbeat_ms: 60_000,
+            })
+            .collect(),
+        reports.subscribe(),
+        margin_stop_rx,
+        MarginOptions {
+            demo: Some(DemoSeed {
+                accounts: 150,
+                seed: 3,
+            }),
+        },
+    )
+    .await
+    .expect("margin service");
     let state = ApiState::new(ApiParts {
         readers: store.readers.clone(),
         writer: Some(store.writer.clone()),
         reports: reports.clone(),
         committee: committee_rx,
         registry: Default::default(),
+        margin: Some(margin.clone()),
         config: ApiConfig {
             feeds,
             ..ApiConfig::default()
@@ -512,6 +548,50 @@ fn drive_browser(url: &str) {
     cdp.wait_for("5-minute candles", Duration::from_secs(15), |s| {
         let n = s["candles"].as_u64().unwrap_or(0);
         n > 0 && n * 3 < candles_1m
+    });
+
+    // The margin section: the seeded book's accounts at risk (ranked by
+    // margin ratio), liquidations caused by the reports' price moves, the
+    // insurance fund; refreshed as reports arrive.
+    let m = cdp.wait_for("margin rows", Duration::from_secs(30), |s| {
+        s["at_risk"].as_array().map(Vec::len) == Some(12)
+            && s["liquidations"].as_array().is_some_and(|l| !l.is_empty())
+            && s["insurance"]
+                .as_str()
+                .is_some_and(|t| t.contains("150 accounts"))
+    });
+    eprintln!("margin section: {m}");
+    let at_risk = m["at_risk"].as_array().expect("at-risk rows");
+    assert!(
+        at_risk.iter().all(|r| r["account"]
+            .as_u64()
+            .is_some_and(|a| (1..=150).contains(&a))),
+        "{m}"
+    );
+    let ratios: Vec<f64> = at_risk
+        .iter()
+        .filter_map(|r| r["ratio"].as_str()?.replace(',', "").parse().ok())
+        .collect();
+    assert_eq!(ratios.len(), at_risk.len(), "{m}");
+    assert!(
+        ratios.windows(2).all(|w| w[0] <= w[1]),
+        "ranked: {ratios:?}"
+    );
+    let liq = &m["liquidations"][0];
+    assert!(
+        liq["kind"] == "full" || liq["kind"].as_str().unwrap_or("").starts_with("partial "),
+        "{m}"
+    );
+    assert!(
+        m["insurance"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Insurance fund 1,0"),
+        "{m}"
+    );
+    let updates = m["margin_updates"].as_u64().unwrap_or(0);
+    cdp.wait_for("live margin refresh", Duration::from_secs(15), |s| {
+        s["margin_updates"].as_u64().unwrap_or(0) >= updates + 3
     });
 
     // A short settle so late errors (e.g. from the stream) are seen too.

@@ -31,8 +31,10 @@ pub struct FeedConfig {
 /// Protocol timeouts, all in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeouts {
-    /// How long the leader waits for more than `2f + 1` observations before
-    /// it proposes with what it has (it proposes at once when all `n` arrived).
+    /// How long after the round's start the leader waits for more than
+    /// `2f + 1` observations before it proposes with what it has (it
+    /// proposes at once when all `n` arrived; with 0, as soon as it holds
+    /// `2f + 1`).
     pub observe_ms: u64,
     /// How long the leader waits for the signers' shares before it retries
     /// without the silent ones.
@@ -40,8 +42,9 @@ pub struct Timeouts {
     /// Pacemaker: without a signed report by this time after entering a round,
     /// everyone moves to the next round (and leader).
     pub round_ms: u64,
-    /// Minimum time between entering consecutive rounds when reports are
-    /// signed quickly (paces the committee).
+    /// The round grid: a round that follows a signed report starts at the
+    /// next multiple of this (milliseconds since the Unix epoch), so the
+    /// committee observes in lockstep, one round per slot.
     pub round_interval_ms: u64,
     /// How far a report or observation timestamp may be from a member's clock.
     pub max_clock_skew_ms: u64,

@@ -221,6 +221,22 @@ impl SignedMessage {
     }
 }
 
+/// Round, claimed sender and kind of an encoded message, read from its
+/// envelope without decoding or checking it: for diagnostics and timing only,
+/// since nothing here is authenticated.
+pub fn peek(bytes: &[u8]) -> Option<(Round, u16, Kind)> {
+    let round = u64::from_be_bytes(bytes.get(33..41)?.try_into().ok()?);
+    let sender = u16::from_be_bytes(bytes.get(41..43)?.try_into().ok()?);
+    let kind = match bytes.get(43)? {
+        1 => Kind::Observation,
+        2 => Kind::Proposal,
+        3 => Kind::Share,
+        4 => Kind::Report,
+        _ => return None,
+    };
+    Some((round, sender, kind))
+}
+
 /// `MESSAGE_DOMAIN || prehash`: what the identity key signs.
 fn signing_input(prehash: &[u8; 64]) -> [u8; MESSAGE_DOMAIN.len() + 64] {
     let mut v = [0u8; MESSAGE_DOMAIN.len() + 64];

@@ -13,9 +13,13 @@
 //! One round `r` (leader `L(r)`):
 //!
 //! 1. On entering `r` every member signs its latest local observation together
-//!    with [`ATTEMPTS`] fresh FROST commitments and sends it to `L(r)`.
-//! 2. `L(r)` waits for all `n` observations, or for `2f + 1` and
-//!    `observe_ms`; aggregates every feed with `2f + 1` observations, keeps
+//!    with [`ATTEMPTS`] fresh FROST commitments and sends it to `L(r)`. Rounds
+//!    that follow a signed report start on the committee's round grid (the
+//!    multiples of `round_interval_ms`, see [`next_slot`]), so all members
+//!    observe at the same instant.
+//! 2. `L(r)` waits for all `n` observations, or for `2f + 1` once `observe_ms`
+//!    passed since the round's start (`observe_ms = 0`: as soon as it holds
+//!    `2f + 1`); aggregates every feed with `2f + 1` observations, keeps
 //!    the feeds due for update (all of them when none is due), builds the
 //!    report and sends `t` signers a proposal: leaves, timestamp, Merkle root,
 //!    the attributed signed observations and the FROST signing package.
@@ -129,8 +133,15 @@ pub enum Action {
     /// a second, different observation for a round (which would be evidence
     /// against it).
     RecordObservation { round: Round },
-    /// The node entered a round.
-    RoundEntered { round: Round, leader: u16 },
+    /// The node entered a round. `start_ms` is the round's observation
+    /// instant: its slot on the committee's round grid (multiples of the round
+    /// interval) when the round began on schedule, else the time it was
+    /// entered (after a timeout or a jump). Latency is measured from it.
+    RoundEntered {
+        round: Round,
+        leader: u16,
+        start_ms: TimestampMs,
+    },
     /// Call `handle(Tick)` at this time; supersedes earlier `WakeAt`s.
     WakeAt(TimestampMs),
 }
@@ -241,6 +252,31 @@ struct LeaderRound<C: Ciphersuite> {
     attempt: Option<Attempt<C>>,
 }
 
+/// FROST nonces and commitments made ahead of the round that uses them
+/// ([`Node::precompute`]); they move into exactly one round's state.
+struct Prepared<C: Ciphersuite> {
+    nonces: Vec<Option<SigningNonces<C>>>,
+    commitments: Vec<SigningCommitments<C>>,
+    commitment_bytes: Vec<Vec<u8>>,
+}
+
+impl<C: Ciphersuite> Prepared<C> {
+    fn generate<R: RngCore + CryptoRng>(key: &KeyPackage<C>, rng: &mut R) -> Option<Self> {
+        let mut p = Self {
+            nonces: Vec::with_capacity(ATTEMPTS),
+            commitments: Vec::with_capacity(ATTEMPTS),
+            commitment_bytes: Vec::with_capacity(ATTEMPTS),
+        };
+        for _ in 0..ATTEMPTS {
+            let (n, c) = frost::round1::commit(key.signing_share(), rng);
+            p.commitment_bytes.push(c.serialize().ok()?);
+            p.nonces.push(Some(n));
+            p.commitments.push(c);
+        }
+        Some(p)
+    }
+}
+
 struct PendingSign<C: Ciphersuite> {
     record: SigningRecord,
     attempt: usize,
@@ -315,6 +351,8 @@ pub struct Node<C: SibylSuite> {
     out: Vec<Action>,
     loopback: VecDeque<Vec<u8>>,
     last_wake: Option<TimestampMs>,
+    /// Nonces for the next observation, made in idle time.
+    spare: Option<Prepared<C>>,
 }
 
 /// Result of checking a proposal as a signer.
@@ -335,6 +373,19 @@ enum Refusal {
 fn keccak(bytes: &[u8]) -> [u8; 32] {
     use sha3::{Digest, Keccak256};
     Keccak256::digest(bytes).into()
+}
+
+/// The first slot of the round grid (the multiples of `interval_ms` since
+/// the Unix epoch) at or after `at`. Members that schedule their next round on
+/// this grid enter it, and observe, at the same instant, whatever their
+/// offsets in the round before: the leader then gets every observation at
+/// once instead of waiting for the latest member.
+pub fn next_slot(at: TimestampMs, interval_ms: u64) -> TimestampMs {
+    let interval = interval_ms.max(1);
+    match at % interval {
+        0 => at,
+        rem => at.saturating_add(interval - rem),
+    }
 }
 
 /// Merkle root over the leaves (ascending feed order).
@@ -453,6 +504,7 @@ impl<C: SibylSuite> Node<C> {
             out: Vec::new(),
             loopback: VecDeque::new(),
             last_wake: None,
+            spare: None,
         })
     }
 
@@ -482,6 +534,17 @@ impl<C: SibylSuite> Node<C> {
         &self.pubkeys
     }
 
+    /// Idle-time work: makes the FROST nonces and commitments of the next
+    /// observation now, so entering the next round does not wait for them.
+    /// Each set is used in exactly one round (it moves into that round's
+    /// state, where a nonce is erased when it signs), never serialized, and
+    /// dropped with the node. Calling it again before they are used is a no-op.
+    pub fn precompute<R: RngCore + CryptoRng>(&mut self, rng: &mut R) {
+        if self.spare.is_none() {
+            self.spare = Prepared::generate(&self.key_package, rng);
+        }
+    }
+
     /// Feeds one input at time `now_ms`; returns the actions to perform in order.
     pub fn handle<R: RngCore + CryptoRng>(
         &mut self,
@@ -491,7 +554,7 @@ impl<C: SibylSuite> Node<C> {
     ) -> Vec<Action> {
         if !self.started {
             self.started = true;
-            self.enter_round(now_ms, self.start_round.max(self.round), rng);
+            self.enter_round(now_ms, now_ms, self.start_round.max(self.round), rng);
         }
         match input {
             Input::Tick => {}
@@ -588,14 +651,23 @@ impl<C: SibylSuite> Node<C> {
 
     // ---------------------------------------------------------------- rounds
 
-    fn enter_round<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, round: Round, rng: &mut R) {
+    /// Enters `round` at `now`; `start` is its scheduled slot (`<= now`) or `now`.
+    fn enter_round<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        start: TimestampMs,
+        round: Round,
+        rng: &mut R,
+    ) {
+        let start = start.min(now);
         self.round = round;
         self.next_round_at = None;
-        self.rs = RoundState::new(now, now + self.committee.timeouts().round_ms);
+        self.rs = RoundState::new(start, start + self.committee.timeouts().round_ms);
         self.stats.rounds_entered += 1;
         self.out.push(Action::RoundEntered {
             round,
             leader: self.committee.leader(round),
+            start_ms: start,
         });
         // Signing state of older rounds is useless now; its nonces are gone with `rs`.
         if self
@@ -623,7 +695,7 @@ impl<C: SibylSuite> Node<C> {
         if let Some((r, at)) = self.next_round_at
             && now >= at
         {
-            self.enter_round(now, r, rng);
+            self.enter_round(now, at, r, rng);
         }
         if self.rs.reported {
             return;
@@ -663,7 +735,7 @@ impl<C: SibylSuite> Node<C> {
         }
         if now >= self.rs.deadline && !self.rs.reported {
             self.stats.rounds_timed_out += 1;
-            self.enter_round(now, self.round + 1, rng);
+            self.enter_round(now, now, self.round + 1, rng);
         }
     }
 
@@ -691,7 +763,7 @@ impl<C: SibylSuite> Node<C> {
         let pending_round = self.next_round_at.map_or(self.round, |(r, _)| r);
         if target > self.round && target > pending_round {
             self.stats.round_jumps += 1;
-            self.enter_round(now, target, rng);
+            self.enter_round(now, now, target, rng);
         }
     }
 
@@ -774,18 +846,18 @@ impl<C: SibylSuite> Node<C> {
             self.rs.observation_sent = true;
             return;
         }
-        let mut commitments = Vec::with_capacity(ATTEMPTS);
-        let mut commitment_bytes = Vec::with_capacity(ATTEMPTS);
-        let mut nonces = Vec::with_capacity(ATTEMPTS);
-        for _ in 0..ATTEMPTS {
-            let (n, c) = frost::round1::commit(self.key_package.signing_share(), rng);
-            match c.serialize() {
-                Ok(b) => commitment_bytes.push(b),
-                Err(_) => return,
-            }
-            nonces.push(Some(n));
-            commitments.push(c);
-        }
+        let prepared = match self.spare.take() {
+            Some(p) => p,
+            None => match Prepared::generate(&self.key_package, rng) {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let Prepared {
+            nonces,
+            commitments,
+            commitment_bytes,
+        } = prepared;
         self.rs.nonces = nonces;
         self.rs.commitments = commitments;
         self.rs.observation_sent = true;
@@ -1125,7 +1197,13 @@ impl<C: SibylSuite> Node<C> {
             if round + 1 > pending_round {
                 let at = if round == self.round {
                     self.rs.reported = true;
-                    now.max(self.rs.entered_at + self.committee.timeouts().round_interval_ms)
+                    // The first slot after this round's start: one round
+                    // per slot, and a round that began off the grid (after
+                    // a timeout or a jump) brings the member back onto it.
+                    next_slot(
+                        now.max(self.rs.entered_at) + 1,
+                        self.committee.timeouts().round_interval_ms,
+                    )
                 } else {
                     now
                 };
@@ -1342,14 +1420,6 @@ impl<C: SibylSuite> Node<C> {
         });
         let msg = self.sign_msg(round, Payload::Proposal(proposal));
         let twin = twin.map(|p| self.sign_msg(round, Payload::Proposal(p)));
-        // The leader built the proposal itself: it signs without decoding and
-        // re-checking its own message.
-        if let Some((record, Some(package), package_hash)) = own {
-            if self.rs.first_proposal.is_none() {
-                self.rs.first_proposal = Some((record.digest, msg.bytes.clone()));
-            }
-            self.prepare_signing(record, number, package, package_hash);
-        }
         for (i, s) in signers.iter().enumerate() {
             if *s == me {
                 continue;
@@ -1362,6 +1432,15 @@ impl<C: SibylSuite> Node<C> {
                 }
                 _ => self.send(*s, msg.bytes.clone()),
             }
+        }
+        // The leader built the proposal itself: it signs without decoding and
+        // re-checking its own message. Its ledger write comes after the sends
+        // above, so it overlaps the other signers' instead of delaying them.
+        if let Some((record, Some(package), package_hash)) = own {
+            if self.rs.first_proposal.is_none() {
+                self.rs.first_proposal = Some((record.digest, msg.bytes.clone()));
+            }
+            self.prepare_signing(record, number, package, package_hash);
         }
     }
 

@@ -409,14 +409,16 @@ fn pacemaker_moves_to_the_next_round_and_leader() {
     let a = h.handle(2, T0, observations(1, T0));
     assert!(a.contains(&Action::RoundEntered {
         round: 0,
-        leader: 1
+        leader: 1,
+        start_ms: T0,
     }));
     let round_ms = h.committee.timeouts().round_ms;
     let a = h.handle(2, T0 + round_ms, Input::Tick);
     assert!(
         a.contains(&Action::RoundEntered {
             round: 1,
-            leader: 2
+            leader: 2,
+            start_ms: T0 + round_ms,
         }),
         "{a:?}"
     );
@@ -673,4 +675,156 @@ fn proposal_signature_binds_every_byte_of_its_embedded_observations() {
         b[i] ^= 1;
         assert!(SignedMessage::decode(&b, &h.committee).is_err(), "byte {i}");
     }
+}
+
+#[test]
+fn peek_reads_round_sender_and_kind_without_decoding() {
+    let h = harness::<Ed>(4, 1);
+    for m in sample_messages(&h) {
+        assert_eq!(
+            message::peek(&m.bytes),
+            Some((m.round, m.sender, m.payload.kind()))
+        );
+    }
+    assert_eq!(message::peek(&[1; 43]), None, "too short");
+    let mut bad = sample_messages(&h)[0].bytes.clone();
+    bad[43] = 9;
+    assert_eq!(message::peek(&bad), None, "unknown kind");
+}
+
+#[test]
+fn next_slot_is_the_first_grid_instant_at_or_after() {
+    assert_eq!(next_slot(1_000, 250), 1_000);
+    assert_eq!(next_slot(1_001, 250), 1_250);
+    assert_eq!(next_slot(1_249, 250), 1_250);
+    assert_eq!(next_slot(7, 0), 7, "a zero interval is treated as 1 ms");
+    assert_eq!(next_slot(u64::MAX - 1, 1_000), u64::MAX, "saturates");
+}
+
+/// Runs round 0 of `h` to the leader's signed report (signers and leader
+/// act at `at`); returns the leader's actions from its ledger step on.
+fn finish_round_zero(h: &mut Harness<Ed>, at: TimestampMs) -> Vec<Vec<Action>> {
+    let proposals = up_to_proposals(h);
+    let mut all = Vec::new();
+    let mut shares = Vec::new();
+    for (to, bytes) in proposals {
+        let a = h.handle(to, at, Input::Message { from: 1, bytes });
+        let Some(Action::RecordSigning { round, digest }) = a
+            .iter()
+            .find(|a| matches!(a, Action::RecordSigning { .. }))
+            .cloned()
+        else {
+            panic!("no RecordSigning in {a:?}");
+        };
+        let a = h.handle(to, at, Input::SigningRecorded { round, digest });
+        shares.extend(sends(&a).into_iter().map(|(_, b)| b));
+    }
+    let pending = h.nodes[0].pending.as_ref().map(|p| p.record).unwrap();
+    let mut a = h.handle(
+        1,
+        at,
+        Input::SigningRecorded {
+            round: pending.round,
+            digest: pending.digest,
+        },
+    );
+    for bytes in shares {
+        a.extend(h.handle(1, at, Input::Message { from: 2, bytes }));
+    }
+    all.push(a);
+    all
+}
+
+#[test]
+fn after_a_report_the_next_round_starts_on_the_round_grid() {
+    let mut h = harness::<Ed>(4, 1);
+    let interval = h.committee.timeouts().round_interval_ms;
+    // T0 is on the grid; the report comes 7 ms into the round.
+    assert_eq!(T0 % interval, 0);
+    let a = finish_round_zero(&mut h, T0 + 7).concat();
+    assert!(a.iter().any(|a| matches!(a, Action::SignedReport(_))));
+    let wake = a
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::WakeAt(at) => Some(*at),
+            _ => None,
+        })
+        .expect("a wake-up for the next round");
+    assert_eq!(wake, T0 + interval, "the next slot, not 7 ms later");
+    // Entered a little late (timer slack): the round still starts at its slot.
+    let a = h.handle(1, T0 + interval + 2, Input::Tick);
+    assert!(
+        a.contains(&Action::RoundEntered {
+            round: 1,
+            leader: 2,
+            start_ms: T0 + interval,
+        }),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn the_leader_sends_proposals_before_its_own_ledger_write() {
+    let mut h = harness::<Ed>(4, 1);
+    let mut to_leader = Vec::new();
+    for m in 2..=4 {
+        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
+        to_leader.extend(sends(&a));
+    }
+    let mut out = h.handle(1, T0, observations(1_000_001, T0));
+    for (_, bytes) in to_leader {
+        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
+    }
+    let first_record = out
+        .iter()
+        .position(|a| matches!(a, Action::RecordSigning { .. }))
+        .expect("the leader signs too");
+    let proposals: Vec<usize> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a, Action::Send { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(proposals.len(), 2);
+    assert!(
+        proposals.iter().all(|&i| i < first_record),
+        "proposals go out before the leader's ledger write: {out:?}"
+    );
+}
+
+#[test]
+fn precomputed_nonces_serve_one_round_and_are_fresh_each_time() {
+    let mut h = harness::<Ed>(4, 1);
+    h.nodes[1].precompute(&mut h.rng);
+    let spare = h.nodes[1]
+        .spare
+        .as_ref()
+        .map(|p| p.commitment_bytes.clone())
+        .unwrap();
+    let a = h.handle(2, T0, observations(1_000_000, T0));
+    let Payload::Observation(o) = decode(&h, &sends(&a)[0].1).payload else {
+        panic!("not an observation");
+    };
+    assert_eq!(
+        o.commitments, spare,
+        "the observation used the precomputed set"
+    );
+    assert!(h.nodes[1].spare.is_none(), "moved into the round");
+    // The next set differs (fresh randomness), and a second call keeps it.
+    h.nodes[1].precompute(&mut h.rng);
+    let next = h.nodes[1]
+        .spare
+        .as_ref()
+        .map(|p| p.commitment_bytes.clone())
+        .unwrap();
+    assert_ne!(next, spare);
+    h.nodes[1].precompute(&mut h.rng);
+    assert_eq!(
+        h.nodes[1]
+            .spare
+            .as_ref()
+            .map(|p| p.commitment_bytes.clone()),
+        Some(next)
+    );
 }

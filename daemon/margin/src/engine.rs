@@ -162,6 +162,8 @@ pub struct Engine {
     market_by_slot: Vec<String>,
     /// Units examined since creation (a metric; not part of the state).
     examined: u64,
+    /// Reference mode for tests: every price report examines every unit.
+    exhaustive: bool,
 }
 
 impl Default for Engine {
@@ -199,6 +201,7 @@ impl Engine {
             pending: BTreeSet::new(),
             market_by_slot: Vec::new(),
             examined: 0,
+            exhaustive: false,
         }
     }
 
@@ -354,8 +357,28 @@ impl Engine {
             self.idx.crossed(feed, fp.price, &mut self.pending);
         }
         self.idx.due(self.s.now_ms, &mut self.pending);
+        if self.exhaustive {
+            self.queue_every_unit();
+        }
         self.drain_pending();
         Ok(std::mem::take(&mut self.out))
+    }
+
+    /// Reference mode for tests and audits: when on, every price report
+    /// re-examines every unit instead of only those the trigger index lets
+    /// through. The index must never make a difference to liquidations,
+    /// deferrals, bad debt or deleveraging (a property test compares both
+    /// modes event by event); only when informational margin calls are
+    /// noticed can differ. Slow: O(units) per report.
+    pub fn set_exhaustive_checks(&mut self, on: bool) {
+        self.exhaustive = on;
+    }
+
+    fn queue_every_unit(&mut self) {
+        let ids: Vec<AccountId> = self.s.accounts.keys().copied().collect();
+        for id in ids {
+            self.queue_account(id);
+        }
     }
 
     fn guard_of(fs: &FeedState, now: u64) -> Option<GuardReason> {

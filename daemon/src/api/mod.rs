@@ -19,6 +19,7 @@ mod dashboard;
 mod error;
 mod handlers;
 mod limits;
+pub mod margin;
 pub mod openapi;
 mod pull;
 mod types;
@@ -111,6 +112,8 @@ pub struct ApiParts {
     /// The node's metrics registry, with the node's own metrics already
     /// registered; the API adds its own (`sibyl_api_*`, `sibyl_db_size_bytes`).
     pub registry: Registry,
+    /// The margin engine's service, for `/v1/margin/*`; `None` answers 503.
+    pub margin: Option<crate::margin_svc::MarginHandle>,
     pub config: ApiConfig,
 }
 
@@ -185,6 +188,7 @@ struct Inner {
     committee: watch::Receiver<CommitteeStatus>,
     registry: Registry,
     metrics: ApiMetrics,
+    margin: Option<crate::margin_svc::MarginHandle>,
     config: ApiConfig,
     rate: RateLimiter,
 }
@@ -204,6 +208,7 @@ impl ApiState {
             reports,
             committee,
             mut registry,
+            margin,
             config,
         } = parts;
         let metrics = ApiMetrics::register(&mut registry);
@@ -216,6 +221,7 @@ impl ApiState {
                 committee,
                 registry,
                 metrics,
+                margin,
                 config,
                 rate,
             }),
@@ -246,6 +252,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/committee"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/admin/retention"),
+    ("GET", "/v1/margin/accounts/{account}"),
+    ("GET", "/v1/margin/accounts/{account}/positions"),
+    ("GET", "/v1/margin/accounts/{account}/greeks"),
+    ("GET", "/v1/margin/at-risk"),
+    ("GET", "/v1/margin/liquidations"),
+    ("GET", "/v1/margin/insurance"),
+    ("GET", "/v1/margin/markets"),
+    ("POST", "/v1/margin/accounts"),
+    ("POST", "/v1/margin/accounts/{account}/deposit"),
+    ("POST", "/v1/margin/accounts/{account}/withdraw"),
+    ("POST", "/v1/margin/accounts/{account}/positions"),
+    (
+        "POST",
+        "/v1/margin/accounts/{account}/positions/{market}/close",
+    ),
 ];
 
 /// The API's router with its state applied: JSON routes, `/metrics`, the
@@ -257,6 +278,32 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             require_admin,
         ));
+    let admin_layer = || axum::middleware::from_fn_with_state(state.clone(), require_admin);
+    let margin = Router::new()
+        .route("/v1/margin/accounts", post(margin::create_account))
+        .route(
+            "/v1/margin/accounts/{account}/deposit",
+            post(margin::deposit),
+        )
+        .route(
+            "/v1/margin/accounts/{account}/withdraw",
+            post(margin::withdraw),
+        )
+        .route(
+            "/v1/margin/accounts/{account}/positions/{market}/close",
+            post(margin::close),
+        )
+        .route_layer(admin_layer())
+        .route("/v1/margin/accounts/{account}", get(margin::account))
+        .route(
+            "/v1/margin/accounts/{account}/positions",
+            get(margin::positions).merge(post(margin::open).route_layer(admin_layer())),
+        )
+        .route("/v1/margin/accounts/{account}/greeks", get(margin::greeks))
+        .route("/v1/margin/at-risk", get(margin::at_risk))
+        .route("/v1/margin/liquidations", get(margin::liquidations))
+        .route("/v1/margin/insurance", get(margin::insurance))
+        .route("/v1/margin/markets", get(margin::markets));
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
@@ -270,6 +317,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/committee", get(handlers::committee))
         .route("/v1/openapi.json", get(handlers::openapi))
         .merge(admin)
+        .merge(margin)
         .merge(dashboard::routes())
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(

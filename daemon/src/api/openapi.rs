@@ -21,8 +21,309 @@ fn query(name: &str, desc: &str, schema: Value) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema })
 }
 
+const DECIMAL_PATTERN: &str = "^-?[0-9]+(\\.[0-9]+)?$";
+
+fn money_schema() -> Value {
+    json!({ "type": "string", "pattern": DECIMAL_PATTERN,
+            "description": "money in USD, exact decimal string (6 decimals)" })
+}
+
+fn nullable(schema: &Value) -> Value {
+    let mut s = schema.clone();
+    s["type"] = json!(["string", "null"]);
+    s
+}
+
+fn account_param() -> Value {
+    json!({ "name": "account", "in": "path", "required": true,
+            "description": "Account id", "schema": { "type": "integer", "minimum": 0 } })
+}
+
+fn transfer_body() -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": {
+        "type": "object", "required": ["amount"], "additionalProperties": false,
+        "properties": {
+          "asset": { "type": "string", "default": "USD", "description": "`USD` (cash) or a configured collateral asset" },
+          "amount": { "type": "string", "pattern": DECIMAL_PATTERN,
+                      "description": "exact decimal string: 6 decimals for USD, 8 for other assets" } } } } } })
+}
+
+/// Responses of every margin command.
+fn command_responses() -> Value {
+    json!({
+      "200": json_response("applied and stored: its events and the account's cross health after", json!({ "$ref": "#/components/schemas/CommandResult" })),
+      "201": json_response("account created", json!({ "$ref": "#/components/schemas/CommandResult" })),
+      "400": error_response("malformed JSON, amount or size (not a decimal string, too many decimals, out of range), not positive, arithmetic overflow"),
+      "401": error_response("missing or wrong bearer token"),
+      "403": error_response("no admin token configured"),
+      "404": error_response("unknown account, market, asset, or no such position"),
+      "409": error_response("account exists, the market's price guard is up, no price yet, market closed, margin mode conflict"),
+      "422": error_response("insufficient margin or balance, closing more than held"),
+      "503": error_response("no margin engine")
+    })
+}
+
+/// The `/v1/margin/*` paths (apart from [`base_document`], which would
+/// exceed the `json!` macro's recursion limit).
+fn margin_paths() -> Vec<(&'static str, Value)> {
+    let int = json!({ "type": "integer", "minimum": 0 });
+    let money = money_schema();
+    let qty = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
+                      "description": "quantity, exact decimal string (8 decimals)" });
+    let price = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
+                        "description": "price, exact decimal string (8 decimals)" });
+    let greek = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
+                        "description": "exact decimal string (8 decimals)" });
+    let _ = &greek;
+    vec![
+        (
+            "/v1/margin/accounts/{account}",
+            json!({ "get": {
+          "summary": "An account's cash, collateral and the health of each margin unit (cross pool, isolated positions): equity, initial and maintenance requirements, margin ratio, mode",
+          "parameters": [ account_param() ],
+          "responses": {
+            "200": json_response("account", json!({ "type": "object", "properties": {
+                "account": int, "engine_time_ms": int, "cash": money.clone(),
+                "collateral": { "type": "array", "items": { "type": "object", "properties": {
+                    "asset": { "type": "string" }, "amount": qty.clone() } } },
+                "health": { "$ref": "#/components/schemas/Health" },
+                "units": { "type": "array", "items": { "$ref": "#/components/schemas/MarginUnit" } } } })),
+            "400": error_response("malformed account id"),
+            "404": error_response("unknown account"),
+            "503": error_response("no margin engine") } } }),
+        ),
+        (
+            "/v1/margin/accounts/{account}/positions",
+            json!({
+          "get": {
+            "summary": "An account's positions with entry and mark prices, value, unrealized PnL and Greeks",
+            "parameters": [ account_param() ],
+            "responses": {
+              "200": json_response("positions", json!({ "type": "object", "properties": {
+                  "account": int,
+                  "positions": { "type": "array", "items": { "$ref": "#/components/schemas/Position" } } } })),
+              "400": error_response("malformed account id"),
+              "404": error_response("unknown account") } },
+          "post": {
+            "summary": "Admin: buy or sell `size` at the mark (opens, adds to, reduces or flips a position); refused below initial margin",
+            "security": [ { "bearer": [] } ],
+            "parameters": [ account_param() ],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["market", "side", "size"], "additionalProperties": false,
+                "properties": {
+                  "market": { "type": "string", "example": "BTC-PERP" },
+                  "side": { "type": "string", "enum": ["long", "short"] },
+                  "size": qty.clone(),
+                  "mode": { "type": "string", "enum": ["cross", "isolated"], "default": "cross" },
+                  "isolated_margin": money.clone() } } } } },
+            "responses": command_responses() } }),
+        ),
+        (
+            "/v1/margin/accounts/{account}/greeks",
+            json!({ "get": {
+          "summary": "An account's Greeks per underlying feed, in total and per margin unit",
+          "parameters": [ account_param() ],
+          "responses": {
+            "200": json_response("greeks", json!({ "type": "object", "properties": {
+                "account": int,
+                "greeks": { "type": "object", "additionalProperties": { "$ref": "#/components/schemas/Greeks" } },
+                "units": { "type": "array", "items": { "type": "object" } } } })),
+            "400": error_response("malformed account id"),
+            "404": error_response("unknown account") } } }),
+        ),
+        (
+            "/v1/margin/at-risk",
+            json!({ "get": {
+          "summary": "Margin units closest to liquidation, ranked by equity / maintenance (lowest first)",
+          "parameters": [ query("limit", "rows (default 20, at most 1000)", int.clone()) ],
+          "responses": {
+            "200": json_response("ranked units", json!({ "type": "object", "properties": {
+                "engine_time_ms": int, "accounts_total": int,
+                "units": { "type": "array", "items": { "allOf": [
+                  { "$ref": "#/components/schemas/MarginUnit" },
+                  { "type": "object", "properties": { "rank": int, "account": int } } ] } } } })),
+            "400": error_response("bad `limit` or unknown parameter") } } }),
+        ),
+        (
+            "/v1/margin/liquidations",
+            json!({ "get": {
+          "summary": "Stored liquidations, newest first, with health before and after, closed slices and the penalty split; page back with `before`",
+          "parameters": [ query("limit", "rows (default 50, at most 1000)", int.clone()),
+                          query("before", "only events with a smaller sequence number: the previous page's `next_before`", int.clone()) ],
+          "responses": {
+            "200": json_response("liquidations", json!({ "type": "object", "properties": {
+                "liquidations": { "type": "array", "items": { "$ref": "#/components/schemas/Liquidation" } },
+                "next_before": { "type": ["integer", "null"] } } })),
+            "400": error_response("bad `limit`/`before` or unknown parameter") } } }),
+        ),
+        (
+            "/v1/margin/insurance",
+            json!({ "get": {
+          "summary": "Insurance fund balance, fees collected and the fund's recent movements",
+          "parameters": [ query("limit", "movements (default 20, at most 1000)", int.clone()) ],
+          "responses": {
+            "200": json_response("fund", json!({ "type": "object", "properties": {
+                "balance": money.clone(), "fees": money.clone(), "accounts": int, "engine_time_ms": int,
+                "recent": { "type": "array", "items": { "$ref": "#/components/schemas/MarginEvent" } } } })),
+            "400": error_response("bad `limit`") } } }),
+        ),
+        (
+            "/v1/margin/markets",
+            json!({ "get": {
+          "summary": "Markets with marks and requirement rates, feeds with their last price and guard state (why liquidations wait and new risk is refused)",
+          "responses": {
+            "200": json_response("markets and feeds", json!({ "type": "object", "properties": {
+                "engine_time_ms": int,
+                "markets": { "type": "array", "items": { "type": "object", "properties": {
+                    "market": { "type": "string" }, "feed": { "type": "string" },
+                    "instrument": { "type": "object" },
+                    "initial_rate": { "type": "string" }, "maintenance_rate": { "type": "string" },
+                    "mark_price": nullable(&price), "underlying_price": nullable(&price),
+                    "settled_price": nullable(&price), "guarded": { "type": "boolean" },
+                    "guard": { "oneOf": [ { "$ref": "#/components/schemas/Guard" }, { "type": "null" } ] } } } },
+                "feeds": { "type": "array", "items": { "type": "object", "properties": {
+                    "feed": { "type": "string" }, "price": nullable(&price), "confidence": nullable(&price),
+                    "timestamp_ms": { "type": ["integer", "null"] }, "round": { "type": ["integer", "null"] },
+                    "guard": { "oneOf": [ { "$ref": "#/components/schemas/Guard" }, { "type": "null" } ] } } } } } })) } } }),
+        ),
+        (
+            "/v1/margin/accounts",
+            json!({ "post": {
+          "summary": "Admin: create an account (`account` id optional: default one above the highest)",
+          "security": [ { "bearer": [] } ],
+          "requestBody": { "required": false, "content": { "application/json": { "schema": {
+              "type": "object", "additionalProperties": false, "properties": { "account": int } } } } },
+          "responses": command_responses() } }),
+        ),
+        (
+            "/v1/margin/accounts/{account}/deposit",
+            json!({ "post": {
+          "summary": "Admin: credit cash (`USD`, 6 decimals) or collateral (8 decimals)",
+          "security": [ { "bearer": [] } ],
+          "parameters": [ account_param() ],
+          "requestBody": transfer_body(),
+          "responses": command_responses() } }),
+        ),
+        (
+            "/v1/margin/accounts/{account}/withdraw",
+            json!({ "post": {
+          "summary": "Admin: debit cash or collateral; refused if it would leave the account below initial margin",
+          "security": [ { "bearer": [] } ],
+          "parameters": [ account_param() ],
+          "requestBody": transfer_body(),
+          "responses": command_responses() } }),
+        ),
+        (
+            "/v1/margin/accounts/{account}/positions/{market}/close",
+            json!({ "post": {
+          "summary": "Admin: reduce a position by `size`, or close it when `size` is absent",
+          "security": [ { "bearer": [] } ],
+          "parameters": [ account_param(),
+            { "name": "market", "in": "path", "required": true, "schema": { "type": "string" } } ],
+          "requestBody": { "required": false, "content": { "application/json": { "schema": {
+              "type": "object", "additionalProperties": false, "properties": { "size": qty.clone() } } } } },
+          "responses": command_responses() } }),
+        ),
+    ]
+}
+
+/// Schemas of the margin routes.
+fn margin_schemas() -> Vec<(&'static str, Value)> {
+    let int = json!({ "type": "integer", "minimum": 0 });
+    let money = money_schema();
+    let qty = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
+                      "description": "quantity, exact decimal string (8 decimals)" });
+    let price = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
+                        "description": "price, exact decimal string (8 decimals)" });
+    let greek = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
+                        "description": "exact decimal string (8 decimals)" });
+    vec![
+        (
+            "Health",
+            json!({ "type": "object", "properties": {
+            "equity": money.clone(), "initial": money.clone(), "maintenance": money.clone(),
+            "notional": money.clone(),
+            "margin_ratio": { "type": ["string", "null"], "description": "equity / maintenance (6 decimals); liquidation below 1" },
+            "portfolio_margin": { "type": "boolean" },
+            "status": { "type": "string", "enum": ["healthy", "margin_call", "below_maintenance"] } } }),
+        ),
+        (
+            "MarginUnit",
+            json!({ "type": "object", "properties": {
+            "mode": { "type": "string", "enum": ["cross", "isolated"] },
+            "market": { "type": ["string", "null"], "description": "the isolated position's market" },
+            "health": { "$ref": "#/components/schemas/Health" },
+            "in_margin_call": { "type": "boolean" }, "liquidation_deferred": { "type": "boolean" } } }),
+        ),
+        (
+            "Greeks",
+            json!({ "type": "object", "properties": {
+            "delta": greek.clone(), "gamma": greek.clone(), "vega": greek.clone(),
+            "theta": greek.clone(), "rho": greek.clone() } }),
+        ),
+        (
+            "Position",
+            json!({ "type": "object", "properties": {
+            "market": { "type": "string" }, "feed": { "type": "string" }, "instrument": { "type": "object" },
+            "side": { "type": "string", "enum": ["long", "short"] }, "size": qty.clone(),
+            "mode": { "type": "string", "enum": ["cross", "isolated"] },
+            "isolated_margin": nullable(&money),
+            "entry_price": nullable(&price), "mark_price": nullable(&price), "underlying_price": nullable(&price),
+            "value": nullable(&money), "unrealized_pnl": nullable(&money),
+            "greeks": { "$ref": "#/components/schemas/Greeks" } } }),
+        ),
+        (
+            "Guard",
+            json!({ "type": "object", "properties": {
+            "reason": { "type": "string", "enum": ["no_price", "stale", "confidence_too_wide", "jump"] },
+            "message": { "type": "string" } } }),
+        ),
+        (
+            "MarginEvent",
+            json!({ "type": "object", "required": ["seq", "at_ms", "kind"], "properties": {
+            "seq": int, "at_ms": int, "round": int,
+            "kind": { "type": "string", "description": "e.g. filled, deposited, withdrawn, margin_call, liquidated, insurance_fund, bad_debt" } },
+            "additionalProperties": true }),
+        ),
+        (
+            "Liquidation",
+            json!({ "allOf": [ { "$ref": "#/components/schemas/MarginEvent" }, { "type": "object", "properties": {
+            "account": int, "unit": { "type": "object" },
+            "liquidation": { "type": "string", "enum": ["partial", "full"] },
+            "fraction": { "type": ["string", "null"] },
+            "before": { "$ref": "#/components/schemas/Health" }, "after": { "$ref": "#/components/schemas/Health" },
+            "closed": { "type": "array", "items": { "type": "object", "properties": {
+              "market": { "type": "string" }, "size": qty.clone(), "price": price.clone() } } },
+            "penalty": money.clone(), "to_liquidator": money.clone(), "to_insurance": money.clone(),
+            "note": { "type": "string" } } } ] }),
+        ),
+        (
+            "CommandResult",
+            json!({ "type": "object", "properties": {
+            "account": { "type": ["integer", "null"] },
+            "events": { "type": "array", "items": { "$ref": "#/components/schemas/MarginEvent" } },
+            "health": { "oneOf": [ { "$ref": "#/components/schemas/Health" }, { "type": "null" } ] } } }),
+        ),
+    ]
+}
+
 /// The whole document.
 pub fn document() -> Value {
+    let mut doc = base_document();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.extend(margin_paths().into_iter().map(|(k, v)| (k.to_string(), v)));
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.extend(
+            margin_schemas()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+    }
+    doc
+}
+
+fn base_document() -> Value {
     let int = json!({ "type": "integer", "minimum": 0 });
     let dec_string = json!({ "type": "string", "pattern": "^-?[0-9]+$",
                              "description": "fixed-point integer as a decimal string" });

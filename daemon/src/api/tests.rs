@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod margin;
+
 const T0: u64 = 1_700_000_000_000;
 
 fn feed(s: &str) -> FeedId {
@@ -72,6 +74,7 @@ async fn start(config: ApiConfig) -> Harness {
         reports: reports.clone(),
         committee: committee_rx,
         registry,
+        margin: None,
         config,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -208,7 +211,11 @@ async fn openapi_lists_every_route_and_every_route_exists() {
             .unwrap_or_else(|| panic!("{path} missing from openapi.json"))[method.to_lowercase()];
         assert!(op.is_object(), "{method} {path} missing from openapi.json");
         // The route is really served: no `no_route` fallback answer.
-        let concrete = path.replace("{id}", "BTC-USD").replace("{round}", "1");
+        let concrete = path
+            .replace("{id}", "BTC-USD")
+            .replace("{round}", "1")
+            .replace("{account}", "1")
+            .replace("{market}", "BTC-PERP");
         if *path == "/v1/stream" {
             continue; // never ends; covered by its own test
         }

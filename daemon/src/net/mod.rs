@@ -418,7 +418,16 @@ impl Net {
             })
             .map_err(|e| NetError::Build(e.to_string()))?
             // Committee connections are long-lived; the redial timer handles loss.
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+            // Every message is a new substream: with lazy protocol negotiation
+            // the request follows the protocol proposal at once instead of
+            // waiting a round trip for the peer's confirmation (all members
+            // speak the same protocols, so the optimism never fails).
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(Duration::from_secs(24 * 3600))
+                    .with_substream_upgrade_protocol_override(
+                        libp2p::core::upgrade::Version::V1Lazy,
+                    )
+            })
             .build();
 
         // libp2p's TCP listener sets SO_REUSEPORT, so a second node on the

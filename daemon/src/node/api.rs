@@ -3,8 +3,9 @@
 //! The API itself is [`crate::api`]; the node hands it the store's readers,
 //! the stream of stored reports, a committee status it refreshes twice a
 //! second, and its metrics registry. The node adds one route of its own,
-//! `GET /v1/node/status`: this member's driver and protocol counters and its
-//! recent round latencies (what `sibyl devnet` and `sibyl bench` read).
+//! `GET /v1/node/status`: this member's driver and protocol counters, its
+//! recent round latencies and their phase breakdown (what `sibyl devnet`
+//! and `sibyl bench` read).
 
 use super::{NodeStatus, StatusHandle, percentiles, status_snapshot};
 use crate::api::{
@@ -38,6 +39,9 @@ struct StatusBody {
     latency_p99_us: Option<u64>,
     /// Recent round latencies, oldest first, microseconds.
     recent_latencies_us: Vec<u64>,
+    /// Where the time goes: each phase's offset from the round's start (or
+    /// duration), see `node::trace`.
+    phases: Vec<super::trace::PhaseStats>,
 }
 
 async fn node_status(State(api): State<NodeApi>) -> Json<StatusBody> {
@@ -50,6 +54,11 @@ async fn node_status(State(api): State<NodeApi>) -> Json<StatusBody> {
         latency_p50_us: p.map(|p| p.0),
         latency_p99_us: p.map(|p| p.1),
         recent_latencies_us: recent,
+        phases: status
+            .trace
+            .as_ref()
+            .map(super::trace::RoundTrace::stats)
+            .unwrap_or_default(),
         status,
     })
 }
@@ -129,6 +138,7 @@ pub async fn serve_if_enabled(
     reports: broadcast::Sender<Arc<SignedReport>>,
     status: StatusHandle,
     registry: prometheus_client::registry::Registry,
+    margin: crate::margin_svc::MarginHandle,
     group_keys: &sibyl_aggregator::verify::GroupKeys,
 ) -> Result<()> {
     if !config.node.api.enabled {
@@ -173,6 +183,7 @@ pub async fn serve_if_enabled(
         reports,
         committee: committee_rx,
         registry,
+        margin: Some(margin),
         config: ApiConfig {
             admin_token,
             feeds,

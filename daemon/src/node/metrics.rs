@@ -8,7 +8,7 @@
 //!
 //! | family | type | meaning |
 //! |---|---|---|
-//! | `sibyl_round_duration_seconds` | histogram | round entered → signed report accepted here |
+//! | `sibyl_round_duration_seconds` | histogram | round latency: the round's observation instant (its slot) → signed report held here |
 //! | `sibyl_rounds_signed_total` | counter | rounds that ended with a signed report accepted here |
 //! | `sibyl_rounds_missed_total` | counter | rounds left without a signed report |
 //! | `sibyl_rounds_led_total` | counter | signed reports this member led |
@@ -64,8 +64,8 @@ pub struct NodeMetrics {
 impl Default for NodeMetrics {
     fn default() -> Self {
         Self {
-            // 10 ms .. ~82 s
-            round_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            // 1 ms .. 16 s: the latency goal is a few milliseconds.
+            round_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             rounds_signed: Counter::default(),
             rounds_missed: Counter::default(),
             rounds_led: Counter::default(),
@@ -122,7 +122,7 @@ impl NodeMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "sibyl_round_duration_seconds",
-            "Time from entering a round to accepting its signed report at this member",
+            "Round latency: from the round's observation instant (its slot on the round grid) until this member holds the verified signed report",
             self.round_duration.clone(),
         );
         registry.register(

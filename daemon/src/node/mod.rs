@@ -30,12 +30,14 @@ pub mod metrics;
 pub mod observed;
 pub mod run;
 pub mod source;
+pub mod trace;
 pub mod transport;
 
 use crate::store::{StoreError, StoreHandle};
 use rand_core::{CryptoRng, RngCore};
 use serde::Serialize;
 use sibyl_aggregator::evidence::Evidence;
+use sibyl_aggregator::round::message::{Kind, peek};
 use sibyl_aggregator::round::{
     Action, Input, LocalObservation, Node, Restore, SibylSuite, SigningRecord,
 };
@@ -46,6 +48,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
+use trace::{Phase, RoundTrace, now_us};
 use transport::{CATCHUP_PAGE, Envelope, Transport, TransportEvent};
 
 /// Latency samples kept for the status (and `sibyl bench`).
@@ -87,10 +90,14 @@ pub struct NodeStatus {
     pub connected: BTreeSet<u16>,
     pub driver: DriverStats,
     pub protocol: sibyl_aggregator::round::Stats,
-    /// Entering a round (observation sent) to its signed report at this
-    /// member, in microseconds, newest last.
+    /// Round latency at this member, in microseconds, newest last: from the
+    /// round's observation instant (its slot on the round grid) until this
+    /// member holds the verified signed report (see [`trace`]).
     #[serde(skip)]
     pub latencies_us: VecDeque<u64>,
+    /// The per-phase timings behind the latency.
+    #[serde(skip)]
+    pub trace: Option<RoundTrace>,
 }
 
 /// Shared, cheaply readable view of a running driver.
@@ -106,6 +113,7 @@ pub fn status_snapshot(h: &StatusHandle) -> NodeStatus {
 #[derive(Clone)]
 pub struct ReportSink {
     tx: mpsc::Sender<SignedReport>,
+    trace: RoundTrace,
 }
 
 impl ReportSink {
@@ -113,11 +121,14 @@ impl ReportSink {
     /// sent on `reports`.
     pub fn start(store: StoreHandle, reports: broadcast::Sender<Arc<SignedReport>>) -> Self {
         let (tx, mut rx) = mpsc::channel::<SignedReport>(1024);
+        let trace = RoundTrace::default();
+        let marks = trace.clone();
         tokio::spawn(async move {
             while let Some(report) = rx.recv().await {
                 let round = report.header.round;
                 match store.insert_report(report.clone()).await {
                     Ok(true) => {
+                        marks.mark(round, Phase::Stored);
                         let _ = reports.send(Arc::new(report));
                     }
                     Ok(false) => {} // already stored
@@ -125,7 +136,12 @@ impl ReportSink {
                 }
             }
         });
-        Self { tx }
+        Self { tx, trace }
+    }
+
+    /// The round trace the sink marks `stored` in (the driver marks the rest).
+    pub fn trace(&self) -> RoundTrace {
+        self.trace.clone()
     }
 
     fn push(&self, report: SignedReport) {
@@ -192,7 +208,10 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     digest: ConfigDigest,
     observations: ObservationRx,
     sink: ReportSink,
-    observed: observed::ObservationLedger,
+    /// The observation ledger, written on the blocking pool.
+    observed: Arc<Mutex<observed::ObservationLedger>>,
+    /// The write of the next round's observation record, made ahead of it.
+    observed_ahead: Option<tokio::task::JoinHandle<()>>,
     rng: R,
     shutdown: watch::Receiver<bool>,
     status: StatusHandle,
@@ -203,7 +222,8 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     wake: Option<u64>,
     connected: BTreeSet<u16>,
     stats: DriverStats,
-    round_entered: BTreeMap<Round, Instant>,
+    /// Phase timestamps of recent rounds (shared with the report sink).
+    trace: RoundTrace,
     /// Newest report round known stored (or received) here.
     stored_through: Option<Round>,
     /// Where catch-up resumes: the newest round stored at start (or after the
@@ -222,10 +242,12 @@ fn now_ms() -> u64 {
 impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R> {
     pub fn new(parts: DriverParts<C, T, R>, last_report_round: Option<Round>) -> Self {
         let digest = *parts.node.committee().config_digest();
+        let trace = parts.sink.trace();
         let status = Arc::new(Mutex::new(NodeStatus {
             member: parts.node.index(),
             round: parts.node.round(),
             last_report_round,
+            trace: Some(trace.clone()),
             ..NodeStatus::default()
         }));
         let (replies_tx, replies_rx) = mpsc::channel(64);
@@ -239,7 +261,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             digest,
             observations: parts.observations,
             sink: parts.sink,
-            observed: parts.observed,
+            observed: Arc::new(Mutex::new(parts.observed)),
+            observed_ahead: None,
             rng: parts.rng,
             shutdown: parts.shutdown,
             status,
@@ -248,7 +271,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             wake: None,
             connected: BTreeSet::new(),
             stats: DriverStats::default(),
-            round_entered: BTreeMap::new(),
+            trace,
             stored_through: last_report_round,
             catchup_cursor: Some(last_report_round.unwrap_or(0)),
             last_catchup: None,
@@ -277,12 +300,13 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             "round driver started"
         );
         self.input(Input::Tick).await;
+        self.node.precompute(&mut self.rng);
         self.request_catchup(None, true);
         loop {
             let sleep = match self.wake {
                 Some(at) => {
-                    let d = at.saturating_sub(now_ms());
-                    tokio::time::sleep(Duration::from_millis(d))
+                    let d = at.saturating_mul(1000).saturating_sub(now_us());
+                    tokio::time::sleep(Duration::from_micros(d))
                 }
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
@@ -369,58 +393,128 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     /// Feeds one input and performs the resulting actions (and those of the
     /// inputs the actions produce, like `SigningRecorded`).
     async fn input(&mut self, input: Input) {
+        // When this input arrived: what made the leader propose or a signer
+        // sign (see `trace`).
+        let arrived_us = now_us();
+        let mut reported = false;
         let mut queue: VecDeque<Action> = self.node.handle(now_ms(), input, &mut self.rng).into();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Send { to, bytes } => {
+                    let kind = peek(&bytes);
                     if let Err(e) = self.transport.send(to, Envelope::Round(bytes).encode()) {
                         self.stats.send_errors += 1;
                         tracing::debug!(to, error = %e, "send failed");
                     }
+                    match kind {
+                        Some((round, _, Kind::Proposal)) => {
+                            self.trace.mark_at(round, Phase::Quorum, arrived_us);
+                            self.trace.mark(round, Phase::Proposed);
+                        }
+                        Some((round, _, Kind::Share)) => {
+                            self.trace.mark(round, Phase::ShareOut);
+                        }
+                        _ => {}
+                    }
                 }
                 Action::Broadcast { bytes } => {
+                    let kind = peek(&bytes);
                     if let Err(e) = self.transport.broadcast(Envelope::Round(bytes).encode()) {
                         self.stats.send_errors += 1;
                         tracing::debug!(error = %e, "broadcast failed");
                     }
+                    if let Some((round, _, Kind::Report)) = kind {
+                        self.trace.mark(round, Phase::Signed);
+                    }
                 }
                 Action::RecordSigning { round, digest } => {
+                    if self.node.committee().leader(round) != self.node.index() {
+                        self.trace.mark_at(round, Phase::ProposalIn, arrived_us);
+                    }
+                    let started = Instant::now();
                     let reply = self.record_signing(round, digest).await;
+                    self.trace
+                        .duration(Phase::Ledger, micros(started.elapsed()));
+                    self.trace.mark(round, Phase::Recorded);
                     queue.extend(self.node.handle(now_ms(), reply, &mut self.rng));
                 }
-                Action::SignedReport(report) => self.on_signed_report(report),
+                Action::SignedReport(report) => {
+                    reported = true;
+                    self.on_signed_report(report);
+                }
                 Action::Blame(evidence) => {
                     self.stats.blames += 1;
                     self.count_share_failure(&evidence);
                     tracing::warn!(?evidence, "misbehaviour detected");
                 }
-                Action::RoundEntered { round, leader } => {
-                    tracing::debug!(round, leader, "entered round");
+                Action::RoundEntered {
+                    round,
+                    leader,
+                    start_ms,
+                } => {
+                    tracing::debug!(round, leader, start_ms, "entered round");
                     // Rounds left behind without a signed report (those
-                    // with one were taken out when it was accepted).
-                    let missed = self.round_entered.range(..round).count();
+                    // with one were marked when it was accepted).
+                    let missed = self.trace.take_missed(round);
                     if missed > 0 {
                         self.metrics.rounds_missed.inc_by(missed as u64);
-                        self.round_entered.retain(|r, _| *r >= round);
                     }
                     self.metrics.set_round(round);
-                    self.round_entered.insert(round, Instant::now());
-                    while self.round_entered.len() > 64 {
-                        self.round_entered.pop_first();
-                    }
+                    self.trace.start(round, start_ms);
+                    self.trace.mark(round, Phase::Wake);
                 }
                 Action::WakeAt(at) => self.wake = Some(at),
                 Action::RecordObservation { round } => {
-                    if let Err(e) = self.observed.record(round) {
+                    if let Err(e) = self.record_observation(round).await {
                         // Not durable: the observation must not go out. Stop
                         // here; the round's remaining actions are dropped.
                         self.stats.ledger_errors += 1;
                         tracing::error!(round, error = %e, "cannot record the observation; not sending it");
                         return;
                     }
+                    self.trace.mark(round, Phase::Observed);
                 }
             }
         }
+        if reported {
+            // Idle until the next round: make its nonces now.
+            self.node.precompute(&mut self.rng);
+        }
+    }
+
+    /// Makes "observed in `round`" durable before the observation leaves.
+    /// The record for the next round is written ahead, on the blocking pool,
+    /// so in steady state the round's observation waits for no fsync: a
+    /// member that crashes then sits out at most that one round (it will not
+    /// observe in a round it recorded), which is safe. A round reached by a
+    /// jump is recorded here, synchronously.
+    async fn record_observation(&mut self, round: Round) -> Result<(), observed::ObservedError> {
+        let started = Instant::now();
+        if let Some(ahead) = self.observed_ahead.take() {
+            let _ = ahead.await; // normally long done
+        }
+        let ledger = self.observed.clone();
+        let durable = ledger.lock().ok().and_then(|l| l.last());
+        if durable.is_none_or(|r| r < round) {
+            let ledger = ledger.clone();
+            tokio::task::spawn_blocking(move || match ledger.lock() {
+                Ok(mut l) => l.record(round),
+                Err(_) => Err(observed::ObservedError::Poisoned),
+            })
+            .await
+            .map_err(|_| observed::ObservedError::Poisoned)??;
+        }
+        self.trace
+            .duration(Phase::ObservationLedger, micros(started.elapsed()));
+        let next = round.saturating_add(1);
+        self.observed_ahead = Some(tokio::task::spawn_blocking(move || {
+            if let Ok(mut l) = ledger.lock()
+                && let Err(e) = l.record(next)
+            {
+                tracing::warn!(round = next, error = %e, "cannot record the next observation round ahead; it will be recorded when the round starts");
+            }
+        }));
+        Ok(())
     }
 
     async fn record_signing(&mut self, round: Round, digest: [u8; 32]) -> Input {
@@ -450,7 +544,10 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     /// A report the state machine accepted (it verified it, or led it).
     fn on_signed_report(&mut self, report: SignedReport) {
         let round = report.header.round;
-        let latency = self.round_entered.remove(&round).map(|t| t.elapsed());
+        let latency = self
+            .trace
+            .mark(round, Phase::Held)
+            .map(Duration::from_micros);
         let leader = self.node.committee().leader(round);
         self.metrics.rounds_signed.inc();
         if leader == self.node.index() {
@@ -459,7 +556,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         self.note_report_feeds(&report);
         if let Some(l) = latency {
             self.metrics.round_duration.observe(l.as_secs_f64());
-            let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
+            let us = micros(l);
             if let Ok(mut s) = self.status.lock() {
                 if s.latencies_us.len() >= LATENCY_SAMPLES {
                     s.latencies_us.pop_front();
@@ -543,13 +640,32 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                             self.sink.push(r);
                         }
                     }
+                    if let Some(through) = newest {
+                        // Progress for the operator: a restarted member shows
+                        // how far behind it was and how fast it is catching up.
+                        tracing::info!(
+                            from,
+                            reports = reports.len(),
+                            through_round = through,
+                            total_caught_up = self.stats.caught_up_reports,
+                            more,
+                            "catch-up: stored missed reports"
+                        );
+                    }
                     match (more, newest) {
                         (true, Some(after)) => {
                             self.catchup_cursor = Some(after);
                             self.send_catchup(from, after);
                         }
                         // The peer has nothing more: caught up.
-                        _ => self.catchup_cursor = None,
+                        _ => {
+                            if self.catchup_cursor.take().is_some() && newest.is_some() {
+                                tracing::info!(
+                                    total_caught_up = self.stats.caught_up_reports,
+                                    "catch-up complete"
+                                );
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -646,6 +762,10 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             }
         });
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// p50 and p99 of samples (microseconds).

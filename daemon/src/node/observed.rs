@@ -5,8 +5,10 @@
 //! one round.
 //!
 //! One 16-byte record (round, and a check word) overwritten in place and
-//! `fdatasync`ed: a single sector write, cheaper than a SQLite transaction
-//! on the round's critical path. A record that fails its check (a torn write)
+//! `fdatasync`ed: a single sector write, cheaper than a SQLite transaction.
+//! The driver records the next round ahead of time, off the round's critical
+//! path (recording a round early only means a member that crashes sits that
+//! round out). A record that fails its check (a torn write)
 //! is reported as an error, never silently read as "nothing observed".
 
 use sibyl_aggregator::Round;
@@ -33,6 +35,10 @@ pub enum ObservedError {
     },
     #[error("the observation ledger {} is damaged; to be safe, delete it only after the committee has moved past the round shown in the signing ledger", .0.display())]
     Damaged(PathBuf),
+    #[error(
+        "the observation ledger's writer failed earlier (a panic while writing); restart the node"
+    )]
+    Poisoned,
 }
 
 impl ObservationLedger {

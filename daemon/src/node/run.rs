@@ -289,11 +289,18 @@ where
     // The margin engine consumes the verified reports the sink broadcasts
     // (always on; it starts with an empty book unless the store has inputs).
     // Held until the driver stops: dropping the handle stops the service.
-    let _margin = crate::margin_svc::start(
+    let margin_cfg = &config.node.margin;
+    let margin = crate::margin_svc::start_with(
         &store,
         committee.feeds.clone(),
         reports_tx.subscribe(),
         shutdown.clone(),
+        crate::margin_svc::MarginOptions {
+            demo: (margin_cfg.demo_accounts > 0).then_some(crate::margin_svc::DemoSeed {
+                accounts: margin_cfg.demo_accounts,
+                seed: margin_cfg.demo_seed,
+            }),
+        },
     )
     .await
     .context("cannot start the margin engine")?;
@@ -327,9 +334,11 @@ where
         reports_tx,
         status,
         registry,
+        margin.clone(),
         &api_group_keys,
     )
     .await?;
     driver.run().await;
+    drop(margin);
     Ok(())
 }

@@ -1,6 +1,7 @@
 // Sibyl dashboard: feeds from /v1/feeds and the /v1/stream SSE, a candle
 // chart drawn on a canvas from /v1/feeds/{id}/history, committee health from
-// /v1/committee. No libraries, no network beyond this node.
+// /v1/committee, the margin engine from /v1/margin/* (polled, and refreshed
+// after each signed report). No libraries, no network beyond this node.
 "use strict";
 
 const state = {
@@ -241,6 +242,7 @@ function connectStream() {
     }
     renderFeeds();
     if (!state.selected && state.feeds.size > 0) selectFeed(Array.from(state.feeds.keys()).sort()[0]);
+    refreshMargin();
   });
   es.addEventListener("lagged", () => { loadFeeds().catch((e) => setStatus("feeds: " + e.message)); });
 }
@@ -277,6 +279,93 @@ async function loadCommittee() {
   }
 }
 
+
+// ---- margin -------------------------------------------------------------------
+
+const margin = { updates: 0, disabled: false, loading: false, pending: false };
+
+// Decimal string ("1234567.891234") -> "1,234,567.89", exactly (no floats).
+function fmtDec(value, maxFrac) {
+  if (value === null || value === undefined) return "–";
+  let s = String(value);
+  const neg = s.startsWith("-");
+  if (neg) s = s.slice(1);
+  let [int, frac = ""] = s.split(".");
+  if (maxFrac !== undefined) frac = frac.slice(0, maxFrac);
+  int = int.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  return (neg ? "-" : "") + int + (frac.length ? "." + frac : "");
+}
+
+function unitName(u) {
+  return u.mode === "isolated" ? "isolated " + u.market : "cross";
+}
+
+function fillTable(container, rows) {
+  const tbody = container.querySelector("tbody");
+  tbody.replaceChildren();
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.account = String(row.account);
+    for (const [text, cls] of row.cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (cls) td.className = cls;
+      tr.appendChild(td);
+    }
+    tbody.appendChild(tr);
+  }
+  container.querySelector(".empty").hidden = rows.length > 0;
+}
+
+const STATUS_CLASS = { healthy: "ok", margin_call: "warn", below_maintenance: "bad" };
+
+async function loadMargin() {
+  if (margin.disabled) return;
+  if (margin.loading) { margin.pending = true; return; }
+  margin.loading = true;
+  try {
+    const [risk, liq, ins] = await Promise.all([
+      fetch("/v1/margin/at-risk?limit=12"),
+      fetch("/v1/margin/liquidations?limit=12"),
+      fetch("/v1/margin/insurance?limit=1"),
+    ]);
+    if (risk.status === 503) {
+      margin.disabled = true;
+      $("margin-insurance").textContent = "This node runs no margin engine.";
+      return;
+    }
+    const [r, l, f] = await Promise.all([risk.json(), liq.json(), ins.json()]);
+    for (const [resp, body] of [[risk, r], [liq, l], [ins, f]]) {
+      if (!resp.ok) throw new Error((body.error && body.error.message) || ("HTTP " + resp.status));
+    }
+    $("margin-insurance").textContent = "Insurance fund " + fmtDec(f.balance, 2) + " USD · fees " +
+      fmtDec(f.fees, 2) + " USD · " + f.accounts + " accounts";
+    fillTable($("margin-at-risk"), r.units.map((u) => ({
+      account: u.account,
+      cells: [[String(u.account)], [unitName(u)], [fmtDec(u.health.equity, 2), "num"],
+        [fmtDec(u.health.maintenance, 2), "num"],
+        [u.health.margin_ratio === null ? "–" : fmtDec(u.health.margin_ratio, 3), "num"],
+        [u.health.status.replace("_", " "), STATUS_CLASS[u.health.status]]],
+    })));
+    fillTable($("margin-liquidations"), l.liquidations.map((e) => ({
+      account: e.account,
+      cells: [[fmtAge(e.at_ms), "num"], [String(e.account)], [unitName(e.unit)],
+        [e.liquidation === "partial" ? "partial " + Math.round(Number(e.fraction) * 100) + "%" : "full"],
+        [e.closed.map((c) => c.market).join(", ")], [fmtDec(e.penalty, 2), "num"],
+        [e.before.margin_ratio === null ? "–" : fmtDec(e.before.margin_ratio, 3), "num"]],
+    })));
+    margin.updates += 1;
+    $("margin-section").dataset.updates = String(margin.updates);
+  } finally {
+    margin.loading = false;
+    if (margin.pending) { margin.pending = false; setTimeout(refreshMargin, 250); }
+  }
+}
+
+function refreshMargin() {
+  loadMargin().catch((e) => setStatus("margin: " + e.message));
+}
+
 // ---- start ----------------------------------------------------------------------
 
 function init() {
@@ -288,6 +377,8 @@ function init() {
   connectStream();
   setInterval(() => loadCommittee().catch((e) => setStatus("committee: " + e.message)), 5000);
   setInterval(renderFeeds, 1000);
+  refreshMargin();
+  setInterval(refreshMargin, 5000);
 }
 
 init();

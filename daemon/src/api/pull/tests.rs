@@ -67,6 +67,7 @@ async fn start(evm: Option<EvmPull>, reports: Vec<SignedReport>) -> Harness {
     let state = ApiState::new(ApiParts {
         readers: store.readers.clone(),
         writer: None,
+        margin: None,
         reports,
         committee,
         registry: Registry::default(),
