@@ -327,7 +327,7 @@ fn base_document() -> Value {
     let int = json!({ "type": "integer", "minimum": 0 });
     let dec_string = json!({ "type": "string", "pattern": "^-?[0-9]+$",
                              "description": "fixed-point integer as a decimal string" });
-    json!({
+    let mut doc = json!({
       "openapi": "3.1.0",
       "info": {
         "title": "Sibyl oracle node API",
@@ -453,5 +453,7 @@ fn base_document() -> Value {
               "rounds_signed": int, "share_failures": int } } } } }
         }
       }
-    })
+    });
+    super::pull::document(&mut doc);
+    doc
 }
