@@ -360,14 +360,16 @@ pub async fn start_with(
         metrics: metrics.clone(),
     };
     tokio::spawn(run(
-        state,
-        metrics,
-        store.writer.clone(),
-        feeds,
+        Service {
+            state,
+            metrics,
+            writer: store.writer.clone(),
+            feeds,
+            demo,
+        },
         reports,
         rx,
         shutdown,
-        demo,
     ));
     Ok(handle)
 }
@@ -408,16 +410,29 @@ type CommandMsg = (
 );
 type CommandRx = mpsc::Receiver<CommandMsg>;
 
-async fn run(
+/// What the service task owns besides its channels.
+struct Service {
     state: Arc<Mutex<MarginState>>,
     metrics: Metrics,
     writer: StoreHandle,
     feeds: Vec<FeedParams>,
+    /// The demo book still to seed at the first report.
+    demo: Option<DemoSeed>,
+}
+
+async fn run(
+    svc: Service,
     mut reports: broadcast::Receiver<Arc<SignedReport>>,
     mut commands: CommandRx,
     mut shutdown: watch::Receiver<bool>,
-    mut demo: Option<DemoSeed>,
 ) {
+    let Service {
+        state,
+        metrics,
+        writer,
+        feeds,
+        mut demo,
+    } = svc;
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
