@@ -277,3 +277,244 @@ async fn pull_payload_calldata_lands_on_the_contract() {
     );
     drop(anvil);
 }
+
+/// Stops a `sibyl devnet` (SIGINT, as Ctrl-C) when dropped, so a failing
+/// test leaves no members or anvil behind.
+struct Devnet(std::process::Child);
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_json(url: &str) -> Option<Value> {
+    sibyl::devnet::http_get(url)
+        .ok()
+        .and_then(|b| serde_json::from_str(&b).ok())
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+fn words(out: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+fn hex_u64(v: &Value) -> u64 {
+    u64::from_str_radix(v.as_str().unwrap_or("0x0").trim_start_matches("0x"), 16).unwrap_or(0)
+}
+
+/// `sibyl devnet --chain`: the members' transmitters push the committee's
+/// secp256k1-evm reports; `latestRoundData` on the BTC-USD adapter must equal
+/// the latest signed report the API serves, normally with one transaction
+/// per update. The API's pull payload of a live report lands on a second
+/// deployment of the contract.
+#[test]
+#[ignore = "needs anvil, forge and cast (scripts/setup.d/20-contracts); run by scripts/test.d/22-chain"]
+fn devnet_chain_pushes_reports_that_match_the_api() {
+    let contracts = devchain::find_contracts_dir().expect("contracts dir");
+    devchain::tool(&contracts, "anvil").expect("anvil (scripts/setup.d/20-contracts)");
+    devchain::tool(&contracts, "forge").expect("forge (scripts/setup.d/20-contracts)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = dir.path().join("devnet");
+    let log = std::fs::File::create(dir.path().join("devnet.out")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+        .args(["devnet", "--chain", "--nodes", "4", "--builtin-source"])
+        .args(["--duration", "300s", "--dir"])
+        .arg(&net)
+        .env("SIBYL_CONTRACTS_DIR", &contracts)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start sibyl devnet --chain");
+    let devnet = Devnet(child);
+    let file: Value = wait_for("devnet.json with the chain", 180, || {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(net.join("devnet.json")).ok()?).ok()?;
+        v["chain"]["feed"].is_string().then_some(v)
+    });
+    let chain = &file["chain"];
+    let rpc = chain["rpc_url"].as_str().expect("rpc").to_string();
+    let feed = chain["feed"].as_str().expect("feed").to_string();
+    let btc = chain["adapters"]["BTC-USD"]
+        .as_str()
+        .expect("BTC-USD adapter")
+        .to_string();
+    let api = file["members"][0]["api_url"]
+        .as_str()
+        .expect("api")
+        .to_string();
+    assert_eq!(file["suite"], "secp256k1-evm");
+
+    // latestRoundData equals the API's latest BTC-USD report (same round, price, time).
+    let first_round = wait_for("a first signed report", 120, || {
+        http_json(&format!("{api}/v1/feeds/BTC-USD/latest"))?["round"].as_u64()
+    });
+    let (matched_round, answer) = wait_for("the adapter to match the API", 90, || {
+        let latest = http_json(&format!("{api}/v1/feeds/BTC-USD/latest"))?;
+        let out = Command::new(contracts.join("tools/cast"))
+            .args(["call", "--rpc-url", &rpc, &btc])
+            .arg("latestRoundData()(uint80,int256,uint256,uint256,uint80)")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None; // NoDataPresent before the first push
+        }
+        let w = words(&String::from_utf8_lossy(&out.stdout));
+        let same = w.first()? == &latest["round"].as_u64()?.to_string()
+            && w.get(1)? == latest["price"].as_str()?
+            && w.get(3)? == &(latest["timestamp_ms"].as_u64()? / 1000).to_string()
+            && w.get(4)? == w.first()?;
+        // a few rounds in, so that several updates have gone through the schedule
+        let round = latest["round"].as_u64()?;
+        (same && round >= first_round + 10).then(|| (round, w[1].clone()))
+    });
+    assert!(
+        matched_round <= first_round + 60,
+        "the chain caught up only at round {matched_round} (first report {first_round})"
+    );
+    println!("latestRoundData on BTC-USD = API report of round {matched_round}: answer {answer}");
+
+    // The API's pull payload of a live report, on a second deployment of the contract.
+    let digest = b32(file["config_digest"].as_str().expect("digest"));
+    let key = EvmGroupKey::from_compressed(&unhex(file["group_key"].as_str().expect("key")))
+        .expect("group key");
+    let second = devchain::deploy(
+        &contracts,
+        &DeployParams {
+            rpc_url: &rpc,
+            private_key: ANVIL_KEY_0,
+            config_digest: digest,
+            group_key_x: key.x,
+            group_key_y: key.y,
+            feeds: vec![("BTC-USD".into(), 8)],
+            max_drift_ms: 5_000,
+        },
+    )
+    .expect("second deployment");
+    let update = http_json(&format!("{api}/v1/feeds/BTC-USD/update")).expect("pull payload");
+    assert_eq!(update["contract"], feed.to_lowercase());
+    let pull_gas = send(
+        &contracts,
+        &rpc,
+        &second.feed,
+        update["calldata"].as_str().expect("calldata"),
+    );
+    let got = latest_feed(&contracts, &rpc, &second.feed, "BTC-USD");
+    assert_eq!(
+        got[0],
+        update["leaves"][0]["price"].as_str().expect("price")
+    );
+    assert_eq!(got[3], update["round"].as_u64().expect("round").to_string());
+
+    // Transactions to the feed contract per update, and their gas.
+    let head: u64 = cast(&contracts, &["block-number", "--rpc-url", &rpc])
+        .parse()
+        .expect("block number");
+    let mut per_round: BTreeMap<u64, Vec<(u64, bool, usize)>> = BTreeMap::new();
+    for n in 1..=head {
+        let block: Value = serde_json::from_str(&cast(
+            &contracts,
+            &[
+                "block",
+                &n.to_string(),
+                "--full",
+                "--json",
+                "--rpc-url",
+                &rpc,
+            ],
+        ))
+        .expect("block JSON");
+        for tx in block["transactions"].as_array().into_iter().flatten() {
+            if tx["to"].as_str().map(str::to_lowercase) != Some(feed.to_lowercase()) {
+                continue;
+            }
+            let input = unhex(tx["input"].as_str().expect("input"));
+            let (round, feeds) = if let Ok(c) =
+                <sibyl::chain::abi::submitReportCall as alloy_sol_types::SolCall>::abi_decode(
+                    &input,
+                ) {
+                (c.meta.round, c.leaves.len())
+            } else if let Ok(c) =
+                <sibyl::chain::abi::submitFeedsCall as alloy_sol_types::SolCall>::abi_decode(&input)
+            {
+                (c.header.round, c.leaves.len())
+            } else {
+                panic!("a transaction to the feed contract that is neither update call")
+            };
+            let receipt: Value = serde_json::from_str(&cast(
+                &contracts,
+                &[
+                    "receipt",
+                    tx["hash"].as_str().expect("hash"),
+                    "--json",
+                    "--rpc-url",
+                    &rpc,
+                ],
+            ))
+            .expect("receipt JSON");
+            per_round.entry(round).or_default().push((
+                hex_u64(&receipt["gasUsed"]),
+                receipt["status"] == "0x1",
+                feeds,
+            ));
+        }
+    }
+    drop(devnet);
+    let updates = per_round.len();
+    let txs: usize = per_round.values().map(Vec::len).sum();
+    let landed: Vec<u64> = per_round
+        .values()
+        .flatten()
+        .filter(|(_, ok, _)| *ok)
+        .map(|(g, _, _)| *g)
+        .collect();
+    assert!(updates >= 3, "only {updates} updates landed");
+    for (round, txs) in &per_round {
+        assert_eq!(
+            txs.iter().filter(|(_, ok, _)| *ok).count(),
+            1,
+            "round {round}: {txs:?}"
+        );
+    }
+    // The first push fills fresh storage slots; steady state is the rest.
+    let steady = &landed[1..];
+    let avg = steady.iter().sum::<u64>() / steady.len().max(1) as u64;
+    println!(
+        "devnet --chain: {updates} updates, {txs} transactions ({:.2} per update); gas per update: first {} (fresh slots), steady min {} avg {avg} max {} ({} feeds per report); pull submitFeeds of one live feed {pull_gas}",
+        txs as f64 / updates as f64,
+        landed[0],
+        steady.iter().min().copied().unwrap_or(0),
+        steady.iter().max().copied().unwrap_or(0),
+        per_round
+            .values()
+            .next()
+            .and_then(|v| v.first())
+            .map_or(0, |t| t.2),
+    );
+}
