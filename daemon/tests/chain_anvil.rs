@@ -518,3 +518,135 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
             .map_or(0, |t| t.2),
     );
 }
+
+/// `sibyl rotation`: committee A (deployed by `sibyl devnet --chain
+/// --setup-only`) signs the hand-over to committee B with three of its
+/// members' key shares; the contract accepts the calldata once, and then
+/// names B's config digest and group key.
+#[test]
+#[ignore = "needs anvil, forge and cast (scripts/setup.d/20-contracts); run by scripts/test.d/22-chain"]
+fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
+    let contracts = devchain::find_contracts_dir().expect("contracts dir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let anvil = Anvil::start(&contracts, 0, None, &dir.path().join("anvil.log")).expect("anvil");
+    let rpc = anvil.rpc_url.clone();
+    let setup = |name: &str| -> Value {
+        let d = dir.path().join(name);
+        let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+            .args([
+                "devnet",
+                "--chain",
+                "--setup-only",
+                "--builtin-source",
+                "--nodes",
+                "4",
+            ])
+            .args(["--chain-rpc-url", &rpc, "--dir"])
+            .arg(&d)
+            .env("SIBYL_CONTRACTS_DIR", &contracts)
+            .output()
+            .expect("sibyl devnet --setup-only");
+        assert!(
+            out.status.success(),
+            "devnet setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&std::fs::read_to_string(d.join("devnet.json")).expect("json"))
+            .expect("devnet.json")
+    };
+    let a = setup("a");
+    let b = setup("b");
+    let feed = a["chain"]["feed"].as_str().expect("feed").to_string();
+
+    let member = |i: usize| {
+        a["members"][i]["config"]
+            .as_str()
+            .expect("config")
+            .to_string()
+    };
+    let rotation = |configs: &[String]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sibyl"));
+        cmd.arg("rotation");
+        for c in configs {
+            cmd.args(["--member-config", c]);
+        }
+        cmd.args([
+            "--new-committee",
+            b["committee"].as_str().expect("committee"),
+        ])
+        .args(["--new-group-key", b["group_key"].as_str().expect("key")])
+        .output()
+        .expect("sibyl rotation")
+    };
+    // Two shares are below the threshold of 3.
+    let out = rotation(&[member(0), member(1)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("threshold"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = rotation(&[member(0), member(2), member(3)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed: Value = serde_json::from_slice(&out.stdout).expect("rotation JSON");
+    // The message is the contract's own rotationDigest.
+    let onchain_message = cast(
+        &contracts,
+        &[
+            "call",
+            "--rpc-url",
+            &rpc,
+            &feed,
+            "rotationDigest(bytes32,bytes32,uint256,uint256)(bytes32)",
+            signed["current_config_digest"].as_str().expect("cur"),
+            signed["new_config_digest"].as_str().expect("new"),
+            signed["new_group_key_x"].as_str().expect("x"),
+            signed["new_group_key_y"].as_str().expect("y"),
+        ],
+    );
+    assert_eq!(
+        onchain_message,
+        signed["message"].as_str().expect("message")
+    );
+    let gas = send(
+        &contracts,
+        &rpc,
+        &feed,
+        signed["calldata"].as_str().expect("calldata"),
+    );
+    let committee = cast(
+        &contracts,
+        &[
+            "call",
+            "--rpc-url",
+            &rpc,
+            &feed,
+            "committee()(bytes32,uint256,uint8)",
+        ],
+    );
+    let w = words(&committee);
+    assert_eq!(
+        w[0],
+        format!("0x{}", b["config_digest"].as_str().expect("digest"))
+    );
+    let bx = EvmGroupKey::from_compressed(&unhex(b["group_key"].as_str().expect("key")))
+        .expect("key")
+        .x;
+    assert_eq!(
+        alloy_primitives::U256::from_str_radix(&w[1], 10).expect("x"),
+        alloy_primitives::U256::from_be_bytes(bx)
+    );
+    // A replay is refused (the digest already moved).
+    let replay = Command::new(contracts.join("tools/cast"))
+        .args(["call", "--rpc-url", &rpc, &feed, "--data"])
+        .arg(signed["calldata"].as_str().expect("calldata"))
+        .output()
+        .expect("cast call");
+    assert!(!replay.status.success(), "a replayed rotation was accepted");
+    println!("gas: rotateCommittee {gas}");
+    drop(anvil);
+}

@@ -14,6 +14,7 @@
 pub mod abi;
 pub mod devchain;
 pub mod devnet;
+pub mod rotation;
 pub mod rpc;
 pub mod transmitter;
 
