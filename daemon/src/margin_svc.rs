@@ -19,7 +19,7 @@ pub mod book;
 pub use book::DemoSeed;
 
 use crate::config::FeedParams;
-use crate::store::{Store, StoreError, StoreHandle};
+use crate::store::{MarginStep, Store, StoreError, StoreHandle};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sibyl_aggregator::SignedReport;
+use sibyl_margin::engine::AtRisk;
 use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -172,12 +173,40 @@ pub struct MarginHandle {
     state: Arc<Mutex<MarginState>>,
     commands: mpsc::Sender<CommandMsg>,
     metrics: Metrics,
+    /// The last ranking of units closest to liquidation, with the input
+    /// count it was computed at: the ranking is a full scan, and every
+    /// dashboard asks for it after every report.
+    at_risk: AtRiskCache,
 }
+
+/// `(engine input count, ranking)`.
+type AtRiskCache = Arc<Mutex<Option<(u64, Vec<AtRisk>)>>>;
+
+/// Rows of the cached at-risk ranking (the API's largest page).
+pub const AT_RISK_CACHED: usize = 1_000;
 
 impl MarginHandle {
     /// Lock the engine for a read.
     pub fn read(&self) -> MutexGuard<'_, MarginState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `n` units closest to liquidation (lowest equity / maintenance
+    /// first). Computed at most once per engine input (the state, clock
+    /// included, only changes with inputs) and shared by every caller.
+    pub fn closest_to_liquidation(&self, n: usize) -> Vec<AtRisk> {
+        let st = self.read();
+        let mut cache = self.at_risk.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, rows)) = cache.as_ref()
+            && *at == st.next_input
+            && (n <= AT_RISK_CACHED || rows.len() < AT_RISK_CACHED)
+        {
+            return rows.iter().take(n).cloned().collect();
+        }
+        let mut rows = st.engine.closest_to_liquidation(n.max(AT_RISK_CACHED));
+        *cache = Some((st.next_input, rows.clone()));
+        rows.truncate(n);
+        rows
     }
 
     /// Register the service's metrics (`sibyl_margin_*`) in `registry`.
@@ -358,6 +387,7 @@ pub async fn start_with(
         state: state.clone(),
         commands: tx,
         metrics: metrics.clone(),
+        at_risk: Arc::new(Mutex::new(None)),
     };
     tokio::spawn(run(
         Service {
@@ -375,7 +405,9 @@ pub async fn start_with(
 }
 
 /// Seeds the demo book at the first verified report (which is one of its
-/// inputs, stored with its round).
+/// inputs, stored with its round). The book's inputs are applied one by one
+/// like any others and stored in one transaction, so seeding costs the
+/// store's writer (which also records signings) one fsync, not thousands.
 async fn seed_demo(
     state: &Arc<Mutex<MarginState>>,
     metrics: &Metrics,
@@ -385,22 +417,60 @@ async fn seed_demo(
 ) {
     let inputs = book::demo_inputs(demo, first);
     let total = inputs.len();
-    let mut stored = 0usize;
-    for input in inputs {
-        let round = matches!(input, Input::Prices(_)).then_some(first.round);
-        match step(state, metrics, writer, input, round).await {
-            Ok(_) => stored += 1,
-            Err(e) => tracing::warn!(error = %e, "demo book input refused"),
+    let mut steps = Vec::with_capacity(total);
+    let (accounts, first_seq) = {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let first_seq = st.next_input;
+        for input in inputs {
+            let (at_ms, round) = match &input {
+                Input::Prices(r) => (r.timestamp_ms, Some(r.round)),
+                Input::Command { at_ms, .. } => (*at_ms, None),
+            };
+            let body = match serde_json::to_string(&input) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot encode a demo book input");
+                    continue;
+                }
+            };
+            let events = match st.engine.apply(&input) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "demo book input refused");
+                    continue;
+                }
+            };
+            metrics.observe(&st.engine, &events);
+            let rows = events
+                .iter()
+                .filter_map(|e| event_kind(e).ok().map(|(k, b)| (e.seq, k, b)))
+                .collect();
+            steps.push(MarginStep {
+                input_seq: st.next_input,
+                at_ms,
+                input: body,
+                round,
+                events: rows,
+            });
+            st.next_input += 1;
         }
+        (st.engine.state().accounts.len(), first_seq)
+    };
+    let stored = steps.len();
+    match writer.write(move |db| db.append_margin_steps(&steps)).await {
+        Ok(()) => tracing::info!(
+            accounts,
+            inputs = stored,
+            refused = total - stored,
+            round = first.round,
+            "margin demo book seeded at the first verified report"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            from_input = first_seq,
+            "the demo book could not be stored: the margin log ends before it; restart with a fresh database"
+        ),
     }
-    let st = state.lock().unwrap_or_else(|p| p.into_inner());
-    tracing::info!(
-        accounts = st.engine.state().accounts.len(),
-        inputs = stored,
-        refused = total - stored,
-        round = first.round,
-        "margin demo book seeded at the first verified report"
-    );
 }
 
 /// An admin command with its reply channel.
