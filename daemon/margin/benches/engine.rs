@@ -194,6 +194,20 @@ fn bench(c: &mut Criterion) {
             .take((heavy.len() / 100).max(1))
             .map(|(c, ex, l)| format!("{c:.1?}/{ex}/{l}"))
             .collect();
+        let mut calm: Vec<Duration> = heavy
+            .iter()
+            .filter(|(_, _, l)| *l == 0)
+            .map(|(c, _, _)| *c)
+            .collect();
+        calm.sort();
+        println!(
+            "book n={n}: {} of {} ticks liquidated nothing: on CPU p50 {:.3?} p99 {:.3?} max {:.3?}",
+            calm.len(),
+            heavy.len(),
+            pct(&calm, 0.5),
+            pct(&calm, 0.99),
+            calm.last().copied().unwrap_or_default()
+        );
         println!(
             "book n={n}: the costliest 1% of ticks (CPU / units examined / liquidations): {}",
             top.join(" ")

@@ -35,7 +35,7 @@ pub(super) const BUCKET_MS: u64 = 7_200_000;
 /// (so their value is smooth in time across it).
 const MIN_LIFE_MS: u64 = 86_400_000;
 /// Probes per band side.
-const MAX_PROBES: usize = 5;
+const MAX_PROBES: usize = 8;
 
 /// Option values on the price grid for the current time bucket. A cache of
 /// a pure function of the state: it never changes a result, only its cost.
