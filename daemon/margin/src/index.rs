@@ -118,11 +118,7 @@ impl Edges {
         if self.width == 0 {
             return;
         }
-        for m in self
-            .buckets
-            .range(price.div_euclid(self.width)..)
-            .map(|x| x.1)
-        {
+        for m in self.buckets.range(price.div_euclid(self.width)..).map(|x| x.1) {
             out.extend(m.iter().filter(|(_, e)| **e >= price).map(|(k, _)| *k));
         }
     }
@@ -132,11 +128,7 @@ impl Edges {
         if self.width == 0 {
             return;
         }
-        for m in self
-            .buckets
-            .range(..=price.div_euclid(self.width))
-            .map(|x| x.1)
-        {
+        for m in self.buckets.range(..=price.div_euclid(self.width)).map(|x| x.1) {
             out.extend(m.iter().filter(|(_, e)| **e <= price).map(|(k, _)| *k));
         }
     }

@@ -15,13 +15,11 @@
 //! probe at price `q` with margin `mu` proves every price within `mu / L_f`
 //! of `q`; the next probe goes to the edge of what is proven. Probes are
 //! exact: linear terms are evaluated at any integer price with the engine's
-//! own arithmetic; options are evaluated on a fixed price grid (multiples
-//! of a power of ten about 0.1–1% of the price, coarser by powers of two
-//! for far probes) at the start of a four-hour time window (two two-hour
-//! buckets), less what time can do inside it (8/3 of each value's change
-//! across the window, counted on the equity and on both sides of every
-//! scenario loss). The unit is rechecked before its window ends, at a
-//! per-unit offset so rechecks spread out.
+//! own arithmetic; options are evaluated on a fixed price grid (multiples of
+//! a power of ten about 0.1–1% of the price) at the start and the end of a
+//! time window, with what time can do in between allowed for (twice the
+//! largest change of any value across the window). The unit is rechecked
+//! before its window ends, at a per-unit offset so rechecks spread out.
 //! Options within a day of expiry (after the window), and anything that
 //! cannot be evaluated, fall back to the whole-band Lipschitz bound.
 
@@ -75,9 +73,10 @@ impl GridCache {
 
 #[derive(Clone, Debug)]
 struct GridPoint {
-    /// Mark then each scenario mark, at the window's start.
+    /// Mark then each scenario mark, at the window's start and at its end.
     start: Vec<i128>,
-    /// Largest change of any of them between the window's start and end.
+    end: Vec<i128>,
+    /// Largest |end - start| over those values.
     drift: i128,
 }
 
@@ -169,17 +168,18 @@ fn linear_at(part: &Part<'_>, q: i128) -> Result<i128, EngineError> {
     Ok(h)
 }
 
-/// Option and delta-one legs of a portfolio part at price `q`: `vals[i]`
-/// holds option leg i's mark and scenario marks. Sums are divided once, so
-/// the result is within a few units per leg of the engine's per-term
-/// rounding (the band slack covers it).
+/// Option and delta-one legs of a portfolio part at price `q`, at the two
+/// ends of the window: `vals[i]` holds option leg i's (start, end) mark and
+/// scenario marks. Sums are divided once, so the result is within a few
+/// units per leg of the engine's per-term rounding (the band slack covers
+/// it).
 fn portfolio_at(
     part: &Part<'_>,
     scen: &[Scenario],
     q: i128,
-    vals: &[Option<&[i128]>],
+    vals: &[Option<(&[i128], &[i128])>],
     buf: &mut Vec<i128>,
-) -> Result<i128, EngineError> {
+) -> Result<(i128, i128), EngineError> {
     // Bounded magnitudes let the inner loops use plain multiplication:
     // sizes, values and prices below 2^60, at most 32 legs, losses below
     // 2^100 before weighting. Anything larger is refused here and the unit
@@ -190,8 +190,8 @@ fn portfolio_at(
         return Err(crate::fixed::overflow("trigger band"));
     }
     buf.clear();
-    buf.resize(n, 0);
-    let (mut eq, mut quotes, mut delta_one) = (0i128, 0i128, 0i128);
+    buf.resize(2 * n, 0);
+    let (mut eq_a, mut eq_b, mut quotes, mut delta_one) = (0i128, 0i128, 0i128, 0i128);
     for (leg, v) in part.legs.iter().zip(vals) {
         quotes = add_(quotes, leg.quote)?;
         let size = leg.size;
@@ -199,13 +199,19 @@ fn portfolio_at(
             return Err(crate::fixed::overflow("trigger band"));
         }
         match (leg.kind, v) {
-            (LegKind::Option(..), Some(a)) => {
-                if a.len() != n + 1 || a.iter().any(|x| x.abs() >= LIM) {
+            (LegKind::Option(..), Some((a, b))) => {
+                if a.len() != n + 1
+                    || b.len() != n + 1
+                    || a.iter().chain(b.iter()).any(|x| x.abs() >= LIM)
+                {
                     return Err(crate::fixed::overflow("grid"));
                 }
-                eq += size * a[0];
-                for (l, x) in buf.iter_mut().zip(&a[1..]) {
-                    *l += size * (a[0] - x);
+                eq_a += size * a[0];
+                eq_b += size * b[0];
+                let (la, lb) = buf.split_at_mut(n);
+                for i in 0..n {
+                    la[i] += size * (a[0] - a[i + 1]);
+                    lb[i] += size * (b[0] - b[i + 1]);
                 }
             }
             (LegKind::Delta1, _) => delta_one += size,
@@ -213,7 +219,7 @@ fn portfolio_at(
         }
     }
     if part.legs.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     // Delta-one legs: value size × q, scenario loss -size × q × move (the
     // engine floors the scenario price; the slack covers the difference).
@@ -225,17 +231,23 @@ fn portfolio_at(
     {
         return Err(crate::fixed::overflow("trigger band"));
     }
-    eq += delta_one * q;
-    let mut top = 0i128;
-    for (l, s) in buf.iter().zip(scen) {
-        let l = l - x * i128::from(s.move_ppm);
-        if l.abs() >= 1 << 100 {
-            return Err(crate::fixed::overflow("trigger band"));
+    eq_a += delta_one * q;
+    eq_b += delta_one * q;
+    let mut worst = [0i128; 2];
+    for (half, w) in worst.iter_mut().enumerate() {
+        let mut top = 0i128;
+        for (i, s) in scen.iter().enumerate() {
+            let l = buf[half * n + i] - x * i128::from(s.move_ppm);
+            if l.abs() >= 1 << 100 {
+                return Err(crate::fixed::overflow("trigger band"));
+            }
+            top = top.max(l * i128::from(s.weight_ppm));
         }
-        top = top.max(l * i128::from(s.weight_ppm));
+        *w = mul_div_ceil(top, 1, VALUE_DIVISOR * PPM, "scenario loss")?;
     }
-    let worst = mul_div_ceil(top, 1, VALUE_DIVISOR * PPM, "scenario loss")?;
-    Ok(add_(quotes, eq.div_euclid(VALUE_DIVISOR))? - worst)
+    let ha = add_(quotes, eq_a.div_euclid(VALUE_DIVISOR))? - worst[0];
+    let hb = add_(quotes, eq_b.div_euclid(VALUE_DIVISOR))? - worst[1];
+    Ok((ha, hb))
 }
 
 fn grid_point(
@@ -249,13 +261,15 @@ fn grid_point(
     let b = Engine::mark_at(name, ms, fs, q, window.1)?;
     let mut start = vec![a.price];
     start.extend_from_slice(&a.scenarios);
+    let mut end = vec![b.price];
+    end.extend_from_slice(&b.scenarios);
     let drift = start
         .iter()
-        .zip(std::iter::once(&b.price).chain(&b.scenarios))
+        .zip(&end)
         .map(|(x, y)| (x - y).abs())
         .max()
         .unwrap_or(0);
-    Ok(GridPoint { start, drift })
+    Ok(GridPoint { start, end, drift })
 }
 
 impl Engine {
@@ -448,9 +462,12 @@ impl Engine {
             let scen = part.fs.config.grid.scenarios();
             part.current = linear_at(part, part.p0)?;
             if h.portfolio {
-                let vals: Vec<Option<&[i128]>> =
-                    part.legs.iter().map(|l| Some(l.now.as_slice())).collect();
-                let c = portfolio_at(part, &scen, part.p0, &vals, &mut buf)?;
+                let vals: Vec<Option<(&[i128], &[i128])>> = part
+                    .legs
+                    .iter()
+                    .map(|l| Some((l.now.as_slice(), l.now.as_slice())))
+                    .collect();
+                let (c, _) = portfolio_at(part, &scen, part.p0, &vals, &mut buf)?;
                 part.current = add(part.current, c, "health")?;
             }
             base = add(base, part.current, "health")?;
@@ -626,7 +643,7 @@ impl Engine {
                 }
             }
         }
-        let mut vals: Vec<Option<&[i128]>> = Vec::with_capacity(part.legs.len());
+        let mut vals: Vec<Option<(&[i128], &[i128])>> = Vec::with_capacity(part.legs.len());
         for leg in &part.legs {
             match leg.kind {
                 LegKind::Option(_, ms) => {
@@ -634,22 +651,20 @@ impl Engine {
                         .points
                         .get(&(ms.slot, q))
                         .ok_or_else(|| crate::fixed::overflow("grid"))?;
-                    // What time can do inside the window: each value may
-                    // move by up to 8/3 of its change across the window
-                    // (smooth and far from expiry, it moves by at most
-                    // that change); a leg's value enters its equity once
-                    // and each scenario loss twice.
+                    // Time between the window's ends: twice the largest
+                    // change of any value, on the equity and on the loss.
                     drift = add(
                         drift,
-                        mul_div_ceil(leg.size.abs(), 8 * gp.drift, VALUE_DIVISOR, "drift")?,
+                        mul_div_ceil(leg.size.abs(), 4 * gp.drift, VALUE_DIVISOR, "drift")?,
                         "drift",
                     )?;
-                    vals.push(Some(gp.start.as_slice()));
+                    vals.push(Some((gp.start.as_slice(), gp.end.as_slice())));
                 }
                 _ => vals.push(None),
             }
         }
-        let h = sign * portfolio_at(part, scen, q, &vals, buf)?;
-        sub(add(lin, h, "band margin")?, drift, "band margin")
+        let (a, b) = portfolio_at(part, scen, q, &vals, buf)?;
+        let worst = (sign * a).min(sign * b);
+        sub(add(lin, worst, "band margin")?, drift, "band margin")
     }
 }
