@@ -118,7 +118,11 @@ impl Edges {
         if self.width == 0 {
             return;
         }
-        for m in self.buckets.range(price.div_euclid(self.width)..).map(|x| x.1) {
+        for m in self
+            .buckets
+            .range(price.div_euclid(self.width)..)
+            .map(|x| x.1)
+        {
             out.extend(m.iter().filter(|(_, e)| **e >= price).map(|(k, _)| *k));
         }
     }
@@ -128,7 +132,11 @@ impl Edges {
         if self.width == 0 {
             return;
         }
-        for m in self.buckets.range(..=price.div_euclid(self.width)).map(|x| x.1) {
+        for m in self
+            .buckets
+            .range(..=price.div_euclid(self.width))
+            .map(|x| x.1)
+        {
             out.extend(m.iter().filter(|(_, e)| **e <= price).map(|(k, _)| *k));
         }
     }
