@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sibyl_aggregator::SignedReport;
+use sibyl_margin::engine::AtRisk;
 use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -172,12 +173,40 @@ pub struct MarginHandle {
     state: Arc<Mutex<MarginState>>,
     commands: mpsc::Sender<CommandMsg>,
     metrics: Metrics,
+    /// The last ranking of units closest to liquidation, with the input
+    /// count it was computed at: the ranking is a full scan, and every
+    /// dashboard asks for it after every report.
+    at_risk: AtRiskCache,
 }
+
+/// `(engine input count, ranking)`.
+type AtRiskCache = Arc<Mutex<Option<(u64, Vec<AtRisk>)>>>;
+
+/// Rows of the cached at-risk ranking (the API's largest page).
+pub const AT_RISK_CACHED: usize = 1_000;
 
 impl MarginHandle {
     /// Lock the engine for a read.
     pub fn read(&self) -> MutexGuard<'_, MarginState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `n` units closest to liquidation (lowest equity / maintenance
+    /// first). Computed at most once per engine input (the state, clock
+    /// included, only changes with inputs) and shared by every caller.
+    pub fn closest_to_liquidation(&self, n: usize) -> Vec<AtRisk> {
+        let st = self.read();
+        let mut cache = self.at_risk.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, rows)) = cache.as_ref()
+            && *at == st.next_input
+            && (n <= AT_RISK_CACHED || rows.len() < AT_RISK_CACHED)
+        {
+            return rows.iter().take(n).cloned().collect();
+        }
+        let mut rows = st.engine.closest_to_liquidation(n.max(AT_RISK_CACHED));
+        *cache = Some((st.next_input, rows.clone()));
+        rows.truncate(n);
+        rows
     }
 
     /// Register the service's metrics (`sibyl_margin_*`) in `registry`.
@@ -358,6 +387,7 @@ pub async fn start_with(
         state: state.clone(),
         commands: tx,
         metrics: metrics.clone(),
+        at_risk: Arc::new(Mutex::new(None)),
     };
     tokio::spawn(run(
         Service {

@@ -297,6 +297,32 @@ async fn demo_book_is_seeded_and_readable() {
     // is refused with the reason.
     n.price(2, now_ms() - 4_000, 80_000 * PX, 3_000 * PX, 150 * PX)
         .await;
+    // The cached ranking follows the new input.
+    let ids = |v: &Value| -> Vec<(u64, String)> {
+        v["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .map(|u| {
+                (
+                    u["account"].as_u64().expect("id"),
+                    u["health"]["equity"].as_str().expect("equity").to_string(),
+                )
+            })
+            .collect()
+    };
+    let direct = |n: &Node| -> Vec<(u64, String)> {
+        n.margin
+            .read()
+            .engine
+            .closest_to_liquidation(10)
+            .iter()
+            .map(|r| (r.account, crate::api::margin::decimal(r.health.equity, 6)))
+            .collect()
+    };
+    assert_ne!(ids(&risk), direct(&n), "the jump moved the ranking");
+    let risk2 = get(n.addr, "/v1/margin/at-risk?limit=10").await.json();
+    assert_eq!(ids(&risk2), direct(&n));
     let m = get(n.addr, "/v1/margin/markets").await.json();
     let perp = m["markets"]
         .as_array()
