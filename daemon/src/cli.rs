@@ -68,6 +68,12 @@ pub enum Command {
         after_help = "Example:\n  sibyl simulate --nodes 4 --byzantine 1 --seeds 100 --rounds 20\n  sibyl simulate --nodes 7 --byzantine 2 --seeds 20 --rounds 50 --suite secp256k1-evm"
     )]
     Simulate(crate::cmd_simulate::SimulateArgs),
+    /// Sign the on-chain committee rotation (SibylFeed.rotateCommittee) with
+    /// the current committee's secp256k1-evm key shares.
+    #[command(
+        after_help = "Example:\n  sibyl rotation --member-config old/node-1/node.toml --member-config old/node-2/node.toml \\\n      --member-config old/node-3/node.toml --new-committee new/committee.toml --new-group-key 03ab...\n\nPrints JSON with the signature and ready rotateCommittee calldata (docs/OPERATOR.md, section 6)."
+    )]
+    Rotation(crate::chain::rotation::RotationArgs),
     /// Re-run the margin engine's stored inputs and compare with its stored events.
     #[command(
         after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n\nExits non-zero and prints the first differing event if the replay diverges."
@@ -102,6 +108,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
         Command::Simulate(args) => crate::cmd_simulate::run(args),
         Command::Replay(args) => crate::replay::run(args),
+        Command::Rotation(args) => crate::chain::rotation::run(args),
     }
 }
 

@@ -304,10 +304,32 @@ pub struct ChainSection {
     /// Delay per member in the staggered transmit schedule.
     #[serde(default = "default_stagger")]
     pub stagger: ConfigDuration,
+    /// Cap on the EIP-1559 max fee per gas, gwei.
+    #[serde(default = "default_max_fee_gwei")]
+    pub max_fee_gwei: u64,
+    /// Cap on the EIP-1559 priority fee (tip) per gas, gwei.
+    #[serde(default = "default_max_priority_fee_gwei")]
+    pub max_priority_fee_gwei: u64,
+    /// A transaction without a receipt after this long is replaced (same
+    /// nonce, higher fees).
+    #[serde(default = "default_replace_after")]
+    pub replace_after: ConfigDuration,
 }
 
 fn default_stagger() -> ConfigDuration {
     ConfigDuration::from_millis(2000)
+}
+
+fn default_max_fee_gwei() -> u64 {
+    200
+}
+
+fn default_max_priority_fee_gwei() -> u64 {
+    2
+}
+
+fn default_replace_after() -> ConfigDuration {
+    ConfigDuration::from_millis(30_000)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1384,6 +1406,17 @@ fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
                 "chain.chain_id",
                 "chain id 0 is not a chain",
                 "use the EIP-155 id of your chain, e.g. 31337 for anvil",
+            );
+        }
+        if c.max_fee_gwei == 0 || c.max_priority_fee_gwei > c.max_fee_gwei {
+            r.at(
+                None,
+                "chain.max_fee_gwei",
+                format!(
+                    "max_fee_gwei = {} with max_priority_fee_gwei = {}: the fee cap must be positive and at least the tip cap",
+                    c.max_fee_gwei, c.max_priority_fee_gwei
+                ),
+                "e.g. max_fee_gwei = 200 and max_priority_fee_gwei = 2",
             );
         }
     }

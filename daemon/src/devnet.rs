@@ -60,6 +60,15 @@ pub struct DevnetArgs {
     /// and every member observes it through the real exchange adapters.
     #[arg(long)]
     pub builtin_source: bool,
+    /// Also run a chain: start anvil (from contracts/tools), deploy SibylFeed
+    /// and one adapter per feed, sign with secp256k1-evm and let every member
+    /// transmit (at most 9 members: anvil's funded development keys).
+    #[arg(long)]
+    pub chain: bool,
+    /// With --chain: use this JSON-RPC node (an anvil, whose development keys
+    /// are funded) instead of starting one.
+    #[arg(long, requires = "chain")]
+    pub chain_rpc_url: Option<String>,
     /// Accounts in the demo margin book each member seeds at its first
     /// signed report (0 = none).
     #[arg(long, default_value_t = 300)]
@@ -99,6 +108,9 @@ pub struct DevnetFile {
     /// The simulated exchange's base URL (absent with `--builtin-source`).
     #[serde(default)]
     pub sim_exchange: Option<String>,
+    /// The chain and the deployed contracts (with `--chain`).
+    #[serde(default)]
+    pub chain: Option<crate::chain::devnet::ChainInfo>,
     pub members: Vec<DevnetMember>,
 }
 
@@ -215,10 +227,15 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     let mut members = Vec::new();
     let mut identities = Vec::new();
     let mut committee = format!(
-        "# Devnet committee written by `sibyl devnet`.\nthreshold = {t}\nsuites = [\"ed25519\"]\nleader_seed = 0\n\n[round]\ninterval = \"{interval_ms}ms\"\nobservation_timeout = \"{}ms\"\nshare_timeout = \"{}ms\"\nround_timeout = \"{}ms\"\n\n",
+        "# Devnet committee written by `sibyl devnet`.\nthreshold = {t}\nsuites = [\"{suite}\"]\nleader_seed = 0\n\n[round]\ninterval = \"{interval_ms}ms\"\nobservation_timeout = \"{}ms\"\nshare_timeout = \"{}ms\"\nround_timeout = \"{}ms\"\n\n",
         args.observation_timeout.as_millis(),
         (interval_ms * 2).clamp(100, 1000),
         (interval_ms * 4).max(1000),
+        suite = if args.chain {
+            "secp256k1-evm"
+        } else {
+            "ed25519"
+        },
     );
     for index in 1..=n {
         let kp = Keypair::generate_ed25519();
@@ -256,18 +273,12 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     let digest = parsed.digest;
 
     // Trusted dealer, bound to this committee's digest.
-    let keys = sibyl_aggregator::testkit::dealer_keys::<frost_ed25519::Ed25519Sha512, _>(
-        n,
-        t,
-        &mut rand::rngs::OsRng,
-    )
-    .map_err(|e| anyhow::anyhow!("dealer key generation failed: {e}"))?;
-    let group_key = hex::encode(
-        keys.public_key_package
-            .verifying_key()
-            .serialize()
-            .map_err(|e| anyhow::anyhow!("cannot encode the group key: {e}"))?,
-    );
+    let keys = if args.chain {
+        Dealt::Evm(deal(n, t)?)
+    } else {
+        Dealt::Ed(deal(n, t)?)
+    };
+    let group_key = keys.group_key()?;
     for (m, kp) in members.iter().zip(&identities) {
         let node_dir = dir.join(format!("node-{}", m.index));
         std::fs::create_dir_all(node_dir.join("data"))
@@ -280,14 +291,10 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         let store = Keystore::with_paths(KeyPaths::in_dir(&node_dir.join("keys")))
             .with_kdf(KdfParams::default());
         store.write_identity(kp, &pass)?;
-        let id = frost_core::Identifier::try_from(m.index)
-            .map_err(|e| anyhow::anyhow!("identifier {}: {e}", m.index))?;
-        let kpkg = keys
-            .key_packages
-            .get(&id)
-            .with_context(|| format!("the dealer made no key for member {}", m.index))?;
-        store.write_key_package(&digest, kpkg, &pass)?;
-        store.write_public_key_package(&digest, &keys.public_key_package)?;
+        match &keys {
+            Dealt::Ed(k) => write_keys(&store, &digest, k, m.index, &pass)?,
+            Dealt::Evm(k) => write_keys(&store, &digest, k, m.index, &pass)?,
+        }
         let api_listen = m.api_url.trim_start_matches("http://");
         let node_toml = format!(
             "# Devnet member {index}, written by `sibyl devnet`.\n[node]\ncommittee = \"../committee.toml\"\ndata_dir = \"data\"\n\n[keys]\nidentity = \"keys/identity.key\"\nkey_package = \"keys/frost.key\"\npublic_key_package = \"keys/frost.pub.json\"\npassphrase_file = \"passphrase\"\n\n[net]\nlisten = \"{listen}\"\nredial_interval = \"1s\"\n\n[api]\nlisten = \"{api_listen}\"\nadmin_token_file = \"admin-token\"\n\n[store]\npath = \"sibyl.db\"\n\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
@@ -308,10 +315,68 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         threshold: t,
         config_digest: hex::encode(digest.0),
         group_key,
-        suite: "ed25519".into(),
+        suite: if args.chain {
+            "secp256k1-evm"
+        } else {
+            "ed25519"
+        }
+        .into(),
         sim_exchange: sim_port.map(|p| format!("http://127.0.0.1:{p}")),
+        chain: None,
         members,
     })
+}
+
+/// The trusted dealer's keys for the devnet's one suite.
+enum Dealt {
+    Ed(sibyl_aggregator::testkit::DealerKeys<frost_ed25519::Ed25519Sha512>),
+    Evm(sibyl_aggregator::testkit::DealerKeys<frost_secp256k1_evm::Secp256K1Keccak256>),
+}
+
+impl Dealt {
+    /// The group key, hex in the suite's serialization.
+    fn group_key(&self) -> Result<String> {
+        let bytes = match self {
+            Dealt::Ed(k) => k
+                .public_key_package
+                .verifying_key()
+                .serialize()
+                .map_err(|e| e.to_string()),
+            Dealt::Evm(k) => k
+                .public_key_package
+                .verifying_key()
+                .serialize()
+                .map_err(|e| e.to_string()),
+        }
+        .map_err(|e| anyhow::anyhow!("cannot encode the group key: {e}"))?;
+        Ok(hex::encode(bytes))
+    }
+}
+
+fn deal<C: frost_core::Ciphersuite>(
+    n: u16,
+    t: u16,
+) -> Result<sibyl_aggregator::testkit::DealerKeys<C>> {
+    sibyl_aggregator::testkit::dealer_keys::<C, _>(n, t, &mut rand::rngs::OsRng)
+        .map_err(|e| anyhow::anyhow!("dealer key generation failed: {e}"))
+}
+
+fn write_keys<C: frost_core::Ciphersuite>(
+    store: &Keystore,
+    digest: &sibyl_aggregator::ConfigDigest,
+    keys: &sibyl_aggregator::testkit::DealerKeys<C>,
+    index: u16,
+    pass: &Passphrase,
+) -> Result<()> {
+    let id = frost_core::Identifier::try_from(index)
+        .map_err(|e| anyhow::anyhow!("identifier {index}: {e}"))?;
+    let kpkg = keys
+        .key_packages
+        .get(&id)
+        .with_context(|| format!("the dealer made no key for member {index}"))?;
+    store.write_key_package(digest, kpkg, pass)?;
+    store.write_public_key_package(digest, &keys.public_key_package)?;
+    Ok(())
 }
 
 /// The `[margin]` section (the demo book; the same seed on every member, so
@@ -426,8 +491,23 @@ fn terminate(pid: u32) {
 
 /// `sibyl devnet` entry point.
 pub fn run(args: DevnetArgs) -> Result<()> {
+    if args.chain && args.setup_only && args.chain_rpc_url.is_none() {
+        bail!(
+            "--setup-only --chain needs --chain-rpc-url: the contracts are deployed during setup"
+        );
+    }
     let mut file = setup(&args)?;
     let dir = args.dir.canonicalize()?;
+    // Held until the devnet stops: dropping it stops the anvil it started.
+    let chain = if args.chain {
+        Some(crate::chain::devnet::prepare(
+            &dir,
+            &mut file,
+            args.chain_rpc_url.as_deref(),
+        )?)
+    } else {
+        None
+    };
     if args.setup_only {
         write_file(&dir, &file)?;
         println!(
@@ -477,7 +557,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         file.threshold,
         dir.display()
     );
-    println!("group public key (ed25519): {}", file.group_key);
+    println!("group public key ({}): {}", file.suite, file.group_key);
     println!("config digest: 0x{}", file.config_digest);
     for m in &file.members {
         println!(
@@ -489,6 +569,23 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         );
     }
     let first = &file.members[0];
+    if let Some(c) = &chain {
+        let i = &c.info;
+        println!("chain: {} (chain id {})", i.rpc_url, i.chain_id);
+        println!("  SibylFeed: {}", i.feed);
+        for (feed, adapter) in &i.adapters {
+            println!("  {feed} adapter (AggregatorV3Interface): {adapter}");
+        }
+        println!(
+            "  pull payload: curl {}/v1/feeds/{}/update",
+            first.api_url,
+            i.adapters
+                .keys()
+                .next()
+                .map(String::as_str)
+                .unwrap_or("BTC-USD")
+        );
+    }
     println!("dashboard: {}/", first.api_url);
     if args.demo_accounts > 0 {
         println!(
@@ -569,6 +666,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         let _ = sim.kill();
         let _ = sim.wait();
     }
+    drop(chain);
     println!("devnet stopped");
     Ok(())
 }

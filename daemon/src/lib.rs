@@ -2,6 +2,7 @@
 //! API and the on-chain transmitter around the pure protocol core.
 
 pub mod api;
+pub mod chain;
 pub mod cli;
 pub mod cmd_identity;
 pub mod cmd_simulate;

@@ -117,8 +117,10 @@ pub fn replay_db(path: &Path) -> Result<ReplayReport> {
 pub fn run(args: ReplayArgs) -> Result<()> {
     let r = replay_db(&args.db)?;
     println!(
-        "replayed {} inputs; {} stored events; insurance fund {}",
-        r.inputs, r.events, r.insurance_fund
+        "replayed {} inputs; {} stored events; insurance fund {} USD",
+        r.inputs,
+        r.events,
+        crate::api::margin::decimal(r.insurance_fund, 6)
     );
     match r.divergence {
         None => {

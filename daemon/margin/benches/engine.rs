@@ -30,13 +30,11 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Nanoseconds this thread has run on a CPU (Linux schedstat). The machine
-/// is shared, so wall time includes waiting for a core; this does not.
+/// Nanoseconds this thread has run on a CPU (CLOCK_THREAD_CPUTIME_ID). The
+/// machine is shared, so wall time includes waiting for a core; this does not.
 fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
 }
 
 fn sizes() -> Vec<usize> {

@@ -11,6 +11,8 @@ use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod bands;
+
 /// Milliseconds per year (365 days, Hull's convention) for option time.
 pub const YEAR_MS: f64 = 31_536_000_000.0;
 /// Longest time a unit holding options goes without a recheck (ms).
@@ -164,6 +166,10 @@ pub struct Engine {
     examined: u64,
     /// Reference mode for tests: every price report examines every unit.
     exhaustive: bool,
+    /// Option values on the band price grid (a cache; not part of the state).
+    grid: bands::GridCache,
+    /// Bands that fell back to the whole-band bound (a metric).
+    fallback_bands: u64,
 }
 
 impl Default for Engine {
@@ -202,6 +208,8 @@ impl Engine {
             market_by_slot: Vec::new(),
             examined: 0,
             exhaustive: false,
+            grid: bands::GridCache::default(),
+            fallback_bands: 0,
         }
     }
 
@@ -361,6 +369,7 @@ impl Engine {
             self.queue_every_unit();
         }
         self.drain_pending();
+        self.prefill_grid(2);
         Ok(std::mem::take(&mut self.out))
     }
 
@@ -496,8 +505,19 @@ impl Engine {
         let Some(last) = &fs.last else {
             return Ok(None);
         };
-        let p = last.price;
-        let now = self.s.now_ms;
+        Self::mark_at(market, ms, fs, last.price, self.s.now_ms).map(Some)
+    }
+
+    /// A market's mark and scenario marks at underlying price `p` and time
+    /// `now`: a pure function, also used to tabulate option values for the
+    /// trigger bands.
+    fn mark_at(
+        market: &str,
+        ms: &MarketState,
+        fs: &FeedState,
+        p: i128,
+        now: u64,
+    ) -> Result<Mark, EngineError> {
         let scen = fs.config.grid.scenarios();
         let shifted = |m: i32| -> Result<i128, EngineError> {
             mul_div_floor(p, PPM + i128::from(m), PPM, "scenario price")
@@ -508,7 +528,7 @@ impl Engine {
                 for s in &scen {
                     scenarios.push(shifted(s.move_ppm)?);
                 }
-                Ok(Some(Mark {
+                Ok(Mark {
                     price: p,
                     underlying: p,
                     scenarios,
@@ -517,7 +537,7 @@ impl Engine {
                         ..Greeks::default()
                     },
                     at_ms: now,
-                }))
+                })
             }
             MarketKind::Option {
                 kind,
@@ -575,13 +595,13 @@ impl Engine {
                     let v = crate::options::price(*model, &i).price;
                     scenarios.push(round_to_scale(v, PRICE_SCALE, "scenario premium")?.max(0));
                 }
-                Ok(Some(Mark {
+                Ok(Mark {
                     price,
                     underlying: p,
                     scenarios,
                     greeks,
                     at_ms: now,
-                }))
+                })
             }
         }
     }
@@ -835,7 +855,17 @@ impl Engine {
 
     /// Recomputes a unit's trigger bands from its health.
     fn reindex(&mut self, key: Key, unit: &Unit, h: Health) {
-        match self.bands_for(key.account, unit, h) {
+        let mut grid = std::mem::take(&mut self.grid);
+        let exact = self.exact_bands(&mut grid, key, unit, &h);
+        self.grid = grid;
+        let bands = match exact {
+            Ok(Some(b)) => Ok(b),
+            _ => {
+                self.fallback_bands += 1;
+                self.bands_for(key.account, unit, h)
+            }
+        };
+        match bands {
             Ok((bands, recheck)) => {
                 let bands = bands
                     .into_iter()
@@ -2407,6 +2437,7 @@ impl Engine {
     }
 
     fn commit_config(&mut self, cmd: Command) -> Result<(), EngineError> {
+        self.grid.clear();
         match cmd {
             Command::ConfigureRisk(r) => {
                 self.s.risk = r.clone();
@@ -2728,6 +2759,13 @@ impl Engine {
     /// for the daemon: how much work the trigger index lets through).
     pub fn examined_units(&self) -> u64 {
         self.examined
+    }
+
+    /// Bands computed with the whole-band Lipschitz bound instead of the
+    /// unit's health curve (options near expiry, units that cannot be
+    /// evaluated) since creation: a metric.
+    pub fn fallback_bands(&self) -> u64 {
+        self.fallback_bands
     }
 
     /// Number of units in the trigger index.

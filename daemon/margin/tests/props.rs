@@ -24,7 +24,7 @@ const T0: u64 = 1_700_000_000_000;
 const FEEDS: [&str; 2] = ["BTC-USD", "ETH-USD"];
 const MARKETS: [&str; 5] = ["BTC-PERP", "ETH-PERP", "BTC-FUT", "BTC-C", "ETH-P"];
 
-fn config(jump_ppm: u32) -> Vec<Command> {
+fn config(jump_ppm: u32, expiry_days: u64) -> Vec<Command> {
     let feed = |f: &str| FeedConfig {
         feed: f.into(),
         max_staleness_ms: 3_600_000,
@@ -50,7 +50,7 @@ fn config(jump_ppm: u32) -> Vec<Command> {
     let opt = |kind, strike, model| MarketKind::Option {
         kind,
         strike,
-        expiry_ms: T0 + 20 * 86_400_000,
+        expiry_ms: T0 + expiry_days * 86_400_000,
         model,
         vol: VolSource::Fixed { vol_ppm: 600_000 },
     };
@@ -137,9 +137,23 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
+/// Quiet markets: small moves, time passing (options decay between reports).
+fn calm_step() -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![0u64..600_000, 0u64..14_400_000],
+        [-3_000i64..=3_000, -3_000i64..=3_000],
+    )
+        .prop_map(|(dt_ms, moves_ppm)| Step {
+            dt_ms,
+            moves_ppm,
+            wide: false,
+        })
+}
+
 /// The inputs of one case: configuration, book, then the price path.
 fn inputs(
     jump_ppm: u32,
+    expiry_days: u64,
     cash: &[i128],
     eth_collateral: &[i128],
     trades: &[Trade],
@@ -150,7 +164,7 @@ fn inputs(
         at_ms: T0,
         command: c,
     };
-    for c in config(jump_ppm) {
+    for c in config(jump_ppm, expiry_days) {
         v.push(cmd(c));
     }
     let mut prices = [100 * P, 10 * P];
@@ -401,14 +415,26 @@ proptest! {
     #[test]
     fn index_matches_exhaustive_reference(
         jump in prop::sample::select(vec![150_000u32, 10_000_000]),
+        expiry_days in 1u64..=20,
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
         eth in prop::collection::vec(0i128..=50 * Q, 8),
         trades in prop::collection::vec(trade(), 4..40),
         steps in prop::collection::vec(step(), 1..24),
     ) {
-        let inputs = inputs(jump, &cash, &eth, &trades, &steps);
+        let inputs = inputs(jump, expiry_days, &cash, &eth, &trades, &steps);
         let (fast, slow, _) = compare_with_exhaustive(&inputs)?;
         prop_assert!(fast <= slow, "index examined more ({fast}) than exhaustive ({slow})");
+    }
+
+    #[test]
+    fn index_matches_exhaustive_reference_as_options_decay(
+        expiry_days in 1u64..=4,
+        cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
+        trades in prop::collection::vec(trade(), 4..40),
+        steps in prop::collection::vec(calm_step(), 1..60),
+    ) {
+        let inputs = inputs(10_000_000, expiry_days, &cash, &[], &trades, &steps);
+        compare_with_exhaustive(&inputs)?;
     }
 
     #[test]
@@ -419,7 +445,7 @@ proptest! {
         trades in prop::collection::vec(trade(), 4..30),
         steps in prop::collection::vec(step(), 1..16),
     ) {
-        let inputs = inputs(jump, &cash, &eth, &trades, &steps);
+        let inputs = inputs(jump, 20, &cash, &eth, &trades, &steps);
         let a = run_checked(&inputs)?;
         // Determinism: a second run gives the same bytes.
         let b = run_checked(&inputs)?;
@@ -433,7 +459,7 @@ proptest! {
         steps in prop::collection::vec(step(), 2..12),
         cut in 0.0f64..1.0,
     ) {
-        let inputs = inputs(150_000, &cash, &[], &trades, &steps);
+        let inputs = inputs(150_000, 20, &cash, &[], &trades, &steps);
         let cut = ((inputs.len() as f64) * cut) as usize;
         let mut live = Engine::default();
         let mut tail_live = Vec::new();
@@ -455,4 +481,118 @@ proptest! {
         }
         prop_assert_eq!(tail_live, tail_restored);
     }
+}
+
+/// Time alone can liquidate: a delta-hedged long call (long call, short
+/// perpetual) with just its initial margin loses as the call decays. For
+/// many price levels (so that units sit at various distances from
+/// maintenance), time passes at a constant price; the indexed engine must
+/// liquidate at exactly the report the exhaustive one does.
+#[test]
+fn index_matches_exhaustive_reference_under_pure_time_decay() {
+    let mut time_liquidations = 0;
+    for level in 0..24i128 {
+        let mut fast = Engine::default();
+        let mut slow = Engine::default();
+        slow.set_exhaustive_checks(true);
+        let mut apply = |input: Input, check_round: Option<u64>| -> bool {
+            let a = fast.apply(&input).map(|e| decisive(&e));
+            let b = slow.apply(&input).map(|e| decisive(&e));
+            assert_eq!(a, b, "level {level}: {input:?}");
+            if let (Ok(a), Some(r)) = (&a, check_round)
+                && r > 2
+                && a.iter().any(|(_, e)| e.contains("\"liquidated\""))
+            {
+                time_liquidations += 1;
+            }
+            a.is_ok()
+        };
+        let cmd = |c| Input::Command {
+            at_ms: T0,
+            command: c,
+        };
+        let report = |round: u64, t: u64, btc: i128| {
+            Input::Prices(PriceReport {
+                round,
+                timestamp_ms: t,
+                prices: vec![
+                    PriceInput {
+                        feed: "BTC-USD".into(),
+                        price: btc,
+                        decimals: 8,
+                        confidence: (btc / 1_000) as u128,
+                    },
+                    PriceInput {
+                        feed: "ETH-USD".into(),
+                        price: 10 * P,
+                        decimals: 8,
+                        confidence: (P / 100) as u128,
+                    },
+                ],
+            })
+        };
+        for c in config(10_000_000, 3) {
+            apply(cmd(c), None);
+        }
+        apply(report(1, T0, 100 * P), None);
+        apply(cmd(Command::FundInsurance { amount: 1_000 * M }), None);
+        apply(cmd(Command::CreateAccount { account: 1 }), None);
+        apply(
+            cmd(Command::Deposit {
+                account: 1,
+                asset: "USD".into(),
+                amount: 1_000 * M,
+            }),
+            None,
+        );
+        let contracts = (1..=40i128)
+            .rev()
+            .map(|c| c * 10)
+            .find(|c| {
+                apply(
+                    cmd(Command::Open {
+                        account: 1,
+                        market: "BTC-C".into(),
+                        side: Side::Long,
+                        size: c * Q,
+                        margin: MarginMode::Cross,
+                    }),
+                    None,
+                )
+            })
+            .expect("some calls fit");
+        apply(
+            cmd(Command::Open {
+                account: 1,
+                market: "BTC-PERP".into(),
+                side: Side::Short,
+                size: contracts * Q / 2,
+                margin: MarginMode::Cross,
+            }),
+            None,
+        );
+        // Withdraw down to the initial requirement.
+        for step in [100 * M, 10 * M, M, M / 10, M / 100] {
+            while apply(
+                cmd(Command::Withdraw {
+                    account: 1,
+                    asset: "USD".into(),
+                    amount: step,
+                }),
+                None,
+            ) {}
+        }
+        let btc = 100 * P - 12 * P / 4 + level * P / 4;
+        let mut t = T0 + 60_000;
+        apply(report(2, t, btc), Some(2));
+        for round in 3..150u64 {
+            t += 15 * 60_000;
+            apply(report(round, t, btc), Some(round));
+        }
+    }
+    assert!(
+        time_liquidations > 0,
+        "no level liquidated through time decay alone: the test lost its point"
+    );
+    eprintln!("{time_liquidations} liquidations by time decay");
 }

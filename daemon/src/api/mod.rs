@@ -21,11 +21,13 @@ mod handlers;
 mod limits;
 pub mod margin;
 pub mod openapi;
+mod pull;
 mod types;
 
 pub use error::ApiError;
 pub use handlers::openmetrics_to_prometheus;
 pub use limits::{RateLimiter, require_admin};
+pub use pull::{EvmPull, MAX_BATCH_FEEDS};
 pub use types::{CommitteeStatus, FeedInfo, MemberStatus};
 
 use crate::store::{Readers, RetentionPolicy, StoreHandle};
@@ -90,6 +92,10 @@ pub struct ApiConfig {
     pub limits: ApiLimits,
     /// Policy that `POST /v1/admin/retention` runs.
     pub retention: RetentionPolicy,
+    /// The committee's secp256k1-evm group key (and the feed contract), for
+    /// the pull payloads `GET /v1/feeds/{id}/update` and
+    /// `GET /v1/feeds/update`. `None`: those routes answer 404 `no_evm_suite`.
+    pub evm: Option<EvmPull>,
 }
 
 /// Everything the node hands the API. Plain fields so the node can build it
@@ -239,6 +245,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/feeds"),
     ("GET", "/v1/feeds/{id}/latest"),
     ("GET", "/v1/feeds/{id}/history"),
+    ("GET", "/v1/feeds/{id}/update"),
+    ("GET", "/v1/feeds/update"),
     ("GET", "/v1/reports/{round}"),
     ("GET", "/v1/stream"),
     ("GET", "/v1/committee"),
@@ -302,6 +310,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/feeds", get(handlers::feeds))
         .route("/v1/feeds/{id}/latest", get(handlers::feed_latest))
         .route("/v1/feeds/{id}/history", get(handlers::feed_history))
+        .route("/v1/feeds/{id}/update", get(pull::feed_update))
+        .route("/v1/feeds/update", get(pull::feeds_update))
         .route("/v1/reports/{round}", get(handlers::report))
         .route("/v1/stream", get(handlers::stream))
         .route("/v1/committee", get(handlers::committee))

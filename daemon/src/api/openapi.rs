@@ -327,12 +327,12 @@ fn base_document() -> Value {
     let int = json!({ "type": "integer", "minimum": 0 });
     let dec_string = json!({ "type": "string", "pattern": "^-?[0-9]+$",
                              "description": "fixed-point integer as a decimal string" });
-    json!({
+    let mut doc = json!({
       "openapi": "3.1.0",
       "info": {
         "title": "Sibyl oracle node API",
         "version": env!("CARGO_PKG_VERSION"),
-        "description": "Signed price reports of a Sibyl committee: latest values with Merkle proofs for pull consumers, history and candles, a live stream, committee health. Prices are fixed-point integers (`value / 10^decimals`) as decimal strings. Errors are `{\"error\": {\"code\", \"message\"}}`."
+        "description": "Signed price reports of a Sibyl committee: latest values with Merkle proofs for pull consumers, history and candles, a live stream, committee health, and the embedded margin engine (`/v1/margin/*`: account health, positions with Greeks, accounts at risk, liquidations, insurance fund, market guards; commands with the admin bearer token). Prices are fixed-point integers (`value / 10^decimals`) as decimal strings; margin amounts are exact decimal strings (money 6 decimals, prices and sizes 8). Errors are `{\"error\": {\"code\", \"message\"}}`."
       },
       "paths": {
         "/healthz": { "get": {
@@ -453,5 +453,7 @@ fn base_document() -> Value {
               "rounds_signed": int, "share_failures": int } } } } }
         }
       }
-    })
+    });
+    super::pull::document(&mut doc);
+    doc
 }

@@ -139,10 +139,12 @@ pub async fn serve_if_enabled(
     status: StatusHandle,
     registry: prometheus_client::registry::Registry,
     margin: crate::margin_svc::MarginHandle,
+    group_keys: &sibyl_aggregator::verify::GroupKeys,
 ) -> Result<()> {
     if !config.node.api.enabled {
         return Ok(());
     }
+    let evm = crate::chain::pull_config(config, group_keys)?;
     let admin_token = config.admin_token()?;
     let feeds = config
         .committee
@@ -187,6 +189,7 @@ pub async fn serve_if_enabled(
             feeds,
             limits: ApiLimits::default(),
             retention: RetentionPolicy::default(),
+            evm,
         },
     });
     let addr = config.api_listen();

@@ -231,6 +231,7 @@ where
     )?;
 
     let validator_keys = group_keys.clone();
+    let api_group_keys = group_keys.clone();
     let validator: crate::net::ReportValidator = Arc::new(move |bytes: &[u8]| {
         SignedReport::decode_expecting(bytes, &digest)
             .ok()
@@ -289,6 +290,17 @@ where
 
     let (reports_tx, _) = broadcast::channel::<Arc<SignedReport>>(256);
     let sink = ReportSink::start(store.writer.clone(), reports_tx.clone());
+    // The on-chain transmitter pushes the verified reports when node.toml has [chain].
+    let _transmitter = crate::chain::start_transmitter(
+        &config,
+        me.index,
+        &api_group_keys,
+        reports_tx.subscribe(),
+        &mut registry,
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot start the on-chain transmitter")?;
     // The margin engine consumes the verified reports the sink broadcasts
     // (always on; it starts with an empty book unless the store has inputs).
     // Held until the driver stops: dropping the handle stops the service.
@@ -331,8 +343,16 @@ where
         "member starting"
     );
     on_start(status.clone());
-    super::api::serve_if_enabled(&config, store, reports_tx, status, registry, margin.clone())
-        .await?;
+    super::api::serve_if_enabled(
+        &config,
+        store,
+        reports_tx,
+        status,
+        registry,
+        margin.clone(),
+        &api_group_keys,
+    )
+    .await?;
     driver.run().await;
     drop(margin);
     Ok(())

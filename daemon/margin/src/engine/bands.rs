@@ -1,0 +1,639 @@
+//! Trigger bands from the unit's actual health curve.
+//!
+//! A unit's health `H = equity - maintenance` is a sum of one term per feed
+//! it depends on (positions on that underlying, collateral priced by it)
+//! plus its cash or isolated pool, because requirements are per position
+//! (linear) or per underlying (portfolio grid). So `H(p_1, .., p_k, t) =
+//! base + sum_f h_f(p_f, t)`. The current margin `M = H - slack` is shared
+//! out between the feeds in proportion to their exposure; feed `f` keeps its
+//! band while `h_f` loses less than its share, so moves inside every band at
+//! once cannot cross maintenance together.
+//!
+//! Each band is found by Lipschitz stepping: `h_f` moves by at most `L_f`
+//! per unit of price (`|delta| <= D` per option contract, `1 + |move|` per
+//! perpetual in a scenario, `1 + 2 × rate` for linear requirements), so a
+//! probe at price `q` with margin `mu` proves every price within `mu / L_f`
+//! of `q`; the next probe goes to the edge of what is proven. Probes are
+//! exact: linear terms are evaluated at any integer price with the engine's
+//! own arithmetic; options are evaluated on a fixed price grid (multiples of
+//! a power of ten about 0.1–1% of the price) at the start and the end of a
+//! time window, with what time can do in between allowed for (twice the
+//! largest change of any value across the window). The unit is rechecked
+//! before its window ends, at a per-unit offset so rechecks spread out.
+//! Options within a day of expiry (after the window), and anything that
+//! cannot be evaluated, fall back to the whole-band Lipschitz bound.
+
+use super::*;
+use crate::fixed::VALUE_DIVISOR;
+use std::collections::HashMap;
+
+/// Length of a grid time bucket. A band computed in bucket `b` holds for
+/// prices marked at any time in `[b, b + 2)` buckets and is rechecked
+/// before that ends.
+pub(super) const BUCKET_MS: u64 = 7_200_000;
+/// Options must live at least this long after the window to use the grid
+/// (so their value is smooth in time across it).
+const MIN_LIFE_MS: u64 = 86_400_000;
+/// Probes per band side.
+const MAX_PROBES: usize = 8;
+
+/// Option values on the price grid for the current time bucket. A cache of
+/// a pure function of the state: it never changes a result, only its cost.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GridCache {
+    bucket: u64,
+    points: HashMap<(u32, i128), GridPoint>,
+    /// The same points for the next bucket, filled a few per report ahead
+    /// of time so that a bucket change does not cost one burst.
+    next: HashMap<(u32, i128), GridPoint>,
+    todo: Vec<(u32, i128)>,
+}
+
+impl GridCache {
+    pub(crate) fn clear(&mut self) {
+        self.points.clear();
+        self.next.clear();
+        self.todo.clear();
+    }
+
+    fn enter(&mut self, bucket: u64) {
+        if bucket == self.bucket {
+            return;
+        }
+        if bucket == self.bucket.wrapping_add(1) {
+            self.points = std::mem::take(&mut self.next);
+        } else {
+            self.points.clear();
+            self.next.clear();
+        }
+        self.todo.clear();
+        self.bucket = bucket;
+    }
+}
+
+#[derive(Clone, Debug)]
+struct GridPoint {
+    /// Mark then each scenario mark, at the window's start and at its end.
+    start: Vec<i128>,
+    end: Vec<i128>,
+    /// Largest |end - start| over those values.
+    drift: i128,
+}
+
+#[derive(Clone, Copy)]
+enum LegKind<'a> {
+    /// Linear requirement (unit without options): perpetual or future.
+    Linear(&'a MarketConfig),
+    /// Perpetual or future inside a portfolio unit.
+    Delta1,
+    /// Option inside a portfolio unit: values from the grid.
+    Option(&'a str, &'a MarketState),
+}
+
+struct Leg<'a> {
+    size: i128,
+    quote: i128,
+    kind: LegKind<'a>,
+    /// Current mark then scenario marks.
+    now: Vec<i128>,
+}
+
+struct Part<'a> {
+    fs: &'a FeedState,
+    p0: i128,
+    legs: Vec<Leg<'a>>,
+    /// Collateral priced by this feed: (quantity, haircut ppm).
+    coll: Vec<(i128, i128)>,
+    /// Bound on |dh/dp| as a quantity (money per price unit × VALUE_DIVISOR).
+    sens: i128,
+    /// Grid step of the option values (1 when the part has no option).
+    step: i128,
+    /// h_f at the current marks.
+    current: i128,
+}
+
+/// Grid step for a price: the power of ten about a thousandth of it.
+fn grid_step(p: i128) -> i128 {
+    let digits = p.max(1).ilog10();
+    10i128.pow(digits.saturating_sub(3))
+}
+
+fn jitter(key: Key, span: u64) -> u64 {
+    let mut z = key
+        .account
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(u64::from(key.slot));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % span.max(1)
+}
+
+fn ovf(_: ()) -> EngineError {
+    crate::fixed::overflow("trigger band")
+}
+
+fn mul_(a: i128, b: i128) -> Result<i128, EngineError> {
+    a.checked_mul(b).ok_or(()).map_err(ovf)
+}
+
+fn add_(a: i128, b: i128) -> Result<i128, EngineError> {
+    a.checked_add(b).ok_or(()).map_err(ovf)
+}
+
+/// Collateral and linear legs of a part at price `q`, with the engine's own
+/// arithmetic (cheap: no option values).
+fn linear_at(part: &Part<'_>, q: i128) -> Result<i128, EngineError> {
+    let mut h = 0i128;
+    for (qty, haircut) in &part.coll {
+        let v = value(*qty, q)?;
+        let v = if v > 0 {
+            ppm_floor(v, PPM - haircut)?
+        } else {
+            v
+        };
+        h = add(h, v, "collateral value")?;
+    }
+    for leg in &part.legs {
+        let LegKind::Linear(c) = leg.kind else {
+            continue;
+        };
+        let v = value(leg.size, q)?;
+        h = add(h, add(leg.quote, v, "position value")?, "equity")?;
+        let n = v.abs();
+        let growth = mul_div_floor(
+            n,
+            i128::from(c.growth_ppm_per_million),
+            1_000_000 * crate::fixed::MONEY_SCALE,
+            "requirement growth",
+        )?;
+        let mm_rate = (i128::from(c.maintenance_ppm) + growth).min(max_rate_ppm(c));
+        h = sub(h, ppm_ceil(n, mm_rate)?, "maintenance")?;
+    }
+    Ok(h)
+}
+
+/// Option and delta-one legs of a portfolio part at price `q`, at the two
+/// ends of the window: `vals[i]` holds option leg i's (start, end) mark and
+/// scenario marks. Sums are divided once, so the result is within a few
+/// units per leg of the engine's per-term rounding (the band slack covers
+/// it).
+fn portfolio_at(
+    part: &Part<'_>,
+    scen: &[Scenario],
+    q: i128,
+    vals: &[Option<(&[i128], &[i128])>],
+    buf: &mut Vec<i128>,
+) -> Result<(i128, i128), EngineError> {
+    let n = scen.len();
+    buf.clear();
+    buf.resize(2 * n, 0);
+    let (mut eq_a, mut eq_b, mut quotes) = (0i128, 0i128, 0i128);
+    let mut any = false;
+    for (leg, v) in part.legs.iter().zip(vals) {
+        any = true;
+        quotes = add_(quotes, leg.quote)?;
+        match (leg.kind, v) {
+            (LegKind::Option(..), Some((a, b))) => {
+                if a.len() != n + 1 || b.len() != n + 1 {
+                    return Err(crate::fixed::overflow("grid"));
+                }
+                let (a0, b0) = (mul_(leg.size, a[0])?, mul_(leg.size, b[0])?);
+                eq_a = add_(eq_a, a0)?;
+                eq_b = add_(eq_b, b0)?;
+                for i in 0..n {
+                    buf[i] = add_(buf[i], mul_(leg.size, a[0] - a[i + 1])?)?;
+                    buf[n + i] = add_(buf[n + i], mul_(leg.size, b[0] - b[i + 1])?)?;
+                }
+            }
+            (LegKind::Delta1, _) => {
+                let v0 = mul_(leg.size, q)?;
+                eq_a = add_(eq_a, v0)?;
+                eq_b = add_(eq_b, v0)?;
+                for (i, s) in scen.iter().enumerate() {
+                    let sp = mul_div_floor(q, PPM + i128::from(s.move_ppm), PPM, "scenario price")?;
+                    let l = mul_(leg.size, q - sp)?;
+                    buf[i] = add_(buf[i], l)?;
+                    buf[n + i] = add_(buf[n + i], l)?;
+                }
+            }
+            _ => return Err(crate::fixed::overflow("grid")),
+        }
+    }
+    if !any {
+        return Ok((0, 0));
+    }
+    let worst = |losses: &[i128]| -> Result<i128, EngineError> {
+        let mut w = 0i128;
+        for (l, s) in losses.iter().zip(scen) {
+            w = w.max(mul_div_ceil(
+                *l,
+                i128::from(s.weight_ppm),
+                VALUE_DIVISOR * PPM,
+                "scenario loss",
+            )?);
+        }
+        Ok(w)
+    };
+    let ha = add_(quotes, eq_a.div_euclid(VALUE_DIVISOR))? - worst(&buf[..n])?;
+    let hb = add_(quotes, eq_b.div_euclid(VALUE_DIVISOR))? - worst(&buf[n..])?;
+    Ok((ha, hb))
+}
+
+fn grid_point(
+    name: &str,
+    ms: &MarketState,
+    fs: &FeedState,
+    q: i128,
+    window: (u64, u64),
+) -> Result<GridPoint, EngineError> {
+    let a = Engine::mark_at(name, ms, fs, q, window.0)?;
+    let b = Engine::mark_at(name, ms, fs, q, window.1)?;
+    let mut start = vec![a.price];
+    start.extend_from_slice(&a.scenarios);
+    let mut end = vec![b.price];
+    end.extend_from_slice(&b.scenarios);
+    let drift = start
+        .iter()
+        .zip(&end)
+        .map(|(x, y)| (x - y).abs())
+        .max()
+        .unwrap_or(0);
+    Ok(GridPoint { start, end, drift })
+}
+
+impl Engine {
+    /// Computes up to `budget` grid points of the next time bucket (those
+    /// the current bucket used). Cost only: results never depend on it.
+    pub(super) fn prefill_grid(&mut self, budget: usize) {
+        let now = self.s.now_ms;
+        let mut cache = std::mem::take(&mut self.grid);
+        if cache.bucket == now / BUCKET_MS {
+            let next = cache.bucket.saturating_add(1);
+            let window = (
+                next.saturating_mul(BUCKET_MS),
+                next.saturating_add(2).saturating_mul(BUCKET_MS),
+            );
+            if cache.todo.is_empty() && cache.next.is_empty() {
+                cache.todo = cache.points.keys().copied().collect();
+                cache.todo.sort_unstable();
+            }
+            let mut done = 0;
+            while done < budget {
+                let Some(k) = cache.todo.pop() else { break };
+                if cache.next.contains_key(&k) {
+                    continue;
+                }
+                let Some(name) = self.market_by_slot.get(k.0 as usize) else {
+                    continue;
+                };
+                let Some(ms) = self.s.markets.get(name) else {
+                    continue;
+                };
+                let Some(fs) = self.s.feeds.get(&ms.config.feed) else {
+                    continue;
+                };
+                if let Ok(gp) = grid_point(name, ms, fs, k.1, window) {
+                    cache.next.insert(k, gp);
+                }
+                done += 1;
+            }
+        }
+        self.grid = cache;
+    }
+
+    /// Bands from the unit's health curve, or `None` when the unit needs the
+    /// whole-band Lipschitz bound instead.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn exact_bands(
+        &self,
+        cache: &mut GridCache,
+        key: Key,
+        unit: &Unit,
+        h: &Health,
+    ) -> Result<Option<(Vec<(String, i128, i128)>, Option<u64>)>, EngineError> {
+        let Some(acct) = self.s.accounts.get(&key.account) else {
+            return Ok(Some((vec![], None)));
+        };
+        let positions = Self::unit_positions(acct, unit);
+        if positions.is_empty() && (acct.cash >= 0 || *unit != Unit::Cross) {
+            return Ok(Some((vec![], None)));
+        }
+        let now = self.s.now_ms;
+        let bucket = now / BUCKET_MS;
+        let (t_start, t_end) = (
+            bucket.saturating_mul(BUCKET_MS),
+            bucket.saturating_add(2).saturating_mul(BUCKET_MS),
+        );
+        let mut parts: BTreeMap<&str, Part<'_>> = BTreeMap::new();
+        let mut base = match unit {
+            Unit::Cross => acct.cash,
+            Unit::Isolated { .. } => positions.first().and_then(|(_, p)| p.isolated).unwrap_or(0),
+        };
+        let mut slack = 32i128;
+        let mut has_option = false;
+        for (m, p) in &positions {
+            let (ms, mark) = self.mark_of(m)?;
+            let feed = ms.config.feed.as_str();
+            let Some(fs) = self.s.feeds.get(feed) else {
+                return Ok(None);
+            };
+            let Some(last) = fs.last.as_ref() else {
+                return Ok(None);
+            };
+            let (kind, k) = if h.portfolio {
+                let grid_move = fs.config.grid.max_move_ppm();
+                match &ms.config.kind {
+                    MarketKind::Option {
+                        expiry_ms, model, ..
+                    } => {
+                        if *expiry_ms < t_end.saturating_add(MIN_LIFE_MS) {
+                            return Ok(None);
+                        }
+                        has_option = true;
+                        // |delta| <= D = e^(max(0, -r, -q) T); a scenario
+                        // loss moves by at most D (1 + m) + D.
+                        let rate = fs.config.rate_ppm;
+                        let carry = match model {
+                            PricingModel::BlackScholes { carry_yield_ppm } => *carry_yield_ppm,
+                            PricingModel::Black76 => 0,
+                        };
+                        let neg = (-rate).max(-carry).max(0) as f64 / 1e6;
+                        let years = expiry_ms.saturating_sub(t_start) as f64 / YEAR_MS;
+                        let d = crate::detmath::exp(neg * years) * 1e6;
+                        if !(d.is_finite() && d < 1e15) {
+                            return Ok(None);
+                        }
+                        let d_ppm = d.ceil() as i128 + 1;
+                        (
+                            LegKind::Option(m.as_str(), ms),
+                            mul_div_ceil(d_ppm, 2 * PPM + grid_move, PPM, "sensitivity")?,
+                        )
+                    }
+                    _ => (LegKind::Delta1, PPM + grid_move),
+                }
+            } else {
+                let c = &ms.config;
+                let n = value(p.size, mark.price)?.abs();
+                let grow = mul_div_ceil(
+                    n,
+                    3 * i128::from(c.growth_ppm_per_million),
+                    1_000_000 * crate::fixed::MONEY_SCALE,
+                    "sensitivity",
+                )?;
+                (
+                    LegKind::Linear(c),
+                    PPM + (2 * max_rate_ppm(c)).min(i128::from(c.maintenance_ppm) + grow),
+                )
+            };
+            let part = parts.entry(feed).or_insert_with(|| Part {
+                fs,
+                p0: last.price,
+                legs: Vec::new(),
+                coll: Vec::new(),
+                sens: 0,
+                step: 1,
+                current: 0,
+            });
+            part.sens = add(
+                part.sens,
+                mul_div_ceil(p.size.abs(), k, PPM, "sensitivity")?,
+                "sensitivity",
+            )?;
+            if matches!(kind, LegKind::Option(..)) {
+                part.step = grid_step(last.price);
+            }
+            let mut now_vals = Vec::with_capacity(mark.scenarios.len() + 1);
+            now_vals.push(mark.price);
+            now_vals.extend_from_slice(&mark.scenarios);
+            part.legs.push(Leg {
+                size: p.size,
+                quote: p.quote,
+                kind,
+                now: now_vals,
+            });
+            // Rounding of marks, values and requirements between probes.
+            slack = add(slack, 16 + 8 * (p.size.abs() / VALUE_DIVISOR + 1), "slack")?;
+        }
+        if *unit == Unit::Cross {
+            for (a, q) in &acct.collateral {
+                let Some(c) = self.s.assets.get(a) else {
+                    continue;
+                };
+                let Some(fs) = self.s.feeds.get(&c.feed) else {
+                    continue;
+                };
+                let Some(last) = fs.last.as_ref() else {
+                    continue;
+                };
+                let part = parts.entry(c.feed.as_str()).or_insert_with(|| Part {
+                    fs,
+                    p0: last.price,
+                    legs: Vec::new(),
+                    coll: Vec::new(),
+                    sens: 0,
+                    step: 1,
+                    current: 0,
+                });
+                let haircut = i128::from(c.haircut_ppm);
+                part.sens = add(part.sens, ppm_ceil(q.abs(), PPM - haircut)?, "sensitivity")?;
+                part.coll.push((*q, haircut));
+                slack = add(slack, 4, "slack")?;
+            }
+        }
+        if parts.is_empty() {
+            return Ok(Some((vec![], None)));
+        }
+        // The parts must add up to the engine's own health (up to the
+        // rounding the slack covers).
+        let mut scens: BTreeMap<&str, Vec<Scenario>> = BTreeMap::new();
+        let mut buf = Vec::new();
+        for (f, part) in parts.iter_mut() {
+            let scen = part.fs.config.grid.scenarios();
+            part.current = linear_at(part, part.p0)?;
+            if h.portfolio {
+                let vals: Vec<Option<(&[i128], &[i128])>> = part
+                    .legs
+                    .iter()
+                    .map(|l| Some((l.now.as_slice(), l.now.as_slice())))
+                    .collect();
+                let (c, _) = portfolio_at(part, &scen, part.p0, &vals, &mut buf)?;
+                part.current = add(part.current, c, "health")?;
+            }
+            base = add(base, part.current, "health")?;
+            scens.insert(f, scen);
+        }
+        let h0 = sub(h.equity, h.maintenance, "health")?;
+        if (base - h0).abs() > slack / 4 {
+            return Ok(None);
+        }
+        let sign: i128 = if h0 >= 0 { 1 } else { -1 };
+        let margin = sign * h0 - i128::from(sign < 0) - slack;
+        let mut exposure = 0i128;
+        let mut exposures = Vec::with_capacity(parts.len());
+        for part in parts.values() {
+            let e = value(part.sens, part.p0)?.max(0);
+            exposure = add(exposure, e, "exposure")?;
+            exposures.push(e);
+        }
+        cache.enter(bucket);
+        let n = parts.len() as i128;
+        let mut bands = Vec::with_capacity(parts.len());
+        for ((f, part), e) in parts.iter().zip(exposures) {
+            let p0 = part.p0;
+            if margin < 0 {
+                bands.push((f.to_string(), p0, p0));
+                continue;
+            }
+            let share = if exposure > 0 {
+                mul_div_floor(margin, e, exposure, "band share")?
+            } else {
+                margin / n
+            };
+            let scen = &scens[f];
+            // mu(q): what is left of the share at price q in the worst case
+            // over the window.
+            let floor_at = sign * part.current - share;
+            let mut mu = |q: i128| -> Result<i128, EngineError> {
+                let worst = Self::worst_at(
+                    cache,
+                    &mut buf,
+                    part,
+                    scen,
+                    q,
+                    h.portfolio,
+                    sign,
+                    (t_start, t_end),
+                )?;
+                sub(worst, floor_at, "band margin")
+            };
+            let reach = |m: i128| -> Result<i128, EngineError> {
+                if part.sens == 0 {
+                    Ok(p0)
+                } else {
+                    mul_div_floor(m, VALUE_DIVISOR, part.sens, "band reach")
+                }
+            };
+            let cap = p0 / 2;
+            let step = part.step;
+            // Upward.
+            let mut last = p0 - p0.rem_euclid(step);
+            let m0 = mu(last)?;
+            let mut hi = if m0 >= 0 {
+                last.saturating_add(reach(m0)?)
+            } else {
+                i128::MIN
+            };
+            for _ in 0..MAX_PROBES {
+                if hi < p0 || hi >= p0 + cap {
+                    break;
+                }
+                let q = hi - hi.rem_euclid(step);
+                if q <= last {
+                    break;
+                }
+                let m = mu(q)?;
+                if m < 0 {
+                    break;
+                }
+                hi = hi.max(q.saturating_add(reach(m)?));
+                last = q;
+            }
+            // Downward.
+            let mut last = p0 + (step - p0.rem_euclid(step)) % step;
+            let m0 = mu(last)?;
+            let mut lo = if m0 >= 0 {
+                last.saturating_sub(reach(m0)?)
+            } else {
+                i128::MAX
+            };
+            for _ in 0..MAX_PROBES {
+                if lo > p0 || lo <= p0 - cap {
+                    break;
+                }
+                let q = lo + (step - lo.rem_euclid(step)) % step;
+                if q >= last {
+                    break;
+                }
+                let m = mu(q)?;
+                if m < 0 {
+                    break;
+                }
+                lo = lo.min(q.saturating_sub(reach(m)?));
+                last = q;
+            }
+            if hi < p0 || lo > p0 {
+                bands.push((f.to_string(), p0, p0));
+            } else {
+                let hi = hi.min(p0 + cap);
+                let lo = lo.max(p0 - cap).max(1);
+                bands.push((f.to_string(), lo - 1, hi + 1));
+            }
+        }
+        // Anywhere in the second bucket of the window, per unit: rechecks
+        // of units examined together spread over a whole bucket.
+        let recheck = has_option.then(|| {
+            bucket
+                .saturating_add(1)
+                .saturating_mul(BUCKET_MS)
+                .saturating_add(jitter(key, BUCKET_MS))
+                .max(now.saturating_add(1))
+        });
+        Ok(Some((bands, recheck)))
+    }
+
+    /// Worst case (for the side `sign` keeps) of `sign × h_f` at price `q`
+    /// over the window, less what time can do between its ends.
+    #[allow(clippy::too_many_arguments)]
+    fn worst_at(
+        cache: &mut GridCache,
+        buf: &mut Vec<i128>,
+        part: &Part<'_>,
+        scen: &[Scenario],
+        q: i128,
+        portfolio: bool,
+        sign: i128,
+        window: (u64, u64),
+    ) -> Result<i128, EngineError> {
+        if q <= 0 {
+            return Ok(i128::MIN / 4);
+        }
+        let lin = sign * linear_at(part, q)?;
+        if !portfolio {
+            return Ok(lin);
+        }
+        let mut drift = 0i128;
+        for leg in &part.legs {
+            if let LegKind::Option(name, ms) = leg.kind
+                && let std::collections::hash_map::Entry::Vacant(slot) =
+                    cache.points.entry((ms.slot, q))
+            {
+                {
+                    slot.insert(grid_point(name, ms, part.fs, q, window)?);
+                }
+            }
+        }
+        let mut vals: Vec<Option<(&[i128], &[i128])>> = Vec::with_capacity(part.legs.len());
+        for leg in &part.legs {
+            match leg.kind {
+                LegKind::Option(_, ms) => {
+                    let gp = cache
+                        .points
+                        .get(&(ms.slot, q))
+                        .ok_or_else(|| crate::fixed::overflow("grid"))?;
+                    // Time between the window's ends: twice the largest
+                    // change of any value, on the equity and on the loss.
+                    drift = add(
+                        drift,
+                        mul_div_ceil(leg.size.abs(), 4 * gp.drift, VALUE_DIVISOR, "drift")?,
+                        "drift",
+                    )?;
+                    vals.push(Some((gp.start.as_slice(), gp.end.as_slice())));
+                }
+                _ => vals.push(None),
+            }
+        }
+        let (a, b) = portfolio_at(part, scen, q, &vals, buf)?;
+        let worst = (sign * a).min(sign * b);
+        sub(add(lin, worst, "band margin")?, drift, "band margin")
+    }
+}
