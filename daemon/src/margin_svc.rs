@@ -19,10 +19,18 @@ pub mod book;
 pub use book::DemoSeed;
 
 use crate::config::FeedParams;
-use crate::store::{Store, StoreError, StoreHandle};
+use crate::store::{MarginStep, Store, StoreError, StoreHandle};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use sibyl_aggregator::SignedReport;
+use sibyl_margin::engine::AtRisk;
 use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -79,6 +87,76 @@ pub fn event_kind(ev: &EventRecord) -> Result<(String, String), MarginError> {
     Ok((kind, body))
 }
 
+/// The service's Prometheus metrics; registered by
+/// [`MarginHandle::register_metrics`], updated after every input.
+#[derive(Clone)]
+struct Metrics {
+    inputs: Counter,
+    refused: Family<KindLabel, Counter>,
+    liquidations: Counter,
+    margin_calls: Counter,
+    accounts: Gauge,
+    units_in_margin_call: Gauge,
+    insurance_fund: Gauge<f64, AtomicU64>,
+    units_examined: Gauge,
+    step_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    /// `prices` or `command`.
+    kind: &'static str,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        fn step_histogram() -> Histogram {
+            // 10 µs .. ~5 s
+            Histogram::new(exponential_buckets(0.00001, 2.5, 15))
+        }
+        Self {
+            inputs: Counter::default(),
+            refused: Family::default(),
+            liquidations: Counter::default(),
+            margin_calls: Counter::default(),
+            accounts: Gauge::default(),
+            units_in_margin_call: Gauge::default(),
+            insurance_fund: Gauge::default(),
+            units_examined: Gauge::default(),
+            step_seconds: Family::new_with_constructor(step_histogram),
+        }
+    }
+}
+
+impl Metrics {
+    fn observe(&self, engine: &Engine, events: &[EventRecord]) {
+        self.inputs.inc();
+        for e in events {
+            match e.event {
+                sibyl_margin::Event::Liquidated { .. } => {
+                    self.liquidations.inc();
+                }
+                sibyl_margin::Event::MarginCall { .. } => {
+                    self.margin_calls.inc();
+                }
+                _ => {}
+            }
+        }
+        self.gauges(engine);
+    }
+
+    fn gauges(&self, engine: &Engine) {
+        let s = engine.state();
+        self.accounts.set(s.accounts.len() as i64);
+        self.units_in_margin_call.set(s.margin_calls.len() as i64);
+        // Metrics only: a float is fine here, nothing is computed from it.
+        self.insurance_fund
+            .set(s.insurance_fund as f64 / sibyl_margin::fixed::MONEY_SCALE as f64);
+        self.units_examined
+            .set(i64::try_from(engine.examined_units()).unwrap_or(i64::MAX));
+    }
+}
+
 /// The engine plus its input counter, shared with the API for reads.
 pub struct MarginState {
     pub engine: Engine,
@@ -94,12 +172,92 @@ pub struct MarginState {
 pub struct MarginHandle {
     state: Arc<Mutex<MarginState>>,
     commands: mpsc::Sender<CommandMsg>,
+    metrics: Metrics,
+    /// The last ranking of units closest to liquidation, with the input
+    /// count it was computed at: the ranking is a full scan, and every
+    /// dashboard asks for it after every report.
+    at_risk: AtRiskCache,
 }
+
+/// `(engine input count, ranking)`.
+type AtRiskCache = Arc<Mutex<Option<(u64, Vec<AtRisk>)>>>;
+
+/// Rows of the cached at-risk ranking (the API's largest page).
+pub const AT_RISK_CACHED: usize = 1_000;
 
 impl MarginHandle {
     /// Lock the engine for a read.
     pub fn read(&self) -> MutexGuard<'_, MarginState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `n` units closest to liquidation (lowest equity / maintenance
+    /// first). Computed at most once per engine input (the state, clock
+    /// included, only changes with inputs) and shared by every caller.
+    pub fn closest_to_liquidation(&self, n: usize) -> Vec<AtRisk> {
+        let st = self.read();
+        let mut cache = self.at_risk.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, rows)) = cache.as_ref()
+            && *at == st.next_input
+            && (n <= AT_RISK_CACHED || rows.len() < AT_RISK_CACHED)
+        {
+            return rows.iter().take(n).cloned().collect();
+        }
+        let mut rows = st.engine.closest_to_liquidation(n.max(AT_RISK_CACHED));
+        *cache = Some((st.next_input, rows.clone()));
+        rows.truncate(n);
+        rows
+    }
+
+    /// Register the service's metrics (`sibyl_margin_*`) in `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.metrics;
+        m.gauges(&self.read().engine);
+        registry.register(
+            "sibyl_margin_inputs",
+            "Margin engine inputs (signed reports and commands) accepted and stored",
+            m.inputs.clone(),
+        );
+        registry.register(
+            "sibyl_margin_refused",
+            "Margin engine inputs refused, by kind (prices, command)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "sibyl_margin_liquidations",
+            "Liquidations (partial or full) by the margin engine",
+            m.liquidations.clone(),
+        );
+        registry.register(
+            "sibyl_margin_margin_calls",
+            "Margin calls (a unit fell below its initial requirement)",
+            m.margin_calls.clone(),
+        );
+        registry.register(
+            "sibyl_margin_accounts",
+            "Accounts in the margin engine",
+            m.accounts.clone(),
+        );
+        registry.register(
+            "sibyl_margin_units_in_margin_call",
+            "Margin units currently below their initial requirement",
+            m.units_in_margin_call.clone(),
+        );
+        registry.register(
+            "sibyl_margin_insurance_fund_usd",
+            "Insurance fund balance in USD",
+            m.insurance_fund.clone(),
+        );
+        registry.register(
+            "sibyl_margin_units_examined",
+            "Margin units the trigger index let through for a health check since start",
+            m.units_examined.clone(),
+        );
+        registry.register(
+            "sibyl_margin_step_duration_seconds",
+            "Time to apply one input to the margin engine and store it, by kind",
+            m.step_seconds.clone(),
+        );
     }
 
     /// Apply an admin command; returns its events, or the engine's refusal.
@@ -137,18 +295,27 @@ pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
 /// logged by the caller) — the stored log then ends before this input.
 async fn step(
     state: &Arc<Mutex<MarginState>>,
+    metrics: &Metrics,
     writer: &StoreHandle,
     input: Input,
     round: Option<u64>,
 ) -> Result<Vec<EventRecord>, MarginError> {
-    let at_ms = match &input {
-        Input::Prices(r) => r.timestamp_ms,
-        Input::Command { at_ms, .. } => *at_ms,
+    let started = std::time::Instant::now();
+    let (at_ms, kind) = match &input {
+        Input::Prices(r) => (r.timestamp_ms, KindLabel { kind: "prices" }),
+        Input::Command { at_ms, .. } => (*at_ms, KindLabel { kind: "command" }),
     };
     let body = serde_json::to_string(&input).map_err(|e| MarginError::Encode(e.to_string()))?;
     let (seq, events) = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        let events = st.engine.apply(&input)?;
+        let events = match st.engine.apply(&input) {
+            Ok(ev) => ev,
+            Err(e) => {
+                metrics.refused.get_or_create(&kind).inc();
+                return Err(e.into());
+            }
+        };
+        metrics.observe(&st.engine, &events);
         let seq = st.next_input;
         st.next_input += 1;
         (seq, events)
@@ -160,6 +327,10 @@ async fn step(
     writer
         .write(move |db| db.append_margin_step(seq, at_ms, &body, round, &rows))
         .await?;
+    metrics
+        .step_seconds
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
     Ok(events)
 }
 
@@ -168,7 +339,7 @@ async fn step(
 pub async fn seed(handle: &MarginHandle, writer: &StoreHandle, inputs: Vec<Input>) -> u64 {
     let mut n = 0;
     for input in inputs {
-        match step(&handle.state, writer, input, None).await {
+        match step(&handle.state, &handle.metrics, writer, input, None).await {
             Ok(_) => n += 1,
             Err(e) => tracing::warn!(error = %e, "margin seed input refused"),
         }
@@ -211,48 +382,95 @@ pub async fn start_with(
     // A demo book only ever goes into an empty log.
     let demo = options.demo.filter(|_| restored == 0);
     let (tx, rx) = mpsc::channel(64);
+    let metrics = Metrics::default();
     let handle = MarginHandle {
         state: state.clone(),
         commands: tx,
+        metrics: metrics.clone(),
+        at_risk: Arc::new(Mutex::new(None)),
     };
     tokio::spawn(run(
-        state,
-        store.writer.clone(),
-        feeds,
+        Service {
+            state,
+            metrics,
+            writer: store.writer.clone(),
+            feeds,
+            demo,
+        },
         reports,
         rx,
         shutdown,
-        demo,
     ));
     Ok(handle)
 }
 
 /// Seeds the demo book at the first verified report (which is one of its
-/// inputs, stored with its round).
+/// inputs, stored with its round). The book's inputs are applied one by one
+/// like any others and stored in one transaction, so seeding costs the
+/// store's writer (which also records signings) one fsync, not thousands.
 async fn seed_demo(
     state: &Arc<Mutex<MarginState>>,
+    metrics: &Metrics,
     writer: &StoreHandle,
     demo: DemoSeed,
     first: &PriceReport,
 ) {
     let inputs = book::demo_inputs(demo, first);
     let total = inputs.len();
-    let mut stored = 0usize;
-    for input in inputs {
-        let round = matches!(input, Input::Prices(_)).then_some(first.round);
-        match step(state, writer, input, round).await {
-            Ok(_) => stored += 1,
-            Err(e) => tracing::warn!(error = %e, "demo book input refused"),
+    let mut steps = Vec::with_capacity(total);
+    let (accounts, first_seq) = {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let first_seq = st.next_input;
+        for input in inputs {
+            let (at_ms, round) = match &input {
+                Input::Prices(r) => (r.timestamp_ms, Some(r.round)),
+                Input::Command { at_ms, .. } => (*at_ms, None),
+            };
+            let body = match serde_json::to_string(&input) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot encode a demo book input");
+                    continue;
+                }
+            };
+            let events = match st.engine.apply(&input) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "demo book input refused");
+                    continue;
+                }
+            };
+            metrics.observe(&st.engine, &events);
+            let rows = events
+                .iter()
+                .filter_map(|e| event_kind(e).ok().map(|(k, b)| (e.seq, k, b)))
+                .collect();
+            steps.push(MarginStep {
+                input_seq: st.next_input,
+                at_ms,
+                input: body,
+                round,
+                events: rows,
+            });
+            st.next_input += 1;
         }
+        (st.engine.state().accounts.len(), first_seq)
+    };
+    let stored = steps.len();
+    match writer.write(move |db| db.append_margin_steps(&steps)).await {
+        Ok(()) => tracing::info!(
+            accounts,
+            inputs = stored,
+            refused = total - stored,
+            round = first.round,
+            "margin demo book seeded at the first verified report"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            from_input = first_seq,
+            "the demo book could not be stored: the margin log ends before it; restart with a fresh database"
+        ),
     }
-    let st = state.lock().unwrap_or_else(|p| p.into_inner());
-    tracing::info!(
-        accounts = st.engine.state().accounts.len(),
-        inputs = stored,
-        refused = total - stored,
-        round = first.round,
-        "margin demo book seeded at the first verified report"
-    );
 }
 
 /// An admin command with its reply channel.
@@ -262,15 +480,29 @@ type CommandMsg = (
 );
 type CommandRx = mpsc::Receiver<CommandMsg>;
 
-async fn run(
+/// What the service task owns besides its channels.
+struct Service {
     state: Arc<Mutex<MarginState>>,
+    metrics: Metrics,
     writer: StoreHandle,
     feeds: Vec<FeedParams>,
+    /// The demo book still to seed at the first report.
+    demo: Option<DemoSeed>,
+}
+
+async fn run(
+    svc: Service,
     mut reports: broadcast::Receiver<Arc<SignedReport>>,
     mut commands: CommandRx,
     mut shutdown: watch::Receiver<bool>,
-    mut demo: Option<DemoSeed>,
 ) {
+    let Service {
+        state,
+        metrics,
+        writer,
+        feeds,
+        mut demo,
+    } = svc;
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -280,10 +512,10 @@ async fn run(
                 Ok(report) => {
                     let prices = price_report(&report, &feeds);
                     if let Some(d) = demo.take() {
-                        seed_demo(&state, &writer, d, &prices).await;
+                        seed_demo(&state, &metrics, &writer, d, &prices).await;
                     } else {
                         let input = Input::Prices(prices);
-                        if let Err(e) = step(&state, &writer, input, Some(report.header.round)).await {
+                        if let Err(e) = step(&state, &metrics, &writer, input, Some(report.header.round)).await {
                             tracing::warn!(round = report.header.round, error = %e, "margin engine refused a report");
                         }
                     }
@@ -301,7 +533,7 @@ async fn run(
                         let st = state.lock().unwrap_or_else(|p| p.into_inner());
                         now.max(st.engine.now_ms())
                     };
-                    let res = step(&state, &writer, Input::Command { at_ms, command }, None).await;
+                    let res = step(&state, &metrics, &writer, Input::Command { at_ms, command }, None).await;
                     let _ = reply.send(res);
                 }
                 None => break,

@@ -485,7 +485,27 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
             ));
         }
     }
+    // The members' transmitter metrics account for those transactions.
+    let (mut sent, mut confirmed, mut gas_metric, mut warn_level) = (0u64, 0u64, 0u64, 0u64);
+    for m in file["members"].as_array().expect("members") {
+        let url = format!("{}/metrics", m["api_url"].as_str().expect("api"));
+        let text = sibyl::devnet::http_get(&url).expect("metrics");
+        let metric = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} missing from {url}")) as u64
+        };
+        sent += metric("sibyl_chain_tx_sent_total");
+        confirmed += metric("sibyl_chain_tx_confirmed_total");
+        gas_metric += metric("sibyl_chain_gas_used_total");
+        assert!(metric("sibyl_chain_balance_wei") > 0, "no balance in {url}");
+        warn_level += metric("sibyl_chain_balance_warn_wei");
+    }
     drop(devnet);
+    assert!(confirmed >= 1 && sent >= confirmed && gas_metric > 0 && warn_level > 0);
+    println!(
+        "transmitter metrics (all members): sent {sent}, confirmed {confirmed}, gas used {gas_metric}"
+    );
     let updates = per_round.len();
     let txs: usize = per_round.values().map(Vec::len).sum();
     let landed: Vec<u64> = per_round
@@ -648,5 +668,128 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
         .expect("cast call");
     assert!(!replay.status.success(), "a replayed rotation was accepted");
     println!("gas: rotateCommittee {gas}");
+    drop(anvil);
+}
+
+/// The transmitter's real RPC path on anvil with mining paused: the report
+/// goes out, gets no receipt, is replaced at the same nonce with higher fees
+/// (anvil's mempool accepts the replacement), and once a block is mined the
+/// replacement's receipt settles it and the feeds hold the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs anvil and cast (scripts/setup.d/20-contracts); run by scripts/test.d/22-chain"]
+async fn transmitter_replaces_a_stuck_transaction_on_anvil() {
+    use sibyl::chain::rpc::AlloyRpc;
+    use sibyl::chain::transmitter::{ChainMetrics, FeedRule, Schedule, Settings, Transmitter};
+    use std::sync::Arc;
+    use tokio::time::{Duration, Instant};
+
+    let contracts = devchain::find_contracts_dir().expect("contracts dir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let anvil = Anvil::start(&contracts, 0, None, &dir.path().join("anvil.log")).expect("anvil");
+    let rpc_url = anvil.rpc_url.clone();
+    let v = vectors();
+    let three = case(&v, "three-feeds-odd-promotion");
+    let key = EvmGroupKey::from_compressed(&unhex(
+        v["committee"]["secp256k1_evm"]["group_public_key"]
+            .as_str()
+            .expect("key"),
+    ))
+    .expect("group key");
+    let deployment = devchain::deploy(
+        &contracts,
+        &DeployParams {
+            rpc_url: &rpc_url,
+            private_key: ANVIL_KEY_0,
+            config_digest: three.header.config_digest.0,
+            group_key_x: key.x,
+            group_key_y: key.y,
+            feeds: vec![("BTC-USD".into(), 8)],
+            max_drift_ms: 5_000,
+        },
+    )
+    .expect("deploy");
+    cast(
+        &contracts,
+        &["rpc", "--rpc-url", &rpc_url, "evm_setAutomine", "false"],
+    );
+
+    let signer = devchain::ANVIL_KEYS[1].parse().expect("dev key");
+    let rpc = AlloyRpc::new(
+        &rpc_url,
+        deployment.feed.parse().expect("address"),
+        deployment.chain_id,
+        signer,
+    )
+    .expect("rpc");
+    let rules = three
+        .leaves
+        .iter()
+        .map(|l| {
+            (
+                l.feed_id.clone(),
+                FeedRule {
+                    deviation_bps: 10,
+                    heartbeat_ms: 60_000,
+                },
+            )
+        })
+        .collect();
+    let schedule = Schedule {
+        member: 1,
+        leader: Arc::new(|_| 1),
+        n: 4,
+    };
+    let settings = Settings {
+        stagger: Duration::from_secs(1),
+        max_fee_per_gas: 100_000_000_000,
+        max_priority_fee_per_gas: 2_000_000_000,
+        replace_after: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let metrics = ChainMetrics::default();
+    let mut t = Transmitter::new(rpc, key, rules, schedule, settings, metrics.clone());
+    t.check(deployment.chain_id)
+        .await
+        .expect("chain id matches");
+    assert!(
+        t.check(deployment.chain_id + 1).await.is_err(),
+        "a wrong chain id was accepted"
+    );
+
+    let t0 = Instant::now();
+    t.on_report(Arc::new(three.clone()), t0);
+    t.on_tick(t0).await;
+    assert_eq!(metrics.sent.get(), 1, "the leader did not send");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    t.on_tick(Instant::now()).await;
+    assert_eq!(metrics.confirmed.get(), 0, "mined with mining paused");
+    assert_eq!(
+        metrics.replaced.get(),
+        1,
+        "the stuck transaction was not replaced"
+    );
+    assert_eq!(metrics.sent.get(), 2);
+
+    cast(&contracts, &["rpc", "--rpc-url", &rpc_url, "evm_mine"]);
+    t.on_tick(Instant::now()).await;
+    assert_eq!(
+        metrics.confirmed.get(),
+        1,
+        "the replacement's receipt was not seen"
+    );
+    assert!(metrics.gas_used.get() > 0);
+    let got = latest_feed(&contracts, &rpc_url, &deployment.feed, "BTC-USD");
+    assert_eq!(got[3], three.header.round.to_string());
+    // Only one of the two transactions was mined: the nonce advanced once.
+    let nonce = cast(
+        &contracts,
+        &[
+            "nonce",
+            "--rpc-url",
+            &rpc_url,
+            "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+        ],
+    );
+    assert_eq!(nonce, "1");
     drop(anvil);
 }

@@ -346,6 +346,10 @@ const PAGE_STATE: &str = r#"(() => {
     liquidations: Array.from(document.querySelectorAll('#margin-liquidations tbody tr')).map(tr => ({
       account: Number(tr.dataset.account), kind: tr.children[3].textContent, penalty: tr.children[5].textContent })),
     insurance: document.getElementById('margin-insurance').textContent,
+    account: document.getElementById('margin-account').hidden ? null : {
+      id: Number(document.getElementById('margin-account-id').textContent),
+      positions: Array.from(document.querySelectorAll('#margin-account tbody tr')).map(tr => ({
+        market: tr.children[0].textContent, delta: tr.children[7].textContent })) },
     status: document.getElementById('status').textContent
   });
 })()"#;
@@ -588,6 +592,24 @@ fn drive_browser(url: &str) {
             .unwrap_or("")
             .starts_with("Insurance fund 1,0"),
         "{m}"
+    );
+    // Clicking the riskiest account shows its positions with Greeks.
+    let riskiest = at_risk[0]["account"].as_u64().expect("account");
+    cdp.eval("document.querySelector('#margin-at-risk tbody tr').click(), true");
+    let detail = cdp.wait_for("account positions", Duration::from_secs(15), |s| {
+        s["account"]["positions"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    });
+    assert_eq!(detail["account"]["id"], riskiest, "{detail}");
+    let first_position = &detail["account"]["positions"][0];
+    assert!(
+        first_position["market"]
+            .as_str()
+            .unwrap_or("")
+            .contains('-')
+            && first_position["delta"] != "–",
+        "{detail}"
     );
     let updates = m["margin_updates"].as_u64().unwrap_or(0);
     cdp.wait_for("live margin refresh", Duration::from_secs(15), |s| {

@@ -150,6 +150,7 @@ fn bench(c: &mut Criterion) {
 
         let mut samples: Vec<(Duration, u64)> = Vec::new();
         let mut cpu_samples: Vec<Duration> = Vec::new();
+        let mut heavy: Vec<(Duration, u64, usize)> = Vec::new();
         let mut liquidations = 0usize;
         let mut g = c.benchmark_group(format!("margin/{n}"));
         g.sample_size(10)
@@ -162,6 +163,7 @@ fn bench(c: &mut Criterion) {
                     let (d, cpu, l, ex) = ticker.tick(&mut e);
                     samples.push((d, ex));
                     cpu_samples.push(cpu);
+                    heavy.push((cpu, ex, l));
                     liquidations += l;
                     total += d;
                 }
@@ -180,10 +182,22 @@ fn bench(c: &mut Criterion) {
             let (d, cpu, l, ex) = ticker.tick(&mut e);
             samples.push((d, ex));
             cpu_samples.push(cpu);
+            heavy.push((cpu, ex, l));
             liquidations += l;
         }
         samples.sort();
         cpu_samples.sort();
+        heavy.sort();
+        let top: Vec<String> = heavy
+            .iter()
+            .rev()
+            .take((heavy.len() / 100).max(1))
+            .map(|(c, ex, l)| format!("{c:.1?}/{ex}/{l}"))
+            .collect();
+        println!(
+            "book n={n}: the costliest 1% of ticks (CPU / units examined / liquidations): {}",
+            top.join(" ")
+        );
         let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
         let mut ex: Vec<u64> = samples.iter().map(|s| s.1).collect();
         ex.sort();
@@ -203,6 +217,11 @@ fn bench(c: &mut Criterion) {
                 .unwrap_or(0),
             ex.last().copied().unwrap_or(0),
             liquidations,
+        );
+        println!(
+            "book n={n}: {} units examined in all, {} bands from the whole-band bound",
+            e.examined_units(),
+            e.fallback_bands()
         );
         let start = Instant::now();
         let r = e.revalue_all();

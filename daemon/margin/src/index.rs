@@ -9,6 +9,51 @@
 //! two ordered-set range scans, O(log n + crossed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A small multiplicative hasher for integer keys (account ids, slots,
+/// prices). The index's hash maps are lookups only: nothing iterates them
+/// in hash order, so the hasher never reaches an event, and the default
+/// SipHash cost more than the lookups themselves.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        let z = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z ^ (z >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_u128(&mut self, i: u128) {
+        self.write_u64(i as u64);
+        self.write_u64((i >> 64) as u64);
+    }
+
+    fn write_i128(&mut self, i: i128) {
+        self.write_u128(i as u128);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+/// Hash map with `IntHasher`.
+pub(crate) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
 /// Compact unit key: account and market slot (0 = cross, i+1 = isolated in
 /// the market with index i).
@@ -41,9 +86,9 @@ pub(crate) struct Index {
     feed_slots: BTreeMap<String, u16>,
     lower: Vec<BTreeSet<(i128, Key)>>,
     upper: Vec<BTreeSet<(i128, Key)>>,
-    bands: HashMap<Key, Vec<Band>>,
+    bands: IntMap<Key, Vec<Band>>,
     recheck: BTreeSet<(u64, Key)>,
-    recheck_at: HashMap<Key, u64>,
+    recheck_at: IntMap<Key, u64>,
     /// Accounts holding a position, per market (for settlement and ADL).
     pub holders: BTreeMap<String, BTreeSet<u64>>,
 }

@@ -625,11 +625,10 @@ pub(super) async fn at_risk(
     let p = params(q, &["limit"])?;
     let limit = limit_param(&p, 20)?;
     let h = handle(&st)?;
+    let ranked = h.closest_to_liquidation(limit);
     let guard = h.read();
     let s = guard.engine.state();
-    let rows: Vec<Value> = guard
-        .engine
-        .closest_to_liquidation(limit)
+    let rows: Vec<Value> = ranked
         .iter()
         .enumerate()
         .map(|(i, r)| {

@@ -319,6 +319,7 @@ where
     )
     .await
     .context("cannot start the margin engine")?;
+    margin.register_metrics(&mut registry);
     let driver = Driver::new(
         DriverParts {
             node,

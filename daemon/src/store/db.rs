@@ -56,6 +56,18 @@ pub struct FeedRetention {
     pub oldest_ms: Option<u64>,
 }
 
+/// One margin-engine input with its events, for [`Db::append_margin_steps`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarginStep {
+    pub input_seq: u64,
+    pub at_ms: u64,
+    /// The input as JSON.
+    pub input: String,
+    pub round: Option<Round>,
+    /// `(event seq, kind, JSON)`.
+    pub events: Vec<(u64, String, String)>,
+}
+
 /// One stored margin event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MarginEventRow {
@@ -354,6 +366,33 @@ impl Db {
     /// and the events it produced (`(seq, kind, JSON)`), in one transaction.
     /// Sequence numbers are the engine's own, so a gap or a repeat is refused
     /// by the primary key instead of silently stored.
+    /// Several margin steps (input, its events) in one transaction: one
+    /// fsync for a batch such as the devnet's demo book.
+    pub fn append_margin_steps(&mut self, steps: &[MarginStep]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for st in steps {
+            let round = st.round.map(|r| i64_of(r, "round")).transpose()?;
+            tx.prepare_cached(
+                "INSERT INTO margin_commands (seq, received_ms, body) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                i64_of(st.input_seq, "seq")?,
+                i64_of(st.at_ms, "timestamp")?,
+                st.input
+            ])?;
+            for (seq, kind, body) in &st.events {
+                tx.prepare_cached(
+                    "INSERT INTO margin_events (seq, round, kind, body) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![i64_of(*seq, "seq")?, round, kind, body])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn append_margin_step(
         &mut self,
         input_seq: u64,

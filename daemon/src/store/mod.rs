@@ -19,7 +19,7 @@ pub mod retention;
 pub mod schema;
 mod writer;
 
-pub use db::{Candle, Db, FeedRetention, HistoryCursor, MarginEventRow, Point};
+pub use db::{Candle, Db, FeedRetention, HistoryCursor, MarginEventRow, MarginStep, Point};
 pub use retention::{RetentionPolicy, RetentionStats};
 pub use writer::{Readers, Store, StoreHandle};
 

@@ -25,7 +25,7 @@
 
 use super::*;
 use crate::fixed::VALUE_DIVISOR;
-use std::collections::HashMap;
+use crate::index::IntMap;
 
 /// Length of a grid time bucket. A band computed in bucket `b` holds for
 /// prices marked at any time in `[b, b + 2)` buckets and is rechecked
@@ -35,17 +35,17 @@ pub(super) const BUCKET_MS: u64 = 7_200_000;
 /// (so their value is smooth in time across it).
 const MIN_LIFE_MS: u64 = 86_400_000;
 /// Probes per band side.
-const MAX_PROBES: usize = 8;
+const MAX_PROBES: usize = 5;
 
 /// Option values on the price grid for the current time bucket. A cache of
 /// a pure function of the state: it never changes a result, only its cost.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GridCache {
     bucket: u64,
-    points: HashMap<(u32, i128), GridPoint>,
+    points: IntMap<(u32, i128), GridPoint>,
     /// The same points for the next bucket, filled a few per report ahead
     /// of time so that a bucket change does not cost one burst.
-    next: HashMap<(u32, i128), GridPoint>,
+    next: IntMap<(u32, i128), GridPoint>,
     todo: Vec<(u32, i128)>,
 }
 
@@ -132,10 +132,6 @@ fn ovf(_: ()) -> EngineError {
     crate::fixed::overflow("trigger band")
 }
 
-fn mul_(a: i128, b: i128) -> Result<i128, EngineError> {
-    a.checked_mul(b).ok_or(()).map_err(ovf)
-}
-
 fn add_(a: i128, b: i128) -> Result<i128, EngineError> {
     a.checked_add(b).ok_or(()).map_err(ovf)
 }
@@ -184,58 +180,73 @@ fn portfolio_at(
     vals: &[Option<(&[i128], &[i128])>],
     buf: &mut Vec<i128>,
 ) -> Result<(i128, i128), EngineError> {
+    // Bounded magnitudes let the inner loops use plain multiplication:
+    // sizes, values and prices below 2^60, at most 32 legs, losses below
+    // 2^100 before weighting. Anything larger is refused here and the unit
+    // falls back to the whole-band bound.
+    const LIM: i128 = 1 << 60;
     let n = scen.len();
+    if part.legs.len() > 32 || q.abs() >= LIM {
+        return Err(crate::fixed::overflow("trigger band"));
+    }
     buf.clear();
     buf.resize(2 * n, 0);
-    let (mut eq_a, mut eq_b, mut quotes) = (0i128, 0i128, 0i128);
-    let mut any = false;
+    let (mut eq_a, mut eq_b, mut quotes, mut delta_one) = (0i128, 0i128, 0i128, 0i128);
     for (leg, v) in part.legs.iter().zip(vals) {
-        any = true;
         quotes = add_(quotes, leg.quote)?;
+        let size = leg.size;
+        if size.abs() >= LIM {
+            return Err(crate::fixed::overflow("trigger band"));
+        }
         match (leg.kind, v) {
             (LegKind::Option(..), Some((a, b))) => {
-                if a.len() != n + 1 || b.len() != n + 1 {
+                if a.len() != n + 1
+                    || b.len() != n + 1
+                    || a.iter().chain(b.iter()).any(|x| x.abs() >= LIM)
+                {
                     return Err(crate::fixed::overflow("grid"));
                 }
-                let (a0, b0) = (mul_(leg.size, a[0])?, mul_(leg.size, b[0])?);
-                eq_a = add_(eq_a, a0)?;
-                eq_b = add_(eq_b, b0)?;
+                eq_a += size * a[0];
+                eq_b += size * b[0];
+                let (la, lb) = buf.split_at_mut(n);
                 for i in 0..n {
-                    buf[i] = add_(buf[i], mul_(leg.size, a[0] - a[i + 1])?)?;
-                    buf[n + i] = add_(buf[n + i], mul_(leg.size, b[0] - b[i + 1])?)?;
+                    la[i] += size * (a[0] - a[i + 1]);
+                    lb[i] += size * (b[0] - b[i + 1]);
                 }
             }
-            (LegKind::Delta1, _) => {
-                let v0 = mul_(leg.size, q)?;
-                eq_a = add_(eq_a, v0)?;
-                eq_b = add_(eq_b, v0)?;
-                for (i, s) in scen.iter().enumerate() {
-                    let sp = mul_div_floor(q, PPM + i128::from(s.move_ppm), PPM, "scenario price")?;
-                    let l = mul_(leg.size, q - sp)?;
-                    buf[i] = add_(buf[i], l)?;
-                    buf[n + i] = add_(buf[n + i], l)?;
-                }
-            }
+            (LegKind::Delta1, _) => delta_one += size,
             _ => return Err(crate::fixed::overflow("grid")),
         }
     }
-    if !any {
+    if part.legs.is_empty() {
         return Ok((0, 0));
     }
-    let worst = |losses: &[i128]| -> Result<i128, EngineError> {
-        let mut w = 0i128;
-        for (l, s) in losses.iter().zip(scen) {
-            w = w.max(mul_div_ceil(
-                *l,
-                i128::from(s.weight_ppm),
-                VALUE_DIVISOR * PPM,
-                "scenario loss",
-            )?);
+    // Delta-one legs: value size × q, scenario loss -size × q × move (the
+    // engine floors the scenario price; the slack covers the difference).
+    let x = (delta_one * q).div_euclid(PPM);
+    if x.abs() >= 1 << 100
+        || scen
+            .iter()
+            .any(|s| s.move_ppm.unsigned_abs() >= 1 << 24 || s.weight_ppm >= 1 << 24)
+    {
+        return Err(crate::fixed::overflow("trigger band"));
+    }
+    eq_a += delta_one * q;
+    eq_b += delta_one * q;
+    let mut worst = [0i128; 2];
+    for (half, w) in worst.iter_mut().enumerate() {
+        let mut top = 0i128;
+        for (i, s) in scen.iter().enumerate() {
+            let l = buf[half * n + i] - x * i128::from(s.move_ppm);
+            if l.abs() >= 1 << 100 {
+                return Err(crate::fixed::overflow("trigger band"));
+            }
+            top = top.max(l * i128::from(s.weight_ppm));
         }
-        Ok(w)
-    };
-    let ha = add_(quotes, eq_a.div_euclid(VALUE_DIVISOR))? - worst(&buf[..n])?;
-    let hb = add_(quotes, eq_b.div_euclid(VALUE_DIVISOR))? - worst(&buf[n..])?;
+        *w = mul_div_ceil(top, 1, VALUE_DIVISOR * PPM, "scenario loss")?;
+    }
+    let ha = add_(quotes, eq_a.div_euclid(VALUE_DIVISOR))? - worst[0];
+    let hb = add_(quotes, eq_b.div_euclid(VALUE_DIVISOR))? - worst[1];
     Ok((ha, hb))
 }
 
@@ -514,54 +525,74 @@ impl Engine {
                 }
             };
             let cap = p0 / 2;
-            let step = part.step;
-            // Upward.
-            let mut last = p0 - p0.rem_euclid(step);
-            let m0 = mu(last)?;
-            let mut hi = if m0 >= 0 {
-                last.saturating_add(reach(m0)?)
-            } else {
-                i128::MIN
+            let step = part.step.max(1);
+            // Probes snap toward p0 to multiples of the grid step times a
+            // power of two, at most a quarter of the reach being proven:
+            // each step keeps most of its progress, and units share (and
+            // ticks reuse) the option values of far probes.
+            let gran = |r: i128| -> i128 {
+                if step == 1 {
+                    return 1;
+                }
+                let mut g = step;
+                while g.saturating_mul(8) <= r {
+                    g *= 2;
+                }
+                g
             };
-            for _ in 0..MAX_PROBES {
-                if hi < p0 || hi >= p0 + cap {
-                    break;
+            let snap = |x: i128, g: i128, dir: i128| -> i128 {
+                if dir > 0 {
+                    x - x.rem_euclid(g)
+                } else {
+                    x + (g - x.rem_euclid(g)) % g
                 }
-                let q = hi - hi.rem_euclid(step);
-                if q <= last {
-                    break;
-                }
-                let m = mu(q)?;
-                if m < 0 {
-                    break;
-                }
-                hi = hi.max(q.saturating_add(reach(m)?));
-                last = q;
-            }
-            // Downward.
-            let mut last = p0 + (step - p0.rem_euclid(step)) % step;
-            let m0 = mu(last)?;
-            let mut lo = if m0 >= 0 {
-                last.saturating_sub(reach(m0)?)
-            } else {
-                i128::MAX
             };
-            for _ in 0..MAX_PROBES {
-                if lo > p0 || lo <= p0 - cap {
+            let est = reach(share)?;
+            let mut edges = [p0; 2];
+            let mut proven = true;
+            for (e, dir) in edges.iter_mut().zip([1i128, -1]) {
+                // First probe: the grid point at or behind p0 must prove p0.
+                let mut g = gran(est);
+                let (mut last, mut edge) = loop {
+                    let q = snap(p0, g, dir);
+                    let m = mu(q)?;
+                    if m >= 0 {
+                        let edge = q.saturating_add(dir * reach(m)?);
+                        if dir * (edge - p0) >= 0 {
+                            break (q, edge);
+                        }
+                    }
+                    if g == step {
+                        proven = false;
+                        break (p0, p0);
+                    }
+                    g = step;
+                };
+                if !proven {
                     break;
                 }
-                let q = lo + (step - lo.rem_euclid(step)) % step;
-                if q >= last {
-                    break;
+                for _ in 0..MAX_PROBES {
+                    if dir * (edge - p0) >= cap {
+                        break;
+                    }
+                    let q = snap(edge, gran((edge - last).abs()), dir);
+                    if dir * (q - last) <= 0 {
+                        break;
+                    }
+                    let m = mu(q)?;
+                    if m < 0 {
+                        break;
+                    }
+                    let next = q.saturating_add(dir * reach(m)?);
+                    if dir * (next - edge) > 0 {
+                        edge = next;
+                    }
+                    last = q;
                 }
-                let m = mu(q)?;
-                if m < 0 {
-                    break;
-                }
-                lo = lo.min(q.saturating_sub(reach(m)?));
-                last = q;
+                *e = edge;
             }
-            if hi < p0 || lo > p0 {
+            let [hi, lo] = edges;
+            if !proven || hi < p0 || lo > p0 {
                 bands.push((f.to_string(), p0, p0));
             } else {
                 let hi = hi.min(p0 + cap);

@@ -282,7 +282,7 @@ async function loadCommittee() {
 
 // ---- margin -------------------------------------------------------------------
 
-const margin = { updates: 0, disabled: false, loading: false, pending: false };
+const margin = { updates: 0, disabled: false, loading: false, pending: false, account: null };
 
 // Decimal string ("1234567.891234") -> "1,234,567.89", exactly (no floats).
 function fmtDec(value, maxFrac) {
@@ -306,6 +306,8 @@ function fillTable(container, rows) {
   for (const row of rows) {
     const tr = document.createElement("tr");
     tr.dataset.account = String(row.account);
+    tr.addEventListener("click", () => showAccount(row.account));
+    tr.classList.toggle("selected", row.account === margin.account);
     for (const [text, cls] of row.cells) {
       const td = document.createElement("td");
       td.textContent = text;
@@ -314,7 +316,39 @@ function fillTable(container, rows) {
     }
     tbody.appendChild(tr);
   }
-  container.querySelector(".empty").hidden = rows.length > 0;
+  const empty = container.querySelector(".empty");
+  if (empty) empty.hidden = rows.length > 0;
+}
+
+// One account's positions with their Greeks, below the two tables.
+async function loadAccount() {
+  const id = margin.account;
+  if (id === null) return;
+  const [acct, pos] = await Promise.all([
+    getJson("/v1/margin/accounts/" + id), getJson("/v1/margin/accounts/" + id + "/positions")]);
+  if (id !== margin.account) return;
+  $("margin-account").hidden = false;
+  $("margin-account-id").textContent = String(id);
+  const h = acct.health;
+  $("margin-account-summary").textContent = h
+    ? "cash " + fmtDec(acct.cash, 2) + " · equity " + fmtDec(h.equity, 2) + " · initial " + fmtDec(h.initial, 2) +
+      " · maintenance " + fmtDec(h.maintenance, 2) + " · " + h.status.replace("_", " ")
+    : "";
+  fillTable($("margin-account"), pos.positions.map((p) => ({
+    account: id,
+    cells: [[p.market], [p.side], [fmtDec(p.size, 4), "num"], [p.mode], [fmtDec(p.entry_price, 2), "num"],
+      [fmtDec(p.mark_price, 2), "num"], [fmtDec(p.unrealized_pnl, 2), "num"],
+      [p.greeks ? fmtDec(p.greeks.delta, 4) : "–", "num"], [p.greeks ? fmtDec(p.greeks.gamma, 6) : "–", "num"],
+      [p.greeks ? fmtDec(p.greeks.vega, 2) : "–", "num"]],
+  })));
+}
+
+function showAccount(id) {
+  margin.account = id;
+  for (const tr of document.querySelectorAll("#margin-at-risk tbody tr, #margin-liquidations tbody tr")) {
+    tr.classList.toggle("selected", Number(tr.dataset.account) === id);
+  }
+  loadAccount().catch((e) => setStatus("account " + id + ": " + e.message));
 }
 
 const STATUS_CLASS = { healthy: "ok", margin_call: "warn", below_maintenance: "bad" };
@@ -354,6 +388,7 @@ async function loadMargin() {
         [e.closed.map((c) => c.market).join(", ")], [fmtDec(e.penalty, 2), "num"],
         [e.before.margin_ratio === null ? "–" : fmtDec(e.before.margin_ratio, 3), "num"]],
     })));
+    if (margin.account !== null) await loadAccount();
     margin.updates += 1;
     $("margin-section").dataset.updates = String(margin.updates);
   } finally {

@@ -94,12 +94,14 @@ impl Node {
         .await
         .expect("margin service");
         let (_c, committee) = watch::channel(CommitteeStatus::default());
+        let mut registry = prometheus_client::registry::Registry::default();
+        margin.register_metrics(&mut registry);
         let state = ApiState::new(ApiParts {
             readers: store.readers.clone(),
             writer: Some(store.writer.clone()),
             reports: reports.clone(),
             committee,
-            registry: Default::default(),
+            registry,
             margin: Some(margin.clone()),
             config: ApiConfig {
                 admin_token: Some(TOKEN.into()),
@@ -295,6 +297,32 @@ async fn demo_book_is_seeded_and_readable() {
     // is refused with the reason.
     n.price(2, now_ms() - 4_000, 80_000 * PX, 3_000 * PX, 150 * PX)
         .await;
+    // The cached ranking follows the new input.
+    let ids = |v: &Value| -> Vec<(u64, String)> {
+        v["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .map(|u| {
+                (
+                    u["account"].as_u64().expect("id"),
+                    u["health"]["equity"].as_str().expect("equity").to_string(),
+                )
+            })
+            .collect()
+    };
+    let direct = |n: &Node| -> Vec<(u64, String)> {
+        n.margin
+            .read()
+            .engine
+            .closest_to_liquidation(10)
+            .iter()
+            .map(|r| (r.account, crate::api::margin::decimal(r.health.equity, 6)))
+            .collect()
+    };
+    assert_ne!(ids(&risk), direct(&n), "the jump moved the ranking");
+    let risk2 = get(n.addr, "/v1/margin/at-risk?limit=10").await.json();
+    assert_eq!(ids(&risk2), direct(&n));
     let m = get(n.addr, "/v1/margin/markets").await.json();
     let perp = m["markets"]
         .as_array()
@@ -649,6 +677,45 @@ async fn liquidations_are_served_newest_first_in_pages() {
     );
     let r = get(n.addr, "/v1/margin/liquidations?before=x").await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_parameter"));
+
+    // Metrics count the same liquidations and pass promtool.
+    let text = String::from_utf8(get(n.addr, "/metrics").await.body).expect("utf8");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert_eq!(value("sibyl_margin_liquidations_total"), total as f64);
+    assert_eq!(value("sibyl_margin_accounts"), ACCOUNTS as f64);
+    assert_eq!(value("sibyl_margin_inputs_total"), n.stored_inputs() as f64);
+    assert!(value("sibyl_margin_insurance_fund_usd") > 1_000_000.0);
+    // Eight reports after the one that seeded the book (stored as a batch).
+    assert!(
+        text.contains(r#"sibyl_margin_step_duration_seconds_count{kind="prices"} 8"#),
+        "{text}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool not found: install Debian's `prometheus` package (scripts/setup.d/30-api)",
+        );
+    {
+        use std::io::Write;
+        let mut stdin = promtool.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("feed promtool");
+    }
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The penalty's insurance share shows up in the fund's movements.
     let ins = get(n.addr, "/v1/margin/insurance?limit=5").await.json();
