@@ -226,10 +226,9 @@ pub(crate) struct Faults {
     pub invalid_shares: bool,
 }
 
-struct Attributed<C: Ciphersuite> {
+struct Attributed {
     msg: ObservationMsg,
     bytes: Vec<u8>,
-    commitments: Vec<SigningCommitments<C>>,
 }
 
 struct Attempt<C: Ciphersuite> {
@@ -247,7 +246,11 @@ struct LeaderRound<C: Ciphersuite> {
     digest: [u8; 32],
     leaves: Vec<ReportLeaf>,
     observations: Vec<Vec<u8>>,
-    signers_pool: BTreeMap<u16, Vec<SigningCommitments<C>>>,
+    /// Each observer's serialized commitments, one per attempt. They are
+    /// parsed only for the signers an attempt picks: parsing checks that the
+    /// points are in the prime-order subgroup (a scalar multiplication
+    /// each), and most commitments are never used.
+    signers_pool: BTreeMap<u16, Vec<Vec<u8>>>,
     excluded: BTreeSet<u16>,
     attempt: Option<Attempt<C>>,
 }
@@ -299,7 +302,7 @@ struct RoundState<C: Ciphersuite> {
     /// Merkle computation.
     checked: Option<([u8; 32], Vec<ReportLeaf>)>,
     // leader side
-    observations: BTreeMap<u16, Attributed<C>>,
+    observations: BTreeMap<u16, Attributed>,
     conflict_blamed: BTreeSet<u16>,
     leader: Option<LeaderRound<C>>,
     gave_up: bool,
@@ -1243,16 +1246,6 @@ impl<C: SibylSuite> Node<C> {
             self.stats.invalid_messages += 1;
             return;
         }
-        let mut commitments = Vec::with_capacity(ATTEMPTS);
-        for c in &o.commitments {
-            match SigningCommitments::<C>::deserialize(c) {
-                Ok(c) => commitments.push(c),
-                Err(_) => {
-                    self.stats.invalid_messages += 1;
-                    return;
-                }
-            }
-        }
         let sender = msg.sender;
         let Payload::Observation(o) = msg.payload else {
             return;
@@ -1262,7 +1255,6 @@ impl<C: SibylSuite> Node<C> {
             Attributed {
                 msg: o,
                 bytes: msg.bytes,
-                commitments,
             },
         );
         if self.rs.leader.is_none() {
@@ -1320,7 +1312,7 @@ impl<C: SibylSuite> Node<C> {
             .rs
             .observations
             .iter()
-            .map(|(k, a)| (*k, a.commitments.clone()))
+            .map(|(k, a)| (*k, a.msg.commitments.clone()))
             .collect();
         self.rs.leader = Some(LeaderRound {
             header,
@@ -1341,34 +1333,57 @@ impl<C: SibylSuite> Node<C> {
         let Some(l) = &mut self.rs.leader else {
             return;
         };
-        let mut pool: Vec<u16> = l
-            .signers_pool
-            .keys()
-            .copied()
-            .filter(|s| !l.excluded.contains(s))
-            .filter(|s| !(equivocate && *s == me))
-            .collect();
-        // The leader signs first (it needs no message round trip), then the
-        // members after it in index order, wrapping: with the rotating leader
-        // every member signs regularly.
         let n = self.committee.n() as u32;
-        pool.sort_by_key(|s| (u32::from(*s) + n - u32::from(me)) % n);
-        if number >= ATTEMPTS || pool.len() < t {
-            l.attempt = None;
-            self.rs.gave_up = true;
-            return;
-        }
-        let signers: BTreeSet<u16> = pool.into_iter().take(t).collect();
-        let mut commitments = BTreeMap::new();
-        for s in &signers {
-            let (Ok(id), Some(c)) = (
-                Identifier::<C>::try_from(*s),
-                l.signers_pool.get(s).and_then(|c| c.get(number)),
-            ) else {
+        // Pick the signers and parse their commitments for this attempt; a
+        // member whose commitment does not parse (it signed garbage into its
+        // observation) is excluded and the pick repeats.
+        let (signers, commitments) = loop {
+            let mut pool: Vec<u16> = l
+                .signers_pool
+                .keys()
+                .copied()
+                .filter(|s| !l.excluded.contains(s))
+                .filter(|s| !(equivocate && *s == me))
+                .collect();
+            // The leader signs first (it needs no message round trip), then
+            // the members after it in index order, wrapping: with the
+            // rotating leader every member signs regularly.
+            pool.sort_by_key(|s| (u32::from(*s) + n - u32::from(me)) % n);
+            if number >= ATTEMPTS || pool.len() < t {
+                l.attempt = None;
+                self.rs.gave_up = true;
                 return;
-            };
-            commitments.insert(id, *c);
-        }
+            }
+            let signers: BTreeSet<u16> = pool.into_iter().take(t).collect();
+            let mut commitments = BTreeMap::new();
+            let mut unusable = None;
+            for s in &signers {
+                let Ok(id) = Identifier::<C>::try_from(*s) else {
+                    return;
+                };
+                match l
+                    .signers_pool
+                    .get(s)
+                    .and_then(|c| c.get(number))
+                    .and_then(|c| SigningCommitments::<C>::deserialize(c).ok())
+                {
+                    Some(c) => {
+                        commitments.insert(id, c);
+                    }
+                    None => {
+                        unusable = Some(*s);
+                        break;
+                    }
+                }
+            }
+            match unusable {
+                Some(s) => {
+                    self.stats.invalid_messages += 1;
+                    l.excluded.insert(s);
+                }
+                None => break (signers, commitments),
+            }
+        };
         let package = SigningPackage::new(commitments.clone(), &l.digest);
         let Ok(package_bytes) = package.serialize() else {
             return;

@@ -828,3 +828,39 @@ fn precomputed_nonces_serve_one_round_and_are_fresh_each_time() {
         Some(next)
     );
 }
+
+#[test]
+fn a_signer_with_unparsable_commitments_is_passed_over() {
+    let mut h = harness::<Ed>(4, 1);
+    let mut to_leader = Vec::new();
+    for m in 2..=4 {
+        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
+        let (_, bytes) = sends(&a).remove(0);
+        let bytes = if m == 2 {
+            // Member 2 signs an observation whose commitments are no points.
+            let msg = decode(&h, &bytes);
+            let Payload::Observation(mut o) = msg.payload else {
+                panic!("not an observation")
+            };
+            o.commitments = vec![vec![0xff; 69]; ATTEMPTS];
+            let key = SigningKey::from_bytes(&h.seeds[1]);
+            SignedMessage::sign(&key, &DIGEST, msg.round, 2, Payload::Observation(o)).bytes
+        } else {
+            bytes
+        };
+        to_leader.push(bytes);
+    }
+    let mut out = h.handle(1, T0, observations(1_000_001, T0));
+    for bytes in to_leader {
+        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
+    }
+    let to: BTreeSet<u16> = sends(&out).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(to, BTreeSet::from([3, 4]), "member 2 is not asked to sign");
+    assert!(h.nodes[0].stats().invalid_messages >= 1);
+    // Its observation still counts: the report aggregates all four.
+    let (_, bytes) = sends(&out).remove(0);
+    let Payload::Proposal(p) = decode(&h, &bytes).payload else {
+        panic!("not a proposal")
+    };
+    assert_eq!(p.leaves[0].num_observations, 4);
+}

@@ -115,6 +115,9 @@ pub struct ChainMetrics {
     pub gas_used: Counter,
     pub fees_paid_wei: Counter<f64, AtomicU64>,
     pub balance_wei: Gauge<f64, AtomicU64>,
+    /// Balance below which the transmitter warns: `low_balance_updates`
+    /// updates at the last gas and fee figures (0 until the first update).
+    pub balance_warn_wei: Gauge<f64, AtomicU64>,
 }
 
 impl ChainMetrics {
@@ -165,6 +168,11 @@ impl ChainMetrics {
             "sibyl_chain_balance_wei",
             "The transmitter account's balance, wei",
             m.balance_wei.clone(),
+        );
+        r.register(
+            "sibyl_chain_balance_warn_wei",
+            "Balance below which the transmitter warns: enough for 100 updates at the last gas and fee figures, wei",
+            m.balance_warn_wei.clone(),
         );
         m
     }
@@ -448,6 +456,7 @@ impl<R: ChainRpc> Transmitter<R> {
             Err(_) => return,
         };
         let per_update = u128::from(gas_per_update).saturating_mul(fees.max_fee_per_gas);
+        self.set_warn_level(per_update);
         if per_update > 0 && balance / per_update < u128::from(self.settings.low_balance_updates) {
             tracing::warn!(
                 address = %self.rpc.address(),
@@ -456,6 +465,11 @@ impl<R: ChainRpc> Transmitter<R> {
                 "the transmitter's balance is running low; fund it before it runs dry"
             );
         }
+    }
+
+    fn set_warn_level(&self, per_update_wei: u128) {
+        let warn = per_update_wei.saturating_mul(u128::from(self.settings.low_balance_updates));
+        self.metrics.balance_warn_wei.set(warn as f64);
     }
 
     async fn attempt(&mut self, report: Arc<SignedReport>, now: Instant) {
@@ -553,6 +567,7 @@ impl<R: ChainRpc> Transmitter<R> {
             Ok(b) => {
                 self.metrics.balance_wei.set(b as f64);
                 let cost = u128::from(gas_limit).saturating_mul(fees.max_fee_per_gas);
+                self.set_warn_level(u128::from(gas).saturating_mul(fees.max_fee_per_gas));
                 if b < cost {
                     self.metrics.failed.inc();
                     tracing::error!(address = %self.rpc.address(), balance_wei = %b, needed_wei = %cost, round, "the transmitter cannot pay for an update; fund its account");

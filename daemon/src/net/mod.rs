@@ -627,6 +627,18 @@ impl Net {
             .collect()
     }
 
+    /// Drives the swarm until it has nothing to do right now, so requests
+    /// queued by [`Net::send`] reach their connections without waiting for
+    /// the next [`Net::next_event`]. Events it yields are kept for
+    /// `next_event`. (Polling with a no-op waker is fine: the event loop
+    /// polls `next_event`, registering its own waker, before it sleeps.)
+    pub fn flush(&mut self) {
+        use futures::FutureExt;
+        while let Some(Some(event)) = self.swarm.next().now_or_never() {
+            self.on_swarm_event(event);
+        }
+    }
+
     /// The next network event. Cancel-safe.
     pub async fn next_event(&mut self) -> NetEvent {
         loop {

@@ -65,6 +65,8 @@ pub struct DriverStats {
     pub invalid_reports: u64,
     /// Verified reports received by gossip.
     pub gossip_reports: u64,
+    /// Gossiped copies of reports already held (not verified again).
+    pub gossip_duplicates: u64,
     /// Verified reports received by catch-up.
     pub caught_up_reports: u64,
     pub catchup_requests_sent: u64,
@@ -431,6 +433,9 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     if self.node.committee().leader(round) != self.node.index() {
                         self.trace.mark_at(round, Phase::ProposalIn, arrived_us);
                     }
+                    // What is queued (the leader's proposal) leaves now,
+                    // not after this fsync.
+                    self.transport.flush();
                     let started = Instant::now();
                     let reply = self.record_signing(round, digest).await;
                     self.trace
@@ -675,6 +680,14 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 }
             },
             TransportEvent::Report { from: _, bytes } => {
+                // The gossiped copy of a report the round protocol already
+                // delivered (and verified) here: nothing to verify or store.
+                if let Ok(r) = SignedReport::decode_expecting(&bytes, &self.digest)
+                    && self.trace.is_held(r.header.round)
+                {
+                    self.stats.gossip_duplicates += 1;
+                    return;
+                }
                 if let Some(r) = self.check_report(&bytes) {
                     self.stats.gossip_reports += 1;
                     self.note_report_feeds(&r);

@@ -56,6 +56,10 @@ impl Transport for Net {
     fn publish_report(&mut self, bytes: Vec<u8>) -> Result<(), String> {
         Net::publish_report(self, bytes).map_err(|e| e.to_string())
     }
+
+    fn flush(&mut self) {
+        Net::flush(self);
+    }
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` or `log.level`; JSON when
@@ -85,7 +89,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     init_logging(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(worker_threads())
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -98,6 +102,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         });
         run_node(config, shutdown_rx, |_| {}).await
     })
+}
+
+/// Async worker threads: `SIBYL_WORKER_THREADS` (1..=64), default 2. With
+/// one, the event loop, the network's connection tasks and the API share a
+/// thread and messages pass between them without waking another thread.
+fn worker_threads() -> usize {
+    std::env::var("SIBYL_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(2)
 }
 
 async fn wait_for_signal() {

@@ -184,6 +184,16 @@ impl RoundTrace {
         Some(offset)
     }
 
+    /// Whether this member already holds the signed report of `round` (a
+    /// recent round it took part in).
+    pub fn is_held(&self, round: Round) -> bool {
+        self.inner.lock().is_ok_and(|g| {
+            g.rounds
+                .get(&round)
+                .is_some_and(|(_, done)| done.contains(&Phase::Held))
+        })
+    }
+
     /// Records a duration phase (µs).
     pub fn duration(&self, phase: Phase, us: u64) {
         if let Ok(mut g) = self.inner.lock() {

@@ -42,6 +42,12 @@ pub trait Transport: Send {
     fn send(&mut self, to: u16, bytes: Vec<u8>) -> Result<(), String>;
     fn broadcast(&mut self, bytes: Vec<u8>) -> Result<(), String>;
     fn publish_report(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+    /// Hands what `send` and `broadcast` queued to the network now, without
+    /// waiting for an event. The driver calls it before it waits on the
+    /// signing ledger, so messages already decided (the leader's proposal)
+    /// do not wait for that fsync too. A transport that sends at once has
+    /// nothing to do.
+    fn flush(&mut self) {}
 }
 
 /// Largest signed report accepted in a catch-up reply.
