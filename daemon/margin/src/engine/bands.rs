@@ -36,6 +36,8 @@ pub(super) const BUCKET_MS: u64 = 7_200_000;
 /// Options must live at least this long after the window to use the grid
 /// (so their value is smooth in time across it).
 const MIN_LIFE_MS: u64 = 86_400_000;
+/// Bound on sizes, prices and option values for the probe arithmetic.
+const LIM: i128 = 1 << 60;
 /// Probes per band side.
 const MAX_PROBES: usize = 8;
 
@@ -188,7 +190,6 @@ fn portfolio_at(
     // sizes, values and prices below 2^60, at most 32 legs, losses below
     // 2^100 before weighting. Anything larger is refused here and the unit
     // falls back to the whole-band bound.
-    const LIM: i128 = 1 << 60;
     let n = scen.len();
     if part.legs.len() > 32 || q.abs() >= LIM {
         return Err(crate::fixed::overflow("trigger band"));
@@ -204,18 +205,22 @@ fn portfolio_at(
         }
         match (leg.kind, v) {
             (LegKind::Option(..), Some((a, b))) => {
-                if a.len() != n + 1
-                    || b.len() != n + 1
-                    || a.iter().chain(b.iter()).any(|x| x.abs() >= LIM)
-                {
+                // Values are below LIM: checked where they are made
+                // (`grid_point`, and the current marks in `exact_bands`).
+                if a.len() != n + 1 || b.len() != n + 1 {
                     return Err(crate::fixed::overflow("grid"));
                 }
                 eq_a += size * a[0];
                 eq_b += size * b[0];
                 let (la, lb) = buf.split_at_mut(n);
-                for i in 0..n {
-                    la[i] += size * (a[0] - a[i + 1]);
-                    lb[i] += size * (b[0] - b[i + 1]);
+                let (a0, b0) = (a[0], b[0]);
+                for ((x, y), (l, m)) in a[1..]
+                    .iter()
+                    .zip(&b[1..])
+                    .zip(la.iter_mut().zip(lb.iter_mut()))
+                {
+                    *l += size * (a0 - x);
+                    *m += size * (b0 - y);
                 }
             }
             (LegKind::Delta1, _) => delta_one += size,
@@ -267,6 +272,9 @@ fn grid_point(
     start.extend_from_slice(&a.scenarios);
     let mut end = vec![b.price];
     end.extend_from_slice(&b.scenarios);
+    if start.iter().chain(&end).any(|x| x.abs() >= LIM) {
+        return Err(crate::fixed::overflow("grid"));
+    }
     let drift = start
         .iter()
         .zip(&end)
@@ -416,6 +424,9 @@ impl Engine {
             let mut now_vals = Vec::with_capacity(mark.scenarios.len() + 1);
             now_vals.push(mark.price);
             now_vals.extend_from_slice(&mark.scenarios);
+            if now_vals.iter().any(|x| x.abs() >= LIM) {
+                return Ok(None);
+            }
             part.legs.push(Leg {
                 size: p.size,
                 quote: p.quote,
