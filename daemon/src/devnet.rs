@@ -640,6 +640,9 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     });
     println!("ran for {:.1}s", started.elapsed().as_secs_f64());
     summary(&file, started.elapsed(), args.interval);
+    if chain.is_some() {
+        crate::chain::devnet::summary(&file);
+    }
     for c in &children {
         terminate(c.id());
     }

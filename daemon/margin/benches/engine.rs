@@ -11,6 +11,8 @@
 //! ```text
 //! cargo bench -p sibyl-margin --bench engine
 //! SIBYL_BENCH_ACCOUNTS=10000,100000,1000000 cargo bench -p sibyl-margin --bench engine
+//! # more knobs: SIBYL_BENCH_TICKS (extra ticks), SIBYL_BENCH_TICK_MS
+//! # (simulated ms between reports), SIBYL_BENCH_NEAR_PPM, SIBYL_BENCH_OPTIONS_PPM
 //! ```
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -50,6 +52,8 @@ struct Ticker {
     prices: Vec<(String, i128)>,
     round: u64,
     t: u64,
+    /// Simulated time between reports (SIBYL_BENCH_TICK_MS, default 1000).
+    step_ms: u64,
     base: std::collections::BTreeMap<String, i128>,
 }
 
@@ -57,7 +61,7 @@ impl Ticker {
     /// One report: (wall time, on-CPU time, liquidations, units examined).
     fn tick(&mut self, e: &mut Engine) -> (Duration, Duration, usize, u64) {
         self.round += 1;
-        self.t += 1_000;
+        self.t += self.step_ms;
         let report: Vec<(&str, i128, u8, u128)> = self
             .prices
             .iter_mut()
@@ -136,6 +140,10 @@ fn bench(c: &mut Criterion) {
             prices: params.prices.clone(),
             round: params.round,
             t: e.now_ms(),
+            step_ms: std::env::var("SIBYL_BENCH_TICK_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1_000),
             base,
         };
         // Let the near-liquidation accounts go first: a -3% move, then calm
@@ -191,11 +199,25 @@ fn bench(c: &mut Criterion) {
         let top: Vec<String> = heavy
             .iter()
             .rev()
-            .take((heavy.len() / 100).max(1))
+            .take((heavy.len() / 100).clamp(1, 12))
             .map(|(c, ex, l)| format!("{c:.1?}/{ex}/{l}"))
             .collect();
+        let mut calm: Vec<Duration> = heavy
+            .iter()
+            .filter(|(_, _, l)| *l == 0)
+            .map(|(c, _, _)| *c)
+            .collect();
+        calm.sort();
         println!(
-            "book n={n}: the costliest 1% of ticks (CPU / units examined / liquidations): {}",
+            "book n={n}: {} of {} ticks liquidated nothing: on CPU p50 {:.3?} p99 {:.3?} max {:.3?}",
+            calm.len(),
+            heavy.len(),
+            pct(&calm, 0.5),
+            pct(&calm, 0.99),
+            calm.last().copied().unwrap_or_default()
+        );
+        println!(
+            "book n={n}: the costliest ticks (up to 1%, at most 12; CPU / units examined / liquidations): {}",
             top.join(" ")
         );
         let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();

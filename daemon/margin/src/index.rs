@@ -2,11 +2,11 @@
 //!
 //! Each unit gets, per feed it depends on, a band `[lo, hi]` around the
 //! feed's price inside which it provably stays on the same side of its next
-//! threshold (initial margin when above it, maintenance below). The bound
-//! splits the unit's headroom across its feeds by a common relative move, so
-//! moves on several feeds, each inside its band, cannot add up to a crossing.
+//! threshold (maintenance). The bands split the unit's headroom across its
+//! feeds, so moves on several feeds, each inside its band, cannot add up to
+//! a crossing (see `engine/bands.rs`).
 //! A tick to price p re-examines only units with `lo >= p` or `hi <= p`:
-//! two ordered-set range scans, O(log n + crossed).
+//! two range scans over price buckets, O(buckets visited + crossed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -64,10 +64,6 @@ pub(crate) struct Key {
 }
 
 impl Key {
-    pub const MIN: Key = Key {
-        account: 0,
-        slot: 0,
-    };
     pub const MAX: Key = Key {
         account: u64::MAX,
         slot: u32::MAX,
@@ -81,11 +77,76 @@ pub(crate) struct Band {
     pub hi: i128,
 }
 
+/// Band edges of one side on one feed, bucketed by price: a small ordered
+/// map of buckets (those near the price are the only ones a tick visits)
+/// holding hash maps of units. Inserting or removing a unit touches one
+/// bucket, not a path through an ordered set of a million entries.
+#[derive(Default, Debug, Clone)]
+struct Edges {
+    /// Bucket width, fixed at the first edge (a power of ten about 1/10000
+    /// of the price then). Any width gives the same answers.
+    width: i128,
+    buckets: BTreeMap<i128, IntMap<Key, i128>>,
+}
+
+impl Edges {
+    fn insert(&mut self, key: Key, edge: i128) {
+        if self.width == 0 {
+            self.width = 10i128.pow(edge.unsigned_abs().max(1).ilog10().saturating_sub(4));
+        }
+        self.buckets
+            .entry(edge.div_euclid(self.width))
+            .or_default()
+            .insert(key, edge);
+    }
+
+    fn remove(&mut self, key: Key, edge: i128) {
+        if self.width == 0 {
+            return;
+        }
+        let b = edge.div_euclid(self.width);
+        if let Some(m) = self.buckets.get_mut(&b) {
+            m.remove(&key);
+            if m.is_empty() {
+                self.buckets.remove(&b);
+            }
+        }
+    }
+
+    /// Units whose edge is >= price.
+    fn at_or_above(&self, price: i128, out: &mut BTreeSet<Key>) {
+        if self.width == 0 {
+            return;
+        }
+        for m in self
+            .buckets
+            .range(price.div_euclid(self.width)..)
+            .map(|x| x.1)
+        {
+            out.extend(m.iter().filter(|(_, e)| **e >= price).map(|(k, _)| *k));
+        }
+    }
+
+    /// Units whose edge is <= price.
+    fn at_or_below(&self, price: i128, out: &mut BTreeSet<Key>) {
+        if self.width == 0 {
+            return;
+        }
+        for m in self
+            .buckets
+            .range(..=price.div_euclid(self.width))
+            .map(|x| x.1)
+        {
+            out.extend(m.iter().filter(|(_, e)| **e <= price).map(|(k, _)| *k));
+        }
+    }
+}
+
 #[derive(Default, Debug, Clone)]
 pub(crate) struct Index {
     feed_slots: BTreeMap<String, u16>,
-    lower: Vec<BTreeSet<(i128, Key)>>,
-    upper: Vec<BTreeSet<(i128, Key)>>,
+    lower: Vec<Edges>,
+    upper: Vec<Edges>,
     bands: IntMap<Key, Vec<Band>>,
     recheck: BTreeSet<(u64, Key)>,
     recheck_at: IntMap<Key, u64>,
@@ -100,16 +161,16 @@ impl Index {
         }
         let s = self.lower.len() as u16;
         self.feed_slots.insert(feed.to_string(), s);
-        self.lower.push(BTreeSet::new());
-        self.upper.push(BTreeSet::new());
+        self.lower.push(Edges::default());
+        self.upper.push(Edges::default());
         s
     }
 
     pub fn remove(&mut self, key: Key) {
         if let Some(old) = self.bands.remove(&key) {
             for b in old {
-                self.lower[b.feed as usize].remove(&(b.lo, key));
-                self.upper[b.feed as usize].remove(&(b.hi, key));
+                self.lower[b.feed as usize].remove(key, b.lo);
+                self.upper[b.feed as usize].remove(key, b.hi);
             }
         }
         if let Some(t) = self.recheck_at.remove(&key) {
@@ -120,8 +181,8 @@ impl Index {
     pub fn insert(&mut self, key: Key, bands: Vec<Band>, recheck_at: Option<u64>) {
         self.remove(key);
         for b in &bands {
-            self.lower[b.feed as usize].insert((b.lo, key));
-            self.upper[b.feed as usize].insert((b.hi, key));
+            self.lower[b.feed as usize].insert(key, b.lo);
+            self.upper[b.feed as usize].insert(key, b.hi);
         }
         if !bands.is_empty() {
             self.bands.insert(key, bands);
@@ -137,12 +198,8 @@ impl Index {
         let Some(&s) = self.feed_slots.get(feed) else {
             return;
         };
-        for (_, k) in self.lower[s as usize].range((price, Key::MIN)..) {
-            out.insert(*k);
-        }
-        for (_, k) in self.upper[s as usize].range(..=(price, Key::MAX)) {
-            out.insert(*k);
-        }
+        self.lower[s as usize].at_or_above(price, out);
+        self.upper[s as usize].at_or_below(price, out);
     }
 
     /// Units whose time-based recheck is due.
@@ -177,7 +234,7 @@ impl Index {
     /// Forgets every band and recheck, keeping feed slots and holders.
     pub fn clear_bands(&mut self) {
         for s in self.lower.iter_mut().chain(self.upper.iter_mut()) {
-            s.clear();
+            s.buckets.clear();
         }
         self.bands.clear();
         self.recheck.clear();

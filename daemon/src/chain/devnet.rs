@@ -117,3 +117,26 @@ pub fn prepare(dir: &Path, file: &mut DevnetFile, rpc_url: Option<&str>) -> Resu
     file.chain = Some(info.clone());
     Ok(DevChain { anvil, info })
 }
+
+/// Prints each member's transmitter counters (from its `/metrics`).
+pub fn summary(file: &DevnetFile) {
+    println!("member  tx sent  confirmed  failed  replaced  skipped  gas used");
+    for m in &file.members {
+        let text = crate::devnet::http_get(&format!("{}/metrics", m.api_url)).unwrap_or_default();
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))
+        };
+        println!(
+            "{:>6}  {:>7}  {:>9}  {:>6}  {:>8}  {:>7}  {:>8}",
+            m.index,
+            get("sibyl_chain_tx_sent_total"),
+            get("sibyl_chain_tx_confirmed_total"),
+            get("sibyl_chain_tx_failed_total"),
+            get("sibyl_chain_tx_replaced_total"),
+            get("sibyl_chain_updates_skipped_total"),
+            get("sibyl_chain_gas_used_total"),
+        );
+    }
+}

@@ -15,11 +15,13 @@
 //! probe at price `q` with margin `mu` proves every price within `mu / L_f`
 //! of `q`; the next probe goes to the edge of what is proven. Probes are
 //! exact: linear terms are evaluated at any integer price with the engine's
-//! own arithmetic; options are evaluated on a fixed price grid (multiples of
-//! a power of ten about 0.1–1% of the price) at the start and the end of a
-//! time window, with what time can do in between allowed for (twice the
-//! largest change of any value across the window). The unit is rechecked
-//! before its window ends, at a per-unit offset so rechecks spread out.
+//! own arithmetic; options are evaluated on a fixed price grid (multiples
+//! of a power of ten about 0.1–1% of the price, coarser by powers of two
+//! for far probes) at the start and the end of a four-hour time window (two
+//! two-hour buckets); a probe takes the worse end and subtracts, per
+//! contract, four times the largest change of any value across the window
+//! for what time can do in between. The unit is rechecked before its
+//! window ends, at a per-unit offset so rechecks spread out.
 //! Options within a day of expiry (after the window), and anything that
 //! cannot be evaluated, fall back to the whole-band Lipschitz bound.
 
@@ -35,7 +37,7 @@ pub(super) const BUCKET_MS: u64 = 7_200_000;
 /// (so their value is smooth in time across it).
 const MIN_LIFE_MS: u64 = 86_400_000;
 /// Probes per band side.
-const MAX_PROBES: usize = 5;
+const MAX_PROBES: usize = 8;
 
 /// Option values on the price grid for the current time bucket. A cache of
 /// a pure function of the state: it never changes a result, only its cost.
