@@ -68,7 +68,9 @@ impl GridCache {
             self.points.clear();
             self.next.clear();
         }
-        self.todo.clear();
+        // Everything this bucket starts with is worth having in the next.
+        self.todo = self.points.keys().copied().collect();
+        self.todo.sort_unstable();
         self.bucket = bucket;
     }
 }
@@ -286,10 +288,6 @@ impl Engine {
                 next.saturating_mul(BUCKET_MS),
                 next.saturating_add(2).saturating_mul(BUCKET_MS),
             );
-            if cache.todo.is_empty() && cache.next.is_empty() {
-                cache.todo = cache.points.keys().copied().collect();
-                cache.todo.sort_unstable();
-            }
             let mut done = 0;
             while done < budget {
                 let Some(k) = cache.todo.pop() else { break };
@@ -640,9 +638,9 @@ impl Engine {
                 && let std::collections::hash_map::Entry::Vacant(slot) =
                     cache.points.entry((ms.slot, q))
             {
-                {
-                    slot.insert(grid_point(name, ms, part.fs, q, window)?);
-                }
+                slot.insert(grid_point(name, ms, part.fs, q, window)?);
+                // Used in this bucket: likely used in the next one too.
+                cache.todo.push((ms.slot, q));
             }
         }
         let mut vals: Vec<Option<(&[i128], &[i128])>> = Vec::with_capacity(part.legs.len());
