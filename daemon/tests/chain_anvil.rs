@@ -2,9 +2,10 @@
 //! calldata from `GET /v1/feeds/{id}/update` and `GET /v1/feeds/update` is
 //! sent with `cast send --data` and the stored values read back.
 //!
-//! Needs anvil/cast/forge from scripts/setup.d/20-contracts, so it is
-//! `#[ignore]`d in plain `cargo test` and run by scripts/test.d/22-chain,
-//! where a missing tool fails the test.
+//! Needs anvil/cast/forge from scripts/setup.d/20-contracts, so this target
+//! has `test = false` (not part of a plain `cargo test`) and runs by name
+//! from scripts/test.d/22-chain, where a missing tool fails the test:
+//!     cargo test -p sibyl --test chain_anvil -- --test-threads 1
 
 use serde_json::Value;
 use sibyl::api::{ApiConfig, ApiParts, ApiState, CommitteeStatus, EvmPull, FeedInfo, serve};
@@ -135,7 +136,6 @@ fn latest_feed(contracts: &std::path::Path, rpc: &str, feed: &str, id: &str) -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs anvil and cast (scripts/setup.d/20-contracts); run by scripts/test.d/22-chain"]
 async fn pull_payload_calldata_lands_on_the_contract() {
     let contracts = devchain::find_contracts_dir().expect("contracts dir");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -335,7 +335,6 @@ fn hex_u64(v: &Value) -> u64 {
 /// per update. The API's pull payload of a live report lands on a second
 /// deployment of the contract.
 #[test]
-#[ignore = "needs anvil, forge and cast (scripts/setup.d/20-contracts); run by scripts/test.d/22-chain"]
 fn devnet_chain_pushes_reports_that_match_the_api() {
     let contracts = devchain::find_contracts_dir().expect("contracts dir");
     devchain::tool(&contracts, "anvil").expect("anvil (scripts/setup.d/20-contracts)");
@@ -544,7 +543,6 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
 /// members' key shares; the contract accepts the calldata once, and then
 /// names B's config digest and group key.
 #[test]
-#[ignore = "needs anvil, forge and cast (scripts/setup.d/20-contracts); run by scripts/test.d/22-chain"]
 fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
     let contracts = devchain::find_contracts_dir().expect("contracts dir");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -676,7 +674,6 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
 /// (anvil's mempool accepts the replacement), and once a block is mined the
 /// replacement's receipt settles it and the feeds hold the report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs anvil and cast (scripts/setup.d/20-contracts); run by scripts/test.d/22-chain"]
 async fn transmitter_replaces_a_stuck_transaction_on_anvil() {
     use sibyl::chain::rpc::AlloyRpc;
     use sibyl::chain::transmitter::{ChainMetrics, FeedRule, Schedule, Settings, Transmitter};

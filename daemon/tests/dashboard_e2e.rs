@@ -9,9 +9,10 @@
 //! margin section must show its accounts at risk, its liquidations (the
 //! reports' prices wiggle ±0.5 %) and the insurance fund, refreshed live.
 //!
-//! Needs Debian's `chromium` (installed by `scripts/setup.d/30-api`), so it is
-//! `#[ignore]`d by default and run by `scripts/test.d/30-api-dashboard`:
-//!     cargo test -p sibyl --test dashboard_e2e -- --ignored --nocapture
+//! Needs Debian's `chromium` (installed by `scripts/setup.d/30-api`), so this
+//! target has `test = false` (not part of a plain `cargo test`) and runs by
+//! name from `scripts/test.d/30-api-dashboard`:
+//!     cargo test -p sibyl --test dashboard_e2e -- --nocapture
 
 use serde_json::{Value, json};
 use sibyl::api::{self, ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
@@ -355,7 +356,6 @@ const PAGE_STATE: &str = r#"(() => {
 })()"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs chromium; run by scripts/test.d/30-api-dashboard"]
 async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
     // A store with two hours of 10-second history for three feeds.
     let dir = tempfile::tempdir().expect("tempdir");

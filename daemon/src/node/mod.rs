@@ -53,6 +53,11 @@ use transport::{CATCHUP_PAGE, Envelope, Transport, TransportEvent};
 
 /// Latency samples kept for the status (and `sibyl bench`).
 const LATENCY_SAMPLES: usize = 4096;
+/// How long the leader holds the gossiped copy of a report back: members get
+/// the report point to point at once; the gossip copy (for members without
+/// a direct connection) then arrives after they hold it and costs them no
+/// verification on the round's critical path.
+const GOSSIP_DELAY: Duration = Duration::from_millis(20);
 /// At most one catch-up request per this long, unless a page asked for more.
 const CATCHUP_MIN_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -226,6 +231,8 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     stats: DriverStats,
     /// Phase timestamps of recent rounds (shared with the report sink).
     trace: RoundTrace,
+    /// Reports this member led, to gossip at the given instant.
+    gossip_queue: VecDeque<(Instant, Round, Vec<u8>)>,
     /// Newest report round known stored (or received) here.
     stored_through: Option<Round>,
     /// Where catch-up resumes: the newest round stored at start (or after the
@@ -274,6 +281,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             connected: BTreeSet::new(),
             stats: DriverStats::default(),
             trace,
+            gossip_queue: VecDeque::new(),
             stored_through: last_report_round,
             catchup_cursor: Some(last_report_round.unwrap_or(0)),
             last_catchup: None,
@@ -312,6 +320,12 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 }
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
+            let gossip_sleep = tokio::time::sleep_until(
+                self.gossip_queue
+                    .front()
+                    .map_or_else(Instant::now, |(at, _, _)| *at)
+                    .into(),
+            );
             tokio::select! {
                 biased;
                 r = self.shutdown.changed() => {
@@ -347,6 +361,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     self.wake = None;
                     self.input(Input::Tick).await;
                 }
+                _ = gossip_sleep, if !self.gossip_queue.is_empty() => self.publish_due(),
             }
             self.publish_status();
         }
@@ -578,14 +593,30 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         } else {
             tracing::info!(round, leader, feeds = report.leaves.len(), "signed report");
         }
-        if leader == self.node.index()
-            && let Err(e) = self.transport.publish_report(report.to_bytes())
-        {
-            self.stats.send_errors += 1;
-            tracing::debug!(round, error = %e, "cannot gossip the report");
+        if leader == self.node.index() {
+            self.gossip_queue
+                .push_back((Instant::now() + GOSSIP_DELAY, round, report.to_bytes()));
         }
         self.note_stored(round);
         self.sink.push(report);
+    }
+
+    /// Gossips the led reports whose delay is over.
+    fn publish_due(&mut self) {
+        let now = Instant::now();
+        while self
+            .gossip_queue
+            .front()
+            .is_some_and(|(at, _, _)| *at <= now)
+        {
+            let Some((_, round, bytes)) = self.gossip_queue.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.transport.publish_report(bytes) {
+                self.stats.send_errors += 1;
+                tracing::debug!(round, error = %e, "cannot gossip the report");
+            }
+        }
     }
 
     /// Counts an invalid share against the member the evidence proves sent it.
