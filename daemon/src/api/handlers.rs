@@ -22,9 +22,14 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-type Params = BTreeMap<String, String>;
+/// A route's query parameters.
+pub(super) type Params = BTreeMap<String, String>;
 
-fn params(q: Result<Query<Params>, QueryRejection>, allowed: &[&str]) -> Result<Params, ApiError> {
+/// The query parameters, refusing any this route does not take.
+pub(super) fn params(
+    q: Result<Query<Params>, QueryRejection>,
+    allowed: &[&str],
+) -> Result<Params, ApiError> {
     let Query(p) =
         q.map_err(|e| ApiError::bad_parameter(format!("malformed query string: {e}")))?;
     if let Some(k) = p.keys().find(|k| !allowed.contains(&k.as_str())) {

@@ -189,23 +189,7 @@ fn account_param(s: &str) -> Result<AccountId, ApiError> {
     })
 }
 
-type Params = BTreeMap<String, String>;
-
-fn params(q: Result<Query<Params>, QueryRejection>, allowed: &[&str]) -> Result<Params, ApiError> {
-    let Query(p) =
-        q.map_err(|e| ApiError::bad_parameter(format!("malformed query string: {e}")))?;
-    if let Some(k) = p.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::bad_parameter(format!(
-            "unknown parameter `{k}`; this route takes {}",
-            allowed
-                .iter()
-                .map(|a| format!("`{a}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(p)
-}
+use super::handlers::{Params, params};
 
 fn limit_param(p: &Params, default: usize) -> Result<usize, ApiError> {
     match p.get("limit") {

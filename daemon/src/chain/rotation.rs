@@ -16,7 +16,7 @@
 
 use super::abi::{EvmGroupKey, ISibylFeed, Signature};
 use crate::config::{Committee, Config};
-use crate::keystore::{Keystore, Passphrase};
+use crate::keystore::Keystore;
 use alloy_primitives::{B256, U256};
 use alloy_sol_types::{SolCall, SolValue};
 use anyhow::{Context, Result, bail};
@@ -164,20 +164,6 @@ pub fn sign_rotation(
     })
 }
 
-fn passphrase(config: &Config) -> Result<Passphrase> {
-    let keys = &config.node.keys;
-    if let Some(var) = &keys.passphrase_env {
-        return Ok(Passphrase::from_env(var.get_ref())?);
-    }
-    if let Some(file) = &keys.passphrase_file {
-        return Ok(Passphrase::from_file(&config.resolve(file.get_ref()))?);
-    }
-    bail!(
-        "{}: no key passphrase configured (keys.passphrase_env or keys.passphrase_file)",
-        config.node_path.display()
-    )
-}
-
 /// `sibyl rotation` entry point: prints the signed rotation as JSON.
 pub fn run(args: RotationArgs) -> Result<()> {
     let new_committee = Committee::load(&args.new_committee)?;
@@ -195,7 +181,7 @@ pub fn run(args: RotationArgs) -> Result<()> {
             .read_public_key_package::<Evm>(&digest)
             .with_context(|| format!("{}: no secp256k1-evm public key package", path.display()))?;
         let kp = store
-            .read_key_package::<Evm>(&digest, &passphrase(&config)?)
+            .read_key_package::<Evm>(&digest, &crate::node::run::passphrase(&config)?)
             .with_context(|| {
                 format!(
                     "{}: cannot open its secp256k1-evm key share",

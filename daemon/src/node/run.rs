@@ -157,7 +157,8 @@ pub async fn run_node(
     }
 }
 
-fn passphrase(config: &Config) -> Result<Passphrase> {
+/// The key passphrase node.toml's `[keys]` names (environment or file).
+pub(crate) fn passphrase(config: &Config) -> Result<Passphrase> {
     let keys = &config.node.keys;
     if let Some(var) = &keys.passphrase_env {
         return Ok(Passphrase::from_env(var.get_ref())?);

@@ -760,8 +760,7 @@ impl Db {
     ) -> Result<Vec<MarginEventRow>, StoreError> {
         self.margin_events_query(
             "SELECT seq, round, kind, body FROM margin_events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-            from,
-            limit,
+            params![i64_of(from, "seq")?, limit as i64],
         )
     }
 
@@ -771,38 +770,20 @@ impl Db {
         kind: &str,
         limit: usize,
     ) -> Result<Vec<MarginEventRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.margin_events_query(
             "SELECT seq, round, kind, body FROM margin_events WHERE kind = ?1 ORDER BY seq DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![kind, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, round, kind, body) = row?;
-            out.push(MarginEventRow {
-                seq: u64_of(seq, "seq")?,
-                round: round.map(|r| u64_of(r, "round")).transpose()?,
-                kind,
-                body,
-            });
-        }
-        Ok(out)
+            params![kind, limit as i64],
+        )
     }
 
+    /// Runs `sql` (selecting seq, round, kind, body) over margin_events.
     fn margin_events_query(
         &self,
         sql: &str,
-        from: u64,
-        limit: usize,
+        params: impl rusqlite::Params,
     ) -> Result<Vec<MarginEventRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params![i64_of(from, "seq")?, limit as i64], |r| {
+        let rows = stmt.query_map(params, |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, Option<i64>>(1)?,
@@ -835,28 +816,10 @@ impl Db {
             Some(b) => i64_of(b, "seq")?,
             None => i64::MAX,
         };
-        let mut stmt = self.conn.prepare_cached(
+        self.margin_events_query(
             "SELECT seq, round, kind, body FROM margin_events WHERE kind = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![kind, before, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, round, kind, body) = row?;
-            out.push(MarginEventRow {
-                seq: u64_of(seq, "seq")?,
-                round: round.map(|r| u64_of(r, "round")).transpose()?,
-                kind,
-                body,
-            });
-        }
-        Ok(out)
+            params![kind, before, limit as i64],
+        )
     }
 
     /// Margin events with seq > `after`, oldest first.
@@ -865,28 +828,10 @@ impl Db {
         after: u64,
         limit: usize,
     ) -> Result<Vec<MarginEventRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.margin_events_query(
             "SELECT seq, round, kind, body FROM margin_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![i64_of(after, "seq")?, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, round, kind, body) = row?;
-            out.push(MarginEventRow {
-                seq: u64_of(seq, "seq")?,
-                round: round.map(|r| u64_of(r, "round")).transpose()?,
-                kind,
-                body,
-            });
-        }
-        Ok(out)
+            params![i64_of(after, "seq")?, limit as i64],
+        )
     }
 }
 
