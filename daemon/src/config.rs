@@ -476,6 +476,12 @@ pub struct StoreSection {
     /// SQLite database file (relative to `node.data_dir`).
     #[serde(default = "default_db")]
     pub path: PathBuf,
+    /// How the signing ledger's commit reaches the disk: `"normal"` (the
+    /// default; survives `kill -9`, the fsynced observation record covers
+    /// power loss) or `"full"` (also fsyncs it, on every round's critical
+    /// path). See `store::LedgerSync`.
+    #[serde(default)]
+    pub ledger_sync: crate::store::LedgerSync,
 }
 
 fn default_db() -> PathBuf {
@@ -484,7 +490,10 @@ fn default_db() -> PathBuf {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        Self { path: default_db() }
+        Self {
+            path: default_db(),
+            ledger_sync: crate::store::LedgerSync::default(),
+        }
     }
 }
 

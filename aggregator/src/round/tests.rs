@@ -449,6 +449,84 @@ fn restored_member_does_not_observe_a_round_twice() {
     assert_eq!(sends(&a).len(), 1);
 }
 
+/// The harness's member `i` restarted from `restore` (same keys: the
+/// harness's dealer ran first on its seeded rng).
+fn restarted(h: &Harness<Ed>, i: u16, restore: Restore) -> Node<Ed> {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let dealer = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
+    let id = Identifier::<Ed>::try_from(i).unwrap();
+    let keys = NodeKeys {
+        identity_seed: h.seeds[usize::from(i) - 1],
+        key_package: dealer.key_packages[&id].clone(),
+        public_key_package: dealer.public_key_package.clone(),
+    };
+    Node::new(h.committee.clone(), i, keys, restore).unwrap()
+}
+
+#[test]
+fn a_power_cut_that_loses_the_signing_ledger_cannot_make_a_member_sign_twice() {
+    // The daemon's default `ledger_sync = "normal"` does not fsync the
+    // signing ledger: a power cut may lose its last rows. What survives is
+    // the fsynced observation record, and that alone must be enough.
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    let a = h.handle(
+        to,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: bytes.clone(),
+        },
+    );
+    let Some(Action::RecordSigning { round, digest }) = a.into_iter().next() else {
+        panic!("expected RecordSigning first");
+    };
+    let a = h.handle(to, T0 + 3, Input::SigningRecorded { round, digest });
+    assert_eq!(sends(&a).len(), 1, "signed round 0 once");
+
+    // Power cut: the ledger row is gone, the observation record says round 0.
+    let cut = Restore {
+        round: 0,
+        last_observed_round: Some(0),
+        ..Restore::default()
+    };
+    assert_eq!(h.committee.leader(0), 1);
+    let mut node = restarted(&h, to, cut.clone());
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    // The same proposal (or any other for round 0) finds no nonce of this
+    // process: no ledger step, no share.
+    let a = node.handle(
+        T0 + 5,
+        Input::Message {
+            from: 1,
+            bytes: bytes.clone(),
+        },
+        &mut rng,
+    );
+    assert!(sends(&a).is_empty(), "{a:?}");
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::RecordSigning { .. })),
+        "{a:?}"
+    );
+    // Nor does it offer new commitments for round 0, which a second proposal
+    // for the round could then use.
+    let a = node.handle(T0 + 6, observations(1_000_009, T0 + 6), &mut rng);
+    assert!(sends(&a).is_empty(), "{a:?}");
+    assert!(
+        !a.iter()
+            .any(|a| matches!(a, Action::RecordObservation { .. }))
+    );
+
+    // Contrast: had the observation record been lost as well, the member
+    // would observe round 0 again with fresh commitments. The record is what
+    // keeps the unsynced ledger safe.
+    let mut bare = restarted(&h, to, Restore::default());
+    let a = bare.handle(T0 + 6, observations(1_000_009, T0 + 6), &mut rng);
+    assert!(a.contains(&Action::RecordObservation { round: 0 }), "{a:?}");
+    assert_eq!(sends(&a).len(), 1);
+}
+
 #[test]
 fn node_new_rejects_wrong_keys() {
     let h = harness::<Ed>(4, 1);

@@ -205,6 +205,7 @@ fn node_config_loads_with_defaults_and_resolves_paths() {
     assert_eq!(c.identity_path(), d.join("keys/identity.key"));
     assert_eq!(c.api_listen().port(), 8080);
     assert_eq!(c.node.log.format, LogFormat::Auto);
+    assert_eq!(c.node.store.ledger_sync, crate::store::LedgerSync::Normal);
     assert!(matches!(
         c.passphrase(),
         Err(PassphraseError::EnvMissing(_))
@@ -276,6 +277,24 @@ fn unknown_section_in_node_config() {
     let ps = Config::load(&p).unwrap_err().problems().to_vec();
     assert!(ps[0].message.contains("nett"), "{}", ps[0]);
     assert_eq!(ps[0].line, 5, "{}", ps[0]);
+}
+
+#[test]
+fn ledger_sync_takes_normal_or_full_and_names_a_bad_value() {
+    let d = tempdir("ledger-sync");
+    let base = "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_env = \"X\"\n[store]\n";
+    let p = write_pair(&d, &format!("{base}ledger_sync = \"full\"\n"));
+    let c = Config::load(&p).expect("valid");
+    assert_eq!(c.node.store.ledger_sync, crate::store::LedgerSync::Full);
+    let p = write_pair(&d, &format!("{base}ledger_sync = \"sometimes\"\n"));
+    let ps = Config::load(&p).unwrap_err().problems().to_vec();
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0].line, 6, "{}", ps[0]);
+    assert!(
+        ps[0].message.contains("sometimes") && ps[0].message.contains("full"),
+        "{}",
+        ps[0]
+    );
 }
 
 #[test]

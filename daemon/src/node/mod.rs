@@ -15,9 +15,9 @@
 //!   WakeAt ────────────► the one timer
 //! ```
 //!
-//! The ledger write is awaited inside the loop on purpose: no other input is
-//! handled until the signing is durable, so the share can only leave the
-//! process after it. Everything else slow (storing reports, answering
+//! The ledger write runs inside the loop, on the loop's own connection, on
+//! purpose: no other input is handled until the signing is recorded, so the
+//! share can only leave the process after it. Everything else slow (storing reports, answering
 //! catch-up requests) runs in its own task.
 //!
 //! Catch-up: on start, and whenever a peer (re)connects, the driver asks one
@@ -196,6 +196,8 @@ pub struct DriverParts<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Sen
     pub node: Node<C>,
     pub transport: T,
     pub store: crate::store::Store,
+    /// The signing ledger's own connection ([`crate::store::Store::signing_ledger`]).
+    pub ledger: crate::store::Db,
     /// Verifies gossiped and caught-up reports.
     pub group_keys: GroupKeys,
     pub observations: ObservationRx,
@@ -211,6 +213,8 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     node: Node<C>,
     transport: T,
     store: crate::store::Store,
+    /// The signing ledger, written synchronously in the event loop.
+    ledger: crate::store::Db,
     group_keys: GroupKeys,
     digest: ConfigDigest,
     observations: ObservationRx,
@@ -266,6 +270,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             node: parts.node,
             transport: parts.transport,
             store: parts.store,
+            ledger: parts.ledger,
             group_keys: parts.group_keys,
             digest,
             observations: parts.observations,
@@ -452,7 +457,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     // not after this fsync.
                     self.transport.flush();
                     let started = Instant::now();
-                    let reply = self.record_signing(round, digest).await;
+                    let reply = self.record_signing(round, digest);
                     self.trace
                         .duration(Phase::Ledger, micros(started.elapsed()));
                     self.trace.mark(round, Phase::Recorded);
@@ -537,8 +542,13 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         Ok(())
     }
 
-    async fn record_signing(&mut self, round: Round, digest: [u8; 32]) -> Input {
-        match self.store.writer.record_signing(round, digest).await {
+    /// Checks and writes the signing ledger in one exclusive transaction, on
+    /// this thread: nothing else of the round happens until it returns.
+    fn record_signing(&mut self, round: Round, digest: [u8; 32]) -> Input {
+        match self
+            .ledger
+            .record_signing(round, &digest, crate::store::now_ms())
+        {
             Ok(_) => {
                 self.stats.ledger_records += 1;
                 Input::SigningRecorded { round, digest }

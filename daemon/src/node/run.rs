@@ -209,7 +209,7 @@ where
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let store = Store::open(&config.db_path())?;
+    let store = Store::open_with(&config.db_path(), config.node.store.ledger_sync)?;
     let observed = observed::ObservationLedger::open(&data_dir.join("observed-round"))?;
     let restore = restore_from(&store.readers, &observed)?;
     let last_report_round = restore.last_report_round;
@@ -325,6 +325,7 @@ where
         DriverParts {
             node,
             transport: net,
+            ledger: store.signing_ledger()?,
             store: store.clone(),
             group_keys,
             observations,

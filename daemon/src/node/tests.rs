@@ -90,6 +90,7 @@ impl Harness {
             DriverParts {
                 node,
                 transport,
+                ledger: store.signing_ledger().unwrap(),
                 store,
                 group_keys,
                 observations: source::builtin(self.committee.feeds.clone()),

@@ -1,7 +1,7 @@
 //! Synchronous operations on one connection. The writer thread owns one `Db`
 //! opened read-write; readers each hold one opened read-only.
 
-use super::{SigningDigest, SigningRecord, StoreError, schema};
+use super::{LedgerSync, SigningDigest, SigningRecord, StoreError, schema};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use sibyl_aggregator::{FeedId, Price, ReportLeaf, Round, SignedReport, TimestampMs};
@@ -93,6 +93,7 @@ pub struct Db {
     conn: Connection,
     path: PathBuf,
     feed_keys: HashMap<FeedId, i64>,
+    ledger_sync: LedgerSync,
 }
 
 fn i64_of(v: u64, what: &str) -> Result<i64, StoreError> {
@@ -128,6 +129,7 @@ impl Db {
             conn: schema::open_rw(path)?,
             path: path.to_owned(),
             feed_keys: HashMap::new(),
+            ledger_sync: LedgerSync::Full,
         })
     }
 
@@ -137,11 +139,17 @@ impl Db {
             conn: schema::open_ro(path)?,
             path: path.to_owned(),
             feed_keys: HashMap::new(),
+            ledger_sync: LedgerSync::Full,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How [`Db::record_signing`] commits; [`LedgerSync::Full`] unless set.
+    pub fn set_ledger_sync(&mut self, sync: LedgerSync) {
+        self.ledger_sync = sync;
     }
 
     fn feed_key(&mut self, feed: &FeedId) -> Result<Option<i64>, StoreError> {
@@ -284,7 +292,9 @@ impl Db {
         Ok(())
     }
 
-    /// Record, durably, that this member is about to sign `digest` in `round`.
+    /// Record that this member is about to sign `digest` in `round`,
+    /// committed as [`Db::set_ledger_sync`] says (fsynced by default;
+    /// the node's default `LedgerSync::Normal` is not).
     ///
     /// One exclusive transaction checks and writes the ledger, so two callers
     /// (or a restarted process) can never both pass the check. Refuses with
@@ -298,9 +308,27 @@ impl Db {
         now_ms: u64,
     ) -> Result<SigningRecord, StoreError> {
         let r = i64_of(round, "round")?;
-        // The ledger is the one write that must survive power loss before a
-        // share leaves: FULL whatever an earlier write set.
-        self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+        // See `LedgerSync`: NORMAL survives kill -9 (the observation record
+        // covers power loss); FULL also fsyncs. Set whatever an earlier write
+        // left; back to FULL afterwards.
+        self.conn.execute_batch(match self.ledger_sync {
+            LedgerSync::Normal => "PRAGMA synchronous = NORMAL",
+            LedgerSync::Full => "PRAGMA synchronous = FULL",
+        })?;
+        let result = self.record_signing_tx(r, round, digest, now_ms);
+        if self.ledger_sync == LedgerSync::Normal {
+            self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+        }
+        result
+    }
+
+    fn record_signing_tx(
+        &mut self,
+        r: i64,
+        round: Round,
+        digest: &SigningDigest,
+        now_ms: u64,
+    ) -> Result<SigningRecord, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)?;

@@ -186,9 +186,16 @@ async fn history_pages_and_candles() {
 
 #[tokio::test]
 async fn signing_ledger_refuses_a_second_digest_and_survives_reopen() {
+    // The same checks whether the commit is fsynced or not (`ledger_sync`).
+    for sync in [LedgerSync::Full, LedgerSync::Normal] {
+        ledger_refuses_a_second_digest_and_survives_reopen(sync).await;
+    }
+}
+
+async fn ledger_refuses_a_second_digest_and_survives_reopen(sync: LedgerSync) {
     let (_dir, path) = temp();
     {
-        let store = Store::open(&path).expect("open");
+        let store = Store::open_with(&path, sync).expect("open");
         assert_eq!(
             store.readers.read(|db| db.last_signed()).await.expect("ok"),
             None
@@ -229,10 +236,11 @@ async fn signing_ledger_refuses_a_second_digest_and_survives_reopen() {
             SigningRecord::Recorded
         );
     }
-    let store = Store::open(&path).expect("reopen");
+    let store = Store::open_with(&path, sync).expect("reopen");
     assert_eq!(
         store.readers.read(|db| db.last_signed()).await.expect("ok"),
-        Some((8, [4; 32]))
+        Some((8, [4; 32])),
+        "{sync:?}"
     );
     assert!(matches!(
         store.writer.record_signing(8, [5; 32]).await,
@@ -249,8 +257,8 @@ async fn two_processes_on_one_file_cannot_both_sign_a_round() {
     // Two independent stores (as two processes would be) race on the same file;
     // the exclusive transaction lets exactly one digest in.
     let (_dir, path) = temp();
-    let a = Store::open(&path).expect("open a");
-    let b = Store::open(&path).expect("open b");
+    let a = Store::open_with(&path, LedgerSync::Normal).expect("open a");
+    let b = Store::open_with(&path, LedgerSync::Full).expect("open b");
     let mut tasks = Vec::new();
     for i in 0..8u8 {
         let w = if i % 2 == 0 {

@@ -1,7 +1,7 @@
 //! The writer thread and the handles around it.
 
 use super::db::{Candle, Db, HistoryCursor, Point};
-use super::{SigningDigest, SigningRecord, StoreError};
+use super::{LedgerSync, SigningDigest, SigningRecord, StoreError};
 use sibyl_aggregator::{FeedId, Round, SignedReport};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -181,13 +181,21 @@ impl Readers {
 pub struct Store {
     pub writer: StoreHandle,
     pub readers: Readers,
+    path: PathBuf,
+    ledger_sync: LedgerSync,
 }
 
 impl Store {
     /// Open (creating and migrating if needed) the database at `path` and
     /// start its writer thread. The thread ends when every handle is dropped.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, LedgerSync::Full)
+    }
+
+    /// [`Store::open`], with the signing ledger committed as `ledger_sync` says.
+    pub fn open_with(path: &Path, ledger_sync: LedgerSync) -> Result<Self, StoreError> {
         let mut db = Db::open(path)?;
+        db.set_ledger_sync(ledger_sync);
         let (tx, mut rx) = mpsc::channel::<Job>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("sibyl-store-writer".into())
@@ -206,6 +214,19 @@ impl Store {
         Ok(Self {
             writer: StoreHandle { tx },
             readers: Readers::new(path),
+            path: path.to_owned(),
+            ledger_sync,
         })
+    }
+
+    /// A write connection of its own for the signing ledger, committing as
+    /// the store was opened to ([`LedgerSync`]). The round driver records
+    /// signings on it in its own thread: no hand-off to the writer thread and
+    /// back on the round's critical path. Its exclusive transaction
+    /// serializes with the writer's (SQLite's write lock, 5 s busy timeout).
+    pub fn signing_ledger(&self) -> Result<Db, StoreError> {
+        let mut db = Db::open(&self.path)?;
+        db.set_ledger_sync(self.ledger_sync);
+        Ok(db)
     }
 }
