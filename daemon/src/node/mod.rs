@@ -58,6 +58,9 @@ const LATENCY_SAMPLES: usize = 4096;
 /// a direct connection) then arrives after they hold it and costs them no
 /// verification on the round's critical path.
 const GOSSIP_DELAY: Duration = Duration::from_millis(20);
+/// How long before a wake-up the driver leaves the (millisecond) async timer
+/// for a precise thread sleep.
+const PRECISE_WAKE_US: u64 = 1_500;
 /// At most one catch-up request per this long, unless a page asked for more.
 const CATCHUP_MIN_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -318,9 +321,15 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         self.node.precompute(&mut self.rng);
         self.request_catchup(None, true);
         loop {
-            let sleep = match self.wake {
+            // Tokio's timer wakes on whole-millisecond ticks, rounded up (and
+            // epoll waits in whole milliseconds): 0.5-1.5 ms late. The wake
+            // that starts a round is the observation instant every phase is
+            // measured from, so sleep on the timer until shortly before it
+            // and the rest precisely (below).
+            let wake_us = self.wake.map(|at| at.saturating_mul(1000));
+            let sleep = match wake_us {
                 Some(at) => {
-                    let d = at.saturating_mul(1000).saturating_sub(now_us());
+                    let d = at.saturating_sub(now_us()).saturating_sub(PRECISE_WAKE_US);
                     tokio::time::sleep(Duration::from_micros(d))
                 }
                 None => tokio::time::sleep(Duration::from_secs(3600)),
@@ -363,6 +372,13 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     }
                 }
                 _ = sleep => {
+                    // At most PRECISE_WAKE_US (+ the timer's lateness) left:
+                    // a thread sleep (~60 us slack) on the loop's own thread,
+                    // which has nothing else due at a round boundary.
+                    let left = wake_us.unwrap_or(0).saturating_sub(now_us());
+                    if left > 0 {
+                        std::thread::sleep(Duration::from_micros(left.min(PRECISE_WAKE_US)));
+                    }
                     self.wake = None;
                     self.input(Input::Tick).await;
                 }

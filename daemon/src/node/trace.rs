@@ -47,7 +47,7 @@ pub enum Phase {
     Proposed,
     /// Signer (not the leader): the proposal arrived.
     ProposalIn,
-    /// Signer: the signing ledger holds the round (fsync done).
+    /// Signer: the signing ledger holds the round (committed).
     Recorded,
     /// Signer (not the leader): its share is sent.
     ShareOut,
@@ -268,7 +268,7 @@ fn describe(phase: Phase) -> &'static str {
         Phase::Quorum => "leader: input that completed the quorum arrived",
         Phase::Proposed => "leader: proposal sent to the signers",
         Phase::ProposalIn => "signer: proposal arrived",
-        Phase::Recorded => "signer: signing ledger committed (fsync)",
+        Phase::Recorded => "signer: signing ledger committed",
         Phase::ShareOut => "signer: share sent",
         Phase::Signed => "leader: shares aggregated, report sent",
         Phase::Held => "member holds the verified report = LATENCY",
