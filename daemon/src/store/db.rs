@@ -192,11 +192,11 @@ impl Db {
     ///
     /// Committed with `synchronous = NORMAL`: in WAL mode the commit reaches
     /// the operating system (it survives `kill -9` of the node) but is not
-    /// fsynced by itself; the next signing-ledger commit (FULL, every round)
-    /// or checkpoint makes it durable against power loss too. A report lost
-    /// to a power cut is signed and held by the whole committee and comes
-    /// back by catch-up. This keeps one fsync per round off the disk that
-    /// the signing ledger's fsync waits on.
+    /// fsynced by itself; the next fsynced commit (a margin command, a
+    /// `LedgerSync::Full` ledger) or WAL checkpoint makes it durable against
+    /// power loss too. A report lost to a power cut is signed and held by
+    /// the whole committee and comes back by catch-up. This keeps an fsync
+    /// per round off the disk.
     pub fn insert_report(&mut self, report: &SignedReport) -> Result<bool, StoreError> {
         self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let result = self.insert_report_tx(report);
