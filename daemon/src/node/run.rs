@@ -356,7 +356,35 @@ where
         &api_group_keys,
     )
     .await?;
-    driver.run().await;
+    run_on_round_thread(driver).await?;
     drop(margin);
     Ok(())
+}
+
+/// Runs the round driver on a thread of its own with a single-threaded
+/// runtime. The libp2p connection tasks it spawns run there too, so a round
+/// message passes from socket to protocol without waking another thread;
+/// the price sources, the API, the margin engine and the store stay on the
+/// worker pool and the writer thread, off the round's thread.
+async fn run_on_round_thread<C, R>(driver: Driver<C, Net, R>) -> Result<()>
+where
+    C: SibylSuite + Send + 'static,
+    C::Group: Send,
+    R: rand_core::RngCore + rand_core::CryptoRng + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the round driver's runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sibyl-round".into())
+        .spawn(move || {
+            rt.block_on(driver.run());
+            let _ = done_tx.send(());
+        })
+        .context("cannot start the round driver's thread")?;
+    done_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the round driver's thread panicked"))
 }
