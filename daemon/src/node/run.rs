@@ -104,9 +104,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     })
 }
 
-/// Async worker threads: `SIBYL_WORKER_THREADS` (1..=64), default 2. With
-/// one, the event loop, the network's connection tasks and the API share a
-/// thread and messages pass between them without waking another thread.
+/// Async worker threads for the sources, API and margin engine:
+/// `SIBYL_WORKER_THREADS` (1..=64), default 2. The round driver and the
+/// network have their own thread either way ([`run_on_round_thread`]).
 fn worker_threads() -> usize {
     std::env::var("SIBYL_WORKER_THREADS")
         .ok()
