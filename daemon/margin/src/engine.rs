@@ -182,6 +182,39 @@ fn max_rate_ppm(m: &MarketConfig) -> i128 {
     i128::from(m.max_rate_ppm)
 }
 
+/// Bound on one option contract's |delta| in ppm, `D = e^(max(0, -r, -q) T)`
+/// with `T` from `from_ms` to expiry, rounded up; `None` when not finite or
+/// beyond 1e15 ppm.
+fn delta_bound_ppm(
+    rate_ppm: i64,
+    model: &PricingModel,
+    expiry_ms: u64,
+    from_ms: u64,
+) -> Option<i128> {
+    let carry = match model {
+        PricingModel::BlackScholes { carry_yield_ppm } => *carry_yield_ppm,
+        PricingModel::Black76 => 0,
+    };
+    let neg = (-rate_ppm).max(-carry).max(0) as f64 / 1e6;
+    let years = expiry_ms.saturating_sub(from_ms) as f64 / YEAR_MS;
+    let d = crate::detmath::exp(neg * years) * 1e6;
+    (d.is_finite() && d < 1e15).then(|| d.ceil() as i128 + 1)
+}
+
+/// Bound on `|d(equity - maintenance)/d price|` per unit of size (ppm) of a
+/// linear position of `size` at `price`: `d(rate(n) n)/dn = base + 2 growth
+/// n / 1M <= 2 cap`, for every notional inside the band (at most 1.5 n).
+fn linear_sensitivity_ppm(c: &MarketConfig, size: i128, price: i128) -> Result<i128, EngineError> {
+    let n = value(size, price)?.abs();
+    let grow = mul_div_ceil(
+        n,
+        3 * i128::from(c.growth_ppm_per_million),
+        1_000_000 * crate::fixed::MONEY_SCALE,
+        "sensitivity",
+    )?;
+    Ok(PPM + (2 * max_rate_ppm(c)).min(i128::from(c.maintenance_ppm) + grow))
+}
+
 impl Engine {
     /// An empty engine.
     pub fn new(risk: RiskParams) -> Self {
@@ -938,35 +971,15 @@ impl Engine {
                         // option have one sign, so a scenario loss moves by
                         // |delta(p) - (1+m) delta((1+m)p)| <= D (1 + m).
                         let rate = fc.map_or(0, |c| c.rate_ppm);
-                        let carry = match model {
-                            PricingModel::BlackScholes { carry_yield_ppm } => *carry_yield_ppm,
-                            PricingModel::Black76 => 0,
-                        };
-                        let neg = (-rate).max(-carry).max(0) as f64 / 1e6;
-                        let years = expiry_ms.saturating_sub(self.s.now_ms) as f64 / YEAR_MS;
-                        let d = crate::detmath::exp(neg * years) * 1e6;
-                        let d_ppm = if d.is_finite() && d < 1e15 {
-                            d.ceil() as i128 + 1
-                        } else {
-                            i128::MAX / 4
-                        };
+                        let d_ppm = delta_bound_ppm(rate, model, *expiry_ms, self.s.now_ms)
+                            .unwrap_or(i128::MAX / 4);
                         mul_div_ceil(d_ppm, 2 * PPM + grid_move, PPM, "sensitivity")?
                     }
                     // Equity moves by 1, each scenario loss by |m|.
                     _ => PPM + grid_move,
                 }
             } else {
-                // d(rate(n) n)/dn = base + 2 growth n / 1M <= 2 cap, for
-                // every notional inside the band (at most 1.5 n today).
-                let c = &ms.config;
-                let n = value(p.size, mark.price)?.abs();
-                let grow = mul_div_ceil(
-                    n,
-                    3 * i128::from(c.growth_ppm_per_million),
-                    1_000_000 * crate::fixed::MONEY_SCALE,
-                    "sensitivity",
-                )?;
-                PPM + (2 * max_rate_ppm(c)).min(i128::from(c.maintenance_ppm) + grow)
+                linear_sensitivity_ppm(&ms.config, p.size, mark.price)?
             };
             let s = mul_div_ceil(p.size.abs(), k, PPM, "sensitivity")?;
             let e = sens.entry(ms.config.feed.clone()).or_insert(0);

@@ -371,18 +371,11 @@ impl Engine {
                         has_option = true;
                         // |delta| <= D = e^(max(0, -r, -q) T); a scenario
                         // loss moves by at most D (1 + m) + D.
-                        let rate = fs.config.rate_ppm;
-                        let carry = match model {
-                            PricingModel::BlackScholes { carry_yield_ppm } => *carry_yield_ppm,
-                            PricingModel::Black76 => 0,
-                        };
-                        let neg = (-rate).max(-carry).max(0) as f64 / 1e6;
-                        let years = expiry_ms.saturating_sub(t_start) as f64 / YEAR_MS;
-                        let d = crate::detmath::exp(neg * years) * 1e6;
-                        if !(d.is_finite() && d < 1e15) {
+                        let Some(d_ppm) =
+                            delta_bound_ppm(fs.config.rate_ppm, model, *expiry_ms, t_start)
+                        else {
                             return Ok(None);
-                        }
-                        let d_ppm = d.ceil() as i128 + 1;
+                        };
                         (
                             LegKind::Option(m.as_str(), ms),
                             mul_div_ceil(d_ppm, 2 * PPM + grid_move, PPM, "sensitivity")?,
@@ -391,17 +384,9 @@ impl Engine {
                     _ => (LegKind::Delta1, PPM + grid_move),
                 }
             } else {
-                let c = &ms.config;
-                let n = value(p.size, mark.price)?.abs();
-                let grow = mul_div_ceil(
-                    n,
-                    3 * i128::from(c.growth_ppm_per_million),
-                    1_000_000 * crate::fixed::MONEY_SCALE,
-                    "sensitivity",
-                )?;
                 (
-                    LegKind::Linear(c),
-                    PPM + (2 * max_rate_ppm(c)).min(i128::from(c.maintenance_ppm) + grow),
+                    LegKind::Linear(&ms.config),
+                    linear_sensitivity_ppm(&ms.config, p.size, mark.price)?,
                 )
             };
             let part = parts.entry(feed).or_insert_with(|| Part {
