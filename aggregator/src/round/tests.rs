@@ -429,19 +429,12 @@ fn pacemaker_moves_to_the_next_round_and_leader() {
 fn restored_member_does_not_observe_a_round_twice() {
     let h0 = harness::<Ed>(4, 1);
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let dealer = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
-    let id = Identifier::<Ed>::try_from(2u16).unwrap();
-    let keys = NodeKeys {
-        identity_seed: h0.seeds[1],
-        key_package: dealer.key_packages[&id].clone(),
-        public_key_package: dealer.public_key_package.clone(),
-    };
     let restore = Restore {
         round: 5,
         last_observed_round: Some(5),
         ..Restore::default()
     };
-    let mut node = Node::new(h0.committee.clone(), 2, keys, restore).unwrap();
+    let mut node = restarted(&h0, 2, restore);
     let a = node.handle(T0, observations(1, T0), &mut rng);
     assert!(sends(&a).is_empty(), "{a:?}");
     let a = node.handle(T0 + 2_000, observations(1, T0 + 2_000), &mut rng);
@@ -492,7 +485,7 @@ fn a_power_cut_that_loses_the_signing_ledger_cannot_make_a_member_sign_twice() {
         ..Restore::default()
     };
     assert_eq!(h.committee.leader(0), 1);
-    let mut node = restarted(&h, to, cut.clone());
+    let mut node = restarted(&h, to, cut);
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     // The same proposal (or any other for round 0) finds no nonce of this
     // process: no ledger step, no share.

@@ -198,9 +198,19 @@ impl Db {
     /// the whole committee and comes back by catch-up. This keeps an fsync
     /// per round off the disk.
     pub fn insert_report(&mut self, report: &SignedReport) -> Result<bool, StoreError> {
-        self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        let result = self.insert_report_tx(report);
-        // Back to FULL for everything else (the ledger also sets it itself).
+        self.with_synchronous("NORMAL", |db| db.insert_report_tx(report))
+    }
+
+    /// Runs `f` with `PRAGMA synchronous = level` (whatever an earlier write
+    /// left), then back to the connection's `FULL`.
+    fn with_synchronous<T>(
+        &mut self,
+        level: &str,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn
+            .execute_batch(&format!("PRAGMA synchronous = {level}"))?;
+        let result = f(self);
         self.conn.execute_batch("PRAGMA synchronous = FULL")?;
         result
     }
@@ -309,17 +319,12 @@ impl Db {
     ) -> Result<SigningRecord, StoreError> {
         let r = i64_of(round, "round")?;
         // See `LedgerSync`: NORMAL survives kill -9 (the observation record
-        // covers power loss); FULL also fsyncs. Set whatever an earlier write
-        // left; back to FULL afterwards.
-        self.conn.execute_batch(match self.ledger_sync {
-            LedgerSync::Normal => "PRAGMA synchronous = NORMAL",
-            LedgerSync::Full => "PRAGMA synchronous = FULL",
-        })?;
-        let result = self.record_signing_tx(r, round, digest, now_ms);
-        if self.ledger_sync == LedgerSync::Normal {
-            self.conn.execute_batch("PRAGMA synchronous = FULL")?;
-        }
-        result
+        // covers power loss); FULL also fsyncs.
+        let level = match self.ledger_sync {
+            LedgerSync::Normal => "NORMAL",
+            LedgerSync::Full => "FULL",
+        };
+        self.with_synchronous(level, |db| db.record_signing_tx(r, round, digest, now_ms))
     }
 
     fn record_signing_tx(
