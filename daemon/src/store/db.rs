@@ -147,6 +147,15 @@ impl Db {
         &self.path
     }
 
+    /// Caps the database at its current size, as a full disk would (tests).
+    #[cfg(test)]
+    pub(crate) fn cap_size_here(&mut self) -> Result<(), StoreError> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// How [`Db::record_signing`] commits; [`LedgerSync::Full`] unless set.
     pub fn set_ledger_sync(&mut self, sync: LedgerSync) {
         self.ledger_sync = sync;

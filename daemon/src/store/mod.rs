@@ -122,12 +122,29 @@ pub enum StoreError {
     OutOfRange(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// SQLITE_FULL: the write was rolled back; what was committed before is
+    /// untouched.
+    #[error(
+        "the disk holding the database is full ({0}); this write was rolled back and nothing stored before it changed; free space and the node carries on"
+    )]
+    DiskFull(rusqlite::Error),
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error(
         "the store's writer has stopped (the database failed earlier or the node is shutting down)"
     )]
     WriterGone,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                StoreError::DiskFull(e)
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
 }
 
 impl StoreError {

@@ -252,6 +252,74 @@ async fn ledger_refuses_a_second_digest_and_survives_reopen(sync: LedgerSync) {
     );
 }
 
+#[test]
+fn a_full_disk_is_a_clear_error_and_loses_nothing_stored() {
+    let (_dir, path) = temp();
+    let leaves = |round: u64| {
+        (0..50)
+            .map(|f| {
+                leaf(
+                    &format!("F{f:02}-USD"),
+                    i128::from(round) * 100 + f,
+                    1_000 * round,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut db = Db::open(&path).expect("open");
+    db.set_ledger_sync(LedgerSync::Normal);
+    for round in 1..=3 {
+        db.insert_report(&report(round, 1_000 * round, leaves(round)))
+            .expect("insert");
+    }
+    db.record_signing(3, &[3; 32], 5).expect("ledger");
+    db.cap_size_here().expect("cap");
+    // Fill what is left of the last page, then hit the limit.
+    let mut full = None;
+    for round in 4..200 {
+        match db.insert_report(&report(round, 1_000 * round, leaves(round))) {
+            Ok(_) => {}
+            Err(e) => {
+                full = Some((round, e));
+                break;
+            }
+        }
+    }
+    let (failed, e) = full.expect("the capped database fills up");
+    assert!(matches!(e, StoreError::DiskFull(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("disk holding the database is full"),
+        "{e}"
+    );
+    // The ledger refuses the same way rather than half-writing.
+    for round in failed..failed + 50 {
+        match db.record_signing(round, &[round as u8; 32], 6) {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(matches!(e, StoreError::DiskFull(_)), "{e:?}");
+                break;
+            }
+        }
+    }
+    drop(db);
+
+    // Space again: everything committed is there, the failed report is not,
+    // and writing works.
+    let mut db = Db::open(&path).expect("reopen");
+    for round in 1..failed {
+        let r = db.report(round).expect("read").expect("stored report");
+        assert_eq!(r.leaves.len(), 50);
+    }
+    assert_eq!(db.report(failed).expect("read"), None);
+    assert!(
+        db.last_signed()
+            .expect("ledger")
+            .is_some_and(|(r, _)| r >= 3)
+    );
+    db.insert_report(&report(failed, 1_000 * failed, leaves(failed)))
+        .expect("insert after space returns");
+}
+
 #[tokio::test]
 async fn two_processes_on_one_file_cannot_both_sign_a_round() {
     // Two independent stores (as two processes would be) race on the same file;
