@@ -340,6 +340,15 @@ pub struct NodeSection {
     /// Directory for the database and other state (relative to node.toml).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Nice value (0..=19) of every thread except the round driver's: the
+    /// price sources, the API, the margin engine and the store yield the CPU
+    /// to the round protocol when both want it. 0 keeps them equal.
+    #[serde(default = "default_background_nice")]
+    pub background_nice: Spanned<u8>,
+}
+
+fn default_background_nice() -> Spanned<u8> {
+    Spanned::new(0..0, 10)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -1428,6 +1437,15 @@ fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
                 "e.g. max_fee_gwei = 200 and max_priority_fee_gwei = 2",
             );
         }
+    }
+    let nice = *n.node.background_nice.get_ref();
+    if nice > 19 {
+        r.at(
+            span(&n.node.background_nice),
+            "node.background_nice",
+            format!("{nice} is not a nice value"),
+            "use 0 (no preference) to 19 (background threads yield the most); the default is 10",
+        );
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(n.log.level.get_ref()) {
         r.at(

@@ -15,6 +15,7 @@ pub mod keystore;
 pub mod margin_svc;
 pub mod net;
 pub mod node;
+pub mod priority;
 pub mod replay;
 pub mod store;
 pub mod verify_cmd;

@@ -41,6 +41,7 @@
 //! [`Action::WakeAt`] and call [`Node::handle`] with [`Input::Tick`] then.
 
 pub mod committee;
+mod fast25519;
 pub mod message;
 #[cfg(test)]
 mod tests;
@@ -54,7 +55,7 @@ use crate::report::{
 use committee::Committee;
 use ed25519_dalek::SigningKey;
 use frost_core::{
-    self as frost, Ciphersuite, Identifier, SigningPackage,
+    self as frost, Ciphersuite, Identifier, SigningPackage, VerifyingKey,
     keys::{KeyPackage, PublicKeyPackage},
     round1::{SigningCommitments, SigningNonces},
     round2::SignatureShare,
@@ -76,10 +77,31 @@ const FUTURE_WINDOW: Round = 3;
 /// A FROST ciphersuite Sibyl signs with.
 pub trait SibylSuite: Ciphersuite {
     const SUITE: Suite;
+
+    /// One participant's serialized commitments, parsed and validated: the
+    /// same answer as `SigningCommitments::deserialize`. A suite may answer
+    /// faster (the inputs are public).
+    fn parse_commitments(bytes: &[u8]) -> Option<SigningCommitments<Self>> {
+        SigningCommitments::deserialize(bytes).ok()
+    }
+
+    /// Whether `sig` (serialized) is a valid signature on `msg` under `key`:
+    /// the same answer as `Signature::deserialize` then `VerifyingKey::verify`.
+    fn verify_signature_bytes(key: &VerifyingKey<Self>, msg: &[u8], sig: &[u8]) -> bool {
+        frost::Signature::<Self>::deserialize(sig).is_ok_and(|s| key.verify(msg, &s).is_ok())
+    }
 }
 
 impl SibylSuite for frost_ed25519::Ed25519Sha512 {
     const SUITE: Suite = Suite::Ed25519;
+
+    fn parse_commitments(bytes: &[u8]) -> Option<SigningCommitments<Self>> {
+        fast25519::commitments(bytes)
+    }
+
+    fn verify_signature_bytes(key: &VerifyingKey<Self>, msg: &[u8], sig: &[u8]) -> bool {
+        fast25519::verify(key, msg, sig)
+    }
 }
 
 impl SibylSuite for frost_secp256k1_evm::Secp256K1Keccak256 {
@@ -303,6 +325,10 @@ struct RoundState<C: Ciphersuite> {
     checked: Option<([u8; 32], Vec<ReportLeaf>)>,
     // leader side
     observations: BTreeMap<u16, Attributed>,
+    /// First-attempt commitments of the observers, parsed as their
+    /// observations arrived (while the leader waits for the quorum) rather
+    /// than all at once when it proposes; `None`: they do not parse.
+    first_commitments: BTreeMap<u16, Option<SigningCommitments<C>>>,
     conflict_blamed: BTreeSet<u16>,
     leader: Option<LeaderRound<C>>,
     gave_up: bool,
@@ -321,6 +347,7 @@ impl<C: Ciphersuite> RoundState<C> {
             equivocation_blamed: false,
             checked: None,
             observations: BTreeMap::new(),
+            first_commitments: BTreeMap::new(),
             conflict_blamed: BTreeSet::new(),
             leader: None,
             gave_up: false,
@@ -371,6 +398,91 @@ enum Refusal {
     Mismatch,
     #[error("signing package invalid")]
     Package,
+}
+
+/// A serialized `SigningPackage` taken apart without parsing a point: frost
+/// writes header ‖ varint(k) ‖ k × (identifier ‖ serialized commitments) ‖
+/// varint(message length) ‖ message, the identifiers ascending.
+struct PackageParts<'a> {
+    signers: Vec<(&'a [u8], &'a [u8])>,
+    message: &'a [u8],
+}
+
+/// Splits `bytes` as [`PackageParts`], each commitment `commitment_len`
+/// bytes long; `None` unless the bytes are exactly that framing with frost's
+/// header for `C` (so the package frost would write for these parts).
+fn split_package<C: Ciphersuite>(bytes: &[u8], commitment_len: usize) -> Option<PackageParts<'_>> {
+    // The header: what frost writes before an empty package's two lengths.
+    let empty = SigningPackage::<C>::new(BTreeMap::new(), &[])
+        .serialize()
+        .ok()?;
+    let header = empty.get(..empty.len().checked_sub(2)?)?;
+    let id_len = Identifier::<C>::try_from(1u16).ok()?.serialize().len();
+    let mut rest = bytes.strip_prefix(header)?;
+    let k = read_varint(&mut rest)?;
+    let entry = id_len + commitment_len;
+    if rest.len() < k.checked_mul(entry)? {
+        return None;
+    }
+    let mut signers = Vec::with_capacity(k);
+    for _ in 0..k {
+        let (e, tail) = rest.split_at(entry);
+        signers.push(e.split_at(id_len));
+        rest = tail;
+    }
+    let len = read_varint(&mut rest)?;
+    (rest.len() == len).then_some(PackageParts {
+        signers,
+        message: rest,
+    })
+}
+
+/// A postcard (LEB128) length, canonical and at most `u32`.
+fn read_varint(bytes: &mut &[u8]) -> Option<usize> {
+    let mut value: u64 = 0;
+    for i in 0..5 {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return None; // a longer encoding than needed
+            }
+            return usize::try_from(u32::try_from(value).ok()?).ok();
+        }
+    }
+    None
+}
+
+/// The signature the shares add up to, if it verifies under the group key
+/// ([`SibylSuite::verify_signature_bytes`]): what `frost::aggregate` returns
+/// when every share is good (neither ciphersuite changes its aggregation
+/// hooks). `None` otherwise, and the caller lets frost find the cheaters.
+fn aggregate_verified<C: SibylSuite>(
+    package: &SigningPackage<C>,
+    shares: &BTreeMap<Identifier<C>, SignatureShare<C>>,
+    pubkeys: &PublicKeyPackage<C>,
+) -> Option<frost::Signature<C>> {
+    if !package.signing_commitments().keys().eq(shares.keys()) {
+        return None;
+    }
+    let factors = frost::compute_binding_factor_list(package, pubkeys.verifying_key(), &[]).ok()?;
+    let r = frost::compute_group_commitment(package, &factors).ok()?;
+    type F<C> = <<C as Ciphersuite>::Group as frost::Group>::Field;
+    let mut z = <F<C> as frost::Field>::zero();
+    for share in shares.values() {
+        // A share is its scalar's serialization.
+        let mut buf = <F<C> as frost::Field>::serialize(&z);
+        let bytes = share.serialize();
+        if buf.as_ref().len() != bytes.len() {
+            return None;
+        }
+        buf.as_mut().copy_from_slice(&bytes);
+        z = z + <F<C> as frost::Field>::deserialize(&buf).ok()?;
+    }
+    let sig = frost::Signature::new(r.to_element(), z);
+    let bytes = sig.serialize().ok()?;
+    C::verify_signature_bytes(pubkeys.verifying_key(), package.message(), &bytes).then_some(sig)
 }
 
 fn keccak(bytes: &[u8]) -> [u8; 32] {
@@ -1035,33 +1147,67 @@ impl<C: SibylSuite> Node<C> {
         if merkle_root(&leaves) != header.merkle_root {
             return Err(Refusal::Mismatch);
         }
-        let package =
-            SigningPackage::<C>::deserialize(&p.signing_package).map_err(|_| Refusal::Package)?;
-        if package.message().as_slice() != digest.as_slice() {
-            return Err(Refusal::Package);
-        }
-        let commitments = package.signing_commitments();
-        if commitments.len() < usize::from(self.committee.t()) {
-            return Err(Refusal::Package);
-        }
         let attempt = usize::from(p.attempt);
-        for (id, c) in commitments {
-            let member = *self.ids.get(id).ok_or(Refusal::Package)?;
+        let package = self.check_package(&p.signing_package, &attributed, attempt, digest)?;
+        Ok((package, leaves))
+    }
+
+    /// The proposal's signing package, checked: its canonical serialization
+    /// over at least t signers, each commitment byte for byte the one that
+    /// signer announced for this attempt in its attributed observation, this
+    /// member's own among them, and the report digest as its message.
+    ///
+    /// The bytes are compared before any point is parsed, and this member's
+    /// own commitment (which it made) is not parsed at all; the others are
+    /// parsed with [`SibylSuite::parse_commitments`]. The result equals what
+    /// `SigningPackage::deserialize` gives for every package accepted here
+    /// (a package is canonical, so the bytes decide it).
+    fn check_package(
+        &self,
+        bytes: &[u8],
+        attributed: &BTreeMap<u16, ObservationMsg>,
+        attempt: usize,
+        digest: &[u8; 32],
+    ) -> Result<SigningPackage<C>, Refusal> {
+        let mine = self.rs.commitments.get(attempt).ok_or(Refusal::Package)?;
+        let my_id = *self.key_package.identifier();
+        let my_bytes = attributed
+            .get(&self.me)
+            .and_then(|o| o.commitments.get(attempt))
+            .ok_or(Refusal::Package)?;
+        let parts = split_package::<C>(bytes, my_bytes.len()).ok_or(Refusal::Package)?;
+        if parts.message != digest.as_slice()
+            || parts.signers.len() < usize::from(self.committee.t())
+        {
+            return Err(Refusal::Package);
+        }
+        let mut commitments = BTreeMap::new();
+        let mut last: Option<Identifier<C>> = None;
+        for (id_bytes, c_bytes) in parts.signers {
+            let id = Identifier::<C>::deserialize(id_bytes).map_err(|_| Refusal::Package)?;
+            if last.is_some_and(|l| l >= id) {
+                return Err(Refusal::Package); // not the canonical (ascending) order
+            }
+            last = Some(id);
+            let member = *self.ids.get(&id).ok_or(Refusal::Package)?;
             let announced = attributed
                 .get(&member)
                 .and_then(|o| o.commitments.get(attempt))
                 .ok_or(Refusal::Package)?;
-            let ours = c.serialize().map_err(|_| Refusal::Package)?;
-            if *announced != ours {
+            if announced.as_slice() != c_bytes {
                 return Err(Refusal::Package);
             }
+            let c = if id == my_id {
+                *mine
+            } else {
+                C::parse_commitments(c_bytes).ok_or(Refusal::Package)?
+            };
+            commitments.insert(id, c);
         }
-        let my_id = self.key_package.identifier();
-        let mine = commitments.get(my_id).ok_or(Refusal::Package)?;
-        if self.rs.commitments.get(attempt) != Some(mine) {
+        if !commitments.contains_key(&my_id) {
             return Err(Refusal::Package);
         }
-        Ok((package, leaves))
+        Ok(SigningPackage::new(commitments, digest))
     }
 
     fn on_recorded<R: RngCore + CryptoRng>(
@@ -1172,13 +1318,11 @@ impl<C: SibylSuite> Node<C> {
         let Some(sig) = report.signatures.get(&C::SUITE) else {
             return false;
         };
-        let Ok(sig) = frost::Signature::<C>::deserialize(&sig.0) else {
-            return false;
-        };
-        self.pubkeys
-            .verifying_key()
-            .verify(&report_digest(&report.header), &sig)
-            .is_ok()
+        C::verify_signature_bytes(
+            self.pubkeys.verifying_key(),
+            &report_digest(&report.header),
+            &sig.0,
+        )
     }
 
     fn accept_report(&mut self, now: TimestampMs, report: SignedReport) {
@@ -1250,6 +1394,14 @@ impl<C: SibylSuite> Node<C> {
         let Payload::Observation(o) = msg.payload else {
             return;
         };
+        if self.rs.leader.is_none() {
+            let first = if sender == self.me {
+                self.rs.commitments.first().copied()
+            } else {
+                o.commitments.first().and_then(|c| C::parse_commitments(c))
+            };
+            self.rs.first_commitments.insert(sender, first);
+        }
         self.rs.observations.insert(
             sender,
             Attributed {
@@ -1361,12 +1513,15 @@ impl<C: SibylSuite> Node<C> {
                 let Ok(id) = Identifier::<C>::try_from(*s) else {
                     return;
                 };
-                match l
-                    .signers_pool
-                    .get(s)
-                    .and_then(|c| c.get(number))
-                    .and_then(|c| SigningCommitments::<C>::deserialize(c).ok())
-                {
+                let parsed = match self.rs.first_commitments.get(s) {
+                    Some(first) if number == 0 => *first,
+                    _ => l
+                        .signers_pool
+                        .get(s)
+                        .and_then(|c| c.get(number))
+                        .and_then(|c| C::parse_commitments(c)),
+                };
+                match parsed {
                     Some(c) => {
                         commitments.insert(id, c);
                     }
@@ -1553,12 +1708,18 @@ impl<C: SibylSuite> Node<C> {
                 shares.insert(id, *share);
             }
         }
-        match frost::aggregate_custom(
-            &a.package,
-            &shares,
-            &self.pubkeys,
-            frost::CheaterDetection::AllCheaters,
-        ) {
+        // The common case (every share good) is checked with one signature
+        // verification; otherwise frost's aggregation finds the cheaters.
+        let aggregated = match aggregate_verified(&a.package, &shares, &self.pubkeys) {
+            Some(sig) => Ok(sig),
+            None => frost::aggregate_custom(
+                &a.package,
+                &shares,
+                &self.pubkeys,
+                frost::CheaterDetection::AllCheaters,
+            ),
+        };
+        match aggregated {
             Ok(sig) => {
                 let Ok(sig_bytes) = sig.serialize() else {
                     return;

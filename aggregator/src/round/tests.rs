@@ -935,3 +935,188 @@ fn a_signer_with_unparsable_commitments_is_passed_over() {
     };
     assert_eq!(p.leaves[0].num_observations, 4);
 }
+
+/// Packages frost serializes split into exactly their parts, for both
+/// suites; any other framing of the same parts is refused.
+#[test]
+fn signing_packages_split_into_their_parts_and_nothing_else_does() {
+    fn check<C: SibylSuite>(seed: u64) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let (shares, _) = frost::keys::generate_with_dealer::<C, _>(
+            5,
+            3,
+            frost::keys::IdentifierList::Default,
+            &mut rng,
+        )
+        .unwrap();
+        let mut commitments = BTreeMap::new();
+        let mut bytes_of = Vec::new();
+        for (id, share) in shares.iter().take(4) {
+            let (_, c) = frost::round1::commit(share.signing_share(), &mut rng);
+            bytes_of.push((id.serialize(), c.serialize().unwrap()));
+            commitments.insert(*id, c);
+        }
+        let digest = [0x42u8; 32];
+        let bytes = SigningPackage::new(commitments.clone(), &digest)
+            .serialize()
+            .unwrap();
+        let clen = bytes_of[0].1.len();
+        let parts = split_package::<C>(&bytes, clen).expect("frost's own framing");
+        assert_eq!(parts.message, digest.as_slice());
+        let got: Vec<(Vec<u8>, Vec<u8>)> = parts
+            .signers
+            .iter()
+            .map(|(i, c)| (i.to_vec(), c.to_vec()))
+            .collect();
+        assert_eq!(got, bytes_of);
+        for (_, c) in &parts.signers {
+            assert!(C::parse_commitments(c).is_some());
+        }
+        // Trailing byte, truncation, wrong commitment length, wrong header.
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(split_package::<C>(&long, clen).is_none());
+        assert!(split_package::<C>(&bytes[..bytes.len() - 1], clen).is_none());
+        assert!(split_package::<C>(&bytes, clen + 1).is_none());
+        let mut header = bytes.clone();
+        header[1] ^= 1;
+        assert!(split_package::<C>(&header, clen).is_none());
+        // A non-minimal length (k written in two bytes) is refused.
+        let hlen = bytes.len() - 1 - 4 * (bytes_of[0].0.len() + clen) - 1 - 32;
+        let mut padded = bytes[..hlen].to_vec();
+        padded.extend_from_slice(&[bytes[hlen] | 0x80, 0x00]);
+        padded.extend_from_slice(&bytes[hlen + 1..]);
+        assert!(split_package::<C>(&padded, clen).is_none());
+    }
+    check::<Ed>(1);
+    check::<frost_secp256k1_evm::Secp256K1Keccak256>(2);
+}
+
+/// A signer takes only the signing package frost would write for the
+/// announced commitments: reordered, repeated, padded or retargeted packages
+/// are refused before any point is parsed, and the genuine one still signs.
+#[test]
+fn a_signer_refuses_any_other_framing_of_the_signing_package() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    let Payload::Proposal(genuine) = decode(&h, &bytes).payload else {
+        panic!("not a proposal");
+    };
+    let pkg = genuine.signing_package.clone();
+    let entry = 32 + 69;
+    let start = pkg.len() - 33 - 3 * entry;
+    let entries: Vec<Vec<u8>> = (0..3)
+        .map(|i| pkg[start + i * entry..start + (i + 1) * entry].to_vec())
+        .collect();
+    let with = |k: u8, list: &[&Vec<u8>], tail: &[u8]| {
+        let mut b = pkg[..start - 1].to_vec();
+        b.push(k);
+        for e in list {
+            b.extend_from_slice(e);
+        }
+        b.extend_from_slice(tail);
+        b
+    };
+    let tail = pkg[pkg.len() - 33..].to_vec();
+    let mut other_digest = tail.clone();
+    other_digest[5] ^= 1;
+    let variants = [
+        with(3, &[&entries[1], &entries[0], &entries[2]], &tail),
+        with(
+            4,
+            &[&entries[0], &entries[1], &entries[1], &entries[2]],
+            &tail,
+        ),
+        with(
+            3,
+            &[&entries[0], &entries[1], &entries[2]],
+            &[&tail[..], &[0]].concat(),
+        ),
+        with(3, &[&entries[0], &entries[1], &entries[2]], &other_digest),
+        with(2, &[&entries[0], &entries[1]], &tail),
+    ];
+    assert_eq!(
+        with(3, &[&entries[0], &entries[1], &entries[2]], &tail),
+        pkg
+    );
+    for (i, v) in variants.into_iter().enumerate() {
+        let forged = forge(&h, &bytes, |p| p.signing_package = v);
+        let a = h.handle(
+            to,
+            T0 + 2,
+            Input::Message {
+                from: 1,
+                bytes: forged,
+            },
+        );
+        assert!(
+            a.iter().all(|a| !matches!(a, Action::RecordSigning { .. })),
+            "variant {i} was taken"
+        );
+        assert_eq!(
+            h.nodes[usize::from(to) - 1].stats().proposals_refused,
+            i as u64 + 1
+        );
+    }
+    let a = h.handle(to, T0 + 2, Input::Message { from: 1, bytes });
+    assert!(a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+}
+
+/// The leader's one-verification aggregation gives frost's signature when
+/// every share is good, for both suites, and stands aside otherwise.
+#[test]
+fn aggregation_with_one_verification_matches_frost() {
+    fn check<C: SibylSuite>(seed: u64) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let (shares, pkp) = frost::keys::generate_with_dealer::<C, _>(
+            5,
+            3,
+            frost::keys::IdentifierList::Default,
+            &mut rng,
+        )
+        .unwrap();
+        let kps: Vec<KeyPackage<C>> = shares
+            .into_values()
+            .skip(1)
+            .take(3)
+            .map(|s| KeyPackage::try_from(s).unwrap())
+            .collect();
+        let mut nonces = Vec::new();
+        let mut commitments = BTreeMap::new();
+        for kp in &kps {
+            let (n, c) = frost::round1::commit(kp.signing_share(), &mut rng);
+            nonces.push(n);
+            commitments.insert(*kp.identifier(), c);
+        }
+        let package = SigningPackage::new(commitments, &[7u8; 32]);
+        let mut sig_shares: BTreeMap<_, _> = kps
+            .iter()
+            .zip(&nonces)
+            .map(|(kp, n)| {
+                (
+                    *kp.identifier(),
+                    frost::round2::sign(&package, n, kp).unwrap(),
+                )
+            })
+            .collect();
+        let expected = frost::aggregate(&package, &sig_shares, &pkp).unwrap();
+        assert_eq!(
+            aggregate_verified(&package, &sig_shares, &pkp),
+            Some(expected)
+        );
+        // A share from another package: frost's path must name the cheater.
+        let other = SigningPackage::new(package.signing_commitments().clone(), &[8u8; 32]);
+        let id = *kps[1].identifier();
+        sig_shares.insert(
+            id,
+            frost::round2::sign(&other, &nonces[1], &kps[1]).unwrap(),
+        );
+        assert_eq!(aggregate_verified(&package, &sig_shares, &pkp), None);
+        // A missing share: not this path either.
+        sig_shares.remove(&id);
+        assert_eq!(aggregate_verified(&package, &sig_shares, &pkp), None);
+    }
+    check::<Ed>(3);
+    check::<frost_secp256k1_evm::Secp256K1Keccak256>(4);
+}

@@ -58,6 +58,11 @@ const LATENCY_SAMPLES: usize = 4096;
 /// a direct connection) then arrives after they hold it and costs them no
 /// verification on the round's critical path.
 const GOSSIP_DELAY: Duration = Duration::from_millis(20);
+
+/// Scheduler passes the driver gives the connection tasks on its thread
+/// before signing, so messages already decided reach the sockets first
+/// (a request takes a few polls: substream, negotiation, write).
+const YIELDS_TO_SEND: usize = 4;
 /// How long before a wake-up the driver leaves the (millisecond) async timer
 /// for a precise thread sleep.
 const PRECISE_WAKE_US: u64 = 1_500;
@@ -226,6 +231,12 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     observed: Arc<Mutex<observed::ObservationLedger>>,
     /// The write of the next round's observation record, made ahead of it.
     observed_ahead: Option<tokio::task::JoinHandle<()>>,
+    /// The next round whose observation record is due ahead, at `idle_at`.
+    ahead_due: Option<Round>,
+    /// When (unix ms) to do the work a round can wait for: the next round's
+    /// nonces and observation record. Mid-round, away from the burst of CPU
+    /// every member spends right after a round's slot (see `idle_work`).
+    idle_at: Option<u64>,
     rng: R,
     shutdown: watch::Receiver<bool>,
     status: StatusHandle,
@@ -280,6 +291,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             sink: parts.sink,
             observed: Arc::new(Mutex::new(parts.observed)),
             observed_ahead: None,
+            ahead_due: None,
+            idle_at: None,
             rng: parts.rng,
             shutdown: parts.shutdown,
             status,
@@ -334,6 +347,9 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 }
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
+            let idle_sleep = tokio::time::sleep(Duration::from_millis(
+                self.idle_at.map_or(0, |at| at.saturating_sub(now_ms())),
+            ));
             let gossip_sleep = tokio::time::sleep_until(
                 self.gossip_queue
                     .front()
@@ -383,6 +399,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     self.input(Input::Tick).await;
                 }
                 _ = gossip_sleep, if !self.gossip_queue.is_empty() => self.publish_due(),
+                _ = idle_sleep, if self.idle_at.is_some() => self.idle_work(),
             }
             self.publish_status();
         }
@@ -434,7 +451,6 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         // When this input arrived: what made the leader propose or a signer
         // sign (see `trace`).
         let arrived_us = now_us();
-        let mut reported = false;
         let mut queue: VecDeque<Action> = self.node.handle(now_ms(), input, &mut self.rng).into();
         while let Some(action) = queue.pop_front() {
             match action {
@@ -469,9 +485,14 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     if self.node.committee().leader(round) != self.node.index() {
                         self.trace.mark_at(round, Phase::ProposalIn, arrived_us);
                     }
-                    // What is queued (the leader's proposal) leaves now,
-                    // not after this fsync.
+                    // What is queued (the leader's proposal) leaves now, not
+                    // after this member's own ledger write and signing: the
+                    // connection tasks share this thread, so let them write
+                    // it to the sockets first.
                     self.transport.flush();
+                    for _ in 0..YIELDS_TO_SEND {
+                        tokio::task::yield_now().await;
+                    }
                     let started = Instant::now();
                     let reply = self.record_signing(round, digest);
                     self.trace
@@ -479,10 +500,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     self.trace.mark(round, Phase::Recorded);
                     queue.extend(self.node.handle(now_ms(), reply, &mut self.rng));
                 }
-                Action::SignedReport(report) => {
-                    reported = true;
-                    self.on_signed_report(report);
-                }
+                Action::SignedReport(report) => self.on_signed_report(report),
                 Action::Blame(evidence) => {
                     self.stats.blames += 1;
                     self.count_share_failure(&evidence);
@@ -517,15 +535,32 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 }
             }
         }
-        if reported {
-            // Idle until the next round: make its nonces now.
-            self.node.precompute(&mut self.rng);
+    }
+
+    /// The work of the next round that need not happen at its slot: its
+    /// FROST nonces (six scalar multiplications) and its observation record
+    /// (an fsync). Done at `idle_at`, half a round after this round's
+    /// observation: every member of a committee spends its round CPU in the
+    /// few milliseconds after the slot, and on a shared or small machine
+    /// anything else done then delays the round's messages.
+    fn idle_work(&mut self) {
+        self.idle_at = None;
+        self.node.precompute(&mut self.rng);
+        if let Some(next) = self.ahead_due.take() {
+            let ledger = self.observed.clone();
+            self.observed_ahead = Some(tokio::task::spawn_blocking(move || {
+                if let Ok(mut l) = ledger.lock()
+                    && let Err(e) = l.record(next)
+                {
+                    tracing::warn!(round = next, error = %e, "cannot record the next observation round ahead; it will be recorded when the round starts");
+                }
+            }));
         }
     }
 
     /// Makes "observed in `round`" durable before the observation leaves.
-    /// The record for the next round is written ahead, on the blocking pool,
-    /// so in steady state the round's observation waits for no fsync: a
+    /// The record for the next round is written ahead, on the blocking pool
+    /// half a round later (`idle_work`), so in steady state the round's observation waits for no fsync: a
     /// member that crashes then sits out at most that one round (it will not
     /// observe in a round it recorded), which is safe. A round reached by a
     /// jump is recorded here, synchronously.
@@ -547,14 +582,9 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         }
         self.trace
             .duration(Phase::ObservationLedger, micros(started.elapsed()));
-        let next = round.saturating_add(1);
-        self.observed_ahead = Some(tokio::task::spawn_blocking(move || {
-            if let Ok(mut l) = ledger.lock()
-                && let Err(e) = l.record(next)
-            {
-                tracing::warn!(round = next, error = %e, "cannot record the next observation round ahead; it will be recorded when the round starts");
-            }
-        }));
+        self.ahead_due = Some(round.saturating_add(1));
+        let half = self.node.committee().timeouts().round_interval_ms / 2;
+        self.idle_at = Some(now_ms().saturating_add(half));
         Ok(())
     }
 

@@ -88,8 +88,10 @@ pub fn init_logging(config: &Config) {
 pub fn run(args: RunArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     init_logging(&config);
+    crate::priority::set_background_nice(*config.node.node.background_nice.get_ref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
+        .on_thread_start(crate::priority::enter_background)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -372,7 +374,10 @@ where
     C::Group: Send,
     R: rand_core::RngCore + rand_core::CryptoRng + Send + 'static,
 {
+    // Its blocking pool (the observation record's fsync) is background work;
+    // the thread that drives the runtime is not.
     let rt = tokio::runtime::Builder::new_current_thread()
+        .on_thread_start(crate::priority::enter_background)
         .enable_all()
         .build()
         .context("cannot start the round driver's runtime")?;

@@ -200,6 +200,7 @@ impl Store {
         std::thread::Builder::new()
             .name("sibyl-store-writer".into())
             .spawn(move || {
+                crate::priority::enter_background();
                 while let Some(job) = rx.blocking_recv() {
                     job(&mut db);
                 }
