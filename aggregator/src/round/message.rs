@@ -214,6 +214,21 @@ impl SignedMessage {
         Ok((msg, hashes))
     }
 
+    /// Decodes a message this member signed itself, given byte for byte as it
+    /// sent it (its own observation, embedded in a proposal or looped back to
+    /// itself as leader): the signature was made here and is not checked
+    /// again. Everything else is, as in [`SignedMessage::decode`].
+    pub fn decode_own(bytes: &[u8], committee: &Committee) -> Result<Self, MessageError> {
+        let (msg, signed_len, _) = decode_inner(bytes, committee.config_digest())?;
+        if committee.identity(msg.sender).is_none() {
+            return Err(MessageError::UnknownSender(msg.sender));
+        }
+        if bytes.len() != signed_len + SIGNATURE_LEN {
+            return Err(MessageError::BadSignature { sender: msg.sender });
+        }
+        Ok(msg)
+    }
+
     /// The signed content without the signature: two messages with different
     /// content are a conflict, whatever their signatures.
     pub fn content(&self) -> &[u8] {

@@ -1,10 +1,12 @@
 //! Request-response codec for opaque byte messages with a size limit.
 //!
-//! A request is the message bytes up to the end of the stream; the response is
-//! an empty acknowledgement. A request longer than the limit is cut off while
-//! reading (never buffered beyond `max + 1` bytes) and handed up as
-//! [`Inbound::Oversized`], so the event loop can count it: request-response
-//! does not report failed reads to the behaviour.
+//! A request is a 4-byte big-endian length and that many message bytes, so the
+//! receiver hands it up as soon as they are in, without waiting for the
+//! sender to close its side of the stream; the response is an empty
+//! acknowledgement. A request whose length is over the limit is not read at
+//! all (nothing of it is buffered) and is handed up as [`Wire::Oversized`],
+//! so the event loop can count it: request-response does not report failed
+//! reads to the behaviour.
 
 use std::io;
 
@@ -12,7 +14,7 @@ use futures::prelude::*;
 use libp2p::StreamProtocol;
 
 /// The protocol name of member-to-member messages.
-pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/sibyl/msg/1");
+pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/sibyl/msg/2");
 
 /// A message on the wire: its bytes, or (inbound only) the fact that it was
 /// over the size limit.
@@ -49,7 +51,15 @@ impl libp2p::request_response::Codec for BytesCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_limited(io, self.max_message_bytes).await
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        if len > self.max_message_bytes {
+            return Ok(Wire::Oversized);
+        }
+        let mut buf = vec![0u8; len];
+        io.read_exact(&mut buf).await?;
+        Ok(Wire::Bytes(buf))
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
@@ -75,7 +85,13 @@ impl libp2p::request_response::Codec for BytesCodec {
         T: AsyncWrite + Unpin + Send,
     {
         if let Wire::Bytes(bytes) = req {
-            io.write_all(&bytes).await?;
+            let len = u32::try_from(bytes.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message over 4 GiB"))?;
+            // One write, so length and bytes leave in one frame.
+            let mut framed = Vec::with_capacity(4 + bytes.len());
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&bytes);
+            io.write_all(&framed).await?;
         }
         io.close().await
     }

@@ -59,6 +59,9 @@ const LATENCY_SAMPLES: usize = 4096;
 /// verification on the round's critical path.
 const GOSSIP_DELAY: Duration = Duration::from_millis(20);
 
+/// How often `sibyl_feed_age_seconds` is refreshed.
+const FEED_AGE_REFRESH: Duration = Duration::from_millis(200);
+
 /// Scheduler passes the driver gives the connection tasks on its thread
 /// before signing, so messages already decided reach the sockets first
 /// (a request takes a few polls: substream, negotiation, write).
@@ -244,6 +247,8 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     /// Timestamp of the newest signed report holding each feed (for
     /// `sibyl_feed_age_seconds`).
     feed_reported_at: BTreeMap<FeedId, TimestampMs>,
+    /// When `sibyl_feed_age_seconds` was last refreshed.
+    ages_updated: Option<Instant>,
     wake: Option<u64>,
     connected: BTreeSet<u16>,
     stats: DriverStats,
@@ -298,6 +303,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             status,
             metrics,
             feed_reported_at: BTreeMap::new(),
+            ages_updated: None,
             wake: None,
             connected: BTreeSet::new(),
             stats: DriverStats::default(),
@@ -431,10 +437,19 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
         self.metrics.set_round(self.node.round());
-        self.metrics
-            .update_feed_ages(&self.feed_reported_at, now_ms());
+        // The ages move with the clock, not with events: refreshed a few
+        // times a second, not after every message of a round.
+        let now = Instant::now();
+        if self
+            .ages_updated
+            .is_none_or(|at| now.duration_since(at) >= FEED_AGE_REFRESH)
+        {
+            self.ages_updated = Some(now);
+            self.metrics
+                .update_feed_ages(&self.feed_reported_at, now_ms());
+        }
         if let Ok(mut s) = self.status.lock() {
             s.round = self.node.round();
             s.leader = self.node.committee().leader(self.node.round());
