@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!             Net (owned by the node's one event loop)
-//!   send/broadcast ──► request-response "/sibyl/msg/1" ──► peer: NetEvent::Message
+//!   send/broadcast ──► stream "/sibyl/msg/3" (one per peer) ──► peer: NetEvent::Message
 //!   publish_report ──► gossipsub "sibyl/reports/1" ─────► peer: validator ─► NetEvent::Report
 //!                      allow-list: only committee PeerIds get a connection
 //!                      identify, ping; redial timer with backoff
@@ -19,8 +19,8 @@
 //! `next_event` is cancel-safe: it can sit in a `tokio::select!` next to the
 //! node's timers and channels.
 
-mod codec;
 mod limits;
+mod stream;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, ListenError, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, noise, ping, tcp, yamux};
@@ -41,9 +40,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-pub use codec::MESSAGE_PROTOCOL;
-use codec::Wire;
 use limits::TokenBucket;
+pub use stream::MESSAGE_PROTOCOL;
+use stream::{Outgoing, StreamEvent, Wire};
 
 /// The gossipsub topic signed reports travel on.
 pub const REPORT_TOPIC: &str = "sibyl/reports/1";
@@ -288,6 +287,22 @@ pub enum SendError {
     Publish(String),
 }
 
+/// Starts the writer task of `peer` (see `stream`); returns its queue.
+fn spawn_writer(
+    control: &libp2p_stream::Control,
+    peer: PeerId,
+    events: &tokio::sync::mpsc::Sender<StreamEvent>,
+) -> tokio::sync::mpsc::Sender<Outgoing> {
+    let (tx, rx) = tokio::sync::mpsc::channel(stream::PEER_QUEUE);
+    tokio::spawn(stream::write_loop(
+        control.clone(),
+        peer,
+        rx,
+        events.clone(),
+    ));
+    tx
+}
+
 fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
     use libp2p::multiaddr::Protocol;
     let mut ip = None;
@@ -316,7 +331,7 @@ struct Behaviour {
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    rr: request_response::Behaviour<codec::BytesCodec>,
+    stream: libp2p_stream::Behaviour,
     gossip: gossipsub::Behaviour,
 }
 
@@ -341,6 +356,12 @@ pub struct Net {
     topic: IdentTopic,
     validator: Option<ReportValidator>,
     pending: VecDeque<NetEvent>,
+    /// Opens the message streams (see `stream`).
+    control: libp2p_stream::Control,
+    /// Each peer's writer task, by member index.
+    outbox: HashMap<u16, tokio::sync::mpsc::Sender<Outgoing>>,
+    stream_tx: tokio::sync::mpsc::Sender<StreamEvent>,
+    stream_rx: tokio::sync::mpsc::Receiver<StreamEvent>,
     stats: NetStats,
     metrics: NetMetrics,
     tick: tokio::time::Interval,
@@ -405,14 +426,7 @@ impl Net {
                         key.public(),
                     )),
                     ping: ping::Behaviour::default(),
-                    rr: request_response::Behaviour::with_codec(
-                        codec::BytesCodec {
-                            max_message_bytes: limits.max_message_bytes,
-                        },
-                        [(MESSAGE_PROTOCOL, ProtocolSupport::Full)],
-                        request_response::Config::default()
-                            .with_request_timeout(limits.request_timeout),
-                    ),
+                    stream: libp2p_stream::Behaviour::new(),
                     gossip,
                 })
             })
@@ -463,6 +477,16 @@ impl Net {
                 TokenBucket::new(limits.rate_per_sec, limits.burst, now),
             );
         }
+        let mut control = swarm.behaviour().stream.new_control();
+        let incoming = control
+            .accept(MESSAGE_PROTOCOL)
+            .map_err(|e| NetError::Build(e.to_string()))?;
+        let (stream_tx, stream_rx) = tokio::sync::mpsc::channel(stream::EVENT_QUEUE);
+        tokio::spawn(stream::accept_loop(
+            incoming,
+            stream_tx.clone(),
+            limits.max_message_bytes,
+        ));
         let mut tick = tokio::time::interval(limits.redial_min.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -478,6 +502,10 @@ impl Net {
             topic,
             validator: config.report_validator,
             pending: VecDeque::new(),
+            control,
+            outbox: HashMap::new(),
+            stream_tx,
+            stream_rx,
             stats: NetStats::default(),
             metrics: NetMetrics::default(),
             tick,
@@ -568,13 +596,31 @@ impl Net {
                 max: self.limits.max_message_bytes,
             });
         }
-        self.swarm
-            .behaviour_mut()
-            .rr
-            .send_request(&peer, Wire::Bytes(bytes));
+        if self
+            .writer(to, peer)
+            .try_send(Outgoing::Message(bytes))
+            .is_err()
+        {
+            self.stats.send_failures += 1;
+            NetMetrics::inc(&self.metrics.messages, "direction", "send_failed");
+            tracing::debug!(member = to, "message not queued: the peer's queue is full");
+            return Ok(());
+        }
         self.stats.messages_sent += 1;
         NetMetrics::inc(&self.metrics.messages, "direction", "sent");
         Ok(())
+    }
+
+    /// The queue of member `to`'s writer task, started if need be.
+    fn writer(&mut self, to: u16, peer: PeerId) -> &tokio::sync::mpsc::Sender<Outgoing> {
+        self.outbox
+            .entry(to)
+            .and_modify(|q| {
+                if q.is_closed() {
+                    *q = spawn_writer(&self.control, peer, &self.stream_tx);
+                }
+            })
+            .or_insert_with(|| spawn_writer(&self.control, peer, &self.stream_tx))
     }
 
     /// Send `bytes` to every other member.
@@ -647,6 +693,7 @@ impl Net {
             }
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(event) = self.stream_rx.recv() => self.on_stream_event(event),
                 _ = self.tick.tick() => self.on_tick(),
             }
         }
@@ -702,7 +749,6 @@ impl Net {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Rr(e)) => self.on_request_response(e),
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(_) => {}
             SwarmEvent::ConnectionEstablished {
@@ -723,6 +769,8 @@ impl Net {
                         .set(i64::try_from(self.connected.len()).unwrap_or(i64::MAX));
                     tracing::info!(member = index, %peer_id, "member connected");
                     self.pending.push_back(NetEvent::PeerConnected(index));
+                    // Open the message stream now, not at the first message.
+                    let _ = self.writer(index, peer_id).try_send(Outgoing::Open);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -781,25 +829,15 @@ impl Net {
         self.buckets.get_mut(&index).is_some_and(|b| b.take(now))
     }
 
-    fn on_request_response(&mut self, event: request_response::Event<Wire, ()>) {
+    fn on_stream_event(&mut self, event: StreamEvent) {
         match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                // Acknowledge whatever happens next: the sender learns nothing
-                // from a drop, and a slow consumer does not stall its streams.
-                let _ = self.swarm.behaviour_mut().rr.send_response(channel, ());
+            StreamEvent::Inbound { peer, wire } => {
                 let Some(&from) = self.by_peer.get(&peer) else {
                     // Unreachable through the allow-list; refuse anyway.
                     self.drop_event(Some(peer), DropReason::NotMember);
                     return;
                 };
-                let Wire::Bytes(bytes) = request else {
+                let Wire::Bytes(bytes) = wire else {
                     self.drop_event(Some(peer), DropReason::Oversized);
                     return;
                 };
@@ -811,16 +849,11 @@ impl Net {
                 NetMetrics::inc(&self.metrics.messages, "direction", "received");
                 self.pending.push_back(NetEvent::Message { from, bytes });
             }
-            request_response::Event::Message { .. } => {}
-            request_response::Event::OutboundFailure { peer, error, .. } => {
+            StreamEvent::SendFailed { peer, error } => {
                 self.stats.send_failures += 1;
                 NetMetrics::inc(&self.metrics.messages, "direction", "send_failed");
                 tracing::debug!(%peer, %error, "message not delivered");
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound message failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
