@@ -388,6 +388,9 @@ pub struct Node<C: SibylSuite> {
     last_wake: Option<TimestampMs>,
     /// Nonces for the next observation, made in idle time.
     spare: Option<Prepared<C>>,
+    /// Each member's announced next commitments, parsed ahead
+    /// ([`Node::warm_commitments`]).
+    warm: BTreeMap<u16, (Vec<u8>, SigningCommitments<C>)>,
 }
 
 /// Result of checking a proposal as a signer.
@@ -625,6 +628,7 @@ impl<C: SibylSuite> Node<C> {
             loopback: VecDeque::new(),
             last_wake: None,
             spare: None,
+            warm: BTreeMap::new(),
         })
     }
 
@@ -662,6 +666,54 @@ impl<C: SibylSuite> Node<C> {
     pub fn precompute<R: RngCore + CryptoRng>(&mut self, rng: &mut R) {
         if self.spare.is_none() {
             self.spare = Prepared::generate(&self.key_package, rng);
+        }
+    }
+
+    /// The first-attempt commitments (serialized) of the nonces made ahead
+    /// ([`Node::precompute`]): what this member's next observation will
+    /// announce, for the other members to [`Node::warm_commitments`].
+    pub fn next_commitments(&self) -> Option<&[u8]> {
+        self.spare
+            .as_ref()
+            .and_then(|p| p.commitment_bytes.first())
+            .map(Vec::as_slice)
+    }
+
+    /// Parses member `from`'s announced next commitments now, off the
+    /// round's critical path, and keeps them (one set per member, the
+    /// latest). Parsing is a pure function of the bytes: a proposal or
+    /// observation later uses the kept parse only for byte-for-byte the same
+    /// commitments, inside a signed observation, so a wrong or stale hint
+    /// only costs the parse it would have saved. Returns whether they parsed.
+    pub fn warm_commitments(&mut self, from: u16, bytes: &[u8]) -> bool {
+        if from == self.me || self.committee.identity(from).is_none() {
+            return false;
+        }
+        if self
+            .warm
+            .get(&from)
+            .is_some_and(|(b, _)| b.as_slice() == bytes)
+        {
+            return true;
+        }
+        match C::parse_commitments(bytes) {
+            Some(c) => {
+                self.warm.insert(from, (bytes.to_vec(), c));
+                true
+            }
+            None => {
+                self.warm.remove(&from);
+                false
+            }
+        }
+    }
+
+    /// [`SibylSuite::parse_commitments`], answered from the warm set when
+    /// member `from` announced exactly these bytes ahead.
+    fn parse_commitments_of(&self, from: u16, bytes: &[u8]) -> Option<SigningCommitments<C>> {
+        match self.warm.get(&from) {
+            Some((b, c)) if b.as_slice() == bytes => Some(*c),
+            _ => C::parse_commitments(bytes),
         }
     }
 
@@ -1215,7 +1267,8 @@ impl<C: SibylSuite> Node<C> {
             let c = if id == my_id {
                 *mine
             } else {
-                C::parse_commitments(c_bytes).ok_or(Refusal::Package)?
+                self.parse_commitments_of(member, c_bytes)
+                    .ok_or(Refusal::Package)?
             };
             commitments.insert(id, c);
         }
@@ -1413,7 +1466,9 @@ impl<C: SibylSuite> Node<C> {
             let first = if sender == self.me {
                 self.rs.commitments.first().copied()
             } else {
-                o.commitments.first().and_then(|c| C::parse_commitments(c))
+                o.commitments
+                    .first()
+                    .and_then(|c| self.parse_commitments_of(sender, c))
             };
             self.rs.first_commitments.insert(sender, first);
         }

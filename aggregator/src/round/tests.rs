@@ -1120,3 +1120,57 @@ fn aggregation_with_one_verification_matches_frost() {
     check::<Ed>(3);
     check::<frost_secp256k1_evm::Secp256K1Keccak256>(4);
 }
+
+/// Commitments parsed ahead from a hint serve exactly the announced bytes:
+/// a signer that was warmed signs as one that was not, a hint that does not
+/// parse or comes from itself is refused, and a stale or wrong hint changes
+/// nothing (the announced bytes are parsed as usual).
+#[test]
+fn commitment_hints_are_used_only_for_the_same_bytes() {
+    for poisoned in [false, true] {
+        let mut h = harness::<Ed>(4, 1);
+        for i in 1..=4u16 {
+            h.nodes[usize::from(i) - 1].precompute(&mut h.rng);
+        }
+        let hints: Vec<(u16, Vec<u8>)> = (1..=4u16)
+            .map(|i| {
+                (
+                    i,
+                    h.nodes[usize::from(i) - 1]
+                        .next_commitments()
+                        .unwrap()
+                        .to_vec(),
+                )
+            })
+            .collect();
+        let (to, _) = (2u16, ());
+        let signer = &mut h.nodes[usize::from(to) - 1];
+        assert!(!signer.warm_commitments(to, &hints[1].1), "its own");
+        assert!(!signer.warm_commitments(3, &[0xff; 69]), "does not parse");
+        for (from, bytes) in &hints {
+            if *from != to {
+                let bytes = if poisoned {
+                    // Valid commitments, but not the ones that will be announced.
+                    let mut other = harness::<Ed>(4, 1);
+                    other.nodes[0].precompute(&mut other.rng);
+                    other.nodes[0].next_commitments().unwrap().to_vec()
+                } else {
+                    bytes.clone()
+                };
+                assert!(signer.warm_commitments(*from, &bytes));
+            }
+        }
+        let proposals = up_to_proposals(&mut h);
+        let (to, bytes) = proposals
+            .iter()
+            .find(|(t, _)| *t == to)
+            .cloned()
+            .expect("a proposal for member 2");
+        let a = h.handle(to, T0 + 2, Input::Message { from: 1, bytes });
+        assert!(
+            a.iter().any(|a| matches!(a, Action::RecordSigning { .. })),
+            "poisoned = {poisoned}"
+        );
+        assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_refused, 0);
+    }
+}

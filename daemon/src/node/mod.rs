@@ -96,6 +96,9 @@ pub struct DriverStats {
     pub blames: u64,
     /// Drops the transport reported (oversized, rate-limited, ...).
     pub transport_drops: u64,
+    /// Commitment hints received and parsed ahead / that did not parse.
+    pub commitment_hints: u64,
+    pub commitment_hints_invalid: u64,
 }
 
 /// A snapshot of the driver for the API, health checks and benchmarks.
@@ -553,14 +556,22 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     }
 
     /// The work of the next round that need not happen at its slot: its
-    /// FROST nonces (six scalar multiplications) and its observation record
-    /// (an fsync). Done at `idle_at`, half a round after this round's
+    /// FROST nonces (six scalar multiplications), their commitments sent to
+    /// the others to parse ahead, and its observation record (an fsync). Done at `idle_at`, half a round after this round's
     /// observation: every member of a committee spends its round CPU in the
     /// few milliseconds after the slot, and on a shared or small machine
     /// anything else done then delays the round's messages.
     fn idle_work(&mut self) {
         self.idle_at = None;
         self.node.precompute(&mut self.rng);
+        // Let the others parse this member's next commitments now rather
+        // than when they sign (see `Node::warm_commitments`).
+        if let Some(c) = self.node.next_commitments() {
+            let hint = Envelope::Commitments(c.to_vec()).encode();
+            if let Err(e) = self.transport.broadcast(hint) {
+                tracing::debug!(error = %e, "commitments hint not sent");
+            }
+        }
         if let Some(next) = self.ahead_due.take() {
             let ledger = self.observed.clone();
             self.observed_ahead = Some(tokio::task::spawn_blocking(move || {
@@ -735,6 +746,14 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 Ok(Envelope::Round(bytes)) => self.input(Input::Message { from, bytes }).await,
                 Ok(Envelope::CatchupRequest { after, limit }) => {
                     self.serve_catchup(from, after, limit)
+                }
+                Ok(Envelope::Commitments(bytes)) => {
+                    if self.node.warm_commitments(from, &bytes) {
+                        self.stats.commitment_hints += 1;
+                    } else {
+                        self.stats.commitment_hints_invalid += 1;
+                        tracing::debug!(from, "commitments hint that does not parse");
+                    }
                 }
                 Ok(Envelope::CatchupReply { reports, more }) => {
                     let mut newest = None;

@@ -59,6 +59,10 @@ pub const CATCHUP_PAGE: u16 = 128;
 const TAG_ROUND: u8 = 1;
 const TAG_CATCHUP_REQUEST: u8 = 2;
 const TAG_CATCHUP_REPLY: u8 = 3;
+const TAG_COMMITMENTS: u8 = 4;
+
+/// Largest serialized commitment a hint may carry (either suite's is < 100).
+const MAX_COMMITMENT_BYTES: usize = 256;
 
 /// A point-to-point payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +73,12 @@ pub enum Envelope {
     CatchupRequest { after: Round, limit: u16 },
     /// Signed reports in the wire codec, oldest first; `more` when the page was full.
     CatchupReply { reports: Vec<Vec<u8>>, more: bool },
+    /// The sender's serialized first-attempt commitments for its next
+    /// observation, sent mid-round so receivers parse them before they are
+    /// needed ([`sibyl_aggregator::round::Node::warm_commitments`]). A hint:
+    /// unsigned, since only byte-for-byte equal commitments of a signed
+    /// observation ever use the parse.
+    Commitments(Vec<u8>),
 }
 
 /// Why an envelope could not be read.
@@ -102,6 +112,11 @@ impl Envelope {
                 w.seq(reports.iter(), |w, r| {
                     w.bytes(r);
                 });
+                w.finish()
+            }
+            Envelope::Commitments(bytes) => {
+                let mut w = Writer::new();
+                w.u8(TAG_COMMITMENTS).bytes(bytes);
                 w.finish()
             }
         }
@@ -142,6 +157,16 @@ impl Envelope {
                 }
                 r.finish(what).map_err(bad(what))?;
                 Ok(Envelope::CatchupReply { reports, more })
+            }
+            TAG_COMMITMENTS => {
+                let what = "commitments hint";
+                let mut r = Reader::new(rest);
+                let bytes = r
+                    .bytes(what, MAX_COMMITMENT_BYTES)
+                    .map_err(bad(what))?
+                    .to_vec();
+                r.finish(what).map_err(bad(what))?;
+                Ok(Envelope::Commitments(bytes))
             }
             other => Err(EnvelopeError::UnknownTag(other)),
         }
@@ -302,6 +327,7 @@ mod tests {
                 reports: vec![vec![9; 10], vec![]],
                 more: true,
             },
+            Envelope::Commitments(vec![0; 69]),
         ] {
             assert_eq!(Envelope::decode(&e.encode()), Ok(e));
         }
@@ -315,6 +341,11 @@ mod tests {
             Envelope::decode(&[TAG_CATCHUP_REQUEST, 1, 2]),
             Err(EnvelopeError::Malformed { .. })
         ));
+        // A commitments hint larger than any commitment.
+        let mut w = Writer::new();
+        w.u8(TAG_COMMITMENTS)
+            .bytes(&[0u8; MAX_COMMITMENT_BYTES + 1]);
+        assert!(Envelope::decode(&w.finish()).is_err());
         let mut long = Envelope::CatchupRequest { after: 1, limit: 1 }.encode();
         long.push(0);
         assert!(Envelope::decode(&long).is_err(), "trailing bytes");
