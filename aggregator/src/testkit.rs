@@ -13,6 +13,8 @@ use crate::report::{
 };
 use crate::verify::GroupKeys;
 use frost_core::keys::{IdentifierList, KeyPackage, PublicKeyPackage};
+use frost_core::round1::SigningNonces;
+use frost_core::round2::SignatureShare;
 use frost_core::{Ciphersuite, Identifier, Signature, SigningPackage};
 use rand_core::{CryptoRng, RngCore};
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,14 +43,22 @@ pub fn dealer_keys<C: Ciphersuite, R: RngCore + CryptoRng>(
     })
 }
 
-/// A full FROST signing run (round 1 commitments, round 2 shares, aggregate)
-/// by the members with the given identifiers over `msg`.
-pub fn threshold_sign<C: Ciphersuite, R: RngCore + CryptoRng>(
+/// The parts of a FROST signing run before aggregation: the signing
+/// package, each signer's (used) nonces and its signature share.
+pub struct SigningRun<C: Ciphersuite> {
+    pub package: SigningPackage<C>,
+    pub nonces: BTreeMap<Identifier<C>, SigningNonces<C>>,
+    pub shares: BTreeMap<Identifier<C>, SignatureShare<C>>,
+}
+
+/// Round 1 commitments and round 2 shares by the members with the given
+/// identifiers over `msg`.
+pub fn signing_run<C: Ciphersuite, R: RngCore + CryptoRng>(
     keys: &DealerKeys<C>,
     signers: &BTreeSet<Identifier<C>>,
     msg: &[u8],
     rng: &mut R,
-) -> Result<Signature<C>, frost_core::Error<C>> {
+) -> Result<SigningRun<C>, frost_core::Error<C>> {
     let mut nonces = BTreeMap::new();
     let mut commitments = BTreeMap::new();
     for id in signers {
@@ -66,7 +76,23 @@ pub fn threshold_sign<C: Ciphersuite, R: RngCore + CryptoRng>(
         let kp = &keys.key_packages[id];
         shares.insert(*id, frost_core::round2::sign(&package, n, kp)?);
     }
-    frost_core::aggregate(&package, &shares, &keys.public_key_package)
+    Ok(SigningRun {
+        package,
+        nonces,
+        shares,
+    })
+}
+
+/// A full FROST signing run (round 1 commitments, round 2 shares, aggregate)
+/// by the members with the given identifiers over `msg`.
+pub fn threshold_sign<C: Ciphersuite, R: RngCore + CryptoRng>(
+    keys: &DealerKeys<C>,
+    signers: &BTreeSet<Identifier<C>>,
+    msg: &[u8],
+    rng: &mut R,
+) -> Result<Signature<C>, frost_core::Error<C>> {
+    let run = signing_run(keys, signers, msg, rng)?;
+    frost_core::aggregate(&run.package, &run.shares, &keys.public_key_package)
 }
 
 /// The first `t` members' identifiers.

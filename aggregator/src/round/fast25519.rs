@@ -88,13 +88,10 @@ pub(crate) fn verify(key: &VerifyingKey<Ed25519Sha512>, msg: &[u8], sig: &[u8]) 
     if r.is_identity() {
         return false;
     }
+    // The key's point as frost holds it (no second decompression); its
+    // encoding for the challenge.
+    let a = key.to_element();
     let Ok(key_bytes) = key.serialize() else {
-        return false;
-    };
-    let Some(a) = <[u8; 32]>::try_from(key_bytes.as_slice())
-        .ok()
-        .and_then(|b| CompressedEdwardsY(b).decompress())
-    else {
         return false;
     };
     // frost hashes the canonical encoding of R. Every non-canonical encoding
@@ -112,6 +109,7 @@ pub(crate) fn verify(key: &VerifyingKey<Ed25519Sha512>, msg: &[u8], sig: &[u8]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::{dealer_keys, first_signers, threshold_sign};
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
     use curve25519_dalek::traits::Identity;
     use frost_core::Group;
@@ -119,7 +117,6 @@ mod tests {
     use proptest::prelude::*;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
-    use std::collections::BTreeMap;
 
     fn frost_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
         frost::Ed25519Group::deserialize(bytes).ok()
@@ -172,34 +169,9 @@ mod tests {
 
     fn signed(msg: &[u8], seed: u64) -> (frost::keys::PublicKeyPackage, Vec<u8>) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let (shares, pkp) =
-            frost::keys::generate_with_dealer(4, 3, frost::keys::IdentifierList::Default, &mut rng)
-                .unwrap();
-        let kps: Vec<frost::keys::KeyPackage> = shares
-            .into_values()
-            .take(3)
-            .map(|s| frost::keys::KeyPackage::try_from(s).unwrap())
-            .collect();
-        let mut nonces = Vec::new();
-        let mut comms = BTreeMap::new();
-        for kp in &kps {
-            let (n, c) = frost::round1::commit(kp.signing_share(), &mut rng);
-            nonces.push(n);
-            comms.insert(*kp.identifier(), c);
-        }
-        let package = frost::SigningPackage::new(comms, msg);
-        let shares: BTreeMap<_, _> = kps
-            .iter()
-            .zip(&nonces)
-            .map(|(kp, n)| {
-                (
-                    *kp.identifier(),
-                    frost::round2::sign(&package, n, kp).unwrap(),
-                )
-            })
-            .collect();
-        let sig = frost::aggregate(&package, &shares, &pkp).unwrap();
-        (pkp, sig.serialize().unwrap())
+        let keys = dealer_keys::<Ed25519Sha512, _>(4, 3, &mut rng).unwrap();
+        let sig = threshold_sign(&keys, &first_signers(&keys, 3), msg, &mut rng).unwrap();
+        (keys.public_key_package, sig.serialize().unwrap())
     }
 
     fn frost_verify(key: &VerifyingKey<Ed25519Sha512>, msg: &[u8], sig: &[u8]) -> bool {
@@ -282,10 +254,8 @@ mod tests {
     #[test]
     fn commitments_parse_exactly_as_frost_parses_them() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let (shares, _) =
-            frost::keys::generate_with_dealer(3, 2, frost::keys::IdentifierList::Default, &mut rng)
-                .unwrap();
-        let share = shares.into_values().next().unwrap();
+        let keys = dealer_keys::<Ed25519Sha512, _>(3, 2, &mut rng).unwrap();
+        let share = keys.key_packages.values().next().unwrap();
         let (_, c) = frost::round1::commit(share.signing_share(), &mut rng);
         let bytes = c.serialize().unwrap();
         assert_eq!(commitments(&bytes), Some(c));

@@ -10,7 +10,7 @@ use super::*;
 use crate::codec::DecodeError;
 use crate::evidence::EvidenceError;
 use crate::report::ConfigDigest;
-use crate::testkit::dealer_keys;
+use crate::testkit::{dealer_keys, first_signers, signing_run};
 use frost_ed25519::Ed25519Sha512 as Ed;
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
@@ -178,22 +178,29 @@ fn a_round_signs_only_after_the_ledger_recorded_it() {
     assert_eq!(report.leaves[0].num_observations, 4);
 }
 
-#[test]
-fn refused_ledger_means_no_share_and_a_nonce_is_used_once() {
-    let mut h = harness::<Ed>(4, 1);
-    let proposals = up_to_proposals(&mut h);
-    let (to, bytes) = proposals[1].clone();
+/// Hands member `to` the leader's proposal; its first action must be the
+/// signing-ledger write, whose round and digest are returned.
+fn proposal_to_record(h: &mut Harness<Ed>, to: u16, bytes: &[u8]) -> (Round, [u8; 32]) {
     let a = h.handle(
         to,
         T0 + 2,
         Input::Message {
             from: 1,
-            bytes: bytes.clone(),
+            bytes: bytes.to_vec(),
         },
     );
     let Some(Action::RecordSigning { round, digest }) = a.into_iter().next() else {
         panic!("expected RecordSigning first");
     };
+    (round, digest)
+}
+
+#[test]
+fn refused_ledger_means_no_share_and_a_nonce_is_used_once() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    let (round, digest) = proposal_to_record(&mut h, to, &bytes);
     let a = h.handle(to, T0 + 3, Input::SigningRefused { round, digest });
     assert!(sends(&a).is_empty());
     // Recorded now: sign once.
@@ -464,17 +471,7 @@ fn a_power_cut_that_loses_the_signing_ledger_cannot_make_a_member_sign_twice() {
     let mut h = harness::<Ed>(4, 1);
     let proposals = up_to_proposals(&mut h);
     let (to, bytes) = proposals[1].clone();
-    let a = h.handle(
-        to,
-        T0 + 2,
-        Input::Message {
-            from: 1,
-            bytes: bytes.clone(),
-        },
-    );
-    let Some(Action::RecordSigning { round, digest }) = a.into_iter().next() else {
-        panic!("expected RecordSigning first");
-    };
+    let (round, digest) = proposal_to_record(&mut h, to, &bytes);
     let a = h.handle(to, T0 + 3, Input::SigningRecorded { round, digest });
     assert_eq!(sends(&a).len(), 1, "signed round 0 once");
 
@@ -942,24 +939,16 @@ fn a_signer_with_unparsable_commitments_is_passed_over() {
 fn signing_packages_split_into_their_parts_and_nothing_else_does() {
     fn check<C: SibylSuite>(seed: u64) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let (shares, _) = frost::keys::generate_with_dealer::<C, _>(
-            5,
-            3,
-            frost::keys::IdentifierList::Default,
-            &mut rng,
-        )
-        .unwrap();
-        let mut commitments = BTreeMap::new();
-        let mut bytes_of = Vec::new();
-        for (id, share) in shares.iter().take(4) {
-            let (_, c) = frost::round1::commit(share.signing_share(), &mut rng);
-            bytes_of.push((id.serialize(), c.serialize().unwrap()));
-            commitments.insert(*id, c);
-        }
+        let keys = dealer_keys::<C, _>(5, 3, &mut rng).unwrap();
         let digest = [0x42u8; 32];
-        let bytes = SigningPackage::new(commitments.clone(), &digest)
-            .serialize()
-            .unwrap();
+        let run = signing_run(&keys, &first_signers(&keys, 4), &digest, &mut rng).unwrap();
+        let bytes_of: Vec<(Vec<u8>, Vec<u8>)> = run
+            .package
+            .signing_commitments()
+            .iter()
+            .map(|(id, c)| (id.serialize(), c.serialize().unwrap()))
+            .collect();
+        let bytes = run.package.serialize().unwrap();
         let clen = bytes_of[0].1.len();
         let parts = split_package::<C>(&bytes, clen).expect("frost's own framing");
         assert_eq!(parts.message, digest.as_slice());
@@ -1069,53 +1058,25 @@ fn a_signer_refuses_any_other_framing_of_the_signing_package() {
 fn aggregation_with_one_verification_matches_frost() {
     fn check<C: SibylSuite>(seed: u64) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let (shares, pkp) = frost::keys::generate_with_dealer::<C, _>(
-            5,
-            3,
-            frost::keys::IdentifierList::Default,
-            &mut rng,
-        )
-        .unwrap();
-        let kps: Vec<KeyPackage<C>> = shares
-            .into_values()
-            .skip(1)
-            .take(3)
-            .map(|s| KeyPackage::try_from(s).unwrap())
-            .collect();
-        let mut nonces = Vec::new();
-        let mut commitments = BTreeMap::new();
-        for kp in &kps {
-            let (n, c) = frost::round1::commit(kp.signing_share(), &mut rng);
-            nonces.push(n);
-            commitments.insert(*kp.identifier(), c);
-        }
-        let package = SigningPackage::new(commitments, &[7u8; 32]);
-        let mut sig_shares: BTreeMap<_, _> = kps
-            .iter()
-            .zip(&nonces)
-            .map(|(kp, n)| {
-                (
-                    *kp.identifier(),
-                    frost::round2::sign(&package, n, kp).unwrap(),
-                )
-            })
-            .collect();
-        let expected = frost::aggregate(&package, &sig_shares, &pkp).unwrap();
+        let keys = dealer_keys::<C, _>(5, 3, &mut rng).unwrap();
+        let pkp = &keys.public_key_package;
+        let signers = keys.key_packages.keys().skip(1).take(3).copied().collect();
+        let run = signing_run(&keys, &signers, &[7u8; 32], &mut rng).unwrap();
+        let (package, mut sig_shares) = (run.package, run.shares);
+        let expected = frost::aggregate(&package, &sig_shares, pkp).unwrap();
         assert_eq!(
-            aggregate_verified(&package, &sig_shares, &pkp),
+            aggregate_verified(&package, &sig_shares, pkp),
             Some(expected)
         );
         // A share from another package: frost's path must name the cheater.
         let other = SigningPackage::new(package.signing_commitments().clone(), &[8u8; 32]);
-        let id = *kps[1].identifier();
-        sig_shares.insert(
-            id,
-            frost::round2::sign(&other, &nonces[1], &kps[1]).unwrap(),
-        );
-        assert_eq!(aggregate_verified(&package, &sig_shares, &pkp), None);
+        let id = *run.nonces.keys().nth(1).unwrap();
+        let share = frost::round2::sign(&other, &run.nonces[&id], &keys.key_packages[&id]).unwrap();
+        sig_shares.insert(id, share);
+        assert_eq!(aggregate_verified(&package, &sig_shares, pkp), None);
         // A missing share: not this path either.
         sig_shares.remove(&id);
-        assert_eq!(aggregate_verified(&package, &sig_shares, &pkp), None);
+        assert_eq!(aggregate_verified(&package, &sig_shares, pkp), None);
     }
     check::<Ed>(3);
     check::<frost_secp256k1_evm::Secp256K1Keccak256>(4);

@@ -298,6 +298,34 @@ fn ledger_sync_takes_normal_or_full_and_names_a_bad_value() {
 }
 
 #[test]
+fn background_nice_defaults_to_10_and_a_bad_value_is_named_with_its_line() {
+    let d = tempdir("nice");
+    let keys = "[keys]\npassphrase_env = \"X\"\n";
+    let p = write_pair(
+        &d,
+        &format!("[node]\ncommittee = \"committee.toml\"\n{keys}"),
+    );
+    assert_eq!(
+        *Config::load(&p)
+            .expect("valid")
+            .node
+            .node
+            .background_nice
+            .get_ref(),
+        10
+    );
+    let p = write_pair(
+        &d,
+        &format!("[node]\ncommittee = \"committee.toml\"\nbackground_nice = 20\n{keys}"),
+    );
+    let ps = Config::load(&p).unwrap_err().problems().to_vec();
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0].key, "node.background_nice");
+    assert_eq!(ps[0].line, 3, "{}", ps[0]);
+    assert!(ps[0].message.contains("20"), "{}", ps[0]);
+}
+
+#[test]
 fn deploy_examples_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let c = Config::load(&root.join("node.toml")).unwrap_or_else(|e| panic!("{e}"));
