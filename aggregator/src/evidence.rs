@@ -75,6 +75,7 @@ fn kind_name(p: &Payload) -> &'static str {
         Payload::Proposal(_) => "proposal",
         Payload::Share(_) => "share",
         Payload::Report(_) => "report",
+        Payload::Refusal(_) => "refusal",
     }
 }
 

@@ -67,10 +67,21 @@ pub enum ByzantineKind {
     Replay,
     /// Sends observations but withholds its proposals and shares.
     Withhold,
+    /// Sends nothing at all (withholds its observations too): a member that
+    /// stays connected but is dead to the protocol.
+    Mute,
+    /// Observes, then refuses every proposal with a signed refusal.
+    Refuse,
+    /// Its clock runs 3 s ahead of the others'.
+    ClockAhead,
+    /// Its clock runs 3 s behind the others'.
+    ClockBehind,
+    /// Its clock runs 30 s ahead of the others'.
+    ClockFarAhead,
 }
 
 impl ByzantineKind {
-    pub const ALL: [ByzantineKind; 7] = [
+    pub const ALL: [ByzantineKind; 12] = [
         ByzantineKind::LieFar,
         ByzantineKind::LieSlight,
         ByzantineKind::LieRandom,
@@ -78,7 +89,22 @@ impl ByzantineKind {
         ByzantineKind::InvalidShares,
         ByzantineKind::Replay,
         ByzantineKind::Withhold,
+        ByzantineKind::Mute,
+        ByzantineKind::Refuse,
+        ByzantineKind::ClockAhead,
+        ByzantineKind::ClockBehind,
+        ByzantineKind::ClockFarAhead,
     ];
+
+    /// How far the member's clock is off (ms).
+    pub fn clock_skew_ms(self) -> i64 {
+        match self {
+            ByzantineKind::ClockAhead => 3_000,
+            ByzantineKind::ClockBehind => -3_000,
+            ByzantineKind::ClockFarAhead => 30_000,
+            _ => 0,
+        }
+    }
 
     /// Whether the kind lies about prices.
     pub fn lies(self) -> bool {
@@ -403,7 +429,7 @@ impl<C: SibylSuite> Sim<C> {
         let mut liars = 0u16;
         for (i, m) in order.iter().take(usize::from(cfg.byzantine)).enumerate() {
             let mut kind = if cfg.kinds.is_empty() {
-                ByzantineKind::ALL[uniform(&mut rng, 7) as usize]
+                ByzantineKind::ALL[uniform(&mut rng, ByzantineKind::ALL.len() as u64) as usize]
             } else {
                 cfg.kinds[i % cfg.kinds.len()]
             };
@@ -514,6 +540,7 @@ impl<C: SibylSuite> Sim<C> {
         match m.kind {
             Some(ByzantineKind::EquivocatingLeader) => node.faults.equivocate = true,
             Some(ByzantineKind::InvalidShares) => node.faults.invalid_shares = true,
+            Some(ByzantineKind::Refuse) => node.faults.refuse = true,
             _ => {}
         }
         m.node = Some(node);
@@ -729,7 +756,7 @@ impl<C: SibylSuite> Sim<C> {
                     feed: id.clone(),
                     price,
                     spread: (truth / 10_000).unsigned_abs(),
-                    observed_at_ms: self.now,
+                    observed_at_ms: self.local_now(index),
                 });
             }
             self.input(index, Input::Observations(list));
@@ -764,11 +791,12 @@ impl<C: SibylSuite> Sim<C> {
         let mut inputs = vec![input];
         while let Some(input) = inputs.pop() {
             let i = usize::from(index) - 1;
+            let now = self.local_now(index);
             let m = &mut self.members[i];
             let Some(node) = m.node.as_mut() else {
                 return;
             };
-            let actions = node.handle(self.now, input, &mut m.rng);
+            let actions = node.handle(now, input, &mut m.rng);
             for action in actions {
                 if let Some(next) = self.perform(index, action) {
                     inputs.push(next);
@@ -777,9 +805,19 @@ impl<C: SibylSuite> Sim<C> {
         }
     }
 
+    /// Member `index`'s clock now (the simulated time plus its skew).
+    fn local_now(&self, index: u16) -> TimestampMs {
+        let skew = self.members[usize::from(index) - 1]
+            .kind
+            .map_or(0, ByzantineKind::clock_skew_ms);
+        self.now.saturating_add_signed(skew)
+    }
+
     fn withholds(&self, index: u16, bytes: &[u8]) -> bool {
-        if self.members[usize::from(index) - 1].kind != Some(ByzantineKind::Withhold) {
-            return false;
+        match self.members[usize::from(index) - 1].kind {
+            Some(ByzantineKind::Mute) => return true,
+            Some(ByzantineKind::Withhold) => {}
+            _ => return false,
         }
         matches!(
             decode_unverified(bytes, self.committee.config_digest()),
@@ -870,8 +908,11 @@ impl<C: SibylSuite> Sim<C> {
                 None
             }
             Action::WakeAt(at) => {
+                // `at` is the member's clock; the queue runs on simulated time.
                 self.members[i].wake = Some(at);
-                self.schedule(at, Event::Wake { node: index, at });
+                let skew = self.members[i].kind.map_or(0, ByzantineKind::clock_skew_ms);
+                let when = at.saturating_add_signed(-skew).max(self.now);
+                self.schedule(when, Event::Wake { node: index, at });
                 None
             }
         }

@@ -30,6 +30,16 @@ pub enum KindArg {
     InvalidShares,
     Replay,
     Withhold,
+    /// Sends nothing at all (no observations either).
+    Mute,
+    /// Observes, then refuses every proposal (signed refusals).
+    Refuse,
+    /// Clock 3 s ahead.
+    ClockAhead,
+    /// Clock 3 s behind.
+    ClockBehind,
+    /// Clock 30 s ahead.
+    ClockFarAhead,
 }
 
 impl From<KindArg> for ByzantineKind {
@@ -42,6 +52,11 @@ impl From<KindArg> for ByzantineKind {
             KindArg::InvalidShares => ByzantineKind::InvalidShares,
             KindArg::Replay => ByzantineKind::Replay,
             KindArg::Withhold => ByzantineKind::Withhold,
+            KindArg::Mute => ByzantineKind::Mute,
+            KindArg::Refuse => ByzantineKind::Refuse,
+            KindArg::ClockAhead => ByzantineKind::ClockAhead,
+            KindArg::ClockBehind => ByzantineKind::ClockBehind,
+            KindArg::ClockFarAhead => ByzantineKind::ClockFarAhead,
         }
     }
 }

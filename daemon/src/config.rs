@@ -960,14 +960,17 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
     if n > 0 && n <= usize::from(u16::MAX) {
         let n16 = n as u16;
         let f = max_faulty(n16);
-        let lo = f + 1;
+        // Below 2f + 1, f faulty members plus honest ones could sign two
+        // different reports in one round (two signer sets need not overlap
+        // in an honest member).
+        let lo = 2 * f + 1;
         let hi = n16 - f;
         if t < lo || t > hi || t == 0 {
             r.at(
                 span(&raw.threshold),
                 "threshold",
                 format!("threshold {t} is outside {lo}..={hi} for n = {n} (tolerating f = {f} faulty members)"),
-                format!("use t with f + 1 <= t <= n - f; the usual choice is 2f + 1 = {}", 2 * f + 1),
+                format!("use t with 2f + 1 <= t <= n - f (below 2f + 1, f faulty members can get two different reports signed in one round); the usual choice is 2f + 1 = {}", 2 * f + 1),
             );
         }
     }

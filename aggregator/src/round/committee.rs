@@ -71,7 +71,9 @@ impl Default for Timeouts {
 pub enum CommitteeError {
     #[error("committee has {n} members; need n >= 3f + 1 = {need} for f = {f}")]
     TooSmall { n: usize, f: u16, need: usize },
-    #[error("threshold t = {t} outside f + 1 ..= n - f = {lo}..={hi}; the default is t = 2f + 1")]
+    #[error(
+        "threshold t = {t} outside 2f + 1 ..= n - f = {lo}..={hi}: below 2f + 1, f faulty members could get two different reports signed in one round; the default is t = 2f + 1"
+    )]
     BadThreshold { t: u16, lo: usize, hi: usize },
     #[error(
         "member at position {position} has index {index}; members must be numbered 1..=n in order"
@@ -124,7 +126,10 @@ impl Committee {
         if n < need {
             return Err(CommitteeError::TooSmall { n, f, need });
         }
-        let (lo, hi) = (usize::from(f) + 1, n - usize::from(f));
+        // t >= 2f + 1: any two signer sets of t share f + 1 members, one of
+        // them honest, so two different reports cannot both be signed in one
+        // round. t <= n - f: f silent members cannot stop the committee.
+        let (lo, hi) = (2 * usize::from(f) + 1, n - usize::from(f));
         if usize::from(t) < lo || usize::from(t) > hi {
             return Err(CommitteeError::BadThreshold { t, lo, hi });
         }
@@ -181,6 +186,14 @@ impl Committee {
     /// `2f + 1`: observations needed per feed, and for a proposal.
     pub fn quorum(&self) -> usize {
         2 * usize::from(self.f) + 1
+    }
+    /// Signing attempts per round (FROST commitments per observation):
+    /// `f + 2`, at least 3. Each failed attempt (a refusal, an invalid share,
+    /// a silent signer) takes at least one faulty member out of the next
+    /// attempt, so `f + 1` attempts always reach an all-honest signer set;
+    /// one more covers an honest signer that was only slow.
+    pub fn attempts(&self) -> usize {
+        (usize::from(self.f) + 2).clamp(3, super::message::MAX_COMMITMENTS)
     }
     pub fn members(&self) -> &[Member] {
         &self.members

@@ -18,9 +18,16 @@
 //! | kind | message | body |
 //! |---|---|---|
 //! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128, observed_at u64), seq of FROST commitments (bytes) |
-//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), signing package (bytes) |
+//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), signing package (bytes), seq of signed signer-only observations (bytes) |
 //! | 3 | share (signer -> leader) | attempt u8, report digest bytes32, signing package hash bytes32, share (bytes) |
 //! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, seq of leaves, seq of (suite u8, signature bytes) |
+//! | 5 | refusal (signer -> leader) | attempt u8, report digest bytes32, reason u8, signer's clock u64 |
+//!
+//! An observation with no commitments is an observation only: its sender
+//! does not offer to sign the round. A proposal's signer-only observations
+//! (observations that arrived after the leaves were fixed) attribute the
+//! commitments of signers whose observation is not among the leaves'
+//! observations; they do not enter the leaves.
 //!
 //! A leaf is `feed bytes32, price i128, confidence u128, num_observations u16,
 //! observed_at u64`. Sequences are strictly ordered where order matters
@@ -44,7 +51,7 @@ pub const MAX_FEEDS: usize = 10_000;
 /// Most members a committee may have (and observations a proposal may attribute).
 pub const MAX_MEMBERS: usize = 1_024;
 /// Most FROST commitments per observation (signing attempts per round).
-pub const MAX_COMMITMENTS: usize = 4;
+pub const MAX_COMMITMENTS: usize = 8;
 /// Upper bound on any message (a 1,024-member proposal of 10,000 feeds does not fit; real committees are far smaller).
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 const MAX_SMALL_BYTES: usize = 256;
@@ -60,6 +67,7 @@ pub enum Kind {
     Proposal = 2,
     Share = 3,
     Report = 4,
+    Refusal = 5,
 }
 
 /// One feed in a member's observation.
@@ -94,6 +102,10 @@ pub struct ProposalMsg {
     pub observations: Vec<Vec<u8>>,
     /// Serialized FROST `SigningPackage` over the header digest.
     pub signing_package: Vec<u8>,
+    /// Signed observations of signers whose observation is not in
+    /// `observations` (it arrived after the leaves were fixed): only their
+    /// commitments are used. Ascending by sender, disjoint from `observations`.
+    pub signer_observations: Vec<Vec<u8>>,
 }
 
 /// A signer's signature share.
@@ -107,6 +119,68 @@ pub struct ShareMsg {
     pub share: Vec<u8>,
 }
 
+/// Why a signer will not sign a proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RefusalReason {
+    /// The proposal's timestamp is too far from the signer's clock (or not
+    /// later than the last report it holds).
+    Timestamp = 1,
+    /// An attributed observation does not decode, is not of this round or
+    /// is not signed by its sender.
+    Observation = 2,
+    /// The recomputed leaves or Merkle root differ from the proposal's.
+    Mismatch = 3,
+    /// The signing package is malformed or does not carry the signer's
+    /// announced commitment.
+    Package = 4,
+    /// The signer's ledger holds another report for this round or a later round.
+    Ledger = 5,
+    /// The commitment the attempt names was already used.
+    NonceUsed = 6,
+    /// Any other reason (e.g. a signer that chooses not to sign).
+    Other = 7,
+}
+
+impl RefusalReason {
+    fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            1 => Self::Timestamp,
+            2 => Self::Observation,
+            3 => Self::Mismatch,
+            4 => Self::Package,
+            5 => Self::Ledger,
+            6 => Self::NonceUsed,
+            7 => Self::Other,
+            _ => return None,
+        })
+    }
+
+    /// A short snake_case name (logs and metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timestamp => "timestamp",
+            Self::Observation => "observation",
+            Self::Mismatch => "mismatch",
+            Self::Package => "package",
+            Self::Ledger => "ledger",
+            Self::NonceUsed => "nonce_used",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A signer's signed refusal of one signing attempt: the leader moves on at
+/// once instead of waiting for the attempt's timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalMsg {
+    pub attempt: u8,
+    pub report_digest: [u8; 32],
+    pub reason: RefusalReason,
+    /// The signer's (corrected) clock when it refused: a clock sample for
+    /// the leader.
+    pub clock_ms: TimestampMs,
+}
+
 /// The payload of a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
@@ -114,6 +188,7 @@ pub enum Payload {
     Proposal(ProposalMsg),
     Share(ShareMsg),
     Report(SignedReport),
+    Refusal(RefusalMsg),
 }
 
 impl Payload {
@@ -123,6 +198,7 @@ impl Payload {
             Payload::Proposal(_) => Kind::Proposal,
             Payload::Share(_) => Kind::Share,
             Payload::Report(_) => Kind::Report,
+            Payload::Refusal(_) => Kind::Refusal,
         }
     }
 }
@@ -195,7 +271,8 @@ impl SignedMessage {
         committee: &Committee,
         content_hash: Option<&[u8; 64]>,
     ) -> Result<(Self, Vec<[u8; 64]>), MessageError> {
-        let (msg, signed_len, spans) = decode_inner(bytes, committee.config_digest())?;
+        let (msg, signed_len, spans) =
+            decode_inner(bytes, committee.config_digest(), committee.feeds().len())?;
         let key = committee
             .identity(msg.sender)
             .ok_or(MessageError::UnknownSender(msg.sender))?;
@@ -219,7 +296,8 @@ impl SignedMessage {
     /// itself as leader): the signature was made here and is not checked
     /// again. Everything else is, as in [`SignedMessage::decode`].
     pub fn decode_own(bytes: &[u8], committee: &Committee) -> Result<Self, MessageError> {
-        let (msg, signed_len, _) = decode_inner(bytes, committee.config_digest())?;
+        let (msg, signed_len, _) =
+            decode_inner(bytes, committee.config_digest(), committee.feeds().len())?;
         if committee.identity(msg.sender).is_none() {
             return Err(MessageError::UnknownSender(msg.sender));
         }
@@ -247,6 +325,7 @@ pub fn peek(bytes: &[u8]) -> Option<(Round, u16, Kind)> {
         2 => Kind::Proposal,
         3 => Kind::Share,
         4 => Kind::Report,
+        5 => Kind::Refusal,
         _ => return None,
     };
     Some((round, sender, kind))
@@ -293,14 +372,17 @@ pub fn decode_unverified(
     bytes: &[u8],
     config_digest: &ConfigDigest,
 ) -> Result<(SignedMessage, usize), MessageError> {
-    decode_inner(bytes, config_digest).map(|(msg, len, _)| (msg, len))
+    decode_inner(bytes, config_digest, MAX_FEEDS).map(|(msg, len, _)| (msg, len))
 }
 
 /// Like [`decode_unverified`], also returning the byte ranges of a
-/// proposal's embedded observations.
+/// proposal's embedded observations. Observations, proposals and reports
+/// carry at most `max_feeds` feeds (the committee's): a larger message is
+/// refused while decoding, before anything is hashed or verified.
 fn decode_inner(
     bytes: &[u8],
     config_digest: &ConfigDigest,
+    max_feeds: usize,
 ) -> Result<(SignedMessage, usize, Vec<Range<usize>>), MessageError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(MessageError::Oversized {
@@ -316,11 +398,18 @@ fn decode_inner(
     let at = r.position();
     let kind = r.u8("message kind")?;
     let mut spans = Vec::new();
+    let max_feeds = max_feeds.min(MAX_FEEDS);
     let payload = match kind {
-        1 => Payload::Observation(decode_observation(&mut r)?),
-        2 => Payload::Proposal(decode_proposal(&mut r, &mut spans)?),
+        1 => Payload::Observation(decode_observation(&mut r, max_feeds)?),
+        2 => Payload::Proposal(decode_proposal(&mut r, &mut spans, max_feeds)?),
         3 => Payload::Share(decode_share(&mut r)?),
-        4 => Payload::Report(decode_report_body(&mut r, *config_digest, round)?),
+        4 => Payload::Report(decode_report_body(
+            &mut r,
+            *config_digest,
+            round,
+            max_feeds,
+        )?),
+        5 => Payload::Refusal(decode_refusal(&mut r)?),
         tag => {
             return Err(DecodeError::InvalidTag {
                 what: "message kind",
@@ -368,6 +457,10 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                 spans.push(w.len() - o.len()..w.len());
             });
             w.bytes(&p.signing_package);
+            w.seq(p.signer_observations.iter(), |w, o| {
+                w.bytes(o);
+                spans.push(w.len() - o.len()..w.len());
+            });
         }
         Payload::Share(s) => {
             w.u8(s.attempt)
@@ -382,6 +475,12 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
             w.seq(report.signatures.iter(), |w, (suite, sig)| {
                 w.u8(suite_tag(*suite)).bytes(&sig.0);
             });
+        }
+        Payload::Refusal(f) => {
+            w.u8(f.attempt)
+                .bytes32(&f.report_digest)
+                .u8(f.reason as u8)
+                .u64(f.clock_ms);
         }
     }
     spans
@@ -431,9 +530,9 @@ fn check_ascending<'a>(
     Ok(())
 }
 
-fn decode_observation(r: &mut Reader<'_>) -> Result<ObservationMsg, DecodeError> {
+fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<ObservationMsg, DecodeError> {
     let at = r.position();
-    let entries = r.seq("observation entries", MAX_FEEDS, 72, |r| {
+    let entries = r.seq("observation entries", max_feeds, 72, |r| {
         Ok(ObservationEntry {
             feed: feed(r, "observation feed id")?,
             price: r.i128("observation price")?,
@@ -451,9 +550,9 @@ fn decode_observation(r: &mut Reader<'_>) -> Result<ObservationMsg, DecodeError>
     })
 }
 
-fn decode_leaves(r: &mut Reader<'_>) -> Result<Vec<ReportLeaf>, DecodeError> {
+fn decode_leaves(r: &mut Reader<'_>, max_feeds: usize) -> Result<Vec<ReportLeaf>, DecodeError> {
     let at = r.position();
-    let leaves = r.seq("leaves", MAX_FEEDS, LEAF_BYTES, |r| {
+    let leaves = r.seq("leaves", max_feeds, LEAF_BYTES, |r| {
         Ok(ReportLeaf {
             feed_id: feed(r, "leaf feed id")?,
             price: r.i128("leaf price")?,
@@ -469,17 +568,23 @@ fn decode_leaves(r: &mut Reader<'_>) -> Result<Vec<ReportLeaf>, DecodeError> {
 fn decode_proposal(
     r: &mut Reader<'_>,
     spans: &mut Vec<Range<usize>>,
+    max_feeds: usize,
 ) -> Result<ProposalMsg, DecodeError> {
     let attempt = r.u8("attempt")?;
     let timestamp_ms = r.u64("proposal timestamp")?;
     let merkle_root = r.bytes32("merkle root")?;
-    let leaves = decode_leaves(r)?;
+    let leaves = decode_leaves(r, max_feeds)?;
     let observations = r.seq("attributed observations", MAX_MEMBERS, 4, |r| {
         let o = r.bytes("attributed observation", MAX_OBSERVATION_BYTES)?;
         spans.push(r.position() - o.len()..r.position());
         Ok(o.to_vec())
     })?;
     let signing_package = r.bytes("signing package", MAX_PACKAGE_BYTES)?.to_vec();
+    let signer_observations = r.seq("signer-only observations", MAX_MEMBERS, 4, |r| {
+        let o = r.bytes("signer-only observation", MAX_OBSERVATION_BYTES)?;
+        spans.push(r.position() - o.len()..r.position());
+        Ok(o.to_vec())
+    })?;
     Ok(ProposalMsg {
         attempt,
         timestamp_ms,
@@ -487,6 +592,7 @@ fn decode_proposal(
         leaves,
         observations,
         signing_package,
+        signer_observations,
     })
 }
 
@@ -499,14 +605,33 @@ fn decode_share(r: &mut Reader<'_>) -> Result<ShareMsg, DecodeError> {
     })
 }
 
+fn decode_refusal(r: &mut Reader<'_>) -> Result<RefusalMsg, DecodeError> {
+    let attempt = r.u8("attempt")?;
+    let report_digest = r.bytes32("report digest")?;
+    let at = r.position();
+    let tag = r.u8("refusal reason")?;
+    let reason = RefusalReason::from_tag(tag).ok_or(DecodeError::InvalidTag {
+        what: "refusal reason",
+        at,
+        tag: tag.into(),
+    })?;
+    Ok(RefusalMsg {
+        attempt,
+        report_digest,
+        reason,
+        clock_ms: r.u64("refusal clock")?,
+    })
+}
+
 fn decode_report_body(
     r: &mut Reader<'_>,
     config_digest: ConfigDigest,
     round: Round,
+    max_feeds: usize,
 ) -> Result<SignedReport, DecodeError> {
     let timestamp_ms = r.u64("report timestamp")?;
     let merkle_root = r.bytes32("merkle root")?;
-    let leaves = decode_leaves(r)?;
+    let leaves = decode_leaves(r, max_feeds)?;
     let at = r.position();
     let sigs = r.seq("signatures", 2, 5, |r| {
         let at = r.position();

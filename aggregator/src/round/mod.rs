@@ -13,7 +13,9 @@
 //! One round `r` (leader `L(r)`):
 //!
 //! 1. On entering `r` every member signs its latest local observation together
-//!    with [`ATTEMPTS`] fresh FROST commitments and sends it to `L(r)`. Rounds
+//!    with [`Committee::attempts`] fresh FROST commitments and sends it to
+//!    `L(r)` (none: it observes but does not offer to sign, e.g. while its
+//!    clock is off and not yet corrected). Rounds
 //!    that follow a signed report start on the committee's round grid (the
 //!    multiples of `round_interval_ms`, see [`next_slot`]), so all members
 //!    observe at the same instant.
@@ -28,13 +30,25 @@
 //!    its own commitment and its signing ledger, then asks the driver to
 //!    record the signing durably ([`Action::RecordSigning`]); only after
 //!    [`Input::SigningRecorded`] does it use (and erase) the nonce.
-//! 4. `L(r)` aggregates with FROST cheater detection. Invalid shares yield
-//!    [`Evidence`] and a retry with another signer set (using the next
-//!    commitment of each signer); silent signers are dropped after
-//!    `share_ms`. The signed report is broadcast; members verify it against
-//!    the group key before accepting it.
+//! 4. `L(r)` aggregates with FROST cheater detection. Signing is robust in
+//!    the spirit of ROAST: every member whose observation the leader holds
+//!    (also one that arrives after the leaves were fixed) is a candidate
+//!    signer. An invalid share ([`Evidence`]) or a signed refusal starts
+//!    another attempt at once without that member; an attempt still
+//!    incomplete after `share_ms` stays open (a late share still completes
+//!    it) while another attempt starts with the silent signers ranked last.
+//!    Each attempt uses the next commitment of each signer. Faults are
+//!    remembered across rounds (a penalty that decays) so a persistently
+//!    faulty member is picked last. The signed report is broadcast; members
+//!    verify it against the group key before accepting it.
 //! 5. Pacemaker: no accepted report `round_ms` after entering `r`: move to
 //!    `r + 1`. A node that sees `f + 1` members at a higher round jumps there.
+//!
+//! Clocks: each member estimates its clock's offset from the committee's
+//! (from the timestamps of proposals and refusals) and runs the
+//! protocol on the corrected clock, so a member whose clock is off keeps
+//! signing (see [`Node::clock_offset_ms`]). All times in [`Input`] and
+//! [`Action`] are the driver's own clock; the conversion happens here.
 //!
 //! The driver contract: feed every input with the current time; perform
 //! every action in order; after each call keep only the latest
@@ -61,18 +75,22 @@ use frost_core::{
     round2::SignatureShare,
 };
 use message::{
-    Kind, ObservationEntry, ObservationMsg, Payload, ProposalMsg, ShareMsg, SignedMessage,
+    Kind, ObservationEntry, ObservationMsg, Payload, ProposalMsg, RefusalMsg, RefusalReason,
+    ShareMsg, SignedMessage,
 };
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-/// Signing attempts per round: each observation carries this many FROST
-/// commitments, attempt `a` uses commitment `a`, so a retry never reuses a nonce.
-pub const ATTEMPTS: usize = 3;
 /// How many rounds ahead messages are buffered.
 const FUTURE_WINDOW: Round = 3;
+/// Penalties (signer ranking, remembered across rounds): what a fault adds,
+/// the cap, and how much every round this member leads forgives.
+const PENALTY_INVALID: u32 = 8;
+const PENALTY_REFUSAL: u32 = 4;
+const PENALTY_SILENT: u32 = 2;
+const PENALTY_CAP: u32 = 32;
 
 /// A FROST ciphersuite Sibyl signs with.
 pub trait SibylSuite: Ciphersuite {
@@ -237,6 +255,69 @@ pub struct Stats {
     pub signing_refused_by_ledger: u64,
     pub evidence: u64,
     pub attempts_started: u64,
+    /// Attempts still incomplete after `share_ms` (another one started).
+    pub attempts_timed_out: u64,
+    /// Signed refusals this member sent as a signer, and received as leader.
+    pub refusals_sent: u64,
+    pub refusals_received: u64,
+    /// Rounds in which this member observed without offering to sign
+    /// (its clock was off and not yet corrected).
+    pub observed_without_signing: u64,
+}
+
+/// What this member saw of another member: the committee panel's figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemberStats {
+    /// Signature shares received from it (as leader) that verified.
+    pub shares_received: u64,
+    /// Shares from it that did not verify (each one with evidence).
+    pub invalid_shares: u64,
+    /// Signed refusals received from it (as leader).
+    pub refusals: u64,
+    /// Attempts in which it was picked and stayed silent past `share_ms`.
+    pub attempts_silent: u64,
+    /// When its latest valid message arrived (the driver's clock).
+    pub last_message_ms: Option<TimestampMs>,
+    /// Its clock minus this member's corrected clock, from the timestamp of
+    /// its latest proposal or refusal (includes the message's delay).
+    pub clock_offset_ms: Option<i64>,
+}
+
+/// This member's view of the committee's clock. Samples are "this member's
+/// raw clock minus the other member's timestamp" (the message delay
+/// included), taken from proposals and refusals, which are stamped when
+/// sent (a report's timestamp is older by the whole signing); the correction is their median, applied only when it is
+/// robust (at least `2f + 1` samples, or `f + 1` that agree) and larger
+/// than a quarter of `max_clock_skew_ms` (NTP-synced members never correct).
+#[derive(Clone, Debug, Default)]
+struct Clock {
+    samples: BTreeMap<u16, i64>,
+    /// Median of the samples when there are at least `f + 1`.
+    estimate: Option<i64>,
+    /// Applied correction: committee time = raw time - offset.
+    offset: i64,
+    /// The samples are not robust but `f + 1` of them say this clock is
+    /// off by more than `max_clock_skew_ms`: observe without offering to sign.
+    doubtful: bool,
+}
+
+impl Clock {
+    fn recompute(&mut self, f: usize, max_skew_ms: u64) {
+        let mut v: Vec<i64> = self.samples.values().copied().collect();
+        v.sort_unstable();
+        let k = v.len();
+        let skew = i64::try_from(max_skew_ms).unwrap_or(i64::MAX);
+        let deadband = skew / 4;
+        self.estimate = (k > f && k > 0).then(|| v[(k - 1) / 2]);
+        let robust = k >= 2 * f + 1 || (k > f && v[k - 1].saturating_sub(v[0]) <= deadband);
+        self.offset = match self.estimate {
+            Some(m) if robust && m.abs() > deadband => m,
+            _ => 0,
+        };
+        let ahead = v.iter().filter(|&&x| x > skew).count();
+        let behind = v.iter().filter(|&&x| x < -skew).count();
+        self.doubtful = self.offset == 0 && (ahead > f || behind > f);
+    }
 }
 
 /// Simulator-only misbehaviour switches.
@@ -246,6 +327,10 @@ pub(crate) struct Faults {
     pub equivocate: bool,
     /// As signer, return signature shares that do not verify.
     pub invalid_shares: bool,
+    /// As signer, refuse every proposal (with a signed refusal).
+    pub refuse: bool,
+    /// Never correct the clock (a member whose clock is off and stays off).
+    pub fixed_clock: bool,
 }
 
 struct Attributed {
@@ -254,27 +339,36 @@ struct Attributed {
 }
 
 struct Attempt<C: Ciphersuite> {
-    number: usize,
     signers: BTreeSet<u16>,
     package: SigningPackage<C>,
     package_bytes: Vec<u8>,
     package_hash: [u8; 32],
     shares: BTreeMap<u16, (SignatureShare<C>, Vec<u8>)>,
     deadline: TimestampMs,
+    /// Past its deadline: another attempt started, this one stays open.
+    timed_out: bool,
 }
 
 struct LeaderRound<C: Ciphersuite> {
     header: ReportHeader,
     digest: [u8; 32],
     leaves: Vec<ReportLeaf>,
+    /// The signed observations the leaves were computed from.
     observations: Vec<Vec<u8>>,
-    /// Each observer's serialized commitments, one per attempt. They are
-    /// parsed only for the signers an attempt picks: parsing checks that the
-    /// points are in the prime-order subgroup (a scalar multiplication
+    /// Signed observations that arrived after the leaves were fixed: they
+    /// only attribute their senders' commitments.
+    late: BTreeMap<u16, Vec<u8>>,
+    /// Each candidate signer's serialized commitments, one per attempt. They
+    /// are parsed only for the signers an attempt picks: parsing checks that
+    /// the points are in the prime-order subgroup (a scalar multiplication
     /// each), and most commitments are never used.
     signers_pool: BTreeMap<u16, Vec<Vec<u8>>>,
+    /// Refused, sent an invalid share or unusable commitments: not picked
+    /// again this round.
     excluded: BTreeSet<u16>,
-    attempt: Option<Attempt<C>>,
+    /// Open attempts by number.
+    attempts: BTreeMap<usize, Attempt<C>>,
+    next_attempt: usize,
 }
 
 /// FROST nonces and commitments made ahead of the round that uses them
@@ -286,13 +380,17 @@ struct Prepared<C: Ciphersuite> {
 }
 
 impl<C: Ciphersuite> Prepared<C> {
-    fn generate<R: RngCore + CryptoRng>(key: &KeyPackage<C>, rng: &mut R) -> Option<Self> {
+    fn generate<R: RngCore + CryptoRng>(
+        key: &KeyPackage<C>,
+        attempts: usize,
+        rng: &mut R,
+    ) -> Option<Self> {
         let mut p = Self {
-            nonces: Vec::with_capacity(ATTEMPTS),
-            commitments: Vec::with_capacity(ATTEMPTS),
-            commitment_bytes: Vec::with_capacity(ATTEMPTS),
+            nonces: Vec::with_capacity(attempts),
+            commitments: Vec::with_capacity(attempts),
+            commitment_bytes: Vec::with_capacity(attempts),
         };
-        for _ in 0..ATTEMPTS {
+        for _ in 0..attempts {
             let (n, c) = frost::round1::commit(key.signing_share(), rng);
             p.commitment_bytes.push(c.serialize().ok()?);
             p.nonces.push(Some(n));
@@ -335,7 +433,8 @@ struct RoundState<C: Ciphersuite> {
     first_commitments: BTreeMap<u16, Option<SigningCommitments<C>>>,
     conflict_blamed: BTreeSet<u16>,
     leader: Option<LeaderRound<C>>,
-    gave_up: bool,
+    /// Attempts this member refused (one refusal each).
+    refused: BTreeSet<u8>,
 }
 
 impl<C: Ciphersuite> RoundState<C> {
@@ -355,7 +454,7 @@ impl<C: Ciphersuite> RoundState<C> {
             first_commitments: BTreeMap::new(),
             conflict_blamed: BTreeSet::new(),
             leader: None,
-            gave_up: false,
+            refused: BTreeSet::new(),
         }
     }
 }
@@ -369,7 +468,8 @@ pub struct Node<C: SibylSuite> {
     pubkeys: PublicKeyPackage<C>,
     ids: BTreeMap<Identifier<C>, u16>,
     ledger: Option<SigningRecord>,
-    pending: Option<PendingSign<C>>,
+    /// Signings waiting for the ledger's answer (one record, several attempts).
+    pending: Vec<PendingSign<C>>,
     last_values: BTreeMap<FeedId, LastValue>,
     last_report_round: Option<Round>,
     last_observed_round: Option<Round>,
@@ -391,22 +491,16 @@ pub struct Node<C: SibylSuite> {
     /// Each member's announced next commitments, parsed ahead
     /// ([`Node::warm_commitments`]).
     warm: BTreeMap<u16, (Vec<u8>, SigningCommitments<C>)>,
+    /// The driver's clock at the current `handle` call.
+    raw_now: TimestampMs,
+    clock: Clock,
+    /// Signer ranking penalties, remembered across rounds.
+    penalty: BTreeMap<u16, u32>,
+    member_stats: BTreeMap<u16, MemberStats>,
 }
 
 /// Result of checking a proposal as a signer.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error("proposal timestamp too far from the local clock")]
-    Timestamp,
-    #[error("attributed observation invalid")]
-    Observation,
-    #[error("too few attributed observations")]
-    TooFew,
-    #[error("recomputed report differs")]
-    Mismatch,
-    #[error("signing package invalid")]
-    Package,
-}
+type Refusal = RefusalReason;
 
 /// A serialized `SigningPackage` taken apart without parsing a point: frost
 /// writes header ‖ varint(k) ‖ k × (identifier ‖ serialized commitments) ‖
@@ -568,8 +662,22 @@ pub fn compute_leaves<'a>(
         .collect()
 }
 
-fn package_for_self<C: Ciphersuite>(attempt: &Option<Attempt<C>>) -> Option<SigningPackage<C>> {
-    attempt.as_ref().map(|a| a.package.clone())
+/// `t + delta`, saturating at 0 and `u64::MAX`.
+fn shift(t: TimestampMs, delta: i64) -> TimestampMs {
+    if delta >= 0 {
+        t.saturating_add(delta.unsigned_abs())
+    } else {
+        t.saturating_sub(delta.unsigned_abs())
+    }
+}
+
+fn committee_members_except(committee: &Committee, me: u16) -> BTreeMap<u16, MemberStats> {
+    committee
+        .members()
+        .iter()
+        .filter(|m| m.index != me)
+        .map(|m| (m.index, MemberStats::default()))
+        .collect()
 }
 
 impl<C: SibylSuite> Node<C> {
@@ -603,14 +711,13 @@ impl<C: SibylSuite> Node<C> {
             .round
             .max(restore.last_signed.map_or(0, |r| r.round));
         Ok(Self {
-            committee,
             me,
             identity,
             key_package: keys.key_package,
             pubkeys: keys.public_key_package,
             ids,
             ledger: restore.last_signed,
-            pending: None,
+            pending: Vec::new(),
             last_values: restore.last_values,
             last_report_round: restore.last_report_round,
             last_observed_round: restore.last_observed_round,
@@ -629,6 +736,11 @@ impl<C: SibylSuite> Node<C> {
             last_wake: None,
             spare: None,
             warm: BTreeMap::new(),
+            raw_now: 0,
+            clock: Clock::default(),
+            penalty: BTreeMap::new(),
+            member_stats: committee_members_except(&committee, me),
+            committee,
         })
     }
 
@@ -657,6 +769,64 @@ impl<C: SibylSuite> Node<C> {
     pub fn public_key_package(&self) -> &PublicKeyPackage<C> {
         &self.pubkeys
     }
+    /// What this member saw of each other member.
+    pub fn member_stats(&self) -> &BTreeMap<u16, MemberStats> {
+        &self.member_stats
+    }
+    /// This member's clock minus the committee's, estimated from the other
+    /// members' proposal and refusal timestamps (message delay included);
+    /// `None` until `f + 1` members were heard from.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        self.clock.estimate
+    }
+    /// The correction the protocol applies to the driver's clock (0 unless
+    /// the estimate is robust and beyond a quarter of `max_clock_skew_ms`).
+    pub fn clock_correction_ms(&self) -> i64 {
+        self.clock.offset
+    }
+    /// Whether this member currently observes without offering to sign
+    /// (its clock looks off by more than `max_clock_skew_ms` and cannot be
+    /// corrected yet).
+    pub fn clock_doubtful(&self) -> bool {
+        self.clock.doubtful
+    }
+
+    /// The driver's time as committee time.
+    fn committee_time(&self, raw: TimestampMs) -> TimestampMs {
+        shift(raw, -self.clock.offset)
+    }
+    /// Committee time as the driver's time.
+    fn local_time(&self, t: TimestampMs) -> TimestampMs {
+        shift(t, self.clock.offset)
+    }
+
+    /// A clock sample: member `from` stamped `remote_ms` (committee time as it
+    /// sees it) on a message that arrived now.
+    fn clock_sample(&mut self, from: u16, remote_ms: TimestampMs) {
+        if from == self.me || self.faults.fixed_clock {
+            return;
+        }
+        let raw = i64::try_from(self.raw_now).unwrap_or(i64::MAX);
+        let remote = i64::try_from(remote_ms).unwrap_or(i64::MAX);
+        self.clock.samples.insert(from, raw.saturating_sub(remote));
+        self.clock.recompute(
+            usize::from(self.committee.f()),
+            self.committee.timeouts().max_clock_skew_ms,
+        );
+        let mine = raw.saturating_sub(self.clock.offset);
+        if let Some(m) = self.member_stats.get_mut(&from) {
+            m.clock_offset_ms = Some(remote.saturating_sub(mine));
+        }
+    }
+
+    fn penalize(&mut self, member: u16, by: u32) {
+        let p = self.penalty.entry(member).or_insert(0);
+        *p = (*p + by).min(PENALTY_CAP);
+    }
+
+    fn member(&mut self, index: u16) -> Option<&mut MemberStats> {
+        self.member_stats.get_mut(&index)
+    }
 
     /// Idle-time work: makes the FROST nonces and commitments of the next
     /// observation now, so entering the next round does not wait for them.
@@ -665,7 +835,7 @@ impl<C: SibylSuite> Node<C> {
     /// dropped with the node. Calling it again before they are used is a no-op.
     pub fn precompute<R: RngCore + CryptoRng>(&mut self, rng: &mut R) {
         if self.spare.is_none() {
-            self.spare = Prepared::generate(&self.key_package, rng);
+            self.spare = Prepared::generate(&self.key_package, self.committee.attempts(), rng);
         }
     }
 
@@ -724,6 +894,8 @@ impl<C: SibylSuite> Node<C> {
         input: Input,
         rng: &mut R,
     ) -> Vec<Action> {
+        self.raw_now = now_ms;
+        let now_ms = self.committee_time(now_ms);
         if !self.started {
             self.started = true;
             self.enter_round(now_ms, now_ms, self.start_round.max(self.round), rng);
@@ -731,8 +903,9 @@ impl<C: SibylSuite> Node<C> {
         match input {
             Input::Tick => {}
             Input::Observations(list) => {
-                for o in list {
+                for mut o in list {
                     if self.committee.feeds().contains_key(&o.feed) {
+                        o.observed_at_ms = self.committee_time(o.observed_at_ms);
                         self.local.insert(o.feed.clone(), o);
                     }
                 }
@@ -743,23 +916,25 @@ impl<C: SibylSuite> Node<C> {
                 self.on_recorded(now_ms, SigningRecord { round, digest }, rng)
             }
             Input::SigningRefused { round, digest } => {
-                if self
+                let record = SigningRecord { round, digest };
+                let refused: Vec<PendingSign<C>> = self
                     .pending
-                    .as_ref()
-                    .is_some_and(|p| p.record == SigningRecord { round, digest })
-                {
-                    self.pending = None;
+                    .extract_if(.., |p| p.record == record)
+                    .collect();
+                for p in refused {
+                    self.refuse(now_ms, round, p.attempt, digest, RefusalReason::Ledger);
                 }
                 self.stats.signing_refused_by_ledger += 1;
             }
         }
         self.check_timers(now_ms, rng);
         self.drain_loopback(now_ms, rng);
-        if let Some(at) = self.next_wake(now_ms)
-            && self.last_wake != Some(at)
-        {
-            self.last_wake = Some(at);
-            self.out.push(Action::WakeAt(at));
+        if let Some(at) = self.next_wake(now_ms) {
+            let at = self.local_time(at);
+            if self.last_wake != Some(at) {
+                self.last_wake = Some(at);
+                self.out.push(Action::WakeAt(at));
+            }
         }
         std::mem::take(&mut self.out)
     }
@@ -788,11 +963,12 @@ impl<C: SibylSuite> Node<C> {
         if self.committee.leader(self.round) == self.me && !self.rs.reported {
             match &self.rs.leader {
                 None => times.push(self.rs.entered_at + self.committee.timeouts().observe_ms),
-                Some(l) => {
-                    if let Some(a) = &l.attempt {
-                        times.push(a.deadline);
-                    }
-                }
+                Some(l) => times.extend(
+                    l.attempts
+                        .values()
+                        .filter(|a| !a.timed_out)
+                        .map(|a| a.deadline),
+                ),
             }
         }
         times.into_iter().filter(|&t| t > now).min()
@@ -839,16 +1015,10 @@ impl<C: SibylSuite> Node<C> {
         self.out.push(Action::RoundEntered {
             round,
             leader: self.committee.leader(round),
-            start_ms: start,
+            start_ms: self.local_time(start),
         });
         // Signing state of older rounds is useless now; its nonces are gone with `rs`.
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.record.round < round)
-        {
-            self.pending = None;
-        }
+        self.pending.retain(|p| p.record.round >= round);
         self.send_observation(now, rng);
         // Drop buffered messages of rounds left behind, replay this round's.
         let keep = self.future.split_off(&round);
@@ -875,34 +1045,8 @@ impl<C: SibylSuite> Node<C> {
         if self.committee.leader(self.round) == self.me {
             if self.rs.leader.is_none() {
                 self.try_propose(now, rng);
-            } else if let Some(l) = &self.rs.leader
-                && let Some(a) = &l.attempt
-                && now >= a.deadline
-            {
-                // Drop the silent signers and, so one retry suffices, those
-                // whose shares arrived but do not verify.
-                let mut excluded: Vec<u16> = a
-                    .signers
-                    .iter()
-                    .copied()
-                    .filter(|s| !a.shares.contains_key(s))
-                    .collect();
-                let mut evidence = Vec::new();
-                for (member, (share, bytes)) in &a.shares {
-                    if !self.share_valid(*member, share, &a.package) {
-                        excluded.push(*member);
-                        evidence.push(self.invalid_share_evidence(bytes, &a.package_bytes));
-                    }
-                }
-                let next = a.number + 1;
-                if let Some(l) = &mut self.rs.leader {
-                    l.excluded.extend(excluded);
-                }
-                for ev in evidence {
-                    self.stats.invalid_shares += 1;
-                    self.blame(ev);
-                }
-                self.start_attempt(now, next);
+            } else {
+                self.on_attempt_deadlines(now);
             }
         }
         if now >= self.rs.deadline && !self.rs.reported {
@@ -952,6 +1096,10 @@ impl<C: SibylSuite> Node<C> {
                 return;
             }
         };
+        let raw = self.raw_now;
+        if let Some(m) = self.member(msg.sender) {
+            m.last_message_ms = Some(raw);
+        }
         self.note_round(now, msg.sender, msg.round, rng);
         self.dispatch(now, msg, hashes, rng);
     }
@@ -990,6 +1138,7 @@ impl<C: SibylSuite> Node<C> {
             Kind::Observation => self.on_observation(now, msg, rng),
             Kind::Proposal => self.on_proposal(now, msg, &hashes),
             Kind::Share => self.on_share(now, msg, rng),
+            Kind::Refusal => self.on_refusal(now, msg),
             Kind::Report => {}
         }
     }
@@ -1023,20 +1172,29 @@ impl<C: SibylSuite> Node<C> {
             self.rs.observation_sent = true;
             return;
         }
-        let prepared = match self.spare.take() {
-            Some(p) => p,
-            None => match Prepared::generate(&self.key_package, rng) {
+        // A member whose clock is off beyond the skew bound (and not yet
+        // corrected) would refuse every proposal: it observes only.
+        let commitment_bytes = if self.clock.doubtful {
+            self.stats.observed_without_signing += 1;
+            Vec::new()
+        } else {
+            let attempts = self.committee.attempts();
+            let prepared = match self.spare.take().filter(|p| p.nonces.len() == attempts) {
                 Some(p) => p,
-                None => return,
-            },
+                None => match Prepared::generate(&self.key_package, attempts, rng) {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            let Prepared {
+                nonces,
+                commitments,
+                commitment_bytes,
+            } = prepared;
+            self.rs.nonces = nonces;
+            self.rs.commitments = commitments;
+            commitment_bytes
         };
-        let Prepared {
-            nonces,
-            commitments,
-            commitment_bytes,
-        } = prepared;
-        self.rs.nonces = nonces;
-        self.rs.commitments = commitments;
         self.rs.observation_sent = true;
         self.last_observed_round = Some(self.round);
         self.out
@@ -1067,6 +1225,7 @@ impl<C: SibylSuite> Node<C> {
             self.stats.invalid_messages += 1;
             return;
         }
+        self.clock_sample(sender, p.timestamp_ms);
         let header = ReportHeader {
             version: PROTOCOL_VERSION,
             config_digest: *self.committee.config_digest(),
@@ -1091,10 +1250,16 @@ impl<C: SibylSuite> Node<C> {
             Some(_) => {}
             None => self.rs.first_proposal = Some((digest, bytes)),
         }
-        let (package, leaves) = match self.check_proposal(now, round, p, hashes, &header, &digest) {
+        let checked = if self.faults.refuse {
+            Err(RefusalReason::Other)
+        } else {
+            self.check_proposal(now, round, p, hashes, &header, &digest)
+        };
+        let (package, leaves) = match checked {
             Ok(checked) => checked,
-            Err(_) => {
+            Err(reason) => {
                 self.stats.proposals_refused += 1;
+                self.refuse(now, round, usize::from(p.attempt), digest, reason);
                 return;
             }
         };
@@ -1103,36 +1268,70 @@ impl<C: SibylSuite> Node<C> {
         }
         let record = SigningRecord { round, digest };
         let package_hash = keccak(&p.signing_package);
-        self.prepare_signing(record, usize::from(p.attempt), package, package_hash);
+        self.prepare_signing(now, record, usize::from(p.attempt), package, package_hash);
+    }
+
+    /// Tells the round's leader, signed, that this member will not sign
+    /// `attempt` and why, so it moves on at once (once per attempt).
+    fn refuse(
+        &mut self,
+        now: TimestampMs,
+        round: Round,
+        attempt: usize,
+        digest: [u8; 32],
+        reason: RefusalReason,
+    ) {
+        let Ok(attempt) = u8::try_from(attempt) else {
+            return;
+        };
+        if round != self.round || !self.rs.refused.insert(attempt) {
+            return;
+        }
+        self.stats.refusals_sent += 1;
+        let msg = self.sign_msg(
+            round,
+            Payload::Refusal(RefusalMsg {
+                attempt,
+                report_digest: digest,
+                reason,
+                clock_ms: now,
+            }),
+        );
+        let leader = self.committee.leader(round);
+        self.send(leader, msg.bytes);
     }
 
     /// Signs a checked proposal: refuses a used nonce and anything the
     /// signing ledger forbids, then records (two-phase) and signs.
     fn prepare_signing(
         &mut self,
+        now: TimestampMs,
         record: SigningRecord,
         attempt: usize,
         package: SigningPackage<C>,
         package_hash: [u8; 32],
     ) {
-        if self.rs.nonces.get(attempt).is_none_or(|n| n.is_none()) {
+        let (round, digest) = (record.round, record.digest);
+        if self.rs.nonces.get(attempt).is_none_or(|n| n.is_none())
+            || self.pending.iter().any(|p| p.attempt == attempt)
+        {
             // That commitment was already used (or never ours): never sign twice with a nonce.
             self.stats.nonce_reuse_refused += 1;
+            self.refuse(now, round, attempt, digest, RefusalReason::NonceUsed);
             return;
         }
         if let Some(l) = self.ledger
-            && (l.round > record.round || (l.round == record.round && l.digest != record.digest))
+            && (l.round > round || (l.round == round && l.digest != digest))
         {
             self.stats.proposals_refused += 1;
+            self.refuse(now, round, attempt, digest, RefusalReason::Ledger);
             return;
         }
-        if let Some(p) = &self.pending
-            && p.record != record
-        {
+        if self.pending.iter().any(|p| p.record != record) {
             self.stats.proposals_refused += 1;
+            self.refuse(now, round, attempt, digest, RefusalReason::Ledger);
             return;
         }
-        let digest = record.digest;
         let pending = PendingSign {
             record,
             attempt,
@@ -1140,14 +1339,15 @@ impl<C: SibylSuite> Node<C> {
             package_hash,
         };
         if self.ledger == Some(record) {
-            // Already durably recorded (a retry of the same report): sign now.
+            // Already durably recorded (another attempt of the same report): sign now.
             self.sign_share(pending);
         } else {
-            self.pending = Some(pending);
-            self.out.push(Action::RecordSigning {
-                round: record.round,
-                digest,
-            });
+            // One ledger write per record: later attempts wait for its answer.
+            let first = self.pending.is_empty();
+            self.pending.push(pending);
+            if first {
+                self.out.push(Action::RecordSigning { round, digest });
+            }
         }
     }
 
@@ -1164,30 +1364,21 @@ impl<C: SibylSuite> Node<C> {
         if p.timestamp_ms.abs_diff(now) > skew {
             return Err(Refusal::Timestamp);
         }
-        // Attributed observations: signed, this round, distinct ascending senders.
-        let mut attributed: BTreeMap<u16, ObservationMsg> = BTreeMap::new();
-        let mut last_sender = 0u16;
-        let hashes = (hashes.len() == p.observations.len()).then_some(hashes);
-        for (i, bytes) in p.observations.iter().enumerate() {
-            let hash = hashes.map(|h| &h[i]);
-            let m = if self.rs.own_observation.as_ref() == Some(bytes) {
-                SignedMessage::decode_own(bytes, &self.committee)
-            } else {
-                SignedMessage::decode_hashed(bytes, &self.committee, hash).map(|(m, _)| m)
-            }
-            .map_err(|_| Refusal::Observation)?;
-            let Payload::Observation(o) = m.payload else {
-                return Err(Refusal::Observation);
-            };
-            if m.round != round || m.sender <= last_sender {
-                return Err(Refusal::Observation);
-            }
-            last_sender = m.sender;
-            attributed.insert(m.sender, o);
-        }
+        // Attributed observations: signed, this round, distinct ascending
+        // senders; then the signer-only ones, likewise and disjoint.
+        let hashes =
+            (hashes.len() == p.observations.len() + p.signer_observations.len()).then_some(hashes);
+        let attributed = self.attributed(round, &p.observations, hashes, 0, &BTreeMap::new())?;
         if attributed.len() < self.committee.quorum() {
-            return Err(Refusal::TooFew);
+            return Err(Refusal::Observation);
         }
+        let signer_only = self.attributed(
+            round,
+            &p.signer_observations,
+            hashes,
+            p.observations.len(),
+            &attributed,
+        )?;
         if p.leaves.is_empty()
             || p.leaves
                 .iter()
@@ -1215,8 +1406,47 @@ impl<C: SibylSuite> Node<C> {
             return Err(Refusal::Mismatch);
         }
         let attempt = usize::from(p.attempt);
-        let package = self.check_package(&p.signing_package, &attributed, attempt, digest)?;
+        let sources: BTreeMap<u16, &ObservationMsg> = attributed
+            .iter()
+            .chain(signer_only.iter())
+            .map(|(k, v)| (*k, v))
+            .collect();
+        let package = self.check_package(&p.signing_package, &sources, attempt, digest)?;
         Ok((package, leaves))
+    }
+
+    /// Decodes and checks a proposal's list of signed observations: each of
+    /// this round, senders strictly ascending and none in `taken`.
+    /// `hashes` (content hashes of every embedded observation of the
+    /// proposal, from decoding it) are used from index `offset` on.
+    fn attributed(
+        &self,
+        round: Round,
+        list: &[Vec<u8>],
+        hashes: Option<&[[u8; 64]]>,
+        offset: usize,
+        taken: &BTreeMap<u16, ObservationMsg>,
+    ) -> Result<BTreeMap<u16, ObservationMsg>, Refusal> {
+        let mut out = BTreeMap::new();
+        let mut last_sender = 0u16;
+        for (i, bytes) in list.iter().enumerate() {
+            let hash = hashes.and_then(|h| h.get(offset + i));
+            let m = if self.rs.own_observation.as_ref() == Some(bytes) {
+                SignedMessage::decode_own(bytes, &self.committee)
+            } else {
+                SignedMessage::decode_hashed(bytes, &self.committee, hash).map(|(m, _)| m)
+            }
+            .map_err(|_| Refusal::Observation)?;
+            let Payload::Observation(o) = m.payload else {
+                return Err(Refusal::Observation);
+            };
+            if m.round != round || m.sender <= last_sender || taken.contains_key(&m.sender) {
+                return Err(Refusal::Observation);
+            }
+            last_sender = m.sender;
+            out.insert(m.sender, o);
+        }
+        Ok(out)
     }
 
     /// The proposal's signing package, checked: its canonical serialization
@@ -1232,7 +1462,7 @@ impl<C: SibylSuite> Node<C> {
     fn check_package(
         &self,
         bytes: &[u8],
-        attributed: &BTreeMap<u16, ObservationMsg>,
+        attributed: &BTreeMap<u16, &ObservationMsg>,
         attempt: usize,
         digest: &[u8; 32],
     ) -> Result<SigningPackage<C>, Refusal> {
@@ -1287,13 +1517,16 @@ impl<C: SibylSuite> Node<C> {
         if self.ledger.is_none_or(|l| l.round <= record.round) {
             self.ledger = Some(record);
         }
-        let Some(pending) = self.pending.take_if(|p| p.record == record) else {
-            return;
-        };
+        let ready: Vec<PendingSign<C>> = self
+            .pending
+            .extract_if(.., |p| p.record == record)
+            .collect();
         if record.round != self.round || self.rs.reported {
             return;
         }
-        self.sign_share(pending);
+        for pending in ready {
+            self.sign_share(pending);
+        }
     }
 
     fn sign_share(&mut self, pending: PendingSign<C>) {
@@ -1362,16 +1595,15 @@ impl<C: SibylSuite> Node<C> {
         self.accept_report(now, report);
     }
 
-    /// Checks a signed report against the group key and its own leaves.
+    /// Checks a signed report against the group key and its own leaves. The
+    /// header's signature comes first: a forged report costs one signature
+    /// check, not a Merkle tree over its leaves.
     pub fn verify_report(&self, report: &SignedReport) -> bool {
-        if report.header.version != PROTOCOL_VERSION
-            || report.header.config_digest != *self.committee.config_digest()
-            || report.leaves.is_empty()
-            || merkle_root(&report.leaves) != report.header.merkle_root
-        {
+        if report.leaves.len() > self.committee.feeds().len() {
             return false;
         }
         self.verify_report_signature(report)
+            && merkle_root(&report.leaves) == report.header.merkle_root
     }
 
     /// Version, config digest and group signature of a report, without the
@@ -1454,7 +1686,8 @@ impl<C: SibylSuite> Node<C> {
             }
             return;
         }
-        if o.commitments.len() != ATTEMPTS {
+        let offers = !o.commitments.is_empty();
+        if offers && o.commitments.len() != self.committee.attempts() {
             self.stats.invalid_messages += 1;
             return;
         }
@@ -1462,7 +1695,7 @@ impl<C: SibylSuite> Node<C> {
         let Payload::Observation(o) = msg.payload else {
             return;
         };
-        if self.rs.leader.is_none() {
+        if self.rs.leader.is_none() && offers {
             let first = if sender == self.me {
                 self.rs.commitments.first().copied()
             } else {
@@ -1472,6 +1705,14 @@ impl<C: SibylSuite> Node<C> {
             };
             self.rs.first_commitments.insert(sender, first);
         }
+        let late = self.rs.leader.as_mut().map(|l| {
+            // The leaves are fixed: a later observation only makes its
+            // sender a candidate signer.
+            if offers {
+                l.late.insert(sender, msg.bytes.clone());
+                l.signers_pool.insert(sender, o.commitments.clone());
+            }
+        });
         self.rs.observations.insert(
             sender,
             Attributed {
@@ -1479,13 +1720,17 @@ impl<C: SibylSuite> Node<C> {
                 bytes: msg.bytes,
             },
         );
-        if self.rs.leader.is_none() {
-            self.try_propose(now, rng);
+        match late {
+            None => self.try_propose(now, rng),
+            Some(()) if offers && !self.live_attempt() => {
+                self.start_attempt(now);
+            }
+            Some(()) => {}
         }
     }
 
     fn try_propose<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, _rng: &mut R) {
-        if self.rs.leader.is_some() || self.rs.gave_up || self.rs.reported {
+        if self.rs.leader.is_some() || self.rs.reported {
             return;
         }
         let have = self.rs.observations.len();
@@ -1534,32 +1779,65 @@ impl<C: SibylSuite> Node<C> {
             .rs
             .observations
             .iter()
+            .filter(|(_, a)| !a.msg.commitments.is_empty())
             .map(|(k, a)| (*k, a.msg.commitments.clone()))
             .collect();
+        // Every round led forgives a little of every remembered fault.
+        self.penalty.retain(|_, p| {
+            *p = p.saturating_sub(1);
+            *p > 0
+        });
         self.rs.leader = Some(LeaderRound {
             header,
             digest,
             leaves,
             observations,
+            late: BTreeMap::new(),
             signers_pool,
             excluded: BTreeSet::new(),
-            attempt: None,
+            attempts: BTreeMap::new(),
+            next_attempt: 0,
         });
-        self.start_attempt(now, 0);
+        self.start_attempt(now);
     }
 
-    fn start_attempt(&mut self, now: TimestampMs, number: usize) {
+    /// Whether an attempt is open and not yet past its deadline.
+    fn live_attempt(&self) -> bool {
+        self.rs
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.attempts.values().any(|a| !a.timed_out))
+    }
+
+    /// Starts the next signing attempt with `t` of the candidate signers:
+    /// not excluded this round, ranked by (silent in an open attempt,
+    /// remembered penalty, distance after the leader). Returns whether one
+    /// started (not when the attempts are used up or too few candidates remain).
+    fn start_attempt(&mut self, now: TimestampMs) -> bool {
         let t = usize::from(self.committee.t());
+        let attempts = self.committee.attempts();
         let me = self.me;
         let equivocate = self.faults.equivocate;
-        let Some(l) = &mut self.rs.leader else {
-            return;
-        };
         let n = self.committee.n() as u32;
+        let Some(l) = &mut self.rs.leader else {
+            return false;
+        };
+        let number = l.next_attempt;
+        if number >= attempts {
+            return false;
+        }
+        let silent: BTreeSet<u16> = l
+            .attempts
+            .values()
+            .filter(|a| a.timed_out)
+            .flat_map(|a| a.signers.iter().filter(|s| !a.shares.contains_key(s)))
+            .copied()
+            .collect();
         // Pick the signers and parse their commitments for this attempt; a
         // member whose commitment does not parse (it signed garbage into its
         // observation) is excluded and the pick repeats.
-        let (signers, commitments) = loop {
+        let mut unusable_found = Vec::new();
+        let picked = loop {
             let mut pool: Vec<u16> = l
                 .signers_pool
                 .keys()
@@ -1567,29 +1845,33 @@ impl<C: SibylSuite> Node<C> {
                 .filter(|s| !l.excluded.contains(s))
                 .filter(|s| !(equivocate && *s == me))
                 .collect();
+            if pool.len() < t {
+                break None;
+            }
             // The leader signs first (it needs no message round trip), then
             // the members after it in index order, wrapping: with the
             // rotating leader every member signs regularly.
-            pool.sort_by_key(|s| (u32::from(*s) + n - u32::from(me)) % n);
-            if number >= ATTEMPTS || pool.len() < t {
-                l.attempt = None;
-                self.rs.gave_up = true;
-                return;
-            }
+            pool.sort_by_key(|s| {
+                (
+                    silent.contains(s),
+                    self.penalty.get(s).copied().unwrap_or(0),
+                    (u32::from(*s) + n - u32::from(me)) % n,
+                )
+            });
             let signers: BTreeSet<u16> = pool.into_iter().take(t).collect();
             let mut commitments = BTreeMap::new();
             let mut unusable = None;
             for s in &signers {
                 let Ok(id) = Identifier::<C>::try_from(*s) else {
-                    return;
+                    return false;
                 };
-                let parsed = match self.rs.first_commitments.get(s) {
-                    Some(first) if number == 0 => *first,
-                    _ => l
-                        .signers_pool
-                        .get(s)
-                        .and_then(|c| c.get(number))
-                        .and_then(|c| C::parse_commitments(c)),
+                let bytes = l.signers_pool.get(s).and_then(|c| c.get(number));
+                let parsed = match (number, self.rs.first_commitments.get(s)) {
+                    (0, Some(first)) => *first,
+                    _ => bytes.and_then(|b| match self.warm.get(s) {
+                        Some((w, c)) if w == b => Some(*c),
+                        _ => C::parse_commitments(b),
+                    }),
                 };
                 match parsed {
                     Some(c) => {
@@ -1603,15 +1885,25 @@ impl<C: SibylSuite> Node<C> {
             }
             match unusable {
                 Some(s) => {
-                    self.stats.invalid_messages += 1;
                     l.excluded.insert(s);
+                    unusable_found.push(s);
                 }
-                None => break (signers, commitments),
+                None => break Some((signers, commitments)),
             }
+        };
+        self.stats.invalid_messages += unusable_found.len() as u64;
+        for s in unusable_found {
+            self.penalize(s, PENALTY_INVALID);
+        }
+        let Some((signers, commitments)) = picked else {
+            return false;
+        };
+        let Some(l) = &mut self.rs.leader else {
+            return false;
         };
         let package = SigningPackage::new(commitments.clone(), &l.digest);
         let Ok(package_bytes) = package.serialize() else {
-            return;
+            return false;
         };
         let package_hash = keccak(&package_bytes);
         let proposal = ProposalMsg {
@@ -1621,6 +1913,10 @@ impl<C: SibylSuite> Node<C> {
             leaves: l.leaves.clone(),
             observations: l.observations.clone(),
             signing_package: package_bytes.clone(),
+            signer_observations: signers
+                .iter()
+                .filter_map(|s| l.late.get(s).cloned())
+                .collect(),
         };
         // A Byzantine leader (simulator only) sends a second, different report
         // to every other signer and to the lowest one as well.
@@ -1637,27 +1933,28 @@ impl<C: SibylSuite> Node<C> {
         } else {
             None
         };
-        l.attempt = Some(Attempt {
+        let record = SigningRecord {
+            round: self.round,
+            digest: l.digest,
+        };
+        let own = signers
+            .contains(&me)
+            .then(|| (package.clone(), package_hash));
+        l.attempts.insert(
             number,
-            signers: signers.clone(),
-            package,
-            package_bytes,
-            package_hash,
-            shares: BTreeMap::new(),
-            deadline: now + self.committee.timeouts().share_ms,
-        });
+            Attempt {
+                signers: signers.clone(),
+                package,
+                package_bytes,
+                package_hash,
+                shares: BTreeMap::new(),
+                deadline: now + self.committee.timeouts().share_ms,
+                timed_out: false,
+            },
+        );
+        l.next_attempt = number + 1;
         self.stats.attempts_started += 1;
         let round = self.round;
-        let own = signers.contains(&me).then(|| {
-            (
-                SigningRecord {
-                    round,
-                    digest: l.digest,
-                },
-                package_for_self(&l.attempt),
-                package_hash,
-            )
-        });
         let msg = self.sign_msg(round, Payload::Proposal(proposal));
         let twin = twin.map(|p| self.sign_msg(round, Payload::Proposal(p)));
         for (i, s) in signers.iter().enumerate() {
@@ -1676,84 +1973,157 @@ impl<C: SibylSuite> Node<C> {
         // The leader built the proposal itself: it signs without decoding and
         // re-checking its own message. Its ledger write comes after the sends
         // above, so it overlaps the other signers' instead of delaying them.
-        if let Some((record, Some(package), package_hash)) = own {
+        if let Some((package, package_hash)) = own {
             if self.rs.first_proposal.is_none() {
                 self.rs.first_proposal = Some((record.digest, msg.bytes.clone()));
             }
-            self.prepare_signing(record, number, package, package_hash);
+            self.prepare_signing(now, record, number, package, package_hash);
         }
+        true
+    }
+
+    /// Attempts past their deadline stay open (a late share still completes
+    /// them); their silent signers are counted and ranked last, shares that
+    /// arrived but do not verify are blamed, and another attempt starts.
+    fn on_attempt_deadlines(&mut self, now: TimestampMs) {
+        let Some(l) = &mut self.rs.leader else {
+            return;
+        };
+        let mut silent = Vec::new();
+        let mut invalid = Vec::new();
+        let mut closed = Vec::new();
+        let mut any = false;
+        for (number, a) in l.attempts.iter_mut() {
+            if a.timed_out || now < a.deadline {
+                continue;
+            }
+            any = true;
+            a.timed_out = true;
+            silent.extend(a.signers.iter().filter(|s| !a.shares.contains_key(s)));
+            for (member, (share, bytes)) in &a.shares {
+                if !share_valid(&self.pubkeys, *member, share, &a.package) {
+                    invalid.push((*member, bytes.clone(), a.package_bytes.clone()));
+                    closed.push(*number);
+                }
+            }
+        }
+        if !any {
+            return;
+        }
+        for number in &closed {
+            l.attempts.remove(number);
+        }
+        for (member, _, _) in &invalid {
+            l.excluded.insert(*member);
+        }
+        for s in silent {
+            self.stats.attempts_timed_out += 1;
+            if let Some(m) = self.member(s) {
+                m.attempts_silent += 1;
+            }
+            self.penalize(s, PENALTY_SILENT);
+        }
+        for (member, share, package) in invalid {
+            let ev = self.invalid_share_evidence(&share, &package);
+            self.invalid_share(member, ev);
+        }
+        if !self.live_attempt() {
+            self.start_attempt(now);
+        }
+    }
+
+    fn invalid_share(&mut self, member: u16, evidence: Evidence) {
+        self.stats.invalid_shares += 1;
+        if let Some(m) = self.member(member) {
+            m.invalid_shares += 1;
+        }
+        self.penalize(member, PENALTY_INVALID);
+        self.blame(evidence);
     }
 
     fn on_share<R: RngCore + CryptoRng>(
         &mut self,
         now: TimestampMs,
         msg: SignedMessage,
-        rng: &mut R,
+        _rng: &mut R,
     ) {
         let Payload::Share(s) = &msg.payload else {
             return;
         };
         let sender = msg.sender;
+        let number = usize::from(s.attempt);
         let Some(l) = &mut self.rs.leader else {
             self.stats.stale_messages += 1;
             return;
         };
-        let Some(a) = &mut l.attempt else {
+        let digest = l.digest;
+        let Some(a) = l.attempts.get_mut(&number) else {
             self.stats.stale_messages += 1;
             return;
         };
-        if usize::from(s.attempt) != a.number
-            || s.package_hash != a.package_hash
-            || s.report_digest != l.digest
+        if s.package_hash != a.package_hash
+            || s.report_digest != digest
             || !a.signers.contains(&sender)
             || a.shares.contains_key(&sender)
         {
             self.stats.stale_messages += 1;
             return;
         }
-        let share = match SignatureShare::<C>::deserialize(&s.share) {
-            Ok(share) => share,
-            Err(_) => {
-                let ev = Evidence::InvalidShare {
-                    suite: C::SUITE,
-                    share: msg.bytes.clone(),
-                    signing_package: a.package_bytes.clone(),
-                    public_key_package: self.pubkeys.serialize().unwrap_or_default(),
-                };
-                l.excluded.insert(sender);
-                let next = a.number + 1;
-                self.stats.invalid_shares += 1;
-                self.blame(ev);
-                self.start_attempt(now, next);
-                return;
+        match SignatureShare::<C>::deserialize(&s.share) {
+            Ok(share) => {
+                a.shares.insert(sender, (share, msg.bytes));
+                if a.shares.len() == a.signers.len() {
+                    self.finish_attempt(now, number);
+                }
             }
-        };
-        a.shares.insert(sender, (share, msg.bytes));
-        if a.shares.len() == a.signers.len() {
-            self.finish_attempt(now, rng);
+            Err(_) => {
+                let package = a.package_bytes.clone();
+                l.attempts.remove(&number);
+                l.excluded.insert(sender);
+                let ev = self.invalid_share_evidence(&msg.bytes, &package);
+                self.invalid_share(sender, ev);
+                if !self.live_attempt() {
+                    self.start_attempt(now);
+                }
+            }
         }
     }
 
-    fn share_valid(
-        &self,
-        member: u16,
-        share: &SignatureShare<C>,
-        package: &SigningPackage<C>,
-    ) -> bool {
-        let Ok(id) = Identifier::<C>::try_from(member) else {
-            return false;
+    /// A signer's signed refusal: the attempt cannot complete, so another
+    /// one starts at once without that signer.
+    fn on_refusal(&mut self, now: TimestampMs, msg: SignedMessage) {
+        let Payload::Refusal(f) = &msg.payload else {
+            return;
         };
-        let Some(verifying_share) = self.pubkeys.verifying_shares().get(&id) else {
-            return false;
+        let sender = msg.sender;
+        if self.committee.leader(msg.round) != self.me {
+            self.stats.invalid_messages += 1;
+            return;
+        }
+        self.clock_sample(sender, f.clock_ms);
+        let number = usize::from(f.attempt);
+        let Some(l) = &mut self.rs.leader else {
+            self.stats.stale_messages += 1;
+            return;
         };
-        frost::verify_signature_share(
-            id,
-            verifying_share,
-            share,
-            package,
-            self.pubkeys.verifying_key(),
-        )
-        .is_ok()
+        let open = l
+            .attempts
+            .get(&number)
+            .is_some_and(|a| a.signers.contains(&sender) && !a.shares.contains_key(&sender));
+        if f.report_digest != l.digest || !open {
+            self.stats.stale_messages += 1;
+            return;
+        }
+        l.attempts.remove(&number);
+        l.excluded.insert(sender);
+        self.stats.refusals_received += 1;
+        if let Some(m) = self.member(sender) {
+            m.refusals += 1;
+        }
+        self.penalize(sender, PENALTY_REFUSAL);
+        if !self.live_attempt() {
+            self.start_attempt(now);
+        }
     }
 
     fn invalid_share_evidence(&self, share_msg: &[u8], package_bytes: &[u8]) -> Evidence {
@@ -1765,11 +2135,11 @@ impl<C: SibylSuite> Node<C> {
         }
     }
 
-    fn finish_attempt<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, _rng: &mut R) {
+    fn finish_attempt(&mut self, now: TimestampMs, number: usize) {
         let Some(l) = &mut self.rs.leader else {
             return;
         };
-        let Some(a) = &l.attempt else {
+        let Some(a) = l.attempts.get(&number) else {
             return;
         };
         let mut shares = BTreeMap::new();
@@ -1789,6 +2159,7 @@ impl<C: SibylSuite> Node<C> {
                 frost::CheaterDetection::AllCheaters,
             ),
         };
+        let signers: Vec<u16> = a.signers.iter().copied().collect();
         match aggregated {
             Ok(sig) => {
                 let Ok(sig_bytes) = sig.serialize() else {
@@ -1799,40 +2170,70 @@ impl<C: SibylSuite> Node<C> {
                     leaves: l.leaves.clone(),
                     signatures: BTreeMap::from([(C::SUITE, SignatureBytes(sig_bytes))]),
                 };
-                l.attempt = None;
+                l.attempts.clear();
+                for s in signers {
+                    if let Some(m) = self.member(s) {
+                        m.shares_received += 1;
+                    }
+                }
                 let msg = self.sign_msg(self.round, Payload::Report(report.clone()));
                 self.out.push(Action::Broadcast { bytes: msg.bytes });
                 self.stats.reports_led += 1;
                 self.accept_report(now, report);
             }
             Err(frost::Error::InvalidSignatureShare { culprits }) => {
-                let pkp = self.pubkeys.serialize().unwrap_or_default();
+                let package = a.package_bytes.clone();
                 let mut evidence = Vec::new();
                 for id in culprits {
                     let Some(&member) = self.ids.get(&id) else {
                         continue;
                     };
                     if let Some((_, bytes)) = a.shares.get(&member) {
-                        evidence.push(Evidence::InvalidShare {
-                            suite: C::SUITE,
-                            share: bytes.clone(),
-                            signing_package: a.package_bytes.clone(),
-                            public_key_package: pkp.clone(),
-                        });
+                        evidence.push((member, bytes.clone()));
                     }
-                    l.excluded.insert(member);
                 }
-                let next = a.number + 1;
-                for ev in evidence {
-                    self.stats.invalid_shares += 1;
-                    self.blame(ev);
+                l.attempts.remove(&number);
+                for (member, _) in &evidence {
+                    l.excluded.insert(*member);
                 }
-                self.start_attempt(now, next);
+                for s in signers {
+                    if !evidence.iter().any(|(m, _)| *m == s)
+                        && let Some(m) = self.member(s)
+                    {
+                        m.shares_received += 1;
+                    }
+                }
+                for (member, bytes) in evidence {
+                    let ev = self.invalid_share_evidence(&bytes, &package);
+                    self.invalid_share(member, ev);
+                }
+                if !self.live_attempt() {
+                    self.start_attempt(now);
+                }
             }
             Err(_) => {
-                let next = a.number + 1;
-                self.start_attempt(now, next);
+                l.attempts.remove(&number);
+                if !self.live_attempt() {
+                    self.start_attempt(now);
+                }
             }
         }
     }
+}
+
+/// Whether `share` is member `member`'s valid share for `package`.
+fn share_valid<C: Ciphersuite>(
+    pubkeys: &PublicKeyPackage<C>,
+    member: u16,
+    share: &SignatureShare<C>,
+    package: &SigningPackage<C>,
+) -> bool {
+    let Ok(id) = Identifier::<C>::try_from(member) else {
+        return false;
+    };
+    let Some(verifying_share) = pubkeys.verifying_shares().get(&id) else {
+        return false;
+    };
+    frost::verify_signature_share(id, verifying_share, share, package, pubkeys.verifying_key())
+        .is_ok()
 }

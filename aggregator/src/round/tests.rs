@@ -4,7 +4,7 @@
 use super::committee::{Committee, FeedConfig, Member, Timeouts};
 use super::message::{
     MAX_MESSAGE_BYTES, MessageError, ObservationEntry, ObservationMsg, Payload, ProposalMsg,
-    ShareMsg, SignedMessage,
+    RefusalMsg, RefusalReason, ShareMsg, SignedMessage,
 };
 use super::*;
 use crate::codec::DecodeError;
@@ -100,6 +100,25 @@ fn decode(h: &Harness<Ed>, bytes: &[u8]) -> SignedMessage {
     SignedMessage::decode(bytes, &h.committee).unwrap()
 }
 
+/// The reasons of the signed refusals among `actions`.
+fn refusals(h: &Harness<Ed>, actions: &[Action]) -> Vec<RefusalReason> {
+    sends(actions)
+        .iter()
+        .filter_map(|(_, b)| match decode(h, b).payload {
+            Payload::Refusal(r) => Some(r.reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many signature shares `actions` send.
+fn shares(h: &Harness<Ed>, actions: &[Action]) -> usize {
+    sends(actions)
+        .iter()
+        .filter(|(_, b)| matches!(decode(h, b).payload, Payload::Share(_)))
+        .count()
+}
+
 impl<C: SibylSuite> Harness<C> {
     fn handle(&mut self, member: u16, now: TimestampMs, input: Input) -> Vec<Action> {
         self.nodes[usize::from(member) - 1].handle(now, input, &mut self.rng)
@@ -152,7 +171,7 @@ fn a_round_signs_only_after_the_ledger_recorded_it() {
     }
     // The leader's own share goes through its own ledger step.
     let leader = &h.nodes[0];
-    let pending = leader.pending.as_ref().map(|p| p.record).unwrap();
+    let pending = leader.pending.first().map(|p| p.record).unwrap();
     let mut actions = h.handle(
         1,
         T0 + 3,
@@ -202,7 +221,9 @@ fn refused_ledger_means_no_share_and_a_nonce_is_used_once() {
     let (to, bytes) = proposals[1].clone();
     let (round, digest) = proposal_to_record(&mut h, to, &bytes);
     let a = h.handle(to, T0 + 3, Input::SigningRefused { round, digest });
-    assert!(sends(&a).is_empty());
+    // No share; the leader is told why, signed, so it moves on at once.
+    assert_eq!(shares(&h, &a), 0);
+    assert_eq!(refusals(&h, &a), vec![RefusalReason::Ledger]);
     // Recorded now: sign once.
     let a = h.handle(
         to,
@@ -250,10 +271,9 @@ fn members_refuse_a_report_that_does_not_match_the_observations() {
             bytes: forged,
         },
     );
-    assert!(
-        a.iter()
-            .all(|a| !matches!(a, Action::RecordSigning { .. } | Action::Send { .. }))
-    );
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(refusals(&h, &a), vec![RefusalReason::Mismatch]);
+    assert_eq!(sends(&a).len(), 1, "only the refusal");
     assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_refused, 1);
 }
 
@@ -273,7 +293,9 @@ fn members_refuse_too_few_attributed_observations_and_stale_timestamps() {
             bytes: fewer,
         },
     );
-    assert!(sends(&a).is_empty() && !a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(refusals(&h, &a), vec![RefusalReason::Observation]);
+    assert_eq!(shares(&h, &a), 0);
     assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_refused, 1);
     // A report timestamp far from the member's clock.
     let mut h = harness::<Ed>(4, 1);
@@ -376,7 +398,7 @@ fn invalid_share_is_attributed_with_verifiable_evidence_and_the_leader_retries()
             )));
         }
     }
-    let pending = h.nodes[0].pending.as_ref().map(|p| p.record).unwrap();
+    let pending = h.nodes[0].pending.first().map(|p| p.record).unwrap();
     let mut out = h.handle(
         1,
         T0 + 3,
@@ -494,7 +516,8 @@ fn a_power_cut_that_loses_the_signing_ledger_cannot_make_a_member_sign_twice() {
         },
         &mut rng,
     );
-    assert!(sends(&a).is_empty(), "{a:?}");
+    assert_eq!(shares(&h, &a), 0, "{a:?}");
+    assert_eq!(refusals(&h, &a).len(), 1, "{a:?}");
     assert!(
         !a.iter().any(|a| matches!(a, Action::RecordSigning { .. })),
         "{a:?}"
@@ -566,6 +589,13 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
         leaves: vec![leaf.clone()],
         observations: vec![obs_msg.bytes.clone()],
         signing_package: vec![9; 40],
+        signer_observations: vec![obs_msg.bytes.clone()],
+    });
+    let refusal = Payload::Refusal(RefusalMsg {
+        attempt: 2,
+        report_digest: [7; 32],
+        reason: RefusalReason::Timestamp,
+        clock_ms: T0 + 3_000,
     });
     let share = Payload::Share(ShareMsg {
         attempt: 0,
@@ -584,7 +614,7 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
         leaves: vec![leaf],
         signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![8; 64]))]),
     });
-    [proposal, share, report]
+    [proposal, share, report, refusal]
         .into_iter()
         .map(|p| SignedMessage::sign(&key, &DIGEST, 4, 1, p))
         .chain([obs_msg])
@@ -715,11 +745,12 @@ fn two_observations_for_one_round_are_verifiable_evidence() {
 fn proposal_signature_binds_every_byte_of_its_embedded_observations() {
     let h = harness::<Ed>(4, 1);
     let msgs = sample_messages(&h);
-    let (proposal, obs) = (&msgs[0], &msgs[3]);
+    let (proposal, obs) = (&msgs[0], &msgs[4]);
     let (decoded, hashes) =
         SignedMessage::decode_hashed(&proposal.bytes, &h.committee, None).expect("valid proposal");
     assert_eq!(&decoded, proposal);
-    assert_eq!(hashes.len(), 1);
+    // The leaves' observation and the signer-only one (the same bytes here).
+    assert_eq!(hashes.len(), 2);
     // The returned hash verifies the embedded observation; a wrong one does not.
     assert_eq!(
         SignedMessage::decode_hashed(&obs.bytes, &h.committee, Some(&hashes[0]))
@@ -787,7 +818,7 @@ fn finish_round_zero(h: &mut Harness<Ed>, at: TimestampMs) -> Vec<Vec<Action>> {
         let a = h.handle(to, at, Input::SigningRecorded { round, digest });
         shares.extend(sends(&a).into_iter().map(|(_, b)| b));
     }
-    let pending = h.nodes[0].pending.as_ref().map(|p| p.record).unwrap();
+    let pending = h.nodes[0].pending.first().map(|p| p.record).unwrap();
     let mut a = h.handle(
         1,
         at,
@@ -910,7 +941,7 @@ fn a_signer_with_unparsable_commitments_is_passed_over() {
             let Payload::Observation(mut o) = msg.payload else {
                 panic!("not an observation")
             };
-            o.commitments = vec![vec![0xff; 69]; ATTEMPTS];
+            o.commitments = vec![vec![0xff; 69]; h.committee.attempts()];
             let key = SigningKey::from_bytes(&h.seeds[1]);
             SignedMessage::sign(&key, &DIGEST, msg.round, 2, Payload::Observation(o)).bytes
         } else {
