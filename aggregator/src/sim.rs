@@ -243,6 +243,9 @@ pub struct SimOutcome {
     pub messages_delivered: u64,
     pub messages_dropped: u64,
     pub crashes: u64,
+    /// Proposals that attributed a signer's commitments through a
+    /// signer-only (late) observation.
+    pub signer_only_attributions: u64,
     pub simulated_ms: u64,
     #[serde(with = "hex::serde")]
     pub transcript_digest: [u8; 32],
@@ -321,6 +324,7 @@ struct Sim<C: SibylSuite> {
     delivered: u64,
     dropped: u64,
     crashes: u64,
+    signer_only: u64,
 }
 
 fn config_digest_for(cfg: &SimConfig, seed: u64) -> ConfigDigest {
@@ -515,6 +519,7 @@ impl<C: SibylSuite> Sim<C> {
             delivered: 0,
             dropped: 0,
             crashes: 0,
+            signer_only: 0,
         };
         for i in 0..n {
             sim.start_node(i + 1)?;
@@ -830,6 +835,12 @@ impl<C: SibylSuite> Sim<C> {
         match action {
             Action::Send { to, bytes } => {
                 self.record(b"send", index, &bytes);
+                if let Ok((m, _)) = decode_unverified(&bytes, self.committee.config_digest())
+                    && let Payload::Proposal(p) = &m.payload
+                    && !p.signer_observations.is_empty()
+                {
+                    self.signer_only += 1;
+                }
                 if self.members[i].kind == Some(ByzantineKind::Replay) {
                     self.remember(index, &bytes);
                 }
@@ -1006,6 +1017,7 @@ impl<C: SibylSuite> Sim<C> {
             messages_delivered: self.delivered,
             messages_dropped: self.dropped,
             crashes: self.crashes,
+            signer_only_attributions: self.signer_only,
             simulated_ms: self.now - SIM_EPOCH_MS,
             transcript_digest: self.transcript.finalize().into(),
         }
@@ -1071,6 +1083,69 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_fault_kind_and_mixes_for_seven_and_ten_members_cost_no_honest_round() {
+        let mixes: Vec<Vec<ByzantineKind>> = ByzantineKind::ALL
+            .iter()
+            .map(|k| vec![*k])
+            .chain([
+                vec![
+                    ByzantineKind::ClockAhead,
+                    ByzantineKind::InvalidShares,
+                    ByzantineKind::Withhold,
+                ],
+                vec![
+                    ByzantineKind::Refuse,
+                    ByzantineKind::Mute,
+                    ByzantineKind::ClockFarAhead,
+                ],
+            ])
+            .collect();
+        for n in [7u16, 10] {
+            for kinds in &mixes {
+                let mut cfg = SimConfig::new(n, (n - 1) / 3, 16);
+                cfg.kinds = kinds.clone();
+                let o = run::<Ed>(&cfg, u64::from(n)).unwrap();
+                assert_safe(&o);
+                assert_eq!(o.unsigned_rounds_with_honest_leader, 0, "{kinds:?} {o:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_whose_clock_is_far_off_corrects_it_and_leads_signed_rounds() {
+        // Member clocks 30 s ahead; it leads a quarter of the rounds. Were its
+        // proposals refused (timestamps 30 s in the future) or its refusals
+        // not heard, at most 30 of 40 rounds could be signed.
+        for seed in 0..3 {
+            let mut cfg = SimConfig::new(4, 1, 40);
+            cfg.kinds = vec![ByzantineKind::ClockFarAhead];
+            let o = run::<Ed>(&cfg, seed).unwrap();
+            assert_safe(&o);
+            assert!(o.signed_rounds >= 37, "{o:?}");
+            assert_eq!(o.unsigned_rounds_with_honest_leader, 0, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn a_leader_that_proposes_at_once_still_signs_when_an_early_observer_refuses() {
+        // observe_ms = 0: the leader proposes with the first 2f + 1
+        // observations. When a refusing member is among them the pool runs
+        // out; the observation that arrives next makes its sender a signer
+        // (a signer-only observation in the next attempt's proposal).
+        let mut late_paths = 0;
+        for seed in 0..8 {
+            let mut cfg = SimConfig::new(4, 1, 20);
+            cfg.kinds = vec![ByzantineKind::Refuse];
+            cfg.timeouts.observe_ms = 0;
+            let o = run::<Ed>(&cfg, seed).unwrap();
+            assert_safe(&o);
+            assert_eq!(o.unsigned_rounds_with_honest_leader, 0, "{o:?}");
+            late_paths += o.signer_only_attributions;
+        }
+        assert!(late_paths > 0, "the late-observer path never ran");
     }
 
     #[test]

@@ -309,7 +309,7 @@ impl Clock {
         let skew = i64::try_from(max_skew_ms).unwrap_or(i64::MAX);
         let deadband = skew / 4;
         self.estimate = (k > f && k > 0).then(|| v[(k - 1) / 2]);
-        let robust = k >= 2 * f + 1 || (k > f && v[k - 1].saturating_sub(v[0]) <= deadband);
+        let robust = k > 2 * f || (k > f && v[k - 1].saturating_sub(v[0]) <= deadband);
         self.offset = match self.estimate {
             Some(m) if robust && m.abs() > deadband => m,
             _ => 0,

@@ -1166,3 +1166,139 @@ fn commitment_hints_are_used_only_for_the_same_bytes() {
         assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_refused, 0);
     }
 }
+
+#[test]
+fn a_signed_refusal_makes_the_leader_start_another_attempt_at_once() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    // Leader 1 signs first, then the members after it: 2 and 3.
+    let picked: Vec<u16> = proposals.iter().map(|(to, _)| *to).collect();
+    assert_eq!(picked, vec![2, 3]);
+    // Member 2 refuses (it would not sign anything).
+    h.nodes[1].faults.refuse = true;
+    let a = h.handle(
+        2,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: proposals[0].1.clone(),
+        },
+    );
+    assert_eq!(refusals(&h, &a), vec![RefusalReason::Other]);
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    let (_, refusal) = sends(&a).remove(0);
+    // The leader does not wait for share_ms: the refusal starts attempt 1
+    // with member 4 in member 2's place.
+    let a = h.handle(
+        1,
+        T0 + 3,
+        Input::Message {
+            from: 2,
+            bytes: refusal,
+        },
+    );
+    let next = sends(&a);
+    let to: Vec<u16> = next.iter().map(|(to, _)| *to).collect();
+    assert_eq!(to, vec![3, 4], "{a:?}");
+    let Payload::Proposal(p) = decode(&h, &next[0].1).payload else {
+        panic!("not a proposal");
+    };
+    assert_eq!(p.attempt, 1);
+    let stats = h.nodes[0].stats();
+    assert_eq!((stats.refusals_received, stats.attempts_started), (1, 2));
+    assert_eq!(h.nodes[0].member_stats()[&2].refusals, 1);
+    // Members 3 and 4 sign attempt 1; with the leader's share it completes.
+    let mut shares = Vec::new();
+    for (to, bytes) in next {
+        let (round, digest) = proposal_to_record(&mut h, to, &bytes);
+        let a = h.handle(to, T0 + 4, Input::SigningRecorded { round, digest });
+        shares.extend(sends(&a).into_iter().map(|(_, b)| b));
+    }
+    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
+    let mut out = h.handle(
+        1,
+        T0 + 4,
+        Input::SigningRecorded {
+            round: own.round,
+            digest: own.digest,
+        },
+    );
+    for bytes in shares {
+        out.extend(h.handle(1, T0 + 5, Input::Message { from: 3, bytes }));
+    }
+    let report = out
+        .iter()
+        .find_map(|a| match a {
+            Action::SignedReport(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("attempt 1 signs the report");
+    assert!(h.nodes[2].verify_report(&report));
+    assert!(h.nodes[0].member_stats()[&3].shares_received >= 1);
+    // Member 2 is remembered: the next round member 1 leads picks it last.
+    assert!(h.nodes[0].penalty.get(&2).copied().unwrap_or(0) > 0);
+}
+
+#[test]
+fn a_member_far_ahead_estimates_its_offset_and_stops_offering_then_corrects() {
+    let mut c = Clock::default();
+    // f = 1: one sample is not enough for anything.
+    c.samples.insert(2, 30_000);
+    c.recompute(1, 2_000);
+    assert_eq!((c.estimate, c.offset, c.doubtful), (None, 0, false));
+    // Two samples (f + 1) that agree: a robust correction.
+    c.samples.insert(3, 30_040);
+    c.recompute(1, 2_000);
+    assert_eq!(c.estimate, Some(30_000));
+    assert_eq!(c.offset, 30_000);
+    assert!(!c.doubtful);
+    // Two that disagree (one may lie): no correction, but both say the
+    // clock is beyond the skew bound, so the member observes only.
+    c.samples.insert(3, 9_000);
+    c.recompute(1, 2_000);
+    assert_eq!(c.offset, 0);
+    assert!(c.doubtful);
+    // 2f + 1 samples: the median, whatever one liar says.
+    c.samples.insert(4, 30_020);
+    c.recompute(1, 2_000);
+    assert_eq!(c.offset, 30_000);
+    // An NTP-synced member (offsets of a few ms of message delay) never corrects.
+    let mut c = Clock::default();
+    for (m, s) in [(2, 12), (3, 40), (4, -3)] {
+        c.samples.insert(m, s);
+    }
+    c.recompute(1, 2_000);
+    assert_eq!((c.estimate, c.offset, c.doubtful), (Some(12), 0, false));
+}
+
+#[test]
+fn refusal_messages_decode_and_bad_reasons_are_typed_errors() {
+    let h = harness::<Ed>(4, 1);
+    let key = SigningKey::from_bytes(&h.seeds[1]);
+    let msg = SignedMessage::sign(
+        &key,
+        &DIGEST,
+        7,
+        2,
+        Payload::Refusal(RefusalMsg {
+            attempt: 1,
+            report_digest: [4; 32],
+            reason: RefusalReason::Ledger,
+            clock_ms: T0,
+        }),
+    );
+    assert_eq!(
+        SignedMessage::decode(&msg.bytes, &h.committee).unwrap(),
+        msg
+    );
+    // The reason byte sits right before the clock and the signature.
+    let at = msg.bytes.len() - 64 - 8 - 1;
+    for bad in [0u8, 8, 255] {
+        let mut b = msg.bytes.clone();
+        b[at] = bad;
+        assert!(matches!(
+            SignedMessage::decode(&b, &h.committee),
+            Err(MessageError::Decode(_))
+        ));
+    }
+}
