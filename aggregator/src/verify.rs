@@ -157,6 +157,10 @@ pub fn verify_report(
             count: leaves.len(),
         });
     }
+    // The header's signatures first: a forged report costs one signature
+    // check per suite, not a Merkle tree over its leaves.
+    let digest = header_digest(&report.header);
+    let suites = check_signatures(&digest, &report.signatures, keys)?;
     if let Some(i) = leaves.windows(2).position(|w| w[0].feed_id >= w[1].feed_id) {
         return Err(VerifyError::LeavesNotSorted {
             index: i + 1,
@@ -170,8 +174,6 @@ pub fn verify_report(
             computed,
         });
     }
-    let digest = header_digest(&report.header);
-    let suites = check_signatures(&digest, &report.signatures, keys)?;
     Ok(VerifiedReport {
         report: report.clone(),
         digest,
