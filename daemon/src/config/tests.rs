@@ -115,16 +115,24 @@ fn all_semantic_problems_are_listed() {
     assert!(keys.contains(&"feeds[0].deviation_bps"), "{keys:?}");
     assert!(ps.iter().all(|p| p.line > 0), "{ps:?}");
     let t = ps.iter().find(|p| p.key == "threshold").unwrap();
-    assert!(t.message.contains("2..=3"), "{t}");
+    assert!(t.message.contains("3..=3"), "{t}");
 }
 
 #[test]
 fn threshold_bounds_follow_fault_model() {
-    // n = 7: f = 2, t in 3..=5.
-    assert!(parse(&committee_src(7, 2)).is_err());
-    assert!(parse(&committee_src(7, 3)).is_ok());
+    // n = 7: f = 2, t in 2f + 1 ..= n - f = 5..=5. Below 2f + 1, two
+    // signer sets need not share an honest member: f faulty members could
+    // get two different reports signed in one round.
+    for t in [2, 3, 4] {
+        let ps = problems(&committee_src(7, t));
+        let p = ps.iter().find(|p| p.key == "threshold").expect("refused");
+        assert!(p.message.contains("outside 5..=5"), "{p}");
+    }
     assert!(parse(&committee_src(7, 5)).is_ok());
     assert!(parse(&committee_src(7, 6)).is_err());
+    // n = 4: 3 only.
+    assert!(parse(&committee_src(4, 2)).is_err());
+    assert!(parse(&committee_src(4, 3)).is_ok());
     // n = 1: f = 0, t = 1.
     assert!(parse(&committee_src(1, 1)).is_ok());
 }
