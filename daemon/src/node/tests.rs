@@ -292,6 +292,23 @@ async fn committee_signs_stores_and_survives_a_crash_and_restart() {
     assert!(checked > 5, "{checked}");
 }
 
+/// Waits up to 30 s for a member's driver counters to meet `f`; on a
+/// timeout the panic shows them.
+async fn wait_for_driver(what: &str, s: &StatusHandle, mut f: impl FnMut(&DriverStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if f(&status_snapshot(s).driver) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = status_snapshot(s);
+    panic!(
+        "timed out waiting for {what}: round {} last report {:?} connected {:?} {:?}",
+        st.round, st.last_report_round, st.connected, st.driver
+    );
+}
+
 /// The stored margin inputs and events of a member's database.
 fn margin_log(db: &Path) -> (Vec<String>, Vec<String>) {
     let db = Db::open_read_only(db).unwrap();
@@ -341,19 +358,19 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
     h.control.set_cut(4, false);
     h.start(4, t4).await;
     let s4 = h.members[&4].status.clone();
-    wait_for("member 4 fetches the first rounds", 30, || {
-        let d = status_snapshot(&s4).driver;
-        d.caught_up_reports >= 5 && d.history_complete_below >= 8 && d.history_missing_rounds == 0
+    wait_for_driver("member 4 fetches the first rounds", &s4, |d| {
+        d.caught_up_reports >= 3 && d.history_complete_below >= 8 && d.history_missing_rounds == 0
     })
     .await;
-    let first_1 = h.reports(1).first().unwrap().header.round;
-    let db4 = h.members_db(4);
-    let first_4 = Db::open_read_only(&db4)
-        .unwrap()
-        .stored_rounds_from(0)
-        .unwrap()[0];
+    let first = |i: u16| {
+        Db::open_read_only(&h.members_db(i))
+            .unwrap()
+            .stored_rounds_from(0)
+            .unwrap()[0]
+    };
     assert_eq!(
-        first_4, first_1,
+        first(4),
+        first(1),
         "the first stored round, round 0 if it was signed"
     );
 
@@ -369,8 +386,7 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
     .await;
     let healed_at = status_snapshot(&s1).last_report_round.unwrap();
     h.control.set_cut(4, false);
-    wait_for("member 4 fills the gap in the middle", 30, || {
-        let d = status_snapshot(&s4).driver;
+    wait_for_driver("member 4 fills the gap in the middle", &s4, |d| {
         d.history_complete_below > healed_at + 2 && d.history_missing_rounds == 0
     })
     .await;
