@@ -520,9 +520,8 @@ struct Service {
 
 impl Service {
     /// Applies the stored reports from `next_round` on, in round order, as
-    /// far as the history is complete. Returns whether it reached a round it
-    /// must wait for.
-    async fn follow(&mut self) -> bool {
+    /// far as the history is complete.
+    async fn follow(&mut self) {
         loop {
             let from = self.state().next_round;
             let run = match self
@@ -533,7 +532,7 @@ impl Service {
                 Ok(run) => run,
                 Err(e) => {
                     tracing::warn!(round = from, error = %e, "margin engine cannot read the stored reports; retrying");
-                    return true;
+                    return;
                 }
             };
             let full = run.reports.len() == FOLLOW_BATCH;
@@ -545,7 +544,7 @@ impl Service {
                 st.next_round = st.next_round.max(run.next);
             }
             if !full {
-                return true;
+                return;
             }
         }
     }
