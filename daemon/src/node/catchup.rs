@@ -65,6 +65,19 @@ impl RangeSet {
             .map(|(&s, _)| s)
     }
 
+    /// Takes round `x` out of the set.
+    pub fn remove(&mut self, x: Round) {
+        if let Some((s, e)) = self.containing(x) {
+            self.0.remove(&s);
+            if s < x {
+                self.0.insert(s, x);
+            }
+            if x.saturating_add(1) < e {
+                self.0.insert(x + 1, e);
+            }
+        }
+    }
+
     /// Forgets everything below `x`.
     pub fn remove_below(&mut self, x: Round) {
         let below: Vec<Round> = self.0.range(..x).map(|(&k, _)| k).collect();
@@ -120,6 +133,9 @@ pub struct History {
     /// Ranges settled absent since the last [`History::take_settled`].
     settled: Vec<(Round, Round)>,
 }
+
+/// Rounds below `complete` whose settled-absent ranges are remembered.
+const ABSENT_KEPT: Round = 100_000;
 
 /// Missing runs looked at per request decision.
 const RUNS_LOOKED_AT: usize = 64;
@@ -177,16 +193,30 @@ impl History {
         self.held.end().unwrap_or(self.complete).max(self.complete)
     }
 
-    /// Whether a report of `round` is held (or below `complete`).
+    /// Whether a report of `round` is held (below `complete`: unless the
+    /// round was settled absent).
     pub fn holds(&self, round: Round) -> bool {
-        round < self.complete || self.held.containing(round).is_some()
+        if round < self.complete {
+            return self.absent.containing(round).is_none();
+        }
+        self.held.containing(round).is_some()
+    }
+
+    /// Whether `round` was settled as having no report.
+    pub fn settled_absent(&self, round: Round) -> bool {
+        self.absent.containing(round).is_some()
     }
 
     /// Notes a report held here (stored or on its way). Returns whether it
-    /// was new.
+    /// was new. A report of a round settled absent (it was held by fewer
+    /// members than answered "none") is held from now on.
     pub fn hold(&mut self, round: Round) -> bool {
         if self.holds(round) {
             return false;
+        }
+        self.absent.remove(round);
+        if round < self.complete {
+            return true;
         }
         self.held.insert(round, round.saturating_add(1));
         if self.quorum == 0 {
@@ -364,8 +394,10 @@ impl History {
             }
         }
         let c = self.complete;
+        // Settled ranges stay for a while, so a late report of such a round
+        // is still stored; older than that, it is taken for held.
         self.held.remove_below(c);
-        self.absent.remove_below(c);
+        self.absent.remove_below(c.saturating_sub(ABSENT_KEPT));
         for cov in self.covered.values_mut() {
             cov.remove_below(c);
         }
@@ -388,6 +420,11 @@ mod tests {
         s.insert(20, 25);
         assert_eq!(s.next_start_after(12), Some(20));
         assert_eq!(s.within(8, 22), vec![(8, 12), (20, 22)]);
+        s.remove(11);
+        assert_eq!(s.containing(10), Some((5, 11)));
+        assert_eq!(s.containing(11), None);
+        assert_eq!(s.containing(12), None);
+        s.insert(11, 12);
         s.remove_below(10);
         assert_eq!(s.containing(9), None);
         assert_eq!(s.containing(10), Some((10, 12)));
@@ -443,6 +480,11 @@ mod tests {
         assert_eq!(h.take_settled(), vec![(5, 6)]);
         assert_eq!(h.complete(), 10);
         assert_eq!(h.next_request(&[2, 3, 4]), None);
+        // Round 5's report turns up after all: it is new (to store), once.
+        assert!(h.settled_absent(5) && !h.holds(5));
+        assert!(h.hold(5));
+        assert!(h.holds(5) && !h.hold(5));
+        assert_eq!(h.complete(), 10);
         // The same peer twice does not settle.
         let mut h = History::new(0, (0..5).chain(6..10), [], 2);
         h.on_reply(2, 10, 10, true, false);

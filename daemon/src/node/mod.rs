@@ -754,6 +754,12 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         if self.history.holds(round) {
             return false;
         }
+        if self.history.settled_absent(round) {
+            tracing::warn!(
+                round,
+                "a report turned up for a round settled as having no report: stored; a margin engine already past the round does not apply it (docs/MARGIN.md, \"Report order\")"
+            );
+        }
         self.note_report_feeds(&report);
         self.note_stored(round);
         if !self.sink.push(report) {
