@@ -215,6 +215,18 @@ fn input_rounds(store: &Store) -> Vec<u64> {
         .collect()
 }
 
+/// Waits until the stored inputs' prices rounds are `want` (the engine
+/// moves its cursor before the store write of the step completes).
+async fn wait_input_rounds(store: &Store, want: &[u64]) {
+    for _ in 0..500 {
+        if input_rounds(store) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(input_rounds(store), want);
+}
+
 async fn wait_next_round(h: &MarginHandle, round: u64) {
     for _ in 0..500 {
         if h.read().next_round >= round {
@@ -251,11 +263,11 @@ async fn reports_are_taken_in_round_order_waiting_for_gaps() {
     wait_next_round(&h, 1).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(h.read().next_round, 1, "waits for round 1");
-    assert_eq!(input_rounds(&store), vec![0]);
+    wait_input_rounds(&store, &[0]).await;
     // Round 1 arrives late (catch-up): 1, 2, 3 in order.
     put(1).await;
     wait_next_round(&h, 4).await;
-    assert_eq!(input_rounds(&store), vec![0, 1, 2, 3]);
+    wait_input_rounds(&store, &[0, 1, 2, 3]).await;
     // Rounds 4 and 5 settled as having no report; 6 arrives: taken after
     // the poll finds the settled gap.
     put(6).await;
@@ -267,6 +279,12 @@ async fn reports_are_taken_in_round_order_waiting_for_gaps() {
         .await
         .expect("gap");
     wait_next_round(&h, 7).await;
-    assert_eq!(input_rounds(&store), vec![0, 1, 2, 3, 6]);
+    wait_input_rounds(&store, &[0, 1, 2, 3, 6]).await;
+    for _ in 0..100 {
+        if h.read().reports_handled >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(h.read().reports_handled, 5);
 }
