@@ -12,9 +12,12 @@
 //! ```
 //!
 //! The members are separate `sibyl run` processes. Prices come from the
-//! built-in deterministic source. Ctrl-C (or the end of `--duration`) stops
-//! every member with SIGTERM, then prints each member's round latency, CPU
-//! time and peak RSS.
+//! built-in deterministic source. A member that exits (crashed, killed) is
+//! reported with its pid, exit status and log, and marked in devnet.json;
+//! the others keep running, so a crash and a restart can be tried by hand.
+//! Ctrl-C (or the end of `--duration`, or every member gone) stops every
+//! member with SIGTERM, then prints each member's round latency, CPU time
+//! and peak RSS.
 
 use crate::config::{Committee, parse_duration};
 use crate::keystore::{KdfParams, KeyPaths, Keystore, Passphrase, write_atomic};
@@ -89,11 +92,15 @@ pub struct DevnetMember {
     pub peer_id: String,
     pub p2p_address: String,
     pub api_url: String,
-    /// Process id; `None` with `--setup-only`.
+    /// Process id; `None` with `--setup-only` and once the member exited.
     pub pid: Option<u32>,
     pub config: PathBuf,
     pub db: PathBuf,
     pub log: PathBuf,
+    /// How the member's process ended while the devnet ran, e.g.
+    /// `pid 1234: signal: 9 (SIGKILL)`; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited: Option<String>,
 }
 
 /// `DIR/devnet.json`.
@@ -256,6 +263,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
             config: node_dir.join("node.toml"),
             db: node_dir.join("data").join("sibyl.db"),
             log: node_dir.join("node.log"),
+            exited: None,
         });
         identities.push(kp);
     }
@@ -610,6 +618,9 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let started = Instant::now();
+    // Which members' processes have ended (never signalled again: their
+    // pids may belong to another process by then).
+    let mut gone = vec![false; children.len()];
     rt.block_on(async {
         let deadline = async {
             match args.duration {
@@ -617,25 +628,11 @@ pub fn run(args: DevnetArgs) -> Result<()> {
                 None => std::future::pending().await,
             }
         };
-        let watch_children = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                for (c, m) in children.iter_mut().zip(&file.members) {
-                    if let Ok(Some(status)) = c.try_wait() {
-                        eprintln!(
-                            "member {} exited ({status}); see {}",
-                            m.index,
-                            m.log.display()
-                        );
-                        return;
-                    }
-                }
-            }
-        };
+        let watch_children = watch_members(&dir, &mut file, &mut children, &mut gone);
         tokio::select! {
             _ = tokio::signal::ctrl_c() => println!("\nCtrl-C: stopping the devnet"),
             _ = deadline => println!("duration reached: stopping the devnet"),
-            _ = watch_children => println!("a member stopped: stopping the devnet"),
+            _ = watch_children => println!("every member stopped: stopping the devnet"),
         }
     });
     println!("ran for {:.1}s", started.elapsed().as_secs_f64());
@@ -643,11 +640,16 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     if chain.is_some() {
         crate::chain::devnet::summary(&file);
     }
-    for c in &children {
+    for (c, _) in children.iter().zip(&gone).filter(|(_, g)| !**g) {
         terminate(c.id());
     }
     let stop_deadline = Instant::now() + Duration::from_secs(10);
-    for (c, m) in children.iter_mut().zip(&file.members) {
+    for ((c, m), _) in children
+        .iter_mut()
+        .zip(&file.members)
+        .zip(&gone)
+        .filter(|(_, g)| !**g)
+    {
         loop {
             match c.try_wait() {
                 Ok(Some(_)) => break,
@@ -672,6 +674,56 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     drop(chain);
     println!("devnet stopped");
     Ok(())
+}
+
+/// Watches the members' processes: one that exits is reported (index, pid,
+/// exit status, log) and marked in devnet.json while the others go on.
+/// Returns when every member has exited.
+async fn watch_members(
+    dir: &Path,
+    file: &mut DevnetFile,
+    children: &mut [Child],
+    gone: &mut [bool],
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut exits = Vec::new();
+        for ((c, m), g) in children
+            .iter_mut()
+            .zip(&mut file.members)
+            .zip(gone.iter_mut())
+        {
+            if *g {
+                continue;
+            }
+            let status = match c.try_wait() {
+                Ok(Some(status)) => status.to_string(),
+                Ok(None) => continue,
+                Err(e) => format!("cannot wait for it: {e}"),
+            };
+            *g = true;
+            let pid = c.id();
+            m.pid = None;
+            m.exited = Some(format!("pid {pid}: {status}"));
+            exits.push((m.index, pid, status, m.log.clone()));
+        }
+        let changed = !exits.is_empty();
+        let running = gone.iter().filter(|g| !**g).count();
+        for (index, pid, status, log) in exits {
+            eprintln!(
+                "member {index} (pid {pid}) exited: {status}; log {}; {running} member(s) still running",
+                log.display()
+            );
+        }
+        if changed {
+            if let Err(e) = write_file(dir, file) {
+                eprintln!("cannot update devnet.json: {e:#}");
+            }
+            if gone.iter().all(|g| *g) {
+                return;
+            }
+        }
+    }
 }
 
 /// Prints each member's round latency (from its API), CPU and RSS, then

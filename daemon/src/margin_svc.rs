@@ -1,13 +1,18 @@
-//! The margin service: one task owning the [`Engine`], fed by verified signed
-//! reports and admin commands, persisting every accepted input and every
-//! event through the store writer.
+//! The margin service: one task owning the [`Engine`], fed by the stored
+//! signed reports strictly in round order and by admin commands, persisting
+//! every accepted input and every event through the store writer.
 //!
 //! ```text
-//!  reports_tx (verified SignedReports) ─┐
-//!  admin commands (mpsc + oneshot) ─────┤─► Engine ─► store: margin_commands (inputs)
-//!                                       │               margin_events  (events)
-//!  API reads ◄── Arc<Mutex<Engine>> ◄───┘
+//!  store: reports + report_gaps ─(round order)─┐  woken by reports_tx, polled
+//!  admin commands (mpsc + oneshot) ────────────┤─► Engine ─► store: margin_commands (inputs)
+//!                                              │               margin_events  (events)
+//!  API reads ◄── Arc<Mutex<Engine>> ◄──────────┘
 //! ```
+//!
+//! Round order whatever order reports arrive in: the service takes round
+//! `r` only once every round before it is stored or settled as having no
+//! report (catch-up stores those in `report_gaps`), so every member applies
+//! the same reports in the same order (docs/MARGIN.md, "Report order").
 //!
 //! The `margin_commands` table holds every accepted input (prices and
 //! commands) as `Input` JSON with the engine's input sequence; the
@@ -19,20 +24,27 @@ pub mod book;
 pub use book::DemoSeed;
 
 use crate::config::FeedParams;
-use crate::store::{MarginStep, Store, StoreError, StoreHandle};
+use crate::store::{MarginStep, Readers, Store, StoreError, StoreHandle};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use sibyl_aggregator::SignedReport;
+use sibyl_aggregator::{Round, SignedReport};
 use sibyl_margin::engine::AtRisk;
 use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// How often the service looks at the store again while the next round is
+/// neither stored nor settled (reports wake it at once; settled gaps do not).
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// Reports read from the store per batch.
+const FOLLOW_BATCH: usize = 256;
 
 /// Why the service refused or failed a step.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +177,9 @@ pub struct MarginState {
     /// Verified reports this service has handled since it started (applied,
     /// refused, or seeding the demo book).
     pub reports_handled: u64,
+    /// The round whose report the engine takes next: every stored report
+    /// before it has been handled.
+    pub next_round: Round,
 }
 
 /// Cloneable handle: reads through the shared state, writes through the task.
@@ -274,6 +289,7 @@ impl MarginHandle {
 /// Rebuild the engine from the stored inputs (in order).
 pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
     let mut engine = Engine::default();
+    let mut next_round = 0;
     for (seq, body) in inputs {
         let input: Input = serde_json::from_str(body).map_err(|e| MarginError::BadStoredInput {
             seq: *seq,
@@ -282,11 +298,15 @@ pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
         engine
             .apply(&input)
             .map_err(|error| MarginError::RestoreRefused { seq: *seq, error })?;
+        if let Input::Prices(r) = &input {
+            next_round = next_round.max(r.round.saturating_add(1));
+        }
     }
     Ok(MarginState {
         engine,
         next_input: inputs.len() as u64,
         reports_handled: 0,
+        next_round,
     })
 }
 
@@ -318,6 +338,9 @@ async fn step(
         metrics.observe(&st.engine, &events);
         let seq = st.next_input;
         st.next_input += 1;
+        if let Input::Prices(r) = &input {
+            st.next_round = st.next_round.max(r.round.saturating_add(1));
+        }
         (seq, events)
     };
     let rows = events
@@ -394,6 +417,7 @@ pub async fn start_with(
             state,
             metrics,
             writer: store.writer.clone(),
+            readers: store.readers.clone(),
             feeds,
             demo,
         },
@@ -441,6 +465,9 @@ async fn seed_demo(
                 }
             };
             metrics.observe(&st.engine, &events);
+            if let Input::Prices(r) = &input {
+                st.next_round = st.next_round.max(r.round.saturating_add(1));
+            }
             let rows = events
                 .iter()
                 .filter_map(|e| event_kind(e).ok().map(|(k, b)| (e.seq, k, b)))
@@ -485,55 +512,92 @@ struct Service {
     state: Arc<Mutex<MarginState>>,
     metrics: Metrics,
     writer: StoreHandle,
+    readers: Readers,
     feeds: Vec<FeedParams>,
     /// The demo book still to seed at the first report.
     demo: Option<DemoSeed>,
 }
 
+impl Service {
+    /// Applies the stored reports from `next_round` on, in round order, as
+    /// far as the history is complete.
+    async fn follow(&mut self) {
+        loop {
+            let from = self.state().next_round;
+            let run = match self
+                .readers
+                .read(move |db| db.report_run(from, FOLLOW_BATCH))
+                .await
+            {
+                Ok(run) => run,
+                Err(e) => {
+                    tracing::warn!(round = from, error = %e, "margin engine cannot read the stored reports; retrying");
+                    return;
+                }
+            };
+            let full = run.reports.len() == FOLLOW_BATCH;
+            for report in &run.reports {
+                self.apply_report(report).await;
+            }
+            {
+                let mut st = self.state();
+                st.next_round = st.next_round.max(run.next);
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// One report, in its turn: seeds the demo book at the first, else one
+    /// engine step. A refused report (the same on every member) is skipped.
+    async fn apply_report(&mut self, report: &SignedReport) {
+        let round = report.header.round;
+        let prices = price_report(report, &self.feeds);
+        if let Some(d) = self.demo.take() {
+            seed_demo(&self.state, &self.metrics, &self.writer, d, &prices).await;
+        } else {
+            let input = Input::Prices(prices);
+            if let Err(e) = step(&self.state, &self.metrics, &self.writer, input, Some(round)).await
+            {
+                tracing::warn!(round, error = %e, "margin engine refused a report");
+            }
+        }
+        let mut st = self.state();
+        st.reports_handled += 1;
+        st.next_round = st.next_round.max(round.saturating_add(1));
+    }
+
+    fn state(&self) -> MutexGuard<'_, MarginState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 async fn run(
-    svc: Service,
+    mut svc: Service,
     mut reports: broadcast::Receiver<Arc<SignedReport>>,
     mut commands: CommandRx,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Service {
-        state,
-        metrics,
-        writer,
-        feeds,
-        mut demo,
-    } = svc;
+    let mut sink_open = true;
     loop {
+        svc.follow().await;
         tokio::select! {
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break; }
             }
-            r = reports.recv() => match r {
-                Ok(report) => {
-                    let prices = price_report(&report, &feeds);
-                    if let Some(d) = demo.take() {
-                        seed_demo(&state, &metrics, &writer, d, &prices).await;
-                    } else {
-                        let input = Input::Prices(prices);
-                        if let Err(e) = step(&state, &metrics, &writer, input, Some(report.header.round)).await {
-                            tracing::warn!(round = report.header.round, error = %e, "margin engine refused a report");
-                        }
-                    }
-                    state.lock().unwrap_or_else(|p| p.into_inner()).reports_handled += 1;
+            // A stored report: look at the store again (whatever round it is).
+            r = reports.recv(), if sink_open => {
+                if let Err(broadcast::error::RecvError::Closed) = r {
+                    sink_open = false;
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(skipped = n, "margin engine lagged behind the reports");
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
+            }
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
             c = commands.recv() => match c {
                 Some((command, reply)) => {
                     let now = crate::store::now_ms();
-                    let at_ms = {
-                        let st = state.lock().unwrap_or_else(|p| p.into_inner());
-                        now.max(st.engine.now_ms())
-                    };
-                    let res = step(&state, &metrics, &writer, Input::Command { at_ms, command }, None).await;
+                    let at_ms = now.max(svc.state().engine.now_ms());
+                    let res = step(&svc.state, &svc.metrics, &svc.writer, Input::Command { at_ms, command }, None).await;
                     let _ = reply.send(res);
                 }
                 None => break,

@@ -88,7 +88,13 @@ async fn build_db(dir: &std::path::Path) -> (std::path::PathBuf, i128, u64) {
                 ("XAU-USD", 1),
             ],
         );
-        reports_tx.send(r).expect("send");
+        // The service takes reports from the store, in round order.
+        store
+            .writer
+            .insert_report((*r).clone())
+            .await
+            .expect("store the report");
+        let _ = reports_tx.send(r);
         n += 1;
         wait_inputs(&h, n).await;
     }
@@ -193,4 +199,92 @@ async fn service_restores_its_engine_from_the_store() {
         .expect("replay");
     assert_eq!(r.divergence, None);
     assert_eq!(r.inputs, n_inputs + 1);
+}
+
+/// The prices rounds of the stored margin inputs, in input order.
+fn input_rounds(store: &Store) -> Vec<u64> {
+    store
+        .readers
+        .read_blocking(|db| db.margin_inputs())
+        .expect("inputs")
+        .iter()
+        .filter_map(|(_, body)| match serde_json::from_str::<Input>(body) {
+            Ok(Input::Prices(p)) => Some(p.round),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until the stored inputs' prices rounds are `want` (the engine
+/// moves its cursor before the store write of the step completes).
+async fn wait_input_rounds(store: &Store, want: &[u64]) {
+    for _ in 0..500 {
+        if input_rounds(store) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(input_rounds(store), want);
+}
+
+async fn wait_next_round(h: &MarginHandle, round: u64) {
+    for _ in 0..500 {
+        if h.read().next_round >= round {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the margin service did not reach round {round} (at {})",
+        h.read().next_round
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_taken_in_round_order_waiting_for_gaps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("node.sqlite")).expect("store");
+    let (tx, rx) = broadcast::channel(16);
+    let (_stx, srx) = watch::channel(false);
+    let h = start(&store, feeds(), rx, srx).await.expect("start");
+    let put = |round: u64| {
+        let r = report(round, 1_000 + round, &[("BTC-USD", 60_000 * SCALE)]);
+        let writer = store.writer.clone();
+        let tx = tx.clone();
+        async move {
+            writer.insert_report((*r).clone()).await.expect("store");
+            let _ = tx.send(r);
+        }
+    };
+    // Round 1 is missing: 0 is taken, 2 and 3 wait.
+    put(0).await;
+    put(3).await;
+    put(2).await;
+    wait_next_round(&h, 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.read().next_round, 1, "waits for round 1");
+    wait_input_rounds(&store, &[0]).await;
+    // Round 1 arrives late (catch-up): 1, 2, 3 in order.
+    put(1).await;
+    wait_next_round(&h, 4).await;
+    wait_input_rounds(&store, &[0, 1, 2, 3]).await;
+    // Rounds 4 and 5 settled as having no report; 6 arrives: taken after
+    // the poll finds the settled gap.
+    put(6).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.read().next_round, 4);
+    store
+        .writer
+        .write(|db| db.insert_report_gap(4, 6))
+        .await
+        .expect("gap");
+    wait_next_round(&h, 7).await;
+    wait_input_rounds(&store, &[0, 1, 2, 3, 6]).await;
+    for _ in 0..100 {
+        if h.read().reports_handled >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.read().reports_handled, 5);
 }

@@ -20,12 +20,17 @@
 //! share can only leave the process after it. Everything else slow (storing reports, answering
 //! catch-up requests) runs in its own task.
 //!
-//! Catch-up: on start, and whenever a peer (re)connects, the driver asks one
-//! member for the reports after the newest it has stored, page by page.
-//! Reports from catch-up and from gossip are verified against the group key
-//! before they are stored.
+//! Catch-up ([`catchup`]): the driver keeps track of which rounds it holds
+//! and asks the other members, one request at a time, for what it lacks:
+//! everything after its newest report on start and whenever a peer
+//! (re)connects, and every gap in the middle of its history as soon as a
+//! later report shows one. Replies say which range they covered, so rounds
+//! that never had a signed report are settled (and stored) once f + 1
+//! members answered "none" for them. Reports from catch-up and from gossip
+//! are verified against the group key before they are stored.
 
 pub mod api;
+pub mod catchup;
 pub mod metrics;
 pub mod observed;
 pub mod run;
@@ -69,8 +74,12 @@ const YIELDS_TO_SEND: usize = 4;
 /// How long before a wake-up the driver leaves the (millisecond) async timer
 /// for a precise thread sleep.
 const PRECISE_WAKE_US: u64 = 1_500;
-/// At most one catch-up request per this long, unless a page asked for more.
-const CATCHUP_MIN_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a catch-up request may stay unanswered before another member is
+/// asked.
+const CATCHUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait before asking again after a reply that brought nothing
+/// (the peer had not stored that far yet).
+const CATCHUP_RETRY: Duration = Duration::from_millis(500);
 
 /// Counters of the driver itself (the state machine has its own `Stats`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -87,6 +96,13 @@ pub struct DriverStats {
     pub caught_up_reports: u64,
     pub catchup_requests_sent: u64,
     pub catchup_requests_served: u64,
+    /// Every round below this one is held here or settled as having no
+    /// signed report.
+    pub history_complete_below: Round,
+    /// Rounds below the newest held report that are still missing here.
+    pub history_missing_rounds: u64,
+    /// Rounds settled as having no signed report (f + 1 members had none).
+    pub rounds_settled_absent: u64,
     /// Signings the ledger refused (never signed twice).
     pub ledger_refusals: u64,
     /// Signings recorded in the ledger.
@@ -129,11 +145,21 @@ pub fn status_snapshot(h: &StatusHandle) -> NodeStatus {
     h.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
+/// What the report sink stores, in order.
+enum SinkItem {
+    Report(SignedReport),
+    /// Rounds `from..end` have no signed report (settled by catch-up).
+    Absent {
+        from: Round,
+        end: Round,
+    },
+}
+
 /// What the report sink does with every verified report: store it, then tell
-/// API subscribers.
+/// API subscribers (and the margin engine, which then reads the store).
 #[derive(Clone)]
 pub struct ReportSink {
-    tx: mpsc::Sender<SignedReport>,
+    tx: mpsc::Sender<SinkItem>,
     trace: RoundTrace,
 }
 
@@ -141,19 +167,31 @@ impl ReportSink {
     /// Starts the sink task writing to `store`; every stored report is also
     /// sent on `reports`.
     pub fn start(store: StoreHandle, reports: broadcast::Sender<Arc<SignedReport>>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<SignedReport>(1024);
+        let (tx, mut rx) = mpsc::channel::<SinkItem>(1024);
         let trace = RoundTrace::default();
         let marks = trace.clone();
         tokio::spawn(async move {
-            while let Some(report) = rx.recv().await {
-                let round = report.header.round;
-                match store.insert_report(report.clone()).await {
-                    Ok(true) => {
-                        marks.mark(round, Phase::Stored);
-                        let _ = reports.send(Arc::new(report));
+            while let Some(item) = rx.recv().await {
+                match item {
+                    SinkItem::Report(report) => {
+                        let round = report.header.round;
+                        match store.insert_report(report.clone()).await {
+                            Ok(true) => {
+                                marks.mark(round, Phase::Stored);
+                                let _ = reports.send(Arc::new(report));
+                            }
+                            Ok(false) => {} // already stored
+                            Err(e) => {
+                                tracing::error!(round, error = %e, "cannot store a signed report; it is fetched again after a restart")
+                            }
+                        }
                     }
-                    Ok(false) => {} // already stored
-                    Err(e) => tracing::error!(round, error = %e, "cannot store a signed report"),
+                    SinkItem::Absent { from, end } => {
+                        if let Err(e) = store.write(move |db| db.insert_report_gap(from, end)).await
+                        {
+                            tracing::error!(from, end, error = %e, "cannot store rounds settled as having no report; the margin engine waits for them until a restart");
+                        }
+                    }
                 }
             }
         });
@@ -165,9 +203,28 @@ impl ReportSink {
         self.trace.clone()
     }
 
-    fn push(&self, report: SignedReport) {
-        if let Err(e) = self.tx.try_send(report) {
-            tracing::warn!(error = %e, "report sink is full; a report is not stored now (catch-up will fetch it)");
+    /// Queues a report for the store; false when the queue is full (the
+    /// report then stays missing here and catch-up fetches it again).
+    fn push(&self, report: SignedReport) -> bool {
+        match self.tx.try_send(SinkItem::Report(report)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "report sink is full; a report is not stored now (catch-up will fetch it)");
+                false
+            }
+        }
+    }
+
+    /// Queues "rounds `from..end` have no report" for the store.
+    fn push_absent(&self, from: Round, end: Round) {
+        if let Err(mpsc::error::TrySendError::Full(item)) =
+            self.tx.try_send(SinkItem::Absent { from, end })
+        {
+            // Order does not matter for these: wait for room off the loop.
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(item).await;
+            });
         }
     }
 }
@@ -261,11 +318,12 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     gossip_queue: VecDeque<(Instant, Round, Vec<u8>)>,
     /// Newest report round known stored (or received) here.
     stored_through: Option<Round>,
-    /// Where catch-up resumes: the newest round stored at start (or after the
-    /// last page received) until a peer says there is no more. Live reports
-    /// advance `stored_through` but must not hide the gap before them.
-    catchup_cursor: Option<Round>,
-    last_catchup: Option<Instant>,
+    /// Which rounds are held, settled absent or still missing here.
+    history: catchup::History,
+    /// The catch-up request waiting for its reply.
+    catchup_inflight: Option<Inflight>,
+    /// No catch-up request before this (after a reply that brought nothing).
+    catchup_retry_at: Option<Instant>,
     replies_tx: mpsc::Sender<(u16, Vec<u8>)>,
     replies_rx: mpsc::Receiver<(u16, Vec<u8>)>,
 }
@@ -313,8 +371,10 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             trace,
             gossip_queue: VecDeque::new(),
             stored_through: last_report_round,
-            catchup_cursor: Some(last_report_round.unwrap_or(0)),
-            last_catchup: None,
+            // Loaded from the store when the driver starts (`load_history`).
+            history: catchup::History::new(0, [], [], 0),
+            catchup_inflight: None,
+            catchup_retry_at: None,
             replies_tx,
             replies_rx,
         }
@@ -341,7 +401,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         );
         self.input(Input::Tick).await;
         self.node.precompute(&mut self.rng);
-        self.request_catchup(None, true);
+        self.load_history().await;
+        self.catchup_poll();
         loop {
             // Tokio's timer wakes on whole-millisecond ticks, rounded up (and
             // epoll waits in whole milliseconds): 0.5-1.5 ms late. The wake
@@ -359,6 +420,9 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             let idle_sleep = tokio::time::sleep(Duration::from_millis(
                 self.idle_at.map_or(0, |at| at.saturating_sub(now_ms())),
             ));
+            let catchup_wake = self.catchup_wake();
+            let catchup_sleep =
+                tokio::time::sleep_until(catchup_wake.unwrap_or_else(Instant::now).into());
             let gossip_sleep = tokio::time::sleep_until(
                 self.gossip_queue
                     .front()
@@ -408,6 +472,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     self.input(Input::Tick).await;
                 }
                 _ = gossip_sleep, if !self.gossip_queue.is_empty() => self.publish_due(),
+                _ = catchup_sleep, if catchup_wake.is_some() => self.catchup_poll(),
                 _ = idle_sleep, if self.idle_at.is_some() => self.idle_work(),
             }
             self.publish_status();
@@ -679,8 +744,46 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             self.gossip_queue
                 .push_back((Instant::now() + GOSSIP_DELAY, round, report.to_bytes()));
         }
+        self.accept_report(report);
+    }
+
+    /// A verified report new or not: stored (once) and counted in the
+    /// history; a gap it reveals is asked for. Returns whether it was new.
+    fn accept_report(&mut self, report: SignedReport) -> bool {
+        let round = report.header.round;
+        if self.history.holds(round) {
+            return false;
+        }
+        if self.history.settled_absent(round) {
+            tracing::warn!(
+                round,
+                "a report turned up for a round settled as having no report: stored; a margin engine already past the round does not apply it (docs/MARGIN.md, \"Report order\")"
+            );
+        }
+        self.note_report_feeds(&report);
         self.note_stored(round);
-        self.sink.push(report);
+        if !self.sink.push(report) {
+            return false;
+        }
+        self.history.hold(round);
+        self.store_settled();
+        self.catchup_poll();
+        true
+    }
+
+    /// Stores the rounds the history settled as having no report.
+    fn store_settled(&mut self) {
+        for (from, end) in self.history.take_settled() {
+            self.stats.rounds_settled_absent += end - from;
+            tracing::info!(
+                from,
+                through = end - 1,
+                "catch-up: rounds settled as having no signed report"
+            );
+            self.sink.push_absent(from, end);
+        }
+        self.stats.history_complete_below = self.history.complete();
+        self.stats.history_missing_rounds = self.history.missing_count();
     }
 
     /// Gossips the led reports whose delay is over.
@@ -744,9 +847,11 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         match ev {
             TransportEvent::Message { from, bytes } => match Envelope::decode(&bytes) {
                 Ok(Envelope::Round(bytes)) => self.input(Input::Message { from, bytes }).await,
-                Ok(Envelope::CatchupRequest { after, limit }) => {
-                    self.serve_catchup(from, after, limit)
-                }
+                Ok(Envelope::CatchupRequest {
+                    from: first,
+                    end,
+                    limit,
+                }) => self.serve_catchup(from, first, end, limit),
                 Ok(Envelope::Commitments(bytes)) => {
                     if self.node.warm_commitments(from, &bytes) {
                         self.stats.commitment_hints += 1;
@@ -755,45 +860,11 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                         tracing::debug!(from, "commitments hint that does not parse");
                     }
                 }
-                Ok(Envelope::CatchupReply { reports, more }) => {
-                    let mut newest = None;
-                    for bytes in &reports {
-                        if let Some(r) = self.check_report(bytes) {
-                            self.stats.caught_up_reports += 1;
-                            newest = Some(r.header.round);
-                            self.note_report_feeds(&r);
-                            self.note_stored(r.header.round);
-                            self.sink.push(r);
-                        }
-                    }
-                    if let Some(through) = newest {
-                        // Progress for the operator: a restarted member shows
-                        // how far behind it was and how fast it is catching up.
-                        tracing::info!(
-                            from,
-                            reports = reports.len(),
-                            through_round = through,
-                            total_caught_up = self.stats.caught_up_reports,
-                            more,
-                            "catch-up: stored missed reports"
-                        );
-                    }
-                    match (more, newest) {
-                        (true, Some(after)) => {
-                            self.catchup_cursor = Some(after);
-                            self.send_catchup(from, after);
-                        }
-                        // The peer has nothing more: caught up.
-                        _ => {
-                            if self.catchup_cursor.take().is_some() && newest.is_some() {
-                                tracing::info!(
-                                    total_caught_up = self.stats.caught_up_reports,
-                                    "catch-up complete"
-                                );
-                            }
-                        }
-                    }
-                }
+                Ok(Envelope::CatchupReply {
+                    from: first,
+                    end,
+                    reports,
+                }) => self.on_catchup_reply(from, first, end, reports),
                 Err(e) => {
                     self.stats.malformed_messages += 1;
                     self.metrics.malformed_messages.inc();
@@ -811,15 +882,15 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 }
                 if let Some(r) = self.check_report(&bytes) {
                     self.stats.gossip_reports += 1;
-                    self.note_report_feeds(&r);
-                    self.note_stored(r.header.round);
-                    self.sink.push(r);
+                    self.accept_report(r);
                 }
             }
             TransportEvent::PeerConnected(peer) => {
                 self.connected.insert(peer);
                 self.metrics.set_connected(peer, true);
-                self.request_catchup(Some(peer), false);
+                // Whatever was signed while apart: ask for what follows.
+                self.history.want_tail();
+                self.catchup_poll();
             }
             TransportEvent::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
@@ -833,69 +904,225 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         }
     }
 
-    /// Asks `peer` (or any connected member) for the reports after the newest stored here.
-    fn request_catchup(&mut self, peer: Option<u16>, force: bool) {
-        if !force
-            && self
-                .last_catchup
-                .is_some_and(|t| t.elapsed() < CATCHUP_MIN_INTERVAL)
-        {
+    /// Reads which rounds are stored and settled (start of `run`).
+    async fn load_history(&mut self) {
+        let quorum = catchup::History::quorum_for(self.node.committee().n());
+        let loaded = self
+            .store
+            .readers
+            .read(|db| {
+                let complete = db.first_missing_round()?;
+                Ok((
+                    complete,
+                    db.stored_rounds_from(complete)?,
+                    db.report_gaps_from(complete)?,
+                ))
+            })
+            .await;
+        match loaded {
+            Ok((complete, held, gaps)) => {
+                self.history = catchup::History::new(complete, held, gaps, quorum);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the stored history; catch-up asks from round 0");
+                self.history = catchup::History::new(0, [], [], quorum);
+            }
+        }
+        self.stats.history_complete_below = self.history.complete();
+        self.stats.history_missing_rounds = self.history.missing_count();
+        tracing::info!(
+            complete_below = self.history.complete(),
+            newest = self.history.horizon().checked_sub(1),
+            missing = self.stats.history_missing_rounds,
+            "stored report history"
+        );
+    }
+
+    /// The members catch-up may ask: the connected ones, or every other
+    /// member while none is known connected.
+    fn catchup_peers(&self) -> Vec<u16> {
+        let me = self.node.index();
+        let connected: Vec<u16> = self
+            .connected
+            .iter()
+            .copied()
+            .filter(|&p| p != me)
+            .collect();
+        if !connected.is_empty() {
+            return connected;
+        }
+        let n = u16::try_from(self.node.committee().n()).unwrap_or(u16::MAX);
+        (1..=n).filter(|&p| p != me).collect()
+    }
+
+    /// When the catch-up needs the loop again without an event: the
+    /// in-flight request's timeout, or the end of a retry pause.
+    fn catchup_wake(&self) -> Option<Instant> {
+        match (&self.catchup_inflight, self.catchup_retry_at) {
+            (Some(f), _) => Some(f.at + CATCHUP_TIMEOUT),
+            (None, Some(t)) => Some(t),
+            (None, None) => None,
+        }
+    }
+
+    /// Sends the next catch-up request if one is due: one at a time, the
+    /// next as soon as a reply is in.
+    fn catchup_poll(&mut self) {
+        let now = Instant::now();
+        if let Some(f) = &self.catchup_inflight {
+            if now.duration_since(f.at) < CATCHUP_TIMEOUT {
+                return;
+            }
+            tracing::debug!(
+                to = f.to,
+                "catch-up request unanswered; asking another member"
+            );
+            self.catchup_inflight = None;
+        }
+        if self.catchup_retry_at.is_some_and(|t| now < t) {
             return;
         }
-        let me = self.node.index();
-        let target = peer.or_else(|| {
-            let n = self.node.committee().n() as u64;
-            // Without known connections, ask the member after us (it may be up).
-            self.connected
-                .iter()
-                .next()
-                .copied()
-                .or(Some(((u64::from(me)) % n + 1) as u16))
-        });
-        let after = match self.catchup_cursor {
-            Some(c) => c,
-            None => self.stored_through.unwrap_or(0),
+        self.catchup_retry_at = None;
+        let peers = self.catchup_peers();
+        if let Some(want) = self.history.next_request(&peers) {
+            self.stats.catchup_requests_sent += 1;
+            let bytes = Envelope::CatchupRequest {
+                from: want.from,
+                end: want.end,
+                limit: CATCHUP_PAGE,
+            }
+            .encode();
+            if let Err(e) = self.transport.send(want.to, bytes) {
+                self.stats.send_errors += 1;
+                tracing::debug!(to = want.to, error = %e, "catch-up request not sent");
+            }
+            self.catchup_inflight = Some(Inflight {
+                to: want.to,
+                end: want.end,
+                at: now,
+            });
+        }
+    }
+
+    /// A peer's reply: its reports are verified and stored, the range it
+    /// covered counts as its "none" for the rounds it sent nothing for.
+    fn on_catchup_reply(&mut self, peer: u16, from: Round, end: Round, reports: Vec<Vec<u8>>) {
+        let tail_request = match &self.catchup_inflight {
+            Some(f) if f.to == peer => {
+                let tail = f.end == Round::MAX;
+                self.catchup_inflight = None;
+                tail
+            }
+            _ => false,
         };
-        if let Some(to) = target.filter(|&t| t != me) {
-            self.last_catchup = Some(Instant::now());
-            self.send_catchup(to, after);
+        let full_page = reports.len() >= usize::from(CATCHUP_PAGE);
+        let mut new = 0u64;
+        let mut trusted = true;
+        let mut newest = None;
+        for bytes in &reports {
+            // Rounds already held cost no verification.
+            if let Ok(r) = SignedReport::decode_expecting(bytes, &self.digest)
+                && self.history.holds(r.header.round)
+                && (from..end).contains(&r.header.round)
+            {
+                continue;
+            }
+            let Some(r) = self.check_report(bytes) else {
+                trusted = false;
+                continue;
+            };
+            let round = r.header.round;
+            if !(from..end).contains(&round) {
+                self.stats.invalid_reports += 1;
+                trusted = false;
+                tracing::warn!(
+                    peer,
+                    round,
+                    from,
+                    end,
+                    "catch-up reply holds a report outside the range it covers; its range is ignored"
+                );
+                continue;
+            }
+            newest = Some(round);
+            if self.accept_report(r) {
+                self.stats.caught_up_reports += 1;
+                new += 1;
+            }
         }
+        // A reply with a bad report is no evidence that a round is empty.
+        let end = if trusted { end } else { from };
+        self.history
+            .on_reply(peer, from, end, tail_request, full_page);
+        self.store_settled();
+        if let Some(through) = newest.filter(|_| new > 0) {
+            // Progress for the operator: a restarted member shows how far
+            // behind it was and how fast it is catching up.
+            tracing::info!(
+                from = peer,
+                reports = new,
+                through_round = through,
+                total_caught_up = self.stats.caught_up_reports,
+                missing = self.stats.history_missing_rounds,
+                "catch-up: stored missed reports"
+            );
+        }
+        if new == 0 && end <= from {
+            self.catchup_retry_at = Some(Instant::now() + CATCHUP_RETRY);
+        }
+        self.catchup_poll();
     }
 
-    fn send_catchup(&mut self, to: u16, after: Round) {
-        self.stats.catchup_requests_sent += 1;
-        let bytes = Envelope::CatchupRequest {
-            after,
-            limit: CATCHUP_PAGE,
-        }
-        .encode();
-        if let Err(e) = self.transport.send(to, bytes) {
-            self.stats.send_errors += 1;
-            tracing::debug!(to, error = %e, "catch-up request not sent");
-        }
-    }
-
-    /// Answers a catch-up request from the store, off the event loop.
-    fn serve_catchup(&mut self, from: u16, after: Round, limit: u16) {
+    /// Answers a catch-up request from the store, off the event loop: the
+    /// reports of `from..end` (one page) and the range the answer covers.
+    fn serve_catchup(&mut self, to: u16, from: Round, end: Round, limit: u16) {
         self.stats.catchup_requests_served += 1;
         let limit = limit.clamp(1, CATCHUP_PAGE);
         let readers = self.store.readers.clone();
         let replies = self.replies_tx.clone();
         tokio::spawn(async move {
-            match readers.reports_after(after, usize::from(limit)).await {
-                Ok(reports) => {
-                    let more = reports.len() == usize::from(limit);
+            // The newest round first: a report stored between the two reads
+            // then only makes the answer cover less, never claim too much.
+            let read = readers
+                .read(move |db| {
+                    let newest = db.newest_round()?;
+                    let reports = db.reports_in(from, end, usize::from(limit))?;
+                    Ok((newest, reports))
+                })
+                .await;
+            match read {
+                Ok((newest, reports)) => {
+                    let covered = match reports.last() {
+                        Some(last) if reports.len() == usize::from(limit) => {
+                            last.header.round.saturating_add(1)
+                        }
+                        last => newest
+                            .map_or(from, |n| n.saturating_add(1))
+                            .max(last.map_or(from, |l| l.header.round.saturating_add(1)))
+                            .max(from)
+                            .min(end),
+                    };
                     let reports = reports.iter().map(Encode::to_bytes).collect();
-                    let _ = replies
-                        .send((from, Envelope::CatchupReply { reports, more }.encode()))
-                        .await;
+                    let reply = Envelope::CatchupReply {
+                        from,
+                        end: covered,
+                        reports,
+                    };
+                    let _ = replies.send((to, reply.encode())).await;
                 }
                 Err(e) => {
-                    tracing::warn!(from, error = %e, "cannot read reports for a catch-up request")
+                    tracing::warn!(to, error = %e, "cannot read reports for a catch-up request")
                 }
             }
         });
     }
+}
+
+/// A catch-up request waiting for its reply.
+struct Inflight {
+    to: u16,
+    end: Round,
+    at: Instant,
 }
 
 fn micros(d: Duration) -> u64 {

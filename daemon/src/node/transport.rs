@@ -57,9 +57,11 @@ pub const MAX_REPORT_BYTES: usize = 4 << 20;
 pub const CATCHUP_PAGE: u16 = 128;
 
 const TAG_ROUND: u8 = 1;
-const TAG_CATCHUP_REQUEST: u8 = 2;
-const TAG_CATCHUP_REPLY: u8 = 3;
+/// Tags 2 and 3 were the first catch-up request and reply ("after round r",
+/// no covered range); they are refused as unknown.
 const TAG_COMMITMENTS: u8 = 4;
+const TAG_CATCHUP_REQUEST: u8 = 5;
+const TAG_CATCHUP_REPLY: u8 = 6;
 
 /// Largest serialized commitment a hint may carry (either suite's is < 100).
 const MAX_COMMITMENT_BYTES: usize = 256;
@@ -69,10 +71,17 @@ const MAX_COMMITMENT_BYTES: usize = 256;
 pub enum Envelope {
     /// A round-protocol message (observation, proposal, share, report).
     Round(Vec<u8>),
-    /// "Send me up to `limit` stored reports with round > `after`."
-    CatchupRequest { after: Round, limit: u16 },
-    /// Signed reports in the wire codec, oldest first; `more` when the page was full.
-    CatchupReply { reports: Vec<Vec<u8>>, more: bool },
+    /// "Send me up to `limit` stored reports with `from <= round < end`"
+    /// (`end = Round::MAX`: up to the newest).
+    CatchupRequest { from: Round, end: Round, limit: u16 },
+    /// Signed reports in the wire codec, oldest first, and the range they
+    /// cover: the sender holds no other report with `from <= round < end`
+    /// (`end == from`: it covered nothing, e.g. it holds nothing that new).
+    CatchupReply {
+        from: Round,
+        end: Round,
+        reports: Vec<Vec<u8>>,
+    },
     /// The sender's serialized first-attempt commitments for its next
     /// observation, sent mid-round so receivers parse them before they are
     /// needed ([`sibyl_aggregator::round::Node::warm_commitments`]). A hint:
@@ -101,14 +110,14 @@ impl Envelope {
                 out.extend_from_slice(bytes);
                 out
             }
-            Envelope::CatchupRequest { after, limit } => {
+            Envelope::CatchupRequest { from, end, limit } => {
                 let mut w = Writer::new();
-                w.u8(TAG_CATCHUP_REQUEST).u64(*after).u16(*limit);
+                w.u8(TAG_CATCHUP_REQUEST).u64(*from).u64(*end).u16(*limit);
                 w.finish()
             }
-            Envelope::CatchupReply { reports, more } => {
+            Envelope::CatchupReply { from, end, reports } => {
                 let mut w = Writer::new();
-                w.u8(TAG_CATCHUP_REPLY).bool(*more);
+                w.u8(TAG_CATCHUP_REPLY).u64(*from).u64(*end);
                 w.seq(reports.iter(), |w, r| {
                     w.bytes(r);
                 });
@@ -135,15 +144,29 @@ impl Envelope {
             TAG_CATCHUP_REQUEST => {
                 let what = "catch-up request";
                 let mut r = Reader::new(rest);
-                let after = r.u64(what).map_err(bad(what))?;
+                let from = r.u64(what).map_err(bad(what))?;
+                let end = r.u64(what).map_err(bad(what))?;
                 let limit = r.u16(what).map_err(bad(what))?;
                 r.finish(what).map_err(bad(what))?;
-                Ok(Envelope::CatchupRequest { after, limit })
+                if end <= from {
+                    return Err(EnvelopeError::Malformed {
+                        what,
+                        reason: format!("empty range {from}..{end}"),
+                    });
+                }
+                Ok(Envelope::CatchupRequest { from, end, limit })
             }
             TAG_CATCHUP_REPLY => {
                 let what = "catch-up reply";
                 let mut r = Reader::new(rest);
-                let more = r.bool(what).map_err(bad(what))?;
+                let from = r.u64(what).map_err(bad(what))?;
+                let end = r.u64(what).map_err(bad(what))?;
+                if end < from {
+                    return Err(EnvelopeError::Malformed {
+                        what,
+                        reason: format!("covered range {from}..{end} ends before it starts"),
+                    });
+                }
                 let count = r.u32(what).map_err(bad(what))?;
                 if count > u32::from(CATCHUP_PAGE) {
                     return Err(EnvelopeError::Malformed {
@@ -156,7 +179,7 @@ impl Envelope {
                     reports.push(r.bytes(what, MAX_REPORT_BYTES).map_err(bad(what))?.to_vec());
                 }
                 r.finish(what).map_err(bad(what))?;
-                Ok(Envelope::CatchupReply { reports, more })
+                Ok(Envelope::CatchupReply { from, end, reports })
             }
             TAG_COMMITMENTS => {
                 let what = "commitments hint";
@@ -320,12 +343,24 @@ mod tests {
             Envelope::Round(vec![1, 2, 3]),
             Envelope::Round(vec![]),
             Envelope::CatchupRequest {
-                after: 77,
+                from: 0,
+                end: Round::MAX,
                 limit: 12,
             },
+            Envelope::CatchupRequest {
+                from: 40,
+                end: 61,
+                limit: 128,
+            },
             Envelope::CatchupReply {
+                from: 0,
+                end: 2,
                 reports: vec![vec![9; 10], vec![]],
-                more: true,
+            },
+            Envelope::CatchupReply {
+                from: 7,
+                end: 7,
+                reports: vec![],
             },
             Envelope::Commitments(vec![0; 69]),
         ] {
@@ -346,12 +381,32 @@ mod tests {
         w.u8(TAG_COMMITMENTS)
             .bytes(&[0u8; MAX_COMMITMENT_BYTES + 1]);
         assert!(Envelope::decode(&w.finish()).is_err());
-        let mut long = Envelope::CatchupRequest { after: 1, limit: 1 }.encode();
+        let mut long = Envelope::CatchupRequest {
+            from: 1,
+            end: 2,
+            limit: 1,
+        }
+        .encode();
         long.push(0);
         assert!(Envelope::decode(&long).is_err(), "trailing bytes");
         // A reply claiming more reports than a page.
         let mut w = Writer::new();
-        w.u8(TAG_CATCHUP_REPLY).bool(false).u32(1_000_000);
+        w.u8(TAG_CATCHUP_REPLY).u64(0).u64(10).u32(1_000_000);
         assert!(Envelope::decode(&w.finish()).is_err());
+        // Empty or inverted ranges.
+        let mut w = Writer::new();
+        w.u8(TAG_CATCHUP_REQUEST).u64(5).u64(5).u16(1);
+        assert!(Envelope::decode(&w.finish()).is_err(), "empty request");
+        let mut w = Writer::new();
+        w.u8(TAG_CATCHUP_REPLY).u64(5).u64(4).u32(0);
+        assert!(Envelope::decode(&w.finish()).is_err(), "inverted reply");
+        // The first catch-up messages (tags 2 and 3) are refused.
+        let mut w = Writer::new();
+        w.u8(2).u64(0).u16(1);
+        assert_eq!(
+            Envelope::decode(&w.finish()),
+            Err(EnvelopeError::UnknownTag(2))
+        );
+        assert_eq!(Envelope::decode(&[3, 0]), Err(EnvelopeError::UnknownTag(3)));
     }
 }

@@ -89,6 +89,14 @@ mod as_string {
     }
 }
 
+/// Reports in round order from [`Db::report_run`].
+#[derive(Debug)]
+pub struct ReportRun {
+    pub reports: Vec<SignedReport>,
+    /// The first round not covered by `reports` or a settled gap after them.
+    pub next: Round,
+}
+
 pub struct Db {
     conn: Connection,
     path: PathBuf,
@@ -661,6 +669,151 @@ impl Db {
             out.push(decode_report(u64_of(r, "round")?, &b)?);
         }
         Ok(out)
+    }
+
+    /// Up to `limit` reports with `from <= round < end`, oldest first
+    /// (catch-up; `end = Round::MAX` for "to the newest").
+    pub fn reports_in(
+        &self,
+        from: Round,
+        end: Round,
+        limit: usize,
+    ) -> Result<Vec<SignedReport>, StoreError> {
+        let (Ok(from), end) = (i64::try_from(from), i64::try_from(end).unwrap_or(i64::MAX)) else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT round, body FROM reports WHERE round >= ?1 AND round < ?2 ORDER BY round LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![from, end, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (r, b) = row?;
+            out.push(decode_report(u64_of(r, "round")?, &b)?);
+        }
+        Ok(out)
+    }
+
+    /// The newest stored report's round.
+    pub fn newest_round(&self) -> Result<Option<Round>, StoreError> {
+        let r: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(round) FROM reports")?
+            .query_row([], |r| r.get(0))?;
+        r.map(|r| u64_of(r, "round")).transpose()
+    }
+
+    /// Rounds of the stored reports at or above `from`, ascending.
+    pub fn stored_rounds_from(&self, from: Round) -> Result<Vec<Round>, StoreError> {
+        let Ok(from) = i64::try_from(from) else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT round FROM reports WHERE round >= ?1 ORDER BY round")?;
+        let rows = stmt.query_map([from], |r| r.get::<_, i64>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(u64_of(row?, "round")?);
+        }
+        Ok(out)
+    }
+
+    /// Records that the rounds `from..end` have no signed report (catch-up
+    /// settled them: see docs/NODE.md, "Catch-up").
+    pub fn insert_report_gap(&mut self, from: Round, end: Round) -> Result<(), StoreError> {
+        if end <= from {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO report_gaps (from_round, end_round) VALUES (?1, ?2)
+                 ON CONFLICT(from_round) DO UPDATE SET end_round = MAX(end_round, excluded.end_round)",
+            )?
+            .execute(params![i64_of(from, "round")?, i64_of(end, "round")?])?;
+        Ok(())
+    }
+
+    /// The settled report gaps `(from, end)` that reach past `round`, by start.
+    pub fn report_gaps_from(&self, round: Round) -> Result<Vec<(Round, Round)>, StoreError> {
+        let round = i64::try_from(round).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT from_round, end_round FROM report_gaps WHERE end_round > ?1 ORDER BY from_round",
+        )?;
+        let rows = stmt.query_map([round], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (a, b) = row?;
+            out.push((u64_of(a, "round")?, u64_of(b, "round")?));
+        }
+        Ok(out)
+    }
+
+    /// The end of the settled gap holding `round`, if one does.
+    fn gap_end_at(&self, round: i64) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(end_round) FROM report_gaps WHERE from_round <= ?1 AND end_round > ?1",
+            )?
+            .query_row([round], |r| r.get::<_, Option<i64>>(0))?)
+    }
+
+    /// The first round that is neither stored nor in a settled gap: every
+    /// round before it is complete here.
+    pub fn first_missing_round(&self) -> Result<Round, StoreError> {
+        // The first missing round is 0, the round after a report, or the end
+        // of a gap; take the smallest such candidate that is itself missing.
+        let r: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(c) FROM (SELECT 0 AS c UNION SELECT round + 1 FROM reports
+                                     UNION SELECT end_round FROM report_gaps)
+                 WHERE NOT EXISTS (SELECT 1 FROM reports WHERE round = c)
+                   AND NOT EXISTS (SELECT 1 FROM report_gaps WHERE from_round <= c AND end_round > c)",
+            )?
+            .query_row([], |r| r.get(0))?;
+        u64_of(r.unwrap_or(0), "round")
+    }
+
+    /// The reports from round `from` on, in round order, as far as the
+    /// history here is complete: a round that is neither stored nor in a
+    /// settled gap stops the run. At most `limit` reports; `next` is the
+    /// round to continue from.
+    pub fn report_run(&self, from: Round, limit: usize) -> Result<ReportRun, StoreError> {
+        let mut next = i64_of(from, "round")?;
+        let mut reports = Vec::new();
+        let candidates = self.reports_in(from, Round::MAX, limit)?;
+        for report in candidates {
+            let round = i64_of(report.header.round, "round")?;
+            // Skip settled gaps up to this report.
+            while next < round {
+                match self.gap_end_at(next)? {
+                    Some(end) => next = end.min(round),
+                    None => break,
+                }
+            }
+            if next != round {
+                break;
+            }
+            reports.push(report);
+            next = round + 1;
+        }
+        if reports.len() < limit {
+            // Past the last report: settled gaps beyond it.
+            while let Some(end) = self.gap_end_at(next)? {
+                if end <= next {
+                    break;
+                }
+                next = end;
+            }
+        }
+        Ok(ReportRun {
+            reports,
+            next: u64_of(next, "round")?,
+        })
     }
 
     /// Raw points of a feed in `[from_ms, to_ms)`, oldest first, at most

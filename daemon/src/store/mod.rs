@@ -19,7 +19,9 @@ pub mod retention;
 pub mod schema;
 mod writer;
 
-pub use db::{Candle, Db, FeedRetention, HistoryCursor, MarginEventRow, MarginStep, Point};
+pub use db::{
+    Candle, Db, FeedRetention, HistoryCursor, MarginEventRow, MarginStep, Point, ReportRun,
+};
 pub use retention::{RetentionPolicy, RetentionStats};
 pub use writer::{Readers, Store, StoreHandle};
 

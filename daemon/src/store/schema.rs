@@ -85,6 +85,14 @@ const MIGRATIONS: &[&str] = &[
         body     TEXT    NOT NULL
     );
     "#,
+    // 2: rounds known to have no signed report (catch-up settled them), so
+    // the margin engine can take the reports strictly in round order.
+    r#"
+    CREATE TABLE report_gaps (
+        from_round  INTEGER PRIMARY KEY,
+        end_round   INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes and understands.

@@ -522,3 +522,60 @@ async fn retention_thins_then_prunes_in_batches() {
     let count = store.readers.read(|db| db.point_count()).await.expect("n");
     assert_eq!(count, 0);
 }
+
+#[test]
+fn catch_up_queries_cover_round_0_gaps_and_settled_rounds() {
+    let (_dir, path) = temp();
+    let mut db = Db::open(&path).expect("open");
+    let rounds = |rs: &[SignedReport]| rs.iter().map(|r| r.header.round).collect::<Vec<_>>();
+    assert_eq!(db.first_missing_round().expect("first missing"), 0);
+    assert_eq!(db.newest_round().expect("newest"), None);
+    // Rounds 0..=3 and 8..=9 stored; 4..8 missed (a partition).
+    for r in (0..=3).chain(8..=9) {
+        db.insert_report(&report(r, 1_000 + r, vec![leaf("BTC-USD", 1, 1_000 + r)]))
+            .expect("insert");
+    }
+    assert_eq!(db.first_missing_round().expect("first missing"), 4);
+    assert_eq!(db.newest_round().expect("newest"), Some(9));
+    // From round 0 inclusive; bounded by `end`; paged by `limit`.
+    assert_eq!(
+        rounds(&db.reports_in(0, u64::MAX, 100).expect("in")),
+        vec![0, 1, 2, 3, 8, 9]
+    );
+    assert_eq!(
+        rounds(&db.reports_in(2, 9, 100).expect("in")),
+        vec![2, 3, 8]
+    );
+    assert_eq!(
+        rounds(&db.reports_in(0, u64::MAX, 2).expect("in")),
+        vec![0, 1]
+    );
+    assert_eq!(db.stored_rounds_from(3).expect("rounds"), vec![3, 8, 9]);
+    // The run in round order stops at the first undecided round.
+    let run = db.report_run(0, 100).expect("run");
+    assert_eq!((rounds(&run.reports), run.next), (vec![0, 1, 2, 3], 4));
+    // 4..6 settled absent, 6..8 fetched later: the run goes on.
+    db.insert_report_gap(4, 6).expect("gap");
+    db.insert_report_gap(4, 5)
+        .expect("a shorter gap does not shrink it");
+    assert_eq!(db.first_missing_round().expect("first missing"), 6);
+    let run = db.report_run(2, 100).expect("run");
+    assert_eq!((rounds(&run.reports), run.next), (vec![2, 3], 6));
+    for r in 6..8 {
+        db.insert_report(&report(r, 1_000 + r, vec![leaf("BTC-USD", 1, 1_000 + r)]))
+            .expect("insert");
+    }
+    let run = db.report_run(4, 100).expect("run");
+    assert_eq!((rounds(&run.reports), run.next), (vec![6, 7, 8, 9], 10));
+    // A settled gap after the newest report is passed too; limits page.
+    db.insert_report_gap(10, 12).expect("gap");
+    assert_eq!(db.report_run(10, 100).expect("run").next, 12);
+    let run = db.report_run(0, 3).expect("run");
+    assert_eq!((rounds(&run.reports), run.next), (vec![0, 1, 2], 3));
+    assert_eq!(db.first_missing_round().expect("first missing"), 12);
+    assert_eq!(
+        db.report_gaps_from(5).expect("gaps"),
+        vec![(4, 6), (10, 12)]
+    );
+    assert_eq!(db.report_gaps_from(6).expect("gaps"), vec![(10, 12)]);
+}

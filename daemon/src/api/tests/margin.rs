@@ -124,7 +124,13 @@ impl Node {
             _shutdown: shutdown_tx,
             _dir: dir,
         };
-        // The first verified report seeds the demo book.
+        // The margin engine takes stored reports in round order: round 0 had
+        // none here. The first report seeds the demo book.
+        node.store
+            .writer
+            .write(|db| db.insert_report_gap(0, 1))
+            .await
+            .expect("gap");
         node.price(1, now_ms() - 5_000, 60_000 * PX, 3_000 * PX, 150 * PX)
             .await;
         node
@@ -133,9 +139,13 @@ impl Node {
     /// Publishes a report and waits until the margin service stored it.
     async fn price(&self, round: u64, ts: u64, btc: i128, eth: i128, sol: i128) {
         let before = self.margin.read().reports_handled;
-        self.reports
-            .send(report(round, ts, btc, eth, sol))
-            .expect("send report");
+        let r = report(round, ts, btc, eth, sol);
+        self.store
+            .writer
+            .insert_report((*r).clone())
+            .await
+            .expect("store report");
+        self.reports.send(r).expect("send report");
         for _ in 0..1_000 {
             if self.margin.read().reports_handled > before {
                 return;
