@@ -239,6 +239,17 @@ pub struct Stats {
     pub attempts_started: u64,
 }
 
+/// What this member's round machine saw of another member.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemberStats {
+    pub shares_received: u64,
+    pub invalid_shares: u64,
+    pub refusals: u64,
+    pub attempts_silent: u64,
+    pub last_message_ms: Option<u64>,
+    pub clock_offset_ms: Option<i64>,
+}
+
 /// Simulator-only misbehaviour switches.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Faults {
@@ -391,6 +402,7 @@ pub struct Node<C: SibylSuite> {
     /// Each member's announced next commitments, parsed ahead
     /// ([`Node::warm_commitments`]).
     warm: BTreeMap<u16, (Vec<u8>, SigningCommitments<C>)>,
+    member_stats: BTreeMap<u16, MemberStats>,
 }
 
 /// Result of checking a proposal as a signer.
@@ -599,6 +611,12 @@ impl<C: SibylSuite> Node<C> {
                 Identifier::<C>::try_from(m.index).map_err(|e| NodeError::Frost(e.to_string()))?;
             ids.insert(id, m.index);
         }
+        let member_stats = committee
+            .members()
+            .iter()
+            .filter(|m| m.index != me)
+            .map(|m| (m.index, MemberStats::default()))
+            .collect();
         let start_round = restore
             .round
             .max(restore.last_signed.map_or(0, |r| r.round));
@@ -629,6 +647,7 @@ impl<C: SibylSuite> Node<C> {
             last_wake: None,
             spare: None,
             warm: BTreeMap::new(),
+            member_stats,
         })
     }
 
@@ -645,6 +664,14 @@ impl<C: SibylSuite> Node<C> {
     }
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+    /// What this member saw of each other member.
+    pub fn member_stats(&self) -> &BTreeMap<u16, MemberStats> {
+        &self.member_stats
+    }
+    /// This member's estimated clock offset from the committee.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        None
     }
     /// The signing ledger as the node knows it.
     pub fn last_signed(&self) -> Option<SigningRecord> {
