@@ -1756,6 +1756,9 @@ impl<C: SibylSuite> Node<C> {
             }
         };
         a.shares.insert(sender, (share, msg.bytes));
+        if let Some(m) = self.member_stats.get_mut(&sender) {
+            m.shares_received += 1;
+        }
         if a.shares.len() == a.signers.len() {
             self.finish_attempt(now, rng);
         }
