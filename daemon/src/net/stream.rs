@@ -184,7 +184,8 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stre
         }
         // Bounded: a request to a connection that is being closed is never
         // answered.
-        let opened = tokio::time::timeout(ACCEPT_TIMEOUT, control.open_stream(peer, MESSAGE_PROTOCOL));
+        let opened =
+            tokio::time::timeout(ACCEPT_TIMEOUT, control.open_stream(peer, MESSAGE_PROTOCOL));
         let mut s = match opened.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

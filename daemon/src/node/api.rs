@@ -170,8 +170,10 @@ pub async fn serve_if_enabled(
             )
         })
         .collect();
-    let (committee_tx, committee_rx) =
-        watch::channel(committee_status(&config.committee, &status_snapshot(&status)));
+    let (committee_tx, committee_rx) = watch::channel(committee_status(
+        &config.committee,
+        &status_snapshot(&status),
+    ));
     {
         let config = config.clone();
         let status = status.clone();
@@ -180,7 +182,10 @@ pub async fn serve_if_enabled(
             loop {
                 tick.tick().await;
                 if committee_tx
-                    .send(committee_status(&config.committee, &status_snapshot(&status)))
+                    .send(committee_status(
+                        &config.committee,
+                        &status_snapshot(&status),
+                    ))
                     .is_err()
                 {
                     return;
