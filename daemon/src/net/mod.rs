@@ -460,6 +460,11 @@ pub struct Net {
     stats: NetStats,
     metrics: NetMetrics,
     tick: tokio::time::Interval,
+    /// When the tick last ran, and until when nobody is judged silent: after
+    /// this process itself stalled (stopped, starved), members get a whole
+    /// `silence_timeout` to be heard from again.
+    last_tick: Instant,
+    grace_until: Instant,
 }
 
 impl fmt::Debug for Net {
@@ -635,6 +640,8 @@ impl Net {
             stats: NetStats::default(),
             metrics: NetMetrics::default(),
             tick,
+            last_tick: now,
+            grace_until: now,
         })
     }
 
@@ -856,8 +863,22 @@ impl Net {
         while let Ok(event) = self.stream_rx.try_recv() {
             self.on_stream_event(event);
         }
-        self.close_silent();
         let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap
+            > self.limits.redial_min.max(Duration::from_millis(10))
+                + self.limits.silence_timeout / 4
+        {
+            tracing::info!(
+                stalled_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
+                "this node stalled; members get a fresh silence limit"
+            );
+            self.grace_until = now + self.limits.silence_timeout;
+        }
+        if now >= self.grace_until {
+            self.close_silent();
+        }
         let due: Vec<u16> = self
             .redial
             .iter()

@@ -674,3 +674,30 @@ fn the_byte_budget_fits_the_committee() {
     let big = base.with_byte_budget(31, 500, Duration::from_millis(100));
     assert!(u64::from(big.bytes_per_sec) >= 8 * 10 * 31 * 500 * 128);
 }
+
+/// This process itself stalls (the whole runtime blocked, like SIGSTOP):
+/// afterwards its members are not judged silent for the time it did not run.
+#[tokio::test]
+async fn a_stall_of_this_node_does_not_count_as_the_members_silence() {
+    let (keys, members) = committee(2);
+    let mut nets = start(&keys, &members, &fast_limits());
+    let mut refs: Vec<&mut Net> = nets.iter_mut().collect();
+    let (_, ok) = pump(&mut refs, Duration::from_secs(20), |n, _| {
+        all_connected(n, 2)
+    })
+    .await;
+    assert!(ok, "did not connect");
+    let _ = pump(&mut refs, Duration::from_millis(600), |_, _| false).await;
+    // Nothing runs: no ping is sent, answered or counted.
+    std::thread::sleep(Duration::from_secs(3));
+    let (log, _) = pump(&mut refs, Duration::from_millis(1500), |_, _| false).await;
+    assert!(
+        !log.iter()
+            .any(|(_, e)| matches!(e, NetEvent::PeerDisconnected(_))),
+        "{log:?}"
+    );
+    for net in &refs {
+        assert_eq!(net.stats().peer_timeouts, 0, "{:?}", net.stats());
+        assert_eq!(net.connected().len(), 1);
+    }
+}
