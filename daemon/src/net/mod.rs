@@ -4,17 +4,21 @@
 //!             Net (owned by the node's one event loop)
 //!   send/broadcast ──► stream "/sibyl/msg/3" (one per peer) ──► peer: NetEvent::Message
 //!   publish_report ──► gossipsub "sibyl/reports/1" ─────► peer: validator ─► NetEvent::Report
-//!                      allow-list: only committee PeerIds get a connection
-//!                      identify, ping; redial timer with backoff
+//!                      connection limits, then allow-list: only committee PeerIds get in
+//!                      ping every 500 ms; silent 2 s ─► close ─► PeerDisconnected; redial
 //! ```
 //!
 //! Only committee members get in: the allow-list behaviour refuses every
 //! connection whose Noise-authenticated PeerId is not in the committee, before
 //! any protocol handler exists, so nothing a stranger sends reaches the
-//! protocol. Inbound messages pass a size limit (enforced while reading) and a
-//! per-member token-bucket rate limit; what fails is dropped and counted by
-//! reason. Members dial every other member they are not connected to, with
-//! exponential backoff, so a restarted member rejoins by itself.
+//! protocol; connection limits bound the handshakes strangers can start.
+//! Inbound messages pass a size limit (enforced while reading) and two
+//! per-member token buckets, of messages and of bytes; what fails is dropped
+//! and counted by reason. A member not heard from (message, report, ping
+//! reply) for `silence_timeout` is disconnected at once, not after TCP's
+//! retransmission backoff. Members dial every other member they are not
+//! connected to, with a short capped backoff and a bounded setup time, so a
+//! restarted or partitioned member rejoins by itself within about a second.
 //!
 //! `next_event` is cancel-safe: it can sit in a `tokio::select!` next to the
 //! node's timers and channels.
