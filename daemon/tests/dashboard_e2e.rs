@@ -404,8 +404,10 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
                 connected: i != 4,
                 last_seen_ms: Some(now),
                 rounds_led: 10,
-                rounds_signed: 30,
+                shares_received: 30,
                 share_failures: u64::from(i == 4),
+                refusals: 0,
+                clock_offset_ms: Some(2),
             })
             .collect(),
         updated_at_ms: now,

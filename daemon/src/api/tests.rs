@@ -464,8 +464,10 @@ async fn committee_status_follows_the_watch_channel() {
             connected: true,
             last_seen_ms: Some(T0),
             rounds_led: 10,
-            rounds_signed: 30,
+            shares_received: 30,
             share_failures: 1,
+            refusals: 0,
+            clock_offset_ms: Some(-3),
         }],
         updated_at_ms: T0,
     });

@@ -37,16 +37,24 @@ pub struct MemberStatus {
     pub index: u16,
     pub peer_id: String,
     /// Whether this node has a live connection to the member (always true
-    /// for the node itself).
+    /// for the node itself). A member silent for a few seconds (no message
+    /// and no ping reply) is disconnected.
     pub connected: bool,
-    /// When a message from the member was last received.
+    /// When this node last heard from the member: any authenticated
+    /// message, gossiped report or ping reply (null for the node itself and
+    /// for members not heard from since it started).
     pub last_seen_ms: Option<TimestampMs>,
-    /// Rounds the member led that produced a signed report.
+    /// Signed reports this node accepted whose round the member led.
     pub rounds_led: u64,
-    /// Rounds whose signed report carries the member's share.
-    pub rounds_signed: u64,
-    /// Invalid or missing shares blamed on the member.
+    /// The member's signature shares this node received as leader.
+    pub shares_received: u64,
+    /// The member's signature shares that did not verify here.
     pub share_failures: u64,
+    /// The member's refusals to sign this node's proposals.
+    pub refusals: u64,
+    /// The member's clock offset as estimated here; for the node itself,
+    /// its own estimated offset from the committee.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// One feed's value in one signed report.

@@ -1,4 +1,4 @@
-//! Per-member inbound rate limit: a token bucket.
+//! Per-member inbound limits: a token bucket, of messages or of bytes.
 
 use std::time::Instant;
 
@@ -30,6 +30,11 @@ impl TokenBucket {
 
     /// Take one token if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_n(1, now)
+    }
+
+    /// Take `n` tokens if there are that many; otherwise take none.
+    pub fn take_n(&mut self, n: u64, now: Instant) -> bool {
         let elapsed_us =
             u64::try_from(now.saturating_duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
         // rate tokens/s == rate microtokens/us.
@@ -38,8 +43,9 @@ impl TokenBucket {
             .saturating_add(elapsed_us.saturating_mul(self.rate))
             .min(self.cap_micro);
         self.last = now;
-        if self.micro >= MICRO {
-            self.micro -= MICRO;
+        let want = n.saturating_mul(MICRO);
+        if self.micro >= want {
+            self.micro -= want;
             true
         } else {
             false
@@ -65,5 +71,20 @@ mod tests {
         // A long pause refills only up to the cap.
         let later = t0 + Duration::from_secs(3600);
         assert_eq!((0..100).filter(|_| b.take(later)).count(), 15);
+    }
+
+    #[test]
+    fn byte_budget_takes_all_or_nothing() {
+        let t0 = Instant::now();
+        // 1000 bytes/s plus 500 of burst: 1500 at most at once.
+        let mut b = TokenBucket::new(1000, 500, t0);
+        assert!(!b.take_n(1501, t0), "more than the capacity never passes");
+        assert!(b.take_n(1200, t0));
+        assert!(!b.take_n(301, t0), "only 300 left");
+        assert!(b.take_n(300, t0));
+        assert!(!b.take_n(1, t0));
+        // 250 ms refill 250 bytes.
+        assert!(!b.take_n(251, t0 + Duration::from_millis(250)));
+        assert!(b.take_n(250, t0 + Duration::from_millis(250)));
     }
 }

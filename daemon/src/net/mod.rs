@@ -4,17 +4,21 @@
 //!             Net (owned by the node's one event loop)
 //!   send/broadcast ──► stream "/sibyl/msg/3" (one per peer) ──► peer: NetEvent::Message
 //!   publish_report ──► gossipsub "sibyl/reports/1" ─────► peer: validator ─► NetEvent::Report
-//!                      allow-list: only committee PeerIds get a connection
-//!                      identify, ping; redial timer with backoff
+//!                      connection limits, then allow-list: only committee PeerIds get in
+//!                      ping every 500 ms; silent 2 s ─► close ─► PeerDisconnected; redial
 //! ```
 //!
 //! Only committee members get in: the allow-list behaviour refuses every
 //! connection whose Noise-authenticated PeerId is not in the committee, before
 //! any protocol handler exists, so nothing a stranger sends reaches the
-//! protocol. Inbound messages pass a size limit (enforced while reading) and a
-//! per-member token-bucket rate limit; what fails is dropped and counted by
-//! reason. Members dial every other member they are not connected to, with
-//! exponential backoff, so a restarted member rejoins by itself.
+//! protocol; connection limits bound the handshakes strangers can start.
+//! Inbound messages pass a size limit (enforced while reading) and two
+//! per-member token buckets, of messages and of bytes; what fails is dropped
+//! and counted by reason. A member not heard from (message, report, ping
+//! reply) for `silence_timeout` is disconnected at once, not after TCP's
+//! retransmission backoff. Members dial every other member they are not
+//! connected to, with a short capped backoff and a bounded setup time, so a
+//! restarted or partitioned member rejoins by itself within about a second.
 //!
 //! `next_event` is cancel-safe: it can sit in a `tokio::select!` next to the
 //! node's timers and channels.
@@ -33,8 +37,11 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::identity::Keypair;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{DialError, ListenError, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, noise, ping, tcp, yamux};
+use libp2p::swarm::{ConnectionId, DialError, ListenError, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, Transport, allow_block_list, connection_limits, identify, noise,
+    ping, tcp, yamux,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -67,12 +74,31 @@ pub struct Limits {
     pub rate_per_sec: u32,
     /// Burst allowance on top of the sustained rate.
     pub burst: u32,
+    /// Sustained inbound bytes per second per member (messages + reports);
+    /// see [`Limits::with_byte_budget`].
+    pub bytes_per_sec: u32,
+    /// Bytes allowed at once on top of `bytes_per_sec`.
+    pub byte_burst: u32,
     /// First redial delay after a failure or disconnect.
     pub redial_min: Duration,
     /// Largest redial delay.
     pub redial_max: Duration,
     /// How long a sent message may wait for its acknowledgement.
     pub request_timeout: Duration,
+    /// How often each connection is pinged.
+    pub ping_interval: Duration,
+    /// A connected member from whom nothing arrived for this long (no
+    /// message, report or ping reply) is disconnected; also the ping timeout.
+    pub silence_timeout: Duration,
+    /// Longest a connection may take to set up (TCP connect, Noise, Yamux),
+    /// in either direction.
+    pub dial_timeout: Duration,
+    /// Connections being set up from outside at once (each costs a Noise
+    /// handshake before the PeerId is known and the allow-list can refuse it).
+    pub max_pending_incoming: u32,
+    /// Established connections per member (two members dialling each other
+    /// at once make two; a third covers a reconnect while an old one closes).
+    pub max_connections_per_peer: u32,
 }
 
 impl Default for Limits {
@@ -82,10 +108,48 @@ impl Default for Limits {
             max_report_bytes: 4 << 20,
             rate_per_sec: 500,
             burst: 1000,
+            bytes_per_sec: 4 << 20,
+            byte_burst: 4 << 20,
             redial_min: Duration::from_millis(250),
             redial_max: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_millis(500),
+            silence_timeout: Duration::from_secs(2),
+            dial_timeout: Duration::from_secs(2),
+            max_pending_incoming: 16,
+            max_connections_per_peer: 3,
         }
+    }
+}
+
+impl Limits {
+    /// Sizes the per-member byte budget from the committee: `members`
+    /// members, `feeds` feeds, a round every `round_interval`.
+    ///
+    /// One member's legitimate traffic per round is at most about a
+    /// proposal (every member's observation: `members` x `feeds` values)
+    /// plus its report, hint and shares: counted as `(members + 2)` messages
+    /// of `feeds x 128 + 512` bytes. The sustained budget is 8x that per
+    /// second (retried attempts, round jumps), at least 1 MiB/s so catch-up
+    /// pages keep flowing; the burst lets two of the largest messages
+    /// through at once.
+    pub fn with_byte_budget(
+        mut self,
+        members: usize,
+        feeds: usize,
+        round_interval: Duration,
+    ) -> Self {
+        let message = (feeds as u64).saturating_mul(128).saturating_add(512);
+        let per_round = (members as u64).saturating_add(2).saturating_mul(message);
+        let interval_ms = u64::try_from(round_interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let per_sec = per_round.saturating_mul(8).saturating_mul(1000) / interval_ms;
+        let rate = per_sec.max(1 << 20);
+        let burst = rate.max((self.max_message_bytes as u64).saturating_mul(2));
+        self.bytes_per_sec = u32::try_from(rate).unwrap_or(u32::MAX);
+        self.byte_burst = u32::try_from(burst).unwrap_or(u32::MAX);
+        self
     }
 }
 
@@ -175,6 +239,10 @@ pub enum DropReason {
     Oversized,
     /// Over the member's rate limit.
     RateLimited,
+    /// Over the member's byte budget.
+    OverByteBudget,
+    /// An inbound connection over a connection limit.
+    ConnectionLimit,
     /// A gossiped report the validator refused.
     InvalidReport,
     /// A gossiped report without a committee member as its origin.
@@ -189,6 +257,8 @@ impl DropReason {
             DropReason::NotMember => "not_member",
             DropReason::Oversized => "oversized",
             DropReason::RateLimited => "rate_limited",
+            DropReason::OverByteBudget => "over_byte_budget",
+            DropReason::ConnectionLimit => "connection_limit",
             DropReason::InvalidReport => "invalid_report",
             DropReason::UnknownOrigin => "unknown_origin",
             DropReason::Malformed => "malformed",
@@ -228,6 +298,8 @@ pub struct NetStats {
     /// Sent messages that were not acknowledged (peer down, timeout, refused).
     pub send_failures: u64,
     pub dials: u64,
+    /// Connections closed because the member went silent or a ping failed.
+    pub peer_timeouts: u64,
     pub dropped: BTreeMap<DropReason, u64>,
 }
 
@@ -245,6 +317,8 @@ struct NetMetrics {
     reports: Family<Vec<(String, String)>, Counter>,
     dropped: Family<Vec<(String, String)>, Counter>,
     connected: Gauge,
+    peer_timeouts: Counter,
+    dials: Counter,
 }
 
 impl NetMetrics {
@@ -326,8 +400,27 @@ fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
     Ok(())
 }
 
+/// How long sent data may stay unacknowledged before the kernel drops the
+/// connection: bounds how long closing a connection to a silent member can
+/// hang on a full send buffer (libp2p waits for the close without a limit).
+fn tcp_user_timeout(limits: &Limits) -> Duration {
+    (limits.silence_timeout * 2).max(Duration::from_secs(1))
+}
+
+#[cfg(target_os = "linux")]
+fn set_tcp_user_timeout(stream: &tcp::tokio::TcpStream, timeout: Duration) {
+    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(&stream.0, ms) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_tcp_user_timeout(_: &tcp::tokio::TcpStream, _: Duration) {}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -350,8 +443,14 @@ pub struct Net {
     members: BTreeMap<u16, Member>,
     by_peer: HashMap<PeerId, u16>,
     connected: BTreeSet<u16>,
+    /// Open connections to members (those being closed are not in it).
+    conns: HashMap<ConnectionId, u16>,
+    /// When each member was last heard from: a message, a report, a ping
+    /// reply or a new connection.
+    last_seen: BTreeMap<u16, Instant>,
     redial: BTreeMap<u16, Redial>,
     buckets: BTreeMap<u16, TokenBucket>,
+    byte_buckets: BTreeMap<u16, TokenBucket>,
     limits: Limits,
     topic: IdentTopic,
     validator: Option<ReportValidator>,
@@ -365,6 +464,11 @@ pub struct Net {
     stats: NetStats,
     metrics: NetMetrics,
     tick: tokio::time::Interval,
+    /// When the tick last ran, and until when nobody is judged silent: after
+    /// this process itself stalled (stopped, starved), members get a whole
+    /// `silence_timeout` to be heard from again.
+    last_tick: Instant,
+    grace_until: Instant,
 }
 
 impl fmt::Debug for Net {
@@ -405,13 +509,35 @@ impl Net {
             .map_err(|e| NetError::Build(format!("gossipsub config: {e}")))?;
         let topic = IdentTopic::new(REPORT_TOPIC);
 
+        let noise = noise::Config::new(&config.identity)
+            .map_err(|e| NetError::Build(format!("noise config: {e}")))?;
+        let dial_timeout = limits.dial_timeout;
+        let user_timeout = tcp_user_timeout(&limits);
+        let others = u32::try_from(members.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        let connection_limits = connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(limits.max_pending_incoming))
+            .with_max_established_incoming(Some(
+                others.saturating_mul(limits.max_connections_per_peer),
+            ))
+            .with_max_established_per_peer(Some(limits.max_connections_per_peer));
+        let ping_config = ping::Config::new()
+            .with_interval(limits.ping_interval)
+            .with_timeout(limits.silence_timeout);
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.clone())
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            // TCP + Noise + Yamux as `with_tcp` builds it, plus TCP_USER_TIMEOUT
+            // on every socket and a time limit on setting a connection up.
+            .with_other_transport(|_| {
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .map(move |stream, _| {
+                        set_tcp_user_timeout(&stream, user_timeout);
+                        stream
+                    })
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(dial_timeout)
+            })
             .map_err(|e| NetError::Build(e.to_string()))?
             .with_behaviour(|key| {
                 let mut gossip = gossipsub::Behaviour::new(
@@ -420,12 +546,13 @@ impl Net {
                 )?;
                 gossip.subscribe(&topic)?;
                 Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(connection_limits),
                     allow: allow_block_list::Behaviour::default(),
                     identify: identify::Behaviour::new(identify::Config::new(
                         "/sibyl/1".to_string(),
                         key.public(),
                     )),
-                    ping: ping::Behaviour::default(),
+                    ping: ping::Behaviour::new(ping_config),
                     stream: libp2p_stream::Behaviour::new(),
                     gossip,
                 })
@@ -457,6 +584,7 @@ impl Net {
         let now = Instant::now();
         let mut redial = BTreeMap::new();
         let mut buckets = BTreeMap::new();
+        let mut byte_buckets = BTreeMap::new();
         for m in members.values() {
             swarm.behaviour_mut().allow.allow_peer(m.peer_id);
             if m.index == me {
@@ -475,6 +603,10 @@ impl Net {
             buckets.insert(
                 m.index,
                 TokenBucket::new(limits.rate_per_sec, limits.burst, now),
+            );
+            byte_buckets.insert(
+                m.index,
+                TokenBucket::new(limits.bytes_per_sec, limits.byte_burst, now),
             );
         }
         let mut control = swarm.behaviour().stream.new_control();
@@ -496,8 +628,11 @@ impl Net {
             members,
             by_peer,
             connected: BTreeSet::new(),
+            conns: HashMap::new(),
+            last_seen: BTreeMap::new(),
             redial,
             buckets,
+            byte_buckets,
             limits,
             topic,
             validator: config.report_validator,
@@ -509,6 +644,8 @@ impl Net {
             stats: NetStats::default(),
             metrics: NetMetrics::default(),
             tick,
+            last_tick: now,
+            grace_until: now,
         })
     }
 
@@ -535,9 +672,16 @@ impl Net {
         self.stats.clone()
     }
 
+    /// When each member was last heard from (any authenticated message,
+    /// gossiped report, ping reply or new connection).
+    pub fn last_seen(&self) -> &BTreeMap<u16, Instant> {
+        &self.last_seen
+    }
+
     /// Register the network's metrics: `sibyl_net_messages_total{direction}`,
     /// `sibyl_net_reports_total{direction}`, `sibyl_net_dropped_total{reason}`,
-    /// `sibyl_net_connected_members`.
+    /// `sibyl_net_connected_members`, `sibyl_net_peer_timeouts_total`,
+    /// `sibyl_net_dials_total`.
     pub fn register_metrics(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("sibyl_net");
         r.register(
@@ -559,6 +703,16 @@ impl Net {
             "connected_members",
             "Committee members currently connected",
             self.metrics.connected.clone(),
+        );
+        r.register(
+            "peer_timeouts",
+            "Connections to members closed because the member went silent or a ping failed",
+            self.metrics.peer_timeouts.clone(),
+        );
+        r.register(
+            "dials",
+            "Connection attempts to members",
+            self.metrics.dials.clone(),
         );
     }
 
@@ -707,7 +861,28 @@ impl Net {
     }
 
     fn on_tick(&mut self) {
+        // Take in what already arrived (ping replies, messages) before
+        // judging silence: the tick may win the race against them.
+        self.flush();
+        while let Ok(event) = self.stream_rx.try_recv() {
+            self.on_stream_event(event);
+        }
         let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap
+            > self.limits.redial_min.max(Duration::from_millis(10))
+                + self.limits.silence_timeout / 4
+        {
+            tracing::info!(
+                stalled_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
+                "this node stalled; members get a fresh silence limit"
+            );
+            self.grace_until = now + self.limits.silence_timeout;
+        }
+        if now >= self.grace_until {
+            self.close_silent();
+        }
         let due: Vec<u16> = self
             .redial
             .iter()
@@ -718,9 +893,11 @@ impl Net {
             let Some(member) = self.members.get(&index) else {
                 continue;
             };
+            // Not `DisconnectedAndNotDialing`: a connection this node
+            // closed may still be shutting down.
             let opts = DialOpts::peer_id(member.peer_id)
                 .addresses(vec![member.addr.clone()])
-                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .condition(PeerCondition::NotDialing)
                 .build();
             let result = self.swarm.dial(opts);
             if let Some(r) = self.redial.get_mut(&index) {
@@ -728,11 +905,98 @@ impl Net {
                     Ok(()) => {
                         r.dialing = true;
                         self.stats.dials += 1;
+                        self.metrics.dials.inc();
                     }
                     Err(e) => {
                         tracing::debug!(member = index, error = %e, "dial not started");
                         r.next = now + r.backoff;
                     }
+                }
+            }
+        }
+    }
+
+    /// Closes the connections of every connected member not heard from
+    /// for `silence_timeout`. Pings every `ping_interval` keep a live
+    /// member heard from; TCP alone would take minutes to notice.
+    fn close_silent(&mut self) {
+        let now = Instant::now();
+        let silent: Vec<(u16, Duration)> = self
+            .connected
+            .iter()
+            .filter_map(|i| {
+                let quiet = self
+                    .last_seen
+                    .get(i)
+                    .map_or(Duration::MAX, |t| now.saturating_duration_since(*t));
+                (quiet >= self.limits.silence_timeout).then_some((*i, quiet))
+            })
+            .collect();
+        for (index, quiet) in silent {
+            tracing::warn!(
+                member = index,
+                silent_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
+                "member silent; closing its connections"
+            );
+            let ids: Vec<ConnectionId> = self
+                .conns
+                .iter()
+                .filter(|(_, i)| **i == index)
+                .map(|(c, _)| *c)
+                .collect();
+            for id in ids {
+                self.close_connection(id);
+            }
+        }
+    }
+
+    /// Closes one connection; the member counts as disconnected at once
+    /// when it was its last (closing may take a while on a dead link).
+    fn close_connection(&mut self, id: ConnectionId) {
+        self.swarm.close_connection(id);
+        let Some(index) = self.conns.remove(&id) else {
+            return;
+        };
+        self.stats.peer_timeouts += 1;
+        self.metrics.peer_timeouts.inc();
+        if !self.conns.values().any(|i| *i == index) {
+            self.on_member_lost(index);
+        }
+    }
+
+    /// The member's last connection is gone: tell the node, redial soon.
+    fn on_member_lost(&mut self, index: u16) {
+        if !self.connected.remove(&index) {
+            return;
+        }
+        self.metrics
+            .connected
+            .set(i64::try_from(self.connected.len()).unwrap_or(i64::MAX));
+        let peer = self.members.get(&index).map(|m| m.peer_id);
+        tracing::info!(member = index, ?peer, "member disconnected");
+        if let Some(r) = self.redial.get_mut(&index) {
+            r.next = Instant::now() + self.limits.redial_min;
+        }
+        self.pending.push_back(NetEvent::PeerDisconnected(index));
+    }
+
+    fn touch(&mut self, index: u16) {
+        self.last_seen.insert(index, Instant::now());
+    }
+
+    fn on_ping(&mut self, event: ping::Event) {
+        let Some(&index) = self.by_peer.get(&event.peer) else {
+            return;
+        };
+        match event.result {
+            Ok(_) => self.touch(index),
+            // A member that does not speak ping is not a dead one.
+            Err(ping::Failure::Unsupported) => {}
+            // libp2p's ping reports failures but does not act on them.
+            Err(e) => {
+                if self.conns.contains_key(&event.connection) {
+                    tracing::warn!(member = index, error = %e, "ping failed; closing the connection");
+                    self.close_connection(event.connection);
                 }
             }
         }
@@ -750,46 +1014,38 @@ impl Net {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
             SwarmEvent::Behaviour(_) => {}
             SwarmEvent::ConnectionEstablished {
                 peer_id,
-                num_established,
+                connection_id,
                 ..
             } => {
                 let Some(&index) = self.by_peer.get(&peer_id) else {
                     return;
                 };
+                self.conns.insert(connection_id, index);
+                self.touch(index);
                 if let Some(r) = self.redial.get_mut(&index) {
                     r.dialing = false;
                     r.backoff = self.limits.redial_min;
                 }
-                if num_established.get() == 1 && self.connected.insert(index) {
+                if self.connected.insert(index) {
                     self.metrics
                         .connected
                         .set(i64::try_from(self.connected.len()).unwrap_or(i64::MAX));
                     tracing::info!(member = index, %peer_id, "member connected");
                     self.pending.push_back(NetEvent::PeerConnected(index));
-                    // Open the message stream now, not at the first message.
+                    // Open the message stream now, not at the first message
+                    // (and a fresh one after a reconnect).
                     let _ = self.writer(index, peer_id).try_send(Outgoing::Open);
                 }
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established,
-                ..
-            } => {
-                let Some(&index) = self.by_peer.get(&peer_id) else {
-                    return;
-                };
-                if num_established == 0 && self.connected.remove(&index) {
-                    self.metrics
-                        .connected
-                        .set(i64::try_from(self.connected.len()).unwrap_or(i64::MAX));
-                    tracing::info!(member = index, %peer_id, "member disconnected");
-                    if let Some(r) = self.redial.get_mut(&index) {
-                        r.next = Instant::now() + self.limits.redial_min;
-                    }
-                    self.pending.push_back(NetEvent::PeerDisconnected(index));
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                if let Some(index) = self.conns.remove(&connection_id)
+                    && !self.conns.values().any(|i| *i == index)
+                {
+                    self.on_member_lost(index);
                 }
             }
             SwarmEvent::IncomingConnectionError { peer_id, error, .. } => {
@@ -799,6 +1055,12 @@ impl Net {
                         .is_some()
                 {
                     self.drop_event(peer_id, DropReason::NotMember);
+                } else if let ListenError::Denied { cause } = &error
+                    && cause
+                        .downcast_ref::<connection_limits::Exceeded>()
+                        .is_some()
+                {
+                    self.drop_event(peer_id, DropReason::ConnectionLimit);
                 } else {
                     tracing::debug!(?peer_id, %error, "inbound connection failed");
                 }
@@ -823,10 +1085,22 @@ impl Net {
         }
     }
 
-    /// Take one token from the member's bucket; false means over the limit.
-    fn admit(&mut self, index: u16) -> bool {
+    /// Charges a message of `len` bytes to the member's message and byte
+    /// budgets.
+    fn admit(&mut self, index: u16, len: usize) -> Result<(), DropReason> {
         let now = Instant::now();
-        self.buckets.get_mut(&index).is_some_and(|b| b.take(now))
+        if !self.buckets.get_mut(&index).is_some_and(|b| b.take(now)) {
+            return Err(DropReason::RateLimited);
+        }
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        if !self
+            .byte_buckets
+            .get_mut(&index)
+            .is_some_and(|b| b.take_n(len, now))
+        {
+            return Err(DropReason::OverByteBudget);
+        }
+        Ok(())
     }
 
     fn on_stream_event(&mut self, event: StreamEvent) {
@@ -837,12 +1111,13 @@ impl Net {
                     self.drop_event(Some(peer), DropReason::NotMember);
                     return;
                 };
+                self.touch(from);
                 let Wire::Bytes(bytes) = wire else {
                     self.drop_event(Some(peer), DropReason::Oversized);
                     return;
                 };
-                if !self.admit(from) {
-                    self.drop_event(Some(peer), DropReason::RateLimited);
+                if let Err(reason) = self.admit(from, bytes.len()) {
+                    self.drop_event(Some(peer), reason);
                     return;
                 }
                 self.stats.messages_received += 1;
@@ -866,20 +1141,19 @@ impl Net {
         else {
             return;
         };
+        if let Some(&via) = self.by_peer.get(&propagation_source) {
+            self.touch(via);
+        }
         let origin = message.source.and_then(|p| self.by_peer.get(&p).copied());
         let (acceptance, outcome) = match origin {
             None => (MessageAcceptance::Reject, Err(DropReason::UnknownOrigin)),
-            Some(from) if !self.admit(from) => {
-                (MessageAcceptance::Ignore, Err(DropReason::RateLimited))
-            }
-            Some(from) => {
-                let valid = self.validator.as_ref().is_none_or(|v| v(&message.data));
-                if valid {
+            Some(from) => match self.admit(from, message.data.len()) {
+                Err(reason) => (MessageAcceptance::Ignore, Err(reason)),
+                Ok(()) if self.validator.as_ref().is_none_or(|v| v(&message.data)) => {
                     (MessageAcceptance::Accept, Ok(from))
-                } else {
-                    (MessageAcceptance::Reject, Err(DropReason::InvalidReport))
                 }
-            }
+                Ok(()) => (MessageAcceptance::Reject, Err(DropReason::InvalidReport)),
+            },
         };
         self.swarm
             .behaviour_mut()

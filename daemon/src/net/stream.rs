@@ -45,7 +45,7 @@ pub const EVENT_QUEUE: usize = 1024;
 /// What a writer task is asked to do.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// Open the stream now (the connection is new), so the first round
+    /// Open a fresh stream now (the connection is new), so the first round
     /// message does not wait for it.
     Open,
     Message(Vec<u8>),
@@ -128,9 +128,9 @@ pub async fn write_loop(
     while let Some(item) = queue.recv().await {
         let bytes = match item {
             Outgoing::Open => {
-                if stream.is_none() {
-                    stream = open(&mut control, peer).await.ok();
-                }
+                // A new connection: the old stream (if any) rode on one that
+                // is gone or going.
+                stream = open(&mut control, peer).await.ok();
                 continue;
             }
             Outgoing::Message(bytes) => bytes,
@@ -182,10 +182,18 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stre
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
         }
-        let mut s = match control.open_stream(peer, MESSAGE_PROTOCOL).await {
-            Ok(s) => s,
-            Err(e) => {
+        // Bounded: a request to a connection that is being closed is never
+        // answered.
+        let opened =
+            tokio::time::timeout(ACCEPT_TIMEOUT, control.open_stream(peer, MESSAGE_PROTOCOL));
+        let mut s = match opened.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 error = e.to_string();
+                continue;
+            }
+            Err(_) => {
+                error = "stream not opened in time".to_string();
                 continue;
             }
         };

@@ -400,3 +400,304 @@ async fn config_errors_are_typed() {
     let err = Net::new(config(&keys[0], &members, 1, fast_limits())).expect_err("port in use");
     assert!(matches!(err, NetError::Listen { .. }), "{err}");
 }
+
+/// A TCP relay on loopback in front of a member's listener. While
+/// `blackhole` is set it moves no bytes and opens no new connection to the
+/// member, like a partition that drops packets: connections stay open,
+/// nothing arrives, and what was sent is delivered after the heal (as TCP
+/// retransmission would).
+struct Relay {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn wait_while(blackhole: &std::sync::atomic::AtomicBool) {
+    while blackhole.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    blackhole: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        wait_while(&blackhole).await;
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        wait_while(&blackhole).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+async fn relay(target: u16, blackhole: Arc<std::sync::atomic::AtomicBool>) -> Relay {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+        .await
+        .expect("relay bind");
+    let port = listener.local_addr().expect("relay addr").port();
+    let flag = blackhole;
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((inbound, _)) = listener.accept().await {
+            let flag = flag.clone();
+            conns.spawn(async move {
+                wait_while(&flag).await;
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    return;
+                };
+                let (in_r, in_w) = inbound.into_split();
+                let (out_r, out_w) = outbound.into_split();
+                tokio::join!(
+                    pipe(in_r, out_w, flag.clone()),
+                    pipe(out_r, in_w, flag.clone())
+                );
+            });
+        }
+    });
+    Relay { port, task }
+}
+
+fn port_of(addr: &Multiaddr) -> u16 {
+    addr.iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("tcp port")
+}
+
+/// Two members that reach each other only through relays; the relays stop
+/// moving bytes (a partition), then resume. Each side must notice the
+/// silence within seconds (ping every 500 ms, silence limit 2 s), not after
+/// TCP's retransmission backoff, and reconnect soon after the heal.
+#[tokio::test]
+async fn a_silent_member_is_disconnected_and_reconnected_after_the_heal() {
+    use std::sync::atomic::Ordering;
+    let (keys, members) = committee(2);
+    let blackhole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let to_1 = relay(port_of(&members[0].addr), blackhole.clone()).await;
+    let to_2 = relay(port_of(&members[1].addr), blackhole.clone()).await;
+    // Each member dials the other through the other's relay.
+    let mut view_1 = members.clone();
+    view_1[1].addr = tcp_addr(to_2.port);
+    let mut view_2 = members.clone();
+    view_2[0].addr = tcp_addr(to_1.port);
+    let limits = fast_limits();
+    let mut a = Net::new(config(&keys[0], &view_1, 1, limits.clone())).expect("net 1");
+    let mut b = Net::new(config(&keys[1], &view_2, 2, limits.clone())).expect("net 2");
+    let mut refs: Vec<&mut Net> = vec![&mut a, &mut b];
+    let (_, ok) = pump(&mut refs, Duration::from_secs(20), |n, _| {
+        all_connected(n, 2)
+    })
+    .await;
+    assert!(ok, "did not connect through the relays");
+    // A few pings go through.
+    let _ = pump(&mut refs, Duration::from_millis(1200), |_, _| false).await;
+    assert!(refs.iter().all(|n| n.connected().len() == 1));
+
+    // Partition.
+    blackhole.store(true, Ordering::SeqCst);
+    let cut = tokio::time::Instant::now();
+    let mut lost: [Option<Duration>; 2] = [None, None];
+    let (_, ok) = pump(&mut refs, Duration::from_secs(15), |n, _| {
+        for (i, net) in n.iter().enumerate() {
+            if lost[i].is_none() && net.connected().is_empty() {
+                lost[i] = Some(cut.elapsed());
+            }
+        }
+        lost.iter().all(Option::is_some)
+    })
+    .await;
+    assert!(ok, "the silence was not noticed: {lost:?}");
+    // Stay partitioned a little longer: dials time out meanwhile.
+    let _ = pump(&mut refs, Duration::from_secs(3), |_, _| false).await;
+    assert!(refs.iter().all(|n| n.connected().is_empty()));
+
+    // Heal.
+    blackhole.store(false, Ordering::SeqCst);
+    let healed = tokio::time::Instant::now();
+    let (_, ok) = pump(&mut refs, Duration::from_secs(15), |n, _| {
+        all_connected(n, 2)
+    })
+    .await;
+    let back = healed.elapsed();
+    assert!(ok, "did not reconnect after the heal");
+    refs[0].send(2, b"after the heal".to_vec()).expect("send");
+    let (log, ok) = pump(&mut refs, Duration::from_secs(10), |_, log| {
+        log.iter().any(|(i, e)| {
+            *i == 1
+                && matches!(e, NetEvent::Message { from: 1, bytes } if bytes == b"after the heal")
+        })
+    })
+    .await;
+    assert!(ok, "no message after the reconnect: {log:?}");
+    let [lost_1, lost_2] = lost.map(Option::unwrap_or_default);
+    eprintln!(
+        "silent member: member 1 noticed after {} ms, member 2 after {} ms; reconnected {} ms after the heal",
+        lost_1.as_millis(),
+        lost_2.as_millis(),
+        back.as_millis()
+    );
+    // Generous bounds (a shared machine); the goals are 3 s and ~1-2 s.
+    assert!(lost_1 < Duration::from_secs(10) && lost_2 < Duration::from_secs(10));
+    assert!(back < Duration::from_secs(10), "{back:?}");
+    for net in &refs {
+        assert!(net.stats().peer_timeouts >= 1, "{:?}", net.stats());
+        assert!(net.last_seen().contains_key(&(3 - net.me())));
+    }
+}
+
+#[tokio::test]
+async fn messages_over_the_byte_budget_are_dropped_and_counted() {
+    let (keys, members) = committee(2);
+    // 1000 bytes per second and 1000 of burst: 2000 bytes at once.
+    let strict = Limits {
+        bytes_per_sec: 1000,
+        byte_burst: 1000,
+        ..fast_limits()
+    };
+    let mut receiver = Net::new(config(&keys[0], &members, 1, strict)).expect("receiver");
+    let mut sender = Net::new(config(&keys[1], &members, 2, fast_limits())).expect("sender");
+    let mut refs: Vec<&mut Net> = vec![&mut receiver, &mut sender];
+    let (_, ok) = pump(&mut refs, Duration::from_secs(20), |n, _| {
+        all_connected(n, 2)
+    })
+    .await;
+    assert!(ok, "did not connect");
+    for i in 0..10u8 {
+        refs[1].send(1, vec![i; 500]).expect("send");
+    }
+    let (_, ok) = pump(&mut refs, Duration::from_secs(10), |n, _| {
+        let s = n[0].stats();
+        s.messages_received + s.dropped(DropReason::OverByteBudget) == 10
+    })
+    .await;
+    let stats = refs[0].stats();
+    assert!(ok, "not all messages accounted for: {stats:?}");
+    // Four fit the burst, a little refills while they arrive.
+    assert!((4..=6).contains(&stats.messages_received), "{stats:?}");
+    assert_eq!(stats.dropped(DropReason::RateLimited), 0, "{stats:?}");
+    let mut registry = prometheus_client::registry::Registry::default();
+    refs[0].register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains(&format!(
+            "sibyl_net_dropped_total{{reason=\"over_byte_budget\"}} {}",
+            stats.dropped(DropReason::OverByteBudget)
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_pending_limit_are_refused_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let (keys, members) = committee(2);
+    let limits = Limits {
+        max_pending_incoming: 2,
+        ..fast_limits()
+    };
+    let mut nets = start(&keys, &members, &limits);
+    let mut refs: Vec<&mut Net> = nets.iter_mut().collect();
+    let (_, ok) = pump(&mut refs, Duration::from_secs(20), |n, _| {
+        all_connected(n, 2)
+    })
+    .await;
+    assert!(ok, "did not connect");
+    // Five strangers open TCP connections to member 1 and say nothing.
+    let port = port_of(&members[0].addr);
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    let (_, ok) = pump(&mut refs, Duration::from_secs(10), |n, _| {
+        n[0].stats().dropped(DropReason::ConnectionLimit) >= 3
+    })
+    .await;
+    assert!(ok, "no refusal counted: {:?}", refs[0].stats());
+    // Those let in are dropped once the setup time limit (2 s) is over.
+    let closed = async {
+        for s in &mut idle {
+            let mut byte = [0u8; 64];
+            loop {
+                match tokio::time::timeout(Duration::from_secs(8), s.read(&mut byte)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(_)) => continue, // multistream-select's greeting
+                    Err(_) => return false,
+                }
+            }
+        }
+        true
+    };
+    let (closed, _) = tokio::join!(
+        closed,
+        pump(&mut refs, Duration::from_secs(9), |_, _| false)
+    );
+    assert!(closed, "an idle stranger's connection stayed open");
+    // The members never lost each other.
+    assert!(all_connected(&refs, 2));
+    assert_eq!(refs[0].stats().dropped(DropReason::NotMember), 0);
+}
+
+#[test]
+fn the_byte_budget_fits_the_committee() {
+    let base = Limits::default();
+    // 7 members, 50 feeds, 250 ms rounds: a proposal carries 7 x 50 values.
+    let l = base
+        .clone()
+        .with_byte_budget(7, 50, Duration::from_millis(250));
+    let proposal = 7 * 50 * 128;
+    assert!(u64::from(l.byte_burst) >= 2 * base.max_message_bytes as u64);
+    assert!(u64::from(l.bytes_per_sec) >= 1 << 20);
+    assert!(u64::from(l.bytes_per_sec) >= 8 * 4 * proposal);
+    // A large committee at a fast pace gets more than the floor.
+    let big = base.with_byte_budget(31, 500, Duration::from_millis(100));
+    assert!(u64::from(big.bytes_per_sec) >= 8 * 10 * 31 * 500 * 128);
+}
+
+/// This process itself stalls (the whole runtime blocked, like SIGSTOP):
+/// afterwards its members are not judged silent for the time it did not run.
+#[tokio::test]
+async fn a_stall_of_this_node_does_not_count_as_the_members_silence() {
+    let (keys, members) = committee(2);
+    let mut nets = start(&keys, &members, &fast_limits());
+    let mut refs: Vec<&mut Net> = nets.iter_mut().collect();
+    let (_, ok) = pump(&mut refs, Duration::from_secs(20), |n, _| {
+        all_connected(n, 2)
+    })
+    .await;
+    assert!(ok, "did not connect");
+    let _ = pump(&mut refs, Duration::from_millis(600), |_, _| false).await;
+    // Nothing runs: no ping is sent, answered or counted.
+    std::thread::sleep(Duration::from_secs(3));
+    let (log, _) = pump(&mut refs, Duration::from_millis(1500), |_, _| false).await;
+    assert!(
+        !log.iter()
+            .any(|(_, e)| matches!(e, NetEvent::PeerDisconnected(_))),
+        "{log:?}"
+    );
+    for net in &refs {
+        assert_eq!(net.stats().peer_timeouts, 0, "{:?}", net.stats());
+        assert_eq!(net.connected().len(), 1);
+    }
+}

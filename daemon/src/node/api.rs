@@ -101,9 +101,12 @@ pub fn router(status: StatusHandle, readers: Readers) -> Router {
         .with_state(NodeApi { status, readers })
 }
 
-/// The committee status the API serves at `/v1/committee`.
-fn committee_status(config: &Config, status: &NodeStatus) -> CommitteeStatus {
-    let c = &config.committee;
+/// The committee status the API serves at `/v1/committee`: the driver's
+/// view of every member (see `node::members`).
+pub(crate) fn committee_status(
+    c: &crate::config::Committee,
+    status: &NodeStatus,
+) -> CommitteeStatus {
     CommitteeStatus {
         threshold: c.threshold,
         self_index: status.member,
@@ -120,11 +123,19 @@ fn committee_status(config: &Config, status: &NodeStatus) -> CommitteeStatus {
         members: c
             .members
             .iter()
-            .map(|m| MemberStatus {
-                index: m.index,
-                peer_id: m.peer_id.to_base58(),
-                connected: m.index == status.member || status.connected.contains(&m.index),
-                ..MemberStatus::default()
+            .map(|m| {
+                let view = status.members.get(&m.index).cloned().unwrap_or_default();
+                MemberStatus {
+                    index: m.index,
+                    peer_id: m.peer_id.to_base58(),
+                    connected: m.index == status.member || status.connected.contains(&m.index),
+                    last_seen_ms: view.last_seen_ms,
+                    rounds_led: view.rounds_led,
+                    shares_received: view.shares_received,
+                    share_failures: view.invalid_shares,
+                    refusals: view.refusals,
+                    clock_offset_ms: view.clock_offset_ms,
+                }
             })
             .collect(),
         updated_at_ms: crate::store::now_ms(),
@@ -159,8 +170,10 @@ pub async fn serve_if_enabled(
             )
         })
         .collect();
-    let (committee_tx, committee_rx) =
-        watch::channel(committee_status(config, &status_snapshot(&status)));
+    let (committee_tx, committee_rx) = watch::channel(committee_status(
+        &config.committee,
+        &status_snapshot(&status),
+    ));
     {
         let config = config.clone();
         let status = status.clone();
@@ -169,7 +182,10 @@ pub async fn serve_if_enabled(
             loop {
                 tick.tick().await;
                 if committee_tx
-                    .send(committee_status(&config, &status_snapshot(&status)))
+                    .send(committee_status(
+                        &config.committee,
+                        &status_snapshot(&status),
+                    ))
                     .is_err()
                 {
                     return;

@@ -14,6 +14,8 @@
 //! | `sibyl_rounds_led_total` | counter | signed reports this member led |
 //! | `sibyl_share_failures_total{member}` | counter | invalid signature shares seen from a member (as leader) |
 //! | `sibyl_peer_connected{member}` | gauge | 1 when connected to that member, else 0 |
+//! | `sibyl_peer_last_seen_seconds{member}` | gauge | seconds since the member was last heard from (message, report or ping reply); absent until it was |
+//! | `sibyl_clock_offset_seconds` | gauge | this member's estimated clock offset from the committee; NaN while unknown |
 //! | `sibyl_feed_age_seconds{feed}` | gauge | now − timestamp of the newest signed report with the feed |
 //! | `sibyl_feed_heartbeat_seconds{feed}` | gauge | the feed's heartbeat from the committee file |
 //! | `sibyl_current_round` | gauge | the round this member is in |
@@ -53,6 +55,8 @@ pub struct NodeMetrics {
     pub rounds_led: Counter,
     pub share_failures: Family<MemberLabels, Counter>,
     pub peer_connected: Family<MemberLabels, Gauge>,
+    pub peer_last_seen: Family<MemberLabels, FloatGauge>,
+    pub clock_offset: FloatGauge,
     pub feed_age: Family<FeedLabels, FloatGauge>,
     pub feed_heartbeat: Family<FeedLabels, FloatGauge>,
     pub current_round: Gauge,
@@ -71,6 +75,12 @@ impl Default for NodeMetrics {
             rounds_led: Counter::default(),
             share_failures: Family::default(),
             peer_connected: Family::default(),
+            peer_last_seen: Family::default(),
+            clock_offset: {
+                let g = FloatGauge::default();
+                g.set(f64::NAN);
+                g
+            },
             feed_age: Family::default(),
             feed_heartbeat: Family::default(),
             current_round: Gauge::default(),
@@ -151,6 +161,16 @@ impl NodeMetrics {
             self.peer_connected.clone(),
         );
         registry.register(
+            "sibyl_peer_last_seen_seconds",
+            "Seconds since this member last heard from the given member (a message, report or ping reply)",
+            self.peer_last_seen.clone(),
+        );
+        registry.register(
+            "sibyl_clock_offset_seconds",
+            "This member's estimated clock offset from the committee (NaN while unknown)",
+            self.clock_offset.clone(),
+        );
+        registry.register(
             "sibyl_feed_age_seconds",
             "Seconds since the timestamp of the newest signed report holding the feed",
             self.feed_age.clone(),
@@ -186,6 +206,18 @@ impl NodeMetrics {
         self.peer_connected
             .get_or_create(&member(index))
             .set(i64::from(connected));
+    }
+
+    /// Member `index` was last heard from at `seen_ms`.
+    pub fn set_last_seen(&self, index: u16, now_ms: TimestampMs, seen_ms: TimestampMs) {
+        self.peer_last_seen
+            .get_or_create(&member(index))
+            .set(seconds_since(now_ms, seen_ms));
+    }
+
+    pub fn set_clock_offset(&self, offset_ms: Option<i64>) {
+        self.clock_offset
+            .set(offset_ms.map_or(f64::NAN, |ms| ms as f64 / 1000.0));
     }
 
     pub fn share_failure(&self, index: u16) {
@@ -228,6 +260,8 @@ mod tests {
         m.share_failure(3);
         m.rounds_signed.inc();
         m.set_round(42);
+        m.set_last_seen(2, 10_000, 8_500);
+        m.set_clock_offset(Some(-250));
         let id: FeedId = "BTC-USD".parse().unwrap();
         m.update_feed_ages(&BTreeMap::from([(id, 1_000)]), 3_500);
         let text = encode(&r);
@@ -237,11 +271,29 @@ mod tests {
             r#"sibyl_share_failures_total{member="3"} 1"#,
             "sibyl_rounds_signed_total 1",
             "sibyl_current_round 42",
+            r#"sibyl_peer_last_seen_seconds{member="2"} 1.5"#,
+            "sibyl_clock_offset_seconds -0.25",
             r#"sibyl_feed_age_seconds{feed="BTC-USD"} 2.5"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert!(text.contains("# TYPE sibyl_round_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn unknown_clock_offset_is_nan_and_unseen_members_have_no_series() {
+        let m = NodeMetrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let text = encode(&r);
+        assert!(
+            text.lines().any(|l| l == "sibyl_clock_offset_seconds NaN"),
+            "{text}"
+        );
+        assert!(!text.contains("sibyl_peer_last_seen_seconds{"), "{text}");
+        m.set_clock_offset(Some(10));
+        m.set_clock_offset(None);
+        assert!(encode(&r).contains("sibyl_clock_offset_seconds NaN"));
     }
 
     #[test]

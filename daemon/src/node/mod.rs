@@ -31,6 +31,7 @@
 
 pub mod api;
 pub mod catchup;
+pub mod members;
 pub mod metrics;
 pub mod observed;
 pub mod run;
@@ -135,6 +136,10 @@ pub struct NodeStatus {
     /// The per-phase timings behind the latency.
     #[serde(skip)]
     pub trace: Option<RoundTrace>,
+    /// Every member as this one sees it (see [`members`]).
+    pub members: BTreeMap<u16, members::MemberView>,
+    /// This member's estimated clock offset from the committee.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// Shared, cheaply readable view of a running driver.
@@ -311,6 +316,10 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     ages_updated: Option<Instant>,
     wake: Option<u64>,
     connected: BTreeSet<u16>,
+    /// When each member was last heard from (unix ms), by messages and reports.
+    last_seen: BTreeMap<u16, u64>,
+    /// Signed reports accepted here, by their round's leader.
+    led: BTreeMap<u16, u64>,
     stats: DriverStats,
     /// Phase timestamps of recent rounds (shared with the report sink).
     trace: RoundTrace,
@@ -367,6 +376,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             ages_updated: None,
             wake: None,
             connected: BTreeSet::new(),
+            last_seen: BTreeMap::new(),
+            led: BTreeMap::new(),
             stats: DriverStats::default(),
             trace,
             gossip_queue: VecDeque::new(),
@@ -517,6 +528,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             self.ages_updated = Some(now);
             self.metrics
                 .update_feed_ages(&self.feed_reported_at, now_ms());
+            self.publish_members(now_ms());
         }
         if let Ok(mut s) = self.status.lock() {
             s.round = self.node.round();
@@ -716,6 +728,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             .mark(round, Phase::Held)
             .map(Duration::from_micros);
         let leader = self.node.committee().leader(round);
+        *self.led.entry(leader).or_insert(0) += 1;
         self.metrics.rounds_signed.inc();
         if leader == self.node.index() {
             self.metrics.rounds_led.inc();
@@ -844,6 +857,9 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     }
 
     async fn on_transport(&mut self, ev: TransportEvent) {
+        if let TransportEvent::Message { from, .. } | TransportEvent::Report { from, .. } = &ev {
+            self.last_seen.insert(*from, now_ms());
+        }
         match ev {
             TransportEvent::Message { from, bytes } => match Envelope::decode(&bytes) {
                 Ok(Envelope::Round(bytes)) => self.input(Input::Message { from, bytes }).await,

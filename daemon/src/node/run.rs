@@ -60,6 +60,19 @@ impl Transport for Net {
     fn flush(&mut self) {
         Net::flush(self);
     }
+
+    fn last_seen_ms(&self) -> std::collections::BTreeMap<u16, u64> {
+        let now = std::time::Instant::now();
+        let now_ms = crate::store::now_ms();
+        self.last_seen()
+            .iter()
+            .map(|(&index, &at)| {
+                let ago = u64::try_from(now.saturating_duration_since(at).as_millis())
+                    .unwrap_or(u64::MAX);
+                (index, now_ms.saturating_sub(ago))
+            })
+            .collect()
+    }
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` or `log.level`; JSON when
@@ -222,6 +235,7 @@ where
         .map_err(|e| anyhow::anyhow!("cannot encode the group key: {e}"))?;
     let group_keys = GroupKeys::new(digest).with_key_bytes(C::SUITE, &group_key)?;
     let protocol = Arc::new(committee.to_protocol()?);
+    let round_interval = Duration::from_millis(protocol.timeouts().round_interval_ms);
     let node = Node::<C>::new(
         protocol,
         me.index,
@@ -255,7 +269,12 @@ where
         redial_max: net_cfg.redial_interval.0.max(Duration::from_millis(250)),
         request_timeout: net_cfg.request_timeout.0,
         ..Limits::default()
-    };
+    }
+    .with_byte_budget(
+        committee.members.len(),
+        committee.feeds.len(),
+        round_interval,
+    );
     let net = Net::new(NetConfig {
         listen,
         identity,

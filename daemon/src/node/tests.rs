@@ -602,3 +602,77 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `/v1/committee` shows what each member sees of the others: they were
+/// heard from, the leaders of signed rounds led them, shares arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committee_status_shows_each_members_figures() {
+    let (mut h, transports) = Harness::new(4, 3);
+    for (i, t) in transports.into_iter().enumerate() {
+        h.start(i as u16 + 1, t);
+    }
+    let status: BTreeMap<u16, StatusHandle> = h
+        .members
+        .iter()
+        .map(|(i, m)| (*i, m.status.clone()))
+        .collect();
+    wait_for("8 reports at every member", 30, || {
+        status
+            .values()
+            .all(|s| status_snapshot(s).protocol.reports_accepted >= 8)
+    })
+    .await;
+    // The member views are refreshed a few times a second.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now = crate::store::now_ms();
+    let leaders: BTreeSet<u16> = {
+        let protocol = h.committee.to_protocol().unwrap();
+        h.reports(1)
+            .iter()
+            .map(|r| protocol.leader(r.header.round))
+            .collect()
+    };
+    assert!(!leaders.is_empty());
+    let mut shares = 0;
+    for (&me, s) in &status {
+        let c = api::committee_status(&h.committee, &status_snapshot(s));
+        assert_eq!(c.self_index, me);
+        assert_eq!(c.members.len(), 4);
+        for m in &c.members {
+            if m.index == me {
+                assert_eq!(m.last_seen_ms, None, "member {me} about itself");
+                continue;
+            }
+            let seen = m
+                .last_seen_ms
+                .unwrap_or_else(|| panic!("member {me} never saw member {}: {c:?}", m.index));
+            assert!(
+                now.saturating_sub(seen) < 5_000,
+                "member {me} last saw member {} {} ms ago",
+                m.index,
+                now.saturating_sub(seen)
+            );
+            shares += m.shares_received;
+        }
+        for &leader in &leaders {
+            let led = c.members.iter().find(|m| m.index == leader).unwrap();
+            // Member 1's reports' leaders; a member may have missed one of
+            // them, never all.
+            if me == 1 {
+                assert!(led.rounds_led > 0, "member 1: leader {leader}: {c:?}");
+            }
+        }
+        let total: u64 = c.members.iter().map(|m| m.rounds_led).sum();
+        let accepted = status_snapshot(s).protocol.reports_accepted;
+        assert!(
+            total > 0 && total <= accepted,
+            "member {me}: {total} > {accepted}"
+        );
+    }
+    assert!(shares > 0, "no member received a share");
+
+    for (_, m) in std::mem::take(&mut h.members) {
+        let _ = m.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), m.task).await;
+    }
+}

@@ -48,6 +48,12 @@ pub trait Transport: Send {
     /// do not wait for that fsync too. A transport that sends at once has
     /// nothing to do.
     fn flush(&mut self) {}
+    /// When each member was last heard from (unix ms) by what the transport
+    /// sees and does not deliver, like ping replies. The driver counts the
+    /// messages and reports it is handed itself.
+    fn last_seen_ms(&self) -> BTreeMap<u16, u64> {
+        BTreeMap::new()
+    }
 }
 
 /// Largest signed report accepted in a catch-up reply.

@@ -51,6 +51,13 @@ function fmtAge(ms) {
   return (s / 3600).toFixed(1) + " h";
 }
 
+// Time since a member was last heard from: tenths of a second while it is
+// recent (a live member is heard from several times a second).
+function fmtSeen(ms) {
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  return s < 10 ? s.toFixed(1) + " s" : fmtAge(ms);
+}
+
 async function getJson(url) {
   const r = await fetch(url, { headers: { "Accept": "application/json" } });
   const body = await r.json();
@@ -265,8 +272,9 @@ async function loadCommittee() {
     const tr = document.createElement("tr");
     const cells = [String(m.index) + (m.index === c.self_index ? " (this node)" : ""),
       m.peer_id.length > 16 ? m.peer_id.slice(0, 8) + "…" + m.peer_id.slice(-6) : m.peer_id,
-      m.connected ? "yes" : "no", m.last_seen_ms ? fmtAge(m.last_seen_ms) : "–",
-      String(m.rounds_led), String(m.rounds_signed), String(m.share_failures)];
+      m.connected ? "yes" : "no", m.last_seen_ms ? fmtSeen(m.last_seen_ms) : "–",
+      String(m.rounds_led), String(m.shares_received), String(m.share_failures),
+      String(m.refusals), m.clock_offset_ms === null || m.clock_offset_ms === undefined ? "–" : m.clock_offset_ms + " ms"];
     cells.forEach((txt, i) => {
       const td = document.createElement("td");
       td.textContent = txt;
