@@ -74,9 +74,32 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             views.insert(m.index, view);
         }
         self.metrics.set_clock_offset(own_offset);
+        self.warn_on_clock_offset(own_offset);
         if let Ok(mut s) = self.status.lock() {
             s.members = views;
             s.clock_offset_ms = own_offset;
+        }
+    }
+
+    /// Logs (once per change) when this member's clock is off by more than a
+    /// quarter of `max_clock_skew`: the protocol then runs on a corrected
+    /// clock, but the machine's clock needs fixing (NTP).
+    fn warn_on_clock_offset(&mut self, offset: Option<i64>) {
+        let limit = self.node.committee().timeouts().max_clock_skew_ms / 4;
+        let off = offset.is_some_and(|o| o.unsigned_abs() > limit);
+        if off == self.clock_warned {
+            return;
+        }
+        self.clock_warned = off;
+        if off {
+            tracing::warn!(
+                offset_ms = offset,
+                correction_ms = self.node.clock_correction_ms(),
+                limit_ms = limit,
+                "this member's clock is off from the committee's; the protocol corrects for it, but fix the clock (run NTP or chrony)"
+            );
+        } else {
+            tracing::info!(offset_ms = offset, "clock offset back within bounds");
         }
     }
 }

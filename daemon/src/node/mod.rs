@@ -320,6 +320,8 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     last_seen: BTreeMap<u16, u64>,
     /// Signed reports accepted here, by their round's leader.
     led: BTreeMap<u16, u64>,
+    /// Whether the clock-offset warning is in force (logged on each change).
+    clock_warned: bool,
     stats: DriverStats,
     /// Phase timestamps of recent rounds (shared with the report sink).
     trace: RoundTrace,
@@ -378,6 +380,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             connected: BTreeSet::new(),
             last_seen: BTreeMap::new(),
             led: BTreeMap::new(),
+            clock_warned: false,
             stats: DriverStats::default(),
             trace,
             gossip_queue: VecDeque::new(),

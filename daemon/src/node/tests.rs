@@ -609,7 +609,7 @@ fn promtool_check(text: &str) {
 async fn committee_status_shows_each_members_figures() {
     let (mut h, transports) = Harness::new(4, 3);
     for (i, t) in transports.into_iter().enumerate() {
-        h.start(i as u16 + 1, t);
+        h.start(i as u16 + 1, t).await;
     }
     let status: BTreeMap<u16, StatusHandle> = h
         .members
