@@ -2,7 +2,7 @@
 //! dashboard.
 //!
 //! ```text
-//!   node ── builds ApiState ──▶ api::router(state) / api::serve(listener, state)
+//!   node ── builds ApiState ──▶ api::serve_with(listener, state, node routes)
 //!     │  Readers (own SQLite connections)        ◀── GET /v1/feeds, /history, /reports
 //!     │  broadcast::Sender<Arc<SignedReport>>     ──▶ GET /v1/stream (SSE)
 //!     │  watch::Receiver<CommitteeStatus>         ──▶ GET /v1/committee
