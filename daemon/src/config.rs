@@ -1388,6 +1388,13 @@ fn validate_api_limits(api: &ApiSection, r: &mut Report<'_>) {
     ] {
         if d.get_ref().0.is_zero() {
             r.at(span(d), key, "the timeout is zero", hint);
+        } else if d.get_ref().0 > Duration::from_secs(86_400) {
+            r.at(
+                span(d),
+                key,
+                format!("{} is longer than a day", d.get_ref()),
+                hint,
+            );
         }
     }
     let (conns, streams, per_client) = (
@@ -1395,11 +1402,11 @@ fn validate_api_limits(api: &ApiSection, r: &mut Report<'_>) {
         *api.max_streams.get_ref(),
         *api.max_streams_per_client.get_ref(),
     );
-    if conns == 0 {
+    if conns == 0 || conns > 1_000_000 {
         r.at(
             span(&api.max_connections),
             "api.max_connections",
-            "a cap of 0 connections refuses every client",
+            format!("{conns} is outside 1..=1000000"),
             "use a few thousand, well below the file-descriptor limit (e.g. 2048 with LimitNOFILE=65536)",
         );
     }

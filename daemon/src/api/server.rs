@@ -57,7 +57,9 @@ pub(super) async fn run(listener: TcpListener, app: Router, state: ApiState) {
         idle: limits.idle_timeout,
     };
     warn_if_near_fd_limit(limits.max_connections);
-    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -142,7 +144,7 @@ async fn serve_connection(
             }
             // Busy with nothing stalled: look again after the shorter limit.
             s.deadline(timeouts)
-                .unwrap_or_else(|| Instant::now() + timeouts.idle.min(timeouts.header_read))
+                .unwrap_or_else(|| later(Instant::now(), timeouts.idle.min(timeouts.header_read)))
         };
         tokio::select! {
             r = connection.as_mut() => {
@@ -165,6 +167,12 @@ async fn serve_connection(
             .inc();
     }
     metrics.connections.dec();
+}
+
+/// `at + d`, or a year on for a duration too long to add.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 86_400))
 }
 
 /// Why the server closed a connection.
@@ -211,10 +219,10 @@ impl ConnState {
     /// while it is busy with nothing stalled.
     fn deadline(&self, t: Timeouts) -> Option<Instant> {
         match self.phase {
-            Phase::Idle => Some(self.since + t.idle),
-            Phase::Head => Some(self.since + t.header_read),
+            Phase::Idle => Some(later(self.since, t.idle)),
+            Phase::Head => Some(later(self.since, t.header_read)),
             Phase::Busy(_) => {
-                let stalled = self.write_blocked.map(|at| at + t.idle);
+                let stalled = self.write_blocked.map(|at| later(at, t.idle));
                 match (stalled, self.close_by) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -226,12 +234,15 @@ impl ConnState {
     fn expired(&self, t: Timeouts) -> Option<Closed> {
         let now = Instant::now();
         match self.phase {
-            Phase::Idle => (now >= self.since + t.idle).then_some(Closed::Idle),
-            Phase::Head => (now >= self.since + t.header_read).then_some(Closed::HeaderRead),
+            Phase::Idle => (now >= later(self.since, t.idle)).then_some(Closed::Idle),
+            Phase::Head => (now >= later(self.since, t.header_read)).then_some(Closed::HeaderRead),
             Phase::Busy(_) => {
                 if self.close_by.is_some_and(|at| now >= at) {
                     Some(Closed::SlowStream)
-                } else if self.write_blocked.is_some_and(|at| now >= at + t.idle) {
+                } else if self
+                    .write_blocked
+                    .is_some_and(|at| now >= later(at, t.idle))
+                {
                     Some(Closed::WriteStalled)
                 } else {
                     None

@@ -407,7 +407,7 @@ fn api_limits_parse_and_are_checked_with_key_and_line() {
     let p = write_pair(
         &d,
         &format!(
-            "{base}idle_timeout = \"0s\"\nmax_connections = 100\nmax_streams = 100\nmax_streams_per_client = 0\n"
+            "{base}idle_timeout = \"0s\"\nmax_connections = 100\nmax_streams = 100\nmax_streams_per_client = 0\nrequest_timeout = \"1000h\"\n"
         ),
     );
     let e = Config::load(&p).unwrap_err();
@@ -421,6 +421,7 @@ fn api_limits_parse_and_are_checked_with_key_and_line() {
     assert_eq!(at("api.idle_timeout"), 6);
     assert_eq!(at("api.max_streams"), 8);
     assert_eq!(at("api.max_streams_per_client"), 9);
+    assert_eq!(at("api.request_timeout"), 10);
     let p = write_pair(&d, &format!("{base}header_read_timeout = \"soon\"\n"));
     let e = Config::load(&p).unwrap_err();
     assert_eq!(e.problems()[0].line, 6, "{e}");
