@@ -56,9 +56,8 @@ pub(super) async fn run(listener: TcpListener, app: Router, state: ApiState) {
         header_read: limits.header_read_timeout,
         idle: limits.idle_timeout,
     };
-    warn_if_near_fd_limit(limits.max_connections);
     let open = Arc::new(Semaphore::new(
-        limits.max_connections.min(Semaphore::MAX_PERMITS),
+        connection_cap(limits.max_connections).min(Semaphore::MAX_PERMITS),
     ));
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -90,18 +89,27 @@ pub(super) async fn run(listener: TcpListener, app: Router, state: ApiState) {
 /// File descriptors the rest of the node may need (store, peers, exchanges).
 const FD_RESERVE: u64 = 256;
 
-/// The cap only protects the node if it is below the descriptor limit.
-fn warn_if_near_fd_limit(max_connections: usize) {
+/// The cap only protects the node if it is below the descriptor limit: when
+/// `max_connections` would leave fewer than [`FD_RESERVE`] descriptors, the
+/// cap is lowered to leave them (and a warning says so).
+fn connection_cap(max_connections: usize) -> usize {
     #[cfg(target_os = "linux")]
     if let Some(soft) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current
         && (max_connections as u64).saturating_add(FD_RESERVE) > soft
     {
+        let cap = soft
+            .saturating_sub(FD_RESERVE)
+            .max(soft / 4)
+            .min(max_connections as u64);
         tracing::warn!(
             max_connections,
             fd_limit = soft,
-            "api.max_connections leaves fewer than {FD_RESERVE} file descriptors for the rest of the node; lower it or raise the limit (LimitNOFILE in the systemd unit)"
+            cap,
+            "api.max_connections would leave fewer than {FD_RESERVE} file descriptors for the rest of the node; serving at most {cap} connections. Raise the limit (LimitNOFILE in the systemd unit, `ulimit -n`) or lower api.max_connections"
         );
+        return usize::try_from(cap).unwrap_or(max_connections);
     }
+    max_connections
 }
 
 async fn serve_connection(
@@ -112,7 +120,7 @@ async fn serve_connection(
     timeouts: Timeouts,
 ) {
     let metrics = &state.inner.metrics;
-    metrics.connections.inc();
+    let _open = OpenConnection::count(&metrics.connections);
     let conn = Arc::new(Conn::new());
     let handle = ConnHandle {
         conn: conn.clone(),
@@ -166,7 +174,22 @@ async fn serve_connection(
             })
             .inc();
     }
-    metrics.connections.dec();
+}
+
+/// Counts a connection in the gauge while it lives (a panicking handler included).
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn count(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// `at + d`, or a year on for a duration too long to add.
