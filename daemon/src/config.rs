@@ -474,6 +474,9 @@ pub struct ApiSection {
     /// well below the process's file-descriptor limit.
     #[serde(default = "default_api_max_connections")]
     pub max_connections: Spanned<usize>,
+    /// Open connections one client IP may hold.
+    #[serde(default = "default_api_max_connections_per_client")]
+    pub max_connections_per_client: Spanned<usize>,
     /// `/v1/stream` connections at most, in all and per client IP.
     #[serde(default = "default_api_max_streams")]
     pub max_streams: Spanned<usize>,
@@ -492,6 +495,9 @@ fn default_api_idle_timeout() -> Spanned<ConfigDuration> {
 }
 fn default_api_max_connections() -> Spanned<usize> {
     Spanned::new(0..0, 2_048)
+}
+fn default_api_max_connections_per_client() -> Spanned<usize> {
+    Spanned::new(0..0, 256)
 }
 fn default_api_max_streams() -> Spanned<usize> {
     Spanned::new(0..0, 1_024)
@@ -518,6 +524,7 @@ impl Default for ApiSection {
             header_read_timeout: default_api_header_read_timeout(),
             idle_timeout: default_api_idle_timeout(),
             max_connections: default_api_max_connections(),
+            max_connections_per_client: default_api_max_connections_per_client(),
             max_streams: default_api_max_streams(),
             max_streams_per_client: default_api_max_streams_per_client(),
         }
@@ -1408,6 +1415,15 @@ fn validate_api_limits(api: &ApiSection, r: &mut Report<'_>) {
             "api.max_connections",
             format!("{conns} is outside 1..=1000000"),
             "use a few thousand, well below the file-descriptor limit (e.g. 2048 with LimitNOFILE=65536)",
+        );
+    }
+    let conns_per_client = *api.max_connections_per_client.get_ref();
+    if conns_per_client == 0 || conns_per_client > conns {
+        r.at(
+            span(&api.max_connections_per_client),
+            "api.max_connections_per_client",
+            format!("{conns_per_client} is outside 1..=max_connections ({conns})"),
+            "a few hundred lets one client keep many connections without crowding out others, e.g. 256; behind a reverse proxy every client has the proxy's IP",
         );
     }
     if streams >= conns {

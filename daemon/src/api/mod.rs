@@ -76,6 +76,8 @@ pub struct ApiLimits {
     pub stream_queue: usize,
     /// Open connections at most; further ones are closed as they arrive.
     pub max_connections: usize,
+    /// Open connections one client IP may hold.
+    pub max_connections_per_client: usize,
     /// Longest a handler may take to answer (a stream, once open, is not bound by it).
     pub request_timeout: Duration,
     /// Longest a request head may take to arrive, from the accept or its first byte.
@@ -106,6 +108,7 @@ impl ApiLimits {
             max_streams_per_client: *api.max_streams_per_client.get_ref(),
             stream_queue: 64,
             max_connections: *api.max_connections.get_ref(),
+            max_connections_per_client: *api.max_connections_per_client.get_ref(),
             request_timeout: api.request_timeout.get_ref().0,
             header_read_timeout: api.header_read_timeout.get_ref().0,
             idle_timeout: api.idle_timeout.get_ref().0,
@@ -177,7 +180,7 @@ struct ApiMetrics {
     streams_refused: Family<ReasonLabels, Counter>,
     streams_lagged: Counter,
     connections: Gauge,
-    connections_refused: Counter,
+    connections_refused: Family<ReasonLabels, Counter>,
     connections_closed: Family<ReasonLabels, Counter>,
 }
 
@@ -196,7 +199,7 @@ impl ApiMetrics {
             streams_refused: Family::default(),
             streams_lagged: Counter::default(),
             connections: Gauge::default(),
-            connections_refused: Counter::default(),
+            connections_refused: Family::default(),
             connections_closed: Family::default(),
         };
         registry.register(
@@ -241,7 +244,7 @@ impl ApiMetrics {
         );
         registry.register(
             "sibyl_api_connections_refused",
-            "HTTP API connections closed on arrival because api.max_connections were open",
+            "HTTP API connections closed on arrival (reason: global = api.max_connections open, per_client = api.max_connections_per_client open from that IP)",
             m.connections_refused.clone(),
         );
         registry.register(

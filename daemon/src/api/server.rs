@@ -2,7 +2,8 @@
 //! per-connection timeouts.
 //!
 //! ```text
-//!   accept ── max_connections open? ── close it at once (sibyl_api_connections_refused)
+//!   accept ── max_connections open, or max_connections_per_client from this IP?
+//!     │          ── close it at once (sibyl_api_connections_refused{reason})
 //!     │
 //!     └─▶ one task per connection:  hyper http1 ◀── Io (notes bytes read / writes blocked)
 //!           select! { the connection | its next deadline | a close request }
@@ -30,8 +31,9 @@ use axum::http::Request;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -59,6 +61,7 @@ pub(super) async fn run(listener: TcpListener, app: Router, state: ApiState) {
     let open = Arc::new(Semaphore::new(
         connection_cap(limits.max_connections).min(Semaphore::MAX_PERMITS),
     ));
+    let clients = PerClient::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -70,10 +73,23 @@ pub(super) async fn run(listener: TcpListener, app: Router, state: ApiState) {
                 continue;
             }
         };
+        let refused = |reason: &str| {
+            state
+                .inner
+                .metrics
+                .connections_refused
+                .get_or_create(&super::ReasonLabels {
+                    reason: reason.to_owned(),
+                })
+                .inc();
+            tracing::debug!(%peer, reason, "API connection refused: too many open");
+        };
+        let Some(slot) = clients.take(peer.ip(), limits.max_connections_per_client) else {
+            refused("per_client");
+            continue;
+        };
         let Ok(permit) = open.clone().try_acquire_owned() else {
-            state.inner.metrics.connections_refused.inc();
-            tracing::debug!(%peer, "API connection refused: `api.max_connections` are open");
-            drop(tcp);
+            refused("global");
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -81,8 +97,40 @@ pub(super) async fn run(listener: TcpListener, app: Router, state: ApiState) {
         let state = state.clone();
         tokio::spawn(async move {
             serve_connection(tcp, peer, app, &state, timeouts).await;
-            drop(permit);
+            drop((permit, slot));
         });
+    }
+}
+
+/// Open connections per client IP.
+#[derive(Clone, Default)]
+struct PerClient(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl PerClient {
+    /// A slot for one more connection from `ip`, if it holds fewer than `max`.
+    fn take(&self, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(self.clone(), ip))
+    }
+}
+
+/// One open connection of a client; its count drops with it.
+struct ClientSlot(PerClient, IpAddr);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
     }
 }
 

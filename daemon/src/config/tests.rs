@@ -380,7 +380,7 @@ fn api_limits_parse_and_are_checked_with_key_and_line() {
     let p = write_pair(
         &d,
         &format!(
-            "{base}request_timeout = \"5s\"\nheader_read_timeout = \"1s500ms\"\nidle_timeout = \"2m\"\nmax_connections = 500\nmax_streams = 100\nmax_streams_per_client = 4\n"
+            "{base}request_timeout = \"5s\"\nheader_read_timeout = \"1s500ms\"\nidle_timeout = \"2m\"\nmax_connections = 500\nmax_connections_per_client = 50\nmax_streams = 100\nmax_streams_per_client = 4\n"
         ),
     );
     let c = Config::load(&p).expect("valid");
@@ -391,10 +391,11 @@ fn api_limits_parse_and_are_checked_with_key_and_line() {
     assert_eq!(
         (
             limits.max_connections,
+            limits.max_connections_per_client,
             limits.max_streams,
             limits.max_streams_per_client
         ),
-        (500, 100, 4)
+        (500, 50, 100, 4)
     );
     // Without the keys: the API's defaults.
     let p = write_pair(&d, base);
@@ -407,7 +408,7 @@ fn api_limits_parse_and_are_checked_with_key_and_line() {
     let p = write_pair(
         &d,
         &format!(
-            "{base}idle_timeout = \"0s\"\nmax_connections = 100\nmax_streams = 100\nmax_streams_per_client = 0\nrequest_timeout = \"1000h\"\n"
+            "{base}idle_timeout = \"0s\"\nmax_connections = 100\nmax_streams = 100\nmax_streams_per_client = 0\nrequest_timeout = \"1000h\"\nmax_connections_per_client = 101\n"
         ),
     );
     let e = Config::load(&p).unwrap_err();
@@ -422,6 +423,7 @@ fn api_limits_parse_and_are_checked_with_key_and_line() {
     assert_eq!(at("api.max_streams"), 8);
     assert_eq!(at("api.max_streams_per_client"), 9);
     assert_eq!(at("api.request_timeout"), 10);
+    assert_eq!(at("api.max_connections_per_client"), 11);
     let p = write_pair(&d, &format!("{base}header_read_timeout = \"soon\"\n"));
     let e = Config::load(&p).unwrap_err();
     assert_eq!(e.problems()[0].line, 6, "{e}");

@@ -364,24 +364,72 @@ async fn connections_above_the_cap_are_refused_and_service_recovers() {
     // One held connection goes away: new clients are served again.
     drop(held.pop());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !served(h.addr).await {
+    while !served("127.0.0.1", h.addr).await {
         assert!(Instant::now() < deadline, "no connection was served again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(held);
-    while !served(h.addr).await {
+    while !served("127.0.0.1", h.addr).await {
         assert!(
             Instant::now() < deadline,
             "the held connections never closed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(metric(h.addr, "sibyl_api_connections_refused_total").await >= 1.0);
+    assert!(
+        metric(
+            h.addr,
+            r#"sibyl_api_connections_refused_total{reason="global"}"#
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let h = start(with_limits(ApiLimits {
+        max_connections: 10,
+        max_connections_per_client: 3,
+        ..limits()
+    }))
+    .await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from("127.0.0.1", h.addr, None).await;
+        assert_eq!(keep_alive_get(&mut s, h.addr, "/healthz").await, 200);
+        mine.push(s);
+    }
+    assert!(
+        !served("127.0.0.1", h.addr).await,
+        "a fourth connection from one client was served"
+    );
+    assert!(
+        served("127.0.0.2", h.addr).await,
+        "another client was refused"
+    );
+    drop(mine);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served("127.0.0.1", h.addr).await {
+        assert!(
+            Instant::now() < deadline,
+            "the client never got its slots back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(
+            h.addr,
+            r#"sibyl_api_connections_refused_total{reason="per_client"}"#
+        )
+        .await,
+        1.0
+    );
 }
 
 /// Whether a fresh connection gets `GET /healthz` answered 200.
-async fn served(addr: SocketAddr) -> bool {
-    let mut s = connect_from("127.0.0.1", addr, None).await;
+async fn served(from: &str, addr: SocketAddr) -> bool {
+    let mut s = connect_from(from, addr, None).await;
     let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut b = [0u8; 12];
     s.write_all(req.as_bytes()).await.is_ok()
