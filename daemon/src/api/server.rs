@@ -110,11 +110,11 @@ impl PerClient {
     /// A slot for one more connection from `ip`, if it holds fewer than `max`.
     fn take(&self, ip: IpAddr, max: usize) -> Option<ClientSlot> {
         let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= max {
+        let n = open.get(&ip).copied().unwrap_or(0);
+        if n >= max {
             return None;
         }
-        *n += 1;
+        open.insert(ip, n + 1);
         Some(ClientSlot(self.clone(), ip))
     }
 }
