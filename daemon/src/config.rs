@@ -459,6 +459,51 @@ pub struct ApiSection {
     /// File holding the admin token (first line; relative to node.toml).
     #[serde(default)]
     pub admin_token_file: Option<Spanned<PathBuf>>,
+    /// Longest a handler may take to answer; then 503 `request_timeout`.
+    #[serde(default = "default_api_request_timeout")]
+    pub request_timeout: Spanned<ConfigDuration>,
+    /// Longest a request head may take to arrive (from the accept, or from
+    /// the first byte of a later request on the connection).
+    #[serde(default = "default_api_header_read_timeout")]
+    pub header_read_timeout: Spanned<ConfigDuration>,
+    /// A connection with no request under way (keep-alive), or whose
+    /// response the client has not read, for this long is closed.
+    #[serde(default = "default_api_idle_timeout")]
+    pub idle_timeout: Spanned<ConfigDuration>,
+    /// Open connections at most; more are closed as they arrive. Keep it
+    /// well below the process's file-descriptor limit.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: Spanned<usize>,
+    /// Open connections one client IP may hold.
+    #[serde(default = "default_api_max_connections_per_client")]
+    pub max_connections_per_client: Spanned<usize>,
+    /// `/v1/stream` connections at most, in all and per client IP.
+    #[serde(default = "default_api_max_streams")]
+    pub max_streams: Spanned<usize>,
+    #[serde(default = "default_api_max_streams_per_client")]
+    pub max_streams_per_client: Spanned<usize>,
+}
+
+fn default_api_request_timeout() -> Spanned<ConfigDuration> {
+    Spanned::new(0..0, ConfigDuration::from_millis(30_000))
+}
+fn default_api_header_read_timeout() -> Spanned<ConfigDuration> {
+    Spanned::new(0..0, ConfigDuration::from_millis(10_000))
+}
+fn default_api_idle_timeout() -> Spanned<ConfigDuration> {
+    Spanned::new(0..0, ConfigDuration::from_millis(60_000))
+}
+fn default_api_max_connections() -> Spanned<usize> {
+    Spanned::new(0..0, 2_048)
+}
+fn default_api_max_connections_per_client() -> Spanned<usize> {
+    Spanned::new(0..0, 256)
+}
+fn default_api_max_streams() -> Spanned<usize> {
+    Spanned::new(0..0, 1_024)
+}
+fn default_api_max_streams_per_client() -> Spanned<usize> {
+    Spanned::new(0..0, 16)
 }
 
 fn default_true() -> bool {
@@ -475,6 +520,13 @@ impl Default for ApiSection {
             listen: default_api_listen(),
             admin_token_env: None,
             admin_token_file: None,
+            request_timeout: default_api_request_timeout(),
+            header_read_timeout: default_api_header_read_timeout(),
+            idle_timeout: default_api_idle_timeout(),
+            max_connections: default_api_max_connections(),
+            max_connections_per_client: default_api_max_connections_per_client(),
+            max_streams: default_api_max_streams(),
+            max_streams_per_client: default_api_max_streams_per_client(),
         }
     }
 }
@@ -1334,6 +1386,67 @@ pub enum PassphraseError {
     NotConfigured,
 }
 
+fn validate_api_limits(api: &ApiSection, r: &mut Report<'_>) {
+    for (key, d, hint) in [
+        ("api.request_timeout", &api.request_timeout, "e.g. \"30s\""),
+        (
+            "api.header_read_timeout",
+            &api.header_read_timeout,
+            "e.g. \"10s\"",
+        ),
+        ("api.idle_timeout", &api.idle_timeout, "e.g. \"60s\""),
+    ] {
+        if d.get_ref().0.is_zero() {
+            r.at(span(d), key, "the timeout is zero", hint);
+        } else if d.get_ref().0 > Duration::from_secs(86_400) {
+            r.at(
+                span(d),
+                key,
+                format!("{} is longer than a day", d.get_ref()),
+                hint,
+            );
+        }
+    }
+    let (conns, streams, per_client) = (
+        *api.max_connections.get_ref(),
+        *api.max_streams.get_ref(),
+        *api.max_streams_per_client.get_ref(),
+    );
+    if conns == 0 || conns > 1_000_000 {
+        r.at(
+            span(&api.max_connections),
+            "api.max_connections",
+            format!("{conns} is outside 1..=1000000"),
+            "use a few thousand, well below the file-descriptor limit (e.g. 2048 with LimitNOFILE=65536)",
+        );
+    }
+    let conns_per_client = *api.max_connections_per_client.get_ref();
+    if conns_per_client == 0 || conns_per_client > conns {
+        r.at(
+            span(&api.max_connections_per_client),
+            "api.max_connections_per_client",
+            format!("{conns_per_client} is outside 1..=max_connections ({conns})"),
+            "a few hundred lets one client keep many connections without crowding out others, e.g. 256; behind a reverse proxy every client has the proxy's IP",
+        );
+    }
+    if streams >= conns {
+        r.at(
+            span(&api.max_streams),
+            "api.max_streams",
+            format!("max_streams ({streams}) must be below max_connections ({conns})"),
+            "streams hold their connections; leave room for other requests, e.g. max_streams = max_connections / 2",
+        );
+    }
+    if per_client == 0 || per_client > streams {
+        r.at(
+            span(&api.max_streams_per_client),
+            "api.max_streams_per_client",
+            format!("{per_client} is outside 1..=max_streams ({streams})"),
+            "a client needs only a few streams, e.g. 16",
+        );
+    }
+}
+
 fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
     match (&n.keys.passphrase_env, &n.keys.passphrase_file) {
         (Some(a), Some(_)) => r.at(span(a), "keys.passphrase_env", "both passphrase_env and passphrase_file are set", "keep one: the passphrase comes from exactly one place"),
@@ -1399,6 +1512,7 @@ fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
             );
         }
     }
+    validate_api_limits(&n.api, r);
     if let Some(c) = &n.chain {
         let url = c.rpc_url.get_ref();
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {

@@ -50,6 +50,15 @@ impl std::error::Error for ApiError {}
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        // Only a request's own numbers go out of range: handlers check them
+        // first and name the parameter; this is the backstop.
+        if let StoreError::OutOfRange(what) = &e {
+            return Self::new(
+                StatusCode::BAD_REQUEST,
+                "out_of_range",
+                format!("a number in the request is out of range: {what}"),
+            );
+        }
         tracing::warn!(error = %e, "store query failed");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,26 +1,29 @@
 //! Route handlers. Each parses and validates its input first, so that a bad
 //! request gets a 4xx naming the parameter before the store is touched.
 
+use super::server::ConnHandle;
 use super::types::{FeedValue, LeafValue};
 use super::{ApiError, ApiState, openapi};
 use crate::store::{Db, HistoryCursor, Point, StoreError, now_ms, retention};
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use prometheus_client::metrics::gauge::Gauge;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::{FeedId, Round, SignedReport, Writer, digest, encoding};
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// A route's query parameters.
 pub(super) type Params = BTreeMap<String, String>;
@@ -45,13 +48,32 @@ pub(super) fn params(
     Ok(p)
 }
 
+/// Largest integer a parameter may carry: the store's integers are SQLite's
+/// signed 64-bit ones.
+pub(super) const MAX_INT: u64 = i64::MAX as u64;
+
+/// Parameter `name` as a whole number in `0..=MAX_INT`; anything else is a
+/// 400 that names it (`out_of_range` for a number too large).
+pub(super) fn int_param(name: &str, v: &str, what: &str) -> Result<u64, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "out_of_range",
+            format!("`{name}` = {v} is out of range: it must be {what} in 0..={MAX_INT}"),
+        )
+    };
+    match v.parse::<u64>() {
+        Ok(n) if n <= MAX_INT => Ok(n),
+        Ok(_) => Err(too_large()),
+        Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => Err(too_large()),
+        Err(_) => Err(ApiError::bad_parameter(format!(
+            "`{name}` must be {what}, got {v:?}"
+        ))),
+    }
+}
+
 fn u64_param(p: &Params, name: &str, what: &str) -> Result<Option<u64>, ApiError> {
-    p.get(name)
-        .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| ApiError::bad_parameter(format!("`{name}` must be {what}, got {v:?}")))
-        })
-        .transpose()
+    p.get(name).map(|v| int_param(name, v, what)).transpose()
 }
 
 /// `"1m"`, `"5m"`, `"1h"`, `"500ms"`, `"30s"`, `"1d"` or a bare number of ms.
@@ -392,9 +414,16 @@ fn parse_cursor(c: &str) -> Result<HistoryCursor, ApiError> {
         ))
     };
     let (ts, round) = c.split_once(':').ok_or_else(bad)?;
+    let part = |v: &str| int_param("cursor", v, "a `next_cursor` from a previous page");
+    if [ts, round]
+        .iter()
+        .any(|v| v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
     Ok(HistoryCursor {
-        timestamp_ms: ts.parse().map_err(|_| bad())?,
-        round: round.parse().map_err(|_| bad())?,
+        timestamp_ms: part(ts)?,
+        round: part(round)?,
     })
 }
 
@@ -405,11 +434,7 @@ pub(super) async fn report(
     let found = if round == "latest" {
         st.inner.readers.read(|db| db.latest_report()).await?
     } else {
-        let r: Round = round.parse().map_err(|_| {
-            ApiError::bad_parameter(format!(
-                "round must be a non-negative integer or `latest`, got {round:?}"
-            ))
-        })?;
+        let r: Round = round_param(&round)?;
         st.inner.readers.report(r).await?
     };
     match found {
@@ -421,17 +446,89 @@ pub(super) async fn report(
     }
 }
 
-/// Decrements the open-stream gauge when an SSE stream ends.
-struct StreamGuard(Gauge);
+/// A round number in a path: `round` in `0..=MAX_INT`.
+pub fn round_param(round: &str) -> Result<Round, ApiError> {
+    int_param("round", round, "a round number (or `latest`)")
+}
 
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.0.dec();
+/// One open stream, counted in all and for its client until dropped.
+struct StreamSlot {
+    st: ApiState,
+    ip: IpAddr,
+}
+
+impl StreamSlot {
+    /// Takes a slot for `ip`, or says which cap is full.
+    fn take(st: &ApiState, ip: IpAddr) -> Result<Self, ApiError> {
+        let limits = &st.inner.config.limits;
+        let m = &st.inner.metrics;
+        let refused = |reason: &str| {
+            m.streams_refused
+                .get_or_create(&super::ReasonLabels {
+                    reason: reason.to_owned(),
+                })
+                .inc();
+        };
+        let mut clients = st
+            .inner
+            .stream_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mine = clients.get(&ip).copied().unwrap_or(0);
+        if mine >= limits.max_streams_per_client {
+            refused("per_client");
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!(
+                    "{ip} already holds {mine} streams, the most one client may open; close one first"
+                ),
+            ));
+        }
+        if m.streams.get() >= limits.max_streams as i64 {
+            refused("global");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                "this node serves no more report streams right now; retry later",
+            ));
+        }
+        clients.insert(ip, mine + 1);
+        m.streams.inc();
+        Ok(Self { st: st.clone(), ip })
     }
 }
 
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let inner = &self.st.inner;
+        inner.metrics.streams.dec();
+        let mut clients = inner
+            .stream_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = clients.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                clients.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// How long a stream that fell behind may take to flush its last events
+/// before its connection is closed.
+pub(super) const LAGGED_GRACE: Duration = Duration::from_secs(2);
+
+/// `GET /v1/stream`: one task per stream moves reports from the node's
+/// broadcast into a queue of `stream_queue` reports; the response drains it.
+/// The broadcast never waits for a stream. A client that lets the queue fill
+/// gets a final `lagged` event and its connection is closed if that has not
+/// gone out within [`LAGGED_GRACE`]; so one stream holds at most
+/// `stream_queue` reports (shared `Arc`s) plus hyper's write buffer.
 pub(super) async fn stream(
     State(st): State<ApiState>,
+    conn: Option<Extension<ConnHandle>>,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = params(q, &["feeds"])?;
@@ -443,31 +540,97 @@ pub(super) async fn stream(
         }
         filter = Some(set);
     }
-    let gauge = st.inner.metrics.streams.clone();
-    if gauge.inc() >= st.inner.config.limits.max_streams as i64 {
-        gauge.dec();
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "this node serves no more report streams right now; retry later",
-        ));
-    }
-    let guard = StreamGuard(gauge);
-    let rx = st.inner.reports.subscribe();
-    let events = BroadcastStream::new(rx).filter_map(move |item| {
-        let _alive = &guard;
-        match item {
-            Ok(report) => report_event(&report, filter.as_ref()).map(Ok::<Event, Infallible>),
-            Err(BroadcastStreamRecvError::Lagged(n)) => {
-                Some(Ok(Event::default().event("lagged").data(format!(
-                    "{n} reports were skipped; fetch /v1/feeds to resync"
-                ))))
+    let conn = conn.map(|Extension(c)| c);
+    let ip = conn
+        .as_ref()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip());
+    let slot = StreamSlot::take(&st, ip)?;
+    let (tx, rx) = mpsc::channel(st.inner.config.limits.stream_queue.max(1));
+    let lagged = Arc::new(AtomicBool::new(false));
+    tokio::spawn(forward_reports(
+        st.inner.reports.subscribe(),
+        tx,
+        filter.clone(),
+        StreamEnd {
+            st: st.clone(),
+            conn,
+            lagged: lagged.clone(),
+        },
+    ));
+    let events = ReceiverStream::new(rx)
+        .filter_map(move |item| {
+            let _slot = &slot;
+            match item {
+                Queued::Report(report) => report_event(&report, filter.as_ref()),
+                Queued::Skipped(n) => Some(Event::default().event("lagged").data(format!(
+                    "{n} reports were skipped (the node fell behind); fetch /v1/feeds to resync"
+                ))),
             }
-        }
-    });
+        })
+        .chain(tokio_stream::once(()).filter_map(move |()| {
+            lagged.load(Ordering::Acquire).then(|| {
+                Event::default().event("lagged").data(
+                    "this client read too slowly and the stream ends here; reconnect and fetch /v1/feeds to resync",
+                )
+            })
+        }))
+        .map(Ok::<Event, Infallible>);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// What a stream's queue carries.
+enum Queued {
+    Report(Arc<SignedReport>),
+    /// The broadcast overran this stream's task (the node itself was busy).
+    Skipped(u64),
+}
+
+/// What a stream's task needs when its client falls behind.
+struct StreamEnd {
+    st: ApiState,
+    conn: Option<ConnHandle>,
+    lagged: Arc<AtomicBool>,
+}
+
+async fn forward_reports(
+    mut sub: broadcast::Receiver<Arc<SignedReport>>,
+    tx: mpsc::Sender<Queued>,
+    filter: Option<BTreeSet<FeedId>>,
+    end: StreamEnd,
+) {
+    loop {
+        let item = tokio::select! {
+            () = tx.closed() => return,
+            r = sub.recv() => match r {
+                Ok(report) => {
+                    let wanted = filter
+                        .as_ref()
+                        .is_none_or(|f| report.leaves.iter().any(|l| f.contains(&l.feed_id)));
+                    if !wanted {
+                        continue;
+                    }
+                    Queued::Report(report)
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => Queued::Skipped(n),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        match tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                end.lagged.store(true, Ordering::Release);
+                end.st.inner.metrics.streams_lagged.inc();
+                if let Some(conn) = &end.conn {
+                    tracing::debug!(peer = %conn.peer, "stream client fell behind; dropping it");
+                    conn.close_within(LAGGED_GRACE);
+                }
+                return;
+            }
+        }
+    }
 }
 
 fn report_event(report: &Arc<SignedReport>, filter: Option<&BTreeSet<FeedId>>) -> Option<Event> {
@@ -529,6 +692,17 @@ pub(super) async fn admin_retention(
         "thinned": stats.thinned,
         "transactions": stats.transactions,
     })))
+}
+
+pub(super) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; the `Allow` header lists the methods it takes",
+            uri.path()
+        ),
+    )
 }
 
 pub(super) async fn not_found(method: Method, uri: Uri) -> ApiError {

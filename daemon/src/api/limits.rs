@@ -1,4 +1,5 @@
-//! Middleware: per-client rate limit, request metrics, the admin bearer token.
+//! Middleware: per-client rate limit, request timeout, request metrics, the
+//! admin bearer token.
 
 use super::{ApiError, ApiState, RequestLabels, RouteLabels};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -83,6 +84,28 @@ pub(super) async fn rate_limit(
             }
             resp
         }
+    }
+}
+
+/// Answer 503 `request_timeout` when the handler has not answered within
+/// `request_timeout`. A stream is bound only until its response starts.
+pub(super) async fn request_timeout(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = state.inner.config.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!(
+                "the node did not answer within {} ms; retry later",
+                limit.as_millis()
+            ),
+        )
+        .into_response(),
     }
 }
 

@@ -642,11 +642,11 @@ pub(super) async fn liquidations(
     let limit = limit_param(&p, 50)?;
     let before = match p.get("before") {
         None => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|_| {
-            ApiError::bad_parameter(format!(
-                "`before` = {s:?} must be an event sequence number (the `next_before` of the previous page)"
-            ))
-        })?),
+        Some(s) => Some(super::handlers::int_param(
+            "before",
+            s,
+            "an event sequence number (the `next_before` of the previous page)",
+        )?),
     };
     handle(&st)?;
     let rows = st

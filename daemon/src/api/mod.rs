@@ -2,7 +2,7 @@
 //! dashboard.
 //!
 //! ```text
-//!   node ── builds ApiState ──▶ api::router(state) / api::serve(listener, state)
+//!   node ── builds ApiState ──▶ api::serve_with(listener, state, node routes)
 //!     │  Readers (own SQLite connections)        ◀── GET /v1/feeds, /history, /reports
 //!     │  broadcast::Sender<Arc<SignedReport>>     ──▶ GET /v1/stream (SSE)
 //!     │  watch::Receiver<CommitteeStatus>         ──▶ GET /v1/committee
@@ -11,9 +11,13 @@
 //! ```
 //!
 //! Read routes are public; routes that change state sit behind a bearer token
-//! from the config ([`require_admin`]). Every request passes a per-client rate
-//! limit and a body size limit, and is counted and timed in the registry.
-//! Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.
+//! from the config ([`require_admin`]). Every request, the node's own routes
+//! included, passes a per-client rate limit, a body size limit and a request
+//! timeout, and is counted and timed in the registry. Connections are capped
+//! and held to header-read and idle timeouts ([`server`]); report streams are
+//! capped in all and per client, and a client that does not keep up with its
+//! stream is dropped. Errors are JSON:
+//! `{"error": {"code": "...", "message": "..."}}`, 404 and 405 included.
 
 mod dashboard;
 mod error;
@@ -22,10 +26,11 @@ mod limits;
 pub mod margin;
 pub mod openapi;
 mod pull;
+mod server;
 mod types;
 
 pub use error::ApiError;
-pub use handlers::openmetrics_to_prometheus;
+pub use handlers::{openmetrics_to_prometheus, round_param};
 pub use limits::{RateLimiter, require_admin};
 pub use pull::{EvmPull, MAX_BATCH_FEEDS};
 pub use types::{CommitteeStatus, FeedInfo, MemberStatus};
@@ -41,9 +46,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sibyl_aggregator::{FeedId, SignedReport};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -65,10 +70,33 @@ pub struct ApiLimits {
     pub max_buckets: u64,
     /// Concurrent SSE streams served at most.
     pub max_streams: usize,
+    /// Concurrent SSE streams one client IP may hold.
+    pub max_streams_per_client: usize,
+    /// Reports queued for one stream; a client further behind is dropped.
+    pub stream_queue: usize,
+    /// Open connections at most; further ones are closed as they arrive.
+    pub max_connections: usize,
+    /// Open connections one client IP may hold.
+    pub max_connections_per_client: usize,
+    /// Longest a handler may take to answer (a stream, once open, is not bound by it).
+    pub request_timeout: Duration,
+    /// Longest a request head may take to arrive, from the accept or its first byte.
+    pub header_read_timeout: Duration,
+    /// A connection with no request under way, or whose response the client
+    /// has not read for this long, is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ApiLimits {
     fn default() -> Self {
+        Self::from_config(&crate::config::ApiSection::default())
+    }
+}
+
+impl ApiLimits {
+    /// The limits the node config's `[api]` section sets (its defaults
+    /// included), and fixed values for the rest.
+    pub fn from_config(api: &crate::config::ApiSection) -> Self {
         Self {
             max_body_bytes: 64 * 1024,
             requests_per_second: 100,
@@ -76,7 +104,14 @@ impl Default for ApiLimits {
             max_page: 10_000,
             max_raw_range: Duration::from_secs(31 * 86_400),
             max_buckets: 1_000_000,
-            max_streams: 1_024,
+            max_streams: *api.max_streams.get_ref(),
+            max_streams_per_client: *api.max_streams_per_client.get_ref(),
+            stream_queue: 64,
+            max_connections: *api.max_connections.get_ref(),
+            max_connections_per_client: *api.max_connections_per_client.get_ref(),
+            request_timeout: api.request_timeout.get_ref().0,
+            header_read_timeout: api.header_read_timeout.get_ref().0,
+            idle_timeout: api.idle_timeout.get_ref().0,
         }
     }
 }
@@ -129,6 +164,11 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 struct ApiMetrics {
@@ -137,6 +177,11 @@ struct ApiMetrics {
     rate_limited: Counter,
     db_size: Gauge,
     streams: Gauge,
+    streams_refused: Family<ReasonLabels, Counter>,
+    streams_lagged: Counter,
+    connections: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl ApiMetrics {
@@ -151,6 +196,11 @@ impl ApiMetrics {
             rate_limited: Counter::default(),
             db_size: Gauge::default(),
             streams: Gauge::default(),
+            streams_refused: Family::default(),
+            streams_lagged: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
         };
         registry.register(
             "sibyl_api_requests",
@@ -177,6 +227,31 @@ impl ApiMetrics {
             "Open /v1/stream (SSE) connections",
             m.streams.clone(),
         );
+        registry.register(
+            "sibyl_api_streams_refused",
+            "/v1/stream requests refused by the stream cap (reason: global, per_client)",
+            m.streams_refused.clone(),
+        );
+        registry.register(
+            "sibyl_api_streams_lagged",
+            "Streams ended because their client fell more than the stream queue behind",
+            m.streams_lagged.clone(),
+        );
+        registry.register(
+            "sibyl_api_connections",
+            "Open HTTP API connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "sibyl_api_connections_refused",
+            "HTTP API connections closed on arrival (reason: global = api.max_connections open, per_client = api.max_connections_per_client open from that IP)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "sibyl_api_connections_closed",
+            "HTTP API connections the server closed (reason: idle_timeout, header_read_timeout, write_stalled, slow_stream)",
+            m.connections_closed.clone(),
+        );
         m
     }
 }
@@ -191,6 +266,8 @@ struct Inner {
     margin: Option<crate::margin_svc::MarginHandle>,
     config: ApiConfig,
     rate: RateLimiter,
+    /// Open streams per client IP.
+    stream_clients: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// Shared state of the API; cheap to clone.
@@ -224,6 +301,7 @@ impl ApiState {
                 margin,
                 config,
                 rate,
+                stream_clients: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -272,6 +350,12 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// The API's router with its state applied: JSON routes, `/metrics`, the
 /// dashboard at `/`, limits and request metrics.
 pub fn router(state: ApiState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] plus `extra` routes (the node's own), all behind the same
+/// limits: rate, body size, request timeout, JSON 404 and 405.
+pub fn router_with(state: ApiState, extra: Router) -> Router {
     let admin = Router::new()
         .route("/v1/admin/retention", post(handlers::admin_retention))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -319,7 +403,14 @@ pub fn router(state: ApiState) -> Router {
         .merge(admin)
         .merge(margin)
         .merge(dashboard::routes())
+        .with_state(state.clone())
+        .merge(extra)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::request_timeout,
+        ))
         .layer(DefaultBodyLimit::max(
             state.inner.config.limits.max_body_bytes,
         ))
@@ -327,29 +418,20 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             limits::rate_limit,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limits::track,
-        ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(state, limits::track))
 }
 
-/// Serve the API on `listener` until the future is dropped or fails.
-pub async fn serve(listener: TcpListener, state: ApiState) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).await
+/// Serve the API on `listener` until the future is dropped.
+pub async fn serve(listener: TcpListener, state: ApiState) {
+    serve_with(listener, state, Router::new()).await;
 }
 
-/// Like [`serve`], stopping gracefully when `shutdown` completes.
-pub async fn serve_with_shutdown(
-    listener: TcpListener,
-    state: ApiState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+/// Serve the API and `extra` routes (see [`router_with`]) on `listener`:
+/// connections capped at `max_connections`, each held to the header-read
+/// and idle timeouts.
+pub async fn serve_with(listener: TcpListener, state: ApiState, extra: Router) {
+    let app = router_with(state.clone(), extra);
+    server::run(listener, app, state).await;
 }
 
 #[cfg(test)]

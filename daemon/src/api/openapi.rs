@@ -389,14 +389,15 @@ fn base_document() -> Value {
             "200": json_response("report", json!({ "type": "object", "properties": {
                 "report": { "$ref": "#/components/schemas/SignedReport" },
                 "digest": { "type": "string" }, "header_abi": { "type": "string" } } })),
-            "400": error_response("malformed round"),
+            "400": error_response("malformed round, or above 2^63-1 (`out_of_range`)"),
             "404": error_response("no report stored for that round") } } },
         "/v1/stream": { "get": {
-          "summary": "Server-Sent Events: one `report` event per new signed report (data: {round, timestamp_ms, leaves}); `lagged` if the client fell behind",
+          "summary": "Server-Sent Events: one `report` event per new signed report (data: {round, timestamp_ms, leaves}); `lagged` if reports were skipped, or as the last event when the client fell too far behind",
           "parameters": [ query("feeds", "comma-separated feed ids; only their leaves are sent", json!({"type": "string"})) ],
           "responses": {
             "200": { "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
             "404": error_response("unknown feed in the filter"),
+            "429": error_response("this client holds `api.max_streams_per_client` streams"),
             "503": error_response("too many open streams") } } },
         "/v1/committee": { "get": {
           "summary": "Committee health: members, connectivity, rounds led and signed, share failures, recent round latency",

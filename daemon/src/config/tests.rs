@@ -380,3 +380,60 @@ fn committee_converts_to_the_protocol_committee() {
     assert_eq!(p.timeouts().share_ms, 400);
     assert_eq!(p.identity(2).unwrap().to_bytes(), c.members[1].identity_key);
 }
+
+#[test]
+fn api_limits_parse_and_are_checked_with_key_and_line() {
+    let d = tempdir("api-limits");
+    let base = "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_env = \"P\"\n[api]\n";
+    let p = write_pair(
+        &d,
+        &format!(
+            "{base}request_timeout = \"5s\"\nheader_read_timeout = \"1s500ms\"\nidle_timeout = \"2m\"\nmax_connections = 500\nmax_connections_per_client = 50\nmax_streams = 100\nmax_streams_per_client = 4\n"
+        ),
+    );
+    let c = Config::load(&p).expect("valid");
+    let limits = crate::api::ApiLimits::from_config(&c.node.api);
+    assert_eq!(limits.request_timeout, Duration::from_secs(5));
+    assert_eq!(limits.header_read_timeout, Duration::from_millis(1500));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        (
+            limits.max_connections,
+            limits.max_connections_per_client,
+            limits.max_streams,
+            limits.max_streams_per_client
+        ),
+        (500, 50, 100, 4)
+    );
+    // Without the keys: the API's defaults.
+    let p = write_pair(&d, base);
+    let c = Config::load(&p).expect("valid");
+    assert_eq!(
+        crate::api::ApiLimits::from_config(&c.node.api),
+        crate::api::ApiLimits::default()
+    );
+
+    let p = write_pair(
+        &d,
+        &format!(
+            "{base}idle_timeout = \"0s\"\nmax_connections = 100\nmax_streams = 100\nmax_streams_per_client = 0\nrequest_timeout = \"1000h\"\nmax_connections_per_client = 101\n"
+        ),
+    );
+    let e = Config::load(&p).unwrap_err();
+    let at = |key: &str| {
+        e.problems()
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.line)
+            .unwrap_or_else(|| panic!("no problem for {key}: {e}"))
+    };
+    assert_eq!(at("api.idle_timeout"), 6);
+    assert_eq!(at("api.max_streams"), 8);
+    assert_eq!(at("api.max_streams_per_client"), 9);
+    assert_eq!(at("api.request_timeout"), 10);
+    assert_eq!(at("api.max_connections_per_client"), 11);
+    let p = write_pair(&d, &format!("{base}header_read_timeout = \"soon\"\n"));
+    let e = Config::load(&p).unwrap_err();
+    assert_eq!(e.problems()[0].line, 6, "{e}");
+    assert!(e.to_string().contains("not a duration"), "{e}");
+}

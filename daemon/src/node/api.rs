@@ -75,13 +75,10 @@ async fn report(State(api): State<NodeApi>, Path(round): Path<String>) -> Respon
     let found = if round == "latest" {
         api.readers.read(|db| db.latest_report()).await
     } else {
-        let Ok(r) = round.parse::<u64>() else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("{round:?} is not a round number"),
-            );
-        };
-        api.readers.report(r).await
+        match crate::api::round_param(&round) {
+            Ok(r) => api.readers.report(r).await,
+            Err(e) => return e.into_response(),
+        }
     };
     match found {
         Ok(Some(r)) => Json::<SignedReport>(r).into_response(),
@@ -203,7 +200,7 @@ pub async fn serve_if_enabled(
         config: ApiConfig {
             admin_token,
             feeds,
-            limits: ApiLimits::default(),
+            limits: ApiLimits::from_config(&config.node.api),
             retention: RetentionPolicy::default(),
             evm,
         },
@@ -212,14 +209,8 @@ pub async fn serve_if_enabled(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the API; choose another `api.listen` or stop the process using it"))?;
-    let app = crate::api::router(state)
-        .merge(router(status, store.readers.clone()))
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let node_routes = router(status, store.readers.clone());
     tracing::info!(%addr, "API listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    tokio::spawn(crate::api::serve_with(listener, state, node_routes));
     Ok(())
 }
