@@ -26,6 +26,8 @@
 //! before they are stored.
 
 pub mod api;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod metrics;
 pub mod observed;
 pub mod run;
@@ -474,6 +476,10 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             match action {
                 Action::Send { to, bytes } => {
                     let kind = peek(&bytes);
+                    #[cfg(feature = "fault-injection")]
+                    if fault::withhold() && matches!(kind, Some((_, _, Kind::Share))) {
+                        continue;
+                    }
                     if let Err(e) = self.transport.send(to, Envelope::Round(bytes).encode()) {
                         self.stats.send_errors += 1;
                         tracing::debug!(to, error = %e, "send failed");
