@@ -207,15 +207,18 @@ impl Drop for Netns {
     }
 }
 
-/// Seconds from now until `api`'s newest report round passes `round`.
-fn time_to_report_after(apis: &[String], round: u64, limit: Duration) -> Option<Duration> {
+/// Time from now until some member's newest report round passes `round`,
+/// and the members' newest rounds then.
+fn time_to_report_after(
+    apis: &[String],
+    round: u64,
+    limit: Duration,
+) -> Option<(Duration, Vec<Option<u64>>)> {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
-        if apis
-            .iter()
-            .any(|a| last_round(a).is_some_and(|r| r > round))
-        {
-            return Some(t0.elapsed());
+        let now: Vec<Option<u64>> = apis.iter().map(|a| last_round(a)).collect();
+        if now.iter().any(|r| r.is_some_and(|r| r > round)) {
+            return Some((t0.elapsed(), now));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -329,8 +332,8 @@ fn partitions_2_2_and_3_1_heal_and_the_isolated_member_converges() {
         let newest = *after.iter().max().unwrap();
         netns.heal();
         match time_to_report_after(&api, newest, Duration::from_secs(60)) {
-            Some(t) => eprintln!(
-                "2/2 split of {secs}s: heal -> next signed report {:.2}s (goal: 2 rounds + 3s = 3.5s)",
+            Some((t, now)) => eprintln!(
+                "2/2 split of {secs}s: heal -> next signed report {:.2}s (goal: 2 rounds + 3s = 3.5s); newest rounds {during:?} 3s into the split, {after:?} at its end, {now:?} then",
                 t.as_secs_f64()
             ),
             None => failures.push(format!(
