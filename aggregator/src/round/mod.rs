@@ -790,6 +790,14 @@ impl<C: SibylSuite> Node<C> {
     pub fn clock_doubtful(&self) -> bool {
         self.clock.doubtful
     }
+    /// Test-only misbehaviour (cargo feature `fault-injection`, for the fault
+    /// tests and benchmarks with real processes): send signature shares that
+    /// do not verify, or refuse every proposal with a signed refusal.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_faults(&mut self, invalid_shares: bool, refuse: bool) {
+        self.faults.invalid_shares = invalid_shares;
+        self.faults.refuse = refuse;
+    }
 
     /// The driver's time as committee time.
     fn committee_time(&self, raw: TimestampMs) -> TimestampMs {

@@ -31,6 +31,8 @@
 
 pub mod api;
 pub mod catchup;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod members;
 pub mod metrics;
 pub mod observed;
@@ -554,6 +556,10 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             match action {
                 Action::Send { to, bytes } => {
                     let kind = peek(&bytes);
+                    #[cfg(feature = "fault-injection")]
+                    if fault::withhold() && matches!(kind, Some((_, _, Kind::Share))) {
+                        continue;
+                    }
                     if let Err(e) = self.transport.send(to, Envelope::Round(bytes).encode()) {
                         self.stats.send_errors += 1;
                         tracing::debug!(to, error = %e, "send failed");

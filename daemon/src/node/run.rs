@@ -342,6 +342,8 @@ where
     .await
     .context("cannot start the margin engine")?;
     margin.register_metrics(&mut registry);
+    #[cfg(feature = "fault-injection")]
+    let node = crate::node::fault::apply(node);
     let driver = Driver::new(
         DriverParts {
             node,

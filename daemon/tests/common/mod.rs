@@ -31,13 +31,19 @@ pub fn setup_devnet(dir: &Path, nodes: u16) -> DevnetFile {
 
 /// Starts `sibyl run --config config`, appending its stderr to `log`.
 pub fn spawn(config: &Path, log: &Path) -> Child {
+    spawn_cmd(sibyl(), config, log)
+}
+
+/// Like [`spawn`], with `cmd` as the program: `sibyl()` with extra
+/// environment (libfaketime, a test-only fault), or a wrapper such as
+/// `ip netns exec NS <sibyl>` that execs it (so the child is the member).
+pub fn spawn_cmd(mut cmd: Command, config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    sibyl()
-        .arg("run")
+    cmd.arg("run")
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
@@ -85,4 +91,49 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Signed reports member `api` accepted so far (0 when it does not answer).
+pub fn accepted(api: &str) -> u64 {
+    status(api)
+        .and_then(|s| s.pointer("/protocol/reports_accepted")?.as_u64())
+        .unwrap_or(0)
+}
+
+/// Reports member `api` accepts during `window` (its status, polled at the
+/// start and at the end), per second.
+pub fn report_rate(api: &str, window: Duration) -> f64 {
+    let start = accepted(api);
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let n = accepted(api).saturating_sub(start);
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Sends SIGTERM and waits (at most 10 s, then SIGKILL).
+pub fn terminate(c: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// Fails with `hint` unless `program --version`-like `probe` runs.
+pub fn require_tool(program: &str, probe: &[&str], hint: &str) {
+    let ok = Command::new(program)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "`{program}` is missing or does not run: {hint}");
 }

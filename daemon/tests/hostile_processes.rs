@@ -1,0 +1,94 @@
+//! Hostile committee members as real processes (issue 14). A 4-member
+//! committee at 250 ms rounds runs a baseline window with every member
+//! honest; then member 4 restarts misbehaving through the test-only
+//! `SIBYL_FAULT` switch (cargo feature `fault-injection`, so this target has
+//! `test = false` and scripts/test.d/40-faults runs it by name):
+//! `withhold` (observes, never sends a signature share), `invalid-shares`
+//! (shares that do not verify) and `refuse` (signed refusals of everything).
+//! In each window the honest members' report rate stays at least 90 % of the
+//! baseline, and invalid shares are pinned on member 4 in the leaders'
+//! `sibyl_share_failures_total{member="4"}`.
+
+mod common;
+
+use common::{Members, accepted, last_round, sample, sibyl, spawn, spawn_cmd, terminate, wait_for};
+use sibyl::devnet::http_get;
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(20);
+
+fn share_failures_of_4(api: &str) -> f64 {
+    http_get(&format!("{api}/metrics"))
+        .ok()
+        .and_then(|t| sample(&t, "sibyl_share_failures_total{member=\"4\"}"))
+        .unwrap_or(0.0)
+}
+
+fn rate(api: &str, window: Duration) -> f64 {
+    let start = accepted(api);
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    accepted(api).saturating_sub(start) as f64 / t0.elapsed().as_secs_f64()
+}
+
+#[test]
+fn withholding_invalid_shares_and_refusals_from_one_member_cost_under_10_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::setup_devnet(&dir.path().join("devnet"), 4);
+    let mut members = Members(
+        file.members
+            .iter()
+            .map(|m| Some(spawn(&m.config, &m.log)))
+            .collect(),
+    );
+    let api: Vec<&str> = file.members.iter().map(|m| m.api_url.as_str()).collect();
+    wait_for("3 signed reports at member 1", 120, || {
+        last_round(api[0]).is_some_and(|r| r >= 3)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let baseline = rate(api[0], WINDOW);
+    eprintln!("baseline: {baseline:.2} reports/s at member 1");
+    assert!(baseline > 1.0, "baseline {baseline:.2} reports/s");
+
+    let m4 = &file.members[3];
+    let mut failures = Vec::new();
+    for fault in ["withhold", "invalid-shares", "refuse"] {
+        if let Some(mut c) = members.0[3].take() {
+            terminate(&mut c);
+        }
+        let blamed_before: f64 = api[..3].iter().map(|a| share_failures_of_4(a)).sum();
+        let mut cmd = sibyl();
+        cmd.env("SIBYL_FAULT", fault);
+        members.0[3] = Some(spawn_cmd(cmd, &m4.config, &m4.log));
+        wait_for("member 4's API after its restart", 60, || {
+            common::status(api[3]).is_some()
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let r = rate(api[0], WINDOW);
+        let blamed = api[..3].iter().map(|a| share_failures_of_4(a)).sum::<f64>() - blamed_before;
+        eprintln!(
+            "member 4 {fault}: member 1 {r:.2} reports/s ({:.0} % of baseline); invalid shares pinned on member 4: {blamed}",
+            100.0 * r / baseline
+        );
+        if r < 0.9 * baseline {
+            failures.push(format!(
+                "{fault}: {r:.2} reports/s < 90 % of the baseline {baseline:.2}"
+            ));
+        }
+        if fault == "invalid-shares" && blamed < 1.0 {
+            failures.push("invalid shares were not pinned on member 4".into());
+        }
+        if fault != "invalid-shares" && blamed > 0.0 {
+            failures.push(format!(
+                "{fault}: member 4 blamed for invalid shares {blamed} times"
+            ));
+        }
+    }
+    // The faulty member's own log says it misbehaves on purpose.
+    let log4 = std::fs::read_to_string(&m4.log).unwrap();
+    assert!(log4.contains("FAULT INJECTION"), "member 4's log");
+    for c in members.0.iter_mut().flatten() {
+        terminate(c);
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
