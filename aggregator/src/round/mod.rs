@@ -151,6 +151,12 @@ pub enum Input {
     SigningRecorded { round: Round, digest: [u8; 32] },
     /// The ledger refused (it holds a different digest for this round or a later round).
     SigningRefused { round: Round, digest: [u8; 32] },
+    /// The members the driver cannot reach now (no connection): replaces the
+    /// previous set. A round whose leader is unreachable is skipped at once
+    /// instead of waiting for `round_ms`, as long as this member reaches
+    /// `2f + 1` members (itself included); an isolated member keeps the
+    /// ordinary timeouts, so it never runs ahead of the committee.
+    Unreachable(Vec<u16>),
 }
 
 /// What the node asks the driver to do, in order.
@@ -263,6 +269,8 @@ pub struct Stats {
     /// Rounds in which this member observed without offering to sign
     /// (its clock was off and not yet corrected).
     pub observed_without_signing: u64,
+    /// Rounds skipped at once because their leader was unreachable.
+    pub rounds_skipped_unreachable: u64,
 }
 
 /// What this member saw of another member: the committee panel's figures.
@@ -497,6 +505,8 @@ pub struct Node<C: SibylSuite> {
     /// Signer ranking penalties, remembered across rounds.
     penalty: BTreeMap<u16, u32>,
     member_stats: BTreeMap<u16, MemberStats>,
+    /// Members the driver cannot reach ([`Input::Unreachable`]).
+    unreachable: BTreeSet<u16>,
 }
 
 /// Result of checking a proposal as a signer.
@@ -740,6 +750,7 @@ impl<C: SibylSuite> Node<C> {
             clock: Clock::default(),
             penalty: BTreeMap::new(),
             member_stats: committee_members_except(&committee, me),
+            unreachable: BTreeSet::new(),
             committee,
         })
     }
@@ -934,6 +945,15 @@ impl<C: SibylSuite> Node<C> {
                 }
                 self.stats.signing_refused_by_ledger += 1;
             }
+            Input::Unreachable(list) => {
+                self.unreachable = list
+                    .into_iter()
+                    .filter(|m| *m != self.me && self.committee.is_member(*m))
+                    .collect();
+                if self.leader_unreachable(self.round) && !self.rs.reported {
+                    self.rs.deadline = self.rs.deadline.min(now_ms);
+                }
+            }
         }
         self.check_timers(now_ms, rng);
         self.drain_loopback(now_ms, rng);
@@ -970,7 +990,10 @@ impl<C: SibylSuite> Node<C> {
         }
         if self.committee.leader(self.round) == self.me && !self.rs.reported {
             match &self.rs.leader {
-                None => times.push(self.rs.entered_at + self.committee.timeouts().observe_ms),
+                None => {
+                    times.push(self.rs.entered_at + self.committee.timeouts().observe_ms);
+                    times.push(self.patience_deadline());
+                }
                 Some(l) => times.extend(
                     l.attempts
                         .values()
@@ -1018,7 +1041,12 @@ impl<C: SibylSuite> Node<C> {
         let start = start.min(now);
         self.round = round;
         self.next_round_at = None;
-        self.rs = RoundState::new(start, start + self.committee.timeouts().round_ms);
+        let deadline = if self.leader_unreachable(round) {
+            start
+        } else {
+            start + self.committee.timeouts().round_ms
+        };
+        self.rs = RoundState::new(start, deadline);
         self.stats.rounds_entered += 1;
         self.out.push(Action::RoundEntered {
             round,
@@ -1057,10 +1085,28 @@ impl<C: SibylSuite> Node<C> {
                 self.on_attempt_deadlines(now);
             }
         }
-        if now >= self.rs.deadline && !self.rs.reported {
-            self.stats.rounds_timed_out += 1;
+        // Rounds whose leader is unreachable end at once (see
+        // `enter_round`); bounded by the committee size.
+        let mut steps = 0;
+        while now >= self.rs.deadline && !self.rs.reported && steps <= self.committee.n() {
+            steps += 1;
+            if self.leader_unreachable(self.round) {
+                self.stats.rounds_skipped_unreachable += 1;
+            } else {
+                self.stats.rounds_timed_out += 1;
+            }
             self.enter_round(now, now, self.round + 1, rng);
         }
+    }
+
+    /// Whether `round`'s leader is another member this one cannot reach,
+    /// while it reaches `2f + 1` members (itself included): then the round
+    /// cannot be signed and is skipped. An isolated member skips nothing.
+    fn leader_unreachable(&self, round: Round) -> bool {
+        let leader = self.committee.leader(round);
+        leader != self.me
+            && self.unreachable.contains(&leader)
+            && self.committee.n() - self.unreachable.len() >= self.committee.quorum()
     }
 
     /// Round synchronisation: `f + 1` members (one of them honest) at a higher
@@ -1154,7 +1200,11 @@ impl<C: SibylSuite> Node<C> {
     // ---------------------------------------------------------- member side
 
     fn send_observation<R: RngCore + CryptoRng>(&mut self, now: TimestampMs, rng: &mut R) {
-        if !self.started || self.rs.observation_sent || self.rs.reported {
+        if !self.started
+            || self.rs.observation_sent
+            || self.rs.reported
+            || self.leader_unreachable(self.round)
+        {
             return;
         }
         let t = self.committee.timeouts();
@@ -1746,6 +1796,21 @@ impl<C: SibylSuite> Node<C> {
         if have < self.committee.quorum() || (have < self.committee.n() && !waited) {
             return;
         }
+        // With fewer than t candidate signers in good standing (offering to
+        // sign, no remembered fault), wait a little longer for the others'
+        // observations rather than pick a member that failed before.
+        let good = self
+            .rs
+            .observations
+            .iter()
+            .filter(|(m, a)| !a.msg.commitments.is_empty() && !self.penalty.contains_key(m))
+            .count();
+        if have < self.committee.n()
+            && good < usize::from(self.committee.t())
+            && now < self.patience_deadline()
+        {
+            return;
+        }
         let obs: Vec<&ObservationMsg> = self.rs.observations.values().map(|a| &a.msg).collect();
         let computed = compute_leaves(&self.committee, now, &obs, self.committee.feeds().keys());
         let candidates: Vec<ReportLeaf> = computed.into_iter().filter_map(|(_, l)| l).collect();
@@ -1807,6 +1872,14 @@ impl<C: SibylSuite> Node<C> {
             next_attempt: 0,
         });
         self.start_attempt(now);
+    }
+
+    /// How long a leader waits for observations of members in good
+    /// standing: `observe_ms` plus half of `share_ms` (less than the attempt
+    /// a faulty signer would cost).
+    fn patience_deadline(&self) -> TimestampMs {
+        let t = self.committee.timeouts();
+        self.rs.entered_at + t.observe_ms + t.share_ms / 2
     }
 
     /// Whether an attempt is open and not yet past its deadline.

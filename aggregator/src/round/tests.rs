@@ -1302,3 +1302,35 @@ fn refusal_messages_decode_and_bad_reasons_are_typed_errors() {
         ));
     }
 }
+
+#[test]
+fn a_round_whose_leader_is_unreachable_is_skipped_unless_this_member_is_isolated() {
+    let mut h = harness::<Ed>(4, 1);
+    assert_eq!(h.committee.leader(0), 1);
+    let entered = |a: &[Action]| -> Vec<Round> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::RoundEntered { round, .. } => Some(*round),
+                _ => None,
+            })
+            .collect()
+    };
+    // Member 2 reaches 2 and 4 besides itself (2f + 1 = 3): round 0's leader
+    // is down, so it moves to round 1 at once instead of after round_ms.
+    let a = h.handle(2, T0, Input::Unreachable(vec![1]));
+    assert_eq!(entered(&a), vec![0, 1], "{a:?}");
+    assert_eq!(h.nodes[1].round(), 1);
+    assert_eq!(h.nodes[1].stats().rounds_skipped_unreachable, 1);
+    // No observation went to the unreachable leader of round 0; round 1's
+    // leader (reachable) gets one.
+    let to: Vec<u16> = sends(&a).iter().map(|(to, _)| *to).collect();
+    assert!(!to.contains(&1), "{to:?}");
+    // Member 3 reaches nobody: it skips nothing (it would run ahead of the
+    // committee) and keeps round 0 until the ordinary timeout.
+    let a = h.handle(3, T0, Input::Unreachable(vec![1, 2, 4]));
+    assert_eq!(entered(&a), vec![0]);
+    assert_eq!(h.nodes[2].round(), 0);
+    let a = h.handle(3, T0 + h.committee.timeouts().round_ms, Input::Tick);
+    assert_eq!(entered(&a), vec![1]);
+    assert_eq!(h.nodes[2].stats().rounds_skipped_unreachable, 0);
+}

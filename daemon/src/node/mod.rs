@@ -916,10 +916,12 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 // Whatever was signed while apart: ask for what follows.
                 self.history.want_tail();
                 self.catchup_poll();
+                self.report_unreachable().await;
             }
             TransportEvent::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
                 self.metrics.set_connected(peer, false);
+                self.report_unreachable().await;
             }
             TransportEvent::Dropped { reason } => {
                 self.stats.transport_drops += 1;
@@ -927,6 +929,21 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             }
             TransportEvent::Closed => {}
         }
+    }
+
+    /// Tells the round machine which members it cannot reach now, so a
+    /// round led by one of them is skipped instead of timed out.
+    async fn report_unreachable(&mut self) {
+        let me = self.node.index();
+        let unreachable: Vec<u16> = self
+            .node
+            .committee()
+            .members()
+            .iter()
+            .map(|m| m.index)
+            .filter(|i| *i != me && !self.connected.contains(i))
+            .collect();
+        self.input(Input::Unreachable(unreachable)).await;
     }
 
     /// Reads which rounds are stored and settled (start of `run`).
