@@ -85,12 +85,16 @@ use std::sync::Arc;
 
 /// How many rounds ahead messages are buffered.
 const FUTURE_WINDOW: Round = 3;
-/// Penalties (signer ranking, remembered across rounds): what a fault adds,
-/// the cap, and how much every round this member leads forgives.
-const PENALTY_INVALID: u32 = 8;
-const PENALTY_REFUSAL: u32 = 4;
-const PENALTY_SILENT: u32 = 2;
-const PENALTY_CAP: u32 = 32;
+/// Penalties (signer ranking, remembered across rounds): what a fault adds
+/// and the cap. Every [`FORGIVE_EVERY`] rounds this member leads, each
+/// penalty drops by 1: a member that stayed silent once is tried again
+/// after about 32 rounds led (so it costs an attempt rarely), and one that
+/// then behaves is back in good standing.
+const PENALTY_INVALID: u32 = 16;
+const PENALTY_REFUSAL: u32 = 8;
+const PENALTY_SILENT: u32 = 4;
+const PENALTY_CAP: u32 = 64;
+const FORGIVE_EVERY: u64 = 8;
 
 /// A FROST ciphersuite Sibyl signs with.
 pub trait SibylSuite: Ciphersuite {
@@ -504,6 +508,8 @@ pub struct Node<C: SibylSuite> {
     clock: Clock,
     /// Signer ranking penalties, remembered across rounds.
     penalty: BTreeMap<u16, u32>,
+    /// Rounds this member proposed in (paces the forgiveness).
+    rounds_led_total: u64,
     member_stats: BTreeMap<u16, MemberStats>,
     /// Members the driver cannot reach ([`Input::Unreachable`]).
     unreachable: BTreeSet<u16>,
@@ -749,6 +755,7 @@ impl<C: SibylSuite> Node<C> {
             raw_now: 0,
             clock: Clock::default(),
             penalty: BTreeMap::new(),
+            rounds_led_total: 0,
             member_stats: committee_members_except(&committee, me),
             unreachable: BTreeSet::new(),
             committee,
@@ -1855,11 +1862,14 @@ impl<C: SibylSuite> Node<C> {
             .filter(|(_, a)| !a.msg.commitments.is_empty())
             .map(|(k, a)| (*k, a.msg.commitments.clone()))
             .collect();
-        // Every round led forgives a little of every remembered fault.
-        self.penalty.retain(|_, p| {
-            *p = p.saturating_sub(1);
-            *p > 0
-        });
+        // Leading forgives a little of every remembered fault, slowly.
+        self.rounds_led_total += 1;
+        if self.rounds_led_total % FORGIVE_EVERY == 0 {
+            self.penalty.retain(|_, p| {
+                *p = p.saturating_sub(1);
+                *p > 0
+            });
+        }
         self.rs.leader = Some(LeaderRound {
             header,
             digest,
