@@ -1157,6 +1157,32 @@ pub fn parse_member_address(s: &str) -> Result<Multiaddr, String> {
     }
 }
 
+impl NodeConfig {
+    /// Parses and validates node.toml's text alone (not the committee file it
+    /// names; [`Config::load`] reads both). `file` is only used in messages.
+    pub fn parse(file: &Path, src: &str) -> Result<NodeConfig, ConfigError> {
+        match Self::parse_with_problems(file, src) {
+            (Some(node), problems) if problems.is_empty() => Ok(node),
+            (_, problems) => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    /// The parsed config if the TOML matches its shape, and every problem.
+    fn parse_with_problems(file: &Path, src: &str) -> (Option<NodeConfig>, Vec<Problem>) {
+        let mut report = Report::new(file, src);
+        match toml::from_str::<NodeConfig>(src) {
+            Ok(node) => {
+                validate_node(&node, &mut report);
+                (Some(node), report.problems)
+            }
+            Err(e) => {
+                report.toml_error(&e);
+                (None, report.problems)
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Loading node.toml with its committee
 // ---------------------------------------------------------------------------
@@ -1185,19 +1211,10 @@ impl Config {
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        let mut report = Report::new(node_path, &src);
-        let node: Option<NodeConfig> = match toml::from_str(&src) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                report.toml_error(&e);
-                None
-            }
-        };
+        let (node, mut problems) = NodeConfig::parse_with_problems(node_path, &src);
         let Some(node) = node else {
-            return Err(ConfigError::Invalid(report.problems));
+            return Err(ConfigError::Invalid(problems));
         };
-        validate_node(&node, &mut report);
-        let mut problems = report.problems;
 
         let committee_path = base_dir.join(node.node.committee.get_ref());
         let committee = match Committee::load(&committee_path) {
