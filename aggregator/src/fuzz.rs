@@ -627,6 +627,9 @@ mod tests {
             fuzz_header_and_leaf(&data);
             fuzz_abi(&data);
             fuzz_round_message(&data);
+            fuzz_evidence(&data);
+            fuzz_commitments(&data);
+            fuzz_verified_report(&data);
         }
 
         /// Random bodies behind a well-formed message prefix (version, config

@@ -44,6 +44,7 @@ use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 use serde::{Deserialize, Serialize};
 use sha3::{Digest, Keccak256};
+use sibyl_aggregator::round::message::{MAX_FEEDS, MAX_MEMBERS};
 use sibyl_aggregator::{ConfigDigest, FeedId, Suite};
 use toml::Spanned;
 
@@ -873,12 +874,12 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
             "add one [[members]] table per member with index, peer_id and address",
         );
     }
-    if n > usize::from(u16::MAX) {
+    if n > MAX_MEMBERS {
         r.at(
             None,
             "members",
-            "too many members",
-            "a committee has at most 65535 members",
+            format!("{n} members is more than the round protocol takes ({MAX_MEMBERS})"),
+            format!("a committee has at most {MAX_MEMBERS} members"),
         );
     }
     let mut members = Vec::new();
@@ -1046,6 +1047,17 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
             "feeds",
             "the committee has no feeds",
             "add a [[feeds]] table with id, decimals, deviation_bps and heartbeat",
+        );
+    }
+    if raw.feeds.len() > MAX_FEEDS {
+        r.at(
+            None,
+            "feeds",
+            format!(
+                "{} feeds is more than a report carries ({MAX_FEEDS})",
+                raw.feeds.len()
+            ),
+            "split the feeds across committees",
         );
     }
     let mut feeds = Vec::new();

@@ -372,3 +372,50 @@ fn committee_converts_to_the_protocol_committee() {
     assert_eq!(p.timeouts().share_ms, 400);
     assert_eq!(p.identity(2).unwrap().to_bytes(), c.members[1].identity_key);
 }
+
+/// `config check` accepted committees the round protocol refuses (more than
+/// 1,024 members or 10,000 feeds), so `sibyl run` failed on a file the check
+/// called OK. Found while writing the `committee_file` fuzz oracle (what
+/// parses converts with `to_protocol`); random input cannot reach it.
+#[test]
+fn committee_sizes_beyond_the_round_protocol_are_refused() {
+    let members = |n: u16| {
+        (1..=n)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..2].copy_from_slice(&i.to_be_bytes());
+                let kp = libp2p_identity::Keypair::ed25519_from_bytes(seed).expect("32 bytes");
+                format!(
+                    "[[members]]\nindex = {i}\npeer_id = \"{}\"\naddress = \"/ip4/10.0.{}.{}/tcp/9000\"\n",
+                    kp.public().to_peer_id().to_base58(),
+                    i / 256,
+                    i % 256
+                )
+            })
+            .collect::<String>()
+    };
+    let feed = |i: usize| format!("[[feeds]]\nid = \"F{i}\"\ndecimals = 8\n");
+    let src = |n: u16, feeds: usize| {
+        let t = 2 * max_faulty(n) + 1;
+        format!(
+            "threshold = {t}\n{}{}",
+            members(n),
+            (0..feeds).map(feed).collect::<String>()
+        )
+    };
+    // At the limits: accepted, and the protocol takes it.
+    let c = parse(&src(1024, 2)).unwrap();
+    assert_eq!(c.to_protocol().map(|p| p.n()).ok(), Some(1024));
+    let c = parse(&src(4, MAX_FEEDS)).unwrap();
+    assert_eq!(
+        c.to_protocol().map(|p| p.feeds().len()).ok(),
+        Some(MAX_FEEDS)
+    );
+    // One more: refused by the check, naming the key.
+    let p = problems(&src(1025, 2));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "members");
+    let p = problems(&src(4, MAX_FEEDS + 1));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "feeds");
+}
