@@ -155,6 +155,33 @@ impl<'a> Report<'a> {
 
     fn toml_error(&mut self, err: &toml::de::Error) {
         let message = err.message().trim().to_string();
+        if message.is_empty() {
+            // toml names some syntax errors with no words at all (a control
+            // character in a comment, for one): say what is at the spot.
+            let at = err
+                .span()
+                .and_then(|s| self.src.get(s.start..))
+                .and_then(|rest| rest.chars().next());
+            let (message, hint) = match at {
+                Some(c) if c.is_control() => (
+                    format!(
+                        "control character U+{:04X} is not allowed in TOML",
+                        u32::from(c)
+                    ),
+                    "remove it; TOML allows no control characters but tab, even in comments",
+                ),
+                Some(c) => (
+                    format!("invalid TOML syntax at {c:?}"),
+                    "fix the syntax; the example configs in deploy/ show every key",
+                ),
+                None => (
+                    "invalid TOML syntax".to_string(),
+                    "fix the syntax; the example configs in deploy/ show every key",
+                ),
+            };
+            self.at(err.span(), "", message, hint);
+            return;
+        }
         let hint = if message.contains("unknown field") {
             "remove it or fix its spelling; the example configs in deploy/ list every option"
         } else if message.contains("missing field") {

@@ -419,3 +419,24 @@ fn committee_sizes_beyond_the_round_protocol_are_refused() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].key, "feeds");
 }
+
+/// Found by the `node_config` and `committee_file` fuzz targets: a control
+/// character in a comment made toml report an error with an empty message,
+/// so `config check` printed `node.toml:7:40: ` and nothing else. The lines
+/// are the fuzzers' crashing lines (mutated deploy/examples comments).
+#[test]
+fn toml_errors_without_words_still_say_what_is_wrong() {
+    let node = "[node]\n# The committee file (required). Ident\t\0\0\0 on every member.\ncommittee = \"c.toml\"\n";
+    let committee = "threshold = 3\n# are in (lo\u{1}\0\0\0\0\0\0\u{10}ency; a signer that then fails costs the round).\n";
+    for (src, col) in [(node, 40), (committee, 13)] {
+        let problems = match NodeConfig::parse(Path::new("x.toml"), src) {
+            Err(e) if src == node => e.problems().to_vec(),
+            _ => problems(src),
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert_eq!((p.line, p.col), (2, col), "{p}");
+        assert!(p.message.starts_with("control character U+00"), "{p}");
+        assert!(p.hint.contains("control characters"), "{p}");
+    }
+}
