@@ -1503,7 +1503,16 @@ fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
             "use 0 (no preference) to 19 (background threads yield the most); the default is 10",
         );
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(n.log.level.get_ref()) {
+    if n.log.level.get_ref().contains('{') {
+        // Field values in a filter are compiled into regular-expression
+        // automata, which can take seconds to minutes for a crafted value.
+        r.at(
+            span(&n.log.level),
+            "log.level",
+            "field filters (`[span{field=value}]`) are not taken from node.toml",
+            "use a level (error, warn, info, debug, trace) or \"info,sibyl::net=debug\"; set RUST_LOG for field filters",
+        );
+    } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(n.log.level.get_ref()) {
         r.at(
             span(&n.log.level),
             "log.level",

@@ -440,3 +440,19 @@ fn toml_errors_without_words_still_say_what_is_wrong() {
         assert!(p.hint.contains("control characters"), "{p}");
     }
 }
+
+/// Found by the `node_config` fuzz target (a timeout): a `log.level` with a
+/// field filter took 14 s in `config check`, since tracing compiles field
+/// values into automata. The fuzzer's input, byte for byte.
+#[test]
+fn log_level_field_filters_are_refused_before_they_are_compiled() {
+    let src = std::str::from_utf8(include_bytes!("testdata/fuzz-timeout-log-level.toml")).unwrap();
+    let e = NodeConfig::parse(Path::new("node.toml"), src).unwrap_err();
+    let p = e
+        .problems()
+        .iter()
+        .find(|p| p.key == "log.level")
+        .expect("log.level named");
+    assert!(p.message.contains("field filters"), "{p}");
+    assert_eq!(p.line, 9, "{p}");
+}
