@@ -1,17 +1,34 @@
-//! Fuzz entry points, one per decoder of the crate (report formats and the
-//! round protocol's signed messages).
+//! Fuzz entry points, one per decoder of the crate (report formats, the
+//! round protocol's signed messages, evidence and FROST commitments).
 //!
 //! Each takes arbitrary bytes and must never panic on its own account: a
 //! decoder either rejects the input with a typed error or accepts it, and
 //! then re-encoding must give back exactly the input (one encoding per
 //! value). The `assert!`s here are the fuzz oracle. They are called by the
-//! cargo-fuzz targets in `aggregator/fuzz/` and by the property tests below.
+//! cargo-fuzz targets in `aggregator/fuzz/` (and the daemon's in
+//! `daemon/fuzz/`) and by the property tests below; [`seeds`] gives each
+//! target a few valid inputs to start from.
 
 use crate::codec::{Decode, Encode};
 use crate::encoding;
+use crate::evidence::Evidence;
 use crate::merkle::{self, MerkleProof};
-use crate::report::{ConfigDigest, ReportHeader, ReportLeaf, SignedReport};
-use crate::verify::SignedLeaf;
+use crate::report::{ConfigDigest, FeedId, ReportHeader, ReportLeaf, SignedReport, Suite};
+use crate::round::SibylSuite;
+use crate::round::committee::{Committee, FeedConfig, Member, Timeouts};
+use crate::round::message::{
+    ObservationEntry, ObservationMsg, Payload, ProposalMsg, ShareMsg, SignedMessage,
+};
+use crate::testkit;
+use crate::verify::{SignedLeaf, verify_report};
+use ed25519_dalek::SigningKey;
+use frost_core::round1::SigningCommitments;
+use frost_ed25519::Ed25519Sha512;
+use frost_secp256k1_evm::Secp256K1Keccak256;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
 
 /// The config digest `decode_expecting` is fuzzed against.
 const FUZZ_DIGEST: ConfigDigest = ConfigDigest([0x5b; 32]);
@@ -94,6 +111,371 @@ pub fn fuzz_abi(data: &[u8]) {
     if let Ok(h) = encoding::decode_header(data) {
         assert_eq!(&encoding::encode_header(&h)[..], data);
     }
+}
+
+/// The message the fast signature check is compared with frost's on.
+const FUZZ_SIGNED_MESSAGE: &[u8] = b"sibyl fuzz";
+
+/// What the evidence, commitment and report targets check against: a 3-of-4
+/// committee (identity keys and both suites' FROST keys), the report it
+/// signed, every round message it signed and valid evidence of each kind.
+/// Deterministic; built once per process.
+pub struct FuzzFixture {
+    pub committee: Committee,
+    /// The signed report and the FROST keys (`testkit::fixture`).
+    pub report: testkit::Fixture,
+    /// Signed round messages of each kind (seeds for `round_message`).
+    pub messages: Vec<Vec<u8>>,
+    /// Evidence of each kind; `verify` names member 2 or the leader of round 5,
+    /// except the last (a valid share, so no misbehaviour).
+    pub evidence: Vec<Evidence>,
+    /// Every message the fixture signed: the fuzzer cannot sign, so only
+    /// these can ever prove misbehaviour.
+    signed: BTreeSet<Vec<u8>>,
+}
+
+fn keccak(bytes: &[u8]) -> [u8; 32] {
+    use sha3::{Digest, Keccak256};
+    Keccak256::digest(bytes).into()
+}
+
+/// The fixture shared by the entry points.
+pub fn fixture() -> &'static FuzzFixture {
+    static F: OnceLock<FuzzFixture> = OnceLock::new();
+    F.get_or_init(build_fixture)
+}
+
+fn build_fixture() -> FuzzFixture {
+    let mut rng = ChaCha20Rng::seed_from_u64(0x5eed);
+    let report = testkit::fixture(9, &mut rng);
+    let identities: Vec<SigningKey> = (1..=4u8)
+        .map(|i| SigningKey::from_bytes(&[i; 32]))
+        .collect();
+    let members = identities
+        .iter()
+        .zip(1u16..)
+        .map(|(k, index)| Member {
+            index,
+            identity: k.verifying_key().to_bytes(),
+        })
+        .collect();
+    let feed = FeedId::new("BTC-USD").expect("valid feed id");
+    let committee = Committee::new(
+        members,
+        3,
+        1,
+        0,
+        // The report's feeds and the observations' one: messages carry at
+        // most the committee's feed count.
+        report
+            .report
+            .leaves
+            .iter()
+            .map(|l| l.feed_id.clone())
+            .chain([feed.clone()])
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|id| FeedConfig {
+                id,
+                decimals: 8,
+                deviation_bps: 50,
+                heartbeat_ms: 60_000,
+            })
+            .collect(),
+        FUZZ_DIGEST,
+        Timeouts::default(),
+    )
+    .expect("valid 3-of-4 committee");
+    let sign = |sender: u16, round: u64, payload: Payload| {
+        SignedMessage::sign(
+            &identities[usize::from(sender) - 1],
+            &FUZZ_DIGEST,
+            round,
+            sender,
+            payload,
+        )
+        .bytes
+    };
+
+    // A signing run of members 1..=3 over the report's digest (ed25519).
+    let keys = &report.ed25519;
+    let digest = crate::digest::header_digest(&report.report.header);
+    let signers = testkit::first_signers(keys, 3);
+    let run = testkit::signing_run(keys, &signers, &digest, &mut rng).expect("honest signing run");
+    let package = run.package.serialize().expect("package serializes");
+    let ids: Vec<_> = signers.iter().copied().collect();
+    let commitment = run
+        .package
+        .signing_commitment(&ids[1])
+        .and_then(|c| c.serialize().ok())
+        .expect("member 2 committed");
+    let share_bytes = |i: usize| run.shares[&ids[i]].serialize();
+
+    let observation = |price: i128| {
+        Payload::Observation(ObservationMsg {
+            entries: vec![ObservationEntry {
+                feed: feed.clone(),
+                price,
+                spread: 10,
+                observed_at_ms: 1_760_000_000_000,
+            }],
+            commitments: vec![commitment.clone()],
+        })
+    };
+    let obs_a = sign(2, 5, observation(100));
+    let obs_b = sign(2, 5, observation(101));
+    let leader = committee.leader(5);
+    let proposal = |root: u8| {
+        Payload::Proposal(ProposalMsg {
+            attempt: 0,
+            timestamp_ms: 1_760_000_005_000,
+            merkle_root: [root; 32],
+            leaves: report.report.leaves[..2].to_vec(),
+            observations: vec![obs_a.clone()],
+            signing_package: package.clone(),
+            signer_observations: Vec::new(),
+        })
+    };
+    let prop_a = sign(leader, 5, proposal(1));
+    let prop_b = sign(leader, 5, proposal(2));
+    let share = |from: usize| {
+        Payload::Share(ShareMsg {
+            attempt: 0,
+            report_digest: digest,
+            package_hash: keccak(&package),
+            share: share_bytes(from),
+        })
+    };
+    // Member 2 sending member 1's share: invalid for member 2.
+    let bad_share = sign(2, 5, share(0));
+    let good_share = sign(2, 5, share(1));
+    let report_msg = sign(
+        committee.leader(report.report.header.round),
+        report.report.header.round,
+        Payload::Report(report.report.clone()),
+    );
+    let public_key_package = keys
+        .public_key_package
+        .serialize()
+        .expect("public key package serializes");
+    let invalid_share = |share: &[u8]| Evidence::InvalidShare {
+        suite: Suite::Ed25519,
+        share: share.to_vec(),
+        signing_package: package.clone(),
+        public_key_package: public_key_package.clone(),
+    };
+    let evidence = vec![
+        Evidence::ConflictingObservations {
+            first: obs_a.clone(),
+            second: obs_b.clone(),
+        },
+        Evidence::EquivocatingProposals {
+            first: prop_a.clone(),
+            second: prop_b.clone(),
+        },
+        invalid_share(&bad_share),
+        invalid_share(&good_share),
+    ];
+    let messages = vec![
+        obs_a, obs_b, prop_a, prop_b, bad_share, good_share, report_msg,
+    ];
+    FuzzFixture {
+        committee,
+        report,
+        signed: messages.iter().cloned().collect(),
+        messages,
+        evidence,
+    }
+}
+
+/// Evidence in the `evidence` target's binary form: a mode byte (kind in
+/// `mode % 3`; for an invalid share, bit 7 picks secp256k1) and up to three
+/// parts, each a big-endian u16 length and its bytes.
+pub fn evidence_to_parts(evidence: &Evidence) -> Vec<u8> {
+    let (mode, parts): (u8, Vec<&[u8]>) = match evidence {
+        Evidence::ConflictingObservations { first, second } => (0, vec![first, second]),
+        Evidence::EquivocatingProposals { first, second } => (1, vec![first, second]),
+        Evidence::InvalidShare {
+            suite,
+            share,
+            signing_package,
+            public_key_package,
+        } => (
+            if *suite == Suite::Ed25519 { 2 } else { 0x82 },
+            vec![share, signing_package, public_key_package],
+        ),
+    };
+    let mut out = vec![mode];
+    for p in parts {
+        let len = u16::try_from(p.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&p[..usize::from(len)]);
+    }
+    out
+}
+
+fn evidence_from_parts(mode: u8, mut rest: &[u8]) -> Evidence {
+    let mut part = || {
+        let len = rest
+            .get(..2)
+            .map_or(0, |l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+        let body = rest.get(2..).unwrap_or_default();
+        let (p, tail) = body.split_at(len.min(body.len()));
+        rest = tail;
+        p.to_vec()
+    };
+    match mode % 3 {
+        0 => Evidence::ConflictingObservations {
+            first: part(),
+            second: part(),
+        },
+        1 => Evidence::EquivocatingProposals {
+            first: part(),
+            second: part(),
+        },
+        _ => Evidence::InvalidShare {
+            suite: if mode & 0x80 == 0 {
+                Suite::Ed25519
+            } else {
+                Suite::Secp256k1Evm
+            },
+            share: part(),
+            signing_package: part(),
+            public_key_package: part(),
+        },
+    }
+}
+
+/// [`Evidence`] as a third party checks it: from JSON (input starting with
+/// `{`) or from the binary form of [`evidence_to_parts`], then
+/// `Evidence::verify` under both suites. JSON must round-trip; evidence
+/// that verifies must name a member and consist of messages the committee
+/// really signed.
+pub fn fuzz_evidence(data: &[u8]) {
+    let fx = fixture();
+    let evidence = match data.split_first() {
+        None => return,
+        Some((b'{', _)) => match serde_json::from_slice::<Evidence>(data) {
+            Ok(e) => e,
+            Err(_) => return,
+        },
+        Some((&mode, rest)) => evidence_from_parts(mode, rest),
+    };
+    let json = serde_json::to_vec(&evidence).expect("evidence serializes");
+    assert_eq!(
+        serde_json::from_slice::<Evidence>(&json).ok().as_ref(),
+        Some(&evidence),
+        "evidence JSON does not round-trip"
+    );
+    let results = [
+        evidence.verify::<Ed25519Sha512>(&fx.committee, &fx.report.ed25519.public_key_package),
+        evidence.verify::<Secp256K1Keccak256>(
+            &fx.committee,
+            &fx.report.secp256k1_evm.public_key_package,
+        ),
+    ];
+    for culprit in results.into_iter().flatten() {
+        assert!(
+            fx.committee.is_member(culprit),
+            "culprit {culprit} is no member"
+        );
+        let proof: Vec<&Vec<u8>> = match &evidence {
+            Evidence::ConflictingObservations { first, second }
+            | Evidence::EquivocatingProposals { first, second } => vec![first, second],
+            Evidence::InvalidShare { share, .. } => vec![share],
+        };
+        assert!(
+            proof.iter().all(|m| fx.signed.contains(*m)),
+            "evidence verified with a message the committee never signed"
+        );
+    }
+}
+
+/// FROST commitments as a commitments hint carries them: the fast Ed25519
+/// parse must answer exactly as frost's `SigningCommitments::deserialize`
+/// (except that it refuses trailing bytes) and accept only the canonical
+/// encoding; the secp256k1 parse must not panic. A 64-byte input is also
+/// checked as a signature: the fast verification must agree with frost's.
+pub fn fuzz_commitments(data: &[u8]) {
+    let fast = <Ed25519Sha512 as SibylSuite>::parse_commitments(data);
+    let frost = SigningCommitments::<Ed25519Sha512>::deserialize(data).ok();
+    match (&fast, &frost) {
+        (Some(a), Some(b)) => assert_eq!(a, b, "the fast parse disagrees with frost"),
+        (Some(_), None) => panic!("the fast parse accepted commitments frost refuses"),
+        (None, Some(b)) => assert_ne!(
+            b.serialize().ok().as_deref(),
+            Some(data),
+            "the fast parse refused canonical commitments frost accepts"
+        ),
+        (None, None) => {}
+    }
+    if let Some(c) = fast {
+        assert_eq!(
+            c.serialize().ok().as_deref(),
+            Some(data),
+            "non-canonical commitments accepted"
+        );
+    }
+    let _ = <Secp256K1Keccak256 as SibylSuite>::parse_commitments(data);
+    if data.len() == 64 {
+        let key = fixture().report.ed25519.public_key_package.verifying_key();
+        let fast =
+            <Ed25519Sha512 as SibylSuite>::verify_signature_bytes(key, FUZZ_SIGNED_MESSAGE, data);
+        let frost = frost_core::Signature::<Ed25519Sha512>::deserialize(data)
+            .is_ok_and(|s| key.verify(FUZZ_SIGNED_MESSAGE, &s).is_ok());
+        assert_eq!(fast, frost, "the fast signature check disagrees with frost");
+    }
+}
+
+/// A signed report as a member takes it from gossip or a catch-up reply:
+/// decoded for the committee's config digest, then verified against the
+/// fixture's group keys. Whatever verifies is the report the committee signed.
+pub fn fuzz_verified_report(data: &[u8]) {
+    let Ok(report) = SignedReport::decode_expecting(data, &FUZZ_DIGEST) else {
+        return;
+    };
+    let fx = &fixture().report;
+    if let Ok(v) = verify_report(&report, &fx.keys) {
+        assert_eq!(
+            v.report.header, fx.report.header,
+            "a forged header verified"
+        );
+        assert_eq!(v.report.leaves, fx.report.leaves, "forged leaves verified");
+    }
+}
+
+/// A few valid inputs per target of `aggregator/fuzz` (target name, input).
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let fx = fixture();
+    let r = &fx.report.report;
+    let mut out = vec![
+        ("signed_report", r.to_bytes()),
+        (
+            "signed_leaf",
+            SignedLeaf::from_report(r, 2)
+                .expect("leaf 2 exists")
+                .to_bytes(),
+        ),
+        (
+            "merkle_proof",
+            merkle::proof(&r.leaves, 3)
+                .expect("leaf 3 exists")
+                .to_bytes(),
+        ),
+        ("header_and_leaf", r.header.to_bytes()),
+        ("header_and_leaf", r.leaves[0].to_bytes()),
+        ("abi", encoding::encode_header(&r.header).to_vec()),
+        ("abi", encoding::encode_leaf(&r.leaves[0]).to_vec()),
+    ];
+    out.extend(fx.messages.iter().map(|m| ("round_message", m.clone())));
+    for e in &fx.evidence {
+        out.push(("evidence", evidence_to_parts(e)));
+        out.push((
+            "evidence",
+            serde_json::to_vec(e).expect("evidence serializes"),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -257,6 +639,9 @@ mod tests {
             fuzz_header_and_leaf(&data);
             fuzz_abi(&data);
             fuzz_round_message(&data);
+            fuzz_evidence(&data);
+            fuzz_commitments(&data);
+            fuzz_verified_report(&data);
         }
 
         /// Random bodies behind a well-formed message prefix (version, config
@@ -328,5 +713,111 @@ mod tests {
             prop_assert!(sl.verify(&f.keys).is_ok());
             fuzz_signed_leaf(&bytes);
         }
+    }
+
+    /// Every seed is accepted by its decoder and passes its target's oracle,
+    /// and the fixture's evidence names the right culprits. With
+    /// `SIBYL_FUZZ_SEEDS=DIR` set, the seeds are also written to
+    /// `DIR/<target>/` (how `aggregator/fuzz/seeds` was made).
+    #[test]
+    fn seeds_pass_their_targets() {
+        use crate::evidence::EvidenceError;
+        let fx = fixture();
+        let culprits: Vec<_> = fx
+            .evidence
+            .iter()
+            .map(|e| {
+                e.verify::<Ed25519Sha512>(&fx.committee, &fx.report.ed25519.public_key_package)
+            })
+            .collect();
+        assert_eq!(
+            culprits,
+            vec![
+                Ok(2),
+                Ok(fx.committee.leader(5)),
+                Ok(2),
+                Err(EvidenceError::ShareValid)
+            ]
+        );
+        let seeds = seeds();
+        for (target, input) in &seeds {
+            let input = input.as_slice();
+            match *target {
+                "signed_report" => {
+                    assert!(SignedReport::from_bytes(input).is_ok());
+                    fuzz_signed_report(input);
+                    fuzz_verified_report(input);
+                }
+                "signed_leaf" => {
+                    assert!(SignedLeaf::from_bytes(input).is_ok());
+                    fuzz_signed_leaf(input);
+                }
+                "merkle_proof" => {
+                    assert!(MerkleProof::from_bytes(input).is_ok());
+                    fuzz_merkle_proof(input);
+                }
+                "header_and_leaf" => {
+                    assert!(
+                        ReportHeader::from_bytes(input).is_ok()
+                            || ReportLeaf::from_bytes(input).is_ok()
+                    );
+                    fuzz_header_and_leaf(input);
+                }
+                "abi" => {
+                    assert!(
+                        encoding::decode_header(input).is_ok()
+                            || encoding::decode_leaf(input).is_ok()
+                    );
+                    fuzz_abi(input);
+                }
+                "round_message" => {
+                    assert!(SignedMessage::decode(input, &fx.committee).is_ok());
+                    fuzz_round_message(input);
+                }
+                "evidence" => fuzz_evidence(input),
+                other => panic!("seed for unknown target {other}"),
+            }
+        }
+        assert_eq!(
+            seeds.iter().filter(|(t, _)| *t == "evidence").count(),
+            2 * fx.evidence.len()
+        );
+        if let Ok(dir) = std::env::var("SIBYL_FUZZ_SEEDS") {
+            for (i, (target, input)) in seeds.iter().enumerate() {
+                let dir = std::path::Path::new(&dir).join(target);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(format!("seed-{i:02}")), input).unwrap();
+            }
+        }
+    }
+
+    /// Real commitments parse alike in the fast path and in frost; cut,
+    /// extended or tampered ones are refused by both, or by the fast path
+    /// only where frost ignores trailing bytes.
+    #[test]
+    fn commitments_oracle_on_real_and_tampered_commitments() {
+        let fx = fixture();
+        let (msg, _) =
+            crate::round::message::decode_unverified(&fx.messages[0], &FUZZ_DIGEST).unwrap();
+        let Payload::Observation(o) = msg.payload else {
+            panic!("the first fixture message is an observation");
+        };
+        let c = &o.commitments[0];
+        assert!(<Ed25519Sha512 as SibylSuite>::parse_commitments(c).is_some());
+        fuzz_commitments(c);
+        let mut long = c.clone();
+        long.push(0);
+        assert!(<Ed25519Sha512 as SibylSuite>::parse_commitments(&long).is_none());
+        fuzz_commitments(&long);
+        fuzz_commitments(&c[..c.len() - 1]);
+        for i in 0..c.len() {
+            let mut t = c.clone();
+            t[i] ^= 0x40;
+            fuzz_commitments(&t);
+        }
+        // A real signature (the report's) as 64 bytes: the fast check and
+        // frost's agree, whichever way.
+        let sig = &fx.report.report.signatures[&Suite::Ed25519].0;
+        fuzz_commitments(sig);
     }
 }

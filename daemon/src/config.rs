@@ -44,6 +44,7 @@ use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 use serde::{Deserialize, Serialize};
 use sha3::{Digest, Keccak256};
+use sibyl_aggregator::round::message::{MAX_FEEDS, MAX_MEMBERS};
 use sibyl_aggregator::{ConfigDigest, FeedId, Suite};
 use toml::Spanned;
 
@@ -154,6 +155,33 @@ impl<'a> Report<'a> {
 
     fn toml_error(&mut self, err: &toml::de::Error) {
         let message = err.message().trim().to_string();
+        if message.is_empty() {
+            // toml names some syntax errors with no words at all (a control
+            // character in a comment, for one): say what is at the spot.
+            let at = err
+                .span()
+                .and_then(|s| self.src.get(s.start..))
+                .and_then(|rest| rest.chars().next());
+            let (message, hint) = match at {
+                Some(c) if c.is_control() => (
+                    format!(
+                        "control character U+{:04X} is not allowed in TOML",
+                        u32::from(c)
+                    ),
+                    "remove it; TOML allows no control characters but tab, even in comments",
+                ),
+                Some(c) => (
+                    format!("invalid TOML syntax at {c:?}"),
+                    "fix the syntax; the example configs in deploy/ show every key",
+                ),
+                None => (
+                    "invalid TOML syntax".to_string(),
+                    "fix the syntax; the example configs in deploy/ show every key",
+                ),
+            };
+            self.at(err.span(), "", message, hint);
+            return;
+        }
         let hint = if message.contains("unknown field") {
             "remove it or fix its spelling; the example configs in deploy/ list every option"
         } else if message.contains("missing field") {
@@ -925,12 +953,12 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
             "add one [[members]] table per member with index, peer_id and address",
         );
     }
-    if n > usize::from(u16::MAX) {
+    if n > MAX_MEMBERS {
         r.at(
             None,
             "members",
-            "too many members",
-            "a committee has at most 65535 members",
+            format!("{n} members is more than the round protocol takes ({MAX_MEMBERS})"),
+            format!("a committee has at most {MAX_MEMBERS} members"),
         );
     }
     let mut members = Vec::new();
@@ -1103,6 +1131,17 @@ fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Option<Committe
             "add a [[feeds]] table with id, decimals, deviation_bps and heartbeat",
         );
     }
+    if raw.feeds.len() > MAX_FEEDS {
+        r.at(
+            None,
+            "feeds",
+            format!(
+                "{} feeds is more than a report carries ({MAX_FEEDS})",
+                raw.feeds.len()
+            ),
+            "split the feeds across committees",
+        );
+    }
     let mut feeds = Vec::new();
     let mut seen_feed: BTreeMap<FeedId, usize> = BTreeMap::new();
     for (i, f) in raw.feeds.iter().enumerate() {
@@ -1212,6 +1251,32 @@ pub fn parse_member_address(s: &str) -> Result<Multiaddr, String> {
     }
 }
 
+impl NodeConfig {
+    /// Parses and validates node.toml's text alone (not the committee file it
+    /// names; [`Config::load`] reads both). `file` is only used in messages.
+    pub fn parse(file: &Path, src: &str) -> Result<NodeConfig, ConfigError> {
+        match Self::parse_with_problems(file, src) {
+            (Some(node), problems) if problems.is_empty() => Ok(node),
+            (_, problems) => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    /// The parsed config if the TOML matches its shape, and every problem.
+    fn parse_with_problems(file: &Path, src: &str) -> (Option<NodeConfig>, Vec<Problem>) {
+        let mut report = Report::new(file, src);
+        match toml::from_str::<NodeConfig>(src) {
+            Ok(node) => {
+                validate_node(&node, &mut report);
+                (Some(node), report.problems)
+            }
+            Err(e) => {
+                report.toml_error(&e);
+                (None, report.problems)
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Loading node.toml with its committee
 // ---------------------------------------------------------------------------
@@ -1240,19 +1305,10 @@ impl Config {
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        let mut report = Report::new(node_path, &src);
-        let node: Option<NodeConfig> = match toml::from_str(&src) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                report.toml_error(&e);
-                None
-            }
-        };
+        let (node, mut problems) = NodeConfig::parse_with_problems(node_path, &src);
         let Some(node) = node else {
-            return Err(ConfigError::Invalid(report.problems));
+            return Err(ConfigError::Invalid(problems));
         };
-        validate_node(&node, &mut report);
-        let mut problems = report.problems;
 
         let committee_path = base_dir.join(node.node.committee.get_ref());
         let committee = match Committee::load(&committee_path) {
@@ -1564,7 +1620,16 @@ fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
             "use 0 (no preference) to 19 (background threads yield the most); the default is 10",
         );
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(n.log.level.get_ref()) {
+    if n.log.level.get_ref().contains('{') {
+        // Field values in a filter are compiled into regular-expression
+        // automata, which can take seconds to minutes for a crafted value.
+        r.at(
+            span(&n.log.level),
+            "log.level",
+            "field filters (`[span{field=value}]`) are not taken from node.toml",
+            "use a level (error, warn, info, debug, trace) or \"info,sibyl::net=debug\"; set RUST_LOG for field filters",
+        );
+    } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(n.log.level.get_ref()) {
         r.at(
             span(&n.log.level),
             "log.level",

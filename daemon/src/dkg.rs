@@ -250,14 +250,14 @@ impl DkgMessage {
     }
 
     /// Decode; returns the session id and the message.
-    pub fn decode(bytes: &[u8]) -> Result<([u8; 32], DkgMessage), String> {
+    pub fn decode(bytes: &[u8]) -> Result<([u8; 32], DkgMessage), DkgDecodeError> {
         let mut r = Reader(bytes);
         if r.take(4)? != MAGIC {
-            return Err("not a DKG message".into());
+            return Err(DkgDecodeError::NotDkg);
         }
         let version = r.u8()?;
         if version != VERSION {
-            return Err(format!("unsupported DKG message version {version}"));
+            return Err(DkgDecodeError::Version(version));
         }
         let kind = r.u8()?;
         let session = r.array::<32>()?;
@@ -274,7 +274,7 @@ impl DkgMessage {
                     let hash = r.array::<32>()?;
                     let sig = r.bytes()?.to_vec();
                     if entries.insert(member, (hash, sig)).is_some() {
-                        return Err(format!("echo lists member {member} twice"));
+                        return Err(DkgDecodeError::DuplicateEcho(member));
                     }
                 }
                 DkgMessage::Echo { entries }
@@ -285,40 +285,59 @@ impl DkgMessage {
             KIND_DONE => DkgMessage::Done {
                 public_key_package_hash: r.array::<32>()?,
             },
-            other => return Err(format!("unknown DKG message kind {other}")),
+            other => return Err(DkgDecodeError::UnknownKind(other)),
         };
         if !r.0.is_empty() {
-            return Err(format!("{} trailing bytes", r.0.len()));
+            return Err(DkgDecodeError::TrailingBytes(r.0.len()));
         }
         Ok((session, msg))
     }
 }
 
+/// Why bytes are not a DKG message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DkgDecodeError {
+    #[error("not a DKG message (no SDKG magic)")]
+    NotDkg,
+    #[error(
+        "unsupported DKG message version {0}; every member must run the same sibyl release for the ceremony"
+    )]
+    Version(u8),
+    #[error("DKG message truncated")]
+    Truncated,
+    #[error("unknown DKG message kind {0}")]
+    UnknownKind(u8),
+    #[error("echo lists member {0} twice")]
+    DuplicateEcho(u16),
+    #[error("{0} trailing bytes after the DKG message")]
+    TrailingBytes(usize),
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DkgDecodeError> {
         if self.0.len() < n {
-            return Err("message truncated".into());
+            return Err(DkgDecodeError::Truncated);
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, DkgDecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, DkgDecodeError> {
         Ok(u16::from_be_bytes(self.array::<2>()?))
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DkgDecodeError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    fn bytes(&mut self) -> Result<&'a [u8], DkgDecodeError> {
         let len = u32::from_be_bytes(self.array::<4>()?);
-        self.take(usize::try_from(len).map_err(|_| "length overflow".to_string())?)
+        self.take(usize::try_from(len).map_err(|_| DkgDecodeError::Truncated)?)
     }
 }
 
@@ -421,11 +440,11 @@ impl<'n> Ceremony<'n> {
                 // A straggler of a ceremony we finished: it lacks our messages.
                 Ok((s, _)) if self.outbox.contains_key(&s) => self.resend(&s, from),
                 Ok(_) => self.stash.push((from, bytes)),
-                Err(reason) => {
+                Err(e) => {
                     return Err(DkgError::BadMessage {
                         member: from,
                         phase,
-                        reason,
+                        reason: e.to_string(),
                     });
                 }
             }

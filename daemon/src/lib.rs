@@ -10,6 +10,7 @@ pub mod cmd_sources;
 pub mod config;
 pub mod devnet;
 pub mod dkg;
+pub mod fuzz;
 pub mod keygen;
 pub mod keystore;
 pub mod margin_svc;

@@ -437,3 +437,87 @@ fn api_limits_parse_and_are_checked_with_key_and_line() {
     assert_eq!(e.problems()[0].line, 6, "{e}");
     assert!(e.to_string().contains("not a duration"), "{e}");
 }
+
+/// `config check` accepted committees the round protocol refuses (more than
+/// 1,024 members or 10,000 feeds), so `sibyl run` failed on a file the check
+/// called OK. Found while writing the `committee_file` fuzz oracle (what
+/// parses converts with `to_protocol`); random input cannot reach it.
+#[test]
+fn committee_sizes_beyond_the_round_protocol_are_refused() {
+    let members = |n: u16| {
+        (1..=n)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..2].copy_from_slice(&i.to_be_bytes());
+                let kp = libp2p_identity::Keypair::ed25519_from_bytes(seed).expect("32 bytes");
+                format!(
+                    "[[members]]\nindex = {i}\npeer_id = \"{}\"\naddress = \"/ip4/10.0.{}.{}/tcp/9000\"\n",
+                    kp.public().to_peer_id().to_base58(),
+                    i / 256,
+                    i % 256
+                )
+            })
+            .collect::<String>()
+    };
+    let feed = |i: usize| format!("[[feeds]]\nid = \"F{i}\"\ndecimals = 8\n");
+    let src = |n: u16, feeds: usize| {
+        let t = 2 * max_faulty(n) + 1;
+        format!(
+            "threshold = {t}\n{}{}",
+            members(n),
+            (0..feeds).map(feed).collect::<String>()
+        )
+    };
+    // At the limits: accepted, and the protocol takes it.
+    let c = parse(&src(1024, 2)).unwrap();
+    assert_eq!(c.to_protocol().map(|p| p.n()).ok(), Some(1024));
+    let c = parse(&src(4, MAX_FEEDS)).unwrap();
+    assert_eq!(
+        c.to_protocol().map(|p| p.feeds().len()).ok(),
+        Some(MAX_FEEDS)
+    );
+    // One more: refused by the check, naming the key.
+    let p = problems(&src(1025, 2));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "members");
+    let p = problems(&src(4, MAX_FEEDS + 1));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "feeds");
+}
+
+/// Found by the `node_config` and `committee_file` fuzz targets: a control
+/// character in a comment made toml report an error with an empty message,
+/// so `config check` printed `node.toml:7:40: ` and nothing else. The lines
+/// are the fuzzers' crashing lines (mutated deploy/examples comments).
+#[test]
+fn toml_errors_without_words_still_say_what_is_wrong() {
+    let node = "[node]\n# The committee file (required). Ident\t\0\0\0 on every member.\ncommittee = \"c.toml\"\n";
+    let committee = "threshold = 3\n# are in (lo\u{1}\0\0\0\0\0\0\u{10}ency; a signer that then fails costs the round).\n";
+    for (src, col) in [(node, 40), (committee, 13)] {
+        let problems = match NodeConfig::parse(Path::new("x.toml"), src) {
+            Err(e) if src == node => e.problems().to_vec(),
+            _ => problems(src),
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert_eq!((p.line, p.col), (2, col), "{p}");
+        assert!(p.message.starts_with("control character U+00"), "{p}");
+        assert!(p.hint.contains("control characters"), "{p}");
+    }
+}
+
+/// Found by the `node_config` fuzz target (a timeout): a `log.level` with a
+/// field filter took 14 s in `config check`, since tracing compiles field
+/// values into automata. The fuzzer's input, byte for byte.
+#[test]
+fn log_level_field_filters_are_refused_before_they_are_compiled() {
+    let src = std::str::from_utf8(include_bytes!("testdata/fuzz-timeout-log-level.toml")).unwrap();
+    let e = NodeConfig::parse(Path::new("node.toml"), src).unwrap_err();
+    let p = e
+        .problems()
+        .iter()
+        .find(|p| p.key == "log.level")
+        .expect("log.level named");
+    assert!(p.message.contains("field filters"), "{p}");
+    assert_eq!(p.line, 9, "{p}");
+}
