@@ -1864,7 +1864,7 @@ impl<C: SibylSuite> Node<C> {
             .collect();
         // Leading forgives a little of every remembered fault, slowly.
         self.rounds_led_total += 1;
-        if self.rounds_led_total % FORGIVE_EVERY == 0 {
+        if self.rounds_led_total.is_multiple_of(FORGIVE_EVERY) {
             self.penalty.retain(|_, p| {
                 *p = p.saturating_sub(1);
                 *p > 0
