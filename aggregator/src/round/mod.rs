@@ -447,6 +447,9 @@ struct RoundState<C: Ciphersuite> {
     leader: Option<LeaderRound<C>>,
     /// Attempts this member refused (one refusal each).
     refused: BTreeSet<u8>,
+    /// In a run of skipped rounds: when members that did not skip them
+    /// would leave the last one (see `check_timers`).
+    carry: TimestampMs,
 }
 
 impl<C: Ciphersuite> RoundState<C> {
@@ -467,6 +470,7 @@ impl<C: Ciphersuite> RoundState<C> {
             conflict_blamed: BTreeSet::new(),
             leader: None,
             refused: BTreeSet::new(),
+            carry: 0,
         }
     }
 }
@@ -1094,15 +1098,30 @@ impl<C: SibylSuite> Node<C> {
         }
         // Rounds whose leader is unreachable end at once (see
         // `enter_round`); bounded by the committee size.
+        let round_ms = self.committee.timeouts().round_ms;
         let mut steps = 0;
         while now >= self.rs.deadline && !self.rs.reported && steps <= self.committee.n() {
             steps += 1;
-            if self.leader_unreachable(self.round) {
+            // A member that skips a round may be alone in seeing its leader
+            // gone: the others leave that round only at its ordinary
+            // deadline. The next round this member plays therefore lasts
+            // until a round after that, so it meets them there instead of
+            // running ahead of them.
+            let carry = if self.leader_unreachable(self.round) {
                 self.stats.rounds_skipped_unreachable += 1;
+                Some(self.rs.carry.max(self.rs.entered_at + round_ms))
             } else {
                 self.stats.rounds_timed_out += 1;
-            }
+                None
+            };
             self.enter_round(now, now, self.round + 1, rng);
+            if let Some(carry) = carry {
+                if self.leader_unreachable(self.round) {
+                    self.rs.carry = carry + round_ms;
+                } else {
+                    self.rs.deadline = self.rs.deadline.max(carry + round_ms);
+                }
+            }
         }
     }
 

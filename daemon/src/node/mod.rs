@@ -324,6 +324,8 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     led: BTreeMap<u16, u64>,
     /// Whether the clock-offset warning is in force (logged on each change).
     clock_warned: bool,
+    /// Members whose connection was lost and is not back.
+    lost: BTreeSet<u16>,
     stats: DriverStats,
     /// Phase timestamps of recent rounds (shared with the report sink).
     trace: RoundTrace,
@@ -383,6 +385,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             last_seen: BTreeMap::new(),
             led: BTreeMap::new(),
             clock_warned: false,
+            lost: BTreeSet::new(),
             stats: DriverStats::default(),
             trace,
             gossip_queue: VecDeque::new(),
@@ -916,12 +919,16 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 // Whatever was signed while apart: ask for what follows.
                 self.history.want_tail();
                 self.catchup_poll();
-                self.report_unreachable().await;
+                if self.lost.remove(&peer) {
+                    self.report_unreachable().await;
+                }
             }
             TransportEvent::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
                 self.metrics.set_connected(peer, false);
-                self.report_unreachable().await;
+                if self.lost.insert(peer) {
+                    self.report_unreachable().await;
+                }
             }
             TransportEvent::Dropped { reason } => {
                 self.stats.transport_drops += 1;
@@ -931,19 +938,13 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         }
     }
 
-    /// Tells the round machine which members it cannot reach now, so a
-    /// round led by one of them is skipped instead of timed out.
+    /// Tells the round machine which members it lost (disconnected and not
+    /// back), so a round led by one of them is skipped instead of timed
+    /// out. A member not yet connected after start is not counted: only a
+    /// lost connection is evidence.
     async fn report_unreachable(&mut self) {
-        let me = self.node.index();
-        let unreachable: Vec<u16> = self
-            .node
-            .committee()
-            .members()
-            .iter()
-            .map(|m| m.index)
-            .filter(|i| *i != me && !self.connected.contains(i))
-            .collect();
-        self.input(Input::Unreachable(unreachable)).await;
+        let lost = self.lost.iter().copied().collect();
+        self.input(Input::Unreachable(lost)).await;
     }
 
     /// Reads which rounds are stored and settled (start of `run`).
