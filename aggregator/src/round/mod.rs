@@ -1841,6 +1841,26 @@ impl<C: SibylSuite> Node<C> {
         let computed = compute_leaves(&self.committee, now, &obs, self.committee.feeds().keys());
         let candidates: Vec<ReportLeaf> = computed.into_iter().filter_map(|(_, l)| l).collect();
         if candidates.is_empty() {
+            // A quorum observed, yet nothing is fresh by this member's
+            // clock: the clock is likely far off (a member no leader picks
+            // as signer hears no proposals). The observers' newest
+            // timestamps are clock samples, older by their fetch age.
+            let samples: Vec<(u16, TimestampMs)> = self
+                .rs
+                .observations
+                .iter()
+                .filter_map(|(m, a)| {
+                    a.msg
+                        .entries
+                        .iter()
+                        .map(|e| e.observed_at_ms)
+                        .max()
+                        .map(|t| (*m, t))
+                })
+                .collect();
+            for (m, t) in samples {
+                self.clock_sample(m, t);
+            }
             return;
         }
         let due: Vec<ReportLeaf> = candidates

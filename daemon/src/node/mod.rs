@@ -59,6 +59,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use trace::{Phase, RoundTrace, now_us};
 use transport::{CATCHUP_PAGE, Envelope, Transport, TransportEvent};
 
+/// A member lost and silent this long is unreachable (see `refresh_unreachable`).
+const UNREACHABLE_AFTER_MS: u64 = 2_000;
 /// Latency samples kept for the status (and `sibyl bench`).
 const LATENCY_SAMPLES: usize = 4096;
 /// How long the leader holds the gossiped copy of a report back: members get
@@ -326,6 +328,8 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     clock_warned: bool,
     /// Members whose connection was lost and is not back.
     lost: BTreeSet<u16>,
+    /// The unreachable set last given to the round machine.
+    reported_unreachable: BTreeSet<u16>,
     stats: DriverStats,
     /// Phase timestamps of recent rounds (shared with the report sink).
     trace: RoundTrace,
@@ -386,6 +390,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             led: BTreeMap::new(),
             clock_warned: false,
             lost: BTreeSet::new(),
+            reported_unreachable: BTreeSet::new(),
             stats: DriverStats::default(),
             trace,
             gossip_queue: VecDeque::new(),
@@ -495,6 +500,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 _ = idle_sleep, if self.idle_at.is_some() => self.idle_work(),
             }
             self.publish_status();
+            self.refresh_unreachable().await;
         }
         tracing::info!(member = me, "round driver stopped");
     }
@@ -919,16 +925,12 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 // Whatever was signed while apart: ask for what follows.
                 self.history.want_tail();
                 self.catchup_poll();
-                if self.lost.remove(&peer) {
-                    self.report_unreachable().await;
-                }
+                self.lost.remove(&peer);
             }
             TransportEvent::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
                 self.metrics.set_connected(peer, false);
-                if self.lost.insert(peer) {
-                    self.report_unreachable().await;
-                }
+                self.lost.insert(peer);
             }
             TransportEvent::Dropped { reason } => {
                 self.stats.transport_drops += 1;
@@ -938,13 +940,30 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         }
     }
 
-    /// Tells the round machine which members it lost (disconnected and not
-    /// back), so a round led by one of them is skipped instead of timed
-    /// out. A member not yet connected after start is not counted: only a
-    /// lost connection is evidence.
-    async fn report_unreachable(&mut self) {
-        let lost = self.lost.iter().copied().collect();
-        self.input(Input::Unreachable(lost)).await;
+    /// Tells the round machine (when it changes) which members are
+    /// unreachable, so a round led by one of them is skipped instead of
+    /// timed out: a member whose connection was lost, that is not connected
+    /// again and that nothing (message, ping reply) came from for
+    /// `UNREACHABLE_AFTER_MS`. A member not yet connected after start is not
+    /// counted: only a lost connection is evidence.
+    async fn refresh_unreachable(&mut self) {
+        let now = now_ms();
+        let unreachable: BTreeSet<u16> = self
+            .lost
+            .iter()
+            .copied()
+            .filter(|m| !self.connected.contains(m))
+            .filter(|m| {
+                self.last_seen
+                    .get(m)
+                    .is_none_or(|&at| now.saturating_sub(at) > UNREACHABLE_AFTER_MS)
+            })
+            .collect();
+        if unreachable != self.reported_unreachable {
+            self.reported_unreachable = unreachable.clone();
+            self.input(Input::Unreachable(unreachable.into_iter().collect()))
+                .await;
+        }
     }
 
     /// Reads which rounds are stored and settled (start of `run`).
