@@ -384,6 +384,15 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
         .await
         .expect("seed points");
     round += 1;
+    // The margin engine takes stored reports in round order: the history
+    // points above have no stored reports, so their rounds are settled as
+    // having none (as catch-up settles them on a node).
+    let first_report = round;
+    store
+        .writer
+        .write(move |db| db.insert_report_gap(0, first_report))
+        .await
+        .expect("seed gap");
     store
         .writer
         .insert_report(report(round, now))
