@@ -7,32 +7,9 @@
 
 mod common;
 
-use common::{Members, last_round, sample, sibyl, spawn, status, wait_for};
+use common::{Members, accepted, last_round, sample, sibyl, spawn, terminate, wait_for};
 use sibyl::devnet::http_get;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn accepted(api: &str) -> u64 {
-    status(api)
-        .and_then(|s| s.pointer("/protocol/reports_accepted")?.as_u64())
-        .unwrap_or(0)
-}
-
-fn terminate(c: &mut Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(c.id().to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-}
+use std::process::{Command, Stdio};
 
 #[test]
 fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {

@@ -11,7 +11,9 @@
 
 mod common;
 
-use common::{Members, accepted, last_round, sample, sibyl, spawn, spawn_cmd, terminate, wait_for};
+use common::{
+    Members, last_round, report_rate, sample, sibyl, spawn, spawn_cmd, terminate, wait_for,
+};
 use sibyl::devnet::http_get;
 use std::time::{Duration, Instant};
 
@@ -22,13 +24,6 @@ fn share_failures_of_4(api: &str) -> f64 {
         .ok()
         .and_then(|t| sample(&t, "sibyl_share_failures_total{member=\"4\"}"))
         .unwrap_or(0.0)
-}
-
-fn rate(api: &str, window: Duration) -> f64 {
-    let start = accepted(api);
-    let t0 = Instant::now();
-    std::thread::sleep(window);
-    accepted(api).saturating_sub(start) as f64 / t0.elapsed().as_secs_f64()
 }
 
 #[test]
@@ -46,7 +41,7 @@ fn withholding_invalid_shares_and_refusals_from_one_member_cost_under_10_percent
         last_round(api[0]).is_some_and(|r| r >= 3)
     });
     std::thread::sleep(Duration::from_secs(2));
-    let baseline = rate(api[0], WINDOW);
+    let baseline = report_rate(api[0], WINDOW);
     eprintln!("baseline: {baseline:.2} reports/s at member 1");
     assert!(baseline > 1.0, "baseline {baseline:.2} reports/s");
 
@@ -64,7 +59,7 @@ fn withholding_invalid_shares_and_refusals_from_one_member_cost_under_10_percent
             common::status(api[3]).is_some()
         });
         std::thread::sleep(Duration::from_secs(3));
-        let r = rate(api[0], WINDOW);
+        let r = report_rate(api[0], WINDOW);
         let blamed = api[..3].iter().map(|a| share_failures_of_4(a)).sum::<f64>() - blamed_before;
         eprintln!(
             "member 4 {fault}: member 1 {r:.2} reports/s ({:.0} % of baseline); invalid shares pinned on member 4: {blamed}",
