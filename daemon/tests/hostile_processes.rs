@@ -15,7 +15,7 @@ use common::{
     Members, last_round, report_rate, sample, sibyl, spawn, spawn_cmd, terminate, wait_for,
 };
 use sibyl::devnet::http_get;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WINDOW: Duration = Duration::from_secs(20);
 
