@@ -31,6 +31,7 @@ use crate::digest::header_digest;
 use crate::report::{ConfigDigest, FeedId, Price, Round, SignedReport, TimestampMs};
 use crate::round::committee::{Committee, FeedConfig, Member, Timeouts};
 use crate::round::message::{Payload, decode_unverified};
+use crate::round::schedule::LeaderSchedule;
 use crate::round::{
     Action, Input, LocalObservation, Node, NodeKeys, Restore, SibylSuite, SigningRecord,
 };
@@ -232,8 +233,15 @@ pub struct SimOutcome {
     /// Longest run of rounds without a signed report, from round
     /// [`WARM_UP_ROUNDS`] on.
     pub max_consecutive_unsigned_rounds: u64,
+    /// The same from round `WARM_UP_ROUNDS + 2n` on, once every member has
+    /// been the base leader twice: a faulty member has then failed as a
+    /// leader and the leader schedule ([`crate::round::schedule`]) keeps it
+    /// from leading two rounds after another faulty one.
+    pub max_consecutive_unsigned_rounds_settled: u64,
     /// Rounds after warm-up with an honest leader but no signed report.
     pub unsigned_rounds_with_honest_leader: u64,
+    /// Those rounds and their leaders (for diagnosis).
+    pub honest_unsigned: Vec<(Round, u16)>,
     pub violations: Vec<Violation>,
     /// Evidence records emitted by honest members (all of them verified).
     pub evidence: u64,
@@ -284,6 +292,8 @@ struct Durable {
     last_report_round: Option<Round>,
     last_values: BTreeMap<FeedId, LastValue>,
     last_observed_round: Option<Round>,
+    /// Rounds of the reports it stored.
+    report_rounds: BTreeSet<Round>,
 }
 
 struct Member_<C: SibylSuite> {
@@ -540,6 +550,16 @@ impl<C: SibylSuite> Sim<C> {
             last_values: m.durable.last_values.clone(),
             last_report_round: m.durable.last_report_round,
             last_observed_round: m.durable.last_observed_round,
+            // What it stored, and what catch-up would fetch at once: the
+            // reports the others signed while it was down.
+            report_rounds: m
+                .durable
+                .report_rounds
+                .iter()
+                .chain(self.reports.keys())
+                .copied()
+                .collect(),
+            history_from: 0,
         };
         let mut node = Node::new(self.committee.clone(), index, m.keys.clone(), restore)?;
         match m.kind {
@@ -561,7 +581,7 @@ impl<C: SibylSuite> Sim<C> {
     }
 
     fn time_limit(&self) -> TimestampMs {
-        let per_round = self.cfg.timeouts.round_ms + self.cfg.timeouts.round_interval_ms;
+        let per_round = self.committee.round_ms() + self.cfg.timeouts.round_interval_ms;
         SIM_EPOCH_MS + (self.cfg.rounds + 4) * per_round * 2
     }
 
@@ -598,7 +618,7 @@ impl<C: SibylSuite> Sim<C> {
     fn plan_chaos(&mut self) {
         // Spread over the time the run takes when rounds sign at their pace.
         let span = (self.cfg.rounds + 2) * self.cfg.timeouts.round_interval_ms * 3 / 2;
-        let round_ms = self.cfg.timeouts.round_ms;
+        let round_ms = self.committee.round_ms();
         if self.cfg.network.crashes {
             let count = 1 + uniform(&mut self.rng, 3);
             let mut last_end = SIM_EPOCH_MS;
@@ -884,6 +904,7 @@ impl<C: SibylSuite> Sim<C> {
                 self.record(b"report", index, &header_digest(&report.header));
                 let d = &mut self.members[i].durable;
                 d.last_report_round = Some(report.header.round);
+                d.report_rounds.insert(report.header.round);
                 for leaf in &report.leaves {
                     d.last_values.insert(
                         leaf.feed_id.clone(),
@@ -985,15 +1006,24 @@ impl<C: SibylSuite> Sim<C> {
         let mut max_run = 0u64;
         let mut run = 0u64;
         let mut honest_unsigned = 0u64;
+        let settled_from = WARM_UP_ROUNDS + 2 * self.committee.n() as Round;
+        let mut max_run_settled = 0u64;
+        let mut honest_list = Vec::new();
+        // The leader of each round as the signed history defines it.
+        let schedule = LeaderSchedule::new(0, self.reports.keys().copied());
         for r in WARM_UP_ROUNDS..rounds {
             if self.reports.contains_key(&r) {
                 run = 0;
             } else {
                 run += 1;
                 max_run = max_run.max(run);
-                let leader = self.committee.leader(r);
+                if r >= settled_from {
+                    max_run_settled = max_run_settled.max(run.min(r + 1 - settled_from));
+                }
+                let leader = schedule.leader(&self.committee, r);
                 if self.members[usize::from(leader) - 1].kind.is_none() {
                     honest_unsigned += 1;
+                    honest_list.push((r, leader));
                 }
             }
         }
@@ -1009,7 +1039,9 @@ impl<C: SibylSuite> Sim<C> {
             rounds,
             signed_rounds,
             max_consecutive_unsigned_rounds: max_run,
+            max_consecutive_unsigned_rounds_settled: max_run_settled,
             unsigned_rounds_with_honest_leader: honest_unsigned,
+            honest_unsigned: honest_list,
             violations: self.violations,
             evidence: self.evidence,
             unverifiable_evidence: self.unverifiable_evidence,

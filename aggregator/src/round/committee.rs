@@ -183,6 +183,19 @@ impl Committee {
     pub fn f(&self) -> u16 {
         self.f
     }
+    /// The pacemaker's round timeout: the committee's `round_ms`, but at
+    /// least `observe_ms + attempts * share_ms`, the time the leader needs
+    /// to wait for observations and run every signing attempt. Shorter, and
+    /// `f` members withholding their shares could run an honest leader out
+    /// of time (n = 10 with the default timeouts needs 2,250 ms, not 2,000).
+    pub fn round_ms(&self) -> u64 {
+        let t = &self.timeouts;
+        let attempts = self.attempts() as u64;
+        t.round_ms.max(
+            t.observe_ms
+                .saturating_add(attempts.saturating_mul(t.share_ms)),
+        )
+    }
     /// `2f + 1`: observations needed per feed, and for a proposal.
     pub fn quorum(&self) -> usize {
         2 * usize::from(self.f) + 1

@@ -57,6 +57,7 @@
 pub mod committee;
 mod fast25519;
 pub mod message;
+pub mod schedule;
 #[cfg(test)]
 mod tests;
 
@@ -161,6 +162,9 @@ pub enum Input {
     /// `2f + 1` members (itself included); an isolated member keeps the
     /// ordinary timeouts, so it never runs ahead of the committee.
     Unreachable(Vec<u16>),
+    /// Rounds of signed reports the driver stored from elsewhere (catch-up):
+    /// the leader schedule reads them ([`schedule`]).
+    StoredReports(Vec<Round>),
 }
 
 /// What the node asks the driver to do, in order.
@@ -218,6 +222,12 @@ pub struct Restore {
     pub last_report_round: Option<Round>,
     /// The latest [`Action::RecordObservation`] persisted.
     pub last_observed_round: Option<Round>,
+    /// Rounds of the stored reports in the leader schedule's horizon
+    /// before `round` ([`schedule::LeaderSchedule::horizon`]).
+    pub report_rounds: Vec<Round>,
+    /// The oldest round the store knows about (its first report's round):
+    /// the leader schedule counts older rounds as signed.
+    pub history_from: Round,
 }
 
 /// A member's keys.
@@ -517,6 +527,8 @@ pub struct Node<C: SibylSuite> {
     member_stats: BTreeMap<u16, MemberStats>,
     /// Members the driver cannot reach ([`Input::Unreachable`]).
     unreachable: BTreeSet<u16>,
+    /// Which rounds have reports, for the leader schedule.
+    schedule: schedule::LeaderSchedule,
 }
 
 /// Result of checking a proposal as a signer.
@@ -762,6 +774,7 @@ impl<C: SibylSuite> Node<C> {
             rounds_led_total: 0,
             member_stats: committee_members_except(&committee, me),
             unreachable: BTreeSet::new(),
+            schedule: schedule::LeaderSchedule::new(restore.history_from, restore.report_rounds),
             committee,
         })
     }
@@ -776,6 +789,12 @@ impl<C: SibylSuite> Node<C> {
     }
     pub fn committee(&self) -> &Arc<Committee> {
         &self.committee
+    }
+    /// The leader of `round` by this member's view of the signed history
+    /// (see [`schedule`]): the base rotation, with members whose rounds went
+    /// unsigned replaced for a while.
+    pub fn leader_of(&self, round: Round) -> u16 {
+        self.schedule.leader(&self.committee, round)
     }
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -965,6 +984,11 @@ impl<C: SibylSuite> Node<C> {
                     self.rs.deadline = self.rs.deadline.min(now_ms);
                 }
             }
+            Input::StoredReports(rounds) => {
+                for r in rounds {
+                    self.schedule.note_report(r);
+                }
+            }
         }
         self.check_timers(now_ms, rng);
         self.drain_loopback(now_ms, rng);
@@ -999,7 +1023,7 @@ impl<C: SibylSuite> Node<C> {
         if !self.rs.reported {
             times.push(self.rs.deadline);
         }
-        if self.committee.leader(self.round) == self.me && !self.rs.reported {
+        if self.leader_of(self.round) == self.me && !self.rs.reported {
             match &self.rs.leader {
                 None => {
                     times.push(self.rs.entered_at + self.committee.timeouts().observe_ms);
@@ -1055,13 +1079,14 @@ impl<C: SibylSuite> Node<C> {
         let deadline = if self.leader_unreachable(round) {
             start
         } else {
-            start + self.committee.timeouts().round_ms
+            start + self.committee.round_ms()
         };
         self.rs = RoundState::new(start, deadline);
         self.stats.rounds_entered += 1;
+        self.schedule.prune(&self.committee, round);
         self.out.push(Action::RoundEntered {
             round,
-            leader: self.committee.leader(round),
+            leader: self.leader_of(round),
             start_ms: self.local_time(start),
         });
         // Signing state of older rounds is useless now; its nonces are gone with `rs`.
@@ -1089,7 +1114,7 @@ impl<C: SibylSuite> Node<C> {
         if self.rs.reported {
             return;
         }
-        if self.committee.leader(self.round) == self.me {
+        if self.leader_of(self.round) == self.me {
             if self.rs.leader.is_none() {
                 self.try_propose(now, rng);
             } else {
@@ -1098,7 +1123,7 @@ impl<C: SibylSuite> Node<C> {
         }
         // Rounds whose leader is unreachable end at once (see
         // `enter_round`); bounded by the committee size.
-        let round_ms = self.committee.timeouts().round_ms;
+        let round_ms = self.committee.round_ms();
         let mut steps = 0;
         while now >= self.rs.deadline && !self.rs.reported && steps <= self.committee.n() {
             steps += 1;
@@ -1129,7 +1154,7 @@ impl<C: SibylSuite> Node<C> {
     /// while it reaches `2f + 1` members (itself included): then the round
     /// cannot be signed and is skipped. An isolated member skips nothing.
     fn leader_unreachable(&self, round: Round) -> bool {
-        let leader = self.committee.leader(round);
+        let leader = self.leader_of(round);
         leader != self.me
             && self.unreachable.contains(&leader)
             && self.committee.n() - self.unreachable.len() >= self.committee.quorum()
@@ -1290,7 +1315,7 @@ impl<C: SibylSuite> Node<C> {
                 commitments: commitment_bytes,
             }),
         );
-        let leader = self.committee.leader(self.round);
+        let leader = self.leader_of(self.round);
         self.rs.own_observation = Some(msg.bytes.clone());
         self.send(leader, msg.bytes);
     }
@@ -1305,7 +1330,7 @@ impl<C: SibylSuite> Node<C> {
         let Payload::Proposal(p) = &payload else {
             return;
         };
-        if sender != self.committee.leader(round) {
+        if sender != self.leader_of(round) {
             self.stats.invalid_messages += 1;
             return;
         }
@@ -1381,7 +1406,7 @@ impl<C: SibylSuite> Node<C> {
                 clock_ms: now,
             }),
         );
-        let leader = self.committee.leader(round);
+        let leader = self.leader_of(round);
         self.send(leader, msg.bytes);
     }
 
@@ -1645,7 +1670,7 @@ impl<C: SibylSuite> Node<C> {
             }),
         );
         self.stats.shares_sent += 1;
-        let leader = self.committee.leader(pending.record.round);
+        let leader = self.leader_of(pending.record.round);
         self.send(leader, msg.bytes);
     }
 
@@ -1712,6 +1737,7 @@ impl<C: SibylSuite> Node<C> {
     fn accept_report(&mut self, now: TimestampMs, report: SignedReport) {
         let round = report.header.round;
         self.last_report_round = Some(round);
+        self.schedule.note_report(round);
         for leaf in &report.leaves {
             self.last_values.insert(
                 leaf.feed_id.clone(),
@@ -1751,7 +1777,7 @@ impl<C: SibylSuite> Node<C> {
         msg: SignedMessage,
         rng: &mut R,
     ) {
-        if self.committee.leader(msg.round) != self.me {
+        if self.leader_of(msg.round) != self.me {
             self.stats.invalid_messages += 1;
             return;
         }
@@ -2226,7 +2252,7 @@ impl<C: SibylSuite> Node<C> {
             return;
         };
         let sender = msg.sender;
-        if self.committee.leader(msg.round) != self.me {
+        if self.leader_of(msg.round) != self.me {
             self.stats.invalid_messages += 1;
             return;
         }

@@ -240,9 +240,13 @@ impl ReportSink {
 
 /// Reads what a member restarts from: the signing ledger, the observation
 /// ledger and its newest reports.
+///
+/// `horizon` is how many rounds of report history the leader schedule reads
+/// ([`sibyl_aggregator::round::schedule::LeaderSchedule::horizon`]).
 pub fn restore_from(
     readers: &crate::store::Readers,
     observed: &observed::ObservationLedger,
+    horizon: Round,
 ) -> Result<Restore, StoreError> {
     let last_observed_round = observed.last();
     readers.read_blocking(|db| {
@@ -261,12 +265,15 @@ pub fn restore_from(
             );
         }
         let last_report_round = last.as_ref().map(|r| r.header.round);
+        let round = last_report_round.map_or(0, |r| r + 1);
         Ok(Restore {
-            round: last_report_round.map_or(0, |r| r + 1),
+            round,
             last_signed,
             last_values,
             last_report_round,
             last_observed_round,
+            report_rounds: db.stored_rounds_from(round.saturating_sub(horizon))?,
+            history_from: db.oldest_round()?.unwrap_or(round),
         })
     })
 }
@@ -328,6 +335,9 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     clock_warned: bool,
     /// Members whose connection was lost and is not back.
     lost: BTreeSet<u16>,
+    /// Rounds of reports stored from gossip or catch-up, for the round
+    /// machine's leader schedule ([`Input::StoredReports`]).
+    stored_news: Vec<Round>,
     /// The unreachable set last given to the round machine.
     reported_unreachable: BTreeSet<u16>,
     stats: DriverStats,
@@ -390,6 +400,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             led: BTreeMap::new(),
             clock_warned: false,
             lost: BTreeSet::new(),
+            stored_news: Vec::new(),
             reported_unreachable: BTreeSet::new(),
             stats: DriverStats::default(),
             trace,
@@ -546,7 +557,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         }
         if let Ok(mut s) = self.status.lock() {
             s.round = self.node.round();
-            s.leader = self.node.committee().leader(self.node.round());
+            s.leader = self.node.leader_of(self.node.round());
             s.connected = self.connected.clone();
             s.driver = self.stats.clone();
             s.protocol = self.node.stats().clone();
@@ -595,7 +606,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     }
                 }
                 Action::RecordSigning { round, digest } => {
-                    if self.node.committee().leader(round) != self.node.index() {
+                    if self.node.leader_of(round) != self.node.index() {
                         self.trace.mark_at(round, Phase::ProposalIn, arrived_us);
                     }
                     // What is queued (the leader's proposal) leaves now, not
@@ -745,7 +756,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             .trace
             .mark(round, Phase::Held)
             .map(Duration::from_micros);
-        let leader = self.node.committee().leader(round);
+        let leader = self.node.leader_of(round);
         *self.led.entry(leader).or_insert(0) += 1;
         self.metrics.rounds_signed.inc();
         if leader == self.node.index() {
@@ -797,6 +808,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             return false;
         }
         self.history.hold(round);
+        self.stored_news.push(round);
         self.store_settled();
         self.catchup_poll();
         true
@@ -878,6 +890,14 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         if let TransportEvent::Message { from, .. } | TransportEvent::Report { from, .. } = &ev {
             self.last_seen.insert(*from, now_ms());
         }
+        self.on_transport_event(ev).await;
+        if !self.stored_news.is_empty() {
+            let rounds = std::mem::take(&mut self.stored_news);
+            self.input(Input::StoredReports(rounds)).await;
+        }
+    }
+
+    async fn on_transport_event(&mut self, ev: TransportEvent) {
         match ev {
             TransportEvent::Message { from, bytes } => match Envelope::decode(&bytes) {
                 Ok(Envelope::Round(bytes)) => self.input(Input::Message { from, bytes }).await,

@@ -226,7 +226,9 @@ where
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let store = Store::open_with(&config.db_path(), config.node.store.ledger_sync)?;
     let observed = observed::ObservationLedger::open(&data_dir.join("observed-round"))?;
-    let restore = restore_from(&store.readers, &observed)?;
+    let protocol = Arc::new(committee.to_protocol()?);
+    let horizon = sibyl_aggregator::round::schedule::LeaderSchedule::horizon(&protocol);
+    let restore = restore_from(&store.readers, &observed, horizon)?;
     let last_report_round = restore.last_report_round;
 
     let group_key = public_key_package
@@ -234,7 +236,6 @@ where
         .serialize()
         .map_err(|e| anyhow::anyhow!("cannot encode the group key: {e}"))?;
     let group_keys = GroupKeys::new(digest).with_key_bytes(C::SUITE, &group_key)?;
-    let protocol = Arc::new(committee.to_protocol()?);
     let round_interval = Duration::from_millis(protocol.timeouts().round_interval_ms);
     let node = Node::<C>::new(
         protocol,

@@ -75,9 +75,10 @@ impl Harness {
             &self._dir.path().join(format!("node-{index}.observed")),
         )
         .unwrap();
-        let restore = restore_from(&store.readers, &observed).unwrap();
-        let last_report_round = restore.last_report_round;
         let protocol = Arc::new(self.committee.to_protocol().unwrap());
+        let horizon = sibyl_aggregator::round::schedule::LeaderSchedule::horizon(&protocol);
+        let restore = restore_from(&store.readers, &observed, horizon).unwrap();
+        let last_report_round = restore.last_report_round;
         let id = frost_core::Identifier::try_from(index).unwrap();
         let node_keys = NodeKeys {
             identity_seed: [index as u8; 32],

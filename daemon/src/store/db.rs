@@ -705,6 +705,15 @@ impl Db {
         r.map(|r| u64_of(r, "round")).transpose()
     }
 
+    /// Round of the oldest stored report.
+    pub fn oldest_round(&self) -> Result<Option<Round>, StoreError> {
+        let r: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(round) FROM reports")?
+            .query_row([], |r| r.get(0))?;
+        r.map(|r| u64_of(r, "round")).transpose()
+    }
+
     /// Rounds of the stored reports at or above `from`, ascending.
     pub fn stored_rounds_from(&self, from: Round) -> Result<Vec<Round>, StoreError> {
         let Ok(from) = i64::try_from(from) else {
