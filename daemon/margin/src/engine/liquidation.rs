@@ -120,44 +120,12 @@ impl Engine {
         if before.equity > 0 && !positions.is_empty() {
             let steps = self.s.risk.partial_steps_ppm.clone();
             for step in steps {
-                let mut a = acct0.clone();
-                let mut slices = Vec::new();
-                let mut penalty = 0i128;
-                let mut to_liq = 0i128;
-                for (m, size) in &positions {
-                    let c = crate::fixed::mul(*size, i128::from(step), "partial size")? / PPM;
-                    if c == 0 {
-                        continue;
-                    }
-                    let (ms, mark) = self.mark_of(m)?;
-                    let price = mark.price;
-                    let pen = ppm_ceil(
-                        value(c, price)?.abs(),
-                        i128::from(ms.config.liquidation_penalty_ppm),
-                    )?;
-                    to_liq = add(
-                        to_liq,
-                        ppm_floor(pen, i128::from(ms.config.liquidator_share_ppm))?,
-                        "penalty",
-                    )?;
-                    penalty = add(penalty, pen, "penalty")?;
-                    let pos = a
-                        .positions
-                        .get_mut(m)
-                        .ok_or_else(|| EngineError::NoPosition {
-                            account,
-                            market: m.clone(),
-                        })?;
-                    let (v, realized) = Self::fill(pos, -c, price)?;
-                    Self::credit(&mut a, unit, realized)?;
-                    slices.push(Slice {
-                        market: m.clone(),
-                        size: -c,
-                        paid: v,
-                        price,
-                        realized,
-                    });
-                }
+                let Closing {
+                    account: mut a,
+                    slices,
+                    penalty,
+                    to_liquidator: to_liq,
+                } = self.close_at_mark(account, &acct0, unit, &positions, Some(step))?;
                 if slices.is_empty() {
                     continue;
                 }
@@ -191,40 +159,12 @@ impl Engine {
             }
         }
         // Full: close everything at mark.
-        let mut a = acct0.clone();
-        let mut slices = Vec::new();
-        let mut raw_pen = 0i128;
-        let mut raw_liq = 0i128;
-        for (m, size) in &positions {
-            let (ms, mark) = self.mark_of(m)?;
-            let price = mark.price;
-            let pen = ppm_ceil(
-                value(*size, price)?.abs(),
-                i128::from(ms.config.liquidation_penalty_ppm),
-            )?;
-            raw_liq = add(
-                raw_liq,
-                ppm_floor(pen, i128::from(ms.config.liquidator_share_ppm))?,
-                "penalty",
-            )?;
-            raw_pen = add(raw_pen, pen, "penalty")?;
-            let pos = a
-                .positions
-                .get_mut(m)
-                .ok_or_else(|| EngineError::NoPosition {
-                    account,
-                    market: m.clone(),
-                })?;
-            let (v, realized) = Self::fill(pos, -*size, price)?;
-            Self::credit(&mut a, unit, realized)?;
-            slices.push(Slice {
-                market: m.clone(),
-                size: -*size,
-                paid: v,
-                price,
-                realized,
-            });
-        }
+        let Closing {
+            account: mut a,
+            slices,
+            penalty: raw_pen,
+            to_liquidator: raw_liq,
+        } = self.close_at_mark(account, &acct0, unit, &positions, None)?;
         // The penalty never creates debt: it takes at most what is left.
         let equity_closed = self.health_of(&a, unit)?.equity;
         let penalty = raw_pen.min(equity_closed.max(0));
@@ -317,6 +257,72 @@ impl Engine {
         Ok(())
     }
 
+    /// The one close path of partial and full liquidation: closes
+    /// `fraction_ppm` of each position (all of it for `None`; a position
+    /// whose fraction rounds to zero is skipped) at its mark on a copy of
+    /// `acct`, crediting realized PnL to the unit, and adds up each market's
+    /// penalty and the liquidator's share of it. Nothing is committed and
+    /// no penalty is debited yet.
+    fn close_at_mark(
+        &self,
+        account: AccountId,
+        acct: &Account,
+        unit: &Unit,
+        positions: &[(String, i128)],
+        fraction_ppm: Option<u32>,
+    ) -> Result<Closing, EngineError> {
+        let mut a = acct.clone();
+        let mut slices = Vec::new();
+        let mut penalty = 0i128;
+        let mut to_liquidator = 0i128;
+        for (m, size) in positions {
+            let c = match fraction_ppm {
+                Some(step) => {
+                    let c = crate::fixed::mul(*size, i128::from(step), "partial size")? / PPM;
+                    if c == 0 {
+                        continue;
+                    }
+                    c
+                }
+                None => *size,
+            };
+            let (ms, mark) = self.mark_of(m)?;
+            let price = mark.price;
+            let pen = ppm_ceil(
+                value(c, price)?.abs(),
+                i128::from(ms.config.liquidation_penalty_ppm),
+            )?;
+            to_liquidator = add(
+                to_liquidator,
+                ppm_floor(pen, i128::from(ms.config.liquidator_share_ppm))?,
+                "penalty",
+            )?;
+            penalty = add(penalty, pen, "penalty")?;
+            let pos = a
+                .positions
+                .get_mut(m)
+                .ok_or_else(|| EngineError::NoPosition {
+                    account,
+                    market: m.clone(),
+                })?;
+            let (v, realized) = Self::fill(pos, -c, price)?;
+            Self::credit(&mut a, unit, realized)?;
+            slices.push(Slice {
+                market: m.clone(),
+                size: -c,
+                paid: v,
+                price,
+                realized,
+            });
+        }
+        Ok(Closing {
+            account: a,
+            slices,
+            penalty,
+            to_liquidator,
+        })
+    }
+
     /// Pays an already-debited penalty out to the liquidator side and the fund.
     fn pay_penalty(
         &mut self,
@@ -336,4 +342,16 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Positions closed at mark on a copy of the account, not yet committed.
+struct Closing {
+    /// The account after the fills (penalty not yet debited).
+    account: Account,
+    /// The fills, to commit.
+    slices: Vec<Slice>,
+    /// Σ penalty over the closed markets.
+    penalty: i128,
+    /// The liquidator's share of `penalty`.
+    to_liquidator: i128,
 }
