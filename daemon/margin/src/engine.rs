@@ -24,8 +24,13 @@ pub use views::{AtRisk, Revaluation, UnitView};
 
 /// Milliseconds per year (365 days, Hull's convention) for option time.
 pub const YEAR_MS: f64 = 31_536_000_000.0;
+/// `YEAR_MS` for integer money arithmetic.
+const YEAR_MS_INT: i128 = 31_536_000_000;
+const _: () = assert!(YEAR_MS_INT as f64 == YEAR_MS);
 /// Longest time a unit holding options goes without a recheck (ms).
 pub const MAX_RECHECK_MS: u64 = 3_600_000;
+/// Most feeds one engine holds: the trigger index numbers them with a `u16`.
+pub const MAX_FEEDS: usize = 1 << 16;
 /// Greeks are stored per unit of underlying with 8 decimals.
 pub const GREEK_SCALE: i128 = 100_000_000;
 
@@ -211,6 +216,14 @@ impl Engine {
                 expected: SCHEMA_VERSION,
             });
         }
+        if s.feeds.len() > MAX_FEEDS {
+            return Err(EngineError::InvalidConfig {
+                detail: format!(
+                    "snapshot holds {} feeds, at most {MAX_FEEDS} are allowed",
+                    s.feeds.len()
+                ),
+            });
+        }
         let mut e = Engine::new(s.risk.clone());
         e.s = s;
         e.rebuild_index();
@@ -290,15 +303,28 @@ impl Engine {
             let Some(key) = e.key_of(u.account, &u.unit) else {
                 continue;
             };
-            let bands = u
-                .bands
-                .iter()
-                .map(|(f, lo, hi)| Band {
-                    feed: e.idx.feed_slot(f),
+            let mut bands = Vec::with_capacity(u.bands.len());
+            for (f, lo, hi) in &u.bands {
+                // Only configured feeds have slots (and there are at most
+                // MAX_FEEDS of them); a stored band on another is corrupt.
+                let feed = e
+                    .s
+                    .feeds
+                    .contains_key(f)
+                    .then(|| e.idx.feed_slot(f))
+                    .flatten()
+                    .ok_or_else(|| EngineError::InvalidConfig {
+                        detail: format!(
+                            "stored trigger index: account {} {} has a band on unknown feed `{f}`",
+                            u.account, u.unit
+                        ),
+                    })?;
+                bands.push(Band {
+                    feed,
                     lo: *lo,
                     hi: *hi,
-                })
-                .collect();
+                });
+            }
             e.idx.insert(key, bands, u.recheck_at_ms);
         }
         Ok(e)

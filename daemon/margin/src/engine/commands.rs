@@ -1,7 +1,7 @@
 //! Commands: validating an admin command into a plan on copies, then
 //! committing it (nothing changes when validation fails).
 
-use super::{Engine, FeedState, MarketState};
+use super::{Engine, FeedState, MAX_FEEDS, MarketState};
 use crate::error::EngineError;
 use crate::fixed::{QUOTE_ASSET, add, ppm_ceil, sub};
 use crate::types::*;
@@ -86,6 +86,14 @@ impl Engine {
                 if f.feed.is_empty() {
                     return Err(EngineError::InvalidConfig {
                         detail: "feed id is empty".into(),
+                    });
+                }
+                if !self.s.feeds.contains_key(&f.feed) && self.s.feeds.len() >= MAX_FEEDS {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "feed `{}`: the engine holds at most {MAX_FEEDS} feeds",
+                            f.feed
+                        ),
                     });
                 }
                 Self::check_ppm("max_jump_ppm", f.max_jump_ppm, 100_000_000)?;
@@ -671,7 +679,8 @@ impl Engine {
                         );
                     }
                 }
-                self.idx.feed_slot(&name);
+                // Some: `plan` keeps the feeds within MAX_FEEDS.
+                let _slot = self.idx.feed_slot(&name);
                 self.emit(Event::FeedConfigured(f));
                 self.refresh_guards();
                 self.remark_feed(&name);
@@ -686,7 +695,10 @@ impl Engine {
                 match self.s.markets.get_mut(&name) {
                     Some(ms) => ms.config = m.clone(),
                     None => {
-                        let slot = self.market_by_slot.len() as u32;
+                        // Checked before anything changes (the grid cache is
+                        // only a cache).
+                        let slot = u32::try_from(self.market_by_slot.len())
+                            .map_err(|_| crate::fixed::overflow("market slot"))?;
                         self.market_by_slot.push(name.clone());
                         self.s.markets.insert(
                             name.clone(),

@@ -2,7 +2,7 @@
 //! back for examination (`bands` holds the exact band search).
 
 use super::health::max_rate_ppm;
-use super::{Engine, MAX_RECHECK_MS, YEAR_MS};
+use super::{Engine, MAX_RECHECK_MS, YEAR_MS, YEAR_MS_INT};
 use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, ppm_ceil, value};
 use crate::index::{Band, Index, Key};
@@ -26,6 +26,10 @@ pub(super) fn delta_bound_ppm(
     let neg = (-rate_ppm).max(-carry).max(0) as f64 / 1e6;
     let years = expiry_ms.saturating_sub(from_ms) as f64 / YEAR_MS;
     let d = crate::detmath::exp(neg * years) * 1e6;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "d is finite and in 0..1e15, far inside i128"
+    )]
     (d.is_finite() && d < 1e15).then(|| d.ceil() as i128 + 1)
 }
 
@@ -80,7 +84,8 @@ impl Engine {
         self.market_by_slot = slots.into_iter().map(|(_, k)| k).collect();
         let feeds: Vec<String> = self.s.feeds.keys().cloned().collect();
         for f in feeds {
-            self.idx.feed_slot(&f);
+            // Slots in name order; `from_snapshot` checked the count.
+            let _slot = self.idx.feed_slot(&f);
         }
         let ids: Vec<AccountId> = self.s.accounts.keys().copied().collect();
         for id in ids {
@@ -123,17 +128,7 @@ impl Engine {
             }
         };
         match bands {
-            Ok((bands, recheck)) => {
-                let bands = bands
-                    .into_iter()
-                    .map(|(f, lo, hi)| Band {
-                        feed: self.idx.feed_slot(&f),
-                        lo,
-                        hi,
-                    })
-                    .collect();
-                self.idx.insert(key, bands, recheck);
-            }
+            Ok((bands, recheck)) => self.insert_bands(key, bands, recheck),
             Err(_) => {
                 // Cannot bound it: examine it on every tick of its feeds.
                 self.idx.remove(key);
@@ -143,22 +138,35 @@ impl Engine {
                     .get(&key.account)
                     .map(|a| self.unit_feeds(a, unit))
                     .unwrap_or_default();
-                let bands: Vec<Band> = feeds
+                let bands = feeds
                     .iter()
                     .filter_map(|f| {
                         let p = self.s.feeds.get(f)?.last.as_ref()?.price;
-                        Some((f.clone(), p))
-                    })
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .map(|(f, p)| Band {
-                        feed: self.idx.feed_slot(&f),
-                        lo: p,
-                        hi: p,
+                        Some((f.clone(), p, p))
                     })
                     .collect();
-                self.idx.insert(key, bands, None);
+                self.insert_bands(key, bands, None);
             }
+        }
+    }
+
+    /// Puts a unit's bands `(feed, lo, hi)` in the index. A feed without a
+    /// slot cannot happen (the engine holds at most `MAX_FEEDS` feeds); were
+    /// it to, the unit is examined on the next input rather than missed.
+    fn insert_bands(&mut self, key: Key, bands: Vec<(String, i128, i128)>, recheck: Option<u64>) {
+        let slotted: Option<Vec<Band>> = bands
+            .into_iter()
+            .map(|(f, lo, hi)| {
+                Some(Band {
+                    feed: self.idx.feed_slot(&f)?,
+                    lo,
+                    hi,
+                })
+            })
+            .collect();
+        match slotted {
+            Some(bands) => self.idx.insert(key, bands, recheck),
+            None => self.idx.insert(key, Vec::new(), Some(self.s.now_ms)),
         }
     }
 
@@ -241,13 +249,8 @@ impl Engine {
         // one recheck period and MAX_RECHECK_MS), and recheck at its end.
         let period = self.s.risk.option_recheck_ms.max(1);
         let (recheck, reserve) = if theta_money > 0 {
-            let horizon = mul_div_floor(
-                dist / 2,
-                YEAR_MS as i128,
-                2 * theta_money,
-                "recheck horizon",
-            )?
-            .clamp(i128::from(period), i128::from(MAX_RECHECK_MS.max(period)));
+            let horizon = mul_div_floor(dist / 2, YEAR_MS_INT, 2 * theta_money, "recheck horizon")?
+                .clamp(i128::from(period), i128::from(MAX_RECHECK_MS.max(period)));
             let horizon = u64::try_from(horizon).unwrap_or(period);
             // Not aligned to a grid: units that were examined together
             // spread their rechecks instead of all coming due on one tick.
@@ -256,7 +259,7 @@ impl Engine {
             let span = i128::from(at.saturating_sub(self.s.now_ms));
             (
                 Some(at),
-                mul_div_ceil(2 * theta_money, span, YEAR_MS as i128, "theta reserve")?,
+                mul_div_ceil(2 * theta_money, span, YEAR_MS_INT, "theta reserve")?,
             )
         } else {
             (None, 0)
