@@ -84,6 +84,13 @@ impl SplitMix {
         lo + self.next_u64() % (hi - lo + 1)
     }
 
+    /// Uniform in `0..len` (`len > 0`): an index into a slice.
+    pub fn index(&mut self, len: usize) -> usize {
+        // The remainder is below `len`, which is a usize: the conversion
+        // back cannot fail.
+        usize::try_from(self.range(0, len as u64 - 1)).unwrap_or(0)
+    }
+
     /// True with probability `ppm / 1e6`.
     pub fn chance(&mut self, ppm: u32) -> bool {
         self.next_u64() % 1_000_000 < u64::from(ppm)
@@ -271,7 +278,7 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
                 feed: f.clone(),
                 price: *px,
                 decimals: 8,
-                confidence: (*px / 2_000) as u128,
+                confidence: (*px / 2_000).unsigned_abs(),
             })
             .collect(),
     };
@@ -325,13 +332,13 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
             );
         }
         let near = rng.chance(p.near_liquidation_ppm);
-        let n_pos = rng.range(1, 5) as usize;
+        let n_pos = 1 + rng.index(5);
         let holds_options = rng.chance(p.options_ppm);
         for k in 0..n_pos {
             let market = if holds_options && k > 0 {
-                options[rng.range(0, 4) as usize]
+                options[rng.index(5)]
             } else {
-                perps[rng.range(0, 3) as usize]
+                perps[rng.index(4)]
             };
             let Some(mark) = engine
                 .state()

@@ -18,7 +18,9 @@ fn pow2(k: i64) -> f64 {
     } else if k < -1022 {
         0.0
     } else {
-        f64::from_bits(((k + 1023) as u64) << 52)
+        #[allow(clippy::cast_sign_loss, reason = "k + 1023 is in 1..=2046 here")]
+        let biased = (k + 1023) as u64;
+        f64::from_bits(biased << 52)
     }
 }
 
@@ -42,7 +44,12 @@ pub fn exp(x: f64) -> f64 {
         term = term * r / f64::from(i);
         sum += term;
     }
-    sum * pow2(k as i64)
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "k = round(x / ln 2) with x in -708..=709: |k| <= 1023"
+    )]
+    let k = k as i64;
+    sum * pow2(k)
 }
 
 /// ln(x) for x > 0 (NaN otherwise).

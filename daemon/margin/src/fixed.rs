@@ -102,6 +102,10 @@ pub fn round_to_scale(x: f64, scale: i128, what: &'static str) -> Result<i128, E
             detail: format!("non-finite or huge value {x}"),
         });
     }
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "y is a finite integer-valued float of magnitude <= 1e36 < i128::MAX"
+    )]
     Ok(y as i128)
 }
 

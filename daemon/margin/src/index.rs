@@ -38,13 +38,17 @@ impl Hasher for IntHasher {
         self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "hashes the low and the high 64 bits: truncation is the point"
+    )]
     fn write_u128(&mut self, i: u128) {
         self.write_u64(i as u64);
         self.write_u64((i >> 64) as u64);
     }
 
     fn write_i128(&mut self, i: i128) {
-        self.write_u128(i as u128);
+        self.write_u128(i.cast_unsigned());
     }
 
     fn write_usize(&mut self, i: usize) {
@@ -155,15 +159,17 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    pub fn feed_slot(&mut self, feed: &str) -> u16 {
+    /// The feed's slot, assigned on first sight; `None` once all
+    /// `MAX_FEEDS` slots are taken (the engine refuses more feeds first).
+    pub fn feed_slot(&mut self, feed: &str) -> Option<u16> {
         if let Some(s) = self.feed_slots.get(feed) {
-            return *s;
+            return Some(*s);
         }
-        let s = self.lower.len() as u16;
+        let s = u16::try_from(self.lower.len()).ok()?;
         self.feed_slots.insert(feed.to_string(), s);
         self.lower.push(Edges::default());
         self.upper.push(Edges::default());
-        s
+        Some(s)
     }
 
     pub fn remove(&mut self, key: Key) {

@@ -13,6 +13,16 @@
 //! `detmath` functions) and are rounded at the boundary, so every node and
 //! every replay computes the same events byte for byte.
 
+// Nothing here may panic on its inputs or silently wrap a number: money is
+// converted with checked conversions that return `EngineError`.
+#![warn(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod demo;
 pub mod detmath;
 pub mod engine;

@@ -674,3 +674,19 @@ fn demo_book_replays_and_has_accounts_near_liquidation() {
     assert!(!liquidations(&ev).is_empty());
     assert_eq!(e.total_money().unwrap(), total);
 }
+
+#[test]
+fn restore_refuses_a_stored_band_on_an_unknown_feed() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    let (s, mut idx) = w.e.snapshot_with_index();
+    // The live index restores as it is.
+    let restored = Engine::restore(s.clone(), &idx).unwrap();
+    assert_eq!(restored.indexed_units(), w.e.indexed_units());
+    // A band naming a feed the engine does not hold is a corrupt store.
+    let unit = idx.iter_mut().find(|u| !u.bands.is_empty()).unwrap();
+    unit.bands[0].0 = "NOPE-USD".into();
+    let err = Engine::restore(s, &idx).err().unwrap();
+    assert!(err.to_string().contains("NOPE-USD"), "{err}");
+}

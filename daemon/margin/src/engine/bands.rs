@@ -25,6 +25,8 @@
 //! Options within a day of expiry (after the window), and anything that
 //! cannot be evaluated, fall back to the whole-band Lipschitz bound.
 
+use super::health::max_rate_ppm;
+use super::triggers::{delta_bound_ppm, linear_sensitivity_ppm};
 use super::*;
 use crate::fixed::VALUE_DIVISOR;
 use crate::index::IntMap;

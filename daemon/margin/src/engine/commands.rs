@@ -1,0 +1,729 @@
+//! Commands: validating an admin command into a plan on copies, then
+//! committing it (nothing changes when validation fails).
+
+use super::{Engine, FeedState, MAX_FEEDS, MarketState};
+use crate::error::EngineError;
+use crate::fixed::{QUOTE_ASSET, add, ppm_ceil, sub};
+use crate::types::*;
+
+/// A validated command, ready to commit.
+enum Plan {
+    Config(Command),
+    Fund(i128),
+    Account {
+        id: AccountId,
+        acct: Account,
+        extra: Vec<Event>,
+        fee: i128,
+        fills: Vec<(String, i128, i128, Event)>,
+    },
+}
+
+impl Engine {
+    /// Applies an admin command stamped with its arrival time. On error
+    /// nothing changed and no event was emitted.
+    pub fn apply_command(
+        &mut self,
+        at_ms: u64,
+        cmd: &Command,
+    ) -> Result<Vec<EventRecord>, EngineError> {
+        let now = self.s.now_ms.max(at_ms);
+        // Validate and compute on copies; commit below.
+        let plan = self.plan(now, cmd)?;
+        self.out.clear();
+        self.s.now_ms = now;
+        self.refresh_guards();
+        self.commit(plan)?;
+        self.idx.due(self.s.now_ms, &mut self.pending);
+        self.drain_pending();
+        Ok(std::mem::take(&mut self.out))
+    }
+
+    fn check_ppm(what: &str, v: u32, max: u32) -> Result<(), EngineError> {
+        if v > max {
+            return Err(EngineError::InvalidConfig {
+                detail: format!("{what} = {v} ppm, must be at most {max}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn plan(&self, now: u64, cmd: &Command) -> Result<Plan, EngineError> {
+        match cmd {
+            Command::ConfigureRisk(r) => {
+                Self::check_ppm(
+                    "liquidation_buffer_ppm",
+                    r.liquidation_buffer_ppm,
+                    10_000_000,
+                )?;
+                if r.partial_steps_ppm
+                    .iter()
+                    .any(|s| *s == 0 || *s >= 1_000_000)
+                {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "partial_steps_ppm {:?}: each step must be in 1..1000000",
+                            r.partial_steps_ppm
+                        ),
+                    });
+                }
+                if r.portfolio_initial_ratio_ppm < 1_000_000 {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "portfolio_initial_ratio_ppm = {}, must be >= 1000000",
+                            r.portfolio_initial_ratio_ppm
+                        ),
+                    });
+                }
+                if r.option_recheck_ms == 0 {
+                    return Err(EngineError::InvalidConfig {
+                        detail: "option_recheck_ms must be > 0".into(),
+                    });
+                }
+                Ok(Plan::Config(cmd.clone()))
+            }
+            Command::ConfigureFeed(f) => {
+                if f.feed.is_empty() {
+                    return Err(EngineError::InvalidConfig {
+                        detail: "feed id is empty".into(),
+                    });
+                }
+                if !self.s.feeds.contains_key(&f.feed) && self.s.feeds.len() >= MAX_FEEDS {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "feed `{}`: the engine holds at most {MAX_FEEDS} feeds",
+                            f.feed
+                        ),
+                    });
+                }
+                Self::check_ppm("max_jump_ppm", f.max_jump_ppm, 100_000_000)?;
+                let g = &f.grid;
+                if g.price_moves_ppm.is_empty() || g.vol_shocks_ppm.is_empty() {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "feed `{}`: the scenario grid needs at least one price move and one vol shock",
+                            f.feed
+                        ),
+                    });
+                }
+                if g.price_moves_ppm
+                    .iter()
+                    .chain(&g.extreme_moves_ppm)
+                    .chain(&g.vol_shocks_ppm)
+                    .any(|m| *m <= -1_000_000 || *m > 10_000_000)
+                {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "feed `{}`: scenario moves and shocks must be in (-1000000, 10000000] ppm",
+                            f.feed
+                        ),
+                    });
+                }
+                Self::check_ppm("extreme_weight_ppm", g.extreme_weight_ppm, 1_000_000)?;
+                if let Some(s) = &f.vol_surface {
+                    let sorted = s.slices.windows(2).all(|w| w[0].expiry_ms < w[1].expiry_ms)
+                        && s.slices.iter().all(|sl| {
+                            !sl.points.is_empty()
+                                && sl.points.windows(2).all(|w| w[0].strike < w[1].strike)
+                                && sl.points.iter().all(|p| p.vol_ppm > 0)
+                        });
+                    if s.slices.is_empty() || !sorted {
+                        return Err(EngineError::InvalidConfig {
+                            detail: format!(
+                                "feed `{}`: vol surface slices must be sorted by expiry, points by strike, vols > 0",
+                                f.feed
+                            ),
+                        });
+                    }
+                }
+                Ok(Plan::Config(cmd.clone()))
+            }
+            Command::ConfigureAsset(a) => {
+                if a.asset == QUOTE_ASSET {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "`{QUOTE_ASSET}` is the quote asset, not a collateral asset"
+                        ),
+                    });
+                }
+                if !self.s.feeds.contains_key(&a.feed) {
+                    return Err(EngineError::UnknownFeed {
+                        feed: a.feed.clone(),
+                    });
+                }
+                Self::check_ppm("haircut_ppm", a.haircut_ppm, 1_000_000)?;
+                Ok(Plan::Config(cmd.clone()))
+            }
+            Command::ConfigureMarket(m) => {
+                if !self.s.feeds.contains_key(&m.feed) {
+                    return Err(EngineError::UnknownFeed {
+                        feed: m.feed.clone(),
+                    });
+                }
+                Self::check_ppm("max_rate_ppm", m.max_rate_ppm, 1_000_000)?;
+                Self::check_ppm("initial_ppm", m.initial_ppm, m.max_rate_ppm)?;
+                Self::check_ppm("maintenance_ppm", m.maintenance_ppm, m.initial_ppm)?;
+                Self::check_ppm("taker_fee_ppm", m.taker_fee_ppm, 100_000)?;
+                Self::check_ppm(
+                    "liquidation_penalty_ppm",
+                    m.liquidation_penalty_ppm,
+                    500_000,
+                )?;
+                Self::check_ppm("liquidator_share_ppm", m.liquidator_share_ppm, 1_000_000)?;
+                if let Some(old) = self.s.markets.get(&m.market)
+                    && (old.config.kind != m.kind || old.config.feed != m.feed)
+                {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "market `{}`: its feed and instrument cannot change; configure a new market",
+                            m.market
+                        ),
+                    });
+                }
+                if let MarketKind::Option { strike, vol, .. } = &m.kind {
+                    if *strike <= 0 {
+                        return Err(EngineError::NonPositive {
+                            what: "option strike",
+                            value: *strike,
+                        });
+                    }
+                    match vol {
+                        VolSource::Fixed { vol_ppm } if *vol_ppm == 0 => {
+                            return Err(EngineError::InvalidConfig {
+                                detail: format!("market `{}`: vol must be > 0", m.market),
+                            });
+                        }
+                        VolSource::Surface
+                            if self
+                                .s
+                                .feeds
+                                .get(&m.feed)
+                                .is_none_or(|f| f.config.vol_surface.is_none()) =>
+                        {
+                            return Err(EngineError::InvalidConfig {
+                                detail: format!(
+                                    "market `{}` uses the vol surface but feed `{}` has none",
+                                    m.market, m.feed
+                                ),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Plan::Config(cmd.clone()))
+            }
+            Command::CreateAccount { account } => {
+                if self.s.accounts.contains_key(account) {
+                    return Err(EngineError::AccountExists { account: *account });
+                }
+                Ok(Plan::Account {
+                    id: *account,
+                    acct: Account::default(),
+                    extra: vec![Event::AccountCreated { account: *account }],
+                    fee: 0,
+                    fills: vec![],
+                })
+            }
+            Command::Deposit {
+                account,
+                asset,
+                amount,
+            } => {
+                if *amount <= 0 {
+                    return Err(EngineError::NonPositive {
+                        what: "deposit amount",
+                        value: *amount,
+                    });
+                }
+                let mut a = self.account(*account)?.clone();
+                if asset == QUOTE_ASSET {
+                    a.cash = add(a.cash, *amount, "cash")?;
+                } else {
+                    if !self.s.assets.contains_key(asset) {
+                        return Err(EngineError::UnknownAsset {
+                            asset: asset.clone(),
+                        });
+                    }
+                    let e = a.collateral.entry(asset.clone()).or_insert(0);
+                    *e = add(*e, *amount, "collateral")?;
+                }
+                let ev = Event::Deposited {
+                    account: *account,
+                    asset: asset.clone(),
+                    amount: *amount,
+                };
+                Ok(Plan::Account {
+                    id: *account,
+                    acct: a,
+                    extra: vec![ev],
+                    fee: 0,
+                    fills: vec![],
+                })
+            }
+            Command::Withdraw {
+                account,
+                asset,
+                amount,
+            } => {
+                if *amount <= 0 {
+                    return Err(EngineError::NonPositive {
+                        what: "withdrawal amount",
+                        value: *amount,
+                    });
+                }
+                let mut a = self.account(*account)?.clone();
+                let available = if asset == QUOTE_ASSET {
+                    a.cash
+                } else {
+                    if !self.s.assets.contains_key(asset) {
+                        return Err(EngineError::UnknownAsset {
+                            asset: asset.clone(),
+                        });
+                    }
+                    a.collateral.get(asset).copied().unwrap_or(0)
+                };
+                if available < *amount {
+                    return Err(EngineError::InsufficientBalance {
+                        account: *account,
+                        asset: asset.clone(),
+                        available,
+                        requested: *amount,
+                    });
+                }
+                if asset == QUOTE_ASSET {
+                    a.cash -= amount;
+                } else if let Some(q) = a.collateral.get_mut(asset) {
+                    *q -= amount;
+                    if *q == 0 {
+                        a.collateral.remove(asset);
+                    }
+                }
+                let has_positions = !Self::unit_positions(&a, &Unit::Cross).is_empty();
+                if has_positions {
+                    // Money leaving while the account has risk needs reliable prices.
+                    let feeds = self.unit_feeds(&a, &Unit::Cross);
+                    for f in &feeds {
+                        if let Some(reason) = self.guard_at(f, now) {
+                            return Err(EngineError::GuardUp {
+                                market: format!("feed {f}"),
+                                reason,
+                            });
+                        }
+                    }
+                }
+                let h = self.health_of(&a, &Unit::Cross)?;
+                if h.equity < h.initial || h.equity < 0 {
+                    return Err(EngineError::InsufficientMargin {
+                        account: *account,
+                        unit: "cross".into(),
+                        equity: h.equity,
+                        initial: h.initial,
+                    });
+                }
+                let ev = Event::Withdrawn {
+                    account: *account,
+                    asset: asset.clone(),
+                    amount: *amount,
+                    health_after: h,
+                };
+                Ok(Plan::Account {
+                    id: *account,
+                    acct: a,
+                    extra: vec![ev],
+                    fee: 0,
+                    fills: vec![],
+                })
+            }
+            Command::Open {
+                account,
+                market,
+                side,
+                size,
+                margin,
+            } => {
+                if *size <= 0 {
+                    return Err(EngineError::NonPositive {
+                        what: "position size",
+                        value: *size,
+                    });
+                }
+                let d = match side {
+                    Side::Long => *size,
+                    Side::Short => size
+                        .checked_neg()
+                        .ok_or_else(|| crate::fixed::overflow("size"))?,
+                };
+                self.plan_trade(now, *account, market, d, Some(*margin))
+            }
+            Command::Close {
+                account,
+                market,
+                size,
+            } => {
+                let a = self.account(*account)?;
+                let held = a.positions.get(market).map(|p| p.size).ok_or_else(|| {
+                    EngineError::NoPosition {
+                        account: *account,
+                        market: market.clone(),
+                    }
+                })?;
+                let c = match size {
+                    None => held.abs(),
+                    Some(s) if *s <= 0 => {
+                        return Err(EngineError::NonPositive {
+                            what: "close size",
+                            value: *s,
+                        });
+                    }
+                    Some(s) if *s > held.abs() => {
+                        return Err(EngineError::ExceedsPosition {
+                            account: *account,
+                            market: market.clone(),
+                            size: *s,
+                            held: held.abs(),
+                        });
+                    }
+                    Some(s) => *s,
+                };
+                self.plan_trade(now, *account, market, -held.signum() * c, None)
+            }
+            Command::AdjustIsolatedMargin {
+                account,
+                market,
+                delta,
+            } => {
+                if *delta == 0 {
+                    return Err(EngineError::NonPositive {
+                        what: "margin adjustment",
+                        value: 0,
+                    });
+                }
+                let mut a = self.account(*account)?.clone();
+                let pool = a
+                    .positions
+                    .get(market)
+                    .and_then(|p| p.isolated)
+                    .ok_or_else(|| EngineError::NoPosition {
+                        account: *account,
+                        market: format!("{market} (isolated)"),
+                    })?;
+                if *delta > 0 && a.cash < *delta {
+                    return Err(EngineError::InsufficientBalance {
+                        account: *account,
+                        asset: QUOTE_ASSET.into(),
+                        available: a.cash,
+                        requested: *delta,
+                    });
+                }
+                if *delta < 0 && pool < -*delta {
+                    return Err(EngineError::InsufficientBalance {
+                        account: *account,
+                        asset: format!("{market} pool"),
+                        available: pool,
+                        requested: -*delta,
+                    });
+                }
+                a.cash = sub(a.cash, *delta, "cash")?;
+                let unit = Unit::Isolated {
+                    market: market.clone(),
+                };
+                Self::credit(&mut a, &unit, *delta)?;
+                if *delta < 0 {
+                    if let Some(reason) = self
+                        .s
+                        .markets
+                        .get(market)
+                        .and_then(|m| self.guard_at(&m.config.feed, now))
+                    {
+                        return Err(EngineError::GuardUp {
+                            market: market.clone(),
+                            reason,
+                        });
+                    }
+                    let h = self.health_of(&a, &unit)?;
+                    if h.equity < h.initial {
+                        return Err(EngineError::InsufficientMargin {
+                            account: *account,
+                            unit: unit.to_string(),
+                            equity: h.equity,
+                            initial: h.initial,
+                        });
+                    }
+                }
+                let ev = Event::IsolatedMarginAdjusted {
+                    account: *account,
+                    market: market.clone(),
+                    delta: *delta,
+                    pool_after: add(pool, *delta, "pool")?,
+                };
+                Ok(Plan::Account {
+                    id: *account,
+                    acct: a,
+                    extra: vec![ev],
+                    fee: 0,
+                    fills: vec![],
+                })
+            }
+            Command::FundInsurance { amount } => {
+                if *amount <= 0 {
+                    return Err(EngineError::NonPositive {
+                        what: "insurance funding",
+                        value: *amount,
+                    });
+                }
+                add(self.s.insurance_fund, *amount, "insurance fund")?;
+                Ok(Plan::Fund(*amount))
+            }
+        }
+    }
+
+    /// A trade of signed size `d` at the mark against the venue.
+    /// `margin` is Some for Open (new risk allowed), None for Close.
+    fn plan_trade(
+        &self,
+        now: u64,
+        account: AccountId,
+        market: &str,
+        d: i128,
+        margin: Option<MarginMode>,
+    ) -> Result<Plan, EngineError> {
+        let ms = self
+            .s
+            .markets
+            .get(market)
+            .ok_or_else(|| EngineError::UnknownMarket {
+                market: market.to_string(),
+            })?;
+        if ms.settled.is_some() {
+            return Err(EngineError::Settled {
+                market: market.to_string(),
+            });
+        }
+        let mut a = self.account(account)?.clone();
+        let existing = a.positions.get(market).cloned();
+        let s0 = existing.as_ref().map_or(0, |p| p.size);
+        let s1 = add(s0, d, "position size")?;
+        let adds_risk = s1.abs() > s0.abs() || (s0 != 0 && s1.signum() != s0.signum());
+        if adds_risk {
+            if let Some(exp) = ms.config.kind.expiry_ms()
+                && now >= exp
+            {
+                return Err(EngineError::Expired {
+                    market: market.to_string(),
+                    expiry_ms: exp,
+                });
+            }
+            if let Some(reason) = self.guard_at(&ms.config.feed, now) {
+                return Err(EngineError::GuardUp {
+                    market: market.to_string(),
+                    reason,
+                });
+            }
+        }
+        let mark = ms.mark.as_ref().ok_or_else(|| EngineError::NoPrice {
+            market: market.to_string(),
+            feed: ms.config.feed.clone(),
+        })?;
+        let price = mark.price;
+        let isolated_now = existing.as_ref().map(|p| p.isolated.is_some());
+        let unit = match (margin, isolated_now) {
+            (Some(MarginMode::Cross), Some(true)) => {
+                return Err(EngineError::MarginModeConflict {
+                    account,
+                    market: market.to_string(),
+                    held: "isolated",
+                });
+            }
+            (Some(MarginMode::Isolated { .. }), Some(false)) => {
+                return Err(EngineError::MarginModeConflict {
+                    account,
+                    market: market.to_string(),
+                    held: "cross",
+                });
+            }
+            (Some(MarginMode::Isolated { collateral }), _) => {
+                if collateral < 0 {
+                    return Err(EngineError::NonPositive {
+                        what: "isolated collateral",
+                        value: collateral,
+                    });
+                }
+                if a.cash < collateral {
+                    return Err(EngineError::InsufficientBalance {
+                        account,
+                        asset: QUOTE_ASSET.into(),
+                        available: a.cash,
+                        requested: collateral,
+                    });
+                }
+                a.cash -= collateral;
+                let p = a.positions.entry(market.to_string()).or_default();
+                p.isolated = Some(add(p.isolated.unwrap_or(0), collateral, "isolated pool")?);
+                Unit::Isolated {
+                    market: market.to_string(),
+                }
+            }
+            (_, Some(true)) => Unit::Isolated {
+                market: market.to_string(),
+            },
+            _ => Unit::Cross,
+        };
+        let pos = a.positions.entry(market.to_string()).or_default();
+        let (paid, realized) = Self::fill(pos, d, price)?;
+        let fee = ppm_ceil(paid.abs(), i128::from(ms.config.taker_fee_ppm))?;
+        Self::credit(&mut a, &unit, realized)?;
+        Self::credit(&mut a, &unit, -fee)?;
+        if adds_risk {
+            let h = self.health_of(&a, &unit)?;
+            if h.equity < h.initial || h.equity < 0 {
+                return Err(EngineError::InsufficientMargin {
+                    account,
+                    unit: unit.to_string(),
+                    equity: h.equity,
+                    initial: h.initial,
+                });
+            }
+            if unit != Unit::Cross {
+                // Funding the pool took cash from the cross pool.
+                let hc = self.health_of(&a, &Unit::Cross)?;
+                if hc.equity < hc.initial || hc.equity < 0 {
+                    return Err(EngineError::InsufficientMargin {
+                        account,
+                        unit: "cross".into(),
+                        equity: hc.equity,
+                        initial: hc.initial,
+                    });
+                }
+            }
+        }
+        let reason = FillReason::Trade;
+        let ev = Event::Filled {
+            account,
+            market: market.to_string(),
+            size: d,
+            price,
+            fee,
+            realized,
+            reason,
+        };
+        Ok(Plan::Account {
+            id: account,
+            acct: a,
+            extra: vec![],
+            fee,
+            fills: vec![(market.to_string(), d, paid, ev)],
+        })
+    }
+
+    fn commit(&mut self, plan: Plan) -> Result<(), EngineError> {
+        match plan {
+            Plan::Config(cmd) => self.commit_config(cmd),
+            Plan::Fund(amount) => {
+                self.s.insurance_fund = add(self.s.insurance_fund, amount, "insurance fund")?;
+                self.emit(Event::InsuranceFund {
+                    delta: amount,
+                    balance: self.s.insurance_fund,
+                    reason: InsuranceReason::Funded,
+                });
+                Ok(())
+            }
+            Plan::Account {
+                id,
+                mut acct,
+                extra,
+                fee,
+                fills,
+            } => {
+                for (m, d, paid, _) in &fills {
+                    self.venue_fill(m, *d, *paid)?;
+                }
+                self.s.fees = add(self.s.fees, fee, "fees")?;
+                self.tidy(id, &mut acct)?;
+                self.s.accounts.insert(id, acct);
+                for e in extra {
+                    self.emit(e);
+                }
+                for (_, _, _, e) in fills {
+                    self.emit(e);
+                }
+                // Examine the account's units now: a close below maintenance
+                // still liquidates, and the index learns the new bands.
+                self.queue_account(id);
+                self.drain_pending();
+                Ok(())
+            }
+        }
+    }
+
+    fn commit_config(&mut self, cmd: Command) -> Result<(), EngineError> {
+        self.grid.clear();
+        match cmd {
+            Command::ConfigureRisk(r) => {
+                self.s.risk = r.clone();
+                self.emit(Event::RiskConfigured(r));
+            }
+            Command::ConfigureFeed(f) => {
+                let name = f.feed.clone();
+                match self.s.feeds.get_mut(&name) {
+                    Some(fs) => fs.config = f.clone(),
+                    None => {
+                        self.s.feeds.insert(
+                            name.clone(),
+                            FeedState {
+                                config: f.clone(),
+                                last: None,
+                                recent: Vec::new(),
+                                jump: None,
+                                guard: Some(GuardReason::NoPrice),
+                            },
+                        );
+                    }
+                }
+                // Some: `plan` keeps the feeds within MAX_FEEDS.
+                let _slot = self.idx.feed_slot(&name);
+                self.emit(Event::FeedConfigured(f));
+                self.refresh_guards();
+                self.remark_feed(&name);
+            }
+            Command::ConfigureAsset(a) => {
+                self.s.assets.insert(a.asset.clone(), a.clone());
+                self.emit(Event::AssetConfigured(a));
+            }
+            Command::ConfigureMarket(m) => {
+                let name = m.market.clone();
+                let feed = m.feed.clone();
+                match self.s.markets.get_mut(&name) {
+                    Some(ms) => ms.config = m.clone(),
+                    None => {
+                        // Checked before anything changes (the grid cache is
+                        // only a cache).
+                        let slot = u32::try_from(self.market_by_slot.len())
+                            .map_err(|_| crate::fixed::overflow("market slot"))?;
+                        self.market_by_slot.push(name.clone());
+                        self.s.markets.insert(
+                            name.clone(),
+                            MarketState {
+                                config: m.clone(),
+                                slot,
+                                mark: None,
+                                settled: None,
+                                settlement_deferred: false,
+                            },
+                        );
+                    }
+                }
+                self.emit(Event::MarketConfigured(m));
+                self.remark_feed(&feed);
+            }
+            _ => {}
+        }
+        // Requirements may have changed: look at every unit again. Config
+        // changes are rare; this is the simple, obviously correct choice.
+        let ids: Vec<AccountId> = self.s.accounts.keys().copied().collect();
+        for id in ids {
+            self.queue_account(id);
+        }
+        self.drain_pending();
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! Health: a unit's equity and its initial and maintenance requirements
+//! (linear per position, or portfolio margin over the feed's scenario grid).
+
+use super::{Engine, Mark, MarketState};
+use crate::error::EngineError;
+use crate::fixed::{PPM, add, mul_div_floor, ppm_ceil, ppm_floor, sub, value};
+use crate::types::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub(super) fn max_rate_ppm(m: &MarketConfig) -> i128 {
+    i128::from(m.max_rate_ppm)
+}
+
+impl Engine {
+    pub(super) fn mark_of(&self, market: &str) -> Result<(&MarketState, &Mark), EngineError> {
+        let ms = self
+            .s
+            .markets
+            .get(market)
+            .ok_or_else(|| EngineError::UnknownMarket {
+                market: market.to_string(),
+            })?;
+        let mark = ms.mark.as_ref().ok_or_else(|| EngineError::NoPrice {
+            market: market.to_string(),
+            feed: ms.config.feed.clone(),
+        })?;
+        Ok((ms, mark))
+    }
+
+    fn collateral_value(&self, collateral: &BTreeMap<String, i128>) -> Result<i128, EngineError> {
+        let mut total = 0i128;
+        for (asset, qty) in collateral {
+            let Some(cfg) = self.s.assets.get(asset) else {
+                continue;
+            };
+            let Some(last) = self.s.feeds.get(&cfg.feed).and_then(|f| f.last.as_ref()) else {
+                continue;
+            };
+            let v = value(*qty, last.price)?;
+            let v = if v > 0 {
+                ppm_floor(v, PPM - i128::from(cfg.haircut_ppm))?
+            } else {
+                v
+            };
+            total = add(total, v, "collateral value")?;
+        }
+        Ok(total)
+    }
+
+    /// Positions of a unit.
+    pub(super) fn unit_positions<'a>(
+        acct: &'a Account,
+        unit: &Unit,
+    ) -> Vec<(&'a String, &'a Position)> {
+        match unit {
+            Unit::Cross => acct
+                .positions
+                .iter()
+                .filter(|(_, p)| p.isolated.is_none())
+                .collect(),
+            Unit::Isolated { market } => acct
+                .positions
+                .get_key_value(market)
+                .filter(|(_, p)| p.isolated.is_some())
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Equity and requirements of one unit of `acct` at the current marks.
+    pub fn health_of(&self, acct: &Account, unit: &Unit) -> Result<Health, EngineError> {
+        let positions = Self::unit_positions(acct, unit);
+        let mut equity = match unit {
+            Unit::Cross => add(
+                acct.cash,
+                self.collateral_value(&acct.collateral)?,
+                "equity",
+            )?,
+            Unit::Isolated { .. } => positions.first().and_then(|(_, p)| p.isolated).unwrap_or(0),
+        };
+        let mut notional = 0i128;
+        let mut has_option = false;
+        for (m, p) in &positions {
+            let (ms, mark) = self.mark_of(m)?;
+            let v = value(p.size, mark.price)?;
+            equity = add(equity, add(p.quote, v, "position value")?, "equity")?;
+            notional = add(notional, v.abs(), "notional")?;
+            has_option |= matches!(ms.config.kind, MarketKind::Option { .. });
+        }
+        if !has_option {
+            let (mut initial, mut maintenance) = (0i128, 0i128);
+            for (m, p) in &positions {
+                let (ms, mark) = self.mark_of(m)?;
+                let n = value(p.size, mark.price)?.abs();
+                let c = &ms.config;
+                let growth = mul_div_floor(
+                    n,
+                    i128::from(c.growth_ppm_per_million),
+                    1_000_000 * crate::fixed::MONEY_SCALE,
+                    "requirement growth",
+                )?;
+                let im_rate = (i128::from(c.initial_ppm) + growth).min(max_rate_ppm(c));
+                let mm_rate = (i128::from(c.maintenance_ppm) + growth).min(max_rate_ppm(c));
+                initial = add(initial, ppm_ceil(n, im_rate)?, "initial")?;
+                maintenance = add(maintenance, ppm_ceil(n, mm_rate)?, "maintenance")?;
+            }
+            return Ok(Health {
+                equity,
+                initial,
+                maintenance,
+                notional,
+                portfolio: false,
+            });
+        }
+        // Portfolio margin: worst weighted scenario loss per underlying.
+        let mut losses: BTreeMap<&str, Vec<i128>> = BTreeMap::new();
+        for (m, p) in &positions {
+            let (ms, mark) = self.mark_of(m)?;
+            let v0 = value(p.size, mark.price)?;
+            let l = losses
+                .entry(ms.config.feed.as_str())
+                .or_insert_with(|| vec![0; mark.scenarios.len()]);
+            if l.len() != mark.scenarios.len() {
+                return Err(EngineError::InvalidConfig {
+                    detail: format!("scenario count mismatch in `{m}`"),
+                });
+            }
+            for (i, sp) in mark.scenarios.iter().enumerate() {
+                l[i] = add(
+                    l[i],
+                    sub(v0, value(p.size, *sp)?, "scenario loss")?,
+                    "scenario loss",
+                )?;
+            }
+        }
+        let mut maintenance = 0i128;
+        for (feed, l) in losses {
+            let fs = self
+                .s
+                .feeds
+                .get(feed)
+                .ok_or_else(|| EngineError::UnknownFeed {
+                    feed: feed.to_string(),
+                })?;
+            let scen = fs.config.grid.scenarios();
+            let mut worst = 0i128;
+            for (i, loss) in l.iter().enumerate() {
+                let w = scen.get(i).map(|s| i128::from(s.weight_ppm)).unwrap_or(PPM);
+                worst = worst.max(ppm_ceil(*loss, w)?);
+            }
+            maintenance = add(maintenance, worst, "maintenance")?;
+        }
+        let initial = ppm_ceil(
+            maintenance,
+            i128::from(self.s.risk.portfolio_initial_ratio_ppm),
+        )?;
+        Ok(Health {
+            equity,
+            initial,
+            maintenance,
+            notional,
+            portfolio: true,
+        })
+    }
+
+    /// Feeds a unit depends on (position underlyings, and collateral for cross).
+    pub(super) fn unit_feeds(&self, acct: &Account, unit: &Unit) -> BTreeSet<String> {
+        let mut f = BTreeSet::new();
+        for (m, _) in Self::unit_positions(acct, unit) {
+            if let Some(ms) = self.s.markets.get(m) {
+                f.insert(ms.config.feed.clone());
+            }
+        }
+        if *unit == Unit::Cross {
+            for (a, q) in &acct.collateral {
+                if *q != 0
+                    && let Some(c) = self.s.assets.get(a)
+                {
+                    f.insert(c.feed.clone());
+                }
+            }
+        }
+        f
+    }
+
+    pub(super) fn first_guard(&self, feeds: &BTreeSet<String>) -> Option<(String, GuardReason)> {
+        for f in feeds {
+            if let Some(g) = self.s.feeds.get(f).and_then(|fs| fs.guard.clone()) {
+                return Some((f.clone(), g));
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,357 @@
+//! Liquidation: examining a unit, deferring under a guard, flagging margin
+//! calls, and closing positions (partially where that restores health).
+
+use super::Engine;
+use super::fills::Slice;
+use crate::error::EngineError;
+use crate::fixed::{PPM, add, mul_div_floor, ppm_ceil, ppm_floor, sub, value};
+use crate::index::Key;
+use crate::types::*;
+
+impl Engine {
+    pub(super) fn drain_pending(&mut self) {
+        // Each examination may liquidate and queue deleveraged units; every
+        // step closes size or removes a unit, so the loop ends.
+        while let Some(k) = self.pending.pop_first() {
+            self.examine(k);
+        }
+    }
+
+    /// Re-evaluates one unit: liquidate, defer, or flag a margin call; reindex.
+    fn examine(&mut self, key: Key) {
+        self.examined += 1;
+        let Some(unit) = self.unit_of(key) else {
+            return;
+        };
+        let Some(acct) = self.s.accounts.get(&key.account) else {
+            self.idx.remove(key);
+            return;
+        };
+        if let Unit::Isolated { market } = &unit
+            && acct
+                .positions
+                .get(market)
+                .is_none_or(|p| p.isolated.is_none())
+        {
+            self.idx.remove(key);
+            return;
+        }
+        let h = match self.health_of(acct, &unit) {
+            Ok(h) => h,
+            Err(e) => {
+                self.emit(Event::EvaluationFailed {
+                    account: key.account,
+                    unit,
+                    error: e.to_string(),
+                });
+                self.idx.remove(key);
+                return;
+            }
+        };
+        let has_positions = !Self::unit_positions(acct, &unit).is_empty();
+        let id = (key.account, unit.clone());
+        if h.equity < h.maintenance || h.equity < 0 {
+            let feeds = self.unit_feeds(acct, &unit);
+            if let Some((feed, reason)) = self.first_guard(&feeds) {
+                if self.s.deferred.insert(id.clone()) {
+                    self.emit(Event::LiquidationDeferred {
+                        account: key.account,
+                        unit: unit.clone(),
+                        feed,
+                        reason,
+                        health: h,
+                    });
+                }
+                self.reindex(key, &unit, h);
+                return;
+            }
+            self.s.deferred.remove(&id);
+            if let Err(e) = self.liquidate(key.account, &unit, h) {
+                self.emit(Event::EvaluationFailed {
+                    account: key.account,
+                    unit: unit.clone(),
+                    error: e.to_string(),
+                });
+                return;
+            }
+            self.s.margin_calls.remove(&id);
+            // Every unit of the account may have moved (an isolated pool
+            // returns to cash): examine them all again.
+            self.queue_account(key.account);
+            return;
+        }
+        self.s.deferred.remove(&id);
+        if has_positions && h.equity < h.initial {
+            if self.s.margin_calls.insert(id.clone()) {
+                self.emit(Event::MarginCall {
+                    account: key.account,
+                    unit: unit.clone(),
+                    health: h,
+                });
+            }
+        } else if self.s.margin_calls.remove(&id) {
+            self.emit(Event::MarginCallCleared {
+                account: key.account,
+                unit: unit.clone(),
+                health: h,
+            });
+        }
+        self.reindex(key, &unit, h);
+    }
+
+    fn liquidate(
+        &mut self,
+        account: AccountId,
+        unit: &Unit,
+        before: Health,
+    ) -> Result<(), EngineError> {
+        let acct0 = self
+            .s
+            .accounts
+            .get(&account)
+            .cloned()
+            .ok_or(EngineError::UnknownAccount { account })?;
+        let positions: Vec<(String, i128)> = Self::unit_positions(&acct0, unit)
+            .into_iter()
+            .map(|(m, p)| (m.clone(), p.size))
+            .collect();
+        let buffer = i128::from(self.s.risk.liquidation_buffer_ppm);
+        // Partial: the smallest configured fraction that restores health with a buffer.
+        if before.equity > 0 && !positions.is_empty() {
+            let steps = self.s.risk.partial_steps_ppm.clone();
+            for step in steps {
+                let Closing {
+                    account: mut a,
+                    slices,
+                    penalty,
+                    to_liquidator: to_liq,
+                } = self.close_at_mark(account, &acct0, unit, &positions, Some(step))?;
+                if slices.is_empty() {
+                    continue;
+                }
+                Self::credit(&mut a, unit, -penalty)?;
+                let after = self.health_of(&a, unit)?;
+                let need = add(
+                    after.maintenance,
+                    ppm_ceil(after.maintenance, buffer)?,
+                    "buffer",
+                )?;
+                if after.equity >= need && after.equity > 0 && after.equity >= after.maintenance {
+                    let closed = self.commit_fills(account, a, &slices, FillReason::Liquidation)?;
+                    self.pay_penalty(account, penalty, to_liq)?;
+                    self.emit(Event::Liquidated {
+                        account,
+                        unit: unit.clone(),
+                        kind: LiquidationKind::Partial { fraction_ppm: step },
+                        before,
+                        after,
+                        closed,
+                        penalty,
+                        to_liquidator: to_liq,
+                        to_insurance: penalty - to_liq,
+                        note: format!(
+                            "closing {step} ppm restores equity {} >= maintenance {} plus {buffer} ppm buffer",
+                            after.equity, after.maintenance
+                        ),
+                    });
+                    return Ok(());
+                }
+            }
+        }
+        // Full: close everything at mark.
+        let Closing {
+            account: mut a,
+            slices,
+            penalty: raw_pen,
+            to_liquidator: raw_liq,
+        } = self.close_at_mark(account, &acct0, unit, &positions, None)?;
+        // The penalty never creates debt: it takes at most what is left.
+        let equity_closed = self.health_of(&a, unit)?.equity;
+        let penalty = raw_pen.min(equity_closed.max(0));
+        let to_liq = if raw_pen > 0 {
+            mul_div_floor(penalty, raw_liq, raw_pen, "penalty split")?
+        } else {
+            0
+        };
+        Self::credit(&mut a, unit, -penalty)?;
+        let note = if before.equity <= 0 {
+            "equity not positive: nothing to keep, closed in full".to_string()
+        } else if positions.is_empty() {
+            "negative balance without positions: collateral seized".to_string()
+        } else {
+            format!(
+                "no partial step of {:?} ppm restores maintenance plus {buffer} ppm buffer: closed in full",
+                self.s.risk.partial_steps_ppm
+            )
+        };
+        // Commit the fills but keep emptied positions until the deficit is
+        // covered: an isolated pool must not leak its debt into cash.
+        let closed = self.commit_fills_keep(account, &slices, FillReason::Liquidation)?;
+        self.pay_penalty(account, penalty, to_liq)?;
+        // Bankruptcy of the cross pool: seize collateral at the oracle price.
+        let mut seized = Vec::new();
+        if *unit == Unit::Cross && Self::base_of(&a, unit) < 0 {
+            for (asset, qty) in std::mem::take(&mut a.collateral) {
+                if qty == 0 {
+                    continue;
+                }
+                let price = self
+                    .s
+                    .assets
+                    .get(&asset)
+                    .and_then(|c| self.s.feeds.get(&c.feed))
+                    .and_then(|f| f.last.as_ref())
+                    .map(|l| l.price)
+                    .unwrap_or(0);
+                let v = value(qty, price)?;
+                a.cash = add(a.cash, v, "cash")?;
+                seized.push((asset, qty, price, v));
+            }
+        }
+        for (asset, qty, _, v) in &seized {
+            let e = self.s.venue.collateral.entry(asset.clone()).or_insert(0);
+            *e = add(*e, *qty, "venue collateral")?;
+            self.s.venue.cash = sub(self.s.venue.cash, *v, "venue cash")?;
+        }
+        let deficit = (-Self::base_of(&a, unit)).max(0);
+        self.s.accounts.insert(account, a);
+        for (asset, qty, price, v) in seized {
+            self.emit(Event::CollateralSeized {
+                account,
+                asset,
+                qty,
+                price,
+                value: v,
+            });
+        }
+        let after_close = self
+            .s
+            .accounts
+            .get(&account)
+            .map(|a| self.health_of(a, unit))
+            .transpose()?
+            .unwrap_or_default();
+        self.emit(Event::Liquidated {
+            account,
+            unit: unit.clone(),
+            kind: LiquidationKind::Full,
+            before,
+            after: after_close,
+            closed,
+            penalty,
+            to_liquidator: to_liq,
+            to_insurance: penalty - to_liq,
+            note,
+        });
+        if deficit > 0 {
+            let bankrupt_sides: Vec<(String, i128)> = positions.clone();
+            self.cover_deficit(account, unit, deficit, &bankrupt_sides)?;
+        }
+        let mut a = self
+            .s
+            .accounts
+            .remove(&account)
+            .ok_or(EngineError::UnknownAccount { account })?;
+        self.tidy(account, &mut a)?;
+        self.s.accounts.insert(account, a);
+        Ok(())
+    }
+
+    /// The one close path of partial and full liquidation: closes
+    /// `fraction_ppm` of each position (all of it for `None`; a position
+    /// whose fraction rounds to zero is skipped) at its mark on a copy of
+    /// `acct`, crediting realized PnL to the unit, and adds up each market's
+    /// penalty and the liquidator's share of it. Nothing is committed and
+    /// no penalty is debited yet.
+    fn close_at_mark(
+        &self,
+        account: AccountId,
+        acct: &Account,
+        unit: &Unit,
+        positions: &[(String, i128)],
+        fraction_ppm: Option<u32>,
+    ) -> Result<Closing, EngineError> {
+        let mut a = acct.clone();
+        let mut slices = Vec::new();
+        let mut penalty = 0i128;
+        let mut to_liquidator = 0i128;
+        for (m, size) in positions {
+            let c = match fraction_ppm {
+                Some(step) => {
+                    let c = crate::fixed::mul(*size, i128::from(step), "partial size")? / PPM;
+                    if c == 0 {
+                        continue;
+                    }
+                    c
+                }
+                None => *size,
+            };
+            let (ms, mark) = self.mark_of(m)?;
+            let price = mark.price;
+            let pen = ppm_ceil(
+                value(c, price)?.abs(),
+                i128::from(ms.config.liquidation_penalty_ppm),
+            )?;
+            to_liquidator = add(
+                to_liquidator,
+                ppm_floor(pen, i128::from(ms.config.liquidator_share_ppm))?,
+                "penalty",
+            )?;
+            penalty = add(penalty, pen, "penalty")?;
+            let pos = a
+                .positions
+                .get_mut(m)
+                .ok_or_else(|| EngineError::NoPosition {
+                    account,
+                    market: m.clone(),
+                })?;
+            let (v, realized) = Self::fill(pos, -c, price)?;
+            Self::credit(&mut a, unit, realized)?;
+            slices.push(Slice {
+                market: m.clone(),
+                size: -c,
+                paid: v,
+                price,
+                realized,
+            });
+        }
+        Ok(Closing {
+            account: a,
+            slices,
+            penalty,
+            to_liquidator,
+        })
+    }
+
+    /// Pays an already-debited penalty out to the liquidator side and the fund.
+    fn pay_penalty(
+        &mut self,
+        account: AccountId,
+        penalty: i128,
+        to_liq: i128,
+    ) -> Result<(), EngineError> {
+        self.s.venue.cash = add(self.s.venue.cash, to_liq, "venue cash")?;
+        let to_fund = sub(penalty, to_liq, "penalty")?;
+        if to_fund != 0 {
+            self.s.insurance_fund = add(self.s.insurance_fund, to_fund, "insurance fund")?;
+            self.emit(Event::InsuranceFund {
+                delta: to_fund,
+                balance: self.s.insurance_fund,
+                reason: InsuranceReason::Penalty { account },
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Positions closed at mark on a copy of the account, not yet committed.
+struct Closing {
+    /// The account after the fills (penalty not yet debited).
+    account: Account,
+    /// The fills, to commit.
+    slices: Vec<Slice>,
+    /// Σ penalty over the closed markets.
+    penalty: i128,
+    /// The liquidator's share of `penalty`.
+    to_liquidator: i128,
+}

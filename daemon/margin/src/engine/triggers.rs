@@ -1,0 +1,318 @@
+//! The trigger index: which units a price move or the clock must bring
+//! back for examination (`bands` holds the exact band search).
+
+use super::health::max_rate_ppm;
+use super::{Engine, MAX_RECHECK_MS, YEAR_MS, YEAR_MS_INT};
+use crate::error::EngineError;
+use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, ppm_ceil, value};
+use crate::index::{Band, Index, Key};
+use crate::options::PricingModel;
+use crate::types::*;
+use std::collections::BTreeMap;
+
+/// Bound on one option contract's |delta| in ppm, `D = e^(max(0, -r, -q) T)`
+/// with `T` from `from_ms` to expiry, rounded up; `None` when not finite or
+/// beyond 1e15 ppm.
+pub(super) fn delta_bound_ppm(
+    rate_ppm: i64,
+    model: &PricingModel,
+    expiry_ms: u64,
+    from_ms: u64,
+) -> Option<i128> {
+    let carry = match model {
+        PricingModel::BlackScholes { carry_yield_ppm } => *carry_yield_ppm,
+        PricingModel::Black76 => 0,
+    };
+    let neg = (-rate_ppm).max(-carry).max(0) as f64 / 1e6;
+    let years = expiry_ms.saturating_sub(from_ms) as f64 / YEAR_MS;
+    let d = crate::detmath::exp(neg * years) * 1e6;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "d is finite and in 0..1e15, far inside i128"
+    )]
+    (d.is_finite() && d < 1e15).then(|| d.ceil() as i128 + 1)
+}
+
+/// Bound on `|d(equity - maintenance)/d price|` per unit of size (ppm) of a
+/// linear position of `size` at `price`: `d(rate(n) n)/dn = base + 2 growth
+/// n / 1M <= 2 cap`, for every notional inside the band (at most 1.5 n).
+pub(super) fn linear_sensitivity_ppm(
+    c: &MarketConfig,
+    size: i128,
+    price: i128,
+) -> Result<i128, EngineError> {
+    let n = value(size, price)?.abs();
+    let grow = mul_div_ceil(
+        n,
+        3 * i128::from(c.growth_ppm_per_million),
+        1_000_000 * crate::fixed::MONEY_SCALE,
+        "sensitivity",
+    )?;
+    Ok(PPM + (2 * max_rate_ppm(c)).min(i128::from(c.maintenance_ppm) + grow))
+}
+
+impl Engine {
+    pub(super) fn key_of(&self, account: AccountId, unit: &Unit) -> Option<Key> {
+        match unit {
+            Unit::Cross => Some(Key { account, slot: 0 }),
+            Unit::Isolated { market } => self.s.markets.get(market).map(|m| Key {
+                account,
+                slot: m.slot + 1,
+            }),
+        }
+    }
+
+    pub(super) fn unit_of(&self, key: Key) -> Option<Unit> {
+        if key.slot == 0 {
+            Some(Unit::Cross)
+        } else {
+            self.market_by_slot
+                .get(key.slot as usize - 1)
+                .map(|m| Unit::Isolated { market: m.clone() })
+        }
+    }
+
+    pub(super) fn rebuild_index(&mut self) {
+        self.idx = Index::default();
+        let mut slots: Vec<(u32, String)> = self
+            .s
+            .markets
+            .iter()
+            .map(|(k, m)| (m.slot, k.clone()))
+            .collect();
+        slots.sort();
+        self.market_by_slot = slots.into_iter().map(|(_, k)| k).collect();
+        let feeds: Vec<String> = self.s.feeds.keys().cloned().collect();
+        for f in feeds {
+            // Slots in name order; `from_snapshot` checked the count.
+            let _slot = self.idx.feed_slot(&f);
+        }
+        let ids: Vec<AccountId> = self.s.accounts.keys().copied().collect();
+        for id in ids {
+            self.reindex_account(id);
+        }
+    }
+
+    fn reindex_account(&mut self, id: AccountId) {
+        let Some(acct) = self.s.accounts.get(&id) else {
+            return;
+        };
+        let mut units = vec![Unit::Cross];
+        for (m, p) in &acct.positions {
+            self.idx.add_holder(m, id);
+            if p.isolated.is_some() {
+                units.push(Unit::Isolated { market: m.clone() });
+            }
+        }
+        for u in units {
+            if let Some(k) = self.key_of(id, &u) {
+                let acct = &self.s.accounts[&id];
+                match self.health_of(acct, &u) {
+                    Ok(h) => self.reindex(k, &u, h),
+                    Err(_) => self.idx.remove(k),
+                }
+            }
+        }
+    }
+
+    /// Recomputes a unit's trigger bands from its health.
+    pub(super) fn reindex(&mut self, key: Key, unit: &Unit, h: Health) {
+        let mut grid = std::mem::take(&mut self.grid);
+        let exact = self.exact_bands(&mut grid, key, unit, &h);
+        self.grid = grid;
+        let bands = match exact {
+            Ok(Some(b)) => Ok(b),
+            _ => {
+                self.fallback_bands += 1;
+                self.bands_for(key.account, unit, h)
+            }
+        };
+        match bands {
+            Ok((bands, recheck)) => self.insert_bands(key, bands, recheck),
+            Err(_) => {
+                // Cannot bound it: examine it on every tick of its feeds.
+                self.idx.remove(key);
+                let feeds = self
+                    .s
+                    .accounts
+                    .get(&key.account)
+                    .map(|a| self.unit_feeds(a, unit))
+                    .unwrap_or_default();
+                let bands = feeds
+                    .iter()
+                    .filter_map(|f| {
+                        let p = self.s.feeds.get(f)?.last.as_ref()?.price;
+                        Some((f.clone(), p, p))
+                    })
+                    .collect();
+                self.insert_bands(key, bands, None);
+            }
+        }
+    }
+
+    /// Puts a unit's bands `(feed, lo, hi)` in the index. A feed without a
+    /// slot cannot happen (the engine holds at most `MAX_FEEDS` feeds); were
+    /// it to, the unit is examined on the next input rather than missed.
+    fn insert_bands(&mut self, key: Key, bands: Vec<(String, i128, i128)>, recheck: Option<u64>) {
+        let slotted: Option<Vec<Band>> = bands
+            .into_iter()
+            .map(|(f, lo, hi)| {
+                Some(Band {
+                    feed: self.idx.feed_slot(&f)?,
+                    lo,
+                    hi,
+                })
+            })
+            .collect();
+        match slotted {
+            Some(bands) => self.idx.insert(key, bands, recheck),
+            None => self.idx.insert(key, Vec::new(), Some(self.s.now_ms)),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn bands_for(
+        &self,
+        account: AccountId,
+        unit: &Unit,
+        h: Health,
+    ) -> Result<(Vec<(String, i128, i128)>, Option<u64>), EngineError> {
+        let Some(acct) = self.s.accounts.get(&account) else {
+            return Ok((vec![], None));
+        };
+        let positions = Self::unit_positions(acct, unit);
+        // Nothing to liquidate and nothing owed: no price can matter.
+        if positions.is_empty() && (acct.cash >= 0 || *unit != Unit::Cross) {
+            return Ok((vec![], None));
+        }
+        // Sensitivity per feed: qty-weighted bound on |dHealth/dPrice|.
+        let mut sens: BTreeMap<String, i128> = BTreeMap::new();
+        let mut theta_money = 0i128;
+        let mut count = 0i128;
+        for (m, p) in &positions {
+            let (ms, mark) = self.mark_of(m)?;
+            // k bounds |d(equity - maintenance)/d price| per unit of size (ppm).
+            let k = if h.portfolio {
+                let fc = self.s.feeds.get(&ms.config.feed).map(|f| &f.config);
+                let grid_move = fc.map_or(PPM, |c| c.grid.max_move_ppm());
+                match &ms.config.kind {
+                    MarketKind::Option {
+                        expiry_ms, model, ..
+                    } => {
+                        // |delta| <= D = e^(max(0, -r, -q) T). Deltas of one
+                        // option have one sign, so a scenario loss moves by
+                        // |delta(p) - (1+m) delta((1+m)p)| <= D (1 + m).
+                        let rate = fc.map_or(0, |c| c.rate_ppm);
+                        let d_ppm = delta_bound_ppm(rate, model, *expiry_ms, self.s.now_ms)
+                            .unwrap_or(i128::MAX / 4);
+                        mul_div_ceil(d_ppm, 2 * PPM + grid_move, PPM, "sensitivity")?
+                    }
+                    // Equity moves by 1, each scenario loss by |m|.
+                    _ => PPM + grid_move,
+                }
+            } else {
+                linear_sensitivity_ppm(&ms.config, p.size, mark.price)?
+            };
+            let s = mul_div_ceil(p.size.abs(), k, PPM, "sensitivity")?;
+            let e = sens.entry(ms.config.feed.clone()).or_insert(0);
+            *e = add(*e, s, "sensitivity")?;
+            if matches!(ms.config.kind, MarketKind::Option { .. }) {
+                theta_money = add(
+                    theta_money,
+                    value(p.size, mark.greeks.theta)?.abs(),
+                    "theta",
+                )?;
+            }
+            count += 1;
+        }
+        if *unit == Unit::Cross {
+            for (a, q) in &acct.collateral {
+                if let Some(c) = self.s.assets.get(a) {
+                    let s = ppm_ceil(q.abs(), PPM - i128::from(c.haircut_ppm))?;
+                    let e = sens.entry(c.feed.clone()).or_insert(0);
+                    *e = add(*e, s, "sensitivity")?;
+                    count += 1;
+                }
+            }
+        }
+        if count == 0 {
+            return Ok((vec![], None));
+        }
+        // Distance to maintenance in either direction: crossing it down
+        // liquidates, crossing it up ends a deferral. Initial margin is not
+        // tracked by the bands (it would re-examine every unit near its
+        // initial requirement on every tick, 4x the work in the benchmark):
+        // margin calls are flagged whenever a unit is examined.
+        let dist = h.equity.saturating_sub(h.maintenance).abs();
+        // Options decay between price ticks. Reserve twice the current theta
+        // over a horizon in which it eats at most half the distance (between
+        // one recheck period and MAX_RECHECK_MS), and recheck at its end.
+        let period = self.s.risk.option_recheck_ms.max(1);
+        let (recheck, reserve) = if theta_money > 0 {
+            let horizon = mul_div_floor(dist / 2, YEAR_MS_INT, 2 * theta_money, "recheck horizon")?
+                .clamp(i128::from(period), i128::from(MAX_RECHECK_MS.max(period)));
+            let horizon = u64::try_from(horizon).unwrap_or(period);
+            // Not aligned to a grid: units that were examined together
+            // spread their rechecks instead of all coming due on one tick.
+            // (Snapshots carry the index, so a restore keeps these times.)
+            let at = self.s.now_ms.saturating_add(horizon);
+            let span = i128::from(at.saturating_sub(self.s.now_ms));
+            (
+                Some(at),
+                mul_div_ceil(2 * theta_money, span, YEAR_MS_INT, "theta reserve")?,
+            )
+        } else {
+            (None, 0)
+        };
+        let headroom = dist.saturating_sub(4 * count + 8).saturating_sub(reserve);
+        let mut exposure = 0i128;
+        let mut prices = Vec::new();
+        for (f, s) in &sens {
+            let Some(last) = self.s.feeds.get(f).and_then(|x| x.last.as_ref()) else {
+                continue;
+            };
+            exposure = add(exposure, value(*s, last.price)?, "exposure")?;
+            prices.push((f.clone(), last.price));
+        }
+        let x_ppm = if headroom <= 0 {
+            0
+        } else if exposure == 0 {
+            PPM / 2
+        } else {
+            mul_div_floor(headroom, PPM, exposure, "band")?.min(PPM / 2)
+        };
+        let bands = prices
+            .into_iter()
+            .map(|(f, p)| {
+                let d = p.saturating_mul(x_ppm) / PPM;
+                (f, p - d, p + d)
+            })
+            .collect();
+        Ok((bands, recheck))
+    }
+
+    pub(super) fn queue_account(&mut self, id: AccountId) {
+        let Some(acct) = self.s.accounts.get(&id) else {
+            return;
+        };
+        let mut units = vec![Unit::Cross];
+        units.extend(
+            acct.positions
+                .iter()
+                .filter(|(_, p)| p.isolated.is_some())
+                .map(|(m, _)| Unit::Isolated { market: m.clone() }),
+        );
+        for u in units {
+            if let Some(k) = self.key_of(id, &u) {
+                self.pending.insert(k);
+            }
+        }
+    }
+
+    pub(super) fn queue_every_unit(&mut self) {
+        let ids: Vec<AccountId> = self.s.accounts.keys().copied().collect();
+        for id in ids {
+            self.queue_account(id);
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Read-only views for the API, the daemon's metrics and the tests.
+
+use super::{Engine, Greeks};
+use crate::error::EngineError;
+use crate::fixed::{PPM, QTY_SCALE, add, mul_div_floor};
+use crate::types::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Result of revaluing every unit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revaluation {
+    /// Units evaluated.
+    pub units: u64,
+    /// Positions evaluated.
+    pub positions: u64,
+    /// Σ equity.
+    pub equity: i128,
+    /// Σ maintenance.
+    pub maintenance: i128,
+    /// Units with equity below initial.
+    pub below_initial: u64,
+    /// Units with equity below maintenance (should be only deferred ones).
+    pub below_maintenance: u64,
+}
+
+/// One unit's view for the API: health, positions, Greeks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitView {
+    /// Unit.
+    pub unit: Unit,
+    /// Health.
+    pub health: Health,
+    /// Greeks per underlying feed.
+    pub greeks: BTreeMap<String, Greeks>,
+}
+
+/// One unit's row in `closest_to_liquidation`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtRisk {
+    /// Account.
+    pub account: AccountId,
+    /// Unit.
+    pub unit: Unit,
+    /// Health.
+    pub health: Health,
+    /// Equity / maintenance (ppm); lower is closer to liquidation.
+    pub margin_ratio_ppm: i128,
+}
+
+impl Engine {
+    /// The engine clock.
+    pub fn now_ms(&self) -> u64 {
+        self.s.now_ms
+    }
+
+    /// Insurance fund balance.
+    pub fn insurance_fund(&self) -> i128 {
+        self.s.insurance_fund
+    }
+
+    /// Sum of every money balance the engine holds: account cash, isolated
+    /// pools and position cost bases, the venue's, the insurance fund and
+    /// fees. Constant except for deposits, withdrawals and external funding.
+    pub fn total_money(&self) -> Result<i128, EngineError> {
+        let mut t = add(self.s.insurance_fund, self.s.fees, "total")?;
+        let holders = self
+            .s
+            .accounts
+            .values()
+            .map(|a| (a.cash, &a.positions))
+            .chain(std::iter::once((
+                self.s.venue.cash,
+                &self.s.venue.positions,
+            )));
+        for (cash, positions) in holders {
+            t = add(t, cash, "total")?;
+            for p in positions.values() {
+                t = add(t, add(p.quote, p.isolated.unwrap_or(0), "total")?, "total")?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Health of every unit of an account, with Greeks per underlying feed.
+    pub fn account_view(&self, account: AccountId) -> Result<Vec<UnitView>, EngineError> {
+        let acct = self.account(account)?;
+        let mut units = vec![Unit::Cross];
+        units.extend(
+            acct.positions
+                .iter()
+                .filter(|(_, p)| p.isolated.is_some())
+                .map(|(m, _)| Unit::Isolated { market: m.clone() }),
+        );
+        let mut out = Vec::new();
+        for unit in units {
+            let health = self.health_of(acct, &unit)?;
+            let mut greeks: BTreeMap<String, Greeks> = BTreeMap::new();
+            for (m, p) in Self::unit_positions(acct, &unit) {
+                let (ms, mark) = self.mark_of(m)?;
+                let g = greeks.entry(ms.config.feed.clone()).or_default();
+                let scale = |x: i128| mul_div_floor(p.size, x, QTY_SCALE, "greeks");
+                g.delta = add(g.delta, scale(mark.greeks.delta)?, "greeks")?;
+                g.gamma = add(g.gamma, scale(mark.greeks.gamma)?, "greeks")?;
+                g.vega = add(g.vega, scale(mark.greeks.vega)?, "greeks")?;
+                g.theta = add(g.theta, scale(mark.greeks.theta)?, "greeks")?;
+                g.rho = add(g.rho, scale(mark.greeks.rho)?, "greeks")?;
+            }
+            out.push(UnitView {
+                unit,
+                health,
+                greeks,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Units with positions ordered by equity / maintenance, lowest first.
+    /// A full scan: meant for the API, not the tick path.
+    pub fn closest_to_liquidation(&self, n: usize) -> Vec<AtRisk> {
+        let mut v = Vec::new();
+        for (id, acct) in &self.s.accounts {
+            let mut units = vec![Unit::Cross];
+            units.extend(
+                acct.positions
+                    .iter()
+                    .filter(|(_, p)| p.isolated.is_some())
+                    .map(|(m, _)| Unit::Isolated { market: m.clone() }),
+            );
+            for unit in units {
+                if Self::unit_positions(acct, &unit).is_empty() {
+                    continue;
+                }
+                let Ok(health) = self.health_of(acct, &unit) else {
+                    continue;
+                };
+                let ratio = if health.maintenance > 0 {
+                    health.equity.saturating_mul(PPM) / health.maintenance
+                } else {
+                    i128::MAX
+                };
+                v.push(AtRisk {
+                    account: *id,
+                    unit,
+                    health,
+                    margin_ratio_ppm: ratio,
+                });
+            }
+        }
+        v.sort_by(|a, b| {
+            a.margin_ratio_ppm
+                .cmp(&b.margin_ratio_ppm)
+                .then(a.account.cmp(&b.account))
+                .then(a.unit.cmp(&b.unit))
+        });
+        v.truncate(n);
+        v
+    }
+
+    /// Revalues every unit at the current marks (no events, no changes).
+    pub fn revalue_all(&self) -> Revaluation {
+        let mut r = Revaluation::default();
+        for acct in self.s.accounts.values() {
+            let mut units = vec![Unit::Cross];
+            units.extend(
+                acct.positions
+                    .iter()
+                    .filter(|(_, p)| p.isolated.is_some())
+                    .map(|(m, _)| Unit::Isolated { market: m.clone() }),
+            );
+            for unit in units {
+                let Ok(h) = self.health_of(acct, &unit) else {
+                    continue;
+                };
+                r.units += 1;
+                r.positions += Self::unit_positions(acct, &unit).len() as u64;
+                r.equity = r.equity.saturating_add(h.equity);
+                r.maintenance = r.maintenance.saturating_add(h.maintenance);
+                r.below_initial += u64::from(h.equity < h.initial);
+                r.below_maintenance += u64::from(h.equity < h.maintenance);
+            }
+        }
+        r
+    }
+
+    /// Units examined since this engine was created or restored (a metric
+    /// for the daemon: how much work the trigger index lets through).
+    pub fn examined_units(&self) -> u64 {
+        self.examined
+    }
+
+    /// Bands computed with the whole-band Lipschitz bound instead of the
+    /// unit's health curve (options near expiry, units that cannot be
+    /// evaluated) since creation: a metric.
+    pub fn fallback_bands(&self) -> u64 {
+        self.fallback_bands
+    }
+
+    /// Number of units in the trigger index.
+    pub fn indexed_units(&self) -> usize {
+        self.idx.indexed_units()
+    }
+}
