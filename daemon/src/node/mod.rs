@@ -875,6 +875,20 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 return None;
             }
         };
+        // A report of this committee holds at most its feeds: a larger one
+        // is refused before its signature or any leaf is checked.
+        let feeds = self.node.committee().feeds().len();
+        if report.leaves.len() > feeds {
+            self.stats.invalid_reports += 1;
+            self.metrics.invalid_reports.inc();
+            tracing::warn!(
+                round = report.header.round,
+                leaves = report.leaves.len(),
+                feeds,
+                "report holds more leaves than the committee has feeds; dropped"
+            );
+            return None;
+        }
         match verify_report(&report, &self.group_keys) {
             Ok(v) => Some(v.report),
             Err(e) => {

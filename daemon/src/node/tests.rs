@@ -501,6 +501,44 @@ async fn driver_metrics_follow_the_rounds() {
         status_snapshot(&s1).driver.malformed_messages >= 1
     })
     .await;
+    // A gossiped report with more leaves than the committee has feeds is
+    // refused before any signature or leaf is checked, even when the group
+    // signed it (here with the dealer's keys).
+    let mut big = h.reports(1).pop().expect("a stored report");
+    // A round nobody holds (a held round's copy is dropped as a duplicate).
+    big.header.round += 1_000_000;
+    let extra = big.leaves[0].clone();
+    for i in 0..h.committee.feeds.len() {
+        let mut leaf = extra.clone();
+        leaf.feed_id = sibyl_aggregator::report::FeedId::new(format!("ZZ{i}-USD")).unwrap();
+        big.leaves.push(leaf);
+    }
+    big.leaves.sort_by(|a, b| a.feed_id.cmp(&b.feed_id));
+    big.header.merkle_root = sibyl_aggregator::merkle::root(&big.leaves);
+    let digest = sibyl_aggregator::digest::header_digest(&big.header);
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let signers = sibyl_aggregator::testkit::first_signers(&h.keys, 3);
+    let sig = sibyl_aggregator::testkit::threshold_sign(&h.keys, &signers, &digest, &mut rng)
+        .and_then(|s| s.serialize())
+        .unwrap();
+    big.signatures.insert(
+        sibyl_aggregator::report::Suite::Ed25519,
+        sibyl_aggregator::report::SignatureBytes(sig),
+    );
+    assert!(sibyl_aggregator::verify::verify_report(&big, &h.group_keys()).is_ok());
+    let before = status_snapshot(&s1).driver.invalid_reports;
+    h.control
+        .inject_report(2, 1, sibyl_aggregator::codec::Encode::to_bytes(&big));
+    wait_for("oversized report refused", 5, || {
+        status_snapshot(&s1).driver.invalid_reports > before
+    })
+    .await;
+    assert!(
+        h.reports(1)
+            .iter()
+            .all(|r| r.header.round != big.header.round),
+        "the oversized report was stored"
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     let status = status_snapshot(&s1);
     let mut text = String::new();

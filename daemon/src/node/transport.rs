@@ -264,6 +264,15 @@ impl MemoryControl {
             let _ = tx.send(TransportEvent::Message { from, bytes });
         }
     }
+
+    /// Delivers `bytes` to member `to` as a gossiped report from `from`.
+    pub fn inject_report(&self, from: u16, to: u16, bytes: Vec<u8>) {
+        if let Ok(p) = self.wires.peers.lock()
+            && let Some(tx) = p.get(&to)
+        {
+            let _ = tx.send(TransportEvent::Report { from, bytes });
+        }
+    }
 }
 
 impl MemoryNetwork {
