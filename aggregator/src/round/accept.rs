@@ -1,0 +1,100 @@
+//! Verifying and accepting signed reports.
+
+use super::*;
+
+impl<C: SibylSuite> Node<C> {
+    pub(super) fn on_report(&mut self, now: TimestampMs, msg: SignedMessage) {
+        let Payload::Report(report) = msg.payload else {
+            return;
+        };
+        if self
+            .last_report_round
+            .is_some_and(|r| report.header.round <= r)
+        {
+            self.stats.stale_messages += 1;
+            return;
+        }
+        // A report of this round over exactly the leaves and root this member
+        // recomputed and checked itself needs no second Merkle computation;
+        // the group signature is checked either way.
+        let checked = report.header.round == self.round
+            && self.rs.checked.as_ref().is_some_and(|(root, leaves)| {
+                *root == report.header.merkle_root && *leaves == report.leaves
+            });
+        let valid = if checked {
+            self.verify_report_signature(&report)
+        } else {
+            self.verify_report(&report)
+        };
+        if !valid {
+            self.stats.invalid_messages += 1;
+            return;
+        }
+        self.accept_report(now, report);
+    }
+
+    /// Checks a signed report against the group key and its own leaves. The
+    /// header's signature comes first: a forged report costs one signature
+    /// check, not a Merkle tree over its leaves.
+    pub fn verify_report(&self, report: &SignedReport) -> bool {
+        if report.leaves.len() > self.committee.feeds().len() {
+            return false;
+        }
+        self.verify_report_signature(report)
+            && merkle_root(&report.leaves) == report.header.merkle_root
+    }
+
+    /// Version, config digest and group signature of a report, without the
+    /// Merkle root (which the caller has established).
+    pub(super) fn verify_report_signature(&self, report: &SignedReport) -> bool {
+        if report.header.version != PROTOCOL_VERSION
+            || report.header.config_digest != *self.committee.config_digest()
+            || report.leaves.is_empty()
+        {
+            return false;
+        }
+        let Some(sig) = report.signatures.get(&C::SUITE) else {
+            return false;
+        };
+        C::verify_signature_bytes(
+            self.pubkeys.verifying_key(),
+            &report_digest(&report.header),
+            &sig.0,
+        )
+    }
+
+    pub(super) fn accept_report(&mut self, now: TimestampMs, report: SignedReport) {
+        let round = report.header.round;
+        self.last_report_round = Some(round);
+        self.schedule.note_report(round);
+        for leaf in &report.leaves {
+            self.last_values.insert(
+                leaf.feed_id.clone(),
+                LastValue {
+                    price: leaf.price,
+                    reported_at_ms: report.header.timestamp_ms,
+                },
+            );
+        }
+        self.stats.reports_accepted += 1;
+        self.out.push(Action::SignedReport(report));
+        if round >= self.round {
+            let pending_round = self.next_round_at.map_or(0, |(r, _)| r);
+            if round + 1 > pending_round {
+                let at = if round == self.round {
+                    self.rs.reported = true;
+                    // The first slot after this round's start: one round
+                    // per slot, and a round that began off the grid (after
+                    // a timeout or a jump) brings the member back onto it.
+                    next_slot(
+                        now.max(self.rs.entered_at) + 1,
+                        self.committee.timeouts().round_interval_ms,
+                    )
+                } else {
+                    now
+                };
+                self.next_round_at = Some((round + 1, at));
+            }
+        }
+    }
+}
