@@ -21,6 +21,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod decimal;
+pub mod duration;
 pub mod error;
 pub mod health;
 pub mod metrics;

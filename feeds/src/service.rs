@@ -71,12 +71,7 @@ impl Shared {
     fn new(config: SourcesConfig, metrics: SourceMetrics) -> Shared {
         let mut slots = BTreeMap::new();
         for s in config.resolved_sources() {
-            let decimals = config
-                .feeds
-                .iter()
-                .find(|f| f.id == s.feed)
-                .map(|f| f.decimals)
-                .unwrap_or(8);
+            let decimals = config.decimals_of(&s.feed);
             let breaker =
                 CircuitBreaker::new(config.breaker_failures, config.breaker_cooldown.as_ms());
             slots.insert(
@@ -243,7 +238,7 @@ pub(crate) fn compute_observations(
             min_sources: feed.min_sources,
             max_deviation_bps: feed.max_deviation_bps.unwrap_or(config.max_deviation_bps),
         };
-        let result = observe(&feed.id, feed.decimals, &prices, params);
+        let result = observe(&feed.id, config.decimals_of(&feed.id), &prices, params);
         if let Some(m) = metrics {
             let n = result
                 .as_ref()
