@@ -308,6 +308,59 @@ pub fn locate(src: &str, key: &str) -> Option<Range<usize>> {
     best
 }
 
+/// The dotted key (as [`locate`] takes it, e.g. `sources.feeds[0].min_sources`)
+/// of the deepest key or value at byte `offset` of `src`: names the key of a
+/// TOML error, which carries only a span.
+pub fn key_at(src: &str, offset: usize) -> Option<String> {
+    use toml_edit::{Item, Table, Value};
+    fn hit(span: Option<Range<usize>>, o: usize) -> bool {
+        span.is_some_and(|s| s.start <= o && o < s.end.max(s.start + 1))
+    }
+    fn join(path: &str, k: &str) -> String {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    }
+    fn in_table(t: &Table, o: usize, path: &str) -> Option<String> {
+        t.iter().find_map(|(k, item)| {
+            let p = join(path, k);
+            in_item(item, o, &p).or_else(|| {
+                (hit(t.key(k).and_then(|k| k.span()), o) || hit(item.span(), o)).then_some(p)
+            })
+        })
+    }
+    fn in_item(item: &Item, o: usize, path: &str) -> Option<String> {
+        match item {
+            Item::Table(t) => in_table(t, o, path),
+            Item::ArrayOfTables(a) => a.iter().enumerate().find_map(|(i, t)| {
+                let p = format!("{path}[{i}]");
+                in_table(t, o, &p).or_else(|| hit(t.span(), o).then_some(p))
+            }),
+            Item::Value(v) => in_value(v, o, path),
+            Item::None => None,
+        }
+    }
+    fn in_value(v: &Value, o: usize, path: &str) -> Option<String> {
+        match v {
+            Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
+                let p = format!("{path}[{i}]");
+                in_value(v, o, &p).or_else(|| hit(v.span(), o).then_some(p))
+            }),
+            Value::InlineTable(t) => t.iter().find_map(|(k, v)| {
+                let p = join(path, k);
+                in_value(v, o, &p).or_else(|| {
+                    (hit(t.key(k).and_then(|k| k.span()), o) || hit(v.span(), o)).then_some(p)
+                })
+            }),
+            _ => None,
+        }
+    }
+    let doc = toml_edit::ImDocument::parse(src).ok()?;
+    in_table(doc.as_table(), offset, "")
+}
+
 /// 1-based line of a byte offset.
 fn line_of(src: &str, offset: usize) -> usize {
     src.get(..offset.min(src.len()))
@@ -397,6 +450,33 @@ impl SourcesConfig {
     /// Check everything a typo could break, naming the key at fault: the
     /// section's own values and the decimals handed over from the committee.
     pub fn problems(&self) -> Vec<Problem> {
+        let mut out = self.section_problems();
+        out.extend(self.decimals_problems());
+        out
+    }
+
+    /// Decimals from the committee ([`SourcesConfig::with_decimals`]) the
+    /// sources cannot observe at, keyed at the feed's `id`.
+    pub fn decimals_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (i, f) in self.feeds.iter().enumerate() {
+            let decimals = self.decimals_of(&f.id);
+            if decimals > MAX_SOURCE_DECIMALS {
+                out.push(Problem::new(
+                    format!("feeds[{i}].id"),
+                    format!(
+                        "feed {}: the committee file gives it {decimals} decimals; the price sources observe at most {MAX_SOURCE_DECIMALS}",
+                        f.id
+                    ),
+                    "lower the feed's decimals in the committee file (8 or 18 is typical)",
+                ));
+            }
+        }
+        out
+    }
+
+    /// The section's own mistakes (no committee needed).
+    pub fn section_problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         if self.poll_interval.as_ms() < 50 {
             out.push(Problem::new(
@@ -426,7 +506,7 @@ impl SourcesConfig {
                 out.push(Problem::new(
                     key("decimals"),
                     format!("feed {}: `decimals` is no longer set in the sources", f.id),
-                    "remove it: feed decimals are declared once, in the committee file's [[feeds]] (a feed the committee does not list is observed at 8 decimals)",
+                    "remove it: feed decimals are declared once, in the committee file's [[feeds]]; a feed the committee does not list is observed at 8 decimals",
                 ));
             }
             let Some((_, fq)) = split_feed_id(&f.id) else {
@@ -437,17 +517,6 @@ impl SourcesConfig {
                 ));
                 continue;
             };
-            let decimals = self.decimals_of(&f.id);
-            if decimals > MAX_SOURCE_DECIMALS {
-                out.push(Problem::new(
-                    key("id"),
-                    format!(
-                        "feed {}: the committee file gives it {decimals} decimals; the price sources observe at most {MAX_SOURCE_DECIMALS}",
-                        f.id
-                    ),
-                    "lower the feed's decimals in the committee file (8 or 18 is typical)",
-                ));
-            }
             if f.min_sources == 0 || f.min_sources > f.sources.len() {
                 out.push(Problem::new(
                     key("min_sources"),
@@ -457,7 +526,7 @@ impl SourcesConfig {
                         f.min_sources,
                         f.sources.len()
                     ),
-                    "min_sources must be between 1 and the number of sources (3 is the default)",
+                    "min_sources must be between 1 and the number of sources; the default is 3",
                 ));
             }
             let mut seen = BTreeSet::new();
@@ -467,7 +536,10 @@ impl SourcesConfig {
                     out.push(Problem::new(
                         key("venue"),
                         format!("feed {}: venue {} is disabled in [venues]", f.id, s.venue),
-                        format!("enable it ([venues.{}] enabled = true) or remove this source", s.venue),
+                        format!(
+                            "enable it ([venues.{}] enabled = true) or remove this source",
+                            s.venue
+                        ),
                     ));
                 }
                 if let Some(q) = &s.quote
@@ -734,15 +806,37 @@ mod tests {
         let e = SourcesConfig::from_toml(src).unwrap_err().to_string();
         assert!(e.contains("line 5: `feeds[0].decimals`"), "{e}");
         // Nested under [sources] in a node config.
-        let node = format!("[node]\nname = \"a\"\n\n[sources]\n{}", src.replace("[[feeds]]", "[[sources.feeds]]"));
+        let node = format!(
+            "[node]\nname = \"a\"\n\n[sources]\n{}",
+            src.replace("[[feeds]]", "[[sources.feeds]]")
+        );
         assert_eq!(
             locate(&node, "sources.feeds[0].min_sources").map(|s| line_of(&node, s.start)),
             Some(10)
         );
-        let e = SourcesConfig::from_toml("[[feeds]]\nid = \"BTC-USD\"\nmin_sources = \"three\"\nsources = []\n")
-            .unwrap_err()
-            .to_string();
+        let e = SourcesConfig::from_toml(
+            "[[feeds]]\nid = \"BTC-USD\"\nmin_sources = \"three\"\nsources = []\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("line 3") && e.contains("min_sources"), "{e}");
+    }
+
+    #[test]
+    fn key_at_names_the_key_of_a_span() {
+        let src = "[node]\nname = \"a\"\n[sources]\npol_interval = \"1s\"\n[sources.venues.krakn]\nws = false\n[[sources.feeds]]\nid = \"BTC-USD\"\nmin_sources = \"three\"\nsources = [{ venue = \"kraken\" }, { venue = \"nope\" }]\n";
+        let at = |needle: &str| key_at(src, src.find(needle).unwrap());
+        assert_eq!(at("pol_interval").as_deref(), Some("sources.pol_interval"));
+        assert_eq!(at("krakn").as_deref(), Some("sources.venues.krakn"));
+        assert_eq!(
+            at("\"three\"").as_deref(),
+            Some("sources.feeds[0].min_sources")
+        );
+        assert_eq!(
+            at("\"nope\"").as_deref(),
+            Some("sources.feeds[0].sources[1].venue")
+        );
+        assert_eq!(at("name").as_deref(), Some("node.name"));
     }
 
     #[test]

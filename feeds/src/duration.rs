@@ -51,7 +51,16 @@ mod tests {
         assert_eq!(ms("1m30s"), Ok(90_000));
         assert_eq!(ms("1h"), Ok(3_600_000));
         assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
-        for bad in ["", "s", "2", "2 parsecs", "1.5s", "-1s", "2S", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "s",
+            "2",
+            "2 parsecs",
+            "1.5s",
+            "-1s",
+            "2S",
+            "99999999999999999999h",
+        ] {
             let e = parse_duration(bad).expect_err(bad);
             assert!(e.contains("is not a duration"), "{bad}: {e}");
         }
