@@ -27,7 +27,9 @@ pub mod health;
 pub mod metrics;
 pub mod quote;
 pub mod service;
+#[cfg(feature = "sim")]
 pub mod sim;
+mod slots;
 pub mod time;
 pub mod venue;
 pub mod ws;

@@ -16,7 +16,7 @@ use tracing::{debug, info};
 use crate::error::SourceError;
 use crate::health::backoff;
 use crate::metrics::VenueLabels;
-use crate::service::{Shared, install_crypto_provider};
+use crate::slots::{Shared, install_crypto_provider};
 use crate::time::parse_rfc3339_ms;
 use crate::venue::{Num, OkxTicker, RawQuote, Venue};
 
