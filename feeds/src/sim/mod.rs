@@ -18,5 +18,6 @@ mod model;
 mod render;
 mod server;
 
+pub(crate) use model::Tick;
 pub use model::{Fault, Scenario};
 pub use server::{SimError, SimExchange, SimOptions};
