@@ -281,12 +281,12 @@ impl Market {
         }
         let mid = b / q * (1.0 + bps / 10_000.0);
         let dp = decimals_for(mid);
-        let half_spread = (mid * 0.5e-4).max(10f64.powi(-(dp as i32)));
+        let half_bid_ask = (mid * 0.5e-4).max(10f64.powi(-(dp as i32)));
         // Volume differs per venue so volume weighting has something to weigh.
         let volume = 1_000.0 * (1.0 + venue as u8 as f64) * 67_000.0 / b.max(1e-9);
         let tick = Tick {
-            bid: format!("{:.*}", dp, mid - half_spread),
-            ask: format!("{:.*}", dp, mid + half_spread),
+            bid: format!("{:.*}", dp, mid - half_bid_ask),
+            ask: format!("{:.*}", dp, mid + half_bid_ask),
             last: format!("{:.*}", dp, mid),
             volume: format!("{volume:.4}"),
             time_ms: now_ms,
