@@ -18,6 +18,5 @@ mod model;
 mod render;
 mod server;
 
-pub(crate) use model::Tick;
 pub use model::{Fault, Scenario};
 pub use server::{SimError, SimExchange, SimOptions};

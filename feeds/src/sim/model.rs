@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::venue::Venue;
+use crate::venue::{Tick, Venue};
 
 /// A fault injected on one venue.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -136,16 +136,6 @@ const ASSETS: [(&str, f64); 27] = [
 ];
 
 const STABLES: [&str; 3] = ["USDT", "USDC", "USD"];
-
-/// One venue's view of one market at one instant.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Tick {
-    pub bid: String,
-    pub ask: String,
-    pub last: String,
-    pub volume: String,
-    pub time_ms: u64,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct ActiveFault {

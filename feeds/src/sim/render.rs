@@ -3,8 +3,7 @@
 //! parsers; compare `fixtures/<venue>/*.json`); here are the pieces shared
 //! by every venue.
 
-use super::model::Tick;
-use crate::venue::Venue;
+use crate::venue::{Tick, Venue};
 
 /// (HTTP status, body) of a successful ticker answer.
 pub(crate) fn ticker(venue: Venue, market: &str, t: &Tick) -> (u16, String) {

@@ -16,10 +16,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::model::{Fault, Market, Scenario, Tick, market_assets};
+use super::model::{Fault, Market, Scenario, market_assets};
 use super::render;
 use crate::time::now_ms;
-use crate::venue::{StreamSpec, Venue};
+use crate::venue::{StreamSpec, Tick, Venue};
 
 /// How the simulated exchange starts.
 #[derive(Debug, Clone)]

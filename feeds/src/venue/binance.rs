@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json_either, n, num_u64, query_param, rate_limited, split_by_quote, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
-use crate::sim::Tick;
+use super::Tick;
 
 pub(super) struct Spec;
 

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{Num, RateLimit, RawQuote, VenueSpec, json, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
-use crate::sim::Tick;
+use super::Tick;
 
 pub(super) struct Spec;
 

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{Num, RateLimit, RawQuote, VenueSpec, json_either, n, rate_limited, split_by_quote, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
-use crate::sim::Tick;
+use super::Tick;
 
 pub(super) struct Spec;
 

@@ -14,7 +14,7 @@ use crate::error::SourceError;
 use crate::time::format_rfc3339_ms;
 use crate::time::parse_rfc3339_ms;
 #[cfg(feature = "sim")]
-use crate::sim::Tick;
+use super::Tick;
 
 pub(super) struct Spec;
 

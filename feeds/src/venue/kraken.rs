@@ -11,7 +11,7 @@ use super::{add_symbols, json_strings};
 use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json, query_param, rate_limited, split_by_quote, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
-use crate::sim::Tick;
+use super::Tick;
 
 pub(super) struct Spec;
 

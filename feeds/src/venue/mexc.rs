@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{RateLimit, RawQuote, VenueSpec, binance, split_by_quote};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
-use crate::sim::Tick;
+use super::Tick;
 
 pub(super) struct Spec;
 

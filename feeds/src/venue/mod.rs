@@ -17,8 +17,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{SourceError, snippet};
-#[cfg(feature = "sim")]
-use crate::sim::Tick;
 
 /// The registry: `Variant => module`. The module (`venue/<module>.rs`)
 /// defines `Spec`, the venue's [`VenueSpec`]; its name is the venue's name in
@@ -101,6 +99,18 @@ pub(crate) trait VenueSpec: Sync {
     /// Body of the venue's rate-limit answer (HTTP 429).
     #[cfg(feature = "sim")]
     fn render_rate_limited(&self) -> serde_json::Value;
+}
+
+/// One venue's view of one market at one instant, as the simulated
+/// exchange renders it (decimal text, like a venue's own bodies).
+#[cfg(feature = "sim")]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Tick {
+    pub bid: String,
+    pub ask: String,
+    pub last: String,
+    pub volume: String,
+    pub time_ms: u64,
 }
 
 /// The client's keepalive on a venue's stream.

@@ -11,7 +11,7 @@ use super::add_symbols;
 use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json, n, num_u64, query_param, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
-use crate::sim::Tick;
+use super::Tick;
 
 pub(super) struct Spec;
 
