@@ -136,19 +136,24 @@ pub fn sources(args: SourcesArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Read the sources section: `[sources]` of a node config, or a file that is
-/// only the sources section.
+/// Read the sources section: `[sources]` of a node config (loaded and checked
+/// as `sibyl run` does, so feed decimals come from its committee file), or a
+/// file that is only the sources section (feeds at 8 decimals).
 pub fn load_sources_config(path: &Path) -> anyhow::Result<SourcesConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: toml::Table =
         toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let section = match doc.get("sources") {
-        Some(toml::Value::Table(t)) => toml::to_string(t)?,
-        Some(_) => bail!("{}: `sources` must be a table ([sources])", path.display()),
-        None => text,
-    };
-    SourcesConfig::from_toml(&section).with_context(|| format!("in {}", path.display()))
+    if doc.contains_key("node") {
+        let config = crate::config::Config::load(path)?;
+        return config.node.sources.with_context(|| {
+            format!(
+                "{} has no [sources] section; add one (docs/SOURCES.md)",
+                path.display()
+            )
+        });
+    }
+    SourcesConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))
 }
 
 fn probe(path: &Path, json: bool) -> anyhow::Result<()> {
@@ -358,7 +363,13 @@ mod tests {
         assert_eq!(direct.feeds.len(), 3);
 
         let text = std::fs::read_to_string(example).expect("example");
-        let mut node = String::from("[node]\nname = \"a\"\n\n[sources]\n");
+        let committee = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/committee.toml"
+        );
+        let mut node = format!(
+            "[node]\ncommittee = \"{committee}\"\n\n[keys]\npassphrase_env = \"P\"\n\n[sources]\n"
+        );
         // Re-home the example under [sources]: its tables become sources.*.
         node.push_str(
             &text
@@ -367,9 +378,19 @@ mod tests {
         );
         let path = dir.path().join("node.toml");
         std::fs::write(&path, node).expect("write");
-        assert_eq!(
-            load_sources_config(&path).expect("node config parses"),
-            direct
+        let from_node = load_sources_config(&path).expect("node config parses");
+        assert_eq!(from_node.feeds, direct.feeds);
+        // Decimals come from the committee file, for the committee's feeds only.
+        assert_eq!(from_node.decimals_of("BTC-USD"), 8);
+        assert!(!from_node.decimals.contains_key("USDT-USD"));
+
+        // A decimals key in the sources is refused, at its line.
+        let old = dir.path().join("old.toml");
+        std::fs::write(&old, "[[feeds]]\nid = \"BTC-USD\"\ndecimals = 8\nmin_sources = 1\nsources = [{ venue = \"kraken\" }]\n").expect("write");
+        let err = format!("{:#}", load_sources_config(&old).expect_err("decimals"));
+        assert!(
+            err.contains("line 3") && err.contains("committee file"),
+            "{err}"
         );
 
         let bad = dir.path().join("bad.toml");

@@ -189,7 +189,13 @@ impl<'a> Report<'a> {
         } else {
             "fix the value's syntax or type"
         };
-        self.at(err.span(), "", message, hint);
+        // Name the key of a mistake in [sources] (toml's error carries only its span).
+        let key = err
+            .span()
+            .and_then(|s| sibyl_feeds::config::key_at(self.src, s.start))
+            .filter(|k| k.starts_with("sources."))
+            .unwrap_or_default();
+        self.at(err.span(), key, message, hint);
     }
 }
 
@@ -221,37 +227,8 @@ impl ConfigDuration {
     }
 }
 
-/// Parses `"250ms"`, `"2s"`, `"1m30s"`, `"1h"`, `"500us"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("{s:?} is not a duration; write it like \"250ms\", \"2s\", \"1m30s\"");
-    let s_trim = s.trim();
-    if s_trim.is_empty() {
-        return Err(err());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s_trim;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(err());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "us" => Duration::from_micros(n),
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(err)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(err)?),
-            _ => return Err(err()),
-        };
-        total = total.checked_add(part).ok_or_else(err)?;
-    }
-    Ok(total)
-}
+/// The node's one duration grammar, shared with the `[sources]` section.
+pub use sibyl_feeds::duration::parse_duration;
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -293,10 +270,12 @@ pub struct NodeConfig {
     pub store: StoreSection,
     #[serde(default)]
     pub log: LogSection,
-    /// The price sources; owned by the `feeds` crate and passed through as is.
-    /// Without it the node observes the built-in deterministic source (devnet/tests).
+    /// The price sources, typed by the `feeds` crate and checked with the
+    /// rest of the file; feed decimals are filled in from the committee at
+    /// [`Config::load`]. Without it the node observes the built-in
+    /// deterministic source (devnet/tests).
     #[serde(default)]
-    pub sources: Option<toml::Value>,
+    pub sources: Option<sibyl_feeds::SourcesConfig>,
     /// On-chain transmission; absent means the node does not transmit.
     #[serde(default)]
     pub chain: Option<ChainSection>,
@@ -1306,7 +1285,7 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
         let (node, mut problems) = NodeConfig::parse_with_problems(node_path, &src);
-        let Some(node) = node else {
+        let Some(mut node) = node else {
             return Err(ConfigError::Invalid(problems));
         };
 
@@ -1333,6 +1312,19 @@ impl Config {
                 None
             }
         };
+        // Feed decimals are stated once, in the committee file: the sources take them from it.
+        if let (Some(c), Some(sources)) = (&committee, node.sources.take()) {
+            let decimals = c
+                .feeds
+                .iter()
+                .map(|f| (f.id.as_str().to_string(), u32::from(f.decimals)))
+                .collect();
+            let sources = sources.with_decimals(decimals);
+            let mut report = Report::new(node_path, &src);
+            report_sources(sources.decimals_problems(), &mut report);
+            problems.extend(report.problems);
+            node.sources = Some(sources);
+        }
         match committee {
             Some(committee) if problems.is_empty() => Ok(Config {
                 node,
@@ -1503,7 +1495,19 @@ fn validate_api_limits(api: &ApiSection, r: &mut Report<'_>) {
     }
 }
 
+/// The `[sources]` problems, each at its key's line in node.toml.
+fn report_sources(problems: Vec<sibyl_feeds::config::Problem>, r: &mut Report<'_>) {
+    for p in problems {
+        let key = format!("sources.{}", p.key);
+        let at = sibyl_feeds::config::locate(r.src, &key);
+        r.at(at, key, p.message, p.hint);
+    }
+}
+
 fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
+    if let Some(sources) = &n.sources {
+        report_sources(sources.section_problems(), r);
+    }
     match (&n.keys.passphrase_env, &n.keys.passphrase_file) {
         (Some(a), Some(_)) => r.at(span(a), "keys.passphrase_env", "both passphrase_env and passphrase_file are set", "keep one: the passphrase comes from exactly one place"),
         (None, None) => r.at(None, "keys", "no key passphrase source", "set keys.passphrase_env = \"SIBYL_KEY_PASSPHRASE\" or keys.passphrase_file = \"/run/secrets/sibyl-passphrase\""),

@@ -172,13 +172,13 @@ fn sim_sources(port: u16, feeds: &[String]) -> String {
             sources.extend(usdt_sources.iter().map(String::as_str));
         }
         s += &format!(
-            "[[sources.feeds]]\nid = \"{f}\"\ndecimals = 8\nmin_sources = 3\nsources = [{}]\n",
+            "[[sources.feeds]]\nid = \"{f}\"\nmin_sources = 3\nsources = [{}]\n",
             sources.join(", ")
         );
     }
     if !feeds.iter().any(|f| f == "USDT-USD") {
         s += &format!(
-            "# Only for converting the USDT markets above; not a committee feed.\n[[sources.feeds]]\nid = \"USDT-USD\"\ndecimals = 8\nmin_sources = 3\nsources = [{}]\n",
+            "# Only for converting the USDT markets above; not a committee feed.\n[[sources.feeds]]\nid = \"USDT-USD\"\nmin_sources = 3\nsources = [{}]\n",
             usd_sources.join(", ")
         );
     }
@@ -777,9 +777,13 @@ mod tests {
     fn sim_sources_use_seven_loopback_venues_and_convert_usdt() {
         let feeds = feed_ids(3);
         let text = sim_sources(9100, &feeds);
-        let value: toml::Value = toml::from_str(&text).expect("the section is TOML");
-        let sources = value.get("sources").expect("[sources]").clone();
-        let cfg = sibyl_feeds::SourcesConfig::from_value(sources).expect("valid sources config");
+        #[derive(serde::Deserialize)]
+        struct Section {
+            sources: sibyl_feeds::SourcesConfig,
+        }
+        let cfg = toml::from_str::<Section>(&text)
+            .expect("the section is a typed [sources]")
+            .sources;
         cfg.validate().expect("validates");
         assert_eq!(cfg.venues.len(), 7);
         for v in cfg.venues.keys() {

@@ -7,7 +7,9 @@
 //! 4. the observation is the volume-weighted median of the rest (weight = 24 h
 //!    base volume, capped at 3x the median weight so no single venue decides
 //!    alone; sources without volume get the median weight), and the spread is
-//!    max - min of the prices used.
+//!    max - min of the prices used: "spread" always means that width (see
+//!    docs/PROTOCOL.md, "Spread and confidence"); the committee's confidence
+//!    half-width is derived from the members' spreads in `aggregator`.
 
 use serde::Serialize;
 
@@ -35,10 +37,11 @@ pub struct Observation {
     pub decimals: u32,
     /// The observed price, fixed point at `decimals`.
     pub price_fixed: i128,
-    /// Max - min of the prices used, same units as `price_fixed`.
+    /// Max - min of the prices used (a full width, not a half-width), same
+    /// units as `price_fixed`.
     pub spread: i128,
-    /// `spread` relative to the price, in basis points (rounded up): the
-    /// observation's confidence, smaller is tighter.
+    /// `spread` relative to the price, in basis points (rounded up); smaller
+    /// is tighter.
     pub spread_bps: u32,
     /// How many sources entered the median (`sources_used.len()`).
     pub num_sources: u32,

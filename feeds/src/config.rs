@@ -1,18 +1,31 @@
 //! The `[sources]` section of a node's config: venues, feeds, and the
 //! health and observation parameters. TOML, `deny_unknown_fields`,
-//! durations as strings ("500ms", "2s", "1m").
+//! durations in the node's one grammar ("500ms", "2s", "1m30s").
+//!
+//! The node config deserializes this section as a typed part of node.toml
+//! (never re-encoded and parsed again), so a type error carries its line;
+//! [`SourcesConfig::problems`] names the key of every semantic mistake and
+//! [`locate`] turns that key into a place in the file.
+//!
+//! Feed decimals are not stated here: the committee file declares them once
+//! and the node hands them over with [`SourcesConfig::with_decimals`]. A feed
+//! the committee does not list (a conversion feed such as `USDT-USD`) is
+//! observed at [`SOURCES_ONLY_DECIMALS`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::Range;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::duration::parse_duration;
 use crate::error::ConfigError;
 use crate::quote::SanityLimits;
 use crate::venue::Venue;
 
-/// A duration written as a string: `"250ms"`, `"2s"`, `"1m"`, `"1h"`.
+/// A duration written as a string, in the node's one duration grammar
+/// ([`crate::duration::parse_duration`]): `"250ms"`, `"2s"`, `"1m30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
 
@@ -21,31 +34,14 @@ impl Dur {
         Dur(Duration::from_millis(ms))
     }
     pub fn as_ms(self) -> u64 {
-        self.0.as_millis() as u64
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
     }
 }
 
 impl std::str::FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("invalid duration {s:?}: expected e.g. \"500ms\", \"2s\", \"1m\"")
-        })?;
-        let ms = match unit.trim() {
-            "ms" => n,
-            "s" => n.saturating_mul(1000),
-            "m" => n.saturating_mul(60_000),
-            "h" => n.saturating_mul(3_600_000),
-            other => {
-                return Err(format!(
-                    "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
-                ));
-            }
-        };
-        Ok(Dur::ms(ms))
+        parse_duration(s).map(Dur)
     }
 }
 
@@ -99,7 +95,19 @@ pub struct SourcesConfig {
     pub ws_stale_after: Dur,
     pub venues: BTreeMap<Venue, VenueConfig>,
     pub feeds: Vec<FeedConfig>,
+    /// Decimals per feed id, from the committee file (never read from this
+    /// section); see [`SourcesConfig::with_decimals`].
+    #[serde(skip)]
+    pub decimals: BTreeMap<String, u32>,
 }
+
+/// Decimals of a feed the committee file does not list (a feed observed only
+/// to convert others, e.g. `USDT-USD`).
+pub const SOURCES_ONLY_DECIMALS: u32 = 8;
+
+/// Most decimals the sources observe a feed at (prices are `i128` and the
+/// sanity bound `max_price_units` must fit).
+pub const MAX_SOURCE_DECIMALS: u32 = 18;
 
 impl Default for SourcesConfig {
     fn default() -> Self {
@@ -116,6 +124,7 @@ impl Default for SourcesConfig {
             ws_stale_after: Dur::ms(30_000),
             venues: BTreeMap::new(),
             feeds: Vec::new(),
+            decimals: BTreeMap::new(),
         }
     }
 }
@@ -153,8 +162,10 @@ impl Default for VenueConfig {
 pub struct FeedConfig {
     /// Canonical id "BASE-QUOTE", e.g. "BTC-USD".
     pub id: String,
-    #[serde(default = "default_decimals")]
-    pub decimals: u32,
+    /// Refused when present: feed decimals live in the committee file. Read
+    /// only so that the mistake gets a message saying so.
+    #[serde(default, skip_serializing)]
+    pub decimals: Option<toml::Value>,
     #[serde(default = "default_min_sources")]
     pub min_sources: usize,
     /// Overrides the section-wide `max_deviation_bps` for this feed.
@@ -163,9 +174,6 @@ pub struct FeedConfig {
     pub sources: Vec<SourceConfig>,
 }
 
-fn default_decimals() -> u32 {
-    8
-}
 fn default_min_sources() -> usize {
     3
 }
@@ -212,23 +220,188 @@ pub fn split_feed_id(id: &str) -> Option<(&str, &str)> {
     (ok(b) && ok(q)).then_some((b, q))
 }
 
+/// A semantic mistake in the sources section, at `key` (relative to the
+/// section, e.g. `feeds[1].min_sources`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// Byte span of `key` (dotted, with `[i]` for array elements, e.g.
+/// `sources.feeds[1].sources[0].venue`) in the TOML text `src`. A key that is
+/// not written (a default) gets the span of its closest written parent.
+pub fn locate(src: &str, key: &str) -> Option<Range<usize>> {
+    use toml_edit::{Item, Value};
+    enum At<'a> {
+        Item(&'a Item),
+        Value(&'a Value),
+        Table(&'a toml_edit::Table),
+    }
+    fn span(at: &At<'_>) -> Option<Range<usize>> {
+        match at {
+            At::Item(i) => i.span(),
+            At::Value(v) => v.span(),
+            At::Table(t) => t.span(),
+        }
+    }
+    fn child<'a>(at: &At<'a>, name: &str) -> Option<At<'a>> {
+        let table = match at {
+            At::Table(t) => Some(*t),
+            At::Item(Item::Table(t)) => Some(t),
+            _ => None,
+        };
+        if let Some(t) = table {
+            return t.get(name).map(At::Item);
+        }
+        let inline = match at {
+            At::Item(Item::Value(Value::InlineTable(t))) | At::Value(Value::InlineTable(t)) => t,
+            _ => return None,
+        };
+        inline.get(name).map(At::Value)
+    }
+    fn index<'a>(at: &At<'a>, i: usize) -> Option<At<'a>> {
+        match at {
+            At::Item(Item::ArrayOfTables(a)) => a.get(i).map(At::Table),
+            At::Item(Item::Value(Value::Array(a))) | At::Value(Value::Array(a)) => {
+                a.get(i).map(At::Value)
+            }
+            _ => None,
+        }
+    }
+    let doc = toml_edit::ImDocument::parse(src).ok()?;
+    let mut at = At::Table(doc.as_table());
+    let mut best = None;
+    for part in key.split('.') {
+        let mut pieces = part.split('[');
+        let name = pieces.next().unwrap_or_default();
+        let Some(next) = child(&at, name) else {
+            return best;
+        };
+        at = next;
+        best = span(&at).or(best);
+        for idx in pieces {
+            let Some(next) = idx
+                .trim_end_matches(']')
+                .parse()
+                .ok()
+                .and_then(|i| index(&at, i))
+            else {
+                return best;
+            };
+            at = next;
+            best = span(&at).or(best);
+        }
+    }
+    best
+}
+
+/// The dotted key (as [`locate`] takes it, e.g. `sources.feeds[0].min_sources`)
+/// of the deepest key or value at byte `offset` of `src`: names the key of a
+/// TOML error, which carries only a span.
+pub fn key_at(src: &str, offset: usize) -> Option<String> {
+    use toml_edit::{Item, Table, Value};
+    fn hit(span: Option<Range<usize>>, o: usize) -> bool {
+        span.is_some_and(|s| s.start <= o && o < s.end.max(s.start + 1))
+    }
+    fn join(path: &str, k: &str) -> String {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    }
+    fn in_table(t: &Table, o: usize, path: &str) -> Option<String> {
+        t.iter().find_map(|(k, item)| {
+            let p = join(path, k);
+            in_item(item, o, &p).or_else(|| {
+                (hit(t.key(k).and_then(|k| k.span()), o) || hit(item.span(), o)).then_some(p)
+            })
+        })
+    }
+    fn in_item(item: &Item, o: usize, path: &str) -> Option<String> {
+        match item {
+            Item::Table(t) => in_table(t, o, path),
+            Item::ArrayOfTables(a) => a.iter().enumerate().find_map(|(i, t)| {
+                let p = format!("{path}[{i}]");
+                in_table(t, o, &p).or_else(|| hit(t.span(), o).then_some(p))
+            }),
+            Item::Value(v) => in_value(v, o, path),
+            Item::None => None,
+        }
+    }
+    fn in_value(v: &Value, o: usize, path: &str) -> Option<String> {
+        match v {
+            Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
+                let p = format!("{path}[{i}]");
+                in_value(v, o, &p).or_else(|| hit(v.span(), o).then_some(p))
+            }),
+            Value::InlineTable(t) => t.iter().find_map(|(k, v)| {
+                let p = join(path, k);
+                in_value(v, o, &p).or_else(|| {
+                    (hit(t.key(k).and_then(|k| k.span()), o) || hit(v.span(), o)).then_some(p)
+                })
+            }),
+            _ => None,
+        }
+    }
+    let doc = toml_edit::ImDocument::parse(src).ok()?;
+    in_table(doc.as_table(), offset, "")
+}
+
+/// 1-based line of a byte offset.
+fn line_of(src: &str, offset: usize) -> usize {
+    src.get(..offset.min(src.len()))
+        .map(|before| before.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
 impl SourcesConfig {
-    /// Parse a TOML document holding just this section's keys.
+    /// Parse and validate a TOML document holding just this section's keys
+    /// (a sources-only file for `sibyl sources probe`). Errors name the line
+    /// and key of each mistake.
     pub fn from_toml(text: &str) -> Result<SourcesConfig, ConfigError> {
         let cfg: SourcesConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        cfg.validate()?;
-        Ok(cfg)
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            return Ok(cfg);
+        }
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| {
+                let line = locate(text, &p.key).map_or(0, |s| line_of(text, s.start));
+                format!("line {line}: `{}`: {} ({})", p.key, p.message, p.hint)
+            })
+            .collect();
+        Err(ConfigError::Invalid(lines.join("; ")))
     }
 
-    /// Parse and validate an already-parsed TOML value (the `[sources]`
-    /// table of a node config).
-    pub fn from_value(value: toml::Value) -> Result<SourcesConfig, ConfigError> {
-        let cfg: SourcesConfig = value
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        cfg.validate()?;
-        Ok(cfg)
+    /// Hands over the decimals the committee file declares per feed. Feeds
+    /// it does not list are observed at [`SOURCES_ONLY_DECIMALS`].
+    pub fn with_decimals(mut self, decimals: BTreeMap<String, u32>) -> SourcesConfig {
+        self.decimals = decimals;
+        self
+    }
+
+    /// The decimals feed `id` is observed at.
+    pub fn decimals_of(&self, id: &str) -> u32 {
+        self.decimals
+            .get(id)
+            .copied()
+            .unwrap_or(SOURCES_ONLY_DECIMALS)
     }
 
     pub fn venue(&self, v: Venue) -> VenueConfig {
@@ -261,75 +434,152 @@ impl SourcesConfig {
         }
     }
 
-    /// Check everything a typo could break, naming the feed and source at fault.
+    /// Every mistake [`SourcesConfig::problems`] finds, as one error.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.poll_interval.as_ms() < 50 {
-            return bad("poll_interval must be at least 50ms".into());
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
         }
-        if self.request_timeout.as_ms() == 0 {
-            return bad("request_timeout must be positive".into());
-        }
-        let ids: BTreeSet<&str> = self.feeds.iter().map(|f| f.id.as_str()).collect();
-        if ids.len() != self.feeds.len() {
-            return bad("a feed id appears twice in [[feeds]]".into());
-        }
-        for f in &self.feeds {
-            let Some((_, fq)) = split_feed_id(&f.id) else {
-                return bad(format!(
-                    "feed id {:?} must look like \"BTC-USD\" (upper-case BASE-QUOTE)",
-                    f.id
-                ));
-            };
-            if f.decimals > 18 {
-                return bad(format!(
-                    "feed {}: decimals {} is more than 18",
-                    f.id, f.decimals
+        let text: Vec<String> = problems
+            .iter()
+            .map(|p| format!("`{}`: {} ({})", p.key, p.message, p.hint))
+            .collect();
+        Err(ConfigError::Invalid(text.join("; ")))
+    }
+
+    /// Check everything a typo could break, naming the key at fault: the
+    /// section's own values and the decimals handed over from the committee.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = self.section_problems();
+        out.extend(self.decimals_problems());
+        out
+    }
+
+    /// Decimals from the committee ([`SourcesConfig::with_decimals`]) the
+    /// sources cannot observe at, keyed at the feed's `id`.
+    pub fn decimals_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (i, f) in self.feeds.iter().enumerate() {
+            let decimals = self.decimals_of(&f.id);
+            if decimals > MAX_SOURCE_DECIMALS {
+                out.push(Problem::new(
+                    format!("feeds[{i}].id"),
+                    format!(
+                        "feed {}: the committee file gives it {decimals} decimals; the price sources observe at most {MAX_SOURCE_DECIMALS}",
+                        f.id
+                    ),
+                    "lower the feed's decimals in the committee file (8 or 18 is typical)",
                 ));
             }
+        }
+        out
+    }
+
+    /// The section's own mistakes (no committee needed).
+    pub fn section_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.poll_interval.as_ms() < 50 {
+            out.push(Problem::new(
+                "poll_interval",
+                format!("{} is shorter than 50ms", self.poll_interval),
+                "poll every 500ms or more; WebSocket venues stream in between",
+            ));
+        }
+        if self.request_timeout.as_ms() == 0 {
+            out.push(Problem::new(
+                "request_timeout",
+                "the timeout is zero",
+                "use a positive duration, e.g. \"2s\"",
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        for (i, f) in self.feeds.iter().enumerate() {
+            let key = |k: &str| format!("feeds[{i}].{k}");
+            if !ids.insert(f.id.as_str()) {
+                out.push(Problem::new(
+                    key("id"),
+                    format!("feed {} appears twice in [[feeds]]", f.id),
+                    "keep one table per feed and list all its sources there",
+                ));
+            }
+            if f.decimals.is_some() {
+                out.push(Problem::new(
+                    key("decimals"),
+                    format!("feed {}: `decimals` is no longer set in the sources", f.id),
+                    "remove it: feed decimals are declared once, in the committee file's [[feeds]]; a feed the committee does not list is observed at 8 decimals",
+                ));
+            }
+            let Some((_, fq)) = split_feed_id(&f.id) else {
+                out.push(Problem::new(
+                    key("id"),
+                    format!("feed id {:?} is not BASE-QUOTE", f.id),
+                    "write it in upper case like \"BTC-USD\"",
+                ));
+                continue;
+            };
             if f.min_sources == 0 || f.min_sources > f.sources.len() {
-                return bad(format!(
-                    "feed {}: min_sources = {} but {} sources are listed",
-                    f.id,
-                    f.min_sources,
-                    f.sources.len()
+                out.push(Problem::new(
+                    key("min_sources"),
+                    format!(
+                        "feed {}: min_sources = {} but {} sources are listed",
+                        f.id,
+                        f.min_sources,
+                        f.sources.len()
+                    ),
+                    "min_sources must be between 1 and the number of sources; the default is 3",
                 ));
             }
             let mut seen = BTreeSet::new();
-            for s in &f.sources {
+            for (j, s) in f.sources.iter().enumerate() {
+                let key = |k: &str| format!("feeds[{i}].sources[{j}].{k}");
                 if !self.venue(s.venue).enabled {
-                    return bad(format!(
-                        "feed {}: source venue {} is disabled in [venues]",
-                        f.id, s.venue
+                    out.push(Problem::new(
+                        key("venue"),
+                        format!("feed {}: venue {} is disabled in [venues]", f.id, s.venue),
+                        format!(
+                            "enable it ([venues.{}] enabled = true) or remove this source",
+                            s.venue
+                        ),
                     ));
                 }
                 if let Some(q) = &s.quote
                     && q != fq
                 {
                     let via = format!("{q}-{fq}");
-                    let Some(conv) = self.feeds.iter().find(|g| g.id == via) else {
-                        return bad(format!(
-                            "feed {}: source {} quotes in {q}, so feed {via} must be configured to convert it",
-                            f.id, s.venue
-                        ));
-                    };
-                    if conv
-                        .sources
-                        .iter()
-                        .any(|s| s.quote.as_deref().is_some_and(|cq| cq != fq))
-                    {
-                        return bad(format!(
-                            "feed {via} converts feed {} and may not itself need conversion",
-                            f.id
-                        ));
+                    match self.feeds.iter().find(|g| g.id == via) {
+                        None => out.push(Problem::new(
+                            key("quote"),
+                            format!(
+                                "feed {}: source {} quotes in {q}, so feed {via} must be configured to convert it",
+                                f.id, s.venue
+                            ),
+                            format!("add a [[feeds]] table with id = \"{via}\" and its own sources"),
+                        )),
+                        Some(conv)
+                            if conv
+                                .sources
+                                .iter()
+                                .any(|s| s.quote.as_deref().is_some_and(|cq| cq != fq)) =>
+                        {
+                            out.push(Problem::new(
+                                key("quote"),
+                                format!("feed {via} converts feed {} and may not itself need conversion", f.id),
+                                format!("source feed {via} from markets quoted in {fq}"),
+                            ))
+                        }
+                        Some(_) => {}
                     }
                 }
                 if !seen.insert(s.venue) {
-                    return bad(format!("feed {}: venue {} is listed twice", f.id, s.venue));
+                    out.push(Problem::new(
+                        key("venue"),
+                        format!("feed {}: venue {} is listed twice", f.id, s.venue),
+                        "list each venue once per feed",
+                    ));
                 }
             }
         }
-        Ok(())
+        out
     }
 
     /// Every (feed, venue market) to fetch.
@@ -460,7 +710,7 @@ impl SourcesConfig {
             }
             cfg.feeds.push(FeedConfig {
                 id,
-                decimals: 8,
+                decimals: None,
                 min_sources: 3,
                 max_deviation_bps: None,
                 sources,
@@ -479,6 +729,7 @@ mod tests {
         assert_eq!("500ms".parse::<Dur>(), Ok(Dur::ms(500)));
         assert_eq!("2s".parse::<Dur>(), Ok(Dur::ms(2000)));
         assert_eq!("1m".parse::<Dur>(), Ok(Dur::ms(60_000)));
+        assert_eq!("1m30s".parse::<Dur>(), Ok(Dur::ms(90_000)));
         assert!("2 parsecs".parse::<Dur>().is_err());
         assert!("s".parse::<Dur>().is_err());
         assert_eq!(Dur::ms(1500).to_string(), "1500ms");
@@ -518,7 +769,8 @@ mod tests {
     fn explains_mistakes() {
         let err = |t: &str| SourcesConfig::from_toml(t).unwrap_err().to_string();
         assert!(err("pol_interval = \"1s\"").contains("unknown field"));
-        assert!(err("poll_interval = \"1 fortnight\"").contains("invalid duration"));
+        assert!(err("poll_interval = \"1 fortnight\"").contains("is not a duration"));
+        assert!(err("poll_interval = \"1 fortnight\"").contains("line 1"));
         assert!(err("[[feeds]]\nid = \"btc\"\nsources = []").contains("BASE-QUOTE"));
         let e = err(
             "[[feeds]]\nid = \"BTC-USD\"\nmin_sources = 1\nsources = [{ venue = \"binance\", quote = \"USDT\" }]",
@@ -528,6 +780,77 @@ mod tests {
             err("[[feeds]]\nid = \"BTC-USD\"\nsources = [{ venue = \"nope\" }]")
                 .contains("unknown variant")
         );
+    }
+
+    #[test]
+    fn mistakes_carry_key_and_line() {
+        let src = "poll_interval = \"1s\"\n\n[[feeds]]\nid = \"BTC-USD\"\ndecimals = 8\nmin_sources = 4\nsources = [{ venue = \"kraken\" }, { venue = \"kraken\" }]\n";
+        let cfg: SourcesConfig = toml::from_str(src).unwrap();
+        let problems = cfg.problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "feeds[0].decimals",
+                "feeds[0].min_sources",
+                "feeds[0].sources[1].venue"
+            ]
+        );
+        assert!(problems[0].hint.contains("committee file"), "{problems:?}");
+        let line = |key: &str| locate(src, key).map(|s| line_of(src, s.start));
+        assert_eq!(line("feeds[0].decimals"), Some(5));
+        assert_eq!(line("feeds[0].min_sources"), Some(6));
+        assert_eq!(line("feeds[0].sources[1].venue"), Some(7));
+        // A key left to its default points at its table.
+        assert_eq!(line("feeds[0].max_deviation_bps"), Some(3));
+        let e = SourcesConfig::from_toml(src).unwrap_err().to_string();
+        assert!(e.contains("line 5: `feeds[0].decimals`"), "{e}");
+        // Nested under [sources] in a node config.
+        let node = format!(
+            "[node]\nname = \"a\"\n\n[sources]\n{}",
+            src.replace("[[feeds]]", "[[sources.feeds]]")
+        );
+        assert_eq!(
+            locate(&node, "sources.feeds[0].min_sources").map(|s| line_of(&node, s.start)),
+            Some(10)
+        );
+        let e = SourcesConfig::from_toml(
+            "[[feeds]]\nid = \"BTC-USD\"\nmin_sources = \"three\"\nsources = []\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 3") && e.contains("min_sources"), "{e}");
+    }
+
+    #[test]
+    fn key_at_names_the_key_of_a_span() {
+        let src = "[node]\nname = \"a\"\n[sources]\npol_interval = \"1s\"\n[sources.venues.krakn]\nws = false\n[[sources.feeds]]\nid = \"BTC-USD\"\nmin_sources = \"three\"\nsources = [{ venue = \"kraken\" }, { venue = \"nope\" }]\n";
+        let at = |needle: &str| key_at(src, src.find(needle).unwrap());
+        assert_eq!(at("pol_interval").as_deref(), Some("sources.pol_interval"));
+        assert_eq!(at("krakn").as_deref(), Some("sources.venues.krakn"));
+        assert_eq!(
+            at("\"three\"").as_deref(),
+            Some("sources.feeds[0].min_sources")
+        );
+        assert_eq!(
+            at("\"nope\"").as_deref(),
+            Some("sources.feeds[0].sources[1].venue")
+        );
+        assert_eq!(at("name").as_deref(), Some("node.name"));
+    }
+
+    #[test]
+    fn decimals_come_from_the_committee() {
+        let cfg = SourcesConfig::for_sim_exchange("http://127.0.0.1:9", &["BTC-USD"])
+            .with_decimals(BTreeMap::from([("BTC-USD".to_string(), 6)]));
+        assert_eq!(cfg.decimals_of("BTC-USD"), 6);
+        assert_eq!(cfg.decimals_of("USDT-USD"), SOURCES_ONLY_DECIMALS);
+        assert!(cfg.problems().is_empty());
+        let wide = cfg.with_decimals(BTreeMap::from([("BTC-USD".to_string(), 19)]));
+        let p = wide.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "feeds[0].id");
+        assert!(p[0].message.contains("19 decimals"), "{p:?}");
     }
 
     #[test]

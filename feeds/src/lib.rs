@@ -15,18 +15,24 @@
 //! ```
 //!
 //! Prices are decimal text until [`quote`] turns them into `i128` fixed point
-//! at the feed's decimals; no float touches a price. `sim` is a seeded
-//! simulated exchange that speaks every adapter's format on loopback.
+//! at the feed's decimals (the committee's, handed over in [`config`]); no
+//! float touches a price. Each venue is one file under `venue/` behind
+//! `VenueSpec`; `ws` and `service` run them, sharing the source state of
+//! `slots`. `sim` (feature `sim`) is a seeded simulated exchange that speaks
+//! every venue's format on loopback, rendered by the venue's own file.
 
 pub mod aggregate;
 pub mod config;
 pub mod decimal;
+pub mod duration;
 pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod quote;
 pub mod service;
+#[cfg(feature = "sim")]
 pub mod sim;
+mod slots;
 pub mod time;
 pub mod venue;
 pub mod ws;

@@ -9,183 +9,25 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
 use crate::aggregate::{Observation, ObservationParams, SourcePrice, observe};
-use crate::config::{ResolvedSource, SourcesConfig};
+use crate::config::SourcesConfig;
 use crate::decimal::pow10;
 use crate::error::{ObservationError, SourceError, snippet};
-use crate::health::{BreakerState, CircuitBreaker, RateLimiter, backoff};
+use crate::health::{RateLimiter, backoff};
 use crate::metrics::{FeedLabels, SourceFeedLabels, SourceMetrics};
-use crate::quote::Quote;
+pub use crate::slots::SourceStatus;
+use crate::slots::{Shared, Slot, install_crypto_provider};
 use crate::time::now_ms;
 use crate::venue::{RawQuote, Venue};
 use crate::ws;
 
 /// Largest response body we read from a venue.
 const MAX_BODY: usize = 256 * 1024;
-
-/// Latest state of one source (one venue market for one feed).
-#[derive(Debug, Clone)]
-pub(crate) struct Slot {
-    pub(crate) source: ResolvedSource,
-    pub(crate) decimals: u32,
-    pub(crate) quote: Option<Quote>,
-    /// When we last stored a good quote (our clock).
-    pub(crate) updated_ms: u64,
-    pub(crate) via_ws: bool,
-    pub(crate) last_error: Option<SourceError>,
-    pub(crate) latency_ms: Option<u64>,
-    pub(crate) breaker: CircuitBreaker,
-}
-
-/// What the CLI and the API show about a source.
-#[derive(Debug, Clone, Serialize)]
-pub struct SourceStatus {
-    pub feed: String,
-    pub source: String,
-    pub venue: Venue,
-    pub market: String,
-    /// Latest good price in the market's own quote currency, fixed point at `decimals`.
-    pub price: Option<i128>,
-    pub decimals: u32,
-    pub age_ms: Option<u64>,
-    pub latency_ms: Option<u64>,
-    pub via_ws: bool,
-    pub last_error: Option<String>,
-    pub breaker: String,
-}
-
-pub(crate) struct Shared {
-    pub(crate) config: SourcesConfig,
-    pub(crate) slots: Mutex<BTreeMap<(String, String), Slot>>,
-    pub(crate) metrics: SourceMetrics,
-    pub(crate) changed: Notify,
-    pub(crate) feed_errors: Mutex<BTreeMap<String, ObservationError>>,
-}
-
-impl Shared {
-    fn new(config: SourcesConfig, metrics: SourceMetrics) -> Shared {
-        let mut slots = BTreeMap::new();
-        for s in config.resolved_sources() {
-            let decimals = config
-                .feeds
-                .iter()
-                .find(|f| f.id == s.feed)
-                .map(|f| f.decimals)
-                .unwrap_or(8);
-            let breaker =
-                CircuitBreaker::new(config.breaker_failures, config.breaker_cooldown.as_ms());
-            slots.insert(
-                (s.feed.clone(), s.label()),
-                Slot {
-                    source: s,
-                    decimals,
-                    quote: None,
-                    updated_ms: 0,
-                    via_ws: false,
-                    last_error: None,
-                    latency_ms: None,
-                    breaker,
-                },
-            );
-        }
-        Shared {
-            config,
-            slots: Mutex::new(slots),
-            metrics,
-            changed: Notify::new(),
-            feed_errors: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Slot>> {
-        // A panic while holding the lock cannot leave a slot half-written in a
-        // way that matters: every field is replaced whole. Keep going.
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Record the outcome of a fetch (REST or WS) for every slot of `venue` trading `market`.
-    pub(crate) fn record(
-        &self,
-        venue: Venue,
-        market: &str,
-        result: Result<RawQuote, SourceError>,
-        latency_ms: Option<u64>,
-        via_ws: bool,
-    ) {
-        let now = now_ms();
-        let limits = self.config.sanity();
-        let mut slots = self.lock();
-        for slot in slots
-            .values_mut()
-            .filter(|s| s.source.venue == venue && s.source.market == market)
-        {
-            let label = slot.source.label();
-            let checked = result.clone().and_then(|raw| {
-                Quote::check(&raw, slot.decimals, now, &limits).map_err(SourceError::Rejected)
-            });
-            match checked {
-                Ok(q) => {
-                    slot.quote = Some(q);
-                    slot.updated_ms = now;
-                    slot.via_ws = via_ws;
-                    slot.last_error = None;
-                    if latency_ms.is_some() {
-                        slot.latency_ms = latency_ms;
-                    }
-                    slot.breaker.on_success();
-                    self.metrics
-                        .quotes
-                        .get_or_create(&SourceFeedLabels {
-                            source: label,
-                            feed: slot.source.feed.clone(),
-                        })
-                        .inc();
-                }
-                Err(e) => {
-                    debug!(source = %label, feed = %slot.source.feed, error = %e, "source error");
-                    self.metrics.error(&label, e.reason());
-                    if !via_ws {
-                        slot.breaker.on_failure(now);
-                    }
-                    slot.last_error = Some(e);
-                }
-            }
-        }
-        drop(slots);
-        self.changed.notify_one();
-    }
-
-    fn statuses(&self) -> Vec<SourceStatus> {
-        let now = now_ms();
-        self.lock()
-            .values()
-            .map(|s| SourceStatus {
-                feed: s.source.feed.clone(),
-                source: s.source.label(),
-                venue: s.source.venue,
-                market: s.source.market.clone(),
-                price: s.quote.map(|q| q.price),
-                decimals: s.decimals,
-                age_ms: s.quote.map(|q| now.saturating_sub(q.time_ms)),
-                latency_ms: s.latency_ms,
-                via_ws: s.via_ws,
-                last_error: s.last_error.as_ref().map(|e| e.to_string()),
-                breaker: match s.breaker.state() {
-                    BreakerState::Closed => "closed".into(),
-                    BreakerState::HalfOpen => "half-open".into(),
-                    BreakerState::Open { until_ms } => {
-                        format!("open for {} ms", until_ms.saturating_sub(now))
-                    }
-                },
-            })
-            .collect()
-    }
-}
 
 /// Compute every feed's observation from the current slots. Conversion feeds
 /// (e.g. USDT-USD) are computed first and used to convert USDT markets.
@@ -243,7 +85,7 @@ pub(crate) fn compute_observations(
             min_sources: feed.min_sources,
             max_deviation_bps: feed.max_deviation_bps.unwrap_or(config.max_deviation_bps),
         };
-        let result = observe(&feed.id, feed.decimals, &prices, params);
+        let result = observe(&feed.id, config.decimals_of(&feed.id), &prices, params);
         if let Some(m) = metrics {
             let n = result
                 .as_ref()
@@ -409,11 +251,6 @@ pub(crate) fn http_client(
         .pool_max_idle_per_host(4)
         .build()
         .map_err(|e| crate::error::ConfigError::Invalid(format!("cannot build HTTP client: {e}")))
-}
-
-/// rustls needs a process-wide crypto provider; we use ring (no C toolchain beyond cc).
-pub(crate) fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 async fn aggregate_loop(shared: Arc<Shared>, tx: watch::Sender<Observations>) {

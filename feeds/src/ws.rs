@@ -2,13 +2,13 @@
 //! market of the venue, feed ticks into the same slots as REST, answer and
 //! send heartbeats, treat a silent socket as dead, and reconnect with
 //! jittered exponential backoff. REST polling stays on as the fallback.
+//! Each venue's stream format is its [`StreamSpec`] in `venue/<name>.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
@@ -16,9 +16,8 @@ use tracing::{debug, info};
 use crate::error::SourceError;
 use crate::health::backoff;
 use crate::metrics::VenueLabels;
-use crate::service::{Shared, install_crypto_provider};
-use crate::time::parse_rfc3339_ms;
-use crate::venue::{Num, OkxTicker, RawQuote, Venue};
+use crate::slots::{Shared, install_crypto_provider};
+use crate::venue::{Ping, RawQuote, StreamSpec, Venue};
 
 /// How a stream session ended.
 #[derive(Debug)]
@@ -64,68 +63,28 @@ pub(crate) async fn stream_venue(shared: Arc<Shared>, venue: Venue, markets: Vec
     }
 }
 
-/// Venue market symbol <-> the symbol the venue's stream uses.
-fn stream_symbols(venue: Venue, markets: &[String]) -> BTreeMap<String, String> {
+/// Stream symbol -> the venue's market symbol.
+fn stream_symbols(stream: &dyn StreamSpec, markets: &[String]) -> BTreeMap<String, String> {
     markets
         .iter()
-        .map(|m| {
-            let s = match venue {
-                Venue::Binance => m.to_ascii_lowercase(),
-                Venue::Kraken => match venue.parse_market(m) {
-                    Some((b, q)) => format!("{b}/{q}"),
-                    None => m.clone(),
-                },
-                _ => m.clone(),
-            };
-            (s, m.clone())
-        })
+        .map(|m| (stream.symbol(m), m.clone()))
         .collect()
 }
 
-fn connect_url(venue: Venue, url: &str, symbols: &BTreeMap<String, String>) -> String {
-    match venue {
-        Venue::Binance => {
-            let streams: Vec<String> = symbols.keys().map(|s| format!("{s}@ticker")).collect();
-            format!("{url}?streams={}", streams.join("/"))
-        }
-        _ => url.to_string(),
-    }
-}
-
-fn subscribe_messages(venue: Venue, symbols: &BTreeMap<String, String>) -> Vec<String> {
-    let list: Vec<&String> = symbols.keys().collect();
-    match venue {
-        Venue::Binance => vec![],
-        Venue::Coinbase => {
-            vec![serde_json::json!({"type": "subscribe", "product_ids": list, "channels": ["ticker", "heartbeat"]}).to_string()]
-        }
-        Venue::Kraken => {
-            vec![serde_json::json!({"method": "subscribe", "params": {"channel": "ticker", "symbol": list}}).to_string()]
-        }
-        Venue::Okx => {
-            let args: Vec<_> = list
-                .iter()
-                .map(|s| serde_json::json!({"channel": "tickers", "instId": s}))
-                .collect();
-            vec![serde_json::json!({"op": "subscribe", "args": args}).to_string()]
-        }
-        _ => vec![],
-    }
-}
-
-/// Application-level keepalive each venue expects from clients.
-fn ping_message(venue: Venue) -> Option<Message> {
-    match venue {
-        Venue::Okx => Some(Message::text("ping")),
-        Venue::Kraken => Some(Message::text(r#"{"method":"ping"}"#)),
-        // Binance pings us (answered by tungstenite); Coinbase's heartbeat channel keeps traffic flowing.
-        _ => Some(Message::Ping(Vec::new().into())),
+fn ping_message(stream: &dyn StreamSpec) -> Message {
+    match stream.ping() {
+        Ping::Text(t) => Message::text(t),
+        Ping::Frame => Message::Ping(Vec::new().into()),
     }
 }
 
 async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -> End {
-    let symbols = stream_symbols(venue, markets);
-    let full = connect_url(venue, url, &symbols);
+    let Some(stream) = venue.spec().stream() else {
+        return End::Error(format!("{venue} has no stream"));
+    };
+    let symbols = stream_symbols(stream, markets);
+    let list: Vec<&String> = symbols.keys().collect();
+    let full = stream.connect_url(url, &list);
     let stale_after = shared.config.ws_stale_after.0;
     let connect = timeout(
         shared.config.request_timeout.0.max(Duration::from_secs(2)),
@@ -136,7 +95,7 @@ async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -
         Ok(Err(e)) => return End::Error(format!("connect: {e}")),
         Err(_) => return End::Error("connect timed out".into()),
     };
-    for m in subscribe_messages(venue, &symbols) {
+    for m in stream.subscribe(&list) {
         if let Err(e) = socket.send(Message::text(m)).await {
             return End::Error(format!("subscribe: {e}"));
         }
@@ -153,8 +112,7 @@ async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -
                 if last_tick.elapsed() > stale_after {
                     return End::Stale;
                 }
-                if let Some(p) = ping_message(venue)
-                    && let Err(e) = socket.send(p).await {
+                if let Err(e) = socket.send(ping_message(stream)).await {
                     return End::Error(format!("ping: {e}"));
                 }
             }
@@ -194,149 +152,13 @@ async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -
     }
 }
 
-#[derive(Deserialize)]
-struct BinanceCombined {
-    data: BinanceWsTicker,
-}
-
-#[derive(Deserialize)]
-struct BinanceWsTicker {
-    #[serde(rename = "E")]
-    event_time: Option<u64>,
-    s: String,
-    c: Num,
-    b: Option<Num>,
-    a: Option<Num>,
-    v: Option<Num>,
-}
-
-#[derive(Deserialize)]
-struct TypeOnly {
-    #[serde(rename = "type")]
-    kind: String,
-    message: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CoinbaseWsTicker {
-    product_id: String,
-    price: Num,
-    best_bid: Option<Num>,
-    best_ask: Option<Num>,
-    volume_24h: Option<Num>,
-    time: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct KrakenWsMsg {
-    channel: Option<String>,
-    method: Option<String>,
-    success: Option<bool>,
-    error: Option<String>,
-    #[serde(default)]
-    data: Vec<KrakenWsTicker>,
-}
-
-#[derive(Deserialize)]
-struct KrakenWsTicker {
-    symbol: String,
-    bid: Option<Num>,
-    ask: Option<Num>,
-    last: Option<Num>,
-    volume: Option<Num>,
-}
-
-#[derive(Deserialize)]
-struct OkxWsMsg {
-    event: Option<String>,
-    msg: Option<String>,
-    #[serde(default)]
-    data: Vec<OkxTicker>,
-}
-
 /// Parse one stream message into (stream symbol, quote) ticks. Control
-/// messages (subscription acks, heartbeats, pongs) give no ticks.
+/// messages (subscription acks, heartbeats, pongs) give no ticks; a venue
+/// without a stream gives none.
 pub fn parse_message(venue: Venue, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError> {
-    let bad = SourceError::malformed;
-    match venue {
-        Venue::Binance => {
-            if text.contains("\"result\"") {
-                return Ok(vec![]); // subscription ack {"result":null,"id":1}
-            }
-            let m: BinanceCombined = serde_json::from_str(text).map_err(bad)?;
-            let t = m.data;
-            let q = RawQuote {
-                bid: t.b.map(|x| x.0),
-                ask: t.a.map(|x| x.0),
-                last: Some(t.c.0),
-                volume: t.v.map(|x| x.0),
-                venue_time_ms: t.event_time,
-            };
-            Ok(vec![(t.s.to_ascii_lowercase(), q)])
-        }
-        Venue::Coinbase => {
-            let head: TypeOnly = serde_json::from_str(text).map_err(bad)?;
-            match head.kind.as_str() {
-                "ticker" => {
-                    let t: CoinbaseWsTicker = serde_json::from_str(text).map_err(bad)?;
-                    let q = RawQuote {
-                        bid: t.best_bid.map(|x| x.0),
-                        ask: t.best_ask.map(|x| x.0),
-                        last: Some(t.price.0),
-                        volume: t.volume_24h.map(|x| x.0),
-                        venue_time_ms: t.time.as_deref().and_then(parse_rfc3339_ms),
-                    };
-                    Ok(vec![(t.product_id, q)])
-                }
-                "error" => Err(SourceError::Venue {
-                    code: "ws".into(),
-                    message: head.message.unwrap_or_default(),
-                }),
-                _ => Ok(vec![]), // subscriptions, heartbeat
-            }
-        }
-        Venue::Kraken => {
-            let m: KrakenWsMsg = serde_json::from_str(text).map_err(bad)?;
-            if m.success == Some(false) {
-                return Err(SourceError::Venue {
-                    code: m.method.unwrap_or_default(),
-                    message: m.error.unwrap_or_default(),
-                });
-            }
-            if m.channel.as_deref() != Some("ticker") {
-                return Ok(vec![]); // heartbeat, status, pong, acks
-            }
-            Ok(m.data
-                .into_iter()
-                .map(|t| {
-                    let q = RawQuote {
-                        bid: t.bid.map(|x| x.0),
-                        ask: t.ask.map(|x| x.0),
-                        last: t.last.map(|x| x.0),
-                        volume: t.volume.map(|x| x.0),
-                        venue_time_ms: None,
-                    };
-                    (t.symbol, q)
-                })
-                .collect())
-        }
-        Venue::Okx => {
-            if text == "pong" {
-                return Ok(vec![]);
-            }
-            let m: OkxWsMsg = serde_json::from_str(text).map_err(bad)?;
-            if m.event.as_deref() == Some("error") {
-                return Err(SourceError::Venue {
-                    code: "ws".into(),
-                    message: m.msg.unwrap_or_default(),
-                });
-            }
-            Ok(m.data
-                .iter()
-                .map(|t| (t.inst_id.clone(), t.raw()))
-                .collect())
-        }
-        _ => Ok(vec![]),
+    match venue.spec().stream() {
+        Some(stream) => stream.parse(text),
+        None => Ok(vec![]),
     }
 }
 

@@ -295,11 +295,9 @@ where
     let mut registry = prometheus_client::registry::Registry::default();
     net.register_metrics(&mut registry);
     let observations = match &config.node.sources {
-        Some(value) => {
-            let text = toml::to_string(value).context("cannot re-encode the [sources] section")?;
-            let sources = sibyl_feeds::SourcesConfig::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("[sources] in {}: {e}", config.node_path.display()))?;
-            let service = sibyl_feeds::FeedService::start(sources, &mut registry)
+        Some(sources) => {
+            // Typed and checked (with the committee's decimals) by Config::load.
+            let service = sibyl_feeds::FeedService::start(sources.clone(), &mut registry)
                 .map_err(|e| anyhow::anyhow!("cannot start the price sources: {e}"))?;
             source::from_feed_service(service, committee.feeds.clone())
         }

@@ -66,8 +66,10 @@ pub fn builtin(feeds: Vec<FeedParams>) -> ObservationRx {
 }
 
 /// Adapts the feeds service's observations to the committee's feeds.
-/// Observations of feeds outside the committee, or at other decimals than
-/// the committee file says, are left out (and logged once).
+/// Observations of feeds outside the committee (conversion feeds such as
+/// `USDT-USD`) are left out. The service observes every committee feed at the
+/// committee's decimals (`Config::load` hands them over), so no price needs
+/// rescaling here.
 pub fn from_feed_service(
     service: sibyl_feeds::FeedService,
     feeds: Vec<FeedParams>,
@@ -76,7 +78,6 @@ pub fn from_feed_service(
     let (tx, rx) = watch::channel(Vec::new());
     tokio::spawn(async move {
         let _keep = service; // the service's tasks stop when its last clone drops
-        let mut warned = std::collections::BTreeSet::new();
         loop {
             let list: Vec<LocalObservation> = {
                 let obs = src.borrow_and_update();
@@ -84,13 +85,6 @@ pub fn from_feed_service(
                     .iter()
                     .filter_map(|f| {
                         let o = obs.get(f.id.as_str())?;
-                        if o.decimals != u32::from(f.decimals) {
-                            if warned.insert(f.id.clone()) {
-                                tracing::warn!(feed = %f.id, sources = o.decimals, committee = f.decimals,
-                                    "the sources config and the committee file disagree on decimals; feed left out");
-                            }
-                            return None;
-                        }
                         Some(LocalObservation {
                             feed: f.id.clone(),
                             price: o.price_fixed,

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::venue::Venue;
+use crate::venue::{Tick, Venue};
 
 /// A fault injected on one venue.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -136,16 +136,6 @@ const ASSETS: [(&str, f64); 27] = [
 ];
 
 const STABLES: [&str; 3] = ["USDT", "USDC", "USD"];
-
-/// One venue's view of one market at one instant.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Tick {
-    pub bid: String,
-    pub ask: String,
-    pub last: String,
-    pub volume: String,
-    pub time_ms: u64,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct ActiveFault {
@@ -281,12 +271,12 @@ impl Market {
         }
         let mid = b / q * (1.0 + bps / 10_000.0);
         let dp = decimals_for(mid);
-        let half_spread = (mid * 0.5e-4).max(10f64.powi(-(dp as i32)));
+        let half_bid_ask = (mid * 0.5e-4).max(10f64.powi(-(dp as i32)));
         // Volume differs per venue so volume weighting has something to weigh.
         let volume = 1_000.0 * (1.0 + venue as u8 as f64) * 67_000.0 / b.max(1e-9);
         let tick = Tick {
-            bid: format!("{:.*}", dp, mid - half_spread),
-            ask: format!("{:.*}", dp, mid + half_spread),
+            bid: format!("{:.*}", dp, mid - half_bid_ask),
+            ask: format!("{:.*}", dp, mid + half_bid_ask),
             last: format!("{:.*}", dp, mid),
             volume: format!("{volume:.4}"),
             time_ms: now_ms,

@@ -16,10 +16,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::model::{Fault, Market, Scenario, Tick, market_assets};
+use super::model::{Fault, Market, Scenario, market_assets};
 use super::render;
 use crate::time::now_ms;
-use crate::venue::Venue;
+use crate::venue::{StreamSpec, Tick, Venue};
 
 /// How the simulated exchange starts.
 #[derive(Debug, Clone)]
@@ -296,7 +296,8 @@ async fn ws_upgrade(
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(v) = Venue::from_name(&venue).filter(|v| v.default_ws_url().is_some()) else {
+    let Some((v, stream)) = Venue::from_name(&venue).and_then(|v| Some((v, v.spec().stream()?)))
+    else {
         return (
             StatusCode::NOT_FOUND,
             format!("no stream for venue {venue:?}"),
@@ -306,32 +307,17 @@ async fn ws_upgrade(
     if st.market().fault(v) == Some(Fault::Outage) {
         return (StatusCode::SERVICE_UNAVAILABLE, "outage").into_response();
     }
-    // Binance: combined streams named in the URL, `?streams=btcusdt@ticker/ethusdt@ticker`.
-    let mut symbols = Vec::new();
-    if v == Venue::Binance
-        && let Some(q) = query.as_deref()
-        && let Some(list) = q.split('&').find_map(|kv| kv.strip_prefix("streams="))
-    {
-        symbols = list
-            .split('/')
-            .filter_map(|s| s.strip_suffix("@ticker"))
-            .map(str::to_string)
-            .collect();
-    }
-    ws.on_upgrade(move |socket| ws_session(st, v, socket, symbols))
-}
-
-/// Stream symbol -> the venue's REST market (for the model and the message's own fields).
-fn ws_market(venue: Venue, symbol: &str) -> String {
-    match venue {
-        Venue::Binance => symbol.to_ascii_uppercase(),
-        _ => symbol.to_string(),
-    }
+    let symbols = query
+        .as_deref()
+        .map(|q| stream.symbols_in_query(q))
+        .unwrap_or_default();
+    ws.on_upgrade(move |socket| ws_session(st, v, stream, socket, symbols))
 }
 
 async fn ws_session(
     st: Arc<SimState>,
     venue: Venue,
+    stream: &'static dyn StreamSpec,
     mut socket: WebSocket,
     mut symbols: Vec<String>,
 ) {
@@ -363,11 +349,11 @@ async fn ws_session(
                     symbols
                         .iter()
                         .filter_map(|s| {
-                            let market = ws_market(venue, s);
+                            let market = stream.market_of_symbol(s);
                             let (b, q) = market_assets(venue, &market)?;
                             let t: Tick = m.tick(venue, &b, &q, now)?;
                             seq += 1;
-                            render::ws_ticker(venue, s, &market, &t, seq)
+                            Some(stream.render_ticker(s, &market, &t, seq))
                         })
                         .collect()
                 };
@@ -378,11 +364,7 @@ async fn ws_session(
                 }
             }
             _ = heartbeat.tick() => {
-                let hb = match venue {
-                    Venue::Coinbase => symbols.first().map(|p| json!({"type": "heartbeat", "sequence": seq, "last_trade_id": seq, "product_id": p, "time": crate::time::format_rfc3339_ms(now_ms())}).to_string()),
-                    Venue::Kraken => Some(r#"{"channel":"heartbeat"}"#.to_string()),
-                    _ => None,
-                };
+                let hb = stream.heartbeat(&symbols, seq, now_ms());
                 if let Some(hb) = hb && socket.send(Message::text(hb)).await.is_err() {
                     return;
                 }
@@ -393,69 +375,12 @@ async fn ws_session(
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue, // pings are answered by the library
                 };
-                for reply in on_client_message(venue, &text, &mut symbols) {
+                for reply in stream.answer(&text, &mut symbols) {
                     if socket.send(Message::text(reply)).await.is_err() {
                         return;
                     }
                 }
             }
         }
-    }
-}
-
-/// Subscriptions and application-level pings, answered the way each venue does.
-fn on_client_message(venue: Venue, text: &str, symbols: &mut Vec<String>) -> Vec<String> {
-    if venue == Venue::Okx && text == "ping" {
-        return vec!["pong".into()];
-    }
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
-        return match venue {
-            Venue::Okx => vec![json!({"event": "error", "code": "60012", "msg": format!("Invalid request: {text}")}).to_string()],
-            _ => vec![],
-        };
-    };
-    let strs = |v: Option<&serde_json::Value>| -> Vec<String> {
-        v.and_then(|a| a.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut add = |list: Vec<String>| {
-        for s in list {
-            if !symbols.contains(&s) {
-                symbols.push(s);
-            }
-        }
-    };
-    match venue {
-        Venue::Coinbase if v["type"] == "subscribe" => {
-            let ids = strs(v.get("product_ids"));
-            add(ids.clone());
-            vec![json!({"type": "subscriptions", "channels": [{"name": "ticker", "product_ids": ids}, {"name": "heartbeat", "product_ids": ids}]}).to_string()]
-        }
-        Venue::Kraken if v["method"] == "ping" => {
-            vec![json!({"method": "pong", "time_in": "2023-11-14T22:13:20.000000Z", "time_out": "2023-11-14T22:13:20.000100Z"}).to_string()]
-        }
-        Venue::Kraken if v["method"] == "subscribe" => {
-            let list = strs(v["params"].get("symbol"));
-            add(list.clone());
-            list.iter()
-                .map(|s| json!({"method": "subscribe", "result": {"channel": "ticker", "symbol": s}, "success": true}).to_string())
-                .collect()
-        }
-        Venue::Okx if v["op"] == "subscribe" => {
-            let args: Vec<serde_json::Value> = v["args"].as_array().cloned().unwrap_or_default();
-            add(args
-                .iter()
-                .filter_map(|a| a["instId"].as_str().map(str::to_string))
-                .collect());
-            args.into_iter()
-                .map(|a| json!({"event": "subscribe", "arg": a, "connId": "sim"}).to_string())
-                .collect()
-        }
-        _ => vec![],
     }
 }

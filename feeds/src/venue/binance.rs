@@ -1,0 +1,223 @@
+//! Binance spot: `GET /api/v3/ticker/24hr?symbol=BTCUSDT`, and the combined
+//! `@ticker` streams (`wss://stream.binance.com:9443/stream?streams=...`).
+//! Published limit: 6000 weight/min, the 24 h ticker costs 2.
+
+use serde::Deserialize;
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json_either, n, num_u64, query_param, rate_limited, split_by_quote, venue_err};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://api.binance.com"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 40,
+            burst: 20,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        split_by_quote(&market.to_ascii_uppercase())
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/api/v3/ticker/24hr?symbol={market}")
+    }
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        market_of_request(path, query)
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        parse_binance(status, body, market)
+    }
+    fn stream(&self) -> Option<&'static dyn StreamSpec> {
+        Some(&Stream)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+        render_ticker(market, t)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
+        render_unknown_symbol()
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"code": -1003, "msg": "Too many requests; current limit of IP is 6000 requests per minute."})
+    }
+}
+
+/// The 24 h ticker path, shared with MEXC (same API shape).
+pub(super) fn market_of_request(path: &str, query: &str) -> Option<String> {
+    if path == "/api/v3/ticker/24hr" {
+        query_param(query, "symbol")
+    } else {
+        None
+    }
+}
+
+/// Binance's (and MEXC's) 24 h ticker body.
+#[cfg(feature = "sim")]
+pub(super) fn render_ticker(market: &str, t: &Tick) -> (u16, String) {
+    let Tick {
+        bid,
+        ask,
+        last,
+        volume,
+        time_ms,
+    } = t;
+    let body = json!({
+        "symbol": market, "priceChange": "0", "priceChangePercent": "0", "lastPrice": last,
+        "bidPrice": bid, "bidQty": "1.5", "askPrice": ask, "askQty": "0.8", "volume": volume,
+        "openTime": time_ms.saturating_sub(86_400_000), "closeTime": time_ms, "count": 1000
+    })
+    .to_string();
+    (200, body)
+}
+
+/// Binance's (and MEXC's) unknown-symbol answer.
+#[cfg(feature = "sim")]
+pub(super) fn render_unknown_symbol() -> (u16, String) {
+    (400, json!({"code": -1121, "msg": "Invalid symbol."}).to_string())
+}
+
+struct Stream;
+
+#[derive(Deserialize)]
+struct BinanceCombined {
+    data: BinanceWsTicker,
+}
+
+#[derive(Deserialize)]
+struct BinanceWsTicker {
+    #[serde(rename = "E")]
+    event_time: Option<u64>,
+    s: String,
+    c: Num,
+    b: Option<Num>,
+    a: Option<Num>,
+    v: Option<Num>,
+}
+
+impl StreamSpec for Stream {
+    fn url(&self) -> &'static str {
+        "wss://stream.binance.com:9443/stream"
+    }
+    fn symbol(&self, market: &str) -> String {
+        market.to_ascii_lowercase()
+    }
+    fn connect_url(&self, url: &str, symbols: &[&String]) -> String {
+        let streams: Vec<String> = symbols.iter().map(|s| format!("{s}@ticker")).collect();
+        format!("{url}?streams={}", streams.join("/"))
+    }
+    /// Subscribed by the URL's combined streams.
+    fn subscribe(&self, _symbols: &[&String]) -> Vec<String> {
+        vec![]
+    }
+    /// Binance pings us (answered by tungstenite); our pings keep the socket busy.
+    fn ping(&self) -> Ping {
+        Ping::Frame
+    }
+    fn parse(&self, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError> {
+        if text.contains("\"result\"") {
+            return Ok(vec![]); // subscription ack {"result":null,"id":1}
+        }
+        let m: BinanceCombined = serde_json::from_str(text).map_err(SourceError::malformed)?;
+        let t = m.data;
+        let q = RawQuote {
+            bid: t.b.map(|x| x.0),
+            ask: t.a.map(|x| x.0),
+            last: Some(t.c.0),
+            volume: t.v.map(|x| x.0),
+            venue_time_ms: t.event_time,
+        };
+        Ok(vec![(t.s.to_ascii_lowercase(), q)])
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, symbol: &str, market: &str, t: &Tick, _seq: u64) -> String {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms,
+        } = t;
+        json!({"stream": format!("{symbol}@ticker"), "data": {
+            "e": "24hrTicker", "E": time_ms, "s": market, "p": "0", "P": "0", "c": last, "Q": "0.01",
+            "b": bid, "B": "1", "a": ask, "A": "1", "o": last, "h": ask, "l": bid, "v": volume, "q": "0"
+        }})
+        .to_string()
+    }
+    #[cfg(feature = "sim")]
+    fn market_of_symbol(&self, symbol: &str) -> String {
+        symbol.to_ascii_uppercase()
+    }
+    /// Combined streams named in the URL, `?streams=btcusdt@ticker/ethusdt@ticker`.
+    #[cfg(feature = "sim")]
+    fn symbols_in_query(&self, query: &str) -> Vec<String> {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("streams="))
+            .map(|list| {
+                list.split('/')
+                    .filter_map(|s| s.strip_suffix("@ticker"))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    #[cfg(feature = "sim")]
+    fn answer(&self, _text: &str, _symbols: &mut Vec<String>) -> Vec<String> {
+        vec![]
+    }
+}
+
+#[derive(Deserialize)]
+struct BinanceError {
+    code: i64,
+    msg: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BinanceTicker {
+    symbol: String,
+    last_price: Num,
+    bid_price: Option<Num>,
+    ask_price: Option<Num>,
+    volume: Option<Num>,
+    close_time: Option<Num>,
+}
+
+pub(super) fn parse_binance(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    match json_either::<BinanceTicker, BinanceError>(body)? {
+        Ok(t) => {
+            if t.symbol != market {
+                return Err(SourceError::Malformed(format!(
+                    "asked for {market}, got {}",
+                    t.symbol
+                )));
+            }
+            Ok(RawQuote {
+                bid: n(&t.bid_price),
+                ask: n(&t.ask_price),
+                last: Some(t.last_price.0),
+                volume: n(&t.volume),
+                venue_time_ms: num_u64(&t.close_time),
+            })
+        }
+        Err(BinanceError { code, msg }) => Err(match code {
+            -1121 => SourceError::UnknownSymbol(market.into()),
+            -1003 | 429 => rate_limited(status, msg),
+            _ => venue_err(code, msg),
+        }),
+    }
+}

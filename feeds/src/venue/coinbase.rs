@@ -1,0 +1,199 @@
+//! Coinbase Exchange: `GET /products/BTC-USD/ticker`, and the `ticker` +
+//! `heartbeat` channels of `wss://ws-feed.exchange.coinbase.com`.
+//! Published limit: 10 req/s.
+
+use serde::Deserialize;
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+#[cfg(feature = "sim")]
+use super::{add_symbols, json_strings};
+use super::{Num, RateLimit, RawQuote, StreamSpec, VenueSpec, json_either, n, rate_limited, venue_err};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use crate::time::format_rfc3339_ms;
+use crate::time::parse_rfc3339_ms;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://api.exchange.coinbase.com"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 10,
+            burst: 10,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        format!("{}-{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        let (b, q) = market.split_once('-')?;
+        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/products/{market}/ticker")
+    }
+    fn market_of_request(&self, path: &str, _query: &str) -> Option<String> {
+        path.strip_prefix("/products/")?
+            .strip_suffix("/ticker")
+            .map(str::to_string)
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        parse_coinbase(status, body, market)
+    }
+    fn stream(&self) -> Option<&'static dyn StreamSpec> {
+        Some(&Stream)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, _market: &str, t: &Tick) -> (u16, String) {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms,
+        } = t;
+        let body = json!({
+            "ask": ask, "bid": bid, "volume": volume, "trade_id": 86326522, "price": last,
+            "size": "0.01", "time": format_rfc3339_ms(*time_ms)
+        })
+        .to_string();
+        (200, body)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
+        (404, json!({"message": "NotFound"}).to_string())
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"message": "Public rate limit exceeded"})
+    }
+}
+
+struct Stream;
+
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: String,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CoinbaseWsTicker {
+    product_id: String,
+    price: Num,
+    best_bid: Option<Num>,
+    best_ask: Option<Num>,
+    volume_24h: Option<Num>,
+    time: Option<String>,
+}
+
+impl StreamSpec for Stream {
+    fn url(&self) -> &'static str {
+        "wss://ws-feed.exchange.coinbase.com"
+    }
+    fn subscribe(&self, symbols: &[&String]) -> Vec<String> {
+        vec![serde_json::json!({"type": "subscribe", "product_ids": symbols, "channels": ["ticker", "heartbeat"]}).to_string()]
+    }
+    /// The heartbeat channel keeps traffic flowing; ping frames besides.
+    fn parse(&self, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError> {
+        let bad = SourceError::malformed;
+        let head: TypeOnly = serde_json::from_str(text).map_err(bad)?;
+        match head.kind.as_str() {
+            "ticker" => {
+                let t: CoinbaseWsTicker = serde_json::from_str(text).map_err(bad)?;
+                let q = RawQuote {
+                    bid: t.best_bid.map(|x| x.0),
+                    ask: t.best_ask.map(|x| x.0),
+                    last: Some(t.price.0),
+                    volume: t.volume_24h.map(|x| x.0),
+                    venue_time_ms: t.time.as_deref().and_then(parse_rfc3339_ms),
+                };
+                Ok(vec![(t.product_id, q)])
+            }
+            "error" => Err(SourceError::Venue {
+                code: "ws".into(),
+                message: head.message.unwrap_or_default(),
+            }),
+            _ => Ok(vec![]), // subscriptions, heartbeat
+        }
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, seq: u64) -> String {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms,
+        } = t;
+        json!({
+            "type": "ticker", "sequence": seq, "product_id": symbol, "price": last, "open_24h": last,
+            "volume_24h": volume, "low_24h": bid, "high_24h": ask, "volume_30d": volume, "best_bid": bid,
+            "best_bid_size": "1", "best_ask": ask, "best_ask_size": "1", "side": "buy",
+            "time": format_rfc3339_ms(*time_ms), "trade_id": seq, "last_size": "0.01"
+        })
+        .to_string()
+    }
+    #[cfg(feature = "sim")]
+    fn heartbeat(&self, symbols: &[String], seq: u64, now_ms: u64) -> Option<String> {
+        symbols.first().map(|p| json!({"type": "heartbeat", "sequence": seq, "last_trade_id": seq, "product_id": p, "time": format_rfc3339_ms(now_ms)}).to_string())
+    }
+    #[cfg(feature = "sim")]
+    fn answer(&self, text: &str, symbols: &mut Vec<String>) -> Vec<String> {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return vec![];
+        };
+        if v["type"] != "subscribe" {
+            return vec![];
+        }
+        let ids = json_strings(v.get("product_ids"));
+        add_symbols(symbols, ids.clone());
+        vec![json!({"type": "subscriptions", "channels": [{"name": "ticker", "product_ids": ids}, {"name": "heartbeat", "product_ids": ids}]}).to_string()]
+    }
+}
+
+#[derive(Deserialize)]
+struct CoinbaseTicker {
+    bid: Num,
+    ask: Num,
+    price: Num,
+    volume: Option<Num>,
+    time: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CoinbaseError {
+    message: String,
+}
+
+fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    match json_either::<CoinbaseTicker, CoinbaseError>(body)? {
+        Ok(CoinbaseTicker {
+            bid,
+            ask,
+            price,
+            volume,
+            time,
+        }) => Ok(RawQuote {
+            bid: Some(bid.0),
+            ask: Some(ask.0),
+            last: Some(price.0),
+            volume: n(&volume),
+            venue_time_ms: time.as_deref().and_then(parse_rfc3339_ms),
+        }),
+        Err(CoinbaseError { message }) => Err(if status == 404 || message == "NotFound" {
+            SourceError::UnknownSymbol(market.into())
+        } else if message.to_ascii_lowercase().contains("rate limit") {
+            rate_limited(status, message)
+        } else {
+            venue_err(status, message)
+        }),
+    }
+}

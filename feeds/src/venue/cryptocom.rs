@@ -1,0 +1,121 @@
+//! Crypto.com Exchange v1: `GET /exchange/v1/public/get-tickers?instrument_name=BTC_USD`.
+//! Published limit: 100 req/s.
+
+use serde::Deserialize;
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+use super::{Num, RateLimit, RawQuote, VenueSpec, json, n, query_param, rate_limited, venue_err};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://api.crypto.com"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 50,
+            burst: 20,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        format!("{}_{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        let (b, q) = market.split_once('_')?;
+        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/exchange/v1/public/get-tickers?instrument_name={market}")
+    }
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        if path == "/exchange/v1/public/get-tickers" {
+            query_param(query, "instrument_name")
+        } else {
+            None
+        }
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        parse_cryptocom(status, body, market)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms,
+        } = t;
+        let body = json!({"id": -1, "method": "public/get-tickers", "code": 0, "result": {"data": [{
+            "i": market, "h": ask, "l": bid, "a": last, "v": volume, "vv": "0", "c": "0", "b": bid, "k": ask,
+            "oi": "0", "t": time_ms
+        }]}})
+        .to_string();
+        (200, body)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
+        let _ = market;
+        (
+            400,
+            json!({"id": -1, "method": "public/get-tickers", "code": 40004, "message": "Invalid instrument_name"})
+                .to_string(),
+        )
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"id": -1, "method": "public/get-tickers", "code": 42901, "message": "TOO_MANY_REQUESTS"})
+    }
+}
+
+#[derive(Deserialize)]
+struct CdcResp {
+    code: i64,
+    message: Option<String>,
+    result: Option<CdcResult>,
+}
+
+#[derive(Deserialize)]
+struct CdcResult {
+    #[serde(default)]
+    data: Vec<CdcTicker>,
+}
+
+#[derive(Deserialize)]
+struct CdcTicker {
+    i: String,
+    a: Option<Num>,
+    b: Option<Num>,
+    k: Option<Num>,
+    v: Option<Num>,
+    t: Option<u64>,
+}
+
+fn parse_cryptocom(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    let resp: CdcResp = json(body)?;
+    let msg = resp.message.unwrap_or_default();
+    match resp.code {
+        0 => {}
+        10006 | 42901 => return Err(rate_limited(status, msg)),
+        _ if msg.contains("INSTRUMENT") || msg.to_ascii_lowercase().contains("instrument") => {
+            return Err(SourceError::UnknownSymbol(market.into()));
+        }
+        code => return Err(venue_err(code, msg)),
+    }
+    let t = resp
+        .result
+        .and_then(|r| r.data.into_iter().find(|t| t.i == market))
+        .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+    Ok(RawQuote {
+        bid: n(&t.b),
+        ask: n(&t.k),
+        last: n(&t.a),
+        volume: n(&t.v),
+        venue_time_ms: t.t,
+    })
+}

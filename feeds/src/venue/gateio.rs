@@ -1,0 +1,112 @@
+//! Gate.io v4: `GET /api/v4/spot/tickers?currency_pair=BTC_USDT`.
+//! Published limit: 200 req/10 s.
+
+use serde::Deserialize;
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+use super::{Num, RateLimit, RawQuote, VenueSpec, json_either, n, query_param, rate_limited, venue_err};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://api.gateio.ws"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 20,
+            burst: 10,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        format!("{}_{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        let (b, q) = market.split_once('_')?;
+        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/api/v4/spot/tickers?currency_pair={market}")
+    }
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        if path == "/api/v4/spot/tickers" {
+            query_param(query, "currency_pair")
+        } else {
+            None
+        }
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        parse_gateio(status, body, market)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms: _,
+        } = t;
+        let body = json!([{
+            "currency_pair": market, "last": last, "lowest_ask": ask, "highest_bid": bid,
+            "change_percentage": "0", "base_volume": volume, "quote_volume": "0", "high_24h": ask, "low_24h": bid
+        }])
+        .to_string();
+        (200, body)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
+        (
+            400,
+            json!({"label": "INVALID_CURRENCY_PAIR", "message": format!("Invalid currency pair {market}")}).to_string(),
+        )
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"label": "TOO_MANY_REQUESTS", "message": "Request Rate Limit Exceeded"})
+    }
+}
+
+#[derive(Deserialize)]
+struct GateError {
+    label: String,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GateTicker {
+    currency_pair: String,
+    last: Option<Num>,
+    lowest_ask: Option<Num>,
+    highest_bid: Option<Num>,
+    base_volume: Option<Num>,
+}
+
+fn parse_gateio(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    match json_either::<Vec<GateTicker>, GateError>(body)? {
+        Ok(list) => {
+            let t = list
+                .into_iter()
+                .find(|t| t.currency_pair == market)
+                .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+            Ok(RawQuote {
+                bid: n(&t.highest_bid),
+                ask: n(&t.lowest_ask),
+                last: n(&t.last),
+                volume: n(&t.base_volume),
+                venue_time_ms: None,
+            })
+        }
+        Err(GateError { label, message }) => Err(match label.as_str() {
+            "INVALID_CURRENCY_PAIR" | "INVALID_CURRENCY" => {
+                SourceError::UnknownSymbol(market.into())
+            }
+            "TOO_MANY_REQUESTS" => rate_limited(status, message.unwrap_or(label)),
+            _ => venue_err(label, message.unwrap_or_default()),
+        }),
+    }
+}

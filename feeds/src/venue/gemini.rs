@@ -1,0 +1,120 @@
+//! Gemini: `GET /v1/pubticker/btcusd`. Published limit: 120 req/min.
+
+use serde::Deserialize;
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+use super::{Num, RateLimit, RawQuote, VenueSpec, json_either, rate_limited, split_by_quote, venue_err};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://api.gemini.com"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 2,
+            burst: 5,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase()).to_ascii_lowercase()
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        split_by_quote(&market.to_ascii_uppercase())
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/v1/pubticker/{market}")
+    }
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        let _ = query;
+        path.strip_prefix("/v1/pubticker/").map(str::to_string)
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        parse_gemini(status, body, market)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms,
+        } = t;
+        let base = Spec.parse_market(market).map(|(b, _)| b).unwrap_or_default();
+        let body = json!({"bid": bid, "ask": ask, "volume": {base: volume, "timestamp": time_ms}, "last": last})
+            .to_string();
+        (200, body)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
+        (
+            400,
+            json!({"result": "error", "reason": "InvalidSymbol", "message": format!("Supplied value '{market}' is not a valid symbol")})
+                .to_string(),
+        )
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"result": "error", "reason": "RateLimited", "message": "Requests were made too frequently."})
+    }
+}
+
+#[derive(Deserialize)]
+struct GeminiTicker {
+    bid: Num,
+    ask: Num,
+    last: Num,
+    volume: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+struct GeminiError {
+    reason: String,
+    message: Option<String>,
+}
+
+fn parse_gemini(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    match json_either::<GeminiTicker, GeminiError>(body)? {
+        Ok(GeminiTicker {
+            bid,
+            ask,
+            last,
+            volume,
+        }) => {
+            // volume: {"BTC": "2210.5", "USD": "2135477.4", "timestamp": 1483018200000}
+            let base = Spec
+                .parse_market(market)
+                .map(|(b, _)| b)
+                .unwrap_or_default();
+            let vol = volume.as_ref();
+            let base_vol = vol
+                .and_then(|m| m.get(&base))
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            let ts = vol
+                .and_then(|m| m.get("timestamp"))
+                .and_then(|v| v.as_u64());
+            Ok(RawQuote {
+                bid: Some(bid.0),
+                ask: Some(ask.0),
+                last: Some(last.0),
+                volume: base_vol,
+                venue_time_ms: ts,
+            })
+        }
+        Err(GeminiError { reason, message }) => {
+            let message = message.unwrap_or_else(|| reason.clone());
+            Err(match reason.as_str() {
+                "InvalidSymbol" => SourceError::UnknownSymbol(market.into()),
+                "RateLimit" | "RateLimited" => rate_limited(status, message),
+                _ => venue_err(reason, message),
+            })
+        }
+    }
+}

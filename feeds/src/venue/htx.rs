@@ -1,0 +1,116 @@
+//! HTX (Huobi): `GET /market/detail/merged?symbol=btcusdt`.
+//! Published limit: 100 req/10 s for market data (conservative).
+
+use serde::Deserialize;
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+use super::{Num, RateLimit, RawQuote, VenueSpec, json, n, query_param, rate_limited, split_by_quote, venue_err};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://api.huobi.pro"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 10,
+            burst: 10,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase()).to_ascii_lowercase()
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        split_by_quote(&market.to_ascii_uppercase())
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/market/detail/merged?symbol={market}")
+    }
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        if path == "/market/detail/merged" {
+            query_param(query, "symbol")
+        } else {
+            None
+        }
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        parse_htx(status, body, market)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms,
+        } = t;
+        let body = format!(
+            r#"{{"ch":"market.{market}.detail.merged","status":"ok","ts":{time_ms},"tick":{{"id":1,"version":1,"open":{last},"close":{last},"low":{bid},"high":{ask},"amount":{volume},"vol":0,"count":1,"bid":[{bid},1.2],"ask":[{ask},0.5]}}}}"#
+        );
+        (200, body)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
+        let _ = market;
+        (
+            200,
+            json!({"ts": 0, "status": "error", "err-code": "invalid-parameter", "err-msg": "invalid symbol"}).to_string(),
+        )
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"status": "error", "err-code": "api-limit-exceeded", "err-msg": "Too many requests"})
+    }
+}
+
+#[derive(Deserialize)]
+struct HtxResp {
+    status: String,
+    ts: Option<u64>,
+    tick: Option<HtxTick>,
+    #[serde(rename = "err-code")]
+    err_code: Option<String>,
+    #[serde(rename = "err-msg")]
+    err_msg: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HtxTick {
+    close: Num,
+    amount: Option<Num>,
+    bid: Vec<Num>,
+    ask: Vec<Num>,
+}
+
+fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    let resp: HtxResp = json(body)?;
+    if resp.status != "ok" {
+        let code = resp.err_code.unwrap_or_default();
+        let msg = resp.err_msg.unwrap_or_default();
+        return Err(
+            if msg.contains("invalid symbol") || code == "invalid-symbol" {
+                SourceError::UnknownSymbol(market.into())
+            } else if code.contains("too-many") || code.contains("rate") || code.contains("limit") {
+                rate_limited(status, msg)
+            } else {
+                venue_err(code, msg)
+            },
+        );
+    }
+    let t = resp
+        .tick
+        .ok_or_else(|| SourceError::Malformed("status ok without tick".into()))?;
+    Ok(RawQuote {
+        bid: t.bid.first().map(|x| x.0.clone()),
+        ask: t.ask.first().map(|x| x.0.clone()),
+        last: Some(t.close.0),
+        volume: n(&t.amount),
+        venue_time_ms: resp.ts,
+    })
+}

@@ -1,0 +1,238 @@
+//! Kraken: `GET /0/public/Ticker?pair=XBTUSD` (assets in Kraken's own
+//! codes: XBT, XDG), and the v2 `ticker` channel of `wss://ws.kraken.com/v2`
+//! (symbols like `BTC/USD`). Published limit: about 1 req/s public.
+
+use serde::Deserialize;
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+#[cfg(feature = "sim")]
+use super::{add_symbols, json_strings};
+use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json, query_param, rate_limited, split_by_quote, venue_err};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://api.kraken.com"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 1,
+            burst: 2,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        let (b, q) = (base.to_ascii_uppercase(), quote.to_ascii_uppercase());
+        format!("{}{}", kraken_asset(&b), kraken_asset(&q))
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        let (b, q) = split_by_quote(&market.to_ascii_uppercase())?;
+        Some((from_kraken_asset(&b), from_kraken_asset(&q)))
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/0/public/Ticker?pair={market}")
+    }
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        if path == "/0/public/Ticker" {
+            query_param(query, "pair")
+        } else {
+            None
+        }
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        parse_kraken(status, body, market)
+    }
+    fn stream(&self) -> Option<&'static dyn StreamSpec> {
+        Some(&Stream)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms: _,
+        } = t;
+        let body = json!({"error": [], "result": {market: {
+            "a": [ask, "1", "1.000"], "b": [bid, "2", "2.000"], "c": [last, "0.01"],
+            "v": [volume, volume], "p": [last, last], "t": [100, 200], "l": [bid, bid], "h": [ask, ask], "o": last
+        }}})
+        .to_string();
+        (200, body)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
+        (200, json!({"error": ["EQuery:Unknown asset pair"]}).to_string())
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"error": ["EGeneral:Too many requests"]})
+    }
+}
+
+fn kraken_asset(a: &str) -> String {
+    match a {
+        "BTC" => "XBT".into(),
+        "DOGE" => "XDG".into(),
+        other => other.into(),
+    }
+}
+
+fn from_kraken_asset(a: &str) -> String {
+    match a {
+        "XBT" | "XXBT" => "BTC".into(),
+        "XDG" => "DOGE".into(),
+        "ZUSD" => "USD".into(),
+        other => other.into(),
+    }
+}
+
+struct Stream;
+
+#[derive(Deserialize)]
+struct KrakenWsMsg {
+    channel: Option<String>,
+    method: Option<String>,
+    success: Option<bool>,
+    error: Option<String>,
+    #[serde(default)]
+    data: Vec<KrakenWsTicker>,
+}
+
+#[derive(Deserialize)]
+struct KrakenWsTicker {
+    symbol: String,
+    bid: Option<Num>,
+    ask: Option<Num>,
+    last: Option<Num>,
+    volume: Option<Num>,
+}
+
+impl StreamSpec for Stream {
+    fn url(&self) -> &'static str {
+        "wss://ws.kraken.com/v2"
+    }
+    fn symbol(&self, market: &str) -> String {
+        match Spec.parse_market(market) {
+            Some((b, q)) => format!("{b}/{q}"),
+            None => market.to_string(),
+        }
+    }
+    fn subscribe(&self, symbols: &[&String]) -> Vec<String> {
+        vec![serde_json::json!({"method": "subscribe", "params": {"channel": "ticker", "symbol": symbols}}).to_string()]
+    }
+    fn ping(&self) -> Ping {
+        Ping::Text(r#"{"method":"ping"}"#)
+    }
+    fn parse(&self, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError> {
+        let m: KrakenWsMsg = serde_json::from_str(text).map_err(SourceError::malformed)?;
+        if m.success == Some(false) {
+            return Err(SourceError::Venue {
+                code: m.method.unwrap_or_default(),
+                message: m.error.unwrap_or_default(),
+            });
+        }
+        if m.channel.as_deref() != Some("ticker") {
+            return Ok(vec![]); // heartbeat, status, pong, acks
+        }
+        Ok(m.data
+            .into_iter()
+            .map(|t| {
+                let q = RawQuote {
+                    bid: t.bid.map(|x| x.0),
+                    ask: t.ask.map(|x| x.0),
+                    last: t.last.map(|x| x.0),
+                    volume: t.volume.map(|x| x.0),
+                    venue_time_ms: None,
+                };
+                (t.symbol, q)
+            })
+            .collect())
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, _seq: u64) -> String {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms: _,
+        } = t;
+        format!(
+            r#"{{"channel":"ticker","type":"update","data":[{{"symbol":"{symbol}","bid":{bid},"bid_qty":1.0,"ask":{ask},"ask_qty":1.0,"last":{last},"volume":{volume},"vwap":{last},"low":{bid},"high":{ask},"change":0.0,"change_pct":0.0}}]}}"#
+        )
+    }
+    #[cfg(feature = "sim")]
+    fn heartbeat(&self, _symbols: &[String], _seq: u64, _now_ms: u64) -> Option<String> {
+        Some(r#"{"channel":"heartbeat"}"#.to_string())
+    }
+    #[cfg(feature = "sim")]
+    fn answer(&self, text: &str, symbols: &mut Vec<String>) -> Vec<String> {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return vec![];
+        };
+        if v["method"] == "ping" {
+            return vec![json!({"method": "pong", "time_in": "2023-11-14T22:13:20.000000Z", "time_out": "2023-11-14T22:13:20.000100Z"}).to_string()];
+        }
+        if v["method"] != "subscribe" {
+            return vec![];
+        }
+        let list = json_strings(v["params"].get("symbol"));
+        add_symbols(symbols, list.clone());
+        list.iter()
+            .map(|s| json!({"method": "subscribe", "result": {"channel": "ticker", "symbol": s}, "success": true}).to_string())
+            .collect()
+    }
+}
+
+#[derive(Deserialize)]
+struct KrakenResp {
+    error: Vec<String>,
+    #[serde(default)]
+    result: Option<std::collections::BTreeMap<String, KrakenTicker>>,
+}
+
+#[derive(Deserialize)]
+struct KrakenTicker {
+    a: Vec<Num>,
+    b: Vec<Num>,
+    c: Vec<Num>,
+    v: Vec<Num>,
+}
+
+fn parse_kraken(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    let resp: KrakenResp = json(body)?;
+    if let Some(e) = resp.error.first() {
+        return Err(if e.starts_with("EQuery:Unknown asset pair") {
+            SourceError::UnknownSymbol(market.into())
+        } else if e.contains("Rate limit") || e.contains("Too many requests") {
+            rate_limited(status, e)
+        } else {
+            venue_err("kraken", e)
+        });
+    }
+    // Kraken keys the result by its own pair name (XBTUSD -> XXBTZUSD); we ask for one pair.
+    let result = resp.result.unwrap_or_default();
+    if result.len() != 1 {
+        return Err(SourceError::Malformed(format!(
+            "expected one pair in result, got {}",
+            result.len()
+        )));
+    }
+    let t = result
+        .into_values()
+        .next()
+        .ok_or_else(|| SourceError::Malformed("empty result".into()))?;
+    Ok(RawQuote {
+        bid: t.b.first().map(|x| x.0.clone()),
+        ask: t.a.first().map(|x| x.0.clone()),
+        last: t.c.first().map(|x| x.0.clone()),
+        volume: t.v.get(1).map(|x| x.0.clone()),
+        venue_time_ms: None,
+    })
+}

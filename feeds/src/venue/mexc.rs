@@ -1,0 +1,51 @@
+//! MEXC spot: the Binance API shape (`GET /api/v3/ticker/24hr?symbol=BTCUSDT`,
+//! same bodies), its own rate-limit body. Published limit: 500 weight/10 s.
+
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+use super::{RateLimit, RawQuote, VenueSpec, binance, split_by_quote};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://api.mexc.com"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 20,
+            burst: 10,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        split_by_quote(&market.to_ascii_uppercase())
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/api/v3/ticker/24hr?symbol={market}")
+    }
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        binance::market_of_request(path, query)
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        binance::parse_binance(status, body, market)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+        binance::render_ticker(market, t)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
+        binance::render_unknown_symbol()
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"code": 429, "msg": "Too Many Requests"})
+    }
+}

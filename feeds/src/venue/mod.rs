@@ -1,0 +1,417 @@
+//! One file per exchange: each venue's symbol mapping, REST ticker path and
+//! parser (with its error and rate-limit bodies), published rate limit,
+//! WebSocket stream (where we stream from it) and, with the `sim` feature,
+//! the simulated exchange's rendering of the same formats. Every venue
+//! implements [`VenueSpec`] (and [`StreamSpec`] for its stream); the
+//! [`venues!`] registry below lists them. Adding a venue is one file here
+//! plus one registry line.
+//!
+//! Adapters return [`RawQuote`]: the literal decimal text of bid, ask, last
+//! and volume. Turning text into fixed-point numbers and checking sanity is
+//! done once, in [`crate::quote`], for every venue alike.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{SourceError, snippet};
+
+/// The registry: `Variant => module`. The module (`venue/<module>.rs`)
+/// defines `Spec`, the venue's [`VenueSpec`]; its name is the venue's name in
+/// config, metrics labels and simulated-exchange paths. The order is the
+/// order of [`Venue::ALL`] (the simulated market's per-venue offsets follow it).
+macro_rules! venues {
+    ($($variant:ident => $module:ident,)*) => {
+        $(mod $module;)*
+
+        /// Every supported venue.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum Venue {
+            $($variant,)*
+        }
+
+        impl Venue {
+            pub const ALL: [Venue; [$(stringify!($module)),*].len()] = [$(Venue::$variant),*];
+
+            /// Lower-case name used in config, metrics labels and sim-exchange paths.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Venue::$variant => stringify!($module),)*
+                }
+            }
+
+            /// The venue's formats and limits.
+            pub(crate) fn spec(self) -> &'static dyn VenueSpec {
+                match self {
+                    $(Venue::$variant => &$module::Spec,)*
+                }
+            }
+        }
+    };
+}
+
+venues! {
+    Binance => binance,
+    Coinbase => coinbase,
+    Kraken => kraken,
+    Okx => okx,
+    Bybit => bybit,
+    Bitstamp => bitstamp,
+    Gemini => gemini,
+    Kucoin => kucoin,
+    Bitfinex => bitfinex,
+    Gateio => gateio,
+    Htx => htx,
+    Cryptocom => cryptocom,
+    Mexc => mexc,
+    Bitget => bitget,
+}
+
+/// Everything Sibyl knows about one venue's REST market data.
+pub(crate) trait VenueSpec: Sync {
+    /// Public REST base URL.
+    fn base_url(&self) -> &'static str;
+    /// Published public limit (per IP); we stay at or below it.
+    fn rate_limit(&self) -> RateLimit;
+    /// The venue's market symbol for `base`/`quote` (canonical upper-case asset codes).
+    fn market(&self, base: &str, quote: &str) -> String;
+    /// Inverse of [`VenueSpec::market`].
+    fn parse_market(&self, market: &str) -> Option<(String, String)>;
+    /// Path and query of the single-market ticker endpoint, appended to the base URL.
+    fn ticker_path(&self, market: &str) -> String;
+    /// Inverse of [`VenueSpec::ticker_path`]: the market a request asks for.
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String>;
+    /// Parse a ticker response (the venue's success and error bodies).
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError>;
+    /// The venue's WebSocket stream, for the venues we stream from.
+    fn stream(&self) -> Option<&'static dyn StreamSpec> {
+        None
+    }
+    /// (HTTP status, body) of a successful ticker answer.
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String);
+    /// (HTTP status, body) the venue answers for a market it does not list.
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, market: &str) -> (u16, String);
+    /// Body of the venue's rate-limit answer (HTTP 429).
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value;
+}
+
+/// One venue's view of one market at one instant, as the simulated
+/// exchange renders it (decimal text, like a venue's own bodies).
+#[cfg(feature = "sim")]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Tick {
+    pub bid: String,
+    pub ask: String,
+    pub last: String,
+    pub volume: String,
+    pub time_ms: u64,
+}
+
+/// The client's keepalive on a venue's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ping {
+    /// An application-level text message.
+    Text(&'static str),
+    /// A WebSocket ping frame.
+    Frame,
+}
+
+/// One venue's WebSocket stream: how to subscribe, keep it alive and read it,
+/// and (with `sim`) how the simulated exchange speaks it.
+pub(crate) trait StreamSpec: Sync {
+    /// Public WebSocket URL.
+    fn url(&self) -> &'static str;
+    /// The stream's own symbol for a REST market symbol.
+    fn symbol(&self, market: &str) -> String {
+        market.to_string()
+    }
+    /// The URL to connect to for these stream symbols.
+    fn connect_url(&self, url: &str, _symbols: &[&String]) -> String {
+        url.to_string()
+    }
+    /// Messages to send after connecting.
+    fn subscribe(&self, symbols: &[&String]) -> Vec<String>;
+    /// Application-level keepalive the venue expects from clients.
+    fn ping(&self) -> Ping {
+        Ping::Frame
+    }
+    /// Parse one stream message into (stream symbol, quote) ticks. Control
+    /// messages (subscription acks, heartbeats, pongs) give no ticks.
+    fn parse(&self, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError>;
+    /// One ticker message. `symbol` is the stream's own symbol.
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, symbol: &str, market: &str, t: &Tick, seq: u64) -> String;
+    /// Stream symbol -> the venue's REST market.
+    #[cfg(feature = "sim")]
+    fn market_of_symbol(&self, symbol: &str) -> String {
+        symbol.to_string()
+    }
+    /// Symbols subscribed by the connect URL's query (Binance's combined streams).
+    #[cfg(feature = "sim")]
+    fn symbols_in_query(&self, _query: &str) -> Vec<String> {
+        Vec::new()
+    }
+    /// The venue's periodic heartbeat message, if it sends one.
+    #[cfg(feature = "sim")]
+    fn heartbeat(&self, _symbols: &[String], _seq: u64, _now_ms: u64) -> Option<String> {
+        None
+    }
+    /// Answers to a client message (subscriptions, pings), adding subscribed symbols.
+    #[cfg(feature = "sim")]
+    fn answer(&self, text: &str, symbols: &mut Vec<String>) -> Vec<String>;
+}
+
+/// A ticker as the venue sent it: decimal literals, not yet trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawQuote {
+    pub bid: Option<String>,
+    pub ask: Option<String>,
+    pub last: Option<String>,
+    /// 24 h volume in the base asset, where the venue reports it.
+    pub volume: Option<String>,
+    /// The venue's own timestamp for the quote, where it sends one.
+    pub venue_time_ms: Option<u64>,
+}
+
+/// Published public market-data limit of a venue, as requests per second
+/// per IP (rounded down where the venue states a per-minute weight budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Venue {
+    pub fn from_name(name: &str) -> Option<Venue> {
+        Venue::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    /// Public REST base URL of the venue.
+    pub fn default_base_url(self) -> &'static str {
+        self.spec().base_url()
+    }
+
+    /// Public WebSocket URL, for the venues we stream from.
+    pub fn default_ws_url(self) -> Option<&'static str> {
+        self.spec().stream().map(|s| s.url())
+    }
+
+    /// Published public limits (per IP), from each venue's REST docs (see
+    /// the venue's file). We stay at or below each.
+    pub fn published_rate_limit(self) -> RateLimit {
+        self.spec().rate_limit()
+    }
+
+    /// The venue's market symbol for `base`/`quote` (canonical upper-case asset codes).
+    pub fn market(self, base: &str, quote: &str) -> String {
+        self.spec().market(base, quote)
+    }
+
+    /// Inverse of [`Venue::market`] (used by the simulated exchange).
+    pub fn parse_market(self, market: &str) -> Option<(String, String)> {
+        self.spec().parse_market(market)
+    }
+
+    /// Path and query of the venue's single-market ticker endpoint, appended to the base URL.
+    pub fn ticker_path(self, market: &str) -> String {
+        self.spec().ticker_path(market)
+    }
+
+    /// Which market a ticker request asks for (inverse of [`Venue::ticker_path`]),
+    /// given the path after the base URL and the raw query string.
+    pub fn market_of_request(self, path: &str, query: &str) -> Option<String> {
+        self.spec().market_of_request(path, query)
+    }
+
+    /// Parse a ticker response. `status` is the HTTP status; error bodies
+    /// become typed errors (unknown symbol, rate limited, venue error).
+    pub fn parse_ticker(
+        self,
+        status: u16,
+        body: &[u8],
+        market: &str,
+    ) -> Result<RawQuote, SourceError> {
+        if status == 429 || status == 418 {
+            return Err(SourceError::RateLimited {
+                status,
+                message: snippet(&String::from_utf8_lossy(body)),
+            });
+        }
+        match self.spec().parse_rest(status, body, market) {
+            // A body we could not read on a non-2xx status is an HTTP error, not a format change.
+            Err(SourceError::Malformed(_)) if !(200..300).contains(&status) => {
+                Err(SourceError::HttpStatus {
+                    status,
+                    body: snippet(&String::from_utf8_lossy(body)),
+                })
+            }
+            other => other,
+        }
+    }
+}
+
+impl fmt::Display for Venue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const QUOTES: [&str; 7] = ["USDT", "USDC", "USD", "EUR", "BTC", "UST", "ZUSD"];
+
+pub(crate) fn split_by_quote(s: &str) -> Option<(String, String)> {
+    // Longest suffix first so "USDT" wins over "USD"... but "ZUSD" (Kraken) last-resort.
+    for q in QUOTES {
+        if let Some(b) = s.strip_suffix(q)
+            && !b.is_empty()
+        {
+            return Some((b.to_string(), q.to_string()));
+        }
+    }
+    None
+}
+
+/// The value of query parameter `name` in a raw query string.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// The strings of a JSON array (a subscription's symbols).
+#[cfg(feature = "sim")]
+fn json_strings(v: Option<&serde_json::Value>) -> Vec<String> {
+    v.and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Adds newly subscribed symbols, keeping the order of first subscription.
+#[cfg(feature = "sim")]
+fn add_symbols(symbols: &mut Vec<String>, list: Vec<String>) {
+    for s in list {
+        if !symbols.contains(&s) {
+            symbols.push(s);
+        }
+    }
+}
+
+/// A number as the venue wrote it, string or JSON number, kept as text so
+/// that no float ever touches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Num(pub String);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw: Box<RawValue> = Deserialize::deserialize(d)?;
+        let text = raw.get().trim();
+        if text.starts_with('"') {
+            let s: String = serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+            Ok(Num(s))
+        } else if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
+            Ok(Num(text.to_string()))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "expected a number, got {}",
+                snippet(text)
+            )))
+        }
+    }
+}
+
+fn n(v: &Option<Num>) -> Option<String> {
+    v.as_ref().map(|x| x.0.clone())
+}
+
+fn num_u64(v: &Option<Num>) -> Option<u64> {
+    v.as_ref().and_then(|x| x.0.parse().ok())
+}
+
+fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, SourceError> {
+    serde_json::from_slice(body).map_err(SourceError::malformed)
+}
+
+/// Parse `body` as the venue's success shape, or else as its error shape.
+/// (Serde's untagged enums cannot hold [`Num`], which borrows the raw text.)
+fn json_either<T: DeserializeOwned, E: DeserializeOwned>(
+    body: &[u8],
+) -> Result<Result<T, E>, SourceError> {
+    match serde_json::from_slice::<T>(body) {
+        Ok(t) => Ok(Ok(t)),
+        Err(first) => match serde_json::from_slice::<E>(body) {
+            Ok(e) => Ok(Err(e)),
+            Err(_) => Err(SourceError::malformed(first)),
+        },
+    }
+}
+
+fn venue_err(code: impl ToString, message: impl AsRef<str>) -> SourceError {
+    SourceError::Venue {
+        code: code.to_string(),
+        message: snippet(message.as_ref()),
+    }
+}
+
+fn rate_limited(status: u16, message: impl AsRef<str>) -> SourceError {
+    SourceError::RateLimited {
+        status,
+        message: snippet(message.as_ref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn market_symbols_round_trip() {
+        for v in Venue::ALL {
+            for (b, q) in [
+                ("BTC", "USD"),
+                ("ETH", "USDT"),
+                ("SOL", "USDC"),
+                ("DOGE", "USD"),
+            ] {
+                let m = v.market(b, q);
+                assert_eq!(
+                    v.parse_market(&m),
+                    Some((b.to_string(), q.to_string())),
+                    "{v} {m}"
+                );
+                let path = v.ticker_path(&m);
+                let (p, q) = path.split_once('?').unwrap_or((&path, ""));
+                assert_eq!(
+                    v.market_of_request(p, q).as_deref(),
+                    Some(m.as_str()),
+                    "{v} {path}"
+                );
+            }
+            assert_eq!(Venue::from_name(v.name()), Some(v));
+        }
+        assert_eq!(Venue::Kraken.market("BTC", "USD"), "XBTUSD");
+        assert_eq!(Venue::Bitfinex.market("BTC", "USDT"), "tBTCUST");
+        assert_eq!(Venue::Bitfinex.market("DOGE", "USD"), "tDOGE:USD");
+        assert_eq!(Venue::Gemini.market("ETH", "USD"), "ethusd");
+    }
+
+    #[test]
+    fn num_keeps_literal_text() {
+        let v: Vec<Num> =
+            serde_json::from_str(r#"["1.10", 2.5000, 67012.123456789012345]"#).unwrap();
+        assert_eq!(v[0].0, "1.10");
+        assert_eq!(v[1].0, "2.5000");
+        assert_eq!(v[2].0, "67012.123456789012345");
+        assert!(serde_json::from_str::<Num>("true").is_err());
+        assert!(serde_json::from_str::<Num>("{}").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! OKX v5: `GET /api/v5/market/ticker?instId=BTC-USDT`, and the `tickers`
+//! channel of `wss://ws.okx.com:8443/ws/v5/public` (same ticker object).
+//! Published limit: 20 req/2 s.
+
+use serde::Deserialize;
+#[cfg(feature = "sim")]
+use serde_json::json;
+
+#[cfg(feature = "sim")]
+use super::add_symbols;
+use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json, n, num_u64, query_param, rate_limited, venue_err};
+use crate::error::SourceError;
+#[cfg(feature = "sim")]
+use super::Tick;
+
+pub(super) struct Spec;
+
+impl VenueSpec for Spec {
+    fn base_url(&self) -> &'static str {
+        "https://www.okx.com"
+    }
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: 10,
+            burst: 10,
+        }
+    }
+    fn market(&self, base: &str, quote: &str) -> String {
+        format!("{}-{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    }
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        let (b, q) = market.split_once('-')?;
+        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
+    }
+    fn ticker_path(&self, market: &str) -> String {
+        format!("/api/v5/market/ticker?instId={market}")
+    }
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        if path == "/api/v5/market/ticker" {
+            query_param(query, "instId")
+        } else {
+            None
+        }
+    }
+    fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+        parse_okx(status, body, market)
+    }
+    fn stream(&self) -> Option<&'static dyn StreamSpec> {
+        Some(&Stream)
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms,
+        } = t;
+        let ts = time_ms.to_string();
+        let body = json!({"code": "0", "msg": "", "data": [{
+            "instType": "SPOT", "instId": market, "last": last, "lastSz": "0.01", "askPx": ask, "askSz": "0.5",
+            "bidPx": bid, "bidSz": "1.2", "open24h": last, "high24h": ask, "low24h": bid, "volCcy24h": "0",
+            "vol24h": volume, "ts": ts, "sodUtc0": last, "sodUtc8": last
+        }]})
+        .to_string();
+        (200, body)
+    }
+    #[cfg(feature = "sim")]
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
+        (200, json!({"code": "51001", "data": [], "msg": "Instrument ID does not exist"}).to_string())
+    }
+    #[cfg(feature = "sim")]
+    fn render_rate_limited(&self) -> serde_json::Value {
+        json!({"msg": "Too Many Requests", "code": "50011"})
+    }
+}
+
+struct Stream;
+
+#[derive(Deserialize)]
+struct OkxWsMsg {
+    event: Option<String>,
+    msg: Option<String>,
+    #[serde(default)]
+    data: Vec<OkxTicker>,
+}
+
+impl StreamSpec for Stream {
+    fn url(&self) -> &'static str {
+        "wss://ws.okx.com:8443/ws/v5/public"
+    }
+    fn subscribe(&self, symbols: &[&String]) -> Vec<String> {
+        let args: Vec<_> = symbols
+            .iter()
+            .map(|s| serde_json::json!({"channel": "tickers", "instId": s}))
+            .collect();
+        vec![serde_json::json!({"op": "subscribe", "args": args}).to_string()]
+    }
+    fn ping(&self) -> Ping {
+        Ping::Text("ping")
+    }
+    fn parse(&self, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError> {
+        if text == "pong" {
+            return Ok(vec![]);
+        }
+        let m: OkxWsMsg = serde_json::from_str(text).map_err(SourceError::malformed)?;
+        if m.event.as_deref() == Some("error") {
+            return Err(SourceError::Venue {
+                code: "ws".into(),
+                message: m.msg.unwrap_or_default(),
+            });
+        }
+        Ok(m.data
+            .iter()
+            .map(|t| (t.inst_id.clone(), t.raw()))
+            .collect())
+    }
+    #[cfg(feature = "sim")]
+    fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, _seq: u64) -> String {
+        let Tick {
+            bid,
+            ask,
+            last,
+            volume,
+            time_ms,
+        } = t;
+        json!({"arg": {"channel": "tickers", "instId": symbol}, "data": [{
+            "instType": "SPOT", "instId": symbol, "last": last, "lastSz": "0.01", "askPx": ask, "askSz": "1",
+            "bidPx": bid, "bidSz": "1", "open24h": last, "high24h": ask, "low24h": bid, "volCcy24h": "0",
+            "vol24h": volume, "ts": time_ms.to_string(), "sodUtc0": last, "sodUtc8": last
+        }]})
+        .to_string()
+    }
+    #[cfg(feature = "sim")]
+    fn answer(&self, text: &str, symbols: &mut Vec<String>) -> Vec<String> {
+        if text == "ping" {
+            return vec!["pong".into()];
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return vec![json!({"event": "error", "code": "60012", "msg": format!("Invalid request: {text}")}).to_string()];
+        };
+        if v["op"] != "subscribe" {
+            return vec![];
+        }
+        let args: Vec<serde_json::Value> = v["args"].as_array().cloned().unwrap_or_default();
+        add_symbols(
+            symbols,
+            args.iter()
+                .filter_map(|a| a["instId"].as_str().map(str::to_string))
+                .collect(),
+        );
+        args.into_iter()
+            .map(|a| json!({"event": "subscribe", "arg": a, "connId": "sim"}).to_string())
+            .collect()
+    }
+}
+
+#[derive(Deserialize)]
+struct OkxResp {
+    code: String,
+    msg: String,
+    #[serde(default)]
+    data: Vec<OkxTicker>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OkxTicker {
+    inst_id: String,
+    last: Option<Num>,
+    ask_px: Option<Num>,
+    bid_px: Option<Num>,
+    #[serde(rename = "vol24h")]
+    vol_24h: Option<Num>,
+    ts: Option<Num>,
+}
+
+impl OkxTicker {
+    fn raw(&self) -> RawQuote {
+        RawQuote {
+            bid: n(&self.bid_px),
+            ask: n(&self.ask_px),
+            last: n(&self.last),
+            volume: n(&self.vol_24h),
+            venue_time_ms: num_u64(&self.ts),
+        }
+    }
+}
+
+fn parse_okx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+    let resp: OkxResp = json(body)?;
+    match resp.code.as_str() {
+        "0" => {}
+        "51001" => return Err(SourceError::UnknownSymbol(market.into())),
+        "50011" => return Err(rate_limited(status, resp.msg)),
+        code => return Err(venue_err(code, resp.msg)),
+    }
+    let t = resp
+        .data
+        .iter()
+        .find(|t| t.inst_id == market)
+        .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+    Ok(t.raw())
+}
