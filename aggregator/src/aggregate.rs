@@ -8,8 +8,9 @@
 //!   at least `f + 1` values lie on each side of it, so it lies within the
 //!   range of the honest values.
 //! - **Confidence**: the larger of the median absolute deviation of the prices
-//!   (lower median of `|p - median|`) and the lower median of the members' own
-//!   reported spreads. Both are robust to `f` outliers in the same way.
+//!   (lower median of `|p - median|`) and the lower median of the members'
+//!   spreads (each max − min of its source prices; docs/PROTOCOL.md, "Spread
+//!   and confidence"). Both are robust to `f` outliers in the same way.
 //! - **Update decision**: a feed is due when it was never signed, when the new
 //!   aggregate deviates from the last signed value by at least the feed's
 //!   `deviation_bps`, or when its heartbeat has elapsed.
@@ -20,8 +21,9 @@ use crate::report::{FeedId, Price, ReportLeaf, TimestampMs};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FeedObservation {
     pub price: Price,
-    /// The member's own uncertainty (e.g. half the bid/ask spread of its
-    /// sources), same fixed point as `price`.
+    /// The member's spread: max − min of the source prices behind its
+    /// price (docs/PROTOCOL.md, "Spread and confidence"), same fixed point
+    /// as `price`.
     pub spread: u128,
     pub observed_at_ms: TimestampMs,
 }
@@ -66,13 +68,13 @@ pub fn aggregate_feed(
     let mut deviations: Vec<u128> = prices.iter().map(|p| p.abs_diff(median)).collect();
     let mad = lower_median(&mut deviations).unwrap_or_default();
     let mut spreads: Vec<u128> = observations.iter().map(|o| o.spread).collect();
-    let spread = lower_median(&mut spreads).unwrap_or_default();
+    let median_spread = lower_median(&mut spreads).unwrap_or_default();
     let mut times: Vec<TimestampMs> = observations.iter().map(|o| o.observed_at_ms).collect();
     let observed_at_ms = lower_median(&mut times).unwrap_or_default();
     Ok(ReportLeaf {
         feed_id: feed.clone(),
         price: median,
-        confidence: mad.max(spread),
+        confidence: mad.max(median_spread),
         num_observations: u16::try_from(observations.len()).unwrap_or(u16::MAX),
         observed_at_ms,
     })

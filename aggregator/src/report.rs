@@ -39,7 +39,9 @@ pub struct ReportLeaf {
     pub feed_id: FeedId,
     /// Aggregate (median of attributed observations), fixed point with the feed's decimals.
     pub price: Price,
-    /// Confidence half-width in the same fixed point as `price` (from the spread of observations).
+    /// Confidence half-width in the same fixed point as `price`: max(MAD of
+    /// the members' prices, median member spread); docs/PROTOCOL.md, "Spread
+    /// and confidence".
     pub confidence: u128,
     /// Number of attributed observations the aggregate was computed from.
     pub num_observations: u16,

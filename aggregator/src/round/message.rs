@@ -17,7 +17,7 @@
 //!
 //! | kind | message | body |
 //! |---|---|---|
-//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128, observed_at u64), seq of FROST commitments (bytes) |
+//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64), seq of FROST commitments (bytes) |
 //! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), signing package (bytes), seq of signed signer-only observations (bytes) |
 //! | 3 | share (signer -> leader) | attempt u8, report digest bytes32, signing package hash bytes32, share (bytes) |
 //! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, seq of leaves, seq of (suite u8, signature bytes) |
@@ -75,6 +75,8 @@ pub enum Kind {
 pub struct ObservationEntry {
     pub feed: FeedId,
     pub price: i128,
+    /// max − min of the member's source prices (docs/PROTOCOL.md, "Spread
+    /// and confidence").
     pub spread: u128,
     pub observed_at_ms: TimestampMs,
 }

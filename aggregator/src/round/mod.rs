@@ -111,6 +111,8 @@ const FORGIVE_EVERY: u64 = 8;
 pub struct LocalObservation {
     pub feed: FeedId,
     pub price: Price,
+    /// max − min of the member's source prices (docs/PROTOCOL.md, "Spread
+    /// and confidence").
     pub spread: u128,
     pub observed_at_ms: TimestampMs,
 }
