@@ -53,7 +53,7 @@ impl<C: SibylSuite> Node<C> {
     /// A clock sample: member `from` stamped `remote_ms` (committee time as it
     /// sees it) on a message that arrived now.
     pub(super) fn clock_sample(&mut self, from: u16, remote_ms: TimestampMs) {
-        if from == self.me || self.faults.fixed_clock {
+        if from == self.me || self.faults.fixed_clock() {
             return;
         }
         let raw = i64::try_from(self.raw_now).unwrap_or(i64::MAX);

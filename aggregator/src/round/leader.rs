@@ -206,7 +206,7 @@ impl<C: SibylSuite> Node<C> {
         let t = usize::from(self.committee.t());
         let attempts = self.committee.attempts();
         let me = self.me;
-        let equivocate = self.faults.equivocate;
+        let equivocate = self.faults.equivocate();
         let n = self.committee.n() as u32;
         let Some(l) = &mut self.rs.leader else {
             return false;

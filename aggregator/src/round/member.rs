@@ -121,7 +121,7 @@ impl<C: SibylSuite> Node<C> {
             Some(_) => {}
             None => self.rs.first_proposal = Some((digest, bytes)),
         }
-        let checked = if self.faults.refuse {
+        let checked = if self.faults.refuse() {
             Err(RefusalReason::Other)
         } else {
             self.check_proposal(now, round, p, hashes, &header, &digest)
@@ -411,7 +411,7 @@ impl<C: SibylSuite> Node<C> {
             self.stats.nonce_reuse_refused += 1;
             return;
         };
-        let share = if self.faults.invalid_shares {
+        let share = if self.faults.invalid_shares() {
             let mut wrong = pending.package.message().clone();
             wrong.push(0);
             let bad = SigningPackage::new(pending.package.signing_commitments().clone(), &wrong);

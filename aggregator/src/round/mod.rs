@@ -282,7 +282,9 @@ pub struct MemberStats {
     pub clock_offset_ms: Option<i64>,
 }
 
-/// Simulator-only misbehaviour switches.
+/// Simulator-only misbehaviour switches (cargo feature `sim`; without it
+/// every switch is a constant `false` and its branches compile out).
+#[cfg(any(test, feature = "sim"))]
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Faults {
     /// As leader, send two different proposals to different signers.
@@ -293,6 +295,45 @@ pub(crate) struct Faults {
     pub refuse: bool,
     /// Never correct the clock (a member whose clock is off and stays off).
     pub fixed_clock: bool,
+}
+
+#[cfg(any(test, feature = "sim"))]
+impl Faults {
+    pub(crate) fn equivocate(&self) -> bool {
+        self.equivocate
+    }
+    pub(crate) fn invalid_shares(&self) -> bool {
+        self.invalid_shares
+    }
+    pub(crate) fn refuse(&self) -> bool {
+        self.refuse
+    }
+    pub(crate) fn fixed_clock(&self) -> bool {
+        self.fixed_clock
+    }
+}
+
+/// Without the simulator no member misbehaves on purpose.
+#[cfg(not(any(test, feature = "sim")))]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Faults {
+    _none: (),
+}
+
+#[cfg(not(any(test, feature = "sim")))]
+impl Faults {
+    pub(crate) const fn equivocate(&self) -> bool {
+        false
+    }
+    pub(crate) const fn invalid_shares(&self) -> bool {
+        false
+    }
+    pub(crate) const fn refuse(&self) -> bool {
+        false
+    }
+    pub(crate) const fn fixed_clock(&self) -> bool {
+        false
+    }
 }
 
 struct Attributed {
