@@ -42,7 +42,8 @@ for i in 1 2 3 4; do
   cat >"$state/node-$i/node.toml" <<TOML
 [node]
 committee = "../committee.toml"
-data_dir = "data"
+# The member's own volume (compose.yml); keys and configs stay in the shared state volume.
+data_dir = "/var/lib/sibyl"
 
 [keys]
 identity = "identity.key"
