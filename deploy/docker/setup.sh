@@ -1,14 +1,17 @@
 #!/bin/sh
 # One-shot setup of the compose committee: 4 members, threshold 3, trusted-
 # dealer keys (a demo committee; a real one runs `sibyl dkg`), configs that
-# address the other members by their compose service names, and sources that
+# address the other members by their fixed IPs on the compose network, and sources that
 # observe the compose file's simulated exchange.
-#   setup.sh [STATE_DIR] [SIM_EXCHANGE_URL] [SOURCES_TEMPLATE]
+#   setup.sh [STATE_DIR] [SIM_EXCHANGE_URL] [SUBNET] [SOURCES_TEMPLATE]
+# Member i listens on SUBNET.1i (compose.yml gives it that address; default subnet
+# 172.28.0): the libp2p build has no DNS transport, so /dns addresses cannot be dialed.
 # Idempotent: does nothing when STATE_DIR/committee.toml exists.
 set -eu
 state=${1:-/state}
 sim=${2:-http://sim-exchange:9100}
-template=${3:-/usr/share/sibyl/sources.sim.toml}
+subnet=${3:-172.28.0}
+template=${4:-/usr/share/sibyl/sources.sim.toml}
 sibyl=${SIBYL:-sibyl}
 
 if [ -f "$state/committee.toml" ]; then
@@ -26,8 +29,8 @@ peer_id() {
   echo 'threshold = 3'
   echo 'suites = ["ed25519"]'
   for i in 1 2 3 4; do
-    printf '\n[[members]]\nindex = %s\npeer_id = "%s"\naddress = "/dns/member%s/tcp/9000"\n' \
-      "$i" "$(peer_id "$i")" "$i"
+    printf '\n[[members]]\nindex = %s\npeer_id = "%s"\naddress = "/ip4/%s.1%s/tcp/9000"\n' \
+      "$i" "$(peer_id "$i")" "$subnet" "$i"
   done
   for feed in BTC-USD ETH-USD; do
     printf '\n[[feeds]]\nid = "%s"\ndecimals = 8\ndeviation_bps = 50\nheartbeat = "60s"\n' "$feed"
@@ -42,7 +45,8 @@ for i in 1 2 3 4; do
   cat >"$state/node-$i/node.toml" <<TOML
 [node]
 committee = "../committee.toml"
-data_dir = "data"
+# The member's own volume (compose.yml); keys and configs stay in the shared state volume.
+data_dir = "/var/lib/sibyl"
 
 [keys]
 identity = "identity.key"
