@@ -195,6 +195,9 @@ impl Writer {
     }
 
     fn len_prefix(&mut self, len: usize) {
+        // Every encoded sequence is bounded far below u32::MAX (MAX_LEAVES,
+        // the message caps): a longer one is a bug, not input.
+        #[allow(clippy::expect_used)]
         let len = u32::try_from(len).expect("encoded length exceeds u32::MAX");
         self.u32(len);
     }

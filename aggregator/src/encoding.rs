@@ -74,8 +74,8 @@ pub fn decode_leaf(bytes: &[u8]) -> Result<ReportLeaf, DecodeError> {
         feed_id,
         price: read_i128(&words[1], "ABI leaf price", WORD)?,
         confidence: read_uint(&words[2], 16, "ABI leaf confidence", 2 * WORD)?,
-        num_observations: read_uint(&words[3], 2, "ABI leaf numObservations", 3 * WORD)? as u16,
-        observed_at_ms: read_uint(&words[4], 8, "ABI leaf observedAtMs", 4 * WORD)? as u64,
+        num_observations: narrow(&words[3], 2, "ABI leaf numObservations", 3 * WORD)?,
+        observed_at_ms: narrow(&words[4], 8, "ABI leaf observedAtMs", 4 * WORD)?,
     })
 }
 
@@ -83,10 +83,10 @@ pub fn decode_leaf(bytes: &[u8]) -> Result<ReportLeaf, DecodeError> {
 pub fn decode_header(bytes: &[u8]) -> Result<ReportHeader, DecodeError> {
     let words = words::<5>(bytes, "ABI header")?;
     Ok(ReportHeader {
-        version: read_uint(&words[0], 1, "ABI header version", 0)? as u8,
+        version: narrow(&words[0], 1, "ABI header version", 0)?,
         config_digest: ConfigDigest(words[1]),
-        round: read_uint(&words[2], 8, "ABI header round", 2 * WORD)? as u64,
-        timestamp_ms: read_uint(&words[3], 8, "ABI header timestampMs", 3 * WORD)? as u64,
+        round: narrow(&words[2], 8, "ABI header round", 2 * WORD)?,
+        timestamp_ms: narrow(&words[3], 8, "ABI header timestampMs", 3 * WORD)?,
         merkle_root: words[4],
     })
 }
@@ -116,6 +116,17 @@ fn words<const N: usize>(bytes: &[u8], what: &'static str) -> Result<[[u8; 32]; 
 }
 
 /// A right-aligned unsigned integer of `width` bytes; the rest must be zero.
+/// [`read_uint`] into the integer type `width` bytes fit (no cast).
+fn narrow<T: TryFrom<u128>>(
+    word: &[u8; 32],
+    width: usize,
+    what: &'static str,
+    at: usize,
+) -> Result<T, DecodeError> {
+    T::try_from(read_uint(word, width, what, at)?)
+        .map_err(|_| DecodeError::NonCanonical { what, at })
+}
+
 fn read_uint(
     word: &[u8; 32],
     width: usize,

@@ -124,9 +124,11 @@ impl MerkleTree {
             }
             i /= 2;
         }
+        // Both below MAX_LEAVES (checked above), so they fit.
+        let too_many = |_| MerkleError::TooManyLeaves { count };
         Ok(MerkleProof {
-            leaf_index: index as u32,
-            leaf_count: count as u32,
+            leaf_index: u32::try_from(index).map_err(too_many)?,
+            leaf_count: u32::try_from(count).map_err(too_many)?,
             siblings,
         })
     }

@@ -241,6 +241,8 @@ impl Committee {
     pub fn leader(&self, round: Round) -> u16 {
         let n = self.members.len() as u64;
         let pos = (round % n + self.leader_seed % n) % n;
+        // `pos < n`, a `usize`.
+        #[allow(clippy::cast_possible_truncation)]
         self.members[pos as usize].index
     }
 }

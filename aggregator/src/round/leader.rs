@@ -207,6 +207,8 @@ impl<C: SibylSuite> Node<C> {
         let attempts = self.committee.attempts();
         let me = self.me;
         let equivocate = self.faults.equivocate();
+        // At most MAX_MEMBERS.
+        #[allow(clippy::cast_possible_truncation)]
         let n = self.committee.n() as u32;
         let Some(l) = &mut self.rs.leader else {
             return false;
@@ -296,6 +298,8 @@ impl<C: SibylSuite> Node<C> {
         };
         let package_hash = keccak(&package_bytes);
         let proposal = ProposalMsg {
+            // Below `attempts()`, at most MAX_COMMITMENTS.
+            #[allow(clippy::cast_possible_truncation)]
             attempt: number as u8,
             timestamp_ms: l.header.timestamp_ms,
             merkle_root: l.header.merkle_root,

@@ -425,6 +425,8 @@ impl<C: SibylSuite> Node<C> {
         let msg = self.sign_msg(
             pending.record.round,
             Payload::Share(ShareMsg {
+                // Below `attempts()`, at most MAX_COMMITMENTS.
+                #[allow(clippy::cast_possible_truncation)]
                 attempt: pending.attempt as u8,
                 report_digest: pending.record.digest,
                 package_hash: pending.package_hash,
