@@ -27,12 +27,13 @@
 //!
 //! ## Config digest
 //! The digest does not hash the file's bytes (comments and formatting must
-//! not split a committee). It hashes a canonical re-encoding of the validated
-//! committee: `keccak256("sibyl-committee-v1\0" || json)`, where `json` is the
-//! compact JSON of [`CanonicalCommittee`]: fields in declaration order, members
-//! sorted by index, feeds by id, suites deduplicated and sorted, durations in
-//! integer milliseconds, peer ids in base58. Two files that say the same thing
-//! give the same digest; any change of substance gives another.
+//! not split a committee). It is the protocol's
+//! `sibyl_aggregator::round::committee::committee_digest` of the validated
+//! committee, specified byte for byte in docs/PROTOCOL.md ("Config digest"):
+//! threshold, suites, leader seed, round timing, members (index and identity
+//! key) and feeds. Members' network addresses are not in it, so moving a
+//! host does not change the committee's identity. Two files that say the
+//! same thing give the same digest; any change of substance gives another.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -43,13 +44,9 @@ use std::time::Duration;
 use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 use serde::{Deserialize, Serialize};
-use sha3::{Digest, Keccak256};
 use sibyl_aggregator::round::message::{MAX_FEEDS, MAX_MEMBERS};
 use sibyl_aggregator::{ConfigDigest, FeedId, Suite};
 use toml::Spanned;
-
-/// Domain separator of the config digest.
-pub const COMMITTEE_DIGEST_DOMAIN: &[u8] = b"sibyl-committee-v1\0";
 
 /// Largest number of feed decimals: prices are i128 and must leave headroom.
 pub const MAX_DECIMALS: u8 = 30;
@@ -751,25 +748,6 @@ pub struct Committee {
     pub digest: ConfigDigest,
 }
 
-/// The canonical form hashed into the config digest. Changing this struct
-/// changes every digest: bump the domain separator if you do.
-#[derive(Debug, Serialize)]
-pub struct CanonicalCommittee<'a> {
-    pub threshold: u16,
-    pub suites: &'a [Suite],
-    pub leader_seed: u64,
-    pub round: RoundTiming,
-    pub members: Vec<CanonicalMember>,
-    pub feeds: &'a [FeedParams],
-}
-
-#[derive(Debug, Serialize)]
-pub struct CanonicalMember {
-    pub index: u16,
-    pub peer_id: String,
-    pub address: String,
-}
-
 impl Committee {
     pub fn n(&self) -> u16 {
         self.members.len() as u16
@@ -792,36 +770,57 @@ impl Committee {
         self.feeds.iter().find(|f| &f.id == id)
     }
 
-    fn canonical(&self) -> CanonicalCommittee<'_> {
-        CanonicalCommittee {
-            threshold: self.threshold,
-            suites: &self.suites,
-            leader_seed: self.leader_seed,
-            round: self.round,
-            members: self
-                .members
-                .iter()
-                .map(|m| CanonicalMember {
-                    index: m.index,
-                    peer_id: m.peer_id.to_base58(),
-                    address: m.address.to_string(),
-                })
-                .collect(),
-            feeds: &self.feeds,
-        }
+    /// The protocol's view of the members, feeds and timeouts.
+    fn protocol_parts(
+        &self,
+    ) -> (
+        Vec<sibyl_aggregator::round::committee::Member>,
+        Vec<sibyl_aggregator::round::committee::FeedConfig>,
+        sibyl_aggregator::round::committee::Timeouts,
+    ) {
+        use sibyl_aggregator::round::committee as pc;
+        let members = self
+            .members
+            .iter()
+            .map(|m| pc::Member {
+                index: m.index,
+                identity: m.identity_key,
+            })
+            .collect();
+        let feeds = self
+            .feeds
+            .iter()
+            .map(|f| pc::FeedConfig {
+                id: f.id.clone(),
+                decimals: f.decimals,
+                deviation_bps: f.deviation_bps,
+                heartbeat_ms: f.heartbeat_ms,
+            })
+            .collect();
+        let t = &self.round;
+        let timeouts = pc::Timeouts {
+            observe_ms: t.observation_timeout_ms,
+            share_ms: t.share_timeout_ms,
+            round_ms: t.round_timeout_ms,
+            round_interval_ms: t.interval_ms,
+            max_clock_skew_ms: t.max_clock_skew_ms,
+            max_observation_age_ms: t.max_observation_age_ms,
+        };
+        (members, feeds, timeouts)
     }
 
-    /// The bytes hashed into the digest (after the domain separator).
-    pub fn canonical_json(&self) -> Vec<u8> {
-        // Serializing plain structs of integers and strings cannot fail.
-        serde_json::to_vec(&self.canonical()).unwrap_or_default()
-    }
-
+    /// The config digest (`sibyl_aggregator::round::committee::committee_digest`,
+    /// docs/PROTOCOL.md "Config digest"); members' addresses are not in it.
     fn compute_digest(&self) -> ConfigDigest {
-        let mut h = Keccak256::new();
-        h.update(COMMITTEE_DIGEST_DOMAIN);
-        h.update(self.canonical_json());
-        ConfigDigest(h.finalize().into())
+        let (members, feeds, timeouts) = self.protocol_parts();
+        sibyl_aggregator::round::committee::committee_digest(
+            self.threshold,
+            &self.suites,
+            self.leader_seed,
+            &timeouts,
+            &members,
+            &feeds,
+        )
     }
 
     /// Parses and validates a committee file's text. `file` is only used in messages.
@@ -858,33 +857,7 @@ impl Committee {
         sibyl_aggregator::round::committee::CommitteeError,
     > {
         use sibyl_aggregator::round::committee as pc;
-        let members = self
-            .members
-            .iter()
-            .map(|m| pc::Member {
-                index: m.index,
-                identity: m.identity_key,
-            })
-            .collect();
-        let feeds = self
-            .feeds
-            .iter()
-            .map(|f| pc::FeedConfig {
-                id: f.id.clone(),
-                decimals: f.decimals,
-                deviation_bps: f.deviation_bps,
-                heartbeat_ms: f.heartbeat_ms,
-            })
-            .collect();
-        let t = &self.round;
-        let timeouts = pc::Timeouts {
-            observe_ms: t.observation_timeout_ms,
-            share_ms: t.share_timeout_ms,
-            round_ms: t.round_timeout_ms,
-            round_interval_ms: t.interval_ms,
-            max_clock_skew_ms: t.max_clock_skew_ms,
-            max_observation_age_ms: t.max_observation_age_ms,
-        };
+        let (members, feeds, timeouts) = self.protocol_parts();
         pc::Committee::new(
             members,
             self.threshold,

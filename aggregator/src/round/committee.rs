@@ -1,10 +1,10 @@
 //! The committee as the round protocol sees it: members (FROST identifier and
 //! identity key), fault bound, threshold, leader schedule, feeds and timeouts.
 
-use crate::report::{ConfigDigest, FeedId, Round};
+use crate::report::{ConfigDigest, FeedId, Round, Suite};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One committee member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,5 +244,166 @@ impl Committee {
         // `pos < n`, a `usize`.
         #[allow(clippy::cast_possible_truncation)]
         self.members[pos as usize].index
+    }
+}
+
+/// Domain separator of the committee's config digest ([`committee_digest`]).
+pub const COMMITTEE_DIGEST_DOMAIN: &[u8] = b"sibyl-committee-v2\0";
+
+/// The committee's config digest: what every report and message carries and
+/// every key is bound to. Specified byte for byte in docs/PROTOCOL.md
+/// ("Config digest"); independent of any serde encoding. Members' network
+/// addresses are not part of it: moving a host leaves the committee's
+/// signing identity unchanged (the identity key authenticates the member
+/// wherever it runs).
+///
+/// `keccak256(COMMITTEE_DIGEST_DOMAIN ‖ body)`, integers big-endian:
+///
+/// ```text
+/// u16 threshold
+/// u8  suite count ‖ suite tags (1 ed25519, 2 secp256k1-evm), ascending, no repeats
+/// u64 leader_seed
+/// u64 round_interval_ms ‖ u64 observe_ms ‖ u64 share_ms ‖ u64 round_ms
+///     ‖ u64 max_clock_skew_ms ‖ u64 max_observation_age_ms
+/// u16 member count ‖ per member, by index: u16 index ‖ 32-byte Ed25519 identity key
+/// u16 feed count ‖ per feed, by id: u8 id length ‖ id (ASCII)
+///     ‖ u8 decimals ‖ u32 deviation_bps ‖ u64 heartbeat_ms
+/// ```
+///
+/// Suites, members and feeds are sorted here, so their order in a file does
+/// not matter.
+pub fn committee_digest(
+    threshold: u16,
+    suites: &[Suite],
+    leader_seed: u64,
+    timeouts: &Timeouts,
+    members: &[Member],
+    feeds: &[FeedConfig],
+) -> ConfigDigest {
+    use sha3::{Digest, Keccak256};
+    let mut h = Keccak256::new();
+    h.update(COMMITTEE_DIGEST_DOMAIN);
+    h.update(threshold.to_be_bytes());
+    let tags: BTreeSet<u8> = suites.iter().map(|s| crate::codec::suite_tag(*s)).collect();
+    h.update([u8::try_from(tags.len()).unwrap_or(u8::MAX)]);
+    h.update(tags.iter().copied().collect::<Vec<u8>>());
+    h.update(leader_seed.to_be_bytes());
+    for t in [
+        timeouts.round_interval_ms,
+        timeouts.observe_ms,
+        timeouts.share_ms,
+        timeouts.round_ms,
+        timeouts.max_clock_skew_ms,
+        timeouts.max_observation_age_ms,
+    ] {
+        h.update(t.to_be_bytes());
+    }
+    let mut members: Vec<&Member> = members.iter().collect();
+    members.sort_by_key(|m| m.index);
+    h.update(
+        u16::try_from(members.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    for m in members {
+        h.update(m.index.to_be_bytes());
+        h.update(m.identity);
+    }
+    let mut feeds: Vec<&FeedConfig> = feeds.iter().collect();
+    feeds.sort_by(|a, b| a.id.cmp(&b.id));
+    h.update(u16::try_from(feeds.len()).unwrap_or(u16::MAX).to_be_bytes());
+    for f in feeds {
+        let id = f.id.as_str().as_bytes();
+        h.update([u8::try_from(id.len()).unwrap_or(u8::MAX)]);
+        h.update(id);
+        h.update([f.decimals]);
+        h.update(f.deviation_bps.to_be_bytes());
+        h.update(f.heartbeat_ms.to_be_bytes());
+    }
+    ConfigDigest(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha3::{Digest, Keccak256};
+
+    fn feed(id: &str, decimals: u8) -> FeedConfig {
+        FeedConfig {
+            id: FeedId::new(id).expect("a feed id"),
+            decimals,
+            deviation_bps: 50,
+            heartbeat_ms: 60_000,
+        }
+    }
+
+    fn members() -> Vec<Member> {
+        (1..=4u16)
+            .map(|i| Member {
+                index: i,
+                identity: [i as u8; 32],
+            })
+            .collect()
+    }
+
+    /// The digest is keccak256 of exactly the bytes PROTOCOL.md lists,
+    /// written out here by hand.
+    #[test]
+    fn the_digest_hashes_the_specified_bytes() {
+        let t = Timeouts::default();
+        let feeds = [feed("ETH-USD", 8), feed("BTC-USD", 6)];
+        let got = committee_digest(
+            3,
+            &[Suite::Secp256k1Evm, Suite::Ed25519],
+            7,
+            &t,
+            &members(),
+            &feeds,
+        );
+        let mut pre = b"sibyl-committee-v2\0".to_vec();
+        pre.extend_from_slice(&[0, 3]); // threshold
+        pre.extend_from_slice(&[2, 1, 2]); // two suites, tags ascending
+        pre.extend_from_slice(&7u64.to_be_bytes());
+        for v in [500u64, 250, 400, 2_000, 2_000, 5_000] {
+            pre.extend_from_slice(&v.to_be_bytes());
+        }
+        pre.extend_from_slice(&[0, 4]);
+        for i in 1..=4u8 {
+            pre.extend_from_slice(&[0, i]);
+            pre.extend_from_slice(&[i; 32]);
+        }
+        pre.extend_from_slice(&[0, 2]);
+        for (id, dec) in [("BTC-USD", 6u8), ("ETH-USD", 8)] {
+            pre.push(id.len() as u8);
+            pre.extend_from_slice(id.as_bytes());
+            pre.push(dec);
+            pre.extend_from_slice(&50u32.to_be_bytes());
+            pre.extend_from_slice(&60_000u64.to_be_bytes());
+        }
+        let want: [u8; 32] = Keccak256::digest(&pre).into();
+        assert_eq!(got.0, want);
+    }
+
+    #[test]
+    fn order_does_not_matter_and_substance_does() {
+        let t = Timeouts::default();
+        let mut m = members();
+        let feeds = [feed("BTC-USD", 8), feed("ETH-USD", 8)];
+        let a = committee_digest(3, &[Suite::Ed25519], 7, &t, &m, &feeds);
+        m.reverse();
+        let rev = [feeds[1].clone(), feeds[0].clone()];
+        assert_eq!(
+            a,
+            committee_digest(3, &[Suite::Ed25519, Suite::Ed25519], 7, &t, &m, &rev)
+        );
+        assert_ne!(a, committee_digest(2, &[Suite::Ed25519], 7, &t, &m, &feeds));
+        assert_ne!(a, committee_digest(3, &[Suite::Ed25519], 8, &t, &m, &feeds));
+        let slower = Timeouts { share_ms: 401, ..t };
+        assert_ne!(
+            a,
+            committee_digest(3, &[Suite::Ed25519], 7, &slower, &m, &feeds)
+        );
+        m[0].identity[0] ^= 1;
+        assert_ne!(a, committee_digest(3, &[Suite::Ed25519], 7, &t, &m, &feeds));
     }
 }

@@ -63,6 +63,10 @@ fn digest_ignores_formatting_but_not_substance() {
     ))
     .unwrap();
     assert_ne!(a.digest, c.digest);
+    // A member moving to another host keeps the committee's identity.
+    let moved = parse(&src.replacen("127.0.0.1", "127.0.0.9", 1)).unwrap();
+    assert_ne!(a.members, moved.members);
+    assert_eq!(a.digest, moved.digest);
 }
 
 #[test]
