@@ -21,6 +21,8 @@
 //! that remain before anything is allocated. Errors say what was being read
 //! and at which byte offset.
 
+#![warn(missing_docs)]
+
 use crate::merkle::MAX_LEAVES;
 use crate::report::{
     ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
@@ -32,53 +34,95 @@ use std::collections::BTreeMap;
 /// read, `at` is the byte offset in the input where reading it started.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The input ends before the field does.
     #[error(
         "truncated input: reading {what} at byte {at} needs {need} bytes but only {have} remain"
     )]
     Truncated {
+        /// The field being read.
         what: &'static str,
+        /// Byte offset of the read that ran out of input.
         at: usize,
+        /// Bytes the field needs.
         need: usize,
+        /// Bytes left in the input.
         have: usize,
     },
+    /// A length or count prefix (or a proof's leaf count) exceeds the field's maximum;
+    /// checked before anything is allocated.
     #[error("{what} at byte {at} is too long: length {len} exceeds the maximum {max}")]
     TooLong {
+        /// The field being read.
         what: &'static str,
+        /// Byte offset of the length prefix.
         at: usize,
+        /// The length the input claims.
         len: u64,
+        /// The field's maximum.
         max: u64,
     },
+    /// The message's version byte is not the one this release speaks ([`PROTOCOL_VERSION`]).
     #[error(
         "wrong protocol version: got {got}, expected {expected}; is the peer running a compatible release?"
     )]
-    WrongVersion { got: u8, expected: u8 },
+    WrongVersion {
+        /// The version in the input.
+        got: u8,
+        /// The version this release speaks.
+        expected: u8,
+    },
+    /// The message names another committee configuration than the caller expects
+    /// (only when the caller passes one, e.g. [`SignedReport::decode_expecting`]).
     #[error(
         "wrong config digest: got 0x{}, expected 0x{}; the message belongs to a different committee configuration",
         hex::encode(got.0),
         hex::encode(expected.0)
     )]
     WrongConfigDigest {
+        /// The config digest in the input.
         got: ConfigDigest,
+        /// The config digest the caller expects.
         expected: ConfigDigest,
     },
+    /// A value with another encoding than the one allowed: a `bool` byte above 1,
+    /// misordered or duplicate leaves or signatures, an ABI word with wrong padding.
     #[error("non-canonical encoding of {what} at byte {at}")]
-    NonCanonical { what: &'static str, at: usize },
+    NonCanonical {
+        /// The field being read.
+        what: &'static str,
+        /// Byte offset where reading it started.
+        at: usize,
+    },
+    /// An unknown tag byte: an option tag other than 0/1, a suite tag other than
+    /// 1 (Ed25519) or 2 (secp256k1-evm), an unknown round-message kind.
     #[error("unknown tag {tag} for {what} at byte {at}")]
     InvalidTag {
+        /// The field being read.
         what: &'static str,
+        /// Byte offset of the tag.
         at: usize,
+        /// The tag found.
         tag: u64,
     },
+    /// Well-formed bytes that are not a valid value: a bad feed id, a string that is not
+    /// UTF-8, a signature shorter than its suite's, a proof inconsistent with its position.
     #[error("invalid {what} at byte {at}: {reason}")]
     Invalid {
+        /// The field being read.
         what: &'static str,
+        /// Byte offset where reading it started.
         at: usize,
+        /// What is wrong with it.
         reason: String,
     },
+    /// Bytes are left after a whole message was read (`from_bytes`, `decode_expecting`).
     #[error("{count} trailing bytes after {what} at byte {at}")]
     TrailingBytes {
+        /// The message that was read.
         what: &'static str,
+        /// Byte offset where the message ended.
         at: usize,
+        /// Number of bytes left over.
         count: usize,
     },
 }
@@ -90,57 +134,70 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// An empty writer.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty writer with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             buf: Vec::with_capacity(capacity),
         }
     }
 
+    /// The encoded bytes.
     pub fn finish(self) -> Vec<u8> {
         self.buf
     }
 
+    /// Bytes written so far.
     pub fn len(&self) -> usize {
         self.buf.len()
     }
 
+    /// Whether nothing was written yet.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
+    /// One byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
 
+    /// 2 bytes, big-endian.
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.raw(&v.to_be_bytes())
     }
 
+    /// 4 bytes, big-endian.
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.raw(&v.to_be_bytes())
     }
 
+    /// 8 bytes, big-endian.
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.raw(&v.to_be_bytes())
     }
 
+    /// 16 bytes, big-endian.
     pub fn u128(&mut self, v: u128) -> &mut Self {
         self.raw(&v.to_be_bytes())
     }
 
+    /// 16 bytes, big-endian two's complement.
     pub fn i128(&mut self, v: i128) -> &mut Self {
         self.raw(&v.to_be_bytes())
     }
 
+    /// One byte, `0x00` or `0x01`.
     pub fn bool(&mut self, v: bool) -> &mut Self {
         self.u8(u8::from(v))
     }
 
+    /// 32 raw bytes.
     pub fn bytes32(&mut self, v: &[u8; 32]) -> &mut Self {
         self.raw(v)
     }
@@ -211,6 +268,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
@@ -220,6 +278,7 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -257,30 +316,37 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// One byte; [`DecodeError::Truncated`] at the end of input.
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(what)?[0])
     }
 
+    /// 2 bytes, big-endian.
     pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         self.array(what).map(u16::from_be_bytes)
     }
 
+    /// 4 bytes, big-endian.
     pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
         self.array(what).map(u32::from_be_bytes)
     }
 
+    /// 8 bytes, big-endian.
     pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         self.array(what).map(u64::from_be_bytes)
     }
 
+    /// 16 bytes, big-endian.
     pub fn u128(&mut self, what: &'static str) -> Result<u128, DecodeError> {
         self.array(what).map(u128::from_be_bytes)
     }
 
+    /// 16 bytes, big-endian two's complement.
     pub fn i128(&mut self, what: &'static str) -> Result<i128, DecodeError> {
         self.array(what).map(i128::from_be_bytes)
     }
 
+    /// `0x00` or `0x01`; any other byte is [`DecodeError::NonCanonical`].
     pub fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
         let at = self.pos;
         match self.u8(what)? {
@@ -290,6 +356,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// 32 raw bytes.
     pub fn bytes32(&mut self, what: &'static str) -> Result<[u8; 32], DecodeError> {
         self.array(what)
     }
@@ -347,7 +414,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reads the version byte and checks it.
+    /// Reads the version byte and checks it ([`DecodeError::WrongVersion`]).
     pub fn version(&mut self, expected: u8) -> Result<u8, DecodeError> {
         let got = self.u8("version")?;
         if got != expected {
@@ -356,7 +423,8 @@ impl<'a> Reader<'a> {
         Ok(got)
     }
 
-    /// Reads a config digest and, when the caller expects one, checks it.
+    /// Reads a config digest and, when the caller expects one, checks it
+    /// ([`DecodeError::WrongConfigDigest`]).
     pub fn config_digest(
         &mut self,
         expected: Option<&ConfigDigest>,
@@ -410,8 +478,10 @@ impl<'a> Reader<'a> {
 
 /// A value with one canonical encoding.
 pub trait Encode {
+    /// Appends the value's canonical encoding to `w`.
     fn encode(&self, w: &mut Writer);
 
+    /// The value's canonical encoding.
     fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new();
         self.encode(&mut w);
@@ -424,6 +494,7 @@ pub trait Decode: Sized {
     /// Name used in errors (e.g. "observation").
     const WHAT: &'static str;
 
+    /// Reads one value from `r`, leaving `r` after it; trailing bytes are the caller's business.
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
 
     /// Decodes a whole buffer: trailing bytes are an error.

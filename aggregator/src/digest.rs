@@ -11,6 +11,8 @@
 //! domain tag keeps a Sibyl signature from being valid for any other message
 //! the group key might sign (observations, evidence, other protocols).
 
+#![warn(missing_docs)]
+
 use crate::encoding::{HEADER_ABI_LEN, WORD, encode_header};
 use crate::report::ReportHeader;
 use sha3::{Digest, Keccak256};

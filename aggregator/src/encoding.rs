@@ -16,6 +16,8 @@
 //! write (e.g. an `int256` outside the `i128` range, a `uint16` with high bits
 //! set) is rejected as non-canonical, so every value has exactly one encoding.
 
+#![warn(missing_docs)]
+
 use crate::codec::DecodeError;
 use crate::report::{ConfigDigest, FeedId, ReportHeader, ReportLeaf};
 

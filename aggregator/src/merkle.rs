@@ -14,6 +14,8 @@
 //!
 //! Building the tree is O(n): n leaf hashes and at most n-1 node hashes.
 
+#![warn(missing_docs)]
+
 use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use crate::encoding::encode_leaf;
 use crate::report::{PROTOCOL_VERSION, ReportLeaf};
@@ -76,10 +78,12 @@ pub struct MerkleTree {
 }
 
 impl MerkleTree {
+    /// The tree over `leaves`, which must already be in ascending feed-id order.
     pub fn new(leaves: &[ReportLeaf]) -> Self {
         Self::from_hashes(leaves.iter().map(leaf_hash).collect())
     }
 
+    /// The tree over precomputed leaf hashes ([`leaf_hash`]), in leaf order.
     pub fn from_hashes(hashes: Vec<[u8; 32]>) -> Self {
         let mut levels = vec![hashes];
         while let Some(last) = levels.last().filter(|l| l.len() > 1) {
@@ -96,10 +100,12 @@ impl MerkleTree {
         Self { levels }
     }
 
+    /// Number of leaves.
     pub fn leaf_count(&self) -> usize {
         self.levels[0].len()
     }
 
+    /// The root, the same as [`root`]: `bytes32(0)` for zero leaves.
     pub fn root(&self) -> [u8; 32] {
         match self.levels.last().and_then(|l| l.first()) {
             Some(r) if self.leaf_count() > 0 => *r,
@@ -107,7 +113,8 @@ impl MerkleTree {
         }
     }
 
-    /// The proof for leaf `index`.
+    /// The proof for leaf `index`: [`MerkleError::IndexOutOfRange`] past the last leaf,
+    /// [`MerkleError::TooManyLeaves`] above [`MAX_LEAVES`].
     pub fn proof(&self, index: usize) -> Result<MerkleProof, MerkleError> {
         let count = self.leaf_count();
         if index >= count {
@@ -182,12 +189,23 @@ pub struct MerkleProof {
     pub siblings: Vec<[u8; 32]>,
 }
 
+/// Why a proof cannot be produced.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MerkleError {
+    /// The leaf index is not below the number of leaves.
     #[error("leaf index {index} is out of range for a report of {count} leaves")]
-    IndexOutOfRange { index: usize, count: usize },
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// Number of leaves in the tree.
+        count: usize,
+    },
+    /// The tree has more than [`MAX_LEAVES`] leaves, more than a report may hold.
     #[error("a report holds at most {MAX_LEAVES} leaves, this one has {count}")]
-    TooManyLeaves { count: usize },
+    TooManyLeaves {
+        /// Number of leaves in the tree.
+        count: usize,
+    },
 }
 
 /// Wire form: `u8 version ‖ u32 leafIndex ‖ u32 leafCount ‖ u32 n ‖ n × bytes32`.

@@ -4,6 +4,8 @@
 //! Shared vocabulary of the crate. The canonical encoding, the Merkle tree and
 //! the signed digest live in `encoding`, `merkle` and `digest`.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -36,6 +38,7 @@ pub type Price = i128;
 /// One feed's entry in a report: a Merkle leaf.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportLeaf {
+    /// The feed this leaf reports; hashed as its right-zero-padded `bytes32`.
     pub feed_id: FeedId,
     /// Aggregate (median of attributed observations), fixed point with the feed's decimals.
     pub price: Price,
@@ -45,16 +48,23 @@ pub struct ReportLeaf {
     pub confidence: u128,
     /// Number of attributed observations the aggregate was computed from.
     pub num_observations: u16,
-    /// Median of the attributed observations' own timestamps.
+    /// Median of the attributed observations' own timestamps, ms since the Unix epoch.
     pub observed_at_ms: TimestampMs,
 }
 
 /// The signed part of a report. Its digest is what FROST signs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportHeader {
+    /// Protocol version, [`PROTOCOL_VERSION`]; a consumer rejects any other
+    /// ([`VerifyError::WrongVersion`](crate::verify::VerifyError::WrongVersion)).
     pub version: u8,
+    /// The committee configuration that produced the report; a consumer accepts
+    /// only its own ([`VerifyError::WrongConfigDigest`](crate::verify::VerifyError::WrongConfigDigest)).
     pub config_digest: ConfigDigest,
+    /// The round that produced the report.
     pub round: Round,
+    /// The leader's clock when it proposed the report, ms since the Unix epoch;
+    /// members refuse a proposal further than the allowed clock skew from theirs.
     pub timestamp_ms: TimestampMs,
     /// Root of the Merkle tree over the leaves, in feed-id order.
     #[serde(with = "hex::serde")]
@@ -74,6 +84,7 @@ pub enum Suite {
 /// A report with its leaves and the committee's threshold signature(s).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedReport {
+    /// The header; the signatures cover its [`crate::digest::header_digest`].
     pub header: ReportHeader,
     /// Leaves in ascending feed-id order (the Merkle tree's leaf order).
     pub leaves: Vec<ReportLeaf>,
@@ -86,17 +97,33 @@ pub struct SignedReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignatureBytes(#[serde(with = "hex::serde")] pub Vec<u8>);
 
+/// Why a string or `bytes32` is not a valid [`FeedId`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FeedIdError {
+    /// The id has no bytes (or the `bytes32` is all zero).
     #[error("feed id is empty")]
     Empty,
+    /// The id is longer than [`FEED_ID_MAX_LEN`] bytes; carries the id.
     #[error("feed id {0:?} is longer than {FEED_ID_MAX_LEN} bytes")]
     TooLong(String),
+    /// The id has a byte outside `[A-Z0-9-_.]`, or a `bytes32` is not a right-zero-padded
+    /// ASCII id (a non-zero byte after the padding); carries the id, lossily decoded.
     #[error("feed id {0:?} has a character outside [A-Z0-9-_.]; write it like `BTC-USD`")]
     BadChar(String),
 }
 
 impl FeedId {
+    /// Checks and wraps an id: 1..=32 bytes of `[A-Z0-9-_.]`, else a [`FeedIdError`].
+    ///
+    /// ```
+    /// use sibyl_aggregator::{FeedId, FeedIdError};
+    ///
+    /// let id = FeedId::new("BTC-USD")?;
+    /// assert_eq!(id.to_bytes32()[..7], *b"BTC-USD");
+    /// assert_eq!(FeedId::new(""), Err(FeedIdError::Empty));
+    /// assert!(matches!(FeedId::new("btc-usd"), Err(FeedIdError::BadChar(_))));
+    /// # Ok::<(), FeedIdError>(())
+    /// ```
     pub fn new(id: impl Into<String>) -> Result<Self, FeedIdError> {
         let id = id.into();
         if id.is_empty() {
@@ -114,6 +141,7 @@ impl FeedId {
         Ok(Self(id))
     }
 
+    /// The id as text, e.g. `"BTC-USD"`.
     pub fn as_str(&self) -> &str {
         &self.0
     }

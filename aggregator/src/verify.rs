@@ -11,6 +11,44 @@
 //!
 //! A consumer needs only the committee's [`GroupKeys`]: the group verifying
 //! key of each ciphersuite it signs with, and the config digest it expects.
+//!
+//! ```
+//! use sibyl_aggregator::verify::{GroupKeys, verify_report};
+//! use sibyl_aggregator::{ConfigDigest, SignedReport, Suite};
+//!
+//! # let json = std::fs::read_to_string(concat!(
+//! #     env!("CARGO_MANIFEST_DIR"),
+//! #     "/vectors/report_vectors.json"
+//! # ))?;
+//! # let v: serde_json::Value = serde_json::from_str(&json)?;
+//! # let unhex = |v: &serde_json::Value| {
+//! #     hex::decode(v.as_str().unwrap_or_default().trim_start_matches("0x"))
+//! # };
+//! # let config_digest: [u8; 32] =
+//! #     unhex(&v["cases"][0]["header"]["config_digest"])?.as_slice().try_into()?;
+//! # let ed25519_key = unhex(&v["committee"]["ed25519"]["group_public_key"])?;
+//! # let secp256k1_evm_key = unhex(&v["committee"]["secp256k1_evm"]["group_public_key"])?;
+//! # let wire = unhex(&v["cases"][0]["report_wire"])?;
+//! // What the consumer trusts: the committee's config digest and group keys
+//! // (32-byte Ed25519 point, 33-byte compressed secp256k1 point). `wire` is a
+//! // report's canonical encoding; here, the test vectors' `single-feed` case.
+//! let keys = GroupKeys::new(ConfigDigest(config_digest))
+//!     .with_key_bytes(Suite::Ed25519, &ed25519_key)?
+//!     .with_key_bytes(Suite::Secp256k1Evm, &secp256k1_evm_key)?;
+//!
+//! // Decoding checks the encoding and the committee; verifying checks the rest.
+//! let report = SignedReport::decode_expecting(&wire, &keys.config_digest)?;
+//! let verified = verify_report(&report, &keys)?;
+//! for leaf in &verified.report.leaves {
+//!     // Fixed point with the feed's decimals, which the committee file gives.
+//!     println!("{}: {} ± {}", leaf.feed_id, leaf.price, leaf.confidence);
+//! }
+//! # assert_eq!(verified.suites.len(), 2);
+//! # assert_eq!(verified.report.leaves.len(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
 
 use crate::codec::{
     Decode, DecodeError, Encode, Reader, Writer, decode_header, decode_signatures,
@@ -36,6 +74,8 @@ pub struct GroupKeys {
 }
 
 impl GroupKeys {
+    /// Trust in the committee with `config_digest`, with no group key yet: add at
+    /// least one, or every check fails with [`VerifyError::NoGroupKeys`].
     pub fn new(config_digest: ConfigDigest) -> Self {
         Self {
             config_digest,
@@ -44,18 +84,21 @@ impl GroupKeys {
         }
     }
 
+    /// Requires a valid FROST(Ed25519, SHA-512) signature under `key`.
     pub fn with_ed25519(mut self, key: frost_ed25519::VerifyingKey) -> Self {
         self.ed25519 = Some(key);
         self
     }
 
+    /// Requires a valid FROST(secp256k1, Keccak-256) signature under `key`.
     pub fn with_secp256k1_evm(mut self, key: frost_secp256k1_evm::VerifyingKey) -> Self {
         self.secp256k1_evm = Some(key);
         self
     }
 
     /// Sets a suite's key from its serialized form (32-byte Ed25519 point or
-    /// 33-byte compressed secp256k1 point).
+    /// 33-byte compressed secp256k1 point); [`VerifyError::BadGroupKey`] if the
+    /// bytes are not a valid point.
     pub fn with_key_bytes(mut self, suite: Suite, bytes: &[u8]) -> Result<Self, VerifyError> {
         let bad = |e: String| VerifyError::BadGroupKey { suite, reason: e };
         match suite {
@@ -91,51 +134,104 @@ impl GroupKeys {
 /// Why a report or leaf did not verify.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    /// The header's version is not [`PROTOCOL_VERSION`] (checked first).
     #[error(
         "report version {got} is not supported (expected {expected}); upgrade the consumer or the committee"
     )]
-    WrongVersion { got: u8, expected: u8 },
+    WrongVersion {
+        /// The header's version.
+        got: u8,
+        /// The version this consumer verifies.
+        expected: u8,
+    },
+    /// The header's config digest is not [`GroupKeys::config_digest`]: a report of
+    /// another committee configuration (checked second).
     #[error(
         "report config digest 0x{} is not the expected 0x{}; the report belongs to a different committee configuration",
         hex::encode(got.0),
         hex::encode(expected.0)
     )]
     WrongConfigDigest {
+        /// The header's config digest.
         got: ConfigDigest,
+        /// The consumer's [`GroupKeys::config_digest`].
         expected: ConfigDigest,
     },
+    /// The [`GroupKeys`] hold no key at all, so nothing could be verified.
     #[error("no group key is configured; give at least one ciphersuite's group verifying key")]
     NoGroupKeys,
+    /// [`GroupKeys::with_key_bytes`] was given bytes that are not a group key.
     #[error("invalid {suite:?} group key: {reason}")]
-    BadGroupKey { suite: Suite, reason: String },
+    BadGroupKey {
+        /// The suite the key was for.
+        suite: Suite,
+        /// Why the bytes were refused.
+        reason: String,
+    },
+    /// The report has more than [`MAX_LEAVES`] leaves (checked before any signature).
     #[error("report has {count} leaves, more than the maximum {MAX_LEAVES}")]
-    TooManyLeaves { count: usize },
+    TooManyLeaves {
+        /// Number of leaves in the report.
+        count: usize,
+    },
+    /// Two neighbouring leaves are not in strictly ascending feed-id order (a
+    /// duplicate or misplaced feed); checked after the signatures.
     #[error(
         "leaf {index} ({feed}) is not in strictly ascending feed-id order; leaves must be sorted and unique"
     )]
-    LeavesNotSorted { index: usize, feed: String },
+    LeavesNotSorted {
+        /// Index of the first leaf not above its predecessor.
+        index: usize,
+        /// That leaf's feed id.
+        feed: String,
+    },
+    /// The leaves' Merkle root is not the header's: a leaf was changed, added or dropped.
     #[error(
         "Merkle root mismatch: header says 0x{}, the leaves give 0x{}",
         hex::encode(header),
         hex::encode(computed)
     )]
     RootMismatch {
+        /// The root the header (and so the signatures) commits to.
         header: [u8; 32],
+        /// The root of the report's leaves.
         computed: [u8; 32],
     },
+    /// [`verify_leaf`]: the proof does not place the leaf's hash under the header's
+    /// root (a changed leaf, a proof of another leaf, or a malformed proof).
     #[error("Merkle proof does not place feed {feed} under the header's root")]
-    BadProof { feed: String },
+    BadProof {
+        /// The leaf's feed id.
+        feed: String,
+    },
+    /// No signature for a suite the consumer has a key for.
     #[error("report carries no {suite:?} signature, which the committee's keys require")]
-    MissingSignature { suite: Suite },
+    MissingSignature {
+        /// The suite whose signature is missing.
+        suite: Suite,
+    },
+    /// A signature's bytes do not parse for its suite (wrong length, `R` not a curve
+    /// point, `z` not a scalar).
     #[error("{suite:?} signature is malformed: {reason}")]
-    MalformedSignature { suite: Suite, reason: String },
+    MalformedSignature {
+        /// The suite of the signature.
+        suite: Suite,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A signature parses but is not the committee's over this header's digest: the
+    /// header (round, timestamp, root, ...) or the signature was changed.
     #[error("{suite:?} signature does not verify against the group key for this report's digest")]
-    BadSignature { suite: Suite },
+    BadSignature {
+        /// The suite of the signature that failed.
+        suite: Suite,
+    },
 }
 
 /// A report that passed [`verify_report`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedReport {
+    /// The report, unchanged.
     pub report: SignedReport,
     /// The digest the signatures cover.
     pub digest: [u8; 32],
@@ -146,6 +242,12 @@ pub struct VerifiedReport {
 /// Verifies a whole report: version, config digest, leaf order and count,
 /// Merkle root, and a valid signature for every suite in `keys`. Signatures
 /// for suites `keys` does not configure are ignored.
+///
+/// Returns the first failure in this order: [`VerifyError::WrongVersion`],
+/// [`WrongConfigDigest`](VerifyError::WrongConfigDigest), [`TooManyLeaves`](VerifyError::TooManyLeaves),
+/// the signature errors (Ed25519 before secp256k1-evm), then
+/// [`LeavesNotSorted`](VerifyError::LeavesNotSorted) and [`RootMismatch`](VerifyError::RootMismatch):
+/// a forgery costs one signature check per suite, not a Merkle tree.
 pub fn verify_report(
     report: &SignedReport,
     keys: &GroupKeys,
@@ -182,7 +284,9 @@ pub fn verify_report(
 }
 
 /// Verifies one feed: its leaf is under the header's root (by `proof`) and
-/// the header is signed for every suite in `keys`.
+/// the header is signed for every suite in `keys`. Checks the version and
+/// config digest, then the proof ([`VerifyError::BadProof`]), then the
+/// signatures; returns the signed digest.
 pub fn verify_leaf(
     header: &ReportHeader,
     leaf: &ReportLeaf,
@@ -205,9 +309,13 @@ pub fn verify_leaf(
 /// the feed's leaf, its Merkle proof and the committee's signatures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedLeaf {
+    /// The report's header; the signatures cover its digest.
     pub header: ReportHeader,
+    /// The feed's leaf.
     pub leaf: ReportLeaf,
+    /// Places [`merkle::leaf_hash`] of `leaf` under `header.merkle_root`.
     pub proof: MerkleProof,
+    /// The report's signatures, one per suite.
     pub signatures: BTreeMap<Suite, SignatureBytes>,
 }
 
