@@ -15,15 +15,15 @@
 //!     cargo test -p sibyl --test dashboard_e2e -- --nocapture
 
 use serde_json::{Value, json};
-use sibyl::api::{self, ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
-use sibyl::config::FeedParams;
-use sibyl::margin_svc::{self, DemoSeed, MarginOptions};
-use sibyl::store::{Point, Store, now_ms};
 use sibyl_aggregator::merkle;
 use sibyl_aggregator::{
     ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
     Suite,
 };
+use sibyl_api::{self, ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
+use sibyl_node::config::FeedParams;
+use sibyl_node::margin_svc::{self, DemoSeed, MarginOptions};
+use sibyl_node::store::{Point, Store, now_ms};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -12,13 +12,13 @@
 //! `GET /v1/feeds/{id}/latest` on loopback with `wrk` (Debian's package) or,
 //! without it, a small built-in keep-alive load generator.
 
-use sibyl::api::{self, ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus};
-use sibyl::store::{Point, Store};
 use sibyl_aggregator::merkle;
 use sibyl_aggregator::{
     ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
     Suite,
 };
+use sibyl_api::{self, ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus};
+use sibyl_node::store::{Point, Store};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,10 +1,10 @@
 //! The API's error: an HTTP status plus a JSON body naming the problem.
 
-use crate::store::StoreError;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use sibyl_node::store::StoreError;
 
 /// A failed request: `{"error": {"code": "<code>", "message": "<what to fix>"}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,6 @@
 use super::server::ConnHandle;
 use super::types::{FeedValue, LeafValue};
 use super::{ApiError, ApiState, openapi};
-use crate::store::{Db, HistoryCursor, Point, StoreError, now_ms, retention};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -15,6 +14,7 @@ use axum::{Extension, Json};
 use serde_json::{Value, json};
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::{FeedId, Round, SignedReport, Writer, digest, encoding};
+use sibyl_node::store::{Db, HistoryCursor, Point, StoreError, now_ms, retention};
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};

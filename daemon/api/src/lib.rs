@@ -24,6 +24,7 @@ mod error;
 mod handlers;
 mod limits;
 pub mod margin;
+pub mod node;
 pub mod openapi;
 mod pull;
 mod server;
@@ -32,10 +33,9 @@ mod types;
 pub use error::ApiError;
 pub use handlers::{openmetrics_to_prometheus, round_param};
 pub use limits::{RateLimiter, require_admin};
-pub use pull::{EvmPull, MAX_BATCH_FEEDS};
+pub use pull::{EvmPull, MAX_BATCH_FEEDS, pull_config};
 pub use types::{CommitteeStatus, FeedInfo, MemberStatus};
 
-use crate::store::{Readers, RetentionPolicy, StoreHandle};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -46,6 +46,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sibyl_aggregator::{FeedId, SignedReport};
+use sibyl_node::store::{Readers, RetentionPolicy, StoreHandle};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -89,14 +90,14 @@ pub struct ApiLimits {
 
 impl Default for ApiLimits {
     fn default() -> Self {
-        Self::from_config(&crate::config::ApiSection::default())
+        Self::from_config(&sibyl_node::config::ApiSection::default())
     }
 }
 
 impl ApiLimits {
     /// The limits the node config's `[api]` section sets (its defaults
     /// included), and fixed values for the rest.
-    pub fn from_config(api: &crate::config::ApiSection) -> Self {
+    pub fn from_config(api: &sibyl_node::config::ApiSection) -> Self {
         Self {
             max_body_bytes: 64 * 1024,
             requests_per_second: 100,
@@ -148,7 +149,7 @@ pub struct ApiParts {
     /// registered; the API adds its own (`sibyl_api_*`, `sibyl_db_size_bytes`).
     pub registry: Registry,
     /// The margin engine's service, for `/v1/margin/*`; `None` answers 503.
-    pub margin: Option<crate::margin_svc::MarginHandle>,
+    pub margin: Option<sibyl_node::margin_svc::MarginHandle>,
     pub config: ApiConfig,
 }
 
@@ -263,7 +264,7 @@ struct Inner {
     committee: watch::Receiver<CommitteeStatus>,
     registry: Registry,
     metrics: ApiMetrics,
-    margin: Option<crate::margin_svc::MarginHandle>,
+    margin: Option<sibyl_node::margin_svc::MarginHandle>,
     config: ApiConfig,
     rate: RateLimiter,
     /// Open streams per client IP.

@@ -15,8 +15,6 @@
 //! numbers, and amounts in request bodies must be decimal strings too.
 
 use super::{ApiError, ApiState};
-use crate::margin_svc::{MarginError, MarginHandle};
-use crate::store::MarginEventRow;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -33,6 +31,8 @@ use sibyl_margin::{
     AccountId, Command, EngineError, Event, EventRecord, Greeks, Health, MarginMode, MarketKind,
     Side, Unit,
 };
+use sibyl_node::margin_svc::{MarginError, MarginHandle};
+use sibyl_node::store::MarginEventRow;
 use std::collections::BTreeMap;
 
 const MONEY_DIGITS: u32 = 6;

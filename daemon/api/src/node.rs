@@ -7,12 +7,7 @@
 //! recent round latencies and their phase breakdown (what `sibyl devnet`
 //! and `sibyl bench` read).
 
-use super::{NodeStatus, StatusHandle, percentiles, status_snapshot};
-use crate::api::{
-    ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus,
-};
-use crate::config::Config;
-use crate::store::{Readers, RetentionPolicy, Store};
+use crate::{ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
 use anyhow::{Context, Result};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -21,6 +16,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use sibyl_aggregator::SignedReport;
+use sibyl_node::config::Config;
+use sibyl_node::driver::{NodeStatus, StatusHandle, percentiles, status_snapshot};
+use sibyl_node::store::{Readers, RetentionPolicy, Store};
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 
@@ -41,7 +39,7 @@ struct StatusBody {
     recent_latencies_us: Vec<u64>,
     /// Where the time goes: each phase's offset from the round's start (or
     /// duration), see `node::trace`.
-    phases: Vec<super::trace::PhaseStats>,
+    phases: Vec<sibyl_node::driver::trace::PhaseStats>,
 }
 
 async fn node_status(State(api): State<NodeApi>) -> Json<StatusBody> {
@@ -57,7 +55,7 @@ async fn node_status(State(api): State<NodeApi>) -> Json<StatusBody> {
         phases: status
             .trace
             .as_ref()
-            .map(super::trace::RoundTrace::stats)
+            .map(sibyl_node::driver::trace::RoundTrace::stats)
             .unwrap_or_default(),
         status,
     })
@@ -75,7 +73,7 @@ async fn report(State(api): State<NodeApi>, Path(round): Path<String>) -> Respon
     let found = if round == "latest" {
         api.readers.read(|db| db.latest_report()).await
     } else {
-        match crate::api::round_param(&round) {
+        match crate::round_param(&round) {
             Ok(r) => api.readers.report(r).await,
             Err(e) => return e.into_response(),
         }
@@ -101,7 +99,7 @@ pub fn router(status: StatusHandle, readers: Readers) -> Router {
 /// The committee status the API serves at `/v1/committee`: the driver's
 /// view of every member (see `node::members`).
 pub(crate) fn committee_status(
-    c: &crate::config::Committee,
+    c: &sibyl_node::config::Committee,
     status: &NodeStatus,
 ) -> CommitteeStatus {
     CommitteeStatus {
@@ -135,7 +133,7 @@ pub(crate) fn committee_status(
                 }
             })
             .collect(),
-        updated_at_ms: crate::store::now_ms(),
+        updated_at_ms: sibyl_node::store::now_ms(),
     }
 }
 
@@ -146,13 +144,13 @@ pub async fn serve_if_enabled(
     reports: broadcast::Sender<Arc<SignedReport>>,
     status: StatusHandle,
     registry: prometheus_client::registry::Registry,
-    margin: crate::margin_svc::MarginHandle,
+    margin: sibyl_node::margin_svc::MarginHandle,
     group_keys: &sibyl_aggregator::verify::GroupKeys,
 ) -> Result<()> {
     if !config.node.api.enabled {
         return Ok(());
     }
-    let evm = crate::chain::pull_config(config, group_keys)?;
+    let evm = crate::pull::pull_config(config, group_keys)?;
     let admin_token = config.admin_token()?;
     let feeds = config
         .committee
@@ -211,6 +209,6 @@ pub async fn serve_if_enabled(
         .with_context(|| format!("cannot listen on {addr} for the API; choose another `api.listen` or stop the process using it"))?;
     let node_routes = router(status, store.readers.clone());
     tracing::info!(%addr, "API listening");
-    tokio::spawn(crate::api::serve_with(listener, state, node_routes));
+    tokio::spawn(crate::serve_with(listener, state, node_routes));
     Ok(())
 }

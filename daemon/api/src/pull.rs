@@ -15,8 +15,6 @@
 //! answers a list of updates, oldest report first.
 
 use super::{ApiError, ApiState};
-use crate::chain::abi::{self, AbiError, EvmGroupKey, ProvenLeaf, SUBMIT_FEEDS_SIGNATURE};
-use crate::store::StoreError;
 use alloy_sol_types::SolCall;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -24,6 +22,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 use sibyl_aggregator::{FeedId, Round, SignedReport, digest, encoding, merkle};
+use sibyl_chain::abi::{self, AbiError, EvmGroupKey, ProvenLeaf, SUBMIT_FEEDS_SIGNATURE};
+use sibyl_node::store::StoreError;
 use std::collections::BTreeMap;
 
 /// Most feeds one batch request may name.
@@ -37,6 +37,24 @@ pub struct EvmPull {
     /// SibylFeed's address, `0x...`, if the node knows it (`[chain]`).
     pub contract: Option<String>,
     pub chain_id: Option<u64>,
+}
+
+/// What the API needs for pull payloads: `None` when the committee does not
+/// sign with secp256k1-evm.
+pub fn pull_config(
+    config: &sibyl_node::config::Config,
+    keys: &sibyl_aggregator::verify::GroupKeys,
+) -> anyhow::Result<Option<EvmPull>> {
+    let Some(key) = &keys.secp256k1_evm else {
+        return Ok(None);
+    };
+    let group_key = sibyl_chain::evm_group_key(key)?;
+    let chain = config.node.chain.as_ref();
+    Ok(Some(EvmPull {
+        group_key,
+        contract: chain.map(|c| c.contract.get_ref().to_lowercase()),
+        chain_id: chain.map(|c| c.chain_id),
+    }))
 }
 
 fn hex0x(bytes: impl AsRef<[u8]>) -> String {

@@ -1,13 +1,13 @@
 //! API tests over real HTTP on 127.0.0.1 against a real SQLite store.
 
 use super::*;
-use crate::store::Store;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::{
     ConfigDigest, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, Suite, digest,
 };
+use sibyl_node::store::Store;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -638,4 +638,29 @@ fn intervals_parse() {
     assert!(handlers::parse_interval("m").is_err());
     assert!(handlers::parse_interval("1 m").is_err());
     assert!(handlers::parse_interval("99999999999999999999d").is_err());
+}
+
+#[test]
+fn limits_come_from_the_api_section() {
+    let api: sibyl_node::config::ApiSection = toml::from_str(
+        "request_timeout = \"5s\"\nheader_read_timeout = \"1s500ms\"\nidle_timeout = \"2m\"\nmax_connections = 500\nmax_connections_per_client = 50\nmax_streams = 100\nmax_streams_per_client = 4\n",
+    )
+    .expect("valid [api] section");
+    let limits = ApiLimits::from_config(&api);
+    assert_eq!(limits.request_timeout, Duration::from_secs(5));
+    assert_eq!(limits.header_read_timeout, Duration::from_millis(1500));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        (
+            limits.max_connections,
+            limits.max_connections_per_client,
+            limits.max_streams,
+            limits.max_streams_per_client
+        ),
+        (500, 50, 100, 4)
+    );
+    assert_eq!(
+        ApiLimits::from_config(&sibyl_node::config::ApiSection::default()),
+        ApiLimits::default()
+    );
 }

@@ -10,41 +10,25 @@
 //! ```
 //!
 //! [`devchain`] starts anvil and deploys the contracts for `sibyl devnet --chain`.
+//! The API's pull payloads (`sibyl_api::pull`) use [`abi`]; this crate knows
+//! nothing of the API.
 
 pub mod abi;
 pub mod devchain;
-pub mod devnet;
-pub mod rotation;
 pub mod rpc;
 pub mod transmitter;
 
-use crate::api::EvmPull;
-use crate::config::Config;
 use abi::EvmGroupKey;
 use alloy_primitives::{Address, B256};
 use anyhow::{Context, Result, bail};
 use prometheus_client::registry::Registry;
 use sibyl_aggregator::SignedReport;
 use sibyl_aggregator::verify::GroupKeys;
+use sibyl_node::config::Config;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use transmitter::{ChainMetrics, CheckError, FeedRule, Schedule, Settings, Transmitter};
-
-/// What the API needs for pull payloads: `None` when the committee does not
-/// sign with secp256k1-evm.
-pub fn pull_config(config: &Config, keys: &GroupKeys) -> Result<Option<EvmPull>> {
-    let Some(key) = &keys.secp256k1_evm else {
-        return Ok(None);
-    };
-    let group_key = evm_group_key(key)?;
-    let chain = config.node.chain.as_ref();
-    Ok(Some(EvmPull {
-        group_key,
-        contract: chain.map(|c| c.contract.get_ref().to_lowercase()),
-        chain_id: chain.map(|c| c.chain_id),
-    }))
-}
 
 /// The contract's view of a secp256k1-evm group key.
 pub fn evm_group_key(key: &frost_secp256k1_evm::VerifyingKey) -> Result<EvmGroupKey> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use libp2p::identity::Keypair;
-use sibyl::net::{Limits, Member, Net, NetConfig, NetEvent};
+use sibyl_node::net::{Limits, Member, Net, NetConfig, NetEvent};
 
 fn committee(n: u16) -> Vec<(Keypair, Member)> {
     (1..=n)

@@ -12,7 +12,7 @@
 
 use crate::config::{Committee, ConfigError, NodeConfig};
 use crate::dkg::DkgMessage;
-use crate::node::transport::Envelope;
+use crate::driver::transport::Envelope;
 use frost_core::keys::dkg::{round1, round2};
 use frost_ed25519::Ed25519Sha512;
 use frost_secp256k1_evm::Secp256K1Keccak256;
@@ -70,7 +70,7 @@ pub fn fuzz_catchup(data: &[u8]) {
         Ok(e @ Envelope::CatchupReply { .. }) => {
             assert_eq!(e.encode(), wire, "non-canonical catch-up reply accepted");
             if let Envelope::CatchupReply { reports, .. } = e {
-                assert!(reports.len() <= usize::from(crate::node::transport::CATCHUP_PAGE));
+                assert!(reports.len() <= usize::from(crate::driver::transport::CATCHUP_PAGE));
                 for r in &reports {
                     sibyl_aggregator::fuzz::fuzz_verified_report(r);
                 }
@@ -194,8 +194,8 @@ mod tests {
     use sibyl_aggregator::{Encode, fuzz::fixture};
     use std::collections::BTreeMap;
 
-    const COMMITTEE_TOML: &str = include_str!("../../deploy/examples/committee.toml");
-    const NODE_TOML: &str = include_str!("../../deploy/examples/node.toml");
+    const COMMITTEE_TOML: &str = include_str!("../../../deploy/examples/committee.toml");
+    const NODE_TOML: &str = include_str!("../../../deploy/examples/node.toml");
 
     /// Valid inputs per target of `daemon/fuzz` (target name, input).
     fn seeds() -> Vec<(&'static str, Vec<u8>)> {

@@ -754,6 +754,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result.map_err(io_err)
 }
 
+/// The key passphrase node.toml's `[keys]` names (environment or file).
+pub fn passphrase(config: &crate::config::Config) -> anyhow::Result<Passphrase> {
+    let keys = &config.node.keys;
+    if let Some(var) = &keys.passphrase_env {
+        return Ok(Passphrase::from_env(var.get_ref())?);
+    }
+    if let Some(file) = &keys.passphrase_file {
+        return Ok(Passphrase::from_file(&config.resolve(file.get_ref()))?);
+    }
+    anyhow::bail!(
+        "no key passphrase configured; set keys.passphrase_env or keys.passphrase_file in node.toml"
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -1,19 +1,11 @@
-//! `sibyl replay --db node.sqlite`: re-run the margin engine's stored inputs
-//! through a fresh [`Engine`] and compare, event by event, with the stored
-//! events. Exits non-zero at the first divergence.
+//! Re-run the margin engine's stored inputs through a fresh [`Engine`] and
+//! compare, event by event, with the stored events (`sibyl replay`, and the
+//! margin service's tests).
 
 use crate::store::Db;
 use anyhow::{Context, Result, bail};
 use sibyl_margin::{Engine, EventRecord, Input};
-use std::path::{Path, PathBuf};
-
-/// Arguments of `sibyl replay`.
-#[derive(Debug, clap::Args)]
-pub struct ReplayArgs {
-    /// The node's SQLite database (opened read-only).
-    #[arg(long)]
-    pub db: PathBuf,
-}
+use std::path::Path;
 
 /// What a replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,33 +103,4 @@ pub fn replay_db(path: &Path) -> Result<ReplayReport> {
         insurance_fund: engine.insurance_fund(),
         divergence,
     })
-}
-
-/// `sibyl replay` entry point.
-pub fn run(args: ReplayArgs) -> Result<()> {
-    let r = replay_db(&args.db)?;
-    println!(
-        "replayed {} inputs; {} stored events; insurance fund {} USD",
-        r.inputs,
-        r.events,
-        crate::api::margin::decimal(r.insurance_fund, 6)
-    );
-    match r.divergence {
-        None => {
-            println!("OK: every event matches");
-            Ok(())
-        }
-        Some(d) => {
-            println!("DIVERGENCE at event seq {}", d.seq);
-            println!(
-                "  expected (stored): {}",
-                d.expected.as_deref().unwrap_or("<none>")
-            );
-            println!(
-                "  got (replayed):    {}",
-                d.got.as_deref().unwrap_or("<none>")
-            );
-            bail!("replay diverged at event seq {}", d.seq)
-        }
-    }
 }

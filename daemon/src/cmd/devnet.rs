@@ -19,15 +19,21 @@
 //! member with SIGTERM, then prints each member's round latency, CPU time
 //! and peak RSS.
 
-use crate::config::{Committee, parse_duration};
-use crate::keystore::{KdfParams, KeyPaths, Keystore, Passphrase, write_atomic};
 use anyhow::{Context, Result, bail};
 use libp2p::identity::Keypair;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use sibyl_node::config::{Committee, parse_duration};
+use sibyl_node::keystore::{KdfParams, KeyPaths, Keystore, Passphrase, write_atomic};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod chain;
+pub mod file;
+pub mod http;
+
+pub use file::{ChainInfo, DevnetFile, DevnetMember};
+pub use http::http_get;
 
 /// Arguments of `sibyl devnet`.
 #[derive(Debug, clap::Args)]
@@ -83,42 +89,6 @@ impl DevnetArgs {
     pub fn sim_exchange(&self) -> bool {
         !self.builtin_source
     }
-}
-
-/// One member in `devnet.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DevnetMember {
-    pub index: u16,
-    pub peer_id: String,
-    pub p2p_address: String,
-    pub api_url: String,
-    /// Process id; `None` with `--setup-only` and once the member exited.
-    pub pid: Option<u32>,
-    pub config: PathBuf,
-    pub db: PathBuf,
-    pub log: PathBuf,
-    /// How the member's process ended while the devnet ran, e.g.
-    /// `pid 1234: signal: 9 (SIGKILL)`; absent while it runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exited: Option<String>,
-}
-
-/// `DIR/devnet.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DevnetFile {
-    pub committee: PathBuf,
-    pub threshold: u16,
-    pub config_digest: String,
-    /// Group public key (FROST Ed25519), hex.
-    pub group_key: String,
-    pub suite: String,
-    /// The simulated exchange's base URL (absent with `--builtin-source`).
-    #[serde(default)]
-    pub sim_exchange: Option<String>,
-    /// The chain and the deployed contracts (with `--chain`).
-    #[serde(default)]
-    pub chain: Option<crate::chain::devnet::ChainInfo>,
-    pub members: Vec<DevnetMember>,
 }
 
 fn free_port() -> Result<u16> {
@@ -316,7 +286,7 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         let node_toml = node_toml + &margin_section(&node_dir, args.demo_accounts)?;
         std::fs::write(&m.config, node_toml)
             .with_context(|| format!("cannot write {}", m.config.display()))?;
-        crate::config::Config::load(&m.config)?; // the same validation `sibyl run` does
+        sibyl_node::config::Config::load(&m.config)?; // the same validation `sibyl run` does
     }
     Ok(DevnetFile {
         committee: committee_path,
@@ -446,50 +416,6 @@ pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     Some(((utime + stime) as f64 / 100.0, hwm))
 }
 
-/// Plain HTTP GET on loopback (no TLS), returning the body.
-pub fn http_get(url: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
-    let mut s =
-        std::net::TcpStream::connect(host).with_context(|| format!("cannot connect to {host}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        bail!("{url} answered {status}: {body}");
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || after.len() < n {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = after[n..].trim_start_matches("\r\n");
-        }
-        return Ok(out);
-    }
-    Ok(body.to_string())
-}
-
 fn terminate(pid: u32) {
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -508,7 +434,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     let dir = args.dir.canonicalize()?;
     // Held until the devnet stops: dropping it stops the anvil it started.
     let chain = if args.chain {
-        Some(crate::chain::devnet::prepare(
+        Some(chain::prepare(
             &dir,
             &mut file,
             args.chain_rpc_url.as_deref(),
@@ -638,7 +564,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     println!("ran for {:.1}s", started.elapsed().as_secs_f64());
     summary(&file, started.elapsed(), args.interval);
     if chain.is_some() {
-        crate::chain::devnet::summary(&file);
+        chain::summary(&file);
     }
     for (c, _) in children.iter().zip(&gone).filter(|(_, g)| !**g) {
         terminate(c.id());
@@ -749,7 +675,7 @@ pub fn summary(file: &DevnetFile, elapsed: Duration, interval: Duration) {
         let rounds = (elapsed.as_secs_f64() / interval.as_secs_f64().max(1e-3)).max(1.0);
         let runq_us = m
             .pid
-            .and_then(crate::node::trace::runqueue_wait_ns)
+            .and_then(sibyl_node::driver::trace::runqueue_wait_ns)
             .map_or(0.0, |ns| ns as f64 / 1000.0 / rounds);
         println!(
             "{:>6}  {:>11}  {:>9}us  {:>9}us  {:>7}  {:>6.2}  {:>6.2}  {:>6} MiB  {:>13.0}us",
@@ -765,7 +691,7 @@ pub fn summary(file: &DevnetFile, elapsed: Duration, interval: Duration) {
         );
         statuses.extend(status);
     }
-    crate::node::trace::print_phases(&statuses);
+    sibyl_node::driver::trace::print_phases(&statuses);
 }
 
 #[cfg(test)]

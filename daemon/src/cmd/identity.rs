@@ -2,9 +2,9 @@
 //! first step of joining a committee. The key is written encrypted at rest
 //! (mode 0600) through the key store; its PeerId goes into the committee file.
 
-use crate::keystore::{Keystore, Passphrase};
 use anyhow::{Context, bail};
 use libp2p::{PeerId, identity::Keypair};
+use sibyl_node::keystore::{Keystore, Passphrase};
 use std::path::PathBuf;
 
 /// Arguments of `sibyl identity`.

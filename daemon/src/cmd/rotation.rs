@@ -14,14 +14,14 @@
 //! ceremony in which every member signs with its own share where it runs is
 //! not implemented.)
 
-use super::abi::{EvmGroupKey, ISibylFeed, Signature};
-use crate::config::{Committee, Config};
-use crate::keystore::Keystore;
 use alloy_primitives::{B256, U256};
 use alloy_sol_types::{SolCall, SolValue};
 use anyhow::{Context, Result, bail};
 use frost_secp256k1_evm::Secp256K1Keccak256 as Evm;
 use sha3::{Digest, Keccak256};
+use sibyl_chain::abi::{EvmGroupKey, ISibylFeed, Signature};
+use sibyl_node::config::{Committee, Config};
+use sibyl_node::keystore::Keystore;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -119,8 +119,8 @@ pub fn sign_rotation(
     if bytes.len() != 65 {
         bail!("a secp256k1-evm signature is 65 bytes, got {}", bytes.len());
     }
-    let (rx, ry) = super::abi::affine(&bytes[..33]).context("signature R is not a point")?;
-    let current_key = super::evm_group_key(public.verifying_key())?;
+    let (rx, ry) = sibyl_chain::abi::affine(&bytes[..33]).context("signature R is not a point")?;
+    let current_key = sibyl_chain::evm_group_key(public.verifying_key())?;
     let signature = Signature {
         groupKeyX: U256::from_be_bytes(current_key.x),
         rx: U256::from_be_bytes(rx),
@@ -181,7 +181,7 @@ pub fn run(args: RotationArgs) -> Result<()> {
             .read_public_key_package::<Evm>(&digest)
             .with_context(|| format!("{}: no secp256k1-evm public key package", path.display()))?;
         let kp = store
-            .read_key_package::<Evm>(&digest, &crate::node::run::passphrase(&config)?)
+            .read_key_package::<Evm>(&digest, &sibyl_node::keystore::passphrase(&config)?)
             .with_context(|| {
                 format!(
                     "{}: cannot open its secp256k1-evm key share",
@@ -241,7 +241,7 @@ mod tests {
         let old = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("old keys");
         let new = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("new keys");
         let new_key =
-            crate::chain::evm_group_key(new.public_key_package.verifying_key()).expect("new key");
+            sibyl_chain::evm_group_key(new.public_key_package.verifying_key()).expect("new key");
         let shares: Vec<_> = old.key_packages.values().take(3).cloned().collect();
         let signed = sign_rotation(&old.public_key_package, &shares, [1; 32], [2; 32], &new_key)
             .expect("signed");
@@ -266,7 +266,7 @@ mod tests {
     fn fewer_shares_than_the_threshold_do_not_sign() {
         let mut rng = rand::rngs::OsRng;
         let old = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("old keys");
-        let key = crate::chain::evm_group_key(old.public_key_package.verifying_key()).expect("k");
+        let key = sibyl_chain::evm_group_key(old.public_key_package.verifying_key()).expect("k");
         let shares: Vec<_> = old.key_packages.values().take(2).cloned().collect();
         assert!(sign_rotation(&old.public_key_package, &shares, [1; 32], [2; 32], &key).is_err());
     }

@@ -9,16 +9,17 @@
 //!                                         └─► Driver::run (the one event loop)
 //! ```
 
-use super::transport::{Transport, TransportEvent};
-use super::{Driver, DriverParts, ReportSink, StatusHandle, observed, restore_from, source};
-use crate::config::Config;
-use crate::keystore::{Keystore, Passphrase};
-use crate::net::{Limits, Net, NetConfig, NetEvent};
-use crate::store::Store;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use sibyl_aggregator::round::{Node, NodeKeys, SibylSuite};
 use sibyl_aggregator::verify::{GroupKeys, verify_report};
 use sibyl_aggregator::{SignedReport, Suite};
+use sibyl_node::config::Config;
+use sibyl_node::driver::{
+    Driver, DriverParts, ReportSink, StatusHandle, observed, restore_from, source,
+};
+use sibyl_node::keystore::Keystore;
+use sibyl_node::net::{Limits, Net, NetConfig};
+use sibyl_node::store::Store;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,49 +33,6 @@ pub struct RunArgs {
     pub config: PathBuf,
 }
 
-impl Transport for Net {
-    async fn next_event(&mut self) -> TransportEvent {
-        match Net::next_event(self).await {
-            NetEvent::Message { from, bytes } => TransportEvent::Message { from, bytes },
-            NetEvent::Report { from, bytes } => TransportEvent::Report { from, bytes },
-            NetEvent::PeerConnected(p) => TransportEvent::PeerConnected(p),
-            NetEvent::PeerDisconnected(p) => TransportEvent::PeerDisconnected(p),
-            NetEvent::Dropped { reason, .. } => TransportEvent::Dropped {
-                reason: reason.as_str(),
-            },
-        }
-    }
-
-    fn send(&mut self, to: u16, bytes: Vec<u8>) -> Result<(), String> {
-        Net::send(self, to, bytes).map_err(|e| e.to_string())
-    }
-
-    fn broadcast(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        Net::broadcast(self, bytes).map_err(|e| e.to_string())
-    }
-
-    fn publish_report(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        Net::publish_report(self, bytes).map_err(|e| e.to_string())
-    }
-
-    fn flush(&mut self) {
-        Net::flush(self);
-    }
-
-    fn last_seen_ms(&self) -> std::collections::BTreeMap<u16, u64> {
-        let now = std::time::Instant::now();
-        let now_ms = crate::store::now_ms();
-        self.last_seen()
-            .iter()
-            .map(|(&index, &at)| {
-                let ago = u64::try_from(now.saturating_duration_since(at).as_millis())
-                    .unwrap_or(u64::MAX);
-                (index, now_ms.saturating_sub(ago))
-            })
-            .collect()
-    }
-}
-
 /// Installs the tracing subscriber: `RUST_LOG` or `log.level`; JSON when
 /// stderr is not a terminal (or `log.format = "json"`).
 pub fn init_logging(config: &Config) {
@@ -83,9 +41,9 @@ pub fn init_logging(config: &Config) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(config.node.log.level.get_ref()))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = match config.node.log.format {
-        crate::config::LogFormat::Json => true,
-        crate::config::LogFormat::Text => false,
-        crate::config::LogFormat::Auto => !std::io::stderr().is_terminal(),
+        sibyl_node::config::LogFormat::Json => true,
+        sibyl_node::config::LogFormat::Text => false,
+        sibyl_node::config::LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -101,10 +59,10 @@ pub fn init_logging(config: &Config) {
 pub fn run(args: RunArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     init_logging(&config);
-    crate::priority::set_background_nice(*config.node.node.background_nice.get_ref());
+    sibyl_node::priority::set_background_nice(*config.node.node.background_nice.get_ref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
-        .on_thread_start(crate::priority::enter_background)
+        .on_thread_start(sibyl_node::priority::enter_background)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -172,20 +130,6 @@ pub async fn run_node(
     }
 }
 
-/// The key passphrase node.toml's `[keys]` names (environment or file).
-pub(crate) fn passphrase(config: &Config) -> Result<Passphrase> {
-    let keys = &config.node.keys;
-    if let Some(var) = &keys.passphrase_env {
-        return Ok(Passphrase::from_env(var.get_ref())?);
-    }
-    if let Some(file) = &keys.passphrase_file {
-        return Ok(Passphrase::from_file(&config.resolve(file.get_ref()))?);
-    }
-    bail!(
-        "no key passphrase configured; set keys.passphrase_env or keys.passphrase_file in node.toml"
-    )
-}
-
 async fn run_suite<C: SibylSuite + Send + 'static>(
     config: Config,
     shutdown: watch::Receiver<bool>,
@@ -196,7 +140,7 @@ where
 {
     let committee = &config.committee;
     let digest = committee.digest;
-    let pass = passphrase(&config)?;
+    let pass = sibyl_node::keystore::passphrase(&config)?;
     let keystore = Keystore::from_config(&config);
     let identity = keystore.read_identity(&pass)?;
     let peer_id = identity.public().to_peer_id();
@@ -249,7 +193,7 @@ where
 
     let validator_keys = group_keys.clone();
     let api_group_keys = group_keys.clone();
-    let validator: crate::net::ReportValidator = Arc::new(move |bytes: &[u8]| {
+    let validator: sibyl_node::net::ReportValidator = Arc::new(move |bytes: &[u8]| {
         SignedReport::decode_expecting(bytes, &digest)
             .ok()
             .is_some_and(|r| verify_report(&r, &validator_keys).is_ok())
@@ -257,7 +201,7 @@ where
     let net_cfg = &config.node.net;
     let listen = match &net_cfg.listen {
         Some(l) => {
-            crate::config::parse_member_address(l.get_ref()).map_err(|e| anyhow::anyhow!(e))?
+            sibyl_node::config::parse_member_address(l.get_ref()).map_err(|e| anyhow::anyhow!(e))?
         }
         None => me.address.clone(),
     };
@@ -281,7 +225,7 @@ where
         members: committee
             .members
             .iter()
-            .map(|m| crate::net::Member {
+            .map(|m| sibyl_node::net::Member {
                 index: m.index,
                 peer_id: m.peer_id,
                 addr: m.address.clone(),
@@ -313,7 +257,7 @@ where
     let (reports_tx, _) = broadcast::channel::<Arc<SignedReport>>(256);
     let sink = ReportSink::start(store.writer.clone(), reports_tx.clone());
     // The on-chain transmitter pushes the verified reports when node.toml has [chain].
-    let _transmitter = crate::chain::start_transmitter(
+    let _transmitter = sibyl_chain::start_transmitter(
         &config,
         me.index,
         &api_group_keys,
@@ -327,13 +271,13 @@ where
     // (always on; it starts with an empty book unless the store has inputs).
     // Held until the driver stops: dropping the handle stops the service.
     let margin_cfg = &config.node.margin;
-    let margin = crate::margin_svc::start_with(
+    let margin = sibyl_node::margin_svc::start_with(
         &store,
         committee.feeds.clone(),
         reports_tx.subscribe(),
         shutdown.clone(),
-        crate::margin_svc::MarginOptions {
-            demo: (margin_cfg.demo_accounts > 0).then_some(crate::margin_svc::DemoSeed {
+        sibyl_node::margin_svc::MarginOptions {
+            demo: (margin_cfg.demo_accounts > 0).then_some(sibyl_node::margin_svc::DemoSeed {
                 accounts: margin_cfg.demo_accounts,
                 seed: margin_cfg.demo_seed,
             }),
@@ -343,7 +287,7 @@ where
     .context("cannot start the margin engine")?;
     margin.register_metrics(&mut registry);
     #[cfg(feature = "fault-injection")]
-    let node = crate::node::fault::apply(node);
+    let node = sibyl_node::driver::fault::apply(node);
     let driver = Driver::new(
         DriverParts {
             node,
@@ -369,7 +313,7 @@ where
         "member starting"
     );
     on_start(status.clone());
-    super::api::serve_if_enabled(
+    sibyl_api::node::serve_if_enabled(
         &config,
         store,
         reports_tx,
@@ -398,7 +342,7 @@ where
     // Its blocking pool (the observation record's fsync) is background work;
     // the thread that drives the runtime is not.
     let rt = tokio::runtime::Builder::new_current_thread()
-        .on_thread_start(crate::priority::enter_background)
+        .on_thread_start(sibyl_node::priority::enter_background)
         .enable_all()
         .build()
         .context("cannot start the round driver's runtime")?;

@@ -157,7 +157,7 @@ pub async fn verify(args: &VerifyArgs) -> Result<Outcome> {
         bail!("say which key to verify against: --group-key HEX or --keys FILE");
     };
     if let Some(c) = &args.committee {
-        let committee = crate::config::Committee::load(c)?;
+        let committee = sibyl_node::config::Committee::load(c)?;
         digest = Some(committee.digest);
     } else if let Some(d) = &args.config_digest {
         digest = Some(parse_digest(d)?);

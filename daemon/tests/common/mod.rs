@@ -1,7 +1,7 @@
 //! Helpers shared by the tests that run real `sibyl` processes.
 #![allow(dead_code)] // each test file uses its own subset
 
-use sibyl::devnet::{DevnetFile, http_get};
+use sibyl::cmd::devnet::{DevnetFile, http_get};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -12,10 +12,10 @@
 //! `CLOCK_MONOTONIC` real, so tokio's timers and `Instant` are unaffected;
 //! `FAKETIME_NO_CACHE=1` makes it read `FAKETIME` without its 10 s cache.
 
-mod common;
+use crate::common;
 
 use common::{Members, accepted, last_round, sibyl, spawn, spawn_cmd, terminate, wait_for};
-use sibyl::devnet::http_get;
+use sibyl::cmd::devnet::http_get;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -5,10 +5,10 @@
 //! inputs as the others'. Also: a process whose identity is not in
 //! the committee is refused.
 
-mod common;
+use crate::common;
 
 use common::{Members, accepted, last_round, sample, sibyl, spawn, terminate, wait_for};
-use sibyl::devnet::http_get;
+use sibyl::cmd::devnet::http_get;
 use std::process::{Command, Stdio};
 
 #[test]
@@ -92,12 +92,12 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
     // wherever a ledger entry and a stored report share a round, the ledger
     // holds that report's digest.
     let mut checked = 0;
-    let reports_1 = sibyl::store::Db::open_read_only(&file.members[0].db)
+    let reports_1 = sibyl_node::store::Db::open_read_only(&file.members[0].db)
         .unwrap()
         .reports_after(0, 1_000_000)
         .unwrap();
     for m in &file.members {
-        let db = sibyl::store::Db::open_read_only(&m.db).unwrap();
+        let db = sibyl_node::store::Db::open_read_only(&m.db).unwrap();
         let reports = db.reports_after(0, 1_000_000).unwrap();
         assert!(!reports.is_empty(), "member {} stored nothing", m.index);
         for r in &reports {
@@ -137,7 +137,7 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
     }
     assert!(checked >= 4, "{checked}");
     // Member 4's database holds the report of a round it was down for.
-    let db4 = sibyl::store::Db::open_read_only(&file.members[3].db).unwrap();
+    let db4 = sibyl_node::store::Db::open_read_only(&file.members[3].db).unwrap();
     assert!(db4.report(missed).unwrap().is_some());
 
     // Margin: every member's engine took the demo book and the reports in
@@ -148,7 +148,7 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
         .members
         .iter()
         .map(|m| {
-            let db = sibyl::store::Db::open_read_only(&m.db).unwrap();
+            let db = sibyl_node::store::Db::open_read_only(&m.db).unwrap();
             let inputs = db.margin_inputs().unwrap();
             let events = db.margin_events_from(0, 1 << 40).unwrap();
             (

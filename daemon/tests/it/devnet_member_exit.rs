@@ -3,9 +3,9 @@
 //! keeps running and the other members keep signing; Ctrl-C then stops the
 //! rest cleanly. Real processes, real sockets.
 
-mod common;
+use crate::common;
 
-use sibyl::devnet::DevnetFile;
+use sibyl::cmd::devnet::DevnetFile;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

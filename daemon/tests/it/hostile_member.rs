@@ -3,11 +3,11 @@
 //! member's real identity key) and sends garbage and oversized messages.
 //! Member 1 drops and counts every one of them (`/metrics`) and keeps signing.
 
-mod common;
+use crate::common;
 
 use common::{Members, last_round, spawn, wait_for};
-use sibyl::devnet::http_get;
-use sibyl::net::{Net, NetConfig};
+use sibyl::cmd::devnet::http_get;
+use sibyl_node::net::{Net, NetConfig};
 use std::time::Duration;
 
 /// Member `api`'s sample `name` (labels included); 0 before its first count.
@@ -34,9 +34,10 @@ fn garbage_and_oversized_messages_from_a_member_are_dropped_and_counted() {
     });
 
     // Member 4, played by this test with member 4's own identity key.
-    let config = sibyl::config::Config::load(&file.members[3].config).expect("member 4 config");
-    let pass = sibyl::keystore::Passphrase::from_config(&config).expect("passphrase");
-    let identity = sibyl::keystore::Keystore::from_config(&config)
+    let config =
+        sibyl_node::config::Config::load(&file.members[3].config).expect("member 4 config");
+    let pass = sibyl_node::keystore::Passphrase::from_config(&config).expect("passphrase");
+    let identity = sibyl_node::keystore::Keystore::from_config(&config)
         .read_identity(&pass)
         .expect("member 4 identity");
     let mut net_config = NetConfig::from_node_config(&config, identity).expect("net config");

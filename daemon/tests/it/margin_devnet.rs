@@ -3,10 +3,10 @@
 //! of it; afterwards `sibyl replay --db` on every member's database finds no
 //! divergence. Real processes, real sockets, real SQLite files.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
-use sibyl::devnet::{DevnetFile, http_get};
+use sibyl::cmd::devnet::{DevnetFile, http_get};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

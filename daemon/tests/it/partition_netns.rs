@@ -22,7 +22,7 @@
 //! `SIBYL_SPLIT_SECS` (e.g. "30 90") changes the 2/2 split lengths;
 //! scripts/bench-partition uses it to print heal times.
 
-mod common;
+use crate::common;
 
 use common::{Members, last_round, require_tool, spawn_cmd, status, terminate, wait_for};
 use std::process::Command;
@@ -368,7 +368,7 @@ fn partitions_2_2_and_3_1_heal_and_the_isolated_member_converges() {
     // isolated member have none: the three skipped them), as member 1 stores
     // them; member 4 must come to hold exactly those.
     let rounds_in = |db: &std::path::Path| -> Vec<u64> {
-        sibyl::store::Db::open_read_only(db)
+        sibyl_node::store::Db::open_read_only(db)
             .and_then(|d| d.reports_after(split_round, 100_000))
             .map(|r| {
                 r.into_iter()
@@ -416,7 +416,7 @@ fn partitions_2_2_and_3_1_heal_and_the_isolated_member_converges() {
         .members
         .iter()
         .map(|m| {
-            sibyl::store::Db::open_read_only(&m.db)
+            sibyl_node::store::Db::open_read_only(&m.db)
                 .unwrap()
                 .reports_after(0, 1_000_000)
                 .unwrap()

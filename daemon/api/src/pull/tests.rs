@@ -2,11 +2,11 @@
 //! protocol's report vectors (real FROST secp256k1-evm signatures).
 
 use super::super::*;
-use crate::chain::abi::{self, EvmGroupKey, submitFeedsCall};
-use crate::store::Store;
 use alloy_sol_types::SolCall;
 use serde_json::Value;
 use sibyl_aggregator::{ConfigDigest, SignedReport, Suite, merkle};
+use sibyl_chain::abi::{self, EvmGroupKey, submitFeedsCall};
+use sibyl_node::store::Store;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -500,8 +500,10 @@ async fn method_not_allowed_and_unknown_routes_answer_json() {
 async fn start_with_node_routes(limits: ApiLimits) -> (Harness, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("node.db")).expect("store");
-    let node_routes =
-        crate::node::api::router(crate::node::StatusHandle::default(), store.readers.clone());
+    let node_routes = crate::node::router(
+        sibyl_node::driver::StatusHandle::default(),
+        store.readers.clone(),
+    );
     (start_with(with_limits(limits), node_routes).await, dir)
 }
 

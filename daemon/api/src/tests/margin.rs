@@ -4,15 +4,15 @@
 //! resulting database.
 
 use super::{Resp, get, http};
-use crate::api::{ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, serve};
-use crate::config::FeedParams;
-use crate::margin_svc::{self, DemoSeed, MarginHandle, MarginOptions};
-use crate::replay::replay_db;
-use crate::store::{Store, now_ms};
+use crate::{ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, serve};
 use serde_json::Value;
 use sibyl_aggregator::merkle;
 use sibyl_aggregator::{ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf};
 use sibyl_aggregator::{SignatureBytes, SignedReport, Suite};
+use sibyl_node::config::FeedParams;
+use sibyl_node::margin_svc::{self, DemoSeed, MarginHandle, MarginOptions};
+use sibyl_node::replay::replay_db;
+use sibyl_node::store::{Store, now_ms};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -240,7 +240,7 @@ async fn demo_book_is_seeded_and_readable() {
         let eq = view[0].health.equity;
         assert_eq!(
             u0["health"]["equity"],
-            crate::api::margin::decimal(eq, 6),
+            crate::margin::decimal(eq, 6),
             "served equity is the engine's, exactly"
         );
     }
@@ -327,7 +327,7 @@ async fn demo_book_is_seeded_and_readable() {
             .engine
             .closest_to_liquidation(10)
             .iter()
-            .map(|r| (r.account, crate::api::margin::decimal(r.health.equity, 6)))
+            .map(|r| (r.account, crate::margin::decimal(r.health.equity, 6)))
             .collect()
     };
     assert_ne!(ids(&risk), direct(&n), "the jump moved the ranking");

@@ -3,8 +3,8 @@
 //! daemon/tests/chain_anvil.rs).
 
 use super::*;
-use crate::chain::abi::{submitFeedsCall, submitReportCall};
-use crate::chain::rpc::Receipt;
+use crate::abi::{submitFeedsCall, submitReportCall};
+use crate::rpc::Receipt;
 use alloy_primitives::Address;
 use alloy_sol_types::SolCall;
 use serde_json::Value;

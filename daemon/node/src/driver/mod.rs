@@ -29,14 +29,13 @@
 //! members answered "none" for them. Reports from catch-up and from gossip
 //! are verified against the group key before they are stored.
 
-pub mod api;
 pub mod catchup;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod members;
 pub mod metrics;
+mod net_transport;
 pub mod observed;
-pub mod run;
 pub mod source;
 pub mod trace;
 pub mod transport;

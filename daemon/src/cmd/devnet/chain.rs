@@ -8,32 +8,14 @@
 //!               (anvil development key i; key 0 deploys)
 //! ```
 
-use super::abi::EvmGroupKey;
-use super::devchain::{self, ANVIL_KEY_0, ANVIL_KEYS, Anvil, DeployParams};
-use crate::config::Committee;
-use crate::devnet::DevnetFile;
-use crate::keystore::write_atomic;
+use super::file::{ChainInfo, DevnetFile};
+use super::http::http_get;
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use sibyl_chain::abi::EvmGroupKey;
+use sibyl_chain::devchain::{self, ANVIL_KEY_0, ANVIL_KEYS, Anvil, DeployParams};
+use sibyl_node::config::Committee;
+use sibyl_node::keystore::write_atomic;
 use std::path::Path;
-
-/// The chain part of `devnet.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChainInfo {
-    pub rpc_url: String,
-    pub chain_id: u64,
-    /// SibylFeed's address.
-    pub feed: String,
-    /// Feed id -> its SibylAggregatorV3 adapter.
-    pub adapters: BTreeMap<String, String>,
-    /// Gas of each deployment transaction.
-    pub deploy_gas: BTreeMap<String, u64>,
-    /// anvil's process id, when the devnet started it.
-    pub anvil_pid: Option<u32>,
-    /// Delay per member rank in the transmit schedule, ms.
-    pub stagger_ms: u64,
-}
 
 /// A running devnet chain; dropping it stops the anvil it started.
 pub struct DevChain {
@@ -103,7 +85,7 @@ pub fn prepare(dir: &Path, file: &mut DevnetFile, rpc_url: Option<&str>) -> Resu
         text.push_str(&section);
         std::fs::write(&m.config, text)
             .with_context(|| format!("cannot write {}", m.config.display()))?;
-        crate::config::Config::load(&m.config)?;
+        sibyl_node::config::Config::load(&m.config)?;
     }
     let info = ChainInfo {
         rpc_url,
@@ -122,7 +104,7 @@ pub fn prepare(dir: &Path, file: &mut DevnetFile, rpc_url: Option<&str>) -> Resu
 pub fn summary(file: &DevnetFile) {
     println!("member  tx sent  confirmed  failed  replaced  skipped  gas used");
     for m in &file.members {
-        let text = crate::devnet::http_get(&format!("{}/metrics", m.api_url)).unwrap_or_default();
+        let text = http_get(&format!("{}/metrics", m.api_url)).unwrap_or_default();
         let get = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
