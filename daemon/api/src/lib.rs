@@ -31,9 +31,10 @@ mod server;
 mod types;
 
 pub use error::ApiError;
-pub use handlers::{openmetrics_to_prometheus, round_param};
+pub use handlers::round_param;
 pub use limits::{RateLimiter, require_admin};
 pub use pull::{EvmPull, MAX_BATCH_FEEDS, pull_config};
+pub use sibyl_node::driver::metrics::openmetrics_to_prometheus;
 pub use types::{CommitteeStatus, FeedInfo, MemberStatus};
 
 use axum::Router;

@@ -504,8 +504,7 @@ async fn driver_metrics_follow_the_rounds() {
     let status = status_snapshot(&s1);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &h.members[&1].registry).unwrap();
-    // Sample lines read the same in OpenMetrics (what the registry writes)
-    // and in the Prometheus text the API serves.
+    let text = crate::driver::metrics::openmetrics_to_prometheus(&text);
 
     let signed = sample(&text, "sibyl_rounds_signed_total").expect(&text);
     assert!(signed >= 5.0, "{text}");
