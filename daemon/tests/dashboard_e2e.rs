@@ -20,7 +20,7 @@ use sibyl_aggregator::{
     ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
     Suite,
 };
-use sibyl_api::{self, ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
+use sibyl_api::{ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
 use sibyl_node::config::FeedParams;
 use sibyl_node::margin_svc::{self, DemoSeed, MarginOptions};
 use sibyl_node::store::{Point, Store, now_ms};
@@ -472,7 +472,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(api::serve(listener, state));
+    tokio::spawn(sibyl_api::serve(listener, state));
 
     // The "node": a new signed report every 300 ms, stored then published.
     let writer = store.writer.clone();

@@ -17,7 +17,7 @@ use sibyl_aggregator::{
     ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
     Suite,
 };
-use sibyl_api::{self, ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus};
+use sibyl_api::{ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus};
 use sibyl_node::store::{Point, Store};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -207,7 +207,7 @@ async fn main() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(api::serve(listener, state));
+    tokio::spawn(sibyl_api::serve(listener, state));
     let latest_path = format!("/v1/feeds/{}/latest", feed(3));
     let candles_path = format!(
         "/v1/feeds/{}/history?from={}&to={}&interval=1m&limit=10000",

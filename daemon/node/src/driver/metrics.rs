@@ -240,6 +240,38 @@ impl NodeMetrics {
     }
 }
 
+/// prometheus-client writes OpenMetrics, where a counter family `x` has
+/// samples `x_total`. The classic Prometheus text format (what `promtool check
+/// metrics` and every scraper read) names the family `x_total` itself and has
+/// no `# EOF` or `# UNIT` lines.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .filter(|name| !name.ends_with("_total"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,36 +332,4 @@ mod tests {
     fn a_report_from_the_future_is_age_zero() {
         assert_eq!(seconds_since(1_000, 2_000), 0.0);
     }
-}
-
-/// prometheus-client writes OpenMetrics, where a counter family `x` has
-/// samples `x_total`. The classic Prometheus text format (what `promtool check
-/// metrics` and every scraper read) names the family `x_total` itself and has
-/// no `# EOF` or `# UNIT` lines.
-pub fn openmetrics_to_prometheus(text: &str) -> String {
-    let counters: BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .filter(|name| !name.ends_with("_total"))
-        .collect();
-    let mut out = String::with_capacity(text.len() + 16 * counters.len());
-    for line in text.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        match renamed {
-            Some(l) => out.push_str(&l),
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
 }
