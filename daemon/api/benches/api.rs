@@ -1,7 +1,7 @@
 //! Store and API benchmarks of issue 5. Prints figures; never gates CI.
 //!
-//!     cargo bench -p sibyl --bench api            # optimized (slow to build)
-//!     cargo bench -p sibyl --bench api --profile dev
+//!     cargo bench -p sibyl-api --bench api            # optimized (slow to build)
+//!     cargo bench -p sibyl-api --bench api --profile dev
 //!
 //! Environment: `SIBYL_BENCH_POINTS` (default 10,000,000 points, spread over
 //! 10 feeds of one-second points), `SIBYL_BENCH_DIR` (keep the database there

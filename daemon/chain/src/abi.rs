@@ -1,9 +1,9 @@
 //! SibylFeed's ABI (contracts/src/SibylFeed.sol) and the conversion of a
 //! signed report into its calls.
 //!
-//! The types below mirror the contract's structs field for field; the anvil
-//! tests (scripts/test.d/21-contracts-anvil, 22-chain-devnet) submit calldata
-//! built here to the real contract, so a drift fails there.
+//! The bindings are generated from the contract's committed JSON ABI; the
+//! anvil tests (scripts/test.d/21-contracts-anvil, 22-chain) submit calldata
+//! built here to the real contract.
 
 use alloy_primitives::{B256, I256, U256};
 use alloy_sol_types::{SolCall, sol};
@@ -11,63 +11,18 @@ use k256::elliptic_curve::sec1::ToEncodedPoint;
 use sibyl_aggregator::merkle::{self, MerkleError};
 use sibyl_aggregator::{FeedId, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite};
 
-sol! {
-    /// SibylFeed's external interface (contracts/src/SibylFeed.sol).
+sol!(
+    /// SibylFeed's external interface, generated from the ABI that forge
+    /// writes (contracts/abi/SibylFeed.json; scripts/test.d/20-contracts
+    /// checks it against the sources).
     #[derive(Debug, PartialEq, Eq)]
-    interface ISibylFeed {
-        struct ReportHeader {
-            uint8 version;
-            bytes32 configDigest;
-            uint64 round;
-            uint64 timestampMs;
-            bytes32 merkleRoot;
-        }
-        struct ReportMeta {
-            uint8 version;
-            bytes32 configDigest;
-            uint64 round;
-            uint64 timestampMs;
-        }
-        struct Leaf {
-            bytes32 feedId;
-            int256 price;
-            uint256 confidence;
-            uint16 numObservations;
-            uint64 observedAtMs;
-        }
-        struct Signature {
-            uint256 groupKeyX;
-            uint256 rx;
-            uint256 ry;
-            uint256 z;
-        }
+    ISibylFeed,
+    "../../contracts/abi/SibylFeed.json"
+);
 
-        function submitReport(ReportMeta calldata meta, Signature calldata signature, Leaf[] calldata leaves) external;
-        function submitFeeds(ReportHeader calldata header, Signature calldata signature, Leaf[] calldata leaves, bytes32[][] calldata proofs) external;
-        function rotateCommittee(bytes32 newConfigDigest, uint256 newGroupKeyX, uint256 newGroupKeyY, Signature calldata signature) external;
-        function committee() external view returns (bytes32 digest, uint256 keyX, uint8 keyParity);
-        function latestFeed(bytes32 feedId) external view returns (int256 price, uint256 confidence, uint64 timestampMs, uint64 round);
-        function rotationDigest(bytes32 currentConfigDigest, bytes32 newConfigDigest, uint256 newGroupKeyX, uint256 newGroupKeyY) external pure returns (bytes32);
-
-        error UnsupportedVersion(uint8 version);
-        error WrongConfigDigest(bytes32 expected, bytes32 got);
-        error WrongGroupKey(uint256 expectedX, uint256 gotX);
-        error InvalidSignature();
-        error InvalidMerkleProof(bytes32 feedId);
-        error StaleReport(bytes32 feedId, uint64 storedTimestampMs, uint64 reportTimestampMs);
-        error ReportFromFuture(uint64 timestampMs, uint64 blockTimestampMs);
-        error NoLeaves();
-        error ProofCountMismatch(uint256 leaves, uint256 proofs);
-        error ValueOutOfRange(bytes32 feedId);
-        error NoDataPresent(bytes32 feedId);
-        error InvalidGroupKey(uint256 x, uint256 y);
-        error ConfigDigestUnchanged();
-    }
-}
-
-pub use ISibylFeed::{
-    Leaf, ReportHeader as AbiHeader, ReportMeta, Signature, submitFeedsCall, submitReportCall,
-};
+// The JSON ABI names the structs `SibylFeed.*`, so they land in a `SibylFeed` module.
+pub use ISibylFeed::{submitFeedsCall, submitReportCall};
+pub use SibylFeed::{Leaf, ReportHeader as AbiHeader, ReportMeta, Signature};
 
 /// The Solidity signature of the pull function, as a protocol calls it.
 pub const SUBMIT_FEEDS_SIGNATURE: &str = "submitFeeds((uint8,bytes32,uint64,uint64,bytes32),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64)[],bytes32[][])";

@@ -2,7 +2,7 @@
 //! member 2 until it comes out of member 2's `next_event`, and one gossiped
 //! report from member 1 until all of 4 members have it.
 //!
-//!   cargo bench -p sibyl --bench net
+//!   cargo bench -p sibyl-node --bench net
 
 use std::time::{Duration, Instant};
 

@@ -599,7 +599,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
-    /// `tracing` filter, e.g. `"info"` or `"info,sibyl::net=debug"`; `RUST_LOG` overrides it.
+    /// `tracing` filter, e.g. `"info"` or `"info,sibyl_node::net=debug"`; `RUST_LOG` overrides it.
     #[serde(default = "default_level")]
     pub level: Spanned<String>,
     #[serde(default)]
@@ -1627,14 +1627,14 @@ fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
             span(&n.log.level),
             "log.level",
             "field filters (`[span{field=value}]`) are not taken from node.toml",
-            "use a level (error, warn, info, debug, trace) or \"info,sibyl::net=debug\"; set RUST_LOG for field filters",
+            "use a level (error, warn, info, debug, trace) or \"info,sibyl_node::net=debug\"; set RUST_LOG for field filters",
         );
     } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(n.log.level.get_ref()) {
         r.at(
             span(&n.log.level),
             "log.level",
             format!("{:?} is not a log filter: {e}", n.log.level.get_ref()),
-            "use a level (error, warn, info, debug, trace) or \"info,sibyl::net=debug\"",
+            "use a level (error, warn, info, debug, trace) or \"info,sibyl_node::net=debug\"",
         );
     }
 }

@@ -6,6 +6,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Tests that run a committee of `sibyl` processes hold this while they
+/// run, so two committees never share the machine's cores and skew each
+/// other's timing (as separate test binaries they never overlapped).
+pub fn one_committee_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The `sibyl` binary under test.
 pub fn sibyl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sibyl"))

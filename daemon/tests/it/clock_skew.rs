@@ -45,6 +45,7 @@ fn rates(apis: &[&str], window: Duration) -> Vec<f64> {
 
 #[test]
 fn a_member_with_its_clock_off_by_3s_or_30s_costs_under_10_percent_of_reports() {
+    let _committee = crate::common::one_committee_at_a_time();
     assert!(
         Path::new(LIBFAKETIME).exists(),
         "{LIBFAKETIME} is missing: install Debian's `faketime` package (./scripts/setup runs scripts/setup.d/40-faults)"

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
+    let _committee = crate::common::one_committee_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let net_dir = dir.path().join("devnet");
     let file = common::setup_devnet(&net_dir, 4);
@@ -194,6 +195,7 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
 
 #[test]
 fn an_identity_outside_the_committee_is_refused() {
+    let _committee = crate::common::one_committee_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let net_dir = dir.path().join("devnet");
     common::setup_devnet(&net_dir, 4);

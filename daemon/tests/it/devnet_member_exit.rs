@@ -56,6 +56,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn devnet_reports_a_killed_member_and_keeps_the_others_running() {
+    let _committee = crate::common::one_committee_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
     let net_dir = dir.path().join("devnet");
     let stderr_path = dir.path().join("devnet.stderr");

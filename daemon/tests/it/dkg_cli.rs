@@ -71,6 +71,7 @@ fn write_configs(dir: &Path, peer_ids: &[String]) -> Vec<PathBuf> {
 
 #[test]
 fn keygen_then_dkg_across_four_processes() {
+    let _committee = crate::common::one_committee_at_a_time();
     let dir = tempdir();
     let out = sibyl()
         .args([

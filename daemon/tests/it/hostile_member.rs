@@ -18,6 +18,7 @@ fn metric(api: &str, name: &str) -> f64 {
 
 #[test]
 fn garbage_and_oversized_messages_from_a_member_are_dropped_and_counted() {
+    let _committee = crate::common::one_committee_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let net_dir = dir.path().join("devnet");
     let file = common::setup_devnet(&net_dir, 4);

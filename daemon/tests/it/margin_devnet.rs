@@ -51,6 +51,7 @@ impl Drop for Devnet {
 
 #[test]
 fn devnet_seeds_a_book_that_liquidates_and_replays_exactly() {
+    let _committee = crate::common::one_committee_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
     let net_dir = dir.path().join("devnet");
     let mut devnet = Devnet(

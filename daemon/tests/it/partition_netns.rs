@@ -248,6 +248,7 @@ fn margin_events(db: &std::path::Path, upto: u64) -> Vec<(i64, String, String)> 
 
 #[test]
 fn partitions_2_2_and_3_1_heal_and_the_isolated_member_converges() {
+    let _committee = crate::common::one_committee_at_a_time();
     require_tool(
         "ip",
         &["netns", "list"],

@@ -1,49 +1,82 @@
 //! Reading the members' HTTP endpoints (metrics, status) from devnet code
 //! and the tests that drive a devnet.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use std::time::Duration;
 
-/// Plain HTTP GET on loopback (no TLS), returning the body.
+/// HTTP GET returning the body; any answer but 200 is an error.
+///
+/// Synchronous for the devnet's summary and the process tests. The request
+/// runs on a thread of its own with its own runtime, so callers inside an
+/// async context (whose runtime must not block) can use it too.
 pub fn http_get(url: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
-    let mut s =
-        std::net::TcpStream::connect(host).with_context(|| format!("cannot connect to {host}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        bail!("{url} answered {status}: {body}");
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || after.len() < n {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = after[n..].trim_start_matches("\r\n");
+    std::thread::scope(|s| {
+        s.spawn(|| get(url))
+            .join()
+            .map_err(|_| anyhow!("the request to {url} panicked"))?
+    })
+}
+
+fn get(url: &str) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime for an HTTP request")?;
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .context("cannot build an HTTP client")?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .with_context(|| format!("cannot read the answer of {url}"))?;
+        if status != reqwest::StatusCode::OK {
+            bail!("{url} answered {}: {body}", status.as_u16());
         }
-        return Ok(out);
+        Ok(body)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Serves one canned answer on a loopback port.
+    fn serve_once(answer: &'static str) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            s.write_all(answer.as_bytes()).unwrap();
+        });
+        format!("http://{addr}/metrics")
     }
-    Ok(body.to_string())
+
+    #[test]
+    fn returns_the_body_of_a_chunked_200_and_refuses_a_404() {
+        let url = serve_once(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        );
+        assert_eq!(http_get(&url).unwrap(), "hello world");
+        let url = serve_once("HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope");
+        let e = http_get(&url).unwrap_err().to_string();
+        assert!(e.contains("answered 404: nope"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn works_from_inside_a_runtime() {
+        let url = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        assert_eq!(http_get(&url).unwrap(), "ok");
+    }
 }
