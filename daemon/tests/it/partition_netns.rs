@@ -74,6 +74,12 @@ struct Netns {
 
 impl Netns {
     fn cleanup() {
+        let br = format!("sibyl-tf{TAG}br");
+        while run(&[
+            "iptables", "-D", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT",
+        ])
+        .is_ok()
+        {}
         let list = Command::new("ip").args(["netns", "list"]).output();
         if let Ok(out) = list {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -105,6 +111,11 @@ impl Netns {
         must(&["ip", "link", "add", &br, "type", "bridge"]);
         must(&["ip", "addr", "add", &format!("{net}.254/24"), "dev", &br]);
         must(&["ip", "link", "set", &br, "up"]);
+        // With Docker on the host, FORWARD's policy is DROP and bridged
+        // frames pass through it (br_netfilter): let the members' traffic by.
+        must(&[
+            "iptables", "-I", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT",
+        ]);
         for i in 1..=n {
             let (host, inner) = (format!("sibyl-tf{TAG}h{i}"), format!("sibyl-tf{TAG}n{i}"));
             must(&["ip", "netns", "add", &ns(i)]);
