@@ -25,39 +25,39 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  sibyl sim-exchange --listen 127.0.0.1:9100 --scenario flash-crash\n  curl -X POST 127.0.0.1:9100/control/scenario ...   # change faults at runtime (docs/SOURCES.md)"
     )]
-    SimExchange(crate::cmd_sources::SimExchangeArgs),
+    SimExchange(crate::cmd::sources::SimExchangeArgs),
     /// Inspect and benchmark the price sources (`probe`, `bench`).
     #[command(
         after_help = "Example:\n  sibyl sources probe --config /etc/sibyl/node.toml\n  sibyl sources bench"
     )]
-    Sources(crate::cmd_sources::SourcesArgs),
+    Sources(crate::cmd::sources::SourcesArgs),
     /// Make this member's identity key (the first step of joining a committee).
-    Identity(crate::cmd_identity::IdentityArgs),
+    Identity(crate::cmd::identity::IdentityArgs),
     /// Make trusted-dealer keys for a test or devnet committee.
     #[command(
         after_help = "Example:\n  sibyl keygen --dealer --nodes 4 --threshold 3 --out ./keys\n\nFor a real committee use `sibyl identity` and `sibyl dkg` instead."
     )]
-    Keygen(crate::keygen::KeygenArgs),
+    Keygen(crate::cmd::keygen::KeygenArgs),
     /// Run a committee member.
     #[command(
         after_help = "Example:\n  sibyl run --config /etc/sibyl/node.toml\n\nCheck the config first with `sibyl config check --config ...`. SIGTERM stops the node cleanly."
     )]
-    Run(crate::node::run::RunArgs),
+    Run(crate::cmd::run::RunArgs),
     /// Check a signed report against a committee's group key.
     #[command(
         after_help = "Example:\n  sibyl verify http://127.0.0.1:8080/v1/reports/latest --group-key <HEX> --committee committee.toml\n  sibyl verify report.json --keys keys/frost.ed25519.pub.json --config-digest <HEX>"
     )]
-    Verify(crate::verify_cmd::VerifyArgs),
+    Verify(crate::cmd::verify::VerifyArgs),
     /// Run a whole committee on this machine (keys, configs, processes).
     #[command(
         after_help = "Example:\n  sibyl devnet --nodes 4 --duration 60s --dir /tmp/devnet\n\nPrints the dashboard URL and a ready `sibyl verify` command; Ctrl-C stops everything."
     )]
-    Devnet(crate::devnet::DevnetArgs),
+    Devnet(crate::cmd::devnet::DevnetArgs),
     /// Run the distributed key generation ceremony with the committee.
     #[command(
         after_help = "Example:\n  sibyl dkg --config /etc/sibyl/node.toml\n\nEvery member runs it at about the same time; on success it prints the group key."
     )]
-    Dkg(crate::dkg::DkgArgs),
+    Dkg(crate::cmd::dkg::DkgArgs),
     /// Inspect configuration files.
     #[command(after_help = "Example:\n  sibyl config check --config /etc/sibyl/node.toml")]
     #[command(subcommand)]
@@ -67,18 +67,18 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  sibyl simulate --nodes 4 --byzantine 1 --seeds 100 --rounds 20\n  sibyl simulate --nodes 7 --byzantine 2 --seeds 20 --rounds 50 --suite secp256k1-evm"
     )]
-    Simulate(crate::cmd_simulate::SimulateArgs),
+    Simulate(crate::cmd::simulate::SimulateArgs),
     /// Sign the on-chain committee rotation (SibylFeed.rotateCommittee) with
     /// the current committee's secp256k1-evm key shares.
     #[command(
         after_help = "Example:\n  sibyl rotation --member-config old/node-1/node.toml --member-config old/node-2/node.toml \\\n      --member-config old/node-3/node.toml --new-committee new/committee.toml --new-group-key 03ab...\n\nPrints JSON with the signature and ready rotateCommittee calldata (docs/OPERATOR.md, section 6)."
     )]
-    Rotation(crate::chain::rotation::RotationArgs),
+    Rotation(crate::cmd::rotation::RotationArgs),
     /// Re-run the margin engine's stored inputs and compare with its stored events.
     #[command(
         after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n\nExits non-zero and prints the first differing event if the replay diverges."
     )]
-    Replay(crate::replay::ReplayArgs),
+    Replay(crate::cmd::replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,18 +97,20 @@ pub fn main() -> anyhow::Result<()> {
             println!("sibyl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::SimExchange(args) => crate::cmd_sources::sim_exchange(args),
-        Command::Sources(args) => crate::cmd_sources::sources(args),
-        Command::Identity(args) => crate::cmd_identity::run(args),
-        Command::Keygen(args) => crate::keygen::run(args),
-        Command::Run(args) => crate::node::run::run(args),
-        Command::Verify(args) => crate::verify_cmd::run(args),
-        Command::Devnet(args) => crate::devnet::run(args),
-        Command::Dkg(args) => crate::dkg::command(args),
-        Command::Config(ConfigCommand::Check { config }) => crate::config::check_command(&config),
-        Command::Simulate(args) => crate::cmd_simulate::run(args),
-        Command::Replay(args) => crate::replay::run(args),
-        Command::Rotation(args) => crate::chain::rotation::run(args),
+        Command::SimExchange(args) => crate::cmd::sources::sim_exchange(args),
+        Command::Sources(args) => crate::cmd::sources::sources(args),
+        Command::Identity(args) => crate::cmd::identity::run(args),
+        Command::Keygen(args) => crate::cmd::keygen::run(args),
+        Command::Run(args) => crate::cmd::run::run(args),
+        Command::Verify(args) => crate::cmd::verify::run(args),
+        Command::Devnet(args) => crate::cmd::devnet::run(args),
+        Command::Dkg(args) => crate::cmd::dkg::command(args),
+        Command::Config(ConfigCommand::Check { config }) => {
+            crate::cmd::config::check_command(&config)
+        }
+        Command::Simulate(args) => crate::cmd::simulate::run(args),
+        Command::Replay(args) => crate::cmd::replay::run(args),
+        Command::Rotation(args) => crate::cmd::rotation::run(args),
     }
 }
 

@@ -1,22 +1,6 @@
-//! The Sibyl daemon: networking, keys, storage, the round driver, the HTTP
-//! API and the on-chain transmitter around the pure protocol core.
+//! The `sibyl` binary: the command line and one module per subcommand
+//! under [`cmd`]. The node, the chain transmitter and the API are the
+//! crates `sibyl-node`, `sibyl-chain` and `sibyl-api` (docs/ARCHITECTURE.md).
 
-pub mod api;
-pub mod chain;
 pub mod cli;
-pub mod cmd_identity;
-pub mod cmd_simulate;
-pub mod cmd_sources;
-pub mod config;
-pub mod devnet;
-pub mod dkg;
-pub mod fuzz;
-pub mod keygen;
-pub mod keystore;
-pub mod margin_svc;
-pub mod net;
-pub mod node;
-pub mod priority;
-pub mod replay;
-pub mod store;
-pub mod verify_cmd;
+pub mod cmd;

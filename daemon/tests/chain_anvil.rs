@@ -8,11 +8,11 @@
 //!     cargo test -p sibyl --test chain_anvil -- --test-threads 1
 
 use serde_json::Value;
-use sibyl::api::{ApiConfig, ApiParts, ApiState, CommitteeStatus, EvmPull, FeedInfo, serve};
-use sibyl::chain::abi::EvmGroupKey;
-use sibyl::chain::devchain::{self, ANVIL_KEY_0, Anvil, DeployParams};
-use sibyl::store::Store;
 use sibyl_aggregator::{ConfigDigest, FeedId, SignedReport};
+use sibyl_api::{ApiConfig, ApiParts, ApiState, CommitteeStatus, EvmPull, FeedInfo, serve};
+use sibyl_chain::abi::EvmGroupKey;
+use sibyl_chain::devchain::{self, ANVIL_KEY_0, Anvil, DeployParams};
+use sibyl_node::store::Store;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -300,7 +300,7 @@ impl Drop for Devnet {
 }
 
 fn http_json(url: &str) -> Option<Value> {
-    sibyl::devnet::http_get(url)
+    sibyl::cmd::devnet::http_get(url)
         .ok()
         .and_then(|b| serde_json::from_str(&b).ok())
 }
@@ -455,12 +455,11 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
             }
             let input = unhex(tx["input"].as_str().expect("input"));
             let (round, feeds) = if let Ok(c) =
-                <sibyl::chain::abi::submitReportCall as alloy_sol_types::SolCall>::abi_decode(
-                    &input,
-                ) {
+                <sibyl_chain::abi::submitReportCall as alloy_sol_types::SolCall>::abi_decode(&input)
+            {
                 (c.meta.round, c.leaves.len())
             } else if let Ok(c) =
-                <sibyl::chain::abi::submitFeedsCall as alloy_sol_types::SolCall>::abi_decode(&input)
+                <sibyl_chain::abi::submitFeedsCall as alloy_sol_types::SolCall>::abi_decode(&input)
             {
                 (c.header.round, c.leaves.len())
             } else {
@@ -488,7 +487,7 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
     let (mut sent, mut confirmed, mut gas_metric, mut warn_level) = (0u64, 0u64, 0u64, 0u64);
     for m in file["members"].as_array().expect("members") {
         let url = format!("{}/metrics", m["api_url"].as_str().expect("api"));
-        let text = sibyl::devnet::http_get(&url).expect("metrics");
+        let text = sibyl::cmd::devnet::http_get(&url).expect("metrics");
         let metric = |name: &str| -> u64 {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
@@ -675,8 +674,8 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
 /// replacement's receipt settles it and the feeds hold the report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transmitter_replaces_a_stuck_transaction_on_anvil() {
-    use sibyl::chain::rpc::AlloyRpc;
-    use sibyl::chain::transmitter::{ChainMetrics, FeedRule, Schedule, Settings, Transmitter};
+    use sibyl_chain::rpc::AlloyRpc;
+    use sibyl_chain::transmitter::{ChainMetrics, FeedRule, Schedule, Settings, Transmitter};
     use std::sync::Arc;
     use tokio::time::{Duration, Instant};
 

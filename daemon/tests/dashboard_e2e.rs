@@ -15,22 +15,24 @@
 //!     cargo test -p sibyl --test dashboard_e2e -- --nocapture
 
 use serde_json::{Value, json};
-use sibyl::api::{self, ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
-use sibyl::config::FeedParams;
-use sibyl::margin_svc::{self, DemoSeed, MarginOptions};
-use sibyl::store::{Point, Store, now_ms};
+use sibyl::cmd::devnet::http_get;
 use sibyl_aggregator::merkle;
 use sibyl_aggregator::{
     ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
     Suite,
 };
+use sibyl_api::{ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
+use sibyl_node::config::FeedParams;
+use sibyl_node::margin_svc::{self, DemoSeed, MarginOptions};
+use sibyl_node::store::{Point, Store, now_ms};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
+use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
 
 const FEEDS: [(&str, i128); 3] = [("BTC-USD", 60_000), ("ETH-USD", 3_000), ("SOL-USD", 150)];
 const DECIMALS: u32 = 8;
@@ -124,123 +126,29 @@ fn launch_chromium() -> Browser {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("read timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    // DevTools' HTTP server may keep the connection open: read by Content-Length.
-    let mut reader = BufReader::new(s);
-    let mut len = 0usize;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("header line");
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().expect("content-length");
-        }
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).expect("body");
-    String::from_utf8(body).expect("utf8")
-}
-
-/// A minimal WebSocket client (RFC 6455): text frames, client-side masking.
-struct Ws {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
+/// A DevTools WebSocket (tungstenite's blocking client, from tokio-tungstenite).
+struct Ws(WebSocket<MaybeTlsStream<TcpStream>>);
 
 impl Ws {
     fn connect(url: &str) -> Ws {
-        let rest = url.strip_prefix("ws://").expect("ws url");
-        let (host, path) = rest.split_once('/').expect("ws path");
-        let stream = TcpStream::connect(host).expect("connect devtools");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("read timeout");
-        let mut ws = Ws {
-            reader: BufReader::new(stream.try_clone().expect("clone")),
-            stream,
-        };
-        write!(
-            ws.stream,
-            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: c2lieWwtZGFzaGJvYXJkLXQ=\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .expect("handshake");
-        let mut status = String::new();
-        ws.reader.read_line(&mut status).expect("status");
-        assert!(
-            status.contains(" 101 "),
-            "websocket upgrade refused: {status}"
-        );
-        loop {
-            let mut line = String::new();
-            ws.reader.read_line(&mut line).expect("header");
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
+        let (ws, _) = tungstenite::connect(url).expect("websocket upgrade to devtools");
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("read timeout");
         }
-        ws
+        Ws(ws)
     }
 
     fn send(&mut self, text: &str) {
-        let payload = text.as_bytes();
-        let mut frame = vec![0x81u8];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x5a, 0x17, 0xc3, 0x9e];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).expect("send frame");
+        self.0.send(Message::text(text)).expect("send frame");
     }
 
     /// The next complete text message.
     fn recv(&mut self) -> String {
-        let mut message = Vec::new();
         loop {
-            let mut head = [0u8; 2];
-            self.reader.read_exact(&mut head).expect("frame header");
-            let fin = head[0] & 0x80 != 0;
-            let opcode = head[0] & 0x0f;
-            let mut len = u64::from(head[1] & 0x7f);
-            if len == 126 {
-                let mut b = [0u8; 2];
-                self.reader.read_exact(&mut b).expect("len16");
-                len = u64::from(u16::from_be_bytes(b));
-            } else if len == 127 {
-                let mut b = [0u8; 8];
-                self.reader.read_exact(&mut b).expect("len64");
-                len = u64::from_be_bytes(b);
-            }
-            let mut payload = vec![0u8; len as usize];
-            self.reader.read_exact(&mut payload).expect("payload");
-            match opcode {
-                0 | 1 => {
-                    message.extend_from_slice(&payload);
-                    if fin {
-                        return String::from_utf8(message).expect("utf8 message");
-                    }
-                }
-                8 => panic!("devtools closed the connection"),
+            match self.0.read().expect("devtools message") {
+                Message::Text(t) => return t.as_str().to_owned(),
+                Message::Close(_) => panic!("devtools closed the connection"),
                 _ => {} // ping/pong/binary: not used by DevTools
             }
         }
@@ -472,7 +380,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(api::serve(listener, state));
+    tokio::spawn(sibyl_api::serve(listener, state));
 
     // The "node": a new signed report every 300 ms, stored then published.
     let writer = store.writer.clone();
@@ -499,7 +407,10 @@ fn drive_browser(url: &str) {
     let browser = launch_chromium();
     eprintln!("chromium devtools on port {}", browser.port);
     let devtools: SocketAddr = format!("127.0.0.1:{}", browser.port).parse().expect("addr");
-    let targets: Value = serde_json::from_str(&http_get(devtools, "/json/list")).expect("targets");
+    let targets: Value = serde_json::from_str(
+        &http_get(&format!("http://{devtools}/json/list")).expect("GET /json/list"),
+    )
+    .expect("targets");
     let ws_url = targets
         .as_array()
         .and_then(|t| t.iter().find(|t| t["type"] == "page"))

@@ -14,7 +14,7 @@ mod common;
 use common::{
     Members, last_round, report_rate, sample, sibyl, spawn, spawn_cmd, terminate, wait_for,
 };
-use sibyl::devnet::http_get;
+use sibyl::cmd::devnet::http_get;
 use std::time::Duration;
 
 const WINDOW: Duration = Duration::from_secs(20);

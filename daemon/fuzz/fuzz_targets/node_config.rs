@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    sibyl::fuzz::fuzz_node_config(data);
+    sibyl_node::fuzz::fuzz_node_config(data);
 });

@@ -1,10 +1,18 @@
 //! Helpers shared by the tests that run real `sibyl` processes.
 #![allow(dead_code)] // each test file uses its own subset
 
-use sibyl::devnet::{DevnetFile, http_get};
+use sibyl::cmd::devnet::{DevnetFile, http_get};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Tests that run a committee of `sibyl` processes hold this while they
+/// run, so two committees never share the machine's cores and skew each
+/// other's timing (as separate test binaries they never overlapped).
+pub fn one_committee_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The `sibyl` binary under test.
 pub fn sibyl() -> Command {

@@ -1,0 +1,214 @@
+//! Serving the HTTP API next to the round driver.
+//!
+//! The API itself is [`crate::api`]; the node hands it the store's readers,
+//! the stream of stored reports, a committee status it refreshes twice a
+//! second, and its metrics registry. The node adds one route of its own,
+//! `GET /v1/node/status`: this member's driver and protocol counters, its
+//! recent round latencies and their phase breakdown (what `sibyl devnet`
+//! and `sibyl bench` read).
+
+use crate::{ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus, FeedInfo, MemberStatus};
+use anyhow::{Context, Result};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use sibyl_aggregator::SignedReport;
+use sibyl_node::config::Config;
+use sibyl_node::driver::{NodeStatus, StatusHandle, percentiles, status_snapshot};
+use sibyl_node::store::{Readers, RetentionPolicy, Store};
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+#[derive(Clone)]
+struct NodeApi {
+    status: StatusHandle,
+    readers: Readers,
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    #[serde(flatten)]
+    status: NodeStatus,
+    latency_samples: usize,
+    latency_p50_us: Option<u64>,
+    latency_p99_us: Option<u64>,
+    /// Recent round latencies, oldest first, microseconds.
+    recent_latencies_us: Vec<u64>,
+    /// Where the time goes: each phase's offset from the round's start (or
+    /// duration), see `node::trace`.
+    phases: Vec<sibyl_node::driver::trace::PhaseStats>,
+}
+
+async fn node_status(State(api): State<NodeApi>) -> Json<StatusBody> {
+    let status = status_snapshot(&api.status);
+    let samples: Vec<u64> = status.latencies_us.iter().copied().collect();
+    let p = percentiles(&samples);
+    let recent = samples.iter().rev().take(64).rev().copied().collect();
+    Json(StatusBody {
+        latency_samples: samples.len(),
+        latency_p50_us: p.map(|p| p.0),
+        latency_p99_us: p.map(|p| p.1),
+        recent_latencies_us: recent,
+        phases: status
+            .trace
+            .as_ref()
+            .map(sibyl_node::driver::trace::RoundTrace::stats)
+            .unwrap_or_default(),
+        status,
+    })
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (
+        code,
+        Json(serde_json::json!({"error": {"code": code.as_u16(), "message": message}})),
+    )
+        .into_response()
+}
+
+async fn report(State(api): State<NodeApi>, Path(round): Path<String>) -> Response {
+    let found = if round == "latest" {
+        api.readers.read(|db| db.latest_report()).await
+    } else {
+        match crate::round_param(&round) {
+            Ok(r) => api.readers.report(r).await,
+            Err(e) => return e.into_response(),
+        }
+    };
+    match found {
+        Ok(Some(r)) => Json::<SignedReport>(r).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no signed report for round {round}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The node's own routes.
+pub fn router(status: StatusHandle, readers: Readers) -> Router {
+    Router::new()
+        .route("/v1/node/status", get(node_status))
+        .route("/v1/node/reports/{round}", get(report))
+        .with_state(NodeApi { status, readers })
+}
+
+/// The committee status the API serves at `/v1/committee`: the driver's
+/// view of every member (see `node::members`).
+pub(crate) fn committee_status(
+    c: &sibyl_node::config::Committee,
+    status: &NodeStatus,
+) -> CommitteeStatus {
+    CommitteeStatus {
+        threshold: c.threshold,
+        self_index: status.member,
+        current_round: status.round,
+        last_signed_round: status.last_report_round,
+        recent_round_latency_ms: status
+            .latencies_us
+            .iter()
+            .rev()
+            .take(32)
+            .rev()
+            .map(|us| us / 1000)
+            .collect(),
+        members: c
+            .members
+            .iter()
+            .map(|m| {
+                let view = status.members.get(&m.index).cloned().unwrap_or_default();
+                MemberStatus {
+                    index: m.index,
+                    peer_id: m.peer_id.to_base58(),
+                    connected: m.index == status.member || status.connected.contains(&m.index),
+                    last_seen_ms: view.last_seen_ms,
+                    rounds_led: view.rounds_led,
+                    shares_received: view.shares_received,
+                    share_failures: view.invalid_shares,
+                    refusals: view.refusals,
+                    clock_offset_ms: view.clock_offset_ms,
+                }
+            })
+            .collect(),
+        updated_at_ms: sibyl_node::store::now_ms(),
+    }
+}
+
+/// Binds the API's listener (if enabled) and serves it in a task.
+pub async fn serve_if_enabled(
+    config: &Config,
+    store: Store,
+    reports: broadcast::Sender<Arc<SignedReport>>,
+    status: StatusHandle,
+    registry: prometheus_client::registry::Registry,
+    margin: sibyl_node::margin_svc::MarginHandle,
+    group_keys: &sibyl_aggregator::verify::GroupKeys,
+) -> Result<()> {
+    if !config.node.api.enabled {
+        return Ok(());
+    }
+    let evm = crate::pull::pull_config(config, group_keys)?;
+    let admin_token = config.admin_token()?;
+    let feeds = config
+        .committee
+        .feeds
+        .iter()
+        .map(|f| {
+            (
+                f.id.clone(),
+                FeedInfo {
+                    decimals: f.decimals,
+                },
+            )
+        })
+        .collect();
+    let (committee_tx, committee_rx) = watch::channel(committee_status(
+        &config.committee,
+        &status_snapshot(&status),
+    ));
+    {
+        let config = config.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                if committee_tx
+                    .send(committee_status(
+                        &config.committee,
+                        &status_snapshot(&status),
+                    ))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    let state = ApiState::new(ApiParts {
+        readers: store.readers.clone(),
+        writer: Some(store.writer.clone()),
+        reports,
+        committee: committee_rx,
+        registry,
+        margin: Some(margin),
+        config: ApiConfig {
+            admin_token,
+            feeds,
+            limits: ApiLimits::from_config(&config.node.api),
+            retention: RetentionPolicy::default(),
+            evm,
+        },
+    });
+    let addr = config.api_listen();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the API; choose another `api.listen` or stop the process using it"))?;
+    let node_routes = router(status, store.readers.clone());
+    tracing::info!(%addr, "API listening");
+    tokio::spawn(crate::serve_with(listener, state, node_routes));
+    Ok(())
+}

@@ -1,0 +1,666 @@
+//! API tests over real HTTP on 127.0.0.1 against a real SQLite store.
+
+use super::*;
+use prometheus_client::metrics::counter::Counter;
+use serde_json::Value;
+use sibyl_aggregator::merkle::{self, MerkleProof};
+use sibyl_aggregator::{
+    ConfigDigest, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, Suite, digest,
+};
+use sibyl_node::store::Store;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+mod hardening;
+mod margin;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn feed(s: &str) -> FeedId {
+    FeedId::new(s).expect("feed id")
+}
+
+/// A report over BTC-USD, ETH-USD, SOL-USD with a real Merkle root.
+fn report(round: u64) -> SignedReport {
+    let ts = T0 + round * 1_000;
+    let leaves: Vec<ReportLeaf> = [("BTC-USD", 60_000), ("ETH-USD", 3_000), ("SOL-USD", 150)]
+        .iter()
+        .map(|(id, base)| ReportLeaf {
+            feed_id: feed(id),
+            price: (*base as i128) * 100_000_000 + round as i128,
+            confidence: 5,
+            num_observations: 4,
+            observed_at_ms: ts - 50,
+        })
+        .collect();
+    let mut signatures = BTreeMap::new();
+    signatures.insert(Suite::Ed25519, SignatureBytes(vec![0xAB; 64]));
+    SignedReport {
+        header: ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest: ConfigDigest([7; 32]),
+            round,
+            timestamp_ms: ts,
+            merkle_root: merkle::root(&leaves),
+        },
+        leaves,
+        signatures,
+    }
+}
+
+struct Harness {
+    addr: SocketAddr,
+    reports: broadcast::Sender<Arc<SignedReport>>,
+    committee: watch::Sender<CommitteeStatus>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(config: ApiConfig) -> Harness {
+    start_with(config, Router::new()).await
+}
+
+/// The API and `extra` routes served as the node serves them ([`serve_with`]).
+async fn start_with(config: ApiConfig, extra: Router) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("api.db")).expect("store");
+    for r in 1..=20 {
+        store.writer.insert_report(report(r)).await.expect("insert");
+    }
+    let (reports, _) = broadcast::channel(64);
+    let (committee_tx, committee_rx) = watch::channel(CommitteeStatus::default());
+    let mut registry = Registry::default();
+    // The node registers its own metrics in the same registry.
+    let rounds = Counter::<u64>::default();
+    rounds.inc_by(3);
+    registry.register("sibyl_rounds_signed", "Rounds signed", rounds);
+    let state = ApiState::new(ApiParts {
+        readers: store.readers.clone(),
+        writer: Some(store.writer.clone()),
+        reports: reports.clone(),
+        committee: committee_rx,
+        registry,
+        margin: None,
+        config,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve_with(listener, state, extra));
+    Harness {
+        addr,
+        reports,
+        committee: committee_tx,
+        _dir: dir,
+    }
+}
+
+fn config() -> ApiConfig {
+    let mut feeds = BTreeMap::new();
+    for id in ["BTC-USD", "ETH-USD", "SOL-USD", "DOGE-USD"] {
+        feeds.insert(feed(id), FeedInfo { decimals: 8 });
+    }
+    ApiConfig {
+        feeds,
+        ..ApiConfig::default()
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body[..self.body.len().min(500)])
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {}", self.json()))
+            .to_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Resp {
+    http(addr, "GET", path, &[], b"").await
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route_and_every_route_exists() {
+    let h = start(config()).await;
+    let doc = get(h.addr, "/v1/openapi.json").await.json();
+    let paths = doc["paths"].as_object().expect("paths");
+    for (method, path) in ROUTES {
+        let op = &paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} missing from openapi.json"))[method.to_lowercase()];
+        assert!(op.is_object(), "{method} {path} missing from openapi.json");
+        // The route is really served: no `no_route` fallback answer.
+        let concrete = path
+            .replace("{id}", "BTC-USD")
+            .replace("{round}", "1")
+            .replace("{account}", "1")
+            .replace("{market}", "BTC-PERP");
+        if *path == "/v1/stream" {
+            continue; // never ends; covered by its own test
+        }
+        let r = http(h.addr, method, &concrete, &[], b"").await;
+        assert!(
+            r.status != 404 || r.error_code() != "no_route",
+            "{method} {path} is not routed"
+        );
+    }
+    // And nothing in the document that is not a route.
+    for (path, ops) in paths {
+        for method in ops.as_object().expect("ops").keys() {
+            assert!(
+                ROUTES
+                    .iter()
+                    .any(|(m, p)| p == path && m.eq_ignore_ascii_case(method)),
+                "openapi.json documents {method} {path}, which is not a route"
+            );
+        }
+    }
+    let r = get(h.addr, "/v2/nothing").await;
+    assert_eq!((r.status, r.error_code().as_str()), (404, "no_route"));
+}
+
+#[tokio::test]
+async fn feeds_and_latest_with_a_verifiable_proof() {
+    let h = start(config()).await;
+    let feeds = get(h.addr, "/v1/feeds").await.json();
+    let list = feeds["feeds"].as_array().expect("feeds");
+    assert_eq!(list.len(), 4, "{feeds}");
+    assert_eq!(list[0]["feed_id"], "BTC-USD");
+    assert_eq!(list[0]["price"], "6000000000020");
+    assert_eq!(list[0]["round"], 20);
+    assert_eq!(list[0]["decimals"], 8);
+    // Configured but never reported: listed without a value.
+    assert_eq!(list[1]["feed_id"], "DOGE-USD");
+    assert!(list[1]["round"].is_null());
+
+    let r = get(h.addr, "/v1/feeds/ETH-USD/latest").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["price"], "300000000020");
+    let report: SignedReport = serde_json::from_value(v["report"].clone()).expect("report");
+    assert_eq!(report.header.round, 20);
+    let proof: MerkleProof = serde_json::from_value(v["proof"].clone()).expect("proof");
+    let index = v["leaf_index"].as_u64().expect("index") as usize;
+    let leaf = &report.leaves[index];
+    assert_eq!(leaf.feed_id, feed("ETH-USD"));
+    assert!(merkle::verify_proof(
+        &merkle::leaf_hash(leaf),
+        &proof,
+        &report.header.merkle_root
+    ));
+    assert_eq!(
+        v["digest"],
+        hex::encode(digest::header_digest(&report.header))
+    );
+    assert_eq!(
+        v["report"]["signatures"]["ed25519"],
+        hex::encode([0xAB; 64])
+    );
+
+    let r = get(h.addr, "/v1/feeds/XRP-USD/latest").await;
+    assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_feed"));
+    let r = get(h.addr, "/v1/feeds/btc-usd/latest").await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_feed_id"));
+    let r = get(h.addr, "/v1/feeds/DOGE-USD/latest").await;
+    assert_eq!((r.status, r.error_code().as_str()), (404, "no_data"));
+}
+
+#[tokio::test]
+async fn reports_by_round() {
+    let h = start(config()).await;
+    let v = get(h.addr, "/v1/reports/7").await.json();
+    let rep: SignedReport = serde_json::from_value(v["report"].clone()).expect("report");
+    assert_eq!(rep, report(7));
+    let v = get(h.addr, "/v1/reports/latest").await.json();
+    assert_eq!(v["report"]["header"]["round"], 20);
+    let r = get(h.addr, "/v1/reports/99").await;
+    assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_round"));
+    let r = get(h.addr, "/v1/reports/-1").await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_parameter"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("round")
+    );
+}
+
+#[tokio::test]
+async fn history_points_candles_and_bad_requests() {
+    let h = start(config()).await;
+    let base = format!("/v1/feeds/BTC-USD/history?from={T0}&to={}", T0 + 100_000);
+    // Raw points, paged by 8: 8 + 8 + 4.
+    let mut cursor: Option<String> = None;
+    let mut rounds = Vec::new();
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("{base}&limit=8&cursor={c}"),
+            None => format!("{base}&limit=8"),
+        };
+        let v = get(h.addr, &path).await.json();
+        for p in v["points"].as_array().expect("points") {
+            rounds.push(p["round"].as_u64().expect("round"));
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(rounds, (1..=20).collect::<Vec<u64>>());
+    // 10-second candles: rounds 1..=9, 10..=19, 20.
+    let v = get(h.addr, &format!("{base}&interval=10s")).await.json();
+    let candles = v["candles"].as_array().expect("candles");
+    assert_eq!(candles.len(), 3, "{v}");
+    assert_eq!(candles[0]["count"], 9);
+    assert_eq!(candles[1]["open"], "6000000000010");
+    assert_eq!(candles[1]["close"], "6000000000019");
+    assert_eq!(v["interval_ms"], 10_000);
+
+    let cases: &[(&str, u16, &str)] = &[
+        ("/v1/feeds/NOPE/history", 404, "unknown_feed"),
+        ("/v1/feeds/BTC-USD/history?from=10&to=5", 400, "bad_range"),
+        ("/v1/feeds/BTC-USD/history?from=abc", 400, "bad_parameter"),
+        ("/v1/feeds/BTC-USD/history?to=1.5", 400, "bad_parameter"),
+        ("/v1/feeds/BTC-USD/history?limit=-3", 400, "bad_parameter"),
+        ("/v1/feeds/BTC-USD/history?limit=0", 400, "bad_parameter"),
+        (
+            "/v1/feeds/BTC-USD/history?limit=1000000",
+            400,
+            "page_too_large",
+        ),
+        (
+            "/v1/feeds/BTC-USD/history?from=0&to=99999999999",
+            400,
+            "range_too_large",
+        ),
+        (
+            "/v1/feeds/BTC-USD/history?from=0&to=99999999999999&interval=1s",
+            400,
+            "range_too_large",
+        ),
+        (
+            "/v1/feeds/BTC-USD/history?interval=7x",
+            400,
+            "bad_parameter",
+        ),
+        (
+            "/v1/feeds/BTC-USD/history?interval=10ms",
+            400,
+            "bad_parameter",
+        ),
+        ("/v1/feeds/BTC-USD/history?cursor=zzz", 400, "bad_parameter"),
+        ("/v1/feeds/BTC-USD/history?frm=1", 400, "bad_parameter"),
+    ];
+    for (path, status, code) in cases {
+        let r = get(h.addr, path).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (*status, *code),
+            "{path}: {}",
+            r.json()
+        );
+        assert!(
+            !r.json()["error"]["message"]
+                .as_str()
+                .expect("msg")
+                .is_empty()
+        );
+    }
+    // The message names the parameter.
+    let r = get(h.addr, "/v1/feeds/BTC-USD/history?from=abc").await;
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("`from`")
+    );
+}
+
+#[tokio::test]
+async fn stream_sends_new_reports_filtered_by_feed() {
+    let h = start(config()).await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(
+        b"GET /v1/stream?feeds=ETH-USD HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    // Wait for the subscription to exist before publishing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.reports.receiver_count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.reports.send(Arc::new(report(21))).expect("send");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let text = loop {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("event in time")
+            .expect("read");
+        assert!(n > 0, "stream closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if text.contains("event: report") && text.contains("\n\n") && text.contains("data: {") {
+            break text;
+        }
+    };
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("text/event-stream"), "{text}");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data line");
+    let v: Value = serde_json::from_str(data).expect("event JSON");
+    assert_eq!(v["round"], 21);
+    let leaves = v["leaves"].as_array().expect("leaves");
+    assert_eq!(leaves.len(), 1);
+    assert_eq!(leaves[0]["feed_id"], "ETH-USD");
+    assert_eq!(leaves[0]["price"], "300000000021");
+
+    let r = get(h.addr, "/v1/stream?feeds=NOPE-USD").await;
+    assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_feed"));
+}
+
+#[tokio::test]
+async fn committee_status_follows_the_watch_channel() {
+    let h = start(config()).await;
+    let v = get(h.addr, "/v1/committee").await.json();
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(0));
+    h.committee.send_replace(CommitteeStatus {
+        threshold: 3,
+        self_index: 1,
+        current_round: 42,
+        last_signed_round: Some(41),
+        recent_round_latency_ms: vec![4, 5, 6],
+        members: vec![MemberStatus {
+            index: 2,
+            peer_id: "12D3KooWpeer".into(),
+            connected: true,
+            last_seen_ms: Some(T0),
+            rounds_led: 10,
+            shares_received: 30,
+            share_failures: 1,
+            refusals: 0,
+            clock_offset_ms: Some(-3),
+        }],
+        updated_at_ms: T0,
+    });
+    let v = get(h.addr, "/v1/committee").await.json();
+    assert_eq!(v["current_round"], 42);
+    assert_eq!(v["members"][0]["share_failures"], 1);
+    assert_eq!(v["members"][0]["connected"], true);
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_bearer_token_and_bodies_are_limited() {
+    let h = start(config()).await;
+    let r = http(h.addr, "POST", "/v1/admin/retention", &[], b"").await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "admin_disabled"));
+
+    let h = start(ApiConfig {
+        admin_token: Some("s3cret".into()),
+        ..config()
+    })
+    .await;
+    let r = http(h.addr, "POST", "/v1/admin/retention", &[], b"").await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "missing_token"));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let wrong = [("Authorization", "Bearer nope")];
+    let r = http(h.addr, "POST", "/v1/admin/retention", &wrong, b"").await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "bad_token"));
+    let auth = [("Authorization", "Bearer s3cret")];
+    let r = http(h.addr, "POST", "/v1/admin/retention", &auth, b"{}").await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert!(r.json()["transactions"].is_u64());
+    let big = vec![b' '; 65 * 1024];
+    let r = http(h.addr, "POST", "/v1/admin/retention", &auth, &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.error_code(), "bad_body");
+    // GET on an admin route is not a way around the token: nothing runs.
+    let r = get(h.addr, "/v1/admin/retention").await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(r.header("allow"), Some("POST"));
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_json() {
+    let h = start(ApiConfig {
+        limits: ApiLimits {
+            requests_per_second: 1,
+            burst: 3,
+            ..ApiLimits::default()
+        },
+        ..config()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(h.addr, "/healthz").await.status, 200);
+    }
+    let r = get(h.addr, "/healthz").await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let h = start(config()).await;
+    get(h.addr, "/v1/feeds").await;
+    get(h.addr, "/v1/feeds/NOPE/latest").await;
+    let r = get(h.addr, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .expect("ct")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(r.body).expect("utf8");
+    assert!(
+        text.contains("# TYPE sibyl_api_requests_total counter"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(
+        text.contains(r#"sibyl_api_requests_total{method="GET",route="/v1/feeds",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/v1/feeds/{id}/latest",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("sibyl_api_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("sibyl_rounds_signed_total 3"), "{text}");
+    let size_line = text
+        .lines()
+        .find(|l| l.starts_with("sibyl_db_size_bytes "))
+        .expect("db size");
+    let size: u64 = size_line["sibyl_db_size_bytes ".len()..]
+        .parse()
+        .expect("number");
+    assert!(size > 4096, "{size_line}");
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = promtool.expect(
+        "promtool not found: install Debian's `prometheus` package (scripts/setup.d/30-api)",
+    );
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("feed promtool");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn dashboard_is_served_from_the_binary() {
+    let h = start(config()).await;
+    let r = get(h.addr, "/").await;
+    assert_eq!(r.status, 200);
+    let html = String::from_utf8_lossy(&r.body);
+    assert!(html.contains("<canvas id=\"chart\""));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    assert!(
+        r.header("content-security-policy")
+            .expect("csp")
+            .contains("default-src 'self'")
+    );
+    let js = get(h.addr, "/assets/app.js").await;
+    assert_eq!(js.status, 200);
+    assert!(
+        js.header("content-type")
+            .expect("ct")
+            .starts_with("text/javascript")
+    );
+    assert!(String::from_utf8_lossy(&js.body).contains("EventSource"));
+    assert_eq!(get(h.addr, "/assets/app.css").await.status, 200);
+}
+
+#[tokio::test]
+async fn healthz_reports_the_last_round() {
+    let h = start(config()).await;
+    let v = get(h.addr, "/healthz").await.json();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["last_report_round"], 20);
+}
+
+#[test]
+fn intervals_parse() {
+    assert_eq!(handlers::parse_interval("1m"), Ok(60_000));
+    assert_eq!(handlers::parse_interval("250"), Ok(250));
+    assert_eq!(handlers::parse_interval("2h"), Ok(7_200_000));
+    assert!(handlers::parse_interval("m").is_err());
+    assert!(handlers::parse_interval("1 m").is_err());
+    assert!(handlers::parse_interval("99999999999999999999d").is_err());
+}
+
+#[test]
+fn limits_come_from_the_api_section() {
+    let api: sibyl_node::config::ApiSection = toml::from_str(
+        "request_timeout = \"5s\"\nheader_read_timeout = \"1s500ms\"\nidle_timeout = \"2m\"\nmax_connections = 500\nmax_connections_per_client = 50\nmax_streams = 100\nmax_streams_per_client = 4\n",
+    )
+    .expect("valid [api] section");
+    let limits = ApiLimits::from_config(&api);
+    assert_eq!(limits.request_timeout, Duration::from_secs(5));
+    assert_eq!(limits.header_read_timeout, Duration::from_millis(1500));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        (
+            limits.max_connections,
+            limits.max_connections_per_client,
+            limits.max_streams,
+            limits.max_streams_per_client
+        ),
+        (500, 50, 100, 4)
+    );
+    assert_eq!(
+        ApiLimits::from_config(&sibyl_node::config::ApiSection::default()),
+        ApiLimits::default()
+    );
+}

@@ -1,0 +1,740 @@
+//! `/v1/margin/*` over real HTTP, with the real margin service and store:
+//! the demo book seeded at the first report, reads, admin commands, bad
+//! commands that change nothing, liquidations paged, and a replay of the
+//! resulting database.
+
+use super::{Resp, get, http};
+use crate::{ApiConfig, ApiParts, ApiState, CommitteeStatus, FeedInfo, serve};
+use serde_json::Value;
+use sibyl_aggregator::merkle;
+use sibyl_aggregator::{ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf};
+use sibyl_aggregator::{SignatureBytes, SignedReport, Suite};
+use sibyl_node::config::FeedParams;
+use sibyl_node::margin_svc::{self, DemoSeed, MarginHandle, MarginOptions};
+use sibyl_node::replay::replay_db;
+use sibyl_node::store::{Store, now_ms};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+const TOKEN: &str = "margin-s3cret";
+const ACCOUNTS: usize = 60;
+
+fn feed(s: &str) -> FeedId {
+    FeedId::new(s).expect("feed id")
+}
+
+fn report(round: u64, ts: u64, btc: i128, eth: i128, sol: i128) -> Arc<SignedReport> {
+    let leaves: Vec<ReportLeaf> = [("BTC-USD", btc), ("ETH-USD", eth), ("SOL-USD", sol)]
+        .iter()
+        .map(|(id, px)| ReportLeaf {
+            feed_id: feed(id),
+            price: *px,
+            confidence: 1_000,
+            num_observations: 4,
+            observed_at_ms: ts,
+        })
+        .collect();
+    Arc::new(SignedReport {
+        header: ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest: ConfigDigest([7; 32]),
+            round,
+            timestamp_ms: ts,
+            merkle_root: merkle::root(&leaves),
+        },
+        leaves,
+        signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![1; 64]))]),
+    })
+}
+
+struct Node {
+    addr: SocketAddr,
+    margin: MarginHandle,
+    reports: broadcast::Sender<Arc<SignedReport>>,
+    store: Store,
+    db: std::path::PathBuf,
+    _shutdown: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+const PX: i128 = 100_000_000;
+
+impl Node {
+    async fn start() -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("node.db");
+        let store = Store::open(&db).expect("store");
+        let (reports, _) = broadcast::channel(64);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let feeds: Vec<FeedParams> = ["BTC-USD", "ETH-USD", "SOL-USD"]
+            .iter()
+            .map(|id| FeedParams {
+                id: feed(id),
+                decimals: 8,
+                deviation_bps: 10,
+                heartbeat_ms: 60_000,
+            })
+            .collect();
+        let margin = margin_svc::start_with(
+            &store,
+            feeds,
+            reports.subscribe(),
+            shutdown_rx,
+            MarginOptions {
+                demo: Some(DemoSeed {
+                    accounts: ACCOUNTS,
+                    seed: 11,
+                }),
+            },
+        )
+        .await
+        .expect("margin service");
+        let (_c, committee) = watch::channel(CommitteeStatus::default());
+        let mut registry = prometheus_client::registry::Registry::default();
+        margin.register_metrics(&mut registry);
+        let state = ApiState::new(ApiParts {
+            readers: store.readers.clone(),
+            writer: Some(store.writer.clone()),
+            reports: reports.clone(),
+            committee,
+            registry,
+            margin: Some(margin.clone()),
+            config: ApiConfig {
+                admin_token: Some(TOKEN.into()),
+                feeds: ["BTC-USD", "ETH-USD", "SOL-USD"]
+                    .iter()
+                    .map(|f| (feed(f), FeedInfo { decimals: 8 }))
+                    .collect(),
+                ..ApiConfig::default()
+            },
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(listener, state));
+        let node = Node {
+            addr,
+            margin,
+            reports,
+            store,
+            db,
+            _shutdown: shutdown_tx,
+            _dir: dir,
+        };
+        // The margin engine takes stored reports in round order: round 0 had
+        // none here. The first report seeds the demo book.
+        node.store
+            .writer
+            .write(|db| db.insert_report_gap(0, 1))
+            .await
+            .expect("gap");
+        node.price(1, now_ms() - 5_000, 60_000 * PX, 3_000 * PX, 150 * PX)
+            .await;
+        node
+    }
+
+    /// Publishes a report and waits until the margin service stored it.
+    async fn price(&self, round: u64, ts: u64, btc: i128, eth: i128, sol: i128) {
+        let before = self.margin.read().reports_handled;
+        let r = report(round, ts, btc, eth, sol);
+        self.store
+            .writer
+            .insert_report((*r).clone())
+            .await
+            .expect("store report");
+        self.reports.send(r).expect("send report");
+        for _ in 0..1_000 {
+            if self.margin.read().reports_handled > before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the margin service did not take report {round}");
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Resp {
+        let auth = format!("Bearer {TOKEN}");
+        http(
+            self.addr,
+            "POST",
+            path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .await
+    }
+
+    fn stored_inputs(&self) -> u64 {
+        self.store
+            .readers
+            .read_blocking(|db| db.margin_inputs())
+            .expect("inputs")
+            .len() as u64
+    }
+}
+
+fn is_decimal(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        let s = s.strip_prefix('-').unwrap_or(s);
+        let (i, f) = s.split_once('.').unwrap_or((s, ""));
+        !i.is_empty()
+            && i.bytes().all(|b| b.is_ascii_digit())
+            && f.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_book_is_seeded_and_readable() {
+    let n = Node::start().await;
+    let insurance = get(n.addr, "/v1/margin/insurance").await;
+    assert_eq!(insurance.status, 200);
+    let ins = insurance.json();
+    assert_eq!(ins["accounts"], ACCOUNTS as u64);
+    assert_eq!(ins["balance"], "1000000.000000", "{ins}");
+    assert!(is_decimal(&ins["fees"]), "{ins}");
+    assert_eq!(ins["recent"][0]["kind"], "insurance_fund");
+    assert_eq!(ins["recent"][0]["reason"], "funded");
+
+    // Closest to liquidation: ranked by margin ratio, lowest first, and the
+    // book's tightened tail is in margin call.
+    let risk = get(n.addr, "/v1/margin/at-risk?limit=10").await.json();
+    let units = risk["units"].as_array().expect("units");
+    assert_eq!(units.len(), 10);
+    let ratios: Vec<f64> = units
+        .iter()
+        .map(|u| {
+            u["health"]["margin_ratio"]
+                .as_str()
+                .expect("ratio")
+                .parse()
+                .expect("number")
+        })
+        .collect();
+    assert!(ratios.windows(2).all(|w| w[0] <= w[1]), "{ratios:?}");
+    assert!(ratios[0] >= 1.0 && ratios[0] < 1.2, "{ratios:?}");
+    assert_eq!(units[0]["rank"], 1);
+    assert_eq!(units[0]["health"]["status"], "margin_call");
+    assert_eq!(units[0]["in_margin_call"], true);
+    for k in ["equity", "initial", "maintenance", "notional"] {
+        assert!(is_decimal(&units[0]["health"][k]), "{k}: {}", units[0]);
+    }
+
+    // One at-risk account in full.
+    let id = units[0]["account"].as_u64().expect("account");
+    let acct = get(n.addr, &format!("/v1/margin/accounts/{id}"))
+        .await
+        .json();
+    assert_eq!(acct["account"], id);
+    assert!(is_decimal(&acct["cash"]));
+    let u0 = &acct["units"][0];
+    assert!(u0["mode"] == "cross" || u0["mode"] == "isolated", "{acct}");
+    {
+        let g = n.margin.read();
+        let view = g.engine.account_view(id).expect("view");
+        let eq = view[0].health.equity;
+        assert_eq!(
+            u0["health"]["equity"],
+            crate::margin::decimal(eq, 6),
+            "served equity is the engine's, exactly"
+        );
+    }
+
+    // An account holding options: positions carry Greeks, the account
+    // sums them per underlying.
+    let option_account = {
+        let g = n.margin.read();
+        let s = g.engine.state();
+        s.accounts
+            .iter()
+            .find(|(_, a)| {
+                a.positions
+                    .keys()
+                    .any(|m| m.contains("-C-") || m.contains("-P-"))
+            })
+            .map(|(id, _)| *id)
+            .expect("the demo book has an option account")
+    };
+    let pos = get(
+        n.addr,
+        &format!("/v1/margin/accounts/{option_account}/positions"),
+    )
+    .await
+    .json();
+    let opt = pos["positions"]
+        .as_array()
+        .expect("positions")
+        .iter()
+        .find(|p| p["instrument"]["type"] == "option")
+        .expect("an option position")
+        .clone();
+    assert!(
+        is_decimal(&opt["mark_price"]) && is_decimal(&opt["entry_price"]),
+        "{opt}"
+    );
+    assert_ne!(opt["greeks"]["gamma"], "0.00000000", "{opt}");
+    assert_ne!(opt["greeks"]["vega"], "0.00000000", "{opt}");
+    let greeks = get(
+        n.addr,
+        &format!("/v1/margin/accounts/{option_account}/greeks"),
+    )
+    .await
+    .json();
+    assert!(
+        is_decimal(&greeks["greeks"]["BTC-USD"]["delta"]),
+        "{greeks}"
+    );
+
+    // Markets: marks, rates and no guard while prices are fresh.
+    let m = get(n.addr, "/v1/margin/markets").await.json();
+    let perp = m["markets"]
+        .as_array()
+        .expect("markets")
+        .iter()
+        .find(|x| x["market"] == "BTC-PERP")
+        .expect("BTC-PERP")
+        .clone();
+    assert_eq!(perp["mark_price"], "60000.00000000");
+    assert_eq!(perp["guarded"], false, "{perp}");
+    assert_eq!(perp["guard"], Value::Null);
+
+    // A jump raises the BTC guard: the market says why, and new risk there
+    // is refused with the reason.
+    n.price(2, now_ms() - 4_000, 80_000 * PX, 3_000 * PX, 150 * PX)
+        .await;
+    // The cached ranking follows the new input.
+    let ids = |v: &Value| -> Vec<(u64, String)> {
+        v["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .map(|u| {
+                (
+                    u["account"].as_u64().expect("id"),
+                    u["health"]["equity"].as_str().expect("equity").to_string(),
+                )
+            })
+            .collect()
+    };
+    let direct = |n: &Node| -> Vec<(u64, String)> {
+        n.margin
+            .read()
+            .engine
+            .closest_to_liquidation(10)
+            .iter()
+            .map(|r| (r.account, crate::margin::decimal(r.health.equity, 6)))
+            .collect()
+    };
+    assert_ne!(ids(&risk), direct(&n), "the jump moved the ranking");
+    let risk2 = get(n.addr, "/v1/margin/at-risk?limit=10").await.json();
+    assert_eq!(ids(&risk2), direct(&n));
+    let m = get(n.addr, "/v1/margin/markets").await.json();
+    let perp = m["markets"]
+        .as_array()
+        .expect("markets")
+        .iter()
+        .find(|x| x["market"] == "BTC-PERP")
+        .expect("BTC-PERP")
+        .clone();
+    assert_eq!(perp["guarded"], true, "{perp}");
+    assert_eq!(perp["guard"]["reason"], "jump", "{perp}");
+    assert!(
+        perp["guard"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("recent average"),
+        "{perp}"
+    );
+    let r = n
+        .post(
+            "/v1/margin/accounts/1/positions",
+            r#"{"market": "BTC-PERP", "side": "long", "size": "0.001"}"#,
+        )
+        .await;
+    assert_eq!((r.status, r.error_code().as_str()), (409, "guard_up"));
+
+    // Unknown and malformed account ids.
+    let r = get(n.addr, "/v1/margin/accounts/999999").await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "unknown_account")
+    );
+    let r = get(n.addr, "/v1/margin/accounts/abc").await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_parameter"));
+    let r = get(n.addr, "/v1/margin/at-risk?limit=0").await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_parameter"));
+    let r = get(n.addr, "/v1/margin/at-risk?top=3").await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_parameter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_apply_through_the_service_and_replay() {
+    let n = Node::start().await;
+    n.price(2, now_ms() - 1_000, 60_010 * PX, 3_001 * PX, 150 * PX)
+        .await;
+
+    // The token is required.
+    let r = http(n.addr, "POST", "/v1/margin/accounts", &[], b"{}").await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "missing_token"));
+    let r = http(
+        n.addr,
+        "POST",
+        "/v1/margin/accounts/1/positions",
+        &[("Authorization", "Bearer nope")],
+        b"{}",
+    )
+    .await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "bad_token"));
+
+    // Create (id chosen by the node), deposit, open, close part, withdraw.
+    let r = n.post("/v1/margin/accounts", "").await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let id = r.json()["account"].as_u64().expect("id");
+    assert_eq!(id, ACCOUNTS as u64 + 1);
+    assert_eq!(r.json()["events"][0]["kind"], "account_created");
+    let r = n
+        .post(
+            &format!("/v1/margin/accounts/{id}/deposit"),
+            r#"{"amount": "10000.5"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["events"][0]["amount"], "10000.500000");
+    assert_eq!(r.json()["health"]["equity"], "10000.500000");
+    let r = n
+        .post(
+            &format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "ETH-PERP", "side": "short", "size": "10"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let fill = &r.json()["events"][0];
+    assert_eq!(fill["kind"], "filled");
+    assert_eq!(fill["size"], "-10.00000000");
+    assert_eq!(fill["price"], "3001.00000000");
+    let pos = get(n.addr, &format!("/v1/margin/accounts/{id}/positions"))
+        .await
+        .json();
+    assert_eq!(pos["positions"][0]["side"], "short");
+    assert_eq!(pos["positions"][0]["entry_price"], "3001.00000000");
+    assert_eq!(pos["positions"][0]["greeks"]["delta"], "-10.00000000");
+    let r = n
+        .post(
+            &format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "BTC-PERP", "side": "long", "size": "0.1", "mode": "isolated", "isolated_margin": "1000"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let acct = get(n.addr, &format!("/v1/margin/accounts/{id}"))
+        .await
+        .json();
+    let modes: Vec<&str> = acct["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .filter_map(|u| u["mode"].as_str())
+        .collect();
+    assert_eq!(modes, ["cross", "isolated"], "{acct}");
+    let r = n
+        .post(
+            &format!("/v1/margin/accounts/{id}/positions/ETH-PERP/close"),
+            r#"{"size": "4"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["events"][0]["size"], "4.00000000");
+    let r = n
+        .post(
+            &format!("/v1/margin/accounts/{id}/withdraw"),
+            r#"{"asset": "USD", "amount": "100"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["events"][0]["kind"], "withdrawn");
+
+    // Bad commands: a clear error, the engine and the stored log unchanged.
+    let exists = format!(r#"{{"account": {id}}}"#);
+    let bad: Vec<(String, &str, u16, &str)> = vec![
+        (
+            format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "DOGE-PERP", "side": "long", "size": "1"}"#,
+            404,
+            "unknown_market",
+        ),
+        (
+            "/v1/margin/accounts/424242/deposit".into(),
+            r#"{"amount": "1"}"#,
+            404,
+            "unknown_account",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/deposit"),
+            r#"{"asset": "XAU", "amount": "1"}"#,
+            404,
+            "unknown_asset",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "ETH-PERP", "side": "long", "size": "-1"}"#,
+            400,
+            "not_positive",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "ETH-PERP", "side": "long", "size": "0"}"#,
+            400,
+            "not_positive",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/deposit"),
+            r#"{"amount": "-5"}"#,
+            400,
+            "not_positive",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "ETH-PERP", "side": "long", "size": "99999999999999999999999999999"}"#,
+            400,
+            "overflow",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/deposit"),
+            r#"{"amount": "999999999999999999999999999999999999999999"}"#,
+            400,
+            "overflow",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "ETH-PERP", "side": "long", "size": "1000"}"#,
+            422,
+            "insufficient_margin",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/withdraw"),
+            r#"{"amount": "8000"}"#,
+            422,
+            "insufficient_margin",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/withdraw"),
+            r#"{"asset": "BTC", "amount": "1"}"#,
+            422,
+            "insufficient_balance",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/positions/ETH-PERP/close"),
+            r#"{"size": "7"}"#,
+            422,
+            "exceeds_position",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/positions/SOL-PERP/close"),
+            "",
+            404,
+            "no_position",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "BTC-PERP", "side": "long", "size": "0.1"}"#,
+            409,
+            "margin_mode_conflict",
+        ),
+        ("/v1/margin/accounts".into(), &exists, 409, "account_exists"),
+        (
+            format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "ETH-PERP", "side": "long", "size": 1.5}"#,
+            400,
+            "bad_json",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/positions"),
+            r#"{"market": "ETH-PERP", "side": "up", "size": "1"}"#,
+            400,
+            "bad_json",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/deposit"),
+            r#"{"amount": "1", "extra": true}"#,
+            400,
+            "bad_json",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/deposit"),
+            r#"{"amount": "#,
+            400,
+            "bad_json",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/deposit"),
+            r#"{"amount": "1.0000001"}"#,
+            400,
+            "bad_parameter",
+        ),
+        (
+            format!("/v1/margin/accounts/{id}/deposit"),
+            r#"{"amount": "1e3"}"#,
+            400,
+            "bad_parameter",
+        ),
+        (
+            "/v1/margin/accounts/-1/deposit".into(),
+            r#"{"amount": "1"}"#,
+            400,
+            "bad_parameter",
+        ),
+    ];
+    let before = n.margin.read().engine.snapshot();
+    let inputs_before = n.stored_inputs();
+    for (path, body, status, code) in &bad {
+        let r = n.post(path, body).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (*status, *code),
+            "POST {path} {body}: {}",
+            r.json()
+        );
+        assert!(
+            !r.json()["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "{path}"
+        );
+        assert_eq!(
+            n.margin.read().engine.snapshot(),
+            before,
+            "{path} {body} changed the engine"
+        );
+    }
+    assert_eq!(
+        n.stored_inputs(),
+        inputs_before,
+        "a refused command was stored"
+    );
+
+    // The log of inputs (book, reports, commands) replays to the same events.
+    let db = n.db.clone();
+    let r = tokio::task::spawn_blocking(move || replay_db(&db))
+        .await
+        .expect("join")
+        .expect("replay");
+    assert_eq!(r.divergence, None);
+    assert_eq!(r.inputs, n.stored_inputs());
+    assert_eq!(r.insurance_fund, n.margin.read().engine.insurance_fund());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liquidations_are_served_newest_first_in_pages() {
+    let n = Node::start().await;
+    // A falling market: 1 % per report.
+    let (mut btc, mut eth, mut sol) = (60_000 * PX, 3_000 * PX, 150 * PX);
+    let t = now_ms() - 4_000;
+    for i in 0..8u64 {
+        btc = btc * 99 / 100;
+        eth = eth * 99 / 100;
+        sol = sol * 99 / 100;
+        n.price(2 + i, t + i * 100, btc, eth, sol).await;
+    }
+    let total = n
+        .store
+        .readers
+        .read_blocking(|db| db.margin_events_of_kind_before("liquidated", None, 10_000))
+        .expect("events")
+        .len();
+    assert!(
+        total >= 3,
+        "a 8 % fall liquidates part of the book ({total})"
+    );
+
+    let mut seen = Vec::new();
+    let mut path = "/v1/margin/liquidations?limit=2".to_string();
+    loop {
+        let page = get(n.addr, &path).await.json();
+        let rows = page["liquidations"].as_array().expect("rows").clone();
+        assert!(rows.len() <= 2);
+        for r in &rows {
+            assert_eq!(r["kind"], "liquidated");
+            assert!(
+                r["liquidation"] == "partial" || r["liquidation"] == "full",
+                "{r}"
+            );
+            assert!(
+                is_decimal(&r["penalty"]) && is_decimal(&r["before"]["equity"]),
+                "{r}"
+            );
+            let before: f64 = r["before"]["margin_ratio"]
+                .as_str()
+                .expect("ratio")
+                .parse()
+                .expect("f64");
+            assert!(before < 1.0, "liquidated only below maintenance: {r}");
+            seen.push(r["seq"].as_u64().expect("seq"));
+        }
+        match page["next_before"].as_u64() {
+            Some(b) => path = format!("/v1/margin/liquidations?limit=2&before={b}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), total);
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seen:?}"
+    );
+    let r = get(n.addr, "/v1/margin/liquidations?before=x").await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_parameter"));
+
+    // Metrics count the same liquidations and pass promtool.
+    let text = String::from_utf8(get(n.addr, "/metrics").await.body).expect("utf8");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert_eq!(value("sibyl_margin_liquidations_total"), total as f64);
+    assert_eq!(value("sibyl_margin_accounts"), ACCOUNTS as f64);
+    assert_eq!(value("sibyl_margin_inputs_total"), n.stored_inputs() as f64);
+    assert!(value("sibyl_margin_insurance_fund_usd") > 1_000_000.0);
+    // Eight reports after the one that seeded the book (stored as a batch).
+    assert!(
+        text.contains(r#"sibyl_margin_step_duration_seconds_count{kind="prices"} 8"#),
+        "{text}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool not found: install Debian's `prometheus` package (scripts/setup.d/30-api)",
+        );
+    {
+        use std::io::Write;
+        let mut stdin = promtool.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("feed promtool");
+    }
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The penalty's insurance share shows up in the fund's movements.
+    let ins = get(n.addr, "/v1/margin/insurance?limit=5").await.json();
+    assert!(
+        ins["recent"]
+            .as_array()
+            .expect("recent")
+            .iter()
+            .any(|e| e["reason"] == "penalty" || e["reason"] == "bad_debt"),
+        "{ins}"
+    );
+}

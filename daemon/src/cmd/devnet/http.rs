@@ -1,0 +1,82 @@
+//! Reading the members' HTTP endpoints (metrics, status) from devnet code
+//! and the tests that drive a devnet.
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::time::Duration;
+
+/// HTTP GET returning the body; any answer but 200 is an error.
+///
+/// Synchronous for the devnet's summary and the process tests. The request
+/// runs on a thread of its own with its own runtime, so callers inside an
+/// async context (whose runtime must not block) can use it too.
+pub fn http_get(url: &str) -> Result<String> {
+    std::thread::scope(|s| {
+        s.spawn(|| get(url))
+            .join()
+            .map_err(|_| anyhow!("the request to {url} panicked"))?
+    })
+}
+
+fn get(url: &str) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime for an HTTP request")?;
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .context("cannot build an HTTP client")?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .with_context(|| format!("cannot read the answer of {url}"))?;
+        if status != reqwest::StatusCode::OK {
+            bail!("{url} answered {}: {body}", status.as_u16());
+        }
+        Ok(body)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Serves one canned answer on a loopback port.
+    fn serve_once(answer: &'static str) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            s.write_all(answer.as_bytes()).unwrap();
+        });
+        format!("http://{addr}/metrics")
+    }
+
+    #[test]
+    fn returns_the_body_of_a_chunked_200_and_refuses_a_404() {
+        let url = serve_once(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        );
+        assert_eq!(http_get(&url).unwrap(), "hello world");
+        let url = serve_once("HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope");
+        let e = http_get(&url).unwrap_err().to_string();
+        assert!(e.contains("answered 404: nope"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn works_from_inside_a_runtime() {
+        let url = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        assert_eq!(http_get(&url).unwrap(), "ok");
+    }
+}

@@ -1,0 +1,13 @@
+//! One module per subcommand; [`crate::cli`] dispatches to them.
+
+pub mod config;
+pub mod devnet;
+pub mod dkg;
+pub mod identity;
+pub mod keygen;
+pub mod replay;
+pub mod rotation;
+pub mod run;
+pub mod simulate;
+pub mod sources;
+pub mod verify;

@@ -1,0 +1,359 @@
+//! `sibyl run --config node.toml`: wire a member together and run it until
+//! Ctrl-C or SIGTERM.
+//!
+//! ```text
+//!   node.toml + committee.toml ─► Config ─┬─► keystore (identity, FROST keys)
+//!                                         ├─► Store (SQLite WAL) ─► restore
+//!                                         ├─► Net (libp2p)
+//!                                         ├─► observations (feeds | built-in)
+//!                                         └─► Driver::run (the one event loop)
+//! ```
+
+use anyhow::{Context, Result};
+use sibyl_aggregator::round::{Node, NodeKeys, SibylSuite};
+use sibyl_aggregator::verify::{GroupKeys, verify_report};
+use sibyl_aggregator::{SignedReport, Suite};
+use sibyl_node::config::Config;
+use sibyl_node::driver::{
+    Driver, DriverParts, ReportSink, StatusHandle, observed, restore_from, source,
+};
+use sibyl_node::keystore::Keystore;
+use sibyl_node::net::{Limits, Net, NetConfig};
+use sibyl_node::store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Arguments of `sibyl run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The node configuration (it names the committee file).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` or `log.level`; JSON when
+/// stderr is not a terminal (or `log.format = "json"`).
+pub fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(config.node.log.level.get_ref()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match config.node.log.format {
+        sibyl_node::config::LogFormat::Json => true,
+        sibyl_node::config::LogFormat::Text => false,
+        sibyl_node::config::LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// `sibyl run` entry point.
+pub fn run(args: RunArgs) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    init_logging(&config);
+    sibyl_node::priority::set_background_nice(*config.node.node.background_nice.get_ref());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .on_thread_start(sibyl_node::priority::enter_background)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            let _ = shutdown_tx.send(true);
+        });
+        run_node(config, shutdown_rx, |_| {}).await
+    })
+}
+
+/// Async worker threads for the sources, API and margin engine:
+/// `SIBYL_WORKER_THREADS` (1..=64), default 2. The round driver and the
+/// network have their own thread either way ([`run_on_round_thread`]).
+fn worker_threads() -> usize {
+    std::env::var("SIBYL_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(2)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs one member until `shutdown` turns true. `on_start` receives the
+/// driver's status handle once everything is up.
+pub async fn run_node(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    on_start: impl FnOnce(StatusHandle),
+) -> Result<()> {
+    let suites = &config.committee.suites;
+    if suites.contains(&Suite::Ed25519) {
+        if suites.len() > 1 {
+            tracing::warn!(
+                "the committee lists several suites; this build signs with ed25519 only"
+            );
+        }
+        run_suite::<frost_ed25519::Ed25519Sha512>(config, shutdown, on_start).await
+    } else {
+        run_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(config, shutdown, on_start).await
+    }
+}
+
+async fn run_suite<C: SibylSuite + Send + 'static>(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    on_start: impl FnOnce(StatusHandle),
+) -> Result<()>
+where
+    C::Group: Send,
+{
+    let committee = &config.committee;
+    let digest = committee.digest;
+    let pass = sibyl_node::keystore::passphrase(&config)?;
+    let keystore = Keystore::from_config(&config);
+    let identity = keystore.read_identity(&pass)?;
+    let peer_id = identity.public().to_peer_id();
+    let me = committee
+        .member_by_peer(&peer_id)
+        .with_context(|| {
+            format!(
+                "this node's identity {peer_id} (from {}) is not a member of the committee in {}; check [keys] in node.toml and the committee file",
+                config.identity_path().display(),
+                config.committee_path.display()
+            )
+        })?
+        .clone();
+    let key_package = keystore.read_key_package::<C>(&digest, &pass)?;
+    let public_key_package = keystore.read_public_key_package::<C>(&digest)?;
+    let seed: [u8; 32] = identity
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| anyhow::anyhow!("the identity key is not an ed25519 key"))?
+        .secret()
+        .as_ref()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the identity key's secret is not 32 bytes"))?;
+
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let store = Store::open_with(&config.db_path(), config.node.store.ledger_sync)?;
+    let observed = observed::ObservationLedger::open(&data_dir.join("observed-round"))?;
+    let protocol = Arc::new(committee.to_protocol()?);
+    let horizon = sibyl_aggregator::round::schedule::LeaderSchedule::horizon(&protocol);
+    let restore = restore_from(&store.readers, &observed, horizon)?;
+    let last_report_round = restore.last_report_round;
+
+    let group_key = public_key_package
+        .verifying_key()
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("cannot encode the group key: {e}"))?;
+    let group_keys = GroupKeys::new(digest).with_key_bytes(C::SUITE, &group_key)?;
+    let round_interval = Duration::from_millis(protocol.timeouts().round_interval_ms);
+    let node = Node::<C>::new(
+        protocol,
+        me.index,
+        NodeKeys {
+            identity_seed: seed,
+            key_package,
+            public_key_package,
+        },
+        restore,
+    )?;
+
+    let validator_keys = group_keys.clone();
+    let api_group_keys = group_keys.clone();
+    let validator: sibyl_node::net::ReportValidator = Arc::new(move |bytes: &[u8]| {
+        SignedReport::decode_expecting(bytes, &digest)
+            .ok()
+            .is_some_and(|r| verify_report(&r, &validator_keys).is_ok())
+    });
+    let net_cfg = &config.node.net;
+    let listen = match &net_cfg.listen {
+        Some(l) => {
+            sibyl_node::config::parse_member_address(l.get_ref()).map_err(|e| anyhow::anyhow!(e))?
+        }
+        None => me.address.clone(),
+    };
+    let limits = Limits {
+        max_message_bytes: net_cfg.max_message_bytes,
+        rate_per_sec: net_cfg.rate_limit_per_peer,
+        burst: net_cfg.rate_limit_per_peer.saturating_mul(2),
+        redial_min: Duration::from_millis(250).min(net_cfg.redial_interval.0),
+        redial_max: net_cfg.redial_interval.0.max(Duration::from_millis(250)),
+        request_timeout: net_cfg.request_timeout.0,
+        ..Limits::default()
+    }
+    .with_byte_budget(
+        committee.members.len(),
+        committee.feeds.len(),
+        round_interval,
+    );
+    let net = Net::new(NetConfig {
+        listen,
+        identity,
+        members: committee
+            .members
+            .iter()
+            .map(|m| sibyl_node::net::Member {
+                index: m.index,
+                peer_id: m.peer_id,
+                addr: m.address.clone(),
+            })
+            .collect(),
+        limits,
+        report_validator: Some(validator),
+    })?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    net.register_metrics(&mut registry);
+    let observations = match &config.node.sources {
+        Some(sources) => {
+            // Typed and checked (with the committee's decimals) by Config::load.
+            let service = sibyl_feeds::FeedService::start(sources.clone(), &mut registry)
+                .map_err(|e| anyhow::anyhow!("cannot start the price sources: {e}"))?;
+            source::from_feed_service(service, committee.feeds.clone())
+        }
+        None => {
+            tracing::warn!(
+                "no [sources] in node.toml: observing the built-in deterministic source (devnet/tests only)"
+            );
+            source::builtin(committee.feeds.clone())
+        }
+    };
+
+    let (reports_tx, _) = broadcast::channel::<Arc<SignedReport>>(256);
+    let sink = ReportSink::start(store.writer.clone(), reports_tx.clone());
+    // The on-chain transmitter pushes the verified reports when node.toml has [chain].
+    let _transmitter = sibyl_chain::start_transmitter(
+        &config,
+        me.index,
+        &api_group_keys,
+        reports_tx.subscribe(),
+        &mut registry,
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot start the on-chain transmitter")?;
+    // The margin engine consumes the verified reports the sink broadcasts
+    // (always on; it starts with an empty book unless the store has inputs).
+    // Held until the driver stops: dropping the handle stops the service.
+    let margin_cfg = &config.node.margin;
+    let margin = sibyl_node::margin_svc::start_with(
+        &store,
+        committee.feeds.clone(),
+        reports_tx.subscribe(),
+        shutdown.clone(),
+        sibyl_node::margin_svc::MarginOptions {
+            demo: (margin_cfg.demo_accounts > 0).then_some(sibyl_node::margin_svc::DemoSeed {
+                accounts: margin_cfg.demo_accounts,
+                seed: margin_cfg.demo_seed,
+            }),
+        },
+    )
+    .await
+    .context("cannot start the margin engine")?;
+    margin.register_metrics(&mut registry);
+    #[cfg(feature = "fault-injection")]
+    let node = sibyl_node::driver::fault::apply(node);
+    let driver = Driver::new(
+        DriverParts {
+            node,
+            transport: net,
+            ledger: store.signing_ledger()?,
+            store: store.clone(),
+            group_keys,
+            observations,
+            sink,
+            observed,
+            rng: rand::rngs::OsRng,
+            shutdown,
+        },
+        last_report_round,
+    );
+    driver.register_metrics(&mut registry);
+    let status = driver.status();
+    tracing::info!(
+        member = me.index,
+        peer_id = %peer_id,
+        config_digest = %hex::encode(digest.0),
+        db = %config.db_path().display(),
+        "member starting"
+    );
+    on_start(status.clone());
+    sibyl_api::node::serve_if_enabled(
+        &config,
+        store,
+        reports_tx,
+        status,
+        registry,
+        margin.clone(),
+        &api_group_keys,
+    )
+    .await?;
+    run_on_round_thread(driver).await?;
+    drop(margin);
+    Ok(())
+}
+
+/// Runs the round driver on a thread of its own with a single-threaded
+/// runtime. The libp2p connection tasks it spawns run there too, so a round
+/// message passes from socket to protocol without waking another thread;
+/// the price sources, the API, the margin engine and the store stay on the
+/// worker pool and the writer thread, off the round's thread.
+async fn run_on_round_thread<C, R>(driver: Driver<C, Net, R>) -> Result<()>
+where
+    C: SibylSuite + Send + 'static,
+    C::Group: Send,
+    R: rand_core::RngCore + rand_core::CryptoRng + Send + 'static,
+{
+    // Its blocking pool (the observation record's fsync) is background work;
+    // the thread that drives the runtime is not.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .on_thread_start(sibyl_node::priority::enter_background)
+        .enable_all()
+        .build()
+        .context("cannot start the round driver's runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sibyl-round".into())
+        .spawn(move || {
+            rt.block_on(driver.run());
+            let _ = done_tx.send(());
+        })
+        .context("cannot start the round driver's thread")?;
+    done_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the round driver's thread panicked"))
+}

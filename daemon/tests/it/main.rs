@@ -1,0 +1,18 @@
+//! The `sibyl` binary's integration tests, one module per suite, in one test
+//! binary so the daemon is linked once. Most run real `sibyl` processes.
+//! Suites that need an external tool or a feature (chain_anvil,
+//! dashboard_e2e, hostile_processes) stay separate `test = false` targets
+//! that scripts/test.d runs by name.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod clock_skew;
+mod committee_processes;
+mod config_check;
+mod devnet_member_exit;
+mod dkg_cli;
+mod hostile_member;
+mod margin_devnet;
+mod partition_netns;
+mod sources_cli;
