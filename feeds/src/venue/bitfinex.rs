@@ -56,8 +56,7 @@ impl VenueSpec for Spec {
         format!("[{bid},12.8,{ask},9.4,0,0,{last},{volume},{ask},{bid}]")
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (500, r#"["error",10020,"symbol: invalid"]"#.to_string())
     }
     #[cfg(feature = "sim")]

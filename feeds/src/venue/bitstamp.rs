@@ -43,8 +43,7 @@ impl VenueSpec for Spec {
         .to_string()
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             404,
             json!({"status": "error", "reason": "Invalid currency pair", "code": "API0003"}).to_string(),

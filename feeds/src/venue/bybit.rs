@@ -42,8 +42,7 @@ impl VenueSpec for Spec {
         .to_string()
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             200,
             json!({"retCode": 10001, "retMsg": "Not supported symbols", "result": {}, "retExtInfo": {}, "time": 0})

@@ -40,8 +40,7 @@ impl VenueSpec for Spec {
         .to_string()
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             400,
             json!({"id": -1, "method": "public/get-tickers", "code": 40004, "message": "Invalid instrument_name"})

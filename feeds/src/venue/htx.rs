@@ -39,8 +39,7 @@ impl VenueSpec for Spec {
         )
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             200,
             json!({"ts": 0, "status": "error", "err-code": "invalid-parameter", "err-msg": "invalid symbol"}).to_string(),
