@@ -7,7 +7,7 @@ use crate::venue::{Tick, Venue};
 
 /// (HTTP status, body) of a successful ticker answer.
 pub(crate) fn ticker(venue: Venue, market: &str, t: &Tick) -> (u16, String) {
-    venue.spec().render_ticker(market, t)
+    (200, venue.spec().render_ticker(market, t))
 }
 
 /// (HTTP status, body) the venue answers for a market it does not list.

@@ -6,7 +6,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json_either, n, num_u64, query_param, rate_limited, split_by_quote, venue_err};
+use super::{Num, Ping, RateLimit, RawQuote, Route, StreamSpec, VenueSpec, json_either, n, num_u64, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -23,17 +23,8 @@ impl VenueSpec for Spec {
             burst: 20,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
-    }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        split_by_quote(&market.to_ascii_uppercase())
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/api/v3/ticker/24hr?symbol={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        market_of_request(path, query)
+    fn ticker_route(&self) -> Route {
+        Route::query("/api/v3/ticker/24hr", "symbol")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_binance(status, body, market)
@@ -42,7 +33,7 @@ impl VenueSpec for Spec {
         Some(&Stream)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
         render_ticker(market, t)
     }
     #[cfg(feature = "sim")]
@@ -55,32 +46,15 @@ impl VenueSpec for Spec {
     }
 }
 
-/// The 24 h ticker path, shared with MEXC (same API shape).
-pub(super) fn market_of_request(path: &str, query: &str) -> Option<String> {
-    if path == "/api/v3/ticker/24hr" {
-        query_param(query, "symbol")
-    } else {
-        None
-    }
-}
-
 /// Binance's (and MEXC's) 24 h ticker body.
 #[cfg(feature = "sim")]
-pub(super) fn render_ticker(market: &str, t: &Tick) -> (u16, String) {
-    let Tick {
-        bid,
-        ask,
-        last,
-        volume,
-        time_ms,
-    } = t;
-    let body = json!({
-        "symbol": market, "priceChange": "0", "priceChangePercent": "0", "lastPrice": last,
-        "bidPrice": bid, "bidQty": "1.5", "askPrice": ask, "askQty": "0.8", "volume": volume,
-        "openTime": time_ms.saturating_sub(86_400_000), "closeTime": time_ms, "count": 1000
+pub(super) fn render_ticker(market: &str, t: &Tick) -> String {
+    json!({
+        "symbol": market, "priceChange": "0", "priceChangePercent": "0", "lastPrice": t.last,
+        "bidPrice": t.bid, "bidQty": "1.5", "askPrice": t.ask, "askQty": "0.8", "volume": t.volume,
+        "openTime": t.time_ms.saturating_sub(86_400_000), "closeTime": t.time_ms, "count": 1000
     })
-    .to_string();
-    (200, body)
+    .to_string()
 }
 
 /// Binance's (and MEXC's) unknown-symbol answer.
@@ -143,16 +117,9 @@ impl StreamSpec for Stream {
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, symbol: &str, market: &str, t: &Tick, _seq: u64) -> String {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
         json!({"stream": format!("{symbol}@ticker"), "data": {
-            "e": "24hrTicker", "E": time_ms, "s": market, "p": "0", "P": "0", "c": last, "Q": "0.01",
-            "b": bid, "B": "1", "a": ask, "A": "1", "o": last, "h": ask, "l": bid, "v": volume, "q": "0"
+            "e": "24hrTicker", "E": t.time_ms, "s": market, "p": "0", "P": "0", "c": t.last, "Q": "0.01",
+            "b": t.bid, "B": "1", "a": t.ask, "A": "1", "o": t.last, "h": t.ask, "l": t.bid, "v": t.volume, "q": "0"
         }})
         .to_string()
     }

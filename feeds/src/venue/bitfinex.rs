@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json, rate_limited, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, VenueSpec, json, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -40,34 +40,23 @@ impl VenueSpec for Spec {
         };
         Some((from_bitfinex_asset(&b), from_bitfinex_asset(&q)))
     }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/v2/ticker/{market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        let _ = query;
-        path.strip_prefix("/v2/ticker/")
-            .map(|s| s.replace("%3A", ":"))
+    fn ticker_route(&self) -> Route {
+        Route::Segment {
+            prefix: "/v2/ticker/",
+            suffix: "",
+        }
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_bitfinex(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms: _,
-        } = t;
-        let _ = market;
+    fn render_ticker(&self, _market: &str, t: &Tick) -> String {
+        let (bid, ask, last, volume) = (&t.bid, &t.ask, &t.last, &t.volume);
         // JSON numbers, written from the text so nothing is lost.
-        let body = format!("[{bid},12.8,{ask},9.4,0,0,{last},{volume},{ask},{bid}]");
-        (200, body)
+        format!("[{bid},12.8,{ask},9.4,0,0,{last},{volume},{ask},{bid}]")
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (500, r#"["error",10020,"symbol: invalid"]"#.to_string())
     }
     #[cfg(feature = "sim")]

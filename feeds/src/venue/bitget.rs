@@ -5,7 +5,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json, n, num_u64, query_param, rate_limited, split_by_quote, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, VenueSpec, json, listed, n, num_u64, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -22,42 +22,21 @@ impl VenueSpec for Spec {
             burst: 10,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
-    }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        split_by_quote(&market.to_ascii_uppercase())
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/api/v2/spot/market/tickers?symbol={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        if path == "/api/v2/spot/market/tickers" {
-            query_param(query, "symbol")
-        } else {
-            None
-        }
+    fn ticker_route(&self) -> Route {
+        Route::query("/api/v2/spot/market/tickers", "symbol")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_bitget(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
-        let ts = time_ms.to_string();
-        let body = json!({"code": "00000", "msg": "success", "requestTime": time_ms, "data": [{
-            "symbol": market, "high24h": ask, "open": last, "low24h": bid, "lastPr": last, "quoteVolume": "0",
-            "baseVolume": volume, "usdtVolume": "0", "bidPr": bid, "askPr": ask, "bidSz": "1", "askSz": "1",
-            "openUtc": last, "ts": ts, "changeUtc24h": "0", "change24h": "0"
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
+        let ts = t.time_ms.to_string();
+        json!({"code": "00000", "msg": "success", "requestTime": t.time_ms, "data": [{
+            "symbol": market, "high24h": t.ask, "open": t.last, "low24h": t.bid, "lastPr": t.last, "quoteVolume": "0",
+            "baseVolume": t.volume, "usdtVolume": "0", "bidPr": t.bid, "askPr": t.ask, "bidSz": "1", "askSz": "1",
+            "openUtc": t.last, "ts": ts, "changeUtc24h": "0", "change24h": "0"
         }]})
-        .to_string();
-        (200, body)
+        .to_string()
     }
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
@@ -100,10 +79,7 @@ fn parse_bitget(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
         "40034" => return Err(SourceError::UnknownSymbol(market.into())),
         code => return Err(venue_err(code, resp.msg)),
     }
-    let t = resp
-        .data
-        .and_then(|d| d.into_iter().find(|t| t.symbol == market))
-        .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+    let t = listed(resp.data.unwrap_or_default(), market, |t| &t.symbol)?;
     Ok(RawQuote {
         bid: n(&t.bid_pr),
         ask: n(&t.ask_pr),

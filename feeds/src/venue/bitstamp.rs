@@ -4,7 +4,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json_either, n, rate_limited, split_by_quote, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, n, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -21,44 +21,29 @@ impl VenueSpec for Spec {
             burst: 20,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase()).to_ascii_lowercase()
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::JoinedLower
     }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        split_by_quote(&market.to_ascii_uppercase())
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/api/v2/ticker/{market}/")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        let _ = query;
-        path.strip_prefix("/api/v2/ticker/")
-            .map(|s| s.trim_end_matches('/').to_string())
+    fn ticker_route(&self) -> Route {
+        Route::Segment {
+            prefix: "/api/v2/ticker/",
+            suffix: "/",
+        }
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_bitstamp(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
-        let body = json!({
-            "timestamp": (time_ms / 1000).to_string(), "open": last, "high": ask, "low": bid, "last": last,
-            "volume": volume, "vwap": last, "bid": bid, "ask": ask, "side": "0", "open_24": last,
+    fn render_ticker(&self, _market: &str, t: &Tick) -> String {
+        json!({
+            "timestamp": (t.time_ms / 1000).to_string(), "open": t.last, "high": t.ask, "low": t.bid, "last": t.last,
+            "volume": t.volume, "vwap": t.last, "bid": t.bid, "ask": t.ask, "side": "0", "open_24": t.last,
             "percent_change_24": "0.00"
         })
-        .to_string();
-        let _ = market;
-        (200, body)
+        .to_string()
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             404,
             json!({"status": "error", "reason": "Invalid currency pair", "code": "API0003"}).to_string(),

@@ -5,7 +5,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json, n, query_param, rate_limited, split_by_quote, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, VenueSpec, json, listed, n, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -22,45 +22,27 @@ impl VenueSpec for Spec {
             burst: 20,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
-    }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        split_by_quote(&market.to_ascii_uppercase())
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/v5/market/tickers?category=spot&symbol={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        if path == "/v5/market/tickers" {
-            query_param(query, "symbol")
-        } else {
-            None
+    fn ticker_route(&self) -> Route {
+        Route::Query {
+            path: "/v5/market/tickers",
+            fixed: "category=spot",
+            param: "symbol",
         }
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_bybit(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
-        let body = json!({"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": [{
-            "symbol": market, "bid1Price": bid, "bid1Size": "1.2", "ask1Price": ask, "ask1Size": "0.5",
-            "lastPrice": last, "prevPrice24h": last, "price24hPcnt": "0", "highPrice24h": ask,
-            "lowPrice24h": bid, "turnover24h": "0", "volume24h": volume
-        }]}, "retExtInfo": {}, "time": time_ms})
-        .to_string();
-        (200, body)
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
+        json!({"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": [{
+            "symbol": market, "bid1Price": t.bid, "bid1Size": "1.2", "ask1Price": t.ask, "ask1Size": "0.5",
+            "lastPrice": t.last, "prevPrice24h": t.last, "price24hPcnt": "0", "highPrice24h": t.ask,
+            "lowPrice24h": t.bid, "turnover24h": "0", "volume24h": t.volume
+        }]}, "retExtInfo": {}, "time": t.time_ms})
+        .to_string()
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             200,
             json!({"retCode": 10001, "retMsg": "Not supported symbols", "result": {}, "retExtInfo": {}, "time": 0})
@@ -112,10 +94,8 @@ fn parse_bybit(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sourc
         10006 | 10018 => return Err(rate_limited(status, resp.ret_msg)),
         code => return Err(venue_err(code, resp.ret_msg)),
     }
-    let t = resp
-        .result
-        .and_then(|r| r.list.into_iter().find(|t| t.symbol == market))
-        .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+    let list = resp.result.map(|r| r.list).unwrap_or_default();
+    let t = listed(list, market, |t| &t.symbol)?;
     Ok(RawQuote {
         bid: n(&t.bid1_price),
         ask: n(&t.ask1_price),

@@ -8,7 +8,7 @@ use serde_json::json;
 
 #[cfg(feature = "sim")]
 use super::{add_symbols, json_strings};
-use super::{Num, RateLimit, RawQuote, StreamSpec, VenueSpec, json_either, n, rate_limited, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_either, n, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use crate::time::format_rfc3339_ms;
@@ -28,20 +28,14 @@ impl VenueSpec for Spec {
             burst: 10,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}-{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::Separated('-')
     }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        let (b, q) = market.split_once('-')?;
-        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/products/{market}/ticker")
-    }
-    fn market_of_request(&self, path: &str, _query: &str) -> Option<String> {
-        path.strip_prefix("/products/")?
-            .strip_suffix("/ticker")
-            .map(str::to_string)
+    fn ticker_route(&self) -> Route {
+        Route::Segment {
+            prefix: "/products/",
+            suffix: "/ticker",
+        }
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_coinbase(status, body, market)
@@ -50,20 +44,12 @@ impl VenueSpec for Spec {
         Some(&Stream)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, _market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
-        let body = json!({
-            "ask": ask, "bid": bid, "volume": volume, "trade_id": 86326522, "price": last,
-            "size": "0.01", "time": format_rfc3339_ms(*time_ms)
+    fn render_ticker(&self, _market: &str, t: &Tick) -> String {
+        json!({
+            "ask": t.ask, "bid": t.bid, "volume": t.volume, "trade_id": 86326522, "price": t.last,
+            "size": "0.01", "time": format_rfc3339_ms(t.time_ms)
         })
-        .to_string();
-        (200, body)
+        .to_string()
     }
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
@@ -126,18 +112,11 @@ impl StreamSpec for Stream {
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, seq: u64) -> String {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
         json!({
-            "type": "ticker", "sequence": seq, "product_id": symbol, "price": last, "open_24h": last,
-            "volume_24h": volume, "low_24h": bid, "high_24h": ask, "volume_30d": volume, "best_bid": bid,
-            "best_bid_size": "1", "best_ask": ask, "best_ask_size": "1", "side": "buy",
-            "time": format_rfc3339_ms(*time_ms), "trade_id": seq, "last_size": "0.01"
+            "type": "ticker", "sequence": seq, "product_id": symbol, "price": t.last, "open_24h": t.last,
+            "volume_24h": t.volume, "low_24h": t.bid, "high_24h": t.ask, "volume_30d": t.volume, "best_bid": t.bid,
+            "best_bid_size": "1", "best_ask": t.ask, "best_ask_size": "1", "side": "buy",
+            "time": format_rfc3339_ms(t.time_ms), "trade_id": seq, "last_size": "0.01"
         })
         .to_string()
     }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json, n, query_param, rate_limited, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, listed, n, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -22,45 +22,25 @@ impl VenueSpec for Spec {
             burst: 20,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}_{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::Separated('_')
     }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        let (b, q) = market.split_once('_')?;
-        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/exchange/v1/public/get-tickers?instrument_name={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        if path == "/exchange/v1/public/get-tickers" {
-            query_param(query, "instrument_name")
-        } else {
-            None
-        }
+    fn ticker_route(&self) -> Route {
+        Route::query("/exchange/v1/public/get-tickers", "instrument_name")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_cryptocom(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
-        let body = json!({"id": -1, "method": "public/get-tickers", "code": 0, "result": {"data": [{
-            "i": market, "h": ask, "l": bid, "a": last, "v": volume, "vv": "0", "c": "0", "b": bid, "k": ask,
-            "oi": "0", "t": time_ms
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
+        json!({"id": -1, "method": "public/get-tickers", "code": 0, "result": {"data": [{
+            "i": market, "h": t.ask, "l": t.bid, "a": t.last, "v": t.volume, "vv": "0", "c": "0", "b": t.bid, "k": t.ask,
+            "oi": "0", "t": t.time_ms
         }]}})
-        .to_string();
-        (200, body)
+        .to_string()
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             400,
             json!({"id": -1, "method": "public/get-tickers", "code": 40004, "message": "Invalid instrument_name"})
@@ -107,10 +87,8 @@ fn parse_cryptocom(status: u16, body: &[u8], market: &str) -> Result<RawQuote, S
         }
         code => return Err(venue_err(code, msg)),
     }
-    let t = resp
-        .result
-        .and_then(|r| r.data.into_iter().find(|t| t.i == market))
-        .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+    let list = resp.result.map(|r| r.data).unwrap_or_default();
+    let t = listed(list, market, |t| &t.i)?;
     Ok(RawQuote {
         bid: n(&t.b),
         ask: n(&t.k),

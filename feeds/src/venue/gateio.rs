@@ -5,7 +5,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json_either, n, query_param, rate_limited, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, listed, n, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -22,41 +22,22 @@ impl VenueSpec for Spec {
             burst: 10,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}_{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::Separated('_')
     }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        let (b, q) = market.split_once('_')?;
-        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/api/v4/spot/tickers?currency_pair={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        if path == "/api/v4/spot/tickers" {
-            query_param(query, "currency_pair")
-        } else {
-            None
-        }
+    fn ticker_route(&self) -> Route {
+        Route::query("/api/v4/spot/tickers", "currency_pair")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_gateio(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms: _,
-        } = t;
-        let body = json!([{
-            "currency_pair": market, "last": last, "lowest_ask": ask, "highest_bid": bid,
-            "change_percentage": "0", "base_volume": volume, "quote_volume": "0", "high_24h": ask, "low_24h": bid
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
+        json!([{
+            "currency_pair": market, "last": t.last, "lowest_ask": t.ask, "highest_bid": t.bid,
+            "change_percentage": "0", "base_volume": t.volume, "quote_volume": "0", "high_24h": t.ask, "low_24h": t.bid
         }])
-        .to_string();
-        (200, body)
+        .to_string()
     }
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
@@ -89,10 +70,7 @@ struct GateTicker {
 fn parse_gateio(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
     match json_either::<Vec<GateTicker>, GateError>(body)? {
         Ok(list) => {
-            let t = list
-                .into_iter()
-                .find(|t| t.currency_pair == market)
-                .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+            let t = listed(list, market, |t| &t.currency_pair)?;
             Ok(RawQuote {
                 bid: n(&t.highest_bid),
                 ask: n(&t.lowest_ask),

@@ -4,7 +4,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json_either, rate_limited, split_by_quote, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -21,35 +21,23 @@ impl VenueSpec for Spec {
             burst: 5,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase()).to_ascii_lowercase()
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::JoinedLower
     }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        split_by_quote(&market.to_ascii_uppercase())
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/v1/pubticker/{market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        let _ = query;
-        path.strip_prefix("/v1/pubticker/").map(str::to_string)
+    fn ticker_route(&self) -> Route {
+        Route::Segment {
+            prefix: "/v1/pubticker/",
+            suffix: "",
+        }
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_gemini(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
         let base = Spec.parse_market(market).map(|(b, _)| b).unwrap_or_default();
-        let body = json!({"bid": bid, "ask": ask, "volume": {base: volume, "timestamp": time_ms}, "last": last})
-            .to_string();
-        (200, body)
+        json!({"bid": t.bid, "ask": t.ask, "volume": {base: t.volume, "timestamp": t.time_ms}, "last": t.last})
+            .to_string()
     }
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, market: &str) -> (u16, String) {

@@ -5,7 +5,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json, n, query_param, rate_limited, split_by_quote, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -22,42 +22,24 @@ impl VenueSpec for Spec {
             burst: 10,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase()).to_ascii_lowercase()
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::JoinedLower
     }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        split_by_quote(&market.to_ascii_uppercase())
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/market/detail/merged?symbol={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        if path == "/market/detail/merged" {
-            query_param(query, "symbol")
-        } else {
-            None
-        }
+    fn ticker_route(&self) -> Route {
+        Route::query("/market/detail/merged", "symbol")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_htx(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
-        let body = format!(
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
+        let (bid, ask, last, volume, time_ms) = (&t.bid, &t.ask, &t.last, &t.volume, t.time_ms);
+        format!(
             r#"{{"ch":"market.{market}.detail.merged","status":"ok","ts":{time_ms},"tick":{{"id":1,"version":1,"open":{last},"close":{last},"low":{bid},"high":{ask},"amount":{volume},"vol":0,"count":1,"bid":[{bid},1.2],"ask":[{ask},0.5]}}}}"#
-        );
-        (200, body)
+        )
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             200,
             json!({"ts": 0, "status": "error", "err-code": "invalid-parameter", "err-msg": "invalid symbol"}).to_string(),

@@ -8,7 +8,7 @@ use serde_json::json;
 
 #[cfg(feature = "sim")]
 use super::{add_symbols, json_strings};
-use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json, query_param, rate_limited, split_by_quote, venue_err};
+use super::{Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -25,23 +25,17 @@ impl VenueSpec for Spec {
             burst: 2,
         }
     }
+    /// Joined, in Kraken's own asset codes.
     fn market(&self, base: &str, quote: &str) -> String {
         let (b, q) = (base.to_ascii_uppercase(), quote.to_ascii_uppercase());
-        format!("{}{}", kraken_asset(&b), kraken_asset(&q))
+        SymbolStyle::Joined.market(&kraken_asset(&b), &kraken_asset(&q))
     }
     fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        let (b, q) = split_by_quote(&market.to_ascii_uppercase())?;
+        let (b, q) = SymbolStyle::Joined.parse(market)?;
         Some((from_kraken_asset(&b), from_kraken_asset(&q)))
     }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/0/public/Ticker?pair={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        if path == "/0/public/Ticker" {
-            query_param(query, "pair")
-        } else {
-            None
-        }
+    fn ticker_route(&self) -> Route {
+        Route::query("/0/public/Ticker", "pair")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_kraken(status, body, market)
@@ -50,20 +44,12 @@ impl VenueSpec for Spec {
         Some(&Stream)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms: _,
-        } = t;
-        let body = json!({"error": [], "result": {market: {
-            "a": [ask, "1", "1.000"], "b": [bid, "2", "2.000"], "c": [last, "0.01"],
-            "v": [volume, volume], "p": [last, last], "t": [100, 200], "l": [bid, bid], "h": [ask, ask], "o": last
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
+        json!({"error": [], "result": {market: {
+            "a": [t.ask, "1", "1.000"], "b": [t.bid, "2", "2.000"], "c": [t.last, "0.01"],
+            "v": [t.volume, t.volume], "p": [t.last, t.last], "t": [100, 200], "l": [t.bid, t.bid], "h": [t.ask, t.ask], "o": t.last
         }}})
-        .to_string();
-        (200, body)
+        .to_string()
     }
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
@@ -156,13 +142,7 @@ impl StreamSpec for Stream {
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, _seq: u64) -> String {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms: _,
-        } = t;
+        let (bid, ask, last, volume) = (&t.bid, &t.ask, &t.last, &t.volume);
         format!(
             r#"{{"channel":"ticker","type":"update","data":[{{"symbol":"{symbol}","bid":{bid},"bid_qty":1.0,"ask":{ask},"ask_qty":1.0,"last":{last},"volume":{volume},"vwap":{last},"low":{bid},"high":{ask},"change":0.0,"change_pct":0.0}}]}}"#
         )

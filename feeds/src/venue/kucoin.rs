@@ -5,7 +5,7 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, VenueSpec, json, n, query_param, rate_limited, venue_err};
+use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -22,46 +22,25 @@ impl VenueSpec for Spec {
             burst: 10,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}-{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::Separated('-')
     }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        let (b, q) = market.split_once('-')?;
-        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/api/v1/market/orderbook/level1?symbol={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        if path == "/api/v1/market/orderbook/level1" {
-            query_param(query, "symbol")
-        } else {
-            None
-        }
+    fn ticker_route(&self) -> Route {
+        Route::query("/api/v1/market/orderbook/level1", "symbol")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_kucoin(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume: _,
-            time_ms,
-        } = t;
-        let _ = market;
-        let body = json!({"code": "200000", "data": {
-            "time": time_ms, "sequence": "1", "price": last, "size": "0.1", "bestBid": bid,
-            "bestBidSize": "1", "bestAsk": ask, "bestAskSize": "1"
+    fn render_ticker(&self, _market: &str, t: &Tick) -> String {
+        json!({"code": "200000", "data": {
+            "time": t.time_ms, "sequence": "1", "price": t.last, "size": "0.1", "bestBid": t.bid,
+            "bestBidSize": "1", "bestAsk": t.ask, "bestAskSize": "1"
         }})
-        .to_string();
-        (200, body)
+        .to_string()
     }
     #[cfg(feature = "sim")]
-    fn render_unknown_symbol(&self, market: &str) -> (u16, String) {
-        let _ = market;
+    fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (200, json!({"code": "200000", "data": null}).to_string())
     }
     #[cfg(feature = "sim")]

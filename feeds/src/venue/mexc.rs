@@ -4,7 +4,7 @@
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{RateLimit, RawQuote, VenueSpec, binance, split_by_quote};
+use super::{RateLimit, RawQuote, Route, VenueSpec, binance};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -21,23 +21,14 @@ impl VenueSpec for Spec {
             burst: 10,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
-    }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        split_by_quote(&market.to_ascii_uppercase())
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/api/v3/ticker/24hr?symbol={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        binance::market_of_request(path, query)
+    fn ticker_route(&self) -> Route {
+        Route::query("/api/v3/ticker/24hr", "symbol")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         binance::parse_binance(status, body, market)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
         binance::render_ticker(market, t)
     }
     #[cfg(feature = "sim")]

@@ -76,29 +76,153 @@ pub(crate) trait VenueSpec: Sync {
     fn base_url(&self) -> &'static str;
     /// Published public limit (per IP); we stay at or below it.
     fn rate_limit(&self) -> RateLimit;
+    /// How the venue spells a market symbol. Kraken and Bitfinex, with asset
+    /// codes of their own, override [`VenueSpec::market`] and
+    /// [`VenueSpec::parse_market`] instead.
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::Joined
+    }
     /// The venue's market symbol for `base`/`quote` (canonical upper-case asset codes).
-    fn market(&self, base: &str, quote: &str) -> String;
+    fn market(&self, base: &str, quote: &str) -> String {
+        self.symbol_style().market(base, quote)
+    }
     /// Inverse of [`VenueSpec::market`].
-    fn parse_market(&self, market: &str) -> Option<(String, String)>;
+    fn parse_market(&self, market: &str) -> Option<(String, String)> {
+        self.symbol_style().parse(market)
+    }
+    /// Where the single-market ticker endpoint is.
+    fn ticker_route(&self) -> Route;
     /// Path and query of the single-market ticker endpoint, appended to the base URL.
-    fn ticker_path(&self, market: &str) -> String;
+    fn ticker_path(&self, market: &str) -> String {
+        self.ticker_route().path(market)
+    }
     /// Inverse of [`VenueSpec::ticker_path`]: the market a request asks for.
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String>;
+    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
+        self.ticker_route().market(path, query)
+    }
     /// Parse a ticker response (the venue's success and error bodies).
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError>;
     /// The venue's WebSocket stream, for the venues we stream from.
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         None
     }
-    /// (HTTP status, body) of a successful ticker answer.
+    /// Body of a successful ticker answer (HTTP 200).
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String);
+    fn render_ticker(&self, market: &str, t: &Tick) -> String;
     /// (HTTP status, body) the venue answers for a market it does not list.
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, market: &str) -> (u16, String);
     /// Body of the venue's rate-limit answer (HTTP 429).
     #[cfg(feature = "sim")]
     fn render_rate_limited(&self) -> serde_json::Value;
+}
+
+/// How a venue spells the market `base`/`quote` (canonical upper-case codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SymbolStyle {
+    /// `BTCUSDT`
+    Joined,
+    /// `btcusdt`
+    JoinedLower,
+    /// `BTC-USDT` or `BTC_USDT`
+    Separated(char),
+}
+
+impl SymbolStyle {
+    fn market(self, base: &str, quote: &str) -> String {
+        let (b, q) = (base.to_ascii_uppercase(), quote.to_ascii_uppercase());
+        match self {
+            SymbolStyle::Joined => format!("{b}{q}"),
+            SymbolStyle::JoinedLower => format!("{b}{q}").to_ascii_lowercase(),
+            SymbolStyle::Separated(sep) => format!("{b}{sep}{q}"),
+        }
+    }
+
+    fn parse(self, market: &str) -> Option<(String, String)> {
+        match self {
+            SymbolStyle::Joined | SymbolStyle::JoinedLower => {
+                split_by_quote(&market.to_ascii_uppercase())
+            }
+            SymbolStyle::Separated(sep) => {
+                let (b, q) = market.split_once(sep)?;
+                Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
+            }
+        }
+    }
+}
+
+/// Where a venue serves one market's ticker, relative to its base URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `{path}?{fixed}&{param}={market}`; `fixed` (other parameters) may be empty.
+    Query {
+        path: &'static str,
+        fixed: &'static str,
+        param: &'static str,
+    },
+    /// `{prefix}{market}{suffix}`: the market is a path segment.
+    Segment {
+        prefix: &'static str,
+        suffix: &'static str,
+    },
+}
+
+impl Route {
+    /// `{path}?{param}={market}`.
+    const fn query(path: &'static str, param: &'static str) -> Route {
+        Route::Query {
+            path,
+            fixed: "",
+            param,
+        }
+    }
+
+    fn path(self, market: &str) -> String {
+        match self {
+            Route::Query {
+                path,
+                fixed: "",
+                param,
+            } => format!("{path}?{param}={market}"),
+            Route::Query { path, fixed, param } => format!("{path}?{fixed}&{param}={market}"),
+            Route::Segment { prefix, suffix } => format!("{prefix}{market}{suffix}"),
+        }
+    }
+
+    /// The market a request (path after the base URL, raw query) asks for.
+    fn market(self, path: &str, query: &str) -> Option<String> {
+        match self {
+            Route::Query { path: p, param, .. } => {
+                if path == p {
+                    query_param(query, param)
+                } else {
+                    None
+                }
+            }
+            Route::Segment { prefix, suffix } => {
+                let rest = path.strip_prefix(prefix)?;
+                // A trailing slash in the route is optional in a request.
+                let segment = match suffix.strip_suffix('/') {
+                    Some(s) => rest.trim_end_matches('/').strip_suffix(s)?,
+                    None => rest.strip_suffix(suffix)?,
+                };
+                // Bitfinex's `tDOGE:USD` may arrive percent-encoded.
+                Some(segment.replace("%3A", ":"))
+            }
+        }
+    }
+}
+
+/// The ticker in a list answer that is `market`'s (`symbol` names an
+/// entry's market); a list without it means the venue does not list it.
+fn listed<T>(
+    list: impl IntoIterator<Item = T>,
+    market: &str,
+    symbol: impl Fn(&T) -> &str,
+) -> Result<T, SourceError> {
+    list.into_iter()
+        .find(|t| symbol(t) == market)
+        .ok_or_else(|| SourceError::UnknownSymbol(market.into()))
 }
 
 /// One venue's view of one market at one instant, as the simulated
@@ -402,6 +526,45 @@ mod tests {
         assert_eq!(Venue::Bitfinex.market("BTC", "USDT"), "tBTCUST");
         assert_eq!(Venue::Bitfinex.market("DOGE", "USD"), "tDOGE:USD");
         assert_eq!(Venue::Gemini.market("ETH", "USD"), "ethusd");
+    }
+
+    #[test]
+    fn ticker_routes_spell_each_venue_path() {
+        assert_eq!(
+            Venue::Bybit.ticker_path("BTCUSDT"),
+            "/v5/market/tickers?category=spot&symbol=BTCUSDT"
+        );
+        assert_eq!(
+            Venue::Okx.ticker_path("BTC-USDT"),
+            "/api/v5/market/ticker?instId=BTC-USDT"
+        );
+        assert_eq!(
+            Venue::Coinbase.ticker_path("BTC-USD"),
+            "/products/BTC-USD/ticker"
+        );
+        assert_eq!(
+            Venue::Bitstamp.ticker_path("btcusd"),
+            "/api/v2/ticker/btcusd/"
+        );
+        // A route's trailing slash is optional in a request; others are not.
+        let of = |v: Venue, path: &str, query: &str| v.market_of_request(path, query);
+        assert_eq!(
+            of(Venue::Bitstamp, "/api/v2/ticker/btcusd", "").as_deref(),
+            Some("btcusd")
+        );
+        assert_eq!(of(Venue::Coinbase, "/products/BTC-USD", ""), None);
+        assert_eq!(
+            of(Venue::Okx, "/api/v5/market/tickers", "instId=BTC-USDT"),
+            None
+        );
+        assert_eq!(
+            of(Venue::Okx, "/api/v5/market/ticker", "symbol=BTC-USDT"),
+            None
+        );
+        assert_eq!(
+            of(Venue::Bitfinex, "/v2/ticker/tDOGE%3AUSD", "").as_deref(),
+            Some("tDOGE:USD")
+        );
     }
 
     #[test]

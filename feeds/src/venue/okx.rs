@@ -8,7 +8,7 @@ use serde_json::json;
 
 #[cfg(feature = "sim")]
 use super::add_symbols;
-use super::{Num, Ping, RateLimit, RawQuote, StreamSpec, VenueSpec, json, n, num_u64, query_param, rate_limited, venue_err};
+use super::{Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, listed, n, num_u64, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
@@ -25,22 +25,11 @@ impl VenueSpec for Spec {
             burst: 10,
         }
     }
-    fn market(&self, base: &str, quote: &str) -> String {
-        format!("{}-{}", base.to_ascii_uppercase(), quote.to_ascii_uppercase())
+    fn symbol_style(&self) -> SymbolStyle {
+        SymbolStyle::Separated('-')
     }
-    fn parse_market(&self, market: &str) -> Option<(String, String)> {
-        let (b, q) = market.split_once('-')?;
-        Some((b.to_ascii_uppercase(), q.to_ascii_uppercase()))
-    }
-    fn ticker_path(&self, market: &str) -> String {
-        format!("/api/v5/market/ticker?instId={market}")
-    }
-    fn market_of_request(&self, path: &str, query: &str) -> Option<String> {
-        if path == "/api/v5/market/ticker" {
-            query_param(query, "instId")
-        } else {
-            None
-        }
+    fn ticker_route(&self) -> Route {
+        Route::query("/api/v5/market/ticker", "instId")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_okx(status, body, market)
@@ -49,22 +38,14 @@ impl VenueSpec for Spec {
         Some(&Stream)
     }
     #[cfg(feature = "sim")]
-    fn render_ticker(&self, market: &str, t: &Tick) -> (u16, String) {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
-        let ts = time_ms.to_string();
-        let body = json!({"code": "0", "msg": "", "data": [{
-            "instType": "SPOT", "instId": market, "last": last, "lastSz": "0.01", "askPx": ask, "askSz": "0.5",
-            "bidPx": bid, "bidSz": "1.2", "open24h": last, "high24h": ask, "low24h": bid, "volCcy24h": "0",
-            "vol24h": volume, "ts": ts, "sodUtc0": last, "sodUtc8": last
+    fn render_ticker(&self, market: &str, t: &Tick) -> String {
+        let ts = t.time_ms.to_string();
+        json!({"code": "0", "msg": "", "data": [{
+            "instType": "SPOT", "instId": market, "last": t.last, "lastSz": "0.01", "askPx": t.ask, "askSz": "0.5",
+            "bidPx": t.bid, "bidSz": "1.2", "open24h": t.last, "high24h": t.ask, "low24h": t.bid, "volCcy24h": "0",
+            "vol24h": t.volume, "ts": ts, "sodUtc0": t.last, "sodUtc8": t.last
         }]})
-        .to_string();
-        (200, body)
+        .to_string()
     }
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
@@ -118,17 +99,10 @@ impl StreamSpec for Stream {
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, _seq: u64) -> String {
-        let Tick {
-            bid,
-            ask,
-            last,
-            volume,
-            time_ms,
-        } = t;
         json!({"arg": {"channel": "tickers", "instId": symbol}, "data": [{
-            "instType": "SPOT", "instId": symbol, "last": last, "lastSz": "0.01", "askPx": ask, "askSz": "1",
-            "bidPx": bid, "bidSz": "1", "open24h": last, "high24h": ask, "low24h": bid, "volCcy24h": "0",
-            "vol24h": volume, "ts": time_ms.to_string(), "sodUtc0": last, "sodUtc8": last
+            "instType": "SPOT", "instId": symbol, "last": t.last, "lastSz": "0.01", "askPx": t.ask, "askSz": "1",
+            "bidPx": t.bid, "bidSz": "1", "open24h": t.last, "high24h": t.ask, "low24h": t.bid, "volCcy24h": "0",
+            "vol24h": t.volume, "ts": t.time_ms.to_string(), "sodUtc0": t.last, "sodUtc8": t.last
         }]})
         .to_string()
     }
@@ -196,10 +170,6 @@ fn parse_okx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceE
         "50011" => return Err(rate_limited(status, resp.msg)),
         code => return Err(venue_err(code, resp.msg)),
     }
-    let t = resp
-        .data
-        .iter()
-        .find(|t| t.inst_id == market)
-        .ok_or_else(|| SourceError::UnknownSymbol(market.into()))?;
+    let t = listed(&resp.data, market, |t| &t.inst_id)?;
     Ok(t.raw())
 }

@@ -19,6 +19,41 @@ enum Plan {
     },
 }
 
+impl Plan {
+    /// A change to one account that emits one event and trades nothing.
+    fn event(id: AccountId, acct: Account, event: Event) -> Plan {
+        Plan::Account {
+            id,
+            acct,
+            extra: vec![event],
+            fee: 0,
+            fills: vec![],
+        }
+    }
+}
+
+/// `Err(NonPositive)` unless `value` is above zero.
+fn positive(what: &'static str, value: i128) -> Result<(), EngineError> {
+    if value <= 0 {
+        return Err(EngineError::NonPositive { what, value });
+    }
+    Ok(())
+}
+
+/// `Err(InsufficientMargin)` unless the unit's equity covers its initial
+/// requirement (and is not negative).
+fn meets_initial(account: AccountId, unit: &Unit, h: &Health) -> Result<(), EngineError> {
+    if h.equity < h.initial || h.equity < 0 {
+        return Err(EngineError::InsufficientMargin {
+            account,
+            unit: unit.to_string(),
+            equity: h.equity,
+            initial: h.initial,
+        });
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Applies an admin command stamped with its arrival time. On error
     /// nothing changed and no event was emitted.
@@ -46,6 +81,32 @@ impl Engine {
             });
         }
         Ok(())
+    }
+
+    /// `Err(UnknownAsset)` unless the collateral asset is configured.
+    fn known_asset(&self, asset: &str) -> Result<(), EngineError> {
+        if !self.s.assets.contains_key(asset) {
+            return Err(EngineError::UnknownAsset {
+                asset: asset.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `Err(GuardUp)` naming `market` while the feed's guard is up.
+    fn check_guard(
+        &self,
+        feed: &str,
+        now: u64,
+        market: impl FnOnce() -> String,
+    ) -> Result<(), EngineError> {
+        match self.guard_at(feed, now) {
+            Some(reason) => Err(EngineError::GuardUp {
+                market: market(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn plan(&self, now: u64, cmd: &Command) -> Result<Plan, EngineError> {
@@ -181,12 +242,7 @@ impl Engine {
                     });
                 }
                 if let MarketKind::Option { strike, vol, .. } = &m.kind {
-                    if *strike <= 0 {
-                        return Err(EngineError::NonPositive {
-                            what: "option strike",
-                            value: *strike,
-                        });
-                    }
+                    positive("option strike", *strike)?;
                     match vol {
                         VolSource::Fixed { vol_ppm } if *vol_ppm == 0 => {
                             return Err(EngineError::InvalidConfig {
@@ -216,34 +272,23 @@ impl Engine {
                 if self.s.accounts.contains_key(account) {
                     return Err(EngineError::AccountExists { account: *account });
                 }
-                Ok(Plan::Account {
-                    id: *account,
-                    acct: Account::default(),
-                    extra: vec![Event::AccountCreated { account: *account }],
-                    fee: 0,
-                    fills: vec![],
-                })
+                Ok(Plan::event(
+                    *account,
+                    Account::default(),
+                    Event::AccountCreated { account: *account },
+                ))
             }
             Command::Deposit {
                 account,
                 asset,
                 amount,
             } => {
-                if *amount <= 0 {
-                    return Err(EngineError::NonPositive {
-                        what: "deposit amount",
-                        value: *amount,
-                    });
-                }
+                positive("deposit amount", *amount)?;
                 let mut a = self.account(*account)?.clone();
                 if asset == QUOTE_ASSET {
                     a.cash = add(a.cash, *amount, "cash")?;
                 } else {
-                    if !self.s.assets.contains_key(asset) {
-                        return Err(EngineError::UnknownAsset {
-                            asset: asset.clone(),
-                        });
-                    }
+                    self.known_asset(asset)?;
                     let e = a.collateral.entry(asset.clone()).or_insert(0);
                     *e = add(*e, *amount, "collateral")?;
                 }
@@ -252,34 +297,19 @@ impl Engine {
                     asset: asset.clone(),
                     amount: *amount,
                 };
-                Ok(Plan::Account {
-                    id: *account,
-                    acct: a,
-                    extra: vec![ev],
-                    fee: 0,
-                    fills: vec![],
-                })
+                Ok(Plan::event(*account, a, ev))
             }
             Command::Withdraw {
                 account,
                 asset,
                 amount,
             } => {
-                if *amount <= 0 {
-                    return Err(EngineError::NonPositive {
-                        what: "withdrawal amount",
-                        value: *amount,
-                    });
-                }
+                positive("withdrawal amount", *amount)?;
                 let mut a = self.account(*account)?.clone();
                 let available = if asset == QUOTE_ASSET {
                     a.cash
                 } else {
-                    if !self.s.assets.contains_key(asset) {
-                        return Err(EngineError::UnknownAsset {
-                            asset: asset.clone(),
-                        });
-                    }
+                    self.known_asset(asset)?;
                     a.collateral.get(asset).copied().unwrap_or(0)
                 };
                 if available < *amount {
@@ -303,36 +333,18 @@ impl Engine {
                     // Money leaving while the account has risk needs reliable prices.
                     let feeds = self.unit_feeds(&a, &Unit::Cross);
                     for f in &feeds {
-                        if let Some(reason) = self.guard_at(f, now) {
-                            return Err(EngineError::GuardUp {
-                                market: format!("feed {f}"),
-                                reason,
-                            });
-                        }
+                        self.check_guard(f, now, || format!("feed {f}"))?;
                     }
                 }
                 let h = self.health_of(&a, &Unit::Cross)?;
-                if h.equity < h.initial || h.equity < 0 {
-                    return Err(EngineError::InsufficientMargin {
-                        account: *account,
-                        unit: "cross".into(),
-                        equity: h.equity,
-                        initial: h.initial,
-                    });
-                }
+                meets_initial(*account, &Unit::Cross, &h)?;
                 let ev = Event::Withdrawn {
                     account: *account,
                     asset: asset.clone(),
                     amount: *amount,
                     health_after: h,
                 };
-                Ok(Plan::Account {
-                    id: *account,
-                    acct: a,
-                    extra: vec![ev],
-                    fee: 0,
-                    fills: vec![],
-                })
+                Ok(Plan::event(*account, a, ev))
             }
             Command::Open {
                 account,
@@ -341,12 +353,7 @@ impl Engine {
                 size,
                 margin,
             } => {
-                if *size <= 0 {
-                    return Err(EngineError::NonPositive {
-                        what: "position size",
-                        value: *size,
-                    });
-                }
+                positive("position size", *size)?;
                 let d = match side {
                     Side::Long => *size,
                     Side::Short => size
@@ -429,16 +436,8 @@ impl Engine {
                 };
                 Self::credit(&mut a, &unit, *delta)?;
                 if *delta < 0 {
-                    if let Some(reason) = self
-                        .s
-                        .markets
-                        .get(market)
-                        .and_then(|m| self.guard_at(&m.config.feed, now))
-                    {
-                        return Err(EngineError::GuardUp {
-                            market: market.clone(),
-                            reason,
-                        });
+                    if let Some(m) = self.s.markets.get(market) {
+                        self.check_guard(&m.config.feed, now, || market.clone())?;
                     }
                     let h = self.health_of(&a, &unit)?;
                     if h.equity < h.initial {
@@ -456,21 +455,10 @@ impl Engine {
                     delta: *delta,
                     pool_after: add(pool, *delta, "pool")?,
                 };
-                Ok(Plan::Account {
-                    id: *account,
-                    acct: a,
-                    extra: vec![ev],
-                    fee: 0,
-                    fills: vec![],
-                })
+                Ok(Plan::event(*account, a, ev))
             }
             Command::FundInsurance { amount } => {
-                if *amount <= 0 {
-                    return Err(EngineError::NonPositive {
-                        what: "insurance funding",
-                        value: *amount,
-                    });
-                }
+                positive("insurance funding", *amount)?;
                 add(self.s.insurance_fund, *amount, "insurance fund")?;
                 Ok(Plan::Fund(*amount))
             }
@@ -487,13 +475,7 @@ impl Engine {
         d: i128,
         margin: Option<MarginMode>,
     ) -> Result<Plan, EngineError> {
-        let ms = self
-            .s
-            .markets
-            .get(market)
-            .ok_or_else(|| EngineError::UnknownMarket {
-                market: market.to_string(),
-            })?;
+        let ms = self.market_state(market)?;
         if ms.settled.is_some() {
             return Err(EngineError::Settled {
                 market: market.to_string(),
@@ -513,12 +495,7 @@ impl Engine {
                     expiry_ms: exp,
                 });
             }
-            if let Some(reason) = self.guard_at(&ms.config.feed, now) {
-                return Err(EngineError::GuardUp {
-                    market: market.to_string(),
-                    reason,
-                });
-            }
+            self.check_guard(&ms.config.feed, now, || market.to_string())?;
         }
         let mark = ms.mark.as_ref().ok_or_else(|| EngineError::NoPrice {
             market: market.to_string(),
@@ -575,25 +552,11 @@ impl Engine {
         Self::credit(&mut a, &unit, -fee)?;
         if adds_risk {
             let h = self.health_of(&a, &unit)?;
-            if h.equity < h.initial || h.equity < 0 {
-                return Err(EngineError::InsufficientMargin {
-                    account,
-                    unit: unit.to_string(),
-                    equity: h.equity,
-                    initial: h.initial,
-                });
-            }
+            meets_initial(account, &unit, &h)?;
             if unit != Unit::Cross {
                 // Funding the pool took cash from the cross pool.
                 let hc = self.health_of(&a, &Unit::Cross)?;
-                if hc.equity < hc.initial || hc.equity < 0 {
-                    return Err(EngineError::InsufficientMargin {
-                        account,
-                        unit: "cross".into(),
-                        equity: hc.equity,
-                        initial: hc.initial,
-                    });
-                }
+                meets_initial(account, &Unit::Cross, &hc)?;
             }
         }
         let reason = FillReason::Trade;
@@ -719,10 +682,7 @@ impl Engine {
         }
         // Requirements may have changed: look at every unit again. Config
         // changes are rare; this is the simple, obviously correct choice.
-        let ids: Vec<AccountId> = self.s.accounts.keys().copied().collect();
-        for id in ids {
-            self.queue_account(id);
-        }
+        self.queue_every_unit();
         self.drain_pending();
         Ok(())
     }

@@ -79,12 +79,7 @@ impl Engine {
                 }
                 let (_, mark) = self.mark_of(&m)?;
                 let price = mark.price;
-                let mut acct = self
-                    .s
-                    .accounts
-                    .get(&h)
-                    .cloned()
-                    .ok_or(EngineError::UnknownAccount { account: h })?;
+                let mut acct = self.account(h)?.clone();
                 let Some(pos) = acct.positions.get_mut(&m) else {
                     continue;
                 };

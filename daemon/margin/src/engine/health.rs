@@ -12,14 +12,17 @@ pub(super) fn max_rate_ppm(m: &MarketConfig) -> i128 {
 }
 
 impl Engine {
-    pub(super) fn mark_of(&self, market: &str) -> Result<(&MarketState, &Mark), EngineError> {
-        let ms = self
-            .s
+    pub(super) fn market_state(&self, market: &str) -> Result<&MarketState, EngineError> {
+        self.s
             .markets
             .get(market)
             .ok_or_else(|| EngineError::UnknownMarket {
                 market: market.to_string(),
-            })?;
+            })
+    }
+
+    pub(super) fn mark_of(&self, market: &str) -> Result<(&MarketState, &Mark), EngineError> {
+        let ms = self.market_state(market)?;
         let mark = ms.mark.as_ref().ok_or_else(|| EngineError::NoPrice {
             market: market.to_string(),
             feed: ms.config.feed.clone(),

@@ -105,12 +105,7 @@ impl Engine {
         unit: &Unit,
         before: Health,
     ) -> Result<(), EngineError> {
-        let acct0 = self
-            .s
-            .accounts
-            .get(&account)
-            .cloned()
-            .ok_or(EngineError::UnknownAccount { account })?;
+        let acct0 = self.account(account)?.clone();
         let positions: Vec<(String, i128)> = Self::unit_positions(&acct0, unit)
             .into_iter()
             .map(|(m, p)| (m.clone(), p.size))

@@ -282,13 +282,7 @@ impl Engine {
     }
 
     fn compute_mark(&self, market: &str) -> Result<Option<Mark>, EngineError> {
-        let ms = self
-            .s
-            .markets
-            .get(market)
-            .ok_or_else(|| EngineError::UnknownMarket {
-                market: market.to_string(),
-            })?;
+        let ms = self.market_state(market)?;
         let fs = self
             .s
             .feeds

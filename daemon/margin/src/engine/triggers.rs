@@ -291,10 +291,8 @@ impl Engine {
         Ok((bands, recheck))
     }
 
-    pub(super) fn queue_account(&mut self, id: AccountId) {
-        let Some(acct) = self.s.accounts.get(&id) else {
-            return;
-        };
+    /// An account's margin units: cross, then each isolated position.
+    pub(super) fn units_of(acct: &Account) -> Vec<Unit> {
         let mut units = vec![Unit::Cross];
         units.extend(
             acct.positions
@@ -302,6 +300,14 @@ impl Engine {
                 .filter(|(_, p)| p.isolated.is_some())
                 .map(|(m, _)| Unit::Isolated { market: m.clone() }),
         );
+        units
+    }
+
+    pub(super) fn queue_account(&mut self, id: AccountId) {
+        let Some(acct) = self.s.accounts.get(&id) else {
+            return;
+        };
+        let units = Self::units_of(acct);
         for u in units {
             if let Some(k) = self.key_of(id, &u) {
                 self.pending.insert(k);

@@ -85,13 +85,7 @@ impl Engine {
     /// Health of every unit of an account, with Greeks per underlying feed.
     pub fn account_view(&self, account: AccountId) -> Result<Vec<UnitView>, EngineError> {
         let acct = self.account(account)?;
-        let mut units = vec![Unit::Cross];
-        units.extend(
-            acct.positions
-                .iter()
-                .filter(|(_, p)| p.isolated.is_some())
-                .map(|(m, _)| Unit::Isolated { market: m.clone() }),
-        );
+        let units = Self::units_of(acct);
         let mut out = Vec::new();
         for unit in units {
             let health = self.health_of(acct, &unit)?;
@@ -120,13 +114,7 @@ impl Engine {
     pub fn closest_to_liquidation(&self, n: usize) -> Vec<AtRisk> {
         let mut v = Vec::new();
         for (id, acct) in &self.s.accounts {
-            let mut units = vec![Unit::Cross];
-            units.extend(
-                acct.positions
-                    .iter()
-                    .filter(|(_, p)| p.isolated.is_some())
-                    .map(|(m, _)| Unit::Isolated { market: m.clone() }),
-            );
+            let units = Self::units_of(acct);
             for unit in units {
                 if Self::unit_positions(acct, &unit).is_empty() {
                     continue;
@@ -161,13 +149,7 @@ impl Engine {
     pub fn revalue_all(&self) -> Revaluation {
         let mut r = Revaluation::default();
         for acct in self.s.accounts.values() {
-            let mut units = vec![Unit::Cross];
-            units.extend(
-                acct.positions
-                    .iter()
-                    .filter(|(_, p)| p.isolated.is_some())
-                    .map(|(m, _)| Unit::Isolated { market: m.clone() }),
-            );
+            let units = Self::units_of(acct);
             for unit in units {
                 let Ok(h) = self.health_of(acct, &unit) else {
                     continue;
