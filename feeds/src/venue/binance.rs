@@ -6,10 +6,13 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, Ping, RateLimit, RawQuote, Route, StreamSpec, VenueSpec, json_either, n, num_u64, rate_limited, venue_err};
-use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
+use super::{
+    Num, Ping, RateLimit, RawQuote, Route, StreamSpec, VenueSpec, json_either, n, num_u64,
+    rate_limited, venue_err,
+};
+use crate::error::SourceError;
 
 pub(super) struct Spec;
 
@@ -60,7 +63,10 @@ pub(super) fn render_ticker(market: &str, t: &Tick) -> String {
 /// Binance's (and MEXC's) unknown-symbol answer.
 #[cfg(feature = "sim")]
 pub(super) fn render_unknown_symbol() -> (u16, String) {
-    (400, json!({"code": -1121, "msg": "Invalid symbol."}).to_string())
+    (
+        400,
+        json!({"code": -1121, "msg": "Invalid symbol."}).to_string(),
+    )
 }
 
 struct Stream;
@@ -164,7 +170,11 @@ struct BinanceTicker {
     close_time: Option<Num>,
 }
 
-pub(super) fn parse_binance(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
+pub(super) fn parse_binance(
+    status: u16,
+    body: &[u8],
+    market: &str,
+) -> Result<RawQuote, SourceError> {
     match json_either::<BinanceTicker, BinanceError>(body)? {
         Ok(t) => {
             if t.symbol != market {

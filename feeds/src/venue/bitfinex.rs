@@ -1,14 +1,14 @@
 //! Bitfinex v2: `GET /v2/ticker/tBTCUSD` (an array of JSON numbers; USDT
 //! is `UST`, long assets as `tDOGE:USD`). Published limit: ticker 90 req/min.
 
-use serde_json::value::RawValue;
 #[cfg(feature = "sim")]
 use serde_json::json;
+use serde_json::value::RawValue;
 
-use super::{Num, RateLimit, RawQuote, Route, VenueSpec, json, rate_limited, venue_err};
-use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
+use super::{Num, RateLimit, RawQuote, Route, VenueSpec, json, rate_limited, venue_err};
+use crate::error::SourceError;
 
 pub(super) struct Spec;
 

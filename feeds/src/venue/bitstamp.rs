@@ -4,10 +4,13 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, n, rate_limited, venue_err};
-use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
+use super::{
+    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, n, rate_limited,
+    venue_err,
+};
+use crate::error::SourceError;
 
 pub(super) struct Spec;
 
@@ -46,7 +49,8 @@ impl VenueSpec for Spec {
     fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
         (
             404,
-            json!({"status": "error", "reason": "Invalid currency pair", "code": "API0003"}).to_string(),
+            json!({"status": "error", "reason": "Invalid currency pair", "code": "API0003"})
+                .to_string(),
         )
     }
     #[cfg(feature = "sim")]

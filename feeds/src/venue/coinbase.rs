@@ -7,14 +7,17 @@ use serde::Deserialize;
 use serde_json::json;
 
 #[cfg(feature = "sim")]
+use super::Tick;
+use super::{
+    Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_either, n,
+    rate_limited, venue_err,
+};
+#[cfg(feature = "sim")]
 use super::{add_symbols, json_strings};
-use super::{Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_either, n, rate_limited, venue_err};
 use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use crate::time::format_rfc3339_ms;
 use crate::time::parse_rfc3339_ms;
-#[cfg(feature = "sim")]
-use super::Tick;
 
 pub(super) struct Spec;
 

@@ -4,10 +4,12 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, rate_limited, venue_err};
-use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
+use super::{
+    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, rate_limited, venue_err,
+};
+use crate::error::SourceError;
 
 pub(super) struct Spec;
 
@@ -35,7 +37,10 @@ impl VenueSpec for Spec {
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, market: &str, t: &Tick) -> String {
-        let base = Spec.parse_market(market).map(|(b, _)| b).unwrap_or_default();
+        let base = Spec
+            .parse_market(market)
+            .map(|(b, _)| b)
+            .unwrap_or_default();
         json!({"bid": t.bid, "ask": t.ask, "volume": {base: t.volume, "timestamp": t.time_ms}, "last": t.last})
             .to_string()
     }

@@ -7,11 +7,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 #[cfg(feature = "sim")]
-use super::{add_symbols, json_strings};
-use super::{Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, rate_limited, venue_err};
-use crate::error::SourceError;
-#[cfg(feature = "sim")]
 use super::Tick;
+use super::{
+    Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, rate_limited,
+    venue_err,
+};
+#[cfg(feature = "sim")]
+use super::{add_symbols, json_strings};
+use crate::error::SourceError;
 
 pub(super) struct Spec;
 
@@ -53,7 +56,10 @@ impl VenueSpec for Spec {
     }
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
-        (200, json!({"error": ["EQuery:Unknown asset pair"]}).to_string())
+        (
+            200,
+            json!({"error": ["EQuery:Unknown asset pair"]}).to_string(),
+        )
     }
     #[cfg(feature = "sim")]
     fn render_rate_limited(&self) -> serde_json::Value {

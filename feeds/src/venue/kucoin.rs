@@ -5,10 +5,12 @@ use serde::Deserialize;
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited, venue_err};
-use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
+use super::{
+    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited, venue_err,
+};
+use crate::error::SourceError;
 
 pub(super) struct Spec;
 

@@ -4,10 +4,10 @@
 #[cfg(feature = "sim")]
 use serde_json::json;
 
-use super::{RateLimit, RawQuote, Route, VenueSpec, binance};
-use crate::error::SourceError;
 #[cfg(feature = "sim")]
 use super::Tick;
+use super::{RateLimit, RawQuote, Route, VenueSpec, binance};
+use crate::error::SourceError;
 
 pub(super) struct Spec;
 

@@ -7,11 +7,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 #[cfg(feature = "sim")]
-use super::add_symbols;
-use super::{Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, listed, n, num_u64, rate_limited, venue_err};
-use crate::error::SourceError;
-#[cfg(feature = "sim")]
 use super::Tick;
+#[cfg(feature = "sim")]
+use super::add_symbols;
+use super::{
+    Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, listed, n,
+    num_u64, rate_limited, venue_err,
+};
+use crate::error::SourceError;
 
 pub(super) struct Spec;
 
@@ -49,7 +52,10 @@ impl VenueSpec for Spec {
     }
     #[cfg(feature = "sim")]
     fn render_unknown_symbol(&self, _market: &str) -> (u16, String) {
-        (200, json!({"code": "51001", "data": [], "msg": "Instrument ID does not exist"}).to_string())
+        (
+            200,
+            json!({"code": "51001", "data": [], "msg": "Instrument ID does not exist"}).to_string(),
+        )
     }
     #[cfg(feature = "sim")]
     fn render_rate_limited(&self) -> serde_json::Value {
