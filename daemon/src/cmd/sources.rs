@@ -145,7 +145,7 @@ pub fn load_sources_config(path: &Path) -> anyhow::Result<SourcesConfig> {
     let doc: toml::Table =
         toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     if doc.contains_key("node") {
-        let config = crate::config::Config::load(path)?;
+        let config = sibyl_node::config::Config::load(path)?;
         return config.node.sources.with_context(|| {
             format!(
                 "{} has no [sources] section; add one (docs/SOURCES.md)",
