@@ -539,6 +539,14 @@ impl Net {
                     .timeout(dial_timeout)
             })
             .map_err(|e| NetError::Build(e.to_string()))?
+            // `/dns`, `/dns4` and `/dns6` member addresses, resolved with the
+            // system's resolver configuration (/etc/resolv.conf).
+            .with_dns()
+            .map_err(|e| {
+                NetError::Build(format!(
+                    "cannot read the system's DNS resolver configuration (/etc/resolv.conf): {e}"
+                ))
+            })?
             .with_behaviour(|key| {
                 let mut gossip = gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),

@@ -701,3 +701,38 @@ async fn a_stall_of_this_node_does_not_count_as_the_members_silence() {
         assert_eq!(net.connected().len(), 1);
     }
 }
+
+/// A member written as `/dns4/localhost/tcp/PORT` is dialed through the
+/// system resolver: members 1 and 3 know member 2 only by that name, and
+/// member 2 cannot dial anyone (its view of their addresses is a closed
+/// port), so every connection to it went through DNS.
+#[tokio::test]
+async fn a_member_addressed_by_dns_name_is_dialed() {
+    let (keys, members) = committee(3);
+    let port = port_of(&members[1].addr);
+    let mut by_name = members.clone();
+    by_name[1].addr = format!("/dns4/localhost/tcp/{port}")
+        .parse()
+        .expect("multiaddr");
+    let mut unreachable = members.clone();
+    for m in unreachable.iter_mut().filter(|m| m.index != 2) {
+        m.addr = tcp_addr(1);
+    }
+    let mut n1 = Net::new(config(&keys[0], &by_name, 1, fast_limits())).expect("net 1");
+    let mut n3 = Net::new(config(&keys[2], &by_name, 3, fast_limits())).expect("net 3");
+    let mut n2 = Net::new(config(&keys[1], &unreachable, 2, fast_limits())).expect("net 2");
+    let mut refs: Vec<&mut Net> = vec![&mut n1, &mut n2, &mut n3];
+    let (_, ok) = pump(&mut refs, Duration::from_secs(20), |n, _| {
+        n[1].connected().len() == 2
+    })
+    .await;
+    assert!(ok, "member 2 was not reached through its DNS name");
+    refs[0].send(2, b"by name".to_vec()).expect("send");
+    let (log, ok) = pump(&mut refs, Duration::from_secs(10), |_, log| {
+        log.iter().any(|(i, e)| {
+            *i == 1 && matches!(e, NetEvent::Message { from: 1, bytes } if bytes == b"by name")
+        })
+    })
+    .await;
+    assert!(ok, "message not delivered: {log:?}");
+}
