@@ -1027,16 +1027,25 @@ fn markets_response(engine: &Engine) -> MarketsResponse {
 // Reads
 // ---------------------------------------------------------------------------
 
+/// One account's view, rendered from the engine under its read lock.
+fn account_view<T>(
+    st: &ApiState,
+    id: &str,
+    view: impl FnOnce(&Engine, AccountId) -> Result<T, ApiError>,
+) -> Result<Json<T>, ApiError> {
+    let id = account_param(id)?;
+    let h = handle(st)?;
+    let guard = h.read();
+    view(&guard.engine, id).map(Json)
+}
+
 /// `GET /v1/margin/accounts/{account}`: cash, collateral and every margin
 /// unit's health with its mode.
 pub(super) async fn account(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<AccountResponse>, ApiError> {
-    let id = account_param(&id)?;
-    let h = handle(&st)?;
-    let guard = h.read();
-    account_response(&guard.engine, id).map(Json)
+    account_view(&st, &id, account_response)
 }
 
 /// `GET /v1/margin/accounts/{account}/positions`: every position with its
@@ -1045,10 +1054,7 @@ pub(super) async fn positions(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<PositionsResponse>, ApiError> {
-    let id = account_param(&id)?;
-    let h = handle(&st)?;
-    let guard = h.read();
-    positions_response(&guard.engine, id).map(Json)
+    account_view(&st, &id, positions_response)
 }
 
 /// `GET /v1/margin/accounts/{account}/greeks`: Greeks per underlying feed,
@@ -1057,10 +1063,7 @@ pub(super) async fn greeks(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<GreeksResponse>, ApiError> {
-    let id = account_param(&id)?;
-    let h = handle(&st)?;
-    let guard = h.read();
-    greeks_response(&guard.engine, id).map(Json)
+    account_view(&st, &id, greeks_response)
 }
 
 /// `GET /v1/margin/at-risk?limit=N`: margin units closest to liquidation
