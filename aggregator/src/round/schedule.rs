@@ -35,6 +35,7 @@
 
 use super::committee::Committee;
 use crate::report::Round;
+use std::cell::Cell;
 use std::collections::BTreeSet;
 
 /// Rounds a report may still be in flight: the schedule of round `r` reads
@@ -52,6 +53,9 @@ pub struct LeaderSchedule {
     reported: BTreeSet<Round>,
     /// Rounds before this count as signed (nothing is known of them).
     history_from: Round,
+    /// The last answer of [`Self::leader`]: every message of a round asks
+    /// for its leader, and the answer changes only with the facts.
+    cache: Cell<Option<(Round, u16)>>,
 }
 
 impl LeaderSchedule {
@@ -61,6 +65,7 @@ impl LeaderSchedule {
         Self {
             reported: reported.into_iter().collect(),
             history_from,
+            cache: Cell::new(None),
         }
     }
 
@@ -72,7 +77,9 @@ impl LeaderSchedule {
 
     /// A signed report of `round` is known (stored or accepted).
     pub fn note_report(&mut self, round: Round) {
-        self.reported.insert(round);
+        if self.reported.insert(round) {
+            self.cache.set(None);
+        }
     }
 
     /// Forgets what rounds before `round - horizon` said.
@@ -81,10 +88,22 @@ impl LeaderSchedule {
         // finds what it read.
         let keep_from = round.saturating_sub(2 * Self::horizon(committee));
         self.reported = self.reported.split_off(&keep_from);
+        self.cache.set(None);
     }
 
     /// The leader of `round`.
     pub fn leader(&self, committee: &Committee, round: Round) -> u16 {
+        if let Some((r, leader)) = self.cache.get()
+            && r == round
+        {
+            return leader;
+        }
+        let leader = self.compute_leader(committee, round);
+        self.cache.set(Some((round, leader)));
+        leader
+    }
+
+    fn compute_leader(&self, committee: &Committee, round: Round) -> u16 {
         let base = committee.leader(round);
         match self.standing(committee, base, round) {
             Standing::Good => return base,
