@@ -156,7 +156,11 @@ pub(crate) struct Market {
     frozen: BTreeMap<(Venue, String, String), Tick>,
     pub(crate) walk: bool,
     pub(crate) steps: u64,
-    pub(crate) garbage_counter: u64,
+    /// Garbage bodies served so far, per venue: each venue cycles through
+    /// every kind of garbage in order from its first request, whatever the
+    /// other venues are asked (a shared counter let a venue's circuit
+    /// breaker open before it had seen every kind).
+    pub(crate) garbage_served: BTreeMap<Venue, u64>,
 }
 
 impl Market {
@@ -174,7 +178,7 @@ impl Market {
             frozen: BTreeMap::new(),
             walk,
             steps: 0,
-            garbage_counter: 0,
+            garbage_served: BTreeMap::new(),
         }
     }
 

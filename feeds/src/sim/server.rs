@@ -224,8 +224,14 @@ async fn rest(
     let (tick, garbage_n) = {
         let mut m = st.market();
         let tick = market_assets(v, &market).and_then(|(b, q)| m.tick(v, &b, &q, now));
-        m.garbage_counter += 1;
-        (tick, m.garbage_counter)
+        let served = if fault == Some(Fault::Garbage) {
+            let n = m.garbage_served.entry(v).or_insert(0);
+            *n += 1;
+            *n - 1
+        } else {
+            0
+        };
+        (tick, served)
     };
     let (status, body) = match tick {
         None => render::unknown_symbol(v, &market),
