@@ -348,6 +348,13 @@ impl<C: SibylSuite> Node<C> {
         l.next_attempt = number + 1;
         self.stats.attempts_started += 1;
         let round = self.round;
+        let proposal_for_followers = ProposalMsg {
+            leaves: proposal.leaves.clone(),
+            signing_package: proposal.signing_package.clone(),
+            observations: Vec::new(),
+            signer_observations: Vec::new(),
+            ..proposal
+        };
         let msg = self.sign_msg(round, Payload::Proposal(proposal));
         let twin = twin.map(|p| self.sign_msg(round, Payload::Proposal(p)));
         for (i, s) in signers.iter().enumerate() {
@@ -361,6 +368,22 @@ impl<C: SibylSuite> Node<C> {
                     self.send(*s, twin.bytes.clone());
                 }
                 _ => self.send(*s, msg.bytes.clone()),
+            }
+        }
+        // The other members get a copy without the attributed observations
+        // (only a signer checks them): they assemble the report themselves
+        // from the shares every signer sends to all (follow.rs).
+        let followers: Vec<u16> = self
+            .committee
+            .members()
+            .iter()
+            .map(|m| m.index)
+            .filter(|m| *m != me && !signers.contains(m))
+            .collect();
+        if !followers.is_empty() {
+            let copy = self.sign_msg(round, Payload::Proposal(proposal_for_followers));
+            for m in followers {
+                self.send(m, copy.bytes.clone());
             }
         }
         // The leader built the proposal itself: it signs without decoding and
@@ -446,7 +469,8 @@ impl<C: SibylSuite> Node<C> {
         let sender = msg.sender;
         let number = usize::from(s.attempt);
         let Some(l) = &mut self.rs.leader else {
-            self.stats.stale_messages += 1;
+            // Not leading this round: assemble the report from the shares.
+            self.follow_share(now, sender, s);
             return;
         };
         let digest = l.digest;

@@ -121,6 +121,11 @@ impl<C: SibylSuite> Node<C> {
             Some(_) => {}
             None => self.rs.first_proposal = Some((digest, bytes)),
         }
+        if p.observations.is_empty() {
+            // A follower's copy: this member is not a signer of the attempt.
+            self.on_follower_proposal(now, &header, digest, p);
+            return;
+        }
         let checked = if self.faults.refuse() {
             Err(RefusalReason::Other)
         } else {
@@ -134,12 +139,22 @@ impl<C: SibylSuite> Node<C> {
                 return;
             }
         };
+        let package_hash = keccak(&p.signing_package);
+        let attempt = usize::from(p.attempt);
+        self.follow_attempt(
+            now,
+            &header,
+            digest,
+            &leaves,
+            attempt,
+            package.clone(),
+            package_hash,
+        );
         if self.rs.checked.is_none() {
             self.rs.checked = Some((header.merkle_root, leaves));
         }
         let record = SigningRecord { round, digest };
-        let package_hash = keccak(&p.signing_package);
-        self.prepare_signing(now, record, usize::from(p.attempt), package, package_hash);
+        self.prepare_signing(now, record, attempt, package, package_hash);
     }
 
     /// Tells the round's leader, signed, that this member will not sign
@@ -211,7 +226,7 @@ impl<C: SibylSuite> Node<C> {
         };
         if self.ledger == Some(record) {
             // Already durably recorded (another attempt of the same report): sign now.
-            self.sign_share(pending);
+            self.sign_share(now, pending);
         } else {
             // One ledger write per record: later attempts wait for its answer.
             let first = self.pending.is_empty();
@@ -381,7 +396,7 @@ impl<C: SibylSuite> Node<C> {
 
     pub(super) fn on_recorded<R: RngCore + CryptoRng>(
         &mut self,
-        _now: TimestampMs,
+        now: TimestampMs,
         record: SigningRecord,
         _rng: &mut R,
     ) {
@@ -396,11 +411,11 @@ impl<C: SibylSuite> Node<C> {
             return;
         }
         for pending in ready {
-            self.sign_share(pending);
+            self.sign_share(now, pending);
         }
     }
 
-    pub(super) fn sign_share(&mut self, pending: PendingSign<C>) {
+    pub(super) fn sign_share(&mut self, now: TimestampMs, pending: PendingSign<C>) {
         // Erase the nonce before anything else: it is used at most once.
         let Some(nonces) = self
             .rs
@@ -422,19 +437,25 @@ impl<C: SibylSuite> Node<C> {
         let Ok(share) = share else {
             return;
         };
-        let msg = self.sign_msg(
-            pending.record.round,
-            Payload::Share(ShareMsg {
-                // Below `attempts()`, at most MAX_COMMITMENTS.
-                #[allow(clippy::cast_possible_truncation)]
-                attempt: pending.attempt as u8,
-                report_digest: pending.record.digest,
-                package_hash: pending.package_hash,
-                share: share.serialize(),
-            }),
-        );
+        let share_msg = ShareMsg {
+            // Below `attempts()`, at most MAX_COMMITMENTS.
+            #[allow(clippy::cast_possible_truncation)]
+            attempt: pending.attempt as u8,
+            report_digest: pending.record.digest,
+            package_hash: pending.package_hash,
+            share: share.serialize(),
+        };
+        let round = pending.record.round;
+        let msg = self.sign_msg(round, Payload::Share(share_msg.clone()));
         self.stats.shares_sent += 1;
-        let leader = self.leader_of(pending.record.round);
-        self.send(leader, msg.bytes);
+        // To every member: each assembles the report itself (follow.rs).
+        self.out.push(Action::Broadcast {
+            bytes: msg.bytes.clone(),
+        });
+        if self.leader_of(round) == self.me {
+            self.loopback.push_back(msg.bytes);
+        } else {
+            self.follow_share(now, self.me, &share_msg);
+        }
     }
 }

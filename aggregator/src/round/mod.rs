@@ -57,6 +57,7 @@
 mod accept;
 mod clock;
 pub mod committee;
+mod follow;
 mod frost_internals;
 mod leader;
 mod member;
@@ -82,7 +83,7 @@ use frost_core::{
     round1::{SigningCommitments, SigningNonces},
     round2::SignatureShare,
 };
-use frost_internals::{aggregate_verified, split_package};
+use frost_internals::{PackageParts, aggregate_verified, split_package};
 use message::{
     Kind, ObservationEntry, ObservationMsg, Payload, ProposalMsg, RefusalMsg, RefusalReason,
     ShareMsg, SignedMessage,
@@ -241,6 +242,9 @@ pub struct Stats {
     pub round_jumps: u64,
     pub reports_accepted: u64,
     pub reports_led: u64,
+    /// Reports this member assembled itself from the signers' shares
+    /// (before the leader's copy arrived).
+    pub reports_assembled: u64,
     /// Messages for rounds already left (replays, late arrivals).
     pub stale_messages: u64,
     pub invalid_messages: u64,
@@ -436,6 +440,10 @@ struct RoundState<C: Ciphersuite> {
     first_commitments: BTreeMap<u16, Option<SigningCommitments<C>>>,
     conflict_blamed: BTreeSet<u16>,
     leader: Option<LeaderRound<C>>,
+    /// The report this member assembles from the signers' shares.
+    follow: Option<follow::Follow<C>>,
+    /// Shares that came before their attempt's proposal (bounded).
+    early_shares: Vec<(u16, ShareMsg)>,
     /// Attempts this member refused (one refusal each).
     refused: BTreeSet<u8>,
     /// In a run of skipped rounds: when members that did not skip them
@@ -460,6 +468,8 @@ impl<C: Ciphersuite> RoundState<C> {
             first_commitments: BTreeMap::new(),
             conflict_blamed: BTreeSet::new(),
             leader: None,
+            follow: None,
+            early_shares: Vec::new(),
             refused: BTreeSet::new(),
             carry: 0,
         }

@@ -86,14 +86,30 @@ fn observations(price: Price, now: TimestampMs) -> Input {
     )
 }
 
+/// What `actions` send, in order; a broadcast is addressed to `0`.
 fn sends(actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
     actions
         .iter()
         .filter_map(|a| match a {
             Action::Send { to, bytes } => Some((*to, bytes.clone())),
+            Action::Broadcast { bytes } => Some((0, bytes.clone())),
             _ => None,
         })
         .collect()
+}
+
+/// The proposals for signers among `actions`, by recipient.
+fn signer_proposals(h: &Harness<Ed>, actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
+    sends(actions)
+        .into_iter()
+        .filter(|(_, b)| is_signer_proposal(h, b))
+        .collect()
+}
+
+/// Whether `bytes` is a proposal for a signer (it carries the attributed
+/// observations; a follower's copy does not).
+fn is_signer_proposal(h: &Harness<Ed>, bytes: &[u8]) -> bool {
+    matches!(decode(h, bytes).payload, Payload::Proposal(p) if !p.observations.is_empty())
 }
 
 fn decode(h: &Harness<Ed>, bytes: &[u8]) -> SignedMessage {
@@ -126,7 +142,8 @@ impl<C: SibylSuite> Harness<C> {
 }
 
 /// Round 0 (leader 1) of a 4-member committee up to the leader's proposals.
-/// Returns the proposals the leader sent, by recipient.
+/// Returns the proposals the leader sent to signers, by recipient (not the
+/// follower's copy).
 fn up_to_proposals(h: &mut Harness<Ed>) -> Vec<(u16, Vec<u8>)> {
     let mut to_leader = Vec::new();
     for m in 2..=4 {
@@ -138,7 +155,10 @@ fn up_to_proposals(h: &mut Harness<Ed>) -> Vec<(u16, Vec<u8>)> {
         assert_eq!(to, 1);
         out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
     }
-    sends(&out)
+    let out = sends(&out);
+    out.into_iter()
+        .filter(|(_, b)| is_signer_proposal(h, b))
+        .collect()
 }
 
 #[test]
@@ -420,9 +440,17 @@ fn invalid_share_is_attributed_with_verifiable_evidence_and_the_leader_retries()
     assert_eq!(ev.len(), 1, "{out:?}");
     let pubkeys = h.nodes[0].public_key_package().clone();
     assert_eq!(ev[0].verify::<Ed>(&h.committee, &pubkeys), Ok(2));
-    // The retry goes to a signer set without member 2, with attempt 1.
-    let retry = sends(&out);
+    // The retry goes to a signer set without member 2, with attempt 1;
+    // member 2 gets only the follower's copy.
+    let retry = signer_proposals(&h, &out);
     assert!(!retry.is_empty());
+    let copies: Vec<u16> = sends(&out)
+        .into_iter()
+        .filter(|(_, b)| matches!(decode(&h, b).payload, Payload::Proposal(_)))
+        .filter(|(_, b)| !is_signer_proposal(&h, b))
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(copies, vec![2]);
     for (to, bytes) in &retry {
         assert_ne!(*to, 2);
         let Payload::Proposal(p) = decode(&h, bytes).payload else {
@@ -882,7 +910,7 @@ fn the_leader_sends_proposals_before_its_own_ledger_write() {
     let proposals: Vec<usize> = out
         .iter()
         .enumerate()
-        .filter(|(_, a)| matches!(a, Action::Send { .. }))
+        .filter(|(_, a)| matches!(a, Action::Send { bytes, .. } if is_signer_proposal(&h, bytes)))
         .map(|(i, _)| i)
         .collect();
     assert_eq!(proposals.len(), 2);
@@ -953,11 +981,14 @@ fn a_signer_with_unparsable_commitments_is_passed_over() {
     for bytes in to_leader {
         out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
     }
-    let to: BTreeSet<u16> = sends(&out).into_iter().map(|(to, _)| to).collect();
+    let to: BTreeSet<u16> = signer_proposals(&h, &out)
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
     assert_eq!(to, BTreeSet::from([3, 4]), "member 2 is not asked to sign");
     assert!(h.nodes[0].stats().invalid_messages >= 1);
     // Its observation still counts: the report aggregates all four.
-    let (_, bytes) = sends(&out).remove(0);
+    let (_, bytes) = signer_proposals(&h, &out).remove(0);
     let Payload::Proposal(p) = decode(&h, &bytes).payload else {
         panic!("not a proposal")
     };
@@ -1119,9 +1150,9 @@ fn a_signed_refusal_makes_the_leader_start_another_attempt_at_once() {
             bytes: refusal,
         },
     );
-    let next = sends(&a);
+    let next = signer_proposals(&h, &a);
     let to: Vec<u16> = next.iter().map(|(to, _)| *to).collect();
-    assert_eq!(to, vec![3, 4], "{a:?}");
+    assert_eq!(to, vec![3, 4]);
     let Payload::Proposal(p) = decode(&h, &next[0].1).payload else {
         panic!("not a proposal");
     };
@@ -1255,4 +1286,230 @@ fn a_round_whose_leader_is_unreachable_is_skipped_unless_this_member_is_isolated
     let a = h.handle(3, T0 + h.committee.timeouts().round_ms, Input::Tick);
     assert_eq!(entered(&a), vec![1]);
     assert_eq!(h.nodes[2].stats().rounds_skipped_unreachable, 0);
+}
+
+/// The signed report of `actions`, if any.
+fn signed_report(actions: &[Action]) -> Option<SignedReport> {
+    actions.iter().find_map(|a| match a {
+        Action::SignedReport(r) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+/// Every member assembles the report from the shares the signers send to
+/// all, without waiting for the leader's copy: a signer (member 2) and the
+/// follower (member 4, which got the proposal without observations), the
+/// latter even when the shares come before the proposal.
+#[test]
+fn every_member_assembles_the_report_from_the_broadcast_shares() {
+    let mut h = harness::<Ed>(4, 1);
+    let mut to_leader = Vec::new();
+    for m in 2..=4 {
+        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
+        to_leader.extend(sends(&a));
+    }
+    let mut out = h.handle(1, T0, observations(1_000_001, T0));
+    for (_, bytes) in to_leader {
+        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
+    }
+    let all = sends(&out);
+    let to_signers = signer_proposals(&h, &out);
+    let signers: Vec<u16> = to_signers.iter().map(|(to, _)| *to).collect();
+    assert_eq!(signers, vec![2, 3]);
+    let (_, follower_copy) = all
+        .iter()
+        .find(|(to, b)| *to == 4 && !is_signer_proposal(&h, b))
+        .cloned()
+        .expect("the follower gets a copy of the proposal");
+    let Payload::Proposal(p) = decode(&h, &follower_copy).payload else {
+        panic!("not a proposal");
+    };
+    assert!(p.observations.is_empty() && p.signer_observations.is_empty());
+    assert!(follower_copy.len() < to_signers[0].1.len());
+    // The leader's own share.
+    let pending = h.nodes[0].pending.first().map(|p| p.record).unwrap();
+    let mut leader_out = h.handle(
+        1,
+        T0 + 2,
+        Input::SigningRecorded {
+            round: pending.round,
+            digest: pending.digest,
+        },
+    );
+    let mut shares: Vec<Vec<u8>> = sends(&leader_out)
+        .into_iter()
+        .filter(|(to, b)| *to == 0 && matches!(decode(&h, b).payload, Payload::Share(_)))
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(shares.len(), 1, "the leader broadcasts its share too");
+    // Member 2 and 3 sign; their shares go to everyone (a broadcast).
+    let mut member2_out = Vec::new();
+    for (to, bytes) in to_signers {
+        let (round, digest) = proposal_to_record(&mut h, to, &bytes);
+        let a = h.handle(to, T0 + 3, Input::SigningRecorded { round, digest });
+        let s = sends(&a);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].0, 0, "a share is broadcast");
+        shares.push(s[0].1.clone());
+        if to == 2 {
+            member2_out.extend(a);
+        }
+    }
+    // The follower sees every share first, then the proposal.
+    let mut follower_out = Vec::new();
+    for bytes in &shares {
+        follower_out.extend(h.handle(
+            4,
+            T0 + 4,
+            Input::Message {
+                from: 0,
+                bytes: bytes.clone(),
+            },
+        ));
+    }
+    assert!(signed_report(&follower_out).is_none());
+    follower_out.extend(h.handle(
+        4,
+        T0 + 5,
+        Input::Message {
+            from: 1,
+            bytes: follower_copy,
+        },
+    ));
+    let from_follower = signed_report(&follower_out).expect("the follower assembles the report");
+    // Member 2 has its own share; it needs the leader's and member 3's.
+    for bytes in [&shares[0], &shares[2]] {
+        member2_out.extend(h.handle(
+            2,
+            T0 + 5,
+            Input::Message {
+                from: 0,
+                bytes: bytes.clone(),
+            },
+        ));
+    }
+    let from_signer = signed_report(&member2_out).expect("a signer assembles the report");
+    for bytes in &shares[1..] {
+        leader_out.extend(h.handle(
+            1,
+            T0 + 5,
+            Input::Message {
+                from: 0,
+                bytes: bytes.clone(),
+            },
+        ));
+    }
+    let from_leader = signed_report(&leader_out).expect("the leader aggregates");
+    assert_eq!(from_follower, from_leader);
+    assert_eq!(from_signer, from_leader);
+    assert!(h.nodes[3].verify_report(&from_follower));
+    assert_eq!(h.nodes[3].stats().reports_assembled, 1);
+    assert_eq!(h.nodes[1].stats().reports_assembled, 1);
+    // The leader's copy that follows is a duplicate, not a second report.
+    let report_msg = sends(&leader_out)
+        .into_iter()
+        .find(|(_, b)| matches!(decode(&h, b).payload, Payload::Report(_)))
+        .map(|(_, b)| b)
+        .expect("the leader still broadcasts the report");
+    let a = h.handle(
+        4,
+        T0 + 6,
+        Input::Message {
+            from: 1,
+            bytes: report_msg,
+        },
+    );
+    assert!(signed_report(&a).is_none());
+}
+
+/// A share that does not add up leaves the follower waiting for the
+/// leader's report (which it then accepts); it never accepts a bad one.
+#[test]
+fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
+    let mut h = harness::<Ed>(4, 1);
+    let mut to_leader = Vec::new();
+    for m in 2..=4 {
+        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
+        to_leader.extend(sends(&a));
+    }
+    let mut out = h.handle(1, T0, observations(1_000_001, T0));
+    for (_, bytes) in to_leader {
+        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
+    }
+    let follower_copy = sends(&out)
+        .into_iter()
+        .find(|(to, b)| *to == 4 && !is_signer_proposal(&h, b))
+        .map(|(_, b)| b)
+        .unwrap();
+    let pending = h.nodes[0].pending.first().map(|p| p.record).unwrap();
+    let leader_out = h.handle(
+        1,
+        T0 + 2,
+        Input::SigningRecorded {
+            round: pending.round,
+            digest: pending.digest,
+        },
+    );
+    let mut shares: Vec<Vec<u8>> = sends(&leader_out).into_iter().map(|(_, b)| b).collect();
+    for (to, bytes) in signer_proposals(&h, &out) {
+        let (round, digest) = proposal_to_record(&mut h, to, &bytes);
+        let a = h.handle(to, T0 + 3, Input::SigningRecorded { round, digest });
+        shares.extend(sends(&a).into_iter().map(|(_, b)| b));
+    }
+    assert_eq!(shares.len(), 3);
+    // Member 3's share, re-signed by member 3 with its scalar changed.
+    let msg = decode(&h, &shares[2]);
+    let Payload::Share(mut s) = msg.payload else {
+        panic!("not a share")
+    };
+    s.share[0] ^= 1;
+    let key = SigningKey::from_bytes(&h.seeds[2]);
+    let bad = SignedMessage::sign(&key, &DIGEST, msg.round, 3, Payload::Share(s)).bytes;
+    let mut follower_out = h.handle(
+        4,
+        T0 + 4,
+        Input::Message {
+            from: 1,
+            bytes: follower_copy,
+        },
+    );
+    for bytes in [&shares[0], &shares[1], &bad] {
+        follower_out.extend(h.handle(
+            4,
+            T0 + 5,
+            Input::Message {
+                from: 0,
+                bytes: bytes.clone(),
+            },
+        ));
+    }
+    assert!(signed_report(&follower_out).is_none());
+    assert_eq!(h.nodes[3].stats().reports_assembled, 0);
+    // The genuine share arrives too late for the failed attempt; the
+    // leader's report is what completes the round for the follower.
+    let mut leader_out = Vec::new();
+    for bytes in &shares[1..] {
+        leader_out.extend(h.handle(
+            1,
+            T0 + 5,
+            Input::Message {
+                from: 0,
+                bytes: bytes.clone(),
+            },
+        ));
+    }
+    let report_msg = sends(&leader_out)
+        .into_iter()
+        .find(|(_, b)| matches!(decode(&h, b).payload, Payload::Report(_)))
+        .map(|(_, b)| b)
+        .unwrap();
+    let a = h.handle(
+        4,
+        T0 + 6,
+        Input::Message {
+            from: 1,
+            bytes: report_msg,
+        },
+    );
+    assert!(signed_report(&a).is_some());
 }
