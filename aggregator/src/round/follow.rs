@@ -26,6 +26,13 @@ pub(super) struct FollowAttempt<C: Ciphersuite> {
     failed: bool,
 }
 
+/// An attempt's signing package and the hash of its serialization.
+pub(super) struct AttemptPackage<C: Ciphersuite> {
+    pub(super) number: usize,
+    pub(super) package: SigningPackage<C>,
+    pub(super) package_hash: [u8; 32],
+}
+
 /// The report a member is assembling in this round.
 pub(super) struct Follow<C: Ciphersuite> {
     header: ReportHeader,
@@ -44,10 +51,13 @@ impl<C: SibylSuite> Node<C> {
         header: &ReportHeader,
         digest: [u8; 32],
         leaves: &[ReportLeaf],
-        attempt: usize,
-        package: SigningPackage<C>,
-        package_hash: [u8; 32],
+        attempt: AttemptPackage<C>,
     ) {
+        let AttemptPackage {
+            number: attempt,
+            package,
+            package_hash,
+        } = attempt;
         if self.rs.reported {
             return;
         }
@@ -101,11 +111,7 @@ impl<C: SibylSuite> Node<C> {
         if self.rs.reported {
             return;
         }
-        let known = self
-            .rs
-            .follow
-            .as_ref()
-            .is_some_and(|f| f.digest == digest);
+        let known = self.rs.follow.as_ref().is_some_and(|f| f.digest == digest);
         if !known {
             let feeds = self.committee.feeds();
             if p.leaves.is_empty()
@@ -122,15 +128,12 @@ impl<C: SibylSuite> Node<C> {
             return;
         };
         let package_hash = keccak(&p.signing_package);
-        self.follow_attempt(
-            now,
-            header,
-            digest,
-            &p.leaves,
-            usize::from(p.attempt),
+        let attempt = AttemptPackage {
+            number: usize::from(p.attempt),
             package,
             package_hash,
-        );
+        };
+        self.follow_attempt(now, header, digest, &p.leaves, attempt);
         if let Some(f) = &self.rs.follow
             && self.rs.checked.is_none()
         {
@@ -144,7 +147,8 @@ impl<C: SibylSuite> Node<C> {
     /// at least `t` of them, the report digest as its message.
     fn parse_package(&self, bytes: &[u8], digest: &[u8; 32]) -> Option<SigningPackage<C>> {
         let parts = split_package_for_digest::<C>(bytes)?;
-        if parts.message != digest.as_slice() || parts.signers.len() < usize::from(self.committee.t())
+        if parts.message != digest.as_slice()
+            || parts.signers.len() < usize::from(self.committee.t())
         {
             return None;
         }
@@ -202,13 +206,8 @@ impl<C: SibylSuite> Node<C> {
             a.failed = true;
             return;
         };
-        let Ok(sig_bytes) = sig.serialize() else {
+        let Some(report) = sealed_report(&f.header, &f.leaves, &sig) else {
             return;
-        };
-        let report = SignedReport {
-            header: f.header.clone(),
-            leaves: f.leaves.clone(),
-            signatures: BTreeMap::from([(C::SUITE, SignatureBytes(sig_bytes))]),
         };
         self.stats.reports_assembled += 1;
         self.accept_report(now, report);
@@ -227,6 +226,20 @@ impl<C: SibylSuite> Node<C> {
             self.rs.early_shares.push((sender, s.clone()));
         }
     }
+}
+
+/// The signed report of `header` and `leaves` under the aggregate `sig`.
+pub(super) fn sealed_report<C: SibylSuite>(
+    header: &ReportHeader,
+    leaves: &[ReportLeaf],
+    sig: &frost::Signature<C>,
+) -> Option<SignedReport> {
+    let sig_bytes = sig.serialize().ok()?;
+    Some(SignedReport {
+        header: header.clone(),
+        leaves: leaves.to_vec(),
+        signatures: BTreeMap::from([(C::SUITE, SignatureBytes(sig_bytes))]),
+    })
 }
 
 /// [`split_package`] for a package whose message is a 32-byte digest, the

@@ -583,13 +583,8 @@ impl<C: SibylSuite> Node<C> {
         let signers: Vec<u16> = a.signers.iter().copied().collect();
         match aggregated {
             Ok(sig) => {
-                let Ok(sig_bytes) = sig.serialize() else {
+                let Some(report) = sealed_report(&l.header, &l.leaves, &sig) else {
                     return;
-                };
-                let report = SignedReport {
-                    header: l.header.clone(),
-                    leaves: l.leaves.clone(),
-                    signatures: BTreeMap::from([(C::SUITE, SignatureBytes(sig_bytes))]),
                 };
                 l.attempts.clear();
                 for s in signers {

@@ -141,15 +141,12 @@ impl<C: SibylSuite> Node<C> {
         };
         let package_hash = keccak(&p.signing_package);
         let attempt = usize::from(p.attempt);
-        self.follow_attempt(
-            now,
-            &header,
-            digest,
-            &leaves,
-            attempt,
-            package.clone(),
+        let follow = follow::AttemptPackage {
+            number: attempt,
+            package: package.clone(),
             package_hash,
-        );
+        };
+        self.follow_attempt(now, &header, digest, &leaves, follow);
         if self.rs.checked.is_none() {
             self.rs.checked = Some((header.merkle_root, leaves));
         }

@@ -24,7 +24,8 @@
 //!    `2f + 1`); aggregates every feed with `2f + 1` observations, keeps
 //!    the feeds due for update (all of them when none is due), builds the
 //!    report and sends `t` signers a proposal: leaves, timestamp, Merkle root,
-//!    the attributed signed observations and the FROST signing package.
+//!    the attributed signed observations and the FROST signing package (and
+//!    every other member a copy without the observations).
 //! 3. A signer checks every observation signature, recomputes the leaves and
 //!    root from them byte for byte, checks the timestamp against its clock,
 //!    its own commitment and its signing ledger, then asks the driver to
@@ -39,8 +40,12 @@
 //!    it) while another attempt starts with the silent signers ranked last.
 //!    Each attempt uses the next commitment of each signer. Faults are
 //!    remembered across rounds (a penalty that decays) so a persistently
-//!    faulty member is picked last. The signed report is broadcast; members
-//!    verify it against the group key before accepting it.
+//!    faulty member is picked last. Proposals go to every member (the
+//!    non-signers get a copy without the observations) and shares to every
+//!    member, so each member assembles the report itself
+//!    (`follow.rs`); the leader's signed report is still broadcast as the
+//!    fallback. Members verify either against the group key before
+//!    accepting it.
 //! 5. Pacemaker: no accepted report `round_ms` after entering `r`: move to
 //!    `r + 1`. A node that sees `f + 1` members at a higher round jumps there.
 //!
@@ -77,6 +82,7 @@ use crate::report::{
 use clock::Clock;
 use committee::Committee;
 use ed25519_dalek::SigningKey;
+use follow::sealed_report;
 use frost_core::{
     self as frost, Ciphersuite, Identifier, SigningPackage,
     keys::{KeyPackage, PublicKeyPackage},

@@ -141,20 +141,27 @@ impl<C: SibylSuite> Harness<C> {
     }
 }
 
-/// Round 0 (leader 1) of a 4-member committee up to the leader's proposals.
-/// Returns the proposals the leader sent to signers, by recipient (not the
-/// follower's copy).
-fn up_to_proposals(h: &mut Harness<Ed>) -> Vec<(u16, Vec<u8>)> {
+/// Round 0 (leader 1) of a 4-member committee: every member observes and
+/// the leader gets the observations. Returns the leader's actions (its
+/// proposals and its own ledger write).
+fn round0_leader_actions(h: &mut Harness<Ed>) -> Vec<Action> {
     let mut to_leader = Vec::new();
     for m in 2..=4 {
         let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
         to_leader.extend(sends(&a));
     }
     let mut out = h.handle(1, T0, observations(1_000_001, T0));
-    for (to, bytes) in to_leader {
-        assert_eq!(to, 1);
+    for (_, bytes) in to_leader {
         out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
     }
+    out
+}
+
+/// Round 0 (leader 1) of a 4-member committee up to the leader's proposals.
+/// Returns the proposals the leader sent to signers, by recipient (not the
+/// follower's copy).
+fn up_to_proposals(h: &mut Harness<Ed>) -> Vec<(u16, Vec<u8>)> {
+    let out = round0_leader_actions(h);
     let out = sends(&out);
     out.into_iter()
         .filter(|(_, b)| is_signer_proposal(h, b))
@@ -894,15 +901,7 @@ fn after_a_report_the_next_round_starts_on_the_round_grid() {
 #[test]
 fn the_leader_sends_proposals_before_its_own_ledger_write() {
     let mut h = harness::<Ed>(4, 1);
-    let mut to_leader = Vec::new();
-    for m in 2..=4 {
-        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
-        to_leader.extend(sends(&a));
-    }
-    let mut out = h.handle(1, T0, observations(1_000_001, T0));
-    for (_, bytes) in to_leader {
-        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
-    }
+    let out = round0_leader_actions(&mut h);
     let first_record = out
         .iter()
         .position(|a| matches!(a, Action::RecordSigning { .. }))
@@ -1303,15 +1302,7 @@ fn signed_report(actions: &[Action]) -> Option<SignedReport> {
 #[test]
 fn every_member_assembles_the_report_from_the_broadcast_shares() {
     let mut h = harness::<Ed>(4, 1);
-    let mut to_leader = Vec::new();
-    for m in 2..=4 {
-        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
-        to_leader.extend(sends(&a));
-    }
-    let mut out = h.handle(1, T0, observations(1_000_001, T0));
-    for (_, bytes) in to_leader {
-        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
-    }
+    let out = round0_leader_actions(&mut h);
     let all = sends(&out);
     let to_signers = signer_proposals(&h, &out);
     let signers: Vec<u16> = to_signers.iter().map(|(to, _)| *to).collect();
@@ -1427,15 +1418,7 @@ fn every_member_assembles_the_report_from_the_broadcast_shares() {
 #[test]
 fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
     let mut h = harness::<Ed>(4, 1);
-    let mut to_leader = Vec::new();
-    for m in 2..=4 {
-        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
-        to_leader.extend(sends(&a));
-    }
-    let mut out = h.handle(1, T0, observations(1_000_001, T0));
-    for (_, bytes) in to_leader {
-        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
-    }
+    let out = round0_leader_actions(&mut h);
     let follower_copy = sends(&out)
         .into_iter()
         .find(|(to, b)| *to == 4 && !is_signer_proposal(&h, b))

@@ -596,12 +596,23 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                 }
                 Action::Broadcast { bytes } => {
                     let kind = peek(&bytes);
+                    #[cfg(feature = "fault-injection")]
+                    if fault::withhold() && matches!(kind, Some((_, _, Kind::Share))) {
+                        continue;
+                    }
                     if let Err(e) = self.transport.broadcast(Envelope::Round(bytes).encode()) {
                         self.stats.send_errors += 1;
                         tracing::debug!(error = %e, "broadcast failed");
                     }
-                    if let Some((round, _, Kind::Report)) = kind {
-                        self.trace.mark(round, Phase::Signed);
+                    match kind {
+                        Some((round, _, Kind::Report)) => {
+                            self.trace.mark(round, Phase::Signed);
+                        }
+                        // Shares go to every member (each assembles the report).
+                        Some((round, _, Kind::Share)) => {
+                            self.trace.mark(round, Phase::ShareOut);
+                        }
+                        _ => {}
                     }
                 }
                 Action::RecordSigning { round, digest } => {
