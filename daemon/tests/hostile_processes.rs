@@ -11,9 +11,7 @@
 
 mod common;
 
-use common::{
-    Members, last_round, report_rate, sample, sibyl, spawn, spawn_cmd, terminate, wait_for,
-};
+use common::{RunningCommittee, report_rate, sample, sibyl};
 use sibyl::cmd::devnet::http_get;
 use std::time::Duration;
 
@@ -28,37 +26,19 @@ fn share_failures_of_4(api: &str) -> f64 {
 
 #[test]
 fn withholding_invalid_shares_and_refusals_from_one_member_cost_under_10_percent() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = common::setup_devnet(&dir.path().join("devnet"), 4);
-    let mut members = Members(
-        file.members
-            .iter()
-            .map(|m| Some(spawn(&m.config, &m.log)))
-            .collect(),
-    );
-    let api: Vec<&str> = file.members.iter().map(|m| m.api_url.as_str()).collect();
-    wait_for("3 signed reports at member 1", 120, || {
-        last_round(api[0]).is_some_and(|r| r >= 3)
-    });
-    std::thread::sleep(Duration::from_secs(2));
+    let mut committee = RunningCommittee::start(4);
+    let apis: Vec<String> = committee.apis().iter().map(|a| a.to_string()).collect();
+    let api: Vec<&str> = apis.iter().map(String::as_str).collect();
     let baseline = report_rate(api[0], WINDOW);
     eprintln!("baseline: {baseline:.2} reports/s at member 1");
     assert!(baseline > 1.0, "baseline {baseline:.2} reports/s");
 
-    let m4 = &file.members[3];
     let mut failures = Vec::new();
     for fault in ["withhold", "invalid-shares", "refuse"] {
-        if let Some(mut c) = members.0[3].take() {
-            terminate(&mut c);
-        }
         let blamed_before: f64 = api[..3].iter().map(|a| share_failures_of_4(a)).sum();
         let mut cmd = sibyl();
         cmd.env("SIBYL_FAULT", fault);
-        members.0[3] = Some(spawn_cmd(cmd, &m4.config, &m4.log));
-        wait_for("member 4's API after its restart", 60, || {
-            common::status(api[3]).is_some()
-        });
-        std::thread::sleep(Duration::from_secs(3));
+        committee.restart(3, cmd);
         let r = report_rate(api[0], WINDOW);
         let blamed = api[..3].iter().map(|a| share_failures_of_4(a)).sum::<f64>() - blamed_before;
         eprintln!(
@@ -80,10 +60,8 @@ fn withholding_invalid_shares_and_refusals_from_one_member_cost_under_10_percent
         }
     }
     // The faulty member's own log says it misbehaves on purpose.
-    let log4 = std::fs::read_to_string(&m4.log).unwrap();
+    let log4 = std::fs::read_to_string(&committee.file.members[3].log).unwrap();
     assert!(log4.contains("FAULT INJECTION"), "member 4's log");
-    for c in members.0.iter_mut().flatten() {
-        terminate(c);
-    }
+    drop(committee);
     assert!(failures.is_empty(), "{failures:?}");
 }

@@ -118,6 +118,78 @@ pub fn report_rate(api: &str, window: Duration) -> f64 {
     n as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// Reports accepted per second at each of `apis` over `window`, measured
+/// together.
+pub fn report_rates(apis: &[&str], window: Duration) -> Vec<f64> {
+    let start: Vec<u64> = apis.iter().map(|a| accepted(a)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let secs = t0.elapsed().as_secs_f64();
+    apis.iter()
+        .zip(start)
+        .map(|(a, s)| accepted(a).saturating_sub(s) as f64 / secs)
+        .collect()
+}
+
+/// A devnet committee of `nodes` members running as processes, past its
+/// first reports: the start of every test that measures a fault against a
+/// baseline. `members` are terminated when it drops.
+pub struct RunningCommittee {
+    pub dir: tempfile::TempDir,
+    pub file: DevnetFile,
+    pub members: Members,
+}
+
+impl RunningCommittee {
+    /// Sets up and starts the committee, waits for 3 signed reports at
+    /// member 1 and 2 s more.
+    pub fn start(nodes: u16) -> RunningCommittee {
+        let dir = tempfile::tempdir().unwrap();
+        let file = setup_devnet(&dir.path().join("devnet"), nodes);
+        let members = Members(
+            file.members
+                .iter()
+                .map(|m| Some(spawn(&m.config, &m.log)))
+                .collect(),
+        );
+        let c = RunningCommittee { dir, file, members };
+        let api = c.api(0).to_string();
+        wait_for("3 signed reports at member 1", 120, || {
+            last_round(&api).is_some_and(|r| r >= 3)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        c
+    }
+
+    /// Member `i`'s (0-based) API base URL.
+    pub fn api(&self, i: usize) -> &str {
+        &self.file.members[i].api_url
+    }
+
+    /// Every member's API base URL.
+    pub fn apis(&self) -> Vec<&str> {
+        self.file
+            .members
+            .iter()
+            .map(|m| m.api_url.as_str())
+            .collect()
+    }
+
+    /// Restarts member `i` (0-based) as `cmd` (`sibyl()` with a fault or
+    /// libfaketime in its environment), waits for its API and 3 s more for
+    /// it to join the rounds.
+    pub fn restart(&mut self, i: usize, cmd: Command) {
+        if let Some(mut c) = self.members.0[i].take() {
+            terminate(&mut c);
+        }
+        let m = &self.file.members[i];
+        self.members.0[i] = Some(spawn_cmd(cmd, &m.config, &m.log));
+        let api = self.api(i).to_string();
+        wait_for("the restarted member's API", 60, || status(&api).is_some());
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
 /// Sends SIGTERM and waits (at most 10 s, then SIGKILL).
 pub fn terminate(c: &mut Child) {
     let _ = Command::new("kill")

@@ -14,11 +14,11 @@
 
 use crate::common;
 
-use common::{Members, accepted, last_round, sibyl, spawn, spawn_cmd, terminate, wait_for};
+use common::{RunningCommittee, report_rates, sibyl};
 use sibyl::cmd::devnet::http_get;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 const WINDOW: Duration = Duration::from_secs(20);
@@ -29,18 +29,6 @@ fn faked(mut cmd: Command, offset: &str) -> Command {
         .env("DONT_FAKE_MONOTONIC", "1")
         .env("FAKETIME_NO_CACHE", "1");
     cmd
-}
-
-/// Reports accepted per second at `apis` over `window`, all measured together.
-fn rates(apis: &[&str], window: Duration) -> Vec<f64> {
-    let start: Vec<u64> = apis.iter().map(|a| accepted(a)).collect();
-    let t0 = Instant::now();
-    std::thread::sleep(window);
-    let secs = t0.elapsed().as_secs_f64();
-    apis.iter()
-        .zip(start)
-        .map(|(a, s)| accepted(a).saturating_sub(s) as f64 / secs)
-        .collect()
 }
 
 #[test]
@@ -65,36 +53,18 @@ fn a_member_with_its_clock_off_by_3s_or_30s_costs_under_10_percent_of_reports() 
         "libfaketime did not shift the clock: {faked_now} vs {now}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let file = common::setup_devnet(&dir.path().join("devnet"), 4);
-    let mut members = Members(
-        file.members
-            .iter()
-            .map(|m| Some(spawn(&m.config, &m.log)))
-            .collect(),
-    );
-    let api: Vec<&str> = file.members.iter().map(|m| m.api_url.as_str()).collect();
-    wait_for("3 signed reports at member 1", 120, || {
-        last_round(api[0]).is_some_and(|r| r >= 3)
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let baseline = rates(&[api[0]], WINDOW)[0];
+    let mut committee = RunningCommittee::start(4);
+    let apis: Vec<String> = committee.apis().iter().map(|a| a.to_string()).collect();
+    let api: Vec<&str> = apis.iter().map(String::as_str).collect();
+    let baseline = report_rates(&[api[0]], WINDOW)[0];
     eprintln!("baseline: {baseline:.2} reports/s at member 1");
     assert!(baseline > 1.0, "baseline {baseline:.2} reports/s");
 
-    let m4 = &file.members[3];
     let mut failures = Vec::new();
     for offset in ["-3s", "+3s", "+30s"] {
-        if let Some(mut c) = members.0[3].take() {
-            terminate(&mut c);
-        }
-        members.0[3] = Some(spawn_cmd(faked(sibyl(), offset), &m4.config, &m4.log));
-        wait_for("member 4's API after its restart", 60, || {
-            common::status(api[3]).is_some()
-        });
-        // Let it start and estimate its offset.
-        std::thread::sleep(Duration::from_secs(3));
-        let r = rates(&[api[0], api[3]], WINDOW);
+        // Restarted, it has 3 s to start and estimate its offset.
+        committee.restart(3, faked(sibyl(), offset));
+        let r = report_rates(&[api[0], api[3]], WINDOW);
         let offset_seen = common::status(api[3]).map(|s| s.to_string()).and_then(|s| {
             let i = s.find("offset")?;
             Some(s[i..s.len().min(i + 80)].to_string())
@@ -117,8 +87,6 @@ fn a_member_with_its_clock_off_by_3s_or_30s_costs_under_10_percent_of_reports() 
             ));
         }
     }
-    for c in members.0.iter_mut().flatten() {
-        terminate(c);
-    }
+    drop(committee);
     assert!(failures.is_empty(), "{failures:?}");
 }
