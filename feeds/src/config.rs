@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::aggregate::DEFAULT_MAX_VENUE_WEIGHT_BPS;
 use crate::duration::parse_duration;
 use crate::error::ConfigError;
 use crate::quote::SanityLimits;
@@ -85,6 +86,9 @@ pub struct SourcesConfig {
     pub max_clock_skew: Dur,
     /// Quotes further than this from the cross-source median are left out.
     pub max_deviation_bps: u32,
+    /// Most of a feed's total weight one venue may carry (basis points; 4000 =
+    /// 40 %, so one venue never decides the weighted median alone).
+    pub max_venue_weight_bps: u32,
     /// Prices above this many whole units are rejected as absurd.
     pub max_price_units: u64,
     /// Consecutive failures that open a source's circuit breaker.
@@ -118,6 +122,7 @@ impl Default for SourcesConfig {
             max_quote_age: Dur::ms(30_000),
             max_clock_skew: Dur::ms(5_000),
             max_deviation_bps: 100,
+            max_venue_weight_bps: DEFAULT_MAX_VENUE_WEIGHT_BPS,
             max_price_units: 1_000_000_000_000,
             breaker_failures: 5,
             breaker_cooldown: Dur::ms(30_000),
@@ -171,6 +176,9 @@ pub struct FeedConfig {
     /// Overrides the section-wide `max_deviation_bps` for this feed.
     #[serde(default)]
     pub max_deviation_bps: Option<u32>,
+    /// Overrides the section-wide `max_venue_weight_bps` for this feed.
+    #[serde(default)]
+    pub max_venue_weight_bps: Option<u32>,
     pub sources: Vec<SourceConfig>,
 }
 
@@ -492,9 +500,25 @@ impl SourcesConfig {
                 "use a positive duration, e.g. \"2s\"",
             ));
         }
+        let weight_problem = |key: String, bps: u32| {
+            (bps == 0 || bps > 10_000).then(|| {
+                Problem::new(
+                    key,
+                    format!("{bps} is not a share of the total weight in basis points"),
+                    "use 1..=10000; the default 4000 (40 %) keeps any one venue from deciding alone with three or more venues",
+                )
+            })
+        };
+        out.extend(weight_problem(
+            "max_venue_weight_bps".into(),
+            self.max_venue_weight_bps,
+        ));
         let mut ids = BTreeSet::new();
         for (i, f) in self.feeds.iter().enumerate() {
             let key = |k: &str| format!("feeds[{i}].{k}");
+            if let Some(bps) = f.max_venue_weight_bps {
+                out.extend(weight_problem(key("max_venue_weight_bps"), bps));
+            }
             if !ids.insert(f.id.as_str()) {
                 out.push(Problem::new(
                     key("id"),
@@ -713,6 +737,7 @@ impl SourcesConfig {
                 decimals: None,
                 min_sources: 3,
                 max_deviation_bps: None,
+                max_venue_weight_bps: None,
                 sources,
             });
         }

@@ -65,25 +65,39 @@ pub(crate) fn compute_observations(
             if age > max_age {
                 continue;
             }
-            let price = match &slot.source.convert_via {
-                None => Some(q.price),
+            let converted = match &slot.source.convert_via {
+                None => Some((q.price, q.bid, q.ask)),
                 Some(via) => match out.get(via) {
-                    Some(Ok(conv)) => pow10(conv.decimals)
-                        .and_then(|scale| q.price.checked_mul(conv.price_fixed).map(|p| p / scale)),
+                    Some(Ok(conv)) => {
+                        let at = |p: i128| {
+                            pow10(conv.decimals).and_then(|scale| {
+                                p.checked_mul(conv.price_fixed).map(|p| p / scale)
+                            })
+                        };
+                        at(q.price).map(|p| (p, q.bid.and_then(at), q.ask.and_then(at)))
+                    }
                     _ => None,
                 },
             };
-            let Some(price) = price else { continue };
+            let Some((price, bid, ask)) = converted else {
+                continue;
+            };
             prices.push(SourcePrice {
                 source: label,
                 price,
+                bid,
+                ask,
                 volume: q.volume,
                 time_ms: q.time_ms,
+                peg_departed: false,
             });
         }
         let params = ObservationParams {
             min_sources: feed.min_sources,
             max_deviation_bps: feed.max_deviation_bps.unwrap_or(config.max_deviation_bps),
+            max_venue_weight_bps: feed
+                .max_venue_weight_bps
+                .unwrap_or(config.max_venue_weight_bps),
         };
         let result = observe(&feed.id, config.decimals_of(&feed.id), &prices, params);
         if let Some(m) = metrics {
@@ -102,8 +116,9 @@ pub(crate) fn compute_observations(
     out
 }
 
-/// Latest valid observations, keyed by feed id. A feed without a valid
-/// observation right now (too few healthy sources) is absent; ask
+/// Latest observations, keyed by feed id, degraded ones included (fewer
+/// venues than the feed's `min_sources`: [`Observation::is_degraded`]). A
+/// feed with no usable source right now is absent; ask
 /// [`FeedService::feed_errors`] why.
 pub type Observations = Arc<BTreeMap<String, Observation>>;
 
