@@ -81,7 +81,7 @@ struct BinanceWsTicker {
     #[serde(rename = "E")]
     event_time: Option<u64>,
     s: String,
-    c: Num,
+    c: Option<Num>,
     b: Option<Num>,
     a: Option<Num>,
     v: Option<Num>,
@@ -115,7 +115,7 @@ impl StreamSpec for Stream {
         let q = RawQuote {
             bid: t.b.map(|x| x.0),
             ask: t.a.map(|x| x.0),
-            last: Some(t.c.0),
+            last: t.c.map(|x| x.0),
             volume: t.v.map(|x| x.0),
             venue_time_ms: t.event_time,
         };
@@ -163,7 +163,7 @@ struct BinanceError {
 #[serde(rename_all = "camelCase")]
 struct BinanceTicker {
     symbol: String,
-    last_price: Num,
+    last_price: Option<Num>,
     bid_price: Option<Num>,
     ask_price: Option<Num>,
     volume: Option<Num>,
@@ -186,7 +186,7 @@ pub(super) fn parse_binance(
             Ok(RawQuote {
                 bid: n(&t.bid_price),
                 ask: n(&t.ask_price),
-                last: Some(t.last_price.0),
+                last: n(&t.last_price),
                 volume: n(&t.volume),
                 venue_time_ms: num_u64(&t.close_time),
             })

@@ -123,16 +123,17 @@ fn parse_bitfinex(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             items.len()
         )));
     }
-    let num = |i: usize| -> Result<String, SourceError> {
-        serde_json::from_str::<Num>(items[i].get())
-            .map(|x| x.0)
+    // A field may be `null` (an empty book side): absent, not malformed.
+    let num = |i: usize| -> Result<Option<String>, SourceError> {
+        serde_json::from_str::<Option<Num>>(items[i].get())
+            .map(|x| x.map(|x| x.0))
             .map_err(SourceError::malformed)
     };
     Ok(RawQuote {
-        bid: Some(num(0)?),
-        ask: Some(num(2)?),
-        last: Some(num(6)?),
-        volume: Some(num(7)?),
+        bid: num(0)?,
+        ask: num(2)?,
+        last: num(6)?,
+        volume: num(7)?,
         venue_time_ms: None,
     })
 }

@@ -62,9 +62,9 @@ impl VenueSpec for Spec {
 #[derive(Deserialize)]
 struct BitstampTicker {
     timestamp: Num,
-    last: Num,
-    bid: Num,
-    ask: Num,
+    last: Option<Num>,
+    bid: Option<Num>,
+    ask: Option<Num>,
     volume: Option<Num>,
 }
 
@@ -87,9 +87,9 @@ fn parse_bitstamp(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             ask,
             volume,
         }) => Ok(RawQuote {
-            bid: Some(bid.0),
-            ask: Some(ask.0),
-            last: Some(last.0),
+            bid: n(&bid),
+            ask: n(&ask),
+            last: n(&last),
             volume: n(&volume),
             venue_time_ms: timestamp
                 .0

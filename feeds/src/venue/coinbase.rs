@@ -9,7 +9,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_either, n,
+    Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_error_first, n,
     rate_limited, venue_err,
 };
 #[cfg(feature = "sim")]
@@ -76,7 +76,7 @@ struct TypeOnly {
 #[derive(Deserialize)]
 struct CoinbaseWsTicker {
     product_id: String,
-    price: Num,
+    price: Option<Num>,
     best_bid: Option<Num>,
     best_ask: Option<Num>,
     volume_24h: Option<Num>,
@@ -100,7 +100,7 @@ impl StreamSpec for Stream {
                 let q = RawQuote {
                     bid: t.best_bid.map(|x| x.0),
                     ask: t.best_ask.map(|x| x.0),
-                    last: Some(t.price.0),
+                    last: t.price.map(|x| x.0),
                     volume: t.volume_24h.map(|x| x.0),
                     venue_time_ms: t.time.as_deref().and_then(parse_rfc3339_ms),
                 };
@@ -143,9 +143,9 @@ impl StreamSpec for Stream {
 
 #[derive(Deserialize)]
 struct CoinbaseTicker {
-    bid: Num,
-    ask: Num,
-    price: Num,
+    bid: Option<Num>,
+    ask: Option<Num>,
+    price: Option<Num>,
     volume: Option<Num>,
     time: Option<String>,
 }
@@ -156,7 +156,7 @@ struct CoinbaseError {
 }
 
 fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
-    match json_either::<CoinbaseTicker, CoinbaseError>(body)? {
+    match json_error_first::<CoinbaseTicker, CoinbaseError>(body)? {
         Ok(CoinbaseTicker {
             bid,
             ask,
@@ -164,9 +164,9 @@ fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             volume,
             time,
         }) => Ok(RawQuote {
-            bid: Some(bid.0),
-            ask: Some(ask.0),
-            last: Some(price.0),
+            bid: n(&bid),
+            ask: n(&ask),
+            last: n(&price),
             volume: n(&volume),
             venue_time_ms: time.as_deref().and_then(parse_rfc3339_ms),
         }),

@@ -66,10 +66,12 @@ struct HtxResp {
 
 #[derive(Deserialize)]
 struct HtxTick {
-    close: Num,
+    close: Option<Num>,
     amount: Option<Num>,
-    bid: Vec<Num>,
-    ask: Vec<Num>,
+    #[serde(default)]
+    bid: Option<Vec<Num>>,
+    #[serde(default)]
+    ask: Option<Vec<Num>>,
 }
 
 fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
@@ -91,9 +93,9 @@ fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceE
         .tick
         .ok_or_else(|| SourceError::Malformed("status ok without tick".into()))?;
     Ok(RawQuote {
-        bid: t.bid.first().map(|x| x.0.clone()),
-        ask: t.ask.first().map(|x| x.0.clone()),
-        last: Some(t.close.0),
+        bid: t.bid.and_then(|b| b.into_iter().next()).map(|x| x.0),
+        ask: t.ask.and_then(|a| a.into_iter().next()).map(|x| x.0),
+        last: n(&t.close),
         volume: n(&t.amount),
         venue_time_ms: resp.ts,
     })

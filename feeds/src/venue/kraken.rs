@@ -185,9 +185,13 @@ struct KrakenResp {
 
 #[derive(Deserialize)]
 struct KrakenTicker {
+    #[serde(default)]
     a: Vec<Num>,
+    #[serde(default)]
     b: Vec<Num>,
+    #[serde(default)]
     c: Vec<Num>,
+    #[serde(default)]
     v: Vec<Num>,
 }
 
