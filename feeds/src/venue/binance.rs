@@ -10,7 +10,7 @@ use serde_json::json;
 use super::Tick;
 use super::{
     Num, Ping, RateLimit, RawQuote, Route, StreamSpec, VenueSpec, json_either, n, num_u64,
-    rate_limited, venue_err,
+    rate_limited, says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -30,7 +30,7 @@ impl VenueSpec for Spec {
         Route::query("/api/v3/ticker/24hr", "symbol")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
-        parse_binance(status, body, market)
+        parse_binance(status, body, market, &[-1121])
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         Some(&Stream)
@@ -170,10 +170,14 @@ struct BinanceTicker {
     close_time: Option<Num>,
 }
 
+/// Binance's 24 h ticker and error bodies (MEXC speaks the same shape);
+/// `unknown_codes` are the venue's codes for a market it does not list
+/// (Binance: -1121 "Invalid symbol.").
 pub(super) fn parse_binance(
     status: u16,
     body: &[u8],
     market: &str,
+    unknown_codes: &[i64],
 ) -> Result<RawQuote, SourceError> {
     match json_either::<BinanceTicker, BinanceError>(body)? {
         Ok(t) => {
@@ -192,7 +196,9 @@ pub(super) fn parse_binance(
             })
         }
         Err(BinanceError { code, msg }) => Err(match code {
-            -1121 => SourceError::UnknownSymbol(market.into()),
+            c if unknown_codes.contains(&c) || says_unknown_symbol(&msg) => {
+                SourceError::UnknownSymbol(market.into())
+            }
             -1003 | 429 => rate_limited(status, msg),
             _ => venue_err(code, msg),
         }),

@@ -10,11 +10,11 @@ use serde_json::json;
 use super::Tick;
 use super::{
     Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_error_first, n,
-    rate_limited, venue_err,
+    rate_limited, says_unknown_symbol, venue_err,
 };
 #[cfg(feature = "sim")]
 use super::{add_symbols, json_strings};
-use crate::error::SourceError;
+use crate::error::{SourceError, snippet};
 #[cfg(feature = "sim")]
 use crate::time::format_rfc3339_ms;
 use crate::time::parse_rfc3339_ms;
@@ -71,6 +71,8 @@ struct TypeOnly {
     #[serde(rename = "type")]
     kind: String,
     message: Option<String>,
+    /// Why, on an error: "BTC-USDX is not a valid product".
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,10 +108,21 @@ impl StreamSpec for Stream {
                 };
                 Ok(vec![(t.product_id, q)])
             }
-            "error" => Err(SourceError::Venue {
-                code: "ws".into(),
-                message: head.message.unwrap_or_default(),
-            }),
+            "error" => {
+                let reason = head.reason.unwrap_or_default();
+                Err(match reason.split_whitespace().next() {
+                    Some(product) if says_unknown_symbol(&reason) => {
+                        SourceError::UnknownSymbol(product.to_string())
+                    }
+                    _ => SourceError::Venue {
+                        code: "ws".into(),
+                        message: snippet(&format!(
+                            "{}: {reason}",
+                            head.message.unwrap_or_default()
+                        )),
+                    },
+                })
+            }
             _ => Ok(vec![]), // subscriptions, heartbeat
         }
     }
@@ -170,12 +183,14 @@ fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             volume: n(&volume),
             venue_time_ms: time.as_deref().and_then(parse_rfc3339_ms),
         }),
-        Err(CoinbaseError { message }) => Err(if status == 404 || message == "NotFound" {
-            SourceError::UnknownSymbol(market.into())
-        } else if message.to_ascii_lowercase().contains("rate limit") {
-            rate_limited(status, message)
-        } else {
-            venue_err(status, message)
-        }),
+        Err(CoinbaseError { message }) => Err(
+            if status == 404 || message == "NotFound" || says_unknown_symbol(&message) {
+                SourceError::UnknownSymbol(market.into())
+            } else if message.to_ascii_lowercase().contains("rate limit") {
+                rate_limited(status, message)
+            } else {
+                venue_err(status, message)
+            },
+        ),
     }
 }

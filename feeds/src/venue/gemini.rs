@@ -8,7 +8,7 @@ use serde_json::json;
 use super::Tick;
 use super::{
     Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_error_first, n, rate_limited,
-    venue_err,
+    says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -106,6 +106,7 @@ fn parse_gemini(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
             let message = message.unwrap_or_else(|| reason.clone());
             Err(match reason.as_str() {
                 "InvalidSymbol" => SourceError::UnknownSymbol(market.into()),
+                _ if says_unknown_symbol(&message) => SourceError::UnknownSymbol(market.into()),
                 "RateLimit" | "RateLimited" => rate_limited(status, message),
                 _ => venue_err(reason, message),
             })

@@ -8,7 +8,8 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited, venue_err,
+    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited,
+    says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -80,7 +81,11 @@ fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceE
         let code = resp.err_code.unwrap_or_default();
         let msg = resp.err_msg.unwrap_or_default();
         return Err(
-            if msg.contains("invalid symbol") || code == "invalid-symbol" {
+            // "invalid-parameter" / "bad-request" with "invalid symbol",
+            // "base-symbol-error" ("The symbol is invalid").
+            if matches!(code.as_str(), "invalid-symbol" | "base-symbol-error")
+                || says_unknown_symbol(&msg)
+            {
                 SourceError::UnknownSymbol(market.into())
             } else if code.contains("too-many") || code.contains("rate") || code.contains("limit") {
                 rate_limited(status, msg)

@@ -491,6 +491,49 @@ fn json_error_first<T: DeserializeOwned, E: DeserializeOwned>(
     }
 }
 
+/// Whether a venue's error message says the market does not exist, in the
+/// words the venues document for an unknown or invalid symbol, pair,
+/// instrument or product. Each venue checks its exact codes first; this
+/// catches the codes it shares one message among (OKX's 51000, Bybit's
+/// 10001, Crypto.com's 40004) and message-only errors.
+fn says_unknown_symbol(message: &str) -> bool {
+    const PHRASES: [&str; 22] = [
+        "invalid symbol",
+        "bad symbol",
+        "unknown symbol",
+        "symbol not exist",
+        "symbol does not exist",
+        "symbol not found",
+        "symbol_not_found",
+        "symbol is invalid",
+        "symbol: invalid",
+        "not supported symbol",
+        "not a valid symbol",
+        "unknown asset pair",
+        "invalid asset pair",
+        "invalid currency pair",
+        "unknown currency pair",
+        "currency pair not supported",
+        "instrument id does not exist",
+        "invalid instrument",
+        "instrument not found",
+        "not a valid product",
+        "product not found",
+        "invalid product",
+    ];
+    let m = message.to_ascii_lowercase();
+    PHRASES.iter().any(|p| m.contains(p))
+        || (m.contains("instid") && (m.contains("doesn't exist") || m.contains("error")))
+}
+
+/// A venue's error code as text, whether it sent a JSON number or a string.
+fn code_text(code: &serde_json::Value) -> String {
+    match code {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn venue_err(code: impl ToString, message: impl AsRef<str>) -> SourceError {
     SourceError::Venue {
         code: code.to_string(),
