@@ -73,7 +73,8 @@ pub struct Observation {
     /// observation is degraded (still a price, from fewer venues than asked).
     pub min_sources: u32,
     /// A stablecoin leg used to convert this feed is off its peg by more
-    /// than `max_peg_deviation_bps`.
+    /// than `max_peg_deviation_bps` (on a stablecoin's own feed such as
+    /// `USDT-USD`: the stablecoin itself is off its peg).
     pub peg_departed: bool,
     /// Timestamp of the oldest quote used (Unix ms): the observation is at least this fresh.
     pub observed_at_ms: u64,
@@ -88,6 +89,14 @@ impl Observation {
     pub fn is_degraded(&self) -> bool {
         self.num_sources < self.min_sources
     }
+}
+
+/// Whether `price` (fixed point at `decimals`) is further than `bound_bps`
+/// from 1.0: a stablecoin off its peg. Integer only; `None` on overflow.
+pub fn off_peg(price: i128, decimals: u32, bound_bps: u32) -> Option<bool> {
+    let one = 10i128.checked_pow(decimals)?;
+    let dev = price.checked_sub(one)?.checked_abs()?;
+    Some(dev.checked_mul(10_000)? > one.checked_mul(i128::from(bound_bps))?)
 }
 
 /// Median of a non-empty sorted slice (mean of the middle two, rounded down).
@@ -415,6 +424,17 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn off_peg_is_a_strict_bound() {
+        // 50 bps of 1.00000000 is 0.00500000.
+        assert_eq!(off_peg(99_500_000, 8, 50), Some(false));
+        assert_eq!(off_peg(100_500_000, 8, 50), Some(false));
+        assert_eq!(off_peg(99_499_999, 8, 50), Some(true));
+        assert_eq!(off_peg(100_500_001, 8, 50), Some(true));
+        assert_eq!(off_peg(95_000_000, 8, 50), Some(true));
+        assert_eq!(off_peg(1, 40, 50), None, "10^40 overflows i128");
     }
 
     #[test]
