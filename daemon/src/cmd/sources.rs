@@ -25,7 +25,9 @@ pub struct SimExchangeArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Faults to start with: calm, flash-crash, outage, slow, stale, garbage,
-    /// rate-limited, drift, chaos. Change them at runtime with POST /control/fault.
+    /// rate-limited, drift, chaos, thousand-x, wick, thin-pump, dropout,
+    /// depeg, market-closed (docs/SOURCES.md). Change them at runtime with
+    /// POST /control/scenario, /control/fault or /control/depeg.
     #[arg(long, default_value = "calm")]
     pub scenario: String,
     /// Keep prices still (no random walk).
