@@ -212,19 +212,31 @@ fn print_probe(report: &ProbeReport) {
     }
     println!();
     println!(
-        "{:<10} {:>20} {:>8} {:>11}  outliers",
+        "{:<10} {:>20} {:>8} {:>11}  outliers / flags",
         "feed", "observation", "sources", "spread_bps"
     );
     for (feed, o) in &report.observations {
         match o {
-            Ok(o) => println!(
-                "{:<10} {:>20} {:>8} {:>11}  {}",
-                feed,
-                format_fixed(o.price_fixed, o.decimals),
-                o.num_sources,
-                o.spread_bps,
-                o.outliers.join(",")
-            ),
+            Ok(o) => {
+                let mut notes = vec![o.outliers.join(",")];
+                if o.is_degraded() {
+                    notes.push(format!(
+                        "DEGRADED ({} of {} venues)",
+                        o.num_sources, o.min_sources
+                    ));
+                }
+                if o.peg_departed {
+                    notes.push("PEG_DEPARTED".into());
+                }
+                println!(
+                    "{:<10} {:>20} {:>8} {:>11}  {}",
+                    feed,
+                    format_fixed(o.price_fixed, o.decimals),
+                    o.num_sources,
+                    o.spread_bps,
+                    notes.join(" ").trim()
+                )
+            }
             Err(e) => println!("{feed:<10} NONE: {e}"),
         }
     }
