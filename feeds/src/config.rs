@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::aggregate::DEFAULT_MAX_VENUE_WEIGHT_BPS;
 use crate::duration::parse_duration;
 use crate::error::ConfigError;
 use crate::quote::SanityLimits;
@@ -85,6 +86,15 @@ pub struct SourcesConfig {
     pub max_clock_skew: Dur,
     /// Quotes further than this from the cross-source median are left out.
     pub max_deviation_bps: u32,
+    /// Most of a feed's total weight one venue may carry (basis points; 4000 =
+    /// 40 %, so one venue never decides the weighted median alone).
+    pub max_venue_weight_bps: u32,
+    /// A stablecoin feed (see `stablecoins`) further than this from 1.0 is
+    /// off its peg: feeds converted through it say `peg_departed`.
+    pub max_peg_deviation_bps: u32,
+    /// Stablecoins and the currency each is pegged 1:1 to (`USDT = "USD"`).
+    /// A conversion feed `S-Q` with `stablecoins[S] == Q` is a stablecoin leg.
+    pub stablecoins: BTreeMap<String, String>,
     /// Prices above this many whole units are rejected as absurd.
     pub max_price_units: u64,
     /// Consecutive failures that open a source's circuit breaker.
@@ -99,6 +109,14 @@ pub struct SourcesConfig {
     /// section); see [`SourcesConfig::with_decimals`].
     #[serde(skip)]
     pub decimals: BTreeMap<String, u32>,
+}
+
+/// The USD stablecoins known without configuration.
+pub fn default_stablecoins() -> BTreeMap<String, String> {
+    ["USDT", "USDC", "DAI", "FDUSD", "PYUSD", "TUSD", "USDE"]
+        .into_iter()
+        .map(|s| (s.to_string(), "USD".to_string()))
+        .collect()
 }
 
 /// Decimals of a feed the committee file does not list (a feed observed only
@@ -118,6 +136,9 @@ impl Default for SourcesConfig {
             max_quote_age: Dur::ms(30_000),
             max_clock_skew: Dur::ms(5_000),
             max_deviation_bps: 100,
+            max_venue_weight_bps: DEFAULT_MAX_VENUE_WEIGHT_BPS,
+            max_peg_deviation_bps: 50,
+            stablecoins: default_stablecoins(),
             max_price_units: 1_000_000_000_000,
             breaker_failures: 5,
             breaker_cooldown: Dur::ms(30_000),
@@ -171,6 +192,9 @@ pub struct FeedConfig {
     /// Overrides the section-wide `max_deviation_bps` for this feed.
     #[serde(default)]
     pub max_deviation_bps: Option<u32>,
+    /// Overrides the section-wide `max_venue_weight_bps` for this feed.
+    #[serde(default)]
+    pub max_venue_weight_bps: Option<u32>,
     pub sources: Vec<SourceConfig>,
 }
 
@@ -426,6 +450,12 @@ impl SourcesConfig {
             .or_else(|| v.default_ws_url().map(str::to_string))
     }
 
+    /// Whether feed `id` is a stablecoin priced in the currency it is
+    /// pegged to (`USDT-USD`): its price should stay near 1.0.
+    pub fn is_peg_feed(&self, id: &str) -> bool {
+        split_feed_id(id).is_some_and(|(b, q)| self.stablecoins.get(b).is_some_and(|p| p == q))
+    }
+
     pub fn sanity(&self) -> SanityLimits {
         SanityLimits {
             max_price_units: self.max_price_units,
@@ -492,9 +522,35 @@ impl SourcesConfig {
                 "use a positive duration, e.g. \"2s\"",
             ));
         }
+        let weight_problem = |key: String, bps: u32| {
+            (bps == 0 || bps > 10_000).then(|| {
+                Problem::new(
+                    key,
+                    format!("{bps} is not a share of the total weight in basis points"),
+                    "use 1..=10000; the default 4000 (40 %) keeps any one venue from deciding alone with three or more venues",
+                )
+            })
+        };
+        out.extend(weight_problem(
+            "max_venue_weight_bps".into(),
+            self.max_venue_weight_bps,
+        ));
+        if self.max_peg_deviation_bps == 0 || self.max_peg_deviation_bps >= 10_000 {
+            out.push(Problem::new(
+                "max_peg_deviation_bps",
+                format!(
+                    "{} bps is not a bound on a stablecoin's distance from 1.0",
+                    self.max_peg_deviation_bps
+                ),
+                "use 1..=9999; the default 50 (0.5 %) flags a real depeg, not daily noise",
+            ));
+        }
         let mut ids = BTreeSet::new();
         for (i, f) in self.feeds.iter().enumerate() {
             let key = |k: &str| format!("feeds[{i}].{k}");
+            if let Some(bps) = f.max_venue_weight_bps {
+                out.extend(weight_problem(key("max_venue_weight_bps"), bps));
+            }
             if !ids.insert(f.id.as_str()) {
                 out.push(Problem::new(
                     key("id"),
@@ -713,6 +769,7 @@ impl SourcesConfig {
                 decimals: None,
                 min_sources: 3,
                 max_deviation_bps: None,
+                max_venue_weight_bps: None,
                 sources,
             });
         }

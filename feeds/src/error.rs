@@ -126,11 +126,15 @@ impl SourceError {
 /// Why a feed has no observation right now.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ObservationError {
-    #[error("feed {feed}: only {have} healthy sources, {need} required")]
-    InsufficientSources {
+    /// No venue gave a usable price. (Fewer than the feed's `min_sources`
+    /// but at least one is not an error: the observation says so.)
+    #[error(
+        "feed {feed}: no usable source ({quotes} fresh quotes, {outliers} of them left out as outliers); check the venues with `sibyl sources probe`"
+    )]
+    NoUsableSource {
         feed: String,
-        have: usize,
-        need: usize,
+        quotes: usize,
+        outliers: usize,
     },
     #[error("feed {feed}: arithmetic overflow while aggregating")]
     Overflow { feed: String },

@@ -29,8 +29,12 @@ impl Default for SanityLimits {
 /// A checked quote from one source, in the feed's fixed-point units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quote {
-    /// Mid of bid and ask when both are known, else the last trade.
+    /// Mid of bid and ask when both are known; with one side, the last trade
+    /// kept on the right side of it (or the side alone); with no book, the
+    /// last trade if the venue dated it. A missing, empty or zero field is
+    /// absent, never a price.
     pub price: i128,
+    /// The venue's best bid and ask, when it gave them (not zero).
     pub bid: Option<i128>,
     pub ask: Option<i128>,
     /// 24 h base volume with [`VOLUME_DECIMALS`] decimals, when known and positive.
@@ -52,14 +56,22 @@ impl Quote {
         let max = pow10(decimals)
             .and_then(|s| s.checked_mul(limits.max_price_units as i128))
             .ok_or(Rejection::Absurd)?;
-        let price_of = |field: &Option<String>| -> Result<Option<i128>, Rejection> {
-            let Some(text) = field else { return Ok(None) };
+        // A missing, empty or zero field is absent (an empty book side, no
+        // trade yet); anything else must be a sane positive number, or the
+        // whole quote is refused (a venue sending garbage in one field is not
+        // trusted with the others).
+        let mut saw_zero = false;
+        let mut price_of = |field: &Option<String>| -> Result<Option<i128>, Rejection> {
+            let Some(text) = field.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+                return Ok(None);
+            };
             let v = parse_fixed(text, decimals)?;
             if v < 0 {
                 return Err(Rejection::Negative);
             }
             if v == 0 {
-                return Err(Rejection::Zero);
+                saw_zero = true;
+                return Ok(None);
             }
             if v > max {
                 return Err(Rejection::Absurd);
@@ -77,8 +89,16 @@ impl Quote {
                 // Round half up; both are positive and below `max`, so no overflow.
                 (b + a + 1) / 2
             }
-            (_, _, Some(l)) => l,
-            _ => return Err(Rejection::NoPrice),
+            // One side of the book: the last trade, but never below a
+            // standing bid nor above a standing ask; else the side itself.
+            (Some(b), None, l) => l.map_or(b, |l| l.max(b)),
+            (None, Some(a), l) => l.map_or(a, |l| l.min(a)),
+            // No book: the last trade, only when the venue dates it (a
+            // closed or halted market keeps showing its last trade; without
+            // a timestamp its age is unknown).
+            (None, None, Some(l)) if raw.venue_time_ms.is_some() => l,
+            (None, None, _) if saw_zero => return Err(Rejection::Zero),
+            (None, None, _) => return Err(Rejection::NoPrice),
         };
         let time_ms = match raw.venue_time_ms {
             Some(t) => {
@@ -108,6 +128,7 @@ impl Quote {
 }
 
 #[cfg(test)]
+#[allow(clippy::inconsistent_digit_grouping)] // prices written as units_cents
 mod tests {
     use super::*;
 
@@ -131,10 +152,7 @@ mod tests {
             Quote::check(&raw("101", "100"), 2, 0, &l),
             Err(Rejection::Crossed)
         );
-        assert_eq!(
-            Quote::check(&raw("0", "100"), 2, 0, &l),
-            Err(Rejection::Zero)
-        );
+        assert_eq!(Quote::check(&raw("0", "0"), 2, 0, &l), Err(Rejection::Zero));
         assert_eq!(
             Quote::check(&raw("-1", "100"), 2, 0, &l),
             Err(Rejection::Negative)
@@ -155,6 +173,117 @@ mod tests {
             Quote::check(&RawQuote::default(), 2, 0, &l),
             Err(Rejection::NoPrice)
         );
+    }
+
+    fn quote(
+        bid: Option<&str>,
+        ask: Option<&str>,
+        last: Option<&str>,
+        time: Option<u64>,
+    ) -> RawQuote {
+        RawQuote {
+            bid: bid.map(str::to_string),
+            ask: ask.map(str::to_string),
+            last: last.map(str::to_string),
+            volume: None,
+            venue_time_ms: time,
+        }
+    }
+
+    /// A missing or zero bid or ask falls back to the other fields instead
+    /// of voiding the venue: (bid, ask, last, venue time) -> (price, bid, ask).
+    #[test]
+    fn a_missing_or_zero_side_falls_back_to_the_other_fields() {
+        let l = SanityLimits::default();
+        let t = Some(1_000);
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<u64>,
+        );
+        type Want = (i128, Option<i128>, Option<i128>);
+        let ok: [(Case<'_>, Want); 14] = [
+            // Both sides: the mid, whatever the last trade says.
+            (
+                (Some("99"), Some("101"), Some("0"), None),
+                (100_00, Some(99_00), Some(101_00)),
+            ),
+            (
+                (Some("99"), Some("101"), None, None),
+                (100_00, Some(99_00), Some(101_00)),
+            ),
+            // No ask (missing, zero, empty): last trade, not below the bid.
+            (
+                (Some("99"), None, Some("100"), None),
+                (100_00, Some(99_00), None),
+            ),
+            (
+                (Some("99"), Some("0"), Some("100"), None),
+                (100_00, Some(99_00), None),
+            ),
+            (
+                (Some("99"), Some(""), Some("100"), None),
+                (100_00, Some(99_00), None),
+            ),
+            (
+                (Some("99"), Some("0"), Some("98"), None),
+                (99_00, Some(99_00), None),
+            ),
+            (
+                (Some("99"), Some("0"), None, None),
+                (99_00, Some(99_00), None),
+            ),
+            (
+                (Some("99"), Some("0"), Some("0"), None),
+                (99_00, Some(99_00), None),
+            ),
+            // No bid: last trade, not above the ask.
+            (
+                (None, Some("101"), Some("100"), None),
+                (100_00, None, Some(101_00)),
+            ),
+            (
+                (Some("0"), Some("101"), Some("100"), None),
+                (100_00, None, Some(101_00)),
+            ),
+            (
+                (Some("0"), Some("101"), Some("102"), None),
+                (101_00, None, Some(101_00)),
+            ),
+            (
+                (Some("0.00"), Some("101"), None, None),
+                (101_00, None, Some(101_00)),
+            ),
+            // No book: the last trade when the venue dates it.
+            ((Some("0"), Some("0"), Some("100"), t), (100_00, None, None)),
+            ((None, None, Some("100"), t), (100_00, None, None)),
+        ];
+        for ((bid, ask, last, time), want) in ok {
+            let q = Quote::check(&quote(bid, ask, last, time), 2, 1_000, &l)
+                .unwrap_or_else(|e| panic!("{bid:?} {ask:?} {last:?}: {e}"));
+            assert_eq!((q.price, q.bid, q.ask), want, "{bid:?} {ask:?} {last:?}");
+        }
+        let refused: [(Case<'_>, Rejection); 6] = [
+            // An undated last trade alone may be from a market closed for days.
+            ((None, None, Some("100"), None), Rejection::NoPrice),
+            ((Some("0"), Some("0"), Some("100"), None), Rejection::Zero),
+            ((Some("0"), Some("0"), Some("0"), t), Rejection::Zero),
+            ((None, None, None, t), Rejection::NoPrice),
+            // Garbage in one field voids the quote; zero does not hide it.
+            ((Some("0"), Some("-1"), Some("100"), t), Rejection::Negative),
+            (
+                (Some("NaN"), Some("101"), Some("100"), t),
+                Rejection::NonFinite,
+            ),
+        ];
+        for ((bid, ask, last, time), want) in refused {
+            assert_eq!(
+                Quote::check(&quote(bid, ask, last, time), 2, 1_000, &l),
+                Err(want),
+                "{bid:?} {ask:?} {last:?} {time:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
-use crate::aggregate::{Observation, ObservationParams, SourcePrice, observe};
+use crate::aggregate::{Observation, ObservationParams, SourcePrice, observe, off_peg};
 use crate::config::SourcesConfig;
 use crate::decimal::pow10;
 use crate::error::{ObservationError, SourceError, snippet};
@@ -65,27 +65,54 @@ pub(crate) fn compute_observations(
             if age > max_age {
                 continue;
             }
-            let price = match &slot.source.convert_via {
-                None => Some(q.price),
+            // A market quoted in another asset is converted with that
+            // asset's own feed, when it has one from enough venues (a
+            // degraded rate would move every market converted through it);
+            // a stablecoin rate off its peg converts but is flagged.
+            let converted = match &slot.source.convert_via {
+                None => Some((q.price, q.bid, q.ask, false)),
                 Some(via) => match out.get(via) {
-                    Some(Ok(conv)) => pow10(conv.decimals)
-                        .and_then(|scale| q.price.checked_mul(conv.price_fixed).map(|p| p / scale)),
+                    Some(Ok(conv)) if !conv.is_degraded() => {
+                        let at = |p: i128| {
+                            pow10(conv.decimals).and_then(|scale| {
+                                p.checked_mul(conv.price_fixed).map(|p| p / scale)
+                            })
+                        };
+                        let departed = conv.peg_departed;
+                        at(q.price).map(|p| (p, q.bid.and_then(at), q.ask.and_then(at), departed))
+                    }
                     _ => None,
                 },
             };
-            let Some(price) = price else { continue };
+            let Some((price, bid, ask, peg_departed)) = converted else {
+                continue;
+            };
             prices.push(SourcePrice {
                 source: label,
                 price,
+                bid,
+                ask,
                 volume: q.volume,
                 time_ms: q.time_ms,
+                peg_departed,
             });
         }
         let params = ObservationParams {
             min_sources: feed.min_sources,
             max_deviation_bps: feed.max_deviation_bps.unwrap_or(config.max_deviation_bps),
+            max_venue_weight_bps: feed
+                .max_venue_weight_bps
+                .unwrap_or(config.max_venue_weight_bps),
         };
-        let result = observe(&feed.id, config.decimals_of(&feed.id), &prices, params);
+        let mut result = observe(&feed.id, config.decimals_of(&feed.id), &prices, params);
+        // A stablecoin's own feed says whether it is off its peg; every feed
+        // converted through it inherits that (above).
+        if config.is_peg_feed(&feed.id)
+            && let Ok(o) = &mut result
+        {
+            o.peg_departed |=
+                off_peg(o.price_fixed, o.decimals, config.max_peg_deviation_bps).unwrap_or(true);
+        }
         if let Some(m) = metrics {
             let n = result
                 .as_ref()
@@ -102,8 +129,9 @@ pub(crate) fn compute_observations(
     out
 }
 
-/// Latest valid observations, keyed by feed id. A feed without a valid
-/// observation right now (too few healthy sources) is absent; ask
+/// Latest observations, keyed by feed id, degraded ones included (fewer
+/// venues than the feed's `min_sources`: [`Observation::is_degraded`]). A
+/// feed with no usable source right now is absent; ask
 /// [`FeedService::feed_errors`] why.
 pub type Observations = Arc<BTreeMap<String, Observation>>;
 
@@ -501,5 +529,136 @@ impl Prober {
                 .map(|(k, v)| (k, v.map_err(|e| e.to_string())))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::inconsistent_digit_grouping)] // prices written as units_cents
+mod tests {
+    use super::*;
+    use crate::quote::Quote;
+
+    const NOW: u64 = 1_000_000;
+
+    /// BTC-USD from three USD venues and three USDT venues, converted with
+    /// USDT-USD from the three USD venues' USDT markets; every price in 8
+    /// decimals, as the sim config observes them.
+    fn slots(usdt_usd: &[i128], btc_usd: i128, btc_usdt: i128) -> BTreeMap<(String, String), Slot> {
+        let venues = [
+            Venue::Coinbase,
+            Venue::Kraken,
+            Venue::Bitstamp,
+            Venue::Binance,
+            Venue::Okx,
+            Venue::Bybit,
+        ];
+        let cfg =
+            SourcesConfig::for_sim_exchange_venues("http://127.0.0.1:9", &["BTC-USD"], &venues);
+        let shared = Shared::new(cfg, SourceMetrics::default());
+        let mut slots = shared.lock().clone();
+        let mut usdt = usdt_usd.iter();
+        for slot in slots.values_mut() {
+            let price = match (slot.source.feed.as_str(), &slot.source.convert_via) {
+                ("USDT-USD", _) => usdt.next().copied(),
+                (_, None) => Some(btc_usd),
+                (_, Some(_)) => Some(btc_usdt),
+            };
+            slot.quote = price.map(|p| Quote {
+                price: p,
+                bid: Some(p - 1),
+                ask: Some(p + 1),
+                volume: None,
+                time_ms: NOW,
+            });
+            slot.updated_ms = NOW;
+        }
+        slots
+    }
+
+    fn observe_all(
+        slots: &BTreeMap<(String, String), Slot>,
+    ) -> BTreeMap<String, Result<Observation, ObservationError>> {
+        let venues = [
+            Venue::Coinbase,
+            Venue::Kraken,
+            Venue::Bitstamp,
+            Venue::Binance,
+            Venue::Okx,
+            Venue::Bybit,
+        ];
+        let cfg =
+            SourcesConfig::for_sim_exchange_venues("http://127.0.0.1:9", &["BTC-USD"], &venues);
+        compute_observations(&cfg, slots, NOW, None)
+    }
+
+    #[test]
+    fn stablecoin_legs_convert_with_their_own_feed_and_flag_a_depeg() {
+        // On its peg (1.0002): converted, not flagged.
+        let out = observe_all(&slots(
+            &[1_0002_0000, 1_0002_0000, 1_0002_0000],
+            67_000_00000000,
+            66_986_60267946,
+        ));
+        let usdt = out["USDT-USD"].as_ref().unwrap();
+        assert!(!usdt.peg_departed, "{usdt:?}");
+        let btc = out["BTC-USD"].as_ref().unwrap();
+        assert_eq!(btc.num_sources, 6, "{btc:?}");
+        assert!(!btc.peg_departed);
+        assert!(
+            (btc.price_fixed - 67_000_00000000).abs() <= 1_00000000,
+            "{btc:?}"
+        );
+
+        // USDT at 0.95: BTC quotes 5 % higher in USDT; converted with the
+        // real rate the USDT venues agree with the USD ones, and both feeds
+        // say the peg is gone.
+        let out = observe_all(&slots(
+            &[95_000_000, 95_000_000, 95_000_000],
+            67_000_00000000,
+            70_526_31578947,
+        ));
+        let usdt = out["USDT-USD"].as_ref().unwrap();
+        assert!(usdt.peg_departed, "{usdt:?}");
+        let btc = out["BTC-USD"].as_ref().unwrap();
+        assert_eq!(btc.num_sources, 6, "no outliers: {btc:?}");
+        assert!(btc.peg_departed, "{btc:?}");
+        assert!(
+            (btc.price_fixed - 67_000_00000000).abs() <= 1_00000000,
+            "{btc:?}"
+        );
+        // Bid and ask are converted like the price.
+        assert!(
+            btc.best_bid
+                .is_some_and(|b| (b - 67_000_00000000).abs() < 1_00000000)
+        );
+
+        // Without USDT venues converting, a USD-only feed is never flagged.
+        let mut only_usd = slots(
+            &[95_000_000, 95_000_000, 95_000_000],
+            67_000_00000000,
+            70_526_31578947,
+        );
+        only_usd.retain(|(feed, _), s| feed == "USDT-USD" || s.source.convert_via.is_none());
+        let btc = observe_all(&only_usd)["BTC-USD"].clone().unwrap();
+        assert!(!btc.peg_departed && btc.num_sources == 3, "{btc:?}");
+    }
+
+    #[test]
+    fn a_degraded_conversion_feed_converts_nothing() {
+        // Two of USDT-USD's three venues quote: it is degraded (min 3), so
+        // the USDT markets are left out of BTC-USD, which keeps its three USD venues.
+        let out = observe_all(&slots(
+            &[1_0000_0000, 1_0000_0000],
+            67_000_00000000,
+            67_000_00000000,
+        ));
+        let usdt = out["USDT-USD"].as_ref().unwrap();
+        assert!(usdt.is_degraded(), "{usdt:?}");
+        let btc = out["BTC-USD"].as_ref().unwrap();
+        assert_eq!(btc.num_sources, 3, "{btc:?}");
+        assert!(
+            btc.sources_used.iter().all(|s| !s.contains("USDT")),
+            "{btc:?}"
+        );
     }
 }

@@ -25,7 +25,9 @@ pub struct SimExchangeArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Faults to start with: calm, flash-crash, outage, slow, stale, garbage,
-    /// rate-limited, drift, chaos. Change them at runtime with POST /control/fault.
+    /// rate-limited, drift, chaos, thousand-x, wick, thin-pump, dropout,
+    /// depeg, market-closed (docs/SOURCES.md). Change them at runtime with
+    /// POST /control/scenario, /control/fault or /control/depeg.
     #[arg(long, default_value = "calm")]
     pub scenario: String,
     /// Keep prices still (no random walk).
@@ -210,19 +212,31 @@ fn print_probe(report: &ProbeReport) {
     }
     println!();
     println!(
-        "{:<10} {:>20} {:>8} {:>11}  outliers",
+        "{:<10} {:>20} {:>8} {:>11}  outliers / flags",
         "feed", "observation", "sources", "spread_bps"
     );
     for (feed, o) in &report.observations {
         match o {
-            Ok(o) => println!(
-                "{:<10} {:>20} {:>8} {:>11}  {}",
-                feed,
-                format_fixed(o.price_fixed, o.decimals),
-                o.num_sources,
-                o.spread_bps,
-                o.outliers.join(",")
-            ),
+            Ok(o) => {
+                let mut notes = vec![o.outliers.join(",")];
+                if o.is_degraded() {
+                    notes.push(format!(
+                        "DEGRADED ({} of {} venues)",
+                        o.num_sources, o.min_sources
+                    ));
+                }
+                if o.peg_departed {
+                    notes.push("PEG_DEPARTED".into());
+                }
+                println!(
+                    "{:<10} {:>20} {:>8} {:>11}  {}",
+                    feed,
+                    format_fixed(o.price_fixed, o.decimals),
+                    o.num_sources,
+                    o.spread_bps,
+                    notes.join(" ").trim()
+                )
+            }
             Err(e) => println!("{feed:<10} NONE: {e}"),
         }
     }

@@ -30,6 +30,18 @@ pub enum Fault {
     FlashCrash { bps: u32 },
     /// The venue's price drifts away from the market by `bps_per_sec`, growing.
     Drift { bps_per_sec: u32 },
+    /// The venue's price is `times` the market's (a unit or decimals
+    /// mistake: the 1000x sKRW quote of 2019).
+    Scaled { times: u32 },
+    /// The venue's price moves by `bps` (signed) for `ms` after the fault
+    /// starts, then returns: a wick on one venue's book.
+    Wick { bps: i32, ms: u64 },
+    /// A thin venue pumped: its price up by `bps` and its 24 h volume a
+    /// thousandth of its usual.
+    Pump { bps: u32 },
+    /// The market closed: no book (bid and ask `0`), the last trade and
+    /// its timestamp frozen at the close; the WebSocket sends no ticks.
+    Closed,
 }
 
 /// Named sets of faults for `sibyl sim-exchange --scenario NAME`.
@@ -45,10 +57,24 @@ pub enum Scenario {
     Drift,
     /// One different fault on each of seven venues at once.
     Chaos,
+    /// Gate.io quotes 1000x the market.
+    ThousandX,
+    /// Coinbase wicks 30 % up for 5 s, then comes back.
+    Wick,
+    /// MEXC, made thin (a thousandth of its volume), pumped 90 bps: inside
+    /// the outlier band, so only the weights keep it from moving the price.
+    ThinPump,
+    /// Every venue but Kraken and Bitstamp is down: two venues left, fewer
+    /// than a feed's usual minimum of three.
+    Dropout,
+    /// USDT trades at 0.95 USD.
+    Depeg,
+    /// The market closes on every venue (empty book, frozen last trade).
+    MarketClosed,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Calm,
         Scenario::FlashCrash,
         Scenario::Outage,
@@ -58,6 +84,12 @@ impl Scenario {
         Scenario::RateLimited,
         Scenario::Drift,
         Scenario::Chaos,
+        Scenario::ThousandX,
+        Scenario::Wick,
+        Scenario::ThinPump,
+        Scenario::Dropout,
+        Scenario::Depeg,
+        Scenario::MarketClosed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +103,12 @@ impl Scenario {
             Scenario::RateLimited => "rate-limited",
             Scenario::Drift => "drift",
             Scenario::Chaos => "chaos",
+            Scenario::ThousandX => "thousand-x",
+            Scenario::Wick => "wick",
+            Scenario::ThinPump => "thin-pump",
+            Scenario::Dropout => "dropout",
+            Scenario::Depeg => "depeg",
+            Scenario::MarketClosed => "market-closed",
         }
     }
 
@@ -99,6 +137,30 @@ impl Scenario {
                 (Venue::Bybit, Fault::RateLimited),
                 (Venue::Kucoin, Fault::Drift { bps_per_sec: 5 }),
             ]),
+            Scenario::ThousandX => one(Venue::Gateio, Fault::Scaled { times: 1_000 }),
+            Scenario::Wick => one(
+                Venue::Coinbase,
+                Fault::Wick {
+                    bps: 3_000,
+                    ms: 5_000,
+                },
+            ),
+            Scenario::ThinPump => one(Venue::Mexc, Fault::Pump { bps: 90 }),
+            Scenario::Dropout => Venue::ALL
+                .into_iter()
+                .filter(|v| !matches!(v, Venue::Kraken | Venue::Bitstamp))
+                .map(|v| (v, Fault::Outage))
+                .collect(),
+            Scenario::Depeg => BTreeMap::new(),
+            Scenario::MarketClosed => Venue::ALL.into_iter().map(|v| (v, Fault::Closed)).collect(),
+        }
+    }
+
+    /// Stablecoins this scenario moves off their peg: (asset, USD price).
+    pub fn depegs(self) -> BTreeMap<&'static str, f64> {
+        match self {
+            Scenario::Depeg => BTreeMap::from([("USDT", 0.95)]),
+            _ => BTreeMap::new(),
         }
     }
 }
@@ -154,6 +216,8 @@ pub(crate) struct Market {
     faults: BTreeMap<Venue, ActiveFault>,
     /// Frozen ticks of stale venues, per market.
     frozen: BTreeMap<(Venue, String, String), Tick>,
+    /// Where each stablecoin mean-reverts to (1.0 unless depegged).
+    pegs: BTreeMap<&'static str, f64>,
     pub(crate) walk: bool,
     pub(crate) steps: u64,
     /// Garbage bodies served so far, per venue: each venue cycles through
@@ -176,6 +240,7 @@ impl Market {
             offsets_bps,
             faults: BTreeMap::new(),
             frozen: BTreeMap::new(),
+            pegs: STABLES.into_iter().map(|s| (s, 1.0)).collect(),
             walk,
             steps: 0,
             garbage_served: BTreeMap::new(),
@@ -192,10 +257,10 @@ impl Market {
             if *asset == "USD" {
                 continue;
             }
-            if STABLES.contains(asset) {
-                // Mean-revert to 1.0 with a 0.5 bp wiggle.
+            if let Some(peg) = self.pegs.get(asset) {
+                // Mean-revert to the peg with a 0.5 bp wiggle.
                 let noise: f64 = self.rng.gen_range(-0.5e-4..0.5e-4);
-                *price += (1.0 - *price) * 0.05 + noise;
+                *price += (peg - *price) * 0.05 + noise;
                 continue;
             }
             // ~1.5 bp per step; a jump of up to +-40 bp once every ~500 steps.
@@ -209,6 +274,31 @@ impl Market {
 
     pub(crate) fn usd_price(&self, asset: &str) -> Option<f64> {
         self.usd.get(asset).copied()
+    }
+
+    /// Move stablecoin `asset` to `usd` (and keep it there: its peg becomes
+    /// `usd`); `None` restores its peg of 1.0 and its starting price.
+    pub(crate) fn set_depeg(&mut self, asset: &str, usd: Option<f64>) -> Result<(), String> {
+        let Some((name, start)) = ASSETS.into_iter().find(|(a, _)| *a == asset) else {
+            return Err(format!("unknown asset {asset:?}"));
+        };
+        if !STABLES.contains(&name) || name == "USD" {
+            return Err(format!(
+                "{asset} is not a stablecoin here; one of USDT, USDC"
+            ));
+        }
+        self.pegs.insert(name, usd.unwrap_or(1.0));
+        self.usd.insert(name, usd.unwrap_or(start));
+        Ok(())
+    }
+
+    /// Every stablecoin's current peg target that is not 1.0.
+    pub(crate) fn depegs(&self) -> BTreeMap<String, f64> {
+        self.pegs
+            .iter()
+            .filter(|(_, p)| **p != 1.0)
+            .map(|(a, p)| (a.to_string(), *p))
+            .collect()
     }
 
     pub(crate) fn set_fault(&mut self, venue: Venue, fault: Option<Fault>, now_ms: u64) {
@@ -251,12 +341,14 @@ impl Market {
         }
         let key = (venue, base.to_string(), quote.to_string());
         let active = self.faults.get(&venue).copied();
-        if let Some(ActiveFault {
-            fault: Fault::Stale,
-            ..
-        }) = active
-            && let Some(t) = self.frozen.get(&key)
-        {
+        let frozen = matches!(
+            active,
+            Some(ActiveFault {
+                fault: Fault::Stale | Fault::Closed,
+                ..
+            })
+        );
+        if frozen && let Some(t) = self.frozen.get(&key) {
             return Some(t.clone());
         }
         let mut bps = self.offsets_bps.get(&venue).copied().unwrap_or(0.0);
@@ -271,14 +363,36 @@ impl Market {
             }) => {
                 bps += f64::from(bps_per_sec) * now_ms.saturating_sub(since_ms) as f64 / 1000.0;
             }
+            Some(ActiveFault {
+                fault: Fault::Wick { bps: wick, ms },
+                since_ms,
+            }) if now_ms.saturating_sub(since_ms) < ms => bps += f64::from(wick),
+            Some(ActiveFault {
+                fault: Fault::Pump { bps: up },
+                ..
+            }) => bps += f64::from(up),
             _ => {}
         }
-        let mid = b / q * (1.0 + bps / 10_000.0);
+        let times = match active {
+            Some(ActiveFault {
+                fault: Fault::Scaled { times },
+                ..
+            }) => f64::from(times),
+            _ => 1.0,
+        };
+        let thin = match active {
+            Some(ActiveFault {
+                fault: Fault::Pump { .. },
+                ..
+            }) => 0.001,
+            _ => 1.0,
+        };
+        let mid = b / q * (1.0 + bps / 10_000.0) * times;
         let dp = decimals_for(mid);
         let half_bid_ask = (mid * 0.5e-4).max(10f64.powi(-(dp as i32)));
         // Volume differs per venue so volume weighting has something to weigh.
-        let volume = 1_000.0 * (1.0 + venue as u8 as f64) * 67_000.0 / b.max(1e-9);
-        let tick = Tick {
+        let volume = thin * 1_000.0 * (1.0 + venue as u8 as f64) * 67_000.0 / b.max(1e-9);
+        let mut tick = Tick {
             bid: format!("{:.*}", dp, mid - half_bid_ask),
             ask: format!("{:.*}", dp, mid + half_bid_ask),
             last: format!("{:.*}", dp, mid),
@@ -286,10 +400,15 @@ impl Market {
             time_ms: now_ms,
         };
         if let Some(ActiveFault {
-            fault: Fault::Stale,
+            fault: Fault::Closed,
             ..
         }) = active
         {
+            // A closed market has no book; its last trade stays.
+            tick.bid = "0".into();
+            tick.ask = "0".into();
+        }
+        if frozen {
             self.frozen.insert(key, tick.clone());
         }
         Some(tick)
@@ -366,5 +485,85 @@ mod tests {
             Scenario::from_name("chaos").map(|s| s.faults().len()),
             Some(7)
         );
+    }
+
+    fn last(m: &mut Market, v: Venue, now: u64) -> f64 {
+        m.tick(v, "BTC", "USD", now).unwrap().last.parse().unwrap()
+    }
+
+    #[test]
+    fn the_issue_18_faults_shape_prices() {
+        let mut m = Market::new(1, false);
+        let calm = last(&mut m, Venue::Okx, 0);
+        m.set_fault(Venue::Okx, Some(Fault::Scaled { times: 1_000 }), 0);
+        assert!((last(&mut m, Venue::Okx, 0) / calm - 1_000.0).abs() < 0.01);
+
+        m.set_fault(
+            Venue::Okx,
+            Some(Fault::Wick {
+                bps: 3_000,
+                ms: 5_000,
+            }),
+            1_000,
+        );
+        assert!((last(&mut m, Venue::Okx, 5_999) / calm - 1.3).abs() < 0.001);
+        assert!(
+            (last(&mut m, Venue::Okx, 6_000) / calm - 1.0).abs() < 1e-9,
+            "the wick is over"
+        );
+
+        let volume = |m: &mut Market| -> f64 {
+            m.tick(Venue::Okx, "BTC", "USD", 0)
+                .unwrap()
+                .volume
+                .parse()
+                .unwrap()
+        };
+        m.set_fault(Venue::Okx, None, 0);
+        let usual = volume(&mut m);
+        m.set_fault(Venue::Okx, Some(Fault::Pump { bps: 90 }), 0);
+        assert!((volume(&mut m) / usual - 0.001).abs() < 1e-6);
+        assert!((last(&mut m, Venue::Okx, 0) / calm - 1.009).abs() < 1e-4);
+
+        m.set_fault(Venue::Okx, Some(Fault::Closed), 10);
+        let t1 = m.tick(Venue::Okx, "BTC", "USD", 10).unwrap();
+        let t2 = m.tick(Venue::Okx, "BTC", "USD", 60_000).unwrap();
+        assert_eq!((t1.bid.as_str(), t1.ask.as_str()), ("0", "0"));
+        assert_eq!(t1, t2, "a closed market's last trade and time stay");
+
+        assert_eq!(Scenario::Dropout.faults().len(), Venue::ALL.len() - 2);
+        assert_eq!(Scenario::MarketClosed.faults().len(), Venue::ALL.len());
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::from_name(s.name()), Some(s));
+        }
+    }
+
+    #[test]
+    fn a_depeg_moves_the_stablecoin_and_its_markets() {
+        let mut m = Market::new(1, false);
+        let usdt: f64 = m
+            .tick(Venue::Binance, "BTC", "USDT", 0)
+            .unwrap()
+            .last
+            .parse()
+            .unwrap();
+        m.set_depeg("USDT", Some(0.95)).unwrap();
+        assert_eq!(m.usd_price("USDT"), Some(0.95));
+        let depegged: f64 = m
+            .tick(Venue::Binance, "BTC", "USDT", 0)
+            .unwrap()
+            .last
+            .parse()
+            .unwrap();
+        assert!(
+            (depegged / usdt - 1.0002 / 0.95).abs() < 1e-4,
+            "{depegged} vs {usdt}"
+        );
+        assert_eq!(m.depegs().get("USDT"), Some(&0.95));
+        m.set_depeg("USDT", None).unwrap();
+        assert_eq!(m.usd_price("USDT"), Some(1.0002));
+        assert!(m.depegs().is_empty());
+        assert!(m.set_depeg("BTC", Some(1.0)).is_err());
+        assert!(m.set_depeg("NOPE", Some(1.0)).is_err());
     }
 }

@@ -53,6 +53,8 @@ pub enum SimError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot depeg {0}")]
+    Depeg(String),
 }
 
 struct SimState {
@@ -93,19 +95,16 @@ impl SimExchange {
             addr: opts.listen,
             source,
         })?;
-        let mut market = Market::new(opts.seed, opts.walk);
-        let now = now_ms();
-        for (v, f) in opts.scenario.faults() {
-            market.set_fault(v, Some(f), now);
-        }
         let state = Arc::new(SimState {
-            market: Mutex::new(market),
+            market: Mutex::new(Market::new(opts.seed, opts.walk)),
             ws_interval: opts.ws_interval,
         });
+        apply_scenario(&state, opts.scenario);
         let app = Router::new()
             .route("/control/faults", get(get_faults))
             .route("/control/fault", post(post_fault))
             .route("/control/scenario", post(post_scenario))
+            .route("/control/depeg", post(post_depeg))
             .route("/control/price/{asset}", get(get_price))
             .route("/ws/{venue}", get(ws_upgrade))
             .route("/{venue}/{*rest}", get(rest))
@@ -154,6 +153,15 @@ impl SimExchange {
         self.state.market().faults()
     }
 
+    /// Move stablecoin `asset` (USDT, USDC) to `usd` dollars and keep it
+    /// there; `None` restores its peg.
+    pub fn set_depeg(&self, asset: &str, usd: Option<f64>) -> Result<(), SimError> {
+        self.state
+            .market()
+            .set_depeg(asset, usd)
+            .map_err(SimError::Depeg)
+    }
+
     /// The model's true USD price of `asset` (what an honest observation approaches).
     pub fn usd_price(&self, asset: &str) -> Option<f64> {
         self.state.market().usd_price(asset)
@@ -174,6 +182,11 @@ fn apply_scenario(state: &SimState, scenario: Scenario) {
     }
     for (v, f) in scenario.faults() {
         m.set_fault(v, Some(f), now);
+    }
+    let depegs = scenario.depegs();
+    for asset in ["USDT", "USDC"] {
+        // Both are stablecoins of the model, so neither call can fail.
+        let _ = m.set_depeg(asset, depegs.get(asset).copied());
     }
 }
 
@@ -287,6 +300,24 @@ async fn post_scenario(
     Json(st.market().faults()).into_response()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DepegRequest {
+    asset: String,
+    /// The stablecoin's USD price; `null` restores its peg.
+    usd: Option<f64>,
+}
+
+/// `POST /control/depeg {"asset":"USDT","usd":0.95}`: the depegged
+/// stablecoins after the change.
+async fn post_depeg(State(st): State<Arc<SimState>>, Json(req): Json<DepegRequest>) -> Response {
+    let mut m = st.market();
+    match m.set_depeg(&req.asset.to_ascii_uppercase(), req.usd) {
+        Ok(()) => Json(m.depegs()).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
 async fn get_price(State(st): State<Arc<SimState>>, Path(asset): Path<String>) -> Response {
     match st.market().usd_price(&asset.to_ascii_uppercase()) {
         Some(p) => Json(json!({"asset": asset, "usd": format!("{p:.8}")})).into_response(),
@@ -339,8 +370,9 @@ async fn ws_session(
                         let _ = socket.send(Message::Close(None)).await;
                         return;
                     }
-                    // A stale stream stays open and keeps its heartbeats but sends no prices.
-                    Some(Fault::Stale) => continue,
+                    // A stale stream (or a closed market's) stays open and
+                    // keeps its heartbeats but sends no prices.
+                    Some(Fault::Stale | Fault::Closed) => continue,
                     Some(Fault::Garbage) => {
                         if socket.send(Message::text("{\"data\":{\"c\":NaN")).await.is_err() {
                             return;

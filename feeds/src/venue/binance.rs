@@ -10,7 +10,7 @@ use serde_json::json;
 use super::Tick;
 use super::{
     Num, Ping, RateLimit, RawQuote, Route, StreamSpec, VenueSpec, json_either, n, num_u64,
-    rate_limited, venue_err,
+    rate_limited, says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -30,7 +30,7 @@ impl VenueSpec for Spec {
         Route::query("/api/v3/ticker/24hr", "symbol")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
-        parse_binance(status, body, market)
+        parse_binance(status, body, market, &[-1121])
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         Some(&Stream)
@@ -81,7 +81,7 @@ struct BinanceWsTicker {
     #[serde(rename = "E")]
     event_time: Option<u64>,
     s: String,
-    c: Num,
+    c: Option<Num>,
     b: Option<Num>,
     a: Option<Num>,
     v: Option<Num>,
@@ -115,7 +115,7 @@ impl StreamSpec for Stream {
         let q = RawQuote {
             bid: t.b.map(|x| x.0),
             ask: t.a.map(|x| x.0),
-            last: Some(t.c.0),
+            last: t.c.map(|x| x.0),
             volume: t.v.map(|x| x.0),
             venue_time_ms: t.event_time,
         };
@@ -163,17 +163,21 @@ struct BinanceError {
 #[serde(rename_all = "camelCase")]
 struct BinanceTicker {
     symbol: String,
-    last_price: Num,
+    last_price: Option<Num>,
     bid_price: Option<Num>,
     ask_price: Option<Num>,
     volume: Option<Num>,
     close_time: Option<Num>,
 }
 
+/// Binance's 24 h ticker and error bodies (MEXC speaks the same shape);
+/// `unknown_codes` are the venue's codes for a market it does not list
+/// (Binance: -1121 "Invalid symbol.").
 pub(super) fn parse_binance(
     status: u16,
     body: &[u8],
     market: &str,
+    unknown_codes: &[i64],
 ) -> Result<RawQuote, SourceError> {
     match json_either::<BinanceTicker, BinanceError>(body)? {
         Ok(t) => {
@@ -186,13 +190,15 @@ pub(super) fn parse_binance(
             Ok(RawQuote {
                 bid: n(&t.bid_price),
                 ask: n(&t.ask_price),
-                last: Some(t.last_price.0),
+                last: n(&t.last_price),
                 volume: n(&t.volume),
                 venue_time_ms: num_u64(&t.close_time),
             })
         }
         Err(BinanceError { code, msg }) => Err(match code {
-            -1121 => SourceError::UnknownSymbol(market.into()),
+            c if unknown_codes.contains(&c) || says_unknown_symbol(&msg) => {
+                SourceError::UnknownSymbol(market.into())
+            }
             -1003 | 429 => rate_limited(status, msg),
             _ => venue_err(code, msg),
         }),

@@ -7,7 +7,9 @@ use serde_json::value::RawValue;
 
 #[cfg(feature = "sim")]
 use super::Tick;
-use super::{Num, RateLimit, RawQuote, Route, VenueSpec, json, rate_limited, venue_err};
+use super::{
+    Num, RateLimit, RawQuote, Route, VenueSpec, json, rate_limited, says_unknown_symbol, venue_err,
+};
 use crate::error::SourceError;
 
 pub(super) struct Spec;
@@ -92,6 +94,8 @@ fn parse_bitfinex(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             .unwrap_or("unknown");
         return Err(if e == "ERR_RATE_LIMIT" {
             rate_limited(status, e)
+        } else if says_unknown_symbol(e) {
+            SourceError::UnknownSymbol(market.into())
         } else {
             venue_err("bitfinex", e)
         });
@@ -109,13 +113,16 @@ fn parse_bitfinex(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             .get(2)
             .and_then(|m| serde_json::from_str(m.get()).ok())
             .unwrap_or_default();
-        return Err(if msg.contains("symbol") {
-            SourceError::UnknownSymbol(market.into())
-        } else if code == "11010" || msg.contains("ratelimit") {
-            rate_limited(status, msg)
-        } else {
-            venue_err(code, msg)
-        });
+        // 10020 (ERR_PARAMS) names the bad field: "symbol: invalid".
+        return Err(
+            if says_unknown_symbol(&msg) || (code == "10020" && msg.starts_with("symbol")) {
+                SourceError::UnknownSymbol(market.into())
+            } else if code == "11010" || msg.contains("ratelimit") {
+                rate_limited(status, msg)
+            } else {
+                venue_err(code, msg)
+            },
+        );
     }
     if items.len() < 10 {
         return Err(SourceError::Malformed(format!(
@@ -123,16 +130,17 @@ fn parse_bitfinex(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             items.len()
         )));
     }
-    let num = |i: usize| -> Result<String, SourceError> {
-        serde_json::from_str::<Num>(items[i].get())
-            .map(|x| x.0)
+    // A field may be `null` (an empty book side): absent, not malformed.
+    let num = |i: usize| -> Result<Option<String>, SourceError> {
+        serde_json::from_str::<Option<Num>>(items[i].get())
+            .map(|x| x.map(|x| x.0))
             .map_err(SourceError::malformed)
     };
     Ok(RawQuote {
-        bid: Some(num(0)?),
-        ask: Some(num(2)?),
-        last: Some(num(6)?),
-        volume: Some(num(7)?),
+        bid: num(0)?,
+        ask: num(2)?,
+        last: num(6)?,
+        volume: num(7)?,
         venue_time_ms: None,
     })
 }

@@ -8,7 +8,8 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    Num, RateLimit, RawQuote, Route, VenueSpec, json, listed, n, num_u64, rate_limited, venue_err,
+    Num, RateLimit, RawQuote, Route, VenueSpec, json, listed, n, num_u64, rate_limited,
+    says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -78,7 +79,11 @@ fn parse_bitget(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
     match resp.code.as_str() {
         "00000" => {}
         "429" | "40007" => return Err(rate_limited(status, resp.msg)),
-        "40034" => return Err(SourceError::UnknownSymbol(market.into())),
+        // 40034 "Parameter {symbol} does not exist", 40309 "The symbol has been removed".
+        "40034" | "40309" => return Err(SourceError::UnknownSymbol(market.into())),
+        _ if says_unknown_symbol(&resp.msg) => {
+            return Err(SourceError::UnknownSymbol(market.into()));
+        }
         code => return Err(venue_err(code, resp.msg)),
     }
     let t = listed(resp.data.unwrap_or_default(), market, |t| &t.symbol)?;

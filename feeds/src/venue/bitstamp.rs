@@ -8,7 +8,7 @@ use serde_json::json;
 use super::Tick;
 use super::{
     Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, n, rate_limited,
-    venue_err,
+    says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -62,17 +62,21 @@ impl VenueSpec for Spec {
 #[derive(Deserialize)]
 struct BitstampTicker {
     timestamp: Num,
-    last: Num,
-    bid: Num,
-    ask: Num,
+    last: Option<Num>,
+    bid: Option<Num>,
+    ask: Option<Num>,
     volume: Option<Num>,
 }
 
+/// `{"status": "error", "reason": ..., "code": "API0003"}`, or the newer
+/// `{"response_code": "400.002", "response_explanation": ...}`.
 #[derive(Deserialize)]
 struct BitstampError {
     status: Option<String>,
     reason: Option<serde_json::Value>,
     code: Option<String>,
+    response_code: Option<String>,
+    response_explanation: Option<String>,
 }
 
 fn parse_bitstamp(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
@@ -87,9 +91,9 @@ fn parse_bitstamp(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             ask,
             volume,
         }) => Ok(RawQuote {
-            bid: Some(bid.0),
-            ask: Some(ask.0),
-            last: Some(last.0),
+            bid: n(&bid),
+            ask: n(&ask),
+            last: n(&last),
             volume: n(&volume),
             venue_time_ms: timestamp
                 .0
@@ -101,14 +105,24 @@ fn parse_bitstamp(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             status: st,
             reason,
             code,
+            response_code,
+            response_explanation,
         }) => {
-            let message = reason.map(|r| r.to_string()).or(st).unwrap_or_default();
-            let code = code.unwrap_or_default();
+            // `reason` is a string or an object of field errors.
+            let reason = reason.map(|r| match r {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            });
+            let message = reason.or(response_explanation).or(st).unwrap_or_default();
+            let code = code.or(response_code).unwrap_or_default();
             Err(
                 if code.starts_with("API0001")
+                    || code == "400.002"
                     || message.to_ascii_lowercase().contains("rate limit")
                 {
                     rate_limited(status, message)
+                } else if says_unknown_symbol(&message) {
+                    SourceError::UnknownSymbol(market.into())
                 } else {
                     venue_err(code, message)
                 },

@@ -7,7 +7,10 @@ use serde_json::json;
 
 #[cfg(feature = "sim")]
 use super::Tick;
-use super::{Num, RateLimit, RawQuote, Route, VenueSpec, json, listed, n, rate_limited, venue_err};
+use super::{
+    Num, RateLimit, RawQuote, Route, VenueSpec, json, listed, n, rate_limited, says_unknown_symbol,
+    venue_err,
+};
 use crate::error::SourceError;
 
 pub(super) struct Spec;
@@ -88,7 +91,13 @@ fn parse_bybit(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sourc
     let resp: BybitResp = json(body)?;
     match resp.ret_code {
         0 => {}
+        // 10001 is every parameter error ("params error: symbol invalid",
+        // "Not supported symbols"); 170121 "Invalid symbol." (spot).
         10001 if resp.ret_msg.to_ascii_lowercase().contains("symbol") => {
+            return Err(SourceError::UnknownSymbol(market.into()));
+        }
+        170121 => return Err(SourceError::UnknownSymbol(market.into())),
+        _ if says_unknown_symbol(&resp.ret_msg) => {
             return Err(SourceError::UnknownSymbol(market.into()));
         }
         10006 | 10018 => return Err(rate_limited(status, resp.ret_msg)),

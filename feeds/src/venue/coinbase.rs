@@ -9,12 +9,12 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_either, n,
-    rate_limited, venue_err,
+    Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_error_first, n,
+    rate_limited, says_unknown_symbol, venue_err,
 };
 #[cfg(feature = "sim")]
 use super::{add_symbols, json_strings};
-use crate::error::SourceError;
+use crate::error::{SourceError, snippet};
 #[cfg(feature = "sim")]
 use crate::time::format_rfc3339_ms;
 use crate::time::parse_rfc3339_ms;
@@ -71,12 +71,14 @@ struct TypeOnly {
     #[serde(rename = "type")]
     kind: String,
     message: Option<String>,
+    /// Why, on an error: "BTC-USDX is not a valid product".
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct CoinbaseWsTicker {
     product_id: String,
-    price: Num,
+    price: Option<Num>,
     best_bid: Option<Num>,
     best_ask: Option<Num>,
     volume_24h: Option<Num>,
@@ -100,16 +102,27 @@ impl StreamSpec for Stream {
                 let q = RawQuote {
                     bid: t.best_bid.map(|x| x.0),
                     ask: t.best_ask.map(|x| x.0),
-                    last: Some(t.price.0),
+                    last: t.price.map(|x| x.0),
                     volume: t.volume_24h.map(|x| x.0),
                     venue_time_ms: t.time.as_deref().and_then(parse_rfc3339_ms),
                 };
                 Ok(vec![(t.product_id, q)])
             }
-            "error" => Err(SourceError::Venue {
-                code: "ws".into(),
-                message: head.message.unwrap_or_default(),
-            }),
+            "error" => {
+                let reason = head.reason.unwrap_or_default();
+                Err(match reason.split_whitespace().next() {
+                    Some(product) if says_unknown_symbol(&reason) => {
+                        SourceError::UnknownSymbol(product.to_string())
+                    }
+                    _ => SourceError::Venue {
+                        code: "ws".into(),
+                        message: snippet(&format!(
+                            "{}: {reason}",
+                            head.message.unwrap_or_default()
+                        )),
+                    },
+                })
+            }
             _ => Ok(vec![]), // subscriptions, heartbeat
         }
     }
@@ -143,9 +156,9 @@ impl StreamSpec for Stream {
 
 #[derive(Deserialize)]
 struct CoinbaseTicker {
-    bid: Num,
-    ask: Num,
-    price: Num,
+    bid: Option<Num>,
+    ask: Option<Num>,
+    price: Option<Num>,
     volume: Option<Num>,
     time: Option<String>,
 }
@@ -156,7 +169,7 @@ struct CoinbaseError {
 }
 
 fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
-    match json_either::<CoinbaseTicker, CoinbaseError>(body)? {
+    match json_error_first::<CoinbaseTicker, CoinbaseError>(body)? {
         Ok(CoinbaseTicker {
             bid,
             ask,
@@ -164,18 +177,20 @@ fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             volume,
             time,
         }) => Ok(RawQuote {
-            bid: Some(bid.0),
-            ask: Some(ask.0),
-            last: Some(price.0),
+            bid: n(&bid),
+            ask: n(&ask),
+            last: n(&price),
             volume: n(&volume),
             venue_time_ms: time.as_deref().and_then(parse_rfc3339_ms),
         }),
-        Err(CoinbaseError { message }) => Err(if status == 404 || message == "NotFound" {
-            SourceError::UnknownSymbol(market.into())
-        } else if message.to_ascii_lowercase().contains("rate limit") {
-            rate_limited(status, message)
-        } else {
-            venue_err(status, message)
-        }),
+        Err(CoinbaseError { message }) => Err(
+            if status == 404 || message == "NotFound" || says_unknown_symbol(&message) {
+                SourceError::UnknownSymbol(market.into())
+            } else if message.to_ascii_lowercase().contains("rate limit") {
+                rate_limited(status, message)
+            } else {
+                venue_err(status, message)
+            },
+        ),
     }
 }

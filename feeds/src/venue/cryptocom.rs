@@ -8,8 +8,8 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, listed, n, rate_limited,
-    venue_err,
+    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, code_text, json, listed, n,
+    rate_limited, says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -58,7 +58,8 @@ impl VenueSpec for Spec {
 
 #[derive(Deserialize)]
 struct CdcResp {
-    code: i64,
+    /// A JSON number, or on some errors a string ("20005").
+    code: serde_json::Value,
     message: Option<String>,
     result: Option<CdcResult>,
 }
@@ -82,10 +83,13 @@ struct CdcTicker {
 fn parse_cryptocom(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
     let resp: CdcResp = json(body)?;
     let msg = resp.message.unwrap_or_default();
-    match resp.code {
-        0 => {}
-        10006 | 42901 => return Err(rate_limited(status, msg)),
-        _ if msg.contains("INSTRUMENT") || msg.to_ascii_lowercase().contains("instrument") => {
+    match code_text(&resp.code).as_str() {
+        "0" => {}
+        "10006" | "42901" => return Err(rate_limited(status, msg)),
+        // 30003 SYMBOL_NOT_FOUND; 40004 (missing or invalid argument) when
+        // the argument is the instrument.
+        "30003" => return Err(SourceError::UnknownSymbol(market.into())),
+        _ if says_unknown_symbol(&msg) || msg.to_ascii_lowercase().contains("instrument") => {
             return Err(SourceError::UnknownSymbol(market.into()));
         }
         code => return Err(venue_err(code, msg)),

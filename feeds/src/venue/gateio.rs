@@ -9,7 +9,7 @@ use serde_json::json;
 use super::Tick;
 use super::{
     Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, listed, n, rate_limited,
-    venue_err,
+    says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -84,6 +84,9 @@ fn parse_gateio(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
         }
         Err(GateError { label, message }) => Err(match label.as_str() {
             "INVALID_CURRENCY_PAIR" | "INVALID_CURRENCY" => {
+                SourceError::UnknownSymbol(market.into())
+            }
+            _ if message.as_deref().is_some_and(says_unknown_symbol) => {
                 SourceError::UnknownSymbol(market.into())
             }
             "TOO_MANY_REQUESTS" => rate_limited(status, message.unwrap_or(label)),

@@ -7,7 +7,8 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, rate_limited, venue_err,
+    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_error_first, n, rate_limited,
+    says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -60,9 +61,9 @@ impl VenueSpec for Spec {
 
 #[derive(Deserialize)]
 struct GeminiTicker {
-    bid: Num,
-    ask: Num,
-    last: Num,
+    bid: Option<Num>,
+    ask: Option<Num>,
+    last: Option<Num>,
     volume: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -73,7 +74,7 @@ struct GeminiError {
 }
 
 fn parse_gemini(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
-    match json_either::<GeminiTicker, GeminiError>(body)? {
+    match json_error_first::<GeminiTicker, GeminiError>(body)? {
         Ok(GeminiTicker {
             bid,
             ask,
@@ -94,9 +95,9 @@ fn parse_gemini(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
                 .and_then(|m| m.get("timestamp"))
                 .and_then(|v| v.as_u64());
             Ok(RawQuote {
-                bid: Some(bid.0),
-                ask: Some(ask.0),
-                last: Some(last.0),
+                bid: n(&bid),
+                ask: n(&ask),
+                last: n(&last),
                 volume: base_vol,
                 venue_time_ms: ts,
             })
@@ -105,6 +106,7 @@ fn parse_gemini(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
             let message = message.unwrap_or_else(|| reason.clone());
             Err(match reason.as_str() {
                 "InvalidSymbol" => SourceError::UnknownSymbol(market.into()),
+                _ if says_unknown_symbol(&message) => SourceError::UnknownSymbol(market.into()),
                 "RateLimit" | "RateLimited" => rate_limited(status, message),
                 _ => venue_err(reason, message),
             })

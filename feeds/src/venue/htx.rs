@@ -8,7 +8,8 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited, venue_err,
+    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited,
+    says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -66,10 +67,12 @@ struct HtxResp {
 
 #[derive(Deserialize)]
 struct HtxTick {
-    close: Num,
+    close: Option<Num>,
     amount: Option<Num>,
-    bid: Vec<Num>,
-    ask: Vec<Num>,
+    #[serde(default)]
+    bid: Option<Vec<Num>>,
+    #[serde(default)]
+    ask: Option<Vec<Num>>,
 }
 
 fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
@@ -78,7 +81,11 @@ fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceE
         let code = resp.err_code.unwrap_or_default();
         let msg = resp.err_msg.unwrap_or_default();
         return Err(
-            if msg.contains("invalid symbol") || code == "invalid-symbol" {
+            // "invalid-parameter" / "bad-request" with "invalid symbol",
+            // "base-symbol-error" ("The symbol is invalid").
+            if matches!(code.as_str(), "invalid-symbol" | "base-symbol-error")
+                || says_unknown_symbol(&msg)
+            {
                 SourceError::UnknownSymbol(market.into())
             } else if code.contains("too-many") || code.contains("rate") || code.contains("limit") {
                 rate_limited(status, msg)
@@ -91,9 +98,9 @@ fn parse_htx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceE
         .tick
         .ok_or_else(|| SourceError::Malformed("status ok without tick".into()))?;
     Ok(RawQuote {
-        bid: t.bid.first().map(|x| x.0.clone()),
-        ask: t.ask.first().map(|x| x.0.clone()),
-        last: Some(t.close.0),
+        bid: t.bid.and_then(|b| b.into_iter().next()).map(|x| x.0),
+        ask: t.ask.and_then(|a| a.into_iter().next()).map(|x| x.0),
+        last: n(&t.close),
         volume: n(&t.amount),
         venue_time_ms: resp.ts,
     })

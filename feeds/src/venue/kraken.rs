@@ -10,11 +10,11 @@ use serde_json::json;
 use super::Tick;
 use super::{
     Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, rate_limited,
-    venue_err,
+    says_unknown_symbol, venue_err,
 };
 #[cfg(feature = "sim")]
 use super::{add_symbols, json_strings};
-use crate::error::SourceError;
+use crate::error::{SourceError, snippet};
 
 pub(super) struct Spec;
 
@@ -92,6 +92,8 @@ struct KrakenWsMsg {
     method: Option<String>,
     success: Option<bool>,
     error: Option<String>,
+    /// The symbol an error is about.
+    symbol: Option<String>,
     #[serde(default)]
     data: Vec<KrakenWsTicker>,
 }
@@ -124,9 +126,14 @@ impl StreamSpec for Stream {
     fn parse(&self, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError> {
         let m: KrakenWsMsg = serde_json::from_str(text).map_err(SourceError::malformed)?;
         if m.success == Some(false) {
+            let error = m.error.unwrap_or_default();
+            // "Currency pair not supported", "Currency pair not in ISO 4217-A3 format".
+            if error.starts_with("Currency pair not") || says_unknown_symbol(&error) {
+                return Err(SourceError::UnknownSymbol(m.symbol.unwrap_or_default()));
+            }
             return Err(SourceError::Venue {
                 code: m.method.unwrap_or_default(),
-                message: m.error.unwrap_or_default(),
+                message: snippet(&error),
             });
         }
         if m.channel.as_deref() != Some("ticker") {
@@ -185,22 +192,29 @@ struct KrakenResp {
 
 #[derive(Deserialize)]
 struct KrakenTicker {
+    #[serde(default)]
     a: Vec<Num>,
+    #[serde(default)]
     b: Vec<Num>,
+    #[serde(default)]
     c: Vec<Num>,
+    #[serde(default)]
     v: Vec<Num>,
 }
 
 fn parse_kraken(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
     let resp: KrakenResp = json(body)?;
     if let Some(e) = resp.error.first() {
-        return Err(if e.starts_with("EQuery:Unknown asset pair") {
-            SourceError::UnknownSymbol(market.into())
-        } else if e.contains("Rate limit") || e.contains("Too many requests") {
-            rate_limited(status, e)
-        } else {
-            venue_err("kraken", e)
-        });
+        // "EQuery:Unknown asset pair", "EQuery:Unknown asset", "EQuery:Invalid asset pair".
+        return Err(
+            if e.starts_with("EQuery:Unknown asset") || says_unknown_symbol(e) {
+                SourceError::UnknownSymbol(market.into())
+            } else if e.contains("Rate limit") || e.contains("Too many requests") {
+                rate_limited(status, e)
+            } else {
+                venue_err("kraken", e)
+            },
+        );
     }
     // Kraken keys the result by its own pair name (XBTUSD -> XXBTZUSD); we ask for one pair.
     let result = resp.result.unwrap_or_default();

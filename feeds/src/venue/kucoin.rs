@@ -8,7 +8,8 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited, venue_err,
+    Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited,
+    says_unknown_symbol, venue_err,
 };
 use crate::error::SourceError;
 
@@ -73,7 +74,11 @@ fn parse_kucoin(status: u16, body: &[u8], market: &str) -> Result<RawQuote, Sour
     match resp.code.as_str() {
         "200000" => {}
         "429000" => return Err(rate_limited(status, msg)),
+        // 900001 "symbol not exists".
         "900001" => return Err(SourceError::UnknownSymbol(market.into())),
+        _ if says_unknown_symbol(&msg) || msg.contains("pair is not provided") => {
+            return Err(SourceError::UnknownSymbol(market.into()));
+        }
         code => return Err(venue_err(code, msg)),
     }
     // KuCoin answers an unknown symbol with success and `"data": null`.

@@ -25,7 +25,8 @@ impl VenueSpec for Spec {
         Route::query("/api/v3/ticker/24hr", "symbol")
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
-        binance::parse_binance(status, body, market)
+        // -1121 "Invalid symbol.", 10007 "bad symbol" (not open to the API).
+        binance::parse_binance(status, body, market, &[-1121, 10007])
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, market: &str, t: &Tick) -> String {

@@ -479,6 +479,61 @@ fn json_either<T: DeserializeOwned, E: DeserializeOwned>(
     }
 }
 
+/// Like [`json_either`], for a success shape whose fields are all optional
+/// (an error body would parse as an empty ticker): the error shape, which
+/// has a required field, is tried first.
+fn json_error_first<T: DeserializeOwned, E: DeserializeOwned>(
+    body: &[u8],
+) -> Result<Result<T, E>, SourceError> {
+    match serde_json::from_slice::<E>(body) {
+        Ok(e) => Ok(Err(e)),
+        Err(_) => json(body).map(Ok),
+    }
+}
+
+/// Whether a venue's error message says the market does not exist, in the
+/// words the venues document for an unknown or invalid symbol, pair,
+/// instrument or product. Each venue checks its exact codes first; this
+/// catches the codes it shares one message among (OKX's 51000, Bybit's
+/// 10001, Crypto.com's 40004) and message-only errors.
+fn says_unknown_symbol(message: &str) -> bool {
+    const PHRASES: [&str; 22] = [
+        "invalid symbol",
+        "bad symbol",
+        "unknown symbol",
+        "symbol not exist",
+        "symbol does not exist",
+        "symbol not found",
+        "symbol_not_found",
+        "symbol is invalid",
+        "symbol: invalid",
+        "not supported symbol",
+        "not a valid symbol",
+        "unknown asset pair",
+        "invalid asset pair",
+        "invalid currency pair",
+        "unknown currency pair",
+        "currency pair not supported",
+        "instrument id does not exist",
+        "invalid instrument",
+        "instrument not found",
+        "not a valid product",
+        "product not found",
+        "invalid product",
+    ];
+    let m = message.to_ascii_lowercase();
+    PHRASES.iter().any(|p| m.contains(p))
+        || (m.contains("instid") && (m.contains("doesn't exist") || m.contains("error")))
+}
+
+/// A venue's error code as text, whether it sent a JSON number or a string.
+fn code_text(code: &serde_json::Value) -> String {
+    match code {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn venue_err(code: impl ToString, message: impl AsRef<str>) -> SourceError {
     SourceError::Venue {
         code: code.to_string(),
@@ -494,6 +549,7 @@ fn rate_limited(status: u16, message: impl AsRef<str>) -> SourceError {
 }
 
 #[cfg(test)]
+#[allow(clippy::inconsistent_digit_grouping)] // prices written as units_cents
 mod tests {
     use super::*;
 
@@ -565,6 +621,57 @@ mod tests {
             of(Venue::Bitfinex, "/v2/ticker/tDOGE%3AUSD", "").as_deref(),
             Some("tDOGE:USD")
         );
+    }
+
+    /// Every venue's ticker with one side of the book at zero still gives
+    /// a price (the last trade, on the right side of the other one); with
+    /// no book at all only a dated last trade does.
+    #[cfg(feature = "sim")]
+    #[test]
+    fn every_venue_falls_back_when_a_book_side_is_zero() {
+        use crate::quote::{Quote, SanityLimits};
+        let now = 1_700_000_123_456;
+        let tick = |bid: &str, ask: &str| Tick {
+            bid: bid.into(),
+            ask: ask.into(),
+            last: "67012.20".into(),
+            volume: "1234.5".into(),
+            time_ms: now,
+        };
+        for v in Venue::ALL {
+            let m = v.market("BTC", "USDT");
+            let check = |t: &Tick| -> Result<(Quote, RawQuote), String> {
+                let body = v.spec().render_ticker(&m, t);
+                let raw = v
+                    .parse_ticker(200, body.as_bytes(), &m)
+                    .map_err(|e| e.to_string())?;
+                let q = Quote::check(&raw, 2, now, &SanityLimits::default())
+                    .map_err(|e| e.to_string())?;
+                Ok((q, raw))
+            };
+            let (q, _) = check(&tick("0", "67012.30")).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(
+                (q.price, q.bid, q.ask),
+                (67012_20, None, Some(67012_30)),
+                "{v}"
+            );
+            let (q, _) = check(&tick("67012.10", "0")).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(
+                (q.price, q.bid, q.ask),
+                (67012_20, Some(67012_10), None),
+                "{v}"
+            );
+            let dated = check(&tick("67012.10", "67012.30"))
+                .unwrap_or_else(|e| panic!("{v}: {e}"))
+                .1
+                .venue_time_ms
+                .is_some();
+            match check(&tick("0", "0")) {
+                Ok((q, _)) if dated => assert_eq!((q.price, q.bid, q.ask), (67012_20, None, None)),
+                Err(e) if !dated => assert_eq!(e, "price is zero", "{v}"),
+                other => panic!("{v} (dated: {dated}): {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -12,9 +12,9 @@ use super::Tick;
 use super::add_symbols;
 use super::{
     Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, listed, n,
-    num_u64, rate_limited, venue_err,
+    num_u64, rate_limited, says_unknown_symbol, venue_err,
 };
-use crate::error::SourceError;
+use crate::error::{SourceError, snippet};
 
 pub(super) struct Spec;
 
@@ -68,6 +68,7 @@ struct Stream;
 #[derive(Deserialize)]
 struct OkxWsMsg {
     event: Option<String>,
+    code: Option<String>,
     msg: Option<String>,
     #[serde(default)]
     data: Vec<OkxTicker>,
@@ -93,9 +94,19 @@ impl StreamSpec for Stream {
         }
         let m: OkxWsMsg = serde_json::from_str(text).map_err(SourceError::malformed)?;
         if m.event.as_deref() == Some("error") {
+            let msg = m.msg.unwrap_or_default();
+            // 60018: "Wrong URL or channel:tickers,instId:BTC-USDX doesn't exist. ..."
+            if m.code.as_deref() == Some("60018") || says_unknown_symbol(&msg) {
+                let inst = msg
+                    .split("instId:")
+                    .nth(1)
+                    .and_then(|rest| rest.split([' ', ',', '.']).next())
+                    .unwrap_or_default();
+                return Err(SourceError::UnknownSymbol(inst.to_string()));
+            }
             return Err(SourceError::Venue {
-                code: "ws".into(),
-                message: m.msg.unwrap_or_default(),
+                code: m.code.unwrap_or_else(|| "ws".into()),
+                message: snippet(&msg),
             });
         }
         Ok(m.data
@@ -172,7 +183,12 @@ fn parse_okx(status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceE
     let resp: OkxResp = json(body)?;
     match resp.code.as_str() {
         "0" => {}
-        "51001" => return Err(SourceError::UnknownSymbol(market.into())),
+        // 51001 "Instrument ID does not exist", 51002 "Instrument ID does not
+        // match underlying index"; 51000 "Parameter instId error".
+        "51001" | "51002" => return Err(SourceError::UnknownSymbol(market.into())),
+        _ if says_unknown_symbol(&resp.msg) => {
+            return Err(SourceError::UnknownSymbol(market.into()));
+        }
         "50011" => return Err(rate_limited(status, resp.msg)),
         code => return Err(venue_err(code, resp.msg)),
     }

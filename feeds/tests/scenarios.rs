@@ -1,0 +1,344 @@
+//! The issue-18 scenarios end to end: the real adapters over real HTTP and
+//! WebSocket on 127.0.0.1 against the simulated exchange, each scenario
+//! switched on through the exchange's control API (`POST /control/...`)
+//! once every venue quotes. The observation stays within 10 bps of the
+//! honest venues' median where it should, and `num_sources`,
+//! `min_sources`, `outliers` and `peg_departed` say what happened.
+
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use sibyl_feeds::config::Dur;
+use sibyl_feeds::error::ObservationError;
+use sibyl_feeds::sim::{Scenario, SimExchange, SimOptions};
+use sibyl_feeds::venue::Venue;
+use sibyl_feeds::{FeedService, Observation, SourcesConfig};
+
+const FEED: &str = "BTC-USD";
+const MAX_QUOTE_AGE_MS: u64 = 3_000;
+
+struct Rig {
+    sim: SimExchange,
+    svc: FeedService,
+    _registry: Registry,
+    http: reqwest::Client,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.svc.shutdown();
+    }
+}
+
+/// A frozen market (no walk) with every venue quoting BTC-USD.
+async fn rig() -> Rig {
+    let sim = SimExchange::start(SimOptions {
+        scenario: Scenario::Calm,
+        walk: false,
+        seed: 42,
+        ..SimOptions::default()
+    })
+    .await
+    .expect("simulated exchange starts on 127.0.0.1");
+    let mut cfg = SourcesConfig::for_sim_exchange(&sim.base_url(), &[FEED]);
+    cfg.poll_interval = Dur::ms(300);
+    cfg.max_quote_age = Dur::ms(MAX_QUOTE_AGE_MS);
+    let mut registry = Registry::default();
+    let svc = FeedService::start(cfg, &mut registry).expect("valid config");
+    eventually(20, "an observation from all 14 venues", || {
+        svc.latest(FEED).filter(|o| o.num_sources == 14)
+    })
+    .await;
+    Rig {
+        sim,
+        svc,
+        _registry: registry,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Rig {
+    /// `POST /control/<what>` with a JSON body, as an operator would.
+    async fn control(&self, what: &str, body: &str) {
+        let resp = self
+            .http
+            .post(format!("{}/control/{what}", self.sim.base_url()))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("control API answers");
+        assert!(
+            resp.status().is_success(),
+            "POST /control/{what} {body}: {resp:?}"
+        );
+    }
+
+    async fn scenario(&self, name: &str) {
+        self.control("scenario", &format!(r#"{{"name":"{name}"}}"#))
+            .await;
+    }
+
+    fn latest(&self) -> Option<Observation> {
+        self.svc.latest(FEED)
+    }
+
+    /// Median of the USD-quoted venues' own prices, leaving out `faulty`
+    /// (the honest reference: no conversion involved).
+    fn honest_median(&self, faulty: &[Venue]) -> i128 {
+        let mut prices: Vec<i128> = self
+            .svc
+            .source_status()
+            .into_iter()
+            .filter(|s| s.feed == FEED && !faulty.contains(&s.venue))
+            .filter(|s| {
+                s.venue
+                    .parse_market(&s.market)
+                    .is_some_and(|(_, q)| q == "USD")
+            })
+            .filter_map(|s| s.price)
+            .collect();
+        prices.sort_unstable();
+        assert!(!prices.is_empty(), "no honest USD venue quotes");
+        let n = prices.len();
+        if n % 2 == 1 {
+            prices[n / 2]
+        } else {
+            (prices[n / 2 - 1] + prices[n / 2]) / 2
+        }
+    }
+
+    /// The observation is within 10 bps of the honest venues' median.
+    fn assert_honest(&self, o: &Observation, faulty: &[Venue]) {
+        let honest = self.honest_median(faulty);
+        assert!(
+            bps_apart(o.price_fixed, honest) <= 10,
+            "{} bps from the honest median {honest}: {o:?}",
+            bps_apart(o.price_fixed, honest)
+        );
+    }
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, or panic after `secs`.
+async fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bps_apart(a: i128, b: i128) -> i128 {
+    (a - b).abs() * 10_000 / b
+}
+
+fn uses(o: &Observation, venue: Venue) -> bool {
+    o.sources_used
+        .iter()
+        .any(|s| s.starts_with(&format!("{venue}:")))
+}
+
+fn left_out(o: &Observation, venue: Venue) -> bool {
+    o.outliers
+        .iter()
+        .any(|s| s.starts_with(&format!("{venue}:")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_venue_1000x_off_is_left_out() {
+    let rig = rig().await;
+    rig.scenario("thousand-x").await;
+    eventually(10, "gate.io left out as an outlier", || {
+        rig.latest().filter(|o| left_out(o, Venue::Gateio))
+    })
+    .await;
+    for _ in 0..20 {
+        let o = rig.latest().expect("the observation stays");
+        assert!(left_out(&o, Venue::Gateio) && o.num_sources == 13, "{o:?}");
+        assert!(!o.is_degraded());
+        rig.assert_honest(&o, &[]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wick_on_one_venue_never_reaches_the_observation() {
+    let rig = rig().await;
+    rig.scenario("wick").await; // Coinbase +30 % for 5 s
+    let started = Instant::now();
+    let mut seen_out = false;
+    while started.elapsed() < Duration::from_millis(6_000) {
+        let o = rig.latest().expect("the observation stays");
+        seen_out |= left_out(&o, Venue::Coinbase);
+        assert!(!o.is_degraded(), "{o:?}");
+        rig.assert_honest(&o, &[Venue::Coinbase]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_out, "the wick was never seen: the test saw no fault");
+    let o = eventually(10, "coinbase back after its wick", || {
+        rig.latest()
+            .filter(|o| uses(o, Venue::Coinbase) && o.outliers.is_empty())
+    })
+    .await;
+    rig.assert_honest(&o, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thin_pumped_venue_inside_the_band_barely_moves_it() {
+    let rig = rig().await;
+    let before = rig.latest().expect("observation");
+    let mexc = |rig: &Rig| {
+        rig.svc
+            .source_status()
+            .into_iter()
+            .find(|s| s.feed == FEED && s.venue == Venue::Mexc)
+            .and_then(|s| s.price)
+    };
+    let mexc_before = mexc(&rig).expect("mexc quotes");
+    rig.scenario("thin-pump").await; // MEXC +90 bps, a thousandth of its volume
+    eventually(10, "mexc's pumped price", || {
+        mexc(&rig).filter(|p| bps_apart(*p, mexc_before) >= 80)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        let o = rig.latest().expect("the observation stays");
+        // Inside the 100 bps band the pump is used, and weighs next to nothing.
+        assert!(uses(&o, Venue::Mexc) && o.num_sources == 14, "{o:?}");
+        rig.assert_honest(&o, &[Venue::Mexc]);
+        assert!(
+            bps_apart(o.price_fixed, before.price_fixed) <= 2,
+            "{before:?} -> {o:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn venues_dropping_out_degrade_the_feed_then_take_it_away() {
+    let rig = rig().await;
+    // The eight USDT venues go down first: six USD venues remain, enough.
+    for v in [
+        Venue::Binance,
+        Venue::Okx,
+        Venue::Bybit,
+        Venue::Kucoin,
+        Venue::Gateio,
+        Venue::Htx,
+        Venue::Mexc,
+        Venue::Bitget,
+    ] {
+        rig.control(
+            "fault",
+            &format!(r#"{{"venue":"{v}","fault":{{"kind":"outage"}}}}"#),
+        )
+        .await;
+    }
+    let o = eventually(15, "six venues left", || {
+        rig.latest().filter(|o| o.num_sources == 6)
+    })
+    .await;
+    assert!(!o.is_degraded(), "{o:?}");
+    rig.assert_honest(&o, &[]);
+    // Then all but Kraken and Bitstamp: two venues, fewer than three.
+    rig.scenario("dropout").await;
+    let o = eventually(15, "a degraded observation from two venues", || {
+        rig.latest().filter(|o| o.num_sources == 2)
+    })
+    .await;
+    assert_eq!((o.num_sources, o.min_sources), (2, 3), "{o:?}");
+    assert!(o.is_degraded());
+    assert!(
+        uses(&o, Venue::Kraken) && uses(&o, Venue::Bitstamp),
+        "{o:?}"
+    );
+    rig.assert_honest(&o, &[]);
+    assert!(o.best_bid.is_some() && o.best_ask.is_some(), "{o:?}");
+    // And the last two: no usable venue is no observation, with the reason.
+    for v in [Venue::Kraken, Venue::Bitstamp] {
+        rig.control(
+            "fault",
+            &format!(r#"{{"venue":"{v}","fault":{{"kind":"outage"}}}}"#),
+        )
+        .await;
+    }
+    eventually(15, "the feed to go away", || {
+        rig.latest().is_none().then_some(())
+    })
+    .await;
+    assert!(matches!(
+        rig.svc.feed_errors().get(FEED),
+        Some(ObservationError::NoUsableSource { quotes: 0, .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stablecoin_depeg_is_converted_and_flagged() {
+    let rig = rig().await;
+    assert!(!rig.latest().expect("observation").peg_departed);
+    rig.scenario("depeg").await; // USDT at 0.95 USD
+    let o = eventually(15, "the depeg flagged with all 14 venues used", || {
+        rig.latest()
+            .filter(|o| o.peg_departed && o.num_sources == 14)
+    })
+    .await;
+    // The USDT venues quote BTC 5 % higher in USDT; converted with USDT's
+    // own feed they agree with the USD venues.
+    assert!(o.outliers.is_empty(), "{o:?}");
+    rig.assert_honest(&o, &[]);
+    let usdt = rig.svc.latest("USDT-USD").expect("USDT-USD observed");
+    assert!(
+        usdt.peg_departed && bps_apart(usdt.price_fixed, 95_000_000) <= 10,
+        "{usdt:?}"
+    );
+    // Over the HTTP control API: the peg comes back, and so does the flag.
+    rig.control("depeg", r#"{"asset":"USDT","usd":null}"#).await;
+    let o = eventually(15, "the peg back", || {
+        rig.latest()
+            .filter(|o| !o.peg_departed && o.num_sources == 14)
+    })
+    .await;
+    rig.assert_honest(&o, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_market_leaves_no_price_behind() {
+    let rig = rig().await;
+    let close = rig.latest().expect("observation").price_fixed;
+    rig.scenario("market-closed").await;
+    let closed_at = Instant::now();
+    // Until the last quotes age out the observation is the closing price,
+    // from fewer and fewer venues (the undated ones drop at once: an empty
+    // book with an undated last trade is no price).
+    let mut fewest = 14;
+    while rig.latest().is_some() {
+        if let Some(o) = rig.latest() {
+            fewest = fewest.min(o.num_sources);
+            assert!(bps_apart(o.price_fixed, close) <= 10, "{o:?}");
+        }
+        assert!(
+            closed_at.elapsed() < Duration::from_millis(MAX_QUOTE_AGE_MS + 5_000),
+            "a closed market still has a price after {:?}: {:?}",
+            closed_at.elapsed(),
+            rig.latest()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "market closed: observation gone after {:?} (max_quote_age {MAX_QUOTE_AGE_MS} ms); fewest venues seen before: {fewest}",
+        closed_at.elapsed()
+    );
+    assert!(matches!(
+        rig.svc.feed_errors().get(FEED),
+        Some(ObservationError::NoUsableSource { .. })
+    ));
+    // And it stays gone.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(rig.latest().is_none());
+}
