@@ -353,6 +353,8 @@ pub struct Ceremony<'n> {
     /// members answering each other's repeats can make.
     last_resend: BTreeMap<([u8; 32], u16), tokio::time::Instant>,
     progress: Box<dyn FnMut(&str) + Send + 'n>,
+    /// Randomness of `part1` (the OS generator unless a test seeds it).
+    rng: Box<dyn rand_core::CryptoRngCore + Send + 'n>,
 }
 
 struct Round1Seen {
@@ -384,12 +386,19 @@ impl<'n> Ceremony<'n> {
             outbox: BTreeMap::new(),
             last_resend: BTreeMap::new(),
             progress: Box::new(|_| {}),
+            rng: Box::new(rand::rngs::OsRng),
         })
     }
 
     /// Receive progress lines ("round 1: 3/4 packages").
     pub fn with_progress(mut self, f: impl FnMut(&str) + Send + 'n) -> Self {
         self.progress = Box::new(f);
+        self
+    }
+
+    /// Use `rng` for the ceremonies' randomness (tests: a seeded generator).
+    pub fn with_rng(mut self, rng: impl rand_core::CryptoRngCore + Send + 'n) -> Self {
+        self.rng = Box::new(rng);
         self
     }
 
@@ -550,9 +559,9 @@ impl<'n> Ceremony<'n> {
         }
 
         // Round 1.
-        let mut rng = rand::rngs::OsRng;
-        let (secret1, package1) = part1::<C, _>(ident(me)?, n, self.params.threshold, &mut rng)
-            .map_err(|e| frost_err(e, Phase::Round1))?;
+        let (secret1, package1) =
+            part1::<C, _>(ident(me)?, n, self.params.threshold, &mut *self.rng)
+                .map_err(|e| frost_err(e, Phase::Round1))?;
         let my_bytes = package1
             .serialize()
             .map_err(|e| DkgError::Frost(e.to_string()))?;

@@ -286,3 +286,99 @@ async fn absent_member_times_out_naming_it() {
         }
     }
 }
+
+/// The committed DKG vector (`aggregator/vectors/dkg_vectors.json`): four
+/// members with fixed identity keys (`[i; 32]`) and seeded generators
+/// (`ChaCha20Rng::seed_from_u64(i)`) run both suites over real `Net`s; every
+/// byte each member sent, its key packages and its public key package files
+/// are hashed. Set `SIBYL_WRITE_DKG_VECTORS=1` to rewrite the file.
+const DKG_VECTORS: &str = include_str!("../../../../aggregator/vectors/dkg_vectors.json");
+
+fn h(bytes: &[u8]) -> String {
+    hex::encode(sha3(&[bytes]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_ceremony_matches_the_committed_vector() {
+    use rand_core::SeedableRng;
+    let n = 4u16;
+    let keys: Vec<Keypair> = (1..=n)
+        .map(|i| Keypair::ed25519_from_bytes([u8::try_from(i).expect("i"); 32]).expect("key"))
+        .collect();
+    let members: Vec<Member> = keys
+        .iter()
+        .zip(1..=n)
+        .map(|(k, index)| Member {
+            index,
+            peer_id: k.public().to_peer_id(),
+            addr: crate::net::tests::tcp_addr(crate::net::tests::free_port()),
+        })
+        .collect();
+    let dir = tempdir();
+    let mut tasks = Vec::new();
+    for me in 0..usize::from(n) {
+        let cfg = net_config(&keys, &members, me);
+        let p = params(&keys, &members, me, 3);
+        let store = Keystore::new(dir.path().join(format!("m{me}")));
+        tasks.push(tokio::spawn(async move {
+            let mut net = Net::new(cfg).expect("net");
+            let rng = rand_chacha::ChaCha20Rng::seed_from_u64(u64::try_from(me + 1).expect("me"));
+            let mut ceremony = Ceremony::new(&mut net, p).expect("params").with_rng(rng);
+            let ed = ceremony.run::<Ed>().await.expect("ed25519 ceremony");
+            let evm = ceremony.run::<Evm>().await.expect("secp256k1-evm ceremony");
+            ceremony.linger(Duration::from_millis(900)).await;
+            let mut sent = Vec::new();
+            for per_member in ceremony.outbox.values() {
+                for msgs in per_member.values() {
+                    for m in msgs {
+                        sent.extend_from_slice(m);
+                    }
+                }
+            }
+            let digest = ConfigDigest([5; 32]);
+            store
+                .write_public_key_package(&digest, &ed.public_key_package)
+                .expect("write");
+            store
+                .write_public_key_package(&digest, &evm.public_key_package)
+                .expect("write");
+            let ed_file = std::fs::read(store.public_key_package_path::<Ed>()).expect("read");
+            let evm_file = std::fs::read(store.public_key_package_path::<Evm>()).expect("read");
+            serde_json::json!({
+                "index": me + 1,
+                "sent_sha3": h(&sent),
+                "ed25519": {
+                    "group_key": keystore::group_key_hex(&ed.public_key_package),
+                    "key_package_sha3": h(&ed.key_package.serialize().expect("ser")),
+                    "public_key_package_sha3": h(&ed.public_key_package.serialize().expect("ser")),
+                    "public_key_package_file_sha3": h(&ed_file),
+                },
+                "secp256k1-evm": {
+                    "group_key": keystore::group_key_hex(&evm.public_key_package),
+                    "key_package_sha3": h(&evm.key_package.serialize().expect("ser")),
+                    "public_key_package_sha3": h(&evm.public_key_package.serialize().expect("ser")),
+                    "public_key_package_file_sha3": h(&evm_file),
+                },
+            })
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    let got = serde_json::json!({
+        "about": "sibyl dkg, n = 4, t = 3, committee digest [5; 32]; member i's identity key is ed25519 from bytes [i; 32] and its generator ChaCha20Rng::seed_from_u64(i); sent_sha3 hashes every message the member sent, ordered by session, recipient and sending order; written by daemon/node/src/dkg/tests.rs",
+        "members": out,
+    });
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../aggregator/vectors/dkg_vectors.json");
+    if std::env::var_os("SIBYL_WRITE_DKG_VECTORS").is_some() {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&got).expect("json") + "\n",
+        )
+        .expect("write vectors");
+    }
+    let want: serde_json::Value = serde_json::from_str(DKG_VECTORS).expect("committed vector");
+    assert_eq!(got, want, "the ceremony's bytes changed");
+}
