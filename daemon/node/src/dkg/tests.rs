@@ -5,6 +5,11 @@ use crate::keystore::KdfParams;
 use crate::keystore::tests::tempdir;
 use crate::net::tests::{committee, config, fast_limits};
 use crate::net::{Member, NetConfig};
+use frost_core::keys::dkg::part1;
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use frost_core::{Ciphersuite, Identifier};
+use sha3::Digest;
+use sibyl_aggregator::dkg::DkgError as Ceremony;
 
 type Ed = frost_ed25519::Ed25519Sha512;
 type Evm = frost_secp256k1_evm::Secp256K1Keccak256;
@@ -151,7 +156,7 @@ async fn equivocating_member_is_named_and_nothing_is_stored() {
     for _ in 0..2 {
         let (_, pkg) = part1::<Ed, _>(id, 4, 3, &mut rand::rngs::OsRng).expect("part1");
         let bytes = pkg.serialize().expect("ser");
-        let hash = sha3(&[&bytes]);
+        let hash: [u8; 32] = sha3::Sha3_256::digest(&bytes).into();
         let signature = keys[3]
             .sign(&round1_statement(&session, 4, &hash))
             .expect("sign");
@@ -173,7 +178,10 @@ async fn equivocating_member_is_named_and_nothing_is_stored() {
     for t in tasks {
         let err = t.await.expect("task").expect_err("ceremony must fail");
         assert!(
-            matches!(err, DkgError::Equivocation { member: 4 }),
+            matches!(
+                err,
+                DkgError::Ceremony(Ceremony::Equivocation { member: 4, .. })
+            ),
             "wrong blame: {err}"
         );
         assert_eq!(err.culprit(), Some(4));
@@ -186,80 +194,6 @@ async fn equivocating_member_is_named_and_nothing_is_stored() {
         assert!(!store.key_package_path::<Ed>().exists());
         assert!(!store.public_key_package_path::<Ed>().exists());
     }
-}
-
-#[test]
-fn forged_echo_blames_the_echoer() {
-    let (keys, members) = committee(3);
-    let members: BTreeMap<u16, PeerId> = members.iter().map(|m| (m.index, m.peer_id)).collect();
-    let session = [1u8; 32];
-    let mut seen = BTreeMap::new();
-    let mut entries = BTreeMap::new();
-    for (i, key) in (1u16..=3).zip(&keys) {
-        let hash = sha3(&[&[i as u8]]);
-        let sig = key
-            .sign(&round1_statement(&session, i, &hash))
-            .expect("sign");
-        seen.insert(
-            i,
-            Round1Seen {
-                hash,
-                signature: sig.clone(),
-                package: vec![],
-            },
-        );
-        entries.insert(i, (hash, sig));
-    }
-    assert!(check_echo(&session, 2, &entries, &seen, &members).is_ok());
-    // Member 2 claims member 3 sent something else, without 3's signature.
-    let mut forged = entries.clone();
-    forged.insert(3, ([9; 32], vec![0; 64]));
-    let err = check_echo(&session, 2, &forged, &seen, &members).expect_err("forged");
-    assert!(
-        matches!(err, DkgError::BadMessage { member: 2, .. }),
-        "{err}"
-    );
-    // An echo that leaves a member out blames the echoer.
-    let mut short = entries.clone();
-    short.remove(&1);
-    let err = check_echo(&session, 3, &short, &seen, &members).expect_err("short");
-    assert_eq!(err.culprit(), Some(3));
-}
-
-#[test]
-fn messages_round_trip_and_garbage_is_refused() {
-    let session = [7u8; 32];
-    let msgs = vec![
-        DkgMessage::Round1 {
-            package: vec![1, 2, 3],
-            signature: vec![4; 64],
-        },
-        DkgMessage::Echo {
-            entries: [(1, ([2; 32], vec![3; 64])), (2, ([4; 32], vec![5; 64]))]
-                .into_iter()
-                .collect(),
-        },
-        DkgMessage::Round2 {
-            package: vec![9; 100],
-        },
-        DkgMessage::Done {
-            public_key_package_hash: [8; 32],
-        },
-    ];
-    for m in msgs {
-        let bytes = m.encode(&session);
-        assert_eq!(DkgMessage::decode(&bytes), Ok((session, m.clone())));
-        for cut in 0..bytes.len() {
-            assert!(
-                DkgMessage::decode(&bytes[..cut]).is_err(),
-                "truncated at {cut}"
-            );
-        }
-        let mut long = bytes.clone();
-        long.push(0);
-        assert!(DkgMessage::decode(&long).is_err());
-    }
-    assert!(DkgMessage::decode(b"hello").is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +212,7 @@ async fn absent_member_times_out_naming_it() {
     for t in tasks {
         let err = t.await.expect("task").expect_err("member 3 never came");
         match err {
-            DkgError::Timeout { phase, missing } => {
+            DkgError::Ceremony(Ceremony::Timeout { phase, missing }) => {
                 assert_eq!(phase, Phase::Connect);
                 assert_eq!(missing, vec![3]);
             }
@@ -295,7 +229,7 @@ async fn absent_member_times_out_naming_it() {
 const DKG_VECTORS: &str = include_str!("../../../../aggregator/vectors/dkg_vectors.json");
 
 fn h(bytes: &[u8]) -> String {
-    hex::encode(sha3(&[bytes]))
+    hex::encode(sha3::Sha3_256::digest(bytes))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,13 +256,23 @@ async fn seeded_ceremony_matches_the_committed_vector() {
         let store = Keystore::new(dir.path().join(format!("m{me}")));
         tasks.push(tokio::spawn(async move {
             let mut net = Net::new(cfg).expect("net");
-            let rng = rand_chacha::ChaCha20Rng::seed_from_u64(u64::try_from(me + 1).expect("me"));
-            let mut ceremony = Ceremony::new(&mut net, p).expect("params").with_rng(rng);
-            let ed = ceremony.run::<Ed>().await.expect("ed25519 ceremony");
-            let evm = ceremony.run::<Evm>().await.expect("secp256k1-evm ceremony");
-            ceremony.linger(Duration::from_millis(900)).await;
+            let mut rng =
+                rand_chacha::ChaCha20Rng::seed_from_u64(u64::try_from(me + 1).expect("me"));
+            let mut dkg =
+                machine(&net, &p, &[Suite::Ed25519, Suite::Secp256k1Evm]).expect("params");
+            let result = drive(
+                &mut net,
+                &mut dkg,
+                Duration::from_millis(900),
+                |_| {},
+                &mut rng,
+            )
+            .await
+            .expect("ceremonies");
+            let ed = result.ed25519.expect("ed25519 keys");
+            let evm = result.secp256k1_evm.expect("secp256k1-evm keys");
             let mut sent = Vec::new();
-            for per_member in ceremony.outbox.values() {
+            for per_member in dkg.sent().values() {
                 for msgs in per_member.values() {
                     for m in msgs {
                         sent.extend_from_slice(m);

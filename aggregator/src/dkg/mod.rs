@@ -1,0 +1,722 @@
+//! The FROST Pedersen DKG ceremony across the committee (`sibyl dkg`) as a
+//! sans-io state machine: no clock, no I/O, no OS randomness. The daemon's
+//! driver (`sibyl-node`, `dkg.rs`) carries the bytes over libp2p, keeps the
+//! timer and writes the key files; the simulator ([`sim`], feature `sim`)
+//! runs whole committees of it with Byzantine members on one seed.
+//!
+//! ```text
+//!            Input                                   Output
+//!  Start{connected} ──┐                        ┌──► Send{to, bytes}
+//!  Connected(set) ────┤      ┌────────────┐    ├──► Progress(line)
+//!  Message{from,bytes}┼────► │    Dkg     │ ───┼──► Done(keys of every suite)
+//!  Tick ──────────────┘      └────────────┘    └──► Failed(DkgError: culprit, evidence)
+//!                    (now_ms and rng passed in; next_wake() says when to Tick)
+//!
+//!  per suite:  connect ─► round 1 ─────────► echo ──────────────► round 2 ─────────► done
+//!                        part1; package +    hash + sender's       part2; one package  part3; every member
+//!                        identity signature  signature of every    per member, point   confirms the same
+//!                        to every member     round-1 package seen  to point            public key package
+//! ```
+//!
+//! Round-1 packages are signed by their sender's identity key, and every member
+//! echoes what it received. A member that sent two different packages has
+//! signed both, so the mismatch is proof ([`EquivocationProof`]) and names it;
+//! an echo with a bad signature names the member who echoed it. `part2`/`part3`
+//! failures name their culprit (FROST cheater detection). Undecodable bytes
+//! name their sender (the transport authenticates it). The suites run one
+//! after the other; [`Output::Done`] comes only when every suite's ceremony
+//! finished and all members confirmed the same result.
+//!
+//! Messages of other ceremonies (a later suite, another committee) carry a
+//! different session id and are set aside in a bounded stash, never mixed in.
+//! Messages are re-sent to members that have not answered after a quiet
+//! `resend_interval_ms`, and to a member that repeats itself (at most once per
+//! interval), so a member whose first messages were lost still completes.
+//! After the end the machine keeps answering repeats of its sessions.
+
+mod ceremony;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+#[cfg(test)]
+mod tests;
+pub mod wire;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::{Verifier, VerifyingKey};
+use frost_core::Ciphersuite;
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use rand_core::{CryptoRng, RngCore};
+
+use crate::report::{ConfigDigest, Suite, TimestampMs};
+use ceremony::{Ceremony, Effect};
+pub use wire::{DkgDecodeError, DkgMessage, EchoEntries, SessionId, round1_statement, session_id};
+
+type Ed = frost_ed25519::Ed25519Sha512;
+type Evm = frost_secp256k1_evm::Secp256K1Keccak256;
+
+/// Stash cap: at most 16 distinct messages per sender are kept for sessions
+/// this member has not reached. An honest member sends at most 4 distinct
+/// messages per suite (round 1, echo, round 2, confirmation), so 16 holds four
+/// ceremonies ahead; a member flooding other sessions fills only its own
+/// slots, and the stash stays below `16 × n` messages.
+pub const STASH_PER_MEMBER: usize = 16;
+
+/// Ceremony phases, for progress and errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Connect,
+    Round1,
+    Echo,
+    Round2,
+    Done,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connect",
+            Phase::Round1 => "round 1",
+            Phase::Echo => "echo",
+            Phase::Round2 => "round 2",
+            Phase::Done => "confirmation",
+        })
+    }
+}
+
+/// Two round-1 statements of one member, both signed by its identity key:
+/// anyone holding the committee file can check them ([`Self::verify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EquivocationProof {
+    pub session: SessionId,
+    /// (package hash, signature over [`round1_statement`]).
+    pub first: ([u8; 32], Vec<u8>),
+    pub second: ([u8; 32], Vec<u8>),
+}
+
+impl EquivocationProof {
+    /// Both statements differ and both verify under `member`'s identity key.
+    pub fn verify(&self, member: u16, key: &VerifyingKey) -> bool {
+        let ok = |(hash, sig): &([u8; 32], Vec<u8>)| {
+            ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| {
+                key.verify(&round1_statement(&self.session, member, hash), &s)
+                    .is_ok()
+            })
+        };
+        self.first.0 != self.second.0 && ok(&self.first) && ok(&self.second)
+    }
+}
+
+/// Why a ceremony failed. Every variant that can blame a member names it.
+#[derive(Debug, thiserror::Error)]
+pub enum DkgError {
+    #[error("member {member} equivocated: it signed two different round-1 packages")]
+    Equivocation {
+        member: u16,
+        proof: Box<EquivocationProof>,
+    },
+    #[error("member {member} sent an invalid {phase} message: {reason}")]
+    BadMessage {
+        member: u16,
+        phase: Phase,
+        reason: String,
+    },
+    #[error("member {member}'s round-1 proof of knowledge does not verify")]
+    InvalidProof { member: u16 },
+    #[error("member {member} sent a round-2 secret share that does not match its commitment")]
+    InvalidShare { member: u16 },
+    #[error("member {member} finished with a different public key package")]
+    Mismatch { member: u16 },
+    #[error(
+        "timed out in {phase}: still waiting for member(s) {missing:?}; are they running `sibyl dkg` with the same committee file?"
+    )]
+    Timeout { phase: Phase, missing: Vec<u16> },
+    #[error("invalid ceremony parameters: {0}")]
+    Params(String),
+    #[error("FROST: {0}")]
+    Frost(String),
+}
+
+impl DkgError {
+    /// The member this error blames, if any.
+    pub fn culprit(&self) -> Option<u16> {
+        match self {
+            DkgError::Equivocation { member, .. }
+            | DkgError::BadMessage { member, .. }
+            | DkgError::InvalidProof { member }
+            | DkgError::InvalidShare { member }
+            | DkgError::Mismatch { member } => Some(*member),
+            _ => None,
+        }
+    }
+}
+
+/// Signs with this member's identity key (the key behind its PeerId).
+pub trait IdentitySigner: Send {
+    /// An ed25519 signature over `message`.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+impl IdentitySigner for ed25519_dalek::SigningKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(ed25519_dalek::Signer::sign(self, message)
+            .to_bytes()
+            .to_vec())
+    }
+}
+
+/// Parameters of one member's side of the ceremonies.
+#[derive(Clone, Debug)]
+pub struct DkgConfig {
+    /// Binds every message to the committee (through the session id).
+    pub digest: ConfigDigest,
+    /// The signing threshold t.
+    pub threshold: u16,
+    /// This member's index.
+    pub me: u16,
+    /// Every member's index and identity key (this member included).
+    pub members: BTreeMap<u16, VerifyingKey>,
+    /// The suites, run in this order.
+    pub suites: Vec<Suite>,
+    /// Each suite's ceremony (its connect phase included) fails after this long.
+    pub timeout_ms: u64,
+    /// Re-send to members that have not answered after this long.
+    pub resend_interval_ms: u64,
+}
+
+/// A finished ceremony's keys for one suite.
+pub struct DkgOutput<C: Ciphersuite> {
+    pub key_package: KeyPackage<C>,
+    pub public_key_package: PublicKeyPackage<C>,
+}
+
+impl<C: Ciphersuite> DkgOutput<C> {
+    /// The group public key, hex.
+    pub fn group_key_hex(&self) -> String {
+        group_key_hex(&self.public_key_package)
+    }
+}
+
+/// Hex of a public key package's group key.
+pub fn group_key_hex<C: Ciphersuite>(pkp: &PublicKeyPackage<C>) -> String {
+    match pkp.verifying_key().serialize() {
+        Ok(bytes) => hex::encode(bytes),
+        // Only the identity element fails to serialize; a DKG never yields it.
+        Err(_) => "<unencodable>".to_string(),
+    }
+}
+
+impl<C: Ciphersuite> std::fmt::Debug for DkgOutput<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkgOutput")
+            .field("group_key", &self.group_key_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys of a finished ceremony for every suite.
+#[derive(Debug, Default)]
+pub struct DkgResult {
+    pub ed25519: Option<DkgOutput<Ed>>,
+    pub secp256k1_evm: Option<DkgOutput<Evm>>,
+}
+
+impl DkgResult {
+    /// Group key per suite, hex.
+    pub fn group_keys(&self) -> BTreeMap<Suite, String> {
+        let mut out = BTreeMap::new();
+        if let Some(o) = &self.ed25519 {
+            out.insert(Suite::Ed25519, o.group_key_hex());
+        }
+        if let Some(o) = &self.secp256k1_evm {
+            out.insert(Suite::Secp256k1Evm, o.group_key_hex());
+        }
+        out
+    }
+}
+
+/// The name of suite `C` in progress lines.
+pub(crate) fn suite_label<C: Ciphersuite>() -> &'static str {
+    if C::ID == Ed::ID {
+        "ed25519"
+    } else if C::ID == Evm::ID {
+        "secp256k1-evm"
+    } else {
+        C::ID
+    }
+}
+
+/// What the driver feeds the machine, with the current time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Begin, with the members connected now (a transport without
+    /// connections passes every member).
+    Start { connected: BTreeSet<u16> },
+    /// The members connected now; replaces the previous set.
+    Connected(BTreeSet<u16>),
+    /// Bytes from member `from` (authenticated by the transport).
+    Message { from: u16, bytes: Vec<u8> },
+    /// Time passed (the time [`Dkg::next_wake`] asked for, or any tick).
+    Tick,
+}
+
+/// What the machine asks the driver to do, in order.
+#[derive(Debug)]
+pub enum Output {
+    Send {
+        to: u16,
+        bytes: Vec<u8>,
+    },
+    /// A progress line for the operator ("ed25519: round 1 3/4 packages").
+    Progress(String),
+    /// Every suite finished; store the keys. Emitted once.
+    Done(Box<DkgResult>),
+    /// The ceremony failed; store nothing. Emitted once.
+    Failed(DkgError),
+}
+
+/// The ceremony of the current suite (the two suites are distinct types).
+enum Current {
+    Ed(Ceremony<Ed>),
+    Evm(Ceremony<Evm>),
+}
+
+impl Current {
+    fn phase(&self) -> Phase {
+        match self {
+            Current::Ed(c) => c.phase(),
+            Current::Evm(c) => c.phase(),
+        }
+    }
+    fn missing(&self) -> BTreeSet<u16> {
+        match self {
+            Current::Ed(c) => c.missing(),
+            Current::Evm(c) => c.missing(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    NotStarted,
+    Running,
+    Finished,
+}
+
+/// Counters for tests and diagnostics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DkgStats {
+    /// Messages set aside for a later session.
+    pub stashed: u64,
+    /// Messages dropped because their sender's stash slots were full.
+    pub stash_dropped: u64,
+    /// Messages sent again.
+    pub resent: u64,
+}
+
+/// One member's DKG: every suite's ceremony, one after the other.
+pub struct Dkg {
+    config: DkgConfig,
+    signer: Box<dyn IdentitySigner>,
+    others: BTreeSet<u16>,
+    status: Status,
+    /// Index into `config.suites` of the ceremony running now.
+    suite: usize,
+    current: Option<(SessionId, Current)>,
+    result: DkgResult,
+    connected: BTreeSet<u16>,
+    /// This suite's deadline.
+    deadline: TimestampMs,
+    /// Last time a message of the current session arrived (or we re-sent).
+    quiet_since: TimestampMs,
+    /// Messages of sessions not reached yet, per session, decoded.
+    stash: BTreeMap<SessionId, Vec<(u16, DkgMessage)>>,
+    stash_count: BTreeMap<u16, usize>,
+    /// Everything sent, per session and member, for re-sending.
+    outbox: BTreeMap<SessionId, BTreeMap<u16, Vec<Vec<u8>>>>,
+    last_resend: BTreeMap<(SessionId, u16), TimestampMs>,
+    stats: DkgStats,
+}
+
+impl Dkg {
+    /// A member's ceremonies; nothing happens until [`Input::Start`].
+    pub fn new(config: DkgConfig, signer: Box<dyn IdentitySigner>) -> Result<Self, DkgError> {
+        let n = u16::try_from(config.members.len())
+            .map_err(|_| DkgError::Params("too many members".into()))?;
+        if config.threshold < 2 || config.threshold > n {
+            return Err(DkgError::Params(format!(
+                "threshold {} must be between 2 and the committee size {n}",
+                config.threshold
+            )));
+        }
+        if !config.members.contains_key(&config.me) {
+            return Err(DkgError::Params(format!(
+                "member {} is not in the committee",
+                config.me
+            )));
+        }
+        if config.suites.is_empty() {
+            return Err(DkgError::Params("no suite to run a ceremony for".into()));
+        }
+        let others = config
+            .members
+            .keys()
+            .copied()
+            .filter(|i| *i != config.me)
+            .collect();
+        Ok(Self {
+            config,
+            signer,
+            others,
+            status: Status::NotStarted,
+            suite: 0,
+            current: None,
+            result: DkgResult::default(),
+            connected: BTreeSet::new(),
+            deadline: 0,
+            quiet_since: 0,
+            stash: BTreeMap::new(),
+            stash_count: BTreeMap::new(),
+            outbox: BTreeMap::new(),
+            last_resend: BTreeMap::new(),
+            stats: DkgStats::default(),
+        })
+    }
+
+    /// This member's index.
+    pub fn me(&self) -> u16 {
+        self.config.me
+    }
+
+    /// Whether `Done` or `Failed` was emitted (the machine still answers
+    /// repeats of its sessions).
+    pub fn finished(&self) -> bool {
+        self.status == Status::Finished
+    }
+
+    /// The current suite's phase (`Done` once finished).
+    pub fn phase(&self) -> Phase {
+        match (&self.current, self.status) {
+            (_, Status::Finished) => Phase::Done,
+            (Some((_, c)), _) => c.phase(),
+            (None, _) => Phase::Connect,
+        }
+    }
+
+    pub fn stats(&self) -> &DkgStats {
+        &self.stats
+    }
+
+    /// Messages held in the stash now.
+    pub fn stashed(&self) -> usize {
+        self.stash.values().map(Vec::len).sum()
+    }
+
+    /// Everything sent so far: per session, per member, in sending order.
+    pub fn sent(&self) -> &BTreeMap<SessionId, BTreeMap<u16, Vec<Vec<u8>>>> {
+        &self.outbox
+    }
+
+    /// When the driver should feed [`Input::Tick`] next (`None`: no timer
+    /// needed).
+    pub fn next_wake(&self) -> Option<TimestampMs> {
+        match self.status {
+            Status::Running => Some(
+                self.deadline.min(
+                    self.quiet_since
+                        .saturating_add(self.config.resend_interval_ms),
+                ),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Feed one input at `now` (ms, the driver's clock); perform the outputs
+    /// in order.
+    pub fn handle<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        input: Input,
+        rng: &mut R,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        if let Err(e) = self.step(now, input, rng, &mut out) {
+            self.status = Status::Finished;
+            out.push(Output::Failed(e));
+        }
+        out
+    }
+
+    fn step<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        input: Input,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) -> Result<(), DkgError> {
+        if self.status == Status::Finished {
+            // Linger: answer repeats of our sessions so members that missed
+            // our last messages finish too.
+            if let Input::Message { from, bytes } = input
+                && let Ok((session, _)) = DkgMessage::decode(&bytes)
+                && self.outbox.contains_key(&session)
+            {
+                self.resend(now, session, from, out);
+            }
+            return Ok(());
+        }
+        match input {
+            Input::Start { connected } => {
+                if self.status == Status::NotStarted {
+                    self.status = Status::Running;
+                    self.connected = connected;
+                    self.begin_suite(now, out)?;
+                }
+            }
+            Input::Connected(set) => self.connected = set,
+            Input::Message { from, bytes } => {
+                let (session, msg) =
+                    DkgMessage::decode(&bytes).map_err(|e| DkgError::BadMessage {
+                        member: from,
+                        phase: self.phase(),
+                        reason: e.to_string(),
+                    })?;
+                if !self.others.contains(&from) {
+                    return Ok(());
+                }
+                let running = self
+                    .current
+                    .as_ref()
+                    .filter(|(s, c)| *s == session && c.phase() != Phase::Connect)
+                    .is_some();
+                if running {
+                    self.quiet_since = now;
+                    self.deliver(now, from, msg, rng, out)?;
+                } else if self.outbox.contains_key(&session) {
+                    // A straggler of a ceremony we finished: it lacks our messages.
+                    self.resend(now, session, from, out);
+                } else {
+                    self.stash_message(session, from, msg);
+                }
+            }
+            Input::Tick => {}
+        }
+        if self.status != Status::Running {
+            return Ok(());
+        }
+        // Connected everyone: round 1.
+        if let Some((_, c)) = &self.current
+            && c.phase() == Phase::Connect
+            && self.others.is_subset(&self.connected)
+        {
+            self.start_suite(now, rng, out)?;
+        }
+        if self.status != Status::Running {
+            return Ok(());
+        }
+        if now >= self.deadline {
+            let (phase, missing) = match &self.current {
+                Some((_, c)) if c.phase() == Phase::Connect => (
+                    Phase::Connect,
+                    self.others.difference(&self.connected).copied().collect(),
+                ),
+                Some((_, c)) => (c.phase(), c.missing().into_iter().collect()),
+                None => (Phase::Connect, self.others.iter().copied().collect()),
+            };
+            return Err(DkgError::Timeout { phase, missing });
+        }
+        if let Some((session, c)) = &self.current
+            && c.phase() != Phase::Connect
+            && now
+                >= self
+                    .quiet_since
+                    .saturating_add(self.config.resend_interval_ms)
+        {
+            // Quiet for a while: re-send our messages to whoever has not
+            // answered yet.
+            let session = *session;
+            self.quiet_since = now;
+            for to in c.missing() {
+                self.resend(now, session, to, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Enter the connect phase of suite `self.suite`.
+    fn begin_suite(&mut self, now: TimestampMs, out: &mut Vec<Output>) -> Result<(), DkgError> {
+        let Some(&suite) = self.config.suites.get(self.suite) else {
+            return Ok(());
+        };
+        let me = self.config.me;
+        let t = self.config.threshold;
+        let members = self.config.members.clone();
+        let (session, current, label) = match suite {
+            Suite::Ed25519 => (
+                session_id::<Ed>(&self.config.digest),
+                Current::Ed(Ceremony::new(
+                    session_id::<Ed>(&self.config.digest),
+                    me,
+                    t,
+                    members,
+                )?),
+                suite_label::<Ed>(),
+            ),
+            Suite::Secp256k1Evm => (
+                session_id::<Evm>(&self.config.digest),
+                Current::Evm(Ceremony::new(
+                    session_id::<Evm>(&self.config.digest),
+                    me,
+                    t,
+                    members,
+                )?),
+                suite_label::<Evm>(),
+            ),
+        };
+        self.current = Some((session, current));
+        self.deadline = now.saturating_add(self.config.timeout_ms);
+        self.quiet_since = now;
+        out.push(Output::Progress(format!(
+            "{label}: waiting for {} members to connect",
+            self.others.len()
+        )));
+        Ok(())
+    }
+
+    /// Round 1 of the current suite, then what the stash holds for it.
+    fn start_suite<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) -> Result<(), DkgError> {
+        let mut fx = Vec::new();
+        let (session, started) = match &mut self.current {
+            Some((s, Current::Ed(c))) => (*s, c.start(rng, self.signer.as_ref(), &mut fx)),
+            Some((s, Current::Evm(c))) => (*s, c.start(rng, self.signer.as_ref(), &mut fx)),
+            None => return Ok(()),
+        };
+        self.quiet_since = now;
+        self.apply(now, session, fx, out);
+        started?;
+        for (from, msg) in self.stash.remove(&session).unwrap_or_default() {
+            if let Some(c) = self.stash_count.get_mut(&from) {
+                *c = c.saturating_sub(1);
+            }
+            if self.status != Status::Running {
+                break;
+            }
+            self.deliver(now, from, msg, rng, out)?;
+        }
+        Ok(())
+    }
+
+    /// One message of the current session into its ceremony, then advance;
+    /// on the suite's end, the next suite or `Done`.
+    fn deliver<R: RngCore + CryptoRng>(
+        &mut self,
+        now: TimestampMs,
+        from: u16,
+        msg: DkgMessage,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) -> Result<(), DkgError> {
+        let mut fx = Vec::new();
+        let Some((session, current)) = &mut self.current else {
+            return Ok(());
+        };
+        let session = *session;
+        let step = match current {
+            Current::Ed(c) => c
+                .receive(from, msg, &mut fx)
+                .and_then(|()| c.advance(&mut fx))
+                .map(|o| o.map(|o| self.result.ed25519 = Some(o))),
+            Current::Evm(c) => c
+                .receive(from, msg, &mut fx)
+                .and_then(|()| c.advance(&mut fx))
+                .map(|o| o.map(|o| self.result.secp256k1_evm = Some(o))),
+        };
+        // What the ceremony sent before an error still goes out (e.g. the echo
+        // that lets the others catch an equivocator too).
+        self.apply(now, session, fx, out);
+        let finished = step?;
+        if finished.is_some() {
+            self.current = None;
+            self.suite += 1;
+            if self.suite < self.config.suites.len() {
+                self.begin_suite(now, out)?;
+                if self.others.is_subset(&self.connected) {
+                    self.start_suite(now, rng, out)?;
+                }
+            } else {
+                self.status = Status::Finished;
+                out.push(Output::Done(Box::new(std::mem::take(&mut self.result))));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        now: TimestampMs,
+        session: SessionId,
+        fx: Vec<Effect>,
+        out: &mut Vec<Output>,
+    ) {
+        for e in fx {
+            match e {
+                Effect::Send { to, msg } => {
+                    let bytes = msg.encode(&session);
+                    let sent = self
+                        .outbox
+                        .entry(session)
+                        .or_default()
+                        .entry(to)
+                        .or_default();
+                    if !sent.contains(&bytes) {
+                        sent.push(bytes.clone());
+                    }
+                    out.push(Output::Send { to, bytes });
+                }
+                Effect::Resend { to } => self.resend(now, session, to, out),
+                Effect::Progress(line) => out.push(Output::Progress(line)),
+            }
+        }
+    }
+
+    /// Re-send everything we sent `to` in `session`, at most once per resend
+    /// interval.
+    fn resend(&mut self, now: TimestampMs, session: SessionId, to: u16, out: &mut Vec<Output>) {
+        if let Some(last) = self.last_resend.get(&(session, to))
+            && now.saturating_sub(*last) < self.config.resend_interval_ms
+        {
+            return;
+        }
+        self.last_resend.insert((session, to), now);
+        let msgs = self
+            .outbox
+            .get(&session)
+            .and_then(|o| o.get(&to))
+            .cloned()
+            .unwrap_or_default();
+        for bytes in msgs {
+            self.stats.resent += 1;
+            out.push(Output::Send { to, bytes });
+        }
+    }
+
+    fn stash_message(&mut self, session: SessionId, from: u16, msg: DkgMessage) {
+        let held = self.stash.entry(session).or_default();
+        if held.iter().any(|(f, m)| *f == from && *m == msg) {
+            return;
+        }
+        let count = self.stash_count.entry(from).or_default();
+        if *count >= STASH_PER_MEMBER {
+            self.stats.stash_dropped += 1;
+            return;
+        }
+        *count += 1;
+        held.push((from, msg));
+        self.stats.stashed += 1;
+    }
+}
