@@ -29,13 +29,20 @@
 //!
 //! Messages of other ceremonies (a later suite, another committee) carry a
 //! different session id and are set aside in a bounded stash, never mixed in.
-//! Messages are re-sent to members that have not answered after a quiet
-//! `resend_interval_ms`, and to a member that repeats itself (at most once per
-//! interval), so a member whose first messages were lost still completes.
+//! Every `resend_interval_ms` a member re-sends what it sent to the members
+//! its phase still waits for, and it re-sends to a member that repeats itself
+//! (to each at most once per interval), so a member whose first messages
+//! were lost still completes.
 //! After the end the machine keeps answering repeats of its sessions.
 
 mod ceremony;
+/// The seeded DKG simulator (cargo feature `sim`).
 #[cfg(any(test, feature = "sim"))]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 pub mod sim;
 #[cfg(test)]
 mod tests;
@@ -327,8 +334,8 @@ pub struct Dkg {
     connected: BTreeSet<u16>,
     /// This suite's deadline.
     deadline: TimestampMs,
-    /// Last time a message of the current session arrived (or we re-sent).
-    quiet_since: TimestampMs,
+    /// When to re-send next to the members the current phase waits for.
+    resend_due: TimestampMs,
     /// Messages of sessions not reached yet, per session, decoded.
     stash: BTreeMap<SessionId, Vec<(u16, DkgMessage)>>,
     stash_count: BTreeMap<u16, usize>,
@@ -374,7 +381,7 @@ impl Dkg {
             result: DkgResult::default(),
             connected: BTreeSet::new(),
             deadline: 0,
-            quiet_since: 0,
+            resend_due: 0,
             stash: BTreeMap::new(),
             stash_count: BTreeMap::new(),
             outbox: BTreeMap::new(),
@@ -421,12 +428,7 @@ impl Dkg {
     /// needed).
     pub fn next_wake(&self) -> Option<TimestampMs> {
         match self.status {
-            Status::Running => Some(
-                self.deadline.min(
-                    self.quiet_since
-                        .saturating_add(self.config.resend_interval_ms),
-                ),
-            ),
+            Status::Running => Some(self.deadline.min(self.resend_due)),
             _ => None,
         }
     }
@@ -490,7 +492,6 @@ impl Dkg {
                     .filter(|(s, c)| *s == session && c.phase() != Phase::Connect)
                     .is_some();
                 if running {
-                    self.quiet_since = now;
                     self.deliver(now, from, msg, rng, out)?;
                 } else if self.outbox.contains_key(&session) {
                     // A straggler of a ceremony we finished: it lacks our messages.
@@ -525,19 +526,19 @@ impl Dkg {
             };
             return Err(DkgError::Timeout { phase, missing });
         }
-        if let Some((session, c)) = &self.current
-            && c.phase() != Phase::Connect
-            && now
-                >= self
-                    .quiet_since
-                    .saturating_add(self.config.resend_interval_ms)
-        {
-            // Quiet for a while: re-send our messages to whoever has not
-            // answered yet.
-            let session = *session;
-            self.quiet_since = now;
-            for to in c.missing() {
-                self.resend(now, session, to, out);
+        if now >= self.resend_due {
+            self.resend_due = now.saturating_add(self.config.resend_interval_ms);
+            // Every interval: re-send our messages to whoever has not
+            // answered yet (not only after a quiet interval: with many
+            // members, others' repeats can keep a member from ever being
+            // quiet while the one message it waits for was lost).
+            if let Some((session, c)) = &self.current
+                && c.phase() != Phase::Connect
+            {
+                let session = *session;
+                for to in c.missing() {
+                    self.resend(now, session, to, out);
+                }
             }
         }
         Ok(())
@@ -575,7 +576,7 @@ impl Dkg {
         };
         self.current = Some((session, current));
         self.deadline = now.saturating_add(self.config.timeout_ms);
-        self.quiet_since = now;
+        self.resend_due = now.saturating_add(self.config.resend_interval_ms);
         out.push(Output::Progress(format!(
             "{label}: waiting for {} members to connect",
             self.others.len()
@@ -596,7 +597,7 @@ impl Dkg {
             Some((s, Current::Evm(c))) => (*s, c.start(rng, self.signer.as_ref(), &mut fx)),
             None => return Ok(()),
         };
-        self.quiet_since = now;
+        self.resend_due = now.saturating_add(self.config.resend_interval_ms);
         self.apply(now, session, fx, out);
         started?;
         for (from, msg) in self.stash.remove(&session).unwrap_or_default() {
