@@ -35,6 +35,8 @@ pub(crate) struct Round1Seen {
     pub(crate) package: Vec<u8>,
 }
 
+type Round1Packages<C> = BTreeMap<Identifier<C>, round1::Package<C>>;
+
 /// One member's side of one suite's ceremony.
 pub(crate) struct Ceremony<C: Ciphersuite> {
     session: SessionId,
@@ -49,10 +51,8 @@ pub(crate) struct Ceremony<C: Ciphersuite> {
     echoes: BTreeMap<u16, EchoEntries>,
     round2_in: BTreeMap<u16, Vec<u8>>,
     done_in: BTreeMap<u16, [u8; 32]>,
-    secret2: Option<(
-        round2::SecretPackage<C>,
-        BTreeMap<Identifier<C>, round1::Package<C>>,
-    )>,
+    /// After `part2`: its secret and the others' round-1 packages.
+    secret2: Option<(round2::SecretPackage<C>, Round1Packages<C>)>,
     result: Option<(KeyPackage<C>, PublicKeyPackage<C>, [u8; 32])>,
 }
 

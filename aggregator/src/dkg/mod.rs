@@ -600,11 +600,18 @@ impl Dkg {
         self.resend_due = now.saturating_add(self.config.resend_interval_ms);
         self.apply(now, session, fx, out);
         started?;
-        for (from, msg) in self.stash.remove(&session).unwrap_or_default() {
-            if let Some(c) = self.stash_count.get_mut(&from) {
+        let held = self.stash.remove(&session).unwrap_or_default();
+        for (from, _) in &held {
+            if let Some(c) = self.stash_count.get_mut(from) {
                 *c = c.saturating_sub(1);
             }
-            if self.status != Status::Running {
+        }
+        for (from, msg) in held {
+            // The suite may end (and the next begin) before the last of
+            // these: the rest belongs to a finished session.
+            if self.status != Status::Running
+                || self.current.as_ref().map(|(s, _)| *s) != Some(session)
+            {
                 break;
             }
             self.deliver(now, from, msg, rng, out)?;

@@ -458,7 +458,7 @@ impl Sim {
                 ]
             }
             (DkgFault::Garbage, _, _) if self.garbled.insert((from, to)) => {
-                let junk = if self.net_rng.next_u64() % 2 == 0 {
+                let junk = if self.net_rng.next_u64().is_multiple_of(2) {
                     let mut b = vec![0u8; 1 + (self.net_rng.next_u64() % 200) as usize];
                     self.net_rng.fill_bytes(&mut b);
                     b
