@@ -544,6 +544,16 @@ impl Dkg {
         Ok(())
     }
 
+    /// The session id of `suite`'s ceremony: the one place it is derived.
+    /// Issue 17's per-run nonce joins here (a `DkgConfig` field passed on to
+    /// [`session_id`]); messages, round-1 signatures and the stash follow.
+    fn session_of(&self, suite: Suite) -> SessionId {
+        match suite {
+            Suite::Ed25519 => session_id::<Ed>(&self.config.digest),
+            Suite::Secp256k1Evm => session_id::<Evm>(&self.config.digest),
+        }
+    }
+
     /// Enter the connect phase of suite `self.suite`.
     fn begin_suite(&mut self, now: TimestampMs, out: &mut Vec<Output>) -> Result<(), DkgError> {
         let Some(&suite) = self.config.suites.get(self.suite) else {
@@ -552,25 +562,14 @@ impl Dkg {
         let me = self.config.me;
         let t = self.config.threshold;
         let members = self.config.members.clone();
-        let (session, current, label) = match suite {
+        let session = self.session_of(suite);
+        let (current, label) = match suite {
             Suite::Ed25519 => (
-                session_id::<Ed>(&self.config.digest),
-                Current::Ed(Ceremony::new(
-                    session_id::<Ed>(&self.config.digest),
-                    me,
-                    t,
-                    members,
-                )?),
+                Current::Ed(Ceremony::new(session, me, t, members)?),
                 suite_label::<Ed>(),
             ),
             Suite::Secp256k1Evm => (
-                session_id::<Evm>(&self.config.digest),
-                Current::Evm(Ceremony::new(
-                    session_id::<Evm>(&self.config.digest),
-                    me,
-                    t,
-                    members,
-                )?),
+                Current::Evm(Ceremony::new(session, me, t, members)?),
                 suite_label::<Evm>(),
             ),
         };

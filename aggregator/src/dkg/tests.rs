@@ -47,6 +47,16 @@ fn run_holding(
     rngs: &mut BTreeMap<u16, ChaCha20Rng>,
     hold: &dyn Fn(u16, &[u8]) -> bool,
 ) -> BTreeMap<u16, Result<Box<DkgResult>, DkgError>> {
+    run_logged(machines, rngs, hold, &mut Vec::new())
+}
+
+/// As [`run_holding`], logging every delivery `(from, to, bytes)`.
+fn run_logged(
+    machines: &mut BTreeMap<u16, Dkg>,
+    rngs: &mut BTreeMap<u16, ChaCha20Rng>,
+    hold: &dyn Fn(u16, &[u8]) -> bool,
+    log: &mut Vec<(u16, u16, Vec<u8>)>,
+) -> BTreeMap<u16, Result<Box<DkgResult>, DkgError>> {
     let mut queue: VecDeque<(u16, u16, Vec<u8>)> = VecDeque::new();
     let mut results = BTreeMap::new();
     let all: BTreeSet<u16> = machines.keys().copied().collect();
@@ -64,8 +74,10 @@ fn run_holding(
             .position(|(_, to, bytes)| !hold(*to, bytes))
             .or((!queue.is_empty()).then_some(0));
         let Some((i, input)) = pending.pop_front().or_else(|| {
-            next.and_then(|k| queue.remove(k))
-                .map(|(from, to, bytes)| (to, Input::Message { from, bytes }))
+            next.and_then(|k| queue.remove(k)).map(|(from, to, bytes)| {
+                log.push((from, to, bytes.clone()));
+                (to, Input::Message { from, bytes })
+            })
         }) else {
             break;
         };
@@ -192,6 +204,66 @@ fn next_suite_messages_wait_in_the_stash_and_are_used() {
     }
     assert!(ms[&1].stats().stashed > 0, "{:?}", ms[&1].stats());
     assert!(ms.values().all(|m| m.stashed() == 0));
+}
+
+/// A member that connects late holds everything of the first suite in its
+/// stash, plus a stray extra message of that suite after its sender's
+/// confirmation. Taking the stash in ends the first suite before the stray
+/// one: it is left out, not fed to the second suite's ceremony (where it
+/// would clash with the sender's real round-2 package and blame it).
+#[test]
+fn a_stashed_message_of_a_finished_suite_does_not_reach_the_next() {
+    let suites = [Suite::Ed25519, Suite::Secp256k1Evm];
+    let seeds = |i: u16| ChaCha20Rng::seed_from_u64(u64::from(i) + 20);
+    let mut rngs = (1..=4u16).map(|i| (i, seeds(i))).collect();
+    let mut log = Vec::new();
+    let results = run_logged(
+        &mut machines(4, 3, &suites),
+        &mut rngs,
+        &|_, _| false,
+        &mut log,
+    );
+    assert!(results.values().all(Result::is_ok));
+    let ed = session_id::<Ed>(&ConfigDigest([5; 32]));
+    let (first, second): (Vec<_>, Vec<_>) = log
+        .into_iter()
+        .filter(|(_, to, _)| *to == 1)
+        .partition(|(_, _, b)| DkgMessage::decode(b).is_ok_and(|(s, _)| s == ed));
+
+    // Replay member 1 with the same seed; it connects only after its inbox
+    // of the first suite (and the stray message) arrived.
+    let mut m = machines(4, 3, &suites).remove(&1).expect("member 1");
+    let mut rng = seeds(1);
+    m.handle(
+        0,
+        Input::Start {
+            connected: BTreeSet::new(),
+        },
+        &mut rng,
+    );
+    let stray = DkgMessage::Round2 { package: vec![0] }.encode(&ed);
+    for (from, _, bytes) in first.into_iter().chain([(2, 1, stray)]) {
+        let out = m.handle(1, Input::Message { from, bytes }, &mut rng);
+        assert!(out.iter().all(|o| !matches!(o, Output::Failed(_))));
+    }
+    assert_eq!(m.phase(), Phase::Connect);
+    m.handle(2, Input::Connected([2, 3, 4].into()), &mut rng);
+    assert_eq!(m.stashed(), 0);
+    let mut done = None;
+    for (from, _, bytes) in second {
+        for o in m.handle(3, Input::Message { from, bytes }, &mut rng) {
+            match o {
+                Output::Done(r) => done = Some(r),
+                Output::Failed(e) => panic!("member 1 failed: {e}"),
+                _ => {}
+            }
+        }
+    }
+    let done = done.expect("both suites finish");
+    assert_eq!(
+        done.group_keys(),
+        results[&1].as_ref().expect("done").group_keys()
+    );
 }
 
 #[test]
