@@ -710,13 +710,13 @@ mod tests {
         }
     }
 
-    /// Every fault kind, n = 4 and 7 with f faulty members, a few seeds:
+    /// Every fault kind, n = 4, 7 and 10 with f faulty members, a few seeds:
     /// never an honest member blamed, finishers agree and sign, and the
     /// kinds that the protocol catches outright make every honest member
     /// fail naming a faulty one. (`examples/sim_dkg.rs` runs 100 seeds.)
     #[test]
     fn byzantine_members_are_named_and_never_an_honest_one() {
-        for n in [4u16, 7] {
+        for n in [4u16, 7, 10] {
             let f = (n - 1) / 3;
             for fault in DkgFault::ALL {
                 let cfg = DkgSimConfig::new(n, f, Some(fault));
