@@ -102,7 +102,7 @@ impl StreamSpec for Stream {
                     ask: t.best_ask.map(|x| x.0),
                     last: Some(t.price.0),
                     volume: t.volume_24h.map(|x| x.0),
-                    venue_time_ms: t.time.as_deref().and_then(parse_rfc3339_ms),
+                    venue_time_ms: t.time.as_deref().and_then(|t| parse_rfc3339_ms(t).ok()),
                 };
                 Ok(vec![(t.product_id, q)])
             }
@@ -168,7 +168,7 @@ fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             ask: Some(ask.0),
             last: Some(price.0),
             volume: n(&volume),
-            venue_time_ms: time.as_deref().and_then(parse_rfc3339_ms),
+            venue_time_ms: time.as_deref().and_then(|t| parse_rfc3339_ms(t).ok()),
         }),
         Err(CoinbaseError { message }) => Err(if status == 404 || message == "NotFound" {
             SourceError::UnknownSymbol(market.into())
