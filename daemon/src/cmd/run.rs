@@ -298,6 +298,7 @@ where
             sink,
             observed,
             rng: rand::rngs::OsRng,
+            clock: sibyl_node::driver::clock::SystemClock,
             shutdown,
         },
         last_report_round,
