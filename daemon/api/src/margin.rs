@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 const MONEY_DIGITS: u32 = 6;
 const PRICE_DIGITS: u32 = 8;
 const QTY_DIGITS: u32 = 8;
-const GREEK_DIGITS: u32 = 8;
+const GREEK_DIGITS: u32 = sibyl_margin::engine::GREEK_DECIMALS;
 /// Most rows one list route returns.
 const MAX_LIMIT: usize = 1_000;
 
@@ -142,6 +142,7 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::GuardUp { .. } => (StatusCode::CONFLICT, "guard_up"),
         E::NoPrice { .. } => (StatusCode::CONFLICT, "no_price"),
         E::Expired { .. } | E::Settled { .. } => (StatusCode::CONFLICT, "market_closed"),
+        E::ExpiryInPast { .. } => (StatusCode::BAD_REQUEST, "expiry_in_past"),
         E::MarginModeConflict { .. } => (StatusCode::CONFLICT, "margin_mode_conflict"),
         E::Pricing { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pricing_failed"),
         E::OutOfOrderPrice { .. } | E::DuplicateFeed { .. } | E::SnapshotVersion { .. } => {
@@ -339,7 +340,7 @@ fn add_greeks(a: &mut Greeks, b: &Greeks) {
 }
 
 fn scale_greeks(size: i128, g: &Greeks) -> Greeks {
-    let s = |x: i128| x.checked_mul(size).map_or(0, |p| p.div_euclid(QTY_SCALE));
+    let s = |x: i128| sibyl_margin::fixed::qty_times(size, x, "greeks").unwrap_or(0);
     Greeks {
         delta: s(g.delta),
         gamma: s(g.gamma),

@@ -277,8 +277,8 @@ async fn demo_book_is_seeded_and_readable() {
         is_decimal(&opt["mark_price"]) && is_decimal(&opt["entry_price"]),
         "{opt}"
     );
-    assert_ne!(opt["greeks"]["gamma"], "0.00000000", "{opt}");
-    assert_ne!(opt["greeks"]["vega"], "0.00000000", "{opt}");
+    assert_ne!(opt["greeks"]["gamma"], "0.000000000000000000", "{opt}");
+    assert_ne!(opt["greeks"]["vega"], "0.000000000000000000", "{opt}");
     let greeks = get(
         n.addr,
         &format!("/v1/margin/accounts/{option_account}/greeks"),

@@ -241,6 +241,18 @@ impl Engine {
                         ),
                     });
                 }
+                // A new market must still be tradeable: one already expired
+                // would take no trade and settle on its first price.
+                if let Some(expiry_ms) = m.kind.expiry_ms()
+                    && expiry_ms <= now
+                    && !self.s.markets.contains_key(&m.market)
+                {
+                    return Err(EngineError::ExpiryInPast {
+                        market: m.market.clone(),
+                        expiry_ms,
+                        now_ms: now,
+                    });
+                }
                 if let MarketKind::Option { strike, vol, .. } = &m.kind {
                     positive("option strike", *strike)?;
                     match vol {
