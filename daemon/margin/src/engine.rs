@@ -15,6 +15,7 @@ mod fills;
 mod health;
 mod liquidation;
 mod prices;
+mod root;
 mod settlement;
 mod triggers;
 mod views;
@@ -146,6 +147,10 @@ pub struct Snapshot {
     pub margin_calls: BTreeSet<(AccountId, Unit)>,
     /// Units whose liquidation a guard deferred.
     pub deferred: BTreeSet<(AccountId, Unit)>,
+    /// Accounts in order of creation: their slots in the state root's
+    /// account tree. A snapshot without it (older shape) takes id order.
+    #[serde(default)]
+    pub account_order: Vec<AccountId>,
 }
 
 /// The margin and liquidation engine.
@@ -164,6 +169,8 @@ pub struct Engine {
     grid: bands::GridCache,
     /// Bands that fell back to the whole-band bound (a metric).
     fallback_bands: u64,
+    /// The state root's maintained tree (derived; not part of the state).
+    root: root::RootCache,
 }
 
 impl Default for Engine {
@@ -202,6 +209,7 @@ impl Engine {
             fees: 0,
             margin_calls: BTreeSet::new(),
             deferred: BTreeSet::new(),
+            account_order: Vec::new(),
         };
         Self {
             s,
@@ -213,6 +221,7 @@ impl Engine {
             exhaustive: false,
             grid: bands::GridCache::default(),
             fallback_bands: 0,
+            root: root::RootCache::default(),
         }
     }
 
@@ -232,7 +241,25 @@ impl Engine {
                 ),
             });
         }
+        let mut s = s;
+        if s.account_order.is_empty() {
+            s.account_order = s.accounts.keys().copied().collect();
+        }
+        if s.account_order.len() != s.accounts.len()
+            || s.account_order
+                .iter()
+                .any(|id| !s.accounts.contains_key(id))
+        {
+            return Err(EngineError::InvalidConfig {
+                detail: format!(
+                    "snapshot: account_order lists {} accounts but the snapshot holds {} (or names unknown ones); the snapshot is corrupt: restore another or replay the inputs",
+                    s.account_order.len(),
+                    s.accounts.len()
+                ),
+            });
+        }
         let mut e = Engine::new(s.risk.clone());
+        e.root = root::RootCache::for_order(&s.account_order)?;
         e.s = s;
         e.rebuild_index();
         Ok(e)

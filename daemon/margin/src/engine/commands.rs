@@ -68,6 +68,15 @@ impl Engine {
         self.out.clear();
         self.s.now_ms = now;
         self.refresh_guards();
+        if matches!(
+            cmd,
+            Command::ConfigureRisk(_)
+                | Command::ConfigureFeed(_)
+                | Command::ConfigureAsset(_)
+                | Command::ConfigureMarket(_)
+        ) {
+            self.root.drop_configs();
+        }
         self.commit(plan)?;
         self.idx.due(self.s.now_ms, &mut self.pending);
         self.drain_pending();
@@ -615,6 +624,7 @@ impl Engine {
                 self.s.fees = add(self.s.fees, fee, "fees")?;
                 self.tidy(id, &mut acct)?;
                 self.s.accounts.insert(id, acct);
+                self.touch(id);
                 for e in extra {
                     self.emit(e);
                 }
