@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sibyl_margin::engine::{AtRisk, GREEK_SCALE, MarketState};
-use sibyl_margin::fixed::{MONEY_SCALE, QTY_SCALE, VALUE_DIVISOR};
+use sibyl_margin::fixed::{MONEY_SCALE, VALUE_DIVISOR};
 use sibyl_margin::options::OptionKind;
 use sibyl_margin::{
     AccountId, Command, Engine, EngineError, Event, EventRecord, Greeks, Health, InsuranceReason,
@@ -1049,6 +1049,108 @@ pub(super) async fn account(
     account_view(&st, &id, account_response)
 }
 
+/// `GET /v1/margin/accounts/{account}/proof`: the account's state as the
+/// state root commits to it, its Merkle proof and this member's state root.
+/// The root is not signed by the committee yet (a later change carries it in
+/// the signed report); until then it proves consistency with this member's
+/// engine only.
+pub(super) async fn proof(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProofResponse>, ApiError> {
+    let id = account_param(&id)?;
+    let h = handle(&st)?;
+    let mut guard = h.read();
+    let (state, proof, root) = guard
+        .engine
+        .account_proof(id)
+        .map_err(|e| engine_error(&e))?;
+    let hex32 = |h: &[u8; 32]| format!("0x{}", hex::encode(h));
+    let unit_name = |u: &Unit| match u {
+        Unit::Cross => "cross".to_string(),
+        Unit::Isolated { market } => format!("isolated:{market}"),
+    };
+    Ok(Json(ProofResponse {
+        account: id,
+        engine_time_ms: guard.engine.state().now_ms,
+        state: ProofStateJson {
+            cash: money(state.state.cash),
+            collateral: state
+                .state
+                .collateral
+                .iter()
+                .map(|(a, q)| (a.clone(), qty(*q)))
+                .collect(),
+            positions: state
+                .state
+                .positions
+                .iter()
+                .map(|(m, p)| {
+                    (
+                        m.clone(),
+                        ProofPositionJson {
+                            size: qty(p.size),
+                            quote: money(p.quote),
+                            isolated_margin: p.isolated.map(money),
+                        },
+                    )
+                })
+                .collect(),
+            margin_calls: state.margin_calls.iter().map(unit_name).collect(),
+            liquidation_deferred: state.deferred.iter().map(unit_name).collect(),
+        },
+        leaf_preimage: format!("0x{}", hex::encode(state.encode())),
+        proof: ProofJson {
+            slot: proof.slot,
+            count: proof.count,
+            siblings: proof.siblings.iter().map(hex32).collect(),
+            globals_hash: hex32(&proof.globals_hash),
+            size_bytes: proof.size_bytes(),
+        },
+        state_root: hex32(&root),
+        signed: false,
+    }))
+}
+
+/// The proof route's body.
+#[derive(Debug, Serialize)]
+pub struct ProofResponse {
+    account: AccountId,
+    engine_time_ms: u64,
+    state: ProofStateJson,
+    /// `AccountState::encode()`: the leaf is keccak(0x00 ‖ these bytes).
+    leaf_preimage: String,
+    proof: ProofJson,
+    state_root: String,
+    /// Whether a committee signature covers `state_root` (not yet).
+    signed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofStateJson {
+    cash: String,
+    collateral: BTreeMap<String, String>,
+    positions: BTreeMap<String, ProofPositionJson>,
+    margin_calls: Vec<String>,
+    liquidation_deferred: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofPositionJson {
+    size: String,
+    quote: String,
+    isolated_margin: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofJson {
+    slot: u64,
+    count: u64,
+    siblings: Vec<String>,
+    globals_hash: String,
+    size_bytes: usize,
+}
+
 /// `GET /v1/margin/accounts/{account}/positions`: every position with its
 /// mark, entry price, PnL and Greeks.
 pub(super) async fn positions(
@@ -1387,7 +1489,7 @@ pub(super) async fn close(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sibyl_margin::fixed::PRICE_SCALE;
+    use sibyl_margin::fixed::{PRICE_SCALE, QTY_SCALE};
 
     #[test]
     fn decimals_round_trip_exactly() {
