@@ -145,9 +145,10 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::ExpiryInPast { .. } => (StatusCode::BAD_REQUEST, "expiry_in_past"),
         E::MarginModeConflict { .. } => (StatusCode::CONFLICT, "margin_mode_conflict"),
         E::Pricing { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pricing_failed"),
-        E::OutOfOrderPrice { .. } | E::DuplicateFeed { .. } | E::SnapshotVersion { .. } => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "engine_error")
-        }
+        E::OutOfOrderPrice { .. }
+        | E::DuplicateFeed { .. }
+        | E::SnapshotVersion { .. }
+        | E::SnapshotCorrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
     };
     ApiError::new(status, code, e.to_string())
 }

@@ -17,6 +17,7 @@ mod liquidation;
 mod prices;
 mod root;
 mod settlement;
+mod snapshot;
 mod triggers;
 mod views;
 
@@ -227,6 +228,13 @@ impl Engine {
 
     /// Restores an engine from a snapshot and rebuilds its indexes.
     pub fn from_snapshot(s: Snapshot) -> Result<Self, EngineError> {
+        let mut e = Self::checked_shell(s)?;
+        e.rebuild_index();
+        Ok(e)
+    }
+
+    /// An engine holding `s` after checking it, with no index yet.
+    fn checked_shell(s: Snapshot) -> Result<Self, EngineError> {
         if s.version != SCHEMA_VERSION {
             return Err(EngineError::SnapshotVersion {
                 found: s.version,
@@ -261,7 +269,6 @@ impl Engine {
         let mut e = Engine::new(s.risk.clone());
         e.root = root::RootCache::for_order(&s.account_order)?;
         e.s = s;
-        e.rebuild_index();
         Ok(e)
     }
 
@@ -310,6 +317,11 @@ impl Engine {
     /// A snapshot with the trigger index, so a restored engine examines
     /// exactly the units the live one would.
     pub fn snapshot_with_index(&self) -> (Snapshot, Vec<IndexedUnit>) {
+        (self.s.clone(), self.index_entries())
+    }
+
+    /// The trigger index entries, sorted by account and unit.
+    pub fn index_entries(&self) -> Vec<IndexedUnit> {
         let mut units = Vec::new();
         for (key, bands, recheck) in self.idx.entries() {
             let Some(unit) = self.unit_of(key) else {
@@ -327,7 +339,7 @@ impl Engine {
             });
         }
         units.sort_by(|a, b| a.account.cmp(&b.account).then(a.unit.cmp(&b.unit)));
-        (self.s.clone(), units)
+        units
     }
 
     /// Restores a snapshot together with its trigger index.

@@ -171,6 +171,14 @@ pub enum EngineError {
         /// The mode the position already uses.
         held: &'static str,
     },
+    /// Stored snapshot bytes do not decode.
+    #[error(
+        "stored margin snapshot is corrupt ({detail}); delete it and restart to replay the stored inputs"
+    )]
+    SnapshotCorrupt {
+        /// What is wrong.
+        detail: String,
+    },
     /// The snapshot's schema version is not supported.
     #[error("snapshot schema version {found} is not supported (expected {expected})")]
     SnapshotVersion {
