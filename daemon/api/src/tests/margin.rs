@@ -89,6 +89,7 @@ impl Node {
                     accounts: ACCOUNTS,
                     seed: 11,
                 }),
+                snapshot_every_rounds: 0,
             },
         )
         .await
