@@ -637,7 +637,7 @@ impl Service {
             st.reports_handled += 1;
             st.next_round = st.next_round.max(round.saturating_add(1));
             let every = self.snapshot_every_rounds;
-            (every > 0 && round % every == 0).then(|| (st.next_input, snapshot_body(&st)))
+            (every > 0 && round.is_multiple_of(every)).then(|| (st.next_input, snapshot_body(&st)))
         };
         if let Some((covered, body)) = body {
             let stored = match body {
