@@ -296,22 +296,26 @@ fn state_root_and_snapshot(n: usize, mut e: Engine) {
         state.encode().len()
     );
     let root = e.state_root();
-    let start = Instant::now();
+    let cpu = || Duration::from_nanos(cpu_ns());
+    let (start, c0) = (Instant::now(), cpu());
     let bytes = e.encode_snapshot().expect("snapshot encodes");
-    let encode = start.elapsed();
+    let (encode, encode_cpu) = (start.elapsed(), cpu() - c0);
     drop(e);
-    let start = Instant::now();
+    let (start, c0) = (Instant::now(), cpu());
     let mut back = Engine::decode_snapshot(&bytes).expect("snapshot decodes");
-    let decode = start.elapsed();
-    let start = Instant::now();
+    let (decode, decode_cpu) = (start.elapsed(), cpu() - c0);
+    let (start, c0) = (Instant::now(), cpu());
     let back_root = back.state_root();
-    let first_root = start.elapsed();
+    let (first_root, first_root_cpu) = (start.elapsed(), cpu() - c0);
     assert_eq!(back_root, root, "restored root differs");
     println!(
-        "book n={n}: snapshot {} MiB ({} bytes/account), encoded in {encode:.2?}; restart: decode {decode:.2?} + first state root {first_root:.2?} = {:.2?} (same root)",
+        "book n={n}: snapshot {} MiB ({} bytes/account), encoded in {encode:.2?} wall / {encode_cpu:.2?} CPU; \
+         restart: decode {decode:.2?} wall / {decode_cpu:.2?} CPU + first state root {first_root:.2?} wall / {first_root_cpu:.2?} CPU \
+         = {:.2?} wall / {:.2?} CPU (same root)",
         bytes.len() >> 20,
         bytes.len() / n.max(1),
-        decode + first_root
+        decode + first_root,
+        decode_cpu + first_root_cpu
     );
 }
 

@@ -158,15 +158,9 @@ impl AccountState {
     /// positions, margin-call units, deferred units.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
-        e.u64(self.account);
-        e.balances(self.state.cash, &self.state.collateral);
-        e.positions(&self.state.positions);
-        for units in [&self.margin_calls, &self.deferred] {
-            e.count(units.len());
-            for u in units {
-                e.unit(u);
-            }
-        }
+        let mc: Vec<&Unit> = self.margin_calls.iter().collect();
+        let df: Vec<&Unit> = self.deferred.iter().collect();
+        encode_account(&mut e, self.account, &self.state, &mc, &df);
         e.0
     }
 
@@ -174,6 +168,39 @@ impl AccountState {
     pub fn leaf(&self) -> Hash {
         keccak(&[&[LEAF], &self.encode()])
     }
+}
+
+/// `AccountState::encode` from borrowed parts, into `e`.
+pub(crate) fn encode_account(
+    e: &mut Enc,
+    id: AccountId,
+    acct: &Account,
+    margin_calls: &[&Unit],
+    deferred: &[&Unit],
+) {
+    e.u64(id);
+    e.balances(acct.cash, &acct.collateral);
+    e.positions(&acct.positions);
+    for units in [margin_calls, deferred] {
+        e.count(units.len());
+        for u in units {
+            e.unit(u);
+        }
+    }
+}
+
+/// The leaf of an account from borrowed parts, reusing `buf`.
+pub(crate) fn account_leaf(
+    buf: &mut Enc,
+    id: AccountId,
+    acct: &Account,
+    margin_calls: &[&Unit],
+    deferred: &[&Unit],
+) -> Hash {
+    buf.0.clear();
+    buf.0.push(LEAF);
+    encode_account(buf, id, acct, margin_calls, deferred);
+    keccak(&[&buf.0])
 }
 
 fn node(l: &Hash, r: &Hash) -> Hash {

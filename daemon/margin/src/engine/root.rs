@@ -7,7 +7,9 @@
 
 use super::Engine;
 use crate::error::EngineError;
-use crate::state_root::{AccountProof, AccountState, AccountTree, Enc, Hash, keccak, state_root};
+use crate::state_root::{
+    AccountProof, AccountState, AccountTree, Enc, Hash, account_leaf, keccak, state_root,
+};
 use crate::types::*;
 use std::collections::HashMap;
 
@@ -82,13 +84,25 @@ impl Engine {
         })
     }
 
-    fn leaf_of(&self, id: AccountId) -> Hash {
-        self.account_state(id)
-            .unwrap_or_else(|| AccountState {
-                account: id,
-                ..AccountState::default()
-            })
-            .leaf()
+    fn leaf_of(&self, buf: &mut Enc, id: AccountId) -> Hash {
+        let mc: Vec<&Unit> = self
+            .s
+            .margin_calls
+            .range((id, Unit::Cross)..)
+            .take_while(|(a, _)| *a == id)
+            .map(|(_, u)| u)
+            .collect();
+        let df: Vec<&Unit> = self
+            .s
+            .deferred
+            .range((id, Unit::Cross)..)
+            .take_while(|(a, _)| *a == id)
+            .map(|(_, u)| u)
+            .collect();
+        match self.s.accounts.get(&id) {
+            Some(acct) => account_leaf(buf, id, acct, &mc, &df),
+            None => account_leaf(buf, id, &Account::default(), &mc, &df),
+        }
     }
 
     fn configs_digest(&self) -> Hash {
@@ -159,6 +173,7 @@ impl Engine {
     /// then the globals.
     pub(super) fn flush_root(&mut self) {
         if self.root.built {
+            let mut buf = Enc::default();
             let mut dirty = std::mem::take(&mut self.root.dirty);
             dirty.sort_unstable_by_key(|id| self.root.slot_of.get(id).copied());
             dirty.dedup();
@@ -169,7 +184,7 @@ impl Engine {
                 let Some(slot) = self.root.slot_of.get(&id).copied() else {
                     continue;
                 };
-                let h = self.leaf_of(id);
+                let h = self.leaf_of(&mut buf, id);
                 if u64::from(slot) < known {
                     changed.push((slot as usize, h));
                 } else {
@@ -185,11 +200,12 @@ impl Engine {
         }
         if !self.root.built {
             self.root.dirty.clear();
+            let mut buf = Enc::default();
             let leaves: Vec<Hash> = self
                 .s
                 .account_order
                 .iter()
-                .map(|id| self.leaf_of(*id))
+                .map(|id| self.leaf_of(&mut buf, *id))
                 .collect();
             self.root.tree = AccountTree::build(leaves);
             self.root.built = true;
@@ -218,11 +234,12 @@ impl Engine {
     /// The state root computed from nothing but the state: no cache, no
     /// maintained tree. Tests compare it with `state_root`.
     pub fn state_root_from_scratch(&self) -> Hash {
+        let mut buf = Enc::default();
         let leaves: Vec<Hash> = self
             .s
             .account_order
             .iter()
-            .map(|id| self.leaf_of(*id))
+            .map(|id| self.leaf_of(&mut buf, *id))
             .collect();
         let tree = AccountTree::build(leaves);
         state_root(
