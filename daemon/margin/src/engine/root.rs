@@ -64,6 +64,11 @@ impl Engine {
         }
         if self.root.built {
             self.root.dirty.push(id);
+            // A bulk load: stop tracking, the next flush builds afresh.
+            if self.root.dirty.len() as u64 > self.root.tree.count() / 4 + 1_024 {
+                self.root.built = false;
+                self.root.dirty = Vec::new();
+            }
         }
     }
 
@@ -172,18 +177,24 @@ impl Engine {
     /// Brings the root up to date: rehashes dirty accounts and their paths,
     /// then the globals.
     pub(super) fn flush_root(&mut self) {
+        // Past a quarter of the tree (a bulk load), one full build is
+        // cheaper than sorting and walking that many paths.
+        if self.root.built && self.root.dirty.len() as u64 > self.root.tree.count() / 4 + 1_024 {
+            self.root.built = false;
+        }
         if self.root.built {
             let mut buf = Enc::default();
-            let mut dirty = std::mem::take(&mut self.root.dirty);
-            dirty.sort_unstable_by_key(|id| self.root.slot_of.get(id).copied());
-            dirty.dedup();
+            let dirty = std::mem::take(&mut self.root.dirty);
+            let mut slots: Vec<(u32, AccountId)> = dirty
+                .iter()
+                .filter_map(|id| Some((*self.root.slot_of.get(id)?, *id)))
+                .collect();
+            slots.sort_unstable();
+            slots.dedup();
             let known = self.root.tree.count();
-            let mut changed = Vec::with_capacity(dirty.len());
+            let mut changed = Vec::with_capacity(slots.len());
             let mut added = Vec::new();
-            for id in dirty {
-                let Some(slot) = self.root.slot_of.get(&id).copied() else {
-                    continue;
-                };
+            for (slot, id) in slots {
                 let h = self.leaf_of(&mut buf, id);
                 if u64::from(slot) < known {
                     changed.push((slot as usize, h));
