@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sibyl_margin::engine::{AtRisk, GREEK_SCALE, MarketState};
-use sibyl_margin::fixed::{MONEY_SCALE, QTY_SCALE, VALUE_DIVISOR};
+use sibyl_margin::fixed::{MONEY_SCALE, VALUE_DIVISOR};
 use sibyl_margin::options::OptionKind;
 use sibyl_margin::{
     AccountId, Command, Engine, EngineError, Event, EventRecord, Greeks, Health, InsuranceReason,
@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 const MONEY_DIGITS: u32 = 6;
 const PRICE_DIGITS: u32 = 8;
 const QTY_DIGITS: u32 = 8;
-const GREEK_DIGITS: u32 = 8;
+const GREEK_DIGITS: u32 = sibyl_margin::engine::GREEK_DECIMALS;
 /// Most rows one list route returns.
 const MAX_LIMIT: usize = 1_000;
 
@@ -180,11 +180,13 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::GuardUp { .. } => (StatusCode::CONFLICT, "guard_up"),
         E::NoPrice { .. } => (StatusCode::CONFLICT, "no_price"),
         E::Expired { .. } | E::Settled { .. } => (StatusCode::CONFLICT, "market_closed"),
+        E::ExpiryInPast { .. } => (StatusCode::BAD_REQUEST, "expiry_in_past"),
         E::MarginModeConflict { .. } => (StatusCode::CONFLICT, "margin_mode_conflict"),
         E::Pricing { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pricing_failed"),
-        E::OutOfOrderPrice { .. } | E::DuplicateFeed { .. } | E::SnapshotVersion { .. } => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "engine_error")
-        }
+        E::OutOfOrderPrice { .. }
+        | E::DuplicateFeed { .. }
+        | E::SnapshotVersion { .. }
+        | E::SnapshotCorrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
     };
     ApiError::new(status, code, e.to_string())
 }
@@ -372,7 +374,7 @@ fn add_greeks(a: &mut Greeks, b: &Greeks) {
 }
 
 fn scale_greeks(size: i128, g: &Greeks) -> Greeks {
-    let s = |x: i128| x.checked_mul(size).map_or(0, |p| p.div_euclid(QTY_SCALE));
+    let s = |x: i128| sibyl_margin::fixed::qty_times(size, x, "greeks").unwrap_or(0);
     Greeks {
         delta: s(g.delta),
         gamma: s(g.gamma),
@@ -991,7 +993,7 @@ fn greeks_response(engine: &Engine, id: AccountId) -> Result<GreeksResponse, Api
         account: id,
         greeks: GreeksJson::by_feed(&total),
         scale_note: format!(
-            "8 decimals (GREEK_SCALE = {GREEK_SCALE}); delta in underlying units, vega per 1.00 vol, theta per year, rho per 1.00 rate"
+            "{GREEK_DIGITS} decimals (GREEK_SCALE = {GREEK_SCALE}); delta in underlying units, vega per 1.00 vol, theta per year, rho per 1.00 rate"
         ),
         units,
     })
@@ -1084,6 +1086,108 @@ pub(super) async fn account(
     Path(id): Path<String>,
 ) -> Result<Json<AccountResponse>, ApiError> {
     account_view(&st, &id, account_response)
+}
+
+/// `GET /v1/margin/accounts/{account}/proof`: the account's state as the
+/// state root commits to it, its Merkle proof and this member's state root.
+/// The root is not signed by the committee yet (a later change carries it in
+/// the signed report); until then it proves consistency with this member's
+/// engine only.
+pub(super) async fn proof(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProofResponse>, ApiError> {
+    let id = account_param(&id)?;
+    let h = handle(&st)?;
+    let mut guard = h.read();
+    let (state, proof, root) = guard
+        .engine
+        .account_proof(id)
+        .map_err(|e| engine_error(&e))?;
+    let hex32 = |h: &[u8; 32]| format!("0x{}", hex::encode(h));
+    let unit_name = |u: &Unit| match u {
+        Unit::Cross => "cross".to_string(),
+        Unit::Isolated { market } => format!("isolated:{market}"),
+    };
+    Ok(Json(ProofResponse {
+        account: id,
+        engine_time_ms: guard.engine.state().now_ms,
+        state: ProofStateJson {
+            cash: money(state.state.cash),
+            collateral: state
+                .state
+                .collateral
+                .iter()
+                .map(|(a, q)| (a.clone(), qty(*q)))
+                .collect(),
+            positions: state
+                .state
+                .positions
+                .iter()
+                .map(|(m, p)| {
+                    (
+                        m.clone(),
+                        ProofPositionJson {
+                            size: qty(p.size),
+                            quote: money(p.quote),
+                            isolated_margin: p.isolated.map(money),
+                        },
+                    )
+                })
+                .collect(),
+            margin_calls: state.margin_calls.iter().map(unit_name).collect(),
+            liquidation_deferred: state.deferred.iter().map(unit_name).collect(),
+        },
+        leaf_preimage: format!("0x{}", hex::encode(state.encode())),
+        proof: ProofJson {
+            slot: proof.slot,
+            count: proof.count,
+            siblings: proof.siblings.iter().map(hex32).collect(),
+            globals_hash: hex32(&proof.globals_hash),
+            size_bytes: proof.size_bytes(),
+        },
+        state_root: hex32(&root),
+        signed: false,
+    }))
+}
+
+/// The proof route's body.
+#[derive(Debug, Serialize)]
+pub struct ProofResponse {
+    account: AccountId,
+    engine_time_ms: u64,
+    state: ProofStateJson,
+    /// `AccountState::encode()`: the leaf is keccak(0x00 ‖ these bytes).
+    leaf_preimage: String,
+    proof: ProofJson,
+    state_root: String,
+    /// Whether a committee signature covers `state_root` (not yet).
+    signed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofStateJson {
+    cash: String,
+    collateral: BTreeMap<String, String>,
+    positions: BTreeMap<String, ProofPositionJson>,
+    margin_calls: Vec<String>,
+    liquidation_deferred: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofPositionJson {
+    size: String,
+    quote: String,
+    isolated_margin: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofJson {
+    slot: u64,
+    count: u64,
+    siblings: Vec<String>,
+    globals_hash: String,
+    size_bytes: usize,
 }
 
 /// `GET /v1/margin/accounts/{account}/positions`: every position with its
@@ -1424,7 +1528,7 @@ pub(super) async fn close(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sibyl_margin::fixed::PRICE_SCALE;
+    use sibyl_margin::fixed::{PRICE_SCALE, QTY_SCALE};
 
     #[test]
     fn decimals_round_trip_exactly() {
@@ -1647,17 +1751,17 @@ mod tests {
         same_json(
             "positions 2",
             &positions_response(e, 2).expect("positions"),
-            r#"{"account":2,"positions":[{"entry_price":"300000000000","feed":"ETH-USD","greeks":{"delta":"-4543113332","gamma":"0","rho":"0","theta":"0","vega":"0"},"instrument":{"type":"perpetual"},"isolated_margin":"29560853300","mark_price":"300000000000","market":"ETH-PERP","mode":"isolated","side":"short","size":"-4543113332","underlying_price":"300000000000","unrealized_pnl":"0","value":"-136293399960"}]}"#,
+            r#"{"account":2,"positions":[{"entry_price":"300000000000","feed":"ETH-USD","greeks":{"delta":"-45431133320000000000","gamma":"0","rho":"0","theta":"0","vega":"0"},"instrument":{"type":"perpetual"},"isolated_margin":"29560853300","mark_price":"300000000000","market":"ETH-PERP","mode":"isolated","side":"short","size":"-4543113332","underlying_price":"300000000000","unrealized_pnl":"0","value":"-136293399960"}]}"#,
         );
         same_json(
             "positions 3",
             &positions_response(e, 3).expect("positions"),
-            r#"{"account":3,"positions":[{"entry_price":"6000000000000","feed":"BTC-USD","greeks":{"delta":"-99887777","gamma":"0","rho":"0","theta":"0","vega":"0"},"instrument":{"expiry_ms":1769817600000,"type":"future"},"isolated_margin":null,"mark_price":"6000000000000","market":"BTC-FUT-30D","mode":"cross","side":"short","size":"-99887777","underlying_price":"6000000000000","unrealized_pnl":"0","value":"-59932666200"}]}"#,
+            r#"{"account":3,"positions":[{"entry_price":"6000000000000","feed":"BTC-USD","greeks":{"delta":"-998877770000000000","gamma":"0","rho":"0","theta":"0","vega":"0"},"instrument":{"expiry_ms":1769817600000,"type":"future"},"isolated_margin":null,"mark_price":"6000000000000","market":"BTC-FUT-30D","mode":"cross","side":"short","size":"-99887777","underlying_price":"6000000000000","unrealized_pnl":"0","value":"-59932666200"}]}"#,
         );
         same_json(
             "greeks 2",
             &greeks_response(e, 2).expect("greeks"),
-            r#"{"account":2,"greeks":{"ETH-USD":{"delta":"-4543113332","gamma":"0","rho":"0","theta":"0","vega":"0"}},"scale_note":"8 decimals (GREEK_SCALE = 100000000); delta in underlying units, vega per 1.00 vol, theta per year, rho per 1.00 rate","units":[{"greeks":{},"market":null,"mode":"cross"},{"greeks":{"ETH-USD":{"delta":"-4543113332","gamma":"0","rho":"0","theta":"0","vega":"0"}},"market":"ETH-PERP","mode":"isolated"}]}"#,
+            r#"{"account":2,"greeks":{"ETH-USD":{"delta":"-45431133320000000000","gamma":"0","rho":"0","theta":"0","vega":"0"}},"scale_note":"18 decimals (GREEK_SCALE = 1000000000000000000); delta in underlying units, vega per 1.00 vol, theta per year, rho per 1.00 rate","units":[{"greeks":{},"market":null,"mode":"cross"},{"greeks":{"ETH-USD":{"delta":"-45431133320000000000","gamma":"0","rho":"0","theta":"0","vega":"0"}},"market":"ETH-PERP","mode":"isolated"}]}"#,
         );
         let err = account_response(e, 99).err().expect("unknown account");
         assert_eq!(err.code, "unknown_account");

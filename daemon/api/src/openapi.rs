@@ -145,6 +145,32 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
             "404": error_response("unknown account") } } }),
         ),
         (
+            "/v1/margin/accounts/{account}/proof",
+            json!({ "get": {
+          "summary": "An account's state with its Merkle proof against this member's margin state root (docs/MARGIN.md, State root). The root is not yet signed by the committee (`signed: false`): it will be carried in the signed report by a later change",
+          "parameters": [ account_param() ],
+          "responses": {
+            "200": json_response("account proof", json!({ "type": "object", "properties": {
+                "account": int, "engine_time_ms": int,
+                "state": { "type": "object", "properties": {
+                    "cash": money.clone(),
+                    "collateral": { "type": "object", "additionalProperties": qty.clone() },
+                    "positions": { "type": "object", "additionalProperties": { "type": "object", "properties": {
+                        "size": qty.clone(), "quote": money.clone(), "isolated_margin": money.clone() } } },
+                    "margin_calls": { "type": "array", "items": { "type": "string" } },
+                    "liquidation_deferred": { "type": "array", "items": { "type": "string" } } } },
+                "leaf_preimage": { "type": "string", "description": "0x-hex AccountState::encode(); leaf = keccak256(0x00 ‖ bytes)" },
+                "proof": { "type": "object", "properties": {
+                    "slot": int, "count": int,
+                    "siblings": { "type": "array", "items": { "type": "string" } },
+                    "globals_hash": { "type": "string" }, "size_bytes": int } },
+                "state_root": { "type": "string" },
+                "signed": { "type": "boolean" } } })),
+            "400": error_response("malformed account id"),
+            "404": error_response("unknown account"),
+            "503": error_response("no margin engine") } } }),
+        ),
+        (
             "/v1/margin/at-risk",
             json!({ "get": {
           "summary": "Margin units closest to liquidation, ranked by equity / maintenance (lowest first)",

@@ -280,6 +280,7 @@ where
                 accounts: margin_cfg.demo_accounts,
                 seed: margin_cfg.demo_seed,
             }),
+            snapshot_every_rounds: margin_cfg.snapshot_every_rounds(),
         },
     )
     .await

@@ -294,7 +294,7 @@ const margin = { updates: 0, disabled: false, loading: false, pending: false, ac
 
 // The margin routes' scales (served as `decimals` by /v1/margin/markets):
 // values are fixed-point integer strings, as feed prices are.
-const MARGIN_DECIMALS = { money: 6, price: 8, size: 8, rate: 6, greek: 8 };
+const MARGIN_DECIMALS = { money: 6, price: 8, size: 8, rate: 6, greek: 18 };
 
 // Margin value of `kind` ("1234567891234" money) -> "1,234,567.89", exactly.
 function fmtMargin(value, kind, maxFrac) {

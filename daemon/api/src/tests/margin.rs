@@ -89,6 +89,7 @@ impl Node {
                     accounts: ACCOUNTS,
                     seed: 11,
                 }),
+                snapshot_every_rounds: 0,
             },
         )
         .await
@@ -286,6 +287,65 @@ async fn demo_book_is_seeded_and_readable() {
     .json();
     assert!(is_fixed(&greeks["greeks"]["BTC-USD"]["delta"]), "{greeks}");
 
+    // An account proof over HTTP verifies against the served root with the
+    // engine's own verifier, and only against that root.
+    {
+        use sibyl_margin::state_root::{AccountProof, verify_account_proof};
+        let p = get(
+            n.addr,
+            &format!("/v1/margin/accounts/{option_account}/proof"),
+        )
+        .await
+        .json();
+        let h32 = |v: &Value| -> [u8; 32] {
+            let s = v.as_str().expect("hex string");
+            hex::decode(s.trim_start_matches("0x"))
+                .expect("hex")
+                .try_into()
+                .expect("32 bytes")
+        };
+        let proof = AccountProof {
+            slot: p["proof"]["slot"].as_u64().expect("slot"),
+            count: p["proof"]["count"].as_u64().expect("count"),
+            siblings: p["proof"]["siblings"]
+                .as_array()
+                .expect("siblings")
+                .iter()
+                .map(h32)
+                .collect(),
+            globals_hash: h32(&p["proof"]["globals_hash"]),
+        };
+        let root = h32(&p["state_root"]);
+        assert_eq!(p["signed"], false, "{p}");
+        let state = n
+            .margin
+            .read()
+            .engine
+            .account_state(option_account)
+            .expect("account");
+        assert_eq!(
+            p["leaf_preimage"],
+            format!("0x{}", hex::encode(state.encode())),
+            "served preimage is the engine's account state"
+        );
+        assert!(
+            p["state"]["positions"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty()),
+            "{p}"
+        );
+        verify_account_proof(&root, &state, &proof).expect("the served proof verifies");
+        let mut other = root;
+        other[0] ^= 1;
+        assert!(verify_account_proof(&other, &state, &proof).is_err());
+        assert_eq!(
+            proof.size_bytes(),
+            p["proof"]["size_bytes"].as_u64().expect("size") as usize
+        );
+        let missing = get(n.addr, "/v1/margin/accounts/999999999/proof").await;
+        assert_eq!(missing.status, 404);
+    }
+
     // Markets: marks, rates and no guard while prices are fresh.
     let m = get(n.addr, "/v1/margin/markets").await.json();
     let perp = m["markets"]
@@ -418,7 +478,10 @@ async fn admin_commands_apply_through_the_service_and_replay() {
         .json();
     assert_eq!(pos["positions"][0]["side"], "short");
     assert_eq!(pos["positions"][0]["entry_price"], "300100000000");
-    assert_eq!(pos["positions"][0]["greeks"]["delta"], "-1000000000");
+    assert_eq!(
+        pos["positions"][0]["greeks"]["delta"],
+        "-10000000000000000000"
+    );
     let r = n
         .post(
             &format!("/v1/margin/accounts/{id}/positions"),
@@ -924,6 +987,6 @@ async fn every_route_renders_fixed_point_values_one_way() {
     }
     assert_eq!(
         bodies["/v1/margin/markets"]["decimals"],
-        serde_json::json!({"money": 6, "price": 8, "size": 8, "rate": 6, "greek": 8})
+        serde_json::json!({"money": 6, "price": 8, "size": 8, "rate": 6, "greek": 18})
     );
 }

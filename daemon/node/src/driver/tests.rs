@@ -111,6 +111,7 @@ impl Harness {
                             accounts: 30,
                             seed: 7,
                         }),
+                        snapshot_every_rounds: 0,
                     },
                 )
                 .await
