@@ -56,6 +56,7 @@ fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
             decimals: 8,
             deviation_bps: 50,
             heartbeat_ms: 60_000,
+            policy: Default::default(),
         })
         .collect();
     let committee = Arc::new(

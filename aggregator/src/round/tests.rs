@@ -47,6 +47,7 @@ fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness<C> {
             decimals: 8,
             deviation_bps: 50,
             heartbeat_ms: 60_000,
+            policy: Default::default(),
         })
         .collect();
     let t = 2 * f + 1;
@@ -76,12 +77,7 @@ fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness<C> {
 fn observations(price: Price, now: TimestampMs) -> Input {
     Input::Observations(
         (0..2)
-            .map(|i| LocalObservation {
-                feed: feed(i),
-                price: price + i as i128,
-                spread: 10,
-                observed_at_ms: now,
-            })
+            .map(|i| LocalObservation::basic(feed(i), price + i as i128, 10, now))
             .collect(),
     )
 }
@@ -571,17 +567,16 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
             price: -5,
             spread: 3,
             observed_at_ms: T0,
+            bid: Some(-6),
+            ask: None,
+            venues: 4,
+            min_venues: 3,
+            flags: super::message::entry_flags::PEG_DEPARTED,
         }],
         commitments: vec![vec![1, 2, 3]],
     });
     let obs_msg = SignedMessage::sign(&key, &DIGEST, 4, 1, obs);
-    let leaf = ReportLeaf {
-        feed_id: feed(0),
-        price: 9,
-        confidence: 1,
-        num_observations: 3,
-        observed_at_ms: T0,
-    };
+    let leaf = ReportLeaf::basic(feed(0), 9, 1, 3, T0);
     let proposal = Payload::Proposal(ProposalMsg {
         attempt: 1,
         timestamp_ms: T0,
