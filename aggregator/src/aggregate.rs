@@ -141,7 +141,9 @@ pub fn aggregate_feed(
     let mut min_venues: Vec<u16> = observations.iter().map(|o| o.min_venues).collect();
     let min_venues = lower_median(&mut min_venues).unwrap_or_default();
 
-    let majority = |bit: u8| 2 * observations.iter().filter(|o| o.flags & bit != 0).count() > observations.len();
+    let majority = |bit: u8| {
+        2 * observations.iter().filter(|o| o.flags & bit != 0).count() > observations.len()
+    };
     let mut bits = 0u16;
     let mut set = |cond: bool, bit: u16| {
         if cond {
@@ -151,7 +153,11 @@ pub fn aggregate_feed(
     set(venues < min_venues, flags::FEW_VENUES);
     set(
         ctx.policy.max_confidence_bps > 0
-            && exceeds_bps(median.unsigned_abs(), confidence, ctx.policy.max_confidence_bps),
+            && exceeds_bps(
+                median.unsigned_abs(),
+                confidence,
+                ctx.policy.max_confidence_bps,
+            ),
         flags::WIDE_CONFIDENCE,
     );
     set(majority(entry_flags::PEG_DEPARTED), flags::PEG_DEPARTED);
@@ -163,7 +169,11 @@ pub fn aggregate_feed(
     set(
         ctx.policy.max_jump_bps > 0
             && ctx.prev.is_some_and(|p| {
-                exceeds_bps(p.price.unsigned_abs(), p.price.abs_diff(median), ctx.policy.max_jump_bps)
+                exceeds_bps(
+                    p.price.unsigned_abs(),
+                    p.price.abs_diff(median),
+                    ctx.policy.max_jump_bps,
+                )
             }),
         flags::UNCONFIRMED_JUMP,
     );
@@ -274,7 +284,10 @@ pub fn note_signed_leaf(
         .get(&leaf.feed_id)
         .is_none_or(|v| v.reported_at_ms <= reported_at_ms)
     {
-        values.insert(leaf.feed_id.clone(), LastValue::of_leaf(leaf, reported_at_ms));
+        values.insert(
+            leaf.feed_id.clone(),
+            LastValue::of_leaf(leaf, reported_at_ms),
+        );
     }
 }
 
@@ -363,7 +376,8 @@ mod tests {
     #[test]
     fn confidence_is_mad_or_median_spread() {
         let feed = FeedId::new("BTC-USD").unwrap();
-        let leaf = aggregate_feed(&feed, &[obs(100), obs(104), obs(90), obs(1000)], 3, &ctx()).unwrap();
+        let leaf =
+            aggregate_feed(&feed, &[obs(100), obs(104), obs(90), obs(1000)], 3, &ctx()).unwrap();
         // sorted 90 100 104 1000 -> lower median 100; deviations 10 0 4 900 -> 4
         assert_eq!(leaf.price, 100);
         assert_eq!(leaf.confidence, 4);
@@ -371,7 +385,10 @@ mod tests {
         for o in &mut wide {
             o.spread = 7;
         }
-        assert_eq!(aggregate_feed(&feed, &wide, 3, &ctx()).unwrap().confidence, 7);
+        assert_eq!(
+            aggregate_feed(&feed, &wide, 3, &ctx()).unwrap().confidence,
+            7
+        );
     }
 
     #[test]
@@ -395,7 +412,13 @@ mod tests {
         assert!(deviation_exceeds(0, 1, 10_000));
     }
 
-    fn full(price: Price, bid: Option<Price>, ask: Option<Price>, venues: u16, fl: u8) -> FeedObservation {
+    fn full(
+        price: Price,
+        bid: Option<Price>,
+        ask: Option<Price>,
+        venues: u16,
+        fl: u8,
+    ) -> FeedObservation {
         FeedObservation {
             bid,
             ask,
@@ -463,7 +486,10 @@ mod tests {
         c.prev = Some(prev(20));
         let o: Vec<FeedObservation> = (0..3).map(|_| full(10, None, None, 3, 0)).collect();
         let jumped = aggregate_feed(&feed, &o, 3, &c).unwrap();
-        assert_eq!(jumped.flags & flags::UNCONFIRMED_JUMP, flags::UNCONFIRMED_JUMP);
+        assert_eq!(
+            jumped.flags & flags::UNCONFIRMED_JUMP,
+            flags::UNCONFIRMED_JUMP
+        );
         assert_eq!(jumped.price, 10);
         // ... that the next round confirms by staying within the bound of it.
         c.prev = Some(prev(10));
@@ -471,9 +497,18 @@ mod tests {
         let confirmed = aggregate_feed(&feed, &o, 3, &c).unwrap();
         assert_eq!(confirmed.flags & flags::UNCONFIRMED_JUMP, 0);
         // Halted beats closed beats stale beats degraded.
-        assert_eq!(status_of(flags::HALTED | flags::MARKET_CLOSED), LeafStatus::Halted);
-        assert_eq!(status_of(flags::MARKET_CLOSED | flags::STALE), LeafStatus::MarketClosed);
-        assert_eq!(status_of(flags::STALE | flags::FEW_VENUES), LeafStatus::Stale);
+        assert_eq!(
+            status_of(flags::HALTED | flags::MARKET_CLOSED),
+            LeafStatus::Halted
+        );
+        assert_eq!(
+            status_of(flags::MARKET_CLOSED | flags::STALE),
+            LeafStatus::MarketClosed
+        );
+        assert_eq!(
+            status_of(flags::STALE | flags::FEW_VENUES),
+            LeafStatus::Stale
+        );
         let stale = LeafContext {
             report_ms: 10_000,
             stale_after_ms: 2_500,

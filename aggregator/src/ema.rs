@@ -181,7 +181,11 @@ fn mul_div_i128(x: i128, num: u128, den: u128) -> i128 {
     let m = mul_div_u128(x.unsigned_abs(), num, den);
     // m <= |x|, so it fits back (|i128::MIN| only when num == den).
     let m = i128::try_from(m).unwrap_or(i128::MAX);
-    if neg { m.checked_neg().unwrap_or(i128::MIN) } else { m }
+    if neg {
+        m.checked_neg().unwrap_or(i128::MIN)
+    } else {
+        m
+    }
 }
 
 /// `x · num / den` with `num <= den < 2^64`, rounded down; never overflows.
@@ -259,7 +263,11 @@ mod tests {
         let mut prev = state(1_000_000_000, 0);
         let mut vol = 0;
         for i in 1..=200u64 {
-            let price = if i % 2 == 0 { 1_000_000_000 } else { 1_010_000_000 };
+            let price = if i % 2 == 0 {
+                1_000_000_000
+            } else {
+                1_010_000_000
+            };
             let f = next(Some(&prev), price, 10, i * 3_600_000);
             prev = EmaState {
                 price,

@@ -208,7 +208,13 @@ mod tests {
                 any::<u16>(),
                 any::<u64>(),
             ),
-            (any::<i128>(), any::<i128>(), any::<u16>(), 0u8..5, 0..=flags::ALL),
+            (
+                any::<i128>(),
+                any::<i128>(),
+                any::<u16>(),
+                0u8..5,
+                0..=flags::ALL,
+            ),
             (any::<i128>(), any::<u128>(), any::<u64>()),
         )
             .prop_map(

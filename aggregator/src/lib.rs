@@ -44,6 +44,6 @@ pub mod sim;
 
 pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
 pub use report::{
-    ConfigDigest, FeedId, FeedIdError, LeafStatus, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf,
-    Round, SignatureBytes, SignedReport, Suite, TimestampMs,
+    ConfigDigest, FeedId, FeedIdError, LeafStatus, PROTOCOL_VERSION, Price, ReportHeader,
+    ReportLeaf, Round, SignatureBytes, SignedReport, Suite, TimestampMs,
 };

@@ -82,7 +82,9 @@ pub struct ReportLeaf {
 /// A leaf's headline status (ABI `uint8`, wire `u8`). The most severe
 /// condition wins, in this order: `Halted`, `MarketClosed`, `Stale`,
 /// `Degraded`, `Ok`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum LeafStatus {

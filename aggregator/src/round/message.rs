@@ -622,8 +622,9 @@ fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<Observatio
 
 fn decode_leaves(r: &mut Reader<'_>, max_feeds: usize) -> Result<Vec<ReportLeaf>, DecodeError> {
     let at = r.position();
-    let leaves: Vec<ReportLeaf> =
-        r.seq("leaves", max_feeds, crate::codec::LEAF_WIRE_LEN, |r| r.get())?;
+    let leaves: Vec<ReportLeaf> = r.seq("leaves", max_feeds, crate::codec::LEAF_WIRE_LEN, |r| {
+        r.get()
+    })?;
     check_ascending(leaves.iter().map(|l| &l.feed_id), "leaves", at)?;
     Ok(leaves)
 }
