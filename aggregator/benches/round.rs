@@ -102,11 +102,16 @@ fn one_round<C: SibylSuite>(s: &Setup<C>, rng: &mut ChaCha20Rng) -> (Duration, D
             .feeds
             .iter()
             .enumerate()
-            .map(|(k, feed)| LocalObservation {
-                feed: feed.clone(),
-                price: 6_000_000_000_000 + k as i128 * 1_000 + i128::from(i),
-                spread: 1_000,
-                observed_at_ms: T0,
+            .map(|(k, feed)| {
+                let price = 6_000_000_000_000 + k as i128 * 1_000 + i128::from(i);
+                // Every quality field filled, as a member on live venues sends them.
+                LocalObservation {
+                    bid: Some(price - 500),
+                    ask: Some(price + 500),
+                    venues: 5,
+                    min_venues: 3,
+                    ..LocalObservation::basic(feed.clone(), price, 1_000, T0)
+                }
             })
             .collect();
         queue.push_back((i, Input::Observations(obs)));

@@ -26,7 +26,15 @@ contract GasOnAnvil is Script {
                 price: 97_123_45678901 + int256(i) * 1_000_000 + bump,
                 confidence: uint256(12_345_678 + bump),
                 numObservations: 7,
-                observedAtMs: uint64(block.timestamp) * 1000 - 5_000
+                observedAtMs: uint64(block.timestamp) * 1000 - 5_000,
+                bid: 0,
+                ask: 0,
+                venues: 5,
+                status: 0,
+                flags: 0,
+                ema: 0,
+                emaConfidence: 0,
+                volatility: 0
             });
         }
     }

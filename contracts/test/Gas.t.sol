@@ -63,7 +63,15 @@ contract GasTest is Test {
                 price: 97_123_45678901 + int256(i) * 1_000_000 + bump,
                 confidence: 12_345_678 + uint256(bump),
                 numObservations: 7,
-                observedAtMs: uint64(NOW_S) * 1000 - 700
+                observedAtMs: uint64(NOW_S) * 1000 - 700,
+                bid: 0,
+                ask: 0,
+                venues: 5,
+                status: 0,
+                flags: 0,
+                ema: 0,
+                emaConfidence: 0,
+                volatility: 0
             });
         }
     }

@@ -351,6 +351,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
                 decimals: DECIMALS as u8,
                 deviation_bps: 10,
                 heartbeat_ms: 60_000,
+                policy: Default::default(),
             })
             .collect(),
         reports.subscribe(),

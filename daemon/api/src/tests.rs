@@ -26,12 +26,21 @@ fn report(round: u64) -> SignedReport {
     let ts = T0 + round * 1_000;
     let leaves: Vec<ReportLeaf> = [("BTC-USD", 60_000), ("ETH-USD", 3_000), ("SOL-USD", 150)]
         .iter()
-        .map(|(id, base)| ReportLeaf {
-            feed_id: feed(id),
-            price: (*base as i128) * 100_000_000 + round as i128,
-            confidence: 5,
-            num_observations: 4,
-            observed_at_ms: ts - 50,
+        .map(|(id, base)| {
+            let price = (*base as i128) * 100_000_000 + round as i128;
+            let mut l = ReportLeaf::basic(feed(id), price, 5, 4, ts - 50);
+            l.bid = price - 10;
+            l.ask = price + 10;
+            l.venues = 4;
+            l.ema = price - 3;
+            l.volatility = 512_000_000;
+            if *id == "SOL-USD" {
+                // One feed on too few venues, its last move not yet confirmed.
+                l.status = sibyl_aggregator::LeafStatus::Degraded;
+                l.flags = sibyl_aggregator::report::flags::FEW_VENUES
+                    | sibyl_aggregator::report::flags::UNCONFIRMED_JUMP;
+            }
+            l
         })
         .collect();
     let mut signatures = BTreeMap::new();

@@ -253,14 +253,15 @@ pub fn restore_from(
             .last_signed()?
             .map(|(round, digest)| SigningRecord { round, digest });
         let last = db.latest_report()?;
+        // The newest stored leaf of each feed: the next leaf's EMA,
+        // volatility and jump flag start from it exactly as on a member
+        // that never stopped (docs/PROTOCOL.md, "EMA and volatility").
         let mut last_values = BTreeMap::new();
         for p in db.latest_all()? {
-            last_values.insert(
-                p.feed_id.clone(),
-                sibyl_aggregator::aggregate::LastValue {
-                    price: p.price,
-                    reported_at_ms: p.timestamp_ms,
-                },
+            sibyl_aggregator::aggregate::note_signed_leaf(
+                &mut last_values,
+                &p.leaf(),
+                p.timestamp_ms,
             );
         }
         let last_report_round = last.as_ref().map(|r| r.header.round);

@@ -38,11 +38,14 @@ pub fn builtin_observation(feed: &FeedParams, now_ms: u64) -> LocalObservation {
     } as i128; // 0..=600
     let bps = tri * 400 / 600 - 200; // -200..=200
     let price = base + base / 10_000 * bps;
+    // Bid and ask half a spread around the price; the built-in source
+    // stands for one venue that is all a feed needs.
+    let spread = (base / 10_000).unsigned_abs();
+    let half = base / 20_000;
     LocalObservation {
-        feed: feed.id.clone(),
-        price,
-        spread: (base / 10_000).unsigned_abs(),
-        observed_at_ms: t,
+        bid: Some(price - half),
+        ask: Some(price + half),
+        ..LocalObservation::basic(feed.id.clone(), price, spread, t)
     }
 }
 
@@ -86,10 +89,22 @@ pub fn from_feed_service(
                     .filter_map(|f| {
                         let o = obs.get(f.id.as_str())?;
                         Some(LocalObservation {
-                            feed: f.id.clone(),
-                            price: o.price_fixed,
-                            spread: o.spread.unsigned_abs(),
-                            observed_at_ms: o.observed_at_ms,
+                            // h-venues: `o.best_bid` / `o.best_ask` (Option<i128>,
+                            // feed fixed point) plug in here.
+                            bid: None,
+                            ask: None,
+                            venues: u16::try_from(o.num_sources).unwrap_or(u16::MAX),
+                            // h-venues: `o.min_sources` (u32), saturated to u16.
+                            min_venues: 1,
+                            // h-venues: `if o.peg_departed { entry_flags::PEG_DEPARTED }`,
+                            // plus MARKET_CLOSED / HALTED when the feeds side reports them.
+                            flags: 0,
+                            ..LocalObservation::basic(
+                                f.id.clone(),
+                                o.price_fixed,
+                                o.spread.unsigned_abs(),
+                                o.observed_at_ms,
+                            )
                         })
                     })
                     .collect()
@@ -121,6 +136,7 @@ mod tests {
             decimals,
             deviation_bps: 50,
             heartbeat_ms: 60_000,
+            policy: Default::default(),
         }
     }
 

@@ -93,6 +93,20 @@ const MIGRATIONS: &[&str] = &[
         end_round   INTEGER NOT NULL
     );
     "#,
+    // 3: the leaf's quality fields (docs/PROTOCOL.md, "Leaf"). Rows written
+    // before it have NULLs and read as a leaf without them: no bid/ask, no
+    // venues, status ok, no flags, EMA = price, EMA confidence = confidence,
+    // volatility 0. i128/u128 as 16-byte big-endian blobs, like price.
+    r#"
+    ALTER TABLE points ADD COLUMN bid             BLOB;
+    ALTER TABLE points ADD COLUMN ask             BLOB;
+    ALTER TABLE points ADD COLUMN venues          INTEGER;
+    ALTER TABLE points ADD COLUMN status          INTEGER;
+    ALTER TABLE points ADD COLUMN flags           INTEGER;
+    ALTER TABLE points ADD COLUMN ema             BLOB;
+    ALTER TABLE points ADD COLUMN ema_confidence  BLOB;
+    ALTER TABLE points ADD COLUMN volatility      INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes and understands.

@@ -15,11 +15,15 @@ fn feed(s: &str) -> FeedId {
 
 fn leaf(id: &str, price: i128, ts: u64) -> ReportLeaf {
     ReportLeaf {
-        feed_id: feed(id),
-        price,
-        confidence: 7,
-        num_observations: 4,
-        observed_at_ms: ts.saturating_sub(100),
+        bid: price - 2,
+        ask: price + 3,
+        venues: 5,
+        status: sibyl_aggregator::LeafStatus::Degraded,
+        flags: sibyl_aggregator::report::flags::UNCONFIRMED_JUMP,
+        ema: price - 1,
+        ema_confidence: 9,
+        volatility: u64::MAX - 1,
+        ..ReportLeaf::basic(feed(id), price, 7, 4, ts.saturating_sub(100))
     }
 }
 
@@ -124,14 +128,12 @@ async fn history_pages_and_candles() {
     let store = Store::open(&path).expect("open");
     // 300 one-second points, price = second index.
     let points: Vec<Point> = (0..300u64)
-        .map(|i| Point {
-            feed_id: feed("BTC-USD"),
-            round: i + 1,
-            timestamp_ms: 60_000 + i * 1_000,
-            price: i as i128,
-            confidence: 1,
-            num_observations: 3,
-            observed_at_ms: 60_000 + i * 1_000,
+        .map(|i| {
+            Point::of_leaf(
+                &ReportLeaf::basic(feed("BTC-USD"), i as i128, 1, 3, 60_000 + i * 1_000),
+                i + 1,
+                60_000 + i * 1_000,
+            )
         })
         .collect();
     store
@@ -469,14 +471,12 @@ async fn retention_thins_then_prunes_in_batches() {
     let points: Vec<Point> = ["BTC-USD", "ETH-USD"]
         .iter()
         .flat_map(|f| {
-            (0..7_200u64).map(move |i| Point {
-                feed_id: feed(f),
-                round: i + 1,
-                timestamp_ms: start + i * 1_000,
-                price: i as i128,
-                confidence: 0,
-                num_observations: 1,
-                observed_at_ms: start + i * 1_000,
+            (0..7_200u64).map(move |i| {
+                Point::of_leaf(
+                    &ReportLeaf::basic(feed(f), i as i128, 0, 1, start + i * 1_000),
+                    i + 1,
+                    start + i * 1_000,
+                )
             })
         })
         .collect();
