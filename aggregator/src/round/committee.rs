@@ -438,6 +438,18 @@ mod tests {
             a,
             committee_digest(3, &[Suite::Ed25519], 7, &slower, &m, &feeds)
         );
+        let mut banded = feeds.clone();
+        banded[0].policy.band_min = Some(0);
+        assert_ne!(
+            a,
+            committee_digest(3, &[Suite::Ed25519], 7, &t, &m, &banded)
+        );
+        banded[0].policy.band_min = None;
+        banded[0].policy.max_jump_bps = 1;
+        assert_ne!(
+            a,
+            committee_digest(3, &[Suite::Ed25519], 7, &t, &m, &banded)
+        );
         m[0].identity[0] ^= 1;
         assert_ne!(a, committee_digest(3, &[Suite::Ed25519], 7, &t, &m, &feeds));
     }

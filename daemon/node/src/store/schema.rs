@@ -225,6 +225,19 @@ fn current_version(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
 }
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    migrate_to(conn, path, SCHEMA_VERSION)
+}
+
+/// A database at schema `version` (an older build's file), for migration tests.
+#[cfg(test)]
+pub(crate) fn create_at_version(path: &Path, version: u32) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::open(path, e))?;
+    configure(&conn, path)?;
+    migrate_to(&conn, path, version)?;
+    Ok(conn)
+}
+
+fn migrate_to(conn: &Connection, path: &Path, target: u32) -> Result<(), StoreError> {
     let err = |e| StoreError::open(path, e);
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
@@ -244,7 +257,12 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             expected: SCHEMA_VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target as usize)
+        .skip(found as usize)
+    {
         let version = i as i64 + 1;
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Exclusive)
             .map_err(err)?;

@@ -122,6 +122,51 @@ async fn reports_and_history_round_trip_and_survive_reopen() {
     );
 }
 
+/// A database written before the leaf had its quality fields (schema 2)
+/// opens, migrates, and its rows read as leaves without them; new rows keep
+/// every field.
+#[tokio::test]
+async fn a_schema_2_database_opens_and_its_points_read_as_plain_leaves() {
+    let (_dir, path) = temp();
+    {
+        let conn = super::schema::create_at_version(&path, 2).expect("a schema-2 file");
+        conn.execute(
+            "INSERT INTO feeds (feed_key, feed_id) VALUES (1, 'BTC-USD')",
+            [],
+        )
+        .expect("feed");
+        conn.execute(
+            "INSERT INTO points (feed_key, ts_ms, round, price, confidence, num_observations, observed_at_ms)
+             VALUES (1, 1000, 1, ?1, ?2, 3, 900)",
+            rusqlite::params![&77i128.to_be_bytes()[..], &5u128.to_be_bytes()[..]],
+        )
+        .expect("old point");
+    }
+    let store = Store::open(&path).expect("migrates");
+    let old = store
+        .readers
+        .latest(feed("BTC-USD"))
+        .await
+        .expect("latest")
+        .expect("the old point");
+    assert_eq!(
+        old.leaf(),
+        ReportLeaf::basic(feed("BTC-USD"), 77, 5, 3, 900),
+        "an old row is a leaf without quality fields: EMA = price, status ok"
+    );
+    let rep = report(2, 2_000, vec![leaf("BTC-USD", 80, 2_000)]);
+    let newest = rep.leaves[0].clone();
+    assert!(store.writer.insert_report(rep).await.expect("insert"));
+    let p = store
+        .readers
+        .latest(feed("BTC-USD"))
+        .await
+        .expect("latest")
+        .expect("the new point");
+    assert_eq!(p.leaf(), newest, "every field of the new leaf comes back");
+    assert_eq!(p.volatility, u64::MAX - 1, "u64 above i64::MAX survives");
+}
+
 #[tokio::test]
 async fn history_pages_and_candles() {
     let (_dir, path) = temp();
