@@ -1140,10 +1140,9 @@ fn point_of(feed: &FeedId, row: &rusqlite::Row<'_>) -> Result<Point, StoreError>
     let price = i128_of(blob(row, 2)?, "price")?;
     let confidence = u128_of(blob(row, 3)?, "confidence")?;
     let opt_blob = |idx: usize| -> Result<Option<&[u8]>, StoreError> {
-        Ok(row
-            .get_ref(idx)?
+        row.get_ref(idx)?
             .as_blob_or_null()
-            .map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))?)
+            .map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
     };
     let i128_or = |idx: usize, what: &str, default: i128| -> Result<i128, StoreError> {
         opt_blob(idx)?.map_or(Ok(default), |b| i128_of(b, what))
