@@ -265,6 +265,20 @@ async fn feeds_and_latest_with_a_verifiable_proof() {
     assert_eq!(list[0]["price"], "6000000000020");
     assert_eq!(list[0]["round"], 20);
     assert_eq!(list[0]["decimals"], 8);
+    // What the leaf says about the price comes with it.
+    assert_eq!(list[0]["status"], "ok", "{feeds}");
+    assert_eq!(list[0]["flags"], serde_json::json!([]));
+    assert_eq!(list[0]["bid"], "6000000000010");
+    assert_eq!(list[0]["ask"], "6000000000030");
+    assert_eq!(list[0]["venues"], 4);
+    assert_eq!(list[0]["ema"], "6000000000017");
+    assert_eq!(list[0]["volatility"], "512000000");
+    assert_eq!(list[3]["feed_id"], "SOL-USD");
+    assert_eq!(list[3]["status"], "degraded");
+    assert_eq!(
+        list[3]["flags"],
+        serde_json::json!(["few_venues", "unconfirmed_jump"])
+    );
     // Configured but never reported: listed without a value.
     assert_eq!(list[1]["feed_id"], "DOGE-USD");
     assert!(list[1]["round"].is_null());
@@ -457,6 +471,8 @@ async fn stream_sends_new_reports_filtered_by_feed() {
     assert_eq!(leaves.len(), 1);
     assert_eq!(leaves[0]["feed_id"], "ETH-USD");
     assert_eq!(leaves[0]["price"], "300000000021");
+    assert_eq!(leaves[0]["status"], "ok");
+    assert_eq!(leaves[0]["ema"], "300000000018");
 
     let r = get(h.addr, "/v1/stream?feeds=NOPE-USD").await;
     assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_feed"));
