@@ -37,7 +37,7 @@ pub const VOLATILITY_ONE: u64 = 1_000_000_000;
 const Q_BITS: u32 = 32;
 const Q: u128 = 1 << Q_BITS;
 /// ln 2 in Q32, rounded.
-const LN2_Q: u128 = 2_977_044_472;
+const LN2_Q: u64 = 2_977_044_472;
 /// Confidences above this are shifted down (both together) before weighting,
 /// so every product stays inside u128.
 const WEIGHT_BITS: u32 = 46;
@@ -160,19 +160,22 @@ pub fn decay_q(elapsed_ms: u64) -> u128 {
     if x >= 45 * Q {
         return 0;
     }
+    // x < 45 · 2^32 < 2^38 and every term below is <= 2^32: u64 suffices
+    // (a u128 division costs several times a u64 one, and this runs per leaf).
+    let Ok(x) = u64::try_from(x) else { return 0 };
     let n = x / LN2_Q;
     let r = x - n * LN2_Q;
-    let (mut pos, mut neg, mut term) = (Q, 0u128, Q);
-    for i in 1..=12u128 {
-        term = term * r / Q / i;
+    let (mut pos, mut neg, mut term) = (1u64 << Q_BITS, 0u64, 1u64 << Q_BITS);
+    for i in 1..=12u64 {
+        term = ((term * r) >> Q_BITS) / i;
         if i % 2 == 1 {
             neg += term;
         } else {
             pos += term;
         }
     }
-    let n = u32::try_from(n).unwrap_or(127);
-    (pos - neg) >> n
+    let n = u32::try_from(n).unwrap_or(63).min(63);
+    u128::from((pos - neg) >> n)
 }
 
 /// `x · num / den` with `num <= den`, exact up to rounding toward zero; never overflows.

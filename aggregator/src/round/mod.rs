@@ -169,9 +169,11 @@ pub enum Input {
     /// `2f + 1` members (itself included); an isolated member keeps the
     /// ordinary timeouts, so it never runs ahead of the committee.
     Unreachable(Vec<u16>),
-    /// Rounds of signed reports the driver stored from elsewhere (catch-up):
-    /// the leader schedule reads them ([`schedule`]).
-    StoredReports(Vec<Round>),
+    /// Signed reports the driver stored from elsewhere (catch-up), verified:
+    /// the leader schedule reads their rounds ([`schedule`]), and their
+    /// leaves become their feeds' last values unless newer ones are held
+    /// ([`note_signed_leaf`]), so the next leaves' EMA starts from them.
+    StoredReports(Vec<SignedReport>),
 }
 
 /// What the node asks the driver to do, in order.
@@ -902,9 +904,12 @@ impl<C: SibylSuite> Node<C> {
                     self.rs.deadline = self.rs.deadline.min(now_ms);
                 }
             }
-            Input::StoredReports(rounds) => {
-                for r in rounds {
-                    self.schedule.note_report(r);
+            Input::StoredReports(reports) => {
+                for r in reports {
+                    self.schedule.note_report(r.header.round);
+                    for leaf in &r.leaves {
+                        note_signed_leaf(&mut self.last_values, leaf, r.header.timestamp_ms);
+                    }
                 }
             }
         }

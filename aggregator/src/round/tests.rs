@@ -1251,3 +1251,40 @@ fn a_round_whose_leader_is_unreachable_is_skipped_unless_this_member_is_isolated
     assert_eq!(entered(&a), vec![1]);
     assert_eq!(h.nodes[2].stats().rounds_skipped_unreachable, 0);
 }
+
+/// A report stored from catch-up hands its leaves to the round machine as
+/// the feeds' last values (the next leaf's EMA starts there), but never
+/// rewinds a newer one.
+#[test]
+fn caught_up_reports_become_the_feeds_last_values() {
+    let mut h = harness::<Ed>(4, 1);
+    let report = |round: Round, ts: TimestampMs, price: Price| SignedReport {
+        header: ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest: DIGEST,
+            round,
+            timestamp_ms: ts,
+            merkle_root: [0; 32],
+        },
+        leaves: vec![ReportLeaf {
+            ema: price - 1,
+            volatility: 7,
+            ..ReportLeaf::basic(feed(0), price, 2, 3, ts - 10)
+        }],
+        signatures: BTreeMap::new(),
+    };
+    let newer = report(5, T0 + 5_000, 500);
+    h.handle(2, T0, Input::StoredReports(vec![newer.clone()]));
+    let want = LastValue::of_leaf(&newer.leaves[0], T0 + 5_000);
+    assert_eq!(h.nodes[1].last_values()[&feed(0)], want);
+    h.handle(
+        2,
+        T0,
+        Input::StoredReports(vec![report(4, T0 + 4_000, 400)]),
+    );
+    assert_eq!(
+        h.nodes[1].last_values()[&feed(0)],
+        want,
+        "an older report does not rewind it"
+    );
+}

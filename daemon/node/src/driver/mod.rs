@@ -335,9 +335,9 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     clock_warned: bool,
     /// Members whose connection was lost and is not back.
     lost: BTreeSet<u16>,
-    /// Rounds of reports stored from gossip or catch-up, for the round
-    /// machine's leader schedule ([`Input::StoredReports`]).
-    stored_news: Vec<Round>,
+    /// Reports stored from gossip or catch-up, for the round machine's
+    /// leader schedule and its feeds' last values ([`Input::StoredReports`]).
+    stored_news: Vec<SignedReport>,
     /// The unreachable set last given to the round machine.
     reported_unreachable: BTreeSet<u16>,
     stats: DriverStats,
@@ -804,11 +804,12 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         }
         self.note_report_feeds(&report);
         self.note_stored(round);
+        let news = report.clone();
         if !self.sink.push(report) {
             return false;
         }
         self.history.hold(round);
-        self.stored_news.push(round);
+        self.stored_news.push(news);
         self.store_settled();
         self.catchup_poll();
         true
@@ -906,8 +907,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         }
         self.on_transport_event(ev).await;
         if !self.stored_news.is_empty() {
-            let rounds = std::mem::take(&mut self.stored_news);
-            self.input(Input::StoredReports(rounds)).await;
+            let reports = std::mem::take(&mut self.stored_news);
+            self.input(Input::StoredReports(reports)).await;
         }
     }
 
