@@ -6,6 +6,10 @@
 //! Groups:
 //! - `round/<suite>/n<N>/{leader,member}`: n = 4, 7, 16, 31 (t = 2f + 1), 10 feeds.
 //! - `round_1000_feeds/<suite>/n<N>/{leader,member}`: a 1,000-feed report.
+//! - `round_2000_feeds/ed25519/n7/{leader,member}`: a 2,000-feed report.
+//!
+//! Every member starts from a previous signed leaf of each feed (a second
+//! earlier), so each leaf's EMA and volatility are computed in full.
 //!
 //! Run: `cargo bench -p sibyl-aggregator --bench round -- --warm-up-time 1 --measurement-time 3`
 
@@ -13,12 +17,13 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+use sibyl_aggregator::aggregate::note_signed_leaf;
 use sibyl_aggregator::round::committee::{Committee, FeedConfig, Member, Timeouts};
 use sibyl_aggregator::round::{
     Action, Input, LocalObservation, Node, NodeKeys, Restore, SibylSuite,
 };
 use sibyl_aggregator::testkit::{DealerKeys, dealer_keys};
-use sibyl_aggregator::{ConfigDigest, FeedId};
+use sibyl_aggregator::{ConfigDigest, FeedId, ReportLeaf};
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -31,6 +36,8 @@ struct Setup<C: SibylSuite> {
     seeds: Vec<[u8; 32]>,
     dealer: DealerKeys<C>,
     feeds: Vec<FeedId>,
+    /// Each feed's previous signed leaf, a second before this round.
+    restore: Restore,
 }
 
 fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
@@ -56,6 +63,7 @@ fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
             decimals: 8,
             deviation_bps: 50,
             heartbeat_ms: 60_000,
+            policy: Default::default(),
         })
         .collect();
     let committee = Arc::new(
@@ -71,11 +79,23 @@ fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
         .expect("valid committee"),
     );
     let dealer = dealer_keys::<C, _>(n, t, &mut rng).expect("dealer keys");
+    let mut restore = Restore::default();
+    for (k, id) in ids.iter().enumerate() {
+        let price = 6_000_000_000_000 + k as i128 * 1_000 - 20_000;
+        let leaf = ReportLeaf {
+            ema: price - 3_000,
+            ema_confidence: 1_500,
+            volatility: 450_000_000,
+            ..ReportLeaf::basic(id.clone(), price, 1_000, 7, T0 - 1_000)
+        };
+        note_signed_leaf(&mut restore.last_values, &leaf, T0 - 999);
+    }
     Setup {
         committee,
         seeds,
         dealer,
         feeds: ids,
+        restore,
     }
 }
 
@@ -91,7 +111,7 @@ fn one_round<C: SibylSuite>(s: &Setup<C>, rng: &mut ChaCha20Rng) -> (Duration, D
                 key_package: s.dealer.key_packages[&id].clone(),
                 public_key_package: s.dealer.public_key_package.clone(),
             };
-            Node::new(s.committee.clone(), i, keys, Restore::default()).expect("node")
+            Node::new(s.committee.clone(), i, keys, s.restore.clone()).expect("node")
         })
         .collect();
     let mut spent = vec![Duration::ZERO; usize::from(n) + 1];
@@ -101,11 +121,16 @@ fn one_round<C: SibylSuite>(s: &Setup<C>, rng: &mut ChaCha20Rng) -> (Duration, D
             .feeds
             .iter()
             .enumerate()
-            .map(|(k, feed)| LocalObservation {
-                feed: feed.clone(),
-                price: 6_000_000_000_000 + k as i128 * 1_000 + i128::from(i),
-                spread: 1_000,
-                observed_at_ms: T0,
+            .map(|(k, feed)| {
+                let price = 6_000_000_000_000 + k as i128 * 1_000 + i128::from(i);
+                // Every quality field filled, as a member on live venues sends them.
+                LocalObservation {
+                    bid: Some(price - 500),
+                    ask: Some(price + 500),
+                    venues: 5,
+                    min_venues: 3,
+                    ..LocalObservation::basic(feed.clone(), price, 1_000, T0)
+                }
             })
             .collect();
         queue.push_back((i, Input::Observations(obs)));
@@ -180,6 +205,7 @@ fn rounds(c: &mut Criterion) {
     bench_suite::<frost_ed25519::Ed25519Sha512>(c, "ed25519", "round", &sizes, 10);
     bench_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(c, "secp256k1-evm", "round", &sizes, 10);
     bench_suite::<frost_ed25519::Ed25519Sha512>(c, "ed25519", "round_1000_feeds", &[7], 1000);
+    bench_suite::<frost_ed25519::Ed25519Sha512>(c, "ed25519", "round_2000_feeds", &[7], 2000);
     bench_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(
         c,
         "secp256k1-evm",

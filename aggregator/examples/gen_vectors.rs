@@ -21,8 +21,8 @@ use sibyl_aggregator::encoding::{encode_header, encode_leaf};
 use sibyl_aggregator::merkle::{self, LEAF_PREFIX, MerkleTree, NODE_PREFIX};
 use sibyl_aggregator::testkit::{DealerKeys, dealer_keys, threshold_sign};
 use sibyl_aggregator::{
-    ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
-    Suite,
+    ConfigDigest, FeedId, LeafStatus, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes,
+    SignedReport, Suite, report::flags,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -110,6 +110,20 @@ pub struct Leaf {
     pub num_observations: u16,
     /// Decimal string (u64).
     pub observed_at_ms: String,
+    /// Decimal string (int256 holding an i128); 0 = unknown.
+    pub bid: String,
+    /// Decimal string (int256 holding an i128); 0 = unknown.
+    pub ask: String,
+    pub venues: u16,
+    /// 0 ok, 1 degraded, 2 stale, 3 halted, 4 market_closed.
+    pub status: u8,
+    pub flags: u16,
+    /// Decimal string (int256 holding an i128).
+    pub ema: String,
+    /// Decimal string (uint256 holding a u128).
+    pub ema_confidence: String,
+    /// Decimal string (u64; 1e9 = 100 % a year).
+    pub volatility: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
@@ -208,6 +222,14 @@ fn leaf_json(l: &ReportLeaf) -> Leaf {
         confidence: l.confidence.to_string(),
         num_observations: l.num_observations,
         observed_at_ms: l.observed_at_ms.to_string(),
+        bid: l.bid.to_string(),
+        ask: l.ask.to_string(),
+        venues: l.venues,
+        status: l.status.as_u8(),
+        flags: l.flags,
+        ema: l.ema.to_string(),
+        ema_confidence: l.ema_confidence.to_string(),
+        volatility: l.volatility.to_string(),
     }
 }
 
@@ -332,14 +354,30 @@ impl Signer {
     }
 }
 
+/// A leaf with a bid/ask around the price, an EMA a little below it and a 45 %
+/// volatility; cases override the quality fields where they test them.
 fn leaf(id: &str, price: i128, confidence: u128, n: u16, at: u64) -> ReportLeaf {
     ReportLeaf {
-        feed_id: FeedId::new(id).expect("valid feed id"),
-        price,
-        confidence,
-        num_observations: n,
-        observed_at_ms: at,
+        bid: price.saturating_sub(1_000),
+        ask: price.saturating_add(1_000),
+        venues: n.saturating_add(2),
+        ema: price.saturating_sub(500),
+        volatility: 450_000_000,
+        ..ReportLeaf::basic(
+            FeedId::new(id).expect("valid feed id"),
+            price,
+            confidence,
+            n,
+            at,
+        )
     }
+}
+
+/// `l` with a status and flags.
+fn flagged(mut l: ReportLeaf, status: LeafStatus, flags: u16) -> ReportLeaf {
+    l.status = status;
+    l.flags = flags;
+    l
 }
 
 fn header(config_digest: ConfigDigest, round: u64, ts: u64, leaves: &[ReportLeaf]) -> ReportHeader {
@@ -371,11 +409,33 @@ fn valid_inputs() -> Vec<(&'static str, ReportHeader, Vec<ReportLeaf>)> {
         leaf("BTC-USD", 6_512_345_678_901_234, 1_250_000_000, 7, ts - 420),
         leaf("ETH-USD", 251_234_500_000, 95_000_000, 6, ts - 380),
         // Negative prices happen (spreads, funding rates, some power markets).
-        leaf("WTI-SPREAD", -1_234_567, 8_000, 5, ts - 900),
+        flagged(
+            leaf("WTI-SPREAD", -1_234_567, 8_000, 5, ts - 900),
+            LeafStatus::Degraded,
+            flags::FEW_VENUES | flags::UNCONFIRMED_JUMP,
+        ),
     ];
     let extremes = vec![
-        leaf("A", i128::MIN, u128::MAX, u16::MAX, u64::MAX),
-        leaf("B", i128::MAX, 0, 0, 0),
+        ReportLeaf {
+            bid: i128::MIN,
+            ask: i128::MAX,
+            venues: u16::MAX,
+            status: LeafStatus::MarketClosed,
+            flags: flags::ALL,
+            ema: i128::MIN,
+            ema_confidence: u128::MAX,
+            volatility: u64::MAX,
+            ..leaf("A", i128::MIN, u128::MAX, u16::MAX, u64::MAX)
+        },
+        ReportLeaf {
+            bid: 0,
+            ask: 0,
+            venues: 0,
+            ema: i128::MAX,
+            ema_confidence: 0,
+            volatility: 0,
+            ..leaf("B", i128::MAX, 0, 0, 0)
+        },
         leaf("C", -1, 1, 1, 1),
         leaf("C.X", 0, 0, 3, ts),
         leaf("ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ", 1, 2, 3, 4),
@@ -513,6 +573,33 @@ fn invalid_cases(signer: &mut Signer, base: &SignedReport) -> Vec<InvalidCase> {
         signer,
         "tampered-price",
         "leaf price changed by one unit; proof and signatures are the originals",
+        "BadProof",
+        &base.header,
+        &l,
+        &proof(0),
+        orig,
+    );
+
+    let mut l = base.leaves[2].clone();
+    l.status = LeafStatus::Ok;
+    l.flags = 0;
+    push(
+        signer,
+        "tampered-status",
+        "a degraded leaf's status and flags rewritten to ok; proof and signatures are the originals",
+        "BadProof",
+        &base.header,
+        &l,
+        &proof(2),
+        orig,
+    );
+
+    let mut l = base.leaves[0].clone();
+    l.ema += 1;
+    push(
+        signer,
+        "tampered-ema",
+        "leaf ema changed by one unit; proof and signatures are the originals",
         "BadProof",
         &base.header,
         &l,

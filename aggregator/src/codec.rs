@@ -555,8 +555,6 @@ pub fn signature_len(suite: Suite) -> usize {
     }
 }
 
-/// Wire size of one [`ReportLeaf`].
-pub const LEAF_WIRE_LEN: usize = 32 + 16 + 16 + 2 + 8;
 /// Wire size of one [`ReportHeader`].
 pub const HEADER_WIRE_LEN: usize = 1 + 32 + 8 + 8 + 32;
 /// Most signatures a report carries (one per suite).
@@ -578,26 +576,70 @@ impl Decode for Suite {
     }
 }
 
-/// `bytes32 feed ‖ i128 price ‖ u128 confidence ‖ u16 observations ‖ u64 observed at` (74 bytes).
+/// Wire size of one [`ReportLeaf`].
+pub const LEAF_WIRE_LEN: usize = 32 + 16 + 16 + 2 + 8 + 16 + 16 + 2 + 1 + 2 + 16 + 16 + 8;
+
+/// `bytes32 feed ‖ i128 price ‖ u128 confidence ‖ u16 observations ‖ u64 observed at
+/// ‖ i128 bid ‖ i128 ask ‖ u16 venues ‖ u8 status ‖ u16 flags ‖ i128 ema
+/// ‖ u128 ema confidence ‖ u64 volatility` ([`LEAF_WIRE_LEN`] = 151 bytes).
 impl Encode for ReportLeaf {
     fn encode(&self, w: &mut Writer) {
         w.put(&self.feed_id)
             .i128(self.price)
             .u128(self.confidence)
             .u16(self.num_observations)
-            .u64(self.observed_at_ms);
+            .u64(self.observed_at_ms)
+            .i128(self.bid)
+            .i128(self.ask)
+            .u16(self.venues)
+            .u8(self.status.as_u8())
+            .u16(self.flags)
+            .i128(self.ema)
+            .u128(self.ema_confidence)
+            .u64(self.volatility);
     }
 }
 
 impl Decode for ReportLeaf {
     const WHAT: &'static str = "report leaf";
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let feed_id = r.get()?;
+        let price = r.i128("leaf price")?;
+        let confidence = r.u128("leaf confidence")?;
+        let num_observations = r.u16("leaf observation count")?;
+        let observed_at_ms = r.u64("leaf observed-at timestamp")?;
+        let bid = r.i128("leaf bid")?;
+        let ask = r.i128("leaf ask")?;
+        let venues = r.u16("leaf venues")?;
+        let at = r.position();
+        let tag = r.u8("leaf status")?;
+        let status = crate::report::LeafStatus::from_u8(tag).ok_or(DecodeError::InvalidTag {
+            what: "leaf status",
+            at,
+            tag: tag.into(),
+        })?;
+        let at = r.position();
+        let flags = r.u16("leaf flags")?;
+        if flags & !crate::report::flags::ALL != 0 {
+            return Err(DecodeError::NonCanonical {
+                what: "leaf flags",
+                at,
+            });
+        }
         Ok(ReportLeaf {
-            feed_id: r.get()?,
-            price: r.i128("leaf price")?,
-            confidence: r.u128("leaf confidence")?,
-            num_observations: r.u16("leaf observation count")?,
-            observed_at_ms: r.u64("leaf observed-at timestamp")?,
+            feed_id,
+            price,
+            confidence,
+            num_observations,
+            observed_at_ms,
+            bid,
+            ask,
+            venues,
+            status,
+            flags,
+            ema: r.i128("leaf ema")?,
+            ema_confidence: r.u128("leaf ema confidence")?,
+            volatility: r.u64("leaf volatility")?,
         })
     }
 }

@@ -7,7 +7,10 @@
 //!
 //! ```text
 //! leaf   = abi.encode(bytes32 feedId, int256 price, uint256 confidence,
-//!                     uint16 numObservations, uint64 observedAtMs)      160 bytes
+//!                     uint16 numObservations, uint64 observedAtMs,
+//!                     int256 bid, int256 ask, uint16 venues, uint8 status,
+//!                     uint16 flags, int256 ema, uint256 emaConfidence,
+//!                     uint64 volatility)                                416 bytes
 //! header = abi.encode(uint8 version, bytes32 configDigest, uint64 round,
 //!                     uint64 timestampMs, bytes32 merkleRoot)          160 bytes
 //! ```
@@ -19,12 +22,12 @@
 #![warn(missing_docs)]
 
 use crate::codec::DecodeError;
-use crate::report::{ConfigDigest, FeedId, ReportHeader, ReportLeaf};
+use crate::report::{ConfigDigest, FeedId, LeafStatus, ReportHeader, ReportLeaf, flags};
 
 /// One ABI word.
 pub const WORD: usize = 32;
 /// Length of `abi.encode(leaf)`.
-pub const LEAF_ABI_LEN: usize = 5 * WORD;
+pub const LEAF_ABI_LEN: usize = 13 * WORD;
 /// Length of `abi.encode(header)`.
 pub const HEADER_ABI_LEN: usize = 5 * WORD;
 
@@ -42,14 +45,29 @@ pub fn word_i128(v: i128) -> [u8; 32] {
     w
 }
 
-/// `abi.encode(bytes32 feedId, int256 price, uint256 confidence, uint16 numObservations, uint64 observedAtMs)`.
+/// `abi.encode(bytes32 feedId, int256 price, uint256 confidence, uint16 numObservations,
+/// uint64 observedAtMs, int256 bid, int256 ask, uint16 venues, uint8 status, uint16 flags,
+/// int256 ema, uint256 emaConfidence, uint64 volatility)`.
 pub fn encode_leaf(leaf: &ReportLeaf) -> [u8; LEAF_ABI_LEN] {
     let mut out = [0u8; LEAF_ABI_LEN];
-    out[0..32].copy_from_slice(&leaf.feed_id.to_bytes32());
-    out[32..64].copy_from_slice(&word_i128(leaf.price));
-    out[64..96].copy_from_slice(&word_u128(leaf.confidence));
-    out[96..128].copy_from_slice(&word_u128(leaf.num_observations.into()));
-    out[128..160].copy_from_slice(&word_u128(leaf.observed_at_ms.into()));
+    let words: [[u8; 32]; 13] = [
+        leaf.feed_id.to_bytes32(),
+        word_i128(leaf.price),
+        word_u128(leaf.confidence),
+        word_u128(leaf.num_observations.into()),
+        word_u128(leaf.observed_at_ms.into()),
+        word_i128(leaf.bid),
+        word_i128(leaf.ask),
+        word_u128(leaf.venues.into()),
+        word_u128(leaf.status.as_u8().into()),
+        word_u128(leaf.flags.into()),
+        word_i128(leaf.ema),
+        word_u128(leaf.ema_confidence),
+        word_u128(leaf.volatility.into()),
+    ];
+    for (i, w) in words.iter().enumerate() {
+        out[i * WORD..(i + 1) * WORD].copy_from_slice(w);
+    }
     out
 }
 
@@ -64,20 +82,41 @@ pub fn encode_header(h: &ReportHeader) -> [u8; HEADER_ABI_LEN] {
     out
 }
 
-/// Inverse of [`encode_leaf`]; rejects any input `encode_leaf` could not produce.
+/// Inverse of [`encode_leaf`]; rejects any input `encode_leaf` could not produce
+/// (including an unknown status or flag bit).
 pub fn decode_leaf(bytes: &[u8]) -> Result<ReportLeaf, DecodeError> {
-    let words = words::<5>(bytes, "ABI leaf")?;
+    let words = words::<13>(bytes, "ABI leaf")?;
     let feed_id = FeedId::from_bytes32(&words[0]).map_err(|e| DecodeError::Invalid {
         what: "ABI leaf feed id",
         at: 0,
         reason: e.to_string(),
     })?;
+    let status_byte: u8 = narrow(&words[8], 1, "ABI leaf status", 8 * WORD)?;
+    let status = LeafStatus::from_u8(status_byte).ok_or(DecodeError::NonCanonical {
+        what: "ABI leaf status",
+        at: 8 * WORD,
+    })?;
+    let flag_bits: u16 = narrow(&words[9], 2, "ABI leaf flags", 9 * WORD)?;
+    if flag_bits & !flags::ALL != 0 {
+        return Err(DecodeError::NonCanonical {
+            what: "ABI leaf flags",
+            at: 9 * WORD,
+        });
+    }
     Ok(ReportLeaf {
         feed_id,
         price: read_i128(&words[1], "ABI leaf price", WORD)?,
         confidence: read_uint(&words[2], 16, "ABI leaf confidence", 2 * WORD)?,
         num_observations: narrow(&words[3], 2, "ABI leaf numObservations", 3 * WORD)?,
         observed_at_ms: narrow(&words[4], 8, "ABI leaf observedAtMs", 4 * WORD)?,
+        bid: read_i128(&words[5], "ABI leaf bid", 5 * WORD)?,
+        ask: read_i128(&words[6], "ABI leaf ask", 6 * WORD)?,
+        venues: narrow(&words[7], 2, "ABI leaf venues", 7 * WORD)?,
+        status,
+        flags: flag_bits,
+        ema: read_i128(&words[10], "ABI leaf ema", 10 * WORD)?,
+        ema_confidence: read_uint(&words[11], 16, "ABI leaf emaConfidence", 11 * WORD)?,
+        volatility: narrow(&words[12], 8, "ABI leaf volatility", 12 * WORD)?,
     })
 }
 
@@ -160,30 +199,56 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn leaf_strategy() -> impl Strategy<Value = ReportLeaf> {
+    pub(crate) fn leaf_strategy() -> impl Strategy<Value = ReportLeaf> {
         (
-            "[A-Z0-9][A-Z0-9._-]{0,31}",
-            any::<i128>(),
-            any::<u128>(),
-            any::<u16>(),
-            any::<u64>(),
+            (
+                "[A-Z0-9][A-Z0-9._-]{0,31}",
+                any::<i128>(),
+                any::<u128>(),
+                any::<u16>(),
+                any::<u64>(),
+            ),
+            (
+                any::<i128>(),
+                any::<i128>(),
+                any::<u16>(),
+                0u8..5,
+                0..=flags::ALL,
+            ),
+            (any::<i128>(), any::<u128>(), any::<u64>()),
         )
-            .prop_map(|(id, price, confidence, n, t)| ReportLeaf {
-                feed_id: FeedId::new(id).expect("strategy produces valid ids"),
-                price,
-                confidence,
-                num_observations: n,
-                observed_at_ms: t,
-            })
+            .prop_map(
+                |((id, price, confidence, n, t), (bid, ask, venues, st, fl), (ema, ec, vol))| {
+                    ReportLeaf {
+                        feed_id: FeedId::new(id).expect("strategy produces valid ids"),
+                        price,
+                        confidence,
+                        num_observations: n,
+                        observed_at_ms: t,
+                        bid,
+                        ask,
+                        venues,
+                        status: LeafStatus::from_u8(st).expect("0..5 are statuses"),
+                        flags: fl,
+                        ema,
+                        ema_confidence: ec,
+                        volatility: vol,
+                    }
+                },
+            )
     }
 
     fn leaf() -> ReportLeaf {
         ReportLeaf {
-            feed_id: FeedId::new("BTC-USD").unwrap(),
-            price: -5,
-            confidence: 7,
-            num_observations: 3,
-            observed_at_ms: 0x0102,
+            bid: -6,
+            ask: 9,
+            venues: 5,
+            status: LeafStatus::Degraded,
+            flags: flags::FEW_VENUES | flags::UNCONFIRMED_JUMP,
+            ema: 11,
+            ema_confidence: 12,
+            volatility: 0x0304,
+            ..ReportLeaf::basic(FeedId::new("BTC-USD").unwrap(), -5, 7, 3, 0x0102)
         }
     }
 
@@ -197,6 +262,15 @@ mod tests {
         assert_eq!(b[95], 7);
         assert_eq!(b[127], 3);
         assert_eq!(&b[158..160], &[1, 2]);
+        assert!(b[160..191].iter().all(|&x| x == 0xff));
+        assert_eq!(b[191], 0xfa); // bid -6
+        assert_eq!(b[223], 9);
+        assert_eq!(b[255], 5);
+        assert_eq!(b[287], 1); // degraded
+        assert_eq!(b[319], 0x11);
+        assert_eq!(b[351], 11);
+        assert_eq!(b[383], 12);
+        assert_eq!(&b[414..416], &[3, 4]);
         assert_eq!(decode_leaf(&b).unwrap(), leaf());
     }
 
@@ -217,9 +291,21 @@ mod tests {
             decode_leaf(&b),
             Err(DecodeError::NonCanonical { at: 96, .. })
         ));
+        let mut b = encode_leaf(&leaf());
+        b[287] = 5; // no such status
         assert!(matches!(
-            decode_leaf(&b[..159]),
-            Err(DecodeError::Truncated { need: 160, .. })
+            decode_leaf(&b),
+            Err(DecodeError::NonCanonical { at: 256, .. })
+        ));
+        let mut b = encode_leaf(&leaf());
+        b[318] = 1; // flag bit 8 is not defined
+        assert!(matches!(
+            decode_leaf(&b),
+            Err(DecodeError::NonCanonical { at: 288, .. })
+        ));
+        assert!(matches!(
+            decode_leaf(&b[..415]),
+            Err(DecodeError::Truncated { need: 416, .. })
         ));
         let mut long = encode_leaf(&leaf()).to_vec();
         long.push(0);
@@ -242,7 +328,7 @@ mod tests {
         }
 
         #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..450)) {
             if let Ok(l) = decode_leaf(&bytes) {
                 prop_assert_eq!(&encode_leaf(&l)[..], &bytes[..]);
             }

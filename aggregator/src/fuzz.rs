@@ -180,6 +180,7 @@ fn build_fixture() -> FuzzFixture {
                 decimals: 8,
                 deviation_bps: 50,
                 heartbeat_ms: 60_000,
+                policy: Default::default(),
             })
             .collect(),
         FUZZ_DIGEST,
@@ -213,12 +214,9 @@ fn build_fixture() -> FuzzFixture {
 
     let observation = |price: i128| {
         Payload::Observation(ObservationMsg {
-            entries: vec![ObservationEntry {
-                feed: feed.clone(),
-                price,
-                spread: 10,
-                observed_at_ms: 1_760_000_000_000,
-            }],
+            entries: vec![ObservationEntry::from(
+                &crate::round::LocalObservation::basic(feed.clone(), price, 10, 1_760_000_000_000),
+            )],
             commitments: vec![commitment.clone()],
         })
     };
@@ -505,11 +503,19 @@ mod tests {
             any::<u64>(),
         )
             .prop_map(|(id, price, confidence, n, t)| ReportLeaf {
-                feed_id: FeedId::new(id).expect("strategy yields valid ids"),
-                price,
-                confidence,
-                num_observations: n,
-                observed_at_ms: t,
+                bid: price.saturating_sub(1),
+                ask: price.saturating_add(1),
+                venues: n % 17,
+                status: crate::report::LeafStatus::from_u8((n % 5) as u8).unwrap_or_default(),
+                flags: n & crate::report::flags::ALL,
+                volatility: t / 3,
+                ..ReportLeaf::basic(
+                    FeedId::new(id).expect("strategy yields valid ids"),
+                    price,
+                    confidence,
+                    n,
+                    t,
+                )
             })
     }
 

@@ -31,6 +31,7 @@ pub mod verify;
 
 pub mod aggregate;
 pub mod dkg;
+pub mod ema;
 pub mod evidence;
 pub mod round;
 /// The seeded committee simulator (cargo feature `sim`).
@@ -44,6 +45,6 @@ pub mod sim;
 
 pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
 pub use report::{
-    ConfigDigest, FeedId, FeedIdError, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round,
-    SignatureBytes, SignedReport, Suite, TimestampMs,
+    ConfigDigest, FeedId, FeedIdError, LeafStatus, PROTOCOL_VERSION, Price, ReportHeader,
+    ReportLeaf, Round, SignatureBytes, SignedReport, Suite, TimestampMs,
 };

@@ -296,12 +296,14 @@ mod tests {
 
     fn leaves(n: usize) -> Vec<ReportLeaf> {
         (0..n)
-            .map(|i| ReportLeaf {
-                feed_id: FeedId::new(format!("F{i:05}")).unwrap(),
-                price: i as i128 * 1000 - 7,
-                confidence: i as u128,
-                num_observations: 3,
-                observed_at_ms: 1_700_000_000_000 + i as u64,
+            .map(|i| {
+                ReportLeaf::basic(
+                    FeedId::new(format!("F{i:05}")).unwrap(),
+                    i as i128 * 1000 - 7,
+                    i as u128,
+                    3,
+                    1_700_000_000_000 + i as u64,
+                )
             })
             .collect()
     }

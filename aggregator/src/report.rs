@@ -50,6 +50,159 @@ pub struct ReportLeaf {
     pub num_observations: u16,
     /// Median of the attributed observations' own timestamps, ms since the Unix epoch.
     pub observed_at_ms: TimestampMs,
+    /// Best bid: lower median of the members' best bids, taken over the
+    /// members that reported both a bid and an ask (so `bid <= ask`); `0`
+    /// when fewer than `2f + 1` did. Same fixed point as `price`.
+    #[serde(default)]
+    pub bid: Price,
+    /// Best ask, the same way as `bid`; `0` when unknown.
+    #[serde(default)]
+    pub ask: Price,
+    /// Lower median of the members' venue counts (venues behind each price).
+    #[serde(default)]
+    pub venues: u16,
+    /// The leaf's headline status; `flags` say why (docs/PROTOCOL.md, "Status and flags").
+    #[serde(default)]
+    pub status: LeafStatus,
+    /// Reasons, [`flags`] bits; unknown bits are refused by every decoder.
+    #[serde(default)]
+    pub flags: u16,
+    /// Confidence-weighted EMA of `price` (time constant one hour), same fixed point.
+    #[serde(default)]
+    pub ema: Price,
+    /// The EMA's confidence (a weighted harmonic mean of the confidences).
+    #[serde(default)]
+    pub ema_confidence: u128,
+    /// Realised volatility: EWMA of squared log returns, annualised, as a
+    /// fraction with 9 decimals (`1_000_000_000` = 100 % a year).
+    #[serde(default)]
+    pub volatility: u64,
+}
+
+/// A leaf's headline status (ABI `uint8`, wire `u8`). The most severe
+/// condition wins, in this order: `Halted`, `MarketClosed`, `Stale`,
+/// `Degraded`, `Ok`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum LeafStatus {
+    /// Enough venues, members agree, within the band, no unconfirmed jump.
+    #[default]
+    Ok = 0,
+    /// Usable with care: one or more of [`flags::FEW_VENUES`],
+    /// [`flags::WIDE_CONFIDENCE`], [`flags::PEG_DEPARTED`],
+    /// [`flags::OUT_OF_BAND`], [`flags::UNCONFIRMED_JUMP`].
+    Degraded = 1,
+    /// The observations behind the price are old ([`flags::STALE`]).
+    Stale = 2,
+    /// A majority of the members see the market halted.
+    Halted = 3,
+    /// A majority of the members see the market closed.
+    MarketClosed = 4,
+}
+
+impl LeafStatus {
+    /// The status's byte in both encodings.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`LeafStatus::as_u8`]; `None` for an unknown value.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Ok,
+            1 => Self::Degraded,
+            2 => Self::Stale,
+            3 => Self::Halted,
+            4 => Self::MarketClosed,
+            _ => return None,
+        })
+    }
+
+    /// The status as the API and docs write it (`ok`, `degraded`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Degraded => "degraded",
+            Self::Stale => "stale",
+            Self::Halted => "halted",
+            Self::MarketClosed => "market_closed",
+        }
+    }
+}
+
+/// Bits of [`ReportLeaf::flags`] (docs/PROTOCOL.md, "Status and flags").
+pub mod flags {
+    /// Fewer venues behind the price than the feed's minimum.
+    pub const FEW_VENUES: u16 = 1 << 0;
+    /// Confidence wider than the feed's `max_confidence_bps` of the price
+    /// (members or venues disagree).
+    pub const WIDE_CONFIDENCE: u16 = 1 << 1;
+    /// A majority of the members see a stablecoin leg off its peg.
+    pub const PEG_DEPARTED: u16 = 1 << 2;
+    /// The price is outside the feed's configured band.
+    pub const OUT_OF_BAND: u16 = 1 << 3;
+    /// The price moved more than the feed's `max_jump_bps` from the previous
+    /// signed leaf; the next leaf within the bound of this one confirms it.
+    pub const UNCONFIRMED_JUMP: u16 = 1 << 4;
+    /// The median observation is older than half the observation age limit.
+    pub const STALE: u16 = 1 << 5;
+    /// A majority of the members see the market halted.
+    pub const HALTED: u16 = 1 << 6;
+    /// A majority of the members see the market closed.
+    pub const MARKET_CLOSED: u16 = 1 << 7;
+    /// Every defined bit; a decoder refuses any other.
+    pub const ALL: u16 = (1 << 8) - 1;
+    /// Names in bit order, as the API lists them.
+    pub const NAMES: [(u16, &str); 8] = [
+        (FEW_VENUES, "few_venues"),
+        (WIDE_CONFIDENCE, "wide_confidence"),
+        (PEG_DEPARTED, "peg_departed"),
+        (OUT_OF_BAND, "out_of_band"),
+        (UNCONFIRMED_JUMP, "unconfirmed_jump"),
+        (STALE, "stale"),
+        (HALTED, "halted"),
+        (MARKET_CLOSED, "market_closed"),
+    ];
+
+    /// The names of the bits set in `flags`, in bit order.
+    pub fn names(flags: u16) -> Vec<&'static str> {
+        NAMES
+            .iter()
+            .filter(|(bit, _)| flags & bit != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
+impl ReportLeaf {
+    /// A leaf with only the base fields set (no bid/ask, status `ok`, no
+    /// flags, EMA equal to the price, zero volatility): tests and tools.
+    pub fn basic(
+        feed_id: FeedId,
+        price: Price,
+        confidence: u128,
+        num_observations: u16,
+        observed_at_ms: TimestampMs,
+    ) -> Self {
+        Self {
+            feed_id,
+            price,
+            confidence,
+            num_observations,
+            observed_at_ms,
+            bid: 0,
+            ask: 0,
+            venues: 0,
+            status: LeafStatus::Ok,
+            flags: 0,
+            ema: price,
+            ema_confidence: confidence,
+            volatility: 0,
+        }
+    }
 }
 
 /// The signed part of a report. Its digest is what FROST signs.

@@ -26,7 +26,7 @@
 //! the range of the honest members' observations that were fresh at the
 //! report's timestamp.
 
-use crate::aggregate::LastValue;
+use crate::aggregate::{LastValue, note_signed_leaf};
 use crate::digest::header_digest;
 use crate::report::{ConfigDigest, FeedId, Price, Round, SignedReport, TimestampMs};
 use crate::round::committee::{Committee, FeedConfig, Member, Timeouts};
@@ -404,6 +404,7 @@ impl<C: SibylSuite> Sim<C> {
                 decimals: 8,
                 deviation_bps: 50,
                 heartbeat_ms: 3_000,
+                policy: Default::default(),
             })
             .collect();
         let truth = feeds
@@ -777,12 +778,12 @@ impl<C: SibylSuite> Sim<C> {
                         .or_default()
                         .push((self.now, price));
                 }
-                list.push(LocalObservation {
-                    feed: id.clone(),
+                list.push(LocalObservation::basic(
+                    id.clone(),
                     price,
-                    spread: (truth / 10_000).unsigned_abs(),
-                    observed_at_ms: self.local_now(index),
-                });
+                    (truth / 10_000).unsigned_abs(),
+                    self.local_now(index),
+                ));
             }
             self.input(index, Input::Observations(list));
         }
@@ -906,13 +907,7 @@ impl<C: SibylSuite> Sim<C> {
                 d.last_report_round = Some(report.header.round);
                 d.report_rounds.insert(report.header.round);
                 for leaf in &report.leaves {
-                    d.last_values.insert(
-                        leaf.feed_id.clone(),
-                        LastValue {
-                            price: leaf.price,
-                            reported_at_ms: report.header.timestamp_ms,
-                        },
-                    );
+                    note_signed_leaf(&mut d.last_values, leaf, report.header.timestamp_ms);
                 }
                 self.check_report(&report);
                 None

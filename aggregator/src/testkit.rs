@@ -116,6 +116,14 @@ pub fn sample_leaves(n: usize) -> Vec<ReportLeaf> {
                 confidence: (i as u128) * 12_345 + if i % 5 == 0 { u64::MAX as u128 } else { 0 },
                 num_observations: 3 + (i % 29) as u16,
                 observed_at_ms: 1_760_000_000_000 + i as u64 * 17,
+                bid: (i64_ as i128) * 1_000 - 1,
+                ask: (i64_ as i128) * 1_000 + 1,
+                venues: (i % 13) as u16,
+                status: crate::report::LeafStatus::from_u8((i % 5) as u8).unwrap_or_default(),
+                flags: (i as u16 * 37) & crate::report::flags::ALL,
+                ema: (i64_ as i128 + 1) * 6_543_210_987_654_000,
+                ema_confidence: (i as u128) * 9_999,
+                volatility: i as u64 * 1_234_567,
             }
         })
         .collect();

@@ -58,6 +58,14 @@ fn leaf(l: &gen_vectors::Leaf) -> ReportLeaf {
         confidence: l.confidence.parse().expect("u128"),
         num_observations: l.num_observations,
         observed_at_ms: l.observed_at_ms.parse().expect("u64"),
+        bid: l.bid.parse().expect("i128"),
+        ask: l.ask.parse().expect("i128"),
+        venues: l.venues,
+        status: sibyl_aggregator::LeafStatus::from_u8(l.status).expect("a status"),
+        flags: l.flags,
+        ema: l.ema.parse().expect("i128"),
+        ema_confidence: l.ema_confidence.parse().expect("u128"),
+        volatility: l.volatility.parse().expect("u64"),
     }
 }
 

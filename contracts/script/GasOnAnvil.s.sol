@@ -26,7 +26,16 @@ contract GasOnAnvil is Script {
                 price: 97_123_45678901 + int256(i) * 1_000_000 + bump,
                 confidence: uint256(12_345_678 + bump),
                 numObservations: 7,
-                observedAtMs: uint64(block.timestamp) * 1000 - 5_000
+                observedAtMs: uint64(block.timestamp) * 1000 - 5_000,
+                // The quality fields of a live leaf, so the calldata costs what a real push does.
+                bid: 97_123_40000000 + int256(i) * 1_000_000 + bump,
+                ask: 97_123_50000000 + int256(i) * 1_000_000 + bump,
+                venues: 5,
+                status: 0,
+                flags: 0,
+                ema: 97_120_00000000 + int256(i) * 1_000_000,
+                emaConfidence: 11_000_000,
+                volatility: 450_000_000
             });
         }
     }

@@ -20,7 +20,7 @@ import {FrostSecp256k1} from "./FrostSecp256k1.sol";
 ///   digest = keccak256(abi.encode(keccak256("Sibyl report v1"), version, configDigest,
 ///                                 round, timestampMs, merkleRoot))
 /// with FROST(secp256k1, Keccak-256); leaves are
-///   keccak256(0x00 || abi.encode(feedId, price, confidence, numObservations, observedAtMs))
+///   keccak256(0x00 || abi.encode(leaf))   (the 13 static fields of `Leaf`, 416 bytes)
 /// and inner nodes keccak256(0x01 || min(a, b) || max(a, b)), an odd last node promoted.
 ///
 /// The committee (group key + config digest) changes only through `rotateCommittee`, with a
@@ -51,6 +51,21 @@ contract SibylFeed {
         uint256 confidence;
         uint16 numObservations;
         uint64 observedAtMs;
+        /// Lower median of the members' best bids / asks; 0 = unknown.
+        int256 bid;
+        int256 ask;
+        /// Venues behind the price (median over the members).
+        uint16 venues;
+        /// 0 ok, 1 degraded, 2 stale, 3 halted, 4 market_closed (docs/PROTOCOL.md, "Status and flags").
+        uint8 status;
+        /// Reasons: bit 0 few venues, 1 wide confidence, 2 peg departed, 3 out of band,
+        /// 4 unconfirmed jump, 5 stale, 6 halted, 7 market closed.
+        uint16 flags;
+        /// Confidence-weighted EMA of the price (time constant 1 h) and its confidence.
+        int256 ema;
+        uint256 emaConfidence;
+        /// Realised volatility, annualised, 1e9 = 100 %.
+        uint64 volatility;
     }
 
     /// A FROST(secp256k1, Keccak-256) signature (R = (rx, ry), z) together with the x coordinate
@@ -288,8 +303,8 @@ contract SibylFeed {
         assembly ("memory-safe") {
             let p := mload(0x40)
             mstore8(p, 0)
-            calldatacopy(add(p, 1), leaf, 160)
-            h := keccak256(p, 161)
+            calldatacopy(add(p, 1), leaf, 416)
+            h := keccak256(p, 417)
         }
     }
 
@@ -407,12 +422,12 @@ contract SibylFeed {
         assembly ("memory-safe") {
             let n := leaves.length
             let level := mload(0x40)
-            // scratch for one preimage (161 bytes) above the level array
+            // scratch for one preimage (417 bytes) above the level array
             let scratch := add(level, shl(5, n))
             mstore8(scratch, 0)
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                calldatacopy(add(scratch, 1), add(leaves.offset, mul(i, 0xa0)), 0xa0)
-                mstore(add(level, shl(5, i)), keccak256(scratch, 161))
+                calldatacopy(add(scratch, 1), add(leaves.offset, mul(i, 0x1a0)), 0x1a0)
+                mstore(add(level, shl(5, i)), keccak256(scratch, 417))
             }
             mstore8(scratch, 1)
             for {} gt(n, 1) {} {

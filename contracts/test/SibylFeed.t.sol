@@ -45,7 +45,15 @@ contract SibylFeedTest is Test {
                 price: basePrice + int256(i) * 1e8,
                 confidence: 25e6 + i,
                 numObservations: 7,
-                observedAtMs: NOW_MS - 400
+                observedAtMs: NOW_MS - 400,
+                bid: 0,
+                ask: 0,
+                venues: 5,
+                status: 0,
+                flags: 0,
+                ema: 0,
+                emaConfidence: 0,
+                volatility: 0
             });
         }
     }

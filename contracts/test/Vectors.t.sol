@@ -48,6 +48,14 @@ contract VectorsTest is Test {
         l.confidence = vm.parseJsonUint(json, string.concat(at, ".confidence"));
         l.numObservations = uint16(vm.parseJsonUint(json, string.concat(at, ".num_observations")));
         l.observedAtMs = uint64(vm.parseJsonUint(json, string.concat(at, ".observed_at_ms")));
+        l.bid = vm.parseJsonInt(json, string.concat(at, ".bid"));
+        l.ask = vm.parseJsonInt(json, string.concat(at, ".ask"));
+        l.venues = uint16(vm.parseJsonUint(json, string.concat(at, ".venues")));
+        l.status = uint8(vm.parseJsonUint(json, string.concat(at, ".status")));
+        l.flags = uint16(vm.parseJsonUint(json, string.concat(at, ".flags")));
+        l.ema = vm.parseJsonInt(json, string.concat(at, ".ema"));
+        l.emaConfidence = vm.parseJsonUint(json, string.concat(at, ".ema_confidence"));
+        l.volatility = uint64(vm.parseJsonUint(json, string.concat(at, ".volatility")));
     }
 
     function signature(string memory at) internal view returns (SibylFeed.Signature memory s) {

@@ -43,16 +43,30 @@ fn price(base: i128, i: u64) -> i128 {
     base * 10i128.pow(DECIMALS) + wiggle * 10i128.pow(DECIMALS - 3) * base / 100
 }
 
+/// A leaf with its quality fields; the last feed is degraded (too few
+/// venues), so the table shows both statuses.
+fn leaf(id: &str, price: i128, observed_at_ms: u64) -> ReportLeaf {
+    let mut l = ReportLeaf::basic(
+        FeedId::new(id).expect("feed"),
+        price,
+        1_000,
+        4,
+        observed_at_ms,
+    );
+    l.ema = price - 1_000;
+    l.venues = 5;
+    if id == FEEDS[FEEDS.len() - 1].0 {
+        l.venues = 1;
+        l.status = sibyl_aggregator::LeafStatus::Degraded;
+        l.flags = sibyl_aggregator::report::flags::FEW_VENUES;
+    }
+    l
+}
+
 fn report(round: u64, ts: u64) -> SignedReport {
     let leaves: Vec<ReportLeaf> = FEEDS
         .iter()
-        .map(|(id, base)| ReportLeaf {
-            feed_id: FeedId::new(*id).expect("feed"),
-            price: price(*base, round),
-            confidence: 1_000,
-            num_observations: 4,
-            observed_at_ms: ts - 20,
-        })
+        .map(|(id, base)| leaf(id, price(*base, round), ts - 20))
         .collect();
     SignedReport {
         header: ReportHeader {
@@ -242,7 +256,8 @@ const PAGE_STATE: &str = r#"(() => {
   if (!chart) return JSON.stringify({ loading: true });
   return JSON.stringify({
     rows: Array.from(document.querySelectorAll('#feeds tbody tr')).map(tr => ({
-      feed: tr.dataset.feed, price: tr.children[1].textContent, round: tr.children[4].textContent })),
+      feed: tr.dataset.feed, price: tr.children[1].textContent, status: tr.children[4].textContent,
+      flags: tr.children[4].title, ema: tr.children[5].textContent, round: tr.children[6].textContent })),
     updates: Number(chart.dataset.updates),
     candles: Number(chart.dataset.candles),
     conn: document.getElementById('conn').textContent,
@@ -275,15 +290,11 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
     for ts in (start..now).step_by(10_000) {
         round += 1;
         for (id, base) in FEEDS {
-            points.push(Point {
-                feed_id: FeedId::new(id).expect("feed"),
+            points.push(Point::of_leaf(
+                &leaf(id, price(base, round), ts - 20),
                 round,
-                timestamp_ms: ts,
-                price: price(base, round),
-                confidence: 1_000,
-                num_observations: 4,
-                observed_at_ms: ts - 20,
-            });
+                ts,
+            ));
         }
     }
     store
@@ -351,6 +362,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
                 decimals: DECIMALS as u8,
                 deviation_bps: 10,
                 heartbeat_ms: 60_000,
+                policy: Default::default(),
             })
             .collect(),
         reports.subscribe(),
@@ -450,6 +462,14 @@ fn drive_browser(url: &str) {
             .contains("3 of 4 members connected")
     );
     assert_eq!(first["margin"], true);
+    // Every leaf's status and EMA are shown; the degraded feed says why.
+    assert_eq!(rows[0]["status"], "ok", "{first}");
+    assert!(
+        rows[0]["ema"].as_str().unwrap_or("").contains(','),
+        "EMA shown like the price: {first}"
+    );
+    assert_eq!(rows[2]["status"], "degraded *", "{first}");
+    assert_eq!(rows[2]["flags"], "few_venues", "{first}");
 
     // Live updates: the chart redraws and the table's round moves on.
     eprintln!("page loaded: {first}");

@@ -68,13 +68,7 @@ impl<C: SibylSuite> Node<C> {
         self.last_report_round = Some(round);
         self.schedule.note_report(round);
         for leaf in &report.leaves {
-            self.last_values.insert(
-                leaf.feed_id.clone(),
-                LastValue {
-                    price: leaf.price,
-                    reported_at_ms: report.header.timestamp_ms,
-                },
-            );
+            note_signed_leaf(&mut self.last_values, leaf, report.header.timestamp_ms);
         }
         self.stats.reports_accepted += 1;
         self.out.push(Action::SignedReport(report));

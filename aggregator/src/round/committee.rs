@@ -26,6 +26,25 @@ pub struct FeedConfig {
     pub deviation_bps: u32,
     /// Update at least this often.
     pub heartbeat_ms: u64,
+    /// Band and jump bounds: what the leaf flags (never clamps).
+    #[serde(default)]
+    pub policy: FeedPolicy,
+}
+
+/// A feed's flag bounds (docs/PROTOCOL.md, "Status and flags"). Crossing one
+/// sets a flag in the leaf; no price is ever floored, capped or held back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedPolicy {
+    /// Below this price the leaf is flagged `out_of_band`.
+    pub band_min: Option<crate::report::Price>,
+    /// Above this price the leaf is flagged `out_of_band`.
+    pub band_max: Option<crate::report::Price>,
+    /// A move of more than this many basis points from the feed's previous
+    /// signed leaf is flagged `unconfirmed_jump`; 0: no bound.
+    pub max_jump_bps: u32,
+    /// A confidence wider than this many basis points of the price is
+    /// flagged `wide_confidence`; 0: no bound.
+    pub max_confidence_bps: u32,
 }
 
 /// Protocol timeouts, all in milliseconds.
@@ -248,7 +267,7 @@ impl Committee {
 }
 
 /// Domain separator of the committee's config digest ([`committee_digest`]).
-pub const COMMITTEE_DIGEST_DOMAIN: &[u8] = b"sibyl-committee-v2\0";
+pub const COMMITTEE_DIGEST_DOMAIN: &[u8] = b"sibyl-committee-v3\0";
 
 /// The committee's config digest: what every report and message carries and
 /// every key is bound to. Specified byte for byte in docs/PROTOCOL.md
@@ -268,6 +287,8 @@ pub const COMMITTEE_DIGEST_DOMAIN: &[u8] = b"sibyl-committee-v2\0";
 /// u16 member count ‖ per member, by index: u16 index ‖ 32-byte Ed25519 identity key
 /// u16 feed count ‖ per feed, by id: u8 id length ‖ id (ASCII)
 ///     ‖ u8 decimals ‖ u32 deviation_bps ‖ u64 heartbeat_ms
+///     ‖ band_min ‖ band_max (each u8 0 = none, or u8 1 ‖ i128)
+///     ‖ u32 max_jump_bps ‖ u32 max_confidence_bps
 /// ```
 ///
 /// Suites, members and feeds are sorted here, so their order in a file does
@@ -319,6 +340,17 @@ pub fn committee_digest(
         h.update([f.decimals]);
         h.update(f.deviation_bps.to_be_bytes());
         h.update(f.heartbeat_ms.to_be_bytes());
+        for bound in [f.policy.band_min, f.policy.band_max] {
+            match bound {
+                None => h.update([0u8]),
+                Some(v) => {
+                    h.update([1u8]);
+                    h.update(v.to_be_bytes());
+                }
+            }
+        }
+        h.update(f.policy.max_jump_bps.to_be_bytes());
+        h.update(f.policy.max_confidence_bps.to_be_bytes());
     }
     ConfigDigest(h.finalize().into())
 }
@@ -334,6 +366,7 @@ mod tests {
             decimals,
             deviation_bps: 50,
             heartbeat_ms: 60_000,
+            policy: FeedPolicy::default(),
         }
     }
 
@@ -360,7 +393,7 @@ mod tests {
             &members(),
             &feeds,
         );
-        let mut pre = b"sibyl-committee-v2\0".to_vec();
+        let mut pre = b"sibyl-committee-v3\0".to_vec();
         pre.extend_from_slice(&[0, 3]); // threshold
         pre.extend_from_slice(&[2, 1, 2]); // two suites, tags ascending
         pre.extend_from_slice(&7u64.to_be_bytes());
@@ -379,6 +412,8 @@ mod tests {
             pre.push(dec);
             pre.extend_from_slice(&50u32.to_be_bytes());
             pre.extend_from_slice(&60_000u64.to_be_bytes());
+            pre.extend_from_slice(&[0, 0]); // no band
+            pre.extend_from_slice(&[0; 8]); // no jump or confidence bound
         }
         let want: [u8; 32] = Keccak256::digest(&pre).into();
         assert_eq!(got.0, want);
@@ -402,6 +437,18 @@ mod tests {
         assert_ne!(
             a,
             committee_digest(3, &[Suite::Ed25519], 7, &slower, &m, &feeds)
+        );
+        let mut banded = feeds.clone();
+        banded[0].policy.band_min = Some(0);
+        assert_ne!(
+            a,
+            committee_digest(3, &[Suite::Ed25519], 7, &t, &m, &banded)
+        );
+        banded[0].policy.band_min = None;
+        banded[0].policy.max_jump_bps = 1;
+        assert_ne!(
+            a,
+            committee_digest(3, &[Suite::Ed25519], 7, &t, &m, &banded)
         );
         m[0].identity[0] ^= 1;
         assert_ne!(a, committee_digest(3, &[Suite::Ed25519], 7, &t, &m, &feeds));

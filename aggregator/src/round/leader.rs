@@ -97,7 +97,13 @@ impl<C: SibylSuite> Node<C> {
             return;
         }
         let obs: Vec<&ObservationMsg> = self.rs.observations.values().map(|a| &a.msg).collect();
-        let computed = compute_leaves(&self.committee, now, &obs, self.committee.feeds().keys());
+        let computed = compute_leaves(
+            &self.committee,
+            now,
+            &obs,
+            self.committee.feeds().keys(),
+            &self.last_values,
+        );
         let candidates: Vec<ReportLeaf> = computed.into_iter().filter_map(|(_, l)| l).collect();
         if candidates.is_empty() {
             // A quorum observed, yet nothing is fresh by this member's

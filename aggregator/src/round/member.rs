@@ -23,12 +23,7 @@ impl<C: SibylSuite> Node<C> {
                 o.observed_at_ms <= now.saturating_add(t.max_clock_skew_ms)
                     && o.observed_at_ms.saturating_add(t.max_observation_age_ms) >= now
             })
-            .map(|o| ObservationEntry {
-                feed: o.feed.clone(),
-                price: o.price,
-                spread: o.spread,
-                observed_at_ms: o.observed_at_ms,
-            })
+            .map(ObservationEntry::from)
             .collect();
         if entries.is_empty() {
             return;
@@ -275,6 +270,7 @@ impl<C: SibylSuite> Node<C> {
             p.timestamp_ms,
             &obs,
             p.leaves.iter().map(|l| &l.feed_id),
+            &self.last_values,
         );
         let mut leaves = Vec::with_capacity(computed.len());
         for (_, leaf) in computed {

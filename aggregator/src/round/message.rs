@@ -17,7 +17,7 @@
 //!
 //! | kind | message | body |
 //! |---|---|---|
-//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64), seq of FROST commitments (bytes) |
+//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of FROST commitments (bytes) |
 //! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), signing package (bytes), seq of signed signer-only observations (bytes) |
 //! | 3 | share (signer -> leader) | attempt u8, report digest bytes32, signing package hash bytes32, share (bytes) |
 //! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, seq of leaves, seq of (suite u8, signature bytes) |
@@ -29,8 +29,7 @@
 //! commitments of signers whose observation is not among the leaves'
 //! observations; they do not enter the leaves.
 //!
-//! A leaf is `feed bytes32, price i128, confidence u128, num_observations u16,
-//! observed_at u64`. Sequences are strictly ordered where order matters
+//! A leaf is the canonical `ReportLeaf` encoding (`codec.rs`, docs/PROTOCOL.md). Sequences are strictly ordered where order matters
 //! (feeds ascending), so every value has exactly one encoding.
 
 use super::committee::Committee;
@@ -55,9 +54,12 @@ pub const MAX_COMMITMENTS: usize = 8;
 /// Upper bound on any message (a 1,024-member proposal of 10,000 feeds does not fit; real committees are far smaller).
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 const MAX_SMALL_BYTES: usize = 256;
-const MAX_OBSERVATION_BYTES: usize = 4 + MAX_FEEDS * 72 + 4 + MAX_COMMITMENTS * 260 + 128;
+const MAX_OBSERVATION_BYTES: usize =
+    4 + MAX_FEEDS * ENTRY_MAX_BYTES + 4 + MAX_COMMITMENTS * 260 + 128;
+/// Wire size of an observation entry without bid and ask, and with both.
+const ENTRY_MIN_BYTES: usize = 32 + 16 + 16 + 8 + 1 + 1 + 2 + 2 + 1;
+const ENTRY_MAX_BYTES: usize = ENTRY_MIN_BYTES + 32;
 const MAX_PACKAGE_BYTES: usize = 1 << 20;
-const LEAF_BYTES: usize = 32 + 16 + 16 + 2 + 8;
 const SIGNATURE_LEN: usize = 64;
 
 /// Message kinds.
@@ -79,6 +81,46 @@ pub struct ObservationEntry {
     /// and confidence").
     pub spread: u128,
     pub observed_at_ms: TimestampMs,
+    /// Best bid across the member's venues, if it knows one.
+    pub bid: Option<i128>,
+    /// Best ask across the member's venues, if it knows one.
+    pub ask: Option<i128>,
+    /// Venues behind `price`.
+    pub venues: u16,
+    /// The feed's minimum number of venues (the member's sources config).
+    pub min_venues: u16,
+    /// [`entry_flags`] bits; a decoder refuses unknown bits.
+    pub flags: u8,
+}
+
+/// Bits of [`ObservationEntry::flags`]: what the member's sources say about
+/// the market. A leaf sets the matching leaf flag when a strict majority of
+/// its attributed observations do (docs/PROTOCOL.md, "Status and flags").
+pub mod entry_flags {
+    /// A stablecoin leg of the feed is off its peg.
+    pub const PEG_DEPARTED: u8 = 1 << 0;
+    /// The market is closed (outside trading hours).
+    pub const MARKET_CLOSED: u8 = 1 << 1;
+    /// Trading is halted on the venues.
+    pub const HALTED: u8 = 1 << 2;
+    /// Every defined bit.
+    pub const ALL: u8 = (1 << 3) - 1;
+}
+
+impl From<&super::LocalObservation> for ObservationEntry {
+    fn from(o: &super::LocalObservation) -> Self {
+        Self {
+            feed: o.feed.clone(),
+            price: o.price,
+            spread: o.spread,
+            observed_at_ms: o.observed_at_ms,
+            bid: o.bid,
+            ask: o.ask,
+            venues: o.venues,
+            min_venues: o.min_venues,
+            flags: o.flags,
+        }
+    }
 }
 
 /// A member's observation for a round, with fresh FROST commitments (one per
@@ -445,7 +487,16 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                 w.bytes32(&e.feed.to_bytes32())
                     .i128(e.price)
                     .u128(e.spread)
-                    .u64(e.observed_at_ms);
+                    .u64(e.observed_at_ms)
+                    .option(e.bid, |w, v| {
+                        w.i128(v);
+                    })
+                    .option(e.ask, |w, v| {
+                        w.i128(v);
+                    })
+                    .u16(e.venues)
+                    .u16(e.min_venues)
+                    .u8(e.flags);
             });
             w.seq(o.commitments.iter(), |w, c| {
                 w.bytes(c);
@@ -491,11 +542,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
 /// Canonical encoding of a list of leaves (used for byte-for-byte comparison).
 pub fn encode_leaves(w: &mut Writer, leaves: &[ReportLeaf]) {
     w.seq(leaves.iter(), |w, l| {
-        w.bytes32(&l.feed_id.to_bytes32())
-            .i128(l.price)
-            .u128(l.confidence)
-            .u16(l.num_observations)
-            .u64(l.observed_at_ms);
+        w.put(l);
     });
 }
 
@@ -534,12 +581,33 @@ fn check_ascending<'a>(
 
 fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<ObservationMsg, DecodeError> {
     let at = r.position();
-    let entries = r.seq("observation entries", max_feeds, 72, |r| {
+    let entries = r.seq("observation entries", max_feeds, ENTRY_MIN_BYTES, |r| {
+        let feed = feed(r, "observation feed id")?;
+        let price = r.i128("observation price")?;
+        let spread = r.u128("observation spread")?;
+        let observed_at_ms = r.u64("observation timestamp")?;
+        let bid = r.option("observation bid", |r| r.i128("observation bid"))?;
+        let ask = r.option("observation ask", |r| r.i128("observation ask"))?;
+        let venues = r.u16("observation venues")?;
+        let min_venues = r.u16("observation minimum venues")?;
+        let at = r.position();
+        let flags = r.u8("observation flags")?;
+        if flags & !entry_flags::ALL != 0 {
+            return Err(DecodeError::NonCanonical {
+                what: "observation flags",
+                at,
+            });
+        }
         Ok(ObservationEntry {
-            feed: feed(r, "observation feed id")?,
-            price: r.i128("observation price")?,
-            spread: r.u128("observation spread")?,
-            observed_at_ms: r.u64("observation timestamp")?,
+            feed,
+            price,
+            spread,
+            observed_at_ms,
+            bid,
+            ask,
+            venues,
+            min_venues,
+            flags,
         })
     })?;
     check_ascending(entries.iter().map(|e| &e.feed), "observation entries", at)?;
@@ -554,14 +622,8 @@ fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<Observatio
 
 fn decode_leaves(r: &mut Reader<'_>, max_feeds: usize) -> Result<Vec<ReportLeaf>, DecodeError> {
     let at = r.position();
-    let leaves = r.seq("leaves", max_feeds, LEAF_BYTES, |r| {
-        Ok(ReportLeaf {
-            feed_id: feed(r, "leaf feed id")?,
-            price: r.i128("leaf price")?,
-            confidence: r.u128("leaf confidence")?,
-            num_observations: r.u16("leaf observation count")?,
-            observed_at_ms: r.u64("leaf timestamp")?,
-        })
+    let leaves: Vec<ReportLeaf> = r.seq("leaves", max_feeds, crate::codec::LEAF_WIRE_LEN, |r| {
+        r.get()
     })?;
     check_ascending(leaves.iter().map(|l| &l.feed_id), "leaves", at)?;
     Ok(leaves)

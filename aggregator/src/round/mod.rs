@@ -73,7 +73,9 @@ mod suite;
 #[cfg(test)]
 mod tests;
 
-use crate::aggregate::{FeedObservation, LastValue, aggregate_feed, update_due};
+use crate::aggregate::{
+    FeedObservation, LastValue, LeafContext, aggregate_feed, note_signed_leaf, update_due,
+};
 use crate::evidence::Evidence;
 use crate::report::{
     FeedId, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
@@ -122,6 +124,34 @@ pub struct LocalObservation {
     /// and confidence").
     pub spread: u128,
     pub observed_at_ms: TimestampMs,
+    /// Best bid across the member's venues, if known.
+    pub bid: Option<Price>,
+    /// Best ask across the member's venues, if known.
+    pub ask: Option<Price>,
+    /// Venues behind `price`.
+    pub venues: u16,
+    /// The feed's minimum number of venues in the member's sources config.
+    pub min_venues: u16,
+    /// [`message::entry_flags`] bits.
+    pub flags: u8,
+}
+
+impl LocalObservation {
+    /// An observation with only price, spread and time (no bid/ask, one
+    /// venue, minimum one, no flags): tests and the built-in source.
+    pub fn basic(feed: FeedId, price: Price, spread: u128, observed_at_ms: TimestampMs) -> Self {
+        Self {
+            feed,
+            price,
+            spread,
+            observed_at_ms,
+            bid: None,
+            ask: None,
+            venues: 1,
+            min_venues: 1,
+            flags: 0,
+        }
+    }
 }
 
 /// What the driver feeds the node.
@@ -146,9 +176,11 @@ pub enum Input {
     /// `2f + 1` members (itself included); an isolated member keeps the
     /// ordinary timeouts, so it never runs ahead of the committee.
     Unreachable(Vec<u16>),
-    /// Rounds of signed reports the driver stored from elsewhere (catch-up):
-    /// the leader schedule reads them ([`schedule`]).
-    StoredReports(Vec<Round>),
+    /// Signed reports the driver stored from elsewhere (catch-up), verified:
+    /// the leader schedule reads their rounds ([`schedule`]), and their
+    /// leaves become their feeds' last values unless newer ones are held
+    /// ([`note_signed_leaf`]), so the next leaves' EMA starts from them.
+    StoredReports(Vec<SignedReport>),
 }
 
 /// What the node asks the driver to do, in order.
@@ -560,14 +592,19 @@ pub fn report_digest(header: &ReportHeader) -> [u8; 32] {
 }
 
 /// Computes the leaves of `feeds` from attributed observations at report time
-/// `timestamp_ms`. Observations of a feed outside the freshness window are left
-/// out; a feed with fewer than `2f + 1` remaining observations yields `None`.
-/// Deterministic: leader and members call exactly this.
+/// `timestamp_ms` and each feed's previous signed leaf in `last_values` (its
+/// EMA, volatility and jump flag start there). Observations of a feed outside
+/// the freshness window are left out; a feed with fewer than `2f + 1`
+/// remaining observations yields `None`. Deterministic: leader and members
+/// call exactly this, so a member whose last signed leaf of a feed differs
+/// from the leader's (it missed a report) computes different bytes and
+/// refuses until catch-up brings the report.
 pub fn compute_leaves<'a>(
     committee: &Committee,
     timestamp_ms: TimestampMs,
     attributed: &[&ObservationMsg],
     feeds: impl Iterator<Item = &'a FeedId>,
+    last_values: &BTreeMap<FeedId, LastValue>,
 ) -> Vec<(FeedId, Option<ReportLeaf>)> {
     let t = committee.timeouts();
     let newest = timestamp_ms.saturating_add(t.max_clock_skew_ms);
@@ -597,10 +634,25 @@ pub fn compute_leaves<'a>(
                         price: e.price,
                         spread: e.spread,
                         observed_at_ms: e.observed_at_ms,
+                        bid: e.bid,
+                        ask: e.ask,
+                        venues: e.venues,
+                        min_venues: e.min_venues,
+                        flags: e.flags,
                     });
                 }
             }
-            let leaf = aggregate_feed(feed, &gathered, committee.quorum()).ok();
+            let ctx = LeafContext {
+                policy: committee
+                    .feeds()
+                    .get(feed)
+                    .map(|f| f.policy)
+                    .unwrap_or_default(),
+                prev: last_values.get(feed).and_then(|v| v.leaf),
+                report_ms: timestamp_ms,
+                stale_after_ms: t.max_observation_age_ms / 2,
+            };
+            let leaf = aggregate_feed(feed, &gathered, committee.quorum(), &ctx).ok();
             (feed.clone(), leaf)
         })
         .collect()
@@ -868,9 +920,12 @@ impl<C: SibylSuite> Node<C> {
                     self.rs.deadline = self.rs.deadline.min(now_ms);
                 }
             }
-            Input::StoredReports(rounds) => {
-                for r in rounds {
-                    self.schedule.note_report(r);
+            Input::StoredReports(reports) => {
+                for r in reports {
+                    self.schedule.note_report(r.header.round);
+                    for leaf in &r.leaves {
+                        note_signed_leaf(&mut self.last_values, leaf, r.header.timestamp_ms);
+                    }
                 }
             }
         }

@@ -200,6 +200,7 @@ mod tests {
             decimals: 8,
             deviation_bps: 50,
             heartbeat_ms: 60_000,
+            policy: Default::default(),
         }];
         let digest = crate::report::ConfigDigest([7; 32]);
         Committee::new(members, 2 * f + 1, f, 3, feeds, digest, Timeouts::default())

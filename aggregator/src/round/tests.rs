@@ -47,6 +47,7 @@ fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness<C> {
             decimals: 8,
             deviation_bps: 50,
             heartbeat_ms: 60_000,
+            policy: Default::default(),
         })
         .collect();
     let t = 2 * f + 1;
@@ -76,12 +77,7 @@ fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness<C> {
 fn observations(price: Price, now: TimestampMs) -> Input {
     Input::Observations(
         (0..2)
-            .map(|i| LocalObservation {
-                feed: feed(i),
-                price: price + i as i128,
-                spread: 10,
-                observed_at_ms: now,
-            })
+            .map(|i| LocalObservation::basic(feed(i), price + i as i128, 10, now))
             .collect(),
     )
 }
@@ -606,17 +602,16 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
             price: -5,
             spread: 3,
             observed_at_ms: T0,
+            bid: Some(-6),
+            ask: None,
+            venues: 4,
+            min_venues: 3,
+            flags: super::message::entry_flags::PEG_DEPARTED,
         }],
         commitments: vec![vec![1, 2, 3]],
     });
     let obs_msg = SignedMessage::sign(&key, &DIGEST, 4, 1, obs);
-    let leaf = ReportLeaf {
-        feed_id: feed(0),
-        price: 9,
-        confidence: 1,
-        num_observations: 3,
-        observed_at_ms: T0,
-    };
+    let leaf = ReportLeaf::basic(feed(0), 9, 1, 3, T0);
     let proposal = Payload::Proposal(ProposalMsg {
         attempt: 1,
         timestamp_ms: T0,
@@ -1495,4 +1490,41 @@ fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
         },
     );
     assert!(signed_report(&a).is_some());
+}
+
+/// A report stored from catch-up hands its leaves to the round machine as
+/// the feeds' last values (the next leaf's EMA starts there), but never
+/// rewinds a newer one.
+#[test]
+fn caught_up_reports_become_the_feeds_last_values() {
+    let mut h = harness::<Ed>(4, 1);
+    let report = |round: Round, ts: TimestampMs, price: Price| SignedReport {
+        header: ReportHeader {
+            version: PROTOCOL_VERSION,
+            config_digest: DIGEST,
+            round,
+            timestamp_ms: ts,
+            merkle_root: [0; 32],
+        },
+        leaves: vec![ReportLeaf {
+            ema: price - 1,
+            volatility: 7,
+            ..ReportLeaf::basic(feed(0), price, 2, 3, ts - 10)
+        }],
+        signatures: BTreeMap::new(),
+    };
+    let newer = report(5, T0 + 5_000, 500);
+    h.handle(2, T0, Input::StoredReports(vec![newer.clone()]));
+    let want = LastValue::of_leaf(&newer.leaves[0], T0 + 5_000);
+    assert_eq!(h.nodes[1].last_values()[&feed(0)], want);
+    h.handle(
+        2,
+        T0,
+        Input::StoredReports(vec![report(4, T0 + 4_000, 400)]),
+    );
+    assert_eq!(
+        h.nodes[1].last_values()[&feed(0)],
+        want,
+        "an older report does not rewind it"
+    );
 }

@@ -8,12 +8,8 @@ import {FrostSigner} from "./FrostSigner.sol";
 /// contract's own helpers: leaf/node hashes with abi.encodePacked, the tree level by level.
 library ReportBuilder {
     function leafHash(SibylFeed.Leaf memory l) internal pure returns (bytes32) {
-        return keccak256(
-            abi.encodePacked(
-                bytes1(0x00),
-                abi.encode(l.feedId, l.price, l.confidence, l.numObservations, l.observedAtMs)
-            )
-        );
+        // abi.encode of a struct of static fields = abi.encode of its fields in order.
+        return keccak256(abi.encodePacked(bytes1(0x00), abi.encode(l)));
     }
 
     function nodeHash(bytes32 a, bytes32 b) internal pure returns (bytes32) {

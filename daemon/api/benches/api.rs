@@ -104,14 +104,15 @@ async fn main() {
             while i < per_feed {
                 let n = BATCH.min(per_feed - i);
                 let batch: Vec<Point> = (i..i + n)
-                    .map(|k| Point {
-                        feed_id: feed(f),
-                        round: k + 1,
-                        timestamp_ms: start + k * 1_000,
-                        price: 6_000_000_000_000 + ((k * 7_919) % 100_000) as i128,
-                        confidence: 1_000,
-                        num_observations: 4,
-                        observed_at_ms: start + k * 1_000 - 10,
+                    .map(|k| {
+                        let leaf = ReportLeaf::basic(
+                            feed(f),
+                            6_000_000_000_000 + ((k * 7_919) % 100_000) as i128,
+                            1_000,
+                            4,
+                            start + k * 1_000 - 10,
+                        );
+                        Point::of_leaf(&leaf, k + 1, start + k * 1_000)
                     })
                     .collect();
                 store
@@ -124,13 +125,7 @@ async fn main() {
         }
         // One signed report on top, so /latest has a report and a proof.
         let leaves: Vec<ReportLeaf> = (0..FEEDS)
-            .map(|f| ReportLeaf {
-                feed_id: feed(f),
-                price: 6_000_000_000_000,
-                confidence: 1_000,
-                num_observations: 4,
-                observed_at_ms: end - 10,
-            })
+            .map(|f| ReportLeaf::basic(feed(f), 6_000_000_000_000, 1_000, 4, end - 10))
             .collect();
         let report = SignedReport {
             header: ReportHeader {

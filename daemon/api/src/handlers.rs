@@ -128,6 +128,7 @@ fn feed_value(st: &ApiState, p: &Point) -> FeedValue {
         confidence: p.confidence.to_string(),
         num_observations: p.num_observations,
         observed_at_ms: p.observed_at_ms,
+        quality: crate::types::LeafQuality::from(&p.leaf()),
     }
 }
 

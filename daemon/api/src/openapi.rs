@@ -364,6 +364,12 @@ pub fn document() -> Value {
 
 fn base_document() -> Value {
     let int = json!({ "type": "integer", "minimum": 0 });
+    let status = json!({ "type": "string",
+        "enum": ["ok", "degraded", "stale", "halted", "market_closed"],
+        "description": "the leaf's status (docs/PROTOCOL.md, \"Status and flags\")" });
+    let flag_names = json!({ "type": "array", "items": { "type": "string", "enum": [
+        "few_venues", "wide_confidence", "peg_departed", "out_of_band", "unconfirmed_jump",
+        "stale", "halted", "market_closed"] } });
     let dec_string = json!({ "type": "string", "pattern": "^-?[0-9]+$",
                              "description": "fixed-point integer as a decimal string" });
     let mut doc = json!({
@@ -463,10 +469,18 @@ fn base_document() -> Value {
           "FeedValue": { "type": "object", "properties": {
             "feed_id": { "type": "string" }, "decimals": { "type": ["integer", "null"] },
             "round": int, "timestamp_ms": int, "price": dec_string, "confidence": dec_string,
-            "num_observations": int, "observed_at_ms": int } },
+            "num_observations": int, "observed_at_ms": int,
+            "bid": { "type": ["string", "null"], "description": "best bid, fixed point; null when unknown" },
+            "ask": { "type": ["string", "null"], "description": "best ask, fixed point; null when unknown" },
+            "venues": int, "status": status, "flags": flag_names,
+            "ema": dec_string, "ema_confidence": dec_string,
+            "volatility": { "type": "string", "description": "annualised realised volatility, 9 decimals (1000000000 = 100 %)" } } },
           "Point": { "type": "object", "properties": {
             "feed_id": { "type": "string" }, "round": int, "timestamp_ms": int,
-            "price": dec_string, "confidence": dec_string, "num_observations": int, "observed_at_ms": int } },
+            "price": dec_string, "confidence": dec_string, "num_observations": int, "observed_at_ms": int,
+            "bid": dec_string, "ask": dec_string, "venues": int,
+            "status": status, "flags": int,
+            "ema": dec_string, "ema_confidence": dec_string, "volatility": int } },
           "Candle": { "type": "object", "properties": {
             "start_ms": int, "open": dec_string, "high": dec_string, "low": dec_string,
             "close": dec_string, "count": int } },
@@ -479,7 +493,10 @@ fn base_document() -> Value {
               "timestamp_ms": int, "merkle_root": { "type": "string" } } },
             "leaves": { "type": "array", "items": { "type": "object", "properties": {
               "feed_id": { "type": "string" }, "price": { "type": "integer" }, "confidence": { "type": "integer" },
-              "num_observations": int, "observed_at_ms": int } } },
+              "num_observations": int, "observed_at_ms": int,
+              "bid": { "type": "integer" }, "ask": { "type": "integer" }, "venues": int,
+              "status": status, "flags": int, "ema": { "type": "integer" },
+              "ema_confidence": { "type": "integer" }, "volatility": int } } },
             "signatures": { "type": "object", "description": "suite (`ed25519`, `secp256k1-evm`) to hex signature",
                             "additionalProperties": { "type": "string" } } } },
           "CommitteeStatus": { "type": "object", "properties": {

@@ -26,12 +26,21 @@ fn report(round: u64) -> SignedReport {
     let ts = T0 + round * 1_000;
     let leaves: Vec<ReportLeaf> = [("BTC-USD", 60_000), ("ETH-USD", 3_000), ("SOL-USD", 150)]
         .iter()
-        .map(|(id, base)| ReportLeaf {
-            feed_id: feed(id),
-            price: (*base as i128) * 100_000_000 + round as i128,
-            confidence: 5,
-            num_observations: 4,
-            observed_at_ms: ts - 50,
+        .map(|(id, base)| {
+            let price = (*base as i128) * 100_000_000 + round as i128;
+            let mut l = ReportLeaf::basic(feed(id), price, 5, 4, ts - 50);
+            l.bid = price - 10;
+            l.ask = price + 10;
+            l.venues = 4;
+            l.ema = price - 3;
+            l.volatility = 512_000_000;
+            if *id == "SOL-USD" {
+                // One feed on too few venues, its last move not yet confirmed.
+                l.status = sibyl_aggregator::LeafStatus::Degraded;
+                l.flags = sibyl_aggregator::report::flags::FEW_VENUES
+                    | sibyl_aggregator::report::flags::UNCONFIRMED_JUMP;
+            }
+            l
         })
         .collect();
     let mut signatures = BTreeMap::new();
@@ -256,6 +265,20 @@ async fn feeds_and_latest_with_a_verifiable_proof() {
     assert_eq!(list[0]["price"], "6000000000020");
     assert_eq!(list[0]["round"], 20);
     assert_eq!(list[0]["decimals"], 8);
+    // What the leaf says about the price comes with it.
+    assert_eq!(list[0]["status"], "ok", "{feeds}");
+    assert_eq!(list[0]["flags"], serde_json::json!([]));
+    assert_eq!(list[0]["bid"], "6000000000010");
+    assert_eq!(list[0]["ask"], "6000000000030");
+    assert_eq!(list[0]["venues"], 4);
+    assert_eq!(list[0]["ema"], "6000000000017");
+    assert_eq!(list[0]["volatility"], "512000000");
+    assert_eq!(list[3]["feed_id"], "SOL-USD");
+    assert_eq!(list[3]["status"], "degraded");
+    assert_eq!(
+        list[3]["flags"],
+        serde_json::json!(["few_venues", "unconfirmed_jump"])
+    );
     // Configured but never reported: listed without a value.
     assert_eq!(list[1]["feed_id"], "DOGE-USD");
     assert!(list[1]["round"].is_null());
@@ -448,6 +471,8 @@ async fn stream_sends_new_reports_filtered_by_feed() {
     assert_eq!(leaves.len(), 1);
     assert_eq!(leaves[0]["feed_id"], "ETH-USD");
     assert_eq!(leaves[0]["price"], "300000000021");
+    assert_eq!(leaves[0]["status"], "ok");
+    assert_eq!(leaves[0]["ema"], "300000000018");
 
     let r = get(h.addr, "/v1/stream?feeds=NOPE-USD").await;
     assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_feed"));

@@ -70,6 +70,43 @@ pub struct FeedValue {
     pub confidence: String,
     pub num_observations: u16,
     pub observed_at_ms: TimestampMs,
+    #[serde(flatten)]
+    pub quality: LeafQuality,
+}
+
+/// What a leaf says about its price besides the price (docs/PROTOCOL.md,
+/// "Leaf"): served with every value, in the same fixed point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeafQuality {
+    /// Best bid; `null` when unknown (0 in the leaf).
+    pub bid: Option<String>,
+    /// Best ask; `null` when unknown.
+    pub ask: Option<String>,
+    pub venues: u16,
+    /// `ok`, `degraded`, `stale`, `halted` or `market_closed`.
+    pub status: &'static str,
+    /// Names of the flags set (`few_venues`, `unconfirmed_jump`, ...).
+    pub flags: Vec<&'static str>,
+    pub ema: String,
+    pub ema_confidence: String,
+    /// Annualised realised volatility, 9 decimals (`"1000000000"` = 100 %).
+    pub volatility: String,
+}
+
+impl From<&ReportLeaf> for LeafQuality {
+    fn from(l: &ReportLeaf) -> Self {
+        let known = |v: i128| (l.bid != 0 || l.ask != 0).then(|| v.to_string());
+        Self {
+            bid: known(l.bid),
+            ask: known(l.ask),
+            venues: l.venues,
+            status: l.status.as_str(),
+            flags: sibyl_aggregator::report::flags::names(l.flags),
+            ema: l.ema.to_string(),
+            ema_confidence: l.ema_confidence.to_string(),
+            volatility: l.volatility.to_string(),
+        }
+    }
 }
 
 /// A report leaf as served in the SSE stream.
@@ -80,6 +117,8 @@ pub struct LeafValue {
     pub confidence: String,
     pub num_observations: u16,
     pub observed_at_ms: TimestampMs,
+    #[serde(flatten)]
+    pub quality: LeafQuality,
 }
 
 impl From<&ReportLeaf> for LeafValue {
@@ -90,6 +129,7 @@ impl From<&ReportLeaf> for LeafValue {
             confidence: l.confidence.to_string(),
             num_observations: l.num_observations,
             observed_at_ms: l.observed_at_ms,
+            quality: LeafQuality::from(l),
         }
     }
 }

@@ -25,9 +25,9 @@ pub use ISibylFeed::{submitFeedsCall, submitReportCall};
 pub use SibylFeed::{Leaf, ReportHeader as AbiHeader, ReportMeta, Signature};
 
 /// The Solidity signature of the pull function, as a protocol calls it.
-pub const SUBMIT_FEEDS_SIGNATURE: &str = "submitFeeds((uint8,bytes32,uint64,uint64,bytes32),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64)[],bytes32[][])";
+pub const SUBMIT_FEEDS_SIGNATURE: &str = "submitFeeds((uint8,bytes32,uint64,uint64,bytes32),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64,int256,int256,uint16,uint8,uint16,int256,uint256,uint64)[],bytes32[][])";
 /// The Solidity signature of the push function.
-pub const SUBMIT_REPORT_SIGNATURE: &str = "submitReport((uint8,bytes32,uint64,uint64),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64)[])";
+pub const SUBMIT_REPORT_SIGNATURE: &str = "submitReport((uint8,bytes32,uint64,uint64),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64,int256,int256,uint16,uint8,uint16,int256,uint256,uint64)[])";
 
 /// Why a report cannot be turned into a contract call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,13 +114,26 @@ pub fn leaf(l: &ReportLeaf) -> Leaf {
     Leaf {
         feedId: B256::from(l.feed_id.to_bytes32()),
         // i128 and u128 always fit int256 / uint256
-        price: I256::from_raw(U256::from_be_bytes(sibyl_aggregator::encoding::word_i128(
-            l.price,
-        ))),
+        price: int256(l.price),
         confidence: U256::from(l.confidence),
         numObservations: l.num_observations,
         observedAtMs: l.observed_at_ms,
+        bid: int256(l.bid),
+        ask: int256(l.ask),
+        venues: l.venues,
+        status: l.status.as_u8(),
+        flags: l.flags,
+        ema: int256(l.ema),
+        emaConfidence: U256::from(l.ema_confidence),
+        volatility: l.volatility,
     }
+}
+
+/// An i128 as the contract's int256 (always fits).
+fn int256(v: i128) -> I256 {
+    I256::from_raw(U256::from_be_bytes(sibyl_aggregator::encoding::word_i128(
+        v,
+    )))
 }
 
 pub fn header(h: &ReportHeader) -> AbiHeader {
@@ -223,11 +236,21 @@ mod tests {
     fn leaf_encoding_matches_the_protocol_encoding() {
         use alloy_sol_types::SolValue;
         let l = ReportLeaf {
-            feed_id: FeedId::new("BTC-USD").expect("id"),
-            price: -9_712_345_678_901,
-            confidence: 12_345,
-            num_observations: 7,
-            observed_at_ms: 1_700_000_000_123,
+            bid: -9_712_345_679_000,
+            ask: -9_712_345_678_000,
+            venues: 6,
+            status: sibyl_aggregator::LeafStatus::Stale,
+            flags: sibyl_aggregator::report::flags::STALE | 1,
+            ema: -9_700_000_000_000,
+            ema_confidence: u128::MAX,
+            volatility: 612_000_000,
+            ..ReportLeaf::basic(
+                FeedId::new("BTC-USD").expect("id"),
+                -9_712_345_678_901,
+                12_345,
+                7,
+                1_700_000_000_123,
+            )
         };
         assert_eq!(
             leaf(&l).abi_encode(),

@@ -223,10 +223,7 @@ pub fn leaf_due(
         return false; // landed already (or an older report)
     }
     let (bps, hb) = rule.map_or((0, 0), |r| (r.deviation_bps, r.heartbeat_ms));
-    let last = LastValue {
-        price: v.price,
-        reported_at_ms: v.timestamp_ms,
-    };
+    let last = LastValue::price_only(v.price, v.timestamp_ms);
     update_due(Some(&last), price, report_ms, bps, hb).is_some()
 }
 

@@ -214,16 +214,42 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     );
     println!("  feeds ({}):", v.report.leaves.len());
     for l in &v.report.leaves {
-        println!(
-            "    {:<12} price {} (fixed point)  confidence {}  observations {}  observed at {} ms",
-            l.feed_id.as_str(),
-            l.price,
-            l.confidence,
-            l.num_observations,
-            l.observed_at_ms
-        );
+        println!("{}", leaf_lines(l));
     }
     Ok(())
+}
+
+/// Two lines per verified leaf: the price, then what the leaf says about it
+/// (docs/PROTOCOL.md, "Leaf").
+fn leaf_lines(l: &sibyl_aggregator::ReportLeaf) -> String {
+    let flags = sibyl_aggregator::report::flags::names(l.flags);
+    let book = if l.bid == 0 && l.ask == 0 {
+        "bid/ask unknown".to_string()
+    } else {
+        format!("bid {} ask {}", l.bid, l.ask)
+    };
+    let vol = sibyl_aggregator::ema::VOLATILITY_ONE;
+    format!(
+        "    {:<12} price {} (fixed point)  confidence {}  observations {}  observed at {} ms\n\
+         {:<17}status {}{}  {book}  venues {}  ema {} ± {}  volatility {}.{:02} %/yr",
+        l.feed_id.as_str(),
+        l.price,
+        l.confidence,
+        l.num_observations,
+        l.observed_at_ms,
+        "",
+        l.status.as_str(),
+        if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", flags.join(", "))
+        },
+        l.venues,
+        l.ema,
+        l.ema_confidence,
+        l.volatility / (vol / 100),
+        l.volatility % (vol / 100) / (vol / 10_000),
+    )
 }
 
 #[cfg(test)]
@@ -231,6 +257,30 @@ mod tests {
     use super::*;
     use sibyl_aggregator::Encode;
     use sibyl_aggregator::testkit;
+
+    #[test]
+    fn a_verified_leaf_shows_its_status_flags_and_ema() {
+        let mut l = sibyl_aggregator::ReportLeaf::basic(
+            sibyl_aggregator::FeedId::new("SOL-USD").unwrap(),
+            15_000,
+            3,
+            4,
+            9,
+        );
+        l.status = sibyl_aggregator::LeafStatus::Degraded;
+        l.flags = sibyl_aggregator::report::flags::FEW_VENUES
+            | sibyl_aggregator::report::flags::UNCONFIRMED_JUMP;
+        l.ema = 14_990;
+        l.volatility = 456_700_000; // 45.67 %
+        let text = leaf_lines(&l);
+        assert!(
+            text.contains("status degraded (few_venues, unconfirmed_jump)"),
+            "{text}"
+        );
+        assert!(text.contains("bid/ask unknown"), "{text}");
+        assert!(text.contains("ema 14990 ± 3"), "{text}");
+        assert!(text.contains("volatility 45.67 %/yr"), "{text}");
+    }
 
     #[test]
     fn every_input_form_parses_to_the_same_report() {

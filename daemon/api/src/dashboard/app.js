@@ -77,7 +77,7 @@ function renderFeeds() {
     if (!tr) {
       tr = document.createElement("tr");
       tr.dataset.feed = id;
-      for (const cls of ["id", "price num", "conf num", "obs num", "round num", "age num"]) {
+      for (const cls of ["id", "price num", "conf num", "obs num", "status", "ema num", "round num", "age num"]) {
         const td = document.createElement("td");
         td.className = cls;
         tr.appendChild(td);
@@ -90,8 +90,14 @@ function renderFeeds() {
     c[1].textContent = fmtFixed(f.price, f.decimals, 6);
     c[2].textContent = f.confidence === undefined ? "–" : fmtFixed(f.confidence, f.decimals, 6);
     c[3].textContent = f.num_observations === undefined ? "–" : String(f.num_observations);
-    c[4].textContent = f.round === null || f.round === undefined ? "–" : String(f.round);
-    c[5].textContent = fmtAge(f.timestamp_ms);
+    // Status as signed, coloured; the flags (reasons) in the tooltip.
+    const st = f.status || "–";
+    c[4].textContent = st.replace("_", " ") + (f.flags && f.flags.length ? " *" : "");
+    c[4].className = "status " + (st === "ok" ? "ok" : st === "degraded" ? "warn" : st === "–" ? "" : "bad");
+    c[4].title = f.flags && f.flags.length ? f.flags.join(", ") : "";
+    c[5].textContent = f.ema === undefined ? "–" : fmtFixed(f.ema, f.decimals, 6);
+    c[6].textContent = f.round === null || f.round === undefined ? "–" : String(f.round);
+    c[7].textContent = fmtAge(f.timestamp_ms);
     tr.classList.toggle("selected", id === state.selected);
   }
 }

@@ -104,12 +104,14 @@ async fn metric(addr: SocketAddr, series: &str) -> f64 {
 fn wide_report(round: u64, feeds: usize) -> SignedReport {
     let mut r = report(round);
     r.leaves = (0..feeds)
-        .map(|i| ReportLeaf {
-            feed_id: feed(&format!("F{i:04}-USD")),
-            price: 1_000_000_000 + round as i128,
-            confidence: 5,
-            num_observations: 4,
-            observed_at_ms: T0,
+        .map(|i| {
+            ReportLeaf::basic(
+                feed(&format!("F{i:04}-USD")),
+                1_000_000_000 + round as i128,
+                5,
+                4,
+                T0,
+            )
         })
         .collect();
     r.header.merkle_root = merkle::root(&r.leaves);

@@ -30,13 +30,7 @@ fn feed(s: &str) -> FeedId {
 fn report(round: u64, ts: u64, btc: i128, eth: i128, sol: i128) -> Arc<SignedReport> {
     let leaves: Vec<ReportLeaf> = [("BTC-USD", btc), ("ETH-USD", eth), ("SOL-USD", sol)]
         .iter()
-        .map(|(id, px)| ReportLeaf {
-            feed_id: feed(id),
-            price: *px,
-            confidence: 1_000,
-            num_observations: 4,
-            observed_at_ms: ts,
-        })
+        .map(|(id, px)| ReportLeaf::basic(feed(id), *px, 1_000, 4, ts))
         .collect();
     Arc::new(SignedReport {
         header: ReportHeader {
@@ -77,6 +71,7 @@ impl Node {
                 decimals: 8,
                 deviation_bps: 10,
                 heartbeat_ms: 60_000,
+                policy: Default::default(),
             })
             .collect();
         let margin = margin_svc::start_with(

@@ -44,6 +44,55 @@ pub(crate) struct FeedFile {
     deviation_bps: Spanned<u32>,
     #[serde(default = "default_heartbeat")]
     heartbeat: Spanned<ConfigDuration>,
+    /// Lowest plausible price, a decimal in the feed's units ("0.01").
+    #[serde(default)]
+    band_min: Option<Spanned<String>>,
+    /// Highest plausible price, likewise.
+    #[serde(default)]
+    band_max: Option<Spanned<String>>,
+    #[serde(default = "default_max_jump")]
+    max_jump_bps: Spanned<u32>,
+    #[serde(default = "default_max_confidence")]
+    max_confidence_bps: Spanned<u32>,
+}
+
+/// A move of more than 10 % in one leaf is flagged `unconfirmed_jump`.
+pub(crate) fn default_max_jump() -> Spanned<u32> {
+    Spanned::new(0..0, 1_000)
+}
+/// A confidence wider than 2 % of the price is flagged `wide_confidence`.
+pub(crate) fn default_max_confidence() -> Spanned<u32> {
+    Spanned::new(0..0, 200)
+}
+
+/// Most a jump or confidence bound may be: 1000 %.
+const MAX_BOUND_BPS: u32 = 100_000;
+
+/// `"123.45"` as a fixed-point integer with `decimals` decimals; `None` if it
+/// is not a plain decimal, has more fractional digits, or does not fit.
+pub(crate) fn parse_fixed(text: &str, decimals: u8) -> Option<sibyl_aggregator::Price> {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty()
+        || frac.len() > usize::from(decimals)
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let scale = 10i128.checked_pow(u32::from(decimals))?;
+    let int: i128 = int.parse().ok()?;
+    let frac_digits = u32::try_from(frac.len()).ok()?;
+    let frac: i128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
+    let frac = frac.checked_mul(10i128.checked_pow(u32::from(decimals) - frac_digits)?)?;
+    let v = int.checked_mul(scale)?.checked_add(frac)?;
+    Some(if neg { -v } else { v })
 }
 
 pub(crate) fn default_deviation() -> Spanned<u32> {
@@ -122,6 +171,8 @@ pub struct FeedParams {
     pub deviation_bps: u32,
     /// ...or when this much time has passed since the last published value.
     pub heartbeat_ms: u64,
+    /// Band, jump and confidence bounds the leaf flags (docs/PROTOCOL.md, "Status and flags").
+    pub policy: sibyl_aggregator::round::committee::FeedPolicy,
 }
 
 /// Round timing, validated.
@@ -203,6 +254,7 @@ impl Committee {
                 decimals: f.decimals,
                 deviation_bps: f.deviation_bps,
                 heartbeat_ms: f.heartbeat_ms,
+                policy: f.policy,
             })
             .collect();
         let t = &self.round;
@@ -551,12 +603,60 @@ pub(crate) fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Opti
         if hb < round.interval_ms {
             r.at(span(&f.heartbeat), key("heartbeat"), format!("heartbeat ({hb}ms) is shorter than the round interval ({}ms)", round.interval_ms), "a feed can't be published more often than once a round; use a heartbeat of at least one interval");
         }
+        let mut band = [None, None];
+        for (slot, (field, text)) in band
+            .iter_mut()
+            .zip([("band_min", &f.band_min), ("band_max", &f.band_max)])
+        {
+            let Some(text) = text else { continue };
+            match parse_fixed(text.get_ref(), decimals) {
+                Some(v) => *slot = Some(v),
+                None => r.at(
+                    span(text),
+                    key(field),
+                    format!(
+                        "{field} {:?} is not a decimal price with at most {decimals} decimals",
+                        text.get_ref()
+                    ),
+                    "write the price in the feed's units as a string, e.g. \"0.01\"",
+                ),
+            }
+        }
+        if let [Some(lo), Some(hi)] = band
+            && lo >= hi
+        {
+            r.at(
+                f.band_max.as_ref().and_then(span),
+                key("band_max"),
+                "band_max is not above band_min",
+                "the band is the range of plausible prices: band_min < band_max",
+            );
+        }
+        for (field, v) in [
+            ("max_jump_bps", &f.max_jump_bps),
+            ("max_confidence_bps", &f.max_confidence_bps),
+        ] {
+            if *v.get_ref() > MAX_BOUND_BPS {
+                r.at(
+                    span(v),
+                    key(field),
+                    format!("{field} {} is more than {MAX_BOUND_BPS} (1000 %)", v.get_ref()),
+                    "0 turns the flag off; 1000 (10 %) for jumps and 200 (2 %) for confidence are the defaults",
+                );
+            }
+        }
         if let Some(id) = id {
             feeds.push(FeedParams {
                 id,
                 decimals,
                 deviation_bps: dev,
                 heartbeat_ms: hb,
+                policy: sibyl_aggregator::round::committee::FeedPolicy {
+                    band_min: band[0],
+                    band_max: band[1],
+                    max_jump_bps: *f.max_jump_bps.get_ref(),
+                    max_confidence_bps: *f.max_confidence_bps.get_ref(),
+                },
             });
         }
     }

@@ -98,6 +98,49 @@ fn wrong_type_and_bad_duration_are_located() {
 }
 
 #[test]
+fn band_and_jump_bounds_are_parsed_checked_and_in_the_digest() {
+    let plain = parse(&committee_src(4, 3)).unwrap();
+    // Defaults: jumps over 10 % and confidences over 2 % are flagged, no band.
+    let p = plain.feeds[0].policy;
+    assert_eq!((p.band_min, p.band_max), (None, None));
+    assert_eq!((p.max_jump_bps, p.max_confidence_bps), (1_000, 200));
+    let banded = committee_src(4, 3).replacen(
+        "heartbeat = \"60s\"\n",
+        "heartbeat = \"60s\"\nband_min = \"0.5\"\nband_max = \"250000\"\nmax_jump_bps = 0\n",
+        1,
+    );
+    let c = parse(&banded).expect("valid bounds");
+    let p = c.feeds[0].policy;
+    assert_eq!(p.band_min, Some(50_000_000)); // 0.5 at 8 decimals
+    assert_eq!(p.band_max, Some(25_000_000_000_000));
+    assert_eq!(p.max_jump_bps, 0);
+    assert_ne!(c.digest, plain.digest, "members must agree on the bounds");
+    // Refused: more decimals than the feed has, a band upside down, a bound over 1000 %.
+    let ps = problems(&banded.replacen("\"0.5\"", "\"0.000000001\"", 1));
+    assert_eq!(ps[0].key, "feeds[0].band_min", "{ps:?}");
+    assert!(ps[0].message.contains("at most 8 decimals"), "{}", ps[0]);
+    let ps = problems(&banded.replacen("\"250000\"", "\"0.4\"", 1));
+    assert_eq!(ps[0].key, "feeds[0].band_max", "{ps:?}");
+    let ps = problems(&banded.replacen("max_jump_bps = 0", "max_jump_bps = 100001", 1));
+    assert_eq!(ps[0].key, "feeds[0].max_jump_bps", "{ps:?}");
+    assert!(ps.iter().all(|p| p.line > 0), "{ps:?}");
+}
+
+#[test]
+fn fixed_point_prices_parse_exactly() {
+    assert_eq!(committee::parse_fixed("1.25", 2), Some(125));
+    assert_eq!(committee::parse_fixed("-3", 4), Some(-30_000));
+    assert_eq!(committee::parse_fixed("1.255", 2), None);
+    assert_eq!(committee::parse_fixed("1e5", 2), None);
+    assert_eq!(committee::parse_fixed(".5", 2), None);
+    assert_eq!(committee::parse_fixed("", 2), None);
+    assert_eq!(
+        committee::parse_fixed("99999999999999999999999999999999999999999", 8),
+        None
+    );
+}
+
+#[test]
 fn missing_required_key() {
     let ps = problems(&committee_src(4, 3).replace("threshold = 3\n", ""));
     assert!(ps[0].message.contains("threshold"), "{}", ps[0]);

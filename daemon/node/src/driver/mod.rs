@@ -252,14 +252,15 @@ pub fn restore_from(
             .last_signed()?
             .map(|(round, digest)| SigningRecord { round, digest });
         let last = db.latest_report()?;
+        // The newest stored leaf of each feed: the next leaf's EMA,
+        // volatility and jump flag start from it exactly as on a member
+        // that never stopped (docs/PROTOCOL.md, "EMA and volatility").
         let mut last_values = BTreeMap::new();
         for p in db.latest_all()? {
-            last_values.insert(
-                p.feed_id.clone(),
-                sibyl_aggregator::aggregate::LastValue {
-                    price: p.price,
-                    reported_at_ms: p.timestamp_ms,
-                },
+            sibyl_aggregator::aggregate::note_signed_leaf(
+                &mut last_values,
+                &p.leaf(),
+                p.timestamp_ms,
             );
         }
         let last_report_round = last.as_ref().map(|r| r.header.round);
@@ -346,9 +347,9 @@ pub struct Driver<
     clock_warned: bool,
     /// Members whose connection was lost and is not back.
     lost: BTreeSet<u16>,
-    /// Rounds of reports stored from gossip or catch-up, for the round
-    /// machine's leader schedule ([`Input::StoredReports`]).
-    stored_news: Vec<Round>,
+    /// Reports stored from gossip or catch-up, for the round machine's
+    /// leader schedule and its feeds' last values ([`Input::StoredReports`]).
+    stored_news: Vec<SignedReport>,
     /// The unreachable set last given to the round machine.
     reported_unreachable: BTreeSet<u16>,
     stats: DriverStats,
@@ -809,11 +810,12 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Drive
         }
         self.note_report_feeds(&report);
         self.note_stored(round);
+        let news = report.clone();
         if !self.sink.push(report) {
             return false;
         }
         self.history.hold(round);
-        self.stored_news.push(round);
+        self.stored_news.push(news);
         self.store_settled();
         self.catchup_poll();
         true
@@ -911,8 +913,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Drive
         }
         self.on_transport_event(ev).await;
         if !self.stored_news.is_empty() {
-            let rounds = std::mem::take(&mut self.stored_news);
-            self.input(Input::StoredReports(rounds)).await;
+            let reports = std::mem::take(&mut self.stored_news);
+            self.input(Input::StoredReports(reports)).await;
         }
     }
 

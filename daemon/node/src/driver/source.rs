@@ -6,6 +6,7 @@
 use super::clock::{Clock, SystemClock};
 use crate::config::FeedParams;
 use sibyl_aggregator::round::LocalObservation;
+use sibyl_aggregator::round::message::entry_flags;
 use tokio::sync::watch;
 
 /// Latest observation per feed (ascending feed id).
@@ -38,11 +39,14 @@ pub fn builtin_observation(feed: &FeedParams, now_ms: u64) -> LocalObservation {
     } as i128; // 0..=600
     let bps = tri * 400 / 600 - 200; // -200..=200
     let price = base + base / 10_000 * bps;
+    // Bid and ask half a spread around the price; the built-in source
+    // stands for one venue that is all a feed needs.
+    let spread = (base / 10_000).unsigned_abs();
+    let half = base / 20_000;
     LocalObservation {
-        feed: feed.id.clone(),
-        price,
-        spread: (base / 10_000).unsigned_abs(),
-        observed_at_ms: t,
+        bid: Some(price - half),
+        ask: Some(price + half),
+        ..LocalObservation::basic(feed.id.clone(), price, spread, t)
     }
 }
 
@@ -94,12 +98,7 @@ pub fn from_feed_service(
                     .iter()
                     .filter_map(|f| {
                         let o = obs.get(f.id.as_str())?;
-                        Some(LocalObservation {
-                            feed: f.id.clone(),
-                            price: o.price_fixed,
-                            spread: o.spread.unsigned_abs(),
-                            observed_at_ms: o.observed_at_ms,
-                        })
+                        Some(local_observation(f, o))
                     })
                     .collect()
             };
@@ -119,6 +118,33 @@ pub fn feed_names(feeds: &[FeedParams]) -> Vec<String> {
     feeds.iter().map(|f| f.id.as_str().to_string()).collect()
 }
 
+/// One feeds-service observation as the round's local observation: price,
+/// spread, best bid/ask, venue counts and the peg flag.
+fn local_observation(f: &FeedParams, o: &sibyl_feeds::aggregate::Observation) -> LocalObservation {
+    LocalObservation {
+        // Best bid and ask among the venues used, in the
+        // feed's fixed point (None: no used venue gave one).
+        bid: o.best_bid,
+        ask: o.best_ask,
+        venues: u16::try_from(o.num_sources).unwrap_or(u16::MAX),
+        min_venues: u16::try_from(o.min_sources).unwrap_or(u16::MAX),
+        // No venue format carries a halted/closed status
+        // (docs/SOURCES.md): a closed market shows as
+        // venues dropping out, then no observation.
+        flags: if o.peg_departed {
+            entry_flags::PEG_DEPARTED
+        } else {
+            0
+        },
+        ..LocalObservation::basic(
+            f.id.clone(),
+            o.price_fixed,
+            o.spread.unsigned_abs(),
+            o.observed_at_ms,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +156,7 @@ mod tests {
             decimals,
             deviation_bps: 50,
             heartbeat_ms: 60_000,
+            policy: Default::default(),
         }
     }
 
@@ -150,5 +177,37 @@ mod tests {
         }
         let other = builtin_observation(&feed("ETH-USD", 8), 1_700_000_000_050);
         assert_ne!(a.price, other.price, "feeds get different prices");
+    }
+
+    /// A degraded, off-peg observation from the feeds service reaches the
+    /// round with its bid/ask, both venue counts and the peg flag.
+    #[test]
+    fn feeds_observation_maps_every_quality_field() {
+        let f = feed("BTC-USD", 8);
+        let mut o = sibyl_feeds::Observation {
+            feed: "BTC-USD".into(),
+            decimals: 8,
+            price_fixed: 6_000_000_000_000,
+            spread: -1_500,
+            spread_bps: 1,
+            num_sources: 2,
+            observed_at_ms: 1_700_000_000_000,
+            sources_used: vec!["a".into(), "b".into()],
+            outliers: Vec::new(),
+            best_bid: Some(5_999_999_000_000),
+            best_ask: Some(6_000_001_000_000),
+            min_sources: 3,
+            peg_departed: true,
+        };
+        let l = local_observation(&f, &o);
+        assert_eq!((l.price, l.spread), (6_000_000_000_000, 1_500));
+        assert_eq!((l.bid, l.ask), (o.best_bid, o.best_ask));
+        assert_eq!((l.venues, l.min_venues), (2, 3));
+        assert_eq!(l.flags, entry_flags::PEG_DEPARTED);
+        o.peg_departed = false;
+        o.best_bid = None;
+        o.min_sources = u32::MAX;
+        let l = local_observation(&f, &o);
+        assert_eq!((l.bid, l.flags, l.min_venues), (None, 0, u16::MAX));
     }
 }

@@ -14,6 +14,7 @@ fn feeds() -> Vec<FeedParams> {
             decimals: 8,
             deviation_bps: 10,
             heartbeat_ms: 60_000,
+            policy: Default::default(),
         })
         .collect()
 }
@@ -21,13 +22,7 @@ fn feeds() -> Vec<FeedParams> {
 fn report(round: u64, ts: u64, prices: &[(&str, i128)]) -> Arc<SignedReport> {
     let mut leaves: Vec<ReportLeaf> = prices
         .iter()
-        .map(|(f, p)| ReportLeaf {
-            feed_id: FeedId::new(*f).expect("feed id"),
-            price: *p,
-            confidence: 1_000,
-            num_observations: 3,
-            observed_at_ms: ts,
-        })
+        .map(|(f, p)| ReportLeaf::basic(FeedId::new(*f).expect("feed id"), *p, 1_000, 3, ts))
         .collect();
     leaves.sort_by(|a, b| a.feed_id.as_str().cmp(b.feed_id.as_str()));
     Arc::new(SignedReport {

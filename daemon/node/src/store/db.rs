@@ -4,7 +4,7 @@
 use super::{LedgerSync, SigningDigest, SigningRecord, StoreError, schema};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
-use sibyl_aggregator::{FeedId, Price, ReportLeaf, Round, SignedReport, TimestampMs};
+use sibyl_aggregator::{FeedId, LeafStatus, Price, ReportLeaf, Round, SignedReport, TimestampMs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,63 @@ pub struct Point {
     pub confidence: u128,
     pub num_observations: u16,
     pub observed_at_ms: TimestampMs,
+    /// 0 = unknown.
+    #[serde(with = "as_string")]
+    pub bid: Price,
+    /// 0 = unknown.
+    #[serde(with = "as_string")]
+    pub ask: Price,
+    pub venues: u16,
+    pub status: LeafStatus,
+    pub flags: u16,
+    #[serde(with = "as_string")]
+    pub ema: Price,
+    #[serde(with = "as_string")]
+    pub ema_confidence: u128,
+    /// Annualised, 1e9 = 100 %.
+    pub volatility: u64,
+}
+
+impl Point {
+    /// The point of `leaf` in a report of `round` stamped `timestamp_ms`.
+    pub fn of_leaf(leaf: &ReportLeaf, round: Round, timestamp_ms: TimestampMs) -> Self {
+        Self {
+            feed_id: leaf.feed_id.clone(),
+            round,
+            timestamp_ms,
+            price: leaf.price,
+            confidence: leaf.confidence,
+            num_observations: leaf.num_observations,
+            observed_at_ms: leaf.observed_at_ms,
+            bid: leaf.bid,
+            ask: leaf.ask,
+            venues: leaf.venues,
+            status: leaf.status,
+            flags: leaf.flags,
+            ema: leaf.ema,
+            ema_confidence: leaf.ema_confidence,
+            volatility: leaf.volatility,
+        }
+    }
+
+    /// The leaf this point stores (its feed's last value for the next leaf).
+    pub fn leaf(&self) -> ReportLeaf {
+        ReportLeaf {
+            feed_id: self.feed_id.clone(),
+            price: self.price,
+            confidence: self.confidence,
+            num_observations: self.num_observations,
+            observed_at_ms: self.observed_at_ms,
+            bid: self.bid,
+            ask: self.ask,
+            venues: self.venues,
+            status: self.status,
+            flags: self.flags,
+            ema: self.ema,
+            ema_confidence: self.ema_confidence,
+            volatility: self.volatility,
+        }
+    }
 }
 
 /// One time bucket of a feed's history.
@@ -299,13 +356,7 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for p in points {
             let key = Self::feed_key_or_insert(&tx, &mut cache, &p.feed_id)?;
-            let leaf = ReportLeaf {
-                feed_id: p.feed_id.clone(),
-                price: p.price,
-                confidence: p.confidence,
-                num_observations: p.num_observations,
-                observed_at_ms: p.observed_at_ms,
-            };
+            let leaf = p.leaf();
             insert_point(
                 &tx,
                 key,
@@ -606,7 +657,8 @@ impl Db {
             return Ok(None);
         };
         let mut stmt = self.conn.prepare_cached(
-            "SELECT ts_ms, round, price, confidence, num_observations, observed_at_ms
+            "SELECT ts_ms, round, price, confidence, num_observations, observed_at_ms,
+                    bid, ask, venues, status, flags, ema, ema_confidence, volatility
              FROM points WHERE feed_key = ?1 ORDER BY ts_ms DESC, round DESC LIMIT 1",
         )?;
         let mut rows = stmt.query([key])?;
@@ -847,7 +899,8 @@ impl Db {
             None => (i64::MIN, i64::MIN),
         };
         let mut stmt = self.conn.prepare_cached(
-            "SELECT ts_ms, round, price, confidence, num_observations, observed_at_ms
+            "SELECT ts_ms, round, price, confidence, num_observations, observed_at_ms,
+                    bid, ask, venues, status, flags, ema, ema_confidence, volatility
              FROM points WHERE feed_key = ?1 AND ts_ms >= ?2 AND ts_ms < ?3
                AND (ts_ms, round) > (?4, ?5)
              ORDER BY ts_ms, round LIMIT ?6",
@@ -1090,8 +1143,9 @@ fn insert_point(
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO points
-           (feed_key, ts_ms, round, price, confidence, num_observations, observed_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+           (feed_key, ts_ms, round, price, confidence, num_observations, observed_at_ms,
+            bid, ask, venues, status, flags, ema, ema_confidence, volatility)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         key,
@@ -1100,7 +1154,16 @@ fn insert_point(
         &leaf.price.to_be_bytes()[..],
         &leaf.confidence.to_be_bytes()[..],
         leaf.num_observations,
-        i64_of(leaf.observed_at_ms, "observation timestamp")?
+        i64_of(leaf.observed_at_ms, "observation timestamp")?,
+        &leaf.bid.to_be_bytes()[..],
+        &leaf.ask.to_be_bytes()[..],
+        leaf.venues,
+        leaf.status.as_u8(),
+        leaf.flags,
+        &leaf.ema.to_be_bytes()[..],
+        &leaf.ema_confidence.to_be_bytes()[..],
+        // SQLite integers are i64: the u64 is stored as its bit pattern.
+        i64::from_be_bytes(leaf.volatility.to_be_bytes())
     ])?;
     Ok(())
 }
@@ -1111,15 +1174,44 @@ fn blob<'r>(row: &'r rusqlite::Row<'_>, idx: usize) -> Result<&'r [u8], StoreErr
         .map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
 }
 
+/// Reads a point from `SELECT ts_ms, round, price, confidence,
+/// num_observations, observed_at_ms, bid, ask, venues, status, flags, ema,
+/// ema_confidence, volatility`. A row from before schema 3 (NULL quality
+/// columns) reads as a leaf without them (schema.rs, migration 3).
 fn point_of(feed: &FeedId, row: &rusqlite::Row<'_>) -> Result<Point, StoreError> {
+    let price = i128_of(blob(row, 2)?, "price")?;
+    let confidence = u128_of(blob(row, 3)?, "confidence")?;
+    let opt_blob = |idx: usize| -> Result<Option<&[u8]>, StoreError> {
+        row.get_ref(idx)?
+            .as_blob_or_null()
+            .map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
+    };
+    let i128_or = |idx: usize, what: &str, default: i128| -> Result<i128, StoreError> {
+        opt_blob(idx)?.map_or(Ok(default), |b| i128_of(b, what))
+    };
+    let status: Option<u8> = row.get(9)?;
+    let status = match status {
+        None => LeafStatus::Ok,
+        Some(v) => LeafStatus::from_u8(v)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown leaf status {v}")))?,
+    };
+    let volatility: Option<i64> = row.get(13)?;
     Ok(Point {
         feed_id: feed.clone(),
         timestamp_ms: u64_of(row.get(0)?, "timestamp")?,
         round: u64_of(row.get(1)?, "round")?,
-        price: i128_of(blob(row, 2)?, "price")?,
-        confidence: u128_of(blob(row, 3)?, "confidence")?,
+        price,
+        confidence,
         num_observations: row.get(4)?,
         observed_at_ms: u64_of(row.get(5)?, "observation timestamp")?,
+        bid: i128_or(6, "bid", 0)?,
+        ask: i128_or(7, "ask", 0)?,
+        venues: row.get::<_, Option<u16>>(8)?.unwrap_or(0),
+        status,
+        flags: row.get::<_, Option<u16>>(10)?.unwrap_or(0),
+        ema: i128_or(11, "ema", price)?,
+        ema_confidence: opt_blob(12)?.map_or(Ok(confidence), |b| u128_of(b, "ema confidence"))?,
+        volatility: volatility.map_or(0, |v| u64::from_be_bytes(v.to_be_bytes())),
     })
 }
 

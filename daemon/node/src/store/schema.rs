@@ -93,6 +93,20 @@ const MIGRATIONS: &[&str] = &[
         end_round   INTEGER NOT NULL
     );
     "#,
+    // 3: the leaf's quality fields (docs/PROTOCOL.md, "Leaf"). Rows written
+    // before it have NULLs and read as a leaf without them: no bid/ask, no
+    // venues, status ok, no flags, EMA = price, EMA confidence = confidence,
+    // volatility 0. i128/u128 as 16-byte big-endian blobs, like price.
+    r#"
+    ALTER TABLE points ADD COLUMN bid             BLOB;
+    ALTER TABLE points ADD COLUMN ask             BLOB;
+    ALTER TABLE points ADD COLUMN venues          INTEGER;
+    ALTER TABLE points ADD COLUMN status          INTEGER;
+    ALTER TABLE points ADD COLUMN flags           INTEGER;
+    ALTER TABLE points ADD COLUMN ema             BLOB;
+    ALTER TABLE points ADD COLUMN ema_confidence  BLOB;
+    ALTER TABLE points ADD COLUMN volatility      INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -211,6 +225,19 @@ fn current_version(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
 }
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    migrate_to(conn, path, SCHEMA_VERSION)
+}
+
+/// A database at schema `version` (an older build's file), for migration tests.
+#[cfg(test)]
+pub(crate) fn create_at_version(path: &Path, version: u32) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::open(path, e))?;
+    configure(&conn, path)?;
+    migrate_to(&conn, path, version)?;
+    Ok(conn)
+}
+
+fn migrate_to(conn: &Connection, path: &Path, target: u32) -> Result<(), StoreError> {
     let err = |e| StoreError::open(path, e);
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
@@ -230,7 +257,12 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             expected: SCHEMA_VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target as usize)
+        .skip(found as usize)
+    {
         let version = i as i64 + 1;
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Exclusive)
             .map_err(err)?;

@@ -15,11 +15,15 @@ fn feed(s: &str) -> FeedId {
 
 fn leaf(id: &str, price: i128, ts: u64) -> ReportLeaf {
     ReportLeaf {
-        feed_id: feed(id),
-        price,
-        confidence: 7,
-        num_observations: 4,
-        observed_at_ms: ts.saturating_sub(100),
+        bid: price - 2,
+        ask: price + 3,
+        venues: 5,
+        status: sibyl_aggregator::LeafStatus::Degraded,
+        flags: sibyl_aggregator::report::flags::UNCONFIRMED_JUMP,
+        ema: price - 1,
+        ema_confidence: 9,
+        volatility: u64::MAX - 1,
+        ..ReportLeaf::basic(feed(id), price, 7, 4, ts.saturating_sub(100))
     }
 }
 
@@ -118,20 +122,63 @@ async fn reports_and_history_round_trip_and_survive_reopen() {
     );
 }
 
+/// A database written before the leaf had its quality fields (schema 2)
+/// opens, migrates, and its rows read as leaves without them; new rows keep
+/// every field.
+#[tokio::test]
+async fn a_schema_2_database_opens_and_its_points_read_as_plain_leaves() {
+    let (_dir, path) = temp();
+    {
+        let conn = super::schema::create_at_version(&path, 2).expect("a schema-2 file");
+        conn.execute(
+            "INSERT INTO feeds (feed_key, feed_id) VALUES (1, 'BTC-USD')",
+            [],
+        )
+        .expect("feed");
+        conn.execute(
+            "INSERT INTO points (feed_key, ts_ms, round, price, confidence, num_observations, observed_at_ms)
+             VALUES (1, 1000, 1, ?1, ?2, 3, 900)",
+            rusqlite::params![&77i128.to_be_bytes()[..], &5u128.to_be_bytes()[..]],
+        )
+        .expect("old point");
+    }
+    let store = Store::open(&path).expect("migrates");
+    let old = store
+        .readers
+        .latest(feed("BTC-USD"))
+        .await
+        .expect("latest")
+        .expect("the old point");
+    assert_eq!(
+        old.leaf(),
+        ReportLeaf::basic(feed("BTC-USD"), 77, 5, 3, 900),
+        "an old row is a leaf without quality fields: EMA = price, status ok"
+    );
+    let rep = report(2, 2_000, vec![leaf("BTC-USD", 80, 2_000)]);
+    let newest = rep.leaves[0].clone();
+    assert!(store.writer.insert_report(rep).await.expect("insert"));
+    let p = store
+        .readers
+        .latest(feed("BTC-USD"))
+        .await
+        .expect("latest")
+        .expect("the new point");
+    assert_eq!(p.leaf(), newest, "every field of the new leaf comes back");
+    assert_eq!(p.volatility, u64::MAX - 1, "u64 above i64::MAX survives");
+}
+
 #[tokio::test]
 async fn history_pages_and_candles() {
     let (_dir, path) = temp();
     let store = Store::open(&path).expect("open");
     // 300 one-second points, price = second index.
     let points: Vec<Point> = (0..300u64)
-        .map(|i| Point {
-            feed_id: feed("BTC-USD"),
-            round: i + 1,
-            timestamp_ms: 60_000 + i * 1_000,
-            price: i as i128,
-            confidence: 1,
-            num_observations: 3,
-            observed_at_ms: 60_000 + i * 1_000,
+        .map(|i| {
+            Point::of_leaf(
+                &ReportLeaf::basic(feed("BTC-USD"), i as i128, 1, 3, 60_000 + i * 1_000),
+                i + 1,
+                60_000 + i * 1_000,
+            )
         })
         .collect();
     store
@@ -469,14 +516,12 @@ async fn retention_thins_then_prunes_in_batches() {
     let points: Vec<Point> = ["BTC-USD", "ETH-USD"]
         .iter()
         .flat_map(|f| {
-            (0..7_200u64).map(move |i| Point {
-                feed_id: feed(f),
-                round: i + 1,
-                timestamp_ms: start + i * 1_000,
-                price: i as i128,
-                confidence: 0,
-                num_observations: 1,
-                observed_at_ms: start + i * 1_000,
+            (0..7_200u64).map(move |i| {
+                Point::of_leaf(
+                    &ReportLeaf::basic(feed(f), i as i128, 0, 1, start + i * 1_000),
+                    i + 1,
+                    start + i * 1_000,
+                )
             })
         })
         .collect();
