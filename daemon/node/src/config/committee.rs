@@ -237,7 +237,7 @@ impl Committee {
         let raw: CommitteeFile = match toml::from_str(src) {
             Ok(raw) => raw,
             Err(e) => {
-                report.toml_error(&e);
+                report.toml_errors(&e);
                 return Err(ConfigError::Invalid(report.problems));
             }
         };
