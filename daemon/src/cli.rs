@@ -123,31 +123,6 @@ pub fn main() -> anyhow::Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn every_subcommand_help_shows_an_example() {
-        let mut cli = Cli::command();
-        cli.build();
-        let top = cli.render_long_help().to_string();
-        assert!(top.contains("sibyl devnet"), "{top}");
-        for sub in cli.get_subcommands_mut() {
-            let name = sub.get_name().to_string();
-            if name == "help" {
-                continue;
-            }
-            let help = sub.render_long_help().to_string();
-            assert!(
-                help.contains("Example:"),
-                "`sibyl {name} --help` has no example:\n{help}"
-            );
-        }
-    }
-}
-
 /// Exit status of a command whose output pipe was closed (as if killed by
 /// SIGPIPE, which a shell reports as 128 + 13).
 pub const BROKEN_PIPE_EXIT: u8 = 141;
@@ -178,4 +153,29 @@ fn exit_quietly_on_broken_pipe() {
         }
         default(info);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_help_shows_an_example() {
+        let mut cli = Cli::command();
+        cli.build();
+        let top = cli.render_long_help().to_string();
+        assert!(top.contains("sibyl devnet"), "{top}");
+        for sub in cli.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            if name == "help" {
+                continue;
+            }
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains("Example:"),
+                "`sibyl {name} --help` has no example:\n{help}"
+            );
+        }
+    }
 }

@@ -156,8 +156,8 @@ fn the_operator_guide_walk_on_loopback() {
     let mut committee = String::new();
     let mut index = 0;
     for line in example.lines() {
-        let line = if line.starts_with("index = ") {
-            index = line["index = ".len()..].trim().parse::<usize>().unwrap();
+        let line = if let Some(i) = line.strip_prefix("index = ") {
+            index = i.trim().parse::<usize>().unwrap();
             line.to_string()
         } else if line.starts_with("peer_id = ") {
             format!("peer_id = \"{}\"", members[index - 1].peer_id)
