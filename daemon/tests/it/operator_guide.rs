@@ -286,6 +286,14 @@ fn the_operator_guide_walk_on_loopback() {
     verify(&api1);
 
     // Section 7: restart member 2; it signs again and holds new reports.
+    let missed = |api: &str| {
+        sample(
+            &http_get(&format!("{api}/metrics")).unwrap_or_default(),
+            "sibyl_rounds_missed_total",
+        )
+        .unwrap_or(0.0)
+    };
+    let missed_before = missed(&api1);
     let api2 = members[1].api.clone();
     if let Some(mut c) = running.0[1].take() {
         terminate(&mut c);
@@ -295,6 +303,7 @@ fn the_operator_guide_walk_on_loopback() {
     wait_for("member 2 back and holding new reports", 60, || {
         last_round(&api2).is_some_and(|r| r > before + 2)
     });
+    let missed_in_restart = missed(&api1) - missed_before;
 
     // Section 4: back up member 3 (keys and a `.backup` copy of the live
     // database, plus observed-round), lose everything, restore, wait one
@@ -367,15 +376,180 @@ fn the_operator_guide_walk_on_loopback() {
     verify(&api3);
     assert!(status(&api3).is_some());
 
-    // Every member stops cleanly on SIGTERM.
+    // Section 5: operator 4 leaves, operator 5 joins. The new committee file
+    // (new digest) and a second DKG among the new members, into key files of
+    // their own (`keys/frost-2.key`: the old committee's keys stay, the
+    // rotation signs with them), while the old committee keeps running.
+    let dir5 = root.path().join("operator-5");
+    let passphrase5 = "passphrase of operator 5".to_string();
+    let out = sibyl()
+        .env("SIBYL_KEY_PASSPHRASE", &passphrase5)
+        .args(["identity", "--out"])
+        .arg(dir5.join("keys"))
+        .args(["--passphrase-env", "SIBYL_KEY_PASSPHRASE"])
+        .output()
+        .unwrap();
+    let stdout = ok("sibyl identity", &out);
+    let peer5 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("peer_id = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    let mut next: Vec<Member> = Vec::new();
+    let new_committee = committee.replace(&members[3].peer_id, &peer5).replace(
+        &format!("tcp/{}\"", members[3].port),
+        &format!("tcp/{}\"", free_port()),
+    );
+    let port5: u16 = new_committee
+        .lines()
+        .filter_map(|l| l.strip_prefix("address = \"/ip4/127.0.0.1/tcp/"))
+        .nth(3)
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .expect("member 4's new address");
+    // Members 1-3 listen on new ports for the new committee: the old one
+    // still runs on theirs.
+    for (dir, passphrase, peer_id, port) in [
+        (
+            &members[0].dir,
+            &members[0].passphrase,
+            &members[0].peer_id,
+            free_port(),
+        ),
+        (
+            &members[1].dir,
+            &members[1].passphrase,
+            &members[1].peer_id,
+            free_port(),
+        ),
+        (
+            &members[2].dir,
+            &members[2].passphrase,
+            &members[2].peer_id,
+            free_port(),
+        ),
+        (&dir5, &passphrase5, &peer5, port5),
+    ] {
+        next.push(Member {
+            dir: dir.join("next"),
+            passphrase: passphrase.clone(),
+            port,
+            api: String::new(),
+            peer_id: peer_id.clone(),
+        });
+    }
+    // Every member needs the identical file: apply all the new ports.
+    let mut new_committee = new_committee;
+    for (i, m) in next.iter().enumerate().take(3) {
+        new_committee = new_committee.replace(
+            &format!("tcp/{}\"", members[i].port),
+            &format!("tcp/{}\"", m.port),
+        );
+    }
+    for m in &mut next {
+        std::fs::create_dir_all(&m.dir).unwrap();
+        std::fs::write(m.dir.join("committee.toml"), &new_committee).unwrap();
+        let api_port = free_port();
+        m.api = format!("http://127.0.0.1:{api_port}");
+        let keys = m.dir.parent().unwrap().join("keys");
+        let node = node_example
+            .replace(
+                "/ip4/0.0.0.0/tcp/9001",
+                &format!("/ip4/127.0.0.1/tcp/{}", m.port),
+            )
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{api_port}"))
+            .replace(
+                "\"keys/identity.key\"",
+                &format!("\"{}\"", keys.join("identity.key").display()),
+            )
+            .replace(
+                "\"keys/frost.key\"",
+                &format!("\"{}\"", keys.join("frost-2.key").display()),
+            )
+            .replace(
+                "\"keys/frost.pub.json\"",
+                &format!("\"{}\"", keys.join("frost-2.pub.json").display()),
+            );
+        std::fs::write(m.node(), node).unwrap();
+    }
+    let dkg: Vec<Child> = next
+        .iter()
+        .map(|m| {
+            m.cmd()
+                .args(["dkg", "--timeout", "60s", "--config"])
+                .arg(m.node())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start sibyl dkg")
+        })
+        .collect();
+    let mut new_keys = Vec::new();
+    for child in dkg {
+        let stdout = ok("the second sibyl dkg", &child.wait_with_output().unwrap());
+        new_keys.push(
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("group public key (ed25519): "))
+                .unwrap_or_else(|| panic!("{stdout}"))
+                .to_string(),
+        );
+    }
+    assert!(new_keys.windows(2).all(|w| w[0] == w[1]), "{new_keys:?}");
+    assert_ne!(
+        new_keys[0], group_key,
+        "a new committee has a new group key"
+    );
+    // The old committee's keys are untouched.
+    assert!(members[0].dir.join("keys/frost.ed25519.key").exists());
+    assert!(members[0].dir.join("keys/frost-2.ed25519.key").exists());
+    // Stop the old committee, start the new one; its reports verify with
+    // the new group key and the new committee file.
     for c in running.0.iter_mut() {
         if let Some(mut child) = c.take() {
             terminate(&mut child);
-            assert!(child.try_wait().ok().flatten().is_some());
+            assert!(
+                child.try_wait().ok().flatten().is_some(),
+                "stopped on SIGTERM"
+            );
         }
     }
+    for m in &next {
+        let out = m
+            .cmd()
+            .args(["config", "check", "--config"])
+            .arg(m.node())
+            .output()
+            .unwrap();
+        assert!(ok("config check (new committee)", &out).starts_with("OK:"));
+    }
+    let _new_running = Members(next.iter().map(|m| Some(m.start())).collect());
+    let api_new = next[3].api.clone();
+    wait_for(
+        "3 signed reports of the new committee at member 5",
+        90,
+        || last_round(&api_new).is_some_and(|r| r >= 3),
+    );
+    let out = sibyl()
+        .arg("verify")
+        .arg(format!("{api_new}/v1/reports/latest"))
+        .args(["--group-key", &new_keys[0], "--committee"])
+        .arg(next[0].dir.join("committee.toml"))
+        .output()
+        .unwrap();
+    ok("sibyl verify (new committee)", &out);
+    // The old group key does not verify the new committee's report.
+    let out = sibyl()
+        .arg("verify")
+        .arg(format!("{api_new}/v1/reports/latest"))
+        .args(["--group-key", &group_key, "--committee"])
+        .arg(next[0].dir.join("committee.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
     eprintln!(
-        "operator guide walk: DKG done after {:.1}s, first report held after {:.1}s, all after {:.1}s",
+        "operator guide walk: DKG done after {:.1}s, first report held after {:.1}s, rounds missed at member 1 while member 2 restarted: {missed_in_restart}, all after {:.1}s",
         dkg_done.as_secs_f64(),
         first_report.as_secs_f64(),
         t0.elapsed().as_secs_f64()
