@@ -422,7 +422,7 @@ pub(crate) fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Opti
             span(&raw.suites),
             "suites",
             "no signature suite",
-            "use suites = [\"ed25519\"] or [\"ed25519\", \"secp256k1-evm\"]",
+            "use suites = [\"ed25519\"], or [\"secp256k1-evm\"] for the EVM path",
         );
     }
     let before = suites.len();
