@@ -925,9 +925,14 @@ pub async fn run_dkg(
     progress: impl FnMut(&str) + Send,
 ) -> Result<DkgResult, DkgError> {
     let linger = params.resend_interval * 3;
+    // `params.timeout` bounds the whole command (every suite and the
+    // lingering), not each suite's ceremony.
+    let end = tokio::time::Instant::now() + params.timeout;
+    let left = || end.saturating_duration_since(tokio::time::Instant::now());
     let mut ceremony = Ceremony::new(net, params)?.with_progress(progress);
     let mut result = DkgResult::default();
     for suite in suites {
+        ceremony.params.timeout = left();
         let outcome = match suite {
             Suite::Ed25519 => ceremony.run().await.map(|o| result.ed25519 = Some(o)),
             Suite::Secp256k1Evm => ceremony.run().await.map(|o| result.secp256k1_evm = Some(o)),
@@ -935,11 +940,11 @@ pub async fn run_dkg(
         if let Err(e) = outcome {
             // Stay a moment so what we already sent (e.g. the echo that lets
             // the others catch an equivocator too) is delivered.
-            ceremony.linger(linger).await;
+            ceremony.linger(linger.min(left())).await;
             return Err(e);
         }
     }
-    ceremony.linger(linger).await;
+    ceremony.linger(linger.min(left())).await;
     Ok(result)
 }
 
