@@ -218,20 +218,24 @@ fn the_operator_guide_walk_on_loopback() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("`keys.key_package`"));
 
     // Section 3: the ceremony, all members at about the same time.
-    let dkg: Vec<Child> = members
-        .iter()
-        .map(|m| {
-            m.cmd()
-                .args(["dkg", "--timeout", "60s", "--config"])
-                .arg(m.node())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start sibyl dkg")
-        })
-        .collect();
+    // Killed if the test fails before they end.
+    let mut dkg = Members(
+        members
+            .iter()
+            .map(|m| {
+                m.cmd()
+                    .args(["dkg", "--timeout", "60s", "--config"])
+                    .arg(m.node())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .ok()
+            })
+            .collect(),
+    );
     let mut group_keys = Vec::new();
-    for (m, child) in members.iter().zip(dkg) {
+    for (m, child) in members.iter().zip(dkg.0.iter_mut()) {
+        let child = child.take().expect("sibyl dkg started");
         let out = child.wait_with_output().expect("wait for dkg");
         let stdout = ok("sibyl dkg", &out);
         assert!(!String::from_utf8_lossy(&out.stderr).contains(&m.passphrase));
@@ -472,20 +476,22 @@ fn the_operator_guide_walk_on_loopback() {
             );
         std::fs::write(m.node(), node).unwrap();
     }
-    let dkg: Vec<Child> = next
-        .iter()
-        .map(|m| {
-            m.cmd()
-                .args(["dkg", "--timeout", "60s", "--config"])
-                .arg(m.node())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start sibyl dkg")
-        })
-        .collect();
+    let mut dkg = Members(
+        next.iter()
+            .map(|m| {
+                m.cmd()
+                    .args(["dkg", "--timeout", "60s", "--config"])
+                    .arg(m.node())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .ok()
+            })
+            .collect(),
+    );
     let mut new_keys = Vec::new();
-    for child in dkg {
+    for child in dkg.0.iter_mut() {
+        let child = child.take().expect("sibyl dkg started");
         let stdout = ok("the second sibyl dkg", &child.wait_with_output().unwrap());
         new_keys.push(
             stdout
