@@ -30,6 +30,7 @@ pub mod testkit;
 pub mod verify;
 
 pub mod aggregate;
+pub mod dkg;
 pub mod evidence;
 pub mod round;
 /// The seeded committee simulator (cargo feature `sim`).

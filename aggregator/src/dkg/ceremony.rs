@@ -1,0 +1,431 @@
+//! One suite's ceremony: FROST's Pedersen DKG (`part1..3`) with signed,
+//! echoed round-1 packages. Pure: the session machine ([`super::Dkg`]) feeds
+//! it decoded messages of its session and carries out its [`Effect`]s.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::{Verifier, VerifyingKey};
+use frost_core::keys::dkg::{part1, part2, part3, round1, round2};
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use frost_core::{Ciphersuite, Identifier};
+use rand_core::{CryptoRng, RngCore};
+
+use super::wire::{DkgMessage, EchoEntries, SessionId, round1_statement, sha3};
+use super::{DkgError, DkgOutput, EquivocationProof, IdentitySigner, Phase, suite_label};
+
+/// What a ceremony step asks of the session machine.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// Send (and remember for re-sending).
+    Send {
+        to: u16,
+        msg: DkgMessage,
+    },
+    /// The member repeated a message: it may lack ours; re-send (rate-limited).
+    Resend {
+        to: u16,
+    },
+    Progress(String),
+}
+
+#[derive(Clone)]
+pub(crate) struct Round1Seen {
+    pub(crate) hash: [u8; 32],
+    pub(crate) signature: Vec<u8>,
+    pub(crate) package: Vec<u8>,
+}
+
+type Round1Packages<C> = BTreeMap<Identifier<C>, round1::Package<C>>;
+
+/// One member's side of one suite's ceremony.
+pub(crate) struct Ceremony<C: Ciphersuite> {
+    session: SessionId,
+    me: u16,
+    threshold: u16,
+    members: BTreeMap<u16, VerifyingKey>,
+    others: BTreeSet<u16>,
+    by_ident: BTreeMap<Identifier<C>, u16>,
+    phase: Phase,
+    secret1: Option<round1::SecretPackage<C>>,
+    seen: BTreeMap<u16, Round1Seen>,
+    echoes: BTreeMap<u16, EchoEntries>,
+    round2_in: BTreeMap<u16, Vec<u8>>,
+    done_in: BTreeMap<u16, [u8; 32]>,
+    /// After `part2`: its secret and the others' round-1 packages.
+    secret2: Option<(round2::SecretPackage<C>, Round1Packages<C>)>,
+    result: Option<(KeyPackage<C>, PublicKeyPackage<C>, [u8; 32])>,
+}
+
+fn ident<C: Ciphersuite>(i: u16) -> Result<Identifier<C>, DkgError> {
+    Identifier::<C>::try_from(i).map_err(|e| DkgError::Params(format!("member {i}: {e}")))
+}
+
+impl<C: Ciphersuite> Ceremony<C> {
+    pub(crate) fn new(
+        session: SessionId,
+        me: u16,
+        threshold: u16,
+        members: BTreeMap<u16, VerifyingKey>,
+    ) -> Result<Self, DkgError> {
+        let mut by_ident = BTreeMap::new();
+        for &i in members.keys() {
+            by_ident.insert(ident::<C>(i)?, i);
+        }
+        let others = members.keys().copied().filter(|i| *i != me).collect();
+        Ok(Self {
+            session,
+            me,
+            threshold,
+            members,
+            others,
+            by_ident,
+            phase: Phase::Connect,
+            secret1: None,
+            seen: BTreeMap::new(),
+            echoes: BTreeMap::new(),
+            round2_in: BTreeMap::new(),
+            done_in: BTreeMap::new(),
+            secret2: None,
+            result: None,
+        })
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    fn member_of(&self, id: &Identifier<C>) -> u16 {
+        self.by_ident.get(id).copied().unwrap_or(0)
+    }
+
+    fn frost_err(&self, e: frost_core::Error<C>, phase: Phase) -> DkgError {
+        match (e.culprits().first().map(|c| self.member_of(c)), &e) {
+            (Some(m), frost_core::Error::InvalidProofOfKnowledge { .. }) => {
+                DkgError::InvalidProof { member: m }
+            }
+            (Some(m), frost_core::Error::InvalidSecretShare { .. }) => {
+                DkgError::InvalidShare { member: m }
+            }
+            (Some(m), _) => DkgError::BadMessage {
+                member: m,
+                phase,
+                reason: e.to_string(),
+            },
+            (None, _) => DkgError::Frost(e.to_string()),
+        }
+    }
+
+    /// The members this phase still waits for.
+    pub(crate) fn missing(&self) -> BTreeSet<u16> {
+        let has = |i: &u16| match self.phase {
+            Phase::Connect | Phase::Round1 => self.seen.contains_key(i),
+            Phase::Echo => self.echoes.contains_key(i),
+            Phase::Round2 => self.round2_in.contains_key(i),
+            Phase::Done => self.done_in.contains_key(i),
+        };
+        self.others.iter().filter(|i| !has(i)).copied().collect()
+    }
+
+    /// Round 1: `part1`, sign the package, send it to every other member.
+    pub(crate) fn start<R: RngCore + CryptoRng>(
+        &mut self,
+        rng: &mut R,
+        signer: &dyn IdentitySigner,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), DkgError> {
+        let n = u16::try_from(self.members.len())
+            .map_err(|_| DkgError::Params("too many members".into()))?;
+        let (secret1, package1) = part1::<C, _>(ident(self.me)?, n, self.threshold, &mut *rng)
+            .map_err(|e| self.frost_err(e, Phase::Round1))?;
+        let my_bytes = package1
+            .serialize()
+            .map_err(|e| DkgError::Frost(e.to_string()))?;
+        let my_hash = sha3(&[&my_bytes]);
+        let my_sig = signer
+            .sign(&round1_statement(&self.session, self.me, &my_hash))
+            .map_err(|e| DkgError::Params(format!("cannot sign: {e}")))?;
+        let msg = DkgMessage::Round1 {
+            package: my_bytes.clone(),
+            signature: my_sig.clone(),
+        };
+        self.seen.insert(
+            self.me,
+            Round1Seen {
+                hash: my_hash,
+                signature: my_sig,
+                package: my_bytes,
+            },
+        );
+        self.secret1 = Some(secret1);
+        self.phase = Phase::Round1;
+        for &to in &self.others {
+            fx.push(Effect::Send {
+                to,
+                msg: msg.clone(),
+            });
+        }
+        fx.push(Effect::Progress(format!(
+            "{}: round 1 sent",
+            suite_label::<C>()
+        )));
+        Ok(())
+    }
+
+    /// Take in one message of this session from another member.
+    pub(crate) fn receive(
+        &mut self,
+        from: u16,
+        msg: DkgMessage,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), DkgError> {
+        match msg {
+            DkgMessage::Round1 { package, signature } => {
+                let hash = sha3(&[&package]);
+                let statement = round1_statement(&self.session, from, &hash);
+                if !verifies(self.members.get(&from), &statement, &signature) {
+                    return Err(DkgError::BadMessage {
+                        member: from,
+                        phase: Phase::Round1,
+                        reason: "round-1 signature does not verify".into(),
+                    });
+                }
+                match self.seen.get(&from) {
+                    Some(prev) if prev.hash != hash => {
+                        return Err(DkgError::Equivocation {
+                            member: from,
+                            proof: Box::new(EquivocationProof {
+                                session: self.session,
+                                first: (prev.hash, prev.signature.clone()),
+                                second: (hash, signature),
+                            }),
+                        });
+                    }
+                    Some(_) => fx.push(Effect::Resend { to: from }),
+                    None => {
+                        self.seen.insert(
+                            from,
+                            Round1Seen {
+                                hash,
+                                signature,
+                                package,
+                            },
+                        );
+                        fx.push(Effect::Progress(format!(
+                            "{}: round 1 {}/{} packages",
+                            suite_label::<C>(),
+                            self.seen.len(),
+                            self.members.len()
+                        )));
+                    }
+                }
+            }
+            DkgMessage::Echo { entries } => {
+                if let Some(prev) = self.echoes.get(&from) {
+                    if *prev != entries {
+                        return Err(DkgError::BadMessage {
+                            member: from,
+                            phase: Phase::Echo,
+                            reason: "sent two different echoes".into(),
+                        });
+                    }
+                    fx.push(Effect::Resend { to: from });
+                } else {
+                    self.echoes.insert(from, entries);
+                }
+            }
+            DkgMessage::Round2 { package } => match self.round2_in.get(&from) {
+                Some(prev) if *prev != package => {
+                    return Err(DkgError::BadMessage {
+                        member: from,
+                        phase: Phase::Round2,
+                        reason: "sent two different round-2 packages".into(),
+                    });
+                }
+                Some(_) => fx.push(Effect::Resend { to: from }),
+                None => {
+                    self.round2_in.insert(from, package);
+                }
+            },
+            DkgMessage::Done {
+                public_key_package_hash,
+            } => {
+                if self.done_in.insert(from, public_key_package_hash).is_some() {
+                    fx.push(Effect::Resend { to: from });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Advance as far as the messages so far allow; the keys once every
+    /// member confirmed the same public key package.
+    pub(crate) fn advance(
+        &mut self,
+        fx: &mut Vec<Effect>,
+    ) -> Result<Option<DkgOutput<C>>, DkgError> {
+        let label = suite_label::<C>();
+        if self.phase == Phase::Round1 && self.seen.len() == self.members.len() {
+            let entries = self
+                .seen
+                .iter()
+                .map(|(i, s)| (*i, (s.hash, s.signature.clone())))
+                .collect();
+            let msg = DkgMessage::Echo { entries };
+            for &to in &self.others {
+                fx.push(Effect::Send {
+                    to,
+                    msg: msg.clone(),
+                });
+            }
+            self.phase = Phase::Echo;
+            fx.push(Effect::Progress(format!(
+                "{label}: round 1 complete, echo sent"
+            )));
+        }
+        if self.phase == Phase::Echo {
+            // Check every echo that has arrived against what we saw.
+            for (&k, entries) in &self.echoes {
+                check_echo(&self.session, k, entries, &self.seen, &self.members)?;
+            }
+            if self.echoes.len() == self.others.len() {
+                let mut r1 = BTreeMap::new();
+                for (&i, s) in &self.seen {
+                    if i == self.me {
+                        continue;
+                    }
+                    let pkg = round1::Package::<C>::deserialize(&s.package).map_err(|e| {
+                        DkgError::BadMessage {
+                            member: i,
+                            phase: Phase::Round1,
+                            reason: format!("round-1 package does not decode: {e}"),
+                        }
+                    })?;
+                    r1.insert(ident::<C>(i)?, pkg);
+                }
+                let secret1 = self
+                    .secret1
+                    .clone()
+                    .ok_or_else(|| DkgError::Frost("round 2 before round 1".into()))?;
+                let (s2, out) =
+                    part2(secret1, &r1).map_err(|e| self.frost_err(e, Phase::Round1))?;
+                for (id, pkg) in out {
+                    let to = self.member_of(&id);
+                    let bytes = pkg
+                        .serialize()
+                        .map_err(|e| DkgError::Frost(e.to_string()))?;
+                    fx.push(Effect::Send {
+                        to,
+                        msg: DkgMessage::Round2 { package: bytes },
+                    });
+                }
+                self.secret2 = Some((s2, r1));
+                self.phase = Phase::Round2;
+                fx.push(Effect::Progress(format!(
+                    "{label}: echoes consistent, round 2 sent"
+                )));
+            }
+        }
+        if self.phase == Phase::Round2
+            && self.round2_in.len() == self.others.len()
+            && let Some((s2, r1)) = &self.secret2
+        {
+            let mut r2 = BTreeMap::new();
+            for (&i, bytes) in &self.round2_in {
+                let pkg =
+                    round2::Package::<C>::deserialize(bytes).map_err(|e| DkgError::BadMessage {
+                        member: i,
+                        phase: Phase::Round2,
+                        reason: format!("round-2 package does not decode: {e}"),
+                    })?;
+                r2.insert(ident::<C>(i)?, pkg);
+            }
+            let (kp, pkp) = part3(s2, r1, &r2).map_err(|e| self.frost_err(e, Phase::Round2))?;
+            let hash = sha3(&[&pkp
+                .serialize()
+                .map_err(|e| DkgError::Frost(e.to_string()))?]);
+            for &to in &self.others {
+                fx.push(Effect::Send {
+                    to,
+                    msg: DkgMessage::Done {
+                        public_key_package_hash: hash,
+                    },
+                });
+            }
+            self.result = Some((kp, pkp, hash));
+            self.phase = Phase::Done;
+            fx.push(Effect::Progress(format!(
+                "{label}: round 2 complete, confirming"
+            )));
+        }
+        if self.phase == Phase::Done
+            && let Some((kp, pkp, hash)) = &self.result
+        {
+            for (&m, h) in &self.done_in {
+                if h != hash {
+                    return Err(DkgError::Mismatch { member: m });
+                }
+            }
+            if self.done_in.len() == self.others.len() {
+                let out = DkgOutput {
+                    key_package: kp.clone(),
+                    public_key_package: pkp.clone(),
+                };
+                fx.push(Effect::Progress(format!(
+                    "{label}: all {} members confirmed group key {}",
+                    self.members.len(),
+                    out.group_key_hex()
+                )));
+                return Ok(Some(out));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn verifies(key: Option<&VerifyingKey>, statement: &[u8], signature: &[u8]) -> bool {
+    let Some(key) = key else { return false };
+    ed25519_dalek::Signature::from_slice(signature)
+        .is_ok_and(|sig| key.verify(statement, &sig).is_ok())
+}
+
+/// Check member `k`'s echo against the round-1 packages we saw.
+pub(crate) fn check_echo(
+    session: &SessionId,
+    k: u16,
+    entries: &EchoEntries,
+    seen: &BTreeMap<u16, Round1Seen>,
+    members: &BTreeMap<u16, VerifyingKey>,
+) -> Result<(), DkgError> {
+    let bad = |reason: String| DkgError::BadMessage {
+        member: k,
+        phase: Phase::Echo,
+        reason,
+    };
+    if entries.keys().ne(members.keys()) {
+        return Err(bad("echo does not list every member exactly once".into()));
+    }
+    for (&j, (hash, sig)) in entries {
+        let Some(ours) = seen.get(&j) else {
+            // Not seen yet: checked again once it arrives.
+            continue;
+        };
+        if *hash == ours.hash {
+            continue;
+        }
+        // Different: if j really signed it, j signed two packages.
+        if verifies(members.get(&j), &round1_statement(session, j, hash), sig) {
+            return Err(DkgError::Equivocation {
+                member: j,
+                proof: Box::new(EquivocationProof {
+                    session: *session,
+                    first: (ours.hash, ours.signature.clone()),
+                    second: (*hash, sig.clone()),
+                }),
+            });
+        }
+        return Err(bad(format!(
+            "echoed a round-1 package of member {j} that member {j} never signed"
+        )));
+    }
+    Ok(())
+}
