@@ -360,6 +360,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
                 accounts: 150,
                 seed: 3,
             }),
+            snapshot_every_rounds: 0,
         },
     )
     .await

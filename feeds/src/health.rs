@@ -4,25 +4,28 @@
 use std::time::Duration;
 
 use rand::Rng;
+use sibyl_util::TokenBucket;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// Token bucket shared by every request to one venue host.
+/// Paces every request to one venue host: a [`TokenBucket`] (sibyl-util's)
+/// that a request waits on for its token.
 #[derive(Debug)]
 pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
+    bucket: Mutex<TokenBucket>,
 }
 
 impl RateLimiter {
+    /// `per_second` requests a second (at least 1), up to `burst` (at least
+    /// 1) at once.
     pub fn new(per_second: u32, burst: u32) -> RateLimiter {
-        let per_second = f64::from(per_second.max(1));
-        let burst = f64::from(burst.max(1));
+        let bucket = TokenBucket::new(
+            u64::from(per_second.max(1)),
+            u64::from(burst.max(1)),
+            Instant::now().into_std(),
+        );
         RateLimiter {
-            per_second,
-            burst,
-            state: Mutex::new((burst, Instant::now())),
+            bucket: Mutex::new(bucket),
         }
     }
 
@@ -30,16 +33,14 @@ impl RateLimiter {
     pub async fn acquire(&self) {
         loop {
             let wait = {
-                let mut st = self.state.lock().await;
-                let now = Instant::now();
-                let refill = now.duration_since(st.1).as_secs_f64() * self.per_second;
-                st.0 = (st.0 + refill).min(self.burst);
-                st.1 = now;
-                if st.0 >= 1.0 {
-                    st.0 -= 1.0;
+                let mut bucket = self.bucket.lock().await;
+                // tokio's clock, so paused-time tests pace too.
+                let now = Instant::now().into_std();
+                if bucket.take(now) {
                     return;
                 }
-                Duration::from_secs_f64((1.0 - st.0) / self.per_second)
+                // Capacity >= 1 and rate >= 1: one token always comes back.
+                bucket.wait(1, now).unwrap_or(Duration::from_secs(1))
             };
             tokio::time::sleep(wait).await;
         }

@@ -335,6 +335,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/margin/accounts/{account}"),
     ("GET", "/v1/margin/accounts/{account}/positions"),
     ("GET", "/v1/margin/accounts/{account}/greeks"),
+    ("GET", "/v1/margin/accounts/{account}/proof"),
     ("GET", "/v1/margin/at-risk"),
     ("GET", "/v1/margin/liquidations"),
     ("GET", "/v1/margin/insurance"),
@@ -386,6 +387,7 @@ pub fn router_with(state: ApiState, extra: Router) -> Router {
             get(margin::positions).merge(post(margin::open).route_layer(admin_layer())),
         )
         .route("/v1/margin/accounts/{account}/greeks", get(margin::greeks))
+        .route("/v1/margin/accounts/{account}/proof", get(margin::proof))
         .route("/v1/margin/at-risk", get(margin::at_risk))
         .route("/v1/margin/liquidations", get(margin::liquidations))
         .route("/v1/margin/insurance", get(margin::insurance))

@@ -6,56 +6,56 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sibyl_util::TokenBucket;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
-/// Token buckets per client IP.
+/// Token buckets ([`sibyl_util::TokenBucket`]) per client IP.
 pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    per_second: u32,
+    burst: u32,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
 /// Clients tracked at most; beyond this, full buckets are forgotten.
 const MAX_CLIENTS: usize = 10_000;
 
 impl RateLimiter {
+    /// `per_second` requests a second per client, up to `burst` at once;
     /// `per_second == 0` disables the limit.
     pub fn new(per_second: u32, burst: u32) -> Self {
         Self {
-            per_second: f64::from(per_second),
-            burst: f64::from(burst.max(1)),
+            per_second,
+            burst,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     /// Take one token for `ip`; `Err(seconds)` says when to retry.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
-        if self.per_second <= 0.0 {
+        if self.per_second == 0 {
             return Ok(());
         }
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(());
         };
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&ip) {
-            let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
+            buckets.retain(|_, bucket| !bucket.is_full(now));
         }
-        let (tokens, at) = buckets.entry(ip).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+        let bucket = buckets.entry(ip).or_insert_with(|| {
+            TokenBucket::new(u64::from(self.per_second), u64::from(self.burst), now)
+        });
+        if bucket.take(now) {
+            return Ok(());
         }
+        // Whole seconds (Retry-After), at least one.
+        let wait = bucket.wait(1, now).unwrap_or(Duration::from_secs(1));
+        Err(u64::try_from(wait.as_micros().div_ceil(1_000_000))
+            .unwrap_or(u64::MAX)
+            .max(1))
     }
 }
 
@@ -172,7 +172,6 @@ pub async fn require_admin(State(state): State<ApiState>, req: Request, next: Ne
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bucket_refills_at_the_configured_rate() {

@@ -10,9 +10,11 @@
 //! Commands go through the margin service, the same path the devnet's demo
 //! book takes, so every accepted one is stored as an engine input and
 //! `sibyl replay` reproduces it; a refused one changes nothing and stores
-//! nothing. Money, prices, sizes and Greeks are exact decimal strings of the
-//! engine's fixed-point integers (money 6 decimals, the rest 8), never JSON
-//! numbers, and amounts in request bodies must be decimal strings too.
+//! nothing. Money, prices, sizes, rates and Greeks are rendered as the feed
+//! routes render prices: the engine's fixed-point integer as a string of
+//! digits ([`fixed`]), never a JSON number, at a fixed scale per kind
+//! ([`Decimals`], served by `/v1/margin/markets`). Amounts in request bodies
+//! are decimal strings in units (`"0.5"`).
 
 use super::{ApiError, ApiState};
 use axum::Json;
@@ -25,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sibyl_margin::engine::{AtRisk, GREEK_SCALE, MarketState};
-use sibyl_margin::fixed::{MONEY_SCALE, QTY_SCALE, VALUE_DIVISOR};
+use sibyl_margin::fixed::{MONEY_SCALE, VALUE_DIVISOR};
 use sibyl_margin::options::OptionKind;
 use sibyl_margin::{
     AccountId, Command, Engine, EngineError, Event, EventRecord, Greeks, Health, InsuranceReason,
@@ -38,7 +40,7 @@ use std::collections::BTreeMap;
 const MONEY_DIGITS: u32 = 6;
 const PRICE_DIGITS: u32 = 8;
 const QTY_DIGITS: u32 = 8;
-const GREEK_DIGITS: u32 = 8;
+const GREEK_DIGITS: u32 = sibyl_margin::engine::GREEK_DECIMALS;
 /// Most rows one list route returns.
 const MAX_LIMIT: usize = 1_000;
 
@@ -46,7 +48,8 @@ const MAX_LIMIT: usize = 1_000;
 // Decimal strings
 // ---------------------------------------------------------------------------
 
-/// `v / 10^digits` as an exact decimal string, e.g. `-12.500000`.
+/// `v / 10^digits` as an exact decimal string, e.g. `-12.500000`: for text
+/// people read (`sibyl replay`); the JSON routes use [`fixed`].
 pub fn decimal(v: i128, digits: u32) -> String {
     let scale = 10u128.pow(digits);
     let abs = v.unsigned_abs();
@@ -62,17 +65,52 @@ pub fn decimal(v: i128, digits: u32) -> String {
     )
 }
 
+/// A fixed-point value as the API renders it in JSON, on every route: the
+/// integer as a string of digits (`"150025000"` is 150.025 at 6 decimals),
+/// so no client rounds it; the scale is stated beside it (`decimals`).
+pub fn fixed(v: i128) -> String {
+    v.to_string()
+}
+
+/// Money in USD ([`Decimals::money`]).
 fn money(v: i128) -> String {
-    decimal(v, MONEY_DIGITS)
+    fixed(v)
 }
 
+/// A price ([`Decimals::price`]).
 fn price(v: i128) -> String {
-    decimal(v, PRICE_DIGITS)
+    fixed(v)
 }
 
+/// A size or collateral amount ([`Decimals::size`]).
 fn qty(v: i128) -> String {
-    decimal(v, QTY_DIGITS)
+    fixed(v)
 }
+
+/// A rate, ratio or fraction in parts per million ([`Decimals::rate`]).
+fn rate(v: i128) -> String {
+    fixed(v)
+}
+
+/// The scale (decimals) of each kind of margin value: `"1500250000"` money
+/// is 1500.25 USD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Decimals {
+    pub money: u32,
+    pub price: u32,
+    pub size: u32,
+    pub rate: u32,
+    pub greek: u32,
+}
+
+/// The margin routes' scales.
+pub const DECIMALS: Decimals = Decimals {
+    money: MONEY_DIGITS,
+    price: PRICE_DIGITS,
+    size: QTY_DIGITS,
+    rate: MONEY_DIGITS,
+    greek: GREEK_DIGITS,
+};
 
 /// Parses a decimal string (`"1500"`, `"-0.25"`, `"1e3"` is refused) into an
 /// integer with `digits` decimals; more decimals than that, or a value out
@@ -142,11 +180,13 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::GuardUp { .. } => (StatusCode::CONFLICT, "guard_up"),
         E::NoPrice { .. } => (StatusCode::CONFLICT, "no_price"),
         E::Expired { .. } | E::Settled { .. } => (StatusCode::CONFLICT, "market_closed"),
+        E::ExpiryInPast { .. } => (StatusCode::BAD_REQUEST, "expiry_in_past"),
         E::MarginModeConflict { .. } => (StatusCode::CONFLICT, "margin_mode_conflict"),
         E::Pricing { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pricing_failed"),
-        E::OutOfOrderPrice { .. } | E::DuplicateFeed { .. } | E::SnapshotVersion { .. } => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "engine_error")
-        }
+        E::OutOfOrderPrice { .. }
+        | E::DuplicateFeed { .. }
+        | E::SnapshotVersion { .. }
+        | E::SnapshotCorrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
     };
     ApiError::new(status, code, e.to_string())
 }
@@ -256,15 +296,10 @@ impl UnitJson {
     }
 }
 
-/// Equity / maintenance as a decimal string (6 decimals), `None` without a
-/// maintenance requirement.
+/// Equity / maintenance ([`Decimals::rate`]), `None` without a maintenance
+/// requirement.
 fn margin_ratio(h: &Health) -> Option<String> {
-    (h.maintenance > 0).then(|| {
-        decimal(
-            h.equity.saturating_mul(MONEY_SCALE) / h.maintenance,
-            MONEY_DIGITS,
-        )
-    })
+    (h.maintenance > 0).then(|| rate(h.equity.saturating_mul(MONEY_SCALE) / h.maintenance))
 }
 
 /// A unit's health in money.
@@ -301,7 +336,7 @@ impl HealthJson {
     }
 }
 
-/// Greeks as decimal strings (8 decimals).
+/// Greeks ([`Decimals::greek`]).
 #[derive(Serialize)]
 struct GreeksJson {
     delta: String,
@@ -314,11 +349,11 @@ struct GreeksJson {
 impl GreeksJson {
     fn of(g: &Greeks) -> Self {
         GreeksJson {
-            delta: decimal(g.delta, GREEK_DIGITS),
-            gamma: decimal(g.gamma, GREEK_DIGITS),
-            rho: decimal(g.rho, GREEK_DIGITS),
-            theta: decimal(g.theta, GREEK_DIGITS),
-            vega: decimal(g.vega, GREEK_DIGITS),
+            delta: fixed(g.delta),
+            gamma: fixed(g.gamma),
+            rho: fixed(g.rho),
+            theta: fixed(g.theta),
+            vega: fixed(g.vega),
         }
     }
 
@@ -339,7 +374,7 @@ fn add_greeks(a: &mut Greeks, b: &Greeks) {
 }
 
 fn scale_greeks(size: i128, g: &Greeks) -> Greeks {
-    let s = |x: i128| x.checked_mul(size).map_or(0, |p| p.div_euclid(QTY_SCALE));
+    let s = |x: i128| sibyl_margin::fixed::qty_times(size, x, "greeks").unwrap_or(0);
     Greeks {
         delta: s(g.delta),
         gamma: s(g.gamma),
@@ -601,10 +636,9 @@ impl EventJson {
                 note,
             } => {
                 let (liquidation, fraction) = match kind {
-                    LiquidationKind::Partial { fraction_ppm } => (
-                        "partial",
-                        Some(decimal(i128::from(*fraction_ppm), MONEY_DIGITS)),
-                    ),
+                    LiquidationKind::Partial { fraction_ppm } => {
+                        ("partial", Some(rate(i128::from(*fraction_ppm))))
+                    }
                     LiquidationKind::Full => ("full", None),
                 };
                 EventJson {
@@ -807,6 +841,8 @@ pub(super) struct InsuranceResponse {
 /// `GET /v1/margin/markets`.
 #[derive(Serialize)]
 pub(super) struct MarketsResponse {
+    /// The scale of every kind of value on the margin routes.
+    decimals: Decimals,
     engine_time_ms: u64,
     feeds: Vec<FeedJson>,
     markets: Vec<MarketJson>,
@@ -830,6 +866,8 @@ struct MarketJson {
 #[derive(Serialize)]
 struct FeedJson {
     confidence: Option<String>,
+    /// Of `price` and `confidence`, as on the feed routes.
+    decimals: u32,
     feed: String,
     guard: Option<GuardJson>,
     max_staleness_ms: u64,
@@ -955,7 +993,7 @@ fn greeks_response(engine: &Engine, id: AccountId) -> Result<GreeksResponse, Api
         account: id,
         greeks: GreeksJson::by_feed(&total),
         scale_note: format!(
-            "8 decimals (GREEK_SCALE = {GREEK_SCALE}); delta in underlying units, vega per 1.00 vol, theta per year, rho per 1.00 rate"
+            "{GREEK_DIGITS} decimals (GREEK_SCALE = {GREEK_SCALE}); delta in underlying units, vega per 1.00 vol, theta per year, rho per 1.00 rate"
         ),
         units,
     })
@@ -993,9 +1031,9 @@ fn markets_response(engine: &Engine) -> MarketsResponse {
                 greeks: m.mark.as_ref().map(|k| GreeksJson::of(&k.greeks)),
                 guard: feed.and_then(|f| f.guard.as_ref()).map(GuardJson::of),
                 guarded: feed.is_none_or(|f| f.guard.is_some()),
-                initial_rate: decimal(i128::from(m.config.initial_ppm), MONEY_DIGITS),
+                initial_rate: rate(i128::from(m.config.initial_ppm)),
                 instrument: InstrumentJson::of(&m.config.kind),
-                maintenance_rate: decimal(i128::from(m.config.maintenance_ppm), MONEY_DIGITS),
+                maintenance_rate: rate(i128::from(m.config.maintenance_ppm)),
                 mark_price: m.mark.as_ref().map(|k| price(k.price)),
                 market: name.clone(),
                 settled_price: m.settled.map(price),
@@ -1008,6 +1046,7 @@ fn markets_response(engine: &Engine) -> MarketsResponse {
         .iter()
         .map(|(name, f)| FeedJson {
             confidence: f.last.as_ref().map(|l| price(l.confidence)),
+            decimals: DECIMALS.price,
             feed: name.clone(),
             guard: f.guard.as_ref().map(GuardJson::of),
             max_staleness_ms: f.config.max_staleness_ms,
@@ -1017,6 +1056,7 @@ fn markets_response(engine: &Engine) -> MarketsResponse {
         })
         .collect();
     MarketsResponse {
+        decimals: DECIMALS,
         engine_time_ms: engine.now_ms(),
         feeds,
         markets,
@@ -1046,6 +1086,108 @@ pub(super) async fn account(
     Path(id): Path<String>,
 ) -> Result<Json<AccountResponse>, ApiError> {
     account_view(&st, &id, account_response)
+}
+
+/// `GET /v1/margin/accounts/{account}/proof`: the account's state as the
+/// state root commits to it, its Merkle proof and this member's state root.
+/// The root is not signed by the committee yet (a later change carries it in
+/// the signed report); until then it proves consistency with this member's
+/// engine only.
+pub(super) async fn proof(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProofResponse>, ApiError> {
+    let id = account_param(&id)?;
+    let h = handle(&st)?;
+    let mut guard = h.read();
+    let (state, proof, root) = guard
+        .engine
+        .account_proof(id)
+        .map_err(|e| engine_error(&e))?;
+    let hex32 = |h: &[u8; 32]| format!("0x{}", hex::encode(h));
+    let unit_name = |u: &Unit| match u {
+        Unit::Cross => "cross".to_string(),
+        Unit::Isolated { market } => format!("isolated:{market}"),
+    };
+    Ok(Json(ProofResponse {
+        account: id,
+        engine_time_ms: guard.engine.state().now_ms,
+        state: ProofStateJson {
+            cash: money(state.state.cash),
+            collateral: state
+                .state
+                .collateral
+                .iter()
+                .map(|(a, q)| (a.clone(), qty(*q)))
+                .collect(),
+            positions: state
+                .state
+                .positions
+                .iter()
+                .map(|(m, p)| {
+                    (
+                        m.clone(),
+                        ProofPositionJson {
+                            size: qty(p.size),
+                            quote: money(p.quote),
+                            isolated_margin: p.isolated.map(money),
+                        },
+                    )
+                })
+                .collect(),
+            margin_calls: state.margin_calls.iter().map(unit_name).collect(),
+            liquidation_deferred: state.deferred.iter().map(unit_name).collect(),
+        },
+        leaf_preimage: format!("0x{}", hex::encode(state.encode())),
+        proof: ProofJson {
+            slot: proof.slot,
+            count: proof.count,
+            siblings: proof.siblings.iter().map(hex32).collect(),
+            globals_hash: hex32(&proof.globals_hash),
+            size_bytes: proof.size_bytes(),
+        },
+        state_root: hex32(&root),
+        signed: false,
+    }))
+}
+
+/// The proof route's body.
+#[derive(Debug, Serialize)]
+pub struct ProofResponse {
+    account: AccountId,
+    engine_time_ms: u64,
+    state: ProofStateJson,
+    /// `AccountState::encode()`: the leaf is keccak(0x00 ‖ these bytes).
+    leaf_preimage: String,
+    proof: ProofJson,
+    state_root: String,
+    /// Whether a committee signature covers `state_root` (not yet).
+    signed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofStateJson {
+    cash: String,
+    collateral: BTreeMap<String, String>,
+    positions: BTreeMap<String, ProofPositionJson>,
+    margin_calls: Vec<String>,
+    liquidation_deferred: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofPositionJson {
+    size: String,
+    quote: String,
+    isolated_margin: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProofJson {
+    slot: u64,
+    count: u64,
+    siblings: Vec<String>,
+    globals_hash: String,
+    size_bytes: usize,
 }
 
 /// `GET /v1/margin/accounts/{account}/positions`: every position with its
@@ -1386,7 +1528,7 @@ pub(super) async fn close(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sibyl_margin::fixed::PRICE_SCALE;
+    use sibyl_margin::fixed::{PRICE_SCALE, QTY_SCALE};
 
     #[test]
     fn decimals_round_trip_exactly() {
@@ -1566,26 +1708,26 @@ mod tests {
         assert_eq!(got, expected, "{what}: bytes");
     }
 
-    /// The typed responses answer with the bytes the `json!` objects did
-    /// (sorted keys, nulls where a value is missing, `round` only on stored
-    /// events). The account figures come from the demo book of seed 11: a
+    /// The typed responses answer with these bytes (sorted keys, nulls
+    /// where a value is missing, `round` only on stored events, fixed-point
+    /// values as integer strings). The account figures come from the demo book of seed 11: a
     /// change to the demo generator changes them.
     #[test]
     fn responses_keep_their_json_bytes() {
         let golden = [
             r#"{"account":7,"at_ms":1700000000000,"kind":"account_created","seq":100}"#,
-            r#"{"account":7,"amount":"1500.250000","asset":"USD","at_ms":1700000000001,"kind":"deposited","round":41,"seq":101}"#,
-            r#"{"account":7,"amount":"0.12345678","asset":"BTC","at_ms":1700000000002,"kind":"deposited","seq":102}"#,
-            r#"{"account":7,"amount":"0.000001","asset":"USD","at_ms":1700000000003,"health_after":{"equity":"900.000000","initial":"500.000000","maintenance":"0.000000","margin_ratio":null,"notional":"9000.000000","portfolio_margin":false,"status":"healthy"},"kind":"withdrawn","round":43,"seq":103}"#,
-            r#"{"account":7,"at_ms":1700000000004,"fee":"0.001234","kind":"filled","market":"BTC-PERP","price":"60000.12345678","realized":"-0.056789","reason":"auto_deleverage","seq":104,"size":"-0.25000000"}"#,
-            r#"{"account":7,"at_ms":1700000000005,"health":{"equity":"400.000000","initial":"500.000000","maintenance":"250.000000","margin_ratio":"1.600000","notional":"4000.000000","portfolio_margin":true,"status":"margin_call"},"kind":"margin_call","round":45,"seq":105,"unit":{"market":null,"mode":"cross"}}"#,
-            r#"{"account":7,"at_ms":1700000000006,"health":{"equity":"600.000000","initial":"500.000000","maintenance":"250.000000","margin_ratio":"2.400000","notional":"6000.000000","portfolio_margin":false,"status":"healthy"},"kind":"margin_call_cleared","seq":106,"unit":{"market":"ETH-PERP","mode":"isolated"}}"#,
-            r#"{"account":7,"at_ms":1700000000007,"feed":"BTC-USD","guard":{"message":"stale: last price at 1, now 2, max age 3 ms","reason":"stale"},"health":{"equity":"-0.000005","initial":"500.000000","maintenance":"250.000000","margin_ratio":"0.000000","notional":"-0.000050","portfolio_margin":false,"status":"below_maintenance"},"kind":"liquidation_deferred","round":47,"seq":107,"unit":{"market":null,"mode":"cross"}}"#,
-            r#"{"account":7,"after":{"equity":"190.000000","initial":"300.000000","maintenance":"150.000000","margin_ratio":"1.266666","notional":"1900.000000","portfolio_margin":false,"status":"margin_call"},"at_ms":1700000000008,"before":{"equity":"200.000000","initial":"500.000000","maintenance":"250.000000","margin_ratio":"0.800000","notional":"2000.000000","portfolio_margin":false,"status":"below_maintenance"},"closed":[{"market":"ETH-PERP","price":"3000.00000000","size":"0.50000000"}],"fraction":"0.250000","kind":"liquidated","liquidation":"partial","note":"closing 250000 ppm restores","penalty":"10.000000","seq":108,"to_insurance":"5.000000","to_liquidator":"5.000000","unit":{"market":"ETH-PERP","mode":"isolated"}}"#,
-            r#"{"account":8,"after":{"equity":"0.000000","initial":"0.000000","maintenance":"0.000000","margin_ratio":null,"notional":"0.000000","portfolio_margin":false,"status":"healthy"},"at_ms":1700000000009,"before":{"equity":"-0.000001","initial":"0.000005","maintenance":"0.000002","margin_ratio":"-0.500000","notional":"-0.000010","portfolio_margin":true,"status":"below_maintenance"},"closed":[],"fraction":null,"kind":"liquidated","liquidation":"full","note":"closed in full","penalty":"0.000000","round":49,"seq":109,"to_insurance":"0.000000","to_liquidator":"0.000000","unit":{"market":null,"mode":"cross"}}"#,
-            r#"{"account":null,"at_ms":1700000000010,"balance":"1005.000000","delta":"5.000000","kind":"insurance_fund","reason":"funded","seq":110}"#,
-            r#"{"account":8,"at_ms":1700000000011,"balance":"0.000007","delta":"-0.000003","kind":"insurance_fund","reason":"bad_debt","round":51,"seq":111}"#,
-            r#"{"account":8,"at_ms":1700000000012,"deficit":"0.000010","from_deleveraging":"0.000002","from_insurance":"0.000007","from_venue":"0.000001","kind":"bad_debt","seq":112,"unit":{"market":null,"mode":"cross"}}"#,
+            r#"{"account":7,"amount":"1500250000","asset":"USD","at_ms":1700000000001,"kind":"deposited","round":41,"seq":101}"#,
+            r#"{"account":7,"amount":"12345678","asset":"BTC","at_ms":1700000000002,"kind":"deposited","seq":102}"#,
+            r#"{"account":7,"amount":"1","asset":"USD","at_ms":1700000000003,"health_after":{"equity":"900000000","initial":"500000000","maintenance":"0","margin_ratio":null,"notional":"9000000000","portfolio_margin":false,"status":"healthy"},"kind":"withdrawn","round":43,"seq":103}"#,
+            r#"{"account":7,"at_ms":1700000000004,"fee":"1234","kind":"filled","market":"BTC-PERP","price":"6000012345678","realized":"-56789","reason":"auto_deleverage","seq":104,"size":"-25000000"}"#,
+            r#"{"account":7,"at_ms":1700000000005,"health":{"equity":"400000000","initial":"500000000","maintenance":"250000000","margin_ratio":"1600000","notional":"4000000000","portfolio_margin":true,"status":"margin_call"},"kind":"margin_call","round":45,"seq":105,"unit":{"market":null,"mode":"cross"}}"#,
+            r#"{"account":7,"at_ms":1700000000006,"health":{"equity":"600000000","initial":"500000000","maintenance":"250000000","margin_ratio":"2400000","notional":"6000000000","portfolio_margin":false,"status":"healthy"},"kind":"margin_call_cleared","seq":106,"unit":{"market":"ETH-PERP","mode":"isolated"}}"#,
+            r#"{"account":7,"at_ms":1700000000007,"feed":"BTC-USD","guard":{"message":"stale: last price at 1, now 2, max age 3 ms","reason":"stale"},"health":{"equity":"-5","initial":"500000000","maintenance":"250000000","margin_ratio":"0","notional":"-50","portfolio_margin":false,"status":"below_maintenance"},"kind":"liquidation_deferred","round":47,"seq":107,"unit":{"market":null,"mode":"cross"}}"#,
+            r#"{"account":7,"after":{"equity":"190000000","initial":"300000000","maintenance":"150000000","margin_ratio":"1266666","notional":"1900000000","portfolio_margin":false,"status":"margin_call"},"at_ms":1700000000008,"before":{"equity":"200000000","initial":"500000000","maintenance":"250000000","margin_ratio":"800000","notional":"2000000000","portfolio_margin":false,"status":"below_maintenance"},"closed":[{"market":"ETH-PERP","price":"300000000000","size":"50000000"}],"fraction":"250000","kind":"liquidated","liquidation":"partial","note":"closing 250000 ppm restores","penalty":"10000000","seq":108,"to_insurance":"5000000","to_liquidator":"5000000","unit":{"market":"ETH-PERP","mode":"isolated"}}"#,
+            r#"{"account":8,"after":{"equity":"0","initial":"0","maintenance":"0","margin_ratio":null,"notional":"0","portfolio_margin":false,"status":"healthy"},"at_ms":1700000000009,"before":{"equity":"-1","initial":"5","maintenance":"2","margin_ratio":"-500000","notional":"-10","portfolio_margin":true,"status":"below_maintenance"},"closed":[],"fraction":null,"kind":"liquidated","liquidation":"full","note":"closed in full","penalty":"0","round":49,"seq":109,"to_insurance":"0","to_liquidator":"0","unit":{"market":null,"mode":"cross"}}"#,
+            r#"{"account":null,"at_ms":1700000000010,"balance":"1005000000","delta":"5000000","kind":"insurance_fund","reason":"funded","seq":110}"#,
+            r#"{"account":8,"at_ms":1700000000011,"balance":"7","delta":"-3","kind":"insurance_fund","reason":"bad_debt","round":51,"seq":111}"#,
+            r#"{"account":8,"at_ms":1700000000012,"deficit":"10","from_deleveraging":"2","from_insurance":"7","from_venue":"1","kind":"bad_debt","seq":112,"unit":{"market":null,"mode":"cross"}}"#,
             r#"{"at_ms":1700000000013,"feed":"SOL-USD","guard":{"message":"no price yet","reason":"no_price"},"kind":"guard_raised","round":53,"seq":113}"#,
             r#"{"at_ms":1700000000014,"feed":"SOL-USD","kind":"guard_cleared","seq":114}"#,
             r#"{"at_ms":1700000000015,"kind":"settled","round":55,"seq":115}"#,
@@ -1604,22 +1746,22 @@ mod tests {
         same_json(
             "account 2",
             &account_response(e, 2).expect("account"),
-            r#"{"account":2,"cash":"29629.000000","collateral":[],"engine_time_ms":1767225600000,"health":{"equity":"29629.000000","initial":"0.000000","maintenance":"0.000000","margin_ratio":null,"notional":"0.000000","portfolio_margin":false,"status":"healthy"},"units":[{"health":{"equity":"29629.000000","initial":"0.000000","maintenance":"0.000000","margin_ratio":null,"notional":"0.000000","portfolio_margin":false,"status":"healthy"},"in_margin_call":false,"liquidation_deferred":false,"market":null,"mode":"cross","positions":0},{"health":{"equity":"29560.853300","initial":"6851.741803","maintenance":"3444.406804","margin_ratio":"8.582277","notional":"136293.399960","portfolio_margin":false,"status":"healthy"},"in_margin_call":false,"liquidation_deferred":false,"market":"ETH-PERP","mode":"isolated","positions":1}]}"#,
+            r#"{"account":2,"cash":"29629000000","collateral":[],"engine_time_ms":1767225600000,"health":{"equity":"29629000000","initial":"0","maintenance":"0","margin_ratio":null,"notional":"0","portfolio_margin":false,"status":"healthy"},"units":[{"health":{"equity":"29629000000","initial":"0","maintenance":"0","margin_ratio":null,"notional":"0","portfolio_margin":false,"status":"healthy"},"in_margin_call":false,"liquidation_deferred":false,"market":null,"mode":"cross","positions":0},{"health":{"equity":"29560853300","initial":"6851741803","maintenance":"3444406804","margin_ratio":"8582277","notional":"136293399960","portfolio_margin":false,"status":"healthy"},"in_margin_call":false,"liquidation_deferred":false,"market":"ETH-PERP","mode":"isolated","positions":1}]}"#,
         );
         same_json(
             "positions 2",
             &positions_response(e, 2).expect("positions"),
-            r#"{"account":2,"positions":[{"entry_price":"3000.00000000","feed":"ETH-USD","greeks":{"delta":"-45.43113332","gamma":"0.00000000","rho":"0.00000000","theta":"0.00000000","vega":"0.00000000"},"instrument":{"type":"perpetual"},"isolated_margin":"29560.853300","mark_price":"3000.00000000","market":"ETH-PERP","mode":"isolated","side":"short","size":"-45.43113332","underlying_price":"3000.00000000","unrealized_pnl":"0.000000","value":"-136293.399960"}]}"#,
+            r#"{"account":2,"positions":[{"entry_price":"300000000000","feed":"ETH-USD","greeks":{"delta":"-45431133320000000000","gamma":"0","rho":"0","theta":"0","vega":"0"},"instrument":{"type":"perpetual"},"isolated_margin":"29560853300","mark_price":"300000000000","market":"ETH-PERP","mode":"isolated","side":"short","size":"-4543113332","underlying_price":"300000000000","unrealized_pnl":"0","value":"-136293399960"}]}"#,
         );
         same_json(
             "positions 3",
             &positions_response(e, 3).expect("positions"),
-            r#"{"account":3,"positions":[{"entry_price":"60000.00000000","feed":"BTC-USD","greeks":{"delta":"-0.99887777","gamma":"0.00000000","rho":"0.00000000","theta":"0.00000000","vega":"0.00000000"},"instrument":{"expiry_ms":1769817600000,"type":"future"},"isolated_margin":null,"mark_price":"60000.00000000","market":"BTC-FUT-30D","mode":"cross","side":"short","size":"-0.99887777","underlying_price":"60000.00000000","unrealized_pnl":"0.000000","value":"-59932.666200"}]}"#,
+            r#"{"account":3,"positions":[{"entry_price":"6000000000000","feed":"BTC-USD","greeks":{"delta":"-998877770000000000","gamma":"0","rho":"0","theta":"0","vega":"0"},"instrument":{"expiry_ms":1769817600000,"type":"future"},"isolated_margin":null,"mark_price":"6000000000000","market":"BTC-FUT-30D","mode":"cross","side":"short","size":"-99887777","underlying_price":"6000000000000","unrealized_pnl":"0","value":"-59932666200"}]}"#,
         );
         same_json(
             "greeks 2",
             &greeks_response(e, 2).expect("greeks"),
-            r#"{"account":2,"greeks":{"ETH-USD":{"delta":"-45.43113332","gamma":"0.00000000","rho":"0.00000000","theta":"0.00000000","vega":"0.00000000"}},"scale_note":"8 decimals (GREEK_SCALE = 100000000); delta in underlying units, vega per 1.00 vol, theta per year, rho per 1.00 rate","units":[{"greeks":{},"market":null,"mode":"cross"},{"greeks":{"ETH-USD":{"delta":"-45.43113332","gamma":"0.00000000","rho":"0.00000000","theta":"0.00000000","vega":"0.00000000"}},"market":"ETH-PERP","mode":"isolated"}]}"#,
+            r#"{"account":2,"greeks":{"ETH-USD":{"delta":"-45431133320000000000","gamma":"0","rho":"0","theta":"0","vega":"0"}},"scale_note":"18 decimals (GREEK_SCALE = 1000000000000000000); delta in underlying units, vega per 1.00 vol, theta per year, rho per 1.00 rate","units":[{"greeks":{},"market":null,"mode":"cross"},{"greeks":{"ETH-USD":{"delta":"-45431133320000000000","gamma":"0","rho":"0","theta":"0","vega":"0"}},"market":"ETH-PERP","mode":"isolated"}]}"#,
         );
         let err = account_response(e, 99).err().expect("unknown account");
         assert_eq!(err.code, "unknown_account");

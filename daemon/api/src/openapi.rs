@@ -21,11 +21,26 @@ fn query(name: &str, desc: &str, schema: Value) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema })
 }
 
+/// Request amounts: decimal strings in units (`"0.5"`).
 const DECIMAL_PATTERN: &str = "^-?[0-9]+(\\.[0-9]+)?$";
+/// Every fixed-point value in a response, on the feed and the margin routes:
+/// the integer as a string of digits (`margin::fixed`).
+const FIXED_PATTERN: &str = "^-?[0-9]+$";
+
+/// A fixed-point value in a response, `decimals` decimals.
+fn fixed_schema(what: &str, decimals: u32) -> Value {
+    json!({ "type": "string", "pattern": FIXED_PATTERN,
+            "description": format!("{what}: fixed-point integer as a string, {decimals} decimals (`value / 10^{decimals}`)") })
+}
 
 fn money_schema() -> Value {
+    fixed_schema("money in USD", crate::margin::DECIMALS.money)
+}
+
+/// A request amount in units.
+fn decimal_schema(what: &str) -> Value {
     json!({ "type": "string", "pattern": DECIMAL_PATTERN,
-            "description": "money in USD, exact decimal string (6 decimals)" })
+            "description": format!("{what}: exact decimal string in units (e.g. `\"0.5\"`)") })
 }
 
 fn nullable(schema: &Value) -> Value {
@@ -67,14 +82,12 @@ fn command_responses() -> Value {
 /// exceed the `json!` macro's recursion limit).
 fn margin_paths() -> Vec<(&'static str, Value)> {
     let int = json!({ "type": "integer", "minimum": 0 });
+    let d = crate::margin::DECIMALS;
     let money = money_schema();
-    let qty = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
-                      "description": "quantity, exact decimal string (8 decimals)" });
-    let price = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
-                        "description": "price, exact decimal string (8 decimals)" });
-    let greek = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
-                        "description": "exact decimal string (8 decimals)" });
-    let _ = &greek;
+    let qty = fixed_schema("quantity", d.size);
+    let price = fixed_schema("price", d.price);
+    let size_in = decimal_schema("size");
+    let money_in = decimal_schema("money in USD");
     vec![
         (
             "/v1/margin/accounts/{account}",
@@ -113,9 +126,9 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
                 "properties": {
                   "market": { "type": "string", "example": "BTC-PERP" },
                   "side": { "type": "string", "enum": ["long", "short"] },
-                  "size": qty.clone(),
+                  "size": size_in.clone(),
                   "mode": { "type": "string", "enum": ["cross", "isolated"], "default": "cross" },
-                  "isolated_margin": money.clone() } } } } },
+                  "isolated_margin": money_in } } } } },
             "responses": command_responses() } }),
         ),
         (
@@ -130,6 +143,32 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
                 "units": { "type": "array", "items": { "type": "object" } } } })),
             "400": error_response("malformed account id"),
             "404": error_response("unknown account") } } }),
+        ),
+        (
+            "/v1/margin/accounts/{account}/proof",
+            json!({ "get": {
+          "summary": "An account's state with its Merkle proof against this member's margin state root (docs/MARGIN.md, State root). The root is not yet signed by the committee (`signed: false`): it will be carried in the signed report by a later change",
+          "parameters": [ account_param() ],
+          "responses": {
+            "200": json_response("account proof", json!({ "type": "object", "properties": {
+                "account": int, "engine_time_ms": int,
+                "state": { "type": "object", "properties": {
+                    "cash": money.clone(),
+                    "collateral": { "type": "object", "additionalProperties": qty.clone() },
+                    "positions": { "type": "object", "additionalProperties": { "type": "object", "properties": {
+                        "size": qty.clone(), "quote": money.clone(), "isolated_margin": money.clone() } } },
+                    "margin_calls": { "type": "array", "items": { "type": "string" } },
+                    "liquidation_deferred": { "type": "array", "items": { "type": "string" } } } },
+                "leaf_preimage": { "type": "string", "description": "0x-hex AccountState::encode(); leaf = keccak256(0x00 ‖ bytes)" },
+                "proof": { "type": "object", "properties": {
+                    "slot": int, "count": int,
+                    "siblings": { "type": "array", "items": { "type": "string" } },
+                    "globals_hash": { "type": "string" }, "size_bytes": int } },
+                "state_root": { "type": "string" },
+                "signed": { "type": "boolean" } } })),
+            "400": error_response("malformed account id"),
+            "404": error_response("unknown account"),
+            "503": error_response("no margin engine") } } }),
         ),
         (
             "/v1/margin/at-risk",
@@ -173,16 +212,18 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
           "summary": "Markets with marks and requirement rates, feeds with their last price and guard state (why liquidations wait and new risk is refused)",
           "responses": {
             "200": json_response("markets and feeds", json!({ "type": "object", "properties": {
+                "decimals": { "type": "object", "description": "the scale of each kind of value on the margin routes",
+                              "properties": { "money": int, "price": int, "size": int, "rate": int, "greek": int } },
                 "engine_time_ms": int,
                 "markets": { "type": "array", "items": { "type": "object", "properties": {
                     "market": { "type": "string" }, "feed": { "type": "string" },
                     "instrument": { "type": "object" },
-                    "initial_rate": { "type": "string" }, "maintenance_rate": { "type": "string" },
+                    "initial_rate": fixed_schema("rate", d.rate), "maintenance_rate": fixed_schema("rate", d.rate),
                     "mark_price": nullable(&price), "underlying_price": nullable(&price),
                     "settled_price": nullable(&price), "guarded": { "type": "boolean" },
                     "guard": { "oneOf": [ { "$ref": "#/components/schemas/Guard" }, { "type": "null" } ] } } } },
                 "feeds": { "type": "array", "items": { "type": "object", "properties": {
-                    "feed": { "type": "string" }, "price": nullable(&price), "confidence": nullable(&price),
+                    "feed": { "type": "string" }, "decimals": int, "price": nullable(&price), "confidence": nullable(&price),
                     "timestamp_ms": { "type": ["integer", "null"] }, "round": { "type": ["integer", "null"] },
                     "guard": { "oneOf": [ { "$ref": "#/components/schemas/Guard" }, { "type": "null" } ] } } } } } })) } } }),
         ),
@@ -221,7 +262,7 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
           "parameters": [ account_param(),
             { "name": "market", "in": "path", "required": true, "schema": { "type": "string" } } ],
           "requestBody": { "required": false, "content": { "application/json": { "schema": {
-              "type": "object", "additionalProperties": false, "properties": { "size": qty.clone() } } } } },
+              "type": "object", "additionalProperties": false, "properties": { "size": size_in } } } } },
           "responses": command_responses() } }),
         ),
     ]
@@ -230,20 +271,18 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
 /// Schemas of the margin routes.
 fn margin_schemas() -> Vec<(&'static str, Value)> {
     let int = json!({ "type": "integer", "minimum": 0 });
+    let d = crate::margin::DECIMALS;
     let money = money_schema();
-    let qty = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
-                      "description": "quantity, exact decimal string (8 decimals)" });
-    let price = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
-                        "description": "price, exact decimal string (8 decimals)" });
-    let greek = json!({ "type": "string", "pattern": DECIMAL_PATTERN,
-                        "description": "exact decimal string (8 decimals)" });
+    let qty = fixed_schema("quantity", d.size);
+    let price = fixed_schema("price", d.price);
+    let greek = fixed_schema("Greek", d.greek);
     vec![
         (
             "Health",
             json!({ "type": "object", "properties": {
             "equity": money.clone(), "initial": money.clone(), "maintenance": money.clone(),
             "notional": money.clone(),
-            "margin_ratio": { "type": ["string", "null"], "description": "equity / maintenance (6 decimals); liquidation below 1" },
+            "margin_ratio": { "type": ["string", "null"], "pattern": FIXED_PATTERN, "description": "equity / maintenance, fixed-point with 6 decimals; liquidation below 1000000 (1.0)" },
             "portfolio_margin": { "type": "boolean" },
             "status": { "type": "string", "enum": ["healthy", "margin_call", "below_maintenance"] } } }),
         ),
@@ -290,7 +329,7 @@ fn margin_schemas() -> Vec<(&'static str, Value)> {
             json!({ "allOf": [ { "$ref": "#/components/schemas/MarginEvent" }, { "type": "object", "properties": {
             "account": int, "unit": { "type": "object" },
             "liquidation": { "type": "string", "enum": ["partial", "full"] },
-            "fraction": { "type": ["string", "null"] },
+            "fraction": { "type": ["string", "null"], "pattern": FIXED_PATTERN, "description": "share of the unit liquidated, fixed-point with 6 decimals" },
             "before": { "$ref": "#/components/schemas/Health" }, "after": { "$ref": "#/components/schemas/Health" },
             "closed": { "type": "array", "items": { "type": "object", "properties": {
               "market": { "type": "string" }, "size": qty.clone(), "price": price.clone() } } },
@@ -332,7 +371,7 @@ fn base_document() -> Value {
       "info": {
         "title": "Sibyl oracle node API",
         "version": env!("CARGO_PKG_VERSION"),
-        "description": "Signed price reports of a Sibyl committee: latest values with Merkle proofs for pull consumers, history and candles, a live stream, committee health, and the embedded margin engine (`/v1/margin/*`: account health, positions with Greeks, accounts at risk, liquidations, insurance fund, market guards; commands with the admin bearer token). Prices are fixed-point integers (`value / 10^decimals`) as decimal strings; margin amounts are exact decimal strings (money 6 decimals, prices and sizes 8). Errors are `{\"error\": {\"code\", \"message\"}}`."
+        "description": "Signed price reports of a Sibyl committee: latest values with Merkle proofs for pull consumers, history and candles, a live stream, committee health, and the embedded margin engine (`/v1/margin/*`: account health, positions with Greeks, accounts at risk, liquidations, insurance fund, market guards; commands with the admin bearer token). Every price, amount, rate and Greek in a response is a fixed-point integer as a string of digits (`value / 10^decimals`): feed values with the feed's `decimals`, margin values at the scales `/v1/margin/markets` serves as `decimals` (money 6, prices, sizes and Greeks 8, rates 6); request amounts are decimal strings in units (`\"0.5\"`). Errors are `{\"error\": {\"code\", \"message\"}}`."
       },
       "paths": {
         "/healthz": { "get": {

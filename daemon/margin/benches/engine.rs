@@ -6,7 +6,10 @@
 //!   random walk step of ~0.2%, one report per simulated second): p50/p99/max;
 //! - full revaluation of every account (`Engine::revalue_all`);
 //! - memory per position (resident set growth while building the book);
-//! - each at several book sizes, to show how cost grows with account count.
+//! - each at several book sizes, to show how cost grows with account count;
+//! - issue 20: the state root after 1,000 changed accounts, proof size,
+//!   snapshot size and restart time (decode + first root). The tick figures
+//!   include the state root (every report ends by updating it).
 //!
 //! ```text
 //! cargo bench -p sibyl-margin --bench engine
@@ -253,7 +256,67 @@ fn bench(c: &mut Criterion) {
             r.positions,
             start.elapsed()
         );
+        state_root_and_snapshot(n, e);
     }
+}
+
+/// Issue 20's figures: the state root's cost per 1,000 changed accounts,
+/// proof size, snapshot size, and restart (decode + first root).
+fn state_root_and_snapshot(n: usize, mut e: Engine) {
+    use sibyl_margin::Command;
+    let ids: Vec<u64> = e.state().accounts.keys().copied().collect();
+    let _ = e.state_root();
+    let mut costs: Vec<Duration> = Vec::new();
+    for round in 0..20usize {
+        let at = e.now_ms();
+        for k in 0..1_000usize {
+            let id = ids[(round * 7_919 + k * 104_729) % ids.len()];
+            let dep = Command::Deposit {
+                account: id,
+                asset: "USD".into(),
+                amount: 1,
+            };
+            e.apply_command(at, &dep).expect("bench deposit is valid");
+        }
+        let cpu0 = cpu_ns();
+        black_box(e.state_root());
+        costs.push(Duration::from_nanos(cpu_ns().saturating_sub(cpu0)));
+    }
+    costs.sort();
+    println!(
+        "book n={n}: state root after 1,000 changed accounts (20 rounds): on CPU p50 {:.3?} max {:.3?}",
+        pct(&costs, 0.5),
+        costs.last().copied().unwrap_or_default()
+    );
+    let (state, proof, _) = e.account_proof(ids[ids.len() / 2]).expect("account");
+    println!(
+        "book n={n}: account proof {} bytes ({} siblings) + account state {} bytes",
+        proof.size_bytes(),
+        proof.siblings.len(),
+        state.encode().len()
+    );
+    let root = e.state_root();
+    let cpu = || Duration::from_nanos(cpu_ns());
+    let (start, c0) = (Instant::now(), cpu());
+    let bytes = e.encode_snapshot().expect("snapshot encodes");
+    let (encode, encode_cpu) = (start.elapsed(), cpu() - c0);
+    drop(e);
+    let (start, c0) = (Instant::now(), cpu());
+    let mut back = Engine::decode_snapshot(&bytes).expect("snapshot decodes");
+    let (decode, decode_cpu) = (start.elapsed(), cpu() - c0);
+    let (start, c0) = (Instant::now(), cpu());
+    let back_root = back.state_root();
+    let (first_root, first_root_cpu) = (start.elapsed(), cpu() - c0);
+    assert_eq!(back_root, root, "restored root differs");
+    println!(
+        "book n={n}: snapshot {} MiB ({} bytes/account), encoded in {encode:.2?} wall / {encode_cpu:.2?} CPU; \
+         restart: decode {decode:.2?} wall / {decode_cpu:.2?} CPU + first state root {first_root:.2?} wall / {first_root_cpu:.2?} CPU \
+         = {:.2?} wall / {:.2?} CPU (same root)",
+        bytes.len() >> 20,
+        bytes.len() / n.max(1),
+        decode + first_root,
+        decode_cpu + first_root_cpu
+    );
 }
 
 criterion_group!(benches, bench);

@@ -15,7 +15,9 @@ mod fills;
 mod health;
 mod liquidation;
 mod prices;
+mod root;
 mod settlement;
+mod snapshot;
 mod triggers;
 mod views;
 
@@ -31,8 +33,16 @@ const _: () = assert!(YEAR_MS_INT as f64 == YEAR_MS);
 pub const MAX_RECHECK_MS: u64 = 3_600_000;
 /// Most feeds one engine holds: the trigger index numbers them with a `u16`.
 pub const MAX_FEEDS: usize = 1 << 16;
-/// Greeks are stored per unit of underlying with 8 decimals.
-pub const GREEK_SCALE: i128 = 100_000_000;
+/// Greeks are stored as fixed-point integers with 18 decimals
+/// (`GREEK_DECIMALS`): 8 decimals lost a BTC-like gamma (2.3e-5 at
+/// S = 100,000) to a 1.2e-4 relative error and rounded gamma at S = 1e9 to 0.
+/// With 18 decimals the rounding error is at most 5e-19 absolute, i.e.
+/// ≤ 1e-9 relative for any Greek of magnitude ≥ 5e-10 (gamma at S = 1e9,
+/// σ = 0.6, 30 days is ~2.3e-9), and i128 still holds ±1.7e20 per contract.
+pub const GREEK_DECIMALS: u32 = 18;
+/// `10^GREEK_DECIMALS`.
+pub const GREEK_SCALE: i128 = 1_000_000_000_000_000_000;
+const _: () = assert!(10i128.pow(GREEK_DECIMALS) == GREEK_SCALE);
 
 /// Last accepted price of a feed (8 decimals).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,8 +72,8 @@ pub struct FeedState {
     pub guard: Option<GuardReason>,
 }
 
-/// Greeks (Hull's units, 8 decimals): per contract in a market, or summed
-/// over an account's positions on one underlying.
+/// Greeks (Hull's units, `GREEK_DECIMALS` = 18 decimals): per contract in a
+/// market, or summed over an account's positions on one underlying.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Greeks {
     /// Underlying units.
@@ -138,6 +148,10 @@ pub struct Snapshot {
     pub margin_calls: BTreeSet<(AccountId, Unit)>,
     /// Units whose liquidation a guard deferred.
     pub deferred: BTreeSet<(AccountId, Unit)>,
+    /// Accounts in order of creation: their slots in the state root's
+    /// account tree. A snapshot without it (older shape) takes id order.
+    #[serde(default)]
+    pub account_order: Vec<AccountId>,
 }
 
 /// The margin and liquidation engine.
@@ -156,6 +170,8 @@ pub struct Engine {
     grid: bands::GridCache,
     /// Bands that fell back to the whole-band bound (a metric).
     fallback_bands: u64,
+    /// The state root's maintained tree (derived; not part of the state).
+    root: root::RootCache,
 }
 
 impl Default for Engine {
@@ -194,6 +210,7 @@ impl Engine {
             fees: 0,
             margin_calls: BTreeSet::new(),
             deferred: BTreeSet::new(),
+            account_order: Vec::new(),
         };
         Self {
             s,
@@ -205,11 +222,19 @@ impl Engine {
             exhaustive: false,
             grid: bands::GridCache::default(),
             fallback_bands: 0,
+            root: root::RootCache::default(),
         }
     }
 
     /// Restores an engine from a snapshot and rebuilds its indexes.
     pub fn from_snapshot(s: Snapshot) -> Result<Self, EngineError> {
+        let mut e = Self::checked_shell(s)?;
+        e.rebuild_index();
+        Ok(e)
+    }
+
+    /// An engine holding `s` after checking it, with no index yet.
+    fn checked_shell(s: Snapshot) -> Result<Self, EngineError> {
         if s.version != SCHEMA_VERSION {
             return Err(EngineError::SnapshotVersion {
                 found: s.version,
@@ -224,9 +249,26 @@ impl Engine {
                 ),
             });
         }
+        let mut s = s;
+        if s.account_order.is_empty() {
+            s.account_order = s.accounts.keys().copied().collect();
+        }
+        if s.account_order.len() != s.accounts.len()
+            || s.account_order
+                .iter()
+                .any(|id| !s.accounts.contains_key(id))
+        {
+            return Err(EngineError::InvalidConfig {
+                detail: format!(
+                    "snapshot: account_order lists {} accounts but the snapshot holds {} (or names unknown ones); the snapshot is corrupt: restore another or replay the inputs",
+                    s.account_order.len(),
+                    s.accounts.len()
+                ),
+            });
+        }
         let mut e = Engine::new(s.risk.clone());
+        e.root = root::RootCache::for_order(&s.account_order)?;
         e.s = s;
-        e.rebuild_index();
         Ok(e)
     }
 
@@ -275,6 +317,11 @@ impl Engine {
     /// A snapshot with the trigger index, so a restored engine examines
     /// exactly the units the live one would.
     pub fn snapshot_with_index(&self) -> (Snapshot, Vec<IndexedUnit>) {
+        (self.s.clone(), self.index_entries())
+    }
+
+    /// The trigger index entries, sorted by account and unit.
+    pub fn index_entries(&self) -> Vec<IndexedUnit> {
         let mut units = Vec::new();
         for (key, bands, recheck) in self.idx.entries() {
             let Some(unit) = self.unit_of(key) else {
@@ -292,7 +339,7 @@ impl Engine {
             });
         }
         units.sort_by(|a, b| a.account.cmp(&b.account).then(a.unit.cmp(&b.unit)));
-        (self.s.clone(), units)
+        units
     }
 
     /// Restores a snapshot together with its trigger index.

@@ -113,6 +113,18 @@ pub enum EngineError {
         /// Expiry.
         expiry_ms: u64,
     },
+    /// A new market's expiry is not after the engine clock.
+    #[error(
+        "market `{market}`: expiry {expiry_ms} ms is not after the engine's time {now_ms} ms; configure a later expiry_ms (milliseconds since the Unix epoch)"
+    )]
+    ExpiryInPast {
+        /// Market id.
+        market: String,
+        /// The configured expiry.
+        expiry_ms: u64,
+        /// The engine clock when it was refused.
+        now_ms: u64,
+    },
     /// Not enough free balance.
     #[error("account {account}: insufficient {asset}: has {available}, needs {requested}")]
     InsufficientBalance {
@@ -158,6 +170,14 @@ pub enum EngineError {
         market: String,
         /// The mode the position already uses.
         held: &'static str,
+    },
+    /// Stored snapshot bytes do not decode.
+    #[error(
+        "stored margin snapshot is corrupt ({detail}); delete it and restart to replay the stored inputs"
+    )]
+    SnapshotCorrupt {
+        /// What is wrong.
+        detail: String,
     },
     /// The snapshot's schema version is not supported.
     #[error("snapshot schema version {found} is not supported (expected {expected})")]

@@ -53,6 +53,22 @@ pub fn mul_div_ceil(a: i128, b: i128, d: i128, what: &'static str) -> Result<i12
     Ok(if p.rem_euclid(d) == 0 { q } else { q + 1 })
 }
 
+/// floor(qty × x / QTY_SCALE) without forming the full product, so a size
+/// times an 18-decimal Greek does not overflow before the division.
+pub fn qty_times(qty: i128, x: i128, what: &'static str) -> Result<i128, EngineError> {
+    let whole = mul(qty.div_euclid(QTY_SCALE), x, what)?;
+    let part = mul_div_floor(qty.rem_euclid(QTY_SCALE), x, QTY_SCALE, what)?;
+    add(whole, part, what)
+}
+
+/// A Greek (18 decimals) at the price scale (8 decimals), rounded away from
+/// zero so reserves built on it stay conservative.
+pub fn greek_to_price(x: i128) -> i128 {
+    const F: i128 = crate::engine::GREEK_SCALE / PRICE_SCALE;
+    let q = x / F;
+    if x % F == 0 { q } else { q + x.signum() }
+}
+
 /// Money value of `qty` at `price` (floor).
 pub fn value(qty: i128, price: i128) -> Result<i128, EngineError> {
     mul_div_floor(qty, price, VALUE_DIVISOR, "position value")
@@ -122,6 +138,27 @@ mod tests {
             value(QTY_SCALE, 50_000 * PRICE_SCALE).unwrap(),
             50_000 * MONEY_SCALE
         );
+    }
+
+    #[test]
+    fn qty_times_is_the_exact_floor() {
+        for (q, x) in [
+            (7 * QTY_SCALE / 2, 3),
+            (-7, 10i128.pow(18)),
+            (-QTY_SCALE - 1, 5),
+        ] {
+            assert_eq!(
+                qty_times(q, x, "t").unwrap(),
+                (q * x).div_euclid(QTY_SCALE),
+                "{q} × {x}"
+            );
+        }
+        // 1e9 contracts × a vega of 1e4 (1e22 at 18 decimals): the full
+        // product (1e39) would overflow i128, the result (1e31) does not.
+        let big = qty_times(10i128.pow(17) + 1, 10i128.pow(22), "t").unwrap();
+        assert_eq!(big, 10i128.pow(31) + 10i128.pow(14));
+        assert_eq!(greek_to_price(-1), -1);
+        assert_eq!(greek_to_price(10i128.pow(10)), 1);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod error;
 pub mod fixed;
 mod index;
 pub mod options;
+pub mod state_root;
 pub mod types;
 
 pub use demo::{DemoBook, DemoParams, demo_book, demo_book_with};

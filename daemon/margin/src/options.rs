@@ -44,7 +44,9 @@ pub struct OptionInputs {
     pub vol: f64,
     /// Continuously compounded risk-free rate.
     pub rate: f64,
-    /// Carry yield q (Black-Scholes only; ignored by Black-76).
+    /// Carry yield q for `black_scholes` called directly; `price` takes q
+    /// from `PricingModel::BlackScholes { carry_yield_ppm }` instead, and
+    /// Black-76 ignores it.
     pub carry: f64,
 }
 
@@ -66,12 +68,72 @@ pub struct Priced {
     pub rho: f64,
 }
 
-/// Prices an option with the given model. At or after expiry (or with zero
-/// vol) the value is the discounted intrinsic value.
+/// Prices an option with the given model; Black-Scholes takes its carry
+/// yield from the model (`carry_yield_ppm`), not from `i.carry`.
+///
+/// Edge cases (no NaN for any finite input): at or after expiry the value
+/// is the intrinsic value; with zero vol, a zero underlying or a zero strike
+/// before expiry it is the discounted intrinsic value of the forward
+/// (`max(S e^{-qT} - K e^{-rT}, 0)` for a call), with the matching
+/// delta, theta and rho and zero gamma and vega.
 pub fn price(model: PricingModel, i: &OptionInputs) -> Priced {
     match model {
         PricingModel::Black76 => black76(i),
-        PricingModel::BlackScholes { .. } => black_scholes(i),
+        PricingModel::BlackScholes { carry_yield_ppm } => black_scholes(&OptionInputs {
+            carry: carry_yield_ppm as f64 / 1e6,
+            ..*i
+        }),
+    }
+}
+
+/// Whether the lognormal formulas apply (their logs and divisions are
+/// finite): positive time, vol, underlying and strike.
+fn lognormal(i: &OptionInputs) -> bool {
+    i.years > 0.0 && i.vol > 0.0 && i.underlying > 0.0 && i.strike > 0.0
+}
+
+/// The value without uncertainty before expiry: the payoff on the forward,
+/// discounted. Black-Scholes discounts the spot by e^{-qT} and the strike by
+/// e^{-rT}; Black-76 discounts the whole payoff `F - K` by e^{-rT}.
+fn deterministic(i: &OptionInputs, black76: bool) -> Priced {
+    let (s, k, t, r, q) = (
+        i.underlying.max(0.0),
+        i.strike.max(0.0),
+        i.years,
+        i.rate,
+        i.carry,
+    );
+    let dr = exp(-r * t);
+    let dq = if black76 { dr } else { exp(-q * t) };
+    let forward_gain = s * dq - k * dr;
+    let (in_money, sign) = match i.kind {
+        OptionKind::Call => (forward_gain > 0.0, 1.0),
+        OptionKind::Put => (forward_gain < 0.0, -1.0),
+    };
+    if !in_money {
+        return Priced {
+            price: 0.0,
+            delta: 0.0,
+            gamma: 0.0,
+            vega: 0.0,
+            theta: 0.0,
+            rho: 0.0,
+        };
+    }
+    let price = sign * forward_gain;
+    // theta = dV/dt with t = time passing (= -dV/dT).
+    let (theta, rho) = if black76 {
+        (r * price, -t * price)
+    } else {
+        (sign * (q * s * dq - r * k * dr), sign * k * t * dr)
+    };
+    Priced {
+        price,
+        delta: sign * dq,
+        gamma: 0.0,
+        vega: 0.0,
+        theta,
+        rho,
     }
 }
 
@@ -98,8 +160,11 @@ fn intrinsic(i: &OptionInputs) -> Priced {
 
 /// Black-76 on a futures price F.
 pub fn black76(i: &OptionInputs) -> Priced {
-    if i.years <= 0.0 || i.vol <= 0.0 {
+    if i.years <= 0.0 {
         return intrinsic(i);
+    }
+    if !lognormal(i) {
+        return deterministic(i, true);
     }
     let (f, k, t, v, r) = (i.underlying, i.strike, i.years, i.vol, i.rate);
     let sqrt_t = t.sqrt();
@@ -134,8 +199,11 @@ pub fn black76(i: &OptionInputs) -> Priced {
 
 /// Black-Scholes-Merton on a spot price S with carry yield q.
 pub fn black_scholes(i: &OptionInputs) -> Priced {
-    if i.years <= 0.0 || i.vol <= 0.0 {
+    if i.years <= 0.0 {
         return intrinsic(i);
+    }
+    if !lognormal(i) {
+        return deterministic(i, false);
     }
     let (s, k, t, v, r, q) = (i.underlying, i.strike, i.years, i.vol, i.rate, i.carry);
     let sqrt_t = t.sqrt();
@@ -292,6 +360,103 @@ mod tests {
                 let theta = -(at(&|x| x.years += h) - at(&|x| x.years -= h)) / (2.0 * h);
                 assert_close(g.theta, theta, 1e-4, "theta");
             }
+        }
+    }
+
+    /// `price` takes Black-Scholes' carry from the model, not from
+    /// `inputs.carry` (which a direct caller may leave at 0). Hull, Example
+    /// 17.1: S = 930, K = 900, r = 8%, q = 3%, sigma = 20%, T = 2 months:
+    /// c = 51.83.
+    #[test]
+    fn black_scholes_carry_comes_from_the_model() {
+        let model = PricingModel::BlackScholes {
+            carry_yield_ppm: 30_000,
+        };
+        let i = inputs(OptionKind::Call, 930.0, 900.0, 2.0 / 12.0, 0.2, 0.08, 0.0);
+        assert_close(price(model, &i).price, 51.83, 0.005, "call with q = 3%");
+        // The same inputs with carry set agree exactly.
+        let with = OptionInputs { carry: 0.03, ..i };
+        assert_eq!(price(model, &i), black_scholes(&with));
+        // A textbook put: the carry matters (no carry would be 24% off
+        // at q = 10%).
+        let model = PricingModel::BlackScholes {
+            carry_yield_ppm: 100_000,
+        };
+        let p = inputs(OptionKind::Put, 100.0, 100.0, 1.0, 0.2, 0.05, 0.0);
+        let with_q = black_scholes(&OptionInputs { carry: 0.1, ..p });
+        assert_eq!(price(model, &p), with_q);
+        assert!((with_q.price - black_scholes(&p).price).abs() > 1.0);
+    }
+
+    /// With zero vol the value is the discounted intrinsic value of the
+    /// forward: r = 10%, T = 0.5: call S = 42, K = 40: 42 - 40 e^{-0.05} =
+    /// 3.951; put S = 40, K = 42: 42 e^{-0.05} - 40 < 0, so 0.
+    #[test]
+    fn zero_vol_is_discounted_forward_intrinsic() {
+        let bs = PricingModel::BlackScholes { carry_yield_ppm: 0 };
+        let c = price(
+            bs,
+            &inputs(OptionKind::Call, 42.0, 40.0, 0.5, 0.0, 0.1, 0.0),
+        );
+        assert_close(c.price, 42.0 - 40.0 * (-0.05f64).exp(), 1e-12, "call");
+        assert_close(c.price, 3.95, 0.005, "call");
+        assert_eq!(c.delta, 1.0);
+        let p = price(bs, &inputs(OptionKind::Put, 40.0, 42.0, 0.5, 0.0, 0.1, 0.0));
+        assert_eq!(p.price, 0.0);
+        assert_eq!(p.delta, 0.0);
+        // Black-76: the payoff on the forward, discounted.
+        let c = price(
+            PricingModel::Black76,
+            &inputs(OptionKind::Call, 42.0, 40.0, 0.5, 0.0, 0.1, 0.0),
+        );
+        assert_close(c.price, 2.0 * (-0.05f64).exp(), 1e-12, "black-76 call");
+        // Tiny vol converges to the same values (the limit is continuous).
+        for model in [bs, PricingModel::Black76] {
+            for (kind, s, k) in [
+                (OptionKind::Call, 42.0, 40.0),
+                (OptionKind::Put, 38.0, 42.0),
+            ] {
+                let zero = price(model, &inputs(kind, s, k, 0.5, 0.0, 0.1, 0.0));
+                let tiny = price(model, &inputs(kind, s, k, 0.5, 1e-6, 0.1, 0.0));
+                assert_close(zero.price, tiny.price, 1e-9, "price limit");
+                assert_close(zero.delta, tiny.delta, 1e-9, "delta limit");
+                assert_close(zero.theta, tiny.theta, 1e-6, "theta limit");
+                assert_close(zero.rho, tiny.rho, 1e-6, "rho limit");
+            }
+        }
+    }
+
+    /// A zero underlying (or strike) gives finite values, never NaN: a call
+    /// on nothing is worth nothing, a put is worth its discounted strike.
+    #[test]
+    fn zero_underlying_is_finite() {
+        for model in [
+            PricingModel::Black76,
+            PricingModel::BlackScholes {
+                carry_yield_ppm: 20_000,
+            },
+        ] {
+            let c = price(
+                model,
+                &inputs(OptionKind::Call, 0.0, 40.0, 0.5, 0.3, 0.1, 0.0),
+            );
+            let p = price(
+                model,
+                &inputs(OptionKind::Put, 0.0, 40.0, 0.5, 0.3, 0.1, 0.0),
+            );
+            for g in [c, p] {
+                for x in [g.price, g.delta, g.gamma, g.vega, g.theta, g.rho] {
+                    assert!(x.is_finite(), "{model:?}: {g:?}");
+                }
+            }
+            assert_eq!(c.price, 0.0);
+            assert_close(p.price, 40.0 * (-0.05f64).exp(), 1e-12, "put on zero");
+            // A zero strike call is the discounted underlying.
+            let z = price(
+                model,
+                &inputs(OptionKind::Call, 50.0, 0.0, 0.5, 0.3, 0.1, 0.0),
+            );
+            assert!(z.price > 45.0 && z.price <= 50.0, "{z:?}");
         }
     }
 

@@ -579,7 +579,8 @@ fn option_marks_greeks_portfolio_margin_and_settlement() {
     assert!(view[0].health.maintenance > 0 && view[0].health.initial > view[0].health.maintenance);
     let g = view[0].greeks["OIL-USD"];
     // -100 × put delta (~ -0.47) - 50 ≈ -3.
-    assert!(g.delta > -10 * Q && g.delta < 5 * Q, "{g:?}");
+    let gs = sibyl_margin::engine::GREEK_SCALE;
+    assert!(g.delta > -10 * gs && g.delta < 5 * gs, "{g:?}");
     assert!(g.gamma < 0 && g.vega < 0);
     // Expiry: settled at intrinsic value (K - F = 2) and at F for the future.
     let total = w.e.total_money().unwrap();
@@ -689,4 +690,92 @@ fn restore_refuses_a_stored_band_on_an_unknown_feed() {
     unit.bands[0].0 = "NOPE-USD".into();
     let err = Engine::restore(s, &idx).err().unwrap();
     assert!(err.to_string().contains("NOPE-USD"), "{err}");
+}
+
+/// Greeks keep their precision: a BTC-like gamma (~2.3e-5 at S = 100,000,
+/// 30 days, σ = 0.6) within 1e-9 relative of the model's float, and gamma at
+/// S = 1e9 is not rounded to zero.
+#[test]
+fn greeks_keep_btc_like_gamma() {
+    use sibyl_margin::engine::{GREEK_SCALE, YEAR_MS};
+    use sibyl_margin::options::OptionInputs;
+    for spot in [100_000i128, 1_000_000_000] {
+        let expiry = T0 + 1_000 + 30 * 86_400_000;
+        let mut w = World::new(
+            feed("BTC-USD"),
+            MarketConfig {
+                kind: MarketKind::Option {
+                    kind: OptionKind::Call,
+                    strike: spot * P,
+                    expiry_ms: expiry,
+                    model: PricingModel::Black76,
+                    vol: VolSource::Fixed { vol_ppm: 600_000 },
+                },
+                ..perp("BTC-C", "BTC-USD")
+            },
+            spot * P,
+        );
+        w.cmd(Command::CreateAccount { account: 1 }).unwrap();
+        let mark = w.e.state().markets["BTC-C"].mark.clone().unwrap();
+        let want = options::price(
+            PricingModel::Black76,
+            &OptionInputs {
+                kind: OptionKind::Call,
+                underlying: spot as f64,
+                strike: spot as f64,
+                years: (expiry - mark.at_ms) as f64 / YEAR_MS,
+                vol: 0.6,
+                rate: 0.0,
+                carry: 0.0,
+            },
+        )
+        .gamma;
+        let got = mark.greeks.gamma as f64 / GREEK_SCALE as f64;
+        assert!(got > 0.0, "gamma at S = {spot} rounded to {got}");
+        let rel = ((got - want) / want).abs();
+        assert!(
+            rel <= 1e-9,
+            "S = {spot}: gamma {got} vs {want}: {rel:e} relative"
+        );
+        if spot == 100_000 {
+            assert!((want - 2.3e-5).abs() < 0.1e-5, "{want}");
+        }
+    }
+}
+
+/// A market whose expiry is not after the engine clock is refused with
+/// `ExpiryInPast` and nothing changes; one expiring later is accepted.
+#[test]
+fn market_with_past_expiry_is_refused() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    let before = w.e.snapshot();
+    for expiry_ms in [T0, w.t] {
+        for kind in [
+            MarketKind::Future { expiry_ms },
+            MarketKind::Option {
+                kind: OptionKind::Put,
+                strike: 100 * P,
+                expiry_ms,
+                model: PricingModel::Black76,
+                vol: VolSource::Fixed { vol_ppm: 500_000 },
+            },
+        ] {
+            let err = w
+                .cmd(Command::ConfigureMarket(MarketConfig {
+                    kind,
+                    ..perp("OLD", "BTC-USD")
+                }))
+                .unwrap_err();
+            assert!(matches!(err, EngineError::ExpiryInPast { .. }), "{err}");
+            assert!(err.to_string().contains("later expiry_ms"), "{err}");
+        }
+    }
+    assert_eq!(w.e.snapshot(), before);
+    w.cmd(Command::ConfigureMarket(MarketConfig {
+        kind: MarketKind::Future {
+            expiry_ms: w.t + 86_400_000,
+        },
+        ..perp("NEXT", "BTC-USD")
+    }))
+    .unwrap();
 }

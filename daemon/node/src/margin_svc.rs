@@ -57,6 +57,10 @@ pub enum MarginError {
     BadStoredInput { seq: u64, error: String },
     #[error("stored margin input {seq} was refused by the engine on restore: {error}")]
     RestoreRefused { seq: u64, error: EngineError },
+    #[error(
+        "stored margin inputs jump from seq {expected} to {found}: the log is damaged; delete the margin snapshot row to replay from the start, or restore the database from a backup"
+    )]
+    InputGap { expected: u64, found: u64 },
     #[error("cannot encode margin data as JSON: {0}")]
     Encode(String),
     #[error("the margin service has stopped")]
@@ -288,9 +292,54 @@ impl MarginHandle {
 
 /// Rebuild the engine from the stored inputs (in order).
 pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
-    let mut engine = Engine::default();
-    let mut next_round = 0;
+    restore_from(None, inputs)
+}
+
+/// Bytes before the engine snapshot in a stored snapshot row: the
+/// service's `next_round` (u64, big-endian).
+const SNAPSHOT_PREFIX: usize = 8;
+
+/// A stored snapshot row's body: `next_round` then the engine's bytes.
+fn snapshot_body(st: &MarginState) -> Result<Vec<u8>, MarginError> {
+    let engine = st.engine.encode_snapshot()?;
+    let mut body = Vec::with_capacity(SNAPSHOT_PREFIX + engine.len());
+    body.extend_from_slice(&st.next_round.to_be_bytes());
+    body.extend_from_slice(&engine);
+    Ok(body)
+}
+
+/// Rebuild the engine from a stored snapshot `(inputs covered, body)`, if
+/// any, and the stored inputs after it (`inputs` must start at the
+/// snapshot's input count). Without a snapshot, `inputs` are all of them.
+pub fn restore_from(
+    snapshot: Option<(u64, &[u8])>,
+    inputs: &[(u64, String)],
+) -> Result<MarginState, MarginError> {
+    let (mut engine, mut next_input, mut next_round) = match snapshot {
+        None => (Engine::default(), 0, 0),
+        Some((covered, body)) => {
+            let (round, engine) =
+                body.split_at_checked(SNAPSHOT_PREFIX)
+                    .ok_or(MarginError::Engine(EngineError::SnapshotCorrupt {
+                        detail: "row shorter than its round prefix".into(),
+                    }))?;
+            let mut r = [0u8; SNAPSHOT_PREFIX];
+            r.copy_from_slice(round);
+            (
+                Engine::decode_snapshot(engine)?,
+                covered,
+                u64::from_be_bytes(r),
+            )
+        }
+    };
     for (seq, body) in inputs {
+        if *seq != next_input {
+            return Err(MarginError::InputGap {
+                expected: next_input,
+                found: *seq,
+            });
+        }
+        next_input += 1;
         let input: Input = serde_json::from_str(body).map_err(|e| MarginError::BadStoredInput {
             seq: *seq,
             error: e.to_string(),
@@ -304,7 +353,7 @@ pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
     }
     Ok(MarginState {
         engine,
-        next_input: inputs.len() as u64,
+        next_input,
         reports_handled: 0,
         next_round,
     })
@@ -376,6 +425,10 @@ pub struct MarginOptions {
     /// Seed a demo book at the first verified report, if the store holds no
     /// margin inputs yet (devnet, demos). See [`book`].
     pub demo: Option<DemoSeed>,
+    /// Store an engine snapshot after every report whose round is a
+    /// multiple of this (0 = never): a restart loads it and replays only
+    /// the inputs after it.
+    pub snapshot_every_rounds: u64,
 }
 
 /// Start the service: restore from the store, then run until `shutdown`.
@@ -396,12 +449,25 @@ pub async fn start_with(
     shutdown: watch::Receiver<bool>,
     options: MarginOptions,
 ) -> Result<MarginHandle, MarginError> {
-    let inputs = store.writer.write(|db| db.margin_inputs()).await?;
-    let restored = inputs.len();
-    let state = Arc::new(Mutex::new(restore(&inputs)?));
+    let started = std::time::Instant::now();
+    let snapshot = store.writer.write(|db| db.margin_snapshot()).await?;
+    let from = snapshot.as_ref().map_or(0, |(covered, _)| *covered);
+    let inputs = store
+        .writer
+        .write(move |db| db.margin_inputs_from(from))
+        .await?;
+    let state = restore_from(snapshot.as_ref().map(|(c, b)| (*c, b.as_slice())), &inputs)?;
+    let restored = state.next_input;
     if restored > 0 {
-        tracing::info!(inputs = restored, "margin engine restored from the store");
+        tracing::info!(
+            inputs = restored,
+            from_snapshot = from,
+            replayed = inputs.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "margin engine restored from the store"
+        );
     }
+    let state = Arc::new(Mutex::new(state));
     // A demo book only ever goes into an empty log.
     let demo = options.demo.filter(|_| restored == 0);
     let (tx, rx) = mpsc::channel(64);
@@ -420,6 +486,7 @@ pub async fn start_with(
             readers: store.readers.clone(),
             feeds,
             demo,
+            snapshot_every_rounds: options.snapshot_every_rounds,
         },
         reports,
         rx,
@@ -516,6 +583,8 @@ struct Service {
     feeds: Vec<FeedParams>,
     /// The demo book still to seed at the first report.
     demo: Option<DemoSeed>,
+    /// Snapshot period in rounds (0 = never).
+    snapshot_every_rounds: u64,
 }
 
 impl Service {
@@ -563,9 +632,26 @@ impl Service {
                 tracing::warn!(round, error = %e, "margin engine refused a report");
             }
         }
-        let mut st = self.state();
-        st.reports_handled += 1;
-        st.next_round = st.next_round.max(round.saturating_add(1));
+        let body = {
+            let mut st = self.state();
+            st.reports_handled += 1;
+            st.next_round = st.next_round.max(round.saturating_add(1));
+            let every = self.snapshot_every_rounds;
+            (every > 0 && round.is_multiple_of(every)).then(|| (st.next_input, snapshot_body(&st)))
+        };
+        if let Some((covered, body)) = body {
+            let stored = match body {
+                Ok(body) => self
+                    .writer
+                    .write(move |db| db.put_margin_snapshot(covered, &body))
+                    .await
+                    .map_err(MarginError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stored {
+                tracing::warn!(round, error = %e, "margin snapshot not stored; a restart replays more inputs");
+            }
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, MarginState> {

@@ -288,6 +288,7 @@ where
                 accounts: margin_cfg.demo_accounts,
                 seed: margin_cfg.demo_seed,
             }),
+            snapshot_every_rounds: margin_cfg.snapshot_every_rounds(),
         },
     )
     .await
@@ -306,6 +307,7 @@ where
             sink,
             observed,
             rng: rand::rngs::OsRng,
+            clock: sibyl_node::driver::clock::SystemClock,
             shutdown,
         },
         last_report_round,

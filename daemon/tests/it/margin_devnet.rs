@@ -104,12 +104,16 @@ fn devnet_seeds_a_book_that_liquidates_and_replays_exactly() {
     let liq = json(&format!("{api}/v1/margin/liquidations?limit=1")).expect("liquidations");
     let first = &liq["liquidations"][0];
     assert!(first["round"].as_u64().is_some(), "{first}");
-    let ratio: f64 = first["before"]["margin_ratio"]
+    // Parts per million (the margin routes' rate scale): 1.0 is 1,000,000.
+    let ratio: i64 = first["before"]["margin_ratio"]
         .as_str()
         .expect("ratio")
         .parse()
-        .expect("number");
-    assert!(ratio < 1.0, "liquidated below maintenance only: {first}");
+        .expect("integer");
+    assert!(
+        ratio < 1_000_000,
+        "liquidated below maintenance only: {first}"
+    );
 
     let status = devnet.stop();
     assert!(status.success(), "devnet exited with {status}");

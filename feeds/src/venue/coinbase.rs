@@ -104,7 +104,7 @@ impl StreamSpec for Stream {
                     ask: t.best_ask.map(|x| x.0),
                     last: t.price.map(|x| x.0),
                     volume: t.volume_24h.map(|x| x.0),
-                    venue_time_ms: t.time.as_deref().and_then(parse_rfc3339_ms),
+                    venue_time_ms: t.time.as_deref().and_then(|t| parse_rfc3339_ms(t).ok()),
                 };
                 Ok(vec![(t.product_id, q)])
             }
@@ -181,7 +181,7 @@ fn parse_coinbase(status: u16, body: &[u8], market: &str) -> Result<RawQuote, So
             ask: n(&ask),
             last: n(&price),
             volume: n(&volume),
-            venue_time_ms: time.as_deref().and_then(parse_rfc3339_ms),
+            venue_time_ms: time.as_deref().and_then(|t| parse_rfc3339_ms(t).ok()),
         }),
         Err(CoinbaseError { message }) => Err(
             if status == 404 || message == "NotFound" || says_unknown_symbol(&message) {

@@ -292,16 +292,13 @@ async function loadCommittee() {
 
 const margin = { updates: 0, disabled: false, loading: false, pending: false, account: null };
 
-// Decimal string ("1234567.891234") -> "1,234,567.89", exactly (no floats).
-function fmtDec(value, maxFrac) {
-  if (value === null || value === undefined) return "–";
-  let s = String(value);
-  const neg = s.startsWith("-");
-  if (neg) s = s.slice(1);
-  let [int, frac = ""] = s.split(".");
-  if (maxFrac !== undefined) frac = frac.slice(0, maxFrac);
-  int = int.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-  return (neg ? "-" : "") + int + (frac.length ? "." + frac : "");
+// The margin routes' scales (served as `decimals` by /v1/margin/markets):
+// values are fixed-point integer strings, as feed prices are.
+const MARGIN_DECIMALS = { money: 6, price: 8, size: 8, rate: 6, greek: 18 };
+
+// Margin value of `kind` ("1234567891234" money) -> "1,234,567.89", exactly.
+function fmtMargin(value, kind, maxFrac) {
+  return fmtFixed(value, MARGIN_DECIMALS[kind], maxFrac);
 }
 
 function unitName(u) {
@@ -339,15 +336,15 @@ async function loadAccount() {
   $("margin-account-id").textContent = String(id);
   const h = acct.health;
   $("margin-account-summary").textContent = h
-    ? "cash " + fmtDec(acct.cash, 2) + " · equity " + fmtDec(h.equity, 2) + " · initial " + fmtDec(h.initial, 2) +
-      " · maintenance " + fmtDec(h.maintenance, 2) + " · " + h.status.replace("_", " ")
+    ? "cash " + fmtMargin(acct.cash, "money", 2) + " · equity " + fmtMargin(h.equity, "money", 2) + " · initial " + fmtMargin(h.initial, "money", 2) +
+      " · maintenance " + fmtMargin(h.maintenance, "money", 2) + " · " + h.status.replace("_", " ")
     : "";
   fillTable($("margin-account"), pos.positions.map((p) => ({
     account: id,
-    cells: [[p.market], [p.side], [fmtDec(p.size, 4), "num"], [p.mode], [fmtDec(p.entry_price, 2), "num"],
-      [fmtDec(p.mark_price, 2), "num"], [fmtDec(p.unrealized_pnl, 2), "num"],
-      [p.greeks ? fmtDec(p.greeks.delta, 4) : "–", "num"], [p.greeks ? fmtDec(p.greeks.gamma, 6) : "–", "num"],
-      [p.greeks ? fmtDec(p.greeks.vega, 2) : "–", "num"]],
+    cells: [[p.market], [p.side], [fmtMargin(p.size, "size", 4), "num"], [p.mode], [fmtMargin(p.entry_price, "price", 2), "num"],
+      [fmtMargin(p.mark_price, "price", 2), "num"], [fmtMargin(p.unrealized_pnl, "money", 2), "num"],
+      [p.greeks ? fmtMargin(p.greeks.delta, "greek", 4) : "–", "num"], [p.greeks ? fmtMargin(p.greeks.gamma, "greek", 6) : "–", "num"],
+      [p.greeks ? fmtMargin(p.greeks.vega, "greek", 2) : "–", "num"]],
   })));
 }
 
@@ -380,21 +377,21 @@ async function loadMargin() {
     for (const [resp, body] of [[risk, r], [liq, l], [ins, f]]) {
       if (!resp.ok) throw new Error((body.error && body.error.message) || ("HTTP " + resp.status));
     }
-    $("margin-insurance").textContent = "Insurance fund " + fmtDec(f.balance, 2) + " USD · fees " +
-      fmtDec(f.fees, 2) + " USD · " + f.accounts + " accounts";
+    $("margin-insurance").textContent = "Insurance fund " + fmtMargin(f.balance, "money", 2) + " USD · fees " +
+      fmtMargin(f.fees, "money", 2) + " USD · " + f.accounts + " accounts";
     fillTable($("margin-at-risk"), r.units.map((u) => ({
       account: u.account,
-      cells: [[String(u.account)], [unitName(u)], [fmtDec(u.health.equity, 2), "num"],
-        [fmtDec(u.health.maintenance, 2), "num"],
-        [u.health.margin_ratio === null ? "–" : fmtDec(u.health.margin_ratio, 3), "num"],
+      cells: [[String(u.account)], [unitName(u)], [fmtMargin(u.health.equity, "money", 2), "num"],
+        [fmtMargin(u.health.maintenance, "money", 2), "num"],
+        [u.health.margin_ratio === null ? "–" : fmtMargin(u.health.margin_ratio, "rate", 3), "num"],
         [u.health.status.replace("_", " "), STATUS_CLASS[u.health.status]]],
     })));
     fillTable($("margin-liquidations"), l.liquidations.map((e) => ({
       account: e.account,
       cells: [[fmtAge(e.at_ms), "num"], [String(e.account)], [unitName(e.unit)],
-        [e.liquidation === "partial" ? "partial " + Math.round(Number(e.fraction) * 100) + "%" : "full"],
-        [e.closed.map((c) => c.market).join(", ")], [fmtDec(e.penalty, 2), "num"],
-        [e.before.margin_ratio === null ? "–" : fmtDec(e.before.margin_ratio, 3), "num"]],
+        [e.liquidation === "partial" ? "partial " + Math.round(Number(e.fraction) / 1e4) + "%" : "full"],
+        [e.closed.map((c) => c.market).join(", ")], [fmtMargin(e.penalty, "money", 2), "num"],
+        [e.before.margin_ratio === null ? "–" : fmtMargin(e.before.margin_ratio, "rate", 3), "num"]],
     })));
     if (margin.account !== null) await loadAccount();
     margin.updates += 1;

@@ -89,6 +89,7 @@ impl Node {
                     accounts: ACCOUNTS,
                     seed: 11,
                 }),
+                snapshot_every_rounds: 0,
             },
         )
         .await
@@ -179,13 +180,11 @@ impl Node {
     }
 }
 
-fn is_decimal(v: &Value) -> bool {
+/// A fixed-point value as every route renders it: a string of digits.
+fn is_fixed(v: &Value) -> bool {
     v.as_str().is_some_and(|s| {
         let s = s.strip_prefix('-').unwrap_or(s);
-        let (i, f) = s.split_once('.').unwrap_or((s, ""));
-        !i.is_empty()
-            && i.bytes().all(|b| b.is_ascii_digit())
-            && f.bytes().all(|b| b.is_ascii_digit())
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
     })
 }
 
@@ -196,8 +195,8 @@ async fn demo_book_is_seeded_and_readable() {
     assert_eq!(insurance.status, 200);
     let ins = insurance.json();
     assert_eq!(ins["accounts"], ACCOUNTS as u64);
-    assert_eq!(ins["balance"], "1000000.000000", "{ins}");
-    assert!(is_decimal(&ins["fees"]), "{ins}");
+    assert_eq!(ins["balance"], "1000000000000", "{ins}"); // 1,000,000 USD
+    assert!(is_fixed(&ins["fees"]), "{ins}");
     assert_eq!(ins["recent"][0]["kind"], "insurance_fund");
     assert_eq!(ins["recent"][0]["reason"], "funded");
 
@@ -212,8 +211,9 @@ async fn demo_book_is_seeded_and_readable() {
             u["health"]["margin_ratio"]
                 .as_str()
                 .expect("ratio")
-                .parse()
+                .parse::<f64>()
                 .expect("number")
+                / 1e6
         })
         .collect();
     assert!(ratios.windows(2).all(|w| w[0] <= w[1]), "{ratios:?}");
@@ -222,7 +222,7 @@ async fn demo_book_is_seeded_and_readable() {
     assert_eq!(units[0]["health"]["status"], "margin_call");
     assert_eq!(units[0]["in_margin_call"], true);
     for k in ["equity", "initial", "maintenance", "notional"] {
-        assert!(is_decimal(&units[0]["health"][k]), "{k}: {}", units[0]);
+        assert!(is_fixed(&units[0]["health"][k]), "{k}: {}", units[0]);
     }
 
     // One at-risk account in full.
@@ -231,7 +231,7 @@ async fn demo_book_is_seeded_and_readable() {
         .await
         .json();
     assert_eq!(acct["account"], id);
-    assert!(is_decimal(&acct["cash"]));
+    assert!(is_fixed(&acct["cash"]));
     let u0 = &acct["units"][0];
     assert!(u0["mode"] == "cross" || u0["mode"] == "isolated", "{acct}");
     {
@@ -240,7 +240,7 @@ async fn demo_book_is_seeded_and_readable() {
         let eq = view[0].health.equity;
         assert_eq!(
             u0["health"]["equity"],
-            crate::margin::decimal(eq, 6),
+            crate::margin::fixed(eq),
             "served equity is the engine's, exactly"
         );
     }
@@ -274,21 +274,77 @@ async fn demo_book_is_seeded_and_readable() {
         .expect("an option position")
         .clone();
     assert!(
-        is_decimal(&opt["mark_price"]) && is_decimal(&opt["entry_price"]),
+        is_fixed(&opt["mark_price"]) && is_fixed(&opt["entry_price"]),
         "{opt}"
     );
-    assert_ne!(opt["greeks"]["gamma"], "0.00000000", "{opt}");
-    assert_ne!(opt["greeks"]["vega"], "0.00000000", "{opt}");
+    assert_ne!(opt["greeks"]["gamma"], "0", "{opt}");
+    assert_ne!(opt["greeks"]["vega"], "0", "{opt}");
     let greeks = get(
         n.addr,
         &format!("/v1/margin/accounts/{option_account}/greeks"),
     )
     .await
     .json();
-    assert!(
-        is_decimal(&greeks["greeks"]["BTC-USD"]["delta"]),
-        "{greeks}"
-    );
+    assert!(is_fixed(&greeks["greeks"]["BTC-USD"]["delta"]), "{greeks}");
+
+    // An account proof over HTTP verifies against the served root with the
+    // engine's own verifier, and only against that root.
+    {
+        use sibyl_margin::state_root::{AccountProof, verify_account_proof};
+        let p = get(
+            n.addr,
+            &format!("/v1/margin/accounts/{option_account}/proof"),
+        )
+        .await
+        .json();
+        let h32 = |v: &Value| -> [u8; 32] {
+            let s = v.as_str().expect("hex string");
+            hex::decode(s.trim_start_matches("0x"))
+                .expect("hex")
+                .try_into()
+                .expect("32 bytes")
+        };
+        let proof = AccountProof {
+            slot: p["proof"]["slot"].as_u64().expect("slot"),
+            count: p["proof"]["count"].as_u64().expect("count"),
+            siblings: p["proof"]["siblings"]
+                .as_array()
+                .expect("siblings")
+                .iter()
+                .map(h32)
+                .collect(),
+            globals_hash: h32(&p["proof"]["globals_hash"]),
+        };
+        let root = h32(&p["state_root"]);
+        assert_eq!(p["signed"], false, "{p}");
+        let state = n
+            .margin
+            .read()
+            .engine
+            .account_state(option_account)
+            .expect("account");
+        assert_eq!(
+            p["leaf_preimage"],
+            format!("0x{}", hex::encode(state.encode())),
+            "served preimage is the engine's account state"
+        );
+        assert!(
+            p["state"]["positions"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty()),
+            "{p}"
+        );
+        verify_account_proof(&root, &state, &proof).expect("the served proof verifies");
+        let mut other = root;
+        other[0] ^= 1;
+        assert!(verify_account_proof(&other, &state, &proof).is_err());
+        assert_eq!(
+            proof.size_bytes(),
+            p["proof"]["size_bytes"].as_u64().expect("size") as usize
+        );
+        let missing = get(n.addr, "/v1/margin/accounts/999999999/proof").await;
+        assert_eq!(missing.status, 404);
+    }
 
     // Markets: marks, rates and no guard while prices are fresh.
     let m = get(n.addr, "/v1/margin/markets").await.json();
@@ -299,7 +355,7 @@ async fn demo_book_is_seeded_and_readable() {
         .find(|x| x["market"] == "BTC-PERP")
         .expect("BTC-PERP")
         .clone();
-    assert_eq!(perp["mark_price"], "60000.00000000");
+    assert_eq!(perp["mark_price"], "6000000000000"); // 60,000 at 8 decimals
     assert_eq!(perp["guarded"], false, "{perp}");
     assert_eq!(perp["guard"], Value::Null);
 
@@ -327,7 +383,7 @@ async fn demo_book_is_seeded_and_readable() {
             .engine
             .closest_to_liquidation(10)
             .iter()
-            .map(|r| (r.account, crate::margin::decimal(r.health.equity, 6)))
+            .map(|r| (r.account, crate::margin::fixed(r.health.equity)))
             .collect()
     };
     assert_ne!(ids(&risk), direct(&n), "the jump moved the ranking");
@@ -404,8 +460,8 @@ async fn admin_commands_apply_through_the_service_and_replay() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.json());
-    assert_eq!(r.json()["events"][0]["amount"], "10000.500000");
-    assert_eq!(r.json()["health"]["equity"], "10000.500000");
+    assert_eq!(r.json()["events"][0]["amount"], "10000500000");
+    assert_eq!(r.json()["health"]["equity"], "10000500000");
     let r = n
         .post(
             &format!("/v1/margin/accounts/{id}/positions"),
@@ -415,14 +471,17 @@ async fn admin_commands_apply_through_the_service_and_replay() {
     assert_eq!(r.status, 200, "{}", r.json());
     let fill = &r.json()["events"][0];
     assert_eq!(fill["kind"], "filled");
-    assert_eq!(fill["size"], "-10.00000000");
-    assert_eq!(fill["price"], "3001.00000000");
+    assert_eq!(fill["size"], "-1000000000");
+    assert_eq!(fill["price"], "300100000000");
     let pos = get(n.addr, &format!("/v1/margin/accounts/{id}/positions"))
         .await
         .json();
     assert_eq!(pos["positions"][0]["side"], "short");
-    assert_eq!(pos["positions"][0]["entry_price"], "3001.00000000");
-    assert_eq!(pos["positions"][0]["greeks"]["delta"], "-10.00000000");
+    assert_eq!(pos["positions"][0]["entry_price"], "300100000000");
+    assert_eq!(
+        pos["positions"][0]["greeks"]["delta"],
+        "-10000000000000000000"
+    );
     let r = n
         .post(
             &format!("/v1/margin/accounts/{id}/positions"),
@@ -447,7 +506,7 @@ async fn admin_commands_apply_through_the_service_and_replay() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.json());
-    assert_eq!(r.json()["events"][0]["size"], "4.00000000");
+    assert_eq!(r.json()["events"][0]["size"], "400000000");
     let r = n
         .post(
             &format!("/v1/margin/accounts/{id}/withdraw"),
@@ -664,15 +723,16 @@ async fn liquidations_are_served_newest_first_in_pages() {
                 "{r}"
             );
             assert!(
-                is_decimal(&r["penalty"]) && is_decimal(&r["before"]["equity"]),
+                is_fixed(&r["penalty"]) && is_fixed(&r["before"]["equity"]),
                 "{r}"
             );
-            let before: f64 = r["before"]["margin_ratio"]
+            // Parts per million: below 1.0 is below 1,000,000.
+            let before: i64 = r["before"]["margin_ratio"]
                 .as_str()
                 .expect("ratio")
                 .parse()
-                .expect("f64");
-            assert!(before < 1.0, "liquidated only below maintenance: {r}");
+                .expect("integer");
+            assert!(before < 1_000_000, "liquidated only below maintenance: {r}");
             seen.push(r["seq"].as_u64().expect("seq"));
         }
         match page["next_before"].as_u64() {
@@ -736,5 +796,197 @@ async fn liquidations_are_served_newest_first_in_pages() {
             .iter()
             .any(|e| e["reason"] == "penalty" || e["reason"] == "bad_debt"),
         "{ins}"
+    );
+}
+
+/// Keys whose values are plain JSON integers: counts, ids, rounds, times
+/// (`*_ms`, `from`, `to`) and scales. Any other number in a response is a fixed-point
+/// value that drifted from the convention.
+const INTEGER_KEYS: &[&str] = &[
+    "account",
+    "accounts",
+    "accounts_total",
+    "count",
+    "decimals",
+    "from",
+    "leaf_count",
+    "leaf_index",
+    "next_before",
+    "next_from",
+    "num_observations",
+    "positions",
+    "rank",
+    "round",
+    "seq",
+    "to",
+    "version",
+];
+
+/// Where `v` breaks the API's one convention for fixed-point values (a
+/// string of digits, never a JSON number, never a decimal point). The
+/// `report` object is the signed report in its own serde form (what `sibyl
+/// verify` reads) and is left out.
+fn convention_breaks(path: &str, key: &str, v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "report" || (k == "decimals" && x.is_object()) {
+                    continue;
+                }
+                convention_breaks(&format!("{path}.{k}"), k, x, out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                convention_breaks(&format!("{path}[{i}]"), key, x, out);
+            }
+        }
+        Value::Number(_) if !(INTEGER_KEYS.contains(&key) || key.ends_with("_ms")) => {
+            out.push(format!("{path} is a JSON number: {v}"));
+        }
+        Value::String(s) => {
+            let t = s.strip_prefix('-').unwrap_or(s);
+            if let Some((i, f)) = t.split_once('.')
+                && !i.is_empty()
+                && i.bytes().chain(f.bytes()).all(|b| b.is_ascii_digit())
+            {
+                out.push(format!("{path} is a decimal string: {s}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One price-text convention on every route: the feed routes, the stream
+/// and the margin routes render prices, amounts, rates and Greeks as the
+/// fixed-point integer in a string, with the scale beside it; the same
+/// feed's price reads the same on `/v1/feeds` and `/v1/margin/markets`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_renders_fixed_point_values_one_way() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = Node::start().await;
+    // A fill and a liquidation, so events of every kind are served.
+    let r = n.post("/v1/margin/accounts", r#"{"account": 9001}"#).await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let deposit = n
+        .post(
+            "/v1/margin/accounts/9001/deposit",
+            r#"{"amount": "2500.5"}"#,
+        )
+        .await;
+    assert_eq!(deposit.status, 200, "{}", deposit.json());
+    let fill = n
+        .post(
+            "/v1/margin/accounts/9001/positions",
+            r#"{"market": "BTC-PERP", "side": "long", "size": "0.25"}"#,
+        )
+        .await;
+    assert_eq!(fill.status, 200, "{}", fill.json());
+    assert_eq!(deposit.json()["events"][0]["amount"], "2500500000");
+
+    // The stream, subscribed before the next report.
+    let subscribed = n.reports.receiver_count();
+    let mut stream = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while n.reports.receiver_count() <= subscribed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A falling market, 1 % per report (as in the liquidations test).
+    let (mut btc, mut eth, mut sol) = (60_000 * PX, 3_000 * PX, 150 * PX);
+    let t = now_ms() - 4_000;
+    let first_btc = btc * 99 / 100;
+    for i in 0..8u64 {
+        btc = btc * 99 / 100;
+        eth = eth * 99 / 100;
+        sol = sol * 99 / 100;
+        n.price(2 + i, t + i * 100, btc, eth, sol).await;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let event: Value = loop {
+        let got = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("event in time")
+            .expect("read");
+        assert!(got > 0, "stream closed");
+        buf.extend_from_slice(&chunk[..got]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(data) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .filter(|d| d.ends_with('}'))
+        {
+            break serde_json::from_str(data).expect("event JSON");
+        }
+    };
+
+    let mut breaks = Vec::new();
+    let mut bodies = BTreeMap::new();
+    for path in [
+        "/v1/feeds",
+        "/v1/feeds/BTC-USD/latest",
+        "/v1/feeds/BTC-USD/history",
+        "/v1/feeds/BTC-USD/history?interval=1m",
+        "/v1/margin/accounts/9001",
+        "/v1/margin/accounts/9001/positions",
+        "/v1/margin/accounts/9001/greeks",
+        "/v1/margin/at-risk?limit=50",
+        "/v1/margin/liquidations?limit=50",
+        "/v1/margin/insurance?limit=50",
+        "/v1/margin/markets",
+    ] {
+        let r = get(n.addr, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        let v = r.json();
+        convention_breaks(path, "", &v, &mut breaks);
+        bodies.insert(path, v);
+    }
+    for (what, v) in [
+        ("deposit", deposit.json()),
+        ("fill", fill.json()),
+        ("stream", event.clone()),
+    ] {
+        convention_breaks(what, "", &v, &mut breaks);
+    }
+    assert!(breaks.is_empty(), "{breaks:#?}");
+    // The walk saw the values it is about (a route that lost them would
+    // pass it vacuously).
+    let liquidations = bodies["/v1/margin/liquidations?limit=50"]["liquidations"]
+        .as_array()
+        .expect("liquidations")
+        .len();
+    assert!(liquidations > 0, "the falling market liquidated someone");
+    assert_eq!(event["round"], 2);
+    assert_eq!(event["leaves"][0]["price"], first_btc.to_string());
+
+    // The same feed, the same text, the same scale, on both families.
+    let feeds = &bodies["/v1/feeds"]["feeds"];
+    let margin_feeds = &bodies["/v1/margin/markets"]["feeds"];
+    for id in ["BTC-USD", "ETH-USD", "SOL-USD"] {
+        let f = feeds
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["feed_id"] == id))
+            .expect("feed");
+        let m = margin_feeds
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["feed"] == id))
+            .expect("margin feed");
+        assert_eq!(f["decimals"], m["decimals"], "{id}");
+        assert_eq!(f["price"], m["price"], "{id}: {f} vs {m}");
+        assert_eq!(f["confidence"], m["confidence"], "{id}");
+    }
+    assert_eq!(
+        bodies["/v1/margin/markets"]["decimals"],
+        serde_json::json!({"money": 6, "price": 8, "size": 8, "rate": 6, "greek": 18})
     );
 }

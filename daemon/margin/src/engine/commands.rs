@@ -68,6 +68,15 @@ impl Engine {
         self.out.clear();
         self.s.now_ms = now;
         self.refresh_guards();
+        if matches!(
+            cmd,
+            Command::ConfigureRisk(_)
+                | Command::ConfigureFeed(_)
+                | Command::ConfigureAsset(_)
+                | Command::ConfigureMarket(_)
+        ) {
+            self.root.drop_configs();
+        }
         self.commit(plan)?;
         self.idx.due(self.s.now_ms, &mut self.pending);
         self.drain_pending();
@@ -239,6 +248,18 @@ impl Engine {
                             "market `{}`: its feed and instrument cannot change; configure a new market",
                             m.market
                         ),
+                    });
+                }
+                // A new market must still be tradeable: one already expired
+                // would take no trade and settle on its first price.
+                if let Some(expiry_ms) = m.kind.expiry_ms()
+                    && expiry_ms <= now
+                    && !self.s.markets.contains_key(&m.market)
+                {
+                    return Err(EngineError::ExpiryInPast {
+                        market: m.market.clone(),
+                        expiry_ms,
+                        now_ms: now,
                     });
                 }
                 if let MarketKind::Option { strike, vol, .. } = &m.kind {
@@ -603,6 +624,7 @@ impl Engine {
                 self.s.fees = add(self.s.fees, fee, "fees")?;
                 self.tidy(id, &mut acct)?;
                 self.s.accounts.insert(id, acct);
+                self.touch(id);
                 for e in extra {
                     self.emit(e);
                 }

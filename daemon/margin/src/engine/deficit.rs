@@ -118,6 +118,7 @@ impl Engine {
                 });
                 self.tidy(h, &mut acct)?;
                 self.s.accounts.insert(h, acct);
+                self.touch(h);
                 self.credit_unit(account, unit, charge)?;
                 left -= charge;
                 from_deleveraging += charge;

@@ -87,7 +87,9 @@ impl Engine {
             .accounts
             .get_mut(&account)
             .ok_or(EngineError::UnknownAccount { account })?;
-        Self::credit(a, unit, amount)
+        Self::credit(a, unit, amount)?;
+        self.touch(account);
+        Ok(())
     }
 
     /// The unit's base balance (cash, or the isolated pool).
@@ -145,6 +147,7 @@ impl Engine {
         let closed = self.commit_fills_keep(account, slices, reason)?;
         self.tidy(account, &mut a)?;
         self.s.accounts.insert(account, a);
+        self.touch(account);
         Ok(closed)
     }
 

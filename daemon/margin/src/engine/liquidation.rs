@@ -54,6 +54,7 @@ impl Engine {
             let feeds = self.unit_feeds(acct, &unit);
             if let Some((feed, reason)) = self.first_guard(&feeds) {
                 if self.s.deferred.insert(id.clone()) {
+                    self.touch(key.account);
                     self.emit(Event::LiquidationDeferred {
                         account: key.account,
                         unit: unit.clone(),
@@ -65,7 +66,9 @@ impl Engine {
                 self.reindex(key, &unit, h);
                 return;
             }
-            self.s.deferred.remove(&id);
+            if self.s.deferred.remove(&id) {
+                self.touch(key.account);
+            }
             if let Err(e) = self.liquidate(key.account, &unit, h) {
                 self.emit(Event::EvaluationFailed {
                     account: key.account,
@@ -74,15 +77,20 @@ impl Engine {
                 });
                 return;
             }
-            self.s.margin_calls.remove(&id);
+            if self.s.margin_calls.remove(&id) {
+                self.touch(key.account);
+            }
             // Every unit of the account may have moved (an isolated pool
             // returns to cash): examine them all again.
             self.queue_account(key.account);
             return;
         }
-        self.s.deferred.remove(&id);
+        if self.s.deferred.remove(&id) {
+            self.touch(key.account);
+        }
         if has_positions && h.equity < h.initial {
             if self.s.margin_calls.insert(id.clone()) {
+                self.touch(key.account);
                 self.emit(Event::MarginCall {
                     account: key.account,
                     unit: unit.clone(),
@@ -90,6 +98,7 @@ impl Engine {
                 });
             }
         } else if self.s.margin_calls.remove(&id) {
+            self.touch(key.account);
             self.emit(Event::MarginCallCleared {
                 account: key.account,
                 unit: unit.clone(),
@@ -210,6 +219,7 @@ impl Engine {
         }
         let deficit = (-Self::base_of(&a, unit)).max(0);
         self.s.accounts.insert(account, a);
+        self.touch(account);
         for (asset, qty, price, v) in seized {
             self.emit(Event::CollateralSeized {
                 account,
@@ -249,6 +259,7 @@ impl Engine {
             .ok_or(EngineError::UnknownAccount { account })?;
         self.tidy(account, &mut a)?;
         self.s.accounts.insert(account, a);
+        self.touch(account);
         Ok(())
     }
 

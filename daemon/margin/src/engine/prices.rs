@@ -178,6 +178,8 @@ impl Engine {
         }
         self.drain_pending();
         self.prefill_grid(2);
+        // A report closes a round: its root is part of the report's cost.
+        self.flush_root();
         Ok(std::mem::take(&mut self.out))
     }
 

@@ -92,6 +92,7 @@ impl Engine {
                 });
                 self.tidy(id, &mut acct)?;
                 self.s.accounts.insert(id, acct);
+                self.touch(id);
                 self.queue_account(id);
                 count += 1;
             }

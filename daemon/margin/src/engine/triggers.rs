@@ -219,7 +219,7 @@ impl Engine {
             if matches!(ms.config.kind, MarketKind::Option { .. }) {
                 theta_money = add(
                     theta_money,
-                    value(p.size, mark.greeks.theta)?.abs(),
+                    value(p.size, crate::fixed::greek_to_price(mark.greeks.theta))?.abs(),
                     "theta",
                 )?;
             }

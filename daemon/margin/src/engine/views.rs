@@ -2,7 +2,7 @@
 
 use super::{Engine, Greeks};
 use crate::error::EngineError;
-use crate::fixed::{PPM, QTY_SCALE, add, mul_div_floor};
+use crate::fixed::{PPM, add};
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -93,7 +93,7 @@ impl Engine {
             for (m, p) in Self::unit_positions(acct, &unit) {
                 let (ms, mark) = self.mark_of(m)?;
                 let g = greeks.entry(ms.config.feed.clone()).or_default();
-                let scale = |x: i128| mul_div_floor(p.size, x, QTY_SCALE, "greeks");
+                let scale = |x: i128| crate::fixed::qty_times(p.size, x, "greeks");
                 g.delta = add(g.delta, scale(mark.greeks.delta)?, "greeks")?;
                 g.gamma = add(g.gamma, scale(mark.greeks.gamma)?, "greeks")?;
                 g.vega = add(g.vega, scale(mark.greeks.vega)?, "greeks")?;

@@ -46,6 +46,23 @@ pub struct MarginSection {
     /// Seed of the demo book's random choices.
     #[serde(default)]
     pub demo_seed: u64,
+    /// Store an engine snapshot every this many rounds (rounds that are a
+    /// multiple of it); a restart loads the latest and replays only the
+    /// inputs after it. Absent: `DEFAULT_SNAPSHOT_EVERY_ROUNDS`; 0: never.
+    #[serde(default)]
+    pub snapshot_every_rounds: Option<u64>,
+}
+
+/// Snapshot period when `[margin] snapshot_every_rounds` is absent: about
+/// four minutes of 250 ms rounds.
+pub const DEFAULT_SNAPSHOT_EVERY_ROUNDS: u64 = 1_000;
+
+impl MarginSection {
+    /// The snapshot period in rounds (0 = never).
+    pub fn snapshot_every_rounds(&self) -> u64 {
+        self.snapshot_every_rounds
+            .unwrap_or(DEFAULT_SNAPSHOT_EVERY_ROUNDS)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

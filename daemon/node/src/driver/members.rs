@@ -9,6 +9,7 @@
 //! ```
 
 use super::Driver;
+use super::clock::Clock;
 use super::transport::Transport;
 use rand_core::{CryptoRng, RngCore};
 use serde::Serialize;
@@ -35,7 +36,7 @@ pub struct MemberView {
     pub clock_offset_ms: Option<i64>,
 }
 
-impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R> {
+impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<C, T, R, K> {
     /// Refreshes every member's view in the status and the `sibyl_peer_*`
     /// and `sibyl_clock_offset_seconds` metrics. Called a few times a
     /// second, not per event.

@@ -30,6 +30,7 @@
 //! are verified against the group key before they are stored.
 
 pub mod catchup;
+pub mod clock;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod members;
@@ -41,6 +42,7 @@ pub mod trace;
 pub mod transport;
 
 use crate::store::{StoreError, StoreHandle};
+use clock::{Clock, SystemClock};
 use rand_core::{CryptoRng, RngCore};
 use serde::Serialize;
 use sibyl_aggregator::evidence::Evidence;
@@ -55,7 +57,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
-use trace::{Phase, RoundTrace, now_us};
+use trace::{Phase, RoundTrace};
 use transport::{CATCHUP_PAGE, Envelope, Transport, TransportEvent};
 
 /// A member lost and silent this long is unreachable (see `refresh_unreachable`).
@@ -66,24 +68,21 @@ const LATENCY_SAMPLES: usize = 4096;
 /// the report point to point at once; the gossip copy (for members without
 /// a direct connection) then arrives after they hold it and costs them no
 /// verification on the round's critical path.
-const GOSSIP_DELAY: Duration = Duration::from_millis(20);
+const GOSSIP_DELAY_US: u64 = 20_000;
 
 /// How often `sibyl_feed_age_seconds` is refreshed.
-const FEED_AGE_REFRESH: Duration = Duration::from_millis(200);
+const FEED_AGE_REFRESH_MS: u64 = 200;
 
 /// Scheduler passes the driver gives the connection tasks on its thread
 /// before signing, so messages already decided reach the sockets first
 /// (a request takes a few polls: substream, negotiation, write).
 const YIELDS_TO_SEND: usize = 4;
-/// How long before a wake-up the driver leaves the (millisecond) async timer
-/// for a precise thread sleep.
-const PRECISE_WAKE_US: u64 = 1_500;
 /// How long a catch-up request may stay unanswered before another member is
 /// asked.
-const CATCHUP_TIMEOUT: Duration = Duration::from_secs(2);
+const CATCHUP_TIMEOUT_MS: u64 = 2_000;
 /// How long to wait before asking again after a reply that brought nothing
 /// (the peer had not stored that far yet).
-const CATCHUP_RETRY: Duration = Duration::from_millis(500);
+const CATCHUP_RETRY_MS: u64 = 500;
 
 /// Counters of the driver itself (the state machine has its own `Stats`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -278,7 +277,12 @@ pub fn restore_from(
 }
 
 /// Everything the driver runs with.
-pub struct DriverParts<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
+pub struct DriverParts<
+    C: SibylSuite,
+    T: Transport,
+    R: RngCore + CryptoRng + Send,
+    K: Clock = SystemClock,
+> {
     pub node: Node<C>,
     pub transport: T,
     pub store: crate::store::Store,
@@ -292,10 +296,17 @@ pub struct DriverParts<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Sen
     pub observed: observed::ObservationLedger,
     pub rng: R,
     pub shutdown: watch::Receiver<bool>,
+    /// The only clock the driver reads or sleeps on ([`clock`]).
+    pub clock: K,
 }
 
 /// The running driver. Build with [`Driver::new`], then `run().await`.
-pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
+pub struct Driver<
+    C: SibylSuite,
+    T: Transport,
+    R: RngCore + CryptoRng + Send,
+    K: Clock = SystemClock,
+> {
     node: Node<C>,
     transport: T,
     store: crate::store::Store,
@@ -317,13 +328,14 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     idle_at: Option<u64>,
     rng: R,
     shutdown: watch::Receiver<bool>,
+    clock: K,
     status: StatusHandle,
     metrics: metrics::NodeMetrics,
     /// Timestamp of the newest signed report holding each feed (for
     /// `sibyl_feed_age_seconds`).
     feed_reported_at: BTreeMap<FeedId, TimestampMs>,
-    /// When `sibyl_feed_age_seconds` was last refreshed.
-    ages_updated: Option<Instant>,
+    /// When (unix ms) `sibyl_feed_age_seconds` was last refreshed.
+    ages_updated: Option<u64>,
     wake: Option<u64>,
     connected: BTreeSet<u16>,
     /// When each member was last heard from (unix ms), by messages and reports.
@@ -342,28 +354,27 @@ pub struct Driver<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> {
     stats: DriverStats,
     /// Phase timestamps of recent rounds (shared with the report sink).
     trace: RoundTrace,
-    /// Reports this member led, to gossip at the given instant.
-    gossip_queue: VecDeque<(Instant, Round, Vec<u8>)>,
+    /// Reports this member led, to gossip at the given time (unix µs).
+    gossip_queue: VecDeque<(u64, Round, Vec<u8>)>,
     /// Newest report round known stored (or received) here.
     stored_through: Option<Round>,
     /// Which rounds are held, settled absent or still missing here.
     history: catchup::History,
     /// The catch-up request waiting for its reply.
     catchup_inflight: Option<Inflight>,
-    /// No catch-up request before this (after a reply that brought nothing).
-    catchup_retry_at: Option<Instant>,
+    /// No catch-up request before this (unix ms; after a reply that
+    /// brought nothing).
+    catchup_retry_at: Option<u64>,
     replies_tx: mpsc::Sender<(u16, Vec<u8>)>,
     replies_rx: mpsc::Receiver<(u16, Vec<u8>)>,
 }
 
-fn now_ms() -> u64 {
-    crate::store::now_ms()
-}
-
-impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R> {
-    pub fn new(parts: DriverParts<C, T, R>, last_report_round: Option<Round>) -> Self {
+impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<C, T, R, K> {
+    pub fn new(parts: DriverParts<C, T, R, K>, last_report_round: Option<Round>) -> Self {
         let digest = *parts.node.committee().config_digest();
         let trace = parts.sink.trace();
+        // The sink marks `stored` in the same trace: on the driver's clock.
+        trace.use_clock(parts.clock.clone());
         let status = Arc::new(Mutex::new(NodeStatus {
             member: parts.node.index(),
             round: parts.node.round(),
@@ -389,6 +400,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             idle_at: None,
             rng: parts.rng,
             shutdown: parts.shutdown,
+            clock: parts.clock,
             status,
             metrics,
             feed_reported_at: BTreeMap::new(),
@@ -438,31 +450,18 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         self.load_history().await;
         self.catchup_poll();
         loop {
-            // Tokio's timer wakes on whole-millisecond ticks, rounded up (and
-            // epoll waits in whole milliseconds): 0.5-1.5 ms late. The wake
-            // that starts a round is the observation instant every phase is
-            // measured from, so sleep on the timer until shortly before it
-            // and the rest precisely (below).
-            let wake_us = self.wake.map(|at| at.saturating_mul(1000));
-            let sleep = match wake_us {
-                Some(at) => {
-                    let d = at.saturating_sub(now_us()).saturating_sub(PRECISE_WAKE_US);
-                    tokio::time::sleep(Duration::from_micros(d))
-                }
-                None => tokio::time::sleep(Duration::from_secs(3600)),
-            };
-            let idle_sleep = tokio::time::sleep(Duration::from_millis(
-                self.idle_at.map_or(0, |at| at.saturating_sub(now_ms())),
-            ));
+            // The wake that starts a round is the observation instant every
+            // phase is measured from: woken as precisely as the clock can.
+            let wake_due = self.wake.is_some();
+            let wake = self
+                .clock
+                .wake_at_us(self.wake.unwrap_or(0).saturating_mul(1000));
+            let idle_sleep = self.clock.sleep_until_ms(self.idle_at.unwrap_or(0));
             let catchup_wake = self.catchup_wake();
-            let catchup_sleep =
-                tokio::time::sleep_until(catchup_wake.unwrap_or_else(Instant::now).into());
-            let gossip_sleep = tokio::time::sleep_until(
-                self.gossip_queue
-                    .front()
-                    .map_or_else(Instant::now, |(at, _, _)| *at)
-                    .into(),
-            );
+            let catchup_sleep = self.clock.sleep_until_ms(catchup_wake.unwrap_or(0));
+            let gossip_sleep = self
+                .clock
+                .sleep_until_us(self.gossip_queue.front().map_or(0, |(at, _, _)| *at));
             tokio::select! {
                 biased;
                 r = self.shutdown.changed() => {
@@ -491,17 +490,11 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                         }
                     } else {
                         // The source ended; keep serving without new observations.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let at = self.clock.now_ms().saturating_add(50);
+                        self.clock.sleep_until_ms(at).await;
                     }
                 }
-                _ = sleep => {
-                    // At most PRECISE_WAKE_US (+ the timer's lateness) left:
-                    // a thread sleep (~60 us slack) on the loop's own thread,
-                    // which has nothing else due at a round boundary.
-                    let left = wake_us.unwrap_or(0).saturating_sub(now_us());
-                    if left > 0 {
-                        std::thread::sleep(Duration::from_micros(left.min(PRECISE_WAKE_US)));
-                    }
+                _ = wake, if wake_due => {
                     self.wake = None;
                     self.input(Input::Tick).await;
                 }
@@ -551,15 +544,14 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         self.metrics.set_round(self.node.round());
         // The ages move with the clock, not with events: refreshed a few
         // times a second, not after every message of a round.
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         if self
             .ages_updated
-            .is_none_or(|at| now.duration_since(at) >= FEED_AGE_REFRESH)
+            .is_none_or(|at| now.saturating_sub(at) >= FEED_AGE_REFRESH_MS)
         {
             self.ages_updated = Some(now);
-            self.metrics
-                .update_feed_ages(&self.feed_reported_at, now_ms());
-            self.publish_members(now_ms());
+            self.metrics.update_feed_ages(&self.feed_reported_at, now);
+            self.publish_members(now);
         }
         if let Ok(mut s) = self.status.lock() {
             s.round = self.node.round();
@@ -576,8 +568,11 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     async fn input(&mut self, input: Input) {
         // When this input arrived: what made the leader propose or a signer
         // sign (see `trace`).
-        let arrived_us = now_us();
-        let mut queue: VecDeque<Action> = self.node.handle(now_ms(), input, &mut self.rng).into();
+        let arrived_us = self.clock.now_us();
+        let mut queue: VecDeque<Action> = self
+            .node
+            .handle(self.clock.now_ms(), input, &mut self.rng)
+            .into();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Send { to, bytes } => {
@@ -639,7 +634,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
                     self.trace
                         .duration(Phase::Ledger, micros(started.elapsed()));
                     self.trace.mark(round, Phase::Recorded);
-                    queue.extend(self.node.handle(now_ms(), reply, &mut self.rng));
+                    queue.extend(self.node.handle(self.clock.now_ms(), reply, &mut self.rng));
                 }
                 Action::SignedReport(report) => self.on_signed_report(report),
                 Action::Blame(evidence) => {
@@ -733,7 +728,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             .duration(Phase::ObservationLedger, micros(started.elapsed()));
         self.ahead_due = Some(round.saturating_add(1));
         let half = self.node.committee().timeouts().round_interval_ms / 2;
-        self.idle_at = Some(now_ms().saturating_add(half));
+        self.idle_at = Some(self.clock.now_ms().saturating_add(half));
         Ok(())
     }
 
@@ -742,7 +737,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     fn record_signing(&mut self, round: Round, digest: [u8; 32]) -> Input {
         match self
             .ledger
-            .record_signing(round, &digest, crate::store::now_ms())
+            .record_signing(round, &digest, self.clock.now_ms())
         {
             Ok(_) => {
                 self.stats.ledger_records += 1;
@@ -800,8 +795,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             tracing::info!(round, leader, feeds = report.leaves.len(), "signed report");
         }
         if leader == self.node.index() {
-            self.gossip_queue
-                .push_back((Instant::now() + GOSSIP_DELAY, round, report.to_bytes()));
+            let at = self.clock.now_us().saturating_add(GOSSIP_DELAY_US);
+            self.gossip_queue.push_back((at, round, report.to_bytes()));
         }
         self.accept_report(report);
     }
@@ -848,7 +843,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
 
     /// Gossips the led reports whose delay is over.
     fn publish_due(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now_us();
         while self
             .gossip_queue
             .front()
@@ -919,7 +914,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
 
     async fn on_transport(&mut self, ev: TransportEvent) {
         if let TransportEvent::Message { from, .. } | TransportEvent::Report { from, .. } = &ev {
-            self.last_seen.insert(*from, now_ms());
+            self.last_seen.insert(*from, self.clock.now_ms());
         }
         self.on_transport_event(ev).await;
         if !self.stored_news.is_empty() {
@@ -998,7 +993,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     /// `UNREACHABLE_AFTER_MS`. A member not yet connected after start is not
     /// counted: only a lost connection is evidence.
     async fn refresh_unreachable(&mut self) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let unreachable: BTreeSet<u16> = self
             .lost
             .iter()
@@ -1068,11 +1063,11 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
         (1..=n).filter(|&p| p != me).collect()
     }
 
-    /// When the catch-up needs the loop again without an event: the
-    /// in-flight request's timeout, or the end of a retry pause.
-    fn catchup_wake(&self) -> Option<Instant> {
+    /// When (unix ms) the catch-up needs the loop again without an event:
+    /// the in-flight request's timeout, or the end of a retry pause.
+    fn catchup_wake(&self) -> Option<u64> {
         match (&self.catchup_inflight, self.catchup_retry_at) {
-            (Some(f), _) => Some(f.at + CATCHUP_TIMEOUT),
+            (Some(f), _) => Some(f.at.saturating_add(CATCHUP_TIMEOUT_MS)),
             (None, Some(t)) => Some(t),
             (None, None) => None,
         }
@@ -1081,9 +1076,9 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
     /// Sends the next catch-up request if one is due: one at a time, the
     /// next as soon as a reply is in.
     fn catchup_poll(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         if let Some(f) = &self.catchup_inflight {
-            if now.duration_since(f.at) < CATCHUP_TIMEOUT {
+            if now.saturating_sub(f.at) < CATCHUP_TIMEOUT_MS {
                 return;
             }
             tracing::debug!(
@@ -1181,7 +1176,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
             );
         }
         if new == 0 && end <= from {
-            self.catchup_retry_at = Some(Instant::now() + CATCHUP_RETRY);
+            self.catchup_retry_at = Some(self.clock.now_ms().saturating_add(CATCHUP_RETRY_MS));
         }
         self.catchup_poll();
     }
@@ -1235,7 +1230,8 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send> Driver<C, T, R>
 struct Inflight {
     to: u16,
     end: Round,
-    at: Instant,
+    /// When it was sent (unix ms).
+    at: u64,
 }
 
 fn micros(d: Duration) -> u64 {

@@ -3,9 +3,9 @@
 //! devnet without one. Either way the driver reads a `watch` of the latest
 //! observation per feed.
 
+use super::clock::{Clock, SystemClock};
 use crate::config::FeedParams;
 use sibyl_aggregator::round::LocalObservation;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// Latest observation per feed (ascending feed id).
@@ -46,16 +46,25 @@ pub fn builtin_observation(feed: &FeedParams, now_ms: u64) -> LocalObservation {
     }
 }
 
-/// Starts the built-in source for `feeds`; it stops when every receiver is dropped.
+/// Starts the built-in source for `feeds` on the system clock; it stops when
+/// every receiver is dropped.
 pub fn builtin(feeds: Vec<FeedParams>) -> ObservationRx {
-    let now = crate::store::now_ms();
+    builtin_on(feeds, SystemClock)
+}
+
+/// [`builtin`] on `clock` (the driver's, so observations and rounds share
+/// one time): a new observation every 100 ms, half-way between ticks of the
+/// grid, so a round slot (on the grid) never races the source's update.
+pub fn builtin_on(feeds: Vec<FeedParams>, clock: impl Clock) -> ObservationRx {
+    let now = clock.now_ms();
     let (tx, rx) = watch::channel(feeds.iter().map(|f| builtin_observation(f, now)).collect());
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(BUILTIN_TICK_MS));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            tick.tick().await;
-            let now = crate::store::now_ms();
+            let now = clock.now_ms();
+            let half = BUILTIN_TICK_MS / 2;
+            let next = (now + half) - (now + half) % BUILTIN_TICK_MS + half;
+            clock.sleep_until_ms(next).await;
+            let now = clock.now_ms();
             let list = feeds.iter().map(|f| builtin_observation(f, now)).collect();
             if tx.send(list).is_err() {
                 return;

@@ -1,6 +1,12 @@
 //! Drivers of a whole committee in one process over the in-memory transport,
 //! with real SQLite stores and the real state machine and keys.
+//!
+//! The committee runs on tokio's paused time ([`clock::TokioClock`] on a
+//! current-thread runtime with `start_paused`): rounds follow each other as
+//! fast as the CPU allows, and every timeout here is virtual time, so a
+//! loaded machine does not make a round miss its deadline.
 
+use super::clock::TokioClock;
 use super::transport::{MemoryControl, MemoryNetwork, MemoryTransport};
 use super::*;
 use crate::config::Committee as ConfigCommittee;
@@ -46,6 +52,8 @@ struct Harness {
     members: BTreeMap<u16, Member>,
     /// Start a margin service (with a small demo book) beside each driver.
     margin: bool,
+    /// Every member's clock: one (virtual) time for the committee.
+    clock: TokioClock,
 }
 
 impl Harness {
@@ -63,6 +71,7 @@ impl Harness {
                 control,
                 members: BTreeMap::new(),
                 margin: false,
+                clock: TokioClock::from_system(),
             },
             transports,
         )
@@ -102,6 +111,7 @@ impl Harness {
                             accounts: 30,
                             seed: 7,
                         }),
+                        snapshot_every_rounds: 0,
                     },
                 )
                 .await
@@ -118,11 +128,12 @@ impl Harness {
                 ledger: store.signing_ledger().unwrap(),
                 store,
                 group_keys,
-                observations: source::builtin(self.committee.feeds.clone()),
+                observations: source::builtin_on(self.committee.feeds.clone(), self.clock),
                 sink,
                 observed,
                 rng: ChaCha20Rng::seed_from_u64(u64::from(index) + 1000),
                 shutdown: shutdown_rx,
+                clock: self.clock,
             },
             last_report_round,
         );
@@ -152,11 +163,29 @@ impl Harness {
 
     fn reports(&self, index: u16) -> Vec<SignedReport> {
         let db = Db::open_read_only(&self.members_db(index)).unwrap();
-        db.reports_after(0, 100_000).unwrap()
+        // Round 0 included (`reports_after(0, ..)` would leave it out).
+        db.reports_in(0, Round::MAX, 100_000).unwrap()
     }
 
     fn members_db(&self, index: u16) -> PathBuf {
         self._dir.path().join(format!("node-{index}.db"))
+    }
+
+    /// Waits until member `index`'s store holds the newest report its driver
+    /// accepted (`status`). The report sink writes on the store's own thread,
+    /// which paused time does not wait for: a fixed sleep here would be
+    /// virtual and end at once.
+    async fn wait_stored(&self, index: u16, status: &StatusHandle) {
+        let db = self.members_db(index);
+        wait_for(&format!("member {index}'s sink to store"), 30, || {
+            let Some(want) = status_snapshot(status).last_report_round else {
+                return true;
+            };
+            Db::open_read_only(&db)
+                .and_then(|db| db.newest_round())
+                .is_ok_and(|r| r.is_some_and(|r| r >= want))
+        })
+        .await;
     }
 
     fn group_keys(&self) -> GroupKeys {
@@ -165,9 +194,10 @@ impl Harness {
     }
 }
 
+/// Polls `f` every 50 ms of (virtual) time for up to `secs` seconds.
 async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
         if f() {
             return;
         }
@@ -176,7 +206,7 @@ async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn committee_signs_stores_and_survives_a_crash_and_restart() {
     let (mut h, transports) = Harness::new(4, 3);
     for (i, t) in transports.into_iter().enumerate() {
@@ -189,7 +219,9 @@ async fn committee_signs_stores_and_survives_a_crash_and_restart() {
             .all(|s| status_snapshot(s).protocol.reports_accepted >= 5)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the sinks write
+    for (i, s) in (1..).zip(&status) {
+        h.wait_stored(i, s).await;
+    }
 
     // Every member stored verifying reports, the same ones.
     let keys = h.group_keys();
@@ -296,8 +328,8 @@ async fn committee_signs_stores_and_survives_a_crash_and_restart() {
 /// Waits up to 30 s for a member's driver counters to meet `f`; on a
 /// timeout the panic shows them.
 async fn wait_for_driver(what: &str, s: &StatusHandle, mut f: impl FnMut(&DriverStats) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
         if f(&status_snapshot(s).driver) {
             return;
         }
@@ -339,7 +371,7 @@ fn input_rounds(inputs: &[String]) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
     let (mut h, transports) = Harness::new(4, 3);
     h.margin = true;
@@ -363,6 +395,8 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
         d.caught_up_reports >= 3 && d.history_complete_below >= 8 && d.history_missing_rounds == 0
     })
     .await;
+    h.wait_stored(1, &s1).await;
+    h.wait_stored(4, &s4).await;
     let first = |i: u16| {
         Db::open_read_only(&h.members_db(i))
             .unwrap()
@@ -387,21 +421,28 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
     .await;
     let healed_at = status_snapshot(&s1).last_report_round.unwrap();
     h.control.set_cut(4, false);
-    let healed = Instant::now();
+    let healed = tokio::time::Instant::now();
     wait_for_driver("member 4 fills the gap in the middle", &s4, |d| {
         d.history_complete_below > healed_at + 2 && d.history_missing_rounds == 0
     })
     .await;
     let filled = healed.elapsed();
-    let m4 = h.members[&4].margin.clone().unwrap();
-    wait_for("member 4's margin engine passes the partition", 30, || {
-        m4.read().next_round > healed_at + 2
-    })
-    .await;
+    // Every margin engine past the partition (each takes its store's
+    // reports strictly in round order, so a round some member never settled
+    // would hold its engine back for good).
+    for m in h.members.values() {
+        let margin = m.margin.clone().unwrap();
+        wait_for(
+            &format!("member {}'s margin engine passes the partition", m.index),
+            30,
+            || margin.read().next_round > healed_at + 2,
+        )
+        .await;
+    }
     let d4 = status_snapshot(&s4).driver;
-    // Figures, not asserted (a shared machine).
+    // Figures, not asserted (virtual time: rounds of 100 ms).
     eprintln!(
-        "member 4: partition rounds {cut_at}..={healed_at}; gap filled {:.0} ms and margin past it {:.0} ms after the heal; {} catch-up requests, {} reports caught up, {} rounds settled absent",
+        "member 4: partition rounds {cut_at}..={healed_at}; gap filled {:.0} ms and every margin engine past it {:.0} ms after the heal (virtual); {} catch-up requests, {} reports caught up, {} rounds settled absent",
         filled.as_secs_f64() * 1e3,
         healed.elapsed().as_secs_f64() * 1e3,
         d4.catchup_requests_sent,
@@ -409,11 +450,18 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
         d4.rounds_settled_absent
     );
 
+    let stopped: Vec<(u16, StatusHandle)> = h
+        .members
+        .iter()
+        .map(|(i, m)| (*i, m.status.clone()))
+        .collect();
     for (_, m) in std::mem::take(&mut h.members) {
         let _ = m.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), m.task).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the writers finish
+    for (i, s) in &stopped {
+        h.wait_stored(*i, s).await;
+    }
 
     // Stored history: member 4 holds every round the others do, up to the
     // newest round they all reached.
@@ -447,7 +495,11 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
         (1..=4).map(|i| margin_log(&h.members_db(i))).collect();
     let n = logs.iter().map(|(i, _)| i.len()).min().unwrap();
     let e = logs.iter().map(|(_, e)| e.len()).min().unwrap();
-    assert!(n > 30, "the demo book and reports: {n} inputs");
+    assert!(
+        n > 30,
+        "the demo book and reports: {n} inputs; per member {:?}",
+        logs.iter().map(|(i, _)| i.len()).collect::<Vec<_>>()
+    );
     for (i, (inputs, events)) in logs.iter().enumerate().skip(1) {
         assert_eq!(inputs[..n], logs[0].0[..n], "member {} inputs", i + 1);
         assert_eq!(events[..e], logs[0].1[..e], "member {} events", i + 1);
@@ -484,7 +536,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn driver_metrics_follow_the_rounds() {
     let (mut h, transports) = Harness::new(4, 3);
     for (i, t) in transports.into_iter().enumerate() {
@@ -504,6 +556,7 @@ async fn driver_metrics_follow_the_rounds() {
     // A gossiped report with more leaves than the committee has feeds is
     // refused before any signature or leaf is checked, even when the group
     // signed it (here with the dealer's keys).
+    h.wait_stored(1, &s1).await;
     let mut big = h.reports(1).pop().expect("a stored report");
     // A round nobody holds (a held round's copy is dropped as a duplicate).
     big.header.round += 1_000_000;
@@ -644,7 +697,7 @@ fn promtool_check(text: &str) {
 
 /// `/v1/committee` shows what each member sees of the others: they were
 /// heard from, the leaders of signed rounds led them, shares arrived.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn committee_status_shows_each_members_figures() {
     let (mut h, transports) = Harness::new(4, 3);
     for (i, t) in transports.into_iter().enumerate() {
@@ -663,7 +716,8 @@ async fn committee_status_shows_each_members_figures() {
     .await;
     // The member views are refreshed a few times a second.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let now = crate::store::now_ms();
+    h.wait_stored(1, &status[&1]).await;
+    let now = h.clock.now_ms();
     let leaders: BTreeSet<u16> = {
         let protocol = h.committee.to_protocol().unwrap();
         h.reports(1)

@@ -1,5 +1,6 @@
 //! Where a round's time goes: the driver marks each step of a round with a
-//! wall-clock timestamp, relative to the round's observation instant.
+//! timestamp of its clock ([`super::clock`]; the wall clock in `sibyl run`),
+//! relative to the round's observation instant.
 //!
 //! ```text
 //!  start ─► wake ─► observed ─────────────────────────────────────────────► held ─► stored
@@ -103,22 +104,37 @@ impl Phase {
     }
 }
 
-/// Microseconds since the Unix epoch, by the system clock.
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+/// What marks read the time from: the driver's clock once it is given one.
+type NowUs = Box<dyn Fn() -> u64 + Send>;
 
 #[derive(Default)]
 struct Inner {
     /// Start (µs since the epoch) and the phases already marked, per round.
     rounds: BTreeMap<Round, (u64, Vec<Phase>)>,
     samples: BTreeMap<Phase, VecDeque<u64>>,
+    /// The clock marks read; the system clock while unset.
+    clock: Option<NowUs>,
 }
 
 impl Inner {
+    fn now_us(&self) -> u64 {
+        self.clock
+            .as_ref()
+            .map_or_else(super::clock::system_now_us, |now| now())
+    }
+
+    /// Marks `phase` of `round` at `at_us` (first mark wins).
+    fn mark(&mut self, round: Round, phase: Phase, at_us: u64) -> Option<u64> {
+        let (start, done) = self.rounds.get_mut(&round)?;
+        if done.contains(&phase) {
+            return None;
+        }
+        done.push(phase);
+        let offset = at_us.saturating_sub(*start);
+        self.push(phase, offset);
+        Some(offset)
+    }
+
     fn push(&mut self, phase: Phase, us: u64) {
         let s = self.samples.entry(phase).or_default();
         if s.len() >= SAMPLES {
@@ -153,6 +169,14 @@ pub struct PhaseStats {
 }
 
 impl RoundTrace {
+    /// Makes [`RoundTrace::mark`] (here and in every clone) read `clock`.
+    /// The driver sets its own clock when it is built.
+    pub fn use_clock(&self, clock: impl super::clock::Clock) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.clock = Some(Box::new(move || clock.now_us()));
+        }
+    }
+
     /// Round `round` started at `start_ms` (its observation instant).
     pub fn start(&self, round: Round, start_ms: u64) {
         if let Ok(mut g) = self.inner.lock() {
@@ -168,20 +192,14 @@ impl RoundTrace {
     /// Marks `phase` of `round` now (first mark wins); returns the offset
     /// from the round's start in µs, or `None` for a round not started here.
     pub fn mark(&self, round: Round, phase: Phase) -> Option<u64> {
-        self.mark_at(round, phase, now_us())
+        let mut g = self.inner.lock().ok()?;
+        let at = g.now_us();
+        g.mark(round, phase, at)
     }
 
     /// Like [`RoundTrace::mark`] at a given time (µs since the epoch).
     pub fn mark_at(&self, round: Round, phase: Phase, at_us: u64) -> Option<u64> {
-        let mut g = self.inner.lock().ok()?;
-        let (start, done) = g.rounds.get_mut(&round)?;
-        if done.contains(&phase) {
-            return None;
-        }
-        done.push(phase);
-        let offset = at_us.saturating_sub(*start);
-        g.push(phase, offset);
-        Some(offset)
+        self.inner.lock().ok()?.mark(round, phase, at_us)
     }
 
     /// Whether this member already holds the signed report of `round` (a

@@ -238,16 +238,19 @@ impl MemoryControl {
         }
     }
 
-    /// Replace member `index`'s transport (a restarted member).
+    /// Replace member `index`'s transport (a restarted member). As a real
+    /// connection would, it tells both sides: the others that `index` is
+    /// connected, and `index` that each of them is.
     pub fn reattach(&self, index: u16) -> MemoryTransport {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut p) = self.wires.peers.lock() {
-            p.insert(index, tx);
-            for (&other, tx) in p.iter() {
+            for (&other, other_tx) in p.iter() {
                 if other != index {
-                    let _ = tx.send(TransportEvent::PeerConnected(index));
+                    let _ = other_tx.send(TransportEvent::PeerConnected(index));
+                    let _ = tx.send(TransportEvent::PeerConnected(other));
                 }
             }
+            p.insert(index, tx);
         }
         MemoryTransport {
             me: index,

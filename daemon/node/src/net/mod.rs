@@ -47,7 +47,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use limits::TokenBucket;
+use sibyl_util::TokenBucket;
 pub use stream::MESSAGE_PROTOCOL;
 use stream::{Outgoing, StreamEvent, Wire};
 
@@ -610,11 +610,11 @@ impl Net {
             );
             buckets.insert(
                 m.index,
-                TokenBucket::new(limits.rate_per_sec, limits.burst, now),
+                limits::member_bucket(limits.rate_per_sec, limits.burst, now),
             );
             byte_buckets.insert(
                 m.index,
-                TokenBucket::new(limits.bytes_per_sec, limits.byte_burst, now),
+                limits::member_bucket(limits.bytes_per_sec, limits.byte_burst, now),
             );
         }
         let mut control = swarm.behaviour().stream.new_control();

@@ -942,6 +942,48 @@ impl Db {
         u64_of(n, "count")
     }
 
+    /// The stored margin inputs with seq >= `from`, oldest first.
+    pub fn margin_inputs_from(&self, from: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, body FROM margin_commands WHERE seq >= ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([from], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body) = row?;
+            out.push((u64_of(seq, "seq")?, body));
+        }
+        Ok(out)
+    }
+
+    /// Stores the engine snapshot taken after `inputs` stored inputs
+    /// (`margin_state` row `snapshot`; replaces the previous one).
+    pub fn put_margin_snapshot(&mut self, inputs: u64, body: &[u8]) -> Result<(), StoreError> {
+        let inputs = i64::try_from(inputs).unwrap_or(i64::MAX);
+        self.conn.execute(
+            "INSERT OR REPLACE INTO margin_state (name, seq, body) VALUES ('snapshot', ?1, ?2)",
+            rusqlite::params![inputs, body],
+        )?;
+        Ok(())
+    }
+
+    /// The latest engine snapshot: `(inputs it covers, bytes)`.
+    pub fn margin_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT seq, body FROM margin_state WHERE name = 'snapshot'",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?;
+        row.map(|(seq, body)| Ok((u64_of(seq, "seq")?, body)))
+            .transpose()
+    }
+
     /// Every stored margin input `(seq, JSON)`, oldest first.
     pub fn margin_inputs(&self) -> Result<Vec<(u64, String)>, StoreError> {
         let mut stmt = self

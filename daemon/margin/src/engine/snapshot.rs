@@ -1,0 +1,272 @@
+//! The stored snapshot: the whole state and the trigger index in one
+//! deterministic byte string, compact where it is large (accounts, flags,
+//! index entries in binary) and JSON where it is small and varied (risk,
+//! feeds, assets, markets, venue). Restoring it rebuilds nothing that the
+//! bytes already hold: no health is evaluated, so a restart at a million
+//! accounts costs decoding plus index insertion.
+//!
+//! ```text
+//! "SIBYLMS1" ‖ head_len:u32 ‖ head JSON (Snapshot without accounts, order, flags)
+//!   ‖ accounts:u64 ‖ { id:u64 ‖ cash:i128 ‖ collateral ‖ positions }   (slot order)
+//!   ‖ margin_calls:u64 ‖ { id:u64 ‖ unit }   ‖ deferred:u64 ‖ { id:u64 ‖ unit }
+//!   ‖ index:u64 ‖ { id:u64 ‖ unit ‖ bands:u32 ‖ {feed:str ‖ lo:i128 ‖ hi:i128} ‖ recheck:opt u64 }
+//! ```
+//! Encodings of integers, strings, maps and units as in the state root.
+
+use super::{Engine, Snapshot};
+use crate::error::EngineError;
+use crate::index::Band;
+use crate::state_root::Enc;
+use crate::types::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+const MAGIC: &[u8; 8] = b"SIBYLMS1";
+
+fn corrupt(detail: impl Into<String>) -> EngineError {
+    EngineError::SnapshotCorrupt {
+        detail: detail.into(),
+    }
+}
+
+/// Reads what `Enc` wrote; every read is bounds-checked.
+struct Dec<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EngineError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| corrupt(format!("truncated at byte {}", self.at)))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], EngineError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, EngineError> {
+        Ok(self.arr::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, EngineError> {
+        Ok(u32::from_be_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, EngineError> {
+        Ok(u64::from_be_bytes(self.arr()?))
+    }
+    fn i128(&mut self) -> Result<i128, EngineError> {
+        Ok(i128::from_be_bytes(self.arr()?))
+    }
+    fn len(&mut self) -> Result<usize, EngineError> {
+        usize::try_from(self.u32()?).map_err(|_| corrupt("length does not fit"))
+    }
+    fn count64(&mut self) -> Result<usize, EngineError> {
+        usize::try_from(self.u64()?).map_err(|_| corrupt("count does not fit"))
+    }
+    fn str(&mut self) -> Result<String, EngineError> {
+        let n = usize::from(u16::from_be_bytes(self.arr()?));
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| corrupt("a name is not UTF-8"))
+    }
+    fn opt_i128(&mut self) -> Result<Option<i128>, EngineError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.i128()?)),
+            t => Err(corrupt(format!("option tag {t}"))),
+        }
+    }
+    fn unit(&mut self) -> Result<Unit, EngineError> {
+        match self.u8()? {
+            0 => Ok(Unit::Cross),
+            1 => Ok(Unit::Isolated {
+                market: self.str()?,
+            }),
+            t => Err(corrupt(format!("unit tag {t}"))),
+        }
+    }
+    fn account(&mut self) -> Result<Account, EngineError> {
+        let cash = self.i128()?;
+        let mut collateral = BTreeMap::new();
+        for _ in 0..self.len()? {
+            let a = self.str()?;
+            collateral.insert(a, self.i128()?);
+        }
+        let mut positions = BTreeMap::new();
+        for _ in 0..self.len()? {
+            let m = self.str()?;
+            let size = self.i128()?;
+            let quote = self.i128()?;
+            let isolated = self.opt_i128()?;
+            positions.insert(
+                m,
+                Position {
+                    size,
+                    quote,
+                    isolated,
+                },
+            );
+        }
+        Ok(Account {
+            cash,
+            collateral,
+            positions,
+        })
+    }
+}
+
+impl Engine {
+    /// The state and trigger index as deterministic bytes (layout above):
+    /// the same state gives the same bytes on every member.
+    pub fn encode_snapshot(&self) -> Result<Vec<u8>, EngineError> {
+        let s = &self.s;
+        let index = self.index_entries();
+        let head = Snapshot {
+            version: s.version,
+            now_ms: s.now_ms,
+            next_seq: s.next_seq,
+            risk: s.risk.clone(),
+            feeds: s.feeds.clone(),
+            assets: s.assets.clone(),
+            markets: s.markets.clone(),
+            accounts: BTreeMap::new(),
+            venue: s.venue.clone(),
+            insurance_fund: s.insurance_fund,
+            fees: s.fees,
+            margin_calls: BTreeSet::new(),
+            deferred: BTreeSet::new(),
+            account_order: Vec::new(),
+        };
+        let head = serde_json::to_vec(&head).map_err(|e| corrupt(e.to_string()))?;
+        let mut e = Enc(Vec::with_capacity(64 + s.accounts.len() * 160));
+        e.0.extend_from_slice(MAGIC);
+        e.u32(u32::try_from(head.len()).map_err(|_| corrupt("head too large"))?);
+        e.0.extend_from_slice(&head);
+        e.u64(s.account_order.len() as u64);
+        for id in &s.account_order {
+            let a = s
+                .accounts
+                .get(id)
+                .ok_or_else(|| corrupt(format!("account_order names unknown account {id}")))?;
+            e.u64(*id);
+            e.balances(a.cash, &a.collateral);
+            e.positions(&a.positions);
+        }
+        for set in [&s.margin_calls, &s.deferred] {
+            e.u64(set.len() as u64);
+            for (id, u) in set {
+                e.u64(*id);
+                e.unit(u);
+            }
+        }
+        e.u64(index.len() as u64);
+        for u in &index {
+            e.u64(u.account);
+            e.unit(&u.unit);
+            e.count(u.bands.len());
+            for (f, lo, hi) in &u.bands {
+                e.str(f);
+                e.i128(*lo);
+                e.i128(*hi);
+            }
+            match u.recheck_at_ms {
+                None => e.u8(0),
+                Some(t) => {
+                    e.u8(1);
+                    e.u64(t);
+                }
+            }
+        }
+        Ok(e.0)
+    }
+
+    /// Restores `encode_snapshot` bytes: the same state, index and future
+    /// events as the engine that wrote them, without re-evaluating any unit.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<Engine, EngineError> {
+        let mut d = Dec { b: bytes, at: 0 };
+        if d.take(MAGIC.len())? != MAGIC {
+            return Err(corrupt("not a margin snapshot (bad magic)"));
+        }
+        let head_len = d.len()?;
+        let mut s: Snapshot =
+            serde_json::from_slice(d.take(head_len)?).map_err(|e| corrupt(e.to_string()))?;
+        let n = d.count64()?;
+        let mut order = Vec::with_capacity(n.min(1 << 24));
+        for _ in 0..n {
+            let id = d.u64()?;
+            let a = d.account()?;
+            if s.accounts.insert(id, a).is_some() {
+                return Err(corrupt(format!("account {id} appears twice")));
+            }
+            order.push(id);
+        }
+        s.account_order = order;
+        for set in [&mut s.margin_calls, &mut s.deferred] {
+            for _ in 0..d.count64()? {
+                let id = d.u64()?;
+                set.insert((id, d.unit()?));
+            }
+        }
+        let mut e = Engine::unindexed(s)?;
+        for _ in 0..d.count64()? {
+            let account = d.u64()?;
+            let unit = d.unit()?;
+            let nb = d.len()?;
+            let mut bands = Vec::with_capacity(nb.min(64));
+            for _ in 0..nb {
+                let f = d.str()?;
+                let lo = d.i128()?;
+                let hi = d.i128()?;
+                let feed =
+                    e.s.feeds
+                        .contains_key(&f)
+                        .then(|| e.idx.feed_slot(&f))
+                        .flatten()
+                        .ok_or_else(|| corrupt(format!("band on unknown feed `{f}`")))?;
+                bands.push(Band { feed, lo, hi });
+            }
+            let recheck = match d.u8()? {
+                0 => None,
+                1 => Some(d.u64()?),
+                t => return Err(corrupt(format!("recheck tag {t}"))),
+            };
+            let key = e
+                .key_of(account, &unit)
+                .ok_or_else(|| corrupt(format!("index entry for unknown unit {account} {unit}")))?;
+            e.idx.insert(key, bands, recheck);
+        }
+        if d.at != bytes.len() {
+            return Err(corrupt(format!(
+                "{} trailing bytes",
+                bytes.len().saturating_sub(d.at)
+            )));
+        }
+        Ok(e)
+    }
+
+    /// An engine over `s` with feed and market slots and position holders
+    /// set up but no trigger bands (the caller inserts the stored ones).
+    fn unindexed(s: Snapshot) -> Result<Engine, EngineError> {
+        let mut e = Engine::checked_shell(s)?;
+        let mut slots: Vec<(u32, String)> =
+            e.s.markets
+                .iter()
+                .map(|(k, m)| (m.slot, k.clone()))
+                .collect();
+        slots.sort();
+        e.market_by_slot = slots.into_iter().map(|(_, k)| k).collect();
+        let feeds: Vec<String> = e.s.feeds.keys().cloned().collect();
+        for f in feeds {
+            let _slot = e.idx.feed_slot(&f);
+        }
+        for (id, a) in &e.s.accounts {
+            for m in a.positions.keys() {
+                e.idx.add_holder(m, *id);
+            }
+        }
+        Ok(e)
+    }
+}

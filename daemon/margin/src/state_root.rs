@@ -1,0 +1,506 @@
+//! The margin state root: a Keccak-256 commitment to the engine's state, and
+//! account proofs against it. Byte layout in docs/MARGIN.md ("State root").
+//!
+//! ```text
+//!  state_root = keccak(b"sibyl/margin/state/v1" ‖ accounts_root ‖ globals_hash)
+//!  accounts_root = keccak(0x02 ‖ count:u64 ‖ top)      top: binary tree over account slots
+//!  node = keccak(0x01 ‖ left ‖ right)    leaf = keccak(0x00 ‖ account_bytes)   padding = 32 zero bytes
+//! ```
+//!
+//! Accounts sit at their slot (order of creation), so a new account appends
+//! a leaf and a change rehashes one path. The tree here is the maintained
+//! form; `verify_account_proof` needs none of it.
+
+use crate::engine::Greeks;
+use crate::types::{Account, AccountId, GuardReason, Position, Unit};
+use serde::{Deserialize, Serialize};
+use sha3::{Digest, Keccak256};
+use std::collections::BTreeMap;
+
+/// A 32-byte Keccak-256 digest.
+pub type Hash = [u8; 32];
+
+/// Domain tag of the state root.
+pub const STATE_ROOT_DOMAIN: &[u8] = b"sibyl/margin/state/v1";
+const LEAF: u8 = 0x00;
+const NODE: u8 = 0x01;
+const ACCOUNTS: u8 = 0x02;
+
+/// Keccak-256 of the concatenated parts.
+pub fn keccak(parts: &[&[u8]]) -> Hash {
+    let mut h = Keccak256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// Appends the canonical bytes of engine values (big-endian integers,
+/// strings as u16 length + UTF-8, maps in key order as u32 count + entries).
+#[derive(Default)]
+pub(crate) struct Enc(pub Vec<u8>);
+
+impl Enc {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    pub fn i128(&mut self, v: i128) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    /// Lengths beyond u16/u32 saturate: no engine name or list comes near
+    /// them, and saturating keeps the encoding total (never a panic).
+    pub fn str(&mut self, s: &str) {
+        let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    pub fn count(&mut self, n: usize) {
+        self.u32(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+    pub fn opt_i128(&mut self, v: Option<i128>) {
+        match v {
+            None => self.u8(0),
+            Some(x) => {
+                self.u8(1);
+                self.i128(x);
+            }
+        }
+    }
+    pub fn balances(&mut self, cash: i128, collateral: &BTreeMap<String, i128>) {
+        self.i128(cash);
+        self.count(collateral.len());
+        for (asset, qty) in collateral {
+            self.str(asset);
+            self.i128(*qty);
+        }
+    }
+    pub fn positions(&mut self, positions: &BTreeMap<String, Position>) {
+        self.count(positions.len());
+        for (market, p) in positions {
+            self.str(market);
+            self.i128(p.size);
+            self.i128(p.quote);
+            self.opt_i128(p.isolated);
+        }
+    }
+    pub fn unit(&mut self, u: &Unit) {
+        match u {
+            Unit::Cross => self.u8(0),
+            Unit::Isolated { market } => {
+                self.u8(1);
+                self.str(market);
+            }
+        }
+    }
+    pub fn greeks(&mut self, g: &Greeks) {
+        for x in [g.delta, g.gamma, g.vega, g.theta, g.rho] {
+            self.i128(x);
+        }
+    }
+    pub fn guard(&mut self, g: Option<&GuardReason>) {
+        match g {
+            None => self.u8(0),
+            Some(GuardReason::NoPrice) => self.u8(1),
+            Some(GuardReason::Stale {
+                last_ms,
+                now_ms,
+                max_ms,
+            }) => {
+                self.u8(2);
+                self.u64(*last_ms);
+                self.u64(*now_ms);
+                self.u64(*max_ms);
+            }
+            Some(GuardReason::ConfidenceTooWide { ratio_ppm, max_ppm }) => {
+                self.u8(3);
+                self.i128(*ratio_ppm);
+                self.u32(*max_ppm);
+            }
+            Some(GuardReason::Jump {
+                price,
+                average,
+                deviation_ppm,
+                max_ppm,
+            }) => {
+                self.u8(4);
+                self.i128(*price);
+                self.i128(*average);
+                self.i128(*deviation_ppm);
+                self.u32(*max_ppm);
+            }
+        }
+    }
+}
+
+/// One account as the state root commits to it: balances, positions, and
+/// which of its margin units are in margin call or have a deferred
+/// liquidation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    /// Account id.
+    pub account: AccountId,
+    /// Cash, collateral and positions.
+    pub state: Account,
+    /// Units in margin call, in order.
+    pub margin_calls: Vec<Unit>,
+    /// Units whose liquidation a guard deferred, in order.
+    pub deferred: Vec<Unit>,
+}
+
+impl AccountState {
+    /// The leaf's preimage after its 0x00 tag: id, cash, collateral,
+    /// positions, margin-call units, deferred units.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        let mc: Vec<&Unit> = self.margin_calls.iter().collect();
+        let df: Vec<&Unit> = self.deferred.iter().collect();
+        encode_account(&mut e, self.account, &self.state, &mc, &df);
+        e.0
+    }
+
+    /// `keccak(0x00 ‖ encode())`.
+    pub fn leaf(&self) -> Hash {
+        keccak(&[&[LEAF], &self.encode()])
+    }
+}
+
+/// `AccountState::encode` from borrowed parts, into `e`.
+pub(crate) fn encode_account(
+    e: &mut Enc,
+    id: AccountId,
+    acct: &Account,
+    margin_calls: &[&Unit],
+    deferred: &[&Unit],
+) {
+    e.u64(id);
+    e.balances(acct.cash, &acct.collateral);
+    e.positions(&acct.positions);
+    for units in [margin_calls, deferred] {
+        e.count(units.len());
+        for u in units {
+            e.unit(u);
+        }
+    }
+}
+
+/// The leaf of an account from borrowed parts, reusing `buf`.
+pub(crate) fn account_leaf(
+    buf: &mut Enc,
+    id: AccountId,
+    acct: &Account,
+    margin_calls: &[&Unit],
+    deferred: &[&Unit],
+) -> Hash {
+    buf.0.clear();
+    buf.0.push(LEAF);
+    encode_account(buf, id, acct, margin_calls, deferred);
+    keccak(&[&buf.0])
+}
+
+fn node(l: &Hash, r: &Hash) -> Hash {
+    keccak(&[&[NODE], l, r])
+}
+
+/// Depth of the tree over `count` leaves: ceil(log2(max(count, 1))).
+pub fn depth(count: u64) -> u32 {
+    count.max(1).next_power_of_two().trailing_zeros()
+}
+
+/// `keccak(0x02 ‖ count ‖ top)`.
+pub fn accounts_root(count: u64, top: &Hash) -> Hash {
+    keccak(&[&[ACCOUNTS], &count.to_be_bytes(), top])
+}
+
+/// `keccak(domain ‖ accounts_root ‖ globals_hash)`.
+pub fn state_root(accounts_root: &Hash, globals_hash: &Hash) -> Hash {
+    keccak(&[STATE_ROOT_DOMAIN, accounts_root, globals_hash])
+}
+
+/// An account's Merkle path to the state root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountProof {
+    /// The account's slot (order of creation, from 0).
+    pub slot: u64,
+    /// Accounts in the tree.
+    pub count: u64,
+    /// Sibling hashes from the leaf up (`depth(count)` of them).
+    pub siblings: Vec<Hash>,
+    /// Hash of everything that is not an account (see `Engine`'s globals).
+    pub globals_hash: Hash,
+}
+
+impl AccountProof {
+    /// Bytes a consumer needs besides the account state: slot, count,
+    /// siblings and the globals hash.
+    pub fn size_bytes(&self) -> usize {
+        8 + 8 + 32 * self.siblings.len() + 32
+    }
+}
+
+/// Why an account proof does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// The slot lies outside the tree.
+    #[error("proof slot {slot} is outside a tree of {count} accounts: the proof is malformed")]
+    SlotOutOfRange {
+        /// Slot.
+        slot: u64,
+        /// Accounts.
+        count: u64,
+    },
+    /// The path has the wrong length for the tree.
+    #[error("proof has {got} sibling hashes, a tree of {count} accounts needs {want}")]
+    PathLength {
+        /// Siblings given.
+        got: usize,
+        /// Siblings needed.
+        want: u32,
+        /// Accounts.
+        count: u64,
+    },
+    /// The recomputed root differs.
+    #[error(
+        "account {account}: the proof leads to root {got}, not {want}: the state or the proof is not from that root"
+    )]
+    RootMismatch {
+        /// Account.
+        account: AccountId,
+        /// Root recomputed from state and proof (hex).
+        got: String,
+        /// Root expected (hex).
+        want: String,
+    },
+}
+
+fn hex(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The state root an account state and its proof lead to.
+pub fn root_from_proof(state: &AccountState, proof: &AccountProof) -> Result<Hash, ProofError> {
+    if proof.slot >= proof.count {
+        return Err(ProofError::SlotOutOfRange {
+            slot: proof.slot,
+            count: proof.count,
+        });
+    }
+    let want = depth(proof.count);
+    if proof.siblings.len() != want as usize {
+        return Err(ProofError::PathLength {
+            got: proof.siblings.len(),
+            want,
+            count: proof.count,
+        });
+    }
+    let mut cur = state.leaf();
+    for (level, sib) in proof.siblings.iter().enumerate() {
+        cur = if (proof.slot >> level) & 1 == 0 {
+            node(&cur, sib)
+        } else {
+            node(sib, &cur)
+        };
+    }
+    Ok(state_root(
+        &accounts_root(proof.count, &cur),
+        &proof.globals_hash,
+    ))
+}
+
+/// Checks that `state` with `proof` leads to `root`.
+pub fn verify_account_proof(
+    root: &Hash,
+    state: &AccountState,
+    proof: &AccountProof,
+) -> Result<(), ProofError> {
+    let got = root_from_proof(state, proof)?;
+    if &got != root {
+        return Err(ProofError::RootMismatch {
+            account: state.account,
+            got: hex(&got),
+            want: hex(root),
+        });
+    }
+    Ok(())
+}
+
+/// The maintained binary tree over account leaves: `levels[0]` holds the
+/// leaves padded with zero hashes to a power of two, `levels[d]` the nodes
+/// of height `d`; the last level is the top.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AccountTree {
+    count: usize,
+    levels: Vec<Vec<Hash>>,
+}
+
+impl AccountTree {
+    /// Builds the tree over `leaves` (slot order).
+    pub fn build(leaves: Vec<Hash>) -> Self {
+        let count = leaves.len();
+        let cap = leaves.len().max(1).next_power_of_two();
+        let mut level = leaves;
+        level.resize(cap, [0; 32]);
+        let mut levels = vec![level];
+        while levels.last().is_some_and(|l| l.len() > 1) {
+            let prev = levels.last().map(Vec::as_slice).unwrap_or_default();
+            let next: Vec<Hash> = prev.chunks(2).map(|c| node(&c[0], &c[1])).collect();
+            levels.push(next);
+        }
+        AccountTree { count, levels }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count as u64
+    }
+
+    /// Sets leaves (slot, hash), sorted by slot with no repeats, slots below
+    /// `count`, and rehashes their paths once per shared node.
+    pub fn update(&mut self, changed: &[(usize, Hash)]) {
+        let mut dirty: Vec<usize> = Vec::with_capacity(changed.len());
+        if let Some(leaves) = self.levels.first_mut() {
+            for (slot, h) in changed {
+                if let Some(l) = leaves.get_mut(*slot) {
+                    *l = *h;
+                    dirty.push(*slot);
+                }
+            }
+        }
+        for d in 1..self.levels.len() {
+            let mut parents: Vec<usize> = Vec::with_capacity(dirty.len());
+            for i in &dirty {
+                let p = i / 2;
+                if parents.last() != Some(&p) {
+                    parents.push(p);
+                }
+            }
+            let (lower, upper) = self.levels.split_at_mut(d);
+            let (Some(below), Some(here)) = (lower.last(), upper.first_mut()) else {
+                return;
+            };
+            for p in &parents {
+                if let (Some(l), Some(r), Some(slot)) =
+                    (below.get(2 * p), below.get(2 * p + 1), here.get_mut(*p))
+                {
+                    *slot = node(l, r);
+                }
+            }
+            dirty = parents;
+        }
+    }
+
+    /// Whether `n` more leaves fit without growing the padded width.
+    pub fn has_room(&self, n: usize) -> bool {
+        let cap = self.levels.first().map_or(0, Vec::len);
+        self.count.saturating_add(n) <= cap
+    }
+
+    /// Appends leaves that fit (`has_room`) and rehashes their paths.
+    pub fn append(&mut self, leaves: &[Hash]) {
+        let start = self.count;
+        self.count += leaves.len();
+        let changed: Vec<(usize, Hash)> = leaves
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (start + i, *h))
+            .collect();
+        self.update(&changed);
+    }
+
+    pub fn accounts_root(&self) -> Hash {
+        let top = self
+            .levels
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or([0; 32]);
+        accounts_root(self.count(), &top)
+    }
+
+    /// Sibling hashes of `slot` from the leaf up.
+    pub fn path(&self, slot: usize) -> Vec<Hash> {
+        let mut out = Vec::with_capacity(self.levels.len());
+        let mut i = slot;
+        for level in self.levels.iter().take(self.levels.len().saturating_sub(1)) {
+            out.push(level.get(i ^ 1).copied().unwrap_or([0; 32]));
+            i /= 2;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(i: u64) -> Hash {
+        AccountState {
+            account: i,
+            ..AccountState::default()
+        }
+        .leaf()
+    }
+
+    #[test]
+    fn incremental_tree_matches_a_fresh_build() {
+        for n in [0usize, 1, 2, 3, 5, 8, 13] {
+            let leaves: Vec<Hash> = (0..n as u64).map(leaf).collect();
+            let mut t = AccountTree::build(leaves[..n / 2].to_vec());
+            for l in &leaves[n / 2..] {
+                if !t.has_room(1) {
+                    let mut all: Vec<Hash> = t.levels[0][..t.count].to_vec();
+                    all.push(*l);
+                    t = AccountTree::build(all);
+                } else {
+                    t.append(&[*l]);
+                }
+            }
+            let fresh = AccountTree::build(leaves.clone());
+            assert_eq!(t.accounts_root(), fresh.accounts_root(), "n = {n}");
+            // Every path verifies, and only for its own slot.
+            let g = [7u8; 32];
+            let root = state_root(&fresh.accounts_root(), &g);
+            for s in 0..n {
+                let st = AccountState {
+                    account: s as u64,
+                    ..AccountState::default()
+                };
+                let mut proof = AccountProof {
+                    slot: s as u64,
+                    count: n as u64,
+                    siblings: fresh.path(s),
+                    globals_hash: g,
+                };
+                assert_eq!(verify_account_proof(&root, &st, &proof), Ok(()));
+                if n > 1 {
+                    proof.slot = ((s + 1) % n) as u64;
+                    assert!(verify_account_proof(&root, &st, &proof).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_proofs_are_refused() {
+        let st = AccountState::default();
+        let p = AccountProof {
+            slot: 3,
+            count: 3,
+            siblings: vec![],
+            globals_hash: [0; 32],
+        };
+        assert!(matches!(
+            root_from_proof(&st, &p),
+            Err(ProofError::SlotOutOfRange { .. })
+        ));
+        let p = AccountProof { slot: 0, ..p };
+        assert!(matches!(
+            root_from_proof(&st, &p),
+            Err(ProofError::PathLength { want: 2, .. })
+        ));
+    }
+}
