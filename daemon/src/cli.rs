@@ -84,13 +84,22 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate node.toml and the committee file it names; print OK or every problem.
+    #[command(
+        after_help = "Example:\n  sibyl config check --config /etc/sibyl/node.toml\n  sibyl config check --config node.toml --keys identity    # before the DKG\n\nExits non-zero on every problem `sibyl run` would refuse; prints warnings for settings that load but do not do what they say."
+    )]
     Check {
         #[arg(long)]
         config: std::path::PathBuf,
+        /// Which key files to open: `all` (what `sibyl run` opens), `identity`
+        /// (before the DKG: passphrase, identity, membership) or `none` (the
+        /// files only).
+        #[arg(long, value_enum, default_value = "all")]
+        keys: sibyl_node::config::KeyCheck,
     },
 }
 
 pub fn main() -> anyhow::Result<()> {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
@@ -105,13 +114,45 @@ pub fn main() -> anyhow::Result<()> {
         Command::Verify(args) => crate::cmd::verify::run(args),
         Command::Devnet(args) => crate::cmd::devnet::run(args),
         Command::Dkg(args) => crate::cmd::dkg::command(args),
-        Command::Config(ConfigCommand::Check { config }) => {
-            crate::cmd::config::check_command(&config)
+        Command::Config(ConfigCommand::Check { config, keys }) => {
+            crate::cmd::config::check_command(&config, keys)
         }
         Command::Simulate(args) => crate::cmd::simulate::run(args),
         Command::Replay(args) => crate::cmd::replay::run(args),
         Command::Rotation(args) => crate::cmd::rotation::run(args),
     }
+}
+
+/// Exit status of a command whose output pipe was closed (as if killed by
+/// SIGPIPE, which a shell reports as 128 + 13).
+pub const BROKEN_PIPE_EXIT: u8 = 141;
+
+/// Whether a command failed because its output pipe was closed (a command
+/// that writes with `writeln!` and returns the error).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `sibyl config check ... | head -1`: Rust ignores SIGPIPE, so `println!`
+/// to a closed pipe panics ("failed printing to stdout: Broken pipe"). Every
+/// command prints with `println!`; rather than a stack trace, exit quietly
+/// with [`BROKEN_PIPE_EXIT`], as a program killed by SIGPIPE would. Other
+/// panics keep the default report.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or("");
+        if (message.starts_with("failed printing to stdout")
+            || message.starts_with("failed printing to stderr"))
+            && message.contains("Broken pipe")
+        {
+            std::process::exit(i32::from(BROKEN_PIPE_EXIT));
+        }
+        default(info);
+    }));
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     match sibyl::cli::main() {
         Ok(()) => ExitCode::SUCCESS,
+        // Output to a closed pipe (`sibyl ... | head -1`): end quietly.
+        Err(e) if sibyl::cli::is_broken_pipe(&e) => ExitCode::from(sibyl::cli::BROKEN_PIPE_EXIT),
         Err(e) => {
             // What went wrong first, then why, one cause per line; a stack
             // trace only when asked for (SIBYL_BACKTRACE=1), since operators

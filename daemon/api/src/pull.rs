@@ -138,8 +138,10 @@ fn evm(st: &ApiState) -> Result<&EvmPull, ApiError> {
     st.inner.config.evm.as_ref().ok_or_else(|| {
         ApiError::not_found(
             "no_evm_suite",
-            "this committee does not sign with the secp256k1-evm suite, so there is no on-chain payload; \
-             list \"secp256k1-evm\" in the committee file's `suites` (and give the members secp256k1-evm keys)",
+            "this node's reports carry no secp256k1-evm signature, so there is no on-chain payload; \
+             list \"secp256k1-evm\" in the committee file's `suites` (and give the members secp256k1-evm keys). \
+             A committee listing both suites signs with ed25519 only in this build (`sibyl config check` warns): \
+             list \"secp256k1-evm\" alone for the EVM path",
         )
     })
 }

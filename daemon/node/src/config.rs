@@ -122,6 +122,10 @@ pub struct Config {
     pub committee_path: PathBuf,
     /// Directory of node.toml; relative paths are resolved against it.
     pub base_dir: PathBuf,
+    /// Settings that load but do not do what they seem to (a committee feed
+    /// with no source, suites this build does not sign with): `config check`
+    /// prints them, `run` logs them at start.
+    pub warnings: Vec<Problem>,
 }
 
 impl Config {
@@ -139,6 +143,13 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         let (node, mut problems) = NodeConfig::parse_with_problems(node_path, &src);
         let Some(mut node) = node else {
+            // node.toml does not parse: still check the committee file it
+            // names, so one run reports the mistakes of both files.
+            if let Some(name) = committee_name_in(&src)
+                && let Err(ConfigError::Invalid(ps)) = Committee::load(&base_dir.join(name))
+            {
+                problems.extend(ps);
+            }
             return Err(ConfigError::Invalid(problems));
         };
 
@@ -179,15 +190,35 @@ impl Config {
             node.sources = Some(sources);
         }
         match committee {
-            Some(committee) if problems.is_empty() => Ok(Config {
-                node,
-                committee,
-                node_path: node_path.to_path_buf(),
-                committee_path,
-                base_dir,
-            }),
+            Some(committee) if problems.is_empty() => {
+                let warnings = std::fs::read_to_string(&committee_path)
+                    .map(|csrc| committee_warnings(&committee, &committee_path, &csrc, &node))
+                    .unwrap_or_default();
+                Ok(Config {
+                    node,
+                    committee,
+                    node_path: node_path.to_path_buf(),
+                    committee_path,
+                    base_dir,
+                    warnings,
+                })
+            }
             _ => Err(ConfigError::Invalid(problems)),
         }
+    }
+
+    /// `node.toml`'s text-level location of a key (line and column), for
+    /// problems found after loading (keys, passphrase).
+    pub(crate) fn node_problem(
+        &self,
+        key: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Problem {
+        let src = std::fs::read_to_string(&self.node_path).unwrap_or_default();
+        let mut report = Report::new(&self.node_path, &src);
+        report.at(sibyl_feeds::config::locate(&src, key), key, message, hint);
+        report.problems.remove(0)
     }
 
     /// Resolves a path from node.toml against node.toml's directory.
@@ -268,6 +299,91 @@ impl Config {
         }
         Ok(None)
     }
+}
+
+/// The committee file named by `[node] committee = "..."` in a node.toml
+/// that does not parse as a whole (a line scan; `None` if not found).
+fn committee_name_in(src: &str) -> Option<String> {
+    let mut in_node = false;
+    for line in src.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_node = line == "[node]";
+            continue;
+        }
+        if !in_node {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() == "committee" {
+            let value = value.split('#').next().unwrap_or("").trim();
+            let name = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))?;
+            return Some(name.to_string());
+        }
+    }
+    None
+}
+
+/// What loads but does not do what the files say: each committee feed with
+/// no source in `[sources]` (never observed, so never published), and a
+/// committee listing both suites (this build signs with Ed25519 only).
+fn committee_warnings(
+    committee: &Committee,
+    committee_path: &Path,
+    csrc: &str,
+    node: &NodeConfig,
+) -> Vec<Problem> {
+    let mut report = Report::new(committee_path, csrc);
+    if committee.suites.len() > 1 {
+        report.at(
+            sibyl_feeds::config::locate(csrc, "suites"),
+            "suites",
+            "the committee lists both suites, but this build signs every report with ed25519 only: reports carry no secp256k1-evm signature (GET /v1/feeds/{id}/update answers no_evm_suite)",
+            "list one suite until signing with both lands; [\"secp256k1-evm\"] alone serves the EVM path",
+        );
+    }
+    if let Some(sources) = &node.sources {
+        let observed: BTreeSet<&str> = sources.feeds.iter().map(|f| f.id.as_str()).collect();
+        // The feeds in the file's order, to name each one's line.
+        let order: Vec<String> = toml::from_str::<toml::Table>(csrc)
+            .ok()
+            .and_then(|t| t.get("feeds").and_then(|f| f.as_array()).cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|f| {
+                f.get("id")
+                    .and_then(|i| i.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        for feed in &committee.feeds {
+            let id = feed.id.as_str();
+            if observed.contains(id) {
+                continue;
+            }
+            let key = match order.iter().position(|f| f == id) {
+                Some(i) => format!("feeds[{i}].id"),
+                None => "feeds".to_string(),
+            };
+            report.at(
+                sibyl_feeds::config::locate(csrc, &key),
+                key,
+                format!(
+                    "committee feed {id} has no source in node.toml's [sources]: this member never observes it, and a feed no member observes is never published"
+                ),
+                format!(
+                    "add a [[sources.feeds]] table with id = \"{id}\" (docs/SOURCES.md), or remove the feed from the committee file with the other operators"
+                ),
+            );
+        }
+    }
+    report.problems
 }
 
 /// A secret (key passphrase or admin token) could not be read. Never carries the secret.

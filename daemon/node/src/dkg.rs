@@ -299,6 +299,7 @@ pub fn command(args: DkgArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let suites = committee.suites.clone();
+    let written = keystore.clone();
     let result = runtime.block_on(async move {
         let mut net = crate::net::Net::new(net_config)?;
         eprintln!(
@@ -322,6 +323,19 @@ pub fn command(args: DkgArgs) -> anyhow::Result<()> {
                     crate::keygen::suite_name(suite)
                 );
             }
+            for suite in &config.committee.suites {
+                let (key, public) = match suite {
+                    Suite::Ed25519 => key_paths::<frost_ed25519::Ed25519Sha512>(&written),
+                    Suite::Secp256k1Evm => {
+                        key_paths::<frost_secp256k1_evm::Secp256K1Keccak256>(&written)
+                    }
+                };
+                println!(
+                    "wrote {} (encrypted key package, mode 0600) and {} (public key package)",
+                    key.display(),
+                    public.display()
+                );
+            }
             Ok(())
         }
         Err(e) => {
@@ -333,6 +347,16 @@ pub fn command(args: DkgArgs) -> anyhow::Result<()> {
             Err(e.into())
         }
     }
+}
+
+/// Where `sibyl dkg` wrote one suite's key package and public key package.
+fn key_paths<C: frost_core::Ciphersuite>(
+    keystore: &Keystore,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        keystore.key_package_path::<C>(),
+        keystore.public_key_package_path::<C>(),
+    )
 }
 
 #[cfg(test)]

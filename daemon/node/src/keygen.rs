@@ -6,7 +6,7 @@
 //! ```text
 //!  OUT/keygen.json            members (index, peer id, key dir), group keys
 //!  OUT/node-<i>/passphrase    generated passphrase (unless one was given)
-//!  OUT/node-<i>/identity.key, identity.pub.json, frost-<suite>.key, ...
+//!  OUT/node-<i>/identity.key, identity.pub.json, frost.<suite>.key, frost.<suite>.pub.json
 //! ```
 
 use std::collections::BTreeMap;

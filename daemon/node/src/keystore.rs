@@ -9,7 +9,7 @@
 //! ```
 //!
 //! (or the paths of node.toml's `[keys]` section, with the suite's name
-//! inserted before the extension: `keys/key_package.ed25519.enc`). Suites are
+//! inserted before the extension: `keys/frost.key` gives `keys/frost.ed25519.key`). Suites are
 //! `ed25519` and `secp256k1-evm`.
 //!
 //! ```text

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, bail};
 use libp2p::{PeerId, identity::Keypair};
-use sibyl_node::keystore::{Keystore, Passphrase};
+use sibyl_node::keystore::{Keystore, KeystoreError, Passphrase};
 use std::path::PathBuf;
 
 /// Arguments of `sibyl identity`.
@@ -38,7 +38,16 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let store = Keystore::new(&args.out);
     let (keypair, made) = if store.identity_path().exists() {
-        (store.read_identity(&passphrase)?, false)
+        let keypair = store.read_identity(&passphrase).map_err(|e| match e {
+            // The key store's message names node.toml's [keys]; this command
+            // takes the passphrase from its own options.
+            KeystoreError::WrongPassphrase { path } => anyhow::anyhow!(
+                "wrong passphrase for the existing identity key {}: the passphrase from --passphrase-env / --passphrase-file is not the one it was made with; give that one (this command keeps an existing key and never replaces it)",
+                path.display()
+            ),
+            other => other.into(),
+        })?;
+        (keypair, false)
     } else {
         let keypair = Keypair::generate_ed25519();
         store.write_identity(&keypair, &passphrase)?;
@@ -82,7 +91,9 @@ mod tests {
         );
         std::fs::write(&pass, "wrong\n").unwrap();
         let err = run(args()).unwrap_err().to_string();
-        assert!(err.to_lowercase().contains("passphrase"), "{err}");
+        assert!(err.contains("wrong passphrase"), "{err}");
+        assert!(err.contains("--passphrase-file"), "{err}");
+        assert!(!err.contains("node.toml"), "{err}");
         let missing = IdentityArgs {
             out: dir.path().join("keys"),
             passphrase_env: None,

@@ -59,6 +59,14 @@ pub fn init_logging(config: &Config) {
 pub fn run(args: RunArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     init_logging(&config);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    // The same key checks as `sibyl config check`, before anything starts.
+    let problems = sibyl_node::config::check_keys(&config);
+    if !problems.is_empty() {
+        return Err(sibyl_node::config::ConfigError::Invalid(problems).into());
+    }
     sibyl_node::priority::set_background_nice(*config.node.node.background_nice.get_ref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())

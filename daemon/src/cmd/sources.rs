@@ -142,40 +142,60 @@ pub fn sources(args: SourcesArgs) -> anyhow::Result<()> {
 /// as `sibyl run` does, so feed decimals come from its committee file), or a
 /// file that is only the sources section (feeds at 8 decimals).
 pub fn load_sources_config(path: &Path) -> anyhow::Result<SourcesConfig> {
+    Ok(load_for_probe(path)?.0)
+}
+
+/// The sources section and, for a node config, the committee feeds it has
+/// no source for (they can never have an observation).
+fn load_for_probe(path: &Path) -> anyhow::Result<(SourcesConfig, Vec<String>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: toml::Table =
         toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     if doc.contains_key("node") {
         let config = sibyl_node::config::Config::load(path)?;
-        return config.node.sources.with_context(|| {
+        let sources = config.node.sources.with_context(|| {
             format!(
                 "{} has no [sources] section; add one (docs/SOURCES.md)",
                 path.display()
             )
-        });
+        })?;
+        let unsourced = config
+            .committee
+            .feeds
+            .iter()
+            .map(|f| f.id.as_str().to_string())
+            .filter(|id| !sources.feeds.iter().any(|f| &f.id == id))
+            .collect();
+        return Ok((sources, unsourced));
     }
-    SourcesConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    let sources =
+        SourcesConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+    Ok((sources, Vec::new()))
 }
 
 fn probe(path: &Path, json: bool) -> anyhow::Result<()> {
-    let config = load_sources_config(path)?;
+    let (config, unsourced) = load_for_probe(path)?;
     let report = runtime("sibyl-probe", 1)?
         .block_on(async { sibyl_feeds::service::probe(&config).await })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_probe(&report);
+        for feed in &unsourced {
+            println!("{feed:<10} NONE: a committee feed with no source in [sources]");
+        }
     }
-    let missing: Vec<&String> = report
+    let mut missing: Vec<&String> = report
         .observations
         .iter()
         .filter(|(_, o)| o.is_err())
         .map(|(f, _)| f)
         .collect();
+    missing.extend(&unsourced);
     if !missing.is_empty() {
         bail!(
-            "{} feed(s) have no observation: {:?}; see the sources marked with an error above",
+            "{} feed(s) have no observation: {:?}; see the sources marked with an error above, and add a [[sources.feeds]] table for a committee feed with none",
             missing.len(),
             missing
         );

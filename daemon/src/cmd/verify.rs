@@ -25,7 +25,7 @@ pub struct VerifyArgs {
     /// Suite of `--group-key`.
     #[arg(long, default_value = "ed25519", value_parser = parse_suite)]
     pub suite: Suite,
-    /// A public key file (`frost-<suite>.pub.json`) instead of `--group-key`.
+    /// A public key file (`frost.<suite>.pub.json`, written by `sibyl dkg` or `sibyl keygen`) instead of `--group-key`.
     #[arg(long)]
     pub keys: Option<PathBuf>,
     /// The committee file; its digest must match the report's.

@@ -162,6 +162,15 @@ fn keygen_then_dkg_across_four_processes() {
             .map(str::to_string)
             .collect();
         assert_eq!(lines.len(), 2, "{stdout}");
+        // It says where the keys went.
+        for suite in ["ed25519", "secp256k1-evm"] {
+            assert!(
+                stdout.lines().any(|l| l.starts_with("wrote ")
+                    && l.contains(&format!("keys/key_package.{suite}.enc"))
+                    && l.contains(&format!("keys/public_key_package.{suite}.json"))),
+                "{stdout}"
+            );
+        }
         group_lines.push(lines);
     }
     assert!(

@@ -14,5 +14,6 @@ mod devnet_member_exit;
 mod dkg_cli;
 mod hostile_member;
 mod margin_devnet;
+mod operator_guide;
 mod partition_netns;
 mod sources_cli;

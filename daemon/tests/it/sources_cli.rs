@@ -83,6 +83,43 @@ fn probe_sees_every_source_of_a_simulated_exchange() {
     assert!(!text.contains("ERROR"), "{text}");
     assert!(!text.contains("NONE"), "{text}");
 
+    // The same sources in a node.toml whose committee (the example) also
+    // has SOL-USD, which no source observes: probe says so and fails.
+    let committee = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/committee.toml"
+    ))
+    .expect("example committee");
+    std::fs::write(dir.path().join("committee.toml"), committee).expect("write committee");
+    let sources = example
+        .replace("9100", &port.to_string())
+        .replace("[venues.", "[sources.venues.")
+        .replace("[[feeds]]", "[[sources.feeds]]");
+    let node = dir.path().join("member.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_env = \"UNUSED\"\n[sources]\n{sources}"
+        ),
+    )
+    .expect("write node.toml");
+    let out = Command::new(sibyl)
+        .args(["sources", "probe", "--config"])
+        .arg(&node)
+        .output()
+        .expect("run probe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "probe passed:\n{text}");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("SOL-USD") && l.contains("NONE: a committee feed with no source")
+        ),
+        "{text}"
+    );
+    assert!(err.contains("1 feed(s) have no observation"), "{err}");
+    assert!(err.contains("SOL-USD"), "{err}");
+
     // Against a port nobody listens on, probe fails and says which feeds lack an observation.
     drop(sim);
     std::thread::sleep(Duration::from_millis(100));

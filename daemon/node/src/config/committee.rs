@@ -289,7 +289,7 @@ impl Committee {
         let raw: CommitteeFile = match toml::from_str(src) {
             Ok(raw) => raw,
             Err(e) => {
-                report.toml_error(&e);
+                report.toml_errors(&e);
                 return Err(ConfigError::Invalid(report.problems));
             }
         };
@@ -474,7 +474,7 @@ pub(crate) fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Opti
             span(&raw.suites),
             "suites",
             "no signature suite",
-            "use suites = [\"ed25519\"] or [\"ed25519\", \"secp256k1-evm\"]",
+            "use suites = [\"ed25519\"], or [\"secp256k1-evm\"] for the EVM path",
         );
     }
     let before = suites.len();

@@ -101,8 +101,21 @@ impl<'a> Report<'a> {
         });
     }
 
+    /// Reports a file that did not deserialize: every syntax error found
+    /// (see [`syntax_errors`]), or else the one type error.
+    pub(crate) fn toml_errors(&mut self, err: &toml::de::Error) {
+        let syntax = syntax_errors(self.src);
+        if syntax.is_empty() {
+            self.toml_error(err);
+        }
+        for e in &syntax {
+            self.toml_error(e);
+        }
+    }
+
     pub(crate) fn toml_error(&mut self, err: &toml::de::Error) {
-        let message = err.message().trim().to_string();
+        // One line per problem: toml puts what it expected on a second line.
+        let message = err.message().trim().replace('\n', "; ");
         if message.is_empty() {
             // toml names some syntax errors with no words at all (a control
             // character in a comment, for one): say what is at the spot.
@@ -130,7 +143,10 @@ impl<'a> Report<'a> {
             self.at(err.span(), "", message, hint);
             return;
         }
-        let hint = if message.contains("unknown field") {
+        let syntax = toml::from_str::<toml::Table>(self.src).is_err();
+        let hint = if syntax {
+            "fix the syntax; the TOML parser stops at a syntax error, so the check reads on from the next line: an error named after this one may follow from it"
+        } else if message.contains("unknown field") {
             "remove it or fix its spelling; the example configs in deploy/ list every option"
         } else if message.contains("missing field") {
             "add it; the example configs in deploy/ show every required key"
@@ -145,6 +161,46 @@ impl<'a> Report<'a> {
             .unwrap_or_default();
         self.at(err.span(), key, message, hint);
     }
+}
+
+/// Every TOML syntax error of `src` that can be found: the TOML parser
+/// stops at the first, so the line it names is blanked (byte offsets kept)
+/// and the text parsed again, up to 20 times. A later error can follow from
+/// an earlier one (an unclosed array), but each one named is on its own line.
+/// Empty when the text is valid TOML.
+pub(crate) fn syntax_errors(src: &str) -> Vec<toml::de::Error> {
+    let mut text = src.as_bytes().to_vec();
+    let mut errors = Vec::new();
+    let mut blanked = BTreeSet::new();
+    while errors.len() < 20 {
+        let Ok(current) = std::str::from_utf8(&text) else {
+            break;
+        };
+        let Err(e) = toml::from_str::<toml::Table>(current) else {
+            break;
+        };
+        let Some(span) = e.span() else {
+            errors.push(e);
+            break;
+        };
+        let at = span.start.min(text.len());
+        let start = text[..at]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let end = text[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| at + i);
+        errors.push(e);
+        if !blanked.insert(start) {
+            break;
+        }
+        for b in &mut text[start..end] {
+            *b = b' ';
+        }
+    }
+    errors
 }
 
 /// 1-based line and column (in characters) of a byte offset.

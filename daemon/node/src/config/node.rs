@@ -388,7 +388,7 @@ impl NodeConfig {
                 (Some(node), report.problems)
             }
             Err(e) => {
-                report.toml_error(&e);
+                report.toml_errors(&e);
                 (None, report.problems)
             }
         }

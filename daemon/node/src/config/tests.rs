@@ -574,3 +574,23 @@ fn log_level_field_filters_are_refused_before_they_are_compiled() {
     assert!(p.message.contains("field filters"), "{p}");
     assert_eq!(p.line, 9, "{p}");
 }
+
+#[test]
+fn every_syntax_error_is_found_on_its_own_line() {
+    let src = "a = 1\nb = = 2\nc = 3\nd = \"open\ne = [1, 2]\n";
+    let lines: Vec<usize> = syntax_errors(src)
+        .iter()
+        .filter_map(|e| e.span())
+        .map(|s| line_col(src, s.start).0)
+        .collect();
+    assert_eq!(lines, vec![2, 4], "{lines:?}");
+    assert!(syntax_errors("a = 1\n[t]\nb = \"x\"\n").is_empty());
+}
+
+#[test]
+fn the_committee_of_a_node_toml_that_does_not_parse_is_found() {
+    let src =
+        "[keys]\ncommittee = \"wrong.toml\"\n[node]\n# c\ncommittee = \"c.toml\" # here\nx = = 1\n";
+    assert_eq!(committee_name_in(src).as_deref(), Some("c.toml"));
+    assert_eq!(committee_name_in("[node]\ndata_dir = \"d\"\n"), None);
+}

@@ -519,6 +519,13 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Drive
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the stored feeds' latest points"),
         }
+        // A committee feed with no report yet ages from the start, so its
+        // stale-feed alert fires even if it is never published.
+        let start = self.clock.now_ms();
+        let feeds: Vec<FeedId> = self.node.committee().feeds().keys().cloned().collect();
+        for id in feeds {
+            self.feed_reported_at.entry(id).or_insert(start);
+        }
     }
 
     fn note_feed(&mut self, feed: FeedId, at: TimestampMs) {
