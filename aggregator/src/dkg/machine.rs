@@ -65,6 +65,8 @@ pub struct Dkg {
     connected: BTreeSet<u16>,
     /// This suite's deadline.
     deadline: TimestampMs,
+    /// The whole run's deadline (`DkgConfig::total_timeout_ms` after start).
+    run_deadline: TimestampMs,
     /// When to re-send next to the members the current phase waits for.
     resend_due: TimestampMs,
     /// Messages of sessions not reached yet, per session, decoded.
@@ -112,6 +114,7 @@ impl Dkg {
             result: DkgResult::default(),
             connected: BTreeSet::new(),
             deadline: 0,
+            run_deadline: TimestampMs::MAX,
             resend_due: 0,
             stash: BTreeMap::new(),
             stash_count: BTreeMap::new(),
@@ -203,6 +206,9 @@ impl Dkg {
                 if self.status == Status::NotStarted {
                     self.status = Status::Running;
                     self.connected = connected;
+                    if let Some(total) = self.config.total_timeout_ms {
+                        self.run_deadline = now.saturating_add(total);
+                    }
                     self.begin_suite(now, out)?;
                 }
             }
@@ -305,7 +311,9 @@ impl Dkg {
             ),
         };
         self.current = Some((session, current));
-        self.deadline = now.saturating_add(self.config.timeout_ms);
+        self.deadline = now
+            .saturating_add(self.config.timeout_ms)
+            .min(self.run_deadline);
         self.resend_due = now.saturating_add(self.config.resend_interval_ms);
         out.push(Output::Progress(format!(
             "{label}: waiting for {} members to connect",

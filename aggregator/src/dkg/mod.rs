@@ -187,6 +187,10 @@ pub struct DkgConfig {
     pub suites: Vec<Suite>,
     /// Each suite's ceremony (its connect phase included) fails after this long.
     pub timeout_ms: u64,
+    /// The whole run (every suite) fails this long after [`Input::Start`]
+    /// at the latest; `None`: only the per-suite timeout applies. `sibyl dkg
+    /// --timeout` bounds the command with it.
+    pub total_timeout_ms: Option<u64>,
     /// Re-send to members that have not answered after this long.
     pub resend_interval_ms: u64,
 }

@@ -280,6 +280,7 @@ impl Sim {
                 members: verifying.clone(),
                 suites: cfg.suites.clone(),
                 timeout_ms: cfg.timeout_ms,
+                total_timeout_ms: None,
                 resend_interval_ms: cfg.resend_interval_ms,
             };
             let dkg = Dkg::new(config, Box::new(keys[&i].clone())).expect("valid config");

@@ -24,6 +24,7 @@ fn machines(n: u16, t: u16, suites: &[Suite]) -> BTreeMap<u16, Dkg> {
                 members: members.clone(),
                 suites: suites.to_vec(),
                 timeout_ms: 60_000,
+                total_timeout_ms: None,
                 resend_interval_ms: 1_000,
             };
             (i, Dkg::new(config, Box::new(k.clone())).expect("config"))
@@ -266,6 +267,46 @@ fn a_stashed_message_of_a_finished_suite_does_not_reach_the_next() {
     );
 }
 
+/// A total timeout shorter than the per-suite one ends the run at the total
+/// deadline (`sibyl dkg --timeout` bounds the command with it), naming the
+/// member that never came.
+#[test]
+fn the_total_timeout_ends_the_run_before_the_per_suite_timeout() {
+    let keys = keys(2);
+    let members: BTreeMap<u16, VerifyingKey> =
+        keys.iter().map(|(i, k)| (*i, k.verifying_key())).collect();
+    let config = DkgConfig {
+        digest: ConfigDigest([5; 32]),
+        threshold: 2,
+        me: 1,
+        members,
+        suites: vec![Suite::Ed25519, Suite::Secp256k1Evm],
+        timeout_ms: 60_000,
+        total_timeout_ms: Some(7_000),
+        resend_interval_ms: 1_000,
+    };
+    let mut m = Dkg::new(config, Box::new(keys[&1].clone())).expect("config");
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    m.handle(
+        1_000,
+        Input::Start {
+            connected: BTreeSet::new(),
+        },
+        &mut rng,
+    );
+    assert!(m.next_wake().is_some_and(|w| w <= 8_000));
+    assert!(
+        !m.handle(7_999, Input::Tick, &mut rng)
+            .iter()
+            .any(|o| matches!(o, Output::Failed(_)))
+    );
+    let out = m.handle(8_000, Input::Tick, &mut rng);
+    assert!(
+        matches!(out.last(), Some(Output::Failed(DkgError::Timeout { missing, .. })) if missing == &vec![2]),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_silent_member_times_out_naming_it_and_the_machine_asks_to_be_woken() {
     let mut ms = machines(3, 2, &[Suite::Ed25519]);
@@ -354,6 +395,7 @@ fn bad_parameters_are_refused() {
         members: members.clone(),
         suites: vec![Suite::Ed25519],
         timeout_ms: 1,
+        total_timeout_ms: None,
         resend_interval_ms: 1,
     };
     assert!(matches!(

@@ -480,7 +480,7 @@ fn base_document() -> Value {
             "price": dec_string, "confidence": dec_string, "num_observations": int, "observed_at_ms": int,
             "bid": dec_string, "ask": dec_string, "venues": int,
             "status": status, "flags": int,
-            "ema": dec_string, "ema_confidence": dec_string, "volatility": int } },
+            "ema": dec_string, "ema_confidence": dec_string, "volatility": dec_string } },
           "Candle": { "type": "object", "properties": {
             "start_ms": int, "open": dec_string, "high": dec_string, "low": dec_string,
             "close": dec_string, "count": int } },

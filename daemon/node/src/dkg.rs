@@ -118,7 +118,10 @@ pub fn machine(net: &Net, params: &DkgParams, suites: &[Suite]) -> Result<Dkg, D
         me,
         members,
         suites: suites.to_vec(),
-        timeout_ms: millis(params.timeout),
+        // The command ends within `timeout`: the ceremonies get what the
+        // linger (answering repeats after the end) leaves of it.
+        timeout_ms: millis(params.timeout.saturating_sub(linger_of(params))),
+        total_timeout_ms: Some(millis(params.timeout.saturating_sub(linger_of(params)))),
         resend_interval_ms: millis(params.resend_interval),
     };
     Ok(Dkg::new(
@@ -212,6 +215,13 @@ pub fn store(
     Ok(())
 }
 
+/// How long a member keeps answering repeats after its ceremonies ended:
+/// three re-send intervals, at most a quarter of the timeout (which bounds
+/// the whole run, linger included).
+fn linger_of(params: &DkgParams) -> Duration {
+    (params.resend_interval * 3).min(params.timeout / 4)
+}
+
 /// Run the ceremony for each of `suites` over `net`; nothing is stored.
 pub async fn run_dkg(
     net: &mut Net,
@@ -220,7 +230,7 @@ pub async fn run_dkg(
     progress: impl FnMut(&str) + Send,
 ) -> Result<DkgResult, DkgError> {
     let mut machine = machine(net, &params, suites)?;
-    let linger = params.resend_interval * 3;
+    let linger = linger_of(&params);
     drive(net, &mut machine, linger, progress, &mut rand::rngs::OsRng).await
 }
 

@@ -214,3 +214,63 @@ fn keygen_then_dkg_across_four_processes() {
     assert!(stderr.contains("wrong passphrase"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--timeout` bounds the whole command: a member whose peers never come
+/// gives up by its timeout (the linger that answers repeats is inside it),
+/// naming the members it waited for.
+#[test]
+fn dkg_gives_up_within_its_timeout() {
+    let dir = tempdir();
+    let out = sibyl()
+        .args([
+            "keygen",
+            "--dealer",
+            "--nodes",
+            "4",
+            "--threshold",
+            "3",
+            "--out",
+        ])
+        .arg(&dir)
+        .args(["--passphrase-env", PASS_VAR])
+        .output()
+        .expect("run keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("keygen.json")).expect("summary"))
+            .expect("json");
+    let peers: Vec<String> = summary["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["peer_id"].as_str().expect("peer id").to_string())
+        .collect();
+    let configs = write_configs(&dir, &peers);
+    let started = std::time::Instant::now();
+    let out = sibyl()
+        .args(["dkg", "--force", "--timeout", "3s", "--config"])
+        .arg(&configs[0])
+        .output()
+        .expect("run dkg");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a lone member cannot finish: {stderr}"
+    );
+    assert!(stderr.contains("timeout"), "{stderr}");
+    assert!(
+        stderr.contains("missing"),
+        "names the members it waited for: {stderr}"
+    );
+    // Process start and key decryption come on top of the ceremony's budget.
+    assert!(
+        took < std::time::Duration::from_millis(4_500),
+        "--timeout 3s took {took:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -803,6 +803,8 @@ const INTEGER_KEYS: &[&str] = &[
     "accounts_total",
     "count",
     "decimals",
+    // A leaf's flag bits (history points; /v1/feeds names them).
+    "flags",
     "from",
     "leaf_count",
     "leaf_index",
@@ -814,6 +816,8 @@ const INTEGER_KEYS: &[&str] = &[
     "round",
     "seq",
     "to",
+    // How many venues a leaf's price came from: a count, not a value.
+    "venues",
     "version",
 ];
 

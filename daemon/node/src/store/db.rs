@@ -34,7 +34,8 @@ pub struct Point {
     pub ema: Price,
     #[serde(with = "as_string")]
     pub ema_confidence: u128,
-    /// Annualised, 1e9 = 100 %.
+    /// Annualised, 1e9 = 100 %; a fixed-point value, so text like the others.
+    #[serde(with = "as_string")]
     pub volatility: u64,
 }
 
