@@ -1282,6 +1282,36 @@ fn a_round_whose_leader_is_unreachable_is_skipped_unless_this_member_is_isolated
     assert_eq!(h.nodes[2].stats().rounds_skipped_unreachable, 0);
 }
 
+/// Hands `to` every message of `msgs` at `at`; returns its actions.
+fn deliver<'a>(
+    h: &mut Harness<Ed>,
+    to: u16,
+    at: TimestampMs,
+    msgs: impl IntoIterator<Item = &'a Vec<u8>>,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    for bytes in msgs {
+        out.extend(h.handle(
+            to,
+            at,
+            Input::Message {
+                from: 0,
+                bytes: bytes.clone(),
+            },
+        ));
+    }
+    out
+}
+
+/// The signed-report message among `actions` (the leader's broadcast).
+fn report_message(h: &Harness<Ed>, actions: &[Action]) -> Vec<u8> {
+    sends(actions)
+        .into_iter()
+        .find(|(_, b)| matches!(decode(h, b).payload, Payload::Report(_)))
+        .map(|(_, b)| b)
+        .expect("the leader broadcasts the report")
+}
+
 /// The signed report of `actions`, if any.
 fn signed_report(actions: &[Action]) -> Option<SignedReport> {
     actions.iter().find_map(|a| match a {
@@ -1342,17 +1372,7 @@ fn every_member_assembles_the_report_from_the_broadcast_shares() {
         }
     }
     // The follower sees every share first, then the proposal.
-    let mut follower_out = Vec::new();
-    for bytes in &shares {
-        follower_out.extend(h.handle(
-            4,
-            T0 + 4,
-            Input::Message {
-                from: 0,
-                bytes: bytes.clone(),
-            },
-        ));
-    }
+    let mut follower_out = deliver(&mut h, 4, T0 + 4, &shares);
     assert!(signed_report(&follower_out).is_none());
     follower_out.extend(h.handle(
         4,
@@ -1364,27 +1384,9 @@ fn every_member_assembles_the_report_from_the_broadcast_shares() {
     ));
     let from_follower = signed_report(&follower_out).expect("the follower assembles the report");
     // Member 2 has its own share; it needs the leader's and member 3's.
-    for bytes in [&shares[0], &shares[2]] {
-        member2_out.extend(h.handle(
-            2,
-            T0 + 5,
-            Input::Message {
-                from: 0,
-                bytes: bytes.clone(),
-            },
-        ));
-    }
+    member2_out.extend(deliver(&mut h, 2, T0 + 5, [&shares[0], &shares[2]]));
     let from_signer = signed_report(&member2_out).expect("a signer assembles the report");
-    for bytes in &shares[1..] {
-        leader_out.extend(h.handle(
-            1,
-            T0 + 5,
-            Input::Message {
-                from: 0,
-                bytes: bytes.clone(),
-            },
-        ));
-    }
+    leader_out.extend(deliver(&mut h, 1, T0 + 5, &shares[1..]));
     let from_leader = signed_report(&leader_out).expect("the leader aggregates");
     assert_eq!(from_follower, from_leader);
     assert_eq!(from_signer, from_leader);
@@ -1392,11 +1394,7 @@ fn every_member_assembles_the_report_from_the_broadcast_shares() {
     assert_eq!(h.nodes[3].stats().reports_assembled, 1);
     assert_eq!(h.nodes[1].stats().reports_assembled, 1);
     // The leader's copy that follows is a duplicate, not a second report.
-    let report_msg = sends(&leader_out)
-        .into_iter()
-        .find(|(_, b)| matches!(decode(&h, b).payload, Payload::Report(_)))
-        .map(|(_, b)| b)
-        .expect("the leader still broadcasts the report");
+    let report_msg = report_message(&h, &leader_out);
     let a = h.handle(
         4,
         T0 + 6,
@@ -1451,36 +1449,13 @@ fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
             bytes: follower_copy,
         },
     );
-    for bytes in [&shares[0], &shares[1], &bad] {
-        follower_out.extend(h.handle(
-            4,
-            T0 + 5,
-            Input::Message {
-                from: 0,
-                bytes: bytes.clone(),
-            },
-        ));
-    }
+    follower_out.extend(deliver(&mut h, 4, T0 + 5, [&shares[0], &shares[1], &bad]));
     assert!(signed_report(&follower_out).is_none());
     assert_eq!(h.nodes[3].stats().reports_assembled, 0);
     // The genuine share arrives too late for the failed attempt; the
     // leader's report is what completes the round for the follower.
-    let mut leader_out = Vec::new();
-    for bytes in &shares[1..] {
-        leader_out.extend(h.handle(
-            1,
-            T0 + 5,
-            Input::Message {
-                from: 0,
-                bytes: bytes.clone(),
-            },
-        ));
-    }
-    let report_msg = sends(&leader_out)
-        .into_iter()
-        .find(|(_, b)| matches!(decode(&h, b).payload, Payload::Report(_)))
-        .map(|(_, b)| b)
-        .unwrap();
+    let leader_out = deliver(&mut h, 1, T0 + 5, &shares[1..]);
+    let report_msg = report_message(&h, &leader_out);
     let a = h.handle(
         4,
         T0 + 6,

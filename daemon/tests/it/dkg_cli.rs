@@ -69,10 +69,9 @@ fn write_configs(dir: &Path, peer_ids: &[String]) -> Vec<PathBuf> {
         .collect()
 }
 
-#[test]
-fn keygen_then_dkg_across_four_processes() {
-    let _committee = crate::common::one_committee_at_a_time();
-    let dir = tempdir();
+/// `sibyl keygen --dealer` for 4 members, threshold 3, in `dir`: returns its
+/// stdout and the members' PeerIds from `keygen.json`.
+fn dealer_keygen(dir: &Path) -> (String, Vec<String>) {
     let out = sibyl()
         .args([
             "keygen",
@@ -83,26 +82,34 @@ fn keygen_then_dkg_across_four_processes() {
             "3",
             "--out",
         ])
-        .arg(&dir)
+        .arg(dir)
         .args(["--passphrase-env", PASS_VAR])
         .output()
         .expect("run keygen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("group public key (ed25519): "), "{stdout}");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("keygen.json")).expect("summary"))
             .expect("json");
-    let peers: Vec<String> = summary["members"]
+    let peers = summary["members"]
         .as_array()
         .expect("members")
         .iter()
         .map(|m| m["peer_id"].as_str().expect("peer id").to_string())
         .collect();
+    (stdout, peers)
+}
+
+#[test]
+fn keygen_then_dkg_across_four_processes() {
+    let _committee = crate::common::one_committee_at_a_time();
+    let dir = tempdir();
+    let (stdout, peers) = dealer_keygen(&dir);
+    assert!(stdout.contains("group public key (ed25519): "), "{stdout}");
     assert_eq!(peers.len(), 4);
     for p in &peers {
         assert!(stdout.contains(p.as_str()), "peer id {p} not printed");
@@ -221,34 +228,7 @@ fn keygen_then_dkg_across_four_processes() {
 #[test]
 fn dkg_gives_up_within_its_timeout() {
     let dir = tempdir();
-    let out = sibyl()
-        .args([
-            "keygen",
-            "--dealer",
-            "--nodes",
-            "4",
-            "--threshold",
-            "3",
-            "--out",
-        ])
-        .arg(&dir)
-        .args(["--passphrase-env", PASS_VAR])
-        .output()
-        .expect("run keygen");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("keygen.json")).expect("summary"))
-            .expect("json");
-    let peers: Vec<String> = summary["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .map(|m| m["peer_id"].as_str().expect("peer id").to_string())
-        .collect();
+    let (_, peers) = dealer_keygen(&dir);
     let configs = write_configs(&dir, &peers);
     // Timed from its first progress line (the ceremony's start), so process
     // start and key decryption (slow in a debug build) are not counted.
