@@ -91,7 +91,6 @@ impl<C: SibylSuite> Node<C> {
             self.stats.invalid_messages += 1;
             return;
         }
-        self.clock_sample(sender, p.timestamp_ms);
         let header = ReportHeader {
             version: PROTOCOL_VERSION,
             config_digest: *self.committee.config_digest(),
@@ -118,9 +117,15 @@ impl<C: SibylSuite> Node<C> {
         }
         if p.observations.is_empty() {
             // A follower's copy: this member is not a signer of the attempt.
+            // It is no clock sample: a member's offset is estimated from the
+            // proposals it is asked to sign and the refusals it gets, as
+            // before the copies existed (with every proposal sampled, two
+            // leaders with skewed clocks moved honest members' estimates
+            // enough for the simulator to see a stale value signed).
             self.on_follower_proposal(now, &header, digest, p);
             return;
         }
+        self.clock_sample(sender, p.timestamp_ms);
         let checked = if self.faults.refuse() {
             Err(RefusalReason::Other)
         } else {
