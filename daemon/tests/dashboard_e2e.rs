@@ -255,7 +255,7 @@ const PAGE_STATE: &str = r#"(() => {
   const chart = document.getElementById('chart');
   if (!chart) return JSON.stringify({ loading: true });
   return JSON.stringify({
-    rows: Array.from(document.querySelectorAll('#feeds tbody tr')).map(tr => ({
+    rows: Array.from(document.querySelectorAll('#feeds tbody tr')).filter(tr => tr.children.length >= 7).map(tr => ({
       feed: tr.dataset.feed, price: tr.children[1].textContent, status: tr.children[4].textContent,
       flags: tr.children[4].title, ema: tr.children[5].textContent, round: tr.children[6].textContent })),
     updates: Number(chart.dataset.updates),
