@@ -1374,14 +1374,7 @@ fn every_member_assembles_the_report_from_the_broadcast_shares() {
     // The follower sees every share first, then the proposal.
     let mut follower_out = deliver(&mut h, 4, T0 + 4, &shares);
     assert!(signed_report(&follower_out).is_none());
-    follower_out.extend(h.handle(
-        4,
-        T0 + 5,
-        Input::Message {
-            from: 1,
-            bytes: follower_copy,
-        },
-    ));
+    follower_out.extend(deliver(&mut h, 4, T0 + 5, [&follower_copy]));
     let from_follower = signed_report(&follower_out).expect("the follower assembles the report");
     // Member 2 has its own share; it needs the leader's and member 3's.
     member2_out.extend(deliver(&mut h, 2, T0 + 5, [&shares[0], &shares[2]]));
@@ -1395,14 +1388,7 @@ fn every_member_assembles_the_report_from_the_broadcast_shares() {
     assert_eq!(h.nodes[1].stats().reports_assembled, 1);
     // The leader's copy that follows is a duplicate, not a second report.
     let report_msg = report_message(&h, &leader_out);
-    let a = h.handle(
-        4,
-        T0 + 6,
-        Input::Message {
-            from: 1,
-            bytes: report_msg,
-        },
-    );
+    let a = deliver(&mut h, 4, T0 + 6, [&report_msg]);
     assert!(signed_report(&a).is_none());
 }
 
@@ -1441,14 +1427,7 @@ fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
     s.share[0] ^= 1;
     let key = SigningKey::from_bytes(&h.seeds[2]);
     let bad = SignedMessage::sign(&key, &DIGEST, msg.round, 3, Payload::Share(s)).bytes;
-    let mut follower_out = h.handle(
-        4,
-        T0 + 4,
-        Input::Message {
-            from: 1,
-            bytes: follower_copy,
-        },
-    );
+    let mut follower_out = deliver(&mut h, 4, T0 + 4, [&follower_copy]);
     follower_out.extend(deliver(&mut h, 4, T0 + 5, [&shares[0], &shares[1], &bad]));
     assert!(signed_report(&follower_out).is_none());
     assert_eq!(h.nodes[3].stats().reports_assembled, 0);
@@ -1456,14 +1435,7 @@ fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
     // leader's report is what completes the round for the follower.
     let leader_out = deliver(&mut h, 1, T0 + 5, &shares[1..]);
     let report_msg = report_message(&h, &leader_out);
-    let a = h.handle(
-        4,
-        T0 + 6,
-        Input::Message {
-            from: 1,
-            bytes: report_msg,
-        },
-    );
+    let a = deliver(&mut h, 4, T0 + 6, [&report_msg]);
     assert!(signed_report(&a).is_some());
 }
 
