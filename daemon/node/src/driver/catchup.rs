@@ -232,6 +232,20 @@ impl History {
         self.want_tail = true;
     }
 
+    /// The round machine entered `round`: reports of rounds before it may
+    /// exist. If the newest held is older than `round - 1`, asks for the
+    /// tail. (A member missing the newest report computes other leaves than
+    /// the committee, whose EMA, volatility and jump flag start from each
+    /// feed's previous leaf, and refuses every proposal; with exactly t
+    /// members up no later report would ever show it the gap.) Returns
+    /// whether the tail is now wanted.
+    pub fn entered(&mut self, round: Round) -> bool {
+        if self.horizon() < round {
+            self.want_tail = true;
+        }
+        self.want_tail
+    }
+
     /// Whether the tail is still wanted.
     pub fn wants_tail(&self) -> bool {
         self.want_tail
@@ -429,6 +443,22 @@ mod tests {
         assert_eq!(s.containing(9), None);
         assert_eq!(s.containing(10), Some((10, 12)));
         assert_eq!(s.end(), Some(25));
+    }
+
+    #[test]
+    fn entering_a_round_past_the_newest_held_asks_for_the_tail() {
+        let mut h = History::new(0, [0, 1, 2], [], 2);
+        h.on_reply(2, 3, 3, true, false);
+        assert!(!h.wants_tail());
+        // Round 3 follows the newest held: nothing to ask.
+        assert!(!h.entered(3));
+        assert_eq!(h.next_request(&[2, 3]), None);
+        // Round 5 entered, round 3 and 4 not held: ask from round 3 on.
+        assert!(h.entered(5));
+        assert_eq!(
+            h.next_request(&[2, 3]).map(|w| (w.from, w.end)),
+            Some((3, Round::MAX))
+        );
     }
 
     #[test]

@@ -658,6 +658,9 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Drive
                     self.metrics.set_round(round);
                     self.trace.start(round, start_ms);
                     self.trace.mark(round, Phase::Wake);
+                    if self.history.entered(round) {
+                        self.catchup_poll();
+                    }
                 }
                 Action::WakeAt(at) => self.wake = Some(at),
                 Action::RecordObservation { round } => {
