@@ -76,6 +76,10 @@ pub struct Observation {
     /// than `max_peg_deviation_bps` (on a stablecoin's own feed such as
     /// `USDT-USD`: the stablecoin itself is off its peg).
     pub peg_departed: bool,
+    /// The venues say trading stopped (a strict majority of those that
+    /// publish a status): `Halted` or `Closed`, and the price is the last
+    /// one before it stopped. `None`: trading, or nothing says otherwise.
+    pub market: Option<crate::venue::MarketState>,
     /// Timestamp of the oldest quote used (Unix ms): the observation is at least this fresh.
     pub observed_at_ms: u64,
     /// Sources whose price entered the median, sorted.
@@ -263,6 +267,7 @@ pub fn observe(
         num_sources: u32::try_from(sources_used.len()).unwrap_or(u32::MAX),
         min_sources: u32::try_from(params.min_sources).unwrap_or(u32::MAX),
         peg_departed,
+        market: None,
         observed_at_ms,
         sources_used,
         outliers,

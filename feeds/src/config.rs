@@ -103,6 +103,9 @@ pub struct SourcesConfig {
     pub breaker_cooldown: Dur,
     /// A WebSocket with no message for this long is considered dead and reconnected.
     pub ws_stale_after: Dur,
+    /// How often each market's trading status is read from the venues that
+    /// publish one (docs/SOURCES.md, "Market status"); "0s" turns it off.
+    pub market_status_interval: Dur,
     pub venues: BTreeMap<Venue, VenueConfig>,
     pub feeds: Vec<FeedConfig>,
     /// Decimals per feed id, from the committee file (never read from this
@@ -143,6 +146,7 @@ impl Default for SourcesConfig {
             breaker_failures: 5,
             breaker_cooldown: Dur::ms(30_000),
             ws_stale_after: Dur::ms(30_000),
+            market_status_interval: Dur::ms(30_000),
             venues: BTreeMap::new(),
             feeds: Vec::new(),
             decimals: BTreeMap::new(),
@@ -515,6 +519,17 @@ impl SourcesConfig {
                 "poll every 500ms or more; WebSocket venues stream in between",
             ));
         }
+        let status = self.market_status_interval.as_ms();
+        if status != 0 && status < 1_000 {
+            out.push(Problem::new(
+                "market_status_interval",
+                format!(
+                    "{} is shorter than 1s",
+                    self.market_status_interval
+                ),
+                "read market status every 1s or more (the default is 30s), or \"0s\" to turn it off",
+            ));
+        }
         if self.request_timeout.as_ms() == 0 {
             out.push(Problem::new(
                 "request_timeout",
@@ -687,6 +702,7 @@ impl SourcesConfig {
             breaker_cooldown: Dur::ms(3_000),
             ws_stale_after: Dur::ms(5_000),
             max_quote_age: Dur::ms(10_000),
+            market_status_interval: Dur::ms(2_000),
             ..SourcesConfig::default()
         };
         for v in venues.iter().copied() {

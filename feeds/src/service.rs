@@ -23,7 +23,7 @@ use crate::metrics::{FeedLabels, SourceFeedLabels, SourceMetrics};
 pub use crate::slots::SourceStatus;
 use crate::slots::{Shared, Slot, install_crypto_provider};
 use crate::time::now_ms;
-use crate::venue::{RawQuote, Venue};
+use crate::venue::{MarketState, RawQuote, Venue};
 use crate::ws;
 
 /// Largest response body we read from a venue.
@@ -47,10 +47,18 @@ pub(crate) fn compute_observations(
     let mut order: Vec<&crate::config::FeedConfig> = config.feeds.iter().collect();
     order.sort_by_key(|f| (!is_converter(&f.id), f.id.clone()));
     for feed in order {
+        let market = stopped_market(config, slots, &feed.id, now);
         let mut prices = Vec::new();
         for slot in slots.values().filter(|s| s.source.feed == feed.id) {
             let label = slot.source.label();
             let Some(q) = slot.quote else { continue };
+            let state = fresh_state(config, slot, now);
+            // A venue that says its market stopped while the others trade:
+            // its frozen book is no price.
+            if market.is_none() && matches!(state, Some(MarketState::Halted | MarketState::Closed))
+            {
+                continue;
+            }
             let age = now
                 .saturating_sub(q.time_ms)
                 .max(now.saturating_sub(slot.updated_ms));
@@ -62,7 +70,8 @@ pub(crate) fn compute_observations(
                     })
                     .set(age as f64 / 1000.0);
             }
-            if age > max_age {
+            // The whole market stopped: the last prices stand, however old.
+            if age > max_age && market.is_none() {
                 continue;
             }
             // A market quoted in another asset is converted with that
@@ -105,6 +114,11 @@ pub(crate) fn compute_observations(
                 .unwrap_or(config.max_venue_weight_bps),
         };
         let mut result = observe(&feed.id, config.decimals_of(&feed.id), &prices, params);
+        if let (Some((state, said_at)), Ok(o)) = (market, &mut result) {
+            // Observed now: the venues said so at `said_at`.
+            o.market = Some(state);
+            o.observed_at_ms = said_at;
+        }
         // A stablecoin's own feed says whether it is off its peg; every feed
         // converted through it inherits that (above).
         if config.is_peg_feed(&feed.id)
@@ -127,6 +141,59 @@ pub(crate) fn compute_observations(
         out.insert(feed.id.clone(), result);
     }
     out
+}
+
+/// When a market status answer counts as current: three status intervals
+/// plus a request's timeout (one missed answer does not drop it).
+fn state_ttl_ms(config: &SourcesConfig) -> u64 {
+    config
+        .market_status_interval
+        .as_ms()
+        .saturating_mul(3)
+        .saturating_add(config.request_timeout.as_ms())
+}
+
+/// The slot's market state, if the venue said it recently.
+fn fresh_state(config: &SourcesConfig, slot: &Slot, now: u64) -> Option<MarketState> {
+    slot.market_state
+        .filter(|(_, at)| now.saturating_sub(*at) <= state_ttl_ms(config))
+        .map(|(s, _)| s)
+}
+
+/// Whether trading in `feed`'s market stopped: a strict majority of its
+/// sources that report a current status say halted or closed (halted when
+/// at least as many say halted as closed), with the newest such answer's
+/// time. One venue's halt among trading venues is that venue's matter (its
+/// quote is left out); a feed whose venues publish no status never stops.
+fn stopped_market(
+    config: &SourcesConfig,
+    slots: &BTreeMap<(String, String), Slot>,
+    feed: &str,
+    now: u64,
+) -> Option<(MarketState, u64)> {
+    let (mut known, mut halted, mut closed, mut newest) = (0usize, 0usize, 0usize, 0u64);
+    for slot in slots.values().filter(|s| s.source.feed == feed) {
+        let Some(state) = fresh_state(config, slot, now) else {
+            continue;
+        };
+        known += 1;
+        let at = slot.market_state.map_or(0, |(_, at)| at);
+        match state {
+            MarketState::Open => continue,
+            MarketState::Halted => halted += 1,
+            MarketState::Closed => closed += 1,
+        }
+        newest = newest.max(at);
+    }
+    if known == 0 || (halted + closed) * 2 <= known {
+        return None;
+    }
+    let state = if halted >= closed {
+        MarketState::Halted
+    } else {
+        MarketState::Closed
+    };
+    Some((state, newest))
 }
 
 /// Latest observations, keyed by feed id, degraded ones included (fewer
@@ -325,8 +392,26 @@ async fn poll_venue(
     let poll = shared.config.poll_interval.0;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let status_every = shared.config.market_status_interval.0;
+    let reads_status = !status_every.is_zero() && venue.publishes_status();
+    let mut status_due = Instant::now();
     loop {
         tick.tick().await;
+        if reads_status && Instant::now() >= status_due {
+            status_due = Instant::now() + status_every;
+            for market in &markets {
+                let result = fetch_market_state(
+                    &client,
+                    &limiter,
+                    &base,
+                    venue,
+                    market,
+                    shared.config.request_timeout.as_ms(),
+                )
+                .await;
+                shared.record_state(venue, market, result);
+            }
+        }
         let jobs = markets.iter().map(|market| {
             let (shared, client, limiter, base) = (
                 shared.clone(),
@@ -416,6 +501,32 @@ pub(crate) async fn fetch_ticker(
             other => return other,
         }
     }
+}
+
+/// One read of a market's trading status (no retries: the next read is
+/// one status interval away, and the last answer stays current until then).
+async fn fetch_market_state(
+    client: &reqwest::Client,
+    limiter: &RateLimiter,
+    base: &str,
+    venue: Venue,
+    market: &str,
+    timeout_ms: u64,
+) -> Result<MarketState, SourceError> {
+    let Some(path) = venue.status_path(market) else {
+        return Err(SourceError::Malformed(format!(
+            "{venue} publishes no market status"
+        )));
+    };
+    limiter.acquire().await;
+    let (status, body) =
+        fetch_once(client, &format!("{base}{path}"))
+            .await
+            .map_err(|e| match e {
+                SourceError::Timeout(_) => SourceError::Timeout(timeout_ms),
+                other => other,
+            })?;
+    venue.parse_market_status(status, &body, market)
 }
 
 async fn fetch_once(client: &reqwest::Client, url: &str) -> Result<(u16, Vec<u8>), SourceError> {
@@ -660,5 +771,88 @@ mod tests {
             btc.sources_used.iter().all(|s| !s.contains("USDT")),
             "{btc:?}"
         );
+    }
+
+    /// The market stops for a feed only when a strict majority of its
+    /// sources with a current status say so; an old status counts for
+    /// nothing; a stopped market's last prices stand past `max_quote_age`.
+    #[test]
+    fn a_strict_majority_of_current_statuses_stops_the_market() {
+        let set = |slots: &mut BTreeMap<(String, String), Slot>,
+                   states: &[(Venue, MarketState, u64)]| {
+            for slot in slots.values_mut().filter(|s| s.source.feed == "BTC-USD") {
+                slot.market_state = states
+                    .iter()
+                    .find(|(v, _, _)| *v == slot.source.venue)
+                    .map(|(_, s, at)| (*s, *at));
+            }
+        };
+        let btc = |slots: &BTreeMap<(String, String), Slot>| {
+            observe_all(slots)["BTC-USD"].clone().unwrap()
+        };
+        let mut s = slots(&[1_0000_0000; 3], 67_000_00000000, 67_000_00000000);
+        // Two of four reporting venues halted: no majority; both left out.
+        use MarketState::{Closed, Halted, Open};
+        set(
+            &mut s,
+            &[
+                (Venue::Coinbase, Halted, NOW),
+                (Venue::Kraken, Halted, NOW),
+                (Venue::Binance, Open, NOW),
+                (Venue::Okx, Open, NOW),
+            ],
+        );
+        let o = btc(&s);
+        assert_eq!((o.market, o.num_sources), (None, 4), "{o:?}");
+        // Three of four: halted, every venue's last price used.
+        set(
+            &mut s,
+            &[
+                (Venue::Coinbase, Halted, NOW),
+                (Venue::Kraken, Closed, NOW),
+                (Venue::Binance, Halted, NOW - 1),
+                (Venue::Okx, Open, NOW),
+            ],
+        );
+        let o = btc(&s);
+        assert_eq!(
+            (o.market, o.num_sources, o.observed_at_ms),
+            (Some(Halted), 6, NOW),
+            "{o:?}"
+        );
+        // More closed than halted: closed.
+        set(
+            &mut s,
+            &[
+                (Venue::Coinbase, Closed, NOW),
+                (Venue::Kraken, Closed, NOW),
+                (Venue::Binance, Halted, NOW),
+            ],
+        );
+        assert_eq!(btc(&s).market, Some(Closed));
+        // Statuses older than three intervals plus a timeout count for nothing.
+        set(
+            &mut s,
+            &[
+                (Venue::Coinbase, Closed, 1),
+                (Venue::Kraken, Closed, 1),
+                (Venue::Binance, Closed, 1),
+            ],
+        );
+        let o = btc(&s);
+        assert_eq!((o.market, o.num_sources), (None, 6), "{o:?}");
+        // A stopped market's quotes older than max_quote_age still stand.
+        set(
+            &mut s,
+            &[(Venue::Coinbase, Closed, NOW), (Venue::Kraken, Closed, NOW)],
+        );
+        for slot in s.values_mut().filter(|s| s.source.feed == "BTC-USD") {
+            slot.updated_ms = 1;
+            if let Some(q) = &mut slot.quote {
+                q.time_ms = 1;
+            }
+        }
+        let o = btc(&s);
+        assert_eq!((o.market, o.num_sources), (Some(Closed), 6), "{o:?}");
     }
 }

@@ -15,7 +15,7 @@ use crate::health::{BreakerState, CircuitBreaker};
 use crate::metrics::{SourceFeedLabels, SourceMetrics};
 use crate::quote::Quote;
 use crate::time::now_ms;
-use crate::venue::{RawQuote, Venue};
+use crate::venue::{MarketState, RawQuote, Venue};
 
 /// Latest state of one source (one venue market for one feed).
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub(crate) struct Slot {
     pub(crate) last_error: Option<SourceError>,
     pub(crate) latency_ms: Option<u64>,
     pub(crate) breaker: CircuitBreaker,
+    /// What the venue's status endpoint last said about the market, and
+    /// when (our clock); `None`: never asked or no endpoint.
+    pub(crate) market_state: Option<(MarketState, u64)>,
 }
 
 /// What the CLI and the API show about a source.
@@ -46,6 +49,9 @@ pub struct SourceStatus {
     pub via_ws: bool,
     pub last_error: Option<String>,
     pub breaker: String,
+    /// What the venue's status endpoint last said about the market
+    /// (`None`: the venue has none we read, or it has not answered yet).
+    pub market_state: Option<MarketState>,
 }
 
 pub(crate) struct Shared {
@@ -74,6 +80,7 @@ impl Shared {
                     last_error: None,
                     latency_ms: None,
                     breaker,
+                    market_state: None,
                 },
             );
         }
@@ -93,6 +100,35 @@ impl Shared {
     }
 
     /// Record the outcome of a fetch (REST or WS) for every slot of `venue` trading `market`.
+    /// A status answer for `market` on `venue`: its state is kept for every
+    /// slot on that market; a failure is counted (as `status_<reason>`)
+    /// and leaves the last known state to age out.
+    pub(crate) fn record_state(
+        &self,
+        venue: Venue,
+        market: &str,
+        result: Result<MarketState, SourceError>,
+    ) {
+        let now = now_ms();
+        let mut slots = self.lock();
+        for slot in slots
+            .values_mut()
+            .filter(|s| s.source.venue == venue && s.source.market == market)
+        {
+            match &result {
+                Ok(state) => slot.market_state = Some((*state, now)),
+                Err(e) => {
+                    let label = slot.source.label();
+                    debug!(source = %label, error = %e, "market status unavailable");
+                    self.metrics
+                        .error(&label, &format!("status_{}", e.reason()));
+                }
+            }
+        }
+        drop(slots);
+        self.changed.notify_one();
+    }
+
     pub(crate) fn record(
         &self,
         venue: Venue,
@@ -159,6 +195,7 @@ impl Shared {
                 latency_ms: s.latency_ms,
                 via_ws: s.via_ws,
                 last_error: s.last_error.as_ref().map(|e| e.to_string()),
+                market_state: s.market_state.map(|(m, _)| m),
                 breaker: match s.breaker.state() {
                     BreakerState::Closed => "closed".into(),
                     BreakerState::HalfOpen => "half-open".into(),

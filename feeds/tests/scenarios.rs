@@ -3,7 +3,7 @@
 //! switched on through the exchange's control API (`POST /control/...`)
 //! once every venue quotes. The observation stays within 10 bps of the
 //! honest venues' median where it should, and `num_sources`,
-//! `min_sources`, `outliers` and `peg_departed` say what happened.
+//! `min_sources`, `outliers`, `peg_departed` and `market` say what happened.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use sibyl_feeds::config::Dur;
 use sibyl_feeds::error::ObservationError;
 use sibyl_feeds::sim::{Scenario, SimExchange, SimOptions};
-use sibyl_feeds::venue::Venue;
+use sibyl_feeds::venue::{MarketState, Venue};
 use sibyl_feeds::{FeedService, Observation, SourcesConfig};
 
 const FEED: &str = "BTC-USD";
@@ -307,38 +307,113 @@ async fn a_stablecoin_depeg_is_converted_and_flagged() {
     rig.assert_honest(&o, &[]);
 }
 
+/// Waits for the observation to say the market stopped (`state`), checks
+/// it keeps the stopping price, and that it still says so after the venues'
+/// last quotes are older than `max_quote_age` (the last prices stand).
+async fn stops_at_its_last_price(rig: &Rig, scenario: &str, state: MarketState) {
+    let before = rig.latest().expect("observation").price_fixed;
+    rig.scenario(scenario).await;
+    let at = Instant::now();
+    let o = eventually(10, &format!("the observation to say {state:?}"), || {
+        rig.latest().filter(|o| o.market == Some(state))
+    })
+    .await;
+    let said = at.elapsed();
+    assert!(bps_apart(o.price_fixed, before) <= 10, "{o:?}");
+    tokio::time::sleep(Duration::from_millis(MAX_QUOTE_AGE_MS + 1_000)).await;
+    let later = rig.latest().expect("a stopped market keeps its last price");
+    assert_eq!(later.market, Some(state), "{later:?}");
+    assert!(bps_apart(later.price_fixed, before) <= 10, "{later:?}");
+    println!(
+        "{scenario}: observation says {state:?} {said:?} after the venues stopped (status read every 2 s); still {state:?} at the last price after {:?}",
+        at.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_market_leaves_no_price_behind() {
+async fn a_closed_market_is_observed_closed_at_its_last_price() {
     let rig = rig().await;
+    stops_at_its_last_price(&rig, "market-closed", MarketState::Closed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_market_is_observed_halted_at_its_last_price() {
+    let rig = rig().await;
+    stops_at_its_last_price(&rig, "halted", MarketState::Halted).await;
+    // Trading resumes: the flag goes, and the price is live again.
+    rig.scenario("calm").await;
+    eventually(10, "the market trading again", || {
+        rig.latest()
+            .filter(|o| o.market.is_none() && o.num_sources == 14)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_venue_halted_among_trading_ones_is_left_out() {
+    let rig = rig().await;
+    rig.control("fault", r#"{"venue":"binance","fault":{"kind":"halted"}}"#)
+        .await;
+    let o = eventually(10, "binance left out, the market still trading", || {
+        rig.latest()
+            .filter(|o| !uses(o, Venue::Binance) && o.num_sources == 13)
+    })
+    .await;
+    assert_eq!(o.market, None, "{o:?}");
+    let status = rig
+        .svc
+        .source_status()
+        .into_iter()
+        .find(|s| s.venue == Venue::Binance && s.feed == FEED)
+        .expect("binance source");
+    assert_eq!(status.market_state, Some(MarketState::Halted));
+    rig.assert_honest(&o, &[Venue::Binance]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_market_status_a_closed_market_leaves_no_price_behind() {
+    let sim = SimExchange::start(SimOptions {
+        scenario: Scenario::Calm,
+        walk: false,
+        seed: 42,
+        ..SimOptions::default()
+    })
+    .await
+    .expect("simulated exchange starts on 127.0.0.1");
+    let mut cfg = SourcesConfig::for_sim_exchange(&sim.base_url(), &[FEED]);
+    cfg.poll_interval = Dur::ms(300);
+    cfg.max_quote_age = Dur::ms(MAX_QUOTE_AGE_MS);
+    cfg.market_status_interval = Dur::ms(0);
+    let mut registry = Registry::default();
+    let svc = FeedService::start(cfg, &mut registry).expect("valid config");
+    let rig = Rig {
+        sim,
+        svc,
+        _registry: registry,
+        http: reqwest::Client::new(),
+    };
+    eventually(20, "an observation from all 14 venues", || {
+        rig.latest().filter(|o| o.num_sources == 14)
+    })
+    .await;
     let close = rig.latest().expect("observation").price_fixed;
     rig.scenario("market-closed").await;
     let closed_at = Instant::now();
     // Until the last quotes age out the observation is the closing price,
     // from fewer and fewer venues (the undated ones drop at once: an empty
     // book with an undated last trade is no price).
-    let mut fewest = 14;
-    while rig.latest().is_some() {
-        if let Some(o) = rig.latest() {
-            fewest = fewest.min(o.num_sources);
-            assert!(bps_apart(o.price_fixed, close) <= 10, "{o:?}");
-        }
+    while let Some(o) = rig.latest() {
+        assert!(bps_apart(o.price_fixed, close) <= 10, "{o:?}");
+        assert_eq!(o.market, None, "no status is read: {o:?}");
         assert!(
             closed_at.elapsed() < Duration::from_millis(MAX_QUOTE_AGE_MS + 5_000),
-            "a closed market still has a price after {:?}: {:?}",
-            closed_at.elapsed(),
-            rig.latest()
+            "a closed market still has a price after {:?}: {o:?}",
+            closed_at.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
-        "market closed: observation gone after {:?} (max_quote_age {MAX_QUOTE_AGE_MS} ms); fewest venues seen before: {fewest}",
-        closed_at.elapsed()
-    );
     assert!(matches!(
         rig.svc.feed_errors().get(FEED),
         Some(ObservationError::NoUsableSource { .. })
     ));
-    // And it stays gone.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert!(rig.latest().is_none());
 }

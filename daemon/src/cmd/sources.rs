@@ -26,7 +26,7 @@ pub struct SimExchangeArgs {
     pub seed: u64,
     /// Faults to start with: calm, flash-crash, outage, slow, stale, garbage,
     /// rate-limited, drift, chaos, thousand-x, wick, thin-pump, dropout,
-    /// depeg, market-closed (docs/SOURCES.md). Change them at runtime with
+    /// depeg, market-closed, halted (docs/SOURCES.md). Change them at runtime with
     /// POST /control/scenario, /control/fault or /control/depeg.
     #[arg(long, default_value = "calm")]
     pub scenario: String,

@@ -11,6 +11,7 @@ mod clock_skew;
 mod committee_processes;
 mod config_check;
 mod devnet_member_exit;
+mod devnet_scenarios;
 mod dkg_cli;
 mod hostile_member;
 mod margin_devnet;

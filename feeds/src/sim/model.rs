@@ -40,8 +40,22 @@ pub enum Fault {
     /// thousandth of its usual.
     Pump { bps: u32 },
     /// The market closed: no book (bid and ask `0`), the last trade and
-    /// its timestamp frozen at the close; the WebSocket sends no ticks.
+    /// its timestamp frozen at the close; the WebSocket sends no ticks. The
+    /// status endpoint says closed.
     Closed,
+    /// Trading halted: as `Closed`, and the status endpoint says halted.
+    Halted,
+}
+
+impl Fault {
+    /// What the venue's status endpoint says under this fault.
+    pub fn market_state(self) -> crate::venue::MarketState {
+        match self {
+            Fault::Closed => crate::venue::MarketState::Closed,
+            Fault::Halted => crate::venue::MarketState::Halted,
+            _ => crate::venue::MarketState::Open,
+        }
+    }
 }
 
 /// Named sets of faults for `sibyl sim-exchange --scenario NAME`.
@@ -71,10 +85,12 @@ pub enum Scenario {
     Depeg,
     /// The market closes on every venue (empty book, frozen last trade).
     MarketClosed,
+    /// Trading halts on every venue (empty book, frozen last trade).
+    Halted,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Calm,
         Scenario::FlashCrash,
         Scenario::Outage,
@@ -90,6 +106,7 @@ impl Scenario {
         Scenario::Dropout,
         Scenario::Depeg,
         Scenario::MarketClosed,
+        Scenario::Halted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +126,7 @@ impl Scenario {
             Scenario::Dropout => "dropout",
             Scenario::Depeg => "depeg",
             Scenario::MarketClosed => "market-closed",
+            Scenario::Halted => "halted",
         }
     }
 
@@ -153,6 +171,7 @@ impl Scenario {
                 .collect(),
             Scenario::Depeg => BTreeMap::new(),
             Scenario::MarketClosed => Venue::ALL.into_iter().map(|v| (v, Fault::Closed)).collect(),
+            Scenario::Halted => Venue::ALL.into_iter().map(|v| (v, Fault::Halted)).collect(),
         }
     }
 
@@ -344,7 +363,7 @@ impl Market {
         let frozen = matches!(
             active,
             Some(ActiveFault {
-                fault: Fault::Stale | Fault::Closed,
+                fault: Fault::Stale | Fault::Closed | Fault::Halted,
                 ..
             })
         );
@@ -400,11 +419,11 @@ impl Market {
             time_ms: now_ms,
         };
         if let Some(ActiveFault {
-            fault: Fault::Closed,
+            fault: Fault::Closed | Fault::Halted,
             ..
         }) = active
         {
-            // A closed market has no book; its last trade stays.
+            // A closed or halted market has no book; its last trade stays.
             tick.bid = "0".into();
             tick.ask = "0".into();
         }

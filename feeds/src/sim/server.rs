@@ -226,7 +226,20 @@ async fn rest(
         _ => {}
     }
     let path = format!("/{rest}");
-    let Some(market) = v.market_of_request(&path, query.as_deref().unwrap_or("")) else {
+    let query = query.as_deref().unwrap_or("");
+    if v.market_of_request(&path, query).is_none()
+        && let Some(market) = v.market_of_status_request(&path, query)
+    {
+        // The instrument endpoint: the market's state under the venue's fault.
+        let state = fault.map_or(crate::venue::MarketState::Open, Fault::market_state);
+        let known = market_assets(v, &market).is_some();
+        let (status, body) = match v.render_status(&market, state) {
+            Some(body) if known => (200, body),
+            _ => render::unknown_symbol(v, &market),
+        };
+        return json_response(status, body);
+    }
+    let Some(market) = v.market_of_request(&path, query) else {
         return (
             StatusCode::NOT_FOUND,
             format!("{v} serves no endpoint {path}"),
@@ -372,7 +385,7 @@ async fn ws_session(
                     }
                     // A stale stream (or a closed market's) stays open and
                     // keeps its heartbeats but sends no prices.
-                    Some(Fault::Stale | Fault::Closed) => continue,
+                    Some(Fault::Stale | Fault::Closed | Fault::Halted) => continue,
                     Some(Fault::Garbage) => {
                         if socket.send(Message::text("{\"data\":{\"c\":NaN")).await.is_err() {
                             return;

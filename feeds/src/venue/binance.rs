@@ -9,6 +9,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
+    MarketState, state_at,
     Num, Ping, RateLimit, RawQuote, Route, StreamSpec, VenueSpec, json_either, n, num_u64,
     rate_limited, says_unknown_symbol, venue_err,
 };
@@ -31,6 +32,32 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_binance(status, body, market, &[-1121])
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::query("/api/v3/exchangeInfo", "symbol"))
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // exchangeInfo: {"symbols": [{"symbol": "BTCUSDT", "status": "TRADING", ...}]}
+        state_at(body, "/symbols/0/status", "status", |v| {
+            Some(match v.as_str()? {
+                "TRADING" => MarketState::Open,
+                "HALT" | "BREAK" => MarketState::Halted,
+                "PRE_TRADING" | "POST_TRADING" | "END_OF_DAY" | "AUCTION_MATCH" => {
+                    MarketState::Closed
+                }
+                _ => return None,
+            })
+        })
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let status = match state {
+            MarketState::Open => "TRADING",
+            MarketState::Halted => "HALT",
+            MarketState::Closed => "END_OF_DAY",
+        };
+        json!({"timezone": "UTC", "serverTime": 0, "symbols": [{"symbol": market, "status": status}]})
+            .to_string()
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         Some(&Stream)

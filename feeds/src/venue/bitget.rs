@@ -8,6 +8,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
+    MarketState, state_at,
     Num, RateLimit, RawQuote, Route, VenueSpec, json, listed, n, num_u64, rate_limited,
     says_unknown_symbol, venue_err,
 };
@@ -30,6 +31,30 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_bitget(status, body, market)
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::query("/api/v2/spot/public/symbols", "symbol"))
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // {"code": "00000", "msg": "success", "data": [{"symbol": "BTCUSDT", "status": "online"}]}
+        state_at(body, "/data/0/status", "status", |v| {
+            Some(match v.as_str()? {
+                "online" => MarketState::Open,
+                "halt" | "offline" => MarketState::Halted,
+                "gray" => MarketState::Closed,
+                _ => return None,
+            })
+        })
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let s = match state {
+            MarketState::Open => "online",
+            MarketState::Halted => "halt",
+            MarketState::Closed => "gray",
+        };
+        json!({"code": "00000", "msg": "success", "requestTime": 0, "data": [{"symbol": market, "status": s}]})
+            .to_string()
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, market: &str, t: &Tick) -> String {

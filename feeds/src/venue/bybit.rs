@@ -8,6 +8,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
+    MarketState, state_at,
     Num, RateLimit, RawQuote, Route, VenueSpec, json, listed, n, rate_limited, says_unknown_symbol,
     venue_err,
 };
@@ -34,6 +35,36 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_bybit(status, body, market)
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::Query {
+            path: "/v5/market/instruments-info",
+            fixed: "category=spot",
+            param: "symbol",
+        })
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // {"retCode": 0, "result": {"category": "spot", "list": [{"symbol": "BTCUSDT", "status": "Trading"}]}}
+        // Bybit's spot "Closed" is a suspended market (trading stopped),
+        // "PreLaunch" one that has not opened.
+        state_at(body, "/result/list/0/status", "status", |v| {
+            Some(match v.as_str()? {
+                "Trading" => MarketState::Open,
+                "Closed" | "Delivering" | "Settling" => MarketState::Halted,
+                "PreLaunch" => MarketState::Closed,
+                _ => return None,
+            })
+        })
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let s = match state {
+            MarketState::Open => "Trading",
+            MarketState::Halted => "Closed",
+            MarketState::Closed => "PreLaunch",
+        };
+        json!({"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": [{"symbol": market, "status": s}]}, "time": 0})
+            .to_string()
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, market: &str, t: &Tick) -> String {

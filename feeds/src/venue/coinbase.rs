@@ -9,6 +9,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
+    MarketState, state_at,
     Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_error_first, n,
     rate_limited, says_unknown_symbol, venue_err,
 };
@@ -42,6 +43,39 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_coinbase(status, body, market)
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::Segment {
+            prefix: "/products/",
+            suffix: "",
+        })
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // {"id": "BTC-USD", "status": "online", "trading_disabled": false,
+        //  "cancel_only": false, "post_only": false, "auction_mode": false, ...}
+        let v: serde_json::Value = super::json(body)?;
+        let flag = |k: &str| v.get(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
+        let halted = flag("trading_disabled") || flag("cancel_only") || flag("post_only");
+        state_at(body, "/status", "status", |s| {
+            Some(match s.as_str()? {
+                "online" if halted => MarketState::Halted,
+                "online" if flag("auction_mode") => MarketState::Closed,
+                "online" => MarketState::Open,
+                "offline" | "internal" | "delisted" => MarketState::Halted,
+                _ => return None,
+            })
+        })
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let (status, disabled, auction) = match state {
+            MarketState::Open => ("online", false, false),
+            MarketState::Halted => ("online", true, false),
+            MarketState::Closed => ("online", false, true),
+        };
+        json!({"id": market, "status": status, "status_message": "", "trading_disabled": disabled,
+            "cancel_only": false, "post_only": false, "limit_only": false, "auction_mode": auction})
+        .to_string()
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         Some(&Stream)

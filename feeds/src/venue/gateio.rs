@@ -8,6 +8,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
+    MarketState, state_at,
     Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_either, listed, n, rate_limited,
     says_unknown_symbol, venue_err,
 };
@@ -33,6 +34,30 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_gateio(status, body, market)
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::Segment {
+            prefix: "/api/v4/spot/currency_pairs/",
+            suffix: "",
+        })
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // {"id": "BTC_USDT", "trade_status": "tradable", ...}
+        state_at(body, "/trade_status", "trade_status", |v| {
+            Some(match v.as_str()? {
+                "tradable" | "buyable" | "sellable" => MarketState::Open,
+                "untradable" => MarketState::Halted,
+                _ => return None,
+            })
+        })
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let s = match state {
+            MarketState::Open => "tradable",
+            MarketState::Halted | MarketState::Closed => "untradable",
+        };
+        json!({"id": market, "trade_status": s}).to_string()
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, market: &str, t: &Tick) -> String {

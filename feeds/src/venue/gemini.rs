@@ -7,6 +7,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
+    MarketState, state_at,
     Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json_error_first, n, rate_limited,
     says_unknown_symbol, venue_err,
 };
@@ -35,6 +36,32 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_gemini(status, body, market)
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::Segment {
+            prefix: "/v1/symbols/details/",
+            suffix: "",
+        })
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // {"symbol": "BTCUSD", "status": "open", ...}
+        state_at(body, "/status", "status", |v| {
+            Some(match v.as_str()? {
+                "open" | "limit_only" => MarketState::Open,
+                "cancel_only" | "post_only" => MarketState::Halted,
+                "closed" => MarketState::Closed,
+                _ => return None,
+            })
+        })
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let s = match state {
+            MarketState::Open => "open",
+            MarketState::Halted => "cancel_only",
+            MarketState::Closed => "closed",
+        };
+        json!({"symbol": market.to_ascii_uppercase(), "status": s, "wrap_enabled": false}).to_string()
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, market: &str, t: &Tick) -> String {

@@ -9,6 +9,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
+    MarketState,
     Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, rate_limited,
     says_unknown_symbol, venue_err,
 };
@@ -42,6 +43,35 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_kraken(status, body, market)
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::query("/0/public/AssetPairs", "pair"))
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // {"error": [], "result": {"XXBTZUSD": {"altname": "XBTUSD", "status": "online", ...}}}
+        let v: serde_json::Value = json(body)?;
+        let pair = v
+            .get("result")
+            .and_then(serde_json::Value::as_object)
+            .and_then(|r| r.values().next())
+            .ok_or_else(|| SourceError::Malformed("no pair in the AssetPairs answer".into()))?;
+        let status = pair.get("status").and_then(serde_json::Value::as_str).ok_or_else(|| {
+            SourceError::Malformed("no status in the AssetPairs answer".into())
+        })?;
+        match status {
+            "online" | "limit_only" | "reduce_only" => Ok(MarketState::Open),
+            "cancel_only" | "post_only" => Ok(MarketState::Halted),
+            other => Err(super::unknown_state("status", other)),
+        }
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let s = match state {
+            MarketState::Open => "online",
+            MarketState::Halted => "cancel_only",
+            MarketState::Closed => "post_only",
+        };
+        json!({"error": [], "result": {market: {"altname": market, "status": s}}}).to_string()
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         Some(&Stream)

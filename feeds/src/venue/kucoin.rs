@@ -8,6 +8,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
+    MarketState, state_at,
     Num, RateLimit, RawQuote, Route, SymbolStyle, VenueSpec, json, n, rate_limited,
     says_unknown_symbol, venue_err,
 };
@@ -33,6 +34,27 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_kucoin(status, body, market)
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::Segment {
+            prefix: "/api/v2/symbols/",
+            suffix: "",
+        })
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // {"code": "200000", "data": {"symbol": "BTC-USDT", "enableTrading": true, ...}}
+        state_at(body, "/data/enableTrading", "enableTrading", |v| {
+            Some(if v.as_bool()? {
+                MarketState::Open
+            } else {
+                MarketState::Halted
+            })
+        })
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let open = state == MarketState::Open;
+        json!({"code": "200000", "data": {"symbol": market, "enableTrading": open}}).to_string()
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, _market: &str, t: &Tick) -> String {

@@ -102,6 +102,24 @@ pub(crate) trait VenueSpec: Sync {
     }
     /// Parse a ticker response (the venue's success and error bodies).
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError>;
+    /// Where the venue says whether one market trades (its instrument or
+    /// product endpoint); `None`: no per-market status is read from this
+    /// venue.
+    fn status_route(&self) -> Option<Route> {
+        None
+    }
+    /// Parse a successful status answer into the market's state; a value
+    /// the venue does not document is an error, not a guess.
+    fn parse_status(&self, _body: &[u8], market: &str) -> Result<MarketState, SourceError> {
+        Err(SourceError::Malformed(format!(
+            "no market status endpoint is read for {market}"
+        )))
+    }
+    /// Body of a successful status answer saying `state`.
+    #[cfg(feature = "sim")]
+    fn render_status(&self, _market: &str, _state: MarketState) -> String {
+        String::new()
+    }
     /// The venue's WebSocket stream, for the venues we stream from.
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         None
@@ -115,6 +133,41 @@ pub(crate) trait VenueSpec: Sync {
     /// Body of the venue's rate-limit answer (HTTP 429).
     #[cfg(feature = "sim")]
     fn render_rate_limited(&self) -> serde_json::Value;
+}
+
+/// What a venue's instrument endpoint says about trading in one market.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarketState {
+    /// Trading (limit-only or reduce-only included: prices still form).
+    Open,
+    /// Trading stopped: halted, suspended, cancel-only or post-only (no
+    /// order matches, so the book and last trade are frozen).
+    Halted,
+    /// Outside trading hours or not open yet (pre-open, pre-listing).
+    Closed,
+}
+
+/// An undocumented status value, as an error naming it.
+fn unknown_state(field: &str, value: &str) -> SourceError {
+    SourceError::Malformed(format!(
+        "{field} {value:?} is not a documented market status"
+    ))
+}
+
+/// The value at JSON pointer `at` of a status body, mapped by `state`
+/// (`None`: undocumented). `field` names it in errors.
+fn state_at(
+    body: &[u8],
+    at: &str,
+    field: &str,
+    state: impl Fn(&serde_json::Value) -> Option<MarketState>,
+) -> Result<MarketState, SourceError> {
+    let v: serde_json::Value = json(body)?;
+    let value = v
+        .pointer(at)
+        .ok_or_else(|| SourceError::Malformed(format!("no {field} in the status answer")))?;
+    state(value).ok_or_else(|| unknown_state(field, &value.to_string()))
 }
 
 /// How a venue spells the market `base`/`quote` (canonical upper-case codes).
@@ -206,8 +259,9 @@ impl Route {
                     Some(s) => rest.trim_end_matches('/').strip_suffix(s)?,
                     None => rest.strip_suffix(suffix)?,
                 };
-                // Bitfinex's `tDOGE:USD` may arrive percent-encoded.
-                Some(segment.replace("%3A", ":"))
+                // Bitfinex's `tDOGE:USD` may arrive percent-encoded. A
+                // market is one path segment.
+                Some(segment.replace("%3A", ":")).filter(|m| !m.is_empty() && !m.contains('/'))
             }
         }
     }
@@ -377,6 +431,64 @@ impl Venue {
             }
             other => other,
         }
+    }
+}
+
+impl Venue {
+    /// Whether the venue publishes a per-market trading status we read.
+    pub fn publishes_status(self) -> bool {
+        self.spec().status_route().is_some()
+    }
+
+    /// Path and query of the venue's status endpoint for `market`, if it has one.
+    pub fn status_path(self, market: &str) -> Option<String> {
+        self.spec().status_route().map(|r| r.path(market))
+    }
+
+    /// Which market a status request asks for (inverse of [`Venue::status_path`]).
+    pub fn market_of_status_request(self, path: &str, query: &str) -> Option<String> {
+        self.spec().status_route()?.market(path, query)
+    }
+
+    /// Parse a status response; error bodies become the same typed errors
+    /// as the venue's ticker errors (unknown symbol, rate limited, venue error).
+    pub fn parse_market_status(
+        self,
+        status: u16,
+        body: &[u8],
+        market: &str,
+    ) -> Result<MarketState, SourceError> {
+        if status == 429 || status == 418 {
+            return Err(SourceError::RateLimited {
+                status,
+                message: snippet(&String::from_utf8_lossy(body)),
+            });
+        }
+        let parsed = if (200..300).contains(&status) {
+            self.spec().parse_status(body, market)
+        } else {
+            Err(SourceError::Malformed(String::new()))
+        };
+        match parsed {
+            Ok(state) => Ok(state),
+            // The venue's own error words, read as its ticker errors are.
+            Err(e) => match self.parse_ticker(status, body, market) {
+                Err(SourceError::Malformed(_)) | Ok(_) if (200..300).contains(&status) => Err(e),
+                Err(venue) => Err(venue),
+                Ok(_) => Err(SourceError::HttpStatus {
+                    status,
+                    body: snippet(&String::from_utf8_lossy(body)),
+                }),
+            },
+        }
+    }
+
+    /// Body of a successful status answer (the simulated exchange).
+    #[cfg(feature = "sim")]
+    pub fn render_status(self, market: &str, state: MarketState) -> Option<String> {
+        self.spec()
+            .status_route()
+            .map(|_| self.spec().render_status(market, state))
     }
 }
 
@@ -683,5 +795,122 @@ mod tests {
         assert_eq!(v[2].0, "67012.123456789012345");
         assert!(serde_json::from_str::<Num>("true").is_err());
         assert!(serde_json::from_str::<Num>("{}").is_err());
+    }
+
+    /// Every venue that publishes a market status parses what the simulated
+    /// exchange renders for each state (Kraken and Gate.io have no closed
+    /// state: their closest word is a halt), answers the request the
+    /// status path makes, and refuses a value its documentation lacks.
+    #[cfg(feature = "sim")]
+    #[test]
+    fn market_status_round_trips_and_refuses_undocumented_values() {
+        let mut publishing = 0;
+        for v in Venue::ALL {
+            let m = v.market("BTC", "USDT");
+            let Some(path) = v.status_path(&m) else {
+                assert_eq!(v.render_status(&m, MarketState::Open), None);
+                continue;
+            };
+            publishing += 1;
+            let (p, q) = path.split_once('?').unwrap_or((&path, ""));
+            assert_eq!(
+                v.market_of_status_request(p, q).as_deref(),
+                Some(m.as_str()),
+                "{v}"
+            );
+            // The ticker path is not a status request (and vice versa).
+            let t = v.ticker_path(&m);
+            let (tp, tq) = t.split_once('?').unwrap_or((&t, ""));
+            assert_eq!(v.market_of_status_request(tp, tq), None, "{v} {t}");
+            for state in [MarketState::Open, MarketState::Halted, MarketState::Closed] {
+                let body = v.render_status(&m, state).expect("a status body");
+                let got = v.parse_market_status(200, body.as_bytes(), &m);
+                let lossy = state == MarketState::Closed && got == Ok(MarketState::Halted);
+                assert!(
+                    got == Ok(state) || lossy,
+                    "{v} {state:?}: {got:?} from {body}"
+                );
+            }
+            let odd = v
+                .render_status(&m, MarketState::Open)
+                .expect("a status body")
+                .replace("TRADING", "MOON")
+                .replace("\"online\"", "\"moon\"")
+                .replace("\"live\"", "\"moon\"")
+                .replace("\"Trading\"", "\"moon\"")
+                .replace("\"open\"", "\"moon\"")
+                .replace("\"tradable\"", "\"moon\"")
+                .replace("true", "\"moon\"");
+            match v.parse_market_status(200, odd.as_bytes(), &m) {
+                Err(SourceError::Malformed(msg)) => {
+                    assert!(msg.to_lowercase().contains("moon"), "{v}: {msg}")
+                }
+                other => panic!("{v}: an undocumented status gave {other:?} from {odd}"),
+            }
+            let (status, unknown) = v.spec().render_unknown_symbol(&m);
+            assert!(
+                matches!(
+                    v.parse_market_status(status, unknown.as_bytes(), &m),
+                    Err(SourceError::UnknownSymbol(_))
+                ),
+                "{v}: {unknown}"
+            );
+        }
+        assert_eq!(publishing, 9);
+    }
+
+    /// Status answers in the shapes the venues document (trimmed copies of
+    /// their published examples).
+    #[test]
+    fn documented_status_answers_parse() {
+        let cases: [(Venue, &str, &str, MarketState); 6] = [
+            (
+                Venue::Binance,
+                "BTCUSDT",
+                r#"{"timezone":"UTC","serverTime":1565246363776,"rateLimits":[],"exchangeFilters":[],"symbols":[{"symbol":"ETHBTC","status":"BREAK","baseAsset":"ETH"}]}"#,
+                MarketState::Halted,
+            ),
+            (
+                Venue::Coinbase,
+                "BTC-USD",
+                r#"{"id":"BTC-USD","base_currency":"BTC","quote_currency":"USD","quote_increment":"0.01","display_name":"BTC/USD","status":"online","margin_enabled":false,"status_message":"","cancel_only":true,"limit_only":false,"post_only":false,"trading_disabled":false,"auction_mode":false}"#,
+                MarketState::Halted,
+            ),
+            (
+                Venue::Kraken,
+                "XBTUSD",
+                r#"{"error":[],"result":{"XXBTZUSD":{"altname":"XBTUSD","wsname":"XBT/USD","aclass_base":"currency","base":"XXBT","quote":"ZUSD","status":"online"}}}"#,
+                MarketState::Open,
+            ),
+            (
+                Venue::Okx,
+                "BTC-USDT",
+                r#"{"code":"0","msg":"","data":[{"instType":"SPOT","instId":"BTC-USDT","baseCcy":"BTC","quoteCcy":"USDT","state":"preopen"}]}"#,
+                MarketState::Closed,
+            ),
+            (
+                Venue::Gemini,
+                "btcusd",
+                r#"{"symbol":"BTCUSD","base_currency":"BTC","quote_currency":"USD","tick_size":1E-8,"quote_increment":0.01,"min_order_size":"0.00001","status":"closed","wrap_enabled":false}"#,
+                MarketState::Closed,
+            ),
+            (
+                Venue::Kucoin,
+                "BTC-USDT",
+                r#"{"code":"200000","data":{"symbol":"BTC-USDT","name":"BTC-USDT","baseCurrency":"BTC","quoteCurrency":"USDT","enableTrading":false}}"#,
+                MarketState::Halted,
+            ),
+        ];
+        for (v, m, body, want) in cases {
+            assert_eq!(
+                v.parse_market_status(200, body.as_bytes(), m),
+                Ok(want),
+                "{v}"
+            );
+        }
+        assert!(matches!(
+            Venue::Binance.parse_market_status(429, b"{}", "BTCUSDT"),
+            Err(SourceError::RateLimited { .. })
+        ));
     }
 }

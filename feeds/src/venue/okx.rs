@@ -11,6 +11,7 @@ use super::Tick;
 #[cfg(feature = "sim")]
 use super::add_symbols;
 use super::{
+    MarketState, state_at,
     Num, Ping, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json, listed, n,
     num_u64, rate_limited, says_unknown_symbol, venue_err,
 };
@@ -36,6 +37,34 @@ impl VenueSpec for Spec {
     }
     fn parse_rest(&self, status: u16, body: &[u8], market: &str) -> Result<RawQuote, SourceError> {
         parse_okx(status, body, market)
+    }
+    fn status_route(&self) -> Option<Route> {
+        Some(Route::Query {
+            path: "/api/v5/public/instruments",
+            fixed: "instType=SPOT",
+            param: "instId",
+        })
+    }
+    fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
+        // {"code": "0", "msg": "", "data": [{"instId": "BTC-USDT", "state": "live", ...}]}
+        state_at(body, "/data/0/state", "state", |v| {
+            Some(match v.as_str()? {
+                "live" => MarketState::Open,
+                "suspend" => MarketState::Halted,
+                "preopen" | "test" => MarketState::Closed,
+                _ => return None,
+            })
+        })
+    }
+    #[cfg(feature = "sim")]
+    fn render_status(&self, market: &str, state: MarketState) -> String {
+        let s = match state {
+            MarketState::Open => "live",
+            MarketState::Halted => "suspend",
+            MarketState::Closed => "preopen",
+        };
+        json!({"code": "0", "msg": "", "data": [{"instId": market, "instType": "SPOT", "state": s}]})
+            .to_string()
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         Some(&Stream)

@@ -7,6 +7,7 @@ use super::clock::{Clock, SystemClock};
 use crate::config::FeedParams;
 use sibyl_aggregator::round::LocalObservation;
 use sibyl_aggregator::round::message::entry_flags;
+use sibyl_feeds::venue::MarketState;
 use tokio::sync::watch;
 
 /// Latest observation per feed (ascending feed id).
@@ -128,14 +129,19 @@ fn local_observation(f: &FeedParams, o: &sibyl_feeds::aggregate::Observation) ->
         ask: o.best_ask,
         venues: u16::try_from(o.num_sources).unwrap_or(u16::MAX),
         min_venues: u16::try_from(o.min_sources).unwrap_or(u16::MAX),
-        // No venue format carries a halted/closed status
-        // (docs/SOURCES.md): a closed market shows as
-        // venues dropping out, then no observation.
-        flags: if o.peg_departed {
-            entry_flags::PEG_DEPARTED
-        } else {
-            0
-        },
+        // The venues' status endpoints (docs/SOURCES.md, "Market
+        // status"): a stopped market's last price, flagged.
+        flags: [
+            (o.peg_departed, entry_flags::PEG_DEPARTED),
+            (o.market == Some(MarketState::Halted), entry_flags::HALTED),
+            (
+                o.market == Some(MarketState::Closed),
+                entry_flags::MARKET_CLOSED,
+            ),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |acc, (_, bit)| acc | bit),
         ..LocalObservation::basic(
             f.id.clone(),
             o.price_fixed,
@@ -198,6 +204,7 @@ mod tests {
             best_ask: Some(6_000_001_000_000),
             min_sources: 3,
             peg_departed: true,
+            market: None,
         };
         let l = local_observation(&f, &o);
         assert_eq!((l.price, l.spread), (6_000_000_000_000, 1_500));
@@ -209,5 +216,13 @@ mod tests {
         o.min_sources = u32::MAX;
         let l = local_observation(&f, &o);
         assert_eq!((l.bid, l.flags, l.min_venues), (None, 0, u16::MAX));
+        o.market = Some(MarketState::Halted);
+        assert_eq!(local_observation(&f, &o).flags, entry_flags::HALTED);
+        o.market = Some(MarketState::Closed);
+        o.peg_departed = true;
+        assert_eq!(
+            local_observation(&f, &o).flags,
+            entry_flags::MARKET_CLOSED | entry_flags::PEG_DEPARTED
+        );
     }
 }

@@ -1,0 +1,244 @@
+//! The issue-18 bad days through a whole committee: four `sibyl run`
+//! members observing a `sibyl sim-exchange` (prices held still, so the
+//! model's price is the honest reference), each scenario switched on
+//! through the exchange's control API, and the *signed* leaf read from a
+//! member's API: the price stays within 10 bps of the market where it
+//! should, and the leaf's status says what happened (degraded when venues
+//! drop out, halted or market_closed when the venues' status endpoints say
+//! so, ok again after).
+
+use crate::common;
+
+use serde_json::Value;
+use sibyl::cmd::devnet::{DevnetFile, http_get};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const FEED: &str = "BTC-USD";
+
+fn json(url: &str) -> Option<Value> {
+    http_get(url)
+        .ok()
+        .and_then(|b| serde_json::from_str(&b).ok())
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    file: DevnetFile,
+    sim_url: String,
+    sim: Child,
+    _members: common::Members,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        common::terminate(&mut self.sim);
+    }
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("devnet");
+        let out = common::sibyl()
+            .args(["devnet", "--setup-only", "--nodes", "4"])
+            .args(["--interval", "500ms", "--dir"])
+            .arg(&net)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file: DevnetFile =
+            serde_json::from_slice(&std::fs::read(net.join("devnet.json")).unwrap()).unwrap();
+        let sim_url = file.sim_exchange.clone().expect("a simulated exchange");
+        let sim = common::sibyl()
+            .args(["sim-exchange", "--frozen", "--listen"])
+            .arg(sim_url.trim_start_matches("http://"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(net.join("sim-exchange.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let members = common::Members(
+            file.members
+                .iter()
+                .map(|m| Some(common::spawn(&m.config, &m.log)))
+                .collect(),
+        );
+        let rig = Rig {
+            _dir: dir,
+            file,
+            sim_url,
+            sim,
+            _members: members,
+        };
+        rig.until("an ok leaf of BTC-USD", 120, |l| l["status"] == "ok");
+        rig
+    }
+
+    fn api(&self) -> &str {
+        &self.file.members[0].api_url
+    }
+
+    /// The newest signed leaf of the feed.
+    fn leaf(&self) -> Option<Value> {
+        json(&format!("{}/v1/feeds/{FEED}/latest", self.api()))
+    }
+
+    /// The market's price (no venue offset), in the leaf's fixed point (8 decimals).
+    fn market(&self) -> i128 {
+        let v = json(&format!("{}/control/price/BTC", self.sim_url)).expect("sim price");
+        let usd: f64 = v["usd"].as_str().unwrap().parse().unwrap();
+        (usd * 1e8).round() as i128
+    }
+
+    fn post(&self, what: &str, body: &str) {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-fsS",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+            ])
+            .arg(format!("{}/control/{what}", self.sim_url))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "POST /control/{what} {body}: {out:?}");
+    }
+
+    fn scenario(&self, name: &str) {
+        self.post("scenario", &format!(r#"{{"name":"{name}"}}"#));
+    }
+
+    /// Waits for a signed leaf (newer than any seen before the call) that
+    /// passes `f`; returns it and how long it took.
+    fn until(&self, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> (Value, Duration) {
+        let from = self.leaf().and_then(|l| l["round"].as_u64());
+        let at = Instant::now();
+        let mut found = None;
+        common::wait_for(what, secs, || {
+            found = self
+                .leaf()
+                .filter(|l| from.is_none_or(|r| l["round"].as_u64().is_some_and(|n| n > r)))
+                .filter(|l| f(l));
+            found.is_some()
+        });
+        (found.unwrap(), at.elapsed())
+    }
+
+    /// Every signed leaf for `secs` seconds is within `bps` of the market.
+    fn prices_hold(&self, secs: u64, bps: i128) -> (u64, i128) {
+        let end = Instant::now() + Duration::from_secs(secs);
+        let (mut seen, mut worst, mut last) = (0u64, 0i128, None);
+        while Instant::now() < end {
+            if let Some(l) = self.leaf()
+                && l["round"] != Value::Null
+                && last.as_ref() != Some(&l["round"])
+            {
+                last = Some(l["round"].clone());
+                let p = price(&l);
+                let m = self.market();
+                let off = (p - m).abs() * 10_000 / m;
+                assert!(
+                    off <= bps,
+                    "signed price {p} is {off} bps from the market {m}: {l}"
+                );
+                worst = worst.max(off);
+                seen += 1;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (seen, worst)
+    }
+}
+
+fn price(l: &Value) -> i128 {
+    l["price"].as_str().unwrap().parse().unwrap()
+}
+
+fn has_flag(l: &Value, flag: &str) -> bool {
+    l["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == flag))
+}
+
+#[test]
+fn signed_leaves_follow_the_bad_days_of_the_market() {
+    let _committee = common::one_committee_at_a_time();
+    let rig = Rig::start();
+    let (seen, worst) = rig.prices_hold(3, 10);
+    assert!(seen >= 2, "{seen} leaves in 3 s");
+    eprintln!("calm: {seen} signed leaves, worst {worst} bps from the market");
+
+    // One venue 1000x off (Kraken, a USD venue): never in a signed price.
+    rig.post(
+        "fault",
+        r#"{"venue":"kraken","fault":{"kind":"scaled","times":1000}}"#,
+    );
+    let (seen, worst) = rig.prices_hold(5, 10);
+    eprintln!("kraken 1000x: {seen} signed leaves, worst {worst} bps from the market");
+    // A 30 % wick on Coinbase for 5 s.
+    rig.post("fault", r#"{"venue":"kraken","fault":null}"#);
+    rig.post(
+        "fault",
+        r#"{"venue":"coinbase","fault":{"kind":"wick","bps":3000,"ms":5000}}"#,
+    );
+    let (seen, worst) = rig.prices_hold(6, 10);
+    eprintln!("coinbase wick: {seen} signed leaves, worst {worst} bps from the market");
+    rig.post("fault", r#"{"venue":"coinbase","fault":null}"#);
+
+    // Venues drop out: two left, fewer than the feed's three.
+    rig.scenario("dropout");
+    let (l, took) = rig.until("a degraded leaf", 60, |l| l["status"] == "degraded");
+    assert!(has_flag(&l, "few_venues"), "{l}");
+    assert!(l["venues"].as_u64().unwrap() <= 2, "{l}");
+    eprintln!(
+        "dropout: signed degraded ({} venues, flags {}) {:.1} s after the switch (the venues' last quotes count until max_quote_age, 10 s here)",
+        l["venues"],
+        l["flags"],
+        took.as_secs_f64()
+    );
+    rig.scenario("calm");
+    rig.until("an ok leaf after dropout", 60, |l| l["status"] == "ok");
+
+    // Trading halts everywhere: the last price, signed as halted.
+    let before = rig.market();
+    rig.scenario("halted");
+    let (l, took) = rig.until("a halted leaf", 60, |l| l["status"] == "halted");
+    assert!(has_flag(&l, "halted"), "{l}");
+    assert!((price(&l) - before).abs() * 10_000 / before <= 10, "{l}");
+    eprintln!(
+        "halted: signed halted {:.1} s after the switch (status read every 2 s, rounds of 500 ms)",
+        took.as_secs_f64()
+    );
+    // Still halted once every venue's last quote is older than max_quote_age (10 s).
+    std::thread::sleep(Duration::from_secs(11));
+    rig.until("a halted leaf past max_quote_age", 30, |l| {
+        l["status"] == "halted"
+    });
+    rig.scenario("calm");
+    let (_, took) = rig.until("an ok leaf after the halt", 60, |l| l["status"] == "ok");
+    eprintln!(
+        "halt lifted: ok again {:.1} s after the switch",
+        took.as_secs_f64()
+    );
+
+    // The market closes.
+    rig.scenario("market-closed");
+    let (l, took) = rig.until("a market_closed leaf", 60, |l| {
+        l["status"] == "market_closed"
+    });
+    assert!(has_flag(&l, "market_closed"), "{l}");
+    eprintln!(
+        "market closed: signed market_closed {:.1} s after the switch",
+        took.as_secs_f64()
+    );
+    rig.scenario("calm");
+    rig.until("an ok leaf after the close", 60, |l| l["status"] == "ok");
+}
