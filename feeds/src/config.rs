@@ -853,6 +853,18 @@ mod tests {
             err("[[feeds]]\nid = \"BTC-USD\"\nsources = [{ venue = \"nope\" }]")
                 .contains("unknown variant")
         );
+        let e = err("market_status_interval = \"500ms\"");
+        assert!(
+            e.contains("line 1: `market_status_interval`: 500ms is shorter than 1s"),
+            "{e}"
+        );
+        let off = "market_status_interval = \"0s\"\n[[feeds]]\nid = \"BTC-USD\"\nmin_sources = 1\nsources = [{ venue = \"kraken\" }]";
+        assert_eq!(
+            SourcesConfig::from_toml(off)
+                .unwrap()
+                .market_status_interval,
+            Dur::ms(0)
+        );
     }
 
     #[test]
