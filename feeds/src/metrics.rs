@@ -42,6 +42,9 @@ pub struct SourceMetrics {
     pub observation_sources: Family<FeedLabels, Gauge>,
     /// `sibyl_source_ws_connects_total{venue}`
     pub ws_connects: Family<VenueLabels, Counter>,
+    /// `sibyl_observation_market_stopped{feed}`: 0 trading, 1 halted, 2
+    /// closed, as the venues' status endpoints say (docs/SOURCES.md).
+    pub market_stopped: Family<FeedLabels, Gauge>,
 }
 
 impl SourceMetrics {
@@ -71,6 +74,11 @@ impl SourceMetrics {
             "sibyl_source_ws_connects",
             "WebSocket connection attempts per venue",
             m.ws_connects.clone(),
+        );
+        registry.register(
+            "sibyl_observation_market_stopped",
+            "Whether the venues say a feed's market stopped: 0 trading, 1 halted, 2 closed",
+            m.market_stopped.clone(),
         );
         m
     }

@@ -137,6 +137,16 @@ pub(crate) fn compute_observations(
                     feed: feed.id.clone(),
                 })
                 .set(n);
+            let stopped = match market {
+                None => 0,
+                Some((MarketState::Halted, _)) => 1,
+                Some((_, _)) => 2,
+            };
+            m.market_stopped
+                .get_or_create(&FeedLabels {
+                    feed: feed.id.clone(),
+                })
+                .set(stopped);
         }
         out.insert(feed.id.clone(), result);
     }

@@ -320,6 +320,18 @@ async fn stops_at_its_last_price(rig: &Rig, scenario: &str, state: MarketState) 
     .await;
     let said = at.elapsed();
     assert!(bps_apart(o.price_fixed, before) <= 10, "{o:?}");
+    let want = match state {
+        MarketState::Halted => 1,
+        _ => 2,
+    };
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &rig._registry).expect("metrics encode");
+    assert!(
+        text.contains(&format!(
+            "sibyl_observation_market_stopped{{feed=\"{FEED}\"}} {want}"
+        )),
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(MAX_QUOTE_AGE_MS + 1_000)).await;
     let later = rig.latest().expect("a stopped market keeps its last price");
     assert_eq!(later.market, Some(state), "{later:?}");
