@@ -32,6 +32,11 @@ impl Drop for Rig {
 
 /// A frozen market (no walk) with every venue quoting BTC-USD.
 async fn rig() -> Rig {
+    rig_with(|_| {}).await
+}
+
+/// [`rig`] with the sources config changed by `tweak` first.
+async fn rig_with(tweak: impl FnOnce(&mut SourcesConfig)) -> Rig {
     let sim = SimExchange::start(SimOptions {
         scenario: Scenario::Calm,
         walk: false,
@@ -43,6 +48,7 @@ async fn rig() -> Rig {
     let mut cfg = SourcesConfig::for_sim_exchange(&sim.base_url(), &[FEED]);
     cfg.poll_interval = Dur::ms(300);
     cfg.max_quote_age = Dur::ms(MAX_QUOTE_AGE_MS);
+    tweak(&mut cfg);
     let mut registry = Registry::default();
     let svc = FeedService::start(cfg, &mut registry).expect("valid config");
     eventually(20, "an observation from all 14 venues", || {
@@ -384,30 +390,7 @@ async fn one_venue_halted_among_trading_ones_is_left_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_market_status_a_closed_market_leaves_no_price_behind() {
-    let sim = SimExchange::start(SimOptions {
-        scenario: Scenario::Calm,
-        walk: false,
-        seed: 42,
-        ..SimOptions::default()
-    })
-    .await
-    .expect("simulated exchange starts on 127.0.0.1");
-    let mut cfg = SourcesConfig::for_sim_exchange(&sim.base_url(), &[FEED]);
-    cfg.poll_interval = Dur::ms(300);
-    cfg.max_quote_age = Dur::ms(MAX_QUOTE_AGE_MS);
-    cfg.market_status_interval = Dur::ms(0);
-    let mut registry = Registry::default();
-    let svc = FeedService::start(cfg, &mut registry).expect("valid config");
-    let rig = Rig {
-        sim,
-        svc,
-        _registry: registry,
-        http: reqwest::Client::new(),
-    };
-    eventually(20, "an observation from all 14 venues", || {
-        rig.latest().filter(|o| o.num_sources == 14)
-    })
-    .await;
+    let rig = rig_with(|cfg| cfg.market_status_interval = Dur::ms(0)).await;
     let close = rig.latest().expect("observation").price_fixed;
     rig.scenario("market-closed").await;
     let closed_at = Instant::now();

@@ -22,10 +22,18 @@ pub fn sibyl() -> Command {
 /// `sibyl devnet --setup-only --builtin-source` for `nodes` members at 250 ms
 /// rounds in `dir`; returns its `devnet.json`.
 pub fn setup_devnet(dir: &Path, nodes: u16) -> DevnetFile {
+    setup_devnet_with(dir, nodes, &["--builtin-source", "--interval", "250ms"])
+}
+
+/// `sibyl devnet --setup-only --nodes N` with `args` in `dir`; returns its
+/// `devnet.json` (without `--builtin-source` the members observe the
+/// simulated exchange named in it, which the caller starts).
+pub fn setup_devnet_with(dir: &Path, nodes: u16, args: &[&str]) -> DevnetFile {
     let out = sibyl()
-        .args(["devnet", "--setup-only", "--builtin-source", "--nodes"])
+        .args(["devnet", "--setup-only", "--nodes"])
         .arg(nodes.to_string())
-        .args(["--interval", "250ms", "--dir"])
+        .args(args)
+        .arg("--dir")
         .arg(dir)
         .output()
         .unwrap();

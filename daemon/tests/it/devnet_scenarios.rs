@@ -40,19 +40,7 @@ impl Rig {
     fn start() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let net = dir.path().join("devnet");
-        let out = common::sibyl()
-            .args(["devnet", "--setup-only", "--nodes", "4"])
-            .args(["--interval", "500ms", "--dir"])
-            .arg(&net)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let file: DevnetFile =
-            serde_json::from_slice(&std::fs::read(net.join("devnet.json")).unwrap()).unwrap();
+        let file = common::setup_devnet_with(&net, 4, &["--interval", "500ms"]);
         let sim_url = file.sim_exchange.clone().expect("a simulated exchange");
         let sim = common::sibyl()
             .args(["sim-exchange", "--frozen", "--listen"])
