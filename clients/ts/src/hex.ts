@@ -8,14 +8,20 @@ export function fromHex(hex: string): Uint8Array {
     throw new TypeError(`not a hex string: ${JSON.stringify(hex.slice(0, 80))}`);
   }
   const out = new Uint8Array(s.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
+  for (let i = 0; i < out.length; i++) out[i] = (nibble(s.charCodeAt(2 * i)) << 4) | nibble(s.charCodeAt(2 * i + 1));
   return out;
 }
+
+function nibble(c: number): number {
+  return c <= 57 ? c - 48 : (c | 32) - 87; // '0'..'9', 'a'..'f' / 'A'..'F' (checked by the caller)
+}
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 
 /** Lowercase hex of `bytes`, with a `0x` prefix when `prefix` is true. */
 export function toHex(bytes: Uint8Array, prefix = false): string {
   let s = '';
-  for (const b of bytes) s += b.toString(16).padStart(2, '0');
+  for (const b of bytes) s += HEX[b] as string;
   return prefix ? `0x${s}` : s;
 }
 
