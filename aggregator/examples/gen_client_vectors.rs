@@ -384,6 +384,20 @@ pub fn build() -> ClientVectors {
         "MalformedSignature",
     );
     let mut r = three.clone();
+    let mut sig = r.signatures[&Suite::Ed25519].0.clone();
+    // A point of order 8: a valid encoding, refused as not of prime order.
+    sig[..32].copy_from_slice(&unhex(
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    ));
+    r.signatures.insert(Suite::Ed25519, SignatureBytes(sig));
+    invalid(
+        "ed25519-r-of-small-order",
+        "the Ed25519 signature's R replaced by a point of order 8",
+        "committee",
+        &r,
+        "MalformedSignature",
+    );
+    let mut r = three.clone();
     r.leaves.swap(0, 1);
     invalid(
         "leaves-not-sorted",

@@ -108,3 +108,22 @@ def test_bad_group_keys_are_refused(kwargs: dict[str, str]) -> None:
     with pytest.raises(VerifyError) as e:
         GroupKeys.from_hex(**kwargs)
     assert e.value.code == "BadGroupKey"
+
+
+def test_an_ed25519_r_outside_the_prime_order_subgroup_is_malformed(vectors: dict[str, Any]) -> None:
+    torsion = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")  # order 8
+    with pytest.raises(VerifyError) as e:
+        GroupKeys.from_hex("00" * 32, ed25519=torsion.hex())
+    assert e.value.code == "BadGroupKey"
+    c = vectors["leaves"][0]
+    sig = signatures_from_json(c["signatures"])["ed25519"]
+    got = outcome(
+        lambda: verify_leaf(
+            header_from_json(c["header"]),
+            leaf_from_json(c["leaf"]),
+            proof_from_json(c["proof"]),
+            {"ed25519": torsion + sig[32:]},
+            keys_of(vectors, "ed25519-only"),
+        )
+    )
+    assert got == "MalformedSignature"

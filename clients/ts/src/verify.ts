@@ -100,7 +100,9 @@ function edPoint(bytes: Uint8Array, what: string, code: VerifyErrorCode, suite?:
   try {
     if (bytes.length !== 32) throw new Error(`${bytes.length} bytes, expected 32`);
     const p = ed25519.Point.fromBytes(bytes, false);
+    // As frost-ed25519 deserializes an element: canonical, not the identity, prime order.
     if (p.is0()) throw new Error('the identity');
+    if (!p.isTorsionFree()) throw new Error('not in the prime-order subgroup');
     return p;
   } catch (e) {
     throw new VerifyError(code, `invalid ${what}: ${(e as Error).message}`, suite);

@@ -119,3 +119,23 @@ test('a bad group key is refused when the keys are made', () => {
     (e: unknown) => e instanceof VerifyError && e.code === 'BadGroupKey',
   );
 });
+
+test('an Ed25519 key or R outside the prime-order subgroup is refused, as frost-ed25519 does', () => {
+  // A point of order 8 (a torsion point, valid encoding).
+  const torsion = 'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a';
+  assert.throws(
+    () => groupKeys({ configDigest: '00'.repeat(32), ed25519: torsion }),
+    (e: unknown) => e instanceof VerifyError && e.code === 'BadGroupKey',
+  );
+  const c = (vectors.leaves as Case[])[0] as Case;
+  const sigs = signaturesFromJson(c.signatures);
+  const ed = sigs.ed25519 as Uint8Array;
+  const bad = Uint8Array.from(ed);
+  bad.set(Buffer.from(torsion, 'hex'), 0);
+  assert.equal(
+    outcome(() =>
+      verifyLeaf(headerFromJson(c.header), leafFromJson(c.leaf), proofFromJson(c.proof), { ed25519: bad }, keysOf('ed25519-only')),
+    ),
+    'MalformedSignature',
+  );
+});
