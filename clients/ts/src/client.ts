@@ -1,0 +1,302 @@
+// HTTP reads over one or more API endpoints (members or gateways). A read
+// goes to the first endpoint and, on a network error or a 5xx, to the next;
+// a 4xx is the answer (the request itself is wrong) and is thrown at once.
+
+import { type Json, parseJson } from './json.js';
+import { fromHex } from './hex.js';
+import {
+  int,
+  leafFromJson,
+  obj,
+  proofFromJson,
+  reportFromJson,
+  type MerkleProof,
+  type ReportLeaf,
+  SibylFormatError,
+  type SignedReport,
+} from './types.js';
+import { type GroupKeys, verifyLeaf, verifyReport, type VerifiedReport } from './verify.js';
+import { evmSignature, submitFeedsCalldata } from './pull.js';
+
+/** An error answer of the API (`{"error": {"code", "message"}}`) or a failed request. */
+export class SibylHttpError extends Error {
+  constructor(
+    readonly endpoint: string,
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(`${endpoint}: ${status ? `HTTP ${status} ${code}: ` : ''}${message}`);
+    this.name = 'SibylHttpError';
+  }
+}
+
+/** What `SibylClient` and `subscribe` take. */
+export interface ClientOptions {
+  /** API base URLs, e.g. `http://127.0.0.1:8080`; tried in order. */
+  endpoints: string | string[];
+  /** The fetch to use (default: the global one). */
+  fetch?: typeof fetch;
+  /** Per-request timeout (default 10 s). */
+  timeoutMs?: number;
+  /** The committee's keys, for the `verified*` reads. */
+  keys?: GroupKeys;
+}
+
+/** A feed's value in one signed report, with what the leaf says about it. */
+export interface FeedValue extends ReportLeaf {
+  decimals: number | null;
+  round: bigint;
+  /** The report's timestamp. */
+  timestampMs: bigint;
+}
+
+/** `GET /v1/feeds/{id}/latest`: the value with everything needed to verify it. */
+export interface Latest {
+  value: FeedValue;
+  report: SignedReport;
+  leafIndex: number;
+  leaf: ReportLeaf;
+  proof: MerkleProof;
+  /** The digest the node says the committee signed (recomputed when verifying). */
+  digest: Uint8Array;
+}
+
+/** A page of raw history. */
+export interface HistoryPage {
+  feedId: string;
+  decimals: number | null;
+  points: FeedValue[];
+  /** Pass as `cursor` for the next page; `null` at the end. */
+  nextCursor: string | null;
+}
+
+/** One candle; `open`… `close` in the feed's fixed point. */
+export interface Candle {
+  startMs: bigint;
+  open: bigint;
+  high: bigint;
+  low: bigint;
+  close: bigint;
+  count: number;
+}
+
+/** A page of candles. */
+export interface CandlePage {
+  feedId: string;
+  decimals: number | null;
+  intervalMs: bigint;
+  candles: Candle[];
+  /** Pass as `from` for the next page; `null` at the end. */
+  nextFrom: bigint | null;
+}
+
+/** The endpoints of `o`, without trailing slashes. */
+export function endpointsOf(o: ClientOptions): string[] {
+  const list = (Array.isArray(o.endpoints) ? o.endpoints : [o.endpoints]).map((e) => e.replace(/\/+$/, ''));
+  if (list.length === 0) throw new RangeError('give at least one endpoint');
+  return list;
+}
+
+function feedValue(v: Json | undefined, what: string): FeedValue {
+  const o = obj(v, what);
+  return {
+    ...leafFromJson(o, what),
+    decimals: typeof o.decimals === 'number' ? o.decimals : null,
+    round: int(o.round, `${what}.round`),
+    timestampMs: int(o.timestamp_ms, `${what}.timestamp_ms`),
+  };
+}
+
+function list(v: Json | undefined, what: string): Json[] {
+  if (!Array.isArray(v)) throw new SibylFormatError(`${what} is not a list`);
+  return v;
+}
+
+/** Reads feeds, history and signed reports from a Sibyl API. */
+export class SibylClient {
+  readonly endpoints: string[];
+  private readonly fetchFn: typeof fetch;
+  private readonly timeoutMs: number;
+  private readonly keys: GroupKeys | undefined;
+
+  constructor(options: ClientOptions) {
+    this.endpoints = endpointsOf(options);
+    this.fetchFn = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.keys = options.keys;
+  }
+
+  /** GET `path` from the first endpoint that answers; the parsed JSON body. */
+  async get(path: string): Promise<Json> {
+    let last: unknown;
+    for (const ep of this.endpoints) {
+      try {
+        return await getJson(this.fetchFn, ep, path, this.timeoutMs);
+      } catch (e) {
+        if (e instanceof SibylHttpError && e.status >= 400 && e.status < 500) throw e;
+        last = e;
+      }
+    }
+    throw last;
+  }
+
+  /** `GET /v1/feeds`: every feed with its latest value (`round: null` before the first). */
+  async feeds(): Promise<(FeedValue | { feedId: string; decimals: number | null; round: null })[]> {
+    const body = obj(await this.get('/v1/feeds'), 'feeds response');
+    return list(body.feeds, 'feeds').map((f, i) => {
+      const o = obj(f, `feeds[${i}]`);
+      if (o.round === null) {
+        return { feedId: String(o.feed_id), decimals: typeof o.decimals === 'number' ? o.decimals : null, round: null };
+      }
+      return feedValue(o, `feeds[${i}]`);
+    });
+  }
+
+  /** `GET /v1/feeds/{id}/latest`, not yet verified (see `verifiedLatest`). */
+  async latest(feedId: string): Promise<Latest> {
+    const o = obj(await this.get(`/v1/feeds/${encodeURIComponent(feedId)}/latest`), 'latest');
+    const report = reportFromJson(o.report);
+    const leafIndex = Number(int(o.leaf_index, 'leaf_index'));
+    const leaf = report.leaves[leafIndex];
+    if (leaf === undefined || leaf.feedId !== feedId) {
+      throw new SibylFormatError(`leaf ${leafIndex} of the report is not feed ${feedId}`);
+    }
+    if (typeof o.digest !== 'string') throw new SibylFormatError('digest is not a hex string');
+    return { value: feedValue(o, 'latest'), report, leafIndex, leaf, proof: proofFromJson(o.proof), digest: fromHex(o.digest) };
+  }
+
+  /**
+   * The latest value of `feedId`, verified locally: its leaf is under the
+   * signed header by its Merkle proof and the header carries the committee's
+   * signatures. Returns the signed leaf (not the node's rendering of it).
+   */
+  async verifiedLatest(feedId: string, keys = this.keys): Promise<Latest & { verifiedDigest: Uint8Array }> {
+    const l = await this.latest(feedId);
+    const verifiedDigest = verifyLeaf(l.report.header, l.leaf, l.proof, l.report.signatures, this.need(keys));
+    return { ...l, verifiedDigest };
+  }
+
+  /** `GET /v1/reports/{round}` (`latest` for the newest), not yet verified. */
+  async report(round: bigint | number | 'latest'): Promise<SignedReport> {
+    const o = obj(await this.get(`/v1/reports/${round}`), 'report response');
+    return reportFromJson(o.report);
+  }
+
+  /** A signed report by round, verified locally. */
+  async verifiedReport(round: bigint | number | 'latest', keys = this.keys): Promise<VerifiedReport> {
+    return verifyReport(await this.report(round), this.need(keys));
+  }
+
+  /** Raw points in `[from, to)` (ms since the epoch), paged by `nextCursor`. */
+  async history(
+    feedId: string,
+    q: { from?: bigint | number; to?: bigint | number; limit?: number; cursor?: string } = {},
+  ): Promise<HistoryPage> {
+    const o = obj(await this.get(`/v1/feeds/${encodeURIComponent(feedId)}/history${query(q)}`), 'history');
+    return {
+      feedId: String(o.feed_id),
+      decimals: typeof o.decimals === 'number' ? o.decimals : null,
+      points: list(o.points, 'points').map((p, i) => feedValue(p, `points[${i}]`)),
+      nextCursor: typeof o.next_cursor === 'string' ? o.next_cursor : null,
+    };
+  }
+
+  /** Candles of `interval` (`1m`, `1h`, …) in `[from, to)`, paged by `nextFrom`. */
+  async candles(
+    feedId: string,
+    q: { interval: string; from?: bigint | number; to?: bigint | number; limit?: number },
+  ): Promise<CandlePage> {
+    const o = obj(await this.get(`/v1/feeds/${encodeURIComponent(feedId)}/history${query(q)}`), 'candles');
+    return {
+      feedId: String(o.feed_id),
+      decimals: typeof o.decimals === 'number' ? o.decimals : null,
+      intervalMs: int(o.interval_ms, 'interval_ms'),
+      candles: list(o.candles, 'candles').map((c, i) => {
+        const x = obj(c, `candles[${i}]`);
+        return {
+          startMs: int(x.start_ms, 'start_ms'),
+          open: int(x.open, 'open'),
+          high: int(x.high, 'high'),
+          low: int(x.low, 'low'),
+          close: int(x.close, 'close'),
+          count: Number(int(x.count, 'count')),
+        };
+      }),
+      nextFrom: o.next_from === null || o.next_from === undefined ? null : int(o.next_from, 'next_from'),
+    };
+  }
+
+  /**
+   * `SibylFeed.submitFeeds` calldata for the latest value of each feed, built
+   * locally from `/latest` after verifying it (feeds in one report share one
+   * call). Needs the committee's secp256k1-evm key (in `keys` or the client's).
+   */
+  async pullCalldata(feedIds: string[], keys = this.keys): Promise<{ round: bigint; feeds: string[]; calldata: string }[]> {
+    const k = this.need(keys);
+    if (!k.secp256k1Evm) throw new RangeError('pull calldata needs the secp256k1-evm group key');
+    const byRound = new Map<bigint, Latest[]>();
+    for (const id of feedIds) {
+      const l = await this.verifiedLatest(id, k);
+      const r = l.report.header.round;
+      byRound.set(r, [...(byRound.get(r) ?? []), l]);
+    }
+    return [...byRound.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([round, ls]) => {
+        const first = ls[0] as Latest;
+        const sig = first.report.signatures['secp256k1-evm'] as Uint8Array;
+        ls.sort((a, b) => a.leafIndex - b.leafIndex);
+        return {
+          round,
+          feeds: ls.map((l) => l.leaf.feedId),
+          calldata: submitFeedsCalldata(
+            first.report.header,
+            evmSignature(sig, k.secp256k1Evm as Uint8Array),
+            ls.map((l) => ({ leaf: l.leaf, proof: l.proof })),
+          ),
+        };
+      });
+  }
+
+  private need(keys: GroupKeys | undefined): GroupKeys {
+    if (!keys) throw new RangeError('verifying needs the committee keys: pass `keys` (see groupKeys())');
+    return keys;
+  }
+}
+
+function query(q: Record<string, string | number | bigint | undefined>): string {
+  const parts = Object.entries(q)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`);
+  return parts.length ? `?${parts.join('&')}` : '';
+}
+
+/** GET `endpoint + path` and parse the JSON body exactly; API errors become SibylHttpError. */
+export async function getJson(fetchFn: typeof fetch, endpoint: string, path: string, timeoutMs: number): Promise<Json> {
+  let res: Response;
+  let text: string;
+  try {
+    res = await fetchFn(endpoint + path, { signal: AbortSignal.timeout(timeoutMs), headers: { accept: 'application/json' } });
+    text = await res.text();
+  } catch (e) {
+    throw new SibylHttpError(endpoint, 0, 'unreachable', `GET ${path} failed: ${(e as Error).message}`);
+  }
+  let body: Json;
+  try {
+    body = parseJson(text);
+  } catch {
+    throw new SibylHttpError(endpoint, res.status, 'not_json', `GET ${path} did not answer JSON: ${text.slice(0, 200)}`);
+  }
+  if (!res.ok) {
+    const err = body !== null && typeof body === 'object' && !Array.isArray(body) ? body.error : undefined;
+    const e = err !== null && typeof err === 'object' && !Array.isArray(err) ? err : {};
+    throw new SibylHttpError(
+      endpoint,
+      res.status,
+      typeof e.code === 'string' ? e.code : 'http_error',
+      typeof e.message === 'string' ? e.message : `GET ${path}`,
+    );
+  }
+  return body;
+}
