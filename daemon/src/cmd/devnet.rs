@@ -91,10 +91,20 @@ impl DevnetArgs {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .context("cannot find a free port on 127.0.0.1")?;
-    Ok(l.local_addr()?.port())
+/// Free ports on 127.0.0.1, each held (bound) until the holder is dropped,
+/// so that no two ports handed out are the same (closing each probe at once
+/// let the system hand one port to two members).
+#[derive(Default)]
+struct Ports(Vec<std::net::TcpListener>);
+
+impl Ports {
+    fn take(&mut self) -> Result<u16> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("cannot find a free port on 127.0.0.1")?;
+        let port = l.local_addr()?.port();
+        self.0.push(l);
+        Ok(port)
+    }
 }
 
 /// Assets the simulated exchange quotes (and the built-in source names feeds after).
@@ -181,8 +191,9 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
             ASSETS.len()
         );
     }
+    let mut ports = Ports::default();
     let sim_port = if args.sim_exchange() {
-        Some(free_port()?)
+        Some(ports.take()?)
     } else {
         None
     };
@@ -216,8 +227,8 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     );
     for index in 1..=n {
         let kp = Keypair::generate_ed25519();
-        let p2p = free_port()?;
-        let api = free_port()?;
+        let p2p = ports.take()?;
+        let api = ports.take()?;
         let peer_id = kp.public().to_peer_id().to_string();
         let p2p_address = format!("/ip4/127.0.0.1/tcp/{p2p}");
         committee += &format!(
