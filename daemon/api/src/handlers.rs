@@ -133,12 +133,37 @@ fn feed_value(st: &ApiState, p: &Point) -> FeedValue {
 }
 
 /// The report fields a verifier needs besides the report itself.
-fn report_json(report: &SignedReport) -> Value {
-    json!({
-        "report": report,
-        "digest": hex::encode(digest::header_digest(&report.header)),
-        "header_abi": hex::encode(encoding::encode_header(&report.header)),
-    })
+/// A signed report as served, with what a verifier needs besides it. Typed,
+/// not a `serde_json::Value`: a leaf value beyond 64 bits (an 18-decimal
+/// feed above about 9.2 units) has no `Value` form, and building one failed
+/// the request.
+#[derive(serde::Serialize)]
+pub(super) struct ReportJson {
+    report: SignedReport,
+    digest: String,
+    header_abi: String,
+}
+
+fn report_json(report: SignedReport) -> ReportJson {
+    ReportJson {
+        digest: hex::encode(digest::header_digest(&report.header)),
+        header_abi: hex::encode(encoding::encode_header(&report.header)),
+        report,
+    }
+}
+
+/// `GET /v1/feeds/{id}/latest`: the value, its leaf's Merkle proof and the
+/// whole report.
+#[derive(serde::Serialize)]
+pub(super) struct FeedLatest {
+    #[serde(flatten)]
+    value: FeedValue,
+    leaf_index: usize,
+    proof: MerkleProof,
+    proof_hex: String,
+    leaf_abi: String,
+    #[serde(flatten)]
+    report: ReportJson,
 }
 
 pub(super) async fn healthz(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
@@ -206,7 +231,7 @@ pub(super) async fn feeds(State(st): State<ApiState>) -> Result<Json<Value>, Api
 pub(super) async fn feed_latest(
     State(st): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FeedLatest>, ApiError> {
     let feed = known_feed(&st, &id).await?;
     let f = feed.clone();
     let found = st
@@ -251,22 +276,14 @@ pub(super) async fn feed_latest(
     })?;
     let mut w = Writer::new();
     w.put(&proof);
-    let mut body = json!(feed_value(&st, &point));
-    let extra = json!({
-        "leaf_index": index,
-        "proof": proof,
-        "proof_hex": hex::encode(w.finish()),
-        "leaf_abi": hex::encode(encoding::encode_leaf(&report.leaves[index])),
-    });
-    if let (Some(obj), Some(extra), Value::Object(rep)) = (
-        body.as_object_mut(),
-        extra.as_object(),
-        report_json(&report),
-    ) {
-        obj.extend(extra.clone());
-        obj.extend(rep);
-    }
-    Ok(Json(body))
+    Ok(Json(FeedLatest {
+        value: feed_value(&st, &point),
+        leaf_index: index,
+        proof,
+        proof_hex: hex::encode(w.finish()),
+        leaf_abi: hex::encode(encoding::encode_leaf(&report.leaves[index])),
+        report: report_json(report),
+    }))
 }
 
 pub(super) async fn feed_history(
@@ -399,7 +416,7 @@ fn parse_cursor(c: &str) -> Result<HistoryCursor, ApiError> {
 pub(super) async fn report(
     State(st): State<ApiState>,
     Path(round): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReportJson>, ApiError> {
     let found = if round == "latest" {
         st.inner.readers.read(|db| db.latest_report()).await?
     } else {
@@ -407,7 +424,7 @@ pub(super) async fn report(
         st.inner.readers.report(r).await?
     };
     match found {
-        Some(rep) => Ok(Json(report_json(&rep))),
+        Some(rep) => Ok(Json(report_json(rep))),
         None => Err(ApiError::not_found(
             "unknown_round",
             format!("no signed report for round {round} is stored on this node"),

@@ -689,3 +689,66 @@ fn limits_come_from_the_api_section() {
         ApiLimits::default()
     );
 }
+
+/// Leaf values beyond 64 bits (an 18-decimal feed at 3,500 units is
+/// 3.5e21) are served exactly by every route that carries the report.
+#[tokio::test]
+async fn values_beyond_64_bits_are_served_exactly() {
+    let mut big = report(21);
+    let price: i128 = 3_500 * 10i128.pow(18) + 7;
+    for l in &mut big.leaves {
+        l.price = price;
+        l.bid = price - 1;
+        l.ask = price + 1;
+        l.ema = price;
+    }
+    big.header.merkle_root = merkle::root(&big.leaves);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("big.db")).expect("store");
+    store
+        .writer
+        .insert_report(big.clone())
+        .await
+        .expect("insert");
+    let (reports, _) = broadcast::channel(4);
+    let (_committee_tx, committee_rx) = watch::channel(CommitteeStatus::default());
+    let state = ApiState::new(ApiParts {
+        readers: store.readers.clone(),
+        writer: None,
+        reports,
+        committee: committee_rx,
+        registry: Registry::default(),
+        margin: None,
+        config: config(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve_with(listener, state, Router::new()));
+
+    #[derive(serde::Deserialize)]
+    struct Served {
+        report: SignedReport,
+    }
+    for path in [
+        "/v1/reports/21",
+        "/v1/reports/latest",
+        "/v1/feeds/BTC-USD/latest",
+    ] {
+        let r = get(addr, path).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let served: Served = serde_json::from_slice(&r.body).expect("typed body");
+        assert_eq!(served.report, big, "{path}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains(&price.to_string()),
+            "{path}"
+        );
+    }
+    let v = get(addr, "/v1/feeds/BTC-USD/latest").await.json();
+    assert_eq!(v["price"], price.to_string());
+    assert_eq!(v["leaf_index"], 0);
+}
