@@ -18,7 +18,7 @@ use crate::aggregate::{Observation, ObservationParams, SourcePrice, observe, off
 use crate::config::SourcesConfig;
 use crate::decimal::pow10;
 use crate::error::{ObservationError, SourceError, snippet};
-use crate::health::{RateLimiter, backoff};
+use crate::health::{BreakerState, RateLimiter, backoff};
 use crate::metrics::{FeedLabels, SourceFeedLabels, SourceMetrics};
 pub use crate::slots::SourceStatus;
 use crate::slots::{Shared, Slot, install_crypto_provider};
@@ -57,6 +57,13 @@ pub(crate) fn compute_observations(
             // its frozen book is no price.
             if market.is_none() && matches!(state, Some(MarketState::Halted | MarketState::Closed))
             {
+                continue;
+            }
+            // A venue whose breaker is open failed `breaker_failures` times in
+            // a row: its last quote is no longer its price (an outage shows
+            // within a few polls, not after `max_quote_age`). A stopped
+            // market's venues fail on their frozen quotes; theirs stand.
+            if market.is_none() && !matches!(slot.breaker.state(), BreakerState::Closed) {
                 continue;
             }
             let age = now
@@ -864,5 +871,27 @@ mod tests {
         }
         let o = btc(&s);
         assert_eq!((o.market, o.num_sources), (Some(Closed), 6), "{o:?}");
+        // A venue whose breaker opened (it kept failing) is left out while
+        // the market trades; in a stopped market its last price stands.
+        let mut s = slots(&[1_0000_0000; 3], 67_000_00000000, 67_000_00000000);
+        for slot in s
+            .values_mut()
+            .filter(|s| s.source.venue == Venue::Kraken && s.source.feed == "BTC-USD")
+        {
+            for _ in 0..10 {
+                slot.breaker.on_failure(NOW);
+            }
+        }
+        let o = btc(&s);
+        assert_eq!(o.num_sources, 5, "{o:?}");
+        assert!(
+            !o.sources_used.iter().any(|s| s.starts_with("kraken")),
+            "{o:?}"
+        );
+        set(
+            &mut s,
+            &[(Venue::Coinbase, Closed, NOW), (Venue::Kraken, Closed, NOW)],
+        );
+        assert_eq!(btc(&s).num_sources, 6);
     }
 }

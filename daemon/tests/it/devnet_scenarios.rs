@@ -187,7 +187,7 @@ fn signed_leaves_follow_the_bad_days_of_the_market() {
     assert!(has_flag(&l, "few_venues"), "{l}");
     assert!(l["venues"].as_u64().unwrap() <= 2, "{l}");
     eprintln!(
-        "dropout: signed degraded ({} venues, flags {}) {:.1} s after the switch (the venues' last quotes count until max_quote_age, 10 s here)",
+        "dropout: signed degraded ({} venues, flags {}) {:.1} s after the switch (a failing venue leaves when its breaker opens: 5 failures at 500 ms polls)",
         l["venues"],
         l["flags"],
         took.as_secs_f64()
