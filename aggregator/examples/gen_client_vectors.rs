@@ -442,7 +442,7 @@ pub fn build() -> ClientVectors {
         Some("BadSignature"),
     ));
     for c in &base.invalid {
-        let leaf = gen_vectors_leaf(&c.leaf);
+        let leaf = c.leaf.to_leaf();
         let proof = MerkleProof::from_bytes(&unhex(&c.proof.wire)).expect("generated proof");
         leaves.push(leaf_case(
             &c.name,
@@ -463,24 +463,6 @@ pub fn build() -> ClientVectors {
         keys,
         reports: out,
         leaves,
-    }
-}
-
-fn gen_vectors_leaf(l: &gen_vectors::Leaf) -> ReportLeaf {
-    ReportLeaf {
-        feed_id: sibyl_aggregator::FeedId::new(l.feed_id.clone()).expect("feed id"),
-        price: l.price.parse().expect("i128"),
-        confidence: l.confidence.parse().expect("u128"),
-        num_observations: l.num_observations,
-        observed_at_ms: l.observed_at_ms.parse().expect("u64"),
-        bid: l.bid.parse().expect("i128"),
-        ask: l.ask.parse().expect("i128"),
-        venues: l.venues,
-        status: sibyl_aggregator::LeafStatus::from_u8(l.status).expect("status"),
-        flags: l.flags,
-        ema: l.ema.parse().expect("i128"),
-        ema_confidence: l.ema_confidence.parse().expect("u128"),
-        volatility: l.volatility.parse().expect("u64"),
     }
 }
 

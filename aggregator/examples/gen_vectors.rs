@@ -126,6 +126,28 @@ pub struct Leaf {
     pub volatility: String,
 }
 
+impl Leaf {
+    /// The leaf this vector describes (panics on a malformed vector: the
+    /// file is generated and checked by the tests).
+    pub fn to_leaf(&self) -> sibyl_aggregator::ReportLeaf {
+        sibyl_aggregator::ReportLeaf {
+            feed_id: sibyl_aggregator::FeedId::new(self.feed_id.clone()).expect("feed id"),
+            price: self.price.parse().expect("i128"),
+            confidence: self.confidence.parse().expect("u128"),
+            num_observations: self.num_observations,
+            observed_at_ms: self.observed_at_ms.parse().expect("u64"),
+            bid: self.bid.parse().expect("i128"),
+            ask: self.ask.parse().expect("i128"),
+            venues: self.venues,
+            status: sibyl_aggregator::LeafStatus::from_u8(self.status).expect("a status"),
+            flags: self.flags,
+            ema: self.ema.parse().expect("i128"),
+            ema_confidence: self.ema_confidence.parse().expect("u128"),
+            volatility: self.volatility.parse().expect("u64"),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
 pub struct Proof {
     pub leaf_index: u32,

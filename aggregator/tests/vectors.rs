@@ -14,7 +14,7 @@ use sibyl_aggregator::codec::Decode;
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::verify::{GroupKeys, verify_leaf, verify_report};
 use sibyl_aggregator::{
-    ConfigDigest, FeedId, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite, encoding,
+    ConfigDigest, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite, encoding,
 };
 use std::collections::BTreeMap;
 
@@ -50,23 +50,9 @@ fn header(h: &gen_vectors::Header) -> ReportHeader {
 }
 
 fn leaf(l: &gen_vectors::Leaf) -> ReportLeaf {
-    let feed_id = FeedId::new(l.feed_id.clone()).expect("feed id");
-    assert_eq!(feed_id.to_bytes32(), b32(&l.feed_id_bytes32));
-    ReportLeaf {
-        feed_id,
-        price: l.price.parse().expect("i128"),
-        confidence: l.confidence.parse().expect("u128"),
-        num_observations: l.num_observations,
-        observed_at_ms: l.observed_at_ms.parse().expect("u64"),
-        bid: l.bid.parse().expect("i128"),
-        ask: l.ask.parse().expect("i128"),
-        venues: l.venues,
-        status: sibyl_aggregator::LeafStatus::from_u8(l.status).expect("a status"),
-        flags: l.flags,
-        ema: l.ema.parse().expect("i128"),
-        ema_confidence: l.ema_confidence.parse().expect("u128"),
-        volatility: l.volatility.parse().expect("u64"),
-    }
+    let leaf = l.to_leaf();
+    assert_eq!(leaf.feed_id.to_bytes32(), b32(&l.feed_id_bytes32));
+    leaf
 }
 
 fn proof(p: &gen_vectors::Proof) -> MerkleProof {
