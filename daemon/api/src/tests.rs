@@ -84,7 +84,7 @@ async fn start_with(config: ApiConfig, extra: Router) -> Harness {
     rounds.inc_by(3);
     registry.register("sibyl_rounds_signed", "Rounds signed", rounds);
     let state = ApiState::new(ApiParts {
-        readers: store.readers.clone(),
+        store: std::sync::Arc::new(store.readers.clone()),
         writer: Some(store.writer.clone()),
         reports: reports.clone(),
         committee: committee_rx,
@@ -106,7 +106,13 @@ async fn start_with(config: ApiConfig, extra: Router) -> Harness {
 fn config() -> ApiConfig {
     let mut feeds = BTreeMap::new();
     for id in ["BTC-USD", "ETH-USD", "SOL-USD", "DOGE-USD"] {
-        feeds.insert(feed(id), FeedInfo { decimals: 8 });
+        feeds.insert(
+            feed(id),
+            FeedInfo {
+                decimals: 8,
+                ..FeedInfo::default()
+            },
+        );
     }
     ApiConfig {
         feeds,
@@ -357,11 +363,23 @@ async fn history_points_candles_and_bad_requests() {
         }
     }
     assert_eq!(rounds, (1..=20).collect::<Vec<u64>>());
-    // 10-second candles: rounds 1..=9, 10..=19, 20.
+    // 10-second candles: rounds 1..=9, 10..=19, 20, then seven buckets with
+    // no report, each there with count 0 and null prices (no silent gap).
     let v = get(h.addr, &format!("{base}&interval=10s")).await.json();
     let candles = v["candles"].as_array().expect("candles");
-    assert_eq!(candles.len(), 3, "{v}");
+    assert_eq!(candles.len(), 10, "{v}");
     assert_eq!(candles[0]["count"], 9);
+    for (i, c) in candles.iter().enumerate().skip(3) {
+        assert_eq!(c["count"], 0, "{c}");
+        assert!(c["open"].is_null() && c["close"].is_null(), "{c}");
+        assert_eq!(c["start_ms"], T0 + 10_000 * i as u64);
+    }
+    // Pages count empty buckets too: 4 then the next page from bucket 4.
+    let v = get(h.addr, &format!("{base}&interval=10s&limit=4"))
+        .await
+        .json();
+    assert_eq!(v["candles"].as_array().expect("candles").len(), 4);
+    assert_eq!(v["next_from"], T0 + 40_000);
     assert_eq!(candles[1]["open"], "6000000000010");
     assert_eq!(candles[1]["close"], "6000000000019");
     assert_eq!(v["interval_ms"], 10_000);
