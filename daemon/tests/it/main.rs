@@ -12,6 +12,7 @@ mod committee_processes;
 mod config_check;
 mod devnet_member_exit;
 mod dkg_cli;
+mod gateway;
 mod hostile_member;
 mod margin_devnet;
 mod operator_guide;
