@@ -503,7 +503,7 @@ pub(super) async fn reports(
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let p = params(q, &["after", "limit"])?;
-    let after = u64_param(&p, "after", "a round number")?.unwrap_or(0);
+    let after = u64_param(&p, "after", "a round number")?;
     let limit = u64_param(&p, "limit", "a positive integer")?.unwrap_or(100);
     if limit == 0 || limit > MAX_REPORTS_PAGE as u64 {
         return Err(ApiError::new(
@@ -513,7 +513,19 @@ pub(super) async fn reports(
         ));
     }
     let limit = limit as usize;
-    let reports = st.inner.store.reports_after(after, limit).await?;
+    // Without `after` the listing starts at round 0 itself.
+    let mut reports = Vec::with_capacity(limit);
+    let after = match after {
+        Some(a) => a,
+        None => {
+            reports.extend(st.inner.store.report(0).await?);
+            0
+        }
+    };
+    let rest = limit - reports.len();
+    if rest > 0 {
+        reports.extend(st.inner.store.reports_after(after, rest).await?);
+    }
     let next_after = (reports.len() == limit)
         .then(|| reports.last().map(|r| r.header.round))
         .flatten();

@@ -438,7 +438,7 @@ fn base_document() -> Value {
             "404": error_response("no report stored for that round") } } },
         "/v1/reports": { "get": {
           "summary": "Signed reports after a round, oldest first (followers catch up here); `next_after` is set when more may follow",
-          "parameters": [ query("after", "round; reports with a greater round are returned (default 0)", json!({"type": "integer", "minimum": 0})),
+          "parameters": [ query("after", "round; reports with a greater round are returned (absent: from round 0 itself)", json!({"type": "integer", "minimum": 0})),
                           query("limit", "reports per page, 1..=500 (default 100)", json!({"type": "integer", "minimum": 1, "maximum": 500})) ],
           "responses": {
             "200": json_response("reports", json!({ "type": "object", "properties": {

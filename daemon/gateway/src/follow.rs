@@ -121,9 +121,17 @@ async fn session(
 ) -> Result<(), FollowError> {
     let base = member.url.trim_end_matches('/');
     // Catch-up: the member's stored reports after the newest we hold.
-    let mut after = newest.borrow().unwrap_or(0);
+    // Nothing stored yet: from the member's first report (round 0 included).
+    let start = *newest.borrow();
+    let mut after = start.unwrap_or(0);
+    let mut first_page = start.is_none();
     loop {
-        let url = format!("{base}/v1/reports?after={after}&limit={PAGE}");
+        let url = if first_page {
+            format!("{base}/v1/reports?limit={PAGE}")
+        } else {
+            format!("{base}/v1/reports?after={after}&limit={PAGE}")
+        };
+        first_page = false;
         let resp = get(http, &url).await?;
         let bytes = resp.bytes().await.map_err(|source| FollowError::Http {
             url: url.clone(),

@@ -13,13 +13,21 @@ use sibyl_aggregator::{Decode, Encode, FeedId, LeafStatus, Round, SignedReport};
 use sibyl_api::store::{CandlePage, HistoryPage};
 use sibyl_api::{ApiError, ReportStore};
 use sibyl_node::store::{Candle, HistoryCursor, Point};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_postgres::{Client, NoTls, Row};
 
 /// Schema migrations, in order; version = position + 1.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_candles_1m.sql"),
+];
+
+/// The rollup's bucket: candles of a multiple of this read `candles_1m`.
+const ROLLUP_MS: u64 = 60_000;
+
+const UNNEST_COLUMNS: &str = "p(feed_key, ts_ms, round, price, confidence, num_observations, observed_at_ms, bid, ask, venues, status, flags, ema, ema_confidence, volatility)";
 
 /// Width of one `points` partition: a week of report time.
 pub const PARTITION_MS: i64 = 7 * 86_400_000;
@@ -111,6 +119,24 @@ fn point_of(feed: &FeedId, r: &Row) -> Result<Point, ApiError> {
         ema: int(11)?,
         ema_confidence: unsigned(int(12)?, "ema_confidence")?,
         volatility: u(13)?,
+    })
+}
+
+fn candle_of(r: &Row) -> Result<Candle, ApiError> {
+    let start: i64 = r.try_get(0).map_err(unavailable)?;
+    let price = |i: usize| -> Result<i128, ApiError> {
+        let s: String = r.try_get(i).map_err(unavailable)?;
+        s.parse()
+            .map_err(|_| corrupt(format!("price {s:?} is not an integer")))
+    };
+    let count: i64 = r.try_get(5).map_err(unavailable)?;
+    Ok(Candle {
+        start_ms: u64::try_from(start).map_err(|_| corrupt("negative bucket start"))?,
+        open: price(1)?,
+        high: price(2)?,
+        low: price(3)?,
+        close: price(4)?,
+        count: u64::try_from(count).unwrap_or(0),
     })
 }
 
@@ -355,6 +381,125 @@ impl PgStore {
         Ok(())
     }
 
+    /// Registers `feed` (if new) and returns its key in `points`.
+    pub async fn register_feed(&self, feed: &FeedId) -> Result<i32, GatewayError> {
+        self.feed_key(feed).await
+    }
+
+    /// Creates the `points` partitions covering `[from_ms, to_ms]` (bulk
+    /// loads; report inserts create theirs as they go).
+    pub async fn ensure_partitions(&self, from_ms: i64, to_ms: i64) -> Result<(), GatewayError> {
+        let mut week = from_ms.div_euclid(PARTITION_MS);
+        while week * PARTITION_MS <= to_ms {
+            self.ensure_partition(week * PARTITION_MS).await?;
+            week += 1;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the one-minute candles of `[from_ms, to_ms)` from `points`
+    /// (after a bulk load that wrote `points` directly).
+    pub async fn rebuild_candles(&self, from_ms: i64, to_ms: i64) -> Result<(), GatewayError> {
+        let (from, to) = (from_ms - from_ms.rem_euclid(60_000), to_ms);
+        self.writer()
+            .execute(
+                "DELETE FROM candles_1m WHERE bucket_ms >= $1 AND bucket_ms < $2",
+                &[&from, &to],
+            )
+            .await
+            .map_err(pg_err("clear one-minute candles"))?;
+        self.writer()
+            .execute(
+                "INSERT INTO candles_1m
+                 SELECT feed_key, ts_ms - ts_ms % 60000,
+                        (array_agg(price ORDER BY ts_ms, round))[1], max(price), min(price),
+                        (array_agg(price ORDER BY ts_ms DESC, round DESC))[1], count(*),
+                        (array_agg(ts_ms ORDER BY ts_ms, round))[1], (array_agg(round ORDER BY ts_ms, round))[1],
+                        (array_agg(ts_ms ORDER BY ts_ms DESC, round DESC))[1], (array_agg(round ORDER BY ts_ms DESC, round DESC))[1]
+                 FROM points WHERE ts_ms >= $1 AND ts_ms < $2
+                 GROUP BY feed_key, ts_ms - ts_ms % 60000",
+                &[&from, &to],
+            )
+            .await
+            .map_err(pg_err("rebuild one-minute candles"))?;
+        Ok(())
+    }
+
+    /// Candles of `[from, to)` computed from raw points, at most `limit`.
+    async fn raw_candles(
+        &self,
+        key: i32,
+        from: u64,
+        to: u64,
+        interval: i64,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ApiError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT ts_ms - ts_ms % $4 AS bucket,
+                        (array_agg(price ORDER BY ts_ms, round))[1]::text,
+                        max(price)::text, min(price)::text,
+                        (array_agg(price ORDER BY ts_ms DESC, round DESC))[1]::text,
+                        count(*)
+                 FROM points
+                 WHERE feed_key = $1 AND ts_ms >= $2 AND ts_ms < $3
+                 GROUP BY bucket ORDER BY bucket LIMIT $5",
+                &[
+                    &key,
+                    &i64_of(from, "from")?,
+                    &i64_of(to.min(i64::MAX as u64), "to")?,
+                    &interval,
+                    &(limit as i64),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(candle_of).collect()
+    }
+
+    /// Candles of `[from, to)` (both on minute boundaries) from the
+    /// one-minute rollup, at most `limit`.
+    async fn rollup_candles(
+        &self,
+        key: i32,
+        from: u64,
+        to: u64,
+        interval: i64,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ApiError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT bucket_ms - bucket_ms % $4 AS bucket,
+                        (array_agg(open ORDER BY bucket_ms))[1]::text,
+                        max(high)::text, min(low)::text,
+                        (array_agg(close ORDER BY bucket_ms DESC))[1]::text,
+                        sum(count)::bigint
+                 FROM candles_1m
+                 WHERE feed_key = $1 AND bucket_ms >= $2 AND bucket_ms < $3
+                 GROUP BY bucket ORDER BY bucket LIMIT $5",
+                &[
+                    &key,
+                    &i64_of(from, "from")?,
+                    &i64_of(to.min(i64::MAX as u64), "to")?,
+                    &interval,
+                    &(limit as i64),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(candle_of).collect()
+    }
+
+    /// Runs `sql` on the writer's connection (bulk loads, `ANALYZE`).
+    pub async fn execute_batch(&self, sql: &str) -> Result<(), GatewayError> {
+        self.writer()
+            .batch_execute(sql)
+            .await
+            .map_err(pg_err("run a batch"))
+    }
+
     /// Stores a verified report and its points in one transaction. `false`
     /// when a report of that round was stored already (nothing changes).
     pub async fn insert_report(
@@ -412,6 +557,26 @@ impl PgStore {
             )
             .await
             .map_err(pg_err("update latest points"))?;
+            c.execute(
+                &format!(
+                    "INSERT INTO candles_1m (feed_key, bucket_ms, open, high, low, close, count, first_ts, first_round, last_ts, last_round)
+                     SELECT feed_key, ts_ms - ts_ms % 60000, price, price, price, price, 1, ts_ms, round, ts_ms, round
+                     FROM ({UNNEST}) AS {UNNEST_COLUMNS}
+                     ON CONFLICT (feed_key, bucket_ms) DO UPDATE SET
+                       high = greatest(candles_1m.high, EXCLUDED.high),
+                       low = least(candles_1m.low, EXCLUDED.low),
+                       count = candles_1m.count + 1,
+                       open = CASE WHEN (EXCLUDED.first_ts, EXCLUDED.first_round) < (candles_1m.first_ts, candles_1m.first_round) THEN EXCLUDED.open ELSE candles_1m.open END,
+                       first_ts = CASE WHEN (EXCLUDED.first_ts, EXCLUDED.first_round) < (candles_1m.first_ts, candles_1m.first_round) THEN EXCLUDED.first_ts ELSE candles_1m.first_ts END,
+                       first_round = CASE WHEN (EXCLUDED.first_ts, EXCLUDED.first_round) < (candles_1m.first_ts, candles_1m.first_round) THEN EXCLUDED.first_round ELSE candles_1m.first_round END,
+                       close = CASE WHEN (EXCLUDED.last_ts, EXCLUDED.last_round) > (candles_1m.last_ts, candles_1m.last_round) THEN EXCLUDED.close ELSE candles_1m.close END,
+                       last_ts = CASE WHEN (EXCLUDED.last_ts, EXCLUDED.last_round) > (candles_1m.last_ts, candles_1m.last_round) THEN EXCLUDED.last_ts ELSE candles_1m.last_ts END,
+                       last_round = CASE WHEN (EXCLUDED.last_ts, EXCLUDED.last_round) > (candles_1m.last_ts, candles_1m.last_round) THEN EXCLUDED.last_round ELSE candles_1m.last_round END"
+                ),
+                &params,
+            )
+            .await
+            .map_err(pg_err("update one-minute candles"))?;
             Ok(true)
         }
         .await;
@@ -619,53 +784,48 @@ impl ReportStore for PgStore {
             let Some(key) = self.cached_key(&feed) else {
                 return Ok((Vec::new(), None));
             };
-            let interval = i64_of(interval_ms.max(1), "interval")?;
-            // The primary key's range (feed_key, ts_ms) feeds the grouping in
-            // order; first and last prices by (ts_ms, round).
-            let rows = self
-                .client()
-                .query(
-                    "SELECT ts_ms - ts_ms % $4 AS bucket,
-                            (array_agg(price ORDER BY ts_ms, round))[1]::text,
-                            max(price)::text, min(price)::text,
-                            (array_agg(price ORDER BY ts_ms DESC, round DESC))[1]::text,
-                            count(*)
-                     FROM points
-                     WHERE feed_key = $1 AND ts_ms >= $2 AND ts_ms < $3
-                     GROUP BY bucket ORDER BY bucket LIMIT $5",
-                    &[
-                        &key,
-                        &i64_of(from, "from")?,
-                        &i64_of(to.min(i64::MAX as u64), "to")?,
-                        &interval,
-                        &(limit as i64 + 1),
-                    ],
-                )
-                .await
-                .map_err(unavailable)?;
-            let mut out = Vec::with_capacity(rows.len().min(limit));
-            for r in &rows {
-                let start: i64 = r.try_get(0).map_err(unavailable)?;
-                let start = u64::try_from(start).map_err(|_| corrupt("negative bucket start"))?;
-                if out.len() == limit {
-                    return Ok((out, Some(start)));
-                }
-                let price = |i: usize| -> Result<i128, ApiError> {
-                    let s: String = r.try_get(i).map_err(unavailable)?;
-                    s.parse()
-                        .map_err(|_| corrupt(format!("price {s:?} is not an integer")))
-                };
-                let count: i64 = r.try_get(5).map_err(unavailable)?;
-                out.push(Candle {
-                    start_ms: start,
-                    open: price(1)?,
-                    high: price(2)?,
-                    low: price(3)?,
-                    close: price(4)?,
-                    count: u64::try_from(count).unwrap_or(0),
-                });
+            let interval_ms = interval_ms.max(1);
+            let interval = i64_of(interval_ms, "interval")?;
+            if interval_ms % ROLLUP_MS != 0 {
+                let mut c = self.raw_candles(key, from, to, interval, limit + 1).await?;
+                let next = (c.len() > limit).then(|| c[limit].start_ms);
+                c.truncate(limit);
+                return Ok((c, next));
             }
-            Ok((out, None))
+            // Whole minutes from the rollup; the partial minutes at either
+            // end from raw points. Each bucket of the interval is whole
+            // minutes, so a partial minute belongs to one bucket.
+            let a = from.div_ceil(ROLLUP_MS).saturating_mul(ROLLUP_MS).min(to);
+            let b = (to - to % ROLLUP_MS).max(a);
+            let mut buckets: BTreeMap<u64, Candle> = BTreeMap::new();
+            let mut merge = |list: Vec<Candle>| {
+                for c in list {
+                    match buckets.get_mut(&c.start_ms) {
+                        None => {
+                            buckets.insert(c.start_ms, c);
+                        }
+                        // Segments come in time order: this one is later.
+                        Some(m) => {
+                            m.high = m.high.max(c.high);
+                            m.low = m.low.min(c.low);
+                            m.close = c.close;
+                            m.count += c.count;
+                        }
+                    }
+                }
+            };
+            if from < a {
+                merge(self.raw_candles(key, from, a, interval, limit + 1).await?);
+            }
+            let middle = self.rollup_candles(key, a, b, interval, limit + 1).await?;
+            let truncated = middle.len() > limit;
+            merge(middle);
+            if !truncated && b < to {
+                merge(self.raw_candles(key, b, to, interval, limit + 1).await?);
+            }
+            let mut all = buckets.into_values();
+            let out: Vec<Candle> = all.by_ref().take(limit).collect();
+            Ok((out, all.next().map(|c| c.start_ms)))
         })
     }
 

@@ -331,7 +331,8 @@ fn two_gateways_survive_a_member_and_a_gateway_dying_and_a_client_resumes_exactl
     let _committee = common::one_committee_at_a_time();
     let c = RunningCommittee::start(4);
     let pg = Postgres::start(c.dir.path().join("pg"), &["gw_b"]);
-    let apis = c.apis();
+    let apis: Vec<String> = c.apis().iter().map(|s| s.to_string()).collect();
+    let apis: Vec<&str> = apis.iter().map(String::as_str).collect();
 
     // Tampered copies of a real report, at rounds far ahead so that a
     // wrongly accepted one would show: a changed price (Merkle root), a
@@ -394,7 +395,10 @@ fn two_gateways_survive_a_member_and_a_gateway_dying_and_a_client_resumes_exactl
         &http_get(&format!("{}/v1/reports/{}", a.url, real.header.round)).expect("stored"),
     )
     .expect("json");
-    assert_eq!(stored["report"]["leaves"][0]["price"], latest["report"]["leaves"][0]["price"]);
+    assert_eq!(
+        stored["report"]["leaves"][0]["price"],
+        latest["report"]["leaves"][0]["price"]
+    );
     for r in [round.header.round, 3_000_000] {
         assert!(
             http_get(&format!("{}/v1/reports/{r}", a.url)).is_err(),
@@ -468,6 +472,36 @@ fn two_gateways_survive_a_member_and_a_gateway_dying_and_a_client_resumes_exactl
         "the committee kept signing without member 1: {} reports",
         ids.len()
     );
+    // The same history from PostgreSQL (gateway B) and SQLite (member 3):
+    // candles of whole minutes (B's one-minute rollup plus raw edges) and of
+    // 10 s (raw), empty buckets included, over a range cut mid-minute.
+    let report_ms = |url: &str, round: u64| -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&http_get(&format!("{url}/v1/reports/{round}")).expect("report"))
+                .expect("json");
+        v["report"]["header"]["timestamp_ms"].as_u64().expect("ts")
+    };
+    let (from, to) = (
+        report_ms(&b.url, ids[0]) - 7_300,
+        report_ms(&b.url, last) + 1,
+    );
+    let feed = &real.leaves[0].feed_id;
+    for interval in ["1m", "10s", "2m"] {
+        let path =
+            format!("/v1/feeds/{feed}/history?from={from}&to={to}&interval={interval}&limit=10000");
+        let candles = |url: &str| -> serde_json::Value {
+            let v: serde_json::Value =
+                serde_json::from_str(&http_get(&format!("{url}{path}")).expect("candles"))
+                    .expect("json");
+            v["candles"].clone()
+        };
+        let (pg, sqlite) = (candles(&b.url), candles(apis[2]));
+        assert!(pg.as_array().is_some_and(|c| !c.is_empty()), "{pg}");
+        assert_eq!(
+            pg, sqlite,
+            "candles of {interval} differ between the stores"
+        );
+    }
     // Every refused report is still refused after the restart (the fake
     // member's stream is read again), and none was ever stored.
     assert!(refused(&a, "signature") >= 1.0);
