@@ -14,8 +14,8 @@ use sibyl_api::store::{CandlePage, HistoryPage};
 use sibyl_api::{ApiError, ReportStore};
 use sibyl_node::store::{Candle, HistoryCursor, Point};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio_postgres::{Client, NoTls, Row};
 
 /// Schema migrations, in order; version = position + 1.
@@ -45,6 +45,10 @@ pub struct PgStore {
     feed_keys: Mutex<HashMap<FeedId, i32>>,
     /// Partitions known to exist (their week numbers).
     partitions: Mutex<BTreeSet<i64>>,
+    /// Each feed's newest point and its report, as this process stored (or
+    /// was handed) them: `/latest` and the pull routes read no table. Empty
+    /// after a start until the first report; the tables answer meanwhile.
+    newest: Mutex<HashMap<FeedId, (Point, Arc<SignedReport>)>>,
 }
 
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> GatewayError + '_ {
@@ -236,6 +240,7 @@ impl PgStore {
             next: AtomicUsize::new(0),
             feed_keys: Mutex::new(HashMap::new()),
             partitions: Mutex::new(BTreeSet::new()),
+            newest: Mutex::new(HashMap::new()),
         };
         store.migrate().await?;
         store.load_feeds().await?;
@@ -500,9 +505,48 @@ impl PgStore {
             .map_err(pg_err("run a batch"))
     }
 
+    /// Remembers `report` as the newest of each of its feeds it is newer for.
+    fn remember(&self, report: &SignedReport) {
+        let h = &report.header;
+        let shared = Arc::new(report.clone());
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        for leaf in &report.leaves {
+            let newer = newest
+                .get(&leaf.feed_id)
+                .is_none_or(|(p, _)| (p.timestamp_ms, p.round) < (h.timestamp_ms, h.round));
+            if newer {
+                newest.insert(
+                    leaf.feed_id.clone(),
+                    (
+                        Point::of_leaf(leaf, h.round, h.timestamp_ms),
+                        shared.clone(),
+                    ),
+                );
+            }
+        }
+    }
+
+    fn cached_report(&self, round: Round) -> Option<SignedReport> {
+        let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        newest
+            .values()
+            .find(|(p, _)| p.round == round)
+            .map(|(_, r)| (**r).clone())
+    }
+
     /// Stores a verified report and its points in one transaction. `false`
     /// when a report of that round was stored already (nothing changes).
     pub async fn insert_report(
+        &self,
+        report: &SignedReport,
+        received_at_ms: u64,
+    ) -> Result<bool, GatewayError> {
+        let stored = self.insert_report_tx(report, received_at_ms).await?;
+        self.remember(report);
+        Ok(stored)
+    }
+
+    async fn insert_report_tx(
         &self,
         report: &SignedReport,
         received_at_ms: u64,
@@ -653,6 +697,14 @@ impl ReportStore for PgStore {
 
     fn latest(&self, feed: FeedId) -> BoxFuture<'_, Result<Option<Point>, ApiError>> {
         Box::pin(async move {
+            if let Some((p, _)) = self
+                .newest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&feed)
+            {
+                return Ok(Some(p.clone()));
+            }
             let Some(key) = self.cached_key(&feed) else {
                 return Ok(None);
             };
@@ -670,6 +722,9 @@ impl ReportStore for PgStore {
 
     fn report(&self, round: Round) -> BoxFuture<'_, Result<Option<SignedReport>, ApiError>> {
         Box::pin(async move {
+            if let Some(r) = self.cached_report(round) {
+                return Ok(Some(r));
+            }
             let Ok(round) = i64::try_from(round) else {
                 return Ok(None);
             };
