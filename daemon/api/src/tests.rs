@@ -642,6 +642,109 @@ async fn the_websocket_subscribes_per_feed_replays_and_unsubscribes() {
 }
 
 #[tokio::test]
+async fn a_private_api_serves_only_health_metrics_admin_and_what_gateways_follow() {
+    let h = start(ApiConfig {
+        private: true,
+        ..config()
+    })
+    .await;
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/v1/reports?after=18",
+        "/v1/reports/20",
+    ] {
+        assert_eq!(get(h.addr, path).await.status, 200, "{path}");
+    }
+    let v = get(h.addr, "/v1/reports?after=18").await.json();
+    assert_eq!(v["reports"].as_array().map(Vec::len), Some(2), "{v}");
+    for path in [
+        "/v1/feeds",
+        "/v1/feeds/BTC-USD/latest",
+        "/v1/feeds/BTC-USD/history",
+        "/v1/feeds/meta",
+        "/v1/committee",
+        "/udf/config",
+        "/",
+    ] {
+        let r = get(h.addr, path).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (404, "no_route"),
+            "{path}"
+        );
+    }
+    // The stream gateways follow stays open.
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(b"GET /v1/stream?signed=true HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 19\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_reports(&mut s, 1).await;
+    assert_eq!(got[0].0, 20);
+}
+
+#[tokio::test]
+async fn feed_discovery_and_udf_describe_the_feeds() {
+    let h = start(ApiConfig {
+        feeds: BTreeMap::from([(
+            feed("BTC-USD"),
+            FeedInfo {
+                decimals: 8,
+                deviation_bps: Some(25),
+                heartbeat_ms: Some(60_000),
+            },
+        )]),
+        ..config()
+    })
+    .await;
+    let v = get(h.addr, "/v1/feeds/meta").await.json();
+    let btc = v["feeds"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["feed_id"] == "BTC-USD"))
+        .expect("BTC-USD listed")
+        .clone();
+    assert_eq!(btc["decimals"], 8);
+    assert_eq!(btc["deviation_bps"], 25);
+    assert_eq!(btc["heartbeat_ms"], 60_000);
+    assert_eq!(btc["venues"], 4);
+    assert_eq!(btc["status"], "ok");
+    assert_eq!(btc["last_round"], 20);
+    assert_eq!(btc["overdue"], true, "its last report is years old: {btc}");
+    let sym = get(h.addr, "/udf/symbols?symbol=BTC-USD").await.json();
+    assert_eq!(sym["pricescale"], 100_000_000u64);
+    let from = T0 / 1000;
+    let bars = get(
+        h.addr,
+        &format!(
+            "/udf/history?symbol=BTC-USD&resolution=10S&from={from}&to={}",
+            from + 100
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(bars["s"], "ok", "{bars}");
+    assert_eq!(bars["t"], json!([from, from + 10, from + 20]));
+    assert_eq!(bars["v"], json!([9, 10, 1]));
+    assert_eq!(bars["o"][1], json!(60_000.0000001));
+    let none = get(
+        h.addr,
+        "/udf/history?symbol=BTC-USD&resolution=1D&from=1&to=1000",
+    )
+    .await
+    .json();
+    assert_eq!(none["s"], "no_data");
+    let bad = get(
+        h.addr,
+        "/udf/history?symbol=BTC-USD&resolution=7X&from=1&to=2",
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "bad_parameter")
+    );
+}
+
+#[tokio::test]
 async fn committee_status_follows_the_watch_channel() {
     let h = start(config()).await;
     let v = get(h.addr, "/v1/committee").await.json();

@@ -313,6 +313,9 @@ async fn main() {
 
     // --- requests/s, two gateway API servers on one database -----------------------
     let second = Arc::new(PgStore::connect(&conn).await.expect("connect"));
+    // A second gateway ingests the same reports (stored already: `false`),
+    // which keeps its in-memory newest points as the first one's.
+    assert!(!second.insert_report(&top, 0).await.expect("second ingest"));
     let addr2 = serve(second).await;
     let secs = env_u64("SIBYL_BENCH_SECS", 10);
     let run = |a: SocketAddr| {
