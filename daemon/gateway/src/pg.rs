@@ -841,7 +841,7 @@ impl ReportStore for PgStore {
             };
             let interval_ms = interval_ms.max(1);
             let interval = i64_of(interval_ms, "interval")?;
-            if interval_ms % ROLLUP_MS != 0 {
+            if !interval_ms.is_multiple_of(ROLLUP_MS) {
                 let mut c = self.raw_candles(key, from, to, interval, limit + 1).await?;
                 let next = (c.len() > limit).then(|| c[limit].start_ms);
                 c.truncate(limit);
