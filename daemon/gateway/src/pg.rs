@@ -16,7 +16,7 @@ use sibyl_node::store::{Candle, HistoryCursor, Point};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 /// Schema migrations, in order; version = position + 1.
 const MIGRATIONS: &[&str] = &[
@@ -49,6 +49,9 @@ pub struct PgStore {
     /// was handed) them: `/latest` and the pull routes read no table. Empty
     /// after a start until the first report; the tables answer meanwhile.
     newest: Mutex<HashMap<FeedId, (Point, Arc<SignedReport>)>>,
+    /// The writer's prepared statements, by SQL text (one round trip per
+    /// statement instead of two).
+    prepared: Mutex<HashMap<String, Statement>>,
 }
 
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> GatewayError + '_ {
@@ -241,6 +244,7 @@ impl PgStore {
             feed_keys: Mutex::new(HashMap::new()),
             partitions: Mutex::new(BTreeSet::new()),
             newest: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
         };
         store.migrate().await?;
         store.load_feeds().await?;
@@ -505,6 +509,28 @@ impl PgStore {
             .map_err(pg_err("run a batch"))
     }
 
+    /// `sql` prepared on the writer's connection, once.
+    async fn prepared(&self, sql: &str) -> Result<Statement, GatewayError> {
+        if let Some(st) = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sql)
+        {
+            return Ok(st.clone());
+        }
+        let st = self
+            .writer()
+            .prepare(sql)
+            .await
+            .map_err(pg_err("prepare a statement"))?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sql.to_owned(), st.clone());
+        Ok(st)
+    }
+
     /// Remembers `report` as the newest of each of its feeds it is newer for.
     fn remember(&self, report: &SignedReport) {
         let h = &report.header;
@@ -567,10 +593,15 @@ impl PgStore {
             .await
             .map_err(pg_err("begin a report"))?;
         let result = async {
-            let n = c
-                .execute(
+            let insert = self
+                .prepared(
                     "INSERT INTO reports (round, ts_ms, body, received_at_ms) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (round) DO NOTHING",
+                )
+                .await?;
+            let n = c
+                .execute(
+                    &insert,
                     &[&round, &ts, &report.to_bytes(), &big(received_at_ms, "received_at")?],
                 )
                 .await
@@ -579,14 +610,14 @@ impl PgStore {
                 return Ok(false);
             }
             let params = cols.params();
-            c.execute(
-                &format!("INSERT INTO points {UNNEST} ON CONFLICT DO NOTHING"),
-                &params,
-            )
+            let points = self
+                .prepared(&format!("INSERT INTO points {UNNEST} ON CONFLICT DO NOTHING"))
+                .await?;
+            c.execute(&points, &params)
             .await
             .map_err(pg_err("insert points"))?;
-            c.execute(
-                &format!(
+            let latest = self
+                .prepared(&format!(
                     "INSERT INTO feed_latest {UNNEST}
                      ON CONFLICT (feed_key) DO UPDATE SET
                        ts_ms = EXCLUDED.ts_ms, round = EXCLUDED.round, price = EXCLUDED.price,
@@ -596,13 +627,13 @@ impl PgStore {
                        ema = EXCLUDED.ema, ema_confidence = EXCLUDED.ema_confidence,
                        volatility = EXCLUDED.volatility
                      WHERE (feed_latest.ts_ms, feed_latest.round) < (EXCLUDED.ts_ms, EXCLUDED.round)"
-                ),
-                &params,
-            )
+                ))
+                .await?;
+            c.execute(&latest, &params)
             .await
             .map_err(pg_err("update latest points"))?;
-            c.execute(
-                &format!(
+            let rollup = self
+                .prepared(&format!(
                     "INSERT INTO candles_1m (feed_key, bucket_ms, open, high, low, close, count, first_ts, first_round, last_ts, last_round)
                      SELECT feed_key, ts_ms - ts_ms % 60000, price, price, price, price, 1, ts_ms, round, ts_ms, round
                      FROM ({UNNEST}) AS {UNNEST_COLUMNS}
@@ -616,9 +647,9 @@ impl PgStore {
                        close = CASE WHEN (EXCLUDED.last_ts, EXCLUDED.last_round) > (candles_1m.last_ts, candles_1m.last_round) THEN EXCLUDED.close ELSE candles_1m.close END,
                        last_ts = CASE WHEN (EXCLUDED.last_ts, EXCLUDED.last_round) > (candles_1m.last_ts, candles_1m.last_round) THEN EXCLUDED.last_ts ELSE candles_1m.last_ts END,
                        last_round = CASE WHEN (EXCLUDED.last_ts, EXCLUDED.last_round) > (candles_1m.last_ts, candles_1m.last_round) THEN EXCLUDED.last_round ELSE candles_1m.last_round END"
-                ),
-                &params,
-            )
+                ))
+                .await?;
+            c.execute(&rollup, &params)
             .await
             .map_err(pg_err("update one-minute candles"))?;
             Ok(true)
