@@ -296,11 +296,14 @@ async fn main() {
         })
         .collect();
     let t = Instant::now();
-    let mut each = Vec::new();
+    let (mut each, mut verifying, mut storing) = (Vec::new(), Vec::new(), Vec::new());
     for r in &reports {
         let t1 = Instant::now();
         verify_report(r, &group).expect("verifies");
+        let t2 = Instant::now();
         assert!(store.insert_report(r, 0).await.expect("insert"));
+        verifying.push(t2 - t1);
+        storing.push(t2.elapsed());
         each.push(t1.elapsed());
     }
     let secs = t.elapsed().as_secs_f64();
@@ -310,6 +313,8 @@ async fn main() {
         n_reports as f64 * 1_000.0 / secs
     );
     report_timing("ingest: one 1,000-feed report (verify + store)", each);
+    report_timing("ingest: of which verify", verifying);
+    report_timing("ingest: of which store (one transaction)", storing);
 
     // --- requests/s, two gateway API servers on one database -----------------------
     let second = Arc::new(PgStore::connect(&conn).await.expect("connect"));
