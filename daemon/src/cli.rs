@@ -48,6 +48,11 @@ pub enum Command {
         after_help = "Example:\n  sibyl verify http://127.0.0.1:8080/v1/reports/latest --group-key <HEX> --committee committee.toml\n  sibyl verify report.json --keys keys/frost.ed25519.pub.json --config-digest <HEX>"
     )]
     Verify(crate::cmd::verify::VerifyArgs),
+    /// Follow members, verify their reports, store them in PostgreSQL and serve the public API.
+    #[command(
+        after_help = "Example:\n  sibyl gateway --committee committee.toml --group-key ed25519:<HEX> \\\n      --follow http://10.0.0.1:8080 --follow http://10.0.0.2:8080 \\\n      --postgres \"host=/run/postgresql dbname=sibyl\" --listen 0.0.0.0:8090\n\nHolds no keys; several gateways behind a load balancer give the same answers (docs/API.md, \"Gateways\")."
+    )]
+    Gateway(crate::cmd::gateway::GatewayArgs),
     /// Run a whole committee on this machine (keys, configs, processes).
     #[command(
         after_help = "Example:\n  sibyl devnet --nodes 4 --duration 60s --dir /tmp/devnet\n\nPrints the dashboard URL and a ready `sibyl verify` command; Ctrl-C stops everything."
@@ -113,6 +118,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Run(args) => crate::cmd::run::run(args),
         Command::Verify(args) => crate::cmd::verify::run(args),
         Command::Devnet(args) => crate::cmd::devnet::run(args),
+        Command::Gateway(args) => crate::cmd::gateway::run(args),
         Command::Dkg(args) => crate::cmd::dkg::command(args),
         Command::Config(ConfigCommand::Check { config, keys }) => {
             crate::cmd::config::check_command(&config, keys)

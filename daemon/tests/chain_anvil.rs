@@ -173,10 +173,16 @@ async fn pull_payload_calldata_lands_on_the_contract() {
     let (_tx, committee) = tokio::sync::watch::channel(CommitteeStatus::default());
     let mut feeds = BTreeMap::new();
     for f in &three.leaves {
-        feeds.insert(f.feed_id.clone(), FeedInfo { decimals: 8 });
+        feeds.insert(
+            f.feed_id.clone(),
+            FeedInfo {
+                decimals: 8,
+                ..FeedInfo::default()
+            },
+        );
     }
     let state = ApiState::new(ApiParts {
-        readers: store.readers.clone(),
+        store: std::sync::Arc::new(store.readers.clone()),
         writer: None,
         margin: None,
         reports,

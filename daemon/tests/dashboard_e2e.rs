@@ -347,6 +347,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
                 FeedId::new(*id).expect("feed"),
                 FeedInfo {
                     decimals: DECIMALS as u8,
+                    ..FeedInfo::default()
                 },
             )
         })
@@ -378,7 +379,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
     .await
     .expect("margin service");
     let state = ApiState::new(ApiParts {
-        readers: store.readers.clone(),
+        store: std::sync::Arc::new(store.readers.clone()),
         writer: Some(store.writer.clone()),
         reports: reports.clone(),
         committee: committee_rx,

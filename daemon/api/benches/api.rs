@@ -184,7 +184,7 @@ async fn main() {
     let (reports, _) = tokio::sync::broadcast::channel(16);
     let (_c, committee) = tokio::sync::watch::channel(CommitteeStatus::default());
     let state = ApiState::new(ApiParts {
-        readers: store.readers.clone(),
+        store: std::sync::Arc::new(store.readers.clone()),
         writer: None,
         reports,
         committee,

@@ -7,14 +7,14 @@ use super::{ApiError, ApiState, openapi};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{Value, json};
 use sibyl_aggregator::merkle::{self, MerkleProof};
-use sibyl_aggregator::{FeedId, Round, SignedReport, Writer, digest, encoding};
-use sibyl_node::store::{Db, HistoryCursor, Point, StoreError, now_ms, retention};
+use sibyl_aggregator::{Encode, FeedId, Round, SignedReport, Writer, digest, encoding};
+use sibyl_node::store::{Candle, HistoryCursor, Point, StoreError, now_ms, retention};
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};
@@ -104,8 +104,7 @@ async fn known_feed(st: &ApiState, id: &str) -> Result<FeedId, ApiError> {
     if st.inner.config.feeds.contains_key(&feed) {
         return Ok(feed);
     }
-    let f = feed.clone();
-    if st.inner.readers.read(move |db| db.has_feed(&f)).await? {
+    if st.inner.store.has_feed(feed.clone()).await? {
         return Ok(feed);
     }
     Err(ApiError::not_found(
@@ -169,18 +168,19 @@ pub(super) struct FeedLatest {
 pub(super) async fn healthz(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let last = st
         .inner
-        .readers
-        .read(|db| Ok(db.latest_report()?.map(|r| r.header.round)))
-        .await?;
+        .store
+        .latest_report()
+        .await?
+        .map(|r| r.header.round);
     Ok(Json(json!({
         "status": "ok",
         "last_report_round": last,
-        "db_size_bytes": st.inner.readers.size_bytes(),
+        "db_size_bytes": st.inner.store.size_bytes().await,
     })))
 }
 
 pub(super) async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
-    let size = i64::try_from(st.inner.readers.size_bytes()).unwrap_or(i64::MAX);
+    let size = i64::try_from(st.inner.store.size_bytes().await).unwrap_or(i64::MAX);
     st.inner.metrics.db_size.set(size);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &st.inner.registry).map_err(|_| {
@@ -202,20 +202,7 @@ pub(super) async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiE
 
 pub(super) async fn feeds(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let configured: Vec<FeedId> = st.inner.config.feeds.keys().cloned().collect();
-    let points = st
-        .inner
-        .readers
-        .read(move |db| {
-            let mut ids: BTreeSet<FeedId> = db.feed_ids()?.into_iter().collect();
-            ids.extend(configured);
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let p = db.latest(&id)?;
-                out.push((id, p));
-            }
-            Ok(out)
-        })
-        .await?;
+    let points = latest_points(&st, configured).await?;
     let feeds: Vec<Value> = points
         .iter()
         .map(|(id, p)| match p {
@@ -228,23 +215,72 @@ pub(super) async fn feeds(State(st): State<ApiState>) -> Result<Json<Value>, Api
     Ok(Json(json!({ "feeds": feeds })))
 }
 
+/// Every feed (configured or stored) with its newest point.
+async fn latest_points(
+    st: &ApiState,
+    configured: Vec<FeedId>,
+) -> Result<Vec<(FeedId, Option<Point>)>, ApiError> {
+    let store = &st.inner.store;
+    let mut ids: BTreeSet<FeedId> = store.feed_ids().await?.into_iter().collect();
+    ids.extend(configured);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let p = store.latest(id.clone()).await?;
+        out.push((id, p));
+    }
+    Ok(out)
+}
+
+/// `GET /v1/feeds/meta`: feed discovery. Each feed's static parameters
+/// (decimals, deviation, heartbeat from the committee file) and what its
+/// newest leaf says (venues, status, flags, age; `overdue` when no value came
+/// for two heartbeats).
+pub(super) async fn feeds_meta(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let configured: Vec<FeedId> = st.inner.config.feeds.keys().cloned().collect();
+    let points = latest_points(&st, configured).await?;
+    let now = now_ms();
+    let feeds: Vec<Value> = points
+        .iter()
+        .map(|(id, p)| {
+            let info = st.inner.config.feeds.get(id);
+            let heartbeat = info.and_then(|i| i.heartbeat_ms);
+            let age = p.as_ref().map(|p| now.saturating_sub(p.timestamp_ms));
+            let overdue = match (heartbeat, age) {
+                (Some(hb), Some(age)) => Some(age > hb.saturating_mul(2)),
+                (Some(_), None) => Some(true),
+                _ => None,
+            };
+            json!({
+                "feed_id": id.to_string(),
+                "decimals": info.map(|i| i.decimals),
+                "deviation_bps": info.and_then(|i| i.deviation_bps),
+                "heartbeat_ms": heartbeat,
+                "configured": info.is_some(),
+                "venues": p.as_ref().map(|p| p.venues),
+                "status": p.as_ref().map(|p| p.status.as_str()),
+                "flags": p.as_ref().map(|p| sibyl_aggregator::report::flags::names(p.flags)),
+                "last_round": p.as_ref().map(|p| p.round),
+                "last_timestamp_ms": p.as_ref().map(|p| p.timestamp_ms),
+                "age_ms": age,
+                "overdue": overdue,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "feeds": feeds })))
+}
+
 pub(super) async fn feed_latest(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<FeedLatest>, ApiError> {
     let feed = known_feed(&st, &id).await?;
-    let f = feed.clone();
-    let found = st
-        .inner
-        .readers
-        .read(move |db: &mut Db| {
-            let Some(p) = db.latest(&f)? else {
-                return Ok(None);
-            };
-            let report = db.report(p.round)?;
-            Ok(Some((p, report)))
-        })
-        .await?;
+    let found = match st.inner.store.latest(feed.clone()).await? {
+        Some(p) => {
+            let report = st.inner.store.report(p.round).await?;
+            Some((p, report))
+        }
+        None => None,
+    };
     let Some((point, report)) = found else {
         return Err(ApiError::not_found(
             "no_data",
@@ -340,7 +376,7 @@ pub(super) async fn feed_history(
             let limit = limit.unwrap_or(1_000) as usize;
             let (points, next) = st
                 .inner
-                .readers
+                .store
                 .history(feed.clone(), from, to, cursor, limit)
                 .await?;
             Ok(Json(json!({
@@ -377,9 +413,10 @@ pub(super) async fn feed_history(
             let limit = limit.unwrap_or(1_500) as usize;
             let (candles, next) = st
                 .inner
-                .readers
+                .store
                 .candles(feed.clone(), from, to, interval_ms, limit)
                 .await?;
+            let (candles, next) = fill_empty_buckets(candles, next, from, to, interval_ms, limit);
             Ok(Json(json!({
                 "feed_id": feed.to_string(),
                 "decimals": dec,
@@ -391,6 +428,46 @@ pub(super) async fn feed_history(
             })))
         }
     }
+}
+
+/// Candles for every bucket from the one holding `from` on, at most `limit`:
+/// a bucket without a report is there with `count: 0` and null prices, so
+/// a gap in the history is never silent. Returns the next page's start.
+pub(super) fn fill_empty_buckets(
+    stored: Vec<Candle>,
+    stored_next: Option<u64>,
+    from: u64,
+    to: u64,
+    interval_ms: u64,
+    limit: usize,
+) -> (Vec<Value>, Option<u64>) {
+    let interval_ms = interval_ms.max(1);
+    // Buckets up to the stored page's end: the next stored bucket, or `to`.
+    let end = stored_next.unwrap_or(to);
+    let mut out = Vec::new();
+    let mut start = from - from % interval_ms;
+    let mut stored = stored.into_iter().peekable();
+    while start < end {
+        if out.len() == limit {
+            return (out, Some(start));
+        }
+        match stored.peek() {
+            Some(c) if c.start_ms == start => {
+                out.push(json!(c));
+                stored.next();
+            }
+            _ => out.push(json!({
+                "start_ms": start,
+                "open": null, "high": null, "low": null, "close": null,
+                "count": 0,
+            })),
+        }
+        start = match start.checked_add(interval_ms) {
+            Some(s) => s,
+            None => break,
+        };
+    }
+    (out, stored_next)
 }
 
 fn parse_cursor(c: &str) -> Result<HistoryCursor, ApiError> {
@@ -418,10 +495,10 @@ pub(super) async fn report(
     Path(round): Path<String>,
 ) -> Result<Json<ReportJson>, ApiError> {
     let found = if round == "latest" {
-        st.inner.readers.read(|db| db.latest_report()).await?
+        st.inner.store.latest_report().await?
     } else {
         let r: Round = round_param(&round)?;
-        st.inner.readers.report(r).await?
+        st.inner.store.report(r).await?
     };
     match found {
         Some(rep) => Ok(Json(report_json(rep))),
@@ -432,20 +509,61 @@ pub(super) async fn report(
     }
 }
 
+/// Most reports one `GET /v1/reports` page returns.
+pub(super) const MAX_REPORTS_PAGE: usize = 500;
+
+/// `GET /v1/reports?after=R[&limit=N]`: the signed reports after round `R`,
+/// oldest first (catch-up for followers: a gateway fills its gaps here).
+/// `next_after` is the last round of the page when more may follow.
+pub(super) async fn reports(
+    State(st): State<ApiState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let p = params(q, &["after", "limit"])?;
+    let after = u64_param(&p, "after", "a round number")?;
+    let limit = u64_param(&p, "limit", "a positive integer")?.unwrap_or(100);
+    if limit == 0 || limit > MAX_REPORTS_PAGE as u64 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "page_too_large",
+            format!("`limit` must be in 1..={MAX_REPORTS_PAGE}, got {limit}"),
+        ));
+    }
+    let limit = limit as usize;
+    // Without `after` the listing starts at round 0 itself.
+    let mut reports = Vec::with_capacity(limit);
+    let after = match after {
+        Some(a) => a,
+        None => {
+            reports.extend(st.inner.store.report(0).await?);
+            0
+        }
+    };
+    let rest = limit - reports.len();
+    if rest > 0 {
+        reports.extend(st.inner.store.reports_after(after, rest).await?);
+    }
+    let next_after = (reports.len() == limit)
+        .then(|| reports.last().map(|r| r.header.round))
+        .flatten();
+    let body: Vec<Value> = reports.iter().map(report_json).collect();
+    Ok(Json(json!({ "reports": body, "next_after": next_after })))
+}
+
 /// A round number in a path: `round` in `0..=MAX_INT`.
 pub fn round_param(round: &str) -> Result<Round, ApiError> {
     int_param("round", round, "a round number (or `latest`)")
 }
 
 /// One open stream, counted in all and for its client until dropped.
-struct StreamSlot {
+pub(super) struct StreamSlot {
     st: ApiState,
     ip: IpAddr,
 }
 
 impl StreamSlot {
     /// Takes a slot for `ip`, or says which cap is full.
-    fn take(st: &ApiState, ip: IpAddr) -> Result<Self, ApiError> {
+    pub(super) fn take(st: &ApiState, ip: IpAddr) -> Result<Self, ApiError> {
         let limits = &st.inner.config.limits;
         let m = &st.inner.metrics;
         let refused = |reason: &str| {
@@ -506,26 +624,60 @@ impl Drop for StreamSlot {
 /// before its connection is closed.
 pub(super) const LAGGED_GRACE: Duration = Duration::from_secs(2);
 
+/// Reports read from the store per page while a stream replays.
+const REPLAY_PAGE: usize = 256;
+
+/// The round a resuming client last saw: the `Last-Event-ID` header (what
+/// an `EventSource` sends on reconnect) or the `last_event_id` parameter.
+fn resume_point(headers: &HeaderMap, p: &Params) -> Result<Option<Round>, ApiError> {
+    if let Some(v) = headers.get("last-event-id") {
+        let v = v.to_str().map_err(|_| {
+            ApiError::bad_parameter("`Last-Event-ID` must be a round number (the last event's id)")
+        })?;
+        let v = v.trim();
+        if !v.is_empty() {
+            return int_param("Last-Event-ID", v, "a round number (the last event's id)").map(Some);
+        }
+    }
+    p.get("last_event_id")
+        .map(|v| int_param("last_event_id", v, "a round number (the last event's id)"))
+        .transpose()
+}
+
+/// `true`/`false` parameter.
+pub(super) fn bool_param(p: &Params, name: &str) -> Result<bool, ApiError> {
+    match p.get(name).map(String::as_str) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1" | "") => Ok(true),
+        Some(other) => Err(ApiError::bad_parameter(format!(
+            "`{name}` must be `true` or `false`, got {other:?}"
+        ))),
+    }
+}
+
 /// `GET /v1/stream`: one task per stream moves reports from the node's
 /// broadcast into a queue of `stream_queue` reports; the response drains it.
 /// The broadcast never waits for a stream. A client that lets the queue fill
 /// gets a final `lagged` event and its connection is closed if that has not
 /// gone out within [`LAGGED_GRACE`]; so one stream holds at most
 /// `stream_queue` reports (shared `Arc`s) plus hyper's write buffer.
+///
+/// Resume: with `Last-Event-ID: R` (event id = round) the task first replays
+/// every stored report after round `R` from the store, at the client's pace,
+/// then goes on live from the broadcast, to which it subscribed before
+/// reading the store; a live report at or below the last round sent is
+/// dropped, so the client sees every report once, in round order. A task the
+/// broadcast overran fills the gap from the store the same way.
 pub(super) async fn stream(
     State(st): State<ApiState>,
     conn: Option<Extension<ConnHandle>>,
+    headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let p = params(q, &["feeds"])?;
-    let mut filter: Option<BTreeSet<FeedId>> = None;
-    if let Some(list) = p.get("feeds") {
-        let mut set = BTreeSet::new();
-        for id in list.split(',').filter(|s| !s.is_empty()) {
-            set.insert(known_feed(&st, id).await?);
-        }
-        filter = Some(set);
-    }
+    let p = params(q, &["feeds", "signed", "last_event_id"])?;
+    let filter = feed_filter(&st, p.get("feeds").map(String::as_str)).await?;
+    let signed = bool_param(&p, "signed")?;
+    let resume = resume_point(&headers, &p)?;
     let conn = conn.map(|Extension(c)| c);
     let ip = conn
         .as_ref()
@@ -537,6 +689,7 @@ pub(super) async fn stream(
         st.inner.reports.subscribe(),
         tx,
         filter.clone(),
+        resume,
         StreamEnd {
             st: st.clone(),
             conn,
@@ -547,7 +700,7 @@ pub(super) async fn stream(
         .filter_map(move |item| {
             let _slot = &slot;
             match item {
-                Queued::Report(report) => report_event(&report, filter.as_ref()),
+                Queued::Report(report) => report_event(&report, filter.as_ref(), signed),
                 Queued::Skipped(n) => Some(Event::default().event("lagged").data(format!(
                     "{n} reports were skipped (the node fell behind); fetch /v1/feeds to resync"
                 ))),
@@ -556,7 +709,7 @@ pub(super) async fn stream(
         .chain(tokio_stream::once(()).filter_map(move |()| {
             lagged.load(Ordering::Acquire).then(|| {
                 Event::default().event("lagged").data(
-                    "this client read too slowly and the stream ends here; reconnect and fetch /v1/feeds to resync",
+                    "this client read too slowly and the stream ends here; reconnect with Last-Event-ID set to the last event's id to resume without a gap",
                 )
             })
         }))
@@ -566,10 +719,31 @@ pub(super) async fn stream(
         .into_response())
 }
 
+/// The `feeds=A,B` filter of a stream, each feed checked.
+pub(super) async fn feed_filter(
+    st: &ApiState,
+    list: Option<&str>,
+) -> Result<Option<BTreeSet<FeedId>>, ApiError> {
+    let Some(list) = list else {
+        return Ok(None);
+    };
+    let mut set = BTreeSet::new();
+    for id in list.split(',').filter(|s| !s.is_empty()) {
+        set.insert(known_feed(st, id).await?);
+    }
+    Ok(Some(set))
+}
+
+/// Whether `report` carries a leaf the filter wants.
+pub(super) fn wanted(report: &SignedReport, filter: Option<&BTreeSet<FeedId>>) -> bool {
+    filter.is_none_or(|f| report.leaves.iter().any(|l| f.contains(&l.feed_id)))
+}
+
 /// What a stream's queue carries.
 enum Queued {
     Report(Arc<SignedReport>),
-    /// The broadcast overran this stream's task (the node itself was busy).
+    /// The broadcast overran this stream's task before it had sent anything
+    /// it could resume from.
     Skipped(u64),
 }
 
@@ -580,26 +754,78 @@ struct StreamEnd {
     lagged: Arc<AtomicBool>,
 }
 
+/// Sends the stored reports after round `after` (those the filter wants)
+/// into `tx`, waiting for the client as it goes. Returns the last round
+/// read, or `None` when the stream is gone or the store failed.
+pub(super) async fn replay_into<T>(
+    st: &ApiState,
+    tx: &mpsc::Sender<T>,
+    filter: Option<&BTreeSet<FeedId>>,
+    mut after: Round,
+    wrap: impl Fn(Arc<SignedReport>) -> T,
+) -> Option<Round> {
+    loop {
+        let page = match st.inner.store.reports_after(after, REPLAY_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = ?e, after, "stream replay: the store could not answer; ending the stream (the client resumes from its last event)");
+                return None;
+            }
+        };
+        let Some(last) = page.last() else {
+            return Some(after);
+        };
+        let full = page.len() == REPLAY_PAGE;
+        after = last.header.round;
+        for report in page {
+            if wanted(&report, filter) && tx.send(wrap(Arc::new(report))).await.is_err() {
+                return None;
+            }
+        }
+        if !full {
+            return Some(after);
+        }
+    }
+}
+
 async fn forward_reports(
     mut sub: broadcast::Receiver<Arc<SignedReport>>,
     tx: mpsc::Sender<Queued>,
     filter: Option<BTreeSet<FeedId>>,
+    mut last: Option<Round>,
     end: StreamEnd,
 ) {
+    if let Some(after) = last {
+        match replay_into(&end.st, &tx, filter.as_ref(), after, Queued::Report).await {
+            Some(l) => last = Some(l),
+            None => return,
+        }
+    }
     loop {
         let item = tokio::select! {
             () = tx.closed() => return,
             r = sub.recv() => match r {
                 Ok(report) => {
-                    let wanted = filter
-                        .as_ref()
-                        .is_none_or(|f| report.leaves.iter().any(|l| f.contains(&l.feed_id)));
-                    if !wanted {
+                    let round = report.header.round;
+                    if last.is_some_and(|l| round <= l) {
+                        continue; // replayed already (or older than what the client has)
+                    }
+                    last = Some(round);
+                    if !wanted(&report, filter.as_ref()) {
                         continue;
                     }
                     Queued::Report(report)
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => Queued::Skipped(n),
+                Err(broadcast::error::RecvError::Lagged(n)) => match last {
+                    Some(after) => {
+                        match replay_into(&end.st, &tx, filter.as_ref(), after, Queued::Report).await {
+                            Some(l) => last = Some(l),
+                            None => return,
+                        }
+                        continue;
+                    }
+                    None => Queued::Skipped(n),
+                },
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
@@ -619,7 +845,14 @@ async fn forward_reports(
     }
 }
 
-fn report_event(report: &Arc<SignedReport>, filter: Option<&BTreeSet<FeedId>>) -> Option<Event> {
+/// A report as the stream and the WebSocket send it: round, timestamp and
+/// the wanted leaves, plus with `signed` the whole signed report in its
+/// wire encoding (hex), which a follower verifies before storing.
+pub(super) fn report_body(
+    report: &SignedReport,
+    filter: Option<&BTreeSet<FeedId>>,
+    signed: bool,
+) -> Option<Value> {
     let leaves: Vec<LeafValue> = report
         .leaves
         .iter()
@@ -629,11 +862,26 @@ fn report_event(report: &Arc<SignedReport>, filter: Option<&BTreeSet<FeedId>>) -
     if leaves.is_empty() {
         return None;
     }
-    let data = json!({
+    let mut data = json!({
         "round": report.header.round,
         "timestamp_ms": report.header.timestamp_ms,
         "leaves": leaves,
     });
+    if signed && let Some(obj) = data.as_object_mut() {
+        obj.insert(
+            "signed_report".into(),
+            Value::String(hex::encode(report.to_bytes())),
+        );
+    }
+    Some(data)
+}
+
+fn report_event(
+    report: &Arc<SignedReport>,
+    filter: Option<&BTreeSet<FeedId>>,
+    signed: bool,
+) -> Option<Event> {
+    let data = report_body(report, filter, signed)?;
     Some(
         Event::default()
             .event("report")

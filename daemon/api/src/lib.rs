@@ -28,13 +28,17 @@ pub mod node;
 pub mod openapi;
 mod pull;
 mod server;
+pub mod store;
 mod types;
+mod udf;
+mod ws;
 
 pub use error::ApiError;
 pub use handlers::round_param;
 pub use limits::{RateLimiter, require_admin};
 pub use pull::{EvmPull, MAX_BATCH_FEEDS, pull_config};
 pub use sibyl_node::driver::metrics::openmetrics_to_prometheus;
+pub use store::ReportStore;
 pub use types::{CommitteeStatus, FeedInfo, MemberStatus};
 
 use axum::Router;
@@ -47,7 +51,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sibyl_aggregator::{FeedId, SignedReport};
-use sibyl_node::store::{Readers, RetentionPolicy, StoreHandle};
+use sibyl_node::store::{RetentionPolicy, StoreHandle};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -133,13 +137,18 @@ pub struct ApiConfig {
     /// the pull payloads `GET /v1/feeds/{id}/update` and
     /// `GET /v1/feeds/update`. `None`: those routes answer 404 `no_evm_suite`.
     pub evm: Option<EvmPull>,
+    /// `[api] public = false`: serve only `/healthz`, `/metrics`, the admin
+    /// routes, the node's own routes and what gateways follow
+    /// (`/v1/stream`, `/v1/reports*`); every other route answers 404.
+    pub private: bool,
 }
 
 /// Everything the node hands the API. Plain fields so the node can build it
 /// piece by piece; [`ApiState::new`] turns it into the shared state.
 pub struct ApiParts {
-    /// Read-only connections to the node's store.
-    pub readers: Readers,
+    /// What the public routes read: a member's SQLite readers
+    /// (`Arc::new(readers)`) or a gateway's PostgreSQL store.
+    pub store: Arc<dyn ReportStore>,
     /// The store's writer, for admin routes (retention). `None` disables them.
     pub writer: Option<StoreHandle>,
     /// The node sends every verified, stored signed report here.
@@ -259,7 +268,7 @@ impl ApiMetrics {
 }
 
 struct Inner {
-    readers: Readers,
+    store: Arc<dyn ReportStore>,
     writer: Option<StoreHandle>,
     reports: broadcast::Sender<Arc<SignedReport>>,
     committee: watch::Receiver<CommitteeStatus>,
@@ -282,7 +291,7 @@ impl ApiState {
     /// Register the API's metrics in `parts.registry` and build the state.
     pub fn new(parts: ApiParts) -> Self {
         let ApiParts {
-            readers,
+            store,
             writer,
             reports,
             committee,
@@ -294,7 +303,7 @@ impl ApiState {
         let rate = RateLimiter::new(config.limits.requests_per_second, config.limits.burst);
         Self {
             inner: Arc::new(Inner {
-                readers,
+                store,
                 writer,
                 reports,
                 committee,
@@ -308,8 +317,8 @@ impl ApiState {
         }
     }
 
-    pub fn readers(&self) -> &Readers {
-        &self.inner.readers
+    pub fn store(&self) -> &Arc<dyn ReportStore> {
+        &self.inner.store
     }
 
     pub fn config(&self) -> &ApiConfig {
@@ -327,8 +336,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/feeds/{id}/history"),
     ("GET", "/v1/feeds/{id}/update"),
     ("GET", "/v1/feeds/update"),
+    ("GET", "/v1/feeds/meta"),
+    ("GET", "/v1/reports"),
     ("GET", "/v1/reports/{round}"),
     ("GET", "/v1/stream"),
+    ("GET", "/v1/ws"),
+    ("GET", "/udf/config"),
+    ("GET", "/udf/symbols"),
+    ("GET", "/udf/history"),
     ("GET", "/v1/committee"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/admin/retention"),
@@ -392,21 +407,34 @@ pub fn router_with(state: ApiState, extra: Router) -> Router {
         .route("/v1/margin/liquidations", get(margin::liquidations))
         .route("/v1/margin/insurance", get(margin::insurance))
         .route("/v1/margin/markets", get(margin::markets));
-    Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/metrics", get(handlers::metrics))
+    let public = Router::new()
         .route("/v1/feeds", get(handlers::feeds))
         .route("/v1/feeds/{id}/latest", get(handlers::feed_latest))
         .route("/v1/feeds/{id}/history", get(handlers::feed_history))
         .route("/v1/feeds/{id}/update", get(pull::feed_update))
         .route("/v1/feeds/update", get(pull::feeds_update))
-        .route("/v1/reports/{round}", get(handlers::report))
-        .route("/v1/stream", get(handlers::stream))
+        .route("/v1/feeds/meta", get(handlers::feeds_meta))
+        .route("/v1/ws", get(ws::upgrade))
         .route("/v1/committee", get(handlers::committee))
         .route("/v1/openapi.json", get(handlers::openapi))
-        .merge(admin)
+        .route("/udf/config", get(udf::config))
+        .route("/udf/symbols", get(udf::symbols))
+        .route("/udf/history", get(udf::history))
         .merge(margin)
-        .merge(dashboard::routes())
+        .merge(dashboard::routes());
+    // What a member keeps serving with `[api] public = false`: health,
+    // metrics, admin, and the signed reports gateways follow.
+    let mut routes = Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/v1/reports", get(handlers::reports))
+        .route("/v1/reports/{round}", get(handlers::report))
+        .route("/v1/stream", get(handlers::stream))
+        .merge(admin);
+    if !state.inner.config.private {
+        routes = routes.merge(public);
+    }
+    routes
         .with_state(state.clone())
         .merge(extra)
         .method_not_allowed_fallback(handlers::method_not_allowed)

@@ -220,6 +220,17 @@ fn handle(st: &ApiState) -> Result<&MarginHandle, ApiError> {
     })
 }
 
+/// The member's SQLite readers, where the margin engine's events are stored.
+fn margin_log(st: &ApiState) -> Result<&sibyl_node::store::Readers, ApiError> {
+    st.store().sqlite().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "margin_disabled",
+            "this API instance has no margin engine",
+        )
+    })
+}
+
 fn account_param(s: &str) -> Result<AccountId, ApiError> {
     s.parse::<AccountId>().map_err(|_| {
         ApiError::bad_parameter(format!(
@@ -1239,8 +1250,7 @@ pub(super) async fn liquidations(
         )?),
     };
     handle(&st)?;
-    let rows = st
-        .readers()
+    let rows = margin_log(&st)?
         .read(move |db| db.margin_events_of_kind_before("liquidated", before, limit + 1))
         .await?;
     let more = rows.len() > limit;
@@ -1275,8 +1285,7 @@ pub(super) async fn insurance(
             s.accounts.len(),
         )
     };
-    let rows = st
-        .readers()
+    let rows = margin_log(&st)?
         .read(move |db| db.margin_events_of_kind_before("insurance_fund", None, limit))
         .await?;
     Ok(Json(InsuranceResponse {

@@ -156,14 +156,7 @@ pub async fn serve_if_enabled(
         .committee
         .feeds
         .iter()
-        .map(|f| {
-            (
-                f.id.clone(),
-                FeedInfo {
-                    decimals: f.decimals,
-                },
-            )
-        })
+        .map(|f| (f.id.clone(), FeedInfo::of(f)))
         .collect();
     let (committee_tx, committee_rx) = watch::channel(committee_status(
         &config.committee,
@@ -189,7 +182,7 @@ pub async fn serve_if_enabled(
         });
     }
     let state = ApiState::new(ApiParts {
-        readers: store.readers.clone(),
+        store: Arc::new(store.readers.clone()),
         writer: Some(store.writer.clone()),
         reports,
         committee: committee_rx,
@@ -201,6 +194,7 @@ pub async fn serve_if_enabled(
             limits: ApiLimits::from_config(&config.node.api),
             retention: RetentionPolicy::default(),
             evm,
+            private: !config.node.api.public,
         },
     });
     let addr = config.api_listen();

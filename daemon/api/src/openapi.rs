@@ -436,9 +436,48 @@ fn base_document() -> Value {
                 "digest": { "type": "string" }, "header_abi": { "type": "string" } } })),
             "400": error_response("malformed round, or above 2^63-1 (`out_of_range`)"),
             "404": error_response("no report stored for that round") } } },
+        "/v1/reports": { "get": {
+          "summary": "Signed reports after a round, oldest first (followers catch up here); `next_after` is set when more may follow",
+          "parameters": [ query("after", "round; reports with a greater round are returned (absent: from round 0 itself)", json!({"type": "integer", "minimum": 0})),
+                          query("limit", "reports per page, 1..=500 (default 100)", json!({"type": "integer", "minimum": 1, "maximum": 500})) ],
+          "responses": {
+            "200": json_response("reports", json!({ "type": "object", "properties": {
+                "reports": { "type": "array", "items": { "type": "object", "properties": {
+                    "report": { "$ref": "#/components/schemas/SignedReport" },
+                    "digest": { "type": "string" }, "header_abi": { "type": "string" } } } },
+                "next_after": { "type": ["integer", "null"] } } })),
+            "400": error_response("malformed parameter or `limit` above 500 (`page_too_large`)") } } },
+        "/v1/feeds/meta": { "get": {
+          "summary": "Feed discovery: each feed's decimals, deviation and heartbeat (committee file) and its newest leaf's venues, status, flags, round, age; `overdue` when nothing came for two heartbeats",
+          "responses": { "200": json_response("feeds", json!({ "type": "object" })) } } },
+        "/v1/ws": { "get": {
+          "summary": "WebSocket report stream: send {\"op\":\"subscribe\",\"feeds\":[...],\"after_round\":R?} / {\"op\":\"unsubscribe\",...}; receives {\"type\":\"report\",...} for subscribed feeds; `lagged` then close code 4008 for a client that fell a queue behind (docs/API.md)",
+          "responses": {
+            "101": { "description": "switching to the WebSocket protocol" },
+            "429": error_response("this client holds `api.max_streams_per_client` streams"),
+            "503": error_response("too many open streams") } } },
+        "/udf/config": { "get": {
+          "summary": "TradingView UDF: datafeed configuration",
+          "responses": { "200": json_response("config", json!({ "type": "object" })) } } },
+        "/udf/symbols": { "get": {
+          "summary": "TradingView UDF: symbol information (symbol = feed id)",
+          "parameters": [ query("symbol", "feed id", json!({"type": "string"})) ],
+          "responses": { "200": json_response("symbol", json!({ "type": "object" })),
+                         "404": error_response("unknown feed") } } },
+        "/udf/history": { "get": {
+          "summary": "TradingView UDF: bars {s, t, o, h, l, c, v} (prices as numbers in units, times in seconds; buckets without a report are left out)",
+          "parameters": [ query("symbol", "feed id", json!({"type": "string"})),
+                          query("resolution", "1S, 5S, 15S, minutes (1, 5, 15, 60, 240) or 1D", json!({"type": "string"})),
+                          query("from", "seconds since the epoch", json!({"type": "integer"})),
+                          query("to", "seconds since the epoch", json!({"type": "integer"})),
+                          query("countback", "at most this many bars, the newest", json!({"type": "integer"})) ],
+          "responses": { "200": json_response("bars", json!({ "type": "object" })),
+                         "400": error_response("bad parameter"), "404": error_response("unknown feed") } } },
         "/v1/stream": { "get": {
-          "summary": "Server-Sent Events: one `report` event per new signed report (data: {round, timestamp_ms, leaves}); `lagged` if reports were skipped, or as the last event when the client fell too far behind",
-          "parameters": [ query("feeds", "comma-separated feed ids; only their leaves are sent", json!({"type": "string"})) ],
+          "summary": "Server-Sent Events: one `report` event per new signed report (id: round; data: {round, timestamp_ms, leaves[, signed_report]}); resumes after `Last-Event-ID` (or `last_event_id`) by replaying stored reports first; `lagged` if reports were skipped, or as the last event when the client fell too far behind",
+          "parameters": [ query("feeds", "comma-separated feed ids; only their leaves are sent", json!({"type": "string"})),
+                          query("signed", "true: each event also carries `signed_report`, the wire-encoded signed report in hex (for followers)", json!({"type": "boolean"})),
+                          query("last_event_id", "resume after this round (as the `Last-Event-ID` header)", json!({"type": "integer", "minimum": 0})) ],
           "responses": {
             "200": { "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
             "404": error_response("unknown feed in the filter"),
@@ -481,9 +520,9 @@ fn base_document() -> Value {
             "bid": dec_string, "ask": dec_string, "venues": int,
             "status": status, "flags": int,
             "ema": dec_string, "ema_confidence": dec_string, "volatility": dec_string } },
-          "Candle": { "type": "object", "properties": {
-            "start_ms": int, "open": dec_string, "high": dec_string, "low": dec_string,
-            "close": dec_string, "count": int } },
+          "Candle": { "type": "object", "description": "one bucket; a bucket without a report has `count` 0 and null prices (gaps are never silent)", "properties": {
+            "start_ms": int, "open": nullable(&dec_string), "high": nullable(&dec_string), "low": nullable(&dec_string),
+            "close": nullable(&dec_string), "count": int } },
           "MerkleProof": { "type": "object", "properties": {
             "leaf_index": int, "leaf_count": int,
             "siblings": { "type": "array", "items": { "type": "string", "description": "hex bytes32" } } } },

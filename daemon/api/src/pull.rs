@@ -23,7 +23,6 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use sibyl_aggregator::{FeedId, Round, SignedReport, digest, encoding, merkle};
 use sibyl_chain::abi::{self, AbiError, EvmGroupKey, ProvenLeaf, SUBMIT_FEEDS_SIGNATURE};
-use sibyl_node::store::StoreError;
 use std::collections::BTreeMap;
 
 /// Most feeds one batch request may name.
@@ -219,20 +218,8 @@ async fn known_feeds(st: &ApiState, ids: &[&str]) -> Result<Vec<FeedId>, ApiErro
         .filter(|f| !configured.contains_key(f))
         .cloned()
         .collect();
-    if !unconfigured.is_empty() {
-        let missing = st
-            .inner
-            .readers
-            .read(move |db| {
-                for f in unconfigured {
-                    if !db.has_feed(&f)? {
-                        return Ok(Some(f));
-                    }
-                }
-                Ok(None)
-            })
-            .await?;
-        if let Some(f) = missing {
+    for f in unconfigured {
+        if !st.inner.store.has_feed(f.clone()).await? {
             return Err(ApiError::not_found(
                 "unknown_feed",
                 format!(
@@ -250,40 +237,31 @@ async fn latest_reports(
     st: &ApiState,
     feeds: Vec<FeedId>,
 ) -> Result<BTreeMap<Round, (SignedReport, Vec<FeedId>)>, ApiError> {
-    enum Miss {
-        NoData(FeedId),
-        NoReport(FeedId, Round),
-    }
-    let found = st
-        .inner
-        .readers
-        .read(move |db| {
-            let mut groups: BTreeMap<Round, (SignedReport, Vec<FeedId>)> = BTreeMap::new();
-            for feed in feeds {
-                let Some(point) = db.latest(&feed)? else {
-                    return Ok(Err(Miss::NoData(feed)));
-                };
-                if let Some((_, fs)) = groups.get_mut(&point.round) {
-                    fs.push(feed);
-                    continue;
-                }
-                let Some(report) = db.report(point.round)? else {
-                    return Ok(Err(Miss::NoReport(feed, point.round)));
-                };
-                groups.insert(point.round, (report, vec![feed]));
-            }
-            Ok::<_, StoreError>(Ok(groups))
-        })
-        .await?;
-    found.map_err(|miss| match miss {
-        Miss::NoData(f) => {
-            ApiError::not_found("no_data", format!("feed {f} has no signed value yet"))
+    let store = &st.inner.store;
+    let mut groups: BTreeMap<Round, (SignedReport, Vec<FeedId>)> = BTreeMap::new();
+    for feed in feeds {
+        let Some(point) = store.latest(feed.clone()).await? else {
+            return Err(ApiError::not_found(
+                "no_data",
+                format!("feed {feed} has no signed value yet"),
+            ));
+        };
+        if let Some((_, fs)) = groups.get_mut(&point.round) {
+            fs.push(feed);
+            continue;
         }
-        Miss::NoReport(f, r) => ApiError::not_found(
-            "report_missing",
-            format!("the signed report of round {r} (feed {f}'s latest value) is not stored on this node"),
-        ),
-    })
+        let Some(report) = store.report(point.round).await? else {
+            return Err(ApiError::not_found(
+                "report_missing",
+                format!(
+                    "the signed report of round {} (feed {feed}'s latest value) is not stored on this node",
+                    point.round
+                ),
+            ));
+        };
+        groups.insert(point.round, (report, vec![feed]));
+    }
+    Ok(groups)
 }
 
 /// `GET /v1/feeds/{id}/update`: the `submitFeeds` payload for one feed's latest value.

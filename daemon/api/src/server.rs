@@ -190,7 +190,7 @@ async fn serve_connection(
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true).header_read_timeout(None);
-    let connection = http.serve_connection(io, service);
+    let connection = http.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     let closed = loop {
         let next = {

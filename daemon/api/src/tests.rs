@@ -2,7 +2,8 @@
 
 use super::*;
 use prometheus_client::metrics::counter::Counter;
-use serde_json::Value;
+use serde_json::{Value, json};
+use sibyl_aggregator::Decode;
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::{
     ConfigDigest, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, Suite, digest,
@@ -84,7 +85,7 @@ async fn start_with(config: ApiConfig, extra: Router) -> Harness {
     rounds.inc_by(3);
     registry.register("sibyl_rounds_signed", "Rounds signed", rounds);
     let state = ApiState::new(ApiParts {
-        readers: store.readers.clone(),
+        store: std::sync::Arc::new(store.readers.clone()),
         writer: Some(store.writer.clone()),
         reports: reports.clone(),
         committee: committee_rx,
@@ -106,7 +107,13 @@ async fn start_with(config: ApiConfig, extra: Router) -> Harness {
 fn config() -> ApiConfig {
     let mut feeds = BTreeMap::new();
     for id in ["BTC-USD", "ETH-USD", "SOL-USD", "DOGE-USD"] {
-        feeds.insert(feed(id), FeedInfo { decimals: 8 });
+        feeds.insert(
+            feed(id),
+            FeedInfo {
+                decimals: 8,
+                ..FeedInfo::default()
+            },
+        );
     }
     ApiConfig {
         feeds,
@@ -357,11 +364,23 @@ async fn history_points_candles_and_bad_requests() {
         }
     }
     assert_eq!(rounds, (1..=20).collect::<Vec<u64>>());
-    // 10-second candles: rounds 1..=9, 10..=19, 20.
+    // 10-second candles: rounds 1..=9, 10..=19, 20, then seven buckets with
+    // no report, each there with count 0 and null prices (no silent gap).
     let v = get(h.addr, &format!("{base}&interval=10s")).await.json();
     let candles = v["candles"].as_array().expect("candles");
-    assert_eq!(candles.len(), 3, "{v}");
+    assert_eq!(candles.len(), 10, "{v}");
     assert_eq!(candles[0]["count"], 9);
+    for (i, c) in candles.iter().enumerate().skip(3) {
+        assert_eq!(c["count"], 0, "{c}");
+        assert!(c["open"].is_null() && c["close"].is_null(), "{c}");
+        assert_eq!(c["start_ms"], T0 + 10_000 * i as u64);
+    }
+    // Pages count empty buckets too: 4 then the next page from bucket 4.
+    let v = get(h.addr, &format!("{base}&interval=10s&limit=4"))
+        .await
+        .json();
+    assert_eq!(v["candles"].as_array().expect("candles").len(), 4);
+    assert_eq!(v["next_from"], T0 + 40_000);
     assert_eq!(candles[1]["open"], "6000000000010");
     assert_eq!(candles[1]["close"], "6000000000019");
     assert_eq!(v["interval_ms"], 10_000);
@@ -476,6 +495,253 @@ async fn stream_sends_new_reports_filtered_by_feed() {
 
     let r = get(h.addr, "/v1/stream?feeds=NOPE-USD").await;
     assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_feed"));
+}
+
+/// Reads SSE from `s` until `n` report events came; returns their (id, data).
+async fn read_reports(s: &mut TcpStream, n: usize) -> Vec<(u64, Value)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let events: Vec<(u64, Value)> = text
+            .split("\n\n")
+            .filter(|e| e.contains("event: report") && e.contains("data: "))
+            .filter_map(|e| {
+                let id = e
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id: "))?
+                    .parse()
+                    .ok()?;
+                let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
+                Some((id, serde_json::from_str(data).ok()?))
+            })
+            .collect();
+        if events.len() >= n {
+            return events;
+        }
+        let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("events in time")
+            .expect("read");
+        assert!(k > 0, "stream closed: {text}");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+}
+
+#[tokio::test]
+async fn a_stream_resumes_after_last_event_id_with_no_gap_and_no_duplicate() {
+    let h = start(config()).await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(b"GET /v1/stream?signed=true HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 17\r\n\r\n")
+        .await
+        .expect("write");
+    // 18..=20 come from the store.
+    let replayed = read_reports(&mut s, 3).await;
+    assert_eq!(
+        replayed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [18, 19, 20]
+    );
+    let (_, first) = &replayed[0];
+    assert_eq!(first["round"], 18);
+    let bytes = hex::decode(first["signed_report"].as_str().expect("signed_report")).expect("hex");
+    assert_eq!(
+        SignedReport::from_bytes(&bytes).expect("decodes"),
+        report(18),
+        "the signed report travels whole"
+    );
+    // Live: a copy of 20 (already sent) is dropped, 21 follows.
+    while h.reports.receiver_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.reports.send(Arc::new(report(20))).expect("send");
+    h.reports.send(Arc::new(report(21))).expect("send");
+    let live = read_reports(&mut s, 1).await;
+    assert_eq!(
+        live.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [21],
+        "the copy of 20 must not come again"
+    );
+    // A bad Last-Event-ID is a 400 naming it.
+    let r = http(h.addr, "GET", "/v1/stream", &[("Last-Event-ID", "x1")], b"").await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_parameter"));
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(body.contains("Last-Event-ID"), "{body}");
+}
+
+#[tokio::test]
+async fn the_websocket_subscribes_per_feed_replays_and_unsubscribes() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let h = start(config()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", h.addr))
+        .await
+        .expect("websocket");
+    let send = |v: Value| Message::Text(v.to_string().into());
+    ws.send(send(
+        json!({"op": "subscribe", "feeds": ["ETH-USD"], "after_round": 18}),
+    ))
+    .await
+    .expect("send");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            got.push(serde_json::from_str::<Value>(t.as_str()).expect("json"));
+        }
+    }
+    assert_eq!(got[0]["type"], "subscribed");
+    assert_eq!(
+        (got[1]["type"].as_str(), got[1]["round"].as_u64()),
+        (Some("report"), Some(19))
+    );
+    assert_eq!(got[2]["round"], 20);
+    let leaves = got[2]["leaves"].as_array().expect("leaves");
+    assert_eq!(leaves.len(), 1);
+    assert_eq!(leaves[0]["feed_id"], "ETH-USD");
+    // Live 21 arrives; after unsubscribing, 22 does not (the pong comes first).
+    h.reports.send(Arc::new(report(21))).expect("send");
+    ws.send(send(json!({"op": "unsubscribe", "feeds": ["ETH-USD"]})))
+        .await
+        .expect("send");
+    let mut rest = Vec::new();
+    while rest.len() < 2 {
+        if let Message::Text(t) = ws.next().await.expect("open").expect("frame") {
+            rest.push(serde_json::from_str::<Value>(t.as_str()).expect("json"));
+        }
+    }
+    assert_eq!(rest[0]["round"], 21, "{rest:?}");
+    assert_eq!(rest[1]["type"], "unsubscribed");
+    h.reports.send(Arc::new(report(22))).expect("send");
+    ws.send(send(json!({"op": "ping"}))).await.expect("send");
+    loop {
+        if let Message::Text(t) = ws.next().await.expect("open").expect("frame") {
+            let v: Value = serde_json::from_str(t.as_str()).expect("json");
+            assert_eq!(v["type"], "pong", "nothing after unsubscribing: {v}");
+            break;
+        }
+    }
+    // An unknown feed is an error message; the connection stays.
+    ws.send(send(json!({"op": "subscribe", "feeds": ["NOPE-USD"]})))
+        .await
+        .expect("send");
+    loop {
+        if let Message::Text(t) = ws.next().await.expect("open").expect("frame") {
+            let v: Value = serde_json::from_str(t.as_str()).expect("json");
+            assert_eq!(
+                (v["type"].as_str(), v["code"].as_str()),
+                (Some("error"), Some("unknown_feed"))
+            );
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_private_api_serves_only_health_metrics_admin_and_what_gateways_follow() {
+    let h = start(ApiConfig {
+        private: true,
+        ..config()
+    })
+    .await;
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/v1/reports?after=18",
+        "/v1/reports/20",
+    ] {
+        assert_eq!(get(h.addr, path).await.status, 200, "{path}");
+    }
+    let v = get(h.addr, "/v1/reports?after=18").await.json();
+    assert_eq!(v["reports"].as_array().map(Vec::len), Some(2), "{v}");
+    for path in [
+        "/v1/feeds",
+        "/v1/feeds/BTC-USD/latest",
+        "/v1/feeds/BTC-USD/history",
+        "/v1/feeds/meta",
+        "/v1/committee",
+        "/udf/config",
+        "/",
+    ] {
+        let r = get(h.addr, path).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (404, "no_route"),
+            "{path}"
+        );
+    }
+    // The stream gateways follow stays open.
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(b"GET /v1/stream?signed=true HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 19\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_reports(&mut s, 1).await;
+    assert_eq!(got[0].0, 20);
+}
+
+#[tokio::test]
+async fn feed_discovery_and_udf_describe_the_feeds() {
+    let h = start(ApiConfig {
+        feeds: BTreeMap::from([(
+            feed("BTC-USD"),
+            FeedInfo {
+                decimals: 8,
+                deviation_bps: Some(25),
+                heartbeat_ms: Some(60_000),
+            },
+        )]),
+        ..config()
+    })
+    .await;
+    let v = get(h.addr, "/v1/feeds/meta").await.json();
+    let btc = v["feeds"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["feed_id"] == "BTC-USD"))
+        .expect("BTC-USD listed")
+        .clone();
+    assert_eq!(btc["decimals"], 8);
+    assert_eq!(btc["deviation_bps"], 25);
+    assert_eq!(btc["heartbeat_ms"], 60_000);
+    assert_eq!(btc["venues"], 4);
+    assert_eq!(btc["status"], "ok");
+    assert_eq!(btc["last_round"], 20);
+    assert_eq!(btc["overdue"], true, "its last report is years old: {btc}");
+    let sym = get(h.addr, "/udf/symbols?symbol=BTC-USD").await.json();
+    assert_eq!(sym["pricescale"], 100_000_000u64);
+    let from = T0 / 1000;
+    let bars = get(
+        h.addr,
+        &format!(
+            "/udf/history?symbol=BTC-USD&resolution=10S&from={from}&to={}",
+            from + 100
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(bars["s"], "ok", "{bars}");
+    assert_eq!(bars["t"], json!([from, from + 10, from + 20]));
+    assert_eq!(bars["v"], json!([9, 10, 1]));
+    assert_eq!(bars["o"][1], json!(60_000.0000001));
+    let none = get(
+        h.addr,
+        "/udf/history?symbol=BTC-USD&resolution=1D&from=1&to=1000",
+    )
+    .await
+    .json();
+    assert_eq!(none["s"], "no_data");
+    let bad = get(
+        h.addr,
+        "/udf/history?symbol=BTC-USD&resolution=7X&from=1&to=2",
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "bad_parameter")
+    );
 }
 
 #[tokio::test]

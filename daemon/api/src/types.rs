@@ -9,6 +9,23 @@ use sibyl_aggregator::{ReportLeaf, Round, TimestampMs};
 pub struct FeedInfo {
     /// Prices are `value / 10^decimals`.
     pub decimals: u8,
+    /// Publish threshold: a move of at least this many basis points.
+    #[serde(default)]
+    pub deviation_bps: Option<u32>,
+    /// Publish at least this often, in milliseconds.
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl FeedInfo {
+    /// A feed's facts from its committee-file parameters.
+    pub fn of(f: &sibyl_node::config::FeedParams) -> Self {
+        Self {
+            decimals: f.decimals,
+            deviation_bps: Some(f.deviation_bps),
+            heartbeat_ms: Some(f.heartbeat_ms),
+        }
+    }
 }
 
 /// Committee health as the node sees it; published by the node on a

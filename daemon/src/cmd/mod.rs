@@ -3,6 +3,7 @@
 pub mod config;
 pub mod devnet;
 pub mod dkg;
+pub mod gateway;
 pub mod identity;
 pub mod keygen;
 pub mod replay;

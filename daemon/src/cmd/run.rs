@@ -96,7 +96,7 @@ fn worker_threads() -> usize {
         .unwrap_or(2)
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -13,6 +13,7 @@ mod config_check;
 mod devnet_member_exit;
 mod devnet_scenarios;
 mod dkg_cli;
+mod gateway;
 mod hostile_member;
 mod margin_devnet;
 mod operator_guide;

@@ -129,7 +129,8 @@ async function loadChart() {
   if (id !== state.selected) return;
   const dec = body.decimals;
   state.intervalMs = body.interval_ms;
-  state.candles = body.candles.map((c) => ({
+  // Empty buckets (count 0, null prices) say there was no report; the chart skips them.
+  state.candles = body.candles.filter((c) => c.count > 0).map((c) => ({
     start_ms: c.start_ms, open: toNumber(c.open, dec), high: toNumber(c.high, dec),
     low: toNumber(c.low, dec), close: toNumber(c.close, dec), count: c.count,
   }));

@@ -62,10 +62,16 @@ async fn start(evm: Option<EvmPull>, reports: Vec<SignedReport>) -> Harness {
     let (_tx, committee) = watch::channel(CommitteeStatus::default());
     let mut feeds = BTreeMap::new();
     for id in ["BTC-USD", "ETH-USD", "WTI-SPREAD", "DOGE-USD"] {
-        feeds.insert(FeedId::new(id).expect("id"), FeedInfo { decimals: 8 });
+        feeds.insert(
+            FeedId::new(id).expect("id"),
+            FeedInfo {
+                decimals: 8,
+                ..FeedInfo::default()
+            },
+        );
     }
     let state = ApiState::new(ApiParts {
-        readers: store.readers.clone(),
+        store: std::sync::Arc::new(store.readers.clone()),
         writer: None,
         margin: None,
         reports,

@@ -93,7 +93,7 @@ impl Node {
         let mut registry = prometheus_client::registry::Registry::default();
         margin.register_metrics(&mut registry);
         let state = ApiState::new(ApiParts {
-            readers: store.readers.clone(),
+            store: std::sync::Arc::new(store.readers.clone()),
             writer: Some(store.writer.clone()),
             reports: reports.clone(),
             committee,
@@ -103,7 +103,15 @@ impl Node {
                 admin_token: Some(TOKEN.into()),
                 feeds: ["BTC-USD", "ETH-USD", "SOL-USD"]
                     .iter()
-                    .map(|f| (feed(f), FeedInfo { decimals: 8 }))
+                    .map(|f| {
+                        (
+                            feed(f),
+                            FeedInfo {
+                                decimals: 8,
+                                ..FeedInfo::default()
+                            },
+                        )
+                    })
                     .collect(),
                 ..ApiConfig::default()
             },

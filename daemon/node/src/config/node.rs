@@ -225,6 +225,11 @@ impl Default for NetSection {
 pub struct ApiSection {
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// `false`: serve only `/healthz`, `/metrics`, the admin routes, the
+    /// node's own routes and the signed reports gateways follow
+    /// (`/v1/stream`, `/v1/reports*`): a member whose public API gateways serve.
+    #[serde(default = "default_true")]
+    pub public: bool,
     /// `host:port` of the HTTP API (and `/metrics`).
     #[serde(default = "default_api_listen")]
     pub listen: Spanned<String>,
@@ -292,6 +297,7 @@ impl Default for ApiSection {
     fn default() -> Self {
         Self {
             enabled: true,
+            public: true,
             listen: default_api_listen(),
             admin_token_env: None,
             admin_token_file: None,
