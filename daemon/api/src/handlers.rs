@@ -518,7 +518,7 @@ pub(super) const MAX_REPORTS_PAGE: usize = 500;
 pub(super) async fn reports(
     State(st): State<ApiState>,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReportPage>, ApiError> {
     let p = params(q, &["after", "limit"])?;
     let after = u64_param(&p, "after", "a round number")?;
     let limit = u64_param(&p, "limit", "a positive integer")?.unwrap_or(100);
@@ -546,8 +546,17 @@ pub(super) async fn reports(
     let next_after = (reports.len() == limit)
         .then(|| reports.last().map(|r| r.header.round))
         .flatten();
-    let body: Vec<Value> = reports.iter().map(report_json).collect();
-    Ok(Json(json!({ "reports": body, "next_after": next_after })))
+    Ok(Json(ReportPage {
+        reports: reports.into_iter().map(report_json).collect(),
+        next_after,
+    }))
+}
+
+/// `GET /v1/reports`: one page (typed, as [`ReportJson`]).
+#[derive(serde::Serialize)]
+pub(super) struct ReportPage {
+    reports: Vec<ReportJson>,
+    next_after: Option<Round>,
 }
 
 /// A round number in a path: `round` in `0..=MAX_INT`.

@@ -979,7 +979,7 @@ async fn values_beyond_64_bits_are_served_exactly() {
     let (reports, _) = broadcast::channel(4);
     let (_committee_tx, committee_rx) = watch::channel(CommitteeStatus::default());
     let state = ApiState::new(ApiParts {
-        readers: store.readers.clone(),
+        store: std::sync::Arc::new(store.readers.clone()),
         writer: None,
         reports,
         committee: committee_rx,
@@ -1014,6 +1014,15 @@ async fn values_beyond_64_bits_are_served_exactly() {
             "{path}"
         );
     }
+    #[derive(serde::Deserialize)]
+    struct Page {
+        reports: Vec<Served>,
+    }
+    let r = get(addr, "/v1/reports?after=20").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let page: Page = serde_json::from_slice(&r.body).expect("typed page");
+    assert_eq!(page.reports.len(), 1);
+    assert_eq!(page.reports[0].report, big);
     let v = get(addr, "/v1/feeds/BTC-USD/latest").await.json();
     assert_eq!(v["price"], price.to_string());
     assert_eq!(v["leaf_index"], 0);
