@@ -297,7 +297,7 @@ struct Durable {
 }
 
 struct Member_<C: SibylSuite> {
-    node: Option<Node<C>>,
+    node: Option<Node>,
     keys: NodeKeys<C>,
     durable: Durable,
     wake: Option<TimestampMs>,

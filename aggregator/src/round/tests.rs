@@ -4,13 +4,14 @@
 use super::committee::{Committee, FeedConfig, Member, Timeouts};
 use super::message::{
     MAX_MESSAGE_BYTES, MessageError, ObservationEntry, ObservationMsg, Payload, ProposalMsg,
-    RefusalMsg, RefusalReason, ShareMsg, SignedMessage,
+    RefusalMsg, RefusalReason, ShareMsg, SignedMessage, SuiteCommitments, SuitePackage, SuiteShare,
 };
 use super::*;
 use crate::codec::DecodeError;
 use crate::evidence::EvidenceError;
 use crate::report::{ConfigDigest, Suite};
 use crate::testkit::dealer_keys;
+use frost_core::Identifier;
 use frost_ed25519::Ed25519Sha512 as Ed;
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
@@ -19,10 +20,10 @@ use rand_core::SeedableRng;
 const T0: TimestampMs = 1_760_000_000_000;
 const DIGEST: ConfigDigest = ConfigDigest([7; 32]);
 
-struct Harness<C: SibylSuite> {
+struct Harness {
     committee: Arc<Committee>,
     seeds: Vec<[u8; 32]>,
-    nodes: Vec<Node<C>>,
+    nodes: Vec<Node>,
     rng: ChaCha20Rng,
 }
 
@@ -30,7 +31,7 @@ fn feed(i: usize) -> FeedId {
     FeedId::new(format!("F{i}-USD")).unwrap()
 }
 
-fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness<C> {
+fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness {
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let seeds: Vec<[u8; 32]> = (0..n).map(|i| [i as u8 + 1; 32]).collect();
     let members = seeds
@@ -95,7 +96,7 @@ fn sends(actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
 }
 
 /// The proposals for signers among `actions`, by recipient.
-fn signer_proposals(h: &Harness<Ed>, actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
+fn signer_proposals(h: &Harness, actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
     sends(actions)
         .into_iter()
         .filter(|(_, b)| is_signer_proposal(h, b))
@@ -104,16 +105,16 @@ fn signer_proposals(h: &Harness<Ed>, actions: &[Action]) -> Vec<(u16, Vec<u8>)> 
 
 /// Whether `bytes` is a proposal for a signer (it carries the attributed
 /// observations; a follower's copy does not).
-fn is_signer_proposal(h: &Harness<Ed>, bytes: &[u8]) -> bool {
+fn is_signer_proposal(h: &Harness, bytes: &[u8]) -> bool {
     matches!(decode(h, bytes).payload, Payload::Proposal(p) if !p.observations.is_empty())
 }
 
-fn decode(h: &Harness<Ed>, bytes: &[u8]) -> SignedMessage {
+fn decode(h: &Harness, bytes: &[u8]) -> SignedMessage {
     SignedMessage::decode(bytes, &h.committee).unwrap()
 }
 
 /// The reasons of the signed refusals among `actions`.
-fn refusals(h: &Harness<Ed>, actions: &[Action]) -> Vec<RefusalReason> {
+fn refusals(h: &Harness, actions: &[Action]) -> Vec<RefusalReason> {
     sends(actions)
         .iter()
         .filter_map(|(_, b)| match decode(h, b).payload {
@@ -124,14 +125,23 @@ fn refusals(h: &Harness<Ed>, actions: &[Action]) -> Vec<RefusalReason> {
 }
 
 /// How many signature shares `actions` send.
-fn shares(h: &Harness<Ed>, actions: &[Action]) -> usize {
+fn shares(h: &Harness, actions: &[Action]) -> usize {
     sends(actions)
         .iter()
         .filter(|(_, b)| matches!(decode(h, b).payload, Payload::Share(_)))
         .count()
 }
 
-impl<C: SibylSuite> Harness<C> {
+/// A commitments hint carrying `firsts` (one per suite).
+fn hint(firsts: &[Vec<u8>]) -> Vec<u8> {
+    let mut w = crate::codec::Writer::new();
+    w.seq(firsts.iter(), |w, c| {
+        w.bytes(c);
+    });
+    w.finish()
+}
+
+impl Harness {
     fn handle(&mut self, member: u16, now: TimestampMs, input: Input) -> Vec<Action> {
         self.nodes[usize::from(member) - 1].handle(now, input, &mut self.rng)
     }
@@ -140,7 +150,7 @@ impl<C: SibylSuite> Harness<C> {
 /// Round 0 (leader 1) of a 4-member committee: every member observes and
 /// the leader gets the observations. Returns the leader's actions (its
 /// proposals and its own ledger write).
-fn round0_leader_actions(h: &mut Harness<Ed>) -> Vec<Action> {
+fn round0_leader_actions(h: &mut Harness) -> Vec<Action> {
     let mut to_leader = Vec::new();
     for m in 2..=4 {
         let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
@@ -156,7 +166,7 @@ fn round0_leader_actions(h: &mut Harness<Ed>) -> Vec<Action> {
 /// Round 0 (leader 1) of a 4-member committee up to the leader's proposals.
 /// Returns the proposals the leader sent to signers, by recipient (not the
 /// follower's copy).
-fn up_to_proposals(h: &mut Harness<Ed>) -> Vec<(u16, Vec<u8>)> {
+fn up_to_proposals(h: &mut Harness) -> Vec<(u16, Vec<u8>)> {
     let out = round0_leader_actions(h);
     let out = sends(&out);
     out.into_iter()
@@ -222,7 +232,7 @@ fn a_round_signs_only_after_the_ledger_recorded_it() {
 
 /// Hands member `to` the leader's proposal; its first action must be the
 /// signing-ledger write, whose round and digest are returned.
-fn proposal_to_record(h: &mut Harness<Ed>, to: u16, bytes: &[u8]) -> (Round, [u8; 32]) {
+fn proposal_to_record(h: &mut Harness, to: u16, bytes: &[u8]) -> (Round, [u8; 32]) {
     let a = h.handle(
         to,
         T0 + 2,
@@ -267,7 +277,7 @@ fn refused_ledger_means_no_share_and_a_nonce_is_used_once() {
 }
 
 /// Re-signs a proposal as the leader after `edit`.
-fn forge(h: &Harness<Ed>, bytes: &[u8], edit: impl FnOnce(&mut ProposalMsg)) -> Vec<u8> {
+fn forge(h: &Harness, bytes: &[u8], edit: impl FnOnce(&mut ProposalMsg)) -> Vec<u8> {
     let m = decode(h, bytes);
     let Payload::Proposal(mut p) = m.payload else {
         panic!("not a proposal");
@@ -372,7 +382,7 @@ fn never_two_different_reports_for_one_round_and_equivocation_is_evidence() {
             _ => None,
         })
         .expect("equivocation is blamed");
-    let pubkeys = h.nodes[0].public_key_package().clone();
+    let pubkeys = h.nodes[0].public_key_package::<Ed>().unwrap().clone();
     assert_eq!(ev.verify::<Ed>(&h.committee, &pubkeys), Ok(1));
     // Evidence that anyone can check: tampering breaks it.
     if let Evidence::EquivocatingProposals { first, second } = &ev {
@@ -441,7 +451,7 @@ fn invalid_share_is_attributed_with_verifiable_evidence_and_the_leader_retries()
         })
         .collect();
     assert_eq!(ev.len(), 1, "{out:?}");
-    let pubkeys = h.nodes[0].public_key_package().clone();
+    let pubkeys = h.nodes[0].public_key_package::<Ed>().unwrap().clone();
     assert_eq!(ev[0].verify::<Ed>(&h.committee, &pubkeys), Ok(2));
     // The retry goes to a signer set without member 2, with attempt 1;
     // member 2 gets only the follower's copy.
@@ -504,7 +514,7 @@ fn restored_member_does_not_observe_a_round_twice() {
 
 /// The harness's member `i` restarted from `restore` (same keys: the
 /// harness's dealer ran first on its seeded rng).
-fn restarted(h: &Harness<Ed>, i: u16, restore: Restore) -> Node<Ed> {
+fn restarted(h: &Harness, i: u16, restore: Restore) -> Node {
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let dealer = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
     let id = Identifier::<Ed>::try_from(i).unwrap();
@@ -594,7 +604,7 @@ fn node_new_rejects_wrong_keys() {
 
 // ------------------------------------------------------------ wire messages
 
-fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
+fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
     let key = SigningKey::from_bytes(&h.seeds[0]);
     let obs = Payload::Observation(ObservationMsg {
         entries: vec![ObservationEntry {
@@ -608,7 +618,16 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
             min_venues: 3,
             flags: super::message::entry_flags::PEG_DEPARTED,
         }],
-        commitments: vec![vec![1, 2, 3]],
+        commitments: vec![
+            SuiteCommitments {
+                suite: Suite::Ed25519,
+                commitments: vec![vec![1, 2, 3]],
+            },
+            SuiteCommitments {
+                suite: Suite::Secp256k1Evm,
+                commitments: vec![vec![4; 5], vec![6]],
+            },
+        ],
     });
     let obs_msg = SignedMessage::sign(&key, &DIGEST, 4, 1, obs);
     let leaf = ReportLeaf::basic(feed(0), 9, 1, 3, T0);
@@ -618,7 +637,16 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
         merkle_root: [3; 32],
         leaves: vec![leaf.clone()],
         observations: vec![obs_msg.bytes.clone()],
-        signing_package: vec![9; 40],
+        signing_packages: vec![
+            SuitePackage {
+                suite: Suite::Ed25519,
+                package: vec![9; 40],
+            },
+            SuitePackage {
+                suite: Suite::Secp256k1Evm,
+                package: vec![8; 41],
+            },
+        ],
         signer_observations: vec![obs_msg.bytes.clone()],
     });
     let refusal = Payload::Refusal(RefusalMsg {
@@ -630,8 +658,18 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
     let share = Payload::Share(ShareMsg {
         attempt: 0,
         report_digest: [1; 32],
-        package_hash: [2; 32],
-        share: vec![5; 32],
+        shares: vec![
+            SuiteShare {
+                suite: Suite::Ed25519,
+                package_hash: [2; 32],
+                share: vec![5; 32],
+            },
+            SuiteShare {
+                suite: Suite::Secp256k1Evm,
+                package_hash: [3; 32],
+                share: vec![4; 32],
+            },
+        ],
     });
     let report = Payload::Report(SignedReport {
         header: ReportHeader {
@@ -763,7 +801,7 @@ fn two_observations_for_one_round_are_verifiable_evidence() {
         })
         .expect("conflicting observations are blamed");
     assert_eq!(ev.kind(), "conflicting_observations");
-    let pubkeys = h.nodes[0].public_key_package().clone();
+    let pubkeys = h.nodes[0].public_key_package::<Ed>().unwrap().clone();
     assert_eq!(ev.verify::<Ed>(&h.committee, &pubkeys), Ok(2));
     // Serialized evidence (as the daemon would store or publish it) still verifies.
     let json = serde_json::to_string(&ev).unwrap();
@@ -832,7 +870,7 @@ fn next_slot_is_the_first_grid_instant_at_or_after() {
 
 /// Runs round 0 of `h` to the leader's signed report (signers and leader
 /// act at `at`); returns the leader's actions from its ledger step on.
-fn finish_round_zero(h: &mut Harness<Ed>, at: TimestampMs) -> Vec<Vec<Action>> {
+fn finish_round_zero(h: &mut Harness, at: TimestampMs) -> Vec<Vec<Action>> {
     let proposals = up_to_proposals(h);
     let mut all = Vec::new();
     let mut shares = Vec::new();
@@ -918,36 +956,25 @@ fn the_leader_sends_proposals_before_its_own_ledger_write() {
 fn precomputed_nonces_serve_one_round_and_are_fresh_each_time() {
     let mut h = harness::<Ed>(4, 1);
     h.nodes[1].precompute(&mut h.rng);
-    let spare = h.nodes[1]
-        .spare
-        .as_ref()
-        .map(|p| p.commitment_bytes.clone())
-        .unwrap();
+    let spare = h.nodes[1].spare_commitments().unwrap();
     let a = h.handle(2, T0, observations(1_000_000, T0));
     let Payload::Observation(o) = decode(&h, &sends(&a)[0].1).payload else {
         panic!("not an observation");
     };
     assert_eq!(
-        o.commitments, spare,
+        o.commitments[0].commitments, spare,
         "the observation used the precomputed set"
     );
-    assert!(h.nodes[1].spare.is_none(), "moved into the round");
+    assert!(
+        h.nodes[1].spare_commitments().is_none(),
+        "moved into the round"
+    );
     // The next set differs (fresh randomness), and a second call keeps it.
     h.nodes[1].precompute(&mut h.rng);
-    let next = h.nodes[1]
-        .spare
-        .as_ref()
-        .map(|p| p.commitment_bytes.clone())
-        .unwrap();
+    let next = h.nodes[1].spare_commitments().unwrap();
     assert_ne!(next, spare);
     h.nodes[1].precompute(&mut h.rng);
-    assert_eq!(
-        h.nodes[1]
-            .spare
-            .as_ref()
-            .map(|p| p.commitment_bytes.clone()),
-        Some(next)
-    );
+    assert_eq!(h.nodes[1].spare_commitments(), Some(next));
 }
 
 #[test]
@@ -963,7 +990,10 @@ fn a_signer_with_unparsable_commitments_is_passed_over() {
             let Payload::Observation(mut o) = msg.payload else {
                 panic!("not an observation")
             };
-            o.commitments = vec![vec![0xff; 69]; h.committee.attempts()];
+            o.commitments = vec![SuiteCommitments {
+                suite: Suite::Ed25519,
+                commitments: vec![vec![0xff; 69]; h.committee.attempts()],
+            }];
             let key = SigningKey::from_bytes(&h.seeds[1]);
             SignedMessage::sign(&key, &DIGEST, msg.round, 2, Payload::Observation(o)).bytes
         } else {
@@ -1000,7 +1030,7 @@ fn a_signer_refuses_any_other_framing_of_the_signing_package() {
     let Payload::Proposal(genuine) = decode(&h, &bytes).payload else {
         panic!("not a proposal");
     };
-    let pkg = genuine.signing_package.clone();
+    let pkg = genuine.signing_packages[0].package.clone();
     let entry = 32 + 69;
     let start = pkg.len() - 33 - 3 * entry;
     let entries: Vec<Vec<u8>> = (0..3)
@@ -1038,7 +1068,7 @@ fn a_signer_refuses_any_other_framing_of_the_signing_package() {
         pkg
     );
     for (i, v) in variants.into_iter().enumerate() {
-        let forged = forge(&h, &bytes, |p| p.signing_package = v);
+        let forged = forge(&h, &bytes, |p| p.signing_packages[0].package = v);
         let a = h.handle(
             to,
             T0 + 2,
@@ -1085,7 +1115,11 @@ fn commitment_hints_are_used_only_for_the_same_bytes() {
         let (to, _) = (2u16, ());
         let signer = &mut h.nodes[usize::from(to) - 1];
         assert!(!signer.warm_commitments(to, &hints[1].1), "its own");
-        assert!(!signer.warm_commitments(3, &[0xff; 69]), "does not parse");
+        assert!(
+            !signer.warm_commitments(3, &hint(&[vec![0xff; 69]])),
+            "does not parse"
+        );
+        assert!(!signer.warm_commitments(3, &[0xff; 69]), "not a hint");
         for (from, bytes) in &hints {
             if *from != to {
                 let bytes = if poisoned {
@@ -1284,7 +1318,7 @@ fn a_round_whose_leader_is_unreachable_is_skipped_unless_this_member_is_isolated
 
 /// Hands `to` every message of `msgs` at `at`; returns its actions.
 fn deliver<'a>(
-    h: &mut Harness<Ed>,
+    h: &mut Harness,
     to: u16,
     at: TimestampMs,
     msgs: impl IntoIterator<Item = &'a Vec<u8>>,
@@ -1304,7 +1338,7 @@ fn deliver<'a>(
 }
 
 /// The signed-report message among `actions` (the leader's broadcast).
-fn report_message(h: &Harness<Ed>, actions: &[Action]) -> Vec<u8> {
+fn report_message(h: &Harness, actions: &[Action]) -> Vec<u8> {
     sends(actions)
         .into_iter()
         .find(|(_, b)| matches!(decode(h, b).payload, Payload::Report(_)))
@@ -1424,7 +1458,7 @@ fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
     let Payload::Share(mut s) = msg.payload else {
         panic!("not a share")
     };
-    s.share[0] ^= 1;
+    s.shares[0].share[0] ^= 1;
     let key = SigningKey::from_bytes(&h.seeds[2]);
     let bad = SignedMessage::sign(&key, &DIGEST, msg.round, 3, Payload::Share(s)).bytes;
     let mut follower_out = deliver(&mut h, 4, T0 + 4, [&follower_copy]);
