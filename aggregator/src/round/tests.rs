@@ -13,6 +13,7 @@ use crate::report::{ConfigDigest, Suite};
 use crate::testkit::dealer_keys;
 use frost_core::Identifier;
 use frost_ed25519::Ed25519Sha512 as Ed;
+use frost_secp256k1_evm::Secp256K1Keccak256 as Evm;
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -73,6 +74,84 @@ fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness {
         nodes,
         rng,
     }
+}
+
+/// A committee that signs with both suites: every member holds keys of
+/// each (two dealers). Also returns the group keys a consumer trusts.
+fn harness_both(n: u16, f: u16) -> (Harness, crate::verify::GroupKeys) {
+    let mut h = harness::<Ed>(n, f);
+    let t = 2 * f + 1;
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let ed = dealer_keys::<Ed, _>(n, t, &mut rng).unwrap();
+    let evm = dealer_keys::<Evm, _>(n, t, &mut rng).unwrap();
+    h.nodes = (1..=n)
+        .map(|i| {
+            let keys = NodeKeySet::new(h.seeds[usize::from(i) - 1])
+                .with(
+                    ed.key_packages[&Identifier::try_from(i).unwrap()].clone(),
+                    ed.public_key_package.clone(),
+                )
+                .with(
+                    evm.key_packages[&Identifier::try_from(i).unwrap()].clone(),
+                    evm.public_key_package.clone(),
+                );
+            Node::new(h.committee.clone(), i, keys, Restore::default()).unwrap()
+        })
+        .collect();
+    let keys = crate::verify::GroupKeys::new(DIGEST)
+        .with_ed25519(*ed.public_key_package.verifying_key())
+        .with_secp256k1_evm(*evm.public_key_package.verifying_key());
+    (h, keys)
+}
+
+/// Runs the committee from `at` until no message is in flight: every send
+/// and broadcast is delivered at once, every ledger write succeeds.
+/// Returns each member's signed reports and evidence.
+fn run_until_quiet(
+    h: &mut Harness,
+    at: TimestampMs,
+    price: Price,
+) -> (Vec<Vec<SignedReport>>, Vec<Evidence>) {
+    let n = h.nodes.len() as u16;
+    let mut queue: VecDeque<(u16, Input)> = (1..=n)
+        .map(|m| (m, observations(price + i128::from(m), at)))
+        .collect();
+    let mut reports = vec![Vec::new(); usize::from(n)];
+    let mut evidence = Vec::new();
+    let mut steps = 0;
+    while let Some((to, input)) = queue.pop_front() {
+        steps += 1;
+        assert!(steps < 10_000, "the round does not settle");
+        for action in h.handle(to, at + 1, input) {
+            match action {
+                Action::Send { to: dest, bytes } => queue.push_back((
+                    dest,
+                    Input::Message {
+                        from: to,
+                        bytes,
+                    },
+                )),
+                Action::Broadcast { bytes } => {
+                    for dest in (1..=n).filter(|d| *d != to) {
+                        queue.push_back((
+                            dest,
+                            Input::Message {
+                                from: to,
+                                bytes: bytes.clone(),
+                            },
+                        ));
+                    }
+                }
+                Action::RecordSigning { round, digest } => {
+                    queue.push_back((to, Input::SigningRecorded { round, digest }))
+                }
+                Action::SignedReport(r) => reports[usize::from(to) - 1].push(r),
+                Action::Blame(e) => evidence.push(e),
+                _ => {}
+            }
+        }
+    }
+    (reports, evidence)
 }
 
 fn observations(price: Price, now: TimestampMs) -> Input {
@@ -1508,4 +1587,177 @@ fn caught_up_reports_become_the_feeds_last_values() {
         want,
         "an older report does not rewind it"
     );
+}
+
+/// A committee listing both suites signs each round once, with both: every
+/// member holds the same report, carrying one signature per suite, each
+/// valid under its suite's group key; the ledger records one digest.
+#[test]
+fn a_committee_with_both_suites_signs_every_report_with_both() {
+    for (n, f) in [(4, 1), (7, 2)] {
+        let (mut h, keys) = harness_both(n, f);
+        assert_eq!(
+            h.nodes[0].suites(),
+            vec![Suite::Ed25519, Suite::Secp256k1Evm]
+        );
+        let (reports, evidence) = run_until_quiet(&mut h, T0, 1_000_000);
+        assert!(evidence.is_empty(), "{evidence:?}");
+        let first = reports[0].first().expect("member 1 holds a report").clone();
+        assert_eq!(first.signatures.len(), 2);
+        crate::verify::verify_report(&first, &keys).expect("both signatures verify");
+        for (i, r) in reports.iter().enumerate() {
+            assert_eq!(r.len(), 1, "member {} holds one report", i + 1);
+            assert_eq!(r[0], first, "member {} holds the same report", i + 1);
+        }
+        // One ledger entry per round, whatever the number of suites.
+        let digest = report_digest(&first.header);
+        for node in &h.nodes {
+            if let Some(l) = node.last_signed() {
+                assert_eq!(l, SigningRecord { round: 0, digest });
+            }
+        }
+        let signed = h.nodes.iter().filter(|n| n.last_signed().is_some()).count();
+        assert_eq!(signed, usize::from(2 * f + 1));
+        // Either signature alone is checked: a report missing one, or with
+        // one corrupted, is refused by every member.
+        for tamper in 0..2 {
+            let mut bad = first.clone();
+            bad.header.round = 1;
+            if tamper == 0 {
+                bad.signatures.remove(&Suite::Secp256k1Evm);
+            } else if let Some(s) = bad.signatures.get_mut(&Suite::Ed25519) {
+                s.0[10] ^= 1;
+            }
+            assert!(!h.nodes[1].verify_report(&bad));
+        }
+    }
+}
+
+/// With both suites, every proposal carries one package per suite over the
+/// same signers, every share message one share per suite, and each
+/// observation commitments of both suites for every attempt.
+#[test]
+fn messages_of_a_both_suite_round_carry_every_suite() {
+    let (mut h, _) = harness_both(4, 1);
+    let a = h.handle(2, T0, observations(1_000_000, T0));
+    let Payload::Observation(o) = decode(&h, &sends(&a)[0].1).payload else {
+        panic!("not an observation");
+    };
+    let suites: Vec<Suite> = o.commitments.iter().map(|c| c.suite).collect();
+    assert_eq!(suites, vec![Suite::Ed25519, Suite::Secp256k1Evm]);
+    assert!(
+        o.commitments
+            .iter()
+            .all(|c| c.commitments.len() == h.committee.attempts())
+    );
+    let (mut h, _) = harness_both(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[0].clone();
+    let Payload::Proposal(p) = decode(&h, &bytes).payload else {
+        panic!("not a proposal");
+    };
+    assert_eq!(p.signing_packages.len(), 2);
+    let (_, digest) = proposal_to_record(&mut h, to, &bytes);
+    let a = h.handle(to, T0 + 3, Input::SigningRecorded { round: 0, digest });
+    let share = sends(&a)
+        .into_iter()
+        .find_map(|(_, b)| match decode(&h, &b).payload {
+            Payload::Share(s) => Some(s),
+            _ => None,
+        })
+        .expect("a share message");
+    let suites: Vec<Suite> = share.shares.iter().map(|s| s.suite).collect();
+    assert_eq!(suites, vec![Suite::Ed25519, Suite::Secp256k1Evm]);
+    for (s, pkg) in share.shares.iter().zip(&p.signing_packages) {
+        assert_eq!(s.package_hash, keccak(&pkg.package));
+    }
+    // A second proposal naming the same commitments is refused: neither
+    // suite's nonce signs twice.
+    let again = h.handle(to, T0 + 4, Input::Message { from: 1, bytes });
+    assert_eq!(shares(&h, &again), 0);
+    assert!(h.nodes[usize::from(to) - 1].stats().nonce_reuse_refused >= 1);
+}
+
+/// A signer that leaves out one suite's package, or sends packages naming
+/// different signers per suite, is refused; a member whose observation
+/// offers one suite only is not picked as a signer.
+#[test]
+fn both_suite_proposals_missing_a_suite_are_refused() {
+    let (mut h, _) = harness_both(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[0].clone();
+    let forged = forge(&h, &bytes, |p| {
+        p.signing_packages.pop();
+    });
+    let a = h.handle(to, T0 + 2, Input::Message { from: 1, bytes: forged });
+    assert!(a.iter().all(|a| !matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(refusals(&h, &a), vec![RefusalReason::Package]);
+
+    let (mut h, _) = harness_both(4, 1);
+    let mut to_leader = Vec::new();
+    for m in 2..=4 {
+        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
+        let (_, bytes) = sends(&a).remove(0);
+        let bytes = if m == 2 {
+            let msg = decode(&h, &bytes);
+            let Payload::Observation(mut o) = msg.payload else {
+                panic!("not an observation")
+            };
+            o.commitments.truncate(1);
+            let key = SigningKey::from_bytes(&h.seeds[1]);
+            SignedMessage::sign(&key, &DIGEST, msg.round, 2, Payload::Observation(o)).bytes
+        } else {
+            bytes
+        };
+        to_leader.push(bytes);
+    }
+    let mut out = h.handle(1, T0, observations(1_000_001, T0));
+    for bytes in to_leader {
+        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
+    }
+    // An incomplete offer is no observation the leader takes: it proposes
+    // with the other three once `observe_ms` passed.
+    assert!(h.nodes[0].stats().invalid_messages >= 1);
+    let later = T0 + h.committee.timeouts().observe_ms + 1;
+    out.extend(h.handle(1, later, Input::Tick));
+    let to: BTreeSet<u16> = signer_proposals(&h, &out)
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(to, BTreeSet::from([3, 4]), "member 2 is not asked to sign");
+}
+
+/// An invalid share in either suite is evidence that verifies against that
+/// suite's keys, and the leader retries without the culprit.
+#[test]
+fn an_invalid_share_in_a_both_suite_round_is_evidence() {
+    let (mut h, keys) = harness_both(4, 1);
+    h.nodes[1].faults.invalid_shares = true;
+    let (reports, evidence) = run_until_quiet(&mut h, T0, 1_000_000);
+    assert!(!evidence.is_empty(), "member 2 is blamed");
+    for ev in &evidence {
+        assert_eq!(h.nodes[0].verify_evidence(ev), Ok(2));
+    }
+    let r = reports[0].first().expect("the retry signs");
+    crate::verify::verify_report(r, &keys).expect("both signatures verify");
+}
+
+#[test]
+fn node_new_wants_one_key_set_per_suite() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let h = harness::<Ed>(4, 1);
+    let ed = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
+    let id = Identifier::<Ed>::try_from(1u16).unwrap();
+    let none = NodeKeySet::new(h.seeds[0]);
+    assert!(matches!(
+        Node::new(h.committee.clone(), 1, none, Restore::default()),
+        Err(NodeError::NoSuite)
+    ));
+    let twice = NodeKeySet::new(h.seeds[0])
+        .with(ed.key_packages[&id].clone(), ed.public_key_package.clone())
+        .with(ed.key_packages[&id].clone(), ed.public_key_package.clone());
+    assert!(matches!(
+        Node::new(h.committee.clone(), 1, twice, Restore::default()),
+        Err(NodeError::DuplicateSuite(Suite::Ed25519))
+    ));
 }
