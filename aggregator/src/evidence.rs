@@ -185,7 +185,8 @@ impl Evidence {
                 if package.signing_commitment(&id).is_none() {
                     return Err(EvidenceError::PackageMismatch);
                 }
-                let Ok(sig_share) = frost_core::round2::SignatureShare::<C>::deserialize(&entry.share)
+                let Ok(sig_share) =
+                    frost_core::round2::SignatureShare::<C>::deserialize(&entry.share)
                 else {
                     // An unparseable share is invalid by itself.
                     return Ok(m.sender);

@@ -404,7 +404,12 @@ impl<C: SibylSuite> Lane<C> {
     /// Signs attempt `attempt`'s kept package whose hash is `hash`, erasing
     /// the nonce first (it is used at most once, also when signing fails).
     /// `corrupt`: a share that does not verify (simulator and fault tests).
-    pub(super) fn sign(&mut self, attempt: usize, hash: &[u8; 32], corrupt: bool) -> Option<Vec<u8>> {
+    pub(super) fn sign(
+        &mut self,
+        attempt: usize,
+        hash: &[u8; 32],
+        corrupt: bool,
+    ) -> Option<Vec<u8>> {
         let nonces = self.nonces.get_mut(attempt).and_then(Option::take)?;
         let (package, kept) = self.packages.get(&attempt)?;
         if kept != hash {
@@ -435,9 +440,10 @@ impl<C: SibylSuite> Lane<C> {
 
     /// Whether member `member`'s share of `attempt` is valid.
     pub(super) fn share_valid(&self, attempt: usize, member: u16) -> bool {
-        let (Ok(id), Some((package, _))) =
-            (Identifier::<C>::try_from(member), self.packages.get(&attempt))
-        else {
+        let (Ok(id), Some((package, _))) = (
+            Identifier::<C>::try_from(member),
+            self.packages.get(&attempt),
+        ) else {
             return false;
         };
         let (Some(share), Some(verifying_share)) = (
@@ -460,7 +466,11 @@ impl<C: SibylSuite> Lane<C> {
     /// The common case (every share good) is checked with one signature
     /// verification; with `find_cheaters`, a failure names the members whose
     /// shares are invalid (frost's cheater detection), else it names none.
-    pub(super) fn aggregate(&self, attempt: usize, find_cheaters: bool) -> Result<Vec<u8>, Vec<u16>> {
+    pub(super) fn aggregate(
+        &self,
+        attempt: usize,
+        find_cheaters: bool,
+    ) -> Result<Vec<u8>, Vec<u16>> {
         let (Some((package, _)), Some(shares)) =
             (self.packages.get(&attempt), self.shares.get(&attempt))
         else {

@@ -287,7 +287,12 @@ impl Node {
         &mut self,
         l: &mut LeaderRound,
         now: TimestampMs,
-    ) -> Option<(ProposalMsg, Option<ProposalMsg>, BTreeSet<u16>, Vec<[u8; 32]>)> {
+    ) -> Option<(
+        ProposalMsg,
+        Option<ProposalMsg>,
+        BTreeSet<u16>,
+        Vec<[u8; 32]>,
+    )> {
         let t = usize::from(self.committee.t());
         let me = self.me;
         let equivocate = self.faults.equivocate();
@@ -524,11 +529,10 @@ impl Node {
             self.stats.stale_messages += 1;
             return;
         }
-        let unparsable = self
-            .lanes
-            .iter_mut()
-            .zip(&s.shares)
-            .position(|(lane, sh)| !with_lane!(lane, x => x.add_share(number, sender, &sh.share)));
+        let unparsable =
+            self.lanes.iter_mut().zip(&s.shares).position(
+                |(lane, sh)| !with_lane!(lane, x => x.add_share(number, sender, &sh.share)),
+            );
         match unparsable {
             None => {
                 a.shares.insert(sender, msg.bytes.clone());
@@ -539,7 +543,8 @@ impl Node {
             Some(i) => {
                 l.attempts.remove(&number);
                 l.excluded.insert(sender);
-                let ev = with_lane!(&self.lanes[i], x => x.invalid_share_evidence(&msg.bytes, number));
+                let ev =
+                    with_lane!(&self.lanes[i], x => x.invalid_share_evidence(&msg.bytes, number));
                 self.invalid_share(sender, ev);
                 if !self.live_attempt() {
                     self.start_attempt(now);

@@ -194,8 +194,7 @@ impl Node {
                 .lanes
                 .iter()
                 .all(|lane| with_lane!(lane, l => l.has_nonce(attempt)));
-        if !nonces || self.pending.iter().any(|p| p.attempt == attempt)
-        {
+        if !nonces || self.pending.iter().any(|p| p.attempt == attempt) {
             // That commitment was already used (or never ours): never sign twice with a nonce.
             self.stats.nonce_reuse_refused += 1;
             self.refuse(now, round, attempt, digest, RefusalReason::NonceUsed);
@@ -292,7 +291,8 @@ impl Node {
             .chain(signer_only.iter())
             .map(|(k, v)| (*k, v))
             .collect();
-        let (hashes, signers) = self.check_packages(&p.signing_packages, &sources, attempt, digest)?;
+        let (hashes, signers) =
+            self.check_packages(&p.signing_packages, &sources, attempt, digest)?;
         Ok((hashes, signers, leaves))
     }
 

@@ -553,7 +553,9 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
             w.u8(s.attempt)
                 .bytes32(&s.report_digest)
                 .seq(s.shares.iter(), |w, s| {
-                    w.u8(suite_tag(s.suite)).bytes32(&s.package_hash).bytes(&s.share);
+                    w.u8(suite_tag(s.suite))
+                        .bytes32(&s.package_hash)
+                        .bytes(&s.share);
                 });
         }
         Payload::Report(report) => {
@@ -692,7 +694,11 @@ fn decode_proposal(
             package: r.bytes("signing package", MAX_PACKAGE_BYTES)?.to_vec(),
         })
     })?;
-    check_suites(signing_packages.iter().map(|p| p.suite), "signing packages", at)?;
+    check_suites(
+        signing_packages.iter().map(|p| p.suite),
+        "signing packages",
+        at,
+    )?;
     let signer_observations = r.seq("signer-only observations", MAX_MEMBERS, 4, |r| {
         let o = r.bytes("signer-only observation", MAX_OBSERVATION_BYTES)?;
         spans.push(r.position() - o.len()..r.position());

@@ -78,6 +78,7 @@ use crate::aggregate::{
     FeedObservation, LastValue, LeafContext, aggregate_feed, note_signed_leaf, update_due,
 };
 use crate::evidence::Evidence;
+use crate::evidence::EvidenceError;
 use crate::report::{
     FeedId, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
     Suite, TimestampMs,
@@ -85,7 +86,6 @@ use crate::report::{
 use clock::Clock;
 use committee::Committee;
 use ed25519_dalek::SigningKey;
-use crate::evidence::EvidenceError;
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use lane::{AnyLane, Lane, keccak, with_lane};
 use message::{
@@ -297,9 +297,7 @@ pub enum NodeError {
         "the identity key does not match member {0}'s identity in the committee file; check the key file"
     )]
     IdentityMismatch(u16),
-    #[error(
-        "the {suite:?} FROST key package belongs to another identifier than member {member}"
-    )]
+    #[error("the {suite:?} FROST key package belongs to another identifier than member {member}")]
     KeyPackageMismatch { member: u16, suite: Suite },
     #[error("the {0:?} FROST key package's group key differs from the public key package's")]
     GroupKeyMismatch(Suite),
@@ -776,7 +774,10 @@ impl Node {
     }
     /// The public key package of suite `C`, if the member signs with it.
     pub fn public_key_package<C: SibylSuite>(&self) -> Option<&PublicKeyPackage<C>> {
-        self.lanes.iter().find_map(|l| l.get::<C>()).map(Lane::pubkeys)
+        self.lanes
+            .iter()
+            .find_map(|l| l.get::<C>())
+            .map(Lane::pubkeys)
     }
     /// Checks evidence against the committee and, for an invalid share,
     /// the group keys of its suite ([`Evidence::verify`]); returns the

@@ -43,8 +43,10 @@ pub trait SibylSuite: Ciphersuite + 'static {
     const SUITE: Suite;
 
     /// Wraps keys of this suite.
-    fn suite_keys(key_package: KeyPackage<Self>, public_key_package: PublicKeyPackage<Self>)
-    -> SuiteKeys;
+    fn suite_keys(
+        key_package: KeyPackage<Self>,
+        public_key_package: PublicKeyPackage<Self>,
+    ) -> SuiteKeys;
 
     /// One participant's serialized commitments, parsed and validated: the
     /// same answer as `SigningCommitments::deserialize`. A suite may answer
@@ -63,7 +65,10 @@ pub trait SibylSuite: Ciphersuite + 'static {
 impl SibylSuite for frost_ed25519::Ed25519Sha512 {
     const SUITE: Suite = Suite::Ed25519;
 
-    fn suite_keys(key_package: KeyPackage<Self>, public_key_package: PublicKeyPackage<Self>) -> SuiteKeys {
+    fn suite_keys(
+        key_package: KeyPackage<Self>,
+        public_key_package: PublicKeyPackage<Self>,
+    ) -> SuiteKeys {
         SuiteKeys::Ed25519(key_package, public_key_package)
     }
 
@@ -79,7 +84,10 @@ impl SibylSuite for frost_ed25519::Ed25519Sha512 {
 impl SibylSuite for frost_secp256k1_evm::Secp256K1Keccak256 {
     const SUITE: Suite = Suite::Secp256k1Evm;
 
-    fn suite_keys(key_package: KeyPackage<Self>, public_key_package: PublicKeyPackage<Self>) -> SuiteKeys {
+    fn suite_keys(
+        key_package: KeyPackage<Self>,
+        public_key_package: PublicKeyPackage<Self>,
+    ) -> SuiteKeys {
         SuiteKeys::Secp256k1Evm(key_package, public_key_package)
     }
 }

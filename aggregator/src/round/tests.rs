@@ -124,13 +124,9 @@ fn run_until_quiet(
         assert!(steps < 10_000, "the round does not settle");
         for action in h.handle(to, at + 1, input) {
             match action {
-                Action::Send { to: dest, bytes } => queue.push_back((
-                    dest,
-                    Input::Message {
-                        from: to,
-                        bytes,
-                    },
-                )),
+                Action::Send { to: dest, bytes } => {
+                    queue.push_back((dest, Input::Message { from: to, bytes }))
+                }
                 Action::Broadcast { bytes } => {
                     for dest in (1..=n).filter(|d| *d != to) {
                         queue.push_back((
@@ -1689,7 +1685,14 @@ fn both_suite_proposals_missing_a_suite_are_refused() {
     let forged = forge(&h, &bytes, |p| {
         p.signing_packages.pop();
     });
-    let a = h.handle(to, T0 + 2, Input::Message { from: 1, bytes: forged });
+    let a = h.handle(
+        to,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: forged,
+        },
+    );
     assert!(a.iter().all(|a| !matches!(a, Action::RecordSigning { .. })));
     assert_eq!(refusals(&h, &a), vec![RefusalReason::Package]);
 

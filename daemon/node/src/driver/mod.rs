@@ -47,9 +47,7 @@ use rand_core::{CryptoRng, RngCore};
 use serde::Serialize;
 use sibyl_aggregator::evidence::Evidence;
 use sibyl_aggregator::round::message::{Kind, peek};
-use sibyl_aggregator::round::{
-    Action, Input, LocalObservation, Node, Restore, SigningRecord,
-};
+use sibyl_aggregator::round::{Action, Input, LocalObservation, Node, Restore, SigningRecord};
 use sibyl_aggregator::verify::{GroupKeys, verify_report};
 use sibyl_aggregator::{ConfigDigest, Encode, FeedId, Round, SignedReport, TimestampMs};
 use source::ObservationRx;
@@ -278,11 +276,7 @@ pub fn restore_from(
 }
 
 /// Everything the driver runs with.
-pub struct DriverParts<
-    T: Transport,
-    R: RngCore + CryptoRng + Send,
-    K: Clock = SystemClock,
-> {
+pub struct DriverParts<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = SystemClock> {
     pub node: Node,
     pub transport: T,
     pub store: crate::store::Store,
@@ -301,11 +295,7 @@ pub struct DriverParts<
 }
 
 /// The running driver. Build with [`Driver::new`], then `run().await`.
-pub struct Driver<
-    T: Transport,
-    R: RngCore + CryptoRng + Send,
-    K: Clock = SystemClock,
-> {
+pub struct Driver<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = SystemClock> {
     node: Node,
     transport: T,
     store: crate::store::Store,
