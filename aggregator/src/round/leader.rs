@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// A signing attempt the leader just set up.
+struct Started {
+    proposal: ProposalMsg,
+    /// A Byzantine leader's second proposal (simulator only).
+    twin: Option<ProposalMsg>,
+    signers: BTreeSet<u16>,
+    /// Keccak-256 of each suite's signing package.
+    package_hashes: Vec<[u8; 32]>,
+}
+
 impl Node {
     pub(super) fn on_observation<R: RngCore + CryptoRng>(
         &mut self,
@@ -211,7 +221,13 @@ impl Node {
         };
         let started = self.pick_signers(&mut l, now);
         self.rs.leader = Some(l);
-        let Some((proposal, twin, signers, package_hashes)) = started else {
+        let Some(Started {
+            proposal,
+            twin,
+            signers,
+            package_hashes,
+        }) = started
+        else {
             return false;
         };
         self.stats.attempts_started += 1;
@@ -282,17 +298,7 @@ impl Node {
     /// (one per suite, kept by the lanes); returns the proposal, a
     /// Byzantine leader's twin (simulator only), the signers and the
     /// packages' hashes.
-    #[allow(clippy::type_complexity)]
-    fn pick_signers(
-        &mut self,
-        l: &mut LeaderRound,
-        now: TimestampMs,
-    ) -> Option<(
-        ProposalMsg,
-        Option<ProposalMsg>,
-        BTreeSet<u16>,
-        Vec<[u8; 32]>,
-    )> {
+    fn pick_signers(&mut self, l: &mut LeaderRound, now: TimestampMs) -> Option<Started> {
         let t = usize::from(self.committee.t());
         let me = self.me;
         let equivocate = self.faults.equivocate();
@@ -403,7 +409,12 @@ impl Node {
             },
         );
         l.next_attempt = number + 1;
-        Some((proposal, twin, signers, package_hashes))
+        Some(Started {
+            proposal,
+            twin,
+            signers,
+            package_hashes,
+        })
     }
 
     /// Stages attempt `number`'s signing package over `digest` in every

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// What a signer checked in a proposal's packages: their hashes (one per
+/// suite) and the members they name.
+pub(super) struct Signing {
+    pub(super) package_hashes: Vec<[u8; 32]>,
+    pub(super) signers: BTreeSet<u16>,
+}
+
 impl Node {
     pub(super) fn send_observation<R: RngCore + CryptoRng>(
         &mut self,
@@ -127,7 +134,13 @@ impl Node {
         } else {
             self.check_proposal(now, round, p, hashes, &header, &digest)
         };
-        let (package_hashes, signers, leaves) = match checked {
+        let (
+            Signing {
+                package_hashes,
+                signers,
+            },
+            leaves,
+        ) = match checked {
             Ok(checked) => checked,
             Err(reason) => {
                 self.stats.proposals_refused += 1;
@@ -238,7 +251,7 @@ impl Node {
         hashes: &[[u8; 64]],
         header: &ReportHeader,
         digest: &[u8; 32],
-    ) -> Result<(Vec<[u8; 32]>, BTreeSet<u16>, Vec<ReportLeaf>), Refusal> {
+    ) -> Result<(Signing, Vec<ReportLeaf>), Refusal> {
         let skew = self.committee.timeouts().max_clock_skew_ms;
         if p.timestamp_ms.abs_diff(now) > skew {
             return Err(Refusal::Timestamp);
@@ -291,9 +304,8 @@ impl Node {
             .chain(signer_only.iter())
             .map(|(k, v)| (*k, v))
             .collect();
-        let (hashes, signers) =
-            self.check_packages(&p.signing_packages, &sources, attempt, digest)?;
-        Ok((hashes, signers, leaves))
+        let signing = self.check_packages(&p.signing_packages, &sources, attempt, digest)?;
+        Ok((signing, leaves))
     }
 
     /// Decodes and checks a proposal's list of signed observations: each of
@@ -343,7 +355,7 @@ impl Node {
         attributed: &BTreeMap<u16, &ObservationMsg>,
         attempt: usize,
         digest: &[u8; 32],
-    ) -> Result<(Vec<[u8; 32]>, BTreeSet<u16>), Refusal> {
+    ) -> Result<Signing, Refusal> {
         let checked = self.stage_packages(packages, attributed, attempt, digest);
         for lane in &mut self.lanes {
             if checked.is_ok() {
@@ -361,7 +373,7 @@ impl Node {
         attributed: &BTreeMap<u16, &ObservationMsg>,
         attempt: usize,
         digest: &[u8; 32],
-    ) -> Result<(Vec<[u8; 32]>, BTreeSet<u16>), Refusal> {
+    ) -> Result<Signing, Refusal> {
         if packages.len() != self.lanes.len() {
             return Err(Refusal::Package);
         }
@@ -388,7 +400,10 @@ impl Node {
             signers = Some(named);
             hashes.push(hash);
         }
-        Ok((hashes, signers.unwrap_or_default()))
+        Ok(Signing {
+            package_hashes: hashes,
+            signers: signers.unwrap_or_default(),
+        })
     }
 
     pub(super) fn on_recorded<R: RngCore + CryptoRng>(
