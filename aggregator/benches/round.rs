@@ -4,7 +4,9 @@
 //! share (member), aggregation (leader) and report verification (member).
 //!
 //! Groups:
-//! - `round/<suite>/n<N>/{leader,member}`: n = 4, 7, 16, 31 (t = 2f + 1), 10 feeds.
+//! - `round/<suite>/n<N>/{leader,member}`: n = 4, 7, 16, 31 (t = 2f + 1), 10 feeds;
+//!   `<suite>` = `both` is a committee that signs each report with ed25519
+//!   and secp256k1-evm (n = 4, 7): the second signature's cost.
 //! - `round_1000_feeds/<suite>/n<N>/{leader,member}`: a 1,000-feed report.
 //! - `round_2000_feeds/ed25519/n7/{leader,member}`: a 2,000-feed report.
 //!
@@ -20,7 +22,7 @@ use rand_core::SeedableRng;
 use sibyl_aggregator::aggregate::note_signed_leaf;
 use sibyl_aggregator::round::committee::{Committee, FeedConfig, Member, Timeouts};
 use sibyl_aggregator::round::{
-    Action, Input, LocalObservation, Node, NodeKeys, Restore, SibylSuite,
+    Action, Input, LocalObservation, Node, NodeKeySet, NodeKeys, Restore, SibylSuite,
 };
 use sibyl_aggregator::testkit::{DealerKeys, dealer_keys};
 use sibyl_aggregator::{ConfigDigest, FeedId, ReportLeaf};
@@ -35,12 +37,14 @@ struct Setup<C: SibylSuite> {
     committee: Arc<Committee>,
     seeds: Vec<[u8; 32]>,
     dealer: DealerKeys<C>,
+    /// A second suite's keys: the committee signs with both.
+    evm: Option<DealerKeys<frost_secp256k1_evm::Secp256K1Keccak256>>,
     feeds: Vec<FeedId>,
     /// Each feed's previous signed leaf, a second before this round.
     restore: Restore,
 }
 
-fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
+fn setup<C: SibylSuite>(n: u16, feeds: usize, both: bool) -> Setup<C> {
     let f = (n - 1) / 3;
     let t = 2 * f + 1;
     let mut rng = ChaCha20Rng::seed_from_u64(u64::from(n));
@@ -79,6 +83,7 @@ fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
         .expect("valid committee"),
     );
     let dealer = dealer_keys::<C, _>(n, t, &mut rng).expect("dealer keys");
+    let evm = both.then(|| dealer_keys(n, t, &mut rng).expect("dealer keys"));
     let mut restore = Restore::default();
     for (k, id) in ids.iter().enumerate() {
         let price = 6_000_000_000_000 + k as i128 * 1_000 - 20_000;
@@ -94,6 +99,7 @@ fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
         committee,
         seeds,
         dealer,
+        evm,
         feeds: ids,
         restore,
     }
@@ -103,7 +109,7 @@ fn setup<C: SibylSuite>(n: u16, feeds: usize) -> Setup<C> {
 /// member 1 (the leader of round 0) and member 2 (a signer).
 fn one_round<C: SibylSuite>(s: &Setup<C>, rng: &mut ChaCha20Rng) -> (Duration, Duration) {
     let n = s.committee.n() as u16;
-    let mut nodes: Vec<Node<C>> = (1..=n)
+    let mut nodes: Vec<Node> = (1..=n)
         .map(|i| {
             let id = frost_core::Identifier::<C>::try_from(i).expect("identifier");
             let keys = NodeKeys {
@@ -111,6 +117,14 @@ fn one_round<C: SibylSuite>(s: &Setup<C>, rng: &mut ChaCha20Rng) -> (Duration, D
                 key_package: s.dealer.key_packages[&id].clone(),
                 public_key_package: s.dealer.public_key_package.clone(),
             };
+            let mut keys = NodeKeySet::from(keys);
+            if let Some(evm) = &s.evm {
+                let id = frost_core::Identifier::try_from(i).expect("identifier");
+                keys = keys.with(
+                    evm.key_packages[&id].clone(),
+                    evm.public_key_package.clone(),
+                );
+            }
             Node::new(s.committee.clone(), i, keys, s.restore.clone()).expect("node")
         })
         .collect();
@@ -178,11 +192,12 @@ fn bench_suite<C: SibylSuite>(
     group: &str,
     sizes: &[u16],
     feeds: usize,
+    both: bool,
 ) {
     let mut g = c.benchmark_group(format!("{group}/{name}"));
     g.sample_size(10);
     for &n in sizes {
-        let s = setup::<C>(n, feeds);
+        let s = setup::<C>(n, feeds, both);
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         for (role, pick) in [("leader", 0usize), ("member", 1usize)] {
             g.bench_with_input(BenchmarkId::new(role, format!("n{n}")), &n, |b, _| {
@@ -202,17 +217,15 @@ fn bench_suite<C: SibylSuite>(
 
 fn rounds(c: &mut Criterion) {
     let sizes = [4, 7, 16, 31];
-    bench_suite::<frost_ed25519::Ed25519Sha512>(c, "ed25519", "round", &sizes, 10);
-    bench_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(c, "secp256k1-evm", "round", &sizes, 10);
-    bench_suite::<frost_ed25519::Ed25519Sha512>(c, "ed25519", "round_1000_feeds", &[7], 1000);
-    bench_suite::<frost_ed25519::Ed25519Sha512>(c, "ed25519", "round_2000_feeds", &[7], 2000);
-    bench_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(
-        c,
-        "secp256k1-evm",
-        "round_1000_feeds",
-        &[7],
-        1000,
-    );
+    type Ed = frost_ed25519::Ed25519Sha512;
+    type Evm = frost_secp256k1_evm::Secp256K1Keccak256;
+    bench_suite::<Ed>(c, "ed25519", "round", &sizes, 10, false);
+    bench_suite::<Evm>(c, "secp256k1-evm", "round", &sizes, 10, false);
+    bench_suite::<Ed>(c, "both", "round", &[4, 7], 10, true);
+    bench_suite::<Ed>(c, "ed25519", "round_1000_feeds", &[7], 1000, false);
+    bench_suite::<Ed>(c, "ed25519", "round_2000_feeds", &[7], 2000, false);
+    bench_suite::<Evm>(c, "secp256k1-evm", "round_1000_feeds", &[7], 1000, false);
+    bench_suite::<Ed>(c, "both", "round_1000_feeds", &[7], 1000, true);
 }
 
 criterion_group!(benches, rounds);

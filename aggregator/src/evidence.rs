@@ -167,7 +167,12 @@ impl Evidence {
                 if included != *pubkeys {
                     return Err(EvidenceError::WrongKeys);
                 }
-                if keccak(signing_package) != s.package_hash {
+                // The share of the evidence's suite (one per suite the
+                // committee signs with).
+                let Some(entry) = s.shares.iter().find(|e| e.suite == *suite) else {
+                    return Err(EvidenceError::PackageMismatch);
+                };
+                if keccak(signing_package) != entry.package_hash {
                     return Err(EvidenceError::PackageMismatch);
                 }
                 let package = SigningPackage::<C>::deserialize(signing_package)
@@ -180,7 +185,8 @@ impl Evidence {
                 if package.signing_commitment(&id).is_none() {
                     return Err(EvidenceError::PackageMismatch);
                 }
-                let Ok(sig_share) = frost_core::round2::SignatureShare::<C>::deserialize(&s.share)
+                let Ok(sig_share) =
+                    frost_core::round2::SignatureShare::<C>::deserialize(&entry.share)
                 else {
                     // An unparseable share is invalid by itself.
                     return Ok(m.sender);

@@ -18,6 +18,7 @@ use crate::round::SibylSuite;
 use crate::round::committee::{Committee, FeedConfig, Member, Timeouts};
 use crate::round::message::{
     ObservationEntry, ObservationMsg, Payload, ProposalMsg, ShareMsg, SignedMessage,
+    SuiteCommitments, SuitePackage, SuiteShare,
 };
 use crate::testkit;
 use crate::verify::{SignedLeaf, verify_report};
@@ -217,7 +218,10 @@ fn build_fixture() -> FuzzFixture {
             entries: vec![ObservationEntry::from(
                 &crate::round::LocalObservation::basic(feed.clone(), price, 10, 1_760_000_000_000),
             )],
-            commitments: vec![commitment.clone()],
+            commitments: vec![SuiteCommitments {
+                suite: Suite::Ed25519,
+                commitments: vec![commitment.clone()],
+            }],
         })
     };
     let obs_a = sign(2, 5, observation(100));
@@ -230,7 +234,10 @@ fn build_fixture() -> FuzzFixture {
             merkle_root: [root; 32],
             leaves: report.report.leaves[..2].to_vec(),
             observations: vec![obs_a.clone()],
-            signing_package: package.clone(),
+            signing_packages: vec![SuitePackage {
+                suite: Suite::Ed25519,
+                package: package.clone(),
+            }],
             signer_observations: Vec::new(),
         })
     };
@@ -240,8 +247,11 @@ fn build_fixture() -> FuzzFixture {
         Payload::Share(ShareMsg {
             attempt: 0,
             report_digest: digest,
-            package_hash: keccak(&package),
-            share: share_bytes(from),
+            shares: vec![SuiteShare {
+                suite: Suite::Ed25519,
+                package_hash: keccak(&package),
+                share: share_bytes(from),
+            }],
         })
     };
     // Member 2 sending member 1's share: invalid for member 2.
@@ -808,7 +818,7 @@ mod tests {
         let Payload::Observation(o) = msg.payload else {
             panic!("the first fixture message is an observation");
         };
-        let c = &o.commitments[0];
+        let c = &o.commitments[0].commitments[0];
         assert!(<Ed25519Sha512 as SibylSuite>::parse_commitments(c).is_some());
         fuzz_commitments(c);
         let mut long = c.clone();

@@ -33,7 +33,7 @@ use crate::round::committee::{Committee, FeedConfig, Member, Timeouts};
 use crate::round::message::{Payload, decode_unverified};
 use crate::round::schedule::LeaderSchedule;
 use crate::round::{
-    Action, Input, LocalObservation, Node, NodeKeys, Restore, SibylSuite, SigningRecord,
+    Action, Input, LocalObservation, Node, NodeKeySet, Restore, SibylSuite, SigningRecord,
 };
 use crate::testkit::dealer_keys;
 use crate::verify::{GroupKeys, verify_report};
@@ -296,9 +296,9 @@ struct Durable {
     report_rounds: BTreeSet<Round>,
 }
 
-struct Member_<C: SibylSuite> {
-    node: Option<Node<C>>,
-    keys: NodeKeys<C>,
+struct Member_ {
+    node: Option<Node>,
+    keys: NodeKeySet,
     durable: Durable,
     wake: Option<TimestampMs>,
     kind: Option<ByzantineKind>,
@@ -312,7 +312,10 @@ struct Sim<C: SibylSuite> {
     committee: Arc<Committee>,
     group_keys: GroupKeys,
     pubkeys: frost_core::keys::PublicKeyPackage<C>,
-    members: Vec<Member_<C>>,
+    /// With both suites: the secp256k1-evm public key package.
+    evm_pubkeys:
+        Option<frost_core::keys::PublicKeyPackage<frost_secp256k1_evm::Secp256K1Keccak256>>,
+    members: Vec<Member_>,
     rng: ChaCha20Rng,
     queue: BTreeMap<(TimestampMs, u64), Event>,
     seq: u64,
@@ -355,7 +358,16 @@ fn uniform(rng: &mut ChaCha20Rng, below: u64) -> u64 {
 
 /// Runs one seed of the simulation.
 pub fn run<C: SibylSuite>(cfg: &SimConfig, seed: u64) -> Result<SimOutcome, SimError> {
-    let mut sim = Sim::<C>::new(cfg.clone(), seed)?;
+    let mut sim = Sim::<C>::new(cfg.clone(), seed, false)?;
+    sim.run();
+    Ok(sim.outcome(seed))
+}
+
+/// Runs one seed with a committee that signs every report with both
+/// suites (ed25519 and secp256k1-evm): every report must verify under both
+/// group keys.
+pub fn run_both(cfg: &SimConfig, seed: u64) -> Result<SimOutcome, SimError> {
+    let mut sim = Sim::<frost_ed25519::Ed25519Sha512>::new(cfg.clone(), seed, true)?;
     sim.run();
     Ok(sim.outcome(seed))
 }
@@ -369,7 +381,7 @@ pub fn run_suite(suite: crate::Suite, cfg: &SimConfig, seed: u64) -> Result<SimO
 }
 
 impl<C: SibylSuite> Sim<C> {
-    fn new(cfg: SimConfig, seed: u64) -> Result<Self, SimError> {
+    fn new(cfg: SimConfig, seed: u64, both: bool) -> Result<Self, SimError> {
         if cfg.byzantine > cfg.nodes {
             return Err(SimError::TooManyByzantine {
                 byzantine: cfg.byzantine,
@@ -430,9 +442,17 @@ impl<C: SibylSuite> Sim<C> {
             .verifying_key()
             .serialize()
             .map_err(|e| SimError::Keys(e.to_string()))?;
-        let group_keys = GroupKeys::new(*committee.config_digest())
+        let mut group_keys = GroupKeys::new(*committee.config_digest())
             .with_key_bytes(C::SUITE, &vk)
             .map_err(|e| SimError::Keys(e.to_string()))?;
+        let evm = if both {
+            let evm = dealer_keys::<frost_secp256k1_evm::Secp256K1Keccak256, _>(n, t, &mut rng)
+                .map_err(|e| SimError::Keys(e.to_string()))?;
+            group_keys = group_keys.with_secp256k1_evm(*evm.public_key_package.verifying_key());
+            Some(evm)
+        } else {
+            None
+        };
 
         // Byzantine members and their kinds, from the seed.
         let mut order: Vec<u16> = (1..=n).collect();
@@ -473,11 +493,18 @@ impl<C: SibylSuite> Sim<C> {
                 .get(&id)
                 .cloned()
                 .ok_or_else(|| SimError::Keys(format!("no key package for {index}")))?;
-            let keys = NodeKeys {
-                identity_seed: *seed_bytes,
-                key_package,
-                public_key_package: dealer.public_key_package.clone(),
-            };
+            let mut keys =
+                NodeKeySet::new(*seed_bytes).with(key_package, dealer.public_key_package.clone());
+            if let Some(evm) = &evm {
+                let id = frost_core::Identifier::try_from(index)
+                    .map_err(|e| SimError::Keys(e.to_string()))?;
+                let key_package = evm
+                    .key_packages
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| SimError::Keys(format!("no key package for {index}")))?;
+                keys = keys.with(key_package, evm.public_key_package.clone());
+            }
             let mut node_seed = [0u8; 32];
             rng.fill_bytes(&mut node_seed);
             nodes.push(Member_ {
@@ -511,6 +538,7 @@ impl<C: SibylSuite> Sim<C> {
             committee,
             group_keys,
             pubkeys: dealer.public_key_package,
+            evm_pubkeys: evm.map(|e| e.public_key_package),
             members: nodes,
             rng,
             queue: BTreeMap::new(),
@@ -916,7 +944,17 @@ impl<C: SibylSuite> Sim<C> {
                 self.record(b"blame", index, evidence.kind().as_bytes());
                 if self.members[i].kind.is_none() {
                     self.evidence += 1;
-                    match evidence.verify::<C>(&self.committee, &self.pubkeys) {
+                    let verified = match (&evidence, &self.evm_pubkeys) {
+                        (
+                            crate::evidence::Evidence::InvalidShare {
+                                suite: crate::Suite::Secp256k1Evm,
+                                ..
+                            },
+                            Some(evm),
+                        ) => evidence.verify(&self.committee, evm),
+                        _ => evidence.verify::<C>(&self.committee, &self.pubkeys),
+                    };
+                    match verified {
                         Ok(culprit) if self.members[usize::from(culprit) - 1].kind.is_some() => {}
                         _ => self.unverifiable_evidence += 1,
                     }
@@ -1078,6 +1116,31 @@ mod tests {
             assert_safe(&o);
             assert_eq!(o.signed_rounds, 8, "{o:?}");
         }
+    }
+
+    /// A committee that signs with both suites: every report carries both
+    /// signatures (the simulator verifies each under both group keys), with
+    /// every Byzantine kind within f, and deterministically.
+    #[test]
+    fn a_both_suite_committee_is_safe_with_every_byzantine_kind() {
+        let o = run_both(&SimConfig::new(4, 0, 8), 0).unwrap();
+        assert_safe(&o);
+        assert_eq!(o.signed_rounds, 8, "{o:?}");
+        for kind in ByzantineKind::ALL {
+            let mut cfg = SimConfig::new(4, 1, 10);
+            cfg.kinds = vec![kind];
+            let o = run_both(&cfg, 1).unwrap();
+            assert_safe(&o);
+            assert_eq!(o.unsigned_rounds_with_honest_leader, 0, "{kind:?} {o:?}");
+            if kind == ByzantineKind::InvalidShares {
+                assert!(o.evidence > 0 || o.signed_rounds == 10, "{kind:?} {o:?}");
+            }
+        }
+        let mut cfg = SimConfig::new(7, 2, 10);
+        cfg.network = NetworkConfig::chaos();
+        let a = run_both(&cfg, 5).unwrap();
+        assert_safe(&a);
+        assert_eq!(a, run_both(&cfg, 5).unwrap());
     }
 
     #[test]

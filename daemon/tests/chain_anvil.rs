@@ -543,6 +543,84 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
     );
 }
 
+/// `sibyl devnet --chain --suites ed25519,secp256k1-evm`: one committee
+/// signs every report with both suites. The transmitters push its
+/// secp256k1-evm signature to the contract (the BTC-USD adapter reaches the
+/// API's latest report), the API's pull payload names the contract, and
+/// the very reports the chain took verify under the ed25519 group key too.
+#[test]
+fn devnet_chain_with_both_suites_pushes_and_keeps_ed25519() {
+    let contracts = devchain::find_contracts_dir().expect("contracts dir");
+    devchain::tool(&contracts, "anvil").expect("anvil (scripts/setup.d/20-contracts)");
+    devchain::tool(&contracts, "forge").expect("forge (scripts/setup.d/20-contracts)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = dir.path().join("devnet");
+    let log = std::fs::File::create(dir.path().join("devnet.out")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+        .args(["devnet", "--chain", "--nodes", "4", "--builtin-source"])
+        .args(["--suites", "ed25519,secp256k1-evm"])
+        .args(["--duration", "300s", "--dir"])
+        .arg(&net)
+        .env("SIBYL_CONTRACTS_DIR", &contracts)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start sibyl devnet --chain --suites ed25519,secp256k1-evm");
+    let devnet = Devnet(child);
+    let file: Value = wait_for("devnet.json with the chain", 180, || {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(net.join("devnet.json")).ok()?).ok()?;
+        v["chain"]["feed"].is_string().then_some(v)
+    });
+    let rpc = file["chain"]["rpc_url"].as_str().expect("rpc").to_string();
+    let feed = file["chain"]["feed"].as_str().expect("feed").to_string();
+    let btc = file["chain"]["adapters"]["BTC-USD"]
+        .as_str()
+        .expect("BTC-USD adapter")
+        .to_string();
+    let api = file["members"][0]["api_url"]
+        .as_str()
+        .expect("api")
+        .to_string();
+    let digest = ConfigDigest(b32(file["config_digest"].as_str().expect("digest")));
+    let key = |suite: &str| unhex(file["group_keys"][suite].as_str().expect("group key"));
+    let keys = sibyl_aggregator::verify::GroupKeys::new(digest)
+        .with_key_bytes(sibyl_aggregator::Suite::Ed25519, &key("ed25519"))
+        .expect("ed25519 key")
+        .with_key_bytes(sibyl_aggregator::Suite::Secp256k1Evm, &key("secp256k1-evm"))
+        .expect("secp256k1-evm key");
+
+    let first_round = wait_for("a first signed report", 120, || {
+        http_json(&format!("{api}/v1/feeds/BTC-USD/latest"))?["round"].as_u64()
+    });
+    let pushed = wait_for("the adapter to match the API", 120, || {
+        let latest = http_json(&format!("{api}/v1/feeds/BTC-USD/latest"))?;
+        let out = Command::new(contracts.join("tools/cast"))
+            .args(["call", "--rpc-url", &rpc, &btc])
+            .arg("latestRoundData()(uint80,int256,uint256,uint256,uint80)")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None; // NoDataPresent before the first push
+        }
+        let w = words(&String::from_utf8_lossy(&out.stdout));
+        let round = latest["round"].as_u64()?;
+        let same = w.first()? == &round.to_string() && w.get(1)? == latest["price"].as_str()?;
+        (same && round >= first_round + 3).then_some(round)
+    });
+    // The report the chain took carries both signatures, each valid.
+    let body = http_json(&format!("{api}/v1/reports/{pushed}")).expect("the pushed report");
+    let report: SignedReport =
+        serde_json::from_value(body.get("report").cloned().unwrap_or(body)).expect("a report");
+    assert_eq!(report.signatures.len(), 2);
+    sibyl_aggregator::verify::verify_report(&report, &keys).expect("both signatures verify");
+    let update = http_json(&format!("{api}/v1/feeds/BTC-USD/update")).expect("pull payload");
+    assert_eq!(update["contract"], feed.to_lowercase());
+    assert!(update["calldata"].as_str().is_some_and(|c| c.len() > 10));
+    drop(devnet);
+    println!("devnet --chain with both suites: round {pushed} on chain, both signatures verify");
+}
+
 /// `sibyl rotation`: committee A (deployed by `sibyl devnet --chain
 /// --setup-only`) signs the hand-over to committee B with three of its
 /// members' key shares; the contract accepts the calldata once, and then

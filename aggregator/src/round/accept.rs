@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<C: SibylSuite> Node<C> {
+impl Node {
     pub(super) fn on_report(&mut self, now: TimestampMs, msg: SignedMessage) {
         let Payload::Report(report) = msg.payload else {
             return;
@@ -53,14 +53,17 @@ impl<C: SibylSuite> Node<C> {
         {
             return false;
         }
-        let Some(sig) = report.signatures.get(&C::SUITE) else {
+        // One signature per suite the committee signs with, each valid.
+        if report.signatures.len() != self.lanes.len() {
             return false;
-        };
-        C::verify_signature_bytes(
-            self.pubkeys.verifying_key(),
-            &report_digest(&report.header),
-            &sig.0,
-        )
+        }
+        let digest = report_digest(&report.header);
+        self.lanes.iter().all(|lane| {
+            report
+                .signatures
+                .get(&lane.suite())
+                .is_some_and(|sig| with_lane!(lane, l => l.verify(&digest, &sig.0)))
+        })
     }
 
     pub(super) fn accept_report(&mut self, now: TimestampMs, report: SignedReport) {

@@ -40,7 +40,7 @@ impl Clock {
     }
 }
 
-impl<C: SibylSuite> Node<C> {
+impl Node {
     /// The driver's time as committee time.
     pub(super) fn committee_time(&self, raw: TimestampMs) -> TimestampMs {
         shift(raw, -self.clock.offset)

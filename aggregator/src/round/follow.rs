@@ -15,48 +15,47 @@
 
 use super::*;
 
-/// One attempt a member follows.
-pub(super) struct FollowAttempt<C: Ciphersuite> {
-    package: SigningPackage<C>,
-    package_hash: [u8; 32],
+/// One attempt a member follows (its packages are kept by the lanes).
+pub(super) struct FollowAttempt {
+    package_hashes: Vec<[u8; 32]>,
     signers: BTreeSet<u16>,
-    shares: BTreeMap<Identifier<C>, SignatureShare<C>>,
     senders: BTreeSet<u16>,
     /// The shares did not add up to a valid signature: wait for the report.
     failed: bool,
 }
 
-/// An attempt's signing package and the hash of its serialization.
-pub(super) struct AttemptPackage<C: Ciphersuite> {
+/// An attempt whose signing packages the lanes kept: its signers and the
+/// hashes of its packages (one per suite).
+pub(super) struct AttemptPackage {
     pub(super) number: usize,
-    pub(super) package: SigningPackage<C>,
-    pub(super) package_hash: [u8; 32],
+    pub(super) signers: BTreeSet<u16>,
+    pub(super) package_hashes: Vec<[u8; 32]>,
 }
 
 /// The report a member is assembling in this round.
-pub(super) struct Follow<C: Ciphersuite> {
+pub(super) struct Follow {
     header: ReportHeader,
     digest: [u8; 32],
     leaves: Vec<ReportLeaf>,
-    attempts: BTreeMap<usize, FollowAttempt<C>>,
+    attempts: BTreeMap<usize, FollowAttempt>,
 }
 
-impl<C: SibylSuite> Node<C> {
+impl Node {
     /// A proposal whose leaves this member established (checked as a
-    /// signer, or Merkle root recomputed as a follower) and whose package it
-    /// parsed: follow the attempt, and use the shares that came before it.
+    /// signer, or Merkle root recomputed as a follower) and whose packages
+    /// it parsed: follow the attempt, and use the shares that came before it.
     pub(super) fn follow_attempt(
         &mut self,
         now: TimestampMs,
         header: &ReportHeader,
         digest: [u8; 32],
         leaves: &[ReportLeaf],
-        attempt: AttemptPackage<C>,
+        attempt: AttemptPackage,
     ) {
         let AttemptPackage {
             number: attempt,
-            package,
-            package_hash,
+            signers,
+            package_hashes,
         } = attempt;
         if self.rs.reported {
             return;
@@ -70,18 +69,11 @@ impl<C: SibylSuite> Node<C> {
         if follow.digest != digest || follow.attempts.contains_key(&attempt) {
             return;
         }
-        let signers = package
-            .signing_commitments()
-            .keys()
-            .filter_map(|id| self.ids.get(id).copied())
-            .collect();
         follow.attempts.insert(
             attempt,
             FollowAttempt {
-                package,
-                package_hash,
+                package_hashes,
                 signers,
-                shares: BTreeMap::new(),
                 senders: BTreeSet::new(),
                 failed: false,
             },
@@ -99,8 +91,9 @@ impl<C: SibylSuite> Node<C> {
     /// A follower's copy of a proposal (no attributed observations): this
     /// member is not among the attempt's signers. It checks what it needs
     /// to assemble the report (leaves of committee feeds under the header's
-    /// Merkle root; a canonical package over the report digest with at least
-    /// `t` members) and follows the attempt.
+    /// Merkle root; per suite a canonical package over the report digest
+    /// with at least `t` members, all naming the same members) and follows
+    /// the attempt.
     pub(super) fn on_follower_proposal(
         &mut self,
         now: TimestampMs,
@@ -111,8 +104,12 @@ impl<C: SibylSuite> Node<C> {
         if self.rs.reported {
             return;
         }
-        let known = self.rs.follow.as_ref().is_some_and(|f| f.digest == digest);
-        if !known {
+        let number = usize::from(p.attempt);
+        let known = self.rs.follow.as_ref().filter(|f| f.digest == digest);
+        if known.is_some_and(|f| f.attempts.contains_key(&number)) {
+            return;
+        }
+        if known.is_none() {
             let feeds = self.committee.feeds();
             if p.leaves.is_empty()
                 || p.leaves.len() > feeds.len()
@@ -123,15 +120,22 @@ impl<C: SibylSuite> Node<C> {
                 return;
             }
         }
-        let Some(package) = self.parse_package(&p.signing_package, &digest) else {
+        let parsed = self.stage_followed_packages(&p.signing_packages, &digest, number);
+        for lane in &mut self.lanes {
+            if parsed.is_some() {
+                with_lane!(lane, l => l.keep_staged());
+            } else {
+                with_lane!(lane, l => l.drop_staged());
+            }
+        }
+        let Some((package_hashes, signers)) = parsed else {
             self.stats.invalid_messages += 1;
             return;
         };
-        let package_hash = keccak(&p.signing_package);
         let attempt = AttemptPackage {
-            number: usize::from(p.attempt),
-            package,
-            package_hash,
+            number,
+            signers,
+            package_hashes,
         };
         self.follow_attempt(now, header, digest, &p.leaves, attempt);
         if let Some(f) = &self.rs.follow
@@ -142,33 +146,38 @@ impl<C: SibylSuite> Node<C> {
         }
     }
 
-    /// Parses a signing package without a commitment of this member's to
-    /// compare with: canonical framing, identifiers of members ascending,
-    /// at least `t` of them, the report digest as its message.
-    fn parse_package(&self, bytes: &[u8], digest: &[u8; 32]) -> Option<SigningPackage<C>> {
-        let parts = split_package_for_digest::<C>(bytes)?;
-        if parts.message != digest.as_slice()
-            || parts.signers.len() < usize::from(self.committee.t())
-        {
+    /// Parses and stages a follower's packages, one per suite.
+    fn stage_followed_packages(
+        &mut self,
+        packages: &[SuitePackage],
+        digest: &[u8; 32],
+        number: usize,
+    ) -> Option<(Vec<[u8; 32]>, BTreeSet<u16>)> {
+        if packages.len() != self.lanes.len() {
             return None;
         }
-        let mut commitments = BTreeMap::new();
-        let mut last: Option<Identifier<C>> = None;
-        for (id_bytes, c_bytes) in parts.signers {
-            let id = Identifier::<C>::deserialize(id_bytes).ok()?;
-            if last.is_some_and(|l| l >= id) {
+        let t = self.committee.t();
+        let mut hashes = Vec::with_capacity(packages.len());
+        let mut signers: Option<BTreeSet<u16>> = None;
+        for (lane, package) in self.lanes.iter_mut().zip(packages) {
+            if lane.suite() != package.suite
+                || !with_lane!(lane, l => l.parse_package(number, &package.package, digest, t))
+            {
                 return None;
             }
-            last = Some(id);
-            let member = *self.ids.get(&id)?;
-            commitments.insert(id, self.parse_commitments_of(member, c_bytes)?);
+            let (named, hash) = with_lane!(lane, l => (l.staged_signers()?, l.staged_hash()?));
+            if signers.as_ref().is_some_and(|s| *s != named) {
+                return None;
+            }
+            signers = Some(named);
+            hashes.push(hash);
         }
-        Some(SigningPackage::new(commitments, digest))
+        Some((hashes, signers?))
     }
 
     /// A share sent to every member: kept for its attempt (or until its
     /// proposal arrives, at most `attempts × n` of them); the attempt's last
-    /// share assembles the report.
+    /// share assembles the report, one signature per suite.
     pub(super) fn follow_share(&mut self, now: TimestampMs, sender: u16, s: &ShareMsg) {
         if self.rs.reported {
             return;
@@ -185,29 +194,37 @@ impl<C: SibylSuite> Node<C> {
         };
         if a.failed
             || s.report_digest != digest
-            || s.package_hash != a.package_hash
+            || !leader::shares_answer(&s.shares, &a.package_hashes, &self.lanes)
             || !a.signers.contains(&sender)
             || !a.senders.insert(sender)
         {
             return;
         }
-        let (Ok(share), Ok(id)) = (
-            SignatureShare::<C>::deserialize(&s.share),
-            Identifier::<C>::try_from(sender),
-        ) else {
-            a.failed = true;
-            return;
-        };
-        a.shares.insert(id, share);
-        if a.shares.len() < a.signers.len() {
+        for (lane, sh) in self.lanes.iter_mut().zip(&s.shares) {
+            if !with_lane!(lane, l => l.add_share(attempt, sender, &sh.share)) {
+                a.failed = true;
+                return;
+            }
+        }
+        if a.senders.len() < a.signers.len() {
             return;
         }
-        let Some(sig) = aggregate_verified(&a.package, &a.shares, &self.pubkeys) else {
-            a.failed = true;
-            return;
-        };
-        let Some(report) = sealed_report(&f.header, &f.leaves, &sig) else {
-            return;
+        let mut signatures = BTreeMap::new();
+        for lane in &self.lanes {
+            match with_lane!(lane, l => l.aggregate(attempt, false)) {
+                Ok(sig) => {
+                    signatures.insert(lane.suite(), SignatureBytes(sig));
+                }
+                Err(_) => {
+                    a.failed = true;
+                    return;
+                }
+            }
+        }
+        let report = SignedReport {
+            header: f.header.clone(),
+            leaves: f.leaves.clone(),
+            signatures,
         };
         self.stats.reports_assembled += 1;
         self.accept_report(now, report);
@@ -226,41 +243,4 @@ impl<C: SibylSuite> Node<C> {
             self.rs.early_shares.push((sender, s.clone()));
         }
     }
-}
-
-/// The signed report of `header` and `leaves` under the aggregate `sig`.
-pub(super) fn sealed_report<C: SibylSuite>(
-    header: &ReportHeader,
-    leaves: &[ReportLeaf],
-    sig: &frost::Signature<C>,
-) -> Option<SignedReport> {
-    let sig_bytes = sig.serialize().ok()?;
-    Some(SignedReport {
-        header: header.clone(),
-        leaves: leaves.to_vec(),
-        signatures: BTreeMap::from([(C::SUITE, SignatureBytes(sig_bytes))]),
-    })
-}
-
-/// [`split_package`] for a package whose message is a 32-byte digest, the
-/// commitment length taken from the framing (a follower has no commitment
-/// of its own to measure).
-fn split_package_for_digest<C: Ciphersuite>(bytes: &[u8]) -> Option<PackageParts<'_>> {
-    let empty = SigningPackage::<C>::new(BTreeMap::new(), &[])
-        .serialize()
-        .ok()?;
-    let header_len = empty.len().checked_sub(2)?;
-    let id_len = Identifier::<C>::try_from(1u16).ok()?.serialize().len();
-    let rest = bytes.get(header_len..)?;
-    // k (at most MAX_MEMBERS < 128: one varint byte) ‖ k entries ‖ 32 ‖ digest
-    let (&k, entries) = rest.split_first()?;
-    let k = usize::from(k);
-    if k == 0 || k >= 128 {
-        return None;
-    }
-    let body = entries.len().checked_sub(1 + 32)?;
-    if body % k != 0 || body / k <= id_len {
-        return None;
-    }
-    split_package::<C>(bytes, body / k - id_len)
 }

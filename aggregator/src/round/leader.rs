@@ -3,7 +3,17 @@
 
 use super::*;
 
-impl<C: SibylSuite> Node<C> {
+/// A signing attempt the leader just set up.
+struct Started {
+    proposal: ProposalMsg,
+    /// A Byzantine leader's second proposal (simulator only).
+    twin: Option<ProposalMsg>,
+    signers: BTreeSet<u16>,
+    /// Keccak-256 of each suite's signing package.
+    package_hashes: Vec<[u8; 32]>,
+}
+
+impl Node {
     pub(super) fn on_observation<R: RngCore + CryptoRng>(
         &mut self,
         now: TimestampMs,
@@ -30,7 +40,7 @@ impl<C: SibylSuite> Node<C> {
             return;
         }
         let offers = !o.commitments.is_empty();
-        if offers && o.commitments.len() != self.committee.attempts() {
+        if offers && !self.offer_complete(&o.commitments) {
             self.stats.invalid_messages += 1;
             return;
         }
@@ -39,14 +49,11 @@ impl<C: SibylSuite> Node<C> {
             return;
         };
         if self.rs.leader.is_none() && offers {
-            let first = if sender == self.me {
-                self.rs.commitments.first().copied()
-            } else {
-                o.commitments
-                    .first()
-                    .and_then(|c| self.parse_commitments_of(sender, c))
-            };
-            self.rs.first_commitments.insert(sender, first);
+            for i in 0..self.lanes.len() {
+                let bytes = self.announced(&o.commitments, i, 0);
+                let own = sender == self.me;
+                with_lane!(&mut self.lanes[i], l => l.note_first(sender, bytes, own));
+            }
         }
         let late = self.rs.leader.as_mut().map(|l| {
             // The leaves are fixed: a later observation only makes its
@@ -209,154 +216,37 @@ impl<C: SibylSuite> Node<C> {
     /// remembered penalty, distance after the leader). Returns whether one
     /// started (not when the attempts are used up or too few candidates remain).
     pub(super) fn start_attempt(&mut self, now: TimestampMs) -> bool {
-        let t = usize::from(self.committee.t());
-        let attempts = self.committee.attempts();
-        let me = self.me;
-        let equivocate = self.faults.equivocate();
-        // At most MAX_MEMBERS.
-        #[allow(clippy::cast_possible_truncation)]
-        let n = self.committee.n() as u32;
-        let Some(l) = &mut self.rs.leader else {
+        let Some(mut l) = self.rs.leader.take() else {
             return false;
         };
-        let number = l.next_attempt;
-        if number >= attempts {
-            return false;
-        }
-        let silent: BTreeSet<u16> = l
-            .attempts
-            .values()
-            .filter(|a| a.timed_out)
-            .flat_map(|a| a.signers.iter().filter(|s| !a.shares.contains_key(s)))
-            .copied()
-            .collect();
-        // Pick the signers and parse their commitments for this attempt; a
-        // member whose commitment does not parse (it signed garbage into its
-        // observation) is excluded and the pick repeats.
-        let mut unusable_found = Vec::new();
-        let picked = loop {
-            let mut pool: Vec<u16> = l
-                .signers_pool
-                .keys()
-                .copied()
-                .filter(|s| !l.excluded.contains(s))
-                .filter(|s| !(equivocate && *s == me))
-                .collect();
-            if pool.len() < t {
-                break None;
-            }
-            // The leader signs first (it needs no message round trip), then
-            // the members after it in index order, wrapping: with the
-            // rotating leader every member signs regularly.
-            pool.sort_by_key(|s| {
-                (
-                    silent.contains(s),
-                    self.penalty.get(s).copied().unwrap_or(0),
-                    (u32::from(*s) + n - u32::from(me)) % n,
-                )
-            });
-            let signers: BTreeSet<u16> = pool.into_iter().take(t).collect();
-            let mut commitments = BTreeMap::new();
-            let mut unusable = None;
-            for s in &signers {
-                let Ok(id) = Identifier::<C>::try_from(*s) else {
-                    return false;
-                };
-                let bytes = l.signers_pool.get(s).and_then(|c| c.get(number));
-                let parsed = match (number, self.rs.first_commitments.get(s)) {
-                    (0, Some(first)) => *first,
-                    _ => bytes.and_then(|b| match self.warm.get(s) {
-                        Some((w, c)) if w == b => Some(*c),
-                        _ => C::parse_commitments(b),
-                    }),
-                };
-                match parsed {
-                    Some(c) => {
-                        commitments.insert(id, c);
-                    }
-                    None => {
-                        unusable = Some(*s);
-                        break;
-                    }
-                }
-            }
-            match unusable {
-                Some(s) => {
-                    l.excluded.insert(s);
-                    unusable_found.push(s);
-                }
-                None => break Some((signers, commitments)),
-            }
-        };
-        self.stats.invalid_messages += unusable_found.len() as u64;
-        for s in unusable_found {
-            self.penalize(s, PENALTY_INVALID);
-        }
-        let Some((signers, commitments)) = picked else {
+        let started = self.pick_signers(&mut l, now);
+        self.rs.leader = Some(l);
+        let Some(Started {
+            proposal,
+            twin,
+            signers,
+            package_hashes,
+        }) = started
+        else {
             return false;
         };
-        let Some(l) = &mut self.rs.leader else {
-            return false;
-        };
-        let package = SigningPackage::new(commitments.clone(), &l.digest);
-        let Ok(package_bytes) = package.serialize() else {
-            return false;
-        };
-        let package_hash = keccak(&package_bytes);
-        let proposal = ProposalMsg {
-            // Below `attempts()`, at most MAX_COMMITMENTS.
-            #[allow(clippy::cast_possible_truncation)]
-            attempt: number as u8,
-            timestamp_ms: l.header.timestamp_ms,
-            merkle_root: l.header.merkle_root,
-            leaves: l.leaves.clone(),
-            observations: l.observations.clone(),
-            signing_package: package_bytes.clone(),
-            signer_observations: signers
-                .iter()
-                .filter_map(|s| l.late.get(s).cloned())
-                .collect(),
-        };
-        // A Byzantine leader (simulator only) sends a second, different report
-        // to every other signer and to the lowest one as well.
-        let twin = if equivocate {
-            let mut header = l.header.clone();
-            header.timestamp_ms += 1;
-            let digest = report_digest(&header);
-            let twin_package = SigningPackage::new(commitments, &digest);
-            twin_package.serialize().ok().map(|bytes| ProposalMsg {
-                timestamp_ms: header.timestamp_ms,
-                signing_package: bytes,
-                ..proposal.clone()
-            })
-        } else {
-            None
-        };
-        let record = SigningRecord {
-            round: self.round,
-            digest: l.digest,
-        };
-        let own = signers
-            .contains(&me)
-            .then(|| (package.clone(), package_hash));
-        l.attempts.insert(
-            number,
-            Attempt {
-                signers: signers.clone(),
-                package,
-                package_bytes,
-                package_hash,
-                shares: BTreeMap::new(),
-                deadline: now + self.committee.timeouts().share_ms,
-                timed_out: false,
-            },
-        );
-        l.next_attempt = number + 1;
         self.stats.attempts_started += 1;
+        let me = self.me;
         let round = self.round;
+        let number = usize::from(proposal.attempt);
+        let record = SigningRecord {
+            round,
+            digest: report_digest(&ReportHeader {
+                version: PROTOCOL_VERSION,
+                config_digest: *self.committee.config_digest(),
+                round,
+                timestamp_ms: proposal.timestamp_ms,
+                merkle_root: proposal.merkle_root,
+            }),
+        };
         let proposal_for_followers = ProposalMsg {
             leaves: proposal.leaves.clone(),
-            signing_package: proposal.signing_package.clone(),
+            signing_packages: proposal.signing_packages.clone(),
             observations: Vec::new(),
             signer_observations: Vec::new(),
             ..proposal
@@ -395,13 +285,164 @@ impl<C: SibylSuite> Node<C> {
         // The leader built the proposal itself: it signs without decoding and
         // re-checking its own message. Its ledger write comes after the sends
         // above, so it overlaps the other signers' instead of delaying them.
-        if let Some((package, package_hash)) = own {
+        if signers.contains(&me) {
             if self.rs.first_proposal.is_none() {
                 self.rs.first_proposal = Some((record.digest, msg.bytes.clone()));
             }
-            self.prepare_signing(now, record, number, package, package_hash);
+            self.prepare_signing(now, record, number, package_hashes);
         }
         true
+    }
+
+    /// Picks the next attempt's signers and builds its signing packages
+    /// (one per suite, kept by the lanes); returns the proposal, a
+    /// Byzantine leader's twin (simulator only), the signers and the
+    /// packages' hashes.
+    fn pick_signers(&mut self, l: &mut LeaderRound, now: TimestampMs) -> Option<Started> {
+        let t = usize::from(self.committee.t());
+        let me = self.me;
+        let equivocate = self.faults.equivocate();
+        // At most MAX_MEMBERS.
+        #[allow(clippy::cast_possible_truncation)]
+        let n = self.committee.n() as u32;
+        let number = l.next_attempt;
+        if number >= self.committee.attempts() {
+            return None;
+        }
+        let silent: BTreeSet<u16> = l
+            .attempts
+            .values()
+            .filter(|a| a.timed_out)
+            .flat_map(|a| a.signers.iter().filter(|s| !a.shares.contains_key(s)))
+            .copied()
+            .collect();
+        // Pick the signers and parse their commitments for this attempt; a
+        // member whose commitment does not parse (it signed garbage into its
+        // observation) is excluded and the pick repeats.
+        let mut unusable_found = Vec::new();
+        let digest = l.digest;
+        let picked = loop {
+            let mut pool: Vec<u16> = l
+                .signers_pool
+                .keys()
+                .copied()
+                .filter(|s| !l.excluded.contains(s))
+                .filter(|s| !(equivocate && *s == me))
+                .collect();
+            if pool.len() < t {
+                break None;
+            }
+            // The leader signs first (it needs no message round trip), then
+            // the members after it in index order, wrapping: with the
+            // rotating leader every member signs regularly.
+            pool.sort_by_key(|s| {
+                (
+                    silent.contains(s),
+                    self.penalty.get(s).copied().unwrap_or(0),
+                    (u32::from(*s) + n - u32::from(me)) % n,
+                )
+            });
+            let signers: BTreeSet<u16> = pool.into_iter().take(t).collect();
+            let built = self.build_packages(l, &signers, number, &digest);
+            for lane in &mut self.lanes {
+                if built.is_ok() {
+                    with_lane!(lane, x => x.keep_staged());
+                } else {
+                    with_lane!(lane, x => x.drop_staged());
+                }
+            }
+            match built {
+                Ok(packages) => break Some((signers, packages)),
+                Err(Some(s)) => {
+                    l.excluded.insert(s);
+                    unusable_found.push(s);
+                }
+                Err(None) => break None,
+            }
+        };
+        self.stats.invalid_messages += unusable_found.len() as u64;
+        for s in unusable_found {
+            self.penalize(s, PENALTY_INVALID);
+        }
+        let (signers, packages) = picked?;
+        let package_hashes: Vec<[u8; 32]> = packages.iter().map(|p| keccak(&p.package)).collect();
+        let proposal = ProposalMsg {
+            // Below `attempts()`, at most MAX_COMMITMENTS.
+            #[allow(clippy::cast_possible_truncation)]
+            attempt: number as u8,
+            timestamp_ms: l.header.timestamp_ms,
+            merkle_root: l.header.merkle_root,
+            leaves: l.leaves.clone(),
+            observations: l.observations.clone(),
+            signing_packages: packages,
+            signer_observations: signers
+                .iter()
+                .filter_map(|s| l.late.get(s).cloned())
+                .collect(),
+        };
+        // A Byzantine leader (simulator only) sends a second, different report
+        // to every other signer and to the lowest one as well.
+        let twin = if equivocate {
+            let mut header = l.header.clone();
+            header.timestamp_ms += 1;
+            let digest = report_digest(&header);
+            let twin = self.build_packages(l, &signers, number, &digest);
+            for lane in &mut self.lanes {
+                with_lane!(lane, x => x.drop_staged());
+            }
+            twin.ok().map(|packages| ProposalMsg {
+                timestamp_ms: header.timestamp_ms,
+                signing_packages: packages,
+                ..proposal.clone()
+            })
+        } else {
+            None
+        };
+        l.attempts.insert(
+            number,
+            Attempt {
+                signers: signers.clone(),
+                package_hashes: package_hashes.clone(),
+                shares: BTreeMap::new(),
+                deadline: now + self.committee.timeouts().share_ms,
+                timed_out: false,
+            },
+        );
+        l.next_attempt = number + 1;
+        Some(Started {
+            proposal,
+            twin,
+            signers,
+            package_hashes,
+        })
+    }
+
+    /// Stages attempt `number`'s signing package over `digest` in every
+    /// lane. `Err(Some(member))`: that member's commitments are unusable.
+    fn build_packages(
+        &mut self,
+        l: &LeaderRound,
+        signers: &BTreeSet<u16>,
+        number: usize,
+        digest: &[u8; 32],
+    ) -> Result<Vec<SuitePackage>, Option<u16>> {
+        let mut packages = Vec::with_capacity(self.lanes.len());
+        for i in 0..self.lanes.len() {
+            let mut list = Vec::with_capacity(signers.len());
+            for s in signers {
+                let bytes = l
+                    .signers_pool
+                    .get(s)
+                    .and_then(|c| self.announced(c, i, number))
+                    .ok_or(Some(*s))?;
+                list.push((*s, bytes));
+            }
+            let lane = &mut self.lanes[i];
+            let suite = lane.suite();
+            let package = with_lane!(lane, x => x.build_package(number, &list, digest))?;
+            packages.push(SuitePackage { suite, package });
+        }
+        Ok(packages)
     }
 
     /// Attempts past their deadline stay open (a late share still completes
@@ -412,8 +453,7 @@ impl<C: SibylSuite> Node<C> {
             return;
         };
         let mut silent = Vec::new();
-        let mut invalid = Vec::new();
-        let mut closed = Vec::new();
+        let mut received = Vec::new();
         let mut any = false;
         for (number, a) in l.attempts.iter_mut() {
             if a.timed_out || now < a.deadline {
@@ -422,21 +462,30 @@ impl<C: SibylSuite> Node<C> {
             any = true;
             a.timed_out = true;
             silent.extend(a.signers.iter().filter(|s| !a.shares.contains_key(s)));
-            for (member, (share, bytes)) in &a.shares {
-                if !share_valid(&self.pubkeys, *member, share, &a.package) {
-                    invalid.push((*member, bytes.clone(), a.package_bytes.clone()));
-                    closed.push(*number);
-                }
+            for (member, bytes) in &a.shares {
+                received.push((*number, *member, bytes.clone()));
             }
         }
         if !any {
             return;
         }
-        for number in &closed {
-            l.attempts.remove(number);
+        // Shares that arrived but do not verify, in any suite.
+        let mut invalid = Vec::new();
+        for (number, member, bytes) in received {
+            let bad = self
+                .lanes
+                .iter()
+                .find(|lane| !with_lane!(lane, x => x.share_valid(number, member)));
+            if let Some(lane) = bad {
+                let ev = with_lane!(lane, x => x.invalid_share_evidence(&bytes, number));
+                invalid.push((number, member, ev));
+            }
         }
-        for (member, _, _) in &invalid {
-            l.excluded.insert(*member);
+        if let Some(l) = &mut self.rs.leader {
+            for (number, member, _) in &invalid {
+                l.attempts.remove(number);
+                l.excluded.insert(*member);
+            }
         }
         for s in silent {
             self.stats.attempts_timed_out += 1;
@@ -445,8 +494,7 @@ impl<C: SibylSuite> Node<C> {
             }
             self.penalize(s, PENALTY_SILENT);
         }
-        for (member, share, package) in invalid {
-            let ev = self.invalid_share_evidence(&share, &package);
+        for (_, member, ev) in invalid {
             self.invalid_share(member, ev);
         }
         if !self.live_attempt() {
@@ -484,7 +532,7 @@ impl<C: SibylSuite> Node<C> {
             self.stats.stale_messages += 1;
             return;
         };
-        if s.package_hash != a.package_hash
+        if !shares_answer(&s.shares, &a.package_hashes, &self.lanes)
             || s.report_digest != digest
             || !a.signers.contains(&sender)
             || a.shares.contains_key(&sender)
@@ -492,18 +540,22 @@ impl<C: SibylSuite> Node<C> {
             self.stats.stale_messages += 1;
             return;
         }
-        match SignatureShare::<C>::deserialize(&s.share) {
-            Ok(share) => {
-                a.shares.insert(sender, (share, msg.bytes));
+        let unparsable =
+            self.lanes.iter_mut().zip(&s.shares).position(
+                |(lane, sh)| !with_lane!(lane, x => x.add_share(number, sender, &sh.share)),
+            );
+        match unparsable {
+            None => {
+                a.shares.insert(sender, msg.bytes.clone());
                 if a.shares.len() == a.signers.len() {
                     self.finish_attempt(now, number);
                 }
             }
-            Err(_) => {
-                let package = a.package_bytes.clone();
+            Some(i) => {
                 l.attempts.remove(&number);
                 l.excluded.insert(sender);
-                let ev = self.invalid_share_evidence(&msg.bytes, &package);
+                let ev =
+                    with_lane!(&self.lanes[i], x => x.invalid_share_evidence(&msg.bytes, number));
                 self.invalid_share(sender, ev);
                 if !self.live_attempt() {
                     self.start_attempt(now);
@@ -549,19 +601,11 @@ impl<C: SibylSuite> Node<C> {
         }
     }
 
-    pub(super) fn invalid_share_evidence(
-        &self,
-        share_msg: &[u8],
-        package_bytes: &[u8],
-    ) -> Evidence {
-        Evidence::InvalidShare {
-            suite: C::SUITE,
-            share: share_msg.to_vec(),
-            signing_package: package_bytes.to_vec(),
-            public_key_package: self.pubkeys.serialize().unwrap_or_default(),
-        }
-    }
-
+    /// All of an attempt's shares are in: every suite's signature is added
+    /// up and checked; the report carries one signature per suite. A suite
+    /// whose shares do not add up names its cheaters (frost's cheater
+    /// detection), each blamed once with the evidence of the first suite it
+    /// cheated in.
     pub(super) fn finish_attempt(&mut self, now: TimestampMs, number: usize) {
         let Some(l) = &mut self.rs.leader else {
             return;
@@ -569,93 +613,79 @@ impl<C: SibylSuite> Node<C> {
         let Some(a) = l.attempts.get(&number) else {
             return;
         };
-        let mut shares = BTreeMap::new();
-        for (s, (share, _)) in &a.shares {
-            if let Ok(id) = Identifier::<C>::try_from(*s) {
-                shares.insert(id, *share);
+        let mut signatures = BTreeMap::new();
+        let mut culprits: BTreeMap<u16, usize> = BTreeMap::new();
+        let mut failed = false;
+        for (i, lane) in self.lanes.iter().enumerate() {
+            match with_lane!(lane, x => x.aggregate(number, true)) {
+                Ok(sig) => {
+                    signatures.insert(lane.suite(), SignatureBytes(sig));
+                }
+                Err(found) if found.is_empty() => failed = true,
+                Err(found) => {
+                    for m in found {
+                        culprits.entry(m).or_insert(i);
+                    }
+                }
             }
         }
-        // The common case (every share good) is checked with one signature
-        // verification; otherwise frost's aggregation finds the cheaters.
-        let aggregated = match aggregate_verified(&a.package, &shares, &self.pubkeys) {
-            Some(sig) => Ok(sig),
-            None => frost::aggregate_custom(
-                &a.package,
-                &shares,
-                &self.pubkeys,
-                frost::CheaterDetection::AllCheaters,
-            ),
-        };
         let signers: Vec<u16> = a.signers.iter().copied().collect();
-        match aggregated {
-            Ok(sig) => {
-                let Some(report) = sealed_report(&l.header, &l.leaves, &sig) else {
-                    return;
-                };
-                l.attempts.clear();
-                for s in signers {
-                    if let Some(m) = self.member(s) {
-                        m.shares_received += 1;
-                    }
-                }
-                let msg = self.sign_msg(self.round, Payload::Report(report.clone()));
-                self.out.push(Action::Broadcast { bytes: msg.bytes });
-                self.stats.reports_led += 1;
-                self.accept_report(now, report);
-            }
-            Err(frost::Error::InvalidSignatureShare { culprits }) => {
-                let package = a.package_bytes.clone();
-                let mut evidence = Vec::new();
-                for id in culprits {
-                    let Some(&member) = self.ids.get(&id) else {
-                        continue;
-                    };
-                    if let Some((_, bytes)) = a.shares.get(&member) {
-                        evidence.push((member, bytes.clone()));
-                    }
-                }
-                l.attempts.remove(&number);
-                for (member, _) in &evidence {
-                    l.excluded.insert(*member);
-                }
-                for s in signers {
-                    if !evidence.iter().any(|(m, _)| *m == s)
-                        && let Some(m) = self.member(s)
-                    {
-                        m.shares_received += 1;
-                    }
-                }
-                for (member, bytes) in evidence {
-                    let ev = self.invalid_share_evidence(&bytes, &package);
-                    self.invalid_share(member, ev);
-                }
-                if !self.live_attempt() {
-                    self.start_attempt(now);
+        if culprits.is_empty() && !failed {
+            let report = SignedReport {
+                header: l.header.clone(),
+                leaves: l.leaves.clone(),
+                signatures,
+            };
+            l.attempts.clear();
+            for s in signers {
+                if let Some(m) = self.member(s) {
+                    m.shares_received += 1;
                 }
             }
-            Err(_) => {
-                l.attempts.remove(&number);
-                if !self.live_attempt() {
-                    self.start_attempt(now);
+            let msg = self.sign_msg(self.round, Payload::Report(report.clone()));
+            self.out.push(Action::Broadcast { bytes: msg.bytes });
+            self.stats.reports_led += 1;
+            self.accept_report(now, report);
+            return;
+        }
+        let mut evidence = Vec::new();
+        for (member, lane) in &culprits {
+            if let Some(bytes) = a.shares.get(member) {
+                let ev =
+                    with_lane!(&self.lanes[*lane], x => x.invalid_share_evidence(bytes, number));
+                evidence.push((*member, ev));
+            }
+        }
+        l.attempts.remove(&number);
+        for (member, _) in &evidence {
+            l.excluded.insert(*member);
+        }
+        if !culprits.is_empty() {
+            for s in signers {
+                if !culprits.contains_key(&s)
+                    && let Some(m) = self.member(s)
+                {
+                    m.shares_received += 1;
                 }
             }
+        }
+        for (member, ev) in evidence {
+            self.invalid_share(member, ev);
+        }
+        if !self.live_attempt() {
+            self.start_attempt(now);
         }
     }
 }
 
-/// Whether `share` is member `member`'s valid share for `package`.
-pub(super) fn share_valid<C: Ciphersuite>(
-    pubkeys: &PublicKeyPackage<C>,
-    member: u16,
-    share: &SignatureShare<C>,
-    package: &SigningPackage<C>,
-) -> bool {
-    let Ok(id) = Identifier::<C>::try_from(member) else {
-        return false;
-    };
-    let Some(verifying_share) = pubkeys.verifying_shares().get(&id) else {
-        return false;
-    };
-    frost::verify_signature_share(id, verifying_share, share, package, pubkeys.verifying_key())
-        .is_ok()
+/// Whether a share message's per-suite entries answer the attempt whose
+/// packages hash to `hashes`: one entry per lane, same suite, same hash.
+pub(super) fn shares_answer(shares: &[SuiteShare], hashes: &[[u8; 32]], lanes: &[AnyLane]) -> bool {
+    shares.len() == lanes.len()
+        && hashes.len() == lanes.len()
+        && shares
+            .iter()
+            .zip(hashes)
+            .zip(lanes)
+            .all(|((s, h), l)| s.suite == l.suite() && s.package_hash == *h)
 }

@@ -2,7 +2,14 @@
 
 use super::*;
 
-impl<C: SibylSuite> Node<C> {
+/// What a signer checked in a proposal's packages: their hashes (one per
+/// suite) and the members they name.
+pub(super) struct Signing {
+    pub(super) package_hashes: Vec<[u8; 32]>,
+    pub(super) signers: BTreeSet<u16>,
+}
+
+impl Node {
     pub(super) fn send_observation<R: RngCore + CryptoRng>(
         &mut self,
         now: TimestampMs,
@@ -35,26 +42,22 @@ impl<C: SibylSuite> Node<C> {
         }
         // A member whose clock is off beyond the skew bound (and not yet
         // corrected) would refuse every proposal: it observes only.
-        let commitment_bytes = if self.clock.doubtful {
+        let commitments = if self.clock.doubtful {
             self.stats.observed_without_signing += 1;
             Vec::new()
         } else {
+            // Nonces for every suite: one round, one signature per suite.
             let attempts = self.committee.attempts();
-            let prepared = match self.spare.take().filter(|p| p.nonces.len() == attempts) {
-                Some(p) => p,
-                None => match Prepared::generate(&self.key_package, attempts, rng) {
-                    Some(p) => p,
+            let mut all = Vec::with_capacity(self.lanes.len());
+            for lane in &mut self.lanes {
+                let suite = lane.suite();
+                match with_lane!(lane, l => l.begin(attempts, rng)) {
+                    Some(commitments) => all.push(SuiteCommitments { suite, commitments }),
                     None => return,
-                },
-            };
-            let Prepared {
-                nonces,
-                commitments,
-                commitment_bytes,
-            } = prepared;
-            self.rs.nonces = nonces;
-            self.rs.commitments = commitments;
-            commitment_bytes
+                }
+            }
+            self.rs.offered = true;
+            all
         };
         self.rs.observation_sent = true;
         self.last_observed_round = Some(self.round);
@@ -64,7 +67,7 @@ impl<C: SibylSuite> Node<C> {
             self.round,
             Payload::Observation(ObservationMsg {
                 entries,
-                commitments: commitment_bytes,
+                commitments,
             }),
         );
         let leader = self.leader_of(self.round);
@@ -131,7 +134,13 @@ impl<C: SibylSuite> Node<C> {
         } else {
             self.check_proposal(now, round, p, hashes, &header, &digest)
         };
-        let (package, leaves) = match checked {
+        let (
+            Signing {
+                package_hashes,
+                signers,
+            },
+            leaves,
+        ) = match checked {
             Ok(checked) => checked,
             Err(reason) => {
                 self.stats.proposals_refused += 1;
@@ -139,19 +148,18 @@ impl<C: SibylSuite> Node<C> {
                 return;
             }
         };
-        let package_hash = keccak(&p.signing_package);
         let attempt = usize::from(p.attempt);
         let follow = follow::AttemptPackage {
             number: attempt,
-            package: package.clone(),
-            package_hash,
+            signers,
+            package_hashes: package_hashes.clone(),
         };
         self.follow_attempt(now, &header, digest, &leaves, follow);
         if self.rs.checked.is_none() {
             self.rs.checked = Some((header.merkle_root, leaves));
         }
         let record = SigningRecord { round, digest };
-        self.prepare_signing(now, record, attempt, package, package_hash);
+        self.prepare_signing(now, record, attempt, package_hashes);
     }
 
     /// Tells the round's leader, signed, that this member will not sign
@@ -191,13 +199,15 @@ impl<C: SibylSuite> Node<C> {
         now: TimestampMs,
         record: SigningRecord,
         attempt: usize,
-        package: SigningPackage<C>,
-        package_hash: [u8; 32],
+        package_hashes: Vec<[u8; 32]>,
     ) {
         let (round, digest) = (record.round, record.digest);
-        if self.rs.nonces.get(attempt).is_none_or(|n| n.is_none())
-            || self.pending.iter().any(|p| p.attempt == attempt)
-        {
+        let nonces = self.rs.offered
+            && self
+                .lanes
+                .iter()
+                .all(|lane| with_lane!(lane, l => l.has_nonce(attempt)));
+        if !nonces || self.pending.iter().any(|p| p.attempt == attempt) {
             // That commitment was already used (or never ours): never sign twice with a nonce.
             self.stats.nonce_reuse_refused += 1;
             self.refuse(now, round, attempt, digest, RefusalReason::NonceUsed);
@@ -218,8 +228,7 @@ impl<C: SibylSuite> Node<C> {
         let pending = PendingSign {
             record,
             attempt,
-            package,
-            package_hash,
+            package_hashes,
         };
         if self.ledger == Some(record) {
             // Already durably recorded (another attempt of the same report): sign now.
@@ -235,14 +244,14 @@ impl<C: SibylSuite> Node<C> {
     }
 
     pub(super) fn check_proposal(
-        &self,
+        &mut self,
         now: TimestampMs,
         round: Round,
         p: &ProposalMsg,
         hashes: &[[u8; 64]],
         header: &ReportHeader,
         digest: &[u8; 32],
-    ) -> Result<(SigningPackage<C>, Vec<ReportLeaf>), Refusal> {
+    ) -> Result<(Signing, Vec<ReportLeaf>), Refusal> {
         let skew = self.committee.timeouts().max_clock_skew_ms;
         if p.timestamp_ms.abs_diff(now) > skew {
             return Err(Refusal::Timestamp);
@@ -295,8 +304,8 @@ impl<C: SibylSuite> Node<C> {
             .chain(signer_only.iter())
             .map(|(k, v)| (*k, v))
             .collect();
-        let package = self.check_package(&p.signing_package, &sources, attempt, digest)?;
-        Ok((package, leaves))
+        let signing = self.check_packages(&p.signing_packages, &sources, attempt, digest)?;
+        Ok((signing, leaves))
     }
 
     /// Decodes and checks a proposal's list of signed observations: each of
@@ -333,63 +342,68 @@ impl<C: SibylSuite> Node<C> {
         Ok(out)
     }
 
-    /// The proposal's signing package, checked: its canonical serialization
-    /// over at least t signers, each commitment byte for byte the one that
-    /// signer announced for this attempt in its attributed observation, this
-    /// member's own among them, and the report digest as its message.
-    ///
-    /// The bytes are compared before any point is parsed, and this member's
-    /// own commitment (which it made) is not parsed at all; the others are
-    /// parsed with [`SibylSuite::parse_commitments`]. The result equals what
-    /// `SigningPackage::deserialize` gives for every package accepted here
-    /// (a package is canonical, so the bytes decide it).
-    pub(super) fn check_package(
-        &self,
-        bytes: &[u8],
+    /// The proposal's signing packages, one per suite this member signs
+    /// with, each checked by its lane ([`Lane::check_package`]: canonical,
+    /// at least `t` signers, each commitment byte for byte the one that
+    /// signer announced for this suite and attempt, this member's own
+    /// among them, the report digest as message), all naming the same
+    /// signers. Kept only when every one passes; returns their hashes and
+    /// the signers.
+    pub(super) fn check_packages(
+        &mut self,
+        packages: &[SuitePackage],
         attributed: &BTreeMap<u16, &ObservationMsg>,
         attempt: usize,
         digest: &[u8; 32],
-    ) -> Result<SigningPackage<C>, Refusal> {
-        let mine = self.rs.commitments.get(attempt).ok_or(Refusal::Package)?;
-        let my_id = *self.key_package.identifier();
-        let my_bytes = attributed
-            .get(&self.me)
-            .and_then(|o| o.commitments.get(attempt))
-            .ok_or(Refusal::Package)?;
-        let parts = split_package::<C>(bytes, my_bytes.len()).ok_or(Refusal::Package)?;
-        if parts.message != digest.as_slice()
-            || parts.signers.len() < usize::from(self.committee.t())
-        {
+    ) -> Result<Signing, Refusal> {
+        let checked = self.stage_packages(packages, attributed, attempt, digest);
+        for lane in &mut self.lanes {
+            if checked.is_ok() {
+                with_lane!(lane, l => l.keep_staged());
+            } else {
+                with_lane!(lane, l => l.drop_staged());
+            }
+        }
+        checked
+    }
+
+    fn stage_packages(
+        &mut self,
+        packages: &[SuitePackage],
+        attributed: &BTreeMap<u16, &ObservationMsg>,
+        attempt: usize,
+        digest: &[u8; 32],
+    ) -> Result<Signing, Refusal> {
+        if packages.len() != self.lanes.len() {
             return Err(Refusal::Package);
         }
-        let mut commitments = BTreeMap::new();
-        let mut last: Option<Identifier<C>> = None;
-        for (id_bytes, c_bytes) in parts.signers {
-            let id = Identifier::<C>::deserialize(id_bytes).map_err(|_| Refusal::Package)?;
-            if last.is_some_and(|l| l >= id) {
-                return Err(Refusal::Package); // not the canonical (ascending) order
-            }
-            last = Some(id);
-            let member = *self.ids.get(&id).ok_or(Refusal::Package)?;
-            let announced = attributed
-                .get(&member)
-                .and_then(|o| o.commitments.get(attempt))
-                .ok_or(Refusal::Package)?;
-            if announced.as_slice() != c_bytes {
+        let (me, t) = (self.me, self.committee.t());
+        let mut hashes = Vec::with_capacity(packages.len());
+        let mut signers: Option<BTreeSet<u16>> = None;
+        for (i, package) in packages.iter().enumerate() {
+            let announced: BTreeMap<u16, &[u8]> = attributed
+                .iter()
+                .filter_map(|(m, o)| Some((*m, self.announced(&o.commitments, i, attempt)?)))
+                .collect();
+            let lane = &mut self.lanes[i];
+            if lane.suite() != package.suite {
                 return Err(Refusal::Package);
             }
-            let c = if id == my_id {
-                *mine
-            } else {
-                self.parse_commitments_of(member, c_bytes)
-                    .ok_or(Refusal::Package)?
+            with_lane!(lane, l => l.check_package(attempt, &package.package, &announced, me, digest, t))?;
+            let (named, hash) = with_lane!(lane, l => (l.staged_signers(), l.staged_hash()));
+            let (Some(named), Some(hash)) = (named, hash) else {
+                return Err(Refusal::Package);
             };
-            commitments.insert(id, c);
+            if signers.as_ref().is_some_and(|s| *s != named) {
+                return Err(Refusal::Package);
+            }
+            signers = Some(named);
+            hashes.push(hash);
         }
-        if !commitments.contains_key(&my_id) {
-            return Err(Refusal::Package);
-        }
-        Ok(SigningPackage::new(commitments, digest))
+        Ok(Signing {
+            package_hashes: hashes,
+            signers: signers.unwrap_or_default(),
+        })
     }
 
     pub(super) fn on_recorded<R: RngCore + CryptoRng>(
@@ -401,7 +415,7 @@ impl<C: SibylSuite> Node<C> {
         if self.ledger.is_none_or(|l| l.round <= record.round) {
             self.ledger = Some(record);
         }
-        let ready: Vec<PendingSign<C>> = self
+        let ready: Vec<PendingSign> = self
             .pending
             .extract_if(.., |p| p.record == record)
             .collect();
@@ -413,35 +427,34 @@ impl<C: SibylSuite> Node<C> {
         }
     }
 
-    pub(super) fn sign_share(&mut self, now: TimestampMs, pending: PendingSign<C>) {
-        // Erase the nonce before anything else: it is used at most once.
-        let Some(nonces) = self
-            .rs
-            .nonces
-            .get_mut(pending.attempt)
-            .and_then(Option::take)
-        else {
-            self.stats.nonce_reuse_refused += 1;
+    pub(super) fn sign_share(&mut self, now: TimestampMs, pending: PendingSign) {
+        // Each lane erases its nonce before signing: used at most once.
+        let corrupt = self.faults.invalid_shares();
+        let mut shares = Vec::with_capacity(self.lanes.len());
+        for (lane, hash) in self.lanes.iter_mut().zip(&pending.package_hashes) {
+            let suite = lane.suite();
+            let share = with_lane!(lane, l => l.sign(pending.attempt, hash, corrupt));
+            match share {
+                Some(share) => shares.push(SuiteShare {
+                    suite,
+                    package_hash: *hash,
+                    share,
+                }),
+                None => {
+                    self.stats.nonce_reuse_refused += 1;
+                    return;
+                }
+            }
+        }
+        if shares.len() != self.lanes.len() {
             return;
-        };
-        let share = if self.faults.invalid_shares() {
-            let mut wrong = pending.package.message().clone();
-            wrong.push(0);
-            let bad = SigningPackage::new(pending.package.signing_commitments().clone(), &wrong);
-            frost::round2::sign(&bad, &nonces, &self.key_package)
-        } else {
-            frost::round2::sign(&pending.package, &nonces, &self.key_package)
-        };
-        let Ok(share) = share else {
-            return;
-        };
+        }
         let share_msg = ShareMsg {
             // Below `attempts()`, at most MAX_COMMITMENTS.
             #[allow(clippy::cast_possible_truncation)]
             attempt: pending.attempt as u8,
             report_digest: pending.record.digest,
-            package_hash: pending.package_hash,
-            share: share.serialize(),
+            shares,
         };
         let round = pending.record.round;
         let msg = self.sign_msg(round, Payload::Share(share_msg.clone()));

@@ -17,14 +17,17 @@
 //!
 //! | kind | message | body |
 //! |---|---|---|
-//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of FROST commitments (bytes) |
-//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), signing package (bytes), seq of signed signer-only observations (bytes) |
-//! | 3 | share (signer -> leader) | attempt u8, report digest bytes32, signing package hash bytes32, share (bytes) |
+//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of (suite u8, seq of FROST commitments (bytes)) |
+//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), seq of (suite u8, signing package (bytes)), seq of signed signer-only observations (bytes) |
+//! | 3 | share (signer -> all) | attempt u8, report digest bytes32, seq of (suite u8, signing package hash bytes32, share (bytes)) |
 //! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, seq of leaves, seq of (suite u8, signature bytes) |
 //! | 5 | refusal (signer -> leader) | attempt u8, report digest bytes32, reason u8, signer's clock u64 |
 //!
-//! An observation with no commitments is an observation only: its sender
-//! does not offer to sign the round. A proposal's signer-only observations
+//! Per-suite lists name each suite the committee signs with once, suites
+//! ascending (1 ed25519, 2 secp256k1-evm): a committee listing both suites
+//! signs each report with both in one round (`lane.rs`). An observation with
+//! no commitments is an observation only: its sender does not offer to sign
+//! the round. A proposal's signer-only observations
 //! (observations that arrived after the leaves were fixed) attribute the
 //! commitments of signers whose observation is not among the leaves'
 //! observations; they do not enter the leaves.
@@ -44,18 +47,20 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Domain separator for identity-key signatures over messages.
-pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v2";
+pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v3";
 /// Most feeds a message may carry.
 pub const MAX_FEEDS: usize = 10_000;
 /// Most members a committee may have (and observations a proposal may attribute).
 pub const MAX_MEMBERS: usize = 1_024;
-/// Most FROST commitments per observation (signing attempts per round).
+/// Most FROST commitments per observation and suite (signing attempts per round).
 pub const MAX_COMMITMENTS: usize = 8;
+/// Most suites a committee signs with.
+pub const MAX_SUITES: usize = crate::codec::MAX_SIGNATURES;
 /// Upper bound on any message (a 1,024-member proposal of 10,000 feeds does not fit; real committees are far smaller).
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 const MAX_SMALL_BYTES: usize = 256;
 const MAX_OBSERVATION_BYTES: usize =
-    4 + MAX_FEEDS * ENTRY_MAX_BYTES + 4 + MAX_COMMITMENTS * 260 + 128;
+    4 + MAX_FEEDS * ENTRY_MAX_BYTES + 4 + MAX_SUITES * (5 + MAX_COMMITMENTS * 260) + 128;
 /// Wire size of an observation entry without bid and ask, and with both.
 const ENTRY_MIN_BYTES: usize = 32 + 16 + 16 + 8 + 1 + 1 + 2 + 2 + 1;
 const ENTRY_MAX_BYTES: usize = ENTRY_MIN_BYTES + 32;
@@ -123,14 +128,41 @@ impl From<&super::LocalObservation> for ObservationEntry {
     }
 }
 
-/// A member's observation for a round, with fresh FROST commitments (one per
-/// signing attempt) for the leader.
+/// A member's observation for a round, with fresh FROST commitments (per
+/// suite, one per signing attempt) for the leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservationMsg {
     /// Strictly ascending by feed id.
     pub entries: Vec<ObservationEntry>,
+    /// One entry per suite the committee signs with, suites ascending;
+    /// empty: an observation only (no offer to sign).
+    pub commitments: Vec<SuiteCommitments>,
+}
+
+/// One suite's commitments in an observation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuiteCommitments {
+    pub suite: Suite,
     /// Serialized `SigningCommitments`, attempt `a` uses element `a`.
     pub commitments: Vec<Vec<u8>>,
+}
+
+/// One suite's signing package in a proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuitePackage {
+    pub suite: Suite,
+    /// Serialized FROST `SigningPackage` over the header digest.
+    pub package: Vec<u8>,
+}
+
+/// One suite's signature share in a share message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuiteShare {
+    pub suite: Suite,
+    /// Keccak-256 of the signing package the share answers, so the share
+    /// message alone pins down what was signed (used by evidence).
+    pub package_hash: [u8; 32],
+    pub share: Vec<u8>,
 }
 
 /// The leader's proposal for one signing attempt.
@@ -144,23 +176,21 @@ pub struct ProposalMsg {
     /// The attributed observations: each one a complete signed observation
     /// message as its sender sent it.
     pub observations: Vec<Vec<u8>>,
-    /// Serialized FROST `SigningPackage` over the header digest.
-    pub signing_package: Vec<u8>,
+    /// One signing package per suite (suites ascending), each over the
+    /// header digest and naming the same signers.
+    pub signing_packages: Vec<SuitePackage>,
     /// Signed observations of signers whose observation is not in
     /// `observations` (it arrived after the leaves were fixed): only their
     /// commitments are used. Ascending by sender, disjoint from `observations`.
     pub signer_observations: Vec<Vec<u8>>,
 }
 
-/// A signer's signature share.
+/// A signer's signature shares: one per suite (suites ascending).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShareMsg {
     pub attempt: u8,
     pub report_digest: [u8; 32],
-    /// Keccak-256 of the signing package the share answers, so the share
-    /// message alone pins down what was signed (used by evidence).
-    pub package_hash: [u8; 32],
-    pub share: Vec<u8>,
+    pub shares: Vec<SuiteShare>,
 }
 
 /// Why a signer will not sign a proposal.
@@ -498,8 +528,10 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                     .u16(e.min_venues)
                     .u8(e.flags);
             });
-            w.seq(o.commitments.iter(), |w, c| {
-                w.bytes(c);
+            w.seq(o.commitments.iter(), |w, s| {
+                w.u8(suite_tag(s.suite)).seq(s.commitments.iter(), |w, c| {
+                    w.bytes(c);
+                });
             });
         }
         Payload::Proposal(p) => {
@@ -509,7 +541,9 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                 w.bytes(o);
                 spans.push(w.len() - o.len()..w.len());
             });
-            w.bytes(&p.signing_package);
+            w.seq(p.signing_packages.iter(), |w, s| {
+                w.u8(suite_tag(s.suite)).bytes(&s.package);
+            });
             w.seq(p.signer_observations.iter(), |w, o| {
                 w.bytes(o);
                 spans.push(w.len() - o.len()..w.len());
@@ -518,8 +552,11 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
         Payload::Share(s) => {
             w.u8(s.attempt)
                 .bytes32(&s.report_digest)
-                .bytes32(&s.package_hash)
-                .bytes(&s.share);
+                .seq(s.shares.iter(), |w, s| {
+                    w.u8(suite_tag(s.suite))
+                        .bytes32(&s.package_hash)
+                        .bytes(&s.share);
+                });
         }
         Payload::Report(report) => {
             w.u64(report.header.timestamp_ms)
@@ -611,9 +648,16 @@ fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<Observatio
         })
     })?;
     check_ascending(entries.iter().map(|e| &e.feed), "observation entries", at)?;
-    let commitments = r.seq("commitments", MAX_COMMITMENTS, 4, |r| {
-        Ok(r.bytes("commitment", MAX_SMALL_BYTES)?.to_vec())
+    let at = r.position();
+    let commitments = r.seq("commitments", MAX_SUITES, 5, |r| {
+        Ok(SuiteCommitments {
+            suite: r.get()?,
+            commitments: r.seq("commitments", MAX_COMMITMENTS, 4, |r| {
+                Ok(r.bytes("commitment", MAX_SMALL_BYTES)?.to_vec())
+            })?,
+        })
     })?;
+    check_suites(commitments.iter().map(|c| c.suite), "commitments", at)?;
     Ok(ObservationMsg {
         entries,
         commitments,
@@ -643,7 +687,18 @@ fn decode_proposal(
         spans.push(r.position() - o.len()..r.position());
         Ok(o.to_vec())
     })?;
-    let signing_package = r.bytes("signing package", MAX_PACKAGE_BYTES)?.to_vec();
+    let at = r.position();
+    let signing_packages = r.seq("signing packages", MAX_SUITES, 5, |r| {
+        Ok(SuitePackage {
+            suite: r.get()?,
+            package: r.bytes("signing package", MAX_PACKAGE_BYTES)?.to_vec(),
+        })
+    })?;
+    check_suites(
+        signing_packages.iter().map(|p| p.suite),
+        "signing packages",
+        at,
+    )?;
     let signer_observations = r.seq("signer-only observations", MAX_MEMBERS, 4, |r| {
         let o = r.bytes("signer-only observation", MAX_OBSERVATION_BYTES)?;
         spans.push(r.position() - o.len()..r.position());
@@ -655,18 +710,44 @@ fn decode_proposal(
         merkle_root,
         leaves,
         observations,
-        signing_package,
+        signing_packages,
         signer_observations,
     })
 }
 
 fn decode_share(r: &mut Reader<'_>) -> Result<ShareMsg, DecodeError> {
+    let attempt = r.u8("attempt")?;
+    let report_digest = r.bytes32("report digest")?;
+    let at = r.position();
+    let shares = r.seq("signature shares", MAX_SUITES, 1 + 32 + 4, |r| {
+        Ok(SuiteShare {
+            suite: r.get()?,
+            package_hash: r.bytes32("signing package hash")?,
+            share: r.bytes("signature share", MAX_SMALL_BYTES)?.to_vec(),
+        })
+    })?;
+    check_suites(shares.iter().map(|s| s.suite), "signature shares", at)?;
     Ok(ShareMsg {
-        attempt: r.u8("attempt")?,
-        report_digest: r.bytes32("report digest")?,
-        package_hash: r.bytes32("signing package hash")?,
-        share: r.bytes("signature share", MAX_SMALL_BYTES)?.to_vec(),
+        attempt,
+        report_digest,
+        shares,
     })
+}
+
+/// Checks strict ascending order of suites (each suite at most once).
+fn check_suites(
+    suites: impl Iterator<Item = Suite>,
+    what: &'static str,
+    at: usize,
+) -> Result<(), DecodeError> {
+    let mut prev: Option<Suite> = None;
+    for s in suites {
+        if prev.is_some_and(|p| p >= s) {
+            return Err(DecodeError::NonCanonical { what, at });
+        }
+        prev = Some(s);
+    }
+    Ok(())
 }
 
 fn decode_refusal(r: &mut Reader<'_>) -> Result<RefusalMsg, DecodeError> {

@@ -4,7 +4,7 @@
 //!            Input                                   Action
 //!  Tick ─────────────┐                        ┌──► Send{to, bytes} / Broadcast{bytes}
 //!  Observations ─────┤      ┌────────────┐    ├──► RecordSigning{round, digest}
-//!  Message{bytes} ───┼────► │  Node<C>   │ ───┼──► SignedReport(report)
+//!  Message{bytes} ───┼────► │    Node    │ ───┼──► SignedReport(report)
 //!  SigningRecorded ──┤      └────────────┘    ├──► Blame(evidence)
 //!  SigningRefused ───┘   (no clock, no I/O:   ├──► RoundEntered{round, leader}
 //!                         now_ms and rng in)  └──► WakeAt(ms)
@@ -64,6 +64,7 @@ mod clock;
 pub mod committee;
 mod follow;
 mod frost_internals;
+mod lane;
 mod leader;
 mod member;
 pub mod message;
@@ -77,30 +78,25 @@ use crate::aggregate::{
     FeedObservation, LastValue, LeafContext, aggregate_feed, note_signed_leaf, update_due,
 };
 use crate::evidence::Evidence;
+use crate::evidence::EvidenceError;
 use crate::report::{
     FeedId, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
-    TimestampMs,
+    Suite, TimestampMs,
 };
 use clock::Clock;
 use committee::Committee;
 use ed25519_dalek::SigningKey;
-use follow::sealed_report;
-use frost_core::{
-    self as frost, Ciphersuite, Identifier, SigningPackage,
-    keys::{KeyPackage, PublicKeyPackage},
-    round1::{SigningCommitments, SigningNonces},
-    round2::SignatureShare,
-};
-use frost_internals::{PackageParts, aggregate_verified, split_package};
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use lane::{AnyLane, Lane, keccak, with_lane};
 use message::{
     Kind, ObservationEntry, ObservationMsg, Payload, ProposalMsg, RefusalMsg, RefusalReason,
-    ShareMsg, SignedMessage,
+    ShareMsg, SignedMessage, SuiteCommitments, SuitePackage, SuiteShare,
 };
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-pub use suite::SibylSuite;
+pub use suite::{SibylSuite, SuiteKeys};
 
 /// How many rounds ahead messages are buffered.
 const FUTURE_WINDOW: Round = 3;
@@ -246,13 +242,50 @@ pub struct Restore {
     pub history_from: Round,
 }
 
-/// A member's keys.
+/// A member's keys for a committee that signs with one suite.
 #[derive(Clone, Debug)]
-pub struct NodeKeys<C: Ciphersuite> {
+pub struct NodeKeys<C: SibylSuite> {
     /// The 32-byte ed25519 secret seed of the member's identity (libp2p) key.
     pub identity_seed: [u8; 32],
     pub key_package: KeyPackage<C>,
     pub public_key_package: PublicKeyPackage<C>,
+}
+
+/// A member's keys: its identity and its FROST keys for every suite the
+/// committee signs with (one report, one signature per suite).
+#[derive(Clone, Debug)]
+pub struct NodeKeySet {
+    /// The 32-byte ed25519 secret seed of the member's identity (libp2p) key.
+    pub identity_seed: [u8; 32],
+    /// One entry per suite, in any order.
+    pub suites: Vec<SuiteKeys>,
+}
+
+impl NodeKeySet {
+    /// The identity with no FROST keys yet.
+    pub fn new(identity_seed: [u8; 32]) -> Self {
+        Self {
+            identity_seed,
+            suites: Vec::new(),
+        }
+    }
+
+    /// Adds the keys of suite `C`.
+    pub fn with<C: SibylSuite>(
+        mut self,
+        key_package: KeyPackage<C>,
+        public_key_package: PublicKeyPackage<C>,
+    ) -> Self {
+        self.suites
+            .push(SuiteKeys::new(key_package, public_key_package));
+        self
+    }
+}
+
+impl<C: SibylSuite> From<NodeKeys<C>> for NodeKeySet {
+    fn from(k: NodeKeys<C>) -> Self {
+        Self::new(k.identity_seed).with(k.key_package, k.public_key_package)
+    }
 }
 
 /// Why a node cannot be built.
@@ -264,10 +297,14 @@ pub enum NodeError {
         "the identity key does not match member {0}'s identity in the committee file; check the key file"
     )]
     IdentityMismatch(u16),
-    #[error("the FROST key package belongs to another identifier than member {0}")]
-    KeyPackageMismatch(u16),
-    #[error("the FROST key package's group key differs from the public key package's")]
-    GroupKeyMismatch,
+    #[error("the {suite:?} FROST key package belongs to another identifier than member {member}")]
+    KeyPackageMismatch { member: u16, suite: Suite },
+    #[error("the {0:?} FROST key package's group key differs from the public key package's")]
+    GroupKeyMismatch(Suite),
+    #[error("no FROST keys given: a member needs keys for every suite the committee lists")]
+    NoSuite,
+    #[error("FROST keys for {0:?} given twice")]
+    DuplicateSuite(Suite),
     #[error("FROST error: {0}")]
     Frost(String),
 }
@@ -383,18 +420,19 @@ struct Attributed {
     bytes: Vec<u8>,
 }
 
-struct Attempt<C: Ciphersuite> {
+/// One signing attempt the leader runs.
+struct Attempt {
     signers: BTreeSet<u16>,
-    package: SigningPackage<C>,
-    package_bytes: Vec<u8>,
-    package_hash: [u8; 32],
-    shares: BTreeMap<u16, (SignatureShare<C>, Vec<u8>)>,
+    /// Keccak-256 of each lane's signing package.
+    package_hashes: Vec<[u8; 32]>,
+    /// Each signer's share message, as received.
+    shares: BTreeMap<u16, Vec<u8>>,
     deadline: TimestampMs,
     /// Past its deadline: another attempt started, this one stays open.
     timed_out: bool,
 }
 
-struct LeaderRound<C: Ciphersuite> {
+struct LeaderRound {
     header: ReportHeader,
     digest: [u8; 32],
     leaves: Vec<ReportLeaf>,
@@ -403,56 +441,27 @@ struct LeaderRound<C: Ciphersuite> {
     /// Signed observations that arrived after the leaves were fixed: they
     /// only attribute their senders' commitments.
     late: BTreeMap<u16, Vec<u8>>,
-    /// Each candidate signer's serialized commitments, one per attempt. They
-    /// are parsed only for the signers an attempt picks: parsing checks that
-    /// the points are in the prime-order subgroup (a scalar multiplication
-    /// each), and most commitments are never used.
-    signers_pool: BTreeMap<u16, Vec<Vec<u8>>>,
+    /// Each candidate signer's serialized commitments, per suite and
+    /// attempt. They are parsed only for the signers an attempt picks:
+    /// parsing checks that the points are in the prime-order subgroup (a
+    /// scalar multiplication each), and most commitments are never used.
+    signers_pool: BTreeMap<u16, Vec<SuiteCommitments>>,
     /// Refused, sent an invalid share or unusable commitments: not picked
     /// again this round.
     excluded: BTreeSet<u16>,
     /// Open attempts by number.
-    attempts: BTreeMap<usize, Attempt<C>>,
+    attempts: BTreeMap<usize, Attempt>,
     next_attempt: usize,
 }
 
-/// FROST nonces and commitments made ahead of the round that uses them
-/// ([`Node::precompute`]); they move into exactly one round's state.
-struct Prepared<C: Ciphersuite> {
-    nonces: Vec<Option<SigningNonces<C>>>,
-    commitments: Vec<SigningCommitments<C>>,
-    commitment_bytes: Vec<Vec<u8>>,
-}
-
-impl<C: Ciphersuite> Prepared<C> {
-    fn generate<R: RngCore + CryptoRng>(
-        key: &KeyPackage<C>,
-        attempts: usize,
-        rng: &mut R,
-    ) -> Option<Self> {
-        let mut p = Self {
-            nonces: Vec::with_capacity(attempts),
-            commitments: Vec::with_capacity(attempts),
-            commitment_bytes: Vec::with_capacity(attempts),
-        };
-        for _ in 0..attempts {
-            let (n, c) = frost::round1::commit(key.signing_share(), rng);
-            p.commitment_bytes.push(c.serialize().ok()?);
-            p.nonces.push(Some(n));
-            p.commitments.push(c);
-        }
-        Some(p)
-    }
-}
-
-struct PendingSign<C: Ciphersuite> {
+struct PendingSign {
     record: SigningRecord,
     attempt: usize,
-    package: SigningPackage<C>,
-    package_hash: [u8; 32],
+    /// Keccak-256 of each lane's signing package of the attempt.
+    package_hashes: Vec<[u8; 32]>,
 }
 
-struct RoundState<C: Ciphersuite> {
+struct RoundState {
     entered_at: TimestampMs,
     deadline: TimestampMs,
     reported: bool,
@@ -462,8 +471,8 @@ struct RoundState<C: Ciphersuite> {
     /// (looped back to itself as leader, or inside a proposal) its signature
     /// is not checked again.
     own_observation: Option<Vec<u8>>,
-    nonces: Vec<Option<SigningNonces<C>>>,
-    commitments: Vec<SigningCommitments<C>>,
+    /// Whether this member made nonces for this round (it offered to sign).
+    offered: bool,
     first_proposal: Option<([u8; 32], Vec<u8>)>,
     equivocation_blamed: bool,
     /// Merkle root and leaves of a proposal this member checked (recomputed
@@ -472,14 +481,10 @@ struct RoundState<C: Ciphersuite> {
     checked: Option<([u8; 32], Vec<ReportLeaf>)>,
     // leader side
     observations: BTreeMap<u16, Attributed>,
-    /// First-attempt commitments of the observers, parsed as their
-    /// observations arrived (while the leader waits for the quorum) rather
-    /// than all at once when it proposes; `None`: they do not parse.
-    first_commitments: BTreeMap<u16, Option<SigningCommitments<C>>>,
     conflict_blamed: BTreeSet<u16>,
-    leader: Option<LeaderRound<C>>,
+    leader: Option<LeaderRound>,
     /// The report this member assembles from the signers' shares.
-    follow: Option<follow::Follow<C>>,
+    follow: Option<follow::Follow>,
     /// Shares that came before their attempt's proposal (bounded).
     early_shares: Vec<(u16, ShareMsg)>,
     /// Attempts this member refused (one refusal each).
@@ -489,7 +494,7 @@ struct RoundState<C: Ciphersuite> {
     carry: TimestampMs,
 }
 
-impl<C: Ciphersuite> RoundState<C> {
+impl RoundState {
     fn new(entered_at: TimestampMs, deadline: TimestampMs) -> Self {
         Self {
             entered_at,
@@ -497,13 +502,11 @@ impl<C: Ciphersuite> RoundState<C> {
             reported: false,
             observation_sent: false,
             own_observation: None,
-            nonces: Vec::new(),
-            commitments: Vec::new(),
+            offered: false,
             first_proposal: None,
             equivocation_blamed: false,
             checked: None,
             observations: BTreeMap::new(),
-            first_commitments: BTreeMap::new(),
             conflict_blamed: BTreeSet::new(),
             leader: None,
             follow: None,
@@ -515,16 +518,15 @@ impl<C: Ciphersuite> RoundState<C> {
 }
 
 /// One committee member's round state machine. See the module docs.
-pub struct Node<C: SibylSuite> {
+pub struct Node {
     committee: Arc<Committee>,
     me: u16,
     identity: SigningKey,
-    key_package: KeyPackage<C>,
-    pubkeys: PublicKeyPackage<C>,
-    ids: BTreeMap<Identifier<C>, u16>,
+    /// One lane per suite the committee signs with, suites ascending.
+    lanes: Vec<AnyLane>,
     ledger: Option<SigningRecord>,
     /// Signings waiting for the ledger's answer (one record, several attempts).
-    pending: Vec<PendingSign<C>>,
+    pending: Vec<PendingSign>,
     last_values: BTreeMap<FeedId, LastValue>,
     last_report_round: Option<Round>,
     last_observed_round: Option<Round>,
@@ -532,7 +534,7 @@ pub struct Node<C: SibylSuite> {
     start_round: Round,
     started: bool,
     round: Round,
-    rs: RoundState<C>,
+    rs: RoundState,
     next_round_at: Option<(Round, TimestampMs)>,
     future: BTreeMap<Round, Vec<SignedMessage>>,
     highest_seen: BTreeMap<u16, Round>,
@@ -541,11 +543,6 @@ pub struct Node<C: SibylSuite> {
     out: Vec<Action>,
     loopback: VecDeque<Vec<u8>>,
     last_wake: Option<TimestampMs>,
-    /// Nonces for the next observation, made in idle time.
-    spare: Option<Prepared<C>>,
-    /// Each member's announced next commitments, parsed ahead
-    /// ([`Node::warm_commitments`]).
-    warm: BTreeMap<u16, (Vec<u8>, SigningCommitments<C>)>,
     /// The driver's clock at the current `handle` call.
     raw_now: TimestampMs,
     clock: Clock,
@@ -562,11 +559,6 @@ pub struct Node<C: SibylSuite> {
 
 /// Result of checking a proposal as a signer.
 type Refusal = RefusalReason;
-
-fn keccak(bytes: &[u8]) -> [u8; 32] {
-    use sha3::{Digest, Keccak256};
-    Keccak256::digest(bytes).into()
-}
 
 /// The first slot of the round grid (the multiples of `interval_ms` since
 /// the Unix epoch) at or after `at`. Members that schedule their next round on
@@ -676,32 +668,41 @@ fn committee_members_except(committee: &Committee, me: u16) -> BTreeMap<u16, Mem
         .collect()
 }
 
-impl<C: SibylSuite> Node<C> {
-    /// Builds member `me`'s state machine. `restore` comes from the node's
-    /// store: the signing ledger and the last signed values.
+impl Node {
+    /// Builds member `me`'s state machine. `keys` holds the member's FROST
+    /// keys for every suite the committee signs with (a [`NodeKeys`] for a
+    /// single suite); `restore` comes from the node's store: the signing
+    /// ledger and the last signed values.
     pub fn new(
         committee: Arc<Committee>,
         me: u16,
-        keys: NodeKeys<C>,
+        keys: impl Into<NodeKeySet>,
         restore: Restore,
     ) -> Result<Self, NodeError> {
+        let keys: NodeKeySet = keys.into();
         let member_key = committee.identity(me).ok_or(NodeError::NotAMember(me))?;
         let identity = SigningKey::from_bytes(&keys.identity_seed);
         if identity.verifying_key() != *member_key {
             return Err(NodeError::IdentityMismatch(me));
         }
-        let my_id = Identifier::<C>::try_from(me).map_err(|e| NodeError::Frost(e.to_string()))?;
-        if *keys.key_package.identifier() != my_id {
-            return Err(NodeError::KeyPackageMismatch(me));
+        let mut lanes = Vec::with_capacity(keys.suites.len());
+        for k in keys.suites {
+            let lane = match k {
+                SuiteKeys::Ed25519(kp, pkp) => {
+                    AnyLane::Ed25519(Box::new(Lane::new(&committee, me, kp, pkp)?))
+                }
+                SuiteKeys::Secp256k1Evm(kp, pkp) => {
+                    AnyLane::Secp256k1Evm(Box::new(Lane::new(&committee, me, kp, pkp)?))
+                }
+            };
+            lanes.push(lane);
         }
-        if keys.key_package.verifying_key() != keys.public_key_package.verifying_key() {
-            return Err(NodeError::GroupKeyMismatch);
+        lanes.sort_by_key(AnyLane::suite);
+        if let Some(w) = lanes.windows(2).find(|w| w[0].suite() == w[1].suite()) {
+            return Err(NodeError::DuplicateSuite(w[0].suite()));
         }
-        let mut ids = BTreeMap::new();
-        for m in committee.members() {
-            let id =
-                Identifier::<C>::try_from(m.index).map_err(|e| NodeError::Frost(e.to_string()))?;
-            ids.insert(id, m.index);
+        if lanes.is_empty() {
+            return Err(NodeError::NoSuite);
         }
         let start_round = restore
             .round
@@ -709,9 +710,7 @@ impl<C: SibylSuite> Node<C> {
         Ok(Self {
             me,
             identity,
-            key_package: keys.key_package,
-            pubkeys: keys.public_key_package,
-            ids,
+            lanes,
             ledger: restore.last_signed,
             pending: Vec::new(),
             last_values: restore.last_values,
@@ -730,8 +729,6 @@ impl<C: SibylSuite> Node<C> {
             out: Vec::new(),
             loopback: VecDeque::new(),
             last_wake: None,
-            spare: None,
-            warm: BTreeMap::new(),
             raw_now: 0,
             clock: Clock::default(),
             penalty: BTreeMap::new(),
@@ -771,8 +768,34 @@ impl<C: SibylSuite> Node<C> {
     pub fn last_values(&self) -> &BTreeMap<FeedId, LastValue> {
         &self.last_values
     }
-    pub fn public_key_package(&self) -> &PublicKeyPackage<C> {
-        &self.pubkeys
+    /// The suites this member signs every report with, ascending.
+    pub fn suites(&self) -> Vec<Suite> {
+        self.lanes.iter().map(AnyLane::suite).collect()
+    }
+    /// The public key package of suite `C`, if the member signs with it.
+    pub fn public_key_package<C: SibylSuite>(&self) -> Option<&PublicKeyPackage<C>> {
+        self.lanes
+            .iter()
+            .find_map(|l| l.get::<C>())
+            .map(Lane::pubkeys)
+    }
+    /// Checks evidence against the committee and, for an invalid share,
+    /// the group keys of its suite ([`Evidence::verify`]); returns the
+    /// culprit.
+    pub fn verify_evidence(&self, evidence: &Evidence) -> Result<u16, EvidenceError> {
+        let suite = match evidence {
+            Evidence::InvalidShare { suite, .. } => Some(*suite),
+            _ => None,
+        };
+        let lane = self
+            .lanes
+            .iter()
+            .find(|l| suite.is_none_or(|s| l.suite() == s))
+            .or(self.lanes.first());
+        match lane {
+            Some(lane) => with_lane!(lane, l => l.verify_evidence(evidence, &self.committee)),
+            None => Err(EvidenceError::WrongKeys),
+        }
     }
     /// What this member saw of each other member.
     pub fn member_stats(&self) -> &BTreeMap<u16, MemberStats> {
@@ -795,6 +818,14 @@ impl<C: SibylSuite> Node<C> {
     pub fn clock_doubtful(&self) -> bool {
         self.clock.doubtful
     }
+    /// The first suite's commitments made ahead ([`Node::precompute`]).
+    #[cfg(test)]
+    fn spare_commitments(&self) -> Option<Vec<Vec<u8>>> {
+        self.lanes
+            .first()
+            .and_then(|lane| with_lane!(lane, l => l.spare_commitments()))
+    }
+
     /// Test-only misbehaviour (cargo feature `fault-injection`, for the fault
     /// tests and benchmarks with real processes): send signature shares that
     /// do not verify, or refuse every proposal with a signed refusal.
@@ -819,57 +850,80 @@ impl<C: SibylSuite> Node<C> {
     /// state, where a nonce is erased when it signs), never serialized, and
     /// dropped with the node. Calling it again before they are used is a no-op.
     pub fn precompute<R: RngCore + CryptoRng>(&mut self, rng: &mut R) {
-        if self.spare.is_none() {
-            self.spare = Prepared::generate(&self.key_package, self.committee.attempts(), rng);
+        let attempts = self.committee.attempts();
+        for lane in &mut self.lanes {
+            with_lane!(lane, l => l.precompute(attempts, rng));
         }
     }
 
-    /// The first-attempt commitments (serialized) of the nonces made ahead
-    /// ([`Node::precompute`]): what this member's next observation will
-    /// announce, for the other members to [`Node::warm_commitments`].
-    pub fn next_commitments(&self) -> Option<&[u8]> {
-        self.spare
-            .as_ref()
-            .and_then(|p| p.commitment_bytes.first())
-            .map(Vec::as_slice)
+    /// The first-attempt commitments of the nonces made ahead
+    /// ([`Node::precompute`]), one per suite, encoded as a hint: what this
+    /// member's next observation will announce, for the other members to
+    /// [`Node::warm_commitments`]. The encoding is the codec's
+    /// `seq of bytes`, suites ascending.
+    pub fn next_commitments(&self) -> Option<Vec<u8>> {
+        let mut firsts = Vec::with_capacity(self.lanes.len());
+        for lane in &self.lanes {
+            firsts.push(with_lane!(lane, l => l.next_commitment())?);
+        }
+        let mut w = crate::codec::Writer::new();
+        w.seq(firsts.iter(), |w, c| {
+            w.bytes(c);
+        });
+        Some(w.finish())
     }
 
-    /// Parses member `from`'s announced next commitments now, off the
-    /// round's critical path, and keeps them (one set per member, the
-    /// latest). Parsing is a pure function of the bytes: a proposal or
-    /// observation later uses the kept parse only for byte-for-byte the same
-    /// commitments, inside a signed observation, so a wrong or stale hint
-    /// only costs the parse it would have saved. Returns whether they parsed.
-    pub fn warm_commitments(&mut self, from: u16, bytes: &[u8]) -> bool {
+    /// Parses member `from`'s announced next commitments (a
+    /// [`Node::next_commitments`] hint) now, off the round's critical path,
+    /// and keeps them (one set per member and suite, the latest). Parsing is
+    /// a pure function of the bytes: a proposal or observation later uses
+    /// the kept parse only for byte-for-byte the same commitments, inside a
+    /// signed observation, so a wrong or stale hint only costs the parse it
+    /// would have saved. Returns whether they parsed.
+    pub fn warm_commitments(&mut self, from: u16, hint: &[u8]) -> bool {
         if from == self.me || self.committee.identity(from).is_none() {
             return false;
         }
-        if self
-            .warm
-            .get(&from)
-            .is_some_and(|(b, _)| b.as_slice() == bytes)
-        {
-            return true;
+        let mut r = crate::codec::Reader::new(hint);
+        let Ok(firsts) = r.seq("commitments hint", message::MAX_SUITES, 4, |r| {
+            r.bytes("commitment", 256).map(<[u8]>::to_vec)
+        }) else {
+            return false;
+        };
+        if r.finish("commitments hint").is_err() || firsts.len() != self.lanes.len() {
+            return false;
         }
-        match C::parse_commitments(bytes) {
-            Some(c) => {
-                self.warm.insert(from, (bytes.to_vec(), c));
-                true
-            }
-            None => {
-                self.warm.remove(&from);
-                false
-            }
+        let mut all = true;
+        for (lane, bytes) in self.lanes.iter_mut().zip(&firsts) {
+            all &= with_lane!(lane, l => l.warm(from, bytes));
         }
+        all
     }
 
-    /// [`SibylSuite::parse_commitments`], answered from the warm set when
-    /// member `from` announced exactly these bytes ahead.
-    fn parse_commitments_of(&self, from: u16, bytes: &[u8]) -> Option<SigningCommitments<C>> {
-        match self.warm.get(&from) {
-            Some((b, c)) if b.as_slice() == bytes => Some(*c),
-            _ => C::parse_commitments(bytes),
-        }
+    /// Member `sender`'s commitment of lane `lane` for `attempt` in its
+    /// observation's commitments.
+    fn announced<'a>(
+        &self,
+        commitments: &'a [SuiteCommitments],
+        lane: usize,
+        attempt: usize,
+    ) -> Option<&'a [u8]> {
+        let suite = self.lanes.get(lane)?.suite();
+        commitments
+            .get(lane)
+            .filter(|c| c.suite == suite)
+            .and_then(|c| c.commitments.get(attempt))
+            .map(Vec::as_slice)
+    }
+
+    /// Whether an observation's commitments are an offer to sign this
+    /// committee can use: exactly one entry per suite it signs with, in
+    /// order, each with one commitment per attempt.
+    fn offer_complete(&self, commitments: &[SuiteCommitments]) -> bool {
+        commitments.len() == self.lanes.len()
+            && commitments.iter().zip(&self.lanes).all(|(c, l)| {
+                c.suite == l.suite() && c.commitments.len() == self.committee.attempts()
+            })
     }
 
     /// Feeds one input at time `now_ms`; returns the actions to perform in order.
@@ -902,7 +956,7 @@ impl<C: SibylSuite> Node<C> {
             }
             Input::SigningRefused { round, digest } => {
                 let record = SigningRecord { round, digest };
-                let refused: Vec<PendingSign<C>> = self
+                let refused: Vec<PendingSign> = self
                     .pending
                     .extract_if(.., |p| p.record == record)
                     .collect();

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<C: SibylSuite> Node<C> {
+impl Node {
     /// Enters `round` at `now`; `start` is its scheduled slot (`<= now`) or `now`.
     pub(super) fn enter_round<R: RngCore + CryptoRng>(
         &mut self,
@@ -21,6 +21,9 @@ impl<C: SibylSuite> Node<C> {
             start + self.committee.round_ms()
         };
         self.rs = RoundState::new(start, deadline);
+        for lane in &mut self.lanes {
+            with_lane!(lane, l => l.reset());
+        }
         self.stats.rounds_entered += 1;
         self.schedule.prune(&self.committee, round);
         self.out.push(Action::RoundEntered {

@@ -4,14 +4,16 @@
 use super::committee::{Committee, FeedConfig, Member, Timeouts};
 use super::message::{
     MAX_MESSAGE_BYTES, MessageError, ObservationEntry, ObservationMsg, Payload, ProposalMsg,
-    RefusalMsg, RefusalReason, ShareMsg, SignedMessage,
+    RefusalMsg, RefusalReason, ShareMsg, SignedMessage, SuiteCommitments, SuitePackage, SuiteShare,
 };
 use super::*;
 use crate::codec::DecodeError;
 use crate::evidence::EvidenceError;
 use crate::report::{ConfigDigest, Suite};
 use crate::testkit::dealer_keys;
+use frost_core::Identifier;
 use frost_ed25519::Ed25519Sha512 as Ed;
+use frost_secp256k1_evm::Secp256K1Keccak256 as Evm;
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -19,10 +21,10 @@ use rand_core::SeedableRng;
 const T0: TimestampMs = 1_760_000_000_000;
 const DIGEST: ConfigDigest = ConfigDigest([7; 32]);
 
-struct Harness<C: SibylSuite> {
+struct Harness {
     committee: Arc<Committee>,
     seeds: Vec<[u8; 32]>,
-    nodes: Vec<Node<C>>,
+    nodes: Vec<Node>,
     rng: ChaCha20Rng,
 }
 
@@ -30,7 +32,7 @@ fn feed(i: usize) -> FeedId {
     FeedId::new(format!("F{i}-USD")).unwrap()
 }
 
-fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness<C> {
+fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness {
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let seeds: Vec<[u8; 32]> = (0..n).map(|i| [i as u8 + 1; 32]).collect();
     let members = seeds
@@ -74,6 +76,80 @@ fn harness<C: SibylSuite>(n: u16, f: u16) -> Harness<C> {
     }
 }
 
+/// A committee that signs with both suites: every member holds keys of
+/// each (two dealers). Also returns the group keys a consumer trusts.
+fn harness_both(n: u16, f: u16) -> (Harness, crate::verify::GroupKeys) {
+    let mut h = harness::<Ed>(n, f);
+    let t = 2 * f + 1;
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let ed = dealer_keys::<Ed, _>(n, t, &mut rng).unwrap();
+    let evm = dealer_keys::<Evm, _>(n, t, &mut rng).unwrap();
+    h.nodes = (1..=n)
+        .map(|i| {
+            let keys = NodeKeySet::new(h.seeds[usize::from(i) - 1])
+                .with(
+                    ed.key_packages[&Identifier::try_from(i).unwrap()].clone(),
+                    ed.public_key_package.clone(),
+                )
+                .with(
+                    evm.key_packages[&Identifier::try_from(i).unwrap()].clone(),
+                    evm.public_key_package.clone(),
+                );
+            Node::new(h.committee.clone(), i, keys, Restore::default()).unwrap()
+        })
+        .collect();
+    let keys = crate::verify::GroupKeys::new(DIGEST)
+        .with_ed25519(*ed.public_key_package.verifying_key())
+        .with_secp256k1_evm(*evm.public_key_package.verifying_key());
+    (h, keys)
+}
+
+/// Runs the committee from `at` until no message is in flight: every send
+/// and broadcast is delivered at once, every ledger write succeeds.
+/// Returns each member's signed reports and evidence.
+fn run_until_quiet(
+    h: &mut Harness,
+    at: TimestampMs,
+    price: Price,
+) -> (Vec<Vec<SignedReport>>, Vec<Evidence>) {
+    let n = h.nodes.len() as u16;
+    let mut queue: VecDeque<(u16, Input)> = (1..=n)
+        .map(|m| (m, observations(price + i128::from(m), at)))
+        .collect();
+    let mut reports = vec![Vec::new(); usize::from(n)];
+    let mut evidence = Vec::new();
+    let mut steps = 0;
+    while let Some((to, input)) = queue.pop_front() {
+        steps += 1;
+        assert!(steps < 10_000, "the round does not settle");
+        for action in h.handle(to, at + 1, input) {
+            match action {
+                Action::Send { to: dest, bytes } => {
+                    queue.push_back((dest, Input::Message { from: to, bytes }))
+                }
+                Action::Broadcast { bytes } => {
+                    for dest in (1..=n).filter(|d| *d != to) {
+                        queue.push_back((
+                            dest,
+                            Input::Message {
+                                from: to,
+                                bytes: bytes.clone(),
+                            },
+                        ));
+                    }
+                }
+                Action::RecordSigning { round, digest } => {
+                    queue.push_back((to, Input::SigningRecorded { round, digest }))
+                }
+                Action::SignedReport(r) => reports[usize::from(to) - 1].push(r),
+                Action::Blame(e) => evidence.push(e),
+                _ => {}
+            }
+        }
+    }
+    (reports, evidence)
+}
+
 fn observations(price: Price, now: TimestampMs) -> Input {
     Input::Observations(
         (0..2)
@@ -95,7 +171,7 @@ fn sends(actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
 }
 
 /// The proposals for signers among `actions`, by recipient.
-fn signer_proposals(h: &Harness<Ed>, actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
+fn signer_proposals(h: &Harness, actions: &[Action]) -> Vec<(u16, Vec<u8>)> {
     sends(actions)
         .into_iter()
         .filter(|(_, b)| is_signer_proposal(h, b))
@@ -104,16 +180,16 @@ fn signer_proposals(h: &Harness<Ed>, actions: &[Action]) -> Vec<(u16, Vec<u8>)> 
 
 /// Whether `bytes` is a proposal for a signer (it carries the attributed
 /// observations; a follower's copy does not).
-fn is_signer_proposal(h: &Harness<Ed>, bytes: &[u8]) -> bool {
+fn is_signer_proposal(h: &Harness, bytes: &[u8]) -> bool {
     matches!(decode(h, bytes).payload, Payload::Proposal(p) if !p.observations.is_empty())
 }
 
-fn decode(h: &Harness<Ed>, bytes: &[u8]) -> SignedMessage {
+fn decode(h: &Harness, bytes: &[u8]) -> SignedMessage {
     SignedMessage::decode(bytes, &h.committee).unwrap()
 }
 
 /// The reasons of the signed refusals among `actions`.
-fn refusals(h: &Harness<Ed>, actions: &[Action]) -> Vec<RefusalReason> {
+fn refusals(h: &Harness, actions: &[Action]) -> Vec<RefusalReason> {
     sends(actions)
         .iter()
         .filter_map(|(_, b)| match decode(h, b).payload {
@@ -124,14 +200,23 @@ fn refusals(h: &Harness<Ed>, actions: &[Action]) -> Vec<RefusalReason> {
 }
 
 /// How many signature shares `actions` send.
-fn shares(h: &Harness<Ed>, actions: &[Action]) -> usize {
+fn shares(h: &Harness, actions: &[Action]) -> usize {
     sends(actions)
         .iter()
         .filter(|(_, b)| matches!(decode(h, b).payload, Payload::Share(_)))
         .count()
 }
 
-impl<C: SibylSuite> Harness<C> {
+/// A commitments hint carrying `firsts` (one per suite).
+fn hint(firsts: &[Vec<u8>]) -> Vec<u8> {
+    let mut w = crate::codec::Writer::new();
+    w.seq(firsts.iter(), |w, c| {
+        w.bytes(c);
+    });
+    w.finish()
+}
+
+impl Harness {
     fn handle(&mut self, member: u16, now: TimestampMs, input: Input) -> Vec<Action> {
         self.nodes[usize::from(member) - 1].handle(now, input, &mut self.rng)
     }
@@ -140,7 +225,7 @@ impl<C: SibylSuite> Harness<C> {
 /// Round 0 (leader 1) of a 4-member committee: every member observes and
 /// the leader gets the observations. Returns the leader's actions (its
 /// proposals and its own ledger write).
-fn round0_leader_actions(h: &mut Harness<Ed>) -> Vec<Action> {
+fn round0_leader_actions(h: &mut Harness) -> Vec<Action> {
     let mut to_leader = Vec::new();
     for m in 2..=4 {
         let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
@@ -156,7 +241,7 @@ fn round0_leader_actions(h: &mut Harness<Ed>) -> Vec<Action> {
 /// Round 0 (leader 1) of a 4-member committee up to the leader's proposals.
 /// Returns the proposals the leader sent to signers, by recipient (not the
 /// follower's copy).
-fn up_to_proposals(h: &mut Harness<Ed>) -> Vec<(u16, Vec<u8>)> {
+fn up_to_proposals(h: &mut Harness) -> Vec<(u16, Vec<u8>)> {
     let out = round0_leader_actions(h);
     let out = sends(&out);
     out.into_iter()
@@ -222,7 +307,7 @@ fn a_round_signs_only_after_the_ledger_recorded_it() {
 
 /// Hands member `to` the leader's proposal; its first action must be the
 /// signing-ledger write, whose round and digest are returned.
-fn proposal_to_record(h: &mut Harness<Ed>, to: u16, bytes: &[u8]) -> (Round, [u8; 32]) {
+fn proposal_to_record(h: &mut Harness, to: u16, bytes: &[u8]) -> (Round, [u8; 32]) {
     let a = h.handle(
         to,
         T0 + 2,
@@ -267,7 +352,7 @@ fn refused_ledger_means_no_share_and_a_nonce_is_used_once() {
 }
 
 /// Re-signs a proposal as the leader after `edit`.
-fn forge(h: &Harness<Ed>, bytes: &[u8], edit: impl FnOnce(&mut ProposalMsg)) -> Vec<u8> {
+fn forge(h: &Harness, bytes: &[u8], edit: impl FnOnce(&mut ProposalMsg)) -> Vec<u8> {
     let m = decode(h, bytes);
     let Payload::Proposal(mut p) = m.payload else {
         panic!("not a proposal");
@@ -372,7 +457,7 @@ fn never_two_different_reports_for_one_round_and_equivocation_is_evidence() {
             _ => None,
         })
         .expect("equivocation is blamed");
-    let pubkeys = h.nodes[0].public_key_package().clone();
+    let pubkeys = h.nodes[0].public_key_package::<Ed>().unwrap().clone();
     assert_eq!(ev.verify::<Ed>(&h.committee, &pubkeys), Ok(1));
     // Evidence that anyone can check: tampering breaks it.
     if let Evidence::EquivocatingProposals { first, second } = &ev {
@@ -441,7 +526,7 @@ fn invalid_share_is_attributed_with_verifiable_evidence_and_the_leader_retries()
         })
         .collect();
     assert_eq!(ev.len(), 1, "{out:?}");
-    let pubkeys = h.nodes[0].public_key_package().clone();
+    let pubkeys = h.nodes[0].public_key_package::<Ed>().unwrap().clone();
     assert_eq!(ev[0].verify::<Ed>(&h.committee, &pubkeys), Ok(2));
     // The retry goes to a signer set without member 2, with attempt 1;
     // member 2 gets only the follower's copy.
@@ -504,7 +589,7 @@ fn restored_member_does_not_observe_a_round_twice() {
 
 /// The harness's member `i` restarted from `restore` (same keys: the
 /// harness's dealer ran first on its seeded rng).
-fn restarted(h: &Harness<Ed>, i: u16, restore: Restore) -> Node<Ed> {
+fn restarted(h: &Harness, i: u16, restore: Restore) -> Node {
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let dealer = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
     let id = Identifier::<Ed>::try_from(i).unwrap();
@@ -594,7 +679,7 @@ fn node_new_rejects_wrong_keys() {
 
 // ------------------------------------------------------------ wire messages
 
-fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
+fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
     let key = SigningKey::from_bytes(&h.seeds[0]);
     let obs = Payload::Observation(ObservationMsg {
         entries: vec![ObservationEntry {
@@ -608,7 +693,16 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
             min_venues: 3,
             flags: super::message::entry_flags::PEG_DEPARTED,
         }],
-        commitments: vec![vec![1, 2, 3]],
+        commitments: vec![
+            SuiteCommitments {
+                suite: Suite::Ed25519,
+                commitments: vec![vec![1, 2, 3]],
+            },
+            SuiteCommitments {
+                suite: Suite::Secp256k1Evm,
+                commitments: vec![vec![4; 5], vec![6]],
+            },
+        ],
     });
     let obs_msg = SignedMessage::sign(&key, &DIGEST, 4, 1, obs);
     let leaf = ReportLeaf::basic(feed(0), 9, 1, 3, T0);
@@ -618,7 +712,16 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
         merkle_root: [3; 32],
         leaves: vec![leaf.clone()],
         observations: vec![obs_msg.bytes.clone()],
-        signing_package: vec![9; 40],
+        signing_packages: vec![
+            SuitePackage {
+                suite: Suite::Ed25519,
+                package: vec![9; 40],
+            },
+            SuitePackage {
+                suite: Suite::Secp256k1Evm,
+                package: vec![8; 41],
+            },
+        ],
         signer_observations: vec![obs_msg.bytes.clone()],
     });
     let refusal = Payload::Refusal(RefusalMsg {
@@ -630,8 +733,18 @@ fn sample_messages(h: &Harness<Ed>) -> Vec<SignedMessage> {
     let share = Payload::Share(ShareMsg {
         attempt: 0,
         report_digest: [1; 32],
-        package_hash: [2; 32],
-        share: vec![5; 32],
+        shares: vec![
+            SuiteShare {
+                suite: Suite::Ed25519,
+                package_hash: [2; 32],
+                share: vec![5; 32],
+            },
+            SuiteShare {
+                suite: Suite::Secp256k1Evm,
+                package_hash: [3; 32],
+                share: vec![4; 32],
+            },
+        ],
     });
     let report = Payload::Report(SignedReport {
         header: ReportHeader {
@@ -763,7 +876,7 @@ fn two_observations_for_one_round_are_verifiable_evidence() {
         })
         .expect("conflicting observations are blamed");
     assert_eq!(ev.kind(), "conflicting_observations");
-    let pubkeys = h.nodes[0].public_key_package().clone();
+    let pubkeys = h.nodes[0].public_key_package::<Ed>().unwrap().clone();
     assert_eq!(ev.verify::<Ed>(&h.committee, &pubkeys), Ok(2));
     // Serialized evidence (as the daemon would store or publish it) still verifies.
     let json = serde_json::to_string(&ev).unwrap();
@@ -832,7 +945,7 @@ fn next_slot_is_the_first_grid_instant_at_or_after() {
 
 /// Runs round 0 of `h` to the leader's signed report (signers and leader
 /// act at `at`); returns the leader's actions from its ledger step on.
-fn finish_round_zero(h: &mut Harness<Ed>, at: TimestampMs) -> Vec<Vec<Action>> {
+fn finish_round_zero(h: &mut Harness, at: TimestampMs) -> Vec<Vec<Action>> {
     let proposals = up_to_proposals(h);
     let mut all = Vec::new();
     let mut shares = Vec::new();
@@ -918,36 +1031,25 @@ fn the_leader_sends_proposals_before_its_own_ledger_write() {
 fn precomputed_nonces_serve_one_round_and_are_fresh_each_time() {
     let mut h = harness::<Ed>(4, 1);
     h.nodes[1].precompute(&mut h.rng);
-    let spare = h.nodes[1]
-        .spare
-        .as_ref()
-        .map(|p| p.commitment_bytes.clone())
-        .unwrap();
+    let spare = h.nodes[1].spare_commitments().unwrap();
     let a = h.handle(2, T0, observations(1_000_000, T0));
     let Payload::Observation(o) = decode(&h, &sends(&a)[0].1).payload else {
         panic!("not an observation");
     };
     assert_eq!(
-        o.commitments, spare,
+        o.commitments[0].commitments, spare,
         "the observation used the precomputed set"
     );
-    assert!(h.nodes[1].spare.is_none(), "moved into the round");
+    assert!(
+        h.nodes[1].spare_commitments().is_none(),
+        "moved into the round"
+    );
     // The next set differs (fresh randomness), and a second call keeps it.
     h.nodes[1].precompute(&mut h.rng);
-    let next = h.nodes[1]
-        .spare
-        .as_ref()
-        .map(|p| p.commitment_bytes.clone())
-        .unwrap();
+    let next = h.nodes[1].spare_commitments().unwrap();
     assert_ne!(next, spare);
     h.nodes[1].precompute(&mut h.rng);
-    assert_eq!(
-        h.nodes[1]
-            .spare
-            .as_ref()
-            .map(|p| p.commitment_bytes.clone()),
-        Some(next)
-    );
+    assert_eq!(h.nodes[1].spare_commitments(), Some(next));
 }
 
 #[test]
@@ -963,7 +1065,10 @@ fn a_signer_with_unparsable_commitments_is_passed_over() {
             let Payload::Observation(mut o) = msg.payload else {
                 panic!("not an observation")
             };
-            o.commitments = vec![vec![0xff; 69]; h.committee.attempts()];
+            o.commitments = vec![SuiteCommitments {
+                suite: Suite::Ed25519,
+                commitments: vec![vec![0xff; 69]; h.committee.attempts()],
+            }];
             let key = SigningKey::from_bytes(&h.seeds[1]);
             SignedMessage::sign(&key, &DIGEST, msg.round, 2, Payload::Observation(o)).bytes
         } else {
@@ -1000,7 +1105,7 @@ fn a_signer_refuses_any_other_framing_of_the_signing_package() {
     let Payload::Proposal(genuine) = decode(&h, &bytes).payload else {
         panic!("not a proposal");
     };
-    let pkg = genuine.signing_package.clone();
+    let pkg = genuine.signing_packages[0].package.clone();
     let entry = 32 + 69;
     let start = pkg.len() - 33 - 3 * entry;
     let entries: Vec<Vec<u8>> = (0..3)
@@ -1038,7 +1143,7 @@ fn a_signer_refuses_any_other_framing_of_the_signing_package() {
         pkg
     );
     for (i, v) in variants.into_iter().enumerate() {
-        let forged = forge(&h, &bytes, |p| p.signing_package = v);
+        let forged = forge(&h, &bytes, |p| p.signing_packages[0].package = v);
         let a = h.handle(
             to,
             T0 + 2,
@@ -1085,7 +1190,11 @@ fn commitment_hints_are_used_only_for_the_same_bytes() {
         let (to, _) = (2u16, ());
         let signer = &mut h.nodes[usize::from(to) - 1];
         assert!(!signer.warm_commitments(to, &hints[1].1), "its own");
-        assert!(!signer.warm_commitments(3, &[0xff; 69]), "does not parse");
+        assert!(
+            !signer.warm_commitments(3, &hint(&[vec![0xff; 69]])),
+            "does not parse"
+        );
+        assert!(!signer.warm_commitments(3, &[0xff; 69]), "not a hint");
         for (from, bytes) in &hints {
             if *from != to {
                 let bytes = if poisoned {
@@ -1284,7 +1393,7 @@ fn a_round_whose_leader_is_unreachable_is_skipped_unless_this_member_is_isolated
 
 /// Hands `to` every message of `msgs` at `at`; returns its actions.
 fn deliver<'a>(
-    h: &mut Harness<Ed>,
+    h: &mut Harness,
     to: u16,
     at: TimestampMs,
     msgs: impl IntoIterator<Item = &'a Vec<u8>>,
@@ -1304,7 +1413,7 @@ fn deliver<'a>(
 }
 
 /// The signed-report message among `actions` (the leader's broadcast).
-fn report_message(h: &Harness<Ed>, actions: &[Action]) -> Vec<u8> {
+fn report_message(h: &Harness, actions: &[Action]) -> Vec<u8> {
     sends(actions)
         .into_iter()
         .find(|(_, b)| matches!(decode(h, b).payload, Payload::Report(_)))
@@ -1424,7 +1533,7 @@ fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
     let Payload::Share(mut s) = msg.payload else {
         panic!("not a share")
     };
-    s.share[0] ^= 1;
+    s.shares[0].share[0] ^= 1;
     let key = SigningKey::from_bytes(&h.seeds[2]);
     let bad = SignedMessage::sign(&key, &DIGEST, msg.round, 3, Payload::Share(s)).bytes;
     let mut follower_out = deliver(&mut h, 4, T0 + 4, [&follower_copy]);
@@ -1474,4 +1583,184 @@ fn caught_up_reports_become_the_feeds_last_values() {
         want,
         "an older report does not rewind it"
     );
+}
+
+/// A committee listing both suites signs each round once, with both: every
+/// member holds the same report, carrying one signature per suite, each
+/// valid under its suite's group key; the ledger records one digest.
+#[test]
+fn a_committee_with_both_suites_signs_every_report_with_both() {
+    for (n, f) in [(4, 1), (7, 2)] {
+        let (mut h, keys) = harness_both(n, f);
+        assert_eq!(
+            h.nodes[0].suites(),
+            vec![Suite::Ed25519, Suite::Secp256k1Evm]
+        );
+        let (reports, evidence) = run_until_quiet(&mut h, T0, 1_000_000);
+        assert!(evidence.is_empty(), "{evidence:?}");
+        let first = reports[0].first().expect("member 1 holds a report").clone();
+        assert_eq!(first.signatures.len(), 2);
+        crate::verify::verify_report(&first, &keys).expect("both signatures verify");
+        for (i, r) in reports.iter().enumerate() {
+            assert_eq!(r.len(), 1, "member {} holds one report", i + 1);
+            assert_eq!(r[0], first, "member {} holds the same report", i + 1);
+        }
+        // One ledger entry per round, whatever the number of suites.
+        let digest = report_digest(&first.header);
+        for node in &h.nodes {
+            if let Some(l) = node.last_signed() {
+                assert_eq!(l, SigningRecord { round: 0, digest });
+            }
+        }
+        let signed = h.nodes.iter().filter(|n| n.last_signed().is_some()).count();
+        assert_eq!(signed, usize::from(2 * f + 1));
+        // Either signature alone is checked: a report missing one, or with
+        // one corrupted, is refused by every member.
+        for tamper in 0..2 {
+            let mut bad = first.clone();
+            bad.header.round = 1;
+            if tamper == 0 {
+                bad.signatures.remove(&Suite::Secp256k1Evm);
+            } else if let Some(s) = bad.signatures.get_mut(&Suite::Ed25519) {
+                s.0[10] ^= 1;
+            }
+            assert!(!h.nodes[1].verify_report(&bad));
+        }
+    }
+}
+
+/// With both suites, every proposal carries one package per suite over the
+/// same signers, every share message one share per suite, and each
+/// observation commitments of both suites for every attempt.
+#[test]
+fn messages_of_a_both_suite_round_carry_every_suite() {
+    let (mut h, _) = harness_both(4, 1);
+    let a = h.handle(2, T0, observations(1_000_000, T0));
+    let Payload::Observation(o) = decode(&h, &sends(&a)[0].1).payload else {
+        panic!("not an observation");
+    };
+    let suites: Vec<Suite> = o.commitments.iter().map(|c| c.suite).collect();
+    assert_eq!(suites, vec![Suite::Ed25519, Suite::Secp256k1Evm]);
+    assert!(
+        o.commitments
+            .iter()
+            .all(|c| c.commitments.len() == h.committee.attempts())
+    );
+    let (mut h, _) = harness_both(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[0].clone();
+    let Payload::Proposal(p) = decode(&h, &bytes).payload else {
+        panic!("not a proposal");
+    };
+    assert_eq!(p.signing_packages.len(), 2);
+    let (_, digest) = proposal_to_record(&mut h, to, &bytes);
+    let a = h.handle(to, T0 + 3, Input::SigningRecorded { round: 0, digest });
+    let share = sends(&a)
+        .into_iter()
+        .find_map(|(_, b)| match decode(&h, &b).payload {
+            Payload::Share(s) => Some(s),
+            _ => None,
+        })
+        .expect("a share message");
+    let suites: Vec<Suite> = share.shares.iter().map(|s| s.suite).collect();
+    assert_eq!(suites, vec![Suite::Ed25519, Suite::Secp256k1Evm]);
+    for (s, pkg) in share.shares.iter().zip(&p.signing_packages) {
+        assert_eq!(s.package_hash, keccak(&pkg.package));
+    }
+    // A second proposal naming the same commitments is refused: neither
+    // suite's nonce signs twice.
+    let again = h.handle(to, T0 + 4, Input::Message { from: 1, bytes });
+    assert_eq!(shares(&h, &again), 0);
+    assert!(h.nodes[usize::from(to) - 1].stats().nonce_reuse_refused >= 1);
+}
+
+/// A signer that leaves out one suite's package, or sends packages naming
+/// different signers per suite, is refused; a member whose observation
+/// offers one suite only is not picked as a signer.
+#[test]
+fn both_suite_proposals_missing_a_suite_are_refused() {
+    let (mut h, _) = harness_both(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[0].clone();
+    let forged = forge(&h, &bytes, |p| {
+        p.signing_packages.pop();
+    });
+    let a = h.handle(
+        to,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: forged,
+        },
+    );
+    assert!(a.iter().all(|a| !matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(refusals(&h, &a), vec![RefusalReason::Package]);
+
+    let (mut h, _) = harness_both(4, 1);
+    let mut to_leader = Vec::new();
+    for m in 2..=4 {
+        let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
+        let (_, bytes) = sends(&a).remove(0);
+        let bytes = if m == 2 {
+            let msg = decode(&h, &bytes);
+            let Payload::Observation(mut o) = msg.payload else {
+                panic!("not an observation")
+            };
+            o.commitments.truncate(1);
+            let key = SigningKey::from_bytes(&h.seeds[1]);
+            SignedMessage::sign(&key, &DIGEST, msg.round, 2, Payload::Observation(o)).bytes
+        } else {
+            bytes
+        };
+        to_leader.push(bytes);
+    }
+    let mut out = h.handle(1, T0, observations(1_000_001, T0));
+    for bytes in to_leader {
+        out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
+    }
+    // An incomplete offer is no observation the leader takes: it proposes
+    // with the other three once `observe_ms` passed.
+    assert!(h.nodes[0].stats().invalid_messages >= 1);
+    let later = T0 + h.committee.timeouts().observe_ms + 1;
+    out.extend(h.handle(1, later, Input::Tick));
+    let to: BTreeSet<u16> = signer_proposals(&h, &out)
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(to, BTreeSet::from([3, 4]), "member 2 is not asked to sign");
+}
+
+/// An invalid share in either suite is evidence that verifies against that
+/// suite's keys, and the leader retries without the culprit.
+#[test]
+fn an_invalid_share_in_a_both_suite_round_is_evidence() {
+    let (mut h, keys) = harness_both(4, 1);
+    h.nodes[1].faults.invalid_shares = true;
+    let (reports, evidence) = run_until_quiet(&mut h, T0, 1_000_000);
+    assert!(!evidence.is_empty(), "member 2 is blamed");
+    for ev in &evidence {
+        assert_eq!(h.nodes[0].verify_evidence(ev), Ok(2));
+    }
+    let r = reports[0].first().expect("the retry signs");
+    crate::verify::verify_report(r, &keys).expect("both signatures verify");
+}
+
+#[test]
+fn node_new_wants_one_key_set_per_suite() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let h = harness::<Ed>(4, 1);
+    let ed = dealer_keys::<Ed, _>(4, 3, &mut rng).unwrap();
+    let id = Identifier::<Ed>::try_from(1u16).unwrap();
+    let none = NodeKeySet::new(h.seeds[0]);
+    assert!(matches!(
+        Node::new(h.committee.clone(), 1, none, Restore::default()),
+        Err(NodeError::NoSuite)
+    ));
+    let twice = NodeKeySet::new(h.seeds[0])
+        .with(ed.key_packages[&id].clone(), ed.public_key_package.clone())
+        .with(ed.key_packages[&id].clone(), ed.public_key_package.clone());
+    assert!(matches!(
+        Node::new(h.committee.clone(), 1, twice, Restore::default()),
+        Err(NodeError::DuplicateSuite(Suite::Ed25519))
+    ));
 }

@@ -138,9 +138,8 @@ fn evm(st: &ApiState) -> Result<&EvmPull, ApiError> {
         ApiError::not_found(
             "no_evm_suite",
             "this node's reports carry no secp256k1-evm signature, so there is no on-chain payload; \
-             list \"secp256k1-evm\" in the committee file's `suites` (and give the members secp256k1-evm keys). \
-             A committee listing both suites signs with ed25519 only in this build (`sibyl config check` warns): \
-             list \"secp256k1-evm\" alone for the EVM path",
+             list \"secp256k1-evm\" in the committee file's `suites` (alone or with \"ed25519\": \
+             a committee signs every report with each suite it lists) and give the members its keys",
         )
     })
 }

@@ -94,7 +94,7 @@ pub async fn start_transmitter(
     };
     let Some(key) = &group_keys.secp256k1_evm else {
         bail!(
-            "node.toml has a [chain] section, but this node does not sign with secp256k1-evm: list only \"secp256k1-evm\" in the committee file's `suites` (a member signs with one suite, ed25519 first) or remove [chain]"
+            "node.toml has a [chain] section, but this node does not sign with secp256k1-evm: list \"secp256k1-evm\" in the committee file's `suites` (alone or with \"ed25519\": a committee signs every report with each suite it lists) or remove [chain]"
         );
     };
     let key = evm_group_key(key)?;

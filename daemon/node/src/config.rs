@@ -330,8 +330,7 @@ fn committee_name_in(src: &str) -> Option<String> {
 }
 
 /// What loads but does not do what the files say: each committee feed with
-/// no source in `[sources]` (never observed, so never published), and a
-/// committee listing both suites (this build signs with Ed25519 only).
+/// no source in `[sources]` (never observed, so never published).
 fn committee_warnings(
     committee: &Committee,
     committee_path: &Path,
@@ -339,14 +338,6 @@ fn committee_warnings(
     node: &NodeConfig,
 ) -> Vec<Problem> {
     let mut report = Report::new(committee_path, csrc);
-    if committee.suites.len() > 1 {
-        report.at(
-            sibyl_feeds::config::locate(csrc, "suites"),
-            "suites",
-            "the committee lists both suites, but this build signs every report with ed25519 only: reports carry no secp256k1-evm signature (GET /v1/feeds/{id}/update answers no_evm_suite)",
-            "list one suite until signing with both lands; [\"secp256k1-evm\"] alone serves the EVM path",
-        );
-    }
     if let Some(sources) = &node.sources {
         let observed: BTreeSet<&str> = sources.feeds.iter().map(|f| f.id.as_str()).collect();
         // The feeds in the file's order, to name each one's line.

@@ -31,9 +31,9 @@ pub fn fuzz_envelope(data: &[u8]) {
     }
 }
 
-/// A commitments hint as a member receives it: the input is the hint's
-/// commitments, sent in an envelope; what arrives is parsed as the round
-/// driver does (`Node::warm_commitments`), with the fast Ed25519 parse
+/// A commitments hint as a member receives it: the input is one suite's
+/// commitment of the hint (`Node::warm_commitments` parses each of them),
+/// sent in an envelope; what arrives is parsed with the fast Ed25519 parse
 /// checked against frost's (`sibyl_aggregator::fuzz::fuzz_commitments`).
 pub fn fuzz_commitment_hint(data: &[u8]) {
     let wire = Envelope::Commitments(data.to_vec()).encode();
@@ -258,10 +258,10 @@ mod tests {
         let sibyl_aggregator::round::message::Payload::Observation(o) = msg.payload else {
             panic!("the first fixture message is an observation");
         };
-        out.push(("commitment_hint", o.commitments[0].clone()));
+        out.push(("commitment_hint", o.commitments[0].commitments[0].clone()));
         out.push((
             "envelope",
-            Envelope::Commitments(o.commitments[0].clone()).encode(),
+            Envelope::Commitments(o.commitments[0].commitments[0].clone()).encode(),
         ));
         let sig = &fx.report.report.signatures[&sibyl_aggregator::Suite::Ed25519].0;
         out.push(("commitment_hint", sig.clone()));

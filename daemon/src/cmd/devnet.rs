@@ -22,8 +22,10 @@
 use anyhow::{Context, Result, bail};
 use libp2p::identity::Keypair;
 use rand::RngCore;
+use sibyl_aggregator::Suite;
 use sibyl_node::config::{Committee, parse_duration};
 use sibyl_node::keystore::{KdfParams, KeyPaths, Keystore, Passphrase, write_atomic};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,6 +76,12 @@ pub struct DevnetArgs {
     /// transmit (at most 9 members: anvil's funded development keys).
     #[arg(long)]
     pub chain: bool,
+    /// Suites the committee signs every report with, comma-separated:
+    /// `ed25519`, `secp256k1-evm` or both (one round, one signature per
+    /// suite). Default: ed25519, or secp256k1-evm with --chain (which
+    /// needs secp256k1-evm among them).
+    #[arg(long, value_delimiter = ',', value_parser = parse_suite)]
+    pub suites: Vec<Suite>,
     /// With --chain: use this JSON-RPC node (an anvil, whose development keys
     /// are funded) instead of starting one.
     #[arg(long, requires = "chain")]
@@ -88,6 +96,38 @@ impl DevnetArgs {
     /// Whether the members observe a simulated exchange (the default).
     pub fn sim_exchange(&self) -> bool {
         !self.builtin_source
+    }
+
+    /// The suites the devnet's committee signs with, ascending.
+    pub fn suite_list(&self) -> Vec<Suite> {
+        let mut suites = self.suites.clone();
+        if suites.is_empty() {
+            suites.push(if self.chain {
+                Suite::Secp256k1Evm
+            } else {
+                Suite::Ed25519
+            });
+        }
+        suites.sort();
+        suites.dedup();
+        suites
+    }
+}
+
+fn parse_suite(s: &str) -> Result<Suite, String> {
+    match s.trim() {
+        "ed25519" => Ok(Suite::Ed25519),
+        "secp256k1-evm" => Ok(Suite::Secp256k1Evm),
+        other => Err(format!(
+            "unknown suite {other:?}; use ed25519 and/or secp256k1-evm"
+        )),
+    }
+}
+
+fn suite_name(s: Suite) -> &'static str {
+    match s {
+        Suite::Ed25519 => "ed25519",
+        Suite::Secp256k1Evm => "secp256k1-evm",
     }
 }
 
@@ -184,6 +224,15 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     if args.feeds == 0 {
         bail!("--feeds must be at least 1");
     }
+    let suites = args.suite_list();
+    if args.chain && !suites.contains(&Suite::Secp256k1Evm) {
+        bail!("--chain needs secp256k1-evm among --suites (the contract verifies that signature)");
+    }
+    let suites_toml = suites
+        .iter()
+        .map(|s| format!("\"{}\"", suite_name(*s)))
+        .collect::<Vec<_>>()
+        .join(", ");
     if args.sim_exchange() && usize::from(args.feeds) > ASSETS.len() {
         bail!(
             "the simulated exchange quotes {} assets; use --feeds {} or fewer",
@@ -215,15 +264,10 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     let mut members = Vec::new();
     let mut identities = Vec::new();
     let mut committee = format!(
-        "# Devnet committee written by `sibyl devnet`.\nthreshold = {t}\nsuites = [\"{suite}\"]\nleader_seed = 0\n\n[round]\ninterval = \"{interval_ms}ms\"\nobservation_timeout = \"{}ms\"\nshare_timeout = \"{}ms\"\nround_timeout = \"{}ms\"\n\n",
+        "# Devnet committee written by `sibyl devnet`.\nthreshold = {t}\nsuites = [{suites_toml}]\nleader_seed = 0\n\n[round]\ninterval = \"{interval_ms}ms\"\nobservation_timeout = \"{}ms\"\nshare_timeout = \"{}ms\"\nround_timeout = \"{}ms\"\n\n",
         args.observation_timeout.as_millis(),
         (interval_ms * 2).clamp(100, 1000),
         (interval_ms * 4).max(1000),
-        suite = if args.chain {
-            "secp256k1-evm"
-        } else {
-            "ed25519"
-        },
     );
     for index in 1..=n {
         let kp = Keypair::generate_ed25519();
@@ -261,13 +305,19 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
     let parsed = Committee::load(&committee_path)?;
     let digest = parsed.digest;
 
-    // Trusted dealer, bound to this committee's digest.
-    let keys = if args.chain {
-        Dealt::Evm(deal(n, t)?)
-    } else {
-        Dealt::Ed(deal(n, t)?)
-    };
-    let group_key = keys.group_key()?;
+    // Trusted dealer, bound to this committee's digest: keys of each suite.
+    let mut dealt = Vec::new();
+    let mut group_keys = BTreeMap::new();
+    for suite in &suites {
+        let keys = match suite {
+            Suite::Ed25519 => Dealt::Ed(deal(n, t)?),
+            Suite::Secp256k1Evm => Dealt::Evm(deal(n, t)?),
+        };
+        group_keys.insert(suite_name(*suite).to_string(), keys.group_key()?);
+        dealt.push(keys);
+    }
+    let primary = suite_name(suites[0]).to_string();
+    let group_key = group_keys[&primary].clone();
     for (m, kp) in members.iter().zip(&identities) {
         let node_dir = dir.join(format!("node-{}", m.index));
         std::fs::create_dir_all(node_dir.join("data"))
@@ -280,9 +330,11 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         let store = Keystore::with_paths(KeyPaths::in_dir(&node_dir.join("keys")))
             .with_kdf(KdfParams::default());
         store.write_identity(kp, &pass)?;
-        match &keys {
-            Dealt::Ed(k) => write_keys(&store, &digest, k, m.index, &pass)?,
-            Dealt::Evm(k) => write_keys(&store, &digest, k, m.index, &pass)?,
+        for keys in &dealt {
+            match keys {
+                Dealt::Ed(k) => write_keys(&store, &digest, k, m.index, &pass)?,
+                Dealt::Evm(k) => write_keys(&store, &digest, k, m.index, &pass)?,
+            }
         }
         let api_listen = m.api_url.trim_start_matches("http://");
         let node_toml = format!(
@@ -304,19 +356,15 @@ pub fn setup(args: &DevnetArgs) -> Result<DevnetFile> {
         threshold: t,
         config_digest: hex::encode(digest.0),
         group_key,
-        suite: if args.chain {
-            "secp256k1-evm"
-        } else {
-            "ed25519"
-        }
-        .into(),
+        suite: primary,
+        group_keys,
         sim_exchange: sim_port.map(|p| format!("http://127.0.0.1:{p}")),
         chain: None,
         members,
     })
 }
 
-/// The trusted dealer's keys for the devnet's one suite.
+/// The trusted dealer's keys for one of the devnet's suites.
 enum Dealt {
     Ed(sibyl_aggregator::testkit::DealerKeys<frost_ed25519::Ed25519Sha512>),
     Evm(sibyl_aggregator::testkit::DealerKeys<frost_secp256k1_evm::Secp256K1Keccak256>),
@@ -502,7 +550,9 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         file.threshold,
         dir.display()
     );
-    println!("group public key ({}): {}", file.suite, file.group_key);
+    for (suite, key) in &file.group_keys {
+        println!("group public key ({suite}): {key}");
+    }
     println!("config digest: 0x{}", file.config_digest);
     for m in &file.members {
         println!(

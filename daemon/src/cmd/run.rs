@@ -10,7 +10,7 @@
 //! ```
 
 use anyhow::{Context, Result};
-use sibyl_aggregator::round::{Node, NodeKeys, SibylSuite};
+use sibyl_aggregator::round::{Node, NodeKeySet, SibylSuite};
 use sibyl_aggregator::verify::{GroupKeys, verify_report};
 use sibyl_aggregator::{SignedReport, Suite};
 use sibyl_node::config::Config;
@@ -125,27 +125,6 @@ pub async fn run_node(
     shutdown: watch::Receiver<bool>,
     on_start: impl FnOnce(StatusHandle),
 ) -> Result<()> {
-    let suites = &config.committee.suites;
-    if suites.contains(&Suite::Ed25519) {
-        if suites.len() > 1 {
-            tracing::warn!(
-                "the committee lists several suites; this build signs with ed25519 only"
-            );
-        }
-        run_suite::<frost_ed25519::Ed25519Sha512>(config, shutdown, on_start).await
-    } else {
-        run_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(config, shutdown, on_start).await
-    }
-}
-
-async fn run_suite<C: SibylSuite + Send + 'static>(
-    config: Config,
-    shutdown: watch::Receiver<bool>,
-    on_start: impl FnOnce(StatusHandle),
-) -> Result<()>
-where
-    C::Group: Send,
-{
     let committee = &config.committee;
     let digest = committee.digest;
     let pass = sibyl_node::keystore::passphrase(&config)?;
@@ -162,8 +141,6 @@ where
             )
         })?
         .clone();
-    let key_package = keystore.read_key_package::<C>(&digest, &pass)?;
-    let public_key_package = keystore.read_public_key_package::<C>(&digest)?;
     let seed: [u8; 32] = identity
         .clone()
         .try_into_ed25519()
@@ -172,6 +149,21 @@ where
         .as_ref()
         .try_into()
         .map_err(|_| anyhow::anyhow!("the identity key's secret is not 32 bytes"))?;
+    // One report, one signature per suite the committee lists: the member
+    // needs its keys of every one (`check_keys` above named what is missing).
+    let mut keys = NodeKeySet::new(seed);
+    let mut group_keys = GroupKeys::new(digest);
+    for suite in &committee.suites {
+        (keys, group_keys) = match suite {
+            Suite::Ed25519 => add_suite::<frost_ed25519::Ed25519Sha512>(
+                &keystore, &digest, &pass, keys, group_keys,
+            )?,
+            Suite::Secp256k1Evm => add_suite::<frost_secp256k1_evm::Secp256K1Keccak256>(
+                &keystore, &digest, &pass, keys, group_keys,
+            )?,
+        };
+    }
+    tracing::info!(suites = ?committee.suites, "signing every report with each listed suite");
 
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
@@ -183,22 +175,8 @@ where
     let restore = restore_from(&store.readers, &observed, horizon)?;
     let last_report_round = restore.last_report_round;
 
-    let group_key = public_key_package
-        .verifying_key()
-        .serialize()
-        .map_err(|e| anyhow::anyhow!("cannot encode the group key: {e}"))?;
-    let group_keys = GroupKeys::new(digest).with_key_bytes(C::SUITE, &group_key)?;
     let round_interval = Duration::from_millis(protocol.timeouts().round_interval_ms);
-    let node = Node::<C>::new(
-        protocol,
-        me.index,
-        NodeKeys {
-            identity_seed: seed,
-            key_package,
-            public_key_package,
-        },
-        restore,
-    )?;
+    let node = Node::new(protocol, me.index, keys, restore)?;
 
     let validator_keys = group_keys.clone();
     let api_group_keys = group_keys.clone();
@@ -342,10 +320,8 @@ where
 /// message passes from socket to protocol without waking another thread;
 /// the price sources, the API, the margin engine and the store stay on the
 /// worker pool and the writer thread, off the round's thread.
-async fn run_on_round_thread<C, R>(driver: Driver<C, Net, R>) -> Result<()>
+async fn run_on_round_thread<R>(driver: Driver<Net, R>) -> Result<()>
 where
-    C: SibylSuite + Send + 'static,
-    C::Group: Send,
     R: rand_core::RngCore + rand_core::CryptoRng + Send + 'static,
 {
     // Its blocking pool (the observation record's fsync) is background work;
@@ -366,4 +342,23 @@ where
     done_rx
         .await
         .map_err(|_| anyhow::anyhow!("the round driver's thread panicked"))
+}
+
+/// Reads this member's keys of suite `C` and adds them, and the group key,
+/// to what the node signs and verifies with.
+fn add_suite<C: SibylSuite>(
+    keystore: &Keystore,
+    digest: &sibyl_aggregator::ConfigDigest,
+    pass: &sibyl_node::keystore::Passphrase,
+    keys: NodeKeySet,
+    group_keys: GroupKeys,
+) -> Result<(NodeKeySet, GroupKeys)> {
+    let key_package = keystore.read_key_package::<C>(digest, pass)?;
+    let public_key_package = keystore.read_public_key_package::<C>(digest)?;
+    let group_key = public_key_package
+        .verifying_key()
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("cannot encode the {:?} group key: {e}", C::SUITE))?;
+    let group_keys = group_keys.with_key_bytes(C::SUITE, &group_key)?;
+    Ok((keys.with(key_package, public_key_package), group_keys))
 }

@@ -18,6 +18,8 @@ pub enum SuiteArg {
     Ed25519,
     #[value(name = "secp256k1-evm")]
     Secp256k1Evm,
+    /// Both suites: every report signed with each, in one round.
+    Both,
 }
 
 /// Byzantine kind for `--kinds`.
@@ -129,12 +131,13 @@ pub struct Summary {
 
 /// Runs a seed twice; the flag says whether both runs were identical.
 fn run_seed(args: &SimulateArgs, cfg: &SimConfig, seed: u64) -> anyhow::Result<(SimOutcome, bool)> {
-    let suite = match args.suite {
-        SuiteArg::Ed25519 => Suite::Ed25519,
-        SuiteArg::Secp256k1Evm => Suite::Secp256k1Evm,
+    let once = || match args.suite {
+        SuiteArg::Ed25519 => sim::run_suite(Suite::Ed25519, cfg, seed),
+        SuiteArg::Secp256k1Evm => sim::run_suite(Suite::Secp256k1Evm, cfg, seed),
+        SuiteArg::Both => sim::run_both(cfg, seed),
     };
-    let a = sim::run_suite(suite, cfg, seed).with_context(|| format!("seed {seed}"))?;
-    let b = sim::run_suite(suite, cfg, seed).with_context(|| format!("seed {seed} (rerun)"))?;
+    let a = once().with_context(|| format!("seed {seed}"))?;
+    let b = once().with_context(|| format!("seed {seed} (rerun)"))?;
     let same = a == b;
     Ok((a, same))
 }

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod both_suites;
 mod clock_skew;
 mod committee_processes;
 mod config_check;

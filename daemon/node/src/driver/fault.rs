@@ -7,7 +7,7 @@
 //! - `invalid-shares`: send signature shares that do not verify;
 //! - `refuse`: refuse every proposal with a signed refusal.
 
-use sibyl_aggregator::round::{Node, SibylSuite};
+use sibyl_aggregator::round::Node;
 use std::sync::OnceLock;
 
 /// The fault `SIBYL_FAULT` asks for, if any.
@@ -23,7 +23,7 @@ pub fn withhold() -> bool {
 }
 
 /// Switches the protocol's own fault modes on `node` as `SIBYL_FAULT` says.
-pub fn apply<C: SibylSuite>(mut node: Node<C>) -> Node<C> {
+pub fn apply(mut node: Node) -> Node {
     match mode() {
         None => {}
         Some("invalid-shares") => node.inject_faults(true, false),

@@ -13,7 +13,6 @@ use super::clock::Clock;
 use super::transport::Transport;
 use rand_core::{CryptoRng, RngCore};
 use serde::Serialize;
-use sibyl_aggregator::round::SibylSuite;
 
 /// One committee member as this member sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -36,7 +35,7 @@ pub struct MemberView {
     pub clock_offset_ms: Option<i64>,
 }
 
-impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<C, T, R, K> {
+impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
     /// Refreshes every member's view in the status and the `sibyl_peer_*`
     /// and `sibyl_clock_offset_seconds` metrics. Called a few times a
     /// second, not per event.

@@ -7,7 +7,7 @@
 //!   WakeAt timer ───────────────────────────────────────────┼──► Driver::run (select!)
 //!   catch-up replies read by store tasks ───mpsc────────────┘        │
 //!                                                                    ▼
-//!                                             Node<C>::handle(now, Input, rng)
+//!                                             Node::handle(now, Input, rng)
 //!                                                                    │ Vec<Action>
 //!   Send / Broadcast ──► Transport (Envelope::Round)                 ▼
 //!   RecordSigning ─────► store: exclusive transaction ──► Input::SigningRecorded
@@ -47,9 +47,7 @@ use rand_core::{CryptoRng, RngCore};
 use serde::Serialize;
 use sibyl_aggregator::evidence::Evidence;
 use sibyl_aggregator::round::message::{Kind, peek};
-use sibyl_aggregator::round::{
-    Action, Input, LocalObservation, Node, Restore, SibylSuite, SigningRecord,
-};
+use sibyl_aggregator::round::{Action, Input, LocalObservation, Node, Restore, SigningRecord};
 use sibyl_aggregator::verify::{GroupKeys, verify_report};
 use sibyl_aggregator::{ConfigDigest, Encode, FeedId, Round, SignedReport, TimestampMs};
 use source::ObservationRx;
@@ -278,13 +276,8 @@ pub fn restore_from(
 }
 
 /// Everything the driver runs with.
-pub struct DriverParts<
-    C: SibylSuite,
-    T: Transport,
-    R: RngCore + CryptoRng + Send,
-    K: Clock = SystemClock,
-> {
-    pub node: Node<C>,
+pub struct DriverParts<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = SystemClock> {
+    pub node: Node,
     pub transport: T,
     pub store: crate::store::Store,
     /// The signing ledger's own connection ([`crate::store::Store::signing_ledger`]).
@@ -302,13 +295,8 @@ pub struct DriverParts<
 }
 
 /// The running driver. Build with [`Driver::new`], then `run().await`.
-pub struct Driver<
-    C: SibylSuite,
-    T: Transport,
-    R: RngCore + CryptoRng + Send,
-    K: Clock = SystemClock,
-> {
-    node: Node<C>,
+pub struct Driver<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = SystemClock> {
+    node: Node,
     transport: T,
     store: crate::store::Store,
     /// The signing ledger, written synchronously in the event loop.
@@ -370,8 +358,8 @@ pub struct Driver<
     replies_rx: mpsc::Receiver<(u16, Vec<u8>)>,
 }
 
-impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<C, T, R, K> {
-    pub fn new(parts: DriverParts<C, T, R, K>, last_report_round: Option<Round>) -> Self {
+impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
+    pub fn new(parts: DriverParts<T, R, K>, last_report_round: Option<Round>) -> Self {
         let digest = *parts.node.committee().config_digest();
         let trace = parts.sink.trace();
         // The sink marks `stored` in the same trace: on the driver's clock.
@@ -689,7 +677,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Drive
         // Let the others parse this member's next commitments now rather
         // than when they sign (see `Node::warm_commitments`).
         if let Some(c) = self.node.next_commitments() {
-            let hint = Envelope::Commitments(c.to_vec()).encode();
+            let hint = Envelope::Commitments(c).encode();
             if let Err(e) = self.transport.broadcast(hint) {
                 tracing::debug!(error = %e, "commitments hint not sent");
             }
@@ -869,7 +857,7 @@ impl<C: SibylSuite, T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Drive
         if !matches!(evidence, Evidence::InvalidShare { .. }) {
             return;
         }
-        match evidence.verify::<C>(self.node.committee(), self.node.public_key_package()) {
+        match self.node.verify_evidence(evidence) {
             Ok(member) => self.metrics.share_failure(member),
             Err(e) => tracing::warn!(error = %e, "own invalid-share evidence does not verify"),
         }

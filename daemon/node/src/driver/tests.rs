@@ -94,7 +94,7 @@ impl Harness {
             key_package: self.keys.key_packages[&id].clone(),
             public_key_package: self.keys.public_key_package.clone(),
         };
-        let node = Node::<Ed25519Sha512>::new(protocol, index, node_keys, restore).unwrap();
+        let node = Node::new(protocol, index, node_keys, restore).unwrap();
         let group_keys = GroupKeys::new(self.committee.digest)
             .with_ed25519(*self.keys.public_key_package.verifying_key());
         let (api_tx, _) = broadcast::channel::<Arc<SignedReport>>(16);

@@ -89,7 +89,7 @@ pub enum Envelope {
         reports: Vec<Vec<u8>>,
     },
     /// The sender's serialized first-attempt commitments for its next
-    /// observation, sent mid-round so receivers parse them before they are
+    /// observation (one per suite, `Node::next_commitments`), sent mid-round so receivers parse them before they are
     /// needed ([`sibyl_aggregator::round::Node::warm_commitments`]). A hint:
     /// unsigned, since only byte-for-byte equal commitments of a signed
     /// observation ever use the parse.

@@ -36,9 +36,9 @@ pub fn prepare(dir: &Path, file: &mut DevnetFile, rpc_url: Option<&str>) -> Resu
             ANVIL_KEYS.len() - 1
         );
     }
-    if file.suite != "secp256k1-evm" {
+    let Some(evm_key) = file.group_keys.get("secp256k1-evm").cloned() else {
         bail!("--chain needs a committee that signs with secp256k1-evm");
-    }
+    };
     let contracts = devchain::find_contracts_dir()?;
     let anvil = match rpc_url {
         Some(_) => None,
@@ -51,7 +51,7 @@ pub fn prepare(dir: &Path, file: &mut DevnetFile, rpc_url: Option<&str>) -> Resu
     };
     let committee = Committee::load(&file.committee)?;
     let group_key = EvmGroupKey::from_compressed(
-        &hex::decode(&file.group_key).context("the devnet's group key is not hex")?,
+        &hex::decode(&evm_key).context("the devnet's group key is not hex")?,
     )?;
     let deployment = devchain::deploy(
         &contracts,

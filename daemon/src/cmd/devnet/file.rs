@@ -29,9 +29,12 @@ pub struct DevnetFile {
     pub committee: PathBuf,
     pub threshold: u16,
     pub config_digest: String,
-    /// Group public key (FROST Ed25519), hex.
+    /// Group public key of `suite` (the first the committee lists), hex.
     pub group_key: String,
     pub suite: String,
+    /// Every suite the committee signs with -> its group key, hex.
+    #[serde(default)]
+    pub group_keys: BTreeMap<String, String>,
     /// The simulated exchange's base URL (absent with `--builtin-source`).
     #[serde(default)]
     pub sim_exchange: Option<String>,
