@@ -330,6 +330,21 @@ contract SibylFeed {
         return (int96(uint96(v)), uint72(v >> 96), uint48(v >> 168), uint32(v >> 216));
     }
 
+    /// The feed's latest price, confidence, decimals and updatedAt (seconds, never later than
+    /// the block); all but decimals are 0 before the first value. Reverts UnknownFeed for a feed
+    /// outside the registry. One call for pull consumers (SibylPull).
+    function latestPrice(bytes32 feedId)
+        external
+        view
+        returns (int256 price, uint256 confidence, uint8 decimals, uint256 updatedAt)
+    {
+        uint256 v = _latest(feedId);
+        if (v >> 248 == 0) revert UnknownFeed(feedId);
+        decimals = uint8((v >> 248) - 1);
+        if (uint32(v >> 216) == 0) return (0, 0, decimals, 0);
+        return (int96(uint96(v)), uint72(v >> 96), decimals, _updatedAt(v));
+    }
+
     /// The feed's decimals and latest round id (0 before the first value); reverts UnknownFeed
     /// for a feed outside the registry.
     function feedInfo(bytes32 feedId) public view returns (uint8 decimals, uint80 latestRound) {
