@@ -178,6 +178,7 @@ fn build(report: &SignedReport, feeds: &[FeedId], evm: &EvmPull) -> Result<Updat
             proof: proof.iter().map(hex0x).collect(),
         })
         .collect();
+    let calldata = call.abi_encode();
     Ok(Update {
         round: h.round,
         timestamp_ms: h.timestamp_ms,
@@ -186,8 +187,8 @@ fn build(report: &SignedReport, feeds: &[FeedId], evm: &EvmPull) -> Result<Updat
         chain_id: evm.chain_id,
         function: SUBMIT_FEEDS_SIGNATURE,
         selector: hex0x(abi::submitFeedsCall::SELECTOR),
-        calldata: hex0x(call.abi_encode()),
-        payload: hex0x(call.abi_encode_raw()),
+        calldata: hex0x(&calldata),
+        payload: hex0x(calldata.get(4..).unwrap_or_default()),
         header: HeaderJson {
             version: h.version,
             config_digest: hex0x(h.config_digest.0),
