@@ -158,7 +158,12 @@ async fn pull_payload_calldata_lands_on_the_contract() {
             config_digest: three.header.config_digest.0,
             group_key_x: group_key.x,
             group_key_y: group_key.y,
-            feeds: vec![("BTC-USD".into(), 8), ("FEED-00003".into(), 8)],
+            feeds: vec![
+                ("BTC-USD".into(), 8),
+                ("ETH-USD".into(), 8),
+                ("FEED-00003".into(), 8),
+                ("WTI-SPREAD".into(), 8),
+            ],
             max_drift_ms: 5_000,
         },
     )
@@ -214,18 +219,20 @@ async fn pull_payload_calldata_lands_on_the_contract() {
             eth.price.to_string(),
             eth.confidence.to_string(),
             three.header.timestamp_ms.to_string(),
-            three.header.round.to_string()
+            "1".to_string() // the feed's first round id
         ]
     );
-    // The same payload again is stale: the contract refuses a replay.
-    let replay = Command::new(contracts.join("tools/cast"))
-        .args(["call", "--rpc-url", &rpc, &deployment.feed, "--data"])
-        .arg(update["calldata"].as_str().expect("calldata"))
-        .output()
-        .expect("cast call");
-    assert!(
-        !replay.status.success(),
-        "a replayed pull payload was accepted"
+    // The same payload again is stale: its leaf is skipped (no revert), nothing changes.
+    send(
+        &contracts,
+        &rpc,
+        &deployment.feed,
+        update["calldata"].as_str().expect("calldata"),
+    );
+    assert_eq!(
+        latest_feed(&contracts, &rpc, &deployment.feed, "ETH-USD")[3],
+        "1",
+        "a replayed pull payload changed the feed"
     );
 
     // A batch over two reports: one transaction per report.
@@ -251,7 +258,8 @@ async fn pull_payload_calldata_lands_on_the_contract() {
         assert_eq!(leaf.feed_id.as_str(), id);
         let got = latest_feed(&contracts, &rpc, &deployment.feed, id);
         assert_eq!(got[0], leaf.price.to_string(), "{id}");
-        assert_eq!(got[3], report.header.round.to_string(), "{id}");
+        assert_eq!(got[2], report.header.timestamp_ms.to_string(), "{id}");
+        assert_eq!(got[3], "1", "{id}: the feed's first round id");
     }
     // Chainlink's interface on the BTC-USD adapter reads the pulled value.
     let out = cast(
@@ -268,7 +276,7 @@ async fn pull_payload_calldata_lands_on_the_contract() {
         .lines()
         .map(|l| l.split_whitespace().next().unwrap_or(""))
         .collect();
-    assert_eq!(words[0], three.header.round.to_string());
+    assert_eq!(words[0], "1");
     assert_eq!(words[1], three.leaves[0].price.to_string());
     assert_eq!(words[3], (three.header.timestamp_ms / 1000).to_string());
     println!(
@@ -385,7 +393,8 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
             return None; // NoDataPresent before the first push
         }
         let w = words(&String::from_utf8_lossy(&out.stdout));
-        let same = w.first()? == &latest["round"].as_u64()?.to_string()
+        // roundId is the feed's own counter (1 at its first push), not the committee's round
+        let same = w.first()? != "0"
             && w.get(1)? == latest["price"].as_str()?
             && w.get(3)? == &(latest["timestamp_ms"].as_u64()? / 1000).to_string()
             && w.get(4)? == w.first()?;
@@ -429,7 +438,7 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
         got[0],
         update["leaves"][0]["price"].as_str().expect("price")
     );
-    assert_eq!(got[3], update["round"].as_u64().expect("round").to_string());
+    assert_eq!(got[3], "1", "the second deployment's first BTC-USD round id");
 
     // Transactions to the feed contract per update, and their gas.
     let head: u64 = cast(&contracts, &["block-number", "--rpc-url", &rpc])
@@ -537,10 +546,38 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
     );
 }
 
+/// The devnet committee's feeds as cast arrays (ids as bytes32, decimals).
+fn rotation_feeds(devnet: &Value) -> String {
+    let committee = std::fs::read_to_string(devnet["committee"].as_str().expect("committee"))
+        .expect("committee file");
+    let ids: Vec<String> = committee
+        .lines()
+        .filter_map(|l| l.strip_prefix("id = \""))
+        .map(|id| {
+            let id = id.trim_end_matches('"');
+            let mut b = [0u8; 32];
+            b[..id.len()].copy_from_slice(id.as_bytes());
+            format!("0x{}", hex::encode(b))
+        })
+        .collect();
+    format!("[{}]", ids.join(","))
+}
+
+fn rotation_decimals(devnet: &Value) -> String {
+    let committee = std::fs::read_to_string(devnet["committee"].as_str().expect("committee"))
+        .expect("committee file");
+    let ds: Vec<&str> = committee
+        .lines()
+        .filter_map(|l| l.strip_prefix("decimals = "))
+        .collect();
+    format!("[{}]", ds.join(","))
+}
+
 /// `sibyl rotation`: committee A (deployed by `sibyl devnet --chain
 /// --setup-only`) signs the hand-over to committee B with three of its
-/// members' key shares; the contract accepts the calldata once, and then
-/// names B's config digest and group key.
+/// members' key shares and B proves it holds its key with three of its own;
+/// the contract accepts the calldata once, and then names B's config digest
+/// and group key. A --new-group-key that is not B's is refused.
 #[test]
 fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
     let contracts = devchain::find_contracts_dir().expect("contracts dir");
@@ -581,20 +618,51 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
             .expect("config")
             .to_string()
     };
-    let rotation = |configs: &[String]| {
+    let new_member = |i: usize| {
+        b["members"][i]["config"]
+            .as_str()
+            .expect("config")
+            .to_string()
+    };
+    let chain_id = cast(&contracts, &["chain-id", "--rpc-url", &rpc]);
+    let rotation_with = |configs: &[String], new_key: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sibyl"));
         cmd.arg("rotation");
         for c in configs {
             cmd.args(["--member-config", c]);
         }
+        for i in 0..3 {
+            cmd.args(["--new-member-config", &new_member(i)]);
+        }
         cmd.args([
             "--new-committee",
             b["committee"].as_str().expect("committee"),
         ])
-        .args(["--new-group-key", b["group_key"].as_str().expect("key")])
+        .args(["--new-group-key", new_key])
+        .args([
+            "--chain-id",
+            &chain_id,
+            "--contract",
+            &feed,
+            "--rotation-count",
+            "0",
+        ])
         .output()
         .expect("sibyl rotation")
     };
+    let rotation =
+        |configs: &[String]| rotation_with(configs, b["group_key"].as_str().expect("key"));
+    // A key that is not the new committee's public key package's is refused.
+    let out = rotation_with(
+        &[member(0), member(2), member(3)],
+        a["group_key"].as_str().expect("key"),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not the new committee's group key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Two shares are below the threshold of 3.
     let out = rotation(&[member(0), member(1)]);
     assert!(!out.status.success());
@@ -618,11 +686,16 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
             "--rpc-url",
             &rpc,
             &feed,
-            "rotationDigest(bytes32,bytes32,uint256,uint256)(bytes32)",
+            "rotationDigest(uint256,address,uint256,bytes32,bytes32,uint256,uint256,bytes32[],uint8[])(bytes32)",
+            &chain_id,
+            &feed,
+            "0",
             signed["current_config_digest"].as_str().expect("cur"),
             signed["new_config_digest"].as_str().expect("new"),
             signed["new_group_key_x"].as_str().expect("x"),
             signed["new_group_key_y"].as_str().expect("y"),
+            &rotation_feeds(&b),
+            &rotation_decimals(&b),
         ],
     );
     assert_eq!(
@@ -699,7 +772,11 @@ async fn transmitter_replaces_a_stuck_transaction_on_anvil() {
             config_digest: three.header.config_digest.0,
             group_key_x: key.x,
             group_key_y: key.y,
-            feeds: vec![("BTC-USD".into(), 8)],
+            feeds: vec![
+                ("BTC-USD".into(), 8),
+                ("ETH-USD".into(), 8),
+                ("WTI-SPREAD".into(), 8),
+            ],
             max_drift_ms: 5_000,
         },
     )
@@ -775,7 +852,8 @@ async fn transmitter_replaces_a_stuck_transaction_on_anvil() {
     );
     assert!(metrics.gas_used.get() > 0);
     let got = latest_feed(&contracts, &rpc_url, &deployment.feed, "BTC-USD");
-    assert_eq!(got[3], three.header.round.to_string());
+    assert_eq!(got[2], three.header.timestamp_ms.to_string());
+    assert_eq!(got[3], "1", "the feed's first round id");
     // Only one of the two transactions was mined: the nonce advanced once.
     let nonce = cast(
         &contracts,
