@@ -327,6 +327,119 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Deploys a contract that forge compiled into `contracts/out` (`file`, `name`)
+/// with `cast send --create`; returns its address.
+fn create(contracts: &std::path::Path, rpc: &str, file: &str, name: &str, ctor: &[&str]) -> String {
+    let artifact: Value = serde_json::from_str(
+        &std::fs::read_to_string(contracts.join(format!("out/{file}/{name}.json")))
+            .expect("forge artifact (forge build)"),
+    )
+    .expect("artifact JSON");
+    let code = artifact["bytecode"]["object"].as_str().expect("bytecode");
+    let args = cast(contracts, &[&["abi-encode"], ctor].concat());
+    let receipt: Value = serde_json::from_str(&cast(
+        contracts,
+        &[
+            "send",
+            "--rpc-url",
+            rpc,
+            "--private-key",
+            ANVIL_KEY_0,
+            "--json",
+            "--create",
+            &format!("{code}{}", args.trim_start_matches("0x")),
+        ],
+    ))
+    .expect("receipt");
+    receipt["contractAddress"]
+        .as_str()
+        .expect("contract address")
+        .to_string()
+}
+
+/// Chainlink-only consumers (contracts/test/consumers) read the live pushes on
+/// `adapter`: latestRoundData only, the legacy latestAnswer, and one that
+/// checks the previous round. Prints the gas of each adapter read.
+fn chainlink_consumers_read_live_pushes(contracts: &std::path::Path, rpc: &str, adapter: &str) {
+    let file = "ChainlinkConsumers.sol";
+    let latest = create(
+        contracts,
+        rpc,
+        file,
+        "LatestRoundConsumer",
+        &["constructor(address)", adapter],
+    );
+    let legacy = create(
+        contracts,
+        rpc,
+        file,
+        "LegacyConsumer",
+        &["constructor(address)", adapter],
+    );
+    // the previous-round consumer checks at construction that round id - 1 exists
+    wait_for("a second push on the adapter", 180, || {
+        let w = words(&cast(
+            contracts,
+            &["call", "--rpc-url", rpc, adapter, "latestRound()(uint256)"],
+        ));
+        (w.first()?.parse::<u64>().ok()? >= 2).then_some(())
+    });
+    let previous = create(
+        contracts,
+        rpc,
+        file,
+        "PreviousRoundConsumer",
+        &[
+            "constructor(address,uint256,uint256)",
+            adapter,
+            "3600",
+            "10000",
+        ],
+    );
+    let answer = words(&cast(
+        contracts,
+        &[
+            "call",
+            "--rpc-url",
+            rpc,
+            &latest,
+            "price(uint256)(int256,uint8)",
+            "3600",
+        ],
+    ));
+    let legacy_answer = words(&cast(
+        contracts,
+        &["call", "--rpc-url", rpc, &legacy, "price()(int256)"],
+    ));
+    let scaled = words(&cast(
+        contracts,
+        &["call", "--rpc-url", rpc, &previous, "price()(uint256)"],
+    ));
+    assert_eq!(answer[1], "8", "decimals");
+    assert!(answer[0].parse::<i128>().expect("answer") > 0);
+    assert!(legacy_answer[0].parse::<i128>().expect("legacy answer") > 0);
+    assert!(scaled[0].parse::<u128>().expect("scaled") > 0);
+    let mut gas = Vec::new();
+    for read in [
+        "latestRoundData()",
+        "latestAnswer()",
+        "latestTimestamp()",
+        "latestRound()",
+        "decimals()",
+    ] {
+        let g = cast(contracts, &["estimate", "--rpc-url", rpc, adapter, read]);
+        gas.push(format!("{read} {g}"));
+    }
+    println!(
+        "chainlink consumers on live pushes: latestRoundData {} ({} decimals), latestAnswer {}, previous-round check {} (1e18); adapter reads as transactions: {}",
+        answer[0],
+        answer[1],
+        legacy_answer[0],
+        scaled[0],
+        gas.join(", ")
+    );
+}
+
 fn words(out: &str) -> Vec<String> {
     out.lines()
         .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
@@ -407,6 +520,7 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
         "the chain caught up only at round {matched_round} (first report {first_round})"
     );
     println!("latestRoundData on BTC-USD = API report of round {matched_round}: answer {answer}");
+    chainlink_consumers_read_live_pushes(&contracts, &rpc, &btc);
 
     // The API's pull payload of a live report, on a second deployment of the contract.
     let digest = b32(file["config_digest"].as_str().expect("digest"));
@@ -438,7 +552,10 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
         got[0],
         update["leaves"][0]["price"].as_str().expect("price")
     );
-    assert_eq!(got[3], "1", "the second deployment's first BTC-USD round id");
+    assert_eq!(
+        got[3], "1",
+        "the second deployment's first BTC-USD round id"
+    );
 
     // Transactions to the feed contract per update, and their gas.
     let head: u64 = cast(&contracts, &["block-number", "--rpc-url", &rpc])

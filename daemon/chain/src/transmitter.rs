@@ -242,7 +242,7 @@ pub fn leaf_due(
 /// uint72); the contract skips one that does not, so it is not sent.
 pub fn leaf_fits(price: i128, confidence: u128) -> bool {
     const PRICE_MAX: i128 = (1 << 95) - 1;
-    price >= -PRICE_MAX - 1 && price <= PRICE_MAX && confidence < (1 << 72)
+    (-PRICE_MAX - 1..=PRICE_MAX).contains(&price) && confidence < (1 << 72)
 }
 
 /// `fees` raised by 25% (nodes want at least 10-12.5% to replace), each capped.
