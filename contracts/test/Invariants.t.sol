@@ -123,6 +123,10 @@ contract FeedInvariantTest is Test {
         targetContract(address(handler));
     }
 
+    /// Each call signs a report in Solidity (slow): 32 sequences of 64 calls keep CI at a
+    /// few seconds; raise them to explore more.
+    /// forge-config: default.invariant.runs = 32
+    /// forge-config: default.invariant.depth = 64
     function invariant_roundsTimestampsMonotonicAndSigned() public {
         for (uint256 i = 0; i < 3; i++) {
             bytes32 id = handler.ids(i);

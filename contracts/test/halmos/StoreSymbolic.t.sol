@@ -36,7 +36,11 @@ contract StoreSymbolicTest {
         feed = new StoreHarness(ids, ds);
     }
 
-    function leaf(int256 price, uint256 confidence) internal pure returns (SibylFeed.Leaf memory l) {
+    function leaf(int256 price, uint256 confidence)
+        internal
+        pure
+        returns (SibylFeed.Leaf memory l)
+    {
         l.feedId = ID;
         l.price = price;
         l.confidence = confidence;
@@ -47,8 +51,8 @@ contract StoreSymbolicTest {
         require(ts > 0);
         feed.store(ts, leaf(price, confidence));
         (, uint80 roundId) = feed.feedInfo(ID);
-        bool fits = price >= type(int96).min && price <= type(int96).max
-            && confidence <= type(uint72).max;
+        bool fits =
+            price >= type(int96).min && price <= type(int96).max && confidence <= type(uint72).max;
         if (!fits) {
             assert(roundId == 0);
             return;
@@ -65,9 +69,7 @@ contract StoreSymbolicTest {
 
     /// Monotonicity: after any two stores, the round id grew by exactly the number stored, the
     /// stored timestamp never went down, and the previous round is still readable.
-    function check_roundAndTimestampNeverDecrease(uint48 t1, uint48 t2, int64 p1, int64 p2)
-        public
-    {
+    function check_roundAndTimestampNeverDecrease(uint48 t1, uint48 t2, int64 p1, int64 p2) public {
         require(t1 > 0);
         feed.store(t1, leaf(p1, 1));
         feed.store(t2, leaf(p2, 2));
