@@ -667,7 +667,7 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
 fn rotation_feeds(devnet: &Value) -> String {
     let committee = std::fs::read_to_string(devnet["committee"].as_str().expect("committee"))
         .expect("committee file");
-    let ids: Vec<String> = committee
+    let mut ids: Vec<String> = committee
         .lines()
         .filter_map(|l| l.strip_prefix("id = \""))
         .map(|id| {
@@ -677,6 +677,7 @@ fn rotation_feeds(devnet: &Value) -> String {
             format!("0x{}", hex::encode(b))
         })
         .collect();
+    ids.sort(); // the committee's feeds, ordered by id as `sibyl rotation` lists them
     format!("[{}]", ids.join(","))
 }
 

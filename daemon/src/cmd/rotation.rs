@@ -94,8 +94,9 @@ impl Handover {
 /// The message both committees sign (SibylFeed.rotationDigest).
 pub fn rotation_digest(h: &Handover) -> [u8; 32] {
     let domain: [u8; 32] = Keccak256::digest(b"Sibyl committee rotation v2").into();
-    let feeds: [u8; 32] =
-        Keccak256::digest((h.feed_ids(), h.decimals()).abi_encode_params()).into();
+    // uint8[] as 32-byte words (alloy encodes a Vec<u8> as `bytes`)
+    let decimals: Vec<U256> = h.decimals().into_iter().map(U256::from).collect();
+    let feeds: [u8; 32] = Keccak256::digest((h.feed_ids(), decimals).abi_encode_params()).into();
     let encoded = (
         B256::from(domain),
         U256::from(h.chain_id),
@@ -398,6 +399,20 @@ mod tests {
             U256::from_be_bytes(new_key.x)
         );
         assert_eq!(call.decimals, vec![8]);
+        // keccak256(abi.encode(bytes32[] [0x07..07], uint8[] [8])) as Solidity computes it:
+        // offsets 0x40, 0x80; then [1, 0x07..07]; then [1, 8]
+        let mut sol = Vec::new();
+        for w in [0x40u8, 0x80, 1] {
+            sol.extend([0u8; 31]);
+            sol.push(w);
+        }
+        sol.extend([7u8; 32]);
+        for w in [1u8, 8] {
+            sol.extend([0u8; 31]);
+            sol.push(w);
+        }
+        let decimals: Vec<U256> = h.decimals().into_iter().map(U256::from).collect();
+        assert_eq!((h.feed_ids(), decimals).abi_encode_params(), sol);
         // the message binds chain, contract and counter
         for other in [
             Handover {
