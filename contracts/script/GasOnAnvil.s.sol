@@ -54,8 +54,14 @@ contract GasOnAnvil is Script {
 
     function run() external {
         FrostSigner.Key memory key = FrostSigner.key(0xC0FFEE);
+        SibylFeed.Leaf[] memory all = leaves(10, 0);
+        bytes32[] memory ids = new bytes32[](10);
+        uint8[] memory decimals = new uint8[](10);
+        for (uint256 i = 0; i < 10; i++) {
+            (ids[i], decimals[i]) = (all[i].feedId, 8);
+        }
         vm.broadcast();
-        SibylFeed feed = new SibylFeed(CONFIG, key.x, key.y, 5_000);
+        SibylFeed feed = new SibylFeed(CONFIG, key.x, key.y, 5_000, ids, decimals);
         uint64 t = uint64(block.timestamp) * 1000 - 4_000;
         submit(feed, key, leaves(10, 0), t);
         SibylFeed.Leaf[] memory one = new SibylFeed.Leaf[](1);

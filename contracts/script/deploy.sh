@@ -59,7 +59,19 @@ deploy() { # creation code hex -> address; appends gas to $gas_json
     || die "deploying $2 reverted"
 }
 
-args=$("$cast" abi-encode "constructor(bytes32,uint256,uint256,uint64)" "$digest" "$gx" "$gy" "$drift")
+# The feed registry (each feed's decimals) is set at deployment and changes only with a
+# committee-signed rotation.
+ids=() decs=()
+for spec in "${feeds[@]}"; do
+  id=${spec%%:*} decimals=${spec#*:}
+  [[ "$id" =~ ^[A-Z0-9._-]{1,32}$ ]] || die "feed id '$id' must be 1..32 of [A-Z0-9-_.]"
+  [[ "$decimals" =~ ^[0-9]+$ && "$spec" == *:* ]] || die "--feed '$spec' must be ID:DECIMALS"
+  [ "$decimals" -le 18 ] || die "--feed '$spec': at most 18 decimals fit the stored values"
+  ids+=("$("$cast" format-bytes32-string "$id")") decs+=("$decimals")
+done
+join() { local IFS=,; echo "[$*]"; }
+args=$("$cast" abi-encode "constructor(bytes32,uint256,uint256,uint64,bytes32[],uint8[])" \
+  "$digest" "$gx" "$gy" "$drift" "$(join "${ids[@]}")" "$(join "${decs[@]}")")
 out=$(deploy "$(bytecode SibylFeed)${args#0x}" SibylFeed) || exit 2
 feed_addr=${out% *} feed_gas=${out#* }
 echo "SibylFeed at $feed_addr ($feed_gas gas)" >&2
@@ -67,12 +79,10 @@ echo "SibylFeed at $feed_addr ($feed_gas gas)" >&2
 adapter_code=$(bytecode SibylAggregatorV3)
 adapters="" gas="\"SibylFeed\":$feed_gas"
 for spec in "${feeds[@]}"; do
-  id=${spec%%:*} decimals=${spec#*:}
-  [[ "$id" =~ ^[A-Z0-9._-]{1,32}$ ]] || die "feed id '$id' must be 1..32 of [A-Z0-9-_.]"
-  [[ "$decimals" =~ ^[0-9]+$ && "$spec" == *:* ]] || die "--feed '$spec' must be ID:DECIMALS"
+  id=${spec%%:*}
   id32=$("$cast" format-bytes32-string "$id")
-  args=$("$cast" abi-encode "constructor(address,bytes32,uint8,string)" \
-    "$feed_addr" "$id32" "$decimals" "$id$suffix")
+  args=$("$cast" abi-encode "constructor(address,bytes32,string)" \
+    "$feed_addr" "$id32" "$id$suffix")
   out=$(deploy "$adapter_code${args#0x}" "adapter $id") || exit 2
   addr=${out% *} g=${out#* }
   echo "SibylAggregatorV3 for $id at $addr ($g gas)" >&2

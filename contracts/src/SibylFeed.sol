@@ -4,17 +4,19 @@ pragma solidity 0.8.30;
 import {FrostSecp256k1} from "./FrostSecp256k1.sol";
 
 /// @title Sibyl's verifying feed contract.
-/// @notice Stores the latest value of every feed that the Sibyl committee signed.
+/// @notice Verifies the Sibyl committee's signed reports and keeps, per feed, the last
+/// `historySize` values with Chainlink-style round ids.
 ///
 ///   transmitter / pull consumer
 ///        |  header + FROST signature + leaves (+ Merkle proofs)
 ///        v
 ///   SibylFeed: signature over the header digest (one ecrecover)
 ///              -> each leaf proven against header.merkleRoot
-///              -> per feed: newer than stored? store (price, confidence, time, round)
+///              -> per feed: registered, in range, round and timestamp both newer?
+///                 yes: round id + 1, value into the ring;  no: FeedSkipped, next leaf
 ///        ^
-///        |  latestFeed(feedId)
-///   SibylAggregatorV3 (one per feed, Chainlink's AggregatorV3Interface)
+///        |  latestRoundData(feedId) / getRoundData(feedId, roundId) / latestFeed(feedId)
+///   SibylAggregatorV3 (one per feed: AggregatorV2V3Interface) / SibylPull (pull consumers)
 ///
 /// Formats follow docs/PROTOCOL.md: the committee signs
 ///   digest = keccak256(abi.encode(keccak256("Sibyl report v1"), version, configDigest,
@@ -23,8 +25,10 @@ import {FrostSecp256k1} from "./FrostSecp256k1.sol";
 ///   keccak256(0x00 || abi.encode(leaf))   (the 13 static fields of `Leaf`, 416 bytes)
 /// and inner nodes keccak256(0x01 || min(a, b) || max(a, b)), an odd last node promoted.
 ///
-/// The committee (group key + config digest) changes only through `rotateCommittee`, with a
-/// message signed by the current group key: no owner, no multisig.
+/// The committee (group key + config digest) and the feed registry (each feed's decimals)
+/// change only through `rotateCommittee`, signed by the current group key and by the new one
+/// (proof of possession): no owner, no multisig. The deployer sets the first committee and
+/// registry, as it chooses the first group key.
 contract SibylFeed {
     /// The signed part of a report (docs/PROTOCOL.md, "Header").
     struct ReportHeader {
@@ -78,26 +82,37 @@ contract SibylFeed {
         uint256 z;
     }
 
-    /// A feed's latest value, packed into one storage slot so that an update costs one SSTORE.
-    /// The ranges cover any realistic feed (a price below 3.9e28 in fixed point, timestamps
-    /// until year 10889, 1.1e12 rounds); a leaf outside them is refused with `ValueOutOfRange`.
-    struct FeedValue {
-        int96 price;
-        uint72 confidence;
-        /// The signed report's header timestamp (ms since the Unix epoch).
-        uint48 timestampMs;
-        uint40 round;
-    }
+    /// One stored value, one slot (low bits first):
+    ///   price int96 | confidence uint72 | timestampMs uint48 (the report's header timestamp)
+    ///   | roundId uint32 (per feed: 1 at the first stored value, +1 per stored value)
+    ///   | decimals + 1 uint8 (the registry; 0: the feed is not registered)
+    /// Each feed has two such slots, `_values[feedId][roundId % 2]`, holding its latest and
+    /// previous values (HISTORY_SIZE = 2). An update reads both (the one with the higher round
+    /// id is the latest) and overwrites the older: two cold SLOADs and one SSTORE, no head
+    /// slot to keep. Registration writes slot 0 with round id 0 and the decimals.
+    mapping(bytes32 feedId => uint256[2]) internal _values;
 
+    /// Values kept per feed: `getRoundData` answers the latest round id and the one before.
+    uint256 public constant historySize = 2;
     /// Protocol version this contract accepts.
     uint8 internal constant REPORT_VERSION = 1;
     /// keccak256("Sibyl report v1"): first word of the signed digest.
     bytes32 internal constant REPORT_DOMAIN = keccak256("Sibyl report v1");
-    /// keccak256("Sibyl committee rotation v1"): first word of a rotation message.
-    bytes32 internal constant ROTATION_DOMAIN = keccak256("Sibyl committee rotation v1");
+    /// keccak256("Sibyl committee rotation v2"): first word of a rotation message.
+    bytes32 internal constant ROTATION_DOMAIN = keccak256("Sibyl committee rotation v2");
+
+    /// The most decimals a feed may have: with 18 a price up to 3.9e10 units and a confidence
+    /// up to 4,722 units fit (`sibyl config check` holds each feed's range to this too).
+    uint8 public constant MAX_DECIMALS = 18;
+
+    /// Why a leaf was skipped (`FeedSkipped.reason`).
+    uint8 public constant SKIP_STALE = 1;
+    uint8 public constant SKIP_OUT_OF_RANGE = 2;
+    uint8 public constant SKIP_UNKNOWN_FEED = 3;
 
     /// How far a report's timestamp may be ahead of the block's (block times have one-second
-    /// granularity and lag the wall clock the committee signed with).
+    /// granularity and lag the wall clock the committee signed with). Reads never show a time
+    /// later than the block that stored the value.
     uint64 public immutable maxClockDriftMs;
 
     /// keccak256(abi.encode(configDigest, groupKeyX)) with its lowest bit replaced by the group
@@ -106,20 +121,26 @@ contract SibylFeed {
     bytes32 internal configDigest;
     uint256 internal groupKeyX;
     uint8 internal groupKeyParity;
-
-    mapping(bytes32 feedId => FeedValue) internal _feeds;
+    /// Rotations so far; the next rotation message must name it.
+    uint32 public rotationCount;
 
     /// A feed took a new value. Anonymous and one word of data to keep updates cheap (LOG1:
     /// 1,006 gas): topics[0] is the feed id itself, so filter logs by feed id. `value` is the
-    /// packed FeedValue: price = int96(value), confidence = uint72(value >> 96),
-    /// timestampMs = uint48(value >> 168), round = uint40(value >> 216).
+    /// stored value: price = int96(value), confidence = uint72(value >> 96),
+    /// timestampMs = uint48(value >> 168), roundId = uint32(value >> 216).
     event FeedUpdated(bytes32 indexed feedId, uint256 value) anonymous;
+    /// A leaf of a correctly signed report was not stored: `reason` is SKIP_STALE (the feed
+    /// holds a report at least as new), SKIP_OUT_OF_RANGE (price or confidence does not fit
+    /// the stored value) or SKIP_UNKNOWN_FEED (not in the registry).
+    event FeedSkipped(bytes32 indexed feedId, uint8 reason);
     event CommitteeRotated(
         bytes32 indexed oldConfigDigest,
         bytes32 indexed newConfigDigest,
         uint256 groupKeyX,
         uint8 groupKeyParity
     );
+    /// A feed entered the registry.
+    event FeedRegistered(bytes32 indexed feedId, uint8 decimals);
 
     /// The header's version is not REPORT_VERSION.
     error UnsupportedVersion(uint8 version);
@@ -131,31 +152,44 @@ contract SibylFeed {
     error InvalidSignature();
     /// A leaf's Merkle proof does not lead to the signed root.
     error InvalidMerkleProof(bytes32 feedId);
-    /// The feed already holds a report at least as new as this one.
-    error StaleReport(bytes32 feedId, uint64 storedTimestampMs, uint64 reportTimestampMs);
     /// The report's timestamp is ahead of the block time by more than maxClockDriftMs.
     error ReportFromFuture(uint64 timestampMs, uint64 blockTimestampMs);
     /// No leaves were given.
     error NoLeaves();
     /// `submitFeeds` needs one proof per leaf.
     error ProofCountMismatch(uint256 leaves, uint256 proofs);
-    /// A leaf's value (or the header's timestamp or round: feedId 0) does not fit FeedValue.
+    /// The header's timestamp does not fit 48 bits (feedId 0: the header).
     error ValueOutOfRange(bytes32 feedId);
-    /// The feed has never been updated.
+    /// The feed has no stored value.
     error NoDataPresent(bytes32 feedId);
+    /// The feed is not in the registry.
+    error UnknownFeed(bytes32 feedId);
+    /// A rotation lists a registered feed with other decimals: a feed's decimals never change
+    /// (give the feed a new id instead), so adapters cannot silently rescale.
+    error DecimalsChanged(bytes32 feedId, uint8 registered, uint8 given);
+    /// Feed ids and decimals must pair up; decimals must be at most 18.
+    error BadRegistry();
     /// A rotation names a point that is not a usable secp256k1 group key.
     error InvalidGroupKey(uint256 x, uint256 y);
-    /// A rotation must move to a new config digest (it is what makes the message single-use).
+    /// A rotation must move to a new config digest.
     error ConfigDigestUnchanged();
+    /// The new committee's signature (proof of possession) is not over the rotation message by
+    /// the new group key.
+    error NewKeyNotProven();
+    /// `payload` of updateFeeds is not abi.encode(header, signature, leaves, proofs).
+    error MalformedPayload();
 
     constructor(
         bytes32 configDigest_,
         uint256 groupKeyX_,
         uint256 groupKeyY_,
-        uint64 maxClockDriftMs_
+        uint64 maxClockDriftMs_,
+        bytes32[] memory feedIds,
+        uint8[] memory decimals
     ) {
         maxClockDriftMs = maxClockDriftMs_;
-        _setCommittee(configDigest_, groupKeyX_, groupKeyY_);
+        _setCommittee(configDigest_, groupKeyX_, groupKeyY_, 0);
+        _register(feedIds, decimals);
     }
 
     // ------------------------------------------------------------------ updates
@@ -163,6 +197,8 @@ contract SibylFeed {
     /// Push path: a whole report. `leaves` are all of the report's leaves in tree order
     /// (ascending feed id); the contract rebuilds the Merkle root, so neither the root nor
     /// proofs are sent. A wrong or missing leaf changes the root: `InvalidSignature`.
+    /// A leaf that is stale, out of range or unregistered is skipped (FeedSkipped); the
+    /// others are stored, so a race on one feed never voids the rest.
     function submitReport(
         ReportMeta calldata meta,
         Signature calldata signature,
@@ -172,9 +208,9 @@ contract SibylFeed {
         if (count == 0) revert NoLeaves();
         bytes32 root = _rootOf(leaves);
         _checkReport(meta, root, signature);
-        (uint256 timestampMs, uint256 round) = (meta.timestampMs, meta.round);
+        uint256 timestampMs = meta.timestampMs;
         for (uint256 i = 0; i < count; i++) {
-            _store(timestampMs, round, leaves[i]);
+            _store(timestampMs, leaves[i]);
         }
     }
 
@@ -186,45 +222,92 @@ contract SibylFeed {
         Leaf[] calldata leaves,
         bytes32[][] calldata proofs
     ) external {
-        uint256 count = leaves.length;
-        if (count == 0) revert NoLeaves();
-        if (proofs.length != count) revert ProofCountMismatch(count, proofs.length);
-        bytes32 root = header.merkleRoot;
-        ReportMeta calldata meta;
-        assembly ("memory-safe") {
-            meta := header // ReportMeta is ReportHeader's first four words
-        }
-        _checkReport(meta, root, signature);
-        (uint256 timestampMs, uint256 round) = (header.timestampMs, header.round);
-        for (uint256 i = 0; i < count; i++) {
-            Leaf calldata leaf = leaves[i];
-            if (_processProof(leafHash(leaf), proofs[i]) != root) {
-                revert InvalidMerkleProof(leaf.feedId);
-            }
-            _store(timestampMs, round, leaf);
-        }
+        _submitFeeds(header, signature, leaves, proofs);
     }
 
-    /// Moves to a new committee (new group key and/or config digest). The message
-    ///   keccak256(abi.encode(ROTATION_DOMAIN, currentConfigDigest, newConfigDigest,
-    ///                        newGroupKeyX, newGroupKeyY))
-    /// must be signed by the current group key. Because it names the current config digest
-    /// and the digest must change, a rotation applies once; because it names no chain or
-    /// address, one signed rotation can be relayed to every deployment of the committee.
+    /// Pull path with one opaque argument, as pull-oracle integrations expect:
+    /// `payload` = abi.encode(header, signature, leaves, proofs), i.e. submitFeeds' calldata
+    /// without its selector (the API's `/v1/feeds/update` returns it as `payload`).
+    function updateFeeds(bytes calldata payload) external {
+        ReportHeader calldata header;
+        Signature calldata signature;
+        Leaf[] calldata leaves;
+        bytes32[][] calldata proofs;
+        if (payload.length < 0x1a0) revert MalformedPayload();
+        uint256 leavesAt;
+        uint256 proofsAt;
+        assembly ("memory-safe") {
+            header := payload.offset
+            signature := add(payload.offset, 0xa0)
+            leavesAt := calldataload(add(payload.offset, 0x120))
+            proofsAt := calldataload(add(payload.offset, 0x140))
+        }
+        if (leavesAt > payload.length - 0x20 || proofsAt > payload.length - 0x20) {
+            revert MalformedPayload();
+        }
+        assembly ("memory-safe") {
+            let l := add(payload.offset, leavesAt)
+            leaves.length := calldataload(l)
+            leaves.offset := add(l, 0x20)
+            let p := add(payload.offset, proofsAt)
+            proofs.length := calldataload(p)
+            proofs.offset := add(p, 0x20)
+        }
+        // Everything read from here on is covered by the signature and the proofs; the ABI
+        // decoder's own bounds checks refuse reads beyond the calldata.
+        _submitFeeds(header, signature, leaves, proofs);
+    }
+
+    /// Hands the contract over to a new committee and registers the new committee file's
+    /// feeds. Both the current group key (`signature`) and the new one (`newKeySignature`,
+    /// proof that the new committee holds its key) sign
+    ///   rotationDigest(block.chainid, address(this), rotationCount, currentConfigDigest,
+    ///                  newConfigDigest, newGroupKeyX, newGroupKeyY, feedIds, decimals)
+    /// so a hand-over applies to one chain, one contract and one point in its history.
+    /// Feeds already registered must keep their decimals; new ones are added.
     function rotateCommittee(
         bytes32 newConfigDigest,
         uint256 newGroupKeyX,
         uint256 newGroupKeyY,
-        Signature calldata signature
+        bytes32[] calldata feedIds,
+        uint8[] calldata decimals,
+        Signature calldata signature,
+        Signature calldata newKeySignature
     ) external {
         bytes32 current = configDigest;
         if (newConfigDigest == current) revert ConfigDigestUnchanged();
         bool keyOdd = _checkKey(current, signature.groupKeyX);
-        bytes32 message = rotationDigest(current, newConfigDigest, newGroupKeyX, newGroupKeyY);
+        uint256 epoch = rotationCount;
+        bytes32 message = rotationDigest(
+            block.chainid,
+            address(this),
+            epoch,
+            current,
+            newConfigDigest,
+            newGroupKeyX,
+            newGroupKeyY,
+            feedIds,
+            decimals
+        );
         if (!FrostSecp256k1.verify(
                 signature.groupKeyX, keyOdd, message, signature.rx, signature.ry, signature.z
             )) revert InvalidSignature();
-        _setCommittee(newConfigDigest, newGroupKeyX, newGroupKeyY);
+        if (!FrostSecp256k1.isValidKey(newGroupKeyX, newGroupKeyY)) {
+            revert InvalidGroupKey(newGroupKeyX, newGroupKeyY);
+        }
+        if (
+            newKeySignature.groupKeyX != newGroupKeyX
+                || !FrostSecp256k1.verify(
+                    newGroupKeyX,
+                    newGroupKeyY & 1 == 1,
+                    message,
+                    newKeySignature.rx,
+                    newKeySignature.ry,
+                    newKeySignature.z
+                )
+        ) revert NewKeyNotProven();
+        _setCommittee(newConfigDigest, newGroupKeyX, newGroupKeyY, epoch + 1);
+        _register(feedIds, decimals);
     }
 
     // ------------------------------------------------------------------ reads
@@ -234,15 +317,70 @@ contract SibylFeed {
         return (configDigest, groupKeyX, groupKeyParity);
     }
 
-    /// A feed's latest value; reverts with NoDataPresent if it was never updated.
+    /// A feed's latest value: price, confidence, the report's signed timestamp (ms) and the
+    /// feed's round id. Reverts NoDataPresent before the first value. (The transmitter
+    /// compares reports with it.)
     function latestFeed(bytes32 feedId)
         external
         view
-        returns (int256 price, uint256 confidence, uint64 timestampMs, uint64 round)
+        returns (int256 price, uint256 confidence, uint64 timestampMs, uint64 roundId)
     {
-        FeedValue memory v = _feeds[feedId];
-        if (v.timestampMs == 0) revert NoDataPresent(feedId);
-        return (v.price, v.confidence, v.timestampMs, v.round);
+        uint256 v = _latest(feedId);
+        if (uint32(v >> 216) == 0) revert NoDataPresent(feedId);
+        return (int96(uint96(v)), uint72(v >> 96), uint48(v >> 168), uint32(v >> 216));
+    }
+
+    /// The feed's latest price, confidence, decimals and updatedAt (seconds, never later than
+    /// the block); all but decimals are 0 before the first value. Reverts UnknownFeed for a feed
+    /// outside the registry. One call for pull consumers (SibylPull).
+    function latestPrice(bytes32 feedId)
+        external
+        view
+        returns (int256 price, uint256 confidence, uint8 decimals, uint256 updatedAt)
+    {
+        uint256 v = _latest(feedId);
+        if (v >> 248 == 0) revert UnknownFeed(feedId);
+        decimals = uint8((v >> 248) - 1);
+        if (uint32(v >> 216) == 0) return (0, 0, decimals, 0);
+        return (int96(uint96(v)), uint72(v >> 96), decimals, _updatedAt(v));
+    }
+
+    /// The feed's decimals and latest round id (0 before the first value); reverts UnknownFeed
+    /// for a feed outside the registry.
+    function feedInfo(bytes32 feedId) public view returns (uint8 decimals, uint80 latestRound) {
+        uint256 v = _latest(feedId);
+        if (v >> 248 == 0) revert UnknownFeed(feedId);
+        return (uint8((v >> 248) - 1), uint80(uint32(v >> 216)));
+    }
+
+    /// Chainlink's latestRoundData for one feed: roundId = answeredInRound = the feed's round
+    /// id, startedAt = updatedAt = the report's timestamp in seconds, or block.timestamp if that
+    /// is earlier (a report may be up to maxClockDriftMs ahead of the block). Reverts
+    /// NoDataPresent before the first value.
+    function latestRoundData(bytes32 feedId)
+        external
+        view
+        returns (uint80, int256, uint256, uint256, uint80)
+    {
+        uint256 v = _latest(feedId);
+        uint80 roundId = uint32(v >> 216);
+        if (roundId == 0) revert NoDataPresent(feedId);
+        uint256 updatedAt = _updatedAt(v);
+        return (roundId, int96(uint96(v)), updatedAt, updatedAt, roundId);
+    }
+
+    /// Chainlink's getRoundData for one feed, for its latest round id and the one before. A
+    /// round id that is not held (0, not reached yet, or overwritten) returns found = false and
+    /// zeros: the adapter turns that into Chainlink's behaviour.
+    function getRoundData(bytes32 feedId, uint80 roundId)
+        external
+        view
+        returns (bool found, int256 answer, uint256 confidence, uint256 updatedAt)
+    {
+        if (roundId == 0) return (false, 0, 0, 0);
+        uint256 v = _values[feedId][roundId % 2];
+        if (uint32(v >> 216) != roundId) return (false, 0, 0, 0);
+        return (true, int96(uint96(v)), uint72(v >> 96), _updatedAt(v));
     }
 
     /// Checks a report's version, committee and signature as an update does, without the
@@ -284,16 +422,32 @@ contract SibylFeed {
         );
     }
 
-    /// The message a committee signs to hand over to a new one (see rotateCommittee).
+    /// The message both committees sign to hand over (see rotateCommittee):
+    ///   keccak256(abi.encode(keccak256("Sibyl committee rotation v2"), chainId, contract,
+    ///             rotationCount, currentConfigDigest, newConfigDigest, newGroupKeyX,
+    ///             newGroupKeyY, keccak256(abi.encode(feedIds, decimals))))
     function rotationDigest(
+        uint256 chainId,
+        address feedContract,
+        uint256 rotationIndex,
         bytes32 currentConfigDigest,
         bytes32 newConfigDigest,
         uint256 newGroupKeyX,
-        uint256 newGroupKeyY
+        uint256 newGroupKeyY,
+        bytes32[] calldata feedIds,
+        uint8[] calldata decimals
     ) public pure returns (bytes32) {
         return keccak256(
             abi.encode(
-                ROTATION_DOMAIN, currentConfigDigest, newConfigDigest, newGroupKeyX, newGroupKeyY
+                ROTATION_DOMAIN,
+                chainId,
+                feedContract,
+                rotationIndex,
+                currentConfigDigest,
+                newConfigDigest,
+                newGroupKeyX,
+                newGroupKeyY,
+                keccak256(abi.encode(feedIds, decimals))
             )
         );
     }
@@ -326,6 +480,31 @@ contract SibylFeed {
 
     // ------------------------------------------------------------------ internals
 
+    function _submitFeeds(
+        ReportHeader calldata header,
+        Signature calldata signature,
+        Leaf[] calldata leaves,
+        bytes32[][] calldata proofs
+    ) internal {
+        uint256 count = leaves.length;
+        if (count == 0) revert NoLeaves();
+        if (proofs.length != count) revert ProofCountMismatch(count, proofs.length);
+        bytes32 root = header.merkleRoot;
+        ReportMeta calldata meta;
+        assembly ("memory-safe") {
+            meta := header // ReportMeta is ReportHeader's first four words
+        }
+        _checkReport(meta, root, signature);
+        uint256 timestampMs = header.timestampMs;
+        for (uint256 i = 0; i < count; i++) {
+            Leaf calldata leaf = leaves[i];
+            if (_processProof(leafHash(leaf), proofs[i]) != root) {
+                revert InvalidMerkleProof(leaf.feedId);
+            }
+            _store(timestampMs, leaf);
+        }
+    }
+
     /// Version, clock, committee and signature checks of a report with Merkle root `root`.
     function _checkReport(ReportMeta calldata meta, bytes32 root, Signature calldata signature)
         internal
@@ -335,10 +514,7 @@ contract SibylFeed {
         uint64 timestampMs = meta.timestampMs;
         uint64 blockMs = uint64(block.timestamp) * 1000;
         if (timestampMs > blockMs + maxClockDriftMs) revert ReportFromFuture(timestampMs, blockMs);
-        // FeedValue's ranges (checked once here rather than per leaf)
-        if (timestampMs > type(uint48).max || meta.round > type(uint40).max) {
-            revert ValueOutOfRange(bytes32(0));
-        }
+        if (timestampMs > type(uint48).max) revert ValueOutOfRange(bytes32(0));
         bool keyOdd = _checkKey(meta.configDigest, signature.groupKeyX);
         if (!FrostSecp256k1.verify(
                 signature.groupKeyX,
@@ -378,34 +554,57 @@ contract SibylFeed {
         revert WrongGroupKey(groupKeyX, x);
     }
 
-    /// Checks one leaf against the feed's stored value and overwrites it with one SSTORE.
-    function _store(uint256 timestampMs, uint256 round, Leaf calldata leaf) internal {
+    /// The feed's latest value (of its two slots, the one with the higher round id).
+    function _latest(bytes32 feedId) internal view returns (uint256) {
+        uint256[2] storage pair = _values[feedId];
+        (uint256 a, uint256 b) = (pair[0], pair[1]);
+        return uint32(b >> 216) > uint32(a >> 216) ? b : a;
+    }
+
+    /// updatedAt in seconds: the report's timestamp, never later than the current block.
+    function _updatedAt(uint256 v) internal view returns (uint256 updatedAt) {
+        updatedAt = uint48(v >> 168) / 1000;
+        if (updatedAt > block.timestamp) updatedAt = block.timestamp;
+    }
+
+    /// Stores one leaf as the feed's next round id, or skips it with FeedSkipped: the feed
+    /// must be registered, the value must fit, and the report's timestamp must be later than
+    /// the feed's latest value's. (Members sign only reports whose timestamp is later than the
+    /// previous report's, so within a committee a later timestamp is a later round.)
+    function _store(uint256 timestampMs, Leaf calldata leaf) internal {
         bytes32 feedId = leaf.feedId;
-        int256 price = leaf.price;
-        uint256 confidence = leaf.confidence;
-        if (price < type(int96).min || price > type(int96).max || confidence > type(uint72).max) {
-            revert ValueOutOfRange(feedId);
-        }
-        uint256 slot;
-        uint256 stored;
+        uint256 base;
+        uint256 a;
+        uint256 b;
         assembly ("memory-safe") {
             mstore(0x00, feedId)
-            mstore(0x20, _feeds.slot)
-            slot := keccak256(0x00, 0x40)
-            stored := sload(slot)
+            mstore(0x20, _values.slot)
+            base := keccak256(0x00, 0x40)
+            a := sload(base)
+            b := sload(add(base, 1))
         }
-        // FeedValue layout, low bits first: price (96) | confidence (72) | timestampMs (48) | round (40)
-        uint256 storedTimestampMs = (stored >> 168) & type(uint48).max;
-        if (timestampMs <= storedTimestampMs) {
-            revert StaleReport(feedId, uint64(storedTimestampMs), uint64(timestampMs));
-        }
+        uint256 latest = uint32(b >> 216) > uint32(a >> 216) ? b : a;
+        uint256 tag = latest >> 248; // decimals + 1
+        if (tag == 0) return _skip(feedId, SKIP_UNKNOWN_FEED);
+        if (timestampMs <= uint48(latest >> 168)) return _skip(feedId, SKIP_STALE);
+        int256 price = leaf.price;
+        uint256 confidence = leaf.confidence;
+        uint256 roundId = uint32(latest >> 216) + 1;
+        if (
+            price < type(int96).min || price > type(int96).max || confidence > type(uint72).max
+                || roundId > type(uint32).max
+        ) return _skip(feedId, SKIP_OUT_OF_RANGE);
         uint256 packed = (uint256(price) & type(uint96).max) | (confidence << 96)
-            | (timestampMs << 168) | (round << 216);
+            | (timestampMs << 168) | (roundId << 216) | (tag << 248);
         assembly ("memory-safe") {
-            sstore(slot, packed)
+            sstore(add(base, and(roundId, 1)), packed)
             mstore(0x00, packed)
             log1(0x00, 0x20, feedId) // FeedUpdated (anonymous)
         }
+    }
+
+    function _skip(bytes32 feedId, uint8 reason) internal {
+        emit FeedSkipped(feedId, reason);
     }
 
     function _processProof(bytes32 h, bytes32[] calldata proof) internal pure returns (bytes32) {
@@ -454,14 +653,32 @@ contract SibylFeed {
         }
     }
 
-    function _setCommittee(bytes32 newConfigDigest, uint256 x, uint256 y) internal {
+    function _setCommittee(bytes32 newConfigDigest, uint256 x, uint256 y, uint256 epoch) internal {
         if (!FrostSecp256k1.isValidKey(x, y)) revert InvalidGroupKey(x, y);
         uint8 parity = uint8(y & 1);
         emit CommitteeRotated(configDigest, newConfigDigest, x, parity);
         configDigest = newConfigDigest;
         groupKeyX = x;
         groupKeyParity = parity;
+        rotationCount = uint32(epoch);
         committeeHash = (keccak256(abi.encode(newConfigDigest, x)) & ~bytes32(uint256(1)))
             | bytes32(uint256(parity));
+    }
+
+    /// Adds feeds to the registry; a registered feed keeps its decimals.
+    function _register(bytes32[] memory feedIds, uint8[] memory decimals) internal {
+        if (feedIds.length != decimals.length) revert BadRegistry();
+        for (uint256 i = 0; i < feedIds.length; i++) {
+            bytes32 id = feedIds[i];
+            uint8 d = decimals[i];
+            if (d > MAX_DECIMALS) revert BadRegistry();
+            uint256 tag = _latest(id) >> 248;
+            if (tag != 0) {
+                if (tag - 1 != d) revert DecimalsChanged(id, uint8(tag - 1), d);
+                continue;
+            }
+            _values[id][0] = (uint256(d) + 1) << 248;
+            emit FeedRegistered(id, d);
+        }
     }
 }

@@ -27,7 +27,18 @@ contract SibylFeedTest is Test {
         vm.warp(NOW_S);
         committee = FrostSigner.key(0xC0FFEE);
         stranger = FrostSigner.key(0xBAD);
-        feed = new SibylFeed(CONFIG, committee.x, committee.y, DRIFT_MS);
+        (bytes32[] memory ids, uint8[] memory decimals) = registry(256);
+        feed = new SibylFeed(CONFIG, committee.x, committee.y, DRIFT_MS, ids, decimals);
+    }
+
+    /// The ids `leaves` uses (FEED-100, FEED-101, ...), 8 decimals each.
+    function registry(uint256 n) internal pure returns (bytes32[] memory ids, uint8[] memory ds) {
+        ids = new bytes32[](n);
+        ds = new uint8[](n);
+        for (uint256 i = 0; i < n; i++) {
+            ids[i] = ReportBuilder.feedId(string.concat("FEED-", vm.toString(100 + i)));
+            ds[i] = 8;
+        }
     }
 
     // ------------------------------------------------------------------ helpers
@@ -95,11 +106,10 @@ contract SibylFeedTest is Test {
     }
 
     function assertStored(SibylFeed.Leaf memory l, SibylFeed.ReportHeader memory h) internal view {
-        (int256 price, uint256 conf, uint64 ts, uint64 round) = feed.latestFeed(l.feedId);
+        (int256 price, uint256 conf, uint64 ts,) = feed.latestFeed(l.feedId);
         assertEq(price, l.price, "price");
         assertEq(conf, l.confidence, "confidence");
         assertEq(ts, h.timestampMs, "timestamp");
-        assertEq(round, h.round, "round");
     }
 
     // ------------------------------------------------------------------ happy paths
@@ -109,7 +119,7 @@ contract SibylFeedTest is Test {
         SibylFeed.ReportHeader memory h = header(ls, 42, NOW_MS - 100);
         vm.expectEmit(address(feed));
         uint256 packed = uint256(uint96(int96(ls[0].price))) | (ls[0].confidence << 96)
-            | (uint256(NOW_MS - 100) << 168) | (uint256(42) << 216);
+            | (uint256(NOW_MS - 100) << 168) | (uint256(1) << 216) | (uint256(8 + 1) << 248);
         emit SibylFeed.FeedUpdated(ls[0].feedId, packed);
         feed.submitReport(meta(h), signWith(committee, h), ls);
         for (uint256 i = 0; i < ls.length; i++) {
@@ -276,32 +286,52 @@ contract SibylFeedTest is Test {
         assertStored(ls[3], h);
     }
 
-    function test_rejectsStaleReport() public {
+    function roundOf(bytes32 feedId) internal view returns (uint80 roundId) {
+        (, roundId) = feed.feedInfo(feedId);
+    }
+
+    function test_staleLeafIsSkippedNotReverted() public {
         SibylFeed.Leaf[] memory ls = leaves(2, 1e8);
         SibylFeed.ReportHeader memory h = header(ls, 5, NOW_MS - 10);
         SibylFeed.Signature memory s = signWith(committee, h);
         feed.submitReport(meta(h), s, ls);
-        // the same report again
-        vm.expectRevert(
-            abi.encodeWithSelector(
-                SibylFeed.StaleReport.selector, ls[0].feedId, h.timestampMs, h.timestampMs
-            )
-        );
+        assertEq(roundOf(ls[0].feedId), 1);
+        // the same report again: both leaves skipped, nothing changes
+        vm.expectEmit(address(feed));
+        emit SibylFeed.FeedSkipped(ls[0].feedId, 1);
+        vm.expectEmit(address(feed));
+        emit SibylFeed.FeedSkipped(ls[1].feedId, 1);
         feed.submitReport(meta(h), s, ls);
+        assertEq(roundOf(ls[0].feedId), 1);
         // an older one
         SibylFeed.ReportHeader memory old = header(ls, 4, NOW_MS - 20);
-        vm.expectRevert(
-            abi.encodeWithSelector(
-                SibylFeed.StaleReport.selector, ls[0].feedId, h.timestampMs, old.timestampMs
-            )
-        );
         feed.submitReport(meta(old), signWith(committee, old), ls);
-        // one leaf twice in one call
+        assertStored(ls[0], h);
+        assertEq(roundOf(ls[1].feedId), 1);
+        // one leaf twice in one call: the first lands, the second is skipped
+        ls[0].price += 7;
         SibylFeed.ReportHeader memory h2 = header(ls, 6, NOW_MS);
         uint256[] memory idx = new uint256[](2);
         (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps) = proofs(ls, idx);
-        vm.expectPartialRevert(SibylFeed.StaleReport.selector);
+        vm.expectEmit(address(feed));
+        emit SibylFeed.FeedSkipped(ls[0].feedId, 1);
         feed.submitFeeds(h2, signWith(committee, h2), sub, ps);
+        assertStored(ls[0], h2);
+        assertEq(roundOf(ls[0].feedId), 2);
+    }
+
+    function test_unknownFeedIsSkipped() public {
+        SibylFeed.Leaf[] memory ls = leaves(2, 1e8);
+        ls[1].feedId = ReportBuilder.feedId("ZZZ-UNREGISTERED");
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        vm.expectEmit(address(feed));
+        emit SibylFeed.FeedSkipped(ls[1].feedId, 3);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        assertStored(ls[0], h);
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.NoDataPresent.selector, ls[1].feedId));
+        feed.latestFeed(ls[1].feedId);
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.UnknownFeed.selector, ls[1].feedId));
+        feed.feedInfo(ls[1].feedId);
     }
 
     function test_rejectsReportFromFuture() public {
@@ -329,46 +359,105 @@ contract SibylFeedTest is Test {
         feed.submitReport(meta(v2), signWith(committee, v2), ls);
     }
 
-    function test_rejectsValueOutOfRange() public {
-        SibylFeed.Leaf[] memory ls = leaves(1, 1);
+    function test_valueOutOfRangeIsSkipped() public {
+        SibylFeed.Leaf[] memory ls = leaves(2, 1);
         ls[0].price = int256(type(int96).max) + 1;
-        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
-        vm.expectRevert(abi.encodeWithSelector(SibylFeed.ValueOutOfRange.selector, ls[0].feedId));
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS - 10);
+        vm.expectEmit(address(feed));
+        emit SibylFeed.FeedSkipped(ls[0].feedId, 2);
         feed.submitReport(meta(h), signWith(committee, h), ls);
+        assertEq(roundOf(ls[0].feedId), 0);
+        assertStored(ls[1], h);
         ls[0].price = type(int96).min;
         ls[0].confidence = type(uint72).max;
-        h = header(ls, 1, NOW_MS);
+        h = header(ls, 2, NOW_MS);
         feed.submitReport(meta(h), signWith(committee, h), ls);
         assertStored(ls[0], h);
+        ls[0].confidence = uint256(type(uint72).max) + 1;
+        h = header(ls, 3, NOW_MS + 1);
+        vm.expectEmit(address(feed));
+        emit SibylFeed.FeedSkipped(ls[0].feedId, 2);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        assertEq(roundOf(ls[0].feedId), 1);
+    }
+
+    function test_roundIdsCountStoredValuesPerFeed() public {
+        SibylFeed.Leaf[] memory ls = leaves(3, 1e8);
+        for (uint64 r = 1; r <= 5; r++) {
+            // feed 0 in every report, feed 1 in every other one, feed 2 never
+            SibylFeed.Leaf[] memory some = new SibylFeed.Leaf[](r % 2 == 1 ? 2 : 1);
+            some[0] = ls[0];
+            if (some.length == 2) some[1] = ls[1];
+            SibylFeed.ReportHeader memory h = header(some, 1_000 * r, NOW_MS - 100 + r);
+            feed.submitReport(meta(h), signWith(committee, h), some);
+        }
+        assertEq(roundOf(ls[0].feedId), 5);
+        assertEq(roundOf(ls[1].feedId), 3);
+        assertEq(roundOf(ls[2].feedId), 0);
+        (bool found,,,) = feed.getRoundData(ls[0].feedId, 4);
+        assertTrue(found, "previous round held");
+        (found,,,) = feed.getRoundData(ls[0].feedId, 3);
+        assertFalse(found, "two rounds back is overwritten");
+        (found,,,) = feed.getRoundData(ls[0].feedId, 6);
+        assertFalse(found, "future round");
     }
 
     // ------------------------------------------------------------------ rotation
 
-    function rotationSig(
-        FrostSigner.Key memory signer,
-        bytes32 from,
-        bytes32 to,
-        FrostSigner.Key memory next
-    ) internal returns (SibylFeed.Signature memory) {
-        return ReportBuilder.sign(
-            signer, nonceCounter++, feed.rotationDigest(from, to, next.x, next.y)
+    bytes32[] internal noFeeds;
+    uint8[] internal noDecimals;
+
+    function rotationMessage(bytes32 to, FrostSigner.Key memory next)
+        internal
+        view
+        returns (bytes32)
+    {
+        (bytes32 from,,) = feed.committee();
+        return feed.rotationDigest(
+            block.chainid,
+            address(feed),
+            feed.rotationCount(),
+            from,
+            to,
+            next.x,
+            next.y,
+            noFeeds,
+            noDecimals
+        );
+    }
+
+    function rotate(bytes32 to, FrostSigner.Key memory by, FrostSigner.Key memory next) internal {
+        bytes32 m = rotationMessage(to, next);
+        feed.rotateCommittee(
+            to,
+            next.x,
+            next.y,
+            noFeeds,
+            noDecimals,
+            ReportBuilder.sign(by, nonceCounter++, m),
+            ReportBuilder.sign(next, nonceCounter++, m)
         );
     }
 
     function test_rotationHandsOverToNewCommittee() public {
         FrostSigner.Key memory next = FrostSigner.key(0xD1CE);
         bytes32 nextConfig = keccak256("committee file v2");
-        SibylFeed.Signature memory s = rotationSig(committee, CONFIG, nextConfig, next);
+        SibylFeed.Leaf[] memory ls = leaves(1, 1e8);
+        SibylFeed.ReportHeader memory h0 = header(ls, 900, NOW_MS - 10);
+        feed.submitReport(meta(h0), signWith(committee, h0), ls);
+        bytes32 m = rotationMessage(nextConfig, next);
+        SibylFeed.Signature memory s = ReportBuilder.sign(committee, 1, m);
+        SibylFeed.Signature memory pop = ReportBuilder.sign(next, 2, m);
         vm.expectEmit(address(feed));
         emit SibylFeed.CommitteeRotated(CONFIG, nextConfig, next.x, uint8(next.y & 1));
-        feed.rotateCommittee(nextConfig, next.x, next.y, s);
+        feed.rotateCommittee(nextConfig, next.x, next.y, noFeeds, noDecimals, s, pop);
         (bytes32 digest, uint256 keyX, uint8 parity) = feed.committee();
         assertEq(digest, nextConfig);
         assertEq(keyX, next.x);
         assertEq(parity, next.y & 1);
+        assertEq(feed.rotationCount(), 1);
 
         // the old committee is out
-        SibylFeed.Leaf[] memory ls = leaves(1, 1e8);
         SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
         vm.expectRevert(
             abi.encodeWithSelector(SibylFeed.WrongConfigDigest.selector, nextConfig, CONFIG)
@@ -377,63 +466,143 @@ contract SibylFeedTest is Test {
         h.configDigest = nextConfig;
         vm.expectPartialRevert(SibylFeed.WrongGroupKey.selector);
         feed.submitReport(meta(h), signWith(committee, h), ls);
-        // the new one is in
+        // the new one is in; its rounds restart, the feed's round id goes on
+        ls[0].price += 1;
+        h = header(ls, 1, NOW_MS);
+        h.configDigest = nextConfig;
         feed.submitReport(meta(h), signWith(next, h), ls);
         assertStored(ls[0], h);
+        assertEq(roundOf(ls[0].feedId), 2);
         // the rotation message cannot be replayed
         vm.expectRevert(SibylFeed.ConfigDigestUnchanged.selector);
-        feed.rotateCommittee(nextConfig, next.x, next.y, s);
+        feed.rotateCommittee(nextConfig, next.x, next.y, noFeeds, noDecimals, s, pop);
     }
 
     function test_rotationRejectsWrongSigner() public {
         FrostSigner.Key memory next = FrostSigner.key(0xD1CE);
         bytes32 nextConfig = keccak256("committee file v2");
+        bytes32 m = rotationMessage(nextConfig, next);
         // the newcomer cannot appoint itself
-        SibylFeed.Signature memory byStranger = rotationSig(stranger, CONFIG, nextConfig, stranger);
         vm.expectPartialRevert(SibylFeed.WrongGroupKey.selector);
-        feed.rotateCommittee(nextConfig, stranger.x, stranger.y, byStranger);
-        // a committee signature over a different handover
-        SibylFeed.Signature memory s = rotationSig(committee, CONFIG, nextConfig, next);
-        vm.expectRevert(SibylFeed.InvalidSignature.selector);
-        feed.rotateCommittee(nextConfig, stranger.x, stranger.y, s);
-        vm.expectRevert(SibylFeed.InvalidSignature.selector);
-        feed.rotateCommittee(keccak256("committee file v3"), next.x, next.y, s);
-        // not a curve point
-        SibylFeed.Signature memory bad = ReportBuilder.sign(
-            committee, 77, feed.rotationDigest(CONFIG, nextConfig, next.x, next.y + 1)
+        feed.rotateCommittee(
+            nextConfig,
+            next.x,
+            next.y,
+            noFeeds,
+            noDecimals,
+            ReportBuilder.sign(next, 3, m),
+            ReportBuilder.sign(next, 4, m)
         );
+        // a committee signature over a different handover
+        SibylFeed.Signature memory s = ReportBuilder.sign(committee, 5, m);
+        SibylFeed.Signature memory pop = ReportBuilder.sign(next, 6, m);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.rotateCommittee(nextConfig, stranger.x, stranger.y, noFeeds, noDecimals, s, pop);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.rotateCommittee(keccak256("v3"), next.x, next.y, noFeeds, noDecimals, s, pop);
+        // not a curve point
+        FrostSigner.Key memory offCurve = FrostSigner.key(0xD1CE);
+        offCurve.y += 1;
+        bytes32 mBad = rotationMessage(nextConfig, offCurve);
         vm.expectRevert(
             abi.encodeWithSelector(SibylFeed.InvalidGroupKey.selector, next.x, next.y + 1)
         );
-        feed.rotateCommittee(nextConfig, next.x, next.y + 1, bad);
+        feed.rotateCommittee(
+            nextConfig,
+            next.x,
+            next.y + 1,
+            noFeeds,
+            noDecimals,
+            ReportBuilder.sign(committee, 7, mBad),
+            ReportBuilder.sign(next, 8, mBad)
+        );
         (bytes32 digest,,) = feed.committee();
         assertEq(digest, CONFIG);
+        // the committee's own signature goes through
+        feed.rotateCommittee(nextConfig, next.x, next.y, noFeeds, noDecimals, s, pop);
+    }
+
+    function test_rotationRegistersFeedsAndKeepsDecimals() public {
+        FrostSigner.Key memory next = FrostSigner.key(0xD1CE);
+        bytes32 nextConfig = keccak256("committee file v2");
+        noFeeds.push(ReportBuilder.feedId("NEW-USD"));
+        noDecimals.push(18);
+        noFeeds.push(ReportBuilder.feedId("FEED-100"));
+        noDecimals.push(8);
+        rotate(nextConfig, committee, next);
+        (uint8 d,) = feed.feedInfo(ReportBuilder.feedId("NEW-USD"));
+        assertEq(d, 18);
+        // a registered feed's decimals never change
+        noDecimals[1] = 6;
+        bytes32 m = rotationMessage(keccak256("v3"), committee);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                SibylFeed.DecimalsChanged.selector, ReportBuilder.feedId("FEED-100"), 8, 6
+            )
+        );
+        feed.rotateCommittee(
+            keccak256("v3"),
+            committee.x,
+            committee.y,
+            noFeeds,
+            noDecimals,
+            ReportBuilder.sign(next, 9, m),
+            ReportBuilder.sign(committee, 10, m)
+        );
     }
 
     // ------------------------------------------------------------------ Chainlink adapter
 
     function test_aggregatorV3Adapter() public {
         SibylFeed.Leaf[] memory ls = leaves(3, 97_123e8);
-        SibylAggregatorV3 agg = new SibylAggregatorV3(feed, ls[1].feedId, 8, "FEED-101 / Sibyl");
+        SibylAggregatorV3 agg = new SibylAggregatorV3(feed, ls[1].feedId, "FEED-101 / Sibyl");
         assertEq(agg.decimals(), 8);
         assertEq(agg.description(), "FEED-101 / Sibyl");
-        assertEq(agg.version(), 1);
-        vm.expectRevert(abi.encodeWithSelector(SibylFeed.NoDataPresent.selector, ls[1].feedId));
+        assertEq(agg.version(), 2);
+        vm.expectRevert(bytes("No data present"));
         agg.latestRoundData();
+        vm.expectRevert(bytes("No data present"));
+        agg.getRoundData(0);
+        assertEq(agg.latestAnswer(), 0);
+        assertEq(agg.latestRound(), 0);
+        assertEq(agg.latestTimestamp(), 0);
 
         SibylFeed.ReportHeader memory h = header(ls, 77, NOW_MS - 1500);
         feed.submitReport(meta(h), signWith(committee, h), ls);
         (uint80 roundId, int256 answer, uint256 startedAt, uint256 updatedAt, uint80 answeredIn) =
             agg.latestRoundData();
-        assertEq(roundId, 77);
+        assertEq(roundId, 1);
         assertEq(answer, ls[1].price);
         assertEq(startedAt, NOW_S - 2); // 1.5 s before NOW, rounded down to whole seconds
         assertEq(updatedAt, NOW_S - 2);
-        assertEq(answeredIn, 77);
+        assertEq(answeredIn, 1);
         assertEq(agg.latestConfidence(), ls[1].confidence);
-        (roundId, answer,,,) = agg.getRoundData(77);
+        assertEq(agg.latestAnswer(), ls[1].price);
+        assertEq(agg.latestRound(), 1);
+        assertEq(agg.latestTimestamp(), NOW_S - 2);
+        assertEq(agg.getAnswer(1), ls[1].price);
+        assertEq(agg.getTimestamp(1), NOW_S - 2);
+        assertEq(agg.getAnswer(2), 0);
+        (roundId, answer,,,) = agg.getRoundData(1);
         assertEq(answer, ls[1].price);
-        vm.expectRevert(abi.encodeWithSelector(SibylAggregatorV3.NoDataForRound.selector, 76));
-        agg.getRoundData(76);
+        vm.expectRevert(bytes("No data present"));
+        agg.getRoundData(2);
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.UnknownFeed.selector, bytes32("NOPE")));
+        new SibylAggregatorV3(feed, bytes32("NOPE"), "unregistered");
+    }
+
+    /// A report up to maxClockDriftMs ahead of the block is stored, but reads never show an
+    /// updatedAt later than block.timestamp.
+    function test_updatedAtNeverAfterBlock() public {
+        SibylFeed.Leaf[] memory ls = leaves(1, 1e8);
+        SibylAggregatorV3 agg = new SibylAggregatorV3(feed, ls[0].feedId, "FEED-100");
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS + DRIFT_MS);
+        feed.submitReport(meta(h), signWith(committee, h), ls);
+        (,,, uint256 updatedAt,) = agg.latestRoundData();
+        assertEq(updatedAt, NOW_S);
+        assertEq(agg.latestTimestamp(), NOW_S);
+        vm.warp(NOW_S + 60);
+        (,,, updatedAt,) = agg.latestRoundData();
+        assertEq(updatedAt, NOW_S + DRIFT_MS / 1000);
     }
 }

@@ -158,7 +158,12 @@ async fn pull_payload_calldata_lands_on_the_contract() {
             config_digest: three.header.config_digest.0,
             group_key_x: group_key.x,
             group_key_y: group_key.y,
-            feeds: vec![("BTC-USD".into(), 8), ("FEED-00003".into(), 8)],
+            feeds: vec![
+                ("BTC-USD".into(), 8),
+                ("ETH-USD".into(), 8),
+                ("FEED-00003".into(), 8),
+                ("WTI-SPREAD".into(), 8),
+            ],
             max_drift_ms: 5_000,
         },
     )
@@ -220,18 +225,20 @@ async fn pull_payload_calldata_lands_on_the_contract() {
             eth.price.to_string(),
             eth.confidence.to_string(),
             three.header.timestamp_ms.to_string(),
-            three.header.round.to_string()
+            "1".to_string() // the feed's first round id
         ]
     );
-    // The same payload again is stale: the contract refuses a replay.
-    let replay = Command::new(contracts.join("tools/cast"))
-        .args(["call", "--rpc-url", &rpc, &deployment.feed, "--data"])
-        .arg(update["calldata"].as_str().expect("calldata"))
-        .output()
-        .expect("cast call");
-    assert!(
-        !replay.status.success(),
-        "a replayed pull payload was accepted"
+    // The same payload again is stale: its leaf is skipped (no revert), nothing changes.
+    send(
+        &contracts,
+        &rpc,
+        &deployment.feed,
+        update["calldata"].as_str().expect("calldata"),
+    );
+    assert_eq!(
+        latest_feed(&contracts, &rpc, &deployment.feed, "ETH-USD")[3],
+        "1",
+        "a replayed pull payload changed the feed"
     );
 
     // A batch over two reports: one transaction per report.
@@ -257,7 +264,8 @@ async fn pull_payload_calldata_lands_on_the_contract() {
         assert_eq!(leaf.feed_id.as_str(), id);
         let got = latest_feed(&contracts, &rpc, &deployment.feed, id);
         assert_eq!(got[0], leaf.price.to_string(), "{id}");
-        assert_eq!(got[3], report.header.round.to_string(), "{id}");
+        assert_eq!(got[2], report.header.timestamp_ms.to_string(), "{id}");
+        assert_eq!(got[3], "1", "{id}: the feed's first round id");
     }
     // Chainlink's interface on the BTC-USD adapter reads the pulled value.
     let out = cast(
@@ -274,7 +282,7 @@ async fn pull_payload_calldata_lands_on_the_contract() {
         .lines()
         .map(|l| l.split_whitespace().next().unwrap_or(""))
         .collect();
-    assert_eq!(words[0], three.header.round.to_string());
+    assert_eq!(words[0], "1");
     assert_eq!(words[1], three.leaves[0].price.to_string());
     assert_eq!(words[3], (three.header.timestamp_ms / 1000).to_string());
     println!(
@@ -323,6 +331,119 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+}
+
+/// Deploys a contract that forge compiled into `contracts/out` (`file`, `name`)
+/// with `cast send --create`; returns its address.
+fn create(contracts: &std::path::Path, rpc: &str, file: &str, name: &str, ctor: &[&str]) -> String {
+    let artifact: Value = serde_json::from_str(
+        &std::fs::read_to_string(contracts.join(format!("out/{file}/{name}.json")))
+            .expect("forge artifact (forge build)"),
+    )
+    .expect("artifact JSON");
+    let code = artifact["bytecode"]["object"].as_str().expect("bytecode");
+    let args = cast(contracts, &[&["abi-encode"], ctor].concat());
+    let receipt: Value = serde_json::from_str(&cast(
+        contracts,
+        &[
+            "send",
+            "--rpc-url",
+            rpc,
+            "--private-key",
+            ANVIL_KEY_0,
+            "--json",
+            "--create",
+            &format!("{code}{}", args.trim_start_matches("0x")),
+        ],
+    ))
+    .expect("receipt");
+    receipt["contractAddress"]
+        .as_str()
+        .expect("contract address")
+        .to_string()
+}
+
+/// Chainlink-only consumers (contracts/test/consumers) read the live pushes on
+/// `adapter`: latestRoundData only, the legacy latestAnswer, and one that
+/// checks the previous round. Prints the gas of each adapter read.
+fn chainlink_consumers_read_live_pushes(contracts: &std::path::Path, rpc: &str, adapter: &str) {
+    let file = "ChainlinkConsumers.sol";
+    let latest = create(
+        contracts,
+        rpc,
+        file,
+        "LatestRoundConsumer",
+        &["constructor(address)", adapter],
+    );
+    let legacy = create(
+        contracts,
+        rpc,
+        file,
+        "LegacyConsumer",
+        &["constructor(address)", adapter],
+    );
+    // the previous-round consumer checks at construction that round id - 1 exists
+    wait_for("a second push on the adapter", 180, || {
+        let w = words(&cast(
+            contracts,
+            &["call", "--rpc-url", rpc, adapter, "latestRound()(uint256)"],
+        ));
+        (w.first()?.parse::<u64>().ok()? >= 2).then_some(())
+    });
+    let previous = create(
+        contracts,
+        rpc,
+        file,
+        "PreviousRoundConsumer",
+        &[
+            "constructor(address,uint256,uint256)",
+            adapter,
+            "3600",
+            "10000",
+        ],
+    );
+    let answer = words(&cast(
+        contracts,
+        &[
+            "call",
+            "--rpc-url",
+            rpc,
+            &latest,
+            "price(uint256)(int256,uint8)",
+            "3600",
+        ],
+    ));
+    let legacy_answer = words(&cast(
+        contracts,
+        &["call", "--rpc-url", rpc, &legacy, "price()(int256)"],
+    ));
+    let scaled = words(&cast(
+        contracts,
+        &["call", "--rpc-url", rpc, &previous, "price()(uint256)"],
+    ));
+    assert_eq!(answer[1], "8", "decimals");
+    assert!(answer[0].parse::<i128>().expect("answer") > 0);
+    assert!(legacy_answer[0].parse::<i128>().expect("legacy answer") > 0);
+    assert!(scaled[0].parse::<u128>().expect("scaled") > 0);
+    let mut gas = Vec::new();
+    for read in [
+        "latestRoundData()",
+        "latestAnswer()",
+        "latestTimestamp()",
+        "latestRound()",
+        "decimals()",
+    ] {
+        let g = cast(contracts, &["estimate", "--rpc-url", rpc, adapter, read]);
+        gas.push(format!("{read} {g}"));
+    }
+    println!(
+        "chainlink consumers on live pushes: latestRoundData {} ({} decimals), latestAnswer {}, previous-round check {} (1e18); adapter reads as transactions: {}",
+        answer[0],
+        answer[1],
+        legacy_answer[0],
+        scaled[0],
+        gas.join(", ")
+    );
 }
 
 fn words(out: &str) -> Vec<String> {
@@ -391,7 +512,8 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
             return None; // NoDataPresent before the first push
         }
         let w = words(&String::from_utf8_lossy(&out.stdout));
-        let same = w.first()? == &latest["round"].as_u64()?.to_string()
+        // roundId is the feed's own counter (1 at its first push), not the committee's round
+        let same = w.first()? != "0"
             && w.get(1)? == latest["price"].as_str()?
             && w.get(3)? == &(latest["timestamp_ms"].as_u64()? / 1000).to_string()
             && w.get(4)? == w.first()?;
@@ -404,6 +526,7 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
         "the chain caught up only at round {matched_round} (first report {first_round})"
     );
     println!("latestRoundData on BTC-USD = API report of round {matched_round}: answer {answer}");
+    chainlink_consumers_read_live_pushes(&contracts, &rpc, &btc);
 
     // The API's pull payload of a live report, on a second deployment of the contract.
     let digest = b32(file["config_digest"].as_str().expect("digest"));
@@ -435,7 +558,10 @@ fn devnet_chain_pushes_reports_that_match_the_api() {
         got[0],
         update["leaves"][0]["price"].as_str().expect("price")
     );
-    assert_eq!(got[3], update["round"].as_u64().expect("round").to_string());
+    assert_eq!(
+        got[3], "1",
+        "the second deployment's first BTC-USD round id"
+    );
 
     // Transactions to the feed contract per update, and their gas.
     let head: u64 = cast(&contracts, &["block-number", "--rpc-url", &rpc])
@@ -605,7 +731,10 @@ fn devnet_chain_with_both_suites_pushes_and_keeps_ed25519() {
         }
         let w = words(&String::from_utf8_lossy(&out.stdout));
         let round = latest["round"].as_u64()?;
-        let same = w.first()? == &round.to_string() && w.get(1)? == latest["price"].as_str()?;
+        // The adapter's round ids count the feed's own updates (issue 16):
+        // the same value is the same price at the same time.
+        let same = w.get(1)? == latest["price"].as_str()?
+            && w.get(3)? == &(latest["timestamp_ms"].as_u64()? / 1000).to_string();
         (same && round >= first_round + 3).then_some(round)
     });
     // The report the chain took carries both signatures, each valid.
@@ -619,12 +748,40 @@ fn devnet_chain_with_both_suites_pushes_and_keeps_ed25519() {
     assert!(update["calldata"].as_str().is_some_and(|c| c.len() > 10));
     drop(devnet);
     println!("devnet --chain with both suites: round {pushed} on chain, both signatures verify");
+
+/// The devnet committee's feeds as cast arrays (ids as bytes32, decimals).
+fn rotation_feeds(devnet: &Value) -> String {
+    let committee = std::fs::read_to_string(devnet["committee"].as_str().expect("committee"))
+        .expect("committee file");
+    let mut ids: Vec<String> = committee
+        .lines()
+        .filter_map(|l| l.strip_prefix("id = \""))
+        .map(|id| {
+            let id = id.trim_end_matches('"');
+            let mut b = [0u8; 32];
+            b[..id.len()].copy_from_slice(id.as_bytes());
+            format!("0x{}", hex::encode(b))
+        })
+        .collect();
+    ids.sort(); // the committee's feeds, ordered by id as `sibyl rotation` lists them
+    format!("[{}]", ids.join(","))
+}
+
+fn rotation_decimals(devnet: &Value) -> String {
+    let committee = std::fs::read_to_string(devnet["committee"].as_str().expect("committee"))
+        .expect("committee file");
+    let ds: Vec<&str> = committee
+        .lines()
+        .filter_map(|l| l.strip_prefix("decimals = "))
+        .collect();
+    format!("[{}]", ds.join(","))
 }
 
 /// `sibyl rotation`: committee A (deployed by `sibyl devnet --chain
 /// --setup-only`) signs the hand-over to committee B with three of its
-/// members' key shares; the contract accepts the calldata once, and then
-/// names B's config digest and group key.
+/// members' key shares and B proves it holds its key with three of its own;
+/// the contract accepts the calldata once, and then names B's config digest
+/// and group key. A --new-group-key that is not B's is refused.
 #[test]
 fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
     let contracts = devchain::find_contracts_dir().expect("contracts dir");
@@ -665,20 +822,51 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
             .expect("config")
             .to_string()
     };
-    let rotation = |configs: &[String]| {
+    let new_member = |i: usize| {
+        b["members"][i]["config"]
+            .as_str()
+            .expect("config")
+            .to_string()
+    };
+    let chain_id = cast(&contracts, &["chain-id", "--rpc-url", &rpc]);
+    let rotation_with = |configs: &[String], new_key: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sibyl"));
         cmd.arg("rotation");
         for c in configs {
             cmd.args(["--member-config", c]);
         }
+        for i in 0..3 {
+            cmd.args(["--new-member-config", &new_member(i)]);
+        }
         cmd.args([
             "--new-committee",
             b["committee"].as_str().expect("committee"),
         ])
-        .args(["--new-group-key", b["group_key"].as_str().expect("key")])
+        .args(["--new-group-key", new_key])
+        .args([
+            "--chain-id",
+            &chain_id,
+            "--contract",
+            &feed,
+            "--rotation-count",
+            "0",
+        ])
         .output()
         .expect("sibyl rotation")
     };
+    let rotation =
+        |configs: &[String]| rotation_with(configs, b["group_key"].as_str().expect("key"));
+    // A key that is not the new committee's public key package's is refused.
+    let out = rotation_with(
+        &[member(0), member(2), member(3)],
+        a["group_key"].as_str().expect("key"),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not the new committee's group key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Two shares are below the threshold of 3.
     let out = rotation(&[member(0), member(1)]);
     assert!(!out.status.success());
@@ -702,11 +890,16 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
             "--rpc-url",
             &rpc,
             &feed,
-            "rotationDigest(bytes32,bytes32,uint256,uint256)(bytes32)",
+            "rotationDigest(uint256,address,uint256,bytes32,bytes32,uint256,uint256,bytes32[],uint8[])(bytes32)",
+            &chain_id,
+            &feed,
+            "0",
             signed["current_config_digest"].as_str().expect("cur"),
             signed["new_config_digest"].as_str().expect("new"),
             signed["new_group_key_x"].as_str().expect("x"),
             signed["new_group_key_y"].as_str().expect("y"),
+            &rotation_feeds(&b),
+            &rotation_decimals(&b),
         ],
     );
     assert_eq!(
@@ -783,7 +976,11 @@ async fn transmitter_replaces_a_stuck_transaction_on_anvil() {
             config_digest: three.header.config_digest.0,
             group_key_x: key.x,
             group_key_y: key.y,
-            feeds: vec![("BTC-USD".into(), 8)],
+            feeds: vec![
+                ("BTC-USD".into(), 8),
+                ("ETH-USD".into(), 8),
+                ("WTI-SPREAD".into(), 8),
+            ],
             max_drift_ms: 5_000,
         },
     )
@@ -859,7 +1056,8 @@ async fn transmitter_replaces_a_stuck_transaction_on_anvil() {
     );
     assert!(metrics.gas_used.get() > 0);
     let got = latest_feed(&contracts, &rpc_url, &deployment.feed, "BTC-USD");
-    assert_eq!(got[3], three.header.round.to_string());
+    assert_eq!(got[2], three.header.timestamp_ms.to_string());
+    assert_eq!(got[3], "1", "the feed's first round id");
     // Only one of the two transactions was mined: the nonce advanced once.
     let nonce = cast(
         &contracts,

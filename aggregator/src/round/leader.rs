@@ -103,6 +103,11 @@ impl Node {
         {
             return;
         }
+        // Members refuse a timestamp not later than the last signed report's:
+        // a leader whose clock is behind it waits for its clock to pass it.
+        if self.last_values.values().any(|v| now <= v.reported_at_ms) {
+            return;
+        }
         let obs: Vec<&ObservationMsg> = self.rs.observations.values().map(|a| &a.msg).collect();
         let computed = compute_leaves(
             &self.committee,

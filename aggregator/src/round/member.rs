@@ -256,6 +256,15 @@ impl Node {
         if p.timestamp_ms.abs_diff(now) > skew {
             return Err(Refusal::Timestamp);
         }
+        // Never older than a report already signed: then a later round is a later
+        // timestamp for every feed, which is all SibylFeed compares.
+        if self
+            .last_values
+            .values()
+            .any(|v| p.timestamp_ms <= v.reported_at_ms)
+        {
+            return Err(Refusal::Timestamp);
+        }
         // Attributed observations: signed, this round, distinct ascending
         // senders; then the signer-only ones, likewise and disjoint.
         let hashes =

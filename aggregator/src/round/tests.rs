@@ -420,6 +420,16 @@ fn members_refuse_too_few_attributed_observations_and_stale_timestamps() {
     );
     assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
     assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_refused, 1);
+    // A timestamp within the clock bound but not later than a report already signed.
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let (to, bytes) = proposals[1].clone();
+    h.nodes[usize::from(to) - 1]
+        .last_values
+        .insert(feed(0), LastValue::price_only(1, T0 + 1_000));
+    let a = h.handle(to, T0 + 2, Input::Message { from: 1, bytes });
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(refusals(&h, &a), vec![RefusalReason::Timestamp]);
 }
 
 #[test]

@@ -115,6 +115,9 @@ struct Update {
     function: &'static str,
     selector: String,
     calldata: String,
+    /// `calldata` without its selector: the argument of SibylFeed.updateFeeds
+    /// and of the SibylPull consumer library.
+    payload: String,
     header: HeaderJson,
     header_abi: String,
     digest: String,
@@ -173,6 +176,7 @@ fn build(report: &SignedReport, feeds: &[FeedId], evm: &EvmPull) -> Result<Updat
             proof: proof.iter().map(hex0x).collect(),
         })
         .collect();
+    let calldata = call.abi_encode();
     Ok(Update {
         round: h.round,
         timestamp_ms: h.timestamp_ms,
@@ -181,7 +185,8 @@ fn build(report: &SignedReport, feeds: &[FeedId], evm: &EvmPull) -> Result<Updat
         chain_id: evm.chain_id,
         function: SUBMIT_FEEDS_SIGNATURE,
         selector: hex0x(abi::submitFeedsCall::SELECTOR),
-        calldata: hex0x(call.abi_encode()),
+        calldata: hex0x(&calldata),
+        payload: hex0x(calldata.get(4..).unwrap_or_default()),
         header: HeaderJson {
             version: h.version,
             config_digest: hex0x(h.config_digest.0),
@@ -387,6 +392,7 @@ pub(super) fn document(doc: &mut serde_json::Value) {
             "chain_id": { "type": ["integer", "null"] },
             "function": { "type": "string", "description": "Solidity signature of the function `calldata` calls" },
             "selector": hex, "calldata": hex,
+            "payload": { "type": "string", "description": "calldata without its selector: abi.encode(header, signature, leaves, proofs), the argument of SibylFeed.updateFeeds(bytes) and SibylPull.updateFeeds" },
             "header": header, "header_abi": hex,
             "digest": { "type": "string", "description": "the Keccak-256 header digest the committee signed" },
             "signature": signature,

@@ -19,8 +19,10 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OnChainValue {
     pub price: i128,
+    /// The signed report's header timestamp.
     pub timestamp_ms: u64,
-    pub round: u64,
+    /// The feed's own round id on chain (1 at its first value).
+    pub round_id: u64,
 }
 
 /// A transaction's outcome.
@@ -36,11 +38,7 @@ pub struct Receipt {
 pub enum RpcError {
     /// The call reverts; `error` is the decoded custom error if known.
     #[error("the contract refuses the call: {error}")]
-    Reverted {
-        error: String,
-        /// The feeds already hold a report at least as new (another member landed it).
-        stale: bool,
-    },
+    Reverted { error: String },
     /// The node refused the raw transaction because its nonce is used.
     #[error("nonce too low: {0}")]
     NonceTooLow(String),
@@ -90,14 +88,12 @@ pub trait ChainRpc: Send + Sync + 'static {
     -> impl Future<Output = Result<Option<Receipt>, RpcError>> + Send;
 }
 
-/// Names a SibylFeed revert, and whether it means "already landed".
-pub fn decode_revert(data: &[u8]) -> (String, bool) {
+/// Names a SibylFeed revert. (A leaf that another member landed first is
+/// skipped by the contract, not reverted: races never revert a batch.)
+pub fn decode_revert(data: &[u8]) -> String {
     match ISibylFeed::ISibylFeedErrors::abi_decode(data) {
-        Ok(e) => {
-            let stale = matches!(e, ISibylFeed::ISibylFeedErrors::StaleReport(_));
-            (format!("{e:?}"), stale)
-        }
-        Err(_) => (format!("revert data 0x{}", hex::encode(data)), false),
+        Ok(e) => format!("{e:?}"),
+        Err(_) => format!("revert data 0x{}", hex::encode(data)),
     }
 }
 
@@ -165,8 +161,9 @@ fn classify_send_error(e: alloy_provider::transport::TransportError) -> RpcError
 
 fn reverted(e: &alloy_provider::transport::TransportError) -> Option<RpcError> {
     let data = e.as_error_resp()?.as_revert_data()?;
-    let (error, stale) = decode_revert(&data);
-    Some(RpcError::Reverted { error, stale })
+    Some(RpcError::Reverted {
+        error: decode_revert(&data),
+    })
 }
 
 impl ChainRpc for AlloyRpc {
@@ -195,7 +192,7 @@ impl ChainRpc for AlloyRpc {
                                 other(format!("latestFeed({f}): price outside i128"))
                             })?,
                             timestamp_ms: v.timestampMs,
-                            round: v.round,
+                            round_id: v.roundId,
                         }))
                     }
                     Err(e) => match reverted(&e) {

@@ -181,7 +181,15 @@ impl ChainMetrics {
 struct Scheduled {
     report: Arc<SignedReport>,
     due_at: Instant,
+    /// Sends of this report that got a receipt already (see FOLLOW_UPS).
+    follow_up: u8,
 }
+
+/// After a receipt (success or revert) the transmitter reads the report's
+/// feeds again and sends what did not land, at most this many times per
+/// report. A leaf the contract skipped for good (unregistered feed) would
+/// otherwise be resent forever.
+const FOLLOW_UPS: u8 = 2;
 
 struct Inflight {
     nonce: u64,
@@ -193,6 +201,9 @@ struct Inflight {
     feeds: usize,
     last_sent: Instant,
     warned_cap: bool,
+    /// The report sent, to check after the receipt what landed.
+    report: Arc<SignedReport>,
+    follow_up: u8,
 }
 
 /// The transmitter's state; driven by [`Transmitter::run`], or step by step
@@ -225,6 +236,13 @@ pub fn leaf_due(
     let (bps, hb) = rule.map_or((0, 0), |r| (r.deviation_bps, r.heartbeat_ms));
     let last = LastValue::price_only(v.price, v.timestamp_ms);
     update_due(Some(&last), price, report_ms, bps, hb).is_some()
+}
+
+/// Whether a leaf fits SibylFeed's stored value (price int96, confidence
+/// uint72); the contract skips one that does not, so it is not sent.
+pub fn leaf_fits(price: i128, confidence: u128) -> bool {
+    const PRICE_MAX: i128 = (1 << 95) - 1;
+    (-PRICE_MAX - 1..=PRICE_MAX).contains(&price) && confidence < (1 << 72)
 }
 
 /// `fees` raised by 25% (nodes want at least 10-12.5% to replace), each capped.
@@ -322,7 +340,11 @@ impl<R: ChainRpc> Transmitter<R> {
             rank,
             "report scheduled for transmission"
         );
-        self.pending = Some(Scheduled { report, due_at });
+        self.pending = Some(Scheduled {
+            report,
+            due_at,
+            follow_up: 0,
+        });
     }
 
     /// When [`Transmitter::on_tick`] next has something to do.
@@ -345,7 +367,7 @@ impl<R: ChainRpc> Transmitter<R> {
         }
         let due = self.pending.as_ref().is_some_and(|p| p.due_at <= now);
         if due && let Some(p) = self.pending.take() {
-            self.attempt(p.report, now).await;
+            self.attempt(p.report, p.follow_up, now).await;
         }
     }
 
@@ -367,8 +389,18 @@ impl<R: ChainRpc> Transmitter<R> {
                         tracing::warn!(round = tx.round, tx = %hash, "transaction reverted (another member's update may have landed first)");
                     }
                     self.next_nonce = Some(tx.nonce + 1);
+                    let (report, follow_up) = (tx.report.clone(), tx.follow_up);
                     self.inflight = None;
                     self.refresh_balance(r.gas_used).await;
+                    // Re-read what landed and send the rest: a leaf another transmitter
+                    // landed first was skipped, a reverted batch landed nothing.
+                    if follow_up < FOLLOW_UPS && self.pending.is_none() {
+                        self.pending = Some(Scheduled {
+                            report,
+                            due_at: now,
+                            follow_up: follow_up + 1,
+                        });
+                    }
                     return;
                 }
                 Ok(None) => {}
@@ -469,7 +501,7 @@ impl<R: ChainRpc> Transmitter<R> {
         self.metrics.balance_warn_wei.set(warn as f64);
     }
 
-    async fn attempt(&mut self, report: Arc<SignedReport>, now: Instant) {
+    async fn attempt(&mut self, report: Arc<SignedReport>, follow_up: u8, now: Instant) {
         let round = report.header.round;
         let ids: Vec<FeedId> = report.leaves.iter().map(|l| l.feed_id.clone()).collect();
         let onchain = match self.rpc.latest_feeds(&ids).await {
@@ -484,6 +516,13 @@ impl<R: ChainRpc> Transmitter<R> {
             .leaves
             .iter()
             .zip(&onchain)
+            .filter(|(l, _)| {
+                let fits = leaf_fits(l.price, l.confidence);
+                if !fits {
+                    tracing::warn!(round, feed = %l.feed_id, "the leaf's price or confidence does not fit the contract's stored value; not sent");
+                }
+                fits
+            })
             .filter(|(l, v)| {
                 leaf_due(
                     v.as_ref(),
@@ -495,9 +534,18 @@ impl<R: ChainRpc> Transmitter<R> {
             .map(|(l, _)| l.feed_id.clone())
             .collect();
         if due.is_empty() {
-            self.metrics.skipped.inc();
-            tracing::debug!(round, "nothing to push: landed already or within deviation");
+            if follow_up == 0 {
+                self.metrics.skipped.inc();
+                tracing::debug!(round, "nothing to push: landed already or within deviation");
+            }
             return;
+        }
+        if follow_up > 0 {
+            tracing::info!(
+                round,
+                feeds = due.len(),
+                "part of the report did not land; sending the rest"
+            );
         }
         let calldata = if due.len() == report.leaves.len() {
             abi::submit_report(&report, &self.key).map(|c| abi::calldata(&c))
@@ -514,12 +562,7 @@ impl<R: ChainRpc> Transmitter<R> {
         };
         let gas = match self.rpc.estimate_gas(&calldata).await {
             Ok(g) => g,
-            Err(RpcError::Reverted { stale: true, .. }) => {
-                self.metrics.skipped.inc();
-                tracing::debug!(round, "another member's update landed first");
-                return;
-            }
-            Err(RpcError::Reverted { error, .. }) => {
+            Err(RpcError::Reverted { error }) => {
                 self.metrics.failed.inc();
                 tracing::warn!(round, %error, "the contract refuses the report; not sent");
                 return;
@@ -558,6 +601,12 @@ impl<R: ChainRpc> Transmitter<R> {
             };
             self.replace(fees, calldata, gas_limit, round, due.len(), now)
                 .await;
+            if let Some(tx) = self.inflight.as_mut()
+                && tx.round == round
+            {
+                // Whichever hash gets mined, the follow-up checks this newer report.
+                (tx.report, tx.follow_up) = (report, follow_up);
+            }
             return;
         }
         match self.rpc.balance().await {
@@ -605,6 +654,8 @@ impl<R: ChainRpc> Transmitter<R> {
                     feeds: due.len(),
                     last_sent: now,
                     warned_cap: false,
+                    report,
+                    follow_up,
                 });
             }
             Err(RpcError::NonceTooLow(e)) => {
@@ -626,6 +677,7 @@ impl<R: ChainRpc> Transmitter<R> {
             self.pending = Some(Scheduled {
                 report,
                 due_at: now + self.settings.poll_interval.max(Duration::from_millis(200)),
+                follow_up: 0,
             });
         }
     }

@@ -1,20 +1,23 @@
-//! `sibyl rotation`: the current committee's signature over SibylFeed's
-//! rotation message, and the `rotateCommittee` calldata that hands the
-//! contract over to a new committee.
+//! `sibyl rotation`: the hand-over of SibylFeed to a new committee, signed by
+//! the current committee and by the new one (proof that the new group key is
+//! held), and the `rotateCommittee` calldata.
 //!
 //! ```text
-//!   t member configs (old committee) ─► their secp256k1-evm key packages
-//!   new committee file + new group key ─► message = keccak256(abi.encode(
-//!        keccak256("Sibyl committee rotation v1"), currentDigest, newDigest, newX, newY))
-//!   FROST round 1 + round 2 with the t shares ─► aggregate ─► verify ─► calldata
+//!   t member configs (current committee) ─► their secp256k1-evm key packages
+//!   t member configs (new committee)     ─► the new key packages + public key package
+//!   --new-group-key must equal the new public key package's group key
+//!   message = keccak256(abi.encode(keccak256("Sibyl committee rotation v2"), chainId,
+//!       contract, rotationCount, currentDigest, newDigest, newX, newY,
+//!       keccak256(abi.encode(feedIds, decimals))))      (the new committee's feeds)
+//!   FROST sign with each set of shares ─► aggregate ─► verify ─► calldata
 //! ```
 //!
-//! The shares are used on one machine: the command suits a devnet, or a
-//! committee whose `t` share holders meet for the hand-over. (A networked
+//! The shares are used on one machine: the command suits a devnet, or
+//! committees whose `t` share holders meet for the hand-over. (A networked
 //! ceremony in which every member signs with its own share where it runs is
-//! not implemented.)
+//! the committee-lifecycle issue.)
 
-use alloy_primitives::{B256, U256};
+use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::{SolCall, SolValue};
 use anyhow::{Context, Result, bail};
 use frost_secp256k1_evm::Secp256K1Keccak256 as Evm;
@@ -32,40 +35,99 @@ pub struct RotationArgs {
     /// share signs; repeat for at least the threshold of members.
     #[arg(long = "member-config", required = true)]
     pub member_configs: Vec<PathBuf>,
-    /// The new committee file (its config digest goes into the message).
+    /// node.toml of a member of the new committee (its key share proves that
+    /// the new group key is held); repeat for at least the new threshold.
+    #[arg(long = "new-member-config", required = true)]
+    pub new_member_configs: Vec<PathBuf>,
+    /// The new committee file (its config digest and feeds go into the message).
     #[arg(long)]
     pub new_committee: PathBuf,
     /// The new committee's secp256k1-evm group key, hex (33-byte compressed
     /// or 65-byte uncompressed SEC1), as `sibyl keygen`/`sibyl dkg` print it.
+    /// Refused unless it is the new members' public key package's key.
     #[arg(long)]
     pub new_group_key: String,
+    /// EIP-155 chain id of the chain the contract is on.
+    #[arg(long)]
+    pub chain_id: u64,
+    /// SibylFeed's address.
+    #[arg(long)]
+    pub contract: Address,
+    /// The contract's `rotationCount()` (0 before its first hand-over):
+    /// `cast call <contract> 'rotationCount()(uint32)'`.
+    #[arg(long)]
+    pub rotation_count: u32,
 }
 
-/// The message `rotateCommittee` checks (SibylFeed.rotationDigest).
-pub fn rotation_digest(current: [u8; 32], new: [u8; 32], key: &EvmGroupKey) -> [u8; 32] {
-    let domain: [u8; 32] = Keccak256::digest(b"Sibyl committee rotation v1").into();
+/// Everything a rotation message names (SibylFeed.rotationDigest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub chain_id: u64,
+    pub contract: Address,
+    pub rotation_count: u32,
+    pub current: [u8; 32],
+    pub new_digest: [u8; 32],
+    pub new_key: EvmGroupKey,
+    /// The new committee's feeds (ids as bytes32) and decimals.
+    pub feeds: Vec<([u8; 32], u8)>,
+}
+
+impl Handover {
+    /// The new committee's feeds, in committee-file order.
+    pub fn feeds_of(committee: &Committee) -> Vec<([u8; 32], u8)> {
+        committee
+            .feeds
+            .iter()
+            .map(|f| (f.id.to_bytes32(), f.decimals))
+            .collect()
+    }
+
+    fn feed_ids(&self) -> Vec<B256> {
+        self.feeds.iter().map(|(id, _)| B256::from(*id)).collect()
+    }
+
+    fn decimals(&self) -> Vec<u8> {
+        self.feeds.iter().map(|(_, d)| *d).collect()
+    }
+}
+
+/// The message both committees sign (SibylFeed.rotationDigest).
+pub fn rotation_digest(h: &Handover) -> [u8; 32] {
+    let domain: [u8; 32] = Keccak256::digest(b"Sibyl committee rotation v2").into();
+    // uint8[] as 32-byte words (alloy encodes a Vec<u8> as `bytes`)
+    let decimals: Vec<U256> = h.decimals().into_iter().map(U256::from).collect();
+    let feeds: [u8; 32] = Keccak256::digest((h.feed_ids(), decimals).abi_encode_params()).into();
     let encoded = (
         B256::from(domain),
-        B256::from(current),
-        B256::from(new),
-        U256::from_be_bytes(key.x),
-        U256::from_be_bytes(key.y),
+        U256::from(h.chain_id),
+        h.contract,
+        U256::from(h.rotation_count),
+        B256::from(h.current),
+        B256::from(h.new_digest),
+        U256::from_be_bytes(h.new_key.x),
+        U256::from_be_bytes(h.new_key.y),
+        B256::from(feeds),
     )
-        .abi_encode();
+        .abi_encode_params();
     Keccak256::digest(&encoded).into()
 }
 
 /// A signed rotation, ready to submit.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SignedRotation {
+    pub chain_id: u64,
+    pub contract: String,
+    pub rotation_count: u32,
     pub current_config_digest: String,
     pub new_config_digest: String,
     pub new_group_key_x: String,
     pub new_group_key_y: String,
-    /// The 32-byte message the current group key signed.
+    /// The 32-byte message both group keys signed.
     pub message: String,
     pub signers: Vec<u16>,
+    pub new_signers: Vec<u16>,
     pub signature: BTreeMap<&'static str, String>,
+    pub new_key_signature: BTreeMap<&'static str, String>,
     pub function: &'static str,
     pub calldata: String,
 }
@@ -74,21 +136,14 @@ fn hex0x(b: impl AsRef<[u8]>) -> String {
     format!("0x{}", hex::encode(b))
 }
 
-/// Signs the rotation from `current` to `new_digest`/`new_key` with the
-/// given key packages (at least the threshold) and checks the result.
-pub fn sign_rotation(
+/// A FROST signature of `message` by `shares` (at least the threshold) of
+/// `public`, checked, as the contract's `Signature` and its hex fields.
+fn threshold_sign(
     public: &frost_core::keys::PublicKeyPackage<Evm>,
     shares: &[frost_core::keys::KeyPackage<Evm>],
-    current: [u8; 32],
-    new_digest: [u8; 32],
-    new_key: &EvmGroupKey,
-) -> Result<SignedRotation> {
-    if current == new_digest {
-        bail!(
-            "the new committee has the same config digest as the current one; the contract refuses that (ConfigDigestUnchanged): change the committee file"
-        );
-    }
-    let message = rotation_digest(current, new_digest, new_key);
+    message: &[u8; 32],
+    who: &str,
+) -> Result<(Signature, BTreeMap<&'static str, String>, Vec<u16>)> {
     let mut rng = rand::rngs::OsRng;
     let mut nonces = BTreeMap::new();
     let mut commitments = BTreeMap::new();
@@ -97,22 +152,22 @@ pub fn sign_rotation(
         nonces.insert(*kp.identifier(), n);
         commitments.insert(*kp.identifier(), c);
     }
-    let package = frost_core::SigningPackage::new(commitments, &message);
+    let package = frost_core::SigningPackage::new(commitments, message);
     let mut sig_shares = BTreeMap::new();
     for kp in shares {
         let n = nonces
             .get(kp.identifier())
             .context("a signer lost its nonce")?;
         let s = frost_core::round2::sign(&package, n, kp)
-            .map_err(|e| anyhow::anyhow!("signing share failed: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{who}: signing share failed: {e}"))?;
         sig_shares.insert(*kp.identifier(), s);
     }
     let sig = frost_core::aggregate(&package, &sig_shares, public)
-        .map_err(|e| anyhow::anyhow!("cannot aggregate the rotation signature: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{who}: cannot aggregate the rotation signature: {e}"))?;
     public
         .verifying_key()
-        .verify(&message, &sig)
-        .map_err(|e| anyhow::anyhow!("the rotation signature does not verify: {e}"))?;
+        .verify(message, &sig)
+        .map_err(|e| anyhow::anyhow!("{who}: the rotation signature does not verify: {e}"))?;
     let bytes = sig
         .serialize()
         .map_err(|e| anyhow::anyhow!("cannot encode the signature: {e}"))?;
@@ -120,19 +175,22 @@ pub fn sign_rotation(
         bail!("a secp256k1-evm signature is 65 bytes, got {}", bytes.len());
     }
     let (rx, ry) = sibyl_chain::abi::affine(&bytes[..33]).context("signature R is not a point")?;
-    let current_key = sibyl_chain::evm_group_key(public.verifying_key())?;
+    let key = sibyl_chain::evm_group_key(public.verifying_key())?;
     let signature = Signature {
-        groupKeyX: U256::from_be_bytes(current_key.x),
+        groupKeyX: U256::from_be_bytes(key.x),
         rx: U256::from_be_bytes(rx),
         ry: U256::from_be_bytes(ry),
         z: U256::from_be_slice(&bytes[33..]),
     };
-    let call = ISibylFeed::rotateCommitteeCall {
-        newConfigDigest: B256::from(new_digest),
-        newGroupKeyX: U256::from_be_bytes(new_key.x),
-        newGroupKeyY: U256::from_be_bytes(new_key.y),
-        signature: signature.clone(),
-    };
+    let fields = [
+        ("group_key_x", hex0x(key.x)),
+        ("rx", hex0x(rx)),
+        ("ry", hex0x(ry)),
+        ("z", hex0x(&bytes[33..])),
+        ("raw", hex0x(&bytes)),
+    ]
+    .into_iter()
+    .collect();
     let mut signers: Vec<u16> = shares
         .iter()
         .filter_map(|kp| {
@@ -143,37 +201,80 @@ pub fn sign_rotation(
         })
         .collect();
     signers.sort_unstable();
+    Ok((signature, fields, signers))
+}
+
+/// Signs the hand-over with the current committee's shares and, as proof of
+/// possession, the new committee's shares; refuses a new key that is not the
+/// new public key package's.
+pub fn sign_rotation(
+    current: (
+        &frost_core::keys::PublicKeyPackage<Evm>,
+        &[frost_core::keys::KeyPackage<Evm>],
+    ),
+    new: (
+        &frost_core::keys::PublicKeyPackage<Evm>,
+        &[frost_core::keys::KeyPackage<Evm>],
+    ),
+    handover: &Handover,
+) -> Result<SignedRotation> {
+    if handover.current == handover.new_digest {
+        bail!(
+            "the new committee has the same config digest as the current one; the contract refuses that (ConfigDigestUnchanged): change the committee file"
+        );
+    }
+    let package_key = sibyl_chain::evm_group_key(new.0.verifying_key())?;
+    if package_key != handover.new_key {
+        bail!(
+            "--new-group-key is not the new committee's group key (its public key package has x = {}); a hand-over to a key nobody holds would be permanent",
+            hex0x(package_key.x)
+        );
+    }
+    let message = rotation_digest(handover);
+    let (signature, fields, signers) =
+        threshold_sign(current.0, current.1, &message, "current committee")?;
+    let (new_key_signature, new_fields, new_signers) =
+        threshold_sign(new.0, new.1, &message, "new committee")?;
+    let call = ISibylFeed::rotateCommitteeCall {
+        newConfigDigest: B256::from(handover.new_digest),
+        newGroupKeyX: U256::from_be_bytes(handover.new_key.x),
+        newGroupKeyY: U256::from_be_bytes(handover.new_key.y),
+        feedIds: handover.feed_ids(),
+        decimals: handover.decimals(),
+        signature,
+        newKeySignature: new_key_signature,
+    };
     Ok(SignedRotation {
-        current_config_digest: hex0x(current),
-        new_config_digest: hex0x(new_digest),
-        new_group_key_x: hex0x(new_key.x),
-        new_group_key_y: hex0x(new_key.y),
+        chain_id: handover.chain_id,
+        contract: format!("{}", handover.contract),
+        rotation_count: handover.rotation_count,
+        current_config_digest: hex0x(handover.current),
+        new_config_digest: hex0x(handover.new_digest),
+        new_group_key_x: hex0x(handover.new_key.x),
+        new_group_key_y: hex0x(handover.new_key.y),
         message: hex0x(message),
         signers,
-        signature: [
-            ("group_key_x", hex0x(current_key.x)),
-            ("rx", hex0x(rx)),
-            ("ry", hex0x(ry)),
-            ("z", hex0x(&bytes[33..])),
-            ("raw", hex0x(&bytes)),
-        ]
-        .into_iter()
-        .collect(),
-        function: "rotateCommittee(bytes32,uint256,uint256,(uint256,uint256,uint256,uint256))",
+        new_signers,
+        signature: fields,
+        new_key_signature: new_fields,
+        function: "rotateCommittee(bytes32,uint256,uint256,bytes32[],uint8[],(uint256,uint256,uint256,uint256),(uint256,uint256,uint256,uint256))",
         calldata: hex0x(call.abi_encode()),
     })
 }
 
-/// `sibyl rotation` entry point: prints the signed rotation as JSON.
-pub fn run(args: RotationArgs) -> Result<()> {
-    let new_committee = Committee::load(&args.new_committee)?;
-    let key_bytes = hex::decode(args.new_group_key.trim().trim_start_matches("0x"))
-        .context("--new-group-key must be hex")?;
-    let new_key = EvmGroupKey::from_compressed(&key_bytes)
-        .context("--new-group-key is not a secp256k1 point (33-byte compressed or 65-byte SEC1)")?;
+/// The secp256k1-evm public key package and key shares of `configs`, which
+/// must all belong to one committee and together reach its threshold.
+fn load_shares(
+    configs: &[PathBuf],
+    what: &str,
+) -> Result<(
+    Committee,
+    frost_core::keys::PublicKeyPackage<Evm>,
+    Vec<frost_core::keys::KeyPackage<Evm>>,
+)> {
     let mut current: Option<(Committee, frost_core::keys::PublicKeyPackage<Evm>)> = None;
     let mut shares: Vec<frost_core::keys::KeyPackage<Evm>> = Vec::new();
-    for path in &args.member_configs {
+    for path in configs {
         let config = Config::load(path)?;
         let digest = config.committee.digest;
         let store = Keystore::from_config(&config);
@@ -195,7 +296,7 @@ pub fn run(args: RotationArgs) -> Result<()> {
                     bail!(
                         "{} belongs to another committee than {}",
                         path.display(),
-                        args.member_configs[0].display()
+                        configs[0].display()
                     );
                 }
             }
@@ -206,26 +307,47 @@ pub fn run(args: RotationArgs) -> Result<()> {
         shares.push(kp);
     }
     let Some((committee, public)) = current else {
-        bail!("give --member-config for at least the threshold of current members");
+        bail!("give at least the threshold of {what} member configs");
     };
     if shares.len() < usize::from(committee.threshold) {
         bail!(
-            "{} member key shares given, the current committee needs {} (its threshold)",
+            "{} {what} member key shares given, that committee needs {} (its threshold)",
             shares.len(),
             committee.threshold
         );
     }
-    let signed = sign_rotation(
-        &public,
-        &shares,
-        committee.digest.0,
-        new_committee.digest.0,
-        &new_key,
-    )?;
+    Ok((committee, public, shares))
+}
+
+/// `sibyl rotation` entry point: prints the signed rotation as JSON.
+pub fn run(args: RotationArgs) -> Result<()> {
+    let new_committee = Committee::load(&args.new_committee)?;
+    let key_bytes = hex::decode(args.new_group_key.trim().trim_start_matches("0x"))
+        .context("--new-group-key must be hex")?;
+    let new_key = EvmGroupKey::from_compressed(&key_bytes)
+        .context("--new-group-key is not a secp256k1 point (33-byte compressed or 65-byte SEC1)")?;
+    let (committee, public, shares) = load_shares(&args.member_configs, "current")?;
+    let (next, new_public, new_shares) = load_shares(&args.new_member_configs, "new")?;
+    if next.digest != new_committee.digest {
+        bail!(
+            "--new-member-config files belong to another committee than --new-committee {}",
+            args.new_committee.display()
+        );
+    }
+    let handover = Handover {
+        chain_id: args.chain_id,
+        contract: args.contract,
+        rotation_count: args.rotation_count,
+        current: committee.digest.0,
+        new_digest: new_committee.digest.0,
+        new_key,
+        feeds: Handover::feeds_of(&new_committee),
+    };
+    let signed = sign_rotation((&public, &shares), (&new_public, &new_shares), &handover)?;
     println!("{}", serde_json::to_string_pretty(&signed)?);
     eprintln!(
-        "submit with: cast send <SibylFeed address> --data {} (anyone may send it)",
-        signed.calldata
+        "submit with: cast send {} --data {} (anyone may send it)",
+        signed.contract, signed.calldata
     );
     Ok(())
 }
@@ -235,30 +357,117 @@ mod tests {
     use super::*;
     use sibyl_aggregator::testkit::dealer_keys;
 
+    fn handover(new_key: EvmGroupKey) -> Handover {
+        Handover {
+            chain_id: 31337,
+            contract: Address::repeat_byte(0x5b),
+            rotation_count: 0,
+            current: [1; 32],
+            new_digest: [2; 32],
+            new_key,
+            feeds: vec![([7; 32], 8)],
+        }
+    }
+
     #[test]
-    fn a_threshold_of_shares_signs_a_rotation_the_group_key_verifies() {
+    fn both_committees_sign_a_rotation_their_group_keys_verify() {
         let mut rng = rand::rngs::OsRng;
         let old = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("old keys");
         let new = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("new keys");
         let new_key =
             sibyl_chain::evm_group_key(new.public_key_package.verifying_key()).expect("new key");
         let shares: Vec<_> = old.key_packages.values().take(3).cloned().collect();
-        let signed = sign_rotation(&old.public_key_package, &shares, [1; 32], [2; 32], &new_key)
-            .expect("signed");
+        let new_shares: Vec<_> = new.key_packages.values().skip(1).cloned().collect();
+        let h = handover(new_key);
+        let signed = sign_rotation(
+            (&old.public_key_package, &shares),
+            (&new.public_key_package, &new_shares),
+            &h,
+        )
+        .expect("signed");
         assert_eq!(signed.signers, vec![1, 2, 3]);
-        assert_eq!(
-            signed.message,
-            hex0x(rotation_digest([1; 32], [2; 32], &new_key))
-        );
+        assert_eq!(signed.new_signers, vec![2, 3, 4]);
+        assert_eq!(signed.message, hex0x(rotation_digest(&h)));
         let call = ISibylFeed::rotateCommitteeCall::abi_decode(
             &hex::decode(&signed.calldata[2..]).expect("hex"),
         )
         .expect("calldata decodes");
         assert_eq!(call.newConfigDigest, B256::from([2; 32]));
         assert_eq!(call.newGroupKeyX, U256::from_be_bytes(new_key.x));
+        assert_eq!(
+            call.newKeySignature.groupKeyX,
+            U256::from_be_bytes(new_key.x)
+        );
+        assert_eq!(call.decimals, vec![8]);
+        // keccak256(abi.encode(bytes32[] [0x07..07], uint8[] [8])) as Solidity computes it:
+        // offsets 0x40, 0x80; then [1, 0x07..07]; then [1, 8]
+        let mut sol = Vec::new();
+        for w in [0x40u8, 0x80, 1] {
+            sol.extend([0u8; 31]);
+            sol.push(w);
+        }
+        sol.extend([7u8; 32]);
+        for w in [1u8, 8] {
+            sol.extend([0u8; 31]);
+            sol.push(w);
+        }
+        let decimals: Vec<U256> = h.decimals().into_iter().map(U256::from).collect();
+        assert_eq!((h.feed_ids(), decimals).abi_encode_params(), sol);
+        // the message binds chain, contract and counter
+        for other in [
+            Handover {
+                chain_id: 1,
+                ..h.clone()
+            },
+            Handover {
+                contract: Address::repeat_byte(1),
+                ..h.clone()
+            },
+            Handover {
+                rotation_count: 1,
+                ..h.clone()
+            },
+            Handover {
+                feeds: vec![],
+                ..h.clone()
+            },
+        ] {
+            assert_ne!(rotation_digest(&other), rotation_digest(&h));
+        }
         // Same digest: refused before signing.
+        let same = Handover {
+            new_digest: [1; 32],
+            ..h.clone()
+        };
         assert!(
-            sign_rotation(&old.public_key_package, &shares, [1; 32], [1; 32], &new_key).is_err()
+            sign_rotation(
+                (&old.public_key_package, &shares),
+                (&new.public_key_package, &new_shares),
+                &same
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_new_key_that_is_not_the_new_committees_is_refused() {
+        let mut rng = rand::rngs::OsRng;
+        let old = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("old keys");
+        let new = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("new keys");
+        let stranger = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("stranger keys");
+        let stranger_key =
+            sibyl_chain::evm_group_key(stranger.public_key_package.verifying_key()).expect("k");
+        let shares: Vec<_> = old.key_packages.values().take(3).cloned().collect();
+        let new_shares: Vec<_> = new.key_packages.values().take(3).cloned().collect();
+        let e = sign_rotation(
+            (&old.public_key_package, &shares),
+            (&new.public_key_package, &new_shares),
+            &handover(stranger_key),
+        )
+        .expect_err("a key nobody of the new committee holds");
+        assert!(
+            e.to_string().contains("not the new committee's group key"),
+            "{e}"
         );
     }
 
@@ -266,8 +475,27 @@ mod tests {
     fn fewer_shares_than_the_threshold_do_not_sign() {
         let mut rng = rand::rngs::OsRng;
         let old = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("old keys");
-        let key = sibyl_chain::evm_group_key(old.public_key_package.verifying_key()).expect("k");
+        let new = dealer_keys::<Evm, _>(4, 3, &mut rng).expect("new keys");
+        let key = sibyl_chain::evm_group_key(new.public_key_package.verifying_key()).expect("k");
         let shares: Vec<_> = old.key_packages.values().take(2).cloned().collect();
-        assert!(sign_rotation(&old.public_key_package, &shares, [1; 32], [2; 32], &key).is_err());
+        let new_shares: Vec<_> = new.key_packages.values().take(3).cloned().collect();
+        assert!(
+            sign_rotation(
+                (&old.public_key_package, &shares),
+                (&new.public_key_package, &new_shares),
+                &handover(key)
+            )
+            .is_err()
+        );
+        let shares: Vec<_> = old.key_packages.values().take(3).cloned().collect();
+        let new_shares: Vec<_> = new.key_packages.values().take(2).cloned().collect();
+        assert!(
+            sign_rotation(
+                (&old.public_key_package, &shares),
+                (&new.public_key_package, &new_shares),
+                &handover(key)
+            )
+            .is_err()
+        );
     }
 }

@@ -154,6 +154,9 @@ async fn single_feed_update_carries_the_vector_signature_proof_and_calldata() {
         body["selector"].as_str().expect("sel")[2..]
     );
     let call = submitFeedsCall::abi_decode(&calldata).expect("calldata decodes");
+    // The payload (for updateFeeds / SibylPull) is the same call without its selector.
+    let payload = unhex(body["payload"].as_str().expect("payload"));
+    assert_eq!(payload, calldata[4..]);
     assert_eq!(call.header.round, 2);
     assert_eq!(call.header.merkleRoot.0, three.header.merkle_root);
     assert_eq!(call.leaves.len(), 1);

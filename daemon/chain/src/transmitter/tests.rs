@@ -172,18 +172,93 @@ async fn the_leader_pushes_the_whole_report_at_once_and_counts_the_receipt() {
             effective_gas_price: 2_000_000_000,
         },
     );
+    land(
+        &rpc,
+        &report,
+        &report
+            .leaves
+            .iter()
+            .map(|l| l.feed_id.clone())
+            .collect::<Vec<_>>(),
+    );
     t.on_tick(t0 + Duration::from_secs(1)).await;
     assert_eq!(t.metrics().confirmed.get(), 1);
+    // the follow-up read finds everything landed: nothing resent
+    assert_eq!(rpc.chain().sent.len(), 1);
     assert_eq!(t.metrics().gas_used.get(), 61_000);
     assert_eq!(t.metrics().feeds_pushed.get(), 3);
     assert_eq!(t.metrics().fees_paid_wei.get(), 61_000.0 * 2e9);
     // The next report goes out with the next nonce.
     let mut newer = (*report).clone();
     newer.header.timestamp_ms += 1_000;
+    for l in &mut newer.leaves {
+        l.price += l.price / 50; // past the 0.5 % deviation
+    }
     rpc.chain().nonce = 1;
     t.on_report(Arc::new(newer), t0 + Duration::from_secs(2));
     t.on_tick(t0 + Duration::from_secs(2)).await;
     assert_eq!(rpc.chain().sent.last().map(|s| s.nonce), Some(1));
+}
+
+/// `feeds` of `report` hold its values on chain.
+fn land(rpc: &FakeRpc, report: &SignedReport, feeds: &[FeedId]) {
+    for l in report.leaves.iter().filter(|l| feeds.contains(&l.feed_id)) {
+        rpc.chain().onchain.insert(
+            l.feed_id.clone(),
+            OnChainValue {
+                price: l.price,
+                timestamp_ms: report.header.timestamp_ms,
+                round_id: 1,
+            },
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_a_receipt_what_did_not_land_is_sent_again() {
+    let (report, key) = report();
+    let rpc = rich();
+    let mut t = transmitter(3, rpc.clone(), key);
+    let t0 = Instant::now();
+    t.on_report(report.clone(), t0);
+    t.on_tick(t0).await;
+    assert_eq!(rpc.chain().sent.len(), 1);
+    // Someone copied one leaf and landed it first, and our batch reverted anyway
+    // (out of gas, or an older contract): only that leaf is on chain.
+    let griefed = report.leaves[1].feed_id.clone();
+    land(&rpc, &report, std::slice::from_ref(&griefed));
+    rpc.chain().receipts.insert(
+        B256::with_last_byte(1),
+        Receipt {
+            success: false,
+            gas_used: 30_000,
+            effective_gas_price: 1,
+        },
+    );
+    rpc.chain().nonce = 1;
+    t.on_tick(t0 + Duration::from_secs(1)).await;
+    let sent = rpc.chain().sent.clone();
+    assert_eq!(sent.len(), 2, "the rest was not resent");
+    let call = submitFeedsCall::abi_decode(&sent[1].calldata).expect("submitFeeds");
+    let ids: Vec<B256> = call.leaves.iter().map(|l| l.feedId).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(!ids.contains(&B256::from(griefed.to_bytes32())));
+    assert_eq!(sent[1].nonce, 1);
+    // That one lands; the next follow-up finds nothing to send.
+    rpc.chain().receipts.insert(
+        B256::with_last_byte(2),
+        Receipt {
+            success: true,
+            gas_used: 50_000,
+            effective_gas_price: 1,
+        },
+    );
+    let all: Vec<FeedId> = report.leaves.iter().map(|l| l.feed_id.clone()).collect();
+    land(&rpc, &report, &all);
+    t.on_tick(t0 + Duration::from_secs(2)).await;
+    assert_eq!(rpc.chain().sent.len(), 2);
+    assert_eq!(t.metrics().confirmed.get(), 1);
+    assert_eq!(t.metrics().failed.get(), 1);
 }
 
 #[tokio::test]
@@ -204,7 +279,7 @@ async fn followers_wait_their_turn_and_skip_what_landed() {
             OnChainValue {
                 price: l.price,
                 timestamp_ms: report.header.timestamp_ms,
-                round: report.header.round,
+                round_id: 1,
             },
         );
     }
@@ -232,7 +307,7 @@ async fn only_feeds_past_deviation_or_heartbeat_are_pushed_with_proofs() {
             OnChainValue {
                 price: btc.price - btc.price / 1000,
                 timestamp_ms: ts - 1_000,
-                round: 1,
+                round_id: 1,
             },
         );
         // ETH-USD: 1% away -> due
@@ -241,7 +316,7 @@ async fn only_feeds_past_deviation_or_heartbeat_are_pushed_with_proofs() {
             OnChainValue {
                 price: eth.price - eth.price / 100,
                 timestamp_ms: ts - 1_000,
-                round: 1,
+                round_id: 1,
             },
         );
         // WTI-SPREAD: unchanged but its heartbeat elapsed -> due
@@ -250,7 +325,7 @@ async fn only_feeds_past_deviation_or_heartbeat_are_pushed_with_proofs() {
             OnChainValue {
                 price: wti.price,
                 timestamp_ms: ts - 3_600_000,
-                round: 1,
+                round_id: 1,
             },
         );
     }
@@ -328,19 +403,18 @@ async fn fees_are_capped_and_a_stuck_transaction_is_replaced_at_the_same_nonce()
 }
 
 #[tokio::test]
-async fn a_stale_estimate_is_a_skip_and_an_empty_account_sends_nothing() {
+async fn a_refused_estimate_sends_nothing_and_an_empty_account_sends_nothing() {
     let (report, key) = report();
     let rpc = rich();
     rpc.chain().estimate_error = Some(RpcError::Reverted {
-        error: "StaleReport".into(),
-        stale: true,
+        error: "ReportFromFuture".into(),
     });
     let mut t = transmitter(3, rpc.clone(), key);
     let t0 = Instant::now();
     t.on_report(report.clone(), t0);
     t.on_tick(t0).await;
     assert!(rpc.chain().sent.is_empty());
-    assert_eq!(t.metrics().skipped.get(), 1);
+    assert_eq!(t.metrics().failed.get(), 1);
 
     let poor = FakeRpc::default();
     let mut t = transmitter(3, poor.clone(), key);

@@ -68,6 +68,14 @@ pub(crate) fn default_max_confidence() -> Spanned<u32> {
 /// Most a jump or confidence bound may be: 1000 %.
 const MAX_BOUND_BPS: u32 = 100_000;
 
+/// Most decimals a feed may have when the committee signs for EVM chains:
+/// SibylFeed stores a price as int96 and a confidence as uint72 (its
+/// MAX_DECIMALS), so with 18 decimals prices up to 3.9e10 units and
+/// confidences up to 4,722 units fit; more decimals leave less.
+pub const EVM_MAX_DECIMALS: u8 = 18;
+/// SibylFeed's stored price range (int96).
+const EVM_PRICE_MAX: i128 = (1 << 95) - 1;
+
 /// `"123.45"` as a fixed-point integer with `decimals` decimals; `None` if it
 /// is not a plain decimal, has more fractional digits, or does not fit.
 pub(crate) fn parse_fixed(text: &str, decimals: u8) -> Option<sibyl_aggregator::Price> {
@@ -590,6 +598,17 @@ pub(crate) fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Opti
                 "8 or 18 decimals is typical",
             );
         }
+        if decimals <= MAX_DECIMALS
+            && decimals > EVM_MAX_DECIMALS
+            && suites.contains(&Suite::Secp256k1Evm)
+        {
+            r.at(
+                span(&f.decimals),
+                key("decimals"),
+                format!("{decimals} decimals do not fit the EVM contract: SibylFeed stores prices as int96 and confidence as uint72, at most {EVM_MAX_DECIMALS} decimals"),
+                "use at most 18 decimals (8 is typical) for a committee that signs secp256k1-evm",
+            );
+        }
         let dev = *f.deviation_bps.get_ref();
         if dev == 0 || dev > 10_000 {
             r.at(
@@ -620,6 +639,24 @@ pub(crate) fn validate_committee(raw: CommitteeFile, r: &mut Report<'_>) -> Opti
                     ),
                     "write the price in the feed's units as a string, e.g. \"0.01\"",
                 ),
+            }
+        }
+        for (field, text, v) in [
+            ("band_min", &f.band_min, band[0]),
+            ("band_max", &f.band_max, band[1]),
+        ] {
+            if let Some(v) = v
+                && !(-EVM_PRICE_MAX - 1..=EVM_PRICE_MAX).contains(&v)
+                && suites.contains(&Suite::Secp256k1Evm)
+            {
+                r.at(
+                    text.as_ref().and_then(span),
+                    key(field),
+                    format!(
+                        "{field} does not fit the EVM contract's int96 price at {decimals} decimals"
+                    ),
+                    "use fewer decimals for this feed, or a committee without secp256k1-evm",
+                );
             }
         }
         if let [Some(lo), Some(hi)] = band

@@ -594,3 +594,36 @@ fn the_committee_of_a_node_toml_that_does_not_parse_is_found() {
     assert_eq!(committee_name_in(src).as_deref(), Some("c.toml"));
     assert_eq!(committee_name_in("[node]\ndata_dir = \"d\"\n"), None);
 }
+
+#[test]
+fn an_evm_committee_refuses_decimals_the_contract_cannot_store() {
+    let evm = committee_src(4, 3).replace("suites = [\"ed25519\"]", "suites = [\"secp256k1-evm\"]");
+    // 18 decimals fit SibylFeed's int96 price and uint72 confidence
+    parse(&evm.replace(
+        "id = \"ETH-USD\"\ndecimals = 8",
+        "id = \"ETH-USD\"\ndecimals = 18",
+    ))
+    .expect("18 decimals on an EVM committee");
+    let p = problems(&evm.replace(
+        "id = \"ETH-USD\"\ndecimals = 8",
+        "id = \"ETH-USD\"\ndecimals = 24",
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        format!("{:?}", p[0]).contains("do not fit the EVM contract"),
+        "{p:?}"
+    );
+    // an ed25519-only committee stores nothing on chain: 24 decimals are fine there
+    parse(&committee_src(4, 3).replace(
+        "id = \"ETH-USD\"\ndecimals = 8",
+        "id = \"ETH-USD\"\ndecimals = 24",
+    ))
+    .expect("24 decimals without secp256k1-evm");
+    // a band beyond int96 at 18 decimals
+    let wide = evm.replace(
+        "id = \"ETH-USD\"\ndecimals = 8",
+        "id = \"ETH-USD\"\ndecimals = 18\nband_max = \"100000000000\"",
+    );
+    let p = problems(&wide);
+    assert!(format!("{p:?}").contains("int96"), "{p:?}");
+}
