@@ -748,6 +748,7 @@ fn devnet_chain_with_both_suites_pushes_and_keeps_ed25519() {
     assert!(update["calldata"].as_str().is_some_and(|c| c.len() > 10));
     drop(devnet);
     println!("devnet --chain with both suites: round {pushed} on chain, both signatures verify");
+}
 
 /// The devnet committee's feeds as cast arrays (ids as bytes32, decimals).
 fn rotation_feeds(devnet: &Value) -> String {
