@@ -495,6 +495,63 @@ fn multi_asset_collateral_counts_with_haircut() {
     assert_eq!(w.health(7).equity, 4_400 * M);
 }
 
+/// A unit's margin call comes with the report that takes it below initial
+/// margin, also when the price that moved it is not its positions' feed
+/// (here its ETH collateral), and clears with the report that takes it
+/// back; reports that keep it on one side emit nothing.
+#[test]
+fn margin_call_comes_the_round_any_price_crosses_initial() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
+    w.cmd(Command::ConfigureFeed(feed("ETH-USD"))).unwrap();
+    w.cmd(Command::ConfigureAsset(AssetConfig {
+        asset: "ETH".into(),
+        feed: "ETH-USD".into(),
+        haircut_ppm: 0,
+    }))
+    .unwrap();
+    w.price("ETH-USD", 2_000 * P).unwrap();
+    w.cmd(Command::CreateAccount { account: 1 }).unwrap();
+    w.cmd(Command::Deposit {
+        account: 1,
+        asset: "ETH".into(),
+        amount: 10 * Q,
+    })
+    .unwrap();
+    // 3.6 BTC at 50,000: initial 10 % = 18,000, maintenance 9,000; the
+    // collateral is worth 20,000.
+    w.open(1, "BTC-PERP", Side::Long, 36 * Q / 10).unwrap();
+    assert!(w.e.state().margin_calls.is_empty());
+    let calls = |ev: &[EventRecord]| {
+        ev.iter()
+            .filter(|r| matches!(r.event, Event::MarginCall { .. }))
+            .count()
+    };
+    let cleared = |ev: &[EventRecord]| {
+        ev.iter()
+            .filter(|r| matches!(r.event, Event::MarginCallCleared { .. }))
+            .count()
+    };
+    // Above initial (18,500 then 18,100): nothing.
+    for eth in [1_850, 1_810] {
+        let ev = w.price("ETH-USD", eth * P).unwrap();
+        assert_eq!((calls(&ev), cleared(&ev)), (0, 0), "ETH at {eth}");
+    }
+    // 1,790: equity 17,900 < 18,000 — the call comes with this report.
+    let ev = w.price("ETH-USD", 1_790 * P).unwrap();
+    assert_eq!(calls(&ev), 1, "ETH at 1,790 crosses initial: {ev:?}");
+    assert!(w.e.state().margin_calls.contains(&(1, Unit::Cross)));
+    assert!(liquidations(&ev).is_empty());
+    // Inside the call: nothing new, on either feed.
+    let ev = w.price("ETH-USD", 1_700 * P).unwrap();
+    assert_eq!((calls(&ev), cleared(&ev)), (0, 0));
+    let ev = w.price("BTC-USD", 50_010 * P).unwrap();
+    assert_eq!((calls(&ev), cleared(&ev)), (0, 0));
+    // The BTC price alone takes it back above initial: cleared now.
+    let ev = w.price("BTC-USD", 50_500 * P).unwrap();
+    assert_eq!(cleared(&ev), 1, "BTC at 50,500 restores initial: {ev:?}");
+    assert!(w.e.state().margin_calls.is_empty());
+}
+
 #[test]
 fn isolated_margin_limits_the_loss_to_its_pool() {
     let mut f = feed("BTC-USD");

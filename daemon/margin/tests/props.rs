@@ -354,14 +354,24 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
             }
         }
         // The index missed nobody: every unit below maintenance is deferred
-        // by a guard (margin calls are flagged when units are examined).
+        // by a guard, and every unit with positions between maintenance and
+        // initial is in margin call (and none above initial), after every
+        // report, whichever price moved it.
         let st = e.state();
-        for (id, unit, h, _has) in units(&e) {
+        for (id, unit, h, has) in units(&e) {
             let key = (id, unit.clone());
             if h.equity < h.maintenance || h.equity < 0 {
                 prop_assert!(
                     st.deferred.contains(&key),
                     "unit {:?} below maintenance and not deferred: {:?}",
+                    key,
+                    h
+                );
+            } else {
+                prop_assert_eq!(
+                    st.margin_calls.contains(&key),
+                    has && h.equity < h.initial,
+                    "unit {:?}: margin-call flag disagrees with its health {:?}",
                     key,
                     h
                 );
@@ -371,19 +381,12 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
     Ok(bytes)
 }
 
-/// Events that do not depend on which units the index let through: all but
-/// the informational margin calls, which are noticed when a unit is
-/// examined. Serialized without `seq` (margin calls take sequence numbers).
-fn decisive(events: &[EventRecord]) -> Vec<(u64, String)> {
+/// Every event, margin calls included (the bands keep units on one side of
+/// initial margin too, so a margin call comes the report that crosses it).
+fn decisive(events: &[EventRecord]) -> Vec<(u64, u64, String)> {
     events
         .iter()
-        .filter(|r| {
-            !matches!(
-                r.event,
-                Event::MarginCall { .. } | Event::MarginCallCleared { .. }
-            )
-        })
-        .map(|r| (r.at_ms, serde_json::to_string(&r.event).unwrap()))
+        .map(|r| (r.seq, r.at_ms, serde_json::to_string(&r.event).unwrap()))
         .collect()
 }
 
@@ -407,12 +410,12 @@ fn compare_with_exhaustive(inputs: &[Input]) -> Result<(u64, u64, usize), TestCa
         let (da, db) = (decisive(&a), decisive(&b));
         decisions += da.len();
         prop_assert_eq!(da, db, "input {}: events differ", i);
-        let (mut sa, mut sb) = (fast.snapshot(), slow.snapshot());
-        sa.margin_calls.clear();
-        sb.margin_calls.clear();
-        sa.next_seq = 0;
-        sb.next_seq = 0;
-        prop_assert_eq!(sa, sb, "input {}: states differ", i);
+        prop_assert_eq!(
+            fast.snapshot(),
+            slow.snapshot(),
+            "input {}: states differ",
+            i
+        );
     }
     Ok((fast.examined_units(), slow.examined_units(), decisions))
 }
@@ -614,7 +617,7 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
             assert_eq!(a, b, "level {level}: {input:?}");
             if let (Ok(a), Some(r)) = (&a, check_round)
                 && r > 2
-                && a.iter().any(|(_, e)| e.contains("\"liquidated\""))
+                && a.iter().any(|(_, _, e)| e.contains("\"liquidated\""))
             {
                 time_liquidations += 1;
             }

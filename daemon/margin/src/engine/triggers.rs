@@ -33,13 +33,41 @@ pub(super) fn delta_bound_ppm(
     (d.is_finite() && d < 1e15).then(|| d.ceil() as i128 + 1)
 }
 
-/// Bound on `|d(equity - maintenance)/d price|` per unit of size (ppm) of a
+/// Which requirement a band keeps a unit on one side of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Req {
+    /// Maintenance: crossing it liquidates (down) or ends a deferral (up).
+    Maintenance,
+    /// Initial: crossing it starts (down) or clears (up) a margin call.
+    Initial,
+}
+
+impl Req {
+    /// The requirement of `h` this names.
+    pub(super) fn of(self, h: &Health) -> i128 {
+        match self {
+            Req::Maintenance => h.maintenance,
+            Req::Initial => h.initial,
+        }
+    }
+
+    /// A linear market's base rate for this requirement (ppm).
+    pub(super) fn base_ppm(self, c: &MarketConfig) -> i128 {
+        match self {
+            Req::Maintenance => i128::from(c.maintenance_ppm),
+            Req::Initial => i128::from(c.initial_ppm),
+        }
+    }
+}
+
+/// Bound on `|d(equity - requirement)/d price|` per unit of size (ppm) of a
 /// linear position of `size` at `price`: `d(rate(n) n)/dn = base + 2 growth
 /// n / 1M <= 2 cap`, for every notional inside the band (at most 1.5 n).
 pub(super) fn linear_sensitivity_ppm(
     c: &MarketConfig,
     size: i128,
     price: i128,
+    req: Req,
 ) -> Result<i128, EngineError> {
     let n = value(size, price)?.abs();
     let grow = mul_div_ceil(
@@ -48,7 +76,7 @@ pub(super) fn linear_sensitivity_ppm(
         1_000_000 * crate::fixed::MONEY_SCALE,
         "sensitivity",
     )?;
-    Ok(PPM + (2 * max_rate_ppm(c)).min(i128::from(c.maintenance_ppm) + grow))
+    Ok(PPM + (2 * max_rate_ppm(c)).min(req.base_ppm(c) + grow))
 }
 
 impl Engine {
@@ -115,21 +143,46 @@ impl Engine {
         }
     }
 
-    /// Recomputes a unit's trigger bands from its health.
+    /// Recomputes a unit's trigger bands from its health. A unit at or
+    /// above initial keeps a band above initial (so the tick that takes it
+    /// below initial examines it: the margin call comes that round); one in
+    /// margin call keeps the intersection of "above maintenance" and "below
+    /// initial"; one below maintenance (deferred) keeps the band that
+    /// brings it back when it crosses maintenance upwards.
     pub(super) fn reindex(&mut self, key: Key, unit: &Unit, h: Health) {
-        let mut grid = std::mem::take(&mut self.grid);
-        let exact = self.exact_bands(&mut grid, key, unit, &h);
-        self.grid = grid;
-        let bands = match exact {
-            Ok(Some(b)) => Ok(b),
-            _ => {
-                self.fallback_bands += 1;
-                self.bands_for(key.account, unit, h)
-            }
+        let has_positions = self
+            .s
+            .accounts
+            .get(&key.account)
+            .is_some_and(|a| !Self::unit_positions(a, unit).is_empty());
+        let reqs: &[Req] = if h.equity < h.maintenance || h.equity < 0 || !has_positions {
+            &[Req::Maintenance]
+        } else if h.equity < h.initial {
+            &[Req::Maintenance, Req::Initial]
+        } else {
+            &[Req::Initial]
         };
-        match bands {
-            Ok((bands, recheck)) => self.insert_bands(key, bands, recheck),
-            Err(_) => {
+        let mut grid = std::mem::take(&mut self.grid);
+        let mut found: Option<(Vec<(String, i128, i128)>, Option<u64>)> = None;
+        let mut failed = false;
+        for req in reqs {
+            let exact = self.exact_bands(&mut grid, key, unit, &h, *req);
+            let bands = match exact {
+                Ok(Some(b)) => Ok(b),
+                _ => {
+                    self.fallback_bands += 1;
+                    self.bands_for(key.account, unit, h, *req)
+                }
+            };
+            match bands {
+                Ok(b) => found = Some(intersect(found, b)),
+                Err(_) => failed = true,
+            }
+        }
+        self.grid = grid;
+        match found {
+            Some((bands, recheck)) if !failed => self.insert_bands(key, bands, recheck),
+            _ => {
                 // Cannot bound it: examine it on every tick of its feeds.
                 self.idx.remove(key);
                 let feeds = self
@@ -176,6 +229,7 @@ impl Engine {
         account: AccountId,
         unit: &Unit,
         h: Health,
+        req: Req,
     ) -> Result<(Vec<(String, i128, i128)>, Option<u64>), EngineError> {
         let Some(acct) = self.s.accounts.get(&account) else {
             return Ok((vec![], None));
@@ -185,6 +239,12 @@ impl Engine {
         if positions.is_empty() && (acct.cash >= 0 || *unit != Unit::Cross) {
             return Ok((vec![], None));
         }
+        // A portfolio unit's initial requirement is its maintenance times
+        // this ratio, so scenario losses move it that much faster.
+        let ratio = match req {
+            Req::Maintenance => PPM,
+            Req::Initial => i128::from(self.s.risk.portfolio_initial_ratio_ppm).max(PPM),
+        };
         // Sensitivity per feed: qty-weighted bound on |dHealth/dPrice|.
         let mut sens: BTreeMap<String, i128> = BTreeMap::new();
         let mut theta_money = 0i128;
@@ -205,13 +265,18 @@ impl Engine {
                         let rate = fc.map_or(0, |c| c.rate_ppm);
                         let d_ppm = delta_bound_ppm(rate, model, *expiry_ms, self.s.now_ms)
                             .unwrap_or(i128::MAX / 4);
-                        mul_div_ceil(d_ppm, 2 * PPM + grid_move, PPM, "sensitivity")?
+                        mul_div_ceil(
+                            d_ppm,
+                            PPM + mul_div_ceil(ratio, PPM + grid_move, PPM, "sensitivity")?,
+                            PPM,
+                            "sensitivity",
+                        )?
                     }
                     // Equity moves by 1, each scenario loss by |m|.
-                    _ => PPM + grid_move,
+                    _ => PPM + ratio * grid_move / PPM + 1,
                 }
             } else {
-                linear_sensitivity_ppm(&ms.config, p.size, mark.price)?
+                linear_sensitivity_ppm(&ms.config, p.size, mark.price, req)?
             };
             let s = mul_div_ceil(p.size.abs(), k, PPM, "sensitivity")?;
             let e = sens.entry(ms.config.feed.clone()).or_insert(0);
@@ -238,12 +303,8 @@ impl Engine {
         if count == 0 {
             return Ok((vec![], None));
         }
-        // Distance to maintenance in either direction: crossing it down
-        // liquidates, crossing it up ends a deferral. Initial margin is not
-        // tracked by the bands (it would re-examine every unit near its
-        // initial requirement on every tick, 4x the work in the benchmark):
-        // margin calls are flagged whenever a unit is examined.
-        let dist = h.equity.saturating_sub(h.maintenance).abs();
+        // Distance to the requirement in either direction.
+        let dist = h.equity.saturating_sub(req.of(&h)).abs();
         // Options decay between price ticks. Reserve twice the current theta
         // over a horizon in which it eats at most half the distance (between
         // one recheck period and MAX_RECHECK_MS), and recheck at its end.
@@ -321,4 +382,35 @@ impl Engine {
             self.queue_account(id);
         }
     }
+}
+
+/// Bands that hold where both `a` (if any) and `b` hold: per feed the
+/// narrower edges, and the earlier recheck.
+#[allow(clippy::type_complexity)]
+fn intersect(
+    a: Option<(Vec<(String, i128, i128)>, Option<u64>)>,
+    b: (Vec<(String, i128, i128)>, Option<u64>),
+) -> (Vec<(String, i128, i128)>, Option<u64>) {
+    let Some((bands_a, recheck_a)) = a else {
+        return b;
+    };
+    let (bands_b, recheck_b) = b;
+    let mut by_feed: BTreeMap<String, (i128, i128)> = BTreeMap::new();
+    for (f, lo, hi) in bands_a.into_iter().chain(bands_b) {
+        by_feed
+            .entry(f)
+            .and_modify(|e| *e = (e.0.max(lo), e.1.min(hi)))
+            .or_insert((lo, hi));
+    }
+    let recheck = match (recheck_a, recheck_b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    (
+        by_feed
+            .into_iter()
+            .map(|(f, (lo, hi))| (f, lo, hi))
+            .collect(),
+        recheck,
+    )
 }
