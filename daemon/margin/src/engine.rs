@@ -3,7 +3,7 @@
 
 use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, ppm_ceil, ppm_floor, sub, value};
-use crate::index::{Band, Index, Key};
+use crate::index::{Band, Index, Key, Rank};
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -191,6 +191,10 @@ pub struct IndexedUnit {
     pub bands: Vec<(String, i128, i128)>,
     /// Time-based recheck.
     pub recheck_at_ms: Option<u64>,
+    /// Place in the at-risk ranking `(class, equity / maintenance ppm)`
+    /// from the unit's last examination (see `closest_to_liquidation`).
+    #[serde(default)]
+    pub rank: Option<(u8, i64)>,
 }
 
 impl Engine {
@@ -323,7 +327,7 @@ impl Engine {
     /// The trigger index entries, sorted by account and unit.
     pub fn index_entries(&self) -> Vec<IndexedUnit> {
         let mut units = Vec::new();
-        for (key, bands, recheck) in self.idx.entries() {
+        for (key, bands, recheck, rank) in self.idx.entries() {
             let Some(unit) = self.unit_of(key) else {
                 continue;
             };
@@ -336,6 +340,7 @@ impl Engine {
                 unit,
                 bands,
                 recheck_at_ms: recheck,
+                rank: rank.map(|r| (r.class, r.ratio_ppm)),
             });
         }
         units.sort_by(|a, b| a.account.cmp(&b.account).then(a.unit.cmp(&b.unit)));
@@ -373,6 +378,10 @@ impl Engine {
                 });
             }
             e.idx.insert(key, bands, u.recheck_at_ms);
+            e.idx.set_rank(
+                key,
+                u.rank.map(|(class, ratio_ppm)| Rank { class, ratio_ppm }),
+            );
         }
         Ok(e)
     }

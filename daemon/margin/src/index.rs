@@ -146,6 +146,9 @@ impl Edges {
     }
 }
 
+/// One unit's index entry: bands, recheck time and rank.
+pub(crate) type Entry = (Key, Vec<Band>, Option<u64>, Option<Rank>);
+
 #[derive(Default, Debug, Clone)]
 pub(crate) struct Index {
     feed_slots: BTreeMap<String, u16>,
@@ -156,6 +159,24 @@ pub(crate) struct Index {
     recheck_at: IntMap<Key, u64>,
     /// Accounts holding a position, per market (for settlement and ADL).
     pub holders: BTreeMap<String, BTreeSet<u64>>,
+    /// The at-risk ranking: units with positions by `Rank`, kept as units
+    /// are examined (no scan).
+    ranking: BTreeSet<(Rank, Key)>,
+    rank_of: IntMap<Key, Rank>,
+}
+
+/// A unit's place in the at-risk ranking, from its health at its last
+/// examination: below maintenance (class 0) before margin call (1) before
+/// the rest (2); within a class, lower equity / maintenance (ppm) first.
+/// Class changes always come with an examination (the bands hold both
+/// requirements), so the classes are exact; the ratio inside a class is
+/// as of the unit's last examination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rank {
+    /// 0 below maintenance, 1 in margin call, 2 at or above initial.
+    pub class: u8,
+    /// Equity / maintenance (ppm), clamped to `i64`.
+    pub ratio_ppm: i64,
 }
 
 impl Index {
@@ -182,6 +203,12 @@ impl Index {
         if let Some(t) = self.recheck_at.remove(&key) {
             self.recheck.remove(&(t, key));
         }
+    }
+
+    /// Drops a unit entirely: bands, recheck and rank.
+    pub fn forget(&mut self, key: Key) {
+        self.remove(key);
+        self.set_rank(key, None);
     }
 
     pub fn insert(&mut self, key: Key, bands: Vec<Band>, recheck_at: Option<u64>) {
@@ -215,19 +242,51 @@ impl Index {
         }
     }
 
-    /// Every indexed unit with its bands and recheck time.
-    pub fn entries(&self) -> Vec<(Key, Vec<Band>, Option<u64>)> {
+    /// Every indexed unit with its bands, recheck time and rank.
+    pub fn entries(&self) -> Vec<Entry> {
         let mut keys: BTreeSet<Key> = self.bands.keys().copied().collect();
         keys.extend(self.recheck_at.keys().copied());
+        keys.extend(self.rank_of.keys().copied());
         keys.into_iter()
             .map(|k| {
                 (
                     k,
                     self.bands.get(&k).cloned().unwrap_or_default(),
                     self.recheck_at.get(&k).copied(),
+                    self.rank_of.get(&k).copied(),
                 )
             })
             .collect()
+    }
+
+    /// Sets (or with `None` drops) a unit's rank.
+    pub fn set_rank(&mut self, key: Key, rank: Option<Rank>) {
+        match rank {
+            Some(r) => {
+                if let Some(old) = self.rank_of.insert(key, r) {
+                    if old == r {
+                        return;
+                    }
+                    self.ranking.remove(&(old, key));
+                }
+                self.ranking.insert((r, key));
+            }
+            None => {
+                if let Some(old) = self.rank_of.remove(&key) {
+                    self.ranking.remove(&(old, key));
+                }
+            }
+        }
+    }
+
+    /// Ranked units, most at risk first.
+    pub fn ranked(&self) -> impl Iterator<Item = (Rank, Key)> + '_ {
+        self.ranking.iter().copied()
+    }
+
+    /// Units in the ranking.
+    pub fn ranked_units(&self) -> usize {
+        self.rank_of.len()
     }
 
     pub fn feed_name(&self, slot: u16) -> Option<&str> {
@@ -245,6 +304,8 @@ impl Index {
         self.bands.clear();
         self.recheck.clear();
         self.recheck_at.clear();
+        self.ranking.clear();
+        self.rank_of.clear();
     }
 
     pub fn indexed_units(&self) -> usize {

@@ -353,6 +353,37 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
                 }
             }
         }
+        // The at-risk ranking holds every unit with positions; the whole
+        // ranking equals a full scan, and every unit below maintenance or
+        // in margin call that the scan puts in the first n is returned.
+        let all = units(&e);
+        let with_positions = all.iter().filter(|u| u.3).count();
+        prop_assert_eq!(e.ranked_units(), with_positions, "ranking size");
+        prop_assert_eq!(
+            e.closest_to_liquidation(with_positions + 1),
+            e.closest_to_liquidation_scan(with_positions + 1)
+        );
+        for n in [1usize, 3, 8] {
+            let got = e.closest_to_liquidation(n);
+            prop_assert!(got.len() == n.min(with_positions));
+            prop_assert!(
+                got.windows(2)
+                    .all(|w| w[0].margin_ratio_ppm <= w[1].margin_ratio_ppm)
+            );
+            for r in e.closest_to_liquidation_scan(n) {
+                if r.health.equity < r.health.initial {
+                    prop_assert!(
+                        got.iter()
+                            .any(|g| g.account == r.account && g.unit == r.unit),
+                        "unit {} {} at risk ({:?}) ranked in the first {} by a scan but not returned",
+                        r.account,
+                        r.unit,
+                        r.health,
+                        n
+                    );
+                }
+            }
+        }
         // The index missed nobody: every unit below maintenance is deferred
         // by a guard, and every unit with positions between maintenance and
         // initial is in margin call (and none above initial), after every

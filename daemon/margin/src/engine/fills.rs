@@ -127,7 +127,7 @@ impl Engine {
             }
             self.idx.remove_holder(&m, account);
             if let Some(k) = self.key_of(account, &Unit::Isolated { market: m.clone() }) {
-                self.idx.remove(k);
+                self.idx.forget(k);
             }
         }
         for m in acct.positions.keys() {

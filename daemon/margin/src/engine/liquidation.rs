@@ -24,7 +24,7 @@ impl Engine {
             return;
         };
         let Some(acct) = self.s.accounts.get(&key.account) else {
-            self.idx.remove(key);
+            self.idx.forget(key);
             return;
         };
         if let Unit::Isolated { market } = &unit
@@ -33,7 +33,7 @@ impl Engine {
                 .get(market)
                 .is_none_or(|p| p.isolated.is_none())
         {
-            self.idx.remove(key);
+            self.idx.forget(key);
             return;
         }
         let h = match self.health_of(acct, &unit) {
@@ -44,7 +44,7 @@ impl Engine {
                     unit,
                     error: e.to_string(),
                 });
-                self.idx.remove(key);
+                self.idx.forget(key);
                 return;
             }
         };

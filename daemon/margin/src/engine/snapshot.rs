@@ -9,18 +9,23 @@
 //! "SIBYLMS1" ‖ head_len:u32 ‖ head JSON (Snapshot without accounts, order, flags)
 //!   ‖ accounts:u64 ‖ { id:u64 ‖ cash:i128 ‖ collateral ‖ positions }   (slot order)
 //!   ‖ margin_calls:u64 ‖ { id:u64 ‖ unit }   ‖ deferred:u64 ‖ { id:u64 ‖ unit }
-//!   ‖ index:u64 ‖ { id:u64 ‖ unit ‖ bands:u32 ‖ {feed:str ‖ lo:i128 ‖ hi:i128} ‖ recheck:opt u64 }
+//!   ‖ index:u64 ‖ { id:u64 ‖ unit ‖ bands:u32 ‖ {feed:str ‖ lo:i128 ‖ hi:i128} ‖ recheck:opt u64
+//!                   ‖ rank:opt (class:u8 ‖ ratio_ppm:i64) }
 //! ```
+//! `"SIBYLMS1"` snapshots (without `rank`) still decode; their ranking is
+//! rebuilt by evaluating every indexed unit once.
 //! Encodings of integers, strings, maps and units as in the state root.
 
 use super::{Engine, Snapshot};
 use crate::error::EngineError;
-use crate::index::Band;
+use crate::index::{Band, Rank};
 use crate::state_root::Enc;
 use crate::types::*;
 use std::collections::{BTreeMap, BTreeSet};
 
-const MAGIC: &[u8; 8] = b"SIBYLMS1";
+const MAGIC: &[u8; 8] = b"SIBYLMS2";
+/// The layout before the at-risk ranking was stored.
+const MAGIC_V1: &[u8; 8] = b"SIBYLMS1";
 
 fn corrupt(detail: impl Into<String>) -> EngineError {
     EngineError::SnapshotCorrupt {
@@ -179,6 +184,14 @@ impl Engine {
                     e.u64(t);
                 }
             }
+            match u.rank {
+                None => e.u8(0),
+                Some((class, ratio)) => {
+                    e.u8(1);
+                    e.u8(class);
+                    e.u64(ratio.cast_unsigned());
+                }
+            }
         }
         Ok(e.0)
     }
@@ -187,9 +200,11 @@ impl Engine {
     /// events as the engine that wrote them, without re-evaluating any unit.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Engine, EngineError> {
         let mut d = Dec { b: bytes, at: 0 };
-        if d.take(MAGIC.len())? != MAGIC {
-            return Err(corrupt("not a margin snapshot (bad magic)"));
-        }
+        let v1 = match d.take(MAGIC.len())? {
+            m if m == MAGIC => false,
+            m if m == MAGIC_V1 => true,
+            _ => return Err(corrupt("not a margin snapshot (bad magic)")),
+        };
         let head_len = d.len()?;
         let mut s: Snapshot =
             serde_json::from_slice(d.take(head_len)?).map_err(|e| corrupt(e.to_string()))?;
@@ -233,10 +248,22 @@ impl Engine {
                 1 => Some(d.u64()?),
                 t => return Err(corrupt(format!("recheck tag {t}"))),
             };
+            let rank = match if v1 { 0 } else { d.u8()? } {
+                0 => None,
+                1 => Some(Rank {
+                    class: d.u8()?,
+                    ratio_ppm: d.u64()?.cast_signed(),
+                }),
+                t => return Err(corrupt(format!("rank tag {t}"))),
+            };
             let key = e
                 .key_of(account, &unit)
                 .ok_or_else(|| corrupt(format!("index entry for unknown unit {account} {unit}")))?;
             e.idx.insert(key, bands, recheck);
+            e.idx.set_rank(key, rank);
+        }
+        if v1 {
+            e.rank_every_unit();
         }
         if d.at != bytes.len() {
             return Err(corrupt(format!(

@@ -5,7 +5,7 @@ use super::health::max_rate_ppm;
 use super::{Engine, MAX_RECHECK_MS, YEAR_MS, YEAR_MS_INT};
 use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, ppm_ceil, value};
-use crate::index::{Band, Index, Key};
+use crate::index::{Band, Index, Key, Rank};
 use crate::options::PricingModel;
 use crate::types::*;
 use std::collections::BTreeMap;
@@ -137,7 +137,7 @@ impl Engine {
                 let acct = &self.s.accounts[&id];
                 match self.health_of(acct, &u) {
                     Ok(h) => self.reindex(k, &u, h),
-                    Err(_) => self.idx.remove(k),
+                    Err(_) => self.idx.forget(k),
                 }
             }
         }
@@ -155,6 +155,8 @@ impl Engine {
             .accounts
             .get(&key.account)
             .is_some_and(|a| !Self::unit_positions(a, unit).is_empty());
+        self.idx
+            .set_rank(key, has_positions.then(|| rank_of_health(&h)));
         let reqs: &[Req] = if h.equity < h.maintenance || h.equity < 0 || !has_positions {
             &[Req::Maintenance]
         } else if h.equity < h.initial {
@@ -163,7 +165,7 @@ impl Engine {
             &[Req::Initial]
         };
         let mut grid = std::mem::take(&mut self.grid);
-        let mut found: Option<(Vec<(String, i128, i128)>, Option<u64>)> = None;
+        let mut found: Option<FeedBands> = None;
         let mut failed = false;
         for req in reqs {
             let exact = self.exact_bands(&mut grid, key, unit, &h, *req);
@@ -384,13 +386,32 @@ impl Engine {
     }
 }
 
+/// A unit's bands `(feed, lo, hi)` and its time-based recheck.
+pub(super) type FeedBands = (Vec<(String, i128, i128)>, Option<u64>);
+
+/// A unit's place in the at-risk ranking from its health.
+pub(super) fn rank_of_health(h: &Health) -> Rank {
+    let class = if h.equity < h.maintenance || h.equity < 0 {
+        0
+    } else if h.equity < h.initial {
+        1
+    } else {
+        2
+    };
+    let ratio = if h.maintenance > 0 {
+        h.equity.saturating_mul(PPM) / h.maintenance
+    } else {
+        i128::MAX
+    };
+    Rank {
+        class,
+        ratio_ppm: i64::try_from(ratio).unwrap_or(if ratio < 0 { i64::MIN } else { i64::MAX }),
+    }
+}
+
 /// Bands that hold where both `a` (if any) and `b` hold: per feed the
 /// narrower edges, and the earlier recheck.
-#[allow(clippy::type_complexity)]
-fn intersect(
-    a: Option<(Vec<(String, i128, i128)>, Option<u64>)>,
-    b: (Vec<(String, i128, i128)>, Option<u64>),
-) -> (Vec<(String, i128, i128)>, Option<u64>) {
+fn intersect(a: Option<FeedBands>, b: FeedBands) -> FeedBands {
     let Some((bands_a, recheck_a)) = a else {
         return b;
     };
