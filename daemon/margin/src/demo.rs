@@ -279,6 +279,7 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
                 price: *px,
                 decimals: 8,
                 confidence: (*px / 2_000).unsigned_abs(),
+                ..PriceInput::default()
             })
             .collect(),
     };

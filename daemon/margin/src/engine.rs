@@ -7,6 +7,7 @@ use crate::index::{Band, Index, Key, Rank};
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 mod bands;
 mod commands;
@@ -22,6 +23,7 @@ mod triggers;
 mod views;
 
 pub use prices::surface_vol;
+pub use snapshot::SnapshotSource;
 pub use views::{AtRisk, Revaluation, UnitView};
 
 /// Milliseconds per year (365 days, Hull's convention) for option time.
@@ -55,6 +57,18 @@ pub struct FeedPrice {
     pub timestamp_ms: u64,
     /// Report round.
     pub round: u64,
+    /// The leaf's status (`types::status`).
+    #[serde(default)]
+    pub status: u8,
+    /// The leaf's flags.
+    #[serde(default)]
+    pub flags: u16,
+    /// The leaf's EMA (8 decimals; 0: none).
+    #[serde(default)]
+    pub ema: i128,
+    /// The leaf's realized volatility (1e9 = 100 % a year).
+    #[serde(default)]
+    pub volatility: u64,
 }
 
 /// A feed: config, last price, recent prices, guard.
@@ -136,8 +150,9 @@ pub struct Snapshot {
     pub assets: BTreeMap<String, AssetConfig>,
     /// Markets.
     pub markets: BTreeMap<String, MarketState>,
-    /// Accounts.
-    pub accounts: BTreeMap<AccountId, Account>,
+    /// Accounts, each shared copy-on-write, so a snapshot to encode is a
+    /// cheap copy of the map (`Engine::snapshot_source`).
+    pub accounts: BTreeMap<AccountId, Arc<Account>>,
     /// The venue (counterparty and liquidator side).
     pub venue: Venue,
     /// Insurance fund (money).
@@ -289,14 +304,7 @@ impl Engine {
     /// Applies one stored input. On error nothing changed and no event was emitted.
     pub fn apply(&mut self, input: &Input) -> Result<Vec<EventRecord>, EngineError> {
         match input {
-            Input::Prices(r) => {
-                let prices: Vec<(&str, i128, u8, u128)> = r
-                    .prices
-                    .iter()
-                    .map(|p| (p.feed.as_str(), p.price, p.decimals, p.confidence))
-                    .collect();
-                self.apply_prices(r.round, r.timestamp_ms, &prices)
-            }
+            Input::Prices(r) => self.apply_report(r),
             Input::Command { at_ms, command } => self.apply_command(*at_ms, command),
         }
     }
@@ -305,6 +313,7 @@ impl Engine {
         self.s
             .accounts
             .get(&account)
+            .map(|a| &**a)
             .ok_or(EngineError::UnknownAccount { account })
     }
 

@@ -14,8 +14,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Account ids are chosen by the caller (the API), so replays reproduce them.
 pub type AccountId = u64;
 
-/// One feed's value from a verified signed report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One feed's value from a verified signed report: the leaf's price,
+/// confidence, status, flags, EMA and realized volatility
+/// (docs/PROTOCOL.md). Inputs stored before the leaf carried status, EMA
+/// and volatility read as status ok, no flags, no EMA, no volatility.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceInput {
     /// Feed id, e.g. "BTC-USD".
     pub feed: String,
@@ -25,6 +28,56 @@ pub struct PriceInput {
     pub decimals: u8,
     /// Confidence half-width, same scale as `price`.
     pub confidence: u128,
+    /// The leaf's status (`status::OK` .. `status::MARKET_CLOSED`).
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub status: u8,
+    /// The leaf's flags (`status::UNCONFIRMED_JUMP` is the one the engine
+    /// reads beyond the status).
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub flags: u16,
+    /// The leaf's EMA, same scale as `price` (0: none).
+    #[serde(default, skip_serializing_if = "is_zero_i128")]
+    pub ema: i128,
+    /// The EMA's confidence, same scale as `price`.
+    #[serde(default, skip_serializing_if = "is_zero_u128")]
+    pub ema_confidence: u128,
+    /// The leaf's realized volatility (1e9 = 100 % a year; 0: none).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub volatility: u64,
+}
+
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
+}
+fn is_zero_u16(v: &u16) -> bool {
+    *v == 0
+}
+fn is_zero_i128(v: &i128) -> bool {
+    *v == 0
+}
+fn is_zero_u128(v: &u128) -> bool {
+    *v == 0
+}
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+/// The signed leaf's status byte and the flag the engine reads
+/// (docs/PROTOCOL.md, "Status and flags").
+pub mod status {
+    /// Usable.
+    pub const OK: u8 = 0;
+    /// Usable with care (few venues, wide confidence, peg, band, jump).
+    pub const DEGRADED: u8 = 1;
+    /// The observations behind the price are old.
+    pub const STALE: u8 = 2;
+    /// A majority sees trading halted.
+    pub const HALTED: u8 = 3;
+    /// A majority sees the market closed.
+    pub const MARKET_CLOSED: u8 = 4;
+    /// Flag bit 4: a jump beyond the feed's bound, not yet confirmed by the
+    /// next leaf.
+    pub const UNCONFIRMED_JUMP: u16 = 1 << 4;
 }
 
 /// The feeds of one verified signed report.
@@ -164,6 +217,15 @@ pub struct RiskParams {
     /// Units holding options are re-examined at least this often (ms), since
     /// time decay moves their value between price ticks.
     pub option_recheck_ms: u64,
+    /// Cap on a liquidation's penalty (ppm of the closed notional), whatever
+    /// the market's `liquidation_penalty_ppm`. The penalty also never
+    /// exceeds what the unit has left (full liquidation).
+    #[serde(default = "default_penalty_cap_ppm")]
+    pub max_liquidation_penalty_ppm: u32,
+}
+
+fn default_penalty_cap_ppm() -> u32 {
+    50_000
 }
 
 impl Default for RiskParams {
@@ -173,6 +235,7 @@ impl Default for RiskParams {
             partial_steps_ppm: vec![100_000, 250_000, 500_000, 750_000],
             portfolio_initial_ratio_ppm: 1_250_000,
             option_recheck_ms: 60_000,
+            max_liquidation_penalty_ppm: default_penalty_cap_ppm(),
         }
     }
 }
@@ -465,6 +528,16 @@ pub enum GuardReason {
         /// Allowed.
         max_ppm: u32,
     },
+    /// The signed leaf says the price is not fit to act on: its status
+    /// is degraded, stale, halted or market closed, or its jump is not
+    /// confirmed yet. Liquidation waits; the feed's markets are
+    /// reduce-only (closing is allowed, new risk is refused).
+    Status {
+        /// The leaf's status byte.
+        status: u8,
+        /// The leaf's flags.
+        flags: u16,
+    },
     /// The price jumped implausibly against its recent average.
     Jump {
         /// Price (8 decimals).
@@ -496,6 +569,25 @@ impl std::fmt::Display for GuardReason {
                 write!(
                     f,
                     "confidence {ratio_ppm} ppm of price exceeds {max_ppm} ppm"
+                )
+            }
+            GuardReason::Status { status, flags } => {
+                let what = match *status {
+                    status::OK => "ok",
+                    status::DEGRADED => "degraded",
+                    status::STALE => "stale",
+                    status::HALTED => "halted",
+                    status::MARKET_CLOSED => "market closed",
+                    _ => "unknown",
+                };
+                write!(
+                    f,
+                    "the signed leaf's status is {what} (flags {flags:#06x}{}): reduce-only until a leaf is ok",
+                    if flags & status::UNCONFIRMED_JUMP != 0 {
+                        ", jump unconfirmed"
+                    } else {
+                        ""
+                    }
                 )
             }
             GuardReason::Jump {

@@ -82,6 +82,19 @@ impl World {
         self.price_conf(feed, price, 0)
     }
 
+    /// A report whose leaf carries `status`, `flags`, an EMA and a volatility.
+    fn leaf(&mut self, input: PriceInput) -> Result<Vec<EventRecord>, EngineError> {
+        self.round += 1;
+        self.t += 1_000;
+        let r = self.e.apply_report(&PriceReport {
+            round: self.round,
+            timestamp_ms: self.t,
+            prices: vec![input],
+        })?;
+        self.events.extend(r.clone());
+        Ok(r)
+    }
+
     fn account(&mut self, id: u64, cash: i128) {
         self.cmd(Command::CreateAccount { account: id }).unwrap();
         self.cmd(Command::Deposit {
@@ -156,6 +169,113 @@ fn open_then_move_liquidates_partially_or_fully() {
     assert!(matches!(kind, LiquidationKind::Partial { .. }), "{kind:?}");
     assert_eq!(*to_liquidator + *to_insurance, *penalty);
     assert_eq!(w.e.insurance_fund(), *to_insurance);
+}
+
+fn btc(price: i128, status: u8, flags: u16) -> PriceInput {
+    PriceInput {
+        feed: "BTC-USD".into(),
+        price,
+        decimals: 8,
+        status,
+        flags,
+        ..PriceInput::default()
+    }
+}
+
+/// The signed leaf's status gates the engine: no liquidation on a degraded
+/// or unconfirmed price (deferred, then done on the next ok leaf); while
+/// stale, halted or closed the market is reduce-only.
+#[test]
+fn leaf_status_defers_liquidation_and_makes_markets_reduce_only() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    w.account(2, 10_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    w.open(2, "BTC-PERP", Side::Long, 10 * Q).unwrap();
+    // Below maintenance on a degraded leaf, and on an ok leaf whose jump is
+    // unconfirmed: deferred, not liquidated.
+    for (status, flags) in [
+        (status::DEGRADED, 0),
+        (status::OK, status::UNCONFIRMED_JUMP),
+        (status::DEGRADED, status::UNCONFIRMED_JUMP),
+    ] {
+        let ev = w.leaf(btc(93 * P, status, flags)).unwrap();
+        assert!(liquidations(&ev).is_empty(), "{status}/{flags}: {ev:?}");
+        assert!(
+            w.e.state().deferred.contains(&(1, Unit::Cross)),
+            "{status}/{flags}"
+        );
+        let guard = w.e.state().feeds["BTC-USD"].guard.clone();
+        assert_eq!(guard, Some(GuardReason::Status { status, flags }));
+    }
+    // Reduce-only: more risk is refused, reducing is allowed.
+    for status in [status::STALE, status::HALTED, status::MARKET_CLOSED] {
+        w.leaf(btc(100 * P, status, 0)).unwrap();
+        let more = w.open(2, "BTC-PERP", Side::Long, Q);
+        assert!(
+            matches!(more, Err(EngineError::GuardUp { .. })),
+            "{status}: {more:?}"
+        );
+        w.cmd(Command::Close {
+            account: 2,
+            market: "BTC-PERP".into(),
+            size: Some(Q),
+        })
+        .unwrap();
+    }
+    // The next ok leaf below maintenance liquidates.
+    let ev = w.leaf(btc(93 * P, status::OK, 0)).unwrap();
+    assert_eq!(liquidations(&ev).len(), 1, "{ev:?}");
+    assert!(w.e.state().deferred.is_empty());
+}
+
+/// A market's penalty above the engine's cap is charged at most at the cap.
+#[test]
+fn liquidation_penalty_is_capped() {
+    let run = |cap: u32| -> (i128, i128) {
+        let mut m = perp("BTC-PERP", "BTC-USD");
+        m.liquidation_penalty_ppm = 200_000;
+        let mut w = World::new(feed("BTC-USD"), m, 100 * P);
+        let r = RiskParams {
+            max_liquidation_penalty_ppm: cap,
+            ..RiskParams::default()
+        };
+        w.cmd(Command::ConfigureRisk(r)).unwrap();
+        w.account(1, 1_000 * M);
+        w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+        let ev = w.price("BTC-USD", 935 * P / 10).unwrap();
+        let l = liquidations(&ev);
+        assert_eq!(l.len(), 1, "{ev:?}");
+        let Event::Liquidated {
+            closed, penalty, ..
+        } = l[0]
+        else {
+            unreachable!()
+        };
+        let notional: i128 = closed
+            .iter()
+            .map(|c| (c.size * c.price / (Q * P / M)).abs())
+            .sum();
+        (*penalty, notional)
+    };
+    assert_eq!(RiskParams::default().max_liquidation_penalty_ppm, 50_000);
+    let (capped, notional) = run(10_000);
+    assert!(notional > 0 && capped > 0);
+    assert!(
+        capped <= notional / 100 + 1,
+        "penalty {capped} above 1 % of {notional}"
+    );
+    let (uncapped, _) = run(1_000_000);
+    assert!(uncapped > capped, "{uncapped} vs {capped}");
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    let r = RiskParams {
+        max_liquidation_penalty_ppm: 1_000_001,
+        ..RiskParams::default()
+    };
+    assert!(matches!(
+        w.cmd(Command::ConfigureRisk(r)),
+        Err(EngineError::InvalidConfig { .. })
+    ));
 }
 
 #[test]

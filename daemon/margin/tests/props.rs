@@ -105,6 +105,21 @@ struct Step {
     dt_ms: u64,
     moves_ppm: [i64; 2],
     wide: bool,
+    /// Per feed: the leaf's (status, flags).
+    leaf: [(u8, u16); 2],
+}
+
+/// A leaf's status: mostly ok, sometimes each of the others, sometimes an
+/// unconfirmed jump.
+fn leaf() -> impl Strategy<Value = (u8, u16)> {
+    prop_oneof![
+        12 => Just((status::OK, 0u16)),
+        1 => Just((status::DEGRADED, 0)),
+        1 => Just((status::OK, status::UNCONFIRMED_JUMP)),
+        1 => Just((status::STALE, 0)),
+        1 => Just((status::HALTED, 0)),
+        1 => Just((status::MARKET_CLOSED, 0)),
+    ]
 }
 
 fn trade() -> impl Strategy<Value = Trade> {
@@ -129,11 +144,13 @@ fn step() -> impl Strategy<Value = Step> {
         prop_oneof![0u64..120_000, 0u64..7_200_000, 0u64..2 * 86_400_000],
         [-90_000i64..=90_000, -90_000i64..=90_000],
         prop::bool::weighted(0.1),
+        [leaf(), leaf()],
     )
-        .prop_map(|(dt_ms, moves_ppm, wide)| Step {
+        .prop_map(|(dt_ms, moves_ppm, wide, leaf)| Step {
             dt_ms,
             moves_ppm,
             wide,
+            leaf,
         })
 }
 
@@ -147,6 +164,7 @@ fn calm_step() -> impl Strategy<Value = Step> {
             dt_ms,
             moves_ppm,
             wide: false,
+            leaf: [(status::OK, 0); 2],
         })
 }
 
@@ -168,14 +186,15 @@ fn inputs(
         v.push(cmd(c));
     }
     let mut prices = [100 * P, 10 * P];
-    let report = |round, t, prices: &[i128; 2], wide: bool| {
+    let report = |round, t, prices: &[i128; 2], wide: bool, leaf: [(u8, u16); 2]| {
         Input::Prices(PriceReport {
             round,
             timestamp_ms: t,
             prices: FEEDS
                 .iter()
                 .zip(prices)
-                .map(|(f, p)| PriceInput {
+                .zip(leaf)
+                .map(|((f, p), (status, flags))| PriceInput {
                     feed: f.to_string(),
                     price: *p,
                     decimals: 8,
@@ -184,11 +203,14 @@ fn inputs(
                     } else {
                         (*p / 1_000) as u128
                     },
+                    status,
+                    flags,
+                    ..PriceInput::default()
                 })
                 .collect(),
         })
     };
-    v.push(report(1, T0, &prices, false));
+    v.push(report(1, T0, &prices, false, [(status::OK, 0); 2]));
     v.push(cmd(Command::FundInsurance { amount: 50 * M }));
     for (i, c) in cash.iter().enumerate() {
         let account = i as u64 + 1;
@@ -228,7 +250,7 @@ fn inputs(
         for (p, m) in prices.iter_mut().zip(s.moves_ppm) {
             *p = (*p * (1_000_000 + i128::from(m)) / 1_000_000).max(P / 100);
         }
-        v.push(report(i as u64 + 2, t, &prices, s.wide));
+        v.push(report(i as u64 + 2, t, &prices, s.wide, s.leaf));
     }
     v
 }
@@ -335,6 +357,18 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
                     "liquidated a healthy unit: {:?}",
                     before
                 );
+                // Never on a leaf that is not ok or whose jump is unconfirmed.
+                for slice in closed {
+                    let feed = &e.state().markets[&slice.market].config.feed;
+                    let last = e.state().feeds[feed].last.as_ref().unwrap();
+                    prop_assert!(
+                        last.status == status::OK && last.flags & status::UNCONFIRMED_JUMP == 0,
+                        "liquidated {} on a leaf with status {} flags {}",
+                        slice.market,
+                        last.status,
+                        last.flags
+                    );
+                }
                 let slack = 4 * (closed.len() as i128 + 1);
                 let excess_before = before.equity - before.maintenance;
                 let excess_after = after.equity - after.maintenance;
@@ -602,7 +636,7 @@ proptest! {
         }
         // One change to one account, made in the state itself.
         let mut s = e.snapshot();
-        let a = s.accounts.get_mut(&id).unwrap();
+        let a = std::sync::Arc::make_mut(s.accounts.get_mut(&id).unwrap());
         match change {
             0 => a.cash += 1,
             1 => { a.collateral.insert("ETH".into(), 1); }
@@ -668,12 +702,14 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
                         price: btc,
                         decimals: 8,
                         confidence: (btc / 1_000) as u128,
+                        ..PriceInput::default()
                     },
                     PriceInput {
                         feed: "ETH-USD".into(),
                         price: 10 * P,
                         decimals: 8,
                         confidence: (P / 100) as u128,
+                        ..PriceInput::default()
                     },
                 ],
             })

@@ -5,6 +5,7 @@ use super::{Engine, FeedState, MAX_FEEDS, MarketState};
 use crate::error::EngineError;
 use crate::fixed::{QUOTE_ASSET, add, ppm_ceil, sub};
 use crate::types::*;
+use std::sync::Arc;
 
 /// A validated command, ready to commit.
 enum Plan {
@@ -145,6 +146,11 @@ impl Engine {
                         ),
                     });
                 }
+                Self::check_ppm(
+                    "max_liquidation_penalty_ppm",
+                    r.max_liquidation_penalty_ppm,
+                    1_000_000,
+                )?;
                 if r.option_recheck_ms == 0 {
                     return Err(EngineError::InvalidConfig {
                         detail: "option_recheck_ms must be > 0".into(),
@@ -623,7 +629,7 @@ impl Engine {
                 }
                 self.s.fees = add(self.s.fees, fee, "fees")?;
                 self.tidy(id, &mut acct)?;
-                self.s.accounts.insert(id, acct);
+                self.s.accounts.insert(id, Arc::new(acct));
                 self.touch(id);
                 for e in extra {
                     self.emit(e);

@@ -7,6 +7,7 @@ use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_floor, ppm_ceil, ppm_floor, sub, value};
 use crate::index::Key;
 use crate::types::*;
+use std::sync::Arc;
 
 impl Engine {
     pub(super) fn drain_pending(&mut self) {
@@ -218,7 +219,7 @@ impl Engine {
             self.s.venue.cash = sub(self.s.venue.cash, *v, "venue cash")?;
         }
         let deficit = (-Self::base_of(&a, unit)).max(0);
-        self.s.accounts.insert(account, a);
+        self.s.accounts.insert(account, Arc::new(a));
         self.touch(account);
         for (asset, qty, price, v) in seized {
             self.emit(Event::CollateralSeized {
@@ -256,9 +257,10 @@ impl Engine {
             .s
             .accounts
             .remove(&account)
+            .map(Arc::unwrap_or_clone)
             .ok_or(EngineError::UnknownAccount { account })?;
         self.tidy(account, &mut a)?;
-        self.s.accounts.insert(account, a);
+        self.s.accounts.insert(account, Arc::new(a));
         self.touch(account);
         Ok(())
     }
@@ -294,10 +296,11 @@ impl Engine {
             };
             let (ms, mark) = self.mark_of(m)?;
             let price = mark.price;
-            let pen = ppm_ceil(
-                value(c, price)?.abs(),
-                i128::from(ms.config.liquidation_penalty_ppm),
-            )?;
+            let rate = ms
+                .config
+                .liquidation_penalty_ppm
+                .min(self.s.risk.max_liquidation_penalty_ppm);
+            let pen = ppm_ceil(value(c, price)?.abs(), i128::from(rate))?;
             to_liquidator = add(
                 to_liquidator,
                 ppm_floor(pen, i128::from(ms.config.liquidator_share_ppm))?,

@@ -22,8 +22,42 @@ use crate::index::{Band, Rank};
 use crate::state_root::Enc;
 use crate::types::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"SIBYLMS2";
+
+/// A snapshot taken but not yet encoded (`Engine::snapshot_source`).
+pub struct SnapshotSource {
+    head: Vec<u8>,
+    accounts: BTreeMap<AccountId, Arc<Account>>,
+    order: Vec<AccountId>,
+    /// Margin-call and deferred units, then the index, encoded.
+    tail: Vec<u8>,
+}
+
+impl SnapshotSource {
+    /// The snapshot's bytes (layout above).
+    pub fn encode(self) -> Result<Vec<u8>, EngineError> {
+        let mut e = Enc(Vec::with_capacity(
+            64 + self.head.len() + self.tail.len() + self.accounts.len() * 160,
+        ));
+        e.0.extend_from_slice(MAGIC);
+        e.u32(u32::try_from(self.head.len()).map_err(|_| corrupt("head too large"))?);
+        e.0.extend_from_slice(&self.head);
+        e.u64(self.order.len() as u64);
+        for id in &self.order {
+            let a = self
+                .accounts
+                .get(id)
+                .ok_or_else(|| corrupt(format!("account_order names unknown account {id}")))?;
+            e.u64(*id);
+            e.balances(a.cash, &a.collateral);
+            e.positions(&a.positions);
+        }
+        e.0.extend_from_slice(&self.tail);
+        Ok(e.0)
+    }
+}
 /// The layout before the at-risk ranking was stored.
 const MAGIC_V1: &[u8; 8] = b"SIBYLMS1";
 
@@ -127,8 +161,17 @@ impl Engine {
     /// The state and trigger index as deterministic bytes (layout above):
     /// the same state gives the same bytes on every member.
     pub fn encode_snapshot(&self) -> Result<Vec<u8>, EngineError> {
+        self.snapshot_source()?.encode()
+    }
+
+    /// What `encode_snapshot` writes, taken cheaply: the small parts and
+    /// the trigger index already encoded, the accounts as a copy of the map
+    /// of shared accounts (no account is copied; a later change to one
+    /// copies it then). `SnapshotSource::encode` then runs without the
+    /// engine, e.g. on another thread while the engine takes the next
+    /// report, and gives the bytes `encode_snapshot` gives now.
+    pub fn snapshot_source(&self) -> Result<SnapshotSource, EngineError> {
         let s = &self.s;
-        let index = self.index_entries();
         let head = Snapshot {
             version: s.version,
             now_ms: s.now_ms,
@@ -146,20 +189,7 @@ impl Engine {
             account_order: Vec::new(),
         };
         let head = serde_json::to_vec(&head).map_err(|e| corrupt(e.to_string()))?;
-        let mut e = Enc(Vec::with_capacity(64 + s.accounts.len() * 160));
-        e.0.extend_from_slice(MAGIC);
-        e.u32(u32::try_from(head.len()).map_err(|_| corrupt("head too large"))?);
-        e.0.extend_from_slice(&head);
-        e.u64(s.account_order.len() as u64);
-        for id in &s.account_order {
-            let a = s
-                .accounts
-                .get(id)
-                .ok_or_else(|| corrupt(format!("account_order names unknown account {id}")))?;
-            e.u64(*id);
-            e.balances(a.cash, &a.collateral);
-            e.positions(&a.positions);
-        }
+        let mut e = Enc(Vec::with_capacity(64 + self.idx.indexed_units() * 80));
         for set in [&s.margin_calls, &s.deferred] {
             e.u64(set.len() as u64);
             for (id, u) in set {
@@ -167,6 +197,7 @@ impl Engine {
                 e.unit(u);
             }
         }
+        let index = self.index_entries();
         e.u64(index.len() as u64);
         for u in &index {
             e.u64(u.account);
@@ -193,7 +224,12 @@ impl Engine {
                 }
             }
         }
-        Ok(e.0)
+        Ok(SnapshotSource {
+            head,
+            accounts: s.accounts.clone(),
+            order: s.account_order.clone(),
+            tail: e.0,
+        })
     }
 
     /// Restores `encode_snapshot` bytes: the same state, index and future
@@ -213,7 +249,7 @@ impl Engine {
         for _ in 0..n {
             let id = d.u64()?;
             let a = d.account()?;
-            if s.accounts.insert(id, a).is_some() {
+            if s.accounts.insert(id, Arc::new(a)).is_some() {
                 return Err(corrupt(format!("account {id} appears twice")));
             }
             order.push(id);

@@ -162,6 +162,7 @@ mod tests {
                     price: p * PX + p * PX * move_ppm / 1_000_000,
                     decimals: 8,
                     confidence: 1_000,
+                    ..PriceInput::default()
                 })
                 .collect(),
         }
