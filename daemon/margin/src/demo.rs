@@ -109,6 +109,7 @@ fn feed_config(feed: &str, surface: Option<VolSurface>) -> FeedConfig {
         rate_ppm: 50_000,
         grid: ScenarioGrid::default(),
         vol_surface: surface,
+        vol_scaling: None,
     }
 }
 

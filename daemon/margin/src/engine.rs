@@ -84,6 +84,47 @@ pub struct FeedState {
     pub jump: Option<GuardReason>,
     /// Current guard (None = prices are usable).
     pub guard: Option<GuardReason>,
+    /// Requirement multiplier from the signed volatility (ppm; 1e6 = as
+    /// configured; `VolScaling`).
+    #[serde(default = "unit_multiplier")]
+    pub vol_multiplier_ppm: u32,
+}
+
+fn unit_multiplier() -> u32 {
+    1_000_000
+}
+
+impl FeedState {
+    /// The portfolio-margin scenarios of this feed: the configured grid
+    /// with its price moves scaled by the volatility multiplier.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        let mut v = self.config.grid.scenarios();
+        let m = i128::from(self.vol_multiplier_ppm);
+        if m != 1_000_000 {
+            let core =
+                self.config.grid.price_moves_ppm.len() * self.config.grid.vol_shocks_ppm.len();
+            for s in v.iter_mut().take(core) {
+                let x = (i128::from(s.move_ppm) * m / 1_000_000).clamp(-990_000, 100_000_000);
+                s.move_ppm = i32::try_from(x).unwrap_or(s.move_ppm);
+            }
+        }
+        v
+    }
+
+    /// Largest absolute scenario move (ppm), scaled.
+    pub fn max_move_ppm(&self) -> i128 {
+        self.scenarios()
+            .iter()
+            .map(|s| i128::from(s.move_ppm).abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A linear base rate (ppm) scaled by the volatility multiplier, rounded up.
+    pub fn scaled_rate_ppm(&self, base_ppm: u32) -> i128 {
+        let m = i128::from(self.vol_multiplier_ppm);
+        (i128::from(base_ppm) * m + 999_999) / 1_000_000
+    }
 }
 
 /// Greeks (Hull's units, `GREEK_DECIMALS` = 18 decimals): per contract in a

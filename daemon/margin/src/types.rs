@@ -222,6 +222,15 @@ pub struct RiskParams {
     /// exceeds what the unit has left (full liquidation).
     #[serde(default = "default_penalty_cap_ppm")]
     pub max_liquidation_penalty_ppm: u32,
+    /// A margin call (equity below initial) clears once equity is back at
+    /// initial plus this fraction (ppm) of (initial - maintenance): a unit
+    /// hovering at initial does not call and clear on every tick.
+    #[serde(default = "default_clear_buffer_ppm")]
+    pub margin_call_clear_buffer_ppm: u32,
+}
+
+fn default_clear_buffer_ppm() -> u32 {
+    250_000
 }
 
 fn default_penalty_cap_ppm() -> u32 {
@@ -236,6 +245,7 @@ impl Default for RiskParams {
             portfolio_initial_ratio_ppm: 1_250_000,
             option_recheck_ms: 60_000,
             max_liquidation_penalty_ppm: default_penalty_cap_ppm(),
+            margin_call_clear_buffer_ppm: default_clear_buffer_ppm(),
         }
     }
 }
@@ -356,6 +366,65 @@ pub struct FeedConfig {
     pub grid: ScenarioGrid,
     /// Vol surface for option markets that use `VolSource::Surface`.
     pub vol_surface: Option<VolSurface>,
+    /// Requirements that scale with the signed leaf's realized volatility
+    /// (none: requirements as configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vol_scaling: Option<VolScaling>,
+}
+
+/// How a feed's requirements follow its signed realized volatility `v`
+/// (the leaf's `volatility`, 1e9 = 100 % a year):
+///
+/// ```text
+/// raw        = v × 1e6 / reference_volatility                       (ppm)
+/// target(x)  = min(max_multiplier_ppm, 1e6 + step × ceil((x − 1e6) / step))   for x > 1e6, else 1e6
+/// multiplier = target(raw)            when that is higher than the current one
+///            = target(raw + step / 2) when that is lower (half a step of hysteresis)
+/// ```
+///
+/// Linear markets on the feed use `base_rate × multiplier` for their initial
+/// and maintenance base rates (growth and the cap as configured);
+/// portfolio margin scales the grid's `price_moves_ppm` by it (the extreme
+/// moves stay as configured). So the multiplier is bounded by
+/// `[1, max_multiplier_ppm / 1e6]` and moves in whole steps; a step
+/// re-examines the feed's holders (`VolatilityScaled` event).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolScaling {
+    /// Volatility at and below which requirements are as configured
+    /// (1e9 = 100 % a year; > 0).
+    pub reference_volatility: u64,
+    /// Largest multiplier (ppm, 1e6..=10e6).
+    pub max_multiplier_ppm: u32,
+    /// Step of the multiplier (ppm, > 0).
+    pub step_ppm: u32,
+}
+
+impl VolScaling {
+    /// `target(raw)` above.
+    pub fn target_ppm(&self, raw_ppm: i128) -> u32 {
+        let step = i128::from(self.step_ppm.max(1));
+        let max = i128::from(self.max_multiplier_ppm.max(1_000_000));
+        if raw_ppm <= 1_000_000 {
+            return 1_000_000;
+        }
+        let steps = (raw_ppm - 1_000_000 + step - 1) / step;
+        let m = 1_000_000i128
+            .saturating_add(steps.saturating_mul(step))
+            .min(max);
+        u32::try_from(m).unwrap_or(u32::MAX)
+    }
+
+    /// The next multiplier from the current one and the leaf's volatility.
+    pub fn next_ppm(&self, current_ppm: u32, volatility: u64) -> u32 {
+        let reference = i128::from(self.reference_volatility.max(1));
+        let raw = i128::from(volatility).saturating_mul(1_000_000) / reference;
+        let up = self.target_ppm(raw);
+        if up >= current_ppm {
+            return up;
+        }
+        let down = self.target_ppm(raw.saturating_add(i128::from(self.step_ppm / 2)));
+        down.min(current_ppm)
+    }
 }
 
 /// A non-quote collateral asset.
@@ -857,6 +926,18 @@ pub enum Event {
         price: i128,
         /// Positions settled.
         positions: u64,
+    },
+    /// A feed's requirement multiplier moved with its signed volatility
+    /// (`VolScaling`).
+    VolatilityScaled {
+        /// Feed.
+        feed: String,
+        /// The leaf's realized volatility (1e9 = 100 % a year).
+        volatility: u64,
+        /// Multiplier before (ppm).
+        from_ppm: u32,
+        /// Multiplier now (ppm).
+        to_ppm: u32,
     },
     /// Settlement is due but waits for the guard to clear.
     SettlementDeferred {

@@ -17,6 +17,7 @@ fn feed(name: &str) -> FeedConfig {
         rate_ppm: 0,
         grid: ScenarioGrid::default(),
         vol_surface: None,
+        vol_scaling: None,
     }
 }
 
@@ -276,6 +277,64 @@ fn liquidation_penalty_is_capped() {
         w.cmd(Command::ConfigureRisk(r)),
         Err(EngineError::InvalidConfig { .. })
     ));
+}
+
+/// Requirements follow the signed volatility in whole steps, bounded, with
+/// half a step of hysteresis on the way down; a step that takes a unit
+/// below maintenance liquidates it in that report, with no price move.
+#[test]
+fn requirements_scale_with_the_signed_volatility() {
+    let mut f = feed("BTC-USD");
+    f.vol_scaling = Some(VolScaling {
+        reference_volatility: 500_000_000,
+        max_multiplier_ppm: 2_000_000,
+        step_ppm: 250_000,
+    });
+    let mut w = World::new(f, perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    let at = |w: &mut World, vol: u64| {
+        let mut leaf = btc(100 * P, status::OK, 0);
+        leaf.volatility = vol;
+        let ev = w.leaf(leaf).unwrap();
+        (w.e.state().feeds["BTC-USD"].vol_multiplier_ppm, ev)
+    };
+    // At the reference: as configured (maintenance 5 % of 9,000 = 450).
+    let (m, _) = at(&mut w, 500_000_000);
+    assert_eq!(m, 1_000_000);
+    assert_eq!(w.health(1).maintenance, 450 * M);
+    // 1.1x the reference: one step up, rounded up (x1.25): 562.5.
+    let (m, ev) = at(&mut w, 550_000_000);
+    assert_eq!(m, 1_250_000);
+    assert!(ev.iter().any(|r| matches!(
+        r.event,
+        Event::VolatilityScaled {
+            to_ppm: 1_250_000,
+            ..
+        }
+    )));
+    assert_eq!(w.health(1).maintenance, 5625 * M / 10);
+    // Down only half a step below the step: 1.05x and 0.9x stay, 0.85x
+    // goes back to 1.
+    assert_eq!(at(&mut w, 525_000_000).0, 1_250_000);
+    assert_eq!(at(&mut w, 450_000_000).0, 1_250_000);
+    assert_eq!(at(&mut w, 425_000_000).0, 1_000_000);
+    // Bounded at 2x however high; maintenance 900 > equity 1,000? No:
+    // 900 < 1,000, so a margin call but no liquidation yet.
+    let (m, ev) = at(&mut w, 50_000_000_000);
+    assert_eq!(m, 2_000_000);
+    assert!(liquidations(&ev).is_empty());
+    assert_eq!(w.health(1).maintenance, 900 * M);
+    // A small loss now liquidates at 2x what it would not at 1x.
+    let ev = w.price("BTC-USD", 98 * P).unwrap();
+    assert!(
+        liquidations(&ev).is_empty(),
+        "volatility 0 in this leaf: back to 1x"
+    );
+    let mut leaf = btc(98 * P, status::OK, 0);
+    leaf.volatility = 50_000_000_000;
+    let ev = w.leaf(leaf).unwrap();
+    assert_eq!(liquidations(&ev).len(), 1, "{ev:?}");
 }
 
 #[test]
@@ -618,7 +677,8 @@ fn multi_asset_collateral_counts_with_haircut() {
 /// A unit's margin call comes with the report that takes it below initial
 /// margin, also when the price that moved it is not its positions' feed
 /// (here its ETH collateral), and clears with the report that takes it
-/// back; reports that keep it on one side emit nothing.
+/// past initial plus the clearing buffer; reports that keep it on one side
+/// emit nothing.
 #[test]
 fn margin_call_comes_the_round_any_price_crosses_initial() {
     let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
@@ -666,9 +726,13 @@ fn margin_call_comes_the_round_any_price_crosses_initial() {
     assert_eq!((calls(&ev), cleared(&ev)), (0, 0));
     let ev = w.price("BTC-USD", 50_010 * P).unwrap();
     assert_eq!((calls(&ev), cleared(&ev)), (0, 0));
-    // The BTC price alone takes it back above initial: cleared now.
+    // Back above initial (18,800 >= 18,180) but below initial plus a
+    // quarter of (initial - maintenance) (20,453): still called.
     let ev = w.price("BTC-USD", 50_500 * P).unwrap();
-    assert_eq!(cleared(&ev), 1, "BTC at 50,500 restores initial: {ev:?}");
+    assert_eq!((calls(&ev), cleared(&ev)), (0, 0), "{ev:?}");
+    // The BTC price alone takes it past the clearing level: cleared now.
+    let ev = w.price("BTC-USD", 51_500 * P).unwrap();
+    assert_eq!(cleared(&ev), 1, "BTC at 51,500 clears the call: {ev:?}");
     assert!(w.e.state().margin_calls.is_empty());
 }
 

@@ -175,8 +175,19 @@ fn linear_at(part: &Part<'_>, q: i128) -> Result<i128, EngineError> {
             1_000_000 * crate::fixed::MONEY_SCALE,
             "requirement growth",
         )?;
-        let rate = (part.req.base_ppm(c) + growth).min(max_rate_ppm(c));
-        h = sub(h, ppm_ceil(n, rate)?, "requirement")?;
+        let fs = part.fs;
+        let leg = |base: u32| -> Result<i128, EngineError> {
+            ppm_ceil(n, (fs.scaled_rate_ppm(base) + growth).min(max_rate_ppm(c)))
+        };
+        let req = match part.req {
+            Req::Maintenance => leg(c.maintenance_ppm)?,
+            Req::Initial => leg(c.initial_ppm)?,
+            Req::ClearCall(b) => {
+                let (i, m) = (leg(c.initial_ppm)?, leg(c.maintenance_ppm)?);
+                super::triggers::clear_level(i, m, b)
+            }
+        };
+        h = sub(h, req, "requirement")?;
     }
     Ok(h)
 }
@@ -359,10 +370,7 @@ impl Engine {
             Unit::Cross => acct.cash,
             Unit::Isolated { .. } => positions.first().and_then(|(_, p)| p.isolated).unwrap_or(0),
         };
-        let ratio = match req {
-            Req::Maintenance => PPM,
-            Req::Initial => i128::from(self.s.risk.portfolio_initial_ratio_ppm).max(PPM),
-        };
+        let ratio = req.portfolio_ratio_ppm(self.s.risk.portfolio_initial_ratio_ppm);
         let mut slack = 32i128;
         let mut has_option = false;
         for (m, p) in &positions {
@@ -375,7 +383,7 @@ impl Engine {
                 return Ok(None);
             };
             let (kind, k) = if h.portfolio {
-                let grid_move = fs.config.grid.max_move_ppm();
+                let grid_move = fs.max_move_ppm();
                 match &ms.config.kind {
                     MarketKind::Option {
                         expiry_ms, model, ..
@@ -406,7 +414,7 @@ impl Engine {
             } else {
                 (
                     LegKind::Linear(&ms.config),
-                    linear_sensitivity_ppm(&ms.config, p.size, mark.price, req)?,
+                    linear_sensitivity_ppm(&ms.config, fs, p.size, mark.price, req)?,
                 )
             };
             let part = parts.entry(feed).or_insert_with(|| Part {
@@ -479,7 +487,7 @@ impl Engine {
         let mut scens: BTreeMap<&str, Vec<Scenario>> = BTreeMap::new();
         let mut buf = Vec::new();
         for (f, part) in parts.iter_mut() {
-            let scen = part.fs.config.grid.scenarios();
+            let scen = part.fs.scenarios();
             part.current = linear_at(part, part.p0)?;
             if h.portfolio {
                 let vals: Vec<Option<(&[i128], &[i128])>> = part

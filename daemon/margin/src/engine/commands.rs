@@ -147,6 +147,11 @@ impl Engine {
                     });
                 }
                 Self::check_ppm(
+                    "margin_call_clear_buffer_ppm",
+                    r.margin_call_clear_buffer_ppm,
+                    10_000_000,
+                )?;
+                Self::check_ppm(
                     "max_liquidation_penalty_ppm",
                     r.max_liquidation_penalty_ppm,
                     1_000_000,
@@ -173,6 +178,18 @@ impl Engine {
                     });
                 }
                 Self::check_ppm("max_jump_ppm", f.max_jump_ppm, 100_000_000)?;
+                if let Some(v) = &f.vol_scaling
+                    && (v.reference_volatility == 0
+                        || v.step_ppm == 0
+                        || !(1_000_000..=10_000_000).contains(&v.max_multiplier_ppm))
+                {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "feed `{}`: vol_scaling needs reference_volatility > 0, step_ppm > 0 and max_multiplier_ppm in 1000000..=10000000, got {v:?}",
+                            f.feed
+                        ),
+                    });
+                }
                 let g = &f.grid;
                 if g.price_moves_ppm.is_empty() || g.vol_shocks_ppm.is_empty() {
                     return Err(EngineError::InvalidConfig {
@@ -656,7 +673,14 @@ impl Engine {
             Command::ConfigureFeed(f) => {
                 let name = f.feed.clone();
                 match self.s.feeds.get_mut(&name) {
-                    Some(fs) => fs.config = f.clone(),
+                    Some(fs) => {
+                        fs.config = f.clone();
+                        let vol = fs.last.as_ref().map_or(0, |l| l.volatility);
+                        fs.vol_multiplier_ppm = f
+                            .vol_scaling
+                            .as_ref()
+                            .map_or(1_000_000, |v| v.next_ppm(0, vol));
+                    }
                     None => {
                         self.s.feeds.insert(
                             name.clone(),
@@ -666,6 +690,7 @@ impl Engine {
                                 recent: Vec::new(),
                                 jump: None,
                                 guard: Some(GuardReason::NoPrice),
+                                vol_multiplier_ppm: 1_000_000,
                             },
                         );
                     }

@@ -96,14 +96,21 @@ impl Engine {
                 let (ms, mark) = self.mark_of(m)?;
                 let n = value(p.size, mark.price)?.abs();
                 let c = &ms.config;
+                let fs = self
+                    .s
+                    .feeds
+                    .get(&c.feed)
+                    .ok_or_else(|| EngineError::UnknownFeed {
+                        feed: c.feed.clone(),
+                    })?;
                 let growth = mul_div_floor(
                     n,
                     i128::from(c.growth_ppm_per_million),
                     1_000_000 * crate::fixed::MONEY_SCALE,
                     "requirement growth",
                 )?;
-                let im_rate = (i128::from(c.initial_ppm) + growth).min(max_rate_ppm(c));
-                let mm_rate = (i128::from(c.maintenance_ppm) + growth).min(max_rate_ppm(c));
+                let im_rate = (fs.scaled_rate_ppm(c.initial_ppm) + growth).min(max_rate_ppm(c));
+                let mm_rate = (fs.scaled_rate_ppm(c.maintenance_ppm) + growth).min(max_rate_ppm(c));
                 initial = add(initial, ppm_ceil(n, im_rate)?, "initial")?;
                 maintenance = add(maintenance, ppm_ceil(n, mm_rate)?, "maintenance")?;
             }
@@ -145,7 +152,7 @@ impl Engine {
                 .ok_or_else(|| EngineError::UnknownFeed {
                     feed: feed.to_string(),
                 })?;
-            let scen = fs.config.grid.scenarios();
+            let scen = fs.scenarios();
             let mut worst = 0i128;
             for (i, loss) in l.iter().enumerate() {
                 let w = scen.get(i).map(|s| i128::from(s.weight_ppm)).unwrap_or(PPM);

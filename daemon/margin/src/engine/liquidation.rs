@@ -89,8 +89,16 @@ impl Engine {
         if self.s.deferred.remove(&id) {
             self.touch(key.account);
         }
+        // Called below initial; cleared only at initial plus the buffer.
+        let clear_at = super::triggers::clear_level(
+            h.initial,
+            h.maintenance,
+            self.s.risk.margin_call_clear_buffer_ppm,
+        );
+        let in_call = self.s.margin_calls.contains(&id);
         if has_positions && h.equity < h.initial {
-            if self.s.margin_calls.insert(id.clone()) {
+            if !in_call {
+                self.s.margin_calls.insert(id.clone());
                 self.touch(key.account);
                 self.emit(Event::MarginCall {
                     account: key.account,
@@ -98,7 +106,8 @@ impl Engine {
                     health: h,
                 });
             }
-        } else if self.s.margin_calls.remove(&id) {
+        } else if in_call && (!has_positions || h.equity >= clear_at) {
+            self.s.margin_calls.remove(&id);
             self.touch(key.account);
             self.emit(Event::MarginCallCleared {
                 account: key.account,

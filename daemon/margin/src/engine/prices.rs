@@ -181,6 +181,7 @@ impl Engine {
         }
         // Validation done: mutate.
         self.out.clear();
+        let mut scaled: Vec<(String, u64, u32, u32)> = Vec::new();
         self.s.now_ms = self.s.now_ms.max(timestamp_ms);
         for (feed, (fp, jump)) in &accepted {
             let Some(fs) = self.s.feeds.get_mut(feed) else {
@@ -194,10 +195,43 @@ impl Engine {
             }
             fs.last = Some(fp.clone());
             fs.jump = jump.clone();
+            if let Some(v) = &fs.config.vol_scaling {
+                let next = v.next_ppm(fs.vol_multiplier_ppm, fp.volatility);
+                if next != fs.vol_multiplier_ppm {
+                    scaled.push((feed.clone(), fp.volatility, fs.vol_multiplier_ppm, next));
+                    fs.vol_multiplier_ppm = next;
+                }
+            }
         }
         self.refresh_guards();
+        if !scaled.is_empty() {
+            // Requirements and scenario marks of these feeds moved: cached
+            // option values are stale.
+            self.grid.clear();
+        }
         for feed in accepted.keys() {
             self.remark_feed(feed);
+        }
+        for (feed, volatility, from_ppm, to_ppm) in scaled {
+            self.emit(Event::VolatilityScaled {
+                feed: feed.clone(),
+                volatility,
+                from_ppm,
+                to_ppm,
+            });
+            // Every holder of the feed's markets: its bands assumed the old
+            // multiplier (collateral is valued without it).
+            let holders: Vec<AccountId> = self
+                .s
+                .markets
+                .iter()
+                .filter(|(_, m)| m.config.feed == feed)
+                .filter_map(|(name, _)| self.idx.holders.get(name))
+                .flat_map(|h| h.iter().copied())
+                .collect();
+            for id in holders {
+                self.queue_account(id);
+            }
         }
         self.settle_expired()?;
         for (feed, (fp, _)) in &accepted {
@@ -348,7 +382,7 @@ impl Engine {
         p: i128,
         now: u64,
     ) -> Result<Mark, EngineError> {
-        let scen = fs.config.grid.scenarios();
+        let scen = fs.scenarios();
         let shifted = |m: i32| -> Result<i128, EngineError> {
             mul_div_floor(p, PPM + i128::from(m), PPM, "scenario price")
         };

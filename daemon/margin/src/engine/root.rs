@@ -153,6 +153,7 @@ impl Engine {
             }
             e.guard(f.jump.as_ref());
             e.guard(f.guard.as_ref());
+            e.u32(f.vol_multiplier_ppm);
         }
         e.count(s.markets.len());
         for (name, m) in &s.markets {

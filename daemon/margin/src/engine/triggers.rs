@@ -2,7 +2,7 @@
 //! back for examination (`bands` holds the exact band search).
 
 use super::health::max_rate_ppm;
-use super::{Engine, MAX_RECHECK_MS, YEAR_MS, YEAR_MS_INT};
+use super::{Engine, FeedState, MAX_RECHECK_MS, YEAR_MS, YEAR_MS_INT};
 use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, ppm_ceil, value};
 use crate::index::{Band, Index, Key, Rank};
@@ -38,8 +38,11 @@ pub(super) fn delta_bound_ppm(
 pub(super) enum Req {
     /// Maintenance: crossing it liquidates (down) or ends a deferral (up).
     Maintenance,
-    /// Initial: crossing it starts (down) or clears (up) a margin call.
+    /// Initial: crossing it down starts a margin call.
     Initial,
+    /// Initial plus `b` ppm of (initial - maintenance): crossing it up
+    /// clears a margin call (hysteresis, `RiskParams::margin_call_clear_buffer_ppm`).
+    ClearCall(u32),
 }
 
 impl Req {
@@ -48,16 +51,38 @@ impl Req {
         match self {
             Req::Maintenance => h.maintenance,
             Req::Initial => h.initial,
+            Req::ClearCall(b) => clear_level(h.initial, h.maintenance, b),
         }
     }
 
-    /// A linear market's base rate for this requirement (ppm).
-    pub(super) fn base_ppm(self, c: &MarketConfig) -> i128 {
+    /// A bound on a linear market's rate for this requirement (ppm),
+    /// scaled by its feed's volatility multiplier.
+    pub(super) fn base_ppm(self, c: &MarketConfig, fs: &FeedState) -> i128 {
         match self {
-            Req::Maintenance => i128::from(c.maintenance_ppm),
-            Req::Initial => i128::from(c.initial_ppm),
+            Req::Maintenance => fs.scaled_rate_ppm(c.maintenance_ppm),
+            Req::Initial => fs.scaled_rate_ppm(c.initial_ppm),
+            Req::ClearCall(b) => {
+                fs.scaled_rate_ppm(c.initial_ppm) * (PPM + i128::from(b)) / PPM + 1
+            }
         }
     }
+
+    /// A portfolio unit's requirement per unit of maintenance (ppm).
+    pub(super) fn portfolio_ratio_ppm(self, initial_ratio_ppm: u32) -> i128 {
+        let r = i128::from(initial_ratio_ppm).max(PPM);
+        match self {
+            Req::Maintenance => PPM,
+            Req::Initial => r,
+            Req::ClearCall(b) => r + (i128::from(b) * (r - PPM) + PPM - 1) / PPM,
+        }
+    }
+}
+
+/// Equity at or above which a margin call clears: initial plus `b` ppm of
+/// (initial - maintenance), rounded up.
+pub(super) fn clear_level(initial: i128, maintenance: i128, b: u32) -> i128 {
+    let gap = initial.saturating_sub(maintenance).max(0);
+    initial.saturating_add(gap.saturating_mul(i128::from(b)).saturating_add(PPM - 1) / PPM)
 }
 
 /// Bound on `|d(equity - requirement)/d price|` per unit of size (ppm) of a
@@ -65,6 +90,7 @@ impl Req {
 /// n / 1M <= 2 cap`, for every notional inside the band (at most 1.5 n).
 pub(super) fn linear_sensitivity_ppm(
     c: &MarketConfig,
+    fs: &FeedState,
     size: i128,
     price: i128,
     req: Req,
@@ -76,7 +102,7 @@ pub(super) fn linear_sensitivity_ppm(
         1_000_000 * crate::fixed::MONEY_SCALE,
         "sensitivity",
     )?;
-    Ok(PPM + (2 * max_rate_ppm(c)).min(req.base_ppm(c) + grow))
+    Ok(PPM + (2 * max_rate_ppm(c)).min(req.base_ppm(c, fs) + grow))
 }
 
 impl Engine {
@@ -157,10 +183,13 @@ impl Engine {
             .is_some_and(|a| !Self::unit_positions(a, unit).is_empty());
         self.idx
             .set_rank(key, has_positions.then(|| rank_of_health(&h)));
+        let in_call = self.s.margin_calls.contains(&(key.account, unit.clone()));
+        let clear = Req::ClearCall(self.s.risk.margin_call_clear_buffer_ppm);
+        let both = [Req::Maintenance, clear];
         let reqs: &[Req] = if h.equity < h.maintenance || h.equity < 0 || !has_positions {
             &[Req::Maintenance]
-        } else if h.equity < h.initial {
-            &[Req::Maintenance, Req::Initial]
+        } else if in_call {
+            &both
         } else {
             &[Req::Initial]
         };
@@ -243,10 +272,7 @@ impl Engine {
         }
         // A portfolio unit's initial requirement is its maintenance times
         // this ratio, so scenario losses move it that much faster.
-        let ratio = match req {
-            Req::Maintenance => PPM,
-            Req::Initial => i128::from(self.s.risk.portfolio_initial_ratio_ppm).max(PPM),
-        };
+        let ratio = req.portfolio_ratio_ppm(self.s.risk.portfolio_initial_ratio_ppm);
         // Sensitivity per feed: qty-weighted bound on |dHealth/dPrice|.
         let mut sens: BTreeMap<String, i128> = BTreeMap::new();
         let mut theta_money = 0i128;
@@ -254,32 +280,39 @@ impl Engine {
         for (m, p) in &positions {
             let (ms, mark) = self.mark_of(m)?;
             // k bounds |d(equity - maintenance)/d price| per unit of size (ppm).
-            let k = if h.portfolio {
-                let fc = self.s.feeds.get(&ms.config.feed).map(|f| &f.config);
-                let grid_move = fc.map_or(PPM, |c| c.grid.max_move_ppm());
-                match &ms.config.kind {
-                    MarketKind::Option {
-                        expiry_ms, model, ..
-                    } => {
-                        // |delta| <= D = e^(max(0, -r, -q) T). Deltas of one
-                        // option have one sign, so a scenario loss moves by
-                        // |delta(p) - (1+m) delta((1+m)p)| <= D (1 + m).
-                        let rate = fc.map_or(0, |c| c.rate_ppm);
-                        let d_ppm = delta_bound_ppm(rate, model, *expiry_ms, self.s.now_ms)
-                            .unwrap_or(i128::MAX / 4);
-                        mul_div_ceil(
-                            d_ppm,
-                            PPM + mul_div_ceil(ratio, PPM + grid_move, PPM, "sensitivity")?,
-                            PPM,
-                            "sensitivity",
-                        )?
+            let k =
+                if h.portfolio {
+                    let fs = self.s.feeds.get(&ms.config.feed);
+                    let fc = fs.map(|f| &f.config);
+                    let grid_move = fs.map_or(PPM, |f| f.max_move_ppm());
+                    match &ms.config.kind {
+                        MarketKind::Option {
+                            expiry_ms, model, ..
+                        } => {
+                            // |delta| <= D = e^(max(0, -r, -q) T). Deltas of one
+                            // option have one sign, so a scenario loss moves by
+                            // |delta(p) - (1+m) delta((1+m)p)| <= D (1 + m).
+                            let rate = fc.map_or(0, |c| c.rate_ppm);
+                            let d_ppm = delta_bound_ppm(rate, model, *expiry_ms, self.s.now_ms)
+                                .unwrap_or(i128::MAX / 4);
+                            mul_div_ceil(
+                                d_ppm,
+                                PPM + mul_div_ceil(ratio, PPM + grid_move, PPM, "sensitivity")?,
+                                PPM,
+                                "sensitivity",
+                            )?
+                        }
+                        // Equity moves by 1, each scenario loss by |m|.
+                        _ => PPM + ratio * grid_move / PPM + 1,
                     }
-                    // Equity moves by 1, each scenario loss by |m|.
-                    _ => PPM + ratio * grid_move / PPM + 1,
-                }
-            } else {
-                linear_sensitivity_ppm(&ms.config, p.size, mark.price, req)?
-            };
+                } else {
+                    let fs = self.s.feeds.get(&ms.config.feed).ok_or_else(|| {
+                        EngineError::UnknownFeed {
+                            feed: ms.config.feed.clone(),
+                        }
+                    })?;
+                    linear_sensitivity_ppm(&ms.config, fs, p.size, mark.price, req)?
+                };
             let s = mul_div_ceil(p.size.abs(), k, PPM, "sensitivity")?;
             let e = sens.entry(ms.config.feed.clone()).or_insert(0);
             *e = add(*e, s, "sensitivity")?;
