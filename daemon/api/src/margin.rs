@@ -1486,6 +1486,7 @@ pub(super) async fn open(
             side: b.side,
             size,
             margin,
+            price: None,
         },
         StatusCode::OK,
     )
@@ -1519,6 +1520,7 @@ pub(super) async fn close(
             account,
             market,
             size,
+            price: None,
         },
         StatusCode::OK,
     )

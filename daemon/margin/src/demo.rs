@@ -385,6 +385,7 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
                 side,
                 size,
                 margin,
+                price: None,
             };
             if !push(&mut engine, at(cmd), &mut inputs) && near {
                 // Too much for the margin left: try half.
@@ -394,6 +395,7 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
                     side,
                     size: size / 2,
                     margin: MarginMode::Cross,
+                    price: None,
                 };
                 push(&mut engine, at(cmd), &mut inputs);
             }

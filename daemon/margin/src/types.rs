@@ -177,6 +177,11 @@ pub enum Command {
         size: i128,
         /// Margin mode (must match an existing position's).
         margin: MarginMode,
+        /// Fill price (8 decimals); the mark when None. It must lie within
+        /// the mark ± the market's (initial - maintenance) rate, else the
+        /// command is refused (`PriceOutsideBand`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        price: Option<i128>,
     },
     /// Reduce a position by `size`, or close it entirely when `size` is None.
     Close {
@@ -186,6 +191,10 @@ pub enum Command {
         market: String,
         /// Quantity to close (> 0), or all.
         size: Option<i128>,
+        /// Fill price (8 decimals), within the same band as `Open`'s; the
+        /// mark when None.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        price: Option<i128>,
     },
     /// Move money between cash and an isolated position's pool
     /// (positive adds to the pool).
@@ -265,12 +274,19 @@ pub struct ScenarioGrid {
     pub extreme_weight_ppm: u32,
 }
 
+/// The default grid is at least as wide as Deribit's portfolio margin:
+/// price moves of ±16 % in 9 steps of 4 %, each with vol down 25 %,
+/// unchanged and up 25 %, plus an extended table from −66 % to +500 %
+/// (−66, −50, −33, +33, +100, +200, +500 %) whose losses count at 35 %
+/// (Deribit's extended dampener plays this part).
 impl Default for ScenarioGrid {
     fn default() -> Self {
         Self {
-            price_moves_ppm: vec![-150_000, -100_000, -50_000, 0, 50_000, 100_000, 150_000],
+            price_moves_ppm: (-4..=4).map(|i| i * 40_000).collect(),
             vol_shocks_ppm: vec![-250_000, 0, 250_000],
-            extreme_moves_ppm: vec![-300_000, 300_000],
+            extreme_moves_ppm: vec![
+                -660_000, -500_000, -330_000, 330_000, 1_000_000, 2_000_000, 5_000_000,
+            ],
             extreme_weight_ppm: 350_000,
         }
     }

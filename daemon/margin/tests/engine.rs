@@ -119,6 +119,7 @@ impl World {
             side,
             size,
             margin: MarginMode::Cross,
+            price: None,
         })
     }
 
@@ -221,6 +222,7 @@ fn leaf_status_defers_liquidation_and_makes_markets_reduce_only() {
             account: 2,
             market: "BTC-PERP".into(),
             size: Some(Q),
+            price: None,
         })
         .unwrap();
     }
@@ -335,6 +337,74 @@ fn requirements_scale_with_the_signed_volatility() {
     leaf.volatility = 50_000_000_000;
     let ev = w.leaf(leaf).unwrap();
     assert_eq!(liquidations(&ev).len(), 1, "{ev:?}");
+}
+
+/// The default portfolio-margin grid is at least as wide as Deribit's.
+#[test]
+fn default_grid_is_at_least_as_wide_as_deribits() {
+    let g = ScenarioGrid::default();
+    assert!(g.price_moves_ppm.len() >= 9);
+    assert_eq!(g.price_moves_ppm.iter().min(), Some(&-160_000));
+    assert_eq!(g.price_moves_ppm.iter().max(), Some(&160_000));
+    assert!(g.price_moves_ppm.contains(&0));
+    assert!(g.vol_shocks_ppm.iter().any(|s| *s < 0));
+    assert!(g.vol_shocks_ppm.contains(&0));
+    assert!(g.vol_shocks_ppm.iter().any(|s| *s > 0));
+    assert_eq!(g.extreme_moves_ppm.iter().min(), Some(&-660_000));
+    assert_eq!(g.extreme_moves_ppm.iter().max(), Some(&5_000_000));
+    // Every move at every vol shock, then the extended table.
+    assert_eq!(
+        g.scenarios().len(),
+        g.price_moves_ppm.len() * g.vol_shocks_ppm.len() + g.extreme_moves_ppm.len()
+    );
+}
+
+/// A fill away from the oracle mark is allowed within the mark ± the
+/// market's (initial - maintenance) rate (here 5 %), refused beyond it.
+#[test]
+fn fills_stay_within_the_price_band() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    let open = |w: &mut World, price: i128| {
+        w.cmd(Command::Open {
+            account: 1,
+            market: "BTC-PERP".into(),
+            side: Side::Long,
+            size: Q,
+            margin: MarginMode::Cross,
+            price: Some(price),
+        })
+    };
+    let before = w.e.snapshot();
+    for px in [106 * P, 94 * P, 0] {
+        let r = open(&mut w, px);
+        assert!(
+            matches!(r, Err(EngineError::PriceOutsideBand { band, mark, .. }) if band == 5 * P && mark == 100 * P),
+            "{px}: {r:?}"
+        );
+        assert_eq!(w.e.snapshot(), before);
+    }
+    let ev = open(&mut w, 105 * P).unwrap();
+    assert!(
+        ev.iter()
+            .any(|r| matches!(r.event, Event::Filled { price, .. } if price == 105 * P)),
+        "{ev:?}"
+    );
+    let close = |w: &mut World, price: i128| {
+        w.cmd(Command::Close {
+            account: 1,
+            market: "BTC-PERP".into(),
+            size: None,
+            price: Some(price),
+        })
+    };
+    assert!(matches!(
+        close(&mut w, 9_499 * P / 100),
+        Err(EngineError::PriceOutsideBand { .. })
+    ));
+    close(&mut w, 95 * P).unwrap();
+    // Bought at 105, sold at 95: the 10 is lost, and money is conserved.
+    assert_eq!(w.e.state().accounts[&1].cash, 990 * M);
 }
 
 #[test]
@@ -524,6 +594,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 side: Side::Long,
                 size: Q,
                 margin: MarginMode::Cross,
+                price: None,
             },
             |e| matches!(e, EngineError::UnknownMarket { .. }),
         ),
@@ -534,6 +605,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 side: Side::Long,
                 size: -Q,
                 margin: MarginMode::Cross,
+                price: None,
             },
             |e| matches!(e, EngineError::NonPositive { .. }),
         ),
@@ -544,6 +616,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 side: Side::Long,
                 size: i128::MAX,
                 margin: MarginMode::Cross,
+                price: None,
             },
             |e| matches!(e, EngineError::Overflow { .. }),
         ),
@@ -554,6 +627,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 side: Side::Long,
                 size: 200 * Q,
                 margin: MarginMode::Cross,
+                price: None,
             },
             |e| matches!(e, EngineError::InsufficientMargin { .. }),
         ),
@@ -597,6 +671,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 account: 1,
                 market: "BTC-PERP".into(),
                 size: None,
+                price: None,
             },
             |e| matches!(e, EngineError::NoPosition { .. }),
         ),
@@ -752,6 +827,7 @@ fn isolated_margin_limits_the_loss_to_its_pool() {
         margin: MarginMode::Isolated {
             collateral: 1_000 * M,
         },
+        price: None,
     })
     .unwrap();
     let ev = w.price("BTC-USD", 80 * P).unwrap();

@@ -103,6 +103,9 @@ struct Trade {
     long: bool,
     size_milli: i128,
     isolated: bool,
+    /// Fill price offset from the mark (ppm), for the delta-one markets;
+    /// beyond the band the open is refused.
+    fill_ppm: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -143,14 +146,18 @@ fn trade() -> impl Strategy<Value = Trade> {
         any::<bool>(),
         1i128..=40_000,
         prop::bool::weighted(0.2),
+        prop_oneof![2 => Just(0i64), 1 => -60_000i64..=60_000],
     )
-        .prop_map(|(account, market, long, size_milli, isolated)| Trade {
-            account,
-            market,
-            long,
-            size_milli,
-            isolated,
-        })
+        .prop_map(
+            |(account, market, long, size_milli, isolated, fill_ppm)| Trade {
+                account,
+                market,
+                long,
+                size_milli,
+                isolated,
+                fill_ppm,
+            },
+        )
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -262,6 +269,11 @@ fn inputs(
             side: if t.long { Side::Long } else { Side::Short },
             size: t.size_milli * Q / 1_000,
             margin,
+            // The book trades at the first report's prices.
+            price: (t.fill_ppm != 0 && t.market < 3).then(|| {
+                let mark = if t.market == 1 { prices[1] } else { prices[0] };
+                mark * (1_000_000 + i128::from(t.fill_ppm)) / 1_000_000
+            }),
         }));
     }
     let mut t = T0;
@@ -771,6 +783,7 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
                         side: Side::Long,
                         size: c * Q,
                         margin: MarginMode::Cross,
+                        price: None,
                     }),
                     None,
                 )
@@ -783,6 +796,7 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
                 side: Side::Short,
                 size: contracts * Q / 2,
                 margin: MarginMode::Cross,
+                price: None,
             }),
             None,
         );

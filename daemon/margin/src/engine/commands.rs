@@ -396,6 +396,7 @@ impl Engine {
                 side,
                 size,
                 margin,
+                price,
             } => {
                 positive("position size", *size)?;
                 let d = match side {
@@ -404,12 +405,13 @@ impl Engine {
                         .checked_neg()
                         .ok_or_else(|| crate::fixed::overflow("size"))?,
                 };
-                self.plan_trade(now, *account, market, d, Some(*margin))
+                self.plan_trade(now, *account, market, d, Some(*margin), *price)
             }
             Command::Close {
                 account,
                 market,
                 size,
+                price,
             } => {
                 let a = self.account(*account)?;
                 let held = a.positions.get(market).map(|p| p.size).ok_or_else(|| {
@@ -436,7 +438,7 @@ impl Engine {
                     }
                     Some(s) => *s,
                 };
-                self.plan_trade(now, *account, market, -held.signum() * c, None)
+                self.plan_trade(now, *account, market, -held.signum() * c, None, *price)
             }
             Command::AdjustIsolatedMargin {
                 account,
@@ -509,7 +511,8 @@ impl Engine {
         }
     }
 
-    /// A trade of signed size `d` at the mark against the venue.
+    /// A trade of signed size `d` against the venue at `fill` (the mark
+    /// when None; else within the mark ± (initial - maintenance) rate).
     /// `margin` is Some for Open (new risk allowed), None for Close.
     fn plan_trade(
         &self,
@@ -518,6 +521,7 @@ impl Engine {
         market: &str,
         d: i128,
         margin: Option<MarginMode>,
+        fill: Option<i128>,
     ) -> Result<Plan, EngineError> {
         let ms = self.market_state(market)?;
         if ms.settled.is_some() {
@@ -545,7 +549,34 @@ impl Engine {
             market: market.to_string(),
             feed: ms.config.feed.clone(),
         })?;
-        let price = mark.price;
+        let price =
+            match fill {
+                None => mark.price,
+                Some(px) => {
+                    let fs = self.s.feeds.get(&ms.config.feed).ok_or_else(|| {
+                        EngineError::UnknownFeed {
+                            feed: ms.config.feed.clone(),
+                        }
+                    })?;
+                    let gap = fs.scaled_rate_ppm(ms.config.initial_ppm)
+                        - fs.scaled_rate_ppm(ms.config.maintenance_ppm);
+                    let band = crate::fixed::mul_div_floor(
+                        mark.price,
+                        gap.max(0),
+                        crate::fixed::PPM,
+                        "price band",
+                    )?;
+                    if px <= 0 || (px - mark.price).abs() > band {
+                        return Err(EngineError::PriceOutsideBand {
+                            market: market.to_string(),
+                            price: px,
+                            mark: mark.price,
+                            band,
+                        });
+                    }
+                    px
+                }
+            };
         let isolated_now = existing.as_ref().map(|p| p.isolated.is_some());
         let unit = match (margin, isolated_now) {
             (Some(MarginMode::Cross), Some(true)) => {
