@@ -177,6 +177,7 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::InsufficientMargin { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_margin"),
         E::InsufficientBalance { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_balance"),
         E::ExceedsPosition { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "exceeds_position"),
+        E::PriceOutsideBand { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "price_outside_band"),
         E::GuardUp { .. } => (StatusCode::CONFLICT, "guard_up"),
         E::NoPrice { .. } => (StatusCode::CONFLICT, "no_price"),
         E::Expired { .. } | E::Settled { .. } => (StatusCode::CONFLICT, "market_closed"),

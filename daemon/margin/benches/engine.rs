@@ -122,6 +122,16 @@ fn bench(c: &mut Criterion) {
         let build = start.elapsed();
         let rss1 = rss_bytes();
         let mut e = book.engine;
+        // SIBYL_BENCH_PROMPT_CALLS=0: bands hold maintenance only (margin
+        // calls when a unit is examined), to compare the cost.
+        if std::env::var("SIBYL_BENCH_PROMPT_CALLS").as_deref() == Ok("0") {
+            let risk = sibyl_margin::RiskParams {
+                prompt_margin_calls: false,
+                ..e.state().risk.clone()
+            };
+            e.apply_command(e.now_ms(), &sibyl_margin::Command::ConfigureRisk(risk))
+                .expect("risk config");
+        }
         let positions: usize = e.state().accounts.values().map(|a| a.positions.len()).sum();
         let mem = rss1.saturating_sub(rss0);
         println!(

@@ -125,6 +125,7 @@ fn perp(market: &str, feed: &str, initial_ppm: u32, maintenance_ppm: u32) -> Mar
         taker_fee_ppm: 500,
         liquidation_penalty_ppm: 10_000,
         liquidator_share_ppm: 500_000,
+        concentration: None,
     }
 }
 

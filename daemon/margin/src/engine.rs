@@ -376,25 +376,7 @@ impl Engine {
 
     /// The trigger index entries, sorted by account and unit.
     pub fn index_entries(&self) -> Vec<IndexedUnit> {
-        let mut units = Vec::new();
-        for (key, bands, recheck, rank) in self.idx.entries() {
-            let Some(unit) = self.unit_of(key) else {
-                continue;
-            };
-            let bands = bands
-                .iter()
-                .filter_map(|b| Some((self.idx.feed_name(b.feed)?.to_string(), b.lo, b.hi)))
-                .collect();
-            units.push(IndexedUnit {
-                account: key.account,
-                unit,
-                bands,
-                recheck_at_ms: recheck,
-                rank: rank.map(|r| (r.class, r.ratio_ppm)),
-            });
-        }
-        units.sort_by(|a, b| a.account.cmp(&b.account).then(a.unit.cmp(&b.unit)));
-        units
+        indexed_units(&self.idx.frozen(), &self.market_by_slot)
     }
 
     /// Restores a snapshot together with its trigger index.
@@ -435,4 +417,39 @@ impl Engine {
         }
         Ok(e)
     }
+}
+
+/// The entries of a frozen index as `IndexedUnit`s, sorted by account and
+/// unit (`market_by_slot` names the isolated units).
+pub(crate) fn indexed_units(
+    frozen: &crate::index::FrozenIndex,
+    market_by_slot: &[String],
+) -> Vec<IndexedUnit> {
+    let mut units = Vec::new();
+    for (key, bands, recheck, rank) in frozen.entries() {
+        let unit = if key.slot == 0 {
+            Unit::Cross
+        } else {
+            let Some(m) = market_by_slot.get(key.slot as usize - 1) else {
+                continue;
+            };
+            Unit::Isolated { market: m.clone() }
+        };
+        let bands = bands
+            .iter()
+            .filter_map(|b| {
+                let name = frozen.feed_names.get(usize::from(b.feed))?;
+                Some((name.clone(), b.lo, b.hi))
+            })
+            .collect();
+        units.push(IndexedUnit {
+            account: key.account,
+            unit,
+            bands,
+            recheck_at_ms: recheck,
+            rank: rank.map(|r| (r.class, r.ratio_ppm)),
+        });
+    }
+    units.sort_by(|a, b| a.account.cmp(&b.account).then(a.unit.cmp(&b.unit)));
+    units
 }

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// A small multiplicative hasher for integer keys (account ids, slots,
 /// prices). The index's hash maps are lookups only: nothing iterates them
@@ -146,6 +147,35 @@ impl Edges {
     }
 }
 
+/// The index entries as of one moment (`Index::frozen`).
+#[derive(Clone, Debug)]
+pub(crate) struct FrozenIndex {
+    bands: IntMap<Key, Arc<[Band]>>,
+    recheck_at: IntMap<Key, u64>,
+    rank_of: IntMap<Key, Rank>,
+    /// Feed names by slot.
+    pub feed_names: Vec<String>,
+}
+
+impl FrozenIndex {
+    /// Every indexed unit with its bands, recheck time and rank, by key.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut keys: BTreeSet<Key> = self.bands.keys().copied().collect();
+        keys.extend(self.recheck_at.keys().copied());
+        keys.extend(self.rank_of.keys().copied());
+        keys.into_iter()
+            .map(|k| {
+                (
+                    k,
+                    self.bands.get(&k).map(|b| b.to_vec()).unwrap_or_default(),
+                    self.recheck_at.get(&k).copied(),
+                    self.rank_of.get(&k).copied(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// One unit's index entry: bands, recheck time and rank.
 pub(crate) type Entry = (Key, Vec<Band>, Option<u64>, Option<Rank>);
 
@@ -154,7 +184,8 @@ pub(crate) struct Index {
     feed_slots: BTreeMap<String, u16>,
     lower: Vec<Edges>,
     upper: Vec<Edges>,
-    bands: IntMap<Key, Vec<Band>>,
+    /// Shared slices, so a snapshot copies the map, not the bands.
+    bands: IntMap<Key, Arc<[Band]>>,
     recheck: BTreeSet<(u64, Key)>,
     recheck_at: IntMap<Key, u64>,
     /// Accounts holding a position, per market (for settlement and ADL).
@@ -195,7 +226,7 @@ impl Index {
 
     pub fn remove(&mut self, key: Key) {
         if let Some(old) = self.bands.remove(&key) {
-            for b in old {
+            for b in old.iter() {
                 self.lower[b.feed as usize].remove(key, b.lo);
                 self.upper[b.feed as usize].remove(key, b.hi);
             }
@@ -218,7 +249,7 @@ impl Index {
             self.upper[b.feed as usize].insert(key, b.hi);
         }
         if !bands.is_empty() {
-            self.bands.insert(key, bands);
+            self.bands.insert(key, bands.into());
         }
         if let Some(t) = recheck_at {
             self.recheck.insert((t, key));
@@ -242,21 +273,21 @@ impl Index {
         }
     }
 
-    /// Every indexed unit with its bands, recheck time and rank.
-    pub fn entries(&self) -> Vec<Entry> {
-        let mut keys: BTreeSet<Key> = self.bands.keys().copied().collect();
-        keys.extend(self.recheck_at.keys().copied());
-        keys.extend(self.rank_of.keys().copied());
-        keys.into_iter()
-            .map(|k| {
-                (
-                    k,
-                    self.bands.get(&k).cloned().unwrap_or_default(),
-                    self.recheck_at.get(&k).copied(),
-                    self.rank_of.get(&k).copied(),
-                )
-            })
-            .collect()
+    /// A copy of what `entries` reads (maps of shared or plain values: no
+    /// band is copied), to list the entries later without the index.
+    pub fn frozen(&self) -> FrozenIndex {
+        let mut feed_names = vec![String::new(); self.lower.len()];
+        for (name, slot) in &self.feed_slots {
+            if let Some(n) = feed_names.get_mut(usize::from(*slot)) {
+                n.clone_from(name);
+            }
+        }
+        FrozenIndex {
+            bands: self.bands.clone(),
+            recheck_at: self.recheck_at.clone(),
+            rank_of: self.rank_of.clone(),
+            feed_names,
+        }
     }
 
     /// Sets (or with `None` drops) a unit's rank.
@@ -287,13 +318,6 @@ impl Index {
     /// Units in the ranking.
     pub fn ranked_units(&self) -> usize {
         self.rank_of.len()
-    }
-
-    pub fn feed_name(&self, slot: u16) -> Option<&str> {
-        self.feed_slots
-            .iter()
-            .find(|(_, s)| **s == slot)
-            .map(|(f, _)| f.as_str())
     }
 
     /// Forgets every band and recheck, keeping feed slots and holders.

@@ -236,6 +236,17 @@ pub struct RiskParams {
     /// hovering at initial does not call and clear on every tick.
     #[serde(default = "default_clear_buffer_ppm")]
     pub margin_call_clear_buffer_ppm: u32,
+    /// Trigger bands also hold the margin-call levels, so a margin call
+    /// comes the report that crosses them (true), or they hold maintenance
+    /// only and margin calls come when a unit is examined for another
+    /// reason (false: far fewer units examined per report; see
+    /// docs/MARGIN.md, Benchmark).
+    #[serde(default = "default_true")]
+    pub prompt_margin_calls: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_clear_buffer_ppm() -> u32 {
@@ -255,6 +266,7 @@ impl Default for RiskParams {
             option_recheck_ms: 60_000,
             max_liquidation_penalty_ppm: default_penalty_cap_ppm(),
             margin_call_clear_buffer_ppm: default_clear_buffer_ppm(),
+            prompt_margin_calls: true,
         }
     }
 }
@@ -530,6 +542,22 @@ pub struct MarketConfig {
     /// Share of the penalty paid to the liquidator side (ppm); the rest goes
     /// to the insurance fund.
     pub liquidator_share_ppm: u32,
+    /// Concentration add-on for positions large against the market's
+    /// liquidity (linear requirements; none: no add-on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concentration: Option<Concentration>,
+}
+
+/// A concentration add-on: a position whose notional `n` exceeds the
+/// liquidity the market can absorb `L` adds `add_on_ppm × (n − L) / L` to
+/// both its initial and maintenance rates (before `max_rate_ppm`): twice
+/// the liquidity costs `add_on_ppm` more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concentration {
+    /// Notional the market absorbs without moving much (money, > 0).
+    pub liquidity_notional: i128,
+    /// Rate added per multiple of the liquidity beyond it (ppm).
+    pub add_on_ppm: u32,
 }
 
 /// A position: `size` base units bought for `quote` money (negative when paid).

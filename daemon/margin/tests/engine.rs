@@ -33,6 +33,7 @@ fn perp(name: &str, feed: &str) -> MarketConfig {
         taker_fee_ppm: 0,
         liquidation_penalty_ppm: 10_000,
         liquidator_share_ppm: 500_000,
+        concentration: None,
     }
 }
 
@@ -405,6 +406,37 @@ fn fills_stay_within_the_price_band() {
     close(&mut w, 95 * P).unwrap();
     // Bought at 105, sold at 95: the 10 is lost, and money is conserved.
     assert_eq!(w.e.state().accounts[&1].cash, 990 * M);
+}
+
+/// A position large against the market's liquidity pays the concentration
+/// add-on on both requirements; one within it pays none.
+#[test]
+fn concentration_add_on_grows_with_size_beyond_liquidity() {
+    let mut m = perp("BTC-PERP", "BTC-USD");
+    m.concentration = Some(Concentration {
+        liquidity_notional: 5_000 * M,
+        add_on_ppm: 100_000,
+    });
+    let mut w = World::new(feed("BTC-USD"), m, 100 * P);
+    w.account(1, 10_000 * M);
+    w.account(2, 10_000 * M);
+    // 4,000 notional: within the liquidity, 10 % / 5 %.
+    w.open(1, "BTC-PERP", Side::Long, 40 * Q).unwrap();
+    let h = w.health(1);
+    assert_eq!((h.initial, h.maintenance), (400 * M, 200 * M));
+    // 10,000 notional: twice the liquidity, +10 %: 20 % / 15 %.
+    w.open(2, "BTC-PERP", Side::Long, 100 * Q).unwrap();
+    let h = w.health(2);
+    assert_eq!((h.initial, h.maintenance), (2_000 * M, 1_500 * M));
+    let mut bad = perp("ETH-PERP", "BTC-USD");
+    bad.concentration = Some(Concentration {
+        liquidity_notional: 0,
+        add_on_ppm: 1,
+    });
+    assert!(matches!(
+        w.cmd(Command::ConfigureMarket(bad)),
+        Err(EngineError::InvalidConfig { .. })
+    ));
 }
 
 #[test]
@@ -809,6 +841,47 @@ fn margin_call_comes_the_round_any_price_crosses_initial() {
     let ev = w.price("BTC-USD", 51_500 * P).unwrap();
     assert_eq!(cleared(&ev), 1, "BTC at 51,500 clears the call: {ev:?}");
     assert!(w.e.state().margin_calls.is_empty());
+}
+
+/// With `prompt_margin_calls` off the bands hold maintenance only: the
+/// collateral move that crosses initial is not noticed until the unit is
+/// examined for another reason (here a deposit).
+#[test]
+fn margin_calls_wait_for_an_examination_when_not_prompt() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
+    w.cmd(Command::ConfigureRisk(RiskParams {
+        prompt_margin_calls: false,
+        ..RiskParams::default()
+    }))
+    .unwrap();
+    w.cmd(Command::ConfigureFeed(feed("ETH-USD"))).unwrap();
+    w.cmd(Command::ConfigureAsset(AssetConfig {
+        asset: "ETH".into(),
+        feed: "ETH-USD".into(),
+        haircut_ppm: 0,
+    }))
+    .unwrap();
+    w.price("ETH-USD", 2_000 * P).unwrap();
+    w.cmd(Command::CreateAccount { account: 1 }).unwrap();
+    w.cmd(Command::Deposit {
+        account: 1,
+        asset: "ETH".into(),
+        amount: 10 * Q,
+    })
+    .unwrap();
+    // 3.95 BTC: initial 19,750 against 20,000 of collateral.
+    w.open(1, "BTC-PERP", Side::Long, 395 * Q / 100).unwrap();
+    // ETH at 1,970: equity 19,700 < initial, well inside the maintenance
+    // band: no examination, no call yet.
+    w.price("ETH-USD", 1_970 * P).unwrap();
+    assert!(w.e.state().margin_calls.is_empty());
+    w.cmd(Command::Deposit {
+        account: 1,
+        asset: "USD".into(),
+        amount: 1,
+    })
+    .unwrap();
+    assert!(w.e.state().margin_calls.contains(&(1, Unit::Cross)));
 }
 
 #[test]

@@ -51,6 +51,11 @@ fn config(jump_ppm: u32, expiry_days: u64) -> Vec<Command> {
         taker_fee_ppm: 700,
         liquidation_penalty_ppm: 15_000,
         liquidator_share_ppm: 400_000,
+        // Positions beyond 1,000 USD of notional pay a concentration add-on.
+        concentration: (name != "ETH-PERP").then_some(Concentration {
+            liquidity_notional: 1_000 * M,
+            add_on_ppm: 50_000,
+        }),
     };
     let opt = |kind, strike, model| MarketKind::Option {
         kind,

@@ -169,12 +169,7 @@ fn linear_at(part: &Part<'_>, q: i128) -> Result<i128, EngineError> {
         let v = value(leg.size, q)?;
         h = add(h, add(leg.quote, v, "position value")?, "equity")?;
         let n = v.abs();
-        let growth = mul_div_floor(
-            n,
-            i128::from(c.growth_ppm_per_million),
-            1_000_000 * crate::fixed::MONEY_SCALE,
-            "requirement growth",
-        )?;
+        let growth = super::health::size_add_on_ppm(c, n)?;
         let fs = part.fs;
         let leg = |base: u32| -> Result<i128, EngineError> {
             ppm_ceil(n, (fs.scaled_rate_ppm(base) + growth).min(max_rate_ppm(c)))

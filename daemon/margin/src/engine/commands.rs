@@ -256,6 +256,16 @@ impl Engine {
                 Self::check_ppm("max_rate_ppm", m.max_rate_ppm, 1_000_000)?;
                 Self::check_ppm("initial_ppm", m.initial_ppm, m.max_rate_ppm)?;
                 Self::check_ppm("maintenance_ppm", m.maintenance_ppm, m.initial_ppm)?;
+                if let Some(k) = &m.concentration
+                    && k.liquidity_notional <= 0
+                {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "market `{}`: concentration liquidity_notional must be > 0 (money), got {}",
+                            m.market, k.liquidity_notional
+                        ),
+                    });
+                }
                 Self::check_ppm("taker_fee_ppm", m.taker_fee_ppm, 100_000)?;
                 Self::check_ppm(
                     "liquidation_penalty_ppm",

@@ -31,15 +31,18 @@ pub struct SnapshotSource {
     head: Vec<u8>,
     accounts: BTreeMap<AccountId, Arc<Account>>,
     order: Vec<AccountId>,
-    /// Margin-call and deferred units, then the index, encoded.
-    tail: Vec<u8>,
+    margin_calls: BTreeSet<(AccountId, Unit)>,
+    deferred: BTreeSet<(AccountId, Unit)>,
+    /// The trigger index (maps of shared bands).
+    index: crate::index::FrozenIndex,
+    market_by_slot: Vec<String>,
 }
 
 impl SnapshotSource {
     /// The snapshot's bytes (layout above).
     pub fn encode(self) -> Result<Vec<u8>, EngineError> {
         let mut e = Enc(Vec::with_capacity(
-            64 + self.head.len() + self.tail.len() + self.accounts.len() * 160,
+            64 + self.head.len() + self.accounts.len() * 240,
         ));
         e.0.extend_from_slice(MAGIC);
         e.u32(u32::try_from(self.head.len()).map_err(|_| corrupt("head too large"))?);
@@ -54,7 +57,40 @@ impl SnapshotSource {
             e.balances(a.cash, &a.collateral);
             e.positions(&a.positions);
         }
-        e.0.extend_from_slice(&self.tail);
+        for set in [&self.margin_calls, &self.deferred] {
+            e.u64(set.len() as u64);
+            for (id, u) in set {
+                e.u64(*id);
+                e.unit(u);
+            }
+        }
+        let index = super::indexed_units(&self.index, &self.market_by_slot);
+        e.u64(index.len() as u64);
+        for u in &index {
+            e.u64(u.account);
+            e.unit(&u.unit);
+            e.count(u.bands.len());
+            for (f, lo, hi) in &u.bands {
+                e.str(f);
+                e.i128(*lo);
+                e.i128(*hi);
+            }
+            match u.recheck_at_ms {
+                None => e.u8(0),
+                Some(t) => {
+                    e.u8(1);
+                    e.u64(t);
+                }
+            }
+            match u.rank {
+                None => e.u8(0),
+                Some((class, ratio)) => {
+                    e.u8(1);
+                    e.u8(class);
+                    e.u64(ratio.cast_unsigned());
+                }
+            }
+        }
         Ok(e.0)
     }
 }
@@ -164,10 +200,10 @@ impl Engine {
         self.snapshot_source()?.encode()
     }
 
-    /// What `encode_snapshot` writes, taken cheaply: the small parts and
-    /// the trigger index already encoded, the accounts as a copy of the map
-    /// of shared accounts (no account is copied; a later change to one
-    /// copies it then). `SnapshotSource::encode` then runs without the
+    /// What `encode_snapshot` writes, taken cheaply: the small parts
+    /// encoded, the accounts as a copy of the map of shared accounts and
+    /// the trigger index as copies of its maps of shared bands (no account
+    /// or band is copied; a later change to one replaces it). `SnapshotSource::encode` then runs without the
     /// engine, e.g. on another thread while the engine takes the next
     /// report, and gives the bytes `encode_snapshot` gives now.
     pub fn snapshot_source(&self) -> Result<SnapshotSource, EngineError> {
@@ -189,46 +225,14 @@ impl Engine {
             account_order: Vec::new(),
         };
         let head = serde_json::to_vec(&head).map_err(|e| corrupt(e.to_string()))?;
-        let mut e = Enc(Vec::with_capacity(64 + self.idx.indexed_units() * 80));
-        for set in [&s.margin_calls, &s.deferred] {
-            e.u64(set.len() as u64);
-            for (id, u) in set {
-                e.u64(*id);
-                e.unit(u);
-            }
-        }
-        let index = self.index_entries();
-        e.u64(index.len() as u64);
-        for u in &index {
-            e.u64(u.account);
-            e.unit(&u.unit);
-            e.count(u.bands.len());
-            for (f, lo, hi) in &u.bands {
-                e.str(f);
-                e.i128(*lo);
-                e.i128(*hi);
-            }
-            match u.recheck_at_ms {
-                None => e.u8(0),
-                Some(t) => {
-                    e.u8(1);
-                    e.u64(t);
-                }
-            }
-            match u.rank {
-                None => e.u8(0),
-                Some((class, ratio)) => {
-                    e.u8(1);
-                    e.u8(class);
-                    e.u64(ratio.cast_unsigned());
-                }
-            }
-        }
         Ok(SnapshotSource {
             head,
             accounts: s.accounts.clone(),
             order: s.account_order.clone(),
-            tail: e.0,
+            margin_calls: s.margin_calls.clone(),
+            deferred: s.deferred.clone(),
+            index: self.idx.frozen(),
+            market_by_slot: self.market_by_slot.clone(),
         })
     }
 

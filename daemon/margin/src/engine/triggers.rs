@@ -102,7 +102,23 @@ pub(super) fn linear_sensitivity_ppm(
         1_000_000 * crate::fixed::MONEY_SCALE,
         "sensitivity",
     )?;
-    Ok(PPM + (2 * max_rate_ppm(c)).min(req.base_ppm(c, fs) + grow))
+    // The concentration add-on's slope: n × add_on / L more per unit of
+    // notional, with n up to 1.5 n inside a band; r + n r' <= 2 cap + that.
+    let conc = match &c.concentration {
+        None => 0,
+        Some(k) => mul_div_ceil(
+            3 * n,
+            i128::from(k.add_on_ppm),
+            2 * k.liquidity_notional.max(1),
+            "sensitivity",
+        )?,
+    };
+    Ok(PPM
+        + (2 * max_rate_ppm(c) + conc).min(add(
+            req.base_ppm(c, fs),
+            add(grow, 2 * conc, "sensitivity")?,
+            "sensitivity",
+        )?))
 }
 
 impl Engine {
@@ -186,7 +202,11 @@ impl Engine {
         let in_call = self.s.margin_calls.contains(&(key.account, unit.clone()));
         let clear = Req::ClearCall(self.s.risk.margin_call_clear_buffer_ppm);
         let both = [Req::Maintenance, clear];
-        let reqs: &[Req] = if h.equity < h.maintenance || h.equity < 0 || !has_positions {
+        let reqs: &[Req] = if h.equity < h.maintenance
+            || h.equity < 0
+            || !has_positions
+            || !self.s.risk.prompt_margin_calls
+        {
             &[Req::Maintenance]
         } else if in_call {
             &both
