@@ -120,6 +120,22 @@ impl FeedState {
             .unwrap_or(0)
     }
 
+    /// Bounds on how fast a weighted scenario loss moves per unit of price
+    /// (ppm): `(option, delta_one)` = `max_s ceil(w_s (1 + |m_s|))` per
+    /// option contract (times its delta bound) and `max_s ceil(w_s |m_s|)`
+    /// per delta-one unit. Weighting matters: the extended table's +500 %
+    /// counts at its weight, not in full.
+    pub fn loss_slopes_ppm(&self) -> (i128, i128) {
+        let (mut option, mut delta_one) = (0i128, 0i128);
+        for s in self.scenarios() {
+            let w = i128::from(s.weight_ppm);
+            let m = i128::from(s.move_ppm).abs();
+            option = option.max((w * (1_000_000 + m) + 999_999) / 1_000_000);
+            delta_one = delta_one.max((w * m + 999_999) / 1_000_000);
+        }
+        (option, delta_one)
+    }
+
     /// A linear base rate (ppm) scaled by the volatility multiplier, rounded up.
     pub fn scaled_rate_ppm(&self, base_ppm: u32) -> i128 {
         let m = i128::from(self.vol_multiplier_ppm);

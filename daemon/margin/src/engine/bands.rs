@@ -378,7 +378,7 @@ impl Engine {
                 return Ok(None);
             };
             let (kind, k) = if h.portfolio {
-                let grid_move = fs.max_move_ppm();
+                let (opt_slope, d1_slope) = fs.loss_slopes_ppm();
                 match &ms.config.kind {
                     MarketKind::Option {
                         expiry_ms, model, ..
@@ -395,7 +395,7 @@ impl Engine {
                         else {
                             return Ok(None);
                         };
-                        let k = PPM + mul_div_ceil(ratio, PPM + grid_move, PPM, "sensitivity")?;
+                        let k = PPM + mul_div_ceil(ratio, opt_slope, PPM, "sensitivity")?;
                         (
                             LegKind::Option(m.as_str(), ms),
                             mul_div_ceil(d_ppm, k, PPM, "sensitivity")?,
@@ -403,7 +403,7 @@ impl Engine {
                     }
                     _ => (
                         LegKind::Delta1,
-                        PPM + mul_div_ceil(ratio, grid_move, PPM, "sensitivity")?,
+                        PPM + mul_div_ceil(ratio, d1_slope, PPM, "sensitivity")?,
                     ),
                 }
             } else {

@@ -304,7 +304,7 @@ impl Engine {
                 if h.portfolio {
                     let fs = self.s.feeds.get(&ms.config.feed);
                     let fc = fs.map(|f| &f.config);
-                    let grid_move = fs.map_or(PPM, |f| f.max_move_ppm());
+                    let (opt_slope, d1_slope) = fs.map_or((2 * PPM, PPM), |f| f.loss_slopes_ppm());
                     match &ms.config.kind {
                         MarketKind::Option {
                             expiry_ms, model, ..
@@ -317,13 +317,13 @@ impl Engine {
                                 .unwrap_or(i128::MAX / 4);
                             mul_div_ceil(
                                 d_ppm,
-                                PPM + mul_div_ceil(ratio, PPM + grid_move, PPM, "sensitivity")?,
+                                PPM + mul_div_ceil(ratio, opt_slope, PPM, "sensitivity")?,
                                 PPM,
                                 "sensitivity",
                             )?
                         }
                         // Equity moves by 1, each scenario loss by |m|.
-                        _ => PPM + ratio * grid_move / PPM + 1,
+                        _ => PPM + ratio * d1_slope / PPM + 1,
                     }
                 } else {
                     let fs = self.s.feeds.get(&ms.config.feed).ok_or_else(|| {
