@@ -177,6 +177,7 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::InsufficientMargin { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_margin"),
         E::InsufficientBalance { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_balance"),
         E::ExceedsPosition { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "exceeds_position"),
+        E::PriceOutsideBand { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "price_outside_band"),
         E::GuardUp { .. } => (StatusCode::CONFLICT, "guard_up"),
         E::NoPrice { .. } => (StatusCode::CONFLICT, "no_price"),
         E::Expired { .. } | E::Settled { .. } => (StatusCode::CONFLICT, "market_closed"),
@@ -1495,6 +1496,7 @@ pub(super) async fn open(
             side: b.side,
             size,
             margin,
+            price: None,
         },
         StatusCode::OK,
     )
@@ -1528,6 +1530,7 @@ pub(super) async fn close(
             account,
             market,
             size,
+            price: None,
         },
         StatusCode::OK,
     )

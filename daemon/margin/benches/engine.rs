@@ -122,6 +122,16 @@ fn bench(c: &mut Criterion) {
         let build = start.elapsed();
         let rss1 = rss_bytes();
         let mut e = book.engine;
+        // SIBYL_BENCH_PROMPT_CALLS=0: bands hold maintenance only (margin
+        // calls when a unit is examined), to compare the cost.
+        if std::env::var("SIBYL_BENCH_PROMPT_CALLS").as_deref() == Ok("0") {
+            let risk = sibyl_margin::RiskParams {
+                prompt_margin_calls: false,
+                ..e.state().risk.clone()
+            };
+            e.apply_command(e.now_ms(), &sibyl_margin::Command::ConfigureRisk(risk))
+                .expect("risk config");
+        }
         let positions: usize = e.state().accounts.values().map(|a| a.positions.len()).sum();
         let mem = rss1.saturating_sub(rss0);
         println!(
@@ -297,9 +307,29 @@ fn state_root_and_snapshot(n: usize, mut e: Engine) {
     );
     let root = e.state_root();
     let cpu = || Duration::from_nanos(cpu_ns());
+    // The at-risk ranking against the full scan it replaced.
+    let c0 = cpu();
+    let ranked = e.closest_to_liquidation(1_000);
+    let ranked_cpu = cpu() - c0;
+    let c0 = cpu();
+    let scanned = e.closest_to_liquidation_scan(1_000);
+    let scan_cpu = cpu() - c0;
+    println!(
+        "book n={n}: at-risk top 1,000 from the ranking {ranked_cpu:.2?} CPU ({} ranked units) vs full scan {scan_cpu:.2?} CPU; same first row: {}",
+        e.ranked_units(),
+        ranked.first().map(|r| (r.account, &r.unit))
+            == scanned.first().map(|r| (r.account, &r.unit))
+    );
+    // Under the engine lock only `snapshot_source` runs; `encode` runs
+    // without it.
     let (start, c0) = (Instant::now(), cpu());
-    let bytes = e.encode_snapshot().expect("snapshot encodes");
-    let (encode, encode_cpu) = (start.elapsed(), cpu() - c0);
+    let source = e.snapshot_source().expect("snapshot source");
+    let (take, take_cpu) = (start.elapsed(), cpu() - c0);
+    let bytes = source.encode().expect("snapshot encodes");
+    let (encode, encode_cpu) = (start.elapsed() - take, cpu() - c0 - take_cpu);
+    println!(
+        "book n={n}: snapshot taken under the lock in {take:.2?} wall / {take_cpu:.2?} CPU, encoded off it in {encode:.2?} wall / {encode_cpu:.2?} CPU"
+    );
     drop(e);
     let (start, c0) = (Instant::now(), cpu());
     let mut back = Engine::decode_snapshot(&bytes).expect("snapshot decodes");

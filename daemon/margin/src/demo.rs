@@ -109,6 +109,7 @@ fn feed_config(feed: &str, surface: Option<VolSurface>) -> FeedConfig {
         rate_ppm: 50_000,
         grid: ScenarioGrid::default(),
         vol_surface: surface,
+        vol_scaling: None,
     }
 }
 
@@ -124,6 +125,7 @@ fn perp(market: &str, feed: &str, initial_ppm: u32, maintenance_ppm: u32) -> Mar
         taker_fee_ppm: 500,
         liquidation_penalty_ppm: 10_000,
         liquidator_share_ppm: 500_000,
+        concentration: None,
     }
 }
 
@@ -279,6 +281,7 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
                 price: *px,
                 decimals: 8,
                 confidence: (*px / 2_000).unsigned_abs(),
+                ..PriceInput::default()
             })
             .collect(),
     };
@@ -383,6 +386,7 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
                 side,
                 size,
                 margin,
+                price: None,
             };
             if !push(&mut engine, at(cmd), &mut inputs) && near {
                 // Too much for the margin left: try half.
@@ -392,6 +396,7 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
                     side,
                     size: size / 2,
                     margin: MarginMode::Cross,
+                    price: None,
                 };
                 push(&mut engine, at(cmd), &mut inputs);
             }

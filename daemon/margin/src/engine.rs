@@ -3,10 +3,11 @@
 
 use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, ppm_ceil, ppm_floor, sub, value};
-use crate::index::{Band, Index, Key};
+use crate::index::{Band, Index, Key, Rank};
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 mod bands;
 mod commands;
@@ -22,6 +23,7 @@ mod triggers;
 mod views;
 
 pub use prices::surface_vol;
+pub use snapshot::SnapshotSource;
 pub use views::{AtRisk, Revaluation, UnitView};
 
 /// Milliseconds per year (365 days, Hull's convention) for option time.
@@ -55,6 +57,18 @@ pub struct FeedPrice {
     pub timestamp_ms: u64,
     /// Report round.
     pub round: u64,
+    /// The leaf's status (`types::status`).
+    #[serde(default)]
+    pub status: u8,
+    /// The leaf's flags.
+    #[serde(default)]
+    pub flags: u16,
+    /// The leaf's EMA (8 decimals; 0: none).
+    #[serde(default)]
+    pub ema: i128,
+    /// The leaf's realized volatility (1e9 = 100 % a year).
+    #[serde(default)]
+    pub volatility: u64,
 }
 
 /// A feed: config, last price, recent prices, guard.
@@ -70,6 +84,63 @@ pub struct FeedState {
     pub jump: Option<GuardReason>,
     /// Current guard (None = prices are usable).
     pub guard: Option<GuardReason>,
+    /// Requirement multiplier from the signed volatility (ppm; 1e6 = as
+    /// configured; `VolScaling`).
+    #[serde(default = "unit_multiplier")]
+    pub vol_multiplier_ppm: u32,
+}
+
+fn unit_multiplier() -> u32 {
+    1_000_000
+}
+
+impl FeedState {
+    /// The portfolio-margin scenarios of this feed: the configured grid
+    /// with its price moves scaled by the volatility multiplier.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        let mut v = self.config.grid.scenarios();
+        let m = i128::from(self.vol_multiplier_ppm);
+        if m != 1_000_000 {
+            let core =
+                self.config.grid.price_moves_ppm.len() * self.config.grid.vol_shocks_ppm.len();
+            for s in v.iter_mut().take(core) {
+                let x = (i128::from(s.move_ppm) * m / 1_000_000).clamp(-990_000, 100_000_000);
+                s.move_ppm = i32::try_from(x).unwrap_or(s.move_ppm);
+            }
+        }
+        v
+    }
+
+    /// Largest absolute scenario move (ppm), scaled.
+    pub fn max_move_ppm(&self) -> i128 {
+        self.scenarios()
+            .iter()
+            .map(|s| i128::from(s.move_ppm).abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bounds on how fast a weighted scenario loss moves per unit of price
+    /// (ppm): `(option, delta_one)` = `max_s ceil(w_s (1 + |m_s|))` per
+    /// option contract (times its delta bound) and `max_s ceil(w_s |m_s|)`
+    /// per delta-one unit. Weighting matters: the extended table's +500 %
+    /// counts at its weight, not in full.
+    pub fn loss_slopes_ppm(&self) -> (i128, i128) {
+        let (mut option, mut delta_one) = (0i128, 0i128);
+        for s in self.scenarios() {
+            let w = i128::from(s.weight_ppm);
+            let m = i128::from(s.move_ppm).abs();
+            option = option.max((w * (1_000_000 + m) + 999_999) / 1_000_000);
+            delta_one = delta_one.max((w * m + 999_999) / 1_000_000);
+        }
+        (option, delta_one)
+    }
+
+    /// A linear base rate (ppm) scaled by the volatility multiplier, rounded up.
+    pub fn scaled_rate_ppm(&self, base_ppm: u32) -> i128 {
+        let m = i128::from(self.vol_multiplier_ppm);
+        (i128::from(base_ppm) * m + 999_999) / 1_000_000
+    }
 }
 
 /// Greeks (Hull's units, `GREEK_DECIMALS` = 18 decimals): per contract in a
@@ -136,8 +207,9 @@ pub struct Snapshot {
     pub assets: BTreeMap<String, AssetConfig>,
     /// Markets.
     pub markets: BTreeMap<String, MarketState>,
-    /// Accounts.
-    pub accounts: BTreeMap<AccountId, Account>,
+    /// Accounts, each shared copy-on-write, so a snapshot to encode is a
+    /// cheap copy of the map (`Engine::snapshot_source`).
+    pub accounts: BTreeMap<AccountId, Arc<Account>>,
     /// The venue (counterparty and liquidator side).
     pub venue: Venue,
     /// Insurance fund (money).
@@ -191,6 +263,10 @@ pub struct IndexedUnit {
     pub bands: Vec<(String, i128, i128)>,
     /// Time-based recheck.
     pub recheck_at_ms: Option<u64>,
+    /// Place in the at-risk ranking `(class, equity / maintenance ppm)`
+    /// from the unit's last examination (see `closest_to_liquidation`).
+    #[serde(default)]
+    pub rank: Option<(u8, i64)>,
 }
 
 impl Engine {
@@ -285,14 +361,7 @@ impl Engine {
     /// Applies one stored input. On error nothing changed and no event was emitted.
     pub fn apply(&mut self, input: &Input) -> Result<Vec<EventRecord>, EngineError> {
         match input {
-            Input::Prices(r) => {
-                let prices: Vec<(&str, i128, u8, u128)> = r
-                    .prices
-                    .iter()
-                    .map(|p| (p.feed.as_str(), p.price, p.decimals, p.confidence))
-                    .collect();
-                self.apply_prices(r.round, r.timestamp_ms, &prices)
-            }
+            Input::Prices(r) => self.apply_report(r),
             Input::Command { at_ms, command } => self.apply_command(*at_ms, command),
         }
     }
@@ -301,6 +370,7 @@ impl Engine {
         self.s
             .accounts
             .get(&account)
+            .map(|a| &**a)
             .ok_or(EngineError::UnknownAccount { account })
     }
 
@@ -322,24 +392,7 @@ impl Engine {
 
     /// The trigger index entries, sorted by account and unit.
     pub fn index_entries(&self) -> Vec<IndexedUnit> {
-        let mut units = Vec::new();
-        for (key, bands, recheck) in self.idx.entries() {
-            let Some(unit) = self.unit_of(key) else {
-                continue;
-            };
-            let bands = bands
-                .iter()
-                .filter_map(|b| Some((self.idx.feed_name(b.feed)?.to_string(), b.lo, b.hi)))
-                .collect();
-            units.push(IndexedUnit {
-                account: key.account,
-                unit,
-                bands,
-                recheck_at_ms: recheck,
-            });
-        }
-        units.sort_by(|a, b| a.account.cmp(&b.account).then(a.unit.cmp(&b.unit)));
-        units
+        indexed_units(&self.idx.frozen(), &self.market_by_slot)
     }
 
     /// Restores a snapshot together with its trigger index.
@@ -373,7 +426,46 @@ impl Engine {
                 });
             }
             e.idx.insert(key, bands, u.recheck_at_ms);
+            e.idx.set_rank(
+                key,
+                u.rank.map(|(class, ratio_ppm)| Rank { class, ratio_ppm }),
+            );
         }
         Ok(e)
     }
+}
+
+/// The entries of a frozen index as `IndexedUnit`s, sorted by account and
+/// unit (`market_by_slot` names the isolated units).
+pub(crate) fn indexed_units(
+    frozen: &crate::index::FrozenIndex,
+    market_by_slot: &[String],
+) -> Vec<IndexedUnit> {
+    let mut units = Vec::new();
+    for (key, bands, recheck, rank) in frozen.entries() {
+        let unit = if key.slot == 0 {
+            Unit::Cross
+        } else {
+            let Some(m) = market_by_slot.get(key.slot as usize - 1) else {
+                continue;
+            };
+            Unit::Isolated { market: m.clone() }
+        };
+        let bands = bands
+            .iter()
+            .filter_map(|b| {
+                let name = frozen.feed_names.get(usize::from(b.feed))?;
+                Some((name.clone(), b.lo, b.hi))
+            })
+            .collect();
+        units.push(IndexedUnit {
+            account: key.account,
+            unit,
+            bands,
+            recheck_at_ms: recheck,
+            rank: rank.map(|r| (r.class, r.ratio_ppm)),
+        });
+    }
+    units.sort_by(|a, b| a.account.cmp(&b.account).then(a.unit.cmp(&b.unit)));
+    units
 }

@@ -151,6 +151,20 @@ pub enum EngineError {
         /// Initial requirement after the command.
         initial: i128,
     },
+    /// A fill price outside the band around the oracle mark.
+    #[error(
+        "`{market}`: fill price {price} is outside the band {mark} ± {band} (the oracle mark ± the market's initial - maintenance rate); send a price inside it or none to fill at the mark"
+    )]
+    PriceOutsideBand {
+        /// Market.
+        market: String,
+        /// Requested fill price.
+        price: i128,
+        /// Oracle mark.
+        mark: i128,
+        /// Allowed distance from the mark.
+        band: i128,
+    },
     /// No position to close or adjust.
     #[error("account {account} has no position in `{market}`")]
     NoPosition {

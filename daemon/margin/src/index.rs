@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// A small multiplicative hasher for integer keys (account ids, slots,
 /// prices). The index's hash maps are lookups only: nothing iterates them
@@ -146,16 +147,67 @@ impl Edges {
     }
 }
 
+/// The index entries as of one moment (`Index::frozen`).
+#[derive(Clone, Debug)]
+pub(crate) struct FrozenIndex {
+    bands: IntMap<Key, Arc<[Band]>>,
+    recheck_at: IntMap<Key, u64>,
+    rank_of: IntMap<Key, Rank>,
+    /// Feed names by slot.
+    pub feed_names: Vec<String>,
+}
+
+impl FrozenIndex {
+    /// Every indexed unit with its bands, recheck time and rank, by key.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut keys: BTreeSet<Key> = self.bands.keys().copied().collect();
+        keys.extend(self.recheck_at.keys().copied());
+        keys.extend(self.rank_of.keys().copied());
+        keys.into_iter()
+            .map(|k| {
+                (
+                    k,
+                    self.bands.get(&k).map(|b| b.to_vec()).unwrap_or_default(),
+                    self.recheck_at.get(&k).copied(),
+                    self.rank_of.get(&k).copied(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// One unit's index entry: bands, recheck time and rank.
+pub(crate) type Entry = (Key, Vec<Band>, Option<u64>, Option<Rank>);
+
 #[derive(Default, Debug, Clone)]
 pub(crate) struct Index {
     feed_slots: BTreeMap<String, u16>,
     lower: Vec<Edges>,
     upper: Vec<Edges>,
-    bands: IntMap<Key, Vec<Band>>,
+    /// Shared slices, so a snapshot copies the map, not the bands.
+    bands: IntMap<Key, Arc<[Band]>>,
     recheck: BTreeSet<(u64, Key)>,
     recheck_at: IntMap<Key, u64>,
     /// Accounts holding a position, per market (for settlement and ADL).
     pub holders: BTreeMap<String, BTreeSet<u64>>,
+    /// The at-risk ranking: units with positions by `Rank`, kept as units
+    /// are examined (no scan).
+    ranking: BTreeSet<(Rank, Key)>,
+    rank_of: IntMap<Key, Rank>,
+}
+
+/// A unit's place in the at-risk ranking, from its health at its last
+/// examination: below maintenance (class 0) before margin call (1) before
+/// the rest (2); within a class, lower equity / maintenance (ppm) first.
+/// Class changes always come with an examination (the bands hold both
+/// requirements), so the classes are exact; the ratio inside a class is
+/// as of the unit's last examination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rank {
+    /// 0 below maintenance, 1 in margin call, 2 at or above initial.
+    pub class: u8,
+    /// Equity / maintenance (ppm), clamped to `i64`.
+    pub ratio_ppm: i64,
 }
 
 impl Index {
@@ -174,7 +226,7 @@ impl Index {
 
     pub fn remove(&mut self, key: Key) {
         if let Some(old) = self.bands.remove(&key) {
-            for b in old {
+            for b in old.iter() {
                 self.lower[b.feed as usize].remove(key, b.lo);
                 self.upper[b.feed as usize].remove(key, b.hi);
             }
@@ -184,6 +236,12 @@ impl Index {
         }
     }
 
+    /// Drops a unit entirely: bands, recheck and rank.
+    pub fn forget(&mut self, key: Key) {
+        self.remove(key);
+        self.set_rank(key, None);
+    }
+
     pub fn insert(&mut self, key: Key, bands: Vec<Band>, recheck_at: Option<u64>) {
         self.remove(key);
         for b in &bands {
@@ -191,7 +249,7 @@ impl Index {
             self.upper[b.feed as usize].insert(key, b.hi);
         }
         if !bands.is_empty() {
-            self.bands.insert(key, bands);
+            self.bands.insert(key, bands.into());
         }
         if let Some(t) = recheck_at {
             self.recheck.insert((t, key));
@@ -215,26 +273,51 @@ impl Index {
         }
     }
 
-    /// Every indexed unit with its bands and recheck time.
-    pub fn entries(&self) -> Vec<(Key, Vec<Band>, Option<u64>)> {
-        let mut keys: BTreeSet<Key> = self.bands.keys().copied().collect();
-        keys.extend(self.recheck_at.keys().copied());
-        keys.into_iter()
-            .map(|k| {
-                (
-                    k,
-                    self.bands.get(&k).cloned().unwrap_or_default(),
-                    self.recheck_at.get(&k).copied(),
-                )
-            })
-            .collect()
+    /// A copy of what `entries` reads (maps of shared or plain values: no
+    /// band is copied), to list the entries later without the index.
+    pub fn frozen(&self) -> FrozenIndex {
+        let mut feed_names = vec![String::new(); self.lower.len()];
+        for (name, slot) in &self.feed_slots {
+            if let Some(n) = feed_names.get_mut(usize::from(*slot)) {
+                n.clone_from(name);
+            }
+        }
+        FrozenIndex {
+            bands: self.bands.clone(),
+            recheck_at: self.recheck_at.clone(),
+            rank_of: self.rank_of.clone(),
+            feed_names,
+        }
     }
 
-    pub fn feed_name(&self, slot: u16) -> Option<&str> {
-        self.feed_slots
-            .iter()
-            .find(|(_, s)| **s == slot)
-            .map(|(f, _)| f.as_str())
+    /// Sets (or with `None` drops) a unit's rank.
+    pub fn set_rank(&mut self, key: Key, rank: Option<Rank>) {
+        match rank {
+            Some(r) => {
+                if let Some(old) = self.rank_of.insert(key, r) {
+                    if old == r {
+                        return;
+                    }
+                    self.ranking.remove(&(old, key));
+                }
+                self.ranking.insert((r, key));
+            }
+            None => {
+                if let Some(old) = self.rank_of.remove(&key) {
+                    self.ranking.remove(&(old, key));
+                }
+            }
+        }
+    }
+
+    /// Ranked units, most at risk first.
+    pub fn ranked(&self) -> impl Iterator<Item = (Rank, Key)> + '_ {
+        self.ranking.iter().copied()
+    }
+
+    /// Units in the ranking.
+    pub fn ranked_units(&self) -> usize {
+        self.rank_of.len()
     }
 
     /// Forgets every band and recheck, keeping feed slots and holders.
@@ -245,6 +328,8 @@ impl Index {
         self.bands.clear();
         self.recheck.clear();
         self.recheck_at.clear();
+        self.ranking.clear();
+        self.rank_of.clear();
     }
 
     pub fn indexed_units(&self) -> usize {

@@ -44,6 +44,9 @@ impl Enc {
     pub fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
+    pub fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
     pub fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
@@ -121,6 +124,11 @@ impl Enc {
                 self.u8(3);
                 self.i128(*ratio_ppm);
                 self.u32(*max_ppm);
+            }
+            Some(GuardReason::Status { status, flags }) => {
+                self.u8(5);
+                self.u8(*status);
+                self.u16(*flags);
             }
             Some(GuardReason::Jump {
                 price,

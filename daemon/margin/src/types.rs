@@ -14,8 +14,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Account ids are chosen by the caller (the API), so replays reproduce them.
 pub type AccountId = u64;
 
-/// One feed's value from a verified signed report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One feed's value from a verified signed report: the leaf's price,
+/// confidence, status, flags, EMA and realized volatility
+/// (docs/PROTOCOL.md). Inputs stored before the leaf carried status, EMA
+/// and volatility read as status ok, no flags, no EMA, no volatility.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceInput {
     /// Feed id, e.g. "BTC-USD".
     pub feed: String,
@@ -25,6 +28,56 @@ pub struct PriceInput {
     pub decimals: u8,
     /// Confidence half-width, same scale as `price`.
     pub confidence: u128,
+    /// The leaf's status (`status::OK` .. `status::MARKET_CLOSED`).
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub status: u8,
+    /// The leaf's flags (`status::UNCONFIRMED_JUMP` is the one the engine
+    /// reads beyond the status).
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub flags: u16,
+    /// The leaf's EMA, same scale as `price` (0: none).
+    #[serde(default, skip_serializing_if = "is_zero_i128")]
+    pub ema: i128,
+    /// The EMA's confidence, same scale as `price`.
+    #[serde(default, skip_serializing_if = "is_zero_u128")]
+    pub ema_confidence: u128,
+    /// The leaf's realized volatility (1e9 = 100 % a year; 0: none).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub volatility: u64,
+}
+
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
+}
+fn is_zero_u16(v: &u16) -> bool {
+    *v == 0
+}
+fn is_zero_i128(v: &i128) -> bool {
+    *v == 0
+}
+fn is_zero_u128(v: &u128) -> bool {
+    *v == 0
+}
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+/// The signed leaf's status byte and the flag the engine reads
+/// (docs/PROTOCOL.md, "Status and flags").
+pub mod status {
+    /// Usable.
+    pub const OK: u8 = 0;
+    /// Usable with care (few venues, wide confidence, peg, band, jump).
+    pub const DEGRADED: u8 = 1;
+    /// The observations behind the price are old.
+    pub const STALE: u8 = 2;
+    /// A majority sees trading halted.
+    pub const HALTED: u8 = 3;
+    /// A majority sees the market closed.
+    pub const MARKET_CLOSED: u8 = 4;
+    /// Flag bit 4: a jump beyond the feed's bound, not yet confirmed by the
+    /// next leaf.
+    pub const UNCONFIRMED_JUMP: u16 = 1 << 4;
 }
 
 /// The feeds of one verified signed report.
@@ -124,6 +177,11 @@ pub enum Command {
         size: i128,
         /// Margin mode (must match an existing position's).
         margin: MarginMode,
+        /// Fill price (8 decimals); the mark when None. It must lie within
+        /// the mark ± the market's (initial - maintenance) rate, else the
+        /// command is refused (`PriceOutsideBand`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        price: Option<i128>,
     },
     /// Reduce a position by `size`, or close it entirely when `size` is None.
     Close {
@@ -133,6 +191,10 @@ pub enum Command {
         market: String,
         /// Quantity to close (> 0), or all.
         size: Option<i128>,
+        /// Fill price (8 decimals), within the same band as `Open`'s; the
+        /// mark when None.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        price: Option<i128>,
     },
     /// Move money between cash and an isolated position's pool
     /// (positive adds to the pool).
@@ -164,6 +226,35 @@ pub struct RiskParams {
     /// Units holding options are re-examined at least this often (ms), since
     /// time decay moves their value between price ticks.
     pub option_recheck_ms: u64,
+    /// Cap on a liquidation's penalty (ppm of the closed notional), whatever
+    /// the market's `liquidation_penalty_ppm`. The penalty also never
+    /// exceeds what the unit has left (full liquidation).
+    #[serde(default = "default_penalty_cap_ppm")]
+    pub max_liquidation_penalty_ppm: u32,
+    /// A margin call (equity below initial) clears once equity is back at
+    /// initial plus this fraction (ppm) of (initial - maintenance): a unit
+    /// hovering at initial does not call and clear on every tick.
+    #[serde(default = "default_clear_buffer_ppm")]
+    pub margin_call_clear_buffer_ppm: u32,
+    /// Trigger bands also hold the margin-call levels, so a margin call
+    /// comes the report that crosses them (true), or they hold maintenance
+    /// only and margin calls come when a unit is examined for another
+    /// reason (false: far fewer units examined per report; see
+    /// docs/MARGIN.md, Benchmark).
+    #[serde(default = "default_true")]
+    pub prompt_margin_calls: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_clear_buffer_ppm() -> u32 {
+    250_000
+}
+
+fn default_penalty_cap_ppm() -> u32 {
+    50_000
 }
 
 impl Default for RiskParams {
@@ -173,6 +264,9 @@ impl Default for RiskParams {
             partial_steps_ppm: vec![100_000, 250_000, 500_000, 750_000],
             portfolio_initial_ratio_ppm: 1_250_000,
             option_recheck_ms: 60_000,
+            max_liquidation_penalty_ppm: default_penalty_cap_ppm(),
+            margin_call_clear_buffer_ppm: default_clear_buffer_ppm(),
+            prompt_margin_calls: true,
         }
     }
 }
@@ -192,12 +286,19 @@ pub struct ScenarioGrid {
     pub extreme_weight_ppm: u32,
 }
 
+/// The default grid is at least as wide as Deribit's portfolio margin:
+/// price moves of ±16 % in 9 steps of 4 %, each with vol down 25 %,
+/// unchanged and up 25 %, plus an extended table from −66 % to +500 %
+/// (−66, −50, −33, +33, +100, +200, +500 %) whose losses count at 35 %
+/// (Deribit's extended dampener plays this part).
 impl Default for ScenarioGrid {
     fn default() -> Self {
         Self {
-            price_moves_ppm: vec![-150_000, -100_000, -50_000, 0, 50_000, 100_000, 150_000],
+            price_moves_ppm: (-4..=4).map(|i| i * 40_000).collect(),
             vol_shocks_ppm: vec![-250_000, 0, 250_000],
-            extreme_moves_ppm: vec![-300_000, 300_000],
+            extreme_moves_ppm: vec![
+                -660_000, -500_000, -330_000, 330_000, 1_000_000, 2_000_000, 5_000_000,
+            ],
             extreme_weight_ppm: 350_000,
         }
     }
@@ -293,6 +394,65 @@ pub struct FeedConfig {
     pub grid: ScenarioGrid,
     /// Vol surface for option markets that use `VolSource::Surface`.
     pub vol_surface: Option<VolSurface>,
+    /// Requirements that scale with the signed leaf's realized volatility
+    /// (none: requirements as configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vol_scaling: Option<VolScaling>,
+}
+
+/// How a feed's requirements follow its signed realized volatility `v`
+/// (the leaf's `volatility`, 1e9 = 100 % a year):
+///
+/// ```text
+/// raw        = v × 1e6 / reference_volatility                       (ppm)
+/// target(x)  = min(max_multiplier_ppm, 1e6 + step × ceil((x − 1e6) / step))   for x > 1e6, else 1e6
+/// multiplier = target(raw)            when that is higher than the current one
+///            = target(raw + step / 2) when that is lower (half a step of hysteresis)
+/// ```
+///
+/// Linear markets on the feed use `base_rate × multiplier` for their initial
+/// and maintenance base rates (growth and the cap as configured);
+/// portfolio margin scales the grid's `price_moves_ppm` by it (the extreme
+/// moves stay as configured). So the multiplier is bounded by
+/// `[1, max_multiplier_ppm / 1e6]` and moves in whole steps; a step
+/// re-examines the feed's holders (`VolatilityScaled` event).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolScaling {
+    /// Volatility at and below which requirements are as configured
+    /// (1e9 = 100 % a year; > 0).
+    pub reference_volatility: u64,
+    /// Largest multiplier (ppm, 1e6..=10e6).
+    pub max_multiplier_ppm: u32,
+    /// Step of the multiplier (ppm, > 0).
+    pub step_ppm: u32,
+}
+
+impl VolScaling {
+    /// `target(raw)` above.
+    pub fn target_ppm(&self, raw_ppm: i128) -> u32 {
+        let step = i128::from(self.step_ppm.max(1));
+        let max = i128::from(self.max_multiplier_ppm.max(1_000_000));
+        if raw_ppm <= 1_000_000 {
+            return 1_000_000;
+        }
+        let steps = (raw_ppm - 1_000_000 + step - 1) / step;
+        let m = 1_000_000i128
+            .saturating_add(steps.saturating_mul(step))
+            .min(max);
+        u32::try_from(m).unwrap_or(u32::MAX)
+    }
+
+    /// The next multiplier from the current one and the leaf's volatility.
+    pub fn next_ppm(&self, current_ppm: u32, volatility: u64) -> u32 {
+        let reference = i128::from(self.reference_volatility.max(1));
+        let raw = i128::from(volatility).saturating_mul(1_000_000) / reference;
+        let up = self.target_ppm(raw);
+        if up >= current_ppm {
+            return up;
+        }
+        let down = self.target_ppm(raw.saturating_add(i128::from(self.step_ppm / 2)));
+        down.min(current_ppm)
+    }
 }
 
 /// A non-quote collateral asset.
@@ -382,6 +542,22 @@ pub struct MarketConfig {
     /// Share of the penalty paid to the liquidator side (ppm); the rest goes
     /// to the insurance fund.
     pub liquidator_share_ppm: u32,
+    /// Concentration add-on for positions large against the market's
+    /// liquidity (linear requirements; none: no add-on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concentration: Option<Concentration>,
+}
+
+/// A concentration add-on: a position whose notional `n` exceeds the
+/// liquidity the market can absorb `L` adds `add_on_ppm × (n − L) / L` to
+/// both its initial and maintenance rates (before `max_rate_ppm`): twice
+/// the liquidity costs `add_on_ppm` more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concentration {
+    /// Notional the market absorbs without moving much (money, > 0).
+    pub liquidity_notional: i128,
+    /// Rate added per multiple of the liquidity beyond it (ppm).
+    pub add_on_ppm: u32,
 }
 
 /// A position: `size` base units bought for `quote` money (negative when paid).
@@ -465,6 +641,16 @@ pub enum GuardReason {
         /// Allowed.
         max_ppm: u32,
     },
+    /// The signed leaf says the price is not fit to act on: its status
+    /// is degraded, stale, halted or market closed, or its jump is not
+    /// confirmed yet. Liquidation waits; the feed's markets are
+    /// reduce-only (closing is allowed, new risk is refused).
+    Status {
+        /// The leaf's status byte.
+        status: u8,
+        /// The leaf's flags.
+        flags: u16,
+    },
     /// The price jumped implausibly against its recent average.
     Jump {
         /// Price (8 decimals).
@@ -496,6 +682,25 @@ impl std::fmt::Display for GuardReason {
                 write!(
                     f,
                     "confidence {ratio_ppm} ppm of price exceeds {max_ppm} ppm"
+                )
+            }
+            GuardReason::Status { status, flags } => {
+                let what = match *status {
+                    status::OK => "ok",
+                    status::DEGRADED => "degraded",
+                    status::STALE => "stale",
+                    status::HALTED => "halted",
+                    status::MARKET_CLOSED => "market closed",
+                    _ => "unknown",
+                };
+                write!(
+                    f,
+                    "the signed leaf's status is {what} (flags {flags:#06x}{}): reduce-only until a leaf is ok",
+                    if flags & status::UNCONFIRMED_JUMP != 0 {
+                        ", jump unconfirmed"
+                    } else {
+                        ""
+                    }
                 )
             }
             GuardReason::Jump {
@@ -765,6 +970,18 @@ pub enum Event {
         price: i128,
         /// Positions settled.
         positions: u64,
+    },
+    /// A feed's requirement multiplier moved with its signed volatility
+    /// (`VolScaling`).
+    VolatilityScaled {
+        /// Feed.
+        feed: String,
+        /// The leaf's realized volatility (1e9 = 100 % a year).
+        volatility: u64,
+        /// Multiplier before (ppm).
+        from_ppm: u32,
+        /// Multiplier now (ppm).
+        to_ppm: u32,
     },
     /// Settlement is due but waits for the guard to clear.
     SettlementDeferred {

@@ -17,6 +17,7 @@ fn feed(name: &str) -> FeedConfig {
         rate_ppm: 0,
         grid: ScenarioGrid::default(),
         vol_surface: None,
+        vol_scaling: None,
     }
 }
 
@@ -32,6 +33,7 @@ fn perp(name: &str, feed: &str) -> MarketConfig {
         taker_fee_ppm: 0,
         liquidation_penalty_ppm: 10_000,
         liquidator_share_ppm: 500_000,
+        concentration: None,
     }
 }
 
@@ -82,6 +84,19 @@ impl World {
         self.price_conf(feed, price, 0)
     }
 
+    /// A report whose leaf carries `status`, `flags`, an EMA and a volatility.
+    fn leaf(&mut self, input: PriceInput) -> Result<Vec<EventRecord>, EngineError> {
+        self.round += 1;
+        self.t += 1_000;
+        let r = self.e.apply_report(&PriceReport {
+            round: self.round,
+            timestamp_ms: self.t,
+            prices: vec![input],
+        })?;
+        self.events.extend(r.clone());
+        Ok(r)
+    }
+
     fn account(&mut self, id: u64, cash: i128) {
         self.cmd(Command::CreateAccount { account: id }).unwrap();
         self.cmd(Command::Deposit {
@@ -105,6 +120,7 @@ impl World {
             side,
             size,
             margin: MarginMode::Cross,
+            price: None,
         })
     }
 
@@ -156,6 +172,271 @@ fn open_then_move_liquidates_partially_or_fully() {
     assert!(matches!(kind, LiquidationKind::Partial { .. }), "{kind:?}");
     assert_eq!(*to_liquidator + *to_insurance, *penalty);
     assert_eq!(w.e.insurance_fund(), *to_insurance);
+}
+
+fn btc(price: i128, status: u8, flags: u16) -> PriceInput {
+    PriceInput {
+        feed: "BTC-USD".into(),
+        price,
+        decimals: 8,
+        status,
+        flags,
+        ..PriceInput::default()
+    }
+}
+
+/// The signed leaf's status gates the engine: no liquidation on a degraded
+/// or unconfirmed price (deferred, then done on the next ok leaf); while
+/// stale, halted or closed the market is reduce-only.
+#[test]
+fn leaf_status_defers_liquidation_and_makes_markets_reduce_only() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    w.account(2, 10_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    w.open(2, "BTC-PERP", Side::Long, 10 * Q).unwrap();
+    // Below maintenance on a degraded leaf, and on an ok leaf whose jump is
+    // unconfirmed: deferred, not liquidated.
+    for (status, flags) in [
+        (status::DEGRADED, 0),
+        (status::OK, status::UNCONFIRMED_JUMP),
+        (status::DEGRADED, status::UNCONFIRMED_JUMP),
+    ] {
+        let ev = w.leaf(btc(93 * P, status, flags)).unwrap();
+        assert!(liquidations(&ev).is_empty(), "{status}/{flags}: {ev:?}");
+        assert!(
+            w.e.state().deferred.contains(&(1, Unit::Cross)),
+            "{status}/{flags}"
+        );
+        let guard = w.e.state().feeds["BTC-USD"].guard.clone();
+        assert_eq!(guard, Some(GuardReason::Status { status, flags }));
+    }
+    // Reduce-only: more risk is refused, reducing is allowed.
+    for status in [status::STALE, status::HALTED, status::MARKET_CLOSED] {
+        w.leaf(btc(100 * P, status, 0)).unwrap();
+        let more = w.open(2, "BTC-PERP", Side::Long, Q);
+        assert!(
+            matches!(more, Err(EngineError::GuardUp { .. })),
+            "{status}: {more:?}"
+        );
+        w.cmd(Command::Close {
+            account: 2,
+            market: "BTC-PERP".into(),
+            size: Some(Q),
+            price: None,
+        })
+        .unwrap();
+    }
+    // The next ok leaf below maintenance liquidates.
+    let ev = w.leaf(btc(93 * P, status::OK, 0)).unwrap();
+    assert_eq!(liquidations(&ev).len(), 1, "{ev:?}");
+    assert!(w.e.state().deferred.is_empty());
+}
+
+/// A market's penalty above the engine's cap is charged at most at the cap.
+#[test]
+fn liquidation_penalty_is_capped() {
+    let run = |cap: u32| -> (i128, i128) {
+        let mut m = perp("BTC-PERP", "BTC-USD");
+        m.liquidation_penalty_ppm = 200_000;
+        let mut w = World::new(feed("BTC-USD"), m, 100 * P);
+        let r = RiskParams {
+            max_liquidation_penalty_ppm: cap,
+            ..RiskParams::default()
+        };
+        w.cmd(Command::ConfigureRisk(r)).unwrap();
+        w.account(1, 1_000 * M);
+        w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+        let ev = w.price("BTC-USD", 935 * P / 10).unwrap();
+        let l = liquidations(&ev);
+        assert_eq!(l.len(), 1, "{ev:?}");
+        let Event::Liquidated {
+            closed, penalty, ..
+        } = l[0]
+        else {
+            unreachable!()
+        };
+        let notional: i128 = closed
+            .iter()
+            .map(|c| (c.size * c.price / (Q * P / M)).abs())
+            .sum();
+        (*penalty, notional)
+    };
+    assert_eq!(RiskParams::default().max_liquidation_penalty_ppm, 50_000);
+    let (capped, notional) = run(10_000);
+    assert!(notional > 0 && capped > 0);
+    assert!(
+        capped <= notional / 100 + 1,
+        "penalty {capped} above 1 % of {notional}"
+    );
+    let (uncapped, _) = run(1_000_000);
+    assert!(uncapped > capped, "{uncapped} vs {capped}");
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    let r = RiskParams {
+        max_liquidation_penalty_ppm: 1_000_001,
+        ..RiskParams::default()
+    };
+    assert!(matches!(
+        w.cmd(Command::ConfigureRisk(r)),
+        Err(EngineError::InvalidConfig { .. })
+    ));
+}
+
+/// Requirements follow the signed volatility in whole steps, bounded, with
+/// half a step of hysteresis on the way down; a step that takes a unit
+/// below maintenance liquidates it in that report, with no price move.
+#[test]
+fn requirements_scale_with_the_signed_volatility() {
+    let mut f = feed("BTC-USD");
+    f.vol_scaling = Some(VolScaling {
+        reference_volatility: 500_000_000,
+        max_multiplier_ppm: 2_000_000,
+        step_ppm: 250_000,
+    });
+    let mut w = World::new(f, perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+    let at = |w: &mut World, vol: u64| {
+        let mut leaf = btc(100 * P, status::OK, 0);
+        leaf.volatility = vol;
+        let ev = w.leaf(leaf).unwrap();
+        (w.e.state().feeds["BTC-USD"].vol_multiplier_ppm, ev)
+    };
+    // At the reference: as configured (maintenance 5 % of 9,000 = 450).
+    let (m, _) = at(&mut w, 500_000_000);
+    assert_eq!(m, 1_000_000);
+    assert_eq!(w.health(1).maintenance, 450 * M);
+    // 1.1x the reference: one step up, rounded up (x1.25): 562.5.
+    let (m, ev) = at(&mut w, 550_000_000);
+    assert_eq!(m, 1_250_000);
+    assert!(ev.iter().any(|r| matches!(
+        r.event,
+        Event::VolatilityScaled {
+            to_ppm: 1_250_000,
+            ..
+        }
+    )));
+    assert_eq!(w.health(1).maintenance, 5625 * M / 10);
+    // Down only half a step below the step: 1.05x and 0.9x stay, 0.85x
+    // goes back to 1.
+    assert_eq!(at(&mut w, 525_000_000).0, 1_250_000);
+    assert_eq!(at(&mut w, 450_000_000).0, 1_250_000);
+    assert_eq!(at(&mut w, 425_000_000).0, 1_000_000);
+    // Bounded at 2x however high; maintenance 900 > equity 1,000? No:
+    // 900 < 1,000, so a margin call but no liquidation yet.
+    let (m, ev) = at(&mut w, 50_000_000_000);
+    assert_eq!(m, 2_000_000);
+    assert!(liquidations(&ev).is_empty());
+    assert_eq!(w.health(1).maintenance, 900 * M);
+    // A small loss now liquidates at 2x what it would not at 1x.
+    let ev = w.price("BTC-USD", 98 * P).unwrap();
+    assert!(
+        liquidations(&ev).is_empty(),
+        "volatility 0 in this leaf: back to 1x"
+    );
+    let mut leaf = btc(98 * P, status::OK, 0);
+    leaf.volatility = 50_000_000_000;
+    let ev = w.leaf(leaf).unwrap();
+    assert_eq!(liquidations(&ev).len(), 1, "{ev:?}");
+}
+
+/// The default portfolio-margin grid is at least as wide as Deribit's.
+#[test]
+fn default_grid_is_at_least_as_wide_as_deribits() {
+    let g = ScenarioGrid::default();
+    assert!(g.price_moves_ppm.len() >= 9);
+    assert_eq!(g.price_moves_ppm.iter().min(), Some(&-160_000));
+    assert_eq!(g.price_moves_ppm.iter().max(), Some(&160_000));
+    assert!(g.price_moves_ppm.contains(&0));
+    assert!(g.vol_shocks_ppm.iter().any(|s| *s < 0));
+    assert!(g.vol_shocks_ppm.contains(&0));
+    assert!(g.vol_shocks_ppm.iter().any(|s| *s > 0));
+    assert_eq!(g.extreme_moves_ppm.iter().min(), Some(&-660_000));
+    assert_eq!(g.extreme_moves_ppm.iter().max(), Some(&5_000_000));
+    // Every move at every vol shock, then the extended table.
+    assert_eq!(
+        g.scenarios().len(),
+        g.price_moves_ppm.len() * g.vol_shocks_ppm.len() + g.extreme_moves_ppm.len()
+    );
+}
+
+/// A fill away from the oracle mark is allowed within the mark ± the
+/// market's (initial - maintenance) rate (here 5 %), refused beyond it.
+#[test]
+fn fills_stay_within_the_price_band() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    w.account(1, 1_000 * M);
+    let open = |w: &mut World, price: i128| {
+        w.cmd(Command::Open {
+            account: 1,
+            market: "BTC-PERP".into(),
+            side: Side::Long,
+            size: Q,
+            margin: MarginMode::Cross,
+            price: Some(price),
+        })
+    };
+    let before = w.e.snapshot();
+    for px in [106 * P, 94 * P, 0] {
+        let r = open(&mut w, px);
+        assert!(
+            matches!(r, Err(EngineError::PriceOutsideBand { band, mark, .. }) if band == 5 * P && mark == 100 * P),
+            "{px}: {r:?}"
+        );
+        assert_eq!(w.e.snapshot(), before);
+    }
+    let ev = open(&mut w, 105 * P).unwrap();
+    assert!(
+        ev.iter()
+            .any(|r| matches!(r.event, Event::Filled { price, .. } if price == 105 * P)),
+        "{ev:?}"
+    );
+    let close = |w: &mut World, price: i128| {
+        w.cmd(Command::Close {
+            account: 1,
+            market: "BTC-PERP".into(),
+            size: None,
+            price: Some(price),
+        })
+    };
+    assert!(matches!(
+        close(&mut w, 9_499 * P / 100),
+        Err(EngineError::PriceOutsideBand { .. })
+    ));
+    close(&mut w, 95 * P).unwrap();
+    // Bought at 105, sold at 95: the 10 is lost, and money is conserved.
+    assert_eq!(w.e.state().accounts[&1].cash, 990 * M);
+}
+
+/// A position large against the market's liquidity pays the concentration
+/// add-on on both requirements; one within it pays none.
+#[test]
+fn concentration_add_on_grows_with_size_beyond_liquidity() {
+    let mut m = perp("BTC-PERP", "BTC-USD");
+    m.concentration = Some(Concentration {
+        liquidity_notional: 5_000 * M,
+        add_on_ppm: 100_000,
+    });
+    let mut w = World::new(feed("BTC-USD"), m, 100 * P);
+    w.account(1, 10_000 * M);
+    w.account(2, 10_000 * M);
+    // 4,000 notional: within the liquidity, 10 % / 5 %.
+    w.open(1, "BTC-PERP", Side::Long, 40 * Q).unwrap();
+    let h = w.health(1);
+    assert_eq!((h.initial, h.maintenance), (400 * M, 200 * M));
+    // 10,000 notional: twice the liquidity, +10 %: 20 % / 15 %.
+    w.open(2, "BTC-PERP", Side::Long, 100 * Q).unwrap();
+    let h = w.health(2);
+    assert_eq!((h.initial, h.maintenance), (2_000 * M, 1_500 * M));
+    let mut bad = perp("ETH-PERP", "BTC-USD");
+    bad.concentration = Some(Concentration {
+        liquidity_notional: 0,
+        add_on_ppm: 1,
+    });
+    assert!(matches!(
+        w.cmd(Command::ConfigureMarket(bad)),
+        Err(EngineError::InvalidConfig { .. })
+    ));
 }
 
 #[test]
@@ -345,6 +626,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 side: Side::Long,
                 size: Q,
                 margin: MarginMode::Cross,
+                price: None,
             },
             |e| matches!(e, EngineError::UnknownMarket { .. }),
         ),
@@ -355,6 +637,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 side: Side::Long,
                 size: -Q,
                 margin: MarginMode::Cross,
+                price: None,
             },
             |e| matches!(e, EngineError::NonPositive { .. }),
         ),
@@ -365,6 +648,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 side: Side::Long,
                 size: i128::MAX,
                 margin: MarginMode::Cross,
+                price: None,
             },
             |e| matches!(e, EngineError::Overflow { .. }),
         ),
@@ -375,6 +659,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 side: Side::Long,
                 size: 200 * Q,
                 margin: MarginMode::Cross,
+                price: None,
             },
             |e| matches!(e, EngineError::InsufficientMargin { .. }),
         ),
@@ -418,6 +703,7 @@ fn bad_commands_are_refused_and_change_nothing() {
                 account: 1,
                 market: "BTC-PERP".into(),
                 size: None,
+                price: None,
             },
             |e| matches!(e, EngineError::NoPosition { .. }),
         ),
@@ -495,6 +781,109 @@ fn multi_asset_collateral_counts_with_haircut() {
     assert_eq!(w.health(7).equity, 4_400 * M);
 }
 
+/// A unit's margin call comes with the report that takes it below initial
+/// margin, also when the price that moved it is not its positions' feed
+/// (here its ETH collateral), and clears with the report that takes it
+/// past initial plus the clearing buffer; reports that keep it on one side
+/// emit nothing.
+#[test]
+fn margin_call_comes_the_round_any_price_crosses_initial() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
+    w.cmd(Command::ConfigureFeed(feed("ETH-USD"))).unwrap();
+    w.cmd(Command::ConfigureAsset(AssetConfig {
+        asset: "ETH".into(),
+        feed: "ETH-USD".into(),
+        haircut_ppm: 0,
+    }))
+    .unwrap();
+    w.price("ETH-USD", 2_000 * P).unwrap();
+    w.cmd(Command::CreateAccount { account: 1 }).unwrap();
+    w.cmd(Command::Deposit {
+        account: 1,
+        asset: "ETH".into(),
+        amount: 10 * Q,
+    })
+    .unwrap();
+    // 3.6 BTC at 50,000: initial 10 % = 18,000, maintenance 9,000; the
+    // collateral is worth 20,000.
+    w.open(1, "BTC-PERP", Side::Long, 36 * Q / 10).unwrap();
+    assert!(w.e.state().margin_calls.is_empty());
+    let calls = |ev: &[EventRecord]| {
+        ev.iter()
+            .filter(|r| matches!(r.event, Event::MarginCall { .. }))
+            .count()
+    };
+    let cleared = |ev: &[EventRecord]| {
+        ev.iter()
+            .filter(|r| matches!(r.event, Event::MarginCallCleared { .. }))
+            .count()
+    };
+    // Above initial (18,500 then 18,100): nothing.
+    for eth in [1_850, 1_810] {
+        let ev = w.price("ETH-USD", eth * P).unwrap();
+        assert_eq!((calls(&ev), cleared(&ev)), (0, 0), "ETH at {eth}");
+    }
+    // 1,790: equity 17,900 < 18,000 — the call comes with this report.
+    let ev = w.price("ETH-USD", 1_790 * P).unwrap();
+    assert_eq!(calls(&ev), 1, "ETH at 1,790 crosses initial: {ev:?}");
+    assert!(w.e.state().margin_calls.contains(&(1, Unit::Cross)));
+    assert!(liquidations(&ev).is_empty());
+    // Inside the call: nothing new, on either feed.
+    let ev = w.price("ETH-USD", 1_700 * P).unwrap();
+    assert_eq!((calls(&ev), cleared(&ev)), (0, 0));
+    let ev = w.price("BTC-USD", 50_010 * P).unwrap();
+    assert_eq!((calls(&ev), cleared(&ev)), (0, 0));
+    // Back above initial (18,800 >= 18,180) but below initial plus a
+    // quarter of (initial - maintenance) (20,453): still called.
+    let ev = w.price("BTC-USD", 50_500 * P).unwrap();
+    assert_eq!((calls(&ev), cleared(&ev)), (0, 0), "{ev:?}");
+    // The BTC price alone takes it past the clearing level: cleared now.
+    let ev = w.price("BTC-USD", 51_500 * P).unwrap();
+    assert_eq!(cleared(&ev), 1, "BTC at 51,500 clears the call: {ev:?}");
+    assert!(w.e.state().margin_calls.is_empty());
+}
+
+/// With `prompt_margin_calls` off the bands hold maintenance only: the
+/// collateral move that crosses initial is not noticed until the unit is
+/// examined for another reason (here a deposit).
+#[test]
+fn margin_calls_wait_for_an_examination_when_not_prompt() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
+    w.cmd(Command::ConfigureRisk(RiskParams {
+        prompt_margin_calls: false,
+        ..RiskParams::default()
+    }))
+    .unwrap();
+    w.cmd(Command::ConfigureFeed(feed("ETH-USD"))).unwrap();
+    w.cmd(Command::ConfigureAsset(AssetConfig {
+        asset: "ETH".into(),
+        feed: "ETH-USD".into(),
+        haircut_ppm: 0,
+    }))
+    .unwrap();
+    w.price("ETH-USD", 2_000 * P).unwrap();
+    w.cmd(Command::CreateAccount { account: 1 }).unwrap();
+    w.cmd(Command::Deposit {
+        account: 1,
+        asset: "ETH".into(),
+        amount: 10 * Q,
+    })
+    .unwrap();
+    // 3.95 BTC: initial 19,750 against 20,000 of collateral.
+    w.open(1, "BTC-PERP", Side::Long, 395 * Q / 100).unwrap();
+    // ETH at 1,970: equity 19,700 < initial, well inside the maintenance
+    // band: no examination, no call yet.
+    w.price("ETH-USD", 1_970 * P).unwrap();
+    assert!(w.e.state().margin_calls.is_empty());
+    w.cmd(Command::Deposit {
+        account: 1,
+        asset: "USD".into(),
+        amount: 1,
+    })
+    .unwrap();
+    assert!(w.e.state().margin_calls.contains(&(1, Unit::Cross)));
+}
+
 #[test]
 fn isolated_margin_limits_the_loss_to_its_pool() {
     let mut f = feed("BTC-USD");
@@ -511,6 +900,7 @@ fn isolated_margin_limits_the_loss_to_its_pool() {
         margin: MarginMode::Isolated {
             collateral: 1_000 * M,
         },
+        price: None,
     })
     .unwrap();
     let ev = w.price("BTC-USD", 80 * P).unwrap();

@@ -34,6 +34,11 @@ fn config(jump_ppm: u32, expiry_days: u64) -> Vec<Command> {
         rate_ppm: 30_000,
         grid: ScenarioGrid::default(),
         vol_surface: None,
+        vol_scaling: Some(VolScaling {
+            reference_volatility: 500_000_000,
+            max_multiplier_ppm: 3_000_000,
+            step_ppm: 250_000,
+        }),
     };
     let m = |name: &str, f: &str, kind: MarketKind| MarketConfig {
         market: name.into(),
@@ -46,6 +51,11 @@ fn config(jump_ppm: u32, expiry_days: u64) -> Vec<Command> {
         taker_fee_ppm: 700,
         liquidation_penalty_ppm: 15_000,
         liquidator_share_ppm: 400_000,
+        // Positions beyond 1,000 USD of notional pay a concentration add-on.
+        concentration: (name != "ETH-PERP").then_some(Concentration {
+            liquidity_notional: 1_000 * M,
+            add_on_ppm: 50_000,
+        }),
     };
     let opt = |kind, strike, model| MarketKind::Option {
         kind,
@@ -98,6 +108,9 @@ struct Trade {
     long: bool,
     size_milli: i128,
     isolated: bool,
+    /// Fill price offset from the mark (ppm), for the delta-one markets;
+    /// beyond the band the open is refused.
+    fill_ppm: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +118,30 @@ struct Step {
     dt_ms: u64,
     moves_ppm: [i64; 2],
     wide: bool,
+    /// Per feed: the leaf's (status, flags).
+    leaf: [(u8, u16); 2],
+    /// Per feed: the leaf's realized volatility (1e9 = 100 % a year).
+    vols: [u64; 2],
+}
+
+fn vol() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => Just(0u64),
+        1 => 0u64..3_000_000_000,
+    ]
+}
+
+/// A leaf's status: mostly ok, sometimes each of the others, sometimes an
+/// unconfirmed jump.
+fn leaf() -> impl Strategy<Value = (u8, u16)> {
+    prop_oneof![
+        12 => Just((status::OK, 0u16)),
+        1 => Just((status::DEGRADED, 0)),
+        1 => Just((status::OK, status::UNCONFIRMED_JUMP)),
+        1 => Just((status::STALE, 0)),
+        1 => Just((status::HALTED, 0)),
+        1 => Just((status::MARKET_CLOSED, 0)),
+    ]
 }
 
 fn trade() -> impl Strategy<Value = Trade> {
@@ -114,14 +151,18 @@ fn trade() -> impl Strategy<Value = Trade> {
         any::<bool>(),
         1i128..=40_000,
         prop::bool::weighted(0.2),
+        prop_oneof![2 => Just(0i64), 1 => -60_000i64..=60_000],
     )
-        .prop_map(|(account, market, long, size_milli, isolated)| Trade {
-            account,
-            market,
-            long,
-            size_milli,
-            isolated,
-        })
+        .prop_map(
+            |(account, market, long, size_milli, isolated, fill_ppm)| Trade {
+                account,
+                market,
+                long,
+                size_milli,
+                isolated,
+                fill_ppm,
+            },
+        )
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -129,11 +170,15 @@ fn step() -> impl Strategy<Value = Step> {
         prop_oneof![0u64..120_000, 0u64..7_200_000, 0u64..2 * 86_400_000],
         [-90_000i64..=90_000, -90_000i64..=90_000],
         prop::bool::weighted(0.1),
+        [leaf(), leaf()],
+        [vol(), vol()],
     )
-        .prop_map(|(dt_ms, moves_ppm, wide)| Step {
+        .prop_map(|(dt_ms, moves_ppm, wide, leaf, vols)| Step {
             dt_ms,
             moves_ppm,
             wide,
+            leaf,
+            vols,
         })
 }
 
@@ -147,6 +192,8 @@ fn calm_step() -> impl Strategy<Value = Step> {
             dt_ms,
             moves_ppm,
             wide: false,
+            leaf: [(status::OK, 0); 2],
+            vols: [0; 2],
         })
 }
 
@@ -168,27 +215,34 @@ fn inputs(
         v.push(cmd(c));
     }
     let mut prices = [100 * P, 10 * P];
-    let report = |round, t, prices: &[i128; 2], wide: bool| {
-        Input::Prices(PriceReport {
-            round,
-            timestamp_ms: t,
-            prices: FEEDS
-                .iter()
-                .zip(prices)
-                .map(|(f, p)| PriceInput {
-                    feed: f.to_string(),
-                    price: *p,
-                    decimals: 8,
-                    confidence: if wide {
-                        (*p / 10) as u128
-                    } else {
-                        (*p / 1_000) as u128
-                    },
-                })
-                .collect(),
-        })
-    };
-    v.push(report(1, T0, &prices, false));
+    let report =
+        |round, t, prices: &[i128; 2], wide: bool, leaf: [(u8, u16); 2], vols: [u64; 2]| {
+            Input::Prices(PriceReport {
+                round,
+                timestamp_ms: t,
+                prices: FEEDS
+                    .iter()
+                    .zip(prices)
+                    .zip(leaf)
+                    .zip(vols)
+                    .map(|(((f, p), (status, flags)), volatility)| PriceInput {
+                        feed: f.to_string(),
+                        price: *p,
+                        decimals: 8,
+                        confidence: if wide {
+                            (*p / 10) as u128
+                        } else {
+                            (*p / 1_000) as u128
+                        },
+                        status,
+                        flags,
+                        volatility,
+                        ..PriceInput::default()
+                    })
+                    .collect(),
+            })
+        };
+    v.push(report(1, T0, &prices, false, [(status::OK, 0); 2], [0; 2]));
     v.push(cmd(Command::FundInsurance { amount: 50 * M }));
     for (i, c) in cash.iter().enumerate() {
         let account = i as u64 + 1;
@@ -220,6 +274,11 @@ fn inputs(
             side: if t.long { Side::Long } else { Side::Short },
             size: t.size_milli * Q / 1_000,
             margin,
+            // The book trades at the first report's prices.
+            price: (t.fill_ppm != 0 && t.market < 3).then(|| {
+                let mark = if t.market == 1 { prices[1] } else { prices[0] };
+                mark * (1_000_000 + i128::from(t.fill_ppm)) / 1_000_000
+            }),
         }));
     }
     let mut t = T0;
@@ -228,7 +287,7 @@ fn inputs(
         for (p, m) in prices.iter_mut().zip(s.moves_ppm) {
             *p = (*p * (1_000_000 + i128::from(m)) / 1_000_000).max(P / 100);
         }
-        v.push(report(i as u64 + 2, t, &prices, s.wide));
+        v.push(report(i as u64 + 2, t, &prices, s.wide, s.leaf, s.vols));
     }
     v
 }
@@ -335,6 +394,18 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
                     "liquidated a healthy unit: {:?}",
                     before
                 );
+                // Never on a leaf that is not ok or whose jump is unconfirmed.
+                for slice in closed {
+                    let feed = &e.state().markets[&slice.market].config.feed;
+                    let last = e.state().feeds[feed].last.as_ref().unwrap();
+                    prop_assert!(
+                        last.status == status::OK && last.flags & status::UNCONFIRMED_JUMP == 0,
+                        "liquidated {} on a leaf with status {} flags {}",
+                        slice.market,
+                        last.status,
+                        last.flags
+                    );
+                }
                 let slack = 4 * (closed.len() as i128 + 1);
                 let excess_before = before.equity - before.maintenance;
                 let excess_after = after.equity - after.maintenance;
@@ -353,10 +424,43 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
                 }
             }
         }
+        // The at-risk ranking holds every unit with positions; the whole
+        // ranking equals a full scan, and every unit below maintenance or
+        // in margin call that the scan puts in the first n is returned.
+        let all = units(&e);
+        let with_positions = all.iter().filter(|u| u.3).count();
+        prop_assert_eq!(e.ranked_units(), with_positions, "ranking size");
+        prop_assert_eq!(
+            e.closest_to_liquidation(with_positions + 1),
+            e.closest_to_liquidation_scan(with_positions + 1)
+        );
+        for n in [1usize, 3, 8] {
+            let got = e.closest_to_liquidation(n);
+            prop_assert!(got.len() == n.min(with_positions));
+            prop_assert!(
+                got.windows(2)
+                    .all(|w| w[0].margin_ratio_ppm <= w[1].margin_ratio_ppm)
+            );
+            for r in e.closest_to_liquidation_scan(n) {
+                if r.health.equity < r.health.initial {
+                    prop_assert!(
+                        got.iter()
+                            .any(|g| g.account == r.account && g.unit == r.unit),
+                        "unit {} {} at risk ({:?}) ranked in the first {} by a scan but not returned",
+                        r.account,
+                        r.unit,
+                        r.health,
+                        n
+                    );
+                }
+            }
+        }
         // The index missed nobody: every unit below maintenance is deferred
-        // by a guard (margin calls are flagged when units are examined).
+        // by a guard, and every unit with positions between maintenance and
+        // initial is in margin call (and none above initial), after every
+        // report, whichever price moved it.
         let st = e.state();
-        for (id, unit, h, _has) in units(&e) {
+        for (id, unit, h, has) in units(&e) {
             let key = (id, unit.clone());
             if h.equity < h.maintenance || h.equity < 0 {
                 prop_assert!(
@@ -365,25 +469,38 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
                     key,
                     h
                 );
+            } else {
+                // Called below initial, cleared at initial plus the buffer
+                // (between the two either is right, by history).
+                let buffer = st.risk.margin_call_clear_buffer_ppm as i128;
+                let clear_at =
+                    h.initial + ((h.initial - h.maintenance).max(0) * buffer + 999_999) / 1_000_000;
+                let called = st.margin_calls.contains(&key);
+                prop_assert!(
+                    !(has && h.equity < h.initial) || called,
+                    "unit {:?} below initial and not in margin call: {:?}",
+                    key,
+                    h
+                );
+                prop_assert!(
+                    !called || (has && h.equity < clear_at),
+                    "unit {:?} in margin call at or above the clearing level {}: {:?}",
+                    key,
+                    clear_at,
+                    h
+                );
             }
         }
     }
     Ok(bytes)
 }
 
-/// Events that do not depend on which units the index let through: all but
-/// the informational margin calls, which are noticed when a unit is
-/// examined. Serialized without `seq` (margin calls take sequence numbers).
-fn decisive(events: &[EventRecord]) -> Vec<(u64, String)> {
+/// Every event, margin calls included (the bands keep units on one side of
+/// initial margin too, so a margin call comes the report that crosses it).
+fn decisive(events: &[EventRecord]) -> Vec<(u64, u64, String)> {
     events
         .iter()
-        .filter(|r| {
-            !matches!(
-                r.event,
-                Event::MarginCall { .. } | Event::MarginCallCleared { .. }
-            )
-        })
-        .map(|r| (r.at_ms, serde_json::to_string(&r.event).unwrap()))
+        .map(|r| (r.seq, r.at_ms, serde_json::to_string(&r.event).unwrap()))
         .collect()
 }
 
@@ -407,12 +524,12 @@ fn compare_with_exhaustive(inputs: &[Input]) -> Result<(u64, u64, usize), TestCa
         let (da, db) = (decisive(&a), decisive(&b));
         decisions += da.len();
         prop_assert_eq!(da, db, "input {}: events differ", i);
-        let (mut sa, mut sb) = (fast.snapshot(), slow.snapshot());
-        sa.margin_calls.clear();
-        sb.margin_calls.clear();
-        sa.next_seq = 0;
-        sb.next_seq = 0;
-        prop_assert_eq!(sa, sb, "input {}: states differ", i);
+        prop_assert_eq!(
+            fast.snapshot(),
+            slow.snapshot(),
+            "input {}: states differ",
+            i
+        );
     }
     Ok((fast.examined_units(), slow.examined_units(), decisions))
 }
@@ -568,7 +685,7 @@ proptest! {
         }
         // One change to one account, made in the state itself.
         let mut s = e.snapshot();
-        let a = s.accounts.get_mut(&id).unwrap();
+        let a = std::sync::Arc::make_mut(s.accounts.get_mut(&id).unwrap());
         match change {
             0 => a.cash += 1,
             1 => { a.collateral.insert("ETH".into(), 1); }
@@ -614,7 +731,7 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
             assert_eq!(a, b, "level {level}: {input:?}");
             if let (Ok(a), Some(r)) = (&a, check_round)
                 && r > 2
-                && a.iter().any(|(_, e)| e.contains("\"liquidated\""))
+                && a.iter().any(|(_, _, e)| e.contains("\"liquidated\""))
             {
                 time_liquidations += 1;
             }
@@ -634,12 +751,14 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
                         price: btc,
                         decimals: 8,
                         confidence: (btc / 1_000) as u128,
+                        ..PriceInput::default()
                     },
                     PriceInput {
                         feed: "ETH-USD".into(),
                         price: 10 * P,
                         decimals: 8,
                         confidence: (P / 100) as u128,
+                        ..PriceInput::default()
                     },
                 ],
             })
@@ -669,6 +788,7 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
                         side: Side::Long,
                         size: c * Q,
                         margin: MarginMode::Cross,
+                        price: None,
                     }),
                     None,
                 )
@@ -681,6 +801,7 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
                 side: Side::Short,
                 size: contracts * Q / 2,
                 margin: MarginMode::Cross,
+                price: None,
             }),
             None,
         );

@@ -32,7 +32,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sibyl_aggregator::{Round, SignedReport};
-use sibyl_margin::engine::AtRisk;
+use sibyl_margin::engine::{AtRisk, SnapshotSource};
 use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -85,6 +85,11 @@ pub fn price_report(report: &SignedReport, feeds: &[FeedParams]) -> PriceReport 
                     price: l.price,
                     decimals: d,
                     confidence: l.confidence,
+                    status: l.status.as_u8(),
+                    flags: l.flags,
+                    ema: l.ema,
+                    ema_confidence: l.ema_confidence,
+                    volatility: l.volatility,
                 })
             })
             .collect(),
@@ -193,8 +198,8 @@ pub struct MarginHandle {
     commands: mpsc::Sender<CommandMsg>,
     metrics: Metrics,
     /// The last ranking of units closest to liquidation, with the input
-    /// count it was computed at: the ranking is a full scan, and every
-    /// dashboard asks for it after every report.
+    /// count it was computed at: every dashboard asks for it after every
+    /// report, and each answer evaluates ~1,000 units.
     at_risk: AtRiskCache,
 }
 
@@ -300,10 +305,11 @@ pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
 const SNAPSHOT_PREFIX: usize = 8;
 
 /// A stored snapshot row's body: `next_round` then the engine's bytes.
-fn snapshot_body(st: &MarginState) -> Result<Vec<u8>, MarginError> {
-    let engine = st.engine.encode_snapshot()?;
+/// Runs without the engine lock: `source` was taken under it.
+fn snapshot_body(next_round: Round, source: SnapshotSource) -> Result<Vec<u8>, MarginError> {
+    let engine = source.encode()?;
     let mut body = Vec::with_capacity(SNAPSHOT_PREFIX + engine.len());
-    body.extend_from_slice(&st.next_round.to_be_bytes());
+    body.extend_from_slice(&next_round.to_be_bytes());
     body.extend_from_slice(&engine);
     Ok(body)
 }
@@ -632,14 +638,29 @@ impl Service {
                 tracing::warn!(round, error = %e, "margin engine refused a report");
             }
         }
-        let body = {
+        // The snapshot is taken under the engine lock (a copy of the map of
+        // shared accounts and the encoded index: ~0.1 s at a million
+        // accounts) and encoded without it, so API reads go on meanwhile;
+        // this task waits for the bytes so snapshot rows stay in input order.
+        let source = {
             let mut st = self.state();
             st.reports_handled += 1;
             st.next_round = st.next_round.max(round.saturating_add(1));
             let every = self.snapshot_every_rounds;
-            (every > 0 && round.is_multiple_of(every)).then(|| (st.next_input, snapshot_body(&st)))
+            (every > 0 && round.is_multiple_of(every))
+                .then(|| (st.next_input, st.next_round, st.engine.snapshot_source()))
         };
-        if let Some((covered, body)) = body {
+        if let Some((covered, next_round, source)) = source {
+            let body = match source {
+                Ok(source) => {
+                    tokio::task::spawn_blocking(move || snapshot_body(next_round, source))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(MarginError::Encode(format!("snapshot encoder: {e}")))
+                        })
+                }
+                Err(e) => Err(e.into()),
+            };
             let stored = match body {
                 Ok(body) => self
                     .writer

@@ -26,7 +26,7 @@
 //! cannot be evaluated, fall back to the whole-band Lipschitz bound.
 
 use super::health::max_rate_ppm;
-use super::triggers::{delta_bound_ppm, linear_sensitivity_ppm};
+use super::triggers::{Req, delta_bound_ppm, linear_sensitivity_ppm};
 use super::*;
 use crate::fixed::VALUE_DIVISOR;
 use crate::index::IntMap;
@@ -118,6 +118,11 @@ struct Part<'a> {
     step: i128,
     /// h_f at the current marks.
     current: i128,
+    /// The requirement `h_f` subtracts.
+    req: Req,
+    /// Portfolio requirement per unit of worst scenario loss (ppm): 1e6
+    /// for maintenance, `portfolio_initial_ratio_ppm` for initial.
+    ratio: i128,
 }
 
 /// Grid step for a price: the power of ten about a thousandth of it.
@@ -164,14 +169,20 @@ fn linear_at(part: &Part<'_>, q: i128) -> Result<i128, EngineError> {
         let v = value(leg.size, q)?;
         h = add(h, add(leg.quote, v, "position value")?, "equity")?;
         let n = v.abs();
-        let growth = mul_div_floor(
-            n,
-            i128::from(c.growth_ppm_per_million),
-            1_000_000 * crate::fixed::MONEY_SCALE,
-            "requirement growth",
-        )?;
-        let mm_rate = (i128::from(c.maintenance_ppm) + growth).min(max_rate_ppm(c));
-        h = sub(h, ppm_ceil(n, mm_rate)?, "maintenance")?;
+        let growth = super::health::size_add_on_ppm(c, n)?;
+        let fs = part.fs;
+        let leg = |base: u32| -> Result<i128, EngineError> {
+            ppm_ceil(n, (fs.scaled_rate_ppm(base) + growth).min(max_rate_ppm(c)))
+        };
+        let req = match part.req {
+            Req::Maintenance => leg(c.maintenance_ppm)?,
+            Req::Initial => leg(c.initial_ppm)?,
+            Req::ClearCall(b) => {
+                let (i, m) = (leg(c.initial_ppm)?, leg(c.maintenance_ppm)?);
+                super::triggers::clear_level(i, m, b)
+            }
+        };
+        h = sub(h, req, "requirement")?;
     }
     Ok(h)
 }
@@ -254,7 +265,10 @@ fn portfolio_at(
             }
             top = top.max(l * i128::from(s.weight_ppm));
         }
-        *w = mul_div_ceil(top, 1, VALUE_DIVISOR * PPM, "scenario loss")?;
+        *w = ppm_ceil(
+            mul_div_ceil(top, 1, VALUE_DIVISOR * PPM, "scenario loss")?,
+            part.ratio,
+        )?;
     }
     let ha = add_(quotes, eq_a.div_euclid(VALUE_DIVISOR))? - worst[0];
     let hb = add_(quotes, eq_b.div_euclid(VALUE_DIVISOR))? - worst[1];
@@ -331,6 +345,7 @@ impl Engine {
         key: Key,
         unit: &Unit,
         h: &Health,
+        req: Req,
     ) -> Result<Option<(Vec<(String, i128, i128)>, Option<u64>)>, EngineError> {
         let Some(acct) = self.s.accounts.get(&key.account) else {
             return Ok(Some((vec![], None)));
@@ -350,6 +365,7 @@ impl Engine {
             Unit::Cross => acct.cash,
             Unit::Isolated { .. } => positions.first().and_then(|(_, p)| p.isolated).unwrap_or(0),
         };
+        let ratio = req.portfolio_ratio_ppm(self.s.risk.portfolio_initial_ratio_ppm);
         let mut slack = 32i128;
         let mut has_option = false;
         for (m, p) in &positions {
@@ -362,7 +378,7 @@ impl Engine {
                 return Ok(None);
             };
             let (kind, k) = if h.portfolio {
-                let grid_move = fs.config.grid.max_move_ppm();
+                let (opt_slope, d1_slope) = fs.loss_slopes_ppm();
                 match &ms.config.kind {
                     MarketKind::Option {
                         expiry_ms, model, ..
@@ -372,23 +388,28 @@ impl Engine {
                         }
                         has_option = true;
                         // |delta| <= D = e^(max(0, -r, -q) T); a scenario
-                        // loss moves by at most D (1 + m) + D.
+                        // loss moves by at most D (1 + m) + D, the
+                        // requirement by `ratio` times that loss.
                         let Some(d_ppm) =
                             delta_bound_ppm(fs.config.rate_ppm, model, *expiry_ms, t_start)
                         else {
                             return Ok(None);
                         };
+                        let k = PPM + mul_div_ceil(ratio, opt_slope, PPM, "sensitivity")?;
                         (
                             LegKind::Option(m.as_str(), ms),
-                            mul_div_ceil(d_ppm, 2 * PPM + grid_move, PPM, "sensitivity")?,
+                            mul_div_ceil(d_ppm, k, PPM, "sensitivity")?,
                         )
                     }
-                    _ => (LegKind::Delta1, PPM + grid_move),
+                    _ => (
+                        LegKind::Delta1,
+                        PPM + mul_div_ceil(ratio, d1_slope, PPM, "sensitivity")?,
+                    ),
                 }
             } else {
                 (
                     LegKind::Linear(&ms.config),
-                    linear_sensitivity_ppm(&ms.config, p.size, mark.price)?,
+                    linear_sensitivity_ppm(&ms.config, fs, p.size, mark.price, req)?,
                 )
             };
             let part = parts.entry(feed).or_insert_with(|| Part {
@@ -399,6 +420,8 @@ impl Engine {
                 sens: 0,
                 step: 1,
                 current: 0,
+                req,
+                ratio,
             });
             part.sens = add(
                 part.sens,
@@ -442,6 +465,8 @@ impl Engine {
                     sens: 0,
                     step: 1,
                     current: 0,
+                    req,
+                    ratio,
                 });
                 let haircut = i128::from(c.haircut_ppm);
                 part.sens = add(part.sens, ppm_ceil(q.abs(), PPM - haircut)?, "sensitivity")?;
@@ -457,7 +482,7 @@ impl Engine {
         let mut scens: BTreeMap<&str, Vec<Scenario>> = BTreeMap::new();
         let mut buf = Vec::new();
         for (f, part) in parts.iter_mut() {
-            let scen = part.fs.config.grid.scenarios();
+            let scen = part.fs.scenarios();
             part.current = linear_at(part, part.p0)?;
             if h.portfolio {
                 let vals: Vec<Option<(&[i128], &[i128])>> = part
@@ -471,7 +496,7 @@ impl Engine {
             base = add(base, part.current, "health")?;
             scens.insert(f, scen);
         }
-        let h0 = sub(h.equity, h.maintenance, "health")?;
+        let h0 = sub(h.equity, req.of(h), "health")?;
         if (base - h0).abs() > slack / 4 {
             return Ok(None);
         }

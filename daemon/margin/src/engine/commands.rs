@@ -5,6 +5,7 @@ use super::{Engine, FeedState, MAX_FEEDS, MarketState};
 use crate::error::EngineError;
 use crate::fixed::{QUOTE_ASSET, add, ppm_ceil, sub};
 use crate::types::*;
+use std::sync::Arc;
 
 /// A validated command, ready to commit.
 enum Plan {
@@ -145,6 +146,16 @@ impl Engine {
                         ),
                     });
                 }
+                Self::check_ppm(
+                    "margin_call_clear_buffer_ppm",
+                    r.margin_call_clear_buffer_ppm,
+                    10_000_000,
+                )?;
+                Self::check_ppm(
+                    "max_liquidation_penalty_ppm",
+                    r.max_liquidation_penalty_ppm,
+                    1_000_000,
+                )?;
                 if r.option_recheck_ms == 0 {
                     return Err(EngineError::InvalidConfig {
                         detail: "option_recheck_ms must be > 0".into(),
@@ -167,6 +178,18 @@ impl Engine {
                     });
                 }
                 Self::check_ppm("max_jump_ppm", f.max_jump_ppm, 100_000_000)?;
+                if let Some(v) = &f.vol_scaling
+                    && (v.reference_volatility == 0
+                        || v.step_ppm == 0
+                        || !(1_000_000..=10_000_000).contains(&v.max_multiplier_ppm))
+                {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "feed `{}`: vol_scaling needs reference_volatility > 0, step_ppm > 0 and max_multiplier_ppm in 1000000..=10000000, got {v:?}",
+                            f.feed
+                        ),
+                    });
+                }
                 let g = &f.grid;
                 if g.price_moves_ppm.is_empty() || g.vol_shocks_ppm.is_empty() {
                     return Err(EngineError::InvalidConfig {
@@ -233,6 +256,16 @@ impl Engine {
                 Self::check_ppm("max_rate_ppm", m.max_rate_ppm, 1_000_000)?;
                 Self::check_ppm("initial_ppm", m.initial_ppm, m.max_rate_ppm)?;
                 Self::check_ppm("maintenance_ppm", m.maintenance_ppm, m.initial_ppm)?;
+                if let Some(k) = &m.concentration
+                    && k.liquidity_notional <= 0
+                {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!(
+                            "market `{}`: concentration liquidity_notional must be > 0 (money), got {}",
+                            m.market, k.liquidity_notional
+                        ),
+                    });
+                }
                 Self::check_ppm("taker_fee_ppm", m.taker_fee_ppm, 100_000)?;
                 Self::check_ppm(
                     "liquidation_penalty_ppm",
@@ -373,6 +406,7 @@ impl Engine {
                 side,
                 size,
                 margin,
+                price,
             } => {
                 positive("position size", *size)?;
                 let d = match side {
@@ -381,12 +415,13 @@ impl Engine {
                         .checked_neg()
                         .ok_or_else(|| crate::fixed::overflow("size"))?,
                 };
-                self.plan_trade(now, *account, market, d, Some(*margin))
+                self.plan_trade(now, *account, market, d, Some(*margin), *price)
             }
             Command::Close {
                 account,
                 market,
                 size,
+                price,
             } => {
                 let a = self.account(*account)?;
                 let held = a.positions.get(market).map(|p| p.size).ok_or_else(|| {
@@ -413,7 +448,7 @@ impl Engine {
                     }
                     Some(s) => *s,
                 };
-                self.plan_trade(now, *account, market, -held.signum() * c, None)
+                self.plan_trade(now, *account, market, -held.signum() * c, None, *price)
             }
             Command::AdjustIsolatedMargin {
                 account,
@@ -486,7 +521,8 @@ impl Engine {
         }
     }
 
-    /// A trade of signed size `d` at the mark against the venue.
+    /// A trade of signed size `d` against the venue at `fill` (the mark
+    /// when None; else within the mark ± (initial - maintenance) rate).
     /// `margin` is Some for Open (new risk allowed), None for Close.
     fn plan_trade(
         &self,
@@ -495,6 +531,7 @@ impl Engine {
         market: &str,
         d: i128,
         margin: Option<MarginMode>,
+        fill: Option<i128>,
     ) -> Result<Plan, EngineError> {
         let ms = self.market_state(market)?;
         if ms.settled.is_some() {
@@ -522,7 +559,34 @@ impl Engine {
             market: market.to_string(),
             feed: ms.config.feed.clone(),
         })?;
-        let price = mark.price;
+        let price =
+            match fill {
+                None => mark.price,
+                Some(px) => {
+                    let fs = self.s.feeds.get(&ms.config.feed).ok_or_else(|| {
+                        EngineError::UnknownFeed {
+                            feed: ms.config.feed.clone(),
+                        }
+                    })?;
+                    let gap = fs.scaled_rate_ppm(ms.config.initial_ppm)
+                        - fs.scaled_rate_ppm(ms.config.maintenance_ppm);
+                    let band = crate::fixed::mul_div_floor(
+                        mark.price,
+                        gap.max(0),
+                        crate::fixed::PPM,
+                        "price band",
+                    )?;
+                    if px <= 0 || (px - mark.price).abs() > band {
+                        return Err(EngineError::PriceOutsideBand {
+                            market: market.to_string(),
+                            price: px,
+                            mark: mark.price,
+                            band,
+                        });
+                    }
+                    px
+                }
+            };
         let isolated_now = existing.as_ref().map(|p| p.isolated.is_some());
         let unit = match (margin, isolated_now) {
             (Some(MarginMode::Cross), Some(true)) => {
@@ -623,7 +687,7 @@ impl Engine {
                 }
                 self.s.fees = add(self.s.fees, fee, "fees")?;
                 self.tidy(id, &mut acct)?;
-                self.s.accounts.insert(id, acct);
+                self.s.accounts.insert(id, Arc::new(acct));
                 self.touch(id);
                 for e in extra {
                     self.emit(e);
@@ -650,7 +714,14 @@ impl Engine {
             Command::ConfigureFeed(f) => {
                 let name = f.feed.clone();
                 match self.s.feeds.get_mut(&name) {
-                    Some(fs) => fs.config = f.clone(),
+                    Some(fs) => {
+                        fs.config = f.clone();
+                        let vol = fs.last.as_ref().map_or(0, |l| l.volatility);
+                        fs.vol_multiplier_ppm = f
+                            .vol_scaling
+                            .as_ref()
+                            .map_or(1_000_000, |v| v.next_ppm(0, vol));
+                    }
                     None => {
                         self.s.feeds.insert(
                             name.clone(),
@@ -660,6 +731,7 @@ impl Engine {
                                 recent: Vec::new(),
                                 jump: None,
                                 guard: Some(GuardReason::NoPrice),
+                                vol_multiplier_ppm: 1_000_000,
                             },
                         );
                     }

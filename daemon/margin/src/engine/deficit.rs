@@ -5,6 +5,7 @@ use super::Engine;
 use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, sub, value};
 use crate::types::*;
+use std::sync::Arc;
 
 impl Engine {
     /// Covers a bankrupt unit's deficit: insurance fund, then auto-deleveraging
@@ -117,7 +118,7 @@ impl Engine {
                     bankrupt: account,
                 });
                 self.tidy(h, &mut acct)?;
-                self.s.accounts.insert(h, acct);
+                self.s.accounts.insert(h, Arc::new(acct));
                 self.touch(h);
                 self.credit_unit(account, unit, charge)?;
                 left -= charge;

@@ -4,6 +4,7 @@ use super::Engine;
 use crate::error::EngineError;
 use crate::fixed::{add, sub, value};
 use crate::types::*;
+use std::sync::Arc;
 
 /// One fill of a liquidation or deleveraging, before it is committed.
 pub(super) struct Slice {
@@ -87,7 +88,7 @@ impl Engine {
             .accounts
             .get_mut(&account)
             .ok_or(EngineError::UnknownAccount { account })?;
-        Self::credit(a, unit, amount)?;
+        Self::credit(Arc::make_mut(a), unit, amount)?;
         self.touch(account);
         Ok(())
     }
@@ -127,7 +128,7 @@ impl Engine {
             }
             self.idx.remove_holder(&m, account);
             if let Some(k) = self.key_of(account, &Unit::Isolated { market: m.clone() }) {
-                self.idx.remove(k);
+                self.idx.forget(k);
             }
         }
         for m in acct.positions.keys() {
@@ -146,7 +147,7 @@ impl Engine {
     ) -> Result<Vec<ClosedSlice>, EngineError> {
         let closed = self.commit_fills_keep(account, slices, reason)?;
         self.tidy(account, &mut a)?;
-        self.s.accounts.insert(account, a);
+        self.s.accounts.insert(account, Arc::new(a));
         self.touch(account);
         Ok(closed)
     }

@@ -11,6 +11,32 @@ pub(super) fn max_rate_ppm(m: &MarketConfig) -> i128 {
     i128::from(m.max_rate_ppm)
 }
 
+/// What a linear position of notional `n` adds to both base rates (ppm):
+/// size growth plus the concentration add-on.
+pub(super) fn size_add_on_ppm(c: &MarketConfig, n: i128) -> Result<i128, EngineError> {
+    let growth = mul_div_floor(
+        n,
+        i128::from(c.growth_ppm_per_million),
+        1_000_000 * crate::fixed::MONEY_SCALE,
+        "requirement growth",
+    )?;
+    let Some(k) = &c.concentration else {
+        return Ok(growth);
+    };
+    let over = n.saturating_sub(k.liquidity_notional).max(0);
+    let add = crate::fixed::mul_div_ceil(
+        over,
+        i128::from(k.add_on_ppm),
+        k.liquidity_notional.max(1),
+        "concentration add-on",
+    )?;
+    add_checked(growth, add)
+}
+
+fn add_checked(a: i128, b: i128) -> Result<i128, EngineError> {
+    add(a, b, "requirement add-on")
+}
+
 impl Engine {
     pub(super) fn market_state(&self, market: &str) -> Result<&MarketState, EngineError> {
         self.s
@@ -96,14 +122,16 @@ impl Engine {
                 let (ms, mark) = self.mark_of(m)?;
                 let n = value(p.size, mark.price)?.abs();
                 let c = &ms.config;
-                let growth = mul_div_floor(
-                    n,
-                    i128::from(c.growth_ppm_per_million),
-                    1_000_000 * crate::fixed::MONEY_SCALE,
-                    "requirement growth",
-                )?;
-                let im_rate = (i128::from(c.initial_ppm) + growth).min(max_rate_ppm(c));
-                let mm_rate = (i128::from(c.maintenance_ppm) + growth).min(max_rate_ppm(c));
+                let fs = self
+                    .s
+                    .feeds
+                    .get(&c.feed)
+                    .ok_or_else(|| EngineError::UnknownFeed {
+                        feed: c.feed.clone(),
+                    })?;
+                let growth = size_add_on_ppm(c, n)?;
+                let im_rate = (fs.scaled_rate_ppm(c.initial_ppm) + growth).min(max_rate_ppm(c));
+                let mm_rate = (fs.scaled_rate_ppm(c.maintenance_ppm) + growth).min(max_rate_ppm(c));
                 initial = add(initial, ppm_ceil(n, im_rate)?, "initial")?;
                 maintenance = add(maintenance, ppm_ceil(n, mm_rate)?, "maintenance")?;
             }
@@ -145,7 +173,7 @@ impl Engine {
                 .ok_or_else(|| EngineError::UnknownFeed {
                     feed: feed.to_string(),
                 })?;
-            let scen = fs.config.grid.scenarios();
+            let scen = fs.scenarios();
             let mut worst = 0i128;
             for (i, loss) in l.iter().enumerate() {
                 let w = scen.get(i).map(|s| i128::from(s.weight_ppm)).unwrap_or(PPM);

@@ -7,6 +7,7 @@ use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_floor, ppm_ceil, ppm_floor, sub, value};
 use crate::index::Key;
 use crate::types::*;
+use std::sync::Arc;
 
 impl Engine {
     pub(super) fn drain_pending(&mut self) {
@@ -24,7 +25,7 @@ impl Engine {
             return;
         };
         let Some(acct) = self.s.accounts.get(&key.account) else {
-            self.idx.remove(key);
+            self.idx.forget(key);
             return;
         };
         if let Unit::Isolated { market } = &unit
@@ -33,7 +34,7 @@ impl Engine {
                 .get(market)
                 .is_none_or(|p| p.isolated.is_none())
         {
-            self.idx.remove(key);
+            self.idx.forget(key);
             return;
         }
         let h = match self.health_of(acct, &unit) {
@@ -44,7 +45,7 @@ impl Engine {
                     unit,
                     error: e.to_string(),
                 });
-                self.idx.remove(key);
+                self.idx.forget(key);
                 return;
             }
         };
@@ -88,8 +89,16 @@ impl Engine {
         if self.s.deferred.remove(&id) {
             self.touch(key.account);
         }
+        // Called below initial; cleared only at initial plus the buffer.
+        let clear_at = super::triggers::clear_level(
+            h.initial,
+            h.maintenance,
+            self.s.risk.margin_call_clear_buffer_ppm,
+        );
+        let in_call = self.s.margin_calls.contains(&id);
         if has_positions && h.equity < h.initial {
-            if self.s.margin_calls.insert(id.clone()) {
+            if !in_call {
+                self.s.margin_calls.insert(id.clone());
                 self.touch(key.account);
                 self.emit(Event::MarginCall {
                     account: key.account,
@@ -97,7 +106,8 @@ impl Engine {
                     health: h,
                 });
             }
-        } else if self.s.margin_calls.remove(&id) {
+        } else if in_call && (!has_positions || h.equity >= clear_at) {
+            self.s.margin_calls.remove(&id);
             self.touch(key.account);
             self.emit(Event::MarginCallCleared {
                 account: key.account,
@@ -218,7 +228,7 @@ impl Engine {
             self.s.venue.cash = sub(self.s.venue.cash, *v, "venue cash")?;
         }
         let deficit = (-Self::base_of(&a, unit)).max(0);
-        self.s.accounts.insert(account, a);
+        self.s.accounts.insert(account, Arc::new(a));
         self.touch(account);
         for (asset, qty, price, v) in seized {
             self.emit(Event::CollateralSeized {
@@ -256,9 +266,10 @@ impl Engine {
             .s
             .accounts
             .remove(&account)
+            .map(Arc::unwrap_or_clone)
             .ok_or(EngineError::UnknownAccount { account })?;
         self.tidy(account, &mut a)?;
-        self.s.accounts.insert(account, a);
+        self.s.accounts.insert(account, Arc::new(a));
         self.touch(account);
         Ok(())
     }
@@ -294,10 +305,11 @@ impl Engine {
             };
             let (ms, mark) = self.mark_of(m)?;
             let price = mark.price;
-            let pen = ppm_ceil(
-                value(c, price)?.abs(),
-                i128::from(ms.config.liquidation_penalty_ppm),
-            )?;
+            let rate = ms
+                .config
+                .liquidation_penalty_ppm
+                .min(self.s.risk.max_liquidation_penalty_ppm);
+            let pen = ppm_ceil(value(c, price)?.abs(), i128::from(rate))?;
             to_liquidator = add(
                 to_liquidator,
                 ppm_floor(pen, i128::from(ms.config.liquidator_share_ppm))?,

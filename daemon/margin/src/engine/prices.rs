@@ -64,21 +64,42 @@ pub fn surface_vol(surf: &VolSurface, strike: i128, expiry_ms: u64, now_ms: u64)
 }
 
 impl Engine {
-    /// Applies the feeds of one verified signed report: `(feed, price,
-    /// decimals, confidence)`. Feeds the engine does not know are ignored (a
-    /// report covers many feeds). The whole report is refused, with nothing
-    /// changed, if a known feed's price is not positive, out of range, or not
-    /// newer than the last one applied.
+    /// `apply_report` with only `(feed, price, decimals, confidence)` per
+    /// feed (status ok, no EMA, no volatility).
     pub fn apply_prices<S: AsRef<str>>(
         &mut self,
         round: u64,
         timestamp_ms: u64,
         prices: &[(S, i128, u8, u128)],
     ) -> Result<Vec<EventRecord>, EngineError> {
+        let report = PriceReport {
+            round,
+            timestamp_ms,
+            prices: prices
+                .iter()
+                .map(|(feed, price, decimals, confidence)| PriceInput {
+                    feed: feed.as_ref().to_string(),
+                    price: *price,
+                    decimals: *decimals,
+                    confidence: *confidence,
+                    ..PriceInput::default()
+                })
+                .collect(),
+        };
+        self.apply_report(&report)
+    }
+
+    /// Applies the feeds of one verified signed report. Feeds the engine
+    /// does not know are ignored (a report covers many feeds). The whole
+    /// report is refused, with nothing changed, if a known feed's price is
+    /// not positive, out of range, or not newer than the last one applied.
+    pub fn apply_report(&mut self, report: &PriceReport) -> Result<Vec<EventRecord>, EngineError> {
+        let (round, timestamp_ms) = (report.round, report.timestamp_ms);
         // Validate everything first.
         let mut accepted: BTreeMap<String, (FeedPrice, Option<GuardReason>)> = BTreeMap::new();
-        for (feed, raw, decimals, conf) in prices {
-            let feed = feed.as_ref();
+        for p in &report.prices {
+            let (feed, raw, decimals, conf) =
+                (p.feed.as_str(), &p.price, &p.decimals, &p.confidence);
             let Some(fs) = self.s.feeds.get(feed) else {
                 continue;
             };
@@ -116,6 +137,12 @@ impl Engine {
                     price: *raw,
                 });
             }
+            // A missing or non-positive EMA (older inputs) reads as none.
+            let ema = if p.ema > 0 {
+                rescale(p.ema, *decimals)?
+            } else {
+                0
+            };
             // Jump check against the recent average (before this price joins it).
             let max_jump = fs.config.max_jump_ppm;
             let jump = if fs.recent.is_empty() {
@@ -143,6 +170,10 @@ impl Engine {
                         confidence,
                         timestamp_ms,
                         round,
+                        status: p.status,
+                        flags: p.flags,
+                        ema,
+                        volatility: p.volatility,
                     },
                     jump,
                 ),
@@ -150,6 +181,7 @@ impl Engine {
         }
         // Validation done: mutate.
         self.out.clear();
+        let mut scaled: Vec<(String, u64, u32, u32)> = Vec::new();
         self.s.now_ms = self.s.now_ms.max(timestamp_ms);
         for (feed, (fp, jump)) in &accepted {
             let Some(fs) = self.s.feeds.get_mut(feed) else {
@@ -163,10 +195,43 @@ impl Engine {
             }
             fs.last = Some(fp.clone());
             fs.jump = jump.clone();
+            if let Some(v) = &fs.config.vol_scaling {
+                let next = v.next_ppm(fs.vol_multiplier_ppm, fp.volatility);
+                if next != fs.vol_multiplier_ppm {
+                    scaled.push((feed.clone(), fp.volatility, fs.vol_multiplier_ppm, next));
+                    fs.vol_multiplier_ppm = next;
+                }
+            }
         }
         self.refresh_guards();
+        if !scaled.is_empty() {
+            // Requirements and scenario marks of these feeds moved: cached
+            // option values are stale.
+            self.grid.clear();
+        }
         for feed in accepted.keys() {
             self.remark_feed(feed);
+        }
+        for (feed, volatility, from_ppm, to_ppm) in scaled {
+            self.emit(Event::VolatilityScaled {
+                feed: feed.clone(),
+                volatility,
+                from_ppm,
+                to_ppm,
+            });
+            // Every holder of the feed's markets: its bands assumed the old
+            // multiplier (collateral is valued without it).
+            let holders: Vec<AccountId> = self
+                .s
+                .markets
+                .iter()
+                .filter(|(_, m)| m.config.feed == feed)
+                .filter_map(|(name, _)| self.idx.holders.get(name))
+                .flat_map(|h| h.iter().copied())
+                .collect();
+            for id in holders {
+                self.queue_account(id);
+            }
         }
         self.settle_expired()?;
         for (feed, (fp, _)) in &accepted {
@@ -203,6 +268,15 @@ impl Engine {
                 last_ms: last.timestamp_ms,
                 now_ms: now,
                 max_ms: c.max_staleness_ms,
+            });
+        }
+        // The committee's own verdict on the leaf: no liquidation on a
+        // degraded or unconfirmed price, reduce-only while stale, halted or
+        // closed.
+        if last.status != status::OK || last.flags & status::UNCONFIRMED_JUMP != 0 {
+            return Some(GuardReason::Status {
+                status: last.status,
+                flags: last.flags,
             });
         }
         let ratio = last.confidence.saturating_mul(PPM) / last.price.max(1);
@@ -308,7 +382,7 @@ impl Engine {
         p: i128,
         now: u64,
     ) -> Result<Mark, EngineError> {
-        let scen = fs.config.grid.scenarios();
+        let scen = fs.scenarios();
         let shifted = |m: i32| -> Result<i128, EngineError> {
             mul_div_floor(p, PPM + i128::from(m), PPM, "scenario price")
         };

@@ -83,7 +83,7 @@ impl Engine {
         };
         Some(AccountState {
             account: id,
-            state: acct.clone(),
+            state: Account::clone(acct),
             margin_calls: units(&self.s.margin_calls),
             deferred: units(&self.s.deferred),
         })
@@ -141,6 +141,10 @@ impl Engine {
                     e.i128(p.confidence);
                     e.u64(p.timestamp_ms);
                     e.u64(p.round);
+                    e.u8(p.status);
+                    e.u16(p.flags);
+                    e.i128(p.ema);
+                    e.u64(p.volatility);
                 }
             }
             e.count(f.recent.len());
@@ -149,6 +153,7 @@ impl Engine {
             }
             e.guard(f.jump.as_ref());
             e.guard(f.guard.as_ref());
+            e.u32(f.vol_multiplier_ppm);
         }
         e.count(s.markets.len());
         for (name, m) in &s.markets {

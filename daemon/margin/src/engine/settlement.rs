@@ -4,6 +4,7 @@ use super::{Engine, Greeks, Mark};
 use crate::error::EngineError;
 use crate::options::OptionKind;
 use crate::types::*;
+use std::sync::Arc;
 
 impl Engine {
     /// Settles markets whose expiry passed, at the feed price (futures) or
@@ -64,7 +65,7 @@ impl Engine {
                 .unwrap_or_default();
             let mut count = 0u64;
             for id in holders {
-                let Some(mut acct) = self.s.accounts.get(&id).cloned() else {
+                let Some(mut acct) = self.s.accounts.get(&id).map(|a| Account::clone(a)) else {
                     continue;
                 };
                 let Some(pos) = acct.positions.get_mut(&name) else {
@@ -91,7 +92,7 @@ impl Engine {
                     reason: FillReason::Settlement,
                 });
                 self.tidy(id, &mut acct)?;
-                self.s.accounts.insert(id, acct);
+                self.s.accounts.insert(id, Arc::new(acct));
                 self.touch(id);
                 self.queue_account(id);
                 count += 1;

@@ -9,18 +9,93 @@
 //! "SIBYLMS1" ‖ head_len:u32 ‖ head JSON (Snapshot without accounts, order, flags)
 //!   ‖ accounts:u64 ‖ { id:u64 ‖ cash:i128 ‖ collateral ‖ positions }   (slot order)
 //!   ‖ margin_calls:u64 ‖ { id:u64 ‖ unit }   ‖ deferred:u64 ‖ { id:u64 ‖ unit }
-//!   ‖ index:u64 ‖ { id:u64 ‖ unit ‖ bands:u32 ‖ {feed:str ‖ lo:i128 ‖ hi:i128} ‖ recheck:opt u64 }
+//!   ‖ index:u64 ‖ { id:u64 ‖ unit ‖ bands:u32 ‖ {feed:str ‖ lo:i128 ‖ hi:i128} ‖ recheck:opt u64
+//!                   ‖ rank:opt (class:u8 ‖ ratio_ppm:i64) }
 //! ```
+//! `"SIBYLMS1"` snapshots (without `rank`) still decode; their ranking is
+//! rebuilt by evaluating every indexed unit once.
 //! Encodings of integers, strings, maps and units as in the state root.
 
 use super::{Engine, Snapshot};
 use crate::error::EngineError;
-use crate::index::Band;
+use crate::index::{Band, Rank};
 use crate::state_root::Enc;
 use crate::types::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-const MAGIC: &[u8; 8] = b"SIBYLMS1";
+const MAGIC: &[u8; 8] = b"SIBYLMS2";
+
+/// A snapshot taken but not yet encoded (`Engine::snapshot_source`).
+pub struct SnapshotSource {
+    head: Vec<u8>,
+    accounts: BTreeMap<AccountId, Arc<Account>>,
+    order: Vec<AccountId>,
+    margin_calls: BTreeSet<(AccountId, Unit)>,
+    deferred: BTreeSet<(AccountId, Unit)>,
+    /// The trigger index (maps of shared bands).
+    index: crate::index::FrozenIndex,
+    market_by_slot: Vec<String>,
+}
+
+impl SnapshotSource {
+    /// The snapshot's bytes (layout above).
+    pub fn encode(self) -> Result<Vec<u8>, EngineError> {
+        let mut e = Enc(Vec::with_capacity(
+            64 + self.head.len() + self.accounts.len() * 240,
+        ));
+        e.0.extend_from_slice(MAGIC);
+        e.u32(u32::try_from(self.head.len()).map_err(|_| corrupt("head too large"))?);
+        e.0.extend_from_slice(&self.head);
+        e.u64(self.order.len() as u64);
+        for id in &self.order {
+            let a = self
+                .accounts
+                .get(id)
+                .ok_or_else(|| corrupt(format!("account_order names unknown account {id}")))?;
+            e.u64(*id);
+            e.balances(a.cash, &a.collateral);
+            e.positions(&a.positions);
+        }
+        for set in [&self.margin_calls, &self.deferred] {
+            e.u64(set.len() as u64);
+            for (id, u) in set {
+                e.u64(*id);
+                e.unit(u);
+            }
+        }
+        let index = super::indexed_units(&self.index, &self.market_by_slot);
+        e.u64(index.len() as u64);
+        for u in &index {
+            e.u64(u.account);
+            e.unit(&u.unit);
+            e.count(u.bands.len());
+            for (f, lo, hi) in &u.bands {
+                e.str(f);
+                e.i128(*lo);
+                e.i128(*hi);
+            }
+            match u.recheck_at_ms {
+                None => e.u8(0),
+                Some(t) => {
+                    e.u8(1);
+                    e.u64(t);
+                }
+            }
+            match u.rank {
+                None => e.u8(0),
+                Some((class, ratio)) => {
+                    e.u8(1);
+                    e.u8(class);
+                    e.u64(ratio.cast_unsigned());
+                }
+            }
+        }
+        Ok(e.0)
+    }
+}
+/// The layout before the at-risk ranking was stored.
+const MAGIC_V1: &[u8; 8] = b"SIBYLMS1";
 
 fn corrupt(detail: impl Into<String>) -> EngineError {
     EngineError::SnapshotCorrupt {
@@ -122,8 +197,17 @@ impl Engine {
     /// The state and trigger index as deterministic bytes (layout above):
     /// the same state gives the same bytes on every member.
     pub fn encode_snapshot(&self) -> Result<Vec<u8>, EngineError> {
+        self.snapshot_source()?.encode()
+    }
+
+    /// What `encode_snapshot` writes, taken cheaply: the small parts
+    /// encoded, the accounts as a copy of the map of shared accounts and
+    /// the trigger index as copies of its maps of shared bands (no account
+    /// or band is copied; a later change to one replaces it). `SnapshotSource::encode` then runs without the
+    /// engine, e.g. on another thread while the engine takes the next
+    /// report, and gives the bytes `encode_snapshot` gives now.
+    pub fn snapshot_source(&self) -> Result<SnapshotSource, EngineError> {
         let s = &self.s;
-        let index = self.index_entries();
         let head = Snapshot {
             version: s.version,
             now_ms: s.now_ms,
@@ -141,55 +225,26 @@ impl Engine {
             account_order: Vec::new(),
         };
         let head = serde_json::to_vec(&head).map_err(|e| corrupt(e.to_string()))?;
-        let mut e = Enc(Vec::with_capacity(64 + s.accounts.len() * 160));
-        e.0.extend_from_slice(MAGIC);
-        e.u32(u32::try_from(head.len()).map_err(|_| corrupt("head too large"))?);
-        e.0.extend_from_slice(&head);
-        e.u64(s.account_order.len() as u64);
-        for id in &s.account_order {
-            let a = s
-                .accounts
-                .get(id)
-                .ok_or_else(|| corrupt(format!("account_order names unknown account {id}")))?;
-            e.u64(*id);
-            e.balances(a.cash, &a.collateral);
-            e.positions(&a.positions);
-        }
-        for set in [&s.margin_calls, &s.deferred] {
-            e.u64(set.len() as u64);
-            for (id, u) in set {
-                e.u64(*id);
-                e.unit(u);
-            }
-        }
-        e.u64(index.len() as u64);
-        for u in &index {
-            e.u64(u.account);
-            e.unit(&u.unit);
-            e.count(u.bands.len());
-            for (f, lo, hi) in &u.bands {
-                e.str(f);
-                e.i128(*lo);
-                e.i128(*hi);
-            }
-            match u.recheck_at_ms {
-                None => e.u8(0),
-                Some(t) => {
-                    e.u8(1);
-                    e.u64(t);
-                }
-            }
-        }
-        Ok(e.0)
+        Ok(SnapshotSource {
+            head,
+            accounts: s.accounts.clone(),
+            order: s.account_order.clone(),
+            margin_calls: s.margin_calls.clone(),
+            deferred: s.deferred.clone(),
+            index: self.idx.frozen(),
+            market_by_slot: self.market_by_slot.clone(),
+        })
     }
 
     /// Restores `encode_snapshot` bytes: the same state, index and future
     /// events as the engine that wrote them, without re-evaluating any unit.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Engine, EngineError> {
         let mut d = Dec { b: bytes, at: 0 };
-        if d.take(MAGIC.len())? != MAGIC {
-            return Err(corrupt("not a margin snapshot (bad magic)"));
-        }
+        let v1 = match d.take(MAGIC.len())? {
+            m if m == MAGIC => false,
+            m if m == MAGIC_V1 => true,
+            _ => return Err(corrupt("not a margin snapshot (bad magic)")),
+        };
         let head_len = d.len()?;
         let mut s: Snapshot =
             serde_json::from_slice(d.take(head_len)?).map_err(|e| corrupt(e.to_string()))?;
@@ -198,7 +253,7 @@ impl Engine {
         for _ in 0..n {
             let id = d.u64()?;
             let a = d.account()?;
-            if s.accounts.insert(id, a).is_some() {
+            if s.accounts.insert(id, Arc::new(a)).is_some() {
                 return Err(corrupt(format!("account {id} appears twice")));
             }
             order.push(id);
@@ -233,10 +288,22 @@ impl Engine {
                 1 => Some(d.u64()?),
                 t => return Err(corrupt(format!("recheck tag {t}"))),
             };
+            let rank = match if v1 { 0 } else { d.u8()? } {
+                0 => None,
+                1 => Some(Rank {
+                    class: d.u8()?,
+                    ratio_ppm: d.u64()?.cast_signed(),
+                }),
+                t => return Err(corrupt(format!("rank tag {t}"))),
+            };
             let key = e
                 .key_of(account, &unit)
                 .ok_or_else(|| corrupt(format!("index entry for unknown unit {account} {unit}")))?;
             e.idx.insert(key, bands, recheck);
+            e.idx.set_rank(key, rank);
+        }
+        if v1 {
+            e.rank_every_unit();
         }
         if d.at != bytes.len() {
             return Err(corrupt(format!(

@@ -2,10 +2,10 @@
 //! back for examination (`bands` holds the exact band search).
 
 use super::health::max_rate_ppm;
-use super::{Engine, MAX_RECHECK_MS, YEAR_MS, YEAR_MS_INT};
+use super::{Engine, FeedState, MAX_RECHECK_MS, YEAR_MS, YEAR_MS_INT};
 use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, ppm_ceil, value};
-use crate::index::{Band, Index, Key};
+use crate::index::{Band, Index, Key, Rank};
 use crate::options::PricingModel;
 use crate::types::*;
 use std::collections::BTreeMap;
@@ -33,13 +33,67 @@ pub(super) fn delta_bound_ppm(
     (d.is_finite() && d < 1e15).then(|| d.ceil() as i128 + 1)
 }
 
-/// Bound on `|d(equity - maintenance)/d price|` per unit of size (ppm) of a
+/// Which requirement a band keeps a unit on one side of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Req {
+    /// Maintenance: crossing it liquidates (down) or ends a deferral (up).
+    Maintenance,
+    /// Initial: crossing it down starts a margin call.
+    Initial,
+    /// Initial plus `b` ppm of (initial - maintenance): crossing it up
+    /// clears a margin call (hysteresis, `RiskParams::margin_call_clear_buffer_ppm`).
+    ClearCall(u32),
+}
+
+impl Req {
+    /// The requirement of `h` this names.
+    pub(super) fn of(self, h: &Health) -> i128 {
+        match self {
+            Req::Maintenance => h.maintenance,
+            Req::Initial => h.initial,
+            Req::ClearCall(b) => clear_level(h.initial, h.maintenance, b),
+        }
+    }
+
+    /// A bound on a linear market's rate for this requirement (ppm),
+    /// scaled by its feed's volatility multiplier.
+    pub(super) fn base_ppm(self, c: &MarketConfig, fs: &FeedState) -> i128 {
+        match self {
+            Req::Maintenance => fs.scaled_rate_ppm(c.maintenance_ppm),
+            Req::Initial => fs.scaled_rate_ppm(c.initial_ppm),
+            Req::ClearCall(b) => {
+                fs.scaled_rate_ppm(c.initial_ppm) * (PPM + i128::from(b)) / PPM + 1
+            }
+        }
+    }
+
+    /// A portfolio unit's requirement per unit of maintenance (ppm).
+    pub(super) fn portfolio_ratio_ppm(self, initial_ratio_ppm: u32) -> i128 {
+        let r = i128::from(initial_ratio_ppm).max(PPM);
+        match self {
+            Req::Maintenance => PPM,
+            Req::Initial => r,
+            Req::ClearCall(b) => r + (i128::from(b) * (r - PPM) + PPM - 1) / PPM,
+        }
+    }
+}
+
+/// Equity at or above which a margin call clears: initial plus `b` ppm of
+/// (initial - maintenance), rounded up.
+pub(super) fn clear_level(initial: i128, maintenance: i128, b: u32) -> i128 {
+    let gap = initial.saturating_sub(maintenance).max(0);
+    initial.saturating_add(gap.saturating_mul(i128::from(b)).saturating_add(PPM - 1) / PPM)
+}
+
+/// Bound on `|d(equity - requirement)/d price|` per unit of size (ppm) of a
 /// linear position of `size` at `price`: `d(rate(n) n)/dn = base + 2 growth
 /// n / 1M <= 2 cap`, for every notional inside the band (at most 1.5 n).
 pub(super) fn linear_sensitivity_ppm(
     c: &MarketConfig,
+    fs: &FeedState,
     size: i128,
     price: i128,
+    req: Req,
 ) -> Result<i128, EngineError> {
     let n = value(size, price)?.abs();
     let grow = mul_div_ceil(
@@ -48,7 +102,23 @@ pub(super) fn linear_sensitivity_ppm(
         1_000_000 * crate::fixed::MONEY_SCALE,
         "sensitivity",
     )?;
-    Ok(PPM + (2 * max_rate_ppm(c)).min(i128::from(c.maintenance_ppm) + grow))
+    // The concentration add-on's slope: n × add_on / L more per unit of
+    // notional, with n up to 1.5 n inside a band; r + n r' <= 2 cap + that.
+    let conc = match &c.concentration {
+        None => 0,
+        Some(k) => mul_div_ceil(
+            3 * n,
+            i128::from(k.add_on_ppm),
+            2 * k.liquidity_notional.max(1),
+            "sensitivity",
+        )?,
+    };
+    Ok(PPM
+        + (2 * max_rate_ppm(c) + conc).min(add(
+            req.base_ppm(c, fs),
+            add(grow, 2 * conc, "sensitivity")?,
+            "sensitivity",
+        )?))
 }
 
 impl Engine {
@@ -109,27 +179,61 @@ impl Engine {
                 let acct = &self.s.accounts[&id];
                 match self.health_of(acct, &u) {
                     Ok(h) => self.reindex(k, &u, h),
-                    Err(_) => self.idx.remove(k),
+                    Err(_) => self.idx.forget(k),
                 }
             }
         }
     }
 
-    /// Recomputes a unit's trigger bands from its health.
+    /// Recomputes a unit's trigger bands from its health. A unit at or
+    /// above initial keeps a band above initial (so the tick that takes it
+    /// below initial examines it: the margin call comes that round); one in
+    /// margin call keeps the intersection of "above maintenance" and "below
+    /// initial"; one below maintenance (deferred) keeps the band that
+    /// brings it back when it crosses maintenance upwards.
     pub(super) fn reindex(&mut self, key: Key, unit: &Unit, h: Health) {
-        let mut grid = std::mem::take(&mut self.grid);
-        let exact = self.exact_bands(&mut grid, key, unit, &h);
-        self.grid = grid;
-        let bands = match exact {
-            Ok(Some(b)) => Ok(b),
-            _ => {
-                self.fallback_bands += 1;
-                self.bands_for(key.account, unit, h)
-            }
+        let has_positions = self
+            .s
+            .accounts
+            .get(&key.account)
+            .is_some_and(|a| !Self::unit_positions(a, unit).is_empty());
+        self.idx
+            .set_rank(key, has_positions.then(|| rank_of_health(&h)));
+        let in_call = self.s.margin_calls.contains(&(key.account, unit.clone()));
+        let clear = Req::ClearCall(self.s.risk.margin_call_clear_buffer_ppm);
+        let both = [Req::Maintenance, clear];
+        let reqs: &[Req] = if h.equity < h.maintenance
+            || h.equity < 0
+            || !has_positions
+            || !self.s.risk.prompt_margin_calls
+        {
+            &[Req::Maintenance]
+        } else if in_call {
+            &both
+        } else {
+            &[Req::Initial]
         };
-        match bands {
-            Ok((bands, recheck)) => self.insert_bands(key, bands, recheck),
-            Err(_) => {
+        let mut grid = std::mem::take(&mut self.grid);
+        let mut found: Option<FeedBands> = None;
+        let mut failed = false;
+        for req in reqs {
+            let exact = self.exact_bands(&mut grid, key, unit, &h, *req);
+            let bands = match exact {
+                Ok(Some(b)) => Ok(b),
+                _ => {
+                    self.fallback_bands += 1;
+                    self.bands_for(key.account, unit, h, *req)
+                }
+            };
+            match bands {
+                Ok(b) => found = Some(intersect(found, b)),
+                Err(_) => failed = true,
+            }
+        }
+        self.grid = grid;
+        match found {
+            Some((bands, recheck)) if !failed => self.insert_bands(key, bands, recheck),
+            _ => {
                 // Cannot bound it: examine it on every tick of its feeds.
                 self.idx.remove(key);
                 let feeds = self
@@ -176,6 +280,7 @@ impl Engine {
         account: AccountId,
         unit: &Unit,
         h: Health,
+        req: Req,
     ) -> Result<(Vec<(String, i128, i128)>, Option<u64>), EngineError> {
         let Some(acct) = self.s.accounts.get(&account) else {
             return Ok((vec![], None));
@@ -185,6 +290,9 @@ impl Engine {
         if positions.is_empty() && (acct.cash >= 0 || *unit != Unit::Cross) {
             return Ok((vec![], None));
         }
+        // A portfolio unit's initial requirement is its maintenance times
+        // this ratio, so scenario losses move it that much faster.
+        let ratio = req.portfolio_ratio_ppm(self.s.risk.portfolio_initial_ratio_ppm);
         // Sensitivity per feed: qty-weighted bound on |dHealth/dPrice|.
         let mut sens: BTreeMap<String, i128> = BTreeMap::new();
         let mut theta_money = 0i128;
@@ -192,27 +300,39 @@ impl Engine {
         for (m, p) in &positions {
             let (ms, mark) = self.mark_of(m)?;
             // k bounds |d(equity - maintenance)/d price| per unit of size (ppm).
-            let k = if h.portfolio {
-                let fc = self.s.feeds.get(&ms.config.feed).map(|f| &f.config);
-                let grid_move = fc.map_or(PPM, |c| c.grid.max_move_ppm());
-                match &ms.config.kind {
-                    MarketKind::Option {
-                        expiry_ms, model, ..
-                    } => {
-                        // |delta| <= D = e^(max(0, -r, -q) T). Deltas of one
-                        // option have one sign, so a scenario loss moves by
-                        // |delta(p) - (1+m) delta((1+m)p)| <= D (1 + m).
-                        let rate = fc.map_or(0, |c| c.rate_ppm);
-                        let d_ppm = delta_bound_ppm(rate, model, *expiry_ms, self.s.now_ms)
-                            .unwrap_or(i128::MAX / 4);
-                        mul_div_ceil(d_ppm, 2 * PPM + grid_move, PPM, "sensitivity")?
+            let k =
+                if h.portfolio {
+                    let fs = self.s.feeds.get(&ms.config.feed);
+                    let fc = fs.map(|f| &f.config);
+                    let (opt_slope, d1_slope) = fs.map_or((2 * PPM, PPM), |f| f.loss_slopes_ppm());
+                    match &ms.config.kind {
+                        MarketKind::Option {
+                            expiry_ms, model, ..
+                        } => {
+                            // |delta| <= D = e^(max(0, -r, -q) T). Deltas of one
+                            // option have one sign, so a scenario loss moves by
+                            // |delta(p) - (1+m) delta((1+m)p)| <= D (1 + m).
+                            let rate = fc.map_or(0, |c| c.rate_ppm);
+                            let d_ppm = delta_bound_ppm(rate, model, *expiry_ms, self.s.now_ms)
+                                .unwrap_or(i128::MAX / 4);
+                            mul_div_ceil(
+                                d_ppm,
+                                PPM + mul_div_ceil(ratio, opt_slope, PPM, "sensitivity")?,
+                                PPM,
+                                "sensitivity",
+                            )?
+                        }
+                        // Equity moves by 1, each scenario loss by |m|.
+                        _ => PPM + ratio * d1_slope / PPM + 1,
                     }
-                    // Equity moves by 1, each scenario loss by |m|.
-                    _ => PPM + grid_move,
-                }
-            } else {
-                linear_sensitivity_ppm(&ms.config, p.size, mark.price)?
-            };
+                } else {
+                    let fs = self.s.feeds.get(&ms.config.feed).ok_or_else(|| {
+                        EngineError::UnknownFeed {
+                            feed: ms.config.feed.clone(),
+                        }
+                    })?;
+                    linear_sensitivity_ppm(&ms.config, fs, p.size, mark.price, req)?
+                };
             let s = mul_div_ceil(p.size.abs(), k, PPM, "sensitivity")?;
             let e = sens.entry(ms.config.feed.clone()).or_insert(0);
             *e = add(*e, s, "sensitivity")?;
@@ -238,12 +358,8 @@ impl Engine {
         if count == 0 {
             return Ok((vec![], None));
         }
-        // Distance to maintenance in either direction: crossing it down
-        // liquidates, crossing it up ends a deferral. Initial margin is not
-        // tracked by the bands (it would re-examine every unit near its
-        // initial requirement on every tick, 4x the work in the benchmark):
-        // margin calls are flagged whenever a unit is examined.
-        let dist = h.equity.saturating_sub(h.maintenance).abs();
+        // Distance to the requirement in either direction.
+        let dist = h.equity.saturating_sub(req.of(&h)).abs();
         // Options decay between price ticks. Reserve twice the current theta
         // over a horizon in which it eats at most half the distance (between
         // one recheck period and MAX_RECHECK_MS), and recheck at its end.
@@ -321,4 +437,54 @@ impl Engine {
             self.queue_account(id);
         }
     }
+}
+
+/// A unit's bands `(feed, lo, hi)` and its time-based recheck.
+pub(super) type FeedBands = (Vec<(String, i128, i128)>, Option<u64>);
+
+/// A unit's place in the at-risk ranking from its health.
+pub(super) fn rank_of_health(h: &Health) -> Rank {
+    let class = if h.equity < h.maintenance || h.equity < 0 {
+        0
+    } else if h.equity < h.initial {
+        1
+    } else {
+        2
+    };
+    let ratio = if h.maintenance > 0 {
+        h.equity.saturating_mul(PPM) / h.maintenance
+    } else {
+        i128::MAX
+    };
+    Rank {
+        class,
+        ratio_ppm: i64::try_from(ratio).unwrap_or(if ratio < 0 { i64::MIN } else { i64::MAX }),
+    }
+}
+
+/// Bands that hold where both `a` (if any) and `b` hold: per feed the
+/// narrower edges, and the earlier recheck.
+fn intersect(a: Option<FeedBands>, b: FeedBands) -> FeedBands {
+    let Some((bands_a, recheck_a)) = a else {
+        return b;
+    };
+    let (bands_b, recheck_b) = b;
+    let mut by_feed: BTreeMap<String, (i128, i128)> = BTreeMap::new();
+    for (f, lo, hi) in bands_a.into_iter().chain(bands_b) {
+        by_feed
+            .entry(f)
+            .and_modify(|e| *e = (e.0.max(lo), e.1.min(hi)))
+            .or_insert((lo, hi));
+    }
+    let recheck = match (recheck_a, recheck_b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    (
+        by_feed
+            .into_iter()
+            .map(|(f, (lo, hi))| (f, lo, hi))
+            .collect(),
+        recheck,
+    )
 }

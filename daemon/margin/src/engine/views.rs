@@ -109,9 +109,54 @@ impl Engine {
         Ok(out)
     }
 
-    /// Units with positions ordered by equity / maintenance, lowest first.
-    /// A full scan: meant for the API, not the tick path.
+    /// The `n` units with positions closest to liquidation, ordered by
+    /// equity / maintenance at the current marks, lowest first.
+    ///
+    /// No scan: candidates come from the at-risk ranking the engine keeps
+    /// as it examines units (`Rank`: below maintenance, then in margin
+    /// call, then the rest; within a class by the ratio at the unit's last
+    /// examination). The candidates are every unit below maintenance or in
+    /// margin call (classes are exact: the trigger bands hold both
+    /// requirements) and the next `max(n, 1024)` by their last ratio; they
+    /// are evaluated now and the `n` lowest current ratios returned (so
+    /// answers for any `n <= 1024` are prefixes of one another). So a
+    /// unit below maintenance or in margin call that a full scan ranks in
+    /// the first `n` is always returned; a healthy unit's ratio may have
+    /// moved since its last examination, within its trigger bands. Cost:
+    /// O((units at risk + n) log units).
     pub fn closest_to_liquidation(&self, n: usize) -> Vec<AtRisk> {
+        let extra = n.max(1024);
+        let mut healthy = 0usize;
+        let mut v = Vec::new();
+        for (rank, key) in self.idx.ranked() {
+            if rank.class >= 2 {
+                if healthy == extra {
+                    break;
+                }
+                healthy += 1;
+            }
+            let (Some(unit), Some(acct)) = (self.unit_of(key), self.s.accounts.get(&key.account))
+            else {
+                continue;
+            };
+            let Ok(health) = self.health_of(acct, &unit) else {
+                continue;
+            };
+            v.push(AtRisk {
+                account: key.account,
+                margin_ratio_ppm: margin_ratio_ppm(&health),
+                unit,
+                health,
+            });
+        }
+        sort_at_risk(&mut v);
+        v.truncate(n);
+        v
+    }
+
+    /// `closest_to_liquidation` by evaluating every unit (O(units)): the
+    /// reference the ranking is tested against.
+    pub fn closest_to_liquidation_scan(&self, n: usize) -> Vec<AtRisk> {
         let mut v = Vec::new();
         for (id, acct) in &self.s.accounts {
             let units = Self::units_of(acct);
@@ -122,27 +167,43 @@ impl Engine {
                 let Ok(health) = self.health_of(acct, &unit) else {
                     continue;
                 };
-                let ratio = if health.maintenance > 0 {
-                    health.equity.saturating_mul(PPM) / health.maintenance
-                } else {
-                    i128::MAX
-                };
                 v.push(AtRisk {
                     account: *id,
+                    margin_ratio_ppm: margin_ratio_ppm(&health),
                     unit,
                     health,
-                    margin_ratio_ppm: ratio,
                 });
             }
         }
-        v.sort_by(|a, b| {
-            a.margin_ratio_ppm
-                .cmp(&b.margin_ratio_ppm)
-                .then(a.account.cmp(&b.account))
-                .then(a.unit.cmp(&b.unit))
-        });
+        sort_at_risk(&mut v);
         v.truncate(n);
         v
+    }
+
+    /// Units in the at-risk ranking (those with positions).
+    pub fn ranked_units(&self) -> usize {
+        self.idx.ranked_units()
+    }
+
+    /// Ranks every unit with positions from its health now (restoring a
+    /// snapshot that did not store the ranking).
+    pub(super) fn rank_every_unit(&mut self) {
+        let mut ranks = Vec::new();
+        for (id, acct) in &self.s.accounts {
+            for unit in Self::units_of(acct) {
+                let Some(key) = self.key_of(*id, &unit) else {
+                    continue;
+                };
+                let rank = (!Self::unit_positions(acct, &unit).is_empty())
+                    .then(|| self.health_of(acct, &unit).ok())
+                    .flatten()
+                    .map(|h| super::triggers::rank_of_health(&h));
+                ranks.push((key, rank));
+            }
+        }
+        for (key, rank) in ranks {
+            self.idx.set_rank(key, rank);
+        }
     }
 
     /// Revalues every unit at the current marks (no events, no changes).
@@ -182,4 +243,21 @@ impl Engine {
     pub fn indexed_units(&self) -> usize {
         self.idx.indexed_units()
     }
+}
+
+fn margin_ratio_ppm(h: &Health) -> i128 {
+    if h.maintenance > 0 {
+        h.equity.saturating_mul(PPM) / h.maintenance
+    } else {
+        i128::MAX
+    }
+}
+
+fn sort_at_risk(v: &mut [AtRisk]) {
+    v.sort_by(|a, b| {
+        a.margin_ratio_ppm
+            .cmp(&b.margin_ratio_ppm)
+            .then(a.account.cmp(&b.account))
+            .then(a.unit.cmp(&b.unit))
+    });
 }

@@ -121,6 +121,7 @@ pub fn demo_inputs(demo: DemoSeed, first: &PriceReport) -> Vec<Input> {
                 side,
                 size: size * use_ppm / 1_000_000,
                 margin: MarginMode::Cross,
+                price: None,
             });
             if scratch.apply(&open).is_ok() {
                 inputs.push(open);
@@ -162,6 +163,7 @@ mod tests {
                     price: p * PX + p * PX * move_ppm / 1_000_000,
                     decimals: 8,
                     confidence: 1_000,
+                    ..PriceInput::default()
                 })
                 .collect(),
         }
