@@ -4,7 +4,9 @@
 //! members ended: all finished (same key, t of them sign and it verifies),
 //! all failed naming a faulty member, all failed otherwise (timeouts), or a
 //! split; then honest members blamed (must be 0), honest members named in a
-//! timeout's waiting list, unsafe seeds (must be 0), and messages per seed.
+//! timeout's waiting list, unsafe seeds (must be 0), messages per seed, and
+//! `found`: seeds where some honest member pointed at a faulty one (its
+//! culprit, a nonce conflict, or the only members a timeout waited for).
 //!
 //! ```sh
 //! cargo run --release -p sibyl-aggregator --example sim_dkg [SEEDS]
@@ -34,7 +36,7 @@ fn main() {
             .map(|k| (format!("{k:?}"), Some(*k), 0)),
     );
     println!(
-        "{:<16} {:>3} {:>2} {:>5} {:>9} {:>11} {:>12} {:>6} {:>13} {:>12} {:>7} {:>6}",
+        "{:<16} {:>3} {:>2} {:>5} {:>9} {:>11} {:>12} {:>6} {:>13} {:>12} {:>7} {:>6} {:>6}",
         "faults",
         "n",
         "f",
@@ -46,7 +48,8 @@ fn main() {
         "honest-blamed",
         "honest-named",
         "unsafe",
-        "msgs"
+        "msgs",
+        "found"
     );
     let mut failed = false;
     let start = std::time::Instant::now();
@@ -63,9 +66,15 @@ fn main() {
             }
             let (mut done, mut named, mut timeout, mut split) = (0, 0, 0, 0);
             let (mut blamed, mut honest_named, mut unsafe_, mut msgs) = (0, 0, 0, 0u64);
+            let mut found = 0;
             for seed in 0..seeds {
                 let o = run(&cfg, seed);
                 msgs += o.messages;
+                if o.results.values().any(|r| {
+                    matches!(r, MemberResult::Failed { suspects, .. } if suspects.iter().any(|s| o.faulty.contains(s)))
+                }) {
+                    found += 1;
+                }
                 blamed += o.honest_blamed.len();
                 honest_named += o.honest_named_missing.len();
                 let culprits_faulty = o.results.values().all(|r| {
@@ -89,7 +98,7 @@ fn main() {
                 }
             }
             println!(
-                "{:<16} {:>3} {:>2} {:>5} {:>9} {:>11} {:>12} {:>6} {:>13} {:>12} {:>7} {:>6}",
+                "{:<16} {:>3} {:>2} {:>5} {:>9} {:>11} {:>12} {:>6} {:>13} {:>12} {:>7} {:>6} {:>6}",
                 name,
                 n,
                 cfg.faulty,
@@ -101,7 +110,8 @@ fn main() {
                 blamed,
                 honest_named,
                 unsafe_,
-                msgs / seeds.max(1)
+                msgs / seeds.max(1),
+                found
             );
         }
     }

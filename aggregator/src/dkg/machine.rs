@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand_core::{CryptoRng, RngCore};
 
 use super::ceremony::{Ceremony, Effect};
-use super::wire::{DkgMessage, SessionId, session_id};
+use super::wire::{DkgMessage, SessionId, session_id, sha3};
 use super::{
     DkgConfig, DkgError, DkgResult, Ed, Evm, IdentitySigner, Input, Output, Phase,
     STASH_PER_MEMBER, suite_label,
@@ -72,6 +72,9 @@ pub struct Dkg {
     /// Messages of sessions not reached yet, per session, decoded.
     stash: BTreeMap<SessionId, Vec<(u16, DkgMessage)>>,
     stash_count: BTreeMap<u16, usize>,
+    /// (session, sender, SHA3 of the bytes) of every stashed message: a
+    /// repeat is found without scanning the stash.
+    stash_index: BTreeSet<(SessionId, u16, [u8; 32])>,
     /// Everything sent, per session and member, for re-sending.
     outbox: BTreeMap<SessionId, BTreeMap<u16, Vec<Vec<u8>>>>,
     last_resend: BTreeMap<(SessionId, u16), TimestampMs>,
@@ -118,6 +121,7 @@ impl Dkg {
             resend_due: 0,
             stash: BTreeMap::new(),
             stash_count: BTreeMap::new(),
+            stash_index: BTreeSet::new(),
             outbox: BTreeMap::new(),
             last_resend: BTreeMap::new(),
             stats: DkgStats::default(),
@@ -234,7 +238,7 @@ impl Dkg {
                     // A straggler of a ceremony we finished: it lacks our messages.
                     self.resend(now, session, from, out);
                 } else {
-                    self.stash_message(session, from, msg);
+                    self.stash_message(session, from, msg, sha3(&[&bytes]));
                 }
             }
             Input::Tick => {}
@@ -281,9 +285,9 @@ impl Dkg {
         Ok(())
     }
 
-    /// The session id of `suite`'s ceremony: the one place it is derived.
-    /// Issue 17's per-run nonce joins here (a `DkgConfig` field passed on to
-    /// [`session_id`]); messages, round-1 signatures and the stash follow.
+    /// The session id of `suite`'s ceremony (message headers, the stash): the
+    /// one place it is derived. What members sign is bound to the run
+    /// (every member's fresh nonce, [`super::run_session`]), in the ceremony.
     fn session_of(&self, suite: Suite) -> SessionId {
         match suite {
             Suite::Ed25519 => session_id::<Ed>(&self.config.digest),
@@ -331,14 +335,15 @@ impl Dkg {
     ) -> Result<(), DkgError> {
         let mut fx = Vec::new();
         let (session, started) = match &mut self.current {
-            Some((s, Current::Ed(c))) => (*s, c.start(rng, self.signer.as_ref(), &mut fx)),
-            Some((s, Current::Evm(c))) => (*s, c.start(rng, self.signer.as_ref(), &mut fx)),
+            Some((s, Current::Ed(c))) => (*s, c.start(rng, &mut fx)),
+            Some((s, Current::Evm(c))) => (*s, c.start(rng, &mut fx)),
             None => return Ok(()),
         };
         self.resend_due = now.saturating_add(self.config.resend_interval_ms);
         self.apply(now, session, fx, out);
         started?;
         let held = self.stash.remove(&session).unwrap_or_default();
+        self.stash_index.retain(|(s, _, _)| *s != session);
         for (from, _) in &held {
             if let Some(c) = self.stash_count.get_mut(from) {
                 *c = c.saturating_sub(1);
@@ -372,14 +377,15 @@ impl Dkg {
             return Ok(());
         };
         let session = *session;
+        let signer = self.signer.as_ref();
         let step = match current {
             Current::Ed(c) => c
                 .receive(from, msg, &mut fx)
-                .and_then(|()| c.advance(&mut fx))
+                .and_then(|()| c.advance(signer, &mut fx))
                 .map(|o| o.map(|o| self.result.ed25519 = Some(o))),
             Current::Evm(c) => c
                 .receive(from, msg, &mut fx)
-                .and_then(|()| c.advance(&mut fx))
+                .and_then(|()| c.advance(signer, &mut fx))
                 .map(|o| o.map(|o| self.result.secp256k1_evm = Some(o))),
         };
         // What the ceremony sent before an error still goes out (e.g. the echo
@@ -451,9 +457,8 @@ impl Dkg {
         }
     }
 
-    fn stash_message(&mut self, session: SessionId, from: u16, msg: DkgMessage) {
-        let held = self.stash.entry(session).or_default();
-        if held.iter().any(|(f, m)| *f == from && *m == msg) {
+    fn stash_message(&mut self, session: SessionId, from: u16, msg: DkgMessage, hash: [u8; 32]) {
+        if self.stash_index.contains(&(session, from, hash)) {
             return;
         }
         let count = self.stash_count.entry(from).or_default();
@@ -462,7 +467,8 @@ impl Dkg {
             return;
         }
         *count += 1;
-        held.push((from, msg));
+        self.stash_index.insert((session, from, hash));
+        self.stash.entry(session).or_default().push((from, msg));
         self.stats.stashed += 1;
     }
 }

@@ -33,7 +33,9 @@ use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use sha3::{Digest, Sha3_256};
 
-use super::wire::{DkgMessage, SessionId, round1_statement, session_id, sha3};
+use super::wire::{
+    DkgMessage, SessionId, round1_statement, round2_statement, run_session, session_id, sha3,
+};
 use super::{Dkg, DkgConfig, DkgError, IdentitySigner, Input, Output};
 use crate::report::{ConfigDigest, Suite, TimestampMs};
 
@@ -58,22 +60,39 @@ pub enum DkgFault {
     /// Its first message to each member is garbage (random bytes, or a
     /// round-1 message with a random package and signature).
     Garbage,
+    /// Replays an earlier run of the same committee: its echo lists, for one
+    /// of its victims, the round-1 statement that victim signed in that
+    /// earlier run (a different package: without the run nonce this would
+    /// have been proof that the victim equivocated).
+    Replay,
+    /// Sends its victims a run nonce other than the one it sends the rest.
+    EquivocateNonce,
+    /// Complains about a victim's valid round-2 share, revealing it.
+    FalseComplaint,
 }
 
 impl DkgFault {
-    pub const ALL: [DkgFault; 6] = [
+    pub const ALL: [DkgFault; 9] = [
         DkgFault::Crash,
         DkgFault::Withhold,
         DkgFault::Equivocate,
         DkgFault::BadShares,
         DkgFault::BadProof,
         DkgFault::Garbage,
+        DkgFault::Replay,
+        DkgFault::EquivocateNonce,
+        DkgFault::FalseComplaint,
     ];
 
     fn has_victims(self) -> bool {
         matches!(
             self,
-            DkgFault::Withhold | DkgFault::Equivocate | DkgFault::BadShares
+            DkgFault::Withhold
+                | DkgFault::Equivocate
+                | DkgFault::BadShares
+                | DkgFault::Replay
+                | DkgFault::EquivocateNonce
+                | DkgFault::FalseComplaint
         )
     }
 }
@@ -127,6 +146,8 @@ pub enum MemberResult {
     Failed {
         culprit: Option<u16>,
         missing: Vec<u16>,
+        /// [`DkgError::suspects`].
+        suspects: Vec<u16>,
         error: String,
     },
     /// Neither by the end of the simulation (must not happen).
@@ -177,6 +198,9 @@ impl DkgSimOutcome {
     }
 }
 
+/// (package, signature) of a round-2 message.
+type Signed = (Vec<u8>, Vec<u8>);
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Deliver { from: u16, to: u16, bytes: Vec<u8> },
@@ -201,6 +225,11 @@ struct Sim {
     sessions: BTreeMap<SessionId, Suite>,
     /// A faulty member's replacement round-1 package per session.
     forged_round1: BTreeMap<(u16, SessionId), DkgMessage>,
+    /// A faulty member's run session per session (from its round 1).
+    runs: BTreeMap<(u16, SessionId), SessionId>,
+    /// Round-2 packages faulty members received: (faulty, session, sender)
+    /// -> (package, signature).
+    received_round2: BTreeMap<(u16, SessionId, u16), Signed>,
     garbled: BTreeSet<(u16, u16)>,
     net_rng: ChaCha20Rng,
     queue: BinaryHeap<Reverse<(TimestampMs, u64, Event)>>,
@@ -305,6 +334,8 @@ impl Sim {
             victims,
             sessions,
             forged_round1: BTreeMap::new(),
+            runs: BTreeMap::new(),
+            received_round2: BTreeMap::new(),
             garbled: BTreeSet::new(),
             net_rng,
             queue: BinaryHeap::new(),
@@ -360,6 +391,13 @@ impl Sim {
                         .get(&to)
                         .and_then(|n| n.ended)
                         .is_some_and(|e| at > e + self.cfg.linger_ms);
+                    if self.faulty.contains(&to)
+                        && let Ok((session, DkgMessage::Round2 { package, signature })) =
+                            DkgMessage::decode(&bytes)
+                    {
+                        self.received_round2
+                            .insert((to, session, from), (package, signature));
+                    }
                     if !self.crashed(to) && !exited {
                         self.input(to, Input::Message { from, bytes });
                     }
@@ -437,26 +475,80 @@ impl Sim {
             return vec![bytes];
         };
         let suite = self.sessions.get(&session).copied();
+        if let DkgMessage::Round1 { nonces, .. } = &msg {
+            self.runs
+                .insert((from, session), run_session(&session, nonces));
+        }
         match (fault, msg, suite) {
             (DkgFault::Crash, _, _) => vec![],
             (DkgFault::Withhold, _, _) if victim => vec![],
-            (DkgFault::Equivocate, DkgMessage::Round1 { .. }, Some(suite)) if victim => {
-                vec![self.forged(from, session, suite, false).encode(&session)]
+            (DkgFault::Equivocate, DkgMessage::Round1 { nonces, .. }, Some(suite)) if victim => {
+                vec![
+                    self.forged(from, session, suite, &nonces, false)
+                        .encode(&session),
+                ]
             }
-            (DkgFault::BadProof, DkgMessage::Round1 { .. }, Some(suite)) => {
-                vec![self.forged(from, session, suite, true).encode(&session)]
+            (DkgFault::BadProof, DkgMessage::Round1 { nonces, .. }, Some(suite)) => {
+                vec![
+                    self.forged(from, session, suite, &nonces, true)
+                        .encode(&session),
+                ]
             }
-            (DkgFault::BadShares, DkgMessage::Round2 { package }, Some(suite)) if victim => {
+            (DkgFault::BadShares, DkgMessage::Round2 { package, .. }, Some(suite)) if victim => {
                 let bad = match suite {
                     Suite::Ed25519 => corrupt_share::<Ed>(&package),
                     Suite::Secp256k1Evm => corrupt_share::<Evm>(&package),
                 };
-                vec![
-                    DkgMessage::Round2 {
-                        package: bad.unwrap_or(package),
+                let package = bad.unwrap_or(package);
+                // Signed: the faulty member stands behind its bad share.
+                let run = self.runs.get(&(from, session)).copied().unwrap_or(session);
+                let signature = self.keys[&from]
+                    .sign(&round2_statement(&run, from, to, &sha3(&[&package])))
+                    .unwrap_or_default();
+                vec![DkgMessage::Round2 { package, signature }.encode(&session)]
+            }
+            (DkgFault::Replay, DkgMessage::Echo { mut entries }, _) => {
+                // What one victim signed in an earlier run: same committee,
+                // same suite, other nonces, another package.
+                if let Some(&v) = self.victims.iter().next() {
+                    let mut old = BTreeMap::new();
+                    for &i in self.keys.keys() {
+                        let mut nonce = [0u8; 32];
+                        self.net_rng.fill_bytes(&mut nonce);
+                        old.insert(i, nonce);
                     }
-                    .encode(&session),
-                ]
+                    let old_run = run_session(&session, &old);
+                    let mut hash = [0u8; 32];
+                    self.net_rng.fill_bytes(&mut hash);
+                    let signature = self.keys[&v]
+                        .sign(&round1_statement(&old_run, v, &hash))
+                        .unwrap_or_default();
+                    entries.insert(v, (hash, signature));
+                }
+                vec![DkgMessage::Echo { entries }.encode(&session)]
+            }
+            (DkgFault::FalseComplaint, DkgMessage::Done { .. }, _) => {
+                let revealed = self.victims.iter().find_map(|&v| {
+                    self.received_round2
+                        .get(&(from, session, v))
+                        .map(|(p, s)| (v, p.clone(), s.clone()))
+                });
+                // A complainer does not confirm (as an honest one would not).
+                match revealed {
+                    Some((accused, package, signature)) => vec![
+                        DkgMessage::Complaint {
+                            accused,
+                            package,
+                            signature,
+                        }
+                        .encode(&session),
+                    ],
+                    None => vec![bytes],
+                }
+            }
+            (DkgFault::EquivocateNonce, DkgMessage::Nonce { mut nonce }, _) if victim => {
+                nonce[0] ^= 1;
+                vec![DkgMessage::Nonce { nonce }.encode(&session)]
             }
             (DkgFault::Garbage, _, _) if self.garbled.insert((from, to)) => {
                 let junk = if self.net_rng.next_u64().is_multiple_of(2) {
@@ -466,9 +558,16 @@ impl Sim {
                 } else {
                     let mut package = vec![0u8; 100];
                     let mut signature = vec![0u8; 64];
+                    let mut nonce = [0u8; 32];
                     self.net_rng.fill_bytes(&mut package);
                     self.net_rng.fill_bytes(&mut signature);
-                    DkgMessage::Round1 { package, signature }.encode(&session)
+                    self.net_rng.fill_bytes(&mut nonce);
+                    DkgMessage::Round1 {
+                        nonces: [(from, nonce)].into(),
+                        package,
+                        signature,
+                    }
+                    .encode(&session)
                 };
                 vec![junk, bytes]
             }
@@ -483,6 +582,7 @@ impl Sim {
         from: u16,
         session: SessionId,
         suite: Suite,
+        nonces: &super::RunNonces,
         bad_proof: bool,
     ) -> DkgMessage {
         if let Some(m) = self.forged_round1.get(&(from, session)) {
@@ -494,10 +594,15 @@ impl Sim {
             Suite::Secp256k1Evm => forge_round1::<Evm>(from, n, t, bad_proof, &mut self.net_rng),
         };
         let hash = sha3(&[&package]);
+        let run = run_session(&session, nonces);
         let signature = self.keys[&from]
-            .sign(&round1_statement(&session, from, &hash))
+            .sign(&round1_statement(&run, from, &hash))
             .unwrap_or_default();
-        let m = DkgMessage::Round1 { package, signature };
+        let m = DkgMessage::Round1 {
+            nonces: nonces.clone(),
+            package,
+            signature,
+        };
         self.forged_round1.insert((from, session), m.clone());
         m
     }
@@ -548,6 +653,7 @@ impl Sim {
                     MemberResult::Failed {
                         culprit,
                         missing,
+                        suspects: e.suspects(),
                         error: e.to_string(),
                     }
                 }
@@ -707,7 +813,18 @@ mod tests {
         cfg.loss_percent = 20;
         for seed in 0..3 {
             let o = run(&cfg, seed);
-            assert!(o.safe() && o.all_done, "seed {seed}: {o:?}");
+            assert!(o.safe(), "seed {seed}: {o:?}");
+            assert!(o.signed == Some(true), "seed {seed}: {o:?}");
+            // A member that did not finish waits only for a confirmation
+            // lost after its sender exited (docs/DKG.md): its keys are
+            // valid, the others finished.
+            for r in o.results.values() {
+                assert!(
+                    matches!(r, MemberResult::Done { .. })
+                        || matches!(r, MemberResult::Failed { error, .. } if error.contains("confirmation")),
+                    "seed {seed}: {r:?}"
+                );
+            }
         }
     }
 
@@ -726,7 +843,12 @@ mod tests {
                     assert!(o.safe(), "n={n} {fault:?} seed {seed}: {o:?}");
                     if matches!(
                         fault,
-                        DkgFault::Equivocate | DkgFault::BadProof | DkgFault::Garbage
+                        DkgFault::Equivocate
+                            | DkgFault::BadProof
+                            | DkgFault::Garbage
+                            | DkgFault::BadShares
+                            | DkgFault::Replay
+                            | DkgFault::FalseComplaint
                     ) {
                         assert!(o.all_failed, "n={n} {fault:?} seed {seed}: {o:?}");
                         for r in o.results.values() {

@@ -172,7 +172,11 @@ fn stash_holds_at_most_its_cap_per_sender() {
     assert_eq!(m.stashed(), STASH_PER_MEMBER);
     assert_eq!(m.stats().stash_dropped, 100 - STASH_PER_MEMBER as u64);
     // Repeats take no slot; member 3's messages still find room.
-    let other = DkgMessage::Round2 { package: vec![1] }.encode(&[200; 32]);
+    let other = DkgMessage::Round2 {
+        package: vec![1],
+        signature: vec![],
+    }
+    .encode(&[200; 32]);
     for _ in 0..5 {
         m.handle(
             2,
@@ -242,7 +246,11 @@ fn a_stashed_message_of_a_finished_suite_does_not_reach_the_next() {
         },
         &mut rng,
     );
-    let stray = DkgMessage::Round2 { package: vec![0] }.encode(&ed);
+    let stray = DkgMessage::Round2 {
+        package: vec![0],
+        signature: vec![],
+    }
+    .encode(&ed);
     for (from, _, bytes) in first.into_iter().chain([(2, 1, stray)]) {
         let out = m.handle(1, Input::Message { from, bytes }, &mut rng);
         assert!(out.iter().all(|o| !matches!(o, Output::Failed(_))));
@@ -466,7 +474,9 @@ fn forged_echo_blames_the_echoer() {
 fn messages_round_trip_and_garbage_is_refused() {
     let session = [7u8; 32];
     let msgs = vec![
+        DkgMessage::Nonce { nonce: [3; 32] },
         DkgMessage::Round1 {
+            nonces: [(1, [1; 32]), (2, [2; 32])].into(),
             package: vec![1, 2, 3],
             signature: vec![4; 64],
         },
@@ -477,6 +487,12 @@ fn messages_round_trip_and_garbage_is_refused() {
         },
         DkgMessage::Round2 {
             package: vec![9; 100],
+            signature: vec![1; 64],
+        },
+        DkgMessage::Complaint {
+            accused: 3,
+            package: vec![9; 100],
+            signature: vec![1; 64],
         },
         DkgMessage::Done {
             public_key_package_hash: [8; 32],
@@ -496,4 +512,121 @@ fn messages_round_trip_and_garbage_is_refused() {
         assert!(DkgMessage::decode(&long).is_err());
     }
     assert!(DkgMessage::decode(b"hello").is_err());
+}
+
+/// The replay issue 17 describes: a member echoes, for an honest member, the
+/// round-1 statement that member signed in an earlier run of the same
+/// committee. The run session (every member's fresh nonce) differs, so the
+/// old signature does not verify in this run: the echoer is blamed, never
+/// the member it replays.
+#[test]
+fn an_echo_replaying_an_earlier_run_blames_the_echoer() {
+    let k = keys(3);
+    let members: BTreeMap<u16, VerifyingKey> =
+        k.iter().map(|(i, k)| (*i, k.verifying_key())).collect();
+    let base = [1u8; 32];
+    let run_of = |seed: u8| {
+        let nonces: RunNonces = (1u16..=3).map(|i| (i, [seed ^ i as u8; 32])).collect();
+        run_session(&base, &nonces)
+    };
+    let (earlier, now) = (run_of(1), run_of(2));
+    assert_ne!(earlier, now);
+    let mut seen = BTreeMap::new();
+    let mut entries = BTreeMap::new();
+    for i in 1u16..=3 {
+        let hash = sha3(&[&[i as u8]]);
+        let sig = IdentitySigner::sign(&k[&i], &round1_statement(&now, i, &hash)).expect("sign");
+        seen.insert(
+            i,
+            Round1Seen {
+                hash,
+                signature: sig.clone(),
+                package: vec![],
+            },
+        );
+        entries.insert(i, (hash, sig));
+    }
+    let hash = [7u8; 32];
+    let old = IdentitySigner::sign(&k[&3], &round1_statement(&earlier, 3, &hash)).expect("sign");
+    let mut replayed = entries.clone();
+    replayed.insert(3, (hash, old.clone()));
+    let err = check_echo(&now, 2, &replayed, &seen, &members).expect_err("replay");
+    assert!(
+        matches!(err, DkgError::BadMessage { member: 2, .. }),
+        "{err}"
+    );
+    // Within the earlier run the same statements were a real equivocation.
+    let mut seen_then = seen.clone();
+    let first = sha3(&[&[3u8]]);
+    seen_then.insert(
+        3,
+        Round1Seen {
+            hash: first,
+            signature: IdentitySigner::sign(&k[&3], &round1_statement(&earlier, 3, &first))
+                .expect("sign"),
+            package: vec![],
+        },
+    );
+    let err = check_echo(&earlier, 2, &replayed, &seen_then, &members).expect_err("equivocation");
+    assert!(
+        matches!(err, DkgError::Equivocation { member: 3, .. }),
+        "{err}"
+    );
+}
+
+/// Two runs of the same committee with the same key material but fresh
+/// nonces sign different statements: nothing sent in one is accepted in the
+/// other.
+#[test]
+fn two_runs_have_different_run_sessions_and_both_finish() {
+    let mut a = machines(4, 3, &[Suite::Ed25519]);
+    let mut rngs = (1..=4u16)
+        .map(|i| (i, ChaCha20Rng::seed_from_u64(u64::from(i) + 40)))
+        .collect();
+    let ra = run_instantly(&mut a, &mut rngs);
+    let mut b = machines(4, 3, &[Suite::Ed25519]);
+    let rb = run_instantly(&mut b, &mut rngs);
+    assert!(ra.values().chain(rb.values()).all(Result::is_ok));
+    let ka = ra[&1].as_ref().expect("a").group_keys();
+    let kb = rb[&1].as_ref().expect("b").group_keys();
+    assert_ne!(ka, kb);
+    // A round-1 message of run A, delivered to a member of run B that has
+    // every nonce of B, is refused as naming other nonces (blames its
+    // sender, who is the only one able to send it over the transport).
+    let round1_a = a[&2].sent().values().next().expect("session")[&1]
+        .iter()
+        .find(|m| matches!(DkgMessage::decode(m), Ok((_, DkgMessage::Round1 { .. }))))
+        .expect("round 1")
+        .clone();
+    let mut m = machines(4, 3, &[Suite::Ed25519])
+        .remove(&1)
+        .expect("member 1");
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    m.handle(
+        0,
+        Input::Start {
+            connected: [2, 3, 4].into(),
+        },
+        &mut rng,
+    );
+    for from in 2..=4u16 {
+        let bytes = DkgMessage::Nonce {
+            nonce: [from as u8; 32],
+        }
+        .encode(&session_id::<Ed>(&ConfigDigest([5; 32])));
+        m.handle(1, Input::Message { from, bytes }, &mut rng);
+    }
+    assert_eq!(m.phase(), Phase::Round1);
+    let out = m.handle(
+        2,
+        Input::Message {
+            from: 2,
+            bytes: round1_a,
+        },
+        &mut rng,
+    );
+    match out.last() {
+        Some(Output::Failed(e)) => assert_eq!(e.culprit(), Some(2), "{e}"),
+        other => panic!("{other:?}"),
+    }
 }
