@@ -79,6 +79,12 @@ pub enum Command {
         after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n\nExits non-zero and prints the first differing event if the replay diverges."
     )]
     Replay(crate::cmd::replay::ReplayArgs),
+    /// Move a member's signing and observation ledgers to a new host
+    /// (export, then import there) so it never signs a round twice.
+    #[command(
+        after_help = "Example:\n  old host: sibyl ledger export --config node.toml --out ledger.json\n  new host: sibyl ledger import --config node.toml ledger.json\n\nThe procedure: docs/OPERATOR.md, \"Moving a member to a new host\"."
+    )]
+    Ledger(crate::cmd::ledger::LedgerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +126,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Simulate(args) => crate::cmd::simulate::run(args),
         Command::Replay(args) => crate::cmd::replay::run(args),
         Command::Rotation(args) => crate::cmd::rotation::run(args),
+        Command::Ledger(args) => crate::cmd::ledger::run(args),
     }
 }
 

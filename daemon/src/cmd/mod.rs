@@ -5,6 +5,7 @@ pub mod devnet;
 pub mod dkg;
 pub mod identity;
 pub mod keygen;
+pub mod ledger;
 pub mod replay;
 pub mod rotation;
 pub mod run;

@@ -177,10 +177,20 @@ where
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let store = Store::open_with(&config.db_path(), config.node.store.ledger_sync)?;
-    let observed = observed::ObservationLedger::open(&data_dir.join("observed-round"))?;
+    let observed = observed::ObservationLedger::open(&config.observed_round_path())?;
     let protocol = Arc::new(committee.to_protocol()?);
     let horizon = sibyl_aggregator::round::schedule::LeaderSchedule::horizon(&protocol);
     let restore = restore_from(&store.readers, &observed, horizon)?;
+    if restore
+        .last_signed
+        .as_ref()
+        .is_some_and(|l| l.round == sibyl_node::store::RETIRED_ROUND)
+    {
+        anyhow::bail!(
+            "the signing ledger in {} was retired by `sibyl ledger export` (the member moved to another host): it must never sign again. Run the member where its ledger was imported, or give this host a new data directory and `sibyl ledger import` the newest export into it",
+            config.db_path().display()
+        );
+    }
     let last_report_round = restore.last_report_round;
 
     let group_key = public_key_package

@@ -13,6 +13,7 @@ mod config_check;
 mod devnet_member_exit;
 mod dkg_cli;
 mod hostile_member;
+mod ledger_move;
 mod margin_devnet;
 mod operator_guide;
 mod partition_netns;
