@@ -7,8 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::{Verifier, VerifyingKey};
 use frost_core::keys::dkg::{part1, part2, part3, round1, round2};
-use frost_core::keys::{KeyPackage, PublicKeyPackage, SecretShare};
-use frost_core::{Ciphersuite, Identifier};
+use frost_core::keys::refresh::{refresh_dkg_part1, refresh_dkg_part2, refresh_dkg_shares};
+use frost_core::keys::{
+    CoefficientCommitment, KeyPackage, PublicKeyPackage, SecretShare,
+    VerifiableSecretSharingCommitment,
+};
+use frost_core::{Ciphersuite, Group, Identifier};
 use rand_core::{CryptoRng, RngCore};
 
 use super::wire::{
@@ -48,8 +52,19 @@ type Round1Packages<C> = BTreeMap<Identifier<C>, round1::Package<C>>;
 /// A revealed round-2 package: (accused, package, accused's signature).
 type Complaint = (u16, Vec<u8>, Vec<u8>);
 
+/// What the ceremony makes: a new key, or new shares of the key held now
+/// (frost-core's refresh with DKG: every member deals a sharing of zero).
+pub(crate) enum Mode<C: Ciphersuite> {
+    Dkg,
+    Refresh {
+        key_package: KeyPackage<C>,
+        public_key_package: PublicKeyPackage<C>,
+    },
+}
+
 /// One member's side of one suite's ceremony.
 pub(crate) struct Ceremony<C: Ciphersuite> {
+    mode: Mode<C>,
     /// The ceremony's session id (message headers).
     session: SessionId,
     /// The run session, once every nonce is in: what signatures cover.
@@ -88,13 +103,40 @@ impl<C: Ciphersuite> Ceremony<C> {
         me: u16,
         threshold: u16,
         members: BTreeMap<u16, VerifyingKey>,
+        mode: Mode<C>,
     ) -> Result<Self, DkgError> {
         let mut by_ident = BTreeMap::new();
         for &i in members.keys() {
             by_ident.insert(ident::<C>(i)?, i);
         }
+        if let Mode::Refresh {
+            key_package,
+            public_key_package,
+        } = &mode
+        {
+            if *key_package.min_signers() != threshold {
+                return Err(DkgError::Params(format!(
+                    "a refresh keeps the threshold: the key package has {}, the committee {threshold}",
+                    key_package.min_signers()
+                )));
+            }
+            if *key_package.identifier() != ident::<C>(me)? {
+                return Err(DkgError::Params(format!(
+                    "the key package is not member {me}'s"
+                )));
+            }
+            for id in by_ident.keys() {
+                if !public_key_package.verifying_shares().contains_key(id) {
+                    return Err(DkgError::Params(format!(
+                        "member {} holds no share of the key being refreshed",
+                        by_ident[id]
+                    )));
+                }
+            }
+        }
         let others = members.keys().copied().filter(|i| *i != me).collect();
         Ok(Self {
+            mode,
             session,
             run: None,
             me,
@@ -165,8 +207,13 @@ impl<C: Ciphersuite> Ceremony<C> {
             .map_err(|_| DkgError::Params("too many members".into()))?;
         let mut nonce = [0u8; 32];
         rng.fill_bytes(&mut nonce);
-        let (secret1, package1) = part1::<C, _>(ident(self.me)?, n, self.threshold, &mut *rng)
-            .map_err(|e| self.frost_err(e, Phase::Round1))?;
+        let (secret1, package1) = match self.mode {
+            Mode::Dkg => part1::<C, _>(ident(self.me)?, n, self.threshold, &mut *rng),
+            Mode::Refresh { .. } => {
+                refresh_dkg_part1::<C, _>(ident(self.me)?, n, self.threshold, &mut *rng)
+            }
+        }
+        .map_err(|e| self.frost_err(e, Phase::Round1))?;
         self.package1 = package1
             .serialize()
             .map_err(|e| DkgError::Frost(e.to_string()))?;
@@ -400,27 +447,42 @@ impl<C: Ciphersuite> Ceremony<C> {
                 "its complaint reveals a round-2 package member {accused} never signed"
             ));
         }
-        let commitment = self
-            .seen
-            .get(&accused)
-            .and_then(|s| round1::Package::<C>::deserialize(&s.package).ok())
-            .map(|p| p.commitment().clone());
-        let share = round2::Package::<C>::deserialize(package).ok();
-        let valid = match (commitment, share, ident::<C>(complainer)) {
-            (Some(commitment), Some(share), Ok(id)) => {
-                SecretShare::new(id, *share.signing_share(), commitment)
-                    .verify()
-                    .is_ok()
-            }
-            // The accused signed a package that does not decode.
-            _ => false,
-        };
-        if valid {
+        if self.share_is_valid(accused, complainer, package) {
             complainer_lied(format!(
                 "complained about a valid round-2 share from member {accused}"
             ))
         } else {
             DkgError::InvalidShare { member: accused }
+        }
+    }
+
+    /// Whether `package` (from `from` to `to`) holds a share that matches
+    /// `from`'s round-1 commitment; an undecodable package does not.
+    fn share_is_valid(&self, from: u16, to: u16, package: &[u8]) -> bool {
+        let commitment = self
+            .seen
+            .get(&from)
+            .and_then(|s| round1::Package::<C>::deserialize(&s.package).ok())
+            .map(|p| p.commitment().clone());
+        let share = round2::Package::<C>::deserialize(package).ok();
+        match (commitment, share, ident::<C>(to)) {
+            (Some(commitment), Some(share), Ok(id)) => {
+                let commitment = match self.mode {
+                    Mode::Dkg => commitment,
+                    // A refresh deals a sharing of zero: its round-1
+                    // commitment leaves out the constant term, the identity
+                    // (frost-core's refresh puts it back the same way).
+                    Mode::Refresh { .. } => VerifiableSecretSharingCommitment::new(
+                        std::iter::once(CoefficientCommitment::new(C::Group::identity()))
+                            .chain(commitment.coefficients().iter().copied())
+                            .collect(),
+                    ),
+                };
+                SecretShare::new(id, *share.signing_share(), commitment)
+                    .verify()
+                    .is_ok()
+            }
+            _ => false,
         }
     }
 
@@ -515,8 +577,11 @@ impl<C: Ciphersuite> Ceremony<C> {
                     .secret1
                     .clone()
                     .ok_or_else(|| DkgError::Frost("round 2 before round 1".into()))?;
-                let (s2, out) =
-                    part2(secret1, &r1).map_err(|e| self.frost_err(e, Phase::Round1))?;
+                let (s2, out) = match self.mode {
+                    Mode::Dkg => part2(secret1, &r1),
+                    Mode::Refresh { .. } => refresh_dkg_part2(secret1, &r1),
+                }
+                .map_err(|e| self.frost_err(e, Phase::Round1))?;
                 for (id, pkg) in out {
                     let to = self.member_of(&id);
                     let package = pkg
@@ -557,10 +622,39 @@ impl<C: Ciphersuite> Ceremony<C> {
                     })?;
                 r2.insert(ident::<C>(i)?, pkg);
             }
-            let (kp, pkp) = match part3(s2, r1, &r2) {
+            // Every share checked here first: frost-core's refresh does not
+            // name the sender of a bad one.
+            let bad_share = self
+                .round2_in
+                .iter()
+                .find(|(from, (package, _))| !self.share_is_valid(**from, self.me, package))
+                .map(|(from, _)| *from);
+            let keys = match (bad_share, &self.mode) {
+                (Some(member), _) => Err(DkgError::InvalidShare { member }),
+                (None, Mode::Dkg) => {
+                    part3(s2, r1, &r2).map_err(|e| self.frost_err(e, Phase::Round2))
+                }
+                (
+                    None,
+                    Mode::Refresh {
+                        key_package,
+                        public_key_package,
+                    },
+                ) => {
+                    refresh_dkg_shares(s2, r1, &r2, public_key_package.clone(), key_package.clone())
+                        .map_err(|e| self.frost_err(e, Phase::Round2))
+                        .and_then(|(kp, pkp)| {
+                            if pkp.verifying_key() == public_key_package.verifying_key() {
+                                Ok((kp, pkp))
+                            } else {
+                                Err(DkgError::Frost("the refresh changed the group key".into()))
+                            }
+                        })
+                }
+            };
+            let (kp, pkp) = match keys {
                 Ok(keys) => keys,
-                Err(e) => {
-                    let err = self.frost_err(e, Phase::Round2);
+                Err(err) => {
                     // A bad share: reveal it, signed by its sender, so every
                     // member can check it and blame the sender too.
                     if let DkgError::InvalidShare { member } = err

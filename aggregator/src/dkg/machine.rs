@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::ceremony::{Ceremony, Effect};
+use super::ceremony::{Ceremony, Effect, Mode};
 use super::wire::{DkgMessage, SessionId, session_id, sha3};
 use super::{
-    DkgConfig, DkgError, DkgResult, Ed, Evm, IdentitySigner, Input, Output, Phase,
+    DkgConfig, DkgError, DkgResult, Ed, Evm, IdentitySigner, Input, Output, Phase, RefreshKeys,
     STASH_PER_MEMBER, suite_label,
 };
 use crate::report::{Suite, TimestampMs};
@@ -55,6 +55,8 @@ pub struct DkgStats {
 /// One member's DKG: every suite's ceremony, one after the other.
 pub struct Dkg {
     config: DkgConfig,
+    /// A refresh: the keys whose shares are renewed (else a new key).
+    refresh: Option<RefreshKeys>,
     signer: Box<dyn IdentitySigner>,
     others: BTreeSet<u16>,
     status: Status,
@@ -109,6 +111,7 @@ impl Dkg {
             .collect();
         Ok(Self {
             config,
+            refresh: None,
             signer,
             others,
             status: Status::NotStarted,
@@ -126,6 +129,36 @@ impl Dkg {
             last_resend: BTreeMap::new(),
             stats: DkgStats::default(),
         })
+    }
+
+    /// A proactive refresh instead of a new key: the same ceremony over
+    /// frost-core's `refresh_dkg_*`, giving every member a new share of the
+    /// group key `keys` holds (for every suite of `config`). Old shares and
+    /// new shares do not mix: fewer than `t` old shares plus any new ones
+    /// sign nothing.
+    pub fn refresh(
+        config: DkgConfig,
+        signer: Box<dyn IdentitySigner>,
+        keys: RefreshKeys,
+    ) -> Result<Self, DkgError> {
+        for suite in &config.suites {
+            let held = match suite {
+                Suite::Ed25519 => keys.ed25519.is_some(),
+                Suite::Secp256k1Evm => keys.secp256k1_evm.is_some(),
+            };
+            if !held {
+                return Err(DkgError::Params(format!(
+                    "no key package of suite {} to refresh",
+                    match suite {
+                        Suite::Ed25519 => suite_label::<Ed>(),
+                        Suite::Secp256k1Evm => suite_label::<Evm>(),
+                    }
+                )));
+            }
+        }
+        let mut m = Self::new(config, signer)?;
+        m.refresh = Some(keys);
+        Ok(m)
     }
 
     /// This member's index.
@@ -289,10 +322,25 @@ impl Dkg {
     /// one place it is derived. What members sign is bound to the run
     /// (every member's fresh nonce, [`super::run_session`]), in the ceremony.
     fn session_of(&self, suite: Suite) -> SessionId {
-        match suite {
+        let base = match suite {
             Suite::Ed25519 => session_id::<Ed>(&self.config.digest),
             Suite::Secp256k1Evm => session_id::<Evm>(&self.config.digest),
-        }
+        };
+        // A refresh of a group key is its own session: its messages never
+        // mix with a DKG's or another key's refresh.
+        let group_key = match (&self.refresh, suite) {
+            (None, _) => return base,
+            (Some(k), Suite::Ed25519) => k.ed25519.as_ref().map(|(_, p)| super::group_key_hex(p)),
+            (Some(k), Suite::Secp256k1Evm) => k
+                .secp256k1_evm
+                .as_ref()
+                .map(|(_, p)| super::group_key_hex(p)),
+        };
+        sha3(&[
+            b"sibyl-refresh-session-v1",
+            &base,
+            group_key.unwrap_or_default().as_bytes(),
+        ])
     }
 
     /// Enter the connect phase of suite `self.suite`.
@@ -305,14 +353,32 @@ impl Dkg {
         let members = self.config.members.clone();
         let session = self.session_of(suite);
         let (current, label) = match suite {
-            Suite::Ed25519 => (
-                Current::Ed(Ceremony::new(session, me, t, members)?),
-                suite_label::<Ed>(),
-            ),
-            Suite::Secp256k1Evm => (
-                Current::Evm(Ceremony::new(session, me, t, members)?),
-                suite_label::<Evm>(),
-            ),
+            Suite::Ed25519 => {
+                let mode = match self.refresh.as_ref().and_then(|k| k.ed25519.clone()) {
+                    Some((key_package, public_key_package)) => Mode::Refresh {
+                        key_package,
+                        public_key_package,
+                    },
+                    None => Mode::Dkg,
+                };
+                (
+                    Current::Ed(Ceremony::new(session, me, t, members, mode)?),
+                    suite_label::<Ed>(),
+                )
+            }
+            Suite::Secp256k1Evm => {
+                let mode = match self.refresh.as_ref().and_then(|k| k.secp256k1_evm.clone()) {
+                    Some((key_package, public_key_package)) => Mode::Refresh {
+                        key_package,
+                        public_key_package,
+                    },
+                    None => Mode::Dkg,
+                };
+                (
+                    Current::Evm(Ceremony::new(session, me, t, members, mode)?),
+                    suite_label::<Evm>(),
+                )
+            }
         };
         self.current = Some((session, current));
         self.deadline = now

@@ -273,6 +273,29 @@ impl DkgResult {
     }
 }
 
+/// The keys a member holds now, per suite, for a refresh
+/// ([`Dkg::refresh`]). Its `Debug` shows only the group keys.
+#[derive(Clone, Default)]
+pub struct RefreshKeys {
+    pub ed25519: Option<(KeyPackage<Ed>, PublicKeyPackage<Ed>)>,
+    pub secp256k1_evm: Option<(KeyPackage<Evm>, PublicKeyPackage<Evm>)>,
+}
+
+impl std::fmt::Debug for RefreshKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshKeys")
+            .field(
+                "ed25519",
+                &self.ed25519.as_ref().map(|(_, p)| group_key_hex(p)),
+            )
+            .field(
+                "secp256k1_evm",
+                &self.secp256k1_evm.as_ref().map(|(_, p)| group_key_hex(p)),
+            )
+            .finish()
+    }
+}
+
 /// The name of suite `C` in progress lines.
 pub(crate) fn suite_label<C: Ciphersuite>() -> &'static str {
     if C::ID == Ed::ID {

@@ -630,3 +630,214 @@ fn two_runs_have_different_run_sessions_and_both_finish() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Proactive refresh: after a DKG, the same committee refreshes with
+/// `Dkg::refresh`. Every member gets a new share of the same group key;
+/// `t` new shares sign; `t` old shares still interpolate to the secret
+/// (which is why old shares are erased), but `t - 1` old shares plus a new
+/// one do not, in any mix: an attacker holding fewer than `t` old shares
+/// gains nothing from new ones.
+#[test]
+fn a_refresh_keeps_the_group_key_and_old_and_new_shares_do_not_mix() {
+    let suites = [Suite::Ed25519, Suite::Secp256k1Evm];
+    let mut rngs: BTreeMap<u16, ChaCha20Rng> = (1..=4u16)
+        .map(|i| (i, ChaCha20Rng::seed_from_u64(u64::from(i) + 60)))
+        .collect();
+    let old = run_instantly(&mut machines(4, 3, &suites), &mut rngs);
+    let old: BTreeMap<u16, Box<DkgResult>> =
+        old.into_iter().map(|(i, r)| (i, r.expect("dkg"))).collect();
+    let keys = self::keys(4);
+    let members: BTreeMap<u16, VerifyingKey> =
+        keys.iter().map(|(i, k)| (*i, k.verifying_key())).collect();
+    let mut refreshing: BTreeMap<u16, Dkg> = keys
+        .iter()
+        .map(|(&i, k)| {
+            let r = &old[&i];
+            let held = RefreshKeys {
+                ed25519: r
+                    .ed25519
+                    .as_ref()
+                    .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+                secp256k1_evm: r
+                    .secp256k1_evm
+                    .as_ref()
+                    .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+            };
+            let config = DkgConfig {
+                digest: ConfigDigest([5; 32]),
+                threshold: 3,
+                me: i,
+                members: members.clone(),
+                suites: suites.to_vec(),
+                timeout_ms: 60_000,
+                total_timeout_ms: None,
+                resend_interval_ms: 1_000,
+            };
+            (
+                i,
+                Dkg::refresh(config, Box::new(k.clone()), held).expect("refresh config"),
+            )
+        })
+        .collect();
+    let new = run_instantly(&mut refreshing, &mut rngs);
+    let new: BTreeMap<u16, Box<DkgResult>> = new
+        .into_iter()
+        .map(|(i, r)| (i, r.expect("refresh")))
+        .collect();
+    assert_eq!(new.len(), 4);
+    for i in 1..=4u16 {
+        assert_eq!(new[&i].group_keys(), old[&1].group_keys(), "member {i}");
+        assert_ne!(
+            new[&i]
+                .ed25519
+                .as_ref()
+                .expect("ed")
+                .key_package
+                .signing_share(),
+            old[&i]
+                .ed25519
+                .as_ref()
+                .expect("ed")
+                .key_package
+                .signing_share()
+        );
+    }
+    fn check<C: frost_core::Ciphersuite>(
+        old: &[&frost_core::keys::KeyPackage<C>],
+        new: &[&frost_core::keys::KeyPackage<C>],
+        group: &frost_core::VerifyingKey<C>,
+    ) {
+        let key_of = |kps: Vec<frost_core::keys::KeyPackage<C>>| {
+            frost_core::keys::reconstruct(&kps)
+                .map(|k| frost_core::VerifyingKey::from(&k))
+                .expect("interpolates")
+        };
+        let all = |v: &[&frost_core::keys::KeyPackage<C>]| v.iter().map(|k| (*k).clone()).collect();
+        assert_eq!(key_of(all(&new[..3])), *group, "t new shares");
+        assert_eq!(key_of(all(&old[..3])), *group, "t old shares");
+        // Every mix of t - 1 = 2 old shares and one new share of another member.
+        for a in 0..4 {
+            for b in (a + 1)..4 {
+                for c in (0..4).filter(|c| *c != a && *c != b) {
+                    let mix = vec![old[a].clone(), old[b].clone(), new[c].clone()];
+                    assert_ne!(key_of(mix), *group, "old {a} {b} + new {c}");
+                }
+            }
+        }
+    }
+    let ed = |r: &BTreeMap<u16, Box<DkgResult>>| -> Vec<_> {
+        (1..=4u16)
+            .map(|i| r[&i].ed25519.as_ref().expect("ed").key_package.clone())
+            .collect()
+    };
+    let evm = |r: &BTreeMap<u16, Box<DkgResult>>| -> Vec<_> {
+        (1..=4u16)
+            .map(|i| {
+                r[&i]
+                    .secp256k1_evm
+                    .as_ref()
+                    .expect("evm")
+                    .key_package
+                    .clone()
+            })
+            .collect()
+    };
+    let (old_ed, new_ed) = (ed(&old), ed(&new));
+    check(
+        &old_ed.iter().collect::<Vec<_>>(),
+        &new_ed.iter().collect::<Vec<_>>(),
+        old[&1]
+            .ed25519
+            .as_ref()
+            .expect("ed")
+            .public_key_package
+            .verifying_key(),
+    );
+    let (old_evm, new_evm) = (evm(&old), evm(&new));
+    check(
+        &old_evm.iter().collect::<Vec<_>>(),
+        &new_evm.iter().collect::<Vec<_>>(),
+        old[&1]
+            .secp256k1_evm
+            .as_ref()
+            .expect("evm")
+            .public_key_package
+            .verifying_key(),
+    );
+    // t new shares produce a FROST signature that verifies under the group key.
+    let pkp = &new[&1].ed25519.as_ref().expect("ed").public_key_package;
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for kp in &new_ed[..3] {
+        let (n, c) = frost_core::round1::commit(kp.signing_share(), &mut rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let sp = frost_core::SigningPackage::new(commitments, b"refreshed");
+    let shares: BTreeMap<_, _> = new_ed[..3]
+        .iter()
+        .map(|kp| {
+            (
+                *kp.identifier(),
+                frost_core::round2::sign(&sp, &nonces[kp.identifier()], kp).expect("sign"),
+            )
+        })
+        .collect();
+    let sig = frost_core::aggregate(&sp, &shares, pkp).expect("aggregate");
+    assert!(pkp.verifying_key().verify(b"refreshed", &sig).is_ok());
+}
+
+#[test]
+fn a_refresh_refuses_keys_that_do_not_fit_the_committee() {
+    let mut rngs: BTreeMap<u16, ChaCha20Rng> = (1..=3u16)
+        .map(|i| (i, ChaCha20Rng::seed_from_u64(u64::from(i))))
+        .collect();
+    let old = run_instantly(&mut machines(3, 2, &[Suite::Ed25519]), &mut rngs);
+    let r = old[&2].as_ref().expect("dkg");
+    let k = keys(3);
+    let members: BTreeMap<u16, VerifyingKey> =
+        k.iter().map(|(i, k)| (*i, k.verifying_key())).collect();
+    let config = |me, t| DkgConfig {
+        digest: ConfigDigest([5; 32]),
+        threshold: t,
+        me,
+        members: members.clone(),
+        suites: vec![Suite::Ed25519],
+        timeout_ms: 1_000,
+        total_timeout_ms: None,
+        resend_interval_ms: 100,
+    };
+    let held = RefreshKeys {
+        ed25519: r
+            .ed25519
+            .as_ref()
+            .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+        secp256k1_evm: None,
+    };
+    let start = |mut m: Dkg| {
+        let out = m.handle(
+            0,
+            Input::Start {
+                connected: BTreeSet::new(),
+            },
+            &mut ChaCha20Rng::seed_from_u64(1),
+        );
+        out.into_iter()
+            .any(|o| matches!(o, Output::Failed(DkgError::Params(_))))
+    };
+    // Member 1 with member 2's key package; a different threshold.
+    assert!(start(
+        Dkg::refresh(config(1, 2), Box::new(k[&1].clone()), held.clone()).expect("machine")
+    ));
+    assert!(start(
+        Dkg::refresh(config(2, 3), Box::new(k[&2].clone()), held.clone()).expect("machine")
+    ));
+    // No key of a suite to refresh.
+    let mut both = config(2, 2);
+    both.suites.push(Suite::Secp256k1Evm);
+    assert!(matches!(
+        Dkg::refresh(both, Box::new(k[&2].clone()), held),
+        Err(DkgError::Params(_))
+    ));
+}
