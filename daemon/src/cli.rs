@@ -58,6 +58,12 @@ pub enum Command {
         after_help = "Example:\n  sibyl dkg --config /etc/sibyl/node.toml\n\nEvery member runs it at about the same time; on success it prints the group key."
     )]
     Dkg(crate::cmd::dkg::DkgArgs),
+    /// Proactive refresh: every member gets a new share of the same group
+    /// key; old shares are erased once every member stored its new one.
+    #[command(
+        after_help = "Example:\n  sibyl refresh --config /etc/sibyl/node.toml\n\nEvery member runs it at about the same time, with the node stopped (docs/OPERATOR.md, \"Refreshing key shares\")."
+    )]
+    Refresh(crate::cmd::dkg::RefreshArgs),
     /// Inspect configuration files.
     #[command(after_help = "Example:\n  sibyl config check --config /etc/sibyl/node.toml")]
     #[command(subcommand)]
@@ -120,6 +126,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Verify(args) => crate::cmd::verify::run(args),
         Command::Devnet(args) => crate::cmd::devnet::run(args),
         Command::Dkg(args) => crate::cmd::dkg::command(args),
+        Command::Refresh(args) => crate::cmd::dkg::refresh_command(args),
         Command::Config(ConfigCommand::Check { config, keys }) => {
             crate::cmd::config::check_command(&config, keys)
         }

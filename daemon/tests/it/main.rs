@@ -17,4 +17,5 @@ mod ledger_move;
 mod margin_devnet;
 mod operator_guide;
 mod partition_netns;
+mod refresh_processes;
 mod sources_cli;
