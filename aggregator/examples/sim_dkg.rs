@@ -12,7 +12,8 @@
 //! cargo run --release -p sibyl-aggregator --example sim_dkg [SEEDS]
 //! ```
 //! `SIM_N=7` restricts n; `SIM_SUITES=both` runs Ed25519 then
-//! secp256k1-evm (default: Ed25519 only); `VERBOSE=1` prints each unsafe
+//! secp256k1-evm (default: Ed25519 only); `SIM_REFRESH=1` runs a proactive
+//! refresh of an honest DKG's keys under the faults; `VERBOSE=1` prints each unsafe
 //! or split seed. Exits 1 if any seed is unsafe.
 
 use sibyl_aggregator::Suite;
@@ -25,6 +26,7 @@ fn main() {
         .unwrap_or(100);
     let only_n: Option<u16> = std::env::var("SIM_N").ok().and_then(|v| v.parse().ok());
     let both = std::env::var("SIM_SUITES").is_ok_and(|v| v == "both");
+    let refresh = std::env::var_os("SIM_REFRESH").is_some();
     let verbose = std::env::var_os("VERBOSE").is_some();
     let mut rows: Vec<(String, Option<DkgFault>, u8)> = vec![
         ("none".into(), None, 0),
@@ -61,6 +63,7 @@ fn main() {
         for (name, fault, loss) in &rows {
             let mut cfg = DkgSimConfig::new(n, if fault.is_some() { f } else { 0 }, *fault);
             cfg.loss_percent = *loss;
+            cfg.refresh = refresh;
             if both {
                 cfg.suites = vec![Suite::Ed25519, Suite::Secp256k1Evm];
             }

@@ -404,6 +404,28 @@ impl<C: Ciphersuite> Ceremony<C> {
             }
             Some(_) => fx.push(Effect::Resend { to: from }),
             None => {
+                // A package it signed that cannot take part (it does not
+                // decode, or commits to a polynomial of the wrong degree: a
+                // refresh's leaves out the constant term) names its sender
+                // now; FROST would fail on it later without a culprit.
+                let want = match self.mode {
+                    Mode::Dkg => usize::from(self.threshold),
+                    Mode::Refresh { .. } => usize::from(self.threshold).saturating_sub(1),
+                };
+                let got = round1::Package::<C>::deserialize(&package)
+                    .map(|p| p.commitment().coefficients().len());
+                if got.as_ref().ok() != Some(&want) {
+                    return Err(DkgError::BadMessage {
+                        member: from,
+                        phase: Phase::Round1,
+                        reason: match got {
+                            Ok(n) => {
+                                format!("round-1 package commits to {n} coefficients, not {want}")
+                            }
+                            Err(e) => format!("round-1 package does not decode: {e}"),
+                        },
+                    });
+                }
                 self.seen.insert(
                     from,
                     Round1Seen {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand_core::{CryptoRng, RngCore};
 
 use super::ceremony::{Ceremony, Effect, Mode};
-use super::wire::{DkgMessage, SessionId, session_id, sha3};
+use super::wire::{DkgMessage, SessionId, refresh_session_id, session_id, sha3};
 use super::{
     DkgConfig, DkgError, DkgResult, Ed, Evm, IdentitySigner, Input, Output, Phase, RefreshKeys,
     STASH_PER_MEMBER, suite_label,
@@ -322,25 +322,24 @@ impl Dkg {
     /// one place it is derived. What members sign is bound to the run
     /// (every member's fresh nonce, [`super::run_session`]), in the ceremony.
     fn session_of(&self, suite: Suite) -> SessionId {
-        let base = match suite {
-            Suite::Ed25519 => session_id::<Ed>(&self.config.digest),
-            Suite::Secp256k1Evm => session_id::<Evm>(&self.config.digest),
-        };
-        // A refresh of a group key is its own session: its messages never
-        // mix with a DKG's or another key's refresh.
-        let group_key = match (&self.refresh, suite) {
-            (None, _) => return base,
-            (Some(k), Suite::Ed25519) => k.ed25519.as_ref().map(|(_, p)| super::group_key_hex(p)),
-            (Some(k), Suite::Secp256k1Evm) => k
-                .secp256k1_evm
-                .as_ref()
-                .map(|(_, p)| super::group_key_hex(p)),
-        };
-        sha3(&[
-            b"sibyl-refresh-session-v1",
-            &base,
-            group_key.unwrap_or_default().as_bytes(),
-        ])
+        match (&self.refresh, suite) {
+            (None, Suite::Ed25519) => session_id::<Ed>(&self.config.digest),
+            (None, Suite::Secp256k1Evm) => session_id::<Evm>(&self.config.digest),
+            (Some(k), Suite::Ed25519) => refresh_session_id::<Ed>(
+                &self.config.digest,
+                &k.ed25519
+                    .as_ref()
+                    .map(|(_, p)| super::group_key_hex(p))
+                    .unwrap_or_default(),
+            ),
+            (Some(k), Suite::Secp256k1Evm) => refresh_session_id::<Evm>(
+                &self.config.digest,
+                &k.secp256k1_evm
+                    .as_ref()
+                    .map(|(_, p)| super::group_key_hex(p))
+                    .unwrap_or_default(),
+            ),
+        }
     }
 
     /// Enter the connect phase of suite `self.suite`.

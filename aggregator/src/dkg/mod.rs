@@ -65,8 +65,8 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use crate::report::{ConfigDigest, Suite};
 pub use machine::{Dkg, DkgStats};
 pub use wire::{
-    DkgDecodeError, DkgMessage, EchoEntries, RunNonces, SessionId, round1_statement,
-    round2_statement, run_session, session_id,
+    DkgDecodeError, DkgMessage, EchoEntries, RunNonces, SessionId, refresh_session_id,
+    round1_statement, round2_statement, run_session, session_id,
 };
 
 type Ed = frost_ed25519::Ed25519Sha512;

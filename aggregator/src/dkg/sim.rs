@@ -34,7 +34,8 @@ use serde::Serialize;
 use sha3::{Digest, Sha3_256};
 
 use super::wire::{
-    DkgMessage, SessionId, round1_statement, round2_statement, run_session, session_id, sha3,
+    DkgMessage, SessionId, refresh_session_id, round1_statement, round2_statement, run_session,
+    session_id, sha3,
 };
 use super::{Dkg, DkgConfig, DkgError, IdentitySigner, Input, Output};
 use crate::report::{ConfigDigest, Suite, TimestampMs};
@@ -115,6 +116,9 @@ pub struct DkgSimConfig {
     /// How long a member that ended keeps answering repeats (the daemon
     /// lingers 3 resend intervals, then exits).
     pub linger_ms: u64,
+    /// Run a proactive refresh ([`Dkg::refresh`]) of the keys an honest
+    /// DKG on the same seed made, instead of a DKG; the faults apply to it.
+    pub refresh: bool,
 }
 
 impl DkgSimConfig {
@@ -133,6 +137,7 @@ impl DkgSimConfig {
             timeout_ms: 20_000,
             resend_interval_ms: 1_000,
             linger_ms: 3_000,
+            refresh: false,
         }
     }
 }
@@ -253,13 +258,44 @@ fn pick(rng: &mut ChaCha20Rng, from: &[u16], count: usize) -> BTreeSet<u16> {
 
 /// Run one ceremony on `seed`.
 pub fn run(cfg: &DkgSimConfig, seed: u64) -> DkgSimOutcome {
-    let mut sim = Sim::new(cfg.clone(), seed);
+    let held = if cfg.refresh {
+        // The keys to refresh: an honest DKG of the same committee.
+        let mut honest = cfg.clone();
+        honest.refresh = false;
+        honest.fault = None;
+        honest.faulty = 0;
+        honest.loss_percent = 0;
+        let mut sim = Sim::new(honest, seed, BTreeMap::new());
+        sim.run();
+        sim.nodes
+            .iter()
+            .filter_map(|(i, n)| match &n.outcome {
+                Some(Ok(r)) => Some((
+                    *i,
+                    super::RefreshKeys {
+                        ed25519: r
+                            .ed25519
+                            .as_ref()
+                            .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+                        secp256k1_evm: r
+                            .secp256k1_evm
+                            .as_ref()
+                            .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+                    },
+                )),
+                _ => None,
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let mut sim = Sim::new(cfg.clone(), seed, held);
     sim.run();
     sim.outcome(seed)
 }
 
 impl Sim {
-    fn new(cfg: DkgSimConfig, seed: u64) -> Self {
+    fn new(cfg: DkgSimConfig, seed: u64, mut held: BTreeMap<u16, super::RefreshKeys>) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let members: Vec<u16> = (1..=cfg.nodes).collect();
         let keys: BTreeMap<u16, SigningKey> = members
@@ -290,12 +326,23 @@ impl Sim {
         let mut digest = [0u8; 32];
         rng.fill_bytes(&mut digest);
         let digest = ConfigDigest(digest);
+        let gk = |s: Suite| {
+            held.values().next().and_then(|k| match s {
+                Suite::Ed25519 => k.ed25519.as_ref().map(|(_, p)| super::group_key_hex(p)),
+                Suite::Secp256k1Evm => k
+                    .secp256k1_evm
+                    .as_ref()
+                    .map(|(_, p)| super::group_key_hex(p)),
+            })
+        };
         let sessions = cfg
             .suites
             .iter()
-            .map(|s| match s {
-                Suite::Ed25519 => (session_id::<Ed>(&digest), *s),
-                Suite::Secp256k1Evm => (session_id::<Evm>(&digest), *s),
+            .map(|s| match (s, gk(*s)) {
+                (Suite::Ed25519, None) => (session_id::<Ed>(&digest), *s),
+                (Suite::Secp256k1Evm, None) => (session_id::<Evm>(&digest), *s),
+                (Suite::Ed25519, Some(g)) => (refresh_session_id::<Ed>(&digest, &g), *s),
+                (Suite::Secp256k1Evm, Some(g)) => (refresh_session_id::<Evm>(&digest, &g), *s),
             })
             .collect();
         let verifying: BTreeMap<u16, ed25519_dalek::VerifyingKey> =
@@ -312,7 +359,11 @@ impl Sim {
                 total_timeout_ms: None,
                 resend_interval_ms: cfg.resend_interval_ms,
             };
-            let dkg = Dkg::new(config, Box::new(keys[&i].clone())).expect("valid config");
+            let dkg = match held.remove(&i) {
+                Some(k) => Dkg::refresh(config, Box::new(keys[&i].clone()), k),
+                None => Dkg::new(config, Box::new(keys[&i].clone())),
+            }
+            .expect("valid config");
             let node_rng = ChaCha20Rng::seed_from_u64(rng.next_u64());
             nodes.insert(
                 i,
@@ -588,10 +639,10 @@ impl Sim {
         if let Some(m) = self.forged_round1.get(&(from, session)) {
             return m.clone();
         }
-        let (n, t) = (self.cfg.nodes, self.cfg.threshold);
+        let (n, t, r) = (self.cfg.nodes, self.cfg.threshold, self.cfg.refresh);
         let package = match suite {
-            Suite::Ed25519 => forge_round1::<Ed>(from, n, t, bad_proof, &mut self.net_rng),
-            Suite::Secp256k1Evm => forge_round1::<Evm>(from, n, t, bad_proof, &mut self.net_rng),
+            Suite::Ed25519 => forge_round1::<Ed>(from, n, t, r, bad_proof, &mut self.net_rng),
+            Suite::Secp256k1Evm => forge_round1::<Evm>(from, n, t, r, bad_proof, &mut self.net_rng),
         };
         let hash = sha3(&[&package]);
         let run = run_session(&session, nonces);
@@ -733,13 +784,22 @@ fn forge_round1<C: Ciphersuite>(
     from: u16,
     n: u16,
     t: u16,
+    refresh: bool,
     bad_proof: bool,
     rng: &mut ChaCha20Rng,
 ) -> Vec<u8> {
     let id = Identifier::<C>::try_from(from).expect("member id");
-    let (_, a) = part1::<C, _>(id, n, t, &mut *rng).expect("part1");
+    let part1 = |rng: &mut ChaCha20Rng| {
+        if refresh {
+            frost_core::keys::refresh::refresh_dkg_part1::<C, _>(id, n, t, &mut *rng)
+        } else {
+            part1::<C, _>(id, n, t, &mut *rng)
+        }
+        .expect("part1")
+    };
+    let (_, a) = part1(rng);
     let pkg = if bad_proof {
-        let (_, b) = part1::<C, _>(id, n, t, &mut *rng).expect("part1");
+        let (_, b) = part1(rng);
         round1::Package::new(a.commitment().clone(), *b.proof_of_knowledge())
     } else {
         a
@@ -824,6 +884,37 @@ mod tests {
                         || matches!(r, MemberResult::Failed { error, .. } if error.contains("confirmation")),
                     "seed {seed}: {r:?}"
                 );
+            }
+        }
+    }
+
+    /// A refresh under every fault kind (n = 4 and 7): never an honest
+    /// member blamed; honest finishers keep the group key and sign.
+    #[test]
+    fn a_refresh_under_byzantine_members_blames_no_honest_one() {
+        for n in [4u16, 7] {
+            let f = (n - 1) / 3;
+            let mut honest = DkgSimConfig::new(n, 0, None);
+            honest.refresh = true;
+            let o = run(&honest, 1);
+            assert!(o.safe() && o.all_done, "{o:?}");
+            for fault in DkgFault::ALL {
+                let mut cfg = DkgSimConfig::new(n, f, Some(fault));
+                cfg.refresh = true;
+                for seed in 0..2 {
+                    let o = run(&cfg, seed);
+                    assert!(o.safe(), "refresh n={n} {fault:?} seed {seed}: {o:?}");
+                    if matches!(
+                        fault,
+                        DkgFault::Equivocate
+                            | DkgFault::Garbage
+                            | DkgFault::BadShares
+                            | DkgFault::Replay
+                            | DkgFault::FalseComplaint
+                    ) {
+                        assert!(o.all_failed, "refresh n={n} {fault:?} seed {seed}: {o:?}");
+                    }
+                }
             }
         }
     }

@@ -34,6 +34,20 @@ pub fn session_id<C: frost_core::Ciphersuite>(digest: &ConfigDigest) -> SessionI
     sha3(&[b"sibyl-dkg-session-v1", &digest.0, C::ID.as_bytes()])
 }
 
+/// A refresh's session id: the ceremony's ([`session_id`]) and the group key
+/// being refreshed (hex), so its messages never mix with a DKG's or with
+/// another key's refresh.
+pub fn refresh_session_id<C: frost_core::Ciphersuite>(
+    digest: &ConfigDigest,
+    group_key_hex: &str,
+) -> SessionId {
+    sha3(&[
+        b"sibyl-refresh-session-v1",
+        &session_id::<C>(digest),
+        group_key_hex.as_bytes(),
+    ])
+}
+
 /// Every member's nonce contribution to one run: member -> 32 random bytes.
 pub type RunNonces = BTreeMap<u16, [u8; 32]>;
 
