@@ -185,7 +185,12 @@ pub async fn run_refresh(
     let old = read_keys(keystore, &digest, passphrase, suites)?;
     let mut machine = refresh_machine(net, &params, suites, old)?;
     let mut rng = rand::rngs::OsRng;
-    let result = drive(net, &mut machine, Duration::ZERO, &mut progress, &mut rng).await?;
+    // Lingering after the end (as `sibyl dkg` does) delivers what a failed
+    // ceremony sent last, e.g. the echo or complaint that lets the others
+    // name the culprit too; "stored" messages that arrive meanwhile are
+    // sent again by their senders every interval.
+    let linger = linger_of(&params);
+    let result = drive(net, &mut machine, linger, &mut progress, &mut rng).await?;
     let new = keys_of(result);
     write_keys(&pending_keystore(keystore), &digest, &new, passphrase)?;
     let hash = outcome_hash(&new);

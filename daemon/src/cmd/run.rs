@@ -150,6 +150,17 @@ where
     let digest = committee.digest;
     let pass = sibyl_node::keystore::passphrase(&config)?;
     let keystore = Keystore::from_config(&config);
+    let pending = sibyl_node::refresh::pending_files(&keystore, &committee.suites);
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "a key refresh did not finish here ({} pending); this member's shares may not match the others'. Run `sibyl refresh --finish` if every other member switched, else `sibyl refresh --abandon` (docs/OPERATOR.md, \"Refreshing key shares\")",
+            pending
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let identity = keystore.read_identity(&pass)?;
     let peer_id = identity.public().to_peer_id();
     let me = committee

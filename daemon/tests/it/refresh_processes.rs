@@ -139,6 +139,31 @@ fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
             results[i]
         );
     }
+    // A member with pending files (a refresh that did not finish) does not
+    // start; `--abandon` drops them and keeps the old shares.
+    let keys_dir = configs[0].parent().expect("dir").join("keys");
+    std::fs::copy(
+        key_file(&configs[0]),
+        keys_dir.join("frost.pending.ed25519.key"),
+    )
+    .expect("fake pending file");
+    let log = c.dir.path().join("pending-run.log");
+    let mut refused = common::spawn(&configs[0], &log);
+    let status = refused.wait().expect("wait");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("a key refresh did not finish here"), "{text}");
+    let out = common::sibyl()
+        .args(["refresh", "--abandon", "--config"])
+        .arg(&configs[0])
+        .output()
+        .expect("abandon");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pending_files(&configs[0]).is_empty());
     // The committee signs with whatever it holds now.
     start_all(&mut c);
     reports_continue(&c);
