@@ -63,6 +63,12 @@ pub enum Command {
         after_help = "Example:\n  sibyl dkg --config /etc/sibyl/node.toml\n\nEvery member runs it at about the same time; on success it prints the group key."
     )]
     Dkg(crate::cmd::dkg::DkgArgs),
+    /// Proactive refresh: every member gets a new share of the same group
+    /// key; old shares are erased once every member stored its new one.
+    #[command(
+        after_help = "Example:\n  sibyl refresh --config /etc/sibyl/node.toml\n\nEvery member runs it at about the same time, with the node stopped (docs/OPERATOR.md, \"Refreshing key shares\")."
+    )]
+    Refresh(crate::cmd::dkg::RefreshArgs),
     /// Inspect configuration files.
     #[command(after_help = "Example:\n  sibyl config check --config /etc/sibyl/node.toml")]
     #[command(subcommand)]
@@ -84,6 +90,12 @@ pub enum Command {
         after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n\nExits non-zero and prints the first differing event if the replay diverges."
     )]
     Replay(crate::cmd::replay::ReplayArgs),
+    /// Move a member's signing and observation ledgers to a new host
+    /// (export, then import there) so it never signs a round twice.
+    #[command(
+        after_help = "Example:\n  old host: sibyl ledger export --config node.toml --out ledger.json\n  new host: sibyl ledger import --config node.toml ledger.json\n\nThe procedure: docs/OPERATOR.md, \"Moving a member to a new host\"."
+    )]
+    Ledger(crate::cmd::ledger::LedgerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,12 +132,14 @@ pub fn main() -> anyhow::Result<()> {
         Command::Devnet(args) => crate::cmd::devnet::run(args),
         Command::Gateway(args) => crate::cmd::gateway::run(args),
         Command::Dkg(args) => crate::cmd::dkg::command(args),
+        Command::Refresh(args) => crate::cmd::dkg::refresh_command(args),
         Command::Config(ConfigCommand::Check { config, keys }) => {
             crate::cmd::config::check_command(&config, keys)
         }
         Command::Simulate(args) => crate::cmd::simulate::run(args),
         Command::Replay(args) => crate::cmd::replay::run(args),
         Command::Rotation(args) => crate::cmd::rotation::run(args),
+        Command::Ledger(args) => crate::cmd::ledger::run(args),
     }
 }
 

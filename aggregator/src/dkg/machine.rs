@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::ceremony::{Ceremony, Effect};
-use super::wire::{DkgMessage, SessionId, session_id};
+use super::ceremony::{Ceremony, Effect, Mode};
+use super::wire::{DkgMessage, SessionId, refresh_session_id, session_id, sha3};
 use super::{
-    DkgConfig, DkgError, DkgResult, Ed, Evm, IdentitySigner, Input, Output, Phase,
+    DkgConfig, DkgError, DkgResult, Ed, Evm, IdentitySigner, Input, Output, Phase, RefreshKeys,
     STASH_PER_MEMBER, suite_label,
 };
 use crate::report::{Suite, TimestampMs};
@@ -55,6 +55,8 @@ pub struct DkgStats {
 /// One member's DKG: every suite's ceremony, one after the other.
 pub struct Dkg {
     config: DkgConfig,
+    /// A refresh: the keys whose shares are renewed (else a new key).
+    refresh: Option<RefreshKeys>,
     signer: Box<dyn IdentitySigner>,
     others: BTreeSet<u16>,
     status: Status,
@@ -72,6 +74,9 @@ pub struct Dkg {
     /// Messages of sessions not reached yet, per session, decoded.
     stash: BTreeMap<SessionId, Vec<(u16, DkgMessage)>>,
     stash_count: BTreeMap<u16, usize>,
+    /// (session, sender, SHA3 of the bytes) of every stashed message: a
+    /// repeat is found without scanning the stash.
+    stash_index: BTreeSet<(SessionId, u16, [u8; 32])>,
     /// Everything sent, per session and member, for re-sending.
     outbox: BTreeMap<SessionId, BTreeMap<u16, Vec<Vec<u8>>>>,
     last_resend: BTreeMap<(SessionId, u16), TimestampMs>,
@@ -106,6 +111,7 @@ impl Dkg {
             .collect();
         Ok(Self {
             config,
+            refresh: None,
             signer,
             others,
             status: Status::NotStarted,
@@ -118,10 +124,41 @@ impl Dkg {
             resend_due: 0,
             stash: BTreeMap::new(),
             stash_count: BTreeMap::new(),
+            stash_index: BTreeSet::new(),
             outbox: BTreeMap::new(),
             last_resend: BTreeMap::new(),
             stats: DkgStats::default(),
         })
+    }
+
+    /// A proactive refresh instead of a new key: the same ceremony over
+    /// frost-core's `refresh_dkg_*`, giving every member a new share of the
+    /// group key `keys` holds (for every suite of `config`). Old shares and
+    /// new shares do not mix: fewer than `t` old shares plus any new ones
+    /// sign nothing.
+    pub fn refresh(
+        config: DkgConfig,
+        signer: Box<dyn IdentitySigner>,
+        keys: RefreshKeys,
+    ) -> Result<Self, DkgError> {
+        for suite in &config.suites {
+            let held = match suite {
+                Suite::Ed25519 => keys.ed25519.is_some(),
+                Suite::Secp256k1Evm => keys.secp256k1_evm.is_some(),
+            };
+            if !held {
+                return Err(DkgError::Params(format!(
+                    "no key package of suite {} to refresh",
+                    match suite {
+                        Suite::Ed25519 => suite_label::<Ed>(),
+                        Suite::Secp256k1Evm => suite_label::<Evm>(),
+                    }
+                )));
+            }
+        }
+        let mut m = Self::new(config, signer)?;
+        m.refresh = Some(keys);
+        Ok(m)
     }
 
     /// This member's index.
@@ -234,7 +271,7 @@ impl Dkg {
                     // A straggler of a ceremony we finished: it lacks our messages.
                     self.resend(now, session, from, out);
                 } else {
-                    self.stash_message(session, from, msg);
+                    self.stash_message(session, from, msg, sha3(&[&bytes]));
                 }
             }
             Input::Tick => {}
@@ -281,13 +318,27 @@ impl Dkg {
         Ok(())
     }
 
-    /// The session id of `suite`'s ceremony: the one place it is derived.
-    /// Issue 17's per-run nonce joins here (a `DkgConfig` field passed on to
-    /// [`session_id`]); messages, round-1 signatures and the stash follow.
+    /// The session id of `suite`'s ceremony (message headers, the stash): the
+    /// one place it is derived. What members sign is bound to the run
+    /// (every member's fresh nonce, [`super::run_session`]), in the ceremony.
     fn session_of(&self, suite: Suite) -> SessionId {
-        match suite {
-            Suite::Ed25519 => session_id::<Ed>(&self.config.digest),
-            Suite::Secp256k1Evm => session_id::<Evm>(&self.config.digest),
+        match (&self.refresh, suite) {
+            (None, Suite::Ed25519) => session_id::<Ed>(&self.config.digest),
+            (None, Suite::Secp256k1Evm) => session_id::<Evm>(&self.config.digest),
+            (Some(k), Suite::Ed25519) => refresh_session_id::<Ed>(
+                &self.config.digest,
+                &k.ed25519
+                    .as_ref()
+                    .map(|(_, p)| super::group_key_hex(p))
+                    .unwrap_or_default(),
+            ),
+            (Some(k), Suite::Secp256k1Evm) => refresh_session_id::<Evm>(
+                &self.config.digest,
+                &k.secp256k1_evm
+                    .as_ref()
+                    .map(|(_, p)| super::group_key_hex(p))
+                    .unwrap_or_default(),
+            ),
         }
     }
 
@@ -301,14 +352,32 @@ impl Dkg {
         let members = self.config.members.clone();
         let session = self.session_of(suite);
         let (current, label) = match suite {
-            Suite::Ed25519 => (
-                Current::Ed(Ceremony::new(session, me, t, members)?),
-                suite_label::<Ed>(),
-            ),
-            Suite::Secp256k1Evm => (
-                Current::Evm(Ceremony::new(session, me, t, members)?),
-                suite_label::<Evm>(),
-            ),
+            Suite::Ed25519 => {
+                let mode = match self.refresh.as_ref().and_then(|k| k.ed25519.clone()) {
+                    Some((key_package, public_key_package)) => Mode::Refresh {
+                        key_package,
+                        public_key_package,
+                    },
+                    None => Mode::Dkg,
+                };
+                (
+                    Current::Ed(Ceremony::new(session, me, t, members, mode)?),
+                    suite_label::<Ed>(),
+                )
+            }
+            Suite::Secp256k1Evm => {
+                let mode = match self.refresh.as_ref().and_then(|k| k.secp256k1_evm.clone()) {
+                    Some((key_package, public_key_package)) => Mode::Refresh {
+                        key_package,
+                        public_key_package,
+                    },
+                    None => Mode::Dkg,
+                };
+                (
+                    Current::Evm(Ceremony::new(session, me, t, members, mode)?),
+                    suite_label::<Evm>(),
+                )
+            }
         };
         self.current = Some((session, current));
         self.deadline = now
@@ -331,14 +400,15 @@ impl Dkg {
     ) -> Result<(), DkgError> {
         let mut fx = Vec::new();
         let (session, started) = match &mut self.current {
-            Some((s, Current::Ed(c))) => (*s, c.start(rng, self.signer.as_ref(), &mut fx)),
-            Some((s, Current::Evm(c))) => (*s, c.start(rng, self.signer.as_ref(), &mut fx)),
+            Some((s, Current::Ed(c))) => (*s, c.start(rng, &mut fx)),
+            Some((s, Current::Evm(c))) => (*s, c.start(rng, &mut fx)),
             None => return Ok(()),
         };
         self.resend_due = now.saturating_add(self.config.resend_interval_ms);
         self.apply(now, session, fx, out);
         started?;
         let held = self.stash.remove(&session).unwrap_or_default();
+        self.stash_index.retain(|(s, _, _)| *s != session);
         for (from, _) in &held {
             if let Some(c) = self.stash_count.get_mut(from) {
                 *c = c.saturating_sub(1);
@@ -372,14 +442,15 @@ impl Dkg {
             return Ok(());
         };
         let session = *session;
+        let signer = self.signer.as_ref();
         let step = match current {
             Current::Ed(c) => c
                 .receive(from, msg, &mut fx)
-                .and_then(|()| c.advance(&mut fx))
+                .and_then(|()| c.advance(signer, &mut fx))
                 .map(|o| o.map(|o| self.result.ed25519 = Some(o))),
             Current::Evm(c) => c
                 .receive(from, msg, &mut fx)
-                .and_then(|()| c.advance(&mut fx))
+                .and_then(|()| c.advance(signer, &mut fx))
                 .map(|o| o.map(|o| self.result.secp256k1_evm = Some(o))),
         };
         // What the ceremony sent before an error still goes out (e.g. the echo
@@ -451,9 +522,8 @@ impl Dkg {
         }
     }
 
-    fn stash_message(&mut self, session: SessionId, from: u16, msg: DkgMessage) {
-        let held = self.stash.entry(session).or_default();
-        if held.iter().any(|(f, m)| *f == from && *m == msg) {
+    fn stash_message(&mut self, session: SessionId, from: u16, msg: DkgMessage, hash: [u8; 32]) {
+        if self.stash_index.contains(&(session, from, hash)) {
             return;
         }
         let count = self.stash_count.entry(from).or_default();
@@ -462,7 +532,8 @@ impl Dkg {
             return;
         }
         *count += 1;
-        held.push((from, msg));
+        self.stash_index.insert((session, from, hash));
+        self.stash.entry(session).or_default().push((from, msg));
         self.stats.stashed += 1;
     }
 }

@@ -12,17 +12,24 @@
 //!  Tick ──────────────┘      └────────────┘    └──► Failed(DkgError: culprit, evidence)
 //!                    (now_ms and rng passed in; next_wake() says when to Tick)
 //!
-//!  per suite:  connect ─► round 1 ─────────► echo ──────────────► round 2 ─────────► done
-//!                        part1; package +    hash + sender's       part2; one package  part3; every member
-//!                        identity signature  signature of every    per member, point   confirms the same
-//!                        to every member     round-1 package seen  to point            public key package
+//!  per suite:  connect ─► nonce ─► round 1 ─────────► echo ──────────────► round 2 ──────────► done
+//!                        fresh   part1; package +    hash + sender's       part2; one signed    part3; every member
+//!                        random  identity signature  signature of every    package per member,  confirms the same
+//!                        to all  to every member     round-1 package seen  point to point       public key package
 //! ```
 //!
-//! Round-1 packages are signed by their sender's identity key, and every member
-//! echoes what it received. A member that sent two different packages has
+//! Each suite's run begins with every member's fresh random nonce; the run
+//! session ([`run_session`]) hashes them all, and round-1 and round-2
+//! signatures cover it, so nothing signed in an earlier run verifies in this
+//! one (a replayed echo blames whoever replays it). Round-1 packages are
+//! signed by their sender's identity key, and every member echoes what it
+//! received. A member that sent two different packages has
 //! signed both, so the mismatch is proof ([`EquivocationProof`]) and names it;
 //! an echo with a bad signature names the member who echoed it. `part2`/`part3`
-//! failures name their culprit (FROST cheater detection). Undecodable bytes
+//! failures name their culprit (FROST cheater detection); round-2 packages
+//! are signed, so a member that receives a bad share reveals it to everyone
+//! (a complaint) and every member checks it against the sender's commitment
+//! and blames the sender, or the complainer if the share was good. Undecodable bytes
 //! name their sender (the transport authenticates it). The suites run one
 //! after the other; [`Output::Done`] comes only when every suite's ceremony
 //! finished and all members confirmed the same result.
@@ -57,15 +64,18 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 
 use crate::report::{ConfigDigest, Suite};
 pub use machine::{Dkg, DkgStats};
-pub use wire::{DkgDecodeError, DkgMessage, EchoEntries, SessionId, round1_statement, session_id};
+pub use wire::{
+    DkgDecodeError, DkgMessage, EchoEntries, RunNonces, SessionId, refresh_session_id,
+    round1_statement, round2_statement, run_session, session_id,
+};
 
 type Ed = frost_ed25519::Ed25519Sha512;
 type Evm = frost_secp256k1_evm::Secp256K1Keccak256;
 
 /// Stash cap: at most 16 distinct messages per sender are kept for sessions
-/// this member has not reached. An honest member sends at most 4 distinct
-/// messages per suite (round 1, echo, round 2, confirmation), so 16 holds four
-/// ceremonies ahead; a member flooding other sessions fills only its own
+/// this member has not reached. An honest member sends at most 6 distinct
+/// messages per suite to one member (nonce, round 1, echo, round 2,
+/// confirmation, a complaint), so 16 holds two ceremonies ahead; a member flooding other sessions fills only its own
 /// slots, and the stash stays below `16 × n` messages.
 pub const STASH_PER_MEMBER: usize = 16;
 
@@ -73,6 +83,8 @@ pub const STASH_PER_MEMBER: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Connect,
+    /// Every member's fresh nonce for this run.
+    Nonce,
     Round1,
     Echo,
     Round2,
@@ -83,6 +95,7 @@ impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Phase::Connect => "connect",
+            Phase::Nonce => "nonce",
             Phase::Round1 => "round 1",
             Phase::Echo => "echo",
             Phase::Round2 => "round 2",
@@ -132,6 +145,10 @@ pub enum DkgError {
     InvalidProof { member: u16 },
     #[error("member {member} sent a round-2 secret share that does not match its commitment")]
     InvalidShare { member: u16 },
+    #[error(
+        "member {member} gave member {relayed_by} a different run nonce than it gave us (or member {relayed_by} misreports it); one of the two is faulty: rerun, and if it repeats, look at both"
+    )]
+    NonceConflict { member: u16, relayed_by: u16 },
     #[error("member {member} finished with a different public key package")]
     Mismatch { member: u16 },
     #[error(
@@ -154,6 +171,16 @@ impl DkgError {
             | DkgError::InvalidShare { member }
             | DkgError::Mismatch { member } => Some(*member),
             _ => None,
+        }
+    }
+
+    /// The members this error points at without proof: the culprit, both
+    /// members of a nonce conflict, or whom a timeout still waited for.
+    pub fn suspects(&self) -> Vec<u16> {
+        match self {
+            DkgError::NonceConflict { member, relayed_by } => vec![*member, *relayed_by],
+            DkgError::Timeout { missing, .. } => missing.clone(),
+            e => e.culprit().into_iter().collect(),
         }
     }
 }
@@ -243,6 +270,29 @@ impl DkgResult {
             out.insert(Suite::Secp256k1Evm, o.group_key_hex());
         }
         out
+    }
+}
+
+/// The keys a member holds now, per suite, for a refresh
+/// ([`Dkg::refresh`]). Its `Debug` shows only the group keys.
+#[derive(Clone, Default)]
+pub struct RefreshKeys {
+    pub ed25519: Option<(KeyPackage<Ed>, PublicKeyPackage<Ed>)>,
+    pub secp256k1_evm: Option<(KeyPackage<Evm>, PublicKeyPackage<Evm>)>,
+}
+
+impl std::fmt::Debug for RefreshKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshKeys")
+            .field(
+                "ed25519",
+                &self.ed25519.as_ref().map(|(_, p)| group_key_hex(p)),
+            )
+            .field(
+                "secp256k1_evm",
+                &self.secp256k1_evm.as_ref().map(|(_, p)| group_key_hex(p)),
+            )
+            .finish()
     }
 }
 

@@ -33,7 +33,10 @@ use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use sha3::{Digest, Sha3_256};
 
-use super::wire::{DkgMessage, SessionId, round1_statement, session_id, sha3};
+use super::wire::{
+    DkgMessage, SessionId, refresh_session_id, round1_statement, round2_statement, run_session,
+    session_id, sha3,
+};
 use super::{Dkg, DkgConfig, DkgError, IdentitySigner, Input, Output};
 use crate::report::{ConfigDigest, Suite, TimestampMs};
 
@@ -58,22 +61,39 @@ pub enum DkgFault {
     /// Its first message to each member is garbage (random bytes, or a
     /// round-1 message with a random package and signature).
     Garbage,
+    /// Replays an earlier run of the same committee: its echo lists, for one
+    /// of its victims, the round-1 statement that victim signed in that
+    /// earlier run (a different package: without the run nonce this would
+    /// have been proof that the victim equivocated).
+    Replay,
+    /// Sends its victims a run nonce other than the one it sends the rest.
+    EquivocateNonce,
+    /// Complains about a victim's valid round-2 share, revealing it.
+    FalseComplaint,
 }
 
 impl DkgFault {
-    pub const ALL: [DkgFault; 6] = [
+    pub const ALL: [DkgFault; 9] = [
         DkgFault::Crash,
         DkgFault::Withhold,
         DkgFault::Equivocate,
         DkgFault::BadShares,
         DkgFault::BadProof,
         DkgFault::Garbage,
+        DkgFault::Replay,
+        DkgFault::EquivocateNonce,
+        DkgFault::FalseComplaint,
     ];
 
     fn has_victims(self) -> bool {
         matches!(
             self,
-            DkgFault::Withhold | DkgFault::Equivocate | DkgFault::BadShares
+            DkgFault::Withhold
+                | DkgFault::Equivocate
+                | DkgFault::BadShares
+                | DkgFault::Replay
+                | DkgFault::EquivocateNonce
+                | DkgFault::FalseComplaint
         )
     }
 }
@@ -96,6 +116,9 @@ pub struct DkgSimConfig {
     /// How long a member that ended keeps answering repeats (the daemon
     /// lingers 3 resend intervals, then exits).
     pub linger_ms: u64,
+    /// Run a proactive refresh ([`Dkg::refresh`]) of the keys an honest
+    /// DKG on the same seed made, instead of a DKG; the faults apply to it.
+    pub refresh: bool,
 }
 
 impl DkgSimConfig {
@@ -114,6 +137,7 @@ impl DkgSimConfig {
             timeout_ms: 20_000,
             resend_interval_ms: 1_000,
             linger_ms: 3_000,
+            refresh: false,
         }
     }
 }
@@ -127,6 +151,8 @@ pub enum MemberResult {
     Failed {
         culprit: Option<u16>,
         missing: Vec<u16>,
+        /// [`DkgError::suspects`].
+        suspects: Vec<u16>,
         error: String,
     },
     /// Neither by the end of the simulation (must not happen).
@@ -177,6 +203,9 @@ impl DkgSimOutcome {
     }
 }
 
+/// (package, signature) of a round-2 message.
+type Signed = (Vec<u8>, Vec<u8>);
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Deliver { from: u16, to: u16, bytes: Vec<u8> },
@@ -201,6 +230,11 @@ struct Sim {
     sessions: BTreeMap<SessionId, Suite>,
     /// A faulty member's replacement round-1 package per session.
     forged_round1: BTreeMap<(u16, SessionId), DkgMessage>,
+    /// A faulty member's run session per session (from its round 1).
+    runs: BTreeMap<(u16, SessionId), SessionId>,
+    /// Round-2 packages faulty members received: (faulty, session, sender)
+    /// -> (package, signature).
+    received_round2: BTreeMap<(u16, SessionId, u16), Signed>,
     garbled: BTreeSet<(u16, u16)>,
     net_rng: ChaCha20Rng,
     queue: BinaryHeap<Reverse<(TimestampMs, u64, Event)>>,
@@ -224,13 +258,44 @@ fn pick(rng: &mut ChaCha20Rng, from: &[u16], count: usize) -> BTreeSet<u16> {
 
 /// Run one ceremony on `seed`.
 pub fn run(cfg: &DkgSimConfig, seed: u64) -> DkgSimOutcome {
-    let mut sim = Sim::new(cfg.clone(), seed);
+    let held = if cfg.refresh {
+        // The keys to refresh: an honest DKG of the same committee.
+        let mut honest = cfg.clone();
+        honest.refresh = false;
+        honest.fault = None;
+        honest.faulty = 0;
+        honest.loss_percent = 0;
+        let mut sim = Sim::new(honest, seed, BTreeMap::new());
+        sim.run();
+        sim.nodes
+            .iter()
+            .filter_map(|(i, n)| match &n.outcome {
+                Some(Ok(r)) => Some((
+                    *i,
+                    super::RefreshKeys {
+                        ed25519: r
+                            .ed25519
+                            .as_ref()
+                            .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+                        secp256k1_evm: r
+                            .secp256k1_evm
+                            .as_ref()
+                            .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+                    },
+                )),
+                _ => None,
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let mut sim = Sim::new(cfg.clone(), seed, held);
     sim.run();
     sim.outcome(seed)
 }
 
 impl Sim {
-    fn new(cfg: DkgSimConfig, seed: u64) -> Self {
+    fn new(cfg: DkgSimConfig, seed: u64, mut held: BTreeMap<u16, super::RefreshKeys>) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let members: Vec<u16> = (1..=cfg.nodes).collect();
         let keys: BTreeMap<u16, SigningKey> = members
@@ -261,12 +326,23 @@ impl Sim {
         let mut digest = [0u8; 32];
         rng.fill_bytes(&mut digest);
         let digest = ConfigDigest(digest);
+        let gk = |s: Suite| {
+            held.values().next().and_then(|k| match s {
+                Suite::Ed25519 => k.ed25519.as_ref().map(|(_, p)| super::group_key_hex(p)),
+                Suite::Secp256k1Evm => k
+                    .secp256k1_evm
+                    .as_ref()
+                    .map(|(_, p)| super::group_key_hex(p)),
+            })
+        };
         let sessions = cfg
             .suites
             .iter()
-            .map(|s| match s {
-                Suite::Ed25519 => (session_id::<Ed>(&digest), *s),
-                Suite::Secp256k1Evm => (session_id::<Evm>(&digest), *s),
+            .map(|s| match (s, gk(*s)) {
+                (Suite::Ed25519, None) => (session_id::<Ed>(&digest), *s),
+                (Suite::Secp256k1Evm, None) => (session_id::<Evm>(&digest), *s),
+                (Suite::Ed25519, Some(g)) => (refresh_session_id::<Ed>(&digest, &g), *s),
+                (Suite::Secp256k1Evm, Some(g)) => (refresh_session_id::<Evm>(&digest, &g), *s),
             })
             .collect();
         let verifying: BTreeMap<u16, ed25519_dalek::VerifyingKey> =
@@ -283,7 +359,11 @@ impl Sim {
                 total_timeout_ms: None,
                 resend_interval_ms: cfg.resend_interval_ms,
             };
-            let dkg = Dkg::new(config, Box::new(keys[&i].clone())).expect("valid config");
+            let dkg = match held.remove(&i) {
+                Some(k) => Dkg::refresh(config, Box::new(keys[&i].clone()), k),
+                None => Dkg::new(config, Box::new(keys[&i].clone())),
+            }
+            .expect("valid config");
             let node_rng = ChaCha20Rng::seed_from_u64(rng.next_u64());
             nodes.insert(
                 i,
@@ -305,6 +385,8 @@ impl Sim {
             victims,
             sessions,
             forged_round1: BTreeMap::new(),
+            runs: BTreeMap::new(),
+            received_round2: BTreeMap::new(),
             garbled: BTreeSet::new(),
             net_rng,
             queue: BinaryHeap::new(),
@@ -360,6 +442,13 @@ impl Sim {
                         .get(&to)
                         .and_then(|n| n.ended)
                         .is_some_and(|e| at > e + self.cfg.linger_ms);
+                    if self.faulty.contains(&to)
+                        && let Ok((session, DkgMessage::Round2 { package, signature })) =
+                            DkgMessage::decode(&bytes)
+                    {
+                        self.received_round2
+                            .insert((to, session, from), (package, signature));
+                    }
                     if !self.crashed(to) && !exited {
                         self.input(to, Input::Message { from, bytes });
                     }
@@ -437,26 +526,80 @@ impl Sim {
             return vec![bytes];
         };
         let suite = self.sessions.get(&session).copied();
+        if let DkgMessage::Round1 { nonces, .. } = &msg {
+            self.runs
+                .insert((from, session), run_session(&session, nonces));
+        }
         match (fault, msg, suite) {
             (DkgFault::Crash, _, _) => vec![],
             (DkgFault::Withhold, _, _) if victim => vec![],
-            (DkgFault::Equivocate, DkgMessage::Round1 { .. }, Some(suite)) if victim => {
-                vec![self.forged(from, session, suite, false).encode(&session)]
+            (DkgFault::Equivocate, DkgMessage::Round1 { nonces, .. }, Some(suite)) if victim => {
+                vec![
+                    self.forged(from, session, suite, &nonces, false)
+                        .encode(&session),
+                ]
             }
-            (DkgFault::BadProof, DkgMessage::Round1 { .. }, Some(suite)) => {
-                vec![self.forged(from, session, suite, true).encode(&session)]
+            (DkgFault::BadProof, DkgMessage::Round1 { nonces, .. }, Some(suite)) => {
+                vec![
+                    self.forged(from, session, suite, &nonces, true)
+                        .encode(&session),
+                ]
             }
-            (DkgFault::BadShares, DkgMessage::Round2 { package }, Some(suite)) if victim => {
+            (DkgFault::BadShares, DkgMessage::Round2 { package, .. }, Some(suite)) if victim => {
                 let bad = match suite {
                     Suite::Ed25519 => corrupt_share::<Ed>(&package),
                     Suite::Secp256k1Evm => corrupt_share::<Evm>(&package),
                 };
-                vec![
-                    DkgMessage::Round2 {
-                        package: bad.unwrap_or(package),
+                let package = bad.unwrap_or(package);
+                // Signed: the faulty member stands behind its bad share.
+                let run = self.runs.get(&(from, session)).copied().unwrap_or(session);
+                let signature = self.keys[&from]
+                    .sign(&round2_statement(&run, from, to, &sha3(&[&package])))
+                    .unwrap_or_default();
+                vec![DkgMessage::Round2 { package, signature }.encode(&session)]
+            }
+            (DkgFault::Replay, DkgMessage::Echo { mut entries }, _) => {
+                // What one victim signed in an earlier run: same committee,
+                // same suite, other nonces, another package.
+                if let Some(&v) = self.victims.iter().next() {
+                    let mut old = BTreeMap::new();
+                    for &i in self.keys.keys() {
+                        let mut nonce = [0u8; 32];
+                        self.net_rng.fill_bytes(&mut nonce);
+                        old.insert(i, nonce);
                     }
-                    .encode(&session),
-                ]
+                    let old_run = run_session(&session, &old);
+                    let mut hash = [0u8; 32];
+                    self.net_rng.fill_bytes(&mut hash);
+                    let signature = self.keys[&v]
+                        .sign(&round1_statement(&old_run, v, &hash))
+                        .unwrap_or_default();
+                    entries.insert(v, (hash, signature));
+                }
+                vec![DkgMessage::Echo { entries }.encode(&session)]
+            }
+            (DkgFault::FalseComplaint, DkgMessage::Done { .. }, _) => {
+                let revealed = self.victims.iter().find_map(|&v| {
+                    self.received_round2
+                        .get(&(from, session, v))
+                        .map(|(p, s)| (v, p.clone(), s.clone()))
+                });
+                // A complainer does not confirm (as an honest one would not).
+                match revealed {
+                    Some((accused, package, signature)) => vec![
+                        DkgMessage::Complaint {
+                            accused,
+                            package,
+                            signature,
+                        }
+                        .encode(&session),
+                    ],
+                    None => vec![bytes],
+                }
+            }
+            (DkgFault::EquivocateNonce, DkgMessage::Nonce { mut nonce }, _) if victim => {
+                nonce[0] ^= 1;
+                vec![DkgMessage::Nonce { nonce }.encode(&session)]
             }
             (DkgFault::Garbage, _, _) if self.garbled.insert((from, to)) => {
                 let junk = if self.net_rng.next_u64().is_multiple_of(2) {
@@ -466,9 +609,16 @@ impl Sim {
                 } else {
                     let mut package = vec![0u8; 100];
                     let mut signature = vec![0u8; 64];
+                    let mut nonce = [0u8; 32];
                     self.net_rng.fill_bytes(&mut package);
                     self.net_rng.fill_bytes(&mut signature);
-                    DkgMessage::Round1 { package, signature }.encode(&session)
+                    self.net_rng.fill_bytes(&mut nonce);
+                    DkgMessage::Round1 {
+                        nonces: [(from, nonce)].into(),
+                        package,
+                        signature,
+                    }
+                    .encode(&session)
                 };
                 vec![junk, bytes]
             }
@@ -483,21 +633,27 @@ impl Sim {
         from: u16,
         session: SessionId,
         suite: Suite,
+        nonces: &super::RunNonces,
         bad_proof: bool,
     ) -> DkgMessage {
         if let Some(m) = self.forged_round1.get(&(from, session)) {
             return m.clone();
         }
-        let (n, t) = (self.cfg.nodes, self.cfg.threshold);
+        let (n, t, r) = (self.cfg.nodes, self.cfg.threshold, self.cfg.refresh);
         let package = match suite {
-            Suite::Ed25519 => forge_round1::<Ed>(from, n, t, bad_proof, &mut self.net_rng),
-            Suite::Secp256k1Evm => forge_round1::<Evm>(from, n, t, bad_proof, &mut self.net_rng),
+            Suite::Ed25519 => forge_round1::<Ed>(from, n, t, r, bad_proof, &mut self.net_rng),
+            Suite::Secp256k1Evm => forge_round1::<Evm>(from, n, t, r, bad_proof, &mut self.net_rng),
         };
         let hash = sha3(&[&package]);
+        let run = run_session(&session, nonces);
         let signature = self.keys[&from]
-            .sign(&round1_statement(&session, from, &hash))
+            .sign(&round1_statement(&run, from, &hash))
             .unwrap_or_default();
-        let m = DkgMessage::Round1 { package, signature };
+        let m = DkgMessage::Round1 {
+            nonces: nonces.clone(),
+            package,
+            signature,
+        };
         self.forged_round1.insert((from, session), m.clone());
         m
     }
@@ -548,6 +704,7 @@ impl Sim {
                     MemberResult::Failed {
                         culprit,
                         missing,
+                        suspects: e.suspects(),
                         error: e.to_string(),
                     }
                 }
@@ -627,13 +784,22 @@ fn forge_round1<C: Ciphersuite>(
     from: u16,
     n: u16,
     t: u16,
+    refresh: bool,
     bad_proof: bool,
     rng: &mut ChaCha20Rng,
 ) -> Vec<u8> {
     let id = Identifier::<C>::try_from(from).expect("member id");
-    let (_, a) = part1::<C, _>(id, n, t, &mut *rng).expect("part1");
+    let part1 = |rng: &mut ChaCha20Rng| {
+        if refresh {
+            frost_core::keys::refresh::refresh_dkg_part1::<C, _>(id, n, t, &mut *rng)
+        } else {
+            part1::<C, _>(id, n, t, &mut *rng)
+        }
+        .expect("part1")
+    };
+    let (_, a) = part1(rng);
     let pkg = if bad_proof {
-        let (_, b) = part1::<C, _>(id, n, t, &mut *rng).expect("part1");
+        let (_, b) = part1(rng);
         round1::Package::new(a.commitment().clone(), *b.proof_of_knowledge())
     } else {
         a
@@ -707,7 +873,49 @@ mod tests {
         cfg.loss_percent = 20;
         for seed in 0..3 {
             let o = run(&cfg, seed);
-            assert!(o.safe() && o.all_done, "seed {seed}: {o:?}");
+            assert!(o.safe(), "seed {seed}: {o:?}");
+            assert!(o.signed == Some(true), "seed {seed}: {o:?}");
+            // A member that did not finish waits only for a confirmation
+            // lost after its sender exited (docs/DKG.md): its keys are
+            // valid, the others finished.
+            for r in o.results.values() {
+                assert!(
+                    matches!(r, MemberResult::Done { .. })
+                        || matches!(r, MemberResult::Failed { error, .. } if error.contains("confirmation")),
+                    "seed {seed}: {r:?}"
+                );
+            }
+        }
+    }
+
+    /// A refresh under every fault kind (n = 4 and 7): never an honest
+    /// member blamed; honest finishers keep the group key and sign.
+    #[test]
+    fn a_refresh_under_byzantine_members_blames_no_honest_one() {
+        for n in [4u16, 7] {
+            let f = (n - 1) / 3;
+            let mut honest = DkgSimConfig::new(n, 0, None);
+            honest.refresh = true;
+            let o = run(&honest, 1);
+            assert!(o.safe() && o.all_done, "{o:?}");
+            for fault in DkgFault::ALL {
+                let mut cfg = DkgSimConfig::new(n, f, Some(fault));
+                cfg.refresh = true;
+                for seed in 0..2 {
+                    let o = run(&cfg, seed);
+                    assert!(o.safe(), "refresh n={n} {fault:?} seed {seed}: {o:?}");
+                    if matches!(
+                        fault,
+                        DkgFault::Equivocate
+                            | DkgFault::Garbage
+                            | DkgFault::BadShares
+                            | DkgFault::Replay
+                            | DkgFault::FalseComplaint
+                    ) {
+                        assert!(o.all_failed, "refresh n={n} {fault:?} seed {seed}: {o:?}");
+                    }
+                }
+            }
         }
     }
 
@@ -726,7 +934,12 @@ mod tests {
                     assert!(o.safe(), "n={n} {fault:?} seed {seed}: {o:?}");
                     if matches!(
                         fault,
-                        DkgFault::Equivocate | DkgFault::BadProof | DkgFault::Garbage
+                        DkgFault::Equivocate
+                            | DkgFault::BadProof
+                            | DkgFault::Garbage
+                            | DkgFault::BadShares
+                            | DkgFault::Replay
+                            | DkgFault::FalseComplaint
                     ) {
                         assert!(o.all_failed, "n={n} {fault:?} seed {seed}: {o:?}");
                         for r in o.results.values() {

@@ -172,7 +172,11 @@ fn stash_holds_at_most_its_cap_per_sender() {
     assert_eq!(m.stashed(), STASH_PER_MEMBER);
     assert_eq!(m.stats().stash_dropped, 100 - STASH_PER_MEMBER as u64);
     // Repeats take no slot; member 3's messages still find room.
-    let other = DkgMessage::Round2 { package: vec![1] }.encode(&[200; 32]);
+    let other = DkgMessage::Round2 {
+        package: vec![1],
+        signature: vec![],
+    }
+    .encode(&[200; 32]);
     for _ in 0..5 {
         m.handle(
             2,
@@ -242,7 +246,11 @@ fn a_stashed_message_of_a_finished_suite_does_not_reach_the_next() {
         },
         &mut rng,
     );
-    let stray = DkgMessage::Round2 { package: vec![0] }.encode(&ed);
+    let stray = DkgMessage::Round2 {
+        package: vec![0],
+        signature: vec![],
+    }
+    .encode(&ed);
     for (from, _, bytes) in first.into_iter().chain([(2, 1, stray)]) {
         let out = m.handle(1, Input::Message { from, bytes }, &mut rng);
         assert!(out.iter().all(|o| !matches!(o, Output::Failed(_))));
@@ -466,7 +474,9 @@ fn forged_echo_blames_the_echoer() {
 fn messages_round_trip_and_garbage_is_refused() {
     let session = [7u8; 32];
     let msgs = vec![
+        DkgMessage::Nonce { nonce: [3; 32] },
         DkgMessage::Round1 {
+            nonces: [(1, [1; 32]), (2, [2; 32])].into(),
             package: vec![1, 2, 3],
             signature: vec![4; 64],
         },
@@ -477,6 +487,12 @@ fn messages_round_trip_and_garbage_is_refused() {
         },
         DkgMessage::Round2 {
             package: vec![9; 100],
+            signature: vec![1; 64],
+        },
+        DkgMessage::Complaint {
+            accused: 3,
+            package: vec![9; 100],
+            signature: vec![1; 64],
         },
         DkgMessage::Done {
             public_key_package_hash: [8; 32],
@@ -496,4 +512,332 @@ fn messages_round_trip_and_garbage_is_refused() {
         assert!(DkgMessage::decode(&long).is_err());
     }
     assert!(DkgMessage::decode(b"hello").is_err());
+}
+
+/// The replay issue 17 describes: a member echoes, for an honest member, the
+/// round-1 statement that member signed in an earlier run of the same
+/// committee. The run session (every member's fresh nonce) differs, so the
+/// old signature does not verify in this run: the echoer is blamed, never
+/// the member it replays.
+#[test]
+fn an_echo_replaying_an_earlier_run_blames_the_echoer() {
+    let k = keys(3);
+    let members: BTreeMap<u16, VerifyingKey> =
+        k.iter().map(|(i, k)| (*i, k.verifying_key())).collect();
+    let base = [1u8; 32];
+    let run_of = |seed: u8| {
+        let nonces: RunNonces = (1u16..=3).map(|i| (i, [seed ^ i as u8; 32])).collect();
+        run_session(&base, &nonces)
+    };
+    let (earlier, now) = (run_of(1), run_of(2));
+    assert_ne!(earlier, now);
+    let mut seen = BTreeMap::new();
+    let mut entries = BTreeMap::new();
+    for i in 1u16..=3 {
+        let hash = sha3(&[&[i as u8]]);
+        let sig = IdentitySigner::sign(&k[&i], &round1_statement(&now, i, &hash)).expect("sign");
+        seen.insert(
+            i,
+            Round1Seen {
+                hash,
+                signature: sig.clone(),
+                package: vec![],
+            },
+        );
+        entries.insert(i, (hash, sig));
+    }
+    let hash = [7u8; 32];
+    let old = IdentitySigner::sign(&k[&3], &round1_statement(&earlier, 3, &hash)).expect("sign");
+    let mut replayed = entries.clone();
+    replayed.insert(3, (hash, old.clone()));
+    let err = check_echo(&now, 2, &replayed, &seen, &members).expect_err("replay");
+    assert!(
+        matches!(err, DkgError::BadMessage { member: 2, .. }),
+        "{err}"
+    );
+    // Within the earlier run the same statements were a real equivocation.
+    let mut seen_then = seen.clone();
+    let first = sha3(&[&[3u8]]);
+    seen_then.insert(
+        3,
+        Round1Seen {
+            hash: first,
+            signature: IdentitySigner::sign(&k[&3], &round1_statement(&earlier, 3, &first))
+                .expect("sign"),
+            package: vec![],
+        },
+    );
+    let err = check_echo(&earlier, 2, &replayed, &seen_then, &members).expect_err("equivocation");
+    assert!(
+        matches!(err, DkgError::Equivocation { member: 3, .. }),
+        "{err}"
+    );
+}
+
+/// Two runs of the same committee with the same key material but fresh
+/// nonces sign different statements: nothing sent in one is accepted in the
+/// other.
+#[test]
+fn two_runs_have_different_run_sessions_and_both_finish() {
+    let mut a = machines(4, 3, &[Suite::Ed25519]);
+    let mut rngs = (1..=4u16)
+        .map(|i| (i, ChaCha20Rng::seed_from_u64(u64::from(i) + 40)))
+        .collect();
+    let ra = run_instantly(&mut a, &mut rngs);
+    let mut b = machines(4, 3, &[Suite::Ed25519]);
+    let rb = run_instantly(&mut b, &mut rngs);
+    assert!(ra.values().chain(rb.values()).all(Result::is_ok));
+    let ka = ra[&1].as_ref().expect("a").group_keys();
+    let kb = rb[&1].as_ref().expect("b").group_keys();
+    assert_ne!(ka, kb);
+    // A round-1 message of run A, delivered to a member of run B that has
+    // every nonce of B, is refused as naming other nonces (blames its
+    // sender, who is the only one able to send it over the transport).
+    let round1_a = a[&2].sent().values().next().expect("session")[&1]
+        .iter()
+        .find(|m| matches!(DkgMessage::decode(m), Ok((_, DkgMessage::Round1 { .. }))))
+        .expect("round 1")
+        .clone();
+    let mut m = machines(4, 3, &[Suite::Ed25519])
+        .remove(&1)
+        .expect("member 1");
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    m.handle(
+        0,
+        Input::Start {
+            connected: [2, 3, 4].into(),
+        },
+        &mut rng,
+    );
+    for from in 2..=4u16 {
+        let bytes = DkgMessage::Nonce {
+            nonce: [from as u8; 32],
+        }
+        .encode(&session_id::<Ed>(&ConfigDigest([5; 32])));
+        m.handle(1, Input::Message { from, bytes }, &mut rng);
+    }
+    assert_eq!(m.phase(), Phase::Round1);
+    let out = m.handle(
+        2,
+        Input::Message {
+            from: 2,
+            bytes: round1_a,
+        },
+        &mut rng,
+    );
+    match out.last() {
+        Some(Output::Failed(e)) => assert_eq!(e.culprit(), Some(2), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Proactive refresh: after a DKG, the same committee refreshes with
+/// `Dkg::refresh`. Every member gets a new share of the same group key;
+/// `t` new shares sign; `t` old shares still interpolate to the secret
+/// (which is why old shares are erased), but `t - 1` old shares plus a new
+/// one do not, in any mix: an attacker holding fewer than `t` old shares
+/// gains nothing from new ones.
+#[test]
+fn a_refresh_keeps_the_group_key_and_old_and_new_shares_do_not_mix() {
+    let suites = [Suite::Ed25519, Suite::Secp256k1Evm];
+    let mut rngs: BTreeMap<u16, ChaCha20Rng> = (1..=4u16)
+        .map(|i| (i, ChaCha20Rng::seed_from_u64(u64::from(i) + 60)))
+        .collect();
+    let old = run_instantly(&mut machines(4, 3, &suites), &mut rngs);
+    let old: BTreeMap<u16, Box<DkgResult>> =
+        old.into_iter().map(|(i, r)| (i, r.expect("dkg"))).collect();
+    let keys = self::keys(4);
+    let members: BTreeMap<u16, VerifyingKey> =
+        keys.iter().map(|(i, k)| (*i, k.verifying_key())).collect();
+    let mut refreshing: BTreeMap<u16, Dkg> = keys
+        .iter()
+        .map(|(&i, k)| {
+            let r = &old[&i];
+            let held = RefreshKeys {
+                ed25519: r
+                    .ed25519
+                    .as_ref()
+                    .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+                secp256k1_evm: r
+                    .secp256k1_evm
+                    .as_ref()
+                    .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+            };
+            let config = DkgConfig {
+                digest: ConfigDigest([5; 32]),
+                threshold: 3,
+                me: i,
+                members: members.clone(),
+                suites: suites.to_vec(),
+                timeout_ms: 60_000,
+                total_timeout_ms: None,
+                resend_interval_ms: 1_000,
+            };
+            (
+                i,
+                Dkg::refresh(config, Box::new(k.clone()), held).expect("refresh config"),
+            )
+        })
+        .collect();
+    let new = run_instantly(&mut refreshing, &mut rngs);
+    let new: BTreeMap<u16, Box<DkgResult>> = new
+        .into_iter()
+        .map(|(i, r)| (i, r.expect("refresh")))
+        .collect();
+    assert_eq!(new.len(), 4);
+    for i in 1..=4u16 {
+        assert_eq!(new[&i].group_keys(), old[&1].group_keys(), "member {i}");
+        assert_ne!(
+            new[&i]
+                .ed25519
+                .as_ref()
+                .expect("ed")
+                .key_package
+                .signing_share(),
+            old[&i]
+                .ed25519
+                .as_ref()
+                .expect("ed")
+                .key_package
+                .signing_share()
+        );
+    }
+    fn check<C: frost_core::Ciphersuite>(
+        old: &[&frost_core::keys::KeyPackage<C>],
+        new: &[&frost_core::keys::KeyPackage<C>],
+        group: &frost_core::VerifyingKey<C>,
+    ) {
+        let key_of = |kps: Vec<frost_core::keys::KeyPackage<C>>| {
+            frost_core::keys::reconstruct(&kps)
+                .map(|k| frost_core::VerifyingKey::from(&k))
+                .expect("interpolates")
+        };
+        let all = |v: &[&frost_core::keys::KeyPackage<C>]| v.iter().map(|k| (*k).clone()).collect();
+        assert_eq!(key_of(all(&new[..3])), *group, "t new shares");
+        assert_eq!(key_of(all(&old[..3])), *group, "t old shares");
+        // Every mix of t - 1 = 2 old shares and one new share of another member.
+        for a in 0..4 {
+            for b in (a + 1)..4 {
+                for c in (0..4).filter(|c| *c != a && *c != b) {
+                    let mix = vec![old[a].clone(), old[b].clone(), new[c].clone()];
+                    assert_ne!(key_of(mix), *group, "old {a} {b} + new {c}");
+                }
+            }
+        }
+    }
+    let ed = |r: &BTreeMap<u16, Box<DkgResult>>| -> Vec<_> {
+        (1..=4u16)
+            .map(|i| r[&i].ed25519.as_ref().expect("ed").key_package.clone())
+            .collect()
+    };
+    let evm = |r: &BTreeMap<u16, Box<DkgResult>>| -> Vec<_> {
+        (1..=4u16)
+            .map(|i| {
+                r[&i]
+                    .secp256k1_evm
+                    .as_ref()
+                    .expect("evm")
+                    .key_package
+                    .clone()
+            })
+            .collect()
+    };
+    let (old_ed, new_ed) = (ed(&old), ed(&new));
+    check(
+        &old_ed.iter().collect::<Vec<_>>(),
+        &new_ed.iter().collect::<Vec<_>>(),
+        old[&1]
+            .ed25519
+            .as_ref()
+            .expect("ed")
+            .public_key_package
+            .verifying_key(),
+    );
+    let (old_evm, new_evm) = (evm(&old), evm(&new));
+    check(
+        &old_evm.iter().collect::<Vec<_>>(),
+        &new_evm.iter().collect::<Vec<_>>(),
+        old[&1]
+            .secp256k1_evm
+            .as_ref()
+            .expect("evm")
+            .public_key_package
+            .verifying_key(),
+    );
+    // t new shares produce a FROST signature that verifies under the group key.
+    let pkp = &new[&1].ed25519.as_ref().expect("ed").public_key_package;
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for kp in &new_ed[..3] {
+        let (n, c) = frost_core::round1::commit(kp.signing_share(), &mut rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let sp = frost_core::SigningPackage::new(commitments, b"refreshed");
+    let shares: BTreeMap<_, _> = new_ed[..3]
+        .iter()
+        .map(|kp| {
+            (
+                *kp.identifier(),
+                frost_core::round2::sign(&sp, &nonces[kp.identifier()], kp).expect("sign"),
+            )
+        })
+        .collect();
+    let sig = frost_core::aggregate(&sp, &shares, pkp).expect("aggregate");
+    assert!(pkp.verifying_key().verify(b"refreshed", &sig).is_ok());
+}
+
+#[test]
+fn a_refresh_refuses_keys_that_do_not_fit_the_committee() {
+    let mut rngs: BTreeMap<u16, ChaCha20Rng> = (1..=3u16)
+        .map(|i| (i, ChaCha20Rng::seed_from_u64(u64::from(i))))
+        .collect();
+    let old = run_instantly(&mut machines(3, 2, &[Suite::Ed25519]), &mut rngs);
+    let r = old[&2].as_ref().expect("dkg");
+    let k = keys(3);
+    let members: BTreeMap<u16, VerifyingKey> =
+        k.iter().map(|(i, k)| (*i, k.verifying_key())).collect();
+    let config = |me, t| DkgConfig {
+        digest: ConfigDigest([5; 32]),
+        threshold: t,
+        me,
+        members: members.clone(),
+        suites: vec![Suite::Ed25519],
+        timeout_ms: 1_000,
+        total_timeout_ms: None,
+        resend_interval_ms: 100,
+    };
+    let held = RefreshKeys {
+        ed25519: r
+            .ed25519
+            .as_ref()
+            .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+        secp256k1_evm: None,
+    };
+    let start = |mut m: Dkg| {
+        let out = m.handle(
+            0,
+            Input::Start {
+                connected: BTreeSet::new(),
+            },
+            &mut ChaCha20Rng::seed_from_u64(1),
+        );
+        out.into_iter()
+            .any(|o| matches!(o, Output::Failed(DkgError::Params(_))))
+    };
+    // Member 1 with member 2's key package; a different threshold.
+    assert!(start(
+        Dkg::refresh(config(1, 2), Box::new(k[&1].clone()), held.clone()).expect("machine")
+    ));
+    assert!(start(
+        Dkg::refresh(config(2, 3), Box::new(k[&2].clone()), held.clone()).expect("machine")
+    ));
+    // No key of a suite to refresh.
+    let mut both = config(2, 2);
+    both.suites.push(Suite::Secp256k1Evm);
+    assert!(matches!(
+        Dkg::refresh(both, Box::new(k[&2].clone()), held),
+        Err(DkgError::Params(_))
+    ));
 }

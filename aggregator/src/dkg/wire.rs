@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use crate::report::ConfigDigest;
 
 const MAGIC: &[u8; 4] = b"SDKG";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const KIND_ROUND1: u8 = 1;
 const KIND_ECHO: u8 = 2;
 const KIND_ROUND2: u8 = 3;
 const KIND_DONE: u8 = 4;
+const KIND_NONCE: u8 = 5;
+const KIND_COMPLAINT: u8 = 6;
 
 /// A ceremony's session id (32 bytes); every message carries it.
 pub type SessionId = [u8; 32];
@@ -25,19 +27,63 @@ pub(crate) fn sha3(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The ceremony's session id: committee digest and suite (`C::ID`).
-///
-/// The seam for a per-run nonce (issue 17): it goes into this hash, after
-/// the suite id, and every message and signature follows from it.
+/// The ceremony's session id: committee digest and suite (`C::ID`). Every
+/// message's header carries it (it routes messages to their ceremony); what
+/// members sign is bound to the run instead ([`run_session`]).
 pub fn session_id<C: frost_core::Ciphersuite>(digest: &ConfigDigest) -> SessionId {
     sha3(&[b"sibyl-dkg-session-v1", &digest.0, C::ID.as_bytes()])
 }
 
-/// What a member signs with its identity key for its round-1 package.
+/// A refresh's session id: the ceremony's ([`session_id`]) and the group key
+/// being refreshed (hex), so its messages never mix with a DKG's or with
+/// another key's refresh.
+pub fn refresh_session_id<C: frost_core::Ciphersuite>(
+    digest: &ConfigDigest,
+    group_key_hex: &str,
+) -> SessionId {
+    sha3(&[
+        b"sibyl-refresh-session-v1",
+        &session_id::<C>(digest),
+        group_key_hex.as_bytes(),
+    ])
+}
+
+/// Every member's nonce contribution to one run: member -> 32 random bytes.
+pub type RunNonces = BTreeMap<u16, [u8; 32]>;
+
+/// The run's session id: the ceremony's session id and every member's fresh
+/// nonce. Round-1 and round-2 signatures cover it, so a statement signed in
+/// an earlier run (same committee, same suite) never verifies in this one.
+pub fn run_session(session: &SessionId, nonces: &RunNonces) -> SessionId {
+    let mut h = Sha3_256::new();
+    h.update(b"sibyl-dkg-run-v2");
+    h.update(session);
+    for (member, nonce) in nonces {
+        h.update(member.to_be_bytes());
+        h.update(nonce);
+    }
+    h.finalize().into()
+}
+
+/// What a member signs with its identity key for its round-1 package
+/// (`session`: the run's, [`run_session`]).
 pub fn round1_statement(session: &SessionId, from: u16, hash: &[u8; 32]) -> Vec<u8> {
     let mut m = b"sibyl-dkg-round1".to_vec();
     m.extend_from_slice(session);
     m.extend_from_slice(&from.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+/// What member `from` signs for the round-2 package it sends member `to`
+/// (`hash`: SHA3-256 of the package; `session`: the run's). A recipient who
+/// finds the share bad reveals the package with this signature
+/// ([`DkgMessage::Complaint`]) and anyone can check who lied.
+pub fn round2_statement(session: &SessionId, from: u16, to: u16, hash: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"sibyl-dkg-round2".to_vec();
+    m.extend_from_slice(session);
+    m.extend_from_slice(&from.to_be_bytes());
+    m.extend_from_slice(&to.to_be_bytes());
     m.extend_from_slice(hash);
     m
 }
@@ -48,18 +94,34 @@ pub type EchoEntries = BTreeMap<u16, ([u8; 32], Vec<u8>)>;
 /// A DKG wire message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DkgMessage {
-    /// The sender's round-1 package and its identity signature over
-    /// [`round1_statement`].
+    /// The sender's fresh nonce for this run (first message of a suite).
+    Nonce { nonce: [u8; 32] },
+    /// Every member's nonce as the sender received it (its run session),
+    /// the sender's round-1 package and its identity signature over
+    /// [`round1_statement`] in that run session.
     Round1 {
+        nonces: RunNonces,
         package: Vec<u8>,
         signature: Vec<u8>,
     },
     /// For each member: hash of its round-1 package and its signature.
     Echo { entries: EchoEntries },
-    /// The sender's round-2 package for the recipient (point to point).
-    Round2 { package: Vec<u8> },
+    /// The sender's round-2 package for the recipient (point to point) and
+    /// its identity signature over [`round2_statement`].
+    Round2 {
+        package: Vec<u8>,
+        signature: Vec<u8>,
+    },
     /// SHA3-256 of the sender's serialized public key package.
     Done { public_key_package_hash: [u8; 32] },
+    /// The sender's round-2 package from `accused`, revealed with
+    /// `accused`'s signature, because its share does not match `accused`'s
+    /// commitment (to every member).
+    Complaint {
+        accused: u16,
+        package: Vec<u8>,
+        signature: Vec<u8>,
+    },
 }
 
 impl DkgMessage {
@@ -73,9 +135,27 @@ impl DkgMessage {
             out.extend_from_slice(b);
         };
         match self {
-            DkgMessage::Round1 { package, signature } => {
+            DkgMessage::Nonce { nonce } => {
+                out.push(KIND_NONCE);
+                out.extend_from_slice(session);
+                out.extend_from_slice(nonce);
+            }
+            DkgMessage::Round1 {
+                nonces,
+                package,
+                signature,
+            } => {
                 out.push(KIND_ROUND1);
                 out.extend_from_slice(session);
+                out.extend_from_slice(
+                    &u16::try_from(nonces.len())
+                        .unwrap_or(u16::MAX)
+                        .to_be_bytes(),
+                );
+                for (member, nonce) in nonces {
+                    out.extend_from_slice(&member.to_be_bytes());
+                    out.extend_from_slice(nonce);
+                }
                 put_bytes(&mut out, package);
                 put_bytes(&mut out, signature);
             }
@@ -93,10 +173,22 @@ impl DkgMessage {
                     put_bytes(&mut out, sig);
                 }
             }
-            DkgMessage::Round2 { package } => {
+            DkgMessage::Round2 { package, signature } => {
                 out.push(KIND_ROUND2);
                 out.extend_from_slice(session);
                 put_bytes(&mut out, package);
+                put_bytes(&mut out, signature);
+            }
+            DkgMessage::Complaint {
+                accused,
+                package,
+                signature,
+            } => {
+                out.push(KIND_COMPLAINT);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&accused.to_be_bytes());
+                put_bytes(&mut out, package);
+                put_bytes(&mut out, signature);
             }
             DkgMessage::Done {
                 public_key_package_hash,
@@ -122,10 +214,24 @@ impl DkgMessage {
         let kind = r.u8()?;
         let session = r.array::<32>()?;
         let msg = match kind {
-            KIND_ROUND1 => DkgMessage::Round1 {
-                package: r.bytes()?.to_vec(),
-                signature: r.bytes()?.to_vec(),
+            KIND_NONCE => DkgMessage::Nonce {
+                nonce: r.array::<32>()?,
             },
+            KIND_ROUND1 => {
+                let count = r.u16()?;
+                let mut nonces = BTreeMap::new();
+                for _ in 0..count {
+                    let member = r.u16()?;
+                    if nonces.insert(member, r.array::<32>()?).is_some() {
+                        return Err(DkgDecodeError::DuplicateNonce(member));
+                    }
+                }
+                DkgMessage::Round1 {
+                    nonces,
+                    package: r.bytes()?.to_vec(),
+                    signature: r.bytes()?.to_vec(),
+                }
+            }
             KIND_ECHO => {
                 let count = r.u16()?;
                 let mut entries = BTreeMap::new();
@@ -141,6 +247,12 @@ impl DkgMessage {
             }
             KIND_ROUND2 => DkgMessage::Round2 {
                 package: r.bytes()?.to_vec(),
+                signature: r.bytes()?.to_vec(),
+            },
+            KIND_COMPLAINT => DkgMessage::Complaint {
+                accused: r.u16()?,
+                package: r.bytes()?.to_vec(),
+                signature: r.bytes()?.to_vec(),
             },
             KIND_DONE => DkgMessage::Done {
                 public_key_package_hash: r.array::<32>()?,
@@ -169,6 +281,8 @@ pub enum DkgDecodeError {
     UnknownKind(u8),
     #[error("echo lists member {0} twice")]
     DuplicateEcho(u16),
+    #[error("round-1 message lists member {0}'s nonce twice")]
+    DuplicateNonce(u16),
     #[error("{0} trailing bytes after the DKG message")]
     TrailingBytes(usize),
 }

@@ -234,6 +234,11 @@ impl Config {
         self.data_dir().join(&self.node.store.path)
     }
 
+    /// The observation record (`DATA_DIR/observed-round`).
+    pub fn observed_round_path(&self) -> PathBuf {
+        self.data_dir().join("observed-round")
+    }
+
     pub fn identity_path(&self) -> PathBuf {
         self.resolve(&self.node.keys.identity)
     }

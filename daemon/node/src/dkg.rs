@@ -94,6 +94,27 @@ fn millis(d: Duration) -> u64 {
 
 /// The machine for this member's side of the ceremonies over `net`.
 pub fn machine(net: &Net, params: &DkgParams, suites: &[Suite]) -> Result<Dkg, DkgError> {
+    Ok(Dkg::new(
+        dkg_config(net, params, suites)?,
+        Box::new(Libp2pSigner(params.identity.clone())),
+    )?)
+}
+
+/// The machine of a proactive refresh of `keys` over `net` (`sibyl refresh`).
+pub fn refresh_machine(
+    net: &Net,
+    params: &DkgParams,
+    suites: &[Suite],
+    keys: sibyl_aggregator::dkg::RefreshKeys,
+) -> Result<Dkg, DkgError> {
+    Ok(Dkg::refresh(
+        dkg_config(net, params, suites)?,
+        Box::new(Libp2pSigner(params.identity.clone())),
+        keys,
+    )?)
+}
+
+fn dkg_config(net: &Net, params: &DkgParams, suites: &[Suite]) -> Result<DkgConfig, DkgError> {
     let me = net.me();
     if params.members.get(&me) != Some(&net.local_peer_id()) {
         return Err(params_error(format!(
@@ -124,10 +145,7 @@ pub fn machine(net: &Net, params: &DkgParams, suites: &[Suite]) -> Result<Dkg, D
         total_timeout_ms: Some(millis(params.timeout.saturating_sub(linger_of(params)))),
         resend_interval_ms: millis(params.resend_interval),
     };
-    Ok(Dkg::new(
-        config,
-        Box::new(Libp2pSigner(params.identity.clone())),
-    )?)
+    Ok(config)
 }
 
 /// Drive `machine` over `net` until it finishes, then keep answering repeats
@@ -218,7 +236,7 @@ pub fn store(
 /// How long a member keeps answering repeats after its ceremonies ended:
 /// three re-send intervals, at most a quarter of the timeout (which bounds
 /// the whole run, linger included).
-fn linger_of(params: &DkgParams) -> Duration {
+pub fn linger_of(params: &DkgParams) -> Duration {
     (params.resend_interval * 3).min(params.timeout / 4)
 }
 

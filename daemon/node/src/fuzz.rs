@@ -108,11 +108,11 @@ pub fn fuzz_dkg_message(data: &[u8]) {
             round1_package::<Ed25519Sha512>(package);
             round1_package::<Secp256K1Keccak256>(package);
         }
-        DkgMessage::Round2 { package } => {
+        DkgMessage::Round2 { package, .. } | DkgMessage::Complaint { package, .. } => {
             round2_package::<Ed25519Sha512>(package);
             round2_package::<Secp256K1Keccak256>(package);
         }
-        DkgMessage::Echo { .. } | DkgMessage::Done { .. } => {}
+        DkgMessage::Nonce { .. } | DkgMessage::Echo { .. } | DkgMessage::Done { .. } => {}
     }
 }
 
@@ -297,15 +297,25 @@ mod tests {
         let entries: EchoEntries = (1..=3u16)
             .map(|i| (i, ([i as u8; 32], signature.clone())))
             .collect();
+        let package2 = round2_out[&id(2)].serialize().unwrap();
         vec![
             DkgMessage::Round1 {
+                nonces: (1..=3u16).map(|i| (i, [i as u8; 32])).collect(),
                 package: package1,
                 signature: signature.clone(),
             }
             .encode(&session),
             DkgMessage::Echo { entries }.encode(&session),
             DkgMessage::Round2 {
-                package: round2_out[&id(2)].serialize().unwrap(),
+                package: package2.clone(),
+                signature: signature.clone(),
+            }
+            .encode(&session),
+            DkgMessage::Nonce { nonce: [7; 32] }.encode(&session),
+            DkgMessage::Complaint {
+                accused: 2,
+                package: package2,
+                signature: signature.clone(),
             }
             .encode(&session),
             DkgMessage::Done {

@@ -26,5 +26,6 @@ pub mod keystore;
 pub mod margin_svc;
 pub mod net;
 pub mod priority;
+pub mod refresh;
 pub mod replay;
 pub mod store;

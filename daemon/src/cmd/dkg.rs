@@ -2,3 +2,6 @@
 //! beside the network it runs over.
 
 pub use sibyl_node::dkg::{DkgArgs, command};
+
+/// `sibyl refresh`: new shares of the same group key (`sibyl_node::refresh`).
+pub use sibyl_node::refresh::{RefreshArgs, command as refresh_command};

@@ -6,6 +6,7 @@ pub mod dkg;
 pub mod gateway;
 pub mod identity;
 pub mod keygen;
+pub mod ledger;
 pub mod replay;
 pub mod rotation;
 pub mod run;

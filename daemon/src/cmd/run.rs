@@ -129,6 +129,17 @@ pub async fn run_node(
     let digest = committee.digest;
     let pass = sibyl_node::keystore::passphrase(&config)?;
     let keystore = Keystore::from_config(&config);
+    let pending = sibyl_node::refresh::pending_files(&keystore, &committee.suites);
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "a key refresh did not finish here ({} pending); this member's shares may not match the others'. Run `sibyl refresh --finish` if every other member switched, else `sibyl refresh --abandon` (docs/OPERATOR.md, \"Refreshing key shares\")",
+            pending
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let identity = keystore.read_identity(&pass)?;
     let peer_id = identity.public().to_peer_id();
     let me = committee
@@ -169,10 +180,20 @@ pub async fn run_node(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let store = Store::open_with(&config.db_path(), config.node.store.ledger_sync)?;
-    let observed = observed::ObservationLedger::open(&data_dir.join("observed-round"))?;
+    let observed = observed::ObservationLedger::open(&config.observed_round_path())?;
     let protocol = Arc::new(committee.to_protocol()?);
     let horizon = sibyl_aggregator::round::schedule::LeaderSchedule::horizon(&protocol);
     let restore = restore_from(&store.readers, &observed, horizon)?;
+    if restore
+        .last_signed
+        .as_ref()
+        .is_some_and(|l| l.round == sibyl_node::store::RETIRED_ROUND)
+    {
+        anyhow::bail!(
+            "the signing ledger in {} was retired by `sibyl ledger export` (the member moved to another host): it must never sign again. Run the member where its ledger was imported, or give this host a new data directory and `sibyl ledger import` the newest export into it",
+            config.db_path().display()
+        );
+    }
     let last_report_round = restore.last_report_round;
 
     let round_interval = Duration::from_millis(protocol.timeouts().round_interval_ms);

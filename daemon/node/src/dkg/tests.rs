@@ -151,6 +151,23 @@ async fn equivocating_member_is_named_and_nothing_is_stored() {
             .expect("evil member connects");
     }
     let session = session_id::<Ed>(&ConfigDigest([5; 32]));
+    // It takes part in the nonce phase like anyone, so all agree on the run.
+    let mut nonces: sibyl_aggregator::dkg::RunNonces = [(4u16, [4u8; 32])].into();
+    for to in 1..=3 {
+        evil.send(to, DkgMessage::Nonce { nonce: [4; 32] }.encode(&session))
+            .expect("send nonce");
+    }
+    while nonces.len() < 4 {
+        let event = tokio::time::timeout_at(deadline, evil.next_event())
+            .await
+            .expect("the honest members' nonces");
+        if let crate::net::NetEvent::Message { from, bytes } = event
+            && let Ok((_, DkgMessage::Nonce { nonce })) = DkgMessage::decode(&bytes)
+        {
+            nonces.insert(from, nonce);
+        }
+    }
+    let run = sibyl_aggregator::dkg::run_session(&session, &nonces);
     let id = Identifier::<Ed>::try_from(4u16).expect("id");
     let mut signed = Vec::new();
     for _ in 0..2 {
@@ -158,9 +175,10 @@ async fn equivocating_member_is_named_and_nothing_is_stored() {
         let bytes = pkg.serialize().expect("ser");
         let hash: [u8; 32] = sha3::Sha3_256::digest(&bytes).into();
         let signature = keys[3]
-            .sign(&round1_statement(&session, 4, &hash))
+            .sign(&round1_statement(&run, 4, &hash))
             .expect("sign");
         signed.push(DkgMessage::Round1 {
+            nonces: nonces.clone(),
             package: bytes,
             signature,
         });

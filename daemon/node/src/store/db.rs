@@ -155,6 +155,12 @@ pub struct ReportRun {
     pub next: Round,
 }
 
+mod interchange;
+pub use interchange::{
+    ImportSummary, LEDGER_FORMAT, LEDGER_VERSION, LedgerImportError, LedgerInterchange,
+    RETIRED_ROUND, SignedRound,
+};
+
 pub struct Db {
     conn: Connection,
     path: PathBuf,

@@ -20,7 +20,9 @@ pub mod schema;
 mod writer;
 
 pub use db::{
-    Candle, Db, FeedRetention, HistoryCursor, MarginEventRow, MarginStep, Point, ReportRun,
+    Candle, Db, FeedRetention, HistoryCursor, ImportSummary, LEDGER_FORMAT, LEDGER_VERSION,
+    LedgerImportError, LedgerInterchange, MarginEventRow, MarginStep, Point, RETIRED_ROUND,
+    ReportRun, SignedRound,
 };
 pub use retention::{RetentionPolicy, RetentionStats};
 pub use writer::{Readers, Store, StoreHandle};

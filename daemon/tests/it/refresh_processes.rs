@@ -1,0 +1,207 @@
+//! `sibyl refresh` on a devnet, as processes: the members stop, run the
+//! refresh together while member 2's refresh is killed mid-ceremony and
+//! restarted; whatever that run's outcome, every member ends with shares
+//! that work together (all old or all new, never a mix, no pending files).
+//! A refresh run to the end then gives every member a new share of the same
+//! group key, and the restarted devnet keeps signing reports that verify
+//! against the group key it always had.
+
+use crate::common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+fn refresh(config: &Path) -> Child {
+    common::sibyl()
+        .args(["refresh", "--timeout", "20s", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sibyl refresh")
+}
+
+/// Waits for a refresh process; (success, stdout, stderr).
+fn finish(mut c: Child) -> (bool, String, String) {
+    use std::io::Read;
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = c.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = c.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    let status = c.wait().expect("wait refresh");
+    (status.success(), out, err)
+}
+
+fn key_file(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .expect("member dir")
+        .join("keys/frost.ed25519.key")
+}
+
+fn pending_files(config: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(config.parent().expect("dir").join("keys"))
+        .expect("keys dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".pending."))
+        .collect()
+}
+
+fn start_all(c: &mut common::RunningCommittee) {
+    for (i, m) in c.file.members.iter().enumerate() {
+        c.members.0[i] = Some(common::spawn(&m.config, &m.log));
+    }
+}
+
+fn stop_all(c: &mut common::RunningCommittee) {
+    for child in c.members.0.iter_mut() {
+        if let Some(mut ch) = child.take() {
+            common::terminate(&mut ch);
+        }
+    }
+}
+
+fn reports_continue(c: &common::RunningCommittee) {
+    let api = c.api(0).to_string();
+    let start = common::last_round(&api).unwrap_or(0);
+    common::wait_for("new reports after the refresh", 120, || {
+        common::last_round(&api).is_some_and(|r| r > start + 3)
+    });
+}
+
+#[test]
+fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
+    let _committee = common::one_committee_at_a_time();
+    let mut c = common::RunningCommittee::start(4);
+    let configs: Vec<PathBuf> = c.file.members.iter().map(|m| m.config.clone()).collect();
+    let group_key = c.file.group_key.clone();
+    stop_all(&mut c);
+    let before: Vec<Vec<u8>> = configs
+        .iter()
+        .map(|p| std::fs::read(key_file(p)).expect("key file"))
+        .collect();
+
+    // Members 1, 3 and 4 start; member 2 starts, and is killed (SIGKILL) as
+    // soon as it has every nonce, then restarted.
+    let mut running: Vec<Option<Child>> = (0..4).map(|_| None).collect();
+    for i in [0usize, 2, 3] {
+        running[i] = Some(refresh(&configs[i]));
+    }
+    let mut victim = refresh(&configs[1]);
+    let stderr = victim.stderr.take().expect("stderr");
+    let t0 = Instant::now();
+    let mut seen = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("line");
+        seen += &line;
+        seen.push('\n');
+        if line.contains("every nonce in") || t0.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    assert!(
+        seen.contains("every nonce in"),
+        "member 2 never got going:\n{seen}"
+    );
+    let _ = victim.kill();
+    let _ = victim.wait();
+    running[1] = Some(refresh(&configs[1]));
+    let results: Vec<(bool, String, String)> = running
+        .into_iter()
+        .map(|c| finish(c.expect("refresh")))
+        .collect();
+    let after: Vec<Vec<u8>> = configs
+        .iter()
+        .map(|p| std::fs::read(key_file(p)).expect("key file"))
+        .collect();
+    let switched: Vec<bool> = (0..4).map(|i| after[i] != before[i]).collect();
+    eprintln!("the run with member 2 killed: switched {switched:?}");
+    // No mix: all switched or none did; nothing pending either way.
+    assert!(
+        switched.iter().all(|s| *s) || switched.iter().all(|s| !*s),
+        "switched {switched:?}: {results:#?}"
+    );
+    for (i, p) in configs.iter().enumerate() {
+        assert!(pending_files(p).is_empty(), "member {}: pending", i + 1);
+        assert_eq!(
+            results[i].0,
+            switched[i],
+            "member {}: {:?}",
+            i + 1,
+            results[i]
+        );
+    }
+    // A member with pending files (a refresh that did not finish) does not
+    // start; `--abandon` drops them and keeps the old shares.
+    let keys_dir = configs[0].parent().expect("dir").join("keys");
+    std::fs::copy(
+        key_file(&configs[0]),
+        keys_dir.join("frost.pending.ed25519.key"),
+    )
+    .expect("fake pending file");
+    let log = c.dir.path().join("pending-run.log");
+    let mut refused = common::spawn(&configs[0], &log);
+    let status = refused.wait().expect("wait");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("a key refresh did not finish here"), "{text}");
+    let out = common::sibyl()
+        .args(["refresh", "--abandon", "--config"])
+        .arg(&configs[0])
+        .output()
+        .expect("abandon");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pending_files(&configs[0]).is_empty());
+    // The committee signs with whatever it holds now.
+    start_all(&mut c);
+    reports_continue(&c);
+
+    // A refresh run to the end: new shares of the same group key.
+    stop_all(&mut c);
+    let before: Vec<Vec<u8>> = configs
+        .iter()
+        .map(|p| std::fs::read(key_file(p)).expect("key file"))
+        .collect();
+    let children: Vec<Child> = configs.iter().map(|p| refresh(p)).collect();
+    for (i, ch) in children.into_iter().enumerate() {
+        let (ok, out, err) = finish(ch);
+        assert!(ok, "member {}: {err}", i + 1);
+        assert!(
+            out.contains(&format!("unchanged: {group_key}")),
+            "member {}: {out}",
+            i + 1
+        );
+        assert!(err.contains("switched, old shares erased"), "{err}");
+        let now = std::fs::read(key_file(&configs[i])).expect("key file");
+        assert_ne!(now, before[i], "member {}: share not renewed", i + 1);
+        assert!(pending_files(&configs[i]).is_empty());
+    }
+    start_all(&mut c);
+    // Members verify every report against the group key before storing it.
+    reports_continue(&c);
+    let out = common::sibyl()
+        .arg("verify")
+        .arg(format!("{}/v1/reports/latest", c.api(0)))
+        .args(["--group-key", &group_key, "--committee"])
+        .arg(&c.file.committee)
+        .output()
+        .expect("sibyl verify");
+    assert!(
+        out.status.success(),
+        "the newest report does not verify against {group_key}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
