@@ -37,7 +37,7 @@ const STORED_MAGIC: &[u8; 4] = b"SRFS";
 
 /// Where a refresh keeps the new keys until every member stored them:
 /// the key files' names with `.pending` before the suite
-/// (`keys/frost.key` -> `keys/frost.pending.ed25519.key`).
+/// (`keys/frost.key` -> `keys/frost.ed25519.pending.key`: the suite goes after the first stem, see `Keystore::key_package_path`).
 pub fn pending_keystore(live: &Keystore) -> Keystore {
     let p = live.paths();
     let pending = |path: &std::path::Path| {

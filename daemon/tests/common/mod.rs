@@ -215,6 +215,21 @@ pub fn terminate(c: &mut Child) {
     let _ = c.wait();
 }
 
+/// Waits at most `secs` for `c` to exit by itself; kills it and fails
+/// (naming `what`) if it is still running then.
+pub fn exit_within(what: &str, c: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = c.try_wait() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    panic!("{what}: still running after {secs} s");
+}
+
 /// Fails with `hint` unless `program --version`-like `probe` runs.
 pub fn require_tool(program: &str, probe: &[&str], hint: &str) {
     let ok = Command::new(program)

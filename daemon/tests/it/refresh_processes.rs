@@ -144,12 +144,12 @@ fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
     let keys_dir = configs[0].parent().expect("dir").join("keys");
     std::fs::copy(
         key_file(&configs[0]),
-        keys_dir.join("frost.pending.ed25519.key"),
+        keys_dir.join("frost.ed25519.pending.key"),
     )
     .expect("fake pending file");
     let log = c.dir.path().join("pending-run.log");
     let mut refused = common::spawn(&configs[0], &log);
-    let status = refused.wait().expect("wait");
+    let status = common::exit_within("sibyl run over pending refresh files", &mut refused, 30);
     assert!(!status.success());
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("a key refresh did not finish here"), "{text}");

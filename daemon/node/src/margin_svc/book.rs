@@ -37,6 +37,22 @@ pub struct DemoSeed {
     pub seed: u64,
 }
 
+/// Whether the demo book can be seeded at `report`: every demo feed it
+/// carries has an ok leaf with no unconfirmed jump. A member's first
+/// report is often degraded (a few venues have answered yet), and the
+/// engine refuses new risk on a guarded feed, so a book seeded there would
+/// open no positions. Every member decides from the same signed leaves.
+pub fn ready(report: &PriceReport) -> bool {
+    report
+        .prices
+        .iter()
+        .filter(|p| DEMO_FEEDS.contains(&p.feed.as_str()))
+        .all(|p| {
+            p.status == sibyl_margin::status::OK
+                && p.flags & sibyl_margin::status::UNCONFIRMED_JUMP == 0
+        })
+}
+
 /// The inputs that seed the demo book, given the first verified report (as
 /// the engine's price input). The report itself is one of them, in the
 /// place where the demo book applies its opening prices.
