@@ -23,10 +23,9 @@
 
 #![warn(missing_docs)]
 
-use crate::merkle::MAX_LEAVES;
 use crate::report::{
-    ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
-    Suite,
+    ConfigDigest, FeedId, MAX_LEAVES, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes,
+    SignedReport, Suite,
 };
 use std::collections::BTreeMap;
 

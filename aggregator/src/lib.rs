@@ -32,7 +32,7 @@ pub mod verify;
 pub mod aggregate;
 pub mod dkg;
 pub mod ema;
-pub mod evidence;
+pub use round::evidence;
 pub mod round;
 /// The seeded committee simulator (cargo feature `sim`).
 #[cfg(any(test, feature = "sim"))]

@@ -25,8 +25,7 @@ use sha3::{Digest, Keccak256};
 pub const LEAF_PREFIX: u8 = 0x00;
 /// Domain prefix of an inner node hash.
 pub const NODE_PREFIX: u8 = 0x01;
-/// Most leaves (feeds) a report may carry.
-pub const MAX_LEAVES: usize = 65_536;
+pub use crate::report::MAX_LEAVES;
 /// Longest possible proof: `ceil(log2(MAX_LEAVES))`.
 pub const MAX_PROOF_LEN: usize = 16;
 

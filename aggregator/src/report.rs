@@ -15,6 +15,9 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Maximum length of a feed id in bytes; it is encoded as a right-padded `bytes32`.
 pub const FEED_ID_MAX_LEN: usize = 32;
 
+/// Most leaves (feeds) a report may carry.
+pub const MAX_LEAVES: usize = 65_536;
+
 /// A feed's canonical id, e.g. `BTC-USD`: 1..=32 bytes of `[A-Z0-9-_.]`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -18,9 +18,9 @@
 
 use super::frost_internals::{PackageParts, aggregate_verified, split_package};
 use super::{NodeError, Refusal, SibylSuite};
-use crate::evidence::{Evidence, EvidenceError};
 use crate::report::Suite;
 use crate::round::committee::Committee;
+use crate::round::evidence::{Evidence, EvidenceError};
 use frost_core::{
     self as frost, Ciphersuite, Identifier, SigningPackage,
     keys::{KeyPackage, PublicKeyPackage},

@@ -62,6 +62,7 @@
 mod accept;
 mod clock;
 pub mod committee;
+pub mod evidence;
 mod follow;
 mod frost_internals;
 mod lane;
@@ -77,12 +78,12 @@ mod tests;
 use crate::aggregate::{
     FeedObservation, LastValue, LeafContext, aggregate_feed, note_signed_leaf, update_due,
 };
-use crate::evidence::Evidence;
-use crate::evidence::EvidenceError;
 use crate::report::{
     FeedId, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
     Suite, TimestampMs,
 };
+use crate::round::evidence::Evidence;
+use crate::round::evidence::EvidenceError;
 use clock::Clock;
 use committee::Committee;
 use ed25519_dalek::SigningKey;

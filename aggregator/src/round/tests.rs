@@ -8,8 +8,8 @@ use super::message::{
 };
 use super::*;
 use crate::codec::DecodeError;
-use crate::evidence::EvidenceError;
 use crate::report::{ConfigDigest, Suite};
+use crate::round::evidence::EvidenceError;
 use crate::testkit::dealer_keys;
 use frost_core::Identifier;
 use frost_ed25519::Ed25519Sha512 as Ed;
@@ -1399,6 +1399,38 @@ fn a_round_whose_leader_is_unreachable_is_skipped_unless_this_member_is_isolated
     let a = h.handle(3, T0 + h.committee.timeouts().round_ms, Input::Tick);
     assert_eq!(entered(&a), vec![1]);
     assert_eq!(h.nodes[2].stats().rounds_skipped_unreachable, 0);
+}
+
+/// A leader waits for the observations of members not heard from (for
+/// `observe_ms`, and a little longer with fewer than t in good standing),
+/// but not for a member it cannot reach: with exactly t reachable (a 3/1
+/// split) that wait cost every round it led.
+#[test]
+fn a_leader_does_not_wait_for_the_observation_of_an_unreachable_member() {
+    let leads_at_once = |unreachable: Vec<u16>| {
+        let mut h = harness::<Ed>(4, 1);
+        // Member 2 failed member 1 before (a remembered silence).
+        h.nodes[0].penalty.insert(2, 4);
+        if !unreachable.is_empty() {
+            h.handle(1, T0, Input::Unreachable(unreachable));
+        }
+        let mut to_leader = Vec::new();
+        for m in 2..=3 {
+            let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
+            to_leader.extend(sends(&a));
+        }
+        let mut out = h.handle(1, T0, observations(1_000_001, T0));
+        for (_, bytes) in to_leader {
+            out.extend(h.handle(1, T0 + 1, Input::Message { from: 0, bytes }));
+        }
+        let out = sends(&out);
+        out.iter().any(|(_, b)| is_signer_proposal(&h, b))
+    };
+    // Member 4 reachable: the leader waits for its observation (it may be
+    // a signer in good standing).
+    assert!(!leads_at_once(vec![]));
+    // Member 4 unreachable: nothing to wait for; 1, 2 and 3 sign now.
+    assert!(leads_at_once(vec![4]));
 }
 
 /// Hands `to` every message of `msgs` at `at`; returns its actions.

@@ -35,16 +35,8 @@ const _: () = assert!(YEAR_MS_INT as f64 == YEAR_MS);
 pub const MAX_RECHECK_MS: u64 = 3_600_000;
 /// Most feeds one engine holds: the trigger index numbers them with a `u16`.
 pub const MAX_FEEDS: usize = 1 << 16;
-/// Greeks are stored as fixed-point integers with 18 decimals
-/// (`GREEK_DECIMALS`): 8 decimals lost a BTC-like gamma (2.3e-5 at
-/// S = 100,000) to a 1.2e-4 relative error and rounded gamma at S = 1e9 to 0.
-/// With 18 decimals the rounding error is at most 5e-19 absolute, i.e.
-/// ≤ 1e-9 relative for any Greek of magnitude ≥ 5e-10 (gamma at S = 1e9,
-/// σ = 0.6, 30 days is ~2.3e-9), and i128 still holds ±1.7e20 per contract.
-pub const GREEK_DECIMALS: u32 = 18;
-/// `10^GREEK_DECIMALS`.
-pub const GREEK_SCALE: i128 = 1_000_000_000_000_000_000;
-const _: () = assert!(10i128.pow(GREEK_DECIMALS) == GREEK_SCALE);
+
+pub use crate::types::{GREEK_DECIMALS, GREEK_SCALE, Greeks};
 
 /// Last accepted price of a feed (8 decimals).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,22 +133,6 @@ impl FeedState {
         let m = i128::from(self.vol_multiplier_ppm);
         (i128::from(base_ppm) * m + 999_999) / 1_000_000
     }
-}
-
-/// Greeks (Hull's units, `GREEK_DECIMALS` = 18 decimals): per contract in a
-/// market, or summed over an account's positions on one underlying.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Greeks {
-    /// Underlying units.
-    pub delta: i128,
-    /// Delta per 1.0 of underlying price.
-    pub gamma: i128,
-    /// Value per 1.00 (100 points) of vol.
-    pub vega: i128,
-    /// Value per year of time passing.
-    pub theta: i128,
-    /// Value per 1.00 of rate.
-    pub rho: i128,
 }
 
 /// A market's mark and scenario marks.

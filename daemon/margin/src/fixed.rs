@@ -64,7 +64,7 @@ pub fn qty_times(qty: i128, x: i128, what: &'static str) -> Result<i128, EngineE
 /// A Greek (18 decimals) at the price scale (8 decimals), rounded away from
 /// zero so reserves built on it stay conservative.
 pub fn greek_to_price(x: i128) -> i128 {
-    const F: i128 = crate::engine::GREEK_SCALE / PRICE_SCALE;
+    const F: i128 = crate::types::GREEK_SCALE / PRICE_SCALE;
     let q = x / F;
     if x % F == 0 { q } else { q + x.signum() }
 }

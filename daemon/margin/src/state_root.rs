@@ -11,8 +11,7 @@
 //! a leaf and a change rehashes one path. The tree here is the maintained
 //! form; `verify_account_proof` needs none of it.
 
-use crate::engine::Greeks;
-use crate::types::{Account, AccountId, GuardReason, Position, Unit};
+use crate::types::{Account, AccountId, Greeks, GuardReason, Position, Unit};
 use serde::{Deserialize, Serialize};
 use sha3::{Digest, Keccak256};
 use std::collections::BTreeMap;

@@ -54,6 +54,8 @@ use sibyl_aggregator::round::message::{MAX_FEEDS, MAX_MEMBERS};
 use sibyl_aggregator::{ConfigDigest, FeedId, Suite};
 use toml::Spanned;
 
+use crate::keystore::{KeyPaths, Keystore, Passphrase};
+
 mod check;
 mod committee;
 mod diagnostics;
@@ -280,6 +282,39 @@ impl Config {
             return Ok(line);
         }
         Err(PassphraseError::NotConfigured)
+    }
+}
+
+impl Config {
+    /// The key files named in node.toml's `[keys]` section.
+    pub fn keystore(&self) -> Keystore {
+        Keystore::with_paths(KeyPaths {
+            identity: self.identity_path(),
+            key_package: self.key_package_path(),
+            public_key_package: self.public_key_package_path(),
+        })
+    }
+
+    /// The passphrase `[keys]` points at, as a key passphrase (the errors
+    /// of [`Config::passphrase`]; an empty one is "not configured").
+    pub fn key_passphrase(&self) -> Result<Passphrase, PassphraseError> {
+        let p = self.passphrase()?;
+        Passphrase::new(p).map_err(|_| PassphraseError::NotConfigured)
+    }
+
+    /// The key passphrase `[keys]` names (environment or file), with the
+    /// keystore's own errors (what `sibyl run` and `config check` print).
+    pub fn read_key_passphrase(&self) -> anyhow::Result<Passphrase> {
+        let keys = &self.node.keys;
+        if let Some(var) = &keys.passphrase_env {
+            return Ok(Passphrase::from_env(var.get_ref())?);
+        }
+        if let Some(file) = &keys.passphrase_file {
+            return Ok(Passphrase::from_file(&self.resolve(file.get_ref()))?);
+        }
+        anyhow::bail!(
+            "no key passphrase configured; set keys.passphrase_env or keys.passphrase_file in node.toml"
+        )
     }
 }
 

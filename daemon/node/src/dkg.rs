@@ -288,8 +288,8 @@ pub fn command(args: DkgArgs) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&args.config)?;
     let timeout = crate::config::parse_duration(&args.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-    let keystore = Keystore::from_config(&config);
-    let passphrase = Passphrase::from_config(&config)?;
+    let keystore = config.keystore();
+    let passphrase = config.key_passphrase()?;
     let identity = keystore.read_identity(&passphrase)?;
     let committee = &config.committee;
     let digest = committee.digest;

@@ -118,14 +118,6 @@ impl Passphrase {
         Ok(Self(s))
     }
 
-    /// The passphrase node.toml's `[keys]` section points at.
-    pub fn from_config(
-        config: &crate::config::Config,
-    ) -> Result<Self, crate::config::PassphraseError> {
-        let p = config.passphrase()?;
-        Self::new(p).map_err(|_| crate::config::PassphraseError::NotConfigured)
-    }
-
     /// Read the passphrase from the environment variable `var`.
     pub fn from_env(var: &str) -> Result<Self> {
         let value = std::env::var(var).map_err(|_| KeystoreError::PassphraseEnvMissing {
@@ -319,15 +311,6 @@ impl Keystore {
     /// The standard layout inside `dir` (see [`KeyPaths::in_dir`]).
     pub fn new(dir: impl AsRef<Path>) -> Self {
         Self::with_paths(KeyPaths::in_dir(dir.as_ref()))
-    }
-
-    /// The key files named in node.toml's `[keys]` section.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        Self::with_paths(KeyPaths {
-            identity: config.identity_path(),
-            key_package: config.key_package_path(),
-            public_key_package: config.public_key_package_path(),
-        })
     }
 
     /// Explicit paths, e.g. from node.toml's `[keys]` section.
@@ -752,20 +735,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io_err)
-}
-
-/// The key passphrase node.toml's `[keys]` names (environment or file).
-pub fn passphrase(config: &crate::config::Config) -> anyhow::Result<Passphrase> {
-    let keys = &config.node.keys;
-    if let Some(var) = &keys.passphrase_env {
-        return Ok(Passphrase::from_env(var.get_ref())?);
-    }
-    if let Some(file) = &keys.passphrase_file {
-        return Ok(Passphrase::from_file(&config.resolve(file.get_ref()))?);
-    }
-    anyhow::bail!(
-        "no key passphrase configured; set keys.passphrase_env or keys.passphrase_file in node.toml"
-    )
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use frost_secp256k1_evm::Secp256K1Keccak256 as Evm;
 use sha3::{Digest, Keccak256};
 use sibyl_chain::abi::{EvmGroupKey, ISibylFeed, Signature};
 use sibyl_node::config::{Committee, Config};
-use sibyl_node::keystore::Keystore;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -277,12 +276,12 @@ fn load_shares(
     for path in configs {
         let config = Config::load(path)?;
         let digest = config.committee.digest;
-        let store = Keystore::from_config(&config);
+        let store = config.keystore();
         let public = store
             .read_public_key_package::<Evm>(&digest)
             .with_context(|| format!("{}: no secp256k1-evm public key package", path.display()))?;
         let kp = store
-            .read_key_package::<Evm>(&digest, &sibyl_node::keystore::passphrase(&config)?)
+            .read_key_package::<Evm>(&digest, &config.read_key_passphrase()?)
             .with_context(|| {
                 format!(
                     "{}: cannot open its secp256k1-evm key share",

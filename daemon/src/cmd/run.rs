@@ -127,8 +127,8 @@ pub async fn run_node(
 ) -> Result<()> {
     let committee = &config.committee;
     let digest = committee.digest;
-    let pass = sibyl_node::keystore::passphrase(&config)?;
-    let keystore = Keystore::from_config(&config);
+    let pass = config.read_key_passphrase()?;
+    let keystore = config.keystore();
     let pending = sibyl_node::refresh::pending_files(&keystore, &committee.suites);
     if !pending.is_empty() {
         anyhow::bail!(

@@ -37,8 +37,9 @@ fn garbage_and_oversized_messages_from_a_member_are_dropped_and_counted() {
     // Member 4, played by this test with member 4's own identity key.
     let config =
         sibyl_node::config::Config::load(&file.members[3].config).expect("member 4 config");
-    let pass = sibyl_node::keystore::Passphrase::from_config(&config).expect("passphrase");
-    let identity = sibyl_node::keystore::Keystore::from_config(&config)
+    let pass = config.key_passphrase().expect("passphrase");
+    let identity = config
+        .keystore()
         .read_identity(&pass)
         .expect("member 4 identity");
     let mut net_config = NetConfig::from_node_config(&config, identity).expect("net config");

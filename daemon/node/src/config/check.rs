@@ -77,7 +77,7 @@ pub fn check_keys(config: &Config) -> Vec<Problem> {
         Ok(pass) => pass,
         Err(problems) => return problems,
     };
-    let keystore = Keystore::from_config(config);
+    let keystore = config.keystore();
     let mut problems = Vec::new();
     for suite in &config.committee.suites {
         let read = match suite {
@@ -96,14 +96,15 @@ pub fn check_keys(config: &Config) -> Vec<Problem> {
 /// The first part of [`check_keys`], what can be checked before the DKG:
 /// the passphrase opens the identity key, and the identity is a member.
 pub fn check_identity(config: &Config) -> Result<Passphrase, Vec<Problem>> {
-    let pass = crate::keystore::passphrase(config).map_err(|e| {
+    let pass = config.read_key_passphrase().map_err(|e| {
         vec![config.node_problem(
             passphrase_key(config),
             format!("{e:#}"),
             "the key passphrase must be readable by the node's user when it starts",
         )]
     })?;
-    let identity = Keystore::from_config(config)
+    let identity = config
+        .keystore()
         .read_identity(&pass)
         .map_err(|e| vec![key_problem(config, "keys.identity", e)])?;
     let peer_id = identity.public().to_peer_id();
