@@ -428,7 +428,7 @@ pub async fn seed(handle: &MarginHandle, writer: &StoreHandle, inputs: Vec<Input
 /// Options of the margin service.
 #[derive(Clone, Debug, Default)]
 pub struct MarginOptions {
-    /// Seed a demo book at the first verified report with ok demo feeds, if the store holds no
+    /// Seed a demo book at the first verified report with an ok demo feed, if the store holds no
     /// margin inputs yet (devnet, demos). See [`book`].
     pub demo: Option<DemoSeed>,
     /// Store an engine snapshot after every report whose round is a
@@ -501,7 +501,7 @@ pub async fn start_with(
     Ok(handle)
 }
 
-/// Seeds the demo book at the first verified report with ok demo feeds (which is one of its
+/// Seeds the demo book at the first verified report with an ok demo feed (which is one of its
 /// inputs, stored with its round). The book's inputs are applied one by one
 /// like any others and stored in one transaction, so seeding costs the
 /// store's writer (which also records signings) one fsync, not thousands.
@@ -563,7 +563,7 @@ async fn seed_demo(
             inputs = stored,
             refused = total - stored,
             round = first.round,
-            "margin demo book seeded at the first verified report with ok demo feeds"
+            "margin demo book seeded at the first verified report with an ok demo feed"
         ),
         Err(e) => tracing::error!(
             error = %e,
@@ -624,8 +624,8 @@ impl Service {
         }
     }
 
-    /// One report, in its turn: seeds the demo book at the first whose
-    /// demo feeds are ok ([`book::ready`]), else one engine step. A refused
+    /// One report, in its turn: seeds the demo book at the first with
+    /// an ok demo feed ([`book::ready`]), else one engine step. A refused
     /// report (the same on every member) is skipped.
     async fn apply_report(&mut self, report: &SignedReport) {
         let round = report.header.round;

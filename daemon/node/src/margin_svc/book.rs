@@ -37,17 +37,18 @@ pub struct DemoSeed {
     pub seed: u64,
 }
 
-/// Whether the demo book can be seeded at `report`: every demo feed it
-/// carries has an ok leaf with no unconfirmed jump. A member's first
-/// report is often degraded (a few venues have answered yet), and the
-/// engine refuses new risk on a guarded feed, so a book seeded there would
-/// open no positions. Every member decides from the same signed leaves.
+/// Whether the demo book can be seeded at `report`: one of the demo feeds
+/// it carries has an ok leaf with no unconfirmed jump. A member's first
+/// report is often degraded everywhere (a few venues have answered yet),
+/// and the engine refuses new risk on a guarded feed, so a book seeded
+/// there would open no positions. Every member decides from the same
+/// signed leaves.
 pub fn ready(report: &PriceReport) -> bool {
     report
         .prices
         .iter()
         .filter(|p| DEMO_FEEDS.contains(&p.feed.as_str()))
-        .all(|p| {
+        .any(|p| {
             p.status == sibyl_margin::status::OK
                 && p.flags & sibyl_margin::status::UNCONFIRMED_JUMP == 0
         })
@@ -93,11 +94,11 @@ pub fn demo_inputs(demo: DemoSeed, first: &PriceReport) -> Vec<Input> {
         at_ms: first.timestamp_ms,
         command,
     };
-    // A scratch engine finds the largest size each edge account may open.
+    // A scratch engine keeps only what the engine accepts (an open on a
+    // feed whose leaf is not ok is refused as new risk) and finds the
+    // largest size each edge account may open.
     let mut scratch = Engine::default();
-    for i in &inputs {
-        let _ = scratch.apply(i);
-    }
+    inputs.retain(|i| scratch.apply(i).is_ok());
     let mut rng = SplitMix::new(demo.seed ^ 0x5eed_ed9e);
     let markets = ["BTC-PERP", "ETH-PERP", "SOL-PERP"];
     for j in 0..edge {
@@ -229,5 +230,46 @@ mod tests {
                 "a {move_ppm} ppm move liquidates some of the book"
             );
         }
+    }
+
+    /// A degraded demo feed keeps the book from opening on it (the engine
+    /// refuses new risk there) but not from seeding; a report with every
+    /// demo feed degraded does not seed at all.
+    #[test]
+    fn a_degraded_feed_is_left_out_of_the_book_and_all_degraded_waits() {
+        let t0 = 1_767_225_600_000;
+        let mut first = report(5, t0, 0);
+        for p in &mut first.prices {
+            if p.feed == "SOL-USD" {
+                p.status = sibyl_margin::status::DEGRADED;
+            }
+        }
+        assert!(ready(&first));
+        let inputs = demo_inputs(
+            DemoSeed {
+                accounts: 300,
+                seed: 7,
+            },
+            &first,
+        );
+        let mut engine = Engine::default();
+        for i in &inputs {
+            engine.apply(i).expect("every seed input is accepted");
+        }
+        let positions: Vec<&str> = engine
+            .state()
+            .accounts
+            .values()
+            .flat_map(|a| a.positions.keys().map(String::as_str))
+            .collect();
+        assert!(positions.iter().any(|m| m.starts_with("BTC")));
+        assert!(
+            !positions.iter().any(|m| m.starts_with("SOL")),
+            "{positions:?}"
+        );
+        for p in &mut first.prices {
+            p.status = sibyl_margin::status::DEGRADED;
+        }
+        assert!(!ready(&first));
     }
 }
