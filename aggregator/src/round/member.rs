@@ -128,7 +128,15 @@ impl Node {
             self.on_follower_proposal(now, &header, digest, p);
             return;
         }
-        self.clock_sample(sender, p.timestamp_ms);
+        // Only a first attempt is a clock sample: a later attempt carries the
+        // timestamp the leader chose for the first, so it arrives older by
+        // every share timeout before it (a withholding signer made every
+        // honest member's retries ~500 ms stale, the honest members moved
+        // their clocks by that much, and leaders then waited for their
+        // shifted clocks to pass the last report: 57-80 % of the rate).
+        if p.attempt == 0 {
+            self.clock_sample(sender, p.timestamp_ms);
+        }
         let checked = if self.faults.refuse() {
             Err(RefusalReason::Other)
         } else {

@@ -362,6 +362,24 @@ fn forge(h: &Harness, bytes: &[u8], edit: impl FnOnce(&mut ProposalMsg)) -> Vec<
     SignedMessage::sign(&leader, &DIGEST, m.round, m.sender, Payload::Proposal(p)).bytes
 }
 
+/// A proposal's timestamp is a clock sample only in its first attempt: a
+/// retry carries the first attempt's timestamp and arrives late by the
+/// timeouts before it, which would read as this member's clock being ahead.
+#[test]
+fn only_a_first_attempt_proposal_is_a_clock_sample() {
+    let late = |attempt: u8| {
+        let mut h = harness::<Ed>(4, 1);
+        let proposals = up_to_proposals(&mut h);
+        let (to, bytes) = proposals[0].clone();
+        let bytes = forge(&h, &bytes, |p| p.attempt = attempt);
+        // Delivered two seconds after it was stamped.
+        h.handle(to, T0 + 2_000, Input::Message { from: 1, bytes });
+        h.nodes[usize::from(to) - 1].clock.samples.get(&1).copied()
+    };
+    assert!(late(0).is_some_and(|s| s >= 1_900), "{:?}", late(0));
+    assert_eq!(late(1), None);
+}
+
 #[test]
 fn members_refuse_a_report_that_does_not_match_the_observations() {
     let mut h = harness::<Ed>(4, 1);
