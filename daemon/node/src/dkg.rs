@@ -268,6 +268,36 @@ pub async fn run_dkg_and_store(
     Ok(result)
 }
 
+/// What a ceremony over the committee network needs (`sibyl dkg`, `sibyl
+/// refresh`): its parameters for this committee, the network's settings
+/// from node.toml and a single-threaded runtime to drive it.
+pub(crate) fn ceremony_setup(
+    config: &crate::config::Config,
+    identity: Keypair,
+    timeout: Duration,
+) -> anyhow::Result<(DkgParams, crate::net::NetConfig, tokio::runtime::Runtime)> {
+    use anyhow::Context;
+    let committee = &config.committee;
+    let params = DkgParams {
+        digest: committee.digest,
+        threshold: committee.threshold,
+        identity: identity.clone(),
+        members: committee
+            .members
+            .iter()
+            .map(|m| (m.index, m.peer_id))
+            .collect(),
+        timeout,
+        resend_interval: Duration::from_secs(1),
+    };
+    let net_config = crate::net::NetConfig::from_node_config(config, identity)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok((params, net_config, runtime))
+}
+
 /// Arguments of `sibyl dkg`.
 #[derive(Debug, clap::Args)]
 pub struct DkgArgs {
@@ -284,7 +314,6 @@ pub struct DkgArgs {
 
 /// `sibyl dkg --config <node.toml>`.
 pub fn command(args: DkgArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
     let config = crate::config::Config::load(&args.config)?;
     let timeout = crate::config::parse_duration(&args.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
@@ -309,23 +338,7 @@ pub fn command(args: DkgArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let params = DkgParams {
-        digest,
-        threshold: committee.threshold,
-        identity: identity.clone(),
-        members: committee
-            .members
-            .iter()
-            .map(|m| (m.index, m.peer_id))
-            .collect(),
-        timeout,
-        resend_interval: Duration::from_secs(1),
-    };
-    let net_config = crate::net::NetConfig::from_node_config(&config, identity)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let (params, net_config, runtime) = ceremony_setup(&config, identity, timeout)?;
     let suites = committee.suites.clone();
     let written = keystore.clone();
     let result = runtime.block_on(async move {

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use sibyl_aggregator::dkg::{DkgResult, Input, Output, RefreshKeys};
 use sibyl_aggregator::{ConfigDigest, Suite};
@@ -328,23 +327,7 @@ pub fn command(args: RefreshArgs) -> anyhow::Result<()> {
         );
     }
     let identity = keystore.read_identity(&passphrase)?;
-    let params = DkgParams {
-        digest,
-        threshold: committee.threshold,
-        identity: identity.clone(),
-        members: committee
-            .members
-            .iter()
-            .map(|m| (m.index, m.peer_id))
-            .collect(),
-        timeout,
-        resend_interval: Duration::from_secs(1),
-    };
-    let net_config = crate::net::NetConfig::from_node_config(&config, identity)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let (params, net_config, runtime) = crate::dkg::ceremony_setup(&config, identity, timeout)?;
     let outcome = runtime.block_on(async {
         let mut net = Net::new(net_config)?;
         eprintln!(
