@@ -443,28 +443,22 @@ impl PgStore {
         interval: i64,
         limit: usize,
     ) -> Result<Vec<Candle>, ApiError> {
-        let rows = self
-            .client()
-            .query(
-                "SELECT ts_ms - ts_ms % $4 AS bucket,
-                        (array_agg(price ORDER BY ts_ms, round))[1]::text,
-                        max(price)::text, min(price)::text,
-                        (array_agg(price ORDER BY ts_ms DESC, round DESC))[1]::text,
-                        count(*)
-                 FROM points
-                 WHERE feed_key = $1 AND ts_ms >= $2 AND ts_ms < $3
-                 GROUP BY bucket ORDER BY bucket LIMIT $5",
-                &[
-                    &key,
-                    &i64_of(from, "from")?,
-                    &i64_of(to.min(i64::MAX as u64), "to")?,
-                    &interval,
-                    &(limit as i64),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(candle_of).collect()
+        self.candles_query(
+            "SELECT ts_ms - ts_ms % $4 AS bucket,
+                            (array_agg(price ORDER BY ts_ms, round))[1]::text,
+                            max(price)::text, min(price)::text,
+                            (array_agg(price ORDER BY ts_ms DESC, round DESC))[1]::text,
+                            count(*)
+                     FROM points
+                     WHERE feed_key = $1 AND ts_ms >= $2 AND ts_ms < $3
+                     GROUP BY bucket ORDER BY bucket LIMIT $5",
+            key,
+            from,
+            to,
+            interval,
+            limit,
+        )
+        .await
     }
 
     /// Candles of `[from, to)` (both on minute boundaries) from the
@@ -477,17 +471,39 @@ impl PgStore {
         interval: i64,
         limit: usize,
     ) -> Result<Vec<Candle>, ApiError> {
+        self.candles_query(
+            "SELECT bucket_ms - bucket_ms % $4 AS bucket,
+                            (array_agg(open ORDER BY bucket_ms))[1]::text,
+                            max(high)::text, min(low)::text,
+                            (array_agg(close ORDER BY bucket_ms DESC))[1]::text,
+                            sum(count)::bigint
+                     FROM candles_1m
+                     WHERE feed_key = $1 AND bucket_ms >= $2 AND bucket_ms < $3
+                     GROUP BY bucket ORDER BY bucket LIMIT $5",
+            key,
+            from,
+            to,
+            interval,
+            limit,
+        )
+        .await
+    }
+
+    /// Runs a candle query (`$1` feed key, `[$2, $3)` times, `$4` interval,
+    /// `$5` limit; rows of bucket, open, high, low, close, count).
+    async fn candles_query(
+        &self,
+        sql: &str,
+        key: i32,
+        from: u64,
+        to: u64,
+        interval: i64,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ApiError> {
         let rows = self
             .client()
             .query(
-                "SELECT bucket_ms - bucket_ms % $4 AS bucket,
-                        (array_agg(open ORDER BY bucket_ms))[1]::text,
-                        max(high)::text, min(low)::text,
-                        (array_agg(close ORDER BY bucket_ms DESC))[1]::text,
-                        sum(count)::bigint
-                 FROM candles_1m
-                 WHERE feed_key = $1 AND bucket_ms >= $2 AND bucket_ms < $3
-                 GROUP BY bucket ORDER BY bucket LIMIT $5",
+                sql,
                 &[
                     &key,
                     &i64_of(from, "from")?,
