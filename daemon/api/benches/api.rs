@@ -14,8 +14,7 @@
 
 use sibyl_aggregator::merkle;
 use sibyl_aggregator::{
-    ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport,
-    Suite,
+    ConfigDigest, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite,
 };
 use sibyl_api::{ApiConfig, ApiLimits, ApiParts, ApiState, CommitteeStatus};
 use sibyl_node::store::{Point, Store};
@@ -28,46 +27,8 @@ use std::time::{Duration, Instant};
 const FEEDS: usize = 10;
 const DAY_MS: u64 = 86_400_000;
 
-fn feed(i: usize) -> FeedId {
-    FeedId::new(format!("FEED{i:02}-USD")).expect("feed id")
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn report_timing(what: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{what:<58} p50 {:>9.3} ms  p99 {:>9.3} ms  (n={})",
-        percentile(&samples, 0.5).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        samples.len()
-    );
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> (u16, usize) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read");
-    let status = std::str::from_utf8(&out[9..12.min(out.len())])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, out.len())
-}
+mod support;
+use support::{env_u64, feed, http_get, report_timing};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
