@@ -737,6 +737,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result.map_err(io_err)
 }
 
+/// Where a refresh keeps the new keys until every member stored them:
+/// the key files' names with `.pending` before the suite
+/// (`keys/frost.key` -> `keys/frost.ed25519.pending.key`: the suite goes after the first stem, see `Keystore::key_package_path`).
+pub fn pending_keystore(live: &Keystore) -> Keystore {
+    let p = live.paths();
+    let pending = |path: &std::path::Path| {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let new = match name.split_once('.') {
+            Some((stem, ext)) => format!("{stem}.pending.{ext}"),
+            None => format!("{name}.pending"),
+        };
+        path.with_file_name(new)
+    };
+    Keystore::with_paths(KeyPaths {
+        identity: p.identity.clone(),
+        key_package: pending(&p.key_package),
+        public_key_package: pending(&p.public_key_package),
+    })
+}
+
+/// The pending key files of `suites` (those that exist).
+pub fn pending_files(live: &Keystore, suites: &[sibyl_aggregator::Suite]) -> Vec<PathBuf> {
+    let pending = pending_keystore(live);
+    suites
+        .iter()
+        .flat_map(|s| match s {
+            sibyl_aggregator::Suite::Ed25519 => [
+                pending.key_package_path::<frost_ed25519::Ed25519Sha512>(),
+                pending.public_key_package_path::<frost_ed25519::Ed25519Sha512>(),
+            ],
+            sibyl_aggregator::Suite::Secp256k1Evm => [
+                pending.key_package_path::<frost_secp256k1_evm::Secp256K1Keccak256>(),
+                pending.public_key_package_path::<frost_secp256k1_evm::Secp256K1Keccak256>(),
+            ],
+        })
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Why a member with pending refresh files must not start (`sibyl run`
+/// refuses, `sibyl config check` reports it).
+pub fn pending_refresh_refusal(pending: &[PathBuf]) -> String {
+    format!(
+        "a key refresh did not finish here ({} pending); this member's shares may not match the others'. Run `sibyl refresh --finish` if every other member switched, else `sibyl refresh --abandon` (docs/OPERATOR.md, \"Refreshing key shares\")",
+        pending
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

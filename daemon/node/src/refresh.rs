@@ -24,7 +24,8 @@ use sibyl_aggregator::dkg::{DkgResult, Input, Output, RefreshKeys};
 use sibyl_aggregator::{ConfigDigest, Suite};
 
 use crate::dkg::{DkgError, DkgParams, drive, linger_of, refresh_machine};
-use crate::keystore::{KeyPaths, Keystore, Passphrase};
+use crate::keystore::{Keystore, Passphrase};
+pub use crate::keystore::{pending_files, pending_keystore, pending_refresh_refusal};
 use crate::net::{Net, NetEvent};
 
 type Ed = frost_ed25519::Ed25519Sha512;
@@ -33,29 +34,6 @@ type Evm = frost_secp256k1_evm::Secp256K1Keccak256;
 /// `"SRFS" | SHA3-256 of every suite's new public key package`: "I stored
 /// my new shares of this refresh".
 const STORED_MAGIC: &[u8; 4] = b"SRFS";
-
-/// Where a refresh keeps the new keys until every member stored them:
-/// the key files' names with `.pending` before the suite
-/// (`keys/frost.key` -> `keys/frost.ed25519.pending.key`: the suite goes after the first stem, see `Keystore::key_package_path`).
-pub fn pending_keystore(live: &Keystore) -> Keystore {
-    let p = live.paths();
-    let pending = |path: &std::path::Path| {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let new = match name.split_once('.') {
-            Some((stem, ext)) => format!("{stem}.pending.{ext}"),
-            None => format!("{name}.pending"),
-        };
-        path.with_file_name(new)
-    };
-    Keystore::with_paths(KeyPaths {
-        identity: p.identity.clone(),
-        key_package: pending(&p.key_package),
-        public_key_package: pending(&p.public_key_package),
-    })
-}
 
 /// The keys a member holds for `suites`.
 pub fn read_keys(
@@ -123,25 +101,6 @@ fn write_keys(
         keystore.write_public_key_package(digest, p)?;
     }
     Ok(())
-}
-
-/// The pending key files of `suites` (those that exist).
-pub fn pending_files(live: &Keystore, suites: &[Suite]) -> Vec<PathBuf> {
-    let pending = pending_keystore(live);
-    suites
-        .iter()
-        .flat_map(|s| match s {
-            Suite::Ed25519 => [
-                pending.key_package_path::<Ed>(),
-                pending.public_key_package_path::<Ed>(),
-            ],
-            Suite::Secp256k1Evm => [
-                pending.key_package_path::<Evm>(),
-                pending.public_key_package_path::<Evm>(),
-            ],
-        })
-        .filter(|p| p.exists())
-        .collect()
 }
 
 /// Switch to the pending keys: they replace the live ones (each file

@@ -131,14 +131,7 @@ pub async fn run_node(
     let keystore = config.keystore();
     let pending = sibyl_node::refresh::pending_files(&keystore, &committee.suites);
     if !pending.is_empty() {
-        anyhow::bail!(
-            "a key refresh did not finish here ({} pending); this member's shares may not match the others'. Run `sibyl refresh --finish` if every other member switched, else `sibyl refresh --abandon` (docs/OPERATOR.md, \"Refreshing key shares\")",
-            pending
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        anyhow::bail!(sibyl_node::keystore::pending_refresh_refusal(&pending));
     }
     let identity = keystore.read_identity(&pass)?;
     let peer_id = identity.public().to_peer_id();

@@ -147,6 +147,16 @@ fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
         keys_dir.join("frost.ed25519.pending.key"),
     )
     .expect("fake pending file");
+    // `config check` refuses it as `run` does.
+    let check = common::sibyl()
+        .args(["config", "check", "--config"])
+        .arg(&configs[0])
+        .output()
+        .expect("config check");
+    let said = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "{said}");
+    assert!(said.contains("a key refresh did not finish here"), "{said}");
     let log = c.dir.path().join("pending-run.log");
     let mut refused = common::spawn(&configs[0], &log);
     let status = common::exit_within("sibyl run over pending refresh files", &mut refused, 30);

@@ -90,6 +90,14 @@ pub fn check_keys(config: &Config) -> Vec<Problem> {
             problems.push(key_problem(config, key, e));
         }
     }
+    let pending = crate::keystore::pending_files(&keystore, &config.committee.suites);
+    if !pending.is_empty() {
+        problems.push(config.node_problem(
+            "keys.key_package",
+            crate::keystore::pending_refresh_refusal(&pending),
+            "`sibyl run` refuses to start until the refresh is finished or abandoned",
+        ));
+    }
     problems
 }
 
