@@ -222,6 +222,9 @@ impl DkgMessage {
                 let mut nonces = BTreeMap::new();
                 for _ in 0..count {
                     let member = r.u16()?;
+                    if nonces.last_key_value().is_some_and(|(m, _)| *m > member) {
+                        return Err(DkgDecodeError::OutOfOrder(member));
+                    }
                     if nonces.insert(member, r.array::<32>()?).is_some() {
                         return Err(DkgDecodeError::DuplicateNonce(member));
                     }
@@ -239,6 +242,9 @@ impl DkgMessage {
                     let member = r.u16()?;
                     let hash = r.array::<32>()?;
                     let sig = r.bytes()?.to_vec();
+                    if entries.last_key_value().is_some_and(|(m, _)| *m > member) {
+                        return Err(DkgDecodeError::OutOfOrder(member));
+                    }
                     if entries.insert(member, (hash, sig)).is_some() {
                         return Err(DkgDecodeError::DuplicateEcho(member));
                     }
@@ -283,6 +289,10 @@ pub enum DkgDecodeError {
     DuplicateEcho(u16),
     #[error("round-1 message lists member {0}'s nonce twice")]
     DuplicateNonce(u16),
+    /// A list (nonces, echo entries) not in ascending member order: the
+    /// encoding is canonical, one byte string per message.
+    #[error("DKG message lists member {0} after a higher member (lists are in ascending order)")]
+    OutOfOrder(u16),
     #[error("{0} trailing bytes after the DKG message")]
     TrailingBytes(usize),
 }

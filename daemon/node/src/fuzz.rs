@@ -325,6 +325,29 @@ mod tests {
         ]
     }
 
+    /// Found by `cargo fuzz run dkg_message`: a round-1 nonce list out of
+    /// member order decoded, and re-encoded sorted (two byte strings for
+    /// one message). Lists must be in ascending member order.
+    #[test]
+    fn dkg_lists_out_of_member_order_are_refused() {
+        let msg = DkgMessage::Round1 {
+            nonces: BTreeMap::from([(1, [1; 32]), (2, [2; 32])]),
+            package: vec![7],
+            signature: vec![8],
+        };
+        let good = msg.encode(&[9; 32]);
+        assert!(DkgMessage::decode(&good).is_ok());
+        // magic 4, version 1, kind 1, session 32, count 2: entries of 34 at 40.
+        let mut swapped = good.clone();
+        swapped[40..74].copy_from_slice(&good[74..108]);
+        swapped[74..108].copy_from_slice(&good[40..74]);
+        assert!(matches!(
+            DkgMessage::decode(&swapped),
+            Err(DkgDecodeError::OutOfOrder(1))
+        ));
+        fuzz_dkg_message(&swapped);
+    }
+
     /// Every seed is accepted by its decoder and passes its target's oracle.
     /// With `SIBYL_FUZZ_SEEDS=DIR` set, the seeds are also written to
     /// `DIR/<target>/` (how `daemon/fuzz/seeds` was made).
