@@ -36,11 +36,7 @@ library FrostSecp256k1 {
             let p := mload(0x40)
             // msg' = Z_pad(136 zero bytes) || R(33) || PK(33) || msg(32) || I2OSP(48, 2)
             //        || I2OSP(0, 1) || DST(32) || I2OSP(32, 1)        = 270 bytes
-            mstore(p, 0)
-            mstore(add(p, 0x20), 0)
-            mstore(add(p, 0x40), 0)
-            mstore(add(p, 0x60), 0)
-            mstore(add(p, 0x80), 0)
+            calldatacopy(p, calldatasize(), 136) // zeros (reading past the calldata)
             mstore8(add(p, 136), add(2, rOdd))
             mstore(add(p, 137), rx)
             mstore8(add(p, 169), add(2, pkOdd))
@@ -71,23 +67,29 @@ library FrostSecp256k1 {
     /// (non-zero, below N, on the curve); `isValidKey` checks that when the key is set.
     function verify(uint256 pkx, bool pkOdd, bytes32 message, uint256 rx, uint256 ry, uint256 z)
         internal
-        pure
-        returns (bool)
+        view
+        returns (bool valid)
     {
         if (z == 0 || z >= N) return false;
         uint256 c = challenge(rx, ry & 1 == 1, pkx, pkOdd, message);
-        address expected;
         assembly ("memory-safe") {
             // address(R) = last 20 bytes of keccak256(R.x || R.y)
             mstore(0x00, rx)
             mstore(0x20, ry)
-            expected := and(keccak256(0x00, 0x40), 0xffffffffffffffffffffffffffffffffffffffff)
+            let expected := and(keccak256(0x00, 0x40), 0xffffffffffffffffffffffffffffffffffffffff)
+            // ecrecover(h, v, r, s) with h = -z*pkx, v = 27 + parity, r = pkx, s = -c*pkx
+            // (mod n; never zero: c, z, pkx are in [1, n)), called directly: the precompile
+            // writes nothing on failure, so the output word is cleared first.
+            let p := mload(0x40)
+            mstore(p, sub(N, mulmod(z, pkx, N)))
+            mstore(add(p, 0x20), add(27, pkOdd))
+            mstore(add(p, 0x40), pkx)
+            mstore(add(p, 0x60), sub(N, mulmod(c, pkx, N)))
+            mstore(0x00, 0)
+            let ok := staticcall(gas(), 0x01, p, 0x80, 0x00, 0x20)
+            let recovered := mload(0x00)
+            valid := and(ok, and(iszero(iszero(recovered)), eq(recovered, expected)))
         }
-        // s = -c*pkx mod n and h = -z*pkx mod n (never zero: c, z, pkx are in [1, n)).
-        uint256 s = N - mulmod(c, pkx, N);
-        bytes32 h = bytes32(N - mulmod(z, pkx, N));
-        address recovered = ecrecover(h, pkOdd ? 28 : 27, bytes32(pkx), bytes32(s));
-        return recovered != address(0) && recovered == expected;
     }
 
     /// A group key usable by `verify`: on the curve, x in [1, n) so `ecrecover` accepts it.

@@ -94,6 +94,9 @@ contract SibylFeed {
 
     /// Values kept per feed: `getRoundData` answers the latest round id and the one before.
     uint256 public constant historySize = 2;
+    /// Where the leaves of a packed pull payload start (updateFeeds): header 49 bytes,
+    /// signature 128.
+    uint256 internal constant PULL_LEAVES_AT = 177;
     /// Protocol version this contract accepts.
     uint8 internal constant REPORT_VERSION = 1;
     /// keccak256("Sibyl report v1"): first word of the signed digest.
@@ -176,7 +179,8 @@ contract SibylFeed {
     /// The new committee's signature (proof of possession) is not over the rotation message by
     /// the new group key.
     error NewKeyNotProven();
-    /// `payload` of updateFeeds is not abi.encode(header, signature, leaves, proofs).
+    /// `payload` of updateFeeds is not a packed pull payload: shorter or longer than its
+    /// depths say.
     error MalformedPayload();
 
     constructor(
@@ -207,10 +211,11 @@ contract SibylFeed {
         uint256 count = leaves.length;
         if (count == 0) revert NoLeaves();
         bytes32 root = _rootOf(leaves);
-        _checkReport(meta, root, signature);
-        uint256 timestampMs = meta.timestampMs;
+        uint64 timestampMs = meta.timestampMs;
+        _checkReport(meta.version, meta.configDigest, timestampMs, _digest(meta, root), signature);
         for (uint256 i = 0; i < count; i++) {
-            _store(timestampMs, leaves[i]);
+            Leaf calldata leaf = leaves[i];
+            _store(timestampMs, leaf.feedId, leaf.price, leaf.confidence);
         }
     }
 
@@ -225,37 +230,81 @@ contract SibylFeed {
         _submitFeeds(header, signature, leaves, proofs);
     }
 
-    /// Pull path with one opaque argument, as pull-oracle integrations expect:
-    /// `payload` = abi.encode(header, signature, leaves, proofs), i.e. submitFeeds' calldata
-    /// without its selector (the API's `/v1/feeds/update` returns it as `payload`).
-    function updateFeeds(bytes calldata payload) external {
-        ReportHeader calldata header;
+    /// Pull path with one opaque argument, as pull-oracle integrations expect. `payload` is the
+    /// packed pull payload (docs/CONTRACTS.md, "Pull payloads"; the API's `/v1/feeds/update`
+    /// returns it as `payload`), big-endian, no padding:
+    ///
+    ///   version u8 | configDigest bytes32 | round u64 | timestampMs u64          (49 bytes)
+    ///   | groupKeyX | rx | ry | z (uint256 each: the Signature struct)         (128 bytes)
+    ///   | one or more ( leaf | depth u8 | depth x sibling bytes32 ), to the end
+    ///
+    /// with a leaf packed at its Rust widths (int128/uint128 values), its feed id as its ASCII
+    /// bytes after their length (1 to 32; the id's bytes32 is those bytes, zero-padded):
+    ///   idLength u8 | id | price int128 | confidence uint128 | numObservations u16
+    ///   | observedAtMs u64 | bid int128 | ask int128 | venues u16 | status u8 | flags u16
+    ///   | ema int128 | emaConfidence uint128 | volatility u64
+    ///
+    /// No Merkle root is sent: each leaf's proof yields it, all must agree, and the signature
+    /// over the digest with that root proves the lot. Half the calldata of `submitFeeds`
+    /// (test/Gas.t.sol measures both). Every byte is read: a payload that is shorter or
+    /// longer than its depths say reverts MalformedPayload. Returns how many of the payload's
+    /// feeds took its value (the others were skipped: FeedSkipped says why).
+    function updateFeeds(bytes calldata payload) external returns (uint256 stored) {
+        uint256 start;
+        uint256 end;
+        assembly ("memory-safe") {
+            start := payload.offset
+            end := add(start, payload.length)
+        }
+        if (payload.length < PULL_LEAVES_AT) revert MalformedPayload();
+        if (payload.length == PULL_LEAVES_AT) revert NoLeaves();
+        uint64 timestampMs;
+        assembly ("memory-safe") {
+            timestampMs := shr(192, calldataload(add(start, 41)))
+        }
+        // One pass: each leaf's proof must lead to the first leaf's root; each leaf is stored
+        // as it comes. The signature over that root is checked after the loop: if it fails,
+        // the revert undoes every store (cheaper than walking the leaves twice).
+        uint256 at = start + PULL_LEAVES_AT;
+        bytes32 root;
+        while (at < end) {
+            (bytes32 r, bytes32 feedId, uint256 q, uint256 next) = _packedLeaf(at, end);
+            if (at == start + PULL_LEAVES_AT) root = r;
+            else if (r != root) revert InvalidMerkleProof(feedId);
+            int256 price;
+            uint256 confidence;
+            assembly ("memory-safe") {
+                price := sar(128, calldataload(q))
+                confidence := shr(128, calldataload(add(q, 16)))
+            }
+            if (_store(timestampMs, feedId, price, confidence)) {
+                unchecked {
+                    ++stored;
+                }
+            }
+            at = next;
+        }
+        if (at != end) revert MalformedPayload();
+        // The header, then the signature over it with that root.
+        uint8 version;
+        bytes32 digestOfConfig;
+        bytes32 digest;
         Signature calldata signature;
-        Leaf[] calldata leaves;
-        bytes32[][] calldata proofs;
-        if (payload.length < 0x1a0) revert MalformedPayload();
-        uint256 leavesAt;
-        uint256 proofsAt;
+        bytes32 domain = REPORT_DOMAIN;
         assembly ("memory-safe") {
-            header := payload.offset
-            signature := add(payload.offset, 0xa0)
-            leavesAt := calldataload(add(payload.offset, 0x120))
-            proofsAt := calldataload(add(payload.offset, 0x140))
+            version := shr(248, calldataload(start))
+            digestOfConfig := calldataload(add(start, 1))
+            let p := mload(0x40)
+            mstore(p, domain)
+            mstore(add(p, 0x20), version)
+            mstore(add(p, 0x40), digestOfConfig)
+            mstore(add(p, 0x60), shr(192, calldataload(add(start, 33))))
+            mstore(add(p, 0x80), timestampMs)
+            mstore(add(p, 0xa0), root)
+            digest := keccak256(p, 0xc0)
+            signature := add(start, 49)
         }
-        if (leavesAt > payload.length - 0x20 || proofsAt > payload.length - 0x20) {
-            revert MalformedPayload();
-        }
-        assembly ("memory-safe") {
-            let l := add(payload.offset, leavesAt)
-            leaves.length := calldataload(l)
-            leaves.offset := add(l, 0x20)
-            let p := add(payload.offset, proofsAt)
-            proofs.length := calldataload(p)
-            proofs.offset := add(p, 0x20)
-        }
-        // Everything read from here on is covered by the signature and the proofs; the ABI
-        // decoder's own bounds checks refuse reads beyond the calldata.
-        _submitFeeds(header, signature, leaves, proofs);
+        _checkReport(version, digestOfConfig, timestampMs, digest, signature);
     }
 
     /// Hands the contract over to a new committee and registers the new committee file's
@@ -343,6 +392,14 @@ contract SibylFeed {
         decimals = uint8((v >> 248) - 1);
         if (uint32(v >> 216) == 0) return (0, 0, decimals, 0);
         return (int96(uint96(v)), uint72(v >> 96), decimals, _updatedAt(v));
+    }
+
+    /// The feed's latest stored value as one word, laid out as `FeedUpdated`'s `value`:
+    /// price = int96(v), confidence = uint72(v >> 96), timestampMs = uint48(v >> 168),
+    /// roundId = uint32(v >> 216) (0: no value yet), decimals + 1 = v >> 248 (0: the feed is
+    /// not registered). The cheapest read for another contract (SibylPull decodes it).
+    function latestValue(bytes32 feedId) external view returns (uint256) {
+        return _latest(feedId);
     }
 
     /// The feed's decimals and latest round id (0 before the first value); reverts UnknownFeed
@@ -494,36 +551,89 @@ contract SibylFeed {
         assembly ("memory-safe") {
             meta := header // ReportMeta is ReportHeader's first four words
         }
-        _checkReport(meta, root, signature);
-        uint256 timestampMs = header.timestampMs;
+        uint64 timestampMs = header.timestampMs;
+        _checkReport(
+            header.version, header.configDigest, timestampMs, _digest(meta, root), signature
+        );
         for (uint256 i = 0; i < count; i++) {
             Leaf calldata leaf = leaves[i];
             if (_processProof(leafHash(leaf), proofs[i]) != root) {
                 revert InvalidMerkleProof(leaf.feedId);
             }
-            _store(timestampMs, leaf);
+            _store(timestampMs, leaf.feedId, leaf.price, leaf.confidence);
         }
     }
 
-    /// Version, clock, committee and signature checks of a report with Merkle root `root`.
-    function _checkReport(ReportMeta calldata meta, bytes32 root, Signature calldata signature)
-        internal
-        view
-    {
-        if (meta.version != REPORT_VERSION) revert UnsupportedVersion(meta.version);
-        uint64 timestampMs = meta.timestampMs;
+    /// Version, clock, committee and signature checks of a report whose signed digest is
+    /// `digest` (built from the report's own version, config digest and timestamp).
+    function _checkReport(
+        uint8 version,
+        bytes32 digestOfConfig,
+        uint64 timestampMs,
+        bytes32 digest,
+        Signature calldata signature
+    ) internal view {
+        if (version != REPORT_VERSION) revert UnsupportedVersion(version);
         uint64 blockMs = uint64(block.timestamp) * 1000;
         if (timestampMs > blockMs + maxClockDriftMs) revert ReportFromFuture(timestampMs, blockMs);
         if (timestampMs > type(uint48).max) revert ValueOutOfRange(bytes32(0));
-        bool keyOdd = _checkKey(meta.configDigest, signature.groupKeyX);
+        bool keyOdd = _checkKey(digestOfConfig, signature.groupKeyX);
         if (!FrostSecp256k1.verify(
-                signature.groupKeyX,
-                keyOdd,
-                _digest(meta, root),
-                signature.rx,
-                signature.ry,
-                signature.z
+                signature.groupKeyX, keyOdd, digest, signature.rx, signature.ry, signature.z
             )) revert InvalidSignature();
+    }
+
+    /// A packed pull leaf at calldata `at` (docs in updateFeeds): the Merkle root its proof
+    /// leads to, its feed id, where its numbers start (price, then confidence) and where the
+    /// next leaf starts. Reverts MalformedPayload if an id is longer than 32 bytes or leaf or
+    /// proof runs past `end`.
+    function _packedLeaf(uint256 at, uint256 end)
+        internal
+        pure
+        returns (bytes32 h, bytes32 feedId, uint256 q, uint256 next)
+    {
+        bool bad;
+        assembly ("memory-safe") {
+            let len := byte(0, calldataload(at))
+            q := add(add(at, 1), len)
+            next := add(q, 120)
+            bad := or(gt(len, 32), gt(next, end))
+            next := add(next, shl(5, byte(0, calldataload(add(q, 119)))))
+            bad := or(bad, gt(next, end))
+            // the id's bytes, zero past its length (shl by 256 when len = 0 yields 0)
+            feedId := and(calldataload(add(at, 1)), shl(sub(256, shl(3, len)), not(0)))
+        }
+        if (bad) revert MalformedPayload();
+        assembly ("memory-safe") {
+            // The leaf as abi.encode(Leaf) (13 words) after a 0x00 byte, then its hash.
+            let p := mload(0x40)
+            mstore8(p, 0)
+            let w := add(p, 1)
+            mstore(w, feedId)
+            mstore(add(w, 0x20), sar(128, calldataload(q))) // price
+            mstore(add(w, 0x40), shr(128, calldataload(add(q, 16)))) // confidence
+            mstore(add(w, 0x60), shr(240, calldataload(add(q, 32)))) // numObservations
+            mstore(add(w, 0x80), shr(192, calldataload(add(q, 34)))) // observedAtMs
+            mstore(add(w, 0xa0), sar(128, calldataload(add(q, 42)))) // bid
+            mstore(add(w, 0xc0), sar(128, calldataload(add(q, 58)))) // ask
+            mstore(add(w, 0xe0), shr(240, calldataload(add(q, 74)))) // venues
+            mstore(add(w, 0x100), shr(248, calldataload(add(q, 76)))) // status
+            mstore(add(w, 0x120), shr(240, calldataload(add(q, 77)))) // flags
+            mstore(add(w, 0x140), sar(128, calldataload(add(q, 79)))) // ema
+            mstore(add(w, 0x160), shr(128, calldataload(add(q, 95)))) // emaConfidence
+            mstore(add(w, 0x180), shr(192, calldataload(add(q, 111)))) // volatility
+            h := keccak256(p, 417)
+            // Up the tree: keccak256(0x01 || min || max), branch-free.
+            mstore8(p, 1)
+            let b := add(w, 0x20)
+            for { let s := add(q, 120) } lt(s, next) { s := add(s, 32) } {
+                let sib := calldataload(s)
+                let swap := mul(xor(h, sib), gt(h, sib))
+                mstore(w, xor(h, swap))
+                mstore(b, xor(sib, swap))
+                h := keccak256(p, 65)
+            }
+        }
     }
 
     /// reportDigest without ABI re-encoding: the meta is four static words in calldata
@@ -571,8 +681,10 @@ contract SibylFeed {
     /// must be registered, the value must fit, and the report's timestamp must be later than
     /// the feed's latest value's. (Members sign only reports whose timestamp is later than the
     /// previous report's, so within a committee a later timestamp is a later round.)
-    function _store(uint256 timestampMs, Leaf calldata leaf) internal {
-        bytes32 feedId = leaf.feedId;
+    function _store(uint256 timestampMs, bytes32 feedId, int256 price, uint256 confidence)
+        internal
+        returns (bool stored)
+    {
         uint256 base;
         uint256 a;
         uint256 b;
@@ -587,8 +699,6 @@ contract SibylFeed {
         uint256 tag = latest >> 248; // decimals + 1
         if (tag == 0) return _skip(feedId, SKIP_UNKNOWN_FEED);
         if (timestampMs <= uint48(latest >> 168)) return _skip(feedId, SKIP_STALE);
-        int256 price = leaf.price;
-        uint256 confidence = leaf.confidence;
         uint256 roundId = uint32(latest >> 216) + 1;
         if (
             price < type(int96).min || price > type(int96).max || confidence > type(uint72).max
@@ -598,13 +708,15 @@ contract SibylFeed {
             | (timestampMs << 168) | (roundId << 216) | (tag << 248);
         assembly ("memory-safe") {
             sstore(add(base, and(roundId, 1)), packed)
+            stored := 1
             mstore(0x00, packed)
             log1(0x00, 0x20, feedId) // FeedUpdated (anonymous)
         }
     }
 
-    function _skip(bytes32 feedId, uint8 reason) internal {
+    function _skip(bytes32 feedId, uint8 reason) internal returns (bool) {
         emit FeedSkipped(feedId, reason);
+        return false;
     }
 
     function _processProof(bytes32 h, bytes32[] calldata proof) internal pure returns (bytes32) {

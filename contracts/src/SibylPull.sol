@@ -29,10 +29,28 @@ library SibylPull {
     /// The feed's value is older than `maxAge` seconds (or the feed has none).
     error PriceTooOld(bytes32 feedId, uint256 timestamp, uint256 maxAge);
 
-    /// Verifies and stores a payload from the API's `/v1/feeds/update` (`payload` field):
-    /// abi.encode(header, signature, leaves, proofs) of one signed report.
-    function updateFeeds(SibylFeed feed, bytes calldata payload) internal {
-        feed.updateFeeds(payload);
+    /// Verifies and stores a payload from the API's `/v1/feeds/update` (`payload` field): the
+    /// packed pull payload of one signed report (SibylFeed.updateFeeds documents the layout).
+    /// Returns how many of the payload's feeds took its value (0: every one already held the
+    /// same or a newer report).
+    function updateFeeds(SibylFeed feed, bytes calldata payload) internal returns (uint256 stored) {
+        // feed.updateFeeds(payload) as a bare call (the ABI encoder's copy and checks are paid
+        // in every pull consumer's transaction); a feed address without code returns no data
+        // and is refused like a revert.
+        bytes4 selector = SibylFeed.updateFeeds.selector;
+        assembly ("memory-safe") {
+            let p := mload(0x40)
+            mstore(p, selector)
+            mstore(add(p, 0x04), 0x20)
+            mstore(add(p, 0x24), payload.length)
+            calldatacopy(add(p, 0x44), payload.offset, payload.length)
+            if iszero(call(gas(), feed, 0, p, add(0x44, payload.length), 0x00, 0x20)) {
+                returndatacopy(p, 0x00, returndatasize())
+                revert(p, returndatasize())
+            }
+            if lt(returndatasize(), 0x20) { revert(0x00, 0x00) }
+            stored := mload(0x00)
+        }
     }
 
     /// The feed's latest value if it is at most `maxAge` seconds old; reverts PriceTooOld
@@ -42,7 +60,29 @@ library SibylPull {
         view
         returns (Price memory p)
     {
-        (p.price, p.confidence, p.decimals, p.timestamp) = feed.latestPrice(feedId);
+        // feed.latestValue(feedId) as a bare staticcall: this runs in every pull consumer's
+        // transaction, and the ABI decoder's checks cost more than the read itself.
+        uint256 v;
+        bytes4 selector = SibylFeed.latestValue.selector;
+        assembly ("memory-safe") {
+            mstore(0x00, selector)
+            mstore(0x04, feedId)
+            if iszero(staticcall(gas(), feed, 0x00, 0x24, 0x00, 0x20)) {
+                returndatacopy(0x00, 0x00, returndatasize())
+                revert(0x00, returndatasize())
+            }
+            if lt(returndatasize(), 0x20) { revert(0x00, 0x00) }
+            v := mload(0x00)
+        }
+        if (v >> 248 == 0) revert SibylFeed.UnknownFeed(feedId);
+        p.decimals = uint8((v >> 248) - 1);
+        if (uint32(v >> 216) != 0) {
+            p.price = int96(uint96(v));
+            p.confidence = uint72(v >> 96);
+            // the report's time in seconds, never later than the block
+            p.timestamp = uint48(v >> 168) / 1000;
+            if (p.timestamp > block.timestamp) p.timestamp = block.timestamp;
+        }
         if (p.timestamp == 0 || block.timestamp - p.timestamp > maxAge) {
             revert PriceTooOld(feedId, p.timestamp, maxAge);
         }

@@ -17,7 +17,7 @@ contract FrostHarness {
 
     function verify(uint256 pkx, bool pkOdd, bytes32 m, uint256 rx, uint256 ry, uint256 z)
         external
-        pure
+        view
         returns (bool)
     {
         return FrostSecp256k1.verify(pkx, pkOdd, m, rx, ry, z);

@@ -7,6 +7,8 @@ import {SibylAggregatorV3} from "../src/SibylAggregatorV3.sol";
 import {FrostSecp256k1} from "../src/FrostSecp256k1.sol";
 import {FrostSigner} from "./utils/FrostSigner.sol";
 import {ReportBuilder} from "./utils/ReportBuilder.sol";
+import {PullConsumer} from "./utils/PullConsumer.sol";
+import {SibylPull} from "../src/SibylPull.sol";
 
 /// Reports signed inside the test with a known group secret (a FROST group signature is a
 /// Schnorr signature under the group key; frost_kat.json ties our challenge to the Rust crate).
@@ -604,5 +606,155 @@ contract SibylFeedTest is Test {
         vm.warp(NOW_S + 60);
         (,,, updatedAt,) = agg.latestRoundData();
         assertEq(updatedAt, NOW_S + DRIFT_MS / 1000);
+    }
+
+    // ------------------------------------------------------------------ pull payloads
+
+    function pullPayload(SibylFeed.Leaf[] memory all, uint256[] memory idx, uint64 round, uint64 ts)
+        internal
+        returns (bytes memory, SibylFeed.Leaf[] memory)
+    {
+        (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps) = proofs(all, idx);
+        SibylFeed.ReportHeader memory h = header(all, round, ts);
+        return (ReportBuilder.pullPayload(h, signWith(committee, h), sub, ps), sub);
+    }
+
+    function indices(uint256 a, uint256 b, uint256 c) internal pure returns (uint256[] memory i) {
+        i = new uint256[](3);
+        (i[0], i[1], i[2]) = (a, b, c);
+    }
+
+    /// Seven leaves (an odd tree: the last leaf is promoted, so proofs differ in depth); the
+    /// consumer library stores three of them and reads them back; the same payload again
+    /// stores nothing and does not revert.
+    function test_pullPayloadThroughTheLibrary() public {
+        SibylFeed.Leaf[] memory ls = leaves(7, 64_000e8);
+        ls[6].bid = -5e8; // negative values must come back sign-extended in the leaf hash
+        ls[6].ema = type(int128).min;
+        ls[6].volatility = type(uint64).max;
+        (bytes memory payload, SibylFeed.Leaf[] memory sub) =
+            pullPayload(ls, indices(0, 3, 6), 9, NOW_MS - 50);
+        PullConsumer consumer = new PullConsumer(feed);
+        bytes32[] memory ids = new bytes32[](3);
+        for (uint256 i = 0; i < 3; i++) {
+            ids[i] = sub[i].feedId;
+        }
+        SibylPull.Price[] memory got = consumer.settleMany(payload, ids);
+        for (uint256 i = 0; i < 3; i++) {
+            assertEq(got[i].price, sub[i].price, "price");
+            assertEq(got[i].confidence, sub[i].confidence, "confidence");
+            assertEq(got[i].decimals, 8, "decimals");
+            assertEq(got[i].timestamp, (NOW_MS - 50) / 1000, "timestamp");
+        }
+        assertEq(roundOf(ls[1].feedId), 0, "a feed not in the payload is untouched");
+        assertEq(feed.updateFeeds(payload), 0, "a replay stores nothing");
+        assertEq(roundOf(ls[0].feedId), 1, "a replay does not advance the round id");
+    }
+
+    function test_pullPayloadWithA32ByteFeedId() public {
+        bytes32 longId = ReportBuilder.feedId("ABCDEFGHIJKLMNOPQRSTUVWXYZ-01234");
+        bytes32[] memory ids = new bytes32[](1);
+        uint8[] memory ds = new uint8[](1);
+        (ids[0], ds[0]) = (longId, 8);
+        SibylFeed f = new SibylFeed(CONFIG, committee.x, committee.y, DRIFT_MS, ids, ds);
+        SibylFeed.Leaf[] memory ls = leaves(1, 5e8);
+        ls[0].feedId = longId;
+        (bytes memory payload,) = pullPayload(ls, indices1(0), 3, NOW_MS);
+        assertEq(payload.length, 177 + 1 + 32 + 119 + 1, "payload layout");
+        assertEq(f.updateFeeds(payload), 1);
+        (int256 price,,,) = f.latestFeed(longId);
+        assertEq(price, 5e8);
+    }
+
+    function indices1(uint256 a) internal pure returns (uint256[] memory i) {
+        i = new uint256[](1);
+        i[0] = a;
+    }
+
+    /// Every truncation and every extension of a valid payload is refused, and so are a header
+    /// without leaves, an id longer than 32 bytes, leaves of two reports, a changed leaf, a
+    /// wrong committee key; none of them stores anything.
+    function test_malformedPullPayloadsAreRefused() public {
+        SibylFeed.Leaf[] memory ls = leaves(5, 1e8);
+        (bytes memory payload,) = pullPayload(ls, indices(0, 2, 4), 1, NOW_MS);
+        // Where each leaf ends: cutting there leaves a valid payload of the leaves before.
+        bool[] memory boundary = new bool[](payload.length + 1);
+        for (uint256 at = 177; at < payload.length;) {
+            uint256 q = at + 1 + uint8(payload[at]);
+            at = q + 120 + 32 * uint8(payload[q + 119]);
+            boundary[at] = true;
+        }
+        for (uint256 len = 0; len < payload.length; len++) {
+            bytes memory shorter = new bytes(len);
+            for (uint256 i = 0; i < len; i++) {
+                shorter[i] = payload[i];
+            }
+            if (boundary[len]) {
+                uint256 snap = vm.snapshotState();
+                assertGt(feed.updateFeeds(shorter), 0, "a cut between leaves is a valid payload");
+                vm.revertToState(snap);
+                continue;
+            }
+            vm.expectRevert();
+            feed.updateFeeds(shorter);
+        }
+        vm.expectRevert(SibylFeed.MalformedPayload.selector);
+        feed.updateFeeds(bytes.concat(payload, hex"00"));
+        bytes memory headerOnly = new bytes(177);
+        for (uint256 i = 0; i < 177; i++) {
+            headerOnly[i] = payload[i];
+        }
+        vm.expectRevert(SibylFeed.NoLeaves.selector);
+        feed.updateFeeds(headerOnly);
+        bytes memory longId = bytes.concat(payload);
+        longId[177] = bytes1(uint8(33));
+        vm.expectRevert(SibylFeed.MalformedPayload.selector);
+        feed.updateFeeds(longId);
+        // a leaf of another report (other prices, so another root) after this report's leaf
+        SibylFeed.Leaf[] memory other = leaves(5, 2e8);
+        (bytes memory otherPayload,) = pullPayload(other, indices1(1), 1, NOW_MS);
+        (bytes memory first,) = pullPayload(ls, indices1(0), 1, NOW_MS);
+        bytes memory mixed = bytes.concat(first, slice(otherPayload, 177));
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.InvalidMerkleProof.selector, other[1].feedId)
+        );
+        feed.updateFeeds(mixed);
+        // one changed byte of a price: another root (the next leaf's proof no longer agrees)
+        bytes memory tampered = bytes.concat(payload);
+        tampered[177 + 1 + 8 + 15] = bytes1(uint8(tampered[177 + 1 + 8 + 15]) ^ 1);
+        vm.expectRevert(abi.encodeWithSelector(SibylFeed.InvalidMerkleProof.selector, ls[2].feedId));
+        feed.updateFeeds(tampered);
+        // ... and alone, the signature over that root fails
+        tampered = bytes.concat(first);
+        tampered[177 + 1 + 8 + 15] = bytes1(uint8(tampered[177 + 1 + 8 + 15]) ^ 1);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.updateFeeds(tampered);
+        // signed by another key
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps) = proofs(ls, indices1(0));
+        bytes memory foreign = ReportBuilder.pullPayload(h, signWith(stranger, h), sub, ps);
+        vm.expectRevert(
+            abi.encodeWithSelector(SibylFeed.WrongGroupKey.selector, committee.x, stranger.x)
+        );
+        feed.updateFeeds(foreign);
+        for (uint256 i = 0; i < 5; i++) {
+            assertEq(roundOf(ls[i].feedId), 0, "nothing stored");
+        }
+        assertEq(feed.updateFeeds(payload), 3, "the genuine payload still lands");
+    }
+
+    function slice(bytes memory b, uint256 from) internal pure returns (bytes memory out) {
+        out = new bytes(b.length - from);
+        for (uint256 i = 0; i < out.length; i++) {
+            out[i] = b[from + i];
+        }
+    }
+
+    /// The library refuses a feed address without code instead of "succeeding" silently.
+    function test_pullLibraryRefusesAnAddressWithoutCode() public {
+        PullConsumer consumer = new PullConsumer(SibylFeed(address(0xdead)));
+        (bytes memory payload,) = pullPayload(leaves(2, 1e8), indices1(0), 1, NOW_MS);
+        vm.expectRevert();
+        consumer.settle(payload, leaves(2, 1e8)[0].feedId);
     }
 }

@@ -241,19 +241,23 @@ async fn pull_payload_calldata_lands_on_the_contract() {
         "a replayed pull payload changed the feed"
     );
 
-    // A batch over two reports: one transaction per report.
+    // A batch over two reports: one transaction per report, through the packed
+    // `payload` and updateFeeds(bytes) (the SibylPull library's call).
     let (status, body) = get(addr, "/v1/feeds/update?ids=BTC-USD,WTI-SPREAD,FEED-00003").await;
     assert_eq!(status, 200, "{body}");
     let updates = body["updates"].as_array().expect("updates");
     assert_eq!(updates.len(), 2);
     let mut gas = Vec::new();
     for u in updates {
-        gas.push(send(
+        let call = cast(
             &contracts,
-            &rpc,
-            &deployment.feed,
-            u["calldata"].as_str().expect("calldata"),
-        ));
+            &[
+                "calldata",
+                "updateFeeds(bytes)",
+                u["payload"].as_str().expect("payload"),
+            ],
+        );
+        gas.push(send(&contracts, &rpc, &deployment.feed, &call));
     }
     for (id, report, index) in [
         ("BTC-USD", &three, 0),
@@ -286,7 +290,7 @@ async fn pull_payload_calldata_lands_on_the_contract() {
     assert_eq!(words[1], three.leaves[0].price.to_string());
     assert_eq!(words[3], (three.header.timestamp_ms / 1000).to_string());
     println!(
-        "gas: pull ETH-USD (1 of 3 feeds, fresh slot) {gas_one}; batch BTC-USD+WTI-SPREAD {}; FEED-00003 (1 of 12) {}",
+        "gas: pull ETH-USD (1 of 3 feeds, fresh slot, submitFeeds) {gas_one}; updateFeeds(payload) BTC-USD+WTI-SPREAD {}; FEED-00003 (1 of 12) {}",
         gas[0], gas[1]
     );
     drop(anvil);

@@ -16,7 +16,7 @@ import {
   type SignedReport,
 } from './types.js';
 import { type GroupKeys, verifyLeaf, verifyReport, type VerifiedReport } from './verify.js';
-import { evmSignature, submitFeedsCalldata } from './pull.js';
+import { evmSignature, pullPayload, submitFeedsCalldata } from './pull.js';
 
 /** An error answer of the API (`{"error": {"code", "message"}}`) or a failed request. */
 export class SibylHttpError extends Error {
@@ -228,11 +228,15 @@ export class SibylClient {
   }
 
   /**
-   * `SibylFeed.submitFeeds` calldata for the latest value of each feed, built
+   * `SibylFeed.submitFeeds` calldata and the packed `payload` for
+   * `updateFeeds` / SibylPull, for the latest value of each feed, built
    * locally from `/latest` after verifying it (feeds in one report share one
    * call). Needs the committee's secp256k1-evm key (in `keys` or the client's).
    */
-  async pullCalldata(feedIds: string[], keys = this.keys): Promise<{ round: bigint; feeds: string[]; calldata: string }[]> {
+  async pullCalldata(
+    feedIds: string[],
+    keys = this.keys,
+  ): Promise<{ round: bigint; feeds: string[]; calldata: string; payload: string }[]> {
     const k = this.need(keys);
     if (!k.secp256k1Evm) throw new RangeError('pull calldata needs the secp256k1-evm group key');
     const byRound = new Map<bigint, Latest[]>();
@@ -247,14 +251,13 @@ export class SibylClient {
         const first = ls[0] as Latest;
         const sig = first.report.signatures['secp256k1-evm'] as Uint8Array;
         ls.sort((a, b) => a.leafIndex - b.leafIndex);
+        const evm = evmSignature(sig, k.secp256k1Evm as Uint8Array);
+        const proven = ls.map((l) => ({ leaf: l.leaf, proof: l.proof }));
         return {
           round,
           feeds: ls.map((l) => l.leaf.feedId),
-          calldata: submitFeedsCalldata(
-            first.report.header,
-            evmSignature(sig, k.secp256k1Evm as Uint8Array),
-            ls.map((l) => ({ leaf: l.leaf, proof: l.proof })),
-          ),
+          calldata: submitFeedsCalldata(first.report.header, evm, proven),
+          payload: pullPayload(first.report.header, evm, proven),
         };
       });
   }

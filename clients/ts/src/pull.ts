@@ -13,7 +13,7 @@ import { secp256k1 } from '@noble/curves/secp256k1.js';
 import { keccak_256 } from '@noble/hashes/sha3.js';
 import { encodeHeader, encodeLeaf } from './encoding.js';
 import { bytesToBigInt, concat, toHex, word } from './hex.js';
-import type { MerkleProof, ReportHeader, ReportLeaf } from './types.js';
+import { LEAF_STATUSES, type MerkleProof, type ReportHeader, type ReportLeaf } from './types.js';
 
 /** The function's canonical signature, as the API reports it in `function`. */
 export const SUBMIT_FEEDS_SIGNATURE =
@@ -82,4 +82,62 @@ export function submitFeedsCalldata(header: ReportHeader, sig: EvmSignature, fee
     ...bodies,
   );
   return toHex(data, true);
+}
+
+/** `v` as `bytes` big-endian bytes (two's complement when `signed`); throws if it does not fit. */
+function fixed(v: bigint, bytes: number, signed: boolean, what: string): Uint8Array {
+  const bits = BigInt(bytes * 8);
+  const lo = signed ? -(1n << (bits - 1n)) : 0n;
+  const hi = signed ? (1n << (bits - 1n)) - 1n : (1n << bits) - 1n;
+  if (v < lo || v > hi) throw new RangeError(`${what} ${v} does not fit ${signed ? 'int' : 'uint'}${bits}`);
+  const m = v < 0n ? (1n << bits) + v : v;
+  return word(m).subarray(32 - bytes);
+}
+
+/**
+ * The packed pull payload of `SibylFeed.updateFeeds(bytes)` and the SibylPull
+ * library (docs/CONTRACTS.md "Pull payloads"; the API's `payload`), as `0x…` hex:
+ *
+ *   version u8 ‖ configDigest ‖ round u64 ‖ timestampMs u64 ‖ groupKeyX ‖ rx ‖ ry ‖ z
+ *   ‖ per feed: idLength u8 ‖ id ‖ price i128 ‖ confidence u128 ‖ numObservations u16
+ *     ‖ observedAtMs u64 ‖ bid i128 ‖ ask i128 ‖ venues u16 ‖ status u8 ‖ flags u16
+ *     ‖ ema i128 ‖ emaConfidence u128 ‖ volatility u64 ‖ depth u8 ‖ siblings
+ *
+ * No Merkle root (the contract derives it from the proofs); big-endian, no padding.
+ */
+export function pullPayload(header: ReportHeader, sig: EvmSignature, feeds: readonly ProvenLeaf[]): string {
+  if (feeds.length === 0) throw new RangeError('a pull payload needs at least one leaf (the contract refuses NoLeaves)');
+  const parts: Uint8Array[] = [
+    fixed(BigInt(header.version), 1, false, 'version'),
+    header.configDigest,
+    fixed(header.round, 8, false, 'round'),
+    fixed(header.timestampMs, 8, false, 'timestampMs'),
+    word(sig.groupKeyX),
+    word(sig.rx),
+    word(sig.ry),
+    word(sig.z),
+  ];
+  for (const { leaf: l, proof } of feeds) {
+    const id = new TextEncoder().encode(l.feedId);
+    if (id.length === 0 || id.length > 32) throw new RangeError(`feed id ${l.feedId} must have 1 to 32 bytes`);
+    parts.push(
+      Uint8Array.of(id.length),
+      id,
+      fixed(l.price, 16, true, 'price'),
+      fixed(l.confidence, 16, false, 'confidence'),
+      fixed(BigInt(l.numObservations), 2, false, 'numObservations'),
+      fixed(l.observedAtMs, 8, false, 'observedAtMs'),
+      fixed(l.bid, 16, true, 'bid'),
+      fixed(l.ask, 16, true, 'ask'),
+      fixed(BigInt(l.venues), 2, false, 'venues'),
+      Uint8Array.of(LEAF_STATUSES.indexOf(l.status)),
+      fixed(BigInt(l.flags), 2, false, 'flags'),
+      fixed(l.ema, 16, true, 'ema'),
+      fixed(l.emaConfidence, 16, false, 'emaConfidence'),
+      fixed(l.volatility, 8, false, 'volatility'),
+      Uint8Array.of(proof.siblings.length),
+      ...proof.siblings,
+    );
+  }
+  return toHex(concat(...parts), true);
 }

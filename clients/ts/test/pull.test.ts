@@ -4,11 +4,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { decodeFunctionData, encodeFunctionData, type Abi } from 'viem';
+import { decodeFunctionData, encodeFunctionData, encodePacked, type Abi } from 'viem';
 import {
   evmSignature,
   merkleProof,
   parseJson,
+  pullPayload,
   reportFromJson,
   SUBMIT_FEEDS_SELECTOR,
   submitFeedsCalldata,
@@ -86,4 +87,47 @@ test('the contract signature fields match the reference vectors', () => {
     assert.equal(sig.z, BigInt(s.z));
     assert.equal(sig.groupKeyX, BigInt(rv.committee.secp256k1_evm.public_key_x));
   }
+});
+
+test('the packed pull payload equals viem encodePacked of its documented layout', () => {
+  let checked = 0;
+  for (const c of vectors.reports as { [k: string]: Json }[]) {
+    if (c.expected !== 'valid' || c.keys !== 'committee') continue;
+    const r = reportFromJson(c.report);
+    const sig = evmSignature(r.signatures['secp256k1-evm'] as Uint8Array, Buffer.from(evmKey, 'hex'));
+    for (const idx of [r.leaves.map((_, i) => i), r.leaves.map((_, i) => i).filter((i) => i % 2 === 1)]) {
+      if (idx.length === 0) continue;
+      const feeds = idx.map((i) => ({ leaf: r.leaves[i]!, proof: merkleProof(r.leaves, i) }));
+      const types: string[] = ['uint8', 'bytes32', 'uint64', 'uint64', 'uint256', 'uint256', 'uint256', 'uint256'];
+      const values: unknown[] = [
+        r.header.version,
+        hex32(r.header.configDigest),
+        r.header.round,
+        r.header.timestampMs,
+        sig.groupKeyX,
+        sig.rx,
+        sig.ry,
+        sig.z,
+      ];
+      for (const { leaf: l, proof } of feeds) {
+        types.push('uint8', 'string', 'int128', 'uint128', 'uint16', 'uint64', 'int128', 'int128');
+        values.push(l.feedId.length, l.feedId, l.price, l.confidence, l.numObservations, l.observedAtMs, l.bid, l.ask);
+        types.push('uint16', 'uint8', 'uint16', 'int128', 'uint128', 'uint64', 'uint8', 'bytes32[]');
+        values.push(
+          l.venues,
+          LEAF_STATUSES.indexOf(l.status),
+          l.flags,
+          l.ema,
+          l.emaConfidence,
+          l.volatility,
+          proof.siblings.length,
+          proof.siblings.map(hex32),
+        );
+      }
+      assert.equal(pullPayload(r.header, sig, feeds), encodePacked(types as never, values as never), `${c.name}`);
+      checked++;
+    }
+  }
+  assert.ok(checked >= 6, `${checked} payloads checked`);
+  assert.throws(() => pullPayload({} as never, {} as never, []), /at least one leaf/);
 });

@@ -18,7 +18,7 @@ contract StoreHarness is SibylFeed {
     {}
 
     function store(uint256 timestampMs, Leaf calldata leaf) external {
-        _store(timestampMs, leaf);
+        _store(timestampMs, leaf.feedId, leaf.price, leaf.confidence);
     }
 }
 

@@ -88,6 +88,51 @@ library ReportBuilder {
         s = SibylFeed.Signature(key.x, sig.rx, sig.ry, sig.z);
     }
 
+    /// The packed pull payload of SibylFeed.updateFeeds (docs/CONTRACTS.md, "Pull payloads"),
+    /// written field by field with abi.encodePacked: no root, each leaf at its Rust widths
+    /// followed by its proof's depth and siblings.
+    function pullPayload(
+        SibylFeed.ReportHeader memory h,
+        SibylFeed.Signature memory s,
+        SibylFeed.Leaf[] memory leaves,
+        bytes32[][] memory proofs
+    ) internal pure returns (bytes memory out) {
+        out = abi.encodePacked(
+            h.version, h.configDigest, h.round, h.timestampMs, s.groupKeyX, s.rx, s.ry, s.z
+        );
+        for (uint256 i = 0; i < leaves.length; i++) {
+            out = bytes.concat(out, packedLeaf(leaves[i]), bytes1(uint8(proofs[i].length)));
+            for (uint256 j = 0; j < proofs[i].length; j++) {
+                out = bytes.concat(out, proofs[i][j]);
+            }
+        }
+    }
+
+    /// A leaf at its Rust widths, its feed id as length and ASCII bytes (120 + id length).
+    function packedLeaf(SibylFeed.Leaf memory l) internal pure returns (bytes memory) {
+        uint256 len = 0;
+        while (len < 32 && l.feedId[len] != 0) len++;
+        bytes memory id = new bytes(len);
+        for (uint256 i = 0; i < len; i++) {
+            id[i] = l.feedId[i];
+        }
+        return bytes.concat(
+            abi.encodePacked(
+                uint8(len),
+                id,
+                int128(l.price),
+                uint128(l.confidence),
+                l.numObservations,
+                l.observedAtMs,
+                int128(l.bid),
+                int128(l.ask)
+            ),
+            abi.encodePacked(
+                l.venues, l.status, l.flags, int128(l.ema), uint128(l.emaConfidence), l.volatility
+            )
+        );
+    }
+
     /// A feed id as Rust encodes it: ASCII, right-padded with zeros.
     function feedId(string memory id) internal pure returns (bytes32 out) {
         bytes memory b = bytes(id);

@@ -115,8 +115,9 @@ struct Update {
     function: &'static str,
     selector: String,
     calldata: String,
-    /// `calldata` without its selector: the argument of SibylFeed.updateFeeds
-    /// and of the SibylPull consumer library.
+    /// The same header, signature, leaves and proofs as the packed pull
+    /// payload (`abi::pull_payload`): the argument of SibylFeed.updateFeeds and
+    /// of the SibylPull consumer library, about half of `calldata`'s bytes.
     payload: String,
     header: HeaderJson,
     header_abi: String,
@@ -177,6 +178,7 @@ fn build(report: &SignedReport, feeds: &[FeedId], evm: &EvmPull) -> Result<Updat
         })
         .collect();
     let calldata = call.abi_encode();
+    let payload = abi::pull_payload(report, &evm.group_key, &proven).map_err(abi_error)?;
     Ok(Update {
         round: h.round,
         timestamp_ms: h.timestamp_ms,
@@ -186,7 +188,7 @@ fn build(report: &SignedReport, feeds: &[FeedId], evm: &EvmPull) -> Result<Updat
         function: SUBMIT_FEEDS_SIGNATURE,
         selector: hex0x(abi::submitFeedsCall::SELECTOR),
         calldata: hex0x(&calldata),
-        payload: hex0x(calldata.get(4..).unwrap_or_default()),
+        payload: hex0x(&payload),
         header: HeaderJson {
             version: h.version,
             config_digest: hex0x(h.config_digest.0),
@@ -392,7 +394,7 @@ pub(super) fn document(doc: &mut serde_json::Value) {
             "chain_id": { "type": ["integer", "null"] },
             "function": { "type": "string", "description": "Solidity signature of the function `calldata` calls" },
             "selector": hex, "calldata": hex,
-            "payload": { "type": "string", "description": "calldata without its selector: abi.encode(header, signature, leaves, proofs), the argument of SibylFeed.updateFeeds(bytes) and SibylPull.updateFeeds" },
+            "payload": { "type": "string", "description": "the packed pull payload (docs/CONTRACTS.md, \"Pull payloads\": header without its root, signature, each leaf at its Rust widths with its proof), the argument of SibylFeed.updateFeeds(bytes) and SibylPull.updateFeeds; about half of calldata's bytes" },
             "header": header, "header_abi": hex,
             "digest": { "type": "string", "description": "the Keccak-256 header digest the committee signed" },
             "signature": signature,

@@ -216,6 +216,164 @@ pub fn submit_report(
     })
 }
 
+/// Where the leaves of a pull payload start: version, config digest, round,
+/// timestamp (49 bytes) and the signature's four words (128).
+pub const PULL_LEAVES_AT: usize = 177;
+/// A packed leaf's bytes after its feed id: price to volatility.
+const PULL_LEAF_NUMBERS: usize = 119;
+
+/// The packed pull payload of `SibylFeed.updateFeeds` and the `SibylPull`
+/// library for `feeds` of `report` (docs/CONTRACTS.md, "Pull payloads"):
+///
+/// ```text
+///   version u8 | configDigest [32] | round u64 | timestampMs u64
+///   | groupKeyX | rx | ry | z                       (32 bytes each)
+///   | per feed: idLength u8 | id | price i128 | confidence u128
+///               | numObservations u16 | observedAtMs u64 | bid i128 | ask i128
+///               | venues u16 | status u8 | flags u16 | ema i128
+///               | emaConfidence u128 | volatility u64
+///               | depth u8 | depth x sibling [32]
+/// ```
+///
+/// Big-endian, no padding, no Merkle root (the contract derives it from the
+/// proofs): about half of `submitFeeds`' calldata for one feed.
+pub fn pull_payload(
+    report: &SignedReport,
+    key: &EvmGroupKey,
+    proven: &[ProvenLeaf],
+) -> Result<Vec<u8>, AbiError> {
+    let (sig, _) = signature(report, key)?;
+    let h = &report.header;
+    let mut out = Vec::with_capacity(PULL_LEAVES_AT + proven.len() * 300);
+    out.push(h.version);
+    out.extend_from_slice(&h.config_digest.0);
+    out.extend_from_slice(&h.round.to_be_bytes());
+    out.extend_from_slice(&h.timestamp_ms.to_be_bytes());
+    for word in [sig.groupKeyX, sig.rx, sig.ry, sig.z] {
+        out.extend_from_slice(&word.to_be_bytes::<32>());
+    }
+    for ProvenLeaf { leaf, proof, .. } in proven {
+        let id = leaf.feed_id.as_str().as_bytes();
+        // FeedId holds at most FEED_ID_MAX_LEN (32) bytes and a proof at most
+        // 16 siblings (MAX_LEAVES = 2^16): both fit a byte.
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&leaf.price.to_be_bytes());
+        out.extend_from_slice(&leaf.confidence.to_be_bytes());
+        out.extend_from_slice(&leaf.num_observations.to_be_bytes());
+        out.extend_from_slice(&leaf.observed_at_ms.to_be_bytes());
+        out.extend_from_slice(&leaf.bid.to_be_bytes());
+        out.extend_from_slice(&leaf.ask.to_be_bytes());
+        out.extend_from_slice(&leaf.venues.to_be_bytes());
+        out.push(leaf.status.as_u8());
+        out.extend_from_slice(&leaf.flags.to_be_bytes());
+        out.extend_from_slice(&leaf.ema.to_be_bytes());
+        out.extend_from_slice(&leaf.ema_confidence.to_be_bytes());
+        out.extend_from_slice(&leaf.volatility.to_be_bytes());
+        out.push(proof.len() as u8);
+        for s in proof {
+            out.extend_from_slice(s);
+        }
+    }
+    Ok(out)
+}
+
+/// A pull payload taken apart (what the contract reads from it): the header
+/// fields but the root, the signature and each leaf with its siblings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullPayload {
+    pub version: u8,
+    pub config_digest: [u8; 32],
+    pub round: u64,
+    pub timestamp_ms: u64,
+    pub signature: Signature,
+    pub leaves: Vec<(ReportLeaf, Vec<[u8; 32]>)>,
+}
+
+/// Why bytes are not a pull payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PullPayloadError {
+    #[error("pull payload: {0} bytes is shorter than its 177-byte header and signature")]
+    Short(usize),
+    #[error("pull payload: no leaves after the header")]
+    NoLeaves,
+    #[error("pull payload: the leaf at byte {at} runs past the end ({len} bytes)")]
+    Truncated { at: usize, len: usize },
+    #[error("pull payload: the leaf at byte {at} has an invalid feed id: {why}")]
+    FeedId { at: usize, why: String },
+    #[error("pull payload: the leaf at byte {at} has status {status}, which is not defined")]
+    Status { at: usize, status: u8 },
+}
+
+/// Decodes a pull payload, refusing what the contract refuses (and a feed
+/// id or status the protocol does not define).
+pub fn decode_pull_payload(bytes: &[u8]) -> Result<PullPayload, PullPayloadError> {
+    fn take<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+        b[at..at + N].try_into().expect("length checked")
+    }
+    let len = bytes.len();
+    if len < PULL_LEAVES_AT {
+        return Err(PullPayloadError::Short(len));
+    }
+    if len == PULL_LEAVES_AT {
+        return Err(PullPayloadError::NoLeaves);
+    }
+    let word = |at: usize| U256::from_be_bytes::<32>(take(bytes, at));
+    let mut out = PullPayload {
+        version: bytes[0],
+        config_digest: take(bytes, 1),
+        round: u64::from_be_bytes(take(bytes, 33)),
+        timestamp_ms: u64::from_be_bytes(take(bytes, 41)),
+        signature: Signature {
+            groupKeyX: word(49),
+            rx: word(81),
+            ry: word(113),
+            z: word(145),
+        },
+        leaves: Vec::new(),
+    };
+    let mut at = PULL_LEAVES_AT;
+    while at < len {
+        let id_len = bytes[at] as usize;
+        let q = at + 1 + id_len;
+        if q + PULL_LEAF_NUMBERS + 1 > len {
+            return Err(PullPayloadError::Truncated { at, len });
+        }
+        let depth = bytes[q + PULL_LEAF_NUMBERS] as usize;
+        let next = q + PULL_LEAF_NUMBERS + 1 + 32 * depth;
+        if next > len {
+            return Err(PullPayloadError::Truncated { at, len });
+        }
+        let id = std::str::from_utf8(&bytes[at + 1..q])
+            .map_err(|e| e.to_string())
+            .and_then(|s| FeedId::new(s).map_err(|e| e.to_string()))
+            .map_err(|why| PullPayloadError::FeedId { at, why })?;
+        let status = bytes[q + 76];
+        let leaf = ReportLeaf {
+            feed_id: id,
+            price: i128::from_be_bytes(take(bytes, q)),
+            confidence: u128::from_be_bytes(take(bytes, q + 16)),
+            num_observations: u16::from_be_bytes(take(bytes, q + 32)),
+            observed_at_ms: u64::from_be_bytes(take(bytes, q + 34)),
+            bid: i128::from_be_bytes(take(bytes, q + 42)),
+            ask: i128::from_be_bytes(take(bytes, q + 58)),
+            venues: u16::from_be_bytes(take(bytes, q + 74)),
+            status: sibyl_aggregator::LeafStatus::from_u8(status)
+                .ok_or(PullPayloadError::Status { at, status })?,
+            flags: u16::from_be_bytes(take(bytes, q + 77)),
+            ema: i128::from_be_bytes(take(bytes, q + 79)),
+            ema_confidence: u128::from_be_bytes(take(bytes, q + 95)),
+            volatility: u64::from_be_bytes(take(bytes, q + 111)),
+        };
+        let siblings = (0..depth)
+            .map(|i| take(bytes, q + PULL_LEAF_NUMBERS + 1 + 32 * i))
+            .collect();
+        out.leaves.push((leaf, siblings));
+        at = next;
+    }
+    Ok(out)
+}
+
 /// ABI-encoded calldata (selector and arguments) of a call.
 pub fn calldata<C: SolCall>(call: &C) -> Vec<u8> {
     call.abi_encode()
@@ -256,5 +414,80 @@ mod tests {
             leaf(&l).abi_encode(),
             sibyl_aggregator::encoding::encode_leaf(&l).to_vec()
         );
+    }
+
+    #[test]
+    fn pull_payload_round_trips_and_refuses_what_the_contract_refuses() {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(16);
+        let fx = sibyl_aggregator::testkit::fixture(7, &mut rng);
+        let key = EvmGroupKey::from_compressed(
+            &fx.keys
+                .secp256k1_evm
+                .expect("evm key")
+                .serialize()
+                .expect("serialize"),
+        )
+        .expect("key");
+        let ids: Vec<FeedId> = [0, 3, 6]
+            .iter()
+            .map(|&i| fx.report.leaves[i].feed_id.clone())
+            .collect();
+        let (call, proven) = submit_feeds(&fx.report, &key, &ids).expect("proofs");
+        let bytes = pull_payload(&fx.report, &key, &proven).expect("payload");
+        // Layout: header and signature, then per leaf 1 + id + 119 + 1 + 32 x depth.
+        let expected_len: usize = PULL_LEAVES_AT
+            + proven
+                .iter()
+                .map(|p| 1 + p.leaf.feed_id.as_str().len() + 120 + 32 * p.proof.len())
+                .sum::<usize>();
+        assert_eq!(bytes.len(), expected_len);
+        // the 7-leaf tree promotes its last leaf: proofs of unequal depth
+        assert_ne!(proven[0].proof.len(), proven[2].proof.len());
+        let back = decode_pull_payload(&bytes).expect("decodes");
+        let h = &fx.report.header;
+        assert_eq!(
+            (back.version, back.config_digest, back.round, back.timestamp_ms),
+            (h.version, h.config_digest.0, h.round, h.timestamp_ms)
+        );
+        assert_eq!(back.signature, call.signature);
+        for ((leaf, siblings), p) in back.leaves.iter().zip(&proven) {
+            assert_eq!(leaf, &p.leaf);
+            assert_eq!(siblings, &p.proof);
+            let proof = merkle::MerkleProof {
+                leaf_index: u32::try_from(p.index).expect("small"),
+                leaf_count: 7,
+                siblings: siblings.clone(),
+            };
+            assert!(merkle::verify_proof(
+                &merkle::leaf_hash(leaf),
+                &proof,
+                &h.merkle_root
+            ));
+        }
+        assert_eq!(back.leaves.len(), 3);
+        // Every cut is refused except between leaves (a valid payload of the leaves before).
+        let mut boundaries = vec![PULL_LEAVES_AT];
+        for p in &proven {
+            let last = *boundaries.last().expect("one");
+            boundaries.push(last + 1 + p.leaf.feed_id.as_str().len() + 120 + 32 * p.proof.len());
+        }
+        for cut in 0..bytes.len() {
+            let got = decode_pull_payload(&bytes[..cut]);
+            match boundaries.iter().position(|&b| b == cut) {
+                Some(0) => assert_eq!(got, Err(PullPayloadError::NoLeaves)),
+                Some(k) => assert_eq!(got.expect("a cut between leaves").leaves.len(), k),
+                None => assert!(got.is_err(), "a cut at byte {cut} decoded"),
+            }
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode_pull_payload(&longer),
+            Err(PullPayloadError::Truncated { .. })
+        ));
+        let mut long_id = bytes.clone();
+        long_id[PULL_LEAVES_AT] = 33;
+        assert!(decode_pull_payload(&long_id).is_err());
     }
 }

@@ -154,9 +154,21 @@ async fn single_feed_update_carries_the_vector_signature_proof_and_calldata() {
         body["selector"].as_str().expect("sel")[2..]
     );
     let call = submitFeedsCall::abi_decode(&calldata).expect("calldata decodes");
-    // The payload (for updateFeeds / SibylPull) is the same call without its selector.
+    // The payload (for updateFeeds / SibylPull) carries the same header fields, signature,
+    // leaf and proof, packed.
     let payload = unhex(body["payload"].as_str().expect("payload"));
-    assert_eq!(payload, calldata[4..]);
+    let packed = abi::decode_pull_payload(&payload).expect("payload decodes");
+    assert_eq!(packed.round, call.header.round);
+    assert_eq!(packed.config_digest, call.header.configDigest.0);
+    assert_eq!(packed.timestamp_ms, call.header.timestampMs);
+    assert_eq!(packed.signature, call.signature);
+    assert_eq!(packed.leaves.len(), 1);
+    assert_eq!(packed.leaves[0].0, three.leaves[1]);
+    assert_eq!(
+        packed.leaves[0].1,
+        call.proofs[0].iter().map(|b| b.0).collect::<Vec<_>>()
+    );
+    assert!(payload.len() < calldata.len() / 2 + 64, "packed");
     assert_eq!(call.header.round, 2);
     assert_eq!(call.header.merkleRoot.0, three.header.merkle_root);
     assert_eq!(call.leaves.len(), 1);
