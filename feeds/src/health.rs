@@ -125,6 +125,12 @@ impl CircuitBreaker {
     pub fn state(&self) -> BreakerState {
         self.state
     }
+
+    /// Whether the source's latest request failed (after its retries) or the
+    /// breaker is not closed: its last quote is then no longer its price.
+    pub fn failing(&self) -> bool {
+        self.failures > 0 || self.state != BreakerState::Closed
+    }
 }
 
 #[cfg(test)]

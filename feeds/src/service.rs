@@ -18,7 +18,7 @@ use crate::aggregate::{Observation, ObservationParams, SourcePrice, observe, off
 use crate::config::SourcesConfig;
 use crate::decimal::pow10;
 use crate::error::{ObservationError, SourceError, snippet};
-use crate::health::{BreakerState, RateLimiter, backoff};
+use crate::health::{RateLimiter, backoff};
 use crate::metrics::{FeedLabels, SourceFeedLabels, SourceMetrics};
 pub use crate::slots::SourceStatus;
 use crate::slots::{Shared, Slot, install_crypto_provider};
@@ -59,11 +59,12 @@ pub(crate) fn compute_observations(
             {
                 continue;
             }
-            // A venue whose breaker is open failed `breaker_failures` times in
-            // a row: its last quote is no longer its price (an outage shows
-            // within a few polls, not after `max_quote_age`). A stopped
+            // A venue whose latest poll failed (after its retries), or whose
+            // breaker is open: its last quote is no longer its price, so an
+            // outage shows in the first round after the failed poll, not
+            // after `max_quote_age` or `breaker_failures` polls. A stopped
             // market's venues fail on their frozen quotes; theirs stand.
-            if market.is_none() && !matches!(slot.breaker.state(), BreakerState::Closed) {
+            if market.is_none() && slot.breaker.failing() {
                 continue;
             }
             let age = now
@@ -871,17 +872,28 @@ mod tests {
         }
         let o = btc(&s);
         assert_eq!((o.market, o.num_sources), (Some(Closed), 6), "{o:?}");
-        // A venue whose breaker opened (it kept failing) is left out while
-        // the market trades; in a stopped market its last price stands.
+        // A venue whose latest poll failed is left out at once while the
+        // market trades, and back with its next good poll; one whose breaker
+        // opened (it kept failing) stays out; in a stopped market its last
+        // price stands.
         let mut s = slots(&[1_0000_0000; 3], 67_000_00000000, 67_000_00000000);
-        for slot in s
-            .values_mut()
-            .filter(|s| s.source.venue == Venue::Kraken && s.source.feed == "BTC-USD")
-        {
+        let kraken = |s: &mut BTreeMap<(String, String), Slot>, f: &dyn Fn(&mut Slot)| {
+            for slot in s
+                .values_mut()
+                .filter(|s| s.source.venue == Venue::Kraken && s.source.feed == "BTC-USD")
+            {
+                f(slot);
+            }
+        };
+        kraken(&mut s, &|slot| slot.breaker.on_failure(NOW));
+        assert_eq!(btc(&s).num_sources, 5, "one failed poll leaves the venue out");
+        kraken(&mut s, &|slot| slot.breaker.on_success());
+        assert_eq!(btc(&s).num_sources, 6, "a good poll brings it back");
+        kraken(&mut s, &|slot| {
             for _ in 0..10 {
                 slot.breaker.on_failure(NOW);
             }
-        }
+        });
         let o = btc(&s);
         assert_eq!(o.num_sources, 5, "{o:?}");
         assert!(

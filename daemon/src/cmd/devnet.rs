@@ -172,7 +172,7 @@ fn sim_sources(port: u16, feeds: &[String]) -> String {
     const USDT_VENUES: [&str; 2] = ["binance", "okx"];
     const STREAMING: [&str; 4] = ["coinbase", "kraken", "binance", "okx"];
     let mut s = String::from(
-        "\n# Prices from the devnet's simulated exchange.\n[sources]\npoll_interval = \"500ms\"\nrequest_timeout = \"1s\"\nmax_quote_age = \"10s\"\nmax_deviation_bps = 200\nmarket_status_interval = \"2s\"\n",
+        "\n# Prices from the devnet's simulated exchange.\n[sources]\npoll_interval = \"500ms\"\nrequest_timeout = \"1s\"\nmax_quote_age = \"10s\"\nmax_deviation_bps = 200\nmarket_status_interval = \"1s\"\n",
     );
     for v in USD_VENUES.iter().chain(&USDT_VENUES) {
         s += &format!("[sources.venues.{v}]\nbase_url = \"http://127.0.0.1:{port}/{v}\"\n");
