@@ -886,7 +886,11 @@ mod tests {
             }
         };
         kraken(&mut s, &|slot| slot.breaker.on_failure(NOW));
-        assert_eq!(btc(&s).num_sources, 5, "one failed poll leaves the venue out");
+        assert_eq!(
+            btc(&s).num_sources,
+            5,
+            "one failed poll leaves the venue out"
+        );
         kraken(&mut s, &|slot| slot.breaker.on_success());
         assert_eq!(btc(&s).num_sources, 6, "a good poll brings it back");
         kraken(&mut s, &|slot| {

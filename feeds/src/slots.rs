@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::config::{ResolvedSource, SourcesConfig};
-use crate::error::{ObservationError, SourceError};
+use crate::error::{ObservationError, Rejection, SourceError};
 use crate::health::{BreakerState, CircuitBreaker};
 use crate::metrics::{SourceFeedLabels, SourceMetrics};
 use crate::quote::Quote;
@@ -129,6 +129,16 @@ impl Shared {
         self.changed.notify_one();
     }
 
+    /// A venue's stream ended: its slots are REST-polled again from the next
+    /// poll on (not only once their last streamed quote is two polls old), so
+    /// a venue that went down shows as failing within a poll.
+    pub(crate) fn stream_ended(&self, venue: Venue) {
+        let mut slots = self.lock();
+        for slot in slots.values_mut().filter(|s| s.source.venue == venue) {
+            slot.via_ws = false;
+        }
+    }
+
     pub(crate) fn record(
         &self,
         venue: Venue,
@@ -169,7 +179,13 @@ impl Shared {
                 Err(e) => {
                     debug!(source = %label, feed = %slot.source.feed, error = %e, "source error");
                     self.metrics.error(&label, e.reason());
-                    if !via_ws {
+                    // A quote that is only old (a halted or closed market's
+                    // frozen book) came from a venue that answers: its age
+                    // decides (max_quote_age), not the breaker, whose
+                    // cooldown would keep the venue out long after trading
+                    // resumes.
+                    let answered = matches!(e, SourceError::Rejected(Rejection::TooOld));
+                    if !via_ws && !answered {
                         slot.breaker.on_failure(now);
                     }
                     slot.last_error = Some(e);
@@ -211,4 +227,60 @@ impl Shared {
 /// rustls needs a process-wide crypto provider; we use ring (no C toolchain beyond cc).
 pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let config = SourcesConfig::for_sim_exchange_venues(
+            "http://127.0.0.1:1",
+            &["BTC-USD"],
+            &[Venue::Kraken],
+        );
+        Shared::new(config, SourceMetrics::register(&mut Default::default()))
+    }
+
+    fn failing(s: &Shared, market: &str) -> bool {
+        s.lock()
+            .values()
+            .filter(|slot| slot.source.market == market)
+            .all(|slot| slot.breaker.failing())
+    }
+
+    #[test]
+    fn a_failed_poll_marks_the_source_failing_but_an_old_quote_does_not() {
+        let s = shared();
+        let market = s
+            .lock()
+            .values()
+            .next()
+            .expect("slot")
+            .source
+            .market
+            .clone();
+        s.record(
+            Venue::Kraken,
+            &market,
+            Err(SourceError::Rejected(Rejection::TooOld)),
+            None,
+            false,
+        );
+        assert!(
+            !failing(&s, &market),
+            "a venue answering with an old quote is not failing"
+        );
+        s.record(
+            Venue::Kraken,
+            &market,
+            Err(SourceError::Timeout(1_000)),
+            None,
+            false,
+        );
+        assert!(
+            failing(&s, &market),
+            "a poll that failed marks the venue failing at once"
+        );
+    }
 }

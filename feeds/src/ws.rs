@@ -43,6 +43,7 @@ pub(crate) async fn stream_venue(shared: Arc<Shared>, venue: Venue, markets: Vec
             .inc();
         let started = Instant::now();
         let end = session(&shared, venue, &url, &markets).await;
+        shared.stream_ended(venue);
         // A session that lived a while resets the backoff.
         if started.elapsed() > Duration::from_secs(60) {
             attempt = 0;

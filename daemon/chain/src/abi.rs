@@ -447,7 +447,12 @@ mod tests {
         let back = decode_pull_payload(&bytes).expect("decodes");
         let h = &fx.report.header;
         assert_eq!(
-            (back.version, back.config_digest, back.round, back.timestamp_ms),
+            (
+                back.version,
+                back.config_digest,
+                back.round,
+                back.timestamp_ms
+            ),
             (h.version, h.config_digest.0, h.round, h.timestamp_ms)
         );
         assert_eq!(back.signature, call.signature);
