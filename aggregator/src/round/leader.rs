@@ -204,6 +204,7 @@ impl Node {
             excluded: BTreeSet::new(),
             attempts: BTreeMap::new(),
             next_attempt: 0,
+            hedged: false,
         });
         self.start_attempt(now);
     }
@@ -322,10 +323,11 @@ impl Node {
         if number >= self.committee.attempts() {
             return None;
         }
+        // Signers of open attempts that have not answered (timed out, or
+        // slow when a hedge starts) go last.
         let silent: BTreeSet<u16> = l
             .attempts
             .values()
-            .filter(|a| a.timed_out)
             .flat_map(|a| a.signers.iter().filter(|s| !a.shares.contains_key(s)))
             .copied()
             .collect();
@@ -411,6 +413,7 @@ impl Node {
         } else {
             None
         };
+        let hedge_at = (!l.hedged).then(|| now + self.hedge_delay());
         l.attempts.insert(
             number,
             Attempt {
@@ -419,6 +422,8 @@ impl Node {
                 shares: BTreeMap::new(),
                 deadline: now + self.committee.timeouts().share_ms,
                 timed_out: false,
+                started_at: now,
+                hedge_at,
             },
         );
         l.next_attempt = number + 1;
@@ -462,6 +467,7 @@ impl Node {
     /// them); their silent signers are counted and ranked last, shares that
     /// arrived but do not verify are blamed, and another attempt starts.
     pub(super) fn on_attempt_deadlines(&mut self, now: TimestampMs) {
+        self.on_hedge(now);
         let Some(l) = &mut self.rs.leader else {
             return;
         };
@@ -515,6 +521,46 @@ impl Node {
         }
     }
 
+    /// How long after sending an attempt the leader starts a hedge attempt
+    /// if that one is still incomplete: 5/4 of the share round trip it
+    /// usually sees plus 2 ms, between 2 ms and half of `share_ms` (half of
+    /// `share_ms` until it has seen one). On a WAN a share stalled behind a
+    /// lost packet (a TCP retransmission, 200 ms or one RTT) then costs about
+    /// one round trip instead of `share_ms`.
+    pub(super) fn hedge_delay(&self) -> u64 {
+        let cap = (self.committee.timeouts().share_ms / 2).max(2);
+        self.share_rtt_ms
+            .map_or(cap, |rtt| (rtt * 5 / 4 + 2).clamp(2, cap))
+    }
+
+    /// Starts one hedge attempt per round: when an open attempt passes its
+    /// hedge time without all of its shares, another attempt starts with the
+    /// signers that have not answered ranked last (`pick_signers`). Nobody is
+    /// blamed and the first attempt stays open: whichever completes first
+    /// makes the report (every attempt signs the same digest).
+    fn on_hedge(&mut self, now: TimestampMs) {
+        let Some(l) = &mut self.rs.leader else {
+            return;
+        };
+        if l.hedged {
+            return;
+        }
+        let due = l
+            .attempts
+            .values()
+            .any(|a| !a.timed_out && a.hedge_at.is_some_and(|h| now >= h));
+        if !due {
+            return;
+        }
+        l.hedged = true;
+        for a in l.attempts.values_mut() {
+            a.hedge_at = None;
+        }
+        if self.start_attempt(now) {
+            self.stats.attempts_hedged += 1;
+        }
+    }
+
     pub(super) fn invalid_share(&mut self, member: u16, evidence: Evidence) {
         self.stats.invalid_shares += 1;
         if let Some(m) = self.member(member) {
@@ -561,6 +607,12 @@ impl Node {
             None => {
                 a.shares.insert(sender, msg.bytes.clone());
                 if a.shares.len() == a.signers.len() {
+                    let took = now.saturating_sub(a.started_at);
+                    self.share_rtt_ms = Some(match self.share_rtt_ms {
+                        None => took,
+                        // an EWMA with weight 1/4, in integers
+                        Some(rtt) => (rtt * 3 + took) / 4,
+                    });
                     self.finish_attempt(now, number);
                 }
             }

@@ -334,6 +334,10 @@ pub struct Stats {
     pub attempts_started: u64,
     /// Attempts still incomplete after `share_ms` (another one started).
     pub attempts_timed_out: u64,
+    /// Hedge attempts: a second attempt started (without blaming anyone)
+    /// because the first was slower than the share round trip this leader
+    /// usually sees.
+    pub attempts_hedged: u64,
     /// Signed refusals this member sent as a signer, and received as leader.
     pub refusals_sent: u64,
     pub refusals_received: u64,
@@ -431,6 +435,11 @@ struct Attempt {
     deadline: TimestampMs,
     /// Past its deadline: another attempt started, this one stays open.
     timed_out: bool,
+    /// When the attempt went out (for the share round-trip estimate).
+    started_at: TimestampMs,
+    /// When a hedge attempt starts if this one is still incomplete (see
+    /// `Node::hedge_delay`); `None` once a hedge started this round.
+    hedge_at: Option<TimestampMs>,
 }
 
 struct LeaderRound {
@@ -453,6 +462,8 @@ struct LeaderRound {
     /// Open attempts by number.
     attempts: BTreeMap<usize, Attempt>,
     next_attempt: usize,
+    /// A hedge attempt started this round (at most one).
+    hedged: bool,
 }
 
 struct PendingSign {
@@ -554,6 +565,9 @@ pub struct Node {
     member_stats: BTreeMap<u16, MemberStats>,
     /// Members the driver cannot reach ([`Input::Unreachable`]).
     unreachable: BTreeSet<u16>,
+    /// Smoothed time (ms) from sending an attempt's proposal to holding all
+    /// of its shares, over this member's completed attempts as leader.
+    share_rtt_ms: Option<u64>,
     /// Which rounds have reports, for the leader schedule.
     schedule: schedule::LeaderSchedule,
 }
@@ -736,6 +750,7 @@ impl Node {
             rounds_led_total: 0,
             member_stats: committee_members_except(&committee, me),
             unreachable: BTreeSet::new(),
+            share_rtt_ms: None,
             schedule: schedule::LeaderSchedule::new(restore.history_from, restore.report_rounds),
             committee,
         })
@@ -1027,7 +1042,8 @@ impl Node {
                     l.attempts
                         .values()
                         .filter(|a| !a.timed_out)
-                        .map(|a| a.deadline),
+                        .flat_map(|a| [Some(a.deadline), a.hedge_at])
+                        .flatten(),
                 ),
             }
         }

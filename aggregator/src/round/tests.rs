@@ -1252,6 +1252,113 @@ fn commitment_hints_are_used_only_for_the_same_bytes() {
 }
 
 #[test]
+fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let picked: Vec<u16> = proposals.iter().map(|(to, _)| *to).collect();
+    assert_eq!(picked, vec![2, 3]);
+    // Member 3 signs attempt 0; member 2 is slow (its proposal or share is
+    // stuck behind a lost packet) and says nothing.
+    let (round, digest) = proposal_to_record(&mut h, 3, &proposals[1].1);
+    let a = h.handle(3, T0 + 2, Input::SigningRecorded { round, digest });
+    let share3: Vec<u8> = sends(&a)
+        .into_iter()
+        .find(|(_, b)| matches!(decode(&h, b).payload, Payload::Share(_)))
+        .map(|(_, b)| b)
+        .expect("member 3's share");
+    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
+    let mut out = h.handle(
+        1,
+        T0 + 2,
+        Input::SigningRecorded {
+            round: own.round,
+            digest: own.digest,
+        },
+    );
+    out.extend(h.handle(
+        1,
+        T0 + 3,
+        Input::Message {
+            from: 3,
+            bytes: share3,
+        },
+    ));
+    assert!(!out.iter().any(|a| matches!(a, Action::SignedReport(_))));
+    // No share round trip seen yet: the hedge waits half of share_ms.
+    let hedge = Timeouts::default().share_ms / 2;
+    assert_eq!(h.nodes[0].hedge_delay(), hedge);
+    let a = h.handle(1, T0 + 1 + hedge - 1, Input::Tick);
+    assert!(
+        signer_proposals(&h, &a).is_empty(),
+        "no hedge before its time"
+    );
+    let a = h.handle(1, T0 + 1 + hedge, Input::Tick);
+    let next = signer_proposals(&h, &a);
+    let to: Vec<u16> = next.iter().map(|(to, _)| *to).collect();
+    assert_eq!(
+        to,
+        vec![3, 4],
+        "the hedge passes over the member that has not answered"
+    );
+    let Payload::Proposal(p) = decode(&h, &next[0].1).payload else {
+        panic!("not a proposal");
+    };
+    assert_eq!(p.attempt, 1);
+    let stats = h.nodes[0].stats();
+    assert_eq!(
+        (
+            stats.attempts_hedged,
+            stats.attempts_timed_out,
+            stats.attempts_started
+        ),
+        (1, 0, 2)
+    );
+    assert_eq!(
+        h.nodes[0].penalty.get(&2).copied().unwrap_or(0),
+        0,
+        "a hedge blames nobody"
+    );
+    // One hedge per round: nothing more until attempt 0's share_ms deadline.
+    let a = h.handle(1, T0 + 1 + 2 * hedge - 1, Input::Tick);
+    assert!(signer_proposals(&h, &a).is_empty(), "a second hedge");
+    // Members 3 and 4 sign attempt 1 (member 3 recorded this round's digest
+    // for attempt 0 already: it signs at once); with the leader's share it
+    // completes.
+    let mut shares = Vec::new();
+    let is_share = |h: &Harness, b: &Vec<u8>| matches!(decode(h, b).payload, Payload::Share(_));
+    for (to, bytes) in next {
+        let mut a = h.handle(to, T0 + hedge + 2, Input::Message { from: 1, bytes });
+        if let Some(Action::RecordSigning { round, digest }) = a.first().cloned() {
+            a = h.handle(to, T0 + hedge + 2, Input::SigningRecorded { round, digest });
+        }
+        shares.extend(
+            sends(&a)
+                .into_iter()
+                .filter(|(_, b)| is_share(&h, b))
+                .map(|(_, b)| b),
+        );
+    }
+    // The leader recorded this round's digest for attempt 0: its own share
+    // of attempt 1 needs no second ledger write.
+    assert!(h.nodes[0].pending.is_empty());
+    let mut out = Vec::new();
+    for bytes in shares {
+        out.extend(h.handle(1, T0 + hedge + 3, Input::Message { from: 3, bytes }));
+    }
+    let report = out
+        .iter()
+        .find_map(|a| match a {
+            Action::SignedReport(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the hedge attempt signs the report");
+    assert!(h.nodes[2].verify_report(&report));
+    // The leader now knows its share round trip and hedges after 5/4 of it.
+    let rtt = h.nodes[0].share_rtt_ms.expect("a round trip seen");
+    assert_eq!(h.nodes[0].hedge_delay(), (rtt * 5 / 4 + 2).clamp(2, hedge));
+}
+
+#[test]
 fn a_signed_refusal_makes_the_leader_start_another_attempt_at_once() {
     let mut h = harness::<Ed>(4, 1);
     let proposals = up_to_proposals(&mut h);
