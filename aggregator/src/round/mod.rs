@@ -992,6 +992,21 @@ impl Node {
             }
             Input::StoredReports(reports) => {
                 for r in reports {
+                    // The report of the round being played (or of a later
+                    // one) that reached the driver another way (gossip
+                    // forwarded by other members, catch-up): the round is
+                    // over here too. A member whose link from the leader is
+                    // stalled (a lost packet) then holds the report about
+                    // one hop after the others instead of at the round's
+                    // timeout. Checked again here: it decides the round.
+                    let current = !self.rs.reported && r.header.round >= self.round;
+                    if current
+                        && self.last_report_round.is_none_or(|l| r.header.round > l)
+                        && self.verify_report(&r)
+                    {
+                        self.accept_report(now_ms, r);
+                        continue;
+                    }
                     self.schedule.note_report(r.header.round);
                     for leaf in &r.leaves {
                         note_signed_leaf(&mut self.last_values, leaf, r.header.timestamp_ms);

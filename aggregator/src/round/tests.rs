@@ -1252,6 +1252,65 @@ fn commitment_hints_are_used_only_for_the_same_bytes() {
 }
 
 #[test]
+fn a_report_reaching_the_driver_another_way_ends_the_round() {
+    let mut h = harness::<Ed>(4, 1);
+    // Round 0 among members 1-3; member 4 observes but hears nothing (its
+    // link from the leader is stalled).
+    let mut queue: VecDeque<(u16, Input)> = (1..=4)
+        .map(|m| (m, observations(1_000_000 + i128::from(m), T0)))
+        .collect();
+    let mut report = None;
+    while let Some((to, input)) = queue.pop_front() {
+        for action in h.handle(to, T0 + 1, input) {
+            match action {
+                Action::Send { to: d, bytes } if d != 4 => {
+                    queue.push_back((d, Input::Message { from: to, bytes }))
+                }
+                Action::Broadcast { bytes } => {
+                    for d in (1..=3).filter(|d| *d != to) {
+                        queue.push_back((
+                            d,
+                            Input::Message {
+                                from: to,
+                                bytes: bytes.clone(),
+                            },
+                        ));
+                    }
+                }
+                Action::RecordSigning { round, digest } => {
+                    queue.push_back((to, Input::SigningRecorded { round, digest }))
+                }
+                Action::SignedReport(r) if to == 1 => report = Some(r),
+                _ => {}
+            }
+        }
+    }
+    let report = report.expect("members 1-3 sign round 0");
+    assert_eq!(h.nodes[3].stats().reports_accepted, 0);
+    // A forged copy (one leaf changed) does not end the round.
+    let mut forged = report.clone();
+    forged.leaves[0].price += 1;
+    let a = h.handle(4, T0 + 50, Input::StoredReports(vec![forged]));
+    assert!(!a.iter().any(|a| matches!(a, Action::SignedReport(_))));
+    // The genuine report (from gossip or catch-up, verified by the driver) does.
+    let a = h.handle(4, T0 + 60, Input::StoredReports(vec![report.clone()]));
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::SignedReport(r) if r == &report)),
+        "the round machine holds the round's report"
+    );
+    assert_eq!(h.nodes[3].stats().reports_accepted, 1);
+    // and it moves to round 1 at the next slot, not at round 0's timeout
+    let slot = next_slot(T0 + 61, Timeouts::default().round_interval_ms);
+    let a = h.handle(4, slot, Input::Tick);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::RoundEntered { round: 1, .. })),
+        "{a:?}"
+    );
+}
+
+#[test]
 fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
     let mut h = harness::<Ed>(4, 1);
     let proposals = up_to_proposals(&mut h);
