@@ -13,6 +13,9 @@ struct Started {
     package_hashes: Vec<[u8; 32]>,
 }
 
+/// Share round trips kept for the hedge delay (`Node::hedge_delay`).
+pub(super) const SHARE_RTT_SAMPLES: usize = 8;
+
 impl Node {
     pub(super) fn on_observation<R: RngCore + CryptoRng>(
         &mut self,
@@ -522,14 +525,19 @@ impl Node {
     }
 
     /// How long after sending an attempt the leader starts a hedge attempt
-    /// if that one is still incomplete: 5/4 of the share round trip it
-    /// usually sees plus 2 ms, between 2 ms and half of `share_ms` (half of
-    /// `share_ms` until it has seen one). On a WAN a share stalled behind a
-    /// lost packet (a TCP retransmission, 200 ms or one RTT) then costs about
-    /// one round trip instead of `share_ms`.
+    /// if that one is still incomplete: 5/4 of the median share round trip
+    /// of its last `SHARE_RTT_SAMPLES` attempts plus 2 ms, between 2 ms and
+    /// half of `share_ms` (half of `share_ms` until it has seen one). The
+    /// median, not a running mean: the first attempts after a start (new
+    /// connections) and a round that met a lost packet would keep a mean high
+    /// for many rounds. On a WAN a share stalled behind a lost packet (a TCP
+    /// retransmission, 200 ms or one RTT) then costs about one round trip
+    /// instead of `share_ms`.
     pub(super) fn hedge_delay(&self) -> u64 {
         let cap = (self.committee.timeouts().share_ms / 2).max(2);
-        self.share_rtt_ms
+        let mut seen: Vec<u64> = self.share_rtts.iter().copied().collect();
+        seen.sort_unstable();
+        seen.get(seen.len() / 2)
             .map_or(cap, |rtt| (rtt * 5 / 4 + 2).clamp(2, cap))
     }
 
@@ -608,11 +616,10 @@ impl Node {
                 a.shares.insert(sender, msg.bytes.clone());
                 if a.shares.len() == a.signers.len() {
                     let took = now.saturating_sub(a.started_at);
-                    self.share_rtt_ms = Some(match self.share_rtt_ms {
-                        None => took,
-                        // an EWMA with weight 1/4, in integers
-                        Some(rtt) => (rtt * 3 + took) / 4,
-                    });
+                    if self.share_rtts.len() == SHARE_RTT_SAMPLES {
+                        self.share_rtts.pop_front();
+                    }
+                    self.share_rtts.push_back(took);
                     self.finish_attempt(now, number);
                 }
             }

@@ -565,9 +565,10 @@ pub struct Node {
     member_stats: BTreeMap<u16, MemberStats>,
     /// Members the driver cannot reach ([`Input::Unreachable`]).
     unreachable: BTreeSet<u16>,
-    /// Smoothed time (ms) from sending an attempt's proposal to holding all
-    /// of its shares, over this member's completed attempts as leader.
-    share_rtt_ms: Option<u64>,
+    /// Time (ms) from sending an attempt's proposal to holding all of its
+    /// shares, for this member's last `SHARE_RTT_SAMPLES` completed attempts
+    /// as leader (the hedge delay uses their median).
+    share_rtts: VecDeque<u64>,
     /// Which rounds have reports, for the leader schedule.
     schedule: schedule::LeaderSchedule,
 }
@@ -750,7 +751,7 @@ impl Node {
             rounds_led_total: 0,
             member_stats: committee_members_except(&committee, me),
             unreachable: BTreeSet::new(),
-            share_rtt_ms: None,
+            share_rtts: VecDeque::new(),
             schedule: schedule::LeaderSchedule::new(restore.history_from, restore.report_rounds),
             committee,
         })

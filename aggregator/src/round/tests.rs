@@ -1413,8 +1413,11 @@ fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
         .expect("the hedge attempt signs the report");
     assert!(h.nodes[2].verify_report(&report));
     // The leader now knows its share round trip and hedges after 5/4 of it.
-    let rtt = h.nodes[0].share_rtt_ms.expect("a round trip seen");
+    let rtt = *h.nodes[0].share_rtts.back().expect("a round trip seen");
     assert_eq!(h.nodes[0].hedge_delay(), (rtt * 5 / 4 + 2).clamp(2, hedge));
+    // The median of the last rounds: one slow round does not move it.
+    h.nodes[0].share_rtts = [50, 52, 51, 400, 49].into();
+    assert_eq!(h.nodes[0].hedge_delay(), (hedge).min(51 * 5 / 4 + 2));
 }
 
 #[test]
