@@ -244,38 +244,18 @@ pub fn pull_payload(
 ) -> Result<Vec<u8>, AbiError> {
     let (sig, _) = signature(report, key)?;
     let h = &report.header;
-    let mut out = Vec::with_capacity(PULL_LEAVES_AT + proven.len() * 300);
-    out.push(h.version);
-    out.extend_from_slice(&h.config_digest.0);
-    out.extend_from_slice(&h.round.to_be_bytes());
-    out.extend_from_slice(&h.timestamp_ms.to_be_bytes());
-    for word in [sig.groupKeyX, sig.rx, sig.ry, sig.z] {
-        out.extend_from_slice(&word.to_be_bytes::<32>());
+    Ok(PullPayload {
+        version: h.version,
+        config_digest: h.config_digest.0,
+        round: h.round,
+        timestamp_ms: h.timestamp_ms,
+        signature: sig,
+        leaves: proven
+            .iter()
+            .map(|p| (p.leaf.clone(), p.proof.clone()))
+            .collect(),
     }
-    for ProvenLeaf { leaf, proof, .. } in proven {
-        let id = leaf.feed_id.as_str().as_bytes();
-        // FeedId holds at most FEED_ID_MAX_LEN (32) bytes and a proof at most
-        // 16 siblings (MAX_LEAVES = 2^16): both fit a byte.
-        out.push(id.len() as u8);
-        out.extend_from_slice(id);
-        out.extend_from_slice(&leaf.price.to_be_bytes());
-        out.extend_from_slice(&leaf.confidence.to_be_bytes());
-        out.extend_from_slice(&leaf.num_observations.to_be_bytes());
-        out.extend_from_slice(&leaf.observed_at_ms.to_be_bytes());
-        out.extend_from_slice(&leaf.bid.to_be_bytes());
-        out.extend_from_slice(&leaf.ask.to_be_bytes());
-        out.extend_from_slice(&leaf.venues.to_be_bytes());
-        out.push(leaf.status.as_u8());
-        out.extend_from_slice(&leaf.flags.to_be_bytes());
-        out.extend_from_slice(&leaf.ema.to_be_bytes());
-        out.extend_from_slice(&leaf.ema_confidence.to_be_bytes());
-        out.extend_from_slice(&leaf.volatility.to_be_bytes());
-        out.push(proof.len() as u8);
-        for s in proof {
-            out.extend_from_slice(s);
-        }
-    }
-    Ok(out)
+    .encode())
 }
 
 /// A pull payload taken apart (what the contract reads from it): the header
@@ -288,6 +268,54 @@ pub struct PullPayload {
     pub timestamp_ms: u64,
     pub signature: Signature,
     pub leaves: Vec<(ReportLeaf, Vec<[u8; 32]>)>,
+}
+
+impl PullPayload {
+    /// The packed bytes (the layout at [`pull_payload`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PULL_LEAVES_AT + self.leaves.len() * 300);
+        out.push(self.version);
+        out.extend_from_slice(&self.config_digest);
+        out.extend_from_slice(&self.round.to_be_bytes());
+        out.extend_from_slice(&self.timestamp_ms.to_be_bytes());
+        let s = &self.signature;
+        for word in [s.groupKeyX, s.rx, s.ry, s.z] {
+            out.extend_from_slice(&word.to_be_bytes::<32>());
+        }
+        for (leaf, proof) in &self.leaves {
+            let id = leaf.feed_id.as_str().as_bytes();
+            // FeedId holds at most FEED_ID_MAX_LEN (32) bytes and a proof at
+            // most 16 siblings (MAX_LEAVES = 2^16): both fit a byte.
+            out.push(id.len() as u8);
+            out.extend_from_slice(id);
+            out.extend_from_slice(&leaf.price.to_be_bytes());
+            out.extend_from_slice(&leaf.confidence.to_be_bytes());
+            out.extend_from_slice(&leaf.num_observations.to_be_bytes());
+            out.extend_from_slice(&leaf.observed_at_ms.to_be_bytes());
+            out.extend_from_slice(&leaf.bid.to_be_bytes());
+            out.extend_from_slice(&leaf.ask.to_be_bytes());
+            out.extend_from_slice(&leaf.venues.to_be_bytes());
+            out.push(leaf.status.as_u8());
+            out.extend_from_slice(&leaf.flags.to_be_bytes());
+            out.extend_from_slice(&leaf.ema.to_be_bytes());
+            out.extend_from_slice(&leaf.ema_confidence.to_be_bytes());
+            out.extend_from_slice(&leaf.volatility.to_be_bytes());
+            out.push(proof.len() as u8);
+            for sibling in proof {
+                out.extend_from_slice(sibling);
+            }
+        }
+        out
+    }
+}
+
+/// Fuzz entry point (daemon/fuzz target `pull_payload`): any bytes either
+/// fail to decode with a typed error or decode to a payload that encodes back
+/// to exactly those bytes (one encoding per payload).
+pub fn fuzz_pull_payload(data: &[u8]) {
+    if let Ok(p) = decode_pull_payload(data) {
+        assert_eq!(p.encode(), data, "a pull payload with two encodings");
+    }
 }
 
 /// Why bytes are not a pull payload.
@@ -494,5 +522,22 @@ mod tests {
         let mut long_id = bytes.clone();
         long_id[PULL_LEAVES_AT] = 33;
         assert!(decode_pull_payload(&long_id).is_err());
+        // The fuzz oracle (one encoding per payload) holds on the payload, its
+        // cuts and every single-bit flip; the seed of daemon/fuzz's
+        // `pull_payload` target is this payload (SIBYL_FUZZ_SEEDS=DIR writes it).
+        fuzz_pull_payload(&bytes);
+        for cut in 0..bytes.len() {
+            fuzz_pull_payload(&bytes[..cut]);
+        }
+        for i in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[i / 8] ^= 1 << (i % 8);
+            fuzz_pull_payload(&flipped);
+        }
+        if let Ok(dir) = std::env::var("SIBYL_FUZZ_SEEDS") {
+            let dir = std::path::Path::new(&dir).join("pull_payload");
+            std::fs::create_dir_all(&dir).expect("seed dir");
+            std::fs::write(dir.join("seed-00"), &bytes).expect("seed");
+        }
     }
 }
