@@ -944,7 +944,7 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                     tracing::debug!(from, error = %e, "malformed message dropped");
                 }
             },
-            TransportEvent::Report { from: _, bytes } => {
+            TransportEvent::Report { from, bytes } => {
                 // The gossiped copy of a report the round protocol already
                 // delivered (and verified) here: nothing to verify or store.
                 if let Ok(r) = SignedReport::decode_expecting(&bytes, &self.digest)
@@ -955,6 +955,11 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                 }
                 if let Some(r) = self.check_report(&bytes) {
                     self.stats.gossip_reports += 1;
+                    tracing::debug!(
+                        round = r.header.round,
+                        via = from,
+                        "report from gossip before the round protocol delivered it"
+                    );
                     self.accept_report(r);
                 }
             }
