@@ -74,12 +74,16 @@ impl Node {
             note_signed_leaf(&mut self.last_values, leaf, report.header.timestamp_ms);
         }
         self.stats.reports_accepted += 1;
+        if round == self.round && !self.rs.reported && self.leader_of(round) != self.me {
+            self.rs.held = Some(report.clone());
+        }
         self.out.push(Action::SignedReport(report));
         if round >= self.round {
             let pending_round = self.next_round_at.map_or(0, |(r, _)| r);
             if round + 1 > pending_round {
                 let at = if round == self.round {
                     self.rs.reported = true;
+
                     // The first slot after this round's start: one round
                     // per slot, and a round that began off the grid (after
                     // a timeout or a jump) brings the member back onto it.

@@ -118,6 +118,26 @@ impl Node {
             Some(_) => {}
             None => self.rs.first_proposal = Some((digest, bytes)),
         }
+        if self.rs.reported {
+            // The leader asks this member to sign a round whose report it
+            // already holds (assembled from the others' shares): one share
+            // of the first attempt is stuck on its way to the leader (a lost
+            // packet on a WAN link) and this is the leader's hedge. Signers
+            // holding the report do not sign again; each hands the leader
+            // the report instead, once, so the leader holds it about one
+            // round trip after the hedge rather than when the stuck share
+            // arrives. A follower's copy asks for nothing, nor does a first
+            // attempt (it is late here, and the leader made the report).
+            if p.attempt > 0
+                && !p.observations.is_empty()
+                && let Some(report) = self.rs.held.take()
+            {
+                let msg = self.sign_msg(round, Payload::Report(report));
+                self.send(sender, msg.bytes);
+                self.stats.reports_returned += 1;
+            }
+            return;
+        }
         if p.observations.is_empty() {
             // A follower's copy: this member is not a signer of the attempt.
             // It is no clock sample: a member's offset is estimated from the

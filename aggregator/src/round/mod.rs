@@ -346,6 +346,10 @@ pub struct Stats {
     pub observed_without_signing: u64,
     /// Rounds skipped at once because their leader was unreachable.
     pub rounds_skipped_unreachable: u64,
+    /// Reports handed back to a leader that asked this member to sign a
+    /// round it already held the report of (the leader's own copy of a
+    /// share was stuck; see `Node::on_proposal`).
+    pub reports_returned: u64,
 }
 
 /// What this member saw of another member: the committee panel's figures.
@@ -497,6 +501,10 @@ struct RoundState {
     leader: Option<LeaderRound>,
     /// The report this member assembles from the signers' shares.
     follow: Option<follow::Follow>,
+    /// This round's report once held, when another member leads the round:
+    /// handed back to the leader if it asks for a share after all
+    /// (`Node::on_proposal`), then gone.
+    held: Option<SignedReport>,
     /// Shares that came before their attempt's proposal (bounded).
     early_shares: Vec<(u16, ShareMsg)>,
     /// Attempts this member refused (one refusal each).
@@ -522,6 +530,7 @@ impl RoundState {
             conflict_blamed: BTreeSet::new(),
             leader: None,
             follow: None,
+            held: None,
             early_shares: Vec::new(),
             refused: BTreeSet::new(),
             carry: 0,

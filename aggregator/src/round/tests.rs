@@ -1311,6 +1311,106 @@ fn a_report_reaching_the_driver_another_way_ends_the_round() {
 }
 
 #[test]
+fn a_signer_holding_the_report_hands_it_to_a_leader_that_hedges() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let picked: Vec<u16> = proposals.iter().map(|(to, _)| *to).collect();
+    assert_eq!(picked, vec![2, 3]);
+    let is_share = |h: &Harness, b: &Vec<u8>| matches!(decode(h, b).payload, Payload::Share(_));
+    let share_of = |h: &mut Harness, to: u16, bytes: &[u8]| {
+        let (round, digest) = proposal_to_record(h, to, bytes);
+        let a = h.handle(to, T0 + 2, Input::SigningRecorded { round, digest });
+        sends(&a)
+            .into_iter()
+            .map(|(_, b)| b)
+            .find(|b| is_share(h, b))
+            .expect("a share")
+    };
+    let share2 = share_of(&mut h, 2, &proposals[0].1);
+    let share3 = share_of(&mut h, 3, &proposals[1].1);
+    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
+    let a = h.handle(
+        1,
+        T0 + 2,
+        Input::SigningRecorded {
+            round: own.round,
+            digest: own.digest,
+        },
+    );
+    let share1 = sends(&a)
+        .into_iter()
+        .map(|(_, b)| b)
+        .find(|b| is_share(&h, b))
+        .expect("the leader's share");
+    // Every share reaches member 3, which assembles the report; member 2's
+    // share to the leader is stuck behind a lost packet.
+    let mut held = Vec::new();
+    for (from, bytes) in [(1, share1), (2, share2)] {
+        held.extend(h.handle(3, T0 + 3, Input::Message { from, bytes }));
+    }
+    assert!(held.iter().any(|a| matches!(a, Action::SignedReport(_))));
+    h.handle(
+        1,
+        T0 + 3,
+        Input::Message {
+            from: 3,
+            bytes: share3,
+        },
+    );
+    // The leader hedges: attempt 1 with members 3 and 4.
+    let hedge = h.nodes[0].hedge_delay();
+    let a = h.handle(1, T0 + 1 + hedge, Input::Tick);
+    let next = signer_proposals(&h, &a);
+    assert_eq!(
+        next.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    // Member 3 holds the report: it does not sign again, it hands the
+    // leader the report, once.
+    let a = h.handle(
+        3,
+        T0 + hedge + 2,
+        Input::Message {
+            from: 1,
+            bytes: next[0].1.clone(),
+        },
+    );
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    let back = sends(&a);
+    assert_eq!(back.len(), 1, "{a:?}");
+    assert_eq!(back[0].0, 1, "to the leader");
+    assert!(matches!(decode(&h, &back[0].1).payload, Payload::Report(_)));
+    assert_eq!(h.nodes[2].stats().reports_returned, 1);
+    let again = h.handle(
+        3,
+        T0 + hedge + 2,
+        Input::Message {
+            from: 1,
+            bytes: next[0].1.clone(),
+        },
+    );
+    assert!(sends(&again).is_empty(), "once per round");
+    // The leader holds the report then, before member 2's share arrives.
+    let a = h.handle(
+        1,
+        T0 + hedge + 3,
+        Input::Message {
+            from: 3,
+            bytes: back[0].1.clone(),
+        },
+    );
+    let report = a
+        .iter()
+        .find_map(|a| match a {
+            Action::SignedReport(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the leader holds the report");
+    assert!(h.nodes[1].verify_report(&report));
+    assert_eq!(report.header.round, 0);
+}
+
+#[test]
 fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
     let mut h = harness::<Ed>(4, 1);
     let proposals = up_to_proposals(&mut h);
