@@ -74,8 +74,18 @@ impl Node {
             note_signed_leaf(&mut self.last_values, leaf, report.header.timestamp_ms);
         }
         self.stats.reports_accepted += 1;
-        if round == self.round && !self.rs.reported && self.leader_of(round) != self.me {
-            self.rs.held = Some(report.clone());
+        if round == self.round && !self.rs.reported {
+            if self.rs.leader.is_some() {
+                // The leader of the round sends the report to every member,
+                // whether its own attempt completed or a signer handed it
+                // the report (`Node::on_proposal`): members that could not
+                // assemble it themselves hold it one hop later, and their
+                // view of the leader schedule stays the others'.
+                let msg = self.sign_msg(round, Payload::Report(report.clone()));
+                self.out.push(Action::Broadcast { bytes: msg.bytes });
+            } else if self.leader_of(round) != self.me {
+                self.rs.held = Some(report.clone());
+            }
         }
         self.out.push(Action::SignedReport(report));
         if round >= self.round {

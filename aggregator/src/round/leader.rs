@@ -714,8 +714,6 @@ impl Node {
                     m.shares_received += 1;
                 }
             }
-            let msg = self.sign_msg(self.round, Payload::Report(report.clone()));
-            self.out.push(Action::Broadcast { bytes: msg.bytes });
             self.stats.reports_led += 1;
             self.accept_report(now, report);
             return;

@@ -1408,6 +1408,13 @@ fn a_signer_holding_the_report_hands_it_to_a_leader_that_hedges() {
         .expect("the leader holds the report");
     assert!(h.nodes[1].verify_report(&report));
     assert_eq!(report.header.round, 0);
+    // and sends it to every member, as when its own attempt completes:
+    // member 4 (a follower of attempt 0, a signer of the hedge) may hold
+    // nothing yet.
+    let out = sends(&a);
+    assert_eq!(out.len(), 1, "{a:?}");
+    assert_eq!(out[0].0, 0, "a broadcast");
+    assert!(matches!(decode(&h, &out[0].1).payload, Payload::Report(r) if r == report));
 }
 
 #[test]
