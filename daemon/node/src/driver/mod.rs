@@ -566,6 +566,9 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             match action {
                 Action::Send { to, bytes } => {
                     let kind = peek(&bytes);
+                    if let Some((round, _, k)) = kind {
+                        tracing::trace!(round, to, kind = ?k, "round message out");
+                    }
                     #[cfg(feature = "fault-injection")]
                     if fault::withhold() && matches!(kind, Some((_, _, Kind::Share))) {
                         continue;
@@ -587,6 +590,9 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                 }
                 Action::Broadcast { bytes } => {
                     let kind = peek(&bytes);
+                    if let Some((round, _, k)) = kind {
+                        tracing::trace!(round, kind = ?k, "round message out to all");
+                    }
                     #[cfg(feature = "fault-injection")]
                     if fault::withhold() && matches!(kind, Some((_, _, Kind::Share))) {
                         continue;
@@ -919,7 +925,14 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
     async fn on_transport_event(&mut self, ev: TransportEvent) {
         match ev {
             TransportEvent::Message { from, bytes } => match Envelope::decode(&bytes) {
-                Ok(Envelope::Round(bytes)) => self.input(Input::Message { from, bytes }).await,
+                Ok(Envelope::Round(bytes)) => {
+                    if tracing::enabled!(tracing::Level::TRACE)
+                        && let Some((round, sender, kind)) = peek(&bytes)
+                    {
+                        tracing::trace!(round, from, sender, ?kind, "round message in");
+                    }
+                    self.input(Input::Message { from, bytes }).await
+                }
                 Ok(Envelope::CatchupRequest {
                     from: first,
                     end,
