@@ -972,6 +972,10 @@ impl<C: SibylSuite> Sim<C> {
                 self.record(b"round", index, &b);
                 None
             }
+            // The simulator holds no stores to ask: a message it delivers is
+            // never stuck behind a lost packet (the case asking is for), and
+            // one it drops is gone for good.
+            Action::AskReport { .. } => None,
             Action::WakeAt(at) => {
                 // `at` is the member's clock; the queue runs on simulated time.
                 self.members[i].wake = Some(at);

@@ -244,3 +244,72 @@ impl Node {
         }
     }
 }
+
+/// How many times a member asks for a report it saw signed (each time two
+/// signers), and the least it waits before asking.
+const MAX_ASKS: u8 = 2;
+const ASK_AFTER_MIN_MS: u64 = 10;
+
+impl Node {
+    /// A share of this round's `attempt` from `sender` (not the leader's concern: the
+    /// leader hedges instead). Once `t - 1` members other than the leader
+    /// have sent shares, the report is signed or about to be; if it has not
+    /// come after half the time those shares took to arrive (at least
+    /// `ASK_AFTER_MIN_MS`), this member's link from the leader is likely
+    /// stuck (a lost packet: the proposal copy or the leader's share and
+    /// report queue behind it) and it asks two of those signers for the
+    /// report (`ask_for_report`). On the WAN bench such a member otherwise
+    /// held the report by gossip about 75 ms after the others.
+    pub(super) fn note_share_sender(&mut self, now: TimestampMs, sender: u16, attempt: u8) {
+        if self.rs.reported || sender == self.me || sender == self.leader_of(self.round) {
+            return;
+        }
+        // The spread counts from the first share of the latest attempt seen
+        // (a hedge's shares come a whole attempt after the first's).
+        if self.rs.share_senders.is_empty() || attempt > self.rs.share_attempt {
+            self.rs.first_share_at = now;
+            self.rs.share_attempt = attempt;
+        }
+        if let Some(i) = self.rs.share_senders.iter().position(|s| *s == sender) {
+            // Latest senders are asked first.
+            self.rs.share_senders.remove(i);
+        }
+        self.rs.share_senders.push(sender);
+        let t = usize::from(self.committee.t());
+        if self.rs.ask_at.is_none() && self.rs.share_senders.len() + 1 >= t {
+            let wait = (now.saturating_sub(self.rs.first_share_at) / 2).max(ASK_AFTER_MIN_MS);
+            self.rs.ask_at = Some(now + wait);
+        }
+    }
+
+    /// Asks for the report when `note_share_sender`'s time came and it is
+    /// still missing: two of the signers that sent shares, the latest first
+    /// (a second ask goes to the next two, round the list); at most
+    /// `MAX_ASKS` times a round, twice the shares' spread apart.
+    pub(super) fn ask_for_report(&mut self, now: TimestampMs) {
+        let Some(at) = self.rs.ask_at else {
+            return;
+        };
+        if self.rs.reported || now < at || self.rs.asked >= MAX_ASKS {
+            return;
+        }
+        let senders = &self.rs.share_senders;
+        let len = senders.len();
+        let skip = 2 * usize::from(self.rs.asked);
+        let mut peers: Vec<u16> = (0..len.min(2))
+            .map(|k| senders[len - 1 - (skip + k) % len])
+            .collect();
+        peers.dedup();
+        self.rs.asked += 1;
+        self.rs.ask_at = (self.rs.asked < MAX_ASKS).then(|| {
+            now + 2 * now
+                .saturating_sub(self.rs.first_share_at)
+                .max(ASK_AFTER_MIN_MS)
+        });
+        self.stats.reports_asked += 1;
+        self.out.push(Action::AskReport {
+            round: self.round,
+            peers,
+        });
+    }
+}

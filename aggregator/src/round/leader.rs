@@ -591,6 +591,7 @@ impl Node {
         let number = usize::from(s.attempt);
         let Some(l) = &mut self.rs.leader else {
             // Not leading this round: assemble the report from the shares.
+            self.note_share_sender(now, sender, s.attempt);
             self.follow_share(now, sender, s);
             return;
         };

@@ -211,6 +211,12 @@ pub enum Action {
     },
     /// Call `handle(Tick)` at this time; supersedes earlier `WakeAt`s.
     WakeAt(TimestampMs),
+    /// This round's report is most likely signed and held by `peers` but
+    /// not here (their shares arrived, the report did not: this member's
+    /// link from the leader is stuck). Ask them for it (the driver sends a
+    /// catch-up request for `round`); it comes back as
+    /// [`Input::StoredReports`].
+    AskReport { round: Round, peers: Vec<u16> },
 }
 
 /// The signing ledger's last entry: the node signed `digest` in `round`.
@@ -350,6 +356,9 @@ pub struct Stats {
     /// round it already held the report of (the leader's own copy of a
     /// share was stuck; see `Node::on_proposal`).
     pub reports_returned: u64,
+    /// Times this member asked the signers for a report it saw signed but
+    /// did not get ([`Action::AskReport`]).
+    pub reports_asked: u64,
 }
 
 /// What this member saw of another member: the committee panel's figures.
@@ -505,6 +514,16 @@ struct RoundState {
     /// handed back to the leader if it asks for a share after all
     /// (`Node::on_proposal`), then gone.
     held: Option<SignedReport>,
+    /// Members other than the leader whose shares of this round arrived,
+    /// the latest last.
+    share_senders: Vec<u16>,
+    /// The latest attempt whose share arrived, and when its first one came.
+    share_attempt: u8,
+    first_share_at: TimestampMs,
+    /// When to ask them for the report if it has not come
+    /// (`Node::note_share_sender`), and how many times this member asked.
+    ask_at: Option<TimestampMs>,
+    asked: u8,
     /// Shares that came before their attempt's proposal (bounded).
     early_shares: Vec<(u16, ShareMsg)>,
     /// Attempts this member refused (one refusal each).
@@ -531,6 +550,11 @@ impl RoundState {
             leader: None,
             follow: None,
             held: None,
+            share_senders: Vec::new(),
+            share_attempt: 0,
+            first_share_at: 0,
+            ask_at: None,
+            asked: 0,
             early_shares: Vec::new(),
             refused: BTreeSet::new(),
             carry: 0,
@@ -1056,6 +1080,7 @@ impl Node {
         }
         if !self.rs.reported {
             times.push(self.rs.deadline);
+            times.extend(self.rs.ask_at);
         }
         if self.leader_of(self.round) == self.me && !self.rs.reported {
             match &self.rs.leader {

@@ -63,6 +63,7 @@ impl Node {
                 self.on_attempt_deadlines(now);
             }
         }
+        self.ask_for_report(now);
         // Rounds whose leader is unreachable end at once (see
         // `enter_round`); bounded by the committee size.
         let round_ms = self.committee.round_ms();

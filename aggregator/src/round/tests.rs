@@ -1418,6 +1418,94 @@ fn a_signer_holding_the_report_hands_it_to_a_leader_that_hedges() {
 }
 
 #[test]
+fn a_follower_that_sees_the_shares_but_not_the_report_asks_the_signers() {
+    let asks = |a: &[Action]| -> Vec<(Round, Vec<u16>)> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::AskReport { round, peers } => Some((*round, peers.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let picked: Vec<u16> = proposals.iter().map(|(to, _)| *to).collect();
+    assert_eq!(picked, vec![2, 3]);
+    let is_share = |h: &Harness, b: &Vec<u8>| matches!(decode(h, b).payload, Payload::Share(_));
+    let mut shares = Vec::new();
+    for (to, bytes) in &proposals {
+        let (round, digest) = proposal_to_record(&mut h, *to, bytes);
+        let a = h.handle(*to, T0 + 2, Input::SigningRecorded { round, digest });
+        shares.extend(
+            sends(&a)
+                .into_iter()
+                .map(|(_, b)| b)
+                .filter(|b| is_share(&h, b)),
+        );
+    }
+    assert_eq!(shares.len(), 2);
+    // Member 4 follows the round; its link from the leader is stuck (no
+    // proposal copy, no leader share). The signers' shares come, 27 ms apart.
+    let a = h.handle(
+        4,
+        T0 + 3,
+        Input::Message {
+            from: 2,
+            bytes: shares[0].clone(),
+        },
+    );
+    assert!(asks(&a).is_empty());
+    let a = h.handle(
+        4,
+        T0 + 30,
+        Input::Message {
+            from: 3,
+            bytes: shares[1].clone(),
+        },
+    );
+    assert!(
+        asks(&a).is_empty(),
+        "t - 1 shares besides the leader's: not yet"
+    );
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::WakeAt(at) if *at == T0 + 30 + 13)),
+        "a wake for the ask, half the shares' spread later: {a:?}"
+    );
+    let a = h.handle(4, T0 + 42, Input::Tick);
+    assert!(asks(&a).is_empty());
+    let a = h.handle(4, T0 + 43, Input::Tick);
+    assert_eq!(asks(&a), vec![(0, vec![3, 2])], "the latest signer first");
+    assert_eq!(h.nodes[3].stats().reports_asked, 1);
+    // The answer comes back as a stored report: the round ends there.
+    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
+    let mut out = h.handle(
+        1,
+        T0 + 3,
+        Input::SigningRecorded {
+            round: own.round,
+            digest: own.digest,
+        },
+    );
+    for (from, bytes) in [(2, shares[0].clone()), (3, shares[1].clone())] {
+        out.extend(h.handle(1, T0 + 31, Input::Message { from, bytes }));
+    }
+    let report = out
+        .iter()
+        .find_map(|a| match a {
+            Action::SignedReport(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the leader signs the report");
+    assert!(asks(&out).is_empty(), "the leader hedges; it never asks");
+    let a = h.handle(4, T0 + 60, Input::StoredReports(vec![report]));
+    assert!(a.iter().any(|a| matches!(a, Action::SignedReport(_))));
+    let a = h.handle(4, T0 + 200, Input::Tick);
+    assert!(asks(&a).is_empty(), "nothing more to ask once held");
+    assert_eq!(h.nodes[3].stats().reports_asked, 1);
+}
+
+#[test]
 fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
     let mut h = harness::<Ed>(4, 1);
     let proposals = up_to_proposals(&mut h);

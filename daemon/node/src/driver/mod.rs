@@ -657,6 +657,25 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                     }
                 }
                 Action::WakeAt(at) => self.wake = Some(at),
+                Action::AskReport { round, peers } => {
+                    // A catch-up request for the one round, outside the
+                    // catch-up's own one-at-a-time flow (its reply is
+                    // handled the same way; the round counts as held once
+                    // a report comes).
+                    tracing::debug!(round, ?peers, "asking signers for a report not received");
+                    let bytes = Envelope::CatchupRequest {
+                        from: round,
+                        end: round.saturating_add(1),
+                        limit: 1,
+                    }
+                    .encode();
+                    for to in peers {
+                        if let Err(e) = self.transport.send(to, bytes.clone()) {
+                            self.stats.send_errors += 1;
+                            tracing::debug!(to, error = %e, "report request not sent");
+                        }
+                    }
+                }
                 Action::RecordObservation { round } => {
                     if let Err(e) = self.record_observation(round).await {
                         // Not durable: the observation must not go out. Stop
@@ -1117,6 +1136,7 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             }
             self.catchup_inflight = Some(Inflight {
                 to: want.to,
+                from: want.from,
                 end: want.end,
                 at: now,
             });
@@ -1127,7 +1147,7 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
     /// covered counts as its "none" for the rounds it sent nothing for.
     fn on_catchup_reply(&mut self, peer: u16, from: Round, end: Round, reports: Vec<Vec<u8>>) {
         let tail_request = match &self.catchup_inflight {
-            Some(f) if f.to == peer => {
+            Some(f) if f.to == peer && f.from == from => {
                 let tail = f.end == Round::MAX;
                 self.catchup_inflight = None;
                 tail
@@ -1240,6 +1260,7 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
 /// A catch-up request waiting for its reply.
 struct Inflight {
     to: u16,
+    from: Round,
     end: Round,
     /// When it was sent (unix ms).
     at: u64,
