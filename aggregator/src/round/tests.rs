@@ -291,13 +291,7 @@ fn a_round_signs_only_after_the_ledger_recorded_it() {
     for bytes in shares {
         actions.extend(h.handle(1, T0 + 4, Input::Message { from: 2, bytes }));
     }
-    let report = actions
-        .iter()
-        .find_map(|a| match a {
-            Action::SignedReport(r) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("leader aggregates a signed report");
+    let report = signed_report(&actions).expect("leader aggregates a signed report");
     assert!(h.nodes[1].verify_report(&report));
     assert_eq!(report.leaves.len(), 2);
     // The median of 1_000_001..=1_000_004 (lower median) for feed 0.
@@ -1399,13 +1393,7 @@ fn a_signer_holding_the_report_hands_it_to_a_leader_that_hedges() {
             bytes: back[0].1.clone(),
         },
     );
-    let report = a
-        .iter()
-        .find_map(|a| match a {
-            Action::SignedReport(r) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("the leader holds the report");
+    let report = signed_report(&a).expect("the leader holds the report");
     assert!(h.nodes[1].verify_report(&report));
     assert_eq!(report.header.round, 0);
     // and sends it to every member, as when its own attempt completes:
@@ -1490,13 +1478,7 @@ fn a_follower_that_sees_the_shares_but_not_the_report_asks_the_signers() {
     for (from, bytes) in [(2, shares[0].clone()), (3, shares[1].clone())] {
         out.extend(h.handle(1, T0 + 31, Input::Message { from, bytes }));
     }
-    let report = out
-        .iter()
-        .find_map(|a| match a {
-            Action::SignedReport(r) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("the leader signs the report");
+    let report = signed_report(&out).expect("the leader signs the report");
     assert!(asks(&out).is_empty(), "the leader hedges; it never asks");
     let a = h.handle(4, T0 + 60, Input::StoredReports(vec![report]));
     assert!(a.iter().any(|a| matches!(a, Action::SignedReport(_))));
@@ -1599,13 +1581,7 @@ fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
     for bytes in shares {
         out.extend(h.handle(1, T0 + hedge + 3, Input::Message { from: 3, bytes }));
     }
-    let report = out
-        .iter()
-        .find_map(|a| match a {
-            Action::SignedReport(r) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("the hedge attempt signs the report");
+    let report = signed_report(&out).expect("the hedge attempt signs the report");
     assert!(h.nodes[2].verify_report(&report));
     // The leader now knows its share round trip and hedges after 5/4 of it.
     let rtt = *h.nodes[0].share_rtts.back().expect("a round trip seen");
@@ -1674,13 +1650,7 @@ fn a_signed_refusal_makes_the_leader_start_another_attempt_at_once() {
     for bytes in shares {
         out.extend(h.handle(1, T0 + 5, Input::Message { from: 3, bytes }));
     }
-    let report = out
-        .iter()
-        .find_map(|a| match a {
-            Action::SignedReport(r) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("attempt 1 signs the report");
+    let report = signed_report(&out).expect("attempt 1 signs the report");
     assert!(h.nodes[2].verify_report(&report));
     assert!(h.nodes[0].member_stats()[&3].shares_received >= 1);
     // Member 2 is remembered: the next round member 1 leads picks it last.
