@@ -8,7 +8,8 @@
 //! cargo run --release -p sibyl-aggregator --example sim_liveness [SEEDS] [ROUNDS]
 //! ```
 //! `SIM_N=7` and `SIM_ROW=Mute` (a substring of the row name) restrict the
-//! rows; `VERBOSE=1` prints each failing seed's outcome.
+//! rows; `VERBOSE=1` prints each failing seed's outcome (an honest
+//! leader's round unsigned, a violation, or a settled run over one round).
 //!
 //! `max-unsig` is the longest run of unsigned rounds; `settled` the same
 //! once every member has been the base leader twice (each faulty leader has
@@ -92,7 +93,9 @@ fn main() {
                 max_run = max_run.max(o.max_consecutive_unsigned_rounds);
                 settled = settled.max(o.max_consecutive_unsigned_rounds_settled);
                 violations += o.violations.len();
-                if (o.unsigned_rounds_with_honest_leader > 0 || !o.violations.is_empty())
+                if (o.unsigned_rounds_with_honest_leader > 0
+                    || !o.violations.is_empty()
+                    || o.max_consecutive_unsigned_rounds_settled > 1)
                     && std::env::var_os("VERBOSE").is_some()
                 {
                     eprintln!("  n={n} {name} seed {seed}: {o:?}");
