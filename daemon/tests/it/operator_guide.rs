@@ -53,6 +53,12 @@ fn the_feed_age_gauge_exists_for_a_feed_that_never_reported() {
     let age = |text: &str, feed: &str| {
         sample(text, &format!(r#"sibyl_feed_age_seconds{{feed="{feed}"}}"#))
     };
+    // The API answers as soon as it listens; the round driver registers
+    // the ages when it starts, a moment later on a loaded machine.
+    wait_for("member 1's feed ages", 60, || {
+        let text = metrics();
+        feeds.iter().all(|feed| age(&text, feed).is_some())
+    });
     let first = metrics();
     std::thread::sleep(Duration::from_millis(1500));
     let later = metrics();

@@ -438,6 +438,9 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
         self.node.precompute(&mut self.rng);
         self.load_history().await;
         self.catchup_poll();
+        // The ages and the committee panel exist from the start, before
+        // the first event of the loop.
+        self.publish_status();
         loop {
             // The wake that starts a round is the observation instant every
             // phase is measured from: woken as precisely as the clock can.
