@@ -8,7 +8,7 @@
 //! cargo run --release -p sibyl-aggregator --example sim_liveness [SEEDS] [ROUNDS]
 //! ```
 //! `SIM_N=7` and `SIM_ROW=Mute` (a substring of the row name) restrict the
-//! rows; `VERBOSE=1` prints each failing seed's outcome (an honest
+//! rows, `SIM_SEED=4` the seeds; `VERBOSE=1` prints each failing seed's outcome (an honest
 //! leader's round unsigned, a violation, or a settled run over one round).
 //!
 //! `max-unsig` is the longest run of unsigned rounds; `settled` the same
@@ -63,6 +63,7 @@ fn main() {
     );
     let only_n: Option<u16> = std::env::var("SIM_N").ok().and_then(|v| v.parse().ok());
     let only_row = std::env::var("SIM_ROW").ok();
+    let only_seed: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok());
     for n in [4u16, 7, 10] {
         if only_n.is_some_and(|o| o != n) {
             continue;
@@ -80,7 +81,7 @@ fn main() {
             cfg.kinds = kinds.clone();
             let (mut signed, mut honest_unsigned, mut max_run, mut violations) = (0, 0, 0, 0);
             let mut settled = 0;
-            for seed in 0..seeds {
+            for seed in (0..seeds).filter(|s| only_seed.is_none_or(|o| o == *s)) {
                 let o = match run::<Ed>(&cfg, seed) {
                     Ok(o) => o,
                     Err(e) => {

@@ -242,6 +242,8 @@ pub struct SimOutcome {
     pub unsigned_rounds_with_honest_leader: u64,
     /// Those rounds and their leaders (for diagnosis).
     pub honest_unsigned: Vec<(Round, u16)>,
+    /// Every unsigned round after warm-up with its leader (for diagnosis).
+    pub unsigned: Vec<(Round, u16)>,
     pub violations: Vec<Violation>,
     /// Evidence records emitted by honest members (all of them verified).
     pub evidence: u64,
@@ -1046,6 +1048,7 @@ impl<C: SibylSuite> Sim<C> {
         let settled_from = WARM_UP_ROUNDS + 2 * self.committee.n() as Round;
         let mut max_run_settled = 0u64;
         let mut honest_list = Vec::new();
+        let mut unsigned = Vec::new();
         // The leader of each round as the signed history defines it.
         let schedule = LeaderSchedule::new(0, self.reports.keys().copied());
         for r in WARM_UP_ROUNDS..rounds {
@@ -1058,6 +1061,7 @@ impl<C: SibylSuite> Sim<C> {
                     max_run_settled = max_run_settled.max(run.min(r + 1 - settled_from));
                 }
                 let leader = schedule.leader(&self.committee, r);
+                unsigned.push((r, leader));
                 if self.members[usize::from(leader) - 1].kind.is_none() {
                     honest_unsigned += 1;
                     honest_list.push((r, leader));
@@ -1079,6 +1083,7 @@ impl<C: SibylSuite> Sim<C> {
             max_consecutive_unsigned_rounds_settled: max_run_settled,
             unsigned_rounds_with_honest_leader: honest_unsigned,
             honest_unsigned: honest_list,
+            unsigned,
             violations: self.violations,
             evidence: self.evidence,
             unverifiable_evidence: self.unverifiable_evidence,

@@ -18,10 +18,13 @@
 //! - Everyone else is **in good standing**.
 //!
 //! `leader(r)` is `base(r)` when that member is in good standing, or on
-//! probation while `base(r - 1)` is not; otherwise the first member in good
-//! standing after it in the base order (its substitute); `base(r)` when there
-//! is none (e.g. after an outage every member is suspect, and the base
-//! rotation resumes). So a faulty member leads again only after `W` rounds,
+//! probation while `base(r - 1)` is not; otherwise a substitute: the first
+//! member in good standing after it in the base order that neither led
+//! round `r - 1` nor is `base(r - 1)` or `base(r + 1)` (so a substitute that
+//! is faulty too, and has not failed as a leader yet, cannot cost two rounds
+//! in a row by also leading its own round beside it); `base(r)` when there
+//! is none in good standing (e.g. after an outage every member is suspect,
+//! and the base rotation resumes). So a faulty member leads again only after `W` rounds,
 //! and two members on probation never lead adjacent rounds: with `f`
 //! members that never lead a report, at most one round in a row goes
 //! unsigned once each has failed once, and the cost is one round per faulty
@@ -105,22 +108,60 @@ impl LeaderSchedule {
 
     fn compute_leader(&self, committee: &Committee, round: Round) -> u16 {
         let base = committee.leader(round);
-        match self.standing(committee, base, round) {
-            Standing::Good => return base,
-            Standing::Probation
-                if round == 0
-                    || self.standing(committee, committee.leader(round - 1), round)
-                        != Standing::Probation =>
-            {
-                return base;
-            }
-            _ => {}
+        if self.leads_own_round(committee, round) {
+            return base;
         }
+        // A run of substituted rounds is assigned from its start, each round
+        // avoiding the member that led the round before it.
         let n = committee.n() as Round;
-        (1..n)
+        let mut start = round;
+        while start > 0 && round - start < n && !self.leads_own_round(committee, start - 1) {
+            start -= 1;
+        }
+        let mut previous = start.checked_sub(1).map(|r| committee.leader(r));
+        let mut leader = base;
+        for r in start..=round {
+            leader = self.substitute(committee, r, previous);
+            previous = Some(leader);
+        }
+        leader
+    }
+
+    /// Whether the base leader of `round` leads it: in good standing, or on
+    /// probation while the base leader of the round before is not.
+    fn leads_own_round(&self, committee: &Committee, round: Round) -> bool {
+        let base = committee.leader(round);
+        match self.standing(committee, base, round) {
+            Standing::Good => true,
+            Standing::Probation => {
+                round == 0
+                    || self.standing(committee, committee.leader(round - 1), round)
+                        != Standing::Probation
+            }
+            Standing::Suspect => false,
+        }
+    }
+
+    /// Who leads `round` in place of its base leader: the first member in
+    /// good standing after it in the base order that led neither the round
+    /// before (`previous`) nor leads its own round next to this one, so a
+    /// substitute that turns out faulty too costs one round, not two in a
+    /// row. With too few members in good standing the neighbours are
+    /// allowed again, and with none the base leader leads.
+    fn substitute(&self, committee: &Committee, round: Round, previous: Option<u16>) -> u16 {
+        let n = committee.n() as Round;
+        let before = round.checked_sub(1).map(|r| committee.leader(r));
+        let after = committee.leader(round + 1);
+        let good: Vec<u16> = (1..n)
             .map(|k| committee.leader(round + k))
-            .find(|m| self.standing(committee, *m, round) == Standing::Good)
-            .unwrap_or(base)
+            .filter(|m| self.standing(committee, *m, round) == Standing::Good)
+            .collect();
+        good.iter()
+            .find(|m| Some(**m) != previous && Some(**m) != before && **m != after)
+            .or_else(|| good.iter().find(|m| Some(**m) != previous))
+            .or_else(|| good.first())
+            .copied()
+            .unwrap_or_else(|| committee.leader(round))
     }
 
     /// Member `member`'s standing for the schedule of `round`.
@@ -229,10 +270,12 @@ mod tests {
         // Until LAG rounds passed, nobody reads round 10.
         assert_eq!(s.standing(&c, bad, 10 + LAG), Standing::Good);
         assert_eq!(s.standing(&c, bad, 11 + LAG), Standing::Suspect);
-        // Its base rounds in the window are led by the next member in good standing.
+        // Its base rounds in the window are led by a member in good standing
+        // that leads neither neighbouring round (with n = 4, the one
+        // opposite it in the base order).
         for r in (14..10 + LAG + 64).filter(|r| c.leader(*r) == bad) {
             assert_ne!(s.leader(&c, r), bad, "round {r}");
-            assert_eq!(s.leader(&c, r), c.leader(r + 1), "round {r}");
+            assert_eq!(s.leader(&c, r), c.leader(r + 2), "round {r}");
         }
         // After the window it is on probation and leads its base rounds.
         let back = 10 + LAG + SUSPECT_CYCLES * 4 + 1;
@@ -263,6 +306,41 @@ mod tests {
             }
         }
         assert!(led_by_a.is_some(), "a never led again");
+    }
+
+    /// Seed 4 of the simulator's n = 10 clock-behind row: the substitute of
+    /// a suspect leader was the next member in the base order, faulty too
+    /// but not yet failed, so it lost the substituted round and then its own.
+    #[test]
+    fn no_member_leads_two_rounds_in_a_row_while_another_is_substituted() {
+        for n in [4u16, 7, 10] {
+            let c = committee(n);
+            // Every member in turn is suspect (its base round failed).
+            for bad_round in 20..20 + Round::from(n) {
+                let s = history(400, &[bad_round]);
+                let leaders: Vec<u16> = (bad_round + LAG..300).map(|r| s.leader(&c, r)).collect();
+                for (i, pair) in leaders.windows(2).enumerate() {
+                    let r = bad_round + LAG + i as Round;
+                    assert_ne!(
+                        pair[0],
+                        pair[1],
+                        "n = {n}: one leader for rounds {r} and {}",
+                        r + 1
+                    );
+                }
+            }
+            // Two members adjacent in the base order both suspect.
+            let s = history(400, &[30, 31]);
+            let leaders: Vec<u16> = (32 + LAG..300).map(|r| s.leader(&c, r)).collect();
+            for (i, pair) in leaders.windows(2).enumerate() {
+                assert_ne!(
+                    pair[0],
+                    pair[1],
+                    "n = {n}: adjacent suspects, round {}",
+                    32 + LAG + i as Round
+                );
+            }
+        }
     }
 
     #[test]
