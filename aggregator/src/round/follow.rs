@@ -226,8 +226,52 @@ impl Node {
             leaves: f.leaves.clone(),
             signatures,
         };
+        let push_to = self.stuck_signers(attempt);
         self.stats.reports_assembled += 1;
-        self.accept_report(now, report);
+        self.accept_report(now, report.clone());
+        if !push_to.is_empty() {
+            let msg = self.sign_msg(report.header.round, Payload::Report(report));
+            for to in push_to {
+                self.send(to, msg.bytes.clone());
+            }
+            self.stats.reports_pushed += 1;
+        }
+    }
+
+    /// Who this member sends the report of hedge attempt `attempt` to: the
+    /// earlier attempts' signers (not the leader) whose shares it never saw.
+    /// Their link from the leader is likely stuck behind a lost packet (the
+    /// hedge exists because their shares were missing), so neither the
+    /// leader's proposal copy nor its report reaches them soon; one hop
+    /// from here is sooner than asking (`note_share_sender`). Only the two
+    /// lowest signers of the completing attempt other than the leader send,
+    /// so a stuck member gets two copies, not `t - 1`.
+    fn stuck_signers(&self, attempt: usize) -> Vec<u16> {
+        let Some(f) = &self.rs.follow else {
+            return Vec::new();
+        };
+        let Some(done) = f.attempts.get(&attempt) else {
+            return Vec::new();
+        };
+        let leader = self.leader_of(self.round);
+        let pushers: Vec<u16> = done
+            .signers
+            .iter()
+            .copied()
+            .filter(|m| *m != leader)
+            .take(2)
+            .collect();
+        if attempt == 0 || !pushers.contains(&self.me) {
+            return Vec::new();
+        }
+        let stuck: BTreeSet<u16> = f
+            .attempts
+            .range(..attempt)
+            .flat_map(|(_, a)| a.signers.difference(&a.senders))
+            .copied()
+            .filter(|m| *m != leader && *m != self.me && !done.signers.contains(m))
+            .collect();
+        stuck.into_iter().collect()
     }
 
     fn keep_early(&mut self, sender: u16, s: &ShareMsg) {

@@ -89,6 +89,7 @@ use committee::Committee;
 use ed25519_dalek::SigningKey;
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use lane::{AnyLane, Lane, keccak, with_lane};
+use leader::MAX_HEDGES;
 use message::{
     Kind, ObservationEntry, ObservationMsg, Payload, ProposalMsg, RefusalMsg, RefusalReason,
     ShareMsg, SignedMessage, SuiteCommitments, SuitePackage, SuiteShare,
@@ -340,9 +341,9 @@ pub struct Stats {
     pub attempts_started: u64,
     /// Attempts still incomplete after `share_ms` (another one started).
     pub attempts_timed_out: u64,
-    /// Hedge attempts: a second attempt started (without blaming anyone)
-    /// because the first was slower than the share round trip this leader
-    /// usually sees.
+    /// Hedge attempts: another attempt started (without blaming anyone)
+    /// because an open one was slower than the share round trip this
+    /// leader usually sees (at most two a round).
     pub attempts_hedged: u64,
     /// Signed refusals this member sent as a signer, and received as leader.
     pub refusals_sent: u64,
@@ -359,6 +360,10 @@ pub struct Stats {
     /// Times this member asked the signers for a report it saw signed but
     /// did not get ([`Action::AskReport`]).
     pub reports_asked: u64,
+    /// Reports this member assembled from a hedge attempt and sent on to
+    /// the earlier attempts' signers whose shares never came (their link
+    /// from the leader is likely stuck; see `Node::follow_share`).
+    pub reports_pushed: u64,
 }
 
 /// What this member saw of another member: the committee panel's figures.
@@ -451,7 +456,8 @@ struct Attempt {
     /// When the attempt went out (for the share round-trip estimate).
     started_at: TimestampMs,
     /// When a hedge attempt starts if this one is still incomplete (see
-    /// `Node::hedge_delay`); `None` once a hedge started this round.
+    /// `Node::hedge_delay`); `None` once a hedge started after it, or when
+    /// the round may have no further hedge.
     hedge_at: Option<TimestampMs>,
 }
 
@@ -475,8 +481,28 @@ struct LeaderRound {
     /// Open attempts by number.
     attempts: BTreeMap<usize, Attempt>,
     next_attempt: usize,
-    /// A hedge attempt started this round (at most one).
-    hedged: bool,
+    /// Hedge attempts started this round (at most `MAX_HEDGES`).
+    hedges: u8,
+}
+
+impl LeaderRound {
+    /// Whether another hedge attempt may start: the first always (it is
+    /// the attempt the budget keeps for an honest signer that was only
+    /// slow); a second only while nothing this round looked like a fault
+    /// (no member excluded, no attempt past its share deadline) and an
+    /// attempt is left after it, so it never takes the attempts `f` faulty
+    /// members may need.
+    fn may_hedge(&self, attempts: usize) -> bool {
+        match self.hedges {
+            0 => true,
+            h if h < MAX_HEDGES => {
+                self.next_attempt + 1 < attempts
+                    && self.excluded.is_empty()
+                    && self.attempts.values().all(|a| !a.timed_out)
+            }
+            _ => false,
+        }
+    }
 }
 
 struct PendingSign {

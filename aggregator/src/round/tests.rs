@@ -222,12 +222,12 @@ impl Harness {
     }
 }
 
-/// Round 0 (leader 1) of a 4-member committee: every member observes and
-/// the leader gets the observations. Returns the leader's actions (its
-/// proposals and its own ledger write).
+/// Round 0 (leader 1): every member observes and the leader gets the
+/// observations. Returns the leader's actions (its proposals and its own
+/// ledger write).
 fn round0_leader_actions(h: &mut Harness) -> Vec<Action> {
     let mut to_leader = Vec::new();
-    for m in 2..=4 {
+    for m in 2..=h.committee.n() as u16 {
         let a = h.handle(m, T0, observations(1_000_000 + i128::from(m), T0));
         to_leader.extend(sends(&a));
     }
@@ -1530,6 +1530,11 @@ fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
     );
     let a = h.handle(1, T0 + 1 + hedge, Input::Tick);
     let next = signer_proposals(&h, &a);
+    let leader_share1: Vec<Vec<u8>> = sends(&a)
+        .into_iter()
+        .filter(|(_, b)| matches!(decode(&h, b).payload, Payload::Share(_)))
+        .map(|(_, b)| b)
+        .collect();
     let to: Vec<u16> = next.iter().map(|(to, _)| *to).collect();
     assert_eq!(
         to,
@@ -1554,26 +1559,51 @@ fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
         0,
         "a hedge blames nobody"
     );
-    // One hedge per round: nothing more until attempt 0's share_ms deadline.
+    // One hedge per round with n = 4 (a second would take the last of the
+    // three attempts): nothing more until attempt 0's share_ms deadline.
     let a = h.handle(1, T0 + 1 + 2 * hedge - 1, Input::Tick);
     assert!(signer_proposals(&h, &a).is_empty(), "a second hedge");
     // Members 3 and 4 sign attempt 1 (member 3 recorded this round's digest
     // for attempt 0 already: it signs at once); with the leader's share it
     // completes.
     let mut shares = Vec::new();
+    let mut share4 = Vec::new();
     let is_share = |h: &Harness, b: &Vec<u8>| matches!(decode(h, b).payload, Payload::Share(_));
     for (to, bytes) in next {
         let mut a = h.handle(to, T0 + hedge + 2, Input::Message { from: 1, bytes });
         if let Some(Action::RecordSigning { round, digest }) = a.first().cloned() {
             a = h.handle(to, T0 + hedge + 2, Input::SigningRecorded { round, digest });
         }
-        shares.extend(
-            sends(&a)
-                .into_iter()
-                .filter(|(_, b)| is_share(&h, b))
-                .map(|(_, b)| b),
-        );
+        let mine: Vec<Vec<u8>> = sends(&a)
+            .into_iter()
+            .filter(|(_, b)| is_share(&h, b))
+            .map(|(_, b)| b)
+            .collect();
+        if to == 4 {
+            share4 = mine.clone();
+        }
+        shares.extend(mine);
     }
+    // Member 3 (a signer of both attempts) assembles the hedge's report
+    // from the leader's and member 4's shares and sends it to member 2,
+    // whose share of attempt 0 never came: its link from the leader is
+    // likely stuck, so the leader's copy would be late too.
+    let mut at3 = Vec::new();
+    for bytes in leader_share1.iter().take(1).chain(share4.iter().take(1)) {
+        let bytes = bytes.clone();
+        at3.extend(h.handle(3, T0 + hedge + 3, Input::Message { from: 1, bytes }));
+    }
+    assert!(
+        signed_report(&at3).is_some(),
+        "member 3 assembles the report"
+    );
+    let pushed: Vec<u16> = sends(&at3)
+        .into_iter()
+        .filter(|(_, b)| matches!(decode(&h, b).payload, Payload::Report(_)))
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(pushed, vec![2], "the report goes to the stuck signer only");
+    assert_eq!(h.nodes[2].stats().reports_pushed, 1);
     // The leader recorded this round's digest for attempt 0: its own share
     // of attempt 1 needs no second ledger write.
     assert!(h.nodes[0].pending.is_empty());
@@ -1589,6 +1619,57 @@ fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
     // The median of the last rounds: one slow round does not move it.
     h.nodes[0].share_rtts = [50, 52, 51, 400, 49].into();
     assert_eq!(h.nodes[0].hedge_delay(), (hedge).min(51 * 5 / 4 + 2));
+}
+
+/// With n = 7 (four attempts) a hedge that is itself late gets a second
+/// one, then no more; a round that has shown a fault gets no second hedge.
+#[test]
+fn a_late_hedge_gets_a_second_hedge_while_attempts_are_spare() {
+    for fault_seen in [false, true] {
+        let mut h = harness::<Ed>(7, 2);
+        h.nodes[0].share_rtts = [40, 40, 40].into();
+        let hedge = h.nodes[0].hedge_delay();
+        assert_eq!(hedge, 40 * 5 / 4 + 2);
+        let first = up_to_proposals(&mut h);
+        assert_eq!(first.len(), 4, "leader plus four signers of t = 5");
+        // Nobody answers: the shares are stuck.
+        let a = h.handle(1, T0 + 1 + hedge, Input::Tick);
+        let hedge1 = signer_proposals(&h, &a);
+        assert!(!hedge1.is_empty(), "the first hedge");
+        if fault_seen {
+            // A member found unusable this round (as after an invalid share).
+            let l = h.nodes[0].rs.leader.as_mut().expect("leading");
+            l.excluded.insert(7);
+        }
+        let a = h.handle(1, T0 + 1 + 2 * hedge - 1, Input::Tick);
+        assert!(
+            signer_proposals(&h, &a).is_empty(),
+            "no hedge before its time"
+        );
+        let a = h.handle(1, T0 + 1 + 2 * hedge, Input::Tick);
+        let hedge2 = signer_proposals(&h, &a);
+        if fault_seen {
+            assert!(hedge2.is_empty(), "a second hedge after a fault");
+            assert_eq!(h.nodes[0].stats().attempts_hedged, 1);
+            continue;
+        }
+        let Payload::Proposal(p) = decode(&h, &hedge2[0].1).payload else {
+            panic!("not a proposal");
+        };
+        assert_eq!(p.attempt, 2, "the second hedge");
+        let a = h.handle(1, T0 + 1 + 3 * hedge + 5, Input::Tick);
+        assert!(signer_proposals(&h, &a).is_empty(), "a third hedge");
+        let stats = h.nodes[0].stats();
+        assert_eq!(
+            (
+                stats.attempts_hedged,
+                stats.attempts_timed_out,
+                stats.attempts_started
+            ),
+            (2, 0, 3)
+        );
+        assert!(h.nodes[0].penalty.is_empty(), "a hedge blames nobody");
+    }
 }
 
 #[test]
