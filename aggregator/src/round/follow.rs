@@ -20,6 +20,8 @@ pub(super) struct FollowAttempt {
     package_hashes: Vec<[u8; 32]>,
     signers: BTreeSet<u16>,
     senders: BTreeSet<u16>,
+    /// When its first share came.
+    first_share_at: Option<TimestampMs>,
     /// The shares did not add up to a valid signature: wait for the report.
     failed: bool,
 }
@@ -75,6 +77,7 @@ impl Node {
                 package_hashes,
                 signers,
                 senders: BTreeSet::new(),
+                first_share_at: None,
                 failed: false,
             },
         );
@@ -206,7 +209,11 @@ impl Node {
                 return;
             }
         }
+        let first = *a.first_share_at.get_or_insert(now);
         if a.senders.len() < a.signers.len() {
+            let missing: Vec<u16> = a.signers.difference(&a.senders).copied().collect();
+            let signers = a.signers.clone();
+            self.plan_relay(now, attempt, first, &signers, &missing);
             return;
         }
         let mut signatures = BTreeMap::new();
@@ -286,6 +293,87 @@ impl Node {
         {
             self.rs.early_shares.push((sender, s.clone()));
         }
+    }
+}
+
+/// The least a signer waits, once one signer's share alone is missing,
+/// before relaying the proposal to it.
+const RELAY_AFTER_MIN_MS: u64 = 10;
+
+impl Node {
+    /// A signer of `attempt` that holds every share but one signer's
+    /// (`missing`, not the leader) relays the leader's proposal and the
+    /// leader's share to it if its share has not come after as long again
+    /// as the others took (at least `RELAY_AFTER_MIN_MS`): on a WAN the
+    /// usual cause is its link from the leader stuck behind a lost packet,
+    /// so it never got the proposal. Both messages are the leader's,
+    /// signed: the stuck signer checks and signs the proposal as if the
+    /// leader's copy had come, and its share completes the attempt about
+    /// one round trip after the others' instead of when the leader's hedge
+    /// completes (and the stuck member itself holds the report at once).
+    /// Only the two lowest signers besides the leader and the stuck one
+    /// relay, once a round each; the leader's own copy, when it comes, is
+    /// recognised and ignored.
+    fn plan_relay(
+        &mut self,
+        now: TimestampMs,
+        attempt: usize,
+        first: TimestampMs,
+        signers: &BTreeSet<u16>,
+        missing: &[u16],
+    ) {
+        let &[stuck] = missing else {
+            return;
+        };
+        let leader = self.leader_of(self.round);
+        let Ok(number) = u8::try_from(attempt) else {
+            return;
+        };
+        if self.rs.relay.is_some()
+            || self.rs.relayed
+            || stuck == leader
+            || stuck == self.me
+            || !self.rs.proposals.contains_key(&number)
+        {
+            return;
+        }
+        let relayers = signers
+            .iter()
+            .filter(|m| **m != leader && **m != stuck)
+            .take(2);
+        if !relayers.into_iter().any(|m| *m == self.me) {
+            return;
+        }
+        let wait = now.saturating_sub(first).max(RELAY_AFTER_MIN_MS);
+        self.rs.relay = Some((now + wait, number, stuck));
+    }
+
+    /// Relays what `plan_relay` planned if the share is still missing.
+    pub(super) fn relay_to_stuck(&mut self, now: TimestampMs) {
+        let Some((at, number, stuck)) = self.rs.relay else {
+            return;
+        };
+        if self.rs.reported || now < at {
+            return;
+        }
+        self.rs.relay = None;
+        self.rs.relayed = true;
+        let missing = self
+            .rs
+            .follow
+            .as_ref()
+            .and_then(|f| f.attempts.get(&usize::from(number)))
+            .is_some_and(|a| !a.failed && !a.senders.contains(&stuck));
+        if !missing {
+            return;
+        }
+        if let Some(bytes) = self.rs.proposals.get(&number).cloned() {
+            self.send(stuck, bytes);
+        }
+        if let Some(bytes) = self.rs.leader_shares.get(&number).cloned() {
+            self.send(stuck, bytes);
+        }
+        self.stats.proposals_relayed += 1;
     }
 }
 

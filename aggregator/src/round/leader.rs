@@ -596,6 +596,12 @@ impl Node {
         let number = usize::from(s.attempt);
         let Some(l) = &mut self.rs.leader else {
             // Not leading this round: assemble the report from the shares.
+            if sender == self.leader_of(self.round) {
+                self.rs
+                    .leader_shares
+                    .entry(s.attempt)
+                    .or_insert_with(|| msg.bytes.clone());
+            }
             self.note_share_sender(now, sender, s.attempt);
             self.follow_share(now, sender, s);
             return;

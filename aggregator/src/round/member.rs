@@ -94,6 +94,21 @@ impl Node {
             self.stats.invalid_messages += 1;
             return;
         }
+        if !p.observations.is_empty() {
+            // A signer's copy may come twice: from the leader and relayed by
+            // another signer (`Node::relay_to_stuck`). The second is ignored:
+            // signing it again would refuse a used nonce to the leader.
+            if self
+                .rs
+                .proposals
+                .get(&p.attempt)
+                .is_some_and(|b| *b == bytes)
+            {
+                self.stats.proposals_duplicate += 1;
+                return;
+            }
+            self.rs.proposals.insert(p.attempt, bytes.clone());
+        }
         let header = ReportHeader {
             version: PROTOCOL_VERSION,
             config_digest: *self.committee.config_digest(),

@@ -364,6 +364,12 @@ pub struct Stats {
     /// the earlier attempts' signers whose shares never came (their link
     /// from the leader is likely stuck; see `Node::follow_share`).
     pub reports_pushed: u64,
+    /// Proposals this member relayed, with the leader's share, to the one
+    /// signer of an attempt whose share did not come (`Node::plan_relay`).
+    pub proposals_relayed: u64,
+    /// Second copies of a proposal already handled (one from the leader,
+    /// one relayed), ignored.
+    pub proposals_duplicate: u64,
 }
 
 /// What this member saw of another member: the committee panel's figures.
@@ -550,6 +556,16 @@ struct RoundState {
     /// (`Node::note_share_sender`), and how many times this member asked.
     ask_at: Option<TimestampMs>,
     asked: u8,
+    /// The proposals this member got as a signer, by attempt, as received
+    /// (relayed to a stuck signer, and a second copy recognised).
+    proposals: BTreeMap<u8, Vec<u8>>,
+    /// The leader's share messages of this round, by attempt, as received.
+    leader_shares: BTreeMap<u8, Vec<u8>>,
+    /// When to relay an attempt's proposal and the leader's share to the
+    /// one signer whose share is missing (`Node::plan_relay`): time,
+    /// attempt, member; and whether this member relayed this round.
+    relay: Option<(TimestampMs, u8, u16)>,
+    relayed: bool,
     /// Shares that came before their attempt's proposal (bounded).
     early_shares: Vec<(u16, ShareMsg)>,
     /// Attempts this member refused (one refusal each).
@@ -581,6 +597,10 @@ impl RoundState {
             first_share_at: 0,
             ask_at: None,
             asked: 0,
+            proposals: BTreeMap::new(),
+            leader_shares: BTreeMap::new(),
+            relay: None,
+            relayed: false,
             early_shares: Vec::new(),
             refused: BTreeSet::new(),
             carry: 0,
@@ -1037,6 +1057,10 @@ impl Node {
                     .extract_if(.., |p| p.record == record)
                     .collect();
                 for p in refused {
+                    // Not signed: the same proposal coming again is no copy.
+                    if let Ok(a) = u8::try_from(p.attempt) {
+                        self.rs.proposals.remove(&a);
+                    }
                     self.refuse(now_ms, round, p.attempt, digest, RefusalReason::Ledger);
                 }
                 self.stats.signing_refused_by_ledger += 1;
@@ -1107,6 +1131,7 @@ impl Node {
         if !self.rs.reported {
             times.push(self.rs.deadline);
             times.extend(self.rs.ask_at);
+            times.extend(self.rs.relay.map(|(at, _, _)| at));
         }
         if self.leader_of(self.round) == self.me && !self.rs.reported {
             match &self.rs.leader {

@@ -64,6 +64,7 @@ impl Node {
             }
         }
         self.ask_for_report(now);
+        self.relay_to_stuck(now);
         // Rounds whose leader is unreachable end at once (see
         // `enter_round`); bounded by the committee size.
         let round_ms = self.committee.round_ms();

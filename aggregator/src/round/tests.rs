@@ -338,9 +338,18 @@ fn refused_ledger_means_no_share_and_a_nonce_is_used_once() {
     assert!(matches!(a[0], Action::RecordSigning { .. }));
     let a = h.handle(to, T0 + 3, Input::SigningRecorded { round, digest });
     assert_eq!(sends(&a).len(), 1);
-    // The same proposal again: that nonce is gone, no second share.
+    // The same proposal again (a relayed copy, or the leader's late one):
+    // recognised and ignored, no second share and no refusal.
     let a = h.handle(to, T0 + 4, Input::Message { from: 1, bytes });
     assert!(sends(&a).is_empty(), "{a:?}");
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(h.nodes[usize::from(to) - 1].stats().proposals_duplicate, 1);
+    // Anything else asking that attempt's nonce again signs nothing (the
+    // refusal for attempt 0 went out already, with the ledger's reason).
+    let node = &mut h.nodes[usize::from(to) - 1];
+    node.prepare_signing(T0 + 5, SigningRecord { round, digest }, 0, Vec::new());
+    let a = std::mem::take(&mut node.out);
+    assert_eq!(shares(&h, &a), 0);
     assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
     assert_eq!(h.nodes[usize::from(to) - 1].stats().nonce_reuse_refused, 1);
 }
@@ -1621,6 +1630,95 @@ fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
     assert_eq!(h.nodes[0].hedge_delay(), (hedge).min(51 * 5 / 4 + 2));
 }
 
+/// A signer whose link from the leader is stuck gets the proposal and the
+/// leader's share relayed by another signer once its share alone is
+/// missing: it signs, holds the report itself, and ignores the leader's own
+/// copy when that comes.
+#[test]
+fn a_signer_relays_the_proposal_to_the_one_signer_whose_share_is_missing() {
+    let mut h = harness::<Ed>(4, 1);
+    let proposals = up_to_proposals(&mut h);
+    let picked: Vec<u16> = proposals.iter().map(|(to, _)| *to).collect();
+    assert_eq!(picked, vec![2, 3]);
+    let is_share = |h: &Harness, b: &Vec<u8>| matches!(decode(h, b).payload, Payload::Share(_));
+    // Member 3 signs at T0 + 2; member 2's proposal is stuck.
+    let (round, digest) = proposal_to_record(&mut h, 3, &proposals[1].1);
+    let a = h.handle(3, T0 + 2, Input::SigningRecorded { round, digest });
+    let share3: Vec<u8> = sends(&a)
+        .into_iter()
+        .find(|(_, b)| is_share(&h, b))
+        .map(|(_, b)| b)
+        .expect("member 3's share");
+    // It reaches member 2 (that link is fine) before any proposal does.
+    h.handle(
+        2,
+        T0 + 3,
+        Input::Message {
+            from: 3,
+            bytes: share3,
+        },
+    );
+    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
+    let a = h.handle(
+        1,
+        T0 + 2,
+        Input::SigningRecorded {
+            round: own.round,
+            digest: own.digest,
+        },
+    );
+    let leader_share: Vec<u8> = sends(&a)
+        .into_iter()
+        .find(|(_, b)| is_share(&h, b))
+        .map(|(_, b)| b)
+        .expect("the leader's share");
+    let a = h.handle(
+        3,
+        T0 + 3,
+        Input::Message {
+            from: 1,
+            bytes: leader_share,
+        },
+    );
+    assert!(sends(&a).is_empty(), "nothing relayed at once");
+    // Member 3 waits as long again as the shares took, at least 10 ms.
+    assert!(sends(&h.handle(3, T0 + 12, Input::Tick)).is_empty());
+    let a = h.handle(3, T0 + 13, Input::Tick);
+    let relayed = sends(&a);
+    assert_eq!(relayed.len(), 2, "the proposal and the leader's share");
+    assert!(relayed.iter().all(|(to, _)| *to == 2));
+    assert!(is_signer_proposal(&h, &relayed[0].1));
+    assert_eq!(relayed[0].1, proposals[0].1, "the leader's own bytes");
+    assert!(is_share(&h, &relayed[1].1));
+    assert_eq!(h.nodes[2].stats().proposals_relayed, 1);
+    // Member 2 signs the relayed proposal and, with both relayed and
+    // member 3's share, holds the report.
+    let mut at2 = Vec::new();
+    for (_, bytes) in relayed {
+        at2.extend(h.handle(2, T0 + 40, Input::Message { from: 3, bytes }));
+    }
+    let Some(Action::RecordSigning { round, digest }) = at2.first().cloned() else {
+        panic!("member 2 signs the relayed proposal: {at2:?}");
+    };
+    // The leader's own copy comes while member 2's ledger write is under
+    // way: recognised and ignored (signing it again would refuse a used
+    // nonce to the leader).
+    let late = h.handle(
+        2,
+        T0 + 40,
+        Input::Message {
+            from: 1,
+            bytes: proposals[0].1.clone(),
+        },
+    );
+    assert!(late.is_empty(), "{late:?}");
+    let at2 = h.handle(2, T0 + 41, Input::SigningRecorded { round, digest });
+    assert_eq!(shares(&h, &at2), 1, "member 2's share to every member");
+    let report = signed_report(&at2).expect("member 2 holds the report");
+    assert!(h.nodes[0].verify_report(&report));
+    assert_eq!(h.nodes[1].stats().proposals_duplicate, 1);
+}
+
 /// With n = 7 (four attempts) a hedge that is itself late gets a second
 /// one, then no more; a round that has shown a fault gets no second hedge.
 #[test]
@@ -2142,11 +2240,10 @@ fn messages_of_a_both_suite_round_carry_every_suite() {
     for (s, pkg) in share.shares.iter().zip(&p.signing_packages) {
         assert_eq!(s.package_hash, keccak(&pkg.package));
     }
-    // A second proposal naming the same commitments is refused: neither
-    // suite's nonce signs twice.
+    // The same proposal again signs nothing: neither suite's nonce signs
+    // twice.
     let again = h.handle(to, T0 + 4, Input::Message { from: 1, bytes });
     assert_eq!(shares(&h, &again), 0);
-    assert!(h.nodes[usize::from(to) - 1].stats().nonce_reuse_refused >= 1);
 }
 
 /// A signer that leaves out one suite's package, or sends packages naming
