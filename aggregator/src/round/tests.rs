@@ -222,6 +222,24 @@ impl Harness {
     }
 }
 
+/// Leader 1's ledger records its pending signing at `at`: its actions (its
+/// share, and the report if that completed an attempt).
+fn leader_records(h: &mut Harness, at: TimestampMs) -> Vec<Action> {
+    let own = h.nodes[0]
+        .pending
+        .first()
+        .map(|p| p.record)
+        .expect("a pending signing");
+    h.handle(
+        1,
+        at,
+        Input::SigningRecorded {
+            round: own.round,
+            digest: own.digest,
+        },
+    )
+}
+
 /// Round 0 (leader 1): every member observes and the leader gets the
 /// observations. Returns the leader's actions (its proposals and its own
 /// ledger write).
@@ -537,15 +555,7 @@ fn invalid_share_is_attributed_with_verifiable_evidence_and_the_leader_retries()
             )));
         }
     }
-    let pending = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let mut out = h.handle(
-        1,
-        T0 + 3,
-        Input::SigningRecorded {
-            round: pending.round,
-            digest: pending.digest,
-        },
-    );
+    let mut out = leader_records(&mut h, T0 + 3);
     for (_, bytes) in leader_in {
         out.extend(h.handle(1, T0 + 3, Input::Message { from: 0, bytes }));
     }
@@ -992,15 +1002,7 @@ fn finish_round_zero(h: &mut Harness, at: TimestampMs) -> Vec<Vec<Action>> {
         let a = h.handle(to, at, Input::SigningRecorded { round, digest });
         shares.extend(sends(&a).into_iter().map(|(_, b)| b));
     }
-    let pending = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let mut a = h.handle(
-        1,
-        at,
-        Input::SigningRecorded {
-            round: pending.round,
-            digest: pending.digest,
-        },
-    );
+    let mut a = leader_records(h, at);
     for bytes in shares {
         a.extend(h.handle(1, at, Input::Message { from: 2, bytes }));
     }
@@ -1331,15 +1333,7 @@ fn a_signer_holding_the_report_hands_it_to_a_leader_that_hedges() {
     };
     let share2 = share_of(&mut h, 2, &proposals[0].1);
     let share3 = share_of(&mut h, 3, &proposals[1].1);
-    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let a = h.handle(
-        1,
-        T0 + 2,
-        Input::SigningRecorded {
-            round: own.round,
-            digest: own.digest,
-        },
-    );
+    let a = leader_records(&mut h, T0 + 2);
     let share1 = sends(&a)
         .into_iter()
         .map(|(_, b)| b)
@@ -1475,15 +1469,7 @@ fn a_follower_that_sees_the_shares_but_not_the_report_asks_the_signers() {
     assert_eq!(asks(&a), vec![(0, vec![3, 2])], "the latest signer first");
     assert_eq!(h.nodes[3].stats().reports_asked, 1);
     // The answer comes back as a stored report: the round ends there.
-    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let mut out = h.handle(
-        1,
-        T0 + 3,
-        Input::SigningRecorded {
-            round: own.round,
-            digest: own.digest,
-        },
-    );
+    let mut out = leader_records(&mut h, T0 + 3);
     for (from, bytes) in [(2, shares[0].clone()), (3, shares[1].clone())] {
         out.extend(h.handle(1, T0 + 31, Input::Message { from, bytes }));
     }
@@ -1511,15 +1497,7 @@ fn a_slow_signer_gets_one_hedge_attempt_and_no_blame() {
         .find(|(_, b)| matches!(decode(&h, b).payload, Payload::Share(_)))
         .map(|(_, b)| b)
         .expect("member 3's share");
-    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let mut out = h.handle(
-        1,
-        T0 + 2,
-        Input::SigningRecorded {
-            round: own.round,
-            digest: own.digest,
-        },
-    );
+    let mut out = leader_records(&mut h, T0 + 2);
     out.extend(h.handle(
         1,
         T0 + 3,
@@ -1658,15 +1636,7 @@ fn a_signer_relays_the_proposal_to_the_one_signer_whose_share_is_missing() {
             bytes: share3,
         },
     );
-    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let a = h.handle(
-        1,
-        T0 + 2,
-        Input::SigningRecorded {
-            round: own.round,
-            digest: own.digest,
-        },
-    );
+    let a = leader_records(&mut h, T0 + 2);
     let leader_share: Vec<u8> = sends(&a)
         .into_iter()
         .find(|(_, b)| is_share(&h, b))
@@ -1817,15 +1787,7 @@ fn a_signed_refusal_makes_the_leader_start_another_attempt_at_once() {
         let a = h.handle(to, T0 + 4, Input::SigningRecorded { round, digest });
         shares.extend(sends(&a).into_iter().map(|(_, b)| b));
     }
-    let own = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let mut out = h.handle(
-        1,
-        T0 + 4,
-        Input::SigningRecorded {
-            round: own.round,
-            digest: own.digest,
-        },
-    );
+    let mut out = leader_records(&mut h, T0 + 4);
     for bytes in shares {
         out.extend(h.handle(1, T0 + 5, Input::Message { from: 3, bytes }));
     }
@@ -2025,15 +1987,7 @@ fn every_member_assembles_the_report_from_the_broadcast_shares() {
     assert!(p.observations.is_empty() && p.signer_observations.is_empty());
     assert!(follower_copy.len() < to_signers[0].1.len());
     // The leader's own share.
-    let pending = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let mut leader_out = h.handle(
-        1,
-        T0 + 2,
-        Input::SigningRecorded {
-            round: pending.round,
-            digest: pending.digest,
-        },
-    );
+    let mut leader_out = leader_records(&mut h, T0 + 2);
     let mut shares: Vec<Vec<u8>> = sends(&leader_out)
         .into_iter()
         .filter(|(to, b)| *to == 0 && matches!(decode(&h, b).payload, Payload::Share(_)))
@@ -2085,15 +2039,7 @@ fn a_follower_given_a_bad_share_waits_for_the_leaders_report() {
         .find(|(to, b)| *to == 4 && !is_signer_proposal(&h, b))
         .map(|(_, b)| b)
         .unwrap();
-    let pending = h.nodes[0].pending.first().map(|p| p.record).unwrap();
-    let leader_out = h.handle(
-        1,
-        T0 + 2,
-        Input::SigningRecorded {
-            round: pending.round,
-            digest: pending.digest,
-        },
-    );
+    let leader_out = leader_records(&mut h, T0 + 2);
     let mut shares: Vec<Vec<u8>> = sends(&leader_out).into_iter().map(|(_, b)| b).collect();
     for (to, bytes) in signer_proposals(&h, &out) {
         let (round, digest) = proposal_to_record(&mut h, to, &bytes);
