@@ -20,7 +20,8 @@ pub(super) struct FollowAttempt {
     package_hashes: Vec<[u8; 32]>,
     signers: BTreeSet<u16>,
     senders: BTreeSet<u16>,
-    /// When its first share came.
+    /// When its first share from another signer than this member and the
+    /// leader came (the shares that travel the same way as a missing one).
     first_share_at: Option<TimestampMs>,
     /// The shares did not add up to a valid signature: wait for the report.
     failed: bool,
@@ -186,6 +187,7 @@ impl Node {
             return;
         }
         let attempt = usize::from(s.attempt);
+        let remote = sender != self.me && sender != self.leader_of(self.round);
         let Some(f) = &mut self.rs.follow else {
             self.keep_early(sender, s);
             return;
@@ -209,7 +211,11 @@ impl Node {
                 return;
             }
         }
-        let first = *a.first_share_at.get_or_insert(now);
+        let first = if remote {
+            *a.first_share_at.get_or_insert(now)
+        } else {
+            a.first_share_at.unwrap_or(now)
+        };
         if a.senders.len() < a.signers.len() {
             let missing: Vec<u16> = a.signers.difference(&a.senders).copied().collect();
             let signers = a.signers.clone();
@@ -304,7 +310,9 @@ impl Node {
     /// A signer of `attempt` that holds every share but one signer's
     /// (`missing`, not the leader) relays the leader's proposal and the
     /// leader's share to it if its share has not come after as long again
-    /// as the others took (at least `RELAY_AFTER_MIN_MS`): on a WAN the
+    /// as the other signers' shares took to arrive, first to last (its own
+    /// and the leader's left out: they come a hop earlier), at least
+    /// `RELAY_AFTER_MIN_MS`. On a WAN the
     /// usual cause is its link from the leader stuck behind a lost packet,
     /// so it never got the proposal. Both messages are the leader's,
     /// signed: the stuck signer checks and signs the proposal as if the
