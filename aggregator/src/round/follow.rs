@@ -220,6 +220,18 @@ impl Node {
             let missing: Vec<u16> = a.signers.difference(&a.senders).copied().collect();
             let signers = a.signers.clone();
             self.plan_relay(now, attempt, first, &signers, &missing);
+            if let [one] = missing[..]
+                && one != self.me
+                && self.rs.ask_at.is_none()
+                && !self.rs.share_senders.is_empty()
+            {
+                // One share alone missing here: the others likely hold the
+                // report already (only this member's link from that signer
+                // is stuck), so ask for it (`note_share_sender`) as soon as
+                // a relay would go out.
+                let wait = now.saturating_sub(first).max(ASK_AFTER_MIN_MS);
+                self.rs.ask_at = Some(now + wait);
+            }
             return;
         }
         let mut signatures = BTreeMap::new();

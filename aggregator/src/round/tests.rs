@@ -199,6 +199,17 @@ fn refusals(h: &Harness, actions: &[Action]) -> Vec<RefusalReason> {
         .collect()
 }
 
+/// The reports asked for among `actions`.
+fn asks(actions: &[Action]) -> Vec<(Round, Vec<u16>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::AskReport { round, peers } => Some((*round, peers.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// How many signature shares `actions` send.
 fn shares(h: &Harness, actions: &[Action]) -> usize {
     sends(actions)
@@ -1410,14 +1421,6 @@ fn a_signer_holding_the_report_hands_it_to_a_leader_that_hedges() {
 
 #[test]
 fn a_follower_that_sees_the_shares_but_not_the_report_asks_the_signers() {
-    let asks = |a: &[Action]| -> Vec<(Round, Vec<u16>)> {
-        a.iter()
-            .filter_map(|a| match a {
-                Action::AskReport { round, peers } => Some((*round, peers.clone())),
-                _ => None,
-            })
-            .collect()
-    };
     let mut h = harness::<Ed>(4, 1);
     let proposals = up_to_proposals(&mut h);
     let picked: Vec<u16> = proposals.iter().map(|(to, _)| *to).collect();
@@ -1479,6 +1482,63 @@ fn a_follower_that_sees_the_shares_but_not_the_report_asks_the_signers() {
     assert!(a.iter().any(|a| matches!(a, Action::SignedReport(_))));
     let a = h.handle(4, T0 + 200, Input::Tick);
     assert!(asks(&a).is_empty(), "nothing more to ask once held");
+    assert_eq!(h.nodes[3].stats().reports_asked, 1);
+}
+
+/// A member that holds all shares of an attempt but one (here a follower:
+/// member 3's share to it is stuck, everyone else has it) asks for the
+/// report after the other shares' spread (at least 10 ms), without
+/// waiting for `t - 1` shares besides the leader's.
+#[test]
+fn a_member_missing_one_share_of_an_attempt_asks_for_the_report() {
+    let mut h = harness::<Ed>(4, 1);
+    let out = round0_leader_actions(&mut h);
+    let is_share = |h: &Harness, b: &Vec<u8>| matches!(decode(h, b).payload, Payload::Share(_));
+    let copy = sends(&out)
+        .into_iter()
+        .find(|(_, b)| {
+            matches!(decode(&h, b).payload, Payload::Proposal(_)) && !is_signer_proposal(&h, b)
+        })
+        .map(|(_, b)| b)
+        .expect("the follower's copy");
+    let mut shares = Vec::new();
+    for (to, bytes) in signer_proposals(&h, &out) {
+        let (round, digest) = proposal_to_record(&mut h, to, &bytes);
+        let a = h.handle(to, T0 + 2, Input::SigningRecorded { round, digest });
+        let share = sends(&a)
+            .into_iter()
+            .map(|(_, b)| b)
+            .find(|b| is_share(&h, b));
+        shares.push((to, share.expect("a share")));
+    }
+    let leader_share = sends(&leader_records(&mut h, T0 + 2))
+        .into_iter()
+        .map(|(_, b)| b)
+        .find(|b| is_share(&h, b))
+        .expect("the leader's share");
+    h.handle(
+        4,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: copy,
+        },
+    );
+    h.handle(
+        4,
+        T0 + 3,
+        Input::Message {
+            from: 1,
+            bytes: leader_share,
+        },
+    );
+    let (from, bytes) = shares[0].clone();
+    assert_eq!(from, 2);
+    let a = h.handle(4, T0 + 30, Input::Message { from, bytes });
+    assert!(asks(&a).is_empty(), "not at once");
+    assert!(asks(&h.handle(4, T0 + 39, Input::Tick)).is_empty());
+    let a = h.handle(4, T0 + 40, Input::Tick);
+    assert_eq!(asks(&a), vec![(0, vec![2])]);
     assert_eq!(h.nodes[3].stats().reports_asked, 1);
 }
 
