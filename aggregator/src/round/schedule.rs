@@ -152,15 +152,23 @@ impl LeaderSchedule {
         let n = committee.n() as Round;
         let before = round.checked_sub(1).map(|r| committee.leader(r));
         let after = committee.leader(round + 1);
-        let good: Vec<u16> = (1..n)
-            .map(|k| committee.leader(round + k))
-            .filter(|m| self.standing(committee, *m, round) == Standing::Good)
-            .collect();
-        good.iter()
-            .find(|m| Some(**m) != previous && Some(**m) != before && **m != after)
-            .or_else(|| good.iter().find(|m| Some(**m) != previous))
-            .or_else(|| good.first())
-            .copied()
+        // Candidates in base order; a standing is computed only until the
+        // first that fits (with large committees most runs stop at once).
+        let (mut not_previous, mut any) = (None, None);
+        for m in (1..n).map(|k| committee.leader(round + k)) {
+            if self.standing(committee, m, round) != Standing::Good {
+                continue;
+            }
+            if Some(m) != previous && Some(m) != before && m != after {
+                return m;
+            }
+            if Some(m) != previous {
+                not_previous.get_or_insert(m);
+            }
+            any.get_or_insert(m);
+        }
+        not_previous
+            .or(any)
             .unwrap_or_else(|| committee.leader(round))
     }
 
