@@ -253,7 +253,9 @@ impl Cdp {
 
 const PAGE_STATE: &str = r#"(() => {
   const chart = document.getElementById('chart');
-  if (!chart) return JSON.stringify({ loading: true });
+  // Until the parser has read the whole page, later elements (the status
+  // line) may not exist yet; on a loaded machine a probe lands in between.
+  if (!chart || document.readyState === 'loading') return JSON.stringify({ loading: true });
   return JSON.stringify({
     rows: Array.from(document.querySelectorAll('#feeds tbody tr')).filter(tr => tr.children.length >= 7).map(tr => ({
       feed: tr.dataset.feed, price: tr.children[1].textContent, status: tr.children[4].textContent,
