@@ -26,6 +26,14 @@ pub struct VenueLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub venue: String,
+    /// `stream` (the venue's status channel) or `rest` (its status endpoint).
+    pub via: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FeedLabels {
     pub feed: String,
 }
@@ -45,6 +53,9 @@ pub struct SourceMetrics {
     /// `sibyl_observation_market_stopped{feed}`: 0 trading, 1 halted, 2
     /// closed, as the venues' status endpoints say (docs/SOURCES.md).
     pub market_stopped: Family<FeedLabels, Gauge>,
+    /// `sibyl_source_market_states_total{venue,via,state}`: market states
+    /// the venues said, per path (`stream` or `rest`) and state.
+    pub market_states: Family<StateLabels, Counter>,
 }
 
 impl SourceMetrics {
@@ -79,6 +90,11 @@ impl SourceMetrics {
             "sibyl_observation_market_stopped",
             "Whether the venues say a feed's market stopped: 0 trading, 1 halted, 2 closed",
             m.market_stopped.clone(),
+        );
+        registry.register(
+            "sibyl_source_market_states",
+            "Market states the venues said, per venue, path (stream or rest) and state",
+            m.market_states.clone(),
         );
         m
     }

@@ -3,6 +3,7 @@
 //! into observations published on a `watch` channel.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -413,11 +414,27 @@ async fn poll_venue(
     let status_every = shared.config.market_status_interval.0;
     let reads_status = !status_every.is_zero() && venue.publishes_status();
     let mut status_due = Instant::now();
+    let wake = shared.wake.get(&venue);
     loop {
-        tick.tick().await;
-        if reads_status && Instant::now() >= status_due {
-            status_due = Instant::now() + status_every;
-            for market in &markets {
+        // Woken early to read the statuses another venue's change asked
+        // for, or to poll at once because the venue's stream ended.
+        let woken = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async {
+                match wake {
+                    Some(w) => w.notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let poll_now = wake.is_some_and(|w| w.poll.swap(false, Ordering::Relaxed));
+        let wanted = shared.take_status_wanted(venue);
+        let due = Instant::now() >= status_due;
+        if reads_status && (due || !wanted.is_empty()) {
+            if due {
+                status_due = Instant::now() + status_every;
+            }
+            for market in markets.iter().filter(|m| due || wanted.contains(m)) {
                 let result = fetch_market_state(
                     &client,
                     &limiter,
@@ -427,8 +444,11 @@ async fn poll_venue(
                     shared.config.request_timeout.as_ms(),
                 )
                 .await;
-                shared.record_state(venue, market, result);
+                shared.record_state(venue, market, result, false);
             }
+        }
+        if woken && !poll_now {
+            continue;
         }
         let jobs = markets.iter().map(|market| {
             let (shared, client, limiter, base) = (

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -12,7 +13,7 @@ use tracing::debug;
 use crate::config::{ResolvedSource, SourcesConfig};
 use crate::error::{ObservationError, Rejection, SourceError};
 use crate::health::{BreakerState, CircuitBreaker};
-use crate::metrics::{SourceFeedLabels, SourceMetrics};
+use crate::metrics::{SourceFeedLabels, SourceMetrics, StateLabels};
 use crate::quote::Quote;
 use crate::time::now_ms;
 use crate::venue::{MarketState, RawQuote, Venue};
@@ -32,6 +33,9 @@ pub(crate) struct Slot {
     /// What the venue's status endpoint last said about the market, and
     /// when (our clock); `None`: never asked or no endpoint.
     pub(crate) market_state: Option<(MarketState, u64)>,
+    /// Read the venue's status for this market now, not at the next status
+    /// interval: another venue of the feed announced a change.
+    pub(crate) status_wanted: bool,
 }
 
 /// What the CLI and the API show about a source.
@@ -54,11 +58,22 @@ pub struct SourceStatus {
     pub market_state: Option<MarketState>,
 }
 
+/// Why a venue's poller was woken early: the statuses it was asked for
+/// ([`Slot::status_wanted`]), and whether its stream just ended (`poll`:
+/// poll its tickers now, not at the next tick).
+#[derive(Default)]
+pub(crate) struct Wake {
+    pub(crate) notify: Notify,
+    pub(crate) poll: AtomicBool,
+}
+
 pub(crate) struct Shared {
     pub(crate) config: SourcesConfig,
     pub(crate) slots: Mutex<BTreeMap<(String, String), Slot>>,
     pub(crate) metrics: SourceMetrics,
     pub(crate) changed: Notify,
+    /// Wakes a venue's poller before its next tick.
+    pub(crate) wake: BTreeMap<Venue, Wake>,
     pub(crate) feed_errors: Mutex<BTreeMap<String, ObservationError>>,
 }
 
@@ -81,14 +96,20 @@ impl Shared {
                     latency_ms: None,
                     breaker,
                     market_state: None,
+                    status_wanted: false,
                 },
             );
         }
+        let wake = slots
+            .values()
+            .map(|s| (s.source.venue, Wake::default()))
+            .collect();
         Shared {
             config,
             slots: Mutex::new(slots),
             metrics,
             changed: Notify::new(),
+            wake,
             feed_errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -103,20 +124,43 @@ impl Shared {
     /// A status answer for `market` on `venue`: its state is kept for every
     /// slot on that market; a failure is counted (as `status_<reason>`)
     /// and leaves the last known state to age out.
+    /// Record what a venue says about a market's trading state. A change
+    /// (a halt, a close, a reopening) asks every other venue of the same
+    /// feeds that publishes a status to read it now rather than at its next
+    /// status interval, so the feed's majority moves within a poll of the
+    /// first venue that announced it (a streamed status moves it at once).
     pub(crate) fn record_state(
         &self,
         venue: Venue,
         market: &str,
         result: Result<MarketState, SourceError>,
+        streamed: bool,
     ) {
+        if let Ok(state) = &result {
+            self.metrics
+                .market_states
+                .get_or_create(&StateLabels {
+                    venue: venue.name().into(),
+                    via: if streamed { "stream" } else { "rest" }.into(),
+                    state: state.name().into(),
+                })
+                .inc();
+        }
         let now = now_ms();
         let mut slots = self.lock();
+        let mut changed_feeds = Vec::new();
         for slot in slots
             .values_mut()
             .filter(|s| s.source.venue == venue && s.source.market == market)
         {
             match &result {
-                Ok(state) => slot.market_state = Some((*state, now)),
+                Ok(state) => {
+                    let before = slot.market_state.map_or(MarketState::Open, |(s, _)| s);
+                    if before != *state {
+                        changed_feeds.push(slot.source.feed.clone());
+                    }
+                    slot.market_state = Some((*state, now));
+                }
                 Err(e) => {
                     let label = slot.source.label();
                     debug!(source = %label, error = %e, "market status unavailable");
@@ -125,17 +169,54 @@ impl Shared {
                 }
             }
         }
+        let mut wake = std::collections::BTreeSet::new();
+        if !self.config.market_status_interval.0.is_zero() {
+            for slot in slots.values_mut().filter(|s| {
+                s.source.venue != venue
+                    && s.source.venue.publishes_status()
+                    && changed_feeds.contains(&s.source.feed)
+            }) {
+                slot.status_wanted = true;
+                wake.insert(slot.source.venue);
+            }
+        }
         drop(slots);
+        for v in wake {
+            if let Some(w) = self.wake.get(&v) {
+                w.notify.notify_one();
+            }
+        }
         self.changed.notify_one();
     }
 
-    /// A venue's stream ended: its slots are REST-polled again from the next
-    /// poll on (not only once their last streamed quote is two polls old), so
-    /// a venue that went down shows as failing within a poll.
+    /// The markets of `venue` whose status was asked for, clearing the asks.
+    pub(crate) fn take_status_wanted(&self, venue: Venue) -> Vec<String> {
+        let mut slots = self.lock();
+        let mut markets = Vec::new();
+        for slot in slots
+            .values_mut()
+            .filter(|s| s.source.venue == venue && s.status_wanted)
+        {
+            slot.status_wanted = false;
+            if !markets.contains(&slot.source.market) {
+                markets.push(slot.source.market.clone());
+            }
+        }
+        markets
+    }
+
+    /// A venue's stream ended: its slots are REST-polled again at once (not
+    /// only at the next tick, nor once their last streamed quote is two polls
+    /// old), so a venue that went down shows as failing within one request.
     pub(crate) fn stream_ended(&self, venue: Venue) {
         let mut slots = self.lock();
         for slot in slots.values_mut().filter(|s| s.source.venue == venue) {
             slot.via_ws = false;
+        }
+        drop(slots);
+        if let Some(w) = self.wake.get(&venue) {
+            w.poll.store(true, Ordering::Relaxed);
+            w.notify.notify_one();
         }
     }
 

@@ -1,5 +1,7 @@
 //! WebSocket streams (Binance, Coinbase, Kraken, OKX): subscribe to every
-//! market of the venue, feed ticks into the same slots as REST, answer and
+//! market of the venue, feed ticks into the same slots as REST (and, where
+//! the stream has a status channel, market states as the status endpoint
+//! does, the moment the venue announces them), answer and
 //! send heartbeats, treat a silent socket as dead, and reconnect with
 //! jittered exponential backoff. REST polling stays on as the fallback.
 //! Each venue's stream format is its [`StreamSpec`] in `venue/<name>.rs`.
@@ -17,6 +19,8 @@ use crate::error::SourceError;
 use crate::health::backoff;
 use crate::metrics::VenueLabels;
 use crate::slots::{Shared, install_crypto_provider};
+#[cfg(test)]
+use crate::venue::MarketState;
 use crate::venue::{Ping, RawQuote, StreamSpec, Venue};
 
 /// How a stream session ended.
@@ -87,6 +91,8 @@ async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -
     let list: Vec<&String> = symbols.keys().collect();
     let full = stream.connect_url(url, &list);
     let stale_after = shared.config.ws_stale_after.0;
+    // "0s" turns market status off, streamed or read.
+    let reads_status = !shared.config.market_status_interval.0.is_zero();
     let connect = timeout(
         shared.config.request_timeout.0.max(Duration::from_secs(2)),
         tokio_tungstenite::connect_async(full.as_str()),
@@ -131,10 +137,19 @@ async fn session(shared: &Shared, venue: Venue, url: &str, markets: &[String]) -
                     _ => continue,
                 };
                 match parse_message(venue, &text) {
-                    Ok(ticks) => {
-                        if !ticks.is_empty() {
-                            last_tick = Instant::now();
+                    Ok(ticks) if ticks.is_empty() => {
+                        // A status-channel message, or control traffic.
+                        if !reads_status {
+                            continue;
                         }
+                        for (sym, state) in stream.parse_states(&text) {
+                            if let Some(market) = symbols.get(&sym) {
+                                shared.record_state(venue, market, state, true);
+                            }
+                        }
+                    }
+                    Ok(ticks) => {
+                        last_tick = Instant::now();
                         for (sym, raw) in ticks {
                             let Some(market) = symbols.get(&sym) else {
                                 shared.metrics.error(venue.name(), "not_subscribed");
@@ -198,5 +213,60 @@ mod tests {
             .is_err()
         );
         assert!(parse_message(Venue::Binance, "{not json").is_err());
+    }
+
+    fn states(venue: Venue, text: &str) -> Vec<(String, Result<MarketState, String>)> {
+        assert!(
+            parse_message(venue, text).unwrap().is_empty(),
+            "a status message is no tick"
+        );
+        let stream = venue.spec().stream().unwrap();
+        stream
+            .parse_states(text)
+            .into_iter()
+            .map(|(s, r)| (s, r.map_err(|e| e.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn parses_stream_status_messages() {
+        let c = r#"{"type":"status","products":[{"id":"BTC-USD","base_currency":"BTC","quote_currency":"USD","display_name":"BTC-USD","status":"online","status_message":"","post_only":false,"limit_only":false,"cancel_only":false,"trading_disabled":true,"auction_mode":false},{"id":"ETH-USD","status":"online","trading_disabled":false},{"id":"SOL-USD","status":"sleeping"}],"currencies":[]}"#;
+        let got = states(Venue::Coinbase, c);
+        assert_eq!(got[0], ("BTC-USD".into(), Ok(MarketState::Halted)));
+        assert_eq!(got[1], ("ETH-USD".into(), Ok(MarketState::Open)));
+        assert!(
+            got[2].1.as_ref().unwrap_err().contains("sleeping"),
+            "{got:?}"
+        );
+        let k = r#"{"channel":"instrument","type":"update","data":{"assets":[],"pairs":[{"symbol":"BTC/USD","base":"BTC","quote":"USD","status":"maintenance"},{"symbol":"ETH/USD","status":"reduce_only"}]}}"#;
+        let got = states(Venue::Kraken, k);
+        assert_eq!(got[0], ("BTC/USD".into(), Ok(MarketState::Halted)));
+        assert_eq!(got[1], ("ETH/USD".into(), Ok(MarketState::Open)));
+        let o = r#"{"arg":{"channel":"instruments","instType":"SPOT"},"data":[{"instType":"SPOT","instId":"BTC-USDT","state":"suspend"},{"instId":"ETH-USDT","state":"preopen"},{"instId":"SOL-USDT","state":"gone"}]}"#;
+        let got = states(Venue::Okx, o);
+        assert_eq!(got[0], ("BTC-USDT".into(), Ok(MarketState::Halted)));
+        assert_eq!(got[1], ("ETH-USDT".into(), Ok(MarketState::Closed)));
+        assert!(got[2].1.as_ref().unwrap_err().contains("gone"), "{got:?}");
+        // Tickers, acks and heartbeats carry no state; nor does a venue
+        // whose stream has no status channel.
+        let ticker = r#"{"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT","last":"1"}]}"#;
+        assert!(
+            Venue::Okx
+                .spec()
+                .stream()
+                .unwrap()
+                .parse_states(ticker)
+                .is_empty()
+        );
+        assert!(states(Venue::Kraken, r#"{"channel":"heartbeat"}"#).is_empty());
+        let b = r#"{"stream":"btcusdt@ticker","data":{"e":"24hrTicker","s":"BTCUSDT"}}"#;
+        assert!(
+            Venue::Binance
+                .spec()
+                .stream()
+                .unwrap()
+                .parse_states(b)
+                .is_empty()
+        );
     }
 }

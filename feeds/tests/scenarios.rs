@@ -343,7 +343,7 @@ async fn stops_at_its_last_price(rig: &Rig, scenario: &str, state: MarketState) 
     assert_eq!(later.market, Some(state), "{later:?}");
     assert!(bps_apart(later.price_fixed, before) <= 10, "{later:?}");
     println!(
-        "{scenario}: observation says {state:?} {said:?} after the venues stopped (status read every 2 s); still {state:?} at the last price after {:?}",
+        "{scenario}: observation says {state:?} {said:?} after the venues stopped (streamed by three venues, the rest asked at once; reads every 2 s otherwise); still {state:?} at the last price after {:?}",
         at.elapsed()
     );
 }
@@ -365,6 +365,83 @@ async fn a_halted_market_is_observed_halted_at_its_last_price() {
             .filter(|o| o.market.is_none() && o.num_sources == 14)
     })
     .await;
+}
+
+/// A halt is known as soon as the first venue announces it, not at the
+/// next status read: the streams' status channels (Coinbase `status`,
+/// Kraken `instrument`, OKX `instruments`) say it at once, and that change
+/// sends every other venue of the feed to its status endpoint right away.
+/// Status reads here are a minute apart, so only those two paths can be
+/// what stops the feed within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_announced_on_a_stream_stops_the_feed_before_the_next_status_read() {
+    let rig = rig_with(|cfg| cfg.market_status_interval = Dur::ms(60_000)).await;
+    let stream_venues = [Venue::Coinbase, Venue::Kraken, Venue::Okx];
+    let statuses = |state| {
+        rig.svc
+            .source_status()
+            .into_iter()
+            .filter(|s| s.feed == FEED && s.market_state == Some(state))
+            .map(|s| s.venue)
+            .collect::<Vec<_>>()
+    };
+    let with_status = rig
+        .svc
+        .source_status()
+        .iter()
+        .filter(|s| s.feed == FEED && s.venue.publishes_status())
+        .count();
+    // Every venue with a status endpoint answered its first read (at start).
+    eventually(10, "the first status reads", || {
+        (statuses(MarketState::Open).len() == with_status).then_some(())
+    })
+    .await;
+    let open = statuses(MarketState::Open);
+    let at = Instant::now();
+    rig.scenario("halted").await;
+    let o = eventually(10, "the observation to say Halted", || {
+        rig.latest()
+            .filter(|o| o.market == Some(MarketState::Halted))
+    })
+    .await;
+    let took = at.elapsed();
+    let halted = statuses(MarketState::Halted);
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &rig._registry)
+        .expect("metrics encode");
+    for v in stream_venues {
+        let streamed = format!(
+            "sibyl_source_market_states_total{{venue=\"{v}\",via=\"stream\",state=\"halted\"}}"
+        );
+        assert!(
+            metrics.contains(&streamed),
+            "{v} streamed no halt:\n{metrics}"
+        );
+    }
+    // The venues without a status stream were asked, not left to the minute.
+    assert_eq!(
+        halted.len(),
+        open.len(),
+        "every venue that said open now says halted: {halted:?} (open before: {open:?})"
+    );
+    assert_eq!(o.market, Some(MarketState::Halted));
+    println!(
+        "halt announced on the streams: observation Halted {took:?} after the switch (status reads 60 s apart; {} venues asked at once)",
+        halted.len() - stream_venues.len()
+    );
+    // And the reopening travels the same way.
+    let at = Instant::now();
+    rig.scenario("calm").await;
+    eventually(10, "the market trading again", || {
+        rig.latest()
+            .filter(|o| o.market.is_none() && o.num_sources == 14)
+    })
+    .await;
+    assert_eq!(statuses(MarketState::Open).len(), open.len());
+    println!(
+        "halt lifted: observation trading again {:?} after the switch",
+        at.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

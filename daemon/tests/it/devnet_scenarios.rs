@@ -76,6 +76,11 @@ impl Rig {
         json(&format!("{}/v1/feeds/{FEED}/latest", self.api()))
     }
 
+    /// The round of the newest signed leaf (0 before any).
+    fn round(&self) -> u64 {
+        self.leaf().and_then(|l| l["round"].as_u64()).unwrap_or(0)
+    }
+
     /// The market's price (no venue offset), in the leaf's fixed point (8 decimals).
     fn market(&self) -> i128 {
         let v = json(&format!("{}/control/price/BTC", self.sim_url)).expect("sim price");
@@ -146,6 +151,13 @@ impl Rig {
     }
 }
 
+/// Which round after the switch signed `l`: "round +1" is the first round
+/// that started after it (a round already running cannot know).
+fn rounds_after(l: &Value, switched_in: u64) -> String {
+    let r = l["round"].as_u64().unwrap_or(0);
+    format!("in round +{} (round {r})", r.saturating_sub(switched_in))
+}
+
 fn price(l: &Value) -> i128 {
     l["price"].as_str().unwrap().parse().unwrap()
 }
@@ -182,50 +194,58 @@ fn signed_leaves_follow_the_bad_days_of_the_market() {
     rig.post("fault", r#"{"venue":"coinbase","fault":null}"#);
 
     // Venues drop out: two left, fewer than the feed's three.
+    let dropout_round = rig.round();
     rig.scenario("dropout");
     let (l, took) = rig.until("a degraded leaf", 60, |l| l["status"] == "degraded");
     assert!(has_flag(&l, "few_venues"), "{l}");
     assert!(l["venues"].as_u64().unwrap() <= 2, "{l}");
     eprintln!(
-        "dropout: signed degraded ({} venues, flags {}) {:.1} s after the switch (a venue leaves with its first failed poll; a closed stream hands it to the 500 ms REST poll at once; rounds of 500 ms)",
+        "dropout: signed degraded ({} venues, flags {}) {:.2} s after the switch, {} (a venue leaves with its first failed poll, after its retries; a closed stream is REST-polled at once; REST-only venues at their next 500 ms poll; rounds of 500 ms)",
         l["venues"],
         l["flags"],
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        rounds_after(&l, dropout_round)
     );
     rig.scenario("calm");
     rig.until("an ok leaf after dropout", 60, |l| l["status"] == "ok");
 
     // Trading halts everywhere: the last price, signed as halted.
     let before = rig.market();
+    let before_round = rig.round();
     rig.scenario("halted");
     let (l, took) = rig.until("a halted leaf", 60, |l| l["status"] == "halted");
     assert!(has_flag(&l, "halted"), "{l}");
     assert!((price(&l) - before).abs() * 10_000 / before <= 10, "{l}");
     eprintln!(
-        "halted: signed halted {:.1} s after the switch (status read every 1 s, rounds of 500 ms)",
-        took.as_secs_f64()
+        "halted: signed halted {:.2} s after the switch, {} (Coinbase, Kraken and OKX stream the halt; it sends the other venues to their status endpoints at once; rounds of 500 ms)",
+        took.as_secs_f64(),
+        rounds_after(&l, before_round)
     );
     // Still halted once every venue's last quote is older than max_quote_age (10 s).
     std::thread::sleep(Duration::from_secs(11));
     rig.until("a halted leaf past max_quote_age", 30, |l| {
         l["status"] == "halted"
     });
+    let lifted_round = rig.round();
     rig.scenario("calm");
-    let (_, took) = rig.until("an ok leaf after the halt", 60, |l| l["status"] == "ok");
+    let (l, took) = rig.until("an ok leaf after the halt", 60, |l| l["status"] == "ok");
     eprintln!(
-        "halt lifted: ok again {:.1} s after the switch",
-        took.as_secs_f64()
+        "halt lifted: ok again {:.2} s after the switch, {}",
+        took.as_secs_f64(),
+        rounds_after(&l, lifted_round)
     );
 
     // The market closes.
+    let closed_round = rig.round();
     rig.scenario("market-closed");
     let (l, took) = rig.until("a market_closed leaf", 60, |l| {
         l["status"] == "market_closed"
     });
     assert!(has_flag(&l, "market_closed"), "{l}");
     eprintln!(
-        "market closed: signed market_closed {:.1} s after the switch",
-        took.as_secs_f64()
+        "market closed: signed market_closed {:.2} s after the switch, {}",
+        took.as_secs_f64(),
+        rounds_after(&l, closed_round)
     );
     rig.scenario("calm");
     rig.until("an ok leaf after the close", 60, |l| l["status"] == "ok");

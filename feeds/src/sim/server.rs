@@ -373,9 +373,28 @@ async fn ws_session(
 ) {
     let mut push = tokio::time::interval(st.ws_interval);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    // The status channel, once subscribed: a snapshot, then each change as
+    // the market's state moves (checked every 50 ms).
+    let mut status = tokio::time::interval(Duration::from_millis(50));
+    let (mut wants_states, mut sent_state) = (false, None);
     let mut seq = 0u64;
     loop {
         tokio::select! {
+            _ = status.tick(), if wants_states => {
+                let state = st
+                    .market()
+                    .fault(venue)
+                    .map_or(crate::venue::MarketState::Open, Fault::market_state);
+                if sent_state == Some(state) {
+                    continue;
+                }
+                sent_state = Some(state);
+                if let Some(text) = stream.render_states(&symbols, state)
+                    && socket.send(Message::text(text)).await.is_err()
+                {
+                    return;
+                }
+            }
             _ = push.tick() => {
                 let fault = st.market().fault(venue);
                 match fault {
@@ -426,6 +445,9 @@ async fn ws_session(
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue, // pings are answered by the library
                 };
+                if stream.subscribes_states(&text) {
+                    (wants_states, sent_state) = (true, None);
+                }
                 for reply in stream.answer(&text, &mut symbols) {
                     if socket.send(Message::text(reply)).await.is_err() {
                         return;

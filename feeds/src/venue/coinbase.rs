@@ -1,5 +1,5 @@
-//! Coinbase Exchange: `GET /products/BTC-USD/ticker`, and the `ticker` +
-//! `heartbeat` channels of `wss://ws-feed.exchange.coinbase.com`.
+//! Coinbase Exchange: `GET /products/BTC-USD/ticker`, and the `ticker`,
+//! `heartbeat` and `status` channels of `wss://ws-feed.exchange.coinbase.com`.
 //! Published limit: 10 req/s.
 
 use serde::Deserialize;
@@ -9,8 +9,7 @@ use serde_json::json;
 #[cfg(feature = "sim")]
 use super::Tick;
 use super::{
-    MarketState, state_at,
-    Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_error_first, n,
+    MarketState, Num, RateLimit, RawQuote, Route, StreamSpec, SymbolStyle, VenueSpec, json_error_first, n,
     rate_limited, says_unknown_symbol, venue_err,
 };
 #[cfg(feature = "sim")]
@@ -51,31 +50,11 @@ impl VenueSpec for Spec {
         })
     }
     fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
-        // {"id": "BTC-USD", "status": "online", "trading_disabled": false,
-        //  "cancel_only": false, "post_only": false, "auction_mode": false, ...}
-        let v: serde_json::Value = super::json(body)?;
-        let flag = |k: &str| v.get(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
-        let halted = flag("trading_disabled") || flag("cancel_only") || flag("post_only");
-        state_at(body, "/status", "status", |s| {
-            Some(match s.as_str()? {
-                "online" if halted => MarketState::Halted,
-                "online" if flag("auction_mode") => MarketState::Closed,
-                "online" => MarketState::Open,
-                "offline" | "internal" | "delisted" => MarketState::Halted,
-                _ => return None,
-            })
-        })
+        product_state(&super::json(body)?)
     }
     #[cfg(feature = "sim")]
     fn render_status(&self, market: &str, state: MarketState) -> String {
-        let (status, disabled, auction) = match state {
-            MarketState::Open => ("online", false, false),
-            MarketState::Halted => ("online", true, false),
-            MarketState::Closed => ("online", false, true),
-        };
-        json!({"id": market, "status": status, "status_message": "", "trading_disabled": disabled,
-            "cancel_only": false, "post_only": false, "limit_only": false, "auction_mode": auction})
-        .to_string()
+        render_product(market, state).to_string()
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         Some(&Stream)
@@ -96,6 +75,36 @@ impl VenueSpec for Spec {
     fn render_rate_limited(&self) -> serde_json::Value {
         json!({"message": "Public rate limit exceeded"})
     }
+}
+
+/// A product's trading state, from a product object (the REST product
+/// endpoint and the stream's `status` channel share its shape):
+/// `{"id": "BTC-USD", "status": "online", "trading_disabled": false,
+///  "cancel_only": false, "post_only": false, "auction_mode": false, ...}`.
+fn product_state(v: &serde_json::Value) -> Result<MarketState, SourceError> {
+    let flag = |k: &str| v.get(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let halted = flag("trading_disabled") || flag("cancel_only") || flag("post_only");
+    let status = v
+        .get("status")
+        .ok_or_else(|| SourceError::Malformed("no status in the product".into()))?;
+    Ok(match status.as_str() {
+        Some("online") if halted => MarketState::Halted,
+        Some("online") if flag("auction_mode") => MarketState::Closed,
+        Some("online") => MarketState::Open,
+        Some("offline" | "internal" | "delisted") => MarketState::Halted,
+        _ => return Err(super::unknown_state("status", &status.to_string())),
+    })
+}
+
+#[cfg(feature = "sim")]
+fn render_product(market: &str, state: MarketState) -> serde_json::Value {
+    let (status, disabled, auction) = match state {
+        MarketState::Open => ("online", false, false),
+        MarketState::Halted => ("online", true, false),
+        MarketState::Closed => ("online", false, true),
+    };
+    json!({"id": market, "status": status, "status_message": "", "trading_disabled": disabled,
+        "cancel_only": false, "post_only": false, "limit_only": false, "auction_mode": auction})
 }
 
 struct Stream;
@@ -123,8 +132,12 @@ impl StreamSpec for Stream {
     fn url(&self) -> &'static str {
         "wss://ws-feed.exchange.coinbase.com"
     }
+    /// The `status` channel takes no products: it lists every product.
     fn subscribe(&self, symbols: &[&String]) -> Vec<String> {
-        vec![serde_json::json!({"type": "subscribe", "product_ids": symbols, "channels": ["ticker", "heartbeat"]}).to_string()]
+        vec![
+            serde_json::json!({"type": "subscribe", "product_ids": symbols, "channels": ["ticker", "heartbeat"]}).to_string(),
+            serde_json::json!({"type": "subscribe", "channels": [{"name": "status"}]}).to_string(),
+        ]
     }
     /// The heartbeat channel keeps traffic flowing; ping frames besides.
     fn parse(&self, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError> {
@@ -157,8 +170,38 @@ impl StreamSpec for Stream {
                     },
                 })
             }
-            _ => Ok(vec![]), // subscriptions, heartbeat
+            _ => Ok(vec![]), // subscriptions, heartbeat, status
         }
+    }
+    /// `{"type": "status", "products": [<product>, ...], "currencies": [...]}`.
+    fn parse_states(&self, text: &str) -> Vec<(String, Result<MarketState, SourceError>)> {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return Vec::new();
+        };
+        if v["type"] != "status" {
+            return Vec::new();
+        }
+        let products = v["products"].as_array().map(Vec::as_slice).unwrap_or_default();
+        products
+            .iter()
+            .filter_map(|p| Some((p["id"].as_str()?.to_string(), product_state(p))))
+            .collect()
+    }
+    #[cfg(feature = "sim")]
+    fn render_states(&self, symbols: &[String], state: MarketState) -> Option<String> {
+        let products: Vec<_> = symbols.iter().map(|s| render_product(s, state)).collect();
+        Some(json!({"type": "status", "products": products, "currencies": []}).to_string())
+    }
+    #[cfg(feature = "sim")]
+    fn subscribes_states(&self, text: &str) -> bool {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return false;
+        };
+        v["type"] == "subscribe"
+            && v["channels"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c == "status" || c["name"] == "status")
+            })
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, seq: u64) -> String {
@@ -181,6 +224,9 @@ impl StreamSpec for Stream {
         };
         if v["type"] != "subscribe" {
             return vec![];
+        }
+        if self.subscribes_states(text) {
+            return vec![json!({"type": "subscriptions", "channels": [{"name": "status", "product_ids": []}]}).to_string()];
         }
         let ids = json_strings(v.get("product_ids"));
         add_symbols(symbols, ids.clone());

@@ -1,5 +1,6 @@
 //! Kraken: `GET /0/public/Ticker?pair=XBTUSD` (assets in Kraken's own
-//! codes: XBT, XDG), and the v2 `ticker` channel of `wss://ws.kraken.com/v2`
+//! codes: XBT, XDG), and the v2 `ticker` and
+//! `instrument` channels of `wss://ws.kraken.com/v2`
 //! (symbols like `BTC/USD`). Published limit: about 1 req/s public.
 
 use serde::Deserialize;
@@ -58,19 +59,11 @@ impl VenueSpec for Spec {
         let status = pair.get("status").and_then(serde_json::Value::as_str).ok_or_else(|| {
             SourceError::Malformed("no status in the AssetPairs answer".into())
         })?;
-        match status {
-            "online" | "limit_only" | "reduce_only" => Ok(MarketState::Open),
-            "cancel_only" | "post_only" => Ok(MarketState::Halted),
-            other => Err(super::unknown_state("status", other)),
-        }
+        pair_state(status)
     }
     #[cfg(feature = "sim")]
     fn render_status(&self, market: &str, state: MarketState) -> String {
-        let s = match state {
-            MarketState::Open => "online",
-            MarketState::Halted => "cancel_only",
-            MarketState::Closed => "post_only",
-        };
+        let s = render_pair_state(state);
         json!({"error": [], "result": {market: {"altname": market, "status": s}}}).to_string()
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
@@ -114,6 +107,27 @@ fn from_kraken_asset(a: &str) -> String {
     }
 }
 
+/// A pair's status, as the REST AssetPairs answer and the v2 `instrument`
+/// channel spell it.
+fn pair_state(status: &str) -> Result<MarketState, SourceError> {
+    match status {
+        "online" | "limit_only" | "reduce_only" => Ok(MarketState::Open),
+        "cancel_only" | "post_only" | "maintenance" | "work_in_progress" | "delisted" => {
+            Ok(MarketState::Halted)
+        }
+        other => Err(super::unknown_state("status", other)),
+    }
+}
+
+#[cfg(feature = "sim")]
+fn render_pair_state(state: MarketState) -> &'static str {
+    match state {
+        MarketState::Open => "online",
+        MarketState::Halted => "cancel_only",
+        MarketState::Closed => "post_only",
+    }
+}
+
 struct Stream;
 
 #[derive(Deserialize)]
@@ -124,8 +138,9 @@ struct KrakenWsMsg {
     error: Option<String>,
     /// The symbol an error is about.
     symbol: Option<String>,
+    /// Tickers on the `ticker` channel; other channels' shapes differ.
     #[serde(default)]
-    data: Vec<KrakenWsTicker>,
+    data: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -147,8 +162,12 @@ impl StreamSpec for Stream {
             None => market.to_string(),
         }
     }
+    /// The `instrument` channel takes no symbols: it lists every pair.
     fn subscribe(&self, symbols: &[&String]) -> Vec<String> {
-        vec![serde_json::json!({"method": "subscribe", "params": {"channel": "ticker", "symbol": symbols}}).to_string()]
+        vec![
+            serde_json::json!({"method": "subscribe", "params": {"channel": "ticker", "symbol": symbols}}).to_string(),
+            serde_json::json!({"method": "subscribe", "params": {"channel": "instrument", "snapshot": true}}).to_string(),
+        ]
     }
     fn ping(&self) -> Ping {
         Ping::Text(r#"{"method":"ping"}"#)
@@ -167,9 +186,11 @@ impl StreamSpec for Stream {
             });
         }
         if m.channel.as_deref() != Some("ticker") {
-            return Ok(vec![]); // heartbeat, status, pong, acks
+            return Ok(vec![]); // heartbeat, status, instrument, pong, acks
         }
-        Ok(m.data
+        let data: Vec<KrakenWsTicker> =
+            serde_json::from_value(m.data).map_err(SourceError::malformed)?;
+        Ok(data
             .into_iter()
             .map(|t| {
                 let q = RawQuote {
@@ -182,6 +203,47 @@ impl StreamSpec for Stream {
                 (t.symbol, q)
             })
             .collect())
+    }
+    /// `{"channel": "instrument", "type": "snapshot" | "update", "data":
+    /// {"assets": [...], "pairs": [{"symbol": "BTC/USD", "status": "online", ...}]}}`.
+    fn parse_states(&self, text: &str) -> Vec<(String, Result<MarketState, SourceError>)> {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return Vec::new();
+        };
+        if v["channel"] != "instrument" {
+            return Vec::new();
+        }
+        let pairs = v["data"]["pairs"].as_array().map(Vec::as_slice).unwrap_or_default();
+        pairs
+            .iter()
+            .filter_map(|p| {
+                let symbol = p["symbol"].as_str()?.to_string();
+                let state = match p["status"].as_str() {
+                    Some(s) => pair_state(s),
+                    None => Err(SourceError::Malformed(format!("no status for {symbol}"))),
+                };
+                Some((symbol, state))
+            })
+            .collect()
+    }
+    #[cfg(feature = "sim")]
+    fn render_states(&self, symbols: &[String], state: MarketState) -> Option<String> {
+        let pairs: Vec<_> = symbols
+            .iter()
+            .map(|s| {
+                let (base, quote) = s.split_once('/').unwrap_or((s, ""));
+                json!({"symbol": s, "base": base, "quote": quote, "status": render_pair_state(state),
+                    "qty_precision": 8, "qty_increment": 0.00000001, "price_precision": 1,
+                    "price_increment": 0.1, "cost_precision": 5, "marginable": true, "has_index": true})
+            })
+            .collect();
+        Some(json!({"channel": "instrument", "type": "update", "data": {"assets": [], "pairs": pairs}}).to_string())
+    }
+    #[cfg(feature = "sim")]
+    fn subscribes_states(&self, text: &str) -> bool {
+        serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| {
+            v["method"] == "subscribe" && v["params"]["channel"] == "instrument"
+        })
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, _seq: u64) -> String {
@@ -204,6 +266,9 @@ impl StreamSpec for Stream {
         }
         if v["method"] != "subscribe" {
             return vec![];
+        }
+        if self.subscribes_states(text) {
+            return vec![json!({"method": "subscribe", "result": {"channel": "instrument", "snapshot": true}, "success": true}).to_string()];
         }
         let list = json_strings(v["params"].get("symbol"));
         add_symbols(symbols, list.clone());

@@ -148,6 +148,17 @@ pub enum MarketState {
     Closed,
 }
 
+impl MarketState {
+    /// The state's name, as in JSON and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            MarketState::Open => "open",
+            MarketState::Halted => "halted",
+            MarketState::Closed => "closed",
+        }
+    }
+}
+
 /// An undocumented status value, as an error naming it.
 fn unknown_state(field: &str, value: &str) -> SourceError {
     SourceError::Malformed(format!(
@@ -320,8 +331,25 @@ pub(crate) trait StreamSpec: Sync {
         Ping::Frame
     }
     /// Parse one stream message into (stream symbol, quote) ticks. Control
-    /// messages (subscription acks, heartbeats, pongs) give no ticks.
+    /// messages (subscription acks, heartbeats, pongs, status) give no ticks.
     fn parse(&self, text: &str) -> Result<Vec<(String, RawQuote)>, SourceError>;
+    /// Market states in one message of the venue's status channel, by
+    /// stream symbol (a state the venue does not document is an error for
+    /// that symbol); any other message gives none. Venues whose stream
+    /// carries no status give none.
+    fn parse_states(&self, _text: &str) -> Vec<(String, Result<MarketState, SourceError>)> {
+        Vec::new()
+    }
+    /// A status-channel message saying `state` for these stream symbols.
+    #[cfg(feature = "sim")]
+    fn render_states(&self, _symbols: &[String], _state: MarketState) -> Option<String> {
+        None
+    }
+    /// Whether a client message subscribes the status channel.
+    #[cfg(feature = "sim")]
+    fn subscribes_states(&self, _text: &str) -> bool {
+        false
+    }
     /// One ticker message. `symbol` is the stream's own symbol.
     #[cfg(feature = "sim")]
     fn render_ticker(&self, symbol: &str, market: &str, t: &Tick, seq: u64) -> String;

@@ -1,5 +1,6 @@
 //! OKX v5: `GET /api/v5/market/ticker?instId=BTC-USDT`, and the `tickers`
-//! channel of `wss://ws.okx.com:8443/ws/v5/public` (same ticker object).
+//! and `instruments` channels of `wss://ws.okx.com:8443/ws/v5/public` (same
+//! ticker and instrument objects as REST).
 //! Published limit: 20 req/2 s.
 
 use serde::Deserialize;
@@ -47,24 +48,11 @@ impl VenueSpec for Spec {
     }
     fn parse_status(&self, body: &[u8], _market: &str) -> Result<MarketState, SourceError> {
         // {"code": "0", "msg": "", "data": [{"instId": "BTC-USDT", "state": "live", ...}]}
-        state_at(body, "/data/0/state", "state", |v| {
-            Some(match v.as_str()? {
-                "live" => MarketState::Open,
-                "suspend" => MarketState::Halted,
-                "preopen" | "test" => MarketState::Closed,
-                _ => return None,
-            })
-        })
+        state_at(body, "/data/0/state", "state", inst_state)
     }
     #[cfg(feature = "sim")]
     fn render_status(&self, market: &str, state: MarketState) -> String {
-        let s = match state {
-            MarketState::Open => "live",
-            MarketState::Halted => "suspend",
-            MarketState::Closed => "preopen",
-        };
-        json!({"code": "0", "msg": "", "data": [{"instId": market, "instType": "SPOT", "state": s}]})
-            .to_string()
+        json!({"code": "0", "msg": "", "data": [render_instrument(market, state)]}).to_string()
     }
     fn stream(&self) -> Option<&'static dyn StreamSpec> {
         Some(&Stream)
@@ -92,10 +80,37 @@ impl VenueSpec for Spec {
     }
 }
 
+/// An instrument's `state`, as the REST instruments answer and the
+/// `instruments` channel spell it.
+fn inst_state(v: &serde_json::Value) -> Option<MarketState> {
+    Some(match v.as_str()? {
+        "live" => MarketState::Open,
+        "suspend" => MarketState::Halted,
+        "preopen" | "test" => MarketState::Closed,
+        _ => return None,
+    })
+}
+
+#[cfg(feature = "sim")]
+fn render_instrument(market: &str, state: MarketState) -> serde_json::Value {
+    let s = match state {
+        MarketState::Open => "live",
+        MarketState::Halted => "suspend",
+        MarketState::Closed => "preopen",
+    };
+    json!({"instId": market, "instType": "SPOT", "state": s})
+}
+
 struct Stream;
 
 #[derive(Deserialize)]
+struct OkxWsArg {
+    channel: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct OkxWsMsg {
+    arg: Option<OkxWsArg>,
     event: Option<String>,
     code: Option<String>,
     msg: Option<String>,
@@ -112,7 +127,10 @@ impl StreamSpec for Stream {
             .iter()
             .map(|s| serde_json::json!({"channel": "tickers", "instId": s}))
             .collect();
-        vec![serde_json::json!({"op": "subscribe", "args": args}).to_string()]
+        vec![
+            serde_json::json!({"op": "subscribe", "args": args}).to_string(),
+            serde_json::json!({"op": "subscribe", "args": [{"channel": "instruments", "instType": "SPOT"}]}).to_string(),
+        ]
     }
     fn ping(&self) -> Ping {
         Ping::Text("ping")
@@ -138,10 +156,46 @@ impl StreamSpec for Stream {
                 message: snippet(&msg),
             });
         }
+        if m.arg.and_then(|a| a.channel).as_deref() != Some("tickers") {
+            return Ok(vec![]); // acks, instruments
+        }
         Ok(m.data
             .iter()
             .map(|t| (t.inst_id.clone(), t.raw()))
             .collect())
+    }
+    /// `{"arg": {"channel": "instruments", "instType": "SPOT"}, "data":
+    /// [{"instId": "BTC-USDT", "state": "live", ...}]}`, pushed on changes.
+    fn parse_states(&self, text: &str) -> Vec<(String, Result<MarketState, SourceError>)> {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return Vec::new();
+        };
+        if v["arg"]["channel"] != "instruments" {
+            return Vec::new();
+        }
+        let data = v["data"].as_array().map(Vec::as_slice).unwrap_or_default();
+        data.iter()
+            .filter_map(|i| {
+                let id = i["instId"].as_str()?.to_string();
+                let state = inst_state(&i["state"])
+                    .ok_or_else(|| super::unknown_state("state", &i["state"].to_string()));
+                Some((id, state))
+            })
+            .collect()
+    }
+    #[cfg(feature = "sim")]
+    fn render_states(&self, symbols: &[String], state: MarketState) -> Option<String> {
+        let data: Vec<_> = symbols.iter().map(|s| render_instrument(s, state)).collect();
+        Some(json!({"arg": {"channel": "instruments", "instType": "SPOT"}, "data": data}).to_string())
+    }
+    #[cfg(feature = "sim")]
+    fn subscribes_states(&self, text: &str) -> bool {
+        serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| {
+            v["op"] == "subscribe"
+                && v["args"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["channel"] == "instruments"))
+        })
     }
     #[cfg(feature = "sim")]
     fn render_ticker(&self, symbol: &str, _market: &str, t: &Tick, _seq: u64) -> String {
