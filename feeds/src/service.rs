@@ -60,12 +60,14 @@ pub(crate) fn compute_observations(
             {
                 continue;
             }
-            // A venue whose latest poll failed (after its retries), or whose
+            // A venue whose latest poll failed (from its first failed
+            // attempt: retries bring it back when they succeed), or whose
             // breaker is open: its last quote is no longer its price, so an
-            // outage shows in the first round after the failed poll, not
-            // after `max_quote_age` or `breaker_failures` polls. A stopped
-            // market's venues fail on their frozen quotes; theirs stand.
-            if market.is_none() && slot.breaker.failing() {
+            // outage shows in the first round after the failed request, not
+            // after the retries, `max_quote_age` or `breaker_failures` polls.
+            // A stopped market's venues fail on their frozen quotes; theirs
+            // stand.
+            if market.is_none() && (slot.breaker.failing() || slot.retrying) {
                 continue;
             }
             let age = now
@@ -492,8 +494,11 @@ async fn poll_venue(
                     &base,
                     venue,
                     market,
-                    shared.config.max_retries,
-                    shared.config.request_timeout.as_ms(),
+                    Retries {
+                        max: shared.config.max_retries,
+                        timeout_ms: shared.config.request_timeout.as_ms(),
+                    },
+                    || shared.retrying(venue, market),
                 )
                 .await;
                 let latency = started.elapsed().as_millis() as u64;
@@ -504,15 +509,27 @@ async fn poll_venue(
     }
 }
 
-/// One ticker fetch with retries on transient errors (jittered backoff).
+/// How often a ticker fetch is retried, and the request timeout it reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retries {
+    pub(crate) max: u32,
+    pub(crate) timeout_ms: u64,
+}
+
+/// One ticker fetch with retries on transient errors (jittered backoff);
+/// `on_retry` runs before the first retry (the poller marks the source
+/// failing then, not only after the last attempt).
 pub(crate) async fn fetch_ticker(
     client: &reqwest::Client,
     limiter: &RateLimiter,
     base: &str,
     venue: Venue,
     market: &str,
-    max_retries: u32,
-    timeout_ms: u64,
+    Retries {
+        max: max_retries,
+        timeout_ms,
+    }: Retries,
+    on_retry: impl Fn(),
 ) -> Result<RawQuote, SourceError> {
     let url = format!("{base}{}", venue.ticker_path(market));
     let mut attempt = 0;
@@ -528,6 +545,9 @@ pub(crate) async fn fetch_ticker(
         match result {
             Err(e) if e.is_transient() && attempt < max_retries => {
                 debug!(%venue, %market, error = %e, attempt, "retrying");
+                if attempt == 0 {
+                    on_retry();
+                }
                 tokio::time::sleep(backoff(
                     attempt,
                     Duration::from_millis(100),
@@ -657,8 +677,11 @@ impl Prober {
                         base,
                         *venue,
                         market,
-                        0,
-                        self.timeout_ms,
+                        Retries {
+                            max: 0,
+                            timeout_ms: self.timeout_ms,
+                        },
+                        || {},
                     )
                     .await;
                     let latency = started.elapsed().as_millis() as u64;

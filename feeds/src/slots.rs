@@ -36,6 +36,9 @@ pub(crate) struct Slot {
     /// Read the venue's status for this market now, not at the next status
     /// interval: another venue of the feed announced a change.
     pub(crate) status_wanted: bool,
+    /// The latest poll's first attempt failed and it is being retried: the
+    /// last quote is not the venue's price until an attempt succeeds.
+    pub(crate) retrying: bool,
 }
 
 /// What the CLI and the API show about a source.
@@ -97,6 +100,7 @@ impl Shared {
                     breaker,
                     market_state: None,
                     status_wanted: false,
+                    retrying: false,
                 },
             );
         }
@@ -220,6 +224,20 @@ impl Shared {
         }
     }
 
+    /// A poll's first attempt failed and will be retried: the source leaves
+    /// the price now, and comes back with the attempt that succeeds.
+    pub(crate) fn retrying(&self, venue: Venue, market: &str) {
+        let mut slots = self.lock();
+        for slot in slots
+            .values_mut()
+            .filter(|s| s.source.venue == venue && s.source.market == market)
+        {
+            slot.retrying = true;
+        }
+        drop(slots);
+        self.changed.notify_one();
+    }
+
     pub(crate) fn record(
         &self,
         venue: Venue,
@@ -236,6 +254,7 @@ impl Shared {
             .filter(|s| s.source.venue == venue && s.source.market == market)
         {
             let label = slot.source.label();
+            slot.retrying = false;
             let checked = result.clone().and_then(|raw| {
                 Quote::check(&raw, slot.decimals, now, &limits).map_err(SourceError::Rejected)
             });
@@ -363,5 +382,42 @@ mod tests {
             failing(&s, &market),
             "a poll that failed marks the venue failing at once"
         );
+    }
+
+    /// A poll whose first attempt failed takes the venue out of the price
+    /// while it retries; the attempt that succeeds brings it back, and the
+    /// breaker counts the poll once, not per attempt.
+    #[test]
+    fn a_retried_poll_leaves_the_price_until_an_attempt_succeeds() {
+        let s = shared();
+        let market = s
+            .lock()
+            .values()
+            .next()
+            .expect("slot")
+            .source
+            .market
+            .clone();
+        let quote = |last: &str| RawQuote {
+            bid: Some(last.into()),
+            ask: Some(last.into()),
+            last: Some(last.into()),
+            volume: Some("10".into()),
+            venue_time_ms: Some(now_ms()),
+        };
+        s.record(Venue::Kraken, &market, Ok(quote("100")), None, false);
+        let used = |s: &Shared| {
+            let obs = crate::service::compute_observations(&s.config, &s.lock(), now_ms(), None);
+            obs["BTC-USD"].as_ref().map(|o| o.num_sources).unwrap_or(0)
+        };
+        assert_eq!(used(&s), 1);
+        s.retrying(Venue::Kraken, &market);
+        assert_eq!(used(&s), 0, "a retried poll leaves the price at once");
+        assert!(
+            !failing(&s, &market),
+            "the breaker waits for the poll's end"
+        );
+        s.record(Venue::Kraken, &market, Ok(quote("101")), None, false);
+        assert_eq!(used(&s), 1, "the attempt that succeeds brings it back");
     }
 }

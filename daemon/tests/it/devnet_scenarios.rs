@@ -193,6 +193,32 @@ fn signed_leaves_follow_the_bad_days_of_the_market() {
     eprintln!("coinbase wick: {seen} signed leaves, worst {worst} bps from the market");
     rig.post("fault", r#"{"venue":"coinbase","fault":null}"#);
 
+    // A thin venue pumped 90 bps (inside the 200 bps band, a thousandth of
+    // its volume): used, and weighs next to nothing.
+    rig.post(
+        "fault",
+        r#"{"venue":"kucoin","fault":{"kind":"pump","bps":90}}"#,
+    );
+    let (seen, worst) = rig.prices_hold(5, 10);
+    eprintln!("kucoin pumped 90 bps: {seen} signed leaves, worst {worst} bps from the market");
+    rig.post("fault", r#"{"venue":"kucoin","fault":null}"#);
+
+    // USDT departs its peg (0.95 USD): the USDT venues' prices, converted
+    // with USDT's own feed, agree with the USD venues, and the leaf says
+    // the peg departed.
+    rig.post("depeg", r#"{"asset":"USDT","usd":0.95}"#);
+    let (l, took) = rig.until("a peg_departed leaf", 60, |l| has_flag(l, "peg_departed"));
+    let m = rig.market();
+    let off = (price(&l) - m).abs() * 10_000 / m;
+    assert!(off <= 10, "signed price {off} bps from the market: {l}");
+    let (seen, worst) = rig.prices_hold(3, 10);
+    eprintln!(
+        "USDT at 0.95: signed peg_departed {:.2} s after the switch, {seen} leaves after, worst {worst} bps from the market",
+        took.as_secs_f64()
+    );
+    rig.post("depeg", r#"{"asset":"USDT","usd":null}"#);
+    rig.until("the peg back", 60, |l| !has_flag(l, "peg_departed"));
+
     // Venues drop out: two left, fewer than the feed's three.
     let dropout_round = rig.round();
     rig.scenario("dropout");
@@ -200,7 +226,7 @@ fn signed_leaves_follow_the_bad_days_of_the_market() {
     assert!(has_flag(&l, "few_venues"), "{l}");
     assert!(l["venues"].as_u64().unwrap() <= 2, "{l}");
     eprintln!(
-        "dropout: signed degraded ({} venues, flags {}) {:.2} s after the switch, {} (a venue leaves with its first failed poll, after its retries; a closed stream is REST-polled at once; REST-only venues at their next 500 ms poll; rounds of 500 ms)",
+        "dropout: signed degraded ({} venues, flags {}) {:.2} s after the switch, {} (a venue leaves with its first failed request; a closed stream is REST-polled at once, REST-only venues fail at their next 500 ms poll; rounds of 500 ms)",
         l["venues"],
         l["flags"],
         took.as_secs_f64(),
