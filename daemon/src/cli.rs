@@ -69,6 +69,12 @@ pub enum Command {
         after_help = "Example:\n  sibyl refresh --config /etc/sibyl/node.toml\n\nEvery member runs it at about the same time, with the node stopped (docs/OPERATOR.md, \"Refreshing key shares\")."
     )]
     Refresh(crate::cmd::dkg::RefreshArgs),
+    /// Give a member that lost its key shares its own shares back, from t
+    /// helpers (the group key and every other share stay as they are).
+    #[command(
+        after_help = "Example, member 4 lost its keys (helpers default to the t lowest-numbered others):\n  sibyl repair --config /etc/sibyl/node.toml --member 4\n\nThe repaired member and every helper run it at about the same time, with the node stopped (docs/OPERATOR.md, \"Repairing a member that lost its shares\")."
+    )]
+    Repair(crate::cmd::dkg::RepairArgs),
     /// Inspect configuration files.
     #[command(after_help = "Example:\n  sibyl config check --config /etc/sibyl/node.toml")]
     #[command(subcommand)]
@@ -133,6 +139,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => crate::cmd::gateway::run(args),
         Command::Dkg(args) => crate::cmd::dkg::command(args),
         Command::Refresh(args) => crate::cmd::dkg::refresh_command(args),
+        Command::Repair(args) => crate::cmd::dkg::repair_command(args),
         Command::Config(ConfigCommand::Check { config, keys }) => {
             crate::cmd::config::check_command(&config, keys)
         }

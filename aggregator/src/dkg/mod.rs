@@ -44,6 +44,7 @@
 
 mod ceremony;
 mod machine;
+pub mod repair;
 /// The seeded DKG simulator (cargo feature `sim`).
 #[cfg(any(test, feature = "sim"))]
 #[allow(
@@ -155,6 +156,10 @@ pub enum DkgError {
         "timed out in {phase}: still waiting for member(s) {missing:?}; are they running `sibyl dkg` with the same committee file?"
     )]
     Timeout { phase: Phase, missing: Vec<u16> },
+    #[error(
+        "timed out: still waiting for member(s) {missing:?}; are they running `sibyl repair --member {lost}` with the same --helpers?"
+    )]
+    RepairTimeout { lost: u16, missing: Vec<u16> },
     #[error("invalid ceremony parameters: {0}")]
     Params(String),
     #[error("FROST: {0}")]
@@ -179,7 +184,9 @@ impl DkgError {
     pub fn suspects(&self) -> Vec<u16> {
         match self {
             DkgError::NonceConflict { member, relayed_by } => vec![*member, *relayed_by],
-            DkgError::Timeout { missing, .. } => missing.clone(),
+            DkgError::Timeout { missing, .. } | DkgError::RepairTimeout { missing, .. } => {
+                missing.clone()
+            }
             e => e.culprit().into_iter().collect(),
         }
     }

@@ -27,5 +27,6 @@ pub mod margin_svc;
 pub mod net;
 pub mod priority;
 pub mod refresh;
+pub mod repair;
 pub mod replay;
 pub mod store;

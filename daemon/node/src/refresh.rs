@@ -86,7 +86,7 @@ fn keys_of(result: DkgResult) -> RefreshKeys {
     }
 }
 
-fn write_keys(
+pub(crate) fn write_keys(
     keystore: &Keystore,
     digest: &ConfigDigest,
     keys: &RefreshKeys,

@@ -21,4 +21,5 @@ mod margin_devnet;
 mod operator_guide;
 mod partition_netns;
 mod refresh_processes;
+mod repair_processes;
 mod sources_cli;

@@ -1,0 +1,200 @@
+//! `sibyl repair` on a devnet, as processes: member 4 loses every key file
+//! (its secret shares and its copy of the public key package); members 1
+//! and 2 start helping and member 4 asks, then member 4's repair is killed
+//! (SIGKILL) mid-run and restarted while member 3, the last helper, joins:
+//! the helpers follow the restarted run and member 4 gets its own shares
+//! back. The group key is unchanged, and with member 1 stopped the
+//! committee of 2, 3 and 4 (exactly t = 3) keeps signing reports that
+//! verify against it: member 4's repaired share signs.
+
+use crate::common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn repair(config: &Path, lost: u16) -> Child {
+    common::sibyl()
+        .args([
+            "repair",
+            "--timeout",
+            "60s",
+            "--member",
+            &lost.to_string(),
+            "--config",
+        ])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sibyl repair")
+}
+
+/// Forwards a child's stderr lines to a channel (and keeps them).
+fn lines(c: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let err = c.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns everything read so far.
+fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, secs: u64) -> String {
+    let mut seen = String::new();
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen += &l;
+            seen.push('\n');
+            if l.contains(needle) {
+                return seen;
+            }
+        }
+    }
+    panic!("no line with {needle:?} in {secs} s:\n{seen}");
+}
+
+fn finish(mut c: Child, rx: mpsc::Receiver<String>) -> (bool, String, String) {
+    let mut out = String::new();
+    if let Some(mut s) = c.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    let status = c.wait().expect("wait repair");
+    let err: Vec<String> = rx.try_iter().collect();
+    (status.success(), out, err.join("\n"))
+}
+
+fn frost_files(config: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(config.parent().expect("member dir").join("keys"))
+        .expect("keys dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("frost."))
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_that_lost_its_keys_gets_its_own_shares_back_from_t_helpers() {
+    let _committee = common::one_committee_at_a_time();
+    let mut c = common::RunningCommittee::start(4);
+    let configs: Vec<PathBuf> = c.file.members.iter().map(|m| m.config.clone()).collect();
+    let group_key = c.file.group_key.clone();
+    for child in c.members.0.iter_mut() {
+        if let Some(mut ch) = child.take() {
+            common::terminate(&mut ch);
+        }
+    }
+    let lost_files = frost_files(&configs[3]);
+    assert!(!lost_files.is_empty());
+    for f in &lost_files {
+        std::fs::remove_file(f).expect("lose a key file");
+    }
+    // Without its shares member 4 cannot run, and says why.
+    let check = common::sibyl()
+        .args(["config", "check", "--config"])
+        .arg(&configs[3])
+        .output()
+        .expect("config check");
+    assert!(!check.status.success());
+
+    // A helper refuses to help with the wrong helper count; a member whose
+    // shares exist refuses to be "repaired" without --force.
+    let out = common::sibyl()
+        .args(["repair", "--member", "4", "--helpers", "1,2", "--config"])
+        .arg(&configs[0])
+        .output()
+        .expect("repair");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("exactly t = 3 helpers"),
+        "{said}"
+    );
+    let out = common::sibyl()
+        .args(["repair", "--member", "1", "--config"])
+        .arg(&configs[0])
+        .output()
+        .expect("repair");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("has not lost its shares"),
+        "{said}"
+    );
+
+    // Helpers 1 and 2 and member 4 start; once member 4's request reached
+    // helper 1, member 4 is killed and restarted, and helper 3 joins.
+    let mut h1 = repair(&configs[0], 4);
+    let h1_lines = lines(&mut h1);
+    let mut h2 = repair(&configs[1], 4);
+    let h2_lines = lines(&mut h2);
+    let mut lost = repair(&configs[3], 4);
+    let _lost_lines = lines(&mut lost);
+    let seen = wait_line(&h1_lines, "asked for its shares", 60);
+    assert!(!seen.contains("restarted"), "{seen}");
+    let _ = lost.kill();
+    let _ = lost.wait();
+    let mut lost = repair(&configs[3], 4);
+    let lost_lines = lines(&mut lost);
+    let mut h3 = repair(&configs[2], 4);
+    let h3_lines = lines(&mut h3);
+    let seen = wait_line(&h1_lines, "restarted and asked for its shares", 60);
+    eprintln!("helper 1:\n{seen}");
+
+    let (ok, out, err) = finish(lost, lost_lines);
+    assert!(ok, "member 4: {out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "repaired this member's share of group key (ed25519): {group_key}"
+        )),
+        "member 4: {out}\n{err}"
+    );
+    for (i, (h, rx)) in [(h1, h1_lines), (h2, h2_lines), (h3, h3_lines)]
+        .into_iter()
+        .enumerate()
+    {
+        let (ok, out, err) = finish(h, rx);
+        assert!(ok, "helper {}: {out}\n{err}", i + 1);
+        assert!(out.contains("helped member 4"), "helper {}: {out}", i + 1);
+    }
+    assert_eq!(
+        frost_files(&configs[3]).len(),
+        lost_files.len(),
+        "every lost key file is back"
+    );
+
+    // Member 1 stays down: 2, 3 and 4 are exactly t, so every report now
+    // carries member 4's repaired share.
+    for (i, config) in configs.iter().enumerate().skip(1) {
+        c.members.0[i] = Some(common::spawn(config, &c.file.members[i].log));
+    }
+    let api = c.api(1).to_string();
+    common::wait_for("member 2's API", 60, || common::status(&api).is_some());
+    let start = common::last_round(&api).unwrap_or(0);
+    common::wait_for("reports signed by members 2, 3 and 4", 120, || {
+        common::last_round(&api).is_some_and(|r| r > start + 3)
+    });
+    let out = common::sibyl()
+        .arg("verify")
+        .arg(format!("{api}/v1/reports/latest"))
+        .args(["--group-key", &group_key, "--committee"])
+        .arg(&c.file.committee)
+        .output()
+        .expect("sibyl verify");
+    assert!(
+        out.status.success(),
+        "the newest report does not verify against {group_key}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
