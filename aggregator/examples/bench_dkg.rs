@@ -1,6 +1,9 @@
-//! Time and bytes per member of the DKG and of a proactive refresh, in one
-//! process: `n` machines ([`Dkg::new`], then [`Dkg::refresh`] of its
-//! result) exchanging messages through an in-memory queue, no latency.
+//! Time and bytes per member of the DKG, of a proactive refresh and of a
+//! repair, in one process: `n` machines ([`Dkg::new`], then [`Dkg::refresh`]
+//! of its result), then member `n` repaired by members `1..=t`
+//! ([`Repair`]), exchanging messages through an in-memory queue, no latency.
+//! A repair's figures are per participant (the t helpers and the repaired
+//! member).
 //! Time is the wall time of the whole ceremony divided by `n` (one thread
 //! runs every member, so it is each member's CPU on average); bytes are what
 //! each member sent, re-sends excluded (none happen without loss).
@@ -14,6 +17,7 @@ use std::time::Instant;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+use sibyl_aggregator::dkg::repair::{Repair, RepairConfig, RepairOutput, RepairRole};
 use sibyl_aggregator::dkg::{Dkg, DkgConfig, DkgResult, Input, Output, RefreshKeys};
 use sibyl_aggregator::{ConfigDigest, Suite};
 
@@ -67,6 +71,102 @@ fn sent_bytes(machines: &BTreeMap<u16, Dkg>) -> f64 {
     total as f64 / machines.len() as f64
 }
 
+/// Repairs member `lost` from helpers `1..=t`; (ms per participant, bytes
+/// sent per participant).
+fn repair(
+    results: &BTreeMap<u16, DkgResult>,
+    suite: Suite,
+    t: u16,
+    lost: u16,
+    rng: &mut ChaCha20Rng,
+) -> (f64, f64) {
+    let helpers: std::collections::BTreeSet<u16> = (1..=t).collect();
+    let cfg = |me| RepairConfig {
+        digest: ConfigDigest([5; 32]),
+        me,
+        lost,
+        helpers: helpers.clone(),
+        suites: vec![suite],
+        resend_interval_ms: 1_000,
+        timeout_ms: 60_000,
+    };
+    let keys_of = |r: &DkgResult| RefreshKeys {
+        ed25519: r
+            .ed25519
+            .as_ref()
+            .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+        secp256k1_evm: r
+            .secp256k1_evm
+            .as_ref()
+            .map(|o| (o.key_package.clone(), o.public_key_package.clone())),
+    };
+    let mut machines: BTreeMap<u16, Repair> = helpers
+        .iter()
+        .map(|&h| {
+            let role = RepairRole::Helper(Box::new(keys_of(&results[&h])));
+            (h, Repair::new(cfg(h), role).expect("repair config"))
+        })
+        .collect();
+    machines.insert(
+        lost,
+        Repair::new(cfg(lost), RepairRole::Lost(Box::default())).expect("repair config"),
+    );
+    let start = Instant::now();
+    let mut queue: VecDeque<(u16, u16, Vec<u8>)> = VecDeque::new();
+    let mut sent = 0usize;
+    let mut repaired = None;
+    let mut push = |i: u16, out: Vec<RepairOutput>, queue: &mut VecDeque<(u16, u16, Vec<u8>)>| {
+        for o in out {
+            match o {
+                RepairOutput::Send { to, bytes } => {
+                    sent += bytes.len();
+                    queue.push_back((i, to, bytes));
+                }
+                RepairOutput::Repaired(k) => repaired = Some(k),
+                RepairOutput::Failed(e) => panic!("member {i} failed its repair: {e}"),
+                RepairOutput::Helped | RepairOutput::Progress(_) => {}
+            }
+        }
+    };
+    let all: Vec<u16> = machines.keys().copied().collect();
+    for &i in &all {
+        let out = machines.get_mut(&i).map(|m| {
+            m.handle(
+                0,
+                Input::Start {
+                    connected: Default::default(),
+                },
+                rng,
+            )
+        });
+        push(i, out.unwrap_or_default(), &mut queue);
+    }
+    while let Some((from, to, bytes)) = queue.pop_front() {
+        let out = machines
+            .get_mut(&to)
+            .map(|m| m.handle(0, Input::Message { from, bytes }, rng));
+        push(to, out.unwrap_or_default(), &mut queue);
+    }
+    let ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(t + 1);
+    let got = repaired.expect("repaired");
+    let share = |k: &RefreshKeys| {
+        k.ed25519
+            .as_ref()
+            .map(|(k, _)| k.signing_share().serialize())
+            .or_else(|| {
+                k.secp256k1_evm
+                    .as_ref()
+                    .map(|(k, _)| k.signing_share().serialize())
+            })
+    };
+    assert_eq!(
+        share(&got),
+        share(&keys_of(&results[&lost])),
+        "the lost share, back"
+    );
+    (ms, sent as f64 / f64::from(t + 1))
+}
+
 fn main() {
     let ns: Vec<u16> = std::env::args()
         .skip(1)
@@ -74,8 +174,16 @@ fn main() {
         .collect();
     let ns = if ns.is_empty() { vec![4, 7, 16] } else { ns };
     println!(
-        "{:<14} {:>3} {:>3} {:>16} {:>16} {:>16} {:>16}",
-        "suite", "n", "t", "dkg ms/member", "dkg B/member", "refresh ms/mem", "refresh B/mem"
+        "{:<14} {:>3} {:>3} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "suite",
+        "n",
+        "t",
+        "dkg ms/member",
+        "dkg B/member",
+        "refresh ms/mem",
+        "refresh B/mem",
+        "repair ms/part",
+        "repair B/part"
     );
     for suite in [Suite::Ed25519, Suite::Secp256k1Evm] {
         for &n in &ns {
@@ -130,15 +238,18 @@ fn main() {
             let refresh_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(n);
             assert_eq!(renewed.len(), usize::from(n));
             assert_eq!(renewed[&1].group_keys(), done[&1].group_keys());
+            let (repair_ms, repair_bytes) = repair(&done, suite, t, n, &mut rng);
             println!(
-                "{:<14} {:>3} {:>3} {:>16.2} {:>16.0} {:>16.2} {:>16.0}",
+                "{:<14} {:>3} {:>3} {:>16.2} {:>16.0} {:>16.2} {:>16.0} {:>16.2} {:>16.0}",
                 format!("{suite:?}"),
                 n,
                 t,
                 dkg_ms,
                 sent_bytes(&dkg),
                 refresh_ms,
-                sent_bytes(&refresh)
+                sent_bytes(&refresh),
+                repair_ms,
+                repair_bytes
             );
         }
     }
