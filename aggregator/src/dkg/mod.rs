@@ -45,6 +45,7 @@
 mod ceremony;
 mod machine;
 pub mod repair;
+pub mod sign;
 /// The seeded DKG simulator (cargo feature `sim`).
 #[cfg(any(test, feature = "sim"))]
 #[allow(
@@ -160,6 +161,10 @@ pub enum DkgError {
         "timed out: still waiting for member(s) {missing:?}; are they running `sibyl repair --member {lost}` with the same --helpers?"
     )]
     RepairTimeout { lost: u16, missing: Vec<u16> },
+    #[error(
+        "timed out: still waiting for member(s) {missing:?}; are they running `sibyl rotation sign` with the same arguments and --signers?"
+    )]
+    SignTimeout { missing: Vec<u16> },
     #[error("invalid ceremony parameters: {0}")]
     Params(String),
     #[error("FROST: {0}")]
@@ -184,9 +189,9 @@ impl DkgError {
     pub fn suspects(&self) -> Vec<u16> {
         match self {
             DkgError::NonceConflict { member, relayed_by } => vec![*member, *relayed_by],
-            DkgError::Timeout { missing, .. } | DkgError::RepairTimeout { missing, .. } => {
-                missing.clone()
-            }
+            DkgError::Timeout { missing, .. }
+            | DkgError::RepairTimeout { missing, .. }
+            | DkgError::SignTimeout { missing } => missing.clone(),
             e => e.culprit().into_iter().collect(),
         }
     }
