@@ -91,6 +91,14 @@ pub enum Command {
         after_help = "Example:\n  sibyl rotation --member-config old/node-1/node.toml --member-config old/node-2/node.toml \\\n      --member-config old/node-3/node.toml --new-committee new/committee.toml --new-group-key 03ab...\n\nPrints JSON with the signature and ready rotateCommittee calldata (docs/OPERATOR.md, section 6)."
     )]
     Rotation(crate::cmd::rotation::RotationArgs),
+    /// One member's part of signing the rotation where its share lives: t
+    /// members of a committee run it together over the committee network.
+    #[command(
+        after_help = "Example, on each of t members of the current committee (and of the new one):\n  sibyl rotation-sign --config /etc/sibyl/node.toml --current-committee old.toml --new-committee new.toml \\\n      --new-group-key 03ab... --chain-id 1 --contract 0x... --rotation-count 0 > part.json\n\nThen `sibyl rotation-assemble --current old-part.json --new new-part.json --new-committee new.toml` (docs/OPERATOR.md, section 6)."
+    )]
+    RotationSign(crate::cmd::rotation::RotationSignArgs),
+    /// Turn the two committees' `rotation-sign` parts into rotateCommittee calldata.
+    RotationAssemble(crate::cmd::rotation::RotationAssembleArgs),
     /// Re-run the margin engine's stored inputs and compare with its stored events.
     #[command(
         after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n\nExits non-zero and prints the first differing event if the replay diverges."
@@ -146,6 +154,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Simulate(args) => crate::cmd::simulate::run(args),
         Command::Replay(args) => crate::cmd::replay::run(args),
         Command::Rotation(args) => crate::cmd::rotation::run(args),
+        Command::RotationSign(args) => crate::cmd::rotation::sign_networked(args),
+        Command::RotationAssemble(args) => crate::cmd::rotation::assemble(args),
         Command::Ledger(args) => crate::cmd::ledger::run(args),
     }
 }

@@ -950,6 +950,190 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
     drop(anvil);
 }
 
+/// `sibyl rotation-sign` + `rotation-assemble`: the hand-over signed where
+/// the shares live. Three members of committee A sign over A's network
+/// (member 2's signer is killed after it committed and restarted, so the
+/// coordinator starts a new run), three of B prove B's key over B's
+/// network; the assembled calldata is accepted once and the contract then
+/// names B. No process ever holds two shares.
+#[test]
+fn rotation_signed_over_the_committee_networks_is_accepted_on_chain() {
+    use std::io::{BufRead, BufReader};
+    let contracts = devchain::find_contracts_dir().expect("contracts dir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let anvil = Anvil::start(&contracts, 0, None, &dir.path().join("anvil.log")).expect("anvil");
+    let rpc = anvil.rpc_url.clone();
+    let setup = |name: &str| -> Value {
+        let d = dir.path().join(name);
+        let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+            .args([
+                "devnet",
+                "--chain",
+                "--setup-only",
+                "--builtin-source",
+                "--nodes",
+                "4",
+            ])
+            .args(["--chain-rpc-url", &rpc, "--dir"])
+            .arg(&d)
+            .env("SIBYL_CONTRACTS_DIR", &contracts)
+            .output()
+            .expect("sibyl devnet --setup-only");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&std::fs::read_to_string(d.join("devnet.json")).expect("json"))
+            .expect("devnet.json")
+    };
+    let a = setup("a");
+    let b = setup("b");
+    let feed = a["chain"]["feed"].as_str().expect("feed").to_string();
+    let chain_id = cast(&contracts, &["chain-id", "--rpc-url", &rpc]);
+    let new_key = b["group_key"].as_str().expect("key").to_string();
+    let sign = |net: &Value, i: usize| {
+        Command::new(env!("CARGO_BIN_EXE_sibyl"))
+            .arg("rotation-sign")
+            .args([
+                "--config",
+                net["members"][i]["config"].as_str().expect("config"),
+            ])
+            .args(["--current-committee", a["committee"].as_str().expect("a")])
+            .args(["--new-committee", b["committee"].as_str().expect("b")])
+            .args(["--new-group-key", &new_key, "--chain-id", &chain_id])
+            .args([
+                "--contract",
+                &feed,
+                "--rotation-count",
+                "0",
+                "--timeout",
+                "60s",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sibyl rotation-sign")
+    };
+    let finish = |c: std::process::Child, who: &str| -> Value {
+        let out = c.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{who}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("part JSON")
+    };
+    // Committee A: members 1 and 2 start; once 2 committed it is killed and
+    // restarted, and member 3 joins.
+    let mut a1 = sign(&a, 0);
+    let mut a2 = sign(&a, 1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = a1.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        seen += &line;
+        seen.push('\n');
+        if line.contains("commitment from member 2") {
+            break;
+        }
+    }
+    assert!(seen.contains("commitment from member 2"), "{seen}");
+    let _ = a2.kill();
+    let _ = a2.wait();
+    let started = std::time::Instant::now();
+    let a2 = sign(&a, 1);
+    let a3 = sign(&a, 2);
+    let parts: Vec<Value> = [(a1, "A1"), (a2, "A2"), (a3, "A3")]
+        .into_iter()
+        .map(|(c, w)| finish(c, w))
+        .collect();
+    let coordinator: Vec<String> = rx.try_iter().collect();
+    eprintln!(
+        "A signed {:?} after member 2's restart; coordinator:\n{seen}{}",
+        started.elapsed(),
+        coordinator.join("\n")
+    );
+    assert!(
+        coordinator
+            .iter()
+            .any(|l| l.contains("new commitment (restarted?): new run")),
+        "the coordinator did not start a new run: {coordinator:?}"
+    );
+    assert!(
+        parts.iter().all(|p| p == &parts[0]),
+        "every signer prints the same part"
+    );
+    assert_eq!(parts[0]["role"], "current");
+    // Committee B proves it holds the new key.
+    let b_parts: Vec<Value> = (0..3)
+        .map(|i| sign(&b, i))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|c| finish(c, "B"))
+        .collect();
+    assert_eq!(b_parts[0]["role"], "new");
+    let cur_file = dir.path().join("current-part.json");
+    let new_file = dir.path().join("new-part.json");
+    std::fs::write(&cur_file, parts[0].to_string()).expect("write");
+    std::fs::write(&new_file, b_parts[0].to_string()).expect("write");
+    // Parts in the wrong order are refused.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+        .arg("rotation-assemble")
+        .arg("--current")
+        .arg(&new_file)
+        .arg("--new")
+        .arg(&cur_file)
+        .args(["--new-committee", b["committee"].as_str().expect("b")])
+        .output()
+        .expect("assemble");
+    assert!(!wrong.status.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+        .arg("rotation-assemble")
+        .arg("--current")
+        .arg(&cur_file)
+        .arg("--new")
+        .arg(&new_file)
+        .args(["--new-committee", b["committee"].as_str().expect("b")])
+        .output()
+        .expect("assemble");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed: Value = serde_json::from_slice(&out.stdout).expect("assembled JSON");
+    let gas = send(
+        &contracts,
+        &rpc,
+        &feed,
+        signed["calldata"].as_str().expect("calldata"),
+    );
+    let committee = cast(
+        &contracts,
+        &[
+            "call",
+            "--rpc-url",
+            &rpc,
+            &feed,
+            "committee()(bytes32,uint256,uint8)",
+        ],
+    );
+    let w = words(&committee);
+    assert_eq!(
+        w[0],
+        format!("0x{}", b["config_digest"].as_str().expect("digest"))
+    );
+    println!("gas: rotateCommittee (networked signatures) {gas}");
+    drop(anvil);
+}
+
 /// The transmitter's real RPC path on anvil with mining paused: the report
 /// goes out, gets no receipt, is replaced at the same nonce with higher fees
 /// (anvil's mempool accepts the replacement), and once a block is mined the

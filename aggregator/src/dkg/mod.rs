@@ -162,7 +162,7 @@ pub enum DkgError {
     )]
     RepairTimeout { lost: u16, missing: Vec<u16> },
     #[error(
-        "timed out: still waiting for member(s) {missing:?}; are they running `sibyl rotation sign` with the same arguments and --signers?"
+        "timed out: still waiting for member(s) {missing:?}; are they running `sibyl rotation-sign` with the same arguments and --signers?"
     )]
     SignTimeout { missing: Vec<u16> },
     #[error("invalid ceremony parameters: {0}")]

@@ -1,5 +1,5 @@
 //! Signing one message with the committee's group key where each share
-//! lives (`sibyl rotation sign`): a FROST signing session among `t` named
+//! lives (`sibyl rotation-sign`): a FROST signing session among `t` named
 //! signers over the committee's network, as a sans-io state machine. No
 //! share leaves its member; the committee's hand-over to a new key is
 //! signed without `t` shares on one machine.
@@ -493,6 +493,11 @@ impl<C: Ciphersuite> ThresholdSign<C> {
                     }
                     None => {
                         self.commits.insert(from, c);
+                        out.push(SignOutput::Progress(format!(
+                            "commitment from member {from} ({}/{})",
+                            self.commits.len(),
+                            self.cfg.signers.len()
+                        )));
                         if self.commits.len() == self.cfg.signers.len() {
                             let body = encode_package(&self.commits);
                             self.package = Some(body.clone());

@@ -271,7 +271,7 @@ pub async fn run_dkg_and_store(
 /// What a ceremony over the committee network needs (`sibyl dkg`, `sibyl
 /// refresh`): its parameters for this committee, the network's settings
 /// from node.toml and a single-threaded runtime to drive it.
-pub(crate) fn ceremony_setup(
+pub fn ceremony_setup(
     config: &crate::config::Config,
     identity: Keypair,
     timeout: Duration,

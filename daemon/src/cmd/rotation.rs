@@ -12,10 +12,13 @@
 //!   FROST sign with each set of shares ─► aggregate ─► verify ─► calldata
 //! ```
 //!
-//! The shares are used on one machine: the command suits a devnet, or
-//! committees whose `t` share holders meet for the hand-over. (A networked
-//! ceremony in which every member signs with its own share where it runs is
-//! the committee-lifecycle issue.)
+//! `sibyl rotation` uses the shares on one machine: it suits a devnet, or
+//! committees whose `t` share holders meet for the hand-over. Without a
+//! trusted machine: the networked signing (`sibyl rotation-sign`) run by `t` members of each
+//! committee, each with its own node.toml, signs where the shares are (a
+//! FROST session over the committee's network,
+//! [`sibyl_aggregator::dkg::sign`]), and `sibyl rotation-assemble` turns the
+//! two signatures into the calldata.
 
 use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::{SolCall, SolValue};
@@ -167,6 +170,25 @@ fn threshold_sign(
         .verifying_key()
         .verify(message, &sig)
         .map_err(|e| anyhow::anyhow!("{who}: the rotation signature does not verify: {e}"))?;
+    let (signature, fields) = contract_signature(public, &sig)?;
+    let mut signers: Vec<u16> = shares
+        .iter()
+        .filter_map(|kp| {
+            let ser = kp.identifier().serialize();
+            // identifiers 1..=n serialize as big-endian scalars
+            let tail: [u8; 2] = ser.get(ser.len().saturating_sub(2)..)?.try_into().ok()?;
+            Some(u16::from_be_bytes(tail))
+        })
+        .collect();
+    signers.sort_unstable();
+    Ok((signature, fields, signers))
+}
+
+/// A group signature as the contract's `Signature` and its hex fields.
+fn contract_signature(
+    public: &frost_core::keys::PublicKeyPackage<Evm>,
+    sig: &frost_core::Signature<Evm>,
+) -> Result<(Signature, BTreeMap<&'static str, String>)> {
     let bytes = sig
         .serialize()
         .map_err(|e| anyhow::anyhow!("cannot encode the signature: {e}"))?;
@@ -190,17 +212,7 @@ fn threshold_sign(
     ]
     .into_iter()
     .collect();
-    let mut signers: Vec<u16> = shares
-        .iter()
-        .filter_map(|kp| {
-            let ser = kp.identifier().serialize();
-            // identifiers 1..=n serialize as big-endian scalars
-            let tail: [u8; 2] = ser.get(ser.len().saturating_sub(2)..)?.try_into().ok()?;
-            Some(u16::from_be_bytes(tail))
-        })
-        .collect();
-    signers.sort_unstable();
-    Ok((signature, fields, signers))
+    Ok((signature, fields))
 }
 
 /// Signs the hand-over with the current committee's shares and, as proof of
@@ -347,6 +359,359 @@ pub fn run(args: RotationArgs) -> Result<()> {
     eprintln!(
         "submit with: cast send {} --data {} (anyone may send it)",
         signed.contract, signed.calldata
+    );
+    Ok(())
+}
+
+/// Arguments of `sibyl rotation-sign`: one member's part of signing the
+/// hand-over where its share lives.
+#[derive(Debug, clap::Args)]
+pub struct RotationSignArgs {
+    /// This member's node.toml (a member of the current or of the new
+    /// committee: its committee file says which part it signs).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The current committee file (its config digest goes into the message).
+    #[arg(long)]
+    pub current_committee: PathBuf,
+    /// The new committee file (its config digest and feeds go into the message).
+    #[arg(long)]
+    pub new_committee: PathBuf,
+    /// The new committee's secp256k1-evm group key, hex.
+    #[arg(long)]
+    pub new_group_key: String,
+    /// EIP-155 chain id of the chain the contract is on.
+    #[arg(long)]
+    pub chain_id: u64,
+    /// SibylFeed's address.
+    #[arg(long)]
+    pub contract: Address,
+    /// The contract's `rotationCount()`.
+    #[arg(long)]
+    pub rotation_count: u32,
+    /// The `t` members of this member's committee who sign, comma-separated
+    /// (default: the `t` lowest-numbered); the same on every signer.
+    #[arg(long)]
+    pub signers: Option<String>,
+    /// Give up if the signature is not made after this long.
+    #[arg(long, default_value = "10m")]
+    pub timeout: String,
+}
+
+/// One committee's signature of a hand-over, as `sibyl rotation-sign`
+/// prints it and `sibyl rotation-assemble` reads it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RotationPart {
+    /// `current` (the committee handing over) or `new` (proof of possession).
+    pub role: String,
+    pub chain_id: u64,
+    pub contract: String,
+    pub rotation_count: u32,
+    pub current_config_digest: String,
+    pub new_config_digest: String,
+    pub new_group_key_x: String,
+    pub new_group_key_y: String,
+    pub message: String,
+    pub signers: Vec<u16>,
+    pub signature: BTreeMap<String, String>,
+}
+
+fn parse_members(list: &str, what: &str) -> Result<std::collections::BTreeSet<u16>> {
+    list.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<u16>()
+                .map_err(|e| anyhow::anyhow!("{what} {list:?}: {s:?}: {e}"))
+        })
+        .collect()
+}
+
+fn handover_of(
+    current: &Committee,
+    new: &Committee,
+    new_key: &str,
+    chain_id: u64,
+    contract: Address,
+    rotation_count: u32,
+) -> Result<Handover> {
+    let key_bytes = hex::decode(new_key.trim().trim_start_matches("0x"))
+        .context("--new-group-key must be hex")?;
+    let new_key = EvmGroupKey::from_compressed(&key_bytes)
+        .context("--new-group-key is not a secp256k1 point (33-byte compressed or 65-byte SEC1)")?;
+    if current.digest == new.digest {
+        bail!(
+            "the new committee has the same config digest as the current one; the contract refuses that (ConfigDigestUnchanged): change the committee file"
+        );
+    }
+    Ok(Handover {
+        chain_id,
+        contract,
+        rotation_count,
+        current: current.digest.0,
+        new_digest: new.digest.0,
+        new_key,
+        feeds: Handover::feeds_of(new),
+    })
+}
+
+/// `sibyl rotation-sign`: this member's part of its committee's signature
+/// of the hand-over, made with the other signers over the committee's
+/// network; every signer prints the same signature.
+pub fn sign_networked(args: RotationSignArgs) -> Result<()> {
+    use sibyl_aggregator::dkg::Input;
+    use sibyl_aggregator::dkg::sign::{SignConfig, SignOutput, ThresholdSign};
+    let config = Config::load(&args.config)?;
+    let current = Committee::load(&args.current_committee)?;
+    let new = Committee::load(&args.new_committee)?;
+    let handover = handover_of(
+        &current,
+        &new,
+        &args.new_group_key,
+        args.chain_id,
+        args.contract,
+        args.rotation_count,
+    )?;
+    let mine = &config.committee;
+    let role = if mine.digest == current.digest {
+        "current"
+    } else if mine.digest == new.digest {
+        "new"
+    } else {
+        bail!(
+            "{} belongs to neither --current-committee nor --new-committee",
+            args.config.display()
+        );
+    };
+    let timeout = sibyl_node::config::parse_duration(&args.timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let keystore = config.keystore();
+    let passphrase = config.key_passphrase()?;
+    let public = keystore
+        .read_public_key_package::<Evm>(&mine.digest)
+        .context("no secp256k1-evm public key package: the hand-over is signed with that suite")?;
+    if role == "new" && sibyl_chain::evm_group_key(public.verifying_key())? != handover.new_key {
+        bail!(
+            "--new-group-key is not this (new) committee's group key; a hand-over to a key nobody holds would be permanent"
+        );
+    }
+    let key = keystore.read_key_package::<Evm>(&mine.digest, &passphrase)?;
+    let members: std::collections::BTreeSet<u16> = mine.members.iter().map(|m| m.index).collect();
+    let signers = match &args.signers {
+        Some(list) => parse_members(list, "--signers")?,
+        None => members
+            .iter()
+            .copied()
+            .take(usize::from(mine.threshold))
+            .collect(),
+    };
+    if let Some(s) = signers.iter().find(|s| !members.contains(s)) {
+        bail!("--signers: {s} is not a member of this committee ({members:?})");
+    }
+    let identity = keystore.read_identity(&passphrase)?;
+    let (params, net_config, runtime) =
+        sibyl_node::dkg::ceremony_setup(&config, identity, timeout)?;
+    let me = mine
+        .members
+        .iter()
+        .find(|m| m.peer_id == net_config.identity.public().to_peer_id())
+        .map(|m| m.index)
+        .context("this node's identity is not a member of its committee")?;
+    if !signers.contains(&me) {
+        bail!("member {me} is not one of the signers {signers:?}; it has nothing to do");
+    }
+    let message = rotation_digest(&handover);
+    let cfg = SignConfig {
+        digest: mine.digest,
+        me,
+        signers: signers.clone(),
+        message,
+        resend_interval_ms: u64::try_from(params.resend_interval.as_millis()).unwrap_or(1000),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let mut machine =
+        ThresholdSign::<Evm>::new(cfg, key, public.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let linger = sibyl_node::dkg::linger_of(&params);
+    let sig = runtime.block_on(async {
+        let mut net = sibyl_node::net::Net::new(net_config)?;
+        eprintln!(
+            "rotation-sign: member {me} of the {role} committee, signers {signers:?}, message 0x{}",
+            hex::encode(message)
+        );
+        let mut rng = rand::rngs::OsRng;
+        let epoch = tokio::time::Instant::now();
+        let now = || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut outs = machine.handle(
+            now(),
+            Input::Start {
+                connected: net.connected(),
+            },
+            &mut rng,
+        );
+        let signature = loop {
+            let mut done = None;
+            for o in outs {
+                match o {
+                    SignOutput::Send { to, bytes } => {
+                        let _ = net.send(to, bytes);
+                    }
+                    SignOutput::Progress(l) => eprintln!("rotation-sign: {l}"),
+                    SignOutput::Signed(sig) => done = Some(sig),
+                    SignOutput::Failed(e) => {
+                        if let Some(m) = e.culprit() {
+                            eprintln!("rotation-sign: FAILED, member {m} is at fault");
+                        }
+                        anyhow::bail!("rotation-sign: {e}");
+                    }
+                }
+            }
+            if let Some(sig) = done {
+                break sig;
+            }
+            let wake = epoch + std::time::Duration::from_millis(machine.next_wake().unwrap_or(0));
+            outs = match tokio::time::timeout_at(wake, net.next_event()).await {
+                Ok(sibyl_node::net::NetEvent::Message { from, bytes }) => {
+                    machine.handle(now(), Input::Message { from, bytes }, &mut rng)
+                }
+                Ok(_) => Vec::new(),
+                Err(_) => machine.handle(now(), Input::Tick, &mut rng),
+            };
+        };
+        // The coordinator stays to answer a signer whose copy was lost.
+        let until = tokio::time::Instant::now() + linger;
+        while let Ok(ev) = tokio::time::timeout_at(until, net.next_event()).await {
+            if let sibyl_node::net::NetEvent::Message { from, bytes } = ev
+                && let Some((to, b)) = machine.answer_late(from, &bytes)
+            {
+                let _ = net.send(to, b);
+            }
+        }
+        anyhow::Ok(signature)
+    })?;
+    let (_, fields) = contract_signature(&public, &sig)?;
+    let part = RotationPart {
+        role: role.into(),
+        chain_id: handover.chain_id,
+        contract: format!("{}", handover.contract),
+        rotation_count: handover.rotation_count,
+        current_config_digest: hex0x(handover.current),
+        new_config_digest: hex0x(handover.new_digest),
+        new_group_key_x: hex0x(handover.new_key.x),
+        new_group_key_y: hex0x(handover.new_key.y),
+        message: hex0x(message),
+        signers: signers.into_iter().collect(),
+        signature: fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    };
+    println!("{}", serde_json::to_string_pretty(&part)?);
+    Ok(())
+}
+
+/// Arguments of `sibyl rotation-assemble`.
+#[derive(Debug, clap::Args)]
+pub struct RotationAssembleArgs {
+    /// The current committee's part (`sibyl rotation-sign` output, role current).
+    #[arg(long)]
+    pub current: PathBuf,
+    /// The new committee's part (role new).
+    #[arg(long)]
+    pub new: PathBuf,
+    /// The new committee file (its feeds go into the calldata).
+    #[arg(long)]
+    pub new_committee: PathBuf,
+}
+
+fn word(fields: &BTreeMap<String, String>, k: &str, what: &str) -> Result<U256> {
+    let v = fields
+        .get(k)
+        .with_context(|| format!("{what}: no {k} in the signature"))?;
+    U256::from_str_radix(v.trim_start_matches("0x"), 16)
+        .map_err(|e| anyhow::anyhow!("{what}: {k} {v:?}: {e}"))
+}
+
+fn part_signature(p: &RotationPart, what: &str) -> Result<Signature> {
+    Ok(Signature {
+        groupKeyX: word(&p.signature, "group_key_x", what)?,
+        rx: word(&p.signature, "rx", what)?,
+        ry: word(&p.signature, "ry", what)?,
+        z: word(&p.signature, "z", what)?,
+    })
+}
+
+/// `sibyl rotation-assemble`: both committees' parts -> the signed rotation
+/// and its calldata, refused unless both signed the same hand-over and that
+/// hand-over's message is what the new committee file makes it.
+pub fn assemble(args: RotationAssembleArgs) -> Result<()> {
+    let read = |p: &PathBuf| -> Result<RotationPart> {
+        serde_json::from_slice(
+            &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .with_context(|| format!("{}: not a `sibyl rotation-sign` output", p.display()))
+    };
+    let (cur, new) = (read(&args.current)?, read(&args.new)?);
+    if cur.role != "current" || new.role != "new" {
+        bail!(
+            "--current is a {:?} part and --new a {:?} part; give the current committee's, then the new one's",
+            cur.role,
+            new.role
+        );
+    }
+    if cur.message != new.message {
+        bail!(
+            "the two parts signed different messages ({} and {}): different hand-overs",
+            cur.message,
+            new.message
+        );
+    }
+    let new_committee = Committee::load(&args.new_committee)?;
+    let unhex32 = |v: &str, what: &str| -> Result<[u8; 32]> {
+        hex::decode(v.trim_start_matches("0x"))
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| format!("{what} {v:?} is not 32 bytes of hex"))
+    };
+    let handover = Handover {
+        chain_id: cur.chain_id,
+        contract: cur.contract.parse().context("contract address")?,
+        rotation_count: cur.rotation_count,
+        current: unhex32(&cur.current_config_digest, "current_config_digest")?,
+        new_digest: unhex32(&cur.new_config_digest, "new_config_digest")?,
+        new_key: EvmGroupKey {
+            x: unhex32(&cur.new_group_key_x, "new_group_key_x")?,
+            y: unhex32(&cur.new_group_key_y, "new_group_key_y")?,
+        },
+        feeds: Handover::feeds_of(&new_committee),
+    };
+    if handover.new_digest != new_committee.digest.0 {
+        bail!("--new-committee is not the committee the parts hand over to");
+    }
+    if hex0x(rotation_digest(&handover)) != cur.message {
+        bail!(
+            "the parts' message is not this hand-over's (chain, contract, count, digests, key or feeds differ)"
+        );
+    }
+    let call = ISibylFeed::rotateCommitteeCall {
+        newConfigDigest: B256::from(handover.new_digest),
+        newGroupKeyX: U256::from_be_bytes(handover.new_key.x),
+        newGroupKeyY: U256::from_be_bytes(handover.new_key.y),
+        feedIds: handover.feed_ids(),
+        decimals: handover.decimals(),
+        signature: part_signature(&cur, "--current")?,
+        newKeySignature: part_signature(&new, "--new")?,
+    };
+    let out = serde_json::json!({
+        "contract": cur.contract,
+        "message": cur.message,
+        "signers": cur.signers,
+        "new_signers": new.signers,
+        "function": "rotateCommittee(bytes32,uint256,uint256,bytes32[],uint8[],(uint256,uint256,uint256,uint256),(uint256,uint256,uint256,uint256))",
+        "calldata": hex0x(call.abi_encode()),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    eprintln!(
+        "submit with: cast send {} --data <calldata> (anyone may send it)",
+        cur.contract
     );
     Ok(())
 }
