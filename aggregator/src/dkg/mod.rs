@@ -162,6 +162,12 @@ pub enum DkgError {
     )]
     RepairTimeout { lost: u16, missing: Vec<u16> },
     #[error(
+        "timed out: no sigma yet from helper(s) {missing:?} (a helper sends its sigma once every helper's delta reached it: the helpers' own output names whom they wait for)"
+    )]
+    RepairIncomplete { missing: Vec<u16> },
+    #[error("member {member} gave up its repair: {reason}")]
+    RepairAbandoned { member: u16, reason: String },
+    #[error(
         "timed out: still waiting for member(s) {missing:?}; are they running `sibyl rotation-sign` with the same arguments and --signers?"
     )]
     SignTimeout { missing: Vec<u16> },

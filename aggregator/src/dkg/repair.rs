@@ -46,6 +46,7 @@ const KIND_REQUEST: u8 = 1;
 const KIND_DELTA: u8 = 2;
 const KIND_SIGMA: u8 = 3;
 const KIND_DONE: u8 = 4;
+const KIND_ABORT: u8 = 5;
 /// Largest serialized public key package accepted (n ≤ 255 members: a
 /// verifying share and identifier per member, plus the group key).
 const MAX_PKP_BYTES: usize = 64 * 1024;
@@ -150,6 +151,10 @@ pub enum RepairMessage {
         public_key_package: Vec<u8>,
     },
     Done,
+    /// The repaired member gave up (its reason), so helpers stop too.
+    Abort {
+        reason: String,
+    },
 }
 
 /// `MAGIC | VERSION | digest | lost u16 | nonce | kind | body`.
@@ -205,6 +210,12 @@ impl RepairEnvelope {
                 out.extend_from_slice(public_key_package);
             }
             RepairMessage::Done => out.push(KIND_DONE),
+            RepairMessage::Abort { reason } => {
+                out.push(KIND_ABORT);
+                let r = &reason.as_bytes()[..reason.len().min(512)];
+                out.extend_from_slice(&len16(r.len()));
+                out.extend_from_slice(r);
+            }
         }
         out
     }
@@ -276,6 +287,15 @@ impl RepairEnvelope {
                 }
             }
             KIND_DONE => RepairMessage::Done,
+            KIND_ABORT => {
+                let len = usize::from(u16_at(take(2, "reason length")?));
+                if len > 512 {
+                    return Err(format!("a reason of {len} bytes (at most 512)"));
+                }
+                RepairMessage::Abort {
+                    reason: String::from_utf8_lossy(take(len, "reason")?).into_owned(),
+                }
+            }
             other => return Err(format!("unknown repair message kind {other}")),
         };
         if at != bytes.len() {
@@ -614,6 +634,20 @@ impl Repair {
         };
         if let Err(e) = result {
             self.failed = true;
+            if let Side::Lost { .. } = self.side
+                && self.nonce.is_some()
+            {
+                // The helpers stop too, blaming nobody for it.
+                let abort = self.envelope(RepairMessage::Abort {
+                    reason: e.to_string(),
+                });
+                for h in &self.cfg.helpers {
+                    out.push(RepairOutput::Send {
+                        to: *h,
+                        bytes: abort.clone(),
+                    });
+                }
+            }
             out.push(RepairOutput::Failed(e));
         }
         out
@@ -670,9 +704,15 @@ impl Repair {
             && !self.finished
             && now >= s + self.cfg.timeout_ms
         {
-            return Err(DkgError::RepairTimeout {
-                lost: self.cfg.lost,
-                missing: self.missing(),
+            return Err(match self.side {
+                // The helpers know why a sigma is missing; this member does not.
+                Side::Lost { .. } => DkgError::RepairIncomplete {
+                    missing: self.missing(),
+                },
+                Side::Helper { .. } => DkgError::RepairTimeout {
+                    lost: self.cfg.lost,
+                    missing: self.missing(),
+                },
             });
         }
         if now < self.next_resend_ms {
@@ -828,6 +868,15 @@ impl Repair {
                 self.after_delta(out);
                 Ok(())
             }
+            (Side::Helper { .. }, RepairMessage::Abort { reason }) => {
+                if from == self.cfg.lost && self.nonce == Some(env.nonce) && !self.finished {
+                    return Err(DkgError::RepairAbandoned {
+                        member: from,
+                        reason,
+                    });
+                }
+                Ok(())
+            }
             (Side::Helper { .. }, RepairMessage::Done) => {
                 if from == self.cfg.lost && self.nonce == Some(env.nonce) && !self.finished {
                     self.finished = true;
@@ -979,7 +1028,7 @@ mod tests {
     use super::*;
     use frost_core::keys::{IdentifierList, generate_with_dealer};
     use rand_chacha::ChaCha20Rng;
-    use rand_core::SeedableRng;
+    use rand_core::{RngCore, SeedableRng};
     use std::collections::VecDeque;
 
     fn dealt<C: Ciphersuite>(
@@ -1013,7 +1062,7 @@ mod tests {
         lost: u16,
         helpers: &[u16],
         lost_keeps_pkp: bool,
-        tamper: impl Fn(u16, u16, &mut Vec<u8>),
+        mut tamper: impl FnMut(u16, u16, &mut Vec<u8>) -> bool,
         seed: u64,
     ) -> (Run, RefreshKeys) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -1066,7 +1115,9 @@ mod tests {
         }
         for _ in 0..200 {
             while let Some((from, to, mut bytes)) = queue.pop_front() {
-                tamper(from, to, &mut bytes);
+                if !tamper(from, to, &mut bytes) {
+                    continue;
+                }
                 let outs = r.machines.get_mut(&to).unwrap().handle(
                     now,
                     Input::Message { from, bytes },
@@ -1074,7 +1125,12 @@ mod tests {
                 );
                 collect(&mut r, to, outs, &mut queue);
             }
-            if r.helped.len() == helpers.len() || !r.failed.is_empty() {
+            let over = |m: &u16| {
+                r.helped.contains(m)
+                    || r.failed.contains_key(m)
+                    || (*m == lost && r.repaired.is_some())
+            };
+            if members.iter().all(over) {
                 break;
             }
             now += 100;
@@ -1123,7 +1179,7 @@ mod tests {
             (7, 5, 3, vec![1, 2, 4, 6, 7]),
         ] {
             for keeps in [true, false] {
-                let (r, original) = run(n, t, lost, &helpers, keeps, |_, _, _| {}, u64::from(n));
+                let (r, original) = run(n, t, lost, &helpers, keeps, |_, _, _| true, u64::from(n));
                 assert!(r.failed.is_empty(), "{:?}", r.failed);
                 let got = r.repaired.expect("repaired");
                 let (k, p) = got.ed25519.unwrap();
@@ -1150,10 +1206,11 @@ mod tests {
             &[1, 2, 3],
             true,
             |from, to, bytes| {
-                if from == 2 && to == 3 && bytes[4 + 1 + 32 + 2 + 32] == KIND_DELTA {
+                if from == 2 && to == 3 && bytes[KIND_AT] == KIND_DELTA {
                     let n = bytes.len();
                     bytes[n - 1] ^= 1;
                 }
+                true
             },
             9,
         );
@@ -1171,15 +1228,123 @@ mod tests {
             &[1, 2, 3],
             true,
             |from, _to, bytes| {
-                if from == 3 && bytes[4 + 1 + 32 + 2 + 32] == KIND_SIGMA {
+                if from == 3 && bytes[KIND_AT] == KIND_SIGMA {
                     let n = bytes.len();
                     bytes[n - 1] ^= 1;
                 }
+                true
             },
             11,
         );
         assert!(r.repaired.is_none());
         assert_eq!(r.failed.get(&4).and_then(DkgError::culprit), Some(3));
+    }
+
+    /// Where the kind byte sits: magic, version, digest, lost, nonce.
+    const KIND_AT: usize = 4 + 1 + 32 + 2 + 32;
+
+    /// Over 100 seeds: n = 4 or 7, a random lost member and t helpers, one
+    /// helper Byzantine in one of six ways. The repaired member stores only
+    /// its true share, and no error points at an honest member.
+    #[test]
+    fn byzantine_helpers_over_100_seeds_never_plant_a_share_or_blame_the_honest() {
+        #[derive(Clone, Copy, Debug)]
+        enum Byz {
+            WrongDelta,
+            WrongSigma,
+            OtherPackage,
+            Withhold,
+            OtherNonce,
+            Garbage,
+        }
+        let kinds = [
+            Byz::WrongDelta,
+            Byz::WrongSigma,
+            Byz::OtherPackage,
+            Byz::Withhold,
+            Byz::OtherNonce,
+            Byz::Garbage,
+        ];
+        let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+        for seed in 0..100u64 {
+            let mut pick = ChaCha20Rng::seed_from_u64(seed + 7_000);
+            let (n, t) = if seed % 2 == 0 { (4u16, 3u16) } else { (7, 5) };
+            let lost = 1 + (pick.next_u32() % u32::from(n)) as u16;
+            let mut others: Vec<u16> = (1..=n).filter(|m| *m != lost).collect();
+            for i in (1..others.len()).rev() {
+                let j = (pick.next_u32() as usize) % (i + 1);
+                others.swap(i, j);
+            }
+            let helpers: Vec<u16> = others[..usize::from(t)].to_vec();
+            let byz = helpers[(pick.next_u32() as usize) % helpers.len()];
+            let kind = kinds[(seed as usize / 2) % kinds.len()];
+            let keeps = pick.next_u32() % 2 == 0;
+            let (r, original) = run(
+                n,
+                t,
+                lost,
+                &helpers,
+                keeps,
+                |from, _to, bytes| {
+                    if from != byz {
+                        return true;
+                    }
+                    let k = bytes.get(KIND_AT).copied();
+                    match kind {
+                        Byz::Withhold => return false,
+                        Byz::Garbage => *bytes = vec![0x5a; 30],
+                        Byz::OtherNonce => bytes[KIND_AT - 1] ^= 1,
+                        Byz::WrongDelta if k == Some(KIND_DELTA) => {
+                            let n = bytes.len();
+                            bytes[n - 1] ^= 1;
+                        }
+                        Byz::OtherPackage if k == Some(KIND_SIGMA) => {
+                            let n = bytes.len();
+                            bytes[n - 1] ^= 1;
+                        }
+                        Byz::WrongSigma if k == Some(KIND_SIGMA) => {
+                            // The sigma's last byte: after kind, suite, length.
+                            let at = KIND_AT + 1 + 1 + 2 + 31;
+                            bytes[at] ^= 1;
+                        }
+                        _ => {}
+                    }
+                    true
+                },
+                seed,
+            );
+            if let Some(got) = &r.repaired {
+                let share = |k: &RefreshKeys| k.ed25519.as_ref().map(|(k, _)| *k.signing_share());
+                assert_eq!(
+                    share(got),
+                    share(&original),
+                    "seed {seed} {kind:?}: a wrong share was stored"
+                );
+            }
+            for (m, e) in &r.failed {
+                if *m == byz {
+                    continue;
+                }
+                let who = e.suspects();
+                assert!(
+                    who.iter().all(|w| *w == byz),
+                    "seed {seed} {kind:?} (byzantine {byz}, lost {lost}): member {m} suspects {who:?}: {e}"
+                );
+            }
+            let key = format!(
+                "{kind:?}: {}",
+                if r.repaired.is_some() {
+                    "repaired"
+                } else {
+                    "refused"
+                }
+            );
+            // (A wrong delta can still repair: flipping the last bit of the
+            // deltas to two helpers adds +e and -e when the bits differ, and
+            // the sum, the share, is right. The check above holds either way.)
+            *outcomes.entry(key).or_default() += 1;
+        }
+        eprintln!("{outcomes:#?}");
     }
 
     #[test]
