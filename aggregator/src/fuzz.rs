@@ -104,6 +104,22 @@ pub fn fuzz_round_message(data: &[u8]) {
     }
 }
 
+/// The repair and signing-session envelopes (`dkg::repair`, `dkg::sign`):
+/// whatever decodes re-encodes to the same bytes.
+pub fn fuzz_ceremony_message(data: &[u8]) {
+    if let Ok(env) = crate::dkg::repair::RepairEnvelope::decode(data) {
+        let again = env.encode();
+        assert_eq!(
+            crate::dkg::repair::RepairEnvelope::decode(&again).ok().as_ref(),
+            Some(&env),
+            "a decoded repair message re-encodes to itself"
+        );
+    }
+    if let Ok(env) = crate::dkg::sign::SignEnvelope::decode(data) {
+        assert_eq!(env.encode(), data, "a decoded signing message is its bytes");
+    }
+}
+
 /// ABI (`abi.encode`) leaf and header decoding.
 pub fn fuzz_abi(data: &[u8]) {
     if let Ok(l) = encoding::decode_leaf(data) {
@@ -658,6 +674,13 @@ mod tests {
             fuzz_evidence(&data);
             fuzz_commitments(&data);
             fuzz_verified_report(&data);
+            fuzz_ceremony_message(&data);
+            let mut repair = b"SRPR\x01".to_vec();
+            repair.extend_from_slice(&data);
+            fuzz_ceremony_message(&repair);
+            let mut sign = b"SSIG\x01".to_vec();
+            sign.extend_from_slice(&data);
+            fuzz_ceremony_message(&sign);
         }
 
         /// Random bodies behind a well-formed message prefix (version, config

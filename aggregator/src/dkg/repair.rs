@@ -212,7 +212,11 @@ impl RepairEnvelope {
             RepairMessage::Done => out.push(KIND_DONE),
             RepairMessage::Abort { reason } => {
                 out.push(KIND_ABORT);
-                let r = &reason.as_bytes()[..reason.len().min(512)];
+                let mut end = reason.len().min(512);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let r = &reason.as_bytes()[..end];
                 out.extend_from_slice(&len16(r.len()));
                 out.extend_from_slice(r);
             }
@@ -293,7 +297,8 @@ impl RepairEnvelope {
                     return Err(format!("a reason of {len} bytes (at most 512)"));
                 }
                 RepairMessage::Abort {
-                    reason: String::from_utf8_lossy(take(len, "reason")?).into_owned(),
+                    reason: String::from_utf8(take(len, "reason")?.to_vec())
+                        .map_err(|_| "the reason is not UTF-8".to_string())?,
                 }
             }
             other => return Err(format!("unknown repair message kind {other}")),
