@@ -110,7 +110,9 @@ pub fn fuzz_ceremony_message(data: &[u8]) {
     if let Ok(env) = crate::dkg::repair::RepairEnvelope::decode(data) {
         let again = env.encode();
         assert_eq!(
-            crate::dkg::repair::RepairEnvelope::decode(&again).ok().as_ref(),
+            crate::dkg::repair::RepairEnvelope::decode(&again)
+                .ok()
+                .as_ref(),
             Some(&env),
             "a decoded repair message re-encodes to itself"
         );

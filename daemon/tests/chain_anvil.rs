@@ -782,6 +782,32 @@ fn rotation_decimals(devnet: &Value) -> String {
     format!("[{}]", ds.join(","))
 }
 
+/// `sibyl devnet --chain --setup-only` of 4 members against `rpc`, in
+/// `dir`: its devnet.json (configs, committee file, group key, contract).
+fn setup_committee(contracts: &std::path::Path, rpc: &str, dir: &std::path::Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+        .args([
+            "devnet",
+            "--chain",
+            "--setup-only",
+            "--builtin-source",
+            "--nodes",
+            "4",
+        ])
+        .args(["--chain-rpc-url", rpc, "--dir"])
+        .arg(dir)
+        .env("SIBYL_CONTRACTS_DIR", contracts)
+        .output()
+        .expect("sibyl devnet --setup-only");
+    assert!(
+        out.status.success(),
+        "devnet setup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(dir.join("devnet.json")).expect("json"))
+        .expect("devnet.json")
+}
+
 /// `sibyl rotation`: committee A (deployed by `sibyl devnet --chain
 /// --setup-only`) signs the hand-over to committee B with three of its
 /// members' key shares and B proves it holds its key with three of its own;
@@ -793,30 +819,7 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
     let dir = tempfile::tempdir().expect("tempdir");
     let anvil = Anvil::start(&contracts, 0, None, &dir.path().join("anvil.log")).expect("anvil");
     let rpc = anvil.rpc_url.clone();
-    let setup = |name: &str| -> Value {
-        let d = dir.path().join(name);
-        let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
-            .args([
-                "devnet",
-                "--chain",
-                "--setup-only",
-                "--builtin-source",
-                "--nodes",
-                "4",
-            ])
-            .args(["--chain-rpc-url", &rpc, "--dir"])
-            .arg(&d)
-            .env("SIBYL_CONTRACTS_DIR", &contracts)
-            .output()
-            .expect("sibyl devnet --setup-only");
-        assert!(
-            out.status.success(),
-            "devnet setup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(&std::fs::read_to_string(d.join("devnet.json")).expect("json"))
-            .expect("devnet.json")
-    };
+    let setup = |name: &str| setup_committee(&contracts, &rpc, &dir.path().join(name));
     let a = setup("a");
     let b = setup("b");
     let feed = a["chain"]["feed"].as_str().expect("feed").to_string();
@@ -963,30 +966,7 @@ fn rotation_signed_over_the_committee_networks_is_accepted_on_chain() {
     let dir = tempfile::tempdir().expect("tempdir");
     let anvil = Anvil::start(&contracts, 0, None, &dir.path().join("anvil.log")).expect("anvil");
     let rpc = anvil.rpc_url.clone();
-    let setup = |name: &str| -> Value {
-        let d = dir.path().join(name);
-        let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
-            .args([
-                "devnet",
-                "--chain",
-                "--setup-only",
-                "--builtin-source",
-                "--nodes",
-                "4",
-            ])
-            .args(["--chain-rpc-url", &rpc, "--dir"])
-            .arg(&d)
-            .env("SIBYL_CONTRACTS_DIR", &contracts)
-            .output()
-            .expect("sibyl devnet --setup-only");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(&std::fs::read_to_string(d.join("devnet.json")).expect("json"))
-            .expect("devnet.json")
-    };
+    let setup = |name: &str| setup_committee(&contracts, &rpc, &dir.path().join(name));
     let a = setup("a");
     let b = setup("b");
     let feed = a["chain"]["feed"].as_str().expect("feed").to_string();

@@ -93,7 +93,8 @@ pub(crate) struct Ceremony<C: Ciphersuite> {
     result: Option<(KeyPackage<C>, PublicKeyPackage<C>, [u8; 32])>,
 }
 
-fn ident<C: Ciphersuite>(i: u16) -> Result<Identifier<C>, DkgError> {
+/// Member `i`'s FROST identifier.
+pub(crate) fn ident<C: Ciphersuite>(i: u16) -> Result<Identifier<C>, DkgError> {
     Identifier::<C>::try_from(i).map_err(|e| DkgError::Params(format!("member {i}: {e}")))
 }
 

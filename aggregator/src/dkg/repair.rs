@@ -27,13 +27,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use frost_core::Ciphersuite;
 use frost_core::keys::repairable::{
     Delta, Sigma, repair_share_part1, repair_share_part2, repair_share_part3,
 };
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
-use frost_core::{Ciphersuite, Identifier};
 use rand_core::{CryptoRng, RngCore};
 
+use super::ceremony::ident;
 use super::{DkgError, Input, RefreshKeys};
 use crate::report::{ConfigDigest, Suite};
 
@@ -313,10 +314,6 @@ impl RepairEnvelope {
             message,
         })
     }
-}
-
-fn ident<C: Ciphersuite>(i: u16) -> Result<Identifier<C>, DkgError> {
-    Identifier::<C>::try_from(i).map_err(|e| DkgError::Params(format!("member {i}: {e}")))
 }
 
 fn frost<E: std::fmt::Display>(e: E) -> DkgError {
@@ -1031,6 +1028,7 @@ impl Repair {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use frost_core::Identifier;
     use frost_core::keys::{IdentifierList, generate_with_dealer};
     use rand_chacha::ChaCha20Rng;
     use rand_core::{RngCore, SeedableRng};

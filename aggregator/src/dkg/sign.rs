@@ -30,6 +30,7 @@ use frost_core::round2::SignatureShare;
 use frost_core::{Ciphersuite, Identifier, Signature, SigningPackage};
 use rand_core::{CryptoRng, RngCore};
 
+use super::ceremony::ident;
 use super::{DkgError, Input, Phase};
 use crate::report::ConfigDigest;
 
@@ -141,16 +142,24 @@ impl SignEnvelope {
     }
 }
 
-fn ident<C: Ciphersuite>(i: u16) -> Result<Identifier<C>, DkgError> {
-    Identifier::<C>::try_from(i).map_err(|e| DkgError::Params(format!("member {i}: {e}")))
-}
-
 fn bad(member: u16, reason: String) -> DkgError {
     DkgError::BadMessage {
         member,
         phase: Phase::Round2,
         reason,
     }
+}
+
+/// The FROST signing package of these members' commitments.
+fn signing_package<C: Ciphersuite>(
+    commits: BTreeMap<u16, SigningCommitments<C>>,
+    message: &[u8; 32],
+) -> Result<SigningPackage<C>, DkgError> {
+    let by_id = commits
+        .into_iter()
+        .map(|(m, c)| Ok((ident::<C>(m)?, c)))
+        .collect::<Result<BTreeMap<_, _>, DkgError>>()?;
+    Ok(SigningPackage::new(by_id, message))
 }
 
 /// A package body: `count u16 | (member u16 | len u16 | commitment)*`.
@@ -603,11 +612,7 @@ impl<C: Ciphersuite> ThresholdSign<C> {
         if !self.signed_runs.insert(run) {
             return Ok(());
         }
-        let by_id = commits
-            .into_iter()
-            .map(|(m, c)| Ok((ident::<C>(m)?, c)))
-            .collect::<Result<BTreeMap<_, _>, DkgError>>()?;
-        let package = SigningPackage::new(by_id, &self.cfg.message);
+        let package = signing_package(commits, &self.cfg.message)?;
         let nonces = self
             .nonces
             .take()
@@ -645,11 +650,7 @@ impl<C: Ciphersuite> ThresholdSign<C> {
             .keys()
             .map(|m| Ok((ident::<C>(*m)?, *m)))
             .collect::<Result<_, DkgError>>()?;
-        let by_id = commits
-            .into_iter()
-            .map(|(m, c)| Ok((ident::<C>(m)?, c)))
-            .collect::<Result<BTreeMap<_, _>, DkgError>>()?;
-        let package = SigningPackage::new(by_id, &self.cfg.message);
+        let package = signing_package(commits, &self.cfg.message)?;
         let shares = self
             .shares
             .iter()

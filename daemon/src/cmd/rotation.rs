@@ -41,6 +41,13 @@ pub struct RotationArgs {
     /// the new group key is held); repeat for at least the new threshold.
     #[arg(long = "new-member-config", required = true)]
     pub new_member_configs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub handover: HandoverArgs,
+}
+
+/// What names one hand-over (`sibyl rotation` and `sibyl rotation-sign`).
+#[derive(Debug, clap::Args)]
+pub struct HandoverArgs {
     /// The new committee file (its config digest and feeds go into the message).
     #[arg(long)]
     pub new_committee: PathBuf,
@@ -332,28 +339,16 @@ fn load_shares(
 
 /// `sibyl rotation` entry point: prints the signed rotation as JSON.
 pub fn run(args: RotationArgs) -> Result<()> {
-    let new_committee = Committee::load(&args.new_committee)?;
-    let key_bytes = hex::decode(args.new_group_key.trim().trim_start_matches("0x"))
-        .context("--new-group-key must be hex")?;
-    let new_key = EvmGroupKey::from_compressed(&key_bytes)
-        .context("--new-group-key is not a secp256k1 point (33-byte compressed or 65-byte SEC1)")?;
+    let new_committee = Committee::load(&args.handover.new_committee)?;
     let (committee, public, shares) = load_shares(&args.member_configs, "current")?;
     let (next, new_public, new_shares) = load_shares(&args.new_member_configs, "new")?;
     if next.digest != new_committee.digest {
         bail!(
             "--new-member-config files belong to another committee than --new-committee {}",
-            args.new_committee.display()
+            args.handover.new_committee.display()
         );
     }
-    let handover = Handover {
-        chain_id: args.chain_id,
-        contract: args.contract,
-        rotation_count: args.rotation_count,
-        current: committee.digest.0,
-        new_digest: new_committee.digest.0,
-        new_key,
-        feeds: Handover::feeds_of(&new_committee),
-    };
+    let handover = handover_of(&committee, &new_committee, &args.handover)?;
     let signed = sign_rotation((&public, &shares), (&new_public, &new_shares), &handover)?;
     println!("{}", serde_json::to_string_pretty(&signed)?);
     eprintln!(
@@ -374,21 +369,8 @@ pub struct RotationSignArgs {
     /// The current committee file (its config digest goes into the message).
     #[arg(long)]
     pub current_committee: PathBuf,
-    /// The new committee file (its config digest and feeds go into the message).
-    #[arg(long)]
-    pub new_committee: PathBuf,
-    /// The new committee's secp256k1-evm group key, hex.
-    #[arg(long)]
-    pub new_group_key: String,
-    /// EIP-155 chain id of the chain the contract is on.
-    #[arg(long)]
-    pub chain_id: u64,
-    /// SibylFeed's address.
-    #[arg(long)]
-    pub contract: Address,
-    /// The contract's `rotationCount()`.
-    #[arg(long)]
-    pub rotation_count: u32,
+    #[command(flatten)]
+    pub handover: HandoverArgs,
     /// The `t` members of this member's committee who sign, comma-separated
     /// (default: the `t` lowest-numbered); the same on every signer.
     #[arg(long)]
@@ -426,15 +408,8 @@ fn parse_members(list: &str, what: &str) -> Result<std::collections::BTreeSet<u1
         .collect()
 }
 
-fn handover_of(
-    current: &Committee,
-    new: &Committee,
-    new_key: &str,
-    chain_id: u64,
-    contract: Address,
-    rotation_count: u32,
-) -> Result<Handover> {
-    let key_bytes = hex::decode(new_key.trim().trim_start_matches("0x"))
+fn handover_of(current: &Committee, new: &Committee, args: &HandoverArgs) -> Result<Handover> {
+    let key_bytes = hex::decode(args.new_group_key.trim().trim_start_matches("0x"))
         .context("--new-group-key must be hex")?;
     let new_key = EvmGroupKey::from_compressed(&key_bytes)
         .context("--new-group-key is not a secp256k1 point (33-byte compressed or 65-byte SEC1)")?;
@@ -444,9 +419,9 @@ fn handover_of(
         );
     }
     Ok(Handover {
-        chain_id,
-        contract,
-        rotation_count,
+        chain_id: args.chain_id,
+        contract: args.contract,
+        rotation_count: args.rotation_count,
         current: current.digest.0,
         new_digest: new.digest.0,
         new_key,
@@ -462,15 +437,8 @@ pub fn sign_networked(args: RotationSignArgs) -> Result<()> {
     use sibyl_aggregator::dkg::sign::{SignConfig, SignOutput, ThresholdSign};
     let config = Config::load(&args.config)?;
     let current = Committee::load(&args.current_committee)?;
-    let new = Committee::load(&args.new_committee)?;
-    let handover = handover_of(
-        &current,
-        &new,
-        &args.new_group_key,
-        args.chain_id,
-        args.contract,
-        args.rotation_count,
-    )?;
+    let new = Committee::load(&args.handover.new_committee)?;
+    let handover = handover_of(&current, &new, &args.handover)?;
     let mine = &config.committee;
     let role = if mine.digest == current.digest {
         "current"
