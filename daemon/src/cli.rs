@@ -72,7 +72,7 @@ pub enum Command {
     /// Give a member that lost its key shares its own shares back, from t
     /// helpers (the group key and every other share stay as they are).
     #[command(
-        after_help = "Example, member 4 lost its keys (helpers default to the t lowest-numbered others):\n  sibyl repair --config /etc/sibyl/node.toml --member 4\n\nThe repaired member and every helper run it at about the same time, with the node stopped (docs/OPERATOR.md, \"Repairing a member that lost its shares\")."
+        after_help = "Example: member 4 lost its keys (helpers default to the t lowest-numbered others):\n  sibyl repair --config /etc/sibyl/node.toml --member 4\n\nThe repaired member and every helper run it at about the same time, with the node stopped (docs/OPERATOR.md, \"Repairing a member that lost its shares\")."
     )]
     Repair(crate::cmd::dkg::RepairArgs),
     /// Inspect configuration files.
@@ -94,10 +94,13 @@ pub enum Command {
     /// One member's part of signing the rotation where its share lives: t
     /// members of a committee run it together over the committee network.
     #[command(
-        after_help = "Example, on each of t members of the current committee (and of the new one):\n  sibyl rotation-sign --config /etc/sibyl/node.toml --current-committee old.toml --new-committee new.toml \\\n      --new-group-key 03ab... --chain-id 1 --contract 0x... --rotation-count 0 > part.json\n\nThen `sibyl rotation-assemble --current old-part.json --new new-part.json --new-committee new.toml` (docs/OPERATOR.md, section 6)."
+        after_help = "Example: on each of t members of the current committee (and of the new one):\n  sibyl rotation-sign --config /etc/sibyl/node.toml --current-committee old.toml --new-committee new.toml \\\n      --new-group-key 03ab... --chain-id 1 --contract 0x... --rotation-count 0 > part.json\n\nThen `sibyl rotation-assemble --current old-part.json --new new-part.json --new-committee new.toml` (docs/OPERATOR.md, section 6)."
     )]
     RotationSign(crate::cmd::rotation::RotationSignArgs),
     /// Turn the two committees' `rotation-sign` parts into rotateCommittee calldata.
+    #[command(
+        after_help = "Example:\n  sibyl rotation-assemble --current old-part.json --new new-part.json --new-committee new.toml\n\nPrints the rotateCommittee calldata; anyone may send it (docs/OPERATOR.md, section 6)."
+    )]
     RotationAssemble(crate::cmd::rotation::RotationAssembleArgs),
     /// Re-run the margin engine's stored inputs and compare with its stored events.
     #[command(
