@@ -3,7 +3,8 @@
 //! of its result), then member `n` repaired by members `1..=t`
 //! ([`Repair`]), exchanging messages through an in-memory queue, no latency.
 //! A repair's figures are per participant (the t helpers and the repaired
-//! member).
+//! member). Last, members `1..=t` sign one message in a signing session
+//! ([`ThresholdSign`], the hand-over's `sibyl rotation-sign`): per signer.
 //! Time is the wall time of the whole ceremony divided by `n` (one thread
 //! runs every member, so it is each member's CPU on average); bytes are what
 //! each member sent, re-sends excluded (none happen without loss).
@@ -18,6 +19,7 @@ use std::time::Instant;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use sibyl_aggregator::dkg::repair::{Repair, RepairConfig, RepairOutput, RepairRole};
+use sibyl_aggregator::dkg::sign::{SignConfig, SignOutput, ThresholdSign};
 use sibyl_aggregator::dkg::{Dkg, DkgConfig, DkgResult, Input, Output, RefreshKeys};
 use sibyl_aggregator::{ConfigDigest, Suite};
 
@@ -167,6 +169,73 @@ fn repair(
     (ms, sent as f64 / f64::from(t + 1))
 }
 
+/// Members `1..=t` sign one message in a signing session; (ms per signer,
+/// bytes sent per signer).
+fn sign_session<C: frost_core::Ciphersuite>(
+    keys: &BTreeMap<
+        u16,
+        (
+            frost_core::keys::KeyPackage<C>,
+            frost_core::keys::PublicKeyPackage<C>,
+        ),
+    >,
+    t: u16,
+    rng: &mut ChaCha20Rng,
+) -> (f64, f64) {
+    let signers: std::collections::BTreeSet<u16> = (1..=t).collect();
+    let mut machines: BTreeMap<u16, ThresholdSign<C>> = signers
+        .iter()
+        .map(|&m| {
+            let cfg = SignConfig {
+                digest: ConfigDigest([5; 32]),
+                me: m,
+                signers: signers.clone(),
+                message: [7; 32],
+                resend_interval_ms: 1_000,
+                timeout_ms: 60_000,
+            };
+            let (k, p) = keys[&m].clone();
+            (m, ThresholdSign::new(cfg, k, p).expect("sign config"))
+        })
+        .collect();
+    let start = Instant::now();
+    let mut queue: VecDeque<(u16, u16, Vec<u8>)> = VecDeque::new();
+    let (mut sent, mut signed) = (0usize, 0usize);
+    let mut push = |i: u16, out: Vec<SignOutput<C>>, queue: &mut VecDeque<(u16, u16, Vec<u8>)>| {
+        for o in out {
+            match o {
+                SignOutput::Send { to, bytes } => {
+                    sent += bytes.len();
+                    queue.push_back((i, to, bytes));
+                }
+                SignOutput::Signed(_) => signed += 1,
+                SignOutput::Failed(e) => panic!("signer {i} failed: {e}"),
+                SignOutput::Progress(_) => {}
+            }
+        }
+    };
+    for (&i, m) in machines.iter_mut() {
+        let out = m.handle(
+            0,
+            Input::Start {
+                connected: Default::default(),
+            },
+            rng,
+        );
+        push(i, out, &mut queue);
+    }
+    while let Some((from, to, bytes)) = queue.pop_front() {
+        let out = machines
+            .get_mut(&to)
+            .map(|m| m.handle(0, Input::Message { from, bytes }, rng))
+            .unwrap_or_default();
+        push(to, out, &mut queue);
+    }
+    assert_eq!(signed, usize::from(t), "every signer holds the signature");
+    let ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(t);
+    (ms, sent as f64 / f64::from(t))
+}
+
 fn main() {
     let ns: Vec<u16> = std::env::args()
         .skip(1)
@@ -174,7 +243,7 @@ fn main() {
         .collect();
     let ns = if ns.is_empty() { vec![4, 7, 16] } else { ns };
     println!(
-        "{:<14} {:>3} {:>3} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "{:<14} {:>3} {:>3} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
         "suite",
         "n",
         "t",
@@ -183,7 +252,9 @@ fn main() {
         "refresh ms/mem",
         "refresh B/mem",
         "repair ms/part",
-        "repair B/part"
+        "repair B/part",
+        "sign ms/signer",
+        "sign B/signer"
     );
     for suite in [Suite::Ed25519, Suite::Secp256k1Evm] {
         for &n in &ns {
@@ -239,8 +310,30 @@ fn main() {
             assert_eq!(renewed.len(), usize::from(n));
             assert_eq!(renewed[&1].group_keys(), done[&1].group_keys());
             let (repair_ms, repair_bytes) = repair(&done, suite, t, n, &mut rng);
+            let (sign_ms, sign_bytes) = match suite {
+                Suite::Ed25519 => {
+                    let keys = done
+                        .iter()
+                        .filter_map(|(i, r)| {
+                            let o = r.ed25519.as_ref()?;
+                            Some((*i, (o.key_package.clone(), o.public_key_package.clone())))
+                        })
+                        .collect();
+                    sign_session(&keys, t, &mut rng)
+                }
+                Suite::Secp256k1Evm => {
+                    let keys = done
+                        .iter()
+                        .filter_map(|(i, r)| {
+                            let o = r.secp256k1_evm.as_ref()?;
+                            Some((*i, (o.key_package.clone(), o.public_key_package.clone())))
+                        })
+                        .collect();
+                    sign_session(&keys, t, &mut rng)
+                }
+            };
             println!(
-                "{:<14} {:>3} {:>3} {:>16.2} {:>16.0} {:>16.2} {:>16.0} {:>16.2} {:>16.0}",
+                "{:<14} {:>3} {:>3} {:>16.2} {:>16.0} {:>16.2} {:>16.0} {:>16.2} {:>16.0} {:>16.2} {:>16.0}",
                 format!("{suite:?}"),
                 n,
                 t,
@@ -249,7 +342,9 @@ fn main() {
                 refresh_ms,
                 sent_bytes(&refresh),
                 repair_ms,
-                repair_bytes
+                repair_bytes,
+                sign_ms,
+                sign_bytes
             );
         }
     }
