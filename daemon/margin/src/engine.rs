@@ -86,6 +86,46 @@ fn unit_multiplier() -> u32 {
     1_000_000
 }
 
+/// Separates a feed id from the collateral slot suffix in trigger-index
+/// slot names (feed ids cannot contain it: `ConfigureFeed` refuses control
+/// characters).
+const SLOT_SEP: char = '\u{0}';
+
+/// The price at which a collateral balance of sign `qty` is valued: the
+/// more conservative of the leaf's price and its EMA, the lower for a
+/// holding and the higher for a debt (an EMA of 0, i.e. none, leaves the
+/// price). A wick up does not lend against collateral the market has not
+/// yet held at that price; a wick down still counts at once.
+pub fn collateral_price(price: i128, ema: i128, qty: i128) -> i128 {
+    if ema <= 0 {
+        price
+    } else if qty >= 0 {
+        price.min(ema)
+    } else {
+        price.max(ema)
+    }
+}
+
+/// The trigger-index slot on which a collateral balance of sign `qty`
+/// priced by `feed` keeps its band: the feed's conservative low (holdings)
+/// or high (debts) price, apart from the feed's own price slot, because
+/// the EMA moves it too.
+pub(crate) fn collateral_slot(feed: &str, qty: i128) -> String {
+    let side = if qty >= 0 { "low" } else { "high" };
+    format!("{feed}{SLOT_SEP}collateral-{side}")
+}
+
+/// The feed an index slot name belongs to, and for a collateral slot the
+/// sign of the balances it values (`Some(1)` low, `Some(-1)` high).
+pub(crate) fn slot_feed(name: &str) -> Option<(&str, Option<i128>)> {
+    match name.split_once(SLOT_SEP) {
+        None => Some((name, None)),
+        Some((feed, "collateral-low")) => Some((feed, Some(1))),
+        Some((feed, "collateral-high")) => Some((feed, Some(-1))),
+        Some(_) => None,
+    }
+}
+
 impl FeedState {
     /// The portfolio-margin scenarios of this feed: the configured grid
     /// with its price moves scaled by the volatility multiplier.
@@ -101,6 +141,12 @@ impl FeedState {
             }
         }
         v
+    }
+
+    /// The price collateral of sign `qty` is valued at ([`collateral_price`]).
+    pub fn collateral_price(&self, qty: i128) -> Option<i128> {
+        let last = self.last.as_ref()?;
+        Some(collateral_price(last.price, last.ema, qty))
     }
 
     /// Largest absolute scenario move (ppm), scaled.
@@ -384,9 +430,7 @@ impl Engine {
                 // Only configured feeds have slots (and there are at most
                 // MAX_FEEDS of them); a stored band on another is corrupt.
                 let feed = e
-                    .s
-                    .feeds
-                    .contains_key(f)
+                    .known_slot(f)
                     .then(|| e.idx.feed_slot(f))
                     .flatten()
                     .ok_or_else(|| EngineError::InvalidConfig {

@@ -781,6 +781,60 @@ fn multi_asset_collateral_counts_with_haircut() {
     assert_eq!(w.health(7).equity, 4_400 * M);
 }
 
+/// Collateral counts at the more conservative of the signed price and its
+/// EMA (the lower for a holding): a wick up lends nothing, and an EMA
+/// catching up with a fall moves the unit by itself. The trigger index
+/// follows the EMA: the margin call and the liquidation come with the
+/// report whose EMA crosses, with the price unchanged.
+#[test]
+fn collateral_counts_at_the_lower_of_price_and_ema() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
+    w.cmd(Command::ConfigureFeed(feed("ETH-USD"))).unwrap();
+    w.cmd(Command::ConfigureAsset(AssetConfig {
+        asset: "ETH".into(),
+        feed: "ETH-USD".into(),
+        haircut_ppm: 0,
+    }))
+    .unwrap();
+    let eth = |price: i128, ema: i128| PriceInput {
+        feed: "ETH-USD".into(),
+        price: price * P,
+        ema: ema * P,
+        decimals: 8,
+        ..PriceInput::default()
+    };
+    w.leaf(eth(2_000, 2_000)).unwrap();
+    w.cmd(Command::CreateAccount { account: 1 }).unwrap();
+    w.cmd(Command::Deposit {
+        account: 1,
+        asset: "ETH".into(),
+        amount: 10 * Q,
+    })
+    .unwrap();
+    // 3.6 BTC at 50,000: initial 18,000, maintenance 9,000.
+    w.open(1, "BTC-PERP", Side::Long, 36 * Q / 10).unwrap();
+    assert_eq!(w.health(1).equity, 20_000 * M);
+    // A wick to 2,300 with the EMA at 2,000 values the ETH at 2,000.
+    w.leaf(eth(2_300, 2_000)).unwrap();
+    assert_eq!(w.health(1).equity, 20_000 * M);
+    // No EMA on the leaf: the price alone.
+    w.leaf(eth(2_100, 0)).unwrap();
+    assert_eq!(w.health(1).equity, 21_000 * M);
+    // The price back at 2,000, the EMA at 1,790 below it: 17,900 < 18,000,
+    // the margin call comes with this report.
+    let ev = w.leaf(eth(2_000, 1_790)).unwrap();
+    assert_eq!(w.health(1).equity, 17_900 * M);
+    assert!(
+        ev.iter()
+            .any(|r| matches!(r.event, Event::MarginCall { account: 1, .. })),
+        "{ev:?}"
+    );
+    assert!(liquidations(&ev).is_empty());
+    // Only the EMA falls on (price 2,000): 8,800 < 9,000 liquidates now.
+    let ev = w.leaf(eth(2_000, 880)).unwrap();
+    assert_eq!(liquidations(&ev).len(), 1, "{ev:?}");
+}
+
 /// A unit's margin call comes with the report that takes it below initial
 /// margin, also when the price that moved it is not its positions' feed
 /// (here its ETH collateral), and clears with the report that takes it

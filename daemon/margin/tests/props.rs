@@ -122,6 +122,20 @@ struct Step {
     leaf: [(u8, u16); 2],
     /// Per feed: the leaf's realized volatility (1e9 = 100 % a year).
     vols: [u64; 2],
+    /// Per feed: how far the leaf's EMA follows the price this step (ppm
+    /// of the gap) and a jolt (ppm of the price) added after, or `None` for
+    /// a leaf without an EMA.
+    emas: [Option<(i64, i64)>; 2],
+}
+
+/// An EMA step: mostly a slow follower, sometimes a jump to the price or
+/// past it, sometimes absent.
+fn ema() -> impl Strategy<Value = Option<(i64, i64)>> {
+    prop_oneof![
+        1 => Just(None),
+        4 => (0i64..=200_000).prop_map(|w| Some((w, 0))),
+        1 => (0i64..=1_500_000).prop_map(|w| Some((w, 0))),
+    ]
 }
 
 fn vol() -> impl Strategy<Value = u64> {
@@ -172,13 +186,15 @@ fn step() -> impl Strategy<Value = Step> {
         prop::bool::weighted(0.1),
         [leaf(), leaf()],
         [vol(), vol()],
+        [ema(), ema()],
     )
-        .prop_map(|(dt_ms, moves_ppm, wide, leaf, vols)| Step {
+        .prop_map(|(dt_ms, moves_ppm, wide, leaf, vols, emas)| Step {
             dt_ms,
             moves_ppm,
             wide,
             leaf,
             vols,
+            emas,
         })
 }
 
@@ -187,13 +203,36 @@ fn calm_step() -> impl Strategy<Value = Step> {
     (
         prop_oneof![0u64..600_000, 0u64..14_400_000],
         [-3_000i64..=3_000, -3_000i64..=3_000],
+        [ema(), ema()],
     )
-        .prop_map(|(dt_ms, moves_ppm)| Step {
+        .prop_map(|(dt_ms, moves_ppm, emas)| Step {
             dt_ms,
             moves_ppm,
             wide: false,
             leaf: [(status::OK, 0); 2],
             vols: [0; 2],
+            emas,
+        })
+}
+
+/// Prices that barely move while the EMAs swing around them: what moves a
+/// unit is its collateral valued at the lower of price and EMA.
+fn ema_step() -> impl Strategy<Value = Step> {
+    (
+        0u64..60_000,
+        [-2_000i64..=2_000, -2_000i64..=2_000],
+        [
+            (0i64..=1_000_000, -300_000i64..=300_000).prop_map(Some),
+            (0i64..=1_000_000, -300_000i64..=300_000).prop_map(Some),
+        ],
+    )
+        .prop_map(|(dt_ms, moves_ppm, emas)| Step {
+            dt_ms,
+            moves_ppm,
+            wide: false,
+            leaf: [(status::OK, 0); 2],
+            vols: [0; 2],
+            emas,
         })
 }
 
@@ -215,17 +254,24 @@ fn inputs(
         v.push(cmd(c));
     }
     let mut prices = [100 * P, 10 * P];
-    let report =
-        |round, t, prices: &[i128; 2], wide: bool, leaf: [(u8, u16); 2], vols: [u64; 2]| {
-            Input::Prices(PriceReport {
-                round,
-                timestamp_ms: t,
-                prices: FEEDS
-                    .iter()
-                    .zip(prices)
-                    .zip(leaf)
-                    .zip(vols)
-                    .map(|(((f, p), (status, flags)), volatility)| PriceInput {
+    let report = |round,
+                  t,
+                  prices: &[i128; 2],
+                  wide: bool,
+                  leaf: [(u8, u16); 2],
+                  vols: [u64; 2],
+                  emas: [i128; 2]| {
+        Input::Prices(PriceReport {
+            round,
+            timestamp_ms: t,
+            prices: FEEDS
+                .iter()
+                .zip(prices)
+                .zip(leaf)
+                .zip(vols)
+                .zip(emas)
+                .map(
+                    |((((f, p), (status, flags)), volatility), ema)| PriceInput {
                         feed: f.to_string(),
                         price: *p,
                         decimals: 8,
@@ -237,12 +283,22 @@ fn inputs(
                         status,
                         flags,
                         volatility,
+                        ema,
                         ..PriceInput::default()
-                    })
-                    .collect(),
-            })
-        };
-    v.push(report(1, T0, &prices, false, [(status::OK, 0); 2], [0; 2]));
+                    },
+                )
+                .collect(),
+        })
+    };
+    v.push(report(
+        1,
+        T0,
+        &prices,
+        false,
+        [(status::OK, 0); 2],
+        [0; 2],
+        [0; 2],
+    ));
     v.push(cmd(Command::FundInsurance { amount: 50 * M }));
     for (i, c) in cash.iter().enumerate() {
         let account = i as u64 + 1;
@@ -282,12 +338,33 @@ fn inputs(
         }));
     }
     let mut t = T0;
+    let mut emas = prices;
     for (i, s) in steps.iter().enumerate() {
         t += 1_000 + s.dt_ms;
         for (p, m) in prices.iter_mut().zip(s.moves_ppm) {
             *p = (*p * (1_000_000 + i128::from(m)) / 1_000_000).max(P / 100);
         }
-        v.push(report(i as u64 + 2, t, &prices, s.wide, s.leaf, s.vols));
+        let mut leaf_emas = [0i128; 2];
+        for ((e, out), (p, w)) in emas
+            .iter_mut()
+            .zip(&mut leaf_emas)
+            .zip(prices.iter().zip(s.emas))
+        {
+            if let Some((w, jolt)) = w {
+                *e = (*e + (p - *e) * i128::from(w) / 1_000_000 + p * i128::from(jolt) / 1_000_000)
+                    .max(P / 100);
+                *out = *e;
+            }
+        }
+        v.push(report(
+            i as u64 + 2,
+            t,
+            &prices,
+            s.wide,
+            s.leaf,
+            s.vols,
+            leaf_emas,
+        ));
     }
     v
 }
@@ -549,6 +626,17 @@ proptest! {
         let inputs = inputs(jump, expiry_days, &cash, &eth, &trades, &steps);
         let (fast, slow, _) = compare_with_exhaustive(&inputs)?;
         prop_assert!(fast <= slow, "index examined more ({fast}) than exhaustive ({slow})");
+    }
+
+    #[test]
+    fn index_matches_exhaustive_reference_as_the_ema_moves(
+        cash in prop::collection::vec(5i128 * M..=300 * M, 8),
+        eth in prop::collection::vec(10 * Q..=200 * Q, 8),
+        trades in prop::collection::vec(trade(), 4..40),
+        steps in prop::collection::vec(ema_step(), 1..40),
+    ) {
+        let inputs = inputs(10_000_000, 20, &cash, &eth, &trades, &steps);
+        compare_with_exhaustive(&inputs)?;
     }
 
     #[test]

@@ -360,7 +360,9 @@ impl Engine {
             bucket.saturating_mul(BUCKET_MS),
             bucket.saturating_add(2).saturating_mul(BUCKET_MS),
         );
-        let mut parts: BTreeMap<&str, Part<'_>> = BTreeMap::new();
+        // Parts by index slot: a feed's price for its positions, its
+        // conservative collateral price for collateral (`collateral_slot`).
+        let mut parts: BTreeMap<String, Part<'_>> = BTreeMap::new();
         let mut base = match unit {
             Unit::Cross => acct.cash,
             Unit::Isolated { .. } => positions.first().and_then(|(_, p)| p.isolated).unwrap_or(0),
@@ -412,7 +414,7 @@ impl Engine {
                     linear_sensitivity_ppm(&ms.config, fs, p.size, mark.price, req)?,
                 )
             };
-            let part = parts.entry(feed).or_insert_with(|| Part {
+            let part = parts.entry(feed.to_string()).or_insert_with(|| Part {
                 fs,
                 p0: last.price,
                 legs: Vec::new(),
@@ -454,12 +456,13 @@ impl Engine {
                 let Some(fs) = self.s.feeds.get(&c.feed) else {
                     continue;
                 };
-                let Some(last) = fs.last.as_ref() else {
+                let Some(p0) = fs.collateral_price(*q) else {
                     continue;
                 };
-                let part = parts.entry(c.feed.as_str()).or_insert_with(|| Part {
+                let slot = super::collateral_slot(&c.feed, *q);
+                let part = parts.entry(slot).or_insert_with(|| Part {
                     fs,
-                    p0: last.price,
+                    p0,
                     legs: Vec::new(),
                     coll: Vec::new(),
                     sens: 0,
@@ -479,9 +482,10 @@ impl Engine {
         }
         // The parts must add up to the engine's own health (up to the
         // rounding the slack covers).
-        let mut scens: BTreeMap<&str, Vec<Scenario>> = BTreeMap::new();
+        // Each part's scenarios, in the parts' order.
+        let mut scens: Vec<Vec<Scenario>> = Vec::with_capacity(parts.len());
         let mut buf = Vec::new();
-        for (f, part) in parts.iter_mut() {
+        for part in parts.values_mut() {
             let scen = part.fs.scenarios();
             part.current = linear_at(part, part.p0)?;
             if h.portfolio {
@@ -494,7 +498,7 @@ impl Engine {
                 part.current = add(part.current, c, "health")?;
             }
             base = add(base, part.current, "health")?;
-            scens.insert(f, scen);
+            scens.push(scen);
         }
         let h0 = sub(h.equity, req.of(h), "health")?;
         if (base - h0).abs() > slack / 4 {
@@ -512,10 +516,10 @@ impl Engine {
         cache.enter(bucket);
         let n = parts.len() as i128;
         let mut bands = Vec::with_capacity(parts.len());
-        for ((f, part), e) in parts.iter().zip(exposures) {
+        for (((f, part), e), scen) in parts.iter().zip(exposures).zip(&scens) {
             let p0 = part.p0;
             if margin < 0 {
-                bands.push((f.to_string(), p0, p0));
+                bands.push((f.clone(), p0, p0));
                 continue;
             }
             let share = if exposure > 0 {
@@ -523,7 +527,6 @@ impl Engine {
             } else {
                 margin / n
             };
-            let scen = &scens[f];
             // mu(q): what is left of the share at price q in the worst case
             // over the window.
             let floor_at = sign * part.current - share;
@@ -616,11 +619,11 @@ impl Engine {
             }
             let [hi, lo] = edges;
             if !proven || hi < p0 || lo > p0 {
-                bands.push((f.to_string(), p0, p0));
+                bands.push((f.clone(), p0, p0));
             } else {
                 let hi = hi.min(p0 + cap);
                 let lo = lo.max(p0 - cap).max(1);
-                bands.push((f.to_string(), lo - 1, hi + 1));
+                bands.push((f.clone(), lo - 1, hi + 1));
             }
         }
         // Anywhere in the second bucket of the window, per unit: rechecks

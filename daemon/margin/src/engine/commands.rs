@@ -169,6 +169,11 @@ impl Engine {
                         detail: "feed id is empty".into(),
                     });
                 }
+                if f.feed.chars().any(char::is_control) {
+                    return Err(EngineError::InvalidConfig {
+                        detail: format!("feed id {:?} contains a control character", f.feed),
+                    });
+                }
                 if !self.s.feeds.contains_key(&f.feed) && self.s.feeds.len() >= MAX_FEEDS {
                     return Err(EngineError::InvalidConfig {
                         detail: format!(

@@ -62,10 +62,15 @@ impl Engine {
             let Some(cfg) = self.s.assets.get(asset) else {
                 continue;
             };
-            let Some(last) = self.s.feeds.get(&cfg.feed).and_then(|f| f.last.as_ref()) else {
+            let Some(price) = self
+                .s
+                .feeds
+                .get(&cfg.feed)
+                .and_then(|f| f.collateral_price(*qty))
+            else {
                 continue;
             };
-            let v = value(*qty, last.price)?;
+            let v = value(*qty, price)?;
             let v = if v > 0 {
                 ppm_floor(v, PPM - i128::from(cfg.haircut_ppm))?
             } else {
@@ -192,6 +197,27 @@ impl Engine {
             notional,
             portfolio: true,
         })
+    }
+
+    /// Trigger-index slots a unit depends on: its positions' feeds, and for
+    /// cross the collateral slots of its collateral.
+    pub(super) fn unit_slots(&self, acct: &Account, unit: &Unit) -> BTreeSet<String> {
+        let mut f = BTreeSet::new();
+        for (m, _) in Self::unit_positions(acct, unit) {
+            if let Some(ms) = self.s.markets.get(m) {
+                f.insert(ms.config.feed.clone());
+            }
+        }
+        if *unit == Unit::Cross {
+            for (a, q) in &acct.collateral {
+                if *q != 0
+                    && let Some(c) = self.s.assets.get(a)
+                {
+                    f.insert(super::collateral_slot(&c.feed, *q));
+                }
+            }
+        }
+        f
     }
 
     /// Feeds a unit depends on (position underlyings, and collateral for cross).

@@ -8,7 +8,7 @@ use crate::error::EngineError;
 use crate::fixed::{PPM, PRICE_SCALE, mul_div_floor, rescale, round_to_scale};
 use crate::options::{OptionInputs, PricingModel};
 use crate::types::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Implied vol from a surface: linear in strike within a slice (flat
 /// outside its strikes), linear in total variance between expiries (flat
@@ -236,6 +236,25 @@ impl Engine {
         self.settle_expired()?;
         for (feed, (fp, _)) in &accepted {
             self.idx.crossed(feed, fp.price, &mut self.pending);
+        }
+        // Collateral slots move with the price and with the EMA: only the
+        // feeds that price a collateral asset have them.
+        let collateral_feeds: BTreeSet<&String> = self
+            .s
+            .assets
+            .values()
+            .map(|a| &a.feed)
+            .filter(|f| accepted.contains_key(*f))
+            .collect();
+        for feed in collateral_feeds {
+            let fp = &accepted[feed].0;
+            for side in [1, -1] {
+                self.idx.crossed(
+                    &super::collateral_slot(feed, side),
+                    super::collateral_price(fp.price, fp.ema, side),
+                    &mut self.pending,
+                );
+            }
         }
         self.idx.due(self.s.now_ms, &mut self.pending);
         if self.exhaustive {

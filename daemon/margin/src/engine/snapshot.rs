@@ -275,12 +275,11 @@ impl Engine {
                 let f = d.str()?;
                 let lo = d.i128()?;
                 let hi = d.i128()?;
-                let feed =
-                    e.s.feeds
-                        .contains_key(&f)
-                        .then(|| e.idx.feed_slot(&f))
-                        .flatten()
-                        .ok_or_else(|| corrupt(format!("band on unknown feed `{f}`")))?;
+                let feed = e
+                    .known_slot(&f)
+                    .then(|| e.idx.feed_slot(&f))
+                    .flatten()
+                    .ok_or_else(|| corrupt(format!("band on unknown feed `{f}`")))?;
                 bands.push(Band { feed, lo, hi });
             }
             let recheck = match d.u8()? {

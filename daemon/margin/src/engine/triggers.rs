@@ -122,6 +122,23 @@ pub(super) fn linear_sensitivity_ppm(
 }
 
 impl Engine {
+    /// Whether `name` is a trigger-index slot of a configured feed: its
+    /// price, or one of its collateral slots.
+    pub(super) fn known_slot(&self, name: &str) -> bool {
+        super::slot_feed(name).is_some_and(|(f, _)| self.s.feeds.contains_key(f))
+    }
+
+    /// The value a slot's bands are checked against: the feed's price, or
+    /// for a collateral slot its conservative collateral price.
+    pub(super) fn slot_price(&self, name: &str) -> Option<i128> {
+        let (feed, side) = super::slot_feed(name)?;
+        let fs = self.s.feeds.get(feed)?;
+        match side {
+            None => fs.last.as_ref().map(|l| l.price),
+            Some(qty) => fs.collateral_price(qty),
+        }
+    }
+
     pub(super) fn key_of(&self, account: AccountId, unit: &Unit) -> Option<Key> {
         match unit {
             Unit::Cross => Some(Key { account, slot: 0 }),
@@ -236,17 +253,17 @@ impl Engine {
             _ => {
                 // Cannot bound it: examine it on every tick of its feeds.
                 self.idx.remove(key);
-                let feeds = self
+                let slots = self
                     .s
                     .accounts
                     .get(&key.account)
-                    .map(|a| self.unit_feeds(a, unit))
+                    .map(|a| self.unit_slots(a, unit))
                     .unwrap_or_default();
-                let bands = feeds
-                    .iter()
+                let bands = slots
+                    .into_iter()
                     .filter_map(|f| {
-                        let p = self.s.feeds.get(f)?.last.as_ref()?.price;
-                        Some((f.clone(), p, p))
+                        let p = self.slot_price(&f)?;
+                        Some((f, p, p))
                     })
                     .collect();
                 self.insert_bands(key, bands, None);
@@ -349,7 +366,7 @@ impl Engine {
             for (a, q) in &acct.collateral {
                 if let Some(c) = self.s.assets.get(a) {
                     let s = ppm_ceil(q.abs(), PPM - i128::from(c.haircut_ppm))?;
-                    let e = sens.entry(c.feed.clone()).or_insert(0);
+                    let e = sens.entry(super::collateral_slot(&c.feed, *q)).or_insert(0);
                     *e = add(*e, s, "sensitivity")?;
                     count += 1;
                 }
@@ -384,11 +401,11 @@ impl Engine {
         let mut exposure = 0i128;
         let mut prices = Vec::new();
         for (f, s) in &sens {
-            let Some(last) = self.s.feeds.get(f).and_then(|x| x.last.as_ref()) else {
+            let Some(price) = self.slot_price(f) else {
                 continue;
             };
-            exposure = add(exposure, value(*s, last.price)?, "exposure")?;
-            prices.push((f.clone(), last.price));
+            exposure = add(exposure, value(*s, price)?, "exposure")?;
+            prices.push((f.clone(), price));
         }
         let x_ppm = if headroom <= 0 {
             0
