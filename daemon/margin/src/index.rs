@@ -257,6 +257,65 @@ impl Index {
         }
     }
 
+    /// Fills an index that holds no unit yet with `entries` (a restore):
+    /// what `insert` and `set_rank` per entry would give, with the ordered
+    /// sets built in one sorted pass. `Err(key)` names a unit listed twice.
+    pub fn load(&mut self, entries: Vec<Entry>) -> Result<(), Key> {
+        debug_assert!(self.bands.is_empty() && self.rank_of.is_empty());
+        let n = entries.len();
+        self.bands.reserve(n);
+        self.rank_of.reserve(n);
+        let mut seen = IntMap::<Key, ()>::default();
+        seen.reserve(n);
+        let mut ranking = Vec::with_capacity(n);
+        let mut recheck = Vec::new();
+        for (key, bands, recheck_at, rank) in entries {
+            if seen.insert(key, ()).is_some() {
+                return Err(key);
+            }
+            for b in &bands {
+                self.lower[b.feed as usize].insert(key, b.lo);
+                self.upper[b.feed as usize].insert(key, b.hi);
+            }
+            if !bands.is_empty() {
+                self.bands.insert(key, bands.into());
+            }
+            if let Some(t) = recheck_at {
+                recheck.push((t, key));
+                self.recheck_at.insert(key, t);
+            }
+            if let Some(r) = rank {
+                ranking.push((r, key));
+                self.rank_of.insert(key, r);
+            }
+        }
+        // `collect` sorts and builds the tree in bulk.
+        if self.ranking.is_empty() {
+            self.ranking = ranking.into_iter().collect();
+        } else {
+            self.ranking.extend(ranking);
+        }
+        if self.recheck.is_empty() {
+            self.recheck = recheck.into_iter().collect();
+        } else {
+            self.recheck.extend(recheck);
+        }
+        Ok(())
+    }
+
+    /// Sets every market's holders at once (a restore): `holders` lists
+    /// each market's accounts in ascending order.
+    pub fn load_holders(&mut self, holders: BTreeMap<String, Vec<u64>>) {
+        for (market, ids) in holders {
+            match self.holders.get_mut(&market) {
+                Some(set) => set.extend(ids),
+                None => {
+                    self.holders.insert(market, ids.into_iter().collect());
+                }
+            }
+        }
+    }
+
     /// Units whose band on `feed` does not contain `price`.
     pub fn crossed(&self, feed: &str, price: i128, out: &mut BTreeSet<Key>) {
         let Some(&s) = self.feed_slots.get(feed) else {

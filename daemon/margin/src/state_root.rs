@@ -210,6 +210,44 @@ pub(crate) fn account_leaf(
     keccak(&[&buf.0])
 }
 
+/// Below this many hashes to compute, one thread does it (spawning costs
+/// more than it saves).
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// How many threads to hash `n` items with: the machine's cores (at most
+/// 8) for big batches, else 1.
+pub(crate) fn threads_for(n: usize) -> usize {
+    if n < PARALLEL_MIN {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |c| c.get().min(8))
+}
+
+/// The level above `prev` (an even number of nodes): each pair hashed,
+/// split into `threads` runs of pairs.
+fn parent_level(prev: &[Hash], threads: usize) -> Vec<Hash> {
+    let pairs = |s: &[Hash]| -> Vec<Hash> { s.chunks(2).map(|c| node(&c[0], &c[1])).collect() };
+    if threads < 2 {
+        return pairs(prev);
+    }
+    // Runs of an even length, so no pair is split.
+    let run = prev.len().div_ceil(threads).next_multiple_of(2);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = prev
+            .chunks(run)
+            .map(|c| scope.spawn(move || pairs(c)))
+            .collect();
+        let mut next = Vec::with_capacity(prev.len() / 2);
+        for p in parts {
+            match p.join() {
+                Ok(v) => next.extend(v),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        next
+    })
+}
+
 fn node(l: &Hash, r: &Hash) -> Hash {
     keccak(&[&[NODE], l, r])
 }
@@ -346,8 +384,18 @@ pub(crate) struct AccountTree {
 }
 
 impl AccountTree {
-    /// Builds the tree over `leaves` (slot order).
+    /// Builds the tree over `leaves` (slot order), the wide levels split
+    /// over the machine's cores.
     pub fn build(leaves: Vec<Hash>) -> Self {
+        Self::build_with(leaves, true)
+    }
+
+    /// `build` on one thread (the reference the tests compare with).
+    pub fn build_serial(leaves: Vec<Hash>) -> Self {
+        Self::build_with(leaves, false)
+    }
+
+    fn build_with(leaves: Vec<Hash>, parallel: bool) -> Self {
         let count = leaves.len();
         let cap = leaves.len().max(1).next_power_of_two();
         let mut level = leaves;
@@ -355,8 +403,8 @@ impl AccountTree {
         let mut levels = vec![level];
         while levels.last().is_some_and(|l| l.len() > 1) {
             let prev = levels.last().map(Vec::as_slice).unwrap_or_default();
-            let next: Vec<Hash> = prev.chunks(2).map(|c| node(&c[0], &c[1])).collect();
-            levels.push(next);
+            let threads = if parallel { threads_for(prev.len()) } else { 1 };
+            levels.push(parent_level(prev, threads));
         }
         AccountTree { count, levels }
     }
@@ -450,6 +498,25 @@ mod tests {
             ..AccountState::default()
         }
         .leaf()
+    }
+
+    /// The tree built over several threads is the one built on one, level
+    /// by level, for sizes around the threshold and uneven splits.
+    #[test]
+    fn parallel_build_matches_the_serial_one() {
+        for n in [PARALLEL_MIN - 1, PARALLEL_MIN, 3 * PARALLEL_MIN + 5] {
+            let leaves: Vec<Hash> = (0..n as u64).map(|i| keccak(&[&i.to_be_bytes()])).collect();
+            let serial = AccountTree::build_serial(leaves.clone());
+            for threads in [2, 3, 7] {
+                let mut level = serial.levels[0].clone();
+                for (d, want) in serial.levels.iter().enumerate().skip(1) {
+                    level = parent_level(&level, threads);
+                    assert_eq!(&level, want, "n = {n}, {threads} threads, level {d}");
+                }
+            }
+            let parallel = AccountTree::build(leaves);
+            assert_eq!(parallel.levels, serial.levels, "n = {n}");
+        }
     }
 
     #[test]

@@ -7,18 +7,18 @@
 
 use super::Engine;
 use crate::error::EngineError;
+use crate::index::IntMap;
 use crate::state_root::{
     AccountProof, AccountState, AccountTree, Enc, Hash, account_leaf, keccak, state_root,
 };
 use crate::types::*;
-use std::collections::HashMap;
 
 /// Derived from the state, never part of it: rebuilt from
 /// `Snapshot::account_order` on restore.
 #[derive(Clone, Debug, Default)]
 pub(super) struct RootCache {
     tree: AccountTree,
-    slot_of: HashMap<AccountId, u32>,
+    slot_of: IntMap<AccountId, u32>,
     dirty: Vec<AccountId>,
     /// Digest of the configuration (risk, feed, asset and market configs);
     /// dropped by every configure command.
@@ -32,7 +32,7 @@ pub(super) struct RootCache {
 impl RootCache {
     /// A cache for `order` (slot order) that builds its tree on first use.
     pub(super) fn for_order(order: &[AccountId]) -> Result<Self, EngineError> {
-        let mut slot_of = HashMap::with_capacity(order.len());
+        let mut slot_of = IntMap::with_capacity_and_hasher(order.len(), Default::default());
         for (i, id) in order.iter().enumerate() {
             let slot = u32::try_from(i).map_err(|_| crate::fixed::overflow("account slot"))?;
             if slot_of.insert(*id, slot).is_some() {
@@ -86,6 +86,39 @@ impl Engine {
             state: Account::clone(acct),
             margin_calls: units(&self.s.margin_calls),
             deferred: units(&self.s.deferred),
+        })
+    }
+
+    /// The leaves of `order`, split over the machine's cores when there
+    /// are many (a restart's first root, a bulk load): the same hashes in
+    /// the same order either way.
+    fn leaves(&self, order: &[AccountId]) -> Vec<Hash> {
+        let threads = crate::state_root::threads_for(order.len());
+        if threads < 2 {
+            let mut buf = Enc::default();
+            return order.iter().map(|id| self.leaf_of(&mut buf, *id)).collect();
+        }
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = order
+                .chunks(order.len().div_ceil(threads))
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut buf = Enc::default();
+                        chunk
+                            .iter()
+                            .map(|id| self.leaf_of(&mut buf, *id))
+                            .collect::<Vec<Hash>>()
+                    })
+                })
+                .collect();
+            let mut leaves = Vec::with_capacity(order.len());
+            for p in parts {
+                match p.join() {
+                    Ok(v) => leaves.extend(v),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            leaves
         })
     }
 
@@ -216,13 +249,7 @@ impl Engine {
         }
         if !self.root.built {
             self.root.dirty.clear();
-            let mut buf = Enc::default();
-            let leaves: Vec<Hash> = self
-                .s
-                .account_order
-                .iter()
-                .map(|id| self.leaf_of(&mut buf, *id))
-                .collect();
+            let leaves = self.leaves(&self.s.account_order);
             self.root.tree = AccountTree::build(leaves);
             self.root.built = true;
         }
@@ -257,7 +284,7 @@ impl Engine {
             .iter()
             .map(|id| self.leaf_of(&mut buf, *id))
             .collect();
-        let tree = AccountTree::build(leaves);
+        let tree = AccountTree::build_serial(leaves);
         state_root(
             &tree.accounts_root(),
             &self.globals_hash(&self.configs_digest()),

@@ -144,8 +144,12 @@ impl<'a> Dec<'a> {
         usize::try_from(self.u64()?).map_err(|_| corrupt("count does not fit"))
     }
     fn str(&mut self) -> Result<String, EngineError> {
+        self.str_ref().map(str::to_string)
+    }
+    /// A name, borrowed from the bytes (no allocation).
+    fn str_ref(&mut self) -> Result<&'a str, EngineError> {
         let n = usize::from(u16::from_be_bytes(self.arr()?));
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| corrupt("a name is not UTF-8"))
+        std::str::from_utf8(self.take(n)?).map_err(|_| corrupt("a name is not UTF-8"))
     }
     fn opt_i128(&mut self) -> Result<Option<i128>, EngineError> {
         match self.u8()? {
@@ -250,13 +254,24 @@ impl Engine {
             serde_json::from_slice(d.take(head_len)?).map_err(|e| corrupt(e.to_string()))?;
         let n = d.count64()?;
         let mut order = Vec::with_capacity(n.min(1 << 24));
+        let mut accounts = Vec::with_capacity(n.min(1 << 24));
         for _ in 0..n {
             let id = d.u64()?;
-            let a = d.account()?;
-            if s.accounts.insert(id, Arc::new(a)).is_some() {
-                return Err(corrupt(format!("account {id} appears twice")));
-            }
+            accounts.push((id, Arc::new(d.account()?)));
             order.push(id);
+        }
+        // One sorted bulk build instead of a million ordered inserts.
+        accounts.sort_unstable_by_key(|(id, _)| *id);
+        if let Some(w) = accounts.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(corrupt(format!("account {} appears twice", w[0].0)));
+        }
+        if let Some((id, _)) = accounts.iter().find(|(id, _)| s.accounts.contains_key(id)) {
+            return Err(corrupt(format!("account {id} appears twice")));
+        }
+        if s.accounts.is_empty() {
+            s.accounts = accounts.into_iter().collect();
+        } else {
+            s.accounts.extend(accounts);
         }
         s.account_order = order;
         for set in [&mut s.margin_calls, &mut s.deferred] {
@@ -266,18 +281,20 @@ impl Engine {
             }
         }
         let mut e = Engine::unindexed(s)?;
-        for _ in 0..d.count64()? {
+        let units = d.count64()?;
+        let mut entries = Vec::with_capacity(units.min(1 << 24));
+        for _ in 0..units {
             let account = d.u64()?;
             let unit = d.unit()?;
             let nb = d.len()?;
             let mut bands = Vec::with_capacity(nb.min(64));
             for _ in 0..nb {
-                let f = d.str()?;
+                let f = d.str_ref()?;
                 let lo = d.i128()?;
                 let hi = d.i128()?;
                 let feed = e
-                    .known_slot(&f)
-                    .then(|| e.idx.feed_slot(&f))
+                    .known_slot(f)
+                    .then(|| e.idx.feed_slot(f))
                     .flatten()
                     .ok_or_else(|| corrupt(format!("band on unknown feed `{f}`")))?;
                 bands.push(Band { feed, lo, hi });
@@ -298,9 +315,14 @@ impl Engine {
             let key = e
                 .key_of(account, &unit)
                 .ok_or_else(|| corrupt(format!("index entry for unknown unit {account} {unit}")))?;
-            e.idx.insert(key, bands, recheck);
-            e.idx.set_rank(key, rank);
+            entries.push((key, bands, recheck, rank));
         }
+        e.idx.load(entries).map_err(|key| {
+            corrupt(format!(
+                "index entry for account {} slot {} appears twice",
+                key.account, key.slot
+            ))
+        })?;
         if v1 {
             e.rank_every_unit();
         }
@@ -328,11 +350,19 @@ impl Engine {
         for f in feeds {
             let _slot = e.idx.feed_slot(&f);
         }
+        // Accounts in id order: each market's list comes out sorted.
+        let mut holders: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for (id, a) in &e.s.accounts {
             for m in a.positions.keys() {
-                e.idx.add_holder(m, *id);
+                match holders.get_mut(m) {
+                    Some(v) => v.push(*id),
+                    None => {
+                        holders.insert(m.clone(), vec![*id]);
+                    }
+                }
             }
         }
+        e.idx.load_holders(holders);
         Ok(e)
     }
 }
