@@ -160,12 +160,31 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
         .collect();
     let longest = logs.iter().max_by_key(|(i, _)| i.len()).unwrap();
     for (m, (inputs, events)) in file.members.iter().zip(&logs) {
-        assert!(
-            inputs.len() > 300,
-            "member {}: {} inputs",
-            m.index,
-            inputs.len()
-        );
+        if inputs.len() <= 300 {
+            // What the margin service was waiting for: the first stored
+            // rounds, the settled gaps, and what the log says about both.
+            let db = sibyl_node::store::Db::open_read_only(&m.db).unwrap();
+            let rounds: Vec<u64> = db
+                .reports_after(0, 1_000_000)
+                .unwrap()
+                .iter()
+                .map(|r| r.header.round)
+                .take(12)
+                .collect();
+            let gaps = db.report_gaps_from(0).unwrap();
+            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("margin") || l.contains("catch-up") || l.contains("WARN"))
+                .take(40)
+                .collect();
+            panic!(
+                "member {}: {} inputs; first stored rounds {rounds:?}, settled gaps {gaps:?}; log:\n{}",
+                m.index,
+                inputs.len(),
+                lines.join("\n")
+            );
+        }
         assert_eq!(
             inputs[..],
             longest.0[..inputs.len()],

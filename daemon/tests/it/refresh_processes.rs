@@ -178,7 +178,13 @@ fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
     start_all(&mut c);
     reports_continue(&c);
 
-    // A refresh run to the end: new shares of the same group key.
+    // A refresh run to the end: new shares of the same group key. The
+    // members stop for it, so the feeds go without reports from the stop
+    // to the first report after the restart (printed: issue 17's "longest
+    // gap" figure for a refresh as run today).
+    let api = c.api(0).to_string();
+    let last_before = common::last_round(&api).unwrap_or(0);
+    let stopped_at = Instant::now();
     stop_all(&mut c);
     let before: Vec<Vec<u8>> = configs
         .iter()
@@ -198,7 +204,16 @@ fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
         assert_ne!(now, before[i], "member {}: share not renewed", i + 1);
         assert!(pending_files(&configs[i]).is_empty());
     }
+    let ceremony = stopped_at.elapsed();
     start_all(&mut c);
+    common::wait_for("a report after the refresh", 120, || {
+        common::last_round(&api).is_some_and(|r| r > last_before)
+    });
+    eprintln!(
+        "refresh gap: {:.1?} from stopping the members to the first report after the restart ({:.1?} of it stopped and in the ceremony)",
+        stopped_at.elapsed(),
+        ceremony
+    );
     // Members verify every report against the group key before storing it.
     reports_continue(&c);
     let out = common::sibyl()
