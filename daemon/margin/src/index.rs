@@ -75,7 +75,7 @@ impl Key {
     };
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Band {
     pub feed: u16,
     pub lo: i128,
@@ -103,6 +103,31 @@ impl Edges {
             .entry(edge.div_euclid(self.width))
             .or_default()
             .insert(key, edge);
+    }
+
+    /// Inserts many edges at once into an empty side (a restore): sorted by
+    /// bucket, each bucket's map is made at its final size in one pass.
+    fn load(&mut self, items: Vec<(i128, Key)>) {
+        let Some(&(first, _)) = items.first() else {
+            return;
+        };
+        if self.width == 0 {
+            self.width = 10i128.pow(first.unsigned_abs().max(1).ilog10().saturating_sub(4));
+        }
+        let w = self.width;
+        // Each edge's bucket once (an i128 division is dear), then sorted.
+        let mut items: Vec<(i128, Key, i128)> = items
+            .into_iter()
+            .map(|(edge, key)| (edge.div_euclid(w), key, edge))
+            .collect();
+        items.sort_unstable_by_key(|(bucket, key, _)| (*bucket, *key));
+        for run in items.chunk_by(|a, b| a.0 == b.0) {
+            let bucket = self.buckets.entry(run[0].0).or_default();
+            bucket.reserve(run.len());
+            for (_, key, edge) in run {
+                bucket.insert(*key, *edge);
+            }
+        }
     }
 
     fn remove(&mut self, key: Key, edge: i128) {
@@ -265,17 +290,22 @@ impl Index {
         let n = entries.len();
         self.bands.reserve(n);
         self.rank_of.reserve(n);
-        let mut seen = IntMap::<Key, ()>::default();
-        seen.reserve(n);
         let mut ranking = Vec::with_capacity(n);
         let mut recheck = Vec::new();
+        let mut lower: Vec<Vec<(i128, Key)>> = vec![Vec::new(); self.lower.len()];
+        let mut upper: Vec<Vec<(i128, Key)>> = vec![Vec::new(); self.upper.len()];
         for (key, bands, recheck_at, rank) in entries {
-            if seen.insert(key, ()).is_some() {
+            // A unit listed twice: its second entry finds its first in one of
+            // the maps (an entry with none of them says nothing either way).
+            if self.bands.contains_key(&key)
+                || self.recheck_at.contains_key(&key)
+                || self.rank_of.contains_key(&key)
+            {
                 return Err(key);
             }
             for b in &bands {
-                self.lower[b.feed as usize].insert(key, b.lo);
-                self.upper[b.feed as usize].insert(key, b.hi);
+                lower[b.feed as usize].push((b.lo, key));
+                upper[b.feed as usize].push((b.hi, key));
             }
             if !bands.is_empty() {
                 self.bands.insert(key, bands.into());
@@ -288,6 +318,26 @@ impl Index {
                 ranking.push((r, key));
                 self.rank_of.insert(key, r);
             }
+        }
+        // Each side of each slot is its own structure: filled on its own
+        // thread when there is much to fill.
+        let total: usize = lower.iter().map(Vec::len).sum::<usize>() * 2;
+        let jobs = self
+            .lower
+            .iter_mut()
+            .zip(lower)
+            .chain(self.upper.iter_mut().zip(upper))
+            .filter(|(_, items)| !items.is_empty());
+        if crate::state_root::threads_for(total) < 2 {
+            for (edges, items) in jobs {
+                edges.load(items);
+            }
+        } else {
+            std::thread::scope(|scope| {
+                for (edges, items) in jobs {
+                    scope.spawn(move || edges.load(items));
+                }
+            });
         }
         // `collect` sorts and builds the tree in bulk.
         if self.ranking.is_empty() {
@@ -408,5 +458,105 @@ impl Index {
         if let Some(s) = self.holders.get_mut(market) {
             s.remove(&account);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries over three feeds, enough edges for the threaded load.
+    fn entries(n: u64) -> Vec<Entry> {
+        let mut z = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            z
+        };
+        (0..n)
+            .map(|account| {
+                let key = Key {
+                    account,
+                    slot: (account % 3) as u32,
+                };
+                let bands = (0..(next() % 3) as u16)
+                    .map(|feed| {
+                        let mid = 50_000_00000000i128 + i128::from(next() % 1_000_000) * 100_000;
+                        let half = i128::from(next() % 10_000_000_000);
+                        Band {
+                            feed,
+                            lo: mid - half,
+                            hi: mid + half,
+                        }
+                    })
+                    .collect();
+                let recheck = (next() % 4 == 0).then(|| next() % 1_000_000);
+                let rank = (next() % 2 == 0).then(|| Rank {
+                    class: (next() % 3) as u8,
+                    ratio_ppm: (next() % 5_000_000) as i64,
+                });
+                (key, bands, recheck, rank)
+            })
+            .collect()
+    }
+
+    fn with_slots() -> Index {
+        let mut idx = Index::default();
+        for f in ["a", "b", "c"] {
+            idx.feed_slot(f);
+        }
+        idx
+    }
+
+    /// `load` (sorted, per-bucket, threaded) gives the index that one
+    /// `insert` and `set_rank` per entry gives: same entries, same
+    /// crossings at every probed price, same ranking and rechecks.
+    #[test]
+    fn bulk_load_matches_inserting_one_by_one() {
+        let all = entries(30_000);
+        let mut one = with_slots();
+        for (key, bands, recheck, rank) in all.clone() {
+            one.insert(key, bands, recheck);
+            one.set_rank(key, rank);
+        }
+        let mut bulk = with_slots();
+        bulk.load(all.clone()).unwrap();
+        let sorted = |i: &Index| {
+            let mut e = i.frozen().entries();
+            e.sort_by_key(|x| x.0);
+            e
+        };
+        assert_eq!(sorted(&one), sorted(&bulk));
+        assert_eq!(
+            one.ranked().collect::<Vec<_>>(),
+            bulk.ranked().collect::<Vec<_>>()
+        );
+        for t in [0u64, 1_000, 500_000, 999_999] {
+            let (mut a, mut b) = (BTreeSet::new(), BTreeSet::new());
+            one.due(t, &mut a);
+            bulk.due(t, &mut b);
+            assert_eq!(a, b, "due at {t}");
+        }
+        for feed in ["a", "b", "c"] {
+            for p in [
+                1i128,
+                40_000_00000000,
+                50_000_00000000,
+                99_000_00000000,
+                200_000_00000000,
+            ] {
+                let (mut a, mut b) = (BTreeSet::new(), BTreeSet::new());
+                one.crossed(feed, p, &mut a);
+                bulk.crossed(feed, p, &mut b);
+                assert_eq!(a, b, "{feed} at {p}");
+            }
+        }
+        // A unit listed twice is refused, naming it.
+        let mut twice = with_slots();
+        let mut dup = all[..10].to_vec();
+        let first = dup.iter().find(|e| !e.1.is_empty()).cloned().unwrap();
+        dup.push(first.clone());
+        assert_eq!(twice.load(dup), Err(first.0));
     }
 }
