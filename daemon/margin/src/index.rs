@@ -465,6 +465,9 @@ impl Index {
 mod tests {
     use super::*;
 
+    /// One unit of price (8 decimals).
+    const P: i128 = 100_000_000;
+
     /// Entries over three feeds, enough edges for the threaded load.
     fn entries(n: u64) -> Vec<Entry> {
         let mut z = 0x2545_f491_4f6c_dd1du64;
@@ -482,7 +485,7 @@ mod tests {
                 };
                 let bands = (0..(next() % 3) as u16)
                     .map(|feed| {
-                        let mid = 50_000_00000000i128 + i128::from(next() % 1_000_000) * 100_000;
+                        let mid = 50_000 * P + i128::from(next() % 1_000_000) * 100_000;
                         let half = i128::from(next() % 10_000_000_000);
                         Band {
                             feed,
@@ -539,13 +542,7 @@ mod tests {
             assert_eq!(a, b, "due at {t}");
         }
         for feed in ["a", "b", "c"] {
-            for p in [
-                1i128,
-                40_000_00000000,
-                50_000_00000000,
-                99_000_00000000,
-                200_000_00000000,
-            ] {
+            for p in [1i128, 40_000 * P, 50_000 * P, 99_000 * P, 200_000 * P] {
                 let (mut a, mut b) = (BTreeSet::new(), BTreeSet::new());
                 one.crossed(feed, p, &mut a);
                 bulk.crossed(feed, p, &mut b);
