@@ -106,22 +106,20 @@ pub fn collateral_price(price: i128, ema: i128, qty: i128) -> i128 {
     }
 }
 
-/// The trigger-index slot on which a collateral balance of sign `qty`
-/// priced by `feed` keeps its band: the feed's conservative low (holdings)
-/// or high (debts) price, apart from the feed's own price slot, because
-/// the EMA moves it too.
-pub(crate) fn collateral_slot(feed: &str, qty: i128) -> String {
-    let side = if qty >= 0 { "low" } else { "high" };
-    format!("{feed}{SLOT_SEP}collateral-{side}")
+/// The trigger-index slot of a feed's EMA (its value: the leaf's EMA, 0
+/// without one). Units holding collateral priced by the feed keep a band
+/// on it beside their band on the price, because the EMA moves their
+/// collateral's value too.
+pub(crate) fn ema_slot(feed: &str) -> String {
+    format!("{feed}{SLOT_SEP}ema")
 }
 
-/// The feed an index slot name belongs to, and for a collateral slot the
-/// sign of the balances it values (`Some(1)` low, `Some(-1)` high).
-pub(crate) fn slot_feed(name: &str) -> Option<(&str, Option<i128>)> {
+/// The feed an index slot name belongs to, and whether it is the feed's
+/// EMA slot.
+pub(crate) fn slot_feed(name: &str) -> Option<(&str, bool)> {
     match name.split_once(SLOT_SEP) {
-        None => Some((name, None)),
-        Some((feed, "collateral-low")) => Some((feed, Some(1))),
-        Some((feed, "collateral-high")) => Some((feed, Some(-1))),
+        None => Some((name, false)),
+        Some((feed, "ema")) => Some((feed, true)),
         Some(_) => None,
     }
 }

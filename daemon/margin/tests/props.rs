@@ -215,16 +215,28 @@ fn calm_step() -> impl Strategy<Value = Step> {
         })
 }
 
+/// An EMA that follows the price by some part of the gap, then jolts: far
+/// (beyond any band) or by a little (inside or at the edge of one, where a
+/// band that forgot the EMA's share of the margin would let a unit slip).
+fn ema_jolt() -> impl Strategy<Value = Option<(i64, i64)>> {
+    (
+        0i64..=1_000_000,
+        prop_oneof![
+            1 => -300_000i64..=300_000,
+            2 => -30_000i64..=30_000,
+            2 => -3_000i64..=3_000,
+        ],
+    )
+        .prop_map(Some)
+}
+
 /// Prices that barely move while the EMAs swing around them: what moves a
 /// unit is its collateral valued at the lower of price and EMA.
 fn ema_step() -> impl Strategy<Value = Step> {
     (
         0u64..60_000,
         [-2_000i64..=2_000, -2_000i64..=2_000],
-        [
-            (0i64..=1_000_000, -300_000i64..=300_000).prop_map(Some),
-            (0i64..=1_000_000, -300_000i64..=300_000).prop_map(Some),
-        ],
+        [ema_jolt(), ema_jolt()],
     )
         .prop_map(|(dt_ms, moves_ppm, emas)| Step {
             dt_ms,

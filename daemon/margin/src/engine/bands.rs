@@ -109,9 +109,14 @@ struct Leg<'a> {
 struct Part<'a> {
     fs: &'a FeedState,
     p0: i128,
+    /// The feed's EMA at the examination (0: none): collateral counts at
+    /// the more conservative of a probe's price and this.
+    ema: i128,
     legs: Vec<Leg<'a>>,
     /// Collateral priced by this feed: (quantity, haircut ppm).
     coll: Vec<(i128, i128)>,
+    /// Bound on |dh/d ema| (the collateral's share of `sens`).
+    coll_sens: i128,
     /// Bound on |dh/dp| as a quantity (money per price unit × VALUE_DIVISOR).
     sens: i128,
     /// Grid step of the option values (1 when the part has no option).
@@ -154,7 +159,7 @@ fn add_(a: i128, b: i128) -> Result<i128, EngineError> {
 fn linear_at(part: &Part<'_>, q: i128) -> Result<i128, EngineError> {
     let mut h = 0i128;
     for (qty, haircut) in &part.coll {
-        let v = value(*qty, q)?;
+        let v = value(*qty, super::collateral_price(q, part.ema, *qty))?;
         let v = if v > 0 {
             ppm_floor(v, PPM - haircut)?
         } else {
@@ -360,9 +365,7 @@ impl Engine {
             bucket.saturating_mul(BUCKET_MS),
             bucket.saturating_add(2).saturating_mul(BUCKET_MS),
         );
-        // Parts by index slot: a feed's price for its positions, its
-        // conservative collateral price for collateral (`collateral_slot`).
-        let mut parts: BTreeMap<String, Part<'_>> = BTreeMap::new();
+        let mut parts: BTreeMap<&str, Part<'_>> = BTreeMap::new();
         let mut base = match unit {
             Unit::Cross => acct.cash,
             Unit::Isolated { .. } => positions.first().and_then(|(_, p)| p.isolated).unwrap_or(0),
@@ -414,11 +417,13 @@ impl Engine {
                     linear_sensitivity_ppm(&ms.config, fs, p.size, mark.price, req)?,
                 )
             };
-            let part = parts.entry(feed.to_string()).or_insert_with(|| Part {
+            let part = parts.entry(feed).or_insert_with(|| Part {
                 fs,
                 p0: last.price,
+                ema: last.ema,
                 legs: Vec::new(),
                 coll: Vec::new(),
+                coll_sens: 0,
                 sens: 0,
                 step: 1,
                 current: 0,
@@ -456,15 +461,16 @@ impl Engine {
                 let Some(fs) = self.s.feeds.get(&c.feed) else {
                     continue;
                 };
-                let Some(p0) = fs.collateral_price(*q) else {
+                let Some(last) = fs.last.as_ref() else {
                     continue;
                 };
-                let slot = super::collateral_slot(&c.feed, *q);
-                let part = parts.entry(slot).or_insert_with(|| Part {
+                let part = parts.entry(c.feed.as_str()).or_insert_with(|| Part {
                     fs,
-                    p0,
+                    p0: last.price,
+                    ema: last.ema,
                     legs: Vec::new(),
                     coll: Vec::new(),
+                    coll_sens: 0,
                     sens: 0,
                     step: 1,
                     current: 0,
@@ -472,7 +478,9 @@ impl Engine {
                     ratio,
                 });
                 let haircut = i128::from(c.haircut_ppm);
-                part.sens = add(part.sens, ppm_ceil(q.abs(), PPM - haircut)?, "sensitivity")?;
+                let s = ppm_ceil(q.abs(), PPM - haircut)?;
+                part.sens = add(part.sens, s, "sensitivity")?;
+                part.coll_sens = add(part.coll_sens, s, "sensitivity")?;
                 part.coll.push((*q, haircut));
                 slack = add(slack, 4, "slack")?;
             }
@@ -518,15 +526,36 @@ impl Engine {
         let mut bands = Vec::with_capacity(parts.len());
         for (((f, part), e), scen) in parts.iter().zip(exposures).zip(&scens) {
             let p0 = part.p0;
+            let ema_slot = (part.coll_sens > 0).then(|| super::ema_slot(f));
             if margin < 0 {
-                bands.push((f.clone(), p0, p0));
+                bands.push((f.to_string(), p0, p0));
+                if let Some(slot) = ema_slot {
+                    bands.push((slot, part.ema.max(0), part.ema.max(0)));
+                }
                 continue;
             }
-            let share = if exposure > 0 {
+            let mut share = if exposure > 0 {
                 mul_div_floor(margin, e, exposure, "band share")?
             } else {
                 margin / n
             };
+            // Collateral counts at min/max(price, EMA): an EMA move
+            // changes h_f by at most coll_sens per unit, price fixed. A
+            // quarter of the share is kept for it, as a band on the feed's
+            // EMA slot; the price probes below get the rest. Without an
+            // EMA (value 0) any EMA that appears brings the unit back.
+            if let Some(slot) = ema_slot {
+                let reserve = share / 4;
+                share -= reserve;
+                let e0 = part.ema.max(0);
+                if e0 == 0 {
+                    bands.push((slot, -1, 1));
+                } else {
+                    let half = mul_div_floor(reserve, VALUE_DIVISOR, part.coll_sens, "band reach")?
+                        .min(e0 / 2);
+                    bands.push((slot, e0 - half - 1, e0 + half + 1));
+                }
+            }
             // mu(q): what is left of the share at price q in the worst case
             // over the window.
             let floor_at = sign * part.current - share;
@@ -619,11 +648,11 @@ impl Engine {
             }
             let [hi, lo] = edges;
             if !proven || hi < p0 || lo > p0 {
-                bands.push((f.clone(), p0, p0));
+                bands.push((f.to_string(), p0, p0));
             } else {
                 let hi = hi.min(p0 + cap);
                 let lo = lo.max(p0 - cap).max(1);
-                bands.push((f.clone(), lo - 1, hi + 1));
+                bands.push((f.to_string(), lo - 1, hi + 1));
             }
         }
         // Anywhere in the second bucket of the window, per unit: rechecks

@@ -200,7 +200,7 @@ impl Engine {
     }
 
     /// Trigger-index slots a unit depends on: its positions' feeds, and for
-    /// cross the collateral slots of its collateral.
+    /// cross its collateral's feeds and their EMA slots.
     pub(super) fn unit_slots(&self, acct: &Account, unit: &Unit) -> BTreeSet<String> {
         let mut f = BTreeSet::new();
         for (m, _) in Self::unit_positions(acct, unit) {
@@ -213,7 +213,8 @@ impl Engine {
                 if *q != 0
                     && let Some(c) = self.s.assets.get(a)
                 {
-                    f.insert(super::collateral_slot(&c.feed, *q));
+                    f.insert(c.feed.clone());
+                    f.insert(super::ema_slot(&c.feed));
                 }
             }
         }

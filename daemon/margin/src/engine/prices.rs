@@ -237,8 +237,7 @@ impl Engine {
         for (feed, (fp, _)) in &accepted {
             self.idx.crossed(feed, fp.price, &mut self.pending);
         }
-        // Collateral slots move with the price and with the EMA: only the
-        // feeds that price a collateral asset have them.
+        // EMA slots: only the feeds that price a collateral asset have them.
         let collateral_feeds: BTreeSet<&String> = self
             .s
             .assets
@@ -248,13 +247,8 @@ impl Engine {
             .collect();
         for feed in collateral_feeds {
             let fp = &accepted[feed].0;
-            for side in [1, -1] {
-                self.idx.crossed(
-                    &super::collateral_slot(feed, side),
-                    super::collateral_price(fp.price, fp.ema, side),
-                    &mut self.pending,
-                );
-            }
+            self.idx
+                .crossed(&super::ema_slot(feed), fp.ema.max(0), &mut self.pending);
         }
         self.idx.due(self.s.now_ms, &mut self.pending);
         if self.exhaustive {

@@ -129,14 +129,11 @@ impl Engine {
     }
 
     /// The value a slot's bands are checked against: the feed's price, or
-    /// for a collateral slot its conservative collateral price.
+    /// for an EMA slot the leaf's EMA (0: none).
     pub(super) fn slot_price(&self, name: &str) -> Option<i128> {
-        let (feed, side) = super::slot_feed(name)?;
-        let fs = self.s.feeds.get(feed)?;
-        match side {
-            None => fs.last.as_ref().map(|l| l.price),
-            Some(qty) => fs.collateral_price(qty),
-        }
+        let (feed, ema) = super::slot_feed(name)?;
+        let last = self.s.feeds.get(feed)?.last.as_ref()?;
+        Some(if ema { last.ema.max(0) } else { last.price })
     }
 
     pub(super) fn key_of(&self, account: AccountId, unit: &Unit) -> Option<Key> {
@@ -314,6 +311,8 @@ impl Engine {
         let mut sens: BTreeMap<String, i128> = BTreeMap::new();
         let mut theta_money = 0i128;
         let mut count = 0i128;
+        // Feeds pricing collateral: their EMA moves it too.
+        let mut ema_feeds: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for (m, p) in &positions {
             let (ms, mark) = self.mark_of(m)?;
             // k bounds |d(equity - maintenance)/d price| per unit of size (ppm).
@@ -366,8 +365,9 @@ impl Engine {
             for (a, q) in &acct.collateral {
                 if let Some(c) = self.s.assets.get(a) {
                     let s = ppm_ceil(q.abs(), PPM - i128::from(c.haircut_ppm))?;
-                    let e = sens.entry(super::collateral_slot(&c.feed, *q)).or_insert(0);
+                    let e = sens.entry(c.feed.clone()).or_insert(0);
                     *e = add(*e, s, "sensitivity")?;
+                    ema_feeds.insert(c.feed.clone());
                     count += 1;
                 }
             }
@@ -414,13 +414,21 @@ impl Engine {
         } else {
             mul_div_floor(headroom, PPM, exposure, "band")?.min(PPM / 2)
         };
-        let bands = prices
+        let mut bands: Vec<(String, i128, i128)> = prices
             .into_iter()
             .map(|(f, p)| {
                 let d = p.saturating_mul(x_ppm) / PPM;
                 (f, p - d, p + d)
             })
             .collect();
+        // The whole-band bound keeps no margin for the EMA: any change of
+        // a collateral feed's EMA brings the unit back.
+        for f in ema_feeds {
+            let slot = super::ema_slot(&f);
+            if let Some(e) = self.slot_price(&slot) {
+                bands.push((slot, e, e));
+            }
+        }
         Ok((bands, recheck))
     }
 
