@@ -20,7 +20,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sibyl_margin::demo::{DemoParams, SplitMix, demo_book_with};
-use sibyl_margin::{Engine, Event};
+use sibyl_margin::{Engine, Event, PriceInput, PriceReport};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,9 @@ struct Ticker {
     /// Simulated time between reports (SIBYL_BENCH_TICK_MS, default 1000).
     step_ms: u64,
     base: std::collections::BTreeMap<String, i128>,
+    /// Each feed's EMA (about an hour, as the leaf's), carried in every
+    /// report: collateral counts at the lower of price and EMA.
+    emas: std::collections::BTreeMap<String, i128>,
 }
 
 impl Ticker {
@@ -65,7 +68,8 @@ impl Ticker {
     fn tick(&mut self, e: &mut Engine) -> (Duration, Duration, usize, u64) {
         self.round += 1;
         self.t += self.step_ms;
-        let report: Vec<(&str, i128, u8, u128)> = self
+        let step_ms = i128::from(self.step_ms);
+        let prices: Vec<PriceInput> = self
             .prices
             .iter_mut()
             .map(|(f, p)| {
@@ -74,15 +78,27 @@ impl Ticker {
                 let step = (self.rng.next_u64() % 6_001) as i128 - 3_000;
                 let base = self.base.get(f.as_str()).copied().unwrap_or(*p);
                 *p = *p * (1_000_000 + step) / 1_000_000 + (base - *p) / 50;
-                (f.as_str(), *p, 8u8, (*p / 5_000) as u128)
+                let ema = self.emas.entry(f.clone()).or_insert(*p);
+                *ema += (*p - *ema) * step_ms / 3_600_000;
+                PriceInput {
+                    feed: f.clone(),
+                    price: *p,
+                    decimals: 8,
+                    confidence: (*p / 5_000) as u128,
+                    ema: *ema,
+                    ..PriceInput::default()
+                }
             })
             .collect();
+        let report = PriceReport {
+            round: self.round,
+            timestamp_ms: self.t,
+            prices,
+        };
         let examined = e.examined_units();
         let cpu0 = cpu_ns();
         let start = Instant::now();
-        let ev = e
-            .apply_prices(self.round, self.t, &report)
-            .expect("bench report is valid");
+        let ev = e.apply_report(&report).expect("bench report is valid");
         let took = start.elapsed();
         let cpu = Duration::from_nanos(cpu_ns().saturating_sub(cpu0));
         let liq = ev
@@ -158,6 +174,7 @@ fn bench(c: &mut Criterion) {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1_000),
             base,
+            emas: std::collections::BTreeMap::new(),
         };
         // Let the near-liquidation accounts go first: a -3% move, then calm
         // ticks around the new level.

@@ -781,13 +781,8 @@ fn multi_asset_collateral_counts_with_haircut() {
     assert_eq!(w.health(7).equity, 4_400 * M);
 }
 
-/// Collateral counts at the more conservative of the signed price and its
-/// EMA (the lower for a holding): a wick up lends nothing, and an EMA
-/// catching up with a fall moves the unit by itself. The trigger index
-/// follows the EMA: the margin call and the liquidation come with the
-/// report whose EMA crosses, with the price unchanged.
-#[test]
-fn collateral_counts_at_the_lower_of_price_and_ema() {
+/// A BTC perpetual market and ETH as collateral without a haircut.
+fn btc_perp_with_eth_collateral() -> World {
     let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
     w.cmd(Command::ConfigureFeed(feed("ETH-USD"))).unwrap();
     w.cmd(Command::ConfigureAsset(AssetConfig {
@@ -796,6 +791,17 @@ fn collateral_counts_at_the_lower_of_price_and_ema() {
         haircut_ppm: 0,
     }))
     .unwrap();
+    w
+}
+
+/// Collateral counts at the more conservative of the signed price and its
+/// EMA (the lower for a holding): a wick up lends nothing, and an EMA
+/// catching up with a fall moves the unit by itself. The trigger index
+/// follows the EMA: the margin call and the liquidation come with the
+/// report whose EMA crosses, with the price unchanged.
+#[test]
+fn collateral_counts_at_the_lower_of_price_and_ema() {
+    let mut w = btc_perp_with_eth_collateral();
     let eth = |price: i128, ema: i128| PriceInput {
         feed: "ETH-USD".into(),
         price: price * P,
@@ -842,14 +848,7 @@ fn collateral_counts_at_the_lower_of_price_and_ema() {
 /// emit nothing.
 #[test]
 fn margin_call_comes_the_round_any_price_crosses_initial() {
-    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 50_000 * P);
-    w.cmd(Command::ConfigureFeed(feed("ETH-USD"))).unwrap();
-    w.cmd(Command::ConfigureAsset(AssetConfig {
-        asset: "ETH".into(),
-        feed: "ETH-USD".into(),
-        haircut_ppm: 0,
-    }))
-    .unwrap();
+    let mut w = btc_perp_with_eth_collateral();
     w.price("ETH-USD", 2_000 * P).unwrap();
     w.cmd(Command::CreateAccount { account: 1 }).unwrap();
     w.cmd(Command::Deposit {

@@ -541,11 +541,12 @@ impl Engine {
             };
             // Collateral counts at min/max(price, EMA): an EMA move
             // changes h_f by at most coll_sens per unit, price fixed. A
-            // quarter of the share is kept for it, as a band on the feed's
-            // EMA slot; the price probes below get the rest. Without an
-            // EMA (value 0) any EMA that appears brings the unit back.
+            // sixteenth of the share is kept for it (an hour-long EMA moves
+            // slowly), as a band on the feed's EMA slot; the price probes
+            // below get the rest. Without an EMA (value 0) any EMA that
+            // appears brings the unit back.
             if let Some(slot) = ema_slot {
-                let reserve = share / 4;
+                let reserve = share / 16;
                 share -= reserve;
                 let e0 = part.ema.max(0);
                 if e0 == 0 {

@@ -202,18 +202,12 @@ impl Engine {
     /// Trigger-index slots a unit depends on: its positions' feeds, and for
     /// cross its collateral's feeds and their EMA slots.
     pub(super) fn unit_slots(&self, acct: &Account, unit: &Unit) -> BTreeSet<String> {
-        let mut f = BTreeSet::new();
-        for (m, _) in Self::unit_positions(acct, unit) {
-            if let Some(ms) = self.s.markets.get(m) {
-                f.insert(ms.config.feed.clone());
-            }
-        }
+        let mut f = self.unit_feeds(acct, unit);
         if *unit == Unit::Cross {
             for (a, q) in &acct.collateral {
                 if *q != 0
                     && let Some(c) = self.s.assets.get(a)
                 {
-                    f.insert(c.feed.clone());
                     f.insert(super::ema_slot(&c.feed));
                 }
             }
