@@ -257,6 +257,7 @@ fn build_fixture() -> FuzzFixture {
                 package: package.clone(),
             }],
             signer_observations: Vec::new(),
+            key_set: 7,
         })
     };
     let prop_a = sign(leader, 5, proposal(1));

@@ -124,7 +124,7 @@ impl Node {
                 return;
             }
         }
-        let parsed = self.stage_followed_packages(&p.signing_packages, &digest, number);
+        let parsed = self.stage_followed_packages(&p.signing_packages, p.key_set, &digest, number);
         for lane in &mut self.lanes {
             if parsed.is_some() {
                 with_lane!(lane, l => l.keep_staged());
@@ -154,6 +154,7 @@ impl Node {
     fn stage_followed_packages(
         &mut self,
         packages: &[SuitePackage],
+        set: u64,
         digest: &[u8; 32],
         number: usize,
     ) -> Option<(Vec<[u8; 32]>, BTreeSet<u16>)> {
@@ -165,7 +166,7 @@ impl Node {
         let mut signers: Option<BTreeSet<u16>> = None;
         for (lane, package) in self.lanes.iter_mut().zip(packages) {
             if lane.suite() != package.suite
-                || !with_lane!(lane, l => l.parse_package(number, &package.package, digest, t))
+                || !with_lane!(lane, l => l.parse_package(number, set, &package.package, digest, t))
             {
                 return None;
             }

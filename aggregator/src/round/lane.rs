@@ -88,10 +88,27 @@ impl<C: Ciphersuite> Prepared<C> {
     }
 }
 
-/// One suite's keys and round state (see the module docs).
-pub(super) struct Lane<C: SibylSuite> {
+/// One key set's keys of this suite: the member's key package and the
+/// public key package it belongs to.
+struct Keys<C: Ciphersuite> {
     key_package: KeyPackage<C>,
     pubkeys: PublicKeyPackage<C>,
+}
+
+/// One suite's keys and round state (see the module docs).
+///
+/// A lane holds one or more key sets ([`super::key_set_id`]): a proactive
+/// refresh gives every member new shares of the same group key, and for a
+/// while a member holds both. Each attempt is signed with the set its
+/// proposal names (shares of different sets never combine), so the lane
+/// remembers which set each kept package belongs to.
+pub(super) struct Lane<C: SibylSuite> {
+    /// The set this member proposes with as leader (and whose share it
+    /// hedges its nonces with), and its keys.
+    lead: u64,
+    lead_keys: Keys<C>,
+    /// The other sets held (during a refresh: the old or the new shares).
+    others: BTreeMap<u64, Keys<C>>,
     ids: BTreeMap<Identifier<C>, u16>,
     /// Nonces for the next observation, made in idle time.
     spare: Option<Prepared<C>>,
@@ -105,11 +122,12 @@ pub(super) struct Lane<C: SibylSuite> {
     first_commitments: BTreeMap<u16, Option<SigningCommitments<C>>>,
     /// Each attempt's signing package (built as leader, checked as signer or
     /// parsed as follower) and the Keccak-256 of its serialization. The
-    /// first one stored for an attempt stays.
-    packages: BTreeMap<usize, (SigningPackage<C>, [u8; 32])>,
+    /// first one stored for an attempt stays. With it, the key set the
+    /// attempt signs with.
+    packages: BTreeMap<usize, (SigningPackage<C>, [u8; 32], u64)>,
     /// A package checked or built but not yet kept: every lane's must pass
     /// before any is ([`Lane::keep_staged`]).
-    staged: Option<(usize, SigningPackage<C>, [u8; 32])>,
+    staged: Option<(usize, SigningPackage<C>, [u8; 32], u64)>,
     /// Each attempt's shares received (leader or follower).
     shares: BTreeMap<usize, BTreeMap<Identifier<C>, SignatureShare<C>>>,
 }
@@ -123,19 +141,11 @@ impl<C: SibylSuite> Lane<C> {
     pub(super) fn new(
         committee: &Committee,
         me: u16,
+        set: u64,
         key_package: KeyPackage<C>,
         pubkeys: PublicKeyPackage<C>,
     ) -> Result<Self, NodeError> {
-        let my_id = Identifier::<C>::try_from(me).map_err(|e| NodeError::Frost(e.to_string()))?;
-        if *key_package.identifier() != my_id {
-            return Err(NodeError::KeyPackageMismatch {
-                member: me,
-                suite: C::SUITE,
-            });
-        }
-        if key_package.verifying_key() != pubkeys.verifying_key() {
-            return Err(NodeError::GroupKeyMismatch(C::SUITE));
-        }
+        check_keys(me, &key_package, &pubkeys)?;
         let mut ids = BTreeMap::new();
         for m in committee.members() {
             let id =
@@ -143,8 +153,12 @@ impl<C: SibylSuite> Lane<C> {
             ids.insert(id, m.index);
         }
         Ok(Self {
-            key_package,
-            pubkeys,
+            lead: set,
+            lead_keys: Keys {
+                key_package,
+                pubkeys,
+            },
+            others: BTreeMap::new(),
             ids,
             spare: None,
             warm: BTreeMap::new(),
@@ -161,8 +175,76 @@ impl<C: SibylSuite> Lane<C> {
         C::SUITE
     }
 
+    /// The public key package of the set this member leads with.
     pub(super) fn pubkeys(&self) -> &PublicKeyPackage<C> {
-        &self.pubkeys
+        &self.lead_keys().pubkeys
+    }
+
+    fn lead_keys(&self) -> &Keys<C> {
+        &self.lead_keys
+    }
+
+    #[cfg(test)]
+    pub(super) fn lead_key_package(&self) -> &KeyPackage<C> {
+        &self.lead_keys.key_package
+    }
+
+    pub(super) fn lead(&self) -> u64 {
+        self.lead
+    }
+
+    fn keys_of_set(&self, set: u64) -> Option<&Keys<C>> {
+        if set == self.lead {
+            Some(&self.lead_keys)
+        } else {
+            self.others.get(&set)
+        }
+    }
+
+    /// Adds key set `set` (same group key, this member's identifier).
+    pub(super) fn add_set(
+        &mut self,
+        me: u16,
+        set: u64,
+        key_package: KeyPackage<C>,
+        pubkeys: PublicKeyPackage<C>,
+    ) -> Result<(), NodeError> {
+        check_same_group(me, self, &key_package, &pubkeys)?;
+        if set != self.lead {
+            self.others.insert(set, Keys { key_package, pubkeys });
+        }
+        Ok(())
+    }
+
+    pub(super) fn holds(&self, set: u64) -> bool {
+        set == self.lead || self.others.contains_key(&set)
+    }
+
+    /// Every set held, ascending.
+    pub(super) fn sets(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self.others.keys().copied().collect();
+        all.push(self.lead);
+        all.sort_unstable();
+        all
+    }
+
+    pub(super) fn set_lead(&mut self, set: u64) {
+        if let Some(keys) = self.others.remove(&set) {
+            let old = std::mem::replace(&mut self.lead_keys, keys);
+            self.others.insert(self.lead, old);
+            self.lead = set;
+        }
+    }
+
+    /// Forgets key set `set` (never the lead).
+    pub(super) fn retire(&mut self, set: u64) {
+        self.others.remove(&set);
+    }
+
+    /// The keys attempt `attempt`'s kept package signs with.
+    fn keys_of(&self, attempt: usize) -> Option<(&SigningPackage<C>, &Keys<C>)> {
+        let (package, _, set) = self.packages.get(&attempt)?;
+        Some((package, self.keys_of_set(*set)?))
     }
 
     /// Forgets the round's nonces, commitments, packages and shares.
@@ -177,7 +259,7 @@ impl<C: SibylSuite> Lane<C> {
 
     pub(super) fn precompute<R: RngCore + CryptoRng>(&mut self, attempts: usize, rng: &mut R) {
         if self.spare.is_none() {
-            self.spare = Prepared::generate(&self.key_package, attempts, rng);
+            self.spare = Prepared::generate(&self.lead_keys().key_package, attempts, rng);
         }
     }
 
@@ -232,7 +314,7 @@ impl<C: SibylSuite> Lane<C> {
     ) -> Option<Vec<Vec<u8>>> {
         let prepared = match self.spare.take().filter(|p| p.nonces.len() == attempts) {
             Some(p) => p,
-            None => Prepared::generate(&self.key_package, attempts, rng)?,
+            None => Prepared::generate(&self.lead_keys().key_package, attempts, rng)?,
         };
         self.nonces = prepared.nonces;
         self.commitments = prepared.commitments;
@@ -251,8 +333,8 @@ impl<C: SibylSuite> Lane<C> {
     }
 
     /// Leader: stages attempt `attempt`'s package over `digest` from the
-    /// signers' announced commitments (serialized). `Err(member)`: that
-    /// member's commitment does not parse.
+    /// signers' announced commitments (serialized), to be signed with the
+    /// lead key set. `Err(member)`: that member's commitment does not parse.
     pub(super) fn build_package(
         &mut self,
         attempt: usize,
@@ -271,7 +353,7 @@ impl<C: SibylSuite> Lane<C> {
         let package = SigningPackage::new(commitments, digest);
         let bytes = package.serialize().map_err(|_| None)?;
         let hash = keccak(&bytes);
-        self.staged = Some((attempt, package, hash));
+        self.staged = Some((attempt, package, hash, self.lead));
         Ok(bytes)
     }
 
@@ -285,18 +367,24 @@ impl<C: SibylSuite> Lane<C> {
     /// own commitment (which it made) is not parsed at all; the others are
     /// parsed with [`SibylSuite::parse_commitments`]. The result equals what
     /// `SigningPackage::deserialize` gives for every package accepted here
-    /// (a package is canonical, so the bytes decide it).
+    /// (a package is canonical, so the bytes decide it). `set`: the key set
+    /// the proposal signs with, which this member must hold.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn check_package(
         &mut self,
         attempt: usize,
+        set: u64,
         bytes: &[u8],
         announced: &BTreeMap<u16, &[u8]>,
         me: u16,
         digest: &[u8; 32],
         t: u16,
     ) -> Result<(), Refusal> {
+        if !self.holds(set) {
+            return Err(Refusal::Package);
+        }
         let mine = self.commitments.get(attempt).ok_or(Refusal::Package)?;
-        let my_id = *self.key_package.identifier();
+        let my_id = *self.lead_keys().key_package.identifier();
         let my_bytes = announced.get(&me).ok_or(Refusal::Package)?;
         let parts = split_package::<C>(bytes, my_bytes.len()).ok_or(Refusal::Package)?;
         if parts.message != digest.as_slice() || parts.signers.len() < usize::from(t) {
@@ -328,6 +416,7 @@ impl<C: SibylSuite> Lane<C> {
             attempt,
             SigningPackage::new(commitments, digest),
             keccak(bytes),
+            set,
         ));
         Ok(())
     }
@@ -339,10 +428,14 @@ impl<C: SibylSuite> Lane<C> {
     pub(super) fn parse_package(
         &mut self,
         attempt: usize,
+        set: u64,
         bytes: &[u8],
         digest: &[u8; 32],
         t: u16,
     ) -> bool {
+        if !self.holds(set) {
+            return false;
+        }
         let parse = || {
             let parts = split_package_for_digest::<C>(bytes)?;
             if parts.message != digest.as_slice() || parts.signers.len() < usize::from(t) {
@@ -363,7 +456,7 @@ impl<C: SibylSuite> Lane<C> {
         };
         match parse() {
             Some(package) => {
-                self.staged = Some((attempt, package, keccak(bytes)));
+                self.staged = Some((attempt, package, keccak(bytes), set));
                 true
             }
             None => false,
@@ -372,7 +465,7 @@ impl<C: SibylSuite> Lane<C> {
 
     /// The members the staged package names.
     pub(super) fn staged_signers(&self) -> Option<BTreeSet<u16>> {
-        self.staged.as_ref().map(|(_, p, _)| {
+        self.staged.as_ref().map(|(_, p, _, _)| {
             p.signing_commitments()
                 .keys()
                 .filter_map(|id| self.ids.get(id).copied())
@@ -382,13 +475,13 @@ impl<C: SibylSuite> Lane<C> {
 
     /// The staged package's hash.
     pub(super) fn staged_hash(&self) -> Option<[u8; 32]> {
-        self.staged.as_ref().map(|(_, _, h)| *h)
+        self.staged.as_ref().map(|(_, _, h, _)| *h)
     }
 
     /// Keeps the staged package for its attempt (unless one is kept already).
     pub(super) fn keep_staged(&mut self) {
-        if let Some((attempt, package, hash)) = self.staged.take() {
-            self.packages.entry(attempt).or_insert((package, hash));
+        if let Some((attempt, package, hash, set)) = self.staged.take() {
+            self.packages.entry(attempt).or_insert((package, hash, set));
         }
     }
 
@@ -411,17 +504,18 @@ impl<C: SibylSuite> Lane<C> {
         corrupt: bool,
     ) -> Option<Vec<u8>> {
         let nonces = self.nonces.get_mut(attempt).and_then(Option::take)?;
-        let (package, kept) = self.packages.get(&attempt)?;
+        let (_, kept, _) = self.packages.get(&attempt)?;
         if kept != hash {
             return None;
         }
+        let (package, keys) = self.keys_of(attempt)?;
         let share = if corrupt {
             let mut wrong = package.message().clone();
             wrong.push(0);
             let bad = SigningPackage::new(package.signing_commitments().clone(), &wrong);
-            frost::round2::sign(&bad, &nonces, &self.key_package)
+            frost::round2::sign(&bad, &nonces, &keys.key_package)
         } else {
-            frost::round2::sign(package, &nonces, &self.key_package)
+            frost::round2::sign(package, &nonces, &keys.key_package)
         };
         share.ok().map(|s| s.serialize())
     }
@@ -440,15 +534,14 @@ impl<C: SibylSuite> Lane<C> {
 
     /// Whether member `member`'s share of `attempt` is valid.
     pub(super) fn share_valid(&self, attempt: usize, member: u16) -> bool {
-        let (Ok(id), Some((package, _))) = (
-            Identifier::<C>::try_from(member),
-            self.packages.get(&attempt),
-        ) else {
+        let (Ok(id), Some((package, keys))) =
+            (Identifier::<C>::try_from(member), self.keys_of(attempt))
+        else {
             return false;
         };
         let (Some(share), Some(verifying_share)) = (
             self.shares.get(&attempt).and_then(|s| s.get(&id)),
-            self.pubkeys.verifying_shares().get(&id),
+            keys.pubkeys.verifying_shares().get(&id),
         ) else {
             return false;
         };
@@ -457,7 +550,7 @@ impl<C: SibylSuite> Lane<C> {
             verifying_share,
             share,
             package,
-            self.pubkeys.verifying_key(),
+            keys.pubkeys.verifying_key(),
         )
         .is_ok()
     }
@@ -471,12 +564,12 @@ impl<C: SibylSuite> Lane<C> {
         attempt: usize,
         find_cheaters: bool,
     ) -> Result<Vec<u8>, Vec<u16>> {
-        let (Some((package, _)), Some(shares)) =
-            (self.packages.get(&attempt), self.shares.get(&attempt))
+        let (Some((package, keys)), Some(shares)) =
+            (self.keys_of(attempt), self.shares.get(&attempt))
         else {
             return Err(Vec::new());
         };
-        if let Some(sig) = aggregate_verified(package, shares, &self.pubkeys) {
+        if let Some(sig) = aggregate_verified(package, shares, &keys.pubkeys) {
             return sig.serialize().map_err(|_| Vec::new());
         }
         if !find_cheaters {
@@ -485,7 +578,7 @@ impl<C: SibylSuite> Lane<C> {
         match frost::aggregate_custom(
             package,
             shares,
-            &self.pubkeys,
+            &keys.pubkeys,
             frost::CheaterDetection::AllCheaters,
         ) {
             Ok(sig) => sig.serialize().map_err(|_| Vec::new()),
@@ -499,14 +592,14 @@ impl<C: SibylSuite> Lane<C> {
 
     /// Whether `sig` is a valid group signature on `digest` in this suite.
     pub(super) fn verify(&self, digest: &[u8; 32], sig: &[u8]) -> bool {
-        C::verify_signature_bytes(self.pubkeys.verifying_key(), digest, sig)
+        C::verify_signature_bytes(self.pubkeys().verifying_key(), digest, sig)
     }
 
     /// This suite's signing package of `attempt`, serialized (evidence).
     pub(super) fn package_bytes(&self, attempt: usize) -> Vec<u8> {
         self.packages
             .get(&attempt)
-            .and_then(|(p, _)| p.serialize().ok())
+            .and_then(|(p, _, _)| p.serialize().ok())
             .unwrap_or_default()
     }
 
@@ -517,7 +610,11 @@ impl<C: SibylSuite> Lane<C> {
             suite: C::SUITE,
             share: share_msg.to_vec(),
             signing_package: self.package_bytes(attempt),
-            public_key_package: self.pubkeys.serialize().unwrap_or_default(),
+            public_key_package: self
+                .keys_of(attempt)
+                .map_or_else(|| self.pubkeys(), |(_, k)| &k.pubkeys)
+                .serialize()
+                .unwrap_or_default(),
         }
     }
 
@@ -526,8 +623,50 @@ impl<C: SibylSuite> Lane<C> {
         evidence: &Evidence,
         committee: &Committee,
     ) -> Result<u16, EvidenceError> {
-        evidence.verify::<C>(committee, &self.pubkeys)
+        // The evidence names the public key package of its attempt's set:
+        // it is checked against whichever held set it is.
+        let mut result = Err(EvidenceError::WrongKeys);
+        for keys in std::iter::once(&self.lead_keys).chain(self.others.values()) {
+            result = evidence.verify::<C>(committee, &keys.pubkeys);
+            if result.is_ok() {
+                break;
+            }
+        }
+        result
     }
+}
+
+/// New keys of member `me` for `lane`'s group key (a refresh's).
+pub(super) fn check_same_group<C: SibylSuite>(
+    me: u16,
+    lane: &Lane<C>,
+    key_package: &KeyPackage<C>,
+    pubkeys: &PublicKeyPackage<C>,
+) -> Result<(), NodeError> {
+    check_keys(me, key_package, pubkeys)?;
+    if pubkeys.verifying_key() != lane.pubkeys().verifying_key() {
+        return Err(NodeError::GroupKeyMismatch(C::SUITE));
+    }
+    Ok(())
+}
+
+/// A key package of member `me` that belongs to `pubkeys`.
+fn check_keys<C: SibylSuite>(
+    me: u16,
+    key_package: &KeyPackage<C>,
+    pubkeys: &PublicKeyPackage<C>,
+) -> Result<(), NodeError> {
+    let my_id = Identifier::<C>::try_from(me).map_err(|e| NodeError::Frost(e.to_string()))?;
+    if *key_package.identifier() != my_id {
+        return Err(NodeError::KeyPackageMismatch {
+            member: me,
+            suite: C::SUITE,
+        });
+    }
+    if key_package.verifying_key() != pubkeys.verifying_key() {
+        return Err(NodeError::GroupKeyMismatch(C::SUITE));
+    }
+    Ok(())
 }
 
 /// [`split_package`] for a package whose message is a 32-byte digest, the

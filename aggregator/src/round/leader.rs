@@ -399,6 +399,7 @@ impl Node {
                 .iter()
                 .filter_map(|s| l.late.get(s).cloned())
                 .collect(),
+            key_set: self.key_set(),
         };
         // A Byzantine leader (simulator only) sends a second, different report
         // to every other signer and to the lowest one as well.

@@ -356,7 +356,8 @@ impl Node {
             .chain(signer_only.iter())
             .map(|(k, v)| (*k, v))
             .collect();
-        let signing = self.check_packages(&p.signing_packages, &sources, attempt, digest)?;
+        let signing =
+            self.check_packages(&p.signing_packages, p.key_set, &sources, attempt, digest)?;
         Ok((signing, leaves))
     }
 
@@ -404,11 +405,12 @@ impl Node {
     pub(super) fn check_packages(
         &mut self,
         packages: &[SuitePackage],
+        set: u64,
         attributed: &BTreeMap<u16, &ObservationMsg>,
         attempt: usize,
         digest: &[u8; 32],
     ) -> Result<Signing, Refusal> {
-        let checked = self.stage_packages(packages, attributed, attempt, digest);
+        let checked = self.stage_packages(packages, set, attributed, attempt, digest);
         for lane in &mut self.lanes {
             if checked.is_ok() {
                 with_lane!(lane, l => l.keep_staged());
@@ -422,6 +424,7 @@ impl Node {
     fn stage_packages(
         &mut self,
         packages: &[SuitePackage],
+        set: u64,
         attributed: &BTreeMap<u16, &ObservationMsg>,
         attempt: usize,
         digest: &[u8; 32],
@@ -441,7 +444,7 @@ impl Node {
             if lane.suite() != package.suite {
                 return Err(Refusal::Package);
             }
-            with_lane!(lane, l => l.check_package(attempt, &package.package, &announced, me, digest, t))?;
+            with_lane!(lane, l => l.check_package(attempt, set, &package.package, &announced, me, digest, t))?;
             let (named, hash) = with_lane!(lane, l => (l.staged_signers(), l.staged_hash()));
             let (Some(named), Some(hash)) = (named, hash) else {
                 return Err(Refusal::Package);

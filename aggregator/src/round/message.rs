@@ -47,7 +47,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Domain separator for identity-key signatures over messages.
-pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v3";
+pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v4";
 /// Most feeds a message may carry.
 pub const MAX_FEEDS: usize = 10_000;
 /// Most members a committee may have (and observations a proposal may attribute).
@@ -183,6 +183,10 @@ pub struct ProposalMsg {
     /// `observations` (it arrived after the leaves were fixed): only their
     /// commitments are used. Ascending by sender, disjoint from `observations`.
     pub signer_observations: Vec<Vec<u8>>,
+    /// The key set the attempt signs with ([`crate::round::key_set_id`]):
+    /// during a proactive refresh members hold the old shares and the new
+    /// ones, and shares of different sets never combine.
+    pub key_set: u64,
 }
 
 /// A signer's signature shares: one per suite (suites ascending).
@@ -548,6 +552,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                 w.bytes(o);
                 spans.push(w.len() - o.len()..w.len());
             });
+            w.u64(p.key_set);
         }
         Payload::Share(s) => {
             w.u8(s.attempt)
@@ -704,6 +709,7 @@ fn decode_proposal(
         spans.push(r.position() - o.len()..r.position());
         Ok(o.to_vec())
     })?;
+    let key_set = r.u64("key set")?;
     Ok(ProposalMsg {
         attempt,
         timestamp_ms,
@@ -712,6 +718,7 @@ fn decode_proposal(
         observations,
         signing_packages,
         signer_observations,
+        key_set,
     })
 }
 

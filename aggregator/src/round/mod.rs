@@ -296,9 +296,32 @@ impl<C: SibylSuite> From<NodeKeys<C>> for NodeKeySet {
     }
 }
 
+/// The id of a member's key set: the first 8 bytes (big-endian) of
+/// SHA3-256 over `"sibyl/key-set/v1"` and every suite's serialized public
+/// key package, suites ascending. Every member of a committee computes the
+/// same id for the same refresh (the public key packages are common), and a
+/// proposal names the set its attempt signs with.
+pub fn key_set_id(suites: &[SuiteKeys]) -> u64 {
+    use sha3::Digest;
+    let mut sorted: Vec<&SuiteKeys> = suites.iter().collect();
+    sorted.sort_by_key(|k| k.suite());
+    let mut h = sha3::Sha3_256::new();
+    h.update(b"sibyl/key-set/v1");
+    for k in sorted {
+        h.update([k.suite() as u8]);
+        h.update(k.public_key_package_bytes());
+    }
+    let d: [u8; 32] = h.finalize().into();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(id)
+}
+
 /// Why a node cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error("a new key set must hold keys for exactly the suites the member signs with")]
+    KeySetSuites,
     #[error("member {0} is not in the committee")]
     NotAMember(u16),
     #[error(
@@ -780,14 +803,15 @@ impl Node {
         if identity.verifying_key() != *member_key {
             return Err(NodeError::IdentityMismatch(me));
         }
+        let set = key_set_id(&keys.suites);
         let mut lanes = Vec::with_capacity(keys.suites.len());
         for k in keys.suites {
             let lane = match k {
                 SuiteKeys::Ed25519(kp, pkp) => {
-                    AnyLane::Ed25519(Box::new(Lane::new(&committee, me, kp, pkp)?))
+                    AnyLane::Ed25519(Box::new(Lane::new(&committee, me, set, kp, pkp)?))
                 }
                 SuiteKeys::Secp256k1Evm(kp, pkp) => {
-                    AnyLane::Secp256k1Evm(Box::new(Lane::new(&committee, me, kp, pkp)?))
+                    AnyLane::Secp256k1Evm(Box::new(Lane::new(&committee, me, set, kp, pkp)?))
                 }
             };
             lanes.push(lane);
@@ -868,6 +892,85 @@ impl Node {
     pub fn suites(&self) -> Vec<Suite> {
         self.lanes.iter().map(AnyLane::suite).collect()
     }
+    /// The key set this member proposes with as leader ([`key_set_id`]).
+    pub fn key_set(&self) -> u64 {
+        self.lanes.first().map_or(0, |l| with_lane!(l, x => x.lead()))
+    }
+
+    /// Every key set this member holds (ascending). More than one only
+    /// during a proactive refresh: the old shares and the new ones.
+    pub fn key_sets(&self) -> Vec<u64> {
+        self.lanes
+            .first()
+            .map(|l| with_lane!(l, x => x.sets()))
+            .unwrap_or_default()
+    }
+
+    /// Adds a key set: new shares of the same group key for every suite
+    /// this member signs with (a refresh). Returns its id. The member signs
+    /// with it when a proposal names it, and proposes with it after
+    /// [`Node::lead_with`].
+    pub fn add_key_set(&mut self, suites: Vec<SuiteKeys>) -> Result<u64, NodeError> {
+        let set = key_set_id(&suites);
+        let mut seen: Vec<Suite> = suites.iter().map(SuiteKeys::suite).collect();
+        seen.sort();
+        if seen != self.suites() {
+            return Err(NodeError::KeySetSuites);
+        }
+        // Checked on every lane before any takes it.
+        for k in &suites {
+            let me = self.me;
+            let lane = self.lanes.iter().find(|l| l.suite() == k.suite());
+            let ok = match (k, lane) {
+                (SuiteKeys::Ed25519(kp, pkp), Some(AnyLane::Ed25519(l))) => {
+                    lane::check_same_group(me, l, kp, pkp)
+                }
+                (SuiteKeys::Secp256k1Evm(kp, pkp), Some(AnyLane::Secp256k1Evm(l))) => {
+                    lane::check_same_group(me, l, kp, pkp)
+                }
+                _ => Err(NodeError::KeySetSuites),
+            };
+            ok?;
+        }
+        for k in suites {
+            let me = self.me;
+            for lane in &mut self.lanes {
+                match (&k, lane) {
+                    (SuiteKeys::Ed25519(kp, pkp), AnyLane::Ed25519(l)) => {
+                        l.add_set(me, set, kp.clone(), pkp.clone())?;
+                    }
+                    (SuiteKeys::Secp256k1Evm(kp, pkp), AnyLane::Secp256k1Evm(l)) => {
+                        l.add_set(me, set, kp.clone(), pkp.clone())?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Proposes with key set `set` from now on (as leader). `false` if this
+    /// member does not hold it.
+    pub fn lead_with(&mut self, set: u64) -> bool {
+        if !self.lanes.iter().all(|l| with_lane!(l, x => x.holds(set))) {
+            return false;
+        }
+        for lane in &mut self.lanes {
+            with_lane!(lane, x => x.set_lead(set));
+        }
+        // Nonces made ahead were hedged with the old share: harmless, but
+        // the next ones use the lead set's.
+        true
+    }
+
+    /// Forgets key set `set` (its shares are erased from memory). The set
+    /// this member leads with is kept.
+    pub fn retire_key_set(&mut self, set: u64) {
+        for lane in &mut self.lanes {
+            with_lane!(lane, x => x.retire(set));
+        }
+    }
+
     /// The public key package of suite `C`, if the member signs with it.
     pub fn public_key_package<C: SibylSuite>(&self) -> Option<&PublicKeyPackage<C>> {
         self.lanes

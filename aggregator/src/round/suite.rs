@@ -30,6 +30,14 @@ impl SuiteKeys {
         C::suite_keys(key_package, public_key_package)
     }
 
+    /// The serialized public key package.
+    pub fn public_key_package_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Ed25519(_, p) => p.serialize().unwrap_or_default(),
+            Self::Secp256k1Evm(_, p) => p.serialize().unwrap_or_default(),
+        }
+    }
+
     pub fn suite(&self) -> Suite {
         match self {
             Self::Ed25519(..) => Suite::Ed25519,

@@ -113,9 +113,19 @@ fn run_until_quiet(
     price: Price,
 ) -> (Vec<Vec<SignedReport>>, Vec<Evidence>) {
     let n = h.nodes.len() as u16;
-    let mut queue: VecDeque<(u16, Input)> = (1..=n)
+    let queue: VecDeque<(u16, Input)> = (1..=n)
         .map(|m| (m, observations(price + i128::from(m), at)))
         .collect();
+    deliver_until_quiet(h, at, queue)
+}
+
+/// [`run_until_quiet`] from any first inputs.
+fn deliver_until_quiet(
+    h: &mut Harness,
+    at: TimestampMs,
+    mut queue: VecDeque<(u16, Input)>,
+) -> (Vec<Vec<SignedReport>>, Vec<Evidence>) {
+    let n = h.nodes.len() as u16;
     let mut reports = vec![Vec::new(); usize::from(n)];
     let mut evidence = Vec::new();
     let mut steps = 0;
@@ -775,6 +785,7 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
             },
         ],
         signer_observations: vec![obs_msg.bytes.clone()],
+        key_set: 0x0123_4567_89ab_cdef,
     });
     let refusal = Payload::Refusal(RefusalMsg {
         attempt: 2,
@@ -2340,5 +2351,132 @@ fn node_new_wants_one_key_set_per_suite() {
     assert!(matches!(
         Node::new(h.committee.clone(), 1, twice, Restore::default()),
         Err(NodeError::DuplicateSuite(Suite::Ed25519))
+    ));
+}
+
+/// Trusted-dealer refresh of every member's keys of suite `C` (tests only;
+/// the committee refreshes with the DKG, `crate::dkg`).
+fn refreshed<C: SibylSuite>(
+    h: &Harness,
+    rng: &mut ChaCha20Rng,
+) -> BTreeMap<u16, (KeyPackage<C>, PublicKeyPackage<C>)> {
+    let old = h.nodes[0].public_key_package::<C>().unwrap().clone();
+    let ids: Vec<Identifier<C>> = (1..=h.nodes.len() as u16)
+        .map(|i| Identifier::try_from(i).unwrap())
+        .collect();
+    let (shares, public) =
+        frost_core::keys::refresh::compute_refreshing_shares(old, &ids, rng).unwrap();
+    ids.iter()
+        .zip(shares)
+        .map(|(id, share)| {
+            let i = h.committee.members()[ids.iter().position(|x| x == id).unwrap()].index;
+            let lane = h.nodes[usize::from(i) - 1]
+                .lanes
+                .iter()
+                .find_map(|l| l.get::<C>())
+                .unwrap();
+            let kp = frost_core::keys::refresh::refresh_share(share, lane.lead_key_package())
+                .unwrap();
+            (i, (kp, public.clone()))
+        })
+        .collect()
+}
+
+/// Runs round `k` (from its slot) until quiet; returns member 1's report.
+fn sign_round(h: &mut Harness, k: u64, price: Price) -> Option<SignedReport> {
+    let interval = h.committee.timeouts().round_interval_ms;
+    let at = T0 + k * interval;
+    let queue = (1..=h.nodes.len() as u16)
+        .flat_map(|m| [(m, observations(price + i128::from(m), at)), (m, Input::Tick)])
+        .collect();
+    let (reports, _) = deliver_until_quiet(h, at, queue);
+    reports[0].last().cloned()
+}
+
+/// A proactive refresh inside a running committee: members hold the old
+/// and the new key set at once, each proposal names the set its attempt
+/// signs with, a signer that lacks it refuses, and every report verifies
+/// under the unchanged group keys, before, during and after the switch.
+#[test]
+fn a_refreshed_key_set_signs_beside_the_old_one_then_alone() {
+    let (mut h, keys) = harness_both(4, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    let old = h.nodes[0].key_set();
+    let r0 = sign_round(&mut h, 0, 1_000_000).expect("round 0 signs");
+    crate::verify::verify_report(&r0, &keys).unwrap();
+
+    let ed = refreshed::<Ed>(&h, &mut rng);
+    let evm = refreshed::<Evm>(&h, &mut rng);
+    let mut new = None;
+    // Member 3 has not finished the refresh yet: it holds only the old set.
+    for i in [1u16, 2, 4] {
+        let suites = vec![
+            SuiteKeys::new(ed[&i].0.clone(), ed[&i].1.clone()),
+            SuiteKeys::new(evm[&i].0.clone(), evm[&i].1.clone()),
+        ];
+        let id = h.nodes[usize::from(i) - 1].add_key_set(suites).unwrap();
+        assert!(new.is_none_or(|n| n == id), "one id for one refresh");
+        new = Some(id);
+    }
+    let new = new.unwrap();
+    assert_ne!(new, old);
+    assert_eq!(h.nodes[0].key_sets(), {
+        let mut v = vec![old, new];
+        v.sort_unstable();
+        v
+    });
+    // Member 2 leads round 1 with the new set: member 3 cannot sign it,
+    // members 1, 2 and 4 (t = 3) can.
+    assert!(h.nodes[1].lead_with(new));
+    assert!(!h.nodes[2].lead_with(new), "member 3 does not hold it");
+    let before = h.nodes[2].stats().refusals_sent;
+    let r1 = sign_round(&mut h, 1, 1_000_100).expect("round 1 signs with the new set");
+    crate::verify::verify_report(&r1, &keys).unwrap();
+    assert_eq!(r1.header.round, 1);
+    assert!(
+        h.nodes[2].stats().refusals_sent > before,
+        "member 3 refused a proposal naming a set it lacks"
+    );
+    // Round 2 is led by member 3 with the old set, which everyone holds.
+    let r2 = sign_round(&mut h, 2, 1_000_200).expect("round 2 signs with the old set");
+    crate::verify::verify_report(&r2, &keys).unwrap();
+
+    // Member 3 finishes; everyone switches and erases the old shares.
+    let suites = vec![
+        SuiteKeys::new(ed[&3].0.clone(), ed[&3].1.clone()),
+        SuiteKeys::new(evm[&3].0.clone(), evm[&3].1.clone()),
+    ];
+    assert_eq!(h.nodes[2].add_key_set(suites).unwrap(), new);
+    for node in &mut h.nodes {
+        assert!(node.lead_with(new));
+        node.retire_key_set(old);
+        assert_eq!(node.key_sets(), vec![new]);
+        assert_eq!(node.key_set(), new);
+    }
+    for k in 3..7 {
+        let r = sign_round(&mut h, k, 1_000_000 + 100 * k as i128)
+            .unwrap_or_else(|| panic!("round {k} signs with the new set alone"));
+        crate::verify::verify_report(&r, &keys).unwrap();
+        assert_eq!(r.header.round, k);
+    }
+    // The old set is gone: new shares of another group are refused.
+    let other = harness::<Ed>(4, 1);
+    let wrong = other.nodes[0]
+        .lanes
+        .iter()
+        .find_map(|l| l.get::<Ed>())
+        .unwrap();
+    let suites = vec![
+        SuiteKeys::new(wrong.lead_key_package().clone(), wrong.pubkeys().clone()),
+        SuiteKeys::new(evm[&1].0.clone(), evm[&1].1.clone()),
+    ];
+    assert!(matches!(
+        h.nodes[0].add_key_set(suites),
+        Err(NodeError::GroupKeyMismatch(Suite::Ed25519))
+    ));
+    let only_ed = vec![SuiteKeys::new(ed[&1].0.clone(), ed[&1].1.clone())];
+    assert!(matches!(
+        h.nodes[0].add_key_set(only_ed),
+        Err(NodeError::KeySetSuites)
     ));
 }
