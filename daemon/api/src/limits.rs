@@ -139,13 +139,22 @@ pub(super) async fn track(State(state): State<ApiState>, req: Request, next: Nex
 /// Middleware for state-changing routes: requires `Authorization: Bearer
 /// <admin_token>`. Without a configured token the routes are disabled (403).
 pub async fn require_admin(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let Some(token) = state.inner.config.admin_token.as_deref() else {
-        return ApiError::new(
+    match admin_refusal(state.inner.config.admin_token.as_deref(), &req) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    }
+}
+
+/// Why `req` may not use a state-changing route with admin token `token`
+/// (`None`: it may).
+pub fn admin_refusal(token: Option<&str>, req: &Request) -> Option<Response> {
+    let Some(token) = token else {
+        return Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_disabled",
             "state-changing routes are disabled: no admin token is configured (set `api.admin_token_file` in the node config)",
         )
-        .into_response();
+        .into_response());
     };
     let given = req
         .headers()
@@ -153,19 +162,23 @@ pub async fn require_admin(State(state): State<ApiState>, req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => next.run(req).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_token",
-            "the bearer token is not the node's admin token",
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_token",
-            "this route changes state and needs `Authorization: Bearer <admin token>`",
-        )
-        .into_response(),
+        Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => None,
+        Some(_) => Some(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "the bearer token is not the node's admin token",
+            )
+            .into_response(),
+        ),
+        None => Some(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "this route changes state and needs `Authorization: Bearer <admin token>`",
+            )
+            .into_response(),
+        ),
     }
 }
 

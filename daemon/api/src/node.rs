@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use sibyl_aggregator::SignedReport;
@@ -26,6 +26,8 @@ use tokio::sync::{broadcast, watch};
 struct NodeApi {
     status: StatusHandle,
     readers: Readers,
+    /// The in-node key refresh (`POST /v1/node/keys/refresh`).
+    rekey: Option<tokio::sync::mpsc::Sender<sibyl_node::rekey::RekeyEvent>>,
 }
 
 #[derive(Serialize)]
@@ -88,12 +90,64 @@ async fn report(State(api): State<NodeApi>, Path(round): Path<String>) -> Respon
     }
 }
 
-/// The node's own routes.
-pub fn router(status: StatusHandle, readers: Readers) -> Router {
+/// `POST /v1/node/keys/refresh` (admin): start a proactive refresh of the
+/// key shares now. The other members join it (each at most once per
+/// `min_gap`); progress is in `GET /v1/node/status` (`refresh`) and the log.
+async fn start_refresh(State(api): State<NodeApi>) -> Response {
+    let Some(tx) = &api.rekey else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node runs no in-node key refresh".into(),
+        );
+    };
+    match tx.try_send(sibyl_node::rekey::RekeyEvent::Start) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "started": true,
+                "refresh": status_snapshot(&api.status).refresh,
+            })),
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the key refresh cannot take the request now: {e}"),
+        ),
+    }
+}
+
+/// The node's own routes; the state-changing one needs `admin_token` as
+/// the other admin routes do (`None`: it answers 403).
+pub fn router(
+    status: StatusHandle,
+    readers: Readers,
+    rekey: Option<tokio::sync::mpsc::Sender<sibyl_node::rekey::RekeyEvent>>,
+    admin_token: Option<String>,
+) -> Router {
+    let api = NodeApi {
+        status,
+        readers,
+        rekey,
+    };
+    let token = Arc::new(admin_token);
+    let keys = Router::new()
+        .route("/v1/node/keys/refresh", post(start_refresh))
+        .route_layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move {
+                    match crate::limits::admin_refusal(token.as_deref(), &req) {
+                        Some(refused) => refused,
+                        None => next.run(req).await,
+                    }
+                }
+            },
+        ));
     Router::new()
         .route("/v1/node/status", get(node_status))
         .route("/v1/node/reports/{round}", get(report))
-        .with_state(NodeApi { status, readers })
+        .merge(keys)
+        .with_state(api)
 }
 
 /// The committee status the API serves at `/v1/committee`: the driver's
@@ -146,6 +200,7 @@ pub async fn serve_if_enabled(
     registry: prometheus_client::registry::Registry,
     margin: sibyl_node::margin_svc::MarginHandle,
     group_keys: &sibyl_aggregator::verify::GroupKeys,
+    rekey: Option<tokio::sync::mpsc::Sender<sibyl_node::rekey::RekeyEvent>>,
 ) -> Result<()> {
     if !config.node.api.enabled {
         return Ok(());
@@ -189,7 +244,7 @@ pub async fn serve_if_enabled(
         registry,
         margin: Some(margin),
         config: ApiConfig {
-            admin_token,
+            admin_token: admin_token.clone(),
             feeds,
             limits: ApiLimits::from_config(&config.node.api),
             retention: RetentionPolicy::default(),
@@ -201,7 +256,7 @@ pub async fn serve_if_enabled(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the API; choose another `api.listen` or stop the process using it"))?;
-    let node_routes = router(status, store.readers.clone());
+    let node_routes = router(status, store.readers.clone(), rekey, admin_token);
     tracing::info!(%addr, "API listening");
     tokio::spawn(crate::serve_with(listener, state, node_routes));
     Ok(())

@@ -115,8 +115,36 @@ pub fn refresh_machine(
 }
 
 fn dkg_config(net: &Net, params: &DkgParams, suites: &[Suite]) -> Result<DkgConfig, DkgError> {
-    let me = net.me();
-    if params.members.get(&me) != Some(&net.local_peer_id()) {
+    dkg_config_of(net.me(), net.local_peer_id(), params, suites)
+}
+
+/// The in-node refresh's machine factory ([`crate::rekey`]): member `me`
+/// (whose identity is `params.identity`) refreshing whatever keys it holds
+/// when a refresh starts.
+pub fn refresh_factory(
+    me: u16,
+    params: &DkgParams,
+    suites: &[Suite],
+) -> Result<crate::rekey::MachineFactory, DkgError> {
+    let local = params.identity.public().to_peer_id();
+    let config = dkg_config_of(me, local, params, suites)?;
+    let identity = params.identity.clone();
+    Ok(Box::new(move |keys| {
+        let config = DkgConfig {
+            digest: crate::rekey::ceremony_digest(&config.digest, &keys),
+            ..config.clone()
+        };
+        Dkg::refresh(config, Box::new(Libp2pSigner(identity.clone())), keys)
+    }))
+}
+
+fn dkg_config_of(
+    me: u16,
+    local: PeerId,
+    params: &DkgParams,
+    suites: &[Suite],
+) -> Result<DkgConfig, DkgError> {
+    if params.members.get(&me) != Some(&local) {
         return Err(params_error(format!(
             "the network's identity is not member {me} of the committee"
         )));

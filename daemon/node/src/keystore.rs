@@ -779,11 +779,12 @@ pub fn pending_files(live: &Keystore, suites: &[sibyl_aggregator::Suite]) -> Vec
         .collect()
 }
 
-/// Why a member with pending refresh files must not start (`sibyl run`
-/// refuses, `sibyl config check` reports it).
-pub fn pending_refresh_refusal(pending: &[PathBuf]) -> String {
+/// Why a member whose pending refresh files cannot be used must not start
+/// (`sibyl run` refuses, `sibyl config check` reports it). Readable pending
+/// files are resumed by `sibyl run` instead (`crate::rekey`).
+pub fn pending_refresh_refusal(pending: &[PathBuf], why: &str) -> String {
     format!(
-        "a key refresh did not finish here ({} pending); this member's shares may not match the others'. Run `sibyl refresh --finish` if every other member switched, else `sibyl refresh --abandon` (docs/OPERATOR.md, \"Refreshing key shares\")",
+        "a key refresh did not finish here and its pending files cannot be used ({why}; {} pending); this member's shares may not match the others'. Run `sibyl refresh --finish` if every other member switched, else `sibyl refresh --abandon` (docs/OPERATOR.md, \"Refreshing key shares\")",
         pending
             .iter()
             .map(|p| p.display().to_string())

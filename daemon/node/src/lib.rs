@@ -27,6 +27,7 @@ pub mod margin_svc;
 pub mod net;
 pub mod priority;
 pub mod refresh;
+pub mod rekey;
 pub mod repair;
 pub mod replay;
 pub mod store;

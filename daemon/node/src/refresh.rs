@@ -33,7 +33,7 @@ type Evm = frost_secp256k1_evm::Secp256K1Keccak256;
 
 /// `"SRFS" | SHA3-256 of every suite's new public key package`: "I stored
 /// my new shares of this refresh".
-const STORED_MAGIC: &[u8; 4] = b"SRFS";
+pub(crate) const STORED_MAGIC: &[u8; 4] = b"SRFS";
 
 /// The keys a member holds for `suites`.
 pub fn read_keys(
@@ -62,8 +62,38 @@ pub fn read_keys(
     Ok(keys)
 }
 
+/// The new keys a refresh left pending (`None`: no pending files), checked:
+/// every suite's pair present, readable with the passphrase, and of the
+/// same group key as the live keys. `Err`: the refusal `sibyl run` and
+/// `sibyl config check` give.
+pub fn read_pending(
+    keystore: &Keystore,
+    digest: &ConfigDigest,
+    passphrase: &Passphrase,
+    suites: &[Suite],
+) -> Result<Option<RefreshKeys>, String> {
+    let files = pending_files(keystore, suites);
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let refuse = |why: String| crate::keystore::pending_refresh_refusal(&files, &why);
+    let pending = read_keys(&pending_keystore(keystore), digest, passphrase, suites)
+        .map_err(|e| refuse(e.to_string()))?;
+    let live = read_keys(keystore, digest, passphrase, suites).map_err(|e| refuse(e.to_string()))?;
+    let same = |a: &RefreshKeys, b: &RefreshKeys| {
+        a.ed25519.as_ref().map(|(_, p)| *p.verifying_key())
+            == b.ed25519.as_ref().map(|(_, p)| *p.verifying_key())
+            && a.secp256k1_evm.as_ref().map(|(_, p)| *p.verifying_key())
+                == b.secp256k1_evm.as_ref().map(|(_, p)| *p.verifying_key())
+    };
+    if !same(&pending, &live) {
+        return Err(refuse("they belong to another group key".into()));
+    }
+    Ok(Some(pending))
+}
+
 /// SHA3-256 over every suite's public key package (the refresh's outcome).
-fn outcome_hash(keys: &RefreshKeys) -> [u8; 32] {
+pub(crate) fn outcome_hash(keys: &RefreshKeys) -> [u8; 32] {
     use sha3::Digest;
     let mut h = sha3::Sha3_256::new();
     if let Some((_, p)) = &keys.ed25519 {
@@ -75,7 +105,7 @@ fn outcome_hash(keys: &RefreshKeys) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn keys_of(result: DkgResult) -> RefreshKeys {
+pub(crate) fn keys_of(result: DkgResult) -> RefreshKeys {
     RefreshKeys {
         ed25519: result
             .ed25519

@@ -129,10 +129,10 @@ pub async fn run_node(
     let digest = committee.digest;
     let pass = config.read_key_passphrase()?;
     let keystore = config.keystore();
-    let pending = sibyl_node::refresh::pending_files(&keystore, &committee.suites);
-    if !pending.is_empty() {
-        anyhow::bail!(sibyl_node::keystore::pending_refresh_refusal(&pending));
-    }
+    // New shares a refresh stored but did not switch to yet: the refresh
+    // resumes with them (`sibyl_node::rekey`); unusable ones refuse the start.
+    let pending = sibyl_node::refresh::read_pending(&keystore, &digest, &pass, &committee.suites)
+        .map_err(anyhow::Error::msg)?;
     let identity = keystore.read_identity(&pass)?;
     let peer_id = identity.public().to_peer_id();
     let me = committee
@@ -190,7 +190,10 @@ pub async fn run_node(
     let last_report_round = restore.last_report_round;
 
     let round_interval = Duration::from_millis(protocol.timeouts().round_interval_ms);
+    let live_keys = sibyl_node::rekey::refresh_keys_of(&keys.suites);
     let node = Node::new(protocol, me.index, keys, restore)?;
+    let (rekey_link, rekey_events) =
+        start_rekey(&config, me.index, &identity, &pass, live_keys, pending, &shutdown)?;
 
     let validator_keys = group_keys.clone();
     let api_group_keys = group_keys.clone();
@@ -301,6 +304,7 @@ pub async fn run_node(
             rng: rand::rngs::OsRng,
             clock: sibyl_node::driver::clock::SystemClock,
             shutdown,
+            rekey: Some(rekey_link),
         },
         last_report_round,
     );
@@ -322,6 +326,7 @@ pub async fn run_node(
         registry,
         margin.clone(),
         &api_group_keys,
+        Some(rekey_events),
     )
     .await?;
     run_on_round_thread(driver).await?;
@@ -357,6 +362,83 @@ where
         .await
         .map_err(|_| anyhow::anyhow!("the round driver's thread panicked"))
 }
+
+/// Starts the in-node key refresh (`sibyl_node::rekey`) on the worker pool;
+/// returns the driver's side of its channels and the sender the API starts
+/// it with.
+fn start_rekey(
+    config: &Config,
+    me: u16,
+    identity: &libp2p::identity::Keypair,
+    pass: &sibyl_node::keystore::Passphrase,
+    live: sibyl_aggregator::dkg::RefreshKeys,
+    pending: Option<sibyl_aggregator::dkg::RefreshKeys>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(
+    sibyl_node::rekey::RekeyLink,
+    tokio::sync::mpsc::Sender<sibyl_node::rekey::RekeyEvent>,
+)> {
+    use sibyl_node::rekey;
+    let committee = &config.committee;
+    let params = sibyl_node::dkg::DkgParams {
+        digest: committee.digest,
+        threshold: committee.threshold,
+        identity: identity.clone(),
+        members: committee
+            .members
+            .iter()
+            .map(|m| (m.index, m.peer_id))
+            .collect(),
+        timeout: REFRESH_CEREMONY_TIMEOUT,
+        resend_interval: Duration::from_secs(1),
+    };
+    let factory = sibyl_node::dkg::refresh_factory(me, &params, &committee.suites)?;
+    let timing = rekey::Timing {
+        every_ms: config
+            .node
+            .keys
+            .refresh_every
+            .as_ref()
+            .map(|e| e.get_ref().as_millis()),
+        ..rekey::Timing::default()
+    };
+    let (machine, first) = rekey::Rekey::new(
+        me,
+        committee.members.iter().map(|m| m.index),
+        timing,
+        factory,
+        live,
+        pending,
+        sibyl_node::store::now_ms(),
+    );
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(1024);
+    let io = rekey::RekeyIo {
+        keystore: config.keystore(),
+        digest: committee.digest,
+        passphrase: pass.clone(),
+        suites: committee.suites.clone(),
+    };
+    tokio::spawn(rekey::run(
+        machine,
+        first,
+        io,
+        events_rx,
+        commands_tx,
+        shutdown.clone(),
+    ));
+    Ok((
+        rekey::RekeyLink {
+            events: events_tx.clone(),
+            commands: commands_rx,
+        },
+        events_tx,
+    ))
+}
+
+/// How long an in-node refresh ceremony may take before it fails (and is
+/// retried); the committee keeps signing with the old shares meanwhile.
+const REFRESH_CEREMONY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads this member's keys of suite `C` and adds them, and the group key,
 /// to what the node signs and verifies with.

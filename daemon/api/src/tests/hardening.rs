@@ -505,6 +505,8 @@ async fn start_with_node_routes(limits: ApiLimits) -> (Harness, tempfile::TempDi
     let node_routes = crate::node::router(
         sibyl_node::driver::StatusHandle::default(),
         store.readers.clone(),
+        None,
+        Some("secret".into()),
     );
     (start_with(with_limits(limits), node_routes).await, dir)
 }

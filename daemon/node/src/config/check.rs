@@ -90,11 +90,17 @@ pub fn check_keys(config: &Config) -> Vec<Problem> {
             problems.push(key_problem(config, key, e));
         }
     }
-    let pending = crate::keystore::pending_files(&keystore, &config.committee.suites);
-    if !pending.is_empty() {
+    if problems.is_empty()
+        && let Err(why) = crate::refresh::read_pending(
+            &keystore,
+            &config.committee.digest,
+            &pass,
+            &config.committee.suites,
+        )
+    {
         problems.push(config.node_problem(
             "keys.key_package",
-            crate::keystore::pending_refresh_refusal(&pending),
+            why,
             "`sibyl run` refuses to start until the refresh is finished or abandoned",
         ));
     }

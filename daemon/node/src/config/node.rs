@@ -151,6 +151,11 @@ pub struct KeysSection {
     /// File holding the key passphrase (first line; relative to node.toml).
     #[serde(default)]
     pub passphrase_file: Option<Spanned<PathBuf>>,
+    /// Refresh the key shares inside `sibyl run` at every multiple of this
+    /// (unix time, so every member starts together), e.g. "24h". Unset: only
+    /// on demand (`POST /v1/node/keys/refresh`). At least 10 s.
+    #[serde(default)]
+    pub refresh_every: Option<Spanned<ConfigDuration>>,
 }
 
 pub(crate) fn default_identity() -> PathBuf {
@@ -171,6 +176,7 @@ impl Default for KeysSection {
             public_key_package: default_public_key_package(),
             passphrase_env: None,
             passphrase_file: None,
+            refresh_every: None,
         }
     }
 }
@@ -485,6 +491,11 @@ pub(crate) fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
             }
         }
         (None, Some(_)) => {}
+    }
+    if let Some(every) = &n.keys.refresh_every
+        && every.get_ref().0 < Duration::from_secs(10)
+    {
+        r.at(span(every), "keys.refresh_every", format!("{:?} is shorter than 10 s", every.get_ref().0), "a refresh takes a few seconds across the committee; use e.g. \"24h\"");
     }
     if let Some(l) = &n.net.listen
         && let Err(msg) = parse_member_address(l.get_ref())

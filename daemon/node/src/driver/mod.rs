@@ -140,6 +140,10 @@ pub struct NodeStatus {
     pub members: BTreeMap<u16, members::MemberView>,
     /// This member's estimated clock offset from the committee.
     pub clock_offset_ms: Option<i64>,
+    /// Every key set this member holds (hex ids; two during a refresh).
+    pub key_sets: Vec<String>,
+    /// The in-node refresh ([`crate::rekey`]); `None` without one.
+    pub refresh: Option<crate::rekey::RekeyStatus>,
 }
 
 /// Shared, cheaply readable view of a running driver.
@@ -292,6 +296,8 @@ pub struct DriverParts<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = S
     pub shutdown: watch::Receiver<bool>,
     /// The only clock the driver reads or sleeps on ([`clock`]).
     pub clock: K,
+    /// The in-node key refresh's channels; `None`: no refresh here.
+    pub rekey: Option<crate::rekey::RekeyLink>,
 }
 
 /// The running driver. Build with [`Driver::new`], then `run().await`.
@@ -356,6 +362,9 @@ pub struct Driver<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = System
     catchup_retry_at: Option<u64>,
     replies_tx: mpsc::Sender<(u16, Vec<u8>)>,
     replies_rx: mpsc::Receiver<(u16, Vec<u8>)>,
+    /// The in-node refresh: its events out, its commands in.
+    rekey_events: Option<mpsc::Sender<crate::rekey::RekeyEvent>>,
+    rekey_commands: Option<mpsc::Receiver<crate::rekey::DriverCmd>>,
 }
 
 impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
@@ -373,6 +382,10 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
         }));
         let (replies_tx, replies_rx) = mpsc::channel(64);
         let metrics = metrics::NodeMetrics::new(parts.node.committee(), parts.node.index());
+        let (rekey_events, rekey_commands) = match parts.rekey {
+            Some(l) => (Some(l.events), Some(l.commands)),
+            None => (None, None),
+        };
         metrics.set_round(parts.node.round());
         Self {
             node: parts.node,
@@ -412,6 +425,8 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             catchup_retry_at: None,
             replies_tx,
             replies_rx,
+            rekey_events,
+            rekey_commands,
         }
     }
 
@@ -468,6 +483,7 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                     }
                     self.on_transport(ev).await;
                 }
+                Some(cmd) = recv_opt(&mut self.rekey_commands) => self.on_rekey(cmd),
                 Some((to, bytes)) = self.replies_rx.recv() => {
                     if let Err(e) = self.transport.send(to, bytes) {
                         self.stats.send_errors += 1;
@@ -552,6 +568,51 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             s.driver = self.stats.clone();
             s.protocol = self.node.stats().clone();
             s.last_report_round = self.stored_through;
+            s.key_sets = self
+                .node
+                .key_sets()
+                .iter()
+                .map(|k| format!("{k:016x}"))
+                .collect();
+        }
+    }
+
+    /// What the in-node refresh asks for.
+    fn on_rekey(&mut self, cmd: crate::rekey::DriverCmd) {
+        use crate::rekey::DriverCmd;
+        match cmd {
+            DriverCmd::Send { to, bytes } => {
+                if let Err(e) = self.transport.send(to, Envelope::Ceremony(bytes).encode()) {
+                    self.stats.send_errors += 1;
+                    tracing::debug!(to, error = %e, "refresh message not sent");
+                }
+            }
+            DriverCmd::AddKeySet(keys) => match self.node.add_key_set(keys) {
+                Ok(set) => tracing::info!(set = %format!("{set:016x}"), "new key set held"),
+                Err(e) => tracing::error!(error = %e, "the refresh's new key set is refused"),
+            },
+            DriverCmd::LeadWith(set) => {
+                if self.node.lead_with(set) {
+                    tracing::info!(set = %format!("{set:016x}"), "proposing with the new key set");
+                } else {
+                    tracing::error!(set = %format!("{set:016x}"), "cannot lead with a key set not held");
+                }
+            }
+            DriverCmd::Retire(set) => self.node.retire_key_set(set),
+            DriverCmd::Status(st) => {
+                if let Ok(mut s) = self.status.lock() {
+                    s.refresh = Some(st);
+                }
+            }
+        }
+        self.publish_status();
+    }
+
+    fn tell_rekey(&self, event: crate::rekey::RekeyEvent) {
+        if let Some(tx) = &self.rekey_events
+            && tx.try_send(event).is_err()
+        {
+            tracing::debug!("the refresh is busy; ceremony event dropped (it re-sends)");
         }
     }
 
@@ -973,6 +1034,9 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                     end,
                     reports,
                 }) => self.on_catchup_reply(from, first, end, reports),
+                Ok(Envelope::Ceremony(bytes)) => {
+                    self.tell_rekey(crate::rekey::RekeyEvent::Message { from, bytes })
+                }
                 Err(e) => {
                     self.stats.malformed_messages += 1;
                     self.metrics.malformed_messages.inc();
@@ -1005,11 +1069,13 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                 self.history.want_tail();
                 self.catchup_poll();
                 self.lost.remove(&peer);
+                self.tell_rekey(crate::rekey::RekeyEvent::Connected(self.connected.clone()));
             }
             TransportEvent::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
                 self.metrics.set_connected(peer, false);
                 self.lost.insert(peer);
+                self.tell_rekey(crate::rekey::RekeyEvent::Connected(self.connected.clone()));
             }
             TransportEvent::Dropped { reason } => {
                 self.stats.transport_drops += 1;
@@ -1261,6 +1327,14 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
 }
 
 /// A catch-up request waiting for its reply.
+/// The next item of an optional channel; pending forever without one.
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Inflight {
     to: u16,
     from: Round,

@@ -134,6 +134,7 @@ impl Harness {
                 rng: ChaCha20Rng::seed_from_u64(u64::from(index) + 1000),
                 shutdown: shutdown_rx,
                 clock: self.clock,
+                rekey: None,
             },
             last_report_round,
         );

@@ -68,6 +68,10 @@ const TAG_ROUND: u8 = 1;
 const TAG_COMMITMENTS: u8 = 4;
 const TAG_CATCHUP_REQUEST: u8 = 5;
 const TAG_CATCHUP_REPLY: u8 = 6;
+const TAG_CEREMONY: u8 = 7;
+
+/// Largest key-ceremony message carried (a 16-member DKG's are a few KiB).
+pub const MAX_CEREMONY_BYTES: usize = 1 << 20;
 
 /// Largest serialized commitment a hint may carry (either suite's is < 100).
 const MAX_COMMITMENT_BYTES: usize = 256;
@@ -94,6 +98,9 @@ pub enum Envelope {
     /// unsigned, since only byte-for-byte equal commitments of a signed
     /// observation ever use the parse.
     Commitments(Vec<u8>),
+    /// A key ceremony's message (the in-node refresh, [`crate::rekey`]):
+    /// the ceremony authenticates and decodes it.
+    Ceremony(Vec<u8>),
 }
 
 /// Why an envelope could not be read.
@@ -132,6 +139,11 @@ impl Envelope {
             Envelope::Commitments(bytes) => {
                 let mut w = Writer::new();
                 w.u8(TAG_COMMITMENTS).bytes(bytes);
+                w.finish()
+            }
+            Envelope::Ceremony(bytes) => {
+                let mut w = Writer::new();
+                w.u8(TAG_CEREMONY).bytes(bytes);
                 w.finish()
             }
         }
@@ -196,6 +208,16 @@ impl Envelope {
                     .to_vec();
                 r.finish(what).map_err(bad(what))?;
                 Ok(Envelope::Commitments(bytes))
+            }
+            TAG_CEREMONY => {
+                let what = "ceremony message";
+                let mut r = Reader::new(rest);
+                let bytes = r
+                    .bytes(what, MAX_CEREMONY_BYTES)
+                    .map_err(bad(what))?
+                    .to_vec();
+                r.finish(what).map_err(bad(what))?;
+                Ok(Envelope::Ceremony(bytes))
             }
             other => Err(EnvelopeError::UnknownTag(other)),
         }
@@ -381,6 +403,8 @@ mod tests {
                 reports: vec![],
             },
             Envelope::Commitments(vec![0; 69]),
+            Envelope::Ceremony(b"SDKG rest".to_vec()),
+            Envelope::Ceremony(Vec::new()),
         ] {
             assert_eq!(Envelope::decode(&e.encode()), Ok(e));
         }
