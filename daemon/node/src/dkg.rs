@@ -129,9 +129,9 @@ pub fn refresh_factory(
     let local = params.identity.public().to_peer_id();
     let config = dkg_config_of(me, local, params, suites)?;
     let identity = params.identity.clone();
-    Ok(Box::new(move |keys| {
+    Ok(Box::new(move |keys, run| {
         let config = DkgConfig {
-            digest: crate::rekey::ceremony_digest(&config.digest, &keys),
+            digest: crate::rekey::ceremony_digest(&config.digest, &keys, run),
             ..config.clone()
         };
         Dkg::refresh(config, Box::new(Libp2pSigner(identity.clone())), keys)

@@ -52,8 +52,12 @@ use crate::refresh::{STORED_MAGIC, keys_of, outcome_hash};
 /// `"SRFN" | hash`: "I do not hold that set, and no ceremony of mine is
 /// running that could give it to me".
 pub const NOT_HELD_MAGIC: &[u8; 4] = b"SRFN";
-/// `"SRFQ"`: "start a refresh" (on demand, or a scheduled start; members
-/// idle long enough start theirs).
+/// `"SRFQ" | u64 run`: "join refresh run `run`". Every start names a run
+/// (a scheduled one its boundary in unix ms, any other one the later of
+/// the last run + 1 and the clock), the run enters the ceremony's session,
+/// and a member joins a higher run than its own once `min_gap` passed since
+/// its last start: members that started apart, or a member restarted in
+/// the middle, converge on one run without mixing messages of two.
 pub const REQUEST_MAGIC: &[u8; 4] = b"SRFQ";
 
 /// Timing of the in-node refresh.
@@ -85,8 +89,9 @@ impl Default for Timing {
     }
 }
 
-/// Builds the refresh machine of the keys held now.
-pub type MachineFactory = Box<dyn Fn(RefreshKeys) -> Result<Dkg, CeremonyError> + Send>;
+/// Builds the refresh machine of the keys held now, for run `run`
+/// ([`ceremony_digest`]).
+pub type MachineFactory = Box<dyn Fn(RefreshKeys, u64) -> Result<Dkg, CeremonyError> + Send>;
 
 /// What the state machine is fed.
 #[derive(Debug)]
@@ -132,6 +137,8 @@ pub struct RekeyStatus {
     /// `idle`, `ceremony`, `writing`, `stored` (waiting for every member's
     /// "stored") or `switching`.
     pub phase: &'static str,
+    /// The newest run started or joined.
+    pub run: u64,
     /// The key set this member proposes with (hex of its id).
     pub key_set: String,
     /// Refreshes this process completed (switched).
@@ -195,6 +202,12 @@ pub struct Rekey {
     /// The last finished ceremony: answers members that repeat themselves.
     last_machine: Option<Box<Dkg>>,
     last_start: Option<u64>,
+    /// The newest run started or joined, and a higher one asked for that
+    /// waits for `min_gap`.
+    run: u64,
+    wanted: Option<u64>,
+    /// When to repeat the run's request (restarted members join with it).
+    request_at: Option<u64>,
     retry_at: Option<u64>,
     resend_at: Option<u64>,
     next_due: Option<u64>,
@@ -209,20 +222,22 @@ pub struct Rekey {
 }
 
 /// The digest an in-node refresh of `keys` binds its ceremony to: the
-/// committee's and the set being refreshed, so each refresh of a committee
-/// runs in a session of its own. A member whose last refresh finished keeps
+/// committee's, the set being refreshed and the run, so each run of a
+/// committee's refresh has a session of its own. A member whose last refresh finished keeps
 /// answering repeats of that session; with one session for every refresh
 /// of a group key, it would answer the next refresh's first messages with
 /// the last one's and make that one fail.
 pub fn ceremony_digest(
     digest: &sibyl_aggregator::ConfigDigest,
     keys: &RefreshKeys,
+    run: u64,
 ) -> sibyl_aggregator::ConfigDigest {
     use sha3::Digest;
     let mut h = sha3::Sha3_256::new();
     h.update(b"sibyl/in-node-refresh/v1");
     h.update(digest.0);
     h.update(set_of(keys).to_be_bytes());
+    h.update(run.to_be_bytes());
     sibyl_aggregator::ConfigDigest(h.finalize().into())
 }
 
@@ -296,6 +311,9 @@ impl Rekey {
             connected: BTreeSet::new(),
             last_machine: None,
             last_start: None,
+            run: 0,
+            wanted: None,
+            request_at: None,
             retry_at: None,
             resend_at: None,
             retire: None,
@@ -329,15 +347,18 @@ impl Rekey {
 
     /// When [`RekeyInput::Tick`] is due (unix ms).
     pub fn next_wake(&self) -> Option<u64> {
-        let machine = match &self.state {
-            State::Ceremony(m) => m.next_wake(),
-            _ => None,
+        let (machine, request) = match &self.state {
+            State::Ceremony(m) => (m.next_wake(), self.request_at),
+            _ => (None, None),
         };
+        let wanted = self.wanted.map(|_| self.rested_at());
         let resend = matches!(self.state, State::Stored { .. })
             .then_some(self.resend_at)
             .flatten();
         [
             machine,
+            request,
+            wanted,
             resend,
             self.retire.map(|(_, at)| at),
             self.retry_at,
@@ -358,7 +379,8 @@ impl Rekey {
         match input {
             RekeyInput::Start => {
                 if matches!(self.state, State::Idle) {
-                    self.start(now, "requested here", rng, &mut out);
+                    let run = self.next_run(now);
+                    self.start(now, run, "requested here", rng, &mut out);
                 } else {
                     out.push(RekeyOutput::Progress(format!(
                         "a refresh is already in progress ({})",
@@ -382,16 +404,30 @@ impl Rekey {
         out
     }
 
+    /// A run of this member's own: after every run seen, and at least the clock.
+    fn next_run(&self, now: u64) -> u64 {
+        (self.run + 1).max(now)
+    }
+
+    /// When this member may start or join another run.
+    fn rested_at(&self) -> u64 {
+        self.last_start
+            .map_or(0, |t| t.saturating_add(self.timing.min_gap_ms))
+    }
+
     fn start<R: RngCore + CryptoRng>(
         &mut self,
         now: u64,
+        run: u64,
         why: &str,
         rng: &mut R,
         out: &mut Vec<RekeyOutput>,
     ) {
         self.retry_at = None;
+        self.wanted = None;
         self.last_start = Some(now);
-        let mut machine = match (self.factory)((*self.current).clone()) {
+        self.run = run;
+        let mut machine = match (self.factory)((*self.current).clone(), run) {
             Ok(m) => Box::new(m),
             Err(e) => {
                 self.fail(now, format!("cannot start: {e}"), None, out);
@@ -399,19 +435,28 @@ impl Rekey {
             }
         };
         out.push(RekeyOutput::Progress(format!(
-            "refresh started ({why}); set {:016x} keeps signing meanwhile",
+            "refresh run {run} started ({why}); set {:016x} keeps signing meanwhile",
             self.current_set
         )));
-        for &to in &self.others {
-            out.push(RekeyOutput::Send {
-                to,
-                bytes: REQUEST_MAGIC.to_vec(),
-            });
-        }
+        self.send_request(now, out);
         let connected = self.connected.clone();
         let o = machine.handle(now, Input::Start { connected }, rng);
         self.state = State::Ceremony(machine);
         self.absorb(now, o, out);
+    }
+
+    /// "Join run `run`" to every other member; repeated while the
+    /// ceremony runs.
+    fn send_request(&mut self, now: u64, out: &mut Vec<RekeyOutput>) {
+        let mut bytes = REQUEST_MAGIC.to_vec();
+        bytes.extend_from_slice(&self.run.to_be_bytes());
+        for &to in &self.others {
+            out.push(RekeyOutput::Send {
+                to,
+                bytes: bytes.clone(),
+            });
+        }
+        self.request_at = Some(now + 2 * self.timing.resend_ms);
     }
 
     fn fail(&mut self, now: u64, why: String, culprit: Option<u16>, out: &mut Vec<RekeyOutput>) {
@@ -533,13 +578,18 @@ impl Rekey {
         if !self.others.contains(&from) {
             return;
         }
-        if bytes == REQUEST_MAGIC {
-            let rested = self
-                .last_start
-                .is_none_or(|t| now.saturating_sub(t) >= self.timing.min_gap_ms);
+        if let Some(run) = bytes
+            .strip_prefix(REQUEST_MAGIC.as_slice())
+            .and_then(|r| <[u8; 8]>::try_from(r).ok())
+            .map(u64::from_be_bytes)
+        {
             match &self.state {
-                State::Idle if rested => {
-                    self.start(now, &format!("member {from} asked"), rng, out);
+                State::Idle | State::Ceremony(_) if run > self.run => {
+                    if now >= self.rested_at() {
+                        self.start(now, run, &format!("member {from} asked"), rng, out);
+                    } else {
+                        self.wanted = Some(self.wanted.unwrap_or(0).max(run));
+                    }
                 }
                 State::Stored { hash, .. } => {
                     let hash = *hash;
@@ -557,6 +607,11 @@ impl Rekey {
         if let Some(h) = hash_after(&bytes, NOT_HELD_MAGIC) {
             let h: [u8; 32] = h.try_into().unwrap_or_default();
             self.on_not_held(now, from, h, out);
+            return;
+        }
+        if bytes.starts_with(b"SRF") {
+            // One of ours that does not parse: never the ceremony's.
+            tracing::debug!(from, "malformed refresh message dropped");
             return;
         }
         match &mut self.state {
@@ -686,6 +741,17 @@ impl Rekey {
             let o = m.handle(now, Input::Tick, rng);
             self.absorb(now, o, out);
         }
+        if matches!(self.state, State::Ceremony(_)) && self.request_at.is_some_and(|t| t <= now) {
+            self.send_request(now, out);
+        }
+        if let Some(run) = self.wanted
+            && now >= self.rested_at()
+        {
+            self.wanted = None;
+            if matches!(self.state, State::Idle | State::Ceremony(_)) && run > self.run {
+                self.start(now, run, "a member asked", rng, out);
+            }
+        }
         if matches!(self.state, State::Stored { .. }) && self.resend_at.is_some_and(|t| t <= now) {
             self.send_stored(now, out);
         }
@@ -704,13 +770,19 @@ impl Rekey {
         }
         let retry = self.retry_at.is_some_and(|t| t <= now);
         if matches!(self.state, State::Idle) && (scheduled || retry) {
-            let why = if scheduled { "scheduled" } else { "retry" };
-            self.start(now, why, rng, out);
+            // A scheduled run is named by its boundary, the same at every member.
+            let (run, why) = match (scheduled, self.timing.every_ms) {
+                (true, Some(every)) => ((now / every.max(1)) * every, "scheduled"),
+                _ => (self.next_run(now), "retry"),
+            };
+            let run = if run > self.run { run } else { self.next_run(now) };
+            self.start(now, run, why, rng, out);
         }
     }
 
     fn refresh_status(&mut self) {
         self.status.phase = self.state.name();
+        self.status.run = self.run;
         self.status.key_set = format!("{:016x}", self.current_set);
         self.status.waiting_for = match &self.state {
             State::Stored { acked, .. } => self.others.difference(acked).copied().collect(),

@@ -54,9 +54,9 @@ fn factory(me: u16, identities: &BTreeMap<u16, ed25519_dalek::SigningKey>) -> Ma
         resend_interval_ms: 1_000,
     };
     let key = identities[&me].clone();
-    Box::new(move |keys| {
+    Box::new(move |keys, run| {
         let config = DkgConfig {
-            digest: ceremony_digest(&config.digest, &keys),
+            digest: ceremony_digest(&config.digest, &keys, run),
             ..config.clone()
         };
         Dkg::refresh(config, Box::new(key.clone()), keys)
@@ -477,4 +477,37 @@ fn a_schedule_starts_every_member_at_the_same_boundary() {
         assert_eq!(w.status(i).key_set, set);
         assert_eq!(w.status(i).next_scheduled_ms, Some(due + 60_000));
     }
+}
+
+#[test]
+fn a_member_killed_after_its_nonce_and_restarted_ends_in_one_set_for_all() {
+    let mut w = World::new();
+    let old = w.status(1).key_set.clone();
+    w.input(1, RekeyInput::Start);
+    // Let member 4 get going (it has sent its nonce), then kill it.
+    let mut delivered = 0;
+    while delivered < 12 {
+        let Some((from, to, bytes)) = w.wire.pop_front() else {
+            break;
+        };
+        w.input(to, RekeyInput::Message { from, bytes });
+        delivered += 1;
+    }
+    assert_eq!(w.status(4).phase, "ceremony");
+    w.down.insert(4);
+    w.run_until(w.now + 2_000);
+    w.down.clear();
+    let live = w.members[&4].live.clone();
+    w.boot(4, live, None);
+    w.run_until(T0 + 90_000);
+    let new = w.status(1).key_set.clone();
+    assert_ne!(new, old, "{:?}", w.status(1));
+    for i in 1..=N {
+        let s = w.status(i);
+        assert_eq!(s.key_set, new, "member {i}: {s:?}");
+        assert_eq!(s.phase, "idle", "member {i}: {s:?}");
+        assert!(w.members[&i].pending.is_none(), "member {i}");
+        eprintln!("member {i}: run {}, completed {}, failed {}", s.run, s.completed, s.failed);
+    }
+    assert!(live_shares_sign(&mut w, &[1, 2, 4]));
 }
