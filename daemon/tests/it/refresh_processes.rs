@@ -230,3 +230,189 @@ fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn post_refresh(api: &str, token: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .arg(format!("{api}/v1/node/keys/refresh"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Member `api`'s refresh status (`refresh` in `/v1/node/status`).
+fn refresh_status(api: &str) -> Option<serde_json::Value> {
+    common::status(api).and_then(|s| s.get("refresh").cloned())
+}
+
+fn completed(api: &str) -> u64 {
+    refresh_status(api)
+        .and_then(|r| r["completed"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Every signed report member `api` holds after round `after`: (round,
+/// timestamp, feeds in it).
+fn reports_after(api: &str, mut after: u64) -> Vec<(u64, u64, Vec<String>)> {
+    let mut out = Vec::new();
+    loop {
+        let page: serde_json::Value = serde_json::from_str(
+            &sibyl::cmd::devnet::http_get(&format!("{api}/v1/reports?after={after}&limit=500"))
+                .expect("GET /v1/reports"),
+        )
+        .expect("json");
+        for r in page["reports"].as_array().expect("reports") {
+            let h = &r["report"]["header"];
+            let feeds = r["report"]["leaves"]
+                .as_array()
+                .expect("leaves")
+                .iter()
+                .map(|l| l["feed_id"].as_str().expect("feed id").to_string())
+                .collect();
+            out.push((
+                h["round"].as_u64().expect("round"),
+                h["timestamp_ms"].as_u64().expect("timestamp"),
+                feeds,
+            ));
+        }
+        match page["next_after"].as_u64() {
+            Some(n) => after = n,
+            None => return out,
+        }
+    }
+}
+
+/// The longest time between two reports, and per feed the longest time
+/// between two reports holding it (ms), over `reports` (ascending).
+fn gaps(reports: &[(u64, u64, Vec<String>)]) -> (u64, u64) {
+    let any = reports
+        .windows(2)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .unwrap_or(0);
+    let mut last: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut feed = 0;
+    for (_, ts, feeds) in reports {
+        for f in feeds {
+            if let Some(prev) = last.insert(f, *ts) {
+                feed = feed.max(ts - prev);
+            }
+        }
+    }
+    (any, feed)
+}
+
+/// The in-node refresh (`POST /v1/node/keys/refresh`): the members keep
+/// running and signing while they refresh, once with every member up and
+/// once with member 3 killed (SIGKILL) in the middle and restarted. After
+/// each, every member holds a new share of the same group key (its key file
+/// changed, nothing pending), and the signed history around both has no
+/// feed without an update for longer than its heartbeat (the longest gaps
+/// are printed: the figure issue 17 asks for).
+#[test]
+fn a_refresh_inside_run_keeps_the_feeds_signed_through_a_killed_member() {
+    let _committee = common::one_committee_at_a_time();
+    let mut c = common::RunningCommittee::start(4);
+    let configs: Vec<PathBuf> = c.file.members.iter().map(|m| m.config.clone()).collect();
+    let token = |i: usize| {
+        std::fs::read_to_string(configs[i].with_file_name("admin-token")).expect("admin token")
+    };
+    let apis: Vec<String> = c.apis().iter().map(|s| s.to_string()).collect();
+    let key_files = || -> Vec<Vec<u8>> {
+        configs
+            .iter()
+            .map(|p| std::fs::read(key_file(p)).expect("key file"))
+            .collect()
+    };
+    let start_round = common::last_round(&apis[0]).unwrap_or(0);
+    let before = key_files();
+
+    // Without the token the route refuses.
+    let (code, body) = post_refresh(&apis[0], "wrong");
+    assert_eq!(code, 401, "{body}");
+
+    // 1. Every member up.
+    let t = Instant::now();
+    let (code, body) = post_refresh(&apis[0], &token(0));
+    assert_eq!(code, 202, "{body}");
+    common::wait_for("every member to finish the refresh", 60, || {
+        apis.iter().all(|a| completed(a) >= 1)
+    });
+    let first = t.elapsed();
+    let after_first = key_files();
+    let sets: Vec<String> = apis
+        .iter()
+        .map(|a| refresh_status(a).expect("status")["key_set"].to_string())
+        .collect();
+    assert!(sets.iter().all(|s| *s == sets[0]), "one key set: {sets:?}");
+    for i in 0..4 {
+        assert_ne!(after_first[i], before[i], "member {}: share renewed", i + 1);
+        assert!(pending_files(&configs[i]).is_empty(), "member {}", i + 1);
+    }
+
+    // 2. Member 3 killed right after the start, restarted 2 s later.
+    let t = Instant::now();
+    let (code, body) = post_refresh(&apis[1], &token(1));
+    assert_eq!(code, 202, "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut victim = c.members.0[2].take().expect("member 3");
+    victim.kill().expect("kill member 3");
+    let _ = victim.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    let m = &c.file.members[2];
+    c.members.0[2] = Some(common::spawn(&m.config, &m.log));
+    common::wait_for("every member to finish the second refresh", 150, || {
+        (0..4).all(|i| {
+            // Member 3 restarted: its counter starts again.
+            let want = if i == 2 { 1 } else { 2 };
+            completed(&apis[i]) >= want
+        })
+    });
+    let second = t.elapsed();
+    let after_second = key_files();
+    let sets: Vec<String> = apis
+        .iter()
+        .map(|a| refresh_status(a).expect("status")["key_set"].to_string())
+        .collect();
+    assert!(sets.iter().all(|s| *s == sets[0]), "one key set: {sets:?}");
+    for i in 0..4 {
+        assert_ne!(after_second[i], after_first[i], "member {}: renewed again", i + 1);
+        assert!(pending_files(&configs[i]).is_empty(), "member {}", i + 1);
+    }
+    // Reports keep coming and verify against the group key the committee
+    // always had.
+    reports_continue(&c);
+    let out = common::sibyl()
+        .arg("verify")
+        .arg(format!("{}/v1/reports/latest", apis[0]))
+        .args(["--group-key", &c.file.group_key, "--committee"])
+        .arg(&c.file.committee)
+        .output()
+        .expect("sibyl verify");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports = reports_after(&apis[0], start_round);
+    let (any, feed) = gaps(&reports);
+    let committee = std::fs::read_to_string(&c.file.committee).expect("committee");
+    let heartbeat_ms: u64 = committee
+        .lines()
+        .find_map(|l| l.strip_prefix("heartbeat = \""))
+        .and_then(|v| v.trim_end_matches('"').strip_suffix("ms"))
+        .and_then(|v| v.parse().ok())
+        .expect("heartbeat in the committee file");
+    eprintln!(
+        "in-node refresh: all up {first:.1?}, member 3 killed and restarted {second:.1?}; {} reports from round {start_round}: longest gap between reports {any} ms, longest feed without an update {feed} ms (heartbeat {heartbeat_ms} ms)",
+        reports.len()
+    );
+    assert!(
+        feed <= heartbeat_ms,
+        "a feed went {feed} ms without an update (heartbeat {heartbeat_ms} ms)"
+    );
+}
