@@ -211,7 +211,13 @@ impl<C: SibylSuite> Lane<C> {
     ) -> Result<(), NodeError> {
         check_same_group(me, self, &key_package, &pubkeys)?;
         if set != self.lead {
-            self.others.insert(set, Keys { key_package, pubkeys });
+            self.others.insert(
+                set,
+                Keys {
+                    key_package,
+                    pubkeys,
+                },
+            );
         }
         Ok(())
     }

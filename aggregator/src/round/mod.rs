@@ -894,7 +894,9 @@ impl Node {
     }
     /// The key set this member proposes with as leader ([`key_set_id`]).
     pub fn key_set(&self) -> u64 {
-        self.lanes.first().map_or(0, |l| with_lane!(l, x => x.lead()))
+        self.lanes
+            .first()
+            .map_or(0, |l| with_lane!(l, x => x.lead()))
     }
 
     /// Every key set this member holds (ascending). More than one only

@@ -2375,8 +2375,8 @@ fn refreshed<C: SibylSuite>(
                 .iter()
                 .find_map(|l| l.get::<C>())
                 .unwrap();
-            let kp = frost_core::keys::refresh::refresh_share(share, lane.lead_key_package())
-                .unwrap();
+            let kp =
+                frost_core::keys::refresh::refresh_share(share, lane.lead_key_package()).unwrap();
             (i, (kp, public.clone()))
         })
         .collect()
@@ -2387,7 +2387,12 @@ fn sign_round(h: &mut Harness, k: u64, price: Price) -> Option<SignedReport> {
     let interval = h.committee.timeouts().round_interval_ms;
     let at = T0 + k * interval;
     let queue = (1..=h.nodes.len() as u16)
-        .flat_map(|m| [(m, observations(price + i128::from(m), at)), (m, Input::Tick)])
+        .flat_map(|m| {
+            [
+                (m, observations(price + i128::from(m), at)),
+                (m, Input::Tick),
+            ]
+        })
         .collect();
     let (reports, _) = deliver_until_quiet(h, at, queue);
     reports[0].last().cloned()

@@ -191,17 +191,33 @@ pub(crate) fn committee_status(
     }
 }
 
+/// What a running member hands its API.
+pub struct NodeServices {
+    pub store: Store,
+    /// Every verified, stored signed report.
+    pub reports: broadcast::Sender<Arc<SignedReport>>,
+    pub status: StatusHandle,
+    /// The node's metrics, registered already.
+    pub registry: prometheus_client::registry::Registry,
+    pub margin: sibyl_node::margin_svc::MarginHandle,
+    /// Starts the in-node key refresh (`POST /v1/node/keys/refresh`).
+    pub rekey: Option<tokio::sync::mpsc::Sender<sibyl_node::rekey::RekeyEvent>>,
+}
+
 /// Binds the API's listener (if enabled) and serves it in a task.
 pub async fn serve_if_enabled(
     config: &Config,
-    store: Store,
-    reports: broadcast::Sender<Arc<SignedReport>>,
-    status: StatusHandle,
-    registry: prometheus_client::registry::Registry,
-    margin: sibyl_node::margin_svc::MarginHandle,
+    services: NodeServices,
     group_keys: &sibyl_aggregator::verify::GroupKeys,
-    rekey: Option<tokio::sync::mpsc::Sender<sibyl_node::rekey::RekeyEvent>>,
 ) -> Result<()> {
+    let NodeServices {
+        store,
+        reports,
+        status,
+        registry,
+        margin,
+        rekey,
+    } = services;
     if !config.node.api.enabled {
         return Ok(());
     }

@@ -79,7 +79,8 @@ pub fn read_pending(
     let refuse = |why: String| crate::keystore::pending_refresh_refusal(&files, &why);
     let pending = read_keys(&pending_keystore(keystore), digest, passphrase, suites)
         .map_err(|e| refuse(e.to_string()))?;
-    let live = read_keys(keystore, digest, passphrase, suites).map_err(|e| refuse(e.to_string()))?;
+    let live =
+        read_keys(keystore, digest, passphrase, suites).map_err(|e| refuse(e.to_string()))?;
     let same = |a: &RefreshKeys, b: &RefreshKeys| {
         a.ed25519.as_ref().map(|(_, p)| *p.verifying_key())
             == b.ed25519.as_ref().map(|(_, p)| *p.verifying_key())

@@ -480,9 +480,7 @@ impl Rekey {
                 Output::Done(result) => {
                     let keys = Box::new(keys_of(*result));
                     let hash = outcome_hash(&keys);
-                    if let State::Ceremony(m) =
-                        std::mem::replace(&mut self.state, State::Idle)
-                    {
+                    if let State::Ceremony(m) = std::mem::replace(&mut self.state, State::Idle) {
                         self.last_machine = Some(m);
                     }
                     out.push(RekeyOutput::Progress(
@@ -493,9 +491,7 @@ impl Rekey {
                 }
                 Output::Failed(e) => {
                     let culprit = e.culprit();
-                    if let State::Ceremony(m) =
-                        std::mem::replace(&mut self.state, State::Idle)
-                    {
+                    if let State::Ceremony(m) = std::mem::replace(&mut self.state, State::Idle) {
                         self.last_machine = Some(m);
                     }
                     self.fail(now, format!("ceremony: {e}"), culprit, out);
@@ -775,7 +771,11 @@ impl Rekey {
                 (true, Some(every)) => ((now / every.max(1)) * every, "scheduled"),
                 _ => (self.next_run(now), "retry"),
             };
-            let run = if run > self.run { run } else { self.next_run(now) };
+            let run = if run > self.run {
+                run
+            } else {
+                self.next_run(now)
+            };
             self.start(now, run, why, rng, out);
         }
     }
@@ -811,7 +811,10 @@ pub struct RekeyIo {
 #[derive(Debug)]
 pub enum DriverCmd {
     /// Send ceremony bytes to a member (`Envelope::Ceremony`).
-    Send { to: u16, bytes: Vec<u8> },
+    Send {
+        to: u16,
+        bytes: Vec<u8>,
+    },
     AddKeySet(Vec<SuiteKeys>),
     LeadWith(u64),
     Retire(u64),
@@ -821,7 +824,10 @@ pub enum DriverCmd {
 /// What the round driver and the API hand the refresh.
 #[derive(Debug)]
 pub enum RekeyEvent {
-    Message { from: u16, bytes: Vec<u8> },
+    Message {
+        from: u16,
+        bytes: Vec<u8>,
+    },
     Connected(BTreeSet<u16>),
     /// `POST /v1/node/keys/refresh`.
     Start,
@@ -909,11 +915,9 @@ pub async fn run(
             cmd(&driver, DriverCmd::Status(rekey.status().clone())).await;
         }
         let now = crate::store::now_ms();
-        let sleep = rekey
-            .next_wake()
-            .map_or(Duration::from_secs(3600), |w| {
-                Duration::from_millis(w.saturating_sub(now))
-            });
+        let sleep = rekey.next_wake().map_or(Duration::from_secs(3600), |w| {
+            Duration::from_millis(w.saturating_sub(now))
+        });
         let input = tokio::select! {
             r = shutdown.changed() => {
                 if r.is_err() || *shutdown.borrow() {

@@ -192,8 +192,9 @@ pub async fn run_node(
     let round_interval = Duration::from_millis(protocol.timeouts().round_interval_ms);
     let live_keys = sibyl_node::rekey::refresh_keys_of(&keys.suites);
     let node = Node::new(protocol, me.index, keys, restore)?;
-    let (rekey_link, rekey_events) =
-        start_rekey(&config, me.index, &identity, &pass, live_keys, pending, &shutdown)?;
+    let (rekey_link, rekey_events) = start_rekey(
+        &config, me.index, &identity, &pass, live_keys, pending, &shutdown,
+    )?;
 
     let validator_keys = group_keys.clone();
     let api_group_keys = group_keys.clone();
@@ -320,13 +321,15 @@ pub async fn run_node(
     on_start(status.clone());
     sibyl_api::node::serve_if_enabled(
         &config,
-        store,
-        reports_tx,
-        status,
-        registry,
-        margin.clone(),
+        sibyl_api::node::NodeServices {
+            store,
+            reports: reports_tx,
+            status,
+            registry,
+            margin: margin.clone(),
+            rekey: Some(rekey_events),
+        },
         &api_group_keys,
-        Some(rekey_events),
     )
     .await?;
     run_on_round_thread(driver).await?;

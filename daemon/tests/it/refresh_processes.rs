@@ -379,7 +379,12 @@ fn a_refresh_inside_run_keeps_the_feeds_signed_through_a_killed_member() {
         .collect();
     assert!(sets.iter().all(|s| *s == sets[0]), "one key set: {sets:?}");
     for i in 0..4 {
-        assert_ne!(after_second[i], after_first[i], "member {}: renewed again", i + 1);
+        assert_ne!(
+            after_second[i],
+            after_first[i],
+            "member {}: renewed again",
+            i + 1
+        );
         assert!(pending_files(&configs[i]).is_empty(), "member {}", i + 1);
     }
     // Reports keep coming and verify against the group key the committee

@@ -495,7 +495,12 @@ pub(crate) fn validate_node(n: &NodeConfig, r: &mut Report<'_>) {
     if let Some(every) = &n.keys.refresh_every
         && every.get_ref().0 < Duration::from_secs(10)
     {
-        r.at(span(every), "keys.refresh_every", format!("{:?} is shorter than 10 s", every.get_ref().0), "a refresh takes a few seconds across the committee; use e.g. \"24h\"");
+        r.at(
+            span(every),
+            "keys.refresh_every",
+            format!("{:?} is shorter than 10 s", every.get_ref().0),
+            "a refresh takes a few seconds across the committee; use e.g. \"24h\"",
+        );
     }
     if let Some(l) = &n.net.listen
         && let Err(msg) = parse_member_address(l.get_ref())

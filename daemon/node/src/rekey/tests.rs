@@ -68,7 +68,12 @@ impl World {
         let mut rng = ChaCha20Rng::seed_from_u64(17);
         let dealer = dealer_keys::<Ed, _>(N, T, &mut rng).unwrap();
         let identities: BTreeMap<u16, ed25519_dalek::SigningKey> = (1..=N)
-            .map(|i| (i, ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 40; 32])))
+            .map(|i| {
+                (
+                    i,
+                    ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 40; 32]),
+                )
+            })
             .collect();
         let timing = Timing {
             grace_ms: 5_000,
@@ -256,7 +261,11 @@ fn one_request_refreshes_every_member_and_the_group_key_stays() {
         assert_eq!(s.completed, 1, "member {i}: {s:?}");
         assert_eq!(s.key_set, new, "member {i}: the same set everywhere");
         assert_eq!(s.phase, "idle");
-        assert_eq!(w.group_key(i), group, "member {i}: the group key is unchanged");
+        assert_eq!(
+            w.group_key(i),
+            group,
+            "member {i}: the group key is unchanged"
+        );
         // Added, then led with; the old set still held (grace).
         assert_eq!(
             w.members[&i].told,
@@ -349,7 +358,10 @@ fn a_member_restarted_with_pending_keys_resumes_and_nobody_switches_without_it()
         assert_eq!(s.phase, "stored", "member {i} waits: {s:?}");
         assert_eq!(s.waiting_for, vec![4], "member {i}");
         assert_eq!(s.key_set, old, "member {i}: not switched without member 4");
-        assert!(w.members[&i].pending.is_some(), "member {i} keeps its pending keys");
+        assert!(
+            w.members[&i].pending.is_some(),
+            "member {i} keeps its pending keys"
+        );
     }
     // Member 4 comes back with its pending files: every member switches.
     w.down.clear();
@@ -507,7 +519,10 @@ fn a_member_killed_after_its_nonce_and_restarted_ends_in_one_set_for_all() {
         assert_eq!(s.key_set, new, "member {i}: {s:?}");
         assert_eq!(s.phase, "idle", "member {i}: {s:?}");
         assert!(w.members[&i].pending.is_none(), "member {i}");
-        eprintln!("member {i}: run {}, completed {}, failed {}", s.run, s.completed, s.failed);
+        eprintln!(
+            "member {i}: run {}, completed {}, failed {}",
+            s.run, s.completed, s.failed
+        );
     }
     assert!(live_shares_sign(&mut w, &[1, 2, 4]));
 }
