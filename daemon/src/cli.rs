@@ -66,7 +66,7 @@ pub enum Command {
     /// Proactive refresh: every member gets a new share of the same group
     /// key; old shares are erased once every member stored its new one.
     #[command(
-        after_help = "Example:\n  sibyl refresh --config /etc/sibyl/node.toml\n\nEvery member runs it at about the same time, with the node stopped (docs/OPERATOR.md, \"Refreshing key shares\")."
+        after_help = "Examples:\n  sibyl refresh --live --config /etc/sibyl/node.toml   # on one member, nodes running: the committee refreshes inside `sibyl run`\n  sibyl refresh --config /etc/sibyl/node.toml          # offline: every member at about the same time, with the node stopped\n\ndocs/OPERATOR.md, \"Refreshing key shares\"."
     )]
     Refresh(crate::cmd::dkg::RefreshArgs),
     /// Give a member that lost its key shares its own shares back, from t

@@ -273,6 +273,11 @@ pub struct RefreshArgs {
     /// Delete the pending new shares a refresh left; the old ones stay.
     #[arg(long)]
     pub abandon: bool,
+    /// Refresh inside the running member instead (the others join; no
+    /// feed waits): asks this member's API to start and follows it to the
+    /// end. Run it on one member only.
+    #[arg(long, conflicts_with_all = ["finish", "abandon"])]
+    pub live: bool,
 }
 
 /// `sibyl refresh --config <node.toml>`.

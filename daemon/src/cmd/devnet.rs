@@ -35,7 +35,7 @@ pub mod file;
 pub mod http;
 
 pub use file::{ChainInfo, DevnetFile, DevnetMember};
-pub use http::http_get;
+pub use http::{http_get, http_post};
 
 /// Arguments of `sibyl devnet`.
 #[derive(Debug, clap::Args)]

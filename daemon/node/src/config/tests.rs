@@ -627,3 +627,31 @@ fn an_evm_committee_refuses_decimals_the_contract_cannot_store() {
     let p = problems(&wide);
     assert!(format!("{p:?}").contains("int96"), "{p:?}");
 }
+
+#[test]
+fn refresh_every_is_a_duration_of_at_least_ten_seconds() {
+    let d = tempdir("refresh-every");
+    std::fs::write(d.join("pass"), "hunter2\n").unwrap();
+    let base = "[node]\ncommittee = \"committee.toml\"\n[keys]\npassphrase_file = \"pass\"\n";
+    let p = write_pair(&d, &format!("{base}refresh_every = \"24h\"\n"));
+    let c = Config::load(&p).unwrap();
+    assert_eq!(
+        c.node
+            .keys
+            .refresh_every
+            .as_ref()
+            .map(|e| e.get_ref().as_millis()),
+        Some(86_400_000)
+    );
+    let p = write_pair(&d, &format!("{base}refresh_every = \"5s\"\n"));
+    let e = Config::load(&p).unwrap_err();
+    let p = e
+        .problems()
+        .iter()
+        .find(|p| p.key == "keys.refresh_every")
+        .cloned()
+        .expect("refresh_every refused");
+    assert!(p.message.contains("shorter than 10 s"), "{p:?}");
+    let p = write_pair(&d, &format!("{base}refresh_every = \"daily\"\n"));
+    assert!(Config::load(&p).is_err());
+}

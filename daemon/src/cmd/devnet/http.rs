@@ -17,7 +17,22 @@ pub fn http_get(url: &str) -> Result<String> {
     })
 }
 
+/// HTTP POST with an empty body and `Authorization: Bearer <token>`,
+/// returning the body; any answer but 2xx is an error.
+pub fn http_post(url: &str, token: &str) -> Result<String> {
+    std::thread::scope(|s| {
+        s.spawn(|| send(url, Some(token)))
+            .join()
+            .map_err(|_| anyhow!("the request to {url} panicked"))?
+    })
+}
+
 fn get(url: &str) -> Result<String> {
+    send(url, None)
+}
+
+/// GET `url`, or POST it with `token` as the bearer.
+fn send(url: &str, token: Option<&str>) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -28,8 +43,11 @@ fn get(url: &str) -> Result<String> {
             .timeout(Duration::from_secs(5))
             .build()
             .context("cannot build an HTTP client")?;
-        let resp = client
-            .get(url)
+        let request = match token {
+            Some(t) => client.post(url).bearer_auth(t),
+            None => client.get(url),
+        };
+        let resp = request
             .send()
             .await
             .with_context(|| format!("cannot connect to {url}"))?;
@@ -38,7 +56,11 @@ fn get(url: &str) -> Result<String> {
             .text()
             .await
             .with_context(|| format!("cannot read the answer of {url}"))?;
-        if status != reqwest::StatusCode::OK {
+        let ok = match token {
+            Some(_) => status.is_success(),
+            None => status == reqwest::StatusCode::OK,
+        };
+        if !ok {
             bail!("{url} answered {}: {body}", status.as_u16());
         }
         Ok(body)
