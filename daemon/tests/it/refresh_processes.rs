@@ -367,6 +367,12 @@ fn a_refresh_inside_run_keeps_the_feeds_signed_through_a_killed_member() {
         assert_ne!(after_first[i], before[i], "member {}: share renewed", i + 1);
         assert!(pending_files(&configs[i]).is_empty(), "member {}", i + 1);
     }
+    let metrics = sibyl::cmd::devnet::http_get(&format!("{}/metrics", apis[3])).expect("metrics");
+    assert_eq!(
+        common::sample(&metrics, "sibyl_key_refreshes_total"),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // 2. Member 3 killed right after the start, restarted 2 s later.
     let t = Instant::now();

@@ -63,6 +63,9 @@ pub struct NodeMetrics {
     pub ledger_refusals: Counter,
     pub malformed_messages: Counter,
     pub invalid_reports: Counter,
+    pub key_refreshes: Counter,
+    pub key_refresh_failures: Counter,
+    pub key_sets: Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -87,6 +90,13 @@ impl Default for NodeMetrics {
             ledger_refusals: Counter::default(),
             malformed_messages: Counter::default(),
             invalid_reports: Counter::default(),
+            key_refreshes: Counter::default(),
+            key_refresh_failures: Counter::default(),
+            key_sets: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
         }
     }
 }
@@ -130,6 +140,21 @@ impl NodeMetrics {
 
     /// Registers clones of every family in `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sibyl_key_refreshes",
+            "Proactive key refreshes this member completed (switched to new shares) since it started",
+            self.key_refreshes.clone(),
+        );
+        registry.register(
+            "sibyl_key_refresh_failures",
+            "Key refreshes that failed or were parked here since start (each is retried)",
+            self.key_refresh_failures.clone(),
+        );
+        registry.register(
+            "sibyl_key_sets",
+            "Key sets this member holds: 1, or 2 during a refresh",
+            self.key_sets.clone(),
+        );
         registry.register(
             "sibyl_round_duration_seconds",
             "Round latency: from the round's observation instant (its slot on the round grid) until this member holds the verified signed report",

@@ -601,10 +601,23 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             DriverCmd::Retire(set) => self.node.retire_key_set(set),
             DriverCmd::Status(st) => {
                 if let Ok(mut s) = self.status.lock() {
+                    let (done, failed) = s
+                        .refresh
+                        .as_ref()
+                        .map_or((0, 0), |r| (r.completed, r.failed));
+                    self.metrics
+                        .key_refreshes
+                        .inc_by(st.completed.saturating_sub(done));
+                    self.metrics
+                        .key_refresh_failures
+                        .inc_by(st.failed.saturating_sub(failed));
                     s.refresh = Some(st);
                 }
             }
         }
+        self.metrics
+            .key_sets
+            .set(i64::try_from(self.node.key_sets().len()).unwrap_or(i64::MAX));
         self.publish_status();
     }
 
