@@ -425,7 +425,7 @@ fn a_refresh_inside_run_keeps_the_feeds_signed_through_a_killed_member() {
         String::from_utf8_lossy(&out.stderr)
     );
     let reports = reports_after(&apis[0], start_round);
-    let (any, feed) = gaps(&reports);
+    let (_, feed) = gaps(&reports);
     let split = reports.partition_point(|r| r.0 <= first_end);
     let (any_up, feed_up) = gaps(&reports[..split]);
     let (any_kill, feed_kill) = gaps(&reports[split.saturating_sub(1)..]);
