@@ -69,6 +69,28 @@ pub struct DkgParams {
     pub resend_interval: Duration,
 }
 
+impl DkgParams {
+    /// This member's side of a ceremony of `committee` (re-sends every second).
+    pub fn of_committee(
+        committee: &crate::config::Committee,
+        identity: Keypair,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            digest: committee.digest,
+            threshold: committee.threshold,
+            identity,
+            members: committee
+                .members
+                .iter()
+                .map(|m| (m.index, m.peer_id))
+                .collect(),
+            timeout,
+            resend_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 /// The ed25519 public key inside an ed25519 PeerId.
 pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
     let mh = peer.as_ref();
@@ -305,19 +327,7 @@ pub fn ceremony_setup(
     timeout: Duration,
 ) -> anyhow::Result<(DkgParams, crate::net::NetConfig, tokio::runtime::Runtime)> {
     use anyhow::Context;
-    let committee = &config.committee;
-    let params = DkgParams {
-        digest: committee.digest,
-        threshold: committee.threshold,
-        identity: identity.clone(),
-        members: committee
-            .members
-            .iter()
-            .map(|m| (m.index, m.peer_id))
-            .collect(),
-        timeout,
-        resend_interval: Duration::from_secs(1),
-    };
+    let params = DkgParams::of_committee(&config.committee, identity.clone(), timeout);
     let net_config = crate::net::NetConfig::from_node_config(config, identity)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -383,18 +383,11 @@ fn start_rekey(
 )> {
     use sibyl_node::rekey;
     let committee = &config.committee;
-    let params = sibyl_node::dkg::DkgParams {
-        digest: committee.digest,
-        threshold: committee.threshold,
-        identity: identity.clone(),
-        members: committee
-            .members
-            .iter()
-            .map(|m| (m.index, m.peer_id))
-            .collect(),
-        timeout: REFRESH_CEREMONY_TIMEOUT,
-        resend_interval: Duration::from_secs(1),
-    };
+    let params = sibyl_node::dkg::DkgParams::of_committee(
+        committee,
+        identity.clone(),
+        REFRESH_CEREMONY_TIMEOUT,
+    );
     let factory = sibyl_node::dkg::refresh_factory(me, &params, &committee.suites)?;
     let timing = rekey::Timing {
         every_ms: config

@@ -210,6 +210,24 @@ impl World {
         }
     }
 
+    /// Delivers messages one at a time (time moves on when none is in
+    /// flight) until `done` holds.
+    fn deliver_until(&mut self, mut done: impl FnMut(&World) -> bool) {
+        for _ in 0..10_000 {
+            if done(self) {
+                return;
+            }
+            match self.wire.pop_front() {
+                Some((from, to, bytes)) => self.input(to, RekeyInput::Message { from, bytes }),
+                None => {
+                    let t = self.now + 100;
+                    self.run_until(t);
+                }
+            }
+        }
+        panic!("the condition never held");
+    }
+
     fn status(&self, i: u16) -> &RekeyStatus {
         self.members[&i].rekey.status()
     }
@@ -339,17 +357,7 @@ fn a_member_restarted_with_pending_keys_resumes_and_nobody_switches_without_it()
     w.input(1, RekeyInput::Start);
     // Deliver until every member stored its new keys, then kill member 4
     // before its "stored" reaches anyone.
-    let mut guard = 0;
-    while w.members.values().any(|m| m.pending.is_none()) {
-        guard += 1;
-        assert!(guard < 10_000, "member 4 never stored");
-        let Some((from, to, bytes)) = w.wire.pop_front() else {
-            let t = w.now + 100;
-            w.run_until(t);
-            continue;
-        };
-        w.input(to, RekeyInput::Message { from, bytes });
-    }
+    w.deliver_until(|w| w.members.values().all(|m| m.pending.is_some()));
     w.down.insert(4);
     w.wire.retain(|(from, _, _)| *from != 4);
     w.run_until(T0 + 20_000);
@@ -386,17 +394,7 @@ fn not_held_parks_the_stored_set_but_a_contradiction_is_ignored() {
     let mut w = World::new();
     w.input(1, RekeyInput::Start);
     // Members 1-3 store; member 4 is cut off after the ceremony's end.
-    let mut guard = 0;
-    while (1..=3).any(|i| w.members[&i].pending.is_none()) {
-        guard += 1;
-        assert!(guard < 10_000);
-        let Some((from, to, bytes)) = w.wire.pop_front() else {
-            let t = w.now + 100;
-            w.run_until(t);
-            continue;
-        };
-        w.input(to, RekeyInput::Message { from, bytes });
-    }
+    w.deliver_until(|w| (1..=3).all(|i| w.members[&i].pending.is_some()));
     w.down.insert(4);
     w.run_until(w.now + 2_000);
     assert_eq!(w.status(1).phase, "stored");
@@ -498,13 +496,10 @@ fn a_member_killed_after_its_nonce_and_restarted_ends_in_one_set_for_all() {
     w.input(1, RekeyInput::Start);
     // Let member 4 get going (it has sent its nonce), then kill it.
     let mut delivered = 0;
-    while delivered < 12 {
-        let Some((from, to, bytes)) = w.wire.pop_front() else {
-            break;
-        };
-        w.input(to, RekeyInput::Message { from, bytes });
+    w.deliver_until(|_| {
         delivered += 1;
-    }
+        delivered > 12
+    });
     assert_eq!(w.status(4).phase, "ceremony");
     w.down.insert(4);
     w.run_until(w.now + 2_000);
