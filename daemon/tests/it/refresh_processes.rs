@@ -250,6 +250,20 @@ fn post_refresh(api: &str, token: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Every member proposes with one and the same key set, its key file
+/// changed from `before` to `after`, and nothing is left pending.
+fn all_renewed(apis: &[String], configs: &[PathBuf], before: &[Vec<u8>], after: &[Vec<u8>]) {
+    let sets: Vec<String> = apis
+        .iter()
+        .map(|a| refresh_status(a).expect("status")["key_set"].to_string())
+        .collect();
+    assert!(sets.iter().all(|s| *s == sets[0]), "one key set: {sets:?}");
+    for i in 0..configs.len() {
+        assert_ne!(after[i], before[i], "member {}: share renewed", i + 1);
+        assert!(pending_files(&configs[i]).is_empty(), "member {}", i + 1);
+    }
+}
+
 /// Member `api`'s refresh status (`refresh` in `/v1/node/status`).
 fn refresh_status(api: &str) -> Option<serde_json::Value> {
     common::status(api).and_then(|s| s.get("refresh").cloned())
@@ -365,15 +379,7 @@ fn a_refresh_inside_run_keeps_the_feeds_signed_through_a_killed_member() {
     std::thread::sleep(Duration::from_secs(2));
     let first_end = common::last_round(&apis[0]).unwrap_or(0);
     let after_first = key_files();
-    let sets: Vec<String> = apis
-        .iter()
-        .map(|a| refresh_status(a).expect("status")["key_set"].to_string())
-        .collect();
-    assert!(sets.iter().all(|s| *s == sets[0]), "one key set: {sets:?}");
-    for i in 0..4 {
-        assert_ne!(after_first[i], before[i], "member {}: share renewed", i + 1);
-        assert!(pending_files(&configs[i]).is_empty(), "member {}", i + 1);
-    }
+    all_renewed(&apis, &configs, &before, &after_first);
     let metrics = sibyl::cmd::devnet::http_get(&format!("{}/metrics", apis[3])).expect("metrics");
     assert_eq!(
         common::sample(&metrics, "sibyl_key_refreshes_total"),
@@ -401,20 +407,7 @@ fn a_refresh_inside_run_keeps_the_feeds_signed_through_a_killed_member() {
     });
     let second = t.elapsed();
     let after_second = key_files();
-    let sets: Vec<String> = apis
-        .iter()
-        .map(|a| refresh_status(a).expect("status")["key_set"].to_string())
-        .collect();
-    assert!(sets.iter().all(|s| *s == sets[0]), "one key set: {sets:?}");
-    for i in 0..4 {
-        assert_ne!(
-            after_second[i],
-            after_first[i],
-            "member {}: renewed again",
-            i + 1
-        );
-        assert!(pending_files(&configs[i]).is_empty(), "member {}", i + 1);
-    }
+    all_renewed(&apis, &configs, &after_first, &after_second);
     // Reports keep coming and verify against the group key the committee
     // always had.
     reports_continue(&c);
