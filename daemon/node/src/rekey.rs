@@ -60,6 +60,10 @@ pub const NOT_HELD_MAGIC: &[u8; 4] = b"SRFN";
 /// the middle, converge on one run without mixing messages of two.
 pub const REQUEST_MAGIC: &[u8; 4] = b"SRFQ";
 
+/// A requested run may be at most this far ahead of this member's clock
+/// (runs are named after the clock, see [`REQUEST_MAGIC`]).
+pub const MAX_RUN_AHEAD_MS: u64 = 10 * 60 * 1000;
+
 /// Timing of the in-node refresh.
 #[derive(Clone, Debug)]
 pub struct Timing {
@@ -406,7 +410,7 @@ impl Rekey {
 
     /// A run of this member's own: after every run seen, and at least the clock.
     fn next_run(&self, now: u64) -> u64 {
-        (self.run + 1).max(now)
+        self.run.saturating_add(1).max(now)
     }
 
     /// When this member may start or join another run.
@@ -579,6 +583,14 @@ impl Rekey {
             .and_then(|r| <[u8; 8]>::try_from(r).ok())
             .map(u64::from_be_bytes)
         {
+            if run > now.saturating_add(MAX_RUN_AHEAD_MS) {
+                // A run named far ahead of the clock would leave no room
+                // for the runs after it: a hostile member's, ignored.
+                out.push(RekeyOutput::Progress(format!(
+                    "member {from} asked for run {run}, too far ahead of this clock: ignored"
+                )));
+                return;
+            }
             match &self.state {
                 State::Idle | State::Ceremony(_) if run > self.run => {
                     if now >= self.rested_at() {

@@ -521,3 +521,39 @@ fn a_member_killed_after_its_nonce_and_restarted_ends_in_one_set_for_all() {
     }
     assert!(live_shares_sign(&mut w, &[1, 2, 4]));
 }
+
+#[test]
+fn a_run_named_far_ahead_of_the_clock_is_ignored() {
+    let mut w = World::new();
+    let request = |run: u64| {
+        let mut b = REQUEST_MAGIC.to_vec();
+        b.extend_from_slice(&run.to_be_bytes());
+        b
+    };
+    // A hostile member 4 names the last possible run: nobody follows.
+    for to in 1..=3 {
+        w.input(
+            to,
+            RekeyInput::Message {
+                from: 4,
+                bytes: request(u64::MAX),
+            },
+        );
+        assert_eq!(w.status(to).phase, "idle");
+        assert_eq!(w.status(to).run, 0);
+    }
+    // A run within reach of the clock starts the others, and the refresh
+    // completes with every member.
+    w.input(
+        1,
+        RekeyInput::Message {
+            from: 4,
+            bytes: request(w.now + 1_000),
+        },
+    );
+    assert_eq!(w.status(1).phase, "ceremony");
+    w.run_until(T0 + 5_000);
+    for i in 1..=N {
+        assert_eq!(w.status(i).completed, 1, "member {i}: {:?}", w.status(i));
+    }
+}
