@@ -66,7 +66,7 @@ pub enum Command {
     /// Proactive refresh: every member gets a new share of the same group
     /// key; old shares are erased once every member stored its new one.
     #[command(
-        after_help = "Examples:\n  sibyl refresh --live --config /etc/sibyl/node.toml   # on one member, nodes running: the committee refreshes inside `sibyl run`\n  sibyl refresh --config /etc/sibyl/node.toml          # offline: every member at about the same time, with the node stopped\n\ndocs/OPERATOR.md, \"Refreshing key shares\"."
+        after_help = "Example:\n  sibyl refresh --live --config /etc/sibyl/node.toml   # on one member, nodes running: the committee refreshes inside `sibyl run`\n  sibyl refresh --config /etc/sibyl/node.toml          # offline: every member at about the same time, with the node stopped\n\ndocs/OPERATOR.md, \"Refreshing key shares\"."
     )]
     Refresh(crate::cmd::dkg::RefreshArgs),
     /// Give a member that lost its key shares its own shares back, from t
@@ -94,7 +94,7 @@ pub enum Command {
     /// One member's part of signing the rotation where its share lives: t
     /// members of a committee run it together over the committee network.
     #[command(
-        after_help = "Example: on each of t members of the current committee (and of the new one):\n  sibyl rotation-sign --config /etc/sibyl/node.toml --current-committee old.toml --new-committee new.toml \\\n      --new-group-key 03ab... --chain-id 1 --contract 0x... --rotation-count 0 > part.json\n\nThen `sibyl rotation-assemble --current old-part.json --new new-part.json --new-committee new.toml` (docs/OPERATOR.md, section 6)."
+        after_help = "Example: on each of t members of the current committee (and of the new one):\n  sibyl rotation-sign --config /etc/sibyl/node.toml --current-committee old.toml --new-committee new.toml \\\n      --new-group-key 03ab... --chain-id 1 --contract 0x... --rotation-count 0 > part.json\n(add --live to sign inside the running member: the committee keeps signing reports)\n\nThen `sibyl rotation-assemble --current old-part.json --new new-part.json --new-committee new.toml` (docs/OPERATOR.md, section 6)."
     )]
     RotationSign(crate::cmd::rotation::RotationSignArgs),
     /// Turn the two committees' `rotation-sign` parts into rotateCommittee calldata.

@@ -116,6 +116,79 @@ async fn start_refresh(State(api): State<NodeApi>) -> Response {
     }
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignBody {
+    /// 0x and 64 hex digits: the hand-over's rotation digest.
+    message: String,
+    /// Exactly t members, this one among them.
+    signers: Vec<u16>,
+    #[serde(default = "default_sign_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_sign_timeout_ms() -> u64 {
+    120_000
+}
+
+/// `POST /v1/node/rotation/sign` (admin): this member's part of its
+/// committee's signature of a hand-over, made with the other signers over
+/// the round network while the member keeps signing reports (`sibyl
+/// rotation-sign --live` computes the message from the committee files and
+/// calls it). Answers when the signature is made: `{"signature": "0x…"}`.
+async fn rotation_sign(State(api): State<NodeApi>, body: axum::body::Bytes) -> Response {
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
+    let body: SignBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad(format!(
+                "the body must be {{\"message\", \"signers\"[, \"timeout_ms\"]}}: {e}"
+            ));
+        }
+    };
+    let message: [u8; 32] = match hex::decode(body.message.trim_start_matches("0x"))
+        .ok()
+        .and_then(|b| b.try_into().ok())
+    {
+        Some(m) => m,
+        None => return bad("`message` must be 0x and 64 hex digits".into()),
+    };
+    if !(1_000..=3_600_000).contains(&body.timeout_ms) {
+        return bad("`timeout_ms` must be within 1000..=3600000".into());
+    }
+    let Some(tx) = &api.rekey else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node runs no in-node ceremonies".into(),
+        );
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = sibyl_node::rekey::SignRequest {
+        message,
+        signers: body.signers.into_iter().collect(),
+        timeout_ms: body.timeout_ms,
+        reply,
+    };
+    if let Err(e) = tx.try_send(sibyl_node::rekey::RekeyEvent::Sign(req)) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the node cannot take the request now: {e}"),
+        );
+    }
+    let wait = std::time::Duration::from_millis(body.timeout_ms + 5_000);
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(Ok(sig))) => Json(serde_json::json!({
+            "signature": format!("0x{}", hex::encode(sig)),
+        }))
+        .into_response(),
+        Ok(Ok(Err(why))) => error(StatusCode::CONFLICT, why),
+        _ => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the signing session did not answer in time".into(),
+        ),
+    }
+}
+
 /// The node's own routes; the state-changing one needs `admin_token` as
 /// the other admin routes do (`None`: it answers 403).
 pub fn router(
@@ -132,6 +205,7 @@ pub fn router(
     let token = Arc::new(admin_token);
     let keys = Router::new()
         .route("/v1/node/keys/refresh", post(start_refresh))
+        .route("/v1/node/rotation/sign", post(rotation_sign))
         .route_layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let token = token.clone();

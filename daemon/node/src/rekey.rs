@@ -193,6 +193,7 @@ impl State {
 
 /// One member's in-node refresh (see the module docs).
 pub struct Rekey {
+    me: u16,
     others: BTreeSet<u16>,
     timing: Timing,
     factory: MachineFactory,
@@ -304,6 +305,7 @@ impl Rekey {
         let current_hash = outcome_hash(&current);
         let current_set = set_of(&current);
         let mut r = Self {
+            me,
             others: members.into_iter().filter(|m| *m != me).collect(),
             next_due: timing.every_ms.map(|e| next_multiple(now, e)),
             timing,
@@ -843,6 +845,154 @@ pub enum RekeyEvent {
     Connected(BTreeSet<u16>),
     /// `POST /v1/node/keys/refresh`.
     Start,
+    /// `POST /v1/node/rotation/sign`: sign a hand-over with the other signers.
+    Sign(SignRequest),
+}
+
+/// A signing session of one message with this member's secp256k1-evm share
+/// (the committee's hand-over, `sibyl rotation-sign --live`), run inside
+/// `sibyl run` over the round network: the members keep signing reports
+/// meanwhile. Every signer's operator asks its own member, with the same
+/// message and signers.
+#[derive(Debug)]
+pub struct SignRequest {
+    pub message: [u8; 32],
+    /// Exactly `t` members, this one among them; the lowest coordinates.
+    pub signers: BTreeSet<u16>,
+    pub timeout_ms: u64,
+    /// The serialized signature, verified against the group key; or why not.
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+}
+
+/// The signing session's wire magic (`sibyl_aggregator::dkg::sign`).
+const SIGN_MAGIC: &[u8; 4] = b"SSIG";
+
+type Evm = frost_secp256k1_evm::Secp256K1Keccak256;
+
+/// The signing session the runner holds: the machine, who waits for its
+/// signature, and (once it ended) until when it lingers to answer late
+/// signers.
+struct Session {
+    machine: sibyl_aggregator::dkg::sign::ThresholdSign<Evm>,
+    reply: Option<tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>>,
+    linger_until: Option<u64>,
+}
+
+impl Session {
+    fn start(
+        rekey: &Rekey,
+        digest: sibyl_aggregator::ConfigDigest,
+        req: SignRequest,
+        now: u64,
+    ) -> Result<(Self, Vec<RekeyOutput>), (SignRequest, String)> {
+        use sibyl_aggregator::dkg::sign::{SignConfig, ThresholdSign};
+        if !matches!(rekey.state, State::Idle) || rekey.retire.is_some() {
+            // Signers on two key sets would give shares that do not combine.
+            return Err((
+                req,
+                "a key refresh is in progress here; sign the hand-over once it is done (refresh.phase idle, one key set)".into(),
+            ));
+        }
+        let Some((key, public)) = rekey.current.secp256k1_evm.clone() else {
+            return Err((
+                req,
+                "this committee does not sign with secp256k1-evm, the suite of the hand-over"
+                    .into(),
+            ));
+        };
+        let cfg = SignConfig {
+            digest,
+            me: rekey.me,
+            signers: req.signers.clone(),
+            message: req.message,
+            resend_interval_ms: rekey.timing.resend_ms,
+            timeout_ms: req.timeout_ms,
+        };
+        let mut machine = match ThresholdSign::<Evm>::new(cfg, key, public) {
+            Ok(m) => m,
+            Err(e) => return Err((req, e.to_string())),
+        };
+        let outputs = machine.handle(
+            now,
+            Input::Start {
+                connected: rekey.connected.clone(),
+            },
+            &mut rand::rngs::OsRng,
+        );
+        let mut session = Session {
+            machine,
+            reply: Some(req.reply),
+            linger_until: None,
+        };
+        let out = session.absorb(now, outputs);
+        Ok((session, out))
+    }
+
+    fn absorb(
+        &mut self,
+        now: u64,
+        outputs: Vec<sibyl_aggregator::dkg::sign::SignOutput<Evm>>,
+    ) -> Vec<RekeyOutput> {
+        use sibyl_aggregator::dkg::sign::SignOutput;
+        let mut out = Vec::new();
+        for o in outputs {
+            match o {
+                SignOutput::Send { to, bytes } => out.push(RekeyOutput::Send { to, bytes }),
+                SignOutput::Progress(l) => {
+                    out.push(RekeyOutput::Progress(format!("rotation-sign: {l}")));
+                }
+                SignOutput::Signed(sig) => {
+                    if let Some(reply) = self.reply.take() {
+                        let _ = reply.send(sig.serialize().map_err(|e| e.to_string()));
+                    }
+                    self.linger_until = Some(now + 3_000);
+                    out.push(RekeyOutput::Progress("rotation-sign: signed".into()));
+                }
+                SignOutput::Failed(e) => {
+                    let culprit = e
+                        .culprit()
+                        .map(|m| format!(" (member {m} at fault)"))
+                        .unwrap_or_default();
+                    if let Some(reply) = self.reply.take() {
+                        let _ = reply.send(Err(format!("{e}{culprit}")));
+                    }
+                    self.linger_until = Some(now);
+                }
+            }
+        }
+        out
+    }
+
+    fn on_message(&mut self, now: u64, from: u16, bytes: Vec<u8>) -> Vec<RekeyOutput> {
+        if self.linger_until.is_some() {
+            return self
+                .machine
+                .answer_late(from, &bytes)
+                .map(|(to, bytes)| vec![RekeyOutput::Send { to, bytes }])
+                .unwrap_or_default();
+        }
+        let o = self
+            .machine
+            .handle(now, Input::Message { from, bytes }, &mut rand::rngs::OsRng);
+        self.absorb(now, o)
+    }
+
+    fn next_wake(&self) -> Option<u64> {
+        match self.linger_until {
+            Some(t) => Some(t),
+            None => self.machine.next_wake(),
+        }
+    }
+
+    fn tick(&mut self, now: u64) -> Vec<RekeyOutput> {
+        if self.linger_until.is_some() {
+            return Vec::new();
+        }
+        let o = self
+            .machine
+            .handle(now, Input::Tick, &mut rand::rngs::OsRng);
+        self.absorb(now, o)
+    }
 }
 
 /// The channels between the round driver and the refresh task.
@@ -866,6 +1016,7 @@ pub async fn run(
     let mut rng = rand::rngs::OsRng;
     let mut pending = std::collections::VecDeque::from(first);
     let mut last_status = None;
+    let mut session: Option<Session> = None;
     loop {
         while let Some(o) = pending.pop_front() {
             let now = crate::store::now_ms();
@@ -927,7 +1078,20 @@ pub async fn run(
             cmd(&driver, DriverCmd::Status(rekey.status().clone())).await;
         }
         let now = crate::store::now_ms();
-        let sleep = rekey.next_wake().map_or(Duration::from_secs(3600), |w| {
+        if session
+            .as_ref()
+            .is_some_and(|s| s.linger_until.is_some_and(|t| t <= now))
+        {
+            session = None;
+        }
+        let wake = [
+            rekey.next_wake(),
+            session.as_ref().and_then(Session::next_wake),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let sleep = wake.map_or(Duration::from_secs(3600), |w| {
             Duration::from_millis(w.saturating_sub(now))
         });
         let input = tokio::select! {
@@ -939,11 +1103,43 @@ pub async fn run(
             }
             ev = events.recv() => match ev {
                 None => return,
+                Some(RekeyEvent::Message { from, bytes }) if bytes.starts_with(SIGN_MAGIC) => {
+                    if let Some(s) = &mut session {
+                        pending.extend(s.on_message(crate::store::now_ms(), from, bytes));
+                    }
+                    continue;
+                }
                 Some(RekeyEvent::Message { from, bytes }) => RekeyInput::Message { from, bytes },
                 Some(RekeyEvent::Connected(set)) => RekeyInput::Connected(set),
                 Some(RekeyEvent::Start) => RekeyInput::Start,
+                Some(RekeyEvent::Sign(req)) => {
+                    if session.as_ref().is_some_and(|s| s.linger_until.is_none()) {
+                        let _ = req
+                            .reply
+                            .send(Err("a signing session is already running here".into()));
+                    } else {
+                        match Session::start(&rekey, io.digest, req, crate::store::now_ms()) {
+                            Ok((s, out)) => {
+                                session = Some(s);
+                                pending.extend(out);
+                            }
+                            Err((req, why)) => {
+                                let _ = req.reply.send(Err(why));
+                            }
+                        }
+                    }
+                    continue;
+                }
             },
-            _ = tokio::time::sleep(sleep) => RekeyInput::Tick,
+            _ = tokio::time::sleep(sleep) => {
+                let now = crate::store::now_ms();
+                if let Some(s) = &mut session
+                    && s.next_wake().is_some_and(|w| w <= now)
+                {
+                    pending.extend(s.tick(now));
+                }
+                RekeyInput::Tick
+            }
         };
         pending.extend(rekey.handle(crate::store::now_ms(), input, &mut rng));
     }

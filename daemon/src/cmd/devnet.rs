@@ -35,7 +35,7 @@ pub mod file;
 pub mod http;
 
 pub use file::{ChainInfo, DevnetFile, DevnetMember};
-pub use http::{http_get, http_post};
+pub use http::{http_get, http_post, http_post_json};
 
 /// Arguments of `sibyl devnet`.
 #[derive(Debug, clap::Args)]

@@ -378,6 +378,11 @@ pub struct RotationSignArgs {
     /// Give up if the signature is not made after this long.
     #[arg(long, default_value = "10m")]
     pub timeout: String,
+    /// Sign inside this member's running `sibyl run` (its API, admin token
+    /// from node.toml): the committee keeps signing reports meanwhile.
+    /// Every signer's operator runs it against its own member.
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// One committee's signature of a hand-over, as `sibyl rotation-sign`
@@ -462,7 +467,6 @@ pub fn sign_networked(args: RotationSignArgs) -> Result<()> {
             "--new-group-key is not this (new) committee's group key; a hand-over to a key nobody holds would be permanent"
         );
     }
-    let key = keystore.read_key_package::<Evm>(&mine.digest, &passphrase)?;
     let members: std::collections::BTreeSet<u16> = mine.members.iter().map(|m| m.index).collect();
     let signers = match &args.signers {
         Some(list) => parse_members(list, "--signers")?,
@@ -475,6 +479,13 @@ pub fn sign_networked(args: RotationSignArgs) -> Result<()> {
     if let Some(s) = signers.iter().find(|s| !members.contains(s)) {
         bail!("--signers: {s} is not a member of this committee ({members:?})");
     }
+    let message = rotation_digest(&handover);
+    if args.live {
+        let sig = sign_live(&config, &signers, message, timeout)?;
+        let (_, fields) = contract_signature(&public, &sig)?;
+        return print_part(role, &handover, message, signers, fields);
+    }
+    let key = keystore.read_key_package::<Evm>(&mine.digest, &passphrase)?;
     let identity = keystore.read_identity(&passphrase)?;
     let (params, net_config, runtime) =
         sibyl_node::dkg::ceremony_setup(&config, identity, timeout)?;
@@ -487,7 +498,6 @@ pub fn sign_networked(args: RotationSignArgs) -> Result<()> {
     if !signers.contains(&me) {
         bail!("member {me} is not one of the signers {signers:?}; it has nothing to do");
     }
-    let message = rotation_digest(&handover);
     let cfg = SignConfig {
         digest: mine.digest,
         me,
@@ -556,6 +566,50 @@ pub fn sign_networked(args: RotationSignArgs) -> Result<()> {
         anyhow::Ok(signature)
     })?;
     let (_, fields) = contract_signature(&public, &sig)?;
+    print_part(role, &handover, message, signers, fields)
+}
+
+/// `sibyl rotation-sign --live`: this member's running `sibyl run` signs
+/// `message` with the other signers (`POST /v1/node/rotation/sign`).
+fn sign_live(
+    config: &Config,
+    signers: &std::collections::BTreeSet<u16>,
+    message: [u8; 32],
+    timeout: std::time::Duration,
+) -> Result<frost_core::Signature<Evm>> {
+    let token = config
+        .admin_token()
+        .context("cannot read the admin token")?
+        .context("node.toml sets no [api] admin_token_file or admin_token_env: the signing route needs it")?;
+    let url = format!("http://{}/v1/node/rotation/sign", config.api_listen());
+    let body = serde_json::json!({
+        "message": hex0x(message),
+        "signers": signers,
+        "timeout_ms": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).clamp(1_000, 3_600_000),
+    });
+    eprintln!(
+        "rotation-sign: asking the running member at {url} to sign 0x{} with {signers:?}",
+        hex::encode(message)
+    );
+    let answer = crate::cmd::devnet::http_post_json(&url, &token, &body.to_string(), timeout)
+        .with_context(|| format!("signing at {url}"))?;
+    let v: serde_json::Value = serde_json::from_str(&answer).context("the answer is not JSON")?;
+    let hex_sig = v["signature"]
+        .as_str()
+        .context("the answer has no signature")?;
+    let bytes = hex::decode(hex_sig.trim_start_matches("0x")).context("signature hex")?;
+    frost_core::Signature::<Evm>::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("the member's signature does not parse: {e}"))
+}
+
+/// The part `sibyl rotation-assemble` reads, on stdout.
+fn print_part(
+    role: &str,
+    handover: &Handover,
+    message: [u8; 32],
+    signers: std::collections::BTreeSet<u16>,
+    fields: BTreeMap<&'static str, String>,
+) -> Result<()> {
     let part = RotationPart {
         role: role.into(),
         chain_id: handover.chain_id,

@@ -22,4 +22,5 @@ mod operator_guide;
 mod partition_netns;
 mod refresh_processes;
 mod repair_processes;
+mod rotation_live;
 mod sources_cli;

@@ -250,6 +250,17 @@ fn post_refresh(api: &str, token: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// The feeds' heartbeat in a devnet committee file (every feed has the same).
+pub(crate) fn heartbeat_ms(committee: &std::path::Path) -> u64 {
+    std::fs::read_to_string(committee)
+        .expect("committee")
+        .lines()
+        .find_map(|l| l.strip_prefix("heartbeat = \""))
+        .and_then(|v| v.trim_end_matches('"').strip_suffix("ms"))
+        .and_then(|v| v.parse().ok())
+        .expect("heartbeat in the committee file")
+}
+
 /// SIGKILLs member `i + 1` and starts it again 2 s later.
 fn kill_and_restart(c: &mut common::RunningCommittee, i: usize) {
     let mut victim = c.members.0[i].take().expect("member");
@@ -294,7 +305,7 @@ fn completed(api: &str) -> u64 {
 
 /// Every signed report member `api` holds after round `after`: (round,
 /// timestamp, feeds in it).
-fn reports_after(api: &str, mut after: u64) -> Vec<(u64, u64, Vec<String>)> {
+pub(crate) fn reports_after(api: &str, mut after: u64) -> Vec<(u64, u64, Vec<String>)> {
     let mut out = Vec::new();
     loop {
         let page: serde_json::Value = serde_json::from_str(
@@ -325,7 +336,7 @@ fn reports_after(api: &str, mut after: u64) -> Vec<(u64, u64, Vec<String>)> {
 
 /// The longest time between two reports, and per feed the longest time
 /// between two reports holding it (ms), over `reports` (ascending).
-fn gaps(reports: &[(u64, u64, Vec<String>)]) -> (u64, u64) {
+pub(crate) fn gaps(reports: &[(u64, u64, Vec<String>)]) -> (u64, u64) {
     let any = reports
         .windows(2)
         .map(|w| w[1].1 - w[0].1)
@@ -437,13 +448,7 @@ fn a_refresh_inside_run_keeps_the_feeds_signed_through_a_killed_member() {
     let (any_up, feed_up) = gaps(&reports[..split]);
     let (any_kill, feed_kill) = gaps(&reports[split.saturating_sub(1)..split2]);
     let (any_plain, _) = gaps(&reports[split2.saturating_sub(1)..]);
-    let committee = std::fs::read_to_string(&c.file.committee).expect("committee");
-    let heartbeat_ms: u64 = committee
-        .lines()
-        .find_map(|l| l.strip_prefix("heartbeat = \""))
-        .and_then(|v| v.trim_end_matches('"').strip_suffix("ms"))
-        .and_then(|v| v.parse().ok())
-        .expect("heartbeat in the committee file");
+    let heartbeat_ms = heartbeat_ms(&c.file.committee);
     eprintln!(
         "in-node refresh: all up {first:.1?} (longest gap between reports {any_up} ms, per feed {feed_up} ms), member 3 killed and restarted {second:.1?} (longest gap {any_kill} ms, per feed {feed_kill} ms), the same kill of member 4 without a refresh: longest gap {any_plain} ms; {} reports from round {start_round}, heartbeat {heartbeat_ms} ms",
         reports.len()

@@ -21,18 +21,36 @@ pub fn http_get(url: &str) -> Result<String> {
 /// returning the body; any answer but 2xx is an error.
 pub fn http_post(url: &str, token: &str) -> Result<String> {
     std::thread::scope(|s| {
-        s.spawn(|| send(url, Some(token)))
+        s.spawn(|| send(url, Some((token, String::new())), Duration::from_secs(5)))
             .join()
             .map_err(|_| anyhow!("the request to {url} panicked"))?
     })
 }
 
-fn get(url: &str) -> Result<String> {
-    send(url, None)
+/// HTTP POST of a JSON `body` with `Authorization: Bearer <token>`, waiting
+/// up to `timeout` (+ 10 s) for the answer; any answer but 2xx is an error.
+pub fn http_post_json(url: &str, token: &str, body: &str, timeout: Duration) -> Result<String> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            send(
+                url,
+                Some((token, body.to_string())),
+                timeout + Duration::from_secs(10),
+            )
+        })
+        .join()
+        .map_err(|_| anyhow!("the request to {url} panicked"))?
+    })
 }
 
-/// GET `url`, or POST it with `token` as the bearer.
-fn send(url: &str, token: Option<&str>) -> Result<String> {
+fn get(url: &str) -> Result<String> {
+    send(url, None, Duration::from_secs(5))
+}
+
+/// GET `url`, or POST `body` (JSON when not empty) to it with `token` as the
+/// bearer.
+fn send(url: &str, post: Option<(&str, String)>, timeout: Duration) -> Result<String> {
+    let token = post.as_ref().map(|(t, _)| *t);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,11 +58,16 @@ fn send(url: &str, token: Option<&str>) -> Result<String> {
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .timeout(timeout)
             .build()
             .context("cannot build an HTTP client")?;
-        let request = match token {
-            Some(t) => client.post(url).bearer_auth(t),
+        let request = match &post {
+            Some((t, body)) if body.is_empty() => client.post(url).bearer_auth(t),
+            Some((t, body)) => client
+                .post(url)
+                .bearer_auth(t)
+                .header("content-type", "application/json")
+                .body(body.clone()),
             None => client.get(url),
         };
         let resp = request
