@@ -864,6 +864,10 @@ pub struct SignRequest {
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
 }
 
+/// Signing messages kept from before a session starts here (a few per
+/// member; the session ignores those of other messages or runs).
+const MAX_EARLY_SIGN_MESSAGES: usize = 64;
+
 /// The signing session's wire magic (`sibyl_aggregator::dkg::sign`).
 const SIGN_MAGIC: &[u8; 4] = b"SSIG";
 
@@ -1017,6 +1021,10 @@ pub async fn run(
     let mut pending = std::collections::VecDeque::from(first);
     let mut last_status = None;
     let mut session: Option<Session> = None;
+    // Signing messages that came before this member's operator asked it to
+    // sign (the coordinator's start, most likely): replayed when it does,
+    // instead of waiting for the coordinator's next re-send.
+    let mut early: std::collections::VecDeque<(u16, Vec<u8>)> = Default::default();
     loop {
         while let Some(o) = pending.pop_front() {
             let now = crate::store::now_ms();
@@ -1104,8 +1112,14 @@ pub async fn run(
             ev = events.recv() => match ev {
                 None => return,
                 Some(RekeyEvent::Message { from, bytes }) if bytes.starts_with(SIGN_MAGIC) => {
-                    if let Some(s) = &mut session {
-                        pending.extend(s.on_message(crate::store::now_ms(), from, bytes));
+                    match &mut session {
+                        Some(s) => pending.extend(s.on_message(crate::store::now_ms(), from, bytes)),
+                        None => {
+                            if early.len() == MAX_EARLY_SIGN_MESSAGES {
+                                early.pop_front();
+                            }
+                            early.push_back((from, bytes));
+                        }
                     }
                     continue;
                 }
@@ -1118,10 +1132,14 @@ pub async fn run(
                             .reply
                             .send(Err("a signing session is already running here".into()));
                     } else {
-                        match Session::start(&rekey, io.digest, req, crate::store::now_ms()) {
-                            Ok((s, out)) => {
-                                session = Some(s);
+                        let now = crate::store::now_ms();
+                        match Session::start(&rekey, io.digest, req, now) {
+                            Ok((mut s, out)) => {
                                 pending.extend(out);
+                                for (from, bytes) in early.drain(..) {
+                                    pending.extend(s.on_message(now, from, bytes));
+                                }
+                                session = Some(s);
                             }
                             Err((req, why)) => {
                                 let _ = req.reply.send(Err(why));

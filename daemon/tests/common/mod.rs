@@ -240,3 +240,18 @@ pub fn require_tool(program: &str, probe: &[&str], hint: &str) {
         .is_ok_and(|s| s.success());
     assert!(ok, "`{program}` is missing or does not run: {hint}");
 }
+
+/// `curl -X POST` with `Authorization: Bearer <token>` and, if given, a JSON
+/// body: (HTTP status, body).
+pub fn post_with_token(url: &str, token: &str, json: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "-H"])
+        .arg(format!("authorization: Bearer {token}"));
+    if let Some(body) = json {
+        cmd.args(["-H", "content-type: application/json", "-d", body]);
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}

@@ -239,15 +239,7 @@ fn latest_verifies(c: &common::RunningCommittee) {
 }
 
 fn post_refresh(api: &str, token: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "-H"])
-        .arg(format!("authorization: Bearer {token}"))
-        .arg(format!("{api}/v1/node/keys/refresh"))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    common::post_with_token(&format!("{api}/v1/node/keys/refresh"), token, None)
 }
 
 /// The feeds' heartbeat in a devnet committee file (every feed has the same).

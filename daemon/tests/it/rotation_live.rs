@@ -9,16 +9,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 fn post_sign(api: &str, token: &str, body: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "-H"])
-        .arg(format!("authorization: Bearer {token}"))
-        .args(["-H", "content-type: application/json", "-d", body])
-        .arg(format!("{api}/v1/node/rotation/sign"))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    common::post_with_token(&format!("{api}/v1/node/rotation/sign"), token, Some(body))
 }
 
 #[test]
