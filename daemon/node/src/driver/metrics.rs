@@ -92,11 +92,7 @@ impl Default for NodeMetrics {
             invalid_reports: Counter::default(),
             key_refreshes: Counter::default(),
             key_refresh_failures: Counter::default(),
-            key_sets: {
-                let g = Gauge::default();
-                g.set(1);
-                g
-            },
+            key_sets: Gauge::default(),
         }
     }
 }

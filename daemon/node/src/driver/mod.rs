@@ -455,6 +455,7 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
         self.catchup_poll();
         // The ages and the committee panel exist from the start, before
         // the first event of the loop.
+        self.note_key_sets();
         self.publish_status();
         loop {
             // The wake that starts a round is the observation instant every
@@ -568,12 +569,18 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             s.driver = self.stats.clone();
             s.protocol = self.node.stats().clone();
             s.last_report_round = self.stored_through;
-            s.key_sets = self
-                .node
-                .key_sets()
-                .iter()
-                .map(|k| format!("{k:016x}"))
-                .collect();
+        }
+    }
+
+    /// The key sets held, in the status and `sibyl_key_sets` (on a change
+    /// only: `publish_status` runs after every event).
+    fn note_key_sets(&mut self) {
+        let sets = self.node.key_sets();
+        self.metrics
+            .key_sets
+            .set(i64::try_from(sets.len()).unwrap_or(i64::MAX));
+        if let Ok(mut s) = self.status.lock() {
+            s.key_sets = sets.iter().map(|k| format!("{k:016x}")).collect();
         }
     }
 
@@ -587,18 +594,25 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                     tracing::debug!(to, error = %e, "refresh message not sent");
                 }
             }
-            DriverCmd::AddKeySet(keys) => match self.node.add_key_set(keys) {
-                Ok(set) => tracing::info!(set = %format!("{set:016x}"), "new key set held"),
-                Err(e) => tracing::error!(error = %e, "the refresh's new key set is refused"),
-            },
+            DriverCmd::AddKeySet(keys) => {
+                match self.node.add_key_set(keys) {
+                    Ok(set) => tracing::info!(set = %format!("{set:016x}"), "new key set held"),
+                    Err(e) => tracing::error!(error = %e, "the refresh's new key set is refused"),
+                }
+                self.note_key_sets();
+            }
             DriverCmd::LeadWith(set) => {
                 if self.node.lead_with(set) {
                     tracing::info!(set = %format!("{set:016x}"), "proposing with the new key set");
                 } else {
                     tracing::error!(set = %format!("{set:016x}"), "cannot lead with a key set not held");
                 }
+                self.note_key_sets();
             }
-            DriverCmd::Retire(set) => self.node.retire_key_set(set),
+            DriverCmd::Retire(set) => {
+                self.node.retire_key_set(set);
+                self.note_key_sets();
+            }
             DriverCmd::Status(st) => {
                 if let Ok(mut s) = self.status.lock() {
                     let (done, failed) = s
@@ -615,10 +629,6 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                 }
             }
         }
-        self.metrics
-            .key_sets
-            .set(i64::try_from(self.node.key_sets().len()).unwrap_or(i64::MAX));
-        self.publish_status();
     }
 
     fn tell_rekey(&self, event: crate::rekey::RekeyEvent) {
