@@ -764,6 +764,9 @@ impl Rekey {
         }
         if matches!(self.state, State::Stored { .. }) && self.resend_at.is_some_and(|t| t <= now) {
             self.send_stored(now, out);
+            // After a switch that failed on disk every member is acked
+            // already: nothing new arrives to try it again, so the timer does.
+            self.maybe_switch(out);
         }
         if let Some((set, at)) = self.retire
             && at <= now

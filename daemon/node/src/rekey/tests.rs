@@ -37,6 +37,9 @@ struct World {
     /// Members whose messages are lost both ways (killed).
     down: BTreeSet<u16>,
     timing: Timing,
+    /// Disk writes (of pending keys, of the switch) that fail, per member.
+    failing_writes: BTreeMap<u16, u32>,
+    failing_switches: BTreeMap<u16, u32>,
 }
 
 fn factory(me: u16, identities: &BTreeMap<u16, ed25519_dalek::SigningKey>) -> MachineFactory {
@@ -87,6 +90,8 @@ impl World {
             wire: VecDeque::new(),
             down: BTreeSet::new(),
             timing,
+            failing_writes: BTreeMap::new(),
+            failing_switches: BTreeMap::new(),
         };
         for i in 1..=N {
             let id = Identifier::<Ed>::try_from(i).unwrap();
@@ -139,14 +144,26 @@ impl World {
                     self.wire.push_back((i, to, bytes));
                     None
                 }
-                RekeyOutput::WritePending(keys) => {
-                    m.pending = Some(*keys);
-                    Some(RekeyInput::Written(Ok(())))
-                }
-                RekeyOutput::SwitchToPending => {
-                    m.live = m.pending.take().expect("pending keys to switch to");
-                    Some(RekeyInput::Switched(Ok(())))
-                }
+                RekeyOutput::WritePending(keys) => match self.failing_writes.get_mut(&i) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        Some(RekeyInput::Written(Err("No space left on device".into())))
+                    }
+                    _ => {
+                        m.pending = Some(*keys);
+                        Some(RekeyInput::Written(Ok(())))
+                    }
+                },
+                RekeyOutput::SwitchToPending => match self.failing_switches.get_mut(&i) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        Some(RekeyInput::Switched(Err("No space left on device".into())))
+                    }
+                    _ => {
+                        m.live = m.pending.take().expect("pending keys to switch to");
+                        Some(RekeyInput::Switched(Ok(())))
+                    }
+                },
                 RekeyOutput::AddKeySet(k) => {
                     m.told.push(format!("add {:016x}", key_set_id(&k)));
                     None
@@ -556,4 +573,103 @@ fn a_run_named_far_ahead_of_the_clock_is_ignored() {
     for i in 1..=N {
         assert_eq!(w.status(i).completed, 1, "member {i}: {:?}", w.status(i));
     }
+}
+
+#[test]
+fn a_full_disk_fails_the_refresh_cleanly_and_a_failed_switch_is_retried() {
+    let mut w = World::new();
+    let old = w.status(1).key_set.clone();
+    // Member 2 cannot write its pending keys: nobody switches, it says why,
+    // and the retry (disk space back) finishes the refresh everywhere.
+    w.failing_writes.insert(2, 1);
+    w.input(1, RekeyInput::Start);
+    w.run_until(T0 + 5_000);
+    let s2 = w.status(2).clone();
+    assert_eq!(s2.failed, 1, "{s2:?}");
+    assert!(
+        s2.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot store the new shares: No space left")),
+        "{s2:?}"
+    );
+    for i in 1..=N {
+        assert_eq!(w.status(i).key_set, old, "member {i} did not switch");
+        assert_eq!(w.status(i).completed, 0);
+    }
+    // Every member's switch fails once on disk: each keeps its old files,
+    // tries again at its next re-send (no "stored" comes any more: all were
+    // acked), and all end on one set.
+    for i in 1..=N {
+        w.failing_switches.insert(i, 1);
+    }
+    w.run_until(T0 + 70_000);
+    let new = w.status(1).key_set.clone();
+    assert_ne!(new, old);
+    assert!(
+        w.failing_switches.values().all(|n| *n == 0),
+        "every switch failed once"
+    );
+    for i in 1..=N {
+        let s = w.status(i);
+        assert_eq!(s.key_set, new, "member {i}: {s:?}");
+        assert_eq!(s.completed, 1, "member {i}: {s:?}");
+        assert!(w.members[&i].pending.is_none(), "member {i}");
+    }
+    assert!(live_shares_sign(&mut w, &[1, 2, 3]));
+}
+
+#[test]
+fn a_switch_that_failed_on_disk_is_tried_again_without_any_message() {
+    let mut w = World::new();
+    w.input(1, RekeyInput::Start);
+    w.deliver_until(|w| w.members.values().all(|m| m.pending.is_some()));
+    // Member 1 alone, restarted with its pending keys; every other member's
+    // "stored" arrives, then the switch fails on disk.
+    let (live, pending) = {
+        let m = &w.members[&1];
+        (m.live.clone(), m.pending.clone().unwrap())
+    };
+    let hash = outcome_hash(&pending);
+    let (mut r, _) = Rekey::new(
+        1,
+        1..=N,
+        w.timing.clone(),
+        factory(1, &w.identities),
+        live,
+        Some(pending),
+        w.now,
+    );
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut out = Vec::new();
+    for from in 2..=N {
+        out.extend(r.handle(
+            w.now,
+            RekeyInput::Message {
+                from,
+                bytes: tagged(STORED_MAGIC, &hash),
+            },
+            &mut rng,
+        ));
+    }
+    let switches = |o: &[RekeyOutput]| {
+        o.iter()
+            .filter(|o| matches!(o, RekeyOutput::SwitchToPending))
+            .count()
+    };
+    assert_eq!(switches(&out), 1);
+    let out = r.handle(
+        w.now,
+        RekeyInput::Switched(Err("No space left on device".into())),
+        &mut rng,
+    );
+    assert_eq!(switches(&out), 0);
+    assert_eq!(r.status().phase, "stored");
+    // Nothing else arrives: the next re-send time tries the switch again.
+    let at = r.next_wake().expect("a timer");
+    assert!(at <= w.now + w.timing.resend_ms, "{at}");
+    let out = r.handle(at, RekeyInput::Tick, &mut rng);
+    assert_eq!(switches(&out), 1, "{out:?}");
+    let out = r.handle(at, RekeyInput::Switched(Ok(())), &mut rng);
+    assert!(out.iter().any(|o| matches!(o, RekeyOutput::LeadWith(_))));
+    assert_eq!(r.status().completed, 1);
 }
