@@ -201,15 +201,13 @@ impl<C: SibylSuite> Lane<C> {
         }
     }
 
-    /// Adds key set `set` (same group key, this member's identifier).
-    pub(super) fn add_set(
+    /// Adds key set `set`, checked by [`check_same_group`] first.
+    pub(super) fn insert_set(
         &mut self,
-        me: u16,
         set: u64,
         key_package: KeyPackage<C>,
         pubkeys: PublicKeyPackage<C>,
-    ) -> Result<(), NodeError> {
-        check_same_group(me, self, &key_package, &pubkeys)?;
+    ) {
         if set != self.lead {
             self.others.insert(
                 set,
@@ -219,7 +217,6 @@ impl<C: SibylSuite> Lane<C> {
                 },
             );
         }
-        Ok(())
     }
 
     pub(super) fn holds(&self, set: u64) -> bool {

@@ -935,17 +935,15 @@ impl Node {
             ok?;
         }
         for k in suites {
-            let me = self.me;
-            for lane in &mut self.lanes {
-                match (&k, lane) {
-                    (SuiteKeys::Ed25519(kp, pkp), AnyLane::Ed25519(l)) => {
-                        l.add_set(me, set, kp.clone(), pkp.clone())?;
-                    }
-                    (SuiteKeys::Secp256k1Evm(kp, pkp), AnyLane::Secp256k1Evm(l)) => {
-                        l.add_set(me, set, kp.clone(), pkp.clone())?;
-                    }
-                    _ => {}
+            let suite = k.suite();
+            match (k, self.lanes.iter_mut().find(|l| l.suite() == suite)) {
+                (SuiteKeys::Ed25519(kp, pkp), Some(AnyLane::Ed25519(l))) => {
+                    l.insert_set(set, kp, pkp);
                 }
+                (SuiteKeys::Secp256k1Evm(kp, pkp), Some(AnyLane::Secp256k1Evm(l))) => {
+                    l.insert_set(set, kp, pkp);
+                }
+                _ => {}
             }
         }
         Ok(set)
