@@ -84,6 +84,21 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
     wait_for("member 4 to take part in new rounds", 120, || {
         accepted(&api[3]) >= before + 3
     });
+    // Every margin engine seeded its demo book (300 accounts, ~1,400
+    // inputs, in one transaction) and applies reports after it: in a debug
+    // build on two loaded cores the seeding takes seconds, so wait for it
+    // rather than stop members mid-way (their logs are compared below).
+    wait_for(
+        "every member's margin engine past its demo book",
+        120,
+        || {
+            file.members.iter().all(|m| {
+                sibyl_node::store::Db::open_read_only(&m.db)
+                    .and_then(|db| db.margin_inputs())
+                    .is_ok_and(|inputs| inputs.len() > 300)
+            })
+        },
+    );
     for c in members.0.iter_mut().flatten() {
         terminate(c);
     }
@@ -181,21 +196,33 @@ fn four_processes_sign_survive_a_kill_and_a_restart_catches_up() {
             // rounds, the settled gaps, and what the log says about both.
             let db = sibyl_node::store::Db::open_read_only(&m.db).unwrap();
             let rounds: Vec<u64> = db
-                .reports_after(0, 1_000_000)
+                .stored_rounds_from(0)
                 .unwrap()
-                .iter()
-                .map(|r| r.header.round)
+                .into_iter()
                 .take(12)
                 .collect();
             let gaps = db.report_gaps_from(0).unwrap();
+            let first_missing = db.first_missing_round().unwrap();
             let log = std::fs::read_to_string(&m.log).unwrap_or_default();
             let lines: Vec<&str> = log
                 .lines()
-                .filter(|l| l.contains("margin") || l.contains("catch-up") || l.contains("WARN"))
+                .filter(|l| {
+                    l.contains("margin")
+                        || l.contains("catch-up")
+                        || l.contains("history")
+                        || l.contains("WARN")
+                        || l.contains("ERROR")
+                })
                 .take(40)
                 .collect();
+            for other in &file.members {
+                let log = std::fs::read_to_string(&other.log).unwrap_or_default();
+                for l in log.lines().filter(|l| l.contains("margin")) {
+                    eprintln!("member {} log: {l}", other.index);
+                }
+            }
             panic!(
-                "member {}: {} inputs; first stored rounds {rounds:?}, settled gaps {gaps:?}; log:\n{}",
+                "member {}: {} inputs; first stored rounds {rounds:?}, settled gaps {gaps:?}, first missing round {first_missing}; log:\n{}",
                 m.index,
                 inputs.len(),
                 lines.join("\n")
