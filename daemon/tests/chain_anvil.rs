@@ -1492,6 +1492,12 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
     let b_sent_before: f64 = (0..4)
         .map(|i| metric(&api(&b, i), "sibyl_chain_tx_confirmed_total"))
         .sum();
+    let named = |net: &Value| -> f64 {
+        (0..4)
+            .map(|i| metric(&api(net, i), "sibyl_chain_contract_names_committee"))
+            .sum()
+    };
+    let b_named_before = named(&b);
     let gas = send(
         &contracts,
         &rpc,
@@ -1526,6 +1532,10 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
     let a_failed: f64 = (0..4)
         .map(|i| metric(&api(&a, i), "sibyl_chain_tx_failed_total"))
         .sum();
+    let b_failed: f64 = (0..4)
+        .map(|i| metric(&api(&b, i), "sibyl_chain_tx_failed_total"))
+        .sum();
+    let b_named_after = named(&b);
     let b_confirmed: f64 = (0..4)
         .map(|i| metric(&api(&b, i), "sibyl_chain_tx_confirmed_total"))
         .sum();
@@ -1553,8 +1563,9 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
     eprintln!(
         "hand-over with both committees running: rotateCommittee gas {gas}; {} samples; \
          longest a feed stood unchanged (ms) per feed {ids:?}: before the switch {before:?}, \
-         across it {across:?}; heartbeat {heartbeat_ms} ms; A's refused pushes {a_failed}, \
-         B's confirmed pushes {b_confirmed} (before the switch {b_sent_before})",
+         across it {across:?}; heartbeat {heartbeat_ms} ms; failed pushes: A {a_failed}, B {b_failed}, \
+         B's confirmed pushes {b_confirmed} (before the switch {b_sent_before}); \
+         B's transmitters naming their committee: {b_named_before} before, {b_named_after} after",
         samples.len()
     );
     assert_eq!(
@@ -1562,6 +1573,45 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
         "the contract took B's reports before the switch"
     );
     assert!(b_confirmed > 0.0, "B never pushed after the switch");
+    let chain_warnings = |name: &str| -> String {
+        (1..=4)
+            .flat_map(|i| {
+                std::fs::read_to_string(dir.path().join(format!("{name}{i}.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("sibyl_chain") && !l.contains("\"INFO\""))
+                    .map(|l| format!("{name}{i}: {l}\n"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(
+        b_failed,
+        0.0,
+        "B's wait for the hand-over counted as failures:\n{}",
+        chain_warnings("b")
+    );
+    assert_eq!(
+        a_failed,
+        0.0,
+        "A's refused pushes counted as failures:\n{}",
+        chain_warnings("a")
+    );
+    assert!(
+        b_named_before == 0.0 && b_named_after > 0.0,
+        "B's sibyl_chain_contract_names_committee: {b_named_before} before, {b_named_after} after"
+    );
+    let b_logs: String = (1..=4)
+        .map(|i| std::fs::read_to_string(dir.path().join(format!("b{i}.log"))).unwrap_or_default())
+        .collect();
+    assert!(
+        b_logs.contains("the feed contract names another committee"),
+        "B's log does not say it waits for the hand-over"
+    );
+    assert!(
+        b_logs.contains("the feed contract names this committee now"),
+        "B's log does not say it took over"
+    );
     // The push schedule: a leaf is due once its heartbeat has passed (one
     // round of 250 ms to notice), the first-ranked transmitter sends at
     // once and the next ones one stagger (1 s) later each; anvil mines at

@@ -21,7 +21,7 @@ pub const ANVIL_KEYS: [&str; 10] = [
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
     "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
     "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
-    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcf0ef8ee8c0b",
+    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
     "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
     "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
 ];
@@ -220,4 +220,32 @@ pub fn deploy(contracts: &Path, p: &DeployParams<'_>) -> Result<Deployment> {
     let line = stdout.lines().last().unwrap_or("");
     serde_json::from_str(line)
         .with_context(|| format!("deploy.sh printed {line:?}, not its JSON deployment line"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ANVIL_KEYS;
+
+    /// Each key is the account anvil funds (its documented addresses, from
+    /// the "test test ... junk" mnemonic). Key 7 once had a wrong tail: a
+    /// 7-member `devnet --chain` gave member 7 an empty account.
+    #[test]
+    fn the_development_keys_are_anvils_funded_accounts() {
+        let funded = [
+            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
+            "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+            "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+            "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+            "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65",
+            "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc",
+            "0x976EA74026E726554dB657fA54763abd0C3a0aa9",
+            "0x14dC79964da2C08b23698B3D3cc7Ca32193d9955",
+            "0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f",
+            "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720",
+        ];
+        for (i, (key, address)) in ANVIL_KEYS.iter().zip(funded).enumerate() {
+            let signer: alloy_signer_local::PrivateKeySigner = key.parse().expect("key");
+            assert_eq!(signer.address().to_checksum(None), address, "key {i}");
+        }
+    }
 }

@@ -118,6 +118,10 @@ pub struct ChainMetrics {
     /// Balance below which the transmitter warns: `low_balance_updates`
     /// updates at the last gas and fee figures (0 until the first update).
     pub balance_warn_wei: Gauge<f64, AtomicU64>,
+    /// 1 while the contract names this committee (its last estimate passed
+    /// the config digest check), 0 while it names another (before a
+    /// hand-over to this committee, or after one away from it).
+    pub contract_names_committee: Gauge,
 }
 
 impl ChainMetrics {
@@ -174,6 +178,11 @@ impl ChainMetrics {
             "Balance below which the transmitter warns: enough for 100 updates at the last gas and fee figures, wei",
             m.balance_warn_wei.clone(),
         );
+        r.register(
+            "sibyl_chain_contract_names_committee",
+            "1 while the feed contract names this committee, 0 while it names another (waiting for a hand-over to it, or handed over away from it)",
+            m.contract_names_committee.clone(),
+        );
         m
     }
 }
@@ -218,6 +227,9 @@ pub struct Transmitter<R> {
     pending: Option<Scheduled>,
     inflight: Option<Inflight>,
     next_nonce: Option<u64>,
+    /// Whether the contract named this committee at the last estimate
+    /// (None before the first).
+    named: Option<bool>,
 }
 
 /// Whether a leaf should be pushed over the stored value.
@@ -284,6 +296,7 @@ impl<R: ChainRpc> Transmitter<R> {
             pending: None,
             inflight: None,
             next_nonce: None,
+            named: None,
         }
     }
 
@@ -561,7 +574,18 @@ impl<R: ChainRpc> Transmitter<R> {
             }
         };
         let gas = match self.rpc.estimate_gas(&calldata).await {
-            Ok(g) => g,
+            Ok(g) => {
+                self.note_named(true, round, "");
+                g
+            }
+            Err(RpcError::Reverted { error }) if error.starts_with("WrongConfigDigest") => {
+                // Not a failure: a new committee runs beside the old one
+                // until the hand-over names it (and the old one until it is
+                // stopped). Nothing is sent; the next due report asks again.
+                self.metrics.skipped.inc();
+                self.note_named(false, round, &error);
+                return;
+            }
             Err(RpcError::Reverted { error }) => {
                 self.metrics.failed.inc();
                 tracing::warn!(round, %error, "the contract refuses the report; not sent");
@@ -668,6 +692,29 @@ impl<R: ChainRpc> Transmitter<R> {
                 self.next_nonce = None;
                 tracing::warn!(error = %e, round, "the RPC refused the transaction");
             }
+        }
+    }
+
+    /// Notes whether the contract names this committee; says so when it
+    /// changes.
+    fn note_named(&mut self, named: bool, round: Round, error: &str) {
+        self.metrics.contract_names_committee.set(i64::from(named));
+        if self.named == Some(named) {
+            return;
+        }
+        let first = self.named.is_none();
+        self.named = Some(named);
+        match (named, first) {
+            (false, _) => tracing::warn!(
+                round,
+                %error,
+                "the feed contract names another committee: not sending this committee's reports (before a hand-over to it this is expected; after one away from it, stop this committee)"
+            ),
+            (true, false) => tracing::info!(
+                round,
+                "the feed contract names this committee now (a hand-over landed): sending its reports"
+            ),
+            (true, true) => {}
         }
     }
 

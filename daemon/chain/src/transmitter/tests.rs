@@ -425,6 +425,33 @@ async fn a_refused_estimate_sends_nothing_and_an_empty_account_sends_nothing() {
 }
 
 #[tokio::test]
+async fn a_contract_naming_another_committee_is_waited_for_not_failed() {
+    let (report, key) = report();
+    let rpc = rich();
+    rpc.chain().estimate_error = Some(RpcError::Reverted {
+        error: "WrongConfigDigest(WrongConfigDigest { expected: 0x11, got: 0x22 })".into(),
+    });
+    let mut t = transmitter(3, rpc.clone(), key);
+    let t0 = Instant::now();
+    t.on_report(report.clone(), t0);
+    t.on_tick(t0).await;
+    assert!(rpc.chain().sent.is_empty());
+    assert_eq!(
+        t.metrics().failed.get(),
+        0,
+        "waiting for a hand-over is no failure"
+    );
+    assert_eq!(t.metrics().skipped.get(), 1);
+    assert_eq!(t.metrics().contract_names_committee.get(), 0);
+    // The hand-over lands: the next due report goes out.
+    rpc.chain().estimate_error = None;
+    t.on_report(report, t0 + Duration::from_secs(1));
+    t.on_tick(t0 + Duration::from_secs(1)).await;
+    assert_eq!(rpc.chain().sent.len(), 1);
+    assert_eq!(t.metrics().contract_names_committee.get(), 1);
+}
+
+#[tokio::test]
 async fn a_wrong_chain_id_is_refused() {
     let (_, key) = report();
     let t = transmitter(1, rich(), key);
