@@ -162,16 +162,22 @@ pub enum RefreshOutcome {
 
 /// Run the refresh ceremony over `net`, store the new keys as pending,
 /// exchange "stored" with every member, and switch once all did.
+///
+/// `from`: the digest the live keys are bound to. The same as
+/// `params.digest` for a plain refresh; the current committee's when
+/// `params` is a smaller committee (removing members): the new shares are
+/// then bound to `params.digest`, and only its members get one.
 pub async fn run_refresh(
     net: &mut Net,
     params: DkgParams,
+    from: &ConfigDigest,
     suites: &[Suite],
     keystore: &Keystore,
     passphrase: &Passphrase,
     mut progress: impl FnMut(&str) + Send,
 ) -> Result<RefreshOutcome, DkgError> {
     let digest = params.digest;
-    let old = read_keys(keystore, &digest, passphrase, suites)?;
+    let old = read_keys(keystore, from, passphrase, suites)?;
     let mut machine = refresh_machine(net, &params, suites, old)?;
     let mut rng = rand::rngs::OsRng;
     // Lingering after the end (as `sibyl dkg` does) delivers what a failed
@@ -278,16 +284,88 @@ pub struct RefreshArgs {
     /// end. Run it on one member only.
     #[arg(long, conflicts_with_all = ["finish", "abandon"])]
     pub live: bool,
+    /// Remove members: refresh among the members of this committee file
+    /// only (the current one without the members removed: same indices,
+    /// identities, threshold and suites). The new shares are bound to it
+    /// and the removed members' shares no longer combine with anyone's;
+    /// the group key stays. Then point node.toml's `committee` at it and
+    /// hand the contract over to its digest (docs/OPERATOR.md).
+    #[arg(long, conflicts_with_all = ["abandon", "live"])]
+    pub new_committee: Option<PathBuf>,
+}
+
+/// Checks that `new` is `current` without some members: each of its
+/// members is one of `current`'s with the same identity, and the
+/// threshold and suites are the same. Returns the members removed.
+pub fn removal_of(
+    current: &crate::config::Committee,
+    new: &crate::config::Committee,
+) -> anyhow::Result<Vec<u16>> {
+    use anyhow::bail;
+    if new.threshold != current.threshold {
+        bail!(
+            "the new committee's threshold is {}, the current one's {}: a refresh keeps the threshold (changing it takes a new DKG and a hand-over)",
+            new.threshold,
+            current.threshold
+        );
+    }
+    if new.suites != current.suites {
+        bail!(
+            "the new committee signs with {:?}, the current one with {:?}: a refresh keeps the suites",
+            new.suites,
+            current.suites
+        );
+    }
+    for m in &new.members {
+        match current.members.iter().find(|c| c.index == m.index) {
+            None => bail!(
+                "member {} of the new committee is not in the current one: a removal only drops members (adding one is `sibyl repair --new-member`)",
+                m.index
+            ),
+            Some(c) if c.peer_id != m.peer_id => bail!(
+                "member {} has another identity (peer id) in the new committee than in the current one",
+                m.index
+            ),
+            Some(_) => {}
+        }
+    }
+    let removed: Vec<u16> = current
+        .members
+        .iter()
+        .map(|c| c.index)
+        .filter(|i| !new.members.iter().any(|m| m.index == *i))
+        .collect();
+    if removed.is_empty() {
+        bail!("the new committee has every current member: nothing to remove (a plain refresh needs no --new-committee)");
+    }
+    if new.members.len() < usize::from(new.threshold) {
+        bail!(
+            "the new committee has {} members, fewer than its threshold {}",
+            new.members.len(),
+            new.threshold
+        );
+    }
+    Ok(removed)
 }
 
 /// `sibyl refresh --config <node.toml>`.
 pub fn command(args: RefreshArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let config = crate::config::Config::load(&args.config)?;
+    let mut config = crate::config::Config::load(&args.config)?;
     let timeout = crate::config::parse_duration(&args.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
     let keystore = config.keystore();
     let passphrase = config.key_passphrase()?;
+    // The digest the live keys are bound to; with --new-committee the
+    // ceremony runs among that committee's members and binds to its digest.
+    let from = config.committee.digest;
+    let mut removed = Vec::new();
+    if let Some(path) = &args.new_committee {
+        let new = crate::config::Committee::load(path)?;
+        removed = removal_of(&config.committee, &new)
+            .with_context(|| format!("--new-committee {}", path.display()))?;
+        config.committee = new;
+    }
     let committee = &config.committee;
     let digest = committee.digest;
     let suites = committee.suites.clone();
@@ -332,15 +410,35 @@ pub fn command(args: RefreshArgs) -> anyhow::Result<()> {
             params.threshold,
             hex::encode(digest.0)
         );
-        let r = run_refresh(&mut net, params, &suites, &keystore, &passphrase, |line| {
-            eprintln!("refresh: {line}")
-        })
+        if !removed.is_empty() {
+            eprintln!(
+                "refresh: removing member(s) {removed:?}: new shares for the {} others only, bound to the new committee (was {})",
+                params.members.len(),
+                hex::encode(from.0)
+            );
+        }
+        let r = run_refresh(
+            &mut net,
+            params,
+            &from,
+            &suites,
+            &keystore,
+            &passphrase,
+            |line| eprintln!("refresh: {line}"),
+        )
         .await;
         anyhow::Ok(r)
     })?;
     match outcome {
         Ok(RefreshOutcome::Switched(keys)) => {
             print_keys(&keys);
+            if let Some(path) = &args.new_committee {
+                eprintln!(
+                    "refresh: member(s) {removed:?} removed. Next: set `committee = \"{}\"` in node.toml, start the node, and hand the contract over to config digest {} with the same group key (docs/OPERATOR.md, \"Removing a member\")",
+                    path.display(),
+                    hex::encode(digest.0)
+                );
+            }
             Ok(())
         }
         Ok(RefreshOutcome::Pending { missing }) => anyhow::bail!(

@@ -633,7 +633,10 @@ fn print_part(
 /// Arguments of `sibyl rotation-assemble`.
 #[derive(Debug, clap::Args)]
 pub struct RotationAssembleArgs {
-    /// The current committee's part (`sibyl rotation-sign` output, role current).
+    /// The current committee's part (`sibyl rotation-sign` output, role
+    /// current). For a hand-over that keeps the group key (members removed
+    /// or added), a part of the new committee (it is the same key's
+    /// signature), e.g. the same file as --new.
     #[arg(long)]
     pub current: PathBuf,
     /// The new committee's part (role new).
@@ -672,7 +675,12 @@ pub fn assemble(args: RotationAssembleArgs) -> Result<()> {
         .with_context(|| format!("{}: not a `sibyl rotation-sign` output", p.display()))
     };
     let (cur, new) = (read(&args.current)?, read(&args.new)?);
-    if cur.role != "current" || new.role != "new" {
+    // A hand-over that keeps the group key (members removed or added: only
+    // the digest changes) has no "current" part to make: the new
+    // committee's signature is one by the current key. Checked below
+    // against the hand-over's key.
+    let same_key = cur.role == "new" && new.role == "new";
+    if !same_key && (cur.role != "current" || new.role != "new") {
         bail!(
             "--current is a {:?} part and --new a {:?} part; give the current committee's, then the new one's",
             cur.role,
@@ -707,6 +715,17 @@ pub fn assemble(args: RotationAssembleArgs) -> Result<()> {
     };
     if handover.new_digest != new_committee.digest.0 {
         bail!("--new-committee is not the committee the parts hand over to");
+    }
+    if same_key {
+        let signer_x = word(&cur.signature, "group_key_x", "--current")?;
+        if signer_x != U256::from_be_bytes(handover.new_key.x) {
+            bail!(
+                "--current is a part of the new committee, which stands for the current key only when the hand-over keeps the group key; this one changes it: give the current committee's part"
+            );
+        }
+        eprintln!(
+            "rotation-assemble: the hand-over keeps the group key; the new committee's signature serves as the current key's too"
+        );
     }
     if hex0x(rotation_digest(&handover)) != cur.message {
         bail!(

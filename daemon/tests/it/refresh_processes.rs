@@ -450,3 +450,238 @@ fn a_refresh_inside_run_keeps_the_feeds_signed_through_a_killed_member() {
         "a feed went {feed} ms without an update (heartbeat {heartbeat_ms} ms)"
     );
 }
+
+/// The committee file without member `removed`'s `[[members]]` block.
+fn committee_without(text: &str, removed: u16) -> String {
+    let mut out = String::new();
+    for (i, block) in text.split("[[members]]").enumerate() {
+        if i > 0 && block.contains(&format!("\nindex = {removed}\n")) {
+            // Keep what follows the members (the feeds).
+            if let Some(rest) = block.find("\n[[").map(|at| &block[at..]) {
+                out.push_str(rest.trim_start_matches('\n'));
+            }
+            continue;
+        }
+        if i > 0 {
+            out.push_str("[[members]]");
+        }
+        out.push_str(block);
+    }
+    out
+}
+
+/// Removing a member, as processes: a 4-member devnet (t = 3) stops;
+/// members 1-3 run `sibyl refresh --new-committee` with a committee file
+/// that leaves member 4 out, member 2's killed mid-ceremony and restarted
+/// (no member ends with a mix); run to the end it gives 1-3 new shares
+/// bound to the new committee, 4's old share no longer combines with
+/// theirs, and the three restarted on the new committee sign reports that
+/// verify against the group key they always had.
+#[test]
+fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
+    use frost_ed25519 as frost;
+    let _committee = common::one_committee_at_a_time();
+    let mut c = common::RunningCommittee::start(4);
+    let configs: Vec<PathBuf> = c.file.members.iter().map(|m| m.config.clone()).collect();
+    let group_key = c.file.group_key.clone();
+    let old_text = std::fs::read_to_string(&c.file.committee).expect("committee");
+    let new_committee = c.file.committee.with_file_name("committee-without-4.toml");
+    std::fs::write(&new_committee, committee_without(&old_text, 4)).expect("write");
+    let old = sibyl_node::config::Committee::load(&c.file.committee).expect("old");
+    let new = sibyl_node::config::Committee::load(&new_committee).expect("new committee parses");
+    assert_eq!(new.members.len(), 3);
+    assert_eq!(new.feeds, old.feeds);
+    stop_all(&mut c);
+    let remove = |config: &Path, new_committee: &Path| {
+        common::sibyl()
+            .args(["refresh", "--timeout", "20s", "--config"])
+            .arg(config)
+            .arg("--new-committee")
+            .arg(new_committee)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sibyl refresh --new-committee")
+    };
+
+    // Refused: a committee that adds nobody and removes nobody, and one with
+    // another threshold.
+    let out = common::sibyl()
+        .args(["refresh", "--config"])
+        .arg(&configs[0])
+        .arg("--new-committee")
+        .arg(&c.file.committee)
+        .output()
+        .expect("refresh");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to remove"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lower = c.file.committee.with_file_name("committee-t2.toml");
+    std::fs::write(
+        &lower,
+        committee_without(&old_text, 4).replace("threshold = 3", "threshold = 2"),
+    )
+    .expect("write");
+    let out = common::sibyl()
+        .args(["refresh", "--config"])
+        .arg(&configs[0])
+        .arg("--new-committee")
+        .arg(&lower)
+        .output()
+        .expect("refresh");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("keeps the threshold"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let before: Vec<Vec<u8>> = configs
+        .iter()
+        .map(|p| std::fs::read(key_file(p)).expect("key file"))
+        .collect();
+    // Members 1 and 3 start; member 2 starts and is killed as soon as it has
+    // every nonce, then restarted.
+    let mut running: Vec<Option<Child>> = (0..3).map(|_| None).collect();
+    for i in [0usize, 2] {
+        running[i] = Some(remove(&configs[i], &new_committee));
+    }
+    let mut victim = remove(&configs[1], &new_committee);
+    let stderr = victim.stderr.take().expect("stderr");
+    let t0 = Instant::now();
+    let mut seen = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("line");
+        seen += &line;
+        seen.push('\n');
+        if line.contains("every nonce in") || t0.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    assert!(seen.contains("removing member(s) [4]"), "{seen}");
+    assert!(seen.contains("every nonce in"), "member 2 never got going:\n{seen}");
+    let _ = victim.kill();
+    let _ = victim.wait();
+    running[1] = Some(remove(&configs[1], &new_committee));
+    let results: Vec<(bool, String, String)> = running
+        .into_iter()
+        .map(|c| finish(c.expect("refresh")))
+        .collect();
+    let switched: Vec<bool> = (0..3)
+        .map(|i| std::fs::read(key_file(&configs[i])).expect("key file") != before[i])
+        .collect();
+    eprintln!("the removal with member 2 killed: switched {switched:?}");
+    assert!(
+        switched.iter().all(|s| *s) || switched.iter().all(|s| !*s),
+        "switched {switched:?}: {results:#?}"
+    );
+    if !switched[0] {
+        // The killed run did not finish: nobody switched; run it again.
+        for p in &configs[..3] {
+            assert!(pending_files(p).is_empty(), "{}: pending", p.display());
+        }
+        let children: Vec<Child> = configs[..3].iter().map(|p| remove(p, &new_committee)).collect();
+        for (i, ch) in children.into_iter().enumerate() {
+            let (ok, _, err) = finish(ch);
+            assert!(ok, "member {}: {err}", i + 1);
+        }
+    }
+    for (i, p) in configs[..3].iter().enumerate() {
+        assert!(pending_files(p).is_empty(), "member {}: pending", i + 1);
+        assert_ne!(std::fs::read(key_file(p)).expect("key"), before[i]);
+    }
+    // Member 4's key file is untouched (its operator deletes it).
+    assert_eq!(std::fs::read(key_file(&configs[3])).expect("key"), before[3]);
+
+    // The math: new shares 1-3 sign under the group key; member 4's old
+    // share with two new ones does not.
+    let keys = |config: &Path, digest: &sibyl_aggregator::ConfigDigest| {
+        let cfg = sibyl_node::config::Config::load(config).expect("config");
+        let pass = cfg.key_passphrase().expect("passphrase");
+        let ks = cfg.keystore();
+        (
+            ks.read_key_package::<frost::Ed25519Sha512>(digest, &pass)
+                .expect("key package"),
+            ks.read_public_key_package::<frost::Ed25519Sha512>(digest)
+                .expect("public key package"),
+        )
+    };
+    let new_keys: Vec<_> = configs[..3].iter().map(|p| keys(p, &new.digest)).collect();
+    let (old4, old_public) = keys(&configs[3], &old.digest);
+    let new_public = new_keys[0].1.clone();
+    assert_eq!(new_public.verifying_key(), old_public.verifying_key());
+    assert_eq!(new_public.verifying_shares().len(), 3, "member 4 has no share of the new set");
+    let sign = |signers: &[&frost::keys::KeyPackage], public: &frost::keys::PublicKeyPackage| {
+        let mut rng = rand::rngs::OsRng;
+        let message = b"sibyl removal check";
+        let mut nonces = std::collections::BTreeMap::new();
+        let mut commitments = std::collections::BTreeMap::new();
+        for k in signers {
+            let (n, c) = frost::round1::commit(k.signing_share(), &mut rng);
+            nonces.insert(*k.identifier(), n);
+            commitments.insert(*k.identifier(), c);
+        }
+        let package = frost::SigningPackage::new(commitments, message);
+        let shares: std::collections::BTreeMap<_, _> = signers
+            .iter()
+            .map(|k| {
+                let share = frost::round2::sign(&package, &nonces[k.identifier()], k)
+                    .expect("signature share");
+                (*k.identifier(), share)
+            })
+            .collect();
+        frost::aggregate(&package, &shares, public)
+            .ok()
+            .filter(|sig| public.verifying_key().verify(message, sig).is_ok())
+    };
+    let all_new: Vec<&frost::keys::KeyPackage> = new_keys.iter().map(|(k, _)| k).collect();
+    assert!(sign(&all_new, &new_public).is_some(), "the three new shares sign");
+    let mixed = [&new_keys[0].0, &new_keys[1].0, &old4];
+    assert!(
+        sign(&mixed, &old_public).is_none() && sign(&mixed, &new_public).is_none(),
+        "member 4's old share signed with two new ones"
+    );
+
+    // Members 1-3 run on the new committee: reports verify against the same
+    // group key and the new committee file.
+    for p in &configs[..3] {
+        let text = std::fs::read_to_string(p).expect("node.toml");
+        let moved = text.replace(
+            "committee = \"../committee.toml\"",
+            "committee = \"../committee-without-4.toml\"",
+        );
+        assert_ne!(moved, text, "node.toml names its committee file");
+        std::fs::write(p, moved).expect("node.toml");
+    }
+    let stopped_at = Instant::now();
+    for i in 0..3 {
+        let m = &c.file.members[i];
+        c.members.0[i] = Some(common::spawn(&m.config, &m.log));
+    }
+    let api = c.api(0).to_string();
+    let verify = || {
+        common::sibyl()
+            .arg("verify")
+            .arg(format!("{api}/v1/reports/latest"))
+            .args(["--group-key", &group_key, "--committee"])
+            .arg(&new_committee)
+            .output()
+            .expect("sibyl verify")
+    };
+    // The newest report is the old committee's until the three sign one.
+    common::wait_for(
+        "a report of the new committee verifying against the group key",
+        120,
+        || verify().status.success(),
+    );
+    eprintln!(
+        "removal: first report of the new committee {:.1?} after the start",
+        stopped_at.elapsed()
+    );
+    let out = verify();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(matches the committee)"));
+}
