@@ -1629,3 +1629,187 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
     }
     drop(anvil);
 }
+
+/// Removing a member on chain: committee A (4 members, t = 3, deployed on
+/// anvil) drops member 4 with `sibyl refresh --new-committee` at members
+/// 1-3 (same group key, new digest), the three sign the hand-over to the
+/// new digest (one signature serves as both the current and the new key's:
+/// the key did not change), the contract then names the new digest with
+/// the same key, and the three running on the new committee push reports
+/// it accepts.
+#[test]
+fn removing_a_member_hands_the_contract_over_with_the_same_key() {
+    let contracts = devchain::find_contracts_dir().expect("contracts dir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let anvil = Anvil::start(&contracts, 0, None, &dir.path().join("anvil.log")).expect("anvil");
+    let rpc = anvil.rpc_url.clone();
+    let a = setup_committee(&contracts, &rpc, &dir.path().join("a"));
+    let feed = a["chain"]["feed"].as_str().expect("feed").to_string();
+    let committee = PathBuf::from(a["committee"].as_str().expect("committee"));
+    let text = std::fs::read_to_string(&committee).expect("committee");
+    // Member 4's block is the last one, before the feeds.
+    let start = text
+        .find("[[members]]\nindex = 4")
+        .expect("member 4's block");
+    let end = start + text[start..].find("[[feeds]]").expect("feeds");
+    let new_committee = committee.with_file_name("committee-without-4.toml");
+    std::fs::write(
+        &new_committee,
+        format!("{}{}", &text[..start], &text[end..]),
+    )
+    .expect("write");
+    let config = |i: usize| PathBuf::from(a["members"][i]["config"].as_str().expect("config"));
+    let run_all = |args: &dyn Fn(usize) -> Vec<String>| -> Vec<std::process::Output> {
+        let children: Vec<_> = (0..3)
+            .map(|i| {
+                Command::new(env!("CARGO_BIN_EXE_sibyl"))
+                    .args(args(i))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("sibyl")
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().expect("wait"))
+            .collect()
+    };
+    let outs = run_all(&|i| {
+        vec![
+            "refresh".into(),
+            "--timeout".into(),
+            "60s".into(),
+            "--config".into(),
+            config(i).display().to_string(),
+            "--new-committee".into(),
+            new_committee.display().to_string(),
+        ]
+    });
+    for (i, o) in outs.iter().enumerate() {
+        assert!(
+            o.status.success(),
+            "member {}: {}",
+            i + 1,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for i in 0..3 {
+        let p = config(i);
+        let text = std::fs::read_to_string(&p).expect("node.toml");
+        std::fs::write(
+            &p,
+            text.replace(
+                "committee = \"../committee.toml\"",
+                "committee = \"../committee-without-4.toml\"",
+            ),
+        )
+        .expect("node.toml");
+    }
+    let chain_id = cast(&contracts, &["chain-id", "--rpc-url", &rpc]);
+    let key = a["group_key"].as_str().expect("key").to_string();
+    let outs = run_all(&|i| {
+        [
+            "rotation-sign",
+            "--config",
+            &config(i).display().to_string(),
+            "--current-committee",
+            &committee.display().to_string(),
+            "--new-committee",
+            &new_committee.display().to_string(),
+            "--new-group-key",
+            &key,
+            "--chain-id",
+            &chain_id,
+            "--contract",
+            &feed,
+            "--rotation-count",
+            "0",
+            "--timeout",
+            "60s",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    for (i, o) in outs.iter().enumerate() {
+        assert!(
+            o.status.success(),
+            "member {}: {}",
+            i + 1,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let part: Value = serde_json::from_slice(&outs[0].stdout).expect("part");
+    assert_eq!(part["role"], "new");
+    let part_file = dir.path().join("part.json");
+    std::fs::write(&part_file, &outs[0].stdout).expect("part");
+    let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+        .arg("rotation-assemble")
+        .arg("--current")
+        .arg(&part_file)
+        .arg("--new")
+        .arg(&part_file)
+        .arg("--new-committee")
+        .arg(&new_committee)
+        .output()
+        .expect("assemble");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps the group key"));
+    let signed: Value = serde_json::from_slice(&out.stdout).expect("assembled");
+    let gas = send(
+        &contracts,
+        &rpc,
+        &feed,
+        signed["calldata"].as_str().expect("calldata"),
+    );
+    let new_digest = sibyl_node::config::Committee::load(&new_committee)
+        .expect("new committee")
+        .digest;
+    let w = words(&cast(
+        &contracts,
+        &[
+            "call",
+            "--rpc-url",
+            &rpc,
+            &feed,
+            "committee()(bytes32,uint256,uint8)",
+        ],
+    ));
+    assert_eq!(w[0], format!("0x{}", hex::encode(new_digest.0)));
+    let x = EvmGroupKey::from_compressed(&unhex(&key)).expect("key").x;
+    assert_eq!(
+        alloy_primitives::U256::from_str_radix(&w[1], 10).expect("x"),
+        alloy_primitives::U256::from_be_bytes(x),
+        "the group key is unchanged"
+    );
+    // The three run on the new committee and their pushes land.
+    let members: Vec<Member> = (0..3)
+        .map(|i| {
+            Member::start(
+                a["members"][i]["config"].as_str().expect("config"),
+                &dir.path().join(format!("m{}.log", i + 1)),
+            )
+        })
+        .collect();
+    let api = |i: usize| {
+        a["members"][i]["api_url"]
+            .as_str()
+            .expect("api")
+            .to_string()
+    };
+    wait_for("a push of the three-member committee", 120, || {
+        ((0..3)
+            .map(|i| metric(&api(i), "sibyl_chain_tx_confirmed_total"))
+            .sum::<f64>()
+            > 0.0)
+            .then_some(())
+    });
+    drop(members);
+    println!("gas: rotateCommittee keeping the key (member removed) {gas}");
+    drop(anvil);
+}

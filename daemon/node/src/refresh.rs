@@ -336,7 +336,9 @@ pub fn removal_of(
         .filter(|i| !new.members.iter().any(|m| m.index == *i))
         .collect();
     if removed.is_empty() {
-        bail!("the new committee has every current member: nothing to remove (a plain refresh needs no --new-committee)");
+        bail!(
+            "the new committee has every current member: nothing to remove (a plain refresh needs no --new-committee)"
+        );
     }
     if new.members.len() < usize::from(new.threshold) {
         bail!(

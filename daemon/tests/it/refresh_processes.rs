@@ -563,7 +563,10 @@ fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
         }
     }
     assert!(seen.contains("removing member(s) [4]"), "{seen}");
-    assert!(seen.contains("every nonce in"), "member 2 never got going:\n{seen}");
+    assert!(
+        seen.contains("every nonce in"),
+        "member 2 never got going:\n{seen}"
+    );
     let _ = victim.kill();
     let _ = victim.wait();
     running[1] = Some(remove(&configs[1], &new_committee));
@@ -584,7 +587,10 @@ fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
         for p in &configs[..3] {
             assert!(pending_files(p).is_empty(), "{}: pending", p.display());
         }
-        let children: Vec<Child> = configs[..3].iter().map(|p| remove(p, &new_committee)).collect();
+        let children: Vec<Child> = configs[..3]
+            .iter()
+            .map(|p| remove(p, &new_committee))
+            .collect();
         for (i, ch) in children.into_iter().enumerate() {
             let (ok, _, err) = finish(ch);
             assert!(ok, "member {}: {err}", i + 1);
@@ -595,7 +601,10 @@ fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
         assert_ne!(std::fs::read(key_file(p)).expect("key"), before[i]);
     }
     // Member 4's key file is untouched (its operator deletes it).
-    assert_eq!(std::fs::read(key_file(&configs[3])).expect("key"), before[3]);
+    assert_eq!(
+        std::fs::read(key_file(&configs[3])).expect("key"),
+        before[3]
+    );
 
     // The math: new shares 1-3 sign under the group key; member 4's old
     // share with two new ones does not.
@@ -614,7 +623,11 @@ fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
     let (old4, old_public) = keys(&configs[3], &old.digest);
     let new_public = new_keys[0].1.clone();
     assert_eq!(new_public.verifying_key(), old_public.verifying_key());
-    assert_eq!(new_public.verifying_shares().len(), 3, "member 4 has no share of the new set");
+    assert_eq!(
+        new_public.verifying_shares().len(),
+        3,
+        "member 4 has no share of the new set"
+    );
     let sign = |signers: &[&frost::keys::KeyPackage], public: &frost::keys::PublicKeyPackage| {
         let mut rng = rand::rngs::OsRng;
         let message = b"sibyl removal check";
@@ -639,7 +652,10 @@ fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
             .filter(|sig| public.verifying_key().verify(message, sig).is_ok())
     };
     let all_new: Vec<&frost::keys::KeyPackage> = new_keys.iter().map(|(k, _)| k).collect();
-    assert!(sign(&all_new, &new_public).is_some(), "the three new shares sign");
+    assert!(
+        sign(&all_new, &new_public).is_some(),
+        "the three new shares sign"
+    );
     let mixed = [&new_keys[0].0, &new_keys[1].0, &old4];
     assert!(
         sign(&mixed, &old_public).is_none() && sign(&mixed, &new_public).is_none(),
