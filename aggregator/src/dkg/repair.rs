@@ -85,6 +85,50 @@ pub enum RepairRole {
 pub struct LostKeys {
     pub ed25519: Option<PublicKeyPackage<Ed>>,
     pub secp256k1_evm: Option<PublicKeyPackage<Evm>>,
+    /// A member joining (`sibyl repair --new-committee`): its identifier has
+    /// no share in the group's public key package yet. Its share is made
+    /// like a repaired one and checked against the verifying share
+    /// interpolated from the group's ([`enrolled`]).
+    pub enrol: bool,
+}
+
+/// The group's public key package with a verifying share for `id` too:
+/// `Y_id = sum over the first t members j of lambda_j(id) * Y_j` (the
+/// verifying shares are points of one degree t-1 polynomial in the
+/// exponent, so any t of them give the same point). Deterministic: every
+/// member extends its copy to the same package. Unchanged if `id` has a
+/// share already.
+pub fn enrolled<C: Ciphersuite>(
+    pkp: &PublicKeyPackage<C>,
+    id: frost_core::Identifier<C>,
+) -> Result<PublicKeyPackage<C>, DkgError> {
+    if pkp.verifying_shares().contains_key(&id) {
+        return Ok(pkp.clone());
+    }
+    let t = pkp
+        .min_signers()
+        .ok_or_else(|| DkgError::Params("the public key package names no threshold".into()))?;
+    let basis: BTreeSet<frost_core::Identifier<C>> = pkp
+        .verifying_shares()
+        .keys()
+        .take(usize::from(t))
+        .copied()
+        .collect();
+    if basis.len() != usize::from(t) {
+        return Err(DkgError::Params(format!(
+            "the public key package holds {} verifying shares, fewer than its threshold {t}",
+            basis.len()
+        )));
+    }
+    let mut point = <C::Group as frost_core::Group>::identity();
+    for j in &basis {
+        let lambda =
+            frost_core::compute_lagrange_coefficient(&basis, Some(id), *j).map_err(frost)?;
+        point = point + pkp.verifying_shares()[j].to_element() * lambda;
+    }
+    let mut shares = pkp.verifying_shares().clone();
+    shares.insert(id, frost_core::keys::VerifyingShare::new(point));
+    Ok(PublicKeyPackage::new(shares, *pkp.verifying_key(), Some(t)))
 }
 
 /// What the machine asks the driver to do, in order.
@@ -396,15 +440,18 @@ impl<C: Ciphersuite> Helping<C> {
 /// The lost member's state for one suite.
 struct Recovering<C: Ciphersuite> {
     known: Option<PublicKeyPackage<C>>,
+    /// A joining member: the package gets its verifying share (interpolated).
+    enrol: bool,
     /// Per helper: (sigma, the public key package bytes it sent).
     got: BTreeMap<u16, (Sigma<C>, Vec<u8>)>,
     result: Option<(KeyPackage<C>, PublicKeyPackage<C>)>,
 }
 
 impl<C: Ciphersuite> Recovering<C> {
-    fn new(known: Option<PublicKeyPackage<C>>) -> Self {
+    fn new(known: Option<PublicKeyPackage<C>>, enrol: bool) -> Self {
         Recovering {
             known,
+            enrol,
             got: BTreeMap::new(),
             result: None,
         }
@@ -468,9 +515,18 @@ impl<C: Ciphersuite> Recovering<C> {
             }
         };
         let id = ident::<C>(lost)?;
+        let pkp = match (pkp.verifying_shares().contains_key(&id), self.enrol) {
+            (false, true) => enrolled(&pkp, id)?,
+            (true, true) => {
+                return Err(DkgError::Params(format!(
+                    "{suite:?}: member {lost} already has a share in the group's public key package: it is no new member (repair it without --new-committee)"
+                )));
+            }
+            (_, false) => pkp,
+        };
         let expected = *pkp.verifying_shares().get(&id).ok_or_else(|| {
             DkgError::Params(format!(
-                "{suite:?}: the group's public key package has no share for member {lost}"
+                "{suite:?}: the group's public key package has no share for member {lost} (a member joining is added with --new-committee)"
             ))
         })?;
         let sigmas: Vec<Sigma<C>> = helpers
@@ -571,6 +627,7 @@ impl Repair {
                 let LostKeys {
                     ed25519,
                     secp256k1_evm,
+                    enrol,
                 } = *lost;
                 if cfg.me != cfg.lost {
                     return Err(DkgError::Params(format!(
@@ -579,9 +636,9 @@ impl Repair {
                     )));
                 }
                 Side::Lost {
-                    ed: wants(Suite::Ed25519).then(|| Box::new(Recovering::new(ed25519))),
+                    ed: wants(Suite::Ed25519).then(|| Box::new(Recovering::new(ed25519, enrol))),
                     evm: wants(Suite::Secp256k1Evm)
-                        .then(|| Box::new(Recovering::new(secp256k1_evm))),
+                        .then(|| Box::new(Recovering::new(secp256k1_evm, enrol))),
                 }
             }
         };
@@ -1065,12 +1122,40 @@ mod tests {
         lost: u16,
         helpers: &[u16],
         lost_keeps_pkp: bool,
-        mut tamper: impl FnMut(u16, u16, &mut Vec<u8>) -> bool,
+        tamper: impl FnMut(u16, u16, &mut Vec<u8>) -> bool,
         seed: u64,
     ) -> (Run, RefreshKeys) {
+        run_with(n, t, lost, helpers, lost_keeps_pkp, tamper, seed, false)
+    }
+
+    /// `enrol`: `lost` joins: the keys are dealt to all `n` members, but
+    /// everyone's public key package leaves `lost` out (as if it never had
+    /// a share), so the returned keys are what the joining member's share
+    /// must come out as.
+    #[allow(clippy::too_many_arguments)]
+    fn run_with(
+        n: u16,
+        t: u16,
+        lost: u16,
+        helpers: &[u16],
+        lost_keeps_pkp: bool,
+        mut tamper: impl FnMut(u16, u16, &mut Vec<u8>) -> bool,
+        seed: u64,
+        enrol: bool,
+    ) -> (Run, RefreshKeys) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let (ed_keys, ed_pkp) = dealt::<Ed>(n, t, &mut rng);
-        let (evm_keys, evm_pkp) = dealt::<Evm>(n, t, &mut rng);
+        let (ed_keys, ed_full) = dealt::<Ed>(n, t, &mut rng);
+        let (evm_keys, evm_full) = dealt::<Evm>(n, t, &mut rng);
+        fn without<C: Ciphersuite>(p: &PublicKeyPackage<C>, lost: u16) -> PublicKeyPackage<C> {
+            let mut shares = p.verifying_shares().clone();
+            shares.remove(&ident::<C>(lost).unwrap());
+            PublicKeyPackage::new(shares, *p.verifying_key(), p.min_signers())
+        }
+        let (ed_pkp, evm_pkp) = if enrol {
+            (without(&ed_full, lost), without(&evm_full, lost))
+        } else {
+            (ed_full.clone(), evm_full.clone())
+        };
         let helpers: BTreeSet<u16> = helpers.iter().copied().collect();
         let cfg = |me: u16| RepairConfig {
             digest: ConfigDigest([7; 32]),
@@ -1095,6 +1180,7 @@ mod tests {
         let role = RepairRole::Lost(Box::new(LostKeys {
             ed25519: lost_keeps_pkp.then(|| ed_pkp.clone()),
             secp256k1_evm: lost_keeps_pkp.then(|| evm_pkp.clone()),
+            enrol,
         }));
         machines.insert(lost, Repair::new(cfg(lost), role).unwrap());
         let mut r = Run {
@@ -1147,10 +1233,65 @@ mod tests {
             }
         }
         let original = RefreshKeys {
-            ed25519: Some((ed_keys[&lost].clone(), ed_pkp)),
-            secp256k1_evm: Some((evm_keys[&lost].clone(), evm_pkp)),
+            ed25519: Some((ed_keys[&lost].clone(), ed_full)),
+            secp256k1_evm: Some((evm_keys[&lost].clone(), evm_full)),
         };
         (r, original)
+    }
+
+    #[test]
+    fn a_joining_member_gets_the_share_the_group_polynomial_gives_it() {
+        // Dealt to 5 (t = 3) but member 5 never had its share: helpers 1, 3,
+        // 4 give it the share the dealer's polynomial gives identifier 5, and
+        // its public key package is the one every member extends its own to.
+        for keeps in [true, false] {
+            let (r, full) = run_with(5, 3, 5, &[1, 3, 4], keeps, |_, _, _| true, 21, true);
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+            let got = r.repaired.expect("enrolled");
+            let (k, p) = got.ed25519.unwrap();
+            let (fk, fp) = full.ed25519.unwrap();
+            assert_eq!(k.signing_share(), fk.signing_share());
+            assert_eq!(p, fp, "the interpolated verifying share is the dealt one");
+            let stripped = {
+                let mut shares = fp.verifying_shares().clone();
+                shares.remove(&ident::<Ed>(5).unwrap());
+                PublicKeyPackage::new(shares, *fp.verifying_key(), fp.min_signers())
+            };
+            assert_eq!(enrolled(&stripped, ident::<Ed>(5).unwrap()).unwrap(), fp);
+            let (k, p) = got.secp256k1_evm.unwrap();
+            let (fk, fp) = full.secp256k1_evm.unwrap();
+            assert_eq!(k.signing_share(), fk.signing_share());
+            assert_eq!(p, fp);
+            assert_eq!(r.helped.len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_helper_lying_to_a_joining_member_is_caught() {
+        // Helper 3 alters its sigma for the joining member 5: the share does
+        // not match the interpolated verifying share, nothing is stored.
+        let (r, _) = run_with(
+            5,
+            3,
+            5,
+            &[1, 2, 3],
+            true,
+            |from, to, bytes| {
+                if from == 3
+                    && to == 5
+                    && let Ok(mut env) = RepairEnvelope::decode(bytes)
+                    && let RepairMessage::Sigma { sigma, .. } = &mut env.message
+                {
+                    sigma[10] ^= 1;
+                    *bytes = env.encode();
+                }
+                true
+            },
+            23,
+            true,
+        );
+        assert!(r.repaired.is_none(), "a wrong share was stored");
+        assert!(r.failed.contains_key(&5), "{:?}", r.failed.keys());
     }
 
     fn collect(
