@@ -387,19 +387,39 @@ impl<C: Ciphersuite> Helping<C> {
         })
     }
 
-    /// Fresh deltas for a new run.
-    fn start<R: RngCore + CryptoRng>(
+    /// The deltas of a run. Their randomness is derived from this helper's
+    /// secret share and the run (committee, member repaired, its nonce,
+    /// the helpers), as RFC 6979 derives nonces: a helper killed and
+    /// restarted within a run sends the very deltas it sent before, so the
+    /// sums the other helpers made with its first ones still add up. A new
+    /// run (new nonce) gets new randomness.
+    fn start(
         &mut self,
         me: u16,
         helpers: &BTreeSet<u16>,
         lost: u16,
-        rng: &mut R,
+        digest: &ConfigDigest,
+        nonce: &[u8; 32],
     ) -> Result<(), DkgError> {
+        use rand_core::SeedableRng;
+        use sha3::Digest;
         let ids = helpers
             .iter()
             .map(|h| ident::<C>(*h))
             .collect::<Result<Vec<_>, _>>()?;
-        let deltas = repair_share_part1(&ids, &self.key, rng, ident::<C>(lost)?).map_err(frost)?;
+        let mut seed = sha3::Sha3_256::new();
+        seed.update(b"sibyl/repair-deltas/v1");
+        seed.update(C::ID.as_bytes());
+        seed.update(self.key.signing_share().serialize());
+        seed.update(digest.0);
+        seed.update(lost.to_be_bytes());
+        seed.update(nonce);
+        for h in helpers {
+            seed.update(h.to_be_bytes());
+        }
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed.finalize().into());
+        let deltas =
+            repair_share_part1(&ids, &self.key, &mut rng, ident::<C>(lost)?).map_err(frost)?;
         self.out.clear();
         self.got.clear();
         self.sigma = None;
@@ -515,14 +535,22 @@ impl<C: Ciphersuite> Recovering<C> {
             }
         };
         let id = ident::<C>(lost)?;
-        let pkp = match (pkp.verifying_shares().contains_key(&id), self.enrol) {
-            (false, true) => enrolled(&pkp, id)?,
-            (true, true) => {
+        let pkp = if self.enrol {
+            // The joining member's verifying share is interpolated from the
+            // others' here, whether or not the helpers (re-bound already)
+            // sent a package that has one.
+            let mut shares = pkp.verifying_shares().clone();
+            shares.remove(&id);
+            let others = PublicKeyPackage::new(shares, *pkp.verifying_key(), pkp.min_signers());
+            let extended = enrolled(&others, id)?;
+            if pkp.verifying_shares().contains_key(&id) && extended != pkp {
                 return Err(DkgError::Params(format!(
-                    "{suite:?}: member {lost} already has a share in the group's public key package: it is no new member (repair it without --new-committee)"
+                    "{suite:?}: the helpers' public key package gives member {lost} a verifying share other than the one the others' interpolate to"
                 )));
             }
-            (_, false) => pkp,
+            extended
+        } else {
+            pkp
         };
         let expected = *pkp.verifying_shares().get(&id).ok_or_else(|| {
             DkgError::Params(format!(
@@ -688,7 +716,7 @@ impl Repair {
         let result = match input {
             Input::Start { .. } => self.start(now, rng, &mut out),
             Input::Connected(_) => Ok(()),
-            Input::Message { from, bytes } => self.on_message(from, &bytes, rng, &mut out),
+            Input::Message { from, bytes } => self.on_message(from, &bytes, &mut out),
             Input::Tick => self.tick(now, &mut out),
         };
         if let Err(e) = result {
@@ -874,11 +902,10 @@ impl Repair {
         }
     }
 
-    fn on_message<R: RngCore + CryptoRng>(
+    fn on_message(
         &mut self,
         from: u16,
         bytes: &[u8],
-        rng: &mut R,
         out: &mut Vec<RepairOutput>,
     ) -> Result<(), DkgError> {
         let env = match RepairEnvelope::decode(bytes) {
@@ -908,7 +935,7 @@ impl Repair {
                     }
                     return Ok(());
                 }
-                self.begin_run(env.nonce, rng, out)
+                self.begin_run(env.nonce, out)
             }
             (Side::Helper { ed, evm, early }, RepairMessage::Delta { suite, delta }) => {
                 if !self.cfg.helpers.contains(&from) || from == self.cfg.me || self.finished {
@@ -980,22 +1007,18 @@ impl Repair {
         }
     }
 
-    fn begin_run<R: RngCore + CryptoRng>(
-        &mut self,
-        nonce: [u8; 32],
-        rng: &mut R,
-        out: &mut Vec<RepairOutput>,
-    ) -> Result<(), DkgError> {
+    fn begin_run(&mut self, nonce: [u8; 32], out: &mut Vec<RepairOutput>) -> Result<(), DkgError> {
         let (me, lost, helpers) = (self.cfg.me, self.cfg.lost, self.cfg.helpers.clone());
         let restarted = self.nonce.is_some();
         self.nonce = Some(nonce);
         let mut early_now = Vec::new();
         if let Side::Helper { ed, evm, early } = &mut self.side {
+            let digest = self.cfg.digest;
             if let Some(h) = ed.as_mut() {
-                h.start(me, &helpers, lost, rng)?;
+                h.start(me, &helpers, lost, &digest, &nonce)?;
             }
             if let Some(h) = evm.as_mut() {
-                h.start(me, &helpers, lost, rng)?;
+                h.start(me, &helpers, lost, &digest, &nonce)?;
             }
             early.retain(|_, (n, _)| *n == nonce);
             early_now = std::mem::take(early).into_iter().collect();
@@ -1264,6 +1287,27 @@ mod tests {
             assert_eq!(p, fp);
             assert_eq!(r.helped.len(), 3);
         }
+    }
+
+    #[test]
+    fn a_restarted_helper_sends_the_same_deltas_within_a_run_and_new_ones_in_the_next() {
+        let mut rng = ChaCha20Rng::seed_from_u64(31);
+        let (keys, pkp) = dealt::<Ed>(4, 3, &mut rng);
+        let helpers: BTreeSet<u16> = [1, 2, 3].into();
+        let deltas = |nonce: [u8; 32]| {
+            let mut h = Helping::new(keys[&2].clone(), pkp.clone()).unwrap();
+            h.start(2, &helpers, 4, &ConfigDigest([7; 32]), &nonce)
+                .unwrap();
+            h.out
+        };
+        let first = deltas([1; 32]);
+        assert_eq!(first.len(), 2);
+        assert_eq!(
+            deltas([1; 32]),
+            first,
+            "killed and restarted in the same run"
+        );
+        assert_ne!(deltas([2; 32]), first, "a new run");
     }
 
     #[test]

@@ -180,6 +180,98 @@ pub struct RepairArgs {
     /// damaged file, or one encrypted under a lost passphrase).
     #[arg(long)]
     pub force: bool,
+    /// Add `--member` to the committee: this committee file is the current
+    /// one plus that member (same threshold, suites and other members). The
+    /// `t` helpers give the new member a share of the same group key; every
+    /// current member (helper or not) re-binds its shares to this committee,
+    /// with the new member's verifying share added. Then point node.toml's
+    /// `committee` at it and hand the contract over to its digest.
+    #[arg(long)]
+    pub new_committee: Option<PathBuf>,
+}
+
+/// Checks that `new` is `current` plus member `added`: every current member
+/// is in it with the same identity, `added` is the only other one, and the
+/// threshold and suites are the same.
+pub fn addition_of(
+    current: &crate::config::Committee,
+    new: &crate::config::Committee,
+    added: u16,
+) -> anyhow::Result<()> {
+    use anyhow::bail;
+    if new.threshold != current.threshold || new.suites != current.suites {
+        bail!(
+            "the new committee has threshold {} and suites {:?}, the current one {} and {:?}: adding a member keeps both (changing them takes a new DKG and a hand-over)",
+            new.threshold,
+            new.suites,
+            current.threshold,
+            current.suites
+        );
+    }
+    for c in &current.members {
+        match new.members.iter().find(|m| m.index == c.index) {
+            None => bail!(
+                "member {} of the current committee is not in the new one: remove members with `sibyl refresh --new-committee`, one change at a time",
+                c.index
+            ),
+            Some(m) if m.peer_id != c.peer_id => bail!(
+                "member {} has another identity (peer id) in the new committee",
+                c.index
+            ),
+            Some(_) => {}
+        }
+    }
+    let extra: Vec<u16> = new
+        .members
+        .iter()
+        .map(|m| m.index)
+        .filter(|i| !current.members.iter().any(|c| c.index == *i))
+        .collect();
+    if extra != [added] {
+        bail!(
+            "the new committee adds member(s) {extra:?}; --member {added} must be the one member it adds"
+        );
+    }
+    Ok(())
+}
+
+/// This member's keys for the committee `new` that adds member `added`:
+/// the same key packages, the public key packages extended with the new
+/// member's verifying share, all bound to `new`'s digest.
+pub fn rebind_for_addition(
+    keystore: &Keystore,
+    keys: &RefreshKeys,
+    new: &ConfigDigest,
+    added: u16,
+    passphrase: &crate::keystore::Passphrase,
+) -> Result<RefreshKeys, DkgError> {
+    use sibyl_aggregator::dkg::repair::enrolled;
+    fn extend<C: frost_core::Ciphersuite>(
+        pair: &Option<(
+            frost_core::keys::KeyPackage<C>,
+            frost_core::keys::PublicKeyPackage<C>,
+        )>,
+        added: u16,
+    ) -> Result<
+        Option<(
+            frost_core::keys::KeyPackage<C>,
+            frost_core::keys::PublicKeyPackage<C>,
+        )>,
+        DkgError,
+    > {
+        let Some((k, p)) = pair else {
+            return Ok(None);
+        };
+        let id = frost_core::Identifier::<C>::try_from(added)
+            .map_err(|e| sibyl_aggregator::dkg::DkgError::Params(format!("member {added}: {e}")))?;
+        Ok(Some((k.clone(), enrolled(p, id)?)))
+    }
+    let rebound = RefreshKeys {
+        ed25519: extend(&keys.ed25519, added)?,
+        secp256k1_evm: extend(&keys.secp256k1_evm, added)?,
+    };
+    write_keys(keystore, new, &rebound, passphrase)?;
+    Ok(rebound)
 }
 
 /// Public key packages this member still has (a repaired member may have
@@ -193,11 +285,27 @@ fn own_public<C: frost_core::Ciphersuite>(
 
 /// `sibyl repair --config <node.toml> --member <lost>`.
 pub fn command(args: RepairArgs) -> anyhow::Result<()> {
-    let config = crate::config::Config::load(&args.config)?;
+    use anyhow::Context;
+    let mut config = crate::config::Config::load(&args.config)?;
     let timeout = crate::config::parse_duration(&args.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
     let keystore = config.keystore();
     let passphrase = config.key_passphrase()?;
+    // Adding a member: the digest this member's keys are bound to now
+    // (None on the joining member, whose node.toml names the new committee).
+    let mut current_digest = None;
+    if let Some(path) = &args.new_committee {
+        let new = crate::config::Committee::load(path)?;
+        if new.digest != config.committee.digest {
+            addition_of(&config.committee, &new, args.member)
+                .with_context(|| format!("--new-committee {}", path.display()))?;
+            current_digest = Some(config.committee.digest);
+            config.committee = new;
+        } else if !new.members.iter().any(|m| m.index == args.member) {
+            anyhow::bail!("--member {}: not in --new-committee", args.member);
+        }
+    }
+    let adding = args.new_committee.is_some();
     let committee = &config.committee;
     let digest = committee.digest;
     let suites = committee.suites.clone();
@@ -234,7 +342,27 @@ pub fn command(args: RepairArgs) -> anyhow::Result<()> {
         RepairRole::Lost(Box::new(LostKeys {
             ed25519: own_public::<Ed>(&keystore, &digest),
             secp256k1_evm: own_public::<Evm>(&keystore, &digest),
+            enrol: adding,
         }))
+    } else if adding {
+        // Every current member re-binds its shares to the new committee
+        // first (a local, deterministic step: the same key packages, the
+        // public key packages extended with the new member's interpolated
+        // verifying share), then helpers help with them. A rerun finds them
+        // re-bound already.
+        let keys = match current_digest.map(|d| read_keys(&keystore, &d, &passphrase, &suites)) {
+            Some(Ok(k)) => rebind_for_addition(&keystore, &k, &digest, args.member, &passphrase)?,
+            _ => read_keys(&keystore, &digest, &passphrase, &suites)?,
+        };
+        if !helpers.contains(&me) {
+            println!(
+                "member {me}: shares re-bound to the new committee {} (member {} added); not a helper, nothing else to do",
+                hex::encode(digest.0),
+                args.member
+            );
+            return Ok(());
+        }
+        RepairRole::Helper(Box::new(keys))
     } else if helpers.contains(&me) {
         RepairRole::Helper(Box::new(read_keys(
             &keystore,
@@ -301,6 +429,14 @@ pub fn command(args: RepairArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Ok(RepairOutcome::Helped) => {
+            if adding {
+                println!(
+                    "helped member {} join; shares re-bound to the new committee {}",
+                    args.member,
+                    hex::encode(digest.0)
+                );
+                return Ok(());
+            }
             println!("helped member {} repair its shares", args.member);
             Ok(())
         }
@@ -309,6 +445,12 @@ pub fn command(args: RepairArgs) -> anyhow::Result<()> {
                 eprintln!("repair: FAILED, member {member} is at fault; nothing was stored");
             } else {
                 eprintln!("repair: FAILED; nothing was stored");
+            }
+            if adding && me != args.member {
+                eprintln!(
+                    "repair: this member's shares are re-bound to the new committee all the same (it needs nothing more); if member {} printed \"repaired this member's share\", the addition is done, else run it again on member {} and t helpers",
+                    args.member, args.member
+                );
             }
             Err(e.into())
         }

@@ -176,7 +176,7 @@ pub async fn run_node(
     let observed = observed::ObservationLedger::open(&config.observed_round_path())?;
     let protocol = Arc::new(committee.to_protocol()?);
     let horizon = sibyl_aggregator::round::schedule::LeaderSchedule::horizon(&protocol);
-    let restore = restore_from(&store.readers, &observed, horizon)?;
+    let restore = restore_from(&store.readers, &observed, horizon, &committee.digest)?;
     if restore
         .last_signed
         .as_ref()

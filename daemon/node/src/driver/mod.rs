@@ -243,10 +243,17 @@ impl ReportSink {
 ///
 /// `horizon` is how many rounds of report history the leader schedule reads
 /// ([`sibyl_aggregator::round::schedule::LeaderSchedule::horizon`]).
+///
+/// `digest`: this committee's. When the newest stored report is another
+/// committee's (members were removed or added since), no feed's previous
+/// leaf carries over: every member of the new committee, the one that
+/// joined with an empty store too, starts each feed's EMA, volatility and
+/// jump flag afresh at its first report, so they compute the same leaves.
 pub fn restore_from(
     readers: &crate::store::Readers,
     observed: &observed::ObservationLedger,
     horizon: Round,
+    digest: &ConfigDigest,
 ) -> Result<Restore, StoreError> {
     let last_observed_round = observed.last();
     readers.read_blocking(|db| {
@@ -258,7 +265,15 @@ pub fn restore_from(
         // volatility and jump flag start from it exactly as on a member
         // that never stopped (docs/PROTOCOL.md, "EMA and volatility").
         let mut last_values = BTreeMap::new();
-        for p in db.latest_all()? {
+        let same_committee = last
+            .as_ref()
+            .is_none_or(|r| r.header.config_digest == *digest);
+        if !same_committee {
+            tracing::info!(
+                "the newest stored report is another committee's (a committee change): each feed's EMA, volatility and jump flag start afresh"
+            );
+        }
+        for p in db.latest_all()?.into_iter().filter(|_| same_committee) {
             sibyl_aggregator::aggregate::note_signed_leaf(
                 &mut last_values,
                 &p.leaf(),

@@ -86,7 +86,8 @@ impl Harness {
         .unwrap();
         let protocol = Arc::new(self.committee.to_protocol().unwrap());
         let horizon = sibyl_aggregator::round::schedule::LeaderSchedule::horizon(&protocol);
-        let restore = restore_from(&store.readers, &observed, horizon).unwrap();
+        let restore =
+            restore_from(&store.readers, &observed, horizon, &self.committee.digest).unwrap();
         let last_report_round = restore.last_report_round;
         let id = frost_core::Identifier::try_from(index).unwrap();
         let node_keys = NodeKeys {
@@ -829,11 +830,17 @@ async fn a_restore_hands_the_newest_stored_leaf_of_each_feed_to_the_round() {
         assert!(store.writer.insert_report(report).await.unwrap());
     }
     let (newest, ts) = newest.unwrap();
-    let restore = restore_from(&store.readers, &observed, 16).unwrap();
+    let restore = restore_from(&store.readers, &observed, 16, &ConfigDigest([1; 32])).unwrap();
     assert_eq!(
         restore.last_values[&newest.feed_id],
         LastValue::of_leaf(&newest, ts)
     );
+    // Another committee (members removed or added since): nothing carries
+    // over, as at a member that joined with an empty store; the rounds go
+    // on after the stored ones (the signing ledger holds them).
+    let restore = restore_from(&store.readers, &observed, 16, &ConfigDigest([2; 32])).unwrap();
+    assert!(restore.last_values.is_empty());
+    assert_eq!(restore.round, 3);
 }
 
 /// A member that missed the newest report computes other leaves than the
