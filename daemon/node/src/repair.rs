@@ -246,19 +246,14 @@ pub fn rebind_for_addition(
     passphrase: &crate::keystore::Passphrase,
 ) -> Result<RefreshKeys, DkgError> {
     use sibyl_aggregator::dkg::repair::enrolled;
+    type Pair<C> = (
+        frost_core::keys::KeyPackage<C>,
+        frost_core::keys::PublicKeyPackage<C>,
+    );
     fn extend<C: frost_core::Ciphersuite>(
-        pair: &Option<(
-            frost_core::keys::KeyPackage<C>,
-            frost_core::keys::PublicKeyPackage<C>,
-        )>,
+        pair: &Option<Pair<C>>,
         added: u16,
-    ) -> Result<
-        Option<(
-            frost_core::keys::KeyPackage<C>,
-            frost_core::keys::PublicKeyPackage<C>,
-        )>,
-        DkgError,
-    > {
+    ) -> Result<Option<Pair<C>>, DkgError> {
         let Some((k, p)) = pair else {
             return Ok(None);
         };
