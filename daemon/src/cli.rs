@@ -66,13 +66,13 @@ pub enum Command {
     /// Proactive refresh: every member gets a new share of the same group
     /// key; old shares are erased once every member stored its new one.
     #[command(
-        after_help = "Example:\n  sibyl refresh --live --config /etc/sibyl/node.toml   # on one member, nodes running: the committee refreshes inside `sibyl run`\n  sibyl refresh --config /etc/sibyl/node.toml          # offline: every member at about the same time, with the node stopped\n\ndocs/OPERATOR.md, \"Refreshing key shares\"."
+        after_help = "Example:\n  sibyl refresh --live --config /etc/sibyl/node.toml   # on one member, nodes running: the committee refreshes inside `sibyl run`\n  sibyl refresh --config /etc/sibyl/node.toml          # offline: every member at about the same time, with the node stopped\n  sibyl refresh --config /etc/sibyl/node.toml --new-committee committee-without-4.toml   # remove member 4: every other member, nodes stopped\n\ndocs/OPERATOR.md, \"Refreshing key shares\" and \"Removing a member\"."
     )]
     Refresh(crate::cmd::dkg::RefreshArgs),
     /// Give a member that lost its key shares its own shares back, from t
     /// helpers (the group key and every other share stay as they are).
     #[command(
-        after_help = "Example: member 4 lost its keys (helpers default to the t lowest-numbered others):\n  sibyl repair --config /etc/sibyl/node.toml --member 4\n\nThe repaired member and every helper run it at about the same time, with the node stopped (docs/OPERATOR.md, \"Repairing a member that lost its shares\")."
+        after_help = "Example: member 4 lost its keys (helpers default to the t lowest-numbered others):\n  sibyl repair --config /etc/sibyl/node.toml --member 4\nAdd member 5 (every member, the new one too):\n  sibyl repair --config /etc/sibyl/node.toml --member 5 --new-committee committee-with-5.toml\n\nThe repaired member and every helper run it at about the same time, with the node stopped (docs/OPERATOR.md, \"Repairing a member that lost its shares\", \"Adding a member\")."
     )]
     Repair(crate::cmd::dkg::RepairArgs),
     /// Inspect configuration files.
