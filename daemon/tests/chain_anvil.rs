@@ -1676,6 +1676,61 @@ fn removing_a_member_hands_the_contract_over_with_the_same_key() {
             .map(|c| c.wait_with_output().expect("wait"))
             .collect()
     };
+    // A runs and pushes; every feed's stored timestamp is sampled from here
+    // to the end.
+    let ids: Vec<String> = ["BTC-USD", "ETH-USD", "SOL-USD"]
+        .into_iter()
+        .filter(|id| text.contains(&format!("id = \"{id}\"")))
+        .map(String::from)
+        .collect();
+    let sel = cast(&contracts, &["sig", "latestFeed(bytes32)"]);
+    let members: Vec<Member> = (0..4)
+        .map(|i| {
+            Member::start(
+                a["members"][i]["config"].as_str().expect("config"),
+                &dir.path().join(format!("a{}.log", i + 1)),
+            )
+        })
+        .collect();
+    wait_for("A's pushes on every feed", 180, || {
+        ids.iter()
+            .all(|id| stored_ms(&rpc, &feed, &sel, id).is_some())
+            .then_some(())
+    });
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, rpc, feed, sel, ids) = (
+            stop.clone(),
+            rpc.clone(),
+            feed.clone(),
+            sel.clone(),
+            ids.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut samples: Vec<(u64, Vec<u64>)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = now_ms();
+                let ts: Option<Vec<u64>> = ids
+                    .iter()
+                    .map(|id| stored_ms(&rpc, &feed, &sel, id))
+                    .collect();
+                if let Some(ts) = ts {
+                    samples.push((at, ts));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            samples
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let stopped = std::time::Instant::now();
+    drop(members);
     let outs = run_all(&|i| {
         vec![
             "refresh".into(),
@@ -1707,11 +1762,57 @@ fn removing_a_member_hands_the_contract_over_with_the_same_key() {
         )
         .expect("node.toml");
     }
+    let ceremony = stopped.elapsed();
+    // The three run on the new committee; they sign the hand-over inside
+    // `sibyl run` once they sign reports.
+    let members: Vec<Member> = (0..3)
+        .map(|i| {
+            Member::start(
+                a["members"][i]["config"].as_str().expect("config"),
+                &dir.path().join(format!("m{}.log", i + 1)),
+            )
+        })
+        .collect();
+    let api = |i: usize| {
+        a["members"][i]["api_url"]
+            .as_str()
+            .expect("api")
+            .to_string()
+    };
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_sibyl"))
+            .arg("verify")
+            .arg(format!("{}/v1/reports/latest", api(0)))
+            .args(["--group-key", a["group_key"].as_str().expect("key")])
+            .args(["--suite", "secp256k1-evm", "--committee"])
+            .arg(&new_committee)
+            .output()
+            .expect("sibyl verify")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let out = verify();
+        if out.status.success() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.path().join("m1.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "no report of the three-member committee in 120 s; sibyl verify: {}{}\nmember 1's log (newest first):\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let chain_id = cast(&contracts, &["chain-id", "--rpc-url", &rpc]);
     let key = a["group_key"].as_str().expect("key").to_string();
     let outs = run_all(&|i| {
         [
             "rotation-sign",
+            "--live",
             "--config",
             &config(i).display().to_string(),
             "--current-committee",
@@ -1787,28 +1888,40 @@ fn removing_a_member_hands_the_contract_over_with_the_same_key() {
         alloy_primitives::U256::from_be_bytes(x),
         "the group key is unchanged"
     );
-    // The three run on the new committee and their pushes land.
-    let members: Vec<Member> = (0..3)
-        .map(|i| {
-            Member::start(
-                a["members"][i]["config"].as_str().expect("config"),
-                &dir.path().join(format!("m{}.log", i + 1)),
-            )
-        })
-        .collect();
-    let api = |i: usize| {
-        a["members"][i]["api_url"]
-            .as_str()
-            .expect("api")
-            .to_string()
-    };
-    wait_for("a push of the three-member committee", 120, || {
+    // Their pushes land.
+    let switched_at = now_ms();
+    wait_for(
+        "pushes of the three-member committee on every feed",
+        120,
+        || {
+            ids.iter()
+                .all(|id| stored_ms(&rpc, &feed, &sel, id).is_some_and(|t| t > switched_at))
+                .then_some(())
+        },
+    );
+    wait_for("a confirmed push counted by the three", 60, || {
         ((0..3)
             .map(|i| metric(&api(i), "sibyl_chain_tx_confirmed_total"))
             .sum::<f64>()
             > 0.0)
             .then_some(())
     });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
+    let worst: Vec<u64> = (0..ids.len())
+        .map(|f| {
+            samples
+                .iter()
+                .map(|(at, ts)| at.saturating_sub(ts[f]))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    println!(
+        "removal on chain: committee stopped {:.1?} for the refresh among the three; the longest a feed stood unchanged on chain (ms) per feed {ids:?}: {worst:?} ({} samples, stop to the hand-over's pushes)",
+        ceremony,
+        samples.len()
+    );
     drop(members);
     println!("gas: rotateCommittee keeping the key (member removed) {gas}");
     drop(anvil);

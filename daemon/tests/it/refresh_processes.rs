@@ -587,6 +587,7 @@ fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
         for p in &configs[..3] {
             assert!(pending_files(p).is_empty(), "{}: pending", p.display());
         }
+        let ceremony = Instant::now();
         let children: Vec<Child> = configs[..3]
             .iter()
             .map(|p| remove(p, &new_committee))
@@ -595,6 +596,10 @@ fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
             let (ok, _, err) = finish(ch);
             assert!(ok, "member {}: {err}", i + 1);
         }
+        eprintln!(
+            "removal ceremony (members 1-3, nodes stopped): {:.2?}",
+            ceremony.elapsed()
+        );
     }
     for (i, p) in configs[..3].iter().enumerate() {
         assert!(pending_files(p).is_empty(), "member {}: pending", i + 1);

@@ -346,6 +346,7 @@ fn a_new_member_joins_with_a_share_of_the_same_group_key() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("re-bound to the new committee"));
     // Helpers 1 and 3 and the new member start; helper 2 is killed once it
     // sent its part and restarted.
+    let joined = std::time::Instant::now();
     let mut h1 = join(&configs[0]);
     let h1_lines = lines(&mut h1);
     let mut h3 = join(&configs[2]);
@@ -364,6 +365,10 @@ fn a_new_member_joins_with_a_share_of_the_same_group_key() {
     let mut h2 = join(&configs[1]);
     let h2_lines = lines(&mut h2);
     let (ok, out, err) = finish(new_member, new_lines);
+    eprintln!(
+        "addition: member 5 stored its share {:.2?} after the helpers started (helper 2 killed and restarted meanwhile)",
+        joined.elapsed()
+    );
     assert!(ok, "member 5: {out}\n{err}");
     assert!(
         out.contains(&format!(
@@ -403,6 +408,7 @@ fn a_new_member_joins_with_a_share_of_the_same_group_key() {
     for (i, config) in configs.iter().enumerate().skip(2) {
         c.members.0[i] = Some(common::spawn(config, &c.file.members[i].log));
     }
+    let restarted = std::time::Instant::now();
     let mut fifth = common::spawn(&config5, &five.join("node.log"));
     let api = c.api(2).to_string();
     let verify = || {
@@ -430,6 +436,10 @@ fn a_new_member_joins_with_a_share_of_the_same_group_key() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!(
+        "addition: first report of members 3, 4 and 5 {:.2?} after their start",
+        restarted.elapsed()
+    );
     let api5 = format!("http://127.0.0.1:{api_port}");
     common::wait_for("member 5 to take part in rounds", 120, || {
         common::accepted(&api5) >= 3
