@@ -953,6 +953,37 @@ fn rotation_signed_by_the_current_committee_is_accepted_on_chain() {
     drop(anvil);
 }
 
+/// `sibyl rotation-sign` at member `i` of `net`, handing committee `a`'s
+/// contract `feed` (rotation count 0) over to committee `b`'s `new_key`.
+fn rotation_sign(
+    net: &Value,
+    i: usize,
+    a: &Value,
+    b: &Value,
+    new_key: &str,
+    chain_id: &str,
+    feed: &str,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sibyl"));
+    cmd.arg("rotation-sign")
+        .args([
+            "--config",
+            net["members"][i]["config"].as_str().expect("config"),
+        ])
+        .args(["--current-committee", a["committee"].as_str().expect("a")])
+        .args(["--new-committee", b["committee"].as_str().expect("b")])
+        .args(["--new-group-key", new_key, "--chain-id", chain_id])
+        .args([
+            "--contract",
+            feed,
+            "--rotation-count",
+            "0",
+            "--timeout",
+            "60s",
+        ]);
+    cmd
+}
+
 /// `sibyl rotation-sign` + `rotation-assemble`: the hand-over signed where
 /// the shares live. Three members of committee A sign over A's network
 /// (member 2's signer is killed after it committed and restarted, so the
@@ -973,23 +1004,7 @@ fn rotation_signed_over_the_committee_networks_is_accepted_on_chain() {
     let chain_id = cast(&contracts, &["chain-id", "--rpc-url", &rpc]);
     let new_key = b["group_key"].as_str().expect("key").to_string();
     let sign = |net: &Value, i: usize| {
-        Command::new(env!("CARGO_BIN_EXE_sibyl"))
-            .arg("rotation-sign")
-            .args([
-                "--config",
-                net["members"][i]["config"].as_str().expect("config"),
-            ])
-            .args(["--current-committee", a["committee"].as_str().expect("a")])
-            .args(["--new-committee", b["committee"].as_str().expect("b")])
-            .args(["--new-group-key", &new_key, "--chain-id", &chain_id])
-            .args([
-                "--contract",
-                &feed,
-                "--rotation-count",
-                "0",
-                "--timeout",
-                "60s",
-            ])
+        rotation_sign(net, i, &a, &b, &new_key, &chain_id, &feed)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -1297,6 +1312,71 @@ fn metric(api: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Unix time, ms.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Samples every feed's stored timestamp on chain (`latestFeed`, selector
+/// `sel`) every 100 ms on a thread of its own until stopped.
+struct FeedSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(u64, Vec<u64>)>>,
+}
+
+impl FeedSampler {
+    fn start(rpc: &str, contract: &str, sel: &str, ids: &[String]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, rpc, contract, sel, ids) = (
+            stop.clone(),
+            rpc.to_string(),
+            contract.to_string(),
+            sel.to_string(),
+            ids.to_vec(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = unix_ms();
+                let ts: Option<Vec<u64>> = ids
+                    .iter()
+                    .map(|id| stored_ms(&rpc, &contract, &sel, id))
+                    .collect();
+                if let Some(ts) = ts {
+                    samples.push((at, ts));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    /// (sampled at, each feed's stored timestamp), oldest first.
+    fn stop(self) -> Vec<(u64, Vec<u64>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("sampler")
+    }
+}
+
+/// Per feed, the longest it stood unchanged among the samples taken in
+/// `[from, to)`: sampling time minus its stored timestamp.
+fn longest_unchanged(samples: &[(u64, Vec<u64>)], feeds: usize, from: u64, to: u64) -> Vec<u64> {
+    (0..feeds)
+        .map(|f| {
+            samples
+                .iter()
+                .filter(|(at, _)| (from..to).contains(at))
+                .map(|(at, ts)| at.saturating_sub(ts[f]))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
 /// The hand-over with both committees running, as the issue asks: committee
 /// A pushes to its SibylFeed; committee B runs beside it with `[chain]`
 /// pointed at A's contract and transmitters of its own (the contract
@@ -1309,14 +1389,7 @@ fn metric(api: &str, name: &str) -> f64 {
 /// the values come from B (A's pushes are refused).
 #[test]
 fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-    let now_ms = || {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
+    use std::time::{Duration, Instant};
     let contracts = devchain::find_contracts_dir().expect("contracts dir");
     let dir = tempfile::tempdir().expect("tempdir");
     let anvil = Anvil::start(&contracts, 0, None, &dir.path().join("anvil.log")).expect("anvil");
@@ -1394,55 +1467,15 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
     });
 
     // Sample every feed's stored timestamp until told to stop.
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (stop, rpc, feed, sel, ids) = (
-            stop.clone(),
-            rpc.clone(),
-            feed.clone(),
-            sel.clone(),
-            ids.clone(),
-        );
-        std::thread::spawn(move || {
-            let mut samples: Vec<(u64, Vec<u64>)> = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let at = now_ms();
-                let ts: Option<Vec<u64>> = ids
-                    .iter()
-                    .map(|id| stored_ms(&rpc, &feed, &sel, id))
-                    .collect();
-                if let Some(ts) = ts {
-                    samples.push((at, ts));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            samples
-        })
-    };
+    let sampler = FeedSampler::start(&rpc, &feed, &sel, &ids);
     std::thread::sleep(Duration::from_secs(10));
 
     // Both committees sign their parts inside their running members.
     let chain_id = cast(&contracts, &["chain-id", "--rpc-url", &rpc]);
     let new_key = b["group_key"].as_str().expect("key").to_string();
     let sign = |net: &Value, i: usize| {
-        Command::new(env!("CARGO_BIN_EXE_sibyl"))
-            .arg("rotation-sign")
+        rotation_sign(net, i, &a, &b, &new_key, &chain_id, &feed)
             .arg("--live")
-            .args([
-                "--config",
-                net["members"][i]["config"].as_str().expect("config"),
-            ])
-            .args(["--current-committee", a["committee"].as_str().expect("a")])
-            .args(["--new-committee", b["committee"].as_str().expect("b")])
-            .args(["--new-group-key", &new_key, "--chain-id", &chain_id])
-            .args([
-                "--contract",
-                &feed,
-                "--rotation-count",
-                "0",
-                "--timeout",
-                "60s",
-            ])
             .stdin(std::process::Stdio::null())
             .output()
             .expect("sibyl rotation-sign --live")
@@ -1504,7 +1537,7 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
         &feed,
         signed["calldata"].as_str().expect("calldata"),
     );
-    let switched_at = now_ms();
+    let switched_at = unix_ms();
     let w = words(&cast(
         &contracts,
         &[
@@ -1527,8 +1560,7 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
             .then_some(())
     });
     std::thread::sleep(Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampler.join().expect("sampler");
+    let samples = sampler.stop();
     let a_failed: f64 = (0..4)
         .map(|i| metric(&api(&a, i), "sibyl_chain_tx_failed_total"))
         .sum();
@@ -1544,18 +1576,7 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
 
     // The longest any feed stood unchanged (sampling time minus its stored
     // timestamp), before and across the switch.
-    let worst = |from: u64, to: u64| -> Vec<u64> {
-        (0..ids.len())
-            .map(|f| {
-                samples
-                    .iter()
-                    .filter(|(at, _)| (from..to).contains(at))
-                    .map(|(at, ts)| at.saturating_sub(ts[f]))
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect()
-    };
+    let worst = |from: u64, to: u64| longest_unchanged(&samples, ids.len(), from, to);
     let first = samples.first().expect("samples").0;
     let last = samples.last().expect("samples").0;
     let before = worst(first, switched_at);
@@ -1697,37 +1718,7 @@ fn removing_a_member_hands_the_contract_over_with_the_same_key() {
             .all(|id| stored_ms(&rpc, &feed, &sel, id).is_some())
             .then_some(())
     });
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let (stop, rpc, feed, sel, ids) = (
-            stop.clone(),
-            rpc.clone(),
-            feed.clone(),
-            sel.clone(),
-            ids.clone(),
-        );
-        std::thread::spawn(move || {
-            let mut samples: Vec<(u64, Vec<u64>)> = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let at = now_ms();
-                let ts: Option<Vec<u64>> = ids
-                    .iter()
-                    .map(|id| stored_ms(&rpc, &feed, &sel, id))
-                    .collect();
-                if let Some(ts) = ts {
-                    samples.push((at, ts));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            samples
-        })
-    };
+    let sampler = FeedSampler::start(&rpc, &feed, &sel, &ids);
     std::thread::sleep(std::time::Duration::from_secs(3));
     let stopped = std::time::Instant::now();
     drop(members);
@@ -1889,7 +1880,7 @@ fn removing_a_member_hands_the_contract_over_with_the_same_key() {
         "the group key is unchanged"
     );
     // Their pushes land.
-    let switched_at = now_ms();
+    let switched_at = unix_ms();
     wait_for(
         "pushes of the three-member committee on every feed",
         120,
@@ -1906,17 +1897,8 @@ fn removing_a_member_hands_the_contract_over_with_the_same_key() {
             > 0.0)
             .then_some(())
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let samples = sampler.join().expect("sampler");
-    let worst: Vec<u64> = (0..ids.len())
-        .map(|f| {
-            samples
-                .iter()
-                .map(|(at, ts)| at.saturating_sub(ts[f]))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let samples = sampler.stop();
+    let worst = longest_unchanged(&samples, ids.len(), 0, u64::MAX);
     println!(
         "removal on chain: committee stopped {:.1?} for the refresh among the three; the longest a feed stood unchanged on chain (ms) per feed {ids:?}: {worst:?} ({} samples, stop to the hand-over's pushes)",
         ceremony,
