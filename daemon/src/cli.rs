@@ -99,7 +99,7 @@ pub enum Command {
     RotationSign(crate::cmd::rotation::RotationSignArgs),
     /// Turn the two committees' `rotation-sign` parts into rotateCommittee calldata.
     #[command(
-        after_help = "Example:\n  sibyl rotation-assemble --current old-part.json --new new-part.json --new-committee new.toml\n\nPrints the rotateCommittee calldata; anyone may send it (docs/OPERATOR.md, section 6)."
+        after_help = "Example:\n  sibyl rotation-assemble --current old-part.json --new new-part.json --new-committee new.toml\n  ... --submit-with /etc/sibyl/node.toml   # also send it from that member's transmitter account and wait for the receipt\n\nPrints the rotateCommittee calldata; anyone may send it (docs/OPERATOR.md, section 6)."
     )]
     RotationAssemble(crate::cmd::rotation::RotationAssembleArgs),
     /// Re-run the margin engine's stored inputs and compare with its stored events.

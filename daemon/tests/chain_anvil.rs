@@ -1507,21 +1507,6 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
     };
     let cur = part(&a, "A");
     let new = part(&b, "B");
-    let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
-        .arg("rotation-assemble")
-        .arg("--current")
-        .arg(&cur)
-        .arg("--new")
-        .arg(&new)
-        .args(["--new-committee", b["committee"].as_str().expect("b")])
-        .output()
-        .expect("assemble");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let signed: Value = serde_json::from_slice(&out.stdout).expect("assembled JSON");
     let b_sent_before: f64 = (0..4)
         .map(|i| metric(&api(&b, i), "sibyl_chain_tx_confirmed_total"))
         .sum();
@@ -1531,11 +1516,47 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
             .sum()
     };
     let b_named_before = named(&b);
-    let gas = send(
-        &contracts,
-        &rpc,
-        &feed,
-        signed["calldata"].as_str().expect("calldata"),
+    // Assembled and sent in one step, from B's member 1's transmitter
+    // account (idle until the switch).
+    let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+        .arg("rotation-assemble")
+        .arg("--current")
+        .arg(&cur)
+        .arg("--new")
+        .arg(&new)
+        .args(["--new-committee", b["committee"].as_str().expect("b")])
+        .args([
+            "--submit-with",
+            b["members"][0]["config"].as_str().expect("config"),
+        ])
+        .output()
+        .expect("assemble");
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    let gas: u64 = said
+        .split("gas used ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|g| g.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gas figure in: {said}"));
+    // Sent again, the contract refuses it before anything is sent.
+    let again = Command::new(env!("CARGO_BIN_EXE_sibyl"))
+        .arg("rotation-assemble")
+        .arg("--current")
+        .arg(&cur)
+        .arg("--new")
+        .arg(&new)
+        .args(["--new-committee", b["committee"].as_str().expect("b")])
+        .args([
+            "--submit-with",
+            b["members"][1]["config"].as_str().expect("config"),
+        ])
+        .output()
+        .expect("assemble");
+    let refused = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && refused.contains("the contract refuses the call"),
+        "{refused}"
     );
     let switched_at = unix_ms();
     let w = words(&cast(

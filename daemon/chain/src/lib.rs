@@ -172,3 +172,73 @@ pub async fn start_transmitter(
         t.run(reports, shutdown).await;
     })))
 }
+
+/// Sends `calldata` to `contract` from this member's transmitter account
+/// (node.toml's `[chain]`: RPC, chain id, key file) and waits up to
+/// `timeout` for the receipt: for calls an operator makes once, such as
+/// the committee hand-over. The call is estimated first, so a refusal comes
+/// back as the contract's decoded error and costs nothing.
+pub async fn submit_call(
+    config: &Config,
+    contract: Address,
+    calldata: &[u8],
+    timeout: Duration,
+) -> Result<(B256, rpc::Receipt)> {
+    use rpc::{ChainRpc, RpcError, TxParams};
+    let Some(chain) = &config.node.chain else {
+        bail!("node.toml has no [chain] section: no RPC or transmitter account to send with");
+    };
+    let signer = read_transmitter_key(&config.resolve(&chain.transmitter_key_file))?;
+    let rpc = rpc::AlloyRpc::new(chain.rpc_url.get_ref(), contract, chain.chain_id, signer)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let got = rpc
+        .chain_id()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot ask the chain RPC for its chain id: {e}"))?;
+    if got != chain.chain_id {
+        bail!(
+            "the RPC serves chain {got}, node.toml's chain.chain_id is {}",
+            chain.chain_id
+        );
+    }
+    let gas = match rpc.estimate_gas(calldata).await {
+        Ok(g) => g,
+        Err(RpcError::Reverted { error }) => {
+            bail!("the contract refuses the call: {error}; nothing was sent")
+        }
+        Err(e) => bail!("cannot estimate the call's gas: {e}"),
+    };
+    let fees = rpc
+        .suggested_fees()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the fees: {e}"))?;
+    let nonce = rpc
+        .pending_nonce()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the account's nonce: {e}"))?;
+    let hash = rpc
+        .send(&TxParams {
+            nonce,
+            gas_limit: gas.saturating_add(gas / 4).saturating_add(10_000),
+            fees,
+            calldata: calldata.to_vec(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the RPC refused the transaction: {e}"))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match rpc.receipt(hash).await {
+            Ok(Some(r)) => return Ok((hash, r)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(tx = %hash, error = %e, "cannot read the receipt; asking again")
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "transaction {hash} sent but not mined within {timeout:?}: look it up before sending again (a second hand-over would revert)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

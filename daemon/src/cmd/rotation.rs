@@ -645,6 +645,11 @@ pub struct RotationAssembleArgs {
     /// The new committee file (its feeds go into the calldata).
     #[arg(long)]
     pub new_committee: PathBuf,
+    /// Also send the call, from the transmitter account of this node.toml's
+    /// `[chain]` (any member's, of either committee), and wait for it to be
+    /// mined. Without it, the calldata is printed for `cast send`.
+    #[arg(long, value_name = "NODE_TOML")]
+    pub submit_with: Option<PathBuf>,
 }
 
 fn word(fields: &BTreeMap<String, String>, k: &str, what: &str) -> Result<U256> {
@@ -750,9 +755,35 @@ pub fn assemble(args: RotationAssembleArgs) -> Result<()> {
         "calldata": hex0x(call.abi_encode()),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    let Some(node_toml) = &args.submit_with else {
+        eprintln!(
+            "submit with: cast send {} --data <calldata> (anyone may send it), or add --submit-with node.toml",
+            cur.contract
+        );
+        return Ok(());
+    };
+    let config = Config::load(node_toml)?;
+    let contract: alloy_primitives::Address = cur.contract.parse().context("contract address")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (hash, receipt) = runtime.block_on(sibyl_chain::submit_call(
+        &config,
+        contract,
+        &call.abi_encode(),
+        std::time::Duration::from_secs(120),
+    ))?;
+    if !receipt.success {
+        bail!(
+            "transaction {hash} reverted on chain (gas used {})",
+            receipt.gas_used
+        );
+    }
     eprintln!(
-        "submit with: cast send {} --data <calldata> (anyone may send it)",
-        cur.contract
+        "rotation-assemble: hand-over mined in transaction {hash}, gas used {}: the contract now names config digest {}",
+        receipt.gas_used,
+        hex0x(handover.new_digest)
     );
     Ok(())
 }
