@@ -409,7 +409,10 @@ fn a_new_member_joins_with_a_share_of_the_same_group_key() {
         c.members.0[i] = Some(common::spawn(config, &c.file.members[i].log));
     }
     let restarted = std::time::Instant::now();
-    let mut fifth = common::spawn(&config5, &five.join("node.log"));
+    // Kept with the others, so a failing assertion stops it too.
+    c.members
+        .0
+        .push(Some(common::spawn(&config5, &five.join("node.log"))));
     let api = c.api(2).to_string();
     let verify = || {
         common::sibyl()
@@ -444,7 +447,9 @@ fn a_new_member_joins_with_a_share_of_the_same_group_key() {
     common::wait_for("member 5 to take part in rounds", 120, || {
         common::accepted(&api5) >= 3
     });
-    common::terminate(&mut fifth);
+    if let Some(mut fifth) = c.members.0.pop().flatten() {
+        common::terminate(&mut fifth);
+    }
     let out = verify();
     assert!(String::from_utf8_lossy(&out.stdout).contains("(matches the committee)"));
 }
