@@ -74,11 +74,14 @@ fn a_member_moved_with_its_ledger_keeps_signing_and_never_signs_a_round_twice() 
 
     // The old data directory refuses to run.
     let old_log = c.dir.path().join("old-run.log");
-    let mut old = common::spawn(&m.config, &old_log);
+    // Held in a kill-on-drop guard: if it kept running, the failing
+    // assertion below must not leave it behind.
+    let mut old = common::Members(vec![Some(common::spawn(&m.config, &old_log))]);
     let status = {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let child = old.0[0].as_mut().expect("spawned");
         loop {
-            if let Some(s) = old.try_wait().expect("wait") {
+            if let Some(s) = child.try_wait().expect("wait") {
                 break s;
             }
             assert!(
