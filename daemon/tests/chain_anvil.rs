@@ -984,6 +984,19 @@ fn rotation_sign(
     cmd
 }
 
+/// `sibyl rotation-assemble` of the parts `current` and `new` for the new
+/// committee file `committee`.
+fn rotation_assemble(current: &std::path::Path, new: &std::path::Path, committee: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sibyl"));
+    cmd.arg("rotation-assemble")
+        .arg("--current")
+        .arg(current)
+        .arg("--new")
+        .arg(new)
+        .args(["--new-committee", committee]);
+    cmd
+}
+
 /// `sibyl rotation-sign` + `rotation-assemble`: the hand-over signed where
 /// the shares live. Three members of committee A sign over A's network
 /// (member 2's signer is killed after it committed and restarted, so the
@@ -1079,23 +1092,11 @@ fn rotation_signed_over_the_committee_networks_is_accepted_on_chain() {
     std::fs::write(&cur_file, parts[0].to_string()).expect("write");
     std::fs::write(&new_file, b_parts[0].to_string()).expect("write");
     // Parts in the wrong order are refused.
-    let wrong = Command::new(env!("CARGO_BIN_EXE_sibyl"))
-        .arg("rotation-assemble")
-        .arg("--current")
-        .arg(&new_file)
-        .arg("--new")
-        .arg(&cur_file)
-        .args(["--new-committee", b["committee"].as_str().expect("b")])
+    let wrong = rotation_assemble(&new_file, &cur_file, b["committee"].as_str().expect("b"))
         .output()
         .expect("assemble");
     assert!(!wrong.status.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
-        .arg("rotation-assemble")
-        .arg("--current")
-        .arg(&cur_file)
-        .arg("--new")
-        .arg(&new_file)
-        .args(["--new-committee", b["committee"].as_str().expect("b")])
+    let out = rotation_assemble(&cur_file, &new_file, b["committee"].as_str().expect("b"))
         .output()
         .expect("assemble");
     assert!(
@@ -1518,19 +1519,16 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
     let b_named_before = named(&b);
     // Assembled and sent in one step, from B's member 1's transmitter
     // account (idle until the switch).
-    let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
-        .arg("rotation-assemble")
-        .arg("--current")
-        .arg(&cur)
-        .arg("--new")
-        .arg(&new)
-        .args(["--new-committee", b["committee"].as_str().expect("b")])
-        .args([
-            "--submit-with",
-            b["members"][0]["config"].as_str().expect("config"),
-        ])
-        .output()
-        .expect("assemble");
+    let submit = |member: usize| {
+        rotation_assemble(&cur, &new, b["committee"].as_str().expect("b"))
+            .args([
+                "--submit-with",
+                b["members"][member]["config"].as_str().expect("config"),
+            ])
+            .output()
+            .expect("assemble")
+    };
+    let out = submit(0);
     let said = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{said}");
     let gas: u64 = said
@@ -1540,19 +1538,7 @@ fn hand_over_with_both_committees_running_keeps_every_feed_fresh() {
         .and_then(|g| g.trim().parse().ok())
         .unwrap_or_else(|| panic!("no gas figure in: {said}"));
     // Sent again, the contract refuses it before anything is sent.
-    let again = Command::new(env!("CARGO_BIN_EXE_sibyl"))
-        .arg("rotation-assemble")
-        .arg("--current")
-        .arg(&cur)
-        .arg("--new")
-        .arg(&new)
-        .args(["--new-committee", b["committee"].as_str().expect("b")])
-        .args([
-            "--submit-with",
-            b["members"][1]["config"].as_str().expect("config"),
-        ])
-        .output()
-        .expect("assemble");
+    let again = submit(1);
     let refused = String::from_utf8_lossy(&again.stderr);
     assert!(
         !again.status.success() && refused.contains("the contract refuses the call"),
@@ -1857,14 +1843,7 @@ fn removing_a_member_hands_the_contract_over_with_the_same_key() {
     assert_eq!(part["role"], "new");
     let part_file = dir.path().join("part.json");
     std::fs::write(&part_file, &outs[0].stdout).expect("part");
-    let out = Command::new(env!("CARGO_BIN_EXE_sibyl"))
-        .arg("rotation-assemble")
-        .arg("--current")
-        .arg(&part_file)
-        .arg("--new")
-        .arg(&part_file)
-        .arg("--new-committee")
-        .arg(&new_committee)
+    let out = rotation_assemble(&part_file, &part_file, &new_committee.display().to_string())
         .output()
         .expect("assemble");
     assert!(

@@ -78,6 +78,18 @@ pub fn read_transmitter_key(
     })
 }
 
+/// The chain RPC of node.toml's `[chain]`, signing with its transmitter
+/// key, calling `contract`.
+fn rpc_of(
+    config: &Config,
+    chain: &sibyl_node::config::ChainSection,
+    contract: Address,
+) -> Result<rpc::AlloyRpc> {
+    let signer = read_transmitter_key(&config.resolve(&chain.transmitter_key_file))?;
+    rpc::AlloyRpc::new(chain.rpc_url.get_ref(), contract, chain.chain_id, signer)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// Starts the transmitter when node.toml has a `[chain]` section: checks
 /// the chain id against the RPC (a mismatch refuses to start; an unreachable
 /// RPC is retried in the background), registers `sibyl_chain_*` metrics.
@@ -103,9 +115,7 @@ pub async fn start_transmitter(
         .get_ref()
         .parse()
         .map_err(|e| anyhow::anyhow!("chain.contract: {e}"))?;
-    let signer = read_transmitter_key(&config.resolve(&chain.transmitter_key_file))?;
-    let rpc = rpc::AlloyRpc::new(chain.rpc_url.get_ref(), contract, chain.chain_id, signer)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rpc = rpc_of(config, chain, contract)?;
     let protocol = Arc::new(config.committee.to_protocol()?);
     let leader_of = protocol.clone();
     let schedule = Schedule {
@@ -188,9 +198,7 @@ pub async fn submit_call(
     let Some(chain) = &config.node.chain else {
         bail!("node.toml has no [chain] section: no RPC or transmitter account to send with");
     };
-    let signer = read_transmitter_key(&config.resolve(&chain.transmitter_key_file))?;
-    let rpc = rpc::AlloyRpc::new(chain.rpc_url.get_ref(), contract, chain.chain_id, signer)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rpc = rpc_of(config, chain, contract)?;
     let got = rpc
         .chain_id()
         .await

@@ -294,47 +294,20 @@ pub struct RefreshArgs {
     pub new_committee: Option<PathBuf>,
 }
 
-/// Checks that `new` is `current` without some members: each of its
-/// members is one of `current`'s with the same identity, and the
-/// threshold and suites are the same. Returns the members removed.
+/// Checks that `new` is `current` without some members
+/// ([`crate::config::Committee::membership_change`]) and keeps at least
+/// the threshold. Returns the members removed.
 pub fn removal_of(
     current: &crate::config::Committee,
     new: &crate::config::Committee,
 ) -> anyhow::Result<Vec<u16>> {
     use anyhow::bail;
-    if new.threshold != current.threshold {
+    let (removed, added) = current.membership_change(new).map_err(anyhow::Error::msg)?;
+    if !added.is_empty() {
         bail!(
-            "the new committee's threshold is {}, the current one's {}: a refresh keeps the threshold (changing it takes a new DKG and a hand-over)",
-            new.threshold,
-            current.threshold
+            "member(s) {added:?} of the new committee are not in the current one: a removal only drops members (add one with `sibyl repair --member N --new-committee`)"
         );
     }
-    if new.suites != current.suites {
-        bail!(
-            "the new committee signs with {:?}, the current one with {:?}: a refresh keeps the suites",
-            new.suites,
-            current.suites
-        );
-    }
-    for m in &new.members {
-        match current.members.iter().find(|c| c.index == m.index) {
-            None => bail!(
-                "member {} of the new committee is not in the current one: a removal only drops members (adding one is `sibyl repair --new-member`)",
-                m.index
-            ),
-            Some(c) if c.peer_id != m.peer_id => bail!(
-                "member {} has another identity (peer id) in the new committee than in the current one",
-                m.index
-            ),
-            Some(_) => {}
-        }
-    }
-    let removed: Vec<u16> = current
-        .members
-        .iter()
-        .map(|c| c.index)
-        .filter(|i| !new.members.iter().any(|m| m.index == *i))
-        .collect();
     if removed.is_empty() {
         bail!(
             "the new committee has every current member: nothing to remove (a plain refresh needs no --new-committee)"

@@ -190,43 +190,20 @@ pub struct RepairArgs {
     pub new_committee: Option<PathBuf>,
 }
 
-/// Checks that `new` is `current` plus member `added`: every current member
-/// is in it with the same identity, `added` is the only other one, and the
-/// threshold and suites are the same.
+/// Checks that `new` is `current` plus member `added` and nothing else
+/// ([`crate::config::Committee::membership_change`]).
 pub fn addition_of(
     current: &crate::config::Committee,
     new: &crate::config::Committee,
     added: u16,
 ) -> anyhow::Result<()> {
     use anyhow::bail;
-    if new.threshold != current.threshold || new.suites != current.suites {
+    let (removed, extra) = current.membership_change(new).map_err(anyhow::Error::msg)?;
+    if !removed.is_empty() {
         bail!(
-            "the new committee has threshold {} and suites {:?}, the current one {} and {:?}: adding a member keeps both (changing them takes a new DKG and a hand-over)",
-            new.threshold,
-            new.suites,
-            current.threshold,
-            current.suites
+            "member(s) {removed:?} of the current committee are not in the new one: remove members with `sibyl refresh --new-committee`, one change at a time"
         );
     }
-    for c in &current.members {
-        match new.members.iter().find(|m| m.index == c.index) {
-            None => bail!(
-                "member {} of the current committee is not in the new one: remove members with `sibyl refresh --new-committee`, one change at a time",
-                c.index
-            ),
-            Some(m) if m.peer_id != c.peer_id => bail!(
-                "member {} has another identity (peer id) in the new committee",
-                c.index
-            ),
-            Some(_) => {}
-        }
-    }
-    let extra: Vec<u16> = new
-        .members
-        .iter()
-        .map(|m| m.index)
-        .filter(|i| !current.members.iter().any(|c| c.index == *i))
-        .collect();
     if extra != [added] {
         bail!(
             "the new committee adds member(s) {extra:?}; --member {added} must be the one member it adds"

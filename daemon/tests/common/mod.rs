@@ -169,6 +169,15 @@ impl RunningCommittee {
         c
     }
 
+    /// Stops every running member (SIGTERM, then waits).
+    pub fn stop_all(&mut self) {
+        for child in self.members.0.iter_mut() {
+            if let Some(mut ch) = child.take() {
+                terminate(&mut ch);
+            }
+        }
+    }
+
     /// Member `i`'s (0-based) API base URL.
     pub fn api(&self, i: usize) -> &str {
         &self.file.members[i].api_url

@@ -61,14 +61,6 @@ fn start_all(c: &mut common::RunningCommittee) {
     }
 }
 
-fn stop_all(c: &mut common::RunningCommittee) {
-    for child in c.members.0.iter_mut() {
-        if let Some(mut ch) = child.take() {
-            common::terminate(&mut ch);
-        }
-    }
-}
-
 fn reports_continue(c: &common::RunningCommittee) {
     let api = c.api(0).to_string();
     let start = common::last_round(&api).unwrap_or(0);
@@ -83,7 +75,7 @@ fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
     let mut c = common::RunningCommittee::start(4);
     let configs: Vec<PathBuf> = c.file.members.iter().map(|m| m.config.clone()).collect();
     let group_key = c.file.group_key.clone();
-    stop_all(&mut c);
+    c.stop_all();
     let before: Vec<Vec<u8>> = configs
         .iter()
         .map(|p| std::fs::read(key_file(p)).expect("key file"))
@@ -185,7 +177,7 @@ fn a_refresh_keeps_the_group_key_and_a_killed_member_leaves_no_mix() {
     let api = c.api(0).to_string();
     let last_before = common::last_round(&api).unwrap_or(0);
     let stopped_at = Instant::now();
-    stop_all(&mut c);
+    c.stop_all();
     let before: Vec<Vec<u8>> = configs
         .iter()
         .map(|p| std::fs::read(key_file(p)).expect("key file"))
@@ -491,7 +483,7 @@ fn removing_a_member_refreshes_among_the_rest_and_keeps_the_group_key() {
     let new = sibyl_node::config::Committee::load(&new_committee).expect("new committee parses");
     assert_eq!(new.members.len(), 3);
     assert_eq!(new.feeds, old.feeds);
-    stop_all(&mut c);
+    c.stop_all();
     let remove = |config: &Path, new_committee: &Path| {
         common::sibyl()
             .args(["refresh", "--timeout", "20s", "--config"])

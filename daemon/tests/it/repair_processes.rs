@@ -91,11 +91,7 @@ fn a_member_that_lost_its_keys_gets_its_own_shares_back_from_t_helpers() {
     let mut c = common::RunningCommittee::start(4);
     let configs: Vec<PathBuf> = c.file.members.iter().map(|m| m.config.clone()).collect();
     let group_key = c.file.group_key.clone();
-    for child in c.members.0.iter_mut() {
-        if let Some(mut ch) = child.take() {
-            common::terminate(&mut ch);
-        }
-    }
+    c.stop_all();
     let lost_files = frost_files(&configs[3]);
     assert!(!lost_files.is_empty());
     for f in &lost_files {
@@ -222,11 +218,7 @@ fn a_new_member_joins_with_a_share_of_the_same_group_key() {
     let mut c = common::RunningCommittee::start(4);
     let configs: Vec<PathBuf> = c.file.members.iter().map(|m| m.config.clone()).collect();
     let group_key = c.file.group_key.clone();
-    for child in c.members.0.iter_mut() {
-        if let Some(mut ch) = child.take() {
-            common::terminate(&mut ch);
-        }
-    }
+    c.stop_all();
     // The fifth node: its own directory, passphrase and identity.
     let net_dir = configs[0]
         .parent()

@@ -233,6 +233,49 @@ impl Committee {
         self.members.iter().find(|m| &m.peer_id == peer)
     }
 
+    /// How `new` changes this committee's membership: (the members it
+    /// removes, the members it adds), by index. Refused, with the reason,
+    /// when the threshold or the suites differ or a member in both has
+    /// another identity: a removal (`sibyl refresh --new-committee`) and an
+    /// addition (`sibyl repair --new-committee`) keep all three.
+    pub fn membership_change(&self, new: &Committee) -> Result<(Vec<u16>, Vec<u16>), String> {
+        if new.threshold != self.threshold {
+            return Err(format!(
+                "the new committee's threshold is {}, the current one's {}: a membership change keeps the threshold (changing it takes a new DKG and a hand-over)",
+                new.threshold, self.threshold
+            ));
+        }
+        if new.suites != self.suites {
+            return Err(format!(
+                "the new committee signs with {:?}, the current one with {:?}: a membership change keeps the suites",
+                new.suites, self.suites
+            ));
+        }
+        if let Some(m) = new
+            .members
+            .iter()
+            .find(|m| self.member(m.index).is_some_and(|c| c.peer_id != m.peer_id))
+        {
+            return Err(format!(
+                "member {} has another identity (peer id) in the new committee than in the current one",
+                m.index
+            ));
+        }
+        let removed = self
+            .members
+            .iter()
+            .map(|c| c.index)
+            .filter(|i| new.member(*i).is_none())
+            .collect();
+        let added = new
+            .members
+            .iter()
+            .map(|m| m.index)
+            .filter(|i| self.member(*i).is_none())
+            .collect();
+        Ok((removed, added))
+    }
+
     pub fn feed(&self, id: &FeedId) -> Option<&FeedParams> {
         self.feeds.iter().find(|f| &f.id == id)
     }

@@ -273,12 +273,14 @@ pub fn restore_from(
                 "the newest stored report is another committee's (a committee change): each feed's EMA, volatility and jump flag start afresh"
             );
         }
-        for p in db.latest_all()?.into_iter().filter(|_| same_committee) {
-            sibyl_aggregator::aggregate::note_signed_leaf(
-                &mut last_values,
-                &p.leaf(),
-                p.timestamp_ms,
-            );
+        if same_committee {
+            for p in db.latest_all()? {
+                sibyl_aggregator::aggregate::note_signed_leaf(
+                    &mut last_values,
+                    &p.leaf(),
+                    p.timestamp_ms,
+                );
+            }
         }
         let last_report_round = last.as_ref().map(|r| r.header.round);
         let round = last_report_round.map_or(0, |r| r + 1);
