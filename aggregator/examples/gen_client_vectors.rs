@@ -187,6 +187,7 @@ fn header_of(h: &gen_vectors::Header) -> ReportHeader {
         round: h.round.parse().expect("u64"),
         timestamp_ms: h.timestamp_ms.parse().expect("u64"),
         merkle_root: b32(&h.merkle_root),
+        margin_root: [0; 32],
     }
 }
 

@@ -409,6 +409,7 @@ fn header(config_digest: ConfigDigest, round: u64, ts: u64, leaves: &[ReportLeaf
         round,
         timestamp_ms: ts,
         merkle_root: merkle::root(leaves),
+        margin_root: [0; 32],
     }
 }
 
@@ -519,6 +520,7 @@ pub fn build() -> Vectors {
             header: hd.clone(),
             leaves: leaves.clone(),
             signatures: sig_map,
+            commands: Vec::new(),
         };
         cases.push(Case {
             name: name.to_owned(),

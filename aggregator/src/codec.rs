@@ -24,8 +24,8 @@
 #![warn(missing_docs)]
 
 use crate::report::{
-    ConfigDigest, FeedId, MAX_LEAVES, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes,
-    SignedReport, Suite,
+    ConfigDigest, FeedId, MAX_COMMAND_BYTES, MAX_LEAVES, MAX_REPORT_COMMANDS, MarginCommand,
+    PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite,
 };
 use std::collections::BTreeMap;
 
@@ -643,14 +643,15 @@ impl Decode for ReportLeaf {
     }
 }
 
-/// `u8 version ‖ bytes32 config digest ‖ u64 round ‖ u64 timestamp ‖ bytes32 merkle root` (81 bytes).
+/// `u8 version ‖ bytes32 config digest ‖ u64 round ‖ u64 timestamp ‖ bytes32 merkle root ‖ bytes32 margin root` (113 bytes).
 impl Encode for ReportHeader {
     fn encode(&self, w: &mut Writer) {
         w.u8(self.version)
             .put(&self.config_digest)
             .u64(self.round)
             .u64(self.timestamp_ms)
-            .bytes32(&self.merkle_root);
+            .bytes32(&self.merkle_root)
+            .bytes32(&self.margin_root);
     }
 }
 
@@ -665,6 +666,7 @@ pub fn decode_header(
         round: r.u64("report round")?,
         timestamp_ms: r.u64("report timestamp")?,
         merkle_root: r.bytes32("merkle root")?,
+        margin_root: r.bytes32("margin root")?,
     })
 }
 
@@ -734,7 +736,51 @@ impl Encode for SignedReport {
             w.put(l);
         });
         encode_signatures(w, &self.signatures);
+        encode_commands(w, &self.commands);
     }
+}
+
+/// `u16 origin ‖ u64 nonce ‖ str body`.
+impl Encode for MarginCommand {
+    fn encode(&self, w: &mut Writer) {
+        w.u16(self.origin).u64(self.nonce).str(&self.body);
+    }
+}
+
+impl Decode for MarginCommand {
+    const WHAT: &'static str = "margin command";
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(MarginCommand {
+            origin: r.u16("margin command origin")?,
+            nonce: r.u64("margin command nonce")?,
+            body: r
+                .str("margin command body", MAX_COMMAND_BYTES)?
+                .to_string(),
+        })
+    }
+}
+
+/// Writes margin commands: count, then each [`MarginCommand`].
+pub fn encode_commands(w: &mut Writer, commands: &[MarginCommand]) {
+    w.seq(commands.iter(), |w, c| {
+        w.put(c);
+    });
+}
+
+/// Reads at most `max` margin commands, strictly ascending by (origin, nonce).
+pub fn decode_commands(r: &mut Reader<'_>, max: usize) -> Result<Vec<MarginCommand>, DecodeError> {
+    let at = r.position();
+    let list: Vec<MarginCommand> = r.seq("margin commands", max, 2 + 8 + 4, |r| r.get())?;
+    if list
+        .windows(2)
+        .any(|p| (p[0].origin, p[0].nonce) >= (p[1].origin, p[1].nonce))
+    {
+        return Err(DecodeError::NonCanonical {
+            what: "margin commands (strictly ascending by origin and nonce)",
+            at,
+        });
+    }
+    Ok(list)
 }
 
 impl Decode for SignedReport {
@@ -752,6 +798,7 @@ fn decode_signed_report(
         header: decode_header(r, expected)?,
         leaves: decode_leaves(r)?,
         signatures: decode_signatures(r)?,
+        commands: decode_commands(r, MAX_REPORT_COMMANDS)?,
     })
 }
 

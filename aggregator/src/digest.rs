@@ -3,7 +3,11 @@
 //! ```text
 //! digest = keccak256(abi.encode(keccak256("Sibyl report v1"), uint8 version,
 //!                    bytes32 configDigest, uint64 round, uint64 timestampMs,
-//!                    bytes32 merkleRoot))
+//!                    bytes32 merkleRoot, bytes32 marginRoot))
+//!
+//! marginRoot = 0                                       (no commands)
+//!            = keccak256("Sibyl margin commands v1" ‖ for each command in order:
+//!                        u16 origin ‖ u64 nonce ‖ u32 len ‖ body)   (big-endian)
 //! ```
 //!
 //! A Solidity verifier computes the same 32 bytes with one `abi.encode` and
@@ -14,7 +18,7 @@
 #![warn(missing_docs)]
 
 use crate::encoding::{HEADER_ABI_LEN, WORD, encode_header};
-use crate::report::ReportHeader;
+use crate::report::{MarginCommand, ReportHeader};
 use sha3::{Digest, Keccak256};
 
 /// The domain string; its Keccak-256 hash is the first ABI word of the digest preimage.
@@ -31,6 +35,28 @@ pub fn header_digest_preimage(h: &ReportHeader) -> [u8; WORD + HEADER_ABI_LEN] {
     out[..WORD].copy_from_slice(&report_domain_separator());
     out[WORD..].copy_from_slice(&encode_header(h));
     out
+}
+
+/// Domain of [`commands_root`].
+pub const COMMANDS_DOMAIN: &[u8] = b"Sibyl margin commands v1";
+
+/// The header's `margin_root` for a round that orders `commands` (in report
+/// order): all zero for none, else the domain-separated Keccak-256 of each
+/// command's origin, nonce, body length and body.
+pub fn commands_root(commands: &[MarginCommand]) -> [u8; 32] {
+    if commands.is_empty() {
+        return [0; 32];
+    }
+    let mut h = Keccak256::new();
+    h.update(COMMANDS_DOMAIN);
+    for c in commands {
+        h.update(c.origin.to_be_bytes());
+        h.update(c.nonce.to_be_bytes());
+        // A body is at most MAX_COMMAND_BYTES, so its length fits a u32.
+        h.update(u32::try_from(c.body.len()).unwrap_or(u32::MAX).to_be_bytes());
+        h.update(c.body.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// The 32 bytes FROST signs for a report with header `h`.
@@ -50,6 +76,7 @@ mod tests {
             round: 42,
             timestamp_ms: 1_700_000_000_000,
             merkle_root: [0x22; 32],
+            margin_root: [0x33; 32],
         }
     }
 
@@ -62,9 +89,10 @@ mod tests {
     }
 
     #[test]
-    fn preimage_is_six_abi_words() {
+    fn preimage_is_seven_abi_words() {
         let p = header_digest_preimage(&header());
-        assert_eq!(p.len(), 192);
+        assert_eq!(p.len(), 224);
+        assert_eq!(&p[192..224], &[0x33; 32]);
         assert_eq!(p[63], 1); // version
         assert_eq!(&p[64..96], &[0x11; 32]);
         assert_eq!(p[127], 42); // round
@@ -90,5 +118,36 @@ mod tests {
         let mut h = header();
         h.merkle_root[0] ^= 1;
         assert_ne!(header_digest(&h), base);
+        let mut h = header();
+        h.margin_root[31] ^= 1;
+        assert_ne!(header_digest(&h), base);
+    }
+
+    fn command(origin: u16, nonce: u64, body: &str) -> MarginCommand {
+        MarginCommand {
+            origin,
+            nonce,
+            body: body.to_string(),
+        }
+    }
+
+    #[test]
+    fn commands_root_is_zero_for_none_and_moves_with_every_part() {
+        assert_eq!(commands_root(&[]), [0; 32]);
+        let base = [command(1, 7, "{\"a\":1}"), command(2, 1, "{}")];
+        let root = commands_root(&base);
+        assert_ne!(root, [0; 32]);
+        let variants = [
+            vec![command(3, 7, "{\"a\":1}"), command(2, 1, "{}")],
+            vec![command(1, 8, "{\"a\":1}"), command(2, 1, "{}")],
+            vec![command(1, 7, "{\"a\":2}"), command(2, 1, "{}")],
+            vec![command(2, 1, "{}"), command(1, 7, "{\"a\":1}")],
+            vec![command(1, 7, "{\"a\":1}")],
+            // The length prefix keeps a body from bleeding into the next command.
+            vec![command(1, 7, "{\"a\":1}{}"), command(2, 1, "")],
+        ];
+        for v in variants {
+            assert_ne!(commands_root(&v), root, "{v:?}");
+        }
     }
 }

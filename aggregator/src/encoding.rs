@@ -29,7 +29,7 @@ pub const WORD: usize = 32;
 /// Length of `abi.encode(leaf)`.
 pub const LEAF_ABI_LEN: usize = 13 * WORD;
 /// Length of `abi.encode(header)`.
-pub const HEADER_ABI_LEN: usize = 5 * WORD;
+pub const HEADER_ABI_LEN: usize = 6 * WORD;
 
 /// Right-aligned unsigned word (`uintN`).
 pub fn word_u128(v: u128) -> [u8; 32] {
@@ -71,7 +71,7 @@ pub fn encode_leaf(leaf: &ReportLeaf) -> [u8; LEAF_ABI_LEN] {
     out
 }
 
-/// `abi.encode(uint8 version, bytes32 configDigest, uint64 round, uint64 timestampMs, bytes32 merkleRoot)`.
+/// `abi.encode(uint8 version, bytes32 configDigest, uint64 round, uint64 timestampMs, bytes32 merkleRoot, bytes32 marginRoot)`.
 pub fn encode_header(h: &ReportHeader) -> [u8; HEADER_ABI_LEN] {
     let mut out = [0u8; HEADER_ABI_LEN];
     out[0..32].copy_from_slice(&word_u128(h.version.into()));
@@ -79,6 +79,7 @@ pub fn encode_header(h: &ReportHeader) -> [u8; HEADER_ABI_LEN] {
     out[64..96].copy_from_slice(&word_u128(h.round.into()));
     out[96..128].copy_from_slice(&word_u128(h.timestamp_ms.into()));
     out[128..160].copy_from_slice(&h.merkle_root);
+    out[160..192].copy_from_slice(&h.margin_root);
     out
 }
 
@@ -122,13 +123,14 @@ pub fn decode_leaf(bytes: &[u8]) -> Result<ReportLeaf, DecodeError> {
 
 /// Inverse of [`encode_header`]; rejects any input `encode_header` could not produce.
 pub fn decode_header(bytes: &[u8]) -> Result<ReportHeader, DecodeError> {
-    let words = words::<5>(bytes, "ABI header")?;
+    let words = words::<6>(bytes, "ABI header")?;
     Ok(ReportHeader {
         version: narrow(&words[0], 1, "ABI header version", 0)?,
         config_digest: ConfigDigest(words[1]),
         round: narrow(&words[2], 8, "ABI header round", 2 * WORD)?,
         timestamp_ms: narrow(&words[3], 8, "ABI header timestampMs", 3 * WORD)?,
         merkle_root: words[4],
+        margin_root: words[5],
     })
 }
 
@@ -323,7 +325,7 @@ mod tests {
 
         #[test]
         fn header_roundtrip(v: u8, cd: [u8; 32], round: u64, ts: u64, root: [u8; 32]) {
-            let h = ReportHeader { version: v, config_digest: ConfigDigest(cd), round, timestamp_ms: ts, merkle_root: root };
+            let h = ReportHeader { version: v, config_digest: ConfigDigest(cd), round, timestamp_ms: ts, merkle_root: root, margin_root: [0; 32] };
             prop_assert_eq!(decode_header(&encode_header(&h)).unwrap(), h);
         }
 

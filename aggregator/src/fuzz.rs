@@ -240,6 +240,7 @@ fn build_fixture() -> FuzzFixture {
                 suite: Suite::Ed25519,
                 commitments: vec![commitment.clone()],
             }],
+            commands: Vec::new(),
         })
     };
     let obs_a = sign(2, 5, observation(100));
@@ -258,6 +259,7 @@ fn build_fixture() -> FuzzFixture {
             }],
             signer_observations: Vec::new(),
             key_set: 7,
+            commands: Vec::new(),
         })
     };
     let prop_a = sign(leader, 5, proposal(1));
@@ -577,9 +579,11 @@ mod tests {
                         round,
                         timestamp_ms: ts,
                         merkle_root: root,
+                        margin_root: [0; 32],
                     },
                     leaves,
                     signatures,
+                    commands: Vec::new(),
                 }
             })
     }

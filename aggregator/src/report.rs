@@ -1,5 +1,6 @@
 //! The report: what the committee signs. A header (version, config digest,
-//! round, timestamp, Merkle root) over per-feed leaves.
+//! round, timestamp, Merkle root, margin root) over per-feed leaves and the
+//! round's ordered margin commands.
 //!
 //! Shared vocabulary of the crate. The canonical encoding, the Merkle tree and
 //! the signed digest live in `encoding`, `merkle` and `digest`.
@@ -10,13 +11,20 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version byte carried in every header and message.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Maximum length of a feed id in bytes; it is encoded as a right-padded `bytes32`.
 pub const FEED_ID_MAX_LEN: usize = 32;
 
 /// Most leaves (feeds) a report may carry.
 pub const MAX_LEAVES: usize = 65_536;
+
+/// Most margin commands one member offers in one observation.
+pub const MAX_COMMANDS_PER_MEMBER: usize = 64;
+/// Longest margin command body in bytes (the command's JSON text).
+pub const MAX_COMMAND_BYTES: usize = 4096;
+/// Most margin commands a report may carry (every member's offer).
+pub const MAX_REPORT_COMMANDS: usize = MAX_COMMANDS_PER_MEMBER * 64;
 
 /// A feed's canonical id, e.g. `BTC-USD`: 1..=32 bytes of `[A-Z0-9-_.]`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -225,6 +233,26 @@ pub struct ReportHeader {
     /// Root of the Merkle tree over the leaves, in feed-id order.
     #[serde(with = "hex::serde")]
     pub merkle_root: [u8; 32],
+    /// Commitment to the round's margin inputs: [`crate::digest::commands_root`]
+    /// of [`SignedReport::commands`], all zero when the round orders none.
+    #[serde(with = "hex::serde", default)]
+    pub margin_root: [u8; 32],
+}
+
+/// A margin command the committee ordered into a report: offered by member
+/// `origin` in its signed observation (so it is the origin's word that an
+/// API caller asked for it), numbered by the origin, opaque to the protocol.
+/// Every member applies a report's commands after its prices, in report
+/// order (docs/MARGIN.md, "Committee-ordered commands").
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MarginCommand {
+    /// The member index that offered it.
+    pub origin: u16,
+    /// The origin's number for it, strictly increasing per origin.
+    pub nonce: u64,
+    /// The command, as JSON text (the margin engine's `Command`), at most
+    /// [`MAX_COMMAND_BYTES`].
+    pub body: String,
 }
 
 /// The FROST ciphersuites a committee can sign with.
@@ -247,6 +275,10 @@ pub struct SignedReport {
     /// One FROST signature over the header digest per suite the committee signs with,
     /// in the suite's own serialization.
     pub signatures: BTreeMap<Suite, SignatureBytes>,
+    /// The round's margin commands in the order every member applies them,
+    /// ascending by (origin, nonce); committed by `header.margin_root`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<MarginCommand>,
 }
 
 /// A serialized FROST signature.

@@ -139,6 +139,7 @@ pub fn header_for(config_digest: ConfigDigest, round: u64, leaves: &[ReportLeaf]
         round,
         timestamp_ms: 1_760_000_001_000 + round * 1_000,
         merkle_root: merkle::root(leaves),
+        margin_root: [0; 32],
     }
 }
 
@@ -181,6 +182,7 @@ pub fn fixture<R: RngCore + CryptoRng>(n_leaves: usize, rng: &mut R) -> Fixture 
             header,
             leaves,
             signatures,
+            commands: Vec::new(),
         },
         keys,
         ed25519: ed,

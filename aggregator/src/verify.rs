@@ -54,7 +54,7 @@ use crate::codec::{
     Decode, DecodeError, Encode, Reader, Writer, decode_header, decode_signatures,
     encode_signatures,
 };
-use crate::digest::header_digest;
+use crate::digest::{commands_root, header_digest};
 use crate::merkle::{self, MAX_LEAVES, MerkleProof};
 use crate::report::{
     ConfigDigest, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite,
@@ -197,6 +197,21 @@ pub enum VerifyError {
         /// The root of the report's leaves.
         computed: [u8; 32],
     },
+    /// The report's margin commands do not give the header's margin root: a
+    /// command was changed, added, dropped or reordered.
+    #[error(
+        "margin root mismatch: header says 0x{}, the report's {count} margin commands give 0x{}",
+        hex::encode(header),
+        hex::encode(computed)
+    )]
+    CommandsMismatch {
+        /// The margin root the header (and so the signatures) commits to.
+        header: [u8; 32],
+        /// [`commands_root`] of the report's commands.
+        computed: [u8; 32],
+        /// How many commands the report carries.
+        count: usize,
+    },
     /// [`verify_leaf`]: the proof does not place the leaf's hash under the header's
     /// root (a changed leaf, a proof of another leaf, or a malformed proof).
     #[error("Merkle proof does not place feed {feed} under the header's root")]
@@ -274,6 +289,14 @@ pub fn verify_report(
         return Err(VerifyError::RootMismatch {
             header: report.header.merkle_root,
             computed,
+        });
+    }
+    let computed = commands_root(&report.commands);
+    if computed != report.header.margin_root {
+        return Err(VerifyError::CommandsMismatch {
+            header: report.header.margin_root,
+            computed,
+            count: report.commands.len(),
         });
     }
     Ok(VerifiedReport {

@@ -46,6 +46,7 @@ fn header(h: &gen_vectors::Header) -> ReportHeader {
         round: h.round.parse().expect("u64"),
         timestamp_ms: h.timestamp_ms.parse().expect("u64"),
         merkle_root: b32(&h.merkle_root),
+        margin_root: [0; 32],
     }
 }
 
@@ -197,6 +198,7 @@ fn valid_cases_check_out_from_first_principles() {
             header: hd.clone(),
             leaves: leaves.clone(),
             signatures: signatures(&case.signatures),
+            commands: Vec::new(),
         };
         let keys = keys(&v, hd.config_digest);
         let verified = verify_report(&report, &keys).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -50,6 +50,7 @@ impl Node {
         if report.header.version != PROTOCOL_VERSION
             || report.header.config_digest != *self.committee.config_digest()
             || report.leaves.is_empty()
+            || commands_root(&report.commands) != report.header.margin_root
         {
             return false;
         }

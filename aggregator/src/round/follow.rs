@@ -40,6 +40,7 @@ pub(super) struct Follow {
     header: ReportHeader,
     digest: [u8; 32],
     leaves: Vec<ReportLeaf>,
+    commands: Vec<MarginCommand>,
     attempts: BTreeMap<usize, FollowAttempt>,
 }
 
@@ -53,6 +54,7 @@ impl Node {
         header: &ReportHeader,
         digest: [u8; 32],
         leaves: &[ReportLeaf],
+        commands: &[MarginCommand],
         attempt: AttemptPackage,
     ) {
         let AttemptPackage {
@@ -67,6 +69,7 @@ impl Node {
             header: header.clone(),
             digest,
             leaves: leaves.to_vec(),
+            commands: commands.to_vec(),
             attempts: BTreeMap::new(),
         });
         if follow.digest != digest || follow.attempts.contains_key(&attempt) {
@@ -141,7 +144,7 @@ impl Node {
             signers,
             package_hashes,
         };
-        self.follow_attempt(now, header, digest, &p.leaves, attempt);
+        self.follow_attempt(now, header, digest, &p.leaves, &p.commands, attempt);
         if let Some(f) = &self.rs.follow
             && self.rs.checked.is_none()
         {
@@ -251,6 +254,7 @@ impl Node {
             header: f.header.clone(),
             leaves: f.leaves.clone(),
             signatures,
+            commands: f.commands.clone(),
         };
         let push_to = self.stuck_signers(attempt);
         self.stats.reports_assembled += 1;

@@ -170,12 +170,14 @@ impl Node {
             .collect();
         // Nothing due: refresh every feed, so each round still seals one report.
         let leaves = if due.is_empty() { candidates } else { due };
+        let commands = order_commands(self.rs.observations.iter().map(|(k, a)| (*k, &a.msg)));
         let header = ReportHeader {
             version: PROTOCOL_VERSION,
             config_digest: *self.committee.config_digest(),
             round: self.round,
             timestamp_ms: now,
             merkle_root: merkle_root(&leaves),
+            margin_root: commands_root(&commands),
         };
         let digest = report_digest(&header);
         let observations = self
@@ -203,6 +205,7 @@ impl Node {
             header,
             digest,
             leaves,
+            commands,
             observations,
             late: BTreeMap::new(),
             signers_pool,
@@ -261,11 +264,13 @@ impl Node {
                 round,
                 timestamp_ms: proposal.timestamp_ms,
                 merkle_root: proposal.merkle_root,
+                margin_root: commands_root(&proposal.commands),
             }),
         };
         let proposal_for_followers = ProposalMsg {
             leaves: proposal.leaves.clone(),
             signing_packages: proposal.signing_packages.clone(),
+            commands: proposal.commands.clone(),
             observations: Vec::new(),
             signer_observations: Vec::new(),
             ..proposal
@@ -400,6 +405,7 @@ impl Node {
                 .filter_map(|s| l.late.get(s).cloned())
                 .collect(),
             key_set: self.key_set(),
+            commands: l.commands.clone(),
         };
         // A Byzantine leader (simulator only) sends a second, different report
         // to every other signer and to the lowest one as well.
@@ -720,6 +726,7 @@ impl Node {
                 header: l.header.clone(),
                 leaves: l.leaves.clone(),
                 signatures,
+                commands: l.commands.clone(),
             };
             l.attempts.clear();
             for s in signers {

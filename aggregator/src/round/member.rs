@@ -68,6 +68,7 @@ impl Node {
             Payload::Observation(ObservationMsg {
                 entries,
                 commitments,
+                commands: self.offered_commands.clone(),
             }),
         );
         let leader = self.leader_of(self.round);
@@ -115,6 +116,7 @@ impl Node {
             round,
             timestamp_ms: p.timestamp_ms,
             merkle_root: p.merkle_root,
+            margin_root: commands_root(&p.commands),
         };
         let digest = report_digest(&header);
         match &self.rs.first_proposal {
@@ -197,7 +199,7 @@ impl Node {
             signers,
             package_hashes: package_hashes.clone(),
         };
-        self.follow_attempt(now, &header, digest, &leaves, follow);
+        self.follow_attempt(now, &header, digest, &leaves, &p.commands, follow);
         if self.rs.checked.is_none() {
             self.rs.checked = Some((header.merkle_root, leaves));
         }
@@ -348,6 +350,11 @@ impl Node {
             return Err(Refusal::Mismatch);
         }
         if merkle_root(&leaves) != header.merkle_root {
+            return Err(Refusal::Mismatch);
+        }
+        // The commands are the attributed observations' offers, in order;
+        // the header's margin root was computed from `p.commands`.
+        if order_commands(attributed.iter().map(|(k, v)| (*k, v))) != p.commands {
             return Err(Refusal::Mismatch);
         }
         let attempt = usize::from(p.attempt);

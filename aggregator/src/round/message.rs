@@ -17,10 +17,10 @@
 //!
 //! | kind | message | body |
 //! |---|---|---|
-//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of (suite u8, seq of FROST commitments (bytes)) |
-//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), seq of (suite u8, signing package (bytes)), seq of signed signer-only observations (bytes) |
+//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of (suite u8, seq of FROST commitments (bytes)), seq of margin commands the member offers (origin u16 = sender, nonce u64, body str) |
+//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), seq of (suite u8, signing package (bytes)), seq of signed signer-only observations (bytes), key set u64, seq of margin commands |
 //! | 3 | share (signer -> all) | attempt u8, report digest bytes32, seq of (suite u8, signing package hash bytes32, share (bytes)) |
-//! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, seq of leaves, seq of (suite u8, signature bytes) |
+//! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, margin root bytes32, seq of leaves, seq of (suite u8, signature bytes), seq of margin commands |
 //! | 5 | refusal (signer -> leader) | attempt u8, report digest bytes32, reason u8, signer's clock u64 |
 //!
 //! Per-suite lists name each suite the committee signs with once, suites
@@ -32,14 +32,19 @@
 //! commitments of signers whose observation is not among the leaves'
 //! observations; they do not enter the leaves.
 //!
+//! A proposal's margin commands are [`order_commands`] of its attributed
+//! observations (each sender's own offers, ascending by origin and nonce);
+//! the header's margin root commits to them ([`crate::digest::commands_root`]).
+//!
 //! A leaf is the canonical `ReportLeaf` encoding (`codec.rs`, docs/PROTOCOL.md). Sequences are strictly ordered where order matters
 //! (feeds ascending), so every value has exactly one encoding.
 
 use super::committee::Committee;
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, Reader, Writer, decode_commands, encode_commands};
 use crate::report::{
-    ConfigDigest, FeedId, PROTOCOL_VERSION, ReportHeader, ReportLeaf, Round, SignatureBytes,
-    SignedReport, Suite, TimestampMs,
+    ConfigDigest, FeedId, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MAX_REPORT_COMMANDS,
+    MarginCommand, PROTOCOL_VERSION, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
+    Suite, TimestampMs,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use sha2::{Digest, Sha512};
@@ -47,7 +52,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Domain separator for identity-key signatures over messages.
-pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v4";
+pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v5";
 /// Most feeds a message may carry.
 pub const MAX_FEEDS: usize = 10_000;
 /// Most members a committee may have (and observations a proposal may attribute).
@@ -59,8 +64,13 @@ pub const MAX_SUITES: usize = crate::codec::MAX_SIGNATURES;
 /// Upper bound on any message (a 1,024-member proposal of 10,000 feeds does not fit; real committees are far smaller).
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 const MAX_SMALL_BYTES: usize = 256;
-const MAX_OBSERVATION_BYTES: usize =
-    4 + MAX_FEEDS * ENTRY_MAX_BYTES + 4 + MAX_SUITES * (5 + MAX_COMMITMENTS * 260) + 128;
+const MAX_OBSERVATION_BYTES: usize = 4
+    + MAX_FEEDS * ENTRY_MAX_BYTES
+    + 4
+    + MAX_SUITES * (5 + MAX_COMMITMENTS * 260)
+    + 4
+    + MAX_COMMANDS_PER_MEMBER * (2 + 8 + 4 + MAX_COMMAND_BYTES)
+    + 128;
 /// Wire size of an observation entry without bid and ask, and with both.
 const ENTRY_MIN_BYTES: usize = 32 + 16 + 16 + 8 + 1 + 1 + 2 + 2 + 1;
 const ENTRY_MAX_BYTES: usize = ENTRY_MIN_BYTES + 32;
@@ -137,6 +147,10 @@ pub struct ObservationMsg {
     /// One entry per suite the committee signs with, suites ascending;
     /// empty: an observation only (no offer to sign).
     pub commitments: Vec<SuiteCommitments>,
+    /// Margin commands the sender offers for ordering (its own, `origin` =
+    /// the sender), strictly ascending by nonce, at most
+    /// [`MAX_COMMANDS_PER_MEMBER`].
+    pub commands: Vec<MarginCommand>,
 }
 
 /// One suite's commitments in an observation.
@@ -187,6 +201,28 @@ pub struct ProposalMsg {
     /// during a proactive refresh members hold the old shares and the new
     /// ones, and shares of different sets never combine.
     pub key_set: u64,
+    /// The round's margin commands: [`order_commands`] of `observations`
+    /// (a follower's copy carries them too). The header's margin root is
+    /// their [`crate::digest::commands_root`].
+    pub commands: Vec<MarginCommand>,
+}
+
+/// The margin commands a round orders from its attributed observations
+/// (`(sender, observation)`): each sender's offers whose origin is the
+/// sender, ascending by (origin, nonce). Leader and signers compute it
+/// alike, so a leader cannot add, drop or reorder a command unnoticed.
+pub fn order_commands<'a>(
+    observations: impl IntoIterator<Item = (u16, &'a ObservationMsg)>,
+) -> Vec<MarginCommand> {
+    let mut out: Vec<MarginCommand> = observations
+        .into_iter()
+        .flat_map(|(sender, o)| o.commands.iter().filter(move |c| c.origin == sender))
+        .cloned()
+        .collect();
+    out.sort_by_key(|c| (c.origin, c.nonce));
+    out.dedup_by_key(|c| (c.origin, c.nonce));
+    out.truncate(MAX_REPORT_COMMANDS);
+    out
 }
 
 /// A signer's signature shares: one per suite (suites ascending).
@@ -537,6 +573,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                     w.bytes(c);
                 });
             });
+            encode_commands(w, &o.commands);
         }
         Payload::Proposal(p) => {
             w.u8(p.attempt).u64(p.timestamp_ms).bytes32(&p.merkle_root);
@@ -553,6 +590,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                 spans.push(w.len() - o.len()..w.len());
             });
             w.u64(p.key_set);
+            encode_commands(w, &p.commands);
         }
         Payload::Share(s) => {
             w.u8(s.attempt)
@@ -565,11 +603,13 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
         }
         Payload::Report(report) => {
             w.u64(report.header.timestamp_ms)
-                .bytes32(&report.header.merkle_root);
+                .bytes32(&report.header.merkle_root)
+                .bytes32(&report.header.margin_root);
             encode_leaves(w, &report.leaves);
             w.seq(report.signatures.iter(), |w, (suite, sig)| {
                 w.u8(suite_tag(*suite)).bytes(&sig.0);
             });
+            encode_commands(w, &report.commands);
         }
         Payload::Refusal(f) => {
             w.u8(f.attempt)
@@ -663,9 +703,11 @@ fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<Observatio
         })
     })?;
     check_suites(commitments.iter().map(|c| c.suite), "commitments", at)?;
+    let commands = decode_commands(r, MAX_COMMANDS_PER_MEMBER)?;
     Ok(ObservationMsg {
         entries,
         commitments,
+        commands,
     })
 }
 
@@ -710,6 +752,7 @@ fn decode_proposal(
         Ok(o.to_vec())
     })?;
     let key_set = r.u64("key set")?;
+    let commands = decode_commands(r, MAX_REPORT_COMMANDS)?;
     Ok(ProposalMsg {
         attempt,
         timestamp_ms,
@@ -719,6 +762,7 @@ fn decode_proposal(
         signing_packages,
         signer_observations,
         key_set,
+        commands,
     })
 }
 
@@ -783,6 +827,7 @@ fn decode_report_body(
 ) -> Result<SignedReport, DecodeError> {
     let timestamp_ms = r.u64("report timestamp")?;
     let merkle_root = r.bytes32("merkle root")?;
+    let margin_root = r.bytes32("margin root")?;
     let leaves = decode_leaves(r, max_feeds)?;
     let at = r.position();
     let sigs = r.seq("signatures", 2, 5, |r| {
@@ -815,6 +860,7 @@ fn decode_report_body(
         prev = Some(suite);
         signatures.insert(suite, sig);
     }
+    let commands = decode_commands(r, MAX_REPORT_COMMANDS)?;
     Ok(SignedReport {
         header: ReportHeader {
             version: PROTOCOL_VERSION,
@@ -822,8 +868,10 @@ fn decode_report_body(
             round,
             timestamp_ms,
             merkle_root,
+            margin_root,
         },
         leaves,
         signatures,
+        commands,
     })
 }

@@ -78,9 +78,10 @@ mod tests;
 use crate::aggregate::{
     FeedObservation, LastValue, LeafContext, aggregate_feed, note_signed_leaf, update_due,
 };
+use crate::digest::commands_root;
 use crate::report::{
-    FeedId, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
-    Suite, TimestampMs,
+    FeedId, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCommand, PROTOCOL_VERSION, Price, ReportHeader,
+    ReportLeaf, Round, SignatureBytes, SignedReport, Suite, TimestampMs,
 };
 use crate::round::evidence::Evidence;
 use crate::round::evidence::EvidenceError;
@@ -92,7 +93,7 @@ use lane::{AnyLane, Lane, keccak, with_lane};
 use leader::MAX_HEDGES;
 use message::{
     Kind, ObservationEntry, ObservationMsg, Payload, ProposalMsg, RefusalMsg, RefusalReason,
-    ShareMsg, SignedMessage, SuiteCommitments, SuitePackage, SuiteShare,
+    ShareMsg, SignedMessage, SuiteCommitments, SuitePackage, SuiteShare, order_commands,
 };
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -179,6 +180,11 @@ pub enum Input {
     /// leaves become their feeds' last values unless newer ones are held
     /// ([`note_signed_leaf`]), so the next leaves' EMA starts from them.
     StoredReports(Vec<SignedReport>),
+    /// The margin commands this member offers for ordering from now on
+    /// (replaces the earlier offer): its own (`origin` = this member),
+    /// ascending by nonce; the first [`MAX_COMMANDS_PER_MEMBER`] are offered.
+    /// The driver withdraws a command once a stored report carries it.
+    OfferCommands(Vec<MarginCommand>),
 }
 
 /// What the node asks the driver to do, in order.
@@ -494,6 +500,8 @@ struct LeaderRound {
     header: ReportHeader,
     digest: [u8; 32],
     leaves: Vec<ReportLeaf>,
+    /// The margin commands ordered from the same observations.
+    commands: Vec<MarginCommand>,
     /// The signed observations the leaves were computed from.
     observations: Vec<Vec<u8>>,
     /// Signed observations that arrived after the leaves were fixed: they
@@ -645,6 +653,9 @@ pub struct Node {
     last_report_round: Option<Round>,
     last_observed_round: Option<Round>,
     local: BTreeMap<FeedId, LocalObservation>,
+    /// The margin commands this member offers in its observations
+    /// ([`Input::OfferCommands`]).
+    offered_commands: Vec<MarginCommand>,
     start_round: Round,
     started: bool,
     round: Round,
@@ -836,6 +847,7 @@ impl Node {
             last_report_round: restore.last_report_round,
             last_observed_round: restore.last_observed_round,
             local: BTreeMap::new(),
+            offered_commands: Vec::new(),
             start_round,
             started: false,
             round: start_round,
@@ -1176,6 +1188,13 @@ impl Node {
                 if self.leader_unreachable(self.round) && !self.rs.reported {
                     self.rs.deadline = self.rs.deadline.min(now_ms);
                 }
+            }
+            Input::OfferCommands(mut commands) => {
+                commands.retain(|c| c.origin == self.me && c.body.len() <= MAX_COMMAND_BYTES);
+                commands.sort_by_key(|c| c.nonce);
+                commands.dedup_by_key(|c| c.nonce);
+                commands.truncate(MAX_COMMANDS_PER_MEMBER);
+                self.offered_commands = commands;
             }
             Input::StoredReports(reports) => {
                 for r in reports {

@@ -765,6 +765,7 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
                 commitments: vec![vec![4; 5], vec![6]],
             },
         ],
+        commands: Vec::new(),
     });
     let obs_msg = SignedMessage::sign(&key, &DIGEST, 4, 1, obs);
     let leaf = ReportLeaf::basic(feed(0), 9, 1, 3, T0);
@@ -786,6 +787,7 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
         ],
         signer_observations: vec![obs_msg.bytes.clone()],
         key_set: 0x0123_4567_89ab_cdef,
+        commands: Vec::new(),
     });
     let refusal = Payload::Refusal(RefusalMsg {
         attempt: 2,
@@ -816,9 +818,11 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
             round: 4,
             timestamp_ms: T0,
             merkle_root: [3; 32],
+            margin_root: [0; 32],
         },
         leaves: vec![leaf],
         signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![8; 64]))]),
+        commands: Vec::new(),
     });
     [proposal, share, report, refusal]
         .into_iter()
@@ -2151,6 +2155,7 @@ fn caught_up_reports_become_the_feeds_last_values() {
             round,
             timestamp_ms: ts,
             merkle_root: [0; 32],
+            margin_root: [0; 32],
         },
         leaves: vec![ReportLeaf {
             ema: price - 1,
@@ -2158,6 +2163,7 @@ fn caught_up_reports_become_the_feeds_last_values() {
             ..ReportLeaf::basic(feed(0), price, 2, 3, ts - 10)
         }],
         signatures: BTreeMap::new(),
+        commands: Vec::new(),
     };
     let newer = report(5, T0 + 5_000, 500);
     h.handle(2, T0, Input::StoredReports(vec![newer.clone()]));

@@ -95,9 +95,11 @@ async fn main() {
                 round: per_feed + 1,
                 timestamp_ms: end,
                 merkle_root: merkle::root(&leaves),
+                margin_root: [0; 32],
             },
             leaves,
             signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![1; 64]))]),
+            commands: Vec::new(),
         };
         store.writer.insert_report(report).await.expect("report");
         println!("seeded in {:.1} s", t.elapsed().as_secs_f64());

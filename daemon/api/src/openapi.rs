@@ -529,7 +529,10 @@ fn base_document() -> Value {
           "SignedReport": { "type": "object", "properties": {
             "header": { "type": "object", "properties": {
               "version": int, "config_digest": { "type": "string" }, "round": int,
-              "timestamp_ms": int, "merkle_root": { "type": "string" } } },
+              "timestamp_ms": int, "merkle_root": { "type": "string" },
+              "margin_root": { "type": "string", "description": "commitment to the round's margin commands (all zero: none)" } } },
+            "commands": { "type": "array", "description": "margin commands the committee ordered into the round (absent: none)",
+              "items": { "type": "object", "properties": { "origin": int, "nonce": int, "body": { "type": "string" } } } },
             "leaves": { "type": "array", "items": { "type": "object", "properties": {
               "feed_id": { "type": "string" }, "price": { "type": "integer" }, "confidence": { "type": "integer" },
               "num_observations": int, "observed_at_ms": int,

@@ -67,6 +67,7 @@ struct HeaderJson {
     round: Round,
     timestamp_ms: u64,
     merkle_root: String,
+    margin_root: String,
 }
 
 #[derive(Serialize)]
@@ -195,6 +196,7 @@ fn build(report: &SignedReport, feeds: &[FeedId], evm: &EvmPull) -> Result<Updat
             round: h.round,
             timestamp_ms: h.timestamp_ms,
             merkle_root: hex0x(h.merkle_root),
+            margin_root: hex0x(h.margin_root),
         },
         header_abi: hex0x(encoding::encode_header(h)),
         digest: hex0x(digest::header_digest(h)),
@@ -371,7 +373,7 @@ pub(super) fn document(doc: &mut serde_json::Value) {
             "400": error("missing `ids`, malformed feed id, too many feeds, unknown parameter"),
             "404": error("unknown feed, no signed value yet, or no secp256k1-evm signature") } } });
     let header = json!({ "type": "object", "properties": {
-        "version": int, "config_digest": hex, "round": int, "timestamp_ms": int, "merkle_root": hex } });
+        "version": int, "config_digest": hex, "round": int, "timestamp_ms": int, "merkle_root": hex, "margin_root": hex } });
     let signature = json!({ "type": "object", "properties": {
         "suite": { "type": "string" },
         "raw": { "type": "string", "description": "the FROST signature: compressed R (33 bytes) then z" },

@@ -53,9 +53,11 @@ fn report(round: u64) -> SignedReport {
             round,
             timestamp_ms: ts,
             merkle_root: merkle::root(&leaves),
+            margin_root: [0; 32],
         },
         leaves,
         signatures,
+        commands: Vec::new(),
     }
 }
 

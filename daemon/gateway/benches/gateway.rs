@@ -156,9 +156,11 @@ async fn main() {
             round: per_feed as u64 + 1,
             timestamp_ms: END as u64,
             merkle_root: merkle::root(&leaves),
+            margin_root: [0; 32],
         },
         leaves,
         signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![1; 64]))]),
+        commands: Vec::new(),
     };
     store.insert_report(&top, 0).await.expect("top report");
 
@@ -254,6 +256,7 @@ async fn main() {
                 header,
                 leaves: leaves.clone(),
                 signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(sig))]),
+                commands: Vec::new(),
             }
         })
         .collect();

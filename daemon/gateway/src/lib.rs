@@ -200,6 +200,7 @@ fn refusal_reason(e: &VerifyError) -> &'static str {
         VerifyError::WrongVersion { .. } => "version",
         VerifyError::WrongConfigDigest { .. } => "config_digest",
         VerifyError::RootMismatch { .. } | VerifyError::BadProof { .. } => "merkle_root",
+        VerifyError::CommandsMismatch { .. } => "margin_root",
         VerifyError::TooManyLeaves { .. } | VerifyError::LeavesNotSorted { .. } => "leaves",
         VerifyError::MissingSignature { .. }
         | VerifyError::MalformedSignature { .. }

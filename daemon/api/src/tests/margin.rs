@@ -39,9 +39,11 @@ fn report(round: u64, ts: u64, btc: i128, eth: i128, sol: i128) -> Arc<SignedRep
             round,
             timestamp_ms: ts,
             merkle_root: merkle::root(&leaves),
+            margin_root: [0; 32],
         },
         leaves,
         signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![1; 64]))]),
+        commands: Vec::new(),
     })
 }
 

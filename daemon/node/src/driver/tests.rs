@@ -823,9 +823,11 @@ async fn a_restore_hands_the_newest_stored_leaf_of_each_feed_to_the_round() {
                 round,
                 timestamp_ms: ts,
                 merkle_root: sibyl_aggregator::merkle::root(&leaves),
+                margin_root: [0; 32],
             },
             leaves,
             signatures: BTreeMap::new(),
+            commands: Vec::new(),
         };
         assert!(store.writer.insert_report(report).await.unwrap());
     }

@@ -32,9 +32,11 @@ fn report(round: u64, ts: u64, prices: &[(&str, i128)]) -> Arc<SignedReport> {
             round,
             timestamp_ms: ts,
             merkle_root: [0; 32],
+            margin_root: [0; 32],
         },
         leaves,
         signatures: Default::default(),
+        commands: Vec::new(),
     })
 }
 

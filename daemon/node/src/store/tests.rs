@@ -37,9 +37,11 @@ fn report(round: u64, ts: u64, leaves: Vec<ReportLeaf>) -> SignedReport {
             round,
             timestamp_ms: ts,
             merkle_root: [round as u8; 32],
+            margin_root: [0; 32],
         },
         leaves,
         signatures,
+        commands: Vec::new(),
     }
 }
 
