@@ -753,9 +753,7 @@ impl Decode for MarginCommand {
         Ok(MarginCommand {
             origin: r.u16("margin command origin")?,
             nonce: r.u64("margin command nonce")?,
-            body: r
-                .str("margin command body", MAX_COMMAND_BYTES)?
-                .to_string(),
+            body: r.str("margin command body", MAX_COMMAND_BYTES)?.to_string(),
         })
     }
 }

@@ -53,7 +53,11 @@ pub fn commands_root(commands: &[MarginCommand]) -> [u8; 32] {
         h.update(c.origin.to_be_bytes());
         h.update(c.nonce.to_be_bytes());
         // A body is at most MAX_COMMAND_BYTES, so its length fits a u32.
-        h.update(u32::try_from(c.body.len()).unwrap_or(u32::MAX).to_be_bytes());
+        h.update(
+            u32::try_from(c.body.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         h.update(c.body.as_bytes());
     }
     h.finalize().into()

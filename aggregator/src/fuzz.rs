@@ -614,12 +614,12 @@ mod tests {
         );
         // Wrong version.
         let mut v = bytes.clone();
-        v[0] = 2;
+        v[0] = 3;
         assert_eq!(
             SignedReport::from_bytes(&v).unwrap_err(),
             DecodeError::WrongVersion {
-                got: 2,
-                expected: 1
+                got: 3,
+                expected: 2
             }
         );
         // Wrong config digest.
@@ -633,7 +633,7 @@ mod tests {
         );
         // Oversized leaf count: rejected before any allocation.
         let mut big = bytes.clone();
-        big[81..85].copy_from_slice(&(merkle::MAX_LEAVES as u32 + 1).to_be_bytes());
+        big[113..117].copy_from_slice(&(merkle::MAX_LEAVES as u32 + 1).to_be_bytes());
         assert!(matches!(
             SignedReport::from_bytes(&big),
             Err(DecodeError::TooLong { what: "leaves", .. })
@@ -658,7 +658,7 @@ mod tests {
             })
         ));
         // Unknown suite tag.
-        let tag_at = 81 + 4 + f.report.leaves.len() * crate::codec::LEAF_WIRE_LEN + 4;
+        let tag_at = 113 + 4 + f.report.leaves.len() * crate::codec::LEAF_WIRE_LEN + 4;
         let mut tag = bytes.clone();
         tag[tag_at] = 9;
         assert!(matches!(

@@ -156,11 +156,37 @@ pub const FIXTURE_CONFIG_DIGEST: ConfigDigest = ConfigDigest([0x5b; 32]);
 
 /// A 3-of-4 committee signing a report of `n_leaves` sample leaves with both suites.
 pub fn fixture<R: RngCore + CryptoRng>(n_leaves: usize, rng: &mut R) -> Fixture {
+    fixture_with_commands(n_leaves, Vec::new(), rng)
+}
+
+/// Two sample margin commands, in report order.
+pub fn sample_commands() -> Vec<crate::report::MarginCommand> {
+    vec![
+        crate::report::MarginCommand {
+            origin: 1,
+            nonce: 1_760_000_000_000_000,
+            body: r#"{"Deposit":{"account":7,"asset":"USD","amount":1000000000}}"#.into(),
+        },
+        crate::report::MarginCommand {
+            origin: 3,
+            nonce: 1_760_000_000_500_000,
+            body: r#"{"Withdraw":{"account":7,"asset":"USD","amount":5000000}}"#.into(),
+        },
+    ]
+}
+
+/// [`fixture`] whose report orders `commands` (its margin root is theirs).
+pub fn fixture_with_commands<R: RngCore + CryptoRng>(
+    n_leaves: usize,
+    commands: Vec<crate::report::MarginCommand>,
+    rng: &mut R,
+) -> Fixture {
     let ed = dealer_keys::<frost_ed25519::Ed25519Sha512, _>(4, 3, rng).expect("valid 3-of-4");
     let evm =
         dealer_keys::<frost_secp256k1_evm::Secp256K1Keccak256, _>(4, 3, rng).expect("valid 3-of-4");
     let leaves = sample_leaves(n_leaves);
-    let header = header_for(FIXTURE_CONFIG_DIGEST, 7, &leaves);
+    let mut header = header_for(FIXTURE_CONFIG_DIGEST, 7, &leaves);
+    header.margin_root = crate::digest::commands_root(&commands);
     let digest = header_digest(&header);
     let sig_ed = threshold_sign(&ed, &first_signers(&ed, 3), &digest, rng)
         .and_then(|s| s.serialize())
@@ -182,7 +208,7 @@ pub fn fixture<R: RngCore + CryptoRng>(n_leaves: usize, rng: &mut R) -> Fixture 
             header,
             leaves,
             signatures,
-            commands: Vec::new(),
+            commands,
         },
         keys,
         ed25519: ed,

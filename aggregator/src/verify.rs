@@ -490,6 +490,58 @@ mod tests {
     }
 
     #[test]
+    fn a_reports_margin_commands_are_bound_by_its_signature() {
+        let f = testkit::fixture_with_commands(
+            5,
+            testkit::sample_commands(),
+            &mut ChaCha20Rng::seed_from_u64(9),
+        );
+        assert_ne!(f.report.header.margin_root, [0; 32]);
+        verify_report(&f.report, &f.keys).unwrap();
+        // The wire and JSON forms keep them.
+        let back = SignedReport::from_bytes(&f.report.to_bytes()).unwrap();
+        assert_eq!(back, f.report);
+        let json: SignedReport =
+            serde_json::from_str(&serde_json::to_string(&f.report).unwrap()).unwrap();
+        assert_eq!(json, f.report);
+        let tampered: [fn(&mut SignedReport); 4] = [
+            |r| r.commands[0].body.push(' '),
+            |r| r.commands[1].nonce += 1,
+            |r| {
+                r.commands.pop();
+            },
+            |r| r.commands.swap(0, 1),
+        ];
+        for tamper in tampered {
+            let mut r = f.report.clone();
+            tamper(&mut r);
+            assert!(
+                matches!(
+                    verify_report(&r, &f.keys),
+                    Err(VerifyError::CommandsMismatch { .. })
+                ),
+                "{:?}",
+                r.commands
+            );
+        }
+        // A margin root set to match tampered commands breaks the signature.
+        let mut r = f.report.clone();
+        r.commands[0].body.push(' ');
+        r.header.margin_root = crate::digest::commands_root(&r.commands);
+        assert!(matches!(
+            verify_report(&r, &f.keys),
+            Err(VerifyError::BadSignature { .. })
+        ));
+        // Commands out of order do not decode.
+        let mut r = f.report.clone();
+        r.commands.swap(0, 1);
+        assert!(matches!(
+            SignedReport::from_bytes(&r.to_bytes()),
+            Err(DecodeError::NonCanonical { .. })
+        ));
+    }
+
+    #[test]
     fn tampering_is_caught_with_the_right_error() {
         let f = fixture(5);
 
@@ -517,12 +569,12 @@ mod tests {
         ));
 
         let mut r = f.report.clone();
-        r.header.version = 2;
+        r.header.version = 3;
         assert_eq!(
             verify_report(&r, &f.keys),
             Err(VerifyError::WrongVersion {
-                got: 2,
-                expected: 1
+                got: 3,
+                expected: 2
             })
         );
 

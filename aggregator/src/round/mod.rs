@@ -80,8 +80,8 @@ use crate::aggregate::{
 };
 use crate::digest::commands_root;
 use crate::report::{
-    FeedId, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCommand, PROTOCOL_VERSION, Price, ReportHeader,
-    ReportLeaf, Round, SignatureBytes, SignedReport, Suite, TimestampMs,
+    FeedId, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCommand, PROTOCOL_VERSION, Price,
+    ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport, Suite, TimestampMs,
 };
 use crate::round::evidence::Evidence;
 use crate::round::evidence::EvidenceError;

@@ -2491,3 +2491,105 @@ fn a_refreshed_key_set_signs_beside_the_old_one_then_alone() {
         Err(NodeError::KeySetSuites)
     ));
 }
+
+fn offer(origin: u16, nonce: u64, body: &str) -> MarginCommand {
+    MarginCommand {
+        origin,
+        nonce,
+        body: body.to_string(),
+    }
+}
+
+/// Members 2 and 3 offer margin commands (member 3 also one in member 2's
+/// name, which is not its to offer): the round's report carries the
+/// offers of the observations the leader aggregated, ascending by origin
+/// and nonce, each once, and every member holds the same report.
+#[test]
+fn a_round_orders_the_members_offered_commands_into_its_report() {
+    let mut h = harness::<Ed>(4, 1);
+    h.handle(
+        2,
+        T0,
+        Input::OfferCommands(vec![offer(2, 9, "b"), offer(2, 5, "a")]),
+    );
+    h.handle(
+        3,
+        T0,
+        Input::OfferCommands(vec![offer(3, 1, "c"), offer(2, 6, "forged")]),
+    );
+    let (reports, evidence) = run_until_quiet(&mut h, T0, 1_000_000);
+    assert!(evidence.is_empty(), "{evidence:?}");
+    let first = &reports[0][0];
+    let expected = vec![offer(2, 5, "a"), offer(2, 9, "b"), offer(3, 1, "c")];
+    assert_eq!(first.commands, expected);
+    assert_eq!(
+        first.header.margin_root,
+        crate::digest::commands_root(&expected)
+    );
+    for (i, r) in reports.iter().enumerate() {
+        assert_eq!(r.first(), Some(first), "member {}", i + 1);
+    }
+    let keys_ok = h.nodes[1].verify_report(first);
+    assert!(keys_ok);
+    // A report whose commands were edited after signing is not accepted.
+    let mut edited = first.clone();
+    edited.commands[0].body = "z".into();
+    assert!(!h.nodes[1].verify_report(&edited));
+}
+
+/// A leader that adds, drops or reorders commands, or edits one, is
+/// refused as a mismatch by the signers (who recompute the order from the
+/// attributed observations), even with the header's root matching.
+#[test]
+fn signers_refuse_a_proposal_whose_commands_are_not_the_observations_offers() {
+    // (edit, whether it still decodes: commands out of order do not)
+    let edits: [(fn(&mut ProposalMsg), bool); 4] = [
+        (|p| p.commands.insert(0, offer(1, 1, "invented")), true),
+        (
+            |p| {
+                p.commands.pop();
+            },
+            true,
+        ),
+        (|p| p.commands[0].body = "edited".into(), true),
+        (|p| p.commands.reverse(), false),
+    ];
+    for (i, (edit, decodes)) in edits.into_iter().enumerate() {
+        let mut h = harness::<Ed>(4, 1);
+        for m in 2..=4 {
+            h.handle(
+                m,
+                T0,
+                Input::OfferCommands(vec![offer(m, 1, "x"), offer(m, 2, "y")]),
+            );
+        }
+        let proposals = up_to_proposals(&mut h);
+        let (to, bytes) = proposals[1].clone();
+        let honest = decode(&h, &bytes);
+        let Payload::Proposal(p) = &honest.payload else {
+            panic!("not a proposal");
+        };
+        assert!(!p.commands.is_empty(), "the leader ordered the offers");
+        let forged = forge(&h, &bytes, edit);
+        let a = h.handle(
+            to,
+            T0 + 2,
+            Input::Message {
+                from: 1,
+                bytes: forged,
+            },
+        );
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::RecordSigning { .. })),
+            "edit {i}"
+        );
+        let node = &h.nodes[usize::from(to) - 1];
+        if decodes {
+            assert_eq!(refusals(&h, &a), vec![RefusalReason::Mismatch], "edit {i}");
+            assert_eq!(node.stats().proposals_refused, 1, "edit {i}");
+        } else {
+            assert!(a.is_empty(), "edit {i}: {a:?}");
+            assert_eq!(node.stats().invalid_messages, 1, "edit {i}");
+        }
+    }
+}

@@ -18,6 +18,24 @@
 //! commands) as `Input` JSON with the engine's input sequence; the
 //! `margin_events` table holds every `EventRecord` with the engine's event
 //! seq. Both are gapless, so `sibyl replay` can re-run them.
+//!
+//! **Committee-ordered commands** (a service started with
+//! [`MarginOptions::ordered_by`], as `sibyl run` does): an API command is
+//! not applied here at once. It becomes this member's *offer*
+//! ([`MarginHandle::offers`], which the round driver hands to the round
+//! state machine); the member's observations carry it, the round's leader
+//! orders the offers of the observations it aggregates into the report,
+//! and every member applies a report's commands after its prices, in report
+//! order, at the report's timestamp. A command is taken once: per origin
+//! member the highest nonce taken is kept (`margin_marks`, stored with the
+//! report's inputs), and a later copy (a member offers a command until it
+//! sees it ordered) is skipped. The API call waits for its command's turn
+//! and answers with the events it produced, as before.
+//!
+//! ```text
+//!  API ─► MarginHandle::command ─► offers (watch) ─► driver ─► Input::OfferCommands
+//!     ◄── events ◄── waiter ◄── Service::apply_report(report with commands) ◄── store
+//! ```
 
 pub mod book;
 
@@ -31,7 +49,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use sibyl_aggregator::{Round, SignedReport};
+use sibyl_aggregator::{
+    MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCommand, Round, SignedReport,
+};
 use sibyl_margin::engine::{AtRisk, SnapshotSource};
 use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
 use std::collections::BTreeMap;
@@ -45,6 +65,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// Reports read from the store per batch.
 const FOLLOW_BATCH: usize = 256;
+/// How long an API command waits for the committee to order it.
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Commands this member may have offered and not yet seen ordered; one
+/// more is refused as busy.
+pub const MAX_OFFERED: usize = 16 * MAX_COMMANDS_PER_MEMBER;
 
 /// Why the service refused or failed a step.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +90,31 @@ pub enum MarginError {
     Encode(String),
     #[error("the margin service has stopped")]
     Stopped,
+    #[error(
+        "the committee did not order margin command {origin}/{nonce} within {waited_s} s (too few members signing?); it stays offered and may still be applied: look for it in the account's events before sending it again"
+    )]
+    NotOrdered {
+        origin: u16,
+        nonce: u64,
+        waited_s: u64,
+    },
+    #[error(
+        "{offered} margin commands are already waiting for the committee to order them (at most {MAX_OFFERED}); retry later"
+    )]
+    Busy { offered: usize },
+    #[error(
+        "the margin command is {len} bytes as JSON, more than the {MAX_COMMAND_BYTES} a report carries"
+    )]
+    CommandTooLarge { len: usize },
+    #[error(
+        "margin command {origin}/{nonce} in the report of round {round} is not a command: {error}"
+    )]
+    BadOrderedCommand {
+        origin: u16,
+        nonce: u64,
+        round: Round,
+        error: String,
+    },
 }
 
 /// Converts a verified report's leaves into the engine's price input, with
@@ -189,6 +239,51 @@ pub struct MarginState {
     /// The round whose report the engine takes next: every stored report
     /// before it has been handled.
     pub next_round: Round,
+    /// Per origin member, the highest ordered command nonce taken.
+    pub marks: BTreeMap<u16, u64>,
+}
+
+/// This member's side of committee ordering: its offers and the API calls
+/// waiting for their commands' turn.
+struct Orderer {
+    me: u16,
+    offers: watch::Sender<Vec<MarginCommand>>,
+    waiters: Mutex<BTreeMap<u64, oneshot::Sender<Result<Vec<EventRecord>, MarginError>>>>,
+    last_nonce: Mutex<u64>,
+}
+
+impl Orderer {
+    /// A nonce above every one this member used or the committee took from
+    /// it: microseconds of the wall clock, or one more than the last.
+    fn next_nonce(&self, taken: Option<u64>) -> u64 {
+        let mut last = self.last_nonce.lock().unwrap_or_else(|p| p.into_inner());
+        let now_us = crate::store::now_ms().saturating_mul(1000);
+        let n = now_us
+            .max(last.saturating_add(1))
+            .max(taken.map_or(0, |t| t.saturating_add(1)));
+        *last = n;
+        n
+    }
+
+    /// Withdraws the offers the committee has taken (nonce at or below `mark`).
+    fn withdraw(&self, mark: u64) {
+        self.offers.send_if_modified(|v| {
+            let before = v.len();
+            v.retain(|c| c.nonce > mark);
+            v.len() != before
+        });
+    }
+
+    fn resolve(&self, nonce: u64, result: Result<Vec<EventRecord>, MarginError>) {
+        let waiter = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&nonce);
+        if let Some(w) = waiter {
+            let _ = w.send(result);
+        }
+    }
 }
 
 /// Cloneable handle: reads through the shared state, writes through the task.
@@ -201,6 +296,8 @@ pub struct MarginHandle {
     /// count it was computed at: every dashboard asks for it after every
     /// report, and each answer evaluates ~1,000 units.
     at_risk: AtRiskCache,
+    /// Committee ordering; `None`: commands apply here at once.
+    orderer: Option<Arc<Orderer>>,
 }
 
 /// `(engine input count, ranking)`.
@@ -285,13 +382,70 @@ impl MarginHandle {
     }
 
     /// Apply an admin command; returns its events, or the engine's refusal.
+    /// With committee ordering, offers it and waits (at most
+    /// [`ORDER_TIMEOUT`]) until a signed report carries it and the engine
+    /// has taken it at that report's turn.
     pub async fn command(&self, command: Command) -> Result<Vec<EventRecord>, MarginError> {
+        if let Some(o) = &self.orderer {
+            return self.ordered(o, command).await;
+        }
         let (tx, rx) = oneshot::channel();
         self.commands
             .send((command, tx))
             .await
             .map_err(|_| MarginError::Stopped)?;
         rx.await.map_err(|_| MarginError::Stopped)?
+    }
+
+    async fn ordered(
+        &self,
+        o: &Arc<Orderer>,
+        command: Command,
+    ) -> Result<Vec<EventRecord>, MarginError> {
+        let body =
+            serde_json::to_string(&command).map_err(|e| MarginError::Encode(e.to_string()))?;
+        if body.len() > MAX_COMMAND_BYTES {
+            return Err(MarginError::CommandTooLarge { len: body.len() });
+        }
+        let offered = o.offers.borrow().len();
+        if offered >= MAX_OFFERED {
+            return Err(MarginError::Busy { offered });
+        }
+        let taken = self.read().marks.get(&o.me).copied();
+        let nonce = o.next_nonce(taken);
+        let (tx, rx) = oneshot::channel();
+        o.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(nonce, tx);
+        o.offers.send_modify(|v| {
+            v.push(MarginCommand {
+                origin: o.me,
+                nonce,
+                body,
+            });
+        });
+        match tokio::time::timeout(ORDER_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(MarginError::Stopped),
+            Err(_) => {
+                o.waiters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&nonce);
+                Err(MarginError::NotOrdered {
+                    origin: o.me,
+                    nonce,
+                    waited_s: ORDER_TIMEOUT.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// This member's offered commands, for the round driver
+    /// ([`crate::driver::DriverParts::offers`]); `None` without ordering.
+    pub fn offers(&self) -> Option<watch::Receiver<Vec<MarginCommand>>> {
+        self.orderer.as_ref().map(|o| o.offers.subscribe())
     }
 }
 
@@ -362,6 +516,7 @@ pub fn restore_from(
         next_input,
         reports_handled: 0,
         next_round,
+        marks: BTreeMap::new(),
     })
 }
 
@@ -376,40 +531,57 @@ async fn step(
     round: Option<u64>,
 ) -> Result<Vec<EventRecord>, MarginError> {
     let started = std::time::Instant::now();
-    let (at_ms, kind) = match &input {
-        Input::Prices(r) => (r.timestamp_ms, KindLabel { kind: "prices" }),
-        Input::Command { at_ms, .. } => (*at_ms, KindLabel { kind: "command" }),
-    };
-    let body = serde_json::to_string(&input).map_err(|e| MarginError::Encode(e.to_string()))?;
-    let (seq, events) = {
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        let events = match st.engine.apply(&input) {
-            Ok(ev) => ev,
-            Err(e) => {
-                metrics.refused.get_or_create(&kind).inc();
-                return Err(e.into());
-            }
-        };
-        metrics.observe(&st.engine, &events);
-        let seq = st.next_input;
-        st.next_input += 1;
-        if let Input::Prices(r) = &input {
-            st.next_round = st.next_round.max(r.round.saturating_add(1));
-        }
-        (seq, events)
-    };
-    let rows = events
-        .iter()
-        .map(|e| event_kind(e).map(|(k, b)| (e.seq, k, b)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (step, events, kind) = apply_input(state, metrics, input, round)?;
     writer
-        .write(move |db| db.append_margin_step(seq, at_ms, &body, round, &rows))
+        .write(move |db| db.append_margin_steps(std::slice::from_ref(&step)))
         .await?;
     metrics
         .step_seconds
         .get_or_create(&kind)
         .observe(started.elapsed().as_secs_f64());
     Ok(events)
+}
+
+/// Applies one input to the engine (not yet stored): the step to store,
+/// its events and its kind. The engine is only changed when it accepts.
+fn apply_input(
+    state: &Mutex<MarginState>,
+    metrics: &Metrics,
+    input: Input,
+    round: Option<u64>,
+) -> Result<(MarginStep, Vec<EventRecord>, KindLabel), MarginError> {
+    let (at_ms, kind) = match &input {
+        Input::Prices(r) => (r.timestamp_ms, KindLabel { kind: "prices" }),
+        Input::Command { at_ms, .. } => (*at_ms, KindLabel { kind: "command" }),
+    };
+    let body = serde_json::to_string(&input).map_err(|e| MarginError::Encode(e.to_string()))?;
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    let events = match st.engine.apply(&input) {
+        Ok(ev) => ev,
+        Err(e) => {
+            metrics.refused.get_or_create(&kind).inc();
+            return Err(e.into());
+        }
+    };
+    metrics.observe(&st.engine, &events);
+    let seq = st.next_input;
+    st.next_input += 1;
+    if let Input::Prices(r) = &input {
+        st.next_round = st.next_round.max(r.round.saturating_add(1));
+    }
+    drop(st);
+    let rows = events
+        .iter()
+        .map(|e| event_kind(e).map(|(k, b)| (e.seq, k, b)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let step = MarginStep {
+        input_seq: seq,
+        at_ms,
+        input: body,
+        round,
+        events: rows,
+    };
+    Ok((step, events, kind))
 }
 
 /// Seed inputs (e.g. the devnet demo book) into an engine that has none yet,
@@ -435,6 +607,11 @@ pub struct MarginOptions {
     /// multiple of this (0 = never): a restart loads it and replays only
     /// the inputs after it.
     pub snapshot_every_rounds: u64,
+    /// Committee ordering of commands, as member `Some(index)`: API
+    /// commands become this member's offers and apply when a signed report
+    /// carries them (see the module docs). `None`: they apply here at once
+    /// (a lone engine: tests, tools).
+    pub ordered_by: Option<u16>,
 }
 
 /// Start the service: restore from the store, then run until `shutdown`.
@@ -462,7 +639,8 @@ pub async fn start_with(
         .writer
         .write(move |db| db.margin_inputs_from(from))
         .await?;
-    let state = restore_from(snapshot.as_ref().map(|(c, b)| (*c, b.as_slice())), &inputs)?;
+    let mut state = restore_from(snapshot.as_ref().map(|(c, b)| (*c, b.as_slice())), &inputs)?;
+    state.marks = store.writer.write(|db| db.margin_marks()).await?;
     let restored = state.next_input;
     if restored > 0 {
         tracing::info!(
@@ -478,11 +656,20 @@ pub async fn start_with(
     let demo = options.demo.filter(|_| restored == 0);
     let (tx, rx) = mpsc::channel(64);
     let metrics = Metrics::default();
+    let orderer = options.ordered_by.map(|me| {
+        Arc::new(Orderer {
+            me,
+            offers: watch::channel(Vec::new()).0,
+            waiters: Mutex::new(BTreeMap::new()),
+            last_nonce: Mutex::new(0),
+        })
+    });
     let handle = MarginHandle {
         state: state.clone(),
         commands: tx,
         metrics: metrics.clone(),
         at_risk: Arc::new(Mutex::new(None)),
+        orderer: orderer.clone(),
     };
     tokio::spawn(run(
         Service {
@@ -493,6 +680,7 @@ pub async fn start_with(
             feeds,
             demo,
             snapshot_every_rounds: options.snapshot_every_rounds,
+            orderer,
         },
         reports,
         rx,
@@ -638,6 +826,7 @@ struct Service {
     demo: Option<DemoSeed>,
     /// Snapshot period in rounds (0 = never).
     snapshot_every_rounds: u64,
+    orderer: Option<Arc<Orderer>>,
 }
 
 impl Service {
@@ -677,13 +866,44 @@ impl Service {
     async fn apply_report(&mut self, report: &SignedReport) {
         let round = report.header.round;
         let prices = price_report(report, &self.feeds);
+        let mut steps = Vec::new();
         if let Some(d) = self.demo.take_if(|_| book::ready(&prices)) {
             seed_demo(&self.state, &self.metrics, &self.writer, d, &prices).await;
         } else {
-            let input = Input::Prices(prices);
-            if let Err(e) = step(&self.state, &self.metrics, &self.writer, input, Some(round)).await
-            {
-                tracing::warn!(round, error = %e, "margin engine refused a report");
+            let started = std::time::Instant::now();
+            match apply_input(
+                &self.state,
+                &self.metrics,
+                Input::Prices(prices),
+                Some(round),
+            ) {
+                Ok((step, _, kind)) => {
+                    steps.push(step);
+                    self.metrics
+                        .step_seconds
+                        .get_or_create(&kind)
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Err(e) => tracing::warn!(round, error = %e, "margin engine refused a report"),
+            }
+        }
+        let (outcomes, marks) = self.take_commands(report, &mut steps);
+        if !steps.is_empty() || !marks.is_empty() {
+            let marks_list: Vec<(u16, u64)> = marks.iter().map(|(o, n)| (*o, *n)).collect();
+            let stored = self
+                .writer
+                .write(move |db| db.append_margin_report(&steps, &marks_list))
+                .await;
+            if let Err(e) = stored {
+                tracing::error!(round, error = %e, "the report's margin inputs could not be stored: the margin log ends before them; restart the member");
+            }
+        }
+        if let Some(o) = &self.orderer {
+            if let Some(mark) = marks.get(&o.me) {
+                o.withdraw(*mark);
+            }
+            for (nonce, result) in outcomes {
+                o.resolve(nonce, result);
             }
         }
         // The snapshot is taken under the engine lock (a copy of the map of
@@ -725,6 +945,75 @@ impl Service {
 
     fn state(&self) -> MutexGuard<'_, MarginState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a report's ordered commands, after its prices, at its
+    /// timestamp: each command not taken before (nonce above its origin's
+    /// mark) is applied or refused, the same on every member. Returns this
+    /// member's outcomes by nonce and the marks moved.
+    #[allow(clippy::type_complexity)]
+    fn take_commands(
+        &mut self,
+        report: &SignedReport,
+        steps: &mut Vec<MarginStep>,
+    ) -> (
+        Vec<(u64, Result<Vec<EventRecord>, MarginError>)>,
+        BTreeMap<u16, u64>,
+    ) {
+        let round = report.header.round;
+        let mut outcomes = Vec::new();
+        let mut moved = BTreeMap::new();
+        let me = self.orderer.as_ref().map(|o| o.me);
+        for c in &report.commands {
+            {
+                let mut st = self.state();
+                if st.marks.get(&c.origin).is_some_and(|m| c.nonce <= *m) {
+                    continue;
+                }
+                st.marks.insert(c.origin, c.nonce);
+            }
+            moved.insert(c.origin, c.nonce);
+            let result = match serde_json::from_str::<Command>(&c.body) {
+                Ok(command) => {
+                    let input = Input::Command {
+                        at_ms: report.header.timestamp_ms,
+                        command,
+                    };
+                    apply_input(&self.state, &self.metrics, input, Some(round)).map(
+                        |(step, events, _)| {
+                            steps.push(step);
+                            events
+                        },
+                    )
+                }
+                Err(e) => Err(MarginError::BadOrderedCommand {
+                    origin: c.origin,
+                    nonce: c.nonce,
+                    round,
+                    error: e.to_string(),
+                }),
+            };
+            match &result {
+                Ok(events) => tracing::info!(
+                    round,
+                    origin = c.origin,
+                    nonce = c.nonce,
+                    events = events.len(),
+                    "ordered margin command applied"
+                ),
+                Err(e) => tracing::info!(
+                    round,
+                    origin = c.origin,
+                    nonce = c.nonce,
+                    error = %e,
+                    "ordered margin command refused (the same on every member)"
+                ),
+            }
+            if Some(c.origin) == me {
+                outcomes.push((c.nonce, result));
+            }
+        }
+        (outcomes, moved)
     }
 }
 

@@ -285,6 +285,7 @@ pub async fn run_node(
                 seed: margin_cfg.demo_seed,
             }),
             snapshot_every_rounds: margin_cfg.snapshot_every_rounds(),
+            ordered_by: Some(me.index),
         },
     )
     .await
@@ -306,6 +307,7 @@ pub async fn run_node(
             clock: sibyl_node::driver::clock::SystemClock,
             shutdown,
             rekey: Some(rekey_link),
+            offers: margin.offers(),
         },
         last_report_round,
     );

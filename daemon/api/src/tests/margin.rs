@@ -87,6 +87,7 @@ impl Node {
                     seed: 11,
                 }),
                 snapshot_every_rounds: 0,
+                ordered_by: None,
             },
         )
         .await

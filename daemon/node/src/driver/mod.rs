@@ -49,7 +49,9 @@ use sibyl_aggregator::evidence::Evidence;
 use sibyl_aggregator::round::message::{Kind, peek};
 use sibyl_aggregator::round::{Action, Input, LocalObservation, Node, Restore, SigningRecord};
 use sibyl_aggregator::verify::{GroupKeys, verify_report};
-use sibyl_aggregator::{ConfigDigest, Encode, FeedId, Round, SignedReport, TimestampMs};
+use sibyl_aggregator::{
+    ConfigDigest, Encode, FeedId, MarginCommand, Round, SignedReport, TimestampMs,
+};
 use source::ObservationRx;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -315,6 +317,9 @@ pub struct DriverParts<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = S
     pub clock: K,
     /// The in-node key refresh's channels; `None`: no refresh here.
     pub rekey: Option<crate::rekey::RekeyLink>,
+    /// The margin commands this member offers for ordering
+    /// ([`crate::margin_svc::MarginHandle::offers`]); `None`: none.
+    pub offers: Option<watch::Receiver<Vec<MarginCommand>>>,
 }
 
 /// The running driver. Build with [`Driver::new`], then `run().await`.
@@ -382,6 +387,7 @@ pub struct Driver<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = System
     /// The in-node refresh: its events out, its commands in.
     rekey_events: Option<mpsc::Sender<crate::rekey::RekeyEvent>>,
     rekey_commands: Option<mpsc::Receiver<crate::rekey::DriverCmd>>,
+    offers: Option<watch::Receiver<Vec<MarginCommand>>>,
 }
 
 impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
@@ -444,6 +450,7 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             replies_rx,
             rekey_events,
             rekey_commands,
+            offers: parts.offers,
         }
     }
 
@@ -502,6 +509,9 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                     self.on_transport(ev).await;
                 }
                 Some(cmd) = recv_opt(&mut self.rekey_commands) => self.on_rekey(cmd),
+                Some(list) = offers_changed(&mut self.offers) => {
+                    self.input(Input::OfferCommands(list)).await;
+                }
                 Some((to, bytes)) = self.replies_rx.recv() => {
                     if let Err(e) = self.transport.send(to, bytes) {
                         self.stats.send_errors += 1;
@@ -1368,6 +1378,18 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
 
 /// A catch-up request waiting for its reply.
 /// The next item of an optional channel; pending forever without one.
+/// The next offer list, once it changes; never for `None` or a closed channel.
+async fn offers_changed(
+    rx: &mut Option<watch::Receiver<Vec<MarginCommand>>>,
+) -> Option<Vec<MarginCommand>> {
+    if let Some(w) = rx
+        && w.changed().await.is_ok()
+    {
+        return Some(w.borrow_and_update().clone());
+    }
+    std::future::pending().await
+}
+
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,

@@ -113,6 +113,7 @@ impl Harness {
                             seed: 7,
                         }),
                         snapshot_every_rounds: 0,
+                        ordered_by: Some(index),
                     },
                 )
                 .await
@@ -136,6 +137,7 @@ impl Harness {
                 shutdown: shutdown_rx,
                 clock: self.clock,
                 rekey: None,
+                offers: margin.as_ref().and_then(|m| m.offers()),
             },
             last_report_round,
         );

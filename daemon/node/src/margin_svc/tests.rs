@@ -70,6 +70,7 @@ async fn build_db_with(dir: &std::path::Path, every: u64) -> (std::path::PathBuf
         MarginOptions {
             demo: None,
             snapshot_every_rounds: every,
+            ordered_by: None,
         },
     )
     .await

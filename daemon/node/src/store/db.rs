@@ -5,7 +5,7 @@ use super::{LedgerSync, SigningDigest, SigningRecord, StoreError, schema};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use sibyl_aggregator::{FeedId, LeafStatus, Price, ReportLeaf, Round, SignedReport, TimestampMs};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// One feed's value in one signed report: a point of the history.
@@ -477,9 +477,28 @@ impl Db {
     /// Several margin steps (input, its events) in one transaction: one
     /// fsync for a batch such as the devnet's demo book.
     pub fn append_margin_steps(&mut self, steps: &[MarginStep]) -> Result<(), StoreError> {
+        self.append_margin_report(steps, &[])
+    }
+
+    /// A report's margin steps (its prices, then its ordered commands) and
+    /// the command marks they move (`(origin, nonce)`: the highest nonce
+    /// taken per origin), in one transaction: a crash keeps all or none,
+    /// so a restart never applies half a report's commands.
+    pub fn append_margin_report(
+        &mut self,
+        steps: &[MarginStep],
+        marks: &[(u16, u64)],
+    ) -> Result<(), StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (origin, nonce) in marks {
+            tx.prepare_cached(
+                "INSERT INTO margin_marks (origin, nonce) VALUES (?1, ?2)
+                 ON CONFLICT(origin) DO UPDATE SET nonce = max(nonce, excluded.nonce)",
+            )?
+            .execute(params![origin, i64_of(*nonce, "command nonce")?])?;
+        }
         for st in steps {
             let round = st.round.map(|r| i64_of(r, "round")).transpose()?;
             tx.prepare_cached(
@@ -1003,6 +1022,21 @@ impl Db {
     }
 
     /// The stored margin inputs with seq >= `from`, oldest first.
+    /// The command marks: per origin member, the highest margin command
+    /// nonce taken from a signed report.
+    pub fn margin_marks(&self) -> Result<BTreeMap<u16, u64>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT origin, nonce FROM margin_marks")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u16>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (origin, nonce) = row?;
+            out.insert(origin, u64::try_from(nonce).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
     pub fn margin_inputs_from(&self, from: u64) -> Result<Vec<(u64, String)>, StoreError> {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         let mut stmt = self

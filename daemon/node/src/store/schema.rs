@@ -107,6 +107,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE points ADD COLUMN ema_confidence  BLOB;
     ALTER TABLE points ADD COLUMN volatility      INTEGER;
     "#,
+    // 4: committee-ordered margin commands: per origin member, the highest
+    // command nonce the engine has taken (applied or refused) from a signed
+    // report, written with the report's margin inputs; a later copy of a
+    // command (members offer it until they see it ordered) is skipped.
+    r#"
+    CREATE TABLE margin_marks (
+        origin  INTEGER PRIMARY KEY,
+        nonce   INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes and understands.
