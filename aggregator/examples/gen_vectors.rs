@@ -521,6 +521,7 @@ pub fn build() -> Vectors {
             leaves: leaves.clone(),
             signatures: sig_map,
             commands: Vec::new(),
+            margin_state: None,
         };
         cases.push(Case {
             name: name.to_owned(),

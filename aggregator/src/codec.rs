@@ -24,8 +24,8 @@
 #![warn(missing_docs)]
 
 use crate::report::{
-    ConfigDigest, FeedId, MAX_COMMAND_BYTES, MAX_LEAVES, MAX_REPORT_COMMANDS, MarginCommand,
-    PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite,
+    ConfigDigest, FeedId, MAX_COMMAND_BYTES, MAX_LEAVES, MAX_REPORT_COMMANDS, MarginCheckpoint,
+    MarginCommand, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite,
 };
 use std::collections::BTreeMap;
 
@@ -737,7 +737,25 @@ impl Encode for SignedReport {
         });
         encode_signatures(w, &self.signatures);
         encode_commands(w, &self.commands);
+        encode_margin_state(w, self.margin_state.as_ref());
     }
+}
+
+/// `option (u64 round ‖ bytes32 root)`.
+pub fn encode_margin_state(w: &mut Writer, state: Option<&MarginCheckpoint>) {
+    w.option(state, |w, s| {
+        w.u64(s.round).bytes32(&s.root);
+    });
+}
+
+/// Inverse of [`encode_margin_state`].
+pub fn decode_margin_state(r: &mut Reader<'_>) -> Result<Option<MarginCheckpoint>, DecodeError> {
+    r.option("margin state", |r| {
+        Ok(MarginCheckpoint {
+            round: r.u64("margin state round")?,
+            root: r.bytes32("margin state root")?,
+        })
+    })
 }
 
 /// `u16 origin ‖ u64 nonce ‖ str body`.
@@ -797,6 +815,7 @@ fn decode_signed_report(
         leaves: decode_leaves(r)?,
         signatures: decode_signatures(r)?,
         commands: decode_commands(r, MAX_REPORT_COMMANDS)?,
+        margin_state: decode_margin_state(r)?,
     })
 }
 

@@ -5,9 +5,11 @@
 //!                    bytes32 configDigest, uint64 round, uint64 timestampMs,
 //!                    bytes32 merkleRoot, bytes32 marginRoot))
 //!
-//! marginRoot = 0                                       (no commands)
-//!            = keccak256("Sibyl margin commands v1" ‖ for each command in order:
-//!                        u16 origin ‖ u64 nonce ‖ u32 len ‖ body)   (big-endian)
+//! commandsRoot = 0                                     (no commands)
+//!              = keccak256("Sibyl margin commands v1" ‖ for each command in order:
+//!                          u16 origin ‖ u64 nonce ‖ u32 len ‖ body)   (big-endian)
+//! marginRoot   = commandsRoot                          (no state root carried)
+//!              = keccak256("Sibyl margin state v1" ‖ commandsRoot ‖ u64 round ‖ stateRoot)
 //! ```
 //!
 //! A Solidity verifier computes the same 32 bytes with one `abi.encode` and
@@ -18,7 +20,7 @@
 #![warn(missing_docs)]
 
 use crate::encoding::{HEADER_ABI_LEN, WORD, encode_header};
-use crate::report::{MarginCommand, ReportHeader};
+use crate::report::{MarginCheckpoint, MarginCommand, ReportHeader};
 use sha3::{Digest, Keccak256};
 
 /// The domain string; its Keccak-256 hash is the first ABI word of the digest preimage.
@@ -60,6 +62,24 @@ pub fn commands_root(commands: &[MarginCommand]) -> [u8; 32] {
         );
         h.update(c.body.as_bytes());
     }
+    h.finalize().into()
+}
+
+/// Domain of [`margin_root`] with a state root.
+pub const MARGIN_STATE_DOMAIN: &[u8] = b"Sibyl margin state v1";
+
+/// The header's `margin_root`: [`commands_root`] of the round's commands,
+/// bound with the engine state root the report carries, if any.
+pub fn margin_root(commands: &[MarginCommand], state: Option<&MarginCheckpoint>) -> [u8; 32] {
+    let commands = commands_root(commands);
+    let Some(state) = state else {
+        return commands;
+    };
+    let mut h = Keccak256::new();
+    h.update(MARGIN_STATE_DOMAIN);
+    h.update(commands);
+    h.update(state.round.to_be_bytes());
+    h.update(state.root);
     h.finalize().into()
 }
 

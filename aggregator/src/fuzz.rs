@@ -241,6 +241,7 @@ fn build_fixture() -> FuzzFixture {
                 commitments: vec![commitment.clone()],
             }],
             commands: Vec::new(),
+            margin_roots: Vec::new(),
         })
     };
     let obs_a = sign(2, 5, observation(100));
@@ -260,6 +261,7 @@ fn build_fixture() -> FuzzFixture {
             signer_observations: Vec::new(),
             key_set: 7,
             commands: Vec::new(),
+            margin_state: None,
         })
     };
     let prop_a = sign(leader, 5, proposal(1));
@@ -584,6 +586,7 @@ mod tests {
                     leaves,
                     signatures,
                     commands: Vec::new(),
+                    margin_state: None,
                 }
             })
     }

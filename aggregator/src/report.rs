@@ -233,11 +233,29 @@ pub struct ReportHeader {
     /// Root of the Merkle tree over the leaves, in feed-id order.
     #[serde(with = "hex::serde")]
     pub merkle_root: [u8; 32],
-    /// Commitment to the round's margin inputs: [`crate::digest::commands_root`]
-    /// of [`SignedReport::commands`], all zero when the round orders none.
+    /// Commitment to the round's margin data: [`crate::digest::margin_root`]
+    /// of [`SignedReport::commands`] and [`SignedReport::margin_state`], all
+    /// zero when the round carries neither.
     #[serde(with = "hex::serde", default)]
     pub margin_root: [u8; 32],
 }
+
+/// The margin engine's state root after a round: every member that signs
+/// a report carrying it computed this root itself (it attested it in its
+/// signed observation), so an account proof against `root` is proven
+/// against the committee's threshold signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MarginCheckpoint {
+    /// The engine state is the one after this round's report (its prices,
+    /// then its commands) and every report before it.
+    pub round: Round,
+    /// `Engine::state_root()` of that state (docs/MARGIN.md, "State root").
+    #[serde(with = "hex::serde")]
+    pub root: [u8; 32],
+}
+
+/// Most state roots a member attests in one observation (its latest rounds).
+pub const MAX_ATTESTED_ROOTS: usize = 8;
 
 /// A margin command the committee ordered into a report: offered by member
 /// `origin` in its signed observation (so it is the origin's word that an
@@ -279,6 +297,10 @@ pub struct SignedReport {
     /// ascending by (origin, nonce); committed by `header.margin_root`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<MarginCommand>,
+    /// The margin state root of an earlier round that every signer computed
+    /// and attested; committed by `header.margin_root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_state: Option<MarginCheckpoint>,
 }
 
 /// A serialized FROST signature.

@@ -209,6 +209,7 @@ pub fn fixture_with_commands<R: RngCore + CryptoRng>(
             leaves,
             signatures,
             commands,
+            margin_state: None,
         },
         keys,
         ed25519: ed,

@@ -54,7 +54,7 @@ use crate::codec::{
     Decode, DecodeError, Encode, Reader, Writer, decode_header, decode_signatures,
     encode_signatures,
 };
-use crate::digest::{commands_root, header_digest};
+use crate::digest::{header_digest, margin_root};
 use crate::merkle::{self, MAX_LEAVES, MerkleProof};
 use crate::report::{
     ConfigDigest, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes, SignedReport, Suite,
@@ -197,17 +197,18 @@ pub enum VerifyError {
         /// The root of the report's leaves.
         computed: [u8; 32],
     },
-    /// The report's margin commands do not give the header's margin root: a
-    /// command was changed, added, dropped or reordered.
+    /// The report's margin commands and state do not give the header's
+    /// margin root: a command was changed, added, dropped or reordered, or
+    /// the state root changed.
     #[error(
-        "margin root mismatch: header says 0x{}, the report's {count} margin commands give 0x{}",
+        "margin root mismatch: header says 0x{}, the report's {count} margin commands and margin state give 0x{}",
         hex::encode(header),
         hex::encode(computed)
     )]
     CommandsMismatch {
         /// The margin root the header (and so the signatures) commits to.
         header: [u8; 32],
-        /// [`commands_root`] of the report's commands.
+        /// [`margin_root`] of the report's commands and margin state.
         computed: [u8; 32],
         /// How many commands the report carries.
         count: usize,
@@ -291,7 +292,7 @@ pub fn verify_report(
             computed,
         });
     }
-    let computed = commands_root(&report.commands);
+    let computed = margin_root(&report.commands, report.margin_state.as_ref());
     if computed != report.header.margin_root {
         return Err(VerifyError::CommandsMismatch {
             header: report.header.margin_root,

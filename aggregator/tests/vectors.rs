@@ -199,6 +199,7 @@ fn valid_cases_check_out_from_first_principles() {
             leaves: leaves.clone(),
             signatures: signatures(&case.signatures),
             commands: Vec::new(),
+            margin_state: None,
         };
         let keys = keys(&v, hd.config_digest);
         let verified = verify_report(&report, &keys).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -50,7 +50,8 @@ impl Node {
         if report.header.version != PROTOCOL_VERSION
             || report.header.config_digest != *self.committee.config_digest()
             || report.leaves.is_empty()
-            || commands_root(&report.commands) != report.header.margin_root
+            || margin_root(&report.commands, report.margin_state.as_ref())
+                != report.header.margin_root
         {
             return false;
         }
@@ -70,6 +71,9 @@ impl Node {
     pub(super) fn accept_report(&mut self, now: TimestampMs, report: SignedReport) {
         let round = report.header.round;
         self.last_report_round = Some(round);
+        if let Some(m) = &report.margin_state {
+            self.last_margin_round = self.last_margin_round.max(Some(m.round));
+        }
         self.schedule.note_report(round);
         for leaf in &report.leaves {
             note_signed_leaf(&mut self.last_values, leaf, report.header.timestamp_ms);

@@ -40,8 +40,23 @@ pub(super) struct Follow {
     header: ReportHeader,
     digest: [u8; 32],
     leaves: Vec<ReportLeaf>,
-    commands: Vec<MarginCommand>,
+    margin: MarginPart,
     attempts: BTreeMap<usize, FollowAttempt>,
+}
+
+/// A report's margin part: its commands and the state root it carries.
+#[derive(Clone, Debug, Default)]
+pub(super) struct MarginPart {
+    pub(super) commands: Vec<MarginCommand>,
+    pub(super) state: Option<MarginCheckpoint>,
+}
+
+/// The margin part of proposal `p`.
+pub(super) fn margin_part(p: &ProposalMsg) -> MarginPart {
+    MarginPart {
+        commands: p.commands.clone(),
+        state: p.margin_state,
+    }
 }
 
 impl Node {
@@ -54,7 +69,7 @@ impl Node {
         header: &ReportHeader,
         digest: [u8; 32],
         leaves: &[ReportLeaf],
-        commands: &[MarginCommand],
+        margin: MarginPart,
         attempt: AttemptPackage,
     ) {
         let AttemptPackage {
@@ -69,7 +84,7 @@ impl Node {
             header: header.clone(),
             digest,
             leaves: leaves.to_vec(),
-            commands: commands.to_vec(),
+            margin,
             attempts: BTreeMap::new(),
         });
         if follow.digest != digest || follow.attempts.contains_key(&attempt) {
@@ -144,7 +159,7 @@ impl Node {
             signers,
             package_hashes,
         };
-        self.follow_attempt(now, header, digest, &p.leaves, &p.commands, attempt);
+        self.follow_attempt(now, header, digest, &p.leaves, margin_part(p), attempt);
         if let Some(f) = &self.rs.follow
             && self.rs.checked.is_none()
         {
@@ -254,7 +269,8 @@ impl Node {
             header: f.header.clone(),
             leaves: f.leaves.clone(),
             signatures,
-            commands: f.commands.clone(),
+            commands: f.margin.commands.clone(),
+            margin_state: f.margin.state,
         };
         let push_to = self.stuck_signers(attempt);
         self.stats.reports_assembled += 1;

@@ -63,7 +63,9 @@ impl Node {
         let late = self.rs.leader.as_mut().map(|l| {
             // The leaves are fixed: a later observation only makes its
             // sender a candidate signer.
-            if offers {
+            // A late member signs only a margin state it attested.
+            let attests = l.margin_state.is_none_or(|m| o.margin_roots.contains(&m));
+            if offers && attests {
                 l.late.insert(sender, msg.bytes.clone());
                 l.signers_pool.insert(sender, o.commitments.clone());
             }
@@ -171,13 +173,34 @@ impl Node {
         // Nothing due: refresh every feed, so each round still seals one report.
         let leaves = if due.is_empty() { candidates } else { due };
         let commands = order_commands(self.rs.observations.iter().map(|(k, a)| (*k, &a.msg)));
+        // A margin state root at least t members offering to sign attested:
+        // only they can sign this round (each signer checks its own).
+        let (margin, disagree) = choose_margin_state(
+            self.rs
+                .observations
+                .iter()
+                .filter(|(_, a)| !a.msg.commitments.is_empty())
+                .map(|(k, a)| (*k, a.msg.margin_roots.as_slice())),
+            usize::from(self.committee.t()),
+            self.last_margin_round,
+        );
+        if disagree {
+            self.stats.margin_root_disagreements += 1;
+        }
+        let (margin_state, attesters) = match margin {
+            Some((state, who)) => {
+                self.stats.margin_states_proposed += 1;
+                (Some(state), Some(who))
+            }
+            None => (None, None),
+        };
         let header = ReportHeader {
             version: PROTOCOL_VERSION,
             config_digest: *self.committee.config_digest(),
             round: self.round,
             timestamp_ms: now,
             merkle_root: merkle_root(&leaves),
-            margin_root: commands_root(&commands),
+            margin_root: margin_root(&commands, margin_state.as_ref()),
         };
         let digest = report_digest(&header);
         let observations = self
@@ -191,6 +214,7 @@ impl Node {
             .observations
             .iter()
             .filter(|(_, a)| !a.msg.commitments.is_empty())
+            .filter(|(k, _)| attesters.as_ref().is_none_or(|w| w.contains(k)))
             .map(|(k, a)| (*k, a.msg.commitments.clone()))
             .collect();
         // Leading forgives a little of every remembered fault, slowly.
@@ -206,6 +230,7 @@ impl Node {
             digest,
             leaves,
             commands,
+            margin_state,
             observations,
             late: BTreeMap::new(),
             signers_pool,
@@ -264,7 +289,7 @@ impl Node {
                 round,
                 timestamp_ms: proposal.timestamp_ms,
                 merkle_root: proposal.merkle_root,
-                margin_root: commands_root(&proposal.commands),
+                margin_root: margin_root(&proposal.commands, proposal.margin_state.as_ref()),
             }),
         };
         let proposal_for_followers = ProposalMsg {
@@ -406,6 +431,7 @@ impl Node {
                 .collect(),
             key_set: self.key_set(),
             commands: l.commands.clone(),
+            margin_state: l.margin_state,
         };
         // A Byzantine leader (simulator only) sends a second, different report
         // to every other signer and to the lowest one as well.
@@ -727,6 +753,7 @@ impl Node {
                 leaves: l.leaves.clone(),
                 signatures,
                 commands: l.commands.clone(),
+                margin_state: l.margin_state,
             };
             l.attempts.clear();
             for s in signers {

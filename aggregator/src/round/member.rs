@@ -69,6 +69,7 @@ impl Node {
                 entries,
                 commitments,
                 commands: self.offered_commands.clone(),
+                margin_roots: self.attested_roots.clone(),
             }),
         );
         let leader = self.leader_of(self.round);
@@ -116,7 +117,7 @@ impl Node {
             round,
             timestamp_ms: p.timestamp_ms,
             merkle_root: p.merkle_root,
-            margin_root: commands_root(&p.commands),
+            margin_root: margin_root(&p.commands, p.margin_state.as_ref()),
         };
         let digest = report_digest(&header);
         match &self.rs.first_proposal {
@@ -199,7 +200,14 @@ impl Node {
             signers,
             package_hashes: package_hashes.clone(),
         };
-        self.follow_attempt(now, &header, digest, &leaves, &p.commands, follow);
+        self.follow_attempt(
+            now,
+            &header,
+            digest,
+            &leaves,
+            follow::margin_part(p),
+            follow,
+        );
         if self.rs.checked.is_none() {
             self.rs.checked = Some((header.merkle_root, leaves));
         }
@@ -355,6 +363,14 @@ impl Node {
         // The commands are the attributed observations' offers, in order;
         // the header's margin root was computed from `p.commands`.
         if order_commands(attributed.iter().map(|(k, v)| (*k, v))) != p.commands {
+            return Err(Refusal::Mismatch);
+        }
+        // A margin state root only if this member computed it itself (and
+        // attested it in the observation it sent).
+        if let Some(state) = &p.margin_state
+            && !self.attested_roots.contains(state)
+        {
+            self.stats.margin_states_refused += 1;
             return Err(Refusal::Mismatch);
         }
         let attempt = usize::from(p.attempt);

@@ -17,10 +17,10 @@
 //!
 //! | kind | message | body |
 //! |---|---|---|
-//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of (suite u8, seq of FROST commitments (bytes)), seq of margin commands the member offers (origin u16 = sender, nonce u64, body str) |
-//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), seq of (suite u8, signing package (bytes)), seq of signed signer-only observations (bytes), key set u64, seq of margin commands |
+//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of (suite u8, seq of FROST commitments (bytes)), seq of margin commands the member offers (origin u16 = sender, nonce u64, body str), seq of attested margin state roots (round u64, root bytes32; rounds strictly ascending) |
+//! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), seq of (suite u8, signing package (bytes)), seq of signed signer-only observations (bytes), key set u64, seq of margin commands, option margin state (round u64, root bytes32) |
 //! | 3 | share (signer -> all) | attempt u8, report digest bytes32, seq of (suite u8, signing package hash bytes32, share (bytes)) |
-//! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, margin root bytes32, seq of leaves, seq of (suite u8, signature bytes), seq of margin commands |
+//! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, margin root bytes32, seq of leaves, seq of (suite u8, signature bytes), seq of margin commands, option margin state |
 //! | 5 | refusal (signer -> leader) | attempt u8, report digest bytes32, reason u8, signer's clock u64 |
 //!
 //! Per-suite lists name each suite the committee signs with once, suites
@@ -34,17 +34,22 @@
 //!
 //! A proposal's margin commands are [`order_commands`] of its attributed
 //! observations (each sender's own offers, ascending by origin and nonce);
-//! the header's margin root commits to them ([`crate::digest::commands_root`]).
+//! the header's margin root commits to them and to the margin state the
+//! proposal carries, which every signer of the attempt attested in its own
+//! observation ([`crate::digest::margin_root`]).
 //!
 //! A leaf is the canonical `ReportLeaf` encoding (`codec.rs`, docs/PROTOCOL.md). Sequences are strictly ordered where order matters
 //! (feeds ascending), so every value has exactly one encoding.
 
 use super::committee::Committee;
-use crate::codec::{DecodeError, Reader, Writer, decode_commands, encode_commands};
+use crate::codec::{
+    DecodeError, Reader, Writer, decode_commands, decode_margin_state, encode_commands,
+    encode_margin_state,
+};
 use crate::report::{
-    ConfigDigest, FeedId, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MAX_REPORT_COMMANDS,
-    MarginCommand, PROTOCOL_VERSION, ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport,
-    Suite, TimestampMs,
+    ConfigDigest, FeedId, MAX_ATTESTED_ROOTS, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER,
+    MAX_REPORT_COMMANDS, MarginCheckpoint, MarginCommand, PROTOCOL_VERSION, ReportHeader,
+    ReportLeaf, Round, SignatureBytes, SignedReport, Suite, TimestampMs,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use sha2::{Digest, Sha512};
@@ -70,6 +75,8 @@ const MAX_OBSERVATION_BYTES: usize = 4
     + MAX_SUITES * (5 + MAX_COMMITMENTS * 260)
     + 4
     + MAX_COMMANDS_PER_MEMBER * (2 + 8 + 4 + MAX_COMMAND_BYTES)
+    + 4
+    + MAX_ATTESTED_ROOTS * 40
     + 128;
 /// Wire size of an observation entry without bid and ask, and with both.
 const ENTRY_MIN_BYTES: usize = 32 + 16 + 16 + 8 + 1 + 1 + 2 + 2 + 1;
@@ -151,6 +158,10 @@ pub struct ObservationMsg {
     /// the sender), strictly ascending by nonce, at most
     /// [`MAX_COMMANDS_PER_MEMBER`].
     pub commands: Vec<MarginCommand>,
+    /// The sender's margin state roots after its latest rounds (rounds
+    /// strictly ascending, at most [`MAX_ATTESTED_ROOTS`]): it vouches for
+    /// each, and signs a report carrying one only if it attested it.
+    pub margin_roots: Vec<MarginCheckpoint>,
 }
 
 /// One suite's commitments in an observation.
@@ -205,6 +216,9 @@ pub struct ProposalMsg {
     /// (a follower's copy carries them too). The header's margin root is
     /// their [`crate::digest::commands_root`].
     pub commands: Vec<MarginCommand>,
+    /// The margin state root the report carries: attested by every signer
+    /// of the attempt in its observation; `None`: none.
+    pub margin_state: Option<MarginCheckpoint>,
 }
 
 /// The margin commands a round orders from its attributed observations
@@ -574,6 +588,9 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                 });
             });
             encode_commands(w, &o.commands);
+            w.seq(o.margin_roots.iter(), |w, m| {
+                w.u64(m.round).bytes32(&m.root);
+            });
         }
         Payload::Proposal(p) => {
             w.u8(p.attempt).u64(p.timestamp_ms).bytes32(&p.merkle_root);
@@ -591,6 +608,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
             });
             w.u64(p.key_set);
             encode_commands(w, &p.commands);
+            encode_margin_state(w, p.margin_state.as_ref());
         }
         Payload::Share(s) => {
             w.u8(s.attempt)
@@ -610,6 +628,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                 w.u8(suite_tag(*suite)).bytes(&sig.0);
             });
             encode_commands(w, &report.commands);
+            encode_margin_state(w, report.margin_state.as_ref());
         }
         Payload::Refusal(f) => {
             w.u8(f.attempt)
@@ -704,10 +723,24 @@ fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<Observatio
     })?;
     check_suites(commitments.iter().map(|c| c.suite), "commitments", at)?;
     let commands = decode_commands(r, MAX_COMMANDS_PER_MEMBER)?;
+    let at = r.position();
+    let margin_roots = r.seq("attested margin roots", MAX_ATTESTED_ROOTS, 40, |r| {
+        Ok(MarginCheckpoint {
+            round: r.u64("attested margin round")?,
+            root: r.bytes32("attested margin root")?,
+        })
+    })?;
+    if margin_roots.windows(2).any(|p| p[0].round >= p[1].round) {
+        return Err(DecodeError::NonCanonical {
+            what: "attested margin roots (rounds strictly ascending)",
+            at,
+        });
+    }
     Ok(ObservationMsg {
         entries,
         commitments,
         commands,
+        margin_roots,
     })
 }
 
@@ -753,6 +786,7 @@ fn decode_proposal(
     })?;
     let key_set = r.u64("key set")?;
     let commands = decode_commands(r, MAX_REPORT_COMMANDS)?;
+    let margin_state = decode_margin_state(r)?;
     Ok(ProposalMsg {
         attempt,
         timestamp_ms,
@@ -763,6 +797,7 @@ fn decode_proposal(
         signer_observations,
         key_set,
         commands,
+        margin_state,
     })
 }
 
@@ -861,6 +896,7 @@ fn decode_report_body(
         signatures.insert(suite, sig);
     }
     let commands = decode_commands(r, MAX_REPORT_COMMANDS)?;
+    let margin_state = decode_margin_state(r)?;
     Ok(SignedReport {
         header: ReportHeader {
             version: PROTOCOL_VERSION,
@@ -873,5 +909,6 @@ fn decode_report_body(
         leaves,
         signatures,
         commands,
+        margin_state,
     })
 }

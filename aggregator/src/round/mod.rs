@@ -78,10 +78,11 @@ mod tests;
 use crate::aggregate::{
     FeedObservation, LastValue, LeafContext, aggregate_feed, note_signed_leaf, update_due,
 };
-use crate::digest::commands_root;
+use crate::digest::margin_root;
 use crate::report::{
-    FeedId, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCommand, PROTOCOL_VERSION, Price,
-    ReportHeader, ReportLeaf, Round, SignatureBytes, SignedReport, Suite, TimestampMs,
+    FeedId, MAX_ATTESTED_ROOTS, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCheckpoint,
+    MarginCommand, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round, SignatureBytes,
+    SignedReport, Suite, TimestampMs,
 };
 use crate::round::evidence::Evidence;
 use crate::round::evidence::EvidenceError;
@@ -185,6 +186,11 @@ pub enum Input {
     /// ascending by nonce; the first [`MAX_COMMANDS_PER_MEMBER`] are offered.
     /// The driver withdraws a command once a stored report carries it.
     OfferCommands(Vec<MarginCommand>),
+    /// This member's margin engine state roots after its latest rounds
+    /// (replaces the earlier list; the newest [`MAX_ATTESTED_ROOTS`] by
+    /// round are kept): its observations attest them, and it signs a report
+    /// carrying a margin state only if that state is one of them.
+    AttestMarginRoots(Vec<MarginCheckpoint>),
 }
 
 /// What the node asks the driver to do, in order.
@@ -399,6 +405,15 @@ pub struct Stats {
     /// Second copies of a proposal already handled (one from the leader,
     /// one relayed), ignored.
     pub proposals_duplicate: u64,
+    /// Proposals this member led carrying a margin state root.
+    pub margin_states_proposed: u64,
+    /// Rounds this member led in which observations attested different
+    /// margin state roots for one round: members' engines diverged (a bug,
+    /// or a member lying); see the log of the members named.
+    pub margin_root_disagreements: u64,
+    /// Proposals this member refused because they carried a margin state
+    /// root it had not attested (its engine is behind, or differs).
+    pub margin_states_refused: u64,
 }
 
 /// What this member saw of another member: the committee panel's figures.
@@ -502,6 +517,9 @@ struct LeaderRound {
     leaves: Vec<ReportLeaf>,
     /// The margin commands ordered from the same observations.
     commands: Vec<MarginCommand>,
+    /// The margin state root the report carries ([`choose_margin_state`]):
+    /// only members that attested it are signers.
+    margin_state: Option<MarginCheckpoint>,
     /// The signed observations the leaves were computed from.
     observations: Vec<Vec<u8>>,
     /// Signed observations that arrived after the leaves were fixed: they
@@ -656,6 +674,10 @@ pub struct Node {
     /// The margin commands this member offers in its observations
     /// ([`Input::OfferCommands`]).
     offered_commands: Vec<MarginCommand>,
+    /// The margin state roots this member attests ([`Input::AttestMarginRoots`]).
+    attested_roots: Vec<MarginCheckpoint>,
+    /// The round of the newest margin state a report this member holds carries.
+    last_margin_round: Option<Round>,
     start_round: Round,
     started: bool,
     round: Round,
@@ -688,6 +710,38 @@ pub struct Node {
 
 /// Result of checking a proposal as a signer.
 type Refusal = RefusalReason;
+
+/// The margin state a leader puts in its report, and who attested it:
+/// among the states at least `t` of `attested` (member, its attested roots)
+/// name with the same root, the lowest round after `after` (the newest
+/// carried so far), so successive reports carry successive rounds; with two
+/// roots for one round the one more members attested (then the lower
+/// root). `None` when no state has `t` attesters. Also returns whether
+/// some round was attested with two different roots.
+pub fn choose_margin_state<'a>(
+    attested: impl IntoIterator<Item = (u16, &'a [MarginCheckpoint])>,
+    t: usize,
+    after: Option<Round>,
+) -> (Option<(MarginCheckpoint, BTreeSet<u16>)>, bool) {
+    let mut by: BTreeMap<MarginCheckpoint, BTreeSet<u16>> = BTreeMap::new();
+    for (member, roots) in attested {
+        for c in roots {
+            if after.is_none_or(|a| c.round > a) {
+                by.entry(*c).or_default().insert(member);
+            }
+        }
+    }
+    let mut rounds = BTreeMap::<Round, usize>::new();
+    for c in by.keys() {
+        *rounds.entry(c.round).or_default() += 1;
+    }
+    let disagree = rounds.values().any(|n| *n > 1);
+    let chosen = by
+        .into_iter()
+        .filter(|(_, who)| who.len() >= t)
+        .min_by_key(|(c, who)| (c.round, std::cmp::Reverse(who.len()), c.root));
+    (chosen, disagree)
+}
 
 /// The first slot of the round grid (the multiples of `interval_ms` since
 /// the Unix epoch) at or after `at`. Members that schedule their next round on
@@ -848,6 +902,8 @@ impl Node {
             last_observed_round: restore.last_observed_round,
             local: BTreeMap::new(),
             offered_commands: Vec::new(),
+            attested_roots: Vec::new(),
+            last_margin_round: None,
             start_round,
             started: false,
             round: start_round,
@@ -1195,6 +1251,13 @@ impl Node {
                 commands.dedup_by_key(|c| c.nonce);
                 commands.truncate(MAX_COMMANDS_PER_MEMBER);
                 self.offered_commands = commands;
+            }
+            Input::AttestMarginRoots(mut roots) => {
+                roots.sort_by_key(|c| c.round);
+                roots.dedup_by_key(|c| c.round);
+                let drop = roots.len().saturating_sub(MAX_ATTESTED_ROOTS);
+                roots.drain(..drop);
+                self.attested_roots = roots;
             }
             Input::StoredReports(reports) => {
                 for r in reports {

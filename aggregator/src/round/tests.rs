@@ -766,6 +766,7 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
             },
         ],
         commands: Vec::new(),
+        margin_roots: Vec::new(),
     });
     let obs_msg = SignedMessage::sign(&key, &DIGEST, 4, 1, obs);
     let leaf = ReportLeaf::basic(feed(0), 9, 1, 3, T0);
@@ -788,6 +789,7 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
         signer_observations: vec![obs_msg.bytes.clone()],
         key_set: 0x0123_4567_89ab_cdef,
         commands: Vec::new(),
+        margin_state: None,
     });
     let refusal = Payload::Refusal(RefusalMsg {
         attempt: 2,
@@ -823,6 +825,7 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
         leaves: vec![leaf],
         signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![8; 64]))]),
         commands: Vec::new(),
+        margin_state: None,
     });
     [proposal, share, report, refusal]
         .into_iter()
@@ -2164,6 +2167,7 @@ fn caught_up_reports_become_the_feeds_last_values() {
         }],
         signatures: BTreeMap::new(),
         commands: Vec::new(),
+        margin_state: None,
     };
     let newer = report(5, T0 + 5_000, 500);
     h.handle(2, T0, Input::StoredReports(vec![newer.clone()]));

@@ -100,6 +100,7 @@ async fn main() {
             leaves,
             signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![1; 64]))]),
             commands: Vec::new(),
+            margin_state: None,
         };
         store.writer.insert_report(report).await.expect("report");
         println!("seeded in {:.1} s", t.elapsed().as_secs_f64());

@@ -58,6 +58,7 @@ fn report(round: u64) -> SignedReport {
         leaves,
         signatures,
         commands: Vec::new(),
+        margin_state: None,
     }
 }
 

@@ -161,6 +161,7 @@ async fn main() {
         leaves,
         signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![1; 64]))]),
         commands: Vec::new(),
+        margin_state: None,
     };
     store.insert_report(&top, 0).await.expect("top report");
 
@@ -257,6 +258,7 @@ async fn main() {
                 leaves: leaves.clone(),
                 signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(sig))]),
                 commands: Vec::new(),
+                margin_state: None,
             }
         })
         .collect();

@@ -44,6 +44,7 @@ fn report(round: u64, ts: u64, btc: i128, eth: i128, sol: i128) -> Arc<SignedRep
         leaves,
         signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![1; 64]))]),
         commands: Vec::new(),
+        margin_state: None,
     })
 }
 

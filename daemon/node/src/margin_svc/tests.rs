@@ -37,6 +37,7 @@ fn report(round: u64, ts: u64, prices: &[(&str, i128)]) -> Arc<SignedReport> {
         leaves,
         signatures: Default::default(),
         commands: Vec::new(),
+        margin_state: None,
     })
 }
 

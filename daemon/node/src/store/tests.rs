@@ -42,6 +42,7 @@ fn report(round: u64, ts: u64, leaves: Vec<ReportLeaf>) -> SignedReport {
         leaves,
         signatures,
         commands: Vec::new(),
+        margin_state: None,
     }
 }
 
