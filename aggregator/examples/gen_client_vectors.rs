@@ -24,7 +24,7 @@ use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sibyl_aggregator::codec::{Decode, Encode};
-use sibyl_aggregator::digest::header_digest;
+use sibyl_aggregator::digest::{commands_root, header_digest};
 use sibyl_aggregator::encoding::{encode_header, encode_leaf};
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::testkit::dealer_keys;
@@ -187,7 +187,7 @@ fn header_of(h: &gen_vectors::Header) -> ReportHeader {
         round: h.round.parse().expect("u64"),
         timestamp_ms: h.timestamp_ms.parse().expect("u64"),
         merkle_root: b32(&h.merkle_root),
-        margin_root: [0; 32],
+        margin_root: b32(&h.margin_root),
     }
 }
 
@@ -406,6 +406,48 @@ pub fn build() -> ClientVectors {
         "committee",
         &r,
         "LeavesNotSorted",
+    );
+    let margin = &reports
+        .iter()
+        .find(|(name, _)| name == "margin-commands")
+        .expect("the margin-commands report")
+        .1;
+    let mut r = margin.clone();
+    r.commands[1].body = r.commands[1].body.replace("250000000000", "250000000001");
+    invalid(
+        "tampered-command",
+        "a margin command's body changed; header and signatures are the originals",
+        "committee",
+        &r,
+        "CommandsMismatch",
+    );
+    let mut r = margin.clone();
+    r.commands.swap(0, 1);
+    invalid(
+        "reordered-commands",
+        "the two margin commands swapped: the margin root commits to their order",
+        "committee",
+        &r,
+        "CommandsMismatch",
+    );
+    let mut r = margin.clone();
+    r.commands.clear();
+    invalid(
+        "dropped-commands",
+        "the margin commands left out; the header still commits to them",
+        "committee",
+        &r,
+        "CommandsMismatch",
+    );
+    let mut r = margin.clone();
+    r.commands.pop();
+    r.header.margin_root = commands_root(&r.commands);
+    invalid(
+        "dropped-command-root-recomputed",
+        "a margin command dropped and the header's margin root recomputed: only the signatures catch it",
+        "committee",
+        &r,
+        "BadSignature",
     );
     invalid(
         "no-keys",

@@ -15,14 +15,15 @@ use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use sibyl_aggregator::codec::Encode;
 use sibyl_aggregator::digest::{
-    REPORT_DOMAIN, header_digest, header_digest_preimage, report_domain_separator,
+    COMMANDS_DOMAIN, REPORT_DOMAIN, commands_root, header_digest, header_digest_preimage,
+    report_domain_separator,
 };
 use sibyl_aggregator::encoding::{encode_header, encode_leaf};
 use sibyl_aggregator::merkle::{self, LEAF_PREFIX, MerkleTree, NODE_PREFIX};
 use sibyl_aggregator::testkit::{DealerKeys, dealer_keys, threshold_sign};
 use sibyl_aggregator::{
     ConfigDigest, FeedId, LeafStatus, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes,
-    SignedReport, Suite, report::flags,
+    SignedReport, Suite, report::MarginCommand, report::flags,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -97,6 +98,8 @@ pub struct Header {
     /// Decimal string (u64).
     pub timestamp_ms: String,
     pub merkle_root: String,
+    /// `commands_root` of the report's margin commands; all zero for none.
+    pub margin_root: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -201,6 +204,14 @@ pub struct Case {
     pub signatures: Signatures,
     /// Canonical wire encoding of the whole `SignedReport`.
     pub report_wire: String,
+    /// The report's margin commands in report order (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<MarginCommand>,
+    /// The bytes `header.margin_root` is the Keccak-256 of: the domain, then
+    /// per command origin u16 ‖ nonce u64 ‖ body length u32 ‖ body
+    /// (big-endian; absent when there are no commands and the root is zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands_preimage: Option<String>,
 }
 
 /// One feed with a signed header that a verifier must reject.
@@ -233,6 +244,7 @@ fn header_json(hd: &ReportHeader) -> Header {
         round: hd.round.to_string(),
         timestamp_ms: hd.timestamp_ms.to_string(),
         merkle_root: h(hd.merkle_root),
+        margin_root: h(hd.margin_root),
     }
 }
 
@@ -413,13 +425,49 @@ fn header(config_digest: ConfigDigest, round: u64, ts: u64, leaves: &[ReportLeaf
     }
 }
 
+fn command(origin: u16, nonce: u64, body: &str) -> MarginCommand {
+    MarginCommand {
+        origin,
+        nonce,
+        body: body.to_owned(),
+    }
+}
+
+/// `commands_root`'s preimage, written out field by field (docs/PROTOCOL.md,
+/// "Margin root"); `None` for no commands (the root is then zero, no hash).
+fn commands_preimage(commands: &[MarginCommand]) -> Option<Vec<u8>> {
+    if commands.is_empty() {
+        return None;
+    }
+    let mut out = COMMANDS_DOMAIN.to_vec();
+    for c in commands {
+        out.extend_from_slice(&c.origin.to_be_bytes());
+        out.extend_from_slice(&c.nonce.to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(c.body.len())
+                .expect("short body")
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(c.body.as_bytes());
+    }
+    Some(out)
+}
+
+/// A valid case's inputs: name, header, leaves, margin commands.
+type Inputs = (
+    &'static str,
+    ReportHeader,
+    Vec<ReportLeaf>,
+    Vec<MarginCommand>,
+);
+
 const CONFIG: ConfigDigest = ConfigDigest([
     0x3c, 0x1a, 0x7e, 0x52, 0x9b, 0x04, 0xd8, 0x61, 0x2f, 0xe3, 0x90, 0x47, 0xbb, 0x15, 0x6a, 0xc2,
     0x08, 0x7d, 0xf1, 0x33, 0x9e, 0x4c, 0xa5, 0x26, 0x71, 0xdb, 0x0e, 0x88, 0x5f, 0xb4, 0x19, 0xe7,
 ]);
 
 /// The report inputs of each valid case.
-fn valid_inputs() -> Vec<(&'static str, ReportHeader, Vec<ReportLeaf>)> {
+fn valid_inputs() -> Vec<Inputs> {
     let ts = 1_760_000_000_000u64;
     let one = vec![leaf(
         "BTC-USD",
@@ -464,23 +512,43 @@ fn valid_inputs() -> Vec<(&'static str, ReportHeader, Vec<ReportLeaf>)> {
         leaf("ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ", 1, 2, 3, 4),
     ];
     let many: Vec<ReportLeaf> = sibyl_aggregator::testkit::sample_leaves(12);
+    let two = vec![
+        leaf("ETH-USD", 251_634_500_000, 92_000_000, 6, ts + 2_620),
+        leaf("SOL-USD", 18_234_560_000, 4_100_000, 5, ts + 2_580),
+    ];
+    // Two margin commands, ascending by (origin, nonce) as the leader orders them;
+    // the bodies are the margin engine's JSON commands (opaque to the protocol).
+    let commands = vec![
+        command(1, 4, r#"{"create_account":{"account":7}}"#),
+        command(
+            3,
+            1,
+            r#"{"deposit":{"account":7,"asset":"USD","amount":250000000000}}"#,
+        ),
+    ];
+    let mut margin = header(CONFIG, 1_000_004, ts + 3_000, &two);
+    margin.margin_root = commands_root(&commands);
     vec![
-        ("single-feed", header(CONFIG, 1, ts, &one), one),
+        ("single-feed", header(CONFIG, 1, ts, &one), one, vec![]),
         (
             "three-feeds-odd-promotion",
             header(CONFIG, 2, ts + 1_000, &three),
             three,
+            vec![],
         ),
         (
             "extreme-values",
             header(CONFIG, u64::MAX, u64::MAX, &extremes),
             extremes,
+            vec![],
         ),
         (
             "twelve-feeds",
             header(CONFIG, 1_000_003, ts + 2_000, &many),
             many,
+            vec![],
         ),
+        ("margin-commands", margin, two, commands),
     ]
 }
 
@@ -512,7 +580,7 @@ pub fn build() -> Vectors {
 
     let mut cases = Vec::new();
     let mut reports = Vec::new();
-    for (name, hd, leaves) in valid_inputs() {
+    for (name, hd, leaves, commands) in valid_inputs() {
         let digest = header_digest(&hd);
         let (sig_map, sigs) = signer.sign(&digest);
         let tree = MerkleTree::new(&leaves);
@@ -520,7 +588,7 @@ pub fn build() -> Vectors {
             header: hd.clone(),
             leaves: leaves.clone(),
             signatures: sig_map,
-            commands: Vec::new(),
+            commands: commands.clone(),
             margin_state: None,
         };
         cases.push(Case {
@@ -538,13 +606,15 @@ pub fn build() -> Vectors {
             digest: h(digest),
             signatures: sigs,
             report_wire: h(report.to_bytes()),
+            commands_preimage: commands_preimage(&commands).map(h),
+            commands,
         });
         reports.push(report);
     }
 
     let invalid = invalid_cases(&mut signer, &reports[1]);
     Vectors {
-        description: "Sibyl report format test vectors: ABI encodings, Merkle tree, signed digest and FROST signatures (docs/PROTOCOL.md)".into(),
+        description: "Sibyl report format test vectors: ABI encodings, Merkle tree, margin commands root, signed digest and FROST signatures (docs/PROTOCOL.md)".into(),
         generator: "cargo run -p sibyl-aggregator --example gen_vectors".into(),
         version: PROTOCOL_VERSION,
         domain: Domain {
@@ -679,6 +749,19 @@ fn invalid_cases(signer: &mut Signer, base: &SignedReport) -> Vec<InvalidCase> {
         &hd,
         &base.leaves[2],
         &proof(2),
+        orig,
+    );
+
+    let mut hd = base.header.clone();
+    hd.margin_root[31] ^= 0x01;
+    push(
+        signer,
+        "tampered-margin-root",
+        "header marginRoot changed (the report orders no commands, so it is zero); signatures are over the original header",
+        "BadSignature",
+        &hd,
+        &base.leaves[1],
+        &proof(1),
         orig,
     );
 

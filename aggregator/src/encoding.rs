@@ -12,7 +12,8 @@
 //!                     uint16 flags, int256 ema, uint256 emaConfidence,
 //!                     uint64 volatility)                                416 bytes
 //! header = abi.encode(uint8 version, bytes32 configDigest, uint64 round,
-//!                     uint64 timestampMs, bytes32 merkleRoot)          160 bytes
+//!                     uint64 timestampMs, bytes32 merkleRoot,
+//!                     bytes32 marginRoot)                               192 bytes
 //! ```
 //!
 //! Decoding is strict: a word whose padding is not what `abi.encode` would

@@ -11,6 +11,7 @@ use k256::elliptic_curve::PrimeField;
 use k256::elliptic_curve::sec1::FromEncodedPoint;
 use sha3::{Digest, Keccak256};
 use sibyl_aggregator::codec::Decode;
+use sibyl_aggregator::digest::commands_root;
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::verify::{GroupKeys, verify_leaf, verify_report};
 use sibyl_aggregator::{
@@ -46,7 +47,7 @@ fn header(h: &gen_vectors::Header) -> ReportHeader {
         round: h.round.parse().expect("u64"),
         timestamp_ms: h.timestamp_ms.parse().expect("u64"),
         merkle_root: b32(&h.merkle_root),
-        margin_root: [0; 32],
+        margin_root: b32(&h.margin_root),
     }
 }
 
@@ -139,6 +140,10 @@ fn valid_cases_check_out_from_first_principles() {
     assert_eq!(evm.public_key_parity, pky[31] & 1);
     assert_eq!(unhex(&evm.group_public_key)[0], 2 + evm.public_key_parity);
     assert!(v.cases.len() >= 4);
+    assert!(
+        v.cases.iter().any(|c| c.commands.len() >= 2),
+        "a case with margin commands"
+    );
 
     for case in &v.cases {
         let name = &case.name;
@@ -184,6 +189,27 @@ fn valid_cases_check_out_from_first_principles() {
             assert_eq!(folded, hd.merkle_root);
         }
 
+        // Margin root: zero without commands, else Keccak-256 of the preimage,
+        // which is written out by hand here.
+        match &case.commands_preimage {
+            None => {
+                assert!(case.commands.is_empty(), "{name}");
+                assert_eq!(hd.margin_root, [0; 32], "{name} margin root");
+            }
+            Some(pre) => {
+                let mut by_hand = b"Sibyl margin commands v1".to_vec();
+                for c in &case.commands {
+                    by_hand.extend_from_slice(&c.origin.to_be_bytes());
+                    by_hand.extend_from_slice(&c.nonce.to_be_bytes());
+                    by_hand.extend_from_slice(&(c.body.len() as u32).to_be_bytes());
+                    by_hand.extend_from_slice(c.body.as_bytes());
+                }
+                assert_eq!(unhex(pre), by_hand, "{name} commands preimage");
+                assert_eq!(keccak(&[&by_hand]), hd.margin_root, "{name} margin root");
+                assert_eq!(commands_root(&case.commands), hd.margin_root);
+            }
+        }
+
         // Header ABI and digest.
         let habi = unhex(&case.header_abi);
         assert_eq!(habi, encoding::encode_header(&hd));
@@ -198,7 +224,7 @@ fn valid_cases_check_out_from_first_principles() {
             header: hd.clone(),
             leaves: leaves.clone(),
             signatures: signatures(&case.signatures),
-            commands: Vec::new(),
+            commands: case.commands.clone(),
             margin_state: None,
         };
         let keys = keys(&v, hd.config_digest);

@@ -46,10 +46,12 @@ contract GasOnAnvil is Script {
         SibylFeed.Leaf[] memory ls,
         uint64 ts
     ) internal {
-        SibylFeed.ReportHeader memory h = SibylFeed.ReportHeader(1, CONFIG, round, ts, ls.root());
+        SibylFeed.ReportHeader memory h = SibylFeed.ReportHeader(
+            2, CONFIG, round, ts, ls.root(), bytes32(0)
+        );
         SibylFeed.Signature memory s = ReportBuilder.sign(key, nonce++, ReportBuilder.digest(h));
         vm.broadcast();
-        feed.submitReport(SibylFeed.ReportMeta(1, CONFIG, round++, ts), s, ls);
+        feed.submitReport(SibylFeed.ReportMeta(2, CONFIG, round++, ts, bytes32(0)), s, ls);
     }
 
     function run() external {

@@ -20,8 +20,9 @@ import {FrostSecp256k1} from "./FrostSecp256k1.sol";
 ///
 /// Formats follow docs/PROTOCOL.md: the committee signs
 ///   digest = keccak256(abi.encode(keccak256("Sibyl report v1"), version, configDigest,
-///                                 round, timestampMs, merkleRoot))
-/// with FROST(secp256k1, Keccak-256); leaves are
+///                                 round, timestampMs, merkleRoot, marginRoot))
+/// with FROST(secp256k1, Keccak-256) (marginRoot commits to the round's margin commands, which
+/// this contract does not read: it only checks that the signature covers it); leaves are
 ///   keccak256(0x00 || abi.encode(leaf))   (the 13 static fields of `Leaf`, 416 bytes)
 /// and inner nodes keccak256(0x01 || min(a, b) || max(a, b)), an odd last node promoted.
 ///
@@ -37,6 +38,9 @@ contract SibylFeed {
         uint64 round;
         uint64 timestampMs;
         bytes32 merkleRoot;
+        /// Commitment to the round's margin commands (docs/PROTOCOL.md, "Margin root"); zero
+        /// when the round orders none. Opaque here: it is only part of the signed digest.
+        bytes32 marginRoot;
     }
 
     /// A header without its Merkle root: `submitReport` recomputes the root from the leaves,
@@ -46,6 +50,7 @@ contract SibylFeed {
         bytes32 configDigest;
         uint64 round;
         uint64 timestampMs;
+        bytes32 marginRoot;
     }
 
     /// One feed's entry in a report (docs/PROTOCOL.md, "Leaf").
@@ -94,11 +99,11 @@ contract SibylFeed {
 
     /// Values kept per feed: `getRoundData` answers the latest round id and the one before.
     uint256 public constant historySize = 2;
-    /// Where the leaves of a packed pull payload start (updateFeeds): header 49 bytes,
+    /// Where the leaves of a packed pull payload start (updateFeeds): header 81 bytes,
     /// signature 128.
-    uint256 internal constant PULL_LEAVES_AT = 177;
+    uint256 internal constant PULL_LEAVES_AT = 209;
     /// Protocol version this contract accepts.
-    uint8 internal constant REPORT_VERSION = 1;
+    uint8 internal constant REPORT_VERSION = 2;
     /// keccak256("Sibyl report v1"): first word of the signed digest.
     bytes32 internal constant REPORT_DOMAIN = keccak256("Sibyl report v1");
     /// keccak256("Sibyl committee rotation v2"): first word of a rotation message.
@@ -212,7 +217,9 @@ contract SibylFeed {
         if (count == 0) revert NoLeaves();
         bytes32 root = _rootOf(leaves);
         uint64 timestampMs = meta.timestampMs;
-        _checkReport(meta.version, meta.configDigest, timestampMs, _digest(meta, root), signature);
+        _checkReport(
+            meta.version, meta.configDigest, timestampMs, _metaDigest(meta, root), signature
+        );
         for (uint256 i = 0; i < count; i++) {
             Leaf calldata leaf = leaves[i];
             _store(timestampMs, leaf.feedId, leaf.price, leaf.confidence);
@@ -234,7 +241,8 @@ contract SibylFeed {
     /// packed pull payload (docs/CONTRACTS.md, "Pull payloads"; the API's `/v1/feeds/update`
     /// returns it as `payload`), big-endian, no padding:
     ///
-    ///   version u8 | configDigest bytes32 | round u64 | timestampMs u64          (49 bytes)
+    ///   version u8 | configDigest bytes32 | round u64 | timestampMs u64
+    ///   | marginRoot bytes32                                                   (81 bytes)
     ///   | groupKeyX | rx | ry | z (uint256 each: the Signature struct)         (128 bytes)
     ///   | one or more ( leaf | depth u8 | depth x sibling bytes32 ), to the end
     ///
@@ -301,8 +309,9 @@ contract SibylFeed {
             mstore(add(p, 0x60), shr(192, calldataload(add(start, 33))))
             mstore(add(p, 0x80), timestampMs)
             mstore(add(p, 0xa0), root)
-            digest := keccak256(p, 0xc0)
-            signature := add(start, 49)
+            mstore(add(p, 0xc0), calldataload(add(start, 49))) // marginRoot
+            digest := keccak256(p, 0xe0)
+            signature := add(start, 81)
         }
         _checkReport(version, digestOfConfig, timestampMs, digest, signature);
     }
@@ -474,7 +483,8 @@ contract SibylFeed {
                 header.configDigest,
                 header.round,
                 header.timestampMs,
-                header.merkleRoot
+                header.merkleRoot,
+                header.marginRoot
             )
         );
     }
@@ -547,13 +557,9 @@ contract SibylFeed {
         if (count == 0) revert NoLeaves();
         if (proofs.length != count) revert ProofCountMismatch(count, proofs.length);
         bytes32 root = header.merkleRoot;
-        ReportMeta calldata meta;
-        assembly ("memory-safe") {
-            meta := header // ReportMeta is ReportHeader's first four words
-        }
         uint64 timestampMs = header.timestampMs;
         _checkReport(
-            header.version, header.configDigest, timestampMs, _digest(meta, root), signature
+            header.version, header.configDigest, timestampMs, _headerDigest(header), signature
         );
         for (uint256 i = 0; i < count; i++) {
             Leaf calldata leaf = leaves[i];
@@ -574,8 +580,14 @@ contract SibylFeed {
         Signature calldata signature
     ) internal view {
         if (version != REPORT_VERSION) revert UnsupportedVersion(version);
-        uint64 blockMs = uint64(block.timestamp) * 1000;
-        if (timestampMs > blockMs + maxClockDriftMs) revert ReportFromFuture(timestampMs, blockMs);
+        uint256 blockMs;
+        unchecked {
+            // in 256 bits neither can overflow (block.timestamp is a uint64 in practice)
+            blockMs = block.timestamp * 1000;
+            if (timestampMs > blockMs + maxClockDriftMs) {
+                revert ReportFromFuture(timestampMs, uint64(blockMs));
+            }
+        }
         if (timestampMs > type(uint48).max) revert ValueOutOfRange(bytes32(0));
         bool keyOdd = _checkKey(digestOfConfig, signature.groupKeyX);
         if (!FrostSecp256k1.verify(
@@ -636,16 +648,30 @@ contract SibylFeed {
         }
     }
 
-    /// reportDigest without ABI re-encoding: the meta is four static words in calldata
-    /// (their canonical form is enforced where the fields are read).
-    function _digest(ReportMeta calldata meta, bytes32 root) internal pure returns (bytes32 d) {
+    /// reportDigest without ABI re-encoding: the header is six static words in calldata, in
+    /// the digest's order (the canonical form of version, round and timestamp is enforced where
+    /// the fields are read; the roots are bytes32, any value is canonical).
+    function _headerDigest(ReportHeader calldata header) internal pure returns (bytes32 d) {
+        bytes32 domain = REPORT_DOMAIN;
+        assembly ("memory-safe") {
+            let p := mload(0x40)
+            mstore(p, domain)
+            calldatacopy(add(p, 0x20), header, 0xc0)
+            d := keccak256(p, 0xe0)
+        }
+    }
+
+    /// The same for a push: the meta's first four words, the recomputed Merkle root, then the
+    /// meta's marginRoot (its fifth word).
+    function _metaDigest(ReportMeta calldata meta, bytes32 root) internal pure returns (bytes32 d) {
         bytes32 domain = REPORT_DOMAIN;
         assembly ("memory-safe") {
             let p := mload(0x40)
             mstore(p, domain)
             calldatacopy(add(p, 0x20), meta, 0x80)
             mstore(add(p, 0xa0), root)
-            d := keccak256(p, 0xc0)
+            mstore(add(p, 0xc0), calldataload(add(meta, 0x80)))
+            d := keccak256(p, 0xe0)
         }
     }
 
@@ -699,7 +725,10 @@ contract SibylFeed {
         uint256 tag = latest >> 248; // decimals + 1
         if (tag == 0) return _skip(feedId, SKIP_UNKNOWN_FEED);
         if (timestampMs <= uint48(latest >> 168)) return _skip(feedId, SKIP_STALE);
-        uint256 roundId = uint32(latest >> 216) + 1;
+        uint256 roundId;
+        unchecked {
+            roundId = uint256(uint32(latest >> 216)) + 1; // at most 2^32: checked below
+        }
         if (
             price < type(int96).min || price > type(int96).max || confidence > type(uint72).max
                 || roundId > type(uint32).max

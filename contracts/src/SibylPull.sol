@@ -75,16 +75,19 @@ library SibylPull {
             v := mload(0x00)
         }
         if (v >> 248 == 0) revert SibylFeed.UnknownFeed(feedId);
-        p.decimals = uint8((v >> 248) - 1);
-        if (uint32(v >> 216) != 0) {
-            p.price = int96(uint96(v));
-            p.confidence = uint72(v >> 96);
-            // the report's time in seconds, never later than the block
-            p.timestamp = uint48(v >> 168) / 1000;
-            if (p.timestamp > block.timestamp) p.timestamp = block.timestamp;
-        }
-        if (p.timestamp == 0 || block.timestamp - p.timestamp > maxAge) {
-            revert PriceTooOld(feedId, p.timestamp, maxAge);
+        // unchecked: v >> 248 is not 0, and p.timestamp is at most block.timestamp
+        unchecked {
+            p.decimals = uint8((v >> 248) - 1);
+            if (uint32(v >> 216) != 0) {
+                p.price = int96(uint96(v));
+                p.confidence = uint72(v >> 96);
+                // the report's time in seconds, never later than the block
+                p.timestamp = uint48(v >> 168) / 1000;
+                if (p.timestamp > block.timestamp) p.timestamp = block.timestamp;
+            }
+            if (p.timestamp == 0 || block.timestamp - p.timestamp > maxAge) {
+                revert PriceTooOld(feedId, p.timestamp, maxAge);
+            }
         }
     }
 

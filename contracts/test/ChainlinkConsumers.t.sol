@@ -48,9 +48,9 @@ contract ChainlinkConsumersTest is Test {
         ls[0].price = price;
         ls[0].confidence = 1e6;
         SibylFeed.ReportHeader memory h =
-            SibylFeed.ReportHeader(1, CONFIG, round++, timestampMs, ls.root());
+            SibylFeed.ReportHeader(2, CONFIG, round++, timestampMs, ls.root(), bytes32(0));
         feed.submitReport(
-            SibylFeed.ReportMeta(1, CONFIG, h.round, timestampMs),
+            SibylFeed.ReportMeta(2, CONFIG, h.round, timestampMs, bytes32(0)),
             ReportBuilder.sign(committee, nonce++, ReportBuilder.digest(h)),
             ls
         );

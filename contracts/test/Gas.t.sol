@@ -100,7 +100,9 @@ contract GasTest is Test {
         pure
         returns (SibylFeed.ReportHeader memory)
     {
-        return SibylFeed.ReportHeader(1, CONFIG, round, uint64(NOW_S) * 1000 - agoMs, ls.root());
+        return SibylFeed.ReportHeader(
+            2, CONFIG, round, uint64(NOW_S) * 1000 - agoMs, ls.root(), bytes32(0)
+        );
     }
 
     function meta(SibylFeed.ReportHeader memory h)
@@ -108,7 +110,7 @@ contract GasTest is Test {
         pure
         returns (SibylFeed.ReportMeta memory)
     {
-        return SibylFeed.ReportMeta(h.version, h.configDigest, h.round, h.timestampMs);
+        return SibylFeed.ReportMeta(h.version, h.configDigest, h.round, h.timestampMs, h.marginRoot);
     }
 
     function sign(SibylFeed.ReportHeader memory h) internal returns (SibylFeed.Signature memory) {
@@ -244,6 +246,26 @@ contract GasTest is Test {
         (, uint80 latest) = feed.feedInfo(one[0].feedId);
         assertEq(latest, HISTORY + 1, "stored");
         assertLe(total, PULL_TX_TARGET, "issue 16: pull update and read <= 50,000");
+    }
+
+    /// The same for a round that ordered margin commands: its non-zero margin root is 32
+    /// non-zero calldata bytes where the zero root above is 32 zero bytes (+384 gas; reported,
+    /// not held to the target: most rounds order no commands).
+    function test_gasPullOneOf16WithMarginRoot() public {
+        PullConsumer consumer = new PullConsumer(feed);
+        SibylFeed.Leaf[] memory all = leaves(16, 1);
+        SibylFeed.ReportHeader memory h = header(all, uint64(HISTORY + 1), 0);
+        h.marginRoot = keccak256("margin commands of the round");
+        SibylFeed.Leaf[] memory one = new SibylFeed.Leaf[](1);
+        one[0] = all[3];
+        bytes32[][] memory ps = new bytes32[][](1);
+        ps[0] = all.proof(3);
+        bytes memory payload = ReportBuilder.pullPayload(h, sign(h), one, ps);
+        bytes memory data = abi.encodeCall(PullConsumer.settle, (payload, one[0].feedId));
+        (uint256 total, uint256 exec) = txGasTo(address(consumer), data);
+        report("pull: one feed of 16, non-zero margin root", total, exec, data.length);
+        (, uint80 latest) = feed.feedInfo(one[0].feedId);
+        assertEq(latest, HISTORY + 1, "stored");
     }
 
     /// The bulk pull path: ten feeds of one 16-feed report in one payload, then all ten prices.

@@ -68,12 +68,13 @@ contract FeedHandler is Test {
         SibylFeed.Leaf[] memory ls = build(mask, price, conf, round);
         uint64 nowMs = uint64(block.timestamp) * 1000;
         uint64 ts = ahead ? nowMs + (agoMs % 5_000) : nowMs - agoMs;
-        SibylFeed.ReportHeader memory h = SibylFeed.ReportHeader(1, CONFIG, round, ts, ls.root());
+        SibylFeed.ReportHeader memory h =
+            SibylFeed.ReportHeader(2, CONFIG, round, ts, ls.root(), bytes32(0));
         for (uint256 i = 0; i < ls.length; i++) {
             signed[leafKey(ls[i].feedId, ls[i].price, ls[i].confidence, ts)] = true;
         }
         feed.submitReport(
-            SibylFeed.ReportMeta(1, CONFIG, round, ts),
+            SibylFeed.ReportMeta(2, CONFIG, round, ts, bytes32(0)),
             ReportBuilder.sign(committee, nonce++, ReportBuilder.digest(h)),
             ls
         );
@@ -83,11 +84,12 @@ contract FeedHandler is Test {
     function forge(uint8 mask, int96 price, uint64 conf, uint64 round) external {
         SibylFeed.Leaf[] memory ls = build(mask, price, conf, round);
         uint64 ts = uint64(block.timestamp) * 1000;
-        SibylFeed.ReportHeader memory h = SibylFeed.ReportHeader(1, CONFIG, round, ts, ls.root());
+        SibylFeed.ReportHeader memory h =
+            SibylFeed.ReportHeader(2, CONFIG, round, ts, ls.root(), bytes32(0));
         SibylFeed.Signature memory s =
             ReportBuilder.sign(stranger, nonce++, ReportBuilder.digest(h));
         s.groupKeyX = committee.x;
-        try feed.submitReport(SibylFeed.ReportMeta(1, CONFIG, round, ts), s, ls) {
+        try feed.submitReport(SibylFeed.ReportMeta(2, CONFIG, round, ts, bytes32(0)), s, ls) {
             forgedAccepted++;
         } catch {}
     }

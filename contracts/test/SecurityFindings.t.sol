@@ -55,7 +55,7 @@ contract SecurityFindingsTest is Test {
         view
         returns (SibylFeed.ReportHeader memory)
     {
-        return SibylFeed.ReportHeader(1, feedConfig(), round, ts, ls.root());
+        return SibylFeed.ReportHeader(2, feedConfig(), round, ts, ls.root(), bytes32(0));
     }
 
     function feedConfig() internal view returns (bytes32 d) {
@@ -88,7 +88,7 @@ contract SecurityFindingsTest is Test {
         feed.submitFeeds(h, s, one, proof);
         vm.expectEmit(address(feed));
         emit SibylFeed.FeedSkipped(ls[1].feedId, 1);
-        feed.submitReport(SibylFeed.ReportMeta(1, h.configDigest, 1, NOW_MS), s, ls);
+        feed.submitReport(SibylFeed.ReportMeta(2, h.configDigest, 1, NOW_MS, bytes32(0)), s, ls);
         for (uint256 i = 0; i < 3; i++) {
             assertEq(roundOf(ls[i].feedId), 1, "every feed landed once");
         }
@@ -168,7 +168,7 @@ contract SecurityFindingsTest is Test {
         SibylAggregatorV3 agg = new SibylAggregatorV3(feed, ls[0].feedId, "F-0");
         SibylFeed.ReportHeader memory later = header(ls, 11, NOW_MS - 1_000);
         feed.submitReport(
-            SibylFeed.ReportMeta(1, later.configDigest, 11, later.timestampMs),
+            SibylFeed.ReportMeta(2, later.configDigest, 11, later.timestampMs, bytes32(0)),
             sign(committee, later),
             ls
         );
@@ -176,7 +176,7 @@ contract SecurityFindingsTest is Test {
         ls[0].price = 90e8;
         SibylFeed.ReportHeader memory earlier = header(ls, 10, NOW_MS - 2_000);
         feed.submitReport(
-            SibylFeed.ReportMeta(1, earlier.configDigest, 10, earlier.timestampMs),
+            SibylFeed.ReportMeta(2, earlier.configDigest, 10, earlier.timestampMs, bytes32(0)),
             sign(committee, earlier),
             ls
         );
@@ -186,7 +186,7 @@ contract SecurityFindingsTest is Test {
         // a later report goes on from there
         SibylFeed.ReportHeader memory next = header(ls, 12, NOW_MS);
         feed.submitReport(
-            SibylFeed.ReportMeta(1, next.configDigest, 12, next.timestampMs),
+            SibylFeed.ReportMeta(2, next.configDigest, 12, next.timestampMs, bytes32(0)),
             sign(committee, next),
             ls
         );
@@ -202,7 +202,7 @@ contract SecurityFindingsTest is Test {
         vm.expectEmit(address(feed));
         emit SibylFeed.FeedSkipped(ls[2].feedId, 2);
         feed.submitReport(
-            SibylFeed.ReportMeta(1, h.configDigest, 1, NOW_MS), sign(committee, h), ls
+            SibylFeed.ReportMeta(2, h.configDigest, 1, NOW_MS, bytes32(0)), sign(committee, h), ls
         );
         assertEq(roundOf(ls[0].feedId), 1);
         assertEq(roundOf(ls[1].feedId), 1);

@@ -23,6 +23,11 @@ contract SibylFeedTest is Test {
     FrostSigner.Key internal committee;
     FrostSigner.Key internal stranger;
     bytes32 internal constant CONFIG = keccak256("committee file v1");
+    /// The headers here carry a non-zero margin root (a round that ordered margin commands):
+    /// the contract does not read it, but every path must have it under the signature.
+    bytes32 internal constant MARGIN = keccak256("margin commands of the round");
+    /// Where a packed pull payload's leaves start (SibylFeed.PULL_LEAVES_AT).
+    uint256 internal constant LEAVES_AT = 209;
     uint256 internal nonceCounter = 0x5eed;
 
     function setUp() public {
@@ -76,7 +81,7 @@ contract SibylFeedTest is Test {
         pure
         returns (SibylFeed.ReportHeader memory)
     {
-        return SibylFeed.ReportHeader(1, CONFIG, round, ts, ls.root());
+        return SibylFeed.ReportHeader(2, CONFIG, round, ts, ls.root(), MARGIN);
     }
 
     function meta(SibylFeed.ReportHeader memory h)
@@ -84,7 +89,7 @@ contract SibylFeedTest is Test {
         pure
         returns (SibylFeed.ReportMeta memory)
     {
-        return SibylFeed.ReportMeta(h.version, h.configDigest, h.round, h.timestampMs);
+        return SibylFeed.ReportMeta(h.version, h.configDigest, h.round, h.timestampMs, h.marginRoot);
     }
 
     function signWith(FrostSigner.Key memory key, SibylFeed.ReportHeader memory h)
@@ -355,10 +360,46 @@ contract SibylFeedTest is Test {
         feed.submitFeeds(h, s, new SibylFeed.Leaf[](0), new bytes32[][](0));
         vm.expectRevert(abi.encodeWithSelector(SibylFeed.ProofCountMismatch.selector, 2, 1));
         feed.submitFeeds(h, s, ls, new bytes32[][](1));
-        SibylFeed.ReportHeader memory v2 = header(ls, 1, NOW_MS);
-        v2.version = 2;
-        vm.expectRevert(abi.encodeWithSelector(SibylFeed.UnsupportedVersion.selector, 2));
-        feed.submitReport(meta(v2), signWith(committee, v2), ls);
+        // protocol version 1 (a header without margin root) and a future version 3
+        for (uint8 v = 1; v <= 3; v += 2) {
+            SibylFeed.ReportHeader memory other = header(ls, 1, NOW_MS);
+            other.version = v;
+            vm.expectRevert(abi.encodeWithSelector(SibylFeed.UnsupportedVersion.selector, v));
+            feed.submitReport(meta(other), signWith(committee, other), ls);
+        }
+    }
+
+    /// The margin root is signed: a header with another one fails the signature on the push,
+    /// proof and packed pull paths and in verifyReport; the digest is the 7-word one.
+    function test_marginRootIsSigned() public {
+        SibylFeed.Leaf[] memory ls = leaves(3, 1e8);
+        SibylFeed.ReportHeader memory h = header(ls, 1, NOW_MS);
+        SibylFeed.Signature memory s = signWith(committee, h);
+        assertEq(feed.reportDigest(h), ReportBuilder.digest(h), "digest");
+        assertEq(feed.verifyReport(h, s), ReportBuilder.digest(h));
+        SibylFeed.ReportHeader memory zero = header(ls, 1, NOW_MS);
+        zero.marginRoot = bytes32(0);
+        assertTrue(feed.reportDigest(zero) != feed.reportDigest(h), "margin root in the digest");
+        (SibylFeed.Leaf[] memory sub, bytes32[][] memory ps) = proofs(ls, indices1(1));
+        bytes memory payload = ReportBuilder.pullPayload(h, s, sub, ps);
+        // the payload carries it right after the timestamp
+        assertEq(bytes32(slice(payload, 49)), MARGIN, "payload marginRoot at byte 49");
+
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.verifyReport(zero, s);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.submitReport(meta(zero), s, ls);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.submitFeeds(zero, s, sub, ps);
+        bytes memory tampered = bytes.concat(payload);
+        tampered[80] = bytes1(uint8(tampered[80]) ^ 1);
+        vm.expectRevert(SibylFeed.InvalidSignature.selector);
+        feed.updateFeeds(tampered);
+        assertEq(roundOf(ls[1].feedId), 0, "nothing stored");
+
+        assertEq(feed.updateFeeds(payload), 1);
+        feed.submitReport(meta(h), s, ls);
+        assertStored(ls[2], h);
     }
 
     function test_valueOutOfRangeIsSkipped() public {
@@ -660,7 +701,7 @@ contract SibylFeedTest is Test {
         SibylFeed.Leaf[] memory ls = leaves(1, 5e8);
         ls[0].feedId = longId;
         (bytes memory payload,) = pullPayload(ls, indices1(0), 3, NOW_MS);
-        assertEq(payload.length, 177 + 1 + 32 + 119 + 1, "payload layout");
+        assertEq(payload.length, LEAVES_AT + 1 + 32 + 119 + 1, "payload layout");
         assertEq(f.updateFeeds(payload), 1);
         (int256 price,,,) = f.latestFeed(longId);
         assertEq(price, 5e8);
@@ -679,7 +720,7 @@ contract SibylFeedTest is Test {
         (bytes memory payload,) = pullPayload(ls, indices(0, 2, 4), 1, NOW_MS);
         // Where each leaf ends: cutting there leaves a valid payload of the leaves before.
         bool[] memory boundary = new bool[](payload.length + 1);
-        for (uint256 at = 177; at < payload.length;) {
+        for (uint256 at = LEAVES_AT; at < payload.length;) {
             uint256 q = at + 1 + uint8(payload[at]);
             at = q + 120 + 32 * uint8(payload[q + 119]);
             boundary[at] = true;
@@ -700,33 +741,33 @@ contract SibylFeedTest is Test {
         }
         vm.expectRevert(SibylFeed.MalformedPayload.selector);
         feed.updateFeeds(bytes.concat(payload, hex"00"));
-        bytes memory headerOnly = new bytes(177);
-        for (uint256 i = 0; i < 177; i++) {
+        bytes memory headerOnly = new bytes(LEAVES_AT);
+        for (uint256 i = 0; i < LEAVES_AT; i++) {
             headerOnly[i] = payload[i];
         }
         vm.expectRevert(SibylFeed.NoLeaves.selector);
         feed.updateFeeds(headerOnly);
         bytes memory longId = bytes.concat(payload);
-        longId[177] = bytes1(uint8(33));
+        longId[LEAVES_AT] = bytes1(uint8(33));
         vm.expectRevert(SibylFeed.MalformedPayload.selector);
         feed.updateFeeds(longId);
         // a leaf of another report (other prices, so another root) after this report's leaf
         SibylFeed.Leaf[] memory other = leaves(5, 2e8);
         (bytes memory otherPayload,) = pullPayload(other, indices1(1), 1, NOW_MS);
         (bytes memory first,) = pullPayload(ls, indices1(0), 1, NOW_MS);
-        bytes memory mixed = bytes.concat(first, slice(otherPayload, 177));
+        bytes memory mixed = bytes.concat(first, slice(otherPayload, LEAVES_AT));
         vm.expectRevert(
             abi.encodeWithSelector(SibylFeed.InvalidMerkleProof.selector, other[1].feedId)
         );
         feed.updateFeeds(mixed);
         // one changed byte of a price: another root (the next leaf's proof no longer agrees)
         bytes memory tampered = bytes.concat(payload);
-        tampered[177 + 1 + 8 + 15] = bytes1(uint8(tampered[177 + 1 + 8 + 15]) ^ 1);
+        tampered[LEAVES_AT + 1 + 8 + 15] = bytes1(uint8(tampered[LEAVES_AT + 1 + 8 + 15]) ^ 1);
         vm.expectRevert(abi.encodeWithSelector(SibylFeed.InvalidMerkleProof.selector, ls[2].feedId));
         feed.updateFeeds(tampered);
         // ... and alone, the signature over that root fails
         tampered = bytes.concat(first);
-        tampered[177 + 1 + 8 + 15] = bytes1(uint8(tampered[177 + 1 + 8 + 15]) ^ 1);
+        tampered[LEAVES_AT + 1 + 8 + 15] = bytes1(uint8(tampered[LEAVES_AT + 1 + 8 + 15]) ^ 1);
         vm.expectRevert(SibylFeed.InvalidSignature.selector);
         feed.updateFeeds(tampered);
         // signed by another key

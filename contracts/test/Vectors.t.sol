@@ -40,6 +40,7 @@ contract VectorsTest is Test {
         h.round = uint64(vm.parseJsonUint(json, string.concat(at, ".round")));
         h.timestampMs = uint64(vm.parseJsonUint(json, string.concat(at, ".timestamp_ms")));
         h.merkleRoot = vm.parseJsonBytes32(json, string.concat(at, ".merkle_root"));
+        h.marginRoot = vm.parseJsonBytes32(json, string.concat(at, ".margin_root"));
     }
 
     function leaf(string memory at) internal view returns (SibylFeed.Leaf memory l) {
@@ -109,7 +110,7 @@ contract VectorsTest is Test {
         pure
         returns (SibylFeed.ReportMeta memory)
     {
-        return SibylFeed.ReportMeta(h.version, h.configDigest, h.round, h.timestampMs);
+        return SibylFeed.ReportMeta(h.version, h.configDigest, h.round, h.timestampMs, h.marginRoot);
     }
 
     function fitsStorage(SibylFeed.ReportHeader memory h, SibylFeed.Leaf[] memory ls)
@@ -130,6 +131,7 @@ contract VectorsTest is Test {
     function test_vectorsVerifyOnChain() public {
         uint256 n = caseCount();
         assertGe(n, 4, "vector cases");
+        uint256 withCommands;
         for (uint256 c = 0; c < n; c++) {
             string memory at = str(".cases[", c, "]");
             SibylFeed.ReportHeader memory h = header(string.concat(at, ".header"));
@@ -202,7 +204,17 @@ contract VectorsTest is Test {
             h.round += 1;
             vm.expectRevert(SibylFeed.InvalidSignature.selector);
             fresh.submitReport(meta(h), s, ls);
+            // ... and its margin root (signed, though the contract does not read it)
+            h.round -= 1;
+            h.marginRoot ^= bytes32(uint256(1));
+            vm.expectRevert(SibylFeed.InvalidSignature.selector);
+            fresh.submitReport(meta(h), s, ls);
+            vm.expectRevert(SibylFeed.InvalidSignature.selector);
+            fresh.submitFeeds(h, s, ls, proofs);
+            h.marginRoot ^= bytes32(uint256(1));
+            if (h.marginRoot != bytes32(0)) withCommands++;
         }
+        assertGe(withCommands, 1, "a vector with margin commands (a non-zero margin root)");
     }
 
     // ------------------------------------------------------------------ invalid cases

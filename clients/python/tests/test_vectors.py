@@ -11,6 +11,8 @@ import pytest
 
 from sibyl_client import (
     GroupKeys,
+    MarginCommand,
+    commands_root,
     VerifyError,
     encode_header,
     encode_leaf,
@@ -25,6 +27,8 @@ from sibyl_client import (
     verify_leaf,
     verify_report,
 )
+
+from sibyl_client.encoding import keccak256
 
 from .conftest import REPO
 
@@ -55,7 +59,7 @@ def test_every_report_case_verifies_or_fails_as_in_rust(vectors: dict[str, Any])
         if got == "valid":
             assert verify_report(report, keys).suites == c["suites"], c["name"]
         seen.add(got)
-    for e in ("valid", "RootMismatch", "BadSignature", "WrongConfigDigest", "WrongVersion",
+    for e in ("valid", "RootMismatch", "CommandsMismatch", "BadSignature", "WrongConfigDigest", "WrongVersion",
               "MissingSignature", "MalformedSignature", "LeavesNotSorted", "NoGroupKeys"):
         assert e in seen, f"no case ends in {e}"
 
@@ -75,7 +79,24 @@ def test_every_leaf_case_verifies_or_fails_as_in_rust(vectors: dict[str, Any]) -
         if got == "valid":
             valid += 1
             assert verify_leaf(header, leaf, proof, sigs, keys).hex() == c["digest"]
-    assert valid == 21
+    assert valid == 23
+
+
+def test_margin_roots_match_the_report_vectors() -> None:
+    rv = json.loads((REPO / "aggregator" / "vectors" / "report_vectors.json").read_text())
+    with_commands = 0
+    for c in rv["cases"]:
+        r = report_from_json({"header": c["header"], "leaves": [], "signatures": {}, "commands": c.get("commands", [])})
+        assert "0x" + commands_root(r.commands).hex() == c["header"]["margin_root"], c["name"]
+        assert r.header.margin_root.hex() == c["header"]["margin_root"][2:]
+        if "commands_preimage" in c:
+            with_commands += 1
+            assert "0x" + keccak256(bytes.fromhex(c["commands_preimage"][2:])).hex() == c["header"]["margin_root"]
+    assert with_commands >= 1
+    # A body is hashed as its UTF-8 bytes, its length in bytes.
+    one = commands_root([MarginCommand(1, 2, "é")])
+    assert one == keccak256(b"Sibyl margin commands v1" + bytes.fromhex("0001000000000000000200000002c3a9"))
+    assert commands_root([]) == bytes(32)
 
 
 def test_extreme_values_are_exact(vectors: dict[str, Any]) -> None:

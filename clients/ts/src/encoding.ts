@@ -4,7 +4,13 @@
 
 import { keccak_256 } from '@noble/hashes/sha3.js';
 import { concat, equalBytes, word } from './hex.js';
-import { LEAF_STATUSES, type MerkleProof, type ReportHeader, type ReportLeaf } from './types.js';
+import {
+  LEAF_STATUSES,
+  type MarginCommand,
+  type MerkleProof,
+  type ReportHeader,
+  type ReportLeaf,
+} from './types.js';
 
 const utf8 = new TextEncoder();
 
@@ -12,7 +18,7 @@ const utf8 = new TextEncoder();
 export const MAX_LEAVES = 65_536;
 
 /** The protocol version this SDK verifies. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** `keccak256("Sibyl report v1")`: the digest's domain separator. */
 export const REPORT_DOMAIN_HASH = keccak_256(utf8.encode('Sibyl report v1'));
@@ -47,9 +53,46 @@ export function encodeLeaf(l: ReportLeaf): Uint8Array {
   );
 }
 
-/** `abi.encode(version, configDigest, round, timestampMs, merkleRoot)`: 160 bytes. */
+/** `abi.encode(version, configDigest, round, timestampMs, merkleRoot, marginRoot)`: 192 bytes. */
 export function encodeHeader(h: ReportHeader): Uint8Array {
-  return concat(word(BigInt(h.version)), h.configDigest, word(h.round), word(h.timestampMs), h.merkleRoot);
+  return concat(
+    word(BigInt(h.version)),
+    h.configDigest,
+    word(h.round),
+    word(h.timestampMs),
+    h.merkleRoot,
+    h.marginRoot,
+  );
+}
+
+/** The domain of `commandsRoot`. */
+export const COMMANDS_DOMAIN = utf8.encode('Sibyl margin commands v1');
+
+/** `value` as `bytes` big-endian bytes (unsigned); throws if it does not fit. */
+function be(value: bigint, bytes: number, what: string): Uint8Array {
+  if (value < 0n || value >= 1n << BigInt(8 * bytes)) throw new RangeError(`${what} ${value} does not fit ${bytes} bytes`);
+  return word(value).subarray(32 - bytes);
+}
+
+/**
+ * The header's `marginRoot` for a report's margin commands (in report order):
+ * all zero for none, else `keccak256("Sibyl margin commands v1" ‖ for each
+ * command: origin u16 ‖ nonce u64 ‖ len(body) u32 ‖ body)`, big-endian, the
+ * body as its UTF-8 bytes.
+ */
+export function commandsRoot(commands: readonly MarginCommand[]): Uint8Array {
+  if (commands.length === 0) return new Uint8Array(32);
+  const parts: Uint8Array[] = [COMMANDS_DOMAIN];
+  for (const c of commands) {
+    const body = utf8.encode(c.body);
+    parts.push(
+      be(BigInt(c.origin), 2, 'command origin'),
+      be(c.nonce, 8, 'command nonce'),
+      be(BigInt(body.length), 4, 'command body length'),
+      body,
+    );
+  }
+  return keccak_256(concat(...parts));
 }
 
 /** The 32 bytes the committee signs. */

@@ -4,7 +4,7 @@
 // the API's `GET /v1/feeds/{id}/update` (`calldata`).
 //
 //   submitFeeds(ReportHeader header, Signature sig, Leaf[] leaves, bytes32[][] proofs)
-//   head:  header (5 words, static tuple inline) ‖ sig (4 words inline)
+//   head:  header (6 words, static tuple inline) ‖ sig (4 words inline)
 //          ‖ offset(leaves) ‖ offset(proofs)
 //   tail:  leaves: n ‖ n × 13 words          (Leaf is a static tuple)
 //          proofs: m ‖ m offsets ‖ per proof: k ‖ k words
@@ -17,7 +17,7 @@ import { LEAF_STATUSES, type MerkleProof, type ReportHeader, type ReportLeaf } f
 
 /** The function's canonical signature, as the API reports it in `function`. */
 export const SUBMIT_FEEDS_SIGNATURE =
-  'submitFeeds((uint8,bytes32,uint64,uint64,bytes32),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64,int256,int256,uint16,uint8,uint16,int256,uint256,uint64)[],bytes32[][])';
+  'submitFeeds((uint8,bytes32,uint64,uint64,bytes32,bytes32),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64,int256,int256,uint16,uint8,uint16,int256,uint256,uint64)[],bytes32[][])';
 
 /** Its 4-byte selector. */
 export const SUBMIT_FEEDS_SELECTOR = keccak_256(new TextEncoder().encode(SUBMIT_FEEDS_SIGNATURE)).subarray(0, 4);
@@ -53,7 +53,7 @@ export interface ProvenLeaf {
 export function submitFeedsCalldata(header: ReportHeader, sig: EvmSignature, feeds: readonly ProvenLeaf[]): string {
   if (feeds.length === 0) throw new RangeError('submitFeeds needs at least one leaf (the contract refuses NoLeaves)');
   const n = BigInt(feeds.length);
-  const headWords = 5n + 4n + 2n;
+  const headWords = 6n + 4n + 2n;
   const leavesAt = headWords * 32n;
   const leavesBody = concat(word(n), ...feeds.map((f) => encodeLeaf(f.leaf)));
   const proofsAt = leavesAt + BigInt(leavesBody.length);
@@ -98,12 +98,14 @@ function fixed(v: bigint, bytes: number, signed: boolean, what: string): Uint8Ar
  * The packed pull payload of `SibylFeed.updateFeeds(bytes)` and the SibylPull
  * library (docs/CONTRACTS.md "Pull payloads"; the API's `payload`), as `0x…` hex:
  *
- *   version u8 ‖ configDigest ‖ round u64 ‖ timestampMs u64 ‖ groupKeyX ‖ rx ‖ ry ‖ z
+ *   version u8 ‖ configDigest ‖ round u64 ‖ timestampMs u64 ‖ marginRoot
+ *   ‖ groupKeyX ‖ rx ‖ ry ‖ z
  *   ‖ per feed: idLength u8 ‖ id ‖ price i128 ‖ confidence u128 ‖ numObservations u16
  *     ‖ observedAtMs u64 ‖ bid i128 ‖ ask i128 ‖ venues u16 ‖ status u8 ‖ flags u16
  *     ‖ ema i128 ‖ emaConfidence u128 ‖ volatility u64 ‖ depth u8 ‖ siblings
  *
- * No Merkle root (the contract derives it from the proofs); big-endian, no padding.
+ * No Merkle root (the contract derives it from the proofs; the margin root, which
+ * it cannot derive, is sent); big-endian, no padding.
  */
 export function pullPayload(header: ReportHeader, sig: EvmSignature, feeds: readonly ProvenLeaf[]): string {
   if (feeds.length === 0) throw new RangeError('a pull payload needs at least one leaf (the contract refuses NoLeaves)');
@@ -112,6 +114,7 @@ export function pullPayload(header: ReportHeader, sig: EvmSignature, feeds: read
     header.configDigest,
     fixed(header.round, 8, false, 'round'),
     fixed(header.timestampMs, 8, false, 'timestampMs'),
+    header.marginRoot,
     word(sig.groupKeyX),
     word(sig.rx),
     word(sig.ry),

@@ -33,6 +33,8 @@ export interface ReportHeader {
   round: bigint;
   timestampMs: bigint;
   merkleRoot: Uint8Array;
+  /** `commandsRoot` of the report's margin commands; all zero when it orders none. */
+  marginRoot: Uint8Array;
 }
 
 /** One feed's leaf. Prices are fixed-point integers with the feed's decimals. */
@@ -53,11 +55,23 @@ export interface ReportLeaf {
   volatility: bigint;
 }
 
+/** A margin command the committee ordered into a report (opaque to verification). */
+export interface MarginCommand {
+  /** The member index that offered it. */
+  origin: number;
+  /** The origin's number for it. */
+  nonce: bigint;
+  /** The command, as JSON text. */
+  body: string;
+}
+
 /** A report with its leaves (ascending feed id) and one signature per suite. */
 export interface SignedReport {
   header: ReportHeader;
   leaves: ReportLeaf[];
   signatures: Partial<Record<Suite, Uint8Array>>;
+  /** The round's margin commands in report order (none: absent or empty). */
+  commands?: MarginCommand[];
 }
 
 /** Inclusion proof of one leaf: sibling hashes from the leaf up. */
@@ -127,6 +141,8 @@ export function headerFromJson(v: Json | undefined): ReportHeader {
     round: int(o.round, 'header.round'),
     timestampMs: int(o.timestamp_ms, 'header.timestamp_ms'),
     merkleRoot: bytes(o.merkle_root, 'header.merkle_root', 32),
+    // absent: zero, as the Rust reader defaults it
+    marginRoot: o.margin_root === undefined ? new Uint8Array(32) : bytes(o.margin_root, 'header.margin_root', 32),
   };
 }
 
@@ -192,14 +208,30 @@ export function signaturesFromJson(v: Json | undefined): Partial<Record<Suite, U
   return out;
 }
 
+/** A `MarginCommand` from its API JSON form (`origin`, `nonce`, `body`). */
+export function commandFromJson(v: Json | undefined, what = 'command'): MarginCommand {
+  const o = obj(v, what);
+  const nonce = int(o.nonce, `${what}.nonce`);
+  if (nonce < 0n || nonce >= 2n ** 64n) throw new SibylFormatError(`${what}.nonce = ${nonce} is outside u64`);
+  return {
+    origin: small(o.origin, `${what}.origin`, 0xffff),
+    nonce,
+    body: str(o.body, `${what}.body`),
+  };
+}
+
 /** A `SignedReport` from its API JSON form (`report` of `/v1/reports/{round}`). */
 export function reportFromJson(v: Json | undefined): SignedReport {
   const o = obj(v, 'report');
   if (!Array.isArray(o.leaves)) throw new SibylFormatError('report.leaves is not a list');
+  if (o.commands !== undefined && !Array.isArray(o.commands)) {
+    throw new SibylFormatError('report.commands is not a list');
+  }
   return {
     header: headerFromJson(o.header),
     leaves: o.leaves.map((l, i) => leafFromJson(l, `report.leaves[${i}]`)),
     signatures: signaturesFromJson(o.signatures),
+    commands: (o.commands ?? []).map((c, i) => commandFromJson(c, `report.commands[${i}]`)),
   };
 }
 

@@ -1,8 +1,8 @@
 // Consumer-side verification, the same checks in the same order as the
 // Rust reference (`sibyl_aggregator::verify`, docs/PROTOCOL.md "Consumer
 // verification"): version, config digest, leaf count, one FROST signature
-// per suite the consumer requires, then leaf order and the Merkle root (or,
-// for one feed, its proof).
+// per suite the consumer requires, then leaf order, the Merkle root and the
+// margin commands' root (or, for one feed, its proof).
 //
 //   FROST(Ed25519, SHA-512):      c = SHA-512(R ‖ A ‖ digest) mod L,
 //                                 valid iff 8·(z·G − c·A − R) = 0
@@ -15,7 +15,15 @@ import { secp256k1 } from '@noble/curves/secp256k1.js';
 import { hash_to_field } from '@noble/curves/abstract/hash-to-curve.js';
 import { sha512 } from '@noble/hashes/sha2.js';
 import { keccak_256 } from '@noble/hashes/sha3.js';
-import { headerDigest, leafHash, MAX_LEAVES, merkleRoot, PROTOCOL_VERSION, verifyProof } from './encoding.js';
+import {
+  commandsRoot,
+  headerDigest,
+  leafHash,
+  MAX_LEAVES,
+  merkleRoot,
+  PROTOCOL_VERSION,
+  verifyProof,
+} from './encoding.js';
 import { bytesToBigInt, bytesToBigIntLE, concat, equalBytes, fromHex, toHex } from './hex.js';
 import type { MerkleProof, ReportHeader, ReportLeaf, SignedReport, Suite } from './types.js';
 
@@ -28,6 +36,7 @@ export type VerifyErrorCode =
   | 'TooManyLeaves'
   | 'LeavesNotSorted'
   | 'RootMismatch'
+  | 'CommandsMismatch'
   | 'BadProof'
   | 'MissingSignature'
   | 'MalformedSignature'
@@ -234,6 +243,14 @@ export function verifyReport(report: SignedReport, keys: GroupKeys): VerifiedRep
     throw new VerifyError(
       'RootMismatch',
       `Merkle root mismatch: header says 0x${toHex(report.header.merkleRoot)}, the leaves give 0x${toHex(computed)}`,
+    );
+  }
+  const commands = report.commands ?? [];
+  const marginRoot = commandsRoot(commands);
+  if (!equalBytes(marginRoot, report.header.marginRoot)) {
+    throw new VerifyError(
+      'CommandsMismatch',
+      `margin root mismatch: header says 0x${toHex(report.header.marginRoot)}, the report's ${commands.length} margin commands give 0x${toHex(marginRoot)}`,
     );
   }
   return { report, digest, suites };

@@ -47,6 +47,7 @@ test('submitFeeds calldata equals viem encoding of the contract ABI', () => {
             round: r.header.round,
             timestampMs: r.header.timestampMs,
             merkleRoot: hex32(r.header.merkleRoot),
+            marginRoot: hex32(r.header.marginRoot),
           },
           sig,
           feeds.map(({ leaf: l }) => ({
@@ -98,12 +99,23 @@ test('the packed pull payload equals viem encodePacked of its documented layout'
     for (const idx of [r.leaves.map((_, i) => i), r.leaves.map((_, i) => i).filter((i) => i % 2 === 1)]) {
       if (idx.length === 0) continue;
       const feeds = idx.map((i) => ({ leaf: r.leaves[i]!, proof: merkleProof(r.leaves, i) }));
-      const types: string[] = ['uint8', 'bytes32', 'uint64', 'uint64', 'uint256', 'uint256', 'uint256', 'uint256'];
+      const types: string[] = [
+        'uint8',
+        'bytes32',
+        'uint64',
+        'uint64',
+        'bytes32',
+        'uint256',
+        'uint256',
+        'uint256',
+        'uint256',
+      ];
       const values: unknown[] = [
         r.header.version,
         hex32(r.header.configDigest),
         r.header.round,
         r.header.timestampMs,
+        hex32(r.header.marginRoot),
         sig.groupKeyX,
         sig.rx,
         sig.ry,

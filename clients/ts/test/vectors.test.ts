@@ -5,7 +5,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { keccak_256 } from '@noble/hashes/sha3.js';
 import {
+  commandsRoot,
   encodeHeader,
   encodeLeaf,
   groupKeys,
@@ -61,9 +63,40 @@ test('every report case verifies or fails as in Rust', () => {
     assert.equal(got, c.expected === 'valid' ? 'valid' : c.error, `${c.name}`);
     seen.add(got);
   }
-  for (const e of ['valid', 'RootMismatch', 'BadSignature', 'WrongConfigDigest', 'MissingSignature', 'MalformedSignature', 'LeavesNotSorted', 'NoGroupKeys']) {
+  for (const e of [
+    'valid',
+    'RootMismatch',
+    'CommandsMismatch',
+    'BadSignature',
+    'WrongConfigDigest',
+    'MissingSignature',
+    'MalformedSignature',
+    'LeavesNotSorted',
+    'NoGroupKeys',
+  ]) {
     assert.ok(seen.has(e), `no case ends in ${e}`);
   }
+});
+
+test('margin roots equal the reference preimage and root', () => {
+  const rv = JSON.parse(
+    readFileSync(new URL('../../../../aggregator/vectors/report_vectors.json', import.meta.url), 'utf8'),
+  ) as { cases: Case[] };
+  let withCommands = 0;
+  for (const c of rv.cases) {
+    const r = reportFromJson({ header: c.header ?? null, leaves: [], signatures: {}, commands: c.commands ?? [] });
+    assert.equal(toHex(commandsRoot(r.commands ?? []), true), (c.header as Case).margin_root, `${c.name}`);
+    if (c.commands_preimage !== undefined) {
+      withCommands++;
+      assert.equal(toHex(keccak_256(Buffer.from((c.commands_preimage as string).slice(2), 'hex')), true), (c.header as Case).margin_root);
+    }
+  }
+  assert.ok(withCommands >= 1, 'a vector with margin commands');
+  // A body is hashed as its UTF-8 bytes, its length in bytes.
+  const one = commandsRoot([{ origin: 1, nonce: 2n, body: 'é' }]);
+  const by = Buffer.concat([Buffer.from('Sibyl margin commands v1'), Buffer.from('0001000000000000000200000002c3a9', 'hex')]);
+  assert.equal(toHex(one), toHex(keccak_256(by)));
+  assert.equal(toHex(commandsRoot([])), '00'.repeat(32));
 });
 
 test('prices beyond 2^53 are read exactly', () => {
@@ -91,7 +124,7 @@ test('every leaf case verifies or fails as in Rust', () => {
     assert.equal(got, c.expected === 'valid' ? 'valid' : c.error, `${c.name}`);
     if (got === 'valid') valid++;
   }
-  assert.equal(valid, 21);
+  assert.equal(valid, 23);
 });
 
 test('proofs built locally equal the reference proofs', () => {

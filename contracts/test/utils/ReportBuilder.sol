@@ -75,7 +75,8 @@ library ReportBuilder {
                 h.configDigest,
                 h.round,
                 h.timestampMs,
-                h.merkleRoot
+                h.merkleRoot,
+                h.marginRoot
             )
         );
     }
@@ -89,8 +90,8 @@ library ReportBuilder {
     }
 
     /// The packed pull payload of SibylFeed.updateFeeds (docs/CONTRACTS.md, "Pull payloads"),
-    /// written field by field with abi.encodePacked: no root, each leaf at its Rust widths
-    /// followed by its proof's depth and siblings.
+    /// written field by field with abi.encodePacked: no Merkle root (the margin root is sent),
+    /// each leaf at its Rust widths followed by its proof's depth and siblings.
     function pullPayload(
         SibylFeed.ReportHeader memory h,
         SibylFeed.Signature memory s,
@@ -98,7 +99,15 @@ library ReportBuilder {
         bytes32[][] memory proofs
     ) internal pure returns (bytes memory out) {
         out = abi.encodePacked(
-            h.version, h.configDigest, h.round, h.timestampMs, s.groupKeyX, s.rx, s.ry, s.z
+            h.version,
+            h.configDigest,
+            h.round,
+            h.timestampMs,
+            h.marginRoot,
+            s.groupKeyX,
+            s.rx,
+            s.ry,
+            s.z
         );
         for (uint256 i = 0; i < leaves.length; i++) {
             out = bytes.concat(out, packedLeaf(leaves[i]), bytes1(uint8(proofs[i].length)));

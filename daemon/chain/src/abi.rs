@@ -25,9 +25,9 @@ pub use ISibylFeed::{submitFeedsCall, submitReportCall};
 pub use SibylFeed::{Leaf, ReportHeader as AbiHeader, ReportMeta, Signature};
 
 /// The Solidity signature of the pull function, as a protocol calls it.
-pub const SUBMIT_FEEDS_SIGNATURE: &str = "submitFeeds((uint8,bytes32,uint64,uint64,bytes32),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64,int256,int256,uint16,uint8,uint16,int256,uint256,uint64)[],bytes32[][])";
+pub const SUBMIT_FEEDS_SIGNATURE: &str = "submitFeeds((uint8,bytes32,uint64,uint64,bytes32,bytes32),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64,int256,int256,uint16,uint8,uint16,int256,uint256,uint64)[],bytes32[][])";
 /// The Solidity signature of the push function.
-pub const SUBMIT_REPORT_SIGNATURE: &str = "submitReport((uint8,bytes32,uint64,uint64),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64,int256,int256,uint16,uint8,uint16,int256,uint256,uint64)[])";
+pub const SUBMIT_REPORT_SIGNATURE: &str = "submitReport((uint8,bytes32,uint64,uint64,bytes32),(uint256,uint256,uint256,uint256),(bytes32,int256,uint256,uint16,uint64,int256,int256,uint16,uint8,uint16,int256,uint256,uint64)[])";
 
 /// Why a report cannot be turned into a contract call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +143,7 @@ pub fn header(h: &ReportHeader) -> AbiHeader {
         round: h.round,
         timestampMs: h.timestamp_ms,
         merkleRoot: B256::from(h.merkle_root),
+        marginRoot: B256::from(h.margin_root),
     }
 }
 
@@ -152,6 +153,7 @@ pub fn meta(h: &ReportHeader) -> ReportMeta {
         configDigest: B256::from(h.config_digest.0),
         round: h.round,
         timestampMs: h.timestamp_ms,
+        marginRoot: B256::from(h.margin_root),
     }
 }
 
@@ -217,8 +219,8 @@ pub fn submit_report(
 }
 
 /// Where the leaves of a pull payload start: version, config digest, round,
-/// timestamp (49 bytes) and the signature's four words (128).
-pub const PULL_LEAVES_AT: usize = 177;
+/// timestamp, margin root (81 bytes) and the signature's four words (128).
+pub const PULL_LEAVES_AT: usize = 209;
 /// A packed leaf's bytes after its feed id: price to volatility.
 const PULL_LEAF_NUMBERS: usize = 119;
 
@@ -227,6 +229,7 @@ const PULL_LEAF_NUMBERS: usize = 119;
 ///
 /// ```text
 ///   version u8 | configDigest [32] | round u64 | timestampMs u64
+///   | marginRoot [32]
 ///   | groupKeyX | rx | ry | z                       (32 bytes each)
 ///   | per feed: idLength u8 | id | price i128 | confidence u128
 ///               | numObservations u16 | observedAtMs u64 | bid i128 | ask i128
@@ -236,7 +239,8 @@ const PULL_LEAF_NUMBERS: usize = 119;
 /// ```
 ///
 /// Big-endian, no padding, no Merkle root (the contract derives it from the
-/// proofs): about half of `submitFeeds`' calldata for one feed.
+/// proofs; the margin root, which it cannot derive, is sent): about half of
+/// `submitFeeds`' calldata for one feed.
 pub fn pull_payload(
     report: &SignedReport,
     key: &EvmGroupKey,
@@ -249,6 +253,7 @@ pub fn pull_payload(
         config_digest: h.config_digest.0,
         round: h.round,
         timestamp_ms: h.timestamp_ms,
+        margin_root: h.margin_root,
         signature: sig,
         leaves: proven
             .iter()
@@ -259,13 +264,14 @@ pub fn pull_payload(
 }
 
 /// A pull payload taken apart (what the contract reads from it): the header
-/// fields but the root, the signature and each leaf with its siblings.
+/// fields but the Merkle root, the signature and each leaf with its siblings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullPayload {
     pub version: u8,
     pub config_digest: [u8; 32],
     pub round: u64,
     pub timestamp_ms: u64,
+    pub margin_root: [u8; 32],
     pub signature: Signature,
     pub leaves: Vec<(ReportLeaf, Vec<[u8; 32]>)>,
 }
@@ -278,6 +284,7 @@ impl PullPayload {
         out.extend_from_slice(&self.config_digest);
         out.extend_from_slice(&self.round.to_be_bytes());
         out.extend_from_slice(&self.timestamp_ms.to_be_bytes());
+        out.extend_from_slice(&self.margin_root);
         let s = &self.signature;
         for word in [s.groupKeyX, s.rx, s.ry, s.z] {
             out.extend_from_slice(&word.to_be_bytes::<32>());
@@ -321,7 +328,7 @@ pub fn fuzz_pull_payload(data: &[u8]) {
 /// Why bytes are not a pull payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PullPayloadError {
-    #[error("pull payload: {0} bytes is shorter than its 177-byte header and signature")]
+    #[error("pull payload: {0} bytes is shorter than its 209-byte header and signature")]
     Short(usize),
     #[error("pull payload: no leaves after the header")]
     NoLeaves,
@@ -352,11 +359,12 @@ pub fn decode_pull_payload(bytes: &[u8]) -> Result<PullPayload, PullPayloadError
         config_digest: take(bytes, 1),
         round: u64::from_be_bytes(take(bytes, 33)),
         timestamp_ms: u64::from_be_bytes(take(bytes, 41)),
+        margin_root: take(bytes, 49),
         signature: Signature {
-            groupKeyX: word(49),
-            rx: word(81),
-            ry: word(113),
-            z: word(145),
+            groupKeyX: word(81),
+            rx: word(113),
+            ry: word(145),
+            z: word(177),
         },
         leaves: Vec::new(),
     };
@@ -445,6 +453,29 @@ mod tests {
     }
 
     #[test]
+    fn header_encoding_matches_the_protocol_encoding() {
+        use alloy_sol_types::SolValue;
+        let h = ReportHeader {
+            version: sibyl_aggregator::PROTOCOL_VERSION,
+            config_digest: sibyl_aggregator::ConfigDigest([0x11; 32]),
+            round: 42,
+            timestamp_ms: 1_700_000_000_123,
+            merkle_root: [0x22; 32],
+            margin_root: [0x33; 32],
+        };
+        assert_eq!(
+            header(&h).abi_encode(),
+            sibyl_aggregator::encoding::encode_header(&h).to_vec()
+        );
+        // The push path's meta is the header without its Merkle root.
+        let m = meta(&h);
+        assert_eq!(m.marginRoot.0, h.margin_root);
+        let mut words = sibyl_aggregator::encoding::encode_header(&h).to_vec();
+        words.drain(128..160);
+        assert_eq!(m.abi_encode(), words);
+    }
+
+    #[test]
     fn pull_payload_round_trips_and_refuses_what_the_contract_refuses() {
         use rand_chacha::rand_core::SeedableRng;
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(16);
@@ -457,12 +488,20 @@ mod tests {
                 .expect("serialize"),
         )
         .expect("key");
+        // A round that ordered margin commands (the payload carries the root, signed or not).
+        let mut report = fx.report.clone();
+        report.header.margin_root = [0x5a; 32];
         let ids: Vec<FeedId> = [0, 3, 6]
             .iter()
-            .map(|&i| fx.report.leaves[i].feed_id.clone())
+            .map(|&i| report.leaves[i].feed_id.clone())
             .collect();
-        let (call, proven) = submit_feeds(&fx.report, &key, &ids).expect("proofs");
-        let bytes = pull_payload(&fx.report, &key, &proven).expect("payload");
+        let (call, proven) = submit_feeds(&report, &key, &ids).expect("proofs");
+        let bytes = pull_payload(&report, &key, &proven).expect("payload");
+        assert_eq!(
+            &bytes[49..81],
+            &[0x5a; 32],
+            "margin root after the timestamp"
+        );
         // Layout: header and signature, then per leaf 1 + id + 119 + 1 + 32 x depth.
         let expected_len: usize = PULL_LEAVES_AT
             + proven
@@ -473,15 +512,22 @@ mod tests {
         // the 7-leaf tree promotes its last leaf: proofs of unequal depth
         assert_ne!(proven[0].proof.len(), proven[2].proof.len());
         let back = decode_pull_payload(&bytes).expect("decodes");
-        let h = &fx.report.header;
+        let h = &report.header;
         assert_eq!(
             (
                 back.version,
                 back.config_digest,
                 back.round,
-                back.timestamp_ms
+                back.timestamp_ms,
+                back.margin_root
             ),
-            (h.version, h.config_digest.0, h.round, h.timestamp_ms)
+            (
+                h.version,
+                h.config_digest.0,
+                h.round,
+                h.timestamp_ms,
+                h.margin_root
+            )
         );
         assert_eq!(back.signature, call.signature);
         for ((leaf, siblings), p) in back.leaves.iter().zip(&proven) {

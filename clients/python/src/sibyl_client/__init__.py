@@ -2,13 +2,15 @@
 API endpoints and verify them locally (FROST Ed25519 and secp256k1-evm)."""
 
 from .client import Candle, FeedValue, Latest, SibylClient, SibylHttpError
-from .encoding import encode_header, encode_leaf, header_digest, leaf_hash, merkle_root, verify_proof
+from .encoding import commands_root, encode_header, encode_leaf, header_digest, leaf_hash, merkle_root, verify_proof
 from .types import (
+    MarginCommand,
     MerkleProof,
     ReportHeader,
     ReportLeaf,
     SibylFormatError,
     SignedReport,
+    command_from_json,
     header_from_json,
     leaf_from_json,
     proof_from_json,
@@ -22,6 +24,7 @@ __all__ = [
     "FeedValue",
     "GroupKeys",
     "Latest",
+    "MarginCommand",
     "MerkleProof",
     "ReportHeader",
     "ReportLeaf",
@@ -31,6 +34,8 @@ __all__ = [
     "SignedReport",
     "VerifiedReport",
     "VerifyError",
+    "command_from_json",
+    "commands_root",
     "encode_header",
     "encode_leaf",
     "header_digest",

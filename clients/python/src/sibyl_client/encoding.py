@@ -1,14 +1,15 @@
 """What is hashed and signed (docs/PROTOCOL.md): ABI encodings of the leaf
-and header, the Keccak Merkle tree with sorted pairs, the header digest."""
+and header, the Keccak Merkle tree with sorted pairs, the margin commands'
+root, the header digest."""
 
 from __future__ import annotations
 
 from Crypto.Hash import keccak
 
-from .types import LEAF_STATUSES, MerkleProof, ReportHeader, ReportLeaf
+from .types import LEAF_STATUSES, MarginCommand, MerkleProof, ReportHeader, ReportLeaf
 
 MAX_LEAVES = 65_536
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 def keccak256(data: bytes) -> bytes:
@@ -16,6 +17,7 @@ def keccak256(data: bytes) -> bytes:
 
 
 REPORT_DOMAIN_HASH = keccak256(b"Sibyl report v1")
+COMMANDS_DOMAIN = b"Sibyl margin commands v1"
 
 
 def word(v: int) -> bytes:
@@ -52,8 +54,21 @@ def encode_leaf(leaf: ReportLeaf) -> bytes:
 
 
 def encode_header(h: ReportHeader) -> bytes:
-    """``abi.encode(version, configDigest, round, timestampMs, merkleRoot)``: 160 bytes."""
-    return word(h.version) + h.config_digest + word(h.round) + word(h.timestamp_ms) + h.merkle_root
+    """``abi.encode(version, configDigest, round, timestampMs, merkleRoot, marginRoot)``: 192 bytes."""
+    return word(h.version) + h.config_digest + word(h.round) + word(h.timestamp_ms) + h.merkle_root + h.margin_root
+
+
+def commands_root(commands: list[MarginCommand]) -> bytes:
+    """The header's ``margin_root`` for a report's margin commands (in report order):
+    all zero for none, else ``keccak256("Sibyl margin commands v1" ‖ for each command:
+    origin u16 ‖ nonce u64 ‖ len(body) u32 ‖ body)``, big-endian, the body as UTF-8."""
+    if not commands:
+        return bytes(32)
+    out = bytearray(COMMANDS_DOMAIN)
+    for c in commands:
+        body = c.body.encode("utf-8")
+        out += c.origin.to_bytes(2, "big") + c.nonce.to_bytes(8, "big") + len(body).to_bytes(4, "big") + body
+    return keccak256(bytes(out))
 
 
 def header_digest(h: ReportHeader) -> bytes:

@@ -38,6 +38,8 @@ class ReportHeader:
     round: int
     timestamp_ms: int
     merkle_root: bytes
+    # ``commands_root`` of the report's margin commands; all zero when it orders none.
+    margin_root: bytes = bytes(32)
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,21 @@ class ReportLeaf:
 
 
 @dataclass(frozen=True)
+class MarginCommand:
+    """A margin command the committee ordered into a report (opaque to verification)."""
+
+    origin: int
+    nonce: int
+    body: str
+
+
+@dataclass(frozen=True)
 class SignedReport:
     header: ReportHeader
     leaves: list[ReportLeaf]
     signatures: dict[str, bytes] = field(default_factory=dict)
+    # The round's margin commands in report order.
+    commands: list[MarginCommand] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,8 @@ def header_from_json(v: Any) -> ReportHeader:
         round=to_int(o.get("round"), "header.round"),
         timestamp_ms=to_int(o.get("timestamp_ms"), "header.timestamp_ms"),
         merkle_root=from_hex(o.get("merkle_root"), "header.merkle_root", 32),
+        # absent: zero, as the Rust reader defaults it
+        margin_root=bytes(32) if o.get("margin_root") is None else from_hex(o.get("margin_root"), "header.margin_root", 32),
     )
 
 
@@ -184,16 +199,33 @@ def signatures_from_json(v: Any) -> dict[str, bytes]:
     return {k: from_hex(s, f"signatures.{k}") for k, s in o.items() if k in SUITES}
 
 
+def command_from_json(v: Any, what: str = "command") -> MarginCommand:
+    """A ``MarginCommand`` from its API form (``origin``, ``nonce``, ``body``)."""
+    o = _obj(v, what)
+    body = o.get("body")
+    if not isinstance(body, str):
+        raise SibylFormatError(f"{what}.body is not a string")
+    return MarginCommand(
+        origin=_small(o.get("origin"), f"{what}.origin", 0xFFFF),
+        nonce=_small(o.get("nonce"), f"{what}.nonce", (1 << 64) - 1),
+        body=body,
+    )
+
+
 def report_from_json(v: Any) -> SignedReport:
     """A ``SignedReport`` from its API form (``report`` of ``/v1/reports/{round}``)."""
     o = _obj(v, "report")
     leaves = o.get("leaves")
     if not isinstance(leaves, list):
         raise SibylFormatError("report.leaves is not a list")
+    commands = o.get("commands", [])
+    if not isinstance(commands, list):
+        raise SibylFormatError("report.commands is not a list")
     return SignedReport(
         header=header_from_json(o.get("header")),
         leaves=[leaf_from_json(x, f"report.leaves[{i}]") for i, x in enumerate(leaves)],
         signatures=signatures_from_json(o.get("signatures")),
+        commands=[command_from_json(x, f"report.commands[{i}]") for i, x in enumerate(commands)],
     )
 
 

@@ -17,7 +17,16 @@ import nacl.exceptions
 import nacl.signing
 from coincurve import PublicKey
 
-from .encoding import MAX_LEAVES, PROTOCOL_VERSION, header_digest, keccak256, leaf_hash, merkle_root, verify_proof
+from .encoding import (
+    MAX_LEAVES,
+    PROTOCOL_VERSION,
+    commands_root,
+    header_digest,
+    keccak256,
+    leaf_hash,
+    merkle_root,
+    verify_proof,
+)
 from .types import MerkleProof, ReportHeader, ReportLeaf, SignedReport, from_hex
 
 ED_L = 2**252 + 27742317777372353535851937790883648493
@@ -190,6 +199,13 @@ def verify_report(report: SignedReport, keys: GroupKeys) -> VerifiedReport:
         raise VerifyError(
             "RootMismatch",
             f"Merkle root mismatch: header says 0x{report.header.merkle_root.hex()}, the leaves give 0x{computed.hex()}",
+        )
+    margin_root = commands_root(report.commands)
+    if margin_root != report.header.margin_root:
+        raise VerifyError(
+            "CommandsMismatch",
+            f"margin root mismatch: header says 0x{report.header.margin_root.hex()}, "
+            f"the report's {len(report.commands)} margin commands give 0x{margin_root.hex()}",
         )
     return VerifiedReport(report, digest, suites)
 

@@ -161,6 +161,7 @@ async fn single_feed_update_carries_the_vector_signature_proof_and_calldata() {
     assert_eq!(packed.round, call.header.round);
     assert_eq!(packed.config_digest, call.header.configDigest.0);
     assert_eq!(packed.timestamp_ms, call.header.timestampMs);
+    assert_eq!(packed.margin_root, call.header.marginRoot.0);
     assert_eq!(packed.signature, call.signature);
     assert_eq!(packed.leaves.len(), 1);
     assert_eq!(packed.leaves[0].0, three.leaves[1]);
