@@ -46,6 +46,6 @@ pub mod sim;
 pub use codec::{Decode, DecodeError, Encode, Reader, Writer};
 pub use report::{
     ConfigDigest, FeedId, FeedIdError, LeafStatus, MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER,
-    MAX_REPORT_COMMANDS, MarginCommand, PROTOCOL_VERSION, Price, ReportHeader, ReportLeaf, Round,
-    SignatureBytes, SignedReport, Suite, TimestampMs,
+    MAX_REPORT_COMMANDS, MarginCheckpoint, MarginCommand, PROTOCOL_VERSION, Price, ReportHeader,
+    ReportLeaf, Round, SignatureBytes, SignedReport, Suite, TimestampMs,
 };

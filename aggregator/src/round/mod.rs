@@ -712,12 +712,13 @@ pub struct Node {
 type Refusal = RefusalReason;
 
 /// The margin state a leader puts in its report, and who attested it:
-/// among the states at least `t` of `attested` (member, its attested roots)
-/// name with the same root, the lowest round after `after` (the newest
-/// carried so far), so successive reports carry successive rounds; with two
-/// roots for one round the one more members attested (then the lower
-/// root). `None` when no state has `t` attesters. Also returns whether
-/// some round was attested with two different roots.
+/// among the states after `after` (the newest carried so far) that at least
+/// `t` of `attested` (member, its attested roots) name with the same root,
+/// the newest (members whose engines keep up attest the previous report's
+/// round, so successive reports carry successive rounds); with two roots
+/// for one round the one more members attested (then the lower root).
+/// `None` when no state has `t` attesters. Also returns whether some round
+/// was attested with two different roots.
 pub fn choose_margin_state<'a>(
     attested: impl IntoIterator<Item = (u16, &'a [MarginCheckpoint])>,
     t: usize,
@@ -739,7 +740,13 @@ pub fn choose_margin_state<'a>(
     let chosen = by
         .into_iter()
         .filter(|(_, who)| who.len() >= t)
-        .min_by_key(|(c, who)| (c.round, std::cmp::Reverse(who.len()), c.root));
+        .min_by_key(|(c, who)| {
+            (
+                std::cmp::Reverse(c.round),
+                std::cmp::Reverse(who.len()),
+                c.root,
+            )
+        });
     (chosen, disagree)
 }
 

@@ -2597,3 +2597,108 @@ fn signers_refuse_a_proposal_whose_commands_are_not_the_observations_offers() {
         }
     }
 }
+
+fn checkpoint(round: Round, b: u8) -> MarginCheckpoint {
+    MarginCheckpoint {
+        round,
+        root: [b; 32],
+    }
+}
+
+#[test]
+fn the_leader_carries_the_newest_margin_state_t_members_attested() {
+    let a = [checkpoint(5, 1), checkpoint(6, 1)];
+    let b = [checkpoint(5, 1), checkpoint(6, 1), checkpoint(7, 1)];
+    let c = [checkpoint(5, 1), checkpoint(6, 2)];
+    let lists = [(1, &a[..]), (2, &b[..]), (3, &c[..])];
+    // Round 7: one attester; round 6: two with root 1, one with root 2.
+    let (chosen, disagree) = choose_margin_state(lists, 2, None);
+    let (state, who) = chosen.unwrap();
+    assert_eq!(state, checkpoint(6, 1));
+    assert_eq!(who, [1, 2].into_iter().collect());
+    assert!(disagree, "round 6 has two roots");
+    // With t = 3 only round 5 has enough.
+    let (chosen, _) = choose_margin_state(lists, 3, None);
+    assert_eq!(chosen.unwrap().0, checkpoint(5, 1));
+    // Nothing at or before the last carried round again.
+    let (chosen, _) = choose_margin_state(lists, 3, Some(5));
+    assert_eq!(chosen, None);
+    let (chosen, disagree) = choose_margin_state(lists, 2, Some(6));
+    assert_eq!(chosen, None);
+    assert!(!disagree);
+}
+
+/// Members attest margin state roots; the report carries one that t of
+/// them attested and only they sign; a member whose engine computed another
+/// root refuses a proposal carrying it.
+#[test]
+fn a_report_carries_a_margin_state_its_signers_attested() {
+    let mut h = harness::<Ed>(4, 1);
+    for m in 1..=3 {
+        h.handle(
+            m,
+            T0,
+            Input::AttestMarginRoots(vec![checkpoint(3, 9), checkpoint(4, 9)]),
+        );
+    }
+    // Member 4's engine differs at round 4.
+    h.handle(
+        4,
+        T0,
+        Input::AttestMarginRoots(vec![checkpoint(3, 9), checkpoint(4, 8)]),
+    );
+    let proposals = up_to_proposals(&mut h);
+    let signers: Vec<u16> = proposals.iter().map(|(to, _)| *to).collect();
+    assert!(
+        !signers.contains(&4),
+        "member 4 did not attest the state: {signers:?}"
+    );
+    let (to, bytes) = proposals[0].clone();
+    let m = decode(&h, &bytes);
+    let Payload::Proposal(p) = &m.payload else {
+        panic!("not a proposal");
+    };
+    assert_eq!(p.margin_state, Some(checkpoint(4, 9)));
+    assert_eq!(h.nodes[0].stats().margin_root_disagreements, 1);
+    assert_eq!(h.nodes[0].stats().margin_states_proposed, 1);
+    // The same proposal sent to member 4 (as if it had been picked) is refused.
+    let forged = forge(&h, &bytes, |_| {});
+    let a = h.handle(
+        4,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: forged,
+        },
+    );
+    assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+    assert_eq!(h.nodes[3].stats().margin_states_refused, 1);
+    // The honest signer signs it.
+    let a = h.handle(to, T0 + 2, Input::Message { from: 1, bytes });
+    assert!(a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
+}
+
+/// A whole round with every member attesting the same state: every member
+/// holds a report carrying it, and its header's margin root binds it.
+#[test]
+fn a_signed_report_binds_its_margin_state() {
+    let mut h = harness::<Ed>(4, 1);
+    for m in 1..=4 {
+        h.handle(m, T0, Input::AttestMarginRoots(vec![checkpoint(2, 7)]));
+    }
+    h.handle(2, T0, Input::OfferCommands(vec![offer(2, 1, "a")]));
+    let (reports, _) = run_until_quiet(&mut h, T0, 1_000_000);
+    let r = &reports[0][0];
+    assert_eq!(r.margin_state, Some(checkpoint(2, 7)));
+    assert_eq!(
+        r.header.margin_root,
+        crate::digest::margin_root(&r.commands, r.margin_state.as_ref())
+    );
+    assert!(h.nodes[1].verify_report(r));
+    let mut other = r.clone();
+    other.margin_state = Some(checkpoint(2, 6));
+    assert!(!h.nodes[1].verify_report(&other), "a changed root");
+    let mut none = r.clone();
+    none.margin_state = None;
+    assert!(!h.nodes[1].verify_report(&none), "a dropped root");
+}

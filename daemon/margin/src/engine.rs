@@ -18,7 +18,7 @@ mod liquidation;
 mod prices;
 mod root;
 mod settlement;
-mod snapshot;
+pub(crate) mod snapshot;
 mod triggers;
 mod views;
 

@@ -171,6 +171,12 @@ impl AccountState {
         e.0
     }
 
+    /// Inverse of [`AccountState::encode`]: refuses truncated, trailing or
+    /// non-canonical bytes (`EngineError::SnapshotCorrupt` with the reason).
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::error::EngineError> {
+        crate::engine::snapshot::decode_account_state(bytes)
+    }
+
     /// `keccak(0x00 ‖ encode())`.
     pub fn leaf(&self) -> Hash {
         keccak(&[&[LEAF], &self.encode()])

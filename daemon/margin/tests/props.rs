@@ -778,6 +778,15 @@ proptest! {
         let (state, proof, proved_root) = e.account_proof(id).unwrap();
         prop_assert_eq!(proved_root, root);
         prop_assert!(verify_account_proof(&root, &state, &proof).is_ok());
+        // The leaf preimage decodes to the state, and nothing else does.
+        let bytes = state.encode();
+        prop_assert_eq!(&sibyl_margin::state_root::AccountState::decode(&bytes).unwrap(), &state);
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            prop_assert!(sibyl_margin::state_root::AccountState::decode(&bytes[..cut]).is_err());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        prop_assert!(sibyl_margin::state_root::AccountState::decode(&long).is_err());
         // The proof of another account does not prove this state.
         let (_, other_proof, _) = e.account_proof(other).unwrap();
         if other != id {

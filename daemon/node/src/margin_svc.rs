@@ -50,7 +50,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sibyl_aggregator::{
-    MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCommand, Round, SignedReport,
+    MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCheckpoint, MarginCommand, Round,
+    SignedReport, report::MAX_ATTESTED_ROOTS,
 };
 use sibyl_margin::engine::{AtRisk, SnapshotSource};
 use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
@@ -144,6 +145,37 @@ pub fn price_report(report: &SignedReport, feeds: &[FeedParams]) -> PriceReport 
             })
             .collect(),
     }
+}
+
+/// A report's ordered commands as the engine takes them, the same on every
+/// member and in `sibyl replay --from-reports`: each command not taken
+/// before (nonce above its origin's mark in `marks`, which moves) becomes an
+/// engine input at the report's timestamp, or the reason it cannot (a body
+/// that is not a command). Commands taken before are left out.
+pub fn report_commands(
+    report: &SignedReport,
+    marks: &mut BTreeMap<u16, u64>,
+) -> Vec<(MarginCommand, Result<Input, MarginError>)> {
+    let mut out = Vec::new();
+    for c in &report.commands {
+        if marks.get(&c.origin).is_some_and(|m| c.nonce <= *m) {
+            continue;
+        }
+        marks.insert(c.origin, c.nonce);
+        let input = serde_json::from_str::<Command>(&c.body)
+            .map(|command| Input::Command {
+                at_ms: report.header.timestamp_ms,
+                command,
+            })
+            .map_err(|e| MarginError::BadOrderedCommand {
+                origin: c.origin,
+                nonce: c.nonce,
+                round: report.header.round,
+                error: e.to_string(),
+            });
+        out.push((c.clone(), input));
+    }
+    out
 }
 
 /// The kind of an event (its serde variant name), for the `kind` column.
@@ -241,7 +273,29 @@ pub struct MarginState {
     pub next_round: Round,
     /// Per origin member, the highest ordered command nonce taken.
     pub marks: BTreeMap<u16, u64>,
+    /// The last report handled and the engine's state root after it: the
+    /// state an account proof is taken from.
+    pub last_state: Option<MarginCheckpoint>,
+    /// Margin states that signed reports carried, by the state's round:
+    /// (its root, the round of the report that carries it); the newest
+    /// [`SIGNED_STATES_KEPT`].
+    pub signed_states: BTreeMap<Round, ([u8; 32], Round)>,
+    /// The state roots after the latest reports handled (oldest first).
+    pub recent_roots: std::collections::VecDeque<MarginCheckpoint>,
 }
+
+impl MarginState {
+    /// This engine's state root after `round`, if it is among the recent ones.
+    pub fn engine_root_at(&self, round: Round) -> Option<[u8; 32]> {
+        self.recent_roots
+            .iter()
+            .find(|c| c.round == round)
+            .map(|c| c.root)
+    }
+}
+
+/// Signed margin states remembered for proofs.
+pub const SIGNED_STATES_KEPT: usize = 256;
 
 /// This member's side of committee ordering: its offers and the API calls
 /// waiting for their commands' turn.
@@ -298,6 +352,8 @@ pub struct MarginHandle {
     at_risk: AtRiskCache,
     /// Committee ordering; `None`: commands apply here at once.
     orderer: Option<Arc<Orderer>>,
+    /// The state roots after the latest reports, for the driver to attest.
+    attest: watch::Sender<Vec<MarginCheckpoint>>,
 }
 
 /// `(engine input count, ranking)`.
@@ -442,6 +498,13 @@ impl MarginHandle {
         }
     }
 
+    /// The engine's state roots after its latest reports (at most
+    /// `MAX_ATTESTED_ROOTS`), for the round driver to attest
+    /// ([`crate::driver::DriverParts::attest`]).
+    pub fn attested(&self) -> watch::Receiver<Vec<MarginCheckpoint>> {
+        self.attest.subscribe()
+    }
+
     /// This member's offered commands, for the round driver
     /// ([`crate::driver::DriverParts::offers`]); `None` without ordering.
     pub fn offers(&self) -> Option<watch::Receiver<Vec<MarginCommand>>> {
@@ -517,6 +580,9 @@ pub fn restore_from(
         reports_handled: 0,
         next_round,
         marks: BTreeMap::new(),
+        last_state: None,
+        signed_states: BTreeMap::new(),
+        recent_roots: std::collections::VecDeque::new(),
     })
 }
 
@@ -664,12 +730,14 @@ pub async fn start_with(
             last_nonce: Mutex::new(0),
         })
     });
+    let attest = watch::channel(Vec::new()).0;
     let handle = MarginHandle {
         state: state.clone(),
         commands: tx,
         metrics: metrics.clone(),
         at_risk: Arc::new(Mutex::new(None)),
         orderer: orderer.clone(),
+        attest: attest.clone(),
     };
     tokio::spawn(run(
         Service {
@@ -681,6 +749,7 @@ pub async fn start_with(
             demo,
             snapshot_every_rounds: options.snapshot_every_rounds,
             orderer,
+            attest,
         },
         reports,
         rx,
@@ -827,6 +896,7 @@ struct Service {
     /// Snapshot period in rounds (0 = never).
     snapshot_every_rounds: u64,
     orderer: Option<Arc<Orderer>>,
+    attest: watch::Sender<Vec<MarginCheckpoint>>,
 }
 
 impl Service {
@@ -898,6 +968,7 @@ impl Service {
                 tracing::error!(round, error = %e, "the report's margin inputs could not be stored: the margin log ends before them; restart the member");
             }
         }
+        self.note_state(report);
         if let Some(o) = &self.orderer {
             if let Some(mark) = marks.get(&o.me) {
                 o.withdraw(*mark);
@@ -947,6 +1018,36 @@ impl Service {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// After a report: the engine's state root (attested in this member's
+    /// next observations) and the margin state the report carries.
+    fn note_state(&mut self, report: &SignedReport) {
+        let round = report.header.round;
+        let mut st = self.state();
+        let root = st.engine.state_root();
+        let checkpoint = MarginCheckpoint { round, root };
+        st.last_state = Some(checkpoint);
+        st.recent_roots.push_back(checkpoint);
+        while st.recent_roots.len() > MAX_ATTESTED_ROOTS {
+            st.recent_roots.pop_front();
+        }
+        if let Some(m) = &report.margin_state {
+            st.signed_states.insert(m.round, (m.root, round));
+            while st.signed_states.len() > SIGNED_STATES_KEPT {
+                st.signed_states.pop_first();
+            }
+            if st.engine_root_at(m.round).is_some_and(|r| r != m.root) {
+                tracing::error!(
+                    round = m.round,
+                    signed = %hex::encode(m.root),
+                    "the committee signed a margin state root this member's engine did not compute: its margin state differs from the committee's; stop the member and rebuild its margin log with `sibyl replay --from-reports`"
+                );
+            }
+        }
+        let recent: Vec<MarginCheckpoint> = st.recent_roots.iter().copied().collect();
+        drop(st);
+        self.attest.send_replace(recent);
+    }
+
     /// Takes a report's ordered commands, after its prices, at its
     /// timestamp: each command not taken before (nonce above its origin's
     /// mark) is applied or refused, the same on every member. Returns this
@@ -964,35 +1065,17 @@ impl Service {
         let mut outcomes = Vec::new();
         let mut moved = BTreeMap::new();
         let me = self.orderer.as_ref().map(|o| o.me);
-        for c in &report.commands {
-            {
-                let mut st = self.state();
-                if st.marks.get(&c.origin).is_some_and(|m| c.nonce <= *m) {
-                    continue;
-                }
-                st.marks.insert(c.origin, c.nonce);
-            }
+        let taken = report_commands(report, &mut self.state().marks);
+        for (c, input) in taken {
             moved.insert(c.origin, c.nonce);
-            let result = match serde_json::from_str::<Command>(&c.body) {
-                Ok(command) => {
-                    let input = Input::Command {
-                        at_ms: report.header.timestamp_ms,
-                        command,
-                    };
-                    apply_input(&self.state, &self.metrics, input, Some(round)).map(
-                        |(step, events, _)| {
-                            steps.push(step);
-                            events
-                        },
-                    )
-                }
-                Err(e) => Err(MarginError::BadOrderedCommand {
-                    origin: c.origin,
-                    nonce: c.nonce,
-                    round,
-                    error: e.to_string(),
-                }),
-            };
+            let result = input.and_then(|input| {
+                apply_input(&self.state, &self.metrics, input, Some(round)).map(
+                    |(step, events, _)| {
+                        steps.push(step);
+                        events
+                    },
+                )
+            });
             match &result {
                 Ok(events) => tracing::info!(
                     round,

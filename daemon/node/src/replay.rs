@@ -1,10 +1,15 @@
 //! Re-run the margin engine's stored inputs through a fresh [`Engine`] and
 //! compare, event by event, with the stored events (`sibyl replay`, and the
-//! margin service's tests).
+//! margin service's tests); or rebuild it from signed reports alone
+//! ([`replay_reports`], `sibyl replay --from-reports`).
 
+use crate::config::FeedParams;
+use crate::margin_svc::{DemoSeed, book, price_report, report_commands};
 use crate::store::Db;
 use anyhow::{Context, Result, bail};
+use sibyl_aggregator::{Round, SignedReport};
 use sibyl_margin::{Engine, EventRecord, Input};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// What a replay found.
@@ -103,4 +108,97 @@ pub fn replay_db(path: &Path) -> Result<ReplayReport> {
         insurance_fund: engine.insurance_fund(),
         divergence,
     })
+}
+
+/// What rebuilding the margin engine from signed reports found
+/// ([`replay_reports`]).
+#[derive(Debug)]
+pub struct ReportReplay {
+    /// Reports taken, in round order.
+    pub reports: u64,
+    /// Engine inputs the reports gave (the demo book's, prices, commands).
+    pub inputs: u64,
+    /// Ordered commands the engine refused (the same on every member).
+    pub refused_commands: u64,
+    /// The engine state root after each report, by round.
+    pub roots: BTreeMap<Round, [u8; 32]>,
+    /// Signed margin states (carried by the reports) this replay computed
+    /// itself and found equal.
+    pub signed_states_matched: u64,
+    /// The first signed margin state this replay computed differently:
+    /// (state round, signed root, replayed root).
+    pub signed_state_mismatch: Option<(Round, [u8; 32], [u8; 32])>,
+    /// The rebuilt engine.
+    pub engine: Engine,
+}
+
+/// Rebuilds the margin engine from signed reports alone (in round order, as
+/// the margin service takes them): the demo book at the first report with
+/// an ok demo feed if `demo` is set, each report's prices, then its ordered
+/// commands ([`report_commands`]), exactly as every member does; checks every
+/// margin state root a report carries against the replayed one.
+pub fn replay_reports(
+    reports: impl IntoIterator<Item = SignedReport>,
+    feeds: &[FeedParams],
+    mut demo: Option<DemoSeed>,
+) -> ReportReplay {
+    let mut engine = Engine::default();
+    let mut marks = BTreeMap::new();
+    let mut out = ReportReplay {
+        reports: 0,
+        inputs: 0,
+        refused_commands: 0,
+        roots: BTreeMap::new(),
+        signed_states_matched: 0,
+        signed_state_mismatch: None,
+        engine: Engine::default(),
+    };
+    for report in reports {
+        out.reports += 1;
+        let prices = price_report(&report, feeds);
+        let inputs = match demo.take_if(|_| book::ready(&prices)) {
+            Some(d) => book::demo_inputs(d, &prices),
+            None => vec![Input::Prices(prices)],
+        };
+        for input in inputs {
+            if engine.apply(&input).is_ok() {
+                out.inputs += 1;
+            }
+        }
+        for (_, input) in report_commands(&report, &mut marks) {
+            match input.map(|i| engine.apply(&i)) {
+                Ok(Ok(_)) => out.inputs += 1,
+                _ => out.refused_commands += 1,
+            }
+        }
+        out.roots.insert(report.header.round, engine.state_root());
+        if let Some(m) = &report.margin_state
+            && let Some(mine) = out.roots.get(&m.round)
+        {
+            if *mine == m.root {
+                out.signed_states_matched += 1;
+            } else if out.signed_state_mismatch.is_none() {
+                out.signed_state_mismatch = Some((m.round, m.root, *mine));
+            }
+        }
+    }
+    out.engine = engine;
+    out
+}
+
+/// The reports of `db` in round order as far as its history is complete
+/// (the margin service's order: a round neither stored nor settled as
+/// absent ends it).
+pub fn complete_reports(db: &Db) -> Result<Vec<SignedReport>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let run = db.report_run(from, 4096)?;
+        let full = run.reports.len() == 4096;
+        out.extend(run.reports);
+        from = run.next;
+        if !full {
+            return Ok(out);
+        }
+    }
 }

@@ -308,6 +308,7 @@ pub async fn run_node(
             shutdown,
             rekey: Some(rekey_link),
             offers: margin.offers(),
+            attest: Some(margin.attested()),
         },
         last_report_round,
     );

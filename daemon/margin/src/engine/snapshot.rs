@@ -103,6 +103,45 @@ fn corrupt(detail: impl Into<String>) -> EngineError {
     }
 }
 
+/// Decodes [`crate::state_root::AccountState::encode`] bytes (an account
+/// proof's leaf preimage): the account id, its balances and positions, its
+/// units in margin call and deferred. Refuses trailing bytes and any bytes
+/// that do not re-encode to themselves (a repeated or misordered name).
+pub(crate) fn decode_account_state(
+    bytes: &[u8],
+) -> Result<crate::state_root::AccountState, EngineError> {
+    let mut d = Dec { b: bytes, at: 0 };
+    let account = d.u64()?;
+    let state = d.account()?;
+    let mut units = || -> Result<Vec<Unit>, EngineError> {
+        let mut out = Vec::new();
+        for _ in 0..d.len()? {
+            out.push(d.unit()?);
+        }
+        Ok(out)
+    };
+    let margin_calls = units()?;
+    let deferred = units()?;
+    if d.at != bytes.len() {
+        return Err(corrupt(format!(
+            "{} bytes after the account state",
+            bytes.len() - d.at
+        )));
+    }
+    let st = crate::state_root::AccountState {
+        account,
+        state,
+        margin_calls,
+        deferred,
+    };
+    if st.encode() != bytes {
+        return Err(corrupt(
+            "the account state is not in its canonical encoding",
+        ));
+    }
+    Ok(st)
+}
+
 /// Reads what `Enc` wrote; every read is bounds-checked.
 struct Dec<'a> {
     b: &'a [u8],

@@ -50,7 +50,7 @@ use sibyl_aggregator::round::message::{Kind, peek};
 use sibyl_aggregator::round::{Action, Input, LocalObservation, Node, Restore, SigningRecord};
 use sibyl_aggregator::verify::{GroupKeys, verify_report};
 use sibyl_aggregator::{
-    ConfigDigest, Encode, FeedId, MarginCommand, Round, SignedReport, TimestampMs,
+    ConfigDigest, Encode, FeedId, MarginCheckpoint, MarginCommand, Round, SignedReport, TimestampMs,
 };
 use source::ObservationRx;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -320,6 +320,10 @@ pub struct DriverParts<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = S
     /// The margin commands this member offers for ordering
     /// ([`crate::margin_svc::MarginHandle::offers`]); `None`: none.
     pub offers: Option<watch::Receiver<Vec<MarginCommand>>>,
+    /// The margin engine's state roots after its latest reports
+    /// ([`crate::margin_svc::MarginHandle::attested`]), attested in this
+    /// member's observations; `None`: none.
+    pub attest: Option<watch::Receiver<Vec<MarginCheckpoint>>>,
 }
 
 /// The running driver. Build with [`Driver::new`], then `run().await`.
@@ -388,6 +392,7 @@ pub struct Driver<T: Transport, R: RngCore + CryptoRng + Send, K: Clock = System
     rekey_events: Option<mpsc::Sender<crate::rekey::RekeyEvent>>,
     rekey_commands: Option<mpsc::Receiver<crate::rekey::DriverCmd>>,
     offers: Option<watch::Receiver<Vec<MarginCommand>>>,
+    attest: Option<watch::Receiver<Vec<MarginCheckpoint>>>,
 }
 
 impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
@@ -451,6 +456,7 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             rekey_events,
             rekey_commands,
             offers: parts.offers,
+            attest: parts.attest,
         }
     }
 
@@ -509,8 +515,11 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                     self.on_transport(ev).await;
                 }
                 Some(cmd) = recv_opt(&mut self.rekey_commands) => self.on_rekey(cmd),
-                Some(list) = offers_changed(&mut self.offers) => {
+                Some(list) = watch_changed(&mut self.offers) => {
                     self.input(Input::OfferCommands(list)).await;
+                }
+                Some(roots) = watch_changed(&mut self.attest) => {
+                    self.input(Input::AttestMarginRoots(roots)).await;
                 }
                 Some((to, bytes)) = self.replies_rx.recv() => {
                     if let Err(e) = self.transport.send(to, bytes) {
@@ -1378,10 +1387,8 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
 
 /// A catch-up request waiting for its reply.
 /// The next item of an optional channel; pending forever without one.
-/// The next offer list, once it changes; never for `None` or a closed channel.
-async fn offers_changed(
-    rx: &mut Option<watch::Receiver<Vec<MarginCommand>>>,
-) -> Option<Vec<MarginCommand>> {
+/// The watched value, once it changes; never for `None` or a closed channel.
+async fn watch_changed<T: Clone>(rx: &mut Option<watch::Receiver<T>>) -> Option<T> {
     if let Some(w) = rx
         && w.changed().await.is_ok()
     {

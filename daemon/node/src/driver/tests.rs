@@ -138,6 +138,7 @@ impl Harness {
                 clock: self.clock,
                 rekey: None,
                 offers: margin.as_ref().and_then(|m| m.offers()),
+                attest: margin.as_ref().map(|m| m.attested()),
             },
             last_report_round,
         );
@@ -1035,6 +1036,16 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
             (g.next_round, g.engine.state_root())
         })
         .collect();
+    let last_states: Vec<(u16, sibyl_aggregator::MarginCheckpoint)> = h
+        .members
+        .values()
+        .map(|m| {
+            (
+                m.index,
+                m.margin.clone().unwrap().read().last_state.unwrap(),
+            )
+        })
+        .collect();
     let stopped: Vec<(u16, StatusHandle)> = h
         .members
         .iter()
@@ -1096,4 +1107,52 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
         }
     }
     eprintln!("live state roots by member (next round, root): {roots:?}");
+
+    // Signed margin state roots: reports carried them, and a replay from
+    // member 1's signed reports alone computes each one, and each member's
+    // last state.
+    let db1 = Db::open_read_only(&h.members_db(1)).unwrap();
+    let reports = crate::replay::complete_reports(&db1).unwrap();
+    let carried = reports.iter().filter(|r| r.margin_state.is_some()).count();
+    // Virtual time runs ahead of the engine while it seeds the demo book on
+    // the blocking pool (real time), so not every report can carry one.
+    assert!(
+        carried >= 10,
+        "{carried} of {} reports carry a margin state",
+        reports.len()
+    );
+    let states: Vec<(u64, u64)> = reports
+        .iter()
+        .filter_map(|r| r.margin_state.map(|m| (r.header.round, m.round)))
+        .collect();
+    assert!(
+        states.iter().all(|(r, s)| s < r) && states.windows(2).all(|w| w[0].1 < w[1].1),
+        "each an earlier round, increasing: {states:?}"
+    );
+    eprintln!(
+        "{carried} of {} reports carry a margin state",
+        reports.len()
+    );
+    let replay = crate::replay::replay_reports(
+        reports,
+        &h.committee.feeds,
+        Some(crate::margin_svc::DemoSeed {
+            accounts: 30,
+            seed: 7,
+        }),
+    );
+    assert_eq!(replay.signed_state_mismatch, None);
+    assert_eq!(replay.signed_states_matched as usize, carried);
+    assert_eq!(
+        replay.refused_commands, 2,
+        "the lost withdrawal race and the overdraft"
+    );
+    for (m, last) in &last_states {
+        assert_eq!(
+            replay.roots.get(&last.round),
+            Some(&last.root),
+            "member {m}'s engine after round {}",
+            last.round
+        );
+    }
 }
