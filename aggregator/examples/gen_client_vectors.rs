@@ -24,7 +24,7 @@ use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sibyl_aggregator::codec::{Decode, Encode};
-use sibyl_aggregator::digest::{commands_root, header_digest};
+use sibyl_aggregator::digest::{header_digest, margin_root};
 use sibyl_aggregator::encoding::{encode_header, encode_leaf};
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::testkit::dealer_keys;
@@ -441,13 +441,49 @@ pub fn build() -> ClientVectors {
     );
     let mut r = margin.clone();
     r.commands.pop();
-    r.header.margin_root = commands_root(&r.commands);
+    r.header.margin_root = margin_root(&r.commands, r.margin_state.as_ref());
     invalid(
         "dropped-command-root-recomputed",
         "a margin command dropped and the header's margin root recomputed: only the signatures catch it",
         "committee",
         &r,
         "BadSignature",
+    );
+    let with_state = &reports
+        .iter()
+        .find(|(name, _)| name == "margin-commands-and-state")
+        .expect("the margin-commands-and-state report")
+        .1;
+    let mut r = with_state.clone();
+    if let Some(s) = r.margin_state.as_mut() {
+        s.root[31] ^= 0x01;
+    }
+    invalid(
+        "tampered-margin-state-root",
+        "the margin state's root changed; header and signatures are the originals",
+        "committee",
+        &r,
+        "CommandsMismatch",
+    );
+    let mut r = with_state.clone();
+    if let Some(s) = r.margin_state.as_mut() {
+        s.round -= 1;
+    }
+    invalid(
+        "tampered-margin-state-round",
+        "the margin state's round changed: the margin root commits to it too",
+        "committee",
+        &r,
+        "CommandsMismatch",
+    );
+    let mut r = with_state.clone();
+    r.margin_state = None;
+    invalid(
+        "dropped-margin-state",
+        "the margin state left out; the header still commits to it",
+        "committee",
+        &r,
+        "CommandsMismatch",
     );
     invalid(
         "no-keys",

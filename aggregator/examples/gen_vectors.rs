@@ -15,15 +15,15 @@ use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use sibyl_aggregator::codec::Encode;
 use sibyl_aggregator::digest::{
-    COMMANDS_DOMAIN, REPORT_DOMAIN, commands_root, header_digest, header_digest_preimage,
-    report_domain_separator,
+    COMMANDS_DOMAIN, MARGIN_STATE_DOMAIN, REPORT_DOMAIN, commands_root, header_digest,
+    header_digest_preimage, margin_root, report_domain_separator,
 };
 use sibyl_aggregator::encoding::{encode_header, encode_leaf};
 use sibyl_aggregator::merkle::{self, LEAF_PREFIX, MerkleTree, NODE_PREFIX};
 use sibyl_aggregator::testkit::{DealerKeys, dealer_keys, threshold_sign};
 use sibyl_aggregator::{
     ConfigDigest, FeedId, LeafStatus, PROTOCOL_VERSION, ReportHeader, ReportLeaf, SignatureBytes,
-    SignedReport, Suite, report::MarginCommand, report::flags,
+    SignedReport, Suite, report::MarginCheckpoint, report::MarginCommand, report::flags,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -98,7 +98,8 @@ pub struct Header {
     /// Decimal string (u64).
     pub timestamp_ms: String,
     pub merkle_root: String,
-    /// `commands_root` of the report's margin commands; all zero for none.
+    /// `margin_root` of the report's margin commands and margin state: all
+    /// zero for neither.
     pub margin_root: String,
 }
 
@@ -212,6 +213,15 @@ pub struct Case {
     /// (big-endian; absent when there are no commands and the root is zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commands_preimage: Option<String>,
+    /// The margin state root the report carries, in its serde form
+    /// (`{round, root}`, root hex without `0x`; absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_state: Option<MarginCheckpoint>,
+    /// With a margin state, the bytes `header.margin_root` is the Keccak-256
+    /// of: the domain ‖ commands root ‖ round u64 (big-endian) ‖ state root
+    /// (absent without a margin state: the root is then the commands root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_state_preimage: Option<String>,
 }
 
 /// One feed with a signed header that a verifier must reject.
@@ -453,12 +463,28 @@ fn commands_preimage(commands: &[MarginCommand]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A valid case's inputs: name, header, leaves, margin commands.
+/// `margin_root`'s preimage with a state root, written out field by field
+/// (docs/PROTOCOL.md, "Margin root"); `None` without one (the margin root is
+/// then the commands root itself).
+fn margin_state_preimage(
+    commands: &[MarginCommand],
+    state: Option<&MarginCheckpoint>,
+) -> Option<Vec<u8>> {
+    let state = state?;
+    let mut out = MARGIN_STATE_DOMAIN.to_vec();
+    out.extend_from_slice(&commands_root(commands));
+    out.extend_from_slice(&state.round.to_be_bytes());
+    out.extend_from_slice(&state.root);
+    Some(out)
+}
+
+/// A valid case's inputs: name, header, leaves, margin commands, margin state.
 type Inputs = (
     &'static str,
     ReportHeader,
     Vec<ReportLeaf>,
     Vec<MarginCommand>,
+    Option<MarginCheckpoint>,
 );
 
 const CONFIG: ConfigDigest = ConfigDigest([
@@ -527,28 +553,68 @@ fn valid_inputs() -> Vec<Inputs> {
         ),
     ];
     let mut margin = header(CONFIG, 1_000_004, ts + 3_000, &two);
-    margin.margin_root = commands_root(&commands);
+    margin.margin_root = margin_root(&commands, None);
+    // The next round: two more commands, and the margin engine's state root
+    // after the round before (which every signer computed and attested). The
+    // root is a fixed stand-in: the protocol does not look inside it.
+    let next = vec![
+        leaf("ETH-USD", 251_701_200_000, 91_000_000, 6, ts + 3_610),
+        leaf("SOL-USD", 18_240_010_000, 4_050_000, 5, ts + 3_590),
+    ];
+    let next_commands = vec![
+        command(
+            2,
+            6,
+            r#"{"withdraw":{"account":7,"asset":"USD","amount":1000000000}}"#,
+        ),
+        command(3, 2, r#"{"create_account":{"account":8}}"#),
+    ];
+    let state = MarginCheckpoint {
+        round: 1_000_004,
+        root: {
+            use sha3::{Digest, Keccak256};
+            Keccak256::digest(b"Sibyl vectors: margin state after round 1000004").into()
+        },
+    };
+    let mut with_state = header(CONFIG, 1_000_005, ts + 4_000, &next);
+    with_state.margin_root = margin_root(&next_commands, Some(&state));
     vec![
-        ("single-feed", header(CONFIG, 1, ts, &one), one, vec![]),
+        (
+            "single-feed",
+            header(CONFIG, 1, ts, &one),
+            one,
+            vec![],
+            None,
+        ),
         (
             "three-feeds-odd-promotion",
             header(CONFIG, 2, ts + 1_000, &three),
             three,
             vec![],
+            None,
         ),
         (
             "extreme-values",
             header(CONFIG, u64::MAX, u64::MAX, &extremes),
             extremes,
             vec![],
+            None,
         ),
         (
             "twelve-feeds",
             header(CONFIG, 1_000_003, ts + 2_000, &many),
             many,
             vec![],
+            None,
         ),
-        ("margin-commands", margin, two, commands),
+        ("margin-commands", margin, two, commands, None),
+        (
+            "margin-commands-and-state",
+            with_state,
+            next,
+            next_commands,
+            Some(state),
+        ),
     ]
 }
 
@@ -580,7 +646,7 @@ pub fn build() -> Vectors {
 
     let mut cases = Vec::new();
     let mut reports = Vec::new();
-    for (name, hd, leaves, commands) in valid_inputs() {
+    for (name, hd, leaves, commands, margin_state) in valid_inputs() {
         let digest = header_digest(&hd);
         let (sig_map, sigs) = signer.sign(&digest);
         let tree = MerkleTree::new(&leaves);
@@ -589,7 +655,7 @@ pub fn build() -> Vectors {
             leaves: leaves.clone(),
             signatures: sig_map,
             commands: commands.clone(),
-            margin_state: None,
+            margin_state,
         };
         cases.push(Case {
             name: name.to_owned(),
@@ -607,14 +673,16 @@ pub fn build() -> Vectors {
             signatures: sigs,
             report_wire: h(report.to_bytes()),
             commands_preimage: commands_preimage(&commands).map(h),
+            margin_state_preimage: margin_state_preimage(&commands, margin_state.as_ref()).map(h),
             commands,
+            margin_state,
         });
         reports.push(report);
     }
 
     let invalid = invalid_cases(&mut signer, &reports[1]);
     Vectors {
-        description: "Sibyl report format test vectors: ABI encodings, Merkle tree, margin commands root, signed digest and FROST signatures (docs/PROTOCOL.md)".into(),
+        description: "Sibyl report format test vectors: ABI encodings, Merkle tree, margin root (commands and state), signed digest and FROST signatures (docs/PROTOCOL.md)".into(),
         generator: "cargo run -p sibyl-aggregator --example gen_vectors".into(),
         version: PROTOCOL_VERSION,
         domain: Domain {

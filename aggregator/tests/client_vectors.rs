@@ -67,6 +67,12 @@ fn committed_client_vectors_match_the_generator() {
 fn reference_verifier_agrees_with_every_report_case() {
     let v = vectors();
     assert!(v.reports.len() >= 15, "{} report cases", v.reports.len());
+    assert!(
+        v.reports
+            .iter()
+            .any(|c| c.expected == "valid" && c.report.margin_state.is_some()),
+        "a valid report that carries a margin state"
+    );
     let mut errors = std::collections::BTreeSet::new();
     for c in &v.reports {
         // The serde form and the wire encoding are the same report.
@@ -169,7 +175,7 @@ fn reference_verifier_agrees_with_every_leaf_case() {
             _ => panic!("{}: expected {}, got {got:?}", c.name, c.expected),
         }
     }
-    // Every leaf of every valid report (1 + 3 + 5 + 12 + 2), then the invalid ones.
-    assert_eq!(valid, 23);
+    // Every leaf of every valid report (1 + 3 + 5 + 12 + 2 + 2), then the invalid ones.
+    assert_eq!(valid, 25);
     assert!(v.leaves.len() > valid + 10);
 }

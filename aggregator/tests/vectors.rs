@@ -11,7 +11,7 @@ use k256::elliptic_curve::PrimeField;
 use k256::elliptic_curve::sec1::FromEncodedPoint;
 use sha3::{Digest, Keccak256};
 use sibyl_aggregator::codec::Decode;
-use sibyl_aggregator::digest::commands_root;
+use sibyl_aggregator::digest::{commands_root, margin_root};
 use sibyl_aggregator::merkle::{self, MerkleProof};
 use sibyl_aggregator::verify::{GroupKeys, verify_leaf, verify_report};
 use sibyl_aggregator::{
@@ -144,6 +144,12 @@ fn valid_cases_check_out_from_first_principles() {
         v.cases.iter().any(|c| c.commands.len() >= 2),
         "a case with margin commands"
     );
+    assert!(
+        v.cases
+            .iter()
+            .any(|c| !c.commands.is_empty() && c.margin_state.is_some()),
+        "a case with margin commands and a margin state"
+    );
 
     for case in &v.cases {
         let name = &case.name;
@@ -189,12 +195,12 @@ fn valid_cases_check_out_from_first_principles() {
             assert_eq!(folded, hd.merkle_root);
         }
 
-        // Margin root: zero without commands, else Keccak-256 of the preimage,
-        // which is written out by hand here.
-        match &case.commands_preimage {
+        // Commands root: zero without commands, else Keccak-256 of the
+        // preimage, which is written out by hand here.
+        let commands_root_by_hand = match &case.commands_preimage {
             None => {
                 assert!(case.commands.is_empty(), "{name}");
-                assert_eq!(hd.margin_root, [0; 32], "{name} margin root");
+                [0; 32]
             }
             Some(pre) => {
                 let mut by_hand = b"Sibyl margin commands v1".to_vec();
@@ -205,10 +211,31 @@ fn valid_cases_check_out_from_first_principles() {
                     by_hand.extend_from_slice(c.body.as_bytes());
                 }
                 assert_eq!(unhex(pre), by_hand, "{name} commands preimage");
-                assert_eq!(keccak(&[&by_hand]), hd.margin_root, "{name} margin root");
-                assert_eq!(commands_root(&case.commands), hd.margin_root);
+                keccak(&[&by_hand])
             }
+        };
+        assert_eq!(commands_root(&case.commands), commands_root_by_hand);
+        // Margin root: the commands root without a margin state, else the
+        // Keccak-256 of the state preimage, also written out by hand.
+        match (&case.margin_state, &case.margin_state_preimage) {
+            (None, None) => {
+                assert_eq!(hd.margin_root, commands_root_by_hand, "{name} margin root")
+            }
+            (Some(state), Some(pre)) => {
+                let mut by_hand = b"Sibyl margin state v1".to_vec();
+                by_hand.extend_from_slice(&commands_root_by_hand);
+                by_hand.extend_from_slice(&state.round.to_be_bytes());
+                by_hand.extend_from_slice(&state.root);
+                assert_eq!(unhex(pre), by_hand, "{name} margin state preimage");
+                assert_eq!(keccak(&[&by_hand]), hd.margin_root, "{name} margin root");
+            }
+            _ => panic!("{name}: margin_state and margin_state_preimage go together"),
         }
+        assert_eq!(
+            margin_root(&case.commands, case.margin_state.as_ref()),
+            hd.margin_root,
+            "{name}"
+        );
 
         // Header ABI and digest.
         let habi = unhex(&case.header_abi);
@@ -225,7 +252,7 @@ fn valid_cases_check_out_from_first_principles() {
             leaves: leaves.clone(),
             signatures: signatures(&case.signatures),
             commands: case.commands.clone(),
-            margin_state: None,
+            margin_state: case.margin_state,
         };
         let keys = keys(&v, hd.config_digest);
         let verified = verify_report(&report, &keys).unwrap_or_else(|e| panic!("{name}: {e}"));

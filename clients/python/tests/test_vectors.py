@@ -3,6 +3,7 @@ case verifies, or fails with the same error, as in Rust."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -11,8 +12,10 @@ import pytest
 
 from sibyl_client import (
     GroupKeys,
+    MarginCheckpoint,
     MarginCommand,
     commands_root,
+    margin_root,
     VerifyError,
     encode_header,
     encode_leaf,
@@ -79,24 +82,60 @@ def test_every_leaf_case_verifies_or_fails_as_in_rust(vectors: dict[str, Any]) -
         if got == "valid":
             valid += 1
             assert verify_leaf(header, leaf, proof, sigs, keys).hex() == c["digest"]
-    assert valid == 23
+    assert valid == 25
 
 
 def test_margin_roots_match_the_report_vectors() -> None:
     rv = json.loads((REPO / "aggregator" / "vectors" / "report_vectors.json").read_text())
     with_commands = 0
+    with_state = 0
     for c in rv["cases"]:
-        r = report_from_json({"header": c["header"], "leaves": [], "signatures": {}, "commands": c.get("commands", [])})
-        assert "0x" + commands_root(r.commands).hex() == c["header"]["margin_root"], c["name"]
-        assert r.header.margin_root.hex() == c["header"]["margin_root"][2:]
+        j = {"header": c["header"], "leaves": [], "signatures": {}, "commands": c.get("commands", [])}
+        if "margin_state" in c:
+            j["margin_state"] = c["margin_state"]
+        r = report_from_json(j)
+        header = c["header"]["margin_root"]
+        assert "0x" + margin_root(r.commands, r.margin_state).hex() == header, c["name"]
+        assert r.header.margin_root.hex() == header[2:]
+        commands = commands_root(r.commands)
         if "commands_preimage" in c:
             with_commands += 1
-            assert "0x" + keccak256(bytes.fromhex(c["commands_preimage"][2:])).hex() == c["header"]["margin_root"]
+            assert keccak256(bytes.fromhex(c["commands_preimage"][2:])) == commands, c["name"]
+        if r.margin_state is None:
+            assert "margin_state_preimage" not in c, c["name"]
+            assert "0x" + commands.hex() == header, c["name"]
+        else:
+            with_state += 1
+            # "Sibyl margin state v1" ‖ commands root ‖ u64 round ‖ state root, by hand.
+            pre = b"Sibyl margin state v1" + commands + r.margin_state.round.to_bytes(8, "big") + r.margin_state.root
+            assert "0x" + pre.hex() == c["margin_state_preimage"], c["name"]
+            assert "0x" + keccak256(pre).hex() == header, c["name"]
+            assert "0x" + commands.hex() != header, c["name"]
     assert with_commands >= 1
+    assert with_state >= 1
     # A body is hashed as its UTF-8 bytes, its length in bytes.
     one = commands_root([MarginCommand(1, 2, "é")])
     assert one == keccak256(b"Sibyl margin commands v1" + bytes.fromhex("0001000000000000000200000002c3a9"))
     assert commands_root([]) == bytes(32)
+    assert margin_root([]) == bytes(32)
+    # With a state, even a round without commands has a non-zero margin root.
+    state = MarginCheckpoint(7, b"\xab" * 32)
+    assert margin_root([], state) == keccak256(
+        b"Sibyl margin state v1" + bytes(32) + (7).to_bytes(8, "big") + b"\xab" * 32
+    )
+
+
+def test_a_report_reads_its_margin_state_absent_as_none(vectors: dict[str, Any]) -> None:
+    c = next(x for x in vectors["reports"] if x["name"] == "margin-commands-and-state")
+    r = report_from_json(c["report"])
+    assert r.margin_state is not None
+    assert r.margin_state.round == c["report"]["margin_state"]["round"]
+    assert r.margin_state.root.hex() == c["report"]["margin_state"]["root"]
+    plain = next(x for x in vectors["reports"] if x["name"] == "margin-commands")
+    assert report_from_json(plain["report"]).margin_state is None
+    # A consumer that drops the state gets CommandsMismatch, not a pass.
+    dropped = dataclasses.replace(r, margin_state=None)
+    assert outcome(lambda: verify_report(dropped, keys_of(vectors, "committee"))) == "CommandsMismatch"
 
 
 def test_extreme_values_are_exact(vectors: dict[str, Any]) -> None:

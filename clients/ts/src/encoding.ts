@@ -6,6 +6,7 @@ import { keccak_256 } from '@noble/hashes/sha3.js';
 import { concat, equalBytes, word } from './hex.js';
 import {
   LEAF_STATUSES,
+  type MarginCheckpoint,
   type MarginCommand,
   type MerkleProof,
   type ReportHeader,
@@ -75,7 +76,8 @@ function be(value: bigint, bytes: number, what: string): Uint8Array {
 }
 
 /**
- * The header's `marginRoot` for a report's margin commands (in report order):
+ * The root of a report's margin commands (in report order), the header's
+ * `marginRoot` when the report carries no margin state (see `marginRoot`):
  * all zero for none, else `keccak256("Sibyl margin commands v1" ‖ for each
  * command: origin u16 ‖ nonce u64 ‖ len(body) u32 ‖ body)`, big-endian, the
  * body as its UTF-8 bytes.
@@ -93,6 +95,21 @@ export function commandsRoot(commands: readonly MarginCommand[]): Uint8Array {
     );
   }
   return keccak_256(concat(...parts));
+}
+
+/** The domain of `marginRoot` with a margin state. */
+export const MARGIN_STATE_DOMAIN = utf8.encode('Sibyl margin state v1');
+
+/**
+ * The header's `marginRoot`: `commandsRoot(commands)` when the report carries
+ * no margin state, else `keccak256("Sibyl margin state v1" ‖ commandsRoot ‖
+ * round u64 ‖ stateRoot)`, big-endian.
+ */
+export function marginRoot(commands: readonly MarginCommand[], state?: MarginCheckpoint): Uint8Array {
+  const inner = commandsRoot(commands);
+  if (state === undefined) return inner;
+  if (state.root.length !== 32) throw new RangeError(`margin state root has ${state.root.length} bytes, expected 32`);
+  return keccak_256(concat(MARGIN_STATE_DOMAIN, inner, be(state.round, 8, 'margin state round'), state.root));
 }
 
 /** The 32 bytes the committee signs. */

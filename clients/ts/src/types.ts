@@ -33,7 +33,10 @@ export interface ReportHeader {
   round: bigint;
   timestampMs: bigint;
   merkleRoot: Uint8Array;
-  /** `commandsRoot` of the report's margin commands; all zero when it orders none. */
+  /**
+   * `marginRoot(commands, marginState)` of the report's margin data: all zero
+   * when it carries neither commands nor a margin state.
+   */
   marginRoot: Uint8Array;
 }
 
@@ -65,6 +68,17 @@ export interface MarginCommand {
   body: string;
 }
 
+/**
+ * The margin engine's state root after a round, which every signer of the
+ * report computed and attested; account proofs verify against `root`.
+ */
+export interface MarginCheckpoint {
+  /** The state is the one after this round's report (its prices, then its commands). */
+  round: bigint;
+  /** The engine's state root (docs/MARGIN.md, "State root"). */
+  root: Uint8Array;
+}
+
 /** A report with its leaves (ascending feed id) and one signature per suite. */
 export interface SignedReport {
   header: ReportHeader;
@@ -72,6 +86,8 @@ export interface SignedReport {
   signatures: Partial<Record<Suite, Uint8Array>>;
   /** The round's margin commands in report order (none: absent or empty). */
   commands?: MarginCommand[];
+  /** The margin state root the report carries, if any; committed by `header.marginRoot`. */
+  marginState?: MarginCheckpoint;
 }
 
 /** Inclusion proof of one leaf: sibling hashes from the leaf up. */
@@ -220,6 +236,14 @@ export function commandFromJson(v: Json | undefined, what = 'command'): MarginCo
   };
 }
 
+/** A `MarginCheckpoint` from its API JSON form (`round`, `root`). */
+export function marginCheckpointFromJson(v: Json | undefined, what = 'margin_state'): MarginCheckpoint {
+  const o = obj(v, what);
+  const round = int(o.round, `${what}.round`);
+  if (round < 0n || round >= 2n ** 64n) throw new SibylFormatError(`${what}.round = ${round} is outside u64`);
+  return { round, root: bytes(o.root, `${what}.root`, 32) };
+}
+
 /** A `SignedReport` from its API JSON form (`report` of `/v1/reports/{round}`). */
 export function reportFromJson(v: Json | undefined): SignedReport {
   const o = obj(v, 'report');
@@ -227,12 +251,17 @@ export function reportFromJson(v: Json | undefined): SignedReport {
   if (o.commands !== undefined && !Array.isArray(o.commands)) {
     throw new SibylFormatError('report.commands is not a list');
   }
-  return {
+  const report: SignedReport = {
     header: headerFromJson(o.header),
     leaves: o.leaves.map((l, i) => leafFromJson(l, `report.leaves[${i}]`)),
     signatures: signaturesFromJson(o.signatures),
     commands: (o.commands ?? []).map((c, i) => commandFromJson(c, `report.commands[${i}]`)),
   };
+  // absent (or null): no margin state, as the Rust reader defaults it
+  if (o.margin_state !== undefined && o.margin_state !== null) {
+    report.marginState = marginCheckpointFromJson(o.margin_state, 'report.margin_state');
+  }
+  return report;
 }
 
 /** A `MerkleProof` from its API JSON form (`leaf_index`, `leaf_count`, `siblings`). */

@@ -2,7 +2,7 @@
 // Rust reference (`sibyl_aggregator::verify`, docs/PROTOCOL.md "Consumer
 // verification"): version, config digest, leaf count, one FROST signature
 // per suite the consumer requires, then leaf order, the Merkle root and the
-// margin commands' root (or, for one feed, its proof).
+// margin root of the commands and margin state (or, for one feed, its proof).
 //
 //   FROST(Ed25519, SHA-512):      c = SHA-512(R ‖ A ‖ digest) mod L,
 //                                 valid iff 8·(z·G − c·A − R) = 0
@@ -16,10 +16,10 @@ import { hash_to_field } from '@noble/curves/abstract/hash-to-curve.js';
 import { sha512 } from '@noble/hashes/sha2.js';
 import { keccak_256 } from '@noble/hashes/sha3.js';
 import {
-  commandsRoot,
   headerDigest,
   leafHash,
   MAX_LEAVES,
+  marginRoot,
   merkleRoot,
   PROTOCOL_VERSION,
   verifyProof,
@@ -246,11 +246,13 @@ export function verifyReport(report: SignedReport, keys: GroupKeys): VerifiedRep
     );
   }
   const commands = report.commands ?? [];
-  const marginRoot = commandsRoot(commands);
-  if (!equalBytes(marginRoot, report.header.marginRoot)) {
+  const state = report.marginState;
+  const margin = marginRoot(commands, state);
+  if (!equalBytes(margin, report.header.marginRoot)) {
+    const carried = state === undefined ? 'no margin state' : `the margin state of round ${state.round}`;
     throw new VerifyError(
       'CommandsMismatch',
-      `margin root mismatch: header says 0x${toHex(report.header.marginRoot)}, the report's ${commands.length} margin commands give 0x${toHex(marginRoot)}`,
+      `margin root mismatch: header says 0x${toHex(report.header.marginRoot)}, the report's ${commands.length} margin commands and ${carried} give 0x${toHex(margin)}`,
     );
   }
   return { report, digest, suites };

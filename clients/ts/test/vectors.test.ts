@@ -9,6 +9,7 @@ import { keccak_256 } from '@noble/hashes/sha3.js';
 import {
   commandsRoot,
   encodeHeader,
+  marginRoot,
   encodeLeaf,
   groupKeys,
   headerDigest,
@@ -78,25 +79,68 @@ test('every report case verifies or fails as in Rust', () => {
   }
 });
 
-test('margin roots equal the reference preimage and root', () => {
+test('margin roots equal the reference preimages and root', () => {
   const rv = JSON.parse(
     readFileSync(new URL('../../../../aggregator/vectors/report_vectors.json', import.meta.url), 'utf8'),
   ) as { cases: Case[] };
   let withCommands = 0;
+  let withState = 0;
+  const unhex = (s: string) => Buffer.from(s.startsWith('0x') ? s.slice(2) : s, 'hex');
   for (const c of rv.cases) {
-    const r = reportFromJson({ header: c.header ?? null, leaves: [], signatures: {}, commands: c.commands ?? [] });
-    assert.equal(toHex(commandsRoot(r.commands ?? []), true), (c.header as Case).margin_root, `${c.name}`);
+    const json: { [k: string]: Json } = { header: c.header ?? null, leaves: [], signatures: {}, commands: c.commands ?? [] };
+    if (c.margin_state !== undefined) json.margin_state = c.margin_state;
+    const r = reportFromJson(json);
+    const header = (c.header as Case).margin_root;
+    assert.equal(toHex(marginRoot(r.commands ?? [], r.marginState), true), header, `${c.name}`);
+    const commands = commandsRoot(r.commands ?? []);
     if (c.commands_preimage !== undefined) {
       withCommands++;
-      assert.equal(toHex(keccak_256(Buffer.from((c.commands_preimage as string).slice(2), 'hex')), true), (c.header as Case).margin_root);
+      assert.equal(toHex(keccak_256(unhex(c.commands_preimage as string))), toHex(commands), `${c.name}`);
+    }
+    if (r.marginState === undefined) {
+      assert.equal(c.margin_state_preimage, undefined, `${c.name}`);
+      assert.equal(toHex(commands, true), header, `${c.name}`);
+    } else {
+      withState++;
+      // "Sibyl margin state v1" ‖ commandsRoot ‖ u64 round ‖ stateRoot, by hand.
+      const round = Buffer.alloc(8);
+      round.writeBigUInt64BE(r.marginState.round);
+      const pre = Buffer.concat([Buffer.from('Sibyl margin state v1'), commands, round, r.marginState.root]);
+      assert.equal(toHex(pre, true), c.margin_state_preimage, `${c.name}`);
+      assert.equal(toHex(keccak_256(pre), true), header, `${c.name}`);
+      assert.notEqual(toHex(commands, true), header, `${c.name}`);
     }
   }
   assert.ok(withCommands >= 1, 'a vector with margin commands');
+  assert.ok(withState >= 1, 'a vector with a margin state');
   // A body is hashed as its UTF-8 bytes, its length in bytes.
   const one = commandsRoot([{ origin: 1, nonce: 2n, body: 'é' }]);
   const by = Buffer.concat([Buffer.from('Sibyl margin commands v1'), Buffer.from('0001000000000000000200000002c3a9', 'hex')]);
   assert.equal(toHex(one), toHex(keccak_256(by)));
   assert.equal(toHex(commandsRoot([])), '00'.repeat(32));
+  assert.equal(toHex(marginRoot([])), '00'.repeat(32));
+  // With a state, even a round without commands has a non-zero margin root.
+  const state = { round: 7n, root: new Uint8Array(32).fill(0xab) };
+  const byHand = Buffer.concat([Buffer.from('Sibyl margin state v1'), Buffer.alloc(32), Buffer.from('0000000000000007', 'hex'), Buffer.alloc(32, 0xab)]);
+  assert.equal(toHex(marginRoot([], state)), toHex(keccak_256(byHand)));
+});
+
+test('a report reads its margin state, absent as undefined', () => {
+  const cases = vectors.reports as Case[];
+  const withState = cases.find((x) => x.name === 'margin-commands-and-state');
+  assert.ok(withState);
+  const json = (withState.report as Case).margin_state as Case;
+  const r = reportFromJson(withState.report);
+  assert.ok(r.marginState);
+  assert.equal(r.marginState.round, BigInt(json.round as number));
+  assert.equal(toHex(r.marginState.root), json.root);
+  const plain = cases.find((x) => x.name === 'margin-commands');
+  assert.ok(plain);
+  assert.equal(reportFromJson(plain.report).marginState, undefined);
+  // A consumer that drops the state gets CommandsMismatch, not a pass.
+  const dropped = { ...r };
+  delete dropped.marginState;
+  assert.equal(outcome(() => verifyReport(dropped, keysOf('committee'))), 'CommandsMismatch');
 });
 
 test('prices beyond 2^53 are read exactly', () => {
@@ -124,7 +168,7 @@ test('every leaf case verifies or fails as in Rust', () => {
     assert.equal(got, c.expected === 'valid' ? 'valid' : c.error, `${c.name}`);
     if (got === 'valid') valid++;
   }
-  assert.equal(valid, 23);
+  assert.equal(valid, 25);
 });
 
 test('proofs built locally equal the reference proofs', () => {

@@ -2,8 +2,18 @@
 API endpoints and verify them locally (FROST Ed25519 and secp256k1-evm)."""
 
 from .client import Candle, FeedValue, Latest, SibylClient, SibylHttpError
-from .encoding import commands_root, encode_header, encode_leaf, header_digest, leaf_hash, merkle_root, verify_proof
+from .encoding import (
+    commands_root,
+    encode_header,
+    encode_leaf,
+    header_digest,
+    leaf_hash,
+    margin_root,
+    merkle_root,
+    verify_proof,
+)
 from .types import (
+    MarginCheckpoint,
     MarginCommand,
     MerkleProof,
     ReportHeader,
@@ -13,6 +23,7 @@ from .types import (
     command_from_json,
     header_from_json,
     leaf_from_json,
+    margin_checkpoint_from_json,
     proof_from_json,
     report_from_json,
     signatures_from_json,
@@ -24,6 +35,7 @@ __all__ = [
     "FeedValue",
     "GroupKeys",
     "Latest",
+    "MarginCheckpoint",
     "MarginCommand",
     "MerkleProof",
     "ReportHeader",
@@ -42,6 +54,8 @@ __all__ = [
     "header_from_json",
     "leaf_from_json",
     "leaf_hash",
+    "margin_checkpoint_from_json",
+    "margin_root",
     "merkle_root",
     "proof_from_json",
     "report_from_json",

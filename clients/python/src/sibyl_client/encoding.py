@@ -1,12 +1,12 @@
 """What is hashed and signed (docs/PROTOCOL.md): ABI encodings of the leaf
-and header, the Keccak Merkle tree with sorted pairs, the margin commands'
-root, the header digest."""
+and header, the Keccak Merkle tree with sorted pairs, the margin root (of the margin
+commands and the margin state), the header digest."""
 
 from __future__ import annotations
 
 from Crypto.Hash import keccak
 
-from .types import LEAF_STATUSES, MarginCommand, MerkleProof, ReportHeader, ReportLeaf
+from .types import LEAF_STATUSES, MarginCheckpoint, MarginCommand, MerkleProof, ReportHeader, ReportLeaf
 
 MAX_LEAVES = 65_536
 PROTOCOL_VERSION = 2
@@ -18,6 +18,7 @@ def keccak256(data: bytes) -> bytes:
 
 REPORT_DOMAIN_HASH = keccak256(b"Sibyl report v1")
 COMMANDS_DOMAIN = b"Sibyl margin commands v1"
+MARGIN_STATE_DOMAIN = b"Sibyl margin state v1"
 
 
 def word(v: int) -> bytes:
@@ -59,7 +60,8 @@ def encode_header(h: ReportHeader) -> bytes:
 
 
 def commands_root(commands: list[MarginCommand]) -> bytes:
-    """The header's ``margin_root`` for a report's margin commands (in report order):
+    """The root of a report's margin commands (in report order), the header's
+    ``margin_root`` when the report carries no margin state (see ``margin_root``):
     all zero for none, else ``keccak256("Sibyl margin commands v1" ‖ for each command:
     origin u16 ‖ nonce u64 ‖ len(body) u32 ‖ body)``, big-endian, the body as UTF-8."""
     if not commands:
@@ -69,6 +71,18 @@ def commands_root(commands: list[MarginCommand]) -> bytes:
         body = c.body.encode("utf-8")
         out += c.origin.to_bytes(2, "big") + c.nonce.to_bytes(8, "big") + len(body).to_bytes(4, "big") + body
     return keccak256(bytes(out))
+
+
+def margin_root(commands: list[MarginCommand], state: MarginCheckpoint | None = None) -> bytes:
+    """The header's ``margin_root``: ``commands_root(commands)`` when the report carries
+    no margin state, else ``keccak256("Sibyl margin state v1" ‖ commands_root ‖
+    round u64 ‖ state_root)``, big-endian."""
+    root = commands_root(commands)
+    if state is None:
+        return root
+    if len(state.root) != 32:
+        raise ValueError(f"margin state root has {len(state.root)} bytes, expected 32")
+    return keccak256(MARGIN_STATE_DOMAIN + root + state.round.to_bytes(8, "big") + state.root)
 
 
 def header_digest(h: ReportHeader) -> bytes:

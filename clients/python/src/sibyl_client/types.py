@@ -38,7 +38,8 @@ class ReportHeader:
     round: int
     timestamp_ms: int
     merkle_root: bytes
-    # ``commands_root`` of the report's margin commands; all zero when it orders none.
+    # ``margin_root(commands, margin_state)`` of the report's margin data; all zero
+    # when it carries neither commands nor a margin state.
     margin_root: bytes = bytes(32)
 
 
@@ -75,12 +76,25 @@ class MarginCommand:
 
 
 @dataclass(frozen=True)
+class MarginCheckpoint:
+    """The margin engine's state root after a round, which every signer of the
+    report computed and attested; account proofs verify against ``root``."""
+
+    # The state is the one after this round's report (its prices, then its commands).
+    round: int
+    # The engine's state root (docs/MARGIN.md, "State root"), 32 bytes.
+    root: bytes
+
+
+@dataclass(frozen=True)
 class SignedReport:
     header: ReportHeader
     leaves: list[ReportLeaf]
     signatures: dict[str, bytes] = field(default_factory=dict)
     # The round's margin commands in report order.
     commands: list[MarginCommand] = field(default_factory=list)
+    # The margin state root the report carries, if any; committed by ``header.margin_root``.
+    margin_state: MarginCheckpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +226,15 @@ def command_from_json(v: Any, what: str = "command") -> MarginCommand:
     )
 
 
+def margin_checkpoint_from_json(v: Any, what: str = "margin_state") -> MarginCheckpoint:
+    """A ``MarginCheckpoint`` from its API form (``round``, ``root``)."""
+    o = _obj(v, what)
+    return MarginCheckpoint(
+        round=_small(o.get("round"), f"{what}.round", (1 << 64) - 1),
+        root=from_hex(o.get("root"), f"{what}.root", 32),
+    )
+
+
 def report_from_json(v: Any) -> SignedReport:
     """A ``SignedReport`` from its API form (``report`` of ``/v1/reports/{round}``)."""
     o = _obj(v, "report")
@@ -226,6 +249,10 @@ def report_from_json(v: Any) -> SignedReport:
         leaves=[leaf_from_json(x, f"report.leaves[{i}]") for i, x in enumerate(leaves)],
         signatures=signatures_from_json(o.get("signatures")),
         commands=[command_from_json(x, f"report.commands[{i}]") for i, x in enumerate(commands)],
+        # absent (or null): no margin state, as the Rust reader defaults it
+        margin_state=None
+        if o.get("margin_state") is None
+        else margin_checkpoint_from_json(o.get("margin_state"), "report.margin_state"),
     )
 
 

@@ -20,10 +20,10 @@ from coincurve import PublicKey
 from .encoding import (
     MAX_LEAVES,
     PROTOCOL_VERSION,
-    commands_root,
     header_digest,
     keccak256,
     leaf_hash,
+    margin_root,
     merkle_root,
     verify_proof,
 )
@@ -200,12 +200,14 @@ def verify_report(report: SignedReport, keys: GroupKeys) -> VerifiedReport:
             "RootMismatch",
             f"Merkle root mismatch: header says 0x{report.header.merkle_root.hex()}, the leaves give 0x{computed.hex()}",
         )
-    margin_root = commands_root(report.commands)
-    if margin_root != report.header.margin_root:
+    state = report.margin_state
+    margin = margin_root(report.commands, state)
+    if margin != report.header.margin_root:
+        carried = "no margin state" if state is None else f"the margin state of round {state.round}"
         raise VerifyError(
             "CommandsMismatch",
             f"margin root mismatch: header says 0x{report.header.margin_root.hex()}, "
-            f"the report's {len(report.commands)} margin commands give 0x{margin_root.hex()}",
+            f"the report's {len(report.commands)} margin commands and {carried} give 0x{margin.hex()}",
         )
     return VerifiedReport(report, digest, suites)
 
