@@ -1100,22 +1100,74 @@ pub(super) async fn account(
     account_view(&st, &id, account_response)
 }
 
-/// `GET /v1/margin/accounts/{account}/proof`: the account's state as the
-/// state root commits to it, its Merkle proof and this member's state root.
-/// The root is not signed by the committee yet (a later change carries it in
-/// the signed report); until then it proves consistency with this member's
-/// engine only.
+/// How long the proof route waits, by default, for a signed report to carry
+/// the state it proves (about one round when the committee keeps up).
+pub const PROOF_WAIT_MS: u64 = 5_000;
+/// Most the proof route waits (`?wait_ms=`).
+pub const PROOF_WAIT_MAX_MS: u64 = 30_000;
+
+/// `GET /v1/margin/accounts/{account}/proof?wait_ms=N`: the account's state
+/// after the last report this member's engine took, its Merkle proof, the
+/// state root, and the signed report that carries that root (the
+/// committee's threshold signature over it: `signed: true`). A state is
+/// carried by a later report (about one round later), so the route waits up
+/// to `wait_ms` (default 5 s) for it, taking a fresh proof when the engine
+/// moved past a state no report carried; after that it answers with
+/// `signed: false` and no report. `sibyl verify` checks the answer.
 pub(super) async fn proof(
     State(st): State<ApiState>,
     Path(id): Path<String>,
+    q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<ProofResponse>, ApiError> {
+    let p = params(q, &["wait_ms"])?;
+    let wait_ms = match p.get("wait_ms") {
+        None => PROOF_WAIT_MS,
+        Some(s) => super::handlers::int_param("wait_ms", s, "milliseconds, at most 30000")?,
+    };
+    if wait_ms > PROOF_WAIT_MAX_MS {
+        return Err(ApiError::bad_parameter(format!(
+            "`wait_ms` = {wait_ms} is more than {PROOF_WAIT_MAX_MS} (30 s)"
+        )));
+    }
     let id = account_param(&id)?;
     let h = handle(&st)?;
-    let mut guard = h.read();
-    let (state, proof, root) = guard
-        .engine
-        .account_proof(id)
-        .map_err(|e| engine_error(&e))?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let (mut taken, mut signed) = (take_proof(h, id)?, None);
+    while tokio::time::Instant::now() < deadline {
+        let Some(at) = taken.3 else { break };
+        let carried = {
+            let g = h.read();
+            match g.signed_states.get(&at.round) {
+                Some((root, report_round)) if *root == at.root => Some(Ok(*report_round)),
+                // A later state is carried, or a report carried another
+                // root for this round (this engine differs: never signed).
+                Some(_) => Some(Err(true)),
+                None if g.signed_states.last_key_value().is_some_and(|(r, _)| *r > at.round) => {
+                    Some(Err(false))
+                }
+                None => None,
+            }
+        };
+        match carried {
+            Some(Ok(report_round)) => {
+                signed = Some(report_round);
+                break;
+            }
+            Some(Err(true)) => break,
+            // Skipped: prove the current state instead.
+            Some(Err(false)) => taken = take_proof(h, id)?,
+            None => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
+    let report = match signed {
+        Some(round) => {
+            margin_log(&st)?
+                .read(move |db| db.report(round))
+                .await?
+        }
+        None => None,
+    };
+    let (state, proof, root, at, engine_time_ms) = taken;
     let hex32 = |h: &[u8; 32]| format!("0x{}", hex::encode(h));
     let unit_name = |u: &Unit| match u {
         Unit::Cross => "cross".to_string(),
@@ -1123,7 +1175,8 @@ pub(super) async fn proof(
     };
     Ok(Json(ProofResponse {
         account: id,
-        engine_time_ms: guard.engine.state().now_ms,
+        engine_time_ms,
+        state_round: at.map(|c| c.round),
         state: ProofStateJson {
             cash: money(state.state.cash),
             collateral: state
@@ -1159,8 +1212,33 @@ pub(super) async fn proof(
             size_bytes: proof.size_bytes(),
         },
         state_root: hex32(&root),
-        signed: false,
+        signed: report.is_some(),
+        report,
     }))
+}
+
+/// An account's state, proof and root, with the state's round (`None`
+/// before the engine took a report) and the engine clock, taken under one
+/// lock.
+type TakenProof = (
+    sibyl_margin::state_root::AccountState,
+    sibyl_margin::state_root::AccountProof,
+    [u8; 32],
+    Option<sibyl_aggregator::MarginCheckpoint>,
+    u64,
+);
+
+fn take_proof(h: &MarginHandle, id: AccountId) -> Result<TakenProof, ApiError> {
+    let mut guard = h.read();
+    let (state, proof, root) = guard
+        .engine
+        .account_proof(id)
+        .map_err(|e| engine_error(&e))?;
+    // The last state the service noted is this one unless a command was
+    // applied outside a report since (a lone engine): then no report can
+    // carry it.
+    let at = guard.last_state.filter(|c| c.root == root);
+    Ok((state, proof, root, at, guard.engine.state().now_ms))
 }
 
 /// The proof route's body.
@@ -1173,8 +1251,13 @@ pub struct ProofResponse {
     leaf_preimage: String,
     proof: ProofJson,
     state_root: String,
-    /// Whether a committee signature covers `state_root` (not yet).
+    /// The round whose report (and every one before it) the state follows.
+    state_round: Option<sibyl_aggregator::Round>,
+    /// Whether `report` carries `state_root` under the committee's signature.
     signed: bool,
+    /// The signed report whose margin state is (`state_round`, `state_root`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<sibyl_aggregator::SignedReport>,
 }
 
 #[derive(Debug, Serialize)]

@@ -146,8 +146,13 @@ impl Node {
 
     /// Publishes a report and waits until the margin service stored it.
     async fn price(&self, round: u64, ts: u64, btc: i128, eth: i128, sol: i128) {
+        self.publish(report(round, ts, btc, eth, sol)).await;
+    }
+
+    /// Publishes `r` and waits until the margin service took it.
+    async fn publish(&self, r: Arc<SignedReport>) {
+        let round = r.header.round;
         let before = self.margin.read().reports_handled;
-        let r = report(round, ts, btc, eth, sol);
         self.store
             .writer
             .insert_report((*r).clone())
@@ -300,7 +305,7 @@ async fn demo_book_is_seeded_and_readable() {
         use sibyl_margin::state_root::{AccountProof, verify_account_proof};
         let p = get(
             n.addr,
-            &format!("/v1/margin/accounts/{option_account}/proof"),
+            &format!("/v1/margin/accounts/{option_account}/proof?wait_ms=0"),
         )
         .await
         .json();
@@ -1000,4 +1005,43 @@ async fn every_route_renders_fixed_point_values_one_way() {
         bodies["/v1/margin/markets"]["decimals"],
         serde_json::json!({"money": 6, "price": 8, "size": 8, "rate": 6, "greek": 18})
     );
+}
+
+/// The proof route waits for a signed report to carry the state it proves
+/// and answers with that report; a bad `wait_ms` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_proof_comes_with_the_report_that_carries_its_state() {
+    let n = Node::start().await;
+    let at = n.margin.read().last_state.expect("a state after round 1");
+    assert_eq!(at.round, 1);
+    let addr = n.addr;
+    let pending = tokio::spawn(async move {
+        get(addr, "/v1/margin/accounts/3/proof?wait_ms=10000")
+            .await
+            .json()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut next = (*report(2, now_ms() - 4_000, 60_000 * PX, 3_000 * PX, 150 * PX)).clone();
+    next.margin_state = Some(at);
+    n.publish(Arc::new(next.clone())).await;
+    let p = pending.await.expect("proof task");
+    assert_eq!(p["signed"], true, "{p}");
+    assert_eq!(p["state_round"], 1, "{p}");
+    assert_eq!(p["state_root"], format!("0x{}", hex::encode(at.root)));
+    let served: SignedReport =
+        serde_json::from_value(p["report"].clone()).expect("the report as JSON");
+    assert_eq!(served, next);
+    // The proof verifies against the carried root.
+    let preimage = hex::decode(p["leaf_preimage"].as_str().unwrap().trim_start_matches("0x"))
+        .expect("hex");
+    let state = sibyl_margin::state_root::AccountState::decode(&preimage).expect("preimage");
+    assert_eq!(state.account, 3);
+    // Without a carrying report the route answers unsigned once it stops waiting.
+    let p = get(n.addr, "/v1/margin/accounts/3/proof?wait_ms=200").await.json();
+    assert_eq!(p["signed"], false, "{p}");
+    assert!(p.get("report").is_none(), "{p}");
+    for bad in ["wait_ms=30001", "wait_ms=soon", "later=1"] {
+        let r = get(n.addr, &format!("/v1/margin/accounts/3/proof?{bad}")).await;
+        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+    }
 }
