@@ -181,12 +181,22 @@ pub fn fixture_with_commands<R: RngCore + CryptoRng>(
     commands: Vec<crate::report::MarginCommand>,
     rng: &mut R,
 ) -> Fixture {
+    fixture_with_margin(n_leaves, commands, None, rng)
+}
+
+/// [`fixture`] whose report orders `commands` and carries `state`.
+pub fn fixture_with_margin<R: RngCore + CryptoRng>(
+    n_leaves: usize,
+    commands: Vec<crate::report::MarginCommand>,
+    state: Option<crate::report::MarginCheckpoint>,
+    rng: &mut R,
+) -> Fixture {
     let ed = dealer_keys::<frost_ed25519::Ed25519Sha512, _>(4, 3, rng).expect("valid 3-of-4");
     let evm =
         dealer_keys::<frost_secp256k1_evm::Secp256K1Keccak256, _>(4, 3, rng).expect("valid 3-of-4");
     let leaves = sample_leaves(n_leaves);
     let mut header = header_for(FIXTURE_CONFIG_DIGEST, 7, &leaves);
-    header.margin_root = crate::digest::commands_root(&commands);
+    header.margin_root = crate::digest::margin_root(&commands, state.as_ref());
     let digest = header_digest(&header);
     let sig_ed = threshold_sign(&ed, &first_signers(&ed, 3), &digest, rng)
         .and_then(|s| s.serialize())
@@ -209,7 +219,7 @@ pub fn fixture_with_commands<R: RngCore + CryptoRng>(
             leaves,
             signatures,
             commands,
-            margin_state: None,
+            margin_state: state,
         },
         keys,
         ed25519: ed,

@@ -104,7 +104,7 @@ pub enum Command {
     RotationAssemble(crate::cmd::rotation::RotationAssembleArgs),
     /// Re-run the margin engine's stored inputs and compare with its stored events.
     #[command(
-        after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n\nExits non-zero and prints the first differing event if the replay diverges."
+        after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n  sibyl replay --config /etc/sibyl/node.toml --from-reports\n\nExits non-zero and prints the first differing event if the replay diverges. With --from-reports the engine is rebuilt from the stored signed reports alone (prices and committee-ordered commands), every signed margin state root is checked, and the result is compared with the node's margin log."
     )]
     Replay(crate::cmd::replay::ReplayArgs),
     /// Move a member's signing and observation ledgers to a new host

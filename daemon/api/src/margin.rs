@@ -200,6 +200,20 @@ fn margin_error(e: MarginError) -> ApiError {
             "margin_stopped",
             "the margin engine has stopped; see the node's log",
         ),
+        e @ MarginError::NotOrdered { .. } => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_ordered", e.to_string())
+        }
+        e @ MarginError::Busy { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+        }
+        e @ MarginError::CommandTooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "command_too_large",
+            e.to_string(),
+        ),
+        e @ MarginError::BadOrderedCommand { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_command", e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "margin command failed after the engine accepted it");
             ApiError::new(
@@ -1142,7 +1156,11 @@ pub(super) async fn proof(
                 // A later state is carried, or a report carried another
                 // root for this round (this engine differs: never signed).
                 Some(_) => Some(Err(true)),
-                None if g.signed_states.last_key_value().is_some_and(|(r, _)| *r > at.round) => {
+                None if g
+                    .signed_states
+                    .last_key_value()
+                    .is_some_and(|(r, _)| *r > at.round) =>
+                {
                     Some(Err(false))
                 }
                 None => None,
@@ -1160,11 +1178,7 @@ pub(super) async fn proof(
         }
     }
     let report = match signed {
-        Some(round) => {
-            margin_log(&st)?
-                .read(move |db| db.report(round))
-                .await?
-        }
+        Some(round) => margin_log(&st)?.read(move |db| db.report(round)).await?,
         None => None,
     };
     let (state, proof, root, at, engine_time_ms) = taken;

@@ -1,22 +1,51 @@
 //! `sibyl replay --db node.sqlite`: re-run the margin engine's stored inputs
 //! through a fresh engine and compare, event by event, with the stored
 //! events. Exits non-zero at the first divergence.
+//!
+//! `sibyl replay --config node.toml --from-reports`: rebuild the margin
+//! engine from the node's stored signed reports alone (their prices and
+//! their committee-ordered commands, as every member takes them), check
+//! every margin state root the reports carry, and compare the result with
+//! the node's own margin log.
 
-use anyhow::{Result, bail};
-use sibyl_node::replay::replay_db;
+use anyhow::{Context, Result, bail};
+use sibyl_node::replay::{complete_reports, replay_db, replay_reports};
 use std::path::PathBuf;
 
 /// Arguments of `sibyl replay`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// The node's SQLite database (opened read-only).
+    /// The node's SQLite database (opened read-only); with `--config`, the
+    /// one node.toml names by default.
+    #[arg(long, required_unless_present = "config")]
+    pub db: Option<PathBuf>,
+    /// The member's node.toml: its committee's feeds and its margin demo
+    /// book settings, for `--from-reports`.
     #[arg(long)]
-    pub db: PathBuf,
+    pub config: Option<PathBuf>,
+    /// Rebuild the engine from the stored signed reports instead of the
+    /// stored margin inputs (needs `--config`).
+    #[arg(long, requires = "config")]
+    pub from_reports: bool,
 }
 
 /// `sibyl replay` entry point.
 pub fn run(args: ReplayArgs) -> Result<()> {
-    let r = replay_db(&args.db)?;
+    let config = args
+        .config
+        .as_deref()
+        .map(sibyl_node::config::Config::load)
+        .transpose()?;
+    let db = match (&args.db, &config) {
+        (Some(db), _) => db.clone(),
+        (None, Some(c)) => c.db_path(),
+        (None, None) => bail!("say which database to replay: --db FILE or --config node.toml"),
+    };
+    if args.from_reports {
+        let config = config.context("--from-reports needs --config node.toml")?;
+        return from_reports(&db, &config);
+    }
+    let r = replay_db(&db)?;
     println!(
         "replayed {} inputs; {} stored events; insurance fund {} USD",
         r.inputs,
@@ -39,6 +68,64 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                 d.got.as_deref().unwrap_or("<none>")
             );
             bail!("replay diverged at event seq {}", d.seq)
+        }
+    }
+}
+
+fn from_reports(db: &std::path::Path, config: &sibyl_node::config::Config) -> Result<()> {
+    let store = sibyl_node::store::Db::open_read_only(db)
+        .with_context(|| format!("cannot open {} for replay", db.display()))?;
+    let reports = complete_reports(&store)?;
+    let Some(last) = reports.last().map(|r| r.header.round) else {
+        bail!("{} holds no signed reports from round 0 on", db.display());
+    };
+    let margin = &config.node.margin;
+    let demo = (margin.demo_accounts > 0).then_some(sibyl_node::margin_svc::DemoSeed {
+        accounts: margin.demo_accounts,
+        seed: margin.demo_seed,
+    });
+    let started = std::time::Instant::now();
+    let mut r = replay_reports(reports, &config.committee.feeds, demo);
+    println!(
+        "replayed {} signed reports (rounds up to {last}) in {:.1} s: {} engine inputs, {} ordered commands refused (as by every member); state root 0x{}",
+        r.reports,
+        started.elapsed().as_secs_f64(),
+        r.inputs,
+        r.refused_commands,
+        hex::encode(r.engine.state_root())
+    );
+    if let Some((round, signed, mine)) = r.signed_state_mismatch {
+        bail!(
+            "DIVERGENCE: the committee signed margin state root 0x{} for round {round}; these reports give 0x{}",
+            hex::encode(signed),
+            hex::encode(mine)
+        );
+    }
+    println!(
+        "OK: every signed margin state root ({}) is the one the reports give",
+        r.signed_states_matched
+    );
+    // The node's own margin log, rebuilt, is at some round: compare there.
+    let inputs = store.margin_inputs()?;
+    let mut own = sibyl_node::margin_svc::restore(&inputs)
+        .context("the node's margin log does not replay; rebuild it from the reports")?;
+    let at = own.next_round.checked_sub(1);
+    let own_root = own.engine.state_root();
+    match at.and_then(|a| r.roots.get(&a).map(|root| (a, root))) {
+        Some((a, root)) if *root == own_root => {
+            println!("OK: the node's margin log gives the same state root after round {a}");
+            Ok(())
+        }
+        Some((a, root)) => bail!(
+            "DIVERGENCE: the node's margin log gives state root 0x{} after round {a}, the signed reports 0x{}",
+            hex::encode(own_root),
+            hex::encode(root)
+        ),
+        None => {
+            println!(
+                "the node's margin log ends at no report round these reports reach; not compared"
+            );
+            Ok(())
         }
     }
 }

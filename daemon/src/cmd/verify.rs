@@ -8,6 +8,12 @@
 //! The config digest comes from `--committee` (recomputed from the file),
 //! `--config-digest`, the public key file, or, failing those, from the report
 //! itself, which the output then says was not checked.
+//!
+//! An account proof (the answer of `GET /v1/margin/accounts/{id}/proof`,
+//! which holds the signed report that carries the proved state) is checked
+//! too: the report as above, then that the report's margin state is the
+//! proof's round and root, then the account's state (decoded from the leaf
+//! preimage) under that root by its Merkle proof.
 
 use anyhow::{Context, Result, bail};
 use sibyl_aggregator::verify::{GroupKeys, VerifiedReport, verify_report};
@@ -127,10 +133,105 @@ struct PublicKeyFile {
 pub struct Outcome {
     pub verified: VerifiedReport,
     pub digest_checked: bool,
+    /// The account an account proof proved, if the input was one.
+    pub account: Option<ProvenAccount>,
+}
+
+/// An account proven against a signed margin state root.
+#[derive(Debug)]
+pub struct ProvenAccount {
+    pub state: sibyl_margin::state_root::AccountState,
+    pub state_round: sibyl_aggregator::Round,
+    pub state_root: [u8; 32],
+    pub proof_bytes: usize,
+}
+
+fn hex32(v: &serde_json::Value, what: &str) -> Result<[u8; 32]> {
+    let s = v
+        .as_str()
+        .with_context(|| format!("the account proof's {what} is not a hex string"))?;
+    hex::decode(s.trim_start_matches("0x"))
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("the account proof's {what} is not 32 bytes of hex"))
+}
+
+/// Checks an account proof (the proof route's JSON) against `report`, whose
+/// signature is already verified.
+pub fn check_account_proof(
+    value: &serde_json::Value,
+    report: &SignedReport,
+) -> Result<ProvenAccount> {
+    use sibyl_margin::state_root::{AccountProof, AccountState, verify_account_proof};
+    let state_root = hex32(&value["state_root"], "state_root")?;
+    let state_round = value["state_round"]
+        .as_u64()
+        .context("the account proof has no `state_round`")?;
+    match &report.margin_state {
+        Some(m) if m.round == state_round && m.root == state_root => {}
+        Some(m) => bail!(
+            "NOT VERIFIED: the report of round {} carries the margin state of round {} (root 0x{}), not the proof's round {state_round} (root 0x{})",
+            report.header.round,
+            m.round,
+            hex::encode(m.root),
+            hex::encode(state_root)
+        ),
+        None => bail!(
+            "NOT VERIFIED: the report of round {} carries no margin state; the proof's root is not signed",
+            report.header.round
+        ),
+    }
+    let preimage = value["leaf_preimage"]
+        .as_str()
+        .and_then(|s| hex::decode(s.trim_start_matches("0x")).ok())
+        .context("the account proof's `leaf_preimage` is not hex")?;
+    let state = AccountState::decode(&preimage).map_err(|e| {
+        anyhow::anyhow!("NOT VERIFIED: the leaf preimage is not an account state: {e}")
+    })?;
+    if let Some(id) = value["account"].as_u64()
+        && id != state.account
+    {
+        bail!(
+            "NOT VERIFIED: the proof says account {id}, its leaf is account {}",
+            state.account
+        );
+    }
+    let p = &value["proof"];
+    let siblings = p["siblings"]
+        .as_array()
+        .context("the account proof has no `proof.siblings` list")?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| hex32(v, &format!("sibling {i}")))
+        .collect::<Result<Vec<_>>>()?;
+    let proof = AccountProof {
+        slot: p["slot"]
+            .as_u64()
+            .context("the account proof has no `proof.slot`")?,
+        count: p["count"]
+            .as_u64()
+            .context("the account proof has no `proof.count`")?,
+        siblings,
+        globals_hash: hex32(&p["globals_hash"], "globals_hash")?,
+    };
+    verify_account_proof(&state_root, &state, &proof)
+        .map_err(|e| anyhow::anyhow!("NOT VERIFIED: {e}"))?;
+    Ok(ProvenAccount {
+        state,
+        state_round,
+        state_root,
+        proof_bytes: proof.size_bytes(),
+    })
 }
 
 pub async fn verify(args: &VerifyArgs) -> Result<Outcome> {
-    let report = parse_report(&fetch(&args.report).await?)?;
+    let bytes = fetch(&args.report).await?;
+    let report = parse_report(&bytes)?;
+    // An account proof: the proof route's JSON, with its report.
+    let proof_json = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t.trim()).ok())
+        .filter(|v| v.get("leaf_preimage").is_some());
     let mut digest: Option<ConfigDigest> = None;
     let (suite, key_hex) = if let Some(path) = &args.keys {
         let text = std::fs::read_to_string(path)
@@ -176,9 +277,13 @@ pub async fn verify(args: &VerifyArgs) -> Result<Outcome> {
         })?;
     let verified =
         verify_report(&report, &keys).map_err(|e| anyhow::anyhow!("NOT VERIFIED: {e}"))?;
+    let account = proof_json
+        .map(|v| check_account_proof(&v, &verified.report))
+        .transpose()?;
     Ok(Outcome {
         verified,
         digest_checked,
+        account,
     })
 }
 
@@ -206,6 +311,19 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         "  merkle root    0x{} (recomputed from the leaves)",
         hex::encode(h.merkle_root)
     );
+    println!(
+        "  margin root    0x{} ({} margin commands{})",
+        hex::encode(h.margin_root),
+        v.report.commands.len(),
+        match &v.report.margin_state {
+            Some(m) => format!(
+                ", margin state root 0x{} after round {}",
+                hex::encode(m.root),
+                m.round
+            ),
+            None => ", no margin state".into(),
+        }
+    );
     println!("  signed digest  0x{}", hex::encode(v.digest));
     let suites: Vec<&str> = v.suites.iter().map(|s| suite_name(*s)).collect();
     println!(
@@ -215,6 +333,38 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     println!("  feeds ({}):", v.report.leaves.len());
     for l in &v.report.leaves {
         println!("{}", leaf_lines(l));
+    }
+    if let Some(a) = &outcome.account {
+        let s = &a.state;
+        let usd = |v: i128| sibyl_api::margin::decimal(v, 6);
+        let qty = |v: i128| sibyl_api::margin::decimal(v, 8);
+        println!(
+            "VERIFIED account {} in the margin state after round {} (root 0x{}, carried by this report; proof {} bytes)",
+            s.account,
+            a.state_round,
+            hex::encode(a.state_root),
+            a.proof_bytes
+        );
+        println!("  cash           {} USD", usd(s.state.cash));
+        for (asset, q) in &s.state.collateral {
+            println!("  collateral     {} {asset}", qty(*q));
+        }
+        for (market, p) in &s.state.positions {
+            println!(
+                "  position       {market}: size {}, cost basis {} USD{}",
+                qty(p.size),
+                usd(p.quote),
+                p.isolated
+                    .map(|m| format!(", isolated margin {} USD", usd(m)))
+                    .unwrap_or_default()
+            );
+        }
+        if !s.margin_calls.is_empty() {
+            println!("  margin call    {:?}", s.margin_calls);
+        }
+        if !s.deferred.is_empty() {
+            println!("  liquidation deferred {:?}", s.deferred);
+        }
     }
     Ok(())
 }
@@ -350,5 +500,82 @@ mod verify_tests {
         let mut a = args(&path, key);
         a.config_digest = Some(hex::encode([1u8; 32]));
         assert!(verify(&a).await.is_err());
+    }
+
+    /// An account proof as the proof route serves it: verified with the
+    /// report that carries its root; refused when the report carries another
+    /// state, when the account's state or proof is changed.
+    #[tokio::test]
+    async fn verifies_an_account_proof_against_the_signed_margin_state() {
+        use sibyl_margin::{Command, Engine, Input};
+        let mut engine = Engine::default();
+        for command in [
+            Command::CreateAccount { account: 5 },
+            Command::CreateAccount { account: 6 },
+            Command::Deposit {
+                account: 5,
+                asset: "USD".into(),
+                amount: 1_234_000_000,
+            },
+        ] {
+            engine.apply(&Input::Command { at_ms: 1, command }).unwrap();
+        }
+        let (state, proof, root) = engine.account_proof(5).unwrap();
+        let at = sibyl_aggregator::MarginCheckpoint { round: 41, root };
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3);
+        let f = testkit::fixture_with_margin(2, Vec::new(), Some(at), &mut rng);
+        let key = hex::encode(
+            f.ed25519
+                .public_key_package
+                .verifying_key()
+                .serialize()
+                .unwrap(),
+        );
+        let hex0x = |b: &[u8]| format!("0x{}", hex::encode(b));
+        let answer = |state_bytes: Vec<u8>, round: u64, siblings: Vec<[u8; 32]>| {
+            serde_json::json!({
+                "account": 5,
+                "leaf_preimage": hex0x(&state_bytes),
+                "proof": {
+                    "slot": proof.slot,
+                    "count": proof.count,
+                    "siblings": siblings.iter().map(|s| hex0x(s)).collect::<Vec<_>>(),
+                    "globals_hash": hex0x(&proof.globals_hash),
+                },
+                "state_root": hex0x(&root),
+                "state_round": round,
+                "signed": true,
+                "report": f.report,
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proof.json");
+        let write = |v: serde_json::Value| std::fs::write(&path, v.to_string()).unwrap();
+        write(answer(state.encode(), 41, proof.siblings.clone()));
+        let out = verify(&args(&path, key.clone())).await.expect("verifies");
+        let a = out.account.expect("an account proven");
+        assert_eq!((a.state.account, a.state.state.cash), (5, 1_234_000_000));
+        assert_eq!((a.state_round, a.state_root), (41, root));
+
+        // The report carries round 41, not 40.
+        write(answer(state.encode(), 40, proof.siblings.clone()));
+        let e = verify(&args(&path, key.clone())).await.err().unwrap();
+        assert!(e.to_string().contains("not the proof's round 40"), "{e}");
+        // A changed balance.
+        let mut richer = state.clone();
+        richer.state.cash += 1;
+        write(answer(richer.encode(), 41, proof.siblings.clone()));
+        let e = verify(&args(&path, key.clone())).await.err().unwrap();
+        assert!(e.to_string().contains("NOT VERIFIED"), "{e}");
+        // A changed sibling.
+        let mut sib = proof.siblings.clone();
+        sib[0][0] ^= 1;
+        write(answer(state.encode(), 41, sib));
+        let e = verify(&args(&path, key.clone())).await.err().unwrap();
+        assert!(e.to_string().contains("NOT VERIFIED"), "{e}");
+        // Garbage preimage.
+        write(answer(vec![1, 2, 3], 41, proof.siblings.clone()));
+        let e = verify(&args(&path, key)).await.err().unwrap();
+        assert!(e.to_string().contains("not an account state"), "{e}");
     }
 }

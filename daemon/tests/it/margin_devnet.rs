@@ -85,6 +85,8 @@ fn devnet_seeds_a_book_that_liquidates_and_replays_exactly() {
                 .is_some_and(|v| v["accounts"] == ACCOUNTS)
         });
     }
+    let proven = ordered_commands_and_a_proof_across_members(&file);
+
     let risk = json(&format!("{api}/v1/margin/at-risk?limit=5")).expect("at-risk");
     let units = risk["units"].as_array().expect("units");
     assert_eq!(units.len(), 5, "{risk}");
@@ -115,8 +117,41 @@ fn devnet_seeds_a_book_that_liquidates_and_replays_exactly() {
         "liquidated below maintenance only: {first}"
     );
 
+    // A liquidation is provable against a signed root: member 2's proof of
+    // the liquidated account verifies (with `sibyl verify`) together with the
+    // report member 1 serves for it.
+    let liquidated = first["account"].as_u64().expect("liquidated account");
+    verify_proof_with_report_from(&file, liquidated, 1, 0);
+    eprintln!("{proven}");
+
     let status = devnet.stop();
     assert!(status.success(), "devnet exited with {status}");
+
+    // Every member's engine, rebuilt from its signed reports alone, gives
+    // every margin state root the committee signed and its own margin log's.
+    for m in &file.members {
+        let out = common::sibyl()
+            .arg("replay")
+            .arg("--config")
+            .arg(&m.config)
+            .arg("--from-reports")
+            .output()
+            .expect("sibyl replay --from-reports");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && stdout.contains("OK: every signed margin state root")
+                && stdout.contains("OK: the node's margin log gives the same state root"),
+            "replay from reports of member {}: {stdout}{}",
+            m.index,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "member {}: {}",
+            m.index,
+            stdout.lines().next().unwrap_or("")
+        );
+    }
 
     // Every member's stored inputs replay to exactly its stored events.
     for m in &file.members {
@@ -134,4 +169,133 @@ fn devnet_seeds_a_book_that_liquidates_and_replays_exactly() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+fn admin_post(file: &DevnetFile, k: usize, path: &str, body: &str) -> (u16, String) {
+    let m = &file.members[k];
+    let token_file = m.config.parent().expect("member dir").join("admin-token");
+    let token = std::fs::read_to_string(&token_file).expect("admin token");
+    common::post_with_token(&format!("{}{path}", m.api_url), token.trim(), Some(body))
+}
+
+/// Margin commands sent to different members are ordered by the committee:
+/// each answers once its command is in a signed report, a refused one is
+/// refused alike everywhere, and every member then shows the same account.
+/// Returns a line of figures.
+fn ordered_commands_and_a_proof_across_members(file: &DevnetFile) -> String {
+    let t0 = Instant::now();
+    let steps: [(usize, &str, &str, u16); 6] = [
+        (0, "/v1/margin/accounts", r#"{"account": 9001}"#, 201),
+        (1, "/v1/margin/accounts", r#"{"account": 9002}"#, 201),
+        (
+            2,
+            "/v1/margin/accounts/9001/deposit",
+            r#"{"amount": "25000"}"#,
+            200,
+        ),
+        (
+            3,
+            "/v1/margin/accounts/9002/deposit",
+            r#"{"amount": "40000"}"#,
+            200,
+        ),
+        (
+            1,
+            "/v1/margin/accounts/9001/positions",
+            r#"{"market": "BTC-PERP", "side": "long", "size": "0.2"}"#,
+            200,
+        ),
+        // More than the account holds: refused by the engine of every member.
+        (
+            3,
+            "/v1/margin/accounts/9002/withdraw",
+            r#"{"amount": "90000"}"#,
+            422,
+        ),
+    ];
+    let mut took = Vec::new();
+    for (k, path, body, want) in steps {
+        let started = Instant::now();
+        let (code, text) = admin_post(file, k, path, body);
+        took.push(started.elapsed().as_millis());
+        assert_eq!(code, want, "member {} {path} {body}: {text}", k + 1);
+    }
+    // Every member: the same cash and position (once its engine took the
+    // reports that carry the commands).
+    for m in &file.members {
+        common::wait_for("the ordered commands at every member", 30, || {
+            json(&format!("{}/v1/margin/accounts/9002", m.api_url))
+                .is_some_and(|v| v["cash"] == "40000000000")
+        });
+        let p =
+            json(&format!("{}/v1/margin/accounts/9001/positions", m.api_url)).expect("positions");
+        let sizes: Vec<&Value> = p["positions"]
+            .as_array()
+            .expect("positions")
+            .iter()
+            .map(|x| &x["size"])
+            .collect();
+        assert_eq!(sizes.len(), 1, "member {}: {p}", m.index);
+    }
+    verify_proof_with_report_from(file, 9001, 3, 0);
+    format!(
+        "ordered commands answered in {took:?} ms (sent to members 1, 2, 3, 4, 2, 4); {:.1} s with the proofs",
+        t0.elapsed().as_secs_f64()
+    )
+}
+
+/// Member `prover`'s proof of `account`, with the signed report that carries
+/// its root replaced by the copy member `server` serves, passes `sibyl
+/// verify` against the committee's group key; a changed balance does not.
+fn verify_proof_with_report_from(file: &DevnetFile, account: u64, prover: usize, server: usize) {
+    let mut proof = json(&format!(
+        "{}/v1/margin/accounts/{account}/proof?wait_ms=15000",
+        file.members[prover].api_url
+    ))
+    .expect("proof");
+    assert_eq!(proof["signed"], true, "member {}: {proof}", prover + 1);
+    let round = proof["report"]["header"]["round"]
+        .as_u64()
+        .expect("report round");
+    let served = json(&format!(
+        "{}/v1/reports/{round}",
+        file.members[server].api_url
+    ))
+    .expect("report from the other member");
+    let report = served.get("report").cloned().unwrap_or(served);
+    proof["report"] = report;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proof.json");
+    std::fs::write(&path, proof.to_string()).expect("write proof");
+    let verify = |p: &std::path::Path| {
+        common::sibyl()
+            .arg("verify")
+            .arg(p)
+            .args(["--group-key", &file.group_key, "--suite", &file.suite])
+            .args(["--committee"])
+            .arg(&file.committee)
+            .output()
+            .expect("sibyl verify")
+    };
+    let out = verify(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("VERIFIED account {account}")),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same proof with one byte of the account's state changed.
+    let pre = proof["leaf_preimage"]
+        .as_str()
+        .expect("preimage")
+        .to_string();
+    let flipped = format!(
+        "{}{}",
+        &pre[..pre.len() - 1],
+        if pre.ends_with('0') { '1' } else { '0' }
+    );
+    proof["leaf_preimage"] = Value::String(flipped);
+    std::fs::write(&path, proof.to_string()).expect("write proof");
+    let out = verify(&path);
+    assert!(!out.status.success(), "a changed state verified");
 }

@@ -1032,12 +1032,19 @@ async fn an_account_proof_comes_with_the_report_that_carries_its_state() {
         serde_json::from_value(p["report"].clone()).expect("the report as JSON");
     assert_eq!(served, next);
     // The proof verifies against the carried root.
-    let preimage = hex::decode(p["leaf_preimage"].as_str().unwrap().trim_start_matches("0x"))
-        .expect("hex");
+    let preimage = hex::decode(
+        p["leaf_preimage"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+    )
+    .expect("hex");
     let state = sibyl_margin::state_root::AccountState::decode(&preimage).expect("preimage");
     assert_eq!(state.account, 3);
     // Without a carrying report the route answers unsigned once it stops waiting.
-    let p = get(n.addr, "/v1/margin/accounts/3/proof?wait_ms=200").await.json();
+    let p = get(n.addr, "/v1/margin/accounts/3/proof?wait_ms=200")
+        .await
+        .json();
     assert_eq!(p["signed"], false, "{p}");
     assert!(p.get("report").is_none(), "{p}");
     for bad in ["wait_ms=30001", "wait_ms=soon", "later=1"] {
