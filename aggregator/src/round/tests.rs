@@ -2547,7 +2547,8 @@ fn a_round_orders_the_members_offered_commands_into_its_report() {
 #[test]
 fn signers_refuse_a_proposal_whose_commands_are_not_the_observations_offers() {
     // (edit, whether it still decodes: commands out of order do not)
-    let edits: [(fn(&mut ProposalMsg), bool); 4] = [
+    type Edit = fn(&mut ProposalMsg);
+    let edits: [(Edit, bool); 4] = [
         (|p| p.commands.insert(0, offer(1, 1, "invented")), true),
         (
             |p| {

@@ -297,12 +297,15 @@ impl MarginState {
 /// Signed margin states remembered for proofs.
 pub const SIGNED_STATES_KEPT: usize = 256;
 
+/// An API call waiting for its command's outcome.
+type Waiter = oneshot::Sender<Result<Vec<EventRecord>, MarginError>>;
+
 /// This member's side of committee ordering: its offers and the API calls
 /// waiting for their commands' turn.
 struct Orderer {
     me: u16,
     offers: watch::Sender<Vec<MarginCommand>>,
-    waiters: Mutex<BTreeMap<u64, oneshot::Sender<Result<Vec<EventRecord>, MarginError>>>>,
+    waiters: Mutex<BTreeMap<u64, Waiter>>,
     last_nonce: Mutex<u64>,
 }
 

@@ -158,7 +158,7 @@ pub fn status_snapshot(h: &StatusHandle) -> NodeStatus {
 
 /// What the report sink stores, in order.
 enum SinkItem {
-    Report(SignedReport),
+    Report(Box<SignedReport>),
     /// Rounds `from..end` have no signed report (settled by catch-up).
     Absent {
         from: Round,
@@ -185,6 +185,7 @@ impl ReportSink {
             while let Some(item) = rx.recv().await {
                 match item {
                     SinkItem::Report(report) => {
+                        let report = *report;
                         let round = report.header.round;
                         match store.insert_report(report.clone()).await {
                             Ok(true) => {
@@ -217,7 +218,7 @@ impl ReportSink {
     /// Queues a report for the store; false when the queue is full (the
     /// report then stays missing here and catch-up fetches it again).
     fn push(&self, report: SignedReport) -> bool {
-        match self.tx.try_send(SinkItem::Report(report)) {
+        match self.tx.try_send(SinkItem::Report(Box::new(report))) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "report sink is full; a report is not stored now (catch-up will fetch it)");
