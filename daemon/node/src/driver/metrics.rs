@@ -66,6 +66,10 @@ pub struct NodeMetrics {
     pub key_refreshes: Counter,
     pub key_refresh_failures: Counter,
     pub key_sets: Gauge,
+    /// Round-state counters about margin state roots (since start).
+    pub margin_states_proposed: Gauge,
+    pub margin_states_refused: Gauge,
+    pub margin_root_disagreements: Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -93,6 +97,9 @@ impl Default for NodeMetrics {
             key_refreshes: Counter::default(),
             key_refresh_failures: Counter::default(),
             key_sets: Gauge::default(),
+            margin_states_proposed: Gauge::default(),
+            margin_states_refused: Gauge::default(),
+            margin_root_disagreements: Gauge::default(),
         }
     }
 }
@@ -136,6 +143,21 @@ impl NodeMetrics {
 
     /// Registers clones of every family in `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sibyl_round_margin_states_proposed",
+            "Reports this member led carrying a margin state root t members attested, since start",
+            self.margin_states_proposed.clone(),
+        );
+        registry.register(
+            "sibyl_round_margin_states_refused",
+            "Proposals this member refused for carrying a margin state root it had not computed, since start",
+            self.margin_states_refused.clone(),
+        );
+        registry.register(
+            "sibyl_round_margin_root_disagreements",
+            "Rounds this member led whose observations attested two margin state roots for one round (engines diverged), since start",
+            self.margin_root_disagreements.clone(),
+        );
         registry.register(
             "sibyl_key_refreshes",
             "Proactive key refreshes this member completed (switched to new shares) since it started",

@@ -605,6 +605,14 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
             s.connected = self.connected.clone();
             s.driver = self.stats.clone();
             s.protocol = self.node.stats().clone();
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let m = &self.metrics;
+            m.margin_states_proposed
+                .set(gauge(s.protocol.margin_states_proposed));
+            m.margin_states_refused
+                .set(gauge(s.protocol.margin_states_refused));
+            m.margin_root_disagreements
+                .set(gauge(s.protocol.margin_root_disagreements));
             s.last_report_round = self.stored_through;
         }
     }
