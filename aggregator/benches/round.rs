@@ -25,7 +25,7 @@ use sibyl_aggregator::round::{
     Action, Input, LocalObservation, Node, NodeKeySet, NodeKeys, Restore, SibylSuite,
 };
 use sibyl_aggregator::testkit::{DealerKeys, dealer_keys};
-use sibyl_aggregator::{ConfigDigest, FeedId, ReportLeaf};
+use sibyl_aggregator::{ConfigDigest, FeedId, MarginCheckpoint, MarginCommand, ReportLeaf};
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -42,6 +42,8 @@ struct Setup<C: SibylSuite> {
     feeds: Vec<FeedId>,
     /// Each feed's previous signed leaf, a second before this round.
     restore: Restore,
+    /// Every member offers 4 margin commands and attests 8 state roots.
+    margin: bool,
 }
 
 fn setup<C: SibylSuite>(n: u16, feeds: usize, both: bool) -> Setup<C> {
@@ -102,6 +104,7 @@ fn setup<C: SibylSuite>(n: u16, feeds: usize, both: bool) -> Setup<C> {
         evm,
         feeds: ids,
         restore,
+        margin: false,
     }
 }
 
@@ -130,6 +133,25 @@ fn one_round<C: SibylSuite>(s: &Setup<C>, rng: &mut ChaCha20Rng) -> (Duration, D
         .collect();
     let mut spent = vec![Duration::ZERO; usize::from(n) + 1];
     let mut queue: VecDeque<(u16, Input)> = VecDeque::new();
+    for i in (1..=n).filter(|_| s.margin) {
+        let roots = (0..8)
+            .map(|r| MarginCheckpoint {
+                round: 100 + r,
+                root: [r as u8; 32],
+            })
+            .collect();
+        queue.push_back((i, Input::AttestMarginRoots(roots)));
+        let commands = (0..4)
+            .map(|k| MarginCommand {
+                origin: i,
+                nonce: 1_000 + k,
+                body: format!(
+                    r#"{{"open":{{"account":{k},"market":"BTC-PERP","side":"long","size":50000000,"margin":"cross","price":null}}}}"#
+                ),
+            })
+            .collect();
+        queue.push_back((i, Input::OfferCommands(commands)));
+    }
     for i in 1..=n {
         let obs = s
             .feeds
@@ -176,6 +198,12 @@ fn one_round<C: SibylSuite>(s: &Setup<C>, rng: &mut ChaCha20Rng) -> (Duration, D
                 }
                 Action::SignedReport(r) => {
                     signed = true;
+                    if s.margin {
+                        assert!(
+                            r.margin_state.is_some()
+                                && r.commands.len() >= 4 * usize::from(s.committee.quorum() as u16)
+                        );
+                    }
                     black_box(r);
                 }
                 _ => {}
@@ -197,7 +225,8 @@ fn bench_suite<C: SibylSuite>(
     let mut g = c.benchmark_group(format!("{group}/{name}"));
     g.sample_size(10);
     for &n in sizes {
-        let s = setup::<C>(n, feeds, both);
+        let mut s = setup::<C>(n, feeds, both);
+        s.margin = group == "round_with_margin";
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         for (role, pick) in [("leader", 0usize), ("member", 1usize)] {
             g.bench_with_input(BenchmarkId::new(role, format!("n{n}")), &n, |b, _| {
@@ -222,6 +251,7 @@ fn rounds(c: &mut Criterion) {
     bench_suite::<Ed>(c, "ed25519", "round", &sizes, 10, false);
     bench_suite::<Evm>(c, "secp256k1-evm", "round", &sizes, 10, false);
     bench_suite::<Ed>(c, "both", "round", &[4, 7], 10, true);
+    bench_suite::<Ed>(c, "ed25519", "round_with_margin", &[4, 7], 10, false);
     bench_suite::<Ed>(c, "ed25519", "round_1000_feeds", &[7], 1000, false);
     bench_suite::<Ed>(c, "ed25519", "round_2000_feeds", &[7], 2000, false);
     bench_suite::<Evm>(c, "secp256k1-evm", "round_1000_feeds", &[7], 1000, false);

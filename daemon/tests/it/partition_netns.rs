@@ -362,6 +362,34 @@ fn partitions_2_2_and_3_1_heal_and_the_isolated_member_converges() {
     // 2. 3/1: member 4 alone.
     let split_round = last_round(&api[0]).unwrap_or(0);
     netns.split(&[1, 2, 3], &[4]);
+    // Margin commands: one through member 1 (the three order it), one
+    // through the isolated member 4 (ordered once it is back).
+    let token = |k: usize| {
+        let dir = file.members[k].config.parent().unwrap().to_path_buf();
+        std::fs::read_to_string(dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (code, text) = common::post_with_token(
+        &format!("{}/v1/margin/accounts", api[0]),
+        &token(0),
+        Some(r#"{"account": 8101}"#),
+    );
+    if code != 201 {
+        failures.push(format!(
+            "3/1 split: a command through member 1 answered {code}: {text}"
+        ));
+    }
+    let isolated_command = {
+        let (url, token) = (format!("{}/v1/margin/accounts", api[3]), token(3));
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(12));
+            let sent = Instant::now();
+            let answer = common::post_with_token(&url, &token, Some(r#"{"account": 8104}"#));
+            (answer, sent.elapsed())
+        })
+    };
     let r = rate(&api[0], Duration::from_secs(30));
     eprintln!(
         "3/1 split: member 1 {r:.2} reports/s ({:.0} % of baseline)",
@@ -419,11 +447,71 @@ fn partitions_2_2_and_3_1_heal_and_the_isolated_member_converges() {
             status(&api[3]).and_then(|s| s.get("last_report_round").cloned())
         )),
     }
+    // The isolated member's command, waiting since 18 s before the heal, is
+    // ordered once it is back, and every engine takes it.
+    let ((code, text), waited) = isolated_command.join().unwrap();
+    eprintln!(
+        "3/1 split: member 4's command answered {code} {:.1}s after it was sent (it was isolated until the heal)",
+        waited.as_secs_f64()
+    );
+    if code != 201 {
+        failures.push(format!(
+            "3/1 split: the command through the isolated member 4 answered {code} after the heal: {text}"
+        ));
+    } else {
+        for a in &api {
+            let ok = (0..60).any(|_| {
+                let got = std::process::Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+                    .arg(format!("{a}/v1/margin/accounts/8104"))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "200")
+                    .unwrap_or(false);
+                if !got {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                got
+            });
+            if !ok {
+                failures.push(format!(
+                    "account 8104 missing at {a} 30 s after it was ordered"
+                ));
+            }
+        }
+    }
     std::thread::sleep(Duration::from_secs(3));
     for c in members.0.iter_mut().flatten() {
         terminate(c);
     }
     members.0.clear();
+    // Rebuilt from its signed reports alone, every member's engine gives
+    // every signed margin state root and its own margin log's.
+    for m in &file.members {
+        let out = common::sibyl()
+            .arg("replay")
+            .arg("--config")
+            .arg(&m.config)
+            .arg("--from-reports")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !(out.status.success()
+            && stdout.contains("OK: every signed margin state root")
+            && stdout.contains("OK: the node's margin log gives the same state root"))
+        {
+            failures.push(format!(
+                "replay from reports of member {}: {stdout}{}",
+                m.index,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        } else {
+            eprintln!(
+                "member {}: {}",
+                m.index,
+                stdout.lines().next().unwrap_or("")
+            );
+        }
+    }
 
     // Identical stored history and margin state over the rounds all hold.
     let stored: Vec<Vec<_>> = file
