@@ -264,3 +264,25 @@ pub fn post_with_token(url: &str, token: &str, json: Option<&str>) -> (u16, Stri
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+/// `sibyl replay --config <node.toml> --from-reports` on a stopped member:
+/// its stdout when the engine rebuilt from its signed reports gives every
+/// signed margin state root and its own margin log's root, else what it said.
+pub fn replay_from_reports(config: &Path) -> Result<String, String> {
+    let out = sibyl()
+        .arg("replay")
+        .arg("--config")
+        .arg(config)
+        .arg("--from-reports")
+        .output()
+        .map_err(|e| format!("sibyl replay: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success()
+        && stdout.contains("OK: every signed margin state root")
+        && stdout.contains("OK: the node's margin log gives the same state root")
+    {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}

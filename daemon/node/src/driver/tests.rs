@@ -193,6 +193,23 @@ impl Harness {
         .await;
     }
 
+    /// Stops every member and waits until each one's store holds the
+    /// newest report its driver accepted.
+    async fn stop_all(&mut self) {
+        let stopped: Vec<(u16, StatusHandle)> = self
+            .members
+            .iter()
+            .map(|(i, m)| (*i, m.status.clone()))
+            .collect();
+        for (_, m) in std::mem::take(&mut self.members) {
+            let _ = m.shutdown.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(5), m.task).await;
+        }
+        for (i, s) in &stopped {
+            self.wait_stored(*i, s).await;
+        }
+    }
+
     fn group_keys(&self) -> GroupKeys {
         GroupKeys::new(self.committee.digest)
             .with_ed25519(*self.keys.public_key_package.verifying_key())
@@ -462,18 +479,7 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
         d4.rounds_settled_absent
     );
 
-    let stopped: Vec<(u16, StatusHandle)> = h
-        .members
-        .iter()
-        .map(|(i, m)| (*i, m.status.clone()))
-        .collect();
-    for (_, m) in std::mem::take(&mut h.members) {
-        let _ = m.shutdown.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), m.task).await;
-    }
-    for (i, s) in &stopped {
-        h.wait_stored(*i, s).await;
-    }
+    h.stop_all().await;
 
     // Stored history: member 4 holds every round the others do, up to the
     // newest round they all reached.
@@ -1046,18 +1052,7 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
             )
         })
         .collect();
-    let stopped: Vec<(u16, StatusHandle)> = h
-        .members
-        .iter()
-        .map(|(i, m)| (*i, m.status.clone()))
-        .collect();
-    for (_, m) in std::mem::take(&mut h.members) {
-        let _ = m.shutdown.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), m.task).await;
-    }
-    for (i, s) in &stopped {
-        h.wait_stored(*i, s).await;
-    }
+    h.stop_all().await;
     let logs: Vec<(Vec<String>, Vec<String>)> =
         (1..=4).map(|i| margin_log(&h.members_db(i))).collect();
     let n = logs.iter().map(|(i, _)| i.len()).min().unwrap();
