@@ -644,29 +644,49 @@ impl Decode for ReportLeaf {
 }
 
 /// `u8 version ‖ bytes32 config digest ‖ u64 round ‖ u64 timestamp ‖ bytes32 merkle root ‖ bytes32 margin root` (113 bytes).
+/// A version 1 header (stored history from before the margin root) has no
+/// margin root (81 bytes).
 impl Encode for ReportHeader {
     fn encode(&self, w: &mut Writer) {
         w.u8(self.version)
             .put(&self.config_digest)
             .u64(self.round)
             .u64(self.timestamp_ms)
-            .bytes32(&self.merkle_root)
-            .bytes32(&self.margin_root);
+            .bytes32(&self.merkle_root);
+        if self.version != LEGACY_VERSION {
+            w.bytes32(&self.margin_root);
+        }
     }
 }
+
+/// The protocol version before the margin root (reports stored by earlier
+/// releases): decoded and re-encoded as they were, never verified
+/// (`verify_report` takes only [`PROTOCOL_VERSION`]).
+pub const LEGACY_VERSION: u8 = 1;
 
 /// Reads a header, checking the version and, if given, the config digest.
 pub fn decode_header(
     r: &mut Reader<'_>,
     expected: Option<&ConfigDigest>,
 ) -> Result<ReportHeader, DecodeError> {
+    let version = r.u8("version")?;
+    if version != PROTOCOL_VERSION && version != LEGACY_VERSION {
+        return Err(DecodeError::WrongVersion {
+            got: version,
+            expected: PROTOCOL_VERSION,
+        });
+    }
     Ok(ReportHeader {
-        version: r.version(PROTOCOL_VERSION)?,
+        version,
         config_digest: r.config_digest(expected)?,
         round: r.u64("report round")?,
         timestamp_ms: r.u64("report timestamp")?,
         merkle_root: r.bytes32("merkle root")?,
-        margin_root: r.bytes32("margin root")?,
+        margin_root: if version == LEGACY_VERSION {
+            [0; 32]
+        } else {
+            r.bytes32("margin root")?
+        },
     })
 }
 
@@ -736,8 +756,10 @@ impl Encode for SignedReport {
             w.put(l);
         });
         encode_signatures(w, &self.signatures);
-        encode_commands(w, &self.commands);
-        encode_margin_state(w, self.margin_state.as_ref());
+        if self.header.version != LEGACY_VERSION {
+            encode_commands(w, &self.commands);
+            encode_margin_state(w, self.margin_state.as_ref());
+        }
     }
 }
 
@@ -810,10 +832,22 @@ fn decode_signed_report(
     r: &mut Reader<'_>,
     expected: Option<&ConfigDigest>,
 ) -> Result<SignedReport, DecodeError> {
+    let header = decode_header(r, expected)?;
+    let leaves = decode_leaves(r)?;
+    let signatures = decode_signatures(r)?;
+    if header.version == LEGACY_VERSION {
+        return Ok(SignedReport {
+            header,
+            leaves,
+            signatures,
+            commands: Vec::new(),
+            margin_state: None,
+        });
+    }
     Ok(SignedReport {
-        header: decode_header(r, expected)?,
-        leaves: decode_leaves(r)?,
-        signatures: decode_signatures(r)?,
+        header,
+        leaves,
+        signatures,
         commands: decode_commands(r, MAX_REPORT_COMMANDS)?,
         margin_state: decode_margin_state(r)?,
     })
@@ -835,6 +869,47 @@ impl SignedReport {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A report stored by a release before the margin root (protocol
+    /// version 1: an 81-byte header, no commands or margin state on the
+    /// wire, no `margin_root` in JSON) still decodes, re-encodes to the same
+    /// bytes, and is refused by verification.
+    #[test]
+    fn a_version_1_report_from_stored_history_still_decodes() {
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let f = crate::testkit::fixture(3, &mut rng);
+        let mut old = f.report.clone();
+        old.header.version = LEGACY_VERSION;
+        let bytes = old.to_bytes();
+        let v2 = f.report.to_bytes();
+        // 32 bytes of margin root, the empty command list and the absent state fewer.
+        assert_eq!(bytes.len(), v2.len() - 32 - 4 - 1);
+        let back = SignedReport::from_bytes(&bytes).unwrap();
+        assert_eq!(back, old);
+        assert_eq!(back.to_bytes(), bytes);
+        let mut json = serde_json::to_value(&old).unwrap();
+        json["header"]
+            .as_object_mut()
+            .unwrap()
+            .remove("margin_root");
+        let from_json: SignedReport = serde_json::from_value(json).unwrap();
+        assert_eq!(from_json, old);
+        assert!(matches!(
+            crate::verify::verify_report(&old, &f.keys),
+            Err(crate::verify::VerifyError::WrongVersion { got: 1, .. })
+        ));
+        // Any other version is refused by the decoder.
+        let mut other = bytes.clone();
+        other[0] = 3;
+        assert_eq!(
+            SignedReport::from_bytes(&other).unwrap_err(),
+            DecodeError::WrongVersion {
+                got: 3,
+                expected: PROTOCOL_VERSION
+            }
+        );
+    }
 
     #[derive(Debug, Clone, PartialEq)]
     struct Sample {
