@@ -173,15 +173,23 @@ impl Node {
         // Nothing due: refresh every feed, so each round still seals one report.
         let leaves = if due.is_empty() { candidates } else { due };
         let commands = order_commands(self.rs.observations.iter().map(|(k, a)| (*k, &a.msg)));
-        // A margin state root at least t members offering to sign attested:
-        // only they can sign this round (each signer checks its own).
+        // A margin state root every member offering to sign attested (each
+        // signer checks its own): the signers are then any of them, as
+        // without one, so a member whose engine lags delays the roots, never
+        // the prices.
+        let offering = self
+            .rs
+            .observations
+            .values()
+            .filter(|a| !a.msg.commitments.is_empty())
+            .count();
         let (margin, disagree) = choose_margin_state(
             self.rs
                 .observations
                 .iter()
                 .filter(|(_, a)| !a.msg.commitments.is_empty())
                 .map(|(k, a)| (*k, a.msg.margin_roots.as_slice())),
-            usize::from(self.committee.t()),
+            usize::from(self.committee.t()).max(offering),
             self.last_margin_round,
         );
         if disagree {
