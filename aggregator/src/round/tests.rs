@@ -2637,22 +2637,41 @@ fn the_leader_carries_the_newest_margin_state_t_members_attested() {
 fn a_report_carries_a_margin_state_every_offering_member_attested() {
     let mut h = harness::<Ed>(4, 1);
     for m in 1..=3 {
-        h.handle(m, T0, Input::AttestMarginRoots(vec![checkpoint(3, 9), checkpoint(4, 9)]));
+        h.handle(
+            m,
+            T0,
+            Input::AttestMarginRoots(vec![checkpoint(3, 9), checkpoint(4, 9)]),
+        );
     }
     // Member 4's engine differs at round 4.
-    h.handle(4, T0, Input::AttestMarginRoots(vec![checkpoint(3, 9), checkpoint(4, 8)]));
+    h.handle(
+        4,
+        T0,
+        Input::AttestMarginRoots(vec![checkpoint(3, 9), checkpoint(4, 8)]),
+    );
     let proposals = up_to_proposals(&mut h);
     let (to, bytes) = proposals[0].clone();
     let m = decode(&h, &bytes);
     let Payload::Proposal(p) = &m.payload else {
         panic!("not a proposal");
     };
-    assert_eq!(p.margin_state, Some(checkpoint(3, 9)), "round 4 is not unanimous");
+    assert_eq!(
+        p.margin_state,
+        Some(checkpoint(3, 9)),
+        "round 4 is not unanimous"
+    );
     assert_eq!(h.nodes[0].stats().margin_root_disagreements, 1);
     assert_eq!(h.nodes[0].stats().margin_states_proposed, 1);
     // A leader carrying round 4's root anyway: member 4 refuses it.
     let forged = forge(&h, &bytes, |p| p.margin_state = Some(checkpoint(4, 9)));
-    let a = h.handle(4, T0 + 2, Input::Message { from: 1, bytes: forged });
+    let a = h.handle(
+        4,
+        T0 + 2,
+        Input::Message {
+            from: 1,
+            bytes: forged,
+        },
+    );
     assert!(!a.iter().any(|a| matches!(a, Action::RecordSigning { .. })));
     assert_eq!(refusals(&h, &a), vec![RefusalReason::Mismatch]);
     assert_eq!(h.nodes[3].stats().margin_states_refused, 1);

@@ -131,7 +131,11 @@ fn devnet_seeds_a_book_that_liquidates_and_replays_exactly() {
     // every margin state root the committee signed and its own margin log's.
     for m in &file.members {
         match common::replay_from_reports(&m.config) {
-            Ok(out) => eprintln!("member {}: {}", m.index, out.lines().next().unwrap_or("")),
+            Ok(out) => eprintln!(
+                "member {}: {}",
+                m.index,
+                out.lines().take(2).collect::<Vec<_>>().join("; ")
+            ),
             Err(e) => panic!("replay from reports of member {}: {e}", m.index),
         }
     }
