@@ -105,27 +105,30 @@ fn from_reports(db: &std::path::Path, config: &sibyl_node::config::Config) -> Re
         "OK: every signed margin state root ({}) is the one the reports give",
         r.signed_states_matched
     );
-    // The node's own margin log, rebuilt, is at some round: compare there.
+    // The node's own margin log, rebuilt, ends after some report (at or
+    // after the newest one whose prices it stored; later reports may have
+    // brought only commands or refused prices): its root must be the
+    // reports' root after one of those.
     let inputs = store.margin_inputs()?;
     let mut own = sibyl_node::margin_svc::restore(&inputs)
         .context("the node's margin log does not replay; rebuild it from the reports")?;
-    let at = own.next_round.checked_sub(1);
     let own_root = own.engine.state_root();
-    match at.and_then(|a| r.roots.get(&a).map(|root| (a, root))) {
-        Some((a, root)) if *root == own_root => {
+    let from = own.next_round.saturating_sub(1);
+    match r.roots.range(from..).find(|(_, root)| **root == own_root) {
+        Some((a, _)) => {
             println!("OK: the node's margin log gives the same state root after round {a}");
             Ok(())
         }
-        Some((a, root)) => bail!(
-            "DIVERGENCE: the node's margin log gives state root 0x{} after round {a}, the signed reports 0x{}",
-            hex::encode(own_root),
-            hex::encode(root)
-        ),
-        None => {
-            println!(
-                "the node's margin log ends at no report round these reports reach; not compared"
-            );
+        None if own.next_round == 0 => {
+            println!("the node's margin log is empty; not compared");
             Ok(())
         }
+        None => bail!(
+            "DIVERGENCE: the node's margin log gives state root 0x{}, which these reports give after no round from {from} on (their root after round {from}: {})",
+            hex::encode(own_root),
+            r.roots
+                .get(&from)
+                .map_or("none".into(), |x| format!("0x{}", hex::encode(x)))
+        ),
     }
 }
