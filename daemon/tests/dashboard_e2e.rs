@@ -75,9 +75,12 @@ fn report(round: u64, ts: u64) -> SignedReport {
             round,
             timestamp_ms: ts,
             merkle_root: merkle::root(&leaves),
+            margin_root: [0; 32],
         },
         leaves,
         signatures: BTreeMap::from([(Suite::Ed25519, SignatureBytes(vec![9; 64]))]),
+        commands: Vec::new(),
+        margin_state: None,
     }
 }
 
@@ -376,6 +379,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
                 seed: 3,
             }),
             snapshot_every_rounds: 0,
+            ordered_by: None,
         },
     )
     .await
