@@ -92,7 +92,7 @@ pub enum MarginError {
     #[error("the margin service has stopped")]
     Stopped,
     #[error(
-        "the committee did not order margin command {origin}/{nonce} within {waited_s} s (too few members signing?); it stays offered and may still be applied: look for it in the account's events before sending it again"
+        "the committee did not order margin command {origin}/{nonce} within {waited_s} s (too few members signing?); it is withdrawn, but a report being signed as it timed out may still carry it: look for it in the account's events before sending it again"
     )]
     NotOrdered {
         origin: u16,
@@ -492,6 +492,13 @@ impl MarginHandle {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&nonce);
+                // Withdrawn, so it does not apply hours later when the
+                // committee is back (only a report in flight can carry it).
+                o.offers.send_if_modified(|v| {
+                    let before = v.len();
+                    v.retain(|c| c.nonce != nonce);
+                    v.len() != before
+                });
                 Err(MarginError::NotOrdered {
                     origin: o.me,
                     nonce,

@@ -349,3 +349,114 @@ async fn reports_are_taken_in_round_order_waiting_for_gaps() {
     }
     assert_eq!(h.read().reports_handled, 5);
 }
+
+/// Starts an ordered service (this member is `me`) over the store at `path`.
+async fn ordered(
+    path: &std::path::Path,
+    me: u16,
+) -> (
+    Store,
+    MarginHandle,
+    broadcast::Sender<Arc<SignedReport>>,
+    watch::Sender<bool>,
+) {
+    let store = Store::open(path).expect("store");
+    let (reports_tx, reports_rx) = broadcast::channel(16);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let h = start_with(
+        &store,
+        feeds(),
+        reports_rx,
+        shutdown_rx,
+        MarginOptions {
+            demo: None,
+            snapshot_every_rounds: 0,
+            ordered_by: Some(me),
+        },
+    )
+    .await
+    .expect("start");
+    (store, h, reports_tx, shutdown_tx)
+}
+
+/// A report of `round` carrying `commands`, stored and announced.
+async fn publish(
+    store: &Store,
+    tx: &broadcast::Sender<Arc<SignedReport>>,
+    round: u64,
+    commands: Vec<MarginCommand>,
+) {
+    let mut r = (*report(
+        round,
+        1_700_000_000_000 + round * 1_000,
+        &[("BTC-USD", 60_000 * SCALE)],
+    ))
+    .clone();
+    r.commands = commands;
+    store.writer.insert_report(r.clone()).await.expect("store");
+    let _ = tx.send(Arc::new(r));
+}
+
+/// An ordered command is offered, answers once a report carries it, is
+/// taken once although later reports carry it again (also after a
+/// restart: the marks are stored), and leaves the offers once taken.
+#[tokio::test]
+async fn an_ordered_command_applies_once_at_its_reports_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.sqlite");
+    let (store, h, tx, shutdown) = ordered(&path, 2).await;
+    let mut offers = h.offers().expect("ordered");
+    let h2 = h.clone();
+    let answer =
+        tokio::spawn(async move { h2.command(Command::CreateAccount { account: 77 }).await });
+    offers.changed().await.unwrap();
+    let offered = offers.borrow_and_update().clone();
+    assert_eq!(offered.len(), 1);
+    assert_eq!(offered[0].origin, 2);
+    assert!(offered[0].body.contains("77"), "{offered:?}");
+    // Not applied before a report carries it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!answer.is_finished());
+    assert!(h.read().engine.state().accounts.is_empty());
+    publish(&store, &tx, 0, offered.clone()).await;
+    let events = answer.await.unwrap().expect("applied");
+    assert!(!events.is_empty());
+    assert!(offers.borrow().is_empty(), "withdrawn once taken");
+    // Carried again (the member offered it once more before it saw it
+    // taken): skipped.
+    publish(&store, &tx, 1, offered.clone()).await;
+    wait_inputs(&h, 3).await;
+    let inputs = h.read().next_input;
+    assert_eq!(inputs, 3, "prices, the command, prices");
+    let _ = shutdown.send(true);
+    drop(h);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(store);
+    // Restarted: the mark is restored, a third copy is skipped too.
+    let (store, h, tx, _shutdown) = ordered(&path, 2).await;
+    assert_eq!(h.read().marks.get(&2), Some(&offered[0].nonce));
+    publish(&store, &tx, 2, offered.clone()).await;
+    wait_inputs(&h, 4).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.read().next_input, 4, "one more prices input, no command");
+    assert_eq!(h.read().engine.state().accounts.len(), 1);
+}
+
+/// A command no report carries answers `NotOrdered` after the timeout and
+/// is withdrawn from the offers.
+#[tokio::test(start_paused = true)]
+async fn a_command_never_ordered_times_out_and_is_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, h, _tx, _shutdown) = ordered(&dir.path().join("node.sqlite"), 3).await;
+    let offers = h.offers().expect("ordered");
+    let err = h
+        .command(Command::CreateAccount { account: 5 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MarginError::NotOrdered { origin: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("withdrawn"), "{err}");
+    assert!(offers.borrow().is_empty());
+}
