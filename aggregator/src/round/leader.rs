@@ -177,21 +177,15 @@ impl Node {
         // signer checks its own): the signers are then any of them, as
         // without one, so a member whose engine lags delays the roots, never
         // the prices.
-        let offering = self
+        let attested: Vec<(u16, &[MarginCheckpoint])> = self
             .rs
             .observations
-            .values()
-            .filter(|a| !a.msg.commitments.is_empty())
-            .count();
-        let (margin, disagree) = choose_margin_state(
-            self.rs
-                .observations
-                .iter()
-                .filter(|(_, a)| !a.msg.commitments.is_empty())
-                .map(|(k, a)| (*k, a.msg.margin_roots.as_slice())),
-            usize::from(self.committee.t()).max(offering),
-            self.last_margin_round,
-        );
+            .iter()
+            .filter(|(_, a)| !a.msg.commitments.is_empty())
+            .map(|(k, a)| (*k, a.msg.margin_roots.as_slice()))
+            .collect();
+        let need = usize::from(self.committee.t()).max(attested.len());
+        let (margin, disagree) = choose_margin_state(attested, need, self.last_margin_round);
         if disagree {
             self.stats.margin_root_disagreements += 1;
         }

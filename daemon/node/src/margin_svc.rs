@@ -322,11 +322,11 @@ impl Orderer {
         n
     }
 
-    /// Withdraws the offers the committee has taken (nonce at or below `mark`).
-    fn withdraw(&self, mark: u64) {
+    /// Withdraws the offers `gone` names (taken, or given up on).
+    fn withdraw(&self, gone: impl Fn(&MarginCommand) -> bool) {
         self.offers.send_if_modified(|v| {
             let before = v.len();
-            v.retain(|c| c.nonce > mark);
+            v.retain(|c| !gone(c));
             v.len() != before
         });
     }
@@ -494,11 +494,7 @@ impl MarginHandle {
                     .remove(&nonce);
                 // Withdrawn, so it does not apply hours later when the
                 // committee is back (only a report in flight can carry it).
-                o.offers.send_if_modified(|v| {
-                    let before = v.len();
-                    v.retain(|c| c.nonce != nonce);
-                    v.len() != before
-                });
+                o.withdraw(|c| c.nonce == nonce);
                 Err(MarginError::NotOrdered {
                     origin: o.me,
                     nonce,
@@ -980,8 +976,8 @@ impl Service {
         }
         self.note_state(report);
         if let Some(o) = &self.orderer {
-            if let Some(mark) = marks.get(&o.me) {
-                o.withdraw(*mark);
+            if let Some(&mark) = marks.get(&o.me) {
+                o.withdraw(|c| c.nonce <= mark);
             }
             for (nonce, result) in outcomes {
                 o.resolve(nonce, result);

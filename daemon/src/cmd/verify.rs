@@ -457,6 +457,17 @@ mod verify_tests {
     use super::*;
     use sibyl_aggregator::testkit;
 
+    /// The fixture's ed25519 group key in hex.
+    fn ed25519_key(f: &testkit::Fixture) -> String {
+        hex::encode(
+            f.ed25519
+                .public_key_package
+                .verifying_key()
+                .serialize()
+                .unwrap(),
+        )
+    }
+
     fn args(path: &std::path::Path, key: String) -> VerifyArgs {
         VerifyArgs {
             report: path.display().to_string(),
@@ -472,13 +483,7 @@ mod verify_tests {
     async fn verifies_a_good_report_and_refuses_a_tampered_one() {
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(2);
         let f = testkit::fixture(2, &mut rng);
-        let key = hex::encode(
-            f.ed25519
-                .public_key_package
-                .verifying_key()
-                .serialize()
-                .unwrap(),
-        );
+        let key = ed25519_key(&f);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("report.json");
         std::fs::write(&path, serde_json::to_vec(&f.report).unwrap()).unwrap();
@@ -524,13 +529,7 @@ mod verify_tests {
         let at = sibyl_aggregator::MarginCheckpoint { round: 41, root };
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3);
         let f = testkit::fixture_with_margin(2, Vec::new(), Some(at), &mut rng);
-        let key = hex::encode(
-            f.ed25519
-                .public_key_package
-                .verifying_key()
-                .serialize()
-                .unwrap(),
-        );
+        let key = ed25519_key(&f);
         let hex0x = |b: &[u8]| format!("0x{}", hex::encode(b));
         let answer = |state_bytes: Vec<u8>, round: u64, siblings: Vec<[u8; 32]>| {
             serde_json::json!({

@@ -19,6 +19,35 @@ fn feeds() -> Vec<FeedParams> {
         .collect()
 }
 
+/// A running service: its store, handle, report sender and shutdown.
+type Service4 = (
+    Store,
+    MarginHandle,
+    broadcast::Sender<Arc<SignedReport>>,
+    watch::Sender<bool>,
+);
+
+/// Starts a service without a demo book over the store at `path`.
+async fn open(path: &std::path::Path, every: u64, ordered_by: Option<u16>) -> Service4 {
+    let store = Store::open(path).expect("store");
+    let (reports_tx, reports_rx) = broadcast::channel(16);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let h = start_with(
+        &store,
+        feeds(),
+        reports_rx,
+        shutdown_rx,
+        MarginOptions {
+            demo: None,
+            snapshot_every_rounds: every,
+            ordered_by,
+        },
+    )
+    .await
+    .expect("start");
+    (store, h, reports_tx, shutdown_tx)
+}
+
 fn report(round: u64, ts: u64, prices: &[(&str, i128)]) -> Arc<SignedReport> {
     let mut leaves: Vec<ReportLeaf> = prices
         .iter()
@@ -60,22 +89,7 @@ async fn build_db(dir: &std::path::Path) -> (std::path::PathBuf, i128, u64) {
 /// `build_db` with a snapshot every `every` rounds.
 async fn build_db_with(dir: &std::path::Path, every: u64) -> (std::path::PathBuf, i128, u64) {
     let path = dir.join("node.sqlite");
-    let store = Store::open(&path).expect("store");
-    let (reports_tx, reports_rx) = broadcast::channel(16);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let h = start_with(
-        &store,
-        feeds(),
-        reports_rx,
-        shutdown_rx,
-        MarginOptions {
-            demo: None,
-            snapshot_every_rounds: every,
-            ordered_by: None,
-        },
-    )
-    .await
-    .expect("start");
+    let (store, h, reports_tx, shutdown_tx) = open(&path, every, None).await;
     let params = DemoParams::default();
     let book = demo_book_with(7, 40, &params);
     let seeded = seed(&h, &store.writer, book.inputs.clone()).await;
@@ -351,32 +365,8 @@ async fn reports_are_taken_in_round_order_waiting_for_gaps() {
 }
 
 /// Starts an ordered service (this member is `me`) over the store at `path`.
-async fn ordered(
-    path: &std::path::Path,
-    me: u16,
-) -> (
-    Store,
-    MarginHandle,
-    broadcast::Sender<Arc<SignedReport>>,
-    watch::Sender<bool>,
-) {
-    let store = Store::open(path).expect("store");
-    let (reports_tx, reports_rx) = broadcast::channel(16);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let h = start_with(
-        &store,
-        feeds(),
-        reports_rx,
-        shutdown_rx,
-        MarginOptions {
-            demo: None,
-            snapshot_every_rounds: 0,
-            ordered_by: Some(me),
-        },
-    )
-    .await
-    .expect("start");
-    (store, h, reports_tx, shutdown_tx)
+async fn ordered(path: &std::path::Path, me: u16) -> Service4 {
+    open(path, 0, Some(me)).await
 }
 
 /// A report of `round` carrying `commands`, stored and announced.
