@@ -34,14 +34,16 @@ use crate::index::IntMap;
 /// Length of a grid time bucket. A band computed in bucket `b` holds for
 /// prices marked at any time in `[b, b + 2)` buckets and is rechecked
 /// before that ends.
-pub(super) const BUCKET_MS: u64 = 7_200_000;
+pub(super) const BUCKET_MS: u64 = 900_000;
 /// Options must live at least this long after the window to use the grid
 /// (so their value is smooth in time across it).
 const MIN_LIFE_MS: u64 = 86_400_000;
 /// Bound on sizes, prices and option values for the probe arithmetic.
 const LIM: i128 = 1 << 60;
+/// Most next-bucket grid points computed after one report.
+const MAX_PREFILL: usize = 64;
 /// Probes per band side.
-const MAX_PROBES: usize = 8;
+const MAX_PROBES: usize = 24;
 
 /// Option values on the price grid for the current time bucket. A cache of
 /// a pure function of the state: it never changes a result, only its cost.
@@ -53,6 +55,8 @@ pub(crate) struct GridCache {
     /// of time so that a bucket change does not cost one burst.
     next: IntMap<(u32, i128), GridPoint>,
     todo: Vec<(u32, i128)>,
+    /// When the last prefill ran (ms), to pace the next one.
+    prefilled_at: u64,
 }
 
 impl GridCache {
@@ -306,13 +310,28 @@ fn grid_point(
 }
 
 impl Engine {
-    /// Computes up to `budget` grid points of the next time bucket (those
-    /// the current bucket used). Cost only: results never depend on it.
-    pub(super) fn prefill_grid(&mut self, budget: usize) {
+    /// Computes grid points of the next time bucket (those the current
+    /// bucket used), at least `min` and otherwise paced to finish them
+    /// before the bucket's last quarter, at most [`MAX_PREFILL`] per call.
+    /// A bucket uses thousands of points (~7,000 at 100 k accounts with
+    /// options); left to the bucket change they cost one burst of tens of
+    /// milliseconds. Cost only: results never depend on it.
+    pub(super) fn prefill_grid(&mut self, min: usize) {
         let now = self.s.now_ms;
         let mut cache = std::mem::take(&mut self.grid);
         if cache.bucket == now / BUCKET_MS {
             let next = cache.bucket.saturating_add(1);
+            let done_by = next.saturating_mul(BUCKET_MS).saturating_sub(BUCKET_MS / 4);
+            let since = now.saturating_sub(cache.prefilled_at).max(1);
+            let left = done_by.saturating_sub(now).max(since);
+            let paced = u64::try_from(cache.todo.len())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(since)
+                .div_ceil(left);
+            let budget = usize::try_from(paced)
+                .unwrap_or(MAX_PREFILL)
+                .clamp(min, MAX_PREFILL);
+            cache.prefilled_at = now;
             let window = (
                 next.saturating_mul(BUCKET_MS),
                 next.saturating_add(2).saturating_mul(BUCKET_MS),
