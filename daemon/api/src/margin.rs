@@ -184,6 +184,14 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::ExpiryInPast { .. } => (StatusCode::BAD_REQUEST, "expiry_in_past"),
         E::MarginModeConflict { .. } => (StatusCode::CONFLICT, "margin_mode_conflict"),
         E::Pricing { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pricing_failed"),
+        E::BadSignedCommand { .. } => (StatusCode::BAD_REQUEST, "bad_command"),
+        E::AccountMismatch { .. } => (StatusCode::BAD_REQUEST, "account_mismatch"),
+        E::InvalidOwnerKey { .. } => (StatusCode::BAD_REQUEST, "invalid_owner_key"),
+        E::BadSignature { .. } => (StatusCode::UNAUTHORIZED, "bad_signature"),
+        E::NotSignable { .. } => (StatusCode::FORBIDDEN, "not_signable"),
+        E::NoOwner { .. } => (StatusCode::FORBIDDEN, "no_owner"),
+        E::Unauthorized { .. } => (StatusCode::FORBIDDEN, "unauthorized"),
+        E::StaleNonce { .. } => (StatusCode::CONFLICT, "stale_nonce"),
         E::OutOfOrderPrice { .. }
         | E::DuplicateFeed { .. }
         | E::SnapshotVersion { .. }
@@ -576,7 +584,7 @@ impl EventJson {
             ..EventJson::default()
         };
         match &e.event {
-            Event::AccountCreated { account } => EventJson {
+            Event::AccountCreated { account, .. } => EventJson {
                 account: Some(Some(*account)),
                 ..base
             },
@@ -1472,7 +1480,10 @@ pub(super) async fn create_account(
     run(
         &st,
         Some(id),
-        Command::CreateAccount { account: id },
+        Command::CreateAccount {
+            account: id,
+            owner: None,
+        },
         StatusCode::CREATED,
     )
     .await
@@ -1680,7 +1691,10 @@ mod tests {
             market: "ETH-PERP".into(),
         };
         let events = vec![
-            Event::AccountCreated { account: 7 },
+            Event::AccountCreated {
+                account: 7,
+                owner: None,
+            },
             Event::Deposited {
                 account: 7,
                 asset: "USD".into(),

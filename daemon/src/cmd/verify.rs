@@ -515,8 +515,14 @@ mod verify_tests {
         use sibyl_margin::{Command, Engine, Input};
         let mut engine = Engine::default();
         for command in [
-            Command::CreateAccount { account: 5 },
-            Command::CreateAccount { account: 6 },
+            Command::CreateAccount {
+                account: 5,
+                owner: None,
+            },
+            Command::CreateAccount {
+                account: 6,
+                owner: None,
+            },
             Command::Deposit {
                 account: 5,
                 asset: "USD".into(),

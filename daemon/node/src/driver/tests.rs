@@ -949,8 +949,22 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
     }
     // Accounts opened through members 1 and 2, funded through 3 and 4.
     let (a, b) = (
-        send_command(&h, 1, Command::CreateAccount { account: 9_001 }),
-        send_command(&h, 2, Command::CreateAccount { account: 9_002 }),
+        send_command(
+            &h,
+            1,
+            Command::CreateAccount {
+                account: 9_001,
+                owner: None,
+            },
+        ),
+        send_command(
+            &h,
+            2,
+            Command::CreateAccount {
+                account: 9_002,
+                owner: None,
+            },
+        ),
     );
     let (a, b) = tokio::join!(a, b);
     assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
@@ -1009,8 +1023,13 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
     .await
     .unwrap();
     let m4 = h.members[&4].margin.clone().unwrap();
-    let offered =
-        tokio::spawn(async move { m4.command(Command::CreateAccount { account: 9_004 }).await });
+    let offered = tokio::spawn(async move {
+        m4.command(Command::CreateAccount {
+            account: 9_004,
+            owner: None,
+        })
+        .await
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!offered.is_finished(), "ordered while cut off");
     h.control.set_cut(4, false);
