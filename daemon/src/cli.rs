@@ -107,6 +107,12 @@ pub enum Command {
         after_help = "Example:\n  sibyl replay --db /var/lib/sibyl/sibyl.db\n  sibyl replay --config /etc/sibyl/node.toml --from-reports\n\nExits non-zero and prints the first differing event if the replay diverges. With --from-reports the engine is rebuilt from the stored signed reports alone (prices and committee-ordered commands), every signed margin state root is checked, and the result is compared with the node's margin log."
     )]
     Replay(crate::cmd::replay::ReplayArgs),
+    /// Margin account owners: make a key, sign a command for
+    /// `POST /v1/margin/signed`.
+    #[command(
+        after_help = "Example:\n  sibyl margin keygen --out owner.key\n  sibyl margin sign --key owner.key --account 40 --nonce 1 '{\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}'\n\ndocs/MARGIN.md, \"Account keys\"."
+    )]
+    Margin(crate::cmd::margin::MarginArgs),
     /// Move a member's signing and observation ledgers to a new host
     /// (export, then import there) so it never signs a round twice.
     #[command(
@@ -160,6 +166,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::RotationSign(args) => crate::cmd::rotation::sign_networked(args),
         Command::RotationAssemble(args) => crate::cmd::rotation::assemble(args),
         Command::Ledger(args) => crate::cmd::ledger::run(args),
+        Command::Margin(args) => crate::cmd::margin::run(args),
     }
 }
 

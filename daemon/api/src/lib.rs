@@ -363,6 +363,7 @@ pub const ROUTES: &[(&str, &str)] = &[
         "POST",
         "/v1/margin/accounts/{account}/positions/{market}/close",
     ),
+    ("POST", "/v1/margin/signed"),
 ];
 
 /// The API's router with its state applied: JSON routes, `/metrics`, the
@@ -406,7 +407,8 @@ pub fn router_with(state: ApiState, extra: Router) -> Router {
         .route("/v1/margin/at-risk", get(margin::at_risk))
         .route("/v1/margin/liquidations", get(margin::liquidations))
         .route("/v1/margin/insurance", get(margin::insurance))
-        .route("/v1/margin/markets", get(margin::markets));
+        .route("/v1/margin/markets", get(margin::markets))
+        .route("/v1/margin/signed", post(margin::signed));
     let public = Router::new()
         .route("/v1/feeds", get(handlers::feeds))
         .route("/v1/feeds/{id}/latest", get(handlers::feed_latest))

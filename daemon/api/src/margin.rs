@@ -31,7 +31,7 @@ use sibyl_margin::fixed::{MONEY_SCALE, VALUE_DIVISOR};
 use sibyl_margin::options::OptionKind;
 use sibyl_margin::{
     AccountId, Command, Engine, EngineError, Event, EventRecord, Greeks, Health, InsuranceReason,
-    LiquidationKind, MarginMode, MarketKind, Side, Unit,
+    LiquidationKind, MarginMode, MarketKind, Side, SignedCommand, Unit,
 };
 use sibyl_node::margin_svc::{MarginError, MarginHandle};
 use sibyl_node::store::MarginEventRow;
@@ -184,6 +184,14 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::ExpiryInPast { .. } => (StatusCode::BAD_REQUEST, "expiry_in_past"),
         E::MarginModeConflict { .. } => (StatusCode::CONFLICT, "margin_mode_conflict"),
         E::Pricing { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pricing_failed"),
+        E::BadSignedCommand { .. } => (StatusCode::BAD_REQUEST, "bad_command"),
+        E::AccountMismatch { .. } => (StatusCode::BAD_REQUEST, "account_mismatch"),
+        E::InvalidOwnerKey { .. } => (StatusCode::BAD_REQUEST, "invalid_owner_key"),
+        E::BadSignature { .. } => (StatusCode::UNAUTHORIZED, "bad_signature"),
+        E::NotSignable { .. } => (StatusCode::FORBIDDEN, "not_signable"),
+        E::NoOwner { .. } => (StatusCode::FORBIDDEN, "no_owner"),
+        E::Unauthorized { .. } => (StatusCode::FORBIDDEN, "unauthorized"),
+        E::StaleNonce { .. } => (StatusCode::CONFLICT, "stale_nonce"),
         E::OutOfOrderPrice { .. }
         | E::DuplicateFeed { .. }
         | E::SnapshotVersion { .. }
@@ -544,6 +552,9 @@ struct EventJson {
     market: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
+    /// An owner key (hex), on `account_created`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     penalty: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -576,8 +587,9 @@ impl EventJson {
             ..EventJson::default()
         };
         match &e.event {
-            Event::AccountCreated { account } => EventJson {
+            Event::AccountCreated { account, owner } => EventJson {
                 account: Some(Some(*account)),
+                owner: owner.as_ref().map(hex::encode),
                 ..base
             },
             Event::Deposited {
@@ -766,6 +778,10 @@ pub(super) struct AccountResponse {
     engine_time_ms: u64,
     /// The cross unit's health.
     health: Option<HealthJson>,
+    /// The last signed-command nonce taken (0 without an owner).
+    nonce: u64,
+    /// The owner's Ed25519 public key (hex); null: operator-managed.
+    owner: Option<String>,
     units: Vec<AccountUnitJson>,
 }
 
@@ -952,6 +968,8 @@ fn account_response(engine: &Engine, id: AccountId) -> Result<AccountResponse, A
             .collect(),
         engine_time_ms: engine.now_ms(),
         health: cross,
+        nonce: acct.nonce,
+        owner: acct.owner.as_ref().map(hex::encode),
         units,
     })
 }
@@ -1216,6 +1234,8 @@ pub(super) async fn proof(
                 .collect(),
             margin_calls: state.margin_calls.iter().map(unit_name).collect(),
             liquidation_deferred: state.deferred.iter().map(unit_name).collect(),
+            owner: state.state.owner.as_ref().map(hex::encode),
+            nonce: state.state.owner.map(|_| state.state.nonce),
         },
         leaf_preimage: format!("0x{}", hex::encode(state.encode())),
         proof: ProofJson {
@@ -1281,6 +1301,12 @@ struct ProofStateJson {
     positions: BTreeMap<String, ProofPositionJson>,
     margin_calls: Vec<String>,
     liquidation_deferred: Vec<String>,
+    /// The owner's public key (hex), absent for an operator-managed account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    /// The last signed-command nonce, absent without an owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1418,6 +1444,16 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let h = handle(st)?;
     let events = h.command(command).await.map_err(margin_error)?;
+    answer(h, account, &events, status)
+}
+
+/// A command's answer: its events and the account's cross health now.
+fn answer(
+    h: &MarginHandle,
+    account: Option<AccountId>,
+    events: &[EventRecord],
+    status: StatusCode,
+) -> Result<Response, ApiError> {
     let health = account.and_then(|id| {
         let g = h.read();
         let views = g.engine.account_view(id).ok()?;
@@ -1443,6 +1479,9 @@ async fn run(
 pub(super) struct CreateBody {
     /// Optional id; default: one more than the highest id in use.
     account: Option<AccountId>,
+    /// Optional owner: an Ed25519 public key, 32 bytes as hex. The
+    /// account's withdrawals and trades must then be signed by it.
+    owner: Option<String>,
 }
 
 /// `POST /v1/margin/accounts` `{"account": 42}` (id optional).
@@ -1451,6 +1490,15 @@ pub(super) async fn create_account(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let b: CreateBody = body(b)?;
+    let owner = b
+        .owner
+        .as_deref()
+        .map(|k| {
+            sibyl_margin::signed::hex_bytes::decode::<32>(k).map_err(|e| {
+                ApiError::bad_parameter(format!("`owner` is not an Ed25519 public key: {e}"))
+            })
+        })
+        .transpose()?;
     let h = handle(&st)?;
     let id = match b.account {
         Some(id) => id,
@@ -1472,7 +1520,7 @@ pub(super) async fn create_account(
     run(
         &st,
         Some(id),
-        Command::CreateAccount { account: id },
+        Command::CreateAccount { account: id, owner },
         StatusCode::CREATED,
     )
     .await
@@ -1634,6 +1682,75 @@ pub(super) async fn close(
     .await
 }
 
+// ---------------------------------------------------------------------------
+// Commands signed by an account's owner (no admin token: the signature is
+// the authorization)
+// ---------------------------------------------------------------------------
+
+/// Reads a signed-command envelope field by field, so a malformed one is a
+/// 400 that names the field.
+fn envelope(b: Result<Bytes, BytesRejection>) -> Result<SignedCommand, ApiError> {
+    let v: Value = body(b)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_envelope", m);
+    let Value::Object(mut o) = v else {
+        return Err(bad(
+            "the body must be a JSON object {account, nonce, command, signature}".into(),
+        ));
+    };
+    let mut take = |field: &str| {
+        o.remove(field)
+            .ok_or_else(|| bad(format!("`{field}` is missing")))
+    };
+    let uint = |field: &str, v: Value| {
+        v.as_u64().ok_or_else(|| {
+            bad(format!(
+                "`{field}` must be a whole JSON number in 0..={}",
+                u64::MAX
+            ))
+        })
+    };
+    let account = uint("account", take("account")?)?;
+    let nonce = uint("nonce", take("nonce")?)?;
+    let Value::String(command) = take("command")? else {
+        return Err(bad(
+            "`command` must be a string: the command's JSON text exactly as signed".into(),
+        ));
+    };
+    let Value::String(signature) = take("signature")? else {
+        return Err(bad("`signature` must be a hex string".into()));
+    };
+    let signature = sibyl_margin::signed::hex_bytes::decode::<64>(&signature)
+        .map_err(|e| bad(format!("`signature` is not an Ed25519 signature: {e}")))?;
+    if let Some(extra) = o.keys().next() {
+        return Err(bad(format!(
+            "unknown field `{extra}`; an envelope has account, nonce, command and signature"
+        )));
+    }
+    Ok(SignedCommand {
+        account,
+        nonce,
+        command,
+        signature,
+    })
+}
+
+/// `POST /v1/margin/signed`: a command signed by its account's owner
+/// (docs/MARGIN.md, "Account keys"). Needs no admin token.
+pub(super) async fn signed(
+    State(st): State<ApiState>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let env = envelope(b)?;
+    let h = handle(&st)?;
+    let account = env.account;
+    let status = match env.parse() {
+        Ok(Command::CreateAccount { .. }) => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    let events = h.signed(env).await.map_err(margin_error)?;
+    answer(h, Some(account), &events, status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1680,7 +1797,10 @@ mod tests {
             market: "ETH-PERP".into(),
         };
         let events = vec![
-            Event::AccountCreated { account: 7 },
+            Event::AccountCreated {
+                account: 7,
+                owner: None,
+            },
             Event::Deposited {
                 account: 7,
                 asset: "USD".into(),
@@ -1855,7 +1975,7 @@ mod tests {
         same_json(
             "account 2",
             &account_response(e, 2).expect("account"),
-            r#"{"account":2,"cash":"29629000000","collateral":[],"engine_time_ms":1767225600000,"health":{"equity":"29629000000","initial":"0","maintenance":"0","margin_ratio":null,"notional":"0","portfolio_margin":false,"status":"healthy"},"units":[{"health":{"equity":"29629000000","initial":"0","maintenance":"0","margin_ratio":null,"notional":"0","portfolio_margin":false,"status":"healthy"},"in_margin_call":false,"liquidation_deferred":false,"market":null,"mode":"cross","positions":0},{"health":{"equity":"29560853300","initial":"6851741803","maintenance":"3444406804","margin_ratio":"8582277","notional":"136293399960","portfolio_margin":false,"status":"healthy"},"in_margin_call":false,"liquidation_deferred":false,"market":"ETH-PERP","mode":"isolated","positions":1}]}"#,
+            r#"{"account":2,"cash":"29629000000","collateral":[],"engine_time_ms":1767225600000,"health":{"equity":"29629000000","initial":"0","maintenance":"0","margin_ratio":null,"notional":"0","portfolio_margin":false,"status":"healthy"},"nonce":0,"owner":null,"units":[{"health":{"equity":"29629000000","initial":"0","maintenance":"0","margin_ratio":null,"notional":"0","portfolio_margin":false,"status":"healthy"},"in_margin_call":false,"liquidation_deferred":false,"market":null,"mode":"cross","positions":0},{"health":{"equity":"29560853300","initial":"6851741803","maintenance":"3444406804","margin_ratio":"8582277","notional":"136293399960","portfolio_margin":false,"status":"healthy"},"in_margin_call":false,"liquidation_deferred":false,"market":"ETH-PERP","mode":"isolated","positions":1}]}"#,
         );
         same_json(
             "positions 2",

@@ -73,9 +73,29 @@ fn command_responses() -> Value {
       "403": error_response("no admin token configured"),
       "404": error_response("unknown account, market, asset, or no such position"),
       "409": error_response("account exists, the market's price guard is up, no price yet, market closed, margin mode conflict"),
+      "413": error_response("the command is more than 4,096 bytes as JSON (`command_too_large`)"),
       "422": error_response("insufficient margin or balance, closing more than held"),
-      "503": error_response("no margin engine")
+      "503": error_response("no margin engine; `busy`: 1,024 commands of this member wait for ordering"),
+      "504": error_response("`not_ordered`: no signed report carried the command within 30 s; it is withdrawn")
     })
+}
+
+/// Responses of `POST /v1/margin/signed`: a command's, with the signature
+/// errors in place of the bearer token's.
+fn signed_responses() -> Value {
+    let mut r = command_responses();
+    if let Some(m) = r.as_object_mut() {
+        m.insert("400".into(), error_response("malformed envelope (`bad_envelope`, naming the field), a signed text that is not a command (`bad_command`), a command for another account than the envelope's (`account_mismatch`), an owner key that is not an Ed25519 key (`invalid_owner_key`), or the command's own 400s"));
+        m.insert(
+            "401".into(),
+            error_response(
+                "`bad_signature`: the signature does not verify under the account's owner key",
+            ),
+        );
+        m.insert("403".into(), error_response("`no_owner`: the account has no owner key (operator-managed); `not_signable`: deposits, insurance funding and configuration are operator commands"));
+        m.insert("409".into(), error_response("`stale_nonce`: the nonce is not above the account's (the message gives the current one); or the command's own 409s"));
+    }
+    r
 }
 
 /// The `/v1/margin/*` paths (apart from [`base_document`], which would
@@ -100,6 +120,8 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
                 "collateral": { "type": "array", "items": { "type": "object", "properties": {
                     "asset": { "type": "string" }, "amount": qty.clone() } } },
                 "health": { "$ref": "#/components/schemas/Health" },
+                "owner": { "type": ["string", "null"], "description": "the owner's Ed25519 public key (hex); null: operator-managed (docs/MARGIN.md, Account keys)" },
+                "nonce": { "type": "integer", "minimum": 0, "description": "the last signed-command nonce taken; the next envelope needs a larger one" },
                 "units": { "type": "array", "items": { "$ref": "#/components/schemas/MarginUnit" } } } })),
             "400": error_response("malformed account id"),
             "404": error_response("unknown account"),
@@ -230,11 +252,26 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
         (
             "/v1/margin/accounts",
             json!({ "post": {
-          "summary": "Admin: create an account (`account` id optional: default one above the highest)",
+          "summary": "Admin: create an account (`account` id optional: default one above the highest; `owner` optional: an Ed25519 public key whose signature its withdrawals and trades then need)",
           "security": [ { "bearer": [] } ],
           "requestBody": { "required": false, "content": { "application/json": { "schema": {
-              "type": "object", "additionalProperties": false, "properties": { "account": int } } } } },
+              "type": "object", "additionalProperties": false, "properties": { "account": int,
+                "owner": { "type": "string", "pattern": "^(0x)?[0-9a-fA-F]{64}$" } } } } } },
           "responses": command_responses() } }),
+        ),
+        (
+            "/v1/margin/signed",
+            json!({ "post": {
+          "summary": "A command signed by its account's owner: withdraw, open, close, adjust_isolated_margin, or create_account under the signer's own key. No admin token: the signature authorizes it. Signed bytes: \"Sibyl margin command v1\" ‖ account (u64 big-endian) ‖ nonce (u64 big-endian) ‖ command (the JSON text as sent); `sibyl margin sign` makes one. Answers like the admin commands once the committee ordered it",
+          "requestBody": { "required": true, "content": { "application/json": { "schema": {
+              "type": "object", "additionalProperties": false,
+              "required": ["account", "nonce", "command", "signature"],
+              "properties": {
+                "account": int.clone(),
+                "nonce": { "type": "integer", "minimum": 1, "description": "above the account's current nonce (GET /v1/margin/accounts/{account})" },
+                "command": { "type": "string", "description": "the engine command's JSON text exactly as signed, e.g. {\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}} (integers at the engine's scales)" },
+                "signature": { "type": "string", "pattern": "^(0x)?[0-9a-fA-F]{128}$", "description": "Ed25519 signature, hex" } } } } } },
+          "responses": signed_responses() } }),
         ),
         (
             "/v1/margin/accounts/{account}/deposit",

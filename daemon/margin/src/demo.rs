@@ -309,7 +309,10 @@ pub fn demo_book_with(seed: u64, n_accounts: usize, p: &DemoParams) -> DemoBook 
         let at = |command| Input::Command { at_ms: t0, command };
         push(
             &mut engine,
-            at(Command::CreateAccount { account }),
+            at(Command::CreateAccount {
+                account,
+                owner: None,
+            }),
             &mut inputs,
         );
         let cash = rng.range(1_000, 100_000) as i128 * MONEY_SCALE;

@@ -383,6 +383,7 @@ impl Engine {
         match input {
             Input::Prices(r) => self.apply_report(r),
             Input::Command { at_ms, command } => self.apply_command(*at_ms, command),
+            Input::Signed { at_ms, signed } => self.apply_signed(*at_ms, signed),
         }
     }
 

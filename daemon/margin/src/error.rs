@@ -227,4 +227,75 @@ pub enum EngineError {
         /// Market id.
         market: String,
     },
+    /// A signed command's text is not a command.
+    #[error("the signed command is not a margin command: {detail}")]
+    BadSignedCommand {
+        /// The JSON parser's explanation.
+        detail: String,
+    },
+    /// The envelope's account differs from the one the command names.
+    #[error(
+        "the envelope is for account {envelope} but its command acts on {}: sign the command for the account it names",
+        command.map_or("no account".to_string(), |c| format!("account {c}"))
+    )]
+    AccountMismatch {
+        /// The envelope's account.
+        envelope: u64,
+        /// The command's account (None: a command on no account).
+        command: Option<u64>,
+    },
+    /// This kind of command is not one an account owner signs.
+    #[error(
+        "a `{kind}` command cannot be signed by an account owner: owners sign withdraw, open, close, adjust_isolated_margin and create_account with their own owner key; deposits, insurance funding and configuration are operator commands"
+    )]
+    NotSignable {
+        /// The command's kind.
+        kind: &'static str,
+    },
+    /// The account has no owner key, so no signature can authorize anything on it.
+    #[error(
+        "account {account} has no owner key: it is operator-managed and takes no signed commands"
+    )]
+    NoOwner {
+        /// Account id.
+        account: u64,
+    },
+    /// The nonce is not above the account's last one (a replay, or envelopes reordered).
+    #[error(
+        "account {account}: nonce {nonce} is not above the account's current nonce {current}; sign again with a nonce above {current}"
+    )]
+    StaleNonce {
+        /// Account id.
+        account: u64,
+        /// The envelope's nonce.
+        nonce: u64,
+        /// The account's current nonce.
+        current: u64,
+    },
+    /// The signature does not verify under the account's owner key.
+    #[error(
+        "account {account}: the signature does not verify under the account's owner key (wrong key, or the account, nonce or command text differ from what was signed)"
+    )]
+    BadSignature {
+        /// Account id.
+        account: u64,
+    },
+    /// An unsigned command that moves an owned account's funds or positions.
+    #[error(
+        "account {account} has an owner key: a `{kind}` command on it must be signed by the owner (POST /v1/margin/signed)"
+    )]
+    Unauthorized {
+        /// Account id.
+        account: u64,
+        /// The command's kind.
+        kind: &'static str,
+    },
+    /// An owner key that is not a usable Ed25519 public key.
+    #[error(
+        "owner key {key} is not a usable Ed25519 public key (not a curve point, or of small order)"
+    )]
+    InvalidOwnerKey {
+        /// The key (hex).
+        key: String,
+    },
 }

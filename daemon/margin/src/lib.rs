@@ -3,6 +3,7 @@
 //! ```text
 //!  verified signed reports ──► apply_prices ──┐
 //!  admin commands ───────────► apply_command ─┤──► Engine ──► Vec<EventRecord>
+//!  owner-signed commands ────► apply_signed ──┤
 //!                                             │    (BTreeMaps, i128 money)
 //!  snapshot / restore ◄───────────────────────┘
 //! ```
@@ -30,10 +31,12 @@ pub mod error;
 pub mod fixed;
 mod index;
 pub mod options;
+pub mod signed;
 pub mod state_root;
 pub mod types;
 
 pub use demo::{DemoBook, DemoParams, demo_book, demo_book_with};
 pub use engine::{Engine, Greeks, Snapshot};
 pub use error::EngineError;
+pub use signed::{OwnerKey, SignedCommand};
 pub use types::*;

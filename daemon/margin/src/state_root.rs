@@ -91,6 +91,16 @@ impl Enc {
             self.opt_i128(p.isolated);
         }
     }
+    /// An account's owner key and nonce: nothing for an account without an
+    /// owner (whose nonce is always 0), so its bytes are those from before
+    /// account keys; else `0x01 ‖ owner:32 ‖ nonce:u64`.
+    pub fn keys(&mut self, acct: &Account) {
+        if let Some(owner) = &acct.owner {
+            self.u8(1);
+            self.0.extend_from_slice(owner);
+            self.u64(acct.nonce);
+        }
+    }
     pub fn unit(&mut self, u: &Unit) {
         match u {
             Unit::Cross => self.u8(0),
@@ -145,9 +155,9 @@ impl Enc {
     }
 }
 
-/// One account as the state root commits to it: balances, positions, and
+/// One account as the state root commits to it: balances, positions,
 /// which of its margin units are in margin call or have a deferred
-/// liquidation.
+/// liquidation, and its owner key and signed-command nonce.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
     /// Account id.
@@ -162,7 +172,8 @@ pub struct AccountState {
 
 impl AccountState {
     /// The leaf's preimage after its 0x00 tag: id, cash, collateral,
-    /// positions, margin-call units, deferred units.
+    /// positions, margin-call units, deferred units, and for an account
+    /// with an owner key `0x01 ‖ owner ‖ nonce`.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
         let mc: Vec<&Unit> = self.margin_calls.iter().collect();
@@ -200,6 +211,7 @@ pub(crate) fn encode_account(
             e.unit(u);
         }
     }
+    e.keys(acct);
 }
 
 /// The leaf of an account from borrowed parts, reusing `buf`.

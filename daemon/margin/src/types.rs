@@ -104,6 +104,69 @@ pub enum Input {
         /// The command.
         command: Command,
     },
+    /// A command signed by its account's owner, stamped the same way.
+    Signed {
+        /// Arrival time (ms).
+        at_ms: u64,
+        /// The envelope, as signed.
+        signed: crate::signed::SignedCommand,
+    },
+}
+
+impl Command {
+    /// The account the command acts on (None: configuration, insurance).
+    pub fn account(&self) -> Option<AccountId> {
+        match self {
+            Command::CreateAccount { account, .. }
+            | Command::Deposit { account, .. }
+            | Command::Withdraw { account, .. }
+            | Command::Open { account, .. }
+            | Command::Close { account, .. }
+            | Command::AdjustIsolatedMargin { account, .. } => Some(*account),
+            Command::ConfigureRisk(_)
+            | Command::ConfigureFeed(_)
+            | Command::ConfigureAsset(_)
+            | Command::ConfigureMarket(_)
+            | Command::FundInsurance { .. } => None,
+        }
+    }
+
+    /// The command's serde name (`withdraw`, `open`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::ConfigureRisk(_) => "configure_risk",
+            Command::ConfigureFeed(_) => "configure_feed",
+            Command::ConfigureAsset(_) => "configure_asset",
+            Command::ConfigureMarket(_) => "configure_market",
+            Command::CreateAccount { .. } => "create_account",
+            Command::Deposit { .. } => "deposit",
+            Command::Withdraw { .. } => "withdraw",
+            Command::Open { .. } => "open",
+            Command::Close { .. } => "close",
+            Command::AdjustIsolatedMargin { .. } => "adjust_isolated_margin",
+            Command::FundInsurance { .. } => "fund_insurance",
+        }
+    }
+
+    /// Whether it moves an account's funds or positions: on an account with
+    /// an owner, only the owner's signature authorizes it.
+    pub fn moves_funds(&self) -> bool {
+        matches!(
+            self,
+            Command::Withdraw { .. }
+                | Command::Open { .. }
+                | Command::Close { .. }
+                | Command::AdjustIsolatedMargin { .. }
+        )
+    }
+
+    /// Whether an account owner may sign it: what moves its funds or
+    /// positions, and opening an account under one's own key. Deposits,
+    /// insurance funding and configuration bring money or rules from
+    /// outside and stay operator commands.
+    pub fn signable(&self) -> bool {
+        self.moves_funds() || matches!(self, Command::CreateAccount { owner: Some(_), .. })
+    }
 }
 
 /// Long or short.
@@ -145,6 +208,16 @@ pub enum Command {
     CreateAccount {
         /// New id.
         account: AccountId,
+        /// The account owner's Ed25519 public key (hex in JSON): the
+        /// commands that move the account's funds or positions must then
+        /// be signed by it (`SignedCommand`). None: an operator-managed
+        /// account (demo and admin books).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::signed::hex_bytes::option"
+        )]
+        owner: Option<crate::signed::OwnerKey>,
     },
     /// Credit collateral (money for `USD`, base units otherwise).
     Deposit {
@@ -582,6 +655,17 @@ pub struct Account {
     pub collateral: BTreeMap<String, i128>,
     /// Positions by market.
     pub positions: BTreeMap<String, Position>,
+    /// The owner's Ed25519 public key: commands that move this account's
+    /// funds or positions must carry its signature. None: operator-managed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::signed::hex_bytes::option"
+    )]
+    pub owner: Option<crate::signed::OwnerKey>,
+    /// The highest signed-command nonce taken (0 without an owner).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub nonce: u64,
 }
 
 /// The counterparty of every fill and the liquidator of last resort: it
@@ -786,6 +870,13 @@ pub enum Event {
     AccountCreated {
         /// Account.
         account: AccountId,
+        /// Its owner's public key, if it has one.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::signed::hex_bytes::option"
+        )]
+        owner: Option<crate::signed::OwnerKey>,
     },
     /// Collateral credited.
     Deposited {

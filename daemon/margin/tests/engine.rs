@@ -98,7 +98,11 @@ impl World {
     }
 
     fn account(&mut self, id: u64, cash: i128) {
-        self.cmd(Command::CreateAccount { account: id }).unwrap();
+        self.cmd(Command::CreateAccount {
+            account: id,
+            owner: None,
+        })
+        .unwrap();
         self.cmd(Command::Deposit {
             account: id,
             asset: "USD".into(),
@@ -695,9 +699,13 @@ fn bad_commands_are_refused_and_change_nothing() {
             },
             |e| matches!(e, EngineError::InsufficientBalance { .. }),
         ),
-        (Command::CreateAccount { account: 1 }, |e| {
-            matches!(e, EngineError::AccountExists { .. })
-        }),
+        (
+            Command::CreateAccount {
+                account: 1,
+                owner: None,
+            },
+            |e| matches!(e, EngineError::AccountExists { .. }),
+        ),
         (
             Command::Close {
                 account: 1,
@@ -768,7 +776,11 @@ fn multi_asset_collateral_counts_with_haircut() {
         haircut_ppm: 200_000,
     }))
     .unwrap();
-    w.cmd(Command::CreateAccount { account: 7 }).unwrap();
+    w.cmd(Command::CreateAccount {
+        account: 7,
+        owner: None,
+    })
+    .unwrap();
     w.cmd(Command::Deposit {
         account: 7,
         asset: "BTC".into(),
@@ -798,7 +810,11 @@ impl World {
     /// Account `id` with 10 ETH of collateral and nothing else, long 3.6
     /// BTC-PERP at the mark.
     fn eth_backed_btc_long(&mut self, id: u64) {
-        self.cmd(Command::CreateAccount { account: id }).unwrap();
+        self.cmd(Command::CreateAccount {
+            account: id,
+            owner: None,
+        })
+        .unwrap();
         self.cmd(Command::Deposit {
             account: id,
             asset: "ETH".into(),
@@ -916,7 +932,11 @@ fn margin_calls_wait_for_an_examination_when_not_prompt() {
     }))
     .unwrap();
     w.price("ETH-USD", 2_000 * P).unwrap();
-    w.cmd(Command::CreateAccount { account: 1 }).unwrap();
+    w.cmd(Command::CreateAccount {
+        account: 1,
+        owner: None,
+    })
+    .unwrap();
     w.cmd(Command::Deposit {
         account: 1,
         asset: "ETH".into(),
@@ -1159,7 +1179,11 @@ fn greeks_keep_btc_like_gamma() {
             },
             spot * P,
         );
-        w.cmd(Command::CreateAccount { account: 1 }).unwrap();
+        w.cmd(Command::CreateAccount {
+            account: 1,
+            owner: None,
+        })
+        .unwrap();
         let mark = w.e.state().markets["BTC-C"].mark.clone().unwrap();
         let want = options::price(
             PricingModel::Black76,
@@ -1231,8 +1255,14 @@ fn market_with_past_expiry_is_refused() {
 fn a_bulk_root_built_over_threads_is_the_serial_root() {
     let mut e = Engine::default();
     for account in 1..=40_000u64 {
-        e.apply_command(T0, &Command::CreateAccount { account })
-            .unwrap();
+        e.apply_command(
+            T0,
+            &Command::CreateAccount {
+                account,
+                owner: None,
+            },
+        )
+        .unwrap();
         e.apply_command(
             T0,
             &Command::Deposit {
@@ -1256,8 +1286,14 @@ fn a_bulk_root_built_over_threads_is_the_serial_root() {
 fn a_snapshot_with_an_account_twice_is_refused() {
     let mut e = Engine::default();
     for account in [0x1111_1111u64, 0x2222_2222] {
-        e.apply_command(T0, &Command::CreateAccount { account })
-            .unwrap();
+        e.apply_command(
+            T0,
+            &Command::CreateAccount {
+                account,
+                owner: None,
+            },
+        )
+        .unwrap();
     }
     let mut bytes = e.encode_snapshot().unwrap();
     let second = 0x2222_2222u64.to_be_bytes();

@@ -314,7 +314,10 @@ fn inputs(
     v.push(cmd(Command::FundInsurance { amount: 50 * M }));
     for (i, c) in cash.iter().enumerate() {
         let account = i as u64 + 1;
-        v.push(cmd(Command::CreateAccount { account }));
+        v.push(cmd(Command::CreateAccount {
+            account,
+            owner: None,
+        }));
         v.push(cmd(Command::Deposit {
             account,
             asset: "USD".into(),
@@ -877,7 +880,13 @@ fn index_matches_exhaustive_reference_under_pure_time_decay() {
         }
         apply(report(1, T0, 100 * P), None);
         apply(cmd(Command::FundInsurance { amount: 1_000 * M }), None);
-        apply(cmd(Command::CreateAccount { account: 1 }), None);
+        apply(
+            cmd(Command::CreateAccount {
+                account: 1,
+                owner: None,
+            }),
+            None,
+        );
         apply(
             cmd(Command::Deposit {
                 account: 1,

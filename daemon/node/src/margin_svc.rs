@@ -36,6 +36,12 @@
 //!  API ─► MarginHandle::command ─► offers (watch) ─► driver ─► Input::OfferCommands
 //!     ◄── events ◄── waiter ◄── Service::apply_report(report with commands) ◄── store
 //! ```
+//!
+//! A command signed by its account's owner ([`MarginHandle::signed`], the
+//! public `POST /v1/margin/signed`) travels the same way with the body
+//! `{"signed": <envelope>}`; every engine checks the signature and nonce
+//! at its turn, so a member cannot forge one, and an unsigned command on an
+//! account with an owner key is refused by every engine alike.
 
 pub mod book;
 
@@ -54,7 +60,9 @@ use sibyl_aggregator::{
     SignedReport, report::MAX_ATTESTED_ROOTS,
 };
 use sibyl_margin::engine::{AtRisk, SnapshotSource};
-use sibyl_margin::{Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport};
+use sibyl_margin::{
+    Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport, SignedCommand,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -147,11 +155,30 @@ pub fn price_report(report: &SignedReport, feeds: &[FeedParams]) -> PriceReport 
     }
 }
 
+/// An offer's body when it carries a command signed by an account owner:
+/// `{"signed": <SignedCommand>}`. An operator's command is the `Command`'s
+/// own JSON (`{"withdraw": {...}}`), which never has a `signed` key, so the
+/// two cannot be confused (docs/MARGIN.md, "Account keys").
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedOffer {
+    signed: SignedCommand,
+}
+
+/// The engine input an ordered command's body stands for, at `at_ms`.
+fn ordered_input(body: &str, at_ms: u64) -> Result<Input, serde_json::Error> {
+    if let Ok(SignedOffer { signed }) = serde_json::from_str(body) {
+        return Ok(Input::Signed { at_ms, signed });
+    }
+    serde_json::from_str::<Command>(body).map(|command| Input::Command { at_ms, command })
+}
+
 /// A report's ordered commands as the engine takes them, the same on every
 /// member and in `sibyl replay --from-reports`: each command not taken
 /// before (nonce above its origin's mark in `marks`, which moves) becomes an
-/// engine input at the report's timestamp, or the reason it cannot (a body
-/// that is not a command). Commands taken before are left out.
+/// engine input at the report's timestamp (an operator's command, or one
+/// signed by its account's owner: [`SignedOffer`]), or the reason it cannot
+/// (a body that is neither). Commands taken before are left out.
 pub fn report_commands(
     report: &SignedReport,
     marks: &mut BTreeMap<u16, u64>,
@@ -162,17 +189,14 @@ pub fn report_commands(
             continue;
         }
         marks.insert(c.origin, c.nonce);
-        let input = serde_json::from_str::<Command>(&c.body)
-            .map(|command| Input::Command {
-                at_ms: report.header.timestamp_ms,
-                command,
-            })
-            .map_err(|e| MarginError::BadOrderedCommand {
+        let input = ordered_input(&c.body, report.header.timestamp_ms).map_err(|e| {
+            MarginError::BadOrderedCommand {
                 origin: c.origin,
                 nonce: c.nonce,
                 round: report.header.round,
                 error: e.to_string(),
-            });
+            }
+        });
         out.push((c.clone(), input));
     }
     out
@@ -207,7 +231,7 @@ struct Metrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    /// `prices` or `command`.
+    /// `prices`, `command` or `signed`.
     kind: &'static str,
 }
 
@@ -400,7 +424,7 @@ impl MarginHandle {
         );
         registry.register(
             "sibyl_margin_refused",
-            "Margin engine inputs refused, by kind (prices, command)",
+            "Margin engine inputs refused, by kind (prices, command, signed)",
             m.refused.clone(),
         );
         registry.register(
@@ -446,23 +470,51 @@ impl MarginHandle {
     /// has taken it at that report's turn.
     pub async fn command(&self, command: Command) -> Result<Vec<EventRecord>, MarginError> {
         if let Some(o) = &self.orderer {
-            return self.ordered(o, command).await;
+            let body =
+                serde_json::to_string(&command).map_err(|e| MarginError::Encode(e.to_string()))?;
+            return self.ordered(o, body).await;
         }
+        self.unordered(Offer::Command(command)).await
+    }
+
+    /// Apply a command signed by its account's owner, as [`command`] does
+    /// (offered and ordered, or at once without ordering). Before it is
+    /// offered it must fit a report and pass the engine's authorization
+    /// check as of now (a command, one an owner signs, the owner's valid
+    /// signature, a nonce above the account's), so only plausible envelopes
+    /// reach the committee; the engine checks again at its turn.
+    ///
+    /// [`command`]: MarginHandle::command
+    pub async fn signed(&self, signed: SignedCommand) -> Result<Vec<EventRecord>, MarginError> {
+        let offer = SignedOffer { signed };
+        let body = serde_json::to_string(&offer).map_err(|e| MarginError::Encode(e.to_string()))?;
+        if body.len() > MAX_COMMAND_BYTES {
+            return Err(MarginError::CommandTooLarge { len: body.len() });
+        }
+        self.read().engine.check_signed(&offer.signed)?;
+        match &self.orderer {
+            Some(o) => self.ordered(o, body).await,
+            None => self.unordered(Offer::Signed(offer.signed)).await,
+        }
+    }
+
+    /// A lone engine: the service task applies it at once.
+    async fn unordered(&self, offer: Offer) -> Result<Vec<EventRecord>, MarginError> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send((command, tx))
+            .send((offer, tx))
             .await
             .map_err(|_| MarginError::Stopped)?;
         rx.await.map_err(|_| MarginError::Stopped)?
     }
 
+    /// Offers `body` (a command's JSON, or a [`SignedOffer`]'s) to the
+    /// committee and waits for its turn.
     async fn ordered(
         &self,
         o: &Arc<Orderer>,
-        command: Command,
+        body: String,
     ) -> Result<Vec<EventRecord>, MarginError> {
-        let body =
-            serde_json::to_string(&command).map_err(|e| MarginError::Encode(e.to_string()))?;
         if body.len() > MAX_COMMAND_BYTES {
             return Err(MarginError::CommandTooLarge { len: body.len() });
         }
@@ -625,6 +677,7 @@ fn apply_input(
     let (at_ms, kind) = match &input {
         Input::Prices(r) => (r.timestamp_ms, KindLabel { kind: "prices" }),
         Input::Command { at_ms, .. } => (*at_ms, KindLabel { kind: "command" }),
+        Input::Signed { at_ms, .. } => (*at_ms, KindLabel { kind: "signed" }),
     };
     let body = serde_json::to_string(&input).map_err(|e| MarginError::Encode(e.to_string()))?;
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -841,7 +894,7 @@ fn apply_demo(
     for input in inputs {
         let (at_ms, round) = match &input {
             Input::Prices(r) => (r.timestamp_ms, Some(r.round)),
-            Input::Command { at_ms, .. } => (*at_ms, None),
+            Input::Command { at_ms, .. } | Input::Signed { at_ms, .. } => (*at_ms, None),
         };
         let body = match serde_json::to_string(&input) {
             Ok(b) => b,
@@ -883,9 +936,15 @@ fn apply_demo(
     }
 }
 
-/// An admin command with its reply channel.
+/// What the API hands a lone engine: an operator's command or an owner's.
+enum Offer {
+    Command(Command),
+    Signed(SignedCommand),
+}
+
+/// A command with its reply channel.
 type CommandMsg = (
-    Command,
+    Offer,
     oneshot::Sender<Result<Vec<EventRecord>, MarginError>>,
 );
 type CommandRx = mpsc::Receiver<CommandMsg>;
@@ -1127,10 +1186,14 @@ async fn run(
             }
             _ = tokio::time::sleep(FOLLOW_POLL) => {}
             c = commands.recv() => match c {
-                Some((command, reply)) => {
+                Some((offer, reply)) => {
                     let now = crate::store::now_ms();
                     let at_ms = now.max(svc.state().engine.now_ms());
-                    let res = step(&svc.state, &svc.metrics, &svc.writer, Input::Command { at_ms, command }, None).await;
+                    let input = match offer {
+                        Offer::Command(command) => Input::Command { at_ms, command },
+                        Offer::Signed(signed) => Input::Signed { at_ms, signed },
+                    };
+                    let res = step(&svc.state, &svc.metrics, &svc.writer, input, None).await;
                     let _ = reply.send(res);
                 }
                 None => break,

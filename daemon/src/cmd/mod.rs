@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod identity;
 pub mod keygen;
 pub mod ledger;
+pub mod margin;
 pub mod replay;
 pub mod rotation;
 pub mod run;

@@ -345,6 +345,14 @@ pub fn run(args: VerifyArgs) -> Result<()> {
             hex::encode(a.state_root),
             a.proof_bytes
         );
+        match &s.state.owner {
+            Some(owner) => println!(
+                "  owner          {} (signed-command nonce {})",
+                hex::encode(owner),
+                s.state.nonce
+            ),
+            None => println!("  owner          none (operator-managed)"),
+        }
         println!("  cash           {} USD", usd(s.state.cash));
         for (asset, q) in &s.state.collateral {
             println!("  collateral     {} {asset}", qty(*q));
@@ -512,11 +520,18 @@ mod verify_tests {
     /// state, when the account's state or proof is changed.
     #[tokio::test]
     async fn verifies_an_account_proof_against_the_signed_margin_state() {
-        use sibyl_margin::{Command, Engine, Input};
+        use sibyl_margin::{Command, Engine, Input, SignedCommand, signed::public_key};
+        let owner = [5u8; 32];
         let mut engine = Engine::default();
         for command in [
-            Command::CreateAccount { account: 5 },
-            Command::CreateAccount { account: 6 },
+            Command::CreateAccount {
+                account: 5,
+                owner: Some(public_key(&owner)),
+            },
+            Command::CreateAccount {
+                account: 6,
+                owner: None,
+            },
             Command::Deposit {
                 account: 5,
                 asset: "USD".into(),
@@ -525,6 +540,10 @@ mod verify_tests {
         ] {
             engine.apply(&Input::Command { at_ms: 1, command }).unwrap();
         }
+        // The owner's signed withdrawal moves the account's nonce to 9.
+        let withdraw = r#"{"withdraw":{"account":5,"asset":"USD","amount":1000000}}"#;
+        let signed = SignedCommand::sign(&owner, 5, 9, withdraw.into());
+        engine.apply(&Input::Signed { at_ms: 1, signed }).unwrap();
         let (state, proof, root) = engine.account_proof(5).unwrap();
         let at = sibyl_aggregator::MarginCheckpoint { round: 41, root };
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3);
@@ -553,7 +572,11 @@ mod verify_tests {
         write(answer(state.encode(), 41, proof.siblings.clone()));
         let out = verify(&args(&path, key.clone())).await.expect("verifies");
         let a = out.account.expect("an account proven");
-        assert_eq!((a.state.account, a.state.state.cash), (5, 1_234_000_000));
+        assert_eq!((a.state.account, a.state.state.cash), (5, 1_233_000_000));
+        assert_eq!(
+            (a.state.state.owner, a.state.state.nonce),
+            (Some(public_key(&owner)), 9)
+        );
         assert_eq!((a.state_round, a.state_root), (41, root));
 
         // The report carries round 41, not 40.
@@ -566,6 +589,17 @@ mod verify_tests {
         write(answer(richer.encode(), 41, proof.siblings.clone()));
         let e = verify(&args(&path, key.clone())).await.err().unwrap();
         assert!(e.to_string().contains("NOT VERIFIED"), "{e}");
+        // Another owner, or a lower nonce (as if a signed command were undone).
+        for change in [
+            |s: &mut sibyl_margin::state_root::AccountState| s.state.owner = Some([9; 32]),
+            |s: &mut sibyl_margin::state_root::AccountState| s.state.nonce = 8,
+        ] {
+            let mut other = state.clone();
+            change(&mut other);
+            write(answer(other.encode(), 41, proof.siblings.clone()));
+            let e = verify(&args(&path, key.clone())).await.err().unwrap();
+            assert!(e.to_string().contains("NOT VERIFIED"), "{e}");
+        }
         // A changed sibling.
         let mut sib = proof.siblings.clone();
         sib[0][0] ^= 1;

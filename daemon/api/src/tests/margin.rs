@@ -827,6 +827,8 @@ const INTEGER_KEYS: &[&str] = &[
     "leaf_index",
     "next_before",
     "next_from",
+    // An account's signed-command counter, not a value.
+    "nonce",
     "num_observations",
     "positions",
     "rank",
@@ -1051,4 +1053,251 @@ async fn an_account_proof_comes_with_the_report_that_carries_its_state() {
         let r = get(n.addr, &format!("/v1/margin/accounts/3/proof?{bad}")).await;
         assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
     }
+}
+
+/// `POST /v1/margin/signed` without a token: an owned account's withdrawal
+/// applies when its owner signed it and is refused as an admin command;
+/// every malformed, forged, replayed or unsignable envelope is refused with
+/// its own code and changes nothing; self-registration; the account and
+/// its proof show owner and nonce; the log replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_commands_need_the_owners_key_not_the_token() {
+    use sibyl_margin::{Command, SignedCommand, signed::public_key};
+    let n = Node::start().await;
+    n.price(2, now_ms() - 1_000, 60_010 * PX, 3_001 * PX, 150 * PX)
+        .await;
+    let secret = [3u8; 32];
+    let owner = hex::encode(public_key(&secret));
+    let r = n
+        .post(
+            "/v1/margin/accounts",
+            &format!(r#"{{"account": 500, "owner": "{owner}"}}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    assert_eq!(r.json()["events"][0]["owner"], owner.as_str());
+    let r = n
+        .post("/v1/margin/accounts/500/deposit", r#"{"amount": "10000"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let acct = get(n.addr, "/v1/margin/accounts/500").await.json();
+    assert_eq!(
+        (acct["owner"].as_str(), acct["nonce"].as_u64()),
+        (Some(owner.as_str()), Some(0))
+    );
+    let demo = get(n.addr, "/v1/margin/accounts/1").await.json();
+    assert_eq!(
+        (demo["owner"].clone(), demo["nonce"].as_u64()),
+        (Value::Null, Some(0))
+    );
+
+    let withdraw = |account: u64, amount: i128| {
+        serde_json::to_string(&Command::Withdraw {
+            account,
+            asset: "USD".into(),
+            amount,
+        })
+        .unwrap()
+    };
+    let post_signed = |body: String| async move {
+        http(
+            n.addr,
+            "POST",
+            "/v1/margin/signed",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+    };
+    let env = |s: &[u8; 32], account, nonce, command: String| {
+        serde_json::to_string(&SignedCommand::sign(s, account, nonce, command)).unwrap()
+    };
+
+    // The owner's signed withdrawal applies, without any token.
+    let r = post_signed(env(&secret, 500, 1, withdraw(500, 1_000_000_000))).await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["events"][0]["kind"], "withdrawn");
+    assert_eq!(r.json()["health"]["equity"], "9000000000");
+    let acct = get(n.addr, "/v1/margin/accounts/500").await.json();
+    assert_eq!(acct["nonce"], 1);
+
+    let mut forged: SignedCommand =
+        serde_json::from_str(&env(&secret, 500, 2, withdraw(500, 1))).unwrap();
+    forged.signature[0] ^= 0x80;
+    let big = env(
+        &secret,
+        500,
+        2,
+        format!("{:width$}", withdraw(500, 1), width = 5_000),
+    );
+    let bad: Vec<(String, u16, &str, &str)> = vec![
+        // The admin route cannot move an owned account.
+        (String::new(), 403, "unauthorized", "signed by the owner"),
+        (
+            env(&secret, 500, 1, withdraw(500, 1)),
+            409,
+            "stale_nonce",
+            "current nonce 1",
+        ),
+        (
+            env(&[4u8; 32], 500, 2, withdraw(500, 1)),
+            401,
+            "bad_signature",
+            "owner key",
+        ),
+        (
+            serde_json::to_string(&forged).unwrap(),
+            401,
+            "bad_signature",
+            "owner key",
+        ),
+        (
+            env(
+                &secret,
+                500,
+                2,
+                serde_json::to_string(&Command::Deposit {
+                    account: 500,
+                    asset: "USD".into(),
+                    amount: 1,
+                })
+                .unwrap(),
+            ),
+            403,
+            "not_signable",
+            "deposit",
+        ),
+        (
+            env(&secret, 1, 2, withdraw(1, 1)),
+            403,
+            "no_owner",
+            "account 1",
+        ),
+        (
+            env(&secret, 500, 2, withdraw(1, 1)),
+            400,
+            "account_mismatch",
+            "account 1",
+        ),
+        (
+            env(&secret, 500, 2, "{\"withdraw\":1}".into()),
+            400,
+            "bad_command",
+            "not a margin command",
+        ),
+        (
+            r#"{"account": 500, "command": "{}", "signature": "00"}"#.into(),
+            400,
+            "bad_envelope",
+            "`nonce`",
+        ),
+        (
+            r#"{"account": -1, "nonce": 2, "command": "{}", "signature": "00"}"#.into(),
+            400,
+            "bad_envelope",
+            "`account`",
+        ),
+        (
+            r#"{"account": 500, "nonce": 2, "command": "{}", "signature": "zz"}"#.into(),
+            400,
+            "bad_envelope",
+            "`signature`",
+        ),
+        (
+            r#"{"account": 500, "nonce": 2, "command": {}, "signature": "00"}"#.into(),
+            400,
+            "bad_envelope",
+            "`command`",
+        ),
+        (
+            format!(
+                r#"{{"account": 500, "nonce": 2, "command": "{{}}", "signature": "{}", "x": 1}}"#,
+                "00".repeat(64)
+            ),
+            400,
+            "bad_envelope",
+            "`x`",
+        ),
+        ("[1]".into(), 400, "bad_envelope", "JSON object"),
+        (big, 413, "command_too_large", "4096"),
+        (
+            env(&secret, 777, 1, withdraw(777, 1)),
+            404,
+            "unknown_account",
+            "777",
+        ),
+    ];
+    let before = n.margin.read().engine.snapshot();
+    let inputs_before = n.stored_inputs();
+    for (body, status, code, says) in &bad {
+        let r = if body.is_empty() {
+            n.post("/v1/margin/accounts/500/withdraw", r#"{"amount": "1"}"#)
+                .await
+        } else {
+            post_signed(body.clone()).await
+        };
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (*status, *code),
+            "{body}: {}",
+            r.json()
+        );
+        let message = r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(message.contains(says), "{code}: {message}");
+        assert!(!message.contains(&hex::encode(secret)), "{message}");
+        assert_eq!(
+            n.margin.read().engine.snapshot(),
+            before,
+            "{body} changed the engine"
+        );
+    }
+    assert_eq!(
+        n.stored_inputs(),
+        inputs_before,
+        "a refused command was stored"
+    );
+
+    // Self-registration: a new key signs its own account's creation.
+    let secret2 = [8u8; 32];
+    let create = serde_json::to_string(&Command::CreateAccount {
+        account: 501,
+        owner: Some(public_key(&secret2)),
+    })
+    .unwrap();
+    let r = post_signed(env(&secret2, 501, 1, create)).await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let acct = get(n.addr, "/v1/margin/accounts/501").await.json();
+    assert_eq!(acct["owner"], hex::encode(public_key(&secret2)));
+
+    // The proof's state shows owner and nonce, from the proven leaf.
+    n.price(3, now_ms(), 60_010 * PX, 3_001 * PX, 150 * PX)
+        .await;
+    let p = get(n.addr, "/v1/margin/accounts/500/proof?wait_ms=0")
+        .await
+        .json();
+    assert_eq!(p["state"]["owner"], owner.as_str());
+    assert_eq!(p["state"]["nonce"], 1);
+    let preimage = hex::decode(
+        p["leaf_preimage"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+    )
+    .unwrap();
+    let st = sibyl_margin::state_root::AccountState::decode(&preimage).unwrap();
+    assert_eq!(
+        (st.state.owner, st.state.nonce),
+        (Some(public_key(&secret)), 1)
+    );
+
+    let db = n.db.clone();
+    let r = tokio::task::spawn_blocking(move || replay_db(&db))
+        .await
+        .expect("join")
+        .expect("replay");
+    assert_eq!(r.divergence, None);
+    assert_eq!(r.inputs, n.stored_inputs());
 }

@@ -4,6 +4,7 @@
 use super::{Engine, FeedState, MAX_FEEDS, MarketState};
 use crate::error::EngineError;
 use crate::fixed::{QUOTE_ASSET, add, ppm_ceil, sub};
+use crate::signed::SignedCommand;
 use crate::types::*;
 use std::sync::Arc;
 
@@ -58,14 +59,111 @@ fn meets_initial(account: AccountId, unit: &Unit, h: &Health) -> Result<(), Engi
 impl Engine {
     /// Applies an admin command stamped with its arrival time. On error
     /// nothing changed and no event was emitted.
+    /// An unsigned command that moves the funds or positions of an account
+    /// with an owner key is refused (`Unauthorized`): only the owner's
+    /// signature moves them ([`Engine::apply_signed`]).
     pub fn apply_command(
         &mut self,
         at_ms: u64,
         cmd: &Command,
     ) -> Result<Vec<EventRecord>, EngineError> {
+        if cmd.moves_funds()
+            && let Some(id) = cmd.account()
+            && self.s.accounts.get(&id).is_some_and(|a| a.owner.is_some())
+        {
+            return Err(EngineError::Unauthorized {
+                account: id,
+                kind: cmd.kind(),
+            });
+        }
         let now = self.s.now_ms.max(at_ms);
         // Validate and compute on copies; commit below.
         let plan = self.plan(now, cmd)?;
+        self.apply_plan(now, cmd, plan)
+    }
+
+    /// Applies a command signed by its account's owner, stamped with its
+    /// arrival time: [`Engine::check_signed`], then the command as
+    /// `apply_command` would, storing the envelope's nonce as the
+    /// account's. On error nothing changed and no event was emitted.
+    pub fn apply_signed(
+        &mut self,
+        at_ms: u64,
+        signed: &SignedCommand,
+    ) -> Result<Vec<EventRecord>, EngineError> {
+        let cmd = self.check_signed(signed)?;
+        let now = self.s.now_ms.max(at_ms);
+        let mut plan = self.plan(now, &cmd)?;
+        match &mut plan {
+            Plan::Account { id, acct, .. } if *id == signed.account => acct.nonce = signed.nonce,
+            // Every signable command plans a change to its own account.
+            _ => {
+                return Err(EngineError::NotSignable { kind: cmd.kind() });
+            }
+        }
+        self.apply_plan(now, &cmd, plan)
+    }
+
+    /// Whether `signed` would be taken now, as far as authorization goes:
+    /// its text is a command, one an owner may sign, on the envelope's
+    /// account; the account has an owner (or, for `CreateAccount`, the
+    /// command's own key is the signer); the nonce is above the account's;
+    /// the signature verifies under the owner key. Returns the command.
+    /// The command itself may still be refused (margin, balance, ...).
+    pub fn check_signed(&self, signed: &SignedCommand) -> Result<Command, EngineError> {
+        let cmd = signed.parse()?;
+        if !cmd.signable() {
+            return Err(EngineError::NotSignable { kind: cmd.kind() });
+        }
+        if cmd.account() != Some(signed.account) {
+            return Err(EngineError::AccountMismatch {
+                envelope: signed.account,
+                command: cmd.account(),
+            });
+        }
+        let (owner, current) = match &cmd {
+            // Self-registration: the new account's key signs its creation.
+            Command::CreateAccount {
+                owner: Some(key), ..
+            } => {
+                if self.s.accounts.contains_key(&signed.account) {
+                    return Err(EngineError::AccountExists {
+                        account: signed.account,
+                    });
+                }
+                crate::signed::check_owner_key(key)?;
+                (*key, 0)
+            }
+            _ => {
+                let a = self.account(signed.account)?;
+                let owner = a.owner.ok_or(EngineError::NoOwner {
+                    account: signed.account,
+                })?;
+                (owner, a.nonce)
+            }
+        };
+        if signed.nonce <= current {
+            return Err(EngineError::StaleNonce {
+                account: signed.account,
+                nonce: signed.nonce,
+                current,
+            });
+        }
+        if !signed.verifies(&owner) {
+            return Err(EngineError::BadSignature {
+                account: signed.account,
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Commits a validated plan at `now`.
+    fn apply_plan(
+        &mut self,
+        now: u64,
+        cmd: &Command,
+        plan: Plan,
+    ) -> Result<Vec<EventRecord>, EngineError> {
         self.out.clear();
         self.s.now_ms = now;
         self.refresh_guards();
@@ -327,14 +425,23 @@ impl Engine {
                 }
                 Ok(Plan::Config(cmd.clone()))
             }
-            Command::CreateAccount { account } => {
+            Command::CreateAccount { account, owner } => {
                 if self.s.accounts.contains_key(account) {
                     return Err(EngineError::AccountExists { account: *account });
                 }
+                if let Some(key) = owner {
+                    crate::signed::check_owner_key(key)?;
+                }
                 Ok(Plan::event(
                     *account,
-                    Account::default(),
-                    Event::AccountCreated { account: *account },
+                    Account {
+                        owner: *owner,
+                        ..Account::default()
+                    },
+                    Event::AccountCreated {
+                        account: *account,
+                        owner: *owner,
+                    },
                 ))
             }
             Command::Deposit {

@@ -6,14 +6,16 @@
 //! accounts costs decoding plus index insertion.
 //!
 //! ```text
-//! "SIBYLMS1" ‖ head_len:u32 ‖ head JSON (Snapshot without accounts, order, flags)
-//!   ‖ accounts:u64 ‖ { id:u64 ‖ cash:i128 ‖ collateral ‖ positions }   (slot order)
+//! "SIBYLMS3" ‖ head_len:u32 ‖ head JSON (Snapshot without accounts, order, flags)
+//!   ‖ accounts:u64 ‖ { id:u64 ‖ cash:i128 ‖ collateral ‖ positions
+//!                      ‖ keys: 0 | 1 ‖ owner:32 ‖ nonce:u64 }   (slot order)
 //!   ‖ margin_calls:u64 ‖ { id:u64 ‖ unit }   ‖ deferred:u64 ‖ { id:u64 ‖ unit }
 //!   ‖ index:u64 ‖ { id:u64 ‖ unit ‖ bands:u32 ‖ {feed:str ‖ lo:i128 ‖ hi:i128} ‖ recheck:opt u64
 //!                   ‖ rank:opt (class:u8 ‖ ratio_ppm:i64) }
 //! ```
-//! `"SIBYLMS1"` snapshots (without `rank`) still decode; their ranking is
-//! rebuilt by evaluating every indexed unit once.
+//! `"SIBYLMS2"` snapshots (no `keys`) decode with no owner and nonce 0;
+//! `"SIBYLMS1"` snapshots (no `keys`, no `rank`) too, their ranking rebuilt
+//! by evaluating every indexed unit once.
 //! Encodings of integers, strings, maps and units as in the state root.
 
 use super::{Engine, Snapshot};
@@ -24,7 +26,7 @@ use crate::types::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-const MAGIC: &[u8; 8] = b"SIBYLMS2";
+const MAGIC: &[u8; 8] = b"SIBYLMS3";
 
 /// A snapshot taken but not yet encoded (`Engine::snapshot_source`).
 pub struct SnapshotSource {
@@ -56,6 +58,10 @@ impl SnapshotSource {
             e.u64(*id);
             e.balances(a.cash, &a.collateral);
             e.positions(&a.positions);
+            match a.owner {
+                None => e.u8(0),
+                Some(_) => e.keys(a),
+            }
         }
         for set in [&self.margin_calls, &self.deferred] {
             e.u64(set.len() as u64);
@@ -96,6 +102,8 @@ impl SnapshotSource {
 }
 /// The layout before the at-risk ranking was stored.
 const MAGIC_V1: &[u8; 8] = b"SIBYLMS1";
+/// The layout before account keys (no owner byte after each account).
+const MAGIC_V2: &[u8; 8] = b"SIBYLMS2";
 
 fn corrupt(detail: impl Into<String>) -> EngineError {
     EngineError::SnapshotCorrupt {
@@ -122,6 +130,11 @@ pub(crate) fn decode_account_state(
     };
     let margin_calls = units()?;
     let deferred = units()?;
+    // The owner extension: present only for an account with an owner.
+    let mut state = state;
+    if d.at != bytes.len() {
+        d.keys(&mut state)?;
+    }
     if d.at != bytes.len() {
         return Err(corrupt(format!(
             "{} bytes after the account state",
@@ -206,6 +219,27 @@ impl<'a> Dec<'a> {
             t => Err(corrupt(format!("unit tag {t}"))),
         }
     }
+    /// `Enc::keys` after its presence was established: `0x01 ‖ owner ‖ nonce`.
+    fn owner_key(&mut self, acct: &mut Account) -> Result<(), EngineError> {
+        acct.owner = Some(self.arr::<32>()?);
+        acct.nonce = self.u64()?;
+        Ok(())
+    }
+    /// The owner extension of a leaf (present: it must start with 0x01).
+    fn keys(&mut self, acct: &mut Account) -> Result<(), EngineError> {
+        match self.u8()? {
+            1 => self.owner_key(acct),
+            t => Err(corrupt(format!("owner tag {t}"))),
+        }
+    }
+    /// A snapshot's `0 | 0x01 ‖ owner ‖ nonce` (SIBYLMS3).
+    fn snapshot_keys(&mut self, acct: &mut Account) -> Result<(), EngineError> {
+        match self.u8()? {
+            0 => Ok(()),
+            1 => self.owner_key(acct),
+            t => Err(corrupt(format!("owner tag {t}"))),
+        }
+    }
     fn account(&mut self) -> Result<Account, EngineError> {
         let cash = self.i128()?;
         let mut collateral = BTreeMap::new();
@@ -232,6 +266,8 @@ impl<'a> Dec<'a> {
             cash,
             collateral,
             positions,
+            owner: None,
+            nonce: 0,
         })
     }
 }
@@ -283,11 +319,13 @@ impl Engine {
     /// events as the engine that wrote them, without re-evaluating any unit.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Engine, EngineError> {
         let mut d = Dec { b: bytes, at: 0 };
-        let v1 = match d.take(MAGIC.len())? {
-            m if m == MAGIC => false,
-            m if m == MAGIC_V1 => true,
+        let version = match d.take(MAGIC.len())? {
+            m if m == MAGIC => 3,
+            m if m == MAGIC_V2 => 2,
+            m if m == MAGIC_V1 => 1,
             _ => return Err(corrupt("not a margin snapshot (bad magic)")),
         };
+        let v1 = version == 1;
         let head_len = d.len()?;
         let mut s: Snapshot =
             serde_json::from_slice(d.take(head_len)?).map_err(|e| corrupt(e.to_string()))?;
@@ -296,7 +334,11 @@ impl Engine {
         let mut accounts = Vec::with_capacity(n.min(1 << 24));
         for _ in 0..n {
             let id = d.u64()?;
-            accounts.push((id, Arc::new(d.account()?)));
+            let mut a = d.account()?;
+            if version >= 3 {
+                d.snapshot_keys(&mut a)?;
+            }
+            accounts.push((id, Arc::new(a)));
             order.push(id);
         }
         // One sorted bulk build instead of a million ordered inserts.

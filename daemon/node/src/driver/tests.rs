@@ -949,8 +949,22 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
     }
     // Accounts opened through members 1 and 2, funded through 3 and 4.
     let (a, b) = (
-        send_command(&h, 1, Command::CreateAccount { account: 9_001 }),
-        send_command(&h, 2, Command::CreateAccount { account: 9_002 }),
+        send_command(
+            &h,
+            1,
+            Command::CreateAccount {
+                account: 9_001,
+                owner: None,
+            },
+        ),
+        send_command(
+            &h,
+            2,
+            Command::CreateAccount {
+                account: 9_002,
+                owner: None,
+            },
+        ),
     );
     let (a, b) = tokio::join!(a, b);
     assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
@@ -994,6 +1008,63 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
         "{over:?}"
     );
 
+    // An account with an owner key: the owner's signed withdrawal, offered
+    // through member 2, applies everywhere; a withdrawal of the rest that
+    // "hostile" member 3's operator offers unsigned is ordered like any
+    // command and refused by every engine, the account unchanged.
+    let owner = [11u8; 32];
+    send_command(
+        &h,
+        1,
+        Command::CreateAccount {
+            account: 9_010,
+            owner: Some(sibyl_margin::signed::public_key(&owner)),
+        },
+    )
+    .await
+    .unwrap();
+    send_command(
+        &h,
+        3,
+        Command::Deposit {
+            account: 9_010,
+            asset: "USD".into(),
+            amount: usd(1_000),
+        },
+    )
+    .await
+    .unwrap();
+    let text = serde_json::to_string(&Command::Withdraw {
+        account: 9_010,
+        asset: "USD".into(),
+        amount: usd(100),
+    })
+    .unwrap();
+    let signed = sibyl_margin::SignedCommand::sign(&owner, 9_010, 1, text);
+    let m2 = h.members[&2].margin.clone().unwrap();
+    let (mine, forged) = tokio::join!(
+        m2.signed(signed),
+        send_command(
+            &h,
+            3,
+            Command::Withdraw {
+                account: 9_010,
+                asset: "USD".into(),
+                amount: usd(900),
+            },
+        )
+    );
+    assert!(mine.is_ok(), "{mine:?}");
+    assert!(
+        matches!(
+            forged,
+            Err(crate::margin_svc::MarginError::Engine(
+                sibyl_margin::EngineError::Unauthorized { account: 9_010, .. }
+            ))
+        ),
+        "{forged:?}"
+    );
+
     // Member 4 cut off: the others (exactly t) order member 1's command;
     // member 4's own waits for it to come back.
     h.control.set_cut(4, true);
@@ -1009,8 +1080,13 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
     .await
     .unwrap();
     let m4 = h.members[&4].margin.clone().unwrap();
-    let offered =
-        tokio::spawn(async move { m4.command(Command::CreateAccount { account: 9_004 }).await });
+    let offered = tokio::spawn(async move {
+        m4.command(Command::CreateAccount {
+            account: 9_004,
+            owner: None,
+        })
+        .await
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!offered.is_finished(), "ordered while cut off");
     h.control.set_cut(4, false);
@@ -1079,6 +1155,11 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
     // Two creations, two deposits, one withdrawal, the deposit while cut
     // off and member 4's creation; the refused ones are not inputs.
     assert_eq!(commands(&logs[0].0[..n]), 7, "{:?}", &logs[0].0[..n]);
+    let signed = logs[0].0[..n]
+        .iter()
+        .filter(|b| b.starts_with("{\"signed\""))
+        .count();
+    assert_eq!(signed, 1, "the owner's withdrawal is an input");
     // The same state root from every member's log at the common prefix.
     let root_of = |inputs: &[String]| {
         let stored: Vec<(u64, String)> = inputs
@@ -1092,6 +1173,18 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
             .state_root()
     };
     let reference = root_of(&logs[0].0[..n]);
+    // Every member's log leaves the owned account with 900 USD (the owner's
+    // withdrawal applied, the forged one not) and nonce 1.
+    for (i, (inputs, _)) in logs.iter().enumerate() {
+        let stored: Vec<(u64, String)> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u64, b.clone()))
+            .collect();
+        let st = crate::margin_svc::restore(&stored).unwrap();
+        let a = &st.engine.state().accounts[&9_010];
+        assert_eq!((a.cash, a.nonce), (usd(900), 1), "member {}", i + 1);
+    }
     for (i, (inputs, _)) in logs.iter().enumerate().skip(1) {
         assert_eq!(root_of(&inputs[..n]), reference, "member {} root", i + 1);
     }
@@ -1149,8 +1242,8 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
     assert_eq!(replay.signed_state_mismatch, None);
     assert_eq!(replay.signed_states_matched as usize, carried);
     assert_eq!(
-        replay.refused_commands, 2,
-        "the lost withdrawal race and the overdraft"
+        replay.refused_commands, 3,
+        "the lost withdrawal race, the overdraft and the forged withdrawal"
     );
     for (m, last) in &last_states {
         assert_eq!(

@@ -107,7 +107,10 @@ pub fn demo_inputs(demo: DemoSeed, first: &PriceReport) -> Vec<Input> {
         let market = markets[j % markets.len()];
         let side = if j % 2 == 0 { Side::Long } else { Side::Short };
         let setup = [
-            at(Command::CreateAccount { account }),
+            at(Command::CreateAccount {
+                account,
+                owner: None,
+            }),
             at(Command::Deposit {
                 account,
                 asset: QUOTE_ASSET.into(),

@@ -127,9 +127,12 @@ async fn build_db_with(dir: &std::path::Path, every: u64) -> (std::path::PathBuf
     }
     // An admin command is stored as an input too; a refusal is typed and
     // stores nothing.
-    h.command(Command::CreateAccount { account: 9_999 })
-        .await
-        .expect("create");
+    h.command(Command::CreateAccount {
+        account: 9_999,
+        owner: None,
+    })
+    .await
+    .expect("create");
     let refused = h
         .command(Command::Withdraw {
             account: 123_456,
@@ -217,9 +220,12 @@ async fn service_restores_its_engine_from_the_store() {
     assert_eq!(h.read().next_input, n_inputs);
     assert_eq!(h.read().engine.insurance_fund(), fund);
     // The next command continues the sequences without a gap.
-    h.command(Command::CreateAccount { account: 10_000 })
-        .await
-        .expect("create");
+    h.command(Command::CreateAccount {
+        account: 10_000,
+        owner: None,
+    })
+    .await
+    .expect("create");
     let r = tokio::task::spawn_blocking(move || replay_db(&path))
         .await
         .expect("join")
@@ -265,9 +271,12 @@ async fn restart_from_snapshot_equals_full_replay() {
         );
     }
     // The log continues without a gap and still replays from the start.
-    h.command(Command::CreateAccount { account: 10_001 })
-        .await
-        .expect("create");
+    h.command(Command::CreateAccount {
+        account: 10_001,
+        owner: None,
+    })
+    .await
+    .expect("create");
     let r = tokio::task::spawn_blocking(move || replay_db(&path))
         .await
         .expect("join")
@@ -397,8 +406,13 @@ async fn an_ordered_command_applies_once_at_its_reports_turn() {
     let (store, h, tx, shutdown) = ordered(&path, 2).await;
     let mut offers = h.offers().expect("ordered");
     let h2 = h.clone();
-    let answer =
-        tokio::spawn(async move { h2.command(Command::CreateAccount { account: 77 }).await });
+    let answer = tokio::spawn(async move {
+        h2.command(Command::CreateAccount {
+            account: 77,
+            owner: None,
+        })
+        .await
+    });
     offers.changed().await.unwrap();
     let offered = offers.borrow_and_update().clone();
     assert_eq!(offered.len(), 1);
@@ -440,7 +454,10 @@ async fn a_command_never_ordered_times_out_and_is_withdrawn() {
     let (_store, h, _tx, _shutdown) = ordered(&dir.path().join("node.sqlite"), 3).await;
     let offers = h.offers().expect("ordered");
     let err = h
-        .command(Command::CreateAccount { account: 5 })
+        .command(Command::CreateAccount {
+            account: 5,
+            owner: None,
+        })
         .await
         .unwrap_err();
     assert!(
@@ -449,4 +466,132 @@ async fn a_command_never_ordered_times_out_and_is_withdrawn() {
     );
     assert!(err.to_string().contains("withdrawn"), "{err}");
     assert!(offers.borrow().is_empty());
+}
+
+/// A command body as a member offers it.
+fn offer(origin: u16, nonce: u64, command: &Command) -> MarginCommand {
+    MarginCommand {
+        origin,
+        nonce,
+        body: serde_json::to_string(command).unwrap(),
+    }
+}
+
+/// A command signed by its account's owner is checked before it is
+/// offered (a bad signature or a stale nonce never reaches the
+/// committee), offered as `{"signed": ...}`, and applied at its report's
+/// turn; an operator's withdrawal from that account, offered by another
+/// member and ordered, is refused by the engine with nothing changed.
+#[tokio::test]
+async fn a_signed_command_offered_and_ordered_applies() {
+    use sibyl_margin::signed::public_key;
+    let secret = [5u8; 32];
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h, tx, _shutdown) = ordered(&dir.path().join("node.sqlite"), 2).await;
+    let mut offers = h.offers().expect("ordered");
+    let setup = vec![
+        offer(
+            1,
+            1,
+            &Command::CreateAccount {
+                account: 40,
+                owner: Some(public_key(&secret)),
+            },
+        ),
+        offer(
+            1,
+            2,
+            &Command::Deposit {
+                account: 40,
+                asset: "USD".into(),
+                amount: 1_000_000_000,
+            },
+        ),
+    ];
+    publish(&store, &tx, 0, setup).await;
+    wait_inputs(&h, 3).await;
+    let withdraw = |amount| {
+        serde_json::to_string(&Command::Withdraw {
+            account: 40,
+            asset: "USD".into(),
+            amount,
+        })
+        .unwrap()
+    };
+    // Refused before offering: a wrong key, then (below) a stale nonce.
+    let wrong = SignedCommand::sign(&[6u8; 32], 40, 1, withdraw(1));
+    let err = h.signed(wrong).await.unwrap_err();
+    assert!(
+        matches!(err, MarginError::Engine(EngineError::BadSignature { .. })),
+        "{err}"
+    );
+    assert!(offers.borrow_and_update().is_empty());
+    let env = SignedCommand::sign(&secret, 40, 3, withdraw(250_000_000));
+    let h2 = h.clone();
+    let env2 = env.clone();
+    let answer = tokio::spawn(async move { h2.signed(env2).await });
+    offers.changed().await.unwrap();
+    let offered = offers.borrow_and_update().clone();
+    assert_eq!(offered.len(), 1);
+    assert!(
+        offered[0]
+            .body
+            .starts_with(r#"{"signed":{"account":40,"nonce":3,"#)
+    );
+    // Ordered together with a forged operator withdrawal from member 3.
+    let mut carried = offered.clone();
+    carried.push(offer(
+        3,
+        1,
+        &Command::Withdraw {
+            account: 40,
+            asset: "USD".into(),
+            amount: 750_000_000,
+        },
+    ));
+    publish(&store, &tx, 1, carried).await;
+    let events = answer.await.unwrap().expect("applied");
+    assert!(matches!(
+        events[0].event,
+        sibyl_margin::Event::Withdrawn {
+            account: 40,
+            amount: 250_000_000,
+            ..
+        }
+    ));
+    wait_inputs(&h, 5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    {
+        let st = h.read();
+        let a = &st.engine.state().accounts[&40];
+        assert_eq!(
+            (a.cash, a.nonce),
+            (750_000_000, 3),
+            "the forged withdrawal changed nothing"
+        );
+        assert_eq!(
+            st.next_input, 5,
+            "prices, create, deposit, prices, the signed withdrawal"
+        );
+    }
+    let err = h.signed(env).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MarginError::Engine(EngineError::StaleNonce { current: 3, .. })
+        ),
+        "{err}"
+    );
+    // The stored log replays to the same state (the signed input included).
+    let rows = store
+        .writer
+        .write(|db| db.margin_inputs_from(0))
+        .await
+        .unwrap();
+    assert!(
+        rows.iter().any(|(_, b)| b.starts_with(r#"{"signed":"#)),
+        "{rows:?}"
+    );
+    let replayed = restore(&rows).unwrap();
+    assert_eq!(replayed.engine.snapshot(), h.read().engine.snapshot());
 }

@@ -1,0 +1,221 @@
+//! `sibyl margin keygen` / `sibyl margin sign`: an account owner's key and
+//! the envelopes it signs for `POST /v1/margin/signed` (docs/MARGIN.md,
+//! "Account keys"). Nothing here talks to a node: the envelope is printed
+//! for the caller to send.
+
+use anyhow::{Context, bail};
+use rand::RngCore;
+use sibyl_margin::signed::{hex_bytes, public_key};
+use sibyl_margin::{Command, SignedCommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `sibyl margin`.
+#[derive(Debug, clap::Args)]
+pub struct MarginArgs {
+    #[command(subcommand)]
+    pub command: MarginCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum MarginCommand {
+    /// Make an account owner's Ed25519 key: the secret goes to FILE (hex,
+    /// mode 0600, never overwritten), the public key is printed.
+    #[command(
+        after_help = "Example:\n  sibyl margin keygen --out owner.key\n\nGive the printed public key as `owner` when the account is created (POST /v1/margin/accounts), or self-register with a signed create_account."
+    )]
+    Keygen {
+        /// Where to write the secret key (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a margin command with an owner's key; prints the envelope JSON
+    /// for `POST /v1/margin/signed`.
+    #[command(
+        after_help = "Example:\n  sibyl margin sign --key owner.key --account 40 --nonce 1 \\\n      '{\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}' \\\n    | curl -s -d @- http://127.0.0.1:8080/v1/margin/signed\n\nThe command is the engine's JSON (integer amounts: USD with 6 decimals, sizes and prices with 8), signed exactly as given. The nonce must be above the account's (GET /v1/margin/accounts/{id} shows it)."
+    )]
+    Sign {
+        /// The secret key file `sibyl margin keygen` wrote.
+        #[arg(long)]
+        key: PathBuf,
+        /// The account the command acts on.
+        #[arg(long)]
+        account: u64,
+        /// Above the account's current nonce.
+        #[arg(long)]
+        nonce: u64,
+        /// The command's JSON text.
+        command: String,
+    },
+}
+
+pub fn run(args: MarginArgs) -> anyhow::Result<()> {
+    match args.command {
+        MarginCommand::Keygen { out } => {
+            let public = keygen(&out)?;
+            println!(
+                "wrote the secret key to {} (keep it private)",
+                out.display()
+            );
+            println!("owner = \"{}\"", hex_bytes::encode(&public));
+            Ok(())
+        }
+        MarginCommand::Sign {
+            key,
+            account,
+            nonce,
+            command,
+        } => {
+            let env = sign(&read_secret(&key)?, account, nonce, command)?;
+            println!("{}", serde_json::to_string(&env)?);
+            Ok(())
+        }
+    }
+}
+
+/// Writes a fresh secret to `out` (refusing an existing file) and returns
+/// its public key.
+pub fn keygen(out: &Path) -> anyhow::Result<[u8; 32]> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} already exists: it may hold an owner's key, so it is never overwritten; choose another --out",
+                out.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("cannot create {}", out.display())),
+        })?;
+    writeln!(f, "{}", hex_bytes::encode(&secret))
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(public_key(&secret))
+}
+
+/// The secret in a key file (64 hex digits; surrounding whitespace ignored).
+pub fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the key file {}", path.display()))?;
+    // The error names the file, never its content.
+    hex_bytes::decode::<32>(text.trim()).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not a key `sibyl margin keygen` wrote (64 hex digits)",
+            path.display()
+        )
+    })
+}
+
+/// Signs `command` after checking what the engine would refuse without
+/// looking at its state: it parses, it is a command an owner signs, and it
+/// names `account`.
+pub fn sign(
+    secret: &[u8; 32],
+    account: u64,
+    nonce: u64,
+    command: String,
+) -> anyhow::Result<SignedCommand> {
+    let cmd: Command = serde_json::from_str(&command)
+        .context("the command is not a margin command's JSON, e.g. {\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}")?;
+    if !cmd.signable() {
+        bail!(
+            "a `{}` command is not one an account owner signs: owners sign withdraw, open, close, adjust_isolated_margin and create_account with their own owner key",
+            cmd.kind()
+        );
+    }
+    if cmd.account() != Some(account) {
+        bail!(
+            "the command acts on account {:?}, not --account {account}",
+            cmd.account()
+        );
+    }
+    if let Command::CreateAccount { owner: Some(k), .. } = &cmd
+        && *k != public_key(secret)
+    {
+        bail!(
+            "the create_account names another owner key than this key's: a new account is signed by its own owner"
+        );
+    }
+    if nonce == 0 {
+        bail!("--nonce must be above the account's current nonce, so at least 1");
+    }
+    Ok(SignedCommand::sign(secret, account, nonce, command))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sibyl_margin::Engine;
+
+    /// keygen writes a 0600 key and never overwrites; sign's envelope is
+    /// one the engine takes, and the mistakes the engine would refuse are
+    /// caught here first.
+    #[test]
+    fn keygen_then_sign_makes_an_envelope_the_engine_takes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("owner.key");
+        let public = keygen(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let before = std::fs::read(&path).unwrap();
+        let err = keygen(&path).unwrap_err().to_string();
+        assert!(err.contains("never overwritten"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let secret = read_secret(&path).unwrap();
+        assert_eq!(public_key(&secret), public);
+
+        let create = format!(
+            r#"{{"create_account":{{"account":40,"owner":"{}"}}}}"#,
+            hex_bytes::encode(&public)
+        );
+        let withdraw = r#"{"withdraw":{"account":40,"asset":"USD","amount":1}}"#;
+        let mut e = Engine::default();
+        let env = sign(&secret, 40, 1, create).unwrap();
+        // What is printed is what the API reads.
+        let json = serde_json::to_string(&env).unwrap();
+        let env: SignedCommand = serde_json::from_str(&json).unwrap();
+        e.apply_signed(1, &env).unwrap();
+        e.apply_command(
+            1,
+            &Command::Deposit {
+                account: 40,
+                asset: "USD".into(),
+                amount: 10,
+            },
+        )
+        .unwrap();
+        e.apply_signed(1, &sign(&secret, 40, 2, withdraw.into()).unwrap())
+            .unwrap();
+        assert_eq!(e.state().accounts[&40].cash, 9);
+
+        for (account, nonce, cmd, says) in [
+            (40, 3, "{\"withdraw\":1}", "not a margin command"),
+            (
+                40,
+                3,
+                r#"{"deposit":{"account":40,"asset":"USD","amount":1}}"#,
+                "not one an account owner signs",
+            ),
+            (41, 3, withdraw, "not --account 41"),
+            (40, 0, withdraw, "at least 1"),
+        ] {
+            let err = sign(&secret, account, nonce, cmd.into())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        std::fs::write(dir.path().join("bad.key"), "not hex").unwrap();
+        let err = read_secret(&dir.path().join("bad.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("64 hex digits") && !err.contains("not hex"),
+            "{err}"
+        );
+    }
+}
