@@ -110,7 +110,7 @@ pub enum Command {
     /// Margin account owners: make a key, sign a command for
     /// `POST /v1/margin/signed`.
     #[command(
-        after_help = "Example:\n  sibyl margin keygen --out owner.key\n  sibyl margin sign --key owner.key --account 40 --nonce 1 '{\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}'\n\ndocs/MARGIN.md, \"Account keys\"."
+        after_help = "Example:\n  sibyl margin keygen --out owner.key\n  sibyl margin sign --key owner.key --node http://127.0.0.1:8080 --account 40 --nonce 1 '{\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}'\n\ndocs/MARGIN.md, \"Account keys\"."
     )]
     Margin(crate::cmd::margin::MarginArgs),
     /// Move a member's signing and observation ledgers to a new host

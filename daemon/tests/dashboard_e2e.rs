@@ -380,6 +380,7 @@ async fn dashboard_shows_feeds_and_live_chart_in_chromium() {
             }),
             snapshot_every_rounds: 0,
             ordered_by: None,
+            committee: None,
         },
     )
     .await

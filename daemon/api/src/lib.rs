@@ -355,6 +355,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/margin/liquidations"),
     ("GET", "/v1/margin/insurance"),
     ("GET", "/v1/margin/markets"),
+    ("GET", "/v1/margin/signing"),
     ("POST", "/v1/margin/accounts"),
     ("POST", "/v1/margin/accounts/{account}/deposit"),
     ("POST", "/v1/margin/accounts/{account}/withdraw"),
@@ -408,6 +409,7 @@ pub fn router_with(state: ApiState, extra: Router) -> Router {
         .route("/v1/margin/liquidations", get(margin::liquidations))
         .route("/v1/margin/insurance", get(margin::insurance))
         .route("/v1/margin/markets", get(margin::markets))
+        .route("/v1/margin/signing", get(margin::signing))
         .route("/v1/margin/signed", post(margin::signed));
     let public = Router::new()
         .route("/v1/feeds", get(handlers::feeds))

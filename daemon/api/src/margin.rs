@@ -192,10 +192,12 @@ fn engine_error(e: &EngineError) -> ApiError {
         E::NoOwner { .. } => (StatusCode::FORBIDDEN, "no_owner"),
         E::Unauthorized { .. } => (StatusCode::FORBIDDEN, "unauthorized"),
         E::StaleNonce { .. } => (StatusCode::CONFLICT, "stale_nonce"),
+        E::NoCommitteeKey => (StatusCode::SERVICE_UNAVAILABLE, "no_committee_key"),
         E::OutOfOrderPrice { .. }
         | E::DuplicateFeed { .. }
         | E::SnapshotVersion { .. }
-        | E::SnapshotCorrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
+        | E::SnapshotCorrupt { .. }
+        | E::InvalidCommitteeKey { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
     };
     ApiError::new(status, code, e.to_string())
 }
@@ -1733,6 +1735,38 @@ fn envelope(b: Result<Bytes, BytesRejection>) -> Result<SignedCommand, ApiError>
         signature,
     })
 }
+
+/// `GET /v1/margin/signing`: what an owner signs besides its command.
+#[derive(Serialize)]
+pub(super) struct SigningResponse {
+    /// The signed bytes' first bytes, as text.
+    domain: &'static str,
+    /// The committee's group public key (hex) that the signed bytes name.
+    committee_key: String,
+    /// The whole layout, for a client building the bytes itself.
+    signed_bytes: &'static str,
+}
+
+/// `GET /v1/margin/signing`: the domain and committee key of the bytes an
+/// account owner signs (docs/MARGIN.md, "Account keys"); 503
+/// `no_committee_key` if this engine has none (it then takes no signed
+/// command).
+pub(super) async fn signing(State(st): State<ApiState>) -> Result<Json<SigningResponse>, ApiError> {
+    let h = handle(&st)?;
+    let key = h
+        .committee()
+        .ok_or_else(|| engine_error(&EngineError::NoCommitteeKey))?;
+    let domain = std::str::from_utf8(sibyl_margin::signed::SIGNED_COMMAND_DOMAIN)
+        .unwrap_or("Sibyl margin command v2");
+    Ok(Json(SigningResponse {
+        domain,
+        committee_key: key.to_hex(),
+        signed_bytes: SIGNED_BYTES_LAYOUT,
+    }))
+}
+
+/// The signed bytes' layout in words (docs/MARGIN.md, "Account keys").
+pub(super) const SIGNED_BYTES_LAYOUT: &str = "domain (UTF-8) ‖ committee key length (1 byte) ‖ committee key ‖ account (u64 big-endian) ‖ nonce (u64 big-endian) ‖ command (the JSON text as sent)";
 
 /// `POST /v1/margin/signed`: a command signed by its account's owner
 /// (docs/MARGIN.md, "Account keys"). Needs no admin token.

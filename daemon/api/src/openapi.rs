@@ -94,6 +94,7 @@ fn signed_responses() -> Value {
         );
         m.insert("403".into(), error_response("`no_owner`: the account has no owner key (operator-managed); `not_signable`: deposits, insurance funding and configuration are operator commands"));
         m.insert("409".into(), error_response("`stale_nonce`: the nonce is not above the account's (the message gives the current one); or the command's own 409s"));
+        m.insert("503".into(), error_response("no margin engine; `busy`: 1,024 commands of this member wait for ordering; `no_committee_key`: this engine was started without its committee's group key and takes no signed command"));
     }
     r
 }
@@ -250,6 +251,17 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
                     "guard": { "oneOf": [ { "$ref": "#/components/schemas/Guard" }, { "type": "null" } ] } } } } } })) } } }),
         ),
         (
+            "/v1/margin/signing",
+            json!({ "get": {
+          "summary": "What an account owner signs besides its command (docs/MARGIN.md, Account keys): the domain and the committee's group public key, which the signed bytes name so that an envelope is good on this committee's book only. The key is stable across share refresh and resharing",
+          "responses": {
+            "200": json_response("signing context", json!({ "type": "object", "properties": {
+                "domain": { "type": "string", "description": "the signed bytes' first bytes (UTF-8): \"Sibyl margin command v2\"" },
+                "committee_key": { "type": "string", "pattern": "^[0-9a-f]{64,66}$", "description": "the committee's group public key, hex: its first suite's (32 bytes for ed25519, 33 compressed for secp256k1-evm)" },
+                "signed_bytes": { "type": "string", "description": "the layout in words" } } })),
+            "503": error_response("`no_committee_key`: this engine was started without its committee's group key; `margin_disabled`: no margin engine here") } } }),
+        ),
+        (
             "/v1/margin/accounts",
             json!({ "post": {
           "summary": "Admin: create an account (`account` id optional: default one above the highest; `owner` optional: an Ed25519 public key whose signature its withdrawals and trades then need)",
@@ -262,7 +274,7 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
         (
             "/v1/margin/signed",
             json!({ "post": {
-          "summary": "A command signed by its account's owner: withdraw, open, close, adjust_isolated_margin, or create_account under the signer's own key. No admin token: the signature authorizes it. Signed bytes: \"Sibyl margin command v1\" ‖ account (u64 big-endian) ‖ nonce (u64 big-endian) ‖ command (the JSON text as sent); `sibyl margin sign` makes one. Answers like the admin commands once the committee ordered it",
+          "summary": "A command signed by its account's owner: withdraw, open, close, adjust_isolated_margin, or create_account under the signer's own key. No admin token: the signature authorizes it. Signed bytes: \"Sibyl margin command v2\" ‖ committee key length (1 byte) ‖ committee key (the committee's group public key, from GET /v1/margin/signing) ‖ account (u64 big-endian) ‖ nonce (u64 big-endian) ‖ command (the JSON text as sent), so an envelope is good on one committee's book only; `sibyl margin sign` makes one. Answers like the admin commands once the committee ordered it",
           "requestBody": { "required": true, "content": { "application/json": { "schema": {
               "type": "object", "additionalProperties": false,
               "required": ["account", "nonce", "command", "signature"],

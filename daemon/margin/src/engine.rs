@@ -264,6 +264,10 @@ pub struct Engine {
     fallback_bands: u64,
     /// The state root's maintained tree (derived; not part of the state).
     root: root::RootCache,
+    /// The committee whose book this is, named in every owner's signed
+    /// bytes (context the node gives; not part of the state). `None`:
+    /// signed commands are refused.
+    committee: Option<crate::signed::CommitteeKey>,
 }
 
 impl Default for Engine {
@@ -319,7 +323,21 @@ impl Engine {
             grid: bands::GridCache::default(),
             fallback_bands: 0,
             root: root::RootCache::default(),
+            committee: None,
         }
+    }
+
+    /// Binds the engine to `committee`: owners' signed commands verify only
+    /// when signed for it (docs/MARGIN.md, "Account keys"). Context, not
+    /// state: neither the state root nor a snapshot holds it, so a restored
+    /// engine is given it again.
+    pub fn set_committee(&mut self, committee: crate::signed::CommitteeKey) {
+        self.committee = Some(committee);
+    }
+
+    /// The committee set by [`Engine::set_committee`].
+    pub fn committee(&self) -> Option<&crate::signed::CommitteeKey> {
+        self.committee.as_ref()
     }
 
     /// Restores an engine from a snapshot and rebuilds its indexes.

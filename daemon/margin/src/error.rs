@@ -298,4 +298,16 @@ pub enum EngineError {
         /// The key (hex).
         key: String,
     },
+    /// The engine was given no committee key, so an owner's signature (which
+    /// names the committee) cannot be checked.
+    #[error(
+        "this margin engine has no committee key, so it cannot check an owner's signature (the signed bytes name the committee's group key): a node sets it from its keystore at start; give `sibyl replay` the node's --config or --committee"
+    )]
+    NoCommitteeKey,
+    /// Bytes that cannot be a committee's group key.
+    #[error("invalid committee key: {detail}")]
+    InvalidCommitteeKey {
+        /// What is wrong with it.
+        detail: String,
+    },
 }

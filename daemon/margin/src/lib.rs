@@ -38,5 +38,5 @@ pub mod types;
 pub use demo::{DemoBook, DemoParams, demo_book, demo_book_with};
 pub use engine::{Engine, Greeks, Snapshot};
 pub use error::EngineError;
-pub use signed::{OwnerKey, SignedCommand};
+pub use signed::{CommitteeKey, OwnerKey, SignedCommand};
 pub use types::*;

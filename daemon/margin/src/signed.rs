@@ -4,14 +4,19 @@
 //! them; the operator can no longer withdraw from it or trade on it.
 //!
 //! ```text
-//!  signed bytes = "Sibyl margin command v1" ‖ account:u64 BE ‖ nonce:u64 BE ‖ command
+//!  signed bytes = "Sibyl margin command v2"
+//!               ‖ committee key length:u8 ‖ committee key
+//!               ‖ account:u64 BE ‖ nonce:u64 BE ‖ command
 //! ```
 //!
-//! `command` is the `Command`'s JSON text exactly as the signer wrote it:
-//! the engine parses the signed bytes themselves, so a signer in any
-//! language signs what it sends and no canonical JSON is needed. `nonce`
-//! must be above the account's last one: a replayed or reordered envelope
-//! is refused.
+//! The committee key is the group verifying key the committee signs its
+//! reports with ([`CommitteeKey`]): an envelope made for one deployment's
+//! book never verifies on another's, even where the same owner key holds
+//! the same account id there with a lower nonce. `command` is the
+//! `Command`'s JSON text exactly as the signer wrote it: the engine parses
+//! the signed bytes themselves, so a signer in any language signs what it
+//! sends and no canonical JSON is needed. `nonce` must be above the
+//! account's last one: a replayed or reordered envelope is refused.
 
 use crate::error::EngineError;
 use crate::types::{AccountId, Command};
@@ -19,8 +24,69 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// Domain of the signed bytes: a signature made for anything else never
-/// reads as a margin command.
-pub const SIGNED_COMMAND_DOMAIN: &[u8] = b"Sibyl margin command v1";
+/// reads as a margin command. (v1 named no committee; a v1 signature never
+/// verifies as v2.)
+pub const SIGNED_COMMAND_DOMAIN: &[u8] = b"Sibyl margin command v2";
+
+/// Longest committee key the signed bytes carry (a one-byte length).
+pub const MAX_COMMITTEE_KEY_LEN: usize = 64;
+
+/// The committee's group verifying key in its suite's own serialization
+/// (32 bytes for FROST(Ed25519), 33 compressed for FROST(secp256k1)): the
+/// deployment an owner's signature is for. It is context the engine is
+/// given ([`crate::Engine::set_committee`]), not state: it is in neither
+/// the state root nor the snapshot, and a share refresh or a resharing
+/// keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CommitteeKey(Vec<u8>);
+
+impl CommitteeKey {
+    /// `bytes` as a committee key: 1 to [`MAX_COMMITTEE_KEY_LEN`] bytes
+    /// (which curve point they are is the caller's to check).
+    pub fn new(bytes: Vec<u8>) -> Result<Self, EngineError> {
+        if bytes.is_empty() || bytes.len() > MAX_COMMITTEE_KEY_LEN {
+            return Err(EngineError::InvalidCommitteeKey {
+                detail: format!(
+                    "{} bytes; a group key is 1 to {MAX_COMMITTEE_KEY_LEN} (32 for Ed25519, 33 for secp256k1)",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(Self(bytes))
+    }
+
+    /// From hex (`0x` prefix optional).
+    pub fn from_hex(s: &str) -> Result<Self, EngineError> {
+        let s = s.trim();
+        let s = s.strip_prefix("0x").unwrap_or(s);
+        let bad = |detail: String| EngineError::InvalidCommitteeKey { detail };
+        if !s.len().is_multiple_of(2) {
+            return Err(bad(format!(
+                "{} hex digits: a byte string has an even number",
+                s.len()
+            )));
+        }
+        let bytes = (0..s.len())
+            .step_by(2)
+            .map(|i| {
+                s.get(i..i + 2)
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+                    .ok_or_else(|| bad(format!("not hex at character {i}")))
+            })
+            .collect::<Result<Vec<u8>, _>>()?;
+        Self::new(bytes)
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex_bytes::encode(&self.0)
+    }
+}
 
 /// An account owner's Ed25519 public key.
 pub type OwnerKey = [u8; 32];
@@ -42,20 +108,40 @@ pub struct SignedCommand {
 }
 
 impl SignedCommand {
-    /// What the owner signs (layout in the module docs).
-    pub fn signed_bytes(account: AccountId, nonce: u64, command: &str) -> Vec<u8> {
-        let mut m = Vec::with_capacity(SIGNED_COMMAND_DOMAIN.len() + 16 + command.len());
+    /// What the owner signs for `committee` (layout in the module docs).
+    pub fn signed_bytes(
+        committee: &CommitteeKey,
+        account: AccountId,
+        nonce: u64,
+        command: &str,
+    ) -> Vec<u8> {
+        let key = committee.as_bytes();
+        let mut m =
+            Vec::with_capacity(SIGNED_COMMAND_DOMAIN.len() + 1 + key.len() + 16 + command.len());
         m.extend_from_slice(SIGNED_COMMAND_DOMAIN);
+        // `CommitteeKey::new` holds the length to MAX_COMMITTEE_KEY_LEN.
+        m.push(u8::try_from(key.len()).unwrap_or(u8::MAX));
+        m.extend_from_slice(key);
         m.extend_from_slice(&account.to_be_bytes());
         m.extend_from_slice(&nonce.to_be_bytes());
         m.extend_from_slice(command.as_bytes());
         m
     }
 
-    /// Signs `command` (JSON text) for `account` with the owner's secret key.
-    pub fn sign(secret: &[u8; 32], account: AccountId, nonce: u64, command: String) -> Self {
+    /// Signs `command` (JSON text) for `account` on `committee`'s book with
+    /// the owner's secret key.
+    pub fn sign(
+        secret: &[u8; 32],
+        committee: &CommitteeKey,
+        account: AccountId,
+        nonce: u64,
+        command: String,
+    ) -> Self {
         let key = ed25519_dalek::SigningKey::from_bytes(secret);
-        let sig = ed25519_dalek::Signer::sign(&key, &Self::signed_bytes(account, nonce, &command));
+        let sig = ed25519_dalek::Signer::sign(
+            &key,
+            &Self::signed_bytes(committee, account, nonce, &command),
+        );
         SignedCommand {
             account,
             nonce,
@@ -71,16 +157,16 @@ impl SignedCommand {
         })
     }
 
-    /// Whether the signature verifies under `owner` (strict Ed25519: no
-    /// malleable signatures, no small-order keys, the same answer on every
-    /// member).
-    pub fn verifies(&self, owner: &OwnerKey) -> bool {
+    /// Whether the signature verifies under `owner` for `committee`
+    /// (strict Ed25519: no malleable signatures, no small-order keys, the
+    /// same answer on every member).
+    pub fn verifies(&self, owner: &OwnerKey, committee: &CommitteeKey) -> bool {
         let Ok(key) = VerifyingKey::from_bytes(owner) else {
             return false;
         };
         let sig = Signature::from_bytes(&self.signature);
         key.verify_strict(
-            &Self::signed_bytes(self.account, self.nonce, &self.command),
+            &Self::signed_bytes(committee, self.account, self.nonce, &self.command),
             &sig,
         )
         .is_ok()

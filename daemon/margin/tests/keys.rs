@@ -11,8 +11,19 @@ const T0: u64 = 1_700_000_000_000;
 const OWNER: [u8; 32] = [7; 32];
 const STRANGER: [u8; 32] = [9; 32];
 
+/// The committee the test book belongs to (an Ed25519 group key's length).
+fn committee() -> CommitteeKey {
+    CommitteeKey::new(vec![0xC1; 32]).unwrap()
+}
+
+/// Another committee's (a secp256k1 group key's length).
+fn other_committee() -> CommitteeKey {
+    CommitteeKey::new(vec![0xC2; 33]).unwrap()
+}
+
 fn engine() -> Engine {
     let mut e = Engine::default();
+    e.set_committee(committee());
     e.apply_command(
         T0,
         &Command::ConfigureFeed(FeedConfig {
@@ -73,7 +84,13 @@ fn withdraw(account: u64, amount: i128) -> Command {
 }
 
 fn signed(secret: &[u8; 32], account: u64, nonce: u64, cmd: &Command) -> SignedCommand {
-    SignedCommand::sign(secret, account, nonce, serde_json::to_string(cmd).unwrap())
+    SignedCommand::sign(
+        secret,
+        &committee(),
+        account,
+        nonce,
+        serde_json::to_string(cmd).unwrap(),
+    )
 }
 
 /// `f` is refused with an error `check` accepts, and the engine's state,
@@ -361,6 +378,116 @@ fn an_owner_registers_its_own_account() {
     );
 }
 
+/// An envelope names the committee it was signed for: the same owner key
+/// holding the same account id with a lower nonce on another committee's
+/// book cannot have it replayed there.
+#[test]
+fn an_envelope_signed_for_one_committee_is_refused_by_another() {
+    let env = signed(&OWNER, 1, 5, &withdraw(1, M));
+    // Committee B: the same book, owner and nonce, another group key.
+    let mut b = engine();
+    b.set_committee(other_committee());
+    refused_unchanged(
+        &mut b,
+        |e| e.apply_signed(T0 + 2_000, &env),
+        |err| matches!(err, EngineError::BadSignature { account: 1 }),
+    );
+    // Committee A, whose key it was signed for, takes it.
+    let mut a = engine();
+    a.apply_signed(T0 + 2_000, &env).unwrap();
+    assert_eq!(a.state().accounts[&1].nonce, 5);
+    // Signed for B, it applies on B and not on A.
+    let for_b = SignedCommand::sign(
+        &OWNER,
+        &other_committee(),
+        1,
+        6,
+        serde_json::to_string(&withdraw(1, M)).unwrap(),
+    );
+    refused_unchanged(
+        &mut a,
+        |e| e.apply_signed(T0 + 3_000, &for_b),
+        |err| matches!(err, EngineError::BadSignature { account: 1 }),
+    );
+    b.apply_signed(T0 + 3_000, &for_b).unwrap();
+    // A key that is a prefix of another is another key: the length is signed.
+    let mut short = engine();
+    short.set_committee(CommitteeKey::new(vec![0xC1; 31]).unwrap());
+    refused_unchanged(
+        &mut short,
+        |e| e.apply_signed(T0 + 2_000, &env),
+        |err| matches!(err, EngineError::BadSignature { account: 1 }),
+    );
+}
+
+/// The v1 layout (no committee) never verifies: a signature made before
+/// committee keys is refused, not taken on any committee.
+#[test]
+fn a_v1_signature_is_refused() {
+    let text = serde_json::to_string(&withdraw(1, M)).unwrap();
+    let mut v1 = b"Sibyl margin command v1".to_vec();
+    v1.extend_from_slice(&1u64.to_be_bytes());
+    v1.extend_from_slice(&5u64.to_be_bytes());
+    v1.extend_from_slice(text.as_bytes());
+    let key = ed25519_dalek::SigningKey::from_bytes(&OWNER);
+    let env = SignedCommand {
+        account: 1,
+        nonce: 5,
+        command: text,
+        signature: ed25519_dalek::Signer::sign(&key, &v1).to_bytes(),
+    };
+    let mut e = engine();
+    refused_unchanged(
+        &mut e,
+        |e| e.apply_signed(T0 + 2_000, &env),
+        |err| matches!(err, EngineError::BadSignature { account: 1 }),
+    );
+    assert!(
+        SignedCommand::signed_bytes(&committee(), 1, 5, "").starts_with(b"Sibyl margin command v2")
+    );
+}
+
+/// An engine that was given no committee key refuses every signed command
+/// (it never verifies against an empty key) and still takes the operator's.
+#[test]
+fn an_engine_without_a_committee_key_refuses_signed_commands() {
+    let mut e = Engine::default();
+    let create = Command::CreateAccount {
+        account: 3,
+        owner: Some(public_key(&OWNER)),
+    };
+    let env = signed(&OWNER, 3, 1, &create);
+    refused_unchanged(
+        &mut e,
+        |e| e.apply_signed(T0, &env),
+        |err| matches!(err, EngineError::NoCommitteeKey),
+    );
+    assert!(matches!(
+        e.check_signed(&env),
+        Err(EngineError::NoCommitteeKey)
+    ));
+    e.apply_command(T0, &create).unwrap();
+    e.set_committee(committee());
+    assert_eq!(e.committee(), Some(&committee()));
+    assert!(
+        e.check_signed(&signed(&OWNER, 3, 1, &withdraw(3, 1)))
+            .is_ok()
+    );
+    // Malformed keys are refused before they reach an engine.
+    for (bytes, says) in [(vec![], "0 bytes"), (vec![1; 65], "65 bytes")] {
+        let err = CommitteeKey::new(bytes).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+    for (hex, says) in [("abc", "even number"), ("zz", "not hex")] {
+        let err = CommitteeKey::from_hex(hex).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+    assert_eq!(
+        CommitteeKey::from_hex(&format!("0x{}", committee().to_hex())).unwrap(),
+        committee()
+    );
+}
+
 /// Owner and nonce are in the account's leaf: each moves the root, a proof
 /// carries them, and an account without an owner hashes as before keys.
 #[test]
@@ -430,6 +557,9 @@ fn a_snapshot_keeps_owner_and_nonce() {
     assert_eq!(back.snapshot(), e.snapshot());
     assert_eq!(back.state_root(), root);
     assert_eq!(back.encode_snapshot().unwrap(), bytes);
+    // The committee is context, not state: the restored engine is given it.
+    assert_eq!(back.committee(), None);
+    back.set_committee(committee());
     // The restored engine still refuses the replay and takes the next nonce.
     let replay = signed(&OWNER, 1, 42, &withdraw(1, M));
     assert!(matches!(

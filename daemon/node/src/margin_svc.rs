@@ -41,7 +41,10 @@
 //! public `POST /v1/margin/signed`) travels the same way with the body
 //! `{"signed": <envelope>}`; every engine checks the signature and nonce
 //! at its turn, so a member cannot forge one, and an unsigned command on an
-//! account with an owner key is refused by every engine alike.
+//! account with an owner key is refused by every engine alike. The signed
+//! bytes name the committee's group key ([`committee_key`], given to the
+//! engine at start as [`MarginOptions::committee`]), so an envelope made
+//! for another committee's book is refused here.
 
 pub mod book;
 
@@ -55,13 +58,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sibyl_aggregator::verify::GroupKeys;
 use sibyl_aggregator::{
     MAX_COMMAND_BYTES, MAX_COMMANDS_PER_MEMBER, MarginCheckpoint, MarginCommand, Round,
     SignedReport, report::MAX_ATTESTED_ROOTS,
 };
 use sibyl_margin::engine::{AtRisk, SnapshotSource};
 use sibyl_margin::{
-    Command, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport, SignedCommand,
+    Command, CommitteeKey, Engine, EngineError, EventRecord, Input, PriceInput, PriceReport,
+    SignedCommand,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -153,6 +158,21 @@ pub fn price_report(report: &SignedReport, feeds: &[FeedParams]) -> PriceReport 
             })
             .collect(),
     }
+}
+
+/// The committee key owners sign their commands for (docs/MARGIN.md,
+/// "Account keys"): the group verifying key of the committee's first suite
+/// (FROST(Ed25519) when it signs with it, else FROST(secp256k1)) in that
+/// suite's serialization. Every member, and a replay, derives the same one
+/// from the same committee; a share refresh or a resharing keeps it. `None`
+/// when `keys` hold no group key.
+pub fn committee_key(keys: &GroupKeys) -> Option<CommitteeKey> {
+    let bytes = match (&keys.ed25519, &keys.secp256k1_evm) {
+        (Some(k), _) => k.serialize().ok()?,
+        (None, Some(k)) => k.serialize().ok()?,
+        (None, None) => return None,
+    };
+    CommitteeKey::new(bytes).ok()
 }
 
 /// An offer's body when it carries a command signed by an account owner:
@@ -563,6 +583,12 @@ impl MarginHandle {
         self.attest.subscribe()
     }
 
+    /// The committee key owners sign for ([`committee_key`]); `None` if the
+    /// service was started without one (it then refuses signed commands).
+    pub fn committee(&self) -> Option<CommitteeKey> {
+        self.read().engine.committee().cloned()
+    }
+
     /// This member's offered commands, for the round driver
     /// ([`crate::driver::DriverParts::offers`]); `None` without ordering.
     pub fn offers(&self) -> Option<watch::Receiver<Vec<MarginCommand>>> {
@@ -570,9 +596,13 @@ impl MarginHandle {
     }
 }
 
-/// Rebuild the engine from the stored inputs (in order).
-pub fn restore(inputs: &[(u64, String)]) -> Result<MarginState, MarginError> {
-    restore_from(None, inputs)
+/// Rebuild the engine of `committee` (which its stored signed commands
+/// were signed for) from the stored inputs (in order).
+pub fn restore(
+    committee: Option<&CommitteeKey>,
+    inputs: &[(u64, String)],
+) -> Result<MarginState, MarginError> {
+    restore_from(committee, None, inputs)
 }
 
 /// Bytes before the engine snapshot in a stored snapshot row: the
@@ -589,10 +619,12 @@ fn snapshot_body(next_round: Round, source: SnapshotSource) -> Result<Vec<u8>, M
     Ok(body)
 }
 
-/// Rebuild the engine from a stored snapshot `(inputs covered, body)`, if
-/// any, and the stored inputs after it (`inputs` must start at the
-/// snapshot's input count). Without a snapshot, `inputs` are all of them.
+/// Rebuild the engine of `committee` from a stored snapshot `(inputs
+/// covered, body)`, if any, and the stored inputs after it (`inputs` must
+/// start at the snapshot's input count). Without a snapshot, `inputs` are
+/// all of them.
 pub fn restore_from(
+    committee: Option<&CommitteeKey>,
     snapshot: Option<(u64, &[u8])>,
     inputs: &[(u64, String)],
 ) -> Result<MarginState, MarginError> {
@@ -613,6 +645,10 @@ pub fn restore_from(
             )
         }
     };
+    // Context, not state: a snapshot does not hold it.
+    if let Some(c) = committee {
+        engine.set_committee(c.clone());
+    }
     for (seq, body) in inputs {
         if *seq != next_input {
             return Err(MarginError::InputGap {
@@ -737,6 +773,9 @@ pub struct MarginOptions {
     /// carries them (see the module docs). `None`: they apply here at once
     /// (a lone engine: tests, tools).
     pub ordered_by: Option<u16>,
+    /// The committee owners sign their commands for ([`committee_key`] of
+    /// the node's group keys). `None`: signed commands are refused.
+    pub committee: Option<CommitteeKey>,
 }
 
 /// Start the service: restore from the store, then run until `shutdown`.
@@ -764,7 +803,11 @@ pub async fn start_with(
         .writer
         .write(move |db| db.margin_inputs_from(from))
         .await?;
-    let mut state = restore_from(snapshot.as_ref().map(|(c, b)| (*c, b.as_slice())), &inputs)?;
+    let mut state = restore_from(
+        options.committee.as_ref(),
+        snapshot.as_ref().map(|(c, b)| (*c, b.as_slice())),
+        &inputs,
+    )?;
     state.marks = store.writer.write(|db| db.margin_marks()).await?;
     let restored = state.next_input;
     if restored > 0 {

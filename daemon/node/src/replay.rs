@@ -1,14 +1,18 @@
 //! Re-run the margin engine's stored inputs through a fresh [`Engine`] and
 //! compare, event by event, with the stored events (`sibyl replay`, and the
 //! margin service's tests); or rebuild it from signed reports alone
-//! ([`replay_reports`], `sibyl replay --from-reports`).
+//! ([`replay_reports`], `sibyl replay --from-reports`). Either is given the
+//! committee key owners signed their commands for ([`configured_committee_key`]
+//! reads it from a member's keystore): without it, a stored signed command is
+//! refused.
 
-use crate::config::FeedParams;
-use crate::margin_svc::{DemoSeed, book, price_report, report_commands};
+use crate::config::{Config, FeedParams};
+use crate::margin_svc::{DemoSeed, book, committee_key, price_report, report_commands};
 use crate::store::Db;
 use anyhow::{Context, Result, bail};
-use sibyl_aggregator::{Round, SignedReport};
-use sibyl_margin::{Engine, EventRecord, Input};
+use sibyl_aggregator::verify::GroupKeys;
+use sibyl_aggregator::{Round, SignedReport, Suite};
+use sibyl_margin::{CommitteeKey, Engine, EventRecord, Input};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -32,12 +36,45 @@ pub struct Divergence {
     pub got: Option<String>,
 }
 
-/// Replay the database at `path`.
-pub fn replay_db(path: &Path) -> Result<ReplayReport> {
+/// The committee key of the member `config` describes: the group key of
+/// its committee's first suite ([`committee_key`]), read from the public
+/// key package in its keystore (no passphrase needed).
+pub fn configured_committee_key(config: &Config) -> Result<CommitteeKey> {
+    let committee = &config.committee;
+    let keystore = config.keystore();
+    let digest = committee.digest;
+    let suite = *committee
+        .suites
+        .iter()
+        .min()
+        .context("the committee file lists no suite")?;
+    let bytes = match suite {
+        Suite::Ed25519 => keystore
+            .read_public_key_package::<frost_ed25519::Ed25519Sha512>(&digest)?
+            .verifying_key()
+            .serialize()
+            .map_err(|e| e.to_string()),
+        Suite::Secp256k1Evm => keystore
+            .read_public_key_package::<frost_secp256k1_evm::Secp256K1Keccak256>(&digest)?
+            .verifying_key()
+            .serialize()
+            .map_err(|e| e.to_string()),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot encode the {suite:?} group key: {e}"))?;
+    let keys = GroupKeys::new(digest).with_key_bytes(suite, &bytes)?;
+    committee_key(&keys).context("the keystore's group key is not a committee key")
+}
+
+/// Replay the database at `path`; its signed commands were signed for
+/// `committee` (without it they are refused and the replay stops there).
+pub fn replay_db(path: &Path, committee: Option<&CommitteeKey>) -> Result<ReplayReport> {
     let db = Db::open_read_only(path)
         .with_context(|| format!("cannot open {} for replay", path.display()))?;
     let inputs = db.margin_inputs()?;
     let mut engine = Engine::default();
+    if let Some(c) = committee {
+        engine.set_committee(c.clone());
+    }
     let mut got: Vec<EventRecord> = Vec::new();
     let started = std::time::Instant::now();
     let mut last_progress = started;
@@ -136,13 +173,21 @@ pub struct ReportReplay {
 /// the margin service takes them): the demo book at the first report with
 /// an ok demo feed if `demo` is set, each report's prices, then its ordered
 /// commands ([`report_commands`]), exactly as every member does; checks every
-/// margin state root a report carries against the replayed one.
+/// margin state root a report carries against the replayed one. `committee`
+/// is the committee key of the group keys the reports verify under
+/// ([`committee_key`]), the one owners signed their commands for; without
+/// it every signed command is refused (and the roots differ from the
+/// committee's once one was taken).
 pub fn replay_reports(
     reports: impl IntoIterator<Item = SignedReport>,
     feeds: &[FeedParams],
     mut demo: Option<DemoSeed>,
+    committee: Option<&CommitteeKey>,
 ) -> ReportReplay {
     let mut engine = Engine::default();
+    if let Some(c) = committee {
+        engine.set_committee(c.clone());
+    }
     let mut marks = BTreeMap::new();
     let mut out = ReportReplay {
         reports: 0,

@@ -1,12 +1,13 @@
 //! `sibyl margin keygen` / `sibyl margin sign`: an account owner's key and
 //! the envelopes it signs for `POST /v1/margin/signed` (docs/MARGIN.md,
-//! "Account keys"). Nothing here talks to a node: the envelope is printed
-//! for the caller to send.
+//! "Account keys"). The envelope is printed for the caller to send; the
+//! only request made is `--node`'s, which reads the committee key that the
+//! signature names from `GET /v1/margin/signing`.
 
 use anyhow::{Context, bail};
 use rand::RngCore;
 use sibyl_margin::signed::{hex_bytes, public_key};
-use sibyl_margin::{Command, SignedCommand};
+use sibyl_margin::{Command, CommitteeKey, SignedCommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -32,8 +33,9 @@ pub enum MarginCommand {
     /// Sign a margin command with an owner's key; prints the envelope JSON
     /// for `POST /v1/margin/signed`.
     #[command(
-        after_help = "Example:\n  sibyl margin sign --key owner.key --account 40 --nonce 1 \\\n      '{\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}' \\\n    | curl -s -d @- http://127.0.0.1:8080/v1/margin/signed\n\nThe command is the engine's JSON (integer amounts: USD with 6 decimals, sizes and prices with 8), signed exactly as given. The nonce must be above the account's (GET /v1/margin/accounts/{id} shows it)."
+        after_help = "Example:\n  sibyl margin sign --key owner.key --node http://127.0.0.1:8080 --account 40 --nonce 1 \\\n      '{\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}' \\\n    | curl -s -d @- http://127.0.0.1:8080/v1/margin/signed\n\nThe command is the engine's JSON (integer amounts: USD with 6 decimals, sizes and prices with 8), signed exactly as given. The nonce must be above the account's (GET /v1/margin/accounts/{id} shows it). The signature names the committee (its group public key: --committee HEX, or --node URL to read it from GET /v1/margin/signing), so it is refused on any other committee's book."
     )]
+    #[command(group(clap::ArgGroup::new("committee_source").required(true).args(["committee", "node"])))]
     Sign {
         /// The secret key file `sibyl margin keygen` wrote.
         #[arg(long)]
@@ -44,6 +46,14 @@ pub enum MarginCommand {
         /// Above the account's current nonce.
         #[arg(long)]
         nonce: u64,
+        /// The committee's group public key (hex: 32 bytes for Ed25519, 33
+        /// for secp256k1-evm), as `GET /v1/margin/signing` shows it.
+        #[arg(long)]
+        committee: Option<String>,
+        /// A member's API to read the committee key from
+        /// (`GET /v1/margin/signing`) instead of `--committee`.
+        #[arg(long)]
+        node: Option<String>,
         /// The command's JSON text.
         command: String,
     },
@@ -64,9 +74,16 @@ pub fn run(args: MarginArgs) -> anyhow::Result<()> {
             key,
             account,
             nonce,
+            committee,
+            node,
             command,
         } => {
-            let env = sign(&read_secret(&key)?, account, nonce, command)?;
+            let committee = match (committee, node) {
+                (Some(hex), _) => parse_committee(&hex)?,
+                (None, Some(url)) => fetch_committee(&url)?,
+                (None, None) => bail!("say which committee signs: --committee HEX or --node URL"),
+            };
+            let env = sign(&read_secret(&key)?, &committee, account, nonce, command)?;
             println!("{}", serde_json::to_string(&env)?);
             Ok(())
         }
@@ -110,11 +127,56 @@ pub fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
     })
 }
 
-/// Signs `command` after checking what the engine would refuse without
-/// looking at its state: it parses, it is a command an owner signs, and it
-/// names `account`.
+/// A committee's group public key from hex: 32 bytes that are an Ed25519
+/// point or 33 that are a compressed secp256k1 point.
+pub fn parse_committee(hex: &str) -> anyhow::Result<CommitteeKey> {
+    use sibyl_aggregator::{ConfigDigest, Suite, verify::GroupKeys};
+    let explain = "a committee's group public key is 32 bytes (Ed25519) or 33 (secp256k1-evm, compressed) as hex; GET /v1/margin/signing on a member's API shows it as `committee_key`";
+    let key = CommitteeKey::from_hex(hex)
+        .map_err(|e| anyhow::anyhow!("--committee {hex:?}: {e}; {explain}"))?;
+    let suite = match key.as_bytes().len() {
+        32 => Suite::Ed25519,
+        33 => Suite::Secp256k1Evm,
+        n => bail!("--committee {hex:?} is {n} bytes; {explain}"),
+    };
+    let keys = GroupKeys::new(ConfigDigest([0; 32]))
+        .with_key_bytes(suite, key.as_bytes())
+        .map_err(|e| anyhow::anyhow!("--committee {hex:?}: {e}; {explain}"))?;
+    // The engine signs over the key as its committee serializes it: another
+    // encoding of the same point would sign other bytes.
+    if sibyl_node::margin_svc::committee_key(&keys).as_ref() != Some(&key) {
+        bail!(
+            "--committee {hex:?} is not in its suite's canonical (compressed) encoding; {explain}"
+        );
+    }
+    Ok(key)
+}
+
+/// What `GET /v1/margin/signing` answers (the part read here).
+#[derive(serde::Deserialize)]
+struct Signing {
+    committee_key: String,
+}
+
+/// The committee key a node's API serves at `GET /v1/margin/signing`.
+fn fetch_committee(node: &str) -> anyhow::Result<CommitteeKey> {
+    let url = format!("{}/v1/margin/signing", node.trim_end_matches('/'));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let body = rt.block_on(crate::cmd::verify::fetch(&url))?;
+    let signing: Signing = serde_json::from_slice(&body)
+        .with_context(|| format!("{url} did not answer with a committee key"))?;
+    parse_committee(&signing.committee_key).with_context(|| format!("the key {url} served"))
+}
+
+/// Signs `command` for `committee` after checking what the engine would
+/// refuse without looking at its state: it parses, it is a command an
+/// owner signs, and it names `account`.
 pub fn sign(
     secret: &[u8; 32],
+    committee: &CommitteeKey,
     account: u64,
     nonce: u64,
     command: String,
@@ -143,7 +205,9 @@ pub fn sign(
     if nonce == 0 {
         bail!("--nonce must be above the account's current nonce, so at least 1");
     }
-    Ok(SignedCommand::sign(secret, account, nonce, command))
+    Ok(SignedCommand::sign(
+        secret, committee, account, nonce, command,
+    ))
 }
 
 #[cfg(test)]
@@ -174,8 +238,11 @@ mod tests {
             hex_bytes::encode(&public)
         );
         let withdraw = r#"{"withdraw":{"account":40,"asset":"USD","amount":1}}"#;
+        // The committee: an Ed25519 group key (any Ed25519 point will do).
+        let committee = parse_committee(&hex_bytes::encode(&public_key(&[3; 32]))).unwrap();
         let mut e = Engine::default();
-        let env = sign(&secret, 40, 1, create).unwrap();
+        e.set_committee(committee.clone());
+        let env = sign(&secret, &committee, 40, 1, create).unwrap();
         // What is printed is what the API reads.
         let json = serde_json::to_string(&env).unwrap();
         let env: SignedCommand = serde_json::from_str(&json).unwrap();
@@ -189,8 +256,11 @@ mod tests {
             },
         )
         .unwrap();
-        e.apply_signed(1, &sign(&secret, 40, 2, withdraw.into()).unwrap())
-            .unwrap();
+        e.apply_signed(
+            1,
+            &sign(&secret, &committee, 40, 2, withdraw.into()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(e.state().accounts[&40].cash, 9);
 
         for (account, nonce, cmd, says) in [
@@ -204,7 +274,7 @@ mod tests {
             (41, 3, withdraw, "not --account 41"),
             (40, 0, withdraw, "at least 1"),
         ] {
-            let err = sign(&secret, account, nonce, cmd.into())
+            let err = sign(&secret, &committee, account, nonce, cmd.into())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(says), "{err}");
@@ -217,5 +287,58 @@ mod tests {
             err.contains("64 hex digits") && !err.contains("not hex"),
             "{err}"
         );
+    }
+
+    /// `--committee` takes an Ed25519 or a compressed secp256k1 group key
+    /// and says what is wrong with anything else; an envelope signed for one
+    /// committee is refused by an engine of another.
+    #[test]
+    fn the_committee_key_is_checked_and_binds_the_envelope() {
+        let ed = hex_bytes::encode(&public_key(&[3; 32]));
+        let secp = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+        assert_eq!(parse_committee(&ed).unwrap().as_bytes().len(), 32);
+        assert_eq!(
+            parse_committee(&format!("0x{secp}"))
+                .unwrap()
+                .as_bytes()
+                .len(),
+            33
+        );
+        for (bad, says) in [
+            ("", "0 bytes"),
+            ("abc", "even number"),
+            ("zz", "not hex"),
+            (&ed[..62], "31 bytes"),
+            // 33 bytes, but 0x09 is no point encoding's tag.
+            (
+                &format!("09{}", &secp[2..]),
+                "invalid Secp256k1Evm group key",
+            ),
+            // A point, but in the compact encoding, not the committee's.
+            (&format!("05{}", &secp[2..]), "canonical"),
+        ] {
+            let err = parse_committee(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(says) && err.contains("GET /v1/margin/signing"),
+                "{bad:?}: {err}"
+            );
+        }
+        let secret = [4u8; 32];
+        let create = format!(
+            r#"{{"create_account":{{"account":41,"owner":"{}"}}}}"#,
+            hex_bytes::encode(&public_key(&secret))
+        );
+        let a = parse_committee(&ed).unwrap();
+        let b = parse_committee(secp).unwrap();
+        let env = sign(&secret, &a, 41, 1, create).unwrap();
+        let mut on_b = Engine::default();
+        on_b.set_committee(b);
+        assert!(matches!(
+            on_b.apply_signed(1, &env),
+            Err(sibyl_margin::EngineError::BadSignature { account: 41 })
+        ));
+        let mut on_a = Engine::default();
+        on_a.set_committee(a);
+        on_a.apply_signed(1, &env).unwrap();
     }
 }

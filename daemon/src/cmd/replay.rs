@@ -7,6 +7,10 @@
 //! their committee-ordered commands, as every member takes them), check
 //! every margin state root the reports carry, and compare the result with
 //! the node's own margin log.
+//!
+//! Owners' signed commands name the committee's group key, so a replay that
+//! meets one needs it: from the member's keystore with `--config`, or given
+//! as `--committee HEX`.
 
 use anyhow::{Context, Result, bail};
 use sibyl_node::replay::{complete_reports, replay_db, replay_reports};
@@ -27,6 +31,30 @@ pub struct ReplayArgs {
     /// stored margin inputs (needs `--config`).
     #[arg(long, requires = "config")]
     pub from_reports: bool,
+    /// The committee's group public key (hex) that owners signed their
+    /// margin commands for; by default, with `--config`, read from the
+    /// member's keystore.
+    #[arg(long)]
+    pub committee: Option<String>,
+}
+
+/// The committee key: `--committee`, else the keystore's with `--config`.
+fn committee_key(
+    args: &ReplayArgs,
+    config: Option<&sibyl_node::config::Config>,
+) -> Result<Option<sibyl_margin::CommitteeKey>> {
+    if let Some(hex) = &args.committee {
+        return sibyl_margin::CommitteeKey::from_hex(hex)
+            .map(Some)
+            .with_context(|| format!("--committee {hex:?}"));
+    }
+    config
+        .map(|c| {
+            sibyl_node::replay::configured_committee_key(c).context(
+                "cannot read the committee's group key from the keystore; give it as --committee HEX",
+            )
+        })
+        .transpose()
 }
 
 /// `sibyl replay` entry point.
@@ -41,11 +69,12 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         (None, Some(c)) => c.db_path(),
         (None, None) => bail!("say which database to replay: --db FILE or --config node.toml"),
     };
+    let committee = committee_key(&args, config.as_ref())?;
     if args.from_reports {
         let config = config.context("--from-reports needs --config node.toml")?;
-        return from_reports(&db, &config);
+        return from_reports(&db, &config, committee.as_ref());
     }
-    let r = replay_db(&db)?;
+    let r = replay_db(&db, committee.as_ref())?;
     println!(
         "replayed {} inputs; {} stored events; insurance fund {} USD",
         r.inputs,
@@ -72,7 +101,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     }
 }
 
-fn from_reports(db: &std::path::Path, config: &sibyl_node::config::Config) -> Result<()> {
+fn from_reports(
+    db: &std::path::Path,
+    config: &sibyl_node::config::Config,
+    committee: Option<&sibyl_margin::CommitteeKey>,
+) -> Result<()> {
     let store = sibyl_node::store::Db::open_read_only(db)
         .with_context(|| format!("cannot open {} for replay", db.display()))?;
     let reports = complete_reports(&store)?;
@@ -85,7 +118,7 @@ fn from_reports(db: &std::path::Path, config: &sibyl_node::config::Config) -> Re
         seed: margin.demo_seed,
     });
     let started = std::time::Instant::now();
-    let mut r = replay_reports(reports, &config.committee.feeds, demo);
+    let mut r = replay_reports(reports, &config.committee.feeds, demo, committee);
     println!(
         "replayed {} signed reports (rounds up to {last}) in {:.1} s: {} engine inputs, {} ordered commands refused (as by every member); state root 0x{}",
         r.reports,
@@ -110,7 +143,7 @@ fn from_reports(db: &std::path::Path, config: &sibyl_node::config::Config) -> Re
     // brought only commands or refused prices): its root must be the
     // reports' root after one of those.
     let inputs = store.margin_inputs()?;
-    let mut own = sibyl_node::margin_svc::restore(&inputs)
+    let mut own = sibyl_node::margin_svc::restore(committee, &inputs)
         .context("the node's margin log does not replay; rebuild it from the reports")?;
     let own_root = own.engine.state_root();
     let from = own.next_round.saturating_sub(1);

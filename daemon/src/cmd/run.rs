@@ -286,6 +286,8 @@ pub async fn run_node(
             }),
             snapshot_every_rounds: margin_cfg.snapshot_every_rounds(),
             ordered_by: Some(me.index),
+            // Owners sign their commands for this committee's group key.
+            committee: sibyl_node::margin_svc::committee_key(&api_group_keys),
         },
     )
     .await

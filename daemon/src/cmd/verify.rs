@@ -522,7 +522,9 @@ mod verify_tests {
     async fn verifies_an_account_proof_against_the_signed_margin_state() {
         use sibyl_margin::{Command, Engine, Input, SignedCommand, signed::public_key};
         let owner = [5u8; 32];
+        let committee = sibyl_margin::CommitteeKey::new(vec![0xC0; 32]).unwrap();
         let mut engine = Engine::default();
+        engine.set_committee(committee.clone());
         for command in [
             Command::CreateAccount {
                 account: 5,
@@ -542,7 +544,7 @@ mod verify_tests {
         }
         // The owner's signed withdrawal moves the account's nonce to 9.
         let withdraw = r#"{"withdraw":{"account":5,"asset":"USD","amount":1000000}}"#;
-        let signed = SignedCommand::sign(&owner, 5, 9, withdraw.into());
+        let signed = SignedCommand::sign(&owner, &committee, 5, 9, withdraw.into());
         engine.apply(&Input::Signed { at_ms: 1, signed }).unwrap();
         let (state, proof, root) = engine.account_proof(5).unwrap();
         let at = sibyl_aggregator::MarginCheckpoint { round: 41, root };

@@ -23,6 +23,11 @@ use tokio::sync::{broadcast, watch};
 const TOKEN: &str = "margin-s3cret";
 const ACCOUNTS: usize = 60;
 
+/// The committee key the test node's engine is started with.
+fn committee() -> sibyl_margin::CommitteeKey {
+    sibyl_margin::CommitteeKey::new(vec![0x5A; 32]).unwrap()
+}
+
 fn feed(s: &str) -> FeedId {
     FeedId::new(s).expect("feed id")
 }
@@ -89,6 +94,7 @@ impl Node {
                 }),
                 snapshot_every_rounds: 0,
                 ordered_by: None,
+                committee: Some(committee()),
             },
         )
         .await
@@ -690,7 +696,7 @@ async fn admin_commands_apply_through_the_service_and_replay() {
 
     // The log of inputs (book, reports, commands) replays to the same events.
     let db = n.db.clone();
-    let r = tokio::task::spawn_blocking(move || replay_db(&db))
+    let r = tokio::task::spawn_blocking(move || replay_db(&db, Some(&committee())))
         .await
         .expect("join")
         .expect("replay");
@@ -1109,9 +1115,25 @@ async fn signed_commands_need_the_owners_key_not_the_token() {
         )
         .await
     };
+    // A client learns the committee key the signed bytes name from the API.
+    let signing = get(n.addr, "/v1/margin/signing").await.json();
+    assert_eq!(signing["domain"], "Sibyl margin command v2");
+    assert_eq!(signing["committee_key"], committee().to_hex());
+    let served =
+        sibyl_margin::CommitteeKey::from_hex(signing["committee_key"].as_str().unwrap()).unwrap();
     let env = |s: &[u8; 32], account, nonce, command: String| {
-        serde_json::to_string(&SignedCommand::sign(s, account, nonce, command)).unwrap()
+        serde_json::to_string(&SignedCommand::sign(s, &served, account, nonce, command)).unwrap()
     };
+    // The same owner's envelope, signed for another committee's book.
+    let elsewhere = sibyl_margin::CommitteeKey::new(vec![0x5B; 32]).unwrap();
+    let misdirected = serde_json::to_string(&SignedCommand::sign(
+        &secret,
+        &elsewhere,
+        500,
+        2,
+        withdraw(500, 1),
+    ))
+    .unwrap();
 
     // The owner's signed withdrawal applies, without any token.
     let r = post_signed(env(&secret, 500, 1, withdraw(500, 1_000_000_000))).await;
@@ -1151,6 +1173,7 @@ async fn signed_commands_need_the_owners_key_not_the_token() {
             "bad_signature",
             "owner key",
         ),
+        (misdirected, 401, "bad_signature", "owner key"),
         (
             env(
                 &secret,
@@ -1294,7 +1317,7 @@ async fn signed_commands_need_the_owners_key_not_the_token() {
     );
 
     let db = n.db.clone();
-    let r = tokio::task::spawn_blocking(move || replay_db(&db))
+    let r = tokio::task::spawn_blocking(move || replay_db(&db, Some(&committee())))
         .await
         .expect("join")
         .expect("replay");

@@ -105,12 +105,14 @@ impl Engine {
     }
 
     /// Whether `signed` would be taken now, as far as authorization goes:
-    /// its text is a command, one an owner may sign, on the envelope's
-    /// account; the account has an owner (or, for `CreateAccount`, the
-    /// command's own key is the signer); the nonce is above the account's;
-    /// the signature verifies under the owner key. Returns the command.
-    /// The command itself may still be refused (margin, balance, ...).
+    /// the engine knows its committee; the text is a command, one an owner
+    /// may sign, on the envelope's account; the account has an owner (or,
+    /// for `CreateAccount`, the command's own key is the signer); the nonce
+    /// is above the account's; the signature verifies under the owner key
+    /// for this committee. Returns the command. The command itself may
+    /// still be refused (margin, balance, ...).
     pub fn check_signed(&self, signed: &SignedCommand) -> Result<Command, EngineError> {
+        let committee = self.committee.as_ref().ok_or(EngineError::NoCommitteeKey)?;
         let cmd = signed.parse()?;
         if !cmd.signable() {
             return Err(EngineError::NotSignable { kind: cmd.kind() });
@@ -149,7 +151,7 @@ impl Engine {
                 current,
             });
         }
-        if !signed.verifies(&owner) {
+        if !signed.verifies(&owner, committee) {
             return Err(EngineError::BadSignature {
                 account: signed.account,
             });

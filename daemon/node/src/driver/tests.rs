@@ -114,6 +114,7 @@ impl Harness {
                         }),
                         snapshot_every_rounds: 0,
                         ordered_by: Some(index),
+                        committee: crate::margin_svc::committee_key(&group_keys),
                     },
                 )
                 .await
@@ -213,6 +214,11 @@ impl Harness {
     fn group_keys(&self) -> GroupKeys {
         GroupKeys::new(self.committee.digest)
             .with_ed25519(*self.keys.public_key_package.verifying_key())
+    }
+
+    /// The committee key owners sign margin commands for.
+    fn committee_key(&self) -> sibyl_margin::CommitteeKey {
+        crate::margin_svc::committee_key(&self.group_keys()).unwrap()
     }
 }
 
@@ -537,7 +543,7 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
             .enumerate()
             .map(|(i, b)| (i as u64, b.clone()))
             .collect();
-        let st = crate::margin_svc::restore(&stored).unwrap();
+        let st = crate::margin_svc::restore(Some(&h.committee_key()), &stored).unwrap();
         serde_json::to_string(&st.engine.snapshot()).unwrap()
     };
     let reference = state(&logs[0].0[..n]);
@@ -1040,7 +1046,7 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
         amount: usd(100),
     })
     .unwrap();
-    let signed = sibyl_margin::SignedCommand::sign(&owner, 9_010, 1, text);
+    let signed = sibyl_margin::SignedCommand::sign(&owner, &h.committee_key(), 9_010, 1, text);
     let m2 = h.members[&2].margin.clone().unwrap();
     let (mine, forged) = tokio::join!(
         m2.signed(signed),
@@ -1167,7 +1173,7 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
             .enumerate()
             .map(|(i, b)| (i as u64, b.clone()))
             .collect();
-        crate::margin_svc::restore(&stored)
+        crate::margin_svc::restore(Some(&h.committee_key()), &stored)
             .unwrap()
             .engine
             .state_root()
@@ -1181,7 +1187,7 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
             .enumerate()
             .map(|(i, b)| (i as u64, b.clone()))
             .collect();
-        let st = crate::margin_svc::restore(&stored).unwrap();
+        let st = crate::margin_svc::restore(Some(&h.committee_key()), &stored).unwrap();
         let a = &st.engine.state().accounts[&9_010];
         assert_eq!((a.cash, a.nonce), (usd(900), 1), "member {}", i + 1);
     }
@@ -1238,6 +1244,7 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
             accounts: 30,
             seed: 7,
         }),
+        Some(&h.committee_key()),
     );
     assert_eq!(replay.signed_state_mismatch, None);
     assert_eq!(replay.signed_states_matched as usize, carried);

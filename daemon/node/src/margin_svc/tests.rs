@@ -6,6 +6,11 @@ use std::time::Duration;
 
 const SCALE: i128 = 100_000_000;
 
+/// The committee key the test services are started with.
+fn committee() -> CommitteeKey {
+    CommitteeKey::new(vec![0xAB; 32]).unwrap()
+}
+
 fn feeds() -> Vec<FeedParams> {
     ["BTC-USD", "ETH-USD", "SOL-USD"]
         .iter()
@@ -41,6 +46,7 @@ async fn open(path: &std::path::Path, every: u64, ordered_by: Option<u16>) -> Se
             demo: None,
             snapshot_every_rounds: every,
             ordered_by,
+            committee: Some(committee()),
         },
     )
     .await
@@ -159,7 +165,7 @@ async fn service_db_replays_identically_and_tampering_is_found() {
 
     let r = tokio::task::spawn_blocking({
         let path = path.clone();
-        move || replay_db(&path)
+        move || replay_db(&path, Some(&committee()))
     })
     .await
     .expect("join")
@@ -202,7 +208,7 @@ async fn service_db_replays_identically_and_tampering_is_found() {
     )
     .expect("tamper");
     drop(conn);
-    let r = replay_db(&path).expect("replay");
+    let r = replay_db(&path, Some(&committee())).expect("replay");
     let d = r.divergence.expect("divergence");
     assert_eq!(d.seq, target as u64);
     assert_eq!(d.expected.as_deref(), Some(v.to_string().as_str()));
@@ -226,7 +232,7 @@ async fn service_restores_its_engine_from_the_store() {
     })
     .await
     .expect("create");
-    let r = tokio::task::spawn_blocking(move || replay_db(&path))
+    let r = tokio::task::spawn_blocking(move || replay_db(&path, Some(&committee())))
         .await
         .expect("join")
         .expect("replay");
@@ -254,7 +260,7 @@ async fn restart_from_snapshot_equals_full_replay() {
         .write(|db| db.margin_inputs())
         .await
         .expect("inputs");
-    let mut full = restore(&all).expect("full replay");
+    let mut full = restore(Some(&committee()), &all).expect("full replay");
     let (_tx, rx) = broadcast::channel(4);
     let (_stx, srx) = watch::channel(false);
     let h = start(&store, feeds(), rx, srx).await.expect("restart");
@@ -277,7 +283,7 @@ async fn restart_from_snapshot_equals_full_replay() {
     })
     .await
     .expect("create");
-    let r = tokio::task::spawn_blocking(move || replay_db(&path))
+    let r = tokio::task::spawn_blocking(move || replay_db(&path, Some(&committee())))
         .await
         .expect("join")
         .expect("replay");
@@ -519,14 +525,23 @@ async fn a_signed_command_offered_and_ordered_applies() {
         .unwrap()
     };
     // Refused before offering: a wrong key, then (below) a stale nonce.
-    let wrong = SignedCommand::sign(&[6u8; 32], 40, 1, withdraw(1));
+    assert_eq!(h.committee(), Some(committee()));
+    let wrong = SignedCommand::sign(&[6u8; 32], &committee(), 40, 1, withdraw(1));
     let err = h.signed(wrong).await.unwrap_err();
     assert!(
         matches!(err, MarginError::Engine(EngineError::BadSignature { .. })),
         "{err}"
     );
+    // The owner's key, but signed for another committee's book.
+    let elsewhere = CommitteeKey::new(vec![0xAB; 33]).unwrap();
+    let misdirected = SignedCommand::sign(&secret, &elsewhere, 40, 3, withdraw(1));
+    let err = h.signed(misdirected).await.unwrap_err();
+    assert!(
+        matches!(err, MarginError::Engine(EngineError::BadSignature { .. })),
+        "{err}"
+    );
     assert!(offers.borrow_and_update().is_empty());
-    let env = SignedCommand::sign(&secret, 40, 3, withdraw(250_000_000));
+    let env = SignedCommand::sign(&secret, &committee(), 40, 3, withdraw(250_000_000));
     let h2 = h.clone();
     let env2 = env.clone();
     let answer = tokio::spawn(async move { h2.signed(env2).await });
@@ -592,6 +607,19 @@ async fn a_signed_command_offered_and_ordered_applies() {
         rows.iter().any(|(_, b)| b.starts_with(r#"{"signed":"#)),
         "{rows:?}"
     );
-    let replayed = restore(&rows).unwrap();
+    let replayed = restore(Some(&committee()), &rows).unwrap();
     assert_eq!(replayed.engine.snapshot(), h.read().engine.snapshot());
+    // The log does not hold the committee key: restored without it, the
+    // signed input is refused rather than taken unchecked.
+    let err = restore(None, &rows).err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            MarginError::RestoreRefused {
+                error: EngineError::NoCommitteeKey,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
