@@ -301,7 +301,7 @@ pub enum EngineError {
     /// The engine was given no committee key, so an owner's signature (which
     /// names the committee) cannot be checked.
     #[error(
-        "this margin engine has no committee key, so it cannot check an owner's signature (the signed bytes name the committee's group key): a node sets it from its keystore at start; give `sibyl replay` the node's --config or --committee"
+        "this margin engine has no committee key, so it cannot check an owner's signature (the signed bytes name the committee's group key): a node sets it from its keystore at start; give `sibyl replay` the node's --config or --group-key"
     )]
     NoCommitteeKey,
     /// Bytes that cannot be a committee's group key.

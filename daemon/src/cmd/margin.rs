@@ -33,9 +33,9 @@ pub enum MarginCommand {
     /// Sign a margin command with an owner's key; prints the envelope JSON
     /// for `POST /v1/margin/signed`.
     #[command(
-        after_help = "Example:\n  sibyl margin sign --key owner.key --node http://127.0.0.1:8080 --account 40 --nonce 1 \\\n      '{\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}' \\\n    | curl -s -d @- http://127.0.0.1:8080/v1/margin/signed\n\nThe command is the engine's JSON (integer amounts: USD with 6 decimals, sizes and prices with 8), signed exactly as given. The nonce must be above the account's (GET /v1/margin/accounts/{id} shows it). The signature names the committee (its group public key: --committee HEX, or --node URL to read it from GET /v1/margin/signing), so it is refused on any other committee's book."
+        after_help = "Example:\n  sibyl margin sign --key owner.key --node http://127.0.0.1:8080 --account 40 --nonce 1 \\\n      '{\"withdraw\":{\"account\":40,\"asset\":\"USD\",\"amount\":250000000}}' \\\n    | curl -s -d @- http://127.0.0.1:8080/v1/margin/signed\n\nThe command is the engine's JSON (integer amounts: USD with 6 decimals, sizes and prices with 8), signed exactly as given. The nonce must be above the account's (GET /v1/margin/accounts/{id} shows it). The signature names the committee (its group public key: --group-key HEX, or --node URL to read it from GET /v1/margin/signing), so it is refused on any other committee's book."
     )]
-    #[command(group(clap::ArgGroup::new("committee_source").required(true).args(["committee", "node"])))]
+    #[command(group(clap::ArgGroup::new("committee_source").required(true).args(["group_key", "node"])))]
     Sign {
         /// The secret key file `sibyl margin keygen` wrote.
         #[arg(long)]
@@ -47,11 +47,12 @@ pub enum MarginCommand {
         #[arg(long)]
         nonce: u64,
         /// The committee's group public key (hex: 32 bytes for Ed25519, 33
-        /// for secp256k1-evm), as `GET /v1/margin/signing` shows it.
+        /// for secp256k1-evm), as `GET /v1/margin/signing` shows it
+        /// (`committee_key`) and `sibyl verify --group-key` takes it.
         #[arg(long)]
-        committee: Option<String>,
+        group_key: Option<String>,
         /// A member's API to read the committee key from
-        /// (`GET /v1/margin/signing`) instead of `--committee`.
+        /// (`GET /v1/margin/signing`) instead of `--group-key`.
         #[arg(long)]
         node: Option<String>,
         /// The command's JSON text.
@@ -74,14 +75,14 @@ pub fn run(args: MarginArgs) -> anyhow::Result<()> {
             key,
             account,
             nonce,
-            committee,
+            group_key,
             node,
             command,
         } => {
-            let committee = match (committee, node) {
+            let committee = match (group_key, node) {
                 (Some(hex), _) => parse_committee(&hex)?,
                 (None, Some(url)) => fetch_committee(&url)?,
-                (None, None) => bail!("say which committee signs: --committee HEX or --node URL"),
+                (None, None) => bail!("say which committee signs: --group-key HEX or --node URL"),
             };
             let env = sign(&read_secret(&key)?, &committee, account, nonce, command)?;
             println!("{}", serde_json::to_string(&env)?);
@@ -130,24 +131,26 @@ pub fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
 /// A committee's group public key from hex: 32 bytes that are an Ed25519
 /// point or 33 that are a compressed secp256k1 point.
 pub fn parse_committee(hex: &str) -> anyhow::Result<CommitteeKey> {
+    committee_from(&format!("--group-key {hex:?}"), hex)
+}
+
+/// [`parse_committee`], its errors naming the key `what`.
+fn committee_from(what: &str, hex: &str) -> anyhow::Result<CommitteeKey> {
     use sibyl_aggregator::{ConfigDigest, Suite, verify::GroupKeys};
     let explain = "a committee's group public key is 32 bytes (Ed25519) or 33 (secp256k1-evm, compressed) as hex; GET /v1/margin/signing on a member's API shows it as `committee_key`";
-    let key = CommitteeKey::from_hex(hex)
-        .map_err(|e| anyhow::anyhow!("--committee {hex:?}: {e}; {explain}"))?;
+    let key = CommitteeKey::from_hex(hex).map_err(|e| anyhow::anyhow!("{what}: {e}; {explain}"))?;
     let suite = match key.as_bytes().len() {
         32 => Suite::Ed25519,
         33 => Suite::Secp256k1Evm,
-        n => bail!("--committee {hex:?} is {n} bytes; {explain}"),
+        n => bail!("{what} is {n} bytes; {explain}"),
     };
     let keys = GroupKeys::new(ConfigDigest([0; 32]))
         .with_key_bytes(suite, key.as_bytes())
-        .map_err(|e| anyhow::anyhow!("--committee {hex:?}: {e}; {explain}"))?;
+        .map_err(|e| anyhow::anyhow!("{what}: {e}; {explain}"))?;
     // The engine signs over the key as its committee serializes it: another
     // encoding of the same point would sign other bytes.
     if sibyl_node::margin_svc::committee_key(&keys).as_ref() != Some(&key) {
-        bail!(
-            "--committee {hex:?} is not in its suite's canonical (compressed) encoding; {explain}"
-        );
+        bail!("{what} is not in its suite's canonical (compressed) encoding; {explain}");
     }
     Ok(key)
 }
@@ -168,7 +171,10 @@ fn fetch_committee(node: &str) -> anyhow::Result<CommitteeKey> {
     let body = rt.block_on(crate::cmd::verify::fetch(&url))?;
     let signing: Signing = serde_json::from_slice(&body)
         .with_context(|| format!("{url} did not answer with a committee key"))?;
-    parse_committee(&signing.committee_key).with_context(|| format!("the key {url} served"))
+    committee_from(
+        &format!("the committee key {url} served"),
+        &signing.committee_key,
+    )
 }
 
 /// Signs `command` for `committee` after checking what the engine would
@@ -289,7 +295,7 @@ mod tests {
         );
     }
 
-    /// `--committee` takes an Ed25519 or a compressed secp256k1 group key
+    /// `--group-key` takes an Ed25519 or a compressed secp256k1 group key
     /// and says what is wrong with anything else; an envelope signed for one
     /// committee is refused by an engine of another.
     #[test]
@@ -340,5 +346,75 @@ mod tests {
         let mut on_a = Engine::default();
         on_a.set_committee(a);
         on_a.apply_signed(1, &env).unwrap();
+    }
+
+    /// `sign` needs the committee: exactly one of `--group-key` and `--node`.
+    #[test]
+    fn sign_requires_one_source_of_the_committee_key() {
+        use clap::Parser;
+        let base = [
+            "sibyl",
+            "margin",
+            "sign",
+            "--key",
+            "k",
+            "--account",
+            "1",
+            "--nonce",
+            "1",
+            "{}",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args: Vec<&str> = base.to_vec();
+            args.splice(3..3, extra.iter().copied());
+            crate::cli::Cli::try_parse_from(args)
+        };
+        let err = with(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("--group-key") && err.contains("--node"),
+            "{err}"
+        );
+        assert!(with(&["--group-key", "00"]).is_ok());
+        assert!(with(&["--node", "http://127.0.0.1:1"]).is_ok());
+        assert!(with(&["--group-key", "00", "--node", "http://x"]).is_err());
+    }
+
+    /// `--node` reads `committee_key` from `GET /v1/margin/signing` and
+    /// checks it like `--group-key`.
+    #[test]
+    fn node_reads_the_committee_key_from_the_signing_route() {
+        use std::io::{BufRead, BufReader};
+        let ed = hex_bytes::encode(&public_key(&[3; 32]));
+        let serve = |body: String| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&conn).read_line(&mut line).unwrap();
+                write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                line
+            });
+            (format!("http://{addr}/"), server)
+        };
+        let (url, server) = serve(format!(
+            r#"{{"domain":"Sibyl margin command v2","committee_key":"{ed}","signed_bytes":""}}"#
+        ));
+        let key = fetch_committee(&url).unwrap();
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("GET /v1/margin/signing ")
+        );
+        assert_eq!(key.to_hex(), ed);
+        let (url, _server) = serve(r#"{"committee_key":"abcd"}"#.into());
+        let err = format!("{:#}", fetch_committee(&url).unwrap_err());
+        assert!(err.contains("served is 2 bytes"), "{err}");
     }
 }

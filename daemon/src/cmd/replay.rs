@@ -10,7 +10,7 @@
 //!
 //! Owners' signed commands name the committee's group key, so a replay that
 //! meets one needs it: from the member's keystore with `--config`, or given
-//! as `--committee HEX`.
+//! as `--group-key HEX`.
 
 use anyhow::{Context, Result, bail};
 use sibyl_node::replay::{complete_reports, replay_db, replay_reports};
@@ -35,23 +35,21 @@ pub struct ReplayArgs {
     /// margin commands for; by default, with `--config`, read from the
     /// member's keystore.
     #[arg(long)]
-    pub committee: Option<String>,
+    pub group_key: Option<String>,
 }
 
-/// The committee key: `--committee`, else the keystore's with `--config`.
+/// The committee key: `--group-key`, else the keystore's with `--config`.
 fn committee_key(
     args: &ReplayArgs,
     config: Option<&sibyl_node::config::Config>,
 ) -> Result<Option<sibyl_margin::CommitteeKey>> {
-    if let Some(hex) = &args.committee {
-        return sibyl_margin::CommitteeKey::from_hex(hex)
-            .map(Some)
-            .with_context(|| format!("--committee {hex:?}"));
+    if let Some(hex) = &args.group_key {
+        return crate::cmd::margin::parse_committee(hex).map(Some);
     }
     config
         .map(|c| {
             sibyl_node::replay::configured_committee_key(c).context(
-                "cannot read the committee's group key from the keystore; give it as --committee HEX",
+                "cannot read the committee's group key from the keystore; give it as --group-key HEX",
             )
         })
         .transpose()
