@@ -655,3 +655,37 @@ fn refresh_every_is_a_duration_of_at_least_ten_seconds() {
     let p = write_pair(&d, &format!("{base}refresh_every = \"daily\"\n"));
     assert!(Config::load(&p).is_err());
 }
+
+/// `sibyl replay --config` finds the committee key in the member's keystore:
+/// its first suite's group key, as the running node derives it; a keystore
+/// without the public key package is an error, not a silent `None`.
+#[test]
+fn the_committee_key_is_read_from_the_keystore() {
+    let d = tempdir("committee-key");
+    let p = write_pair(
+        &d,
+        "[node]\ncommittee = \"committee.toml\"\n\n[keys]\npassphrase_env = \"SIBYL_TEST_PASS_UNSET\"\n",
+    );
+    let c = Config::load(&p).expect("valid");
+    let err = crate::replay::configured_committee_key(&c).unwrap_err();
+    assert!(format!("{err:#}").contains("frost"), "{err:#}");
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(5);
+    let (_, pkp) = frost_ed25519::keys::generate_with_dealer(
+        4,
+        3,
+        frost_ed25519::keys::IdentifierList::Default,
+        &mut rng,
+    )
+    .unwrap();
+    c.keystore()
+        .write_public_key_package(&c.committee.digest, &pkp)
+        .unwrap();
+    let want = crate::margin_svc::committee_key(
+        &sibyl_aggregator::verify::GroupKeys::new(c.committee.digest)
+            .with_ed25519(*pkp.verifying_key()),
+    )
+    .unwrap();
+    assert_eq!(want.as_bytes(), pkp.verifying_key().serialize().unwrap());
+    assert_eq!(crate::replay::configured_committee_key(&c).unwrap(), want);
+    let _ = std::fs::remove_dir_all(&d);
+}

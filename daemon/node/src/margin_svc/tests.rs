@@ -623,3 +623,34 @@ async fn a_signed_command_offered_and_ordered_applies() {
         "{err}"
     );
 }
+
+/// The committee key is the first suite's group key: Ed25519's when the
+/// committee signs with both suites, secp256k1's (33 bytes) when only with
+/// it, none without a group key.
+#[test]
+fn the_committee_key_is_the_first_suites_group_key() {
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(9);
+    let (_, ed) = frost_ed25519::keys::generate_with_dealer(
+        3,
+        2,
+        frost_ed25519::keys::IdentifierList::Default,
+        &mut rng,
+    )
+    .unwrap();
+    let (_, secp) = frost_secp256k1_evm::keys::generate_with_dealer(
+        3,
+        2,
+        frost_secp256k1_evm::keys::IdentifierList::Default,
+        &mut rng,
+    )
+    .unwrap();
+    let none = GroupKeys::new(ConfigDigest([1; 32]));
+    assert_eq!(committee_key(&none), None);
+    let only_secp = none.clone().with_secp256k1_evm(*secp.verifying_key());
+    let k = committee_key(&only_secp).unwrap();
+    assert_eq!(k.as_bytes(), secp.verifying_key().serialize().unwrap());
+    assert_eq!(k.as_bytes().len(), 33);
+    let both = only_secp.with_ed25519(*ed.verifying_key());
+    let k = committee_key(&both).unwrap();
+    assert_eq!(k.as_bytes(), ed.verifying_key().serialize().unwrap());
+}
