@@ -86,6 +86,7 @@ fn devnet_seeds_a_book_that_liquidates_and_replays_exactly() {
         });
     }
     let proven = ordered_commands_and_a_proof_across_members(&file);
+    owner_signed_commands_across_members(&file, dir.path());
 
     let risk = json(&format!("{api}/v1/margin/at-risk?limit=5")).expect("at-risk");
     let units = risk["units"].as_array().expect("units");
@@ -229,6 +230,95 @@ fn ordered_commands_and_a_proof_across_members(file: &DevnetFile) -> String {
         "ordered commands answered in {took:?} ms (sent to members 1, 2, 3, 4, 2, 4); {:.1} s with the proofs",
         t0.elapsed().as_secs_f64()
     )
+}
+
+/// `curl -X POST` of a JSON body without any token: (HTTP status, body).
+fn post_without_token(url: &str, body: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", "content-type: application/json", "-d", body])
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// An account with an owner key, with real processes: `sibyl margin keygen`
+/// makes the key, the account is created with it at member 1, the owner's
+/// withdrawal is signed by `sibyl margin sign --node` (which reads the
+/// committee key from member 2) and sent without a token to member 3; the
+/// operator's own unsigned withdrawal and a replay of the envelope are
+/// refused, and every member ends with the same balance and nonce, which
+/// a proof from member 3 verifies against member 1's signed report.
+fn owner_signed_commands_across_members(file: &DevnetFile, dir: &std::path::Path) {
+    const ACCOUNT: u64 = 9003;
+    let key = dir.join("owner.key");
+    let out = common::sibyl()
+        .args(["margin", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .expect("sibyl margin keygen");
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "keygen: {printed}");
+    let owner = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("owner = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no owner key in {printed}"))
+        .to_string();
+    let (code, text) = admin_post(
+        file,
+        0,
+        "/v1/margin/accounts",
+        &format!(r#"{{"account": {ACCOUNT}, "owner": "{owner}"}}"#),
+    );
+    assert_eq!(code, 201, "{text}");
+    let deposit = format!("/v1/margin/accounts/{ACCOUNT}/deposit");
+    let (code, text) = admin_post(file, 1, &deposit, r#"{"amount": "10000"}"#);
+    assert_eq!(code, 200, "{text}");
+    // The operator may credit the account but not take from it.
+    let withdraw = format!("/v1/margin/accounts/{ACCOUNT}/withdraw");
+    let (code, text) = admin_post(file, 0, &withdraw, r#"{"amount": "10"}"#);
+    assert_eq!(
+        code, 403,
+        "the operator withdrew from an owned account: {text}"
+    );
+    assert!(text.contains("unauthorized"), "{text}");
+    // The owner signs 2,500 USD out (engine integers: 6 decimals).
+    let command =
+        format!(r#"{{"withdraw":{{"account":{ACCOUNT},"asset":"USD","amount":2500000000}}}}"#);
+    let out = common::sibyl()
+        .args(["margin", "sign", "--key"])
+        .arg(&key)
+        .args(["--account", &ACCOUNT.to_string(), "--nonce", "1"])
+        .args(["--node", &file.members[1].api_url])
+        .arg(&command)
+        .output()
+        .expect("sibyl margin sign");
+    let envelope = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "sign: {envelope}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed = format!("{}/v1/margin/signed", file.members[2].api_url);
+    let (code, text) = post_without_token(&signed, &envelope);
+    assert_eq!(code, 200, "the owner's signed withdrawal: {text}");
+    // The same envelope again, at another member: a replay.
+    let again = format!("{}/v1/margin/signed", file.members[3].api_url);
+    let (code, text) = post_without_token(&again, &envelope);
+    assert_eq!(code, 409, "a replayed envelope: {text}");
+    for m in &file.members {
+        common::wait_for("the owner's withdrawal at every member", 30, || {
+            json(&format!("{}/v1/margin/accounts/{ACCOUNT}", m.api_url))
+                .is_some_and(|v| v["cash"] == "7500000000" && v["nonce"] == 1)
+        });
+        let a = json(&format!("{}/v1/margin/accounts/{ACCOUNT}", m.api_url)).expect("account");
+        assert_eq!(a["owner"], owner.as_str(), "member {}: {a}", m.index);
+    }
+    verify_proof_with_report_from(file, ACCOUNT, 2, 0);
 }
 
 /// Member `prover`'s proof of `account`, with the signed report that carries
