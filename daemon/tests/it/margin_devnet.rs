@@ -141,12 +141,15 @@ fn devnet_seeds_a_book_that_liquidates_and_replays_exactly() {
         }
     }
 
-    // Every member's stored inputs replay to exactly its stored events.
+    // Every member's stored inputs replay to exactly its stored events (the
+    // owner's signed withdrawal among them, checked against the committee's
+    // group key).
     for m in &file.members {
         let out = common::sibyl()
             .arg("replay")
             .arg("--db")
             .arg(&m.db)
+            .args(["--group-key", &file.group_key])
             .output()
             .expect("sibyl replay");
         let stdout = String::from_utf8_lossy(&out.stdout);
