@@ -551,40 +551,113 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
         // by a guard, and every unit with positions between maintenance and
         // initial is in margin call (and none above initial), after every
         // report, whichever price moved it.
-        let st = e.state();
-        for (id, unit, h, has) in units(&e) {
-            let key = (id, unit.clone());
-            if h.equity < h.maintenance || h.equity < 0 {
-                prop_assert!(
-                    st.deferred.contains(&key),
-                    "unit {:?} below maintenance and not deferred: {:?}",
-                    key,
-                    h
-                );
-            } else {
-                // Called below initial, cleared at initial plus the buffer
-                // (between the two either is right, by history).
-                let buffer = st.risk.margin_call_clear_buffer_ppm as i128;
-                let clear_at =
-                    h.initial + ((h.initial - h.maintenance).max(0) * buffer + 999_999) / 1_000_000;
-                let called = st.margin_calls.contains(&key);
-                prop_assert!(
-                    !(has && h.equity < h.initial) || called,
-                    "unit {:?} below initial and not in margin call: {:?}",
-                    key,
-                    h
-                );
-                prop_assert!(
-                    !called || (has && h.equity < clear_at),
-                    "unit {:?} in margin call at or above the clearing level {}: {:?}",
-                    key,
-                    clear_at,
-                    h
-                );
+        index_missed_nobody(&e)?;
+    }
+    Ok(bytes)
+}
+
+/// Every unit below maintenance is deferred by a guard; every unit with
+/// positions below initial is in margin call, and none in margin call is
+/// at or above its clearing level.
+fn index_missed_nobody(e: &Engine) -> Result<(), TestCaseError> {
+    let st = e.state();
+    for (id, unit, h, has) in units(e) {
+        let key = (id, unit.clone());
+        if h.equity < h.maintenance || h.equity < 0 {
+            prop_assert!(
+                st.deferred.contains(&key),
+                "unit {:?} below maintenance and not deferred: {:?}",
+                key,
+                h
+            );
+        } else {
+            // Called below initial, cleared at initial plus the buffer
+            // (between the two either is right, by history).
+            let buffer = st.risk.margin_call_clear_buffer_ppm as i128;
+            let clear_at =
+                h.initial + ((h.initial - h.maintenance).max(0) * buffer + 999_999) / 1_000_000;
+            let called = st.margin_calls.contains(&key);
+            prop_assert!(
+                !(has && h.equity < h.initial) || called,
+                "unit {:?} below initial and not in margin call: {:?}",
+                key,
+                h
+            );
+            prop_assert!(
+                !called || (has && h.equity < clear_at),
+                "unit {:?} in margin call at or above the clearing level {}: {:?}",
+                key,
+                clear_at,
+                h
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The engine after one more report that moves only `feed`, to `price`, at
+/// the same time (no decay) with the feed's other leaf fields unchanged.
+fn moved(e: &Engine, feed: &str, price: i128) -> Option<Engine> {
+    let last = e.state().feeds.get(feed)?.last.clone()?;
+    let mut next = e.clone();
+    next.apply_report(&PriceReport {
+        round: last.round + 1,
+        timestamp_ms: e.now_ms(),
+        prices: vec![PriceInput {
+            feed: feed.to_string(),
+            price,
+            decimals: 8,
+            confidence: u128::try_from(last.confidence).ok()?,
+            status: last.status,
+            flags: last.flags,
+            ema: last.ema,
+            volatility: last.volatility,
+            ..PriceInput::default()
+        }],
+    })
+    .ok()?;
+    Some(next)
+}
+
+/// Each price band edge the index holds, moved to from inside: the unit
+/// stays unexamined there, so its recorded class must still be right (a
+/// band one step too wide shows up as a unit below maintenance or initial
+/// that nobody examined). The exhaustive-reference tests only catch a band
+/// that is too wide where a random price path happens to land.
+fn band_edges_hold(e: &Engine) -> Result<usize, TestCaseError> {
+    let mut checked = 0;
+    for entry in e.index_entries() {
+        for (feed, lo, hi) in &entry.bands {
+            if !e.state().feeds.contains_key(feed) || hi - lo <= 2 {
+                continue;
+            }
+            // The inner edges, and points between them (a band proven in
+            // steps must hold between the steps too).
+            let (lo, hi) = (*lo, *hi);
+            for price in [
+                lo + 1,
+                lo + (hi - lo) / 4,
+                lo + (hi - lo) / 2,
+                hi - (hi - lo) / 4,
+                hi - 1,
+            ] {
+                if price <= 0 {
+                    continue;
+                }
+                let Some(next) = moved(e, feed, price) else {
+                    continue;
+                };
+                index_missed_nobody(&next).map_err(|err| {
+                    TestCaseError::fail(format!(
+                        "{feed} moved to {price} inside the band [{lo}, {hi}] of account {} {:?}: {err}",
+                        entry.account, entry.unit
+                    ))
+                })?;
+                checked += 1;
             }
         }
     }
-    Ok(bytes)
+    Ok(checked)
 }
 
 /// Every event, margin calls included (the bands keep units on one side of
@@ -678,6 +751,24 @@ proptest! {
         // Determinism: a second run gives the same bytes.
         let b = run_checked(&inputs)?;
         prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn every_band_edge_holds_from_inside(
+        jump in prop::sample::select(vec![150_000u32, 10_000_000]),
+        expiry_days in 1u64..=20,
+        cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
+        eth in prop::collection::vec(0i128..=50 * Q, 8),
+        trades in prop::collection::vec(trade(), 4..30),
+        steps in prop::collection::vec(step(), 1..8),
+    ) {
+        let inputs = inputs(jump, expiry_days, &cash, &eth, &trades, &steps);
+        let mut e = Engine::default();
+        for input in &inputs {
+            if e.apply(input).is_ok() && matches!(input, Input::Prices(_)) {
+                band_edges_hold(&e)?;
+            }
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ const LIM: i128 = 1 << 60;
 /// Most next-bucket grid points computed after one report.
 const MAX_PREFILL: usize = 64;
 /// Probes per band side.
-const MAX_PROBES: usize = 24;
+const MAX_PROBES: usize = 12;
 
 /// Option values on the price grid for the current time bucket. A cache of
 /// a pure function of the state: it never changes a result, only its cost.
@@ -156,6 +156,18 @@ fn ovf(_: ()) -> EngineError {
 
 fn add_(a: i128, b: i128) -> Result<i128, EngineError> {
     a.checked_add(b).ok_or(()).map_err(ovf)
+}
+
+/// What whole-ppm rates can add to a linear requirement between two
+/// prices inside a band (notional up to 1.5 times `n`): the size growth is
+/// floored and the concentration add-on ceiled to whole ppm, so the rate
+/// steps by up to 2 ppm off the smooth rate the slope bound `L` covers, and
+/// the requirement by up to 2 ppm of the notional plus its own rounding, at
+/// either end. Found by the band-edge property test: a short perpetual
+/// with size growth, 48 units below initial at its band's inner edge.
+pub(super) fn rate_rounding(n: i128) -> Result<i128, EngineError> {
+    let n_max = n.abs().saturating_mul(3) / 2;
+    Ok(2 * (2 * (n_max / PPM + 1) + 1))
 }
 
 /// Collateral and linear legs of a part at price `q`, with the engine's own
@@ -471,6 +483,9 @@ impl Engine {
             });
             // Rounding of marks, values and requirements between probes.
             slack = add(slack, 16 + 8 * (p.size.abs() / VALUE_DIVISOR + 1), "slack")?;
+            if let LegKind::Linear(_) = kind {
+                slack = add(slack, rate_rounding(value(p.size, mark.price)?)?, "slack")?;
+            }
         }
         if *unit == Unit::Cross {
             for (a, q) in &acct.collateral {
@@ -628,18 +643,18 @@ impl Engine {
             for (e, dir) in edges.iter_mut().zip([1i128, -1]) {
                 // First probe: the grid point at or behind p0 must prove p0.
                 let mut g = gran(est);
-                let (mut last, mut edge) = loop {
+                let (mut last, mut edge, mut m_last) = loop {
                     let q = snap(p0, g, dir);
                     let m = mu(q)?;
                     if m >= 0 {
                         let edge = q.saturating_add(dir * reach(m)?);
                         if dir * (edge - p0) >= 0 {
-                            break (q, edge);
+                            break (q, edge, m);
                         }
                     }
                     if g == step {
                         proven = false;
-                        break (p0, p0);
+                        break (p0, p0, 0);
                     }
                     g = step;
                 };
@@ -650,6 +665,32 @@ impl Engine {
                     if dir * (edge - p0) >= cap {
                         break;
                     }
+                    // Ahead: a probe past the edge, about the last probe's
+                    // reach beyond it. |dh/dp| <= L holds on both sides
+                    // of a probe, so a probe with margin m proves every
+                    // price within m / L of it, behind as well as ahead:
+                    // when that reaches back to the edge, the proven range
+                    // grows by twice the reach (the margin is mostly flat
+                    // and L several times the real slope, so this is the
+                    // usual case). A reach shorter than the grid step
+                    // tries the next grid point instead of stalling.
+                    let r = reach(m_last)?;
+                    let mut ahead = snap(edge.saturating_add(dir * r), gran(r.max(1)), dir);
+                    if dir * (ahead - edge) <= 0 {
+                        ahead = snap(edge, step, dir).saturating_add(dir * step);
+                    }
+                    let m = mu(ahead)?;
+                    if m >= 0 {
+                        let back = reach(m)?;
+                        if dir * (ahead.saturating_sub(dir * back) - edge) <= 0 {
+                            edge = ahead.saturating_add(dir * back);
+                            last = ahead;
+                            m_last = m;
+                            continue;
+                        }
+                    }
+                    // Otherwise the probe at the edge, snapped back to the
+                    // grid: it proves forward from inside the proven range.
                     let q = snap(edge, gran((edge - last).abs()), dir);
                     if dir * (q - last) <= 0 {
                         break;
@@ -663,6 +704,7 @@ impl Engine {
                         edge = next;
                     }
                     last = q;
+                    m_last = m;
                 }
                 *e = edge;
             }

@@ -311,6 +311,8 @@ impl Engine {
         let mut sens: BTreeMap<String, i128> = BTreeMap::new();
         let mut theta_money = 0i128;
         let mut count = 0i128;
+        // Whole-ppm rate steps of linear requirements (`rate_rounding`).
+        let mut rounding = 0i128;
         // Feeds pricing collateral: their EMA moves it too.
         let mut ema_feeds: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for (m, p) in &positions {
@@ -347,6 +349,11 @@ impl Engine {
                             feed: ms.config.feed.clone(),
                         }
                     })?;
+                    rounding = add(
+                        rounding,
+                        super::bands::rate_rounding(value(p.size, mark.price)?)?,
+                        "rounding",
+                    )?;
                     linear_sensitivity_ppm(&ms.config, fs, p.size, mark.price, req)?
                 };
             let s = mul_div_ceil(p.size.abs(), k, PPM, "sensitivity")?;
@@ -397,7 +404,10 @@ impl Engine {
         } else {
             (None, 0)
         };
-        let headroom = dist.saturating_sub(4 * count + 8).saturating_sub(reserve);
+        let headroom = dist
+            .saturating_sub(4 * count + 8)
+            .saturating_sub(rounding)
+            .saturating_sub(reserve);
         let mut exposure = 0i128;
         let mut prices = Vec::new();
         for (f, s) in &sens {
