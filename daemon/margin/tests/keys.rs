@@ -62,17 +62,18 @@ fn engine() -> Engine {
     for (account, owner) in [(1, Some(public_key(&OWNER))), (2, None)] {
         e.apply_command(T0 + 1_000, &Command::CreateAccount { account, owner })
             .unwrap();
-        e.apply_command(
-            T0 + 1_000,
-            &Command::Deposit {
-                account,
-                asset: "USD".into(),
-                amount: 10_000 * M,
-            },
-        )
-        .unwrap();
+        e.apply_command(T0 + 1_000, &deposit(account, 10_000 * M))
+            .unwrap();
     }
     e
+}
+
+fn deposit(account: u64, amount: i128) -> Command {
+    Command::Deposit {
+        account,
+        asset: "USD".into(),
+        amount,
+    }
 }
 
 fn withdraw(account: u64, amount: i128) -> Command {
@@ -198,12 +199,7 @@ fn forged_replayed_and_misdirected_signed_commands_are_refused_with_nothing_chan
         );
     }
     // A signed deposit (money from outside: an operator command).
-    let deposit = Command::Deposit {
-        account: 1,
-        asset: "USD".into(),
-        amount: M,
-    };
-    let env = signed(&OWNER, 1, 6, &deposit);
+    let env = signed(&OWNER, 1, 6, &deposit(1, M));
     refused_unchanged(
         &mut e,
         |e| e.apply_signed(T0 + 3_000, &env),
@@ -289,15 +285,7 @@ fn the_operator_cannot_move_an_owned_account_but_deposits_into_it() {
         );
     }
     // Money arriving from outside is still the operator's to credit.
-    e.apply_command(
-        T0 + 2_000,
-        &Command::Deposit {
-            account: 1,
-            asset: "USD".into(),
-            amount: M,
-        },
-    )
-    .unwrap();
+    e.apply_command(T0 + 2_000, &deposit(1, M)).unwrap();
     // The operator-managed account behaves as before: its withdrawal and
     // trade apply unsigned.
     e.apply_command(T0 + 2_000, &withdraw(2, M)).unwrap();
@@ -496,15 +484,7 @@ fn owner_and_nonce_are_under_the_state_root() {
     let root = e.state_root();
     e.apply_signed(T0 + 2_000, &signed(&OWNER, 1, 5, &withdraw(1, M)))
         .unwrap();
-    e.apply_command(
-        T0 + 2_000,
-        &Command::Deposit {
-            account: 1,
-            asset: "USD".into(),
-            amount: M,
-        },
-    )
-    .unwrap();
+    e.apply_command(T0 + 2_000, &deposit(1, M)).unwrap();
     let (state, proof, root2) = e.account_proof(1).unwrap();
     assert_ne!(root2, root);
     assert_eq!(
