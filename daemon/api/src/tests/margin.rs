@@ -196,6 +196,19 @@ impl Node {
             .expect("inputs")
             .len() as u64
     }
+
+    /// The stored log of inputs replayed (`replay_db`): it must give the
+    /// same events, and every stored input.
+    async fn replayed(&self) -> sibyl_node::replay::ReplayReport {
+        let db = self.db.clone();
+        let r = tokio::task::spawn_blocking(move || replay_db(&db, Some(&committee())))
+            .await
+            .expect("join")
+            .expect("replay");
+        assert_eq!(r.divergence, None);
+        assert_eq!(r.inputs, self.stored_inputs());
+        r
+    }
 }
 
 /// A fixed-point value as every route renders it: a string of digits.
@@ -695,13 +708,7 @@ async fn admin_commands_apply_through_the_service_and_replay() {
     );
 
     // The log of inputs (book, reports, commands) replays to the same events.
-    let db = n.db.clone();
-    let r = tokio::task::spawn_blocking(move || replay_db(&db, Some(&committee())))
-        .await
-        .expect("join")
-        .expect("replay");
-    assert_eq!(r.divergence, None);
-    assert_eq!(r.inputs, n.stored_inputs());
+    let r = n.replayed().await;
     assert_eq!(r.insurance_fund, n.margin.read().engine.insurance_fund());
 }
 
@@ -1316,11 +1323,5 @@ async fn signed_commands_need_the_owners_key_not_the_token() {
         (Some(public_key(&secret)), 1)
     );
 
-    let db = n.db.clone();
-    let r = tokio::task::spawn_blocking(move || replay_db(&db, Some(&committee())))
-        .await
-        .expect("join")
-        .expect("replay");
-    assert_eq!(r.divergence, None);
-    assert_eq!(r.inputs, n.stored_inputs());
+    n.replayed().await;
 }

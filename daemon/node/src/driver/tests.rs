@@ -220,6 +220,16 @@ impl Harness {
     fn committee_key(&self) -> sibyl_margin::CommitteeKey {
         crate::margin_svc::committee_key(&self.group_keys()).unwrap()
     }
+
+    /// The margin engine a member's stored inputs (in order) rebuild.
+    fn restore_log(&self, inputs: &[String]) -> crate::margin_svc::MarginState {
+        let stored: Vec<(u64, String)> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u64, b.clone()))
+            .collect();
+        crate::margin_svc::restore(Some(&self.committee_key()), &stored).unwrap()
+    }
 }
 
 /// Polls `f` every 50 ms of (virtual) time for up to `secs` seconds.
@@ -538,13 +548,7 @@ async fn a_member_that_misses_rounds_converges_history_and_margin_state() {
         "member 4's engine took the rounds it missed"
     );
     let state = |inputs: &[String]| {
-        let stored: Vec<(u64, String)> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i as u64, b.clone()))
-            .collect();
-        let st = crate::margin_svc::restore(Some(&h.committee_key()), &stored).unwrap();
-        serde_json::to_string(&st.engine.snapshot()).unwrap()
+        serde_json::to_string(&h.restore_log(inputs).engine.snapshot()).unwrap()
     };
     let reference = state(&logs[0].0[..n]);
     for (i, (inputs, _)) in logs.iter().enumerate().skip(1) {
@@ -1167,27 +1171,12 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
         .count();
     assert_eq!(signed, 1, "the owner's withdrawal is an input");
     // The same state root from every member's log at the common prefix.
-    let root_of = |inputs: &[String]| {
-        let stored: Vec<(u64, String)> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i as u64, b.clone()))
-            .collect();
-        crate::margin_svc::restore(Some(&h.committee_key()), &stored)
-            .unwrap()
-            .engine
-            .state_root()
-    };
+    let root_of = |inputs: &[String]| h.restore_log(inputs).engine.state_root();
     let reference = root_of(&logs[0].0[..n]);
     // Every member's log leaves the owned account with 900 USD (the owner's
     // withdrawal applied, the forged one not) and nonce 1.
     for (i, (inputs, _)) in logs.iter().enumerate() {
-        let stored: Vec<(u64, String)> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i as u64, b.clone()))
-            .collect();
-        let st = crate::margin_svc::restore(Some(&h.committee_key()), &stored).unwrap();
+        let st = h.restore_log(inputs);
         let a = &st.engine.state().accounts[&9_010];
         assert_eq!((a.cash, a.nonce), (usd(900), 1), "member {}", i + 1);
     }
