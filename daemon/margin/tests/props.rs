@@ -625,22 +625,22 @@ fn moved(e: &Engine, feed: &str, price: i128) -> Option<Engine> {
 /// that nobody examined). The exhaustive-reference tests only catch a band
 /// that is too wide where a random price path happens to land.
 fn band_edges_hold(e: &Engine) -> Result<usize, TestCaseError> {
+    bands_hold_at(e, 4)
+}
+
+/// [`band_edges_hold`] at the inner edges and `parts - 1` evenly spaced
+/// prices between them (a band proven in steps must hold between the
+/// steps too).
+fn bands_hold_at(e: &Engine, parts: i128) -> Result<usize, TestCaseError> {
     let mut checked = 0;
     for entry in e.index_entries() {
         for (feed, lo, hi) in &entry.bands {
             if !e.state().feeds.contains_key(feed) || hi - lo <= 2 {
                 continue;
             }
-            // The inner edges, and points between them (a band proven in
-            // steps must hold between the steps too).
             let (lo, hi) = (*lo, *hi);
-            for price in [
-                lo + 1,
-                lo + (hi - lo) / 4,
-                lo + (hi - lo) / 2,
-                hi - (hi - lo) / 4,
-                hi - 1,
-            ] {
+            let inner = (1..parts).map(|i| lo + (hi - lo) * i / parts);
+            for price in std::iter::once(lo + 1).chain(inner).chain([hi - 1]) {
                 if price <= 0 {
                     continue;
                 }
@@ -767,6 +767,71 @@ proptest! {
         for input in &inputs {
             if e.apply(input).is_ok() && matches!(input, Input::Prices(_)) {
                 band_edges_hold(&e)?;
+            }
+        }
+    }
+
+    /// Option books hedged with perpetuals (long or short gamma, over- or
+    /// under-hedged), so the health curve bends inside bands: every band
+    /// holds at 64 points across it. Bands far wider than the slope bound
+    /// allows come from the curvature bound (`option_curvature`), which
+    /// this checks; the random books above rarely bend enough to tell.
+    #[test]
+    fn option_hedges_hold_their_bands_throughout(
+        expiry_days in 3u64..=20,
+        option_long in any::<bool>(),
+        option_milli in 1_000i128..=20_000,
+        hedge_long in any::<bool>(),
+        hedge_ppm in 0i128..=1_500_000,
+        // Where the withdrawal leaves equity: this much of the way from
+        // maintenance to initial (ppm; above 1e6 is above initial).
+        left_ppm in 0i128..=1_200_000,
+        steps in prop::collection::vec(step(), 1..5),
+    ) {
+        let trades = [
+            Trade {
+                account: 1,
+                market: 3,
+                long: option_long,
+                size_milli: option_milli,
+                isolated: false,
+                fill_ppm: 0,
+            },
+            Trade {
+                account: 1,
+                market: 0,
+                long: hedge_long,
+                size_milli: (option_milli * hedge_ppm / 1_000_000).max(1),
+                isolated: false,
+                fill_ppm: 0,
+            },
+        ];
+        let setup = inputs(150_000, expiry_days, &[5_000 * M], &[], &trades, &[]);
+        let mut all = inputs(150_000, expiry_days, &[5_000 * M], &[], &trades, &steps);
+        let mut e = Engine::default();
+        for input in &setup {
+            let _ = e.apply(input);
+        }
+        // Near the margin-call and liquidation levels, where bands are
+        // narrow and their edges matter.
+        let h = e.account_view(1).unwrap()[0].health;
+        let keep = h.maintenance + (h.initial - h.maintenance) * left_ppm / 1_000_000;
+        let amount = (h.equity - keep).min(h.equity - h.initial).max(0);
+        all.insert(
+            setup.len(),
+            Input::Command {
+                at_ms: T0,
+                command: Command::Withdraw {
+                    account: 1,
+                    asset: "USD".into(),
+                    amount,
+                },
+            },
+        );
+        let mut e = Engine::default();
+        for input in &all {
+            if e.apply(input).is_ok() && matches!(input, Input::Prices(_)) {
+                bands_hold_at(&e, 64)?;
             }
         }
     }
