@@ -17,13 +17,18 @@
 //! exact: linear terms are evaluated at any integer price with the engine's
 //! own arithmetic; options are evaluated on a fixed price grid (multiples
 //! of a power of ten about 0.1–1% of the price, coarser by powers of two
-//! for far probes) at the start and the end of a four-hour time window (two
-//! two-hour buckets); a probe takes the worse end and subtracts, per
+//! for far probes) at the start and the end of a 30-minute time window (two
+//! 15-minute buckets); a probe takes the worse end and subtracts, per
 //! contract, four times the largest change of any value across the window
 //! for what time can do in between. The unit is rechecked before its
 //! window ends, at a per-unit offset so rechecks spread out.
 //! Options within a day of expiry (after the window), and anything that
 //! cannot be evaluated, fall back to the whole-band Lipschitz bound.
+//!
+//! Portfolio parts also have a curvature bound (`option_curvature`): two
+//! probes whose margins both cover the most the curve can bend between
+//! them prove the whole gap, which reaches much further than the slope
+//! bound when the margin is small.
 
 use super::health::max_rate_ppm;
 use super::triggers::{Req, delta_bound_ppm, linear_sensitivity_ppm};
