@@ -35,9 +35,10 @@ library SibylPull {
     /// same or a newer report).
     function updateFeeds(SibylFeed feed, bytes calldata payload) internal returns (uint256 stored) {
         // feed.updateFeeds(payload) as a bare call (the ABI encoder's copy and checks are paid
-        // in every pull consumer's transaction); a feed address without code returns no data
-        // and is refused like a revert.
-        bytes4 selector = SibylFeed.updateFeeds.selector;
+        // in every pull consumer's transaction), through updateFeeds_kxYh, the same function
+        // under a selector that the feed's dispatcher finds first; a feed address without code
+        // returns no data and is refused like a revert.
+        bytes4 selector = SibylFeed.updateFeeds_kxYh.selector;
         assembly ("memory-safe") {
             let p := mload(0x40)
             mstore(p, selector)
@@ -60,10 +61,12 @@ library SibylPull {
         view
         returns (Price memory p)
     {
-        // feed.latestValue(feedId) as a bare staticcall: this runs in every pull consumer's
-        // transaction, and the ABI decoder's checks cost more than the read itself.
+        // feed.latestValue(feedId) as a bare staticcall (through latestValue_htJ, the same
+        // function under a selector that the feed's dispatcher finds early): this runs in
+        // every pull consumer's transaction, and the ABI decoder's checks cost more than the
+        // read itself.
         uint256 v;
-        bytes4 selector = SibylFeed.latestValue.selector;
+        bytes4 selector = SibylFeed.latestValue_htJ.selector;
         assembly ("memory-safe") {
             mstore(0x00, selector)
             mstore(0x04, feedId)

@@ -249,8 +249,8 @@ contract GasTest is Test {
     }
 
     /// The same for a round that ordered margin commands: its non-zero margin root is 32
-    /// non-zero calldata bytes where the zero root above is 32 zero bytes (+384 gas; reported,
-    /// not held to the target: most rounds order no commands).
+    /// non-zero calldata bytes where the zero root above is 32 zero bytes (+384 gas), held to
+    /// the same target.
     function test_gasPullOneOf16WithMarginRoot() public {
         PullConsumer consumer = new PullConsumer(feed);
         SibylFeed.Leaf[] memory all = leaves(16, 1);
@@ -266,6 +266,7 @@ contract GasTest is Test {
         report("pull: one feed of 16, non-zero margin root", total, exec, data.length);
         (, uint80 latest) = feed.feedInfo(one[0].feedId);
         assertEq(latest, HISTORY + 1, "stored");
+        assertLe(total, PULL_TX_TARGET, "pull update and read with a margin root <= 50,000");
     }
 
     /// The bulk pull path: ten feeds of one 16-feed report in one payload, then all ten prices.

@@ -242,7 +242,8 @@ async fn pull_payload_calldata_lands_on_the_contract() {
     );
 
     // A batch over two reports: one transaction per report, through the packed
-    // `payload` and updateFeeds(bytes) (the SibylPull library's call).
+    // `payload` and updateFeeds(bytes) (the SibylPull library calls the same function
+    // as updateFeeds_kxYh(bytes), a selector the contract's dispatcher finds first).
     let (status, body) = get(addr, "/v1/feeds/update?ids=BTC-USD,WTI-SPREAD,FEED-00003").await;
     assert_eq!(status, 200, "{body}");
     let updates = body["updates"].as_array().expect("updates");
