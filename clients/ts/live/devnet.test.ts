@@ -1,5 +1,6 @@
-// Live test against a real devnet (`sibyl devnet`, started by
+// Live tests against a real devnet (`sibyl devnet`, started by
 // scripts/test.d/35-clients, which passes its devnet.json in SIBYL_DEVNET):
+// an owner-signed margin command submitted, replayed and forged; then
 // subscribe to two members with verification, kill the member the stream
 // comes from, and check that the subscription resumes on the other member
 // with every stored round delivered exactly once, in order, each report
@@ -8,7 +9,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { groupKeys, SibylClient, SibylHttpError, type StreamNotice, type StreamReport, subscribe } from '../src/index.js';
+import {
+  generateOwnerKey,
+  groupKeys,
+  signCommand,
+  SibylClient,
+  SibylHttpError,
+  type StreamNotice,
+  type StreamReport,
+  subscribe,
+  toHex,
+} from '../src/index.js';
 
 interface Devnet {
   config_digest: string;
@@ -27,6 +38,61 @@ const keys = groupKeys(
 );
 const [first, second] = devnet.members.filter((m) => m.pid !== null);
 assert.ok(first?.pid && second, 'a devnet of at least two running members');
+
+// Before the member is killed: self-registration of an owned account by a
+// signed create_account; at another member the replay (account_exists), the
+// owner's stale nonce and a stranger's signature refused; every member
+// showing the owner and nonce.
+test('an owner signs margin commands and submits them without a token', async () => {
+  const live = devnet.members.filter((m) => m.pid !== null).map((m) => m.api_url);
+  const { secretKey, publicKey } = generateOwnerKey();
+  const account = 2_000_000_000n + BigInt(Math.floor(Math.random() * 1_000_000_000));
+  const client = new SibylClient({ endpoints: live, timeoutMs: 5_000 });
+  const signing = await client.marginSigning();
+  if (devnet.suite === 'ed25519') assert.equal(toHex(signing.committeeKey), devnet.group_key.replace(/^0x/, ''));
+  const create = signCommand(secretKey, signing.committeeKey, account, 1, {
+    create_account: { account, owner: toHex(publicKey) },
+  });
+  const r = await client.submitSigned(create);
+  assert.equal(r.status, 201);
+  assert.equal(r.account, account);
+  const other = new SibylClient({ endpoints: live.slice(1), timeoutMs: 5_000 });
+  const refused = (want: string) => (e: unknown) => {
+    assert.ok(e instanceof SibylHttpError, String(e));
+    assert.equal(`${e.status} ${e.code}`, want, e.message);
+    return true;
+  };
+  // The replay: the account exists now.
+  await assert.rejects(other.submitSigned(create), refused('409 account_exists'));
+  // The owner's own signature with a nonce not above the account's.
+  const withdraw = { withdraw: { account, asset: 'USD', amount: 1n } };
+  await assert.rejects(
+    other.submitSigned(signCommand(secretKey, signing.committeeKey, account, 1, withdraw)),
+    refused('409 stale_nonce'),
+  );
+  const stranger = generateOwnerKey().secretKey;
+  await assert.rejects(other.submitSigned(signCommand(stranger, signing.committeeKey, account, 2, withdraw)), (e: unknown) => {
+    assert.ok(e instanceof SibylHttpError, String(e));
+    assert.equal(`${e.status} ${e.code}`, '401 bad_signature');
+    return true;
+  });
+  for (const url of live) {
+    const one = new SibylClient({ endpoints: url, timeoutMs: 5_000 });
+    const deadline = Date.now() + 30_000;
+    // 404 until the member's engine took its turn.
+    const read = async () =>
+      (await one.get(`/v1/margin/accounts/${account}`).catch((e: unknown) => {
+        if (e instanceof SibylHttpError && e.status === 404) return {};
+        throw e;
+      })) as { [k: string]: unknown };
+    let a = await read();
+    while (a.nonce !== 1 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      a = await read();
+    }
+    assert.deepEqual([a.owner, a.nonce], [toHex(publicKey), 1], url);
+  }
+});
 
 test('subscribe, lose the member, resume on another: every round once, in order, verified', async () => {
   const notices: StreamNotice[] = [];

@@ -1,4 +1,4 @@
-// HTTP reads over one or more API endpoints (members or gateways). A read
+// HTTP over one or more API endpoints (members or gateways). A request
 // goes to the first endpoint and, on a network error or a 5xx, to the next;
 // a 4xx is the answer (the request itself is wrong) and is thrown at once.
 
@@ -17,6 +17,7 @@ import {
 } from './types.js';
 import { type GroupKeys, verifyLeaf, verifyReport, type VerifiedReport } from './verify.js';
 import { evmSignature, pullPayload, submitFeedsCalldata } from './pull.js';
+import { envelopeJson, MAX_COMMITTEE_KEY_LEN, SIGNED_COMMAND_DOMAIN_TEXT, type SignedCommand } from './margin.js';
 
 /** An error answer of the API (`{"error": {"code", "message"}}`) or a failed request. */
 export class SibylHttpError extends Error {
@@ -89,6 +90,28 @@ export interface CandlePage {
   candles: Candle[];
   /** Pass as `from` for the next page; `null` at the end. */
   nextFrom: bigint | null;
+}
+
+/** `GET /v1/margin/signing`: what an account owner signs besides its command. */
+export interface MarginSigning {
+  /** The signed bytes' first bytes, as text (`SIGNED_COMMAND_DOMAIN_TEXT`). */
+  domain: string;
+  /** The committee's group key the signed bytes name (32 bytes Ed25519, 33 secp256k1). */
+  committeeKey: Uint8Array;
+  /** The layout of the signed bytes in words. */
+  signedBytes: string;
+}
+
+/** The answer to a submitted signed command (200, or 201 for a self-registration). */
+export interface MarginCommandResult {
+  /** The endpoint that answered. */
+  endpoint: string;
+  status: number;
+  account: bigint | null;
+  /** The engine's events for the command, as the API renders them (integers exact). */
+  events: Json[];
+  /** The account's cross-margin health after it, as the API renders it, or null. */
+  health: Json | null;
 }
 
 /** The endpoints of `o`, without trailing slashes. */
@@ -262,6 +285,70 @@ export class SibylClient {
       });
   }
 
+  /**
+   * `GET /v1/margin/signing`: the domain and the committee key the bytes an
+   * account owner signs name (pass `committeeKey` to `signCommand`). Throws
+   * SibylHttpError 503 `no_committee_key` if the engine takes no signed
+   * command, and SibylFormatError if the node signs another domain than this
+   * SDK (a version mismatch: its signatures would never verify).
+   */
+  async marginSigning(): Promise<MarginSigning> {
+    const o = obj(await this.get('/v1/margin/signing'), 'margin signing');
+    if (o.domain !== SIGNED_COMMAND_DOMAIN_TEXT) {
+      throw new SibylFormatError(
+        `the node's signed-command domain is ${JSON.stringify(o.domain)}, this SDK signs ${JSON.stringify(SIGNED_COMMAND_DOMAIN_TEXT)}`,
+      );
+    }
+    if (typeof o.committee_key !== 'string') throw new SibylFormatError('committee_key is not a hex string');
+    let committeeKey: Uint8Array;
+    try {
+      committeeKey = fromHex(o.committee_key);
+    } catch {
+      throw new SibylFormatError('committee_key is not hex');
+    }
+    if (committeeKey.length === 0 || committeeKey.length > MAX_COMMITTEE_KEY_LEN) {
+      throw new SibylFormatError(`committee_key has ${committeeKey.length} bytes`);
+    }
+    return { domain: o.domain, committeeKey, signedBytes: typeof o.signed_bytes === 'string' ? o.signed_bytes : '' };
+  }
+
+  /**
+   * `POST /v1/margin/signed`: submits an owner-signed command (no admin
+   * token: the signature authorizes it) and waits for the committee to order
+   * it (up to 30 s on the node; default timeout here 35 s). Refusals are
+   * SibylHttpError with the API's code: 400 `bad_envelope` / `bad_command` /
+   * `account_mismatch`, 401 `bad_signature` (also an envelope signed for
+   * another committee), 403 `no_owner` / `not_signable`, 404, 409
+   * `stale_nonce` (the message gives the current nonce), 422 (insufficient
+   * margin), 503 `no_committee_key` / `busy`, 504 `not_ordered`. Like the
+   * reads, it goes to the next endpoint on a network error or a 5xx; the
+   * nonce makes that safe (an envelope applies at most once), but a 409
+   * `stale_nonce` after such a retry can mean the first attempt applied:
+   * read the account's nonce (`GET /v1/margin/accounts/{id}`).
+   */
+  async submitSigned(envelope: SignedCommand, opts: { timeoutMs?: number } = {}): Promise<MarginCommandResult> {
+    const body = envelopeJson(envelope);
+    const timeoutMs = opts.timeoutMs ?? Math.max(this.timeoutMs, 35_000);
+    let last: unknown;
+    for (const ep of this.endpoints) {
+      try {
+        const r = await requestJson(this.fetchFn, ep, 'POST', '/v1/margin/signed', timeoutMs, body);
+        const o = obj(r.body, 'signed command response');
+        return {
+          endpoint: ep,
+          status: r.status,
+          account: o.account === null || o.account === undefined ? null : int(o.account, 'account'),
+          events: o.events === undefined ? [] : list(o.events, 'events'),
+          health: o.health ?? null,
+        };
+      } catch (e) {
+        if (e instanceof SibylHttpError && e.status >= 400 && e.status < 500) throw e;
+        last = e;
+      }
+    }
+    throw last;
+  }
+
   private need(keys: GroupKeys | undefined): GroupKeys {
     if (!keys) throw new RangeError('verifying needs the committee keys: pass `keys` (see groupKeys())');
     return keys;
@@ -277,29 +364,46 @@ function query(q: Record<string, string | number | bigint | undefined>): string 
 
 /** GET `endpoint + path` and parse the JSON body exactly; API errors become SibylHttpError. */
 export async function getJson(fetchFn: typeof fetch, endpoint: string, path: string, timeoutMs: number): Promise<Json> {
+  return (await requestJson(fetchFn, endpoint, 'GET', path, timeoutMs)).body;
+}
+
+/**
+ * `method` `endpoint + path` (with a JSON `body` text, if any) and parse the
+ * answer exactly: its status and body; API errors become SibylHttpError.
+ */
+export async function requestJson(
+  fetchFn: typeof fetch,
+  endpoint: string,
+  method: 'GET' | 'POST',
+  path: string,
+  timeoutMs: number,
+  body?: string,
+): Promise<{ status: number; body: Json }> {
   let res: Response;
   let text: string;
+  const headers: Record<string, string> = { accept: 'application/json' };
+  if (body !== undefined) headers['content-type'] = 'application/json';
   try {
-    res = await fetchFn(endpoint + path, { signal: AbortSignal.timeout(timeoutMs), headers: { accept: 'application/json' } });
+    res = await fetchFn(endpoint + path, { method, body, signal: AbortSignal.timeout(timeoutMs), headers });
     text = await res.text();
   } catch (e) {
-    throw new SibylHttpError(endpoint, 0, 'unreachable', `GET ${path} failed: ${(e as Error).message}`);
+    throw new SibylHttpError(endpoint, 0, 'unreachable', `${method} ${path} failed: ${(e as Error).message}`);
   }
-  let body: Json;
+  let parsed: Json;
   try {
-    body = parseJson(text);
+    parsed = parseJson(text);
   } catch {
-    throw new SibylHttpError(endpoint, res.status, 'not_json', `GET ${path} did not answer JSON: ${text.slice(0, 200)}`);
+    throw new SibylHttpError(endpoint, res.status, 'not_json', `${method} ${path} did not answer JSON: ${text.slice(0, 200)}`);
   }
   if (!res.ok) {
-    const err = body !== null && typeof body === 'object' && !Array.isArray(body) ? body.error : undefined;
+    const err = parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed) ? parsed.error : undefined;
     const e = err !== null && typeof err === 'object' && !Array.isArray(err) ? err : {};
     throw new SibylHttpError(
       endpoint,
       res.status,
       typeof e.code === 'string' ? e.code : 'http_error',
-      typeof e.message === 'string' ? e.message : `GET ${path}`,
+      typeof e.message === 'string' ? e.message : `${method} ${path}`,
     );
   }
-  return body;
+  return { status: res.status, body: parsed };
 }

@@ -1,7 +1,8 @@
 """Sibyl client SDK: read feeds, history and signed reports from one or more
-API endpoints and verify them locally (FROST Ed25519 and secp256k1-evm)."""
+API endpoints and verify them locally (FROST Ed25519 and secp256k1-evm); sign
+margin commands with an account owner's key and submit them."""
 
-from .client import Candle, FeedValue, Latest, SibylClient, SibylHttpError
+from .client import Candle, FeedValue, Latest, MarginCommandResult, MarginSigning, SibylClient, SibylHttpError
 from .encoding import (
     commands_root,
     encode_header,
@@ -11,6 +12,17 @@ from .encoding import (
     margin_root,
     merkle_root,
     verify_proof,
+)
+from .margin import (
+    MAX_COMMITTEE_KEY_LEN,
+    SIGNED_COMMAND_DOMAIN,
+    SignedCommand,
+    command_text,
+    generate_owner_key,
+    owner_public_key,
+    sign_command,
+    signed_command_bytes,
+    verify_signed_command,
 )
 from .types import (
     MarginCheckpoint,
@@ -31,25 +43,32 @@ from .types import (
 from .verify import GroupKeys, VerifiedReport, VerifyError, secp256k1_evm_challenge, verify_leaf, verify_report
 
 __all__ = [
+    "MAX_COMMITTEE_KEY_LEN",
+    "SIGNED_COMMAND_DOMAIN",
     "Candle",
     "FeedValue",
     "GroupKeys",
     "Latest",
     "MarginCheckpoint",
     "MarginCommand",
+    "MarginCommandResult",
+    "MarginSigning",
     "MerkleProof",
     "ReportHeader",
     "ReportLeaf",
     "SibylClient",
     "SibylFormatError",
     "SibylHttpError",
+    "SignedCommand",
     "SignedReport",
     "VerifiedReport",
     "VerifyError",
     "command_from_json",
+    "command_text",
     "commands_root",
     "encode_header",
     "encode_leaf",
+    "generate_owner_key",
     "header_digest",
     "header_from_json",
     "leaf_from_json",
@@ -57,11 +76,15 @@ __all__ = [
     "margin_checkpoint_from_json",
     "margin_root",
     "merkle_root",
+    "owner_public_key",
     "proof_from_json",
     "report_from_json",
     "secp256k1_evm_challenge",
+    "sign_command",
     "signatures_from_json",
+    "signed_command_bytes",
     "verify_leaf",
     "verify_proof",
     "verify_report",
+    "verify_signed_command",
 ]

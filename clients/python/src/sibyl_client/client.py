@@ -1,6 +1,6 @@
-"""HTTP reads over one or more API endpoints (members or gateways). A read
-goes to the first endpoint and, on a network error or a 5xx, to the next; a
-4xx is the answer (the request itself is wrong) and is raised at once."""
+"""HTTP over one or more API endpoints (members or gateways). A request goes
+to the first endpoint and, on a network error or a 5xx, to the next; a 4xx is
+the answer (the request itself is wrong) and is raised at once."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .types import (
     report_from_json,
     to_int,
 )
+from .margin import MAX_COMMITTEE_KEY_LEN, SIGNED_COMMAND_DOMAIN, SignedCommand
 from .verify import GroupKeys, VerifiedReport, verify_leaf, verify_report
 
 
@@ -65,6 +66,32 @@ class Candle:
     low: int
     close: int
     count: int
+
+
+@dataclass(frozen=True)
+class MarginSigning:
+    """``GET /v1/margin/signing``: what an account owner signs besides its command."""
+
+    domain: str
+    """The signed bytes' first bytes, as text (``SIGNED_COMMAND_DOMAIN``)."""
+    committee_key: bytes
+    """The committee's group key the signed bytes name (32 bytes Ed25519, 33 secp256k1)."""
+    signed_bytes: str
+    """The layout of the signed bytes in words."""
+
+
+@dataclass(frozen=True)
+class MarginCommandResult:
+    """The answer to a submitted signed command (200, or 201 for a self-registration)."""
+
+    endpoint: str
+    """The endpoint that answered."""
+    status: int
+    account: int | None
+    events: list[Any]
+    """The engine's events for the command, as the API renders them."""
+    health: Any
+    """The account's cross-margin health after it, as the API renders it, or ``None``."""
 
 
 def _feed_value(v: Any, what: str) -> FeedValue:
@@ -123,19 +150,101 @@ class SibylClient:
         raise last
 
     def _get_one(self, ep: str, path: str, params: dict[str, Any] | None) -> Any:
+        return self._request(ep, "GET", path, params=params)[1]
+
+    def _request(
+        self,
+        ep: str,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        content: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        """``method`` ``ep + path``: the status and the JSON body; API errors become SibylHttpError."""
         try:
-            res = self._http.get(ep + path, params={k: str(v) for k, v in (params or {}).items() if v is not None})
+            res = self._http.request(
+                method,
+                ep + path,
+                params={k: str(v) for k, v in (params or {}).items() if v is not None},
+                content=None if content is None else content.encode("utf-8"),
+                headers=None if content is None else {"content-type": "application/json"},
+                timeout=self._http.timeout if timeout is None else timeout,
+            )
         except httpx.HTTPError as e:
-            raise SibylHttpError(ep, 0, "unreachable", f"GET {path} failed: {e}") from None
+            raise SibylHttpError(ep, 0, "unreachable", f"{method} {path} failed: {e}") from None
         try:
             body = res.json()
         except ValueError:
-            raise SibylHttpError(ep, res.status_code, "not_json", f"GET {path} did not answer JSON: {res.text[:200]}") from None
+            raise SibylHttpError(ep, res.status_code, "not_json", f"{method} {path} did not answer JSON: {res.text[:200]}") from None
         if res.is_error:
             err = body.get("error") if isinstance(body, dict) else None
             err = err if isinstance(err, dict) else {}
-            raise SibylHttpError(ep, res.status_code, str(err.get("code", "http_error")), str(err.get("message", f"GET {path}")))
-        return body
+            raise SibylHttpError(ep, res.status_code, str(err.get("code", "http_error")), str(err.get("message", f"{method} {path}")))
+        return res.status_code, body
+
+    def margin_signing(self) -> MarginSigning:
+        """``GET /v1/margin/signing``: the domain and the committee key the bytes
+        an account owner signs name (pass ``committee_key`` to ``sign_command``).
+        Raises SibylHttpError 503 ``no_committee_key`` if the engine takes no
+        signed command, and SibylFormatError if the node signs another domain
+        than this SDK (a version mismatch: its signatures would never verify)."""
+        o = self.get("/v1/margin/signing")
+        if not isinstance(o, dict):
+            raise SibylFormatError("margin signing is not a JSON object")
+        want = SIGNED_COMMAND_DOMAIN.decode()
+        if o.get("domain") != want:
+            raise SibylFormatError(f"the node's signed-command domain is {o.get('domain')!r}, this SDK signs {want!r}")
+        key = from_hex(o.get("committee_key"), "committee_key")
+        if not 1 <= len(key) <= MAX_COMMITTEE_KEY_LEN:
+            raise SibylFormatError(f"committee_key has {len(key)} bytes")
+        layout = o.get("signed_bytes")
+        return MarginSigning(domain=want, committee_key=key, signed_bytes=layout if isinstance(layout, str) else "")
+
+    def submit_signed(self, envelope: SignedCommand, timeout: float | None = None) -> MarginCommandResult:
+        """``POST /v1/margin/signed``: submits an owner-signed command (no admin
+        token: the signature authorizes it) and waits for the committee to
+        order it (up to 30 s on the node; the default timeout here is 35 s or
+        the client's, whichever is longer). Refusals are SibylHttpError with
+        the API's code: 400 ``bad_envelope`` / ``bad_command`` /
+        ``account_mismatch``, 401 ``bad_signature`` (also an envelope signed
+        for another committee), 403 ``no_owner`` / ``not_signable``, 404, 409
+        ``stale_nonce`` (the message gives the current nonce), 422
+        (insufficient margin), 503 ``no_committee_key`` / ``busy``, 504
+        ``not_ordered``. Like the reads, it goes to the next endpoint on a
+        network error or a 5xx; the nonce makes that safe (an envelope applies
+        at most once), but a 409 ``stale_nonce`` after such a retry can mean
+        the first attempt applied: read the account's nonce
+        (``GET /v1/margin/accounts/{id}``)."""
+        body = envelope.to_json()
+        t = timeout
+        if t is None:
+            configured = self._http.timeout.read
+            t = max(35.0, configured if configured is not None else 0.0)
+        last: Exception | None = None
+        for ep in self.endpoints:
+            try:
+                status, o = self._request(ep, "POST", "/v1/margin/signed", content=body, timeout=t)
+            except SibylHttpError as e:
+                if 400 <= e.status < 500:
+                    raise
+                last = e
+                continue
+            if not isinstance(o, dict):
+                raise SibylFormatError("signed command response is not a JSON object")
+            events = o.get("events", [])
+            if not isinstance(events, list):
+                raise SibylFormatError("events is not a list")
+            account = o.get("account")
+            return MarginCommandResult(
+                endpoint=ep,
+                status=status,
+                account=None if account is None else to_int(account, "account"),
+                events=events,
+                health=o.get("health"),
+            )
+        assert last is not None
+        raise last
 
     def _need(self, keys: GroupKeys | None) -> GroupKeys:
         k = keys or self.keys
