@@ -48,7 +48,7 @@ const LIM: i128 = 1 << 60;
 /// Most next-bucket grid points computed after one report.
 const MAX_PREFILL: usize = 64;
 /// Probes per band side.
-const MAX_PROBES: usize = 6;
+const MAX_PROBES: usize = 8;
 
 /// Option values on the price grid for the current time bucket. A cache of
 /// a pure function of the state: it never changes a result, only its cost.
