@@ -820,48 +820,6 @@ impl Engine {
                     if dir * (edge - p0) >= cap {
                         break;
                     }
-                    // Curvature: two probes whose margins both cover the
-                    // curvature over the gap prove the gap (`curvature_need`),
-                    // which reaches with the square root of the margin
-                    // where the slope bound reaches linearly.
-                    let span = curvature_span(curv, m_last >> (2 * shrink), last, dir);
-                    if span > 0 {
-                        let r = reach(m_last)?;
-                        let target = further(
-                            last.saturating_add(dir * span),
-                            edge.saturating_add(dir * r),
-                        );
-                        let target = if dir > 0 {
-                            target.min(p0 + cap)
-                        } else {
-                            target.max(p0 - cap)
-                        };
-                        let ahead = snap(target, gran((target - last).abs().max(1)), dir);
-                        if dir * (ahead - edge) > 0 {
-                            let m = mu(ahead)?;
-                            if m >= 0 && m.min(m_last) >= curvature_need(curv, last, ahead) {
-                                edge = further(ahead.saturating_add(dir * reach(m)?), edge);
-                                last = ahead;
-                                m_last = m;
-                                shrink = 0;
-                                continue;
-                            }
-                            if m >= 0 {
-                                let back = reach(m)?;
-                                if dir * (ahead.saturating_sub(dir * back) - edge) <= 0 {
-                                    edge = ahead.saturating_add(dir * back);
-                                    last = ahead;
-                                    m_last = m;
-                                    shrink = 0;
-                                    continue;
-                                }
-                            }
-                            if shrink < 4 {
-                                shrink += 1;
-                                continue;
-                            }
-                        }
-                    }
                     // Ahead: a probe past the edge, about the last probe's
                     // reach beyond it. |dh/dp| <= L holds on both sides
                     // of a probe, so a probe with margin m proves every
@@ -872,19 +830,43 @@ impl Engine {
                     // usual case). A reach shorter than the grid step
                     // tries the next grid point instead of stalling.
                     let r = reach(m_last)?;
-                    let mut ahead = snap(edge.saturating_add(dir * r), gran(r.max(1)), dir);
-                    if dir * (ahead - edge) <= 0 {
-                        ahead = snap(edge, step, dir).saturating_add(dir * step);
+                    let mut lipschitz = snap(edge.saturating_add(dir * r), gran(r.max(1)), dir);
+                    if dir * (lipschitz - edge) <= 0 {
+                        lipschitz = snap(edge, step, dir).saturating_add(dir * step);
                     }
+                    // Curvature: two probes whose margins both cover the
+                    // curvature over the gap prove the gap (`curvature_need`),
+                    // which reaches with the square root of the margin
+                    // where the slope bound reaches linearly. The probe
+                    // goes to the further of the two.
+                    let span = curvature_span(curv, m_last >> (2 * shrink), last, dir);
+                    let ahead = if span > 0 {
+                        let t = last.saturating_add(dir * span);
+                        let t = if dir > 0 {
+                            t.min(p0 + cap)
+                        } else {
+                            t.max(p0 - cap)
+                        };
+                        further(snap(t, gran((t - last).abs().max(1)), dir), lipschitz)
+                    } else {
+                        lipschitz
+                    };
                     let m = mu(ahead)?;
                     if m >= 0 {
                         let back = reach(m)?;
-                        if dir * (ahead.saturating_sub(dir * back) - edge) <= 0 {
-                            edge = ahead.saturating_add(dir * back);
+                        let by_curvature = m.min(m_last) >= curvature_need(curv, last, ahead);
+                        if by_curvature || dir * (ahead.saturating_sub(dir * back) - edge) <= 0 {
+                            edge = further(ahead.saturating_add(dir * back), edge);
                             last = ahead;
                             m_last = m;
+                            shrink = 0;
                             continue;
                         }
+                    }
+                    // A curvature span that did not hold: try half as far.
+                    if ahead != lipschitz && shrink < 4 {
+                        shrink += 1;
+                        continue;
                     }
                     // Otherwise the probe at the edge, snapped back to the
                     // grid: it proves forward from inside the proven range.
