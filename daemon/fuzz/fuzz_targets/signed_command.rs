@@ -3,6 +3,9 @@
 //! or not; a parsed one goes through the engine's checks against a book
 //! with one owned account, which refuse it with nothing changed or (only
 //! with the owner's real signature, which the fuzzer cannot forge) apply it.
+//! Seeds (`seeds/signed_command`): envelopes for this book, valid and
+//! near-valid, made and checked by sibyl-margin's
+//! `tests/keys.rs::fuzz_seeds_for_the_signed_command_route`.
 
 use sibyl_margin::signed::{CommitteeKey, SignedCommand};
 use sibyl_margin::{Command, Engine};

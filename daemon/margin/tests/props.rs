@@ -12,11 +12,26 @@
 //!   every report (`set_exhaustive_checks`) emits the same liquidations,
 //!   deferrals, bad debt, deleveraging and settlements, event by event, and
 //!   ends in the same state.
+//!
+//! A generated subset of the accounts is owned (an Ed25519 key, registered
+//! by the operator or by the owner's own signed `CreateAccount`): every
+//! withdrawal, open, close and margin adjustment on one goes in as
+//! `Input::Signed`, signed by the owner with the account's next nonce, and
+//! every engine (restored, decoded and exhaustive ones too) is given the
+//! same committee key. On top of the properties above:
+//!
+//! - nothing is refused for its authorization (a signature, a nonce, a
+//!   missing owner): only for the command's own reasons;
+//! - each account's nonce is the number of signed commands applied to it;
+//! - owners' signed commands of every kind apply in the generated books;
+//! - a signed command replayed, or signed again with a nonce not above the
+//!   account's last, is refused and changes nothing.
 
 use proptest::prelude::*;
 use sibyl_margin::engine::IndexedUnit;
 use sibyl_margin::fixed::{MONEY_SCALE as M, PRICE_SCALE as P, QTY_SCALE as Q};
 use sibyl_margin::options::{OptionKind, PricingModel};
+use sibyl_margin::signed::public_key;
 use sibyl_margin::*;
 use std::collections::BTreeMap;
 
@@ -101,8 +116,94 @@ fn config(jump_ppm: u32, expiry_days: u64) -> Vec<Command> {
     ]
 }
 
+/// The committee every engine of these tests belongs to: owners sign for
+/// it, and each engine is given it (context, not state: an engine restored
+/// or decoded from a snapshot is given it again).
+fn committee() -> CommitteeKey {
+    CommitteeKey::new(vec![0xC7; 32]).unwrap()
+}
+
+/// `e` with the committee key.
+fn with_committee(mut e: Engine) -> Engine {
+    e.set_committee(committee());
+    e
+}
+
+/// An empty engine with the committee key.
+fn engine() -> Engine {
+    with_committee(Engine::default())
+}
+
+/// Who holds an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    /// No owner key: the operator's commands move it.
+    Operator,
+    /// An owner key the operator registered (an unsigned `CreateAccount`).
+    Owner,
+    /// An owner key that registered itself (a signed `CreateAccount`).
+    SelfRegistered,
+}
+
+impl Holder {
+    fn owned(self) -> bool {
+        self != Holder::Operator
+    }
+}
+
+/// Mostly operator accounts; about two in five owned.
+fn holder() -> impl Strategy<Value = Holder> {
+    prop_oneof![
+        3 => Just(Holder::Operator),
+        1 => Just(Holder::Owner),
+        1 => Just(Holder::SelfRegistered),
+    ]
+}
+
+fn holders() -> impl Strategy<Value = Vec<Holder>> {
+    prop::collection::vec(holder(), 8)
+}
+
+/// The owner secret of `account`.
+fn secret(account: u64) -> [u8; 32] {
+    let mut s = [0x5A; 32];
+    s[24..].copy_from_slice(&account.to_be_bytes());
+    s
+}
+
+/// `cmd` signed by `account`'s owner with `nonce`, for [`committee`].
+fn sign(account: u64, nonce: u64, cmd: &Command) -> SignedCommand {
+    SignedCommand::sign(
+        &secret(account),
+        &committee(),
+        account,
+        nonce,
+        serde_json::to_string(cmd).unwrap(),
+    )
+}
+
+/// The nonce an owner signs its next command on `account` with: one above
+/// the account's last, as a client reads it from the book.
+fn next_nonce(e: &Engine, account: u64) -> u64 {
+    e.state().accounts.get(&account).map_or(0, |a| a.nonce) + 1
+}
+
+/// What a generated book command does: mostly opens, sometimes one of the
+/// other commands an owner signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Open,
+    /// All of one of the account's positions (odd size) or part of it.
+    Close,
+    /// Cash, `size_milli / 100` USD.
+    Withdraw,
+    /// Into (long) or out of (short) one of the account's isolated pools.
+    Adjust,
+}
+
 #[derive(Clone, Debug)]
 struct Trade {
+    act: Act,
     account: u64,
     market: usize,
     long: bool,
@@ -160,6 +261,12 @@ fn leaf() -> impl Strategy<Value = (u8, u16)> {
 
 fn trade() -> impl Strategy<Value = Trade> {
     (
+        prop_oneof![
+            12 => Just(Act::Open),
+            1 => Just(Act::Close),
+            1 => Just(Act::Withdraw),
+            1 => Just(Act::Adjust),
+        ],
         1u64..=8,
         0usize..5,
         any::<bool>(),
@@ -168,7 +275,8 @@ fn trade() -> impl Strategy<Value = Trade> {
         prop_oneof![2 => Just(0i64), 1 => -60_000i64..=60_000],
     )
         .prop_map(
-            |(account, market, long, size_milli, isolated, fill_ppm)| Trade {
+            |(act, account, market, long, size_milli, isolated, fill_ppm)| Trade {
+                act,
                 account,
                 market,
                 long,
@@ -248,22 +356,98 @@ fn ema_step() -> impl Strategy<Value = Step> {
         })
 }
 
+/// A case's inputs as they are made: the book's are applied to an engine
+/// on the way, so that an owner signs each command with its account's next
+/// nonce and a close or margin adjustment names a market the account holds.
+struct Builder {
+    e: Engine,
+    v: Vec<Input>,
+    /// Accounts with an owner key (as generated, not as the engine says).
+    owned: Vec<u64>,
+}
+
+impl Builder {
+    fn push(&mut self, input: Input) {
+        let _ = self.e.apply(&input);
+        self.v.push(input);
+    }
+
+    /// `cmd` on its account: signed by the owner with the next nonce where
+    /// the account is owned and the command moves its funds or positions,
+    /// the operator's otherwise.
+    fn account_command(&mut self, cmd: Command) {
+        let account = cmd.account().expect("an account command");
+        let moves = matches!(
+            cmd,
+            Command::Withdraw { .. }
+                | Command::Open { .. }
+                | Command::Close { .. }
+                | Command::AdjustIsolatedMargin { .. }
+        );
+        let input = if moves && self.owned.contains(&account) {
+            Input::Signed {
+                at_ms: T0,
+                signed: sign(account, next_nonce(&self.e, account), &cmd),
+            }
+        } else {
+            Input::Command {
+                at_ms: T0,
+                command: cmd,
+            }
+        };
+        self.push(input);
+    }
+
+    /// The market a close or margin adjustment of `t` acts on: one the
+    /// account holds (an isolated one to adjust), picked by `t.market`, or
+    /// `t`'s own where it holds none (and the command is refused).
+    fn held_market(&self, t: &Trade) -> String {
+        let held: Vec<&String> = self
+            .e
+            .state()
+            .accounts
+            .get(&t.account)
+            .map(|a| {
+                a.positions
+                    .iter()
+                    .filter(|(_, p)| t.act != Act::Adjust || p.isolated.is_some())
+                    .map(|(m, _)| m)
+                    .collect()
+            })
+            .unwrap_or_default();
+        match held.len() {
+            0 => MARKETS[t.market].into(),
+            n => held[t.market % n].clone(),
+        }
+    }
+}
+
 /// The inputs of one case: configuration, book, then the price path.
+/// `holders[i]` holds account `i + 1` (the operator where it is missing).
 fn inputs(
     jump_ppm: u32,
     expiry_days: u64,
     cash: &[i128],
     eth_collateral: &[i128],
+    holders: &[Holder],
     trades: &[Trade],
     steps: &[Step],
 ) -> Vec<Input> {
-    let mut v = Vec::new();
+    let holder = |i: usize| holders.get(i).copied().unwrap_or(Holder::Operator);
+    let mut b = Builder {
+        e: engine(),
+        v: Vec::new(),
+        owned: (0..cash.len())
+            .filter(|i| holder(*i).owned())
+            .map(|i| i as u64 + 1)
+            .collect(),
+    };
     let cmd = |c| Input::Command {
         at_ms: T0,
         command: c,
     };
     for c in config(jump_ppm, expiry_days) {
-        v.push(cmd(c));
+        b.push(cmd(c));
     }
     let mut prices = [100 * P, 10 * P];
     let report = |round,
@@ -302,7 +486,7 @@ fn inputs(
                 .collect(),
         })
     };
-    v.push(report(
+    b.push(report(
         1,
         T0,
         &prices,
@@ -311,20 +495,27 @@ fn inputs(
         [0; 2],
         [0; 2],
     ));
-    v.push(cmd(Command::FundInsurance { amount: 50 * M }));
+    b.push(cmd(Command::FundInsurance { amount: 50 * M }));
     for (i, c) in cash.iter().enumerate() {
         let account = i as u64 + 1;
-        v.push(cmd(Command::CreateAccount {
-            account,
-            owner: None,
-        }));
-        v.push(cmd(Command::Deposit {
+        let create = |owner| Command::CreateAccount { account, owner };
+        let key = public_key(&secret(account));
+        match holder(i) {
+            Holder::Operator => b.push(cmd(create(None))),
+            Holder::Owner => b.push(cmd(create(Some(key)))),
+            Holder::SelfRegistered => b.push(Input::Signed {
+                at_ms: T0,
+                signed: sign(account, next_nonce(&b.e, account), &create(Some(key))),
+            }),
+        }
+        // Deposits stay the operator's, owned accounts included.
+        b.push(cmd(Command::Deposit {
             account,
             asset: "USD".into(),
             amount: *c,
         }));
         if let Some(e) = eth_collateral.get(i).filter(|e| **e > 0) {
-            v.push(cmd(Command::Deposit {
+            b.push(cmd(Command::Deposit {
                 account,
                 asset: "ETH".into(),
                 amount: *e,
@@ -332,26 +523,49 @@ fn inputs(
         }
     }
     for t in trades {
-        let margin = if t.isolated {
-            MarginMode::Isolated {
-                collateral: t.size_milli * M / 200,
+        let command = match t.act {
+            Act::Open => {
+                let margin = if t.isolated {
+                    MarginMode::Isolated {
+                        collateral: t.size_milli * M / 200,
+                    }
+                } else {
+                    MarginMode::Cross
+                };
+                Command::Open {
+                    account: t.account,
+                    market: MARKETS[t.market].into(),
+                    side: if t.long { Side::Long } else { Side::Short },
+                    size: t.size_milli * Q / 1_000,
+                    margin,
+                    // The book trades at the first report's prices.
+                    price: (t.fill_ppm != 0 && t.market < 3).then(|| {
+                        let mark = if t.market == 1 { prices[1] } else { prices[0] };
+                        mark * (1_000_000 + i128::from(t.fill_ppm)) / 1_000_000
+                    }),
+                }
             }
-        } else {
-            MarginMode::Cross
+            Act::Close => Command::Close {
+                account: t.account,
+                market: b.held_market(t),
+                size: (t.size_milli % 2 == 0).then_some(t.size_milli * Q / 1_000),
+                price: None,
+            },
+            Act::Withdraw => Command::Withdraw {
+                account: t.account,
+                asset: "USD".into(),
+                amount: t.size_milli * M / 100,
+            },
+            Act::Adjust => Command::AdjustIsolatedMargin {
+                account: t.account,
+                market: b.held_market(t),
+                delta: if t.long { 1 } else { -1 } * t.size_milli * M / 400,
+            },
         };
-        v.push(cmd(Command::Open {
-            account: t.account,
-            market: MARKETS[t.market].into(),
-            side: if t.long { Side::Long } else { Side::Short },
-            size: t.size_milli * Q / 1_000,
-            margin,
-            // The book trades at the first report's prices.
-            price: (t.fill_ppm != 0 && t.market < 3).then(|| {
-                let mark = if t.market == 1 { prices[1] } else { prices[0] };
-                mark * (1_000_000 + i128::from(t.fill_ppm)) / 1_000_000
-            }),
-        }));
+        b.account_command(command);
     }
+    // The price path is not applied here: no command follows it.
+    let mut v = b.v;
     let mut t = T0;
     let mut emas = prices;
     for (i, s) in steps.iter().enumerate() {
@@ -414,33 +628,86 @@ fn collateral(e: &Engine) -> BTreeMap<String, i128> {
     m
 }
 
+/// A refusal for the command's own reasons (margin, balance, prices, no
+/// such position), never for its authorization: every move of an owned
+/// account is signed by its owner with the account's next nonce, for the
+/// engine's committee, and nothing else needs a signature.
+fn refused_for_the_command(input: &Input, err: &EngineError) -> Result<(), TestCaseError> {
+    prop_assert!(
+        !matches!(
+            err,
+            EngineError::Unauthorized { .. }
+                | EngineError::NoCommitteeKey
+                | EngineError::BadSignature { .. }
+                | EngineError::StaleNonce { .. }
+                | EngineError::NoOwner { .. }
+                | EngineError::AccountMismatch { .. }
+                | EngineError::NotSignable { .. }
+                | EngineError::BadSignedCommand { .. }
+                | EngineError::InvalidOwnerKey { .. }
+        ),
+        "refused for its authorization ({}): {:?}",
+        err,
+        input
+    );
+    Ok(())
+}
+
+/// Counts `input` in `signed` (applied signed commands per account) if
+/// it is a signed one.
+fn count_signed(signed: &mut BTreeMap<u64, u64>, input: &Input) {
+    if let Input::Signed { signed: env, .. } = input {
+        *signed.entry(env.account).or_default() += 1;
+    }
+}
+
+/// Every account's nonce is the number of signed commands applied to it
+/// (each was signed with the next nonce; a refused one moves no nonce).
+fn nonces_count_signed(e: &Engine, signed: &BTreeMap<u64, u64>) -> Result<(), TestCaseError> {
+    for (id, a) in &e.state().accounts {
+        let applied = signed.get(id).copied().unwrap_or(0);
+        prop_assert_eq!(
+            a.nonce,
+            applied,
+            "account {}: nonce against signed commands applied",
+            id
+        );
+    }
+    Ok(())
+}
+
 fn before_money(s: &Snapshot) -> i128 {
-    Engine::from_snapshot(s.clone())
-        .unwrap()
+    with_committee(Engine::from_snapshot(s.clone()).unwrap())
         .total_money()
         .unwrap()
 }
 
 fn before_collateral(s: &Snapshot) -> BTreeMap<String, i128> {
-    collateral(&Engine::from_snapshot(s.clone()).unwrap())
+    collateral(&with_committee(Engine::from_snapshot(s.clone()).unwrap()))
 }
 
 /// Runs the inputs, checking the invariants after every price report.
 fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
-    let mut e = Engine::default();
+    let mut e = engine();
     let mut bytes = Vec::new();
     let mut money: Option<i128> = None;
     let mut coll: Option<BTreeMap<String, i128>> = None;
+    let mut signed = BTreeMap::new();
     for input in inputs {
         let before = e.snapshot();
         let root_before = e.state_root();
         let r = e.apply(input);
-        let Ok(events) = r else {
-            // Refused: nothing changed.
-            prop_assert_eq!(&e.snapshot(), &before);
-            prop_assert_eq!(e.state_root(), root_before);
-            continue;
+        let events = match r {
+            Ok(events) => events,
+            Err(err) => {
+                // Refused: nothing changed.
+                prop_assert_eq!(&e.snapshot(), &before);
+                prop_assert_eq!(e.state_root(), root_before);
+                refused_for_the_command(input, &err)?;
+                continue;
+            }
         };
+        count_signed(&mut signed, input);
         // The incrementally maintained root is the root of the state.
         prop_assert_eq!(
             e.state_root(),
@@ -553,6 +820,7 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
         // report, whichever price moved it.
         index_missed_nobody(&e)?;
     }
+    nonces_count_signed(&e, &signed)?;
     Ok(bytes)
 }
 
@@ -672,10 +940,11 @@ fn decisive(events: &[EventRecord]) -> Vec<(u64, u64, String)> {
 /// Runs `inputs` through an indexed engine and an exhaustive one and
 /// compares them after every input.
 fn compare_with_exhaustive(inputs: &[Input]) -> Result<(u64, u64, usize), TestCaseError> {
-    let mut fast = Engine::default();
-    let mut slow = Engine::default();
+    let mut fast = engine();
+    let mut slow = engine();
     slow.set_exhaustive_checks(true);
     let mut decisions = 0usize;
+    let mut signed = BTreeMap::new();
     for (i, input) in inputs.iter().enumerate() {
         let a = fast.apply(input);
         let b = slow.apply(input);
@@ -685,7 +954,15 @@ fn compare_with_exhaustive(inputs: &[Input]) -> Result<(u64, u64, usize), TestCa
             "input {} accepted by one engine only",
             i
         );
-        let (Ok(a), Ok(b)) = (a, b) else { continue };
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(err), _) => {
+                refused_for_the_command(input, &err)?;
+                continue;
+            }
+            _ => continue,
+        };
+        count_signed(&mut signed, input);
         let (da, db) = (decisive(&a), decisive(&b));
         decisions += da.len();
         prop_assert_eq!(da, db, "input {}: events differ", i);
@@ -696,6 +973,8 @@ fn compare_with_exhaustive(inputs: &[Input]) -> Result<(u64, u64, usize), TestCa
             i
         );
     }
+    nonces_count_signed(&fast, &signed)?;
+    nonces_count_signed(&slow, &signed)?;
     Ok((fast.examined_units(), slow.examined_units(), decisions))
 }
 
@@ -708,10 +987,11 @@ proptest! {
         expiry_days in 1u64..=20,
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
         eth in prop::collection::vec(0i128..=50 * Q, 8),
+        holders in holders(),
         trades in prop::collection::vec(trade(), 4..40),
         steps in prop::collection::vec(step(), 1..24),
     ) {
-        let inputs = inputs(jump, expiry_days, &cash, &eth, &trades, &steps);
+        let inputs = inputs(jump, expiry_days, &cash, &eth, &holders, &trades, &steps);
         let (fast, slow, _) = compare_with_exhaustive(&inputs)?;
         prop_assert!(fast <= slow, "index examined more ({fast}) than exhaustive ({slow})");
     }
@@ -720,10 +1000,11 @@ proptest! {
     fn index_matches_exhaustive_reference_as_the_ema_moves(
         cash in prop::collection::vec(5i128 * M..=300 * M, 8),
         eth in prop::collection::vec(10 * Q..=200 * Q, 8),
+        holders in holders(),
         trades in prop::collection::vec(trade(), 4..40),
         steps in prop::collection::vec(ema_step(), 1..40),
     ) {
-        let inputs = inputs(10_000_000, 20, &cash, &eth, &trades, &steps);
+        let inputs = inputs(10_000_000, 20, &cash, &eth, &holders, &trades, &steps);
         compare_with_exhaustive(&inputs)?;
     }
 
@@ -731,10 +1012,11 @@ proptest! {
     fn index_matches_exhaustive_reference_as_options_decay(
         expiry_days in 1u64..=4,
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
+        holders in holders(),
         trades in prop::collection::vec(trade(), 4..40),
         steps in prop::collection::vec(calm_step(), 1..60),
     ) {
-        let inputs = inputs(10_000_000, expiry_days, &cash, &[], &trades, &steps);
+        let inputs = inputs(10_000_000, expiry_days, &cash, &[], &holders, &trades, &steps);
         compare_with_exhaustive(&inputs)?;
     }
 
@@ -743,10 +1025,11 @@ proptest! {
         jump in prop::sample::select(vec![150_000u32, 10_000_000]),
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
         eth in prop::collection::vec(0i128..=50 * Q, 8),
+        holders in holders(),
         trades in prop::collection::vec(trade(), 4..30),
         steps in prop::collection::vec(step(), 1..16),
     ) {
-        let inputs = inputs(jump, 20, &cash, &eth, &trades, &steps);
+        let inputs = inputs(jump, 20, &cash, &eth, &holders, &trades, &steps);
         let a = run_checked(&inputs)?;
         // Determinism: a second run gives the same bytes.
         let b = run_checked(&inputs)?;
@@ -759,11 +1042,12 @@ proptest! {
         expiry_days in 1u64..=20,
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
         eth in prop::collection::vec(0i128..=50 * Q, 8),
+        holders in holders(),
         trades in prop::collection::vec(trade(), 4..30),
         steps in prop::collection::vec(step(), 1..8),
     ) {
-        let inputs = inputs(jump, expiry_days, &cash, &eth, &trades, &steps);
-        let mut e = Engine::default();
+        let inputs = inputs(jump, expiry_days, &cash, &eth, &holders, &trades, &steps);
+        let mut e = engine();
         for input in &inputs {
             if e.apply(input).is_ok() && matches!(input, Input::Prices(_)) {
                 band_edges_hold(&e)?;
@@ -786,10 +1070,12 @@ proptest! {
         // Where the withdrawal leaves equity: this much of the way from
         // maintenance to initial (ppm; above 1e6 is above initial).
         left_ppm in 0i128..=1_200_000,
+        holder in holder(),
         steps in prop::collection::vec(step(), 1..5),
     ) {
         let trades = [
             Trade {
+                act: Act::Open,
                 account: 1,
                 market: 3,
                 long: option_long,
@@ -798,6 +1084,7 @@ proptest! {
                 fill_ppm: 0,
             },
             Trade {
+                act: Act::Open,
                 account: 1,
                 market: 0,
                 long: hedge_long,
@@ -806,9 +1093,10 @@ proptest! {
                 fill_ppm: 0,
             },
         ];
-        let setup = inputs(150_000, expiry_days, &[5_000 * M], &[], &trades, &[]);
-        let mut all = inputs(150_000, expiry_days, &[5_000 * M], &[], &trades, &steps);
-        let mut e = Engine::default();
+        let book = |steps| inputs(150_000, expiry_days, &[5_000 * M], &[], &[holder], &trades, steps);
+        let setup = book(&[]);
+        let mut all = book(&steps);
+        let mut e = engine();
         for input in &setup {
             let _ = e.apply(input);
         }
@@ -817,18 +1105,20 @@ proptest! {
         let h = e.account_view(1).unwrap()[0].health;
         let keep = h.maintenance + (h.initial - h.maintenance) * left_ppm / 1_000_000;
         let amount = (h.equity - keep).min(h.equity - h.initial).max(0);
+        let withdraw = Command::Withdraw {
+            account: 1,
+            asset: "USD".into(),
+            amount,
+        };
         all.insert(
             setup.len(),
-            Input::Command {
-                at_ms: T0,
-                command: Command::Withdraw {
-                    account: 1,
-                    asset: "USD".into(),
-                    amount,
-                },
+            if holder.owned() {
+                Input::Signed { at_ms: T0, signed: sign(1, next_nonce(&e, 1), &withdraw) }
+            } else {
+                Input::Command { at_ms: T0, command: withdraw }
             },
         );
-        let mut e = Engine::default();
+        let mut e = engine();
         for input in &all {
             if e.apply(input).is_ok() && matches!(input, Input::Prices(_)) {
                 bands_hold_at(&e, 64)?;
@@ -839,13 +1129,14 @@ proptest! {
     #[test]
     fn restore_mid_stream_reproduces_the_events(
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
+        holders in holders(),
         trades in prop::collection::vec(trade(), 4..30),
         steps in prop::collection::vec(step(), 2..12),
         cut in 0.0f64..1.0,
     ) {
-        let inputs = inputs(150_000, 20, &cash, &[], &trades, &steps);
+        let inputs = inputs(150_000, 20, &cash, &[], &holders, &trades, &steps);
         let cut = ((inputs.len() as f64) * cut) as usize;
-        let mut live = Engine::default();
+        let mut live = engine();
         let mut tail_live = Vec::new();
         let mut restored: Option<Engine> = None;
         let mut tail_restored = Vec::new();
@@ -855,7 +1146,7 @@ proptest! {
                 // Through JSON, as the daemon would store it.
                 let s: Snapshot = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
                 let idx: Vec<IndexedUnit> = serde_json::from_slice(&serde_json::to_vec(&idx).unwrap()).unwrap();
-                restored = Some(Engine::restore(s, &idx).unwrap());
+                restored = Some(with_committee(Engine::restore(s, &idx).unwrap()));
             }
             let ev = live.apply(input).unwrap_or_default();
             if let Some(r) = restored.as_mut() {
@@ -876,13 +1167,14 @@ proptest! {
     fn restart_from_stored_snapshot_matches_full_replay(
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
         eth in prop::collection::vec(0i128..=50 * Q, 8),
+        holders in holders(),
         trades in prop::collection::vec(trade(), 4..30),
         steps in prop::collection::vec(step(), 2..12),
         cut in 0.0f64..1.0,
     ) {
-        let inputs = inputs(150_000, 20, &cash, &eth, &trades, &steps);
+        let inputs = inputs(150_000, 20, &cash, &eth, &holders, &trades, &steps);
         let cut = ((inputs.len() as f64) * cut) as usize;
-        let mut full = Engine::default();
+        let mut full = engine();
         let mut tail_full = Vec::new();
         let mut bytes = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
@@ -897,7 +1189,8 @@ proptest! {
         if cut == inputs.len() {
             bytes = full.encode_snapshot().unwrap();
         }
-        let mut restarted = Engine::decode_snapshot(&bytes).unwrap();
+        // The committee key is context, not in the snapshot: given again.
+        let mut restarted = with_committee(Engine::decode_snapshot(&bytes).unwrap());
         // Decoding and encoding again gives the same bytes.
         prop_assert_eq!(&restarted.encode_snapshot().unwrap(), &bytes);
         let mut tail = Vec::new();
@@ -919,14 +1212,15 @@ proptest! {
     #[test]
     fn root_commits_to_every_account_and_proofs_verify_only_against_their_root(
         cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
+        holders in holders(),
         trades in prop::collection::vec(trade(), 4..20),
         steps in prop::collection::vec(step(), 1..6),
         pick in 0usize..8,
         change in 0u8..5,
     ) {
         use sibyl_margin::state_root::{verify_account_proof, AccountProof};
-        let inputs = inputs(150_000, 20, &cash, &[], &trades, &steps);
-        let mut e = Engine::default();
+        let inputs = inputs(150_000, 20, &cash, &[], &holders, &trades, &steps);
+        let mut e = engine();
         for input in &inputs {
             let _ = e.apply(input);
         }
@@ -941,7 +1235,21 @@ proptest! {
         let bytes = state.encode();
         prop_assert_eq!(&sibyl_margin::state_root::AccountState::decode(&bytes).unwrap(), &state);
         for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
-            prop_assert!(sibyl_margin::state_root::AccountState::decode(&bytes[..cut]).is_err());
+            // Except one cut: an owned account's leaf less its
+            // `0x01 ‖ owner:32 ‖ nonce:u64` tail is the leaf of the same
+            // account without an owner (another state, another hash).
+            if let Ok(d) = sibyl_margin::state_root::AccountState::decode(&bytes[..cut]) {
+                let mut unowned = state.clone();
+                unowned.state.owner = None;
+                unowned.state.nonce = 0;
+                prop_assert!(
+                    state.state.owner.is_some() && cut + 41 == bytes.len() && d == unowned,
+                    "a {}-byte cut of account {}'s leaf decodes: {:?}",
+                    cut,
+                    id,
+                    d
+                );
+            }
         }
         let mut long = bytes.clone();
         long.push(0);
@@ -967,7 +1275,7 @@ proptest! {
             },
             _ => { s.margin_calls.insert((id, Unit::Isolated { market: "X".into() })); }
         }
-        let mut changed = Engine::from_snapshot(s).unwrap();
+        let mut changed = with_committee(Engine::from_snapshot(s).unwrap());
         let new_root = changed.state_root();
         prop_assert_ne!(new_root, root, "a change to account {} kept the root", id);
         prop_assert_eq!(new_root, changed.state_root_from_scratch());
@@ -981,6 +1289,149 @@ proptest! {
     }
 }
 
+/// `input` (signed) is refused as stale (`AccountExists` for a
+/// self-registration: the account it creates is there) and the engine's
+/// state, snapshot bytes and root are what they were.
+fn stale_changes_nothing(e: &mut Engine, input: &Input) -> Result<(), TestCaseError> {
+    let Input::Signed { signed: env, .. } = input else {
+        return Err(TestCaseError::fail("not a signed input"));
+    };
+    let before = e.snapshot();
+    let bytes = e.encode_snapshot().unwrap();
+    let root = e.state_root();
+    let err = e.apply(input).err();
+    let creates = matches!(env.parse(), Ok(Command::CreateAccount { .. }));
+    prop_assert!(
+        match &err {
+            Some(EngineError::StaleNonce {
+                account,
+                nonce,
+                current,
+            }) => !creates && *account == env.account && *nonce == env.nonce && *nonce <= *current,
+            Some(EngineError::AccountExists { account }) => creates && *account == env.account,
+            _ => false,
+        },
+        "nonce {} on account {}: {:?}",
+        env.nonce,
+        env.account,
+        err
+    );
+    prop_assert_eq!(e.state_root(), root);
+    prop_assert_eq!(e.encode_snapshot().unwrap(), bytes);
+    prop_assert_eq!(e.snapshot(), before);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Every signed input the book applied is refused when it comes again
+    /// (the same envelope), and so is the owner's fresh, validly signed
+    /// envelope with a nonce not above the account's last; neither changes
+    /// the state, the snapshot bytes or the root. The same command with the
+    /// next nonce passes the checks (the nonce was the reason).
+    #[test]
+    fn replayed_and_stale_signed_commands_change_nothing(
+        cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
+        holders in holders(),
+        trades in prop::collection::vec(trade(), 4..30),
+        steps in prop::collection::vec(step(), 0..4),
+        back in any::<u64>(),
+    ) {
+        let mut holders = holders;
+        if !holders.iter().any(|h| h.owned()) {
+            holders[0] = Holder::SelfRegistered;
+        }
+        let inputs = inputs(150_000, 20, &cash, &[], &holders, &trades, &steps);
+        let mut e = engine();
+        let mut applied = Vec::new();
+        for input in &inputs {
+            if e.apply(input).is_ok() && matches!(input, Input::Signed { .. }) {
+                applied.push(input.clone());
+            }
+        }
+        for input in &applied {
+            stale_changes_nothing(&mut e, input)?;
+        }
+        for (i, _) in holders.iter().enumerate().filter(|(_, h)| h.owned()) {
+            let account = i as u64 + 1;
+            let last = e.state().accounts[&account].nonce;
+            let cmd = Command::Withdraw { account, asset: "USD".into(), amount: 1 };
+            // 0 up to the last nonce itself.
+            let stale = sign(account, back % (last + 1), &cmd);
+            let at_ms = e.now_ms();
+            stale_changes_nothing(&mut e, &Input::Signed { at_ms, signed: stale })?;
+            prop_assert_eq!(e.check_signed(&sign(account, last + 1, &cmd)).ok(), Some(cmd));
+        }
+    }
+}
+
+/// Owned accounts trade in the generated books: over a fixed run of them
+/// (no price path; until each kind has applied, at most 256 books),
+/// owners' signed registrations, opens, closes, withdrawals and margin
+/// adjustments all apply somewhere, nothing is
+/// refused for its authorization, and every nonce counts its account's
+/// applied signed commands. Fails if signing broke (every signed command
+/// refused) or the generators stopped making owned accounts or their
+/// commands.
+#[test]
+fn owned_accounts_trade_in_generated_books() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let book = (
+        prop::collection::vec(50i128 * M..=2_000 * M, 8),
+        prop::collection::vec(0i128..=50 * Q, 8),
+        holders(),
+        prop::collection::vec(trade(), 4..40),
+    );
+    const KINDS: [&str; 5] = [
+        "create_account",
+        "open",
+        "close",
+        "withdraw",
+        "adjust_isolated_margin",
+    ];
+    let mut applied: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut owned_positions = 0;
+    let mut books = 0;
+    while books < 256 && !(owned_positions > 0 && KINDS.iter().all(|k| applied.contains_key(k))) {
+        books += 1;
+        let (cash, eth, holders, trades) = book.new_tree(&mut runner).unwrap().current();
+        let mut e = engine();
+        let mut signed = BTreeMap::new();
+        for input in inputs(150_000, 20, &cash, &eth, &holders, &trades, &[]) {
+            match e.apply(&input) {
+                Ok(_) => {
+                    if let Input::Signed { signed: env, .. } = &input {
+                        *applied.entry(env.parse().unwrap().kind()).or_default() += 1;
+                    }
+                    count_signed(&mut signed, &input);
+                }
+                Err(err) => refused_for_the_command(&input, &err).unwrap(),
+            }
+        }
+        nonces_count_signed(&e, &signed).unwrap();
+        owned_positions += e
+            .state()
+            .accounts
+            .values()
+            .filter(|a| a.owner.is_some())
+            .map(|a| a.positions.len())
+            .sum::<usize>();
+    }
+    for kind in KINDS {
+        assert!(
+            applied.contains_key(kind),
+            "no signed {kind} applied in {books} books: {applied:?}"
+        );
+    }
+    assert!(owned_positions > 0, "no owned account holds a position");
+    eprintln!(
+        "{books} books: signed commands applied {applied:?}; {owned_positions} owned positions"
+    );
+}
+
 /// Time alone can liquidate: a delta-hedged long call (long call, short
 /// perpetual) with just its initial margin loses as the call decays. For
 /// many price levels (so that units sit at various distances from
@@ -990,8 +1441,8 @@ proptest! {
 fn index_matches_exhaustive_reference_under_pure_time_decay() {
     let mut time_liquidations = 0;
     for level in 0..24i128 {
-        let mut fast = Engine::default();
-        let mut slow = Engine::default();
+        let mut fast = engine();
+        let mut slow = engine();
         slow.set_exhaustive_checks(true);
         let mut apply = |input: Input, check_round: Option<u64>| -> bool {
             let a = fast.apply(&input).map(|e| decisive(&e));
