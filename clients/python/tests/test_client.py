@@ -5,9 +5,8 @@ and a latest value verified locally."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -15,8 +14,10 @@ import pytest
 from sibyl_client import GroupKeys, SibylClient, SibylHttpError, VerifyError, merkle_root
 from sibyl_client.types import report_from_json
 
+from .conftest import LocalServer
 
-class Api:
+
+class Api(LocalServer):
     """A tiny HTTP server answering fixed routes (path -> (status, JSON text))."""
 
     def __init__(self, routes: dict[str, tuple[int, str]]) -> None:
@@ -38,15 +39,7 @@ class Api:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        self.serve(Handler)
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from sibyl_client import (
     verify_signed_command,
 )
 
-from .conftest import REPO
+from .conftest import REPO, LocalServer
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +107,7 @@ def test_a_fresh_owner_key_signs_what_it_verifies() -> None:
     assert not verify_signed_command(s, generate_owner_key()[1], "02" * 33)
 
 
-class SigningApi:
+class SigningApi(LocalServer):
     """Answers ``GET /v1/margin/signing`` and ``POST /v1/margin/signed``; records the posted bodies."""
 
     def __init__(self, committee_key: str, status: int | None = None) -> None:
@@ -147,15 +146,7 @@ class SigningApi:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        self.serve(Handler)
 
 
 @pytest.fixture
