@@ -242,6 +242,7 @@ fn build_fixture() -> FuzzFixture {
             }],
             commands: Vec::new(),
             margin_roots: Vec::new(),
+            relayed: Vec::new(),
         })
     };
     let obs_a = sign(2, 5, observation(100));

@@ -4,10 +4,15 @@
 //! `SIBYL_FAULT` switch (cargo feature `fault-injection`, so this target has
 //! `test = false` and scripts/test.d/40-faults runs it by name):
 //! `withhold` (observes, never sends a signature share), `invalid-shares`
-//! (shares that do not verify) and `refuse` (signed refusals of everything).
+//! (shares that do not verify), `refuse` (signed refusals of everything) and
+//! `mute-observations` (never sends an observation, so it is in no leader's
+//! aggregate, as a member whose observations are always late).
 //! In each window the honest members' report rate stays at least 90 % of the
 //! baseline, and invalid shares are pinned on member 4 in the leaders'
-//! `sibyl_share_failures_total{member="4"}`.
+//! `sibyl_share_failures_total{member="4"}`. In the `mute-observations`
+//! window a margin account created through member 4 reaches every member's
+//! engine: the others relay its signed offers (issue 20), which their
+//! `sibyl_round_offers_relayed` counts.
 
 mod common;
 
@@ -24,6 +29,13 @@ fn share_failures_of_4(api: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+fn offers_relayed(api: &str) -> f64 {
+    http_get(&format!("{api}/metrics"))
+        .ok()
+        .and_then(|t| sample(&t, "sibyl_round_offers_relayed"))
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn withholding_invalid_shares_and_refusals_from_one_member_cost_under_10_percent() {
     let mut committee = RunningCommittee::start(4);
@@ -34,7 +46,7 @@ fn withholding_invalid_shares_and_refusals_from_one_member_cost_under_10_percent
     assert!(baseline > 1.0, "baseline {baseline:.2} reports/s");
 
     let mut failures = Vec::new();
-    for fault in ["withhold", "invalid-shares", "refuse"] {
+    for fault in ["withhold", "invalid-shares", "refuse", "mute-observations"] {
         let blamed_before: f64 = api[..3].iter().map(|a| share_failures_of_4(a)).sum();
         let mut cmd = sibyl();
         cmd.env("SIBYL_FAULT", fault);
@@ -57,6 +69,15 @@ fn withholding_invalid_shares_and_refusals_from_one_member_cost_under_10_percent
             failures.push(format!(
                 "{fault}: member 4 blamed for invalid shares {blamed} times"
             ));
+        }
+        if fault == "mute-observations" {
+            let relayed_before: f64 = api[..3].iter().map(|a| offers_relayed(a)).sum();
+            common::margin_account_through(&committee, 3, 0, 9201);
+            let relayed = api[..3].iter().map(|a| offers_relayed(a)).sum::<f64>() - relayed_before;
+            eprintln!("offers of member 4 relayed by members 1-3: {relayed}");
+            if relayed < 1.0 {
+                failures.push("member 4's commands were ordered without a relay".into());
+            }
         }
     }
     // The faulty member's own log says it misbehaves on purpose.

@@ -78,6 +78,7 @@ impl Node {
         for leaf in &report.leaves {
             note_signed_leaf(&mut self.last_values, leaf, report.header.timestamp_ms);
         }
+        self.note_ordered(&report);
         self.stats.reports_accepted += 1;
         if round == self.round && !self.rs.reported {
             if self.rs.leader.is_some() {

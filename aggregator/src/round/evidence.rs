@@ -74,6 +74,7 @@ fn kind_name(p: &Payload) -> &'static str {
         Payload::Share(_) => "share",
         Payload::Report(_) => "report",
         Payload::Refusal(_) => "refusal",
+        Payload::Offers(_) => "offers",
     }
 }
 

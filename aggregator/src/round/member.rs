@@ -19,6 +19,7 @@ impl Node {
             || self.rs.observation_sent
             || self.rs.reported
             || self.leader_unreachable(self.round)
+            || self.faults.mute_observations()
         {
             return;
         }
@@ -63,6 +64,7 @@ impl Node {
         self.last_observed_round = Some(self.round);
         self.out
             .push(Action::RecordObservation { round: self.round });
+        let relayed = self.offers_to_relay();
         let msg = self.sign_msg(
             self.round,
             Payload::Observation(ObservationMsg {
@@ -70,6 +72,7 @@ impl Node {
                 commitments,
                 commands: self.offered_commands.clone(),
                 margin_roots: self.attested_roots.clone(),
+                relayed,
             }),
         );
         let leader = self.leader_of(self.round);

@@ -17,11 +17,12 @@
 //!
 //! | kind | message | body |
 //! |---|---|---|
-//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of (suite u8, seq of FROST commitments (bytes)), seq of margin commands the member offers (origin u16 = sender, nonce u64, body str), seq of attested margin state roots (round u64, root bytes32; rounds strictly ascending) |
+//! | 1 | observation (member -> leader) | seq of (feed bytes32, price i128, spread u128 = max − min of the member's source prices, observed_at u64, bid option i128, ask option i128, venues u16, min_venues u16, flags u8), seq of (suite u8, seq of FROST commitments (bytes)), seq of margin commands the member offers (origin u16 = sender, nonce u64, body str), seq of attested margin state roots (round u64, root bytes32; rounds strictly ascending), seq of relayed offers (bytes: another member's complete signed kind-6 message, origins strictly ascending, none the sender's) |
 //! | 2 | proposal (leader -> signers) | attempt u8, timestamp u64, merkle root bytes32, seq of leaves, seq of signed observations (bytes), seq of (suite u8, signing package (bytes)), seq of signed signer-only observations (bytes), key set u64, seq of margin commands, option margin state (round u64, root bytes32) |
 //! | 3 | share (signer -> all) | attempt u8, report digest bytes32, seq of (suite u8, signing package hash bytes32, share (bytes)) |
 //! | 4 | signed report (leader -> all) | header timestamp u64, merkle root bytes32, margin root bytes32, seq of leaves, seq of (suite u8, signature bytes), seq of margin commands, option margin state |
 //! | 5 | refusal (signer -> leader) | attempt u8, report digest bytes32, reason u8, signer's clock u64 |
+//! | 6 | offers (member -> all) | seq of margin commands the sender offers (origin u16 = sender, nonce u64, body str) |
 //!
 //! Per-suite lists name each suite the committee signs with once, suites
 //! ascending (1 ed25519, 2 secp256k1-evm): a committee listing both suites
@@ -33,7 +34,8 @@
 //! observations; they do not enter the leaves.
 //!
 //! A proposal's margin commands are [`order_commands`] of its attributed
-//! observations (each sender's own offers, ascending by origin and nonce);
+//! observations (each sender's own offers and the offers it relays for
+//! other members, ascending by origin and nonce);
 //! the header's margin root commits to them and to the margin state the
 //! proposal carries, which every signer of the attempt attested in its own
 //! observation ([`crate::digest::margin_root`]).
@@ -57,7 +59,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Domain separator for identity-key signatures over messages.
-pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v5";
+pub const MESSAGE_DOMAIN: &[u8] = b"sibyl/round-message/v6";
 /// Most feeds a message may carry.
 pub const MAX_FEEDS: usize = 10_000;
 /// Most members a committee may have (and observations a proposal may attribute).
@@ -77,7 +79,14 @@ const MAX_OBSERVATION_BYTES: usize = 4
     + MAX_COMMANDS_PER_MEMBER * (2 + 8 + 4 + MAX_COMMAND_BYTES)
     + 4
     + MAX_ATTESTED_ROOTS * 40
+    + 4
+    + MAX_RELAYED_OFFERS * (4 + MAX_OFFERS_BYTES)
     + 128;
+/// Most other members' offers one observation relays.
+pub const MAX_RELAYED_OFFERS: usize = 4;
+/// Upper bound on an offers message (kind 6).
+const MAX_OFFERS_BYTES: usize =
+    45 + 4 + MAX_COMMANDS_PER_MEMBER * (2 + 8 + 4 + MAX_COMMAND_BYTES) + SIGNATURE_LEN;
 /// Wire size of an observation entry without bid and ask, and with both.
 const ENTRY_MIN_BYTES: usize = 32 + 16 + 16 + 8 + 1 + 1 + 2 + 2 + 1;
 const ENTRY_MAX_BYTES: usize = ENTRY_MIN_BYTES + 32;
@@ -92,6 +101,7 @@ pub enum Kind {
     Share = 3,
     Report = 4,
     Refusal = 5,
+    Offers = 6,
 }
 
 /// One feed in a member's observation.
@@ -162,6 +172,37 @@ pub struct ObservationMsg {
     /// strictly ascending, at most [`MAX_ATTESTED_ROOTS`]): it vouches for
     /// each, and signs a report carrying one only if it attested it.
     pub margin_roots: Vec<MarginCheckpoint>,
+    /// Other members' signed offers the sender carries for them (origins
+    /// strictly ascending, none the sender, at most
+    /// [`MAX_RELAYED_OFFERS`]): their commands are ordered as if their
+    /// origin's own observation had been attributed, so a member whose
+    /// observations keep missing the leader's aggregate (slow, far, clock
+    /// off, just restarted) still gets its commands ordered.
+    pub relayed: Vec<RelayedOffers>,
+}
+
+/// A member's offers ([`Payload::Offers`]) as another member relays them:
+/// the complete signed message, and what it says. A decoded one's
+/// signature was checked against `origin`'s identity key
+/// ([`SignedMessage::decode`]; not for a member's own message,
+/// [`SignedMessage::decode_own`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayedOffers {
+    pub origin: u16,
+    /// Each with `origin`, strictly ascending by nonce.
+    pub commands: Vec<MarginCommand>,
+    /// The offers message, signature included.
+    pub bytes: Vec<u8>,
+}
+
+/// A member's pending margin commands, sent to every member (kind 6) when
+/// they change and again while they wait, so that any member can relay
+/// them ([`ObservationMsg::relayed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffersMsg {
+    /// Each with `origin` = the sender, strictly ascending by nonce, at
+    /// most [`MAX_COMMANDS_PER_MEMBER`].
+    pub commands: Vec<MarginCommand>,
 }
 
 /// One suite's commitments in an observation.
@@ -223,17 +264,27 @@ pub struct ProposalMsg {
 
 /// The margin commands a round orders from its attributed observations
 /// (`(sender, observation)`): each sender's offers whose origin is the
-/// sender, ascending by (origin, nonce). Leader and signers compute it
-/// alike, so a leader cannot add, drop or reorder a command unnoticed.
+/// sender, and the offers it relays (signed by their origin), ascending by
+/// (origin, nonce); of two different bodies an origin signed for one nonce
+/// the smaller. Leader and signers compute it alike, so a leader cannot
+/// add, drop or reorder a command unnoticed.
 pub fn order_commands<'a>(
     observations: impl IntoIterator<Item = (u16, &'a ObservationMsg)>,
 ) -> Vec<MarginCommand> {
     let mut out: Vec<MarginCommand> = observations
         .into_iter()
-        .flat_map(|(sender, o)| o.commands.iter().filter(move |c| c.origin == sender))
+        .flat_map(|(sender, o)| {
+            let own = o.commands.iter().filter(move |c| c.origin == sender);
+            let relayed = o
+                .relayed
+                .iter()
+                .filter(move |r| r.origin != sender)
+                .flat_map(|r| r.commands.iter().filter(|c| c.origin == r.origin));
+            own.chain(relayed)
+        })
         .cloned()
         .collect();
-    out.sort_by_key(|c| (c.origin, c.nonce));
+    out.sort_by(|a, b| (a.origin, a.nonce, &a.body).cmp(&(b.origin, b.nonce, &b.body)));
     out.dedup_by_key(|c| (c.origin, c.nonce));
     out.truncate(MAX_REPORT_COMMANDS);
     out
@@ -317,6 +368,7 @@ pub enum Payload {
     Share(ShareMsg),
     Report(SignedReport),
     Refusal(RefusalMsg),
+    Offers(OffersMsg),
 }
 
 impl Payload {
@@ -327,6 +379,7 @@ impl Payload {
             Payload::Share(_) => Kind::Share,
             Payload::Report(_) => Kind::Report,
             Payload::Refusal(_) => Kind::Refusal,
+            Payload::Offers(_) => Kind::Offers,
         }
     }
 }
@@ -352,6 +405,10 @@ pub enum MessageError {
     UnknownSender(u16),
     #[error("message from member {sender} carries an invalid identity signature")]
     BadSignature { sender: u16 },
+    #[error(
+        "observation from member {sender} relays offers of member {origin} that are not validly signed by it"
+    )]
+    BadRelayed { sender: u16, origin: u16 },
 }
 
 impl SignedMessage {
@@ -416,6 +473,15 @@ impl SignedMessage {
         };
         key.verify_strict(&signing_input(&digest), &sig)
             .map_err(|_| MessageError::BadSignature { sender: msg.sender })?;
+        check_offers(&msg)?;
+        if let Payload::Observation(o) = &msg.payload {
+            for r in &o.relayed {
+                verify_relayed(r, committee).map_err(|_| MessageError::BadRelayed {
+                    sender: msg.sender,
+                    origin: r.origin,
+                })?;
+            }
+        }
         Ok((msg, hashes))
     }
 
@@ -429,6 +495,7 @@ impl SignedMessage {
         if committee.identity(msg.sender).is_none() {
             return Err(MessageError::UnknownSender(msg.sender));
         }
+        check_offers(&msg)?;
         if bytes.len() != signed_len + SIGNATURE_LEN {
             return Err(MessageError::BadSignature { sender: msg.sender });
         }
@@ -440,6 +507,17 @@ impl SignedMessage {
     pub fn content(&self) -> &[u8] {
         &self.bytes[..self.bytes.len().saturating_sub(SIGNATURE_LEN)]
     }
+}
+
+/// Checks a relayed offers message's signature against its origin's key
+/// (its structure was checked while decoding the observation).
+fn verify_relayed(r: &RelayedOffers, committee: &Committee) -> Result<(), ()> {
+    let key = committee.identity(r.origin).ok_or(())?;
+    let signed_len = r.bytes.len().checked_sub(SIGNATURE_LEN).ok_or(())?;
+    let sig_bytes: [u8; SIGNATURE_LEN] = r.bytes[signed_len..].try_into().map_err(|_| ())?;
+    let digest: [u8; 64] = Sha512::digest(&r.bytes[..signed_len]).into();
+    key.verify_strict(&signing_input(&digest), &Signature::from_bytes(&sig_bytes))
+        .map_err(|_| ())
 }
 
 /// Round, claimed sender and kind of an encoded message, read from its
@@ -454,6 +532,7 @@ pub fn peek(bytes: &[u8]) -> Option<(Round, u16, Kind)> {
         3 => Kind::Share,
         4 => Kind::Report,
         5 => Kind::Refusal,
+        6 => Kind::Offers,
         _ => return None,
     };
     Some((round, sender, kind))
@@ -528,7 +607,12 @@ fn decode_inner(
     let mut spans = Vec::new();
     let max_feeds = max_feeds.min(MAX_FEEDS);
     let payload = match kind {
-        1 => Payload::Observation(decode_observation(&mut r, max_feeds)?),
+        1 => Payload::Observation(decode_observation(
+            &mut r,
+            max_feeds,
+            config_digest,
+            sender,
+        )?),
         2 => Payload::Proposal(decode_proposal(&mut r, &mut spans, max_feeds)?),
         3 => Payload::Share(decode_share(&mut r)?),
         4 => Payload::Report(decode_report_body(
@@ -538,6 +622,7 @@ fn decode_inner(
             max_feeds,
         )?),
         5 => Payload::Refusal(decode_refusal(&mut r)?),
+        6 => Payload::Offers(decode_offers(&mut r)?),
         tag => {
             return Err(DecodeError::InvalidTag {
                 what: "message kind",
@@ -591,6 +676,9 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
             w.seq(o.margin_roots.iter(), |w, m| {
                 w.u64(m.round).bytes32(&m.root);
             });
+            w.seq(o.relayed.iter(), |w, r| {
+                w.bytes(&r.bytes);
+            });
         }
         Payload::Proposal(p) => {
             w.u8(p.attempt).u64(p.timestamp_ms).bytes32(&p.merkle_root);
@@ -636,6 +724,7 @@ fn encode_payload(w: &mut Writer, payload: &Payload) -> Vec<Range<usize>> {
                 .u8(f.reason as u8)
                 .u64(f.clock_ms);
         }
+        Payload::Offers(o) => encode_commands(w, &o.commands),
     }
     spans
 }
@@ -680,7 +769,79 @@ fn check_ascending<'a>(
     Ok(())
 }
 
-fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<ObservationMsg, DecodeError> {
+/// An offers message's body (commands strictly ascending: the codec
+/// checks the order; [`check_offers`] that they are the sender's).
+fn decode_offers(r: &mut Reader<'_>) -> Result<OffersMsg, DecodeError> {
+    Ok(OffersMsg {
+        commands: decode_commands(r, MAX_COMMANDS_PER_MEMBER)?,
+    })
+}
+
+/// An offers message may carry only its sender's commands.
+fn check_offers(msg: &SignedMessage) -> Result<(), DecodeError> {
+    match &msg.payload {
+        Payload::Offers(o) if o.commands.iter().any(|c| c.origin != msg.sender) => {
+            Err(DecodeError::Invalid {
+                what: "offered margin commands",
+                at: 44,
+                reason: format!("a command's origin is not the sender {}", msg.sender),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An observation's relayed offers: each a complete offers message of
+/// another member (decoded here; its signature is checked by
+/// [`SignedMessage::decode_hashed`]), origins strictly ascending.
+fn decode_relayed(
+    r: &mut Reader<'_>,
+    config_digest: &ConfigDigest,
+    sender: u16,
+) -> Result<Vec<RelayedOffers>, DecodeError> {
+    let at = r.position();
+    let relayed = r.seq("relayed offers", MAX_RELAYED_OFFERS, 4, |r| {
+        let at = r.position();
+        let bytes = r.bytes("relayed offers", MAX_OFFERS_BYTES)?;
+        let invalid = |reason: String| DecodeError::Invalid {
+            what: "relayed offers",
+            at,
+            reason,
+        };
+        // Only an offers message is decoded (no nesting of observations).
+        if bytes.get(43) != Some(&(Kind::Offers as u8)) {
+            return Err(invalid("not an offers message".into()));
+        }
+        let (m, _, _) =
+            decode_inner(bytes, config_digest, 0).map_err(|e| invalid(e.to_string()))?;
+        check_offers(&m)?;
+        let Payload::Offers(o) = m.payload else {
+            return Err(invalid("not an offers message".into()));
+        };
+        if m.sender == sender {
+            return Err(invalid("the sender's own offers".into()));
+        }
+        Ok(RelayedOffers {
+            origin: m.sender,
+            commands: o.commands,
+            bytes: bytes.to_vec(),
+        })
+    })?;
+    if relayed.windows(2).any(|p| p[0].origin >= p[1].origin) {
+        return Err(DecodeError::NonCanonical {
+            what: "relayed offers (origins strictly ascending)",
+            at,
+        });
+    }
+    Ok(relayed)
+}
+
+fn decode_observation(
+    r: &mut Reader<'_>,
+    max_feeds: usize,
+    config_digest: &ConfigDigest,
+    sender: u16,
+) -> Result<ObservationMsg, DecodeError> {
     let at = r.position();
     let entries = r.seq("observation entries", max_feeds, ENTRY_MIN_BYTES, |r| {
         let feed = feed(r, "observation feed id")?;
@@ -736,11 +897,13 @@ fn decode_observation(r: &mut Reader<'_>, max_feeds: usize) -> Result<Observatio
             at,
         });
     }
+    let relayed = decode_relayed(r, config_digest, sender)?;
     Ok(ObservationMsg {
         entries,
         commitments,
         commands,
         margin_roots,
+        relayed,
     })
 }
 

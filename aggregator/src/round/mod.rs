@@ -69,6 +69,7 @@ mod lane;
 mod leader;
 mod member;
 pub mod message;
+mod offers;
 mod pacemaker;
 pub mod schedule;
 mod suite;
@@ -93,8 +94,9 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use lane::{AnyLane, Lane, keccak, with_lane};
 use leader::MAX_HEDGES;
 use message::{
-    Kind, ObservationEntry, ObservationMsg, Payload, ProposalMsg, RefusalMsg, RefusalReason,
-    ShareMsg, SignedMessage, SuiteCommitments, SuitePackage, SuiteShare, order_commands,
+    Kind, ObservationEntry, ObservationMsg, OffersMsg, Payload, ProposalMsg, RefusalMsg,
+    RefusalReason, RelayedOffers, ShareMsg, SignedMessage, SuiteCommitments, SuitePackage,
+    SuiteShare, order_commands,
 };
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -414,6 +416,12 @@ pub struct Stats {
     /// Proposals this member refused because they carried a margin state
     /// root it had not attested (its engine is behind, or differs).
     pub margin_states_refused: u64,
+    /// Offers messages this member sent to every member (its pending
+    /// margin commands, when they changed and again while they wait).
+    pub offers_sent: u64,
+    /// Other members' offers it carried in its observations because they
+    /// had waited [`RELAY_AFTER_ROUNDS`] rounds without being ordered.
+    pub offers_relayed: u64,
 }
 
 /// What this member saw of another member: the committee panel's figures.
@@ -447,6 +455,9 @@ pub(crate) struct Faults {
     pub refuse: bool,
     /// Never correct the clock (a member whose clock is off and stays off).
     pub fixed_clock: bool,
+    /// Never send an observation (one whose observations never reach the
+    /// leader's aggregate: always late).
+    pub mute_observations: bool,
 }
 
 #[cfg(any(test, feature = "sim"))]
@@ -462,6 +473,9 @@ impl Faults {
     }
     pub(crate) fn fixed_clock(&self) -> bool {
         self.fixed_clock
+    }
+    pub(crate) fn mute_observations(&self) -> bool {
+        self.mute_observations
     }
 }
 
@@ -486,6 +500,32 @@ impl Faults {
     pub(crate) const fn fixed_clock(&self) -> bool {
         false
     }
+    pub(crate) const fn mute_observations(&self) -> bool {
+        false
+    }
+}
+
+/// Rounds a member's offers wait at another member before it relays them
+/// in its observations: in the common case the origin's own observation
+/// gets them ordered within a round, and nothing is relayed.
+pub const RELAY_AFTER_ROUNDS: Round = 2;
+/// While its offers wait, a member sends them to every member again this
+/// often (members that restarted or were cut off get them, and a holder's
+/// copy stays fresh).
+pub const OFFERS_RESEND_MS: TimestampMs = 2_000;
+/// A member relays another's offers only this long after they arrived: a
+/// command its origin withdrew (its API call gave up, 504 `not_ordered`)
+/// is never relayed later than this even if the withdrawal did not reach
+/// the holder.
+pub const OFFERS_TTL_MS: TimestampMs = 10_000;
+
+/// Another member's offers this member holds for relaying.
+struct HeldOffers {
+    relayed: RelayedOffers,
+    /// The round this member was in when these commands started waiting.
+    since: Round,
+    /// When the latest copy arrived.
+    arrived_ms: TimestampMs,
 }
 
 struct Attributed {
@@ -674,6 +714,14 @@ pub struct Node {
     /// The margin commands this member offers in its observations
     /// ([`Input::OfferCommands`]).
     offered_commands: Vec<MarginCommand>,
+    /// When this member last sent its pending offers to every member
+    /// ([`Payload::Offers`]); `None`: none are pending.
+    offers_sent_ms: Option<TimestampMs>,
+    /// Other members' latest offers (by origin), relayed in this member's
+    /// observations once they waited [`RELAY_AFTER_ROUNDS`] rounds.
+    held_offers: BTreeMap<u16, HeldOffers>,
+    /// Per origin, the highest nonce a report this member accepted ordered.
+    ordered_marks: BTreeMap<u16, u64>,
     /// The margin state roots this member attests ([`Input::AttestMarginRoots`]).
     attested_roots: Vec<MarginCheckpoint>,
     /// The round of the newest margin state a report this member holds carries.
@@ -909,6 +957,9 @@ impl Node {
             last_observed_round: restore.last_observed_round,
             local: BTreeMap::new(),
             offered_commands: Vec::new(),
+            offers_sent_ms: None,
+            held_offers: BTreeMap::new(),
+            ordered_marks: BTreeMap::new(),
             attested_roots: Vec::new(),
             last_margin_round: None,
             start_round,
@@ -1102,11 +1153,14 @@ impl Node {
 
     /// Test-only misbehaviour (cargo feature `fault-injection`, for the fault
     /// tests and benchmarks with real processes): send signature shares that
-    /// do not verify, or refuse every proposal with a signed refusal.
+    /// do not verify, refuse every proposal with a signed refusal, or never
+    /// send an observation (a member whose observations never reach the
+    /// leader's aggregate).
     #[cfg(feature = "fault-injection")]
-    pub fn inject_faults(&mut self, invalid_shares: bool, refuse: bool) {
+    pub fn inject_faults(&mut self, invalid_shares: bool, refuse: bool, mute_observations: bool) {
         self.faults.invalid_shares = invalid_shares;
         self.faults.refuse = refuse;
+        self.faults.mute_observations = mute_observations;
     }
 
     fn penalize(&mut self, member: u16, by: u32) {
@@ -1257,7 +1311,11 @@ impl Node {
                 commands.sort_by_key(|c| c.nonce);
                 commands.dedup_by_key(|c| c.nonce);
                 commands.truncate(MAX_COMMANDS_PER_MEMBER);
+                let changed = commands != self.offered_commands;
                 self.offered_commands = commands;
+                if changed {
+                    self.send_offers();
+                }
             }
             Input::AttestMarginRoots(mut roots) => {
                 roots.sort_by_key(|c| c.round);
@@ -1287,6 +1345,7 @@ impl Node {
                     for leaf in &r.leaves {
                         note_signed_leaf(&mut self.last_values, leaf, r.header.timestamp_ms);
                     }
+                    self.note_ordered(&r);
                 }
             }
         }
@@ -1400,6 +1459,11 @@ impl Node {
             self.on_report(now, msg);
             return;
         }
+        if let Payload::Offers(_) = msg.payload {
+            // Not tied to a round: kept until a report orders the commands.
+            self.on_offers(msg);
+            return;
+        }
         if msg.round < self.round {
             self.stats.stale_messages += 1;
             return;
@@ -1422,7 +1486,7 @@ impl Node {
             Kind::Proposal => self.on_proposal(now, msg, &hashes),
             Kind::Share => self.on_share(now, msg, rng),
             Kind::Refusal => self.on_refusal(now, msg),
-            Kind::Report => {}
+            Kind::Report | Kind::Offers => {}
         }
     }
 }

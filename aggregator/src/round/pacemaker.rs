@@ -33,6 +33,7 @@ impl Node {
         });
         // Signing state of older rounds is useless now; its nonces are gone with `rs`.
         self.pending.retain(|p| p.record.round >= round);
+        self.resend_offers_if_due();
         self.send_observation(now, rng);
         // Drop buffered messages of rounds left behind, replay this round's.
         let keep = self.future.split_off(&round);

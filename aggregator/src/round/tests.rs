@@ -3,8 +3,9 @@
 
 use super::committee::{Committee, FeedConfig, Member, Timeouts};
 use super::message::{
-    MAX_MESSAGE_BYTES, MessageError, ObservationEntry, ObservationMsg, Payload, ProposalMsg,
-    RefusalMsg, RefusalReason, ShareMsg, SignedMessage, SuiteCommitments, SuitePackage, SuiteShare,
+    MAX_MESSAGE_BYTES, MessageError, ObservationEntry, ObservationMsg, OffersMsg, Payload,
+    ProposalMsg, RefusalMsg, RefusalReason, RelayedOffers, ShareMsg, SignedMessage,
+    SuiteCommitments, SuitePackage, SuiteShare,
 };
 use super::*;
 use crate::codec::DecodeError;
@@ -741,8 +742,22 @@ fn node_new_rejects_wrong_keys() {
 
 // ------------------------------------------------------------ wire messages
 
+/// Member `origin`'s signed offers of `commands`, as another member relays them.
+fn relayed_offers(h: &Harness, origin: u16, commands: Vec<MarginCommand>) -> RelayedOffers {
+    let key = SigningKey::from_bytes(&h.seeds[usize::from(origin) - 1]);
+    let payload = Payload::Offers(OffersMsg {
+        commands: commands.clone(),
+    });
+    RelayedOffers {
+        origin,
+        commands,
+        bytes: SignedMessage::sign(&key, &DIGEST, 3, origin, payload).bytes,
+    }
+}
+
 fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
     let key = SigningKey::from_bytes(&h.seeds[0]);
+    let relayed = vec![relayed_offers(h, 2, vec![offer(2, 7, "{}")])];
     let obs = Payload::Observation(ObservationMsg {
         entries: vec![ObservationEntry {
             feed: feed(0),
@@ -765,10 +780,14 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
                 commitments: vec![vec![4; 5], vec![6]],
             },
         ],
-        commands: Vec::new(),
+        commands: vec![offer(1, 3, "own")],
         margin_roots: Vec::new(),
+        relayed,
     });
     let obs_msg = SignedMessage::sign(&key, &DIGEST, 4, 1, obs);
+    let offers = Payload::Offers(OffersMsg {
+        commands: vec![offer(1, 3, "own"), offer(1, 4, "next")],
+    });
     let leaf = ReportLeaf::basic(feed(0), 9, 1, 3, T0);
     let proposal = Payload::Proposal(ProposalMsg {
         attempt: 1,
@@ -827,7 +846,7 @@ fn sample_messages(h: &Harness) -> Vec<SignedMessage> {
         commands: Vec::new(),
         margin_state: None,
     });
-    [proposal, share, report, refusal]
+    [proposal, share, report, refusal, offers]
         .into_iter()
         .map(|p| SignedMessage::sign(&key, &DIGEST, 4, 1, p))
         .chain([obs_msg])
@@ -919,6 +938,200 @@ proptest! {
     }
 }
 
+/// A relayed offers message must be another member's, signed by it, and
+/// an offers message may carry only its sender's commands.
+#[test]
+fn relayed_offers_are_checked_against_their_origin() {
+    let h = harness::<Ed>(4, 1);
+    let key = SigningKey::from_bytes(&h.seeds[0]);
+    let observation = |relayed: Vec<RelayedOffers>| {
+        let payload = Payload::Observation(ObservationMsg {
+            entries: Vec::new(),
+            commitments: Vec::new(),
+            commands: Vec::new(),
+            margin_roots: Vec::new(),
+            relayed,
+        });
+        SignedMessage::sign(&key, &DIGEST, 4, 1, payload).bytes
+    };
+    let good = relayed_offers(&h, 2, vec![offer(2, 1, "a")]);
+    assert!(SignedMessage::decode(&observation(vec![good.clone()]), &h.committee).is_ok());
+    // Signed by member 3 in member 2's name.
+    let key3 = SigningKey::from_bytes(&h.seeds[2]);
+    let payload = Payload::Offers(OffersMsg {
+        commands: vec![offer(2, 1, "a")],
+    });
+    let forged = RelayedOffers {
+        origin: 2,
+        commands: vec![offer(2, 1, "a")],
+        bytes: SignedMessage::sign(&key3, &DIGEST, 3, 2, payload).bytes,
+    };
+    assert_eq!(
+        SignedMessage::decode(&observation(vec![forged]), &h.committee),
+        Err(MessageError::BadRelayed {
+            sender: 1,
+            origin: 2
+        })
+    );
+    // The sender's own offers, an origin twice, and something that is not
+    // an offers message are refused while decoding.
+    let own = relayed_offers(&h, 1, vec![offer(1, 1, "a")]);
+    let twice = vec![good.clone(), relayed_offers(&h, 2, vec![offer(2, 2, "b")])];
+    let not_offers = RelayedOffers {
+        origin: 2,
+        commands: Vec::new(),
+        bytes: sample_messages(&h)[3].bytes.clone(),
+    };
+    for relayed in [vec![own], twice, vec![not_offers]] {
+        assert!(matches!(
+            SignedMessage::decode(&observation(relayed), &h.committee),
+            Err(MessageError::Decode(_))
+        ));
+    }
+    // Offers naming another origin than their sender.
+    let key2 = SigningKey::from_bytes(&h.seeds[1]);
+    let payload = Payload::Offers(OffersMsg {
+        commands: vec![offer(3, 1, "not mine")],
+    });
+    let bytes = SignedMessage::sign(&key2, &DIGEST, 4, 2, payload).bytes;
+    assert!(matches!(
+        SignedMessage::decode(&bytes, &h.committee),
+        Err(MessageError::Decode(_))
+    ));
+}
+
+/// A member whose observations never reach a leader's aggregate (here it
+/// sends none) still gets its commands ordered: it sends its signed offers
+/// to every member, and they relay them in their observations once the
+/// offers waited `RELAY_AFTER_ROUNDS` rounds; the commands are ordered
+/// once, and relaying stops when a report carries them.
+#[test]
+fn commands_of_a_member_left_out_of_every_aggregate_are_relayed_and_ordered() {
+    let mut h = harness::<Ed>(4, 1);
+    h.nodes[3].faults.mute_observations = true;
+    let commands = vec![offer(4, 1, "a"), offer(4, 2, "b")];
+    let a = h.handle(4, T0, Input::OfferCommands(commands.clone()));
+    let Some(bytes) = a.iter().find_map(|a| match a {
+        Action::Broadcast { bytes } => Some(bytes),
+        _ => None,
+    }) else {
+        panic!("member 4 sends its offers to every member: {a:?}");
+    };
+    assert!(matches!(decode(&h, bytes).payload, Payload::Offers(_)));
+    for m in 1..=3 {
+        h.handle(
+            m,
+            T0,
+            Input::Message {
+                from: 4,
+                bytes: bytes.clone(),
+            },
+        );
+    }
+    let mut carried = Vec::new();
+    let t = *h.committee.timeouts();
+    for k in 0..5 {
+        // The leader waits `observe_ms` for member 4's observation, then
+        // goes on with the other three.
+        sign_round(&mut h, k, 1_000_000);
+        let later = T0 + k * t.round_interval_ms + t.observe_ms + 1;
+        let ticks = (1..=4).map(|m| (m, Input::Tick)).collect();
+        let (reports, _) = deliver_until_quiet(&mut h, later, ticks);
+        let r = h.nodes[0]
+            .last_report_round
+            .filter(|r| *r == k)
+            .and(reports[0].last().cloned())
+            .expect("the round signs without member 4");
+        carried.push(r.commands.clone());
+        // Every member holds the same report, member 4 included.
+        for (i, n) in h.nodes.iter().enumerate() {
+            assert_eq!(n.last_report_round, Some(k), "member {}", i + 1);
+        }
+    }
+    let rounds: Vec<usize> = (0..carried.len())
+        .filter(|&k| !carried[k].is_empty())
+        .collect();
+    assert_eq!(rounds, vec![RELAY_AFTER_ROUNDS as usize], "{carried:?}");
+    assert_eq!(carried[RELAY_AFTER_ROUNDS as usize], commands);
+    let relayed: u64 = h.nodes[..3].iter().map(|n| n.stats().offers_relayed).sum();
+    assert!(relayed >= 1, "relayed {relayed}");
+    assert!(h.nodes[..3].iter().all(|n| n.held_offers.is_empty()));
+}
+
+/// Member 4's offers as member 4 broadcasts them after `commands`.
+fn offers_broadcast(h: &mut Harness, at: TimestampMs, commands: Vec<MarginCommand>) -> Vec<u8> {
+    let a = h.handle(4, at, Input::OfferCommands(commands));
+    a.iter()
+        .find_map(|a| match a {
+            Action::Broadcast { bytes } => Some(bytes.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("member 4 sends its offers: {a:?}"))
+}
+
+/// Offers their origin withdrew (it sends the shorter list, here none) are
+/// dropped at once; offers whose latest copy arrived `OFFERS_TTL_MS` ago
+/// are not relayed (the withdrawal may not have reached this member); an
+/// older copy does not replace a newer one; pending offers are sent again
+/// every `OFFERS_RESEND_MS`.
+#[test]
+fn withdrawn_stale_and_expired_offers_are_not_relayed() {
+    let mut h = harness::<Ed>(4, 1);
+    let first = offers_broadcast(&mut h, T0, vec![offer(4, 1, "a")]);
+    h.handle(
+        1,
+        T0,
+        Input::Message {
+            from: 4,
+            bytes: first.clone(),
+        },
+    );
+    assert_eq!(h.nodes[0].held_offers.len(), 1);
+    // Withdrawn: the empty list reaches every member.
+    let none = offers_broadcast(&mut h, T0 + 1, Vec::new());
+    h.handle(
+        1,
+        T0 + 1,
+        Input::Message {
+            from: 4,
+            bytes: none,
+        },
+    );
+    assert!(h.nodes[0].held_offers.is_empty());
+    assert!(
+        h.handle(4, T0 + 2, Input::OfferCommands(Vec::new()))
+            .iter()
+            .all(|a| !matches!(a, Action::Broadcast { .. })),
+        "nothing to withdraw twice"
+    );
+    // Pending again; sent again after OFFERS_RESEND_MS, not before.
+    let second = offers_broadcast(&mut h, T0 + 3, vec![offer(4, 2, "b")]);
+    for (at, want) in [(T0 + 4, 0), (T0 + 3 + OFFERS_RESEND_MS, 1)] {
+        h.nodes[3].raw_now = at;
+        let sent = h.nodes[3].stats().offers_sent;
+        h.nodes[3].resend_offers_if_due();
+        assert_eq!(h.nodes[3].stats().offers_sent - sent, want, "at {at}");
+    }
+    // Offers signed in a later round replace earlier ones; a copy from an
+    // earlier round arriving late does not.
+    let key4 = SigningKey::from_bytes(&h.seeds[3]);
+    let payload = Payload::Offers(OffersMsg {
+        commands: vec![offer(4, 2, "b"), offer(4, 3, "c")],
+    });
+    let later = SignedMessage::sign(&key4, &DIGEST, 1, 4, payload).bytes;
+    for bytes in [second.clone(), later.clone(), second] {
+        h.handle(1, T0 + 3, Input::Message { from: 4, bytes });
+    }
+    assert!(h.nodes[0].held_offers[&4].relayed.bytes == later);
+    let n = &mut h.nodes[0];
+    n.round = RELAY_AFTER_ROUNDS;
+    n.raw_now = T0 + 3 + OFFERS_TTL_MS;
+    assert_eq!(n.offers_to_relay().len(), 1, "waited and fresh");
+    n.raw_now = T0 + 4 + OFFERS_TTL_MS;
+    assert!(n.offers_to_relay().is_empty(), "expired");
+    assert!(n.held_offers.is_empty());
+}
+
 #[test]
 fn two_observations_for_one_round_are_verifiable_evidence() {
     let mut h = harness::<Ed>(4, 1);
@@ -958,7 +1171,7 @@ fn two_observations_for_one_round_are_verifiable_evidence() {
 fn proposal_signature_binds_every_byte_of_its_embedded_observations() {
     let h = harness::<Ed>(4, 1);
     let msgs = sample_messages(&h);
-    let (proposal, obs) = (&msgs[0], &msgs[4]);
+    let (proposal, obs) = (&msgs[0], msgs.last().unwrap());
     let (decoded, hashes) =
         SignedMessage::decode_hashed(&proposal.bytes, &h.committee, None).expect("valid proposal");
     assert_eq!(&decoded, proposal);

@@ -286,3 +286,72 @@ pub fn replay_from_reports(config: &Path) -> Result<String, String> {
         Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
     }
 }
+
+/// Creates margin account `account` through member `via + 1`, deposits
+/// 77.5 into it through member `fund + 1`, and waits until every member's
+/// engine holds the deposit (committee-ordered commands, issue 20). Each
+/// attempt that is not yet the answer wanted is logged with its status.
+pub fn margin_account_through(committee: &RunningCommittee, via: usize, fund: usize, account: u64) {
+    let token = |k: usize| {
+        let dir = committee.file.members[k].config.parent().unwrap();
+        std::fs::read_to_string(dir.join("admin-token")).unwrap()
+    };
+    let started = Instant::now();
+    for (k, path, body, want) in [
+        (
+            via,
+            "/v1/margin/accounts".to_string(),
+            format!(r#"{{"account": {account}}}"#),
+            201,
+        ),
+        (
+            fund,
+            format!("/v1/margin/accounts/{account}/deposit"),
+            r#"{"amount": "77.5"}"#.to_string(),
+            200,
+        ),
+    ] {
+        let url = format!("{}{path}", committee.api(k));
+        // The deposit may reach its member before the creation is ordered
+        // there: retried until the account exists.
+        let mut last = (0, String::new());
+        wait_for(&format!("POST {path} at member {}", k + 1), 60, || {
+            last = post_with_token(&url, token(k).trim(), Some(&body));
+            if last.0 != want {
+                eprintln!(
+                    "POST {path} at member {} after {:.1} s: {} {}",
+                    k + 1,
+                    started.elapsed().as_secs_f64(),
+                    last.0,
+                    last.1.trim()
+                );
+            }
+            last.0 == want
+        });
+        assert_eq!(last.0, want, "member {} {path}: {}", k + 1, last.1);
+    }
+    for i in 0..committee.file.members.len() {
+        wait_for(
+            &format!(
+                "member {}'s engine to hold account {account}'s deposit",
+                i + 1
+            ),
+            60,
+            || {
+                http_get(&format!(
+                    "{}/v1/margin/accounts/{account}",
+                    committee.api(i)
+                ))
+                .ok()
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["cash"] == "77500000")
+            },
+        );
+    }
+    eprintln!(
+        "account {account}: created through member {}, funded through member {}, on every member after {:.1} s",
+        via + 1,
+        fund + 1,
+        started.elapsed().as_secs_f64()
+    );
+}

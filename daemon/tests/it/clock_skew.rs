@@ -4,7 +4,11 @@
 //! then member 4 restarts with its wall clock 3 s behind, 3 s ahead and 30 s
 //! ahead. The committee's report rate at member 1 in each window must stay at
 //! least 90 % of the baseline (issue 14: rounds with an honest leader are
-//! signed whatever one member's clock says).
+//! signed whatever one member's clock says). In each window a margin
+//! account is created through the skewed member and funded through
+//! another, every member's engine must hold it, and afterwards every
+//! member's engine rebuilt from its signed reports alone must give every
+//! margin state root the committee signed (issue 20).
 //!
 //! libfaketime: `LD_PRELOAD` of `libfaketimeMT.so.1` with `FAKETIME="+3s"`
 //! shifts `CLOCK_REALTIME` (what `SystemTime::now`, hence the protocol's
@@ -86,7 +90,23 @@ fn a_member_with_its_clock_off_by_3s_or_30s_costs_under_10_percent_of_reports() 
                 r[0]
             ));
         }
+        // Margin commands sent to the skewed member and to another are
+        // ordered into rounds and applied by every member alike.
+        let account = match offset {
+            "-3s" => 9101,
+            "+3s" => 9102,
+            _ => 9103,
+        };
+        common::margin_account_through(&committee, 3, 0, account);
     }
-    drop(committee);
+    committee.stop_all();
     assert!(failures.is_empty(), "{failures:?}");
+    // Rebuilt from its signed reports alone, every member's engine gives
+    // every margin state root the committee signed, skewed windows
+    // included, and its own margin log's root.
+    for m in &committee.file.members {
+        if let Err(e) = common::replay_from_reports(&m.config) {
+            panic!("replay from reports of member {}: {e}", m.index);
+        }
+    }
 }

@@ -5,7 +5,10 @@
 //!
 //! - `withhold`: observe and take part, but never send a signature share;
 //! - `invalid-shares`: send signature shares that do not verify;
-//! - `refuse`: refuse every proposal with a signed refusal.
+//! - `refuse`: refuse every proposal with a signed refusal;
+//! - `mute-observations`: never send an observation (follow the rounds and
+//!   take reports, but never be in a leader's aggregate, as a member whose
+//!   observations are always late).
 
 use sibyl_aggregator::round::Node;
 use std::sync::OnceLock;
@@ -26,8 +29,9 @@ pub fn withhold() -> bool {
 pub fn apply(mut node: Node) -> Node {
     match mode() {
         None => {}
-        Some("invalid-shares") => node.inject_faults(true, false),
-        Some("refuse") => node.inject_faults(false, true),
+        Some("invalid-shares") => node.inject_faults(true, false, false),
+        Some("refuse") => node.inject_faults(false, true, false),
+        Some("mute-observations") => node.inject_faults(false, false, true),
         Some("withhold") => {}
         Some(other) => tracing::error!(fault = other, "unknown SIBYL_FAULT; behaving honestly"),
     }

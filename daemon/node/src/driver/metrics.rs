@@ -69,6 +69,8 @@ pub struct NodeMetrics {
     /// Round-state counters about margin state roots (since start).
     pub margin_states_proposed: Gauge,
     pub margin_states_refused: Gauge,
+    pub offers_sent: Gauge,
+    pub offers_relayed: Gauge,
     pub margin_root_disagreements: Gauge,
 }
 
@@ -99,6 +101,8 @@ impl Default for NodeMetrics {
             key_sets: Gauge::default(),
             margin_states_proposed: Gauge::default(),
             margin_states_refused: Gauge::default(),
+            offers_sent: Gauge::default(),
+            offers_relayed: Gauge::default(),
             margin_root_disagreements: Gauge::default(),
         }
     }
@@ -152,6 +156,16 @@ impl NodeMetrics {
             "sibyl_round_margin_states_refused",
             "Proposals this member refused for carrying a margin state root it had not computed, since start",
             self.margin_states_refused.clone(),
+        );
+        registry.register(
+            "sibyl_round_offers_sent",
+            "Times this member sent its pending margin commands to every member (when they changed, and again while they waited), since start",
+            self.offers_sent.clone(),
+        );
+        registry.register(
+            "sibyl_round_offers_relayed",
+            "Other members' pending margin commands this member carried in its observations after they waited 2 rounds unordered, since start",
+            self.offers_relayed.clone(),
         );
         registry.register(
             "sibyl_round_margin_root_disagreements",

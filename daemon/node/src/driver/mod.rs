@@ -613,6 +613,8 @@ impl<T: Transport, R: RngCore + CryptoRng + Send, K: Clock> Driver<T, R, K> {
                 .set(gauge(s.protocol.margin_states_refused));
             m.margin_root_disagreements
                 .set(gauge(s.protocol.margin_root_disagreements));
+            m.offers_sent.set(gauge(s.protocol.offers_sent));
+            m.offers_relayed.set(gauge(s.protocol.offers_relayed));
             s.last_report_round = self.stored_through;
         }
     }
