@@ -17,6 +17,10 @@
 
 use super::*;
 
+/// Bytes of relayed offers one observation carries beyond the first
+/// (longest-waiting) origin's: a full list of 64 commands of 4 KiB each.
+const RELAYED_BYTES: usize = 256 << 10;
+
 impl Node {
     /// Sends this member's offers to every member, after a change (an
     /// empty list only if a non-empty one was sent: holders drop theirs) or
@@ -112,7 +116,18 @@ impl Node {
             .collect();
         due.sort_by_key(|(origin, h)| (h.since, **origin));
         due.truncate(message::MAX_RELAYED_OFFERS);
-        let mut out: Vec<RelayedOffers> = due.into_iter().map(|(_, h)| h.relayed.clone()).collect();
+        // The longest-waiting always; others while the relayed bytes stay
+        // within RELAYED_BYTES (observations stay well under a transport's
+        // message limit, 1 MiB by default).
+        let mut bytes = 0usize;
+        let mut out: Vec<RelayedOffers> = Vec::new();
+        for (_, h) in due {
+            bytes += h.relayed.bytes.len();
+            if !out.is_empty() && bytes > RELAYED_BYTES {
+                break;
+            }
+            out.push(h.relayed.clone());
+        }
         out.sort_by_key(|r| r.origin);
         self.stats.offers_relayed += out.len() as u64;
         out
