@@ -176,6 +176,8 @@ pub(super) async fn healthz(State(st): State<ApiState>) -> Result<Json<Value>, A
         "status": "ok",
         "last_report_round": last,
         "db_size_bytes": st.inner.store.size_bytes().await,
+        // Margin inputs applied but not stored (the disk is full?); 0 normally.
+        "margin_unstored_inputs": st.inner.margin.as_ref().map(|m| m.unstored_inputs()),
     })))
 }
 

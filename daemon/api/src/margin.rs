@@ -224,6 +224,21 @@ fn margin_error(e: MarginError) -> ApiError {
         e @ MarginError::BadOrderedCommand { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_command", e.to_string())
         }
+        // Nothing was applied: retry once the disk has space.
+        e @ MarginError::LogUnwritable { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "margin_log_unwritable",
+            e.to_string(),
+        ),
+        // Applied in memory, written when the disk has space: not to be sent again.
+        e @ MarginError::NotDurable { .. } => {
+            tracing::error!(error = %e, "a margin command took effect but could not be stored yet");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not_durable",
+                e.to_string(),
+            )
+        }
         other => {
             tracing::error!(error = %other, "margin command failed after the engine accepted it");
             ApiError::new(
@@ -1789,6 +1804,31 @@ pub(super) async fn signed(
 mod tests {
     use super::*;
     use sibyl_margin::fixed::{PRICE_SCALE, QTY_SCALE};
+
+    #[test]
+    fn a_margin_log_that_cannot_be_written_maps_to_clear_errors() {
+        let e = margin_error(MarginError::LogUnwritable {
+            path: "/data/sibyl.db".into(),
+            inputs: 3,
+            error: "the disk holding the database is full".into(),
+        });
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "margin_log_unwritable")
+        );
+        assert!(e.message.contains("/data/sibyl.db"), "{}", e.message);
+        assert!(e.message.contains("full"), "{}", e.message);
+        let e = margin_error(MarginError::NotDurable {
+            seq: 9,
+            path: "/data/sibyl.db".into(),
+            error: "the disk holding the database is full".into(),
+        });
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "not_durable")
+        );
+        assert!(e.message.contains("do not send it again"), "{}", e.message);
+    }
 
     #[test]
     fn decimals_round_trip_exactly() {

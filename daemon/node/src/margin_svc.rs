@@ -19,6 +19,21 @@
 //! `margin_events` table holds every `EventRecord` with the engine's event
 //! seq. Both are gapless, so `sibyl replay` can re-run them.
 //!
+//! **A write that fails** (a full disk: `StoreError::DiskFull`) loses
+//! nothing and leaves no gap: the engine has applied the inputs already (it
+//! cannot take them back), so their steps and marks wait in memory
+//! ([`Unstored`], gauge `sibyl_margin_unstored_inputs`,
+//! [`MarginHandle::unstored_inputs`]). While they wait the service writes
+//! them (all in one transaction) before anything else, at least every
+//! second ([`UNSTORED_RETRY`]); takes no further report, so the report
+//! cursor never runs ahead of the log by more than the report that failed;
+//! refuses new commands ([`MarginError::LogUnwritable`]); and takes no
+//! snapshot. Once written it carries on, catching up with the reports
+//! stored meanwhile. A lone engine's command whose own write failed answers
+//! [`MarginError::NotDurable`]: it took effect and waits with the rest. An
+//! ordered command in a report whose write failed answers with its events:
+//! the report is stored and signed, and a restart takes it again.
+//!
 //! **Committee-ordered commands** (a service started with
 //! [`MarginOptions::ordered_by`], as `sibyl run` does): an API command is
 //! not applied here at once. It becomes this member's *offer*
@@ -84,6 +99,11 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Commands this member may have offered and not yet seen ordered; one
 /// more is refused as busy.
 pub const MAX_OFFERED: usize = 16 * MAX_COMMANDS_PER_MEMBER;
+/// How often the service tries again to store the inputs it applied but
+/// could not store ([`Unstored`]).
+pub const UNSTORED_RETRY: Duration = Duration::from_secs(1);
+/// How often a margin log that still cannot be written is logged again.
+const UNSTORED_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Why the service refused or failed a step.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +124,27 @@ pub enum MarginError {
     Encode(String),
     #[error("the margin service has stopped")]
     Stopped,
+    /// The margin log could not be written: inputs the engine applied wait
+    /// in memory ([`MarginHandle::unstored_inputs`]) and the service takes
+    /// nothing new until they are stored.
+    #[error(
+        "the margin log in {path} cannot be written ({error}); {inputs} margin inputs this member applied wait in memory to be stored, and until they are it takes no new margin command and no further report: free space on the disk holding the database (the node retries every second and carries on by itself)"
+    )]
+    LogUnwritable {
+        path: String,
+        inputs: u64,
+        error: String,
+    },
+    /// A lone engine's command (no committee ordering) took effect but its
+    /// write failed: it waits in memory with the other unstored inputs.
+    #[error(
+        "margin input {seq} took effect in this member's engine (reads show it), but the margin log in {path} could not store it ({error}); it waits in memory and is written as soon as the database can be written again (free disk space): do not send it again; if the member stops before then, it is lost"
+    )]
+    NotDurable {
+        seq: u64,
+        path: String,
+        error: String,
+    },
     #[error(
         "the committee did not order margin command {origin}/{nonce} within {waited_s} s (too few members signing?); it is withdrawn, but a report being signed as it timed out may still carry it: look for it in the account's events before sending it again"
     )]
@@ -247,6 +288,8 @@ struct Metrics {
     insurance_fund: Gauge<f64, AtomicU64>,
     units_examined: Gauge,
     step_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
+    /// Inputs applied but not yet stored ([`Unstored`]); 0 normally.
+    unstored_inputs: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -271,6 +314,7 @@ impl Default for Metrics {
             insurance_fund: Gauge::default(),
             units_examined: Gauge::default(),
             step_seconds: Family::new_with_constructor(step_histogram),
+            unstored_inputs: Gauge::default(),
         }
     }
 }
@@ -401,6 +445,36 @@ pub struct MarginHandle {
     orderer: Option<Arc<Orderer>>,
     /// The state roots after the latest reports, for the driver to attest.
     attest: watch::Sender<Vec<MarginCheckpoint>>,
+    /// Why the margin log is behind the engine, while it is.
+    log_fault: LogFaultCell,
+}
+
+/// The margin log is behind the engine: inputs applied wait in memory
+/// because their write failed ([`Unstored`]).
+#[derive(Clone, Debug)]
+struct LogFault {
+    /// The database file.
+    path: String,
+    /// [`Unstored::count`].
+    inputs: u64,
+    /// The last failed write's error.
+    error: String,
+}
+
+impl LogFault {
+    fn refusal(&self) -> MarginError {
+        MarginError::LogUnwritable {
+            path: self.path.clone(),
+            inputs: self.inputs,
+            error: self.error.clone(),
+        }
+    }
+}
+
+type LogFaultCell = Arc<Mutex<Option<LogFault>>>;
+
+fn lock_fault(cell: &LogFaultCell) -> MutexGuard<'_, Option<LogFault>> {
+    cell.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `(engine input count, ranking)`.
@@ -482,6 +556,11 @@ impl MarginHandle {
             "Time to apply one input to the margin engine and store it, by kind",
             m.step_seconds.clone(),
         );
+        registry.register(
+            "sibyl_margin_unstored_inputs",
+            "Margin inputs the engine applied that wait in memory because the margin log cannot be written (disk full?); while above 0 the engine takes no report or command. 0 normally",
+            m.unstored_inputs.clone(),
+        );
     }
 
     /// Apply an admin command; returns its events, or the engine's refusal.
@@ -489,6 +568,7 @@ impl MarginHandle {
     /// [`ORDER_TIMEOUT`]) until a signed report carries it and the engine
     /// has taken it at that report's turn.
     pub async fn command(&self, command: Command) -> Result<Vec<EventRecord>, MarginError> {
+        self.log_writable()?;
         if let Some(o) = &self.orderer {
             let body =
                 serde_json::to_string(&command).map_err(|e| MarginError::Encode(e.to_string()))?;
@@ -506,6 +586,7 @@ impl MarginHandle {
     ///
     /// [`command`]: MarginHandle::command
     pub async fn signed(&self, signed: SignedCommand) -> Result<Vec<EventRecord>, MarginError> {
+        self.log_writable()?;
         let offer = SignedOffer { signed };
         let body = serde_json::to_string(&offer).map_err(|e| MarginError::Encode(e.to_string()))?;
         if body.len() > MAX_COMMAND_BYTES {
@@ -515,6 +596,22 @@ impl MarginHandle {
         match &self.orderer {
             Some(o) => self.ordered(o, body).await,
             None => self.unordered(Offer::Signed(offer.signed)).await,
+        }
+    }
+
+    /// Margin inputs the engine applied that wait in memory because the
+    /// margin log could not be written (a full disk); 0 normally. While
+    /// any wait, the service takes no report and no command.
+    pub fn unstored_inputs(&self) -> u64 {
+        lock_fault(&self.log_fault).as_ref().map_or(0, |f| f.inputs)
+    }
+
+    /// [`MarginError::LogUnwritable`] while inputs wait to be stored: a
+    /// command now would not be taken (nor, ordered, would its report).
+    fn log_writable(&self) -> Result<(), MarginError> {
+        match lock_fault(&self.log_fault).as_ref() {
+            Some(f) => Err(f.refusal()),
+            None => Ok(()),
         }
     }
 
@@ -680,28 +777,6 @@ pub fn restore_from(
     })
 }
 
-/// Apply one input; if accepted, persist it and its events. The engine is
-/// only changed when it accepts; a store failure after that is returned (and
-/// logged by the caller) — the stored log then ends before this input.
-async fn step(
-    state: &Arc<Mutex<MarginState>>,
-    metrics: &Metrics,
-    writer: &StoreHandle,
-    input: Input,
-    round: Option<u64>,
-) -> Result<Vec<EventRecord>, MarginError> {
-    let started = std::time::Instant::now();
-    let (step, events, kind) = apply_input(state, metrics, input, round)?;
-    writer
-        .write(move |db| db.append_margin_steps(std::slice::from_ref(&step)))
-        .await?;
-    metrics
-        .step_seconds
-        .get_or_create(&kind)
-        .observe(started.elapsed().as_secs_f64());
-    Ok(events)
-}
-
 /// Applies one input to the engine (not yet stored): the step to store,
 /// its events and its kind. The engine is only changed when it accepts.
 fn apply_input(
@@ -745,12 +820,13 @@ fn apply_input(
     Ok((step, events, kind))
 }
 
-/// Seed inputs (e.g. the devnet demo book) into an engine that has none yet,
-/// storing each. Returns how many were stored.
-pub async fn seed(handle: &MarginHandle, writer: &StoreHandle, inputs: Vec<Input>) -> u64 {
+/// Seed inputs (e.g. a demo book) into an engine that has none yet: the
+/// service applies and stores each at once, as a lone engine's command.
+/// Returns how many were applied and stored.
+pub async fn seed(handle: &MarginHandle, inputs: Vec<Input>) -> u64 {
     let mut n = 0;
     for input in inputs {
-        match step(&handle.state, &handle.metrics, writer, input, None).await {
+        match handle.unordered(Offer::Input(input)).await {
             Ok(_) => n += 1,
             Err(e) => tracing::warn!(error = %e, "margin seed input refused"),
         }
@@ -833,6 +909,7 @@ pub async fn start_with(
         })
     });
     let attest = watch::channel(Vec::new()).0;
+    let log_fault = LogFaultCell::default();
     let handle = MarginHandle {
         state: state.clone(),
         commands: tx,
@@ -840,6 +917,7 @@ pub async fn start_with(
         at_risk: Arc::new(Mutex::new(None)),
         orderer: orderer.clone(),
         attest: attest.clone(),
+        log_fault: log_fault.clone(),
     };
     tokio::spawn(run(
         Service {
@@ -852,6 +930,9 @@ pub async fn start_with(
             snapshot_every_rounds: options.snapshot_every_rounds,
             orderer,
             attest,
+            unstored: Unstored::default(),
+            log_fault,
+            db_path: store.path().display().to_string(),
         },
         reports,
         rx,
@@ -860,19 +941,20 @@ pub async fn start_with(
     Ok(handle)
 }
 
-/// Seeds the demo book at the first verified report with an ok demo feed (which is one of its
-/// inputs, stored with its round). The book's inputs are applied one by one
-/// like any others and stored in one transaction, so seeding costs the
-/// store's writer (which also records signings) one fsync, not thousands.
-/// Building and applying the book (about a second for 300 accounts in a
-/// debug build) runs on the blocking pool, not on a runtime worker.
+/// Seeds the demo book at the first verified report with an ok demo feed
+/// (which is one of its inputs, stored with its round). The book's inputs
+/// are applied one by one like any others; their steps are returned to be
+/// stored with the rest of the report in one transaction, so seeding costs
+/// the store's writer (which also records signings) one fsync, not
+/// thousands. Building and applying the book (about a second for 300
+/// accounts in a debug build) runs on the blocking pool, not on a runtime
+/// worker.
 async fn seed_demo(
     state: &Arc<Mutex<MarginState>>,
     metrics: &Metrics,
-    writer: &StoreHandle,
     demo: DemoSeed,
     first: &PriceReport,
-) {
+) -> Vec<MarginStep> {
     let started = std::time::Instant::now();
     let (state2, metrics2, first2) = (state.clone(), metrics.clone(), first.clone());
     let built = tokio::task::spawn_blocking(move || apply_demo(&state2, &metrics2, demo, &first2));
@@ -887,27 +969,19 @@ async fn seed_demo(
         tracing::error!(
             "the demo book could not be built (its task failed); the margin log goes on without it"
         );
-        return;
+        return Vec::new();
     };
-    let applied_ms = started.elapsed().as_millis() as u64 - built_ms;
-    let stored = steps.len();
-    match writer.write(move |db| db.append_margin_steps(&steps)).await {
-        Ok(()) => tracing::info!(
-            accounts,
-            inputs = stored,
-            refused = total - stored,
-            round = first.round,
-            built_ms,
-            applied_ms,
-            took_ms = started.elapsed().as_millis() as u64,
-            "margin demo book seeded at the first verified report with an ok demo feed"
-        ),
-        Err(e) => tracing::error!(
-            error = %e,
-            from_input = first_seq,
-            "the demo book could not be stored: the margin log ends before it; restart with a fresh database"
-        ),
-    }
+    tracing::info!(
+        accounts,
+        inputs = steps.len(),
+        refused = total - steps.len(),
+        from_input = first_seq,
+        round = first.round,
+        built_ms,
+        took_ms = started.elapsed().as_millis() as u64,
+        "margin demo book seeded at the first verified report with an ok demo feed"
+    );
+    steps
 }
 
 /// The demo book applied to the engine, its steps still to store.
@@ -979,10 +1053,12 @@ fn apply_demo(
     }
 }
 
-/// What the API hands a lone engine: an operator's command or an owner's.
+/// What the API hands a lone engine: an operator's command or an owner's
+/// (stamped when applied), or a whole input ([`seed`]).
 enum Offer {
     Command(Command),
     Signed(SignedCommand),
+    Input(Input),
 }
 
 /// A command with its reply channel.
@@ -1005,12 +1081,52 @@ struct Service {
     snapshot_every_rounds: u64,
     orderer: Option<Arc<Orderer>>,
     attest: watch::Sender<Vec<MarginCheckpoint>>,
+    /// Inputs applied whose write failed, waiting to be stored.
+    unstored: Unstored,
+    /// Shared with the handle while `unstored` is not empty.
+    log_fault: LogFaultCell,
+    /// The database file, for messages.
+    db_path: String,
+}
+
+/// Inputs the engine applied whose write failed (a full disk), in input
+/// order, with the command marks they move. While any wait, the service
+/// tries to write them all in one transaction before anything else, takes
+/// no report (so the report cursor stays where the stored log can follow
+/// it), refuses commands and takes no snapshot: the log never gets a gap.
+#[derive(Default)]
+struct Unstored {
+    steps: Vec<MarginStep>,
+    marks: BTreeMap<u16, u64>,
+    /// When the first of these writes failed.
+    since: Option<tokio::time::Instant>,
+    /// When the failure was last logged.
+    logged: Option<tokio::time::Instant>,
+    /// No paced retry before this.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Unstored {
+    fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.marks.is_empty()
+    }
+
+    /// The inputs waiting; at least 1 while only marks wait (a report
+    /// whose prices and commands were all refused still moves marks).
+    fn count(&self) -> u64 {
+        (self.steps.len() as u64).max(u64::from(!self.marks.is_empty()))
+    }
 }
 
 impl Service {
     /// Applies the stored reports from `next_round` on, in round order, as
     /// far as the history is complete.
+    /// Nothing while applied inputs wait to be stored (and cannot be yet):
+    /// the report cursor does not move past what the log holds.
     async fn follow(&mut self) {
+        if !self.log_complete(true).await {
+            return;
+        }
         loop {
             let from = self.state().next_round;
             let run = match self
@@ -1027,6 +1143,11 @@ impl Service {
             let full = run.reports.len() == FOLLOW_BATCH;
             for report in &run.reports {
                 self.apply_report(report).await;
+                if !self.unstored.is_empty() {
+                    // Its inputs could not be stored: no further report
+                    // (nor the settled gaps after these) until they are.
+                    return;
+                }
             }
             {
                 let mut st = self.state();
@@ -1046,7 +1167,7 @@ impl Service {
         let prices = price_report(report, &self.feeds);
         let mut steps = Vec::new();
         if let Some(d) = self.demo.take_if(|_| book::ready(&prices)) {
-            seed_demo(&self.state, &self.metrics, &self.writer, d, &prices).await;
+            steps = seed_demo(&self.state, &self.metrics, d, &prices).await;
         } else {
             let started = std::time::Instant::now();
             match apply_input(
@@ -1066,16 +1187,10 @@ impl Service {
             }
         }
         let (outcomes, marks) = self.take_commands(report, &mut steps);
-        if !steps.is_empty() || !marks.is_empty() {
-            let marks_list: Vec<(u16, u64)> = marks.iter().map(|(o, n)| (*o, *n)).collect();
-            let stored = self
-                .writer
-                .write(move |db| db.append_margin_report(&steps, &marks_list))
-                .await;
-            if let Err(e) = stored {
-                tracing::error!(round, error = %e, "the report's margin inputs could not be stored: the margin log ends before them; restart the member");
-            }
-        }
+        // On failure they wait in memory (`Unstored`, logged there); the
+        // outcomes below are still answered: the commands are in a signed
+        // report this member stored, and a restart takes it again.
+        let stored = self.store(steps, &marks).await.is_ok();
         self.note_state(report);
         if let Some(o) = &self.orderer {
             if let Some(&mark) = marks.get(&o.me) {
@@ -1094,7 +1209,8 @@ impl Service {
             st.reports_handled += 1;
             st.next_round = st.next_round.max(round.saturating_add(1));
             let every = self.snapshot_every_rounds;
-            (every > 0 && round.is_multiple_of(every))
+            // Never a snapshot covering inputs the log does not hold.
+            (stored && every > 0 && round.is_multiple_of(every))
                 .then(|| (st.next_input, st.next_round, st.engine.snapshot_source()))
         };
         if let Some((covered, next_round, source)) = source {
@@ -1124,6 +1240,134 @@ impl Service {
 
     fn state(&self) -> MutexGuard<'_, MarginState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `steps` (applied already) and the marks they move after the
+    /// inputs still waiting, if any, in one transaction. On failure they
+    /// all wait in [`Unstored`] and the error is returned.
+    async fn store(
+        &mut self,
+        steps: Vec<MarginStep>,
+        marks: &BTreeMap<u16, u64>,
+    ) -> Result<(), StoreError> {
+        self.unstored.steps.extend(steps);
+        for (origin, nonce) in marks {
+            let m = self.unstored.marks.entry(*origin).or_insert(*nonce);
+            *m = (*m).max(*nonce);
+        }
+        self.write_unstored().await
+    }
+
+    /// Writes every input waiting in [`Unstored`] (and its marks) in one
+    /// transaction. A failure keeps them, logs it (at the first failure,
+    /// then every [`UNSTORED_LOG_EVERY`]) and shows it to the handle and
+    /// the `sibyl_margin_unstored_inputs` gauge.
+    async fn write_unstored(&mut self) -> Result<(), StoreError> {
+        if self.unstored.is_empty() {
+            return Ok(());
+        }
+        let steps = Arc::new(std::mem::take(&mut self.unstored.steps));
+        let marks: Vec<(u16, u64)> = self.unstored.marks.iter().map(|(o, n)| (*o, *n)).collect();
+        let batch = steps.clone();
+        let written = self
+            .writer
+            .write(move |db| db.append_margin_report(&batch, &marks))
+            .await;
+        // The writer dropped its copy when the job ran (or was refused).
+        let steps = Arc::unwrap_or_clone(steps);
+        let now = tokio::time::Instant::now();
+        match written {
+            Ok(()) => {
+                if let Some(since) = self.unstored.since {
+                    tracing::warn!(
+                        path = %self.db_path,
+                        inputs = steps.len(),
+                        after_s = now.duration_since(since).as_secs(),
+                        "the margin log is written again: the inputs that waited in memory are stored, and the margin engine carries on"
+                    );
+                }
+                self.unstored = Unstored::default();
+                self.metrics.unstored_inputs.set(0);
+                *lock_fault(&self.log_fault) = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.unstored.steps = steps;
+                let u = &mut self.unstored;
+                u.retry_at = Some(now + UNSTORED_RETRY);
+                let first = u.since.is_none();
+                let since = *u.since.get_or_insert(now);
+                let inputs = u.count();
+                if first
+                    || u.logged
+                        .is_none_or(|t| now.duration_since(t) >= UNSTORED_LOG_EVERY)
+                {
+                    u.logged = Some(now);
+                    tracing::error!(
+                        path = %self.db_path,
+                        error = %e,
+                        inputs,
+                        first_input = u.steps.first().map(|s| s.input_seq),
+                        for_s = now.duration_since(since).as_secs(),
+                        "the margin log cannot be written: inputs the margin engine applied wait in memory (sibyl_margin_unstored_inputs), and it takes no further report or command until they are stored; retried every second. Free space on the disk holding the database"
+                    );
+                }
+                self.metrics
+                    .unstored_inputs
+                    .set(i64::try_from(inputs).unwrap_or(i64::MAX));
+                *lock_fault(&self.log_fault) = Some(LogFault {
+                    path: self.db_path.clone(),
+                    inputs,
+                    error: e.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether every applied input is stored; if some wait, first one more
+    /// try to write them (`paced`: not within [`UNSTORED_RETRY`] of the
+    /// last).
+    async fn log_complete(&mut self, paced: bool) -> bool {
+        if self.unstored.is_empty() {
+            return true;
+        }
+        if paced
+            && self
+                .unstored
+                .retry_at
+                .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return false;
+        }
+        self.write_unstored().await.is_ok()
+    }
+
+    /// A lone engine's input (an API command, or [`seed`]), applied at once
+    /// and stored. Refused (changing nothing) while earlier inputs wait to
+    /// be stored. If the engine accepts it but its write fails, it stays
+    /// applied (the engine cannot take it back) and waits with the other
+    /// unstored inputs; the caller gets [`MarginError::NotDurable`].
+    async fn step(&mut self, input: Input) -> Result<Vec<EventRecord>, MarginError> {
+        if !self.log_complete(false).await {
+            let fault = lock_fault(&self.log_fault).clone();
+            return Err(fault.map_or(MarginError::Stopped, |f| f.refusal()));
+        }
+        let started = std::time::Instant::now();
+        let (step, events, kind) = apply_input(&self.state, &self.metrics, input, None)?;
+        let seq = step.input_seq;
+        if let Err(e) = self.store(vec![step], &BTreeMap::new()).await {
+            return Err(MarginError::NotDurable {
+                seq,
+                path: self.db_path.clone(),
+                error: e.to_string(),
+            });
+        }
+        self.metrics
+            .step_seconds
+            .get_or_create(&kind)
+            .observe(started.elapsed().as_secs_f64());
+        Ok(events)
     }
 
     /// After a report: the engine's state root (attested in this member's
@@ -1235,13 +1479,21 @@ async fn run(
                     let input = match offer {
                         Offer::Command(command) => Input::Command { at_ms, command },
                         Offer::Signed(signed) => Input::Signed { at_ms, signed },
+                        Offer::Input(input) => input,
                     };
-                    let res = step(&svc.state, &svc.metrics, &svc.writer, input, None).await;
+                    let res = svc.step(input).await;
                     let _ = reply.send(res);
                 }
                 None => break,
             },
         }
+    }
+    if !svc.log_complete(false).await {
+        tracing::error!(
+            path = %svc.db_path,
+            inputs = svc.unstored.count(),
+            "the margin service stops with inputs it could not store: the margin log ends before them. On restart the engine takes the stored reports after its log again (their prices and ordered commands come back); commands applied without committee ordering are lost"
+        );
     }
 }
 

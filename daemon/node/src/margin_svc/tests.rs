@@ -98,7 +98,7 @@ async fn build_db_with(dir: &std::path::Path, every: u64) -> (std::path::PathBuf
     let (store, h, reports_tx, shutdown_tx) = open(&path, every, None).await;
     let params = DemoParams::default();
     let book = demo_book_with(7, 40, &params);
-    let seeded = seed(&h, &store.writer, book.inputs.clone()).await;
+    let seeded = seed(&h, book.inputs.clone()).await;
     assert_eq!(seeded, book.inputs.len() as u64);
     // The service's engine is the demo book's engine, input for input.
     assert_eq!(
@@ -318,7 +318,8 @@ async fn wait_input_rounds(store: &Store, want: &[u64]) {
 }
 
 async fn wait_next_round(h: &MarginHandle, round: u64) {
-    for _ in 0..500 {
+    // Up to 30 s: a member catching up applies and fsyncs dozens of reports.
+    for _ in 0..3_000 {
         if h.read().next_round >= round {
             return;
         }
@@ -653,4 +654,355 @@ fn the_committee_key_is_the_first_suites_group_key() {
     let both = only_secp.with_ed25519(*ed.verifying_key());
     let k = committee_key(&both).unwrap();
     assert_eq!(k.as_bytes(), ed.verifying_key().serialize().unwrap());
+}
+
+/// The test reports of the full-disk tests: round `round` at a price of
+/// its own, carrying member 1's commands creating account 1000 + round and
+/// funding it.
+fn round_report(round: u64) -> SignedReport {
+    let mut r = (*report(
+        round,
+        1_700_000_000_000 + round * 1_000,
+        &[("BTC-USD", (60_000 + i128::from(round)) * SCALE)],
+    ))
+    .clone();
+    let account = 1_000 + round;
+    r.commands = vec![
+        offer(
+            1,
+            2 * round + 1,
+            &Command::CreateAccount {
+                account,
+                owner: None,
+            },
+        ),
+        offer(
+            1,
+            2 * round + 2,
+            &Command::Deposit {
+                account,
+                asset: "USD".into(),
+                amount: 1_000_000 * (i128::from(round) + 1),
+            },
+        ),
+    ];
+    r
+}
+
+/// Stores `report` and announces it.
+async fn put_report(
+    store: &Store,
+    tx: &broadcast::Sender<Arc<SignedReport>>,
+    report: SignedReport,
+) {
+    store
+        .writer
+        .insert_report(report.clone())
+        .await
+        .expect("store the report");
+    let _ = tx.send(Arc::new(report));
+}
+
+/// The service's Prometheus text.
+fn metrics_text(h: &MarginHandle) -> String {
+    let mut registry = Registry::default();
+    h.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    text
+}
+
+/// The stored margin inputs, checked gapless from 0.
+async fn stored_inputs(store: &Store) -> Vec<(u64, String)> {
+    let rows = store
+        .readers
+        .read(|db| db.margin_inputs_from(0))
+        .await
+        .expect("inputs");
+    for (i, (seq, _)) in rows.iter().enumerate() {
+        assert_eq!(*seq, i as u64, "the stored margin log has a gap");
+    }
+    rows
+}
+
+/// The database fills up while an ordered member applies reports with
+/// commands: the report whose inputs cannot be stored keeps them in
+/// memory, no later report is applied, commands are refused with a clear
+/// error and the gauge shows the backlog; once there is space again the
+/// backlog is written, the member catches up with the reports stored
+/// meanwhile, and its log restores (from a snapshot plus inputs) to
+/// exactly the state of a member whose disk never filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_the_margin_engine_back_and_loses_nothing() {
+    const LAST: u64 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.sqlite");
+    let (store, h, tx, shutdown) = open(&path, 4, Some(2)).await;
+    let mut published = Vec::new();
+    for round in 0..3 {
+        published.push(round_report(round));
+        put_report(&store, &tx, round_report(round)).await;
+    }
+    wait_next_round(&h, 3).await;
+    assert_eq!(
+        metrics_text(&h)
+            .lines()
+            .find(|l| l.starts_with("sibyl_margin_unstored_inputs ")),
+        Some("sibyl_margin_unstored_inputs 0")
+    );
+    // Rounds 4.. are stored while round 3 is missing: the service waits.
+    for round in 4..=LAST {
+        store
+            .writer
+            .insert_report(round_report(round))
+            .await
+            .expect("store");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.read().next_round, 3);
+    // Round 3 arrives, and the disk is full right after it.
+    store
+        .writer
+        .write(|db| {
+            db.insert_report(&round_report(3))?;
+            db.cap_size_here()
+        })
+        .await
+        .expect("store round 3 and cap");
+    let _ = tx.send(Arc::new(round_report(3)));
+    published.extend((3..=LAST).map(round_report));
+    for _ in 0..1_000 {
+        if h.unstored_inputs() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unstored = h.unstored_inputs();
+    let (held, handled, next_input, root) = {
+        let mut st = h.read();
+        (
+            st.next_round,
+            st.reports_handled,
+            st.next_input,
+            st.engine.state_root(),
+        )
+    };
+    assert!(
+        unstored > 0,
+        "no margin write failed on the capped database (at round {held})"
+    );
+    assert!(held > 3 && held <= LAST, "held at round {held}");
+    // Retried every second, still full: no later report is applied.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    {
+        let mut st = h.read();
+        assert_eq!(
+            (st.next_round, st.reports_handled, st.next_input),
+            (held, handled, next_input),
+            "a report was applied while its predecessor's inputs were not stored"
+        );
+        assert_eq!(st.engine.state_root(), root);
+    }
+    assert_eq!(h.unstored_inputs(), unstored);
+    // The stored log ends exactly before the inputs that wait: no gap.
+    let stored = stored_inputs(&store).await;
+    assert_eq!(stored.len() as u64 + unstored, next_input);
+    // No snapshot covers inputs the log does not hold.
+    let (covered, _) = store
+        .readers
+        .read(|db| db.margin_snapshot())
+        .await
+        .expect("read")
+        .expect("a snapshot (every 4 rounds)");
+    assert!(covered <= stored.len() as u64, "snapshot covers {covered}");
+    assert!(
+        metrics_text(&h).contains(&format!("sibyl_margin_unstored_inputs {unstored}\n")),
+        "{}",
+        metrics_text(&h)
+    );
+    // Commands are refused with the reason, and not offered.
+    let err = h
+        .command(Command::CreateAccount {
+            account: 5,
+            owner: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MarginError::LogUnwritable { inputs, .. } if inputs == unstored),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    for part in [
+        "the margin log in",
+        path.to_str().unwrap(),
+        "the disk holding the database is full",
+        "takes no new margin command",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+    let env = SignedCommand::sign(&[5u8; 32], &committee(), 1_000, 1, "{}".into());
+    assert!(matches!(
+        h.signed(env).await,
+        Err(MarginError::LogUnwritable { .. })
+    ));
+    assert!(h.offers().expect("ordered").borrow().is_empty());
+
+    // Space again: the backlog is written, the service catches up with the
+    // reports stored meanwhile and takes commands again.
+    store
+        .writer
+        .write(|db| db.lift_size_cap())
+        .await
+        .expect("lift");
+    published.push(round_report(LAST + 1));
+    put_report(&store, &tx, round_report(LAST + 1)).await;
+    wait_next_round(&h, LAST + 2).await;
+    assert_eq!(h.unstored_inputs(), 0);
+    assert!(metrics_text(&h).contains("sibyl_margin_unstored_inputs 0\n"));
+    let mut offers = h.offers().expect("ordered");
+    let h2 = h.clone();
+    let answer = tokio::spawn(async move {
+        h2.command(Command::CreateAccount {
+            account: 7,
+            owner: None,
+        })
+        .await
+    });
+    offers.changed().await.unwrap();
+    let mut last = round_report(LAST + 2);
+    last.commands
+        .extend(offers.borrow_and_update().iter().cloned());
+    published.push(last.clone());
+    put_report(&store, &tx, last).await;
+    answer.await.unwrap().expect("applied");
+    wait_next_round(&h, LAST + 3).await;
+    let (next_input, root, marks) = {
+        let mut st = h.read();
+        (st.next_input, st.engine.state_root(), st.marks.clone())
+    };
+    assert_eq!(stored_inputs(&store).await.len() as u64, next_input);
+
+    // A member whose disk never filled, given the same reports, is in the
+    // same state.
+    let (rstore, rh, rtx, _rshutdown) = ordered(&dir.path().join("reference.sqlite"), 2).await;
+    for r in &published {
+        put_report(&rstore, &rtx, r.clone()).await;
+    }
+    wait_next_round(&rh, LAST + 3).await;
+    {
+        let mut st = rh.read();
+        assert_eq!(st.next_input, next_input);
+        assert_eq!(st.engine.state_root(), root);
+        assert_eq!(st.marks, marks);
+    }
+
+    // Restarted from its database (the latest snapshot plus the inputs
+    // after it): the same state again, and the log replays from the start.
+    let _ = shutdown.send(true);
+    drop(h);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(store);
+    let (_store, h, _tx, _shutdown) = open(&path, 4, Some(2)).await;
+    {
+        let mut st = h.read();
+        assert_eq!(st.next_input, next_input);
+        assert_eq!(st.next_round, LAST + 3);
+        assert_eq!(st.engine.state_root(), root);
+        assert_eq!(st.marks, marks);
+    }
+    let r = tokio::task::spawn_blocking(move || replay_db(&path, Some(&committee())))
+        .await
+        .expect("join")
+        .expect("replay");
+    assert_eq!(r.divergence, None);
+    assert_eq!(r.inputs, next_input);
+}
+
+/// A lone engine (no committee ordering) applies a command at once: when
+/// its write fails the caller is told it took effect but is not stored
+/// yet, the command waits in memory, further commands are refused and
+/// change nothing, and once there is space it is written by itself; the
+/// log then restores to the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_engines_command_that_cannot_be_stored_waits_and_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.sqlite");
+    let (store, h, _tx, shutdown) = open(&path, 0, None).await;
+    let create = |account| Command::CreateAccount {
+        account,
+        owner: None,
+    };
+    h.command(create(1)).await.expect("create");
+    store
+        .writer
+        .write(|db| db.cap_size_here())
+        .await
+        .expect("cap");
+    let mut account = 2;
+    let err = loop {
+        match h.command(create(account)).await {
+            Ok(_) => account += 1,
+            Err(e) => break e,
+        }
+        assert!(account < 10_000, "the capped database never filled");
+    };
+    let next_input = h.read().next_input;
+    assert!(
+        matches!(&err, MarginError::NotDurable { seq, .. } if *seq + 1 == next_input),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    for part in [
+        "took effect",
+        "the disk holding the database is full",
+        "do not send it again",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+    assert!(h.read().engine.state().accounts.contains_key(&account));
+    assert_eq!(h.unstored_inputs(), 1);
+    assert_eq!(stored_inputs(&store).await.len() as u64 + 1, next_input);
+    // The next command is refused and changes nothing.
+    let err = h.command(create(account + 1)).await.unwrap_err();
+    assert!(
+        matches!(err, MarginError::LogUnwritable { inputs: 1, .. }),
+        "{err:?}"
+    );
+    assert!(
+        !h.read()
+            .engine
+            .state()
+            .accounts
+            .contains_key(&(account + 1))
+    );
+    assert_eq!(h.read().next_input, next_input);
+    // Space again: the service writes the waiting input by itself.
+    store
+        .writer
+        .write(|db| db.lift_size_cap())
+        .await
+        .expect("lift");
+    for _ in 0..300 {
+        if h.unstored_inputs() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.unstored_inputs(), 0);
+    assert_eq!(stored_inputs(&store).await.len() as u64, next_input);
+    h.command(create(account + 1)).await.expect("taken again");
+    let root = h.read().engine.state_root();
+    let _ = shutdown.send(true);
+    drop(h);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(store);
+    let (_store, h, _tx, _shutdown) = open(&path, 0, None).await;
+    assert_eq!(h.read().next_input, next_input + 1);
+    assert_eq!(h.read().engine.state_root(), root);
+    let r = tokio::task::spawn_blocking(move || replay_db(&path, Some(&committee())))
+        .await
+        .expect("join")
+        .expect("replay");
+    assert_eq!(r.divergence, None);
 }

@@ -228,6 +228,14 @@ impl Db {
         Ok(())
     }
 
+    /// Lifts [`Db::cap_size_here`]'s cap, as freeing disk space would (tests).
+    #[cfg(test)]
+    pub(crate) fn lift_size_cap(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA max_page_count = 1073741823", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// How [`Db::record_signing`] commits; [`LedgerSync::Full`] unless set.
     pub fn set_ledger_sync(&mut self, sync: LedgerSync) {
         self.ledger_sync = sync;

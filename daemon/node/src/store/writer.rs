@@ -220,6 +220,11 @@ impl Store {
         })
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// A write connection of its own for the signing ledger, committing as
     /// the store was opened to ([`LedgerSync`]). The round driver records
     /// signings on it in its own thread: no hand-off to the writer thread and
