@@ -447,43 +447,13 @@ impl Db {
         Ok(SigningRecord::Recorded)
     }
 
-    /// Append a margin command (JSON); returns its sequence number.
-    pub fn append_margin_command(
-        &mut self,
-        received_ms: u64,
-        body: &str,
-    ) -> Result<u64, StoreError> {
-        self.conn
-            .prepare_cached("INSERT INTO margin_commands (received_ms, body) VALUES (?1, ?2)")?
-            .execute(params![i64_of(received_ms, "timestamp")?, body])?;
-        u64_of(self.conn.last_insert_rowid(), "seq")
-    }
-
-    /// Append margin events (kind, JSON) produced by one step, atomically.
-    pub fn append_margin_events(
-        &mut self,
-        round: Option<Round>,
-        events: &[(String, String)],
-    ) -> Result<(), StoreError> {
-        let round = round.map(|r| i64_of(r, "round")).transpose()?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (kind, body) in events {
-            tx.prepare_cached("INSERT INTO margin_events (round, kind, body) VALUES (?1, ?2, ?3)")?
-                .execute(params![round, kind, body])?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Append one accepted margin-engine input (JSON, at `input_seq` in the
-    /// `margin_commands` table, which holds every input: prices and commands)
-    /// and the events it produced (`(seq, kind, JSON)`), in one transaction.
-    /// Sequence numbers are the engine's own, so a gap or a repeat is refused
-    /// by the primary key instead of silently stored.
-    /// Several margin steps (input, its events) in one transaction: one
-    /// fsync for a batch such as the devnet's demo book.
+    /// Accepted margin-engine inputs (JSON, each at its `input_seq` in the
+    /// `margin_commands` table, which holds every input: prices and
+    /// commands) and the events each produced (`(seq, kind, JSON)`), in one
+    /// transaction: one fsync for a batch. Sequence numbers are the
+    /// engine's own, so a repeat is refused by the primary key instead of
+    /// silently stored. This and [`Db::append_margin_report`] are the only
+    /// writers of the margin log.
     pub fn append_margin_steps(&mut self, steps: &[MarginStep]) -> Result<(), StoreError> {
         self.append_margin_report(steps, &[])
     }
@@ -523,36 +493,6 @@ impl Db {
                 )?
                 .execute(params![i64_of(*seq, "seq")?, round, kind, body])?;
             }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn append_margin_step(
-        &mut self,
-        input_seq: u64,
-        at_ms: u64,
-        input: &str,
-        round: Option<Round>,
-        events: &[(u64, String, String)],
-    ) -> Result<(), StoreError> {
-        let round = round.map(|r| i64_of(r, "round")).transpose()?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.prepare_cached(
-            "INSERT INTO margin_commands (seq, received_ms, body) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![
-            i64_of(input_seq, "seq")?,
-            i64_of(at_ms, "timestamp")?,
-            input
-        ])?;
-        for (seq, kind, body) in events {
-            tx.prepare_cached(
-                "INSERT INTO margin_events (seq, round, kind, body) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![i64_of(*seq, "seq")?, round, kind, body])?;
         }
         tx.commit()?;
         Ok(())
