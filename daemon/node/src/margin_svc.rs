@@ -837,8 +837,8 @@ pub async fn seed(handle: &MarginHandle, inputs: Vec<Input>) -> u64 {
 /// Options of the margin service.
 #[derive(Clone, Debug, Default)]
 pub struct MarginOptions {
-    /// Seed a demo book at the first verified report with an ok demo feed, if the store holds no
-    /// margin inputs yet (devnet, demos). See [`book`].
+    /// Seed a demo book at the first verified report with an ok demo feed,
+    /// unless the store already holds it (devnet, demos). See [`book`].
     pub demo: Option<DemoSeed>,
     /// Store an engine snapshot after every report whose round is a
     /// multiple of this (0 = never): a restart loads it and replays only
@@ -896,8 +896,21 @@ pub async fn start_with(
         );
     }
     let state = Arc::new(Mutex::new(state));
-    // A demo book only ever goes into an empty log.
-    let demo = options.demo.filter(|_| restored == 0);
+    // The demo book goes in at the first report it is ready at, on every
+    // member alike: so also after a restart that stored only reports it
+    // was not ready at (their prices inputs), never into a log that holds
+    // it (the ready report's prices input is one of the book's inputs).
+    let demo = match options.demo {
+        Some(d) if restored > 0 => {
+            let stored = store.writer.write(|db| db.margin_inputs_from(0)).await?;
+            let seeded = stored.iter().any(|(_, body)| {
+                serde_json::from_str::<Input>(body)
+                    .is_ok_and(|i| matches!(&i, Input::Prices(p) if book::ready(p)))
+            });
+            (!seeded).then_some(d)
+        }
+        other => other,
+    };
     let (tx, rx) = mpsc::channel(64);
     let metrics = Metrics::default();
     let orderer = options.ordered_by.map(|me| {

@@ -1006,3 +1006,134 @@ async fn a_lone_engines_command_that_cannot_be_stored_waits_and_is_not_lost() {
         .expect("replay");
     assert_eq!(r.divergence, None);
 }
+
+/// Stops a service and waits until its task has ended (its command
+/// receiver is gone), so a service started next over the same database is
+/// the only one there.
+async fn stop(svc: &Service4) {
+    let _ = svc.3.send(true);
+    tokio::time::timeout(Duration::from_secs(30), svc.1.commands.closed())
+        .await
+        .expect("the margin service stops");
+}
+
+/// Waits until a service's store holds every input its engine applied
+/// (the engine moves before the write), so a restart over the same
+/// database sees them all.
+async fn wait_stored(svc: &Service4) {
+    for _ in 0..3_000 {
+        let want = svc.1.read().next_input;
+        let stored = svc
+            .0
+            .readers
+            .read(|db| db.margin_inputs_from(0))
+            .await
+            .expect("read the margin log")
+            .len() as u64;
+        if stored == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the margin service did not store its inputs");
+}
+
+/// A member restarted after it stored only reports the demo book was not
+/// ready at (every demo feed degraded) still seeds the book at the first
+/// ready report, as a member that never restarted does: same accounts,
+/// same state root. One restarted after the book went in does not seed it
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_before_the_demo_book_was_ready_still_seeds_it() {
+    let demo = DemoSeed {
+        accounts: 30,
+        seed: 7,
+    };
+    let start_demo = |path: std::path::PathBuf| async move {
+        let store = Store::open(&path).expect("store");
+        let (reports_tx, reports_rx) = broadcast::channel(16);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let h = start_with(
+            &store,
+            feeds(),
+            reports_rx,
+            shutdown_rx,
+            MarginOptions {
+                demo: Some(demo),
+                snapshot_every_rounds: 0,
+                ordered_by: None,
+                committee: Some(committee()),
+            },
+        )
+        .await
+        .expect("start");
+        (store, h, reports_tx, shutdown_tx)
+    };
+    let t0 = 1_767_225_600_000;
+    let prices = [
+        ("BTC-USD", 60_000 * SCALE),
+        ("ETH-USD", 3_000 * SCALE),
+        ("SOL-USD", 150 * SCALE),
+    ];
+    let not_ready = {
+        let mut r = (*report(0, t0, &prices)).clone();
+        for l in &mut r.leaves {
+            l.status = sibyl_aggregator::report::LeafStatus::Degraded;
+        }
+        Arc::new(r)
+    };
+    let ready = report(1, t0 + 1_000, &prices);
+    let later = report(2, t0 + 2_000, &prices);
+    let feed = |svc: &Service4, r: Arc<SignedReport>| {
+        let (store, _, tx, _) = svc;
+        let (writer, tx) = (store.writer.clone(), tx.clone());
+        async move {
+            writer
+                .insert_report((*r).clone())
+                .await
+                .expect("store the report");
+            let _ = tx.send(r);
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The reference: never restarted.
+    let reference = start_demo(dir.path().join("reference.sqlite")).await;
+    for r in [not_ready.clone(), ready.clone(), later.clone()] {
+        feed(&reference, r).await;
+    }
+    wait_next_round(&reference.1, 3).await;
+    let want_root = reference.1.read().engine.state_root();
+    assert_eq!(reference.1.read().engine.state().accounts.len(), 30);
+    // Restarted after the report it was not ready at.
+    let path = dir.path().join("restarted.sqlite");
+    let first = start_demo(path.clone()).await;
+    feed(&first, not_ready).await;
+    wait_next_round(&first.1, 1).await;
+    assert!(first.1.read().next_input > 0, "the prices input is stored");
+    assert!(first.1.read().engine.state().accounts.is_empty());
+    wait_stored(&first).await;
+    stop(&first).await;
+    drop(first);
+    let second = start_demo(path.clone()).await;
+    feed(&second, ready).await;
+    wait_next_round(&second.1, 2).await;
+    assert_eq!(
+        second.1.read().engine.state().accounts.len(),
+        30,
+        "seeded after the restart"
+    );
+    wait_stored(&second).await;
+    stop(&second).await;
+    drop(second);
+    // Restarted after the book went in: not seeded twice.
+    let third = start_demo(path).await;
+    let inputs = third.1.read().next_input;
+    feed(&third, later).await;
+    wait_next_round(&third.1, 3).await;
+    assert_eq!(
+        third.1.read().next_input,
+        inputs + 1,
+        "only the report's prices"
+    );
+    assert_eq!(third.1.read().engine.state_root(), want_root);
+}
