@@ -403,6 +403,29 @@ async fn publish(
     let _ = tx.send(Arc::new(r));
 }
 
+/// An ordered member asked to create `account`: the pending API call and
+/// the member's offers once the command is among them.
+async fn offer_create_account(
+    h: &MarginHandle,
+    account: u64,
+) -> (
+    tokio::task::JoinHandle<Result<Vec<EventRecord>, MarginError>>,
+    Vec<MarginCommand>,
+) {
+    let mut offers = h.offers().expect("ordered");
+    let h2 = h.clone();
+    let answer = tokio::spawn(async move {
+        h2.command(Command::CreateAccount {
+            account,
+            owner: None,
+        })
+        .await
+    });
+    offers.changed().await.unwrap();
+    let offered = offers.borrow_and_update().clone();
+    (answer, offered)
+}
+
 /// An ordered command is offered, answers once a report carries it, is
 /// taken once although later reports carry it again (also after a
 /// restart: the marks are stored), and leaves the offers once taken.
@@ -411,17 +434,7 @@ async fn an_ordered_command_applies_once_at_its_reports_turn() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.sqlite");
     let (store, h, tx, shutdown) = ordered(&path, 2).await;
-    let mut offers = h.offers().expect("ordered");
-    let h2 = h.clone();
-    let answer = tokio::spawn(async move {
-        h2.command(Command::CreateAccount {
-            account: 77,
-            owner: None,
-        })
-        .await
-    });
-    offers.changed().await.unwrap();
-    let offered = offers.borrow_and_update().clone();
+    let (answer, offered) = offer_create_account(&h, 77).await;
     assert_eq!(offered.len(), 1);
     assert_eq!(offered[0].origin, 2);
     assert!(offered[0].body.contains("77"), "{offered:?}");
@@ -432,7 +445,10 @@ async fn an_ordered_command_applies_once_at_its_reports_turn() {
     publish(&store, &tx, 0, offered.clone()).await;
     let events = answer.await.unwrap().expect("applied");
     assert!(!events.is_empty());
-    assert!(offers.borrow().is_empty(), "withdrawn once taken");
+    assert!(
+        h.offers().expect("ordered").borrow().is_empty(),
+        "withdrawn once taken"
+    );
     // Carried again (the member offered it once more before it saw it
     // taken): skipped.
     publish(&store, &tx, 1, offered.clone()).await;
@@ -860,19 +876,9 @@ async fn a_full_disk_holds_the_margin_engine_back_and_loses_nothing() {
     wait_next_round(&h, LAST + 2).await;
     assert_eq!(h.unstored_inputs(), 0);
     assert!(metrics_text(&h).contains("sibyl_margin_unstored_inputs 0\n"));
-    let mut offers = h.offers().expect("ordered");
-    let h2 = h.clone();
-    let answer = tokio::spawn(async move {
-        h2.command(Command::CreateAccount {
-            account: 7,
-            owner: None,
-        })
-        .await
-    });
-    offers.changed().await.unwrap();
+    let (answer, offered) = offer_create_account(&h, 7).await;
     let mut last = round_report(LAST + 2);
-    last.commands
-        .extend(offers.borrow_and_update().iter().cloned());
+    last.commands.extend(offered);
     published.push(last.clone());
     put_report(&store, &tx, last).await;
     answer.await.unwrap().expect("applied");
