@@ -522,6 +522,8 @@ pub const OFFERS_TTL_MS: TimestampMs = 10_000;
 /// Another member's offers this member holds for relaying.
 struct HeldOffers {
     relayed: RelayedOffers,
+    /// The round its origin signed it in (the message's envelope).
+    round: Round,
     /// The round this member was in when these commands started waiting.
     since: Round,
     /// When the latest copy arrived.

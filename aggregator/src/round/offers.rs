@@ -1,6 +1,6 @@
 //! Command relay: a member's pending margin commands reach every member, and
 //! any member carries them into a round when the origin's own observations
-//! do not (docs/ROUND.md, "Margin commands").
+//! do not (docs/ROUND.md, "Command relay").
 //!
 //! A member sends its offers ([`Payload::Offers`], signed with its identity
 //! key) to every member whenever they change (also to none: its commands
@@ -65,7 +65,7 @@ impl Node {
         if self
             .held_offers
             .get(&origin)
-            .is_some_and(|h| self.held_round(h) > msg.round)
+            .is_some_and(|h| h.round > msg.round)
         {
             return;
         }
@@ -91,15 +91,11 @@ impl Node {
                     commands: o.commands,
                     bytes: msg.bytes,
                 },
+                round: msg.round,
                 since,
                 arrived_ms: self.raw_now,
             },
         );
-    }
-
-    /// The round an offers message was signed in (its envelope's round).
-    fn held_round(&self, h: &HeldOffers) -> Round {
-        message::peek(&h.relayed.bytes).map_or(0, |(r, _, _)| r)
     }
 
     /// The offers this member relays in its observation of this round: the

@@ -34,14 +34,8 @@ type Service4 = (
 
 /// Starts a service without a demo book over the store at `path`.
 async fn open(path: &std::path::Path, every: u64, ordered_by: Option<u16>) -> Service4 {
-    let store = Store::open(path).expect("store");
-    let (reports_tx, reports_rx) = broadcast::channel(16);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let h = start_with(
-        &store,
-        feeds(),
-        reports_rx,
-        shutdown_rx,
+    open_with(
+        path,
         MarginOptions {
             demo: None,
             snapshot_every_rounds: every,
@@ -50,7 +44,16 @@ async fn open(path: &std::path::Path, every: u64, ordered_by: Option<u16>) -> Se
         },
     )
     .await
-    .expect("start");
+}
+
+/// Starts a service with `options` over the store at `path`.
+async fn open_with(path: &std::path::Path, options: MarginOptions) -> Service4 {
+    let store = Store::open(path).expect("store");
+    let (reports_tx, reports_rx) = broadcast::channel(16);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let h = start_with(&store, feeds(), reports_rx, shutdown_rx, options)
+        .await
+        .expect("start");
     (store, h, reports_tx, shutdown_tx)
 }
 
@@ -1056,24 +1059,13 @@ async fn a_restart_before_the_demo_book_was_ready_still_seeds_it() {
         seed: 7,
     };
     let start_demo = |path: std::path::PathBuf| async move {
-        let store = Store::open(&path).expect("store");
-        let (reports_tx, reports_rx) = broadcast::channel(16);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let h = start_with(
-            &store,
-            feeds(),
-            reports_rx,
-            shutdown_rx,
-            MarginOptions {
-                demo: Some(demo),
-                snapshot_every_rounds: 0,
-                ordered_by: None,
-                committee: Some(committee()),
-            },
-        )
-        .await
-        .expect("start");
-        (store, h, reports_tx, shutdown_tx)
+        let options = MarginOptions {
+            demo: Some(demo),
+            snapshot_every_rounds: 0,
+            ordered_by: None,
+            committee: Some(committee()),
+        };
+        open_with(&path, options).await
     };
     let t0 = 1_767_225_600_000;
     let prices = [
