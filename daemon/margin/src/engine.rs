@@ -253,6 +253,15 @@ pub struct Engine {
     idx: Index,
     out: Vec<EventRecord>,
     pending: BTreeSet<Key>,
+    /// Units examined and ranked whose trigger bands are not yet
+    /// recomputed, with the health they were examined at: the band search
+    /// is most of an examination's cost, and nothing an input decides
+    /// waits for it (`Engine::settle`; docs/MARGIN.md, "Bands after the
+    /// report"). Not part of the state.
+    unbanded: BTreeMap<Key, (Unit, Health)>,
+    /// The next `settle` also fills grid points of the next time bucket
+    /// (set by each report).
+    prefill_due: bool,
     market_by_slot: Vec<String>,
     /// Units examined since creation (a metric; not part of the state).
     examined: u64,
@@ -317,6 +326,8 @@ impl Engine {
             idx: Index::default(),
             out: Vec::new(),
             pending: BTreeSet::new(),
+            unbanded: BTreeMap::new(),
+            prefill_due: false,
             market_by_slot: Vec::new(),
             examined: 0,
             exhaustive: false,
@@ -425,12 +436,14 @@ impl Engine {
 
     /// A snapshot with the trigger index, so a restored engine examines
     /// exactly the units the live one would.
-    pub fn snapshot_with_index(&self) -> (Snapshot, Vec<IndexedUnit>) {
+    pub fn snapshot_with_index(&mut self) -> (Snapshot, Vec<IndexedUnit>) {
         (self.s.clone(), self.index_entries())
     }
 
-    /// The trigger index entries, sorted by account and unit.
-    pub fn index_entries(&self) -> Vec<IndexedUnit> {
+    /// The trigger index entries, sorted by account and unit (after
+    /// [`Engine::settle`]).
+    pub fn index_entries(&mut self) -> Vec<IndexedUnit> {
+        self.settle();
         indexed_units(&self.idx.frozen(), &self.market_by_slot)
     }
 

@@ -266,6 +266,55 @@ fn parent_level(prev: &[Hash], threads: usize) -> Vec<Hash> {
     })
 }
 
+/// Threads for an incremental update of `n` leaves: below
+/// [`UPDATE_PARALLEL_MIN`] one (spawning costs ~20 µs a thread).
+pub(crate) fn update_threads(n: usize) -> usize {
+    if n < UPDATE_PARALLEL_MIN {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |c| c.get().min(8))
+}
+
+/// Changed leaves from which an update is split over threads: each path
+/// is ~20 hashes (~5 µs at a million accounts).
+const UPDATE_PARALLEL_MIN: usize = 128;
+
+/// Sets `changed` (slot, hash; sorted, slots inside `levels[0]`) and
+/// rehashes their paths in `levels` (leaves first, each level half the
+/// one below), once per shared node.
+fn update_paths(levels: &mut [&mut [Hash]], changed: &[(usize, Hash)]) {
+    let mut dirty: Vec<usize> = Vec::with_capacity(changed.len());
+    if let Some(leaves) = levels.first_mut() {
+        for (slot, h) in changed {
+            if let Some(l) = leaves.get_mut(*slot) {
+                *l = *h;
+                dirty.push(*slot);
+            }
+        }
+    }
+    for d in 1..levels.len() {
+        let mut parents: Vec<usize> = Vec::with_capacity(dirty.len());
+        for i in &dirty {
+            let p = i / 2;
+            if parents.last() != Some(&p) {
+                parents.push(p);
+            }
+        }
+        let (lower, upper) = levels.split_at_mut(d);
+        let (Some(below), Some(here)) = (lower.last(), upper.first_mut()) else {
+            return;
+        };
+        for p in &parents {
+            if let (Some(l), Some(r), Some(slot)) =
+                (below.get(2 * p), below.get(2 * p + 1), here.get_mut(*p))
+            {
+                *slot = node(l, r);
+            }
+        }
+        dirty = parents;
+    }
+}
+
 fn node(l: &Hash, r: &Hash) -> Hash {
     keccak(&[&[NODE], l, r])
 }
@@ -432,38 +481,71 @@ impl AccountTree {
     }
 
     /// Sets leaves (slot, hash), sorted by slot with no repeats, slots below
-    /// `count`, and rehashes their paths once per shared node.
+    /// `count`, and rehashes their paths once per shared node. Many
+    /// changes (a report that moves hundreds of accounts) are split over
+    /// the machine's cores by subtree: the same nodes either way.
     pub fn update(&mut self, changed: &[(usize, Hash)]) {
-        let mut dirty: Vec<usize> = Vec::with_capacity(changed.len());
-        if let Some(leaves) = self.levels.first_mut() {
-            for (slot, h) in changed {
-                if let Some(l) = leaves.get_mut(*slot) {
-                    *l = *h;
-                    dirty.push(*slot);
-                }
+        let threads = update_threads(changed.len());
+        self.update_with(changed, threads);
+    }
+
+    fn update_with(&mut self, changed: &[(usize, Hash)], threads: usize) {
+        let width = self.levels.first().map_or(0, Vec::len);
+        // Subtrees: a power of two, each at least two leaves wide.
+        let parts = if threads < 2 {
+            1
+        } else {
+            (1usize << threads.ilog2()).min(width / 2).max(1)
+        };
+        if parts < 2 {
+            let mut levels: Vec<&mut [Hash]> =
+                self.levels.iter_mut().map(Vec::as_mut_slice).collect();
+            update_paths(&mut levels, changed);
+            return;
+        }
+        // Levels at least `parts` wide split into `parts` subtrees; the
+        // levels above them (narrower) are rehashed after, on this thread.
+        let split = self.levels.iter().take_while(|l| l.len() >= parts).count();
+        let mut per: Vec<Vec<&mut [Hash]>> = (0..parts).map(|_| Vec::new()).collect();
+        for level in self.levels.iter_mut().take(split) {
+            let n = level.len() / parts;
+            for (j, chunk) in level.chunks_mut(n).enumerate() {
+                per[j].push(chunk);
             }
         }
-        for d in 1..self.levels.len() {
-            let mut parents: Vec<usize> = Vec::with_capacity(dirty.len());
-            for i in &dirty {
-                let p = i / 2;
-                if parents.last() != Some(&p) {
-                    parents.push(p);
-                }
+        let span = width / parts;
+        let mut runs: Vec<Vec<(usize, Hash)>> = vec![Vec::new(); parts];
+        for (slot, h) in changed {
+            if let Some(run) = runs.get_mut(slot / span) {
+                run.push((slot % span, *h));
             }
-            let (lower, upper) = self.levels.split_at_mut(d);
-            let (Some(below), Some(here)) = (lower.last(), upper.first_mut()) else {
-                return;
-            };
-            for p in &parents {
-                if let (Some(l), Some(r), Some(slot)) =
-                    (below.get(2 * p), below.get(2 * p + 1), here.get_mut(*p))
-                {
-                    *slot = node(l, r);
-                }
-            }
-            dirty = parents;
         }
+        let touched: Vec<usize> = (0..parts).filter(|j| !runs[*j].is_empty()).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = per
+                .iter_mut()
+                .zip(&runs)
+                .filter(|(_, run)| !run.is_empty())
+                .map(|(levels, run)| scope.spawn(move || update_paths(levels, run)))
+                .collect();
+            for h in handles {
+                if let Err(panic) = h.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        });
+        // Above the subtrees: their tops changed where a run did.
+        let mut levels: Vec<&mut [Hash]> = self
+            .levels
+            .iter_mut()
+            .skip(split - 1)
+            .map(Vec::as_mut_slice)
+            .collect();
+        let tops: Vec<(usize, Hash)> = touched
+            .iter()
+            .filter_map(|j| Some((*j, *levels.first()?.get(*j)?)))
+            .collect();
+        update_paths(&mut levels, &tops);
     }
 
     /// Whether `n` more leaves fit without growing the padded width.
@@ -534,6 +616,46 @@ mod tests {
             }
             let parallel = AccountTree::build(leaves);
             assert_eq!(parallel.levels, serial.levels, "n = {n}");
+        }
+    }
+
+    /// An update split over subtrees gives the nodes of one on a single
+    /// thread: changes in one subtree only, in all, at the edges, and
+    /// trees narrower than the thread count.
+    #[test]
+    fn parallel_update_matches_the_serial_one() {
+        for n in [1usize, 2, 3, 5, 64, 1_000, 4_097] {
+            let leaves: Vec<Hash> = (0..n as u64).map(|i| keccak(&[&i.to_be_bytes()])).collect();
+            let base = AccountTree::build_serial(leaves);
+            let sets: Vec<Vec<usize>> = vec![
+                (0..n).step_by(7).collect(),
+                (0..n / 3).collect(),
+                (n - n / 4..n).collect(),
+                vec![0, n - 1],
+                (0..n).collect(),
+            ];
+            for set in sets {
+                let changed: Vec<(usize, Hash)> = set
+                    .iter()
+                    .map(|s| (*s, keccak(&[b"x", &s.to_be_bytes()])))
+                    .collect();
+                let mut serial = base.clone();
+                serial.update_with(&changed, 1);
+                let mut fresh_leaves = base.levels[0][..n].to_vec();
+                for (s, h) in &changed {
+                    fresh_leaves[*s] = *h;
+                }
+                assert_eq!(
+                    serial.levels,
+                    AccountTree::build_serial(fresh_leaves).levels,
+                    "n = {n}"
+                );
+                for threads in [2, 3, 4, 8] {
+                    let mut par = base.clone();
+                    par.update_with(&changed, threads);
+                    assert_eq!(par.levels, serial.levels, "n = {n}, {threads} threads");
+                }
+            }
         }
     }
 

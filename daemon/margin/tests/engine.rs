@@ -1320,7 +1320,7 @@ fn a_snapshot_with_an_account_twice_is_refused() {
 /// account map, holders and index in bulk now).
 #[test]
 fn damaged_snapshot_bytes_are_refused_without_a_panic() {
-    let book = demo_book_with(3, 40, &DemoParams::default());
+    let mut book = demo_book_with(3, 40, &DemoParams::default());
     let good = book.engine.encode_snapshot().unwrap();
     let mut z = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {

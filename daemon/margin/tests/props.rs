@@ -892,14 +892,14 @@ fn moved(e: &Engine, feed: &str, price: i128) -> Option<Engine> {
 /// band one step too wide shows up as a unit below maintenance or initial
 /// that nobody examined). The exhaustive-reference tests only catch a band
 /// that is too wide where a random price path happens to land.
-fn band_edges_hold(e: &Engine) -> Result<usize, TestCaseError> {
+fn band_edges_hold(e: &mut Engine) -> Result<usize, TestCaseError> {
     bands_hold_at(e, 4)
 }
 
 /// [`band_edges_hold`] at the inner edges and `parts - 1` evenly spaced
 /// prices between them (a band proven in steps must hold between the
 /// steps too).
-fn bands_hold_at(e: &Engine, parts: i128) -> Result<usize, TestCaseError> {
+fn bands_hold_at(e: &mut Engine, parts: i128) -> Result<usize, TestCaseError> {
     let mut checked = 0;
     for entry in e.index_entries() {
         for (feed, lo, hi) in &entry.bands {
@@ -1180,7 +1180,7 @@ proptest! {
         let mut e = engine();
         for input in &inputs {
             if e.apply(input).is_ok() && matches!(input, Input::Prices(_)) {
-                band_edges_hold(&e)?;
+                band_edges_hold(&mut e)?;
             }
         }
     }
@@ -1251,7 +1251,7 @@ proptest! {
         let mut e = engine();
         for input in &all {
             if e.apply(input).is_ok() && matches!(input, Input::Prices(_)) {
-                bands_hold_at(&e, 64)?;
+                bands_hold_at(&mut e, 64)?;
             }
         }
     }
@@ -1288,6 +1288,98 @@ proptest! {
         if let Some(mut r) = restored {
             prop_assert_eq!(r.state_root(), live.state_root());
         }
+    }
+
+    /// Band work waits for `Engine::settle` (the node runs it after a
+    /// report's root is out): an engine that settles after every input, one
+    /// that never does (its reports and clock-moving commands settle first),
+    /// and one that settles now and then give the same events, state and
+    /// root after every input, examine the same units, and end with the
+    /// same trigger index. Commands come between reports, at a report's
+    /// time (as ordered commands do) and later (moving the clock).
+    #[test]
+    fn settling_early_late_or_never_changes_nothing(
+        cash in prop::collection::vec(50i128 * M..=2_000 * M, 8),
+        eth in prop::collection::vec(0i128..=50 * Q, 8),
+        holders in holders(),
+        trades in prop::collection::vec(trade(), 4..30),
+        steps in prop::collection::vec(step(), 2..14),
+        between in prop::collection::vec((trade(), 0u64..3), 0..40),
+        every in 2usize..5,
+    ) {
+        let base = inputs(150_000, 20, &cash, &eth, &holders, &trades, &steps);
+        // Commands after the reports of the price path (plain, unsigned:
+        // on an owned account they are refused alike by all three).
+        let mut inputs = Vec::new();
+        let mut extra = between.iter();
+        let mut reports = 0;
+        for input in base {
+            let at = match &input {
+                Input::Prices(r) => Some(r.timestamp_ms),
+                _ => None,
+            };
+            inputs.push(input);
+            let Some(at) = at else { continue };
+            reports += 1;
+            if reports == 1 {
+                continue;
+            }
+            for (t, when) in extra.by_ref().take(3) {
+                let command = match t.act {
+                    Act::Close => Command::Close {
+                        account: t.account,
+                        market: MARKETS[t.market].into(),
+                        size: None,
+                        price: None,
+                    },
+                    Act::Withdraw | Act::Adjust => Command::Withdraw {
+                        account: t.account,
+                        asset: "USD".into(),
+                        amount: t.size_milli * M / 100,
+                    },
+                    Act::Open => Command::Open {
+                        account: t.account,
+                        market: MARKETS[t.market].into(),
+                        side: if t.long { Side::Long } else { Side::Short },
+                        size: t.size_milli * Q / 4_000,
+                        margin: MarginMode::Cross,
+                        price: None,
+                    },
+                };
+                inputs.push(Input::Command { at_ms: at + when * 400, command });
+            }
+        }
+        let mut eager = engine();
+        let mut lazy = engine();
+        let mut sometimes = engine();
+        let mut most_waiting = 0;
+        for (i, input) in inputs.iter().enumerate() {
+            let a = eager.apply(input);
+            eager.settle();
+            prop_assert_eq!(eager.unsettled_units(), 0);
+            let b = lazy.apply(input);
+            most_waiting = most_waiting.max(lazy.unsettled_units());
+            let c = sometimes.apply(input);
+            if i % every == 0 {
+                sometimes.settle();
+            }
+            let bytes = |r: &Result<Vec<EventRecord>, EngineError>| match r {
+                Ok(ev) => serde_json::to_vec(ev).unwrap(),
+                Err(e) => e.to_string().into_bytes(),
+            };
+            prop_assert_eq!(bytes(&a), bytes(&b), "input {}: events differ (never settled)", i);
+            prop_assert_eq!(bytes(&a), bytes(&c), "input {}: events differ (settled now and then)", i);
+            prop_assert_eq!(eager.examined_units(), lazy.examined_units(), "input {}", i);
+            prop_assert_eq!(eager.examined_units(), sometimes.examined_units(), "input {}", i);
+            prop_assert_eq!(eager.state_root(), lazy.state_root(), "input {}", i);
+            prop_assert_eq!(eager.state_root(), sometimes.state_root(), "input {}", i);
+        }
+        prop_assert_eq!(eager.snapshot(), lazy.snapshot());
+        // The lazy engine did leave band work waiting.
+        prop_assert!(most_waiting > 0);
+        prop_assert_eq!(eager.index_entries(), lazy.index_entries());
+        prop_assert_eq!(eager.index_entries(), sometimes.index_entries());
+        prop_assert_eq!(lazy.unsettled_units(), 0);
     }
 
     /// Restart = the latest stored snapshot plus the inputs after it: the
@@ -1448,9 +1540,9 @@ proptest! {
                     holds_at(&e, dip.feed, dip.low)?;
                 }
             }
-            if let Some(e) = dip.thin(frac_ppm) {
+            if let Some(mut e) = dip.thin(frac_ppm) {
                 holds_at(&e, dip.feed, dip.low)?;
-                bands_hold_at(&e, 128)?;
+                bands_hold_at(&mut e, 128)?;
             }
         }
     }
@@ -1464,7 +1556,7 @@ proptest! {
 fn long_gamma_dip_stays_outside_the_band() {
     for (put, move_ppm) in [(false, -100_000), (true, 100_000)] {
         let dip = long_gamma_book(put, 10, 10_000, 600_000, move_ppm).expect("a dip");
-        let e = dip.thin(900_000).expect("margin to withdraw");
+        let mut e = dip.thin(900_000).expect("margin to withdraw");
         let feed = dip.feed;
         // The premises: below initial at the dip's low, and a band that
         // reaches more than half way to it, which takes the curvature
@@ -1480,7 +1572,7 @@ fn long_gamma_dip_stays_outside_the_band() {
             dip.low
         );
         holds_at(&e, feed, dip.low).unwrap();
-        bands_hold_at(&e, 512).unwrap();
+        bands_hold_at(&mut e, 512).unwrap();
     }
 }
 

@@ -294,7 +294,8 @@ struct Metrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    /// `prices`, `command` or `signed`.
+    /// `prices`, `command` or `signed`; `bands`: the trigger-band work
+    /// after an input (`Engine::settle`), off the input's critical path.
     kind: &'static str,
 }
 
@@ -553,7 +554,7 @@ impl MarginHandle {
         );
         registry.register(
             "sibyl_margin_step_duration_seconds",
-            "Time to apply one input to the margin engine and store it, by kind",
+            "Time to apply one input to the margin engine and store it, by kind (kind=\"bands\": the trigger-band work run after a report's root is attested and its commands answered)",
             m.step_seconds.clone(),
         );
         registry.register(
@@ -1213,6 +1214,10 @@ impl Service {
                 o.resolve(nonce, result);
             }
         }
+        // The root is attested and the commands answered: now the bands of
+        // the units this report examined (docs/MARGIN.md, "Bands after the
+        // report"), before the next report needs them.
+        self.settle();
         // The snapshot is taken under the engine lock (a copy of the map of
         // shared accounts and the encoded index: ~0.1 s at a million
         // accounts) and encoded without it, so API reads go on meanwhile;
@@ -1249,6 +1254,17 @@ impl Service {
                 tracing::warn!(round, error = %e, "margin snapshot not stored; a restart replays more inputs");
             }
         }
+    }
+
+    /// The engine's deferred band work ([`Engine::settle`]), timed as
+    /// `sibyl_margin_step_duration_seconds{kind="bands"}`.
+    fn settle(&self) {
+        let started = std::time::Instant::now();
+        self.state().engine.settle();
+        self.metrics
+            .step_seconds
+            .get_or_create(&KindLabel { kind: "bands" })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     fn state(&self) -> MutexGuard<'_, MarginState> {
@@ -1380,6 +1396,7 @@ impl Service {
             .step_seconds
             .get_or_create(&kind)
             .observe(started.elapsed().as_secs_f64());
+        self.settle();
         Ok(events)
     }
 

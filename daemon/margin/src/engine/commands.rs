@@ -6,6 +6,7 @@ use crate::error::EngineError;
 use crate::fixed::{QUOTE_ASSET, add, ppm_ceil, sub};
 use crate::signed::SignedCommand;
 use crate::types::*;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// A validated command, ready to commit.
@@ -167,6 +168,12 @@ impl Engine {
         plan: Plan,
     ) -> Result<Vec<EventRecord>, EngineError> {
         self.out.clear();
+        // Bands are computed at the clock of their examination: settle
+        // them before it moves (a command at the report's time, as every
+        // ordered command, leaves them to the caller's `settle`).
+        if now != self.s.now_ms {
+            self.settle();
+        }
         self.s.now_ms = now;
         self.refresh_guards();
         if matches!(
@@ -179,7 +186,12 @@ impl Engine {
             self.root.drop_configs();
         }
         self.commit(plan)?;
-        self.idx.due(self.s.now_ms, &mut self.pending);
+        // Due rechecks; a unit whose bands wait for `settle` was examined
+        // at this clock already (settled, its recheck would be later).
+        let mut due = BTreeSet::new();
+        self.idx.due(self.s.now_ms, &mut due);
+        due.retain(|k| !self.unbanded.contains_key(k));
+        self.pending.extend(due);
         self.drain_pending();
         Ok(std::mem::take(&mut self.out))
     }

@@ -128,7 +128,7 @@ impl Engine {
             }
             self.idx.remove_holder(&m, account);
             if let Some(k) = self.key_of(account, &Unit::Isolated { market: m.clone() }) {
-                self.idx.forget(k);
+                self.unindex(k);
             }
         }
         for m in acct.positions.keys() {

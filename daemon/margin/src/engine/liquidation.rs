@@ -25,7 +25,7 @@ impl Engine {
             return;
         };
         let Some(acct) = self.s.accounts.get(&key.account) else {
-            self.idx.forget(key);
+            self.unindex(key);
             return;
         };
         if let Unit::Isolated { market } = &unit
@@ -34,7 +34,7 @@ impl Engine {
                 .get(market)
                 .is_none_or(|p| p.isolated.is_none())
         {
-            self.idx.forget(key);
+            self.unindex(key);
             return;
         }
         let h = match self.health_of(acct, &unit) {
@@ -45,7 +45,7 @@ impl Engine {
                     unit,
                     error: e.to_string(),
                 });
-                self.idx.forget(key);
+                self.unindex(key);
                 return;
             }
         };

@@ -179,7 +179,9 @@ impl Engine {
                 ),
             );
         }
-        // Validation done: mutate.
+        // Validation done: mutate. The bands of the units the last input
+        // examined first: this report's crossings are checked against them.
+        self.settle();
         self.out.clear();
         let mut scaled: Vec<(String, u64, u32, u32)> = Vec::new();
         self.s.now_ms = self.s.now_ms.max(timestamp_ms);
@@ -255,8 +257,9 @@ impl Engine {
             self.queue_every_unit();
         }
         self.drain_pending();
-        self.prefill_grid(2);
+        self.prefill_due = true;
         // A report closes a round: its root is part of the report's cost.
+        // The examined units' new bands are not (`settle`).
         self.flush_root();
         Ok(std::mem::take(&mut self.out))
     }

@@ -92,8 +92,7 @@ impl Engine {
     /// The leaves of `order`, split over the machine's cores when there
     /// are many (a restart's first root, a bulk load): the same hashes in
     /// the same order either way.
-    fn leaves(&self, order: &[AccountId]) -> Vec<Hash> {
-        let threads = crate::state_root::threads_for(order.len());
+    fn leaves(&self, order: &[AccountId], threads: usize) -> Vec<Hash> {
         if threads < 2 {
             let mut buf = Enc::default();
             return order.iter().map(|id| self.leaf_of(&mut buf, *id)).collect();
@@ -221,7 +220,6 @@ impl Engine {
             self.root.built = false;
         }
         if self.root.built {
-            let mut buf = Enc::default();
             let dirty = std::mem::take(&mut self.root.dirty);
             let mut slots: Vec<(u32, AccountId)> = dirty
                 .iter()
@@ -232,8 +230,11 @@ impl Engine {
             let known = self.root.tree.count();
             let mut changed = Vec::with_capacity(slots.len());
             let mut added = Vec::new();
-            for (slot, id) in slots {
-                let h = self.leaf_of(&mut buf, id);
+            // Hundreds of changed accounts (a report with many margin
+            // calls): their leaves over the cores too.
+            let ids: Vec<AccountId> = slots.iter().map(|(_, id)| *id).collect();
+            let hashes = self.leaves(&ids, crate::state_root::update_threads(ids.len()));
+            for ((slot, _), h) in slots.into_iter().zip(hashes) {
                 if u64::from(slot) < known {
                     changed.push((slot as usize, h));
                 } else {
@@ -249,7 +250,10 @@ impl Engine {
         }
         if !self.root.built {
             self.root.dirty.clear();
-            let leaves = self.leaves(&self.s.account_order);
+            let leaves = self.leaves(
+                &self.s.account_order,
+                crate::state_root::threads_for(self.s.account_order.len()),
+            );
             self.root.tree = AccountTree::build(leaves);
             self.root.built = true;
         }

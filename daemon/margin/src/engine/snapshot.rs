@@ -275,7 +275,7 @@ impl<'a> Dec<'a> {
 impl Engine {
     /// The state and trigger index as deterministic bytes (layout above):
     /// the same state gives the same bytes on every member.
-    pub fn encode_snapshot(&self) -> Result<Vec<u8>, EngineError> {
+    pub fn encode_snapshot(&mut self) -> Result<Vec<u8>, EngineError> {
         self.snapshot_source()?.encode()
     }
 
@@ -285,7 +285,11 @@ impl Engine {
     /// or band is copied; a later change to one replaces it). `SnapshotSource::encode` then runs without the
     /// engine, e.g. on another thread while the engine takes the next
     /// report, and gives the bytes `encode_snapshot` gives now.
-    pub fn snapshot_source(&self) -> Result<SnapshotSource, EngineError> {
+    ///
+    /// Settles the trigger bands first ([`Engine::settle`]): a snapshot
+    /// holds a complete index.
+    pub fn snapshot_source(&mut self) -> Result<SnapshotSource, EngineError> {
+        self.settle();
         let s = &self.s;
         let head = Snapshot {
             version: s.version,

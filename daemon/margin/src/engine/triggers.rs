@@ -175,6 +175,41 @@ impl Engine {
         for id in ids {
             self.reindex_account(id);
         }
+        self.settle();
+    }
+
+    /// Drops a unit from the trigger index, with bands it waits for.
+    pub(super) fn unindex(&mut self, key: Key) {
+        self.idx.forget(key);
+        self.unbanded.remove(&key);
+    }
+
+    /// Recomputes the trigger bands and at-risk ranks of every unit
+    /// examined since the last call (in key order), at the health and clock
+    /// of its examination.
+    ///
+    /// An input's outcome (events, state root) never waits for band
+    /// work: examinations rank a unit at once and leave its bands here.
+    /// The node calls this after it has published a report's root and
+    /// answered its commands, off the report's critical path; every price
+    /// report and every command that moves the clock calls it first, and so
+    /// do snapshots and `index_entries`, so the index every input sees is
+    /// the same whether or not the caller settled in between (a unit's
+    /// account, the prices and the clock do not change between its
+    /// examination and this, or it is examined again).
+    pub fn settle(&mut self) {
+        let todo = std::mem::take(&mut self.unbanded);
+        for (key, (unit, h)) in todo {
+            self.band(key, &unit, h);
+        }
+        if std::mem::take(&mut self.prefill_due) {
+            self.prefill_grid(2);
+        }
+    }
+
+    /// Units whose bands wait for [`Engine::settle`].
+    pub fn unsettled_units(&self) -> usize {
+        self.unbanded.len()
     }
 
     fn reindex_account(&mut self, id: AccountId) {
@@ -193,10 +228,17 @@ impl Engine {
                 let acct = &self.s.accounts[&id];
                 match self.health_of(acct, &u) {
                     Ok(h) => self.reindex(k, &u, h),
-                    Err(_) => self.idx.forget(k),
+                    Err(_) => self.unindex(k),
                 }
             }
         }
+    }
+
+    /// Leaves an examined unit's bands and at-risk rank to
+    /// [`Engine::settle`] (`closest_to_liquidation` reads the waiting units
+    /// too).
+    pub(super) fn reindex(&mut self, key: Key, unit: &Unit, h: Health) {
+        self.unbanded.insert(key, (unit.clone(), h));
     }
 
     /// Recomputes a unit's trigger bands from its health. A unit at or
@@ -205,7 +247,7 @@ impl Engine {
     /// margin call keeps the intersection of "above maintenance" and "below
     /// initial"; one below maintenance (deferred) keeps the band that
     /// brings it back when it crosses maintenance upwards.
-    pub(super) fn reindex(&mut self, key: Key, unit: &Unit, h: Health) {
+    fn band(&mut self, key: Key, unit: &Unit, h: Health) {
         let has_positions = self
             .s
             .accounts

@@ -129,6 +129,10 @@ impl Engine {
         let mut healthy = 0usize;
         let mut v = Vec::new();
         for (rank, key) in self.idx.ranked() {
+            // Examined since the last `settle`: taken below, whatever rank.
+            if self.unbanded.contains_key(&key) {
+                continue;
+            }
             if rank.class >= 2 {
                 if healthy == extra {
                     break;
@@ -139,6 +143,26 @@ impl Engine {
             else {
                 continue;
             };
+            let Ok(health) = self.health_of(acct, &unit) else {
+                continue;
+            };
+            v.push(AtRisk {
+                account: key.account,
+                margin_ratio_ppm: margin_ratio_ppm(&health),
+                unit,
+                health,
+            });
+        }
+        // Units whose rank waits for `settle` (at most the units of the
+        // inputs since): every one with positions is a candidate.
+        for key in self.unbanded.keys() {
+            let (Some(unit), Some(acct)) = (self.unit_of(*key), self.s.accounts.get(&key.account))
+            else {
+                continue;
+            };
+            if Self::unit_positions(acct, &unit).is_empty() {
+                continue;
+            }
             let Ok(health) = self.health_of(acct, &unit) else {
                 continue;
             };
@@ -180,7 +204,8 @@ impl Engine {
         v
     }
 
-    /// Units in the at-risk ranking (those with positions).
+    /// Units in the at-risk ranking (those with positions), as of the
+    /// last [`Engine::settle`].
     pub fn ranked_units(&self) -> usize {
         self.idx.ranked_units()
     }
