@@ -238,7 +238,14 @@ pub(crate) fn threads_for(n: usize) -> usize {
     if n < PARALLEL_MIN {
         return 1;
     }
-    std::thread::available_parallelism().map_or(1, |c| c.get().min(8))
+    cores()
+}
+
+/// The machine's cores, at most 8, read once (`available_parallelism`
+/// reads cgroup files: tens of microseconds a call).
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get().min(8)))
 }
 
 /// The level above `prev` (an even number of nodes): each pair hashed,
@@ -272,7 +279,7 @@ pub(crate) fn update_threads(n: usize) -> usize {
     if n < UPDATE_PARALLEL_MIN {
         return 1;
     }
-    std::thread::available_parallelism().map_or(1, |c| c.get().min(8))
+    cores()
 }
 
 /// Changed leaves from which an update is split over threads: each path

@@ -785,9 +785,16 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
         }
         // The at-risk ranking holds every unit with positions; the whole
         // ranking equals a full scan, and every unit below maintenance or
-        // in margin call that the scan puts in the first n is returned.
+        // in margin call that the scan puts in the first n is returned:
+        // with the units this report examined still waiting for `settle`
+        // (their ranks too), and after it.
         let all = units(&e);
         let with_positions = all.iter().filter(|u| u.3).count();
+        prop_assert_eq!(
+            e.closest_to_liquidation(with_positions + 1),
+            e.closest_to_liquidation_scan(with_positions + 1)
+        );
+        e.settle();
         prop_assert_eq!(e.ranked_units(), with_positions, "ranking size");
         prop_assert_eq!(
             e.closest_to_liquidation(with_positions + 1),

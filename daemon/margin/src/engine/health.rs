@@ -112,10 +112,18 @@ impl Engine {
             )?,
             Unit::Isolated { .. } => positions.first().and_then(|(_, p)| p.isolated).unwrap_or(0),
         };
+        // Each position's market and mark, looked up once (market names
+        // are map keys: a lookup is a few string comparisons).
+        let legs = positions
+            .iter()
+            .map(|(m, p)| {
+                let (ms, mark) = self.mark_of(m)?;
+                Ok((m.as_str(), ms, mark, *p))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
         let mut notional = 0i128;
         let mut has_option = false;
-        for (m, p) in &positions {
-            let (ms, mark) = self.mark_of(m)?;
+        for (_, ms, mark, p) in &legs {
             let v = value(p.size, mark.price)?;
             equity = add(equity, add(p.quote, v, "position value")?, "equity")?;
             notional = add(notional, v.abs(), "notional")?;
@@ -123,8 +131,7 @@ impl Engine {
         }
         if !has_option {
             let (mut initial, mut maintenance) = (0i128, 0i128);
-            for (m, p) in &positions {
-                let (ms, mark) = self.mark_of(m)?;
+            for (_, ms, mark, p) in &legs {
                 let n = value(p.size, mark.price)?.abs();
                 let c = &ms.config;
                 let fs = self
@@ -150,8 +157,7 @@ impl Engine {
         }
         // Portfolio margin: worst weighted scenario loss per underlying.
         let mut losses: BTreeMap<&str, Vec<i128>> = BTreeMap::new();
-        for (m, p) in &positions {
-            let (ms, mark) = self.mark_of(m)?;
+        for (m, ms, mark, p) in &legs {
             let v0 = value(p.size, mark.price)?;
             let l = losses
                 .entry(ms.config.feed.as_str())
