@@ -330,6 +330,7 @@ fn state_root_and_snapshot(n: usize, mut e: Engine) {
     let ids: Vec<u64> = e.state().accounts.keys().copied().collect();
     let _ = e.state_root();
     let mut costs: Vec<Duration> = Vec::new();
+    let mut walls: Vec<Duration> = Vec::new();
     for round in 0..20usize {
         let at = e.now_ms();
         for k in 0..1_000usize {
@@ -343,15 +344,19 @@ fn state_root_and_snapshot(n: usize, mut e: Engine) {
         }
         // Their bands first (a node settles after each command).
         e.settle();
-        let cpu0 = cpu_ns();
+        let (cpu0, start) = (cpu_ns(), Instant::now());
         black_box(e.state_root());
+        walls.push(start.elapsed());
         costs.push(Duration::from_nanos(cpu_ns().saturating_sub(cpu0)));
     }
     costs.sort();
+    walls.sort();
     println!(
-        "book n={n}: state root after 1,000 changed accounts (20 rounds): on CPU p50 {:.3?} max {:.3?}",
+        "book n={n}: state root after 1,000 changed accounts (20 rounds): on CPU p50 {:.3?} max {:.3?}; wall p50 {:.3?} max {:.3?}",
         pct(&costs, 0.5),
-        costs.last().copied().unwrap_or_default()
+        costs.last().copied().unwrap_or_default(),
+        pct(&walls, 0.5),
+        walls.last().copied().unwrap_or_default()
     );
     let (state, proof, _) = e.account_proof(ids[ids.len() / 2]).expect("account");
     println!(
