@@ -1300,7 +1300,8 @@ proptest! {
     /// Band work waits for `Engine::settle` (the node runs it after a
     /// report's root is out): an engine that settles after every input, one
     /// that never does (its reports and clock-moving commands settle first),
-    /// and one that settles now and then give the same events, state and
+    /// one that settles now and then, and one that settles a few units
+    /// after each input (`settle_some`) give the same events, state and
     /// root after every input, examine the same units, and end with the
     /// same trigger index. Commands come between reports, at a report's
     /// time (as ordered commands do) and later (moving the clock).
@@ -1313,6 +1314,7 @@ proptest! {
         steps in prop::collection::vec(step(), 2..14),
         between in prop::collection::vec((trade(), 0u64..3), 0..40),
         every in 2usize..5,
+        step in 1usize..4,
     ) {
         let base = inputs(150_000, 20, &cash, &eth, &holders, &trades, &steps);
         // Commands after the reports of the price path (plain, unsigned:
@@ -1359,6 +1361,9 @@ proptest! {
         let mut eager = engine();
         let mut lazy = engine();
         let mut sometimes = engine();
+        // Settles `step` units after each input (`settle_some`): part of
+        // the work, the rest left to the next input or step.
+        let mut stepwise = engine();
         let mut most_waiting = 0;
         for (i, input) in inputs.iter().enumerate() {
             let a = eager.apply(input);
@@ -1370,12 +1375,20 @@ proptest! {
             if i % every == 0 {
                 sometimes.settle();
             }
+            let d = stepwise.apply(input);
+            let before = stepwise.unsettled_units();
+            let more = stepwise.settle_some(step);
+            prop_assert_eq!(stepwise.unsettled_units(), before.saturating_sub(step));
+            prop_assert_eq!(more, stepwise.unsettled_units() > 0);
             let bytes = |r: &Result<Vec<EventRecord>, EngineError>| match r {
                 Ok(ev) => serde_json::to_vec(ev).unwrap(),
                 Err(e) => e.to_string().into_bytes(),
             };
             prop_assert_eq!(bytes(&a), bytes(&b), "input {}: events differ (never settled)", i);
             prop_assert_eq!(bytes(&a), bytes(&c), "input {}: events differ (settled now and then)", i);
+            prop_assert_eq!(bytes(&a), bytes(&d), "input {}: events differ (settled in steps)", i);
+            prop_assert_eq!(eager.examined_units(), stepwise.examined_units(), "input {}", i);
+            prop_assert_eq!(eager.state_root(), stepwise.state_root(), "input {}", i);
             prop_assert_eq!(eager.examined_units(), lazy.examined_units(), "input {}", i);
             prop_assert_eq!(eager.examined_units(), sometimes.examined_units(), "input {}", i);
             prop_assert_eq!(eager.state_root(), lazy.state_root(), "input {}", i);
@@ -1386,6 +1399,7 @@ proptest! {
         prop_assert!(most_waiting > 0);
         prop_assert_eq!(eager.index_entries(), lazy.index_entries());
         prop_assert_eq!(eager.index_entries(), sometimes.index_entries());
+        prop_assert_eq!(eager.index_entries(), stepwise.index_entries());
         prop_assert_eq!(lazy.unsettled_units(), 0);
     }
 

@@ -198,13 +198,29 @@ impl Engine {
     /// account, the prices and the clock do not change between its
     /// examination and this, or it is examined again).
     pub fn settle(&mut self) {
-        let todo = std::mem::take(&mut self.unbanded);
-        for (key, (unit, h)) in todo {
+        while self.settle_some(usize::MAX) {}
+    }
+
+    /// [`Engine::settle`] in steps: the bands of at most `units` waiting
+    /// units (the first in key order), then, once none wait, the grid
+    /// prefill. Returns whether work is left. Any split gives the same
+    /// index as one `settle` (each unit's bands depend only on the state at
+    /// its examination), so the node releases the engine lock between
+    /// steps and API reads do not wait for a whole report's band work.
+    pub fn settle_some(&mut self, units: usize) -> bool {
+        for _ in 0..units {
+            let Some((key, (unit, h))) = self.unbanded.pop_first() else {
+                break;
+            };
             self.band(key, &unit, h);
+        }
+        if !self.unbanded.is_empty() {
+            return true;
         }
         if std::mem::take(&mut self.prefill_due) {
             self.prefill_grid(2);
         }
+        false
     }
 
     /// Units whose bands wait for [`Engine::settle`].
