@@ -321,8 +321,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// After an input is applied (`inputs` counts it once stored).
     fn observe(&self, engine: &Engine, events: &[EventRecord]) {
-        self.inputs.inc();
         for e in events {
             match e.event {
                 sibyl_margin::Event::Liquidated { .. } => {
@@ -1317,6 +1317,9 @@ impl Service {
         let now = tokio::time::Instant::now();
         match written {
             Ok(()) => {
+                self.metrics
+                    .inputs
+                    .inc_by(u64::try_from(steps.len()).unwrap_or(u64::MAX));
                 if let Some(since) = self.unstored.since {
                     tracing::warn!(
                         path = %self.db_path,

@@ -839,6 +839,12 @@ async fn a_full_disk_holds_the_margin_engine_back_and_loses_nothing() {
         "{}",
         metrics_text(&h)
     );
+    // The inputs counter counts stored inputs only.
+    assert!(
+        metrics_text(&h).contains(&format!("sibyl_margin_inputs_total {}\n", stored.len())),
+        "{}",
+        metrics_text(&h)
+    );
     // Commands are refused with the reason, and not offered.
     let err = h
         .command(Command::CreateAccount {
@@ -891,6 +897,11 @@ async fn a_full_disk_holds_the_margin_engine_back_and_loses_nothing() {
         (st.next_input, st.engine.state_root(), st.marks.clone())
     };
     assert_eq!(stored_inputs(&store).await.len() as u64, next_input);
+    assert!(
+        metrics_text(&h).contains(&format!("sibyl_margin_inputs_total {next_input}\n")),
+        "{}",
+        metrics_text(&h)
+    );
 
     // A member whose disk never filled, given the same reports, is in the
     // same state.
