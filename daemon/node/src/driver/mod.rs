@@ -166,6 +166,41 @@ enum SinkItem {
     },
 }
 
+/// How often the report sink retries a write that failed.
+const SINK_RETRY: Duration = Duration::from_secs(1);
+/// How often a failing report write is logged again.
+const SINK_LOG_EVERY: Duration = Duration::from_secs(30);
+/// Most report writes the sink holds for retry (an hour of 500 ms rounds).
+const SINK_HELD: usize = 7_200;
+
+/// Stores one sink item; a stored report is announced. On failure the item
+/// comes back with the error.
+async fn sink_write(
+    store: &StoreHandle,
+    reports: &broadcast::Sender<Arc<SignedReport>>,
+    marks: &RoundTrace,
+    item: SinkItem,
+) -> Result<(), (SinkItem, crate::store::StoreError)> {
+    match item {
+        SinkItem::Report(report) => {
+            let round = report.header.round;
+            match store.insert_report((*report).clone()).await {
+                Ok(true) => {
+                    marks.mark(round, Phase::Stored);
+                    let _ = reports.send(Arc::new(*report));
+                    Ok(())
+                }
+                Ok(false) => Ok(()), // already stored
+                Err(e) => Err((SinkItem::Report(report), e)),
+            }
+        }
+        SinkItem::Absent { from, end } => store
+            .write(move |db| db.insert_report_gap(from, end))
+            .await
+            .map_err(|e| (SinkItem::Absent { from, end }, e)),
+    }
+}
+
 /// What the report sink does with every verified report: store it, then tell
 /// API subscribers (and the margin engine, which then reads the store).
 #[derive(Clone)]
@@ -176,34 +211,80 @@ pub struct ReportSink {
 
 impl ReportSink {
     /// Starts the sink task writing to `store`; every stored report is also
-    /// sent on `reports`.
+    /// sent on `reports`. A write that fails (a full disk) is kept and
+    /// retried every [`SINK_RETRY`] until it is stored, so the margin engine,
+    /// which takes the stored reports in round order, does not wait for the
+    /// round until a restart; at most [`SINK_HELD`] writes wait (older ones
+    /// are dropped: catch-up fetches those reports again after a restart).
     pub fn start(store: StoreHandle, reports: broadcast::Sender<Arc<SignedReport>>) -> Self {
         let (tx, mut rx) = mpsc::channel::<SinkItem>(1024);
         let trace = RoundTrace::default();
         let marks = trace.clone();
         tokio::spawn(async move {
-            while let Some(item) = rx.recv().await {
-                match item {
-                    SinkItem::Report(report) => {
-                        let report = *report;
-                        let round = report.header.round;
-                        match store.insert_report(report.clone()).await {
-                            Ok(true) => {
-                                marks.mark(round, Phase::Stored);
-                                let _ = reports.send(Arc::new(report));
+            let mut held: std::collections::VecDeque<SinkItem> = std::collections::VecDeque::new();
+            let mut failing_since: Option<tokio::time::Instant> = None;
+            let mut logged: Option<tokio::time::Instant> = None;
+            let mut retry_at = tokio::time::Instant::now();
+            loop {
+                let item = if held.is_empty() {
+                    match rx.recv().await {
+                        Some(item) => item,
+                        None => return,
+                    }
+                } else {
+                    tokio::select! {
+                        next = rx.recv() => match next {
+                            Some(item) => item,
+                            None => return,
+                        },
+                        () = tokio::time::sleep_until(retry_at) => {
+                            // Retry the held writes in order; stop at the
+                            // first that fails again.
+                            retry_at = tokio::time::Instant::now() + SINK_RETRY;
+                            while let Some(item) = held.pop_front() {
+                                if let Err((item, _)) = sink_write(&store, &reports, &marks, item).await {
+                                    held.push_front(item);
+                                    break;
+                                }
                             }
-                            Ok(false) => {} // already stored
-                            Err(e) => {
-                                tracing::error!(round, error = %e, "cannot store a signed report; it is fetched again after a restart")
+                            if held.is_empty() {
+                                if let Some(since) = failing_since.take() {
+                                    tracing::warn!(
+                                        after_s = since.elapsed().as_secs(),
+                                        "signed reports are stored again: the writes that failed are done"
+                                    );
+                                }
+                                logged = None;
                             }
+                            continue;
                         }
                     }
-                    SinkItem::Absent { from, end } => {
-                        if let Err(e) = store.write(move |db| db.insert_report_gap(from, end)).await
-                        {
-                            tracing::error!(from, end, error = %e, "cannot store rounds settled as having no report; the margin engine waits for them until a restart");
+                };
+                // Behind held writes: wait in line (round order is kept).
+                let item = if held.is_empty() {
+                    match sink_write(&store, &reports, &marks, item).await {
+                        Ok(()) => continue,
+                        Err((item, e)) => {
+                            let now = tokio::time::Instant::now();
+                            retry_at = now + SINK_RETRY;
+                            failing_since.get_or_insert(now);
+                            if logged.is_none_or(|t| now.duration_since(t) >= SINK_LOG_EVERY) {
+                                logged = Some(now);
+                                tracing::error!(error = %e, "cannot store a signed report (or a settled gap): held in memory and retried every second; the margin engine waits for it. Free space on the disk holding the database");
+                            }
+                            item
                         }
                     }
+                } else {
+                    item
+                };
+                held.push_back(item);
+                if held.len() > SINK_HELD {
+                    held.pop_front();
+                    tracing::error!(
+                        held = SINK_HELD,
+                        "too many signed reports wait to be stored: the oldest is dropped (catch-up fetches it again after a restart)"
+                    );
                 }
             }
         });

@@ -1250,3 +1250,99 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
         );
     }
 }
+
+/// A signed report the store cannot take (a full disk) is held and stored
+/// once there is space, without a restart, and the reports that came
+/// meanwhile after it, in round order; each is announced once stored, and
+/// a settled gap waits in line the same way. (Before: logged and dropped,
+/// and the margin engine, which takes stored reports in round order,
+/// waited for that round until a restart.)
+#[tokio::test]
+async fn reports_that_cannot_be_stored_wait_and_are_stored_when_space_returns() {
+    use sibyl_aggregator::{ConfigDigest, FeedId, ReportHeader, ReportLeaf};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.db");
+    let store = Store::open(&path).unwrap();
+    let (tx, mut announced) = broadcast::channel::<Arc<SignedReport>>(64);
+    let sink = ReportSink::start(store.writer.clone(), tx);
+    let report = |round: u64| {
+        // Big leaves: each report needs new pages in the database.
+        let leaves: Vec<ReportLeaf> = (0..40)
+            .map(|i| {
+                ReportLeaf::basic(
+                    FeedId::new(format!("F{i:03}-USD")).unwrap(),
+                    1_000 + i128::from(i),
+                    5,
+                    4,
+                    round * 1_000,
+                )
+            })
+            .collect();
+        SignedReport {
+            header: ReportHeader {
+                version: sibyl_aggregator::PROTOCOL_VERSION,
+                config_digest: ConfigDigest([1; 32]),
+                round,
+                timestamp_ms: round * 1_000,
+                merkle_root: sibyl_aggregator::merkle::root(&leaves),
+                margin_root: [0; 32],
+            },
+            leaves,
+            signatures: BTreeMap::new(),
+            commands: Vec::new(),
+            margin_state: None,
+        }
+    };
+    let stored = |_: &Store| {
+        let db = Db::open_read_only(&path).unwrap();
+        db.reports_in(0, Round::MAX, 1_000)
+            .unwrap()
+            .iter()
+            .map(|r| r.header.round)
+            .collect::<Vec<_>>()
+    };
+    assert!(sink.push(report(1)));
+    let first = tokio::time::timeout(Duration::from_secs(5), announced.recv())
+        .await
+        .expect("round 1 announced")
+        .unwrap();
+    assert_eq!(first.header.round, 1);
+    store.writer.write(|db| db.cap_size_here()).await.unwrap();
+    for round in 2..=6 {
+        assert!(sink.push(report(round)));
+    }
+    sink.push_absent(7, 9);
+    assert!(sink.push(report(9)));
+    // Two retry periods with the disk full: nothing more is stored or
+    // announced, and nothing is lost.
+    tokio::time::sleep(SINK_RETRY * 2 + Duration::from_millis(300)).await;
+    assert_eq!(stored(&store), vec![1]);
+    assert!(
+        announced.try_recv().is_err(),
+        "announced a report it did not store"
+    );
+    store.writer.write(|db| db.lift_size_cap()).await.unwrap();
+    let mut rounds = Vec::new();
+    while rounds.len() < 6 {
+        let r = tokio::time::timeout(SINK_RETRY * 3, announced.recv())
+            .await
+            .expect("the held reports are stored once there is space")
+            .unwrap();
+        rounds.push(r.header.round);
+    }
+    assert_eq!(rounds, vec![2, 3, 4, 5, 6, 9]);
+    assert_eq!(stored(&store), vec![1, 2, 3, 4, 5, 6, 9]);
+    let gaps = store
+        .readers
+        .read(|db| db.report_run(1, 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        gaps.reports
+            .iter()
+            .map(|r| r.header.round)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6, 9],
+        "rounds 7 and 8 settled as having no report, so a run reads on past them"
+    );
+}
