@@ -66,6 +66,9 @@ struct Ticker {
     emas: std::collections::BTreeMap<String, i128>,
     /// On-CPU time of each report's band work after it.
     settle_cpu: Vec<Duration>,
+    /// Margin calls made and cleared by the last report (each changes an
+    /// account's state-root leaf).
+    last_calls: usize,
 }
 
 impl Ticker {
@@ -112,6 +115,15 @@ impl Ticker {
         let liq = ev
             .iter()
             .filter(|r| matches!(r.event, Event::Liquidated { .. }))
+            .count();
+        self.last_calls = ev
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.event,
+                    Event::MarginCall { .. } | Event::MarginCallCleared { .. }
+                )
+            })
             .count();
         black_box(ev);
         let cpu1 = cpu_ns();
@@ -190,6 +202,7 @@ fn bench(c: &mut Criterion) {
             base,
             emas: std::collections::BTreeMap::new(),
             settle_cpu: Vec::new(),
+            last_calls: 0,
         };
         // Let the near-liquidation accounts go first: a -3% move, then calm
         // ticks around the new level.
@@ -204,7 +217,7 @@ fn bench(c: &mut Criterion) {
 
         let mut samples: Vec<(Duration, u64)> = Vec::new();
         let mut cpu_samples: Vec<Duration> = Vec::new();
-        let mut heavy: Vec<(Duration, u64, usize)> = Vec::new();
+        let mut heavy: Vec<(Duration, u64, usize, usize)> = Vec::new();
         let mut liquidations = 0usize;
         let mut g = c.benchmark_group(format!("margin/{n}"));
         g.sample_size(10)
@@ -217,7 +230,7 @@ fn bench(c: &mut Criterion) {
                     let (d, cpu, l, ex) = ticker.tick(&mut e);
                     samples.push((d, ex));
                     cpu_samples.push(cpu);
-                    heavy.push((cpu, ex, l));
+                    heavy.push((cpu, ex, l, ticker.last_calls));
                     liquidations += l;
                     total += d;
                 }
@@ -236,7 +249,7 @@ fn bench(c: &mut Criterion) {
             let (d, cpu, l, ex) = ticker.tick(&mut e);
             samples.push((d, ex));
             cpu_samples.push(cpu);
-            heavy.push((cpu, ex, l));
+            heavy.push((cpu, ex, l, ticker.last_calls));
             liquidations += l;
         }
         // Whole report on CPU: to events and root, then the bands.
@@ -255,12 +268,12 @@ fn bench(c: &mut Criterion) {
             .iter()
             .rev()
             .take((heavy.len() / 100).clamp(1, 12))
-            .map(|(c, ex, l)| format!("{c:.1?}/{ex}/{l}"))
+            .map(|(c, ex, l, calls)| format!("{c:.1?}/{ex}/{l}/{calls}"))
             .collect();
         let mut calm: Vec<Duration> = heavy
             .iter()
-            .filter(|(_, _, l)| *l == 0)
-            .map(|(c, _, _)| *c)
+            .filter(|(_, _, l, _)| *l == 0)
+            .map(|(c, _, _, _)| *c)
             .collect();
         calm.sort();
         println!(
@@ -272,8 +285,19 @@ fn bench(c: &mut Criterion) {
             calm.last().copied().unwrap_or_default()
         );
         println!(
-            "book n={n}: the costliest ticks (up to 1%, at most 12; CPU / units examined / liquidations): {}",
+            "book n={n}: the costliest ticks (up to 1%, at most 12; CPU / units examined / liquidations / margin calls made or cleared): {}",
             top.join(" ")
+        );
+        let mut calls: Vec<usize> = heavy.iter().map(|h| h.3).collect();
+        calls.sort_unstable();
+        println!(
+            "book n={n}: margin calls made or cleared per report (each rehashes an account's state-root path): p50 {} p99 {} max {}",
+            calls.get(calls.len() / 2).copied().unwrap_or(0),
+            calls
+                .get(calls.len().saturating_sub(1) * 99 / 100)
+                .copied()
+                .unwrap_or(0),
+            calls.last().copied().unwrap_or(0)
         );
         let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
         let mut ex: Vec<u64> = samples.iter().map(|s| s.1).collect();

@@ -139,43 +139,31 @@ impl Engine {
                 }
                 healthy += 1;
             }
-            let (Some(unit), Some(acct)) = (self.unit_of(key), self.s.accounts.get(&key.account))
-            else {
-                continue;
-            };
-            let Ok(health) = self.health_of(acct, &unit) else {
-                continue;
-            };
-            v.push(AtRisk {
-                account: key.account,
-                margin_ratio_ppm: margin_ratio_ppm(&health),
-                unit,
-                health,
-            });
+            v.extend(self.at_risk_now(key));
         }
         // Units whose rank waits for `settle` (at most the units of the
         // inputs since): every one with positions is a candidate.
-        for key in self.unbanded.keys() {
-            let (Some(unit), Some(acct)) = (self.unit_of(*key), self.s.accounts.get(&key.account))
-            else {
-                continue;
-            };
-            if Self::unit_positions(acct, &unit).is_empty() {
-                continue;
-            }
-            let Ok(health) = self.health_of(acct, &unit) else {
-                continue;
-            };
-            v.push(AtRisk {
-                account: key.account,
-                margin_ratio_ppm: margin_ratio_ppm(&health),
-                unit,
-                health,
-            });
-        }
+        v.extend(self.unbanded.keys().filter_map(|k| self.at_risk_now(*k)));
         sort_at_risk(&mut v);
         v.truncate(n);
         v
+    }
+
+    /// A unit with positions at the current marks (`None`: gone, no
+    /// positions, or not evaluable).
+    fn at_risk_now(&self, key: crate::index::Key) -> Option<AtRisk> {
+        let unit = self.unit_of(key)?;
+        let acct = self.s.accounts.get(&key.account)?;
+        if Self::unit_positions(acct, &unit).is_empty() {
+            return None;
+        }
+        let health = self.health_of(acct, &unit).ok()?;
+        Some(AtRisk {
+            account: key.account,
+            margin_ratio_ppm: margin_ratio_ppm(&health),
+            unit,
+            health,
+        })
     }
 
     /// `closest_to_liquidation` by evaluating every unit (O(units)): the

@@ -816,7 +816,7 @@ async fn committee_status_shows_each_members_figures() {
 #[tokio::test]
 async fn a_restore_hands_the_newest_stored_leaf_of_each_feed_to_the_round() {
     use sibyl_aggregator::aggregate::LastValue;
-    use sibyl_aggregator::{ConfigDigest, FeedId, LeafStatus, ReportHeader, ReportLeaf};
+    use sibyl_aggregator::{ConfigDigest, FeedId, LeafStatus, ReportLeaf};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("n.db")).unwrap();
     let observed = observed::ObservationLedger::open(&dir.path().join("n.observed")).unwrap();
@@ -835,20 +835,7 @@ async fn a_restore_hands_the_newest_stored_leaf_of_each_feed_to_the_round() {
     for (round, ts) in [(1u64, 10_000u64), (2, 11_000)] {
         let leaves = vec![leaf(1_000 + round as i128, ts - 100)];
         newest = Some((leaves[0].clone(), ts));
-        let report = SignedReport {
-            header: ReportHeader {
-                version: sibyl_aggregator::PROTOCOL_VERSION,
-                config_digest: ConfigDigest([1; 32]),
-                round,
-                timestamp_ms: ts,
-                merkle_root: sibyl_aggregator::merkle::root(&leaves),
-                margin_root: [0; 32],
-            },
-            leaves,
-            signatures: BTreeMap::new(),
-            commands: Vec::new(),
-            margin_state: None,
-        };
+        let report = unsigned_report(round, ts, leaves);
         assert!(store.writer.insert_report(report).await.unwrap());
     }
     let (newest, ts) = newest.unwrap();
@@ -1259,7 +1246,7 @@ async fn commands_sent_to_different_members_apply_in_the_same_order_everywhere()
 /// waited for that round until a restart.)
 #[tokio::test]
 async fn reports_that_cannot_be_stored_wait_and_are_stored_when_space_returns() {
-    use sibyl_aggregator::{ConfigDigest, FeedId, ReportHeader, ReportLeaf};
+    use sibyl_aggregator::{FeedId, ReportLeaf};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n.db");
     let store = Store::open(&path).unwrap();
@@ -1278,20 +1265,7 @@ async fn reports_that_cannot_be_stored_wait_and_are_stored_when_space_returns() 
                 )
             })
             .collect();
-        SignedReport {
-            header: ReportHeader {
-                version: sibyl_aggregator::PROTOCOL_VERSION,
-                config_digest: ConfigDigest([1; 32]),
-                round,
-                timestamp_ms: round * 1_000,
-                merkle_root: sibyl_aggregator::merkle::root(&leaves),
-                margin_root: [0; 32],
-            },
-            leaves,
-            signatures: BTreeMap::new(),
-            commands: Vec::new(),
-            margin_state: None,
-        }
+        unsigned_report(round, round * 1_000, leaves)
     };
     let stored = |_: &Store| {
         let db = Db::open_read_only(&path).unwrap();
@@ -1345,4 +1319,27 @@ async fn reports_that_cannot_be_stored_wait_and_are_stored_when_space_returns() 
         vec![1, 2, 3, 4, 5, 6, 9],
         "rounds 7 and 8 settled as having no report, so a run reads on past them"
     );
+}
+
+/// A report of committee digest `[1; 32]` over `leaves`, without
+/// signatures (the store does not check them).
+fn unsigned_report(
+    round: Round,
+    ts: u64,
+    leaves: Vec<sibyl_aggregator::ReportLeaf>,
+) -> SignedReport {
+    SignedReport {
+        header: sibyl_aggregator::ReportHeader {
+            version: sibyl_aggregator::PROTOCOL_VERSION,
+            config_digest: sibyl_aggregator::ConfigDigest([1; 32]),
+            round,
+            timestamp_ms: ts,
+            merkle_root: sibyl_aggregator::merkle::root(&leaves),
+            margin_root: [0; 32],
+        },
+        leaves,
+        signatures: BTreeMap::new(),
+        commands: Vec::new(),
+        margin_state: None,
+    }
 }
