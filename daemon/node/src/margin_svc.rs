@@ -766,6 +766,8 @@ pub fn restore_from(
             next_round = next_round.max(r.round.saturating_add(1));
         }
     }
+    // The replayed inputs' band work, before the service answers anything.
+    engine.settle();
     Ok(MarginState {
         engine,
         next_input,
