@@ -189,14 +189,15 @@ impl Engine {
     /// of its examination.
     ///
     /// An input's outcome (events, state root) never waits for band
-    /// work: examinations rank a unit at once and leave its bands here.
-    /// The node calls this after it has published a report's root and
-    /// answered its commands, off the report's critical path; every price
-    /// report and every command that moves the clock calls it first, and so
-    /// do snapshots and `index_entries`, so the index every input sees is
-    /// the same whether or not the caller settled in between (a unit's
-    /// account, the prices and the clock do not change between its
-    /// examination and this, or it is examined again).
+    /// work: examinations leave a unit's bands and rank here. The node
+    /// calls this after it has published a report's root and answered its
+    /// commands, off the report's critical path; every price report and
+    /// every command that moves the clock calls it first, and so do
+    /// snapshots and `index_entries`, so the index every input sees is the
+    /// same whether or not the caller settled in between (a unit's account,
+    /// the prices and the clock do not change between its examination and
+    /// this, or it is examined again; docs/MARGIN.md, "Bands after the
+    /// report").
     pub fn settle(&mut self) {
         while self.settle_some(usize::MAX) {}
     }
