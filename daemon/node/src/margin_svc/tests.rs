@@ -479,13 +479,7 @@ async fn a_command_never_ordered_times_out_and_is_withdrawn() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, h, _tx, _shutdown) = ordered(&dir.path().join("node.sqlite"), 3).await;
     let offers = h.offers().expect("ordered");
-    let err = h
-        .command(Command::CreateAccount {
-            account: 5,
-            owner: None,
-        })
-        .await
-        .unwrap_err();
+    let err = refused_create_account(&h, 5).await;
     assert!(
         matches!(err, MarginError::NotOrdered { origin: 3, .. }),
         "{err}"
@@ -723,6 +717,24 @@ async fn put_report(
 }
 
 /// The service's Prometheus text.
+/// Asks the service to create `account` and returns the refusal.
+async fn refused_create_account(h: &MarginHandle, account: u64) -> MarginError {
+    h.command(Command::CreateAccount {
+        account,
+        owner: None,
+    })
+    .await
+    .unwrap_err()
+}
+
+/// The value of the sample line `name` in the exposition, if any.
+fn metric(h: &MarginHandle, name: &str) -> Option<String> {
+    let prefix = format!("{name} ");
+    metrics_text(h)
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+}
+
 fn metrics_text(h: &MarginHandle) -> String {
     let mut registry = Registry::default();
     h.register_metrics(&mut registry);
@@ -764,10 +776,8 @@ async fn a_full_disk_holds_the_margin_engine_back_and_loses_nothing() {
     }
     wait_next_round(&h, 3).await;
     assert_eq!(
-        metrics_text(&h)
-            .lines()
-            .find(|l| l.starts_with("sibyl_margin_unstored_inputs ")),
-        Some("sibyl_margin_unstored_inputs 0")
+        metric(&h, "sibyl_margin_unstored_inputs").as_deref(),
+        Some("0")
     );
     // Rounds 4.. are stored while round 3 is missing: the service waits.
     for round in 4..=LAST {
@@ -834,25 +844,17 @@ async fn a_full_disk_holds_the_margin_engine_back_and_loses_nothing() {
         .expect("read")
         .expect("a snapshot (every 4 rounds)");
     assert!(covered <= stored.len() as u64, "snapshot covers {covered}");
-    assert!(
-        metrics_text(&h).contains(&format!("sibyl_margin_unstored_inputs {unstored}\n")),
-        "{}",
-        metrics_text(&h)
+    assert_eq!(
+        metric(&h, "sibyl_margin_unstored_inputs"),
+        Some(unstored.to_string())
     );
     // The inputs counter counts stored inputs only.
-    assert!(
-        metrics_text(&h).contains(&format!("sibyl_margin_inputs_total {}\n", stored.len())),
-        "{}",
-        metrics_text(&h)
+    assert_eq!(
+        metric(&h, "sibyl_margin_inputs_total"),
+        Some(stored.len().to_string())
     );
     // Commands are refused with the reason, and not offered.
-    let err = h
-        .command(Command::CreateAccount {
-            account: 5,
-            owner: None,
-        })
-        .await
-        .unwrap_err();
+    let err = refused_create_account(&h, 5).await;
     assert!(
         matches!(err, MarginError::LogUnwritable { inputs, .. } if inputs == unstored),
         "{err:?}"
@@ -884,7 +886,10 @@ async fn a_full_disk_holds_the_margin_engine_back_and_loses_nothing() {
     put_report(&store, &tx, round_report(LAST + 1)).await;
     wait_next_round(&h, LAST + 2).await;
     assert_eq!(h.unstored_inputs(), 0);
-    assert!(metrics_text(&h).contains("sibyl_margin_unstored_inputs 0\n"));
+    assert_eq!(
+        metric(&h, "sibyl_margin_unstored_inputs").as_deref(),
+        Some("0")
+    );
     let (answer, offered) = offer_create_account(&h, 7).await;
     let mut last = round_report(LAST + 2);
     last.commands.extend(offered);
@@ -897,10 +902,9 @@ async fn a_full_disk_holds_the_margin_engine_back_and_loses_nothing() {
         (st.next_input, st.engine.state_root(), st.marks.clone())
     };
     assert_eq!(stored_inputs(&store).await.len() as u64, next_input);
-    assert!(
-        metrics_text(&h).contains(&format!("sibyl_margin_inputs_total {next_input}\n")),
-        "{}",
-        metrics_text(&h)
+    assert_eq!(
+        metric(&h, "sibyl_margin_inputs_total"),
+        Some(next_input.to_string())
     );
 
     // A member whose disk never filled, given the same reports, is in the
