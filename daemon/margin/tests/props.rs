@@ -966,6 +966,80 @@ fn long_gamma_book(
     hedge_ppm: i128,
     move_ppm: i128,
 ) -> Option<Dip> {
+    long_gamma_book_with(put, expiry_days, size_milli, hedge_ppm, move_ppm, false)
+}
+
+/// A smile with its least vol, 60 %, at the option's strike and ten times
+/// that in the wings, on two slices that bracket every expiry the tests
+/// draw: the option's vol is the surface's least point wherever the clock
+/// is, and any other point would be far larger.
+fn smile_surface(strike: i128) -> VolSurface {
+    let slice = |days: u64| VolSlice {
+        expiry_ms: T0 + days * 86_400_000,
+        points: vec![
+            VolPoint {
+                strike: strike / 2,
+                vol_ppm: 6_000_000,
+            },
+            VolPoint {
+                strike,
+                vol_ppm: 600_000,
+            },
+            VolPoint {
+                strike: strike * 2,
+                vol_ppm: 6_000_000,
+            },
+        ],
+    };
+    VolSurface {
+        slices: vec![slice(1), slice(60)],
+    }
+}
+
+/// `inputs` with the option markets marked from their feed's
+/// [`smile_surface`] instead of a fixed vol.
+fn on_surface(inputs: Vec<Input>) -> Vec<Input> {
+    let strike_of = |feed: &str| if feed == "BTC-USD" { 100 * P } else { 10 * P };
+    inputs
+        .into_iter()
+        .map(|input| match input {
+            Input::Command {
+                at_ms,
+                command: Command::ConfigureFeed(mut f),
+            } => {
+                f.vol_surface = Some(smile_surface(strike_of(&f.feed)));
+                Input::Command {
+                    at_ms,
+                    command: Command::ConfigureFeed(f),
+                }
+            }
+            Input::Command {
+                at_ms,
+                command: Command::ConfigureMarket(mut m),
+            } => {
+                if let MarketKind::Option { vol, .. } = &mut m.kind {
+                    *vol = VolSource::Surface;
+                }
+                Input::Command {
+                    at_ms,
+                    command: Command::ConfigureMarket(m),
+                }
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// [`long_gamma_book`], with `surface` the options marked from
+/// [`smile_surface`].
+fn long_gamma_book_with(
+    put: bool,
+    expiry_days: u64,
+    size_milli: i128,
+    hedge_ppm: i128,
+    move_ppm: i128,
+    surface: bool,
+) -> Option<Dip> {
     let (option, perp, feed, strike) = if put {
         (4, 1, "ETH-USD", 10 * P)
     } else {
@@ -987,7 +1061,7 @@ fn long_gamma_book(
         trades.push(trade(perp, put, hedge));
     }
     let mut e = engine();
-    for input in inputs(
+    let book = inputs(
         10_000_000,
         expiry_days,
         &[5_000 * M],
@@ -995,7 +1069,9 @@ fn long_gamma_book(
         &[Holder::Operator],
         &trades,
         &[],
-    ) {
+    );
+    let book = if surface { on_surface(book) } else { book };
+    for input in book {
         let _ = e.apply(&input);
     }
     let p0 = strike * (1_000_000 + move_ppm) / 1_000_000;
@@ -1563,6 +1639,45 @@ proptest! {
             }
             if let Some(mut e) = dip.thin(frac_ppm) {
                 holds_at(&e, dip.feed, dip.low)?;
+                bands_hold_at(&mut e, 128)?;
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// `long_gamma_dips_stay_outside_the_bands` with the options marked
+    /// from a vol surface ([`smile_surface`]): the curvature bound must
+    /// take the surface's least vol (the option's own here), not another
+    /// point. It fails if the bound takes the largest point (ten times the
+    /// least: the curvature ten times too small).
+    #[test]
+    fn long_gamma_dips_on_a_vol_surface_stay_outside_the_bands(
+        put in any::<bool>(),
+        expiry_days in 3u64..=20,
+        size_milli in 2_000i128..=20_000,
+        hedge_ppm in 0i128..=1_000_000,
+        move_ppm in -200_000i128..=200_000,
+    ) {
+        if let Some(dip) =
+            long_gamma_book_with(put, expiry_days, size_milli, hedge_ppm, move_ppm, true)
+        {
+            // The surface is what marks the option: its vol at the strike.
+            let e = &dip.e;
+            let market = if put { "ETH-P" } else { "BTC-C" };
+            let on_surface = matches!(
+                &e.state().markets[market].config.kind,
+                MarketKind::Option { vol: VolSource::Surface, .. }
+            );
+            prop_assert!(on_surface, "{} is not marked from the surface", market);
+            for frac_ppm in [500_000, 750_000, 900_000, 970_000, 990_000] {
+                if let Some(e) = dip.thin(frac_ppm) {
+                    holds_at(&e, dip.feed, dip.low)?;
+                }
+            }
+            if let Some(mut e) = dip.thin(900_000) {
                 bands_hold_at(&mut e, 128)?;
             }
         }
