@@ -708,6 +708,7 @@ fn run_checked(inputs: &[Input]) -> Result<Vec<u8>, TestCaseError> {
             }
         };
         count_signed(&mut signed, input);
+        prop_assert!(e.account_index_matches_state(), "account index drifted");
         // The incrementally maintained root is the root of the state.
         prop_assert_eq!(
             e.state_root(),

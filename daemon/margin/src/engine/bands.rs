@@ -517,7 +517,7 @@ impl Engine {
         h: &Health,
         req: Req,
     ) -> Result<Option<(Vec<(String, i128, i128)>, Option<u64>)>, EngineError> {
-        let Some(acct) = self.s.accounts.get(&key.account) else {
+        let Some(acct) = self.acct(key.account) else {
             return Ok(Some((vec![], None)));
         };
         let positions = Self::unit_positions(acct, unit);

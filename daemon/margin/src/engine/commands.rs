@@ -70,7 +70,7 @@ impl Engine {
     ) -> Result<Vec<EventRecord>, EngineError> {
         if cmd.moves_funds()
             && let Some(id) = cmd.account()
-            && self.s.accounts.get(&id).is_some_and(|a| a.owner.is_some())
+            && self.acct(id).is_some_and(|a| a.owner.is_some())
         {
             return Err(EngineError::Unauthorized {
                 account: id,
@@ -813,7 +813,7 @@ impl Engine {
                 }
                 self.s.fees = add(self.s.fees, fee, "fees")?;
                 self.tidy(id, &mut acct)?;
-                self.s.accounts.insert(id, Arc::new(acct));
+                self.put_account(id, Arc::new(acct));
                 self.touch(id);
                 for e in extra {
                     self.emit(e);

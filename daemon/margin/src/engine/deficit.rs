@@ -45,7 +45,7 @@ impl Engine {
                     if h == account {
                         continue;
                     }
-                    let Some(acct) = self.s.accounts.get(&h) else {
+                    let Some(acct) = self.acct(h) else {
                         continue;
                     };
                     let Some(p) = acct.positions.get(m) else {
@@ -118,7 +118,7 @@ impl Engine {
                     bankrupt: account,
                 });
                 self.tidy(h, &mut acct)?;
-                self.s.accounts.insert(h, Arc::new(acct));
+                self.put_account(h, Arc::new(acct));
                 self.touch(h);
                 self.credit_unit(account, unit, charge)?;
                 left -= charge;

@@ -83,12 +83,9 @@ impl Engine {
         unit: &Unit,
         amount: i128,
     ) -> Result<(), EngineError> {
-        let a = self
-            .s
-            .accounts
-            .get_mut(&account)
-            .ok_or(EngineError::UnknownAccount { account })?;
-        Self::credit(Arc::make_mut(a), unit, amount)?;
+        let mut a = Account::clone(self.account(account)?);
+        Self::credit(&mut a, unit, amount)?;
+        self.put_account(account, Arc::new(a));
         self.touch(account);
         Ok(())
     }
@@ -147,7 +144,7 @@ impl Engine {
     ) -> Result<Vec<ClosedSlice>, EngineError> {
         let closed = self.commit_fills_keep(account, slices, reason)?;
         self.tidy(account, &mut a)?;
-        self.s.accounts.insert(account, Arc::new(a));
+        self.put_account(account, Arc::new(a));
         self.touch(account);
         Ok(closed)
     }

@@ -24,7 +24,7 @@ impl Engine {
         let Some(unit) = self.unit_of(key) else {
             return;
         };
-        let Some(acct) = self.s.accounts.get(&key.account) else {
+        let Some(acct) = self.acct(key.account) else {
             self.unindex(key);
             return;
         };
@@ -228,7 +228,7 @@ impl Engine {
             self.s.venue.cash = sub(self.s.venue.cash, *v, "venue cash")?;
         }
         let deficit = (-Self::base_of(&a, unit)).max(0);
-        self.s.accounts.insert(account, Arc::new(a));
+        self.put_account(account, Arc::new(a));
         self.touch(account);
         for (asset, qty, price, v) in seized {
             self.emit(Event::CollateralSeized {
@@ -240,9 +240,7 @@ impl Engine {
             });
         }
         let after_close = self
-            .s
-            .accounts
-            .get(&account)
+            .acct(account)
             .map(|a| self.health_of(a, unit))
             .transpose()?
             .unwrap_or_default();
@@ -263,13 +261,10 @@ impl Engine {
             self.cover_deficit(account, unit, deficit, &bankrupt_sides)?;
         }
         let mut a = self
-            .s
-            .accounts
-            .remove(&account)
-            .map(Arc::unwrap_or_clone)
+            .take_account(account)
             .ok_or(EngineError::UnknownAccount { account })?;
         self.tidy(account, &mut a)?;
-        self.s.accounts.insert(account, Arc::new(a));
+        self.put_account(account, Arc::new(a));
         self.touch(account);
         Ok(())
     }

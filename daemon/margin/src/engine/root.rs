@@ -74,7 +74,7 @@ impl Engine {
 
     /// The state as the root commits to it for one account.
     pub fn account_state(&self, id: AccountId) -> Option<AccountState> {
-        let acct = self.s.accounts.get(&id)?;
+        let acct = self.acct(id)?;
         let units = |set: &std::collections::BTreeSet<(AccountId, Unit)>| {
             set.range((id, Unit::Cross)..)
                 .take_while(|(a, _)| *a == id)
@@ -122,6 +122,11 @@ impl Engine {
     }
 
     fn leaf_of(&self, buf: &mut Enc, id: AccountId) -> Hash {
+        self.leaf_from(buf, id, self.acct(id).map(|a| &**a))
+    }
+
+    /// The leaf of account `id` whose state is `acct` (none: an empty one).
+    fn leaf_from(&self, buf: &mut Enc, id: AccountId, acct: Option<&Account>) -> Hash {
         let mc: Vec<&Unit> = self
             .s
             .margin_calls
@@ -136,7 +141,7 @@ impl Engine {
             .take_while(|(a, _)| *a == id)
             .map(|(_, u)| u)
             .collect();
-        match self.s.accounts.get(&id) {
+        match acct {
             Some(acct) => account_leaf(buf, id, acct, &mc, &df),
             None => account_leaf(buf, id, &Account::default(), &mc, &df),
         }
@@ -279,14 +284,15 @@ impl Engine {
     }
 
     /// The state root computed from nothing but the state: no cache, no
-    /// maintained tree. Tests compare it with `state_root`.
+    /// maintained tree, no account index (the accounts come from the
+    /// ordered map). Tests compare it with `state_root`.
     pub fn state_root_from_scratch(&self) -> Hash {
         let mut buf = Enc::default();
         let leaves: Vec<Hash> = self
             .s
             .account_order
             .iter()
-            .map(|id| self.leaf_of(&mut buf, *id))
+            .map(|id| self.leaf_from(&mut buf, *id, self.s.accounts.get(id).map(|a| &**a)))
             .collect();
         let tree = AccountTree::build_serial(leaves);
         state_root(

@@ -65,7 +65,7 @@ impl Engine {
                 .unwrap_or_default();
             let mut count = 0u64;
             for id in holders {
-                let Some(mut acct) = self.s.accounts.get(&id).map(|a| Account::clone(a)) else {
+                let Some(mut acct) = self.acct(id).map(|a| Account::clone(a)) else {
                     continue;
                 };
                 let Some(pos) = acct.positions.get_mut(&name) else {
@@ -92,7 +92,7 @@ impl Engine {
                     reason: FillReason::Settlement,
                 });
                 self.tidy(id, &mut acct)?;
-                self.s.accounts.insert(id, Arc::new(acct));
+                self.put_account(id, Arc::new(acct));
                 self.touch(id);
                 self.queue_account(id);
                 count += 1;

@@ -230,7 +230,7 @@ impl Engine {
     }
 
     fn reindex_account(&mut self, id: AccountId) {
-        let Some(acct) = self.s.accounts.get(&id) else {
+        let Some(acct) = self.by_id.get(&id) else {
             return;
         };
         let mut units = vec![Unit::Cross];
@@ -242,7 +242,7 @@ impl Engine {
         }
         for u in units {
             if let Some(k) = self.key_of(id, &u) {
-                let acct = &self.s.accounts[&id];
+                let acct = &self.by_id[&id];
                 match self.health_of(acct, &u) {
                     Ok(h) => self.reindex(k, &u, h),
                     Err(_) => self.unindex(k),
@@ -266,9 +266,7 @@ impl Engine {
     /// brings it back when it crosses maintenance upwards.
     fn band(&mut self, key: Key, unit: &Unit, h: Health) {
         let has_positions = self
-            .s
-            .accounts
-            .get(&key.account)
+            .acct(key.account)
             .is_some_and(|a| !Self::unit_positions(a, unit).is_empty());
         self.idx
             .set_rank(key, has_positions.then(|| rank_of_health(&h)));
@@ -310,9 +308,7 @@ impl Engine {
                 // Cannot bound it: examine it on every tick of its feeds.
                 self.idx.remove(key);
                 let slots = self
-                    .s
-                    .accounts
-                    .get(&key.account)
+                    .acct(key.account)
                     .map(|a| self.unit_slots(a, unit))
                     .unwrap_or_default();
                 let bands = slots
@@ -355,7 +351,7 @@ impl Engine {
         h: Health,
         req: Req,
     ) -> Result<(Vec<(String, i128, i128)>, Option<u64>), EngineError> {
-        let Some(acct) = self.s.accounts.get(&account) else {
+        let Some(acct) = self.acct(account) else {
             return Ok((vec![], None));
         };
         let positions = Self::unit_positions(acct, unit);
@@ -514,7 +510,7 @@ impl Engine {
     }
 
     pub(super) fn queue_account(&mut self, id: AccountId) {
-        let Some(acct) = self.s.accounts.get(&id) else {
+        let Some(acct) = self.acct(id) else {
             return;
         };
         let units = Self::units_of(acct);

@@ -153,7 +153,7 @@ impl Engine {
     /// positions, or not evaluable).
     fn at_risk_now(&self, key: crate::index::Key) -> Option<AtRisk> {
         let unit = self.unit_of(key)?;
-        let acct = self.s.accounts.get(&key.account)?;
+        let acct = self.acct(key.account)?;
         if Self::unit_positions(acct, &unit).is_empty() {
             return None;
         }
