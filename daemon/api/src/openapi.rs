@@ -185,7 +185,7 @@ fn margin_paths() -> Vec<(&'static str, Value)> {
                 "leaf_preimage": { "type": "string", "description": "0x-hex AccountState::encode(); leaf = keccak256(0x00 ‖ bytes)" },
                 "proof": { "type": "object", "properties": {
                     "slot": int, "count": int,
-                    "siblings": { "type": "array", "items": { "type": "string" } },
+                    "siblings": { "type": "array", "description": "0x-hex bytes32, from the leaf up: per level of the 4-ary tree the three other children in child order (docs/MARGIN.md, State root)", "items": { "type": "string" } },
                     "globals_hash": { "type": "string" }, "size_bytes": int } },
                 "state_root": { "type": "string" },
                 "signed": { "type": "boolean" } } })),
