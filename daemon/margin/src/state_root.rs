@@ -34,6 +34,11 @@ const ACCOUNTS: u8 = 0x02;
 
 /// Keccak-256 of the concatenated parts.
 pub fn keccak(parts: &[&[u8]]) -> Hash {
+    keccak_of(parts.iter().copied())
+}
+
+/// Keccak-256 of the concatenated parts, from an iterator (no list built).
+fn keccak_of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Hash {
     let mut h = Keccak256::new();
     for p in parts {
         h.update(p);
@@ -258,16 +263,16 @@ pub(crate) fn cores() -> usize {
 /// The level above `prev` (a multiple of four nodes): each group of four
 /// hashed, split into `threads` runs of groups.
 fn parent_level(prev: &[Hash], threads: usize) -> Vec<Hash> {
-    let pairs = |s: &[Hash]| -> Vec<Hash> { s.chunks(ARITY).map(node).collect() };
+    let groups = |s: &[Hash]| -> Vec<Hash> { s.chunks(ARITY).map(node).collect() };
     if threads < 2 {
-        return pairs(prev);
+        return groups(prev);
     }
     // Runs of whole groups, so no group is split.
     let run = prev.len().div_ceil(threads).next_multiple_of(ARITY);
     std::thread::scope(|scope| {
         let parts: Vec<_> = prev
             .chunks(run)
-            .map(|c| scope.spawn(move || pairs(c)))
+            .map(|c| scope.spawn(move || groups(c)))
             .collect();
         let mut next = Vec::with_capacity(prev.len() / 2);
         for p in parts {
@@ -333,12 +338,7 @@ fn update_paths(levels: &mut [&mut [Hash]], changed: &[(usize, Hash)]) {
 /// `children` holds [`ARITY`] hashes (fewer only from a malformed
 /// caller, hashed as given).
 fn node(children: &[Hash]) -> Hash {
-    let mut h = Keccak256::new();
-    h.update([NODE]);
-    for c in children {
-        h.update(c);
-    }
-    h.finalize().into()
+    keccak_of(std::iter::once(&[NODE][..]).chain(children.iter().map(|c| &c[..])))
 }
 
 /// Levels of nodes above the leaves in a tree over `count` leaves:

@@ -1622,17 +1622,26 @@ proptest! {
     /// flat to tell).
     #[test]
     fn long_gamma_dips_stay_outside_the_bands(
-        put in any::<bool>(),
-        expiry_days in 3u64..=20,
-        size_milli in 2_000i128..=20_000,
-        hedge_ppm in 0i128..=1_000_000,
-        move_ppm in -200_000i128..=200_000,
-        frac_ppm in 400_000i128..1_000_000,
+        (put, expiry_days, size_milli, hedge_ppm, move_ppm, frac_ppm) in dip_case(),
     ) {
         if let Some(dip) = long_gamma_book(put, expiry_days, size_milli, hedge_ppm, move_ppm) {
             dip_stays_outside(&dip, frac_ppm)?;
         }
     }
+}
+
+/// A long-gamma book to draw ([`long_gamma_book`]: put or call, days to
+/// expiry, size, hedge, the price's distance from the strike) and the
+/// margin to leave for the whole-band check (ppm of the dip's depth).
+fn dip_case() -> impl Strategy<Value = (bool, u64, i128, i128, i128, i128)> {
+    (
+        any::<bool>(),
+        3u64..=20,
+        2_000i128..=20_000,
+        0i128..=1_000_000,
+        -200_000i128..=200_000,
+        400_000i128..1_000_000,
+    )
 }
 
 /// The dip's low stays outside the band at margins from half its depth to
@@ -1661,12 +1670,7 @@ proptest! {
     /// least: the curvature ten times too small).
     #[test]
     fn long_gamma_dips_on_a_vol_surface_stay_outside_the_bands(
-        put in any::<bool>(),
-        expiry_days in 3u64..=20,
-        size_milli in 2_000i128..=20_000,
-        hedge_ppm in 0i128..=1_000_000,
-        move_ppm in -200_000i128..=200_000,
-        frac_ppm in 400_000i128..1_000_000,
+        (put, expiry_days, size_milli, hedge_ppm, move_ppm, frac_ppm) in dip_case(),
     ) {
         if let Some(dip) =
             long_gamma_book_with(put, expiry_days, size_milli, hedge_ppm, move_ppm, true)
