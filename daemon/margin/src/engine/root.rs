@@ -52,6 +52,17 @@ impl RootCache {
     }
 }
 
+/// The units of account `id` in a set of (account, unit) flags (margin
+/// calls, deferred liquidations), in order.
+fn units_of(
+    set: &std::collections::BTreeSet<(AccountId, Unit)>,
+    id: AccountId,
+) -> impl Iterator<Item = &Unit> {
+    set.range((id, Unit::Cross)..)
+        .take_while(move |(a, _)| *a == id)
+        .map(|(_, u)| u)
+}
+
 impl Engine {
     /// Records that an account changed (and gives a new account its slot).
     pub(super) fn touch(&mut self, id: AccountId) {
@@ -75,17 +86,11 @@ impl Engine {
     /// The state as the root commits to it for one account.
     pub fn account_state(&self, id: AccountId) -> Option<AccountState> {
         let acct = self.acct(id)?;
-        let units = |set: &std::collections::BTreeSet<(AccountId, Unit)>| {
-            set.range((id, Unit::Cross)..)
-                .take_while(|(a, _)| *a == id)
-                .map(|(_, u)| u.clone())
-                .collect::<Vec<_>>()
-        };
         Some(AccountState {
             account: id,
             state: Account::clone(acct),
-            margin_calls: units(&self.s.margin_calls),
-            deferred: units(&self.s.deferred),
+            margin_calls: units_of(&self.s.margin_calls, id).cloned().collect(),
+            deferred: units_of(&self.s.deferred, id).cloned().collect(),
         })
     }
 
@@ -127,20 +132,8 @@ impl Engine {
 
     /// The leaf of account `id` whose state is `acct` (none: an empty one).
     fn leaf_from(&self, buf: &mut Enc, id: AccountId, acct: Option<&Account>) -> Hash {
-        let mc: Vec<&Unit> = self
-            .s
-            .margin_calls
-            .range((id, Unit::Cross)..)
-            .take_while(|(a, _)| *a == id)
-            .map(|(_, u)| u)
-            .collect();
-        let df: Vec<&Unit> = self
-            .s
-            .deferred
-            .range((id, Unit::Cross)..)
-            .take_while(|(a, _)| *a == id)
-            .map(|(_, u)| u)
-            .collect();
+        let mc: Vec<&Unit> = units_of(&self.s.margin_calls, id).collect();
+        let df: Vec<&Unit> = units_of(&self.s.deferred, id).collect();
         match acct {
             Some(acct) => account_leaf(buf, id, acct, &mc, &df),
             None => account_leaf(buf, id, &Account::default(), &mc, &df),
