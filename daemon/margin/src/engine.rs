@@ -267,6 +267,9 @@ pub struct Engine {
     examined: u64,
     /// Reference mode for tests: every price report examines every unit.
     exhaustive: bool,
+    /// When the healths of the units to examine are computed ahead, over
+    /// the cores (`liquidation::HealthAhead`; a runtime setting).
+    ahead: liquidation::HealthAhead,
     /// Option values on the band price grid (a cache; not part of the state).
     grid: bands::GridCache,
     /// Bands that fell back to the whole-band bound (a metric).
@@ -337,6 +340,7 @@ impl Engine {
             market_by_slot: Vec::new(),
             examined: 0,
             exhaustive: false,
+            ahead: liquidation::HealthAhead::default(),
             grid: bands::GridCache::default(),
             fallback_bands: 0,
             root: root::RootCache::default(),

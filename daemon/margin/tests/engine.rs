@@ -527,6 +527,55 @@ fn bad_debt_beyond_the_fund_deleverages_profitable_opposing_positions() {
     assert_eq!(w.e.total_money().unwrap(), total);
 }
 
+/// Healths computed ahead of a pass (`set_health_ahead`) go stale when
+/// the pass changes an account it has not reached yet: here account 1's
+/// bad debt deleverages accounts 2 and 3, whose healths were computed
+/// before. The engine recomputes them: the same events, state and
+/// ranking as one that computes every health when it examines the unit.
+#[test]
+fn healths_computed_ahead_are_recomputed_after_deleveraging() {
+    let world = |ahead: bool| {
+        let mut f = feed("BTC-USD");
+        f.max_jump_ppm = 900_000;
+        let mut w = World::new(f, perp("BTC-PERP", "BTC-USD"), 100 * P);
+        // Every unit pending on every report, so 2 and 3 are in the pass.
+        w.e.set_exhaustive_checks(true);
+        if ahead {
+            w.e.set_health_ahead(1, 2);
+        }
+        w.account(1, 1_000 * M);
+        w.account(2, 5_000 * M);
+        w.account(3, 5_000 * M);
+        w.open(1, "BTC-PERP", Side::Long, 90 * Q).unwrap();
+        w.open(2, "BTC-PERP", Side::Short, 100 * Q).unwrap();
+        w.open(3, "BTC-PERP", Side::Short, 10 * Q).unwrap();
+        let ev = w.price("BTC-USD", 80 * P).unwrap();
+        assert!(
+            ev.iter()
+                .any(|r| matches!(r.event, Event::AutoDeleveraged { account: 2, .. })),
+            "{ev:?}"
+        );
+        w
+    };
+    let (mut serial, mut ahead) = (world(false), world(true));
+    assert_eq!(ahead.events, serial.events);
+    assert_eq!(ahead.e.snapshot(), serial.e.snapshot());
+    assert_eq!(ahead.e.state_root(), serial.e.state_root());
+    // Bands and ranks come from the health each unit was examined at.
+    assert_eq!(ahead.e.index_entries(), serial.e.index_entries());
+    for w in [&mut serial, &mut ahead] {
+        assert_eq!(
+            w.e.closest_to_liquidation(3),
+            w.e.closest_to_liquidation_scan(3)
+        );
+        w.e.settle();
+        assert_eq!(
+            w.e.closest_to_liquidation(3),
+            w.e.closest_to_liquidation_scan(3)
+        );
+    }
+}
+
 #[test]
 fn guard_rails_defer_liquidation_and_refuse_new_risk() {
     let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
