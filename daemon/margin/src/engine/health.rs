@@ -1,7 +1,7 @@
 //! Health: a unit's equity and its initial and maintenance requirements
 //! (linear per position, or portfolio margin over the feed's scenario grid).
 
-use super::{Engine, Mark, MarketState};
+use super::{Engine, FeedState, Mark, MarketState};
 use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_floor, ppm_ceil, ppm_floor, sub, value};
 use crate::types::*;
@@ -37,48 +37,63 @@ fn add_checked(a: i128, b: i128) -> Result<i128, EngineError> {
     add(a, b, "requirement add-on")
 }
 
+/// What a health reads besides the account: the markets and their marks,
+/// the feeds, the collateral assets and the risk parameters. None of it
+/// changes while a pass examines units (only accounts, flags and funds
+/// do), so a pass computes healths on other threads from a copy
+/// (`PricingCopy`; `liquidation.rs`, `drain_pending`).
+#[derive(Clone, Copy)]
+pub(super) struct Pricing<'a> {
+    markets: &'a BTreeMap<String, MarketState>,
+    feeds: &'a BTreeMap<String, FeedState>,
+    assets: &'a BTreeMap<String, AssetConfig>,
+    risk: &'a RiskParams,
+}
+
+/// An owned copy of what `Pricing` reads (a few feeds and markets).
+pub(super) struct PricingCopy {
+    markets: BTreeMap<String, MarketState>,
+    feeds: BTreeMap<String, FeedState>,
+    assets: BTreeMap<String, AssetConfig>,
+    risk: RiskParams,
+}
+
+impl PricingCopy {
+    pub(super) fn view(&self) -> Pricing<'_> {
+        Pricing {
+            markets: &self.markets,
+            feeds: &self.feeds,
+            assets: &self.assets,
+            risk: &self.risk,
+        }
+    }
+}
+
 impl Engine {
+    pub(super) fn pricing(&self) -> Pricing<'_> {
+        Pricing {
+            markets: &self.s.markets,
+            feeds: &self.s.feeds,
+            assets: &self.s.assets,
+            risk: &self.s.risk,
+        }
+    }
+
+    pub(super) fn pricing_copy(&self) -> PricingCopy {
+        PricingCopy {
+            markets: self.s.markets.clone(),
+            feeds: self.s.feeds.clone(),
+            assets: self.s.assets.clone(),
+            risk: self.s.risk.clone(),
+        }
+    }
+
     pub(super) fn market_state(&self, market: &str) -> Result<&MarketState, EngineError> {
-        self.s
-            .markets
-            .get(market)
-            .ok_or_else(|| EngineError::UnknownMarket {
-                market: market.to_string(),
-            })
+        self.pricing().market_state(market)
     }
 
     pub(super) fn mark_of(&self, market: &str) -> Result<(&MarketState, &Mark), EngineError> {
-        let ms = self.market_state(market)?;
-        let mark = ms.mark.as_ref().ok_or_else(|| EngineError::NoPrice {
-            market: market.to_string(),
-            feed: ms.config.feed.clone(),
-        })?;
-        Ok((ms, mark))
-    }
-
-    fn collateral_value(&self, collateral: &BTreeMap<String, i128>) -> Result<i128, EngineError> {
-        let mut total = 0i128;
-        for (asset, qty) in collateral {
-            let Some(cfg) = self.s.assets.get(asset) else {
-                continue;
-            };
-            let Some(price) = self
-                .s
-                .feeds
-                .get(&cfg.feed)
-                .and_then(|f| f.collateral_price(*qty))
-            else {
-                continue;
-            };
-            let v = value(*qty, price)?;
-            let v = if v > 0 {
-                ppm_floor(v, PPM - i128::from(cfg.haircut_ppm))?
-            } else {
-                v
-            };
-            total = add(total, v, "collateral value")?;
-        }
-        Ok(total)
+        self.pricing().mark_of(market)
     }
 
     /// Positions of a unit.
@@ -103,7 +118,55 @@ impl Engine {
 
     /// Equity and requirements of one unit of `acct` at the current marks.
     pub fn health_of(&self, acct: &Account, unit: &Unit) -> Result<Health, EngineError> {
-        let positions = Self::unit_positions(acct, unit);
+        self.pricing().health(acct, unit)
+    }
+}
+
+impl<'a> Pricing<'a> {
+    pub(super) fn market_state(&self, market: &str) -> Result<&'a MarketState, EngineError> {
+        self.markets
+            .get(market)
+            .ok_or_else(|| EngineError::UnknownMarket {
+                market: market.to_string(),
+            })
+    }
+
+    pub(super) fn mark_of(&self, market: &str) -> Result<(&'a MarketState, &'a Mark), EngineError> {
+        let ms = self.market_state(market)?;
+        let mark = ms.mark.as_ref().ok_or_else(|| EngineError::NoPrice {
+            market: market.to_string(),
+            feed: ms.config.feed.clone(),
+        })?;
+        Ok((ms, mark))
+    }
+
+    fn collateral_value(&self, collateral: &BTreeMap<String, i128>) -> Result<i128, EngineError> {
+        let mut total = 0i128;
+        for (asset, qty) in collateral {
+            let Some(cfg) = self.assets.get(asset) else {
+                continue;
+            };
+            let Some(price) = self
+                .feeds
+                .get(&cfg.feed)
+                .and_then(|f| f.collateral_price(*qty))
+            else {
+                continue;
+            };
+            let v = value(*qty, price)?;
+            let v = if v > 0 {
+                ppm_floor(v, PPM - i128::from(cfg.haircut_ppm))?
+            } else {
+                v
+            };
+            total = add(total, v, "collateral value")?;
+        }
+        Ok(total)
+    }
+
+    /// Equity and requirements of one unit of `acct` at the current marks.
+    pub(super) fn health(&self, acct: &Account, unit: &Unit) -> Result<Health, EngineError> {
+        let positions = Engine::unit_positions(acct, unit);
         let mut equity = match unit {
             Unit::Cross => add(
                 acct.cash,
@@ -135,7 +198,6 @@ impl Engine {
                 let n = value(p.size, mark.price)?.abs();
                 let c = &ms.config;
                 let fs = self
-                    .s
                     .feeds
                     .get(&c.feed)
                     .ok_or_else(|| EngineError::UnknownFeed {
@@ -178,7 +240,6 @@ impl Engine {
         let mut maintenance = 0i128;
         for (feed, l) in losses {
             let fs = self
-                .s
                 .feeds
                 .get(feed)
                 .ok_or_else(|| EngineError::UnknownFeed {
@@ -194,7 +255,7 @@ impl Engine {
         }
         let initial = ppm_ceil(
             maintenance,
-            i128::from(self.s.risk.portfolio_initial_ratio_ppm),
+            i128::from(self.risk.portfolio_initial_ratio_ppm),
         )?;
         Ok(Health {
             equity,
@@ -204,7 +265,9 @@ impl Engine {
             portfolio: true,
         })
     }
+}
 
+impl Engine {
     /// Trigger-index slots a unit depends on: its positions' feeds, and for
     /// cross its collateral's feeds and their EMA slots.
     pub(super) fn unit_slots(&self, acct: &Account, unit: &Unit) -> BTreeSet<String> {

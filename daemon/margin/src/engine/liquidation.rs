@@ -9,14 +9,15 @@ use crate::index::Key;
 use crate::types::*;
 use std::sync::Arc;
 
-/// Units pending from which their healths are computed ahead, split over
-/// the cores: a heavy report at a million accounts examines ~1,400 units,
-/// and a health (the positions, their markets and marks) is most of an
-/// examination. Below this, one core is quicker than starting a thread.
-const AHEAD_MIN: usize = 256;
+/// Pending units from which a pass computes healths on helper threads.
+/// A heavy report at a million accounts examines ~1,400 units and a
+/// health (the account's positions, their markets and marks, mostly cache
+/// misses) is most of an examination; below this, starting a thread and
+/// copying the pricing costs more than it saves.
+const AHEAD_MIN: usize = 128;
 
-/// When `drain_pending` computes healths ahead (a runtime setting, not
-/// state: the events and the state are the same either way).
+/// When `drain_pending` computes healths on helper threads (a runtime
+/// setting, not state: the events and the state are the same either way).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct HealthAhead {
     min_units: usize,
@@ -33,87 +34,157 @@ impl Default for HealthAhead {
     }
 }
 
-/// A unit's health computed ahead of its examination, from `acct`. Valid
+/// A unit's health and whether it has positions, computed from `acct`.
+type Computed = (Result<Health, EngineError>, bool);
+
+/// One pass's healths computed ahead: the pending keys in order, each
+/// one's unit and account as the pass began, and a slot per key that
+/// whichever thread claims it (`next`) fills. A filled slot is valid
 /// while the account is still that `Arc`: a health reads the account and
-/// the markets, feeds, assets and risk configuration, and during an
-/// examination pass only accounts change, each by replacing its `Arc`
-/// (`put_account`). Holding the `Arc` keeps its address from being
-/// reused, so pointer equality means "unchanged".
+/// the pricing (markets, feeds, assets, risk), and during a pass only
+/// accounts change, each by replacing its `Arc` (`put_account`). The list
+/// holds the `Arc`s, so an address cannot be reused: pointer equality
+/// means "unchanged".
 struct Ahead {
-    key: Key,
-    acct: Arc<Account>,
-    health: Result<Health, EngineError>,
-    has_positions: bool,
+    keys: Vec<Key>,
+    todo: Vec<Option<(Unit, Arc<Account>)>>,
+    slots: Vec<std::sync::OnceLock<Option<Computed>>>,
+    next: std::sync::atomic::AtomicUsize,
+    /// Helper threads still running (a helper that panicked must not
+    /// leave the examining thread waiting for its slot).
+    helpers: std::sync::atomic::AtomicUsize,
+}
+
+impl Ahead {
+    /// Claims the next unclaimed slot and fills it; false when none is left.
+    fn fill_next(&self, pricing: super::health::Pricing<'_>) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = self.next.fetch_add(1, Relaxed);
+        let Some(slot) = self.slots.get(i) else {
+            return false;
+        };
+        let computed = self.todo[i].as_ref().map(|(unit, acct)| {
+            (
+                pricing.health(acct, unit),
+                !Engine::unit_positions(acct, unit).is_empty(),
+            )
+        });
+        // Only the claimer fills a slot (a lost race leaves the first).
+        let _ = slot.set(computed);
+        true
+    }
+
+    /// The health of slot `i` for `acct`, once the slot is filled: claims
+    /// it first if nobody has (then the caller computes it), and fills
+    /// later slots while a helper is still on it. None: compute it.
+    fn wait_for(
+        &self,
+        i: usize,
+        acct: &Arc<Account>,
+        pricing: super::health::Pricing<'_>,
+    ) -> Option<Computed> {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            if let Some(done) = self.slots[i].get() {
+                let (_, was) = self.todo[i].as_ref()?;
+                return done.clone().filter(|_| Arc::ptr_eq(was, acct));
+            }
+            if self.next.fetch_max(i + 1, Relaxed) <= i || self.helpers.load(Relaxed) == 0 {
+                // Unclaimed (now ours), or no helper left to fill it.
+                return None;
+            }
+            // A helper is on it: fill a later slot meanwhile.
+            if !self.fill_next(pricing) {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Counts a helper out when it returns or unwinds.
+struct HelperDone<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for HelperDone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Engine {
-    /// Test and tuning knob: compute healths ahead from `min_units`
-    /// pending units on `threads` threads (0: the machine's cores; 1:
-    /// never). Changes nothing but the time a report takes.
+    /// Test and tuning knob: compute healths on helper threads from
+    /// `min_units` pending units, with `threads` threads in all (0: the
+    /// machine's cores; 1: never). Changes nothing but the time a report
+    /// takes.
     pub fn set_health_ahead(&mut self, min_units: usize, threads: usize) {
         self.ahead = HealthAhead { min_units, threads };
     }
 
-    pub(super) fn drain_pending(&mut self) {
-        let mut ahead = self.healths_ahead().into_iter().peekable();
-        // Each examination may liquidate and queue deleveraged units; every
-        // step closes size or removes a unit, so the loop ends. Keys come
-        // out in order except those queued behind the pass (an account's
-        // other units after a liquidation), which find no health ahead.
-        while let Some(k) = self.pending.pop_first() {
-            while ahead.next_if(|a| a.key < k).is_some() {}
-            let pre = ahead.next_if(|a| a.key == k);
-            self.examine(k, pre);
+    /// The work list for `keys` (in order), to be filled by `helpers`
+    /// threads and the examining one.
+    fn ahead_of(&self, keys: Vec<Key>, helpers: usize) -> Ahead {
+        let todo = keys
+            .iter()
+            .map(|k| Some((self.unit_of(*k)?, Arc::clone(self.acct(k.account)?))))
+            .collect();
+        Ahead {
+            slots: keys.iter().map(|_| std::sync::OnceLock::new()).collect(),
+            keys,
+            todo,
+            next: 0.into(),
+            helpers: helpers.into(),
         }
     }
 
-    /// The healths of the pending units, in key order, computed over
-    /// threads; empty when there are too few to be worth it.
-    fn healths_ahead(&self) -> Vec<Ahead> {
-        let n = self.pending.len();
+    pub(super) fn drain_pending(&mut self) {
         let threads = match self.ahead.threads {
             0 => crate::state_root::cores(),
             t => t,
         };
-        if threads < 2 || n < self.ahead.min_units.max(1) {
-            return Vec::new();
-        }
-        let keys: Vec<Key> = self.pending.iter().copied().collect();
-        let compute = |chunk: &[Key]| -> Vec<Ahead> {
-            chunk
-                .iter()
-                .filter_map(|key| {
-                    let unit = self.unit_of(*key)?;
-                    let acct = self.acct(key.account)?;
-                    Some(Ahead {
-                        key: *key,
-                        acct: Arc::clone(acct),
-                        health: self.health_of(acct, &unit),
-                        has_positions: !Self::unit_positions(acct, &unit).is_empty(),
-                    })
-                })
-                .collect()
-        };
-        let mut chunks = keys.chunks(n.div_ceil(threads));
-        let first = chunks.next().unwrap_or_default();
-        std::thread::scope(|scope| {
-            let rest: Vec<_> = chunks
-                .map(|chunk| scope.spawn(move || compute(chunk)))
-                .collect();
-            let mut all = compute(first);
-            for part in rest {
-                match part.join() {
-                    Ok(v) => all.extend(v),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
+        if threads < 2 || self.pending.len() < self.ahead.min_units.max(1) {
+            while let Some(k) = self.pending.pop_first() {
+                self.examine(k, None);
             }
-            all
-        })
+            return;
+        }
+        let ahead = self.ahead_of(self.pending.iter().copied().collect(), threads - 1);
+        let copy = self.pricing_copy();
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(|| {
+                    let _done = HelperDone(&ahead.helpers);
+                    while ahead.fill_next(copy.view()) {}
+                });
+            }
+            // Each examination may liquidate and queue deleveraged units;
+            // every step closes size or removes a unit, so the loop ends.
+            // Keys come out in order except those queued behind the pass
+            // (an account's other units after a liquidation), which find
+            // nothing ahead.
+            let mut cur = 0;
+            while let Some(k) = self.pending.pop_first() {
+                while ahead.keys.get(cur).is_some_and(|c| *c < k) {
+                    cur += 1;
+                }
+                let mut pre = None;
+                if ahead.keys.get(cur) == Some(&k) {
+                    if let Some(acct) = self.acct(k.account) {
+                        pre = ahead.wait_for(cur, acct, copy.view());
+                    }
+                    cur += 1;
+                }
+                self.examine(k, pre);
+            }
+            // Nothing left to examine: helpers stop at their next claim.
+            ahead
+                .next
+                .fetch_max(ahead.keys.len(), std::sync::atomic::Ordering::Relaxed);
+        });
     }
 
     /// Re-evaluates one unit: liquidate, defer, or flag a margin call;
-    /// reindex. `pre`: its health computed ahead, used if still valid.
-    fn examine(&mut self, key: Key, pre: Option<Ahead>) {
+    /// reindex. `pre`: its health and whether it has positions, computed
+    /// ahead from the account as it is now.
+    fn examine(&mut self, key: Key, pre: Option<Computed>) {
         self.examined += 1;
         let Some(unit) = self.unit_of(key) else {
             return;
@@ -131,13 +202,12 @@ impl Engine {
             self.unindex(key);
             return;
         }
-        let (health, has_positions) = match pre {
-            Some(a) if Arc::ptr_eq(&a.acct, acct) => (a.health, a.has_positions),
-            _ => (
+        let (health, has_positions) = pre.unwrap_or_else(|| {
+            (
                 self.health_of(acct, &unit),
                 !Self::unit_positions(acct, &unit).is_empty(),
-            ),
-        };
+            )
+        });
         let h = match health {
             Ok(h) => h,
             Err(e) => {
@@ -467,4 +537,54 @@ struct Closing {
     penalty: i128,
     /// The liquidator's share of `penalty`.
     to_liquidator: i128,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A health computed ahead serves only while the account is still the
+    /// `Arc` it was computed from; after the pass replaces the account
+    /// (even with an equal copy) the examining thread computes it itself.
+    /// `drain_pending`'s interleaving with its helpers depends on timing
+    /// (tests/engine.rs runs a pass whose deleveraging makes healths
+    /// stale); this pins the check that makes every interleaving equal.
+    #[test]
+    fn a_health_computed_ahead_serves_only_its_own_account() {
+        let mut e = crate::demo::demo_book(7, 40).engine;
+        e.queue_every_unit();
+        let keys: Vec<Key> = std::mem::take(&mut e.pending).into_iter().collect();
+        let ahead = e.ahead_of(keys, 0);
+        let copy = e.pricing_copy();
+        while ahead.fill_next(copy.view()) {}
+        // Replace every other account before its units are read.
+        let mut replaced = std::collections::BTreeSet::new();
+        for key in &ahead.keys {
+            if key.account % 2 == 0 && replaced.insert(key.account) {
+                let acct = Account::clone(e.acct(key.account).unwrap());
+                e.put_account(key.account, Arc::new(acct));
+            }
+        }
+        let (mut used, mut computed) = (0, 0);
+        for (i, key) in ahead.keys.iter().enumerate() {
+            let unit = e.unit_of(*key).unwrap();
+            let acct = Arc::clone(e.acct(key.account).unwrap());
+            let got = ahead.wait_for(i, &acct, copy.view());
+            if replaced.contains(&key.account) {
+                assert_eq!(got, None, "{key:?}");
+                computed += 1;
+            } else {
+                let fresh = (
+                    e.health_of(&acct, &unit),
+                    !Engine::unit_positions(&acct, &unit).is_empty(),
+                );
+                assert_eq!(got, Some(fresh), "{key:?}");
+                used += 1;
+            }
+        }
+        assert!(
+            used > 15 && computed > 15,
+            "{used} used, {computed} computed"
+        );
+    }
 }
