@@ -265,10 +265,10 @@ impl Engine {
             h.maintenance,
             self.s.risk.margin_call_clear_buffer_ppm,
         );
-        let in_call = self.s.margin_calls.contains(&id);
+        // One search of the margin-call set (a B-tree over every unit in
+        // call): `insert` and `remove` say whether they changed it.
         if has_positions && h.equity < h.initial {
-            if !in_call {
-                self.s.margin_calls.insert(id.clone());
+            if self.s.margin_calls.insert(id) {
                 self.touch(key.account);
                 self.emit(Event::MarginCall {
                     account: key.account,
@@ -276,8 +276,7 @@ impl Engine {
                     health: h,
                 });
             }
-        } else if in_call && (!has_positions || h.equity >= clear_at) {
-            self.s.margin_calls.remove(&id);
+        } else if (!has_positions || h.equity >= clear_at) && self.s.margin_calls.remove(&id) {
             self.touch(key.account);
             self.emit(Event::MarginCallCleared {
                 account: key.account,
