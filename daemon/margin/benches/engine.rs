@@ -66,6 +66,8 @@ struct Ticker {
     emas: std::collections::BTreeMap<String, i128>,
     /// On-CPU time of each report's band work after it.
     settle_cpu: Vec<Duration>,
+    /// Each report's phases (`Engine::last_report_timing`).
+    timings: Vec<sibyl_margin::engine::ReportTiming>,
     /// Margin calls made and cleared by the last report (each changes an
     /// account's state-root leaf).
     last_calls: usize,
@@ -126,6 +128,7 @@ impl Ticker {
             })
             .count();
         black_box(ev);
+        self.timings.push(e.last_report_timing());
         let cpu1 = cpu_ns();
         e.settle();
         self.settle_cpu
@@ -202,6 +205,7 @@ fn bench(c: &mut Criterion) {
             base,
             emas: std::collections::BTreeMap::new(),
             settle_cpu: Vec::new(),
+            timings: Vec::new(),
             last_calls: 0,
         };
         // Let the near-liquidation accounts go first: a -3% move, then calm
@@ -319,6 +323,30 @@ fn bench(c: &mut Criterion) {
             ex.last().copied().unwrap_or(0),
             liquidations,
         );
+        // The phases of the same reports (not the first, big move), all of
+        // them and the heavy ones (at least 800 units examined), wall clock.
+        let timed = ticker.timings.get(1..).unwrap_or_default();
+        for (what, heavy_only) in [
+            ("every report", false),
+            ("reports examining >= 800 units", true),
+        ] {
+            let picked: Vec<_> = timed
+                .iter()
+                .filter(|t| !heavy_only || t.units >= 800)
+                .collect();
+            let phase = |f: fn(&sibyl_margin::engine::ReportTiming) -> Duration| {
+                let mut v: Vec<Duration> = picked.iter().map(|t| f(t)).collect();
+                v.sort();
+                format!("p50 {:.3?} p99 {:.3?}", pct(&v, 0.5), pct(&v, 0.99))
+            };
+            println!(
+                "book n={n}: phases, {what} ({}): prepare {}; examinations {}; state root {}",
+                picked.len(),
+                phase(|t| t.prepare),
+                phase(|t| t.examinations),
+                phase(|t| t.root),
+            );
+        }
         println!(
             "book n={n}: bands after each report (settle, off the critical path): on CPU p50 {:.3?} p99 {:.3?} max {:.3?}; \
              whole report (to the root, then bands) on CPU p50 {:.3?} p99 {:.3?} max {:.3?}, mean {:.3?}",

@@ -22,7 +22,7 @@ pub(crate) mod snapshot;
 mod triggers;
 mod views;
 
-pub use prices::surface_vol;
+pub use prices::{ReportTiming, surface_vol};
 pub use snapshot::SnapshotSource;
 pub use views::{AtRisk, Revaluation, UnitView};
 
@@ -274,6 +274,8 @@ pub struct Engine {
     grid: bands::GridCache,
     /// Bands that fell back to the whole-band bound (a metric).
     fallback_bands: u64,
+    /// Where the last price report's time went (a metric).
+    timing: prices::ReportTiming,
     /// The state root's maintained tree (derived; not part of the state).
     root: root::RootCache,
     /// The accounts of `s.accounts` by id, the same `Arc`s: a lookup is
@@ -343,6 +345,7 @@ impl Engine {
             ahead: liquidation::HealthAhead::default(),
             grid: bands::GridCache::default(),
             fallback_bands: 0,
+            timing: prices::ReportTiming::default(),
             root: root::RootCache::default(),
             by_id: Default::default(),
             committee: None,

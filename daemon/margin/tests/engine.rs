@@ -576,6 +576,40 @@ fn healths_computed_ahead_are_recomputed_after_deleveraging() {
     }
 }
 
+/// `last_report_timing` describes the last accepted report: the units it
+/// examined and a time for each phase; a refused report leaves it alone.
+#[test]
+fn report_timing_describes_the_last_report() {
+    let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);
+    for id in 1..=3 {
+        w.account(id, 1_000 * M);
+        w.open(id, "BTC-PERP", Side::Long, 5 * Q).unwrap();
+    }
+    let before = w.e.examined_units();
+    w.e.set_exhaustive_checks(true);
+    w.price("BTC-USD", 99 * P).unwrap();
+    let t = w.e.last_report_timing();
+    assert_eq!(t.units, w.e.examined_units() - before);
+    assert!(t.units >= 3, "{t:?}");
+    assert!(
+        t.examinations > std::time::Duration::ZERO && t.root > std::time::Duration::ZERO,
+        "{t:?}"
+    );
+    // A refused report (a round already applied) changes nothing.
+    let refused = w.e.apply_report(&PriceReport {
+        round: 1,
+        timestamp_ms: 1,
+        prices: vec![PriceInput {
+            feed: "BTC-USD".into(),
+            price: 98 * P,
+            decimals: 8,
+            ..PriceInput::default()
+        }],
+    });
+    assert!(refused.is_err());
+    assert_eq!(w.e.last_report_timing(), t);
+}
+
 #[test]
 fn guard_rails_defer_liquidation_and_refuse_new_risk() {
     let mut w = World::new(feed("BTC-USD"), perp("BTC-PERP", "BTC-USD"), 100 * P);

@@ -295,7 +295,8 @@ struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     /// `prices`, `command` or `signed`; `bands`: the trigger-band work
-    /// after an input (`Engine::settle`), off the input's critical path.
+    /// after an input (`Engine::settle`), off the input's critical path;
+    /// `examinations` and `root`: the two costly phases inside `prices`.
     kind: &'static str,
 }
 
@@ -335,6 +336,16 @@ impl Metrics {
             }
         }
         self.gauges(engine);
+    }
+
+    /// A report's examinations and state root, each its own `kind`
+    /// (both inside the report's `kind="prices"` step).
+    fn report_phases(&self, t: sibyl_margin::engine::ReportTiming) {
+        for (kind, d) in [("examinations", t.examinations), ("root", t.root)] {
+            self.step_seconds
+                .get_or_create(&KindLabel { kind })
+                .observe(d.as_secs_f64());
+        }
     }
 
     fn gauges(&self, engine: &Engine) {
@@ -554,7 +565,7 @@ impl MarginHandle {
         );
         registry.register(
             "sibyl_margin_step_duration_seconds",
-            "Time to apply one input to the margin engine and store it, by kind (kind=\"bands\": the trigger-band work run after a report's root is attested and its commands answered)",
+            "Time to apply one input to the margin engine and store it, by kind (kind=\"bands\": the trigger-band work run after a report's root is attested and its commands answered; kind=\"examinations\" and \"root\": the two costly phases of a report, inside its kind=\"prices\" step)",
             m.step_seconds.clone(),
         );
         registry.register(
@@ -807,6 +818,9 @@ fn apply_input(
         }
     };
     metrics.observe(&st.engine, &events);
+    if matches!(input, Input::Prices(_)) {
+        metrics.report_phases(st.engine.last_report_timing());
+    }
     let seq = st.next_input;
     st.next_input += 1;
     if let Input::Prices(r) = &input {

@@ -786,10 +786,15 @@ async fn liquidations_are_served_newest_first_in_pages() {
     assert_eq!(value("sibyl_margin_inputs_total"), n.stored_inputs() as f64);
     assert!(value("sibyl_margin_insurance_fund_usd") > 1_000_000.0);
     // Eight reports after the one that seeded the book (stored as a batch).
-    assert!(
-        text.contains(r#"sibyl_margin_step_duration_seconds_count{kind="prices"} 8"#),
-        "{text}"
-    );
+    // Each with its two costly phases.
+    for kind in ["prices", "examinations", "root"] {
+        assert!(
+            text.contains(&format!(
+                r#"sibyl_margin_step_duration_seconds_count{{kind="{kind}"}} 8"#
+            )),
+            "{kind}: {text}"
+        );
+    }
     let mut promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -9,6 +9,22 @@ use crate::fixed::{PPM, PRICE_SCALE, mul_div_floor, rescale, round_to_scale};
 use crate::options::{OptionInputs, PricingModel};
 use crate::types::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Where a price report's wall-clock time went, by phase (a metric for
+/// operators and benchmarks; not part of the state).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportTiming {
+    /// Validation, guards, marks, settlement and the trigger-index
+    /// queries that decide which units to examine.
+    pub prepare: Duration,
+    /// The examinations: healths, liquidations, margin calls.
+    pub examinations: Duration,
+    /// The state root after them.
+    pub root: Duration,
+    /// Units examined.
+    pub units: u64,
+}
 
 /// Implied vol from a surface: linear in strike within a slice (flat
 /// outside its strikes), linear in total variance between expiries (flat
@@ -94,6 +110,7 @@ impl Engine {
     /// report is refused, with nothing changed, if a known feed's price is
     /// not positive, out of range, or not newer than the last one applied.
     pub fn apply_report(&mut self, report: &PriceReport) -> Result<Vec<EventRecord>, EngineError> {
+        let start = Instant::now();
         let (round, timestamp_ms) = (report.round, report.timestamp_ms);
         // Validate everything first.
         let mut accepted: BTreeMap<String, (FeedPrice, Option<GuardReason>)> = BTreeMap::new();
@@ -256,12 +273,26 @@ impl Engine {
         if self.exhaustive {
             self.queue_every_unit();
         }
+        let (examined, prepared) = (self.examined, Instant::now());
         self.drain_pending();
         self.prefill_due = true;
+        let examinations = Instant::now();
         // A report closes a round: its root is part of the report's cost.
         // The examined units' new bands are not (`settle`).
         self.flush_root();
+        self.timing = ReportTiming {
+            prepare: prepared.duration_since(start),
+            examinations: examinations.duration_since(prepared),
+            root: examinations.elapsed(),
+            units: self.examined - examined,
+        };
         Ok(std::mem::take(&mut self.out))
+    }
+
+    /// Where the last accepted price report's time went (all zero before
+    /// the first).
+    pub fn last_report_timing(&self) -> ReportTiming {
+        self.timing
     }
 
     /// Reference mode for tests and audits: when on, every price report
