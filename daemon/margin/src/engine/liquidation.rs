@@ -150,10 +150,17 @@ impl Engine {
         let copy = self.pricing_copy();
         std::thread::scope(|scope| {
             for _ in 1..threads {
-                scope.spawn(|| {
+                let helper = std::thread::Builder::new().spawn_scoped(scope, || {
                     let _done = HelperDone(&ahead.helpers);
                     while ahead.fill_next(copy.view()) {}
                 });
+                if helper.is_err() {
+                    // No thread to be had (a limit, a filter): one helper
+                    // fewer; the examining thread computes what is left.
+                    ahead
+                        .helpers
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             // Each examination may liquidate and queue deleveraged units;
             // every step closes size or removes a unit, so the loop ends.
