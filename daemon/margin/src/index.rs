@@ -333,11 +333,7 @@ impl Index {
                 edges.load(items);
             }
         } else {
-            std::thread::scope(|scope| {
-                for (edges, items) in jobs {
-                    scope.spawn(move || edges.load(items));
-                }
-            });
+            crate::parallel::map_in_order(jobs.collect(), |(edges, items)| edges.load(items));
         }
         // `collect` sorts and builds the tree in bulk.
         if self.ranking.is_empty() {

@@ -31,6 +31,7 @@ pub mod error;
 pub mod fixed;
 mod index;
 pub mod options;
+mod parallel;
 pub mod signed;
 pub mod state_root;
 pub mod types;

@@ -269,20 +269,8 @@ fn parent_level(prev: &[Hash], threads: usize) -> Vec<Hash> {
     }
     // Runs of whole groups, so no group is split.
     let run = prev.len().div_ceil(threads).next_multiple_of(ARITY);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = prev
-            .chunks(run)
-            .map(|c| scope.spawn(move || groups(c)))
-            .collect();
-        let mut next = Vec::with_capacity(prev.len() / 2);
-        for p in parts {
-            match p.join() {
-                Ok(v) => next.extend(v),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        next
-    })
+    let parts = crate::parallel::map_in_order(prev.chunks(run).collect(), groups);
+    parts.concat()
 }
 
 /// Threads for an incremental update of `n` leaves: below
@@ -565,19 +553,12 @@ impl AccountTree {
             }
         }
         let touched: Vec<usize> = (0..parts).filter(|j| !runs[*j].is_empty()).collect();
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = per
-                .iter_mut()
-                .zip(&runs)
-                .filter(|(_, run)| !run.is_empty())
-                .map(|(levels, run)| scope.spawn(move || update_paths(levels, run)))
-                .collect();
-            for h in handles {
-                if let Err(panic) = h.join() {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-        });
+        let jobs: Vec<_> = per
+            .iter_mut()
+            .zip(&runs)
+            .filter(|(_, run)| !run.is_empty())
+            .collect();
+        crate::parallel::map_in_order(jobs, |(levels, run)| update_paths(levels, run));
         // Above the subtrees: their top nodes (one or more per subtree on
         // the narrowest split level) changed where a run did.
         let mut levels: Vec<&mut [Hash]> = self

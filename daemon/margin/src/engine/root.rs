@@ -102,28 +102,15 @@ impl Engine {
             let mut buf = Enc::default();
             return order.iter().map(|id| self.leaf_of(&mut buf, *id)).collect();
         }
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = order
-                .chunks(order.len().div_ceil(threads))
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        let mut buf = Enc::default();
-                        chunk
-                            .iter()
-                            .map(|id| self.leaf_of(&mut buf, *id))
-                            .collect::<Vec<Hash>>()
-                    })
-                })
-                .collect();
-            let mut leaves = Vec::with_capacity(order.len());
-            for p in parts {
-                match p.join() {
-                    Ok(v) => leaves.extend(v),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            leaves
-        })
+        let chunks: Vec<&[AccountId]> = order.chunks(order.len().div_ceil(threads)).collect();
+        let parts = crate::parallel::map_in_order(chunks, |chunk| {
+            let mut buf = Enc::default();
+            chunk
+                .iter()
+                .map(|id| self.leaf_of(&mut buf, *id))
+                .collect::<Vec<Hash>>()
+        });
+        parts.concat()
     }
 
     fn leaf_of(&self, buf: &mut Enc, id: AccountId) -> Hash {
