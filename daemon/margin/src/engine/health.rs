@@ -166,7 +166,30 @@ impl<'a> Pricing<'a> {
 
     /// Equity and requirements of one unit of `acct` at the current marks.
     pub(super) fn health(&self, acct: &Account, unit: &Unit) -> Result<Health, EngineError> {
+        self.health_of_positions(acct, unit, &Engine::unit_positions(acct, unit))
+    }
+
+    /// The health of a unit and whether it holds positions (what an
+    /// examination needs), walking its positions once.
+    pub(super) fn examined(
+        &self,
+        acct: &Account,
+        unit: &Unit,
+    ) -> (Result<Health, EngineError>, bool) {
         let positions = Engine::unit_positions(acct, unit);
+        (
+            self.health_of_positions(acct, unit, &positions),
+            !positions.is_empty(),
+        )
+    }
+
+    /// `health` given the unit's positions (`Engine::unit_positions`).
+    fn health_of_positions(
+        &self,
+        acct: &Account,
+        unit: &Unit,
+        positions: &[(&String, &Position)],
+    ) -> Result<Health, EngineError> {
         let mut equity = match unit {
             Unit::Cross => add(
                 acct.cash,

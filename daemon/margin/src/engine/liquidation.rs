@@ -63,12 +63,9 @@ impl Ahead {
         let Some(slot) = self.slots.get(i) else {
             return false;
         };
-        let computed = self.todo[i].as_ref().map(|(unit, acct)| {
-            (
-                pricing.health(acct, unit),
-                !Engine::unit_positions(acct, unit).is_empty(),
-            )
-        });
+        let computed = self.todo[i]
+            .as_ref()
+            .map(|(unit, acct)| pricing.examined(acct, unit));
         // Only the claimer fills a slot (a lost race leaves the first).
         let _ = slot.set(computed);
         true
@@ -209,12 +206,7 @@ impl Engine {
             self.unindex(key);
             return;
         }
-        let (health, has_positions) = pre.unwrap_or_else(|| {
-            (
-                self.health_of(acct, &unit),
-                !Self::unit_positions(acct, &unit).is_empty(),
-            )
-        });
+        let (health, has_positions) = pre.unwrap_or_else(|| self.pricing().examined(acct, &unit));
         let h = match health {
             Ok(h) => h,
             Err(e) => {
