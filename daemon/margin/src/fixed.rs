@@ -42,15 +42,31 @@ pub fn mul(a: i128, b: i128, what: &'static str) -> Result<i128, EngineError> {
 /// inputs give the same integer everywhere.
 pub fn mul_div_floor(a: i128, b: i128, d: i128, what: &'static str) -> Result<i128, EngineError> {
     let p = mul(a, b, what)?;
-    Ok(p.div_euclid(d))
+    Ok(div_euclid(p, d))
 }
 
 /// ceil(a * b / d) for d > 0: used for requirements and fees (round against
 /// the account).
 pub fn mul_div_ceil(a: i128, b: i128, d: i128, what: &'static str) -> Result<i128, EngineError> {
     let p = mul(a, b, what)?;
-    let q = p.div_euclid(d);
-    Ok(if p.rem_euclid(d) == 0 { q } else { q + 1 })
+    let q = div_euclid(p, d);
+    // The remainder from the quotient (one division, not two): it lies in
+    // 0..d, so the wrapping arithmetic that finds it is exact.
+    Ok(if p.wrapping_sub(q.wrapping_mul(d)) == 0 {
+        q
+    } else {
+        q + 1
+    })
+}
+
+/// `p.div_euclid(d)`, on the processor's 64-bit division when both fit in
+/// an i64 (most requirements and ppm fractions): i128 division is a
+/// library call several times slower. The same quotient either way.
+fn div_euclid(p: i128, d: i128) -> i128 {
+    match (i64::try_from(p), i64::try_from(d)) {
+        (Ok(p), Ok(d)) => i128::from(p.div_euclid(d)),
+        _ => p.div_euclid(d),
+    }
 }
 
 /// floor(qty × x / QTY_SCALE) without forming the full product, so a size
@@ -138,6 +154,56 @@ mod tests {
             value(QTY_SCALE, 50_000 * PRICE_SCALE).unwrap(),
             50_000 * MONEY_SCALE
         );
+    }
+
+    /// The 64-bit fast path and the remainder taken from the quotient
+    /// give the plain i128 floor and ceiling on both sides of the i64
+    /// range, for either sign and divisors of every size.
+    #[test]
+    fn mul_div_matches_i128_division_at_every_size() {
+        let (min, max) = (i128::from(i64::MIN), i128::from(i64::MAX));
+        let ps = [
+            0,
+            1,
+            -1,
+            7,
+            -7,
+            999_999,
+            -1_000_001,
+            max,
+            max + 1,
+            max - 1,
+            min,
+            min - 1,
+            min + 1,
+            max * 3 + 2,
+            min * 5 - 4,
+            i128::MAX,
+            i128::MIN + 1,
+            i128::MAX - 5,
+            i128::MIN / 3,
+        ];
+        let ds = [
+            1,
+            2,
+            3,
+            7,
+            PPM,
+            VALUE_DIVISOR,
+            max,
+            max + 1,
+            max * 2 + 1,
+            i128::MAX,
+        ];
+        for p in ps {
+            for d in ds {
+                let floor = p.div_euclid(d);
+                let ceil = floor + i128::from(p.rem_euclid(d) != 0);
+                assert_eq!(mul_div_floor(p, 1, d, "t").unwrap(), floor, "{p} / {d}");
+                assert_eq!(mul_div_ceil(p, 1, d, "t").unwrap(), ceil, "{p} / {d}");
+            }
+        }
+        assert!(mul_div_floor(i128::MAX, 2, 3, "t").is_err());
     }
 
     #[test]
