@@ -71,7 +71,15 @@ struct Ticker {
     /// Margin calls made and cleared by the last report (each changes an
     /// account's state-root leaf).
     last_calls: usize,
+    /// SIBYL_BENCH_AB=read_ahead: each report draws reading ahead on or
+    /// off (`sibyl_margin::set_read_ahead`), so both arms share the
+    /// machine's drift; `ab` holds (on, wall, CPU, phases) per report.
+    ab_rng: Option<SplitMix>,
+    ab: Vec<Arm>,
 }
+
+/// One report under SIBYL_BENCH_AB: (reading ahead on, wall, CPU, phases).
+type Arm = (bool, Duration, Duration, sibyl_margin::engine::ReportTiming);
 
 impl Ticker {
     /// One report: (wall time, on-CPU time, liquidations, units examined)
@@ -109,6 +117,10 @@ impl Ticker {
             prices,
         };
         let examined = e.examined_units();
+        let arm = self.ab_rng.as_mut().map(|r| r.next_u64() & 1 == 1);
+        if let Some(on) = arm {
+            sibyl_margin::set_read_ahead(on);
+        }
         let cpu0 = cpu_ns();
         let start = Instant::now();
         let ev = e.apply_report(&report).expect("bench report is valid");
@@ -129,6 +141,9 @@ impl Ticker {
             .count();
         black_box(ev);
         self.timings.push(e.last_report_timing());
+        if let Some(on) = arm {
+            self.ab.push((on, took, cpu, e.last_report_timing()));
+        }
         let cpu1 = cpu_ns();
         e.settle();
         self.settle_cpu
@@ -207,6 +222,15 @@ fn bench(c: &mut Criterion) {
             settle_cpu: Vec::new(),
             timings: Vec::new(),
             last_calls: 0,
+            ab_rng: (std::env::var("SIBYL_BENCH_AB").as_deref() == Ok("read_ahead")).then(|| {
+                SplitMix::new(
+                    std::env::var("SIBYL_BENCH_AB_SEED")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(11),
+                )
+            }),
+            ab: Vec::new(),
         };
         // Let the near-liquidation accounts go first: a -3% move, then calm
         // ticks around the new level.
@@ -347,6 +371,8 @@ fn bench(c: &mut Criterion) {
                 phase(|t| t.root),
             );
         }
+        ab_summary(n, ticker.ab.get(1..).unwrap_or_default());
+        sibyl_margin::set_read_ahead(true);
         println!(
             "book n={n}: bands after each report (settle, off the critical path): on CPU p50 {:.3?} p99 {:.3?} max {:.3?}; \
              whole report (to the root, then bands) on CPU p50 {:.3?} p99 {:.3?} max {:.3?}, mean {:.3?}",
@@ -372,6 +398,38 @@ fn bench(c: &mut Criterion) {
             start.elapsed()
         );
         state_root_and_snapshot(n, e);
+    }
+}
+
+/// SIBYL_BENCH_AB: the reports of each arm (reading ahead on / off), all
+/// and those examining at least 800 units.
+fn ab_summary(n: usize, ab: &[(bool, Duration, Duration, sibyl_margin::engine::ReportTiming)]) {
+    for on in [true, false] {
+        for min_units in [0, 800] {
+            let arm: Vec<_> = ab
+                .iter()
+                .filter(|(o, _, _, t)| *o == on && t.units >= min_units)
+                .collect();
+            let sorted = |f: &dyn Fn(&Arm) -> Duration| {
+                let mut v: Vec<Duration> = arm.iter().map(|x| f(x)).collect();
+                v.sort();
+                v
+            };
+            let (wall, cpu) = (sorted(&|x| x.1), sorted(&|x| x.2));
+            let (ex, root) = (sorted(&|x| x.3.examinations), sorted(&|x| x.3.root));
+            println!(
+                "book n={n}: read ahead {}, reports examining >= {min_units} units ({}): wall p50 {:.3?} p90 {:.3?} p99 {:.3?}; CPU p50 {:.3?} p99 {:.3?}; examinations p50 {:.3?}; state root p50 {:.3?}",
+                if on { "on" } else { "off" },
+                arm.len(),
+                pct(&wall, 0.5),
+                pct(&wall, 0.9),
+                pct(&wall, 0.99),
+                pct(&cpu, 0.5),
+                pct(&cpu, 0.99),
+                pct(&ex, 0.5),
+                pct(&root, 0.5),
+            );
+        }
     }
 }
 

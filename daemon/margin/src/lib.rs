@@ -35,9 +35,12 @@ mod parallel;
 pub mod signed;
 pub mod state_root;
 pub mod types;
+mod warm;
 
 pub use demo::{DemoBook, DemoParams, demo_book, demo_book_with};
 pub use engine::{Engine, Greeks, Snapshot};
 pub use error::EngineError;
 pub use signed::{CommitteeKey, OwnerKey, SignedCommand};
 pub use types::*;
+/// Tuning: reading ahead on (the default) or off (`warm.rs`).
+pub use warm::set_read_ahead;

@@ -311,6 +311,7 @@ fn update_paths(levels: &mut [&mut [Hash]], changed: &[(usize, Hash)]) {
         let (Some(below), Some(here)) = (lower.last(), upper.first_mut()) else {
             return;
         };
+        crate::warm::children(below, &parents, ARITY);
         for p in &parents {
             if let (Some(children), Some(slot)) =
                 (below.get(ARITY * p..ARITY * (p + 1)), here.get_mut(*p))

@@ -56,24 +56,40 @@ struct Ahead {
 }
 
 impl Ahead {
-    /// Claims the next unclaimed slot and fills it; false when none is left.
+    /// The keys of block `b` (`warm::BATCH` keys: a thread claims a block,
+    /// reads its accounts ahead, then computes its healths).
+    fn block(&self, b: usize) -> std::ops::Range<usize> {
+        let start = b.saturating_mul(crate::warm::BATCH).min(self.keys.len());
+        start..(start + crate::warm::BATCH).min(self.keys.len())
+    }
+
+    /// Fills every slot of block `b` (claimed by the caller).
+    fn fill_block(&self, b: usize, pricing: super::health::Pricing<'_>) {
+        let range = self.block(b);
+        let todo = &self.todo[range.clone()];
+        crate::warm::accounts(todo.iter().flatten().map(|(_, acct)| &**acct));
+        for (slot, work) in self.slots[range].iter().zip(todo) {
+            let computed = work
+                .as_ref()
+                .map(|(unit, acct)| pricing.examined(acct, unit));
+            // Only the claimer fills a slot (a lost race leaves the first).
+            let _ = slot.set(computed);
+        }
+    }
+
+    /// Claims the next unclaimed block and fills it; false when none is left.
     fn fill_next(&self, pricing: super::health::Pricing<'_>) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let i = self.next.fetch_add(1, Relaxed);
-        let Some(slot) = self.slots.get(i) else {
+        let b = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.block(b).is_empty() {
             return false;
-        };
-        let computed = self.todo[i]
-            .as_ref()
-            .map(|(unit, acct)| pricing.examined(acct, unit));
-        // Only the claimer fills a slot (a lost race leaves the first).
-        let _ = slot.set(computed);
+        }
+        self.fill_block(b, pricing);
         true
     }
 
     /// The health of slot `i` for `acct`, once the slot is filled: claims
-    /// it first if nobody has (then the caller computes it), and fills
-    /// later slots while a helper is still on it. None: compute it.
+    /// and fills its block first if nobody has, and fills later blocks
+    /// while a helper is still on it. None: compute it.
     fn wait_for(
         &self,
         i: usize,
@@ -81,16 +97,23 @@ impl Ahead {
         pricing: super::health::Pricing<'_>,
     ) -> Option<Computed> {
         use std::sync::atomic::Ordering::Relaxed;
+        let b = i / crate::warm::BATCH;
         loop {
             if let Some(done) = self.slots[i].get() {
                 let (_, was) = self.todo[i].as_ref()?;
                 return done.clone().filter(|_| Arc::ptr_eq(was, acct));
             }
-            if self.next.fetch_max(i + 1, Relaxed) <= i || self.helpers.load(Relaxed) == 0 {
-                // Unclaimed (now ours), or no helper left to fill it.
+            if self.next.fetch_max(b + 1, Relaxed) <= b {
+                // Unclaimed, now ours (blocks before it are behind the
+                // examining thread: nobody needs them).
+                self.fill_block(b, pricing);
+                continue;
+            }
+            if self.helpers.load(Relaxed) == 0 {
+                // Claimed by a helper that is gone: nobody will fill it.
                 return None;
             }
-            // A helper is on it: fill a later slot meanwhile.
+            // A helper is on it: fill a later block meanwhile.
             if !self.fill_next(pricing) {
                 std::thread::yield_now();
             }
@@ -119,10 +142,17 @@ impl Engine {
     /// The work list for `keys` (in order), to be filled by `helpers`
     /// threads and the examining one.
     fn ahead_of(&self, keys: Vec<Key>, helpers: usize) -> Ahead {
-        let todo = keys
-            .iter()
-            .map(|k| Some((self.unit_of(*k)?, Arc::clone(self.acct(k.account)?))))
-            .collect();
+        let mut todo = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(crate::warm::BATCH) {
+            // The accounts' first lines (where the `Arc` counts live), so
+            // the clones below do not wait for one miss after another.
+            crate::warm::lines(batch.iter().filter_map(|k| self.acct(k.account)));
+            todo.extend(
+                batch
+                    .iter()
+                    .map(|k| Some((self.unit_of(*k)?, Arc::clone(self.acct(k.account)?)))),
+            );
+        }
         Ahead {
             slots: keys.iter().map(|_| std::sync::OnceLock::new()).collect(),
             keys,
@@ -130,6 +160,13 @@ impl Engine {
             next: 0.into(),
             helpers: helpers.into(),
         }
+    }
+
+    /// Reads ahead what examining `keys` looks up first: each account's
+    /// entry in the id index and its first line, and its tree slot.
+    fn warm_keys(&self, keys: &[Key]) {
+        crate::warm::lines(keys.iter().filter_map(|k| self.acct(k.account)));
+        self.warm_slots(keys.iter().map(|k| k.account));
     }
 
     pub(super) fn drain_pending(&mut self) {
@@ -165,9 +202,14 @@ impl Engine {
             // (an account's other units after a liquidation), which find
             // nothing ahead.
             let mut cur = 0;
+            let mut warmed = 0;
             while let Some(k) = self.pending.pop_first() {
                 while ahead.keys.get(cur).is_some_and(|c| *c < k) {
                     cur += 1;
+                }
+                if cur >= warmed {
+                    warmed = (cur + crate::warm::BATCH).min(ahead.keys.len());
+                    self.warm_keys(ahead.keys.get(cur..warmed).unwrap_or_default());
                 }
                 let mut pre = None;
                 if ahead.keys.get(cur) == Some(&k) {

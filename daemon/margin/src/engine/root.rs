@@ -19,7 +19,8 @@ use crate::types::*;
 pub(super) struct RootCache {
     tree: AccountTree,
     slot_of: IntMap<AccountId, u32>,
-    dirty: Vec<AccountId>,
+    /// Changed accounts with their slots (repeats allowed).
+    dirty: Vec<(u32, AccountId)>,
     /// Digest of the configuration (risk, feed, asset and market configs);
     /// dropped by every configure command.
     configs: Option<Hash>,
@@ -66,21 +67,37 @@ fn units_of(
 impl Engine {
     /// Records that an account changed (and gives a new account its slot).
     pub(super) fn touch(&mut self, id: AccountId) {
-        if !self.root.slot_of.contains_key(&id) {
-            // u32 slots: 4 billion accounts; beyond that the tree keeps the
-            // last slot (never reached: memory runs out long before).
-            let slot = u32::try_from(self.s.account_order.len()).unwrap_or(u32::MAX);
-            self.root.slot_of.insert(id, slot);
-            self.s.account_order.push(id);
-        }
+        let slot = match self.root.slot_of.get(&id) {
+            Some(slot) => *slot,
+            None => {
+                // u32 slots: 4 billion accounts; beyond that the tree keeps
+                // the last slot (never reached: memory runs out long before).
+                let slot = u32::try_from(self.s.account_order.len()).unwrap_or(u32::MAX);
+                self.root.slot_of.insert(id, slot);
+                self.s.account_order.push(id);
+                slot
+            }
+        };
         if self.root.built {
-            self.root.dirty.push(id);
+            self.root.dirty.push((slot, id));
             // A bulk load: stop tracking, the next flush builds afresh.
             if self.root.dirty.len() as u64 > self.root.tree.count() / 4 + 1_024 {
                 self.root.built = false;
                 self.root.dirty = Vec::new();
             }
         }
+    }
+
+    /// Reads ahead the tree slots of `ids` (what `touch` looks up).
+    pub(super) fn warm_slots(&self, ids: impl Iterator<Item = AccountId>) {
+        if !crate::warm::enabled() {
+            return;
+        }
+        let mut x = 0u32;
+        for id in ids {
+            x ^= self.root.slot_of.get(&id).copied().unwrap_or(0);
+        }
+        std::hint::black_box(x);
     }
 
     /// The state as the root commits to it for one account.
@@ -99,18 +116,22 @@ impl Engine {
     /// the same order either way.
     fn leaves(&self, order: &[AccountId], threads: usize) -> Vec<Hash> {
         if threads < 2 {
-            let mut buf = Enc::default();
-            return order.iter().map(|id| self.leaf_of(&mut buf, *id)).collect();
+            return self.leaves_here(order);
         }
         let chunks: Vec<&[AccountId]> = order.chunks(order.len().div_ceil(threads)).collect();
-        let parts = crate::parallel::map_in_order(chunks, |chunk| {
-            let mut buf = Enc::default();
-            chunk
-                .iter()
-                .map(|id| self.leaf_of(&mut buf, *id))
-                .collect::<Vec<Hash>>()
-        });
-        parts.concat()
+        crate::parallel::map_in_order(chunks, |chunk| self.leaves_here(chunk)).concat()
+    }
+
+    /// The leaves of `order` on this thread, each batch of accounts read
+    /// ahead first (`warm`).
+    fn leaves_here(&self, order: &[AccountId]) -> Vec<Hash> {
+        let mut buf = Enc::default();
+        let mut out = Vec::with_capacity(order.len());
+        for batch in order.chunks(crate::warm::BATCH) {
+            crate::warm::accounts(batch.iter().filter_map(|id| self.acct(*id)).map(|a| &**a));
+            out.extend(batch.iter().map(|id| self.leaf_of(&mut buf, *id)));
+        }
+        out
     }
 
     fn leaf_of(&self, buf: &mut Enc, id: AccountId) -> Hash {
@@ -205,11 +226,7 @@ impl Engine {
             self.root.built = false;
         }
         if self.root.built {
-            let dirty = std::mem::take(&mut self.root.dirty);
-            let mut slots: Vec<(u32, AccountId)> = dirty
-                .iter()
-                .filter_map(|id| Some((*self.root.slot_of.get(id)?, *id)))
-                .collect();
+            let mut slots = std::mem::take(&mut self.root.dirty);
             slots.sort_unstable();
             slots.dedup();
             let known = self.root.tree.count();
