@@ -141,6 +141,19 @@ impl FeedState {
         v
     }
 
+    /// The weight (ppm) of scenario `i` in `scenarios()` (1e6 for the
+    /// grid's moves, the extreme weight for its extremes, 1e6 past the
+    /// end), without building the list.
+    pub fn scenario_weight_ppm(&self, i: usize) -> i128 {
+        let g = &self.config.grid;
+        let core = g.price_moves_ppm.len() * g.vol_shocks_ppm.len();
+        if (core..core + g.extreme_moves_ppm.len()).contains(&i) {
+            i128::from(g.extreme_weight_ppm)
+        } else {
+            crate::fixed::PPM
+        }
+    }
+
     /// The price collateral of sign `qty` is valued at ([`collateral_price`]).
     pub fn collateral_price(&self, qty: i128) -> Option<i128> {
         let last = self.last.as_ref()?;

@@ -87,7 +87,18 @@ pub fn greek_to_price(x: i128) -> i128 {
 
 /// Money value of `qty` at `price` (floor).
 pub fn value(qty: i128, price: i128) -> Result<i128, EngineError> {
-    mul_div_floor(qty, price, VALUE_DIVISOR, "position value")
+    let p = mul(qty, price, "position value")?;
+    // 1e10 = 2^10 × 5^10 and floor(floor(p / a) / b) = floor(p / ab): a
+    // shift, then a 64-bit division by a constant (a multiplication) for
+    // every product below 2^73 (a size of 1e4 at a price of 1e8 and
+    // more), where dividing the i128 by 1e10 is a library call.
+    const FIVES: i128 = 9_765_625;
+    const _: () = assert!(VALUE_DIVISOR == 1024 * FIVES);
+    let shifted = p >> 10;
+    Ok(match i64::try_from(shifted) {
+        Ok(s) => i128::from(s.div_euclid(9_765_625)),
+        Err(_) => shifted.div_euclid(FIVES),
+    })
 }
 
 /// `amount * ppm / 1e6`, rounded up.
@@ -204,6 +215,51 @@ mod tests {
             }
         }
         assert!(mul_div_floor(i128::MAX, 2, 3, "t").is_err());
+        // Values: the shift-and-divide path against i128 division by 1e10.
+        for p in ps {
+            for q in [1, -1, 3, -7, QTY_SCALE, 1 << 40] {
+                if let Some(x) = p.checked_mul(q) {
+                    let v = value(p, q).unwrap();
+                    assert_eq!(v, x.div_euclid(VALUE_DIVISOR), "{p} × {q}");
+                    assert_eq!(value(q, p).unwrap(), v);
+                }
+            }
+        }
+        for (q, price) in [
+            (QTY_SCALE, 50_000 * PRICE_SCALE),
+            (-QTY_SCALE / 3, 7 * PRICE_SCALE / 3),
+        ] {
+            assert_eq!(
+                value(q, price).unwrap(),
+                (q * price).div_euclid(VALUE_DIVISOR)
+            );
+        }
+        assert!(value(i128::MAX, 2).is_err());
+        // And random operands of every bit length.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let bits = |r: u64| (r % 126) as u32;
+            let a = (i128::from(next()) << 64 | i128::from(next())) >> bits(next());
+            let b = (i128::from(next()) << 64 | i128::from(next())) >> (bits(next()) + 1);
+            let d = (i128::from(next()) >> (bits(next()) % 64)).max(1);
+            if let Some(p) = a.checked_mul(b) {
+                assert_eq!(
+                    value(a, b).unwrap(),
+                    p.div_euclid(VALUE_DIVISOR),
+                    "{a} × {b}"
+                );
+                let floor = p.div_euclid(d);
+                assert_eq!(mul_div_floor(a, b, d, "t").unwrap(), floor);
+                let ceil = floor + i128::from(p.rem_euclid(d) != 0);
+                assert_eq!(mul_div_ceil(a, b, d, "t").unwrap(), ceil);
+            }
+        }
     }
 
     #[test]

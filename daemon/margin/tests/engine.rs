@@ -364,6 +364,29 @@ fn default_grid_is_at_least_as_wide_as_deribits() {
     );
 }
 
+/// A scenario's weight read by index is the one in the scenario list, for
+/// the default grid and a scaled one, and 1e6 past the end.
+#[test]
+fn scenario_weights_by_index_match_the_list() {
+    let mut fs = sibyl_margin::engine::FeedState {
+        config: feed("BTC"),
+        last: None,
+        recent: Vec::new(),
+        jump: None,
+        guard: None,
+        vol_multiplier_ppm: 1_000_000,
+    };
+    for multiplier in [1_000_000, 1_700_000] {
+        fs.vol_multiplier_ppm = multiplier;
+        let list = fs.scenarios();
+        assert!(list.iter().any(|s| s.weight_ppm != 1_000_000));
+        for (i, s) in list.iter().enumerate() {
+            assert_eq!(fs.scenario_weight_ppm(i), i128::from(s.weight_ppm), "{i}");
+        }
+        assert_eq!(fs.scenario_weight_ppm(list.len()), 1_000_000);
+    }
+}
+
 /// A fill away from the oracle mark is allowed within the mark ± the
 /// market's (initial - maintenance) rate (here 5 %), refused beyond it.
 #[test]

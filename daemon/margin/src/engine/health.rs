@@ -268,11 +268,9 @@ impl<'a> Pricing<'a> {
                 .ok_or_else(|| EngineError::UnknownFeed {
                     feed: feed.to_string(),
                 })?;
-            let scen = fs.scenarios();
             let mut worst = 0i128;
             for (i, loss) in l.iter().enumerate() {
-                let w = scen.get(i).map(|s| i128::from(s.weight_ppm)).unwrap_or(PPM);
-                worst = worst.max(ppm_ceil(*loss, w)?);
+                worst = worst.max(ppm_ceil(*loss, fs.scenario_weight_ppm(i))?);
             }
             maintenance = add(maintenance, worst, "maintenance")?;
         }
