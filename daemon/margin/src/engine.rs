@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+mod accounts;
 mod bands;
 mod commands;
 mod deficit;
@@ -121,6 +122,18 @@ pub(crate) fn slot_feed(name: &str) -> Option<(&str, bool)> {
         None => Some((name, false)),
         Some((feed, "ema")) => Some((feed, true)),
         Some(_) => None,
+    }
+}
+
+/// The unit of index slot `slot`: 0 the cross pool, `n` the isolated
+/// position in `market_by_slot[n - 1]`.
+fn unit_of_slot(slot: u32, market_by_slot: &[String]) -> Option<Unit> {
+    if slot == 0 {
+        Some(Unit::Cross)
+    } else {
+        market_by_slot
+            .get(slot as usize - 1)
+            .map(|m| Unit::Isolated { market: m.clone() })
     }
 }
 
@@ -296,7 +309,7 @@ pub struct Engine {
     /// 0.5 µs of cache misses each; an examination and a leaf each look
     /// one up). Derived, not part of the state: every change goes through
     /// [`Engine::put_account`], which sets both.
-    by_id: crate::index::IntMap<AccountId, Arc<Account>>,
+    by_id: accounts::AccountIndex,
     /// The committee whose book this is, named in every owner's signed
     /// bytes (context the node gives; not part of the state). `None`:
     /// signed commands are refused.
@@ -420,7 +433,9 @@ impl Engine {
         }
         let mut e = Engine::new(s.risk.clone());
         e.root = root::RootCache::for_order(&s.account_order)?;
-        e.by_id = s.accounts.iter().map(|(id, a)| (*id, a.clone())).collect();
+        e.by_id = accounts::AccountIndex::from_map(
+            s.accounts.iter().map(|(id, a)| (*id, a.clone())).collect(),
+        );
         e.s = s;
         Ok(e)
     }

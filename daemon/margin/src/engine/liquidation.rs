@@ -37,17 +37,18 @@ impl Default for HealthAhead {
 /// A unit's health and whether it has positions, computed from `acct`.
 type Computed = (Result<Health, EngineError>, bool);
 
-/// One pass's healths computed ahead: the pending keys in order, each
-/// one's unit and account as the pass began, and a slot per key that
-/// whichever thread claims it (`next`) fills. A filled slot is valid
-/// while the account is still that `Arc`: a health reads the account and
+/// One pass's healths computed ahead: the pending keys in order, the
+/// accounts as the pass began (`AccountIndex::begin_pass`), and a slot per
+/// key that whichever thread claims it (`next`) fills. A filled slot is
+/// valid while the pass has not changed the account
+/// (`AccountIndex::unchanged_in_pass`): a health reads the account and
 /// the pricing (markets, feeds, assets, risk), and during a pass only
-/// accounts change, each by replacing its `Arc` (`put_account`). The list
-/// holds the `Arc`s, so an address cannot be reused: pointer equality
-/// means "unchanged".
-struct Ahead {
+/// accounts change, each through `put_account`, which the index records.
+struct Ahead<'a> {
     keys: Vec<Key>,
-    todo: Vec<Option<(Unit, Arc<Account>)>>,
+    accounts: &'a super::accounts::AccountMap,
+    /// Isolated units' markets by slot (`Engine::market_by_slot`).
+    markets: &'a [String],
     slots: Vec<std::sync::OnceLock<Option<Computed>>>,
     next: std::sync::atomic::AtomicUsize,
     /// Helper threads still running (a helper that panicked must not
@@ -55,7 +56,7 @@ struct Ahead {
     helpers: std::sync::atomic::AtomicUsize,
 }
 
-impl Ahead {
+impl Ahead<'_> {
     /// The keys of block `b` (`warm::BATCH` keys: a thread claims a block,
     /// reads its accounts ahead, then computes its healths).
     fn block(&self, b: usize) -> std::ops::Range<usize> {
@@ -66,12 +67,17 @@ impl Ahead {
     /// Fills every slot of block `b` (claimed by the caller).
     fn fill_block(&self, b: usize, pricing: super::health::Pricing<'_>) {
         let range = self.block(b);
-        let todo = &self.todo[range.clone()];
-        crate::warm::accounts(todo.iter().flatten().map(|(_, acct)| &**acct));
-        for (slot, work) in self.slots[range].iter().zip(todo) {
-            let computed = work
-                .as_ref()
-                .map(|(unit, acct)| pricing.examined(acct, unit));
+        let keys = &self.keys[range.clone()];
+        crate::warm::accounts(
+            keys.iter()
+                .filter_map(|k| self.accounts.get(&k.account))
+                .map(|a| &**a),
+        );
+        for (slot, key) in self.slots[range].iter().zip(keys) {
+            let unit = super::unit_of_slot(key.slot, self.markets);
+            let computed = unit
+                .zip(self.accounts.get(&key.account))
+                .map(|(unit, acct)| pricing.examined(acct, &unit));
             // Only the claimer fills a slot (a lost race leaves the first).
             let _ = slot.set(computed);
         }
@@ -87,21 +93,15 @@ impl Ahead {
         true
     }
 
-    /// The health of slot `i` for `acct`, once the slot is filled: claims
-    /// and fills its block first if nobody has, and fills later blocks
-    /// while a helper is still on it. None: compute it.
-    fn wait_for(
-        &self,
-        i: usize,
-        acct: &Arc<Account>,
-        pricing: super::health::Pricing<'_>,
-    ) -> Option<Computed> {
+    /// The health of slot `i` as of the pass's start, once the slot is
+    /// filled: claims and fills its block first if nobody has, and fills
+    /// later blocks while a helper is still on it. None: compute it.
+    fn wait_for(&self, i: usize, pricing: super::health::Pricing<'_>) -> Option<Computed> {
         use std::sync::atomic::Ordering::Relaxed;
         let b = i / crate::warm::BATCH;
         loop {
             if let Some(done) = self.slots[i].get() {
-                let (_, was) = self.todo[i].as_ref()?;
-                return done.clone().filter(|_| Arc::ptr_eq(was, acct));
+                return done.clone();
             }
             if self.next.fetch_max(b + 1, Relaxed) <= b {
                 // Unclaimed, now ours (blocks before it are behind the
@@ -139,29 +139,6 @@ impl Engine {
         self.ahead = HealthAhead { min_units, threads };
     }
 
-    /// The work list for `keys` (in order), to be filled by `helpers`
-    /// threads and the examining one.
-    fn ahead_of(&self, keys: Vec<Key>, helpers: usize) -> Ahead {
-        let mut todo = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(crate::warm::BATCH) {
-            // The accounts' first lines (where the `Arc` counts live), so
-            // the clones below do not wait for one miss after another.
-            crate::warm::lines(batch.iter().filter_map(|k| self.acct(k.account)));
-            todo.extend(
-                batch
-                    .iter()
-                    .map(|k| Some((self.unit_of(*k)?, Arc::clone(self.acct(k.account)?)))),
-            );
-        }
-        Ahead {
-            slots: keys.iter().map(|_| std::sync::OnceLock::new()).collect(),
-            keys,
-            todo,
-            next: 0.into(),
-            helpers: helpers.into(),
-        }
-    }
-
     /// Reads ahead what examining `keys` looks up first: each account's
     /// entry in the id index and its first line, and its tree slot.
     fn warm_keys(&self, keys: &[Key]) {
@@ -180,7 +157,16 @@ impl Engine {
             }
             return;
         }
-        let ahead = self.ahead_of(self.pending.iter().copied().collect(), threads - 1);
+        let accounts = self.by_id.begin_pass();
+        let markets = self.market_by_slot.clone();
+        let ahead = Ahead {
+            slots: self.pending.iter().map(|_| Default::default()).collect(),
+            keys: self.pending.iter().copied().collect(),
+            accounts: &accounts,
+            markets: &markets,
+            next: 0.into(),
+            helpers: (threads - 1).into(),
+        };
         let copy = self.pricing_copy();
         std::thread::scope(|scope| {
             for _ in 1..threads {
@@ -213,8 +199,8 @@ impl Engine {
                 }
                 let mut pre = None;
                 if ahead.keys.get(cur) == Some(&k) {
-                    if let Some(acct) = self.acct(k.account) {
-                        pre = ahead.wait_for(cur, acct, copy.view());
+                    if self.by_id.unchanged_in_pass(k.account) {
+                        pre = ahead.wait_for(cur, copy.view());
                     }
                     cur += 1;
                 }
@@ -225,6 +211,9 @@ impl Engine {
                 .next
                 .fetch_max(ahead.keys.len(), std::sync::atomic::Ordering::Relaxed);
         });
+        drop(ahead);
+        drop(accounts);
+        self.by_id.end_pass();
     }
 
     /// Re-evaluates one unit: liquidate, defer, or flag a margin call;
@@ -583,42 +572,54 @@ struct Closing {
 mod tests {
     use super::*;
 
-    /// A health computed ahead serves only while the account is still the
-    /// `Arc` it was computed from; after the pass replaces the account
-    /// (even with an equal copy) the examining thread computes it itself.
-    /// `drain_pending`'s interleaving with its helpers depends on timing
-    /// (tests/engine.rs runs a pass whose deleveraging makes healths
-    /// stale); this pins the check that makes every interleaving equal.
+    /// A health computed ahead serves only while the pass has not changed
+    /// the account: accounts replaced during the pass (even by an equal
+    /// copy) read as changed, and lookups see the replacement at once;
+    /// the others' healths are the current ones. `drain_pending`'s
+    /// interleaving with its helpers depends on timing (tests/engine.rs
+    /// runs a pass whose deleveraging makes healths stale); this pins the
+    /// check that makes every interleaving equal.
     #[test]
-    fn a_health_computed_ahead_serves_only_its_own_account() {
+    fn a_health_computed_ahead_serves_only_unchanged_accounts() {
         let mut e = crate::demo::demo_book(7, 40).engine;
         e.queue_every_unit();
         let keys: Vec<Key> = std::mem::take(&mut e.pending).into_iter().collect();
-        let ahead = e.ahead_of(keys, 0);
+        let accounts = e.by_id.begin_pass();
+        let markets = e.market_by_slot.clone();
+        let ahead = Ahead {
+            slots: keys.iter().map(|_| Default::default()).collect(),
+            keys,
+            accounts: &accounts,
+            markets: &markets,
+            next: 0.into(),
+            helpers: 0.into(),
+        };
         let copy = e.pricing_copy();
         while ahead.fill_next(copy.view()) {}
         // Replace every other account before its units are read.
-        let mut replaced = std::collections::BTreeSet::new();
+        let mut replaced = std::collections::BTreeMap::new();
         for key in &ahead.keys {
-            if key.account % 2 == 0 && replaced.insert(key.account) {
-                let acct = Account::clone(e.acct(key.account).unwrap());
-                e.put_account(key.account, Arc::new(acct));
+            if key.account % 2 == 0 && !replaced.contains_key(&key.account) {
+                let acct = Arc::new(Account::clone(e.acct(key.account).unwrap()));
+                e.put_account(key.account, Arc::clone(&acct));
+                replaced.insert(key.account, acct);
             }
         }
         let (mut used, mut computed) = (0, 0);
         for (i, key) in ahead.keys.iter().enumerate() {
-            let unit = e.unit_of(*key).unwrap();
             let acct = Arc::clone(e.acct(key.account).unwrap());
-            let got = ahead.wait_for(i, &acct, copy.view());
-            if replaced.contains(&key.account) {
-                assert_eq!(got, None, "{key:?}");
+            if let Some(new) = replaced.get(&key.account) {
+                assert!(!e.by_id.unchanged_in_pass(key.account), "{key:?}");
+                assert!(Arc::ptr_eq(&acct, new), "{key:?}");
                 computed += 1;
             } else {
+                assert!(e.by_id.unchanged_in_pass(key.account), "{key:?}");
+                let unit = e.unit_of(*key).unwrap();
                 let fresh = (
                     e.health_of(&acct, &unit),
                     !Engine::unit_positions(&acct, &unit).is_empty(),
                 );
-                assert_eq!(got, Some(fresh), "{key:?}");
+                assert_eq!(ahead.wait_for(i, copy.view()), Some(fresh), "{key:?}");
                 used += 1;
             }
         }
@@ -626,5 +627,29 @@ mod tests {
             used > 15 && computed > 15,
             "{used} used, {computed} computed"
         );
+        // The pass's changes merge into the index when it ends.
+        drop(ahead);
+        drop(accounts);
+        e.by_id.end_pass();
+        assert!(e.account_index_matches_state());
+        for (id, new) in &replaced {
+            assert!(Arc::ptr_eq(e.acct(*id).unwrap(), new));
+            assert!(e.by_id.unchanged_in_pass(*id));
+        }
+    }
+
+    /// A clone of an engine shares the account index until one of them
+    /// changes an account; the other keeps its own.
+    #[test]
+    fn cloned_engines_keep_their_own_accounts() {
+        let mut e = crate::demo::demo_book(7, 10).engine;
+        let before = e.clone();
+        let id = *e.s.accounts.keys().next().unwrap();
+        let mut acct = Account::clone(e.acct(id).unwrap());
+        acct.cash += 1;
+        e.put_account(id, Arc::new(acct));
+        assert_eq!(e.acct(id).unwrap().cash, before.acct(id).unwrap().cash + 1);
+        assert!(e.account_index_matches_state());
+        assert!(before.account_index_matches_state());
     }
 }

@@ -147,13 +147,7 @@ impl Engine {
     }
 
     pub(super) fn unit_of(&self, key: Key) -> Option<Unit> {
-        if key.slot == 0 {
-            Some(Unit::Cross)
-        } else {
-            self.market_by_slot
-                .get(key.slot as usize - 1)
-                .map(|m| Unit::Isolated { market: m.clone() })
-        }
+        super::unit_of_slot(key.slot, &self.market_by_slot)
     }
 
     pub(super) fn rebuild_index(&mut self) {
@@ -242,7 +236,9 @@ impl Engine {
         }
         for u in units {
             if let Some(k) = self.key_of(id, &u) {
-                let acct = &self.by_id[&id];
+                let Some(acct) = self.by_id.get(&id) else {
+                    continue;
+                };
                 match self.health_of(acct, &u) {
                     Ok(h) => self.reindex(k, &u, h),
                     Err(_) => self.unindex(k),
@@ -510,7 +506,7 @@ impl Engine {
     }
 
     pub(super) fn queue_account(&mut self, id: AccountId) {
-        let Some(acct) = self.acct(id) else {
+        let Some(acct) = self.by_id.get(&id) else {
             return;
         };
         let units = Self::units_of(acct);
