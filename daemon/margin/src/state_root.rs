@@ -522,35 +522,6 @@ impl AccountTree {
     }
 
     fn update_with(&mut self, changed: &[(usize, Hash)], threads: usize) {
-        self.update_parts(changed, threads, <[Hash]>::to_vec);
-    }
-
-    /// `update` with the leaves still to compute: `leaf` turns a run of
-    /// items (in slot order) into their hashes, on the thread that then
-    /// rehashes that run's part of the tree, so a big update is one split
-    /// over the cores instead of one for the leaves and one for the paths.
-    pub(crate) fn update_computing<T: Copy + Sync>(
-        &mut self,
-        changed: &[(usize, T)],
-        leaf: impl Fn(&[T]) -> Vec<Hash> + Sync,
-    ) {
-        let threads = update_threads(changed.len());
-        self.update_parts(changed, threads, leaf);
-    }
-
-    fn update_parts<T: Copy + Sync>(
-        &mut self,
-        changed: &[(usize, T)],
-        threads: usize,
-        leaf: impl Fn(&[T]) -> Vec<Hash> + Sync,
-    ) {
-        let hashed = |run: &[(usize, T)]| -> Vec<(usize, Hash)> {
-            let items: Vec<T> = run.iter().map(|(_, t)| *t).collect();
-            run.iter()
-                .map(|(slot, _)| *slot)
-                .zip(leaf(&items))
-                .collect()
-        };
         let width = self.levels.first().map_or(0, Vec::len);
         // Subtrees: a power of two, each at least two leaves wide (a level
         // `parts` divides is cut into whole groups of four below it).
@@ -562,7 +533,7 @@ impl AccountTree {
         if parts < 2 {
             let mut levels: Vec<&mut [Hash]> =
                 self.levels.iter_mut().map(Vec::as_mut_slice).collect();
-            update_paths(&mut levels, &hashed(changed));
+            update_paths(&mut levels, changed);
             return;
         }
         // Levels at least `parts` wide split into `parts` subtrees; the
@@ -576,10 +547,10 @@ impl AccountTree {
             }
         }
         let span = width / parts;
-        let mut runs: Vec<Vec<(usize, T)>> = vec![Vec::new(); parts];
-        for (slot, t) in changed {
+        let mut runs: Vec<Vec<(usize, Hash)>> = vec![Vec::new(); parts];
+        for (slot, h) in changed {
             if let Some(run) = runs.get_mut(slot / span) {
-                run.push((slot % span, *t));
+                run.push((slot % span, *h));
             }
         }
         let touched: Vec<usize> = (0..parts).filter(|j| !runs[*j].is_empty()).collect();
@@ -588,7 +559,7 @@ impl AccountTree {
             .zip(&runs)
             .filter(|(_, run)| !run.is_empty())
             .collect();
-        crate::parallel::map_in_order(jobs, |(levels, run)| update_paths(levels, &hashed(run)));
+        crate::parallel::map_in_order(jobs, |(levels, run)| update_paths(levels, run));
         // Above the subtrees: their top nodes (one or more per subtree on
         // the narrowest split level) changed where a run did.
         let mut levels: Vec<&mut [Hash]> = self
@@ -715,25 +686,10 @@ mod tests {
                     AccountTree::build_serial(fresh_leaves).levels,
                     "n = {n}"
                 );
-                // Leaves computed inside the parts: each part hashes its
-                // own items (here slot numbers) in slot order.
-                let slots: Vec<(usize, usize)> = set.iter().map(|s| (*s, *s)).collect();
-                let leaf = |items: &[usize]| -> Vec<Hash> {
-                    items
-                        .iter()
-                        .map(|s| keccak(&[b"x", &s.to_be_bytes()]))
-                        .collect()
-                };
-                for threads in [1, 2, 3, 4, 8] {
+                for threads in [2, 3, 4, 8] {
                     let mut par = base.clone();
                     par.update_with(&changed, threads);
                     assert_eq!(par.levels, serial.levels, "n = {n}, {threads} threads");
-                    let mut computing = base.clone();
-                    computing.update_parts(&slots, threads, leaf);
-                    assert_eq!(
-                        computing.levels, serial.levels,
-                        "n = {n}, {threads} threads"
-                    );
                 }
             }
         }

@@ -64,63 +64,6 @@ fn units_of(
         .map(|(_, u)| u)
 }
 
-/// What an account's leaf reads: the account and its margin-call and
-/// deferral flags.
-#[derive(Clone, Copy)]
-struct LeafSource<'a> {
-    accounts: &'a super::accounts::AccountIndex,
-    margin_calls: &'a std::collections::BTreeSet<(AccountId, Unit)>,
-    deferred: &'a std::collections::BTreeSet<(AccountId, Unit)>,
-}
-
-impl LeafSource<'_> {
-    fn leaves(&self, order: &[AccountId], threads: usize) -> Vec<Hash> {
-        if threads < 2 {
-            return self.leaves_here(order);
-        }
-        let chunks: Vec<&[AccountId]> = order.chunks(order.len().div_ceil(threads)).collect();
-        crate::parallel::map_in_order(chunks, |chunk| self.leaves_here(chunk)).concat()
-    }
-
-    /// The leaves of `order` on this thread, each batch of accounts read
-    /// ahead first (`warm`).
-    fn leaves_here(&self, order: &[AccountId]) -> Vec<Hash> {
-        let mut buf = Enc::default();
-        let mut out = Vec::with_capacity(order.len());
-        for batch in order.chunks(crate::warm::BATCH) {
-            crate::warm::accounts(
-                batch
-                    .iter()
-                    .filter_map(|id| self.accounts.get(id))
-                    .map(|a| &**a),
-            );
-            out.extend(batch.iter().map(|id| self.leaf_of(&mut buf, *id)));
-        }
-        out
-    }
-
-    fn leaf_of(&self, buf: &mut Enc, id: AccountId) -> Hash {
-        let acct = self.accounts.get(&id).map(|a| &**a);
-        leaf_hash(buf, id, acct, self.margin_calls, self.deferred)
-    }
-}
-
-/// The leaf of account `id` whose state is `acct` (none: an empty one).
-fn leaf_hash(
-    buf: &mut Enc,
-    id: AccountId,
-    acct: Option<&Account>,
-    margin_calls: &std::collections::BTreeSet<(AccountId, Unit)>,
-    deferred: &std::collections::BTreeSet<(AccountId, Unit)>,
-) -> Hash {
-    let mc: Vec<&Unit> = units_of(margin_calls, id).collect();
-    let df: Vec<&Unit> = units_of(deferred, id).collect();
-    match acct {
-        Some(acct) => account_leaf(buf, id, acct, &mc, &df),
-        None => account_leaf(buf, id, &Account::default(), &mc, &df),
-    }
-}
-
 impl Engine {
     /// Records that an account changed (and gives a new account its slot).
     pub(super) fn touch(&mut self, id: AccountId) {
@@ -172,16 +115,36 @@ impl Engine {
     /// are many (a restart's first root, a bulk load): the same hashes in
     /// the same order either way.
     fn leaves(&self, order: &[AccountId], threads: usize) -> Vec<Hash> {
-        self.leaf_source().leaves(order, threads)
+        if threads < 2 {
+            return self.leaves_here(order);
+        }
+        let chunks: Vec<&[AccountId]> = order.chunks(order.len().div_ceil(threads)).collect();
+        crate::parallel::map_in_order(chunks, |chunk| self.leaves_here(chunk)).concat()
     }
 
-    /// What a leaf reads (borrowed field by field, so the tree can be
-    /// updated while leaves are computed).
-    fn leaf_source(&self) -> LeafSource<'_> {
-        LeafSource {
-            accounts: &self.by_id,
-            margin_calls: &self.s.margin_calls,
-            deferred: &self.s.deferred,
+    /// The leaves of `order` on this thread, each batch of accounts read
+    /// ahead first (`warm`).
+    fn leaves_here(&self, order: &[AccountId]) -> Vec<Hash> {
+        let mut buf = Enc::default();
+        let mut out = Vec::with_capacity(order.len());
+        for batch in order.chunks(crate::warm::BATCH) {
+            crate::warm::accounts(batch.iter().filter_map(|id| self.acct(*id)).map(|a| &**a));
+            out.extend(batch.iter().map(|id| self.leaf_of(&mut buf, *id)));
+        }
+        out
+    }
+
+    fn leaf_of(&self, buf: &mut Enc, id: AccountId) -> Hash {
+        self.leaf_from(buf, id, self.acct(id).map(|a| &**a))
+    }
+
+    /// The leaf of account `id` whose state is `acct` (none: an empty one).
+    fn leaf_from(&self, buf: &mut Enc, id: AccountId, acct: Option<&Account>) -> Hash {
+        let mc: Vec<&Unit> = units_of(&self.s.margin_calls, id).collect();
+        let df: Vec<&Unit> = units_of(&self.s.deferred, id).collect();
+        match acct {
+            Some(acct) => account_leaf(buf, id, acct, &mc, &df),
+            None => account_leaf(buf, id, &Account::default(), &mc, &df),
         }
     }
 
@@ -268,26 +231,19 @@ impl Engine {
             slots.dedup();
             let known = self.root.tree.count();
             let mut changed = Vec::with_capacity(slots.len());
-            let mut new_ids = Vec::new();
-            for (slot, id) in slots {
+            let mut added = Vec::new();
+            // Hundreds of changed accounts (a report with many margin
+            // calls): their leaves over the cores too.
+            let ids: Vec<AccountId> = slots.iter().map(|(_, id)| *id).collect();
+            let hashes = self.leaves(&ids, crate::state_root::update_threads(ids.len()));
+            for ((slot, _), h) in slots.into_iter().zip(hashes) {
                 if u64::from(slot) < known {
-                    changed.push((slot as usize, id));
+                    changed.push((slot as usize, h));
                 } else {
-                    new_ids.push(id);
+                    added.push(h);
                 }
             }
-            // Hundreds of changed accounts (a report with many margin
-            // calls): each thread computes the leaves of its part of the
-            // tree, then rehashes that part's paths (one split, not two).
-            let source = LeafSource {
-                accounts: &self.by_id,
-                margin_calls: &self.s.margin_calls,
-                deferred: &self.s.deferred,
-            };
-            self.root
-                .tree
-                .update_computing(&changed, |ids| source.leaves_here(ids));
-            let added = source.leaves_here(&new_ids);
+            self.root.tree.update(&changed);
             if self.root.tree.has_room(added.len()) {
                 self.root.tree.append(&added);
             } else {
@@ -333,10 +289,7 @@ impl Engine {
             .s
             .account_order
             .iter()
-            .map(|id| {
-                let acct = self.s.accounts.get(id).map(|a| &**a);
-                leaf_hash(&mut buf, *id, acct, &self.s.margin_calls, &self.s.deferred)
-            })
+            .map(|id| self.leaf_from(&mut buf, *id, self.s.accounts.get(id).map(|a| &**a)))
             .collect();
         let tree = AccountTree::build_serial(leaves);
         state_root(
