@@ -5,6 +5,7 @@ use crate::error::EngineError;
 use crate::fixed::{PPM, add, mul_div_ceil, mul_div_floor, ppm_ceil, ppm_floor, sub, value};
 use crate::index::{Band, Index, Key, Rank};
 use crate::types::*;
+use crate::unit_set::UnitSet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -263,9 +264,9 @@ pub struct Snapshot {
     /// Trading fees collected (money).
     pub fees: i128,
     /// Units currently in margin call.
-    pub margin_calls: BTreeSet<(AccountId, Unit)>,
+    pub margin_calls: UnitSet,
     /// Units whose liquidation a guard deferred.
-    pub deferred: BTreeSet<(AccountId, Unit)>,
+    pub deferred: UnitSet,
     /// Accounts in order of creation: their slots in the state root's
     /// account tree. A snapshot without it (older shape) takes id order.
     #[serde(default)]
@@ -354,8 +355,8 @@ impl Engine {
             venue: Venue::default(),
             insurance_fund: 0,
             fees: 0,
-            margin_calls: BTreeSet::new(),
-            deferred: BTreeSet::new(),
+            margin_calls: UnitSet::new(),
+            deferred: UnitSet::new(),
             account_order: Vec::new(),
         };
         Self {

@@ -35,6 +35,7 @@ mod parallel;
 pub mod signed;
 pub mod state_root;
 pub mod types;
+pub mod unit_set;
 mod warm;
 
 pub use demo::{DemoBook, DemoParams, demo_book, demo_book_with};
@@ -42,5 +43,6 @@ pub use engine::{Engine, Greeks, Snapshot};
 pub use error::EngineError;
 pub use signed::{CommitteeKey, OwnerKey, SignedCommand};
 pub use types::*;
+pub use unit_set::UnitSet;
 /// Tuning: reading ahead on (the default) or off (`warm.rs`).
 pub use warm::set_read_ahead;

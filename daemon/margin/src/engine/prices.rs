@@ -367,7 +367,12 @@ impl Engine {
             self.emit(e);
         }
         if cleared {
-            let keys: Vec<(AccountId, Unit)> = self.s.deferred.iter().cloned().collect();
+            let keys: Vec<(AccountId, Unit)> = self
+                .s
+                .deferred
+                .iter()
+                .map(|(a, u)| (a, u.clone()))
+                .collect();
             for (a, u) in keys {
                 if let Some(k) = self.key_of(a, &u) {
                     self.pending.insert(k);

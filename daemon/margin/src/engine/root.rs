@@ -53,17 +53,6 @@ impl RootCache {
     }
 }
 
-/// The units of account `id` in a set of (account, unit) flags (margin
-/// calls, deferred liquidations), in order.
-fn units_of(
-    set: &std::collections::BTreeSet<(AccountId, Unit)>,
-    id: AccountId,
-) -> impl Iterator<Item = &Unit> {
-    set.range((id, Unit::Cross)..)
-        .take_while(move |(a, _)| *a == id)
-        .map(|(_, u)| u)
-}
-
 impl Engine {
     /// Records that an account changed (and gives a new account its slot).
     pub(super) fn touch(&mut self, id: AccountId) {
@@ -106,8 +95,8 @@ impl Engine {
         Some(AccountState {
             account: id,
             state: Account::clone(acct),
-            margin_calls: units_of(&self.s.margin_calls, id).cloned().collect(),
-            deferred: units_of(&self.s.deferred, id).cloned().collect(),
+            margin_calls: self.s.margin_calls.units_of(id).to_vec(),
+            deferred: self.s.deferred.units_of(id).to_vec(),
         })
     }
 
@@ -140,8 +129,8 @@ impl Engine {
 
     /// The leaf of account `id` whose state is `acct` (none: an empty one).
     fn leaf_from(&self, buf: &mut Enc, id: AccountId, acct: Option<&Account>) -> Hash {
-        let mc: Vec<&Unit> = units_of(&self.s.margin_calls, id).collect();
-        let df: Vec<&Unit> = units_of(&self.s.deferred, id).collect();
+        let mc: Vec<&Unit> = self.s.margin_calls.units_of(id).iter().collect();
+        let df: Vec<&Unit> = self.s.deferred.units_of(id).iter().collect();
         match acct {
             Some(acct) => account_leaf(buf, id, acct, &mc, &df),
             None => account_leaf(buf, id, &Account::default(), &mc, &df),

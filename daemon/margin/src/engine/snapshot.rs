@@ -23,7 +23,8 @@ use crate::error::EngineError;
 use crate::index::{Band, Rank};
 use crate::state_root::Enc;
 use crate::types::*;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::unit_set::UnitSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"SIBYLMS3";
@@ -33,8 +34,8 @@ pub struct SnapshotSource {
     head: Vec<u8>,
     accounts: BTreeMap<AccountId, Arc<Account>>,
     order: Vec<AccountId>,
-    margin_calls: BTreeSet<(AccountId, Unit)>,
-    deferred: BTreeSet<(AccountId, Unit)>,
+    margin_calls: UnitSet,
+    deferred: UnitSet,
     /// The trigger index (maps of shared bands).
     index: crate::index::FrozenIndex,
     market_by_slot: Vec<String>,
@@ -65,8 +66,8 @@ impl SnapshotSource {
         }
         for set in [&self.margin_calls, &self.deferred] {
             e.u64(set.len() as u64);
-            for (id, u) in set {
-                e.u64(*id);
+            for (id, u) in set.iter() {
+                e.u64(id);
                 e.unit(u);
             }
         }
@@ -303,8 +304,8 @@ impl Engine {
             venue: s.venue.clone(),
             insurance_fund: s.insurance_fund,
             fees: s.fees,
-            margin_calls: BTreeSet::new(),
-            deferred: BTreeSet::new(),
+            margin_calls: UnitSet::new(),
+            deferred: UnitSet::new(),
             account_order: Vec::new(),
         };
         let head = serde_json::to_vec(&head).map_err(|e| corrupt(e.to_string()))?;
