@@ -328,12 +328,15 @@ impl Index {
             .zip(lower)
             .chain(self.upper.iter_mut().zip(upper))
             .filter(|(_, items)| !items.is_empty());
-        if crate::state_root::threads_for(total) < 2 {
+        let threads = crate::state_root::threads_for(total);
+        if threads < 2 {
             for (edges, items) in jobs {
                 edges.load(items);
             }
         } else {
-            crate::parallel::map_in_order(jobs.collect(), |(edges, items)| edges.load(items));
+            crate::parallel::map_in_order(jobs.collect(), threads, |(edges, items)| {
+                edges.load(items)
+            });
         }
         // `collect` sorts and builds the tree in bulk.
         if self.ranking.is_empty() {

@@ -267,11 +267,20 @@ fn parent_level(prev: &[Hash], threads: usize) -> Vec<Hash> {
     if threads < 2 {
         return groups(prev);
     }
-    // Runs of whole groups, so no group is split.
-    let run = prev.len().div_ceil(threads).next_multiple_of(ARITY);
-    let parts = crate::parallel::map_in_order(prev.chunks(run).collect(), groups);
+    // Runs of whole groups, so no group is split; a few per thread, so a
+    // thread that starts late takes fewer (`map_in_order`).
+    let run = prev
+        .len()
+        .div_ceil(threads * SHARES)
+        .next_multiple_of(ARITY);
+    let parts = crate::parallel::map_in_order(prev.chunks(run).collect(), threads, groups);
     parts.concat()
 }
+
+/// Pieces of work per thread when work is split over threads: enough that
+/// a thread that starts late (`parallel::map_in_order`) costs the others
+/// little waiting, few enough that each piece is still many hashes.
+pub(crate) const SHARES: usize = 8;
 
 /// Threads for an incremental update of `n` leaves: below
 /// [`UPDATE_PARALLEL_MIN`] one (spawning costs ~20 µs a thread).
@@ -524,11 +533,14 @@ impl AccountTree {
     fn update_with(&mut self, changed: &[(usize, Hash)], threads: usize) {
         let width = self.levels.first().map_or(0, Vec::len);
         // Subtrees: a power of two, each at least two leaves wide (a level
-        // `parts` divides is cut into whole groups of four below it).
+        // `parts` divides is cut into whole groups of four below it); a
+        // few per thread, so a thread that starts late takes fewer.
         let parts = if threads < 2 {
             1
         } else {
-            (1usize << threads.ilog2()).min(width / 2).max(1)
+            ((threads * SHARES).next_power_of_two())
+                .min(width / 2)
+                .max(1)
         };
         if parts < 2 {
             let mut levels: Vec<&mut [Hash]> =
@@ -559,7 +571,7 @@ impl AccountTree {
             .zip(&runs)
             .filter(|(_, run)| !run.is_empty())
             .collect();
-        crate::parallel::map_in_order(jobs, |(levels, run)| update_paths(levels, run));
+        crate::parallel::map_in_order(jobs, threads, |(levels, run)| update_paths(levels, run));
         // Above the subtrees: their top nodes (one or more per subtree on
         // the narrowest split level) changed where a run did.
         let mut levels: Vec<&mut [Hash]> = self

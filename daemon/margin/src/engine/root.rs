@@ -107,8 +107,9 @@ impl Engine {
         if threads < 2 {
             return self.leaves_here(order);
         }
-        let chunks: Vec<&[AccountId]> = order.chunks(order.len().div_ceil(threads)).collect();
-        crate::parallel::map_in_order(chunks, |chunk| self.leaves_here(chunk)).concat()
+        let size = order.len().div_ceil(threads * crate::state_root::SHARES);
+        let chunks: Vec<&[AccountId]> = order.chunks(size.max(crate::warm::BATCH)).collect();
+        crate::parallel::map_in_order(chunks, threads, |chunk| self.leaves_here(chunk)).concat()
     }
 
     /// The leaves of `order` on this thread, each batch of accounts read
