@@ -21,7 +21,7 @@ pub fn set_read_ahead(on: bool) {
 }
 
 /// Whether reading ahead is on (`set_read_ahead`).
-pub(crate) fn enabled() -> bool {
+fn enabled() -> bool {
     ON.load(Relaxed)
 }
 
@@ -29,57 +29,49 @@ pub(crate) fn enabled() -> bool {
 /// enough that the batch is still in the first-level cache when used.
 pub(crate) const BATCH: usize = 16;
 
+/// Folds `reads` into a byte that `black_box` keeps, so every read
+/// happens (and a batch's misses overlap); with reading ahead off the
+/// iterator is never run. Each read only needs one byte of its line.
+pub(crate) fn touch(reads: impl IntoIterator<Item = u8>) {
+    if !enabled() {
+        return;
+    }
+    std::hint::black_box(reads.into_iter().fold(0u8, |x, r| x ^ r));
+}
+
+/// The low byte of a number (what `touch` needs of its line).
+fn low(x: i128) -> u8 {
+    x.to_le_bytes()[0]
+}
+
 /// Reads what a health and a leaf read of `a`: the account, its position
 /// and collateral maps, and each name's bytes.
-fn account(a: &Account) -> i128 {
-    let mut x = a.cash;
-    for (m, p) in &a.positions {
-        x ^= p.size ^ i128::from(m.as_bytes().first().copied().unwrap_or(0));
-    }
-    for (asset, q) in &a.collateral {
-        x ^= *q ^ i128::from(asset.as_bytes().first().copied().unwrap_or(0));
-    }
-    x
+fn account(a: &Account) -> u8 {
+    let first = |name: &String| name.as_bytes().first().copied().unwrap_or(0);
+    let positions = a.positions.iter().map(|(m, p)| low(p.size) ^ first(m));
+    let collateral = a.collateral.iter().map(|(asset, q)| low(*q) ^ first(asset));
+    positions.chain(collateral).fold(low(a.cash), |x, r| x ^ r)
 }
 
 /// Reads ahead every account of a batch.
 pub(crate) fn accounts<'a>(batch: impl IntoIterator<Item = &'a Account>) {
-    if !enabled() {
-        return;
-    }
-    let mut x = 0i128;
-    for a in batch {
-        x ^= account(a);
-    }
-    std::hint::black_box(x);
+    touch(batch.into_iter().map(account));
 }
 
 /// Reads ahead the first line of each account of a batch (where an
 /// `Arc`'s counts and the cash live).
 pub(crate) fn lines<'a>(batch: impl IntoIterator<Item = &'a std::sync::Arc<Account>>) {
-    if !enabled() {
-        return;
-    }
-    let mut x = 0i128;
-    for a in batch {
-        x ^= a.cash;
-    }
-    std::hint::black_box(x);
+    touch(batch.into_iter().map(|a| low(a.cash)));
 }
 
 /// Reads ahead the children of each parent in `parents` (`arity` hashes
 /// each, in `below`): a tree level's misses, before it is hashed.
 pub(crate) fn children(below: &[Hash], parents: &[usize], arity: usize) {
-    if !enabled() {
-        return;
-    }
-    let mut x = 0u8;
-    for p in parents {
-        if let Some(c) = below.get(arity * p..arity * (p + 1)) {
-            for h in c {
-                x ^= h[0];
-            }
-        }
-    }
-    std::hint::black_box(x);
+    touch(
+        parents
+            .iter()
+            .filter_map(|p| below.get(arity * p..arity * (p + 1)))
+            .flatten()
+            .map(|h| h[0]),
+    );
 }

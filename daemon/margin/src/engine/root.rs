@@ -79,14 +79,12 @@ impl Engine {
 
     /// Reads ahead the tree slots of `ids` (what `touch` looks up).
     pub(super) fn warm_slots(&self, ids: impl Iterator<Item = AccountId>) {
-        if !crate::warm::enabled() {
-            return;
-        }
-        let mut x = 0u32;
-        for id in ids {
-            x ^= self.root.slot_of.get(&id).copied().unwrap_or(0);
-        }
-        std::hint::black_box(x);
+        crate::warm::touch(ids.map(|id| {
+            self.root
+                .slot_of
+                .get(&id)
+                .map_or(0, |slot| slot.to_le_bytes()[0])
+        }));
     }
 
     /// The state as the root commits to it for one account.
