@@ -1,16 +1,59 @@
-//! Work split over scoped threads, with results in order.
+//! Work split over the engine's helper threads, with results in order.
+//!
+//! The helpers are kept for the life of the process, parked between jobs
+//! (a `rayon` pool of one thread fewer than the cores). Waking a parked
+//! helper puts the job on another core in ~15 µs here; a thread spawned
+//! per job (what this module did before) was placed on the spawning
+//! thread's core and, on this 2-core VM, started only when that thread
+//! stopped or the scheduler moved it: 0.2–3 ms later, while the calling
+//! thread did the whole job alone.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+/// The helper threads, started on first use; None when no thread could
+/// be started (a thread limit, a seccomp filter): then the calling thread
+/// does all the work.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(crate::state_root::cores().saturating_sub(1).max(1))
+            .thread_name(|i| format!("margin-helper-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Runs `main` on this thread while up to `helpers` helper threads each
+/// run `help`; returns `main`'s result once all have returned, and raises
+/// here a panic from any of them. A helper may start after `main` has
+/// begun or even finished (it then finds nothing left), or not at all
+/// (no pool), so the work must be claimed by whoever comes first, with
+/// `main` ready to do all of it.
+pub(crate) fn with_helpers<R>(
+    helpers: usize,
+    help: impl Fn() + Sync,
+    main: impl FnOnce() -> R,
+) -> R {
+    match pool() {
+        Some(pool) if helpers > 0 => pool.in_place_scope(|scope| {
+            let help = &help;
+            for _ in 0..helpers {
+                scope.spawn(move |_| help());
+            }
+            main()
+        }),
+        _ => main(),
+    }
+}
 
 /// `f` of each item, in item order, on up to `threads` threads: this one
-/// and scoped helpers, each taking the next item nobody has taken. No
-/// thread holds a share fixed in advance, so a helper that starts late
-/// (waking an idle core takes ~150 µs on a virtual machine) takes fewer
-/// items instead of making the others wait for its share; split the work
-/// into a few items per thread for that. A helper that cannot be started
-/// (a thread limit, a seccomp filter) leaves its items to the others: the
-/// same results, later. A panic in any thread is raised again here.
+/// and helpers, each taking the next item nobody has taken. No thread
+/// holds a share fixed in advance, so a helper that starts late takes
+/// fewer items instead of making the others wait for its share; split
+/// the work into a few items per thread for that.
 pub(crate) fn map_in_order<T: Send, R: Send>(
     items: Vec<T>,
     threads: usize,
@@ -34,19 +77,9 @@ pub(crate) fn map_in_order<T: Send, R: Send>(
             }
         }
     };
-    std::thread::scope(|scope| {
-        let work = &work;
-        let helpers: Vec<_> = (1..threads.min(n))
-            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok())
-            .collect();
-        work();
-        for h in helpers {
-            if let Err(panic) = h.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-    });
-    // Every index was drawn and its thread joined: every slot is filled.
+    with_helpers(threads.min(n).saturating_sub(1), work, work);
+    // Every index was drawn and every thread has returned: every slot is
+    // filled.
     let done: Vec<R> = out
         .into_iter()
         .filter_map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))

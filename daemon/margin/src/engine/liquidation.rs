@@ -51,8 +51,11 @@ struct Ahead<'a> {
     markets: &'a [String],
     slots: Vec<std::sync::OnceLock<Option<Computed>>>,
     next: std::sync::atomic::AtomicUsize,
-    /// Helper threads still running (a helper that panicked must not
-    /// leave the examining thread waiting for its slot).
+    /// Helper threads running: counted in as one starts (before it
+    /// claims anything), out as it returns or unwinds, so a block claimed
+    /// by a helper that is gone (it panicked) is not waited for. The
+    /// counters are sequentially consistent: whoever sees a helper's
+    /// claim in `next` sees it counted in.
     helpers: std::sync::atomic::AtomicUsize,
 }
 
@@ -85,7 +88,7 @@ impl Ahead<'_> {
 
     /// Claims the next unclaimed block and fills it; false when none is left.
     fn fill_next(&self, pricing: super::health::Pricing<'_>) -> bool {
-        let b = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let b = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.block(b).is_empty() {
             return false;
         }
@@ -97,19 +100,19 @@ impl Ahead<'_> {
     /// filled: claims and fills its block first if nobody has, and fills
     /// later blocks while a helper is still on it. None: compute it.
     fn wait_for(&self, i: usize, pricing: super::health::Pricing<'_>) -> Option<Computed> {
-        use std::sync::atomic::Ordering::Relaxed;
+        use std::sync::atomic::Ordering::SeqCst;
         let b = i / crate::warm::BATCH;
         loop {
             if let Some(done) = self.slots[i].get() {
                 return done.clone();
             }
-            if self.next.fetch_max(b + 1, Relaxed) <= b {
+            if self.next.fetch_max(b + 1, SeqCst) <= b {
                 // Unclaimed, now ours (blocks before it are behind the
                 // examining thread: nobody needs them).
                 self.fill_block(b, pricing);
                 continue;
             }
-            if self.helpers.load(Relaxed) == 0 {
+            if self.helpers.load(SeqCst) == 0 {
                 // Claimed by a helper that is gone: nobody will fill it.
                 return None;
             }
@@ -126,7 +129,7 @@ struct HelperDone<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl Drop for HelperDone<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -165,23 +168,17 @@ impl Engine {
             accounts: &accounts,
             markets: &markets,
             next: 0.into(),
-            helpers: (threads - 1).into(),
+            helpers: 0.into(),
         };
         let copy = self.pricing_copy();
-        std::thread::scope(|scope| {
-            for _ in 1..threads {
-                let helper = std::thread::Builder::new().spawn_scoped(scope, || {
-                    let _done = HelperDone(&ahead.helpers);
-                    while ahead.fill_next(copy.view()) {}
-                });
-                if helper.is_err() {
-                    // No thread to be had (a limit, a filter): one helper
-                    // fewer; the examining thread computes what is left.
-                    ahead
-                        .helpers
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
+        let help = || {
+            ahead
+                .helpers
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _done = HelperDone(&ahead.helpers);
+            while ahead.fill_next(copy.view()) {}
+        };
+        crate::parallel::with_helpers(threads - 1, help, || {
             // Each examination may liquidate and queue deleveraged units;
             // every step closes size or removes a unit, so the loop ends.
             // Keys come out in order except those queued behind the pass
@@ -206,10 +203,11 @@ impl Engine {
                 }
                 self.examine(k, pre);
             }
-            // Nothing left to examine: helpers stop at their next claim.
+            // Nothing left to examine: helpers stop at their next claim
+            // (one that starts only now finds nothing).
             ahead
                 .next
-                .fetch_max(ahead.keys.len(), std::sync::atomic::Ordering::Relaxed);
+                .fetch_max(ahead.keys.len(), std::sync::atomic::Ordering::SeqCst);
         });
         drop(ahead);
         drop(accounts);
