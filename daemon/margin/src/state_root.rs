@@ -240,8 +240,8 @@ pub(crate) fn account_leaf(
     keccak(&[&buf.0])
 }
 
-/// Below this many hashes to compute, one thread does it (spawning costs
-/// more than it saves).
+/// Below this many hashes to compute, one thread does it (handing work to
+/// the helpers costs more than it saves).
 const PARALLEL_MIN: usize = 1 << 15;
 
 /// How many threads to hash `n` items with: the machine's cores (at most
@@ -283,7 +283,7 @@ fn parent_level(prev: &[Hash], threads: usize) -> Vec<Hash> {
 pub(crate) const SHARES: usize = 8;
 
 /// Threads for an incremental update of `n` leaves: below
-/// [`UPDATE_PARALLEL_MIN`] one (spawning costs ~20 µs a thread).
+/// [`UPDATE_PARALLEL_MIN`] one (waking a parked helper takes ~15 µs).
 pub(crate) fn update_threads(n: usize) -> usize {
     if n < UPDATE_PARALLEL_MIN {
         return 1;

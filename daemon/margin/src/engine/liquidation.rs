@@ -12,8 +12,9 @@ use std::sync::Arc;
 /// Pending units from which a pass computes healths on helper threads.
 /// A heavy report at a million accounts examines ~1,400 units and a
 /// health (the account's positions, their markets and marks, mostly cache
-/// misses) is most of an examination; below this, starting a thread and
-/// copying the pricing costs more than it saves.
+/// misses) is most of an examination; below this, waking a helper and
+/// copying the pricing costs more than it saves (a threshold set when
+/// helpers were spawned per pass; with parked helpers it could be lower).
 const AHEAD_MIN: usize = 128;
 
 /// When `drain_pending` computes healths on helper threads (a runtime
