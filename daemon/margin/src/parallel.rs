@@ -11,6 +11,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
+/// Pieces of work per thread when work is split over threads: enough that
+/// a thread that starts late (`map_in_order`) costs the others little
+/// waiting, few enough that each piece is still much work.
+pub(crate) const SHARES: usize = 8;
+
 /// The helper threads, started on first use; None when no thread could
 /// be started (a thread limit, a seccomp filter): then the calling thread
 /// does all the work.

@@ -188,9 +188,13 @@ impl AccountState {
     /// with an owner key `0x01 ‖ owner ‖ nonce`.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
-        let mc: Vec<&Unit> = self.margin_calls.iter().collect();
-        let df: Vec<&Unit> = self.deferred.iter().collect();
-        encode_account(&mut e, self.account, &self.state, &mc, &df);
+        encode_account(
+            &mut e,
+            self.account,
+            &self.state,
+            &self.margin_calls,
+            &self.deferred,
+        );
         e.0
     }
 
@@ -211,8 +215,8 @@ pub(crate) fn encode_account(
     e: &mut Enc,
     id: AccountId,
     acct: &Account,
-    margin_calls: &[&Unit],
-    deferred: &[&Unit],
+    margin_calls: &[Unit],
+    deferred: &[Unit],
 ) {
     e.u64(id);
     e.balances(acct.cash, &acct.collateral);
@@ -231,8 +235,8 @@ pub(crate) fn account_leaf(
     buf: &mut Enc,
     id: AccountId,
     acct: &Account,
-    margin_calls: &[&Unit],
-    deferred: &[&Unit],
+    margin_calls: &[Unit],
+    deferred: &[Unit],
 ) -> Hash {
     buf.0.clear();
     buf.0.push(LEAF);
@@ -271,16 +275,11 @@ fn parent_level(prev: &[Hash], threads: usize) -> Vec<Hash> {
     // thread that starts late takes fewer (`map_in_order`).
     let run = prev
         .len()
-        .div_ceil(threads * SHARES)
+        .div_ceil(threads * crate::parallel::SHARES)
         .next_multiple_of(ARITY);
     let parts = crate::parallel::map_in_order(prev.chunks(run).collect(), threads, groups);
     parts.concat()
 }
-
-/// Pieces of work per thread when work is split over threads: enough that
-/// a thread that starts late (`parallel::map_in_order`) costs the others
-/// little waiting, few enough that each piece is still many hashes.
-pub(crate) const SHARES: usize = 8;
 
 /// Threads for an incremental update of `n` leaves: below
 /// [`UPDATE_PARALLEL_MIN`] one (waking a parked helper takes ~15 µs).
@@ -538,7 +537,7 @@ impl AccountTree {
         let parts = if threads < 2 {
             1
         } else {
-            ((threads * SHARES).next_power_of_two())
+            ((threads * crate::parallel::SHARES).next_power_of_two())
                 .min(width / 2)
                 .max(1)
         };

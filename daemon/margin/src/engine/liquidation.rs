@@ -60,7 +60,24 @@ struct Ahead<'a> {
     helpers: std::sync::atomic::AtomicUsize,
 }
 
-impl Ahead<'_> {
+impl<'a> Ahead<'a> {
+    /// The work for `keys` (in order), reading `accounts` (the index as the
+    /// pass began) and `markets` (isolated units' markets by slot).
+    fn new(
+        keys: Vec<Key>,
+        accounts: &'a super::accounts::AccountMap,
+        markets: &'a [String],
+    ) -> Self {
+        Ahead {
+            slots: keys.iter().map(|_| Default::default()).collect(),
+            keys,
+            accounts,
+            markets,
+            next: 0.into(),
+            helpers: 0.into(),
+        }
+    }
+
     /// The keys of block `b` (`warm::BATCH` keys: a thread claims a block,
     /// reads its accounts ahead, then computes its healths).
     fn block(&self, b: usize) -> std::ops::Range<usize> {
@@ -163,14 +180,7 @@ impl Engine {
         }
         let accounts = self.by_id.begin_pass();
         let markets = self.market_by_slot.clone();
-        let ahead = Ahead {
-            slots: self.pending.iter().map(|_| Default::default()).collect(),
-            keys: self.pending.iter().copied().collect(),
-            accounts: &accounts,
-            markets: &markets,
-            next: 0.into(),
-            helpers: 0.into(),
-        };
+        let ahead = Ahead::new(self.pending.iter().copied().collect(), &accounts, &markets);
         let copy = self.pricing_copy();
         let help = || {
             ahead
@@ -585,14 +595,7 @@ mod tests {
         let keys: Vec<Key> = std::mem::take(&mut e.pending).into_iter().collect();
         let accounts = e.by_id.begin_pass();
         let markets = e.market_by_slot.clone();
-        let ahead = Ahead {
-            slots: keys.iter().map(|_| Default::default()).collect(),
-            keys,
-            accounts: &accounts,
-            markets: &markets,
-            next: 0.into(),
-            helpers: 0.into(),
-        };
+        let ahead = Ahead::new(keys, &accounts, &markets);
         let copy = e.pricing_copy();
         while ahead.fill_next(copy.view()) {}
         // Replace every other account before its units are read.

@@ -105,7 +105,7 @@ impl Engine {
         if threads < 2 {
             return self.leaves_here(order);
         }
-        let size = order.len().div_ceil(threads * crate::state_root::SHARES);
+        let size = order.len().div_ceil(threads * crate::parallel::SHARES);
         let chunks: Vec<&[AccountId]> = order.chunks(size.max(crate::warm::BATCH)).collect();
         crate::parallel::map_in_order(chunks, threads, |chunk| self.leaves_here(chunk)).concat()
     }
@@ -128,11 +128,11 @@ impl Engine {
 
     /// The leaf of account `id` whose state is `acct` (none: an empty one).
     fn leaf_from(&self, buf: &mut Enc, id: AccountId, acct: Option<&Account>) -> Hash {
-        let mc: Vec<&Unit> = self.s.margin_calls.units_of(id).iter().collect();
-        let df: Vec<&Unit> = self.s.deferred.units_of(id).iter().collect();
+        let mc = self.s.margin_calls.units_of(id);
+        let df = self.s.deferred.units_of(id);
         match acct {
-            Some(acct) => account_leaf(buf, id, acct, &mc, &df),
-            None => account_leaf(buf, id, &Account::default(), &mc, &df),
+            Some(acct) => account_leaf(buf, id, acct, mc, df),
+            None => account_leaf(buf, id, &Account::default(), mc, df),
         }
     }
 
